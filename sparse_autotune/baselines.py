@@ -1,0 +1,156 @@
+"""The references, timed exactly like the tuned kernels: cuSPARSE SpMM and cuBLAS FP32 / TF32 / FP16.
+
+Both libraries are called through CuPy's low-level bindings with descriptors and work buffers made once,
+so a timed launch is the library's GPU work alone (row-major B and C, as the tuned kernels use).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .timing import time_launches
+from .verify import rel_error
+
+
+def _cp():
+    from .gpu import cupy  # noqa: PLC0415
+    return cupy()
+
+
+class CuSparseSpMM:
+    """C = A @ B with cusparseSpMM (CSR, 32-bit indices, row-major dense matrices), one algorithm."""
+
+    def __init__(self, a_dev, b_bufs, c, dtype: str, alg_name: str):
+        from cupy_backends.cuda.libs import cusparse as cs  # noqa: PLC0415
+        cp = _cp()
+        self.cs = cs
+        self.handle = cp.cuda.device.get_cusparse_handle()
+        m, k = a_dev.shape
+        n = int(b_bufs[0].shape[1])
+        vt = 2 if dtype == "fp16" else 0  # CUDA_R_16F / CUDA_R_32F
+        self.compute = 0  # CUDA_R_32F accumulation for both
+        self.alg = getattr(cs, alg_name)
+        self.alpha = np.array(1.0, np.float32)
+        self.beta = np.array(0.0, np.float32)
+        i32 = cs.CUSPARSE_INDEX_32I
+        self.mat_a = cs.createCsr(m, k, a_dev.nnz, a_dev.row_ptr.data.ptr, a_dev.cols(32).data.ptr,
+                                  a_dev.vals.data.ptr, i32, i32, cs.CUSPARSE_INDEX_BASE_ZERO, vt)
+        self.mat_b = [cs.createDnMat(k, n, n, b.data.ptr, vt, cs.CUSPARSE_ORDER_ROW) for b in b_bufs]
+        self.mat_c = cs.createDnMat(m, n, n, c.data.ptr, vt, cs.CUSPARSE_ORDER_ROW)
+        op = cs.CUSPARSE_OPERATION_NON_TRANSPOSE
+        self.op = op
+        size = max(cs.spMM_bufferSize(self.handle, op, op, self.alpha.ctypes.data, self.mat_a, mb,
+                                      self.beta.ctypes.data, self.mat_c, self.compute, self.alg)
+                   for mb in self.mat_b[:1])
+        self.buf = cp.empty(max(1, size), dtype=cp.int8)
+        if hasattr(cs, "spMM_preprocess"):
+            cs.spMM_preprocess(self.handle, op, op, self.alpha.ctypes.data, self.mat_a, self.mat_b[0],
+                               self.beta.ctypes.data, self.mat_c, self.compute, self.alg, self.buf.data.ptr)
+
+    def launch(self, i: int):
+        cp = _cp()
+        self.cs.setStream(self.handle, cp.cuda.get_current_stream().ptr)
+        self.cs.spMM(self.handle, self.op, self.op, self.alpha.ctypes.data, self.mat_a, self.mat_b[i],
+                     self.beta.ctypes.data, self.mat_c, self.compute, self.alg, self.buf.data.ptr)
+
+    def close(self):
+        cs = self.cs
+        cs.destroySpMat(self.mat_a)
+        for mb in self.mat_b:
+            cs.destroyDnMat(mb)
+        cs.destroyDnMat(self.mat_c)
+
+
+class CublasGemm:
+    """C = A_dense @ B with cublasGemmEx, row-major, as C^T = B^T A^T in cuBLAS's column-major terms."""
+
+    MODES = {  # mode -> (data type, compute type name)
+        "fp32": (0, "CUBLAS_COMPUTE_32F"),
+        "tf32": (0, "CUBLAS_COMPUTE_32F_FAST_TF32"),
+        "fp16": (2, "CUBLAS_COMPUTE_32F"),  # half inputs and output, fp32 accumulation, tensor cores
+    }
+
+    def __init__(self, a_dense, b_bufs, c, mode: str):
+        from cupy_backends.cuda.libs import cublas as cb  # noqa: PLC0415
+        cp = _cp()
+        self.cb = cb
+        self.handle = cp.cuda.device.get_cublas_handle()
+        self.dt, comp = self.MODES[mode]
+        self.compute = getattr(cb, comp)
+        self.m, self.k = a_dense.shape
+        self.n = int(b_bufs[0].shape[1])
+        self.a, self.b, self.c = a_dense, b_bufs, c
+        self.alpha = np.array(1.0, np.float32)
+        self.beta = np.array(0.0, np.float32)
+
+    def launch(self, i: int):
+        cp = _cp()
+        cb = self.cb
+        cb.setStream(self.handle, cp.cuda.get_current_stream().ptr)
+        cb.setPointerMode(self.handle, cb.CUBLAS_POINTER_MODE_HOST)
+        cb.gemmEx(self.handle, cb.CUBLAS_OP_N, cb.CUBLAS_OP_N, self.n, self.m, self.k,
+                  self.alpha.ctypes.data, self.b[i].data.ptr, self.dt, self.n,
+                  self.a.data.ptr, self.dt, self.k, self.beta.ctypes.data,
+                  self.c.data.ptr, self.dt, self.n, self.compute, -1)  # -1: CUBLAS_GEMM_DEFAULT
+
+
+CUSPARSE_ALGS = ("CUSPARSE_SPMM_ALG_DEFAULT", "CUSPARSE_SPMM_CSR_ALG1", "CUSPARSE_SPMM_CSR_ALG2",
+                 "CUSPARSE_SPMM_CSR_ALG3")
+
+
+def time_baselines(ctx, log=None) -> dict:
+    """Verify and time every baseline for the problem context; a baseline that fails is None (logged)."""
+    cp = _cp()
+    out: dict = {}
+    errors: dict = {}
+
+    def run_one(name, launch_fn, c, n_bufs, ref):
+        try:
+            c.fill(cp.nan)
+            launch_fn(0)
+            cp.cuda.get_current_stream().synchronize()
+            err = rel_error(c, ref)
+            tol = 1e-4 if name == "cublas_fp32" else 2e-2
+            if not err <= tol:
+                raise RuntimeError(f"wrong result (relative error {err:.3g})")
+            t = time_launches([lambda i=i: launch_fn(i) for i in range(n_bufs)])
+            return t.median_us, err
+        except Exception as exc:  # noqa: BLE001
+            errors[name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if log:
+                log(f"baseline {name} failed: {errors[name]}")
+            return None, None
+
+    nb = len(ctx.b_bufs)
+    # cuSPARSE: the best of the CSR algorithms that accept row-major operands
+    best = None
+    for alg in CUSPARSE_ALGS:
+        try:
+            sp_op = CuSparseSpMM(ctx.a_dev, ctx.b_bufs, ctx.c, ctx.problem.dtype, alg)
+        except Exception as exc:  # noqa: BLE001
+            errors[alg] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            continue
+        t, _ = run_one("cusparse", sp_op.launch, ctx.c, nb, ctx.ref)
+        sp_op.close()
+        if t is not None and (best is None or t < best[0]):
+            best = (t, alg)
+    out["cusparse_us"] = best[0] if best else None
+    out["cusparse_alg"] = best[1] if best else None
+    errors.pop("cusparse", None) if best else None
+
+    # cuBLAS on the densified A; FP16 on half copies of A and B (tensor cores)
+    a_dense = ctx.a_dense_f32()
+    c32 = cp.empty((ctx.problem.m, ctx.problem.n), cp.float32)
+    b32 = [b.astype(cp.float32) for b in ctx.b_bufs] if ctx.problem.dtype != "fp32" else ctx.b_bufs
+    for mode in ("fp32", "tf32"):
+        g = CublasGemm(a_dense, b32, c32, mode)
+        out[f"cublas_{mode}_us"], _ = run_one(f"cublas_{mode}", g.launch, c32, nb, ctx.ref)
+    a16 = a_dense.astype(cp.float16)
+    b16 = [b.astype(cp.float16) for b in ctx.b_bufs] if ctx.problem.dtype != "fp16" else ctx.b_bufs
+    c16 = cp.empty((ctx.problem.m, ctx.problem.n), cp.float16)
+    g = CublasGemm(a16, b16, c16, "fp16")
+    out["cublas_fp16_us"], _ = run_one("cublas_fp16", g.launch, c16, nb, ctx.ref)
+    del a_dense, a16, b16, b32, c16, c32
+    out["baseline_errors"] = errors if errors else {}
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}

@@ -1,0 +1,165 @@
+"""Command line: `sparse-autotune tune|lookup|spaces`. Bad input: one line on stderr, exit status 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from . import __version__
+from .errors import UserError
+from .problem import DEFAULT_N, PATTERNS, Problem, check_density, check_dtype, check_n, load_matrix, parse_shape
+from .search import SAMPLERS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's default prints the usage too)
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sparse-autotune", description="Autotuned SpMM kernels for pruned layers on NVIDIA GPUs.")
+    p.add_argument("--version", action="version", version=f"sparse-autotune {__version__}")
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser, required=True)
+
+    t = sub.add_parser("tune", help="tune SpMM for one sparse matrix and store the winner",
+                       description="Tune C = A @ B for a sparse A (M x K) and dense B (K x N) on this GPU.")
+    t.add_argument("--shape", help="M x K of the sparse matrix A, e.g. 512x2048")
+    t.add_argument("--density", type=str, help="fraction of nonzeros in A, in (0, 1]")
+    t.add_argument("--n", type=str, default=str(DEFAULT_N), help=f"columns N of the dense B (default {DEFAULT_N})")
+    t.add_argument("--dtype", default="fp32", help="fp32 or fp16 (fp16 storage, fp32 accumulation); default fp32")
+    t.add_argument("--pattern", default="uniform", help=f"random pattern: {', '.join(PATTERNS)} (default uniform)")
+    t.add_argument("--matrix", help="tune this matrix (.npz from scipy.sparse.save_npz, or .mtx); replaces --shape/--density")
+    t.add_argument("--trials", type=int, default=100, help="trial budget of the study, over all runs (default 100)")
+    t.add_argument("--timeout", type=float, default=None, help="stop searching after this many seconds")
+    t.add_argument("--sampler", default="tpe", help=f"{', '.join(SAMPLERS)} (default tpe)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the random matrix, inputs and sampler (default 0)")
+    t.add_argument("--db", help="tuning database path or SQLAlchemy URL (default $SPARSE_AUTOTUNE_DB or the user cache)")
+    t.add_argument("--json", action="store_true", help="print the report as JSON")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    lk = sub.add_parser("lookup", help="print the best stored config for a problem")
+    lk.add_argument("--shape", required=True)
+    lk.add_argument("--density", required=True)
+    lk.add_argument("--n", default=str(DEFAULT_N))
+    lk.add_argument("--dtype", default="fp32")
+    lk.add_argument("--gpu", default=None, help="GPU name (default: this machine's GPU, or any)")
+    lk.add_argument("--db")
+    lk.add_argument("--json", action="store_true")
+
+    sp = sub.add_parser("spaces", help="list the variant spaces and their sizes")
+    sp.add_argument("--dtype", default="fp32")
+    return p
+
+
+def _fmt_us(x):
+    return "n/a" if x is None else f"{x:.2f} us"
+
+
+def _fmt_x(x):
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}x"
+
+
+def _report_text(r: dict) -> str:
+    p, b, base, s = r["problem"], r["best"], r["baselines"], r["speedup"]
+    lines = [
+        f"problem   A {p['m']}x{p['k']} ({p['pattern']}, density {p['density']:g}, nnz {p['nnz']}) @ B {p['k']}x{p['n']}, {p['dtype']}",
+        f"gpu       {r['gpu']} (cc {r['cc']}), driver {r['driver']}, CUDA {r['cuda']}, CuPy {r['cupy']}",
+        f"best      {b['family']} {json.dumps(b['config'], sort_keys=True)}",
+        f"time      {b['time_us']:.2f} us (median, CUDA-graph replay)  {b['gflops']:.0f} GFLOP/s  rel err {b['max_rel_err']:.1e}",
+        f"floor     {r['floor_us']:.2f} us (max of bytes / copy bandwidth, FLOPs / FMA peak)",
+        f"cuSPARSE  {_fmt_us(base['cusparse_us'])}  -> {_fmt_x(s['vs_cusparse'])}",
+        f"cuBLAS    FP32 {_fmt_us(base['cublas_fp32_us'])} -> {_fmt_x(s['vs_cublas_fp32'])}   "
+        f"TF32 {_fmt_us(base['cublas_tf32_us'])} -> {_fmt_x(s['vs_cublas_tf32'])}   "
+        f"FP16 {_fmt_us(base['cublas_fp16_us'])} -> {_fmt_x(s['vs_cublas_fp16'])}",
+        f"trials    {r['trials']['complete']} ok, {r['trials']['failed']} failed, {r['trials']['pruned']} infeasible "
+        f"rejected; {r['trials']['new']} new this run ({r['trials']['stopped']})",
+        f"stored    record {r['record_id']} in {r['db']}" + ("" if r["record_is_best"] else " (an earlier record is faster)"),
+    ]
+    return "\n".join(lines)
+
+
+def _problem_from_args(a) -> Problem:
+    dtype = check_dtype(a.dtype)
+    try:
+        n = check_n(int(a.n))
+    except ValueError:
+        raise UserError(f"--n {a.n!r} is not an integer") from None
+    if a.matrix:
+        if a.shape or a.density:
+            raise UserError("give either --matrix or --shape/--density, not both")
+        return Problem.from_matrix(load_matrix(a.matrix), n, dtype)
+    if not a.shape or a.density is None:
+        raise UserError("tune needs --shape MxK and --density d (or --matrix FILE)")
+    m, k = parse_shape(a.shape)
+    d = check_density(a.density)
+    if a.pattern not in PATTERNS:
+        raise UserError(f"unknown pattern {a.pattern!r}: choose one of {', '.join(PATTERNS)}")
+    return Problem.random(m, k, n, d, dtype, a.pattern, a.seed)
+
+
+def cmd_tune(a) -> int:
+    from .tune import TuneOptions, tune  # noqa: PLC0415
+    from .tuningdb import check_file, default_db_path, is_url  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+    if a.sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {a.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if a.trials <= 0:
+        raise UserError(f"--trials must be positive (got {a.trials})")
+    if a.timeout is not None and a.timeout <= 0:
+        raise UserError(f"--timeout must be positive (got {a.timeout})")
+    db = a.db or str(default_db_path())
+    if not is_url(db):
+        check_file(Path(db).expanduser())  # a foreign or unreadable file is refused before any work
+    problem = _problem_from_args(a)
+    from .gpu import gpu_info  # noqa: PLC0415
+    gpu_info()  # no GPU: one line, exit 2, nothing written
+    report = tune(problem, TuneOptions(trials=a.trials, timeout=a.timeout, sampler=a.sampler, seed=a.seed,
+                                       db=db, progress=not a.no_progress))
+    print(json.dumps(report, indent=2, default=str) if a.json else _report_text(report))
+    return 0
+
+
+def cmd_lookup(a) -> int:
+    from .lookup import lookup  # noqa: PLC0415
+    m, k = parse_shape(a.shape)
+    try:
+        n = check_n(int(a.n))
+    except ValueError:
+        raise UserError(f"--n {a.n!r} is not an integer") from None
+    res = lookup(m, k, n, check_density(a.density), check_dtype(a.dtype), gpu=a.gpu, db=a.db)
+    if a.json:
+        print(json.dumps(None if res is None else res.__dict__, default=str))
+    elif res is None:
+        print("no stored config for this problem")
+    else:
+        print(f"{res.family} {json.dumps(res.config, sort_keys=True)}  {res.time_us:.2f} us on {res.gpu} "
+              f"({res.source}, record {res.record_id} in {res.db})")
+    return 0
+
+
+def cmd_spaces(a) -> int:
+    from .space import load_spaces  # noqa: PLC0415
+    check_dtype(a.dtype)
+    for s in load_spaces():
+        print(f"{s.family:16s} {s.size(a.dtype):7d} configs ({a.dtype})  {s.description}")
+        for p in s.params:
+            cond = f"  when {p.when}" if p.when else ""
+            print(f"    {p.name:16s} {p.choices(a.dtype)}{cond}")
+    return 0
+
+
+def main(argv=None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        return {"tune": cmd_tune, "lookup": cmd_lookup, "spaces": cmd_spaces}[args.cmd](args)
+    except UserError as exc:
+        print(f"sparse-autotune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparse-autotune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""CUDA source -> loaded kernel (CuPy RawModule through NVRTC), cached in memory by source hash.
+
+CuPy also keeps compiled cubins on disk (CUPY_CACHE_DIR, default ~/.cupy/kernel_cache), so a restarted
+process does not recompile. `nvcc_check` compiles offline with the toolkit's nvcc (no GPU needed).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from .errors import CandidateError
+from .render import source_hash
+
+KERNEL_NAME = "spmm_kernel"
+NVRTC_OPTIONS = ("-std=c++17",)
+_cache: dict[str, object] = {}
+_lock = threading.Lock()
+
+
+def compile_kernel(source: str, name: str = KERNEL_NAME):
+    """Compile with NVRTC for the current device and return the RawKernel; CandidateError on failure."""
+    from .gpu import cupy  # noqa: PLC0415
+    cp = cupy()
+    key = source_hash(source) + name
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+    try:
+        mod = cp.RawModule(code=source, options=NVRTC_OPTIONS, backend="nvrtc")
+        kern = mod.get_function(name)
+        kern.compile()  # force compilation now, not at the first launch
+    except Exception as exc:  # noqa: BLE001 - NVRTC errors carry the log in the message
+        log = str(exc)
+        raise CandidateError("compile", log.splitlines()[0] if log else type(exc).__name__, log) from None
+    with _lock:
+        _cache[key] = kern
+    return kern
+
+
+def nvcc_path() -> str | None:
+    return shutil.which("nvcc")
+
+
+def nvcc_check(source: str, arch: str = "sm_90", timeout: float = 120) -> str:
+    """Compile `source` to a cubin with nvcc; return ptxas' resource report. Raises CandidateError."""
+    nvcc = nvcc_path()
+    if nvcc is None:
+        raise RuntimeError("nvcc not found")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.cu"
+        src.write_text(source)
+        proc = subprocess.run(
+            [nvcc, f"-arch={arch}", "-cubin", "-std=c++17", "-Xptxas", "-v", "-o", str(Path(tmp) / "k.cubin"), str(src)],
+            capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise CandidateError("compile", f"nvcc exit {proc.returncode}", proc.stderr)
+    return proc.stderr

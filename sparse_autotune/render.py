@@ -1,0 +1,30 @@
+"""Jinja2 template + config -> CUDA source. Deterministic: same inputs, same bytes."""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+
+import jinja2
+
+from .resources import resource_dir
+from .space import Space
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resource_dir("variants"))),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render(space: Space, config: dict, dtype: str) -> str:
+    """Render the family's template for one config. Unknown or missing parameters raise."""
+    tpl = _env().get_template(space.template)
+    return tpl.render(dtype=dtype, **config)
+
+
+def source_hash(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()

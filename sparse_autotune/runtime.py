@@ -1,0 +1,136 @@
+"""The SpMM operator: built once from a sparse matrix, runs the best known kernel for each N."""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import UserError
+from .lookup import lookup
+from .problem import DTYPES, dtype_name
+from .space import get_space, load_spaces, problem_env
+
+
+def _to_scipy(a) -> sp.csr_matrix:
+    if sp.issparse(a):
+        return sp.csr_matrix(a)
+    if isinstance(a, np.ndarray):
+        if a.ndim != 2:
+            raise UserError(f"A must be 2-D, got {a.ndim}-D")
+        return sp.csr_matrix(a)
+    mod = type(a).__module__
+    if mod.startswith("cupyx.scipy.sparse"):
+        return sp.csr_matrix(a.get())
+    if mod.startswith("cupy"):
+        if a.ndim != 2:
+            raise UserError(f"A must be 2-D, got {a.ndim}-D")
+        return sp.csr_matrix(a.get())
+    if mod.startswith("torch"):
+        t = a.detach()
+        t = t.to_dense() if t.layout != __import__("torch").strided else t
+        return sp.csr_matrix(t.cpu().numpy())
+    raise UserError(f"unsupported type for A: {type(a).__name__} (use scipy.sparse, numpy, CuPy or PyTorch)")
+
+
+class SpMM:
+    """op = SpMM(A); C = op(B) computes A @ B on the GPU with the best stored (or a default) kernel.
+
+    A: scipy.sparse matrix, numpy/CuPy dense or CuPy sparse array, or a PyTorch tensor (M x K).
+    dtype: 'fp32' or 'fp16' (default from A: float16 -> fp16, float32/float64 -> fp32).
+    B: CuPy array or PyTorch CUDA tensor of shape (K, N) and the operator's dtype; the result has the
+    same kind. `op.plan(n)` says which kernel a given N uses and where its config came from.
+    """
+
+    def __init__(self, a, dtype: str | None = None, db=None):
+        host = _to_scipy(a)
+        host.sum_duplicates()
+        host.eliminate_zeros()
+        host.sort_indices()
+        self.dtype = dtype if dtype is not None else dtype_name(host.dtype)
+        if self.dtype not in DTYPES:
+            raise UserError(f"unknown dtype {self.dtype!r}: choose fp32 or fp16")
+        self.host = host.astype(DTYPES[self.dtype])
+        self.shape = host.shape
+        self.nnz = int(host.nnz)
+        self.density = self.nnz / (self.shape[0] * self.shape[1]) if self.nnz else 0.0
+        self.db = db
+        self._dev = None
+        self._plans: dict[int, tuple] = {}
+        self._kernels: dict[int, object] = {}
+
+    def _device(self):
+        if self._dev is None:
+            from .gpu import gpu_info  # noqa: PLC0415
+            from .kernels import DeviceCSR  # noqa: PLC0415
+            gpu_info()  # fails with a clear message where there is no GPU
+            self._dev = DeviceCSR(self.host, self.dtype)
+        return self._dev
+
+    def plan(self, n: int) -> tuple[str, dict, str]:
+        """(family, config, source) for N columns: source is 'exact' (tuning DB) or 'default'."""
+        if n in self._plans:
+            return self._plans[n]
+        from .gpu import gpu_info  # noqa: PLC0415
+        info = gpu_info()
+        m, k = self.shape
+        env = problem_env(m, k, n, self.nnz, self.dtype)
+        found = None
+        if self.nnz:
+            found = lookup(m, k, n, max(self.density, 1e-6), self.dtype, gpu=info.name, db=self.db)
+        if found is not None:
+            space = get_space(found.family)
+            cfg = space.normalize(found.config, self.dtype)
+            if cfg is not None and space.check(cfg, env, info.limits()) is None:
+                self._plans[n] = (found.family, cfg, "exact")
+                return self._plans[n]
+        for space in load_spaces():
+            defaults = space.defaults(self.dtype, env, info.limits())
+            if defaults:
+                self._plans[n] = (space.family, defaults[0], "default")
+                return self._plans[n]
+        for space in load_spaces():
+            for cfg in space.feasible(self.dtype, env, info.limits()):
+                self._plans[n] = (space.family, cfg, "default")
+                return self._plans[n]
+        raise UserError(f"no kernel in the variant space can run M={m}, K={k}, N={n}, {self.dtype}")
+
+    def __call__(self, b, out=None):
+        from .gpu import cupy  # noqa: PLC0415
+        from .kernels import build_kernel  # noqa: PLC0415
+        cp = cupy()
+        is_torch = type(b).__module__.startswith("torch")
+        if is_torch:
+            if not b.is_cuda:
+                raise UserError("B is a CPU tensor: move it to the GPU (b.cuda())")
+            bc = cp.from_dlpack(b.detach())
+        elif isinstance(b, cp.ndarray):
+            bc = b
+        else:
+            raise UserError(f"B must be a CuPy array or a PyTorch CUDA tensor, got {type(b).__name__}")
+        m, k = self.shape
+        if bc.ndim != 2 or bc.shape[0] != k:
+            raise UserError(f"B has shape {tuple(bc.shape)}, expected ({k}, N) for A of shape ({m}, {k})")
+        if bc.dtype != np.dtype(DTYPES[self.dtype]):
+            raise UserError(f"B has dtype {bc.dtype}, the operator computes in {self.dtype} "
+                            f"({np.dtype(DTYPES[self.dtype])})")
+        if bc.device.id != cp.cuda.Device().id:
+            raise UserError(f"B is on GPU {bc.device.id}, the current device is {cp.cuda.Device().id}")
+        bc = cp.ascontiguousarray(bc)
+        n = int(bc.shape[1])
+        if out is None:
+            cc = cp.empty((m, n), dtype=bc.dtype)
+            out_is_new = True
+        else:
+            cc = cp.from_dlpack(out.detach()) if is_torch else out
+            if cc.shape != (m, n) or cc.dtype != bc.dtype or not cc.flags.c_contiguous:
+                raise UserError(f"out must be a C-contiguous ({m}, {n}) array of {bc.dtype}")
+            out_is_new = False
+        if n and m:
+            kern = self._kernels.get(n)
+            if kern is None:
+                family, cfg, _ = self.plan(n)
+                kern = self._kernels[n] = build_kernel(self._device(), family, cfg, self.dtype)
+            kern(bc, cc)
+        if is_torch:
+            import torch  # noqa: PLC0415
+            return torch.from_dlpack(cc) if out_is_new else out
+        return cc

@@ -1,0 +1,192 @@
+"""Declarative variant spaces (search_spaces/*.toml): parameters, conditions, constraints, known-good configs."""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from .resources import resource_dir
+
+# Limits used when no GPU is at hand (CPU tests, offline rendering): an H100's defaults for static shared memory.
+DEFAULT_LIMITS = {"max_smem_bytes": 48 * 1024, "max_threads": 1024}
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, int(x)))))
+
+
+_SAFE_FUNCS = {"max": max, "min": min, "next_pow2": _next_pow2, "abs": abs}
+
+
+@lru_cache(maxsize=None)
+def _code(expr: str):
+    return compile(expr, "<space>", "eval")
+
+
+def _eval(expr: str, env: dict) -> Any:
+    return eval(_code(expr), {"__builtins__": {}}, {**_SAFE_FUNCS, **env})  # noqa: S307
+
+
+@dataclass
+class Param:
+    name: str
+    values: Any  # list, or {dtype: list}
+    when: str | None = None
+
+    def choices(self, dtype: str) -> list:
+        if isinstance(self.values, dict):
+            return list(self.values.get(dtype, []))
+        return list(self.values)
+
+
+@dataclass
+class Constraint:
+    expr: str
+    why: str
+
+
+@dataclass
+class Space:
+    family: str
+    template: str
+    description: str
+    params: list[Param]
+    constraints: list[Constraint]
+    known_good: list[dict] = field(default_factory=list)
+
+    # ---- structure ------------------------------------------------------------------------------
+    def active(self, name: str, partial: dict) -> bool:
+        p = self.param(name)
+        return p.when is None or bool(_eval(p.when, partial))
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def normalize(self, config: dict, dtype: str) -> dict | None:
+        """Keep only the active parameters, in declaration order; None if a value is not in the space."""
+        out = {}
+        for p in self.params:
+            if not self.active(p.name, out):
+                continue
+            if p.name not in config or config[p.name] not in p.choices(dtype):
+                return None
+            out[p.name] = config[p.name]
+        return out
+
+    # ---- feasibility ----------------------------------------------------------------------------
+    def check(self, config: dict, problem_env: dict, limits: dict | None = None) -> str | None:
+        """Return None if feasible, else the reason (the first constraint that fails)."""
+        env = {**DEFAULT_LIMITS, **(limits or {}), **problem_env, **config}
+        for c in self.constraints:
+            try:
+                ok = bool(_eval(c.expr, env))
+            except NameError:  # a conditional parameter the constraint refers to is inactive
+                ok = True
+            if not ok:
+                return f"{c.why} ({c.expr})"
+        return None
+
+    def enumerate(self, dtype: str) -> Iterator[dict]:
+        """Every config of the space for a dtype (active parameters only), feasible or not."""
+        def rec(i: int, partial: dict):
+            if i == len(self.params):
+                yield dict(partial)
+                return
+            p = self.params[i]
+            if p.when is not None and not _eval(p.when, partial):
+                yield from rec(i + 1, partial)
+                return
+            for v in p.choices(dtype):
+                partial[p.name] = v
+                yield from rec(i + 1, partial)
+                del partial[p.name]
+        yield from rec(0, {})
+
+    def feasible(self, dtype: str, problem_env: dict, limits: dict | None = None) -> Iterator[dict]:
+        for cfg in self.enumerate(dtype):
+            if self.check(cfg, problem_env, limits) is None:
+                yield cfg
+
+    def defaults(self, dtype: str, problem_env: dict, limits: dict | None = None) -> list[dict]:
+        """The known-good configs valid for this problem, in file order."""
+        out = []
+        for kg in self.known_good:
+            cfg = self.normalize(kg, dtype)
+            if cfg is not None and self.check(cfg, problem_env, limits) is None:
+                out.append(cfg)
+        return out
+
+    # ---- Optuna mapping: numbers as ordinals (an integer index into the sorted list), strings categorical
+    def optuna_name(self, name: str) -> str:
+        return f"{self.family}.{name}"
+
+    def _is_ordinal(self, p: Param, dtype: str) -> bool:
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p.choices(dtype))
+
+    def suggest(self, trial, dtype: str) -> dict:
+        cfg: dict = {}
+        for p in self.params:
+            if p.when is not None and not _eval(p.when, cfg):
+                continue
+            choices = p.choices(dtype)
+            if self._is_ordinal(p, dtype):
+                idx = trial.suggest_int(self.optuna_name(p.name), 0, len(choices) - 1)
+                cfg[p.name] = sorted(choices)[idx]
+            else:
+                cfg[p.name] = trial.suggest_categorical(self.optuna_name(p.name), choices)
+        return cfg
+
+    def to_optuna_params(self, config: dict, dtype: str) -> dict:
+        out = {}
+        for name, v in config.items():
+            p = self.param(name)
+            out[self.optuna_name(name)] = sorted(p.choices(dtype)).index(v) if self._is_ordinal(p, dtype) else v
+        return out
+
+    def size(self, dtype: str) -> int:
+        return sum(1 for _ in self.enumerate(dtype))
+
+
+def problem_env(m: int, k: int, n: int, nnz: int, dtype: str) -> dict:
+    return {"M": int(m), "K": int(k), "N": int(n), "nnz": int(nnz), "dtype": dtype}
+
+
+def parse_space(data: dict, source: str = "<space>") -> Space:
+    try:
+        params = [Param(name, spec["values"], spec.get("when")) for name, spec in data["params"].items()]
+        cons = [Constraint(c["expr"], c.get("why", c["expr"])) for c in data.get("constraints", [])]
+        space = Space(data["family"], data["template"], data.get("description", ""), params, cons,
+                      list(data.get("known_good", [])))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{source}: malformed space ({exc})") from None
+    for c in space.constraints:  # syntax errors surface at load time, not mid-tune
+        compile(c.expr, source, "eval")
+    return space
+
+
+@lru_cache(maxsize=None)
+def load_spaces(folder: str | None = None) -> tuple[Space, ...]:
+    root = Path(folder) if folder else resource_dir("search_spaces")
+    spaces = []
+    for f in sorted(root.glob("*.toml")):
+        with open(f, "rb") as fh:
+            spaces.append(parse_space(tomllib.load(fh), str(f)))
+    return tuple(spaces)
+
+
+def get_space(family: str) -> Space:
+    for s in load_spaces():
+        if s.family == family:
+            return s
+    raise KeyError(f"no search space for family {family!r}")

@@ -1,0 +1,48 @@
+"""Verification: poison the output, run, compare with a float64 reference by relative Frobenius error."""
+from __future__ import annotations
+
+import math
+
+from .errors import CandidateError
+
+# Relative error bounds by dtype. fp32: fp32 accumulation lands near 1e-6. fp16: fp16 inputs (the reference
+# uses the same fp16 values upcast) with fp32 accumulation, then one rounding of the output to fp16 (~3e-4).
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3}
+
+
+def reference(a64, b):
+    """C = A @ B in float64 on the device; a64 is a cupyx float64 CSR matrix."""
+    from .gpu import cupy  # noqa: PLC0415
+    cp = cupy()
+    return a64 @ b.astype(cp.float64)
+
+
+def rel_error(out, ref) -> float:
+    """||out - ref|| / ||ref|| in float64; NaN/inf anywhere gives inf. An all-zero reference needs exact zeros."""
+    from .gpu import cupy  # noqa: PLC0415
+    cp = cupy()
+    o = out.astype(cp.float64)
+    if not bool(cp.isfinite(o).all()):
+        return math.inf
+    num = float(cp.linalg.norm(o - ref))
+    den = float(cp.linalg.norm(ref))
+    if den == 0.0:
+        return 0.0 if num == 0.0 else math.inf
+    return num / den
+
+
+def check(run, c_out, ref, dtype: str) -> float:
+    """Poison c_out with NaN, call run(), return the error; CandidateError if it is over the tolerance."""
+    from .gpu import cupy  # noqa: PLC0415
+    cp = cupy()
+    c_out.fill(cp.nan)
+    try:
+        run()
+        cp.cuda.get_current_stream().synchronize()
+    except Exception as exc:  # noqa: BLE001
+        raise CandidateError("launch", str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    err = rel_error(c_out, ref)
+    if not err <= TOLERANCE[dtype]:
+        what = "unwritten or non-finite output" if math.isinf(err) else f"relative error {err:.3g}"
+        raise CandidateError("verify", f"{what} > tolerance {TOLERANCE[dtype]:g}")
+    return err
