@@ -26,6 +26,7 @@ APPLICATION = "sparse-autotune"
 SCHEMA_VERSION = 1
 DB_ENV = "SPARSE_AUTOTUNE_DB"
 SQLITE_MAGIC = b"SQLite format 3\x00"
+DENSITY_RTOL = 1e-3
 
 
 class Base(DeclarativeBase):
@@ -218,8 +219,9 @@ class TuningDB:
 
     @staticmethod
     def _key_query(gpu, m, k, n, density, dtype, pattern=None):
+        # densities match within 0.1 %: a matrix of requested density d has round(d*M*K)/(M*K) nonzeros
         q = select(Record).where(Record.m == m, Record.k == k, Record.n == n, Record.dtype == dtype,
-                                 Record.density.between(density - 1e-9, density + 1e-9))
+                                 Record.density.between(density * (1 - DENSITY_RTOL), density * (1 + DENSITY_RTOL)))
         if gpu is not None:
             q = q.where(Record.gpu_name == gpu)
         if pattern is not None:

@@ -1,0 +1,226 @@
+"""GPU tests (run on the device: `pytest -m gpu`). Skipped where no CUDA GPU is present."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from sparse_autotune.problem import DTYPES, Problem, random_matrix
+from sparse_autotune.space import load_spaces, problem_env
+
+pytestmark = pytest.mark.gpu
+
+
+def _cp():
+    import cupy as cp
+    return cp
+
+
+def covering_sample(space, dtype, env, limits, per_value=1, seed=0):
+    """Feasible configs such that every value of every parameter appears (where any feasible config has it)."""
+    rng = np.random.default_rng(seed)
+    feas = list(space.feasible(dtype, env, limits))
+    rng.shuffle(feas)
+    chosen, need = [], {(p.name, v) for p in space.params for v in p.choices(dtype)}
+    for cfg in feas:
+        hits = {(k, v) for k, v in cfg.items()} & need
+        if hits:
+            chosen.append(cfg)
+            need -= hits
+    return chosen + feas[: 8]
+
+
+def edge_matrices(dtype):
+    np_dt = DTYPES[dtype]
+    rng = np.random.default_rng(7)
+    mats = {}
+    mats["random_37x53"] = random_matrix(37, 53, 0.2, "uniform", 1, np_dt)
+    mats["powerlaw_300x700"] = random_matrix(300, 700, 0.05, "powerlaw", 2, np_dt)
+    a = random_matrix(64, 96, 0.3, "uniform", 3, np_dt).tolil()
+    a[5:40, :] = 0  # empty rows
+    mats["empty_rows"] = sp.csr_matrix(a)
+    d = np.zeros((130, 257))
+    d[77, :] = rng.standard_normal(257)  # one dense row among empty ones
+    mats["one_dense_row"] = sp.csr_matrix(d.astype(np_dt))
+    mats["all_zero"] = sp.csr_matrix((50, 40), dtype=np_dt)
+    mats["dense_1.0"] = random_matrix(33, 65, 1.0, "uniform", 4, np_dt)
+    mats["single_row"] = random_matrix(1, 300, 0.5, "uniform", 5, np_dt)
+    return mats
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_every_family_correct_on_edge_cases(dtype):
+    """A covering sample of every family's configs verifies against float64 on edge-case matrices and N."""
+    cp = _cp()
+    from sparse_autotune.gpu import gpu_info
+    from sparse_autotune.kernels import DeviceCSR, build_kernel
+    from sparse_autotune.verify import check, reference
+    import cupyx.scipy.sparse as csp
+    info = gpu_info()
+    np_dt = DTYPES[dtype]
+    checked = 0
+    for name, a in edge_matrices(dtype).items():
+        dev = DeviceCSR(a, dtype)
+        a64 = csp.csr_matrix(a.astype(np.float64))
+        for n in (1, 8, 13, 64, 200):
+            env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
+            b = cp.asarray(np.random.default_rng(n).standard_normal((a.shape[1], n)).astype(np_dt))
+            ref = reference(a64, b)
+            c = cp.empty((a.shape[0], n), dtype=np_dt)
+            for space in load_spaces():
+                sample = covering_sample(space, dtype, env, info.limits(), seed=n)
+                assert sample, f"no feasible config for {name} N={n}"
+                for cfg in sample[:: max(1, len(sample) // 12)]:
+                    k = build_kernel(dev, space.family, cfg, dtype)
+                    check(lambda: k(b, c), c, ref, dtype)  # raises CandidateError on a wrong result
+                    checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_wide_covering_sample_correct(dtype):
+    """Many configs (every parameter value covered) on the mission shape, fresh random inputs each."""
+    from sparse_autotune.context import GpuProblem
+    from sparse_autotune.gpu import gpu_info
+    from sparse_autotune.kernels import build_kernel
+    from sparse_autotune.verify import check
+    info = gpu_info()
+    p = Problem.random(512, 2048, 256, 0.1, dtype)
+    ctx = GpuProblem(p, info)
+    env = problem_env(p.m, p.k, p.n, p.nnz, dtype)
+    for space in load_spaces():
+        sample = covering_sample(space, dtype, env, info.limits())
+        assert len(sample) >= 10
+        for cfg in sample:
+            k = build_kernel(ctx.a_dev, space.family, cfg, dtype)
+            b, ref = ctx.fresh_check()
+            err = check(lambda: k(b, ctx.c), ctx.c, ref, dtype)
+            assert err >= 0.0
+
+
+def test_poisoned_output_detects_unwritten_rows():
+    """verify.check must fail a kernel that leaves part of C unwritten."""
+    cp = _cp()
+    from sparse_autotune.errors import CandidateError
+    from sparse_autotune.verify import check, reference
+    import cupyx.scipy.sparse as csp
+    a = random_matrix(64, 64, 0.2, "uniform", 0, np.float32)
+    b = cp.asarray(np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))
+    ref = reference(csp.csr_matrix(a.astype(np.float64)), b)
+    c = cp.empty((64, 16), dtype=cp.float32)
+    good = cp.asarray((a @ b.get()).astype(np.float32))
+
+    def partial():
+        c[:32] = good[:32]  # rows 32.. stay poisoned
+    with pytest.raises(CandidateError, match="unwritten"):
+        check(partial, c, ref, "fp32")
+
+
+def test_timing_graph_replay_and_baselines():
+    from sparse_autotune.baselines import time_baselines
+    from sparse_autotune.context import GpuProblem
+    from sparse_autotune.gpu import gpu_info
+    from sparse_autotune.kernels import build_kernel
+    from sparse_autotune.timing import time_launches
+    info = gpu_info()
+    p = Problem.random(512, 2048, 256, 0.1, "fp32")
+    ctx = GpuProblem(p, info)
+    space = load_spaces()[0]
+    cfg = space.defaults("fp32", problem_env(p.m, p.k, p.n, p.nnz, "fp32"), info.limits())[0]
+    k = build_kernel(ctx.a_dev, space.family, cfg, "fp32")
+    t = time_launches([lambda bb=bb: k(bb, ctx.c) for bb in ctx.b_bufs])
+    assert t.method == "graph"
+    assert 0.2 < t.median_us < 1000
+    assert t.launches_per_replay % len(ctx.b_bufs) == 0
+    base = time_baselines(ctx)
+    for key in ("cusparse_us", "cublas_fp32_us", "cublas_tf32_us", "cublas_fp16_us"):
+        assert base[key] is not None and base[key] > 0, (key, base["baseline_errors"])
+    # TF32 and FP16 tensor cores must beat plain FP32 SGEMM on this shape
+    assert base["cublas_fp16_us"] < base["cublas_fp32_us"]
+
+
+def test_tune_end_to_end_then_lookup_and_spmm(tmp_path):
+    """`tune` with a small budget stores a verified record that lookup finds and SpMM uses."""
+    cp = _cp()
+    db = tmp_path / "t.sqlite"
+    cmd = [sys.executable, "-m", "sparse_autotune", "tune", "--shape", "256x1024", "--density", "0.1",
+           "--n", "128", "--trials", "12", "--db", str(db), "--json", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert rep["trials"]["complete"] + rep["trials"]["failed"] == 12
+    assert rep["best"]["max_rel_err"] < 1e-4
+    assert rep["best"]["time_us"] > 0 and rep["baselines"]["cusparse_us"] > 0
+    # a second run of the same problem resumes the study: nothing new within the same budget
+    proc2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc2.returncode == 0, proc2.stderr
+    rep2 = json.loads(proc2.stdout)
+    assert rep2["trials"]["new"] == 0 and rep2["study"] == rep["study"]
+
+    import sparse_autotune as sa
+    from sparse_autotune.gpu import gpu_info
+    sa.lookup.cache_clear()
+    found = sa.lookup(256, 1024, 128, 0.1, "fp32", db=db)
+    assert found is not None and found.gpu == gpu_info().name
+    assert found.config == rep2["best"]["config"] or found.time_us <= rep["best"]["time_us"]
+
+    a = random_matrix(256, 1024, 0.1, "uniform", 0, np.float32)  # the same matrix tune used (seed 0)
+    op = sa.SpMM(a, db=db)
+    fam, cfg, source = op.plan(128)
+    assert source == "exact" and cfg == found.config
+    b = cp.asarray(np.random.default_rng(3).standard_normal((1024, 128)).astype(np.float32))
+    c = op(b)
+    ref = a.astype(np.float64) @ b.get().astype(np.float64)
+    assert np.linalg.norm(c.get() - ref) / np.linalg.norm(ref) < 1e-5
+    # an N that was never tuned falls back to a default kernel, still correct
+    b2 = cp.asarray(np.random.default_rng(4).standard_normal((1024, 77)).astype(np.float32))
+    assert op.plan(77)[2] == "default"
+    ref2 = a.astype(np.float64) @ b2.get().astype(np.float64)
+    assert np.linalg.norm(op(b2).get() - ref2) / np.linalg.norm(ref2) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_spmm_operator_inputs_and_errors(dtype):
+    cp = _cp()
+    import cupyx.scipy.sparse as csp
+    import sparse_autotune as sa
+    from sparse_autotune.errors import UserError
+    np_dt = DTYPES[dtype]
+    a = random_matrix(100, 300, 0.1, "uniform", 9, np_dt)
+    b = cp.asarray(np.random.default_rng(1).standard_normal((300, 40)).astype(np_dt))
+    ref = a.astype(np.float64) @ b.get().astype(np.float64)
+    tol = 1e-5 if dtype == "fp32" else 2e-3
+    for source in (a, a.toarray(), cp.asarray(a.toarray()), csp.csr_matrix(a)):
+        op = sa.SpMM(source)
+        assert op.dtype == dtype
+        c = op(b)
+        assert isinstance(c, cp.ndarray) and c.dtype == np_dt and c.shape == (100, 40)
+        assert np.linalg.norm(c.get().astype(np.float64) - ref) / np.linalg.norm(ref) < tol
+    out = cp.full((100, 40), cp.nan, dtype=np_dt)
+    assert op(b, out=out) is out and bool(cp.isfinite(out).all())
+    with pytest.raises(UserError, match="shape"):
+        op(cp.zeros((299, 40), dtype=np_dt))
+    with pytest.raises(UserError, match="dtype"):
+        op(b.astype(cp.float64))
+    # all-zero A and M/N edge cases
+    z = sa.SpMM(sp.csr_matrix((7, 300), dtype=np_dt))
+    cz = z(b)
+    assert cz.shape == (7, 40) and not bool(cp.any(cz))
+
+
+def test_spmm_operator_torch():
+    torch = pytest.importorskip("torch")
+    import sparse_autotune as sa
+    a = random_matrix(64, 128, 0.2, "uniform", 2, np.float32)
+    op = sa.SpMM(torch.from_numpy(a.toarray()))
+    b = torch.randn(128, 48, device="cuda")
+    c = op(b)
+    assert isinstance(c, torch.Tensor) and c.is_cuda and c.shape == (64, 48)
+    ref = torch.from_numpy(a.toarray()).cuda() @ b
+    assert torch.allclose(c, ref, rtol=1e-4, atol=1e-4)
