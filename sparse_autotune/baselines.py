@@ -18,6 +18,42 @@ def _cp():
     return cupy()
 
 
+_LIBS: dict = {}
+
+
+def _lib(name: str):
+    """The CUDA library CuPy loaded (libcublas / libcusparse), through ctypes.
+
+    CuPy's own bindings refuse every call while a stream is being captured, although cuBLAS and cuSPARSE
+    support capture; the launches to be captured are therefore made through ctypes on the same library
+    (and the same handles). Descriptors and buffers are still made through CuPy, outside the capture.
+    """
+    if name not in _LIBS:
+        import ctypes  # noqa: PLC0415
+        path = None
+        try:
+            from cuda.pathfinder import load_nvidia_dynamic_lib  # noqa: PLC0415
+            path = load_nvidia_dynamic_lib(name).abs_path
+        except Exception:  # noqa: BLE001
+            pass
+        lib = None
+        for cand in ([path] if path else []) + [f"lib{name}.so.13", f"lib{name}.so.12", f"lib{name}.so"]:
+            try:
+                lib = ctypes.CDLL(cand)
+                break
+            except OSError:
+                continue
+        if lib is None:
+            raise RuntimeError(f"cannot load lib{name} through ctypes")
+        _LIBS[name] = lib
+    return _LIBS[name]
+
+
+def _check(status: int, what: str):
+    if status != 0:
+        raise RuntimeError(f"{what} returned status {status}")
+
+
 class CuSparseSpMM:
     """C = A @ B with cusparseSpMM (CSR, 32-bit indices, row-major dense matrices), one algorithm."""
 
@@ -30,7 +66,7 @@ class CuSparseSpMM:
         n = int(b_bufs[0].shape[1])
         vt = 2 if dtype == "fp16" else 0  # CUDA_R_16F / CUDA_R_32F
         self.compute = 0  # CUDA_R_32F accumulation for both
-        self.alg = getattr(cs, alg_name)
+        self.alg = CUSPARSE_ALGS[alg_name]
         self.alpha = np.array(1.0, np.float32)
         self.beta = np.array(0.0, np.float32)
         i32 = cs.CUSPARSE_INDEX_32I
@@ -49,10 +85,14 @@ class CuSparseSpMM:
                                self.beta.ctypes.data, self.mat_c, self.compute, self.alg, self.buf.data.ptr)
 
     def launch(self, i: int):
+        import ctypes as ct  # noqa: PLC0415
         cp = _cp()
-        self.cs.setStream(self.handle, cp.cuda.get_current_stream().ptr)
-        self.cs.spMM(self.handle, self.op, self.op, self.alpha.ctypes.data, self.mat_a, self.mat_b[i],
-                     self.beta.ctypes.data, self.mat_c, self.compute, self.alg, self.buf.data.ptr)
+        lib = _lib("cusparse")
+        vp = ct.c_void_p
+        _check(lib.cusparseSetStream(vp(self.handle), vp(cp.cuda.get_current_stream().ptr)), "cusparseSetStream")
+        _check(lib.cusparseSpMM(vp(self.handle), ct.c_int(self.op), ct.c_int(self.op), vp(self.alpha.ctypes.data),
+                                vp(self.mat_a), vp(self.mat_b[i]), vp(self.beta.ctypes.data), vp(self.mat_c),
+                                ct.c_int(self.compute), ct.c_int(self.alg), vp(self.buf.data.ptr)), "cusparseSpMM")
 
     def close(self):
         cs = self.cs
@@ -85,18 +125,22 @@ class CublasGemm:
         self.beta = np.array(0.0, np.float32)
 
     def launch(self, i: int):
+        import ctypes as ct  # noqa: PLC0415
         cp = _cp()
-        cb = self.cb
-        cb.setStream(self.handle, cp.cuda.get_current_stream().ptr)
-        cb.setPointerMode(self.handle, cb.CUBLAS_POINTER_MODE_HOST)
-        cb.gemmEx(self.handle, cb.CUBLAS_OP_N, cb.CUBLAS_OP_N, self.n, self.m, self.k,
-                  self.alpha.ctypes.data, self.b[i].data.ptr, self.dt, self.n,
-                  self.a.data.ptr, self.dt, self.k, self.beta.ctypes.data,
-                  self.c.data.ptr, self.dt, self.n, self.compute, -1)  # -1: CUBLAS_GEMM_DEFAULT
+        cb, lib = self.cb, _lib("cublas")
+        vp, ci = ct.c_void_p, ct.c_int
+        _check(lib.cublasSetStream_v2(vp(self.handle), vp(cp.cuda.get_current_stream().ptr)), "cublasSetStream")
+        _check(lib.cublasSetPointerMode_v2(vp(self.handle), ci(cb.CUBLAS_POINTER_MODE_HOST)), "cublasSetPointerMode")
+        _check(lib.cublasGemmEx(vp(self.handle), ci(cb.CUBLAS_OP_N), ci(cb.CUBLAS_OP_N), ci(self.n), ci(self.m),
+                                ci(self.k), vp(self.alpha.ctypes.data), vp(self.b[i].data.ptr), ci(self.dt),
+                                ci(self.n), vp(self.a.data.ptr), ci(self.dt), ci(self.k), vp(self.beta.ctypes.data),
+                                vp(self.c.data.ptr), ci(self.dt), ci(self.n), ci(self.compute), ci(-1)),
+               "cublasGemmEx")  # algo -1: CUBLAS_GEMM_DEFAULT
 
 
-CUSPARSE_ALGS = ("CUSPARSE_SPMM_ALG_DEFAULT", "CUSPARSE_SPMM_CSR_ALG1", "CUSPARSE_SPMM_CSR_ALG2",
-                 "CUSPARSE_SPMM_CSR_ALG3")
+# cusparseSpMMAlg_t values (cusparse.h); CuPy's bindings do not export the names
+CUSPARSE_ALGS = {"CUSPARSE_SPMM_ALG_DEFAULT": 0, "CUSPARSE_SPMM_CSR_ALG1": 4, "CUSPARSE_SPMM_CSR_ALG2": 6,
+                 "CUSPARSE_SPMM_CSR_ALG3": 12}
 
 
 def time_baselines(ctx, log=None) -> dict:
@@ -115,6 +159,7 @@ def time_baselines(ctx, log=None) -> dict:
             if not err <= tol:
                 raise RuntimeError(f"wrong result (relative error {err:.3g})")
             t = time_launches([lambda i=i: launch_fn(i) for i in range(n_bufs)])
+            out.setdefault("timing", {})[name] = t.method + (f" ({t.note})" if t.note else "")
             return t.median_us, err
         except Exception as exc:  # noqa: BLE001
             errors[name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

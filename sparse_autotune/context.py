@@ -19,7 +19,7 @@ class GpuProblem:
         self.gpu = gpu
         self.np_dtype = DTYPES[problem.dtype]
         self.a_dev = DeviceCSR(problem.matrix, problem.dtype)
-        a_host = problem.matrix.astype(self.np_dtype)  # the values the kernels see, exactly
+        a_host = problem.matrix  # float32 holding exactly the values the kernels see (fp16-rounded for fp16)
         self.a64 = csp.csr_matrix(a_host.astype(np.float64))
         self._a32 = csp.csr_matrix(a_host.astype(np.float32))
         es = np.dtype(self.np_dtype).itemsize

@@ -99,8 +99,17 @@ def random_matrix(m: int, k: int, density: float, pattern: str = "uniform", seed
     a.sort_indices()
     vals = rng.standard_normal(a.nnz)
     vals[vals == 0] = 1.0
-    a.data = vals.astype(dtype)
+    a.data = host_values(vals, dtype)
     return a
+
+
+def host_values(values, dtype) -> np.ndarray:
+    """Values as the host keeps them: float32 (scipy.sparse has no float16), rounded to fp16 for fp16 problems
+    so that the float64 reference sees exactly what the kernels see."""
+    v = np.asarray(values)
+    if np.dtype(dtype) == np.float16:
+        return v.astype(np.float16).astype(np.float32)
+    return v.astype(np.float32)
 
 
 def load_matrix(path: str | Path) -> sp.csr_matrix:
@@ -164,10 +173,10 @@ class Problem:
     def from_matrix(cls, a: sp.spmatrix, n: int, dtype: str = "fp32", pattern: str = "matrix") -> "Problem":
         check_dtype(dtype)
         check_n(n)
-        a = sp.csr_matrix(a)
+        a = sp.csr_matrix(a, dtype=np.float32)
         a.sum_duplicates()
         a.sort_indices()
-        a = a.astype(DTYPES[dtype])
+        a.data = host_values(a.data, DTYPES[dtype])
         m, k = a.shape
         density = round(a.nnz / (m * k), 6) if a.nnz else round(1.0 / (m * k), 6)
         return cls(m, k, n, density, dtype, pattern, 0, a)

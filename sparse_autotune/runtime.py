@@ -6,29 +6,35 @@ import scipy.sparse as sp
 
 from .errors import UserError
 from .lookup import lookup
-from .problem import DTYPES, dtype_name
+from .problem import DTYPES, dtype_name, host_values
 from .space import get_space, load_spaces, problem_env
 
 
-def _to_scipy(a) -> sp.csr_matrix:
-    if sp.issparse(a):
-        return sp.csr_matrix(a)
-    if isinstance(a, np.ndarray):
-        if a.ndim != 2:
-            raise UserError(f"A must be 2-D, got {a.ndim}-D")
-        return sp.csr_matrix(a)
+def _to_scipy(a) -> tuple[sp.csr_matrix, np.dtype]:
+    """A as a float32 scipy CSR matrix (scipy has no float16), and A's own dtype."""
     mod = type(a).__module__
-    if mod.startswith("cupyx.scipy.sparse"):
-        return sp.csr_matrix(a.get())
-    if mod.startswith("cupy"):
-        if a.ndim != 2:
-            raise UserError(f"A must be 2-D, got {a.ndim}-D")
-        return sp.csr_matrix(a.get())
-    if mod.startswith("torch"):
+    if sp.issparse(a):
+        host = a
+    elif isinstance(a, np.ndarray):
+        host = a
+    elif mod.startswith("cupyx.scipy.sparse") or mod.startswith("cupy"):
+        host = a.get()
+    elif mod.startswith("torch"):
+        import torch  # noqa: PLC0415
         t = a.detach()
-        t = t.to_dense() if t.layout != __import__("torch").strided else t
-        return sp.csr_matrix(t.cpu().numpy())
-    raise UserError(f"unsupported type for A: {type(a).__name__} (use scipy.sparse, numpy, CuPy or PyTorch)")
+        t = t.to_dense() if t.layout != torch.strided else t
+        host = t.cpu().numpy()
+    else:
+        raise UserError(f"unsupported type for A: {type(a).__name__} (use scipy.sparse, numpy, CuPy or PyTorch)")
+    if host.ndim != 2:
+        raise UserError(f"A must be 2-D, got {host.ndim}-D")
+    src_dtype = np.dtype(host.dtype)
+    if sp.issparse(host):
+        out = sp.csr_matrix(host.astype(np.float32) if src_dtype != np.float16 else
+                            sp.csr_matrix((host.data.astype(np.float32), host.indices, host.indptr), shape=host.shape))
+    else:
+        out = sp.csr_matrix(np.asarray(host, dtype=np.float32))
+    return out, src_dtype
 
 
 class SpMM:
@@ -41,14 +47,15 @@ class SpMM:
     """
 
     def __init__(self, a, dtype: str | None = None, db=None):
-        host = _to_scipy(a)
+        host, src_dtype = _to_scipy(a)
         host.sum_duplicates()
         host.eliminate_zeros()
         host.sort_indices()
-        self.dtype = dtype if dtype is not None else dtype_name(host.dtype)
+        self.dtype = dtype if dtype is not None else dtype_name(src_dtype)
         if self.dtype not in DTYPES:
             raise UserError(f"unknown dtype {self.dtype!r}: choose fp32 or fp16")
-        self.host = host.astype(DTYPES[self.dtype])
+        host.data = host_values(host.data, DTYPES[self.dtype])
+        self.host = host
         self.shape = host.shape
         self.nnz = int(host.nnz)
         self.density = self.nnz / (self.shape[0] * self.shape[1]) if self.nnz else 0.0

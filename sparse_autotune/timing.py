@@ -22,6 +22,7 @@ class Timing:
     launches_per_replay: int
     replays: int
     method: str  # "graph" or "events"
+    note: str = ""  # why graph capture was not used, if it was not
 
 
 def n_buffers(bytes_per_input: int, l2_bytes: int, cap: int = 64) -> int:
@@ -50,7 +51,7 @@ def time_launches(launches, repeats: int = 20, target_us: float = 300.0, max_lau
         r = int(min(max_launches, max(nbuf, np.ceil(target_us / est_us))))
         r = -(-r // nbuf) * nbuf
 
-        graph, method = None, "graph"
+        graph, method, note = None, "graph", ""
         try:
             stream.begin_capture()
             try:
@@ -58,8 +59,8 @@ def time_launches(launches, repeats: int = 20, target_us: float = 300.0, max_lau
                     launches[i % nbuf]()
             finally:
                 graph = stream.end_capture()
-        except Exception:  # noqa: BLE001 - not capturable: fall back to eager launches
-            graph, method = None, "events"
+        except Exception as exc:  # noqa: BLE001 - not capturable: fall back to eager launches
+            graph, method, note = None, "events", (str(exc).splitlines() or [type(exc).__name__])[0]
             stream.synchronize()
 
         def replay():
@@ -85,4 +86,4 @@ def time_launches(launches, repeats: int = 20, target_us: float = 300.0, max_lau
     med = statistics.median(times)
     p10 = times[int(0.1 * (len(times) - 1))]
     p90 = times[int(round(0.9 * (len(times) - 1)))]
-    return Timing(med, times[0], (p90 - p10) / med if med > 0 else 0.0, r, repeats, method)
+    return Timing(med, times[0], (p90 - p10) / med if med > 0 else 0.0, r, repeats, method, note)

@@ -143,7 +143,7 @@ def tune(problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sy
                  "search_time_us": res.best_value},
         "baselines": {k: base[k] for k in ("cusparse_us", "cusparse_alg", "cublas_fp32_us", "cublas_tf32_us",
                                           "cublas_fp16_us")},
-        "baseline_errors": base["baseline_errors"],
+        "baseline_errors": base["baseline_errors"], "baseline_timing": base.get("timing", {}),
         "speedup": {"vs_cusparse": ratio(base["cusparse_us"]), "vs_cublas_fp32": ratio(base["cublas_fp32_us"]),
                     "vs_cublas_tf32": ratio(base["cublas_tf32_us"]), "vs_cublas_fp16": ratio(base["cublas_fp16_us"])},
         "floor_us": floor, "ceilings": ceil,

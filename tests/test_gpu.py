@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from sparse_autotune.problem import DTYPES, Problem, random_matrix
+from sparse_autotune.problem import DTYPES, Problem, host_values, random_matrix
 from sparse_autotune.space import load_spaces, problem_env
 
 pytestmark = pytest.mark.gpu
@@ -47,8 +47,8 @@ def edge_matrices(dtype):
     mats["empty_rows"] = sp.csr_matrix(a)
     d = np.zeros((130, 257))
     d[77, :] = rng.standard_normal(257)  # one dense row among empty ones
-    mats["one_dense_row"] = sp.csr_matrix(d.astype(np_dt))
-    mats["all_zero"] = sp.csr_matrix((50, 40), dtype=np_dt)
+    mats["one_dense_row"] = sp.csr_matrix(host_values(d, np_dt))
+    mats["all_zero"] = sp.csr_matrix((50, 40), dtype=np.float32)
     mats["dense_1.0"] = random_matrix(33, 65, 1.0, "uniform", 4, np_dt)
     mats["single_row"] = random_matrix(1, 300, 0.5, "uniform", 5, np_dt)
     return mats
@@ -196,7 +196,9 @@ def test_spmm_operator_inputs_and_errors(dtype):
     b = cp.asarray(np.random.default_rng(1).standard_normal((300, 40)).astype(np_dt))
     ref = a.astype(np.float64) @ b.get().astype(np.float64)
     tol = 1e-5 if dtype == "fp32" else 2e-3
-    for source in (a, a.toarray(), cp.asarray(a.toarray()), csp.csr_matrix(a)):
+    dense = a.toarray().astype(np_dt)  # A in the operator's own dtype: the dtype is taken from it
+    sources = [dense, cp.asarray(dense)] + ([a, csp.csr_matrix(a)] if dtype == "fp32" else [])
+    for source in sources:
         op = sa.SpMM(source)
         assert op.dtype == dtype
         c = op(b)
@@ -209,7 +211,7 @@ def test_spmm_operator_inputs_and_errors(dtype):
     with pytest.raises(UserError, match="dtype"):
         op(b.astype(cp.float64))
     # all-zero A and M/N edge cases
-    z = sa.SpMM(sp.csr_matrix((7, 300), dtype=np_dt))
+    z = sa.SpMM(sp.csr_matrix((7, 300), dtype=np.float32), dtype=dtype)
     cz = z(b)
     assert cz.shape == (7, 40) and not bool(cp.any(cz))
 
