@@ -123,6 +123,7 @@ class CublasGemm:
         self.a, self.b, self.c = a_dense, b_bufs, c
         self.alpha = np.array(1.0, np.float32)
         self.beta = np.array(0.0, np.float32)
+        _cublas_workspace(self.handle)
 
     def launch(self, i: int):
         import ctypes as ct  # noqa: PLC0415
@@ -139,6 +140,20 @@ class CublasGemm:
 
 
 # cusparseSpMMAlg_t values (cusparse.h); CuPy's bindings do not export the names
+_WORKSPACE: dict = {}
+
+
+def _cublas_workspace(handle: int, nbytes: int = 32 << 20):
+    """Give CuPy's cuBLAS handle a fixed workspace (kept for the process) so captured GEMMs allocate nothing."""
+    if handle in _WORKSPACE:
+        return
+    import ctypes as ct  # noqa: PLC0415
+    ws = _cp().empty(nbytes, dtype=np.uint8)
+    _check(_lib("cublas").cublasSetWorkspace_v2(ct.c_void_p(handle), ct.c_void_p(ws.data.ptr), ct.c_size_t(nbytes)),
+           "cublasSetWorkspace")
+    _WORKSPACE[handle] = ws
+
+
 CUSPARSE_ALGS = {"CUSPARSE_SPMM_ALG_DEFAULT": 0, "CUSPARSE_SPMM_CSR_ALG1": 4, "CUSPARSE_SPMM_CSR_ALG2": 6,
                  "CUSPARSE_SPMM_CSR_ALG3": 12}
 
