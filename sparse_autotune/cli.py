@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--db")
     lk.add_argument("--json", action="store_true")
 
+    bn = sub.add_parser("bench", help="run a benchmark suite (tune every case, time baselines, write results)")
+    bn.add_argument("--suite", default="quick", help="dl (the full suite) or quick (a small subset); default quick")
+    bn.add_argument("--trials", type=int, default=40, help="trial budget per case (default 40)")
+    bn.add_argument("--out", default="bench/results", help="output folder (default bench/results)")
+    bn.add_argument("--db", help="tuning database (default as for tune)")
+    bn.add_argument("--budget", type=float, default=None, help="stop starting new cases after this many seconds")
+
     sp = sub.add_parser("spaces", help="list the variant spaces and their sizes")
     sp.add_argument("--dtype", default="fp32")
     return p
@@ -138,6 +145,19 @@ def cmd_lookup(a) -> int:
     return 0
 
 
+def cmd_bench(a) -> int:
+    from pathlib import Path  # noqa: PLC0415
+    from .bench import run_suite, suite_cases, summary  # noqa: PLC0415
+    suite_cases(a.suite)  # validates the name before the GPU is touched
+    if a.trials <= 0:
+        raise UserError(f"--trials must be positive (got {a.trials})")
+    from .gpu import gpu_info  # noqa: PLC0415
+    gpu_info()
+    records = run_suite(a.suite, a.trials, Path(a.out), a.db, a.budget)
+    print(json.dumps(summary(records), indent=1))
+    return 0
+
+
 def cmd_spaces(a) -> int:
     from .space import load_spaces  # noqa: PLC0415
     check_dtype(a.dtype)
@@ -152,7 +172,7 @@ def cmd_spaces(a) -> int:
 def main(argv=None) -> int:
     try:
         args = _parser().parse_args(argv)
-        return {"tune": cmd_tune, "lookup": cmd_lookup, "spaces": cmd_spaces}[args.cmd](args)
+        return {"tune": cmd_tune, "lookup": cmd_lookup, "bench": cmd_bench, "spaces": cmd_spaces}[args.cmd](args)
     except UserError as exc:
         print(f"sparse-autotune: error: {exc}", file=sys.stderr)
         return 2

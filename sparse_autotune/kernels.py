@@ -39,6 +39,28 @@ class DeviceCSR:
             self._cols[bits] = cupy().asarray(self._host.indices.astype(t))
         return self._cols[bits]
 
+    def stage_layout(self, kc: int):
+        """(stage pointers, local column offsets) for csr_btile with K-stages of kc rows.
+
+        stage_ptr[r * (S + 1) + s] is the first nonzero of row r whose column is >= s * kc (S = ceil(K / kc));
+        lcol holds each column modulo kc (8-bit for kc <= 256).
+        """
+        key = ("stage", kc)
+        if key not in self._cols:
+            from .gpu import cupy  # noqa: PLC0415
+            a = self._host
+            m, k = a.shape
+            n_st = -(-k // kc)
+            rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
+            counts = np.bincount(rows * n_st + a.indices // kc, minlength=m * n_st).reshape(m, n_st)
+            sp_ = np.zeros((m, n_st + 1), dtype=np.int64)
+            sp_[:, 1:] = np.cumsum(counts, axis=1)
+            sp_ += a.indptr[:-1, None]
+            lt = np.uint8 if kc <= 256 else np.uint16
+            self._cols[key] = (cupy().asarray(sp_.astype(np.int32).ravel()),
+                               cupy().asarray((a.indices % kc).astype(lt)), n_st)
+        return self._cols[key]
+
     def perm(self):
         """Rows sorted by length, longest first (stable): heavy rows start first, a block's rows are alike."""
         if self._perm is None:
@@ -58,13 +80,18 @@ class Kernel:
     a: DeviceCSR
 
     def geometry(self, n: int):
+        """(grid, block, row_blocks, col_tiles) for N columns."""
         c = self.config
         m = self.a.shape[0]
-        rows = c["rows_per_block"]
-        tile_n = c["lanes_per_row"] * c["vec"] * c["cols_per_thread"]
+        if self.space.family == "csr_btile":
+            rows, tile_n, threads = c["warps"] * c["rows_per_warp"], 32 * c["vec"], 32 * c["warps"]
+        else:
+            rows = c["rows_per_block"]
+            tile_n = c["lanes_per_row"] * c["vec"] * c["cols_per_thread"]
+            threads = rows * c["lanes_per_row"]
         row_blocks = -(-m // rows)
         col_tiles = -(-n // tile_n)
-        return (row_blocks * col_tiles,), (rows * c["lanes_per_row"],), row_blocks, col_tiles
+        return (row_blocks * col_tiles,), (threads,), row_blocks, col_tiles
 
     def __call__(self, b, c_out):
         m, k = self.a.shape
@@ -73,9 +100,14 @@ class Kernel:
             return c_out
         grid, block, row_blocks, col_tiles = self.geometry(n)
         cfg = self.config
-        args = (self.a.row_ptr, self.a.cols(cfg["index_bits"]), self.a.vals,
-                self.a.perm() if cfg["row_order"] == "sorted" else self.a.row_ptr,
-                b, c_out, np.int32(m), np.int32(n), np.int32(row_blocks), np.int32(col_tiles))
+        perm = self.a.perm() if cfg["row_order"] == "sorted" else self.a.row_ptr
+        if self.space.family == "csr_btile":
+            stage_ptr, lcol, n_st = self.a.stage_layout(cfg["kc"])
+            args = (stage_ptr, lcol, self.a.vals, perm, b, c_out, np.int32(m), np.int32(n), np.int32(k),
+                    np.int32(row_blocks), np.int32(col_tiles), np.int32(n_st))
+        else:
+            args = (self.a.row_ptr, self.a.cols(cfg["index_bits"]), self.a.vals, perm,
+                    b, c_out, np.int32(m), np.int32(n), np.int32(row_blocks), np.int32(col_tiles))
         self.fn(grid, block, args)
         return c_out
 

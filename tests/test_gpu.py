@@ -64,7 +64,7 @@ def test_every_family_correct_on_edge_cases(dtype):
     import cupyx.scipy.sparse as csp
     info = gpu_info()
     np_dt = DTYPES[dtype]
-    checked = 0
+    checked: dict = {}
     for name, a in edge_matrices(dtype).items():
         dev = DeviceCSR(a, dtype)
         a64 = csp.csr_matrix(a.astype(np.float64))
@@ -73,14 +73,18 @@ def test_every_family_correct_on_edge_cases(dtype):
             b = cp.asarray(np.random.default_rng(n).standard_normal((a.shape[1], n)).astype(np_dt))
             ref = reference(a64, b)
             c = cp.empty((a.shape[0], n), dtype=np_dt)
+            families_run = 0
             for space in load_spaces():
                 sample = covering_sample(space, dtype, env, info.limits(), seed=n)
-                assert sample, f"no feasible config for {name} N={n}"
+                if not sample:
+                    continue  # e.g. csr_btile needs N divisible by 16 bytes of elements
+                families_run += 1
                 for cfg in sample[:: max(1, len(sample) // 12)]:
                     k = build_kernel(dev, space.family, cfg, dtype)
                     check(lambda: k(b, c), c, ref, dtype)  # raises CandidateError on a wrong result
-                    checked += 1
-    assert checked > 100
+                    checked[space.family] = checked.get(space.family, 0) + 1
+            assert families_run >= 1, f"no family can run {name} with N={n}"
+    assert all(v > 30 for v in checked.values()) and set(checked) == {s.family for s in load_spaces()}, checked
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])

@@ -1,0 +1,167 @@
+"""The benchmark suite: tune each case, time the winner and the baselines the same way, write JSON/MD/PNG.
+
+`sparse-autotune bench --suite dl|quick [--trials T] [--out DIR]`. Each finished case is appended to
+`suite-<suite>-<gpu>.json` at once, so an interrupted or time-limited run resumes where it stopped
+(cases already in the file are skipped). Tuned records also land in the tuning database.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+RESNET = [((64, 256), 3136), ((256, 64), 3136), ((128, 512), 784), ((512, 128), 784),
+          ((256, 1024), 196), ((1024, 256), 196), ((512, 2048), 49), ((2048, 512), 49)]
+DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3)
+DTYPES = ("fp32", "fp16")
+PATTERNS = ("uniform", "powerlaw")
+
+
+def suite_cases(name: str) -> list[dict]:
+    """The (M, K, N) shapes x densities x dtypes x patterns of a suite, in a fixed order."""
+    if name == "dl":
+        shapes = [(m, k, n * b) for (m, k), n in RESNET for b in (1, 8)]
+        shapes += [(m, k, n) for (m, k) in ((768, 768), (3072, 768), (768, 3072)) for n in (128, 512, 2048)]
+        shapes += [(m, k, n) for (m, k) in ((4096, 4096), (11008, 4096)) for n in (16, 64)]
+        shapes += [(512, 2048, 256), (512, 2048, 1024)]
+        combos = itertools.product(shapes, DENSITIES, DTYPES, PATTERNS)
+    elif name == "quick":
+        shapes = [(512, 2048, 256), (512, 2048, 1024), (768, 3072, 512), (1024, 256, 196)]
+        combos = itertools.product(shapes, (0.05, 0.1), DTYPES, ("uniform",))
+    else:
+        raise UserError(f"unknown suite {name!r}: choose dl or quick")
+    return [{"M": m, "K": k, "N": n, "density": d, "dtype": dt, "pattern": p}
+            for (m, k, n), d, dt, p in combos]
+
+
+def case_key(c: dict) -> tuple:
+    return (c["M"], c["K"], c["N"], c["density"], c["dtype"], c["pattern"])
+
+
+def best_dense(rec: dict) -> float | None:
+    """The best dense path of the same dtype: min(FP32, TF32) for fp32, FP16 tensor cores for fp16."""
+    if rec["dtype"] == "fp16":
+        return rec.get("cublas_fp16_us")
+    vals = [v for v in (rec.get("cublas_fp32_us"), rec.get("cublas_tf32_us")) if v]
+    return min(vals) if vals else None
+
+
+def geomean(xs) -> float | None:
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+def run_suite(suite: str, trials: int, out_dir: Path, db: str | None, budget_s: float | None = None,
+              log=lambda m: print(m, file=sys.stderr, flush=True)) -> list[dict]:
+    from .gpu import gpu_info, gpu_slug  # noqa: PLC0415
+    from .problem import Problem  # noqa: PLC0415
+    from .tune import TuneOptions, tune  # noqa: PLC0415
+    info = gpu_info()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"suite-{suite}-{gpu_slug(info.name)}.json"
+    records = json.loads(path.read_text()) if path.exists() else []
+    done = {case_key(r) for r in records}
+    cases = suite_cases(suite)
+    t0 = time.time()
+    for i, c in enumerate(cases):
+        if case_key(c) in done:
+            continue
+        if budget_s is not None and time.time() - t0 > budget_s:
+            log(f"time budget reached: {len(records)}/{len(cases)} cases done; run again to continue")
+            break
+        log(f"[{i + 1}/{len(cases)}] {c}")
+        p = Problem.random(c["M"], c["K"], c["N"], c["density"], c["dtype"], c["pattern"], seed=0)
+        try:
+            r = tune(p, TuneOptions(trials=trials, db=db, progress=False), log=lambda m: None)
+        except UserError as exc:
+            log(f"  case failed: {exc}")
+            continue
+        b, base = r["best"], r["baselines"]
+        rec = {**c, "nnz": p.nnz, "family": b["family"], "config": b["config"], "tuned_us": b["time_us"],
+               "cusparse_us": base["cusparse_us"], "cublas_fp32_us": base["cublas_fp32_us"],
+               "cublas_tf32_us": base["cublas_tf32_us"], "cublas_fp16_us": base["cublas_fp16_us"],
+               "floor_us": r["floor_us"], "max_rel_err": b["max_rel_err"], "trials": r["trials"]["complete"],
+               "gpu": r["gpu"], "driver": r["driver"], "cuda": r["cuda"], "cupy": r["cupy"]}
+        records.append(rec)
+        path.write_text(json.dumps(records, indent=1))
+        bd = best_dense(rec)
+        log(f"  {rec['family']} {rec['tuned_us']:.2f} us | cuSPARSE {rec['cusparse_us'] or float('nan'):.2f} | "
+            f"best dense {bd or float('nan'):.2f} | floor {rec['floor_us']:.2f}")
+    write_report(records, out_dir / f"suite-{suite}-{gpu_slug(info.name)}", suite, len(cases))
+    return records
+
+
+def summary(records: list[dict]) -> dict:
+    def ratio(r, key):
+        v = r.get(key) if key != "dense" else best_dense(r)
+        return v / r["tuned_us"] if v else None
+    out = {"cases": len(records),
+           "geomean_vs_cusparse": geomean(ratio(r, "cusparse_us") for r in records),
+           "geomean_vs_best_dense": geomean(ratio(r, "dense") for r in records)}
+    for dt in DTYPES:
+        for d in DENSITIES:
+            sel = [r for r in records if r["dtype"] == dt and abs(r["density"] - d) < 1e-9]
+            if sel:
+                out[f"{dt}@{d}"] = {
+                    "cases": len(sel),
+                    "vs_cusparse": geomean(ratio(r, "cusparse_us") for r in sel),
+                    "vs_cublas_fp32": geomean(ratio(r, "cublas_fp32_us") for r in sel),
+                    "vs_best_dense": geomean(ratio(r, "dense") for r in sel)}
+    big = sorted(r["tuned_us"] / r["floor_us"] for r in records if r["tuned_us"] >= 50 and r["floor_us"])
+    out["median_tuned_over_floor_ge50us"] = big[len(big) // 2] if big else None
+    return out
+
+
+def write_report(records: list[dict], stem: Path, suite: str, total: int):
+    if not records:
+        return
+    s = summary(records)
+    r0 = records[0]
+    f = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
+    lines = [f"# Benchmark suite `{suite}` — {r0['gpu']}", "",
+             f"Driver {r0['driver']}, CUDA {r0['cuda']}, CuPy {r0['cupy']}. {len(records)}/{total} cases. "
+             "Times: median of CUDA-graph replays, B rotated past L2; speed-up = baseline time / tuned time.", "",
+             f"Geomean speed-up over cuSPARSE: **{f(s['geomean_vs_cusparse'])}x**; over the best dense path of the "
+             f"same dtype: **{f(s['geomean_vs_best_dense'])}x**. Median tuned/floor where tuned >= 50 us: "
+             f"{f(s['median_tuned_over_floor_ge50us'])}.", "",
+             "| dtype | density | cases | vs cuSPARSE | vs cuBLAS FP32 | vs best dense |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for dt in DTYPES:
+        for d in DENSITIES:
+            g = s.get(f"{dt}@{d}")
+            if g:
+                lines.append(f"| {dt} | {d} | {g['cases']} | {f(g['vs_cusparse'])} | {f(g['vs_cublas_fp32'])} | {f(g['vs_best_dense'])} |")
+    lines += ["", "| M | K | N | density | dtype | pattern | family | tuned us | cuSPARSE | FP32 | TF32 | FP16 | floor |",
+              "| ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in records:
+        lines.append(f"| {r['M']} | {r['K']} | {r['N']} | {r['density']} | {r['dtype']} | {r['pattern']} | {r['family']} | "
+                     f"{f(r['tuned_us'])} | {f(r['cusparse_us'])} | {f(r['cublas_fp32_us'])} | {f(r['cublas_tf32_us'])} | "
+                     f"{f(r['cublas_fp16_us'])} | {f(r['floor_us'])} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib  # noqa: PLC0415
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for ax, key, title in ((axes[0], "cusparse_us", "speed-up over cuSPARSE"), (axes[1], "dense", "speed-up over best dense (same dtype)")):
+        for dt, mk in (("fp32", "o"), ("fp16", "s")):
+            sel = [r for r in records if r["dtype"] == dt]
+            xs = [r["density"] for r in sel]
+            ys = [((r[key] if key != "dense" else best_dense(r)) or float("nan")) / r["tuned_us"] for r in sel]
+            ax.scatter(xs, ys, marker=mk, label=dt, alpha=0.7)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("density")
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle(f"{suite} suite on {r0['gpu']}")
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=110)
+    plt.close(fig)
