@@ -1,0 +1,331 @@
+"""The Optuna search (search.run_search) driven by synthetic objectives (no GPU): on a temporary SQLite study storage,
+or Optuna's in-memory storage where only the search logic is under test."""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sparse_autotune import space
+from sparse_autotune.errors import CandidateError, UserError
+from sparse_autotune.search import SAMPLERS, make_sampler, run_search
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+CSR = space.get_space("csr_rowsplit")
+DTYPE = "fp32"
+ENV = space.problem_env(512, 2048, 256, round(0.1 * 512 * 2048), DTYPE)
+LIMITS = dict(space.DEFAULT_LIMITS)
+
+# the synthetic optimum: a feasible config away from every known-good one
+TARGET = {"rows_per_block": 4, "lanes_per_row": 16, "vec": 2, "cols_per_thread": 2, "unroll": 4, "stage": "smem",
+          "chunk": 64, "row_order": "sorted", "raster": "cols_first", "index_bits": 32}
+
+
+def synthetic_value(cfg: dict, sp: space.Space = CSR, target: dict = TARGET, dtype: str = DTYPE) -> float:
+    """1 + normalised ordinal distance to the target per numeric parameter + 1 per mismatching categorical one
+    (an active/inactive mismatch of a conditional parameter also costs 1). Minimum 1.0, at the target only."""
+    v = 1.0
+    for p in sp.params:
+        if (p.name in cfg) != (p.name in target):
+            v += 1.0
+        elif p.name not in cfg:
+            continue
+        elif sp._is_ordinal(p, dtype):
+            ch = sorted(p.choices(dtype))
+            v += abs(ch.index(cfg[p.name]) - ch.index(target[p.name])) / max(1, len(ch) - 1)
+        else:
+            v += float(cfg[p.name] != target[p.name])
+    return v
+
+
+def key(family: str, cfg: dict) -> str:
+    return family + json.dumps(cfg, sort_keys=True)
+
+
+class Evaluator:
+    """A synthetic objective that records every call and refuses infeasible configs."""
+
+    def __init__(self, spaces=(CSR,), env=ENV, limits=LIMITS, fail=lambda fam, cfg: False, value=None):
+        self.by_family = {s.family: s for s in spaces}
+        self.env, self.limits = env, limits
+        self.fail = fail
+        self.value = value or (lambda fam, cfg: synthetic_value(cfg))
+        self.calls: Counter = Counter()
+        self.order: list[tuple[str, dict]] = []
+        self.infeasible: list = []
+
+    def __call__(self, family: str, cfg: dict):
+        self.calls[key(family, cfg)] += 1
+        self.order.append((family, dict(cfg)))
+        why = self.by_family[family].check(cfg, self.env, self.limits)
+        if why is not None:
+            self.infeasible.append((cfg, why))
+        if self.fail(family, cfg):
+            raise CandidateError("compile", "synthetic failure", "synthetic log\nline 2")
+        return self.value(family, cfg), {"synthetic": True}
+
+
+@pytest.fixture
+def storage(tmp_path):
+    """A study storage in a temporary SQLite file, as the tuner uses (the tuning database's file)."""
+    return f"sqlite:///{tmp_path / 'study.sqlite'}"
+
+
+@pytest.fixture
+def mem():
+    """Optuna's in-memory storage, for tests about the search logic only: SQLite storage costs ~0.15 s a trial here
+    (a commit per suggested parameter), so only the tests about what is stored and resumed use the file."""
+    return optuna.storages.InMemoryStorage()
+
+
+def counted_trials(storage, name):
+    study = optuna.load_study(study_name=name, storage=storage)
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+
+
+# ---- quality --------------------------------------------------------------------------------------------
+
+
+def test_tpe_synthetic_finds_the_optimum_region(storage):
+    values = np.array([synthetic_value(c) for c in CSR.feasible(DTYPE, ENV, LIMITS)])
+    ev = Evaluator()
+    res = run_search(storage, "q", [CSR], DTYPE, ENV, LIMITS, ev, trials=60, sampler="tpe", seed=0)
+    assert res.best_family == "csr_rowsplit"
+    assert res.best_value == pytest.approx(synthetic_value(res.best_config))
+    assert res.best_value == min(synthetic_value(c) for _, c in ev.order)
+    # 60 random draws would land near the 1/60 quantile; TPE must reach the best 0.1 % of the feasible space
+    assert res.best_value <= np.quantile(values, 0.001)
+    assert res.best_value < np.median(values) - 2.0
+    assert not ev.infeasible
+
+
+# ---- budget and resume ----------------------------------------------------------------------------------
+
+
+def test_budget_synthetic_counts_complete_and_failed(storage):
+    ev = Evaluator(fail=lambda fam, cfg: cfg["unroll"] == 8)
+    res = run_search(storage, "b", [CSR], DTYPE, ENV, LIMITS, ev, trials=20, sampler="tpe", seed=1)
+    assert res.complete + res.failed == 20
+    assert res.new_trials == 20
+    assert res.stopped == "trial budget"
+    assert len(counted_trials(storage, "b")) == 20
+    assert sum(ev.calls.values()) <= 20
+
+
+def test_resume_synthetic_never_reevaluates(storage):
+    ev = Evaluator(fail=lambda fam, cfg: cfg["rows_per_block"] == 64)
+    r1 = run_search(storage, "r", [CSR], DTYPE, ENV, LIMITS, ev, trials=15, sampler="tpe", seed=0)
+    calls_after_first = sum(ev.calls.values())
+    assert r1.new_trials == 15
+    r2 = run_search(storage, "r", [CSR], DTYPE, ENV, LIMITS, ev, trials=35, sampler="tpe", seed=0)
+    assert r2.new_trials == 35 - 15
+    assert r2.complete + r2.failed == 35
+    assert sum(ev.calls.values()) > calls_after_first
+    assert max(ev.calls.values()) == 1, [k for k, n in ev.calls.items() if n > 1]
+    assert r2.best_value <= r1.best_value
+    # a third run with the same budget does nothing
+    before = sum(ev.calls.values())
+    r3 = run_search(storage, "r", [CSR], DTYPE, ENV, LIMITS, ev, trials=35, sampler="tpe", seed=0)
+    assert r3.new_trials == 0 and "already" in r3.stopped
+    assert sum(ev.calls.values()) == before
+    assert r3.best_value == r2.best_value
+
+
+def test_repeats_synthetic_reuse_the_earlier_value(storage):
+    """Every COMPLETE trial's value is the synthetic value of its config, also when it repeats an earlier one."""
+    ev = Evaluator()
+    run_search(storage, "rep", [CSR], DTYPE, ENV, LIMITS, ev, trials=40, sampler="tpe", seed=3)
+    trials = counted_trials(storage, "rep")
+    assert len(trials) == 40
+    for t in trials:
+        cfg = json.loads(t.user_attrs["config"])
+        assert t.state == TrialState.COMPLETE
+        assert t.value == pytest.approx(synthetic_value(cfg))
+        if not t.user_attrs.get("repeat_of_earlier_trial"):
+            assert t.user_attrs.get("synthetic") is True  # evaluator attrs are stored
+    assert max(ev.calls.values()) == 1
+
+
+def test_known_good_synthetic_configs_come_first(storage):
+    defaults = CSR.defaults(DTYPE, ENV, LIMITS)
+    assert len(defaults) >= 2
+    ev = Evaluator()
+    run_search(storage, "kg", [CSR], DTYPE, ENV, LIMITS, ev, trials=len(defaults) + 5, sampler="tpe", seed=0)
+    assert [c for _, c in ev.order[: len(defaults)]] == defaults
+    study = optuna.load_study(study_name="kg", storage=storage)
+    first = sorted(study.trials, key=lambda t: t.number)[: len(defaults)]
+    assert [json.loads(t.user_attrs["config"]) for t in first] == defaults
+
+
+def test_known_good_synthetic_skips_infeasible_defaults(mem):
+    env = space.problem_env(512, 2048, 250, 1000, DTYPE)  # N = 250: vec 4 (most defaults) is infeasible
+    defaults = CSR.defaults(DTYPE, env, LIMITS)
+    assert 0 < len(defaults) < len(CSR.known_good)
+    ev = Evaluator(env=env)
+    run_search(mem, "kg250", [CSR], DTYPE, env, LIMITS, ev, trials=len(defaults) + 3, sampler="random", seed=0)
+    assert [c for _, c in ev.order[: len(defaults)]] == defaults
+    assert not ev.infeasible
+
+
+# ---- failures and infeasible configs --------------------------------------------------------------------
+
+
+def test_candidate_error_synthetic_marks_trial_failed(storage):
+    first_default = CSR.defaults(DTYPE, ENV, LIMITS)[0]
+    ev = Evaluator(fail=lambda fam, cfg: cfg == first_default or cfg["unroll"] == 1)
+    res = run_search(storage, "f", [CSR], DTYPE, ENV, LIMITS, ev, trials=20, sampler="tpe", seed=2)
+    assert res.failed >= 1
+    assert res.complete + res.failed == 20
+    assert res.complete >= 1
+    assert res.best_config != first_default and res.best_config["unroll"] != 1
+    study = optuna.load_study(study_name="f", storage=storage)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == res.failed
+    first_fail = min(failed, key=lambda t: t.number)
+    assert json.loads(first_fail.user_attrs["config"]) == first_default
+    assert first_fail.user_attrs["error_stage"] == "compile"
+    assert "synthetic failure" in first_fail.user_attrs["error"]
+    assert first_fail.user_attrs["error_log"].startswith("synthetic log")
+    assert max(ev.calls.values()) == 1  # a failed config is not retried either
+
+
+def test_infeasible_synthetic_configs_never_reach_the_objective(mem):
+    env = space.problem_env(512, 2048, 50, 1000, DTYPE)  # N = 50: vec 4 impossible, narrow column tiles
+    limits = {"max_smem_bytes": 2048, "max_threads": 256}
+    ev = Evaluator(env=env, limits=limits)
+    res = run_search(mem, "inf", [CSR], DTYPE, env, limits, ev, trials=30, sampler="random", seed=0)
+    assert res.complete + res.failed == 30
+    assert res.pruned > 0
+    assert not ev.infeasible, ev.infeasible[:3]
+    study = optuna.load_study(study_name="inf", storage=mem)
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert len(pruned) == res.pruned
+    for t in pruned:
+        cfg = json.loads(t.user_attrs["config"])
+        assert CSR.check(cfg, env, limits) == t.user_attrs["infeasible"]
+        assert key("csr_rowsplit", cfg) not in ev.calls
+
+
+def test_exhausted_synthetic_space_stops(mem):
+    limits = {"max_smem_bytes": 49152, "max_threads": 16}  # no block can hold a warp: nothing is feasible
+    ev = Evaluator(limits=limits)
+    res = run_search(mem, "ex", [CSR], DTYPE, ENV, limits, ev, trials=10, sampler="random", seed=0, max_pruned=25)
+    assert not ev.calls
+    assert res.complete == 0 and res.failed == 0 and res.best_config is None and res.best_value is None
+    assert res.pruned >= 25
+    assert "exhausted" in res.stopped
+
+
+# ---- samplers -------------------------------------------------------------------------------------------
+
+
+def test_grid_synthetic_evaluates_distinct_feasible_configs(mem):
+    ev = Evaluator()
+    res = run_search(mem, "g", [CSR], DTYPE, ENV, LIMITS, ev, trials=30, sampler="grid", seed=0)
+    assert res.complete + res.failed == 30
+    assert sum(ev.calls.values()) == 30 and len(ev.calls) == 30
+    assert not ev.infeasible
+    assert res.pruned == 0  # the grid only holds feasible configs
+    defaults = CSR.defaults(DTYPE, ENV, LIMITS)
+    assert [c for _, c in ev.order[: len(defaults)]] == defaults
+
+
+@pytest.mark.parametrize("sampler", ["random", "cmaes", "tpe"])
+def test_samplers_synthetic_run(mem, sampler):
+    ev = Evaluator()
+    res = run_search(mem, f"s-{sampler}", [CSR], DTYPE, ENV, LIMITS, ev, trials=25, sampler=sampler, seed=0)
+    assert res.complete + res.failed == 25
+    assert res.best_value == min(synthetic_value(c) for _, c in ev.order)
+    assert CSR.check(res.best_config, ENV, LIMITS) is None
+    assert max(ev.calls.values()) == 1
+    assert not ev.infeasible
+
+
+def test_unknown_sampler_is_a_user_error(mem):
+    with pytest.raises(UserError, match="sampler"):
+        make_sampler("bayes", 0)
+    with pytest.raises(UserError):
+        run_search(mem, "u", [CSR], DTYPE, ENV, LIMITS, Evaluator(), trials=5, sampler="annealing")
+    assert set(SAMPLERS) >= {"tpe", "random", "grid", "cmaes"}
+
+
+def test_timeout_synthetic_stops_the_search(mem):
+    def slow(fam, cfg):
+        time.sleep(0.05)
+        return synthetic_value(cfg)
+    ev = Evaluator(value=slow)
+    t0 = time.time()
+    res = run_search(mem, "t", [CSR], DTYPE, ENV, LIMITS, ev, trials=10_000, timeout=1.0, sampler="random",
+                     seed=0)
+    assert time.time() - t0 < 10
+    assert 0 < res.complete < 10_000
+    assert res.stopped == "time budget"
+
+
+def test_on_trial_synthetic_callback(mem):
+    seen = []
+    ev = Evaluator(fail=lambda fam, cfg: cfg["raster"] == "cols_first")
+    run_search(mem, "cb", [CSR], DTYPE, ENV, LIMITS, ev, trials=12, sampler="random", seed=4,
+               on_trial=lambda frozen, counted, best: seen.append((frozen.state, counted, best)))
+    assert [c for _, c, _ in seen] == list(range(1, 13))
+    assert all(state in (TrialState.COMPLETE, TrialState.FAIL) for state, _, _ in seen)
+    bests = [b for _, _, b in seen if b is not None]
+    assert bests == sorted(bests, reverse=True)  # the best so far never gets worse
+
+
+# ---- several families -----------------------------------------------------------------------------------
+
+
+def _toy(family: str, known_good: list[dict]):
+    return space.parse_space({
+        "family": family, "template": "none.j2",
+        "params": {"a": {"values": [1, 2, 3, 4, 5, 6]}, "b": {"values": [1, 2, 3, 4, 5, 6]},
+                   "c": {"values": ["x", "y"]}},
+        "constraints": [{"expr": "a + b <= 8", "why": "small"}],
+        "known_good": known_good})
+
+
+def test_two_families_synthetic(mem):
+    s1 = _toy("toy_a", [{"a": 1, "b": 1, "c": "x"}])
+    s2 = _toy("toy_b", [{"a": 2, "b": 2, "c": "y"}])
+
+    def value(fam, cfg):  # toy_b at a=3, b=5, c=y is the optimum
+        return (0.0 if fam == "toy_b" else 5.0) + abs(cfg["a"] - 3) + abs(cfg["b"] - 5) + (cfg["c"] != "y")
+
+    ev = Evaluator(spaces=(s1, s2), env={}, limits={}, value=value)
+    res = run_search(mem, "two", [s1, s2], DTYPE, {}, {}, ev, trials=40, sampler="tpe", seed=0)
+    assert ev.order[:2] == [("toy_a", {"a": 1, "b": 1, "c": "x"}), ("toy_b", {"a": 2, "b": 2, "c": "y"})]
+    assert {fam for fam, _ in ev.order} == {"toy_a", "toy_b"}
+    assert res.best_family == "toy_b"
+    assert res.best_value == min(value(f, c) for f, c in ev.order)
+    assert res.best_value <= 1.0
+    assert max(ev.calls.values()) == 1
+    assert not ev.infeasible
+
+
+@pytest.mark.xfail(strict=True, reason="grid resume: run_search re-enqueues grid[:trials - done_before] of the same "
+                   "seeded order, whose head was evaluated by the earlier run and is skipped, so the resumed run "
+                   "falls back to RandomSampler and spends budget on repeats instead of continuing the grid")
+def test_grid_synthetic_resume_covers_the_whole_grid(mem):
+    toy = _toy("toy", [{"a": 1, "b": 1, "c": "x"}])
+    feasible = {key("toy", c) for c in toy.feasible(DTYPE, {}, {})}
+    ev = Evaluator(spaces=(toy,), env={}, limits={}, value=lambda fam, cfg: cfg["a"] + cfg["b"])
+    run_search(mem, "gr", [toy], DTYPE, {}, {}, ev, trials=len(feasible) // 2, sampler="grid", seed=0)
+    res = run_search(mem, "gr", [toy], DTYPE, {}, {}, ev, trials=len(feasible), sampler="grid", seed=0)
+    assert res.complete + res.failed == len(feasible)
+    assert set(ev.calls) == feasible
+
+
+def test_grid_synthetic_single_run_covers_the_whole_grid(mem):
+    toy = _toy("toy", [{"a": 1, "b": 1, "c": "x"}])
+    feasible = {key("toy", c) for c in toy.feasible(DTYPE, {}, {})}
+    ev = Evaluator(spaces=(toy,), env={}, limits={}, value=lambda fam, cfg: cfg["a"] + cfg["b"])
+    res = run_search(mem, "g1", [toy], DTYPE, {}, {}, ev, trials=len(feasible), sampler="grid", seed=0)
+    assert res.complete + res.failed == len(feasible)
+    assert set(ev.calls) == feasible and max(ev.calls.values()) == 1
