@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--timeout", type=float, default=None, help="stop searching after this many seconds")
     t.add_argument("--sampler", default="tpe", help=f"{', '.join(SAMPLERS)} (default tpe)")
     t.add_argument("--seed", type=int, default=0, help="seed of the random matrix, inputs and sampler (default 0)")
+    t.add_argument("--families", help="comma-separated kernel families to search (default: the enabled ones; "
+                                      "see `sparse-autotune spaces`)")
     t.add_argument("--db", help="tuning database path or SQLAlchemy URL (default $SPARSE_AUTOTUNE_DB or the user cache)")
     t.add_argument("--json", action="store_true", help="print the report as JSON")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -119,10 +121,12 @@ def cmd_tune(a) -> int:
     if not is_url(db):
         check_file(Path(db).expanduser())  # a foreign or unreadable file is refused before any work
     problem = _problem_from_args(a)
+    from .space import select_spaces  # noqa: PLC0415
+    families = tuple(s.family for s in select_spaces(a.families))
     from .gpu import gpu_info  # noqa: PLC0415
     gpu_info()  # no GPU: one line, exit 2, nothing written
     report = tune(problem, TuneOptions(trials=a.trials, timeout=a.timeout, sampler=a.sampler, seed=a.seed,
-                                       db=db, progress=not a.no_progress))
+                                       db=db, progress=not a.no_progress, families=families))
     print(json.dumps(report, indent=2, default=str) if a.json else _report_text(report))
     return 0
 
@@ -148,12 +152,16 @@ def cmd_lookup(a) -> int:
 def cmd_bench(a) -> int:
     from pathlib import Path  # noqa: PLC0415
     from .bench import run_suite, suite_cases, summary  # noqa: PLC0415
+    from .tuningdb import check_file, default_db_path, is_url  # noqa: PLC0415
     suite_cases(a.suite)  # validates the name before the GPU is touched
     if a.trials <= 0:
         raise UserError(f"--trials must be positive (got {a.trials})")
+    db = a.db or str(default_db_path())
+    if not is_url(db):
+        check_file(Path(db).expanduser())  # a foreign or unreadable file is refused before any work
     from .gpu import gpu_info  # noqa: PLC0415
     gpu_info()
-    records = run_suite(a.suite, a.trials, Path(a.out), a.db, a.budget)
+    records = run_suite(a.suite, a.trials, Path(a.out), db, a.budget)
     print(json.dumps(summary(records), indent=1))
     return 0
 
@@ -162,7 +170,8 @@ def cmd_spaces(a) -> int:
     from .space import load_spaces  # noqa: PLC0415
     check_dtype(a.dtype)
     for s in load_spaces():
-        print(f"{s.family:16s} {s.size(a.dtype):7d} configs ({a.dtype})  {s.description}")
+        state = "" if s.enabled else "  [off by default: --families " + s.family + "]"
+        print(f"{s.family:16s} {s.size(a.dtype):7d} configs ({a.dtype})  {s.description}{state}")
         for p in s.params:
             cond = f"  when {p.when}" if p.when else ""
             print(f"    {p.name:16s} {p.choices(a.dtype)}{cond}")

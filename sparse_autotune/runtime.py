@@ -7,7 +7,7 @@ import scipy.sparse as sp
 from .errors import UserError
 from .lookup import lookup
 from .problem import DTYPES, dtype_name, host_values
-from .space import get_space, load_spaces, problem_env
+from .space import get_space, problem_env, select_spaces
 
 
 def _to_scipy(a) -> tuple[sp.csr_matrix, np.dtype]:
@@ -89,12 +89,12 @@ class SpMM:
             if cfg is not None and space.check(cfg, env, info.limits()) is None:
                 self._plans[n] = (found.family, cfg, "exact")
                 return self._plans[n]
-        for space in load_spaces():
+        for space in select_spaces():
             defaults = space.defaults(self.dtype, env, info.limits())
             if defaults:
                 self._plans[n] = (space.family, defaults[0], "default")
                 return self._plans[n]
-        for space in load_spaces():
+        for space in select_spaces():
             for cfg in space.feasible(self.dtype, env, info.limits()):
                 self._plans[n] = (space.family, cfg, "default")
                 return self._plans[n]

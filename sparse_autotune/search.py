@@ -85,6 +85,7 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
         import random  # noqa: PLC0415
         grid = [(s.family, c) for s in spaces for c in s.feasible(dtype, env, limits)]
         random.Random(seed).shuffle(grid)
+        grid = [(f, c) for f, c in grid if f + json.dumps(c, sort_keys=True) not in seen]  # a resumed grid goes on
         queue += grid[: max(0, trials - done_before)]
     for fam, cfg in queue:
         if fam + json.dumps(cfg, sort_keys=True) in seen:

@@ -13,6 +13,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from .errors import UserError
 from .resources import resource_dir
 
 # Limits used when no GPU is at hand (CPU tests, offline rendering): an H100's defaults for static shared memory.
@@ -61,6 +62,8 @@ class Space:
     params: list[Param]
     constraints: list[Constraint]
     known_good: list[dict] = field(default_factory=list)
+    enabled: bool = True  # tuned by default; a disabled family is tuned only when asked for by name
+    rank: int = 100  # the runtime's default kernel comes from the enabled family of lowest rank
 
     # ---- structure ------------------------------------------------------------------------------
     def active(self, name: str, partial: dict) -> bool:
@@ -167,11 +170,15 @@ def parse_space(data: dict, source: str = "<space>") -> Space:
         params = [Param(name, spec["values"], spec.get("when")) for name, spec in data["params"].items()]
         cons = [Constraint(c["expr"], c.get("why", c["expr"])) for c in data.get("constraints", [])]
         space = Space(data["family"], data["template"], data.get("description", ""), params, cons,
-                      list(data.get("known_good", [])))
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{source}: malformed space ({exc})") from None
-    for c in space.constraints:  # syntax errors surface at load time, not mid-tune
-        compile(c.expr, source, "eval")
+                      list(data.get("known_good", [])), bool(data.get("enabled", True)), int(data.get("rank", 100)))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{source}: malformed space ({type(exc).__name__}: {exc})") from None
+    exprs = [c.expr for c in space.constraints] + [p.when for p in space.params if p.when]
+    for e in exprs:  # syntax errors surface at load time, not mid-tune
+        try:
+            compile(e, source, "eval")
+        except SyntaxError as exc:
+            raise ValueError(f"{source}: expression {e!r} does not parse ({exc.msg})") from None
     return space
 
 
@@ -182,7 +189,20 @@ def load_spaces(folder: str | None = None) -> tuple[Space, ...]:
     for f in sorted(root.glob("*.toml")):
         with open(f, "rb") as fh:
             spaces.append(parse_space(tomllib.load(fh), str(f)))
-    return tuple(spaces)
+    return tuple(sorted(spaces, key=lambda s: (s.rank, s.family)))
+
+
+def select_spaces(families: str | list[str] | tuple[str, ...] | None = None) -> list[Space]:
+    """The spaces to tune: the enabled ones, or exactly those named (comma-separated string or list)."""
+    spaces = load_spaces()
+    if not families:
+        return [s for s in spaces if s.enabled]
+    names = [f.strip() for f in families.split(",")] if isinstance(families, str) else list(families)
+    known = {s.family: s for s in spaces}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"unknown kernel family {unknown[0]!r}: choose from {', '.join(known)}")
+    return [known[n] for n in names]
 
 
 def get_space(family: str) -> Space:

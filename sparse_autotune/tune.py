@@ -11,7 +11,7 @@ from . import __version__
 from .errors import CandidateError, UserError
 from .problem import Problem
 from .search import SAMPLERS, load_study, run_search, summarize
-from .space import load_spaces, problem_env
+from .space import problem_env, select_spaces
 from .tuningdb import Record, TuningDB
 
 
@@ -51,9 +51,7 @@ def tune(problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sy
     from .verify import check  # noqa: PLC0415
 
     t_start = time.time()
-    spaces = [s for s in load_spaces() if not opts.families or s.family in opts.families]
-    if not spaces:
-        raise UserError(f"no search space matches families {opts.families}")
+    spaces = select_spaces(opts.families)
     env = problem_env(problem.m, problem.k, problem.n, problem.nnz, problem.dtype)
     limits = info.limits()
     log(f"problem {problem.key()}: nnz={problem.nnz}, {problem.flops / 1e6:.1f} MFLOP; GPU {info.name} "

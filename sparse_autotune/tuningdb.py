@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import os
 import sqlite3
+from urllib.parse import quote
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,25 @@ def is_url(target: str) -> bool:
     return "://" in str(target)
 
 
+def sqlite_uri(path: Path, mode: str | None = None, immutable: bool = False) -> str:
+    """A `file:` URI for sqlite3 with the path percent-quoted ('?', '#', '%' in names stay part of the path)."""
+    q = [f"mode={mode}"] if mode else []
+    if immutable:
+        q.append("immutable=1")
+    return f"file:{quote(str(path))}" + (f"?{'&'.join(q)}" if q else "")
+
+
+def _read_only_connect(path: Path) -> sqlite3.Connection:
+    """Open read-only; a WAL file in a folder the user cannot write needs immutable=1 (no -shm/-wal files)."""
+    con = sqlite3.connect(sqlite_uri(path, "ro"), uri=True)
+    try:
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return con
+    except sqlite3.OperationalError:
+        con.close()
+        return sqlite3.connect(sqlite_uri(path, "ro", immutable=True), uri=True)
+
+
 def check_file(path: Path) -> str:
     """Classify a file without writing to it: 'missing', 'empty', 'ours', or raise UserError."""
     if not path.exists():
@@ -113,7 +133,7 @@ def check_file(path: Path) -> str:
     if head != SQLITE_MAGIC:
         raise UserError(f"database {str(path)!r} is not a tuning database (not an SQLite file)")
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = _read_only_connect(path)
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if not tables:
@@ -170,12 +190,16 @@ class TuningDB:
                 except OSError as exc:
                     raise UserError(f"cannot create the folder for database {str(self.path)!r}: {exc.strerror}") from None
             if readonly:
-                self.url = f"sqlite:///file:{self.path}?mode=ro&uri=true"
+                self.url = "sqlite://"  # connections come from _read_only_connect (creator below)
             else:
-                self.url = f"sqlite:///{self.path}"
+                # quoted twice: SQLAlchemy's URL parser decodes once, SQLite's URI parser once more
+                self.url = f"sqlite:///{quote(sqlite_uri(self.path), safe='/:')}?uri=true"
         kwargs = {}
         if self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
+        if readonly and self.path is not None:
+            ro_path = self.path
+            kwargs = {"creator": lambda: _read_only_connect(ro_path)}
         try:
             self.engine: Engine = create_engine(self.url, **kwargs)
         except (SQLAlchemyError, ImportError, ValueError) as exc:

@@ -214,9 +214,6 @@ def test_valid_bench_on_cpu_only_machine_fails_cleanly(tmp_path):
     assert list(tmp_path.iterdir()) == []  # neither bench/results nor the database
 
 
-@pytest.mark.xfail(strict=True, reason="cmd_bench does not check --db before the GPU (cmd_tune does, via check_file): "
-                   "a foreign file is only met inside run_suite, where tune()'s UserError is caught per case "
-                   "('case failed'), so (by reading the code) on a GPU machine every case fails and bench exits 0")
 def test_bench_refuses_foreign_db_up_front(files, tmp_path):
     proc = run_cli(["bench", "--suite", "quick", "--db", str(files["foreign"])], tmp_path / "env.sqlite",
                    cwd=tmp_path)

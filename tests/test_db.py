@@ -253,9 +253,6 @@ def test_newer_schema_is_refused(filled_db):
     assert filled_db.read_bytes() == before
 
 
-@pytest.mark.xfail(strict=True, reason="check_file opens f'file:{path}?mode=ro' as an SQLite URI without quoting: "
-                   "a '#' in the path starts a URI fragment, so it opens (and creates, read-write) the truncated "
-                   "path, calls a foreign SQLite file 'empty', and TuningDB then writes its tables into that file")
 def test_foreign_sqlite_refused_when_path_has_hash(tmp_path):
     d = tmp_path / "run#1"
     d.mkdir()
@@ -270,9 +267,6 @@ def test_foreign_sqlite_refused_when_path_has_hash(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["run#1"]  # no stray file 'run' created
 
 
-@pytest.mark.xfail(strict=True, reason="TuningDB builds f'sqlite:///{path}' without quoting: a '?' in the path is "
-                   "read as the URL query, so the database is created at the truncated path (and a '%xx' in the "
-                   "path is URL-decoded: 'unable to open database file')")
 @pytest.mark.parametrize("dirname", ["q?x", "pct%20x"])
 def test_db_path_with_url_special_characters(tmp_path, dirname):
     d = tmp_path / dirname
@@ -371,10 +365,6 @@ _READONLY_PROBE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="a WAL-mode tuning database that the user cannot write, in a folder the user "
-                   "cannot write (a shared or shipped database), cannot be read: SQLite must create the -shm/-wal "
-                   "files, so check_file (and the mode=ro engine) fail with 'attempt to write a readonly database'; "
-                   "needs e.g. a fallback to immutable=1 or journal_mode=DELETE for finished files")
 def test_lookup_on_read_only_file_in_read_only_folder():
     """As root, the probe drops to uid 65534 (nobody) after importing, since root ignores file modes. The folder is
     made under the system temp dir (pytest's tmp_path is inside a 0700 folder that nobody cannot enter)."""

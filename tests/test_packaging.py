@@ -119,11 +119,6 @@ def test_unpacked_wheel_is_the_package_imported(wheel, tmp_path):
     assert proc.stdout.strip() == "OK"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "installed from the wheel, resources.resource_dir() returns Path(\"MultiplexedPath('.../variants')\"): "
-    "sparse_autotune.variants/search_spaces/db have no __init__.py, so importlib.resources.files() gives a "
-    "MultiplexedPath whose str() is its repr; load_spaces() is then () and `sparse-autotune spaces` lists nothing "
-    "(reproduced with a venv `pip install` of the wheel too)"))
 def test_installed_wheel_finds_its_data(wheel, tmp_path):
     """Unpacked elsewhere (as in site-packages, no checkout around it), the package renders from its own data."""
     proc = _run_from_site(wheel, tmp_path, (

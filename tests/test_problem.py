@@ -96,9 +96,6 @@ def test_random_matrix_values_never_zero(pattern, dtype):
         assert a.toarray().astype(bool).sum() == a.nnz  # the stored entries are the nonzeros
 
 
-@pytest.mark.xfail(strict=True, reason="random_matrix/host_values: standard-normal draws with |x| < 2**-25 round "
-                   "to 0 in fp16, so fp16 problems can store explicit zeros (the zero check runs before the rounding); "
-                   "e.g. random_matrix(1024, 1024, 1.0, 'uniform', seed=66, dtype=np.float16) has one")
 def test_random_matrix_fp16_values_never_zero_after_rounding():
     zeros = 0
     for seed in (66,):
