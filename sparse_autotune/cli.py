@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--n", default=str(DEFAULT_N))
     lk.add_argument("--dtype", default="fp32")
     lk.add_argument("--gpu", default=None, help="GPU name (default: this machine's GPU, or any)")
-    lk.add_argument("--db")
+    lk.add_argument("--db", help="tuning database searched first (then the databases shipped with the package)")
+    lk.add_argument("--exact", action="store_true", help="exact key only: no nearest / same-arch / default")
     lk.add_argument("--json", action="store_true")
 
     bn = sub.add_parser("bench", help="run a benchmark suite (tune every case, time baselines, write results)")
@@ -138,14 +139,18 @@ def cmd_lookup(a) -> int:
         n = check_n(int(a.n))
     except ValueError:
         raise UserError(f"--n {a.n!r} is not an integer") from None
-    res = lookup(m, k, n, check_density(a.density), check_dtype(a.dtype), gpu=a.gpu, db=a.db)
+    res = lookup(m, k, n, check_density(a.density), check_dtype(a.dtype), gpu=a.gpu, db=a.db,
+                 fallback=not a.exact)
     if a.json:
         print(json.dumps(None if res is None else res.__dict__, default=str))
     elif res is None:
         print("no stored config for this problem")
     else:
-        print(f"{res.family} {json.dumps(res.config, sort_keys=True)}  {res.time_us:.2f} us on {res.gpu} "
-              f"({res.source}, record {res.record_id} in {res.db})")
+        where = "built-in default" if res.source == "default" else (
+            f"record {res.record_id} in {res.db}, tuned on {res.gpu} for "
+            f"{res.key[0]}x{res.key[1]} N={res.key[2]} d={res.key[3]:g} ({res.time_us:.2f} us)")
+        dist = f", distance {res.distance:.2f}" if res.source in ("nearest", "same-arch") and res.distance else ""
+        print(f"{res.source}{dist}: {res.family} {json.dumps(res.config, sort_keys=True)}\n  from {where}")
     return 0
 
 

@@ -1,64 +1,198 @@
-"""Runtime lookup of the best stored config for a problem."""
+"""Runtime lookup of the best known config for a problem, with a fallback chain that says what it used.
+
+Search order, over the user's database (db=, else $SPARSE_AUTOTUNE_DB, else the user cache file) and then
+the databases shipped in the package's db/ folder:
+  exact      a record for this GPU model and exactly this (M, K, N, density within 0.1 %, dtype);
+  nearest    the same GPU model and dtype, closest in log2 M, log2 K, log2 N and log2 density (Euclidean;
+             +0.25 when the pattern kind differs), with the distance;
+  same-arch  another GPU of the same compute capability (exact key first, else nearest);
+  default    the runtime's built-in default (the first known-good config of the lowest-rank family).
+Lookups are cached in-process; a database file that changes on disk (its size or mtime) is re-read.
+"""
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import UserError
 from .problem import check_density, check_dtype
-from .tuningdb import TuningDB, check_file, default_db_path, is_url
+from .resources import resource_dir
+from .tuningdb import DENSITY_RTOL, Record, TuningDB, check_file, default_db_path, is_url
+
+SOURCES = ("exact", "nearest", "same-arch", "default")
+_COLUMNS = (Record.id, Record.gpu_name, Record.gpu_cc, Record.m, Record.k, Record.n, Record.density, Record.dtype,
+            Record.pattern, Record.family, Record.config_json, Record.time_us)
 
 
 @dataclass(frozen=True)
 class Tuned:
     family: str
     config: dict
-    time_us: float
+    time_us: float | None  # the stored time of the record used (None for the default)
+    gpu: str | None  # the GPU the record was tuned on
+    source: str  # exact | nearest | same-arch | default
+    record_id: int | None
+    db: str | None
+    distance: float = 0.0  # in log2 units (0 for exact)
+    key: tuple | None = None  # (M, K, N, density, dtype, pattern) of the record used
+
+
+@dataclass(frozen=True)
+class _Row:
+    id: int
     gpu: str
-    source: str  # "exact" (this issue's lookup finds exact keys only)
-    record_id: int
+    cc: str
+    m: int
+    k: int
+    n: int
+    density: float
+    dtype: str
+    pattern: str
+    family: str
+    config_json: str
+    time_us: float
     db: str
 
 
-_cache: dict = {}
+_rows_cache: dict[str, tuple[tuple, list[_Row]]] = {}
+_result_cache: dict[tuple, tuple[tuple, Tuned]] = {}
 
 
-def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str | None = None,
-           db=None, pattern: str | None = None) -> Tuned | None:
-    """The best stored config for (M, K, N, density, dtype) on a GPU, or None.
+@lru_cache(maxsize=1)
+def shipped_databases() -> tuple[str, ...]:
+    """The tuning databases shipped in the package's db/ folder (fixed for the life of the process)."""
+    return tuple(sorted(str(p) for p in resource_dir("db").glob("*.sqlite")))
 
-    gpu=None means the current CUDA device when there is one, else any GPU. db: a path or SQLAlchemy URL;
-    default $SPARSE_AUTOTUNE_DB or the user cache's tuning.sqlite. pattern=None matches any pattern.
-    Results are cached in-process per (db, key); `lookup.cache_clear()` forgets them.
+
+def search_path(db=None) -> list[str]:
+    user = str(db) if db is not None else str(default_db_path())
+    return [user] + [s for s in shipped_databases() if s != user]
+
+
+def _stamp(target: str) -> tuple:
+    if is_url(target):
+        return ("url",)
+    try:
+        st = os.stat(target)
+        return (st.st_size, st.st_mtime_ns)
+    except OSError:
+        return ("missing",)
+
+
+def _best_rows(target: str) -> list[_Row]:
+    """Every best-flagged record of one database (cached until the file changes)."""
+    stamp = _stamp(target)
+    hit = _rows_cache.get(target)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    rows: list[_Row] = []
+    if is_url(target) or check_file(Path(target).expanduser()) == "ours":
+        tdb = TuningDB(target, create=False, readonly=not is_url(target))
+        try:
+            with tdb.engine.connect() as con:
+                for r in con.execute(select(*_COLUMNS).where(Record.is_best.is_(True))):
+                    rows.append(_Row(r.id, r.gpu_name, r.gpu_cc, r.m, r.k, r.n, r.density, r.dtype, r.pattern,
+                                     r.family, r.config_json, r.time_us, tdb.label))
+        except SQLAlchemyError as exc:
+            raise UserError(f"cannot read database {target!r}: {str(exc).splitlines()[0]}") from None
+        finally:
+            tdb.dispose()
+    _rows_cache[target] = (stamp, rows)
+    return rows
+
+
+def _distance(r: _Row, m, k, n, density, pattern) -> float:
+    d2 = sum((math.log2(a) - math.log2(b)) ** 2 for a, b in ((r.m, m), (r.k, k), (r.n, n), (r.density, density)))
+    return math.sqrt(d2) + (0.25 if pattern is not None and r.pattern != pattern else 0.0)
+
+
+def _same_key(r: _Row, m, k, n, density) -> bool:
+    return (r.m, r.k, r.n) == (m, k, n) and abs(r.density - density) <= density * DENSITY_RTOL
+
+
+def _pick(rows, m, k, n, density, pattern):
+    """(row, distance): exact key first (fastest; same pattern preferred), else the nearest."""
+    exact = [r for r in rows if _same_key(r, m, k, n, density)]
+    if exact:
+        same_pat = [r for r in exact if pattern is None or r.pattern == pattern] or exact
+        return min(same_pat, key=lambda r: r.time_us), 0.0
+    if not rows:
+        return None, None
+    best = min(rows, key=lambda r: (_distance(r, m, k, n, density, pattern), r.time_us))
+    return best, _distance(best, m, k, n, density, pattern)
+
+
+def _tuned(r: _Row, source: str, dist: float) -> Tuned:
+    import json  # noqa: PLC0415
+    return Tuned(r.family, json.loads(r.config_json), r.time_us, r.gpu, source, r.id, r.db, dist,
+                 (r.m, r.k, r.n, r.density, r.dtype, r.pattern))
+
+
+def default_config(m: int, k: int, n: int, dtype: str, nnz: int | None = None, limits: dict | None = None) -> Tuned:
+    """The built-in default: the first feasible known-good config of the enabled families, by rank."""
+    from .space import problem_env, select_spaces  # noqa: PLC0415
+    env = problem_env(m, k, n, nnz if nnz is not None else m * k, dtype)
+    for space in select_spaces():
+        d = space.defaults(dtype, env, limits)
+        if d:
+            return Tuned(space.family, d[0], None, None, "default", None, None, 0.0, None)
+    for space in select_spaces():
+        for cfg in space.feasible(dtype, env, limits):
+            return Tuned(space.family, cfg, None, None, "default", None, None, 0.0, None)
+    raise UserError(f"no kernel in the variant space can run M={m}, K={k}, N={n}, {dtype}")
+
+
+def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str | None = None, db=None,
+           pattern: str | None = None, fallback: bool = True, cc: str | None = None) -> Tuned | None:
+    """The best known config for (M, K, N, density, dtype) on a GPU; `.source` says how it was found.
+
+    gpu=None means the current CUDA device (and its compute capability) when there is one; with no GPU and
+    no gpu= given, records of any GPU match. fallback=False returns only an exact record, else None.
     """
     check_dtype(dtype)
-    density = round(check_density(density), 6)
+    density = check_density(density)
     if gpu is None:
         from .gpu import gpu_available, gpu_info  # noqa: PLC0415
-        gpu = gpu_info().name if gpu_available() else None
-    target = str(db) if db is not None else str(default_db_path())
-    key = (target, m, k, n, density, dtype, gpu, pattern)
-    if key in _cache:
-        return _cache[key]
-    if not is_url(target):
-        state = check_file(Path(target).expanduser())
-        if state in ("missing", "empty"):
-            return None
-    tdb = TuningDB(target, create=False, readonly=not is_url(target))
-    try:
-        rec = tdb.best(m, k, n, density, dtype, gpu=gpu, pattern=pattern)
-    finally:
-        tdb.dispose()
-    res = None if rec is None else Tuned(rec.family, rec.config, rec.time_us, rec.gpu_name, "exact", rec.id, tdb.label)
-    if res is not None:  # a miss is not cached: a tune in another process may store it
-        _cache[key] = res
+        if gpu_available():
+            info = gpu_info()
+            gpu, cc = info.name, cc or info.cc
+    targets = search_path(db)
+    ckey = (tuple(targets), m, k, n, round(density, 9), dtype, gpu, cc, pattern, fallback)
+    stamps = tuple(_stamp(t) for t in targets)
+    hit = _result_cache.get(ckey)
+    if hit is not None and hit[0] == stamps:
+        return hit[1]
+
+    rows = [r for t in targets for r in _best_rows(t) if r.dtype == dtype]
+    mine = [r for r in rows if gpu is None or r.gpu == gpu]
+    res = None
+    r, dist = _pick(mine, m, k, n, density, pattern)
+    if r is not None and (dist == 0.0 or fallback):
+        res = _tuned(r, "exact" if dist == 0.0 else "nearest", dist)
+    if res is None and fallback and gpu is not None:
+        if cc is None:
+            cc = next((x.cc for x in rows if x.gpu == gpu), None)
+        arch = [x for x in rows if cc is not None and x.cc == cc and x.gpu != gpu]
+        r, dist = _pick(arch, m, k, n, density, pattern)
+        if r is not None:
+            res = _tuned(r, "same-arch", dist)
+    if res is None and fallback:
+        res = default_config(m, k, n, dtype)
+    _result_cache[ckey] = (stamps, res)
     return res
 
 
 def _clear():
-    _cache.clear()
+    _rows_cache.clear()
+    _result_cache.clear()
 
 
 lookup.cache_clear = _clear  # type: ignore[attr-defined]
 
-__all__ = ["Tuned", "UserError", "lookup"]
+__all__ = ["SOURCES", "Tuned", "default_config", "lookup", "search_path"]

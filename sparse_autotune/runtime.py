@@ -5,9 +5,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import UserError
-from .lookup import lookup
+from .lookup import default_config, lookup
 from .problem import DTYPES, dtype_name, host_values
-from .space import get_space, problem_env, select_spaces
+from .space import get_space, problem_env
 
 
 def _to_scipy(a) -> tuple[sp.csr_matrix, np.dtype]:
@@ -37,8 +37,26 @@ def _to_scipy(a) -> tuple[sp.csr_matrix, np.dtype]:
     return out, src_dtype
 
 
+def _adapt(space, config: dict, dtype: str, env: dict, limits: dict) -> dict | None:
+    """The config if it can run this problem, else the same with the widest vector width that can, else None."""
+    cfg = space.normalize(config, dtype)
+    if cfg is None:
+        return None
+    if space.check(cfg, env, limits) is None:
+        return cfg
+    if "vec" in cfg:
+        for v in sorted(space.param("vec").choices(dtype), reverse=True):
+            trial = {**cfg, "vec": v}
+            if v < cfg["vec"] and space.check(trial, env, limits) is None:
+                return trial
+    return None
+
+
 class SpMM:
-    """op = SpMM(A); C = op(B) computes A @ B on the GPU with the best stored (or a default) kernel.
+    """op = SpMM(A); C = op(B) computes A @ B on the GPU with the best known (or a default) kernel.
+
+    n_hint: an N to plan and compile for at construction. Any N works at call time: the config comes from
+    lookup (exact, else the nearest tuned problem, else same-arch), adapted to N, else the default.
 
     A: scipy.sparse matrix, numpy/CuPy dense or CuPy sparse array, or a PyTorch tensor (M x K).
     dtype: 'fp32' or 'fp16' (default from A: float16 -> fp16, float32/float64 -> fp32).
@@ -46,7 +64,7 @@ class SpMM:
     same kind. `op.plan(n)` says which kernel a given N uses and where its config came from.
     """
 
-    def __init__(self, a, dtype: str | None = None, db=None):
+    def __init__(self, a, n_hint: int | None = None, dtype: str | None = None, db=None):
         host, src_dtype = _to_scipy(a)
         host.sum_duplicates()
         host.eliminate_zeros()
@@ -63,6 +81,16 @@ class SpMM:
         self._dev = None
         self._plans: dict[int, tuple] = {}
         self._kernels: dict[int, object] = {}
+        if n_hint is not None:  # plan and compile now, not at the first call
+            self._kernel(int(n_hint))
+
+    def _kernel(self, n: int):
+        kern = self._kernels.get(n)
+        if kern is None:
+            from .kernels import build_kernel  # noqa: PLC0415
+            family, cfg, _ = self.plan(n)
+            kern = self._kernels[n] = build_kernel(self._device(), family, cfg, self.dtype)
+        return kern
 
     def _device(self):
         if self._dev is None:
@@ -73,7 +101,9 @@ class SpMM:
         return self._dev
 
     def plan(self, n: int) -> tuple[str, dict, str]:
-        """(family, config, source) for N columns: source is 'exact' (tuning DB) or 'default'."""
+        """(family, config, source) for N columns; source is how lookup found it (exact, nearest, same-arch)
+        or 'default'. A stored config that cannot run this N (e.g. a vector width N is not divisible by) has
+        its vector width lowered; if it still cannot run, the default is used."""
         if n in self._plans:
             return self._plans[n]
         from .gpu import gpu_info  # noqa: PLC0415
@@ -82,27 +112,19 @@ class SpMM:
         env = problem_env(m, k, n, self.nnz, self.dtype)
         found = None
         if self.nnz:
-            found = lookup(m, k, n, max(self.density, 1e-6), self.dtype, gpu=info.name, db=self.db)
-        if found is not None:
+            found = lookup(m, k, n, max(self.density, 1e-6), self.dtype, gpu=info.name, cc=info.cc, db=self.db)
+        if found is not None and found.source != "default":
             space = get_space(found.family)
-            cfg = space.normalize(found.config, self.dtype)
-            if cfg is not None and space.check(cfg, env, info.limits()) is None:
-                self._plans[n] = (found.family, cfg, "exact")
+            cfg = _adapt(space, found.config, self.dtype, env, info.limits())
+            if cfg is not None:
+                self._plans[n] = (found.family, cfg, found.source)
                 return self._plans[n]
-        for space in select_spaces():
-            defaults = space.defaults(self.dtype, env, info.limits())
-            if defaults:
-                self._plans[n] = (space.family, defaults[0], "default")
-                return self._plans[n]
-        for space in select_spaces():
-            for cfg in space.feasible(self.dtype, env, info.limits()):
-                self._plans[n] = (space.family, cfg, "default")
-                return self._plans[n]
-        raise UserError(f"no kernel in the variant space can run M={m}, K={k}, N={n}, {self.dtype}")
+        d = default_config(m, k, n, self.dtype, self.nnz, info.limits())
+        self._plans[n] = (d.family, d.config, "default")
+        return self._plans[n]
 
     def __call__(self, b, out=None):
         from .gpu import cupy  # noqa: PLC0415
-        from .kernels import build_kernel  # noqa: PLC0415
         cp = cupy()
         is_torch = type(b).__module__.startswith("torch")
         if is_torch:
@@ -132,11 +154,12 @@ class SpMM:
                 raise UserError(f"out must be a C-contiguous ({m}, {n}) array of {bc.dtype}")
             out_is_new = False
         if n and m:
-            kern = self._kernels.get(n)
-            if kern is None:
-                family, cfg, _ = self.plan(n)
-                kern = self._kernels[n] = build_kernel(self._device(), family, cfg, self.dtype)
-            kern(bc, cc)
+            if is_torch:  # run on PyTorch's current stream, so the kernel is ordered with the caller's work
+                import torch  # noqa: PLC0415
+                with cp.cuda.ExternalStream(torch.cuda.current_stream(bc.device.id).cuda_stream):
+                    self._kernel(n)(bc, cc)
+            else:
+                self._kernel(n)(bc, cc)
         if is_torch:
             import torch  # noqa: PLC0415
             return torch.from_dlpack(cc) if out_is_new else out

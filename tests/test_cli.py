@@ -258,7 +258,7 @@ def test_lookup_json(files, tmp_path):
 
 @pytest.mark.parametrize("extra", [["--n", "128"], ["--gpu", "NVIDIA A100-SXM4-80GB"], ["--dtype", "fp16"]])
 def test_lookup_miss(files, tmp_path, extra):
-    args = ["lookup", "--shape", "512x2048", "--density", "0.1", "--db", str(files["ours"])]
+    args = ["lookup", "--exact", "--shape", "512x2048", "--density", "0.1", "--db", str(files["ours"])]
     if "--gpu" not in extra:
         args += ["--gpu", GPU]
     proc = run_cli(args + extra, tmp_path / "env.sqlite")
@@ -269,11 +269,24 @@ def test_lookup_miss(files, tmp_path, extra):
 
 def test_lookup_missing_db_is_a_miss_and_creates_nothing(tmp_path):
     db = tmp_path / "nothing" / "here.sqlite"
-    proc = run_cli(["lookup", "--shape", "512x2048", "--density", "0.1", "--gpu", GPU, "--db", str(db)],
+    proc = run_cli(["lookup", "--exact", "--shape", "512x2048", "--density", "0.1", "--gpu", GPU, "--db", str(db)],
                    tmp_path / "env.sqlite")
     assert proc.returncode == 0, proc.stderr
     assert "no stored config" in proc.stdout
     assert not db.exists() and not db.parent.exists()
+    # without --exact a miss falls back through the chain to the built-in default, and says so
+    proc = run_cli(["lookup", "--shape", "512x2048", "--density", "0.1", "--gpu", GPU, "--db", str(db)],
+                   tmp_path / "env.sqlite")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("default:") and "built-in default" in proc.stdout
+    assert not db.exists() and not db.parent.exists()
+
+
+def test_lookup_nearest_says_how_and_how_far(files, tmp_path):
+    proc = run_cli(["lookup", "--shape", "512x2048", "--density", "0.1", "--n", "512", "--gpu", GPU,
+                    "--db", str(files["ours"])], tmp_path / "env.sqlite")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("nearest, distance 1.00:") and "N=256" in proc.stdout
 
 
 def test_lookup_uses_env_db(files, tmp_path):

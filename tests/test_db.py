@@ -249,7 +249,7 @@ def test_newer_schema_is_refused(filled_db):
     with pytest.raises(UserError):
         TuningDB(filled_db)
     with pytest.raises(UserError):
-        lookup(**KEY, gpu=GPU, db=filled_db)
+        lookup(**KEY, gpu=GPU, db=filled_db, fallback=False)
     assert filled_db.read_bytes() == before
 
 
@@ -284,7 +284,7 @@ def test_db_path_with_url_special_characters(tmp_path, dirname):
 
 
 def test_lookup_finds_the_stored_record(filled_db):
-    res = lookup(**KEY, gpu=GPU, db=filled_db)
+    res = lookup(**KEY, gpu=GPU, db=filled_db, fallback=False)
     assert res is not None
     assert res.family == "csr_rowsplit"
     assert res.config == {"rows_per_block": 8, "vec": 4}
@@ -293,52 +293,52 @@ def test_lookup_finds_the_stored_record(filled_db):
 
 
 def test_lookup_misses(filled_db):
-    assert lookup(**{**KEY, "n": 128}, gpu=GPU, db=filled_db) is None
-    assert lookup(**{**KEY, "m": 513}, gpu=GPU, db=filled_db) is None
-    assert lookup(**{**KEY, "dtype": "fp16"}, gpu=GPU, db=filled_db) is None
-    assert lookup(**{**KEY, "density": 0.2}, gpu=GPU, db=filled_db) is None
-    assert lookup(**KEY, gpu="NVIDIA A100-SXM4-80GB", db=filled_db) is None
-    assert lookup(**KEY, gpu=GPU, db=filled_db) is not None
+    assert lookup(**{**KEY, "n": 128}, gpu=GPU, db=filled_db, fallback=False) is None
+    assert lookup(**{**KEY, "m": 513}, gpu=GPU, db=filled_db, fallback=False) is None
+    assert lookup(**{**KEY, "dtype": "fp16"}, gpu=GPU, db=filled_db, fallback=False) is None
+    assert lookup(**{**KEY, "density": 0.2}, gpu=GPU, db=filled_db, fallback=False) is None
+    assert lookup(**KEY, gpu="NVIDIA A100-SXM4-80GB", db=filled_db, fallback=False) is None
+    assert lookup(**KEY, gpu=GPU, db=filled_db, fallback=False) is not None
 
 
 def test_lookup_density_tolerance(filled_db):
     # a matrix of requested density d has round(d*M*K)/(M*K) nonzeros: close densities match, others do not
-    assert lookup(**{**KEY, "density": 0.10001}, gpu=GPU, db=filled_db) is not None
-    assert lookup(**{**KEY, "density": 0.11}, gpu=GPU, db=filled_db) is None
+    assert lookup(**{**KEY, "density": 0.10001}, gpu=GPU, db=filled_db, fallback=False) is not None
+    assert lookup(**{**KEY, "density": 0.11}, gpu=GPU, db=filled_db, fallback=False) is None
 
 
 def test_lookup_miss_is_not_cached(filled_db):
     key = {**KEY, "n": 64}
-    assert lookup(**key, gpu=GPU, db=filled_db) is None
+    assert lookup(**key, gpu=GPU, db=filled_db, fallback=False) is None
     db = TuningDB(filled_db)
     db.store(make_record(4.0, {"late": True}, n=64))
     db.dispose()
-    res = lookup(**key, gpu=GPU, db=filled_db)
+    res = lookup(**key, gpu=GPU, db=filled_db, fallback=False)
     assert res is not None and res.config == {"late": True}
 
 
 def test_lookup_missing_or_empty_db(tmp_path):
     missing = tmp_path / "missing.sqlite"
-    assert lookup(**KEY, gpu=GPU, db=missing) is None
+    assert lookup(**KEY, gpu=GPU, db=missing, fallback=False) is None
     assert not missing.exists()
     empty = tmp_path / "empty.sqlite"
     empty.write_bytes(b"")
-    assert lookup(**KEY, gpu=GPU, db=empty) is None
+    assert lookup(**KEY, gpu=GPU, db=empty, fallback=False) is None
     assert empty.read_bytes() == b""
 
 
 def test_lookup_validates_arguments(filled_db):
     with pytest.raises(UserError):
-        lookup(**{**KEY, "density": 0.0}, gpu=GPU, db=filled_db)
+        lookup(**{**KEY, "density": 0.0}, gpu=GPU, db=filled_db, fallback=False)
     with pytest.raises(UserError):
-        lookup(**{**KEY, "dtype": "fp64"}, gpu=GPU, db=filled_db)
+        lookup(**{**KEY, "dtype": "fp64"}, gpu=GPU, db=filled_db, fallback=False)
 
 
 def test_lookup_on_read_only_file(filled_db):
     os.chmod(filled_db, 0o444)
     try:
         before = filled_db.read_bytes()
-        res = lookup(**KEY, gpu=GPU, db=filled_db)
+        res = lookup(**KEY, gpu=GPU, db=filled_db, fallback=False)
         assert res is not None and res.time_us == 10.0
         lookup.cache_clear()
         db = TuningDB(filled_db, create=False, readonly=True)  # what lookup opens; also right as root

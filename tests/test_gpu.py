@@ -230,3 +230,59 @@ def test_spmm_operator_torch():
     assert isinstance(c, torch.Tensor) and c.is_cuda and c.shape == (64, 48)
     ref = torch.from_numpy(a.toarray()).cuda() @ b
     assert torch.allclose(c, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_sparse_linear_matches_masked_dense_linear(dtype):
+    torch = pytest.importorskip("torch")
+    from sparse_autotune.torch import SparseLinear, magnitude_mask
+    tdt = torch.float32 if dtype == "fp32" else torch.float16
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(384, 1536).to("cuda", tdt)
+    layer = SparseLinear.from_dense(lin, 0.1)
+    mask = magnitude_mask(lin.weight, 0.1)
+    assert int(mask.sum()) == round(0.1 * lin.weight.numel()) == layer.op.nnz
+    ref_lin = torch.nn.Linear(384, 1536).to("cuda", tdt)
+    with torch.no_grad():
+        ref_lin.weight.copy_(lin.weight * mask)
+        ref_lin.bias.copy_(lin.bias)
+    x = torch.randn(4, 33, 384, device="cuda", dtype=tdt)
+    y, ref = layer(x), ref_lin(x)
+    assert y.shape == ref.shape == (4, 33, 1536) and y.dtype == tdt
+    rel = ((y.float() - ref.float()).norm() / ref.float().norm()).item()
+    assert rel < (1e-5 if dtype == "fp32" else 3e-3), rel
+    # on a side stream too: the operator runs on PyTorch's current stream
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        y2 = layer(x)
+    s.synchronize()
+    assert torch.equal(y2, y)
+
+
+def test_spmm_any_n_uses_the_nearest_tuned_config(tmp_path):
+    """A stored record for N=256 serves N=200 as 'nearest', adapted so N=200 still runs, and stays correct."""
+    cp = _cp()
+    import datetime as dt
+    import sparse_autotune as sa
+    from sparse_autotune.gpu import gpu_info
+    from sparse_autotune.tuningdb import Record, TuningDB
+    info = gpu_info()
+    db = tmp_path / "n.sqlite"
+    a = random_matrix(300, 500, 0.1, "uniform", 0, np.float32)
+    cfg = {"rows_per_block": 4, "lanes_per_row": 16, "vec": 4, "cols_per_thread": 2, "unroll": 4, "stage": "none",
+           "row_order": "sorted", "raster": "rows_first", "index_bits": 32}
+    tdb = TuningDB(db)
+    tdb.store(Record(gpu_name=info.name, gpu_cc=info.cc, m=300, k=500, n=256, density=a.nnz / (300 * 500),
+                     dtype="fp32", pattern="uniform", family="csr_rowsplit", config_json=json.dumps(cfg),
+                     time_us=5.0, gflops=1.0, max_rel_err=1e-7, trials=1, matrix_hash="x", package_version="0",
+                     cuda_version="0", driver_version="0", cupy_version="0", created_at=dt.datetime(2026, 1, 1)))
+    tdb.dispose()
+    sa.lookup.cache_clear()
+    op = sa.SpMM(a, db=db)
+    fam, plan_cfg, source = op.plan(256)
+    assert source == "exact" and plan_cfg == cfg
+    fam, plan_cfg, source = op.plan(202)  # 202 % 4 != 0: the vector width is lowered to 2
+    assert source == "nearest" and plan_cfg["vec"] == 2 and plan_cfg["rows_per_block"] == 4
+    b = cp.asarray(np.random.default_rng(5).standard_normal((500, 202)).astype(np.float32))
+    ref = a.astype(np.float64) @ b.get().astype(np.float64)
+    assert np.linalg.norm(op(b).get() - ref) / np.linalg.norm(ref) < 1e-5

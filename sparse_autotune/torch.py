@@ -1,0 +1,68 @@
+"""PyTorch integration (optional: needs torch). `SparseLinear` is an inference drop-in for `nn.Linear`.
+
+    from sparse_autotune.torch import SparseLinear
+    layer = SparseLinear.from_dense(model.fc, 0.1)      # keep the 10 % largest |weights| of this layer
+    layer = SparseLinear.from_dense(model.fc, mask)     # or an explicit boolean mask (out x in)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .runtime import SpMM
+
+
+def magnitude_mask(weight: torch.Tensor, density: float) -> torch.Tensor:
+    """A boolean mask keeping exactly round(density * numel) entries of largest magnitude."""
+    if not 0.0 < float(density) <= 1.0:
+        raise UserError(f"density {density} is outside (0, 1]")
+    keep = max(1, int(round(float(density) * weight.numel())))
+    flat = weight.detach().abs().flatten().float()
+    idx = torch.topk(flat, keep, largest=True, sorted=False).indices
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[idx] = True
+    return mask.view_as(weight)
+
+
+class SparseLinear(nn.Module):
+    """y = x @ W.T + b with W sparse, computed by the autotuned SpMM operator (W @ x.T, then transposed)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, dtype: str | None = None,
+                 db=None, n_hint: int | None = None):
+        super().__init__()
+        if weight.dim() != 2:
+            raise UserError(f"weight must be 2-D (out x in), got shape {tuple(weight.shape)}")
+        self.out_features, self.in_features = weight.shape
+        w = weight.detach()
+        self.op = SpMM(w.cpu(), n_hint=n_hint, dtype=dtype, db=db)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=True)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, density_or_mask, dtype: str | None = None, db=None,
+                   n_hint: int | None = None) -> "SparseLinear":
+        """From an nn.Linear: a float density prunes by magnitude, a boolean tensor is used as the mask."""
+        if not isinstance(linear, nn.Linear):
+            raise UserError(f"from_dense needs an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight.detach()
+        if isinstance(density_or_mask, torch.Tensor):
+            if density_or_mask.shape != w.shape:
+                raise UserError(f"mask shape {tuple(density_or_mask.shape)} != weight shape {tuple(w.shape)}")
+            mask = density_or_mask.to(device=w.device, dtype=torch.bool)
+        else:
+            mask = magnitude_mask(w, float(density_or_mask))
+        return cls(w * mask, linear.bias, dtype=dtype, db=db, n_hint=n_hint)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise UserError(f"input has {x.shape[-1]} features, the layer expects {self.in_features}")
+        lead = x.shape[:-1]
+        b = x.reshape(-1, self.in_features).t().contiguous()  # K x N, N = all leading dims
+        y = self.op(b).t()  # N x M
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.op.nnz}, "
+                f"density={self.op.density:.4f}, dtype={self.op.dtype}")

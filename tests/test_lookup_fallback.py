@@ -1,0 +1,80 @@
+"""The lookup fallback chain (exact -> nearest -> same-arch -> default) on a database the test writes."""
+import datetime as dt
+import json
+import math
+import time
+
+import pytest
+
+from sparse_autotune.lookup import lookup, search_path
+from sparse_autotune.tuningdb import Record, TuningDB
+
+H100 = "NVIDIA H100 80GB HBM3"
+H200 = "NVIDIA H200"
+A100 = "NVIDIA A100-SXM4-80GB"
+
+
+def rec(gpu, cc, m, k, n, d, t, cfg, dtype="fp32", pattern="uniform"):
+    return Record(gpu_name=gpu, gpu_cc=cc, m=m, k=k, n=n, density=d, dtype=dtype, pattern=pattern,
+                  family="csr_rowsplit", config_json=json.dumps(cfg), time_us=t, gflops=1.0, max_rel_err=1e-7,
+                  trials=1, matrix_hash="h", package_version="0", cuda_version="13.0", driver_version="580",
+                  cupy_version="14", created_at=dt.datetime(2026, 1, 1))
+
+
+@pytest.fixture()
+def db(tmp_path):
+    lookup.cache_clear()
+    p = tmp_path / "t.sqlite"
+    tdb = TuningDB(p)
+    tdb.store(rec(H100, "9.0", 512, 2048, 256, 0.1, 10.0, {"tag": "h100-exact"}))
+    tdb.store(rec(H100, "9.0", 512, 2048, 1024, 0.1, 30.0, {"tag": "h100-n1024"}))
+    tdb.store(rec(H100, "9.0", 4096, 4096, 16, 0.05, 5.0, {"tag": "h100-big"}))
+    tdb.store(rec(H200, "9.0", 768, 3072, 512, 0.05, 20.0, {"tag": "h200-only"}))
+    tdb.store(rec(A100, "8.0", 100, 100, 100, 0.3, 1.0, {"tag": "a100"}))
+    tdb.dispose()
+    return p
+
+
+def test_exact_hit_says_exact(db):
+    r = lookup(512, 2048, 256, 0.1, "fp32", gpu=H100, cc="9.0", db=db)
+    assert r.source == "exact" and r.config == {"tag": "h100-exact"} and r.distance == 0.0 and r.time_us == 10.0
+
+
+def test_nearest_on_same_gpu_with_distance(db):
+    r = lookup(512, 2048, 512, 0.1, "fp32", gpu=H100, cc="9.0", db=db)
+    # N=512 is one log2 step from both 256 and 1024: the tie goes to the faster record
+    assert r.source == "nearest" and math.isclose(r.distance, 1.0)
+    assert r.config["tag"] in ("h100-exact", "h100-n1024")
+    r2 = lookup(4096, 4096, 32, 0.05, "fp32", gpu=H100, cc="9.0", db=db)
+    assert r2.source == "nearest" and r2.config == {"tag": "h100-big"} and math.isclose(r2.distance, 1.0)
+
+
+def test_same_arch_when_this_gpu_has_nothing(db):
+    r = lookup(768, 3072, 512, 0.05, "fp32", gpu="NVIDIA GH200", cc="9.0", db=db)
+    assert r.source == "same-arch" and r.gpu in (H100, H200)
+    assert r.config == {"tag": "h200-only"} and r.distance == 0.0  # the exact key exists on the H200
+
+
+def test_other_arch_is_never_used_and_default_is_last(db):
+    r = lookup(100, 100, 100, 0.3, "fp32", gpu="NVIDIA L4", cc="8.9", db=db)
+    assert r.source == "default" and r.time_us is None and r.family == "csr_rowsplit"
+    assert lookup(100, 100, 100, 0.3, "fp16", gpu=H100, cc="9.0", db=db).source == "default"
+
+
+def test_exact_only_returns_none_on_a_miss(db):
+    assert lookup(512, 2048, 512, 0.1, "fp32", gpu=H100, db=db, fallback=False) is None
+
+
+def test_cache_sees_a_changed_file(db):
+    assert lookup(512, 2048, 512, 0.1, "fp32", gpu=H100, cc="9.0", db=db).source == "nearest"
+    time.sleep(0.01)
+    tdb = TuningDB(db)
+    tdb.store(rec(H100, "9.0", 512, 2048, 512, 0.1, 15.0, {"tag": "h100-n512"}))
+    tdb.dispose()
+    r = lookup(512, 2048, 512, 0.1, "fp32", gpu=H100, cc="9.0", db=db)
+    assert r.source == "exact" and r.config == {"tag": "h100-n512"}
+
+
+def test_search_path_puts_the_user_db_first(db):
+    path = search_path(db)
+    assert path[0] == str(db) and all(p.endswith(".sqlite") for p in path)
