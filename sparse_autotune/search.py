@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,9 +27,10 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 logging.getLogger("optuna").setLevel(logging.WARNING)
 
 
-def make_sampler(name: str, seed: int | None):
+def make_sampler(name: str, seed: int | None, parallel: bool = False):
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10,
+                                          constant_liar=parallel)
     if name in ("random", "grid"):  # grid: every feasible config enqueued once, in a seeded order
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
@@ -57,14 +60,17 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
                evaluate: Callable[[str, dict], tuple[float, dict]], trials: int, timeout: float | None = None,
                sampler: str = "tpe", seed: int | None = 0,
                on_trial: Callable[[optuna.trial.FrozenTrial, int, float | None], None] | None = None,
-               max_pruned: int | None = None) -> SearchResult:
+               max_pruned: int | None = None, prepare: Callable[[str, dict], object] | None = None,
+               batch: int = 1) -> SearchResult:
     """Run the study until `trials` COMPLETE+FAIL trials exist in it (over all runs), or `timeout` seconds.
 
     evaluate(family, config) -> (value, attrs) or raises CandidateError. A config already evaluated in the
-    study is not evaluated again: its earlier value is reused.
+    study is not evaluated again: its earlier value is reused. With prepare(family, config) (e.g. compile)
+    and batch > 1, configs are asked `batch` at a time and prepared in parallel threads before each is
+    evaluated in turn (TPE then runs with constant_liar so a batch spreads out).
     """
     study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize",
-                                sampler=make_sampler(sampler, seed), load_if_exists=True)
+                                sampler=make_sampler(sampler, seed, parallel=batch > 1), load_if_exists=True)
     by_family = {s.family: s for s in spaces}
     families = [s.family for s in spaces]
 
@@ -93,65 +99,102 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
         params = {"family": fam, **by_family[fam].to_optuna_params(cfg, dtype)}
         study.enqueue_trial(params, skip_if_exists=True)
 
-    pruned_here = 0
     max_pruned = max_pruned if max_pruned is not None else 50 * trials + 500
-    stop_reason = ["trial budget"]
+    pruned_here = 0
+    stop_reason = "trial budget"
+    t_end = time.monotonic() + timeout if timeout is not None else None
+    pool = ThreadPoolExecutor(max_workers=batch) if prepare is not None and batch > 1 else None
+    told = 0  # COMPLETE + FAIL trials in the study (kept up to date here instead of re-reading the storage)
 
-    def objective(trial: optuna.Trial) -> float:
-        nonlocal pruned_here
-        fam = trial.suggest_categorical("family", families)
-        space = by_family[fam]
-        cfg = space.suggest(trial, dtype)
-        trial.set_user_attr("family", fam)
-        trial.set_user_attr("config", json.dumps(cfg, sort_keys=True))
-        why = space.check(cfg, env, limits)
-        if why is not None:
-            pruned_here += 1
-            trial.set_user_attr("infeasible", why)
-            raise optuna.TrialPruned(why)
-        key = fam + json.dumps(cfg, sort_keys=True)
-        if key in seen:
-            trial.set_user_attr("repeat_of_earlier_trial", True)
-            if seen[key] is None:
-                raise CandidateError("repeat", "this config failed in an earlier trial")
-            return seen[key]
+    def best_value():
         try:
-            value, attrs = evaluate(fam, cfg)
-        except CandidateError as exc:
-            seen[key] = None
+            return study.best_value
+        except ValueError:
+            return None
+
+    def finish(trial, value=None, exc: CandidateError | None = None, attrs=None):
+        nonlocal told
+        if exc is not None:
             trial.set_user_attr("error_stage", exc.stage)
             trial.set_user_attr("error", str(exc)[:2000])
             if exc.log:
                 trial.set_user_attr("error_log", exc.log[:8000])
-            raise
-        seen[key] = value
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        return value
+            frozen = study.tell(trial, state=TrialState.FAIL)
+        else:
+            for k, v in (attrs or {}).items():
+                trial.set_user_attr(k, v)
+            frozen = study.tell(trial, value)
+        told += 1
+        if on_trial:
+            on_trial(frozen, done_before + told, best_value())
 
-    def callback(study, frozen):
-        best = None
-        try:
-            best = study.best_value
-        except ValueError:
-            pass
-        if on_trial and frozen.state in (TrialState.COMPLETE, TrialState.FAIL):
-            on_trial(frozen, counted(study), best)
-        if counted(study) >= trials:
-            study.stop()
-        elif pruned_here >= max_pruned:
-            stop_reason[0] = "space exhausted (too many infeasible suggestions in a row)"
-            study.stop()
+    def ask_batch(want: int) -> list:
+        """Up to `want` new configs to evaluate; infeasible ones are told PRUNED, repeats reuse their value."""
+        nonlocal pruned_here
+        out = []
+        while len(out) < want and done_before + told + len(out) < trials and pruned_here < max_pruned:
+            trial = study.ask()
+            fam = trial.suggest_categorical("family", families)
+            space = by_family[fam]
+            cfg = space.suggest(trial, dtype)
+            key = fam + json.dumps(cfg, sort_keys=True)
+            trial.set_user_attr("family", fam)
+            trial.set_user_attr("config", json.dumps(cfg, sort_keys=True))
+            why = space.check(cfg, env, limits)
+            if why is not None:
+                pruned_here += 1
+                trial.set_user_attr("infeasible", why)
+                study.tell(trial, state=TrialState.PRUNED)
+            elif key in seen or key in {k for _, _, _, k in out}:
+                trial.set_user_attr("repeat_of_earlier_trial", True)
+                prior = seen.get(key)
+                if prior is None:
+                    finish(trial, exc=CandidateError("repeat", "this config failed or is being tried"))
+                else:
+                    finish(trial, prior)
+            else:
+                out.append((trial, fam, cfg, key))
+        return out
 
-    if done_before < trials:
-        study.optimize(objective, n_trials=None, timeout=timeout, callbacks=[callback],
-                       catch=(CandidateError,), gc_after_trial=False, show_progress_bar=False)
-        if timeout is not None and counted(study) < trials and stop_reason[0] == "trial budget":
-            stop_reason[0] = "time budget"
-    else:
-        stop_reason[0] = "trial budget already spent by earlier runs"
+    pending: list = []
+    try:
+        while done_before + told < trials:
+            if t_end is not None and time.monotonic() >= t_end:
+                stop_reason = "time budget"
+                break
+            if pruned_here >= max_pruned:
+                stop_reason = "space exhausted (too many infeasible suggestions in a row)"
+                break
+            pending = ask_batch(batch)
+            # compile the batch in parallel (NVRTC on CPU threads) while the GPU times them one by one
+            futures = [pool.submit(prepare, fam, cfg) for _, fam, cfg, _ in pending] if pool else [None] * len(pending)
+            while pending:
+                trial, fam, cfg, key = pending[0]
+                fut = futures[len(futures) - len(pending)]
+                try:
+                    if fut is not None:
+                        fut.result()
+                    value, attrs = evaluate(fam, cfg)
+                except CandidateError as exc:
+                    seen[key] = None
+                    pending.pop(0)
+                    finish(trial, exc=exc)
+                else:
+                    seen[key] = value
+                    pending.pop(0)
+                    finish(trial, value, attrs=attrs)
+        else:
+            if done_before >= trials:
+                stop_reason = "trial budget already spent by earlier runs"
+    except BaseException:
+        for trial, *_ in pending:  # asked but not evaluated: close them so the study holds no RUNNING trial
+            study.tell(trial, state=TrialState.FAIL)
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
-    return summarize(study, done_before, stop_reason[0])
+    return summarize(study, done_before, stop_reason)
 
 
 def summarize(study, done_before: int = 0, stopped: str = "") -> SearchResult:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ class TuneOptions:
     db: str | None = None
     progress: bool = True
     families: tuple[str, ...] | None = None
+    compile_workers: int = min(8, os.cpu_count() or 1)  # candidates compiled in parallel while others are timed
 
 
 def study_name(problem: Problem, gpu_name: str) -> str:
@@ -92,7 +94,9 @@ def tune(problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sy
     interrupted = False
     try:
         res = run_search(db.url, name, spaces, problem.dtype, env, limits, evaluate, opts.trials, opts.timeout,
-                         opts.sampler, opts.seed, on_trial)
+                         opts.sampler, opts.seed, on_trial,
+                         prepare=lambda fam, cfg: build_kernel(ctx.a_dev, fam, cfg, problem.dtype),
+                         batch=max(1, opts.compile_workers))
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: keeping what was tuned so far")

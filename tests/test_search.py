@@ -336,3 +336,33 @@ def test_grid_synthetic_single_run_covers_the_whole_grid(mem):
     res = run_search(mem, "g1", [toy], DTYPE, {}, {}, ev, trials=len(feasible), sampler="grid", seed=0)
     assert res.complete + res.failed == len(feasible)
     assert set(ev.calls) == feasible and max(ev.calls.values()) == 1
+
+
+def test_batched_prepare_synthetic_prepares_every_evaluated_config_in_threads(tmp_path):
+    """With prepare= and batch > 1 every evaluated config was prepared first (in worker threads), the
+    budget is exact, and no trial is left RUNNING."""
+    import threading
+
+    from optuna.trial import TrialState
+
+    from sparse_autotune.search import load_study, run_search
+    from sparse_autotune.space import load_spaces, problem_env
+    spaces = [s for s in load_spaces() if s.enabled]
+    env = problem_env(512, 2048, 256, 104858, "fp32")
+    prepared, threads, lock = set(), set(), threading.Lock()
+
+    def prep(fam, cfg):
+        with lock:
+            prepared.add(fam + repr(sorted(cfg.items())))
+            threads.add(threading.get_ident())
+
+    def synthetic(fam, cfg):
+        assert fam + repr(sorted(cfg.items())) in prepared
+        return abs(cfg["rows_per_block"] - 16) + cfg["unroll"] * 0.1, {}
+
+    url = f"sqlite:///{tmp_path / 'b.sqlite'}"
+    res = run_search(url, "batched", spaces, "fp32", env, {}, synthetic, 30, prepare=prep, batch=6)
+    assert res.complete + res.failed == 30
+    assert threading.get_ident() not in threads and len(threads) >= 1
+    study = load_study(url, "batched")
+    assert not study.get_trials(states=(TrialState.RUNNING,))
