@@ -9,6 +9,7 @@ import sys
 from . import __version__
 from .errors import UserError
 from .problem import DEFAULT_N, PATTERNS, Problem, check_density, check_dtype, check_n, load_matrix, parse_shape
+from .dbcli import add_db_parser, cmd_db
 from .search import SAMPLERS
 
 
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("spaces", help="list the variant spaces and their sizes")
     sp.add_argument("--dtype", default="fp32")
+    add_db_parser(sub, _Parser)
     return p
 
 
@@ -186,7 +188,7 @@ def cmd_spaces(a) -> int:
 def main(argv=None) -> int:
     try:
         args = _parser().parse_args(argv)
-        return {"tune": cmd_tune, "lookup": cmd_lookup, "bench": cmd_bench, "spaces": cmd_spaces}[args.cmd](args)
+        return {"tune": cmd_tune, "lookup": cmd_lookup, "bench": cmd_bench, "spaces": cmd_spaces, "db": cmd_db}[args.cmd](args)
     except UserError as exc:
         print(f"sparse-autotune: error: {exc}", file=sys.stderr)
         return 2

@@ -3,28 +3,43 @@
 Tables: `sat_meta` (application marker and schema version) and `sat_records` (every stored result; the
 fastest verified one per key has is_best = 1, the others are history). Optuna's study tables may share the
 file (the tuner keeps its studies there so a tune resumes). SQLite files are opened in WAL mode with a busy
-timeout so several processes can write; any SQLAlchemy URL (e.g. postgresql+psycopg://...) works too.
+timeout, and every write runs in a `BEGIN IMMEDIATE` transaction, so several processes can write at once without
+losing records or flagging two bests; any SQLAlchemy URL (e.g. postgresql+psycopg://...) works too.
+
+Schema versions (sat_meta.schema_version):
+  1  the first release.
+  2  adds sat_records.uid (a content hash of the record, unique: merges skip records already present) and
+     sat_records.origin ("tune", or "merge:<source file name>"; NULL for records from before version 2).
+A writable open migrates an older file in place, in one transaction (Alembic's Operations API; no Alembic version
+table: the version lives in sat_meta, and Optuna's own `alembic_version` table is left alone). A read-only open
+(lookup) reads an older file as it is, without writing.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import hashlib
 import json
+import math
 import os
 import sqlite3
+from collections.abc import Iterable, Mapping
 from urllib.parse import quote
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import (Boolean, DateTime, Float, Integer, String, Text, create_engine, event, inspect,
-                        select)
-from sqlalchemy.engine import Engine
+from sqlalchemy import (Boolean, Column, DateTime, Float, Integer, String, Text, bindparam, create_engine, event,
+                        func, inspect, select, update)
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
+from sqlalchemy.orm.attributes import set_committed_value
 
 from .errors import UserError
 
 APPLICATION = "sparse-autotune"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+V2_COLUMNS = ("uid", "origin")  # the columns schema version 2 added to sat_records
 DB_ENV = "SPARSE_AUTOTUNE_DB"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 DENSITY_RTOL = 1e-3
@@ -72,6 +87,9 @@ class Record(Base):
     cupy_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime)
     is_best: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    # schema version 2 (last, so that a migrated table has the same column order as a new one)
+    uid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    origin: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
     @property
     def config(self) -> dict:
@@ -83,6 +101,120 @@ class Record(Base):
         d.pop("config_json")
         d["created_at"] = self.created_at.isoformat(timespec="seconds")
         return d
+
+
+@event.listens_for(Record, "before_insert")
+def _fill_uid(_mapper, _connection, target: Record):
+    if not target.uid:
+        target.uid = record_uid(target)
+
+
+def _naive_utc(t: _dt.datetime) -> _dt.datetime:
+    """What the DateTime column stores and reads back: naive, in UTC (the tuner writes naive UTC times)."""
+    if t.tzinfo is not None:
+        t = t.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+    return t
+
+
+def record_uid(rec) -> str:
+    """The stable identity of a record (a Record or a mapping of its columns): SHA-256 of its key (GPU, M, K, N,
+    density, dtype, pattern), family, config (canonical JSON), time, creation time and matrix hash.
+
+    It is computed from the values as the database stores them, so a record has the same uid in every file it is
+    copied to: a merge skips records whose uid is already present, and merging a file twice changes nothing.
+    """
+    get = rec.get if isinstance(rec, Mapping) else (lambda name: getattr(rec, name))
+    cfg = get("config_json")
+    try:
+        cfg = json.dumps(json.loads(cfg), sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        cfg = str(cfg)
+    created = get("created_at")
+    if isinstance(created, str):
+        created = _dt.datetime.fromisoformat(created)
+    created = _naive_utc(created).isoformat(sep=" ", timespec="microseconds")
+    payload = ["sat-record", str(get("gpu_name")), int(get("m")), int(get("k")), int(get("n")),
+               float(get("density")), str(get("dtype")), str(get("pattern")), str(get("family")), cfg,
+               float(get("time_us")), created, str(get("matrix_hash"))]
+    return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
+
+
+def _assign_uids(rows: Iterable) -> list[str]:
+    """uids for rows in id order; an exact duplicate (same content, e.g. a row copied twice into an old file) gets a
+    uid derived from its rank among its copies, so that no row is dropped and the result is stable."""
+    seen: dict[str, int] = {}
+    out = []
+    for r in rows:
+        base = record_uid(r)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        out.append(base if n == 0 else hashlib.sha256(f"{base}#{n}".encode()).hexdigest())
+    return out
+
+
+def is_verified(rec) -> bool:
+    """A record may be the best of its key: its error is finite and within the dtype's tolerance (verify.TOLERANCE)
+    and its time is a positive finite number."""
+    from .verify import TOLERANCE  # noqa: PLC0415
+    tol = TOLERANCE.get(rec.dtype)
+    err, t = rec.max_rel_err, rec.time_us
+    return (tol is not None and err is not None and t is not None and math.isfinite(err) and 0 <= err <= tol
+            and math.isfinite(t) and t > 0)
+
+
+def _safe_origin(origin: str | None) -> str | None:
+    """origin keeps a file name, never a path (a value from elsewhere is cut down to its last component)."""
+    if origin is None:
+        return None
+    kind, sep, rest = origin.partition(":")
+    if sep and ("/" in rest or "\\" in rest):
+        rest = rest.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return (kind + sep + rest)[:255]
+
+
+def merge_origin(path: Path) -> str:
+    return _safe_origin(f"merge:{Path(path).name}")
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    """Which records `select_records` / `export` take. gpu: a case-insensitive substring of the GPU name."""
+    gpu: str | None = None
+    m: int | None = None
+    k: int | None = None
+    dtype: str | None = None
+    best_only: bool = False
+
+    @classmethod
+    def of(cls, filters) -> "RecordFilter":
+        """None, a RecordFilter, or a mapping with gpu, shape ("MxK" or (M, K)) or m/k, dtype, best_only."""
+        if filters is None:
+            return cls()
+        if isinstance(filters, cls):
+            return filters
+        f = dict(filters)
+        shape = f.pop("shape", None)
+        if shape is not None:
+            if isinstance(shape, str):
+                from .problem import parse_shape  # noqa: PLC0415
+                shape = parse_shape(shape)
+            f["m"], f["k"] = (int(x) for x in shape)
+        unknown = set(f) - {"gpu", "m", "k", "dtype", "best_only"}
+        if unknown:
+            raise UserError(f"unknown record filter(s): {', '.join(sorted(unknown))}")
+        return cls(**f)
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What a merge (or an export) did: records added, skipped as already present (same uid), keys whose best is
+    now an added record."""
+    source: str
+    target: str
+    added: int
+    skipped: int
+    new_best: int
+    created: bool = False  # export: the target is a new file
 
 
 def default_db_path() -> Path:
@@ -158,6 +290,8 @@ def check_file(path: Path) -> str:
 
 
 def _sqlite_pragmas(dbapi_con, _record):
+    # pysqlite's own transaction handling is off; the "begin" listener below emits BEGIN (BEGIN IMMEDIATE for writes)
+    dbapi_con.isolation_level = None
     cur = dbapi_con.cursor()
     try:
         cur.execute("PRAGMA busy_timeout=30000")
@@ -170,12 +304,94 @@ def _sqlite_pragmas(dbapi_con, _record):
         cur.close()
 
 
+def _sqlite_begin(conn: Connection):
+    # A write transaction takes the write lock up front: two processes that both read the current best and then
+    # insert would otherwise race (in WAL mode a deferred reader cannot upgrade after another commit, and without a
+    # transaction around the read both could flag a best). Waiting writers queue on the busy timeout.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("sat_write") else "BEGIN")
+
+
+def _schema_state(conn: Connection) -> tuple[set, dict, set]:
+    """(table names, sat_meta as a dict, sat_records' column names) through `conn`."""
+    insp = inspect(conn)
+    tables = set(insp.get_table_names())
+    meta = {}
+    if "sat_meta" in tables:
+        meta = {k: v for k, v in conn.execute(select(Meta.key, Meta.value))}
+    cols = {c["name"] for c in insp.get_columns("sat_records")} if "sat_records" in tables else set()
+    return tables, meta, cols
+
+
+def _meta_version(meta: dict, label: str) -> int | None:
+    if "schema_version" not in meta:
+        return None
+    try:
+        return int(meta["schema_version"])
+    except ValueError:
+        raise UserError(f"database {label!r} has an unreadable schema version") from None
+
+
+def _migrate_to_2(conn: Connection):
+    """Schema 1 -> 2 on `conn` (inside the caller's transaction): add uid and origin, fill uid for every row, then
+    make uid NOT NULL with a unique index. Alembic's Operations in batch mode (SQLite recreates the table to change
+    a column); no Alembic version table is written (the version lives in sat_meta)."""
+    from alembic.migration import MigrationContext  # noqa: PLC0415
+    from alembic.operations import Operations  # noqa: PLC0415
+    ctx = MigrationContext.configure(connection=conn, opts={"version_table": "sat_alembic_version"})
+    op = Operations(ctx)
+    cols = {c["name"] for c in inspect(conn).get_columns("sat_records")}
+    with op.batch_alter_table("sat_records") as b:
+        if "uid" not in cols:
+            b.add_column(Column("uid", String(64), nullable=True))
+        if "origin" not in cols:
+            b.add_column(Column("origin", String(255), nullable=True))
+    t = Record.__table__
+    rows = conn.execute(select(*[c for c in t.c if c.name not in V2_COLUMNS]).order_by(t.c.id)).mappings().all()
+    if rows:
+        conn.execute(update(t).where(t.c.id == bindparam("_id")).values(uid=bindparam("_uid")),
+                     [{"_id": r["id"], "_uid": u} for r, u in zip(rows, _assign_uids(rows))])
+    with op.batch_alter_table("sat_records") as b:
+        b.alter_column("uid", existing_type=String(64), nullable=False)
+        b.create_index("ix_sat_records_uid", ["uid"], unique=True)
+
+
+def _set_journal_mode(path: Path, mode: str):
+    con = sqlite3.connect(sqlite_uri(path), uri=True, timeout=30)
+    try:
+        con.execute(f"PRAGMA journal_mode={mode}")
+    except sqlite3.OperationalError:
+        pass  # busy (another process has it open): it stays in WAL mode, which loses nothing
+    finally:
+        con.close()
+
+
+def _no_nan(r: Record):
+    """SQLite stores NaN as NULL, which the NOT NULL float columns refuse: a NaN time or error is stored as +inf
+    (the record is kept, and stays unverified: it never becomes the best)."""
+    for name in ("time_us", "gflops", "max_rel_err"):
+        v = getattr(r, name)
+        if isinstance(v, float) and math.isnan(v):
+            setattr(r, name, math.inf)
+
+
+def _key_of(r: Record) -> tuple:
+    return (r.gpu_name, r.m, r.k, r.n, r.density, r.dtype, r.pattern)
+
+
+def _copy(r: Record) -> Record:
+    return Record(**{c.key: getattr(r, c.key) for c in inspect(Record).column_attrs if c.key != "id"})
+
+
 class TuningDB:
-    """Open (and create when `create`) a tuning database from a path or an SQLAlchemy URL."""
+    """Open (and create when `create`) a tuning database from a path or an SQLAlchemy URL.
+
+    A writable open creates a new file in the current schema and migrates an older one in place; `readonly` opens a
+    file without ever writing to it (an older schema is read as it is)."""
 
     def __init__(self, target: str | os.PathLike | None = None, create: bool = True, readonly: bool = False):
         target = str(target) if target is not None else str(default_db_path())
         self.readonly = readonly
+        self._missing: frozenset = frozenset()  # schema-2 columns a read-only older file lacks
         if is_url(target):
             self.url = target
             self.path = None
@@ -206,40 +422,238 @@ class TuningDB:
             raise UserError(f"cannot open database {target!r}: {str(exc).splitlines()[0]}") from None
         if self.url.startswith("sqlite") and not readonly:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        if not readonly:
+            event.listen(self.engine, "begin", _sqlite_begin)
+        if readonly:
+            self._missing = self._missing_columns()
+        else:
             self._init_schema()
 
-    def _init_schema(self):
+    # ---- schema -----------------------------------------------------------------------------------------
+
+    def _missing_columns(self) -> frozenset:
         try:
-            Base.metadata.create_all(self.engine)
-            with Session(self.engine) as s, s.begin():
-                meta = {m.key: m for m in s.scalars(select(Meta))}
+            with self.engine.connect() as conn:
+                _, _, cols = _schema_state(conn)
+        except SQLAlchemyError:
+            return frozenset()  # the queries report the problem
+        return frozenset(c for c in V2_COLUMNS if cols and c not in cols)
+
+    def _init_schema(self):
+        """Create the tables of a new database, or migrate an older one: under the write lock, re-checked there (two
+        processes opening the same new or old file at once create or migrate it once). A current file is not
+        written to."""
+        try:
+            with self.engine.connect() as conn:
+                tables, meta, cols = _schema_state(conn)
+            version = _meta_version(meta, self.label)
+            if version is not None and version > SCHEMA_VERSION:
+                raise UserError(f"database {self.label!r} has a newer schema ({version}) than this sparse-autotune "
+                                f"understands ({SCHEMA_VERSION}): upgrade sparse-autotune")
+            if (version == SCHEMA_VERSION and "application" in meta and {"sat_meta", "sat_records"} <= tables
+                    and set(V2_COLUMNS) <= cols):
+                return
+            with self._writing() as conn:
+                tables, meta, cols = _schema_state(conn)
+                version = _meta_version(meta, self.label)
+                if version is not None and version > SCHEMA_VERSION:
+                    raise UserError(f"database {self.label!r} has a newer schema ({version})")
+                Base.metadata.create_all(conn)  # missing tables only: a new file gets schema 2 directly
+                if "sat_records" in tables and not set(V2_COLUMNS) <= cols:
+                    _migrate_to_2(conn)
+                mt = Meta.__table__
                 if "application" not in meta:
-                    s.add(Meta(key="application", value=APPLICATION))
+                    conn.execute(mt.insert().values(key="application", value=APPLICATION))
                 if "schema_version" not in meta:
-                    s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-                elif int(meta["schema_version"].value) > SCHEMA_VERSION:
-                    raise UserError(f"database {self.url!r} has a newer schema ({meta['schema_version'].value})")
+                    conn.execute(mt.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+                elif version != SCHEMA_VERSION:
+                    conn.execute(update(mt).where(mt.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
         except SQLAlchemyError as exc:
-            raise UserError(f"cannot use database {self.url!r}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"cannot use database {self.label!r}: {str(exc).splitlines()[0]}") from None
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """A connection inside one write transaction (SQLite: BEGIN IMMEDIATE); commit at the end, rollback on error."""
+        if self.readonly:
+            raise UserError(f"database {self.label!r} is open read-only")
+        with self.engine.connect() as conn:
+            conn.execution_options(sat_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def _write_session(self):
+        with self._writing() as conn:
+            with Session(bind=conn, expire_on_commit=False, join_transaction_mode="rollback_only") as s:
+                yield s
+                s.flush()
 
     @property
     def label(self) -> str:
         return str(self.path) if self.path else self.url
 
+    @property
+    def source_name(self) -> str:
+        """A name for this database in other files' origin column: the file name, never a path or a URL."""
+        if self.path is not None:
+            return self.path.name
+        try:
+            return Path(make_url(self.url).database or "database").name
+        except (SQLAlchemyError, ValueError):
+            return "database"
+
+    # ---- writing ----------------------------------------------------------------------------------------
+
     def store(self, rec: Record) -> Record:
-        """Insert a verified record; it becomes the best for its key if it is faster than the best so far."""
-        with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            best = s.scalars(self._key_query(rec.gpu_name, rec.m, rec.k, rec.n, rec.density, rec.dtype,
-                                             rec.pattern).where(Record.is_best.is_(True))).first()
-            if best is None or rec.time_us < best.time_us:
-                if best is not None:
-                    best.is_best = False
-                rec.is_best = True
-            else:
+        """Insert a record (origin "tune" unless set). The fastest verified record of its key becomes the best, the
+        others are history (see _rebest). A record whose uid is already stored is not inserted again: the stored one
+        is returned, and `rec` gets its id and is_best."""
+        rec.created_at = _naive_utc(rec.created_at) if rec.created_at is not None else \
+            _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+        _no_nan(rec)
+        if rec.origin is None:
+            rec.origin = "tune"
+        rec.origin = _safe_origin(rec.origin)
+        if not rec.uid:
+            rec.uid = record_uid(rec)
+        try:
+            with self._write_session() as s:
+                existing = s.scalars(select(Record).where(Record.uid == rec.uid)).first()
+                if existing is not None:
+                    rec.id, rec.is_best = existing.id, existing.is_best
+                    return existing
                 rec.is_best = False
-            s.add(rec)
+                s.add(rec)
+                s.flush()
+                self._rebest(s, rec)
+        except SQLAlchemyError as exc:
+            raise UserError(f"cannot write database {self.label!r}: {str(exc).splitlines()[0]}") from None
         return rec
+
+    def _rebest(self, s: Session, rec: Record) -> Record | None:
+        """Flag the best of rec's key: the fastest verified record (a tie keeps the current best, else the oldest);
+        every other record of the key is history. Returns the best, or None when no record of the key is verified."""
+        rows = list(s.scalars(self._key_query(rec.gpu_name, rec.m, rec.k, rec.n, rec.density, rec.dtype,
+                                              rec.pattern)))
+        verified = [r for r in rows if is_verified(r)]
+        winner = None
+        if verified:
+            t = min(r.time_us for r in verified)
+            tied = [r for r in verified if r.time_us == t]
+            winner = next((r for r in tied if r.is_best), None) or min(tied, key=lambda r: r.id)
+        for r in rows:
+            if bool(r.is_best) != (r is winner):
+                r.is_best = r is winner
+        return winner
+
+    def merge_from(self, other_path) -> MergeResult:
+        """Merge every record of another tuning database file into this one, in one transaction. The source is read
+        without writing to it (an older schema is read as it is). Records already present (same uid) are skipped;
+        the others are added with origin "merge:<source file name>", keyed to their own GPU, and each touched key's
+        best is the fastest verified record. Nothing is ever deleted."""
+        src = Path(other_path).expanduser().resolve()
+        state = check_file(src)
+        if state == "missing":
+            raise UserError(f"database {str(src)!r} does not exist")
+        if state == "empty":
+            raise UserError(f"database {str(src)!r} is an empty file, not a tuning database")
+        if self.path is not None and (src == self.path or (self.path.exists() and os.path.samefile(src, self.path))):
+            raise UserError(f"cannot merge database {str(src)!r} into itself")
+        sdb = TuningDB(src, create=False, readonly=True)
+        try:
+            records = sdb.records()
+        finally:
+            sdb.dispose()
+        return self._merge_records(records, merge_origin(src), str(src))
+
+    def _merge_records(self, records: Iterable[Record], origin: str | None, source: str) -> MergeResult:
+        """Add copies of `records` whose uid is not present yet (origin: this value, or None to keep theirs), then
+        re-flag the best of every key that got a record. One transaction."""
+        added: list[Record] = []
+        skipped = 0
+        try:
+            with self._write_session() as s:
+                have = set(s.scalars(select(Record.uid)))
+                for r in records:
+                    uid = r.uid or record_uid(r)
+                    if uid in have:
+                        skipped += 1
+                        continue
+                    have.add(uid)
+                    c = _copy(r)
+                    _no_nan(c)
+                    c.uid = uid
+                    c.origin = origin if origin is not None else _safe_origin(r.origin)
+                    c.is_best = False
+                    s.add(c)
+                    added.append(c)
+                s.flush()
+                keys: dict[tuple, Record] = {}
+                for c in added:
+                    keys.setdefault(_key_of(c), c)
+                fresh = {id(c) for c in added}
+                winners = (self._rebest(s, c) for c in keys.values())
+                new_best = {w.id for w in winners if w is not None and id(w) in fresh}
+        except SQLAlchemyError as exc:
+            raise UserError(f"cannot write database {self.label!r}: {str(exc).splitlines()[0]}") from None
+        return MergeResult(source, self.label, len(added), skipped, len(new_best))
+
+    def export(self, out_path, filters=None) -> MergeResult:
+        """Write the selected records (RecordFilter.of(filters); all records by default) to a self-contained tuning
+        database file: schema 2, the records with their provenance columns, no Optuna tables, one file (DELETE
+        journal mode). A missing (or empty) OUT is created; an OUT that is a tuning database gets the records merged
+        into it (as merge_from); any other existing file is refused untouched."""
+        flt = RecordFilter.of(filters)
+        if is_url(str(out_path)):
+            raise UserError(f"export writes a file, not a database URL ({out_path!r})")
+        out = Path(out_path).expanduser().resolve()
+        if self.path is not None and (out == self.path or (out.exists() and os.path.samefile(out, self.path))):
+            raise UserError(f"cannot export database {str(out)!r} onto itself")
+        state = check_file(out)  # a foreign, non-SQLite or newer file: UserError, untouched
+        records = self.select_records(flt)
+        if state == "ours":
+            with open(out, "rb") as fh:
+                rollback_journal = fh.read(20)[18] == 1  # header byte 18: 1 = rollback journal, 2 = WAL
+            dst = TuningDB(out)
+            try:
+                return dst._merge_records(records, merge_origin(Path(self.source_name)), self.label)
+            finally:
+                dst.dispose()
+                if rollback_journal:  # a shared single-file export stays one (no -wal next to it)
+                    _set_journal_mode(out, "DELETE")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the folder for {str(out)!r}: {exc.strerror}") from None
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.export-tmp")
+        sidecars = [tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")]
+        for p in sidecars:
+            p.unlink(missing_ok=True)
+        try:
+            dst = TuningDB(tmp)
+            try:
+                res = dst._merge_records(records, None, self.label)
+            finally:
+                dst.dispose()
+            _set_journal_mode(tmp, "DELETE")  # one self-contained file, no -wal to carry along
+            if state == "empty":
+                os.replace(tmp, out)
+            else:
+                try:
+                    os.link(tmp, out)  # never replaces a file that appeared meanwhile
+                except FileExistsError:
+                    raise UserError(f"{str(out)!r} appeared while exporting: not overwritten") from None
+                except OSError:
+                    if out.exists():
+                        raise UserError(f"{str(out)!r} appeared while exporting: not overwritten") from None
+                    os.replace(tmp, out)
+        except OSError as exc:
+            raise UserError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
+        finally:
+            for p in sidecars:
+                p.unlink(missing_ok=True)
+        return MergeResult(res.source, str(out), res.added, res.skipped, res.new_best, created=True)
+
+    # ---- reading ----------------------------------------------------------------------------------------
 
     @staticmethod
     def _key_query(gpu, m, k, n, density, dtype, pattern=None):
@@ -252,18 +666,95 @@ class TuningDB:
             q = q.where(Record.pattern == pattern)
         return q
 
+    def _query(self, s: Session, q, full_uids: bool = False) -> list[Record]:
+        """Run a select(Record); on a read-only older file the schema-2 columns are not selected: uid is computed
+        (as the migration would set it; `full_uids` numbers exact duplicates the same way too) and origin is None."""
+        if not self._missing:
+            return list(s.scalars(q))
+        rows = list(s.scalars(q.options(*(defer(getattr(Record, c)) for c in self._missing))))
+        uids = {}
+        if full_uids and "uid" in self._missing:
+            t = Record.__table__
+            every = s.execute(select(*[c for c in t.c if c.name not in V2_COLUMNS]).order_by(t.c.id)).mappings().all()
+            uids = {r["id"]: u for r, u in zip(every, _assign_uids(every))}
+        for r in rows:
+            if "uid" in self._missing:
+                set_committed_value(r, "uid", uids.get(r.id) or record_uid(r))
+            if "origin" in self._missing:
+                set_committed_value(r, "origin", None)
+        return rows
+
     def best(self, m, k, n, density, dtype, gpu=None, pattern=None) -> Record | None:
         """The fastest best-flagged record for the exact key (any GPU / pattern where None)."""
         try:
             with Session(self.engine, expire_on_commit=False) as s:
                 q = self._key_query(gpu, m, k, n, density, dtype, pattern).where(Record.is_best.is_(True))
-                return s.scalars(q.order_by(Record.time_us)).first()
+                rows = self._query(s, q.order_by(Record.time_us, Record.id).limit(1))
+                return rows[0] if rows else None
+        except SQLAlchemyError as exc:
+            raise UserError(f"cannot read database {self.label!r}: {str(exc).splitlines()[0]}") from None
+
+    def select_records(self, filters=None) -> list[Record]:
+        """Records matching RecordFilter.of(filters), in id order."""
+        flt = RecordFilter.of(filters)
+        q = select(Record)
+        if flt.gpu:
+            q = q.where(func.lower(Record.gpu_name).contains(flt.gpu.lower(), autoescape=True))
+        if flt.m is not None:
+            q = q.where(Record.m == flt.m)
+        if flt.k is not None:
+            q = q.where(Record.k == flt.k)
+        if flt.dtype:
+            q = q.where(Record.dtype == flt.dtype)
+        if flt.best_only:
+            q = q.where(Record.is_best.is_(True))
+        try:
+            with Session(self.engine, expire_on_commit=False) as s:
+                return self._query(s, q.order_by(Record.id), full_uids=True)
         except SQLAlchemyError as exc:
             raise UserError(f"cannot read database {self.label!r}: {str(exc).splitlines()[0]}") from None
 
     def records(self) -> list[Record]:
-        with Session(self.engine, expire_on_commit=False) as s:
-            return list(s.scalars(select(Record).order_by(Record.id)))
+        return self.select_records()
+
+    def get(self, record_id: int) -> Record | None:
+        try:
+            with Session(self.engine, expire_on_commit=False) as s:
+                rows = self._query(s, select(Record).where(Record.id == record_id), full_uids=True)
+                return rows[0] if rows else None
+        except SQLAlchemyError as exc:
+            raise UserError(f"cannot read database {self.label!r}: {str(exc).splitlines()[0]}") from None
 
     def dispose(self):
         self.engine.dispose()
+
+
+def describe_file(path) -> dict:
+    """What `db check` reports about a file, read without writing: schema version, record and best counts, GPUs,
+    Optuna studies. UserError (one line) for a missing, empty, foreign, corrupt or newer file."""
+    path = Path(path).expanduser()
+    state = check_file(path)
+    if state == "missing":
+        raise UserError(f"database {str(path)!r} does not exist")
+    if state == "empty":
+        raise UserError(f"database {str(path)!r} is an empty file, not a tuning database (yet)")
+    try:
+        con = _read_only_connect(path)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            meta = dict(con.execute("SELECT key, value FROM sat_meta").fetchall())
+            records = best = 0
+            gpus: list[str] = []
+            if "sat_records" in tables:
+                records = con.execute("SELECT count(*) FROM sat_records").fetchone()[0]
+                best = con.execute("SELECT count(*) FROM sat_records WHERE is_best").fetchone()[0]
+                gpus = [r[0] for r in con.execute("SELECT DISTINCT gpu_name FROM sat_records ORDER BY gpu_name")]
+            studies = con.execute("SELECT count(*) FROM studies").fetchone()[0] if "studies" in tables else 0
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"database {str(path)!r} cannot be read as SQLite: {exc}") from None
+    version = int(meta.get("schema_version", "0"))
+    return {"path": str(path), "schema_version": version, "current_version": SCHEMA_VERSION,
+            "needs_migration": version < SCHEMA_VERSION, "records": records, "best": best, "gpus": gpus,
+            "studies": studies}
