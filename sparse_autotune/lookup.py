@@ -66,7 +66,10 @@ _result_cache: dict[tuple, tuple[tuple, Tuned]] = {}
 
 @lru_cache(maxsize=1)
 def shipped_databases() -> tuple[str, ...]:
-    """The tuning databases shipped in the package's db/ folder (fixed for the life of the process)."""
+    """The tuning databases shipped in the package's db/ folder (fixed for the life of the process);
+    none when $SPARSE_AUTOTUNE_NO_SHIPPED_DB is set to a non-empty value."""
+    if os.environ.get("SPARSE_AUTOTUNE_NO_SHIPPED_DB"):
+        return ()
     return tuple(sorted(str(p) for p in resource_dir("db").glob("*.sqlite")))
 
 

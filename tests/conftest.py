@@ -12,3 +12,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_shipped_databases(request, monkeypatch):
+    """Tests see only the databases they make: the ones shipped in db/ are left out of lookup's search path
+    (a test marked `shipped_db` keeps them)."""
+    if "shipped_db" in request.keywords:
+        return
+    import importlib
+    lk = importlib.import_module("sparse_autotune.lookup")  # the module (the package exports the function)
+    monkeypatch.setattr(lk, "shipped_databases", lambda: ())
+    monkeypatch.setenv("SPARSE_AUTOTUNE_NO_SHIPPED_DB", "1")  # for the CLI run in subprocesses
+    lk.lookup.cache_clear()

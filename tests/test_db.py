@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from records import make_record
 
 from sparse_autotune.errors import UserError
 from sparse_autotune.lookup import lookup
@@ -21,17 +22,6 @@ from sparse_autotune.tuningdb import (APPLICATION, DB_ENV, SCHEMA_VERSION, Recor
 
 GPU = "NVIDIA H100 80GB HBM3"
 KEY = dict(m=512, k=2048, n=256, density=0.1, dtype="fp32")
-
-
-def make_record(time_us: float, config: dict | None = None, **over) -> Record:
-    fields = dict(gpu_name=GPU, gpu_cc="9.0", pattern="uniform", family="csr_rowsplit",
-                  config_json=json.dumps(config or {"rows_per_block": 8, "vec": 4}, sort_keys=True),
-                  time_us=time_us, gflops=1000.0, cusparse_us=20.0, cublas_fp32_us=30.0, cublas_tf32_us=None,
-                  cublas_fp16_us=None, floor_us=3.0, max_rel_err=1e-6, trials=50, matrix_hash="0123456789abcdef",
-                  study_name="study", package_version="0.1.0", cuda_version="13.0", driver_version="580.0",
-                  cupy_version="14.0", created_at=dt.datetime(2025, 1, 1, 12, 0, 0), **KEY)
-    fields.update(over)
-    return Record(**fields)
 
 
 @pytest.fixture(autouse=True)

@@ -78,3 +78,15 @@ def test_cache_sees_a_changed_file(db):
 def test_search_path_puts_the_user_db_first(db):
     path = search_path(db)
     assert path[0] == str(db) and all(p.endswith(".sqlite") for p in path)
+
+
+@pytest.mark.shipped_db
+def test_shipped_database_is_searched_after_the_user_db(tmp_path):
+    """The H100 database shipped in db/ answers an exact key when the user's database has nothing."""
+    from sparse_autotune.lookup import shipped_databases
+    lookup.cache_clear()
+    shipped = shipped_databases()
+    assert any(p.endswith("h100-80gb-hbm3.sqlite") for p in shipped)
+    r = lookup(512, 2048, 256, 0.1, "fp32", gpu=H100, cc="9.0", db=tmp_path / "none.sqlite")
+    assert r.source == "exact" and r.db.endswith("h100-80gb-hbm3.sqlite") and r.time_us > 0
+    assert not (tmp_path / "none.sqlite").exists()
