@@ -47,7 +47,6 @@ def ceilings() -> dict:
     src.fill(1)
     t = time_launches([lambda: dst.data.copy_from_device_async(src.data, nbytes)], repeats=10, target_us=1)
     copy_gbps = 2 * nbytes / (t.median_us * 1e-6) / 1e9
-    del src, dst
     mod = cp.RawModule(code=_FMA_SRC, options=("-std=c++17",))
     out = cp.empty(info.sm_count * 8 * 256, cp.float32)
     iters = 4096

@@ -1,7 +1,6 @@
 """Declarative variant spaces (search_spaces/*.toml): parameters, conditions, constraints, known-good configs."""
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache

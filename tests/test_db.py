@@ -1,8 +1,6 @@
 """The tuning database (SQLite through SQLAlchemy) and the runtime lookup."""
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
 import shutil
 import sqlite3
@@ -17,7 +15,7 @@ from records import make_record
 
 from sparse_autotune.errors import UserError
 from sparse_autotune.lookup import lookup
-from sparse_autotune.tuningdb import (APPLICATION, DB_ENV, SCHEMA_VERSION, Record, TuningDB, check_file,
+from sparse_autotune.tuningdb import (APPLICATION, DB_ENV, SCHEMA_VERSION, TuningDB, check_file,
                                       default_db_path)
 
 GPU = "NVIDIA H100 80GB HBM3"

@@ -1,9 +1,7 @@
 """GPU tests (run on the device: `pytest -m gpu`). Skipped where no CUDA GPU is present."""
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import subprocess
 import sys
 
