@@ -91,6 +91,17 @@ def _report_text(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _checked_db(db: str | None) -> str:
+    """The database target (default: $SPARSE_AUTOTUNE_DB or the user cache); a foreign or unreadable file is
+    refused here, before any work, and nothing is written to it."""
+    from pathlib import Path  # noqa: PLC0415
+    from .tuningdb import check_file, default_db_path, is_url  # noqa: PLC0415
+    db = db or str(default_db_path())
+    if not is_url(db):
+        check_file(Path(db).expanduser())
+    return db
+
+
 def _problem_from_args(a) -> Problem:
     dtype = check_dtype(a.dtype)
     try:
@@ -112,17 +123,13 @@ def _problem_from_args(a) -> Problem:
 
 def cmd_tune(a) -> int:
     from .tune import TuneOptions, tune  # noqa: PLC0415
-    from .tuningdb import check_file, default_db_path, is_url  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
     if a.sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {a.sampler!r}: choose one of {', '.join(SAMPLERS)}")
     if a.trials <= 0:
         raise UserError(f"--trials must be positive (got {a.trials})")
     if a.timeout is not None and a.timeout <= 0:
         raise UserError(f"--timeout must be positive (got {a.timeout})")
-    db = a.db or str(default_db_path())
-    if not is_url(db):
-        check_file(Path(db).expanduser())  # a foreign or unreadable file is refused before any work
+    db = _checked_db(a.db)
     problem = _problem_from_args(a)
     from .space import select_spaces  # noqa: PLC0415
     families = tuple(s.family for s in select_spaces(a.families))
@@ -159,13 +166,10 @@ def cmd_lookup(a) -> int:
 def cmd_bench(a) -> int:
     from pathlib import Path  # noqa: PLC0415
     from .bench import run_suite, suite_cases, summary  # noqa: PLC0415
-    from .tuningdb import check_file, default_db_path, is_url  # noqa: PLC0415
     suite_cases(a.suite)  # validates the name before the GPU is touched
     if a.trials <= 0:
         raise UserError(f"--trials must be positive (got {a.trials})")
-    db = a.db or str(default_db_path())
-    if not is_url(db):
-        check_file(Path(db).expanduser())  # a foreign or unreadable file is refused before any work
+    db = _checked_db(a.db)
     from .gpu import gpu_info  # noqa: PLC0415
     gpu_info()
     records = run_suite(a.suite, a.trials, Path(a.out), db, a.budget)

@@ -17,11 +17,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _no_shipped_databases(request, monkeypatch):
     """Tests see only the databases they make: the ones shipped in db/ are left out of lookup's search path
-    (a test marked `shipped_db` keeps them)."""
-    if "shipped_db" in request.keywords:
-        return
+    (a test marked `shipped_db` keeps them). Lookup's in-process cache starts and ends empty for every test."""
     import importlib
     lk = importlib.import_module("sparse_autotune.lookup")  # the module (the package exports the function)
-    monkeypatch.setattr(lk, "shipped_databases", lambda: ())
-    monkeypatch.setenv("SPARSE_AUTOTUNE_NO_SHIPPED_DB", "1")  # for the CLI run in subprocesses
+    if "shipped_db" not in request.keywords:
+        monkeypatch.setattr(lk, "shipped_databases", lambda: ())
+        monkeypatch.setenv("SPARSE_AUTOTUNE_NO_SHIPPED_DB", "1")  # for the CLI run in subprocesses
+    lk.lookup.cache_clear()
+    yield
     lk.lookup.cache_clear()

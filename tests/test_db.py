@@ -22,13 +22,6 @@ GPU = "NVIDIA H100 80GB HBM3"
 KEY = dict(m=512, k=2048, n=256, density=0.1, dtype="fp32")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_lookup_cache():
-    lookup.cache_clear()
-    yield
-    lookup.cache_clear()
-
-
 @pytest.fixture
 def db_path(tmp_path):
     return tmp_path / "tuning.sqlite"

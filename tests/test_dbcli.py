@@ -40,13 +40,6 @@ def make_record(time_us: float, config: dict | None = None, **over) -> Record:
     return _make_record(time_us, config, **{"gpu_name": H100, "created_at": dt.datetime(2025, 3, 1, 12, 0, 0), **over})
 
 
-@pytest.fixture(autouse=True)
-def _fresh_lookup_cache():
-    lookup.cache_clear()
-    yield
-    lookup.cache_clear()
-
-
 @pytest.fixture
 def v1(tmp_path) -> Path:
     """A private copy of the committed schema-1 fixture, alone in its folder."""
