@@ -40,6 +40,40 @@ def compile_kernel(source: str, name: str = KERNEL_NAME):
     return kern
 
 
+class _PtxKernel:
+    """A function of a PTX module, called like a CuPy RawKernel; holds the module so it stays loaded."""
+
+    def __init__(self, module, function):
+        self.module = module
+        self.function = function
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        self.function(grid, block, args, shared_mem=shared_mem)
+
+
+def compile_ptx(source: str, name: str = KERNEL_NAME):
+    """Load PTX through the driver's JIT assembler (cuModuleLoadData) and return the function.
+
+    The driver keeps JIT-compiled PTX in its own disk cache (CUDA_CACHE_PATH, default ~/.nv/ComputeCache),
+    so a restarted process does not assemble the same module again; in-process it is cached by source hash."""
+    from .gpu import cupy  # noqa: PLC0415
+    cp = cupy()
+    key = "ptx:" + source_hash(source) + name
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+    try:
+        mod = cp.cuda.function.Module()
+        mod.load(source.encode() + b"\0")
+        kern = _PtxKernel(mod, mod.get_function(name))
+    except Exception as exc:  # noqa: BLE001
+        log = str(exc)
+        raise CandidateError("compile", log.splitlines()[0] if log else type(exc).__name__, log) from None
+    with _lock:
+        _cache[key] = kern
+    return kern
+
+
 def nvcc_path() -> str | None:
     return shutil.which("nvcc")
 
@@ -50,10 +84,11 @@ def nvcc_check(source: str, arch: str = "sm_90", timeout: float = 120) -> str:
     if nvcc is None:
         raise RuntimeError("nvcc not found")
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "k.cu"
+        src = Path(tmp) / ("k.ptx" if source.lstrip().startswith(("//", ".version")) and ".entry" in source
+                           else "k.cu")
         src.write_text(source)
         proc = subprocess.run(
-            [nvcc, f"-arch={arch}", "-cubin", "-std=c++17", "-Xptxas", "-v", "-o", str(Path(tmp) / "k.cubin"), str(src)],
+            [nvcc, f"-arch={arch}", "-cubin", *(["-std=c++17"] if src.suffix == ".cu" else []), "-Xptxas", "-v", "-o", str(Path(tmp) / "k.cubin"), str(src)],
             capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise CandidateError("compile", f"nvcc exit {proc.returncode}", proc.stderr)

@@ -42,7 +42,8 @@ class GpuInfo:
     cupy: str
 
     def limits(self) -> dict:
-        return {"max_smem_bytes": self.max_smem_bytes, "max_threads": self.max_threads}
+        return {"max_smem_bytes": self.max_smem_bytes, "max_dyn_smem_bytes": self.max_smem_optin,
+                "max_threads": self.max_threads}
 
     def versions(self) -> dict:
         return {"gpu": self.name, "cc": self.cc, "driver": self.driver, "cuda": self.cuda_runtime,

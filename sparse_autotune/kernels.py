@@ -5,12 +5,13 @@ on the current CuPy stream.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
-from .compile import compile_kernel
+from .compile import compile_kernel, compile_ptx
 from .errors import CandidateError
 from .problem import DTYPES
 from .render import render
@@ -61,6 +62,14 @@ class DeviceCSR:
                                cupy().asarray((a.indices % kc).astype(lt)), n_st)
         return self._cols[key]
 
+    def vals_f32(self):
+        """A's values as float32 (fp16 values are exact in float32): the packed array of pattern_unrolled."""
+        key = "vals_f32"
+        if key not in self._cols:
+            from .gpu import cupy  # noqa: PLC0415
+            self._cols[key] = cupy().asarray(self._host.data.astype(np.float32))
+        return self._cols[key]
+
     def perm(self):
         """Rows sorted by length, longest first (stable): heavy rows start first, a block's rows are alike."""
         if self._perm is None:
@@ -68,6 +77,50 @@ class DeviceCSR:
             lengths = np.diff(self._host.indptr)
             self._perm = cupy().asarray(np.argsort(-lengths, kind="stable").astype(np.int32))
         return self._perm
+
+
+def row_order(a: sp.csr_matrix, order: str) -> np.ndarray:
+    """Row indices in natural order, or sorted by length, longest first (stable)."""
+    if order == "sorted":
+        return np.argsort(-np.diff(a.indptr), kind="stable")
+    return np.arange(a.shape[0])
+
+
+def _f32_bits(v: float) -> str:
+    """A float32 value as the 8 hex digits of its bits (a PTX immediate is 0f + these)."""
+    return f"{int(np.float32(v).view(np.uint32)):08X}"
+
+
+def pattern_id(a: sp.csr_matrix, with_values: bool) -> str:
+    """A short hash of A's pattern (and values when they are compiled in): names a specialised module."""
+    h = hashlib.sha256()
+    h.update(np.asarray(a.shape, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(a.indptr, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(a.indices, dtype=np.int64).tobytes())
+    if with_values:
+        h.update(np.ascontiguousarray(a.data, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+PATTERN_LOAD_REGS = 16  # B loads in flight per thread named in the PTX (ptxas renames them anyway)
+
+
+def pattern_context(a: sp.csr_matrix, config: dict) -> dict:
+    """Template context of pattern_unrolled: per block of rows_per_block rows (natural or sorted order),
+    (its rows, [(column k, [(row slot, value bits, value index)]) for every column any row uses, ascending])."""
+    r = int(config["rows_per_block"])
+    order = row_order(a, config["row_order"])
+    indptr, indices, data = a.indptr, a.indices, a.data
+    blocks = []
+    for b0 in range(0, a.shape[0], r):
+        rows = [int(x) for x in order[b0:b0 + r]]
+        by_col: dict[int, list] = {}
+        for slot, row in enumerate(rows):
+            for j in range(indptr[row], indptr[row + 1]):
+                by_col.setdefault(int(indices[j]), []).append((slot, _f32_bits(data[j]), int(j)))
+        blocks.append((rows, sorted(by_col.items())))
+    return {"blocks": blocks, "pattern_id": pattern_id(a, config.get("values") == "imm"),
+            "max_loads": PATTERN_LOAD_REGS}
 
 
 @dataclass
@@ -83,8 +136,13 @@ class Kernel:
         """(grid, block, row_blocks, col_tiles) for N columns."""
         c = self.config
         m = self.a.shape[0]
+        if self.space.family == "pattern_unrolled":
+            tile_n = c["warps"] * 32 * c["vec"]
+            row_blocks, col_tiles = -(-m // c["rows_per_block"]), -(-n // tile_n)
+            return (col_tiles, row_blocks), (32 * c["warps"],), row_blocks, col_tiles
         if self.space.family == "csr_btile":
-            rows, tile_n, threads = c["warps"] * c["rows_per_warp"], 32 * c["vec"], 32 * c["warps"]
+            rows = c["warps"] * (32 // c["lanes_per_row"]) * c["rows_per_group"]
+            tile_n, threads = c["lanes_per_row"] * c["vec"], 32 * c["warps"]
         else:
             rows = c["rows_per_block"]
             tile_n = c["lanes_per_row"] * c["vec"] * c["cols_per_thread"]
@@ -92,6 +150,14 @@ class Kernel:
         row_blocks = -(-m // rows)
         col_tiles = -(-n // tile_n)
         return (row_blocks * col_tiles,), (threads,), row_blocks, col_tiles
+
+    def smem_bytes(self) -> int:
+        """Dynamic shared memory per block (the B stages of csr_btile; 0 for the other families)."""
+        c = self.config
+        if self.space.family != "csr_btile":
+            return 0
+        es = 2 if self.dtype == "fp16" else 4
+        return c["stages"] * c["kc"] * c["lanes_per_row"] * c["vec"] * es
 
     def __call__(self, b, c_out):
         m, k = self.a.shape
@@ -101,22 +167,32 @@ class Kernel:
         grid, block, row_blocks, col_tiles = self.geometry(n)
         cfg = self.config
         perm = self.a.perm() if cfg["row_order"] == "sorted" else self.a.row_ptr
-        if self.space.family == "csr_btile":
+        if self.space.family == "pattern_unrolled":
+            args = (b, c_out, self.a.vals_f32(), np.int32(n))
+        elif self.space.family == "csr_btile":
             stage_ptr, lcol, n_st = self.a.stage_layout(cfg["kc"])
             args = (stage_ptr, lcol, self.a.vals, perm, b, c_out, np.int32(m), np.int32(n), np.int32(k),
                     np.int32(row_blocks), np.int32(col_tiles), np.int32(n_st))
         else:
             args = (self.a.row_ptr, self.a.cols(cfg["index_bits"]), self.a.vals, perm,
                     b, c_out, np.int32(m), np.int32(n), np.int32(row_blocks), np.int32(col_tiles))
-        self.fn(grid, block, args)
+        self.fn(grid, block, args, shared_mem=self.smem_bytes())
         return c_out
 
 
 def build_kernel(a: DeviceCSR, family: str, config: dict, dtype: str) -> Kernel:
     space = get_space(family)
     try:
-        source = render(space, config, dtype)
+        context = pattern_context(a._host, config) if space.needs_matrix else None
+        source = render(space, config, dtype, context)
     except Exception as exc:  # noqa: BLE001
         raise CandidateError("render", str(exc)) from None
-    fn = compile_kernel(source)
-    return Kernel(space, dict(config), dtype, source, fn, a)
+    fn = compile_ptx(source) if space.template.endswith(".ptx.j2") else compile_kernel(source)
+    kern = Kernel(space, dict(config), dtype, source, fn, a)
+    smem = kern.smem_bytes()
+    if smem > 48 * 1024:  # above 48 KB a kernel must opt in to its dynamic shared memory
+        try:
+            fn.max_dynamic_shared_size_bytes = smem
+        except Exception as exc:  # noqa: BLE001
+            raise CandidateError("launch", f"cannot reserve {smem} bytes of shared memory: {exc}") from None
+    return kern

@@ -20,10 +20,13 @@ def _env() -> jinja2.Environment:
     )
 
 
-def render(space: Space, config: dict, dtype: str) -> str:
-    """Render the family's template for one config. Unknown or missing parameters raise."""
+def render(space: Space, config: dict, dtype: str, context: dict | None = None) -> str:
+    """Render the family's template for one config. Unknown or missing parameters raise.
+
+    context: extra template variables; the pattern-specialised families need their matrix's
+    (kernels.pattern_context), and rendering them without it raises."""
     tpl = _env().get_template(space.template)
-    return tpl.render(dtype=dtype, **config)
+    return tpl.render(dtype=dtype, **(context or {}), **config)
 
 
 def source_hash(source: str) -> str:

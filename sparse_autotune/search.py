@@ -73,6 +73,9 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
                                 sampler=make_sampler(sampler, seed, parallel=batch > 1), load_if_exists=True)
     by_family = {s.family: s for s in spaces}
     families = [s.family for s in spaces]
+    # the family parameter is named by the selection, so runs of one problem with different --families share
+    # the study (and its evaluated configs) without changing a categorical distribution's choices
+    family_param = "family[" + ",".join(sorted(families)) + "]"
 
     def counted(study) -> int:
         return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
@@ -96,7 +99,7 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
     for fam, cfg in queue:
         if fam + json.dumps(cfg, sort_keys=True) in seen:
             continue
-        params = {"family": fam, **by_family[fam].to_optuna_params(cfg, dtype)}
+        params = {family_param: fam, **by_family[fam].to_optuna_params(cfg, dtype)}
         study.enqueue_trial(params, skip_if_exists=True)
 
     max_pruned = max_pruned if max_pruned is not None else 50 * trials + 500
@@ -134,7 +137,7 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
         out = []
         while len(out) < want and done_before + told + len(out) < trials and pruned_here < max_pruned:
             trial = study.ask()
-            fam = trial.suggest_categorical("family", families)
+            fam = trial.suggest_categorical(family_param, families)
             space = by_family[fam]
             cfg = space.suggest(trial, dtype)
             key = fam + json.dumps(cfg, sort_keys=True)

@@ -15,8 +15,9 @@ except ModuleNotFoundError:  # Python 3.10
 from .errors import UserError
 from .resources import resource_dir
 
-# Limits used when no GPU is at hand (CPU tests, offline rendering): an H100's defaults for static shared memory.
-DEFAULT_LIMITS = {"max_smem_bytes": 48 * 1024, "max_threads": 1024}
+# Used where no GPU is present (CPU tests, `spaces`): static shared memory per block, the opt-in dynamic
+# maximum of an H100 (227 KB), threads per block.
+DEFAULT_LIMITS = {"max_smem_bytes": 48 * 1024, "max_dyn_smem_bytes": 227 * 1024, "max_threads": 1024}
 
 
 def _next_pow2(x: int) -> int:
@@ -63,6 +64,7 @@ class Space:
     known_good: list[dict] = field(default_factory=list)
     enabled: bool = True  # tuned by default; a disabled family is tuned only when asked for by name
     rank: int = 100  # the runtime's default kernel comes from the enabled family of lowest rank
+    needs_matrix: bool = False  # the template is rendered for one sparsity pattern (kernels.pattern_context)
 
     # ---- structure ------------------------------------------------------------------------------
     def active(self, name: str, partial: dict) -> bool:
@@ -169,7 +171,8 @@ def parse_space(data: dict, source: str = "<space>") -> Space:
         params = [Param(name, spec["values"], spec.get("when")) for name, spec in data["params"].items()]
         cons = [Constraint(c["expr"], c.get("why", c["expr"])) for c in data.get("constraints", [])]
         space = Space(data["family"], data["template"], data.get("description", ""), params, cons,
-                      list(data.get("known_good", [])), bool(data.get("enabled", True)), int(data.get("rank", 100)))
+                      list(data.get("known_good", [])), bool(data.get("enabled", True)), int(data.get("rank", 100)),
+                      bool(data.get("needs_matrix", False)))
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{source}: malformed space ({type(exc).__name__}: {exc})") from None
     exprs = [c.expr for c in space.constraints] + [p.when for p in space.params if p.when]

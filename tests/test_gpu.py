@@ -93,10 +93,12 @@ def test_wide_covering_sample_correct(dtype):
     from sparse_autotune.kernels import build_kernel
     from sparse_autotune.verify import check
     info = gpu_info()
-    p = Problem.random(512, 2048, 256, 0.1, dtype)
-    ctx = GpuProblem(p, info)
-    env = problem_env(p.m, p.k, p.n, p.nnz, dtype)
+    mission = GpuProblem(Problem.random(512, 2048, 256, 0.1, dtype), info)
+    small = GpuProblem(Problem.random(128, 512, 256, 0.05, dtype), info)  # within the pattern family's nnz limit
     for space in load_spaces():
+        ctx = small if space.needs_matrix else mission
+        pp = ctx.problem
+        env = problem_env(pp.m, pp.k, pp.n, pp.nnz, dtype)
         sample = covering_sample(space, dtype, env, info.limits())
         assert len(sample) >= 10
         for cfg in sample:

@@ -346,8 +346,8 @@ def test_batched_prepare_synthetic_prepares_every_evaluated_config_in_threads(tm
     from optuna.trial import TrialState
 
     from sparse_autotune.search import load_study, run_search
-    from sparse_autotune.space import load_spaces, problem_env
-    spaces = [s for s in load_spaces() if s.enabled]
+    from sparse_autotune.space import get_space, problem_env
+    spaces = [get_space("csr_rowsplit")]
     env = problem_env(512, 2048, 256, 104858, "fp32")
     prepared, threads, lock = set(), set(), threading.Lock()
 

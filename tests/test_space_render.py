@@ -12,6 +12,8 @@ import pytest
 
 from sparse_autotune import compile as sat_compile
 from sparse_autotune import render, space
+from sparse_autotune.kernels import pattern_context
+from sparse_autotune.problem import random_matrix
 
 DTYPES = ("fp32", "fp16")
 # the reference problem of the brief: A 512 x 2048 at 10 % density, N = 256
@@ -20,12 +22,31 @@ NNZ = round(0.1 * M * K)
 HEADER = re.compile(r"^// sparse-autotune family (\S+) \| (.*)$", re.MULTILINE)
 
 
+# the pattern-specialised families render for one matrix: a small one (they have an nnz limit)
+SMALL = random_matrix(64, 256, 0.05, "uniform", seed=0)
+
+
 def spaces():
     return list(space.load_spaces())
 
 
 def env_for(dtype, m=M, k=K, n=N):
     return space.problem_env(m, k, n, NNZ, dtype)
+
+
+def env_of(sp, dtype):
+    """The reference problem, or the small matrix's for the families rendered per pattern."""
+    if sp.needs_matrix:
+        return space.problem_env(SMALL.shape[0], SMALL.shape[1], N, SMALL.nnz, dtype)
+    return env_for(dtype)
+
+
+def rnd(sp, cfg, dtype):
+    return render.render(sp, cfg, dtype, pattern_context(SMALL, cfg) if sp.needs_matrix else None)
+
+
+def is_kernel_source(src: str) -> bool:
+    return 'extern "C" __global__' in src or ".entry spmm_kernel(" in src  # CUDA C++ or PTX
 
 
 def header_fields(src: str) -> tuple[str, dict]:
@@ -38,7 +59,7 @@ def header_fields(src: str) -> tuple[str, dict]:
 @functools.lru_cache(maxsize=None)
 def _covering_indices(family: str, dtype: str, size: int, seed: int) -> tuple[int, ...]:
     sp = space.get_space(family)
-    feas = list(sp.feasible(dtype, env_for(dtype)))
+    feas = list(sp.feasible(dtype, env_of(sp, dtype)))
     items = [set(c.items()) for c in feas]
     order = np.random.default_rng(seed).permutation(len(feas))
     need = {(p.name, v) for p in sp.params for v in p.choices(dtype)}
@@ -59,7 +80,7 @@ def _covering_indices(family: str, dtype: str, size: int, seed: int) -> tuple[in
 def covering_sample(sp: space.Space, dtype: str, size: int, seed: int = 0) -> list[dict]:
     """At least `size` feasible configs (for the reference problem) such that every value of every parameter that
     some feasible config has appears at least once: greedy set cover over a seeded shuffle, then seeded filler."""
-    feas = list(sp.feasible(dtype, env_for(dtype)))
+    feas = list(sp.feasible(dtype, env_of(sp, dtype)))
     return [feas[i] for i in _covering_indices(sp.family, dtype, size, seed)]
 
 
@@ -73,8 +94,8 @@ def test_every_config_renders(dtype):
         n_cfg = 0
         hashes = set()
         for cfg in sp.enumerate(dtype):
-            src = render.render(sp, cfg, dtype)
-            assert 'extern "C" __global__' in src, cfg
+            src = rnd(sp, cfg, dtype)
+            assert is_kernel_source(src), cfg
             assert "spmm_kernel" in src, cfg
             fam, fields = header_fields(src)
             assert fam == sp.family
@@ -90,9 +111,9 @@ def test_render_is_deterministic(dtype):
     rng = np.random.default_rng(1)
     for sp in spaces():
         cfgs = list(sp.enumerate(dtype))
-        for i in rng.choice(len(cfgs), size=200, replace=False):
-            a = render.render(sp, dict(cfgs[i]), dtype)
-            b = render.render(sp, dict(reversed(list(cfgs[i].items()))), dtype)  # key order must not matter
+        for i in rng.choice(len(cfgs), size=min(200, len(cfgs)), replace=False):
+            a = rnd(sp, dict(cfgs[i]), dtype)
+            b = rnd(sp, dict(reversed(list(cfgs[i].items()))), dtype)  # key order must not matter
             assert a.encode() == b.encode()
             assert render.source_hash(a) == render.source_hash(b)
 
@@ -113,8 +134,8 @@ def test_every_parameter_value_survives_the_constraints(dtype):
         sample = covering_sample(sp, dtype, size=0)
         seen: dict[str, set] = {p.name: set() for p in sp.params}
         for cfg in sample:
-            assert sp.check(cfg, env_for(dtype)) is None
-            _, fields = header_fields(render.render(sp, cfg, dtype))
+            assert sp.check(cfg, env_of(sp, dtype)) is None
+            _, fields = header_fields(rnd(sp, cfg, dtype))
             for k, v in fields.items():
                 if k != "dtype":
                     seen[k].add(v)
@@ -138,7 +159,7 @@ def nvcc_reports():
     for sp in spaces():
         for dtype in DTYPES:
             for cfg in covering_sample(sp, dtype, size=per_family, seed=2):
-                jobs.append((sp.family, dtype, cfg, render.render(sp, cfg, dtype)))
+                jobs.append((sp.family, dtype, cfg, rnd(sp, cfg, dtype)))
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         reports = list(pool.map(lambda j: sat_compile.nvcc_check(j[3], arch="sm_90"), jobs))
     return list(zip(jobs, reports))
@@ -148,14 +169,14 @@ def test_covering_sample_compiles_with_nvcc(nvcc_reports):
     assert len(nvcc_reports) >= 2 * 24
     assert {j[0] for j, _ in nvcc_reports} == {sp.family for sp in spaces()}
     for (family, dtype, cfg, _), report in nvcc_reports:
-        assert "Compiling entry function 'spmm_kernel' for 'sm_90'" in report, (family, dtype, cfg)
+        assert "entry function 'spmm_kernel' for 'sm_90'" in report, (family, dtype, cfg)
         assert "Used" in report and "registers" in report
 
 
 def threads_per_block(family: str, cfg: dict) -> int | None:
     if family == "csr_rowsplit":
         return cfg["rows_per_block"] * cfg["lanes_per_row"]
-    if family == "csr_btile":
+    if family in ("csr_btile", "pattern_unrolled"):
         return cfg["warps"] * 32
     return None
 
@@ -163,8 +184,7 @@ def threads_per_block(family: str, cfg: dict) -> int | None:
 def test_covering_sample_compiles_without_spills(nvcc_reports):
     """Measured with CUDA 13.0 for sm_90. csr_rowsplit: no config of the sample with <= 512 threads per block spills;
     a 1024-thread block (__launch_bounds__(1024) caps the registers) may spill a few bytes (seen: 4 bytes for fp16,
-    rows 32 x lanes 32, vec 4, cols_per_thread 2, smem). Other families (csr_btile spills 8-16 bytes even at 128
-    threads, e.g. fp32 warps 4, rows_per_warp 4, vec 1, kc 64, stages 1) only have to compile."""
+    rows 32 x lanes 32, vec 4, cols_per_thread 2, smem). The other families only have to compile."""
     strict = 0
     for (family, dtype, cfg, _), report in nvcc_reports:
         mt = SPILL.search(report)
@@ -270,10 +290,10 @@ def test_inactive_parameter_does_not_break_constraints():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_known_good_defaults_are_feasible_and_normalized(dtype):
     for sp in spaces():
-        defaults = sp.defaults(dtype, env_for(dtype))
+        defaults = sp.defaults(dtype, env_of(sp, dtype))
         assert defaults, f"{sp.family}: no known-good config usable for {dtype}"
         for cfg in defaults:
-            assert sp.check(cfg, env_for(dtype)) is None
+            assert sp.check(cfg, env_of(sp, dtype)) is None
             assert sp.normalize(cfg, dtype) == cfg
             active = [p.name for p in sp.params if sp.active(p.name, cfg)]
             assert list(cfg) == active  # declaration order, active parameters only
@@ -293,7 +313,7 @@ def test_known_good_entries_are_exact_and_used(family):
     default for the reference problem in at least one dtype."""
     sp = space.get_space(family)
     for kg in sp.known_good:
-        used = [dt for dt in DTYPES if kg in sp.defaults(dt, env_for(dt))]
+        used = [dt for dt in DTYPES if kg in sp.defaults(dt, env_of(sp, dt))]
         assert used, f"{sp.family}: known_good {kg} is never used"
         for dt in used:
             assert sp.normalize(kg, dt) == kg
@@ -306,7 +326,8 @@ def test_suggest_round_trips_through_optuna_params(dtype):
     rng = np.random.default_rng(3)
     for sp in spaces():
         cfgs = list(sp.enumerate(dtype))
-        sample = [cfgs[i] for i in rng.choice(len(cfgs), size=100, replace=False)] + sp.defaults(dtype, env_for(dtype))
+        sample = ([cfgs[i] for i in rng.choice(len(cfgs), size=min(100, len(cfgs)), replace=False)]
+                  + sp.defaults(dtype, env_of(sp, dtype)))
         for cfg in sample:
             params = {"family": sp.family, **sp.to_optuna_params(cfg, dtype)}
             trial = optuna.trial.FixedTrial(params)
@@ -388,3 +409,34 @@ def test_parse_space_rejects_when_syntax_error():
     data["params"]["b"]["when"] = "a =="
     with pytest.raises((ValueError, SyntaxError)):
         space.parse_space(data, "toy.toml")
+
+
+# ---- the pattern-specialised family ---------------------------------------------------------------------
+
+def test_pattern_source_encodes_the_pattern_and_the_values_mode():
+    """Column offsets are immediates (every used column appears once per block of rows), values are FMA
+    immediates in 'imm' mode and loads from the packed array in 'array' mode; the module name changes with
+    the pattern, and in 'imm' mode with the values too."""
+    import numpy as np
+    sp = space.get_space("pattern_unrolled")
+    cfg = {"rows_per_block": 4, "vec": 4, "warps": 1, "values": "imm", "row_order": "natural"}
+    src = rnd(sp, cfg, "fp32")
+    n_loads = src.count("ld.global.nc.v4.f32")
+    want = sum(len(set(SMALL.indices[SMALL.indptr[r0]:SMALL.indptr[min(r0 + 4, SMALL.shape[0])]]))
+               for r0 in range(0, SMALL.shape[0], 4))
+    assert n_loads == want  # one B load per distinct column of each block, reused by the block's rows
+    assert src.count("fma.rn.f32") == 4 * SMALL.nnz
+    arr = rnd(sp, {**cfg, "values": "array"}, "fp32")
+    assert arr.count("ld.global.nc.f32 %v0") == SMALL.nnz and "0f" not in arr.split("brx.idx")[1].replace("0f00000000", "")
+    other = SMALL.copy()
+    other.data = other.data * np.float32(2)
+    imm2 = render.render(sp, cfg, "fp32", pattern_context(other, cfg))
+    arr2 = render.render(sp, {**cfg, "values": "array"}, "fp32", pattern_context(other, {**cfg, "values": "array"}))
+    assert imm2 != src and arr2 == arr  # values compiled in, or only the pattern
+
+
+def test_pattern_family_has_an_nnz_limit():
+    sp = space.get_space("pattern_unrolled")
+    cfg = sp.defaults("fp32", env_of(sp, "fp32"))[0]
+    why = sp.check(cfg, space.problem_env(512, 2048, 256, 104858, "fp32"))
+    assert why is not None and "nonzeros" in why
