@@ -47,7 +47,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .errors import UserError
-from .problem import Problem, check_density, check_dtype, check_n
+from .problem import Problem, check_density, check_dtype
 
 BUNDLE_KEY = "__sparse_autotune_bundle__"
 BUNDLE_FORMAT = 1
@@ -355,9 +355,12 @@ def parse_int_list(text, what: str) -> list[int]:
         if not s:
             continue
         try:
-            out.append(check_n(int(s)))
+            v = int(s)
         except ValueError:
-            raise UserError(f"{what} {text!r}: expected comma-separated positive integers") from None
+            v = 0
+        if v <= 0:
+            raise UserError(f"{what} {text!r}: expected comma-separated positive integers")
+        out.append(v)
     if not out:
         raise UserError(f"{what} {text!r}: no value given")
     return out
