@@ -223,13 +223,18 @@ def write_report(db_target: str, out: Path, model: str | None = None, gpu: str |
     except OSError as exc:
         raise UserError(f"cannot create {str(out)!r}: {exc.strerror}") from None
 
-    if study is None:
+    conv = None
+    if study is not None:
+        conv = convergence(storage, study)
+    else:  # the model's slowest problem, else the records with the most trials whose study is stored
         cands = [d for d in layers if d["tuned_us"] is not None]
-        if cands:
-            study = max(cands, key=lambda d: d["tuned_us"])["study"]
-        elif records:
-            study = max(records, key=lambda r: (r.trials, r.id)).study_name
-    conv = convergence(storage, study) if study else None
+        names = [max(cands, key=lambda d: d["tuned_us"])["study"]] if cands else \
+            [r.study_name for r in sorted(records, key=lambda r: (r.trials, r.id), reverse=True) if r.study_name]
+        for name in dict.fromkeys(names[:20]):
+            conv = convergence(storage, name)
+            if conv:
+                study = name
+                break
 
     pngs = []
     title = f"{model} on {gpu_name}" if model else gpu_name
