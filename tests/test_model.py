@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from sparse_autotune.problem import Problem
 from sparse_autotune.search import load_study, run_search, summarize
 from sparse_autotune.space import DEFAULT_LIMITS, get_space, problem_env
 from sparse_autotune.tune import TuneOptions, study_name
-from sparse_autotune.tuningdb import Record, TuningDB
+from sparse_autotune.tuningdb import TuningDB
 
 GPU = "SYNTHETIC GPU"
 
