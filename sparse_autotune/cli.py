@@ -1,4 +1,4 @@
-"""Command line: `sparse-autotune tune|lookup|spaces`. Bad input: one line on stderr, exit status 2."""
+"""Command line: `sparse-autotune tune|tune-model|report|lookup|bench|spaces|db`. Bad input: one line on stderr, exit status 2."""
 from __future__ import annotations
 
 import argparse
@@ -57,6 +57,47 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--out", default="bench/results", help="output folder (default bench/results)")
     bn.add_argument("--db", help="tuning database (default as for tune)")
     bn.add_argument("--budget", type=float, default=None, help="stop starting new cases after this many seconds")
+
+    tm = sub.add_parser("tune-model", help="tune every Linear / 1x1-conv layer of a checkpoint",
+                        description="Tune the layers of a model checkpoint (.safetensors, PyTorch .pt state_dict, or "
+                                    ".npz sparse bundle). Layers with the same (shape, density, dtype, N) are tuned "
+                                    "once; a rerun resumes.")
+    tm.add_argument("checkpoint", help="a .safetensors file, a PyTorch state_dict (.pt/.pth), or an .npz bundle")
+    tm.add_argument("--model", help="the model's name in the database (default: the checkpoint's file stem)")
+    tm.add_argument("--include", action="append", help="only layers whose name matches these fnmatch patterns "
+                                                        "(comma-separated or repeated)")
+    tm.add_argument("--exclude", action="append", help="leave out layers whose name matches these patterns")
+    tm.add_argument("--prune", choices=["magnitude"], help="prune the weights (else their existing zeros are used)")
+    tm.add_argument("--density", help="with --prune: the fraction of weights kept, in (0, 1]")
+    tm.add_argument("--prune-scope", default="layer", help="layer (each layer to the density; default) or global "
+                                                           "(one magnitude threshold over all selected layers)")
+    tm.add_argument("--n", help="comma-separated N values (columns of B) for every layer")
+    tm.add_argument("--batch", help="comma-separated batch sizes: N = batch x seq (Linear) or batch x H x W (conv)")
+    tm.add_argument("--seq", help="tokens per sequence for Linear layers (N = batch x seq)")
+    tm.add_argument("--spatial", action="append", help="PATTERN=HxW: output size of matching 1x1 conv layers "
+                                                        "(repeatable)")
+    tm.add_argument("--dtype", default="fp32", help="comma-separated: fp32, fp16 (default fp32)")
+    tm.add_argument("--trials", type=int, default=60, help="trial budget per distinct problem (default 60)")
+    tm.add_argument("--timeout", type=float, default=None, help="search time limit per problem, seconds")
+    tm.add_argument("--budget", type=float, default=None, help="start no new problem after this many seconds")
+    tm.add_argument("--sampler", default="tpe", help=f"{', '.join(SAMPLERS)} (default tpe)")
+    tm.add_argument("--seed", type=int, default=0)
+    tm.add_argument("--families", help="comma-separated kernel families to search (default: the enabled ones)")
+    tm.add_argument("--db", help="tuning database (default as for tune)")
+    tm.add_argument("--save-sparse", metavar="OUT.npz", help="write the pruned matrices (and their biases) as an "
+                                                              ".npz bundle that tune-model and the runtime read")
+    tm.add_argument("--dry-run", action="store_true", help="list the layers and distinct problems; tune nothing "
+                                                           "(needs no GPU)")
+    tm.add_argument("--json", action="store_true", help="print the summary as JSON")
+    tm.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    rp = sub.add_parser("report", help="write report.md and PNG plots from the tuning database")
+    rp.add_argument("--out", required=True, help="output folder")
+    rp.add_argument("--model", help="a model tuned with tune-model: per-layer speed-ups and total layer time")
+    rp.add_argument("--gpu", help="GPU name (substring; default: the GPU with the most records)")
+    rp.add_argument("--study", help="Optuna study for the convergence plot (default: the model's slowest problem, "
+                                    "else the record with the most trials)")
+    rp.add_argument("--db", help="tuning database (default as for tune)")
 
     sp = sub.add_parser("spaces", help="list the variant spaces and their sizes")
     sp.add_argument("--dtype", default="fp32")
@@ -177,6 +218,81 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def cmd_tune_model(a) -> int:
+    from pathlib import Path  # noqa: PLC0415
+    from . import model as mdl  # noqa: PLC0415
+    from .tune import TuneOptions  # noqa: PLC0415
+    if a.sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {a.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if a.trials <= 0:
+        raise UserError(f"--trials must be positive (got {a.trials})")
+    for opt, v in (("--timeout", a.timeout), ("--budget", a.budget)):
+        if v is not None and v <= 0:
+            raise UserError(f"{opt} must be positive (got {v})")
+    dtypes = [check_dtype(d.strip()) for d in a.dtype.split(",") if d.strip()]
+    if not dtypes:
+        raise UserError("--dtype: no dtype given")
+    if a.prune is None and a.density is not None:
+        raise UserError("--density needs --prune magnitude (without --prune the existing zeros are used)")
+    if a.prune is not None and a.density is None:
+        raise UserError("--prune magnitude needs --density D")
+    if a.prune_scope not in mdl.PRUNE_SCOPES:
+        raise UserError(f"unknown --prune-scope {a.prune_scope!r}: choose one of {', '.join(mdl.PRUNE_SCOPES)}")
+    density = check_density(a.density) if a.density is not None else None
+    db = None if a.dry_run else _checked_db(a.db)
+    ckpt = mdl.load_checkpoint(a.checkpoint)
+    layers = mdl.find_layers(ckpt, a.include, a.exclude)
+    ns = mdl.n_values(layers, a.n, a.batch, a.seq, a.spatial)
+    layers = mdl.prune_layers(layers, density, a.prune_scope) if a.prune else mdl.sparse_layers(layers)
+    name = a.model or Path(a.checkpoint).stem
+    if a.save_sparse:
+        extras = mdl.biases_of(ckpt, layers)
+        out = mdl.save_bundle(a.save_sparse, layers, extras,
+                              {"model": name, "prune": a.prune, "density": density, "prune_scope": a.prune_scope})
+        print(f"wrote {len(layers)} sparse layers and {len(extras)} biases to {out}", file=sys.stderr)
+    jobs = mdl.plan(layers, ns, dtypes)
+    if a.dry_run:
+        plan = {"model": name, "layers": [{"name": lay.name, "kind": lay.kind, "shape": list(lay.shape),
+                                           "nnz": lay.nnz, "density": round(lay.density, 6), "n": ns[lay.name]}
+                                          for lay in layers],
+                "problems": [{"m": j.m, "k": j.k, "density": j.density, "dtype": j.dtype, "n": j.n,
+                              "layers": [lay.name for lay in j.layers]} for j in jobs]}
+        if a.json:
+            print(json.dumps(plan, indent=1))
+        else:
+            for lay in plan["layers"]:
+                print(f"layer   {lay['name']} ({lay['kind']}) {lay['shape'][0]}x{lay['shape'][1]} "
+                      f"nnz {lay['nnz']} density {lay['density']:g} N {','.join(map(str, lay['n']))}")
+            for j in plan["problems"]:
+                print(f"problem {j['m']}x{j['k']} d={j['density']:g} {j['dtype']} N={j['n']}: {len(j['layers'])} layer(s)")
+            print(f"{len(layers)} layers, {len(jobs)} distinct problems")
+        return 0
+    from .space import select_spaces  # noqa: PLC0415
+    families = tuple(s.family for s in select_spaces(a.families))
+    from .gpu import gpu_info  # noqa: PLC0415
+    info = gpu_info()
+    opts = TuneOptions(trials=a.trials, timeout=a.timeout, sampler=a.sampler, seed=a.seed, db=db,
+                       progress=not a.no_progress, families=families)
+    res = mdl.tune_model(name, layers, jobs, opts, info.name, progress=not a.no_progress, budget_s=a.budget,
+                         log=(lambda m: None) if a.json else (lambda m: print(m, file=sys.stderr)))
+    summary = {"model": res.model, "layers": res.layers, "problems": res.problems, "tuned": res.tuned,
+               "skipped_done_before": res.skipped, "failed": res.failed, "stopped": res.stopped, "db": db}
+    print(json.dumps(summary, indent=1) if a.json else
+          f"{res.model}: {res.layers} layers, {res.problems} distinct problems: {res.tuned} tuned now, "
+          f"{res.skipped} done before, {res.failed} failed ({res.stopped}); "
+          f"see `sparse-autotune report --model {res.model} --out DIR`")
+    return 130 if res.interrupted else 0
+
+
+def cmd_report(a) -> int:
+    from pathlib import Path  # noqa: PLC0415
+    from .report import write_report  # noqa: PLC0415
+    db = _checked_db(a.db)
+    res = write_report(db, Path(a.out), model=a.model, gpu=a.gpu, study=a.study)
+    print(f"wrote {res['markdown']} and {len(res['png'])} PNG(s): {', '.join(Path(p).name for p in res['png'])}")
+    return 0
+
+
 def cmd_spaces(a) -> int:
     from .space import load_spaces  # noqa: PLC0415
     check_dtype(a.dtype)
@@ -192,7 +308,8 @@ def cmd_spaces(a) -> int:
 def main(argv=None) -> int:
     try:
         args = _parser().parse_args(argv)
-        return {"tune": cmd_tune, "lookup": cmd_lookup, "bench": cmd_bench, "spaces": cmd_spaces, "db": cmd_db}[args.cmd](args)
+        return {"tune": cmd_tune, "lookup": cmd_lookup, "bench": cmd_bench, "spaces": cmd_spaces, "db": cmd_db,
+                "tune-model": cmd_tune_model, "report": cmd_report}[args.cmd](args)
     except UserError as exc:
         print(f"sparse-autotune: error: {exc}", file=sys.stderr)
         return 2

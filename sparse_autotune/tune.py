@@ -105,6 +105,8 @@ def tune(problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sy
         if bar is not None:
             bar.close()
     if res.best_config is None:
+        if interrupted:
+            raise KeyboardInterrupt  # nothing to store: the caller stops (tune-model keeps what it had)
         raise UserError(f"no variant passed verification in {res.complete + res.failed} trials "
                         f"({res.failed} failed): nothing stored")
 

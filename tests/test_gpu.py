@@ -286,3 +286,44 @@ def test_spmm_any_n_uses_the_nearest_tuned_config(tmp_path):
     b = cp.asarray(np.random.default_rng(5).standard_normal((500, 202)).astype(np.float32))
     ref = a.astype(np.float64) @ b.get().astype(np.float64)
     assert np.linalg.norm(op(b).get() - ref) / np.linalg.norm(ref) < 1e-5
+
+
+def test_tune_model_two_layer_toy_end_to_end(tmp_path):
+    """`tune-model` on a two-layer toy safetensors model: prune, save the bundle, tune both layers (one problem each),
+    rerun = nothing to do; the runtime finds each layer's exact config; `report --model` writes the PNGs."""
+    from safetensors.numpy import save_file
+
+    from sparse_autotune.model import load_bundle
+    rng = np.random.default_rng(0)
+    save_file({"fc1.weight": rng.standard_normal((512, 256)).astype(np.float32),
+               "fc1.bias": rng.standard_normal(512).astype(np.float32),
+               "fc2.weight": rng.standard_normal((256, 512)).astype(np.float32)}, str(tmp_path / "toy.safetensors"))
+    db, bundle = tmp_path / "t.sqlite", tmp_path / "toy-sparse.npz"
+    cmd = [sys.executable, "-m", "sparse_autotune", "tune-model", str(tmp_path / "toy.safetensors"), "--prune",
+           "magnitude", "--density", "0.1", "--n", "256", "--trials", "8", "--db", str(db), "--save-sparse",
+           str(bundle), "--json", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert (s["layers"], s["problems"], s["tuned"], s["failed"]) == (2, 2, 2, 0)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["skipped_done_before"] == 2
+
+    import sparse_autotune as sa
+    sa.lookup.cache_clear()
+    mats, _, _ = load_bundle(bundle)
+    cp = _cp()
+    for name, a in mats.items():
+        op = sa.SpMM(a, db=db)
+        assert op.plan(256)[2] == "exact", name
+        b = cp.asarray(rng.standard_normal((a.shape[1], 256)).astype(np.float32))
+        ref = a.astype(np.float64) @ b.get().astype(np.float64)
+        assert np.linalg.norm(op(b).get() - ref) / np.linalg.norm(ref) < 1e-5
+    out = tmp_path / "rep"
+    proc = subprocess.run([sys.executable, "-m", "sparse_autotune", "report", "--model", "toy", "--out", str(out),
+                           "--db", str(db)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for png in ("layers.png", "totals.png", "density.png", "convergence.png"):
+        assert (out / png).stat().st_size > 2000, png
+    assert "fc1.weight" in (out / "report.md").read_text()

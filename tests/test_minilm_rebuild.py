@@ -1,0 +1,60 @@
+"""bench/minilm_common.py on the CPU: a tiny random BERT written in the carried format (sparse bundle + dense npz +
+config + tokenizer files) is rebuilt with the same outputs as the original with the same masked weights.
+Needs torch and transformers (not in the test extra): skipped without them."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparse_autotune import model as mdl
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_tiny_bert_rebuild_matches_masked_original(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch is not installed (not in the test extra)")
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (not in the test extra)")
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from minilm_common import ENCODER_LINEARS, build_encoder, cosines, embed, encoder_linears
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "man", "is", "eating", "food", "the", "girl", "runs"]
+    cfg = transformers.BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    orig = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    (tmp_path / "model").mkdir()
+    cfg.to_json_file(str(tmp_path / "model" / "config.json"))
+    (tmp_path / "model" / "vocab.txt").write_text("\n".join(words) + "\n")
+    (tmp_path / "model" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer",
+                                                                          "do_lower_case": True}))
+    sd = {k: v.detach().numpy() for k, v in orig.state_dict().items()}
+    ck = mdl.Checkpoint("tiny", sd)
+    layers = mdl.find_layers(ck, include=[f"encoder.layer.*.{p}.weight" for p in ENCODER_LINEARS])
+    assert len(layers) == 2 * 6
+    pruned = mdl.prune_layers(layers, 0.25)
+    mdl.save_bundle(tmp_path / "minilm-d0.25.npz", pruned, mdl.biases_of(ck, pruned))
+    names = {lay.name for lay in pruned} | set(mdl.biases_of(ck, pruned))
+    np.savez(tmp_path / "minilm-dense.npz", **{k: (v.astype(np.float16) if "embeddings." in k and v.ndim == 2 else v)
+                                              for k, v in sd.items() if k not in names and "position_ids" not in k})
+    with torch.no_grad():
+        for lay in pruned:
+            orig.get_parameter(lay.name).copy_(torch.from_numpy(lay.weight.toarray()))
+            assert lay.nnz == round(0.25 * lay.shape[0] * lay.shape[1])
+        for k, v in orig.state_dict().items():  # the carried embedding tables are fp16: the reference uses the same
+            if "embeddings." in k and v.ndim == 2:
+                v.copy_(v.half().float())
+    model, tok = build_encoder(tmp_path, 0.25)
+    assert len(encoder_linears(model)) == 12
+    for name, lin in encoder_linears(model):
+        np.testing.assert_array_equal(lin.weight.detach().numpy(), orig.get_parameter(name + ".weight").detach().numpy())
+    text = ["a man is eating food", "the girl runs", "a girl is eating the food"]
+    got = embed(model, tok, text).numpy()
+    ref = embed(orig, tok, text).numpy()
+    assert cosines(got, ref).min() > 0.999999
+    assert np.abs(got - ref).max() < 1e-5

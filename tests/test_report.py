@@ -1,0 +1,120 @@
+"""`sparse-autotune report` from a small database fixture: PNGs exist and are non-empty, the markdown's numbers
+are the database's."""
+from __future__ import annotations
+
+import datetime as dt
+
+import optuna
+import pytest
+from records import GPU, make_record
+from sqlalchemy.orm import Session
+from test_cli import assert_one_line_error, run_cli
+
+from sparse_autotune.bench import best_dense
+from sparse_autotune.model import ModelLayer, ensure_model_table
+from sparse_autotune.report import write_report
+from sparse_autotune.tuningdb import TuningDB
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+STUDY = "M64_K32_N128_d0.1_fp32_matrix|" + GPU + "|abcdef0123456789"
+CONV_VALUES = [10.0, 8.0, 9.0, 5.0, 6.0, 5.5]
+
+# (m, k, n, density, dtype): (tuned, cuSPARSE, FP32, TF32, FP16)
+PROBLEMS = {
+    (64, 32, 128, 0.1, "fp32"): (5.0, 10.0, 8.0, 6.0, 4.0),
+    (48, 64, 128, 0.1, "fp32"): (4.0, 6.0, 3.0, None, 2.0),
+    (64, 32, 128, 0.1, "fp16"): (3.0, 9.0, 8.0, 6.0, 4.5),
+    (48, 64, 128, 0.1, "fp16"): (2.5, 5.0, 3.0, 2.0, 2.0),
+}
+LAYERS = [("enc.0.fc1.weight", 64, 32), ("enc.1.fc1.weight", 64, 32), ("head.weight", 48, 64)]
+
+
+@pytest.fixture
+def fixture_db(tmp_path):
+    path = tmp_path / "fixture.sqlite"
+    db = TuningDB(path)
+    recs = {}
+    for (m, k, n, d, dtype), (t, cs, f32, t32, f16) in PROBLEMS.items():
+        name = STUDY if (m, dtype) == (64, "fp32") else f"M{m}_K{k}_N{n}_{dtype}|{GPU}|x"
+        recs[(m, k, n, d, dtype)] = db.store(make_record(t, m=m, k=k, n=n, density=d, dtype=dtype, pattern="matrix",
+                                                         cusparse_us=cs, cublas_fp32_us=f32, cublas_tf32_us=t32,
+                                                         cublas_fp16_us=f16, study_name=name))
+    # a slower, older record of one key: history, not used by the report
+    db.store(make_record(50.0, m=64, k=32, n=128, density=0.1, dtype="fp32", pattern="matrix", study_name=STUDY,
+                         created_at=dt.datetime(2024, 1, 1)))
+    # suite records of other shapes (density plot)
+    for i, d in enumerate((0.02, 0.05, 0.2)):
+        db.store(make_record(10.0 + i, m=512, k=2048, n=256, density=d, dtype="fp32", cusparse_us=20.0 + i))
+    ensure_model_table(db)
+    with Session(db.engine) as s:
+        for (m, k, n, d, dtype), rec in recs.items():
+            for pos, (layer, lm, lk) in enumerate(LAYERS):
+                if (lm, lk) != (m, k):
+                    continue
+                s.add(ModelLayer(model="toy", layer=layer, kind="linear", gpu_name=GPU, m=m, k=k, n=n, nnz=205,
+                                 density=0.1001, problem_density=d, dtype=dtype, representative=LAYERS[0][0] if m == 64
+                                 else layer, study_name=rec.study_name, status="done", record_id=rec.id,
+                                 position=pos, updated_at=dt.datetime(2025, 1, 1)))
+        s.commit()
+    study = optuna.create_study(study_name=STUDY, storage=db.url)
+    for v in CONV_VALUES:
+        study.add_trial(optuna.trial.create_trial(value=v, params={}, distributions={}))
+    db.dispose()
+    return path
+
+
+def _table_row(md: str, first_cells: list[str]) -> list[str]:
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[: len(first_cells)] == first_cells:
+            return cells
+    raise AssertionError(f"no row starting {first_cells}")
+
+
+def test_report_pngs_and_numbers_match_the_database(fixture_db, tmp_path):
+    out = tmp_path / "rep"
+    res = write_report(str(fixture_db), out, model="toy")
+    names = sorted(p.split("/")[-1] for p in res["png"])
+    assert names == ["convergence.png", "density.png", "layers.png", "totals.png"]
+    for n in names:
+        data = (out / n).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 2000, n
+    md = (out / "report.md").read_text()
+    for n in names:
+        assert f"]({n})" in md
+
+    for (m, k, n, d, dtype), (t, cs, f32, t32, f16) in PROBLEMS.items():
+        dense = best_dense({"dtype": dtype, "cublas_fp32_us": f32, "cublas_tf32_us": t32, "cublas_fp16_us": f16})
+        for layer, lm, lk in LAYERS:
+            if (lm, lk) != (m, k):
+                continue
+            row = _table_row(md, [layer, f"{m}x{k}", "0.1001", dtype, str(n)])
+            assert row[5:10] == [f"{t:.2f}", f"{cs:.2f}", f"{dense:.2f}", f"{cs / t:.2f}", f"{dense / t:.2f}"], row
+    for dtype in ("fp32", "fp16"):
+        sel = [(v, key) for key, v in PROBLEMS.items() if key[4] == dtype]
+        # two layers of 64x32 and one of 48x64
+        mult = {64: 2, 48: 1}
+        tot_t = sum(v[0] * mult[key[0]] for v, key in sel)
+        tot_c = sum(v[1] * mult[key[0]] for v, key in sel)
+        tot_d = sum(best_dense({"dtype": dtype, "cublas_fp32_us": v[2], "cublas_tf32_us": v[3],
+                                "cublas_fp16_us": v[4]}) * mult[key[0]] for v, key in sel)
+        row = _table_row(md, [dtype, "128"])
+        assert row[2:8] == ["3/3", f"{tot_t:.2f}", f"{tot_c:.2f}", f"{tot_d:.2f}", f"{tot_c / tot_t:.2f}",
+                            f"{tot_d / tot_t:.2f}"], row
+    # convergence of the slowest problem's study (64x32 fp32: 2 layers x 5.0 us), from Optuna's trials
+    assert res["study"] == STUDY
+    assert [p[2] for p in res["convergence"]] == [10.0, 8.0, 8.0, 5.0, 5.0, 5.0]
+    assert f"{len(CONV_VALUES)} completed trials, best 5.00 us" in md
+    assert "7 records" in md  # 4 model problems + 3 suite records (best only)
+
+
+def test_report_without_model_and_cli(fixture_db, tmp_path):
+    proc = run_cli(["report", "--out", str(tmp_path / "r2"), "--db", str(fixture_db)], fixture_db)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "r2" / "density.png").stat().st_size > 2000
+    assert (tmp_path / "r2" / "convergence.png").stat().st_size > 2000  # the most-trials record with a stored study
+    assert not (tmp_path / "r2" / "layers.png").exists()
+    proc = run_cli(["report", "--out", str(tmp_path / "r3"), "--model", "nope", "--db", str(fixture_db)], fixture_db)
+    assert_one_line_error(proc, "no model 'nope'", "toy")
+    proc = run_cli(["report", "--out", str(tmp_path / "r4"), "--gpu", "A100", "--db", str(fixture_db)], fixture_db)
+    assert_one_line_error(proc, "A100")
