@@ -81,6 +81,7 @@ workers_table = Table(
     Column("problem_id", Integer),
     Column("started_at", Float, nullable=False),
     Column("heartbeat", Float, nullable=False),
+    Column("grace", Float, nullable=False),  # its grace period: silent longer than this, it is taken as lost
 )
 
 
@@ -285,7 +286,8 @@ class ScaleOut:
         with self.engine.begin() as c:
             c.execute(w.delete().where(w.c.id == wid))
             c.execute(w.insert().values(id=wid, host=socket.gethostname(), pid=os.getpid(), device=device, gpu=gpu,
-                                        state="idle", problem_id=None, started_at=_now(), heartbeat=_now()))
+                                        state="idle", problem_id=None, started_at=_now(), heartbeat=_now(),
+                                        grace=self.grace))
 
     def beat(self, wid: str, problem_id: int | None, state: str | None = None):
         w, q = workers_table, queue_table
@@ -548,7 +550,7 @@ def status(so: ScaleOut) -> Status:
     workers = []
     for w in so.workers():
         age = now - w["heartbeat"]
-        alive = w["state"] != "exited" and age <= so.grace
+        alive = w["state"] != "exited" and age <= w["grace"]
         workers.append({"id": w["id"], "host": w["host"], "device": w["device"], "gpu": w["gpu"],
                         "state": w["state"] if alive or w["state"] == "exited" else "lost",
                         "problem": w["problem_id"], "heartbeat_age_s": round(age, 1),

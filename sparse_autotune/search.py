@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -134,6 +135,9 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
     worker: a name stored in each trial's user attrs ("worker"). shared: other processes work on the same study (see
     the module's doc); stop() -> True ends the loop before the next ask (e.g. another worker is finishing the problem).
     """
+    grid_seed = seed  # the grid's order is the study's, whichever worker enqueues it
+    if shared and worker is not None and seed is not None:  # workers with one seed would suggest the same configs
+        seed = (seed + zlib.crc32(worker.encode())) % 2**31
     study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize",
                                 sampler=make_sampler(sampler, seed, parallel=batch > 1 or shared), load_if_exists=True)
     by_family = {s.family: s for s in spaces}
@@ -144,12 +148,14 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
         return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
                    if evaluated(t))
 
-    seen: dict[str, float | None] = {}
+    seen: dict[str, float | None] = {}  # configs evaluated in the study: their value (None: failed)
+    busy: set[str] = set()  # shared: configs other workers are evaluating now
 
     def refresh_seen() -> int:
         """Configs evaluated (or, shared, being evaluated elsewhere) in the study; returns the trials that count
         against the budget: evaluated ones, and (shared) the RUNNING ones of every worker."""
         occupied = 0
+        busy.clear()
         for t in study.get_trials(deepcopy=False):
             if evaluated(t):
                 occupied += 1
@@ -158,7 +164,7 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
             elif shared and t.state == TrialState.RUNNING and t.number not in mine:
                 occupied += 1
                 if "config" in t.user_attrs:
-                    seen.setdefault(t.user_attrs["family"] + t.user_attrs["config"], None)
+                    busy.add(t.user_attrs["family"] + t.user_attrs["config"])
         return occupied
 
     mine: set[int] = set()  # trial numbers this run has asked and not yet told
@@ -172,7 +178,7 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
     if sampler == "grid":
         import random  # noqa: PLC0415
         grid = [(s.family, c) for s in spaces for c in s.feasible(dtype, env, limits)]
-        random.Random(seed).shuffle(grid)
+        random.Random(grid_seed).shuffle(grid)
         grid = [(f, c) for f, c in grid if f + json.dumps(c, sort_keys=True) not in seen]  # a resumed grid goes on
         queue += grid[: max(0, trials - done_before)]
     for fam, cfg in queue:
@@ -238,7 +244,7 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
                 if beats is not None:
                     beats.discard(trial._trial_id)
                 study.tell(trial, state=TrialState.PRUNED)
-            elif key in seen or key in {k for _, _, _, k in out}:
+            elif key in seen or key in busy or key in {k for _, _, _, k in out}:
                 trial.set_user_attr("repeat_of_earlier_trial", True)
                 prior = seen.get(key)
                 if prior is None:

@@ -76,7 +76,7 @@ class Tuner:
         try:
             return run_search(storage, name, self.spaces, self.problem.dtype, self.env, self.limits, self.evaluate,
                               opts.trials, opts.timeout, opts.sampler, opts.seed, on_trial, prepare=self.prepare,
-                              batch=max(1, opts.compile_workers), worker=worker, shared=shared, stop=stop)
+                              batch=max(1, opts.compile_workers) if self.prepare else 1, worker=worker, shared=shared, stop=stop)
         except KeyboardInterrupt:
             self.interrupted = True
             self.log("interrupted: keeping what was tuned so far")
