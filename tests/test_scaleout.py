@@ -325,6 +325,7 @@ def test_bench_suite_synthetic_two_workers(tmp_path):
     env = synthetic_env(tmp_path, 0.0)
     proc = cli(["bench", "--suite", "quick", "--trials", "3", "--storage", url, "--workers", "2", "--heartbeat", "1",
                 "--grace", "5", "--out", str(tmp_path / "out")], env, tmp_path, timeout=600)
+    (tmp_path / "bench.stderr").write_text(proc.stderr)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     assert summary["cases"] == 16, proc.stderr[-6000:]
@@ -332,7 +333,7 @@ def test_bench_suite_synthetic_two_workers(tmp_path):
     recs = json.loads(suite_json.read_text())
     assert len(recs) == 16 and {r["gpu"] for r in recs} == {SYNTHETIC_GPU}
     stored = records(tmp_path / "tuning.sqlite")
-    assert len(stored) == 16 and all(r.is_best for r in stored)
+    assert len(stored) == 16 and all(r.is_best for r in stored), proc.stderr[-6000:]
     by_key = {(r.m, r.k, r.n, r.density, r.dtype): r.time_us for r in stored}
     for r in recs:
         assert by_key[(r["M"], r["K"], r["N"], r["density"], r["dtype"])] == pytest.approx(r["tuned_us"])
