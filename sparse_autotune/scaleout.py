@@ -402,6 +402,7 @@ def run_worker(url: str, db: str | None, only=None, heartbeat: int = DEFAULT_HEA
             beater.set_problem(rid)
             spec = json.loads(row["spec"])
             log(f"worker {wid}: {how} problem {rid} ({row['label']})")
+            tuner = None
             try:
                 problem = Problem.random(spec["m"], spec["k"], spec["n"], spec["density"], spec["dtype"],
                                          spec["pattern"], spec["seed"])
@@ -443,6 +444,11 @@ def run_worker(url: str, db: str | None, only=None, heartbeat: int = DEFAULT_HEA
                 log(f"worker {wid}: problem {rid} failed: {exc}")
             finally:
                 beater.set_problem(None)
+                if tuner is not None:
+                    # no connection to the tuning DB may stay open here while the next problem's TuningDB checks the
+                    # file (check_file opens and closes it): closing any descriptor of a file drops this process's
+                    # POSIX locks on it, SQLite's included, and another process could then delete the WAL under us
+                    tuner.db.dispose()
     finally:
         beater.close()
         try:
