@@ -81,18 +81,61 @@ def run_suite(suite: str, trials: int, out_dir: Path, db: str | None, budget_s: 
         except UserError as exc:
             log(f"  case failed: {exc}")
             continue
-        b, base = r["best"], r["baselines"]
-        rec = {**c, "nnz": p.nnz, "family": b["family"], "config": b["config"], "tuned_us": b["time_us"],
-               "cusparse_us": base["cusparse_us"], "cublas_fp32_us": base["cublas_fp32_us"],
-               "cublas_tf32_us": base["cublas_tf32_us"], "cublas_fp16_us": base["cublas_fp16_us"],
-               "floor_us": r["floor_us"], "max_rel_err": b["max_rel_err"], "trials": r["trials"]["complete"],
-               "gpu": r["gpu"], "driver": r["driver"], "cuda": r["cuda"], "cupy": r["cupy"]}
+        rec = case_record(c, r)
         records.append(rec)
         path.write_text(json.dumps(records, indent=1))
         bd = best_dense(rec)
         log(f"  {rec['family']} {rec['tuned_us']:.2f} us | cuSPARSE {rec['cusparse_us'] or float('nan'):.2f} | "
             f"best dense {bd or float('nan'):.2f} | floor {rec['floor_us']:.2f}")
     write_report(records, out_dir / f"suite-{suite}-{gpu_slug(info.name)}", suite, len(cases))
+    return records
+
+
+def case_record(c: dict, r: dict) -> dict:
+    """A suite case's line in suite-*.json from tune's report."""
+    b, base = r["best"], r["baselines"]
+    return {**c, "nnz": r["problem"]["nnz"], "family": b["family"], "config": b["config"], "tuned_us": b["time_us"],
+            "cusparse_us": base["cusparse_us"], "cublas_fp32_us": base["cublas_fp32_us"],
+            "cublas_tf32_us": base["cublas_tf32_us"], "cublas_fp16_us": base["cublas_fp16_us"],
+            "floor_us": r["floor_us"], "max_rel_err": b["max_rel_err"], "trials": r["trials"]["complete"],
+            "gpu": r["gpu"], "driver": r["driver"], "cuda": r["cuda"], "cupy": r["cupy"]}
+
+
+def run_suite_scaleout(suite: str, trials: int, out_dir: Path, so, run_workers,
+                       log=lambda m: print(m, file=sys.stderr, flush=True)) -> list[dict]:
+    """The suite through a shared storage: every case is enqueued (seed 0, `trials` each), run_workers(ids) runs the
+    workers (here, or the caller's K processes), and the done cases are written per GPU as run_suite does."""
+    from .gpu import gpu_slug  # noqa: PLC0415
+    from .problem import Problem  # noqa: PLC0415
+    from .scaleout import problem_spec  # noqa: PLC0415
+    from .space import select_spaces  # noqa: PLC0415
+    cases = suite_cases(suite)
+    families = tuple(s.family for s in select_spaces(None))
+    specs = []
+    for c in cases:
+        p = Problem.random(c["M"], c["K"], c["N"], c["density"], c["dtype"], c["pattern"], seed=0)
+        specs.append(problem_spec(p, trials, None, "tpe", families))
+    ids = so.enqueue(specs)
+    log(f"suite {suite}: {len(ids)} cases in the queue of {so.label}")
+    t0 = time.time()
+    run_workers(ids)
+    rows = {r["id"]: r for r in so.problems(ids)}
+    by_gpu: dict[str, list[dict]] = {}
+    for c, rid in zip(cases, ids):
+        row = rows[rid]
+        if row["state"] == "done":
+            r = json.loads(row["result"])
+            by_gpu.setdefault(r["gpu"], []).append(case_record(c, r))
+        elif row["state"] == "failed":
+            log(f"  case failed: {c}: {row['error']}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records: list[dict] = []
+    for gpu, recs in by_gpu.items():
+        stem = out_dir / f"suite-{suite}-{gpu_slug(gpu)}"
+        stem.with_suffix(".json").write_text(json.dumps(recs, indent=1))
+        write_report(recs, stem, suite, len(cases))
+        records += recs
+    log(f"suite {suite}: {len(records)}/{len(cases)} cases done in {time.time() - t0:.1f} s")
     return records
 
 

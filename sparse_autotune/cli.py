@@ -1,4 +1,5 @@
-"""Command line: `sparse-autotune tune|tune-model|report|lookup|bench|spaces|db`. Bad input: one line on stderr, exit status 2."""
+"""Command line: `sparse-autotune tune|tune-model|report|lookup|bench|spaces|db|worker|status`. Bad input: one line
+on stderr, exit status 2."""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--db", help="tuning database path or SQLAlchemy URL (default $SPARSE_AUTOTUNE_DB or the user cache)")
     t.add_argument("--json", action="store_true", help="print the report as JSON")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_scaleout_args(t)
 
     lk = sub.add_parser("lookup", help="print the best stored config for a problem")
     lk.add_argument("--shape", required=True)
@@ -57,6 +59,19 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--out", default="bench/results", help="output folder (default bench/results)")
     bn.add_argument("--db", help="tuning database (default as for tune)")
     bn.add_argument("--budget", type=float, default=None, help="stop starting new cases after this many seconds")
+    _add_scaleout_args(bn)
+
+    wk = sub.add_parser("worker", help="join the workers of a shared storage: tune queued problems until none is left",
+                        description="Claim problems from the queue in --storage and tune them on this GPU.")
+    wk.add_argument("--storage", required=True, help="SQLAlchemy URL of the shared storage, "
+                                                     "e.g. postgresql+psycopg://user:password@host:5432/dbname")
+    wk.add_argument("--db", help="tuning database that receives the best records (default as for tune)")
+    wk.add_argument("--problems", help="only these queue ids (comma-separated)")
+    _add_heartbeat_args(wk)
+
+    st = sub.add_parser("status", help="problems done / running / queued and trials per worker in a shared storage")
+    st.add_argument("--storage", required=True, help="SQLAlchemy URL of the shared storage")
+    st.add_argument("--json", action="store_true")
 
     tm = sub.add_parser("tune-model", help="tune every Linear / 1x1-conv layer of a checkpoint",
                         description="Tune the layers of a model checkpoint (.safetensors, PyTorch .pt state_dict, or "
@@ -105,6 +120,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_heartbeat_args(p):
+    p.add_argument("--heartbeat", type=int, default=10,
+                   help="seconds between heartbeats of workers and trials (default 10)")
+    p.add_argument("--grace", type=int, default=None,
+                   help="a worker silent this many seconds is taken as dead: its trial fails and is retried, its "
+                        "problem is picked up again (default 6 x --heartbeat)")
+
+
+def _add_scaleout_args(p):
+    p.add_argument("--storage", help="share the work through this SQLAlchemy URL (Optuna RDB storage + problem "
+                                     "queue), e.g. postgresql+psycopg://user:password@host:5432/dbname")
+    p.add_argument("--workers", type=int, default=1,
+                   help="with --storage: worker processes to start here, one per GPU (default 1: this process)")
+    _add_heartbeat_args(p)
+
+
 def _fmt_us(x):
     return "n/a" if x is None else f"{x:.2f} us"
 
@@ -119,8 +150,8 @@ def _report_text(r: dict) -> str:
         f"problem   A {p['m']}x{p['k']} ({p['pattern']}, density {p['density']:g}, nnz {p['nnz']}) @ B {p['k']}x{p['n']}, {p['dtype']}",
         f"gpu       {r['gpu']} (cc {r['cc']}), driver {r['driver']}, CUDA {r['cuda']}, CuPy {r['cupy']}",
         f"best      {b['family']} {json.dumps(b['config'], sort_keys=True)}",
-        f"time      {b['time_us']:.2f} us (median, CUDA-graph replay)  {b['gflops']:.0f} GFLOP/s  rel err {b['max_rel_err']:.1e}",
-        f"floor     {r['floor_us']:.2f} us (max of bytes / copy bandwidth, FLOPs / FMA peak)",
+        f"time      {b['time_us']:.2f} us ({'synthetic objective, test only' if r.get('synthetic') else 'median, CUDA-graph replay'})  {b['gflops']:.0f} GFLOP/s  rel err {b['max_rel_err']:.1e}",
+        f"floor     {_fmt_us(r['floor_us'])} (max of bytes / copy bandwidth, FLOPs / FMA peak)",
         f"cuSPARSE  {_fmt_us(base['cusparse_us'])}  -> {_fmt_x(s['vs_cusparse'])}",
         f"cuBLAS    FP32 {_fmt_us(base['cublas_fp32_us'])} -> {_fmt_x(s['vs_cublas_fp32'])}   "
         f"TF32 {_fmt_us(base['cublas_tf32_us'])} -> {_fmt_x(s['vs_cublas_tf32'])}   "
@@ -174,11 +205,75 @@ def cmd_tune(a) -> int:
     problem = _problem_from_args(a)
     from .space import select_spaces  # noqa: PLC0415
     families = tuple(s.family for s in select_spaces(a.families))
+    if a.storage is not None or a.workers != 1:
+        return _tune_scaleout(a, problem, families, db)
     from .gpu import gpu_info  # noqa: PLC0415
     gpu_info()  # no GPU: one line, exit 2, nothing written
     report = tune(problem, TuneOptions(trials=a.trials, timeout=a.timeout, sampler=a.sampler, seed=a.seed,
                                        db=db, progress=not a.no_progress, families=families))
     print(json.dumps(report, indent=2, default=str) if a.json else _report_text(report))
+    return 0
+
+
+def _scaleout(a):
+    from .scaleout import ScaleOut  # noqa: PLC0415
+    if a.storage is None:
+        raise UserError("--workers needs --storage URL (the database the workers share)")
+    if a.workers <= 0:
+        raise UserError(f"--workers must be positive (got {a.workers})")
+    return ScaleOut(a.storage, a.heartbeat, a.grace)
+
+
+def _run_workers(a, so, db, ids):
+    """One worker in this process (--workers 1), or --workers K processes, one per GPU; only the problems `ids`."""
+    from .scaleout import local_devices, run_worker, spawn_workers  # noqa: PLC0415
+    if a.workers == 1:
+        run_worker(a.storage, db, only=ids, heartbeat=a.heartbeat, grace=a.grace)
+    else:
+        local_devices(a.workers)  # enough GPUs: checked before anything starts
+        codes = spawn_workers(a.storage, db, a.workers, only=ids, heartbeat=a.heartbeat, grace=a.grace)
+        if any(codes):
+            print(f"sparse-autotune: worker exit statuses {codes}", file=sys.stderr)
+
+
+def _tune_scaleout(a, problem, families, db) -> int:
+    from .scaleout import local_devices, problem_spec  # noqa: PLC0415
+    if a.matrix:
+        raise UserError("--matrix with --storage is not supported: the workers rebuild the problem from "
+                        "--shape/--density/--seed")
+    if a.workers != 1:
+        local_devices(a.workers)  # bad --workers, or too few GPUs: nothing is written
+    so = _scaleout(a)
+    [rid] = so.enqueue([problem_spec(problem, a.trials, a.timeout, a.sampler, families)])
+    _run_workers(a, so, db, [rid])
+    [row] = so.problems([rid])
+    so.dispose()
+    if row["state"] != "done":
+        raise UserError(f"problem {rid} is {row['state']}" + (f": {row['error']}" if row["error"] else ""))
+    report = json.loads(row["result"])
+    print(json.dumps(report, indent=2, default=str) if a.json else _report_text(report))
+    return 0
+
+
+def cmd_worker(a) -> int:
+    from .scaleout import run_worker  # noqa: PLC0415
+    only = None
+    if a.problems:
+        try:
+            only = [int(x) for x in a.problems.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--problems {a.problems!r} is not a comma-separated list of queue ids") from None
+    db = _checked_db(a.db)
+    run_worker(a.storage, db, only=only, heartbeat=a.heartbeat, grace=a.grace)
+    return 0
+
+
+def cmd_status(a) -> int:
+    from .scaleout import ScaleOut, status, status_text  # noqa: PLC0415
+    so = ScaleOut(a.storage)
+    st = status(so)
+    print(json.dumps(st.to_dict(), indent=1, default=str) if a.json else status_text(st, so.label))
+    so.dispose()
     return 0
 
 
@@ -211,6 +306,18 @@ def cmd_bench(a) -> int:
     if a.trials <= 0:
         raise UserError(f"--trials must be positive (got {a.trials})")
     db = _checked_db(a.db)
+    if a.storage is not None or a.workers != 1:
+        from .bench import run_suite_scaleout  # noqa: PLC0415
+        if a.budget is not None:
+            raise UserError("--budget is not supported with --storage (the queue resumes: run it again)")
+        if a.workers != 1:
+            from .scaleout import local_devices  # noqa: PLC0415
+            local_devices(a.workers)
+        so = _scaleout(a)
+        records = run_suite_scaleout(a.suite, a.trials, Path(a.out), so,
+                                     lambda ids: _run_workers(a, so, db, ids))
+        print(json.dumps(summary(records), indent=1))
+        return 0
     from .gpu import gpu_info  # noqa: PLC0415
     gpu_info()
     records = run_suite(a.suite, a.trials, Path(a.out), db, a.budget)
@@ -309,7 +416,8 @@ def main(argv=None) -> int:
     try:
         args = _parser().parse_args(argv)
         return {"tune": cmd_tune, "lookup": cmd_lookup, "bench": cmd_bench, "spaces": cmd_spaces, "db": cmd_db,
-                "tune-model": cmd_tune_model, "report": cmd_report}[args.cmd](args)
+                "tune-model": cmd_tune_model, "report": cmd_report, "worker": cmd_worker,
+                "status": cmd_status}[args.cmd](args)
     except UserError as exc:
         print(f"sparse-autotune: error: {exc}", file=sys.stderr)
         return 2

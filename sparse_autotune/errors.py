@@ -12,3 +12,7 @@ class CandidateError(Exception):
         super().__init__(f"{stage}: {message}")
         self.stage = stage
         self.log = log
+
+
+class DeviceLostError(UserError):
+    """The GPU context of this process is unusable (a kernel corrupted it): this process can tune nothing more."""

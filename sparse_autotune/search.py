@@ -3,14 +3,23 @@
 The objective is supplied by the caller (the GPU evaluator in tune.py, or a synthetic one in tests), so
 this module knows nothing of CUDA. Trials: COMPLETE (verified and timed, value = median us), FAIL
 (compile/launch/verification error, kept with its log in user attrs), PRUNED (an infeasible config,
-rejected before compiling: it does not count against the trial budget).
+rejected before compiling: it does not count against the trial budget). A FAIL trial without an `error_stage`
+user attribute was never evaluated (its worker died in it, or the run was interrupted): it does not count either.
+
+Several processes may work on one study at once (`shared=True`, scale-out through an RDB storage): the budget is
+then re-read from the storage before each ask (COMPLETE, evaluated FAIL, and RUNNING trials of every worker), the
+configs other workers evaluated are reused, and when the storage has Optuna's heartbeat enabled the in-flight
+trials' heartbeats are recorded and stale trials (a dead worker's) are failed first (`fail_stale_trials`), which
+runs the storage's retry callback.
 """
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -25,6 +34,8 @@ SAMPLERS = ("tpe", "random", "grid", "cmaes")
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 logging.getLogger("optuna").setLevel(logging.WARNING)
+# ask/tell with a heartbeat-enabled storage: run_search records the heartbeats itself (see _Heartbeats)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def make_sampler(name: str, seed: int | None, parallel: bool = False):
@@ -56,35 +67,112 @@ def config_of(trial) -> tuple[str, dict]:
     return trial.user_attrs["family"], json.loads(trial.user_attrs["config"])
 
 
+def evaluated(t) -> bool:
+    """COMPLETE, or FAIL as told by the search (it sets error_stage). A FAIL without error_stage was never evaluated:
+    a worker died in it (failed by Optuna's heartbeat check) or the run was interrupted."""
+    return t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "error_stage" in t.user_attrs)
+
+
+def heartbeat_storage(storage):
+    """The storage if it is an Optuna storage with the heartbeat enabled, else None."""
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled  # noqa: PLC0415
+    if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
+        return storage
+    return None
+
+
+class _Heartbeats:
+    """Records Optuna heartbeats (storage.record_heartbeat) for every trial this process has asked and not yet told,
+    every heartbeat interval, in a daemon thread: what Study.optimize does per trial, for the ask/tell loop."""
+
+    def __init__(self, storage):
+        self.storage = storage
+        self.ids: set[int] = set()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="optuna-heartbeats", daemon=True)
+        self.thread.start()
+
+    def add(self, trial_id: int):
+        with self.lock:
+            self.ids.add(trial_id)
+        self.storage.record_heartbeat(trial_id)  # at once: a trial without a heartbeat row is never found stale
+
+    def discard(self, trial_id: int):
+        with self.lock:
+            self.ids.discard(trial_id)
+
+    def _loop(self):
+        interval = self.storage.get_heartbeat_interval()
+        while not self.stop.wait(interval):
+            with self.lock:
+                ids = list(self.ids)
+            for tid in ids:
+                try:
+                    self.storage.record_heartbeat(tid)
+                except Exception:  # noqa: BLE001 - a lost beat is retried at the next interval
+                    pass
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
 def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: dict, limits: dict,
                evaluate: Callable[[str, dict], tuple[float, dict]], trials: int, timeout: float | None = None,
                sampler: str = "tpe", seed: int | None = 0,
                on_trial: Callable[[optuna.trial.FrozenTrial, int, float | None], None] | None = None,
                max_pruned: int | None = None, prepare: Callable[[str, dict], object] | None = None,
-               batch: int = 1) -> SearchResult:
-    """Run the study until `trials` COMPLETE+FAIL trials exist in it (over all runs), or `timeout` seconds.
+               batch: int = 1, worker: str | None = None, shared: bool = False,
+               stop: Callable[[], bool] | None = None) -> SearchResult:
+    """Run the study until `trials` evaluated trials exist in it (over all runs), or `timeout` seconds.
 
     evaluate(family, config) -> (value, attrs) or raises CandidateError. A config already evaluated in the
     study is not evaluated again: its earlier value is reused. With prepare(family, config) (e.g. compile)
     and batch > 1, configs are asked `batch` at a time and prepared in parallel threads before each is
     evaluated in turn (TPE then runs with constant_liar so a batch spreads out).
+
+    worker: a name stored in each trial's user attrs ("worker"). shared: other processes work on the same study (see
+    the module's doc); stop() -> True ends the loop before the next ask (e.g. another worker is finishing the problem).
     """
+    grid_seed = seed  # the grid's order is the study's, whichever worker enqueues it
+    if shared and worker is not None and seed is not None:  # workers with one seed would suggest the same configs
+        seed = (seed + zlib.crc32(worker.encode())) % 2**31
     study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize",
-                                sampler=make_sampler(sampler, seed, parallel=batch > 1), load_if_exists=True)
+                                sampler=make_sampler(sampler, seed, parallel=batch > 1 or shared), load_if_exists=True)
     by_family = {s.family: s for s in spaces}
     families = [s.family for s in spaces]
     # the family parameter is named by the selection, so runs of one problem with different --families share
     # the study (and its evaluated configs) without changing a categorical distribution's choices
     family_param = "family[" + ",".join(sorted(families)) + "]"
+    beats = _Heartbeats(heartbeat_storage(storage)) if shared and heartbeat_storage(storage) else None
 
     def counted(study) -> int:
-        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+        return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+                   if evaluated(t))
 
+    seen: dict[str, float | None] = {}  # configs evaluated in the study: their value (None: failed)
+    busy: set[str] = set()  # shared: configs other workers are evaluating now
+
+    def refresh_seen() -> int:
+        """Configs evaluated (or, shared, being evaluated elsewhere) in the study; returns the trials that count
+        against the budget: evaluated ones, and (shared) the RUNNING ones of every worker."""
+        occupied = 0
+        busy.clear()
+        for t in study.get_trials(deepcopy=False):
+            if evaluated(t):
+                occupied += 1
+                if "config" in t.user_attrs:
+                    seen[t.user_attrs["family"] + t.user_attrs["config"]] = t.value
+            elif shared and t.state == TrialState.RUNNING and t.number not in mine:
+                occupied += 1
+                if "config" in t.user_attrs:
+                    busy.add(t.user_attrs["family"] + t.user_attrs["config"])
+        return occupied
+
+    mine: set[int] = set()  # trial numbers this run has asked and not yet told
     done_before = counted(study)
-    seen: dict[str, float | None] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-        if "config" in t.user_attrs:
-            seen[t.user_attrs["family"] + t.user_attrs["config"]] = t.value
+    refresh_seen()
 
     # known-good configs first, then (for grid) every feasible config in a seeded order
     queue: list[tuple[str, dict]] = []
@@ -93,7 +181,7 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
     if sampler == "grid":
         import random  # noqa: PLC0415
         grid = [(s.family, c) for s in spaces for c in s.feasible(dtype, env, limits)]
-        random.Random(seed).shuffle(grid)
+        random.Random(grid_seed).shuffle(grid)
         grid = [(f, c) for f, c in grid if f + json.dumps(c, sort_keys=True) not in seen]  # a resumed grid goes on
         queue += grid[: max(0, trials - done_before)]
     for fam, cfg in queue:
@@ -117,6 +205,9 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
 
     def finish(trial, value=None, exc: CandidateError | None = None, attrs=None):
         nonlocal told
+        mine.discard(trial.number)
+        if beats is not None:
+            beats.discard(trial._trial_id)
         if exc is not None:
             trial.set_user_attr("error_stage", exc.stage)
             trial.set_user_attr("error", str(exc)[:2000])
@@ -135,8 +226,13 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
         """Up to `want` new configs to evaluate; infeasible ones are told PRUNED, repeats reuse their value."""
         nonlocal pruned_here
         out = []
-        while len(out) < want and done_before + told + len(out) < trials and pruned_here < max_pruned:
+        while len(out) < want and spent() + len(out) < trials and pruned_here < max_pruned:
             trial = study.ask()
+            mine.add(trial.number)
+            if beats is not None:
+                beats.add(trial._trial_id)
+            if worker is not None:
+                trial.set_user_attr("worker", worker)
             fam = trial.suggest_categorical(family_param, families)
             space = by_family[fam]
             cfg = space.suggest(trial, dtype)
@@ -147,8 +243,11 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
             if why is not None:
                 pruned_here += 1
                 trial.set_user_attr("infeasible", why)
+                mine.discard(trial.number)
+                if beats is not None:
+                    beats.discard(trial._trial_id)
                 study.tell(trial, state=TrialState.PRUNED)
-            elif key in seen or key in {k for _, _, _, k in out}:
+            elif key in seen or key in busy or key in {k for _, _, _, k in out}:
                 trial.set_user_attr("repeat_of_earlier_trial", True)
                 prior = seen.get(key)
                 if prior is None:
@@ -159,16 +258,38 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
                 out.append((trial, fam, cfg, key))
         return out
 
+    occupied_elsewhere = 0  # shared: trials counted against the budget that this run did not tell
+
+    def spent() -> int:
+        return done_before + told + occupied_elsewhere
+
+    def sync():
+        """shared: fail stale trials (running the storage's retry callback), re-read the budget and the seen configs."""
+        nonlocal occupied_elsewhere
+        if not shared:
+            return
+        if beats is not None:
+            optuna.storages.fail_stale_trials(study)
+        occupied_elsewhere = max(0, refresh_seen() - done_before - told)
+
     pending: list = []
     try:
-        while done_before + told < trials:
+        sync()
+        while spent() < trials:
             if t_end is not None and time.monotonic() >= t_end:
                 stop_reason = "time budget"
                 break
             if pruned_here >= max_pruned:
                 stop_reason = "space exhausted (too many infeasible suggestions in a row)"
                 break
+            if stop is not None and stop():
+                stop_reason = "stopped"
+                break
             pending = ask_batch(batch)
+            if not pending and shared:
+                sync()
+                if spent() >= trials:
+                    break
             # compile the batch in parallel (NVRTC on CPU threads) while the GPU times them one by one
             futures = [pool.submit(prepare, fam, cfg) for _, fam, cfg, _ in pending] if pool else [None] * len(pending)
             while pending:
@@ -186,6 +307,7 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
                     seen[key] = value
                     pending.pop(0)
                     finish(trial, value, attrs=attrs)
+            sync()
         else:
             if done_before >= trials:
                 stop_reason = "trial budget already spent by earlier runs"
@@ -196,6 +318,8 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if beats is not None:
+            beats.close()
 
     return summarize(study, done_before, stop_reason)
 
@@ -204,7 +328,7 @@ def summarize(study, done_before: int = 0, stopped: str = "") -> SearchResult:
     """Counts and the best COMPLETE trial of a study (also after an interrupted run)."""
     trials_all = study.get_trials(deepcopy=False)
     complete = [t for t in trials_all if t.state == TrialState.COMPLETE]
-    failed = sum(1 for t in trials_all if t.state == TrialState.FAIL)
+    failed = sum(1 for t in trials_all if t.state == TrialState.FAIL and evaluated(t))
     pruned = sum(1 for t in trials_all if t.state == TrialState.PRUNED)
     best = min(complete, key=lambda t: t.value) if complete else None
     fam, cfg = config_of(best) if best else (None, None)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import sys
@@ -9,7 +10,7 @@ import time
 from dataclasses import dataclass
 
 from . import __version__
-from .errors import CandidateError, UserError
+from .errors import CandidateError, DeviceLostError, UserError
 from .problem import Problem
 from .search import SAMPLERS, load_study, run_search, summarize
 from .space import problem_env, select_spaces
@@ -36,31 +37,86 @@ def _index_bytes(cfg: dict | None) -> int:
     return 2 if cfg and cfg.get("index_bits") == 16 else 4
 
 
-def tune(problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sys.stderr)) -> dict:
-    """Tune one problem on the current GPU, store the best verified config, return the report dict."""
-    if opts.trials <= 0:
-        raise UserError(f"--trials must be positive (got {opts.trials})")
-    if opts.sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {opts.sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    # the database is checked before the GPU is touched, and nothing is written to it before tuning starts
-    from .gpu import gpu_info  # noqa: PLC0415
-    info = gpu_info()
-    db = TuningDB(opts.db, create=True)
-    from .ceilings import ceilings, floor_us  # noqa: PLC0415
-    from .context import GpuProblem  # noqa: PLC0415
-    from .kernels import build_kernel  # noqa: PLC0415
-    from .timing import time_launches  # noqa: PLC0415
-    from .verify import check  # noqa: PLC0415
+class Tuner:
+    """Tuning of one problem, in two steps: search() (several workers may run it on one study) and finish() (once:
+    the record stored in the tuning DB). tune() runs both; a scale-out worker (scaleout.py) runs search() on a
+    shared study and finish() only where it won the problem's finalisation.
 
-    t_start = time.time()
-    spaces = select_spaces(opts.families)
-    env = problem_env(problem.m, problem.k, problem.n, problem.nnz, problem.dtype)
-    limits = info.limits()
-    log(f"problem {problem.key()}: nnz={problem.nnz}, {problem.flops / 1e6:.1f} MFLOP; GPU {info.name} "
-        f"(sm_{info.cc.replace('.', '')}); database {db.label}")
-    ctx = GpuProblem(problem, info, seed=opts.seed)
+    Subclasses set problem, opts, log, db, spaces, env, limits, gpu_name, prepare and define evaluate() and finish().
+    """
 
-    def evaluate(family: str, cfg: dict):
+    prepare = None
+
+    def on_trial(self, frozen) -> None:  # a hook for subclasses
+        pass
+
+    def study_name(self) -> str:
+        return study_name(self.problem, self.gpu_name)
+
+    def search(self, storage=None, worker: str | None = None, shared: bool = False, stop=None):
+        """The Optuna search (storage: the tuning DB's URL unless given); returns search.SearchResult."""
+        opts = self.opts
+        bar = None
+        if opts.progress:
+            from tqdm import tqdm  # noqa: PLC0415
+            bar = tqdm(total=opts.trials, desc="tuning", unit="trial", file=sys.stderr, dynamic_ncols=True)
+
+        def on_trial(frozen, counted, best):
+            self.on_trial(frozen)
+            if bar is None:
+                return
+            bar.n = min(counted, opts.trials)
+            state = "ok" if frozen.value is not None else "failed"
+            bar.set_postfix_str(f"best {best:.2f} us" if best is not None else state)
+            bar.refresh()
+
+        storage = storage if storage is not None else self.db.url
+        name = self.study_name()
+        self.interrupted = False
+        try:
+            return run_search(storage, name, self.spaces, self.problem.dtype, self.env, self.limits, self.evaluate,
+                              opts.trials, opts.timeout, opts.sampler, opts.seed, on_trial, prepare=self.prepare,
+                              batch=max(1, opts.compile_workers) if self.prepare else 1, worker=worker, shared=shared, stop=stop)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.log("interrupted: keeping what was tuned so far")
+            return summarize(load_study(storage, name), stopped="interrupted")
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+class GpuTuner(Tuner):
+    """Tuning on this process's GPU: candidates compiled, verified and timed; finish() times the winner and the
+    baselines again the same way and stores the record."""
+
+    def __init__(self, problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sys.stderr)):
+        if opts.trials <= 0:
+            raise UserError(f"--trials must be positive (got {opts.trials})")
+        if opts.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {opts.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        # the database is checked before the GPU is touched, and nothing is written to it before tuning starts
+        from .gpu import gpu_info  # noqa: PLC0415
+        self.problem, self.opts, self.log = problem, opts, log
+        self.info = info = gpu_info()
+        self.db = TuningDB(opts.db, create=True)
+        from .context import GpuProblem  # noqa: PLC0415
+        from .kernels import build_kernel  # noqa: PLC0415
+        self.t_start = time.time()
+        self.spaces = select_spaces(opts.families)
+        self.env = problem_env(problem.m, problem.k, problem.n, problem.nnz, problem.dtype)
+        self.limits = info.limits()
+        self.gpu_name = info.name
+        log(f"problem {problem.key()}: nnz={problem.nnz}, {problem.flops / 1e6:.1f} MFLOP; GPU {info.name} "
+            f"(sm_{info.cc.replace('.', '')}); database {self.db.label}")
+        self.ctx = GpuProblem(problem, info, seed=opts.seed)
+        self.prepare = lambda fam, cfg: build_kernel(self.ctx.a_dev, fam, cfg, problem.dtype)
+
+    def evaluate(self, family: str, cfg: dict):
+        from .kernels import build_kernel  # noqa: PLC0415
+        from .timing import time_launches  # noqa: PLC0415
+        from .verify import check  # noqa: PLC0415
+        ctx, problem = self.ctx, self.problem
         kern = build_kernel(ctx.a_dev, family, cfg, problem.dtype)
         b, ref = ctx.fresh_check()
         try:
@@ -77,86 +133,79 @@ def tune(problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sy
         return t.median_us, {"rel_err": err, "spread": t.spread, "timing": t.method,
                              "gflops": problem.flops / (t.median_us * 1e-6) / 1e9}
 
-    bar = None
-    if opts.progress:
-        from tqdm import tqdm  # noqa: PLC0415
-        bar = tqdm(total=opts.trials, desc="tuning", unit="trial", file=sys.stderr, dynamic_ncols=True)
+    def finish(self, res) -> dict:
+        """The winner and the baselines, verified and timed again the same way in this process; the record stored."""
+        if res.best_config is None:
+            if getattr(self, "interrupted", False):
+                raise KeyboardInterrupt  # nothing to store: the caller stops (tune-model keeps what it had)
+            raise UserError(f"no variant passed verification in {res.complete + res.failed} trials "
+                            f"({res.failed} failed): nothing stored")
+        from .baselines import time_baselines  # noqa: PLC0415
+        from .ceilings import ceilings, floor_us  # noqa: PLC0415
+        from .kernels import build_kernel  # noqa: PLC0415
+        from .timing import time_launches  # noqa: PLC0415
+        from .verify import check  # noqa: PLC0415
+        problem, ctx, info, opts, db = self.problem, self.ctx, self.info, self.opts, self.db
+        name = self.study_name()
+        kern = build_kernel(ctx.a_dev, res.best_family, res.best_config, problem.dtype)
+        b, ref = ctx.fresh_check()
+        err = check(lambda: kern(b, ctx.c), ctx.c, ref, problem.dtype)
+        t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs])
+        base = time_baselines(ctx, self.log)
+        ceil = ceilings()
+        floor = floor_us(problem, ceil, _index_bytes(res.best_config))
+        gflops = problem.flops / (t.median_us * 1e-6) / 1e9
+        v = info.versions()
+        rec = Record(
+            gpu_name=info.name, gpu_cc=info.cc, m=problem.m, k=problem.k, n=problem.n, density=problem.density,
+            dtype=problem.dtype, pattern=problem.pattern, family=res.best_family,
+            config_json=json.dumps(res.best_config, sort_keys=True), time_us=t.median_us, gflops=gflops,
+            cusparse_us=base["cusparse_us"], cublas_fp32_us=base["cublas_fp32_us"],
+            cublas_tf32_us=base["cublas_tf32_us"], cublas_fp16_us=base["cublas_fp16_us"], floor_us=floor,
+            max_rel_err=err, trials=res.complete + res.failed, matrix_hash=problem.fingerprint(), study_name=name,
+            package_version=__version__, cuda_version=v["cuda"], driver_version=v["driver"], cupy_version=v["cupy"],
+            created_at=_dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None))
+        db.store(rec)
+        db.dispose()
 
-    def on_trial(frozen, counted, best):
-        if bar is None:
-            return
-        bar.n = min(counted, opts.trials)
-        state = "ok" if frozen.value is not None else "failed"
-        bar.set_postfix_str(f"best {best:.2f} us" if best is not None else state)
-        bar.refresh()
+        def ratio(x):
+            return None if x is None else x / t.median_us
 
-    name = study_name(problem, info.name)
-    interrupted = False
-    try:
-        res = run_search(db.url, name, spaces, problem.dtype, env, limits, evaluate, opts.trials, opts.timeout,
-                         opts.sampler, opts.seed, on_trial,
-                         prepare=lambda fam, cfg: build_kernel(ctx.a_dev, fam, cfg, problem.dtype),
-                         batch=max(1, opts.compile_workers))
-    except KeyboardInterrupt:
-        interrupted = True
-        log("interrupted: keeping what was tuned so far")
-        res = summarize(load_study(db.url, name), stopped="interrupted")
-    finally:
-        if bar is not None:
-            bar.close()
-    if res.best_config is None:
-        if interrupted:
-            raise KeyboardInterrupt  # nothing to store: the caller stops (tune-model keeps what it had)
-        raise UserError(f"no variant passed verification in {res.complete + res.failed} trials "
-                        f"({res.failed} failed): nothing stored")
+        return {
+            "problem": problem_dict(problem),
+            "gpu": v["gpu"], "cc": v["cc"], "driver": v["driver"], "cuda": v["cuda"], "cupy": v["cupy"],
+            "package_version": __version__,
+            "best": {"family": res.best_family, "config": res.best_config, "time_us": t.median_us,
+                     "gflops": gflops, "max_rel_err": err, "timing_spread": t.spread, "timing": t.method,
+                     "search_time_us": res.best_value},
+            "baselines": {k: base[k] for k in ("cusparse_us", "cusparse_alg", "cublas_fp32_us", "cublas_tf32_us",
+                                              "cublas_fp16_us")},
+            "baseline_errors": base["baseline_errors"], "baseline_timing": base.get("timing", {}),
+            "speedup": {"vs_cusparse": ratio(base["cusparse_us"]), "vs_cublas_fp32": ratio(base["cublas_fp32_us"]),
+                        "vs_cublas_tf32": ratio(base["cublas_tf32_us"]),
+                        "vs_cublas_fp16": ratio(base["cublas_fp16_us"])},
+            "floor_us": floor, "ceilings": ceil,
+            "trials": trials_dict(res, opts, getattr(self, "interrupted", False)),
+            "study": name, "db": db.label, "record_id": rec.id, "record_is_best": rec.is_best,
+            "elapsed_s": time.time() - self.t_start,
+        }
 
-    # the winner and the baselines, verified and timed again the same way in this process
-    from .baselines import time_baselines  # noqa: PLC0415
-    kern = build_kernel(ctx.a_dev, res.best_family, res.best_config, problem.dtype)
-    b, ref = ctx.fresh_check()
-    err = check(lambda: kern(b, ctx.c), ctx.c, ref, problem.dtype)
-    t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs])
-    base = time_baselines(ctx, log)
-    ceil = ceilings()
-    floor = floor_us(problem, ceil, _index_bytes(res.best_config))
-    gflops = problem.flops / (t.median_us * 1e-6) / 1e9
-    v = info.versions()
-    rec = Record(
-        gpu_name=info.name, gpu_cc=info.cc, m=problem.m, k=problem.k, n=problem.n, density=problem.density,
-        dtype=problem.dtype, pattern=problem.pattern, family=res.best_family,
-        config_json=json.dumps(res.best_config, sort_keys=True), time_us=t.median_us, gflops=gflops,
-        cusparse_us=base["cusparse_us"], cublas_fp32_us=base["cublas_fp32_us"],
-        cublas_tf32_us=base["cublas_tf32_us"], cublas_fp16_us=base["cublas_fp16_us"], floor_us=floor,
-        max_rel_err=err, trials=res.complete + res.failed, matrix_hash=problem.fingerprint(), study_name=name,
-        package_version=__version__, cuda_version=v["cuda"], driver_version=v["driver"], cupy_version=v["cupy"],
-        created_at=_dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None))
-    db.store(rec)
-    db.dispose()
 
-    def ratio(x):
-        return None if x is None else x / t.median_us
+def problem_dict(problem: Problem) -> dict:
+    return {"m": problem.m, "k": problem.k, "n": problem.n, "density": problem.density, "nnz": problem.nnz,
+            "dtype": problem.dtype, "pattern": problem.pattern, "matrix_hash": problem.fingerprint(),
+            "seed": problem.seed}
 
-    return {
-        "problem": {"m": problem.m, "k": problem.k, "n": problem.n, "density": problem.density,
-                    "nnz": problem.nnz, "dtype": problem.dtype, "pattern": problem.pattern,
-                    "matrix_hash": problem.fingerprint(), "seed": problem.seed},
-        "gpu": v["gpu"], "cc": v["cc"], "driver": v["driver"], "cuda": v["cuda"], "cupy": v["cupy"],
-        "package_version": __version__,
-        "best": {"family": res.best_family, "config": res.best_config, "time_us": t.median_us,
-                 "gflops": gflops, "max_rel_err": err, "timing_spread": t.spread, "timing": t.method,
-                 "search_time_us": res.best_value},
-        "baselines": {k: base[k] for k in ("cusparse_us", "cusparse_alg", "cublas_fp32_us", "cublas_tf32_us",
-                                          "cublas_fp16_us")},
-        "baseline_errors": base["baseline_errors"], "baseline_timing": base.get("timing", {}),
-        "speedup": {"vs_cusparse": ratio(base["cusparse_us"]), "vs_cublas_fp32": ratio(base["cublas_fp32_us"]),
-                    "vs_cublas_tf32": ratio(base["cublas_tf32_us"]), "vs_cublas_fp16": ratio(base["cublas_fp16_us"])},
-        "floor_us": floor, "ceilings": ceil,
-        "trials": {"budget": opts.trials, "complete": res.complete, "failed": res.failed, "pruned": res.pruned,
-                   "new": res.new_trials, "stopped": "interrupted" if interrupted else res.stopped,
-                   "sampler": opts.sampler},
-        "study": name, "db": db.label, "record_id": rec.id, "record_is_best": rec.is_best,
-        "elapsed_s": time.time() - t_start,
-    }
+
+def trials_dict(res, opts: TuneOptions, interrupted: bool = False) -> dict:
+    return {"budget": opts.trials, "complete": res.complete, "failed": res.failed, "pruned": res.pruned,
+            "new": res.new_trials, "stopped": "interrupted" if interrupted else res.stopped, "sampler": opts.sampler}
+
+
+def tune(problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sys.stderr)) -> dict:
+    """Tune one problem on the current GPU, store the best verified config, return the report dict."""
+    tuner = GpuTuner(problem, opts, log)
+    return tuner.finish(tuner.search())
 
 
 def _assert_context_alive():
@@ -166,5 +215,95 @@ def _assert_context_alive():
     try:
         cp.cuda.runtime.deviceSynchronize()
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"a kernel corrupted the CUDA context ({str(exc).splitlines()[0]}); "
+        raise DeviceLostError(f"a kernel corrupted the CUDA context ({str(exc).splitlines()[0]}); "
                         "the run stops, the trials so far are kept in the study") from None
+
+
+SYNTHETIC_ENV = "SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE"
+SYNTHETIC_GPU = "Synthetic GPU (test only)"
+
+
+def synthetic_value(family: str, cfg: dict) -> float:
+    """The synthetic objective: a deterministic pseudo-time in [1, 10) us from a hash of the config."""
+    h = hashlib.sha256((family + json.dumps(cfg, sort_keys=True)).encode()).hexdigest()
+    return 1.0 + 9.0 * int(h[:12], 16) / 16**12
+
+
+class SyntheticTuner(Tuner):
+    """TEST ONLY (scale-out workers with $SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE=1): no GPU is touched. A trial's value
+    is synthetic_value(config) after $SPARSE_AUTOTUNE_SYNTHETIC_SLEEP seconds; the GPU is named
+    $SPARSE_AUTOTUNE_SYNTHETIC_GPU (default "Synthetic GPU (test only)"); finish() stores the search's best as a
+    record whose versions read "synthetic". With $SPARSE_AUTOTUNE_SYNTHETIC_LOG, every trial told is appended to that
+    file as a JSON line (worker, trial number, state, value)."""
+
+    def __init__(self, problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sys.stderr)):
+        from .space import DEFAULT_LIMITS  # noqa: PLC0415
+        if opts.trials <= 0:
+            raise UserError(f"--trials must be positive (got {opts.trials})")
+        if opts.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {opts.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        self.problem, self.opts, self.log = problem, opts, log
+        self.db = TuningDB(opts.db, create=True)
+        self.t_start = time.time()
+        self.spaces = select_spaces(opts.families)
+        self.env = problem_env(problem.m, problem.k, problem.n, problem.nnz, problem.dtype)
+        self.limits = dict(DEFAULT_LIMITS)
+        self.gpu_name = os.environ.get("SPARSE_AUTOTUNE_SYNTHETIC_GPU") or SYNTHETIC_GPU
+        self.sleep = float(os.environ.get("SPARSE_AUTOTUNE_SYNTHETIC_SLEEP") or 0)
+        self.trial_log = os.environ.get("SPARSE_AUTOTUNE_SYNTHETIC_LOG")
+        self.worker = None
+
+    def evaluate(self, family: str, cfg: dict):
+        if self.sleep:
+            time.sleep(self.sleep)
+        return synthetic_value(family, cfg), {"synthetic": True}
+
+    def on_trial(self, frozen) -> None:
+        if self.trial_log:
+            line = json.dumps({"worker": frozen.user_attrs.get("worker"), "pid": os.getpid(),
+                               "study": self.study_name(), "number": frozen.number, "state": frozen.state.name,
+                               "value": frozen.value, "repeat": bool(frozen.user_attrs.get("repeat_of_earlier_trial"))})
+            with open(self.trial_log, "a") as fh:
+                fh.write(line + "\n")
+
+    def finish(self, res) -> dict:
+        if res.best_config is None:
+            if getattr(self, "interrupted", False):
+                raise KeyboardInterrupt  # nothing to store: the caller stops (tune-model keeps what it had)
+            raise UserError(f"no variant passed verification in {res.complete + res.failed} trials "
+                            f"({res.failed} failed): nothing stored")
+        problem, name = self.problem, self.study_name()
+        rec = Record(
+            gpu_name=self.gpu_name, gpu_cc="0.0", m=problem.m, k=problem.k, n=problem.n, density=problem.density,
+            dtype=problem.dtype, pattern=problem.pattern, family=res.best_family,
+            config_json=json.dumps(res.best_config, sort_keys=True), time_us=res.best_value,
+            gflops=problem.flops / (res.best_value * 1e-6) / 1e9, max_rel_err=0.0,
+            trials=res.complete + res.failed, matrix_hash=problem.fingerprint(), study_name=name,
+            package_version=__version__, cuda_version="synthetic", driver_version="synthetic",
+            cupy_version="synthetic", created_at=_dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None))
+        self.db.store(rec)
+        self.db.dispose()
+        none = {"cusparse_us": None, "cusparse_alg": None, "cublas_fp32_us": None, "cublas_tf32_us": None,
+                "cublas_fp16_us": None}
+        return {
+            "problem": problem_dict(problem), "gpu": self.gpu_name, "cc": "0.0", "driver": "synthetic",
+            "cuda": "synthetic", "cupy": "synthetic", "package_version": __version__, "synthetic": True,
+            "best": {"family": res.best_family, "config": res.best_config, "time_us": res.best_value,
+                     "gflops": rec.gflops, "max_rel_err": 0.0, "timing_spread": None, "timing": "synthetic",
+                     "search_time_us": res.best_value},
+            "baselines": none, "baseline_errors": {}, "baseline_timing": {},
+            "speedup": {"vs_cusparse": None, "vs_cublas_fp32": None, "vs_cublas_tf32": None, "vs_cublas_fp16": None},
+            "floor_us": None, "ceilings": {},
+            "trials": trials_dict(res, self.opts, getattr(self, "interrupted", False)),
+            "study": name, "db": self.db.label, "record_id": rec.id, "record_is_best": rec.is_best,
+            "elapsed_s": time.time() - self.t_start,
+        }
+
+
+def synthetic_mode() -> bool:
+    return os.environ.get(SYNTHETIC_ENV, "") not in ("", "0")
+
+
+def make_tuner(problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sys.stderr)) -> Tuner:
+    """The GPU tuner, or (test only, $SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE=1) the synthetic one."""
+    return (SyntheticTuner if synthetic_mode() else GpuTuner)(problem, opts, log)

@@ -1,0 +1,369 @@
+"""Scale-out tuning (several workers through one RDB storage), with the test-only synthetic objective
+($SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE=1: no GPU): on SQLite, and on a real PostgreSQL server where
+$SPARSE_AUTOTUNE_TEST_PG_URL names one (CI starts one in .ci/run; without it those tests are skipped)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sparse_autotune.scaleout import MAX_ATTEMPTS, ScaleOut, queue_table
+from sparse_autotune.tune import SYNTHETIC_GPU, synthetic_value
+from sparse_autotune.tuningdb import Record, TuningDB
+
+PG_ENV = "SPARSE_AUTOTUNE_TEST_PG_URL"
+PREFIX = "sparse-autotune: error:"
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def storage_url(request, tmp_path):
+    """A fresh, empty storage: an SQLite file, or a new database on the PostgreSQL server of $SPARSE_AUTOTUNE_TEST_PG_URL
+    (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'storage.sqlite'}"
+        return
+    base = os.environ.get(PG_ENV)
+    if not base and os.environ.get("CI"):
+        pytest.fail(f"CI must run the PostgreSQL tests: .ci/run sets {PG_ENV}")
+    if not base:
+        pytest.skip(f"no PostgreSQL server: set {PG_ENV}=postgresql+psycopg://user@127.0.0.1:PORT/db (.ci/run does)")
+    import psycopg
+    from sqlalchemy.engine import make_url
+    u = make_url(base)
+    name = f"sat_test_{uuid.uuid4().hex[:12]}"
+    conninfo = dict(host=u.host, port=u.port or 5432, user=u.username, password=u.password, dbname=u.database)
+    with psycopg.connect(**conninfo, autocommit=True) as con:
+        con.execute(f'CREATE DATABASE "{name}"')
+    yield u.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(**conninfo, autocommit=True) as con:
+        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def synthetic_env(tmp_path: Path, sleep: float, **extra) -> dict:
+    env = {**os.environ, "SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE": "1", "SPARSE_AUTOTUNE_SYNTHETIC_SLEEP": str(sleep),
+           "SPARSE_AUTOTUNE_SYNTHETIC_LOG": str(tmp_path / "trials.jsonl"),
+           "SPARSE_AUTOTUNE_DB": str(tmp_path / "tuning.sqlite")}
+    env.update(extra)
+    return env
+
+
+def cli(args, env, cwd, timeout=300, **kw):
+    return subprocess.run([sys.executable, "-m", "sparse_autotune", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=timeout, **kw)
+
+
+def popen(args, env, cwd, out: Path):
+    fh = open(out, "w")
+    return subprocess.Popen([sys.executable, "-m", "sparse_autotune", *args], stdout=fh, stderr=subprocess.STDOUT,
+                            env=env, cwd=cwd)
+
+
+def the_study(url: str):
+    storage = optuna.storages.RDBStorage(url)
+    [name] = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def evaluated(t) -> bool:
+    return t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "error_stage" in t.user_attrs)
+
+
+def trial_log(tmp_path: Path) -> list[dict]:
+    p = tmp_path / "trials.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+
+def records(db: Path) -> list[Record]:
+    tdb = TuningDB(db, create=False)
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+    with Session(tdb.engine) as s:
+        out = list(s.scalars(select(Record)))
+    tdb.dispose()
+    return out
+
+
+TUNE = ["tune", "--shape", "256x512", "--density", "0.1", "--n", "128", "--heartbeat", "1", "--grace", "4"]
+
+
+# ---- two workers on one study --------------------------------------------------------------------------------
+
+
+def test_two_workers_synthetic_share_one_study(storage_url, tmp_path):
+    trials = 24
+    env = synthetic_env(tmp_path, 0.1)
+    proc = cli([*TUNE, "--trials", str(trials), "--storage", storage_url, "--workers", "2"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best      csr_rowsplit" in proc.stdout and SYNTHETIC_GPU in proc.stdout
+
+    study = the_study(storage_url)
+    all_trials = study.get_trials(deepcopy=False)
+    done = [t for t in all_trials if evaluated(t)]
+    assert not [t for t in all_trials if t.state == TrialState.RUNNING]
+    assert not [t for t in all_trials if t.state == TrialState.FAIL and not evaluated(t)]  # none lost
+    # the budget is counted over both workers: at most one trial in flight beyond it
+    assert trials <= len(done) <= trials + 1
+    workers = {t.user_attrs["worker"] for t in done}
+    assert len(workers) == 2, workers  # both workers ran trials of the one study
+
+    # every trial told exactly once (no duplicate), and every evaluated trial was told by the worker it names
+    log = trial_log(tmp_path)
+    numbers = [e["number"] for e in log if e["state"] != "PRUNED"]
+    assert len(numbers) == len(set(numbers))
+    assert set(numbers) == {t.number for t in done}
+    by_number = {t.number: t for t in done}
+    for e in log:
+        if e["state"] != "PRUNED":
+            assert by_number[e["number"]].user_attrs["worker"] == e["worker"]
+    assert len({e["pid"] for e in log}) == 2
+    for t in done:  # the synthetic objective's value of the trial's own config
+        if t.state == TrialState.COMPLETE:
+            assert t.value == pytest.approx(synthetic_value(t.user_attrs["family"], json.loads(t.user_attrs["config"])))
+
+    # the best of all trials lands in the tuning DB once, as with one worker
+    best = min((t for t in done if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    recs = records(tmp_path / "tuning.sqlite")
+    assert len(recs) == 1
+    r = recs[0]
+    assert r.is_best and r.gpu_name == SYNTHETIC_GPU and (r.m, r.k, r.n, r.dtype) == (256, 512, 128, "fp32")
+    assert r.time_us == pytest.approx(best.value)
+    assert r.config == json.loads(best.user_attrs["config"])
+    assert r.trials == len(done)
+    assert r.study_name == study.study_name and SYNTHETIC_GPU in study.study_name
+
+    # status: one problem done, trials per worker
+    st = cli(["status", "--storage", storage_url, "--json"], env, tmp_path)
+    assert st.returncode == 0, st.stderr
+    s = json.loads(st.stdout)
+    assert s["counts"]["done"] == 1 and s["counts"]["queued"] == 0 and s["counts"]["running"] == 0
+    assert s["problems"][0]["trials"]["evaluated"] == len(done)
+    per = {w: c["evaluated"] for w, c in s["trials_per_worker"].items()}
+    assert per == {w: sum(1 for t in done if t.user_attrs["worker"] == w) for w in workers}
+    assert {w["id"] for w in s["workers"]} == workers and all(w["state"] == "exited" for w in s["workers"])
+    text = cli(["status", "--storage", storage_url], env, tmp_path)
+    assert text.returncode == 0 and "problems: 1 done, 0 running, 0 queued, 0 failed" in text.stdout
+
+    # a second run of the same problem finds it done and tunes nothing more
+    again = cli([*TUNE, "--trials", str(trials), "--storage", storage_url, "--workers", "2"], env, tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(the_study(storage_url).get_trials(deepcopy=False)) == len(all_trials)
+    assert len(records(tmp_path / "tuning.sqlite")) == 1
+
+
+# ---- a worker killed mid-trial --------------------------------------------------------------------------------
+
+
+def _wait_for(cond, timeout, what):
+    t_end = time.time() + timeout
+    while time.time() < t_end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_worker_synthetic_trial_fails_and_other_worker_finishes(storage_url, tmp_path):
+    trials = 10
+    # worker A: slow trials (1.5 s), started through `tune --storage` (it enqueues the problem)
+    a_env = synthetic_env(tmp_path, 1.5)
+    a = popen([*TUNE, "--trials", str(trials), "--storage", storage_url], a_env, tmp_path, tmp_path / "a.log")
+    try:
+        # wait until A has told two trials and is inside the next one
+        def a_mid_trial():
+            if len(trial_log(tmp_path)) < 2:
+                return None
+            try:
+                study = the_study(storage_url)
+            except Exception:  # noqa: BLE001
+                return None
+            running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                       if t.user_attrs.get("config")]
+            return running or None
+        running = _wait_for(a_mid_trial, 120, "worker A inside a trial")
+        a.send_signal(signal.SIGKILL)
+        a.wait(timeout=30)
+    finally:
+        if a.poll() is None:
+            a.kill()
+    killed = {t.number: t for t in running}
+    a_id = next(iter(killed.values())).user_attrs["worker"]
+    time.sleep(5)  # past the grace period (4 s): A's heartbeat is stale, its problem goes back to the queue
+
+    so = ScaleOut(storage_url, heartbeat=1, grace=4)
+    [row] = so.problems()
+    assert row["state"] == "running" and row["attempts"] == 1  # nothing reclaims it before a worker looks
+
+    # worker B joins from "another host": it takes the problem over and finishes it
+    b = cli(["worker", "--storage", storage_url, "--heartbeat", "1", "--grace", "4"],
+            synthetic_env(tmp_path, 0.05), tmp_path, timeout=300)
+    assert b.returncode == 0, b.stderr[-3000:]
+    assert "claimed problem 1" in b.stderr and "problem 1 done" in b.stderr
+
+    [row] = so.problems()
+    assert row["state"] == "done" and row["attempts"] == 2 and row["worker"] != a_id
+    b_id = row["worker"]
+    study = the_study(storage_url)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for n, t in killed.items():
+        now = by_number[n]
+        assert now.state == TrialState.FAIL and "error_stage" not in now.user_attrs  # failed by the heartbeat check
+        retries = [r for r in by_number.values() if r.system_attrs.get("failed_trial") == n]
+        assert len(retries) == 1, f"trial {n} retried {len(retries)} times"
+        r = retries[0]
+        assert r.state == TrialState.COMPLETE and r.user_attrs["worker"] == b_id
+        assert r.user_attrs["config"] == t.user_attrs["config"]
+        assert not r.user_attrs.get("repeat_of_earlier_trial")  # really evaluated again, not reused
+    done = [t for t in by_number.values() if evaluated(t)]
+    assert len(done) == trials  # B alone after the kill: the budget exactly
+    assert not [t for t in by_number.values() if t.state == TrialState.RUNNING]
+    a_done = [t for t in done if t.user_attrs["worker"] == a_id]
+    assert len(a_done) >= 2
+    best = min((t for t in done if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    [rec] = records(tmp_path / "tuning.sqlite")
+    assert rec.time_us == pytest.approx(best.value) and rec.config == json.loads(best.user_attrs["config"])
+
+    st = json.loads(cli(["status", "--storage", storage_url, "--json"], a_env, tmp_path).stdout)
+    states = {w["id"]: w["state"] for w in st["workers"]}
+    assert states == {a_id: "lost", b_id: "exited"}
+    assert st["trials_per_worker"][a_id]["lost"] == len(killed)
+    so.dispose()
+
+
+# ---- the queue ------------------------------------------------------------------------------------------------
+
+
+def _specs(n):
+    return [{"m": 64, "k": 128, "n": 32, "density": 0.1, "dtype": "fp32", "pattern": "uniform", "seed": i,
+             "trials": 5, "timeout": None, "sampler": "tpe", "families": None} for i in range(n)]
+
+
+def test_queue_claims_are_atomic(storage_url):
+    so = ScaleOut(storage_url, heartbeat=1, grace=5)
+    ids = so.enqueue(_specs(12))
+    assert len(set(ids)) == 12
+    assert so.enqueue(_specs(12)) == ids  # enqueueing again adds nothing
+    claimed: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def claimer(name):
+        mine = ScaleOut(storage_url, heartbeat=1, grace=5)  # its own connections, as another process has
+        while True:
+            got = mine.claim(name, "GPU X", exclude=ids)  # exclude: take queued problems only, never join
+            if got is None:
+                break
+            row, how = got
+            assert how == "claimed"
+            with lock:
+                claimed.append((name, row["id"]))
+        mine.dispose()
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    got = sorted(rid for _, rid in claimed)
+    assert got == sorted(ids)  # each problem claimed exactly once
+    rows = so.problems()
+    assert all(r["state"] == "running" and r["attempts"] == 1 and r["study_gpu"] == "GPU X" for r in rows)
+    assert {r["worker"] for r in rows} == {w for w, _ in claimed}
+    so.dispose()
+
+
+def test_queue_stale_problems_go_back_then_fail(storage_url):
+    from sqlalchemy import update
+    so = ScaleOut(storage_url, heartbeat=1, grace=2)
+    [rid] = so.enqueue(_specs(1), gpu="GPU X")
+    assert so.claim("w", "GPU Y") is None  # another GPU model does not take it
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        row, how = so.claim("w", "GPU X")
+        assert (row["id"], how, row["attempts"]) == (rid, "claimed", attempt)
+        row2, how2 = so.claim("v", "GPU X")  # a second worker joins the running problem
+        assert (row2["id"], how2) == (rid, "joined")
+        assert so.claim("v", "GPU X", exclude=[rid]) is None
+        assert so.reclaim_stale("GPU X") == []  # fresh heartbeat
+        with so.engine.begin() as c:  # every worker on it went silent
+            c.execute(update(queue_table).where(queue_table.c.id == rid).values(heartbeat=time.time() - 10))
+        assert so.reclaim_stale("GPU X") == [rid]
+        [r] = so.problems()
+        assert r["state"] == ("queued" if attempt < MAX_ATTEMPTS else "failed")
+    assert "heartbeat" in so.problems()[0]["error"]
+    assert so.claim("w", "GPU X") is None
+    so.dispose()
+
+
+def test_queue_finalisation_has_one_winner(storage_url):
+    so = ScaleOut(storage_url, heartbeat=1, grace=5)
+    [rid] = so.enqueue(_specs(1))
+    so.claim("a", "GPU X")
+    so.claim("b", "GPU X")
+    assert so.to_finalizing(rid, "a") is True
+    assert so.to_finalizing(rid, "b") is False
+    assert so.finish(rid, "a", "done", result={"best": {"time_us": 1.0}}) is True
+    [r] = so.problems()
+    assert r["state"] == "done" and r["worker"] == "a" and json.loads(r["result"])["best"]["time_us"] == 1.0
+    so.dispose()
+
+
+# ---- bench through the queue (SQLite, single host) -------------------------------------------------------------
+
+
+def test_bench_suite_synthetic_two_workers(tmp_path):
+    url = f"sqlite:///{tmp_path / 'storage.sqlite'}"
+    env = synthetic_env(tmp_path, 0.0)
+    proc = cli(["bench", "--suite", "quick", "--trials", "3", "--storage", url, "--workers", "2", "--heartbeat", "1",
+                "--grace", "5", "--out", str(tmp_path / "out")], env, tmp_path, timeout=600)
+    (tmp_path / "bench.stderr").write_text(proc.stderr)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["cases"] == 16, proc.stderr[-6000:]
+    [suite_json] = list((tmp_path / "out").glob("suite-quick-*.json"))
+    recs = json.loads(suite_json.read_text())
+    assert len(recs) == 16 and {r["gpu"] for r in recs} == {SYNTHETIC_GPU}
+    stored = records(tmp_path / "tuning.sqlite")
+    assert len(stored) == 16 and all(r.is_best for r in stored), proc.stderr[-6000:]
+    by_key = {(r.m, r.k, r.n, r.density, r.dtype): r.time_us for r in stored}
+    for r in recs:
+        assert by_key[(r["M"], r["K"], r["N"], r["density"], r["dtype"])] == pytest.approx(r["tuned_us"])
+    log = trial_log(tmp_path)
+    assert len({e["pid"] for e in log}) == 2  # both workers took cases
+
+
+# ---- bad input ------------------------------------------------------------------------------------------------
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(PREFIX), proc.stderr
+    for n in needles:
+        assert n.lower() in lines[0].lower(), (n, lines[0])
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["status", "--storage", "not a url"], ["not an SQLAlchemy URL"]),
+    (["status", "--storage", "postgresql+psycopg://sat@127.0.0.1:1/nodb"], ["cannot use storage", "127.0.0.1"]),
+    (["worker", "--storage", "nosuchdialect://x/y"], ["cannot use storage"]),
+    (["worker", "--storage", "sqlite:///{tmp}/s.sqlite", "--problems", "1,two"], ["--problems"]),
+    ([*TUNE, "--workers", "2"], ["--workers needs --storage"]),
+    ([*TUNE, "--storage", "sqlite:///{tmp}/s.sqlite", "--workers", "0"], ["--workers"]),
+    ([*TUNE, "--storage", "sqlite:///{tmp}/s.sqlite", "--heartbeat", "5", "--grace", "5"], ["--grace"]),
+    (["bench", "--storage", "sqlite:///{tmp}/s.sqlite", "--budget", "10"], ["--budget"]),
+])
+def test_bad_scaleout_input_synthetic_is_one_line(tmp_path, args, needles):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = cli(args, synthetic_env(tmp_path, 0), tmp_path, timeout=120)
+    assert_one_line_error(proc, *needles)
+    assert not (tmp_path / "tuning.sqlite").exists()
