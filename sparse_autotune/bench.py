@@ -191,6 +191,8 @@ def write_report(records: list[dict], stem: Path, suite: str, total: int):
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         return
+    if not any(r.get("cusparse_us") for r in records):  # no baseline measured (synthetic runs): no plot to draw
+        return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for ax, key, title in ((axes[0], "cusparse_us", "speed-up over cuSPARSE"), (axes[1], "dense", "speed-up over best dense (same dtype)")):
         for dt, mk in (("fp32", "o"), ("fp16", "s")):

@@ -77,7 +77,9 @@ def test_every_family_correct_on_edge_cases(dtype):
                 if not sample:
                     continue  # e.g. csr_btile needs N divisible by 16 bytes of elements
                 families_run += 1
-                for cfg in sample[:: max(1, len(sample) // 12)]:
+                # the pattern family assembles a module per config and matrix: two configs per case suffice
+                picks = sample[:2] if space.needs_matrix else sample[:: max(1, len(sample) // 12)]
+                for cfg in picks:
                     k = build_kernel(dev, space.family, cfg, dtype)
                     check(lambda: k(b, c), c, ref, dtype)  # raises CandidateError on a wrong result
                     checked[space.family] = checked.get(space.family, 0) + 1
@@ -94,7 +96,7 @@ def test_wide_covering_sample_correct(dtype):
     from sparse_autotune.verify import check
     info = gpu_info()
     mission = GpuProblem(Problem.random(512, 2048, 256, 0.1, dtype), info)
-    small = GpuProblem(Problem.random(128, 512, 256, 0.05, dtype), info)  # within the pattern family's nnz limit
+    small = GpuProblem(Problem.random(64, 256, 256, 0.05, dtype), info)  # the pattern family: few nonzeros, quick JIT
     for space in load_spaces():
         ctx = small if space.needs_matrix else mission
         pp = ctx.problem
@@ -182,11 +184,13 @@ def test_tune_end_to_end_then_lookup_and_spmm(tmp_path):
     c = op(b)
     ref = a.astype(np.float64) @ b.get().astype(np.float64)
     assert np.linalg.norm(c.get() - ref) / np.linalg.norm(ref) < 1e-5
-    # an N that was never tuned uses the nearest tuned problem's config (adapted to N), still correct
-    b2 = cp.asarray(np.random.default_rng(4).standard_normal((1024, 77)).astype(np.float32))
-    assert op.plan(77)[2] == "nearest"
-    ref2 = a.astype(np.float64) @ b2.get().astype(np.float64)
-    assert np.linalg.norm(op(b2).get() - ref2) / np.linalg.norm(ref2) < 1e-5
+    # an N that was never tuned uses the nearest tuned problem's config (adapted to N), still correct; an N the
+    # winner's family cannot run at all (csr_btile copies B in 16-byte chunks: N % 4 != 0) falls back to the default
+    for n2, how in ((76, ("nearest",)), (77, ("nearest", "default"))):
+        b2 = cp.asarray(np.random.default_rng(n2).standard_normal((1024, n2)).astype(np.float32))
+        assert op.plan(n2)[2] in how, (n2, op.plan(n2))
+        ref2 = a.astype(np.float64) @ b2.get().astype(np.float64)
+        assert np.linalg.norm(op(b2).get() - ref2) / np.linalg.norm(ref2) < 1e-5
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])

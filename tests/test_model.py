@@ -286,16 +286,17 @@ def test_synthetic_tune_model_dedups_and_resumes_after_interrupt(tmp_path):
     # both enc layers map to one problem (one study) per N
     assert rows[("enc.0.fc1.weight", 64)][1] == rows[("enc.1.fc1.weight", 64)][1]
     name3 = study_name(third.problem(), GPU)
-    # 2 complete + the trial the Ctrl-C cut short, which run_search closes as FAIL (it counts against the budget)
+    # 2 complete + the trial the Ctrl-C cut short, which run_search closes as FAIL (never evaluated, so it does
+    # not count against the budget)
     assert _trials_of(opts.db, name3) == 3
 
-    # rerun: the two finished problems are skipped, the interrupted study goes on from its 3 trials
+    # rerun: the two finished problems are skipped, the interrupted study goes on from its 2 evaluated trials
     t2 = SyntheticTuner()
     r2 = mdl.tune_model("toy", layers, jobs, opts, GPU, tuner=t2, progress=False, log=lambda m: None)
     assert not r2.interrupted and r2.skipped == 2 and r2.tuned == 4
     assert t2.problems == [j.problem().key() for j in jobs[2:]]
-    assert t2.evals == 1 + 3 * 4  # the interrupted study needed only its 1 missing trial
-    assert _trials_of(opts.db, name3) == 4
+    assert t2.evals == 2 + 3 * 4  # the interrupted study needed only its 2 missing trials
+    assert _trials_of(opts.db, name3) == 5  # 2 complete + the FAIL the Ctrl-C left + 2 new
     rows = _rows(opts.db)
     assert len(rows) == sum(len(j.layers) for j in jobs) and all(v[0] == "done" for v in rows.values())
     db = TuningDB(opts.db)
