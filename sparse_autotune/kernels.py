@@ -74,8 +74,7 @@ class DeviceCSR:
         """Rows sorted by length, longest first (stable): heavy rows start first, a block's rows are alike."""
         if self._perm is None:
             from .gpu import cupy  # noqa: PLC0415
-            lengths = np.diff(self._host.indptr)
-            self._perm = cupy().asarray(np.argsort(-lengths, kind="stable").astype(np.int32))
+            self._perm = cupy().asarray(row_order(self._host, "sorted").astype(np.int32))
         return self._perm
 
 
