@@ -5,6 +5,7 @@ process does not recompile. `nvcc_check` compiles offline with the toolkit's nvc
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -84,8 +85,7 @@ def nvcc_check(source: str, arch: str = "sm_90", timeout: float = 120) -> str:
     if nvcc is None:
         raise RuntimeError("nvcc not found")
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / ("k.ptx" if source.lstrip().startswith(("//", ".version")) and ".entry" in source
-                           else "k.cu")
+        src = Path(tmp) / ("k.ptx" if re.search(r"^\.version ", source, re.MULTILINE) else "k.cu")
         src.write_text(source)
         proc = subprocess.run(
             [nvcc, f"-arch={arch}", "-cubin", *(["-std=c++17"] if src.suffix == ".cu" else []), "-Xptxas", "-v", "-o", str(Path(tmp) / "k.cubin"), str(src)],

@@ -77,6 +77,13 @@ def totals(layers: list[dict]) -> list[dict]:
     return out
 
 
+def _save(plt, fig, path: Path) -> None:
+    """Lay the figure out, write it as a PNG and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _plt():
     import matplotlib  # noqa: PLC0415
     matplotlib.use("Agg")
@@ -105,9 +112,7 @@ def plot_layers(layers: list[dict], path: Path, title: str) -> Path | None:
         ax.set_xticklabels([d["layer"] for d in ds], rotation=90, fontsize=6)
         ax.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
@@ -127,9 +132,7 @@ def plot_totals(tot: list[dict], path: Path, title: str) -> Path | None:
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
@@ -154,9 +157,7 @@ def plot_density(records: list[Record], path: Path, title: str) -> Path | None:
         ax.set_title(name, fontsize=10)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
@@ -193,9 +194,7 @@ def plot_convergence(pts, path: Path, title: str) -> Path:
     ax.set_yscale("log")
     ax.legend()
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 

@@ -46,6 +46,27 @@ class Tuner:
     """
 
     prepare = None
+    interrupted = False  # set by search() when a Ctrl-C ended it
+
+    def _start(self, problem: Problem, opts: TuneOptions, log) -> None:
+        """Checks the options, then opens (or creates) the tuning DB; shared by the tuners' constructors."""
+        if opts.trials <= 0:
+            raise UserError(f"--trials must be positive (got {opts.trials})")
+        if opts.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {opts.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        self.problem, self.opts, self.log = problem, opts, log
+        self.db = TuningDB(opts.db, create=True)
+        self.t_start = time.time()
+        self.spaces = select_spaces(opts.families)
+        self.env = problem_env(problem.m, problem.k, problem.n, problem.nnz, problem.dtype)
+
+    def _check_found(self, res) -> None:
+        """finish() of a search that found nothing: Ctrl-C passes on, else a one-line error."""
+        if res.best_config is None:
+            if self.interrupted:
+                raise KeyboardInterrupt  # nothing to store: the caller stops (tune-model keeps what it had)
+            raise UserError(f"no variant passed verification in {res.complete + res.failed} trials "
+                            f"({res.failed} failed): nothing stored")
 
     def on_trial(self, frozen) -> None:  # a hook for subclasses
         pass
@@ -91,20 +112,11 @@ class GpuTuner(Tuner):
     baselines again the same way and stores the record."""
 
     def __init__(self, problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sys.stderr)):
-        if opts.trials <= 0:
-            raise UserError(f"--trials must be positive (got {opts.trials})")
-        if opts.sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler {opts.sampler!r}: choose one of {', '.join(SAMPLERS)}")
-        # the database is checked before the GPU is touched, and nothing is written to it before tuning starts
         from .gpu import gpu_info  # noqa: PLC0415
-        self.problem, self.opts, self.log = problem, opts, log
         self.info = info = gpu_info()
-        self.db = TuningDB(opts.db, create=True)
+        self._start(problem, opts, log)  # nothing is written to the database before tuning starts
         from .context import GpuProblem  # noqa: PLC0415
         from .kernels import build_kernel  # noqa: PLC0415
-        self.t_start = time.time()
-        self.spaces = select_spaces(opts.families)
-        self.env = problem_env(problem.m, problem.k, problem.n, problem.nnz, problem.dtype)
         self.limits = info.limits()
         self.gpu_name = info.name
         log(f"problem {problem.key()}: nnz={problem.nnz}, {problem.flops / 1e6:.1f} MFLOP; GPU {info.name} "
@@ -135,11 +147,7 @@ class GpuTuner(Tuner):
 
     def finish(self, res) -> dict:
         """The winner and the baselines, verified and timed again the same way in this process; the record stored."""
-        if res.best_config is None:
-            if getattr(self, "interrupted", False):
-                raise KeyboardInterrupt  # nothing to store: the caller stops (tune-model keeps what it had)
-            raise UserError(f"no variant passed verification in {res.complete + res.failed} trials "
-                            f"({res.failed} failed): nothing stored")
+        self._check_found(res)
         from .baselines import time_baselines  # noqa: PLC0415
         from .ceilings import ceilings, floor_us  # noqa: PLC0415
         from .kernels import build_kernel  # noqa: PLC0415
@@ -185,7 +193,7 @@ class GpuTuner(Tuner):
                         "vs_cublas_tf32": ratio(base["cublas_tf32_us"]),
                         "vs_cublas_fp16": ratio(base["cublas_fp16_us"])},
             "floor_us": floor, "ceilings": ceil,
-            "trials": trials_dict(res, opts, getattr(self, "interrupted", False)),
+            "trials": trials_dict(res, opts, self.interrupted),
             "study": name, "db": db.label, "record_id": rec.id, "record_is_best": rec.is_best,
             "elapsed_s": time.time() - self.t_start,
         }
@@ -238,15 +246,7 @@ class SyntheticTuner(Tuner):
 
     def __init__(self, problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sys.stderr)):
         from .space import DEFAULT_LIMITS  # noqa: PLC0415
-        if opts.trials <= 0:
-            raise UserError(f"--trials must be positive (got {opts.trials})")
-        if opts.sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler {opts.sampler!r}: choose one of {', '.join(SAMPLERS)}")
-        self.problem, self.opts, self.log = problem, opts, log
-        self.db = TuningDB(opts.db, create=True)
-        self.t_start = time.time()
-        self.spaces = select_spaces(opts.families)
-        self.env = problem_env(problem.m, problem.k, problem.n, problem.nnz, problem.dtype)
+        self._start(problem, opts, log)
         self.limits = dict(DEFAULT_LIMITS)
         self.gpu_name = os.environ.get("SPARSE_AUTOTUNE_SYNTHETIC_GPU") or SYNTHETIC_GPU
         self.sleep = float(os.environ.get("SPARSE_AUTOTUNE_SYNTHETIC_SLEEP") or 0)
@@ -267,11 +267,7 @@ class SyntheticTuner(Tuner):
                 fh.write(line + "\n")
 
     def finish(self, res) -> dict:
-        if res.best_config is None:
-            if getattr(self, "interrupted", False):
-                raise KeyboardInterrupt  # nothing to store: the caller stops (tune-model keeps what it had)
-            raise UserError(f"no variant passed verification in {res.complete + res.failed} trials "
-                            f"({res.failed} failed): nothing stored")
+        self._check_found(res)
         problem, name = self.problem, self.study_name()
         rec = Record(
             gpu_name=self.gpu_name, gpu_cc="0.0", m=problem.m, k=problem.k, n=problem.n, density=problem.density,
@@ -294,7 +290,7 @@ class SyntheticTuner(Tuner):
             "baselines": none, "baseline_errors": {}, "baseline_timing": {},
             "speedup": {"vs_cusparse": None, "vs_cublas_fp32": None, "vs_cublas_tf32": None, "vs_cublas_fp16": None},
             "floor_us": None, "ceilings": {},
-            "trials": trials_dict(res, self.opts, getattr(self, "interrupted", False)),
+            "trials": trials_dict(res, self.opts, self.interrupted),
             "study": name, "db": self.db.label, "record_id": rec.id, "record_is_best": rec.is_best,
             "elapsed_s": time.time() - self.t_start,
         }
