@@ -548,7 +548,7 @@ def status(so: ScaleOut) -> Status:
                 elif t.state == TrialState.RUNNING:
                     p["trials"]["running"] += 1
                     per_worker.setdefault(w, {"evaluated": 0, "running": 0, "lost": 0})["running"] += 1
-                elif t.state == TrialState.FAIL:
+                elif t.state == TrialState.FAIL and not t.user_attrs.get("over_budget"):
                     p["trials"]["lost"] += 1
                     per_worker.setdefault(w, {"evaluated": 0, "running": 0, "lost": 0})["lost"] += 1
         problems.append(p)

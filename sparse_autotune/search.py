@@ -260,6 +260,28 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
 
     occupied_elsewhere = 0  # shared: trials counted against the budget that this run did not tell
 
+    def trim(out: list) -> list:
+        """shared: workers that ask at the same moment may together ask more trials than the budget has left. The
+        budget goes to the lowest trial numbers: an asked trial is kept if fewer than `trials` counted trials
+        (evaluated or running) precede it; the others are released (FAIL, never evaluated, `over_budget`)."""
+        if not shared or not out:
+            return out
+        counted_numbers = sorted(t.number for t in study.get_trials(deepcopy=False)
+                                 if evaluated(t) or t.state == TrialState.RUNNING)
+        rank = {num: i for i, num in enumerate(counted_numbers)}
+        keep = []
+        for item in out:
+            trial = item[0]
+            if rank.get(trial.number, 0) < trials:
+                keep.append(item)
+                continue
+            mine.discard(trial.number)
+            if beats is not None:
+                beats.discard(trial._trial_id)
+            trial.set_user_attr("over_budget", True)
+            study.tell(trial, state=TrialState.FAIL)
+        return keep
+
     def spent() -> int:
         return done_before + told + occupied_elsewhere
 
@@ -285,7 +307,7 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
             if stop is not None and stop():
                 stop_reason = "stopped"
                 break
-            pending = ask_batch(batch)
+            pending = trim(ask_batch(batch))
             if not pending and shared:
                 sync()
                 if spent() >= trials:
