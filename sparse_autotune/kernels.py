@@ -70,12 +70,41 @@ class DeviceCSR:
             self._cols[key] = cupy().asarray(self._host.data.astype(np.float32))
         return self._cols[key]
 
+    def segments(self, order: str, rows_per_block: int, split: int):
+        """(seg, seg_row, slots, heavy_blocks) of csr_rowsplit on the device (see rowsplit_slots)."""
+        key = ("seg", order, int(rows_per_block), int(split))
+        if key not in self._cols:
+            from .gpu import cupy  # noqa: PLC0415
+            seg, rows, heavy = rowsplit_slots(self._host, order, rows_per_block, split)
+            self._cols[key] = (cupy().asarray(seg), cupy().asarray(rows), len(rows), heavy)
+        return self._cols[key]
+
     def perm(self):
         """Rows sorted by length, longest first (stable): heavy rows start first, a block's rows are alike."""
         if self._perm is None:
             from .gpu import cupy  # noqa: PLC0415
             self._perm = cupy().asarray(row_order(self._host, "sorted").astype(np.int32))
         return self._perm
+
+
+def rowsplit_slots(a: sp.csr_matrix, order: str, rows_per_block: int, split: int):
+    """The slots of csr_rowsplit: (seg, seg_row, heavy_blocks) with seg[s] = (start, end) a range of A's nonzeros
+    and seg_row[s] its row of C. With split > 0 every row longer than split nonzeros comes first, longest first,
+    as a whole block of rows_per_block segments of near-equal length (the kernel adds them up in shared memory);
+    the other rows follow, one slot each, in `order` (natural, or sorted longest first)."""
+    indptr = a.indptr.astype(np.int64)
+    lens = np.diff(indptr)
+    r = int(rows_per_block)
+    is_heavy = lens > split if split > 0 and r > 1 else np.zeros(a.shape[0], dtype=bool)
+    heavy = np.flatnonzero(is_heavy)
+    heavy = heavy[np.argsort(-lens[heavy], kind="stable")]
+    cuts = indptr[heavy][:, None] + (lens[heavy][:, None] * np.arange(r + 1)[None, :]) // r  # (H, r + 1)
+    light = row_order(a, order)
+    light = light[~is_heavy[light]]
+    start = np.concatenate([cuts[:, :-1].ravel(), indptr[light]])
+    end = np.concatenate([cuts[:, 1:].ravel(), indptr[light + 1]])
+    rows = np.concatenate([np.repeat(heavy, r), light])
+    return np.stack([start, end], axis=1).astype(np.int32), rows.astype(np.int32), len(heavy)
 
 
 def row_order(a: sp.csr_matrix, order: str) -> np.ndarray:
@@ -146,6 +175,7 @@ class Kernel:
             rows = c["rows_per_block"]
             tile_n = c["lanes_per_row"] * c["vec"] * c["cols_per_thread"]
             threads = rows * c["lanes_per_row"]
+            m = self.a.segments(c["row_order"], rows, c["split"])[2]  # slots: rows, long rows split in blocks
         row_blocks = -(-m // rows)
         col_tiles = -(-n // tile_n)
         return (row_blocks * col_tiles,), (threads,), row_blocks, col_tiles
@@ -173,14 +203,16 @@ class Kernel:
             args = (stage_ptr, lcol, self.a.vals, perm, b, c_out, np.int32(m), np.int32(n), np.int32(k),
                     np.int32(row_blocks), np.int32(col_tiles), np.int32(n_st))
         else:
-            args = (self.a.row_ptr, self.a.cols(cfg["index_bits"]), self.a.vals, perm,
-                    b, c_out, np.int32(m), np.int32(n), np.int32(row_blocks), np.int32(col_tiles))
+            seg, seg_row, slots, heavy = self.a.segments(cfg["row_order"], cfg["rows_per_block"], cfg["split"])
+            args = (seg, seg_row, self.a.cols(cfg["index_bits"]), self.a.vals, b, c_out, np.int32(slots),
+                    np.int32(n), np.int32(row_blocks), np.int32(col_tiles), np.int32(heavy))
         self.fn(grid, block, args, shared_mem=self.smem_bytes())
         return c_out
 
 
 def build_kernel(a: DeviceCSR, family: str, config: dict, dtype: str) -> Kernel:
     space = get_space(family)
+    config = space.normalize(config, dtype) or config  # a config stored before a parameter existed gets its default
     try:
         context = pattern_context(a._host, config) if space.needs_matrix else None
         source = render(space, config, dtype, context)

@@ -41,6 +41,7 @@ class Param:
     name: str
     values: Any  # list, or {dtype: list}
     when: str | None = None
+    default: Any = None  # a parameter added to a family later: its value in configs stored before it existed
 
     def choices(self, dtype: str) -> list:
         if isinstance(self.values, dict):
@@ -83,9 +84,10 @@ class Space:
         for p in self.params:
             if not self.active(p.name, out):
                 continue
-            if p.name not in config or config[p.name] not in p.choices(dtype):
+            value = config.get(p.name, p.default)
+            if value is None or value not in p.choices(dtype):
                 return None
-            out[p.name] = config[p.name]
+            out[p.name] = value
         return out
 
     # ---- feasibility ----------------------------------------------------------------------------
@@ -168,7 +170,7 @@ def problem_env(m: int, k: int, n: int, nnz: int, dtype: str) -> dict:
 
 def parse_space(data: dict, source: str = "<space>") -> Space:
     try:
-        params = [Param(name, spec["values"], spec.get("when")) for name, spec in data["params"].items()]
+        params = [Param(name, spec["values"], spec.get("when"), spec.get("default")) for name, spec in data["params"].items()]
         cons = [Constraint(c["expr"], c.get("why", c["expr"])) for c in data.get("constraints", [])]
         space = Space(data["family"], data["template"], data.get("description", ""), params, cons,
                       list(data.get("known_good", [])), bool(data.get("enabled", True)), int(data.get("rank", 100)),

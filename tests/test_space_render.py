@@ -196,19 +196,21 @@ def test_covering_sample_compiles_without_spills(nvcc_reports):
 
 
 def test_smem_stage_uses_the_shared_memory_the_constraint_budgets(nvcc_reports):
-    """The smem constraint budgets rows_per_block * (chunk + 1) * 8 bytes; ptxas must agree."""
-    checked = 0
+    """The smem constraint budgets rows_per_block * (chunk + 1) * 8 bytes for staging and, with split > 0,
+    (rows_per_block - 1) * tile width * 4 bytes of partial sums; ptxas must agree."""
+    checked = split = 0
     for (family, dtype, cfg, _), report in nvcc_reports:
         if family != "csr_rowsplit":
             continue
         mt = re.search(r"(\d+) bytes smem", report)
         used = int(mt.group(1)) if mt else 0  # ptxas leaves the field out when there is none
-        if cfg.get("stage") == "smem":
-            assert used == cfg["rows_per_block"] * (cfg["chunk"] + 1) * 8, (cfg, report)
-            checked += 1
-        else:
-            assert used == 0, (cfg, report)
-    assert checked > 0
+        want = cfg["rows_per_block"] * (cfg["chunk"] + 1) * 8 if cfg.get("stage") == "smem" else 0
+        if cfg["split"] > 0:
+            want += (cfg["rows_per_block"] - 1) * cfg["lanes_per_row"] * cfg["vec"] * cfg["cols_per_thread"] * 4
+            split += 1
+        assert used == want, (cfg, report)
+        checked += cfg.get("stage") == "smem"
+    assert checked > 0 and split > 0
 
 
 def test_nvcc_check_reports_compile_errors():
@@ -229,7 +231,7 @@ def _csr():
 
 def _base_cfg(**over):
     cfg = {"rows_per_block": 8, "lanes_per_row": 8, "vec": 4, "cols_per_thread": 1, "unroll": 4, "stage": "none",
-           "row_order": "natural", "raster": "rows_first", "index_bits": 32}
+           "row_order": "natural", "raster": "rows_first", "index_bits": 32, "split": 0}
     cfg.update(over)
     return cfg
 
@@ -271,6 +273,21 @@ def test_shared_memory_limit():
     why = _csr().check(cfg, env_for("fp32"), {"max_smem_bytes": 8 * 1024})
     assert why is not None and "shared memory" in why
     assert _csr().check(cfg, env_for("fp32"), {"max_smem_bytes": 8256}) is None
+
+
+def test_split_rows_need_two_subwarps_and_their_partial_sums_fit():
+    assert _csr().check(_base_cfg(split=64), env_for("fp32")) is None
+    why = _csr().check(_base_cfg(split=64, rows_per_block=1, lanes_per_row=32), env_for("fp32"))
+    assert why is not None and "at least two" in why
+    # 8 subwarps x 8 lanes x 4 wide: 7 * 32 * 4 = 896 bytes of partial sums
+    assert _csr().check(_base_cfg(split=64), env_for("fp32"), {"max_smem_bytes": 895}) is not None
+    assert _csr().check(_base_cfg(split=64), env_for("fp32"), {"max_smem_bytes": 896}) is None
+
+
+def test_config_stored_before_split_existed_normalizes_to_no_split():
+    old = {k: v for k, v in _base_cfg().items() if k != "split"}
+    assert _csr().normalize(old, "fp32") == _base_cfg(split=0)
+    assert _csr().normalize({**old, "split": 7}, "fp32") is None  # not a value of the space
 
 
 def test_offsets_must_fit_32_bits():
@@ -440,3 +457,42 @@ def test_pattern_family_has_an_nnz_limit():
     cfg = sp.defaults("fp32", env_of(sp, "fp32"))[0]
     why = sp.check(cfg, space.problem_env(512, 2048, 256, 104858, "fp32"))
     assert why is not None and "nonzeros" in why
+
+
+# ---- csr_rowsplit slots (long rows split over a block) ----------------------------------------------------
+
+@pytest.mark.parametrize("order", ["natural", "sorted"])
+@pytest.mark.parametrize("rows_per_block,split", [(1, 64), (4, 0), (4, 16), (8, 5), (64, 16)])
+def test_rowsplit_slots_cover_every_nonzero_once(order, rows_per_block, split):
+    import scipy.sparse as sps
+
+    from sparse_autotune.kernels import rowsplit_slots
+    rng = np.random.default_rng(rows_per_block * 100 + split)
+    dense = (rng.random((50, 300)) < 0.03) * rng.standard_normal((50, 300))
+    dense[7] = rng.standard_normal(300)  # one dense row
+    dense[[3, 11, 12]] = 0.0  # empty rows
+    dense[20, :90] = 1.0  # a long row
+    a = sps.csr_matrix(dense)
+    seg, rows, heavy = rowsplit_slots(a, order, rows_per_block, split)
+    lens = np.diff(a.indptr)
+    long_rows = set(np.flatnonzero(lens > split)) if split > 0 and rows_per_block > 1 else set()
+    assert heavy == len(long_rows)
+    assert seg.dtype == np.int32 and rows.dtype == np.int32 and seg.shape == (len(rows), 2)
+    # long rows first, longest first, each a whole block of near-equal segments
+    for b in range(heavy):
+        blk = slice(b * rows_per_block, (b + 1) * rows_per_block)
+        assert len(set(rows[blk])) == 1 and rows[blk][0] in long_rows
+        seg_lens = seg[blk, 1] - seg[blk, 0]
+        assert seg_lens.max() - seg_lens.min() <= 1
+    assert list(lens[rows[: heavy * rows_per_block: rows_per_block]]) == sorted(lens[list(long_rows)], reverse=True)
+    # every row appears, and its segments tile its nonzeros exactly once
+    for r in range(a.shape[0]):
+        mine = seg[rows == r]
+        assert len(mine) == (rows_per_block if r in long_rows else 1)
+        covered = np.concatenate([np.arange(s, e) for s, e in mine])
+        assert sorted(covered) == list(range(a.indptr[r], a.indptr[r + 1]))
+    light = rows[heavy * rows_per_block:]
+    if order == "sorted":
+        assert list(np.diff(lens[light]) <= 0) == [True] * (len(light) - 1)
+    else:
+        assert list(light) == sorted(light)
