@@ -79,6 +79,14 @@ class DeviceCSR:
             self._cols[key] = (cupy().asarray(seg), cupy().asarray(rows), len(rows), heavy)
         return self._cols[key]
 
+    def tc(self, rn: int):
+        """(step_ptr, cols, avals) of tc_gather on the device (see tc_layout)."""
+        key = ("tc", int(rn))
+        if key not in self._cols:
+            from .gpu import cupy  # noqa: PLC0415
+            self._cols[key] = tuple(cupy().asarray(x) for x in tc_layout(self._host, rn))
+        return self._cols[key]
+
     def perm(self):
         """Rows sorted by length, longest first (stable): heavy rows start first, a block's rows are alike."""
         if self._perm is None:
@@ -105,6 +113,47 @@ def rowsplit_slots(a: sp.csr_matrix, order: str, rows_per_block: int, split: int
     end = np.concatenate([cuts[:, 1:].ravel(), indptr[light + 1]])
     rows = np.concatenate([np.repeat(heavy, r), light])
     return np.stack([start, end], axis=1).astype(np.int32), rows.astype(np.int32), len(heavy)
+
+
+def tc_layout(a: sp.csr_matrix, rn: int):
+    """The layout of tc_gather for row blocks of 8 * rn rows: (step_ptr, cols, avals).
+
+    Row block b's union of columns U_b (ascending, padded to a multiple of 16 with its first column, weight 0)
+    is steps step_ptr[b] .. step_ptr[b + 1] - 1 of 16 columns each; cols[16 t + k] is column k of step t.
+    avals (float16) holds, for step t and 8-row tile i, the 16 x 8 weights in the B-operand layout of
+    mma.m16n8k16: lane l = 4 g + q holds A[8 i + g][U[2q]], A[..][U[2q + 1]], A[..][U[2q + 8]], A[..][U[2q + 9]]
+    at avals[((t * rn + i) * 32 + l) * 4 + 0..3]."""
+    m = a.shape[0]
+    rb = 8 * int(rn)
+    nb = -(-m // rb)
+    indptr, indices = a.indptr, a.indices
+    step_ptr = np.zeros(nb + 1, dtype=np.int64)
+    unions = []
+    for b in range(nb):
+        u = np.unique(indices[indptr[b * rb]:indptr[min(m, (b + 1) * rb)]])
+        unions.append(u)
+        step_ptr[b + 1] = step_ptr[b] + -(-len(u) // 16)
+    total = int(step_ptr[-1])
+    cols = np.zeros(total * 16, dtype=np.int32)
+    avals = np.zeros(total * rn * 128, dtype=np.float16)
+    rows_of = np.repeat(np.arange(m, dtype=np.int64), np.diff(indptr))
+    vals = a.data.astype(np.float16)
+    for b, u in enumerate(unions):
+        if not len(u):
+            continue
+        t0 = int(step_ptr[b])
+        padded = np.full(-(-len(u) // 16) * 16, u[0], dtype=np.int32)
+        padded[:len(u)] = u
+        cols[t0 * 16:t0 * 16 + len(padded)] = padded
+        lo, hi = indptr[b * rb], indptr[min(m, (b + 1) * rb)]
+        pos = np.searchsorted(u, indices[lo:hi])  # place of each nonzero's column in U
+        local = rows_of[lo:hi] - b * rb
+        t, k = t0 + pos // 16, pos % 16
+        i, g = local // 8, local % 8
+        q = np.where(k < 8, k // 2, (k - 8) // 2)
+        h = np.where(k < 8, k % 2, 2 + k % 2)
+        avals[((t * rn + i) * 32 + 4 * g + q) * 4 + h] = vals[lo:hi]
+    return step_ptr.astype(np.int32), cols, avals
 
 
 def row_order(a: sp.csr_matrix, order: str) -> np.ndarray:
@@ -168,6 +217,9 @@ class Kernel:
             tile_n = c["warps"] * 32 * c["vec"]
             row_blocks, col_tiles = -(-m // c["rows_per_block"]), -(-n // tile_n)
             return (col_tiles, row_blocks), (32 * c["warps"],), row_blocks, col_tiles
+        if self.space.family == "tc_gather":
+            row_blocks, col_tiles = -(-m // (8 * c["rn"])), -(-n // (16 * c["nt"]))
+            return (row_blocks * col_tiles,), (32 * c["ksplit"],), row_blocks, col_tiles
         if self.space.family == "csr_btile":
             rows = c["warps"] * (32 // c["lanes_per_row"]) * c["rows_per_group"]
             tile_n, threads = c["lanes_per_row"] * c["vec"], 32 * c["warps"]
@@ -195,10 +247,13 @@ class Kernel:
             return c_out
         grid, block, row_blocks, col_tiles = self.geometry(n)
         cfg = self.config
-        perm = self.a.perm() if cfg["row_order"] == "sorted" else self.a.row_ptr
         if self.space.family == "pattern_unrolled":
             args = (b, c_out, self.a.vals_f32(), np.int32(n))
+        elif self.space.family == "tc_gather":
+            step_ptr, cols, avals = self.a.tc(cfg["rn"])
+            args = (step_ptr, cols, avals, b, c_out, np.int32(m), np.int32(n), np.int32(row_blocks))
         elif self.space.family == "csr_btile":
+            perm = self.a.perm() if cfg["row_order"] == "sorted" else self.a.row_ptr
             stage_ptr, lcol, n_st = self.a.stage_layout(cfg["kc"])
             args = (stage_ptr, lcol, self.a.vals, perm, b, c_out, np.int32(m), np.int32(n), np.int32(k),
                     np.int32(row_blocks), np.int32(col_tiles), np.int32(n_st))

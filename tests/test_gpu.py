@@ -84,7 +84,8 @@ def test_every_family_correct_on_edge_cases(dtype):
                     check(lambda: k(b, c), c, ref, dtype)  # raises CandidateError on a wrong result
                     checked[space.family] = checked.get(space.family, 0) + 1
             assert families_run >= 1, f"no family can run {name} with N={n}"
-    assert all(v > 30 for v in checked.values()) and set(checked) == {s.family for s in load_spaces()}, checked
+    families = {s.family for s in load_spaces() if dtype == "fp16" or s.family != "tc_gather"}  # tc: fp16 only
+    assert all(v > 30 for v in checked.values()) and set(checked) == families, checked
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
@@ -102,6 +103,9 @@ def test_wide_covering_sample_correct(dtype):
         pp = ctx.problem
         env = problem_env(pp.m, pp.k, pp.n, pp.nnz, dtype)
         sample = covering_sample(space, dtype, env, info.limits())
+        if space.family == "tc_gather" and dtype == "fp32":  # fp16 only
+            assert not sample
+            continue
         assert len(sample) >= 10
         for cfg in sample:
             k = build_kernel(ctx.a_dev, space.family, cfg, dtype)
