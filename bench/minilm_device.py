@@ -14,7 +14,8 @@ Phases (each resumable; the tuning database persists at --db, and is copied to O
   check    embeddings of SparseLinear vs dense-masked encoders on the GPU: fp32 (cosine >= 0.9999 required) and
            fp16; and the GPU dense fp32 vs the CPU reference of the original model
   time     encoder forward, batch x 128 tokens, CUDA events, 10 warm-up + 30 timed, median: dense fp32 (TF32 off),
-           dense TF32, dense fp16, SparseLinear fp32, SparseLinear fp16
+           dense TF32, dense fp16, SparseLinear fp32, SparseLinear fp16; each also captured in a CUDA graph and
+           replayed (3 warm-up + 50 timed replays, median; *_graph_ms, or the capture error string)
   report   `sparse-autotune report --model minilm-d<D>` into OUT/minilm/d<D>/
 Writes OUT/minilm-<gpu>.json.
 """
@@ -81,6 +82,51 @@ def time_forward(model, ids, mask, reps=30, warm=10) -> float:
             b.synchronize()
             ts.append(a.elapsed_time(b))
     return statistics.median(ts)
+
+
+def time_forward_graph(model, ids, mask, reps=50, warm=3):
+    """The encoder forward captured once into a CUDA graph, then g.replay() timed with CUDA events (median ms).
+    Warm-up runs eagerly on a side stream first (torch.cuda.graph's documented pattern; it also plans and compiles
+    every SparseLinear for this N). If capture or replay fails, the error string instead of a number."""
+    import torch
+    try:
+        with torch.no_grad():
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(warm):
+                    model(input_ids=ids, attention_mask=mask)
+            torch.cuda.current_stream().wait_stream(s)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                model(input_ids=ids, attention_mask=mask)
+        for _ in range(warm):
+            g.replay()
+        torch.cuda.synchronize()
+        ts = []
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            g.replay()
+            b.record()
+            b.synchronize()
+            ts.append(a.elapsed_time(b))
+        del g
+        return statistics.median(ts)
+    except Exception as exc:  # noqa: BLE001 - record why, keep the run going
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        try:
+            torch.cuda.synchronize()
+        except Exception as exc2:  # noqa: BLE001
+            msg += f" (then synchronize: {type(exc2).__name__})"
+        return f"{type(exc).__name__}: {msg}"
+
+
+def _ratio(num, den):
+    """num / den where both are numbers (graph timings may be error strings), else None."""
+    if isinstance(num, (int, float)) and isinstance(den, (int, float)) and den > 0:
+        return num / den
+    return None
 
 
 def main() -> int:
@@ -181,22 +227,32 @@ def main() -> int:
                 ids, mask = enc["input_ids"], enc["attention_mask"]
                 t = {}
                 t["dense_fp32_ms"] = time_forward(dense32, ids, mask)
+                t["dense_fp32_graph_ms"] = time_forward_graph(dense32, ids, mask)
                 torch.backends.cuda.matmul.allow_tf32 = True
                 t["dense_tf32_ms"] = time_forward(dense32, ids, mask)
+                t["dense_tf32_graph_ms"] = time_forward_graph(dense32, ids, mask)
                 torch.backends.cuda.matmul.allow_tf32 = False
                 sp32 = sparse_copy(dense32, "fp32", a.db, b * SEQ)
                 t["sparse_fp32_ms"] = time_forward(sp32, ids, mask)
+                t["sparse_fp32_graph_ms"] = time_forward_graph(sp32, ids, mask)
                 del sp32
                 dense16 = copy.deepcopy(dense32).half()
                 t["dense_fp16_ms"] = time_forward(dense16, ids, mask)
+                t["dense_fp16_graph_ms"] = time_forward_graph(dense16, ids, mask)
                 sp16 = sparse_copy(dense16, "fp16", a.db, b * SEQ)
                 t["sparse_fp16_ms"] = time_forward(sp16, ids, mask)
+                t["sparse_fp16_graph_ms"] = time_forward_graph(sp16, ids, mask)
                 del sp16, dense16
                 t["speedup_fp32_vs_dense_fp32"] = t["dense_fp32_ms"] / t["sparse_fp32_ms"]
                 t["speedup_fp32_vs_dense_tf32"] = t["dense_tf32_ms"] / t["sparse_fp32_ms"]
                 t["speedup_fp16_vs_dense_fp16"] = t["dense_fp16_ms"] / t["sparse_fp16_ms"]
+                # the same ratios between graph replays (None where a capture failed: its error is in *_graph_ms)
+                t["graph_speedup_fp32_vs_dense_fp32"] = _ratio(t["dense_fp32_graph_ms"], t["sparse_fp32_graph_ms"])
+                t["graph_speedup_fp32_vs_dense_tf32"] = _ratio(t["dense_tf32_graph_ms"], t["sparse_fp32_graph_ms"])
+                t["graph_speedup_fp16_vs_dense_fp16"] = _ratio(t["dense_fp16_graph_ms"], t["sparse_fp16_graph_ms"])
                 timing[str(b)] = t
-                log(f"  batch {b}: " + ", ".join(f"{k} {v:.3f}" for k, v in t.items()))
+                log(f"  batch {b}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                 for k, v in t.items()))
             r["encoder_forward"] = timing
             save()
         del dense32

@@ -48,8 +48,19 @@ class _PtxKernel:
         self.module = module
         self.function = function
 
+    @property
+    def kernel(self):
+        """The cupy.cuda.function.Function, as RawKernel.kernel gives it."""
+        return self.function
+
     def __call__(self, grid, block, args, shared_mem=0):
         self.function(grid, block, args, shared_mem=shared_mem)
+
+
+def function_ptr(fn) -> int:
+    """The CUfunction handle of a compiled kernel (a RawKernel, for the current device, or a PTX module's function):
+    what cuLaunchKernel takes. Keep `fn` alive while the handle is used (it holds the loaded module)."""
+    return int(fn.kernel.ptr)
 
 
 def compile_ptx(source: str, name: str = KERNEL_NAME):

@@ -1,17 +1,19 @@
 """Host side of each kernel family: A's device layout for a config, launch geometry, and a launcher.
 
 A `Kernel` is one compiled variant bound to one sparse matrix on the device; `kernel(B, C)` launches it
-on the current CuPy stream.
+on the current CuPy stream. `kernel.launcher(n)` is the same launch bound to N with its arguments packed once:
+`launcher(b_ptr, c_ptr, stream_ptr)` is one cuLaunchKernel on raw pointers (no CuPy or DLPack objects per call).
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 
-from .compile import compile_kernel, compile_ptx
+from .compile import compile_kernel, compile_ptx, function_ptr
 from .errors import CandidateError
 from .problem import DTYPES
 from .render import render
@@ -208,6 +210,7 @@ class Kernel:
     source: str
     fn: object
     a: DeviceCSR
+    _launchers: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def geometry(self, n: int):
         """(grid, block, row_blocks, col_tiles) for N columns."""
@@ -240,29 +243,133 @@ class Kernel:
         es = 2 if self.dtype == "fp16" else 4
         return c["stages"] * c["kc"] * c["lanes_per_row"] * c["vec"] * es
 
-    def __call__(self, b, c_out):
+    def args(self, n: int, b, c) -> tuple:
+        """The kernel's parameters for N columns, in order: A's device arrays, `b` and `c` passed through as given
+        (arrays, pointers or placeholders) and np.int32 scalars. The one place the argument lists are written."""
         m, k = self.a.shape
-        n = int(b.shape[1])
-        if m == 0 or n == 0:
-            return c_out
-        grid, block, row_blocks, col_tiles = self.geometry(n)
+        _, _, row_blocks, col_tiles = self.geometry(n)
         cfg = self.config
         if self.space.family == "pattern_unrolled":
-            args = (b, c_out, self.a.vals_f32(), np.int32(n))
-        elif self.space.family == "tc_gather":
+            return (b, c, self.a.vals_f32(), np.int32(n))
+        if self.space.family == "tc_gather":
             step_ptr, cols, avals = self.a.tc(cfg["rn"])
-            args = (step_ptr, cols, avals, b, c_out, np.int32(m), np.int32(n), np.int32(row_blocks))
-        elif self.space.family == "csr_btile":
+            return (step_ptr, cols, avals, b, c, np.int32(m), np.int32(n), np.int32(row_blocks))
+        if self.space.family == "csr_btile":
             perm = self.a.perm() if cfg["row_order"] == "sorted" else self.a.row_ptr
             stage_ptr, lcol, n_st = self.a.stage_layout(cfg["kc"])
-            args = (stage_ptr, lcol, self.a.vals, perm, b, c_out, np.int32(m), np.int32(n), np.int32(k),
+            return (stage_ptr, lcol, self.a.vals, perm, b, c, np.int32(m), np.int32(n), np.int32(k),
                     np.int32(row_blocks), np.int32(col_tiles), np.int32(n_st))
-        else:
-            seg, seg_row, slots, heavy = self.a.segments(cfg["row_order"], cfg["rows_per_block"], cfg["split"])
-            args = (seg, seg_row, self.a.cols(cfg["index_bits"]), self.a.vals, b, c_out, np.int32(slots),
-                    np.int32(n), np.int32(row_blocks), np.int32(col_tiles), np.int32(heavy))
-        self.fn(grid, block, args, shared_mem=self.smem_bytes())
+        seg, seg_row, slots, heavy = self.a.segments(cfg["row_order"], cfg["rows_per_block"], cfg["split"])
+        return (seg, seg_row, self.a.cols(cfg["index_bits"]), self.a.vals, b, c, np.int32(slots),
+                np.int32(n), np.int32(row_blocks), np.int32(col_tiles), np.int32(heavy))
+
+    def launcher(self, n: int) -> Launcher:
+        """The launch for N columns with its arguments packed (built at the first call for N, then cached)."""
+        ln = self._launchers.get(n)
+        if ln is None:
+            ln = self._launchers[n] = self._make_launcher(int(n))
+        return ln
+
+    def _make_launcher(self, n: int) -> Launcher:
+        if self.a.shape[0] == 0 or n == 0:
+            return Launcher.noop()
+        grid, block, _, _ = self.geometry(n)
+        args = self.args(n, _B_SLOT, _C_SLOT)
+        values: list = []
+        keep: list = [self.fn]  # the compiled kernel holds its module: the function handle stays valid
+        for a in args:
+            if a is _B_SLOT or a is _C_SLOT:
+                values.append(0)
+            elif isinstance(a, np.int32):
+                values.append(a)
+            else:  # one of A's device arrays: its address, and a reference so it is not freed
+                values.append(int(a.data.ptr))
+                keep.append(a)
+        b_slot = next(i for i, a in enumerate(args) if a is _B_SLOT)
+        c_slot = next(i for i, a in enumerate(args) if a is _C_SLOT)
+        return Launcher(function_ptr(self.fn), grid, block, self.smem_bytes(), values, b_slot, c_slot, keep)
+
+    def __call__(self, b, c_out):
+        """C = A @ B on the current CuPy stream (B and C CuPy arrays); returns c_out."""
+        ln = self.launcher(int(b.shape[1]))
+        if not ln.is_noop:
+            from .gpu import cupy  # noqa: PLC0415
+            ln(b.data.ptr, c_out.data.ptr, cupy().cuda.get_current_stream().ptr)
         return c_out
+
+
+_B_SLOT, _C_SLOT = object(), object()  # placeholders for B and C in Kernel.args when packing a launcher
+CUDA_ERROR_INVALID_CONTEXT = 201
+
+
+def pack_params(values) -> tuple[np.ndarray, np.ndarray]:
+    """cuLaunchKernel's `kernelParams` for `values`: a uint64 array with one 8-byte slot per parameter, and a uint64
+    array of the slots' addresses (the `void**` itself). A Python int is a device pointer (all 8 bytes); an np.int32
+    is a 4-byte parameter, stored in the slot's first 4 bytes in native (little-endian) order: the driver copies
+    exactly 4 bytes from the slot's address for it. Both arrays must stay alive while they are launched with."""
+    slots = np.zeros(max(1, len(values)), dtype=np.uint64)
+    words = slots.view(np.int32)  # words[2 * i] is the first 4 bytes of slot i
+    for i, v in enumerate(values):
+        if isinstance(v, np.int32):
+            words[2 * i] = v
+        elif isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 64:
+            slots[i] = v
+        else:
+            raise TypeError(f"kernel parameter {i}: {v!r} is neither a device pointer (int) nor an np.int32")
+    base = slots.ctypes.data
+    addrs = np.array([base + 8 * i for i in range(len(values))], dtype=np.uint64)
+    return slots, addrs
+
+
+class Launcher:
+    """One kernel bound to one N: grid, block, shared memory and its packed arguments. `launcher(b_ptr, c_ptr,
+    stream_ptr)` (also `.launch`) writes B's and C's addresses into their slots and calls cuLaunchKernel on
+    `stream_ptr`; the driver copies the parameters at the call, so a lock around rewrite + launch makes it thread-safe.
+    Capturable into a CUDA graph like any launch on a capturing stream."""
+
+    __slots__ = ("_pre", "_slots", "_addrs", "_params", "_b", "_c", "_keep", "_lock", "_launch", "is_noop")
+
+    def __init__(self, func_ptr: int, grid: tuple, block: tuple, smem: int, values, b_slot: int, c_slot: int,
+                 keep=(), launch_fn=None):
+        g = tuple(max(1, int(x)) for x in (*grid, 1, 1)[:3])
+        bl = tuple(max(1, int(x)) for x in (*block, 1, 1)[:3])
+        self._pre = (int(func_ptr), *g, *bl, int(smem))
+        self._slots, self._addrs = pack_params(values)
+        self._params = int(self._addrs.ctypes.data)
+        self._b, self._c = int(b_slot), int(c_slot)
+        self._keep = tuple(keep)
+        self._lock = threading.Lock()
+        if launch_fn is None:
+            from cupy_backends.cuda.api.driver import launchKernel as launch_fn  # noqa: PLC0415
+        self._launch = launch_fn
+        self.is_noop = False
+
+    @classmethod
+    def noop(cls) -> Launcher:
+        """The launcher of an empty product (M == 0 or N == 0): calling it does nothing."""
+        ln = cls.__new__(cls)
+        ln.is_noop = True
+        return ln
+
+    def __call__(self, b_ptr: int, c_ptr: int, stream_ptr: int) -> None:
+        if self.is_noop:
+            return
+        with self._lock:
+            slots = self._slots
+            slots[self._b] = b_ptr
+            slots[self._c] = c_ptr
+            try:
+                self._launch(*self._pre, stream_ptr, self._params, 0)
+            except Exception as exc:
+                # a thread that never used the CUDA runtime has no current context: bind the device's primary
+                # context (what CuPy's own launches do first) and launch again
+                if getattr(exc, "status", None) != CUDA_ERROR_INVALID_CONTEXT:
+                    raise
+                from .gpu import cupy  # noqa: PLC0415
+                cupy().cuda.runtime.memGetInfo()
+                self._launch(*self._pre, stream_ptr, self._params, 0)
+
+    launch = __call__
 
 
 def build_kernel(a: DeviceCSR, family: str, config: dict, dtype: str) -> Kernel:

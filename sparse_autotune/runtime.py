@@ -81,8 +81,13 @@ class SpMM:
         self._dev = None
         self._plans: dict[int, tuple] = {}
         self._kernels: dict[int, object] = {}
-        if n_hint is not None:  # plan and compile now, not at the first call
-            self._kernel(int(n_hint))
+        self._launchers: dict[int, object] = {}  # N -> kernels.Launcher: the hot path is this dict lookup
+        self._np_dtype = np.dtype(DTYPES[self.dtype])
+        self._dev_id: int | None = None  # the device A lives on, once uploaded
+        self._cp = None  # the cupy module, once a call needed it
+        self._torch = None  # (torch, torch dtype, raw current-stream getter), once a torch call needed it
+        if n_hint is not None:  # plan, compile and pack the launch now, not at the first call
+            self._prepare(int(n_hint))
 
     def _kernel(self, n: int):
         kern = self._kernels.get(n)
@@ -94,10 +99,11 @@ class SpMM:
 
     def _device(self):
         if self._dev is None:
-            from .gpu import gpu_info  # noqa: PLC0415
+            from .gpu import cupy, gpu_info  # noqa: PLC0415
             from .kernels import DeviceCSR  # noqa: PLC0415
             gpu_info()  # fails with a clear message where there is no GPU
             self._dev = DeviceCSR(self.host, self.dtype)
+            self._dev_id = cupy().cuda.runtime.getDevice()
         return self._dev
 
     def plan(self, n: int) -> tuple[str, dict, str]:
@@ -124,43 +130,125 @@ class SpMM:
         return self._plans[n]
 
     def __call__(self, b, out=None):
+        """C = A @ B (into `out` when given); B a CuPy array or a PyTorch CUDA tensor, C of the same kind.
+
+        PyTorch tensors run on PyTorch's current stream of B's device (the output from PyTorch's allocator), CuPy
+        arrays on CuPy's current stream. A call is a few checks and one cuLaunchKernel on raw pointers, so it can be
+        captured into a CUDA graph (torch.cuda.graph, or a CuPy stream capture), once an eager call has planned and
+        compiled the kernel for that N."""
+        if type(b).__module__.startswith("torch"):
+            return self._call_torch(b, out)
+        return self._call_cupy(b, out)
+
+    def _bad_shape(self, shape) -> UserError:
+        m, k = self.shape
+        return UserError(f"B has shape {tuple(shape)}, expected ({k}, N) for A of shape ({m}, {k})")
+
+    def _bad_dtype(self, dtype) -> UserError:
+        return UserError(f"B has dtype {dtype}, the operator computes in {self.dtype} ({self._np_dtype})")
+
+    def _new_launcher(self, n: int, stream_ptr: int):
+        """The first call with N: plan, compile and pack its launcher (refused while `stream_ptr` is capturing)."""
+        try:
+            capturing = self._cp.cuda.runtime.streamIsCapturing(stream_ptr)
+        except Exception:  # noqa: BLE001 - querying the legacy stream while another stream captures fails too
+            capturing = True
+        if capturing:
+            raise UserError(f"N={n} is new to this operator: call it once with this N before CUDA graph capture "
+                            "(the first call plans, compiles and uploads A)")
+        return self._prepare(n)
+
+    def _prepare(self, n: int):
         from .gpu import cupy  # noqa: PLC0415
-        cp = cupy()
-        is_torch = type(b).__module__.startswith("torch")
-        if is_torch:
-            if not b.is_cuda:
-                raise UserError("B is a CPU tensor: move it to the GPU (b.cuda())")
-            bc = cp.from_dlpack(b.detach())
-        elif isinstance(b, cp.ndarray):
-            bc = b
-        else:
+        ln = self._kernel(n).launcher(n)
+        # A's arrays were uploaded on CuPy's current stream: let them land before launches on any other stream
+        cupy().cuda.get_current_stream().synchronize()
+        self._launchers[n] = ln
+        return ln
+
+    def _check_device(self, cur: int) -> None:
+        if self._dev_id is not None and cur != self._dev_id:
+            raise UserError(f"the operator's A is on GPU {self._dev_id}, the current device is {cur}")
+
+    def _call_cupy(self, b, out):
+        cp = self._cp
+        if cp is None:
+            from .gpu import cupy  # noqa: PLC0415
+            cp = self._cp = cupy()
+        if not isinstance(b, cp.ndarray):
             raise UserError(f"B must be a CuPy array or a PyTorch CUDA tensor, got {type(b).__name__}")
         m, k = self.shape
-        if bc.ndim != 2 or bc.shape[0] != k:
-            raise UserError(f"B has shape {tuple(bc.shape)}, expected ({k}, N) for A of shape ({m}, {k})")
-        if bc.dtype != np.dtype(DTYPES[self.dtype]):
-            raise UserError(f"B has dtype {bc.dtype}, the operator computes in {self.dtype} "
-                            f"({np.dtype(DTYPES[self.dtype])})")
-        if bc.device.id != cp.cuda.Device().id:
-            raise UserError(f"B is on GPU {bc.device.id}, the current device is {cp.cuda.Device().id}")
-        bc = cp.ascontiguousarray(bc)
-        n = int(bc.shape[1])
+        if b.ndim != 2 or b.shape[0] != k:
+            raise self._bad_shape(b.shape)
+        if b.dtype != self._np_dtype:
+            raise self._bad_dtype(b.dtype)
+        cur = cp.cuda.runtime.getDevice()
+        if b.device.id != cur:
+            raise UserError(f"B is on GPU {b.device.id}, the current device is {cur}")
+        if not b.flags.c_contiguous:
+            b = cp.ascontiguousarray(b)
+        n = b.shape[1]
         if out is None:
-            cc = cp.empty((m, n), dtype=bc.dtype)
-            out_is_new = True
+            c = cp.empty((m, n), dtype=b.dtype)
         else:
-            cc = cp.from_dlpack(out.detach()) if is_torch else out
-            if cc.shape != (m, n) or cc.dtype != bc.dtype or not cc.flags.c_contiguous:
-                raise UserError(f"out must be a C-contiguous ({m}, {n}) array of {bc.dtype}")
-            out_is_new = False
-        if n and m:
-            if is_torch:  # run on PyTorch's current stream, so the kernel is ordered with the caller's work
-                import torch  # noqa: PLC0415
-                with cp.cuda.ExternalStream(torch.cuda.current_stream(bc.device.id).cuda_stream):
-                    self._kernel(n)(bc, cc)
-            else:
-                self._kernel(n)(bc, cc)
-        if is_torch:
-            import torch  # noqa: PLC0415
-            return torch.from_dlpack(cc) if out_is_new else out
-        return cc
+            if (not isinstance(out, cp.ndarray) or out.shape != (m, n) or out.dtype != b.dtype
+                    or not out.flags.c_contiguous):
+                raise UserError(f"out must be a C-contiguous ({m}, {n}) array of {b.dtype}")
+            if out.device.id != cur:
+                raise UserError(f"out is on GPU {out.device.id}, the current device is {cur}")
+            c = out
+        if m and n:
+            stream = cp.cuda.get_current_stream().ptr
+            self._check_device(cur)
+            ln = self._launchers.get(n) or self._new_launcher(n, stream)
+            ln(b.data.ptr, c.data.ptr, stream)
+        return c
+
+    def _call_torch(self, b, out):
+        tt = self._torch
+        if tt is None:
+            tt = self._torch_setup()
+        torch, tdtype, raw_stream = tt
+        if not b.is_cuda:
+            raise UserError("B is a CPU tensor: move it to the GPU (b.cuda())")
+        m, k = self.shape
+        if b.dim() != 2 or b.shape[0] != k:
+            raise self._bad_shape(b.shape)
+        if b.dtype != tdtype:
+            raise self._bad_dtype(str(b.dtype).replace("torch.", ""))
+        dev = b.get_device()
+        cur = self._cp.cuda.runtime.getDevice()
+        if dev != cur:
+            raise UserError(f"B is on GPU {dev}, the current device is {cur}")
+        if not b.is_contiguous():
+            b = b.contiguous()
+        n = b.shape[1]
+        if out is None:
+            c = torch.empty((m, n), dtype=tdtype, device=b.device)
+        else:
+            if (not isinstance(out, torch.Tensor) or not out.is_cuda or out.shape != (m, n) or out.dtype != tdtype
+                    or not out.is_contiguous()):
+                raise UserError(f"out must be a C-contiguous ({m}, {n}) array of {self._np_dtype}")
+            if out.get_device() != dev:
+                raise UserError(f"out is on GPU {out.get_device()}, B is on GPU {dev}")
+            c = out
+        if m and n:
+            stream = raw_stream(dev)  # PyTorch's current stream: ordered with the caller's work, captured with it
+            self._check_device(cur)
+            ln = self._launchers.get(n) or self._new_launcher(n, stream)
+            ln(b.data_ptr(), c.data_ptr(), stream)
+        return c
+
+    def _torch_setup(self) -> tuple:
+        """(torch, the operator's torch dtype, device index -> raw handle of PyTorch's current stream), cached."""
+        import torch  # noqa: PLC0415
+
+        from .gpu import cupy  # noqa: PLC0415
+        if self._cp is None:
+            self._cp = cupy()
+        raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # what torch.compile's kernels call
+        if raw_stream is None:
+            def raw_stream(dev: int) -> int:
+                return torch.cuda.current_stream(dev).cuda_stream
+        self._torch = (torch, {"fp32": torch.float32, "fp16": torch.float16}[self.dtype], raw_stream)
+        return self._torch

@@ -36,7 +36,9 @@ class SparseLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         w = weight.detach()
         self.op = SpMM(w.cpu(), n_hint=n_hint, dtype=dtype, db=db)
-        self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=True)
+        tdtype = {"fp32": torch.float32, "fp16": torch.float16}[self.op.dtype]
+        # the bias in the layer's dtype, cast once here (not per forward); a later .half()/.to() is followed lazily
+        self.register_buffer("bias", None if bias is None else bias.detach().to(tdtype).clone(), persistent=True)
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, density_or_mask, dtype: str | None = None, db=None,
@@ -54,14 +56,26 @@ class SparseLinear(nn.Module):
         return cls(w * mask, linear.bias, dtype=dtype, db=db, n_hint=n_hint)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Three kernels: B = x^T made contiguous (K x N), C = W @ B into a fresh (M x N), y = C^T (+ bias) into a
+        contiguous (N x M). Everything runs on PyTorch's current stream with PyTorch's allocator: capturable in a
+        CUDA graph once an eager call has run with the same N."""
         if x.shape[-1] != self.in_features:
             raise UserError(f"input has {x.shape[-1]} features, the layer expects {self.in_features}")
         lead = x.shape[:-1]
-        b = x.reshape(-1, self.in_features).t().contiguous()  # K x N, N = all leading dims
-        y = self.op(b).t()  # N x M
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.reshape(*lead, self.out_features)
+        x2 = x.reshape(-1, self.in_features)
+        n = x2.shape[0]  # N = all leading dims
+        b = x2.t().contiguous()  # K x N
+        c = torch.empty((self.out_features, n), dtype=x.dtype, device=x.device)
+        self.op(b, out=c)
+        y = torch.empty((n, self.out_features), dtype=x.dtype, device=x.device)
+        bias = self.bias
+        if bias is None:
+            y.copy_(c.t())
+        else:
+            if bias.dtype != y.dtype:  # only after the module was cast: the buffer is kept in the op's dtype
+                bias = bias.to(y.dtype)
+            torch.add(c.t(), bias, out=y)
+        return y.view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.op.nnz}, "

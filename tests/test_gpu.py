@@ -1,6 +1,7 @@
 """GPU tests (run on the device: `pytest -m gpu`). Skipped where no CUDA GPU is present."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -79,8 +80,10 @@ def test_every_family_correct_on_edge_cases(dtype):
                 families_run += 1
                 # the pattern family assembles a module per config and matrix: two configs per case suffice
                 picks = sample[:2] if space.needs_matrix else sample[:: max(1, len(sample) // 12)]
-                for cfg in picks:
-                    k = build_kernel(dev, space.family, cfg, dtype)
+                # compile in parallel threads (as the tuner does), then check one by one
+                with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                    kernels = list(pool.map(lambda cfg: build_kernel(dev, space.family, cfg, dtype), picks))
+                for k in kernels:
                     check(lambda: k(b, c), c, ref, dtype)  # raises CandidateError on a wrong result
                     checked[space.family] = checked.get(space.family, 0) + 1
             assert families_run >= 1, f"no family can run {name} with N={n}"
@@ -335,3 +338,114 @@ def test_tune_model_two_layer_toy_end_to_end(tmp_path):
     for png in ("layers.png", "totals.png", "density.png", "convergence.png"):
         assert (out / png).stat().st_size > 2000, png
     assert "fc1.weight" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_spmm_launcher_every_family_cupy_and_torch(dtype):
+    """op(B) through the bound launcher, for configs of every family (the plan is pinned per family): CuPy and PyTorch
+    inputs, contiguous or not, fresh output or out=, all equal to the float64 product."""
+    cp = _cp()
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    import sparse_autotune as sa
+    from sparse_autotune.gpu import gpu_info
+    info = gpu_info()
+    np_dt = DTYPES[dtype]
+    m, k, n = 64, 256, 48
+    a = random_matrix(m, k, 0.05, "uniform", 11, np_dt)  # few nonzeros: the pattern family assembles it quickly
+    rng = np.random.default_rng(4)
+    b_host = rng.standard_normal((k, n)).astype(np_dt)
+    ref = a.astype(np.float64) @ b_host.astype(np.float64)
+    tol = 1e-5 if dtype == "fp32" else 2e-3
+
+    def rel(c) -> float:
+        host = c.get() if isinstance(c, cp.ndarray) else c.cpu().numpy()
+        return float(np.linalg.norm(host.astype(np.float64) - ref) / np.linalg.norm(ref))
+
+    env = problem_env(m, k, n, a.nnz, dtype)
+    families = set()
+    for space in load_spaces():
+        for cfg in covering_sample(space, dtype, env, info.limits(), seed=1)[:2]:
+            op = sa.SpMM(a, dtype=dtype)
+            op._plans[n] = (space.family, cfg, "pinned by the test")
+            b = cp.asarray(b_host)
+            c = op(b)
+            assert op.plan(n)[0] == space.family and n in op._launchers
+            assert isinstance(c, cp.ndarray) and c.shape == (m, n) and rel(c) < tol, (space.family, cfg)
+            out = cp.full((m, n), cp.nan, dtype=np_dt)
+            assert op(b, out=out) is out and rel(out) < tol
+            assert rel(op(cp.asfortranarray(b))) < tol  # not C-contiguous: copied first
+            if torch is not None:
+                tb = torch.as_tensor(b_host).cuda()
+                tc = op(tb)
+                assert isinstance(tc, torch.Tensor) and tc.is_cuda and tc.dtype == tb.dtype and rel(tc) < tol
+                tb_t = torch.as_tensor(np.ascontiguousarray(b_host.T)).cuda().t()  # a K x N view, not contiguous
+                assert not tb_t.is_contiguous() and rel(op(tb_t)) < tol
+                tout = torch.full((m, n), float("nan"), dtype=tb.dtype, device="cuda")
+                assert op(tb, out=tout) is tout and rel(tout) < tol
+            families.add(space.family)
+    assert families == {s.family for s in load_spaces()}
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_spmm_and_sparse_linear_in_a_torch_cuda_graph(dtype):
+    """op(B, out=C) and SparseLinear captured with torch.cuda.graph: replays after new data is copied into the
+    captured input give the new product; an N never called before is refused during capture with a clear error."""
+    torch = pytest.importorskip("torch")
+    import sparse_autotune as sa
+    from sparse_autotune.errors import UserError
+    from sparse_autotune.torch import SparseLinear, magnitude_mask
+    np_dt = DTYPES[dtype]
+    tdt = torch.float32 if dtype == "fp32" else torch.float16
+    tol = 1e-5 if dtype == "fp32" else 3e-3
+    m, k, n = 96, 200, 32
+    a = random_matrix(m, k, 0.1, "uniform", 3, np_dt)
+    a_dev = torch.as_tensor(a.toarray().astype(np.float64)).cuda()
+    op = sa.SpMM(a, dtype=dtype)
+    b = torch.randn(k, n, device="cuda", dtype=tdt)
+    c = torch.empty(m, n, device="cuda", dtype=tdt)
+
+    def warm_then_capture(fn):
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            fn()  # the eager call plans and compiles for this N
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            res = fn()
+        return g, res
+
+    g, _ = warm_then_capture(lambda: op(b, out=c))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for _ in range(2):
+        b.copy_(torch.randn(k, n, device="cuda", generator=gen).to(tdt))
+        c.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        ref = a_dev @ b.double()
+        assert ((c.double() - ref).norm() / ref.norm()).item() < tol
+    with pytest.raises(UserError, match="before CUDA graph capture"):
+        g2 = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g2):
+            c.zero_()
+            op(torch.zeros(k, n + 8, device="cuda", dtype=tdt))
+
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(k, m).to("cuda", tdt)
+    layer = SparseLinear.from_dense(lin, 0.2)
+    w_masked = (lin.weight * magnitude_mask(lin.weight, 0.2)).double()
+    x = torch.randn(4, 8, k, device="cuda", dtype=tdt)  # N = 32
+    with torch.no_grad():
+        g3, y = warm_then_capture(lambda: layer(x))
+        for _ in range(2):
+            x.copy_(torch.randn(4, 8, k, device="cuda", generator=gen).to(tdt))
+            g3.replay()
+            torch.cuda.synchronize()
+            ref = torch.nn.functional.linear(x.double(), w_masked, lin.bias.double())
+            assert y.shape == (4, 8, m) and y.dtype == tdt
+            assert ((y.double() - ref).norm() / ref.norm()).item() < tol
+            assert torch.equal(y, layer(x))  # the replay ran the same kernels as an eager call
+        assert layer(x[:0]).shape == (0, 8, m)  # an empty batch: N = 0, nothing launched

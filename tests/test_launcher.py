@@ -1,0 +1,319 @@
+"""The bound launcher's argument packing, on the CPU: the kernelParams layout cuLaunchKernel reads, the B/C slot
+rewrite per call, and Kernel.args against each family's kernel signature (the GPU tests run the real launches)."""
+from __future__ import annotations
+
+import ctypes
+import re
+import types
+
+import numpy as np
+import pytest
+
+from sparse_autotune import kernels
+from sparse_autotune.errors import UserError
+from sparse_autotune.kernels import Kernel, Launcher, pack_params, pattern_context
+from sparse_autotune.problem import random_matrix
+from sparse_autotune.render import render
+from sparse_autotune.space import load_spaces, problem_env
+
+
+def _read_params(params_addr: int, sizes: list[int]) -> list[int]:
+    """What the driver does with kernelParams: parameter i is `sizes[i]` bytes read from the address in slot i."""
+    addrs = (ctypes.c_uint64 * len(sizes)).from_address(params_addr)
+    return [ctypes.c_uint64.from_address(addrs[i]).value if sz == 8 else ctypes.c_int32.from_address(addrs[i]).value
+            for i, sz in enumerate(sizes)]
+
+
+def test_pack_params_layout():
+    ptr = 0x7F12_3456_7890
+    slots, addrs = pack_params([ptr, np.int32(-3), np.int32(77), 0, np.int32(2 ** 31 - 1)])
+    assert slots.dtype == np.uint64 and addrs.dtype == np.uint64 and len(slots) == len(addrs) == 5
+    raw = slots.tobytes()
+    assert raw[0:8] == ptr.to_bytes(8, "little")
+    assert raw[8:12] == (-3).to_bytes(4, "little", signed=True) and raw[12:16] == bytes(4)  # int32: low 4 bytes
+    assert raw[16:24] == (77).to_bytes(8, "little")
+    assert raw[24:32] == bytes(8)
+    assert raw[32:36] == (2 ** 31 - 1).to_bytes(4, "little") and raw[36:40] == bytes(4)
+    # the params array holds consecutive slot addresses, and reading through it gives the values back
+    assert [int(a) for a in addrs] == [slots.ctypes.data + 8 * i for i in range(5)]
+    assert _read_params(addrs.ctypes.data, [8, 4, 4, 8, 4]) == [ptr, -3, 77, 0, 2 ** 31 - 1]
+
+
+@pytest.mark.parametrize("bad", [np.int64(5), np.uint32(5), 1.5, -1, 2 ** 64, True, None, "x"])
+def test_pack_params_rejects_what_no_kernel_takes(bad):
+    with pytest.raises(TypeError, match="parameter 1"):
+        pack_params([0x1000, bad])
+
+
+class _FakeLaunch:
+    """Stands in for driver.launchKernel: records each call and the parameters as the driver would read them."""
+
+    def __init__(self, sizes, fail_first_with=None):
+        self.sizes, self.calls, self.fail = sizes, [], fail_first_with
+
+    def __call__(self, f, gx, gy, gz, bx, by, bz, smem, stream, params, extra):
+        if self.fail is not None:
+            exc, self.fail = self.fail, None
+            raise exc
+        self.calls.append(((f, gx, gy, gz, bx, by, bz, smem, stream, extra), _read_params(params, self.sizes)))
+
+
+def test_launcher_rewrites_only_b_and_c_per_call():
+    values = [0x1000, 0x2000, 0, 0, np.int32(5), np.int32(-7)]
+    fake = _FakeLaunch([8, 8, 8, 8, 4, 4])
+    ln = Launcher(0xABC, (3,), (128,), 64, values, 2, 3, keep=("a",), launch_fn=fake)
+    ln(0x5000, 0x6000, 11)
+    ln.launch(0x7000, 0x8000, 12)
+    assert fake.calls == [((0xABC, 3, 1, 1, 128, 1, 1, 64, 11, 0), [0x1000, 0x2000, 0x5000, 0x6000, 5, -7]),
+                          ((0xABC, 3, 1, 1, 128, 1, 1, 64, 12, 0), [0x1000, 0x2000, 0x7000, 0x8000, 5, -7])]
+    fake2 = _FakeLaunch([8, 8, 4])
+    ln2 = Launcher(1, (4, 9), (64,), 0, [0, 0, np.int32(1)], 0, 1, launch_fn=fake2)  # a 2-D grid
+    ln2(1, 2, 0)
+    assert fake2.calls == [((1, 4, 9, 1, 64, 1, 1, 0, 0, 0), [1, 2, 1])]
+    noop = Launcher.noop()
+    assert noop.is_noop and not ln.is_noop
+    noop(1, 2, 3)  # nothing to launch, nothing raised
+    assert len(fake.calls) == 2 and len(fake2.calls) == 1
+
+
+def test_launcher_binds_a_context_on_a_fresh_thread_then_retries(monkeypatch):
+    class DriverError(RuntimeError):
+        def __init__(self, status):
+            super().__init__(f"status {status}")
+            self.status = status
+    bound = []
+    fake_cp = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(
+        memGetInfo=lambda: bound.append(True))))
+    monkeypatch.setattr("sparse_autotune.gpu.cupy", lambda: fake_cp)
+    fake = _FakeLaunch([8, 8], fail_first_with=DriverError(kernels.CUDA_ERROR_INVALID_CONTEXT))
+    ln = Launcher(1, (1,), (32,), 0, [0, 0], 0, 1, launch_fn=fake)
+    ln(0x10, 0x20, 0)
+    assert bound == [True] and fake.calls[0][1] == [0x10, 0x20]
+    other = _FakeLaunch([8, 8], fail_first_with=DriverError(700))  # any other error is the caller's
+    ln = Launcher(1, (1,), (32,), 0, [0, 0], 0, 1, launch_fn=other)
+    with pytest.raises(DriverError, match="700"):
+        ln(0x10, 0x20, 0)
+    assert bound == [True] and other.calls == []
+
+
+# ---- Kernel.args / Kernel.launcher against the rendered kernel's own signature -------------------------------
+
+class _Arr:
+    """A device array as the launcher sees it: an address."""
+    _next = 0x10000
+
+    def __init__(self):
+        _Arr._next += 0x1000
+        self.data = types.SimpleNamespace(ptr=_Arr._next)
+
+
+class _FakeDeviceCSR:
+    def __init__(self, a):
+        self.shape, self._host = a.shape, a
+        self.row_ptr, self.vals, self._perm, self._vf = _Arr(), _Arr(), _Arr(), _Arr()
+        self._cols, self._stage = {16: _Arr(), 32: _Arr()}, (_Arr(), _Arr(), 7)
+        self._seg, self._seg_row, self._tc = _Arr(), _Arr(), (_Arr(), _Arr(), _Arr())
+
+    def cols(self, bits):
+        return self._cols[bits]
+
+    def perm(self):
+        return self._perm
+
+    def stage_layout(self, kc):
+        return self._stage
+
+    def vals_f32(self):
+        return self._vf
+
+    def segments(self, order, rows_per_block, split):
+        return self._seg, self._seg_row, self.shape[0], 0
+
+    def tc(self, rn):
+        return self._tc
+
+
+def _signature(src: str) -> list[tuple[str, int]]:
+    """(name, byte size) of each spmm_kernel parameter, from CUDA C++ or PTX source."""
+    if ".entry spmm_kernel(" in src:
+        body = re.search(r"\.entry spmm_kernel\(([^)]*)\)", src).group(1)
+        out = []
+        for p in body.split(","):
+            _, typ, name = p.split()
+            out.append((name, {".u64": 8, ".u32": 4, ".s32": 4}[typ]))
+        return out
+    body = re.search(r"spmm_kernel\(([^)]*)\)", src).group(1)
+    return [(p.split()[-1], 8 if "*" in p else 4) for p in body.split(",")]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_kernel_args_match_every_family_signature(dtype):
+    """For configs of every family, Kernel.args has one value per kernel parameter, B and C where the kernel names
+    them, device arrays for pointers and np.int32 for 4-byte ints; the packed launcher puts the same into its slots."""
+    a = random_matrix(64, 256, 0.05, "uniform", 0)
+    n = 128
+    env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
+    dev = _FakeDeviceCSR(a)
+    for sp in load_spaces():
+        feas = list(sp.feasible(dtype, env))
+        if sp.family == "tc_gather" and dtype == "fp32":  # fp16 only
+            assert not feas
+            continue
+        assert feas, sp.family
+        for cfg in feas[:: max(1, len(feas) // 25)]:
+            src = render(sp, cfg, dtype, pattern_context(a, cfg) if sp.needs_matrix else None)
+            sig = _signature(src)
+            fn = types.SimpleNamespace(kernel=types.SimpleNamespace(ptr=0xF00D))
+            kern = Kernel(sp, dict(cfg), dtype, src, fn, dev)
+            b_tag, c_tag = object(), object()
+            args = kern.args(n, b_tag, c_tag)
+            assert len(args) == len(sig), (sp.family, sig)
+            names = [nm for nm, _ in sig]
+            assert names[[i for i, x in enumerate(args) if x is b_tag][0]] in ("B", "pB")
+            assert names[[i for i, x in enumerate(args) if x is c_tag][0]] in ("C", "pC")
+            for (nm, size), x in zip(sig, args):
+                assert isinstance(x, np.int32) if size == 4 else not isinstance(x, np.integer), (sp.family, nm, x)
+            assert int(args[names.index("N") if "N" in names else names.index("pN")]) == n
+            ln = kern.launcher(n)
+            assert kern.launcher(n) is ln and not ln.is_noop  # cached per N
+            fake = _FakeLaunch([s for _, s in sig])
+            ln._launch = fake
+            ln(0xB0, 0xC0, 5)
+            (f, gx, gy, gz, bx, *_rest), got = fake.calls[0]
+            grid, block, _, _ = kern.geometry(n)
+            assert f == 0xF00D and (gx, gy) == ((*grid, 1)[0], (*grid, 1)[1]) and bx == block[0]
+            want = [0xB0 if x is b_tag else 0xC0 if x is c_tag else int(x) if isinstance(x, np.int32)
+                    else x.data.ptr for x in args]
+            assert got == want, sp.family
+    assert kern.launcher(0).is_noop  # N == 0: nothing to launch
+
+
+def test_operator_rejects_a_host_array_without_a_gpu():
+    """The CuPy path's type check runs before anything touches the device."""
+    import sparse_autotune as sa
+    op = sa.SpMM(random_matrix(8, 16, 0.5, "uniform", 0))
+    with pytest.raises(UserError, match="CuPy array or a PyTorch CUDA tensor"):
+        op(np.zeros((16, 4), dtype=np.float32))
+
+
+# ---- SpMM's hot paths with stand-ins for torch / CuPy (the GPU tests run the real ones) ---------------------------
+
+class _Rec:
+    """A launcher stand-in: records (b_ptr, c_ptr, stream)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, b_ptr, c_ptr, stream):
+        self.calls.append((b_ptr, c_ptr, stream))
+
+
+def _fake_cupy(device=0, capturing=False, ndarray=None, stream_ptr=0):
+    rt = types.SimpleNamespace(getDevice=lambda: device, streamIsCapturing=lambda s: capturing)
+    cuda = types.SimpleNamespace(runtime=rt, get_current_stream=lambda: types.SimpleNamespace(ptr=stream_ptr))
+    return types.SimpleNamespace(cuda=cuda, ndarray=ndarray, empty=None, ascontiguousarray=None)
+
+
+class _FakeTensor:
+    """Just what SpMM's PyTorch path reads from a tensor."""
+    _next = 0x900000
+
+    def __init__(self, shape, dtype="float32", cuda=True, device=0, contiguous=True):
+        _FakeTensor._next += 0x10000
+        self.shape, self.dtype, self.is_cuda, self._dev, self._contig = tuple(shape), dtype, cuda, device, contiguous
+        self.device, self._ptr = f"cuda:{device}", _FakeTensor._next
+
+    def dim(self):
+        return len(self.shape)
+
+    def get_device(self):
+        return self._dev if self.is_cuda else -1
+
+    def is_contiguous(self):
+        return self._contig
+
+    def contiguous(self):
+        return _FakeTensor(self.shape, self.dtype, self.is_cuda, self._dev, True)
+
+    def data_ptr(self):
+        return self._ptr
+
+
+_FakeTensor.__module__ = "torch"  # how SpMM tells a PyTorch tensor from a CuPy array
+
+
+def test_torch_path_checks_inputs_and_launches_on_torch_stream():
+    import sparse_autotune as sa
+    op = sa.SpMM(random_matrix(6, 10, 0.5, "uniform", 0))
+    made = []
+
+    def empty(shape, dtype, device):
+        made.append(_FakeTensor(shape, dtype))
+        return made[-1]
+    fake_torch = types.SimpleNamespace(empty=empty, Tensor=_FakeTensor)
+    op._cp = _fake_cupy(device=0)
+    op._torch = (fake_torch, "float32", lambda dev: 0x5EED + dev)
+    op._dev_id = 0
+    rec = op._launchers[4] = _Rec()
+    b = _FakeTensor((10, 4))
+    c = op(b)
+    assert c is made[-1] and c.shape == (6, 4) and rec.calls == [(b.data_ptr(), c.data_ptr(), 0x5EED)]
+    out = _FakeTensor((6, 4))
+    assert op(b, out=out) is out and rec.calls[-1] == (b.data_ptr(), out.data_ptr(), 0x5EED)
+    nc = _FakeTensor((10, 4), contiguous=False)  # copied to a contiguous tensor, whose address is launched
+    op(nc)
+    assert rec.calls[-1][0] not in (nc.data_ptr(), b.data_ptr())
+    for bad, match in ((_FakeTensor((10, 4), cuda=False), "CPU tensor"), (_FakeTensor((9, 4)), "shape"),
+                       (_FakeTensor((10, 4, 1)), "shape"), (_FakeTensor((10, 4), dtype="float64"), "dtype float64"),
+                       (_FakeTensor((10, 4), device=1), "GPU 1")):
+        with pytest.raises(UserError, match=match):
+            op(bad)
+    for bad_out in (_FakeTensor((6, 5)), _FakeTensor((6, 4), dtype="float16"), _FakeTensor((6, 4), contiguous=False),
+                    np.zeros((6, 4), np.float32)):
+        with pytest.raises(UserError, match="out must be"):
+            op(b, out=bad_out)
+    with pytest.raises(UserError, match="out is on GPU 1"):
+        op(b, out=_FakeTensor((6, 4), device=1))
+    n_calls = len(rec.calls)
+    op(_FakeTensor((10, 0)))  # N == 0: nothing launched
+    assert len(rec.calls) == n_calls
+    op._cp = _fake_cupy(device=0, capturing=True)  # a new N while the stream captures: refused, nothing built
+    with pytest.raises(UserError, match="before CUDA graph capture"):
+        op(_FakeTensor((10, 8)))
+    assert 8 not in op._launchers and 8 not in op._kernels
+    op._dev_id = 1  # A lives on another device than the current one
+    with pytest.raises(UserError, match="A is on GPU 1"):
+        op(b)
+
+
+def test_cupy_path_launches_on_cupy_stream():
+    import sparse_autotune as sa
+
+    class Arr:
+        def __init__(self, shape, dtype=np.float32, device=0, contiguous=True):
+            self.shape, self.ndim, self.dtype = tuple(shape), len(shape), np.dtype(dtype)
+            self.device = types.SimpleNamespace(id=device)
+            self.flags = types.SimpleNamespace(c_contiguous=contiguous)
+            self.data = types.SimpleNamespace(ptr=id(self))
+
+    op = sa.SpMM(random_matrix(6, 10, 0.5, "uniform", 0))
+    op._cp = cp = _fake_cupy(device=0, ndarray=Arr, stream_ptr=0x77)
+    cp.empty = lambda shape, dtype: Arr(shape, dtype)
+    cp.ascontiguousarray = lambda a: Arr(a.shape, a.dtype)
+    op._dev_id = 0
+    rec = op._launchers[4] = _Rec()
+    b = Arr((10, 4))
+    c = op(b)
+    assert c.shape == (6, 4) and rec.calls == [(b.data.ptr, c.data.ptr, 0x77)]
+    out = Arr((6, 4))
+    assert op(b, out=out) is out and rec.calls[-1] == (b.data.ptr, out.data.ptr, 0x77)
+    nc = Arr((10, 4), contiguous=False)
+    op(nc)
+    assert rec.calls[-1][0] != nc.data.ptr
+    for bad, match in ((Arr((9, 4)), "shape"), (Arr((10, 4), np.float64), "dtype float64"),
+                       (Arr((10, 4), device=1), "GPU 1")):
+        with pytest.raises(UserError, match=match):
+            op(bad)
+    for bad_out in (Arr((6, 5)), Arr((6, 4), np.float16), Arr((6, 4), contiguous=False)):
+        with pytest.raises(UserError, match="out must be"):
+            op(b, out=bad_out)
