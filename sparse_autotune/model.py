@@ -530,17 +530,18 @@ def _write_rows(db, model: str, gpu: str, job: Job, problem: Problem, name: str,
 
 
 def _is_done(db, name: str, budget: int) -> tuple[bool, int | None]:
-    """A problem is done when a model row for its study says so, or a record of its study spent the budget."""
+    """A problem is done when a record of its study spent the trial budget (a larger budget tunes it further), or
+    a model row says it is done and no record exists (nothing could run)."""
     from .tuningdb import Record  # noqa: PLC0415
     with Session(db.engine) as s:
         row = s.scalars(select(ModelLayer).where(ModelLayer.study_name == name, ModelLayer.status == "done")
                         .order_by(ModelLayer.id.desc()).limit(1)).first()
         rec = s.scalars(select(Record).where(Record.study_name == name).order_by(Record.trials.desc(), Record.id.desc())
                         .limit(1)).first()
-        if row is not None:
-            return True, row.record_id if row.record_id is not None else (rec.id if rec else None)
         if rec is not None and rec.trials >= budget:
             return True, rec.id
+        if row is not None and rec is None:
+            return True, row.record_id
     return False, None
 
 

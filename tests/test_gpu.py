@@ -291,7 +291,7 @@ def test_spmm_any_n_uses_the_nearest_tuned_config(tmp_path):
     sa.lookup.cache_clear()
     op = sa.SpMM(a, db=db)
     fam, plan_cfg, source = op.plan(256)
-    assert source == "exact" and plan_cfg == cfg
+    assert source == "exact" and plan_cfg == {**cfg, "split": 0}  # a record from before `split` existed: no split
     fam, plan_cfg, source = op.plan(202)  # 202 % 4 != 0: the vector width is lowered to 2
     assert source == "nearest" and plan_cfg["vec"] == 2 and plan_cfg["rows_per_block"] == 4
     b = cp.asarray(np.random.default_rng(5).standard_normal((500, 202)).astype(np.float32))
@@ -386,7 +386,7 @@ def test_spmm_launcher_every_family_cupy_and_torch(dtype):
                 tout = torch.full((m, n), float("nan"), dtype=tb.dtype, device="cuda")
                 assert op(tb, out=tout) is tout and rel(tout) < tol
             families.add(space.family)
-    assert families == {s.family for s in load_spaces()}
+    assert families == {s.family for s in load_spaces() if dtype == "fp16" or s.family != "tc_gather"}  # tc: fp16
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])

@@ -309,6 +309,22 @@ def test_synthetic_tune_model_dedups_and_resumes_after_interrupt(tmp_path):
     r3 = mdl.tune_model("toy", layers, jobs, opts, GPU, tuner=t3, progress=False, log=lambda m: None)
     assert r3.skipped == 6 and r3.tuned == 0 and t3.problems == []
 
+    # a larger trial budget tunes every problem further, from where its study stands
+    more = TuneOptions(trials=6, db=opts.db, progress=False, compile_workers=1)
+    t4 = SyntheticTuner()
+    r4 = mdl.tune_model("toy", layers, jobs, more, GPU, tuner=t4, progress=False, log=lambda m: None)
+    assert r4.skipped == 0 and r4.tuned == 6 and t4.problems == [j.problem().key() for j in jobs]
+    assert 0 < t4.evals <= 6 * 2  # 2 more trials each (a repeated config reuses its value, not evaluated again)
+    db = TuningDB(opts.db)
+    trials = {}
+    for r in db.records():
+        trials[r.study_name] = max(trials.get(r.study_name, 0), r.trials)
+    db.dispose()
+    assert sorted(trials.values()) == [6] * 6
+    t5 = SyntheticTuner()
+    r5 = mdl.tune_model("toy", layers, jobs, more, GPU, tuner=t5, progress=False, log=lambda m: None)
+    assert r5.skipped == 6 and t5.problems == []
+
 
 def test_synthetic_tune_model_failed_problem_goes_on(tmp_path):
     layers, jobs, opts = _model_setup(tmp_path, n="64")
