@@ -67,21 +67,27 @@ def sparse_copy(dense_model, dtype: str, db: str, n_hint: int | None):
     return m
 
 
+def median_ms(fn, reps: int, warm: int) -> float:
+    """fn() run `warm` times, then timed `reps` times between CUDA events: the median in ms."""
+    import torch
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
+
+
 def time_forward(model, ids, mask, reps=30, warm=10) -> float:
     import torch
     with torch.no_grad():
-        for _ in range(warm):
-            model(input_ids=ids, attention_mask=mask)
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            model(input_ids=ids, attention_mask=mask)
-            b.record()
-            b.synchronize()
-            ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+        return median_ms(lambda: model(input_ids=ids, attention_mask=mask), reps, warm)
 
 
 def time_forward_graph(model, ids, mask, reps=50, warm=3):
@@ -100,19 +106,9 @@ def time_forward_graph(model, ids, mask, reps=50, warm=3):
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
                 model(input_ids=ids, attention_mask=mask)
-        for _ in range(warm):
-            g.replay()
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            g.replay()
-            b.record()
-            b.synchronize()
-            ts.append(a.elapsed_time(b))
+        ms = median_ms(g.replay, reps, warm)
         del g
-        return statistics.median(ts)
+        return ms
     except Exception as exc:  # noqa: BLE001 - record why, keep the run going
         msg = str(exc).splitlines()[0] if str(exc) else ""
         try:

@@ -405,6 +405,8 @@ def cmd_spaces(a) -> int:
     check_dtype(a.dtype)
     for s in load_spaces():
         state = "" if s.enabled else "  [off by default: --families " + s.family + "]"
+        if not s.supports(a.dtype):
+            state += f"  [computes {', '.join(s.dtypes)} only]"
         print(f"{s.family:16s} {s.size(a.dtype):7d} configs ({a.dtype})  {s.description}{state}")
         for p in s.params:
             cond = f"  when {p.when}" if p.when else ""

@@ -166,9 +166,12 @@ class SpMM:
         self._launchers[n] = ln
         return ln
 
-    def _check_device(self, cur: int) -> None:
+    def _launch(self, n: int, cur: int, b_ptr: int, c_ptr: int, stream: int) -> None:
+        """The launch of both call paths: A must be on the current device; a new N is planned first."""
         if self._dev_id is not None and cur != self._dev_id:
             raise UserError(f"the operator's A is on GPU {self._dev_id}, the current device is {cur}")
+        ln = self._launchers.get(n) or self._new_launcher(n, stream)
+        ln(b_ptr, c_ptr, stream)
 
     def _call_cupy(self, b, out):
         cp = self._cp
@@ -198,10 +201,7 @@ class SpMM:
                 raise UserError(f"out is on GPU {out.device.id}, the current device is {cur}")
             c = out
         if m and n:
-            stream = cp.cuda.get_current_stream().ptr
-            self._check_device(cur)
-            ln = self._launchers.get(n) or self._new_launcher(n, stream)
-            ln(b.data.ptr, c.data.ptr, stream)
+            self._launch(n, cur, b.data.ptr, c.data.ptr, cp.cuda.get_current_stream().ptr)
         return c
 
     def _call_torch(self, b, out):
@@ -232,11 +232,8 @@ class SpMM:
             if out.get_device() != dev:
                 raise UserError(f"out is on GPU {out.get_device()}, B is on GPU {dev}")
             c = out
-        if m and n:
-            stream = raw_stream(dev)  # PyTorch's current stream: ordered with the caller's work, captured with it
-            self._check_device(cur)
-            ln = self._launchers.get(n) or self._new_launcher(n, stream)
-            ln(b.data_ptr(), c.data_ptr(), stream)
+        if m and n:  # on PyTorch's current stream: ordered with the caller's work, captured with it
+            self._launch(n, cur, b.data_ptr(), c.data_ptr(), raw_stream(dev))
         return c
 
     def _torch_setup(self) -> tuple:

@@ -66,6 +66,7 @@ class Space:
     enabled: bool = True  # tuned by default; a disabled family is tuned only when asked for by name
     rank: int = 100  # the runtime's default kernel comes from the enabled family of lowest rank
     needs_matrix: bool = False  # the template is rendered for one sparsity pattern (kernels.pattern_context)
+    dtypes: tuple[str, ...] = ("fp32", "fp16")  # the dtypes the family computes
 
     # ---- structure ------------------------------------------------------------------------------
     def active(self, name: str, partial: dict) -> bool:
@@ -91,8 +92,13 @@ class Space:
         return out
 
     # ---- feasibility ----------------------------------------------------------------------------
+    def supports(self, dtype: str) -> bool:
+        return dtype in self.dtypes
+
     def check(self, config: dict, problem_env: dict, limits: dict | None = None) -> str | None:
-        """Return None if feasible, else the reason (the first constraint that fails)."""
+        """Return None if feasible, else the reason (the family's dtypes, then the first constraint that fails)."""
+        if "dtype" in problem_env and not self.supports(problem_env["dtype"]):
+            return f"{self.family} computes only {', '.join(self.dtypes)}"
         env = {**DEFAULT_LIMITS, **(limits or {}), **problem_env, **config}
         for c in self.constraints:
             try:
@@ -104,7 +110,10 @@ class Space:
         return None
 
     def enumerate(self, dtype: str) -> Iterator[dict]:
-        """Every config of the space for a dtype (active parameters only), feasible or not."""
+        """Every config of the space for a dtype (active parameters only), feasible or not; none for a dtype the
+        family does not compute."""
+        if not self.supports(dtype):
+            return
         def rec(i: int, partial: dict):
             if i == len(self.params):
                 yield dict(partial)
@@ -170,11 +179,12 @@ def problem_env(m: int, k: int, n: int, nnz: int, dtype: str) -> dict:
 
 def parse_space(data: dict, source: str = "<space>") -> Space:
     try:
-        params = [Param(name, spec["values"], spec.get("when"), spec.get("default")) for name, spec in data["params"].items()]
+        params = [Param(name, spec["values"], spec.get("when"), spec.get("default"))
+                  for name, spec in data["params"].items()]
         cons = [Constraint(c["expr"], c.get("why", c["expr"])) for c in data.get("constraints", [])]
         space = Space(data["family"], data["template"], data.get("description", ""), params, cons,
                       list(data.get("known_good", [])), bool(data.get("enabled", True)), int(data.get("rank", 100)),
-                      bool(data.get("needs_matrix", False)))
+                      bool(data.get("needs_matrix", False)), tuple(data.get("dtypes", ("fp32", "fp16"))))
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{source}: malformed space ({type(exc).__name__}: {exc})") from None
     exprs = [c.expr for c in space.constraints] + [p.when for p in space.params if p.when]

@@ -54,10 +54,13 @@ class Tuner:
             raise UserError(f"--trials must be positive (got {opts.trials})")
         if opts.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {opts.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        chosen = select_spaces(opts.families)
+        self.spaces = [s for s in chosen if s.supports(problem.dtype)]  # e.g. tc_gather computes fp16 only
+        if not self.spaces:
+            raise UserError(f"no kernel family of {', '.join(s.family for s in chosen)} computes {problem.dtype}")
         self.problem, self.opts, self.log = problem, opts, log
         self.db = TuningDB(opts.db, create=True)
         self.t_start = time.time()
-        self.spaces = select_spaces(opts.families)
         self.env = problem_env(problem.m, problem.k, problem.n, problem.nnz, problem.dtype)
 
     def _check_found(self, res) -> None:

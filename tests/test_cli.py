@@ -302,3 +302,28 @@ def test_version_and_help(tmp_path):
     assert __version__ in proc.stdout
     proc = run_cli(["tune", "--help"], tmp_path / "env.sqlite")
     assert proc.returncode == 0 and "--shape" in proc.stdout and "--db" in proc.stdout
+
+
+
+def test_family_without_the_dtype_is_refused_synthetic(tmp_path, monkeypatch):
+    """tc_gather computes fp16 only: tuning fp32 with it alone is a one-line UserError before any database is
+    created; with all enabled families, fp32 tuning leaves it out (synthetic objective, so no GPU is needed)."""
+    from sparse_autotune.errors import UserError
+    from sparse_autotune.problem import Problem
+    from sparse_autotune.tune import TuneOptions, make_tuner
+    monkeypatch.setenv("SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE", "1")
+    tc = space.get_space("tc_gather")
+    assert tc.supports("fp16") and not tc.supports("fp32") and list(tc.enumerate("fp32")) == []
+    why = tc.check(tc.defaults("fp16", space.problem_env(64, 128, 32, 819, "fp16"))[0],
+                   space.problem_env(64, 128, 32, 819, "fp32"))
+    assert why is not None and "fp16" in why
+    db = tmp_path / "t.sqlite"
+    problem = Problem.random(64, 128, 32, 0.1, "fp32")
+    with pytest.raises(UserError, match="no kernel family of tc_gather computes fp32"):
+        make_tuner(problem, TuneOptions(trials=2, db=str(db), progress=False, families=("tc_gather",)), lambda m: None)
+    assert not db.exists()
+    tuner = make_tuner(problem, TuneOptions(trials=2, db=str(db), progress=False), lambda m: None)
+    assert "tc_gather" not in {s.family for s in tuner.spaces} and "csr_rowsplit" in {s.family for s in tuner.spaces}
+    fp16 = make_tuner(Problem.random(64, 128, 32, 0.1, "fp16"), TuneOptions(trials=2, db=str(db), progress=False),
+                      lambda m: None)
+    assert "tc_gather" in {s.family for s in fp16.spaces}

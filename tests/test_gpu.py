@@ -87,7 +87,7 @@ def test_every_family_correct_on_edge_cases(dtype):
                     check(lambda: k(b, c), c, ref, dtype)  # raises CandidateError on a wrong result
                     checked[space.family] = checked.get(space.family, 0) + 1
             assert families_run >= 1, f"no family can run {name} with N={n}"
-    families = {s.family for s in load_spaces() if dtype == "fp16" or s.family != "tc_gather"}  # tc: fp16 only
+    families = {s.family for s in load_spaces() if s.supports(dtype)}
     assert all(v > 30 for v in checked.values()) and set(checked) == families, checked
 
 
@@ -106,7 +106,7 @@ def test_wide_covering_sample_correct(dtype):
         pp = ctx.problem
         env = problem_env(pp.m, pp.k, pp.n, pp.nnz, dtype)
         sample = covering_sample(space, dtype, env, info.limits())
-        if space.family == "tc_gather" and dtype == "fp32":  # fp16 only
+        if not space.supports(dtype):  # e.g. tc_gather computes fp16 only
             assert not sample
             continue
         assert len(sample) >= 10
@@ -386,7 +386,7 @@ def test_spmm_launcher_every_family_cupy_and_torch(dtype):
                 tout = torch.full((m, n), float("nan"), dtype=tb.dtype, device="cuda")
                 assert op(tb, out=tout) is tout and rel(tout) < tol
             families.add(space.family)
-    assert families == {s.family for s in load_spaces() if dtype == "fp16" or s.family != "tc_gather"}  # tc: fp16
+    assert families == {s.family for s in load_spaces() if s.supports(dtype)}
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
