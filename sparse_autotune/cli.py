@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--db", help="tuning database path or SQLAlchemy URL (default $SPARSE_AUTOTUNE_DB or the user cache)")
     t.add_argument("--json", action="store_true", help="print the report as JSON")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--cold-start", action="store_true", help="do not try the winners of the nearest problems tuned "
+                                                             "on this GPU model first (the warm start)")
     _add_scaleout_args(t)
 
     lk = sub.add_parser("lookup", help="print the best stored config for a problem")
@@ -58,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--trials", type=int, default=40, help="trial budget per case (default 40)")
     bn.add_argument("--out", default="bench/results", help="output folder (default bench/results)")
     bn.add_argument("--db", help="tuning database (default as for tune)")
-    bn.add_argument("--budget", type=float, default=None, help="stop starting new cases after this many seconds")
+    bn.add_argument("--budget", type=float, default=None, help="start no new case after this many seconds (a rerun "
+                                                               "goes on with the cases left)")
     _add_scaleout_args(bn)
 
     wk = sub.add_parser("worker", help="join the workers of a shared storage: tune queued problems until none is left",
@@ -67,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                                                      "e.g. postgresql+psycopg://user:password@host:5432/dbname")
     wk.add_argument("--db", help="tuning database that receives the best records (default as for tune)")
     wk.add_argument("--problems", help="only these queue ids (comma-separated)")
+    wk.add_argument("--budget", type=float, default=None, help="claim no new problem after this many seconds "
+                                                               "(the one in hand is finished)")
     _add_heartbeat_args(wk)
 
     st = sub.add_parser("status", help="problems done / running / queued and trials per worker in a shared storage")
@@ -132,7 +137,8 @@ def _add_scaleout_args(p):
     p.add_argument("--storage", help="share the work through this SQLAlchemy URL (Optuna RDB storage + problem "
                                      "queue), e.g. postgresql+psycopg://user:password@host:5432/dbname")
     p.add_argument("--workers", type=int, default=1,
-                   help="with --storage: worker processes to start here, one per GPU (default 1: this process)")
+                   help="with --storage: worker processes to start here, spread over the visible GPUs (default 1: this "
+                        "process); workers that share a GPU compile in parallel and take turns to verify and time")
     _add_heartbeat_args(p)
 
 
@@ -210,7 +216,8 @@ def cmd_tune(a) -> int:
     from .gpu import gpu_info  # noqa: PLC0415
     gpu_info()  # no GPU: one line, exit 2, nothing written
     report = tune(problem, TuneOptions(trials=a.trials, timeout=a.timeout, sampler=a.sampler, seed=a.seed,
-                                       db=db, progress=not a.no_progress, families=families))
+                                       db=db, progress=not a.no_progress, families=families,
+                                       warm_start=not a.cold_start))
     print(json.dumps(report, indent=2, default=str) if a.json else _report_text(report))
     return 0
 
@@ -224,14 +231,16 @@ def _scaleout(a):
     return ScaleOut(a.storage, a.heartbeat, a.grace)
 
 
-def _run_workers(a, so, db, ids):
-    """One worker in this process (--workers 1), or --workers K processes, one per GPU; only the problems `ids`."""
+def _run_workers(a, so, db, ids, deadline=None):
+    """One worker in this process (--workers 1), or --workers K processes over the visible GPUs; only the problems
+    `ids`; no new problem claimed after `deadline` (a time.time())."""
     from .scaleout import local_devices, run_worker, spawn_workers  # noqa: PLC0415
     if a.workers == 1:
-        run_worker(a.storage, db, only=ids, heartbeat=a.heartbeat, grace=a.grace)
+        run_worker(a.storage, db, only=ids, heartbeat=a.heartbeat, grace=a.grace, deadline=deadline)
     else:
-        local_devices(a.workers)  # enough GPUs: checked before anything starts
-        codes = spawn_workers(a.storage, db, a.workers, only=ids, heartbeat=a.heartbeat, grace=a.grace)
+        local_devices(a.workers)  # a GPU is visible: checked before anything starts
+        codes = spawn_workers(a.storage, db, a.workers, only=ids, heartbeat=a.heartbeat, grace=a.grace,
+                              deadline=deadline)
         if any(codes):
             print(f"sparse-autotune: worker exit statuses {codes}", file=sys.stderr)
 
@@ -244,7 +253,7 @@ def _tune_scaleout(a, problem, families, db) -> int:
     if a.workers != 1:
         local_devices(a.workers)  # bad --workers, or too few GPUs: nothing is written
     so = _scaleout(a)
-    [rid] = so.enqueue([problem_spec(problem, a.trials, a.timeout, a.sampler, families)])
+    [rid] = so.enqueue([problem_spec(problem, a.trials, a.timeout, a.sampler, families, warm_start=not a.cold_start)])
     _run_workers(a, so, db, [rid])
     [row] = so.problems([rid])
     so.dispose()
@@ -263,8 +272,12 @@ def cmd_worker(a) -> int:
             only = [int(x) for x in a.problems.split(",") if x.strip()]
         except ValueError:
             raise UserError(f"--problems {a.problems!r} is not a comma-separated list of queue ids") from None
+    if a.budget is not None and a.budget < 0:
+        raise UserError(f"--budget must not be negative (got {a.budget})")
     db = _checked_db(a.db)
-    run_worker(a.storage, db, only=only, heartbeat=a.heartbeat, grace=a.grace)
+    import time  # noqa: PLC0415
+    run_worker(a.storage, db, only=only, heartbeat=a.heartbeat, grace=a.grace,
+               deadline=None if a.budget is None else time.time() + a.budget)
     return 0
 
 
@@ -308,14 +321,16 @@ def cmd_bench(a) -> int:
     db = _checked_db(a.db)
     if a.storage is not None or a.workers != 1:
         from .bench import run_suite_scaleout  # noqa: PLC0415
-        if a.budget is not None:
-            raise UserError("--budget is not supported with --storage (the queue resumes: run it again)")
+        if a.budget is not None and a.budget <= 0:
+            raise UserError(f"--budget must be positive (got {a.budget})")
         if a.workers != 1:
             from .scaleout import local_devices  # noqa: PLC0415
             local_devices(a.workers)
         so = _scaleout(a)
+        import time  # noqa: PLC0415
+        deadline = None if a.budget is None else time.time() + a.budget
         records = run_suite_scaleout(a.suite, a.trials, Path(a.out), so,
-                                     lambda ids: _run_workers(a, so, db, ids))
+                                     lambda ids: _run_workers(a, so, db, ids, deadline))
         print(json.dumps(summary(records), indent=1))
         return 0
     from .gpu import gpu_info  # noqa: PLC0415

@@ -98,12 +98,7 @@ def _best_rows(target: str) -> list[_Row]:
     if is_url(target) or check_file(Path(target).expanduser()) == "ours":
         tdb = TuningDB(target, create=False, readonly=not is_url(target))
         try:
-            with tdb.engine.connect() as con:
-                for r in con.execute(select(*_COLUMNS).where(Record.is_best.is_(True))):
-                    rows.append(_Row(r.id, r.gpu_name, r.gpu_cc, r.m, r.k, r.n, r.density, r.dtype, r.pattern,
-                                     r.family, r.config_json, r.time_us, tdb.label))
-        except SQLAlchemyError as exc:
-            raise UserError(f"cannot read database {target!r}: {str(exc).splitlines()[0]}") from None
+            rows = db_best_rows(tdb)
         finally:
             tdb.dispose()
     _rows_cache[target] = (stamp, rows)
@@ -191,6 +186,51 @@ def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str
     return res
 
 
+def db_best_rows(tdb: TuningDB) -> list[_Row]:
+    """Every best-flagged record of an open tuning database."""
+    try:
+        with tdb.engine.connect() as con:
+            return [_Row(r.id, r.gpu_name, r.gpu_cc, r.m, r.k, r.n, r.density, r.dtype, r.pattern, r.family,
+                         r.config_json, r.time_us, tdb.label)
+                    for r in con.execute(select(*_COLUMNS).where(Record.is_best.is_(True)))]
+    except SQLAlchemyError as exc:
+        raise UserError(f"cannot read database {tdb.label!r}: {str(exc).splitlines()[0]}") from None
+
+
+def seed_configs(tdb: TuningDB, m: int, k: int, n: int, density: float, dtype: str, gpu: str,
+                 pattern: str | None = None, families=None, limit: int = 6, per_family: int = 2) -> list[tuple[str, dict]]:
+    """Warm start for a search: the configs of the best records nearest to (M, K, N, density) tuned on this GPU model
+    for this dtype, in the open database `tdb` and the shipped ones, nearest first, at most `per_family` per family
+    and `limit` in all, each (family, config) once; only the given families.
+
+    `tdb` is read through its own engine (a tuner holds it open: opening the same SQLite file through another
+    descriptor of this process and closing it would drop this process's locks on it)."""
+    import json  # noqa: PLC0415
+    own = str(tdb.path) if tdb.path is not None else None
+    rows = db_best_rows(tdb)
+    for target in shipped_databases():
+        if own is None or str(Path(target).resolve()) != own:
+            try:
+                rows += _best_rows(target)
+            except UserError:
+                continue  # an unreadable shipped file gives no seeds; lookup reports it
+    rows = [r for r in rows if r.dtype == dtype and r.gpu == gpu and (families is None or r.family in families)]
+    rows.sort(key=lambda r: (_distance(r, m, k, n, density, pattern), r.time_us))
+    out: list[tuple[str, dict]] = []
+    seen: set[tuple[str, str]] = set()
+    count: dict[str, int] = {}
+    for r in rows:
+        if len(out) >= limit:
+            break
+        key = (r.family, r.config_json)
+        if key in seen or count.get(r.family, 0) >= per_family:
+            continue
+        seen.add(key)
+        count[r.family] = count.get(r.family, 0) + 1
+        out.append((r.family, json.loads(r.config_json)))
+    return out
+
+
 def _clear():
     _rows_cache.clear()
     _result_cache.clear()
@@ -198,4 +238,4 @@ def _clear():
 
 lookup.cache_clear = _clear  # type: ignore[attr-defined]
 
-__all__ = ["SOURCES", "Tuned", "default_config", "lookup", "search_path"]
+__all__ = ["SOURCES", "Tuned", "default_config", "lookup", "search_path", "seed_configs"]

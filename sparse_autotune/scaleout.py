@@ -90,11 +90,14 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def problem_spec(problem, trials: int, timeout: float | None, sampler: str, families) -> dict:
+def problem_spec(problem, trials: int, timeout: float | None, sampler: str, families, warm_start: bool = True) -> dict:
     """What a worker needs to rebuild and tune a (random) problem: the matrix is regenerated from its seed."""
-    return {"m": problem.m, "k": problem.k, "n": problem.n, "density": problem.density, "dtype": problem.dtype,
+    spec = {"m": problem.m, "k": problem.k, "n": problem.n, "density": problem.density, "dtype": problem.dtype,
             "pattern": problem.pattern, "seed": problem.seed, "trials": int(trials), "timeout": timeout,
             "sampler": sampler, "families": list(families) if families else None}
+    if not warm_start:  # only then: the specs (and queue keys) of warm-started problems stay as they were
+        spec["warm_start"] = False
+    return spec
 
 
 def spec_label(spec: dict) -> str:
@@ -368,9 +371,10 @@ def _spent(study) -> int:
 
 
 def run_worker(url: str, db: str | None, only=None, heartbeat: int = DEFAULT_HEARTBEAT, grace: int | None = None,
-               log=lambda m: print(m, file=sys.stderr, flush=True)) -> int:
-    """Claim problems and tune them until no problem in scope is queued, running or finalizing. Returns how many
-    problems this worker finalised."""
+               deadline: float | None = None, log=lambda m: print(m, file=sys.stderr, flush=True)) -> int:
+    """Claim problems and tune them until no problem in scope is queued, running or finalizing, or (deadline, a
+    time.time()) until the deadline has passed: the problem in hand is finished, no new one is claimed, the rest stay
+    queued for a later run. Returns how many problems this worker finalised."""
     import optuna  # noqa: PLC0415
     from .problem import Problem  # noqa: PLC0415
     from .tune import TuneOptions, make_tuner, synthetic_mode  # noqa: PLC0415
@@ -390,6 +394,10 @@ def run_worker(url: str, db: str | None, only=None, heartbeat: int = DEFAULT_HEA
     worked: set[int] = set()  # problems this worker searched to the end (it joins each running one once)
     try:
         while True:
+            if deadline is not None and time.time() >= deadline:
+                left = so.pending(gpu, only)
+                log(f"worker {wid}: time budget reached; {left} problem(s) not final here, left for a later run")
+                break
             got = so.claim(wid, gpu, only, exclude=worked)
             if got is None:
                 if so.pending(gpu, only) == 0:
@@ -408,7 +416,8 @@ def run_worker(url: str, db: str | None, only=None, heartbeat: int = DEFAULT_HEA
                                          spec["pattern"], spec["seed"])
                 opts = TuneOptions(trials=spec["trials"], timeout=spec.get("timeout"), sampler=spec["sampler"],
                                    seed=spec["seed"], db=db, progress=False,
-                                   families=tuple(spec["families"]) if spec.get("families") else None)
+                                   families=tuple(spec["families"]) if spec.get("families") else None,
+                                   warm_start=spec.get("warm_start", True))
                 tuner = make_tuner(problem, opts, log=lambda m: None)
                 name = tuner.study_name()
                 so.set_study(rid, name)
@@ -433,8 +442,10 @@ def run_worker(url: str, db: str | None, only=None, heartbeat: int = DEFAULT_HEA
                 report = tuner.finish(summarize(study, stopped=res.stopped))
                 so.finish(rid, wid, "done", result=report)
                 finalised += 1
+                turn = getattr(tuner, "turn", None)  # the GPU's turn, shared with other workers of this GPU
                 log(f"worker {wid}: problem {rid} done: {report['best']['family']} "
-                    f"{report['best']['time_us']:.2f} us, record {report['record_id']}")
+                    f"{report['best']['time_us']:.2f} us, record {report['record_id']}, {report['elapsed_s']:.1f} s"
+                    + (f" (GPU turn held {turn.held_s:.1f} s, waited {turn.waited_s:.1f} s in all)" if turn else ""))
             except DeviceLostError as exc:
                 so.requeue(rid, str(exc))
                 log(f"worker {wid}: problem {rid} given back: {exc}; this worker stops")
@@ -464,8 +475,9 @@ def run_worker(url: str, db: str | None, only=None, heartbeat: int = DEFAULT_HEA
 
 
 def local_devices(k: int) -> list[str]:
-    """The CUDA_VISIBLE_DEVICES value of each of k local workers: the i-th visible GPU (test-only synthetic mode:
-    0..k-1 without looking for GPUs)."""
+    """The CUDA_VISIBLE_DEVICES value of each of k local workers: the visible GPUs in turn (test-only synthetic mode:
+    0..k-1 without looking for GPUs). With more workers than GPUs, workers share a GPU: they compile in parallel and
+    take turns for the work that runs kernels (gpulock.py), so their timings stay their own."""
     from .tune import synthetic_mode  # noqa: PLC0415
     if k <= 0:
         raise UserError(f"--workers must be positive (got {k})")
@@ -477,27 +489,34 @@ def local_devices(k: int) -> list[str]:
         gpu_info()  # no GPU: one line, exit 2
         count = cupy().cuda.runtime.getDeviceCount()
         visible = [d.strip() for d in env.split(",") if d.strip()][:count] if env else [str(i) for i in range(count)]
-    if k > len(visible):
-        raise UserError(f"--workers {k} needs {k} GPUs, {len(visible)} visible here")
-    return visible[:k]
+    if not visible:
+        raise UserError("no GPU visible for the workers (CUDA_VISIBLE_DEVICES is empty)")
+    return [visible[i % len(visible)] for i in range(k)]
 
 
 def spawn_workers(url: str, db: str | None, k: int, only=None, heartbeat: int = DEFAULT_HEARTBEAT,
-                  grace: int | None = None, log=lambda m: print(m, file=sys.stderr, flush=True)) -> list[int]:
+                  grace: int | None = None, deadline: float | None = None,
+                  log=lambda m: print(m, file=sys.stderr, flush=True)) -> list[int]:
     """Start k worker processes (`sparse-autotune worker`), worker i with CUDA_VISIBLE_DEVICES set to the i-th
-    visible GPU; wait for them; their exit statuses."""
+    visible GPU (in turn, when there are fewer GPUs than workers); wait for them; their exit statuses. deadline: a
+    time.time() after which they claim no new problem."""
     devices = local_devices(k)
     procs = []
     for dev in devices:
         cmd = [sys.executable, "-m", "sparse_autotune", "worker", "--storage", url, "--heartbeat", str(heartbeat)]
         if grace is not None:
             cmd += ["--grace", str(grace)]
+        if deadline is not None:
+            cmd += ["--budget", f"{max(0.0, deadline - time.time()):.1f}"]
         if db:
             cmd += ["--db", db]
         if only is not None:
             cmd += ["--problems", ",".join(str(i) for i in only)]
         procs.append(subprocess.Popen(cmd, env={**os.environ, "CUDA_VISIBLE_DEVICES": dev}))
-    log(f"started {k} workers (CUDA_VISIBLE_DEVICES {', '.join(devices)})")
+    shared = len(devices) - len(set(devices))
+    log(f"started {k} workers (CUDA_VISIBLE_DEVICES {', '.join(devices)})"
+        + (f"; {len(set(devices))} GPU(s) shared: workers compile in parallel and take turns to verify and time"
+           if shared else ""))
     try:
         return [p.wait() for p in procs]
     except KeyboardInterrupt:

@@ -124,7 +124,7 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
                on_trial: Callable[[optuna.trial.FrozenTrial, int, float | None], None] | None = None,
                max_pruned: int | None = None, prepare: Callable[[str, dict], object] | None = None,
                batch: int = 1, worker: str | None = None, shared: bool = False,
-               stop: Callable[[], bool] | None = None) -> SearchResult:
+               stop: Callable[[], bool] | None = None, seeds=()) -> SearchResult:
     """Run the study until `trials` evaluated trials exist in it (over all runs), or `timeout` seconds.
 
     evaluate(family, config) -> (value, attrs) or raises CandidateError. A config already evaluated in the
@@ -134,6 +134,8 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
 
     worker: a name stored in each trial's user attrs ("worker"). shared: other processes work on the same study (see
     the module's doc); stop() -> True ends the loop before the next ask (e.g. another worker is finishing the problem).
+    seeds: (family, config) pairs tried first, before the families' known-good configs, e.g. the winners of the nearest
+    problems in the tuning database (a config of a family not searched, or infeasible here, is left out).
     """
     grid_seed = seed  # the grid's order is the study's, whichever worker enqueues it
     if shared and worker is not None and seed is not None:  # workers with one seed would suggest the same configs
@@ -174,10 +176,16 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
     done_before = counted(study)
     refresh_seen()
 
-    # known-good configs first, then (for grid) every feasible config in a seeded order
+    # the seeds (winners of the nearest problems) first, then the known-good configs, then (for grid) every feasible
+    # config in a seeded order
     queue: list[tuple[str, dict]] = []
+    for fam, cfg in seeds:
+        space = by_family.get(fam)
+        cfg = space.normalize(cfg, dtype) if space is not None else None
+        if cfg is not None and space.check(cfg, env, limits) is None and (fam, cfg) not in queue:
+            queue.append((fam, cfg))
     for s in spaces:
-        queue += [(s.family, c) for c in s.defaults(dtype, env, limits)]
+        queue += [(s.family, c) for c in s.defaults(dtype, env, limits) if (s.family, c) not in queue]
     if sampler == "grid":
         import random  # noqa: PLC0415
         grid = [(s.family, c) for s in spaces for c in s.feasible(dtype, env, limits)]

@@ -27,6 +27,7 @@ class TuneOptions:
     progress: bool = True
     families: tuple[str, ...] | None = None
     compile_workers: int = min(8, os.cpu_count() or 1)  # candidates compiled in parallel while others are timed
+    warm_start: bool = True  # try the winners of the nearest tuned problems (this GPU, this dtype) first
 
 
 def study_name(problem: Problem, gpu_name: str) -> str:
@@ -77,6 +78,19 @@ class Tuner:
     def study_name(self) -> str:
         return study_name(self.problem, self.gpu_name)
 
+    def seeds(self) -> list[tuple[str, dict]]:
+        """The warm start: configs of the nearest problems tuned on this GPU model for this dtype (tuning DB first,
+        then the shipped databases); none with warm_start off."""
+        if not self.opts.warm_start:
+            return []
+        from .lookup import seed_configs  # noqa: PLC0415
+        p = self.problem
+        seeds = seed_configs(self.db, p.m, p.k, p.n, p.density, p.dtype, self.gpu_name, p.pattern,
+                             families={s.family for s in self.spaces})
+        if seeds:
+            self.log(f"warm start: {len(seeds)} config(s) of the nearest tuned problems are tried first")
+        return seeds
+
     def search(self, storage=None, worker: str | None = None, shared: bool = False, stop=None):
         """The Optuna search (storage: the tuning DB's URL unless given); returns search.SearchResult."""
         opts = self.opts
@@ -100,7 +114,8 @@ class Tuner:
         try:
             return run_search(storage, name, self.spaces, self.problem.dtype, self.env, self.limits, self.evaluate,
                               opts.trials, opts.timeout, opts.sampler, opts.seed, on_trial, prepare=self.prepare,
-                              batch=max(1, opts.compile_workers) if self.prepare else 1, worker=worker, shared=shared, stop=stop)
+                              batch=max(1, opts.compile_workers) if self.prepare else 1, worker=worker, shared=shared,
+                              stop=stop, seeds=self.seeds())
         except KeyboardInterrupt:
             self.interrupted = True
             self.log("interrupted: keeping what was tuned so far")
@@ -124,7 +139,10 @@ class GpuTuner(Tuner):
         self.gpu_name = info.name
         log(f"problem {problem.key()}: nnz={problem.nnz}, {problem.flops / 1e6:.1f} MFLOP; GPU {info.name} "
             f"(sm_{info.cc.replace('.', '')}); database {self.db.label}")
-        self.ctx = GpuProblem(problem, info, seed=opts.seed)
+        from .gpulock import current_gpu_key, turn_for  # noqa: PLC0415
+        self.turn = turn_for(current_gpu_key())  # kernels run in this GPU's turn (other processes may share it)
+        with self.turn():
+            self.ctx = GpuProblem(problem, info, seed=opts.seed)
         self.prepare = lambda fam, cfg: build_kernel(self.ctx.a_dev, fam, cfg, problem.dtype)
 
     def evaluate(self, family: str, cfg: dict):
@@ -132,19 +150,20 @@ class GpuTuner(Tuner):
         from .timing import time_launches  # noqa: PLC0415
         from .verify import check  # noqa: PLC0415
         ctx, problem = self.ctx, self.problem
-        kern = build_kernel(ctx.a_dev, family, cfg, problem.dtype)
-        b, ref = ctx.fresh_check()
-        try:
-            err = check(lambda: kern(b, ctx.c), ctx.c, ref, problem.dtype)
-        except CandidateError as exc:
-            if exc.stage == "launch":
+        kern = build_kernel(ctx.a_dev, family, cfg, problem.dtype)  # compiled already by prepare (outside the turn)
+        with self.turn():
+            b, ref = ctx.fresh_check()
+            try:
+                err = check(lambda: kern(b, ctx.c), ctx.c, ref, problem.dtype)
+            except CandidateError as exc:
+                if exc.stage == "launch":
+                    _assert_context_alive()
+                raise
+            try:
+                t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs])
+            except Exception as exc:  # noqa: BLE001
                 _assert_context_alive()
-            raise
-        try:
-            t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs])
-        except Exception as exc:  # noqa: BLE001
-            _assert_context_alive()
-            raise CandidateError("time", str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+                raise CandidateError("time", str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
         return t.median_us, {"rel_err": err, "spread": t.spread, "timing": t.method,
                              "gflops": problem.flops / (t.median_us * 1e-6) / 1e9}
 
@@ -159,11 +178,12 @@ class GpuTuner(Tuner):
         problem, ctx, info, opts, db = self.problem, self.ctx, self.info, self.opts, self.db
         name = self.study_name()
         kern = build_kernel(ctx.a_dev, res.best_family, res.best_config, problem.dtype)
-        b, ref = ctx.fresh_check()
-        err = check(lambda: kern(b, ctx.c), ctx.c, ref, problem.dtype)
-        t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs])
-        base = time_baselines(ctx, self.log)
-        ceil = ceilings()
+        with self.turn():
+            b, ref = ctx.fresh_check()
+            err = check(lambda: kern(b, ctx.c), ctx.c, ref, problem.dtype)
+            t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs])
+            base = time_baselines(ctx, self.log)
+            ceil = ceilings()
         floor = floor_us(problem, ceil, _index_bytes(res.best_config))
         gflops = problem.flops / (t.median_us * 1e-6) / 1e9
         v = info.versions()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import subprocess
 import sys
 
@@ -449,3 +450,23 @@ def test_spmm_and_sparse_linear_in_a_torch_cuda_graph(dtype):
             assert ((y.double() - ref).norm() / ref.norm()).item() < tol
             assert torch.equal(y, layer(x))  # the replay ran the same kernels as an eager call
         assert layer(x[:0]).shape == (0, 8, m)  # an empty batch: N = 0, nothing launched
+
+
+def test_two_tunes_on_one_gpu_take_turns(tmp_path):
+    """Two `tune` processes on one GPU (different problems) compile in parallel but never verify or time at once: the
+    turns they logged do not overlap, and both store verified records."""
+    turns = tmp_path / "turns.log"
+    env = {**os.environ, "SPARSE_AUTOTUNE_TURN_LOG": str(turns), "SPARSE_AUTOTUNE_LOCK_DIR": str(tmp_path / "locks")}
+    procs = [subprocess.Popen([sys.executable, "-m", "sparse_autotune", "tune", "--shape", shape, "--density", "0.1",
+                               "--n", "128", "--trials", "8", "--db", str(tmp_path / f"t{i}.sqlite"), "--json",
+                               "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for i, shape in enumerate(("256x1024", "512x512"))]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        assert json.loads(out)["best"]["max_rel_err"] < 1e-4
+    spans = sorted((float(t0), float(t1), int(pid)) for pid, t0, t1 in (ln.split() for ln in turns.read_text().splitlines()))
+    per_pid = {pid: sum(1 for *_, q in spans if q == pid) for *_, pid in spans}
+    assert len(per_pid) == 2 and min(per_pid.values()) >= 3, per_pid  # set-up, trials, finish: each process's turns
+    for (a0, a1, pa), (b0, b1, pb) in zip(spans, spans[1:]):
+        assert a1 <= b0 + 1e-3, f"turns of {pa} and {pb} overlap: {a0:.4f}-{a1:.4f}, {b0:.4f}-{b1:.4f}"

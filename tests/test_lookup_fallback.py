@@ -90,3 +90,23 @@ def test_shipped_database_is_searched_after_the_user_db(tmp_path):
     r = lookup(512, 2048, 256, 0.1, "fp32", gpu=H100, cc="9.0", db=tmp_path / "none.sqlite")
     assert r.source == "exact" and r.db.endswith("h100-80gb-hbm3.sqlite") and r.time_us > 0
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_seed_configs_nearest_first_this_gpu_and_dtype_only(db):
+    from sparse_autotune.lookup import seed_configs
+    tdb = TuningDB(db)
+    try:
+        tdb.store(rec(H100, "9.0", 512, 2048, 256, 0.1, 9.0, {"tag": "h100-fp16"}, dtype="fp16"))
+        tdb.store(rec(H100, "9.0", 768, 3072, 512, 0.05, 12.0, {"tag": "h100-exact"}))  # a config seen twice
+        seeds = seed_configs(tdb, 512, 2048, 512, 0.1, "fp32", H100, per_family=10)
+        # N=512 is one log2 step from N=256 and N=1024 (the faster goes first), then 768x3072 d=0.05, then 4096^2
+        assert [c["tag"] for _, c in seeds] == ["h100-exact", "h100-n1024", "h100-big"]
+        assert all(f == "csr_rowsplit" for f, _ in seeds)
+        assert [c["tag"] for _, c in seed_configs(tdb, 512, 2048, 512, 0.1, "fp32", H100)] == ["h100-exact",
+                                                                                                 "h100-n1024"]
+        assert [c["tag"] for _, c in seed_configs(tdb, 512, 2048, 512, 0.1, "fp16", H100)] == ["h100-fp16"]
+        assert seed_configs(tdb, 512, 2048, 512, 0.1, "fp32", "NVIDIA B200") == []
+        assert seed_configs(tdb, 512, 2048, 512, 0.1, "fp32", H100, families={"csr_btile"}) == []
+        assert len(seed_configs(tdb, 512, 2048, 512, 0.1, "fp32", H100, per_family=10, limit=2)) == 2
+    finally:
+        tdb.dispose()

@@ -345,6 +345,41 @@ def test_bench_suite_synthetic_two_workers(tmp_path):
     assert len({e["pid"] for e in log}) == 2  # both workers took cases
 
 
+def test_bench_suite_synthetic_budget_stops_claiming_and_a_rerun_finishes(tmp_path):
+    """--budget with --storage: the workers claim no case after it; the cases left stay queued and a rerun of the same
+    command does them (and only them)."""
+    url = f"sqlite:///{tmp_path / 'storage.sqlite'}"
+    env = synthetic_env(tmp_path, 0.15)
+    args = ["bench", "--suite", "quick", "--trials", "3", "--storage", url, "--workers", "2", "--heartbeat", "1",
+            "--grace", "5", "--out", str(tmp_path / "out")]
+    first = cli([*args, "--budget", "1"], env, tmp_path, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    done_first = json.loads(first.stdout)["cases"]
+    assert done_first < 16 and "time budget reached" in first.stderr, first.stderr[-3000:]
+    so = ScaleOut(url)
+    states = [r["state"] for r in so.problems()]
+    so.dispose()
+    assert states.count("done") == done_first and states.count("queued") == 16 - done_first
+    n_trials_first = len(trial_log(tmp_path))
+    second = cli(args, env, tmp_path, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads(second.stdout)["cases"] == 16
+    [suite_json] = list((tmp_path / "out").glob("suite-quick-*.json"))
+    assert len(json.loads(suite_json.read_text())) == 16
+    assert len(records(tmp_path / "tuning.sqlite")) == 16
+    new = trial_log(tmp_path)[n_trials_first:]
+    assert len(new) == 3 * (16 - done_first)  # the finished cases were not tuned again
+
+
+def test_more_workers_than_gpus_synthetic_share_them(monkeypatch):
+    from sparse_autotune.scaleout import local_devices
+    monkeypatch.setenv("SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert local_devices(5) == ["0", "1", "0", "1", "0"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert local_devices(2) == ["3", "3"]
+
+
 # ---- bad input ------------------------------------------------------------------------------------------------
 
 
@@ -364,7 +399,8 @@ def assert_one_line_error(proc, *needles):
     ([*TUNE, "--workers", "2"], ["--workers needs --storage"]),
     ([*TUNE, "--storage", "sqlite:///{tmp}/s.sqlite", "--workers", "0"], ["--workers"]),
     ([*TUNE, "--storage", "sqlite:///{tmp}/s.sqlite", "--heartbeat", "5", "--grace", "5"], ["--grace"]),
-    (["bench", "--storage", "sqlite:///{tmp}/s.sqlite", "--budget", "10"], ["--budget"]),
+    (["bench", "--storage", "sqlite:///{tmp}/s.sqlite", "--budget", "0"], ["--budget"]),
+    (["worker", "--storage", "sqlite:///{tmp}/s.sqlite", "--budget", "-1"], ["--budget"]),
 ])
 def test_bad_scaleout_input_synthetic_is_one_line(tmp_path, args, needles):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

@@ -183,6 +183,24 @@ def test_known_good_synthetic_skips_infeasible_defaults(mem):
     assert not ev.infeasible
 
 
+def test_seeds_synthetic_come_first_and_infeasible_or_foreign_ones_are_left_out(mem):
+    defaults = CSR.defaults(DTYPE, ENV, LIMITS)
+    target = CSR.normalize(TARGET, DTYPE)  # TARGET with split = 0, the default of a parameter added later
+    assert target is not None and target != TARGET
+    not_in_space = {**target, "vec": 8}  # half8 loads are not a choice for fp32
+    infeasible = {**target, "rows_per_block": 1, "lanes_per_row": 16}  # a block of half a warp
+    seeds = [("csr_rowsplit", target), ("no_such_family", {"x": 1}), ("csr_rowsplit", not_in_space),
+             ("csr_rowsplit", infeasible), ("csr_rowsplit", defaults[1]),
+             ("csr_rowsplit", TARGET)]  # a record stored before `split` existed: the same config as target
+    ev = Evaluator()
+    run_search(mem, "seeded", [CSR], DTYPE, ENV, LIMITS, ev, trials=len(defaults) + 4, sampler="tpe", seed=0,
+               seeds=seeds)
+    assert [c for _, c in ev.order[:2]] == [target, defaults[1]]
+    rest = [d for d in defaults if d != defaults[1]]
+    assert [c for _, c in ev.order[2:2 + len(rest)]] == rest  # then the known-good configs, each once
+    assert max(ev.calls.values()) == 1 and not ev.infeasible
+
+
 # ---- failures and infeasible configs --------------------------------------------------------------------
 
 

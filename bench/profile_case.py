@@ -1,0 +1,56 @@
+"""Run the tuned kernel of one suite case a few times, for Nsight Compute to profile (device only).
+
+    ncu --set full -k regex:spmm_kernel -s 2 -c 1 -o OUT python3 bench/profile_case.py \
+        --shape 11008x4096 --n 64 --density 0.3 --dtype fp32 --pattern uniform --db tuning.sqlite
+
+The matrix is the suite's (seed 0); the config is the database's exact best record for this GPU (an error if there
+is none). It prints the family, the config and the stored time, then launches the kernel `--launches` times.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sparse_autotune.errors import UserError
+from sparse_autotune.problem import Problem, parse_shape
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", required=True)
+    ap.add_argument("--n", type=int, required=True)
+    ap.add_argument("--density", type=float, required=True)
+    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--pattern", default="uniform")
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--launches", type=int, default=5)
+    a = ap.parse_args(argv)
+    from sparse_autotune.gpu import cupy, gpu_info
+    from sparse_autotune.kernels import build_kernel
+    from sparse_autotune.tuningdb import TuningDB
+    cp = cupy()
+    m, k = parse_shape(a.shape)
+    p = Problem.random(m, k, a.n, a.density, a.dtype, a.pattern, seed=0)
+    db = TuningDB(a.db, create=False, readonly=True)
+    rec = db.best(m, k, a.n, p.density, a.dtype, gpu=gpu_info().name, pattern=a.pattern)
+    db.dispose()
+    if rec is None:
+        raise UserError(f"no record for {a.shape} N={a.n} d={a.density} {a.dtype} {a.pattern} in {a.db}")
+    cfg = json.loads(rec.config_json)
+    print(json.dumps({"family": rec.family, "config": cfg, "time_us": rec.time_us, "nnz": p.nnz}), flush=True)
+    from sparse_autotune.context import GpuProblem
+    ctx = GpuProblem(p, gpu_info())
+    kern = build_kernel(ctx.a_dev, rec.family, cfg, a.dtype)
+    for i in range(a.launches):
+        kern(ctx.b_bufs[i % len(ctx.b_bufs)], ctx.c)
+    cp.cuda.runtime.deviceSynchronize()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as exc:
+        print(f"profile_case: error: {exc}", file=sys.stderr)
+        sys.exit(2)
