@@ -494,13 +494,21 @@ def local_devices(k: int) -> list[str]:
     return [visible[i % len(visible)] for i in range(k)]
 
 
+def compile_threads_per_worker(k: int, cpus: int | None = None) -> int:
+    """Each of k local workers compiles with its share of the CPUs (at least 1, at most 8)."""
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    return max(1, min(8, cpus // max(1, k)))
+
+
 def spawn_workers(url: str, db: str | None, k: int, only=None, heartbeat: int = DEFAULT_HEARTBEAT,
                   grace: int | None = None, deadline: float | None = None,
                   log=lambda m: print(m, file=sys.stderr, flush=True)) -> list[int]:
     """Start k worker processes (`sparse-autotune worker`), worker i with CUDA_VISIBLE_DEVICES set to the i-th
     visible GPU (in turn, when there are fewer GPUs than workers); wait for them; their exit statuses. deadline: a
     time.time() after which they claim no new problem."""
+    from .tune import COMPILE_THREADS_ENV  # noqa: PLC0415
     devices = local_devices(k)
+    threads = compile_threads_per_worker(k)
     procs = []
     for dev in devices:
         cmd = [sys.executable, "-m", "sparse_autotune", "worker", "--storage", url, "--heartbeat", str(heartbeat)]
@@ -512,7 +520,8 @@ def spawn_workers(url: str, db: str | None, k: int, only=None, heartbeat: int = 
             cmd += ["--db", db]
         if only is not None:
             cmd += ["--problems", ",".join(str(i) for i in only)]
-        procs.append(subprocess.Popen(cmd, env={**os.environ, "CUDA_VISIBLE_DEVICES": dev}))
+        procs.append(subprocess.Popen(cmd, env={**os.environ, "CUDA_VISIBLE_DEVICES": dev,
+                                                COMPILE_THREADS_ENV: os.environ.get(COMPILE_THREADS_ENV) or str(threads)}))
     shared = len(devices) - len(set(devices))
     log(f"started {k} workers (CUDA_VISIBLE_DEVICES {', '.join(devices)})"
         + (f"; {len(set(devices))} GPU(s) shared: workers compile in parallel and take turns to verify and time"

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import __version__
 from .errors import CandidateError, DeviceLostError, UserError
@@ -15,6 +15,20 @@ from .problem import Problem
 from .search import SAMPLERS, load_study, run_search, summarize
 from .space import problem_env, select_spaces
 from .tuningdb import Record, TuningDB
+
+
+COMPILE_THREADS_ENV = "SPARSE_AUTOTUNE_COMPILE_THREADS"
+
+
+def default_compile_threads() -> int:
+    """Candidates compiled in parallel by one tuner: $SPARSE_AUTOTUNE_COMPILE_THREADS, else min(8, CPUs). Local workers
+    get their share of the CPUs (spawn_workers sets the variable), so K workers do not run 8 K compiler threads
+    while the one holding the GPU's turn needs a CPU to launch and time."""
+    try:
+        n = int(os.environ.get(COMPILE_THREADS_ENV, ""))
+    except ValueError:
+        n = 0
+    return n if n > 0 else min(8, os.cpu_count() or 1)
 
 
 @dataclass
@@ -26,7 +40,7 @@ class TuneOptions:
     db: str | None = None
     progress: bool = True
     families: tuple[str, ...] | None = None
-    compile_workers: int = min(8, os.cpu_count() or 1)  # candidates compiled in parallel while others are timed
+    compile_workers: int = field(default_factory=default_compile_threads)  # compiled in parallel while others are timed
     warm_start: bool = True  # try the winners of the nearest tuned problems (this GPU, this dtype) first
 
 

@@ -407,3 +407,15 @@ def test_bad_scaleout_input_synthetic_is_one_line(tmp_path, args, needles):
     proc = cli(args, synthetic_env(tmp_path, 0), tmp_path, timeout=120)
     assert_one_line_error(proc, *needles)
     assert not (tmp_path / "tuning.sqlite").exists()
+
+
+def test_local_workers_share_the_cpus_for_compiling(monkeypatch):
+    from sparse_autotune.scaleout import compile_threads_per_worker
+    from sparse_autotune.tune import COMPILE_THREADS_ENV, TuneOptions
+    assert compile_threads_per_worker(8, cpus=16) == 2
+    assert compile_threads_per_worker(1, cpus=16) == 8
+    assert compile_threads_per_worker(6, cpus=4) == 1
+    monkeypatch.setenv(COMPILE_THREADS_ENV, "3")
+    assert TuneOptions().compile_workers == 3
+    monkeypatch.setenv(COMPILE_THREADS_ENV, "not a number")
+    assert 1 <= TuneOptions().compile_workers <= 8
