@@ -3,8 +3,8 @@
 #   bench --suite dl --trials TRIALS --workers WORKERS --budget BUDGET_S
 # through an SQLite storage (the queue resumes) with WORKERS processes sharing the GPU (they compile in parallel and
 # take turns to verify and time), then packs its state into $OUT: dl-state.tgz (storage, tuning DB, results) and
-# cupy-cache.tgz (compiled kernels, so the next call does not compile them again). To go on in the next call, unpack
-# both into bench/dl-state/ (git-ignored) here and carry that folder:
+# cupy-cache.tgz (compiled kernels, so the next call does not compile them again). To go on in the next call, copy
+# both files into bench/dl-state/ (git-ignored) here and carry that folder:
 #   bash bench/device_dl.sh BUDGET_S [WORKERS=4] [TRIALS=20]
 set -u
 BUDGET=${1:?usage: device_dl.sh BUDGET_S [WORKERS] [TRIALS]}; WORKERS=${2:-4}; TRIALS=${3:-20}
