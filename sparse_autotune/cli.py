@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+import time
 
 from . import __version__
 from .errors import UserError
@@ -275,7 +276,6 @@ def cmd_worker(a) -> int:
     if a.budget is not None and a.budget < 0:
         raise UserError(f"--budget must not be negative (got {a.budget})")
     db = _checked_db(a.db)
-    import time  # noqa: PLC0415
     run_worker(a.storage, db, only=only, heartbeat=a.heartbeat, grace=a.grace,
                deadline=None if a.budget is None else time.time() + a.budget)
     return 0
@@ -327,7 +327,6 @@ def cmd_bench(a) -> int:
             from .scaleout import local_devices  # noqa: PLC0415
             local_devices(a.workers)
         so = _scaleout(a)
-        import time  # noqa: PLC0415
         deadline = None if a.budget is None else time.time() + a.budget
         records = run_suite_scaleout(a.suite, a.trials, Path(a.out), so,
                                      lambda ids: _run_workers(a, so, db, ids, deadline))

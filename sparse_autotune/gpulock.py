@@ -37,6 +37,7 @@ class GpuTurn:
         self._rlock = threading.RLock()
         self._depth = 0
         self._fd: int | None = None
+        self._since = 0.0  # perf_counter() when this process took the turn
         self.waited_s = 0.0  # time this process spent waiting for other processes' turns
         self.held_s = 0.0  # time this process held the turn
         self.turns = 0
@@ -56,12 +57,13 @@ class GpuTurn:
             finally:
                 self._depth -= 1
                 if self._depth == 0:
-                    self.held_s += time.perf_counter() - self._since
+                    held = time.perf_counter() - self._since
+                    self.held_s += held
                     log = os.environ.get(TURN_LOG_ENV)
                     if log:
+                        now = time.time()
                         with open(log, "a") as fh:
-                            fh.write(f"{os.getpid()} {time.time() - (time.perf_counter() - self._since):.6f} "
-                                     f"{time.time():.6f}\n")
+                            fh.write(f"{os.getpid()} {now - held:.6f} {now:.6f}\n")
                     self._release()
 
     def _acquire(self):
