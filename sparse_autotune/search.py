@@ -21,6 +21,7 @@ import time
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Callable
 
@@ -129,8 +130,8 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
 
     evaluate(family, config) -> (value, attrs) or raises CandidateError. A config already evaluated in the
     study is not evaluated again: its earlier value is reused. With prepare(family, config) (e.g. compile)
-    and batch > 1, configs are asked `batch` at a time and prepared in parallel threads before each is
-    evaluated in turn (TPE then runs with constant_liar so a batch spreads out).
+    and batch > 1, configs are asked `batch` at a time and all prepared in parallel threads before the first is
+    evaluated, then evaluated in turn (TPE then runs with constant_liar so a batch spreads out).
 
     worker: a name stored in each trial's user attrs ("worker"). shared: other processes work on the same study (see
     the module's doc); stop() -> True ends the loop before the next ask (e.g. another worker is finishing the problem).
@@ -320,8 +321,12 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
                 sync()
                 if spent() >= trials:
                     break
-            # compile the batch in parallel (NVRTC on CPU threads) while the GPU times them one by one
+            # compile the whole batch in parallel (NVRTC and the driver's PTX assembly on CPU threads) before any of it
+            # is timed: a module load still running in this process stalls its launches and syncs (seconds for a large
+            # pattern_unrolled kernel), which would be counted in the timings and in the GPU's turn
             futures = [pool.submit(prepare, fam, cfg) for _, fam, cfg, _ in pending] if pool else [None] * len(pending)
+            if pool:
+                wait_futures(futures)
             while pending:
                 trial, fam, cfg, key = pending[0]
                 fut = futures[len(futures) - len(pending)]

@@ -384,3 +384,35 @@ def test_batched_prepare_synthetic_prepares_every_evaluated_config_in_threads(tm
     assert threading.get_ident() not in threads and len(threads) >= 1
     study = load_study(url, "batched")
     assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_batched_prepare_synthetic_no_evaluation_while_the_batch_compiles(tmp_path):
+    """A batch is prepared completely before any of it is evaluated: a module load still running in the process
+    would stall the timed launches (synthetic objective; prepare sleeps so a slow compile overlaps if allowed)."""
+    import threading
+    import time as _time
+
+    from sparse_autotune.search import run_search
+    from sparse_autotune.space import get_space, problem_env
+    spaces = [get_space("csr_rowsplit")]
+    env = problem_env(512, 2048, 256, 104858, "fp32")
+    state = {"in_flight": 0, "max_seen": 0, "evals": 0}
+    lock = threading.Lock()
+
+    def prep(fam, cfg):
+        with lock:
+            state["in_flight"] += 1
+        _time.sleep(0.02 if cfg["unroll"] > 1 else 0.002)  # uneven compile times
+        with lock:
+            state["in_flight"] -= 1
+
+    def synthetic(fam, cfg):
+        with lock:
+            state["max_seen"] = max(state["max_seen"], state["in_flight"])
+            state["evals"] += 1
+        return abs(cfg["rows_per_block"] - 16) + cfg["unroll"] * 0.1, {}
+
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    res = run_search(url, "whole-batch", spaces, "fp32", env, {}, synthetic, 16, prepare=prep, batch=4)
+    assert res.complete + res.failed == 16 and state["evals"] >= 1
+    assert state["max_seen"] == 0
