@@ -445,7 +445,8 @@ def run_worker(url: str, db: str | None, only=None, heartbeat: int = DEFAULT_HEA
                 turn = getattr(tuner, "turn", None)  # the GPU's turn, shared with other workers of this GPU
                 log(f"worker {wid}: problem {rid} done: {report['best']['family']} "
                     f"{report['best']['time_us']:.2f} us, record {report['record_id']}, {report['elapsed_s']:.1f} s"
-                    + (f" (GPU turn held {turn.held_s:.1f} s, waited {turn.waited_s:.1f} s in all)" if turn else ""))
+                    + (f" (GPU turn for it: {_phases(report)}; this worker held the turn {turn.held_s:.1f} s and waited "
+                       f"{turn.waited_s:.1f} s in all)" if turn else ""))
             except DeviceLostError as exc:
                 so.requeue(rid, str(exc))
                 log(f"worker {wid}: problem {rid} given back: {exc}; this worker stops")
@@ -619,3 +620,14 @@ def status_text(st: Status, label: str) -> str:
             lines.append(f"  {wid[:40]:40}  {'-':8}  {'-':>7}  {'-':>7}  {t['evaluated']:>6}  {t['running']:>3}  "
                          f"{t['lost']:>4}")
     return "\n".join(lines)
+
+
+def _phases(report: dict) -> str:
+    """'init 0.2 s, trials 7.9 s (3 given up), finish 1.2 s': this worker's GPU turn for one problem, by phase."""
+    ph = report.get("gpu_turn_s") or {}
+    given_up = ph.get("given_up", 0)
+    parts = []
+    for name in ("init", "trials", "finish"):
+        if name in ph:
+            parts.append(f"{name} {ph[name]:.1f} s" + (f" ({given_up} given up)" if name == "trials" and given_up else ""))
+    return ", ".join(parts) or "none"

@@ -21,7 +21,7 @@ class Timing:
     spread: float  # (p90 - p10) / median of the per-replay times
     launches_per_replay: int
     replays: int
-    method: str  # "graph" or "events"
+    method: str  # "graph", "events", or "estimate" (given up: see time_launches)
     note: str = ""  # why graph capture was not used, if it was not
 
 
@@ -30,8 +30,13 @@ def n_buffers(bytes_per_input: int, l2_bytes: int, cap: int = 64) -> int:
     return int(min(cap, max(2, -(-2 * l2_bytes // max(1, bytes_per_input)))))
 
 
-def time_launches(launches, repeats: int = 20, target_us: float = 300.0, max_launches: int = 2000) -> Timing:
-    """Time a list of zero-argument callables (one per B buffer), each issuing the work once on the current stream."""
+def time_launches(launches, repeats: int = 20, target_us: float = 300.0, max_launches: int = 2000,
+                  give_up_above_us: float | None = None) -> Timing:
+    """Time a list of zero-argument callables (one per B buffer), each issuing the work once on the current stream.
+
+    give_up_above_us: when the rough estimate (2 launches per buffer between events, launch overhead included) is
+    above it, return that estimate (method "estimate") instead of the full graph-replay timing: a candidate several
+    times slower than the best so far needs no precise time, and timing it in full costs the most."""
     from .gpu import cupy  # noqa: PLC0415
     cp = cupy()
     stream = cp.cuda.Stream(non_blocking=True)
@@ -48,6 +53,9 @@ def time_launches(launches, repeats: int = 20, target_us: float = 300.0, max_lau
         end.record(stream)
         end.synchronize()
         est_us = max(0.5, cp.cuda.get_elapsed_time(start, end) * 1000.0 / (2 * nbuf))
+        if give_up_above_us is not None and est_us > give_up_above_us:
+            return Timing(est_us, est_us, 0.0, 2 * nbuf, 1, "estimate",
+                          f"{est_us:.1f} us > {give_up_above_us:.1f} us: not timed in full")
         r = int(min(max_launches, max(nbuf, np.ceil(target_us / est_us))))
         r = -(-r // nbuf) * nbuf
 

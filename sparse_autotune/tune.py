@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import __version__
@@ -18,6 +19,12 @@ from .tuningdb import Record, TuningDB
 
 
 COMPILE_THREADS_ENV = "SPARSE_AUTOTUNE_COMPILE_THREADS"
+# A candidate whose rough time (launch overhead included) is above GIVE_UP_FACTOR x the best so far, and above
+# GIVE_UP_MIN_US, keeps that rough time instead of the full graph-replay timing: it cannot win, and on large problems
+# the full timing of slow candidates was most of the GPU's time (bench/NOTES.md, session 5). The winner and the
+# baselines are always timed in full.
+GIVE_UP_FACTOR = 3.0
+GIVE_UP_MIN_US = 50.0
 
 
 def default_compile_threads() -> int:
@@ -114,6 +121,7 @@ class Tuner:
             bar = tqdm(total=opts.trials, desc="tuning", unit="trial", file=sys.stderr, dynamic_ncols=True)
 
         def on_trial(frozen, counted, best):
+            self.best_us = best
             self.on_trial(frozen)
             if bar is None:
                 return
@@ -155,9 +163,22 @@ class GpuTuner(Tuner):
             f"(sm_{info.cc.replace('.', '')}); database {self.db.label}")
         from .gpulock import current_gpu_key, turn_for  # noqa: PLC0415
         self.turn = turn_for(current_gpu_key())  # kernels run in this GPU's turn (other processes may share it)
-        with self.turn():
+        self.best_us = None  # the study's best time so far (search's on_trial), for giving up on slow candidates
+        self.turn_s = {"init": 0.0, "trials": 0.0, "finish": 0.0}  # this problem's GPU turn, by phase
+        self.given_up = 0  # candidates not timed in full (give_up_above_us)
+        with self._phase("init"):
             self.ctx = GpuProblem(problem, info, seed=opts.seed)
         self.prepare = lambda fam, cfg: build_kernel(self.ctx.a_dev, fam, cfg, problem.dtype)
+
+    @contextmanager
+    def _phase(self, name: str):
+        """Hold the GPU's turn, adding the time held to this problem's phase `name`."""
+        held0 = self.turn.held_s
+        try:
+            with self.turn():
+                yield
+        finally:
+            self.turn_s[name] += self.turn.held_s - held0
 
     def evaluate(self, family: str, cfg: dict):
         from .kernels import build_kernel  # noqa: PLC0415
@@ -165,7 +186,7 @@ class GpuTuner(Tuner):
         from .verify import check  # noqa: PLC0415
         ctx, problem = self.ctx, self.problem
         kern = build_kernel(ctx.a_dev, family, cfg, problem.dtype)  # compiled already by prepare (outside the turn)
-        with self.turn():
+        with self._phase("trials"):
             b, ref = ctx.fresh_check()
             try:
                 err = check(lambda: kern(b, ctx.c), ctx.c, ref, problem.dtype)
@@ -174,10 +195,13 @@ class GpuTuner(Tuner):
                     _assert_context_alive()
                 raise
             try:
-                t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs])
+                t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs],
+                                  give_up_above_us=give_up_threshold(self.best_us))
             except Exception as exc:  # noqa: BLE001
                 _assert_context_alive()
                 raise CandidateError("time", str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        if t.method == "estimate":
+            self.given_up += 1
         return t.median_us, {"rel_err": err, "spread": t.spread, "timing": t.method,
                              "gflops": problem.flops / (t.median_us * 1e-6) / 1e9}
 
@@ -192,7 +216,7 @@ class GpuTuner(Tuner):
         problem, ctx, info, opts, db = self.problem, self.ctx, self.info, self.opts, self.db
         name = self.study_name()
         kern = build_kernel(ctx.a_dev, res.best_family, res.best_config, problem.dtype)
-        with self.turn():
+        with self._phase("finish"):
             b, ref = ctx.fresh_check()
             err = check(lambda: kern(b, ctx.c), ctx.c, ref, problem.dtype)
             t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs])
@@ -233,7 +257,17 @@ class GpuTuner(Tuner):
             "trials": trials_dict(res, opts, self.interrupted),
             "study": name, "db": db.label, "record_id": rec.id, "record_is_best": rec.is_best,
             "elapsed_s": time.time() - self.t_start,
+            "gpu_turn_s": {**{k: round(v, 3) for k, v in self.turn_s.items()}, "given_up": self.given_up},
         }
+
+
+def give_up_threshold(best_us: float | None) -> float | None:
+    """A candidate whose rough time is above this is not timed in full (timing.time_launches): GIVE_UP_FACTOR times the
+    best so far, never below GIVE_UP_MIN_US (launch overhead can inflate the rough time of a small kernel); None
+    before any candidate was timed."""
+    if not best_us or GIVE_UP_FACTOR <= 0:
+        return None
+    return max(GIVE_UP_FACTOR * best_us, GIVE_UP_MIN_US)
 
 
 def problem_dict(problem: Problem) -> dict:

@@ -152,6 +152,11 @@ def test_timing_graph_replay_and_baselines():
     assert t.method == "graph"
     assert 0.2 < t.median_us < 1000
     assert t.launches_per_replay % len(ctx.b_bufs) == 0
+    # a candidate far slower than the best so far keeps its rough time (no graph capture, no replays)
+    rough = time_launches([lambda bb=bb: k(bb, ctx.c) for bb in ctx.b_bufs], give_up_above_us=t.median_us / 100)
+    assert rough.method == "estimate" and rough.median_us > t.median_us / 100 and rough.replays == 1
+    full = time_launches([lambda bb=bb: k(bb, ctx.c) for bb in ctx.b_bufs], give_up_above_us=1e6)
+    assert full.method == "graph"
     base = time_baselines(ctx)
     for key in ("cusparse_us", "cublas_fp32_us", "cublas_tf32_us", "cublas_fp16_us"):
         assert base[key] is not None and base[key] > 0, (key, base["baseline_errors"])

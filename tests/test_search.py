@@ -416,3 +416,13 @@ def test_batched_prepare_synthetic_no_evaluation_while_the_batch_compiles(tmp_pa
     res = run_search(url, "whole-batch", spaces, "fp32", env, {}, synthetic, 16, prepare=prep, batch=4)
     assert res.complete + res.failed == 16 and state["evals"] >= 1
     assert state["max_seen"] == 0
+
+
+def test_give_up_threshold_only_after_a_best_and_never_below_the_floor():
+    """Slow candidates are timed roughly only once something was timed, above GIVE_UP_FACTOR x best and the floor."""
+    from sparse_autotune.tune import GIVE_UP_FACTOR, GIVE_UP_MIN_US, give_up_threshold
+    assert give_up_threshold(None) is None and give_up_threshold(0.0) is None
+    assert give_up_threshold(2.0) == GIVE_UP_MIN_US  # small kernels: launch overhead must not give them up
+    big = 10 * GIVE_UP_MIN_US
+    assert give_up_threshold(big) == GIVE_UP_FACTOR * big
+    assert give_up_threshold(big) > big
