@@ -623,11 +623,14 @@ def status_text(st: Status, label: str) -> str:
 
 
 def _phases(report: dict) -> str:
-    """'init 0.2 s, trials 7.9 s (3 given up), finish 1.2 s': this worker's GPU turn for one problem, by phase."""
+    """'init 0.2 s, trials 7.9 s (verify 2.1 s, time 5.6 s, 3 given up), finish 1.2 s': this worker's GPU turn for one
+    problem, by phase."""
     ph = report.get("gpu_turn_s") or {}
     given_up = ph.get("given_up", 0)
     parts = []
     for name in ("init", "trials", "finish"):
         if name in ph:
-            parts.append(f"{name} {ph[name]:.1f} s" + (f" ({given_up} given up)" if name == "trials" and given_up else ""))
+            detail = ([f"verify {ph['verify']:.1f} s", f"time {ph['time']:.1f} s"] if name == "trials" and "time" in ph
+                      else []) + ([f"{given_up} given up"] if name == "trials" and given_up else [])
+            parts.append(f"{name} {ph[name]:.1f} s" + (f" ({', '.join(detail)})" if detail else ""))
     return ", ".join(parts) or "none"

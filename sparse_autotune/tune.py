@@ -164,7 +164,8 @@ class GpuTuner(Tuner):
         from .gpulock import current_gpu_key, turn_for  # noqa: PLC0415
         self.turn = turn_for(current_gpu_key())  # kernels run in this GPU's turn (other processes may share it)
         self.best_us = None  # the study's best time so far (search's on_trial), for giving up on slow candidates
-        self.turn_s = {"init": 0.0, "trials": 0.0, "finish": 0.0}  # this problem's GPU turn, by phase
+        # this problem's GPU turn by phase; "verify" and "time" are the parts of "trials" spent verifying and timing
+        self.turn_s = {"init": 0.0, "trials": 0.0, "verify": 0.0, "time": 0.0, "finish": 0.0}
         self.given_up = 0  # candidates not timed in full (give_up_above_us)
         with self._phase("init"):
             self.ctx = GpuProblem(problem, info, seed=opts.seed)
@@ -187,6 +188,7 @@ class GpuTuner(Tuner):
         ctx, problem = self.ctx, self.problem
         kern = build_kernel(ctx.a_dev, family, cfg, problem.dtype)  # compiled already by prepare (outside the turn)
         with self._phase("trials"):
+            t0 = time.perf_counter()
             b, ref = ctx.fresh_check()
             try:
                 err = check(lambda: kern(b, ctx.c), ctx.c, ref, problem.dtype)
@@ -194,12 +196,17 @@ class GpuTuner(Tuner):
                 if exc.stage == "launch":
                     _assert_context_alive()
                 raise
+            finally:
+                t1 = time.perf_counter()
+                self.turn_s["verify"] += t1 - t0
             try:
                 t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs],
                                   give_up_above_us=give_up_threshold(self.best_us))
             except Exception as exc:  # noqa: BLE001
                 _assert_context_alive()
                 raise CandidateError("time", str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+            finally:
+                self.turn_s["time"] += time.perf_counter() - t1
         if t.method == "estimate":
             self.given_up += 1
         return t.median_us, {"rel_err": err, "spread": t.spread, "timing": t.method,

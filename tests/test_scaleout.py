@@ -419,3 +419,14 @@ def test_local_workers_share_the_cpus_for_compiling(monkeypatch):
     assert TuneOptions().compile_workers == 3
     monkeypatch.setenv(COMPILE_THREADS_ENV, "not a number")
     assert 1 <= TuneOptions().compile_workers <= 8
+
+
+def test_worker_log_phases_of_the_gpu_turn():
+    """The worker's line per problem splits its GPU turn into init / trials (verify, time, given up) / finish."""
+    from sparse_autotune.scaleout import _phases
+    line = _phases({"gpu_turn_s": {"init": 0.25, "trials": 7.94, "verify": 2.1, "time": 5.6, "finish": 1.2,
+                                   "given_up": 3}})
+    assert line == "init 0.2 s, trials 7.9 s (verify 2.1 s, time 5.6 s, 3 given up), finish 1.2 s"
+    assert _phases({"gpu_turn_s": {"init": 0.1, "trials": 1.0, "verify": 0.4, "time": 0.6, "finish": 0.3,
+                                   "given_up": 0}}) == "init 0.1 s, trials 1.0 s (verify 0.4 s, time 0.6 s), finish 0.3 s"
+    assert _phases({"elapsed_s": 3.0}) == "none"  # a report without a GPU turn (synthetic tuner)
