@@ -38,7 +38,8 @@ def _to_scipy(a) -> tuple[sp.csr_matrix, np.dtype]:
 
 
 def _adapt(space, config: dict, dtype: str, env: dict, limits: dict) -> dict | None:
-    """The config if it can run this problem, else the same with the widest vector width that can, else None."""
+    """The config if it can run this problem, else the same with the widest vector width that can (or, for
+    tc_gather, the other way of loading B: vector or 16-bit loads, whichever this N allows), else None."""
     cfg = space.normalize(config, dtype)
     if cfg is None:
         return None
@@ -48,6 +49,11 @@ def _adapt(space, config: dict, dtype: str, env: dict, limits: dict) -> dict | N
         for v in sorted(space.param("vec").choices(dtype), reverse=True):
             trial = {**cfg, "vec": v}
             if v < cfg["vec"] and space.check(trial, env, limits) is None:
+                return trial
+    if "bload" in cfg:
+        for b in space.param("bload").choices(dtype):
+            trial = {**cfg, "bload": b}
+            if b != cfg["bload"] and space.check(trial, env, limits) is None:
                 return trial
     return None
 

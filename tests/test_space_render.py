@@ -540,3 +540,22 @@ def test_tc_layout_holds_exactly_the_weights_in_mma_fragment_order(rn):
                         rebuilt[b * 8 * rn + 8 * i + g, cols[16 * t + kk]] += avals[((t * rn + i) * 32 + lane) * 4 + h]
     np.testing.assert_array_equal(rebuilt[:m], dense.astype(np.float16).astype(np.float64))
     assert not rebuilt[m:].any()
+
+
+def test_tc_gather_any_n_scalar_loads_only_where_vectors_cannot_and_runtime_adapts():
+    """tc_gather's bload: 'vec' needs N % (2 nt) == 0, 'scalar' runs any N, and the runtime turns a stored 'vec'
+    config into 'scalar' when the call's N needs it."""
+    from sparse_autotune.runtime import _adapt
+    from sparse_autotune.space import DEFAULT_LIMITS, get_space, problem_env
+    sp = get_space("tc_gather")
+    base = {"rn": 1, "nt": 2, "ksplit": 8, "unroll": 2}
+    odd, even = problem_env(512, 2048, 49, 20000, "fp16"), problem_env(512, 2048, 64, 20000, "fp16")
+    assert sp.check({**base, "bload": "vec"}, odd, DEFAULT_LIMITS) is not None
+    assert sp.check({**base, "bload": "scalar"}, odd, DEFAULT_LIMITS) is None
+    assert sp.check({**base, "bload": "vec"}, even, DEFAULT_LIMITS) is None
+    assert _adapt(sp, {**base, "bload": "vec"}, "fp16", odd, DEFAULT_LIMITS)["bload"] == "scalar"
+    assert _adapt(sp, {**base, "bload": "scalar"}, "fp16", even, DEFAULT_LIMITS)["bload"] == "scalar"  # runs as is
+    assert _adapt(sp, base, "fp16", odd, DEFAULT_LIMITS)["bload"] == "scalar"  # a config stored before bload existed
+    # the search space of an odd N has tc_gather configs, all with 16-bit loads
+    cfgs = sp.defaults("fp16", odd, DEFAULT_LIMITS)
+    assert cfgs and all(c["bload"] == "scalar" for c in cfgs)
