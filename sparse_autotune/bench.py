@@ -157,7 +157,49 @@ def summary(records: list[dict]) -> dict:
                     "vs_best_dense": geomean(ratio(r, "dense") for r in sel)}
     big = sorted(r["tuned_us"] / r["floor_us"] for r in records if r["tuned_us"] >= 50 and r["floor_us"])
     out["median_tuned_over_floor_ge50us"] = big[len(big) // 2] if big else None
+    at05 = [r for r in records if abs(r["density"] - 0.05) < 1e-9]
+    out["vs_best_dense@0.05"] = geomean(ratio(r, "dense") for r in at05)
+    out["targets"] = targets(out)
     return out
+
+
+# The targets of the kernels issue, over the whole dl suite on the H100: (name, summary value, ">=" or "<=", goal)
+TARGETS = (
+    ("geomean speed-up over cuSPARSE", "geomean_vs_cusparse", ">=", 4.0),
+    ("fp32 speed-up over cuBLAS FP32 at d = 0.1", ("fp32@0.1", "vs_cublas_fp32"), ">=", 4.0),
+    ("fp32 speed-up over cuBLAS FP32 at d = 0.05", ("fp32@0.05", "vs_cublas_fp32"), ">=", 6.0),
+    ("speed-up over the best dense path of the same dtype at d = 0.05", "vs_best_dense@0.05", ">=", 1.5),
+    ("median tuned / floor where tuned >= 50 us", "median_tuned_over_floor_ge50us", "<=", 2.0),
+)
+
+
+def targets(s: dict) -> list[dict]:
+    """Each target with its measured value, met or not, and the factor still missing (goal / value, or value / goal
+    for an upper bound); value None where the records have no case for it."""
+    out = []
+    for name, key, op, goal in TARGETS:
+        v = s.get(key) if isinstance(key, str) else (s.get(key[0]) or {}).get(key[1])
+        met = None if v is None else (v >= goal if op == ">=" else v <= goal)
+        short = None if v is None or met else (goal / v if op == ">=" else v / goal)
+        out.append({"target": name, "goal": f"{op} {goal:g}", "value": v, "met": met, "missing_factor": short})
+    return out
+
+
+def shape_rows(records: list[dict]) -> list[dict]:
+    """Per layer shape (M, K, N): cases, geomean speed-ups and how often each family won."""
+    by: dict = {}
+    for r in records:
+        by.setdefault((r["M"], r["K"], r["N"]), []).append(r)
+    rows = []
+    for (m, k, n), sel in by.items():
+        fams: dict = {}
+        for r in sel:
+            fams[r["family"]] = fams.get(r["family"], 0) + 1
+        rows.append({"M": m, "K": k, "N": n, "cases": len(sel),
+                     "vs_cusparse": geomean(r["cusparse_us"] / r["tuned_us"] for r in sel if r.get("cusparse_us")),
+                     "vs_best_dense": geomean(best_dense(r) / r["tuned_us"] for r in sel if best_dense(r)),
+                     "winners": dict(sorted(fams.items(), key=lambda kv: -kv[1]))})
+    return rows
 
 
 def write_report(records: list[dict], stem: Path, suite: str, total: int):
@@ -178,6 +220,17 @@ def write_report(records: list[dict], stem: Path, suite: str, total: int):
             g = s.get(f"{dt}@{d}")
             if g:
                 lines.append(f"| {dt} | {d} | {g['cases']} | {f(g['vs_cusparse'])} | {f(g['vs_cublas_fp32'])} | {f(g['vs_best_dense'])} |")
+    lines += ["", f"Targets ({'whole suite' if len(records) == total else f'{len(records)} of {total} cases'}):", "",
+              "| target | goal | measured | met | missing factor |", "| --- | --- | ---: | --- | ---: |"]
+    for t in s["targets"]:
+        met = "n/a" if t["met"] is None else ("yes" if t["met"] else "no")
+        lines.append(f"| {t['target']} | {t['goal']} | {f(t['value'])} | {met} | {f(t['missing_factor'])} |")
+    lines += ["", "By layer shape:", "", "| M | K | N | cases | vs cuSPARSE | vs best dense | winning families |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for row in shape_rows(records):
+        wins = ", ".join(f"{fam} {c}" for fam, c in row["winners"].items())
+        lines.append(f"| {row['M']} | {row['K']} | {row['N']} | {row['cases']} | {f(row['vs_cusparse'])} | "
+                     f"{f(row['vs_best_dense'])} | {wins} |")
     lines += ["", "| M | K | N | density | dtype | pattern | family | tuned us | cuSPARSE | FP32 | TF32 | FP16 | floor |",
               "| ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in records:

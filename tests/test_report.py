@@ -118,3 +118,33 @@ def test_report_without_model_and_cli(fixture_db, tmp_path):
     assert_one_line_error(proc, "no model 'nope'", "toy")
     proc = run_cli(["report", "--out", str(tmp_path / "r4"), "--gpu", "A100", "--db", str(fixture_db)], fixture_db)
     assert_one_line_error(proc, "A100")
+
+
+def _suite_rec(m, density, dtype, tuned, cs, f32, t32, f16, floor):
+    return {"M": m, "K": 256, "N": 128, "density": density, "dtype": dtype, "pattern": "uniform", "family": "csr_rowsplit",
+            "config": {}, "tuned_us": tuned, "cusparse_us": cs, "cublas_fp32_us": f32, "cublas_tf32_us": t32,
+            "cublas_fp16_us": f16, "floor_us": floor, "max_rel_err": 0.0, "gpu": GPU, "driver": "d", "cuda": "c",
+            "cupy": "p"}
+
+
+def test_suite_summary_targets_met_missed_and_by_how_much(tmp_path):
+    """The suite report's target table: each target's value from the records, met or not, and the factor missing."""
+    from sparse_autotune.bench import summary, write_report as write_suite
+    recs = [_suite_rec(64, 0.1, "fp32", 10.0, 50.0, 50.0, 20.0, 8.0, 2.0),   # 5x over cuSPARSE, 5x over FP32
+            _suite_rec(64, 0.05, "fp32", 10.0, 20.0, 40.0, 15.0, 8.0, 4.0),  # 2x, 4x over FP32, 1.5x best dense
+            _suite_rec(128, 0.05, "fp16", 60.0, 120.0, 300.0, 100.0, 60.0, 20.0)]  # 1x best dense; tuned >= 50: 3x floor
+    t = {x["target"]: x for x in summary(recs)["targets"]}
+    assert t["fp32 speed-up over cuBLAS FP32 at d = 0.1"]["met"] is True
+    assert t["fp32 speed-up over cuBLAS FP32 at d = 0.1"]["missing_factor"] is None
+    low = t["fp32 speed-up over cuBLAS FP32 at d = 0.05"]
+    assert low["met"] is False and abs(low["value"] - 4.0) < 1e-9 and abs(low["missing_factor"] - 1.5) < 1e-9
+    dense = t["speed-up over the best dense path of the same dtype at d = 0.05"]  # geomean(1.5, 1.0)
+    assert dense["met"] is False and abs(dense["value"] - 1.5 ** 0.5) < 1e-9
+    floor = t["median tuned / floor where tuned >= 50 us"]
+    assert floor["met"] is False and abs(floor["value"] - 3.0) < 1e-9 and abs(floor["missing_factor"] - 1.5) < 1e-9
+    cs = t["geomean speed-up over cuSPARSE"]
+    assert abs(cs["value"] - (5.0 * 2.0 * 2.0) ** (1 / 3)) < 1e-9 and cs["met"] is False
+    write_suite(recs, tmp_path / "suite-x", "dl", 10)
+    md = (tmp_path / "suite-x.md").read_text()
+    assert "Targets (3 of 10 cases)" in md and "| fp32 speed-up over cuBLAS FP32 at d = 0.05 | >= 6 | 4.00 | no | 1.50 |" in md
+    assert "| 64 | 256 | 128 | 2 |" in md  # the by-shape table
