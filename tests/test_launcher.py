@@ -188,6 +188,41 @@ def test_kernel_args_match_every_family_signature(dtype):
     assert kern.launcher(0).is_noop  # N == 0: nothing to launch
 
 
+def test_kernel_warm_builds_the_layouts_under_the_matrix_lock():
+    """build_kernel warms each kernel (its layouts built in the compile thread, not at the first timed launch), and
+    the kernels of one matrix build them one at a time."""
+    import threading
+
+    a = random_matrix(64, 256, 0.05, "uniform", 0)
+    calls = []
+
+    class Counting(_FakeDeviceCSR):
+        def __init__(self, a):
+            super().__init__(a)
+            self.lock = threading.Lock()
+
+        def tc(self, rn):
+            calls.append(("tc", rn, self.lock.locked()))
+            return super().tc(rn)
+
+        def segments(self, order, rows_per_block, split):
+            calls.append(("seg", (order, rows_per_block, split), self.lock.locked()))
+            return super().segments(order, rows_per_block, split)
+
+    dev = Counting(a)
+    fn = types.SimpleNamespace(kernel=types.SimpleNamespace(ptr=0xF00D))
+    from sparse_autotune.space import get_space
+    tc = get_space("tc_gather")
+    Kernel(tc, {"rn": 2, "nt": 1, "ksplit": 4, "unroll": 1, "bload": "scalar"}, "fp16", "", fn, dev).warm()
+    rs = get_space("csr_rowsplit")
+    cfg = next(iter(rs.feasible("fp32", problem_env(64, 256, 128, a.nnz, "fp32"))))
+    Kernel(rs, dict(cfg), "fp32", "", fn, dev).warm()
+    assert ("tc", 2, True) in calls
+    assert any(c[0] == "seg" and c[1] == (cfg["row_order"], cfg["rows_per_block"], cfg["split"]) and c[2]
+               for c in calls)
+    assert not dev.lock.locked()
+
+
 def test_operator_rejects_a_host_array_without_a_gpu():
     """The CuPy path's type check runs before anything touches the device."""
     import sparse_autotune as sa
