@@ -111,8 +111,10 @@ def test_wide_covering_sample_correct(dtype):
             assert not sample
             continue
         assert len(sample) >= 10
-        for cfg in sample:
-            k = build_kernel(ctx.a_dev, space.family, cfg, dtype)
+        # compile in parallel threads (as the tuner does: NVRTC and the driver's assembler on CPU cores), then check
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            kernels = list(pool.map(lambda cfg: build_kernel(ctx.a_dev, space.family, cfg, dtype), sample))
+        for k in kernels:
             b, ref = ctx.fresh_check()
             err = check(lambda: k(b, ctx.c), ctx.c, ref, dtype)
             assert err >= 0.0
