@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 from pathlib import Path
 
+from sparse_autotune.bench import geomean
 from sparse_autotune.errors import CandidateError, UserError
 from sparse_autotune.problem import Problem, parse_shape
 
@@ -38,11 +38,6 @@ def value(text: str):
         except ValueError:
             pass
     return text
-
-
-def geomean(xs):
-    xs = [x for x in xs if x and x > 0]
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
 
 
 def main(argv=None) -> int:

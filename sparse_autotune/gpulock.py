@@ -109,8 +109,3 @@ def current_gpu_key() -> str:
         return str(dev.pci_bus_id)
     except Exception:  # noqa: BLE001
         return f"index{dev.id}"
-
-
-def gpu_turn():
-    """Context manager: this process's turn on the current GPU."""
-    return turn_for(current_gpu_key())()

@@ -624,13 +624,10 @@ def status_text(st: Status, label: str) -> str:
 
 def _phases(report: dict) -> str:
     """'init 0.2 s, trials 7.9 s (verify 2.1 s, time 5.6 s, 3 given up), finish 1.2 s': this worker's GPU turn for one
-    problem, by phase."""
-    ph = report.get("gpu_turn_s") or {}
-    given_up = ph.get("given_up", 0)
-    parts = []
-    for name in ("init", "trials", "finish"):
-        if name in ph:
-            detail = ([f"verify {ph['verify']:.1f} s", f"time {ph['time']:.1f} s"] if name == "trials" and "time" in ph
-                      else []) + ([f"{given_up} given up"] if name == "trials" and given_up else [])
-            parts.append(f"{name} {ph[name]:.1f} s" + (f" ({', '.join(detail)})" if detail else ""))
-    return ", ".join(parts) or "none"
+    problem, by phase (GpuTuner.finish's gpu_turn_s); 'none' for a tuner without a GPU turn."""
+    ph = report.get("gpu_turn_s")
+    if not ph:
+        return "none"
+    detail = f"verify {ph['verify']:.1f} s, time {ph['time']:.1f} s" + (
+        f", {ph['given_up']} given up" if ph.get("given_up") else "")
+    return f"init {ph['init']:.1f} s, trials {ph['trials']:.1f} s ({detail}), finish {ph['finish']:.1f} s"
