@@ -14,8 +14,10 @@ runs the storage's retry callback.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import threading
 import time
 import warnings
@@ -82,6 +84,26 @@ def heartbeat_storage(storage):
     return None
 
 
+def _finished_elsewhere(study, trial) -> bool:
+    """The trial this process asked is no longer RUNNING in the storage (another worker failed it as stale)."""
+    return study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING
+
+
+@contextlib.contextmanager
+def _unless_failed_elsewhere(study, trial):
+    """Closing a trial that another worker may have failed as stale meanwhile: that case is not an error."""
+    try:
+        yield
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        if not _finished_elsewhere(study, trial):
+            raise
+
+
+def warn(msg: str) -> None:
+    """One line on stderr (the worker's log), for what the search survives but the user should know."""
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
 class _Heartbeats:
     """Records Optuna heartbeats (storage.record_heartbeat) for every trial this process has asked and not yet told,
     every heartbeat interval, in a daemon thread: what Study.optimize does per trial, for the ask/tell loop."""
@@ -89,6 +111,7 @@ class _Heartbeats:
     def __init__(self, storage):
         self.storage = storage
         self.ids: set[int] = set()
+        self.last: dict[int, float] = {}  # trial id -> monotonic time of its last recorded beat (for the warning)
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="optuna-heartbeats", daemon=True)
@@ -98,10 +121,16 @@ class _Heartbeats:
         with self.lock:
             self.ids.add(trial_id)
         self.storage.record_heartbeat(trial_id)  # at once: a trial without a heartbeat row is never found stale
+        self.last[trial_id] = time.monotonic()
 
     def discard(self, trial_id: int):
         with self.lock:
             self.ids.discard(trial_id)
+
+    def since_last(self, trial_id: int) -> float | None:
+        """Seconds since the trial's last recorded heartbeat (None: none recorded)."""
+        t = self.last.get(trial_id)
+        return None if t is None else time.monotonic() - t
 
     def _loop(self):
         interval = self.storage.get_heartbeat_interval()
@@ -111,6 +140,7 @@ class _Heartbeats:
             for tid in ids:
                 try:
                     self.storage.record_heartbeat(tid)
+                    self.last[tid] = time.monotonic()
                 except Exception:  # noqa: BLE001 - a lost beat is retried at the next interval
                     pass
 
@@ -217,16 +247,28 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
         mine.discard(trial.number)
         if beats is not None:
             beats.discard(trial._trial_id)
-        if exc is not None:
-            trial.set_user_attr("error_stage", exc.stage)
-            trial.set_user_attr("error", str(exc)[:2000])
-            if exc.log:
-                trial.set_user_attr("error_log", exc.log[:8000])
-            frozen = study.tell(trial, state=TrialState.FAIL)
-        else:
-            for k, v in (attrs or {}).items():
-                trial.set_user_attr(k, v)
-            frozen = study.tell(trial, value)
+        try:
+            if exc is not None:
+                trial.set_user_attr("error_stage", exc.stage)
+                trial.set_user_attr("error", str(exc)[:2000])
+                if exc.log:
+                    trial.set_user_attr("error_log", exc.log[:8000])
+                frozen = study.tell(trial, state=TrialState.FAIL)
+            else:
+                for k, v in (attrs or {}).items():
+                    trial.set_user_attr(k, v)
+                frozen = study.tell(trial, value)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial"
+            if not _finished_elsewhere(study, trial):
+                raise
+            # another worker's fail_stale_trials found this trial's heartbeat older than the grace period, failed it
+            # and queued its retry: the result is dropped here (the retry evaluates the config again), the search goes
+            # on. Seen once on the device with 12 workers on one SQLite storage (the dl suite, session 6).
+            gap = beats.since_last(trial._trial_id) if beats is not None else None
+            since = f"{gap:.1f} s" if gap is not None else "unknown"
+            warn(f"trial {trial.number} of {study_name} was failed by another worker as stale (its last heartbeat "
+                 f"from here: {since} ago); its result is dropped and its retry evaluates it again")
+            return
         told += 1
         if on_trial:
             on_trial(frozen, done_before + told, best_value())
@@ -287,8 +329,9 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
             mine.discard(trial.number)
             if beats is not None:
                 beats.discard(trial._trial_id)
-            trial.set_user_attr("over_budget", True)
-            study.tell(trial, state=TrialState.FAIL)
+            with _unless_failed_elsewhere(study, trial):  # released either way
+                trial.set_user_attr("over_budget", True)
+                study.tell(trial, state=TrialState.FAIL)
         return keep
 
     def spent() -> int:
@@ -348,7 +391,8 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
                 stop_reason = "trial budget already spent by earlier runs"
     except BaseException:
         for trial, *_ in pending:  # asked but not evaluated: close them so the study holds no RUNNING trial
-            study.tell(trial, state=TrialState.FAIL)
+            with _unless_failed_elsewhere(study, trial):
+                study.tell(trial, state=TrialState.FAIL)
         raise
     finally:
         if pool is not None:

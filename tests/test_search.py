@@ -426,3 +426,35 @@ def test_give_up_threshold_only_after_a_best_and_never_below_the_floor():
     big = 10 * GIVE_UP_MIN_US
     assert give_up_threshold(big) == GIVE_UP_FACTOR * big
     assert give_up_threshold(big) > big
+
+
+@pytest.mark.parametrize("attrs", [{}, {"synthetic": True}])  # tell alone raises ValueError; set_user_attr another
+def test_shared_synthetic_trial_failed_as_stale_elsewhere_is_dropped_not_fatal(tmp_path, capsys, attrs):
+    """A worker whose running trial another worker failed as stale (Optuna's heartbeat check) drops that result with
+    a warning and goes on to its budget; before, the tell raised UpdateFinishedTrialError and the worker died (seen
+    on the device with 12 workers). Synthetic objective; the 'other worker' is a second storage handle."""
+    url = f"sqlite:///{tmp_path / 'stale.sqlite'}"
+
+    def storage():
+        return optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2)
+
+    other = {"done": False}
+
+    def synthetic(fam, cfg):
+        if not other["done"]:  # the first evaluation: "another worker" fails this process's running trials
+            other["done"] = True
+            st = storage()
+            study = optuna.load_study(study_name="stale", storage=st)
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            assert running
+            for t in running:
+                st.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        return synthetic_value(cfg), dict(attrs)
+
+    res = run_search(storage(), "stale", [CSR], DTYPE, ENV, LIMITS, synthetic, 6, worker="w1", shared=True)
+    assert other["done"]
+    assert res.complete == 6  # the dropped result does not count: six others were evaluated
+    study = optuna.load_study(study_name="stale", storage=url)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    err = capsys.readouterr().err
+    assert "failed by another worker as stale" in err and err.count("warning:") == 1
