@@ -144,7 +144,12 @@ def test_suite_summary_targets_met_missed_and_by_how_much(tmp_path):
     assert floor["met"] is False and abs(floor["value"] - 3.0) < 1e-9 and abs(floor["missing_factor"] - 1.5) < 1e-9
     cs = t["geomean speed-up over cuSPARSE"]
     assert abs(cs["value"] - (5.0 * 2.0 * 2.0) ** (1 / 3)) < 1e-9 and cs["met"] is False
+    # the cases at the goal on their own: 5x of (5x, 2x, 2x) over cuSPARSE; 1.5x of (1.5x, 1x) over dense at 0.05
+    assert (cs["cases_at_goal"], cs["cases"]) == (1, 3)
+    assert (dense["cases_at_goal"], dense["cases"]) == (1, 2)
+    assert (floor["cases_at_goal"], floor["cases"]) == (0, 1)
+    assert (low["cases_at_goal"], low["cases"]) == (0, 1)
     write_suite(recs, tmp_path / "suite-x", "dl", 10)
     md = (tmp_path / "suite-x.md").read_text()
-    assert "Targets (3 of 10 cases)" in md and "| fp32 speed-up over cuBLAS FP32 at d = 0.05 | >= 6 | 4.00 | no | 1.50 |" in md
+    assert "Targets (3 of 10 cases)" in md and "| fp32 speed-up over cuBLAS FP32 at d = 0.05 | >= 6 | 4.00 | no | 1.50 | 0 of 1 |" in md
     assert "| 64 | 256 | 128 | 2 |" in md  # the by-shape table
