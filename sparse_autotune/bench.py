@@ -140,38 +140,39 @@ def run_suite_scaleout(suite: str, trials: int, out_dir: Path, so, run_workers,
 
 
 def summary(records: list[dict]) -> dict:
-    ratio = _ratio
     out = {"cases": len(records),
-           "geomean_vs_cusparse": geomean(ratio(r, "cusparse_us") for r in records),
-           "geomean_vs_best_dense": geomean(ratio(r, "dense") for r in records)}
+           "geomean_vs_cusparse": geomean(_ratio(r, "cusparse_us") for r in records),
+           "geomean_vs_best_dense": geomean(_ratio(r, "dense") for r in records)}
     for dt in DTYPES:
         for d in DENSITIES:
             sel = [r for r in records if r["dtype"] == dt and abs(r["density"] - d) < 1e-9]
             if sel:
                 out[f"{dt}@{d}"] = {
                     "cases": len(sel),
-                    "vs_cusparse": geomean(ratio(r, "cusparse_us") for r in sel),
-                    "vs_cublas_fp32": geomean(ratio(r, "cublas_fp32_us") for r in sel),
-                    "vs_best_dense": geomean(ratio(r, "dense") for r in sel)}
+                    "vs_cusparse": geomean(_ratio(r, "cusparse_us") for r in sel),
+                    "vs_cublas_fp32": geomean(_ratio(r, "cublas_fp32_us") for r in sel),
+                    "vs_best_dense": geomean(_ratio(r, "dense") for r in sel)}
     big = sorted(r["tuned_us"] / r["floor_us"] for r in records if r["tuned_us"] >= 50 and r["floor_us"])
     out["median_tuned_over_floor_ge50us"] = big[len(big) // 2] if big else None
     at05 = [r for r in records if abs(r["density"] - 0.05) < 1e-9]
-    out["vs_best_dense@0.05"] = geomean(ratio(r, "dense") for r in at05)
+    out["vs_best_dense@0.05"] = geomean(_ratio(r, "dense") for r in at05)
     out["targets"] = targets(out, records)
     return out
 
 
-# The targets of the kernels issue, over the whole dl suite on the H100: (name, summary value, ">=" or "<=", goal,
-# the cases it is about, one case's own value): the last two count the cases that are at the goal on their own
 def _ratio(r: dict, key: str):
+    """One case's speed-up over a baseline time field ("dense": the best dense path of its dtype); None without it."""
     v = r.get(key) if key != "dense" else best_dense(r)
     return v / r["tuned_us"] if v else None
 
 
 def _at(d: float, dtype: str | None = None):
+    """A selector of the cases at density d (and of one dtype)."""
     return lambda r: abs(r["density"] - d) < 1e-9 and (dtype is None or r["dtype"] == dtype)
 
 
+# The targets of the kernels issue, over the whole dl suite on the H100: (name, summary value, ">=" or "<=", goal,
+# the cases it is about, one case's own value): the last two count the cases that are at the goal on their own
 TARGETS = (
     ("geomean speed-up over cuSPARSE", "geomean_vs_cusparse", ">=", 4.0,
      lambda r: True, lambda r: _ratio(r, "cusparse_us")),

@@ -91,7 +91,8 @@ def _finished_elsewhere(study, trial) -> bool:
 
 @contextlib.contextmanager
 def _unless_failed_elsewhere(study, trial):
-    """Closing a trial that another worker may have failed as stale meanwhile: that case is not an error."""
+    """Closing a trial that another worker may have failed as stale meanwhile: that case is not an error (the rest of
+    the block is skipped). Optuna raises UpdateFinishedTrialError from set_user_attr, ValueError from tell."""
     try:
         yield
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
@@ -126,6 +127,7 @@ class _Heartbeats:
     def discard(self, trial_id: int):
         with self.lock:
             self.ids.discard(trial_id)
+        self.last.pop(trial_id, None)
 
     def since_last(self, trial_id: int) -> float | None:
         """Seconds since the trial's last recorded heartbeat (None: none recorded)."""
@@ -245,9 +247,11 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
     def finish(trial, value=None, exc: CandidateError | None = None, attrs=None):
         nonlocal told
         mine.discard(trial.number)
+        since = beats.since_last(trial._trial_id) if beats is not None else None
         if beats is not None:
             beats.discard(trial._trial_id)
-        try:
+        dropped = True
+        with _unless_failed_elsewhere(study, trial):
             if exc is not None:
                 trial.set_user_attr("error_stage", exc.stage)
                 trial.set_user_attr("error", str(exc)[:2000])
@@ -258,16 +262,14 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
                 for k, v in (attrs or {}).items():
                     trial.set_user_attr(k, v)
                 frozen = study.tell(trial, value)
-        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial"
-            if not _finished_elsewhere(study, trial):
-                raise
+            dropped = False
+        if dropped:
             # another worker's fail_stale_trials found this trial's heartbeat older than the grace period, failed it
             # and queued its retry: the result is dropped here (the retry evaluates the config again), the search goes
             # on. Seen once on the device with 12 workers on one SQLite storage (the dl suite, session 6).
-            gap = beats.since_last(trial._trial_id) if beats is not None else None
-            since = f"{gap:.1f} s" if gap is not None else "unknown"
+            when = f"{since:.1f} s ago" if since is not None else "never"
             warn(f"trial {trial.number} of {study_name} was failed by another worker as stale (its last heartbeat "
-                 f"from here: {since} ago); its result is dropped and its retry evaluates it again")
+                 f"from here: {when}); its result is dropped and its retry evaluates it again")
             return
         told += 1
         if on_trial:
