@@ -124,14 +124,11 @@ class _Heartbeats:
         self.storage.record_heartbeat(trial_id)  # at once: a trial without a heartbeat row is never found stale
         self.last[trial_id] = time.monotonic()
 
-    def discard(self, trial_id: int):
+    def discard(self, trial_id: int) -> float | None:
+        """Stop beating for the trial; returns the seconds since its last recorded heartbeat (None: none recorded)."""
         with self.lock:
             self.ids.discard(trial_id)
-        self.last.pop(trial_id, None)
-
-    def since_last(self, trial_id: int) -> float | None:
-        """Seconds since the trial's last recorded heartbeat (None: none recorded)."""
-        t = self.last.get(trial_id)
+        t = self.last.pop(trial_id, None)
         return None if t is None else time.monotonic() - t
 
     def _loop(self):
@@ -247,9 +244,7 @@ def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: d
     def finish(trial, value=None, exc: CandidateError | None = None, attrs=None):
         nonlocal told
         mine.discard(trial.number)
-        since = beats.since_last(trial._trial_id) if beats is not None else None
-        if beats is not None:
-            beats.discard(trial._trial_id)
+        since = beats.discard(trial._trial_id) if beats is not None else None
         dropped = True
         with _unless_failed_elsewhere(study, trial):
             if exc is not None:
