@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from sparse_autotune.bench import geomean
-from sparse_autotune.errors import CandidateError, UserError
+from sparse_autotune.errors import CandidateError, UserError, exit_status
 from sparse_autotune.problem import Problem, parse_shape
 
 
@@ -123,8 +123,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as exc:
-        print(f"ab_param: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(exit_status("ab_param", main))

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from sparse_autotune.errors import UserError
+from sparse_autotune.errors import UserError, exit_status
 from sparse_autotune.problem import Problem, parse_shape
 
 
@@ -56,8 +56,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as exc:
-        print(f"profile_case: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(exit_status("profile_case", main))

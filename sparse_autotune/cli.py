@@ -9,7 +9,7 @@ import sys
 import time
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, exit_status
 from .problem import DEFAULT_N, PATTERNS, Problem, check_density, check_dtype, check_n, load_matrix, parse_shape
 from .dbcli import add_db_parser, cmd_db
 from .search import SAMPLERS
@@ -429,17 +429,12 @@ def cmd_spaces(a) -> int:
 
 
 def main(argv=None) -> int:
-    try:
+    def run() -> int:
         args = _parser().parse_args(argv)
         return {"tune": cmd_tune, "lookup": cmd_lookup, "bench": cmd_bench, "spaces": cmd_spaces, "db": cmd_db,
                 "tune-model": cmd_tune_model, "report": cmd_report, "worker": cmd_worker,
                 "status": cmd_status}[args.cmd](args)
-    except UserError as exc:
-        print(f"sparse-autotune: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sparse-autotune: interrupted", file=sys.stderr)
-        return 130
+    return exit_status("sparse-autotune", run)
 
 
 if __name__ == "__main__":
