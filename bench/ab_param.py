@@ -17,9 +17,9 @@ import random
 import sys
 from pathlib import Path
 
-from sparse_autotune.bench import geomean
+from sparse_autotune.tuning.suite import geomean
 from sparse_autotune.errors import CandidateError, UserError, exit_status
-from sparse_autotune.problem import Problem, parse_shape
+from sparse_autotune.core.problem import Problem, parse_shape
 
 
 def parse_case(text: str) -> tuple:
@@ -52,12 +52,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     cases = [parse_case(c) for c in a.case]
     va, vb = value(a.a), value(a.b)
-    from sparse_autotune.context import GpuProblem
-    from sparse_autotune.gpu import gpu_info
-    from sparse_autotune.kernels import build_kernel
-    from sparse_autotune.space import get_space, problem_env
-    from sparse_autotune.timing import time_launches
-    from sparse_autotune.verify import check
+    from sparse_autotune.device.context import GpuProblem
+    from sparse_autotune.device.gpu import gpu_info
+    from sparse_autotune.device.kernel import build_kernel
+    from sparse_autotune.core.space import get_space, problem_env
+    from sparse_autotune.device.timing import time_launches
+    from sparse_autotune.device.verify import check
     space = get_space(a.family)
     if a.param not in {p.name for p in space.params}:
         raise UserError(f"{a.family} has no parameter {a.param!r}")

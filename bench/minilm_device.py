@@ -60,7 +60,7 @@ def cpu_check(folder: Path, densities) -> dict:
 
 
 def sparse_copy(dense_model, dtype: str, db: str, n_hint: int | None):
-    from sparse_autotune.torch import SparseLinear
+    from sparse_autotune.runtime.nn import SparseLinear
     m = copy.deepcopy(dense_model)
     for name, lin in encoder_linears(m):
         replace_module(m, name, SparseLinear(lin.weight.detach(), lin.bias, dtype=dtype, db=db, n_hint=n_hint))
@@ -147,8 +147,8 @@ def main() -> int:
 
     import torch
 
-    from sparse_autotune.cli import main as cli
-    from sparse_autotune.gpu import gpu_info, gpu_slug
+    from sparse_autotune.commands.main import main as cli
+    from sparse_autotune.device.gpu import gpu_info, gpu_slug
 
     phases = set(a.phases.split(","))
     out = Path(a.out)

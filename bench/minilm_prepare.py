@@ -59,7 +59,7 @@ def main() -> int:
         return 2
     import torch
 
-    from sparse_autotune import model as mdl
+    from sparse_autotune.tuning import checkpoint as mdl
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

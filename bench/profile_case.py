@@ -13,7 +13,7 @@ import json
 import sys
 
 from sparse_autotune.errors import UserError, exit_status
-from sparse_autotune.problem import Problem, parse_shape
+from sparse_autotune.core.problem import Problem, parse_shape
 
 
 def main(argv=None) -> int:
@@ -28,9 +28,9 @@ def main(argv=None) -> int:
     ap.add_argument("--config", help="a config as JSON (with --family)")
     ap.add_argument("--launches", type=int, default=5)
     a = ap.parse_args(argv)
-    from sparse_autotune.gpu import cupy, gpu_info
-    from sparse_autotune.kernels import build_kernel
-    from sparse_autotune.tuningdb import TuningDB
+    from sparse_autotune.device.gpu import cupy, gpu_info
+    from sparse_autotune.device.kernel import build_kernel
+    from sparse_autotune.store.db import TuningDB
     cp = cupy()
     m, k = parse_shape(a.shape)
     p = Problem.random(m, k, a.n, a.density, a.dtype, a.pattern, seed=0)
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     else:
         raise UserError("give --db, or --family and --config")
     print(json.dumps({"family": family, "config": cfg, "time_us": stored, "nnz": p.nnz}), flush=True)
-    from sparse_autotune.context import GpuProblem
+    from sparse_autotune.device.context import GpuProblem
     ctx = GpuProblem(p, gpu_info())
     kern = build_kernel(ctx.a_dev, family, cfg, a.dtype)
     for i in range(a.launches):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sparse_autotune.lookup import lookup
-from sparse_autotune.tuningdb import Record, TuningDB
+from sparse_autotune.store.lookup import lookup
+from sparse_autotune.store.db import Record, TuningDB
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results")
 out.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,7 @@ res["lookup_records"] = 1000
 
 # ---- op(B) overhead (GPU only)
 try:
-    from sparse_autotune.gpu import gpu_available, gpu_info
+    from sparse_autotune.device.gpu import gpu_available, gpu_info
     has_gpu = gpu_available()
 except Exception:  # noqa: BLE001
     has_gpu = False
@@ -56,7 +56,7 @@ if has_gpu:
     import cupy as cp
 
     import sparse_autotune as sa
-    from sparse_autotune.problem import random_matrix
+    from sparse_autotune.core.problem import random_matrix
     info = gpu_info()
     res.update({k: v for k, v in info.versions().items()})
     a = random_matrix(64, 64, 0.1, "uniform", 0, np.float32)  # a tiny kernel: host overhead dominates
@@ -89,7 +89,7 @@ if has_gpu:
     except ImportError:
         torch = None
     if torch is not None:
-        from sparse_autotune.torch import SparseLinear
+        from sparse_autotune.runtime.nn import SparseLinear
         res["torch"] = torch.__version__
         tb = torch.as_tensor(b.get()).cuda()
         tc = torch.empty(64, 16, device="cuda")

@@ -1,6 +1,6 @@
 import pytest
 
-from sparse_autotune.gpu import gpu_available
+from sparse_autotune.device.gpu import gpu_available
 
 HAS_GPU = gpu_available()
 
@@ -19,7 +19,7 @@ def _no_shipped_databases(request, monkeypatch):
     """Tests see only the databases they make: the ones shipped in db/ are left out of lookup's search path
     (a test marked `shipped_db` keeps them). Lookup's in-process cache starts and ends empty for every test."""
     import importlib
-    lk = importlib.import_module("sparse_autotune.lookup")  # the module (the package exports the function)
+    lk = importlib.import_module("sparse_autotune.store.lookup")  # the module (the package exports the function)
     if "shipped_db" not in request.keywords:
         monkeypatch.setattr(lk, "shipped_databases", lambda: ())
         monkeypatch.setenv("SPARSE_AUTOTUNE_NO_SHIPPED_DB", "1")  # for the CLI run in subprocesses

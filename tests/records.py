@@ -2,7 +2,7 @@
 import datetime as dt
 import json
 
-from sparse_autotune.tuningdb import Record
+from sparse_autotune.store.db import Record
 
 GPU = "NVIDIA H100 80GB HBM3"
 KEY = dict(m=512, k=2048, n=256, density=0.1, dtype="fp32")

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparse_autotune import space
-from sparse_autotune.tuningdb import SCHEMA_VERSION, Record, TuningDB
+from sparse_autotune.core import space
+from sparse_autotune.store.db import SCHEMA_VERSION, Record, TuningDB
 
 PREFIX = "sparse-autotune: error:"
 GPU = "NVIDIA H100 80GB HBM3"
@@ -178,7 +178,7 @@ def test_bad_input_writes_nothing(bad_results, files):
 
 
 def _has_gpu() -> bool:
-    from sparse_autotune.gpu import gpu_available
+    from sparse_autotune.device.gpu import gpu_available
     return gpu_available()
 
 
@@ -309,8 +309,8 @@ def test_family_without_the_dtype_is_refused_synthetic(tmp_path, monkeypatch):
     """tc_gather computes fp16 only: tuning fp32 with it alone is a one-line UserError before any database is
     created; with all enabled families, fp32 tuning leaves it out (synthetic objective, so no GPU is needed)."""
     from sparse_autotune.errors import UserError
-    from sparse_autotune.problem import Problem
-    from sparse_autotune.tune import TuneOptions, make_tuner
+    from sparse_autotune.core.problem import Problem
+    from sparse_autotune.tuning.tuner import TuneOptions, make_tuner
     monkeypatch.setenv("SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE", "1")
     tc = space.get_space("tc_gather")
     assert tc.supports("fp16") and not tc.supports("fp32") and list(tc.enumerate("fp32")) == []

@@ -14,8 +14,8 @@ import pytest
 from records import make_record
 
 from sparse_autotune.errors import UserError
-from sparse_autotune.lookup import lookup
-from sparse_autotune.tuningdb import (APPLICATION, DB_ENV, SCHEMA_VERSION, TuningDB, check_file,
+from sparse_autotune.store.lookup import lookup
+from sparse_autotune.store.db import (APPLICATION, DB_ENV, SCHEMA_VERSION, TuningDB, check_file,
                                       default_db_path)
 
 GPU = "NVIDIA H100 80GB HBM3"
@@ -334,7 +334,7 @@ def test_lookup_on_read_only_file(filled_db):
 
 _READONLY_PROBE = textwrap.dedent("""
     import os, sys
-    from sparse_autotune.lookup import lookup
+    from sparse_autotune.store.lookup import lookup
     warm, target, uid = sys.argv[1], sys.argv[2], int(sys.argv[3])
     key = dict(m=512, k=2048, n=256, density=0.1, dtype="fp32", gpu=sys.argv[4])
     assert lookup(**key, db=warm) is not None  # imports everything while it still can

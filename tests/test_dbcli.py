@@ -1,6 +1,6 @@
 """The tuning database as a shared artifact (CPU only): schema 1 -> 2 migration of the committed v1 fixture,
 read-only use of an unmigrated file, merge rules, export, concurrent writers, and the `db` command line
-(sparse_autotune.dbcli)."""
+(sparse_autotune.commands.db)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from records import make_record as _make_record
 
-import sparse_autotune.tuningdb as tuningdb
+import sparse_autotune.store.db as tuningdb
 from sparse_autotune.errors import UserError
-from sparse_autotune.lookup import lookup
-from sparse_autotune.tuningdb import (SCHEMA_VERSION, Record, RecordFilter, TuningDB, check_file, describe_file,
+from sparse_autotune.store.lookup import lookup
+from sparse_autotune.store.db import (SCHEMA_VERSION, Record, RecordFilter, TuningDB, check_file, describe_file,
                                       record_uid)
-from sparse_autotune.verify import TOLERANCE
+from sparse_autotune.device.verify import TOLERANCE
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tuning-v1.sqlite"
 H100 = "NVIDIA H100 80GB HBM3"
@@ -551,7 +551,7 @@ def test_export_of_an_unmigrated_v1_source(v1, tmp_path):
 _WORKER = textwrap.dedent("""
     import datetime as dt, json, sys, time
     from pathlib import Path
-    from sparse_autotune.tuningdb import Record, TuningDB
+    from sparse_autotune.store.db import Record, TuningDB
     path, worker, count, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
     Path(f"{go}.ready{worker}").touch()
     deadline = time.time() + 60
@@ -623,8 +623,8 @@ def run_db(argv, capsys, env_db: Path | None = None, monkeypatch=None) -> tuple[
     a parser built the same way (cli's _Parser, add_db_parser, and main's one-line error handling)."""
     if monkeypatch is not None and env_db is not None:
         monkeypatch.setenv("SPARSE_AUTOTUNE_DB", str(env_db))
-    from sparse_autotune import cli
-    from sparse_autotune.dbcli import add_db_parser, cmd_db
+    from sparse_autotune.commands import main as cli
+    from sparse_autotune.commands.db import add_db_parser, cmd_db
     argv = ["db", *map(str, argv)]
     if hasattr(cli, "cmd_db"):
         rc = cli.main(argv)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from sparse_autotune.problem import DTYPES, Problem, host_values, random_matrix
-from sparse_autotune.space import load_spaces, problem_env
+from sparse_autotune.core.problem import DTYPES, Problem, host_values, random_matrix
+from sparse_autotune.core.space import load_spaces, problem_env
 
 pytestmark = pytest.mark.gpu
 
@@ -58,9 +58,9 @@ def edge_matrices(dtype):
 def test_every_family_correct_on_edge_cases(dtype):
     """A covering sample of every family's configs verifies against float64 on edge-case matrices and N."""
     cp = _cp()
-    from sparse_autotune.gpu import gpu_info
-    from sparse_autotune.kernels import DeviceCSR, build_kernel
-    from sparse_autotune.verify import check, reference
+    from sparse_autotune.device.gpu import gpu_info
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
     import cupyx.scipy.sparse as csp
     info = gpu_info()
     np_dt = DTYPES[dtype]
@@ -95,10 +95,10 @@ def test_every_family_correct_on_edge_cases(dtype):
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_wide_covering_sample_correct(dtype):
     """Many configs (every parameter value covered) on the mission shape, fresh random inputs each."""
-    from sparse_autotune.context import GpuProblem
-    from sparse_autotune.gpu import gpu_info
-    from sparse_autotune.kernels import build_kernel
-    from sparse_autotune.verify import check
+    from sparse_autotune.device.context import GpuProblem
+    from sparse_autotune.device.gpu import gpu_info
+    from sparse_autotune.device.kernel import build_kernel
+    from sparse_autotune.device.verify import check
     info = gpu_info()
     mission = GpuProblem(Problem.random(512, 2048, 256, 0.1, dtype), info)
     small = GpuProblem(Problem.random(64, 256, 256, 0.05, dtype), info)  # the pattern family: few nonzeros, quick JIT
@@ -124,7 +124,7 @@ def test_poisoned_output_detects_unwritten_rows():
     """verify.check must fail a kernel that leaves part of C unwritten."""
     cp = _cp()
     from sparse_autotune.errors import CandidateError
-    from sparse_autotune.verify import check, reference
+    from sparse_autotune.device.verify import check, reference
     import cupyx.scipy.sparse as csp
     a = random_matrix(64, 64, 0.2, "uniform", 0, np.float32)
     b = cp.asarray(np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))
@@ -139,11 +139,11 @@ def test_poisoned_output_detects_unwritten_rows():
 
 
 def test_timing_graph_replay_and_baselines():
-    from sparse_autotune.baselines import time_baselines
-    from sparse_autotune.context import GpuProblem
-    from sparse_autotune.gpu import gpu_info
-    from sparse_autotune.kernels import build_kernel
-    from sparse_autotune.timing import time_launches
+    from sparse_autotune.device.baselines import time_baselines
+    from sparse_autotune.device.context import GpuProblem
+    from sparse_autotune.device.gpu import gpu_info
+    from sparse_autotune.device.kernel import build_kernel
+    from sparse_autotune.device.timing import time_launches
     info = gpu_info()
     p = Problem.random(512, 2048, 256, 0.1, "fp32")
     ctx = GpuProblem(p, info)
@@ -185,7 +185,7 @@ def test_tune_end_to_end_then_lookup_and_spmm(tmp_path):
     assert rep2["trials"]["new"] == 0 and rep2["study"] == rep["study"]
 
     import sparse_autotune as sa
-    from sparse_autotune.gpu import gpu_info
+    from sparse_autotune.device.gpu import gpu_info
     sa.lookup.cache_clear()
     found = sa.lookup(256, 1024, 128, 0.1, "fp32", db=db)
     assert found is not None and found.gpu == gpu_info().name
@@ -254,7 +254,7 @@ def test_spmm_operator_torch():
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_sparse_linear_matches_masked_dense_linear(dtype):
     torch = pytest.importorskip("torch")
-    from sparse_autotune.torch import SparseLinear, magnitude_mask
+    from sparse_autotune.runtime.nn import SparseLinear, magnitude_mask
     tdt = torch.float32 if dtype == "fp32" else torch.float16
     torch.manual_seed(0)
     lin = torch.nn.Linear(384, 1536).to("cuda", tdt)
@@ -283,8 +283,8 @@ def test_spmm_any_n_uses_the_nearest_tuned_config(tmp_path):
     cp = _cp()
     import datetime as dt
     import sparse_autotune as sa
-    from sparse_autotune.gpu import gpu_info
-    from sparse_autotune.tuningdb import Record, TuningDB
+    from sparse_autotune.device.gpu import gpu_info
+    from sparse_autotune.store.db import Record, TuningDB
     info = gpu_info()
     db = tmp_path / "n.sqlite"
     a = random_matrix(300, 500, 0.1, "uniform", 0, np.float32)
@@ -312,7 +312,7 @@ def test_tune_model_two_layer_toy_end_to_end(tmp_path):
     rerun = nothing to do; the runtime finds each layer's exact config; `report --model` writes the PNGs."""
     from safetensors.numpy import save_file
 
-    from sparse_autotune.model import load_bundle
+    from sparse_autotune.tuning.checkpoint import load_bundle
     rng = np.random.default_rng(0)
     save_file({"fc1.weight": rng.standard_normal((512, 256)).astype(np.float32),
                "fc1.bias": rng.standard_normal(512).astype(np.float32),
@@ -358,7 +358,7 @@ def test_spmm_launcher_every_family_cupy_and_torch(dtype):
     except ImportError:
         torch = None
     import sparse_autotune as sa
-    from sparse_autotune.gpu import gpu_info
+    from sparse_autotune.device.gpu import gpu_info
     info = gpu_info()
     np_dt = DTYPES[dtype]
     m, k, n = 64, 256, 48
@@ -404,7 +404,7 @@ def test_spmm_and_sparse_linear_in_a_torch_cuda_graph(dtype):
     torch = pytest.importorskip("torch")
     import sparse_autotune as sa
     from sparse_autotune.errors import UserError
-    from sparse_autotune.torch import SparseLinear, magnitude_mask
+    from sparse_autotune.runtime.nn import SparseLinear, magnitude_mask
     np_dt = DTYPES[dtype]
     tdt = torch.float32 if dtype == "fp32" else torch.float16
     tol = 1e-5 if dtype == "fp32" else 3e-3

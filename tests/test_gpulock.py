@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from sparse_autotune import gpulock
+from sparse_autotune.device import turn as gpulock
 
 HOLD = r"""
 import json, sys, time
-from sparse_autotune.gpulock import turn_for
+from sparse_autotune.device.turn import turn_for
 turn = turn_for(sys.argv[1])
 for _ in range(int(sys.argv[3])):
     with turn():
@@ -65,7 +65,7 @@ def test_other_gpus_do_not_wait(tmp_path):
 def test_a_killed_holder_frees_the_turn(tmp_path, monkeypatch):
     monkeypatch.setenv(gpulock.LOCK_DIR_ENV, str(tmp_path / "locks"))
     flag = tmp_path / "holding"
-    code = ("import sys, time; from pathlib import Path; from sparse_autotune.gpulock import turn_for\n"
+    code = ("import sys, time; from pathlib import Path; from sparse_autotune.device.turn import turn_for\n"
             "with turn_for('gpu-k')():\n    Path(sys.argv[1]).write_text('1'); time.sleep(600)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(flag)], env=_env(tmp_path))
     try:

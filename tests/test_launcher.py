@@ -9,12 +9,12 @@ import types
 import numpy as np
 import pytest
 
-from sparse_autotune import kernels
+from sparse_autotune.device import kernel as kernels
 from sparse_autotune.errors import UserError
-from sparse_autotune.kernels import Kernel, Launcher, pack_params, pattern_context
-from sparse_autotune.problem import random_matrix
-from sparse_autotune.render import render
-from sparse_autotune.space import load_spaces, problem_env
+from sparse_autotune.device.kernel import Kernel, Launcher, pack_params, pattern_context
+from sparse_autotune.core.problem import random_matrix
+from sparse_autotune.core.render import render
+from sparse_autotune.core.space import load_spaces, problem_env
 
 
 def _read_params(params_addr: int, sizes: list[int]) -> list[int]:
@@ -84,7 +84,7 @@ def test_launcher_binds_a_context_on_a_fresh_thread_then_retries(monkeypatch):
     bound = []
     fake_cp = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(
         memGetInfo=lambda: bound.append(True))))
-    monkeypatch.setattr("sparse_autotune.gpu.cupy", lambda: fake_cp)
+    monkeypatch.setattr("sparse_autotune.device.gpu.cupy", lambda: fake_cp)
     fake = _FakeLaunch([8, 8], fail_first_with=DriverError(kernels.CUDA_ERROR_INVALID_CONTEXT))
     ln = Launcher(1, (1,), (32,), 0, [0, 0], 0, 1, launch_fn=fake)
     ln(0x10, 0x20, 0)
@@ -211,7 +211,7 @@ def test_kernel_warm_builds_the_layouts_under_the_matrix_lock():
 
     dev = Counting(a)
     fn = types.SimpleNamespace(kernel=types.SimpleNamespace(ptr=0xF00D))
-    from sparse_autotune.space import get_space
+    from sparse_autotune.core.space import get_space
     tc = get_space("tc_gather")
     Kernel(tc, {"rn": 2, "nt": 1, "ksplit": 4, "unroll": 1, "bload": "scalar"}, "fp16", "", fn, dev).warm()
     rs = get_space("csr_rowsplit")

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from sparse_autotune.lookup import lookup, search_path
-from sparse_autotune.tuningdb import Record, TuningDB
+from sparse_autotune.store.lookup import lookup, search_path
+from sparse_autotune.store.db import Record, TuningDB
 
 H100 = "NVIDIA H100 80GB HBM3"
 H200 = "NVIDIA H200"
@@ -83,7 +83,7 @@ def test_search_path_puts_the_user_db_first(db):
 @pytest.mark.shipped_db
 def test_shipped_database_is_searched_after_the_user_db(tmp_path):
     """The H100 database shipped in db/ answers an exact key when the user's database has nothing."""
-    from sparse_autotune.lookup import shipped_databases
+    from sparse_autotune.store.lookup import shipped_databases
     lookup.cache_clear()
     shipped = shipped_databases()
     assert any(p.endswith("h100-80gb-hbm3.sqlite") for p in shipped)
@@ -93,7 +93,7 @@ def test_shipped_database_is_searched_after_the_user_db(tmp_path):
 
 
 def test_seed_configs_nearest_first_this_gpu_and_dtype_only(db):
-    from sparse_autotune.lookup import seed_configs
+    from sparse_autotune.store.lookup import seed_configs
     tdb = TuningDB(db)
     try:
         tdb.store(rec(H100, "9.0", 512, 2048, 256, 0.1, 9.0, {"tag": "h100-fp16"}, dtype="fp16"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparse_autotune import model as mdl
+from sparse_autotune.tuning import checkpoint as mdl
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,13 +13,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from test_cli import assert_one_line_error, run_cli
 
-from sparse_autotune import model as mdl
+from sparse_autotune.tuning import checkpoint as mdl
 from sparse_autotune.errors import UserError
-from sparse_autotune.problem import Problem
-from sparse_autotune.search import load_study, run_search, summarize
-from sparse_autotune.space import DEFAULT_LIMITS, get_space, problem_env
-from sparse_autotune.tune import TuneOptions, study_name
-from sparse_autotune.tuningdb import TuningDB
+from sparse_autotune.core.problem import Problem
+from sparse_autotune.tuning.search import load_study, run_search, summarize
+from sparse_autotune.core.space import DEFAULT_LIMITS, get_space, problem_env
+from sparse_autotune.tuning.tuner import TuneOptions, study_name
+from sparse_autotune.store.db import TuningDB
 
 GPU = "SYNTHETIC GPU"
 
@@ -342,7 +342,7 @@ def test_synthetic_tune_model_failed_problem_goes_on(tmp_path):
 def test_model_table_leaves_schema_and_other_readers_alone(tmp_path):
     layers, jobs, opts = _model_setup(tmp_path, n="64")
     mdl.tune_model("toy", layers, jobs, opts, GPU, tuner=SyntheticTuner(), progress=False, log=lambda m: None)
-    from sparse_autotune.tuningdb import SCHEMA_VERSION, describe_file
+    from sparse_autotune.store.db import SCHEMA_VERSION, describe_file
     info = describe_file(opts.db)
     assert info["schema_version"] == SCHEMA_VERSION and info["records"] == 3
     out = tmp_path / "export.sqlite"

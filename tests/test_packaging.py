@@ -93,7 +93,7 @@ def test_wheel_metadata(wheel):
     from sparse_autotune import __version__
     assert re.search(rf"^Version: {re.escape(__version__)}$", meta, re.MULTILINE)
     entry_points = zf.read(f"{dist}/entry_points.txt").decode()
-    assert re.search(r"^sparse-autotune\s*=\s*sparse_autotune\.cli:main$", entry_points, re.MULTILINE)
+    assert re.search(r"^sparse-autotune\s*=\s*sparse_autotune\.commands\.main:main$", entry_points, re.MULTILINE)
 
 
 def _run_from_site(wheel, tmp_path, code: str) -> subprocess.CompletedProcess:
@@ -124,7 +124,7 @@ def test_installed_wheel_finds_its_data(wheel, tmp_path):
     proc = _run_from_site(wheel, tmp_path, (
         "import pathlib, sys\n"
         "from sparse_autotune.resources import resource_dir\n"
-        "from sparse_autotune import space, render\n"
+        "from sparse_autotune.core import space, render\n"
         "site = pathlib.Path(sys.argv[1]).resolve()\n"
         "for name in ('variants', 'search_spaces', 'db'):\n"
         "    d = resource_dir(name)\n"

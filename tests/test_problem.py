@@ -9,7 +9,7 @@ import scipy.io
 import scipy.sparse as sp
 
 from sparse_autotune.errors import UserError
-from sparse_autotune.problem import (Problem, check_density, check_dtype, check_n, load_matrix, parse_shape,
+from sparse_autotune.core.problem import (Problem, check_density, check_dtype, check_n, load_matrix, parse_shape,
                                      random_matrix)
 
 # ---- parse_shape ----------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ from records import GPU, make_record
 from sqlalchemy.orm import Session
 from test_cli import assert_one_line_error, run_cli
 
-from sparse_autotune.bench import best_dense
-from sparse_autotune.model import ModelLayer, ensure_model_table
-from sparse_autotune.report import write_report
-from sparse_autotune.tuningdb import TuningDB
+from sparse_autotune.tuning.suite import best_dense
+from sparse_autotune.tuning.checkpoint import ModelLayer, ensure_model_table
+from sparse_autotune.commands.report import write_report
+from sparse_autotune.store.db import TuningDB
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STUDY = "M64_K32_N128_d0.1_fp32_matrix|" + GPU + "|abcdef0123456789"
@@ -129,7 +129,7 @@ def _suite_rec(m, density, dtype, tuned, cs, f32, t32, f16, floor):
 
 def test_suite_summary_targets_met_missed_and_by_how_much(tmp_path):
     """The suite report's target table: each target's value from the records, met or not, and the factor missing."""
-    from sparse_autotune.bench import summary, write_report as write_suite
+    from sparse_autotune.tuning.suite import summary, write_report as write_suite
     recs = [_suite_rec(64, 0.1, "fp32", 10.0, 50.0, 50.0, 20.0, 8.0, 2.0),   # 5x over cuSPARSE, 5x over FP32
             _suite_rec(64, 0.05, "fp32", 10.0, 20.0, 40.0, 15.0, 8.0, 4.0),  # 2x, 4x over FP32, 1.5x best dense
             _suite_rec(128, 0.05, "fp16", 60.0, 120.0, 300.0, 100.0, 60.0, 20.0)]  # 1x best dense; tuned >= 50: 3x floor

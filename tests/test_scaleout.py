@@ -17,9 +17,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sparse_autotune.scaleout import MAX_ATTEMPTS, ScaleOut, queue_table
-from sparse_autotune.tune import SYNTHETIC_GPU, synthetic_value
-from sparse_autotune.tuningdb import Record, TuningDB
+from sparse_autotune.tuning.scaleout import MAX_ATTEMPTS, ScaleOut, queue_table
+from sparse_autotune.tuning.tuner import SYNTHETIC_GPU, synthetic_value
+from sparse_autotune.store.db import Record, TuningDB
 
 PG_ENV = "SPARSE_AUTOTUNE_TEST_PG_URL"
 PREFIX = "sparse-autotune: error:"
@@ -105,7 +105,7 @@ def test_two_workers_synthetic_share_one_study(storage_url, tmp_path):
     env = synthetic_env(tmp_path, 0.1)
     proc = cli([*TUNE, "--trials", str(trials), "--storage", storage_url, "--workers", "2"], env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from sparse_autotune.space import select_spaces
+    from sparse_autotune.core.space import select_spaces
     families = [sp.family for sp in select_spaces()]
     assert any(f"best      {f} " in proc.stdout for f in families) and SYNTHETIC_GPU in proc.stdout
 
@@ -372,7 +372,7 @@ def test_bench_suite_synthetic_budget_stops_claiming_and_a_rerun_finishes(tmp_pa
 
 
 def test_more_workers_than_gpus_synthetic_share_them(monkeypatch):
-    from sparse_autotune.scaleout import local_devices
+    from sparse_autotune.tuning.scaleout import local_devices
     monkeypatch.setenv("SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE", "1")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     assert local_devices(5) == ["0", "1", "0", "1", "0"]
@@ -410,8 +410,8 @@ def test_bad_scaleout_input_synthetic_is_one_line(tmp_path, args, needles):
 
 
 def test_local_workers_share_the_cpus_for_compiling(monkeypatch):
-    from sparse_autotune.scaleout import compile_threads_per_worker
-    from sparse_autotune.tune import COMPILE_THREADS_ENV, TuneOptions
+    from sparse_autotune.tuning.scaleout import compile_threads_per_worker
+    from sparse_autotune.tuning.tuner import COMPILE_THREADS_ENV, TuneOptions
     assert compile_threads_per_worker(8, cpus=16) == 2
     assert compile_threads_per_worker(1, cpus=16) == 8
     assert compile_threads_per_worker(6, cpus=4) == 1
@@ -423,7 +423,7 @@ def test_local_workers_share_the_cpus_for_compiling(monkeypatch):
 
 def test_worker_log_phases_of_the_gpu_turn():
     """The worker's line per problem splits its GPU turn into init / trials (verify, time, given up) / finish."""
-    from sparse_autotune.scaleout import _phases
+    from sparse_autotune.tuning.scaleout import _phases
     line = _phases({"gpu_turn_s": {"init": 0.25, "trials": 7.94, "verify": 2.1, "time": 5.6, "finish": 1.2,
                                    "given_up": 3}})
     assert line == "init 0.2 s, trials 7.9 s (verify 2.1 s, time 5.6 s, 3 given up), finish 1.2 s"

@@ -14,9 +14,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sparse_autotune import space
+from sparse_autotune.core import space
 from sparse_autotune.errors import CandidateError, UserError
-from sparse_autotune.search import SAMPLERS, make_sampler, run_search
+from sparse_autotune.tuning.search import SAMPLERS, make_sampler, run_search
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -363,8 +363,8 @@ def test_batched_prepare_synthetic_prepares_every_evaluated_config_in_threads(tm
 
     from optuna.trial import TrialState
 
-    from sparse_autotune.search import load_study, run_search
-    from sparse_autotune.space import get_space, problem_env
+    from sparse_autotune.tuning.search import load_study, run_search
+    from sparse_autotune.core.space import get_space, problem_env
     spaces = [get_space("csr_rowsplit")]
     env = problem_env(512, 2048, 256, 104858, "fp32")
     prepared, threads, lock = set(), set(), threading.Lock()
@@ -392,8 +392,8 @@ def test_batched_prepare_synthetic_no_evaluation_while_the_batch_compiles(tmp_pa
     import threading
     import time as _time
 
-    from sparse_autotune.search import run_search
-    from sparse_autotune.space import get_space, problem_env
+    from sparse_autotune.tuning.search import run_search
+    from sparse_autotune.core.space import get_space, problem_env
     spaces = [get_space("csr_rowsplit")]
     env = problem_env(512, 2048, 256, 104858, "fp32")
     state = {"in_flight": 0, "max_seen": 0, "evals": 0}
@@ -420,7 +420,7 @@ def test_batched_prepare_synthetic_no_evaluation_while_the_batch_compiles(tmp_pa
 
 def test_give_up_threshold_only_after_a_best_and_never_below_the_floor():
     """Slow candidates are timed roughly only once something was timed, above GIVE_UP_FACTOR x best and the floor."""
-    from sparse_autotune.tune import GIVE_UP_FACTOR, GIVE_UP_MIN_US, give_up_threshold
+    from sparse_autotune.tuning.tuner import GIVE_UP_FACTOR, GIVE_UP_MIN_US, give_up_threshold
     assert give_up_threshold(None) is None and give_up_threshold(0.0) is None
     assert give_up_threshold(2.0) == GIVE_UP_MIN_US  # small kernels: launch overhead must not give them up
     big = 10 * GIVE_UP_MIN_US

@@ -10,10 +10,11 @@ import numpy as np
 import optuna
 import pytest
 
-from sparse_autotune import compile as sat_compile
-from sparse_autotune import render, space
-from sparse_autotune.kernels import pattern_context
-from sparse_autotune.problem import random_matrix
+from sparse_autotune.device import compile as sat_compile
+from sparse_autotune.core import render
+from sparse_autotune.core import space
+from sparse_autotune.device.kernel import pattern_context
+from sparse_autotune.core.problem import random_matrix
 
 DTYPES = ("fp32", "fp16")
 # the reference problem of the brief: A 512 x 2048 at 10 % density, N = 256
@@ -474,7 +475,7 @@ def test_pattern_family_has_an_nnz_limit():
 def test_rowsplit_slots_cover_every_nonzero_once(order, rows_per_block, split):
     import scipy.sparse as sps
 
-    from sparse_autotune.kernels import rowsplit_slots
+    from sparse_autotune.device.kernel import rowsplit_slots
     rng = np.random.default_rng(rows_per_block * 100 + split)
     dense = (rng.random((50, 300)) < 0.03) * rng.standard_normal((50, 300))
     dense[7] = rng.standard_normal(300)  # one dense row
@@ -514,7 +515,7 @@ def test_tc_layout_holds_exactly_the_weights_in_mma_fragment_order(rn):
     row g of the 8-row tile and union column 2q + h%2 + 8 (h//2)): it must be A, fp16-rounded."""
     import scipy.sparse as sps
 
-    from sparse_autotune.kernels import tc_layout
+    from sparse_autotune.device.kernel import tc_layout
     rng = np.random.default_rng(rn)
     m, k = 8 * rn * 3 + 5, 200  # a partial last row block
     dense = (rng.random((m, k)) < 0.07) * rng.standard_normal((m, k))
@@ -545,8 +546,8 @@ def test_tc_layout_holds_exactly_the_weights_in_mma_fragment_order(rn):
 def test_tc_gather_any_n_scalar_loads_only_where_vectors_cannot_and_runtime_adapts():
     """tc_gather's bload: 'vec' needs N % (2 nt) == 0, 'scalar' runs any N, and the runtime turns a stored 'vec'
     config into 'scalar' when the call's N needs it."""
-    from sparse_autotune.runtime import _adapt
-    from sparse_autotune.space import DEFAULT_LIMITS, get_space, problem_env
+    from sparse_autotune.runtime.spmm import _adapt
+    from sparse_autotune.core.space import DEFAULT_LIMITS, get_space, problem_env
     sp = get_space("tc_gather")
     base = {"rn": 1, "nt": 2, "ksplit": 8, "unroll": 2}
     odd, even = problem_env(512, 2048, 49, 20000, "fp16"), problem_env(512, 2048, 64, 20000, "fp16")

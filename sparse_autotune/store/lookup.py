@@ -20,10 +20,10 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import UserError
-from .problem import check_density, check_dtype
-from .resources import resource_dir
-from .tuningdb import DENSITY_RTOL, Record, TuningDB, check_file, default_db_path, is_url
+from ..errors import UserError
+from ..core.problem import check_density, check_dtype
+from ..resources import resource_dir
+from ..store.db import DENSITY_RTOL, Record, TuningDB, check_file, default_db_path, is_url
 
 SOURCES = ("exact", "nearest", "same-arch", "default")
 _COLUMNS = (Record.id, Record.gpu_name, Record.gpu_cc, Record.m, Record.k, Record.n, Record.density, Record.dtype,
@@ -134,7 +134,7 @@ def _tuned(r: _Row, source: str, dist: float) -> Tuned:
 
 def default_config(m: int, k: int, n: int, dtype: str, nnz: int | None = None, limits: dict | None = None) -> Tuned:
     """The built-in default: the first feasible known-good config of the enabled families, by rank."""
-    from .space import problem_env, select_spaces  # noqa: PLC0415
+    from ..core.space import problem_env, select_spaces  # noqa: PLC0415
     env = problem_env(m, k, n, nnz if nnz is not None else m * k, dtype)
     for space in select_spaces():
         d = space.defaults(dtype, env, limits)
@@ -156,7 +156,7 @@ def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str
     check_dtype(dtype)
     density = check_density(density)
     if gpu is None:
-        from .gpu import gpu_available, gpu_info  # noqa: PLC0415
+        from ..device.gpu import gpu_available, gpu_info  # noqa: PLC0415
         if gpu_available():
             info = gpu_info()
             gpu, cc = info.name, cc or info.cc

@@ -17,10 +17,10 @@ import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from .bench import best_dense, geomean
-from .errors import UserError
-from .model import ModelLayer, model_layers
-from .tuningdb import Record, TuningDB
+from ..tuning.suite import best_dense, geomean
+from ..errors import UserError
+from ..tuning.checkpoint import ModelLayer, model_layers
+from ..store.db import Record, TuningDB
 
 
 def _f(x, nd=2) -> str:

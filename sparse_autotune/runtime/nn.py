@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import UserError
-from .runtime import SpMM
+from ..errors import UserError
+from ..runtime.spmm import SpMM
 
 
 def magnitude_mask(weight: torch.Tensor, density: float) -> torch.Tensor:

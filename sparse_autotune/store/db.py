@@ -35,7 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
 from sqlalchemy.orm.attributes import set_committed_value
 
-from .errors import UserError
+from ..errors import UserError
 
 APPLICATION = "sparse-autotune"
 SCHEMA_VERSION = 2
@@ -155,7 +155,7 @@ def _assign_uids(rows: Iterable) -> list[str]:
 def is_verified(rec) -> bool:
     """A record may be the best of its key: its error is finite and within the dtype's tolerance (verify.TOLERANCE)
     and its time is a positive finite number."""
-    from .verify import TOLERANCE  # noqa: PLC0415
+    from ..device.verify import TOLERANCE  # noqa: PLC0415
     tol = TOLERANCE.get(rec.dtype)
     err, t = rec.max_rel_err, rec.time_us
     return (tol is not None and err is not None and t is not None and math.isfinite(err) and 0 <= err <= tol
@@ -196,7 +196,7 @@ class RecordFilter:
         shape = f.pop("shape", None)
         if shape is not None:
             if isinstance(shape, str):
-                from .problem import parse_shape  # noqa: PLC0415
+                from ..core.problem import parse_shape  # noqa: PLC0415
                 shape = parse_shape(shape)
             f["m"], f["k"] = (int(x) for x in shape)
         unknown = set(f) - {"gpu", "m", "k", "dtype", "best_only"}

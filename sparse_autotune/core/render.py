@@ -6,8 +6,8 @@ from functools import lru_cache
 
 import jinja2
 
-from .resources import resource_dir
-from .space import Space
+from ..resources import resource_dir
+from ..core.space import Space
 
 
 @lru_cache(maxsize=1)

@@ -11,9 +11,9 @@ import json
 import math
 from pathlib import Path
 
-from .errors import UserError
-from .problem import check_dtype, parse_shape
-from .tuningdb import (SCHEMA_VERSION, RecordFilter, TuningDB, check_file, default_db_path, describe_file,
+from ..errors import UserError
+from ..core.problem import check_dtype, parse_shape
+from ..store.db import (SCHEMA_VERSION, RecordFilter, TuningDB, check_file, default_db_path, describe_file,
                        is_url, is_verified)
 
 _DB_HELP = "tuning database path or SQLAlchemy URL (default $SPARSE_AUTOTUNE_DB or the user cache)"

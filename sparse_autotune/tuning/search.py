@@ -30,8 +30,8 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
-from .errors import CandidateError, UserError
-from .space import Space
+from ..errors import CandidateError, UserError
+from ..core.space import Space
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 optuna.logging.set_verbosity(optuna.logging.ERROR)

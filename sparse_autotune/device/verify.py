@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import CandidateError
+from ..errors import CandidateError
 
 # Relative error bounds by dtype. fp32: fp32 accumulation lands near 1e-6. fp16: fp16 inputs (the reference
 # uses the same fp16 values upcast) with fp32 accumulation, then one rounding of the output to fp16 (~3e-4).
@@ -12,14 +12,14 @@ TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3}
 
 def reference(a64, b):
     """C = A @ B in float64 on the device; a64 is a cupyx float64 CSR matrix."""
-    from .gpu import cupy  # noqa: PLC0415
+    from ..device.gpu import cupy  # noqa: PLC0415
     cp = cupy()
     return a64 @ b.astype(cp.float64)
 
 
 def rel_error(out, ref) -> float:
     """||out - ref|| / ||ref|| in float64; NaN/inf anywhere gives inf. An all-zero reference needs exact zeros."""
-    from .gpu import cupy  # noqa: PLC0415
+    from ..device.gpu import cupy  # noqa: PLC0415
     cp = cupy()
     o = out.astype(cp.float64)
     if not bool(cp.isfinite(o).all()):
@@ -33,7 +33,7 @@ def rel_error(out, ref) -> float:
 
 def check(run, c_out, ref, dtype: str) -> float:
     """Poison c_out with NaN, call run(), return the error; CandidateError if it is over the tolerance."""
-    from .gpu import cupy  # noqa: PLC0415
+    from ..device.gpu import cupy  # noqa: PLC0415
     cp = cupy()
     c_out.fill(cp.nan)
     try:

@@ -12,8 +12,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from .errors import UserError
-from .resources import resource_dir
+from ..errors import UserError
+from ..resources import resource_dir
 
 # Used where no GPU is present (CPU tests, `spaces`): static shared memory per block, the opt-in dynamic
 # maximum of an H100 (227 KB), threads per block.

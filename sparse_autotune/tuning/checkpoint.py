@@ -46,8 +46,8 @@ from sqlalchemy import DateTime, Float, Integer, String, UniqueConstraint, delet
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from .errors import UserError
-from .problem import Problem, check_density, check_dtype
+from ..errors import UserError
+from ..core.problem import Problem, check_density, check_dtype
 
 BUNDLE_KEY = "__sparse_autotune_bundle__"
 BUNDLE_FORMAT = 1
@@ -532,7 +532,7 @@ def _write_rows(db, model: str, gpu: str, job: Job, problem: Problem, name: str,
 def _is_done(db, name: str, budget: int) -> tuple[bool, int | None]:
     """A problem is done when a record of its study spent the trial budget (a larger budget tunes it further), or
     a model row says it is done and no record exists (nothing could run)."""
-    from .tuningdb import Record  # noqa: PLC0415
+    from ..store.db import Record  # noqa: PLC0415
     with Session(db.engine) as s:
         row = s.scalars(select(ModelLayer).where(ModelLayer.study_name == name, ModelLayer.status == "done")
                         .order_by(ModelLayer.id.desc()).limit(1)).first()
@@ -567,10 +567,10 @@ def tune_model(model: str, layers: list[Layer], jobs: list[Job], opts, gpu_name:
     """Tune each job (distinct problem) with `tuner(problem, opts, log)` (default: tune.tune on this GPU), record
     which layers map to it, skip jobs done by an earlier run, stop cleanly on Ctrl-C (KeyboardInterrupt) keeping
     what was tuned. `gpu_name` names the studies (tune.study_name); `tuner` is a hook for synthetic tests."""
-    from .tune import study_name  # noqa: PLC0415
-    from .tuningdb import TuningDB  # noqa: PLC0415
+    from ..tuning.tuner import study_name  # noqa: PLC0415
+    from ..store.db import TuningDB  # noqa: PLC0415
     if tuner is None:
-        from .tune import tune as tuner  # noqa: PLC0415
+        from ..tuning.tuner import tune as tuner  # noqa: PLC0415
     db = TuningDB(opts.db, create=True)
     ensure_model_table(db)
     positions = {lay.name: i for i, lay in enumerate(layers)}

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.io
 import scipy.sparse as sp
 
-from .errors import UserError
+from ..errors import UserError
 
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
 PATTERNS = ("uniform", "powerlaw")

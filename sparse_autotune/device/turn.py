@@ -103,7 +103,7 @@ def turn_for(key: str) -> GpuTurn:
 
 def current_gpu_key() -> str:
     """The PCI bus id of the current CUDA device (stable across CUDA_VISIBLE_DEVICES), else its index."""
-    from .gpu import cupy  # noqa: PLC0415
+    from ..device.gpu import cupy  # noqa: PLC0415
     dev = cupy().cuda.Device()
     try:
         return str(dev.pci_bus_id)

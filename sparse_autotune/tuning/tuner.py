@@ -10,12 +10,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from . import __version__
-from .errors import CandidateError, DeviceLostError, UserError
-from .problem import Problem
-from .search import SAMPLERS, load_study, run_search, summarize
-from .space import problem_env, select_spaces
-from .tuningdb import Record, TuningDB
+from .. import __version__
+from ..errors import CandidateError, DeviceLostError, UserError
+from ..core.problem import Problem
+from ..tuning.search import SAMPLERS, load_study, run_search, summarize
+from ..core.space import problem_env, select_spaces
+from ..store.db import Record, TuningDB
 
 
 COMPILE_THREADS_ENV = "SPARSE_AUTOTUNE_COMPILE_THREADS"
@@ -104,7 +104,7 @@ class Tuner:
         then the shipped databases); none with warm_start off."""
         if not self.opts.warm_start:
             return []
-        from .lookup import seed_configs  # noqa: PLC0415
+        from ..store.lookup import seed_configs  # noqa: PLC0415
         p = self.problem
         seeds = seed_configs(self.db, p.m, p.k, p.n, p.density, p.dtype, self.gpu_name, p.pattern,
                              families={s.family for s in self.spaces})
@@ -152,16 +152,16 @@ class GpuTuner(Tuner):
     baselines again the same way and stores the record."""
 
     def __init__(self, problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sys.stderr)):
-        from .gpu import gpu_info  # noqa: PLC0415
+        from ..device.gpu import gpu_info  # noqa: PLC0415
         self.info = info = gpu_info()
         self._start(problem, opts, log)  # nothing is written to the database before tuning starts
-        from .context import GpuProblem  # noqa: PLC0415
-        from .kernels import build_kernel  # noqa: PLC0415
+        from ..device.context import GpuProblem  # noqa: PLC0415
+        from ..device.kernel import build_kernel  # noqa: PLC0415
         self.limits = info.limits()
         self.gpu_name = info.name
         log(f"problem {problem.key()}: nnz={problem.nnz}, {problem.flops / 1e6:.1f} MFLOP; GPU {info.name} "
             f"(sm_{info.cc.replace('.', '')}); database {self.db.label}")
-        from .gpulock import current_gpu_key, turn_for  # noqa: PLC0415
+        from ..device.turn import current_gpu_key, turn_for  # noqa: PLC0415
         self.turn = turn_for(current_gpu_key())  # kernels run in this GPU's turn (other processes may share it)
         self.best_us = None  # the study's best time so far (search's on_trial), for giving up on slow candidates
         # this problem's GPU turn by phase; "verify" and "time" are the parts of "trials" spent verifying and timing
@@ -182,9 +182,9 @@ class GpuTuner(Tuner):
             self.turn_s[name] += self.turn.held_s - held0
 
     def evaluate(self, family: str, cfg: dict):
-        from .kernels import build_kernel  # noqa: PLC0415
-        from .timing import time_launches  # noqa: PLC0415
-        from .verify import check  # noqa: PLC0415
+        from ..device.kernel import build_kernel  # noqa: PLC0415
+        from ..device.timing import time_launches  # noqa: PLC0415
+        from ..device.verify import check  # noqa: PLC0415
         ctx, problem = self.ctx, self.problem
         kern = build_kernel(ctx.a_dev, family, cfg, problem.dtype)  # compiled already by prepare (outside the turn)
         with self._phase("trials"):
@@ -215,11 +215,11 @@ class GpuTuner(Tuner):
     def finish(self, res) -> dict:
         """The winner and the baselines, verified and timed again the same way in this process; the record stored."""
         self._check_found(res)
-        from .baselines import time_baselines  # noqa: PLC0415
-        from .ceilings import ceilings, floor_us  # noqa: PLC0415
-        from .kernels import build_kernel  # noqa: PLC0415
-        from .timing import time_launches  # noqa: PLC0415
-        from .verify import check  # noqa: PLC0415
+        from ..device.baselines import time_baselines  # noqa: PLC0415
+        from ..device.ceilings import ceilings, floor_us  # noqa: PLC0415
+        from ..device.kernel import build_kernel  # noqa: PLC0415
+        from ..device.timing import time_launches  # noqa: PLC0415
+        from ..device.verify import check  # noqa: PLC0415
         problem, ctx, info, opts, db = self.problem, self.ctx, self.info, self.opts, self.db
         name = self.study_name()
         kern = build_kernel(ctx.a_dev, res.best_family, res.best_config, problem.dtype)
@@ -296,7 +296,7 @@ def tune(problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sy
 
 def _assert_context_alive():
     """After a failed launch: if the CUDA context is poisoned (illegal address...), stop the whole run."""
-    from .gpu import cupy  # noqa: PLC0415
+    from ..device.gpu import cupy  # noqa: PLC0415
     cp = cupy()
     try:
         cp.cuda.runtime.deviceSynchronize()
@@ -323,7 +323,7 @@ class SyntheticTuner(Tuner):
     file as a JSON line (worker, trial number, state, value)."""
 
     def __init__(self, problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sys.stderr)):
-        from .space import DEFAULT_LIMITS  # noqa: PLC0415
+        from ..core.space import DEFAULT_LIMITS  # noqa: PLC0415
         self._start(problem, opts, log)
         self.limits = dict(DEFAULT_LIMITS)
         self.gpu_name = os.environ.get("SPARSE_AUTOTUNE_SYNTHETIC_GPU") or SYNTHETIC_GPU

@@ -42,7 +42,7 @@ from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, U
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
-from .errors import DeviceLostError, UserError
+from ..errors import DeviceLostError, UserError
 
 STATES = ("queued", "running", "finalizing", "done", "failed")
 MAX_ATTEMPTS = 3  # claims of a problem (its workers died each time) before it is marked failed
@@ -366,7 +366,7 @@ def _settle(so: ScaleOut, study, poll: float = 0.5):
 
 
 def _spent(study) -> int:
-    from .search import evaluated  # noqa: PLC0415
+    from ..tuning.search import evaluated  # noqa: PLC0415
     return sum(1 for t in study.get_trials(deepcopy=False) if evaluated(t))
 
 
@@ -376,15 +376,15 @@ def run_worker(url: str, db: str | None, only=None, heartbeat: int = DEFAULT_HEA
     time.time()) until the deadline has passed: the problem in hand is finished, no new one is claimed, the rest stay
     queued for a later run. Returns how many problems this worker finalised."""
     import optuna  # noqa: PLC0415
-    from .problem import Problem  # noqa: PLC0415
-    from .tune import TuneOptions, make_tuner, synthetic_mode  # noqa: PLC0415
+    from ..core.problem import Problem  # noqa: PLC0415
+    from ..tuning.tuner import TuneOptions, make_tuner, synthetic_mode  # noqa: PLC0415
     so = ScaleOut(url, heartbeat, grace)
     device = os.environ.get("CUDA_VISIBLE_DEVICES")
     if synthetic_mode():
-        from .tune import SYNTHETIC_GPU  # noqa: PLC0415
+        from ..tuning.tuner import SYNTHETIC_GPU  # noqa: PLC0415
         gpu = os.environ.get("SPARSE_AUTOTUNE_SYNTHETIC_GPU") or SYNTHETIC_GPU
     else:
-        from .gpu import gpu_info  # noqa: PLC0415
+        from ..device.gpu import gpu_info  # noqa: PLC0415
         gpu = gpu_info().name
     wid = worker_id(device)
     so.register(wid, gpu, device)
@@ -438,7 +438,7 @@ def run_worker(url: str, db: str | None, only=None, heartbeat: int = DEFAULT_HEA
                 beater.problem_state = "finalizing"
                 study = optuna.load_study(study_name=name, storage=so.storage)
                 _settle(so, study)
-                from .search import summarize  # noqa: PLC0415
+                from ..tuning.search import summarize  # noqa: PLC0415
                 report = tuner.finish(summarize(study, stopped=res.stopped))
                 so.finish(rid, wid, "done", result=report)
                 finalised += 1
@@ -479,14 +479,14 @@ def local_devices(k: int) -> list[str]:
     """The CUDA_VISIBLE_DEVICES value of each of k local workers: the visible GPUs in turn (test-only synthetic mode:
     0..k-1 without looking for GPUs). With more workers than GPUs, workers share a GPU: they compile in parallel and
     take turns for the work that runs kernels (gpulock.py), so their timings stay their own."""
-    from .tune import synthetic_mode  # noqa: PLC0415
+    from ..tuning.tuner import synthetic_mode  # noqa: PLC0415
     if k <= 0:
         raise UserError(f"--workers must be positive (got {k})")
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if synthetic_mode():
         visible = [d for d in env.split(",") if d.strip()] if env else [str(i) for i in range(k)]
     else:
-        from .gpu import cupy, gpu_info  # noqa: PLC0415
+        from ..device.gpu import cupy, gpu_info  # noqa: PLC0415
         gpu_info()  # no GPU: one line, exit 2
         count = cupy().cuda.runtime.getDeviceCount()
         visible = [d.strip() for d in env.split(",") if d.strip()][:count] if env else [str(i) for i in range(count)]
@@ -507,7 +507,7 @@ def spawn_workers(url: str, db: str | None, k: int, only=None, heartbeat: int = 
     """Start k worker processes (`sparse-autotune worker`), worker i with CUDA_VISIBLE_DEVICES set to the i-th
     visible GPU (in turn, when there are fewer GPUs than workers); wait for them; their exit statuses. deadline: a
     time.time() after which they claim no new problem."""
-    from .tune import COMPILE_THREADS_ENV  # noqa: PLC0415
+    from ..tuning.tuner import COMPILE_THREADS_ENV  # noqa: PLC0415
     devices = local_devices(k)
     threads = compile_threads_per_worker(k)
     procs = []
@@ -555,7 +555,7 @@ class Status:
 def status(so: ScaleOut) -> Status:
     import optuna  # noqa: PLC0415
     from optuna.trial import TrialState  # noqa: PLC0415
-    from .search import evaluated  # noqa: PLC0415
+    from ..tuning.search import evaluated  # noqa: PLC0415
     rows = so.problems()
     counts = {s: sum(1 for r in rows if r["state"] == s) for s in STATES}
     per_worker: dict[str, dict] = {}

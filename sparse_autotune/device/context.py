@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .gpu import GpuInfo, cupy
-from .kernels import DeviceCSR
-from .problem import DTYPES, Problem
-from .timing import n_buffers
-from .verify import reference
+from ..device.gpu import GpuInfo, cupy
+from ..device.kernel import DeviceCSR
+from ..core.problem import DTYPES, Problem
+from ..device.timing import n_buffers
+from ..device.verify import reference
 
 
 class GpuProblem:

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 RESNET = [((64, 256), 3136), ((256, 64), 3136), ((128, 512), 784), ((512, 128), 784),
           ((256, 1024), 196), ((1024, 256), 196), ((512, 2048), 49), ((2048, 512), 49)]
@@ -58,9 +58,9 @@ def geomean(xs) -> float | None:
 
 def run_suite(suite: str, trials: int, out_dir: Path, db: str | None, budget_s: float | None = None,
               log=lambda m: print(m, file=sys.stderr, flush=True)) -> list[dict]:
-    from .gpu import gpu_info, gpu_slug  # noqa: PLC0415
-    from .problem import Problem  # noqa: PLC0415
-    from .tune import TuneOptions, tune  # noqa: PLC0415
+    from ..device.gpu import gpu_info, gpu_slug  # noqa: PLC0415
+    from ..core.problem import Problem  # noqa: PLC0415
+    from ..tuning.tuner import TuneOptions, tune  # noqa: PLC0415
     info = gpu_info()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"suite-{suite}-{gpu_slug(info.name)}.json"
@@ -105,10 +105,10 @@ def run_suite_scaleout(suite: str, trials: int, out_dir: Path, so, run_workers,
                        log=lambda m: print(m, file=sys.stderr, flush=True)) -> list[dict]:
     """The suite through a shared storage: every case is enqueued (seed 0, `trials` each), run_workers(ids) runs the
     workers (here, or the caller's K processes), and the done cases are written per GPU as run_suite does."""
-    from .gpu import gpu_slug  # noqa: PLC0415
-    from .problem import Problem  # noqa: PLC0415
-    from .scaleout import problem_spec  # noqa: PLC0415
-    from .space import select_spaces  # noqa: PLC0415
+    from ..device.gpu import gpu_slug  # noqa: PLC0415
+    from ..core.problem import Problem  # noqa: PLC0415
+    from ..tuning.scaleout import problem_spec  # noqa: PLC0415
+    from ..core.space import select_spaces  # noqa: PLC0415
     cases = suite_cases(suite)
     families = tuple(s.family for s in select_spaces(None))
     specs = []

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .gpu import cupy, gpu_info
-from .timing import time_launches
+from ..device.gpu import cupy, gpu_info
+from ..device.timing import time_launches
 
 _FMA_SRC = r"""
 extern "C" __global__ void fma32(float* out, float a, float b, int iters) {

@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from .compile import compile_kernel, compile_ptx, function_ptr
-from .errors import CandidateError
-from .problem import DTYPES
-from .render import render
-from .space import Space, get_space
+from ..device.compile import compile_kernel, compile_ptx, function_ptr
+from ..errors import CandidateError
+from ..core.problem import DTYPES
+from ..core.render import render
+from ..core.space import Space, get_space
 
 
 class DeviceCSR:
     """A's arrays on the device in the layouts the families want, built lazily and kept."""
 
     def __init__(self, a: sp.csr_matrix, dtype: str):
-        from .gpu import cupy  # noqa: PLC0415
+        from ..device.gpu import cupy  # noqa: PLC0415
         cp = cupy()
         self.shape = a.shape
         self.nnz = int(a.nnz)
@@ -38,7 +38,7 @@ class DeviceCSR:
 
     def cols(self, bits: int):
         if bits not in self._cols:
-            from .gpu import cupy  # noqa: PLC0415
+            from ..device.gpu import cupy  # noqa: PLC0415
             t = np.uint16 if bits == 16 else np.int32
             self._cols[bits] = cupy().asarray(self._host.indices.astype(t))
         return self._cols[bits]
@@ -51,7 +51,7 @@ class DeviceCSR:
         """
         key = ("stage", kc)
         if key not in self._cols:
-            from .gpu import cupy  # noqa: PLC0415
+            from ..device.gpu import cupy  # noqa: PLC0415
             a = self._host
             m, k = a.shape
             n_st = -(-k // kc)
@@ -69,7 +69,7 @@ class DeviceCSR:
         """A's values as float32 (fp16 values are exact in float32): the packed array of pattern_unrolled."""
         key = "vals_f32"
         if key not in self._cols:
-            from .gpu import cupy  # noqa: PLC0415
+            from ..device.gpu import cupy  # noqa: PLC0415
             self._cols[key] = cupy().asarray(self._host.data.astype(np.float32))
         return self._cols[key]
 
@@ -77,7 +77,7 @@ class DeviceCSR:
         """(seg, seg_row, slots, heavy_blocks) of csr_rowsplit on the device (see rowsplit_slots)."""
         key = ("seg", order, int(rows_per_block), int(split))
         if key not in self._cols:
-            from .gpu import cupy  # noqa: PLC0415
+            from ..device.gpu import cupy  # noqa: PLC0415
             seg, rows, heavy = rowsplit_slots(self._host, order, rows_per_block, split)
             self._cols[key] = (cupy().asarray(seg), cupy().asarray(rows), len(rows), heavy)
         return self._cols[key]
@@ -86,14 +86,14 @@ class DeviceCSR:
         """(step_ptr, cols, avals) of tc_gather on the device (see tc_layout)."""
         key = ("tc", int(rn))
         if key not in self._cols:
-            from .gpu import cupy  # noqa: PLC0415
+            from ..device.gpu import cupy  # noqa: PLC0415
             self._cols[key] = tuple(cupy().asarray(x) for x in tc_layout(self._host, rn))
         return self._cols[key]
 
     def perm(self):
         """Rows sorted by length, longest first (stable): heavy rows start first, a block's rows are alike."""
         if self._perm is None:
-            from .gpu import cupy  # noqa: PLC0415
+            from ..device.gpu import cupy  # noqa: PLC0415
             self._perm = cupy().asarray(row_order(self._host, "sorted").astype(np.int32))
         return self._perm
 
@@ -300,7 +300,7 @@ class Kernel:
         """C = A @ B on the current CuPy stream (B and C CuPy arrays); returns c_out."""
         ln = self.launcher(int(b.shape[1]))
         if not ln.is_noop:
-            from .gpu import cupy  # noqa: PLC0415
+            from ..device.gpu import cupy  # noqa: PLC0415
             ln(b.data.ptr, c_out.data.ptr, cupy().cuda.get_current_stream().ptr)
         return c_out
 
@@ -372,7 +372,7 @@ class Launcher:
                 # context (what CuPy's own launches do first) and launch again
                 if getattr(exc, "status", None) != CUDA_ERROR_INVALID_CONTEXT:
                     raise
-                from .gpu import cupy  # noqa: PLC0415
+                from ..device.gpu import cupy  # noqa: PLC0415
                 cupy().cuda.runtime.memGetInfo()
                 self._launch(*self._pre, stream_ptr, self._params, 0)
 

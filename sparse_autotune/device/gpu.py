@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def cupy():

@@ -12,8 +12,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .errors import CandidateError
-from .render import source_hash
+from ..errors import CandidateError
+from ..core.render import source_hash
 
 KERNEL_NAME = "spmm_kernel"
 NVRTC_OPTIONS = ("-std=c++17",)
@@ -23,7 +23,7 @@ _lock = threading.Lock()
 
 def compile_kernel(source: str, name: str = KERNEL_NAME):
     """Compile with NVRTC for the current device and return the RawKernel; CandidateError on failure."""
-    from .gpu import cupy  # noqa: PLC0415
+    from ..device.gpu import cupy  # noqa: PLC0415
     cp = cupy()
     key = source_hash(source) + name
     with _lock:
@@ -68,7 +68,7 @@ def compile_ptx(source: str, name: str = KERNEL_NAME):
 
     The driver keeps JIT-compiled PTX in its own disk cache (CUDA_CACHE_PATH, default ~/.nv/ComputeCache),
     so a restarted process does not assemble the same module again; in-process it is cached by source hash."""
-    from .gpu import cupy  # noqa: PLC0415
+    from ..device.gpu import cupy  # noqa: PLC0415
     cp = cupy()
     key = "ptx:" + source_hash(source) + name
     with _lock:

@@ -37,7 +37,7 @@ def time_launches(launches, repeats: int = 20, target_us: float = 300.0, max_lau
     give_up_above_us: when the rough estimate (2 launches per buffer between events, launch overhead included) is
     above it, return that estimate (method "estimate") instead of the full graph-replay timing: a candidate several
     times slower than the best so far needs no precise time, and timing it in full costs the most."""
-    from .gpu import cupy  # noqa: PLC0415
+    from ..device.gpu import cupy  # noqa: PLC0415
     cp = cupy()
     stream = cp.cuda.Stream(non_blocking=True)
     nbuf = len(launches)

@@ -8,11 +8,11 @@ import math
 import sys
 import time
 
-from . import __version__
-from .errors import UserError, exit_status
-from .problem import DEFAULT_N, PATTERNS, Problem, check_density, check_dtype, check_n, load_matrix, parse_shape
-from .dbcli import add_db_parser, cmd_db
-from .search import SAMPLERS
+from .. import __version__
+from ..errors import UserError, exit_status
+from ..core.problem import DEFAULT_N, PATTERNS, Problem, check_density, check_dtype, check_n, load_matrix, parse_shape
+from ..commands.db import add_db_parser, cmd_db
+from ..tuning.search import SAMPLERS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -174,7 +174,7 @@ def _checked_db(db: str | None) -> str:
     """The database target (default: $SPARSE_AUTOTUNE_DB or the user cache); a foreign or unreadable file is
     refused here, before any work, and nothing is written to it."""
     from pathlib import Path  # noqa: PLC0415
-    from .tuningdb import check_file, default_db_path, is_url  # noqa: PLC0415
+    from ..store.db import check_file, default_db_path, is_url  # noqa: PLC0415
     db = db or str(default_db_path())
     if not is_url(db):
         check_file(Path(db).expanduser())
@@ -201,7 +201,7 @@ def _problem_from_args(a) -> Problem:
 
 
 def cmd_tune(a) -> int:
-    from .tune import TuneOptions, tune  # noqa: PLC0415
+    from ..tuning.tuner import TuneOptions, tune  # noqa: PLC0415
     if a.sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {a.sampler!r}: choose one of {', '.join(SAMPLERS)}")
     if a.trials <= 0:
@@ -210,11 +210,11 @@ def cmd_tune(a) -> int:
         raise UserError(f"--timeout must be positive (got {a.timeout})")
     db = _checked_db(a.db)
     problem = _problem_from_args(a)
-    from .space import select_spaces  # noqa: PLC0415
+    from ..core.space import select_spaces  # noqa: PLC0415
     families = tuple(s.family for s in select_spaces(a.families))
     if a.storage is not None or a.workers != 1:
         return _tune_scaleout(a, problem, families, db)
-    from .gpu import gpu_info  # noqa: PLC0415
+    from ..device.gpu import gpu_info  # noqa: PLC0415
     gpu_info()  # no GPU: one line, exit 2, nothing written
     report = tune(problem, TuneOptions(trials=a.trials, timeout=a.timeout, sampler=a.sampler, seed=a.seed,
                                        db=db, progress=not a.no_progress, families=families,
@@ -224,7 +224,7 @@ def cmd_tune(a) -> int:
 
 
 def _scaleout(a):
-    from .scaleout import ScaleOut  # noqa: PLC0415
+    from ..tuning.scaleout import ScaleOut  # noqa: PLC0415
     if a.storage is None:
         raise UserError("--workers needs --storage URL (the database the workers share)")
     if a.workers <= 0:
@@ -235,7 +235,7 @@ def _scaleout(a):
 def _run_workers(a, so, db, ids, deadline=None):
     """One worker in this process (--workers 1), or --workers K processes over the visible GPUs; only the problems
     `ids`; no new problem claimed after `deadline` (a time.time())."""
-    from .scaleout import local_devices, run_worker, spawn_workers  # noqa: PLC0415
+    from ..tuning.scaleout import local_devices, run_worker, spawn_workers  # noqa: PLC0415
     if a.workers == 1:
         run_worker(a.storage, db, only=ids, heartbeat=a.heartbeat, grace=a.grace, deadline=deadline)
     else:
@@ -247,7 +247,7 @@ def _run_workers(a, so, db, ids, deadline=None):
 
 
 def _tune_scaleout(a, problem, families, db) -> int:
-    from .scaleout import local_devices, problem_spec  # noqa: PLC0415
+    from ..tuning.scaleout import local_devices, problem_spec  # noqa: PLC0415
     if a.matrix:
         raise UserError("--matrix with --storage is not supported: the workers rebuild the problem from "
                         "--shape/--density/--seed")
@@ -266,7 +266,7 @@ def _tune_scaleout(a, problem, families, db) -> int:
 
 
 def cmd_worker(a) -> int:
-    from .scaleout import run_worker  # noqa: PLC0415
+    from ..tuning.scaleout import run_worker  # noqa: PLC0415
     only = None
     if a.problems:
         try:
@@ -282,7 +282,7 @@ def cmd_worker(a) -> int:
 
 
 def cmd_status(a) -> int:
-    from .scaleout import ScaleOut, status, status_text  # noqa: PLC0415
+    from ..tuning.scaleout import ScaleOut, status, status_text  # noqa: PLC0415
     so = ScaleOut(a.storage)
     st = status(so)
     print(json.dumps(st.to_dict(), indent=1, default=str) if a.json else status_text(st, so.label))
@@ -291,7 +291,7 @@ def cmd_status(a) -> int:
 
 
 def cmd_lookup(a) -> int:
-    from .lookup import lookup  # noqa: PLC0415
+    from ..store.lookup import lookup  # noqa: PLC0415
     m, k = parse_shape(a.shape)
     try:
         n = check_n(int(a.n))
@@ -314,17 +314,17 @@ def cmd_lookup(a) -> int:
 
 def cmd_bench(a) -> int:
     from pathlib import Path  # noqa: PLC0415
-    from .bench import run_suite, suite_cases, summary  # noqa: PLC0415
+    from ..tuning.suite import run_suite, suite_cases, summary  # noqa: PLC0415
     suite_cases(a.suite)  # validates the name before the GPU is touched
     if a.trials <= 0:
         raise UserError(f"--trials must be positive (got {a.trials})")
     db = _checked_db(a.db)
     if a.storage is not None or a.workers != 1:
-        from .bench import run_suite_scaleout  # noqa: PLC0415
+        from ..tuning.suite import run_suite_scaleout  # noqa: PLC0415
         if a.budget is not None and a.budget <= 0:
             raise UserError(f"--budget must be positive (got {a.budget})")
         if a.workers != 1:
-            from .scaleout import local_devices  # noqa: PLC0415
+            from ..tuning.scaleout import local_devices  # noqa: PLC0415
             local_devices(a.workers)
         so = _scaleout(a)
         deadline = None if a.budget is None else time.time() + a.budget
@@ -332,7 +332,7 @@ def cmd_bench(a) -> int:
                                      lambda ids: _run_workers(a, so, db, ids, deadline))
         print(json.dumps(summary(records), indent=1))
         return 0
-    from .gpu import gpu_info  # noqa: PLC0415
+    from ..device.gpu import gpu_info  # noqa: PLC0415
     gpu_info()
     records = run_suite(a.suite, a.trials, Path(a.out), db, a.budget)
     print(json.dumps(summary(records), indent=1))
@@ -341,8 +341,8 @@ def cmd_bench(a) -> int:
 
 def cmd_tune_model(a) -> int:
     from pathlib import Path  # noqa: PLC0415
-    from . import model as mdl  # noqa: PLC0415
-    from .tune import TuneOptions  # noqa: PLC0415
+    from ..tuning import checkpoint as mdl  # noqa: PLC0415
+    from ..tuning.tuner import TuneOptions  # noqa: PLC0415
     if a.sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {a.sampler!r}: choose one of {', '.join(SAMPLERS)}")
     if a.trials <= 0:
@@ -388,9 +388,9 @@ def cmd_tune_model(a) -> int:
                 print(f"problem {j['m']}x{j['k']} d={j['density']:g} {j['dtype']} N={j['n']}: {len(j['layers'])} layer(s)")
             print(f"{len(layers)} layers, {len(jobs)} distinct problems")
         return 0
-    from .space import select_spaces  # noqa: PLC0415
+    from ..core.space import select_spaces  # noqa: PLC0415
     families = tuple(s.family for s in select_spaces(a.families))
-    from .gpu import gpu_info  # noqa: PLC0415
+    from ..device.gpu import gpu_info  # noqa: PLC0415
     info = gpu_info()
     opts = TuneOptions(trials=a.trials, timeout=a.timeout, sampler=a.sampler, seed=a.seed, db=db,
                        progress=not a.no_progress, families=families)
@@ -407,7 +407,7 @@ def cmd_tune_model(a) -> int:
 
 def cmd_report(a) -> int:
     from pathlib import Path  # noqa: PLC0415
-    from .report import write_report  # noqa: PLC0415
+    from ..commands.report import write_report  # noqa: PLC0415
     db = _checked_db(a.db)
     res = write_report(db, Path(a.out), model=a.model, gpu=a.gpu, study=a.study)
     print(f"wrote {res['markdown']} and {len(res['png'])} PNG(s): {', '.join(Path(p).name for p in res['png'])}")
@@ -415,7 +415,7 @@ def cmd_report(a) -> int:
 
 
 def cmd_spaces(a) -> int:
-    from .space import load_spaces  # noqa: PLC0415
+    from ..core.space import load_spaces  # noqa: PLC0415
     check_dtype(a.dtype)
     for s in load_spaces():
         state = "" if s.enabled else "  [off by default: --families " + s.family + "]"

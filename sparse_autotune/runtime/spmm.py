@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import UserError
-from .lookup import default_config, lookup
-from .problem import DTYPES, dtype_name, host_values
-from .space import get_space, problem_env
+from ..errors import UserError
+from ..store.lookup import default_config, lookup
+from ..core.problem import DTYPES, dtype_name, host_values
+from ..core.space import get_space, problem_env
 
 
 def _to_scipy(a) -> tuple[sp.csr_matrix, np.dtype]:
@@ -98,15 +98,15 @@ class SpMM:
     def _kernel(self, n: int):
         kern = self._kernels.get(n)
         if kern is None:
-            from .kernels import build_kernel  # noqa: PLC0415
+            from ..device.kernel import build_kernel  # noqa: PLC0415
             family, cfg, _ = self.plan(n)
             kern = self._kernels[n] = build_kernel(self._device(), family, cfg, self.dtype)
         return kern
 
     def _device(self):
         if self._dev is None:
-            from .gpu import cupy, gpu_info  # noqa: PLC0415
-            from .kernels import DeviceCSR  # noqa: PLC0415
+            from ..device.gpu import cupy, gpu_info  # noqa: PLC0415
+            from ..device.kernel import DeviceCSR  # noqa: PLC0415
             gpu_info()  # fails with a clear message where there is no GPU
             self._dev = DeviceCSR(self.host, self.dtype)
             self._dev_id = cupy().cuda.runtime.getDevice()
@@ -118,7 +118,7 @@ class SpMM:
         its vector width lowered; if it still cannot run, the default is used."""
         if n in self._plans:
             return self._plans[n]
-        from .gpu import gpu_info  # noqa: PLC0415
+        from ..device.gpu import gpu_info  # noqa: PLC0415
         info = gpu_info()
         m, k = self.shape
         env = problem_env(m, k, n, self.nnz, self.dtype)
@@ -165,7 +165,7 @@ class SpMM:
         return self._prepare(n)
 
     def _prepare(self, n: int):
-        from .gpu import cupy  # noqa: PLC0415
+        from ..device.gpu import cupy  # noqa: PLC0415
         ln = self._kernel(n).launcher(n)
         # A's arrays were uploaded on CuPy's current stream: let them land before launches on any other stream
         cupy().cuda.get_current_stream().synchronize()
@@ -182,7 +182,7 @@ class SpMM:
     def _call_cupy(self, b, out):
         cp = self._cp
         if cp is None:
-            from .gpu import cupy  # noqa: PLC0415
+            from ..device.gpu import cupy  # noqa: PLC0415
             cp = self._cp = cupy()
         if not isinstance(b, cp.ndarray):
             raise UserError(f"B must be a CuPy array or a PyTorch CUDA tensor, got {type(b).__name__}")
@@ -246,7 +246,7 @@ class SpMM:
         """(torch, the operator's torch dtype, device index -> raw handle of PyTorch's current stream), cached."""
         import torch  # noqa: PLC0415
 
-        from .gpu import cupy  # noqa: PLC0415
+        from ..device.gpu import cupy  # noqa: PLC0415
         if self._cp is None:
             self._cp = cupy()
         raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # what torch.compile's kernels call

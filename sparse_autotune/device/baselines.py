@@ -9,12 +9,12 @@ import math
 
 import numpy as np
 
-from .timing import time_launches
-from .verify import rel_error
+from ..device.timing import time_launches
+from ..device.verify import rel_error
 
 
 def _cp():
-    from .gpu import cupy  # noqa: PLC0415
+    from ..device.gpu import cupy  # noqa: PLC0415
     return cupy()
 
 

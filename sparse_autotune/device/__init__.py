@@ -1,0 +1,1 @@
+"""The GPU: presence and limits, compile, kernels and their launch, timing, verification, baselines, ceilings, the GPU turn. May import: core, errors, resources."""
