@@ -2,8 +2,6 @@
 rewrite per call, and Kernel.args against each family's kernel signature (the GPU tests run the real launches)."""
 from __future__ import annotations
 
-import ctypes
-import re
 import types
 
 import numpy as np
@@ -11,17 +9,13 @@ import pytest
 
 from sparse_autotune.device import kernel as kernels
 from sparse_autotune.errors import UserError
-from sparse_autotune.device.kernel import Kernel, Launcher, pack_params, pattern_context
+from fakes import FakeLaunch as _FakeLaunch
+from fakes import check_launch_matches_signature, fake_kernel
+from fakes import read_params as _read_params
+from sparse_autotune.core.families import all_families
 from sparse_autotune.core.problem import random_matrix
-from sparse_autotune.core.render import render
-from sparse_autotune.core.space import load_spaces, problem_env
-
-
-def _read_params(params_addr: int, sizes: list[int]) -> list[int]:
-    """What the driver does with kernelParams: parameter i is `sizes[i]` bytes read from the address in slot i."""
-    addrs = (ctypes.c_uint64 * len(sizes)).from_address(params_addr)
-    return [ctypes.c_uint64.from_address(addrs[i]).value if sz == 8 else ctypes.c_int32.from_address(addrs[i]).value
-            for i, sz in enumerate(sizes)]
+from sparse_autotune.core.space import problem_env
+from sparse_autotune.device.kernel import Launcher, pack_params
 
 
 def test_pack_params_layout():
@@ -43,19 +37,6 @@ def test_pack_params_layout():
 def test_pack_params_rejects_what_no_kernel_takes(bad):
     with pytest.raises(TypeError, match="parameter 1"):
         pack_params([0x1000, bad])
-
-
-class _FakeLaunch:
-    """Stands in for driver.launchKernel: records each call and the parameters as the driver would read them."""
-
-    def __init__(self, sizes, fail_first_with=None):
-        self.sizes, self.calls, self.fail = sizes, [], fail_first_with
-
-    def __call__(self, f, gx, gy, gz, bx, by, bz, smem, stream, params, extra):
-        if self.fail is not None:
-            exc, self.fail = self.fail, None
-            raise exc
-        self.calls.append(((f, gx, gy, gz, bx, by, bz, smem, stream, extra), _read_params(params, self.sizes)))
 
 
 def test_launcher_rewrites_only_b_and_c_per_call():
@@ -98,129 +79,29 @@ def test_launcher_binds_a_context_on_a_fresh_thread_then_retries(monkeypatch):
 
 # ---- Kernel.args / Kernel.launcher against the rendered kernel's own signature -------------------------------
 
-class _Arr:
-    """A device array as the launcher sees it: an address."""
-    _next = 0x10000
-
-    def __init__(self):
-        _Arr._next += 0x1000
-        self.data = types.SimpleNamespace(ptr=_Arr._next)
-
-
-class _FakeDeviceCSR:
-    def __init__(self, a):
-        self.shape, self._host = a.shape, a
-        self.row_ptr, self.vals, self._perm, self._vf = _Arr(), _Arr(), _Arr(), _Arr()
-        self._cols, self._stage = {16: _Arr(), 32: _Arr()}, (_Arr(), _Arr(), 7)
-        self._seg, self._seg_row, self._tc = _Arr(), _Arr(), (_Arr(), _Arr(), _Arr())
-
-    def cols(self, bits):
-        return self._cols[bits]
-
-    def perm(self):
-        return self._perm
-
-    def stage_layout(self, kc):
-        return self._stage
-
-    def vals_f32(self):
-        return self._vf
-
-    def segments(self, order, rows_per_block, split):
-        return self._seg, self._seg_row, self.shape[0], 0
-
-    def tc(self, rn):
-        return self._tc
-
-
-def _signature(src: str) -> list[tuple[str, int]]:
-    """(name, byte size) of each spmm_kernel parameter, from CUDA C++ or PTX source."""
-    if ".entry spmm_kernel(" in src:
-        body = re.search(r"\.entry spmm_kernel\(([^)]*)\)", src).group(1)
-        out = []
-        for p in body.split(","):
-            _, typ, name = p.split()
-            out.append((name, {".u64": 8, ".u32": 4, ".s32": 4}[typ]))
-        return out
-    body = re.search(r"spmm_kernel\(([^)]*)\)", src).group(1)
-    return [(p.split()[-1], 8 if "*" in p else 4) for p in body.split(",")]
-
-
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_kernel_args_match_every_family_signature(dtype):
-    """For configs of every family, Kernel.args has one value per kernel parameter, B and C where the kernel names
-    them, device arrays for pointers and np.int32 for 4-byte ints; the packed launcher puts the same into its slots."""
+    """Every registered family's launch (arguments, geometry, threads, shared memory) against its rendered kernel's
+    signature (tests/fakes.py; each family's own test checks more of its configs)."""
     a = random_matrix(64, 256, 0.05, "uniform", 0)
-    n = 128
-    env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
-    dev = _FakeDeviceCSR(a)
-    for sp in load_spaces():
-        feas = list(sp.feasible(dtype, env))
-        if not sp.supports(dtype):  # e.g. tc_gather computes fp16 only
-            assert not feas
-            continue
-        assert feas, sp.family
-        for cfg in feas[:: max(1, len(feas) // 25)]:
-            src = render(sp, cfg, dtype, pattern_context(a, cfg) if sp.needs_matrix else None)
-            sig = _signature(src)
-            fn = types.SimpleNamespace(kernel=types.SimpleNamespace(ptr=0xF00D))
-            kern = Kernel(sp, dict(cfg), dtype, src, fn, dev)
-            b_tag, c_tag = object(), object()
-            args = kern.args(n, b_tag, c_tag)
-            assert len(args) == len(sig), (sp.family, sig)
-            names = [nm for nm, _ in sig]
-            assert names[[i for i, x in enumerate(args) if x is b_tag][0]] in ("B", "pB")
-            assert names[[i for i, x in enumerate(args) if x is c_tag][0]] in ("C", "pC")
-            for (nm, size), x in zip(sig, args):
-                assert isinstance(x, np.int32) if size == 4 else not isinstance(x, np.integer), (sp.family, nm, x)
-            assert int(args[names.index("N") if "N" in names else names.index("pN")]) == n
-            ln = kern.launcher(n)
-            assert kern.launcher(n) is ln and not ln.is_noop  # cached per N
-            fake = _FakeLaunch([s for _, s in sig])
-            ln._launch = fake
-            ln(0xB0, 0xC0, 5)
-            (f, gx, gy, gz, bx, *_rest), got = fake.calls[0]
-            grid, block, _, _ = kern.geometry(n)
-            assert f == 0xF00D and (gx, gy) == ((*grid, 1)[0], (*grid, 1)[1]) and bx == block[0]
-            want = [0xB0 if x is b_tag else 0xC0 if x is c_tag else int(x) if isinstance(x, np.int32)
-                    else x.data.ptr for x in args]
-            assert got == want, sp.family
-    assert kern.launcher(0).is_noop  # N == 0: nothing to launch
+    checked = {name: check_launch_matches_signature(name, dtype, a, 128, max_configs=8) for name in all_families()}
+    assert sum(checked.values()) >= 8 and len(checked) >= 4
 
 
 def test_kernel_warm_builds_the_layouts_under_the_matrix_lock():
     """build_kernel warms each kernel (its layouts built in the compile thread, not at the first timed launch), and
     the kernels of one matrix build them one at a time."""
-    import threading
-
+    from fakes import FakeDeviceCSR
     a = random_matrix(64, 256, 0.05, "uniform", 0)
-    calls = []
-
-    class Counting(_FakeDeviceCSR):
-        def __init__(self, a):
-            super().__init__(a)
-            self.lock = threading.Lock()
-
-        def tc(self, rn):
-            calls.append(("tc", rn, self.lock.locked()))
-            return super().tc(rn)
-
-        def segments(self, order, rows_per_block, split):
-            calls.append(("seg", (order, rows_per_block, split), self.lock.locked()))
-            return super().segments(order, rows_per_block, split)
-
-    dev = Counting(a)
-    fn = types.SimpleNamespace(kernel=types.SimpleNamespace(ptr=0xF00D))
-    from sparse_autotune.core.space import get_space
-    tc = get_space("tc_gather")
-    Kernel(tc, {"rn": 2, "nt": 1, "ksplit": 4, "unroll": 1, "bload": "scalar"}, "fp16", "", fn, dev).warm()
-    rs = get_space("csr_rowsplit")
-    cfg = next(iter(rs.feasible("fp32", problem_env(64, 256, 128, a.nnz, "fp32"))))
-    Kernel(rs, dict(cfg), "fp32", "", fn, dev).warm()
-    assert ("tc", 2, True) in calls
-    assert any(c[0] == "seg" and c[1] == (cfg["row_order"], cfg["rows_per_block"], cfg["split"]) and c[2]
-               for c in calls)
-    assert not dev.lock.locked()
+    dev = FakeDeviceCSR(a, "fp16")
+    fake_kernel("tc_gather", {"rn": 2, "nt": 1, "ksplit": 4, "unroll": 1, "prefetch": 0, "bload": "scalar"}, "fp16", a,
+                dev).warm()
+    rs = all_families()["csr_rowsplit"].space
+    cfg = next(iter(rs.feasible("fp16", problem_env(64, 256, 128, a.nnz, "fp16"))))
+    fake_kernel("csr_rowsplit", cfg, "fp16", a, dev).warm()
+    assert (("tc", 2), True) in dev.built
+    assert (("seg", cfg["row_order"], cfg["rows_per_block"], cfg["split"]), True) in dev.built
+    assert all(held for _, held in dev.built) and not dev.lock.locked()
 
 
 def test_operator_rejects_a_host_array_without_a_gpu():

@@ -14,7 +14,23 @@ H200 = "NVIDIA H200"
 A100 = "NVIDIA A100-SXM4-80GB"
 
 
+TAGS = ["h100-exact", "h100-n1024", "h100-big", "h200-only", "a100", "h100-n512", "h100-fp16"]
+BASE = {"rows_per_block": 8, "lanes_per_row": 8, "vec": 1, "cols_per_thread": 1, "stage": "none",
+        "raster": "rows_first", "index_bits": 32, "split": 0}
+
+
+def variant(tag: str) -> dict:
+    """A valid csr_rowsplit config that names the record (lookup returns configs that run the problem)."""
+    i = TAGS.index(tag)
+    return {**BASE, "unroll": [1, 2, 4, 8][i % 4], "row_order": ["natural", "sorted"][i // 4]}
+
+
+def tag_of(cfg: dict) -> str:
+    return next(t for t in TAGS if variant(t) == {k: cfg[k] for k in variant(t)})
+
+
 def rec(gpu, cc, m, k, n, d, t, cfg, dtype="fp32", pattern="uniform"):
+    cfg = {**variant(cfg["tag"]), **cfg} if "tag" in cfg else cfg  # the tag rides along (not a parameter)
     return Record(gpu_name=gpu, gpu_cc=cc, m=m, k=k, n=n, density=d, dtype=dtype, pattern=pattern,
                   family="csr_rowsplit", config_json=json.dumps(cfg), time_us=t, gflops=1.0, max_rel_err=1e-7,
                   trials=1, matrix_hash="h", package_version="0", cuda_version="13.0", driver_version="580",
@@ -37,22 +53,22 @@ def db(tmp_path):
 
 def test_exact_hit_says_exact(db):
     r = lookup(512, 2048, 256, 0.1, "fp32", gpu=H100, cc="9.0", db=db)
-    assert r.source == "exact" and r.config == {"tag": "h100-exact"} and r.distance == 0.0 and r.time_us == 10.0
+    assert r.source == "exact" and tag_of(r.config) == "h100-exact" and r.distance == 0.0 and r.time_us == 10.0
 
 
 def test_nearest_on_same_gpu_with_distance(db):
     r = lookup(512, 2048, 512, 0.1, "fp32", gpu=H100, cc="9.0", db=db)
     # N=512 is one log2 step from both 256 and 1024: the tie goes to the faster record
     assert r.source == "nearest" and math.isclose(r.distance, 1.0)
-    assert r.config["tag"] in ("h100-exact", "h100-n1024")
+    assert tag_of(r.config) in ("h100-exact", "h100-n1024")
     r2 = lookup(4096, 4096, 32, 0.05, "fp32", gpu=H100, cc="9.0", db=db)
-    assert r2.source == "nearest" and r2.config == {"tag": "h100-big"} and math.isclose(r2.distance, 1.0)
+    assert r2.source == "nearest" and tag_of(r2.config) == "h100-big" and math.isclose(r2.distance, 1.0)
 
 
 def test_same_arch_when_this_gpu_has_nothing(db):
     r = lookup(768, 3072, 512, 0.05, "fp32", gpu="NVIDIA GH200", cc="9.0", db=db)
     assert r.source == "same-arch" and r.gpu in (H100, H200)
-    assert r.config == {"tag": "h200-only"} and r.distance == 0.0  # the exact key exists on the H200
+    assert tag_of(r.config) == "h200-only" and r.distance == 0.0  # the exact key exists on the H200
 
 
 def test_other_arch_is_never_used_and_default_is_last(db):
@@ -72,7 +88,7 @@ def test_cache_sees_a_changed_file(db):
     tdb.store(rec(H100, "9.0", 512, 2048, 512, 0.1, 15.0, {"tag": "h100-n512"}))
     tdb.dispose()
     r = lookup(512, 2048, 512, 0.1, "fp32", gpu=H100, cc="9.0", db=db)
-    assert r.source == "exact" and r.config == {"tag": "h100-n512"}
+    assert r.source == "exact" and tag_of(r.config) == "h100-n512"
 
 
 def test_search_path_puts_the_user_db_first(db):
@@ -110,3 +126,24 @@ def test_seed_configs_nearest_first_this_gpu_and_dtype_only(db):
         assert len(seed_configs(tdb, 512, 2048, 512, 0.1, "fp32", H100, per_family=10, limit=2)) == 2
     finally:
         tdb.dispose()
+
+
+def test_lookup_adapts_the_config_to_n_and_keeps_the_stored_one(db):
+    """A stored vector width that N does not divide is lowered (lookup and the runtime print the same config)."""
+    tdb = TuningDB(db)
+    tdb.store(rec(H100, "9.0", 2048, 2048, 128, 0.1, 3.0, {**BASE, "unroll": 2, "row_order": "natural", "vec": 4}))
+    tdb.dispose()
+    r = lookup(2048, 2048, 98, 0.1, "fp32", gpu=H100, cc="9.0", db=db)
+    assert r.source == "nearest" and r.config["vec"] == 2 and r.stored_config["vec"] == 4
+    assert lookup(2048, 2048, 128, 0.1, "fp32", gpu=H100, cc="9.0", db=db).stored_config is None  # runs as stored
+
+
+def test_a_record_that_cannot_run_this_problem_is_passed_over_for_the_next_nearest(db):
+    """16-bit indices cannot address K = 70000: the nearest record is skipped, the next one is used, not the default."""
+    tdb = TuningDB(db)
+    tdb.store(rec(H100, "9.0", 600, 65000, 64, 0.01, 1.0, {**BASE, "unroll": 2, "row_order": "sorted",
+                                                          "index_bits": 16}, dtype="fp16"))
+    tdb.store(rec(H100, "9.0", 600, 16000, 64, 0.01, 2.0, {**BASE, "unroll": 4, "row_order": "sorted"}, dtype="fp16"))
+    tdb.dispose()
+    r = lookup(600, 70000, 64, 0.01, "fp16", gpu=H100, cc="9.0", db=db)
+    assert r.source == "nearest" and r.config["index_bits"] == 32 and r.key[1] == 16000

@@ -13,7 +13,7 @@ import pytest
 from sparse_autotune.device import compile as sat_compile
 from sparse_autotune.core import render
 from sparse_autotune.core import space
-from sparse_autotune.device.kernel import pattern_context
+from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import random_matrix
 
 DTYPES = ("fp32", "fp16")
@@ -43,7 +43,8 @@ def env_of(sp, dtype):
 
 
 def rnd(sp, cfg, dtype):
-    return render.render(sp, cfg, dtype, pattern_context(SMALL, cfg) if sp.needs_matrix else None)
+    fam = get_family(sp.family)
+    return render.render(sp, cfg, dtype, fam.context(SMALL, cfg) if sp.needs_matrix else None)
 
 
 def is_kernel_source(src: str) -> bool:
@@ -177,16 +178,6 @@ def test_covering_sample_compiles_with_nvcc(nvcc_reports):
         assert "Used" in report and "registers" in report
 
 
-def threads_per_block(family: str, cfg: dict) -> int | None:
-    if family == "csr_rowsplit":
-        return cfg["rows_per_block"] * cfg["lanes_per_row"]
-    if family in ("csr_btile", "pattern_unrolled"):
-        return cfg["warps"] * 32
-    if family == "tc_gather":
-        return cfg["ksplit"] * 32
-    return None
-
-
 def test_covering_sample_compiles_without_spills(nvcc_reports):
     """Measured with CUDA 13.0 for sm_90. csr_rowsplit: no config of the sample with <= 512 threads per block spills;
     a 1024-thread block (__launch_bounds__(1024) caps the registers) may spill a few bytes (seen: 4 bytes for fp16,
@@ -227,85 +218,6 @@ def test_nvcc_check_reports_compile_errors():
         sat_compile.nvcc_check('extern "C" __global__ void spmm_kernel() { this is not C++; }')
     assert info.value.stage == "compile"
     assert "error" in info.value.log
-
-
-# ---- constraints ----------------------------------------------------------------------------------------
-
-def _csr():
-    return space.get_space("csr_rowsplit")
-
-
-def _base_cfg(**over):
-    cfg = {"rows_per_block": 8, "lanes_per_row": 8, "vec": 4, "cols_per_thread": 1, "unroll": 4, "stage": "none",
-           "row_order": "natural", "raster": "rows_first", "index_bits": 32, "split": 0}
-    cfg.update(over)
-    return cfg
-
-
-def test_base_config_is_feasible():
-    assert _csr().check(_base_cfg(), env_for("fp32")) is None
-
-
-def test_vector_width_must_divide_n():
-    why = _csr().check(_base_cfg(vec=4), space.problem_env(M, K, 250, NNZ, "fp32"))
-    assert why is not None and "divisible" in why
-    assert _csr().check(_base_cfg(vec=2), space.problem_env(M, K, 250, NNZ, "fp32")) is None
-
-
-def test_block_needs_a_whole_warp():
-    why = _csr().check(_base_cfg(rows_per_block=2, lanes_per_row=8), env_for("fp32"))
-    assert why is not None and "warp" in why
-    assert _csr().check(_base_cfg(rows_per_block=4, lanes_per_row=8), env_for("fp32")) is None
-
-
-def test_block_respects_max_threads():
-    cfg = _base_cfg(rows_per_block=64, lanes_per_row=32, vec=1)
-    assert _csr().check(cfg, env_for("fp32")) is not None
-    assert _csr().check(_base_cfg(rows_per_block=64, lanes_per_row=16, vec=1), env_for("fp32")) is None
-    assert _csr().check(_base_cfg(rows_per_block=64, lanes_per_row=16, vec=1), env_for("fp32"),
-                        {"max_threads": 512}) is not None
-
-
-def test_16_bit_indices_need_small_k():
-    cfg = _base_cfg(index_bits=16)
-    why = _csr().check(cfg, space.problem_env(M, 70000, N, NNZ, "fp16"))
-    assert why is not None and "65536" in why
-    assert _csr().check(cfg, space.problem_env(M, 65536, N, NNZ, "fp16")) is None
-
-
-def test_shared_memory_limit():
-    cfg = _base_cfg(stage="smem", chunk=128, rows_per_block=8)  # 8 * 129 * 8 = 8256 bytes
-    assert _csr().check(cfg, env_for("fp32")) is None
-    why = _csr().check(cfg, env_for("fp32"), {"max_smem_bytes": 8 * 1024})
-    assert why is not None and "shared memory" in why
-    assert _csr().check(cfg, env_for("fp32"), {"max_smem_bytes": 8256}) is None
-
-
-def test_split_rows_need_two_subwarps_and_their_partial_sums_fit():
-    assert _csr().check(_base_cfg(split=64), env_for("fp32")) is None
-    why = _csr().check(_base_cfg(split=64, rows_per_block=1, lanes_per_row=32), env_for("fp32"))
-    assert why is not None and "at least two" in why
-    # 8 subwarps x 8 lanes x 4 wide: 7 * 32 * 4 = 896 bytes of partial sums
-    assert _csr().check(_base_cfg(split=64), env_for("fp32"), {"max_smem_bytes": 895}) is not None
-    assert _csr().check(_base_cfg(split=64), env_for("fp32"), {"max_smem_bytes": 896}) is None
-
-
-def test_config_stored_before_split_existed_normalizes_to_no_split():
-    old = {k: v for k, v in _base_cfg().items() if k != "split"}
-    assert _csr().normalize(old, "fp32") == _base_cfg(split=0)
-    assert _csr().normalize({**old, "split": 7}, "fp32") is None  # not a value of the space
-
-
-def test_offsets_must_fit_32_bits():
-    why = _csr().check(_base_cfg(), space.problem_env(M, 2**21, 1024, NNZ, "fp32"))
-    assert why is not None and "32 bits" in why
-
-
-def test_inactive_parameter_does_not_break_constraints():
-    """chunk is inactive for stage == 'none'; the smem constraint must not fail on its absence."""
-    cfg = _base_cfg(stage="none")
-    assert "chunk" not in cfg
-    assert _csr().check(cfg, env_for("fp32"), {"max_smem_bytes": 1}) is None
 
 
 # ---- known-good configs ---------------------------------------------------------------------------------
@@ -362,7 +274,7 @@ def test_suggest_round_trips_through_optuna_params(dtype):
 
 
 def test_numeric_parameters_map_to_ordinals():
-    sp = _csr()
+    sp = space.get_space("csr_rowsplit")
     cfg = sp.defaults("fp16", env_for("fp16"))[0]
     params = sp.to_optuna_params(cfg, "fp16")
     for p in sp.params:
@@ -435,128 +347,3 @@ def test_parse_space_rejects_when_syntax_error():
     data["params"]["b"]["when"] = "a =="
     with pytest.raises((ValueError, SyntaxError)):
         space.parse_space(data, "toy.toml")
-
-
-# ---- the pattern-specialised family ---------------------------------------------------------------------
-
-def test_pattern_source_encodes_the_pattern_and_the_values_mode():
-    """Column offsets are immediates (every used column appears once per block of rows), values are FMA
-    immediates in 'imm' mode and loads from the packed array in 'array' mode; the module name changes with
-    the pattern, and in 'imm' mode with the values too."""
-    import numpy as np
-    sp = space.get_space("pattern_unrolled")
-    cfg = {"rows_per_block": 4, "vec": 4, "warps": 1, "values": "imm", "row_order": "natural"}
-    src = rnd(sp, cfg, "fp32")
-    n_loads = src.count("ld.global.nc.v4.f32")
-    want = sum(len(set(SMALL.indices[SMALL.indptr[r0]:SMALL.indptr[min(r0 + 4, SMALL.shape[0])]]))
-               for r0 in range(0, SMALL.shape[0], 4))
-    assert n_loads == want  # one B load per distinct column of each block, reused by the block's rows
-    assert src.count("fma.rn.f32") == 4 * SMALL.nnz
-    arr = rnd(sp, {**cfg, "values": "array"}, "fp32")
-    assert arr.count("ld.global.nc.f32 %v0") == SMALL.nnz and "0f" not in arr.split("brx.idx")[1].replace("0f00000000", "")
-    other = SMALL.copy()
-    other.data = other.data * np.float32(2)
-    imm2 = render.render(sp, cfg, "fp32", pattern_context(other, cfg))
-    arr2 = render.render(sp, {**cfg, "values": "array"}, "fp32", pattern_context(other, {**cfg, "values": "array"}))
-    assert imm2 != src and arr2 == arr  # values compiled in, or only the pattern
-
-
-def test_pattern_family_has_an_nnz_limit():
-    sp = space.get_space("pattern_unrolled")
-    cfg = sp.defaults("fp32", env_of(sp, "fp32"))[0]
-    why = sp.check(cfg, space.problem_env(512, 2048, 256, 104858, "fp32"))
-    assert why is not None and "nonzeros" in why
-
-
-# ---- csr_rowsplit slots (long rows split over a block) ----------------------------------------------------
-
-@pytest.mark.parametrize("order", ["natural", "sorted"])
-@pytest.mark.parametrize("rows_per_block,split", [(1, 64), (4, 0), (4, 16), (8, 5), (64, 16)])
-def test_rowsplit_slots_cover_every_nonzero_once(order, rows_per_block, split):
-    import scipy.sparse as sps
-
-    from sparse_autotune.device.kernel import rowsplit_slots
-    rng = np.random.default_rng(rows_per_block * 100 + split)
-    dense = (rng.random((50, 300)) < 0.03) * rng.standard_normal((50, 300))
-    dense[7] = rng.standard_normal(300)  # one dense row
-    dense[[3, 11, 12]] = 0.0  # empty rows
-    dense[20, :90] = 1.0  # a long row
-    a = sps.csr_matrix(dense)
-    seg, rows, heavy = rowsplit_slots(a, order, rows_per_block, split)
-    lens = np.diff(a.indptr)
-    long_rows = set(np.flatnonzero(lens > split)) if split > 0 and rows_per_block > 1 else set()
-    assert heavy == len(long_rows)
-    assert seg.dtype == np.int32 and rows.dtype == np.int32 and seg.shape == (len(rows), 2)
-    # long rows first, longest first, each a whole block of near-equal segments
-    for b in range(heavy):
-        blk = slice(b * rows_per_block, (b + 1) * rows_per_block)
-        assert len(set(rows[blk])) == 1 and rows[blk][0] in long_rows
-        seg_lens = seg[blk, 1] - seg[blk, 0]
-        assert seg_lens.max() - seg_lens.min() <= 1
-    assert list(lens[rows[: heavy * rows_per_block: rows_per_block]]) == sorted(lens[list(long_rows)], reverse=True)
-    # every row appears, and its segments tile its nonzeros exactly once
-    for r in range(a.shape[0]):
-        mine = seg[rows == r]
-        assert len(mine) == (rows_per_block if r in long_rows else 1)
-        covered = np.concatenate([np.arange(s, e) for s, e in mine])
-        assert sorted(covered) == list(range(a.indptr[r], a.indptr[r + 1]))
-    light = rows[heavy * rows_per_block:]
-    if order == "sorted":
-        assert list(np.diff(lens[light]) <= 0) == [True] * (len(light) - 1)
-    else:
-        assert list(light) == sorted(light)
-
-
-# ---- tc_gather layout -------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("rn", [1, 2, 4])
-def test_tc_layout_holds_exactly_the_weights_in_mma_fragment_order(rn):
-    """Rebuild A from the layout by the B-operand fragment rule of mma.m16n8k16 (lane 4g+q, half h holds
-    row g of the 8-row tile and union column 2q + h%2 + 8 (h//2)): it must be A, fp16-rounded."""
-    import scipy.sparse as sps
-
-    from sparse_autotune.device.kernel import tc_layout
-    rng = np.random.default_rng(rn)
-    m, k = 8 * rn * 3 + 5, 200  # a partial last row block
-    dense = (rng.random((m, k)) < 0.07) * rng.standard_normal((m, k))
-    dense[8 * rn: 16 * rn] = 0.0  # an empty row block
-    dense[1] = rng.standard_normal(k)  # a dense row
-    a = sps.csr_matrix(dense)
-    step_ptr, cols, avals = tc_layout(a, rn)
-    nb = -(-m // (8 * rn))
-    assert step_ptr.shape == (nb + 1,) and step_ptr[0] == 0 and (np.diff(step_ptr) >= 0).all()
-    assert step_ptr[2] == step_ptr[1]  # the empty block has no step
-    assert cols.shape == (16 * step_ptr[-1],) and avals.shape == (step_ptr[-1] * rn * 128,)
-    rebuilt = np.zeros((nb * 8 * rn, k))
-    for b in range(nb):
-        u = cols[16 * step_ptr[b]:16 * step_ptr[b + 1]]
-        rows = dense[b * 8 * rn:(b + 1) * 8 * rn]
-        assert set(u) == set(np.flatnonzero(np.abs(rows).sum(axis=0)))  # the union of the block's columns
-        for t in range(step_ptr[b], step_ptr[b + 1]):
-            for i in range(rn):
-                for lane in range(32):
-                    g, q = divmod(lane, 4)
-                    for h in range(4):
-                        kk = 2 * q + h % 2 + 8 * (h // 2)
-                        rebuilt[b * 8 * rn + 8 * i + g, cols[16 * t + kk]] += avals[((t * rn + i) * 32 + lane) * 4 + h]
-    np.testing.assert_array_equal(rebuilt[:m], dense.astype(np.float16).astype(np.float64))
-    assert not rebuilt[m:].any()
-
-
-def test_tc_gather_any_n_scalar_loads_only_where_vectors_cannot_and_runtime_adapts():
-    """tc_gather's bload: 'vec' needs N % (2 nt) == 0, 'scalar' runs any N, and the runtime turns a stored 'vec'
-    config into 'scalar' when the call's N needs it."""
-    from sparse_autotune.runtime.spmm import _adapt
-    from sparse_autotune.core.space import DEFAULT_LIMITS, get_space, problem_env
-    sp = get_space("tc_gather")
-    base = {"rn": 1, "nt": 2, "ksplit": 8, "unroll": 2}
-    odd, even = problem_env(512, 2048, 49, 20000, "fp16"), problem_env(512, 2048, 64, 20000, "fp16")
-    assert sp.check({**base, "bload": "vec"}, odd, DEFAULT_LIMITS) is not None
-    assert sp.check({**base, "bload": "scalar"}, odd, DEFAULT_LIMITS) is None
-    assert sp.check({**base, "bload": "vec"}, even, DEFAULT_LIMITS) is None
-    assert _adapt(sp, {**base, "bload": "vec"}, "fp16", odd, DEFAULT_LIMITS)["bload"] == "scalar"
-    assert _adapt(sp, {**base, "bload": "scalar"}, "fp16", even, DEFAULT_LIMITS)["bload"] == "scalar"  # runs as is
-    assert _adapt(sp, base, "fp16", odd, DEFAULT_LIMITS)["bload"] == "scalar"  # a config stored before bload existed
-    # the search space of an odd N has tc_gather configs, all with 16-bit loads
-    cfgs = sp.defaults("fp16", odd, DEFAULT_LIMITS)
-    assert cfgs and all(c["bload"] == "scalar" for c in cfgs)

@@ -308,7 +308,9 @@ def cmd_lookup(a) -> int:
             f"record {res.record_id} in {res.db}, tuned on {res.gpu} for "
             f"{res.key[0]}x{res.key[1]} N={res.key[2]} d={res.key[3]:g} ({res.time_us:.2f} us)")
         dist = f", distance {res.distance:.2f}" if res.source in ("nearest", "same-arch") and res.distance else ""
-        print(f"{res.source}{dist}: {res.family} {json.dumps(res.config, sort_keys=True)}\n  from {where}")
+        adapted = (f"\n  adapted to N={n}; stored as {json.dumps(res.stored_config, sort_keys=True)}"
+                   if res.stored_config else "")
+        print(f"{res.source}{dist}: {res.family} {json.dumps(res.config, sort_keys=True)}\n  from {where}{adapted}")
     return 0
 
 

@@ -13,7 +13,6 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from ..errors import UserError
-from ..resources import resource_dir
 
 # Used where no GPU is present (CPU tests, `spaces`): static shared memory per block, the opt-in dynamic
 # maximum of an H100 (227 KB), threads per block.
@@ -65,7 +64,7 @@ class Space:
     known_good: list[dict] = field(default_factory=list)
     enabled: bool = True  # tuned by default; a disabled family is tuned only when asked for by name
     rank: int = 100  # the runtime's default kernel comes from the enabled family of lowest rank
-    needs_matrix: bool = False  # the template is rendered for one sparsity pattern (kernels.pattern_context)
+    needs_matrix: bool = False  # the template is rendered for one sparsity pattern (its host side's context)
     dtypes: tuple[str, ...] = ("fp32", "fp16")  # the dtypes the family computes
 
     # ---- structure ------------------------------------------------------------------------------
@@ -198,9 +197,12 @@ def parse_space(data: dict, source: str = "<space>") -> Space:
 
 @lru_cache(maxsize=None)
 def load_spaces(folder: str | None = None) -> tuple[Space, ...]:
-    root = Path(folder) if folder else resource_dir("search_spaces")
+    """The spaces of every registered family (core.families), or of the .toml files of one folder."""
+    if folder is None:
+        from .families import all_families  # noqa: PLC0415
+        return tuple(f.space for f in all_families().values())
     spaces = []
-    for f in sorted(root.glob("*.toml")):
+    for f in sorted(Path(folder).glob("*.toml")):
         with open(f, "rb") as fh:
             spaces.append(parse_space(tomllib.load(fh), str(f)))
     return tuple(sorted(spaces, key=lambda s: (s.rank, s.family)))

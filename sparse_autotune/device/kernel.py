@@ -1,12 +1,12 @@
-"""Host side of each kernel family: A's device layout for a config, launch geometry, and a launcher.
+"""Kernels on the device: A's arrays and cached layouts (DeviceCSR), a compiled variant (Kernel) and its launch.
 
+Each family's own launch geometry, arguments and layouts are its host side (variants/<family>.py, core.families).
 A `Kernel` is one compiled variant bound to one sparse matrix on the device; `kernel(B, C)` launches it
 on the current CuPy stream. `kernel.launcher(n)` is the same launch bound to N with its arguments packed once:
 `launcher(b_ptr, c_ptr, stream_ptr)` is one cuLaunchKernel on raw pointers (no CuPy or DLPack objects per call).
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, field
 
@@ -17,14 +17,16 @@ from ..device.compile import compile_kernel, compile_ptx, function_ptr
 from ..errors import CandidateError
 from ..core.problem import DTYPES
 from ..core.render import render
-from ..core.space import Space, get_space
+from ..core.families import Family, get_family
+from ..core.space import Space
 
 
 class DeviceCSR:
-    """A's arrays on the device in the layouts the families want, built lazily and kept."""
+    """A on the device: its CSR arrays (row pointers, values in the dtype, column indices of 16 or 32 bits), and the
+    layouts the families build from the host matrix, each built once and kept (`cached`)."""
 
     def __init__(self, a: sp.csr_matrix, dtype: str):
-        from ..device.gpu import cupy  # noqa: PLC0415
+        from .gpu import cupy  # noqa: PLC0415
         cp = cupy()
         self.shape = a.shape
         self.nnz = int(a.nnz)
@@ -32,180 +34,34 @@ class DeviceCSR:
         self._host = a
         self.row_ptr = cp.asarray(a.indptr.astype(np.int32))
         self.vals = cp.asarray(a.data.astype(DTYPES[dtype]))
-        self._cols: dict[int, object] = {}
-        self._perm = None
+        self._cache: dict = {}
         self.lock = threading.Lock()  # held while a kernel builds its layouts (Kernel.warm; compile threads share A)
 
+    @property
+    def host(self) -> sp.csr_matrix:
+        return self._host
+
     def cols(self, bits: int):
-        if bits not in self._cols:
-            from ..device.gpu import cupy  # noqa: PLC0415
-            t = np.uint16 if bits == 16 else np.int32
-            self._cols[bits] = cupy().asarray(self._host.indices.astype(t))
-        return self._cols[bits]
+        """A's column indices as uint16 (bits 16) or int32."""
+        return self.cached(("cols", bits), lambda h: h.indices.astype(np.uint16 if bits == 16 else np.int32))
 
-    def stage_layout(self, kc: int):
-        """(stage pointers, local column offsets) for csr_btile with K-stages of kc rows.
-
-        stage_ptr[r * (S + 1) + s] is the first nonzero of row r whose column is >= s * kc (S = ceil(K / kc));
-        lcol holds each column modulo kc (8-bit for kc <= 256).
-        """
-        key = ("stage", kc)
-        if key not in self._cols:
-            from ..device.gpu import cupy  # noqa: PLC0415
-            a = self._host
-            m, k = a.shape
-            n_st = -(-k // kc)
-            rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
-            counts = np.bincount(rows * n_st + a.indices // kc, minlength=m * n_st).reshape(m, n_st)
-            sp_ = np.zeros((m, n_st + 1), dtype=np.int64)
-            sp_[:, 1:] = np.cumsum(counts, axis=1)
-            sp_ += a.indptr[:-1, None]
-            lt = np.uint8 if kc <= 256 else np.uint16
-            self._cols[key] = (cupy().asarray(sp_.astype(np.int32).ravel()),
-                               cupy().asarray((a.indices % kc).astype(lt)), n_st)
-        return self._cols[key]
-
-    def vals_f32(self):
-        """A's values as float32 (fp16 values are exact in float32): the packed array of pattern_unrolled."""
-        key = "vals_f32"
-        if key not in self._cols:
-            from ..device.gpu import cupy  # noqa: PLC0415
-            self._cols[key] = cupy().asarray(self._host.data.astype(np.float32))
-        return self._cols[key]
-
-    def segments(self, order: str, rows_per_block: int, split: int):
-        """(seg, seg_row, slots, heavy_blocks) of csr_rowsplit on the device (see rowsplit_slots)."""
-        key = ("seg", order, int(rows_per_block), int(split))
-        if key not in self._cols:
-            from ..device.gpu import cupy  # noqa: PLC0415
-            seg, rows, heavy = rowsplit_slots(self._host, order, rows_per_block, split)
-            self._cols[key] = (cupy().asarray(seg), cupy().asarray(rows), len(rows), heavy)
-        return self._cols[key]
-
-    def tc(self, rn: int):
-        """(step_ptr, cols, avals) of tc_gather on the device (see tc_layout)."""
-        key = ("tc", int(rn))
-        if key not in self._cols:
-            from ..device.gpu import cupy  # noqa: PLC0415
-            self._cols[key] = tuple(cupy().asarray(x) for x in tc_layout(self._host, rn))
-        return self._cols[key]
-
-    def perm(self):
-        """Rows sorted by length, longest first (stable): heavy rows start first, a block's rows are alike."""
-        if self._perm is None:
-            from ..device.gpu import cupy  # noqa: PLC0415
-            self._perm = cupy().asarray(row_order(self._host, "sorted").astype(np.int32))
-        return self._perm
-
-
-def rowsplit_slots(a: sp.csr_matrix, order: str, rows_per_block: int, split: int):
-    """The slots of csr_rowsplit: (seg, seg_row, heavy_blocks) with seg[s] = (start, end) a range of A's nonzeros
-    and seg_row[s] its row of C. With split > 0 every row longer than split nonzeros comes first, longest first,
-    as a whole block of rows_per_block segments of near-equal length (the kernel adds them up in shared memory);
-    the other rows follow, one slot each, in `order` (natural, or sorted longest first)."""
-    indptr = a.indptr.astype(np.int64)
-    lens = np.diff(indptr)
-    r = int(rows_per_block)
-    is_heavy = lens > split if split > 0 and r > 1 else np.zeros(a.shape[0], dtype=bool)
-    heavy = np.flatnonzero(is_heavy)
-    heavy = heavy[np.argsort(-lens[heavy], kind="stable")]
-    cuts = indptr[heavy][:, None] + (lens[heavy][:, None] * np.arange(r + 1)[None, :]) // r  # (H, r + 1)
-    light = row_order(a, order)
-    light = light[~is_heavy[light]]
-    start = np.concatenate([cuts[:, :-1].ravel(), indptr[light]])
-    end = np.concatenate([cuts[:, 1:].ravel(), indptr[light + 1]])
-    rows = np.concatenate([np.repeat(heavy, r), light])
-    return np.stack([start, end], axis=1).astype(np.int32), rows.astype(np.int32), len(heavy)
-
-
-def tc_layout(a: sp.csr_matrix, rn: int):
-    """The layout of tc_gather for row blocks of 8 * rn rows: (step_ptr, cols, avals).
-
-    Row block b's union of columns U_b (ascending, padded to a multiple of 16 with its first column, weight 0)
-    is steps step_ptr[b] .. step_ptr[b + 1] - 1 of 16 columns each; cols[16 t + k] is column k of step t.
-    avals (float16) holds, for step t and 8-row tile i, the 16 x 8 weights in the B-operand layout of
-    mma.m16n8k16: lane l = 4 g + q holds A[8 i + g][U[2q]], A[..][U[2q + 1]], A[..][U[2q + 8]], A[..][U[2q + 9]]
-    at avals[((t * rn + i) * 32 + l) * 4 + 0..3]."""
-    m = a.shape[0]
-    rb = 8 * int(rn)
-    nb = -(-m // rb)
-    indptr, indices = a.indptr, a.indices
-    step_ptr = np.zeros(nb + 1, dtype=np.int64)
-    unions = []
-    for b in range(nb):
-        u = np.unique(indices[indptr[b * rb]:indptr[min(m, (b + 1) * rb)]])
-        unions.append(u)
-        step_ptr[b + 1] = step_ptr[b] + -(-len(u) // 16)
-    total = int(step_ptr[-1])
-    cols = np.zeros(total * 16, dtype=np.int32)
-    avals = np.zeros(total * rn * 128, dtype=np.float16)
-    rows_of = np.repeat(np.arange(m, dtype=np.int64), np.diff(indptr))
-    vals = a.data.astype(np.float16)
-    for b, u in enumerate(unions):
-        if not len(u):
-            continue
-        t0 = int(step_ptr[b])
-        padded = np.full(-(-len(u) // 16) * 16, u[0], dtype=np.int32)
-        padded[:len(u)] = u
-        cols[t0 * 16:t0 * 16 + len(padded)] = padded
-        lo, hi = indptr[b * rb], indptr[min(m, (b + 1) * rb)]
-        pos = np.searchsorted(u, indices[lo:hi])  # place of each nonzero's column in U
-        local = rows_of[lo:hi] - b * rb
-        t, k = t0 + pos // 16, pos % 16
-        i, g = local // 8, local % 8
-        q = np.where(k < 8, k // 2, (k - 8) // 2)
-        h = np.where(k < 8, k % 2, 2 + k % 2)
-        avals[((t * rn + i) * 32 + 4 * g + q) * 4 + h] = vals[lo:hi]
-    return step_ptr.astype(np.int32), cols, avals
-
-
-def row_order(a: sp.csr_matrix, order: str) -> np.ndarray:
-    """Row indices in natural order, or sorted by length, longest first (stable)."""
-    if order == "sorted":
-        return np.argsort(-np.diff(a.indptr), kind="stable")
-    return np.arange(a.shape[0])
-
-
-def _f32_bits(v: float) -> str:
-    """A float32 value as the 8 hex digits of its bits (a PTX immediate is 0f + these)."""
-    return f"{int(np.float32(v).view(np.uint32)):08X}"
-
-
-def pattern_id(a: sp.csr_matrix, with_values: bool) -> str:
-    """A short hash of A's pattern (and values when they are compiled in): names a specialised module."""
-    h = hashlib.sha256()
-    h.update(np.asarray(a.shape, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(a.indptr, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(a.indices, dtype=np.int64).tobytes())
-    if with_values:
-        h.update(np.ascontiguousarray(a.data, dtype=np.float32).tobytes())
-    return h.hexdigest()[:16]
-
-
-PATTERN_LOAD_REGS = 16  # B loads in flight per thread named in the PTX (ptxas renames them anyway)
-
-
-def pattern_context(a: sp.csr_matrix, config: dict) -> dict:
-    """Template context of pattern_unrolled: per block of rows_per_block rows (natural or sorted order),
-    (its rows, [(column k, [(row slot, value bits, value index)]) for every column any row uses, ascending])."""
-    r = int(config["rows_per_block"])
-    order = row_order(a, config["row_order"])
-    indptr, indices, data = a.indptr, a.indices, a.data
-    blocks = []
-    for b0 in range(0, a.shape[0], r):
-        rows = [int(x) for x in order[b0:b0 + r]]
-        by_col: dict[int, list] = {}
-        for slot, row in enumerate(rows):
-            for j in range(indptr[row], indptr[row + 1]):
-                by_col.setdefault(int(indices[j]), []).append((slot, _f32_bits(data[j]), int(j)))
-        blocks.append((rows, sorted(by_col.items())))
-    return {"blocks": blocks, "pattern_id": pattern_id(a, config.get("values") == "imm"),
-            "max_loads": PATTERN_LOAD_REGS}
+    def cached(self, key, build):
+        """The layout `key`: build(host CSR) once (numpy arrays, or a tuple of arrays and ints), uploaded; kept."""
+        if key not in self._cache:
+            from .gpu import cupy  # noqa: PLC0415
+            cp = cupy()
+            got = build(self._host)
+            up = (lambda x: cp.asarray(x) if isinstance(x, np.ndarray) else x)
+            self._cache[key] = tuple(up(x) for x in got) if isinstance(got, tuple) else up(got)
+        return self._cache[key]
 
 
 @dataclass
 class Kernel:
-    space: Space
+    """One compiled variant of a family bound to one matrix on the device; the family's host side says how it is
+    launched (core.families)."""
+
+    family: Family
     config: dict
     dtype: str
     source: str
@@ -213,56 +69,22 @@ class Kernel:
     a: DeviceCSR
     _launchers: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    @property
+    def space(self) -> Space:
+        return self.family.space
+
     def geometry(self, n: int):
-        """(grid, block, row_blocks, col_tiles) for N columns."""
-        c = self.config
-        m = self.a.shape[0]
-        if self.space.family == "pattern_unrolled":
-            tile_n = c["warps"] * 32 * c["vec"]
-            row_blocks, col_tiles = -(-m // c["rows_per_block"]), -(-n // tile_n)
-            return (col_tiles, row_blocks), (32 * c["warps"],), row_blocks, col_tiles
-        if self.space.family == "tc_gather":
-            row_blocks, col_tiles = -(-m // (8 * c["rn"])), -(-n // (16 * c["nt"]))
-            return (row_blocks * col_tiles,), (32 * c["ksplit"],), row_blocks, col_tiles
-        if self.space.family == "csr_btile":
-            rows = c["warps"] * (32 // c["lanes_per_row"]) * c["rows_per_group"]
-            tile_n, threads = c["lanes_per_row"] * c["vec"], 32 * c["warps"]
-        else:
-            rows = c["rows_per_block"]
-            tile_n = c["lanes_per_row"] * c["vec"] * c["cols_per_thread"]
-            threads = rows * c["lanes_per_row"]
-            m = self.a.segments(c["row_order"], rows, c["split"])[2]  # slots: rows, long rows split in blocks
-        row_blocks = -(-m // rows)
-        col_tiles = -(-n // tile_n)
-        return (row_blocks * col_tiles,), (threads,), row_blocks, col_tiles
+        """(grid, block) for N columns."""
+        return self.family.geometry(self, n)
 
     def smem_bytes(self) -> int:
-        """Dynamic shared memory per block (the B stages of csr_btile; 0 for the other families)."""
-        c = self.config
-        if self.space.family != "csr_btile":
-            return 0
-        es = 2 if self.dtype == "fp16" else 4
-        return c["stages"] * c["kc"] * c["lanes_per_row"] * c["vec"] * es
+        """Dynamic shared memory per block."""
+        return self.family.smem_bytes(self)
 
     def args(self, n: int, b, c) -> tuple:
         """The kernel's parameters for N columns, in order: A's device arrays, `b` and `c` passed through as given
-        (arrays, pointers or placeholders) and np.int32 scalars. The one place the argument lists are written."""
-        m, k = self.a.shape
-        _, _, row_blocks, col_tiles = self.geometry(n)
-        cfg = self.config
-        if self.space.family == "pattern_unrolled":
-            return (b, c, self.a.vals_f32(), np.int32(n))
-        if self.space.family == "tc_gather":
-            step_ptr, cols, avals = self.a.tc(cfg["rn"])
-            return (step_ptr, cols, avals, b, c, np.int32(m), np.int32(n), np.int32(row_blocks))
-        if self.space.family == "csr_btile":
-            perm = self.a.perm() if cfg["row_order"] == "sorted" else self.a.row_ptr
-            stage_ptr, lcol, n_st = self.a.stage_layout(cfg["kc"])
-            return (stage_ptr, lcol, self.a.vals, perm, b, c, np.int32(m), np.int32(n), np.int32(k),
-                    np.int32(row_blocks), np.int32(col_tiles), np.int32(n_st))
-        seg, seg_row, slots, heavy = self.a.segments(cfg["row_order"], cfg["rows_per_block"], cfg["split"])
-        return (seg, seg_row, self.a.cols(cfg["index_bits"]), self.a.vals, b, c, np.int32(slots),
-                np.int32(n), np.int32(row_blocks), np.int32(col_tiles), np.int32(heavy))
+        (arrays, pointers or placeholders) and np.int32 scalars."""
+        return self.family.args(self, n, b, c)
 
     def warm(self) -> None:
         """Build A's device layouts this kernel reads (tc_gather's over 13.5M nonzeros: ~2 s on the CPU), so the first
@@ -280,7 +102,7 @@ class Kernel:
     def _make_launcher(self, n: int) -> Launcher:
         if self.a.shape[0] == 0 or n == 0:
             return Launcher.noop()
-        grid, block, _, _ = self.geometry(n)
+        grid, block = self.geometry(n)
         args = self.args(n, _B_SLOT, _C_SLOT)
         values: list = []
         keep: list = [self.fn]  # the compiled kernel holds its module: the function handle stays valid
@@ -380,15 +202,16 @@ class Launcher:
 
 
 def build_kernel(a: DeviceCSR, family: str, config: dict, dtype: str) -> Kernel:
-    space = get_space(family)
+    fam = get_family(family)
+    space = fam.space
     config = space.normalize(config, dtype) or config  # a config stored before a parameter existed gets its default
     try:
-        context = pattern_context(a._host, config) if space.needs_matrix else None
+        context = fam.context(a.host, config) if space.needs_matrix else None
         source = render(space, config, dtype, context)
     except Exception as exc:  # noqa: BLE001
         raise CandidateError("render", str(exc)) from None
     fn = compile_ptx(source) if space.template.endswith(".ptx.j2") else compile_kernel(source)
-    kern = Kernel(space, dict(config), dtype, source, fn, a)
+    kern = Kernel(fam, dict(config), dtype, source, fn, a)
     kern.warm()
     smem = kern.smem_bytes()
     if smem > 48 * 1024:  # above 48 KB a kernel must opt in to its dynamic shared memory

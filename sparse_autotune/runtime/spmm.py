@@ -7,7 +7,6 @@ import scipy.sparse as sp
 from ..errors import UserError
 from ..store.lookup import default_config, lookup
 from ..core.problem import DTYPES, dtype_name, host_values
-from ..core.space import get_space, problem_env
 
 
 def _to_scipy(a) -> tuple[sp.csr_matrix, np.dtype]:
@@ -35,27 +34,6 @@ def _to_scipy(a) -> tuple[sp.csr_matrix, np.dtype]:
     else:
         out = sp.csr_matrix(np.asarray(host, dtype=np.float32))
     return out, src_dtype
-
-
-def _adapt(space, config: dict, dtype: str, env: dict, limits: dict) -> dict | None:
-    """The config if it can run this problem, else the same with the widest vector width that can (or, for
-    tc_gather, the other way of loading B: vector or 16-bit loads, whichever this N allows), else None."""
-    cfg = space.normalize(config, dtype)
-    if cfg is None:
-        return None
-    if space.check(cfg, env, limits) is None:
-        return cfg
-    if "vec" in cfg:
-        for v in sorted(space.param("vec").choices(dtype), reverse=True):
-            trial = {**cfg, "vec": v}
-            if v < cfg["vec"] and space.check(trial, env, limits) is None:
-                return trial
-    if "bload" in cfg:
-        for b in space.param("bload").choices(dtype):
-            trial = {**cfg, "bload": b}
-            if b != cfg["bload"] and space.check(trial, env, limits) is None:
-                return trial
-    return None
 
 
 class SpMM:
@@ -113,26 +91,20 @@ class SpMM:
         return self._dev
 
     def plan(self, n: int) -> tuple[str, dict, str]:
-        """(family, config, source) for N columns; source is how lookup found it (exact, nearest, same-arch)
-        or 'default'. A stored config that cannot run this N (e.g. a vector width N is not divisible by) has
-        its vector width lowered; if it still cannot run, the default is used."""
+        """(family, config, source) for N columns; source is how lookup found it (exact, nearest, same-arch) or
+        'default'. The config is lookup's: the record's adapted to this N by its family (`lookup` prints the same)."""
         if n in self._plans:
             return self._plans[n]
         from ..device.gpu import gpu_info  # noqa: PLC0415
         info = gpu_info()
         m, k = self.shape
-        env = problem_env(m, k, n, self.nnz, self.dtype)
         found = None
         if self.nnz:
-            found = lookup(m, k, n, max(self.density, 1e-6), self.dtype, gpu=info.name, cc=info.cc, db=self.db)
-        if found is not None and found.source != "default":
-            space = get_space(found.family)
-            cfg = _adapt(space, found.config, self.dtype, env, info.limits())
-            if cfg is not None:
-                self._plans[n] = (found.family, cfg, found.source)
-                return self._plans[n]
-        d = default_config(m, k, n, self.dtype, self.nnz, info.limits())
-        self._plans[n] = (d.family, d.config, "default")
+            found = lookup(m, k, n, max(self.density, 1e-6), self.dtype, gpu=info.name, cc=info.cc, db=self.db,
+                           nnz=self.nnz, limits=info.limits())
+        if found is None or found.source == "default":
+            found = default_config(m, k, n, self.dtype, self.nnz, info.limits())
+        self._plans[n] = (found.family, found.config, found.source)
         return self._plans[n]
 
     def __call__(self, b, out=None):

@@ -6,11 +6,14 @@ the databases shipped in the package's db/ folder:
   nearest    the same GPU model and dtype, closest in log2 M, log2 K, log2 N and log2 density (Euclidean;
              +0.25 when the pattern kind differs), with the distance;
   same-arch  another GPU of the same compute capability (exact key first, else nearest);
+A record's config is adapted to the problem by its family (e.g. a vector width that N does not divide is lowered);
+a record whose config cannot run it is passed over for the next nearest.
   default    the runtime's built-in default (the first known-good config of the lowest-rank family).
 Lookups are cached in-process; a database file that changes on disk (its size or mtime) is re-read.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -23,7 +26,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import UserError
 from ..core.problem import check_density, check_dtype
 from ..resources import resource_dir
-from ..store.db import DENSITY_RTOL, Record, TuningDB, check_file, default_db_path, is_url
+from ..store import guard
+from ..store.db import DENSITY_RTOL, Record, TuningDB, default_db_path
 
 SOURCES = ("exact", "nearest", "same-arch", "default")
 _COLUMNS = (Record.id, Record.gpu_name, Record.gpu_cc, Record.m, Record.k, Record.n, Record.density, Record.dtype,
@@ -41,6 +45,7 @@ class Tuned:
     db: str | None
     distance: float = 0.0  # in log2 units (0 for exact)
     key: tuple | None = None  # (M, K, N, density, dtype, pattern) of the record used
+    stored_config: dict | None = None  # the record's config as stored, where `config` is it adapted to this N
 
 
 @dataclass(frozen=True)
@@ -79,13 +84,22 @@ def search_path(db=None) -> list[str]:
 
 
 def _stamp(target: str) -> tuple:
-    if is_url(target):
-        return ("url",)
+    """What changes when a database file is written: the file's and its -wal file's size and mtime (a server URL: never
+    re-read in this process)."""
     try:
-        st = os.stat(target)
-        return (st.st_size, st.st_mtime_ns)
-    except OSError:
-        return ("missing",)
+        t = guard.resolve(target)
+    except UserError:
+        return ("bad",)
+    if t.path is None:
+        return ("url",)
+    out = []
+    for p in (str(t.path), f"{t.path}-wal"):
+        try:
+            st = os.stat(p)
+            out += [st.st_size, st.st_mtime_ns]
+        except OSError:
+            out.append("missing")
+    return tuple(out)
 
 
 def _best_rows(target: str) -> list[_Row]:
@@ -95,8 +109,10 @@ def _best_rows(target: str) -> list[_Row]:
     if hit is not None and hit[0] == stamp:
         return hit[1]
     rows: list[_Row] = []
-    if is_url(target) or check_file(Path(target).expanduser()) == "ours":
-        tdb = TuningDB(target, create=False, readonly=not is_url(target))
+    # read-only, creating nothing: a missing or empty file, or a storage without records, has no rows; another
+    # application's file or tables are refused (guard.py)
+    if guard.survey(target).state == "tuning":
+        tdb = TuningDB(target, create=False, readonly=True)
         try:
             rows = db_best_rows(tdb)
         finally:
@@ -114,22 +130,34 @@ def _same_key(r: _Row, m, k, n, density) -> bool:
     return (r.m, r.k, r.n) == (m, k, n) and abs(r.density - density) <= density * DENSITY_RTOL
 
 
-def _pick(rows, m, k, n, density, pattern):
-    """(row, distance): exact key first (fastest; same pattern preferred), else the nearest."""
-    exact = [r for r in rows if _same_key(r, m, k, n, density)]
-    if exact:
-        same_pat = [r for r in exact if pattern is None or r.pattern == pattern] or exact
-        return min(same_pat, key=lambda r: r.time_us), 0.0
-    if not rows:
-        return None, None
-    best = min(rows, key=lambda r: (_distance(r, m, k, n, density, pattern), r.time_us))
-    return best, _distance(best, m, k, n, density, pattern)
+def _pick(rows, m, k, n, density, pattern, runs=None):
+    """The nearest row (then the fastest) whose config runs this problem (`runs(row)` -> adapted config or None; every
+    row's when None), its distance and adapted config; (None, inf, None) when none."""
+    order = sorted(rows, key=lambda r: (_distance(r, m, k, n, density, pattern), r.time_us))
+    for r in order:
+        cfg = json.loads(r.config_json) if runs is None else runs(r)
+        if cfg is not None:
+            return r, _distance(r, m, k, n, density, pattern), cfg
+    return None, float("inf"), None
 
 
-def _tuned(r: _Row, source: str, dist: float) -> Tuned:
-    import json  # noqa: PLC0415
-    return Tuned(r.family, json.loads(r.config_json), r.time_us, r.gpu, source, r.id, r.db, dist,
-                 (r.m, r.k, r.n, r.density, r.dtype, r.pattern))
+def _tuned(r: _Row, source: str, dist: float, cfg: dict) -> Tuned:
+    stored = json.loads(r.config_json)
+    return Tuned(r.family, cfg, r.time_us, r.gpu, source, r.id, r.db, dist,
+                 (r.m, r.k, r.n, r.density, r.dtype, r.pattern), stored if cfg != stored else None)
+
+
+def _runner(m: int, k: int, n: int, nnz: int, dtype: str, limits: dict | None):
+    """row -> its config adapted to this problem by its family (core.families), or None where it cannot run it."""
+    from ..core.families import all_families  # noqa: PLC0415
+    from ..core.space import problem_env  # noqa: PLC0415
+    env = problem_env(m, k, n, nnz, dtype)
+    fams = all_families()
+
+    def runs(r: _Row):
+        fam = fams.get(r.family)
+        return None if fam is None else fam.adapt(json.loads(r.config_json), dtype, env, limits)
+    return runs
 
 
 def default_config(m: int, k: int, n: int, dtype: str, nnz: int | None = None, limits: dict | None = None) -> Tuned:
@@ -147,11 +175,15 @@ def default_config(m: int, k: int, n: int, dtype: str, nnz: int | None = None, l
 
 
 def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str | None = None, db=None,
-           pattern: str | None = None, fallback: bool = True, cc: str | None = None) -> Tuned | None:
-    """The best known config for (M, K, N, density, dtype) on a GPU; `.source` says how it was found.
+           pattern: str | None = None, fallback: bool = True, cc: str | None = None, nnz: int | None = None,
+           limits: dict | None = None) -> Tuned | None:
+    """The best known config for (M, K, N, density, dtype) on a GPU, adapted to this N; `.source` says how it was found.
 
-    gpu=None means the current CUDA device (and its compute capability) when there is one; with no GPU and
-    no gpu= given, records of any GPU match. fallback=False returns only an exact record, else None.
+    The config is the record's as its family adapts it to this problem (a vector width N does not divide is lowered,
+    say: `.stored_config` then holds the stored one); a record whose config cannot run this problem is passed over for
+    the next nearest. gpu=None means the current CUDA device (and its compute capability and limits) when there is one;
+    with no GPU and no gpu= given, records of any GPU match. fallback=False returns only an exact record, else None.
+    nnz: A's nonzeros (default round(density * M * K)); limits: the GPU's (default: the current GPU's, else an H100's).
     """
     check_dtype(dtype)
     density = check_density(density)
@@ -160,39 +192,45 @@ def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str
         if gpu_available():
             info = gpu_info()
             gpu, cc = info.name, cc or info.cc
+            limits = limits if limits is not None else info.limits()
+    nnz = int(nnz) if nnz is not None else max(1, round(density * m * k))
     targets = search_path(db)
-    ckey = (tuple(targets), m, k, n, round(density, 9), dtype, gpu, cc, pattern, fallback)
+    ckey = (tuple(targets), m, k, n, round(density, 9), dtype, gpu, cc, pattern, fallback, nnz,
+            tuple(sorted((limits or {}).items())))
     stamps = tuple(_stamp(t) for t in targets)
     hit = _result_cache.get(ckey)
     if hit is not None and hit[0] == stamps:
         return hit[1]
 
+    runs = _runner(m, k, n, nnz, dtype, limits)
     rows = [r for t in targets for r in _best_rows(t) if r.dtype == dtype]
     mine = [r for r in rows if gpu is None or r.gpu == gpu]
     res = None
-    r, dist = _pick(mine, m, k, n, density, pattern)
+    r, dist, cfg = _pick(mine, m, k, n, density, pattern, runs)
     if r is not None and (dist == 0.0 or fallback):
-        res = _tuned(r, "exact" if dist == 0.0 else "nearest", dist)
+        res = _tuned(r, "exact" if dist == 0.0 else "nearest", dist, cfg)
     if res is None and fallback and gpu is not None:
         if cc is None:
             cc = next((x.cc for x in rows if x.gpu == gpu), None)
         arch = [x for x in rows if cc is not None and x.cc == cc and x.gpu != gpu]
-        r, dist = _pick(arch, m, k, n, density, pattern)
+        r, dist, cfg = _pick(arch, m, k, n, density, pattern, runs)
         if r is not None:
-            res = _tuned(r, "same-arch", dist)
+            res = _tuned(r, "same-arch", dist, cfg)
     if res is None and fallback:
-        res = default_config(m, k, n, dtype)
+        res = default_config(m, k, n, dtype, nnz, limits)
     _result_cache[ckey] = (stamps, res)
     return res
 
 
 def db_best_rows(tdb: TuningDB) -> list[_Row]:
     """Every best-flagged record of an open tuning database."""
-    try:
+    def read():
         with tdb.engine.connect() as con:
             return [_Row(r.id, r.gpu_name, r.gpu_cc, r.m, r.k, r.n, r.density, r.dtype, r.pattern, r.family,
                          r.config_json, r.time_us, tdb.label)
                     for r in con.execute(select(*_COLUMNS).where(Record.is_best.is_(True)))]
+    try:
+        return tdb._reading(read)  # a read-only file: read again if a writer touched it meanwhile
     except SQLAlchemyError as exc:
         raise UserError(f"cannot read database {tdb.label!r}: {str(exc).splitlines()[0]}") from None
 
@@ -205,7 +243,6 @@ def seed_configs(tdb: TuningDB, m: int, k: int, n: int, density: float, dtype: s
 
     `tdb` is read through its own engine (a tuner holds it open: opening the same SQLite file through another
     descriptor of this process and closing it would drop this process's locks on it)."""
-    import json  # noqa: PLC0415
     own = str(tdb.path) if tdb.path is not None else None
     rows = db_best_rows(tdb)
     for target in shipped_databases():

@@ -1,0 +1,209 @@
+"""The family registry: a kernel family is four files, found here by name and edited nowhere else.
+
+    search_spaces/<family>.toml         its space: parameters, constraints, dtypes, known-good configs
+    variants/<family>.cu.j2 (.ptx.j2)   its template (Jinja2 -> CUDA C++ or PTX)
+    variants/<family>.py                its host side (below)
+    tests/families/test_<family>.py     its tests
+
+The host side is a plain module (loaded from its file; it may import numpy, scipy and sparse_autotune.core). It
+defines, for a compiled `kernel` (device.kernel.Kernel: `.config`, `.dtype`, `.a` the matrix on the device):
+
+    threads(config) -> int                      threads per block
+    geometry(kernel, n) -> (grid, block)        the launch for N columns
+    args(kernel, n, b, c) -> tuple              the kernel's parameters in order: A's device arrays (built by pure
+                                                numpy functions of the host CSR matrix and cached on the device with
+                                                `kernel.a.cached(key, build)`), `b` and `c` passed through as given,
+                                                np.int32 scalars
+    smem_bytes(kernel) -> int                   optional: dynamic shared memory per block (default 0)
+    adapt(space, config, dtype, env, limits)    optional: the config adapted to a problem it cannot run as stored
+                                                (another N), or None (default: `adapt_params(..., ())`: as is or None)
+    context(host_csr, config) -> dict           optional: extra template variables (families rendered per pattern)
+
+Extra families are found in the folders named by $SPARSE_AUTOTUNE_FAMILY_PATH (os.pathsep-separated; each folder holds
+a family's .toml, template and .py side by side) and in folders added with `add_folder` (tests, plug-ins). A family
+of an extra folder replaces a built-in one of the same name.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from ..resources import resource_dir
+from .space import DEFAULT_LIMITS, Space, parse_space
+
+PATH_ENV = "SPARSE_AUTOTUNE_FAMILY_PATH"
+REQUIRED = ("threads", "geometry", "args")
+
+_extra: list[Path] = []
+_cache: dict[tuple, dict[str, "Family"]] = {}
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True, eq=False)
+class Family:
+    """One kernel family: its space, the folder of its template, and its host side."""
+
+    name: str
+    space: Space
+    folder: Path
+    host: ModuleType
+
+    @property
+    def template_path(self) -> Path:
+        return self.folder / self.space.template
+
+    def threads(self, config: dict) -> int:
+        return int(self.host.threads(config))
+
+    def geometry(self, kernel, n: int) -> tuple[tuple, tuple]:
+        return self.host.geometry(kernel, n)
+
+    def args(self, kernel, n: int, b, c) -> tuple:
+        return tuple(self.host.args(kernel, n, b, c))
+
+    def smem_bytes(self, kernel) -> int:
+        f = getattr(self.host, "smem_bytes", None)
+        return int(f(kernel)) if f else 0
+
+    def adapt(self, config: dict, dtype: str, env: dict, limits: dict | None = None) -> dict | None:
+        f = getattr(self.host, "adapt", None)
+        if f is None:
+            return adapt_params(self.space, config, dtype, env, limits, ())
+        return f(self.space, config, dtype, env, limits)
+
+    def context(self, host_csr, config: dict) -> dict | None:
+        f = getattr(self.host, "context", None)
+        return f(host_csr, config) if f else None
+
+
+def adapt_params(space: Space, config: dict, dtype: str, env: dict, limits: dict | None, names) -> dict | None:
+    """The config (normalized) if it can run this problem; else, for each parameter in `names` in turn, the config with
+    the first other value of that parameter that can (numbers: the largest value below the stored one first; strings:
+    the space's order); else None. What most families' `adapt` is (a vector width N does not divide, say)."""
+    cfg = space.normalize(config, dtype)
+    if cfg is None:
+        return None
+    lim = {**DEFAULT_LIMITS, **(limits or {})}
+    if space.check(cfg, env, lim) is None:
+        return cfg
+    for name in names:
+        if name not in cfg:
+            continue
+        choices = space.param(name).choices(dtype)
+        cur = cfg[name]
+        if all(isinstance(v, (int, float)) for v in choices):
+            order = sorted((v for v in choices if v < cur), reverse=True)
+        else:
+            order = [v for v in choices if v != cur]
+        for v in order:
+            trial = {**cfg, name: v}
+            if space.check(trial, env, lim) is None:
+                return trial
+    return None
+
+
+def row_order(a, order: str):
+    """Row indices of a scipy CSR matrix in natural order, or sorted by length, longest first (stable): a layout
+    helper for host sides."""
+    import numpy as np  # noqa: PLC0415
+    if order == "sorted":
+        return np.argsort(-np.diff(a.indptr), kind="stable")
+    return np.arange(a.shape[0])
+
+
+def add_folder(folder) -> None:
+    """Also find families in `folder` (each: <name>.toml, its template and <name>.py side by side)."""
+    p = Path(folder).resolve()
+    with _lock:
+        if p not in _extra:
+            _extra.append(p)
+    clear()
+
+
+def remove_folder(folder) -> None:
+    p = Path(folder).resolve()
+    with _lock:
+        if p in _extra:
+            _extra.remove(p)
+    clear()
+
+
+def clear() -> None:
+    """Forget what was loaded (after a folder was added or removed, or files changed)."""
+    with _lock:
+        _cache.clear()
+    from . import render, space  # noqa: PLC0415 - the caches keyed on the family set
+    space.load_spaces.cache_clear()
+    render.clear()
+
+
+def folders() -> list[tuple[Path, Path]]:
+    """(templates and host sides, spaces) folder pairs, in search order: the built-in ones, then the extra ones."""
+    out = [(resource_dir("variants"), resource_dir("search_spaces"))]
+    env = os.environ.get(PATH_ENV, "")
+    extra = [Path(x).resolve() for x in env.split(os.pathsep) if x] + list(_extra)
+    out += [(p, p) for p in extra]
+    return out
+
+
+def template_folders() -> list[Path]:
+    """Where templates are looked up (extra folders first, so their includes can override; built-ins last)."""
+    return [v for v, _ in reversed(folders())]
+
+
+def _load_host(name: str, path: Path) -> ModuleType:
+    mod_name = f"sparse_autotune_family_{name}_{abs(hash(str(path))):x}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{path}: cannot load the host side of family {name!r}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = mod
+    spec.loader.exec_module(mod)
+    missing = [f for f in REQUIRED if not callable(getattr(mod, f, None))]
+    if missing:
+        raise ValueError(f"{path}: the host side of family {name!r} lacks {', '.join(missing)}")
+    return mod
+
+
+def _scan() -> dict[str, Family]:
+    found: dict[str, Family] = {}
+    for vdir, sdir in folders():
+        for toml in sorted(sdir.glob("*.toml")):
+            with open(toml, "rb") as fh:
+                space = parse_space(tomllib.load(fh), str(toml))
+            host_path = vdir / f"{space.family}.py"
+            if not host_path.is_file():
+                raise ValueError(f"{toml}: family {space.family!r} has no host side {host_path.name} in {vdir}")
+            if not (vdir / space.template).is_file():
+                raise ValueError(f"{toml}: family {space.family!r} names template {space.template!r}, not in {vdir}")
+            found[space.family] = Family(space.family, space, vdir, _load_host(space.family, host_path))
+    return dict(sorted(found.items(), key=lambda kv: (kv[1].space.rank, kv[0])))
+
+
+def all_families() -> dict[str, Family]:
+    """Every family found, by name, in (rank, name) order."""
+    key = tuple(folders())
+    with _lock:
+        got = _cache.get(key)
+    if got is None:
+        got = _scan()
+        with _lock:
+            _cache[key] = got
+    return got
+
+
+def get_family(name: str) -> Family:
+    fams = all_families()
+    if name not in fams:
+        raise KeyError(f"no kernel family {name!r} (known: {', '.join(fams)})")
+    return fams[name]

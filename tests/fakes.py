@@ -1,0 +1,132 @@
+"""Test doubles for the launch path on the CPU: device arrays as addresses, a device matrix whose layouts are built by
+the families' real (numpy) builders, a stand-in for cuLaunchKernel, and the check that a family's arguments match its
+rendered kernel's signature (shared by tests/test_launcher.py and tests/families/)."""
+from __future__ import annotations
+
+import ctypes
+import re
+import threading
+import types
+
+import numpy as np
+
+from sparse_autotune.core.families import get_family
+from sparse_autotune.core.render import render
+from sparse_autotune.core.space import problem_env
+from sparse_autotune.device.kernel import Kernel
+
+
+def read_params(params_addr: int, sizes: list[int]) -> list[int]:
+    """What the driver does with kernelParams: parameter i is `sizes[i]` bytes read from the address in slot i."""
+    addrs = (ctypes.c_uint64 * len(sizes)).from_address(params_addr)
+    return [ctypes.c_uint64.from_address(addrs[i]).value if sz == 8 else ctypes.c_int32.from_address(addrs[i]).value
+            for i, sz in enumerate(sizes)]
+
+
+class FakeLaunch:
+    """Stands in for driver.launchKernel: records each call and the parameters as the driver would read them."""
+
+    def __init__(self, sizes, fail_first_with=None):
+        self.sizes, self.calls, self.fail = sizes, [], fail_first_with
+
+    def __call__(self, f, gx, gy, gz, bx, by, bz, smem, stream, params, extra):
+        if self.fail is not None:
+            exc, self.fail = self.fail, None
+            raise exc
+        self.calls.append(((f, gx, gy, gz, bx, by, bz, smem, stream, extra), read_params(params, self.sizes)))
+
+
+class Arr:
+    """A device array as the launcher sees it: an address (and the host array it stands for)."""
+    _next = 0x10000
+
+    def __init__(self, host=None):
+        Arr._next += 0x1000
+        self.data = types.SimpleNamespace(ptr=Arr._next)
+        self.host = host
+
+
+class FakeDeviceCSR:
+    """device.kernel.DeviceCSR without a GPU: `cached` runs the family's real layout builder on the host matrix and
+    keeps each array as an Arr (ints pass through); `built` lists (key, lock held) per build."""
+
+    def __init__(self, a, dtype="fp32"):
+        self.shape, self.host, self.nnz, self.dtype = a.shape, a, int(a.nnz), dtype
+        self.row_ptr, self.vals = Arr(a.indptr), Arr(a.data)
+        self._cache: dict = {}
+        self.built: list = []
+        self.lock = threading.Lock()
+
+    def cols(self, bits):
+        return self.cached(("cols", bits), lambda h: h.indices.astype(np.uint16 if bits == 16 else np.int32))
+
+    def cached(self, key, build):
+        if key not in self._cache:
+            got = build(self.host)
+            self.built.append((key, self.lock.locked()))
+            wrap = (lambda x: Arr(x) if isinstance(x, np.ndarray) else x)
+            self._cache[key] = tuple(wrap(x) for x in got) if isinstance(got, tuple) else wrap(got)
+        return self._cache[key]
+
+
+def signature(src: str) -> list[tuple[str, int]]:
+    """(name, byte size) of each spmm_kernel parameter, from CUDA C++ or PTX source."""
+    if ".entry spmm_kernel(" in src:
+        body = re.search(r"\.entry spmm_kernel\(([^)]*)\)", src).group(1)
+        out = []
+        for p in body.split(","):
+            _, typ, name = p.split()
+            out.append((name, {".u64": 8, ".u32": 4, ".s32": 4}[typ]))
+        return out
+    body = re.search(r"spmm_kernel\(([^)]*)\)", src).group(1)
+    return [(p.split()[-1], 8 if "*" in p else 4) for p in body.split(",")]
+
+
+def fake_kernel(family: str, cfg: dict, dtype: str, a, dev=None) -> Kernel:
+    """A Kernel of `family` for `cfg` over a FakeDeviceCSR of `a`, its source rendered, no compiled module."""
+    fam = get_family(family)
+    src = render(fam.space, cfg, dtype, fam.context(a, cfg) if fam.space.needs_matrix else None)
+    fn = types.SimpleNamespace(kernel=types.SimpleNamespace(ptr=0xF00D))
+    return Kernel(fam, dict(cfg), dtype, src, fn, dev if dev is not None else FakeDeviceCSR(a, dtype))
+
+
+def check_launch_matches_signature(family: str, dtype: str, a, n: int, max_configs: int = 25) -> int:
+    """For configs of the family, Kernel.args has one value per kernel parameter, B and C where the kernel names them,
+    device arrays for pointers and np.int32 for 4-byte ints; the packed launcher puts the same into its slots, with the
+    family's geometry and threads. Returns how many configs were checked (0 for a dtype the family does not compute)."""
+    fam = get_family(family)
+    env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
+    feas = list(fam.space.feasible(dtype, env))
+    if not fam.space.supports(dtype):
+        assert not feas
+        return 0
+    assert feas, family
+    dev = FakeDeviceCSR(a, dtype)
+    checked = 0
+    for cfg in feas[:: max(1, len(feas) // max_configs)]:
+        kern = fake_kernel(family, cfg, dtype, a, dev)
+        sig = signature(kern.source)
+        b_tag, c_tag = object(), object()
+        args = kern.args(n, b_tag, c_tag)
+        assert len(args) == len(sig), (family, sig)
+        names = [nm for nm, _ in sig]
+        assert names[[i for i, x in enumerate(args) if x is b_tag][0]] in ("B", "pB")
+        assert names[[i for i, x in enumerate(args) if x is c_tag][0]] in ("C", "pC")
+        for (nm, size), x in zip(sig, args):
+            assert isinstance(x, np.int32) if size == 4 else not isinstance(x, np.integer), (family, nm, x)
+        assert int(args[names.index("N") if "N" in names else names.index("pN")]) == n
+        ln = kern.launcher(n)
+        assert kern.launcher(n) is ln and not ln.is_noop  # cached per N
+        fake = FakeLaunch([s for _, s in sig])
+        ln._launch = fake
+        ln(0xB0, 0xC0, 5)
+        (f, gx, gy, gz, bx, _by, _bz, smem, _stream, _extra), got = fake.calls[0]
+        grid, block = kern.geometry(n)
+        assert f == 0xF00D and (gx, gy) == ((*grid, 1)[0], (*grid, 1)[1]) and bx == block[0]
+        assert bx == fam.threads(cfg) and smem == kern.smem_bytes()
+        want = [0xB0 if x is b_tag else 0xC0 if x is c_tag else int(x) if isinstance(x, np.int32)
+                else x.data.ptr for x in args]
+        assert got == want, family
+        checked += 1
+    assert kern.launcher(0).is_noop  # N == 0: nothing to launch
+    return checked
