@@ -312,7 +312,7 @@ def test_tune_model_two_layer_toy_end_to_end(tmp_path):
     rerun = nothing to do; the runtime finds each layer's exact config; `report --model` writes the PNGs."""
     from safetensors.numpy import save_file
 
-    from sparse_autotune.tuning.checkpoint import load_bundle
+    from sparse_autotune.core.checkpoint import load_bundle
     rng = np.random.default_rng(0)
     save_file({"fc1.weight": rng.standard_normal((512, 256)).astype(np.float32),
                "fc1.bias": rng.standard_normal(512).astype(np.float32),

@@ -1,9 +1,11 @@
 """tune-model without a GPU: checkpoint parsing (safetensors, .pt, .npz), layer discovery, magnitude pruning,
-dedup of identical layers, sparse bundles, and resume after an interruption with a synthetic tuner."""
+dedup of identical layers, sparse bundles, resume after an interruption with a synthetic tuner, and the problem loop
+that tune-model, bench and the workers share."""
 from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 
 import numpy as np
 import pytest
@@ -13,13 +15,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from test_cli import assert_one_line_error, run_cli
 
-from sparse_autotune.tuning import checkpoint as mdl
-from sparse_autotune.errors import UserError
+from sparse_autotune.core import checkpoint as mdl
 from sparse_autotune.core.problem import Problem
-from sparse_autotune.tuning.search import load_study, run_search, summarize
 from sparse_autotune.core.space import DEFAULT_LIMITS, get_space, problem_env
-from sparse_autotune.tuning.tuner import TuneOptions, study_name
+from sparse_autotune.errors import UserError
 from sparse_autotune.store.db import TuningDB
+from sparse_autotune.store.model_layers import ModelLayer, has_model_table
+from sparse_autotune.tuning.loop import ProblemLoop
+from sparse_autotune.tuning.model import tune_model
+from sparse_autotune.tuning.search import Search, SearchOptions, load_study, summarize
+from sparse_autotune.tuning.tuner import TuneOptions, study_name
 
 GPU = "SYNTHETIC GPU"
 
@@ -202,8 +207,8 @@ def test_n_values_batch_seq_and_spatial():
 # ---- resume after an interruption (synthetic tuner, no GPU) ---------------------------------------------
 
 
-class SyntheticTuner:
-    """Stands in for tune.tune without a GPU: the real run_search on the database's study storage with a synthetic
+class SyntheticTune:
+    """Stands in for tuner.tune without a GPU: the real Search on the database's study storage with a synthetic
     objective, a Record stored the way tune() stores one, and tune()'s handling of Ctrl-C (KeyboardInterrupt inside
     the search: keep the best so far, report 'interrupted'). `interrupt_after`: the evaluation (counted over all
     problems) at which the synthetic Ctrl-C arrives."""
@@ -228,8 +233,9 @@ class SyntheticTuner:
 
         interrupted = False
         try:
-            res = run_search(db.url, name, [csr], problem.dtype, env, dict(DEFAULT_LIMITS), evaluate, opts.trials,
-                             sampler="random", seed=0)
+            search = Search(db.url, name, [csr], problem.dtype, env, dict(DEFAULT_LIMITS),
+                            SearchOptions(trials=opts.trials, sampler="random", seed=0))
+            res = search.run(evaluate)
         except KeyboardInterrupt:
             interrupted = True
             res = summarize(load_study(db.url, name), stopped="interrupted")
@@ -255,7 +261,7 @@ def _rows(db_path):
     db = TuningDB(db_path)
     try:
         with Session(db.engine) as s:
-            return {(r.layer, r.n): (r.status, r.study_name, r.record_id) for r in s.scalars(select(mdl.ModelLayer))}
+            return {(r.layer, r.n): (r.status, r.study_name, r.record_id) for r in s.scalars(select(ModelLayer))}
     finally:
         db.dispose()
 
@@ -274,8 +280,8 @@ def test_synthetic_tune_model_dedups_and_resumes_after_interrupt(tmp_path):
     layers, jobs, opts = _model_setup(tmp_path)
     assert len(jobs) == 6  # 3 distinct shapes/densities x 2 N
     # Ctrl-C during the third problem's search, after 2 of its 4 trials
-    t1 = SyntheticTuner(interrupt_after=4 * 2 + 2)
-    r1 = mdl.tune_model("toy", layers, jobs, opts, GPU, tuner=t1, progress=False, log=lambda m: None)
+    t1 = SyntheticTune(interrupt_after=4 * 2 + 2)
+    r1 = tune_model("toy", layers, jobs, opts, GPU, tuner=t1, progress=False, log=lambda m: None)
     assert r1.interrupted and r1.tuned == 2 and r1.skipped == 0
     assert len(t1.problems) == 3
     rows = _rows(opts.db)
@@ -286,13 +292,13 @@ def test_synthetic_tune_model_dedups_and_resumes_after_interrupt(tmp_path):
     # both enc layers map to one problem (one study) per N
     assert rows[("enc.0.fc1.weight", 64)][1] == rows[("enc.1.fc1.weight", 64)][1]
     name3 = study_name(third.problem(), GPU)
-    # 2 complete + the trial the Ctrl-C cut short, which run_search closes as FAIL (never evaluated, so it does
+    # 2 complete + the trial the Ctrl-C cut short, which the search closes as FAIL (never evaluated, so it does
     # not count against the budget)
     assert _trials_of(opts.db, name3) == 3
 
     # rerun: the two finished problems are skipped, the interrupted study goes on from its 2 evaluated trials
-    t2 = SyntheticTuner()
-    r2 = mdl.tune_model("toy", layers, jobs, opts, GPU, tuner=t2, progress=False, log=lambda m: None)
+    t2 = SyntheticTune()
+    r2 = tune_model("toy", layers, jobs, opts, GPU, tuner=t2, progress=False, log=lambda m: None)
     assert not r2.interrupted and r2.skipped == 2 and r2.tuned == 4
     assert t2.problems == [j.problem().key() for j in jobs[2:]]
     assert t2.evals == 2 + 3 * 4  # the interrupted study needed only its 2 missing trials
@@ -305,14 +311,14 @@ def test_synthetic_tune_model_dedups_and_resumes_after_interrupt(tmp_path):
     assert all(recs[v[2]].study_name == v[1] for v in rows.values())  # every layer points at its problem's record
 
     # a third run has nothing left to do
-    t3 = SyntheticTuner()
-    r3 = mdl.tune_model("toy", layers, jobs, opts, GPU, tuner=t3, progress=False, log=lambda m: None)
+    t3 = SyntheticTune()
+    r3 = tune_model("toy", layers, jobs, opts, GPU, tuner=t3, progress=False, log=lambda m: None)
     assert r3.skipped == 6 and r3.tuned == 0 and t3.problems == []
 
     # a larger trial budget tunes every problem further, from where its study stands
     more = TuneOptions(trials=6, db=opts.db, progress=False, compile_workers=1)
-    t4 = SyntheticTuner()
-    r4 = mdl.tune_model("toy", layers, jobs, more, GPU, tuner=t4, progress=False, log=lambda m: None)
+    t4 = SyntheticTune()
+    r4 = tune_model("toy", layers, jobs, more, GPU, tuner=t4, progress=False, log=lambda m: None)
     assert r4.skipped == 0 and r4.tuned == 6 and t4.problems == [j.problem().key() for j in jobs]
     assert 0 < t4.evals <= 6 * 2  # 2 more trials each (a repeated config reuses its value, not evaluated again)
     db = TuningDB(opts.db)
@@ -321,8 +327,8 @@ def test_synthetic_tune_model_dedups_and_resumes_after_interrupt(tmp_path):
         trials[r.study_name] = max(trials.get(r.study_name, 0), r.trials)
     db.dispose()
     assert sorted(trials.values()) == [6] * 6
-    t5 = SyntheticTuner()
-    r5 = mdl.tune_model("toy", layers, jobs, more, GPU, tuner=t5, progress=False, log=lambda m: None)
+    t5 = SyntheticTune()
+    r5 = tune_model("toy", layers, jobs, more, GPU, tuner=t5, progress=False, log=lambda m: None)
     assert r5.skipped == 6 and t5.problems == []
 
 
@@ -332,16 +338,16 @@ def test_synthetic_tune_model_failed_problem_goes_on(tmp_path):
     def tuner(problem, o, log):
         if problem.m == 48:
             raise UserError("no variant passed verification")
-        return SyntheticTuner()(problem, o, log)
+        return SyntheticTune()(problem, o, log)
 
-    res = mdl.tune_model("toy", layers, jobs, opts, GPU, tuner=tuner, progress=False, log=lambda m: None)
+    res = tune_model("toy", layers, jobs, opts, GPU, tuner=tuner, progress=False, log=lambda m: None)
     assert res.failed == 1 and res.tuned == 2 and not res.interrupted
     assert _rows(opts.db)[("head.weight", 64)][0] == "failed"
 
 
 def test_model_table_leaves_schema_and_other_readers_alone(tmp_path):
     layers, jobs, opts = _model_setup(tmp_path, n="64")
-    mdl.tune_model("toy", layers, jobs, opts, GPU, tuner=SyntheticTuner(), progress=False, log=lambda m: None)
+    tune_model("toy", layers, jobs, opts, GPU, tuner=SyntheticTune(), progress=False, log=lambda m: None)
     from sparse_autotune.store.db import SCHEMA_VERSION, describe_file
     info = describe_file(opts.db)
     assert info["schema_version"] == SCHEMA_VERSION and info["records"] == 3
@@ -350,7 +356,7 @@ def test_model_table_leaves_schema_and_other_readers_alone(tmp_path):
     res = db.export(out)
     db.dispose()
     assert res.added == 3
-    assert not mdl.has_model_table(TuningDB(out, readonly=True).engine)  # exports carry records only
+    assert not has_model_table(TuningDB(out, readonly=True).engine)  # exports carry records only
 
 
 # ---- the command line -----------------------------------------------------------------------------------
@@ -405,3 +411,79 @@ def test_cli_tune_model_bad_input_one_line_exit_2(toy_files, args, needles):
     proc = run_cli(["tune-model", *[a.format(p=p) for a in args], "--dry-run"], p / "db.sqlite")
     assert_one_line_error(proc, *needles)
     assert not (p / "db.sqlite").exists()
+
+
+# ---- the problem loop (bench, tune-model and the workers share it) ----------------------------------------------
+
+
+class _Loop(ProblemLoop):
+    """A problem loop over integers: `done` are skipped, `fail` raise UserError, `interrupt` raises KeyboardInterrupt,
+    `over_after` moves the deadline into the past once that item is worked."""
+
+    def __init__(self, done=(), fail=(), interrupt=None, over_after=None, **kw):
+        self.lines: list[str] = []
+        super().__init__(log=self.lines.append, **kw)
+        self.done, self.fail, self.interrupt, self.over_after = set(done), set(fail), interrupt, over_after
+        self.worked: list[int] = []
+
+    def skip(self, item):
+        return item in self.done
+
+    def work(self, item):
+        self.worked.append(item)
+        if item == self.over_after:
+            self.deadline = time.time() - 1
+        if item == self.interrupt:
+            raise KeyboardInterrupt
+        if item in self.fail:
+            raise UserError(f"item {item} is bad")
+
+
+def test_problem_loop_skips_what_is_done_goes_on_after_a_failure_and_stops_at_the_budget():
+    loop = _Loop(done={2}, fail={3}, over_after=4)
+    res = loop.run([1, 2, 3, 4, 5, 6])
+    assert loop.worked == [1, 3, 4]  # 2 was done before; no problem is started after the budget
+    assert (res.total, res.finished, res.skipped, res.failed, res.stopped) == (6, 2, 1, 1, "time budget")
+    assert loop.lines == ["3 failed: item 3 is bad",
+                          "time budget reached after 2 problem(s); run the same command again to go on"]
+    # the budget passing during the last problem stops nothing: all is done
+    last = _Loop(done={1}, over_after=3)
+    res = last.run([1, 2, 3])
+    assert last.worked == [2, 3] and res.stopped == "done" and not last.lines
+
+
+def test_problem_loop_ctrl_c_keeps_what_is_finished():
+    loop = _Loop(interrupt=3)
+    res = loop.run([1, 2, 3, 4])
+    assert loop.worked == [1, 2, 3] and res.interrupted and res.finished == 2 and res.stopped == "interrupted"
+    assert loop.lines == ["interrupted: what is finished is kept; run the same command again to go on"]
+
+
+def test_problem_loop_draws_from_a_queue_only_while_the_budget_lasts():
+    """An iterator source (a worker's claims) is drawn after the budget check: nothing is claimed after the deadline;
+    a None (nothing to claim yet) is skipped and the budget checked again."""
+    drawn = []
+
+    def claims():
+        for item in (None, 1, None, 2, 3, 4):
+            drawn.append(item)
+            yield item
+
+    loop = _Loop(over_after=2)
+    res = loop.run(claims())
+    assert loop.worked == [1, 2] and drawn == [None, 1, None, 2]  # 3 was never claimed
+    assert res.total is None and res.finished == 2 and res.stopped == "time budget"
+    everything = _Loop()
+    assert everything.run(claims()).finished == 4 and everything.worked == [1, 2, 3, 4]
+
+
+def test_problem_loop_failed_hook_may_stop_the_loop():
+    """A failure the hook re-raises (a worker's lost GPU context) ends the loop with that error."""
+    class Stopping(_Loop):
+        def failed(self, item, exc):
+            raise exc
+
+    loop = Stopping(fail={2})
+    with pytest.raises(UserError, match="item 2"):
+        loop.run([1, 2, 3])
+    assert loop.worked == [1, 2]

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from test_cli import assert_one_line_error, run_cli
 
 from sparse_autotune.tuning.suite import best_dense
-from sparse_autotune.tuning.checkpoint import ModelLayer, ensure_model_table
+from sparse_autotune.store.model_layers import ModelLayer, ensure_model_table
 from sparse_autotune.commands.report import write_report
 from sparse_autotune.store.db import TuningDB
 

@@ -1,6 +1,6 @@
-"""Scale-out tuning (several workers through one RDB storage), with the test-only synthetic objective
-($SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE=1: no GPU): on SQLite, and on a real PostgreSQL server where
-$SPARSE_AUTOTUNE_TEST_PG_URL names one (CI starts one in .ci/run; without it those tests are skipped)."""
+"""Scale-out tuning (several workers through one RDB storage), the workers running the synthetic tuner of
+tests/synthetic.py ($SPARSE_AUTOTUNE_TUNER=synthetic:SyntheticTuner: no GPU): on SQLite, and on a real PostgreSQL
+server where $SPARSE_AUTOTUNE_TEST_PG_URL names one (CI starts one in .ci/run; without it those tests are skipped)."""
 from __future__ import annotations
 
 import json
@@ -17,9 +17,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sparse_autotune.tuning.scaleout import MAX_ATTEMPTS, ScaleOut, queue_table
-from sparse_autotune.tuning.tuner import SYNTHETIC_GPU, synthetic_value
+from synthetic import SYNTHETIC_GPU, TUNER, synthetic_value
+from synthetic import synthetic_env as worker_env
+
+from sparse_autotune.errors import UserError
 from sparse_autotune.store.db import Record, TuningDB
+from sparse_autotune.tuning.queue import MAX_ATTEMPTS, ProblemQueue, queue_table
+from sparse_autotune.tuning.tuner import TUNER_ENV
 
 PG_ENV = "SPARSE_AUTOTUNE_TEST_PG_URL"
 PREFIX = "sparse-autotune: error:"
@@ -51,11 +55,8 @@ def storage_url(request, tmp_path):
 
 
 def synthetic_env(tmp_path: Path, sleep: float, **extra) -> dict:
-    env = {**os.environ, "SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE": "1", "SPARSE_AUTOTUNE_SYNTHETIC_SLEEP": str(sleep),
-           "SPARSE_AUTOTUNE_SYNTHETIC_LOG": str(tmp_path / "trials.jsonl"),
-           "SPARSE_AUTOTUNE_DB": str(tmp_path / "tuning.sqlite")}
-    env.update(extra)
-    return env
+    """Workers on the synthetic tuner, each trial logged to tmp_path/trials.jsonl, the tuning DB in tmp_path."""
+    return worker_env(sleep, tmp_path / "trials.jsonl", SPARSE_AUTOTUNE_DB=str(tmp_path / "tuning.sqlite"), **extra)
 
 
 def cli(args, env, cwd, timeout=300, **kw):
@@ -205,7 +206,7 @@ def test_killed_worker_synthetic_trial_fails_and_other_worker_finishes(storage_u
     a_id = next(iter(killed.values())).user_attrs["worker"]
     time.sleep(5)  # past the grace period (4 s): A's heartbeat is stale, its problem goes back to the queue
 
-    so = ScaleOut(storage_url, heartbeat=1, grace=4)
+    so = ProblemQueue(storage_url, heartbeat=1, grace=4)
     [row] = so.problems()
     assert row["state"] == "running" and row["attempts"] == 1  # nothing reclaims it before a worker looks
 
@@ -254,7 +255,7 @@ def _specs(n):
 
 
 def test_queue_claims_are_atomic(storage_url):
-    so = ScaleOut(storage_url, heartbeat=1, grace=5)
+    so = ProblemQueue(storage_url, heartbeat=1, grace=5)
     ids = so.enqueue(_specs(12))
     assert len(set(ids)) == 12
     assert so.enqueue(_specs(12)) == ids  # enqueueing again adds nothing
@@ -262,7 +263,7 @@ def test_queue_claims_are_atomic(storage_url):
     lock = threading.Lock()
 
     def claimer(name):
-        mine = ScaleOut(storage_url, heartbeat=1, grace=5)  # its own connections, as another process has
+        mine = ProblemQueue(storage_url, heartbeat=1, grace=5)  # its own connections, as another process has
         while True:
             got = mine.claim(name, "GPU X", exclude=ids)  # exclude: take queued problems only, never join
             if got is None:
@@ -288,7 +289,7 @@ def test_queue_claims_are_atomic(storage_url):
 
 def test_queue_stale_problems_go_back_then_fail(storage_url):
     from sqlalchemy import update
-    so = ScaleOut(storage_url, heartbeat=1, grace=2)
+    so = ProblemQueue(storage_url, heartbeat=1, grace=2)
     [rid] = so.enqueue(_specs(1), gpu="GPU X")
     assert so.claim("w", "GPU Y") is None  # another GPU model does not take it
     for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -309,7 +310,7 @@ def test_queue_stale_problems_go_back_then_fail(storage_url):
 
 
 def test_queue_finalisation_has_one_winner(storage_url):
-    so = ScaleOut(storage_url, heartbeat=1, grace=5)
+    so = ProblemQueue(storage_url, heartbeat=1, grace=5)
     [rid] = so.enqueue(_specs(1))
     so.claim("a", "GPU X")
     so.claim("b", "GPU X")
@@ -356,7 +357,7 @@ def test_bench_suite_synthetic_budget_stops_claiming_and_a_rerun_finishes(tmp_pa
     assert first.returncode == 0, first.stderr[-3000:]
     done_first = json.loads(first.stdout)["cases"]
     assert done_first < 16 and "time budget reached" in first.stderr, first.stderr[-3000:]
-    so = ScaleOut(url)
+    so = ProblemQueue(url)
     states = [r["state"] for r in so.problems()]
     so.dispose()
     assert states.count("done") == done_first and states.count("queued") == 16 - done_first
@@ -372,8 +373,8 @@ def test_bench_suite_synthetic_budget_stops_claiming_and_a_rerun_finishes(tmp_pa
 
 
 def test_more_workers_than_gpus_synthetic_share_them(monkeypatch):
-    from sparse_autotune.tuning.scaleout import local_devices
-    monkeypatch.setenv("SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE", "1")
+    from sparse_autotune.tuning.spawn import local_devices
+    monkeypatch.setenv(TUNER_ENV, TUNER)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     assert local_devices(5) == ["0", "1", "0", "1", "0"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
@@ -410,7 +411,7 @@ def test_bad_scaleout_input_synthetic_is_one_line(tmp_path, args, needles):
 
 
 def test_local_workers_share_the_cpus_for_compiling(monkeypatch):
-    from sparse_autotune.tuning.scaleout import compile_threads_per_worker
+    from sparse_autotune.tuning.spawn import compile_threads_per_worker
     from sparse_autotune.tuning.tuner import COMPILE_THREADS_ENV, TuneOptions
     assert compile_threads_per_worker(8, cpus=16) == 2
     assert compile_threads_per_worker(1, cpus=16) == 8
@@ -423,10 +424,77 @@ def test_local_workers_share_the_cpus_for_compiling(monkeypatch):
 
 def test_worker_log_phases_of_the_gpu_turn():
     """The worker's line per problem splits its GPU turn into init / trials (verify, time, given up) / finish."""
-    from sparse_autotune.tuning.scaleout import _phases
+    from sparse_autotune.tuning.worker import turn_phases as _phases
     line = _phases({"gpu_turn_s": {"init": 0.25, "trials": 7.94, "verify": 2.1, "time": 5.6, "finish": 1.2,
                                    "given_up": 3}})
     assert line == "init 0.2 s, trials 7.9 s (verify 2.1 s, time 5.6 s, 3 given up), finish 1.2 s"
     assert _phases({"gpu_turn_s": {"init": 0.1, "trials": 1.0, "verify": 0.4, "time": 0.6, "finish": 0.3,
                                    "given_up": 0}}) == "init 0.1 s, trials 1.0 s (verify 0.4 s, time 0.6 s), finish 0.3 s"
     assert _phases({"elapsed_s": 3.0}) == "none"  # a report without a GPU turn (synthetic tuner)
+
+
+# ---- the tuner hook and Ctrl-C -----------------------------------------------------------------------------------
+
+
+def test_tuner_hook_synthetic_names_the_workers_tuner(tmp_path, monkeypatch):
+    """$SPARSE_AUTOTUNE_TUNER=module:Class picks the workers' tuner (default: the GPU's); a value that does not name a
+    Tuner subclass is a one-line error, in the CLI too (exit 2, nothing written)."""
+    from synthetic import SyntheticTuner
+
+    from sparse_autotune.tuning.tuner import GpuTuner, tuner_class
+    monkeypatch.delenv(TUNER_ENV, raising=False)
+    assert tuner_class() is GpuTuner
+    monkeypatch.setenv(TUNER_ENV, TUNER)
+    assert tuner_class() is SyntheticTuner
+    for bad in ("no_such_module_xyz:Tuner", "synthetic:NoSuchTuner", "synthetic", "sparse_autotune.store.db:Record"):
+        monkeypatch.setenv(TUNER_ENV, bad)
+        with pytest.raises(UserError, match=TUNER_ENV):
+            tuner_class()
+    env = synthetic_env(tmp_path, 0, **{TUNER_ENV: "no_such_module_xyz:Tuner"})
+    proc = cli(["worker", "--storage", f"sqlite:///{tmp_path / 's.sqlite'}"], env, tmp_path, timeout=120)
+    assert_one_line_error(proc, TUNER_ENV, "no_such_module_xyz")
+    assert not (tmp_path / "tuning.sqlite").exists()
+
+
+def test_worker_synthetic_ctrl_c_stops_keeps_the_trials_and_a_rerun_finishes(tmp_path):
+    """Ctrl-C in a worker's search: the worker stops (exit 130, no new claim, the problem not finalised with a partial
+    budget), the trials it evaluated stay in the study and none is left RUNNING; a worker run again joins the
+    problem and spends only the rest of the budget."""
+    from sparse_autotune.core.problem import Problem
+    from sparse_autotune.tuning.queue import problem_spec
+    url = f"sqlite:///{tmp_path / 'storage.sqlite'}"
+    trials = 8
+    so = ProblemQueue(url, heartbeat=1, grace=4)
+    specs = [problem_spec(Problem.random(256, 512, 128, 0.1, "fp32", seed=s), trials, None, "random", None)
+             for s in (0, 1)]
+    first_id, second_id = so.enqueue(specs)
+    worker = ["worker", "--storage", url, "--heartbeat", "1", "--grace", "4"]
+    a = popen(worker, synthetic_env(tmp_path, 0.4), tmp_path, tmp_path / "a.log")
+    try:
+        _wait_for(lambda: len(trial_log(tmp_path)) >= 3, 120, "three trials told")
+        a.send_signal(signal.SIGINT)
+        assert a.wait(timeout=60) == 130
+    finally:
+        if a.poll() is None:
+            a.kill()
+    log = (tmp_path / "a.log").read_text()
+    assert "interrupted" in log and "done:" not in log, log[-3000:]
+    rows = {r["id"]: r for r in so.problems()}
+    assert rows[first_id]["state"] == "running" and rows[second_id]["state"] == "queued"  # nothing more claimed
+    study = the_study(url)
+    kept = [t for t in study.get_trials(deepcopy=False) if evaluated(t)]
+    assert 3 <= len(kept) < trials
+    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+    b = cli(worker, synthetic_env(tmp_path, 0.0), tmp_path, timeout=300)
+    assert b.returncode == 0, b.stderr[-3000:]
+    # it joins problem 1 where it is still running, or claims it again once its heartbeat went stale (grace 4 s)
+    assert any(f"{how} problem {first_id} " in b.stderr for how in ("joined", "claimed")), b.stderr[-3000:]
+    assert f"claimed problem {second_id} " in b.stderr
+    rows = {r["id"]: r for r in so.problems()}
+    assert rows[first_id]["state"] == "done" and rows[second_id]["state"] == "done"
+    storage = optuna.storages.RDBStorage(url)
+    first = optuna.load_study(study_name=rows[first_id]["study_name"], storage=storage)
+    done = {t.number for t in first.get_trials(deepcopy=False) if evaluated(t)}
+    assert len(done) == trials and {t.number for t in kept} <= done  # the first worker's trials count
+    so.dispose()

@@ -1,4 +1,4 @@
-"""The Optuna search (search.run_search) driven by synthetic objectives (no GPU): on a temporary SQLite study storage,
+"""The Optuna search (search.Search) driven by synthetic objectives (no GPU): on a temporary SQLite study storage,
 or Optuna's in-memory storage where only the search logic is under test."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from sparse_autotune.core import space
 from sparse_autotune.errors import CandidateError, UserError
-from sparse_autotune.tuning.search import SAMPLERS, make_sampler, run_search
+from sparse_autotune.tuning.search import SAMPLERS, Search, SearchOptions, check_options, make_sampler
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -45,6 +45,13 @@ def synthetic_value(cfg: dict, sp: space.Space = CSR, target: dict = TARGET, dty
         else:
             v += float(cfg[p.name] != target[p.name])
     return v
+
+
+def run_study(storage, name, spaces, dtype, env, limits, evaluate, trials, prepare=None, on_trial=None, stop=None,
+               **options):
+    """One Search run: SearchOptions(trials, **options), then run(evaluate, prepare, on_trial, stop)."""
+    search = Search(storage, name, spaces, dtype, env, limits, SearchOptions(trials=trials, **options))
+    return search.run(evaluate, prepare=prepare, on_trial=on_trial, stop=stop)
 
 
 def key(family: str, cfg: dict) -> str:
@@ -105,7 +112,7 @@ def counted_trials(storage, name):
 def test_tpe_synthetic_finds_the_optimum_region(storage):
     values = np.array([synthetic_value(c) for c in CSR.feasible(DTYPE, ENV, LIMITS)])
     ev = Evaluator()
-    res = run_search(storage, "q", [CSR], DTYPE, ENV, LIMITS, ev, trials=45, sampler="tpe", seed=0)
+    res = run_study(storage, "q", [CSR], DTYPE, ENV, LIMITS, ev, trials=45, sampler="tpe", seed=0)
     assert res.best_family == "csr_rowsplit"
     assert res.best_value == pytest.approx(synthetic_value(res.best_config))
     assert res.best_value == min(synthetic_value(c) for _, c in ev.order)
@@ -120,7 +127,7 @@ def test_tpe_synthetic_finds_the_optimum_region(storage):
 
 def test_budget_synthetic_counts_complete_and_failed(storage):
     ev = Evaluator(fail=lambda fam, cfg: cfg["unroll"] == 8)
-    res = run_search(storage, "b", [CSR], DTYPE, ENV, LIMITS, ev, trials=20, sampler="tpe", seed=1)
+    res = run_study(storage, "b", [CSR], DTYPE, ENV, LIMITS, ev, trials=20, sampler="tpe", seed=1)
     assert res.complete + res.failed == 20
     assert res.new_trials == 20
     assert res.stopped == "trial budget"
@@ -130,10 +137,10 @@ def test_budget_synthetic_counts_complete_and_failed(storage):
 
 def test_resume_synthetic_never_reevaluates(storage):
     ev = Evaluator(fail=lambda fam, cfg: cfg["rows_per_block"] == 64)
-    r1 = run_search(storage, "r", [CSR], DTYPE, ENV, LIMITS, ev, trials=15, sampler="tpe", seed=0)
+    r1 = run_study(storage, "r", [CSR], DTYPE, ENV, LIMITS, ev, trials=15, sampler="tpe", seed=0)
     calls_after_first = sum(ev.calls.values())
     assert r1.new_trials == 15
-    r2 = run_search(storage, "r", [CSR], DTYPE, ENV, LIMITS, ev, trials=35, sampler="tpe", seed=0)
+    r2 = run_study(storage, "r", [CSR], DTYPE, ENV, LIMITS, ev, trials=35, sampler="tpe", seed=0)
     assert r2.new_trials == 35 - 15
     assert r2.complete + r2.failed == 35
     assert sum(ev.calls.values()) > calls_after_first
@@ -141,7 +148,7 @@ def test_resume_synthetic_never_reevaluates(storage):
     assert r2.best_value <= r1.best_value
     # a third run with the same budget does nothing
     before = sum(ev.calls.values())
-    r3 = run_search(storage, "r", [CSR], DTYPE, ENV, LIMITS, ev, trials=35, sampler="tpe", seed=0)
+    r3 = run_study(storage, "r", [CSR], DTYPE, ENV, LIMITS, ev, trials=35, sampler="tpe", seed=0)
     assert r3.new_trials == 0 and "already" in r3.stopped
     assert sum(ev.calls.values()) == before
     assert r3.best_value == r2.best_value
@@ -150,7 +157,7 @@ def test_resume_synthetic_never_reevaluates(storage):
 def test_repeats_synthetic_reuse_the_earlier_value(storage):
     """Every COMPLETE trial's value is the synthetic value of its config, also when it repeats an earlier one."""
     ev = Evaluator()
-    run_search(storage, "rep", [CSR], DTYPE, ENV, LIMITS, ev, trials=40, sampler="tpe", seed=3)
+    run_study(storage, "rep", [CSR], DTYPE, ENV, LIMITS, ev, trials=40, sampler="tpe", seed=3)
     trials = counted_trials(storage, "rep")
     assert len(trials) == 40
     for t in trials:
@@ -166,7 +173,7 @@ def test_known_good_synthetic_configs_come_first(storage):
     defaults = CSR.defaults(DTYPE, ENV, LIMITS)
     assert len(defaults) >= 2
     ev = Evaluator()
-    run_search(storage, "kg", [CSR], DTYPE, ENV, LIMITS, ev, trials=len(defaults) + 5, sampler="tpe", seed=0)
+    run_study(storage, "kg", [CSR], DTYPE, ENV, LIMITS, ev, trials=len(defaults) + 5, sampler="tpe", seed=0)
     assert [c for _, c in ev.order[: len(defaults)]] == defaults
     study = optuna.load_study(study_name="kg", storage=storage)
     first = sorted(study.trials, key=lambda t: t.number)[: len(defaults)]
@@ -178,7 +185,7 @@ def test_known_good_synthetic_skips_infeasible_defaults(mem):
     defaults = CSR.defaults(DTYPE, env, LIMITS)
     assert 0 < len(defaults) < len(CSR.known_good)
     ev = Evaluator(env=env)
-    run_search(mem, "kg250", [CSR], DTYPE, env, LIMITS, ev, trials=len(defaults) + 3, sampler="random", seed=0)
+    run_study(mem, "kg250", [CSR], DTYPE, env, LIMITS, ev, trials=len(defaults) + 3, sampler="random", seed=0)
     assert [c for _, c in ev.order[: len(defaults)]] == defaults
     assert not ev.infeasible
 
@@ -193,7 +200,7 @@ def test_seeds_synthetic_come_first_and_infeasible_or_foreign_ones_are_left_out(
              ("csr_rowsplit", infeasible), ("csr_rowsplit", defaults[1]),
              ("csr_rowsplit", TARGET)]  # a record stored before `split` existed: the same config as target
     ev = Evaluator()
-    run_search(mem, "seeded", [CSR], DTYPE, ENV, LIMITS, ev, trials=len(defaults) + 4, sampler="tpe", seed=0,
+    run_study(mem, "seeded", [CSR], DTYPE, ENV, LIMITS, ev, trials=len(defaults) + 4, sampler="tpe", seed=0,
                seeds=seeds)
     assert [c for _, c in ev.order[:2]] == [target, defaults[1]]
     rest = [d for d in defaults if d != defaults[1]]
@@ -207,7 +214,7 @@ def test_seeds_synthetic_come_first_and_infeasible_or_foreign_ones_are_left_out(
 def test_candidate_error_synthetic_marks_trial_failed(storage):
     first_default = CSR.defaults(DTYPE, ENV, LIMITS)[0]
     ev = Evaluator(fail=lambda fam, cfg: cfg == first_default or cfg["unroll"] == 1)
-    res = run_search(storage, "f", [CSR], DTYPE, ENV, LIMITS, ev, trials=20, sampler="tpe", seed=2)
+    res = run_study(storage, "f", [CSR], DTYPE, ENV, LIMITS, ev, trials=20, sampler="tpe", seed=2)
     assert res.failed >= 1
     assert res.complete + res.failed == 20
     assert res.complete >= 1
@@ -227,7 +234,7 @@ def test_infeasible_synthetic_configs_never_reach_the_objective(mem):
     env = space.problem_env(512, 2048, 50, 1000, DTYPE)  # N = 50: vec 4 impossible, narrow column tiles
     limits = {"max_smem_bytes": 2048, "max_threads": 256}
     ev = Evaluator(env=env, limits=limits)
-    res = run_search(mem, "inf", [CSR], DTYPE, env, limits, ev, trials=30, sampler="random", seed=0)
+    res = run_study(mem, "inf", [CSR], DTYPE, env, limits, ev, trials=30, sampler="random", seed=0)
     assert res.complete + res.failed == 30
     assert res.pruned > 0
     assert not ev.infeasible, ev.infeasible[:3]
@@ -243,7 +250,7 @@ def test_infeasible_synthetic_configs_never_reach_the_objective(mem):
 def test_exhausted_synthetic_space_stops(mem):
     limits = {"max_smem_bytes": 49152, "max_threads": 16}  # no block can hold a warp: nothing is feasible
     ev = Evaluator(limits=limits)
-    res = run_search(mem, "ex", [CSR], DTYPE, ENV, limits, ev, trials=10, sampler="random", seed=0, max_pruned=25)
+    res = run_study(mem, "ex", [CSR], DTYPE, ENV, limits, ev, trials=10, sampler="random", seed=0, max_pruned=25)
     assert not ev.calls
     assert res.complete == 0 and res.failed == 0 and res.best_config is None and res.best_value is None
     assert res.pruned >= 25
@@ -255,7 +262,7 @@ def test_exhausted_synthetic_space_stops(mem):
 
 def test_grid_synthetic_evaluates_distinct_feasible_configs(mem):
     ev = Evaluator()
-    res = run_search(mem, "g", [CSR], DTYPE, ENV, LIMITS, ev, trials=30, sampler="grid", seed=0)
+    res = run_study(mem, "g", [CSR], DTYPE, ENV, LIMITS, ev, trials=30, sampler="grid", seed=0)
     assert res.complete + res.failed == 30
     assert sum(ev.calls.values()) == 30 and len(ev.calls) == 30
     assert not ev.infeasible
@@ -267,7 +274,7 @@ def test_grid_synthetic_evaluates_distinct_feasible_configs(mem):
 @pytest.mark.parametrize("sampler", ["random", "cmaes", "tpe"])
 def test_samplers_synthetic_run(mem, sampler):
     ev = Evaluator()
-    res = run_search(mem, f"s-{sampler}", [CSR], DTYPE, ENV, LIMITS, ev, trials=25, sampler=sampler, seed=0)
+    res = run_study(mem, f"s-{sampler}", [CSR], DTYPE, ENV, LIMITS, ev, trials=25, sampler=sampler, seed=0)
     assert res.complete + res.failed == 25
     assert res.best_value == min(synthetic_value(c) for _, c in ev.order)
     assert CSR.check(res.best_config, ENV, LIMITS) is None
@@ -279,7 +286,7 @@ def test_unknown_sampler_is_a_user_error(mem):
     with pytest.raises(UserError, match="sampler"):
         make_sampler("bayes", 0)
     with pytest.raises(UserError):
-        run_search(mem, "u", [CSR], DTYPE, ENV, LIMITS, Evaluator(), trials=5, sampler="annealing")
+        run_study(mem, "u", [CSR], DTYPE, ENV, LIMITS, Evaluator(), trials=5, sampler="annealing")
     assert set(SAMPLERS) >= {"tpe", "random", "grid", "cmaes"}
 
 
@@ -289,7 +296,7 @@ def test_timeout_synthetic_stops_the_search(mem):
         return synthetic_value(cfg)
     ev = Evaluator(value=slow)
     t0 = time.time()
-    res = run_search(mem, "t", [CSR], DTYPE, ENV, LIMITS, ev, trials=10_000, timeout=1.0, sampler="random",
+    res = run_study(mem, "t", [CSR], DTYPE, ENV, LIMITS, ev, trials=10_000, timeout=1.0, sampler="random",
                      seed=0)
     assert time.time() - t0 < 10
     assert 0 < res.complete < 10_000
@@ -299,7 +306,7 @@ def test_timeout_synthetic_stops_the_search(mem):
 def test_on_trial_synthetic_callback(mem):
     seen = []
     ev = Evaluator(fail=lambda fam, cfg: cfg["raster"] == "cols_first")
-    run_search(mem, "cb", [CSR], DTYPE, ENV, LIMITS, ev, trials=12, sampler="random", seed=4,
+    run_study(mem, "cb", [CSR], DTYPE, ENV, LIMITS, ev, trials=12, sampler="random", seed=4,
                on_trial=lambda frozen, counted, best: seen.append((frozen.state, counted, best)))
     assert [c for _, c, _ in seen] == list(range(1, 13))
     assert all(state in (TrialState.COMPLETE, TrialState.FAIL) for state, _, _ in seen)
@@ -327,7 +334,7 @@ def test_two_families_synthetic(mem):
         return (0.0 if fam == "toy_b" else 5.0) + abs(cfg["a"] - 3) + abs(cfg["b"] - 5) + (cfg["c"] != "y")
 
     ev = Evaluator(spaces=(s1, s2), env={}, limits={}, value=value)
-    res = run_search(mem, "two", [s1, s2], DTYPE, {}, {}, ev, trials=40, sampler="tpe", seed=0)
+    res = run_study(mem, "two", [s1, s2], DTYPE, {}, {}, ev, trials=40, sampler="tpe", seed=0)
     assert ev.order[:2] == [("toy_a", {"a": 1, "b": 1, "c": "x"}), ("toy_b", {"a": 2, "b": 2, "c": "y"})]
     assert {fam for fam, _ in ev.order} == {"toy_a", "toy_b"}
     assert res.best_family == "toy_b"
@@ -341,8 +348,8 @@ def test_grid_synthetic_resume_covers_the_whole_grid(mem):
     toy = _toy("toy", [{"a": 1, "b": 1, "c": "x"}])
     feasible = {key("toy", c) for c in toy.feasible(DTYPE, {}, {})}
     ev = Evaluator(spaces=(toy,), env={}, limits={}, value=lambda fam, cfg: cfg["a"] + cfg["b"])
-    run_search(mem, "gr", [toy], DTYPE, {}, {}, ev, trials=len(feasible) // 2, sampler="grid", seed=0)
-    res = run_search(mem, "gr", [toy], DTYPE, {}, {}, ev, trials=len(feasible), sampler="grid", seed=0)
+    run_study(mem, "gr", [toy], DTYPE, {}, {}, ev, trials=len(feasible) // 2, sampler="grid", seed=0)
+    res = run_study(mem, "gr", [toy], DTYPE, {}, {}, ev, trials=len(feasible), sampler="grid", seed=0)
     assert res.complete + res.failed == len(feasible)
     assert set(ev.calls) == feasible
 
@@ -351,7 +358,7 @@ def test_grid_synthetic_single_run_covers_the_whole_grid(mem):
     toy = _toy("toy", [{"a": 1, "b": 1, "c": "x"}])
     feasible = {key("toy", c) for c in toy.feasible(DTYPE, {}, {})}
     ev = Evaluator(spaces=(toy,), env={}, limits={}, value=lambda fam, cfg: cfg["a"] + cfg["b"])
-    res = run_search(mem, "g1", [toy], DTYPE, {}, {}, ev, trials=len(feasible), sampler="grid", seed=0)
+    res = run_study(mem, "g1", [toy], DTYPE, {}, {}, ev, trials=len(feasible), sampler="grid", seed=0)
     assert res.complete + res.failed == len(feasible)
     assert set(ev.calls) == feasible and max(ev.calls.values()) == 1
 
@@ -363,7 +370,7 @@ def test_batched_prepare_synthetic_prepares_every_evaluated_config_in_threads(tm
 
     from optuna.trial import TrialState
 
-    from sparse_autotune.tuning.search import load_study, run_search
+    from sparse_autotune.tuning.search import load_study
     from sparse_autotune.core.space import get_space, problem_env
     spaces = [get_space("csr_rowsplit")]
     env = problem_env(512, 2048, 256, 104858, "fp32")
@@ -373,13 +380,15 @@ def test_batched_prepare_synthetic_prepares_every_evaluated_config_in_threads(tm
         with lock:
             prepared.add(fam + repr(sorted(cfg.items())))
             threads.add(threading.get_ident())
+        return ("built", fam, dict(cfg))
 
-    def synthetic(fam, cfg):
+    def synthetic(fam, cfg, built):
         assert fam + repr(sorted(cfg.items())) in prepared
+        assert built == ("built", fam, cfg)  # what prepare returned for this config: not built again
         return abs(cfg["rows_per_block"] - 16) + cfg["unroll"] * 0.1, {}
 
     url = f"sqlite:///{tmp_path / 'b.sqlite'}"
-    res = run_search(url, "batched", spaces, "fp32", env, {}, synthetic, 30, prepare=prep, batch=6)
+    res = run_study(url, "batched", spaces, "fp32", env, {}, synthetic, 30, prepare=prep, batch=6)
     assert res.complete + res.failed == 30
     assert threading.get_ident() not in threads and len(threads) >= 1
     study = load_study(url, "batched")
@@ -392,7 +401,6 @@ def test_batched_prepare_synthetic_no_evaluation_while_the_batch_compiles(tmp_pa
     import threading
     import time as _time
 
-    from sparse_autotune.tuning.search import run_search
     from sparse_autotune.core.space import get_space, problem_env
     spaces = [get_space("csr_rowsplit")]
     env = problem_env(512, 2048, 256, 104858, "fp32")
@@ -406,14 +414,14 @@ def test_batched_prepare_synthetic_no_evaluation_while_the_batch_compiles(tmp_pa
         with lock:
             state["in_flight"] -= 1
 
-    def synthetic(fam, cfg):
+    def synthetic(fam, cfg, _prepared):
         with lock:
             state["max_seen"] = max(state["max_seen"], state["in_flight"])
             state["evals"] += 1
         return abs(cfg["rows_per_block"] - 16) + cfg["unroll"] * 0.1, {}
 
     url = f"sqlite:///{tmp_path / 'c.sqlite'}"
-    res = run_search(url, "whole-batch", spaces, "fp32", env, {}, synthetic, 16, prepare=prep, batch=4)
+    res = run_study(url, "whole-batch", spaces, "fp32", env, {}, synthetic, 16, prepare=prep, batch=4)
     assert res.complete + res.failed == 16 and state["evals"] >= 1
     assert state["max_seen"] == 0
 
@@ -451,10 +459,59 @@ def test_shared_synthetic_trial_failed_as_stale_elsewhere_is_dropped_not_fatal(t
                 st.set_trial_state_values(t._trial_id, TrialState.FAIL)
         return synthetic_value(cfg), dict(attrs)
 
-    res = run_search(storage(), "stale", [CSR], DTYPE, ENV, LIMITS, synthetic, 6, worker="w1", shared=True)
+    res = run_study(storage(), "stale", [CSR], DTYPE, ENV, LIMITS, synthetic, 6, worker="w1", shared=True)
     assert other["done"]
     assert res.complete == 6  # the dropped result does not count: six others were evaluated
     study = optuna.load_study(study_name="stale", storage=url)
     assert not study.get_trials(states=(TrialState.RUNNING,))
     err = capsys.readouterr().err
     assert "failed by another worker as stale" in err and err.count("warning:") == 1
+
+
+def test_prepare_synthetic_unbatched_builds_each_config_once_and_hands_it_to_evaluate(mem):
+    """batch 1 with a prepare step (one compile thread): prepare runs once per evaluated config, in this thread, and
+    evaluate gets what it returned (the GPU tuner's compiled kernel is not built again); a CandidateError of prepare
+    (a compile error) fails that trial like one of evaluate."""
+    import threading
+    built: list[tuple[str, str]] = []
+
+    def prep(fam, cfg):
+        assert threading.get_ident() == main
+        if cfg["unroll"] == 8:
+            raise CandidateError("compile", "synthetic compile error", "synthetic log")
+        built.append(key(fam, cfg))
+        return {"kernel_of": key(fam, cfg)}
+
+    evaluated_keys = []
+
+    def synthetic(fam, cfg, kern):
+        assert kern == {"kernel_of": key(fam, cfg)}
+        evaluated_keys.append(key(fam, cfg))
+        return synthetic_value(cfg), {}
+
+    main = threading.get_ident()
+    res = run_study(mem, "prep1", [CSR], DTYPE, ENV, LIMITS, synthetic, 20, prepare=prep, sampler="random", seed=5)
+    assert res.complete + res.failed == 20 and res.failed >= 1
+    assert built == evaluated_keys and len(set(built)) == len(built)  # once each, no rebuild
+    failed = [t for t in optuna.load_study(study_name="prep1", storage=mem).trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["error_stage"] == "compile" and json.loads(t.user_attrs["config"])["unroll"] == 8
+               for t in failed)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"trials": 0}, "--trials must be positive (got 0)"),
+    ({"trials": 5, "sampler": "bayes"}, "unknown sampler 'bayes': choose one of tpe, random, grid, cmaes"),
+    ({"trials": 5, "timeout": 0.0}, "--timeout must be positive (got 0.0)"),
+])
+def test_search_options_synthetic_are_checked_once_before_any_study(mem, options, message):
+    """check_options is the one check of trials, sampler and timeout (the CLI's, TuneOptions' and Search's): a bad
+    option is a one-line UserError and no study is created."""
+    with pytest.raises(UserError) as err:
+        check_options(options.get("trials"), options.get("sampler"), options.get("timeout"))
+    assert str(err.value) == message
+    with pytest.raises(UserError) as err:
+        run_study(mem, "bad", [CSR], DTYPE, ENV, LIMITS, Evaluator(), **options)
+    assert str(err.value) == message
+    assert optuna.get_all_study_names(mem) == []
+    check_options(5, "grid", None)  # a good set passes
+    check_options()  # nothing given, nothing checked

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..tuning.suite import best_dense, geomean
 from ..errors import UserError
-from ..tuning.checkpoint import ModelLayer, model_layers
+from ..store.model_layers import ModelLayer, model_layers
 from ..store.db import Record, TuningDB
 
 
@@ -155,32 +155,36 @@ def plot_density(records: list[Record], path: Path, title: str) -> Path | None:
         ax.set_yscale("log")
         ax.set_xlabel("density")
         ax.set_title(name, fontsize=10)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # no baseline times (e.g. synthetic records): no points, no legend
+            ax.legend()
     fig.suptitle(title)
     _save(plt, fig, path)
     return path
 
 
-def convergence(storage: str, study: str) -> list[tuple[int, float, float]] | None:
-    """(trial number, value, best so far) of the COMPLETE trials of a study, or None where it is not stored."""
-    import optuna  # noqa: PLC0415
-    from optuna.trial import TrialState  # noqa: PLC0415
-    from sqlalchemy import create_engine, inspect  # noqa: PLC0415
-    eng = create_engine(storage)
+def convergence(db: TuningDB, study: str) -> list[tuple[int, float, float]] | None:
+    """(trial number, value, best so far) of the COMPLETE trials of a study, or None where it is not stored. Read from
+    Optuna's tables through the database's own (read-only) connection: Optuna's storage would open the file for writing,
+    which a read must not do (and cannot, in a read-only folder)."""
+    from sqlalchemy import inspect, text  # noqa: PLC0415
+    from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
+    q = text("SELECT t.number, v.value FROM trials t JOIN studies s ON s.study_id = t.study_id "
+             "JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+             "WHERE s.study_name = :name AND t.state = 'COMPLETE' AND v.value IS NOT NULL ORDER BY t.number")
+
+    def read():
+        with db.engine.connect() as conn:
+            if not {"studies", "trials", "trial_values"} <= set(inspect(conn).get_table_names()):
+                return []  # no Optuna tables (e.g. an exported file)
+            return [(int(n), float(v)) for n, v in conn.execute(q, {"name": study})]
     try:
-        with eng.connect() as conn:
-            if "studies" not in inspect(conn).get_table_names():
-                return None  # no Optuna tables: do not let Optuna create them in the user's file
-    finally:
-        eng.dispose()
-    try:
-        st = optuna.load_study(study_name=study, storage=storage)
-    except Exception:  # noqa: BLE001 - no such study (e.g. an exported file without Optuna's tables)
+        rows = [] if db._empty else db._reading(read)
+    except SQLAlchemyError:
         return None
     pts, best = [], math.inf
-    for t in sorted(st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
-        best = min(best, t.value)
-        pts.append((t.number, t.value, best))
+    for number, value in rows:
+        best = min(best, value)
+        pts.append((number, value, best))
     return pts or None
 
 
@@ -201,7 +205,7 @@ def plot_convergence(pts, path: Path, title: str) -> Path:
 def write_report(db_target: str, out: Path, model: str | None = None, gpu: str | None = None,
                  study: str | None = None) -> dict:
     """Write out/report.md and the PNGs; returns the numbers and the paths written."""
-    db = TuningDB(db_target, create=False, readonly=not str(db_target).count("://"))
+    db = TuningDB(db_target, create=False, readonly=True)  # a read: nothing is created or written, no side files
     try:
         rows = model_layers(db.engine, model) if model else []
         if model and not rows:
@@ -213,7 +217,18 @@ def write_report(db_target: str, out: Path, model: str | None = None, gpu: str |
         rows = [r for r in rows if r.gpu_name == gpu_name]
         records = [r for r in records if r.gpu_name == gpu_name]
         layers = layer_rows(db, rows)
-        storage = db.url if db.path is None else f"sqlite:///{db.path}"
+        conv = None
+        if study is not None:
+            conv = convergence(db, study)
+        else:  # the model's slowest problem, else the records with the most trials whose study is stored
+            cands = [d for d in layers if d["tuned_us"] is not None]
+            names = [max(cands, key=lambda d: d["tuned_us"])["study"]] if cands else \
+                [r.study_name for r in sorted(records, key=lambda r: (r.trials, r.id), reverse=True) if r.study_name]
+            for name in dict.fromkeys(names[:20]):
+                conv = convergence(db, name)
+                if conv:
+                    study = name
+                    break
     finally:
         db.dispose()
     tot = totals(layers)
@@ -221,19 +236,6 @@ def write_report(db_target: str, out: Path, model: str | None = None, gpu: str |
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {str(out)!r}: {exc.strerror}") from None
-
-    conv = None
-    if study is not None:
-        conv = convergence(storage, study)
-    else:  # the model's slowest problem, else the records with the most trials whose study is stored
-        cands = [d for d in layers if d["tuned_us"] is not None]
-        names = [max(cands, key=lambda d: d["tuned_us"])["study"]] if cands else \
-            [r.study_name for r in sorted(records, key=lambda r: (r.trials, r.id), reverse=True) if r.study_name]
-        for name in dict.fromkeys(names[:20]):
-            conv = convergence(storage, name)
-            if conv:
-                study = name
-                break
 
     pngs = []
     title = f"{model} on {gpu_name}" if model else gpu_name

@@ -1,12 +1,14 @@
 """The search: an Optuna study over the variant spaces, stored in the tuning database so a tune resumes.
 
-The objective is supplied by the caller (the GPU evaluator in tune.py, or a synthetic one in tests), so
-this module knows nothing of CUDA. Trials: COMPLETE (verified and timed, value = median us), FAIL
-(compile/launch/verification error, kept with its log in user attrs), PRUNED (an infeasible config,
-rejected before compiling: it does not count against the trial budget). A FAIL trial without an `error_stage`
-user attribute was never evaluated (its worker died in it, or the run was interrupted): it does not count either.
+`Search(storage, study, spaces, dtype, env, limits, SearchOptions(...)).run(evaluate, prepare, on_trial, stop)`.
+The objective is supplied by the caller (the GPU tuner in tuner.py, or a synthetic one in tests), so this module
+knows nothing of CUDA. `check_options` checks the options a user gives (trials, sampler, timeout) for every caller.
+Trials: COMPLETE (verified and timed, value = median us), FAIL (compile/launch/verification error, kept with its log
+in user attrs), PRUNED (an infeasible config, rejected before compiling: it does not count against the trial budget).
+A FAIL trial without an `error_stage` user attribute was never evaluated (its worker died in it, or the run was
+interrupted): it does not count either.
 
-Several processes may work on one study at once (`shared=True`, scale-out through an RDB storage): the budget is
+Several processes may work on one study at once (`SearchOptions(shared=True)`, scale-out through an RDB storage): the budget is
 then re-read from the storage before each ask (COMPLETE, evaluated FAIL, and RUNNING trials of every worker), the
 configs other workers evaluated are reused, and when the storage has Optuna's heartbeat enabled the in-flight
 trials' heartbeats are recorded and stale trials (a dead worker's) are failed first (`fail_stale_trials`), which
@@ -15,6 +17,7 @@ runs the storage's retry callback.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import sys
@@ -22,10 +25,10 @@ import threading
 import time
 import warnings
 import zlib
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -37,11 +40,12 @@ SAMPLERS = ("tpe", "random", "grid", "cmaes")
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 logging.getLogger("optuna").setLevel(logging.WARNING)
-# ask/tell with a heartbeat-enabled storage: run_search records the heartbeats itself (see _Heartbeats)
+# ask/tell with a heartbeat-enabled storage: Search records the heartbeats itself (see _Heartbeats)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def make_sampler(name: str, seed: int | None, parallel: bool = False):
+    check_options(sampler=name)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10,
                                           constant_liar=parallel)
@@ -50,7 +54,7 @@ def make_sampler(name: str, seed: int | None, parallel: bool = False):
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False,
                                             independent_sampler=optuna.samplers.RandomSampler(seed=seed))
-    raise UserError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+    raise AssertionError(name)  # every name of SAMPLERS is made above
 
 
 @dataclass
@@ -148,256 +152,321 @@ class _Heartbeats:
         self.thread.join(timeout=5)
 
 
-def run_search(storage, study_name: str, spaces: list[Space], dtype: str, env: dict, limits: dict,
-               evaluate: Callable[[str, dict], tuple[float, dict]], trials: int, timeout: float | None = None,
-               sampler: str = "tpe", seed: int | None = 0,
-               on_trial: Callable[[optuna.trial.FrozenTrial, int, float | None], None] | None = None,
-               max_pruned: int | None = None, prepare: Callable[[str, dict], object] | None = None,
-               batch: int = 1, worker: str | None = None, shared: bool = False,
-               stop: Callable[[], bool] | None = None, seeds=()) -> SearchResult:
-    """Run the study until `trials` evaluated trials exist in it (over all runs), or `timeout` seconds.
-
-    evaluate(family, config) -> (value, attrs) or raises CandidateError. A config already evaluated in the
-    study is not evaluated again: its earlier value is reused. With prepare(family, config) (e.g. compile)
-    and batch > 1, configs are asked `batch` at a time and all prepared in parallel threads before the first is
-    evaluated, then evaluated in turn (TPE then runs with constant_liar so a batch spreads out).
-
+@dataclass
+class SearchOptions:
+    """How one search runs. batch: configs asked (and, with a prepare step, prepared in parallel threads) at a time.
     worker: a name stored in each trial's user attrs ("worker"). shared: other processes work on the same study (see
-    the module's doc); stop() -> True ends the loop before the next ask (e.g. another worker is finishing the problem).
-    seeds: (family, config) pairs tried first, before the families' known-good configs, e.g. the winners of the nearest
-    problems in the tuning database (a config of a family not searched, or infeasible here, is left out).
-    """
-    grid_seed = seed  # the grid's order is the study's, whichever worker enqueues it
-    if shared and worker is not None and seed is not None:  # workers with one seed would suggest the same configs
-        seed = (seed + zlib.crc32(worker.encode())) % 2**31
-    study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize",
-                                sampler=make_sampler(sampler, seed, parallel=batch > 1 or shared), load_if_exists=True)
-    by_family = {s.family: s for s in spaces}
-    families = [s.family for s in spaces]
-    # the family parameter is named by the selection, so runs of one problem with different --families share
-    # the study (and its evaluated configs) without changing a categorical distribution's choices
-    family_param = "family[" + ",".join(sorted(families)) + "]"
-    beats = _Heartbeats(heartbeat_storage(storage)) if shared and heartbeat_storage(storage) else None
+    the module's doc). seeds: (family, config) pairs tried first, before the families' known-good configs, e.g. the
+    winners of the nearest problems in the tuning database (a config of a family not searched, or infeasible here,
+    is left out). max_pruned: infeasible suggestions told PRUNED in this run before the space counts as exhausted
+    (default 50 x trials + 500)."""
 
-    def counted(study) -> int:
-        return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-                   if evaluated(t))
+    trials: int
+    timeout: float | None = None
+    sampler: str = "tpe"
+    seed: int | None = 0
+    batch: int = 1
+    worker: str | None = None
+    shared: bool = False
+    seeds: Sequence[tuple[str, dict]] = ()
+    max_pruned: int | None = None
 
-    seen: dict[str, float | None] = {}  # configs evaluated in the study: their value (None: failed)
-    busy: set[str] = set()  # shared: configs other workers are evaluating now
 
-    def refresh_seen() -> int:
-        """Configs evaluated (or, shared, being evaluated elsewhere) in the study; returns the trials that count
-        against the budget: evaluated ones, and (shared) the RUNNING ones of every worker."""
-        occupied = 0
-        busy.clear()
-        for t in study.get_trials(deepcopy=False):
-            if evaluated(t):
-                occupied += 1
-                if "config" in t.user_attrs:
-                    seen[t.user_attrs["family"] + t.user_attrs["config"]] = t.value
-            elif shared and t.state == TrialState.RUNNING and t.number not in mine:
-                occupied += 1
-                if "config" in t.user_attrs:
-                    busy.add(t.user_attrs["family"] + t.user_attrs["config"])
-        return occupied
+def check_options(trials: int | None = None, sampler: str | None = None, timeout: float | None = None) -> None:
+    """The search options as a user gives them (command line, TuneOptions, a queued problem): a bad one is a
+    one-line UserError. Every caller checks them here; what is None is not checked."""
+    if sampler is not None and sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if trials is not None and trials <= 0:
+        raise UserError(f"--trials must be positive (got {trials})")
+    if timeout is not None and timeout <= 0:
+        raise UserError(f"--timeout must be positive (got {timeout})")
 
-    mine: set[int] = set()  # trial numbers this run has asked and not yet told
-    done_before = counted(study)
-    refresh_seen()
 
-    # the seeds (winners of the nearest problems) first, then the known-good configs, then (for grid) every feasible
-    # config in a seeded order
-    queue: list[tuple[str, dict]] = []
-    for fam, cfg in seeds:
-        space = by_family.get(fam)
-        cfg = space.normalize(cfg, dtype) if space is not None else None
-        if cfg is not None and space.check(cfg, env, limits) is None and (fam, cfg) not in queue:
-            queue.append((fam, cfg))
-    for s in spaces:
-        queue += [(s.family, c) for c in s.defaults(dtype, env, limits) if (s.family, c) not in queue]
-    if sampler == "grid":
-        import random  # noqa: PLC0415
-        grid = [(s.family, c) for s in spaces for c in s.feasible(dtype, env, limits)]
-        random.Random(grid_seed).shuffle(grid)
-        grid = [(f, c) for f, c in grid if f + json.dumps(c, sort_keys=True) not in seen]  # a resumed grid goes on
-        queue += grid[: max(0, trials - done_before)]
-    for fam, cfg in queue:
-        if fam + json.dumps(cfg, sort_keys=True) in seen:
-            continue
-        params = {family_param: fam, **by_family[fam].to_optuna_params(cfg, dtype)}
-        study.enqueue_trial(params, skip_if_exists=True)
+Evaluate = Callable[..., "tuple[float, dict]"]
 
-    max_pruned = max_pruned if max_pruned is not None else 50 * trials + 500
-    pruned_here = 0
-    stop_reason = "trial budget"
-    t_end = time.monotonic() + timeout if timeout is not None else None
-    pool = ThreadPoolExecutor(max_workers=batch) if prepare is not None and batch > 1 else None
-    told = 0  # COMPLETE + FAIL trials in the study (kept up to date here instead of re-reading the storage)
 
-    def best_value():
+class Search:
+    """One run of a study's search, until `trials` evaluated trials exist in it (over all runs), or the time budget.
+
+    run(evaluate, prepare, on_trial, stop): evaluate(family, config) -> (value, attrs), or raises CandidateError.
+    With prepare(family, config) (e.g. compile) it is evaluate(family, config, prepared), `prepared` being what prepare
+    returned for that config; with batch > 1 a batch of configs is prepared in parallel threads before the first of
+    it is evaluated, then evaluated in turn (TPE then runs with constant_liar so a batch spreads out). A config
+    already evaluated in the study is not evaluated again: its earlier value is reused. on_trial(frozen, counted,
+    best) follows every told trial; stop() -> True ends the loop before the next ask (e.g. another worker is
+    finishing the problem). The steps: enqueue (seeds, known-good configs, the grid), ask, evaluate, tell, the
+    budget check (sync for a shared study) and, shared, the trials' heartbeats."""
+
+    def __init__(self, storage, study_name: str, spaces: list[Space], dtype: str, env: dict, limits: dict,
+                 opts: SearchOptions):
+        check_options(opts.trials, opts.sampler, opts.timeout)
+        self.storage, self.study_name, self.spaces, self.dtype, self.env, self.limits = (
+            storage, study_name, spaces, dtype, env, limits)
+        self.opts = opts
+        self.trials = opts.trials
+        self.max_pruned = opts.max_pruned if opts.max_pruned is not None else 50 * opts.trials + 500
+        seed = opts.seed
+        if opts.shared and opts.worker is not None and seed is not None:  # workers with one seed suggest alike
+            seed = (seed + zlib.crc32(opts.worker.encode())) % 2**31
+        self.study = optuna.create_study(
+            study_name=study_name, storage=storage, direction="minimize", load_if_exists=True,
+            sampler=make_sampler(opts.sampler, seed, parallel=opts.batch > 1 or opts.shared))
+        self.by_family = {s.family: s for s in spaces}
+        self.families = [s.family for s in spaces]
+        # the family parameter is named by the selection, so runs of one problem with different --families share
+        # the study (and its evaluated configs) without changing a categorical distribution's choices
+        self.family_param = "family[" + ",".join(sorted(self.families)) + "]"
+        self.seen: dict[str, float | None] = {}  # configs evaluated in the study: their value (None: failed)
+        self.busy: set[str] = set()  # shared: configs other workers are evaluating now
+        self.mine: dict[int, optuna.Trial] = {}  # the trials this run has asked and not yet told, by number
+        self.done_before = 0  # evaluated trials in the study when the run began
+        self.told = 0  # COMPLETE + FAIL trials told by this run (instead of re-reading the storage)
+        self.occupied_elsewhere = 0  # shared: trials counted against the budget that this run did not tell
+        self.pruned_here = 0
+        self.beats: _Heartbeats | None = None
+        self.t_end: float | None = None  # time.monotonic() at the time budget
+        self.evaluate: Evaluate | None = None
+        self.prepare: Callable[[str, dict], object] | None = None
+        self.on_trial = None
+
+    # ---- the run -------------------------------------------------------------------------------------------
+
+    def run(self, evaluate: Evaluate, prepare: Callable[[str, dict], object] | None = None,
+            on_trial: Callable[[optuna.trial.FrozenTrial, int, float | None], None] | None = None,
+            stop: Callable[[], bool] | None = None) -> SearchResult:
+        self.evaluate, self.prepare, self.on_trial = evaluate, prepare, on_trial
+        self.done_before = sum(1 for t in self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)) if evaluated(t))
+        self._refresh_seen()
+        self._enqueue()
+        beating = heartbeat_storage(self.storage) if self.opts.shared else None
+        self.beats = _Heartbeats(beating) if beating else None
+        batch = self.opts.batch
+        self.t_end = time.monotonic() + self.opts.timeout if self.opts.timeout is not None else None
+        pool = ThreadPoolExecutor(max_workers=batch) if prepare is not None and batch > 1 else None
         try:
-            return study.best_value
-        except ValueError:
-            return None
+            self._sync()
+            stopped = self._loop(pool, stop)
+        except BaseException:
+            for trial in list(self.mine.values()):  # asked, not told: closed, so the study holds no RUNNING trial
+                self._forget(trial)
+                with _unless_failed_elsewhere(self.study, trial):
+                    self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            if self.beats is not None:
+                self.beats.close()
+        return summarize(self.study, self.done_before, stopped)
 
-    def finish(trial, value=None, exc: CandidateError | None = None, attrs=None):
-        nonlocal told
-        mine.discard(trial.number)
-        since = beats.discard(trial._trial_id) if beats is not None else None
+    def _loop(self, pool, stop) -> str:
+        """Ask, evaluate and tell until the budget is spent; returns why the loop ended."""
+        if self.done_before >= self.trials:
+            return "trial budget already spent by earlier runs"
+        while self._spent() < self.trials:
+            why = self._why_stop(stop)
+            if why is not None:
+                return why
+            batch = self._trim(self._ask(self.opts.batch))
+            if not batch and self.opts.shared:
+                self._sync()
+                if self._spent() >= self.trials:
+                    break
+            self._evaluate(batch, pool)
+            self._sync()
+        return "trial budget"
+
+    def _why_stop(self, stop) -> str | None:
+        """The budget check before each ask, besides the trial budget: time, infeasible suggestions, stop()."""
+        if self.t_end is not None and time.monotonic() >= self.t_end:
+            return "time budget"
+        if self.pruned_here >= self.max_pruned:
+            return "space exhausted (too many infeasible suggestions in a row)"
+        if stop is not None and stop():
+            return "stopped"
+        return None
+
+    # ---- seed and enqueue ------------------------------------------------------------------------------------
+
+    def _enqueue(self) -> None:
+        """The seeds (winners of the nearest problems) first, then the known-good configs, then (for grid) every
+        feasible config in a seeded order (the study's: whichever worker enqueues it); none evaluated already."""
+        dtype, env, limits = self.dtype, self.env, self.limits
+        queue: list[tuple[str, dict]] = []
+        for fam, cfg in self.opts.seeds:
+            space = self.by_family.get(fam)
+            cfg = space.normalize(cfg, dtype) if space is not None else None
+            if cfg is not None and space.check(cfg, env, limits) is None and (fam, cfg) not in queue:
+                queue.append((fam, cfg))
+        for s in self.spaces:
+            queue += [(s.family, c) for c in s.defaults(dtype, env, limits) if (s.family, c) not in queue]
+        if self.opts.sampler == "grid":
+            import random  # noqa: PLC0415
+            grid = [(s.family, c) for s in self.spaces for c in s.feasible(dtype, env, limits)]
+            random.Random(self.opts.seed).shuffle(grid)
+            grid = [(f, c) for f, c in grid if _key(f, c) not in self.seen]  # a resumed grid goes on
+            queue += grid[: max(0, self.trials - self.done_before)]
+        for fam, cfg in queue:
+            if _key(fam, cfg) not in self.seen:
+                params = {self.family_param: fam, **self.by_family[fam].to_optuna_params(cfg, dtype)}
+                self.study.enqueue_trial(params, skip_if_exists=True)
+
+    # ---- ask -------------------------------------------------------------------------------------------------
+
+    def _ask(self, want: int) -> list:
+        """Up to `want` new configs to evaluate; infeasible ones are told PRUNED, repeats reuse their value."""
+        out = []
+        while len(out) < want and self._spent() + len(out) < self.trials and self.pruned_here < self.max_pruned:
+            trial = self.study.ask()
+            self.mine[trial.number] = trial
+            if self.beats is not None:
+                self.beats.add(trial._trial_id)
+            if self.opts.worker is not None:
+                trial.set_user_attr("worker", self.opts.worker)
+            fam = trial.suggest_categorical(self.family_param, self.families)
+            space = self.by_family[fam]
+            cfg = space.suggest(trial, self.dtype)
+            key = _key(fam, cfg)
+            trial.set_user_attr("family", fam)
+            trial.set_user_attr("config", json.dumps(cfg, sort_keys=True))
+            why = space.check(cfg, self.env, self.limits)
+            if why is not None:
+                self.pruned_here += 1
+                trial.set_user_attr("infeasible", why)
+                self._forget(trial)
+                self.study.tell(trial, state=TrialState.PRUNED)
+            elif key in self.seen or key in self.busy or key in {k for _, _, _, k in out}:
+                trial.set_user_attr("repeat_of_earlier_trial", True)
+                prior = self.seen.get(key)
+                if prior is None:
+                    self._tell(trial, exc=CandidateError("repeat", "this config failed or is being tried"))
+                else:
+                    self._tell(trial, prior)
+            else:
+                out.append((trial, fam, cfg, key))
+        return out
+
+    def _trim(self, out: list) -> list:
+        """shared: workers that ask at the same moment may together ask more trials than the budget has left. The
+        budget goes to the lowest trial numbers: an asked trial is kept if fewer than `trials` counted trials
+        (evaluated or running) precede it; the others are released (FAIL, never evaluated, `over_budget`)."""
+        if not self.opts.shared or not out:
+            return out
+        counted_numbers = sorted(t.number for t in self.study.get_trials(deepcopy=False)
+                                 if evaluated(t) or t.state == TrialState.RUNNING)
+        rank = {num: i for i, num in enumerate(counted_numbers)}
+        keep = []
+        for item in out:
+            trial = item[0]
+            if rank.get(trial.number, 0) < self.trials:
+                keep.append(item)
+                continue
+            self._forget(trial)
+            with _unless_failed_elsewhere(self.study, trial):  # released either way
+                trial.set_user_attr("over_budget", True)
+                self.study.tell(trial, state=TrialState.FAIL)
+        return keep
+
+    # ---- evaluate --------------------------------------------------------------------------------------------
+
+    def _evaluate(self, batch: list, pool) -> None:
+        """Prepare and evaluate the asked configs in turn, telling each. With a pool the whole batch is prepared (NVRTC
+        and the driver's PTX assembly on CPU threads) before any of it is timed: a module load still running in this
+        process stalls its launches and syncs (seconds for a large pattern_unrolled kernel), which would be counted in
+        the timings and in the GPU's turn."""
+        if pool is not None:
+            futures = [pool.submit(self.prepare, fam, cfg) for _, fam, cfg, _ in batch]
+            wait_futures(futures)
+            ready = [f.result for f in futures]
+        elif self.prepare is not None:
+            ready = [functools.partial(self.prepare, fam, cfg) for _, fam, cfg, _ in batch]
+        else:
+            ready = [None] * len(batch)
+        for (trial, fam, cfg, key), get in zip(batch, ready):
+            try:
+                value, attrs = self.evaluate(fam, cfg) if get is None else self.evaluate(fam, cfg, get())
+            except CandidateError as exc:
+                self.seen[key] = None
+                self._tell(trial, exc=exc)
+            else:
+                self.seen[key] = value
+                self._tell(trial, value, attrs=attrs)
+
+    # ---- tell ------------------------------------------------------------------------------------------------
+
+    def _tell(self, trial, value=None, exc: CandidateError | None = None, attrs=None) -> None:
+        """Close a trial COMPLETE (value, attrs) or FAIL (exc: its stage, message and log kept in user attrs)."""
+        since = self._forget(trial)
         dropped = True
-        with _unless_failed_elsewhere(study, trial):
+        with _unless_failed_elsewhere(self.study, trial):
             if exc is not None:
                 trial.set_user_attr("error_stage", exc.stage)
                 trial.set_user_attr("error", str(exc)[:2000])
                 if exc.log:
                     trial.set_user_attr("error_log", exc.log[:8000])
-                frozen = study.tell(trial, state=TrialState.FAIL)
+                frozen = self.study.tell(trial, state=TrialState.FAIL)
             else:
                 for k, v in (attrs or {}).items():
                     trial.set_user_attr(k, v)
-                frozen = study.tell(trial, value)
+                frozen = self.study.tell(trial, value)
             dropped = False
         if dropped:
             # another worker's fail_stale_trials found this trial's heartbeat older than the grace period, failed it
             # and queued its retry: the result is dropped here (the retry evaluates the config again), the search goes
             # on. Seen once on the device with 12 workers on one SQLite storage (the dl suite, session 6).
             when = f"{since:.1f} s ago" if since is not None else "never"
-            warn(f"trial {trial.number} of {study_name} was failed by another worker as stale (its last heartbeat "
-                 f"from here: {when}); its result is dropped and its retry evaluates it again")
+            warn(f"trial {trial.number} of {self.study_name} was failed by another worker as stale (its last "
+                 f"heartbeat from here: {when}); its result is dropped and its retry evaluates it again")
             return
-        told += 1
-        if on_trial:
-            on_trial(frozen, done_before + told, best_value())
+        self.told += 1
+        if self.on_trial:
+            self.on_trial(frozen, self.done_before + self.told, self._best_value())
 
-    def ask_batch(want: int) -> list:
-        """Up to `want` new configs to evaluate; infeasible ones are told PRUNED, repeats reuse their value."""
-        nonlocal pruned_here
-        out = []
-        while len(out) < want and spent() + len(out) < trials and pruned_here < max_pruned:
-            trial = study.ask()
-            mine.add(trial.number)
-            if beats is not None:
-                beats.add(trial._trial_id)
-            if worker is not None:
-                trial.set_user_attr("worker", worker)
-            fam = trial.suggest_categorical(family_param, families)
-            space = by_family[fam]
-            cfg = space.suggest(trial, dtype)
-            key = fam + json.dumps(cfg, sort_keys=True)
-            trial.set_user_attr("family", fam)
-            trial.set_user_attr("config", json.dumps(cfg, sort_keys=True))
-            why = space.check(cfg, env, limits)
-            if why is not None:
-                pruned_here += 1
-                trial.set_user_attr("infeasible", why)
-                mine.discard(trial.number)
-                if beats is not None:
-                    beats.discard(trial._trial_id)
-                study.tell(trial, state=TrialState.PRUNED)
-            elif key in seen or key in busy or key in {k for _, _, _, k in out}:
-                trial.set_user_attr("repeat_of_earlier_trial", True)
-                prior = seen.get(key)
-                if prior is None:
-                    finish(trial, exc=CandidateError("repeat", "this config failed or is being tried"))
-                else:
-                    finish(trial, prior)
-            else:
-                out.append((trial, fam, cfg, key))
-        return out
+    def _forget(self, trial) -> float | None:
+        """The trial is no longer this run's to close: no more heartbeats; the seconds since its last one."""
+        self.mine.pop(trial.number, None)
+        return self.beats.discard(trial._trial_id) if self.beats is not None else None
 
-    occupied_elsewhere = 0  # shared: trials counted against the budget that this run did not tell
+    def _best_value(self):
+        try:
+            return self.study.best_value
+        except ValueError:
+            return None
 
-    def trim(out: list) -> list:
-        """shared: workers that ask at the same moment may together ask more trials than the budget has left. The
-        budget goes to the lowest trial numbers: an asked trial is kept if fewer than `trials` counted trials
-        (evaluated or running) precede it; the others are released (FAIL, never evaluated, `over_budget`)."""
-        if not shared or not out:
-            return out
-        counted_numbers = sorted(t.number for t in study.get_trials(deepcopy=False)
-                                 if evaluated(t) or t.state == TrialState.RUNNING)
-        rank = {num: i for i, num in enumerate(counted_numbers)}
-        keep = []
-        for item in out:
-            trial = item[0]
-            if rank.get(trial.number, 0) < trials:
-                keep.append(item)
-                continue
-            mine.discard(trial.number)
-            if beats is not None:
-                beats.discard(trial._trial_id)
-            with _unless_failed_elsewhere(study, trial):  # released either way
-                trial.set_user_attr("over_budget", True)
-                study.tell(trial, state=TrialState.FAIL)
-        return keep
+    # ---- the budget ------------------------------------------------------------------------------------------
 
-    def spent() -> int:
-        return done_before + told + occupied_elsewhere
+    def _spent(self) -> int:
+        return self.done_before + self.told + self.occupied_elsewhere
 
-    def sync():
+    def _sync(self) -> None:
         """shared: fail stale trials (running the storage's retry callback), re-read the budget and the seen configs."""
-        nonlocal occupied_elsewhere
-        if not shared:
+        if not self.opts.shared:
             return
-        if beats is not None:
-            optuna.storages.fail_stale_trials(study)
-        occupied_elsewhere = max(0, refresh_seen() - done_before - told)
+        if self.beats is not None:
+            optuna.storages.fail_stale_trials(self.study)
+        self.occupied_elsewhere = max(0, self._refresh_seen() - self.done_before - self.told)
 
-    pending: list = []
-    try:
-        sync()
-        while spent() < trials:
-            if t_end is not None and time.monotonic() >= t_end:
-                stop_reason = "time budget"
-                break
-            if pruned_here >= max_pruned:
-                stop_reason = "space exhausted (too many infeasible suggestions in a row)"
-                break
-            if stop is not None and stop():
-                stop_reason = "stopped"
-                break
-            pending = trim(ask_batch(batch))
-            if not pending and shared:
-                sync()
-                if spent() >= trials:
-                    break
-            # compile the whole batch in parallel (NVRTC and the driver's PTX assembly on CPU threads) before any of it
-            # is timed: a module load still running in this process stalls its launches and syncs (seconds for a large
-            # pattern_unrolled kernel), which would be counted in the timings and in the GPU's turn
-            futures = [pool.submit(prepare, fam, cfg) for _, fam, cfg, _ in pending] if pool else [None] * len(pending)
-            if pool:
-                wait_futures(futures)
-            while pending:
-                trial, fam, cfg, key = pending[0]
-                fut = futures[len(futures) - len(pending)]
-                try:
-                    if fut is not None:
-                        fut.result()
-                    value, attrs = evaluate(fam, cfg)
-                except CandidateError as exc:
-                    seen[key] = None
-                    pending.pop(0)
-                    finish(trial, exc=exc)
-                else:
-                    seen[key] = value
-                    pending.pop(0)
-                    finish(trial, value, attrs=attrs)
-            sync()
-        else:
-            if done_before >= trials:
-                stop_reason = "trial budget already spent by earlier runs"
-    except BaseException:
-        for trial, *_ in pending:  # asked but not evaluated: close them so the study holds no RUNNING trial
-            with _unless_failed_elsewhere(study, trial):
-                study.tell(trial, state=TrialState.FAIL)
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        if beats is not None:
-            beats.close()
+    def _refresh_seen(self) -> int:
+        """Configs evaluated (or, shared, being evaluated elsewhere) in the study; returns the trials that count
+        against the budget: evaluated ones, and (shared) the RUNNING ones of every worker."""
+        occupied = 0
+        self.busy.clear()
+        for t in self.study.get_trials(deepcopy=False):
+            if evaluated(t):
+                occupied += 1
+                if "config" in t.user_attrs:
+                    self.seen[t.user_attrs["family"] + t.user_attrs["config"]] = t.value
+            elif self.opts.shared and t.state == TrialState.RUNNING and t.number not in self.mine:
+                occupied += 1
+                if "config" in t.user_attrs:
+                    self.busy.add(t.user_attrs["family"] + t.user_attrs["config"])
+        return occupied
 
-    return summarize(study, done_before, stop_reason)
+
+def _key(family: str, cfg: dict) -> str:
+    return family + json.dumps(cfg, sort_keys=True)
 
 
 def summarize(study, done_before: int = 0, stopped: str = "") -> SearchResult:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..tuning.loop import ProblemLoop, log_stderr, tune_interrupted
 
 RESNET = [((64, 256), 3136), ((256, 64), 3136), ((128, 512), 784), ((512, 128), 784),
           ((256, 1024), 196), ((1024, 256), 196), ((512, 2048), 49), ((2048, 512), 49)]
@@ -56,39 +56,64 @@ def geomean(xs) -> float | None:
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
 
 
+class _SuiteRun(ProblemLoop):
+    """The suite's cases on this GPU through the problem loop: each finished case appended to the suite's JSON file
+    at once (what is done is skipped by a rerun)."""
+
+    unit = "case"
+
+    def __init__(self, cases: list[dict], path: Path, trials: int, db: str | None, deadline: float | None, log):
+        super().__init__(deadline=deadline, log=log)
+        self.cases, self.path, self.trials, self.db = cases, path, trials, db
+        self.records = json.loads(path.read_text()) if path.exists() else []
+        self.done = {case_key(r) for r in self.records}
+
+    def skip(self, item) -> bool:
+        return case_key(item[1]) in self.done
+
+    def work(self, item) -> None:
+        from ..core.problem import Problem  # noqa: PLC0415
+        from ..tuning.tuner import TuneOptions, tune  # noqa: PLC0415
+        i, c = item
+        self.log(f"[{i + 1}/{len(self.cases)}] {c}")
+        p = Problem.random(c["M"], c["K"], c["N"], c["density"], c["dtype"], c["pattern"], seed=0)
+        r = tune(p, TuneOptions(trials=self.trials, db=self.db, progress=False), log=lambda m: None)
+        if tune_interrupted(r):
+            raise KeyboardInterrupt  # the case's best so far is in the tuning DB; a rerun tunes it further
+        rec = case_record(c, r)
+        self.records.append(rec)
+        self.path.write_text(json.dumps(self.records, indent=1))
+        bd = best_dense(rec)
+        self.log(f"  {rec['family']} {rec['tuned_us']:.2f} us | cuSPARSE {rec['cusparse_us'] or float('nan'):.2f} | "
+                 f"best dense {bd or float('nan'):.2f} | floor {rec['floor_us']:.2f}")
+
+    def failed(self, item, exc) -> None:
+        self.log(f"  case failed: {exc}")
+
+    def budget_reached(self) -> None:
+        self.log(f"time budget reached: {len(self.records)}/{len(self.cases)} cases done; run again to continue")
+
+    def interrupted(self) -> None:
+        self.log(f"interrupted: {len(self.records)}/{len(self.cases)} cases done and kept in {self.path}; run again "
+                 "to continue")
+
+
 def run_suite(suite: str, trials: int, out_dir: Path, db: str | None, budget_s: float | None = None,
-              log=lambda m: print(m, file=sys.stderr, flush=True)) -> list[dict]:
+              log=log_stderr) -> list[dict]:
+    """Tune the suite's cases on this GPU (resuming: the cases in its JSON file are skipped), then write the report.
+    budget_s: no new case is started after that many seconds. Ctrl-C: the report of the cases done, then
+    KeyboardInterrupt."""
     from ..device.gpu import gpu_info, gpu_slug  # noqa: PLC0415
-    from ..core.problem import Problem  # noqa: PLC0415
-    from ..tuning.tuner import TuneOptions, tune  # noqa: PLC0415
     info = gpu_info()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"suite-{suite}-{gpu_slug(info.name)}.json"
-    records = json.loads(path.read_text()) if path.exists() else []
-    done = {case_key(r) for r in records}
     cases = suite_cases(suite)
-    t0 = time.time()
-    for i, c in enumerate(cases):
-        if case_key(c) in done:
-            continue
-        if budget_s is not None and time.time() - t0 > budget_s:
-            log(f"time budget reached: {len(records)}/{len(cases)} cases done; run again to continue")
-            break
-        log(f"[{i + 1}/{len(cases)}] {c}")
-        p = Problem.random(c["M"], c["K"], c["N"], c["density"], c["dtype"], c["pattern"], seed=0)
-        try:
-            r = tune(p, TuneOptions(trials=trials, db=db, progress=False), log=lambda m: None)
-        except UserError as exc:
-            log(f"  case failed: {exc}")
-            continue
-        rec = case_record(c, r)
-        records.append(rec)
-        path.write_text(json.dumps(records, indent=1))
-        bd = best_dense(rec)
-        log(f"  {rec['family']} {rec['tuned_us']:.2f} us | cuSPARSE {rec['cusparse_us'] or float('nan'):.2f} | "
-            f"best dense {bd or float('nan'):.2f} | floor {rec['floor_us']:.2f}")
-    write_report(records, out_dir / f"suite-{suite}-{gpu_slug(info.name)}", suite, len(cases))
-    return records
+    run = _SuiteRun(cases, path, trials, db, None if budget_s is None else time.time() + budget_s, log)
+    res = run.run(list(enumerate(cases)))
+    write_report(run.records, out_dir / f"suite-{suite}-{gpu_slug(info.name)}", suite, len(cases))
+    if res.interrupted:
+        raise KeyboardInterrupt
+    return run.records
 
 
 def case_record(c: dict, r: dict) -> dict:
@@ -101,13 +126,12 @@ def case_record(c: dict, r: dict) -> dict:
             "gpu": r["gpu"], "driver": r["driver"], "cuda": r["cuda"], "cupy": r["cupy"]}
 
 
-def run_suite_scaleout(suite: str, trials: int, out_dir: Path, so, run_workers,
-                       log=lambda m: print(m, file=sys.stderr, flush=True)) -> list[dict]:
+def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_workers, log=log_stderr) -> list[dict]:
     """The suite through a shared storage: every case is enqueued (seed 0, `trials` each), run_workers(ids) runs the
     workers (here, or the caller's K processes), and the done cases are written per GPU as run_suite does."""
     from ..device.gpu import gpu_slug  # noqa: PLC0415
     from ..core.problem import Problem  # noqa: PLC0415
-    from ..tuning.scaleout import problem_spec  # noqa: PLC0415
+    from ..tuning.queue import problem_spec  # noqa: PLC0415
     from ..core.space import select_spaces  # noqa: PLC0415
     cases = suite_cases(suite)
     families = tuple(s.family for s in select_spaces(None))
@@ -115,11 +139,11 @@ def run_suite_scaleout(suite: str, trials: int, out_dir: Path, so, run_workers,
     for c in cases:
         p = Problem.random(c["M"], c["K"], c["N"], c["density"], c["dtype"], c["pattern"], seed=0)
         specs.append(problem_spec(p, trials, None, "tpe", families))
-    ids = so.enqueue(specs)
-    log(f"suite {suite}: {len(ids)} cases in the queue of {so.label}")
+    ids = queue.enqueue(specs)
+    log(f"suite {suite}: {len(ids)} cases in the queue of {queue.label}")
     t0 = time.time()
     run_workers(ids)
-    rows = {r["id"]: r for r in so.problems(ids)}
+    rows = {r["id"]: r for r in queue.problems(ids)}
     by_gpu: dict[str, list[dict]] = {}
     for c, rid in zip(cases, ids):
         row = rows[rid]

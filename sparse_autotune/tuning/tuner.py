@@ -1,8 +1,11 @@
-"""One tuning run: problem -> spaces -> Optuna search (render, compile, verify, time) -> baselines -> DB."""
+"""One tuning run: problem -> spaces -> Optuna search (render, compile, verify, time) -> baselines -> DB.
+
+GpuTuner tunes on this process's GPU. $SPARSE_AUTOTUNE_TUNER=module:Class names another Tuner subclass for the
+workers (tuner_class), e.g. the tests' synthetic tuner, so the scale-out machinery runs without a GPU."""
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
+import importlib
 import json
 import os
 import sys
@@ -13,7 +16,7 @@ from dataclasses import dataclass, field
 from .. import __version__
 from ..errors import CandidateError, DeviceLostError, UserError
 from ..core.problem import Problem
-from ..tuning.search import SAMPLERS, load_study, run_search, summarize
+from ..tuning.search import Search, SearchOptions, check_options, load_study, summarize
 from ..core.space import problem_env, select_spaces
 from ..store.db import Record, TuningDB
 
@@ -61,21 +64,30 @@ def _index_bytes(cfg: dict | None) -> int:
 
 class Tuner:
     """Tuning of one problem, in two steps: search() (several workers may run it on one study) and finish() (once:
-    the record stored in the tuning DB). tune() runs both; a scale-out worker (scaleout.py) runs search() on a
+    the record stored in the tuning DB). tune() runs both; a scale-out worker (worker.py) runs search() on a
     shared study and finish() only where it won the problem's finalisation.
 
-    Subclasses set problem, opts, log, db, spaces, env, limits, gpu_name, prepare and define evaluate() and finish().
+    Subclasses call _start (problem, opts, log, db, spaces, env), set limits and gpu_name, and define evaluate(),
+    finish(), device_name() and devices(); prepare(family, config) may build a candidate ahead of its evaluation
+    (in parallel threads): evaluate(family, config, prepared) then gets what it returned.
     """
 
     prepare = None
     interrupted = False  # set by search() when a Ctrl-C ended it
 
+    @classmethod
+    def device_name(cls) -> str:
+        """The GPU model this tuner tunes for in this process (the queue's problems are claimed for it)."""
+        raise NotImplementedError
+
+    @classmethod
+    def devices(cls, k: int) -> list[str]:
+        """The CUDA_VISIBLE_DEVICES values that k local workers can be given (the visible GPUs)."""
+        raise NotImplementedError
+
     def _start(self, problem: Problem, opts: TuneOptions, log) -> None:
         """Checks the options, then opens (or creates) the tuning DB; shared by the tuners' constructors."""
-        if opts.trials <= 0:
-            raise UserError(f"--trials must be positive (got {opts.trials})")
-        if opts.sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler {opts.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        check_options(opts.trials, opts.sampler, opts.timeout)
         chosen = select_spaces(opts.families)
         self.spaces = [s for s in chosen if s.supports(problem.dtype)]  # e.g. tc_gather computes fp16 only
         if not self.spaces:
@@ -133,11 +145,12 @@ class Tuner:
         storage = storage if storage is not None else self.db.url
         name = self.study_name()
         self.interrupted = False
+        sopts = SearchOptions(trials=opts.trials, timeout=opts.timeout, sampler=opts.sampler, seed=opts.seed,
+                              batch=max(1, opts.compile_workers) if self.prepare else 1, worker=worker,
+                              shared=shared, seeds=self.seeds())
         try:
-            return run_search(storage, name, self.spaces, self.problem.dtype, self.env, self.limits, self.evaluate,
-                              opts.trials, opts.timeout, opts.sampler, opts.seed, on_trial, prepare=self.prepare,
-                              batch=max(1, opts.compile_workers) if self.prepare else 1, worker=worker, shared=shared,
-                              stop=stop, seeds=self.seeds())
+            search = Search(storage, name, self.spaces, self.problem.dtype, self.env, self.limits, sopts)
+            return search.run(self.evaluate, prepare=self.prepare, on_trial=on_trial, stop=stop)
         except KeyboardInterrupt:
             self.interrupted = True
             self.log("interrupted: keeping what was tuned so far")
@@ -156,7 +169,6 @@ class GpuTuner(Tuner):
         self.info = info = gpu_info()
         self._start(problem, opts, log)  # nothing is written to the database before tuning starts
         from ..device.context import GpuProblem  # noqa: PLC0415
-        from ..device.kernel import build_kernel  # noqa: PLC0415
         self.limits = info.limits()
         self.gpu_name = info.name
         log(f"problem {problem.key()}: nnz={problem.nnz}, {problem.flops / 1e6:.1f} MFLOP; GPU {info.name} "
@@ -169,7 +181,24 @@ class GpuTuner(Tuner):
         self.given_up = 0  # candidates not timed in full (give_up_above_us)
         with self._phase("init"):
             self.ctx = GpuProblem(problem, info, seed=opts.seed)
-        self.prepare = lambda fam, cfg: build_kernel(self.ctx.a_dev, fam, cfg, problem.dtype)
+
+    @classmethod
+    def device_name(cls) -> str:
+        from ..device.gpu import gpu_info  # noqa: PLC0415
+        return gpu_info().name
+
+    @classmethod
+    def devices(cls, k: int) -> list[str]:
+        from ..device.gpu import cupy, gpu_info  # noqa: PLC0415
+        gpu_info()  # no GPU: one line, exit 2
+        count = cupy().cuda.runtime.getDeviceCount()
+        env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return [d.strip() for d in env.split(",") if d.strip()][:count] if env else [str(i) for i in range(count)]
+
+    def prepare(self, family: str, cfg: dict):
+        """The candidate's kernel, compiled (outside the GPU's turn, in the search's threads); evaluate times it."""
+        from ..device.kernel import build_kernel  # noqa: PLC0415
+        return build_kernel(self.ctx.a_dev, family, cfg, self.problem.dtype)
 
     @contextmanager
     def _phase(self, name: str):
@@ -181,12 +210,13 @@ class GpuTuner(Tuner):
         finally:
             self.turn_s[name] += self.turn.held_s - held0
 
-    def evaluate(self, family: str, cfg: dict):
-        from ..device.kernel import build_kernel  # noqa: PLC0415
+    def evaluate(self, family: str, cfg: dict, kern=None):
+        """Verify and time one candidate: its kernel from prepare (built here without one)."""
         from ..device.timing import time_launches  # noqa: PLC0415
         from ..device.verify import check  # noqa: PLC0415
         ctx, problem = self.ctx, self.problem
-        kern = build_kernel(ctx.a_dev, family, cfg, problem.dtype)  # compiled already by prepare (outside the turn)
+        if kern is None:
+            kern = self.prepare(family, cfg)
         with self._phase("trials"):
             t0 = time.perf_counter()
             b, ref = ctx.fresh_check()
@@ -217,12 +247,11 @@ class GpuTuner(Tuner):
         self._check_found(res)
         from ..device.baselines import time_baselines  # noqa: PLC0415
         from ..device.ceilings import ceilings, floor_us  # noqa: PLC0415
-        from ..device.kernel import build_kernel  # noqa: PLC0415
         from ..device.timing import time_launches  # noqa: PLC0415
         from ..device.verify import check  # noqa: PLC0415
         problem, ctx, info, opts, db = self.problem, self.ctx, self.info, self.opts, self.db
         name = self.study_name()
-        kern = build_kernel(ctx.a_dev, res.best_family, res.best_config, problem.dtype)
+        kern = self.prepare(res.best_family, res.best_config)
         with self._phase("finish"):
             b, ref = ctx.fresh_check()
             err = check(lambda: kern(b, ctx.c), ctx.c, ref, problem.dtype)
@@ -305,79 +334,26 @@ def _assert_context_alive():
                         "the run stops, the trials so far are kept in the study") from None
 
 
-SYNTHETIC_ENV = "SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE"
-SYNTHETIC_GPU = "Synthetic GPU (test only)"
+TUNER_ENV = "SPARSE_AUTOTUNE_TUNER"
 
 
-def synthetic_value(family: str, cfg: dict) -> float:
-    """The synthetic objective: a deterministic pseudo-time in [1, 10) us from a hash of the config."""
-    h = hashlib.sha256((family + json.dumps(cfg, sort_keys=True)).encode()).hexdigest()
-    return 1.0 + 9.0 * int(h[:12], 16) / 16**12
-
-
-class SyntheticTuner(Tuner):
-    """TEST ONLY (scale-out workers with $SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE=1): no GPU is touched. A trial's value
-    is synthetic_value(config) after $SPARSE_AUTOTUNE_SYNTHETIC_SLEEP seconds; the GPU is named
-    $SPARSE_AUTOTUNE_SYNTHETIC_GPU (default "Synthetic GPU (test only)"); finish() stores the search's best as a
-    record whose versions read "synthetic". With $SPARSE_AUTOTUNE_SYNTHETIC_LOG, every trial told is appended to that
-    file as a JSON line (worker, trial number, state, value)."""
-
-    def __init__(self, problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sys.stderr)):
-        from ..core.space import DEFAULT_LIMITS  # noqa: PLC0415
-        self._start(problem, opts, log)
-        self.limits = dict(DEFAULT_LIMITS)
-        self.gpu_name = os.environ.get("SPARSE_AUTOTUNE_SYNTHETIC_GPU") or SYNTHETIC_GPU
-        self.sleep = float(os.environ.get("SPARSE_AUTOTUNE_SYNTHETIC_SLEEP") or 0)
-        self.trial_log = os.environ.get("SPARSE_AUTOTUNE_SYNTHETIC_LOG")
-        self.worker = None
-
-    def evaluate(self, family: str, cfg: dict):
-        if self.sleep:
-            time.sleep(self.sleep)
-        return synthetic_value(family, cfg), {"synthetic": True}
-
-    def on_trial(self, frozen) -> None:
-        if self.trial_log:
-            line = json.dumps({"worker": frozen.user_attrs.get("worker"), "pid": os.getpid(),
-                               "study": self.study_name(), "number": frozen.number, "state": frozen.state.name,
-                               "value": frozen.value, "repeat": bool(frozen.user_attrs.get("repeat_of_earlier_trial"))})
-            with open(self.trial_log, "a") as fh:
-                fh.write(line + "\n")
-
-    def finish(self, res) -> dict:
-        self._check_found(res)
-        problem, name = self.problem, self.study_name()
-        rec = Record(
-            gpu_name=self.gpu_name, gpu_cc="0.0", m=problem.m, k=problem.k, n=problem.n, density=problem.density,
-            dtype=problem.dtype, pattern=problem.pattern, family=res.best_family,
-            config_json=json.dumps(res.best_config, sort_keys=True), time_us=res.best_value,
-            gflops=problem.flops / (res.best_value * 1e-6) / 1e9, max_rel_err=0.0,
-            trials=res.complete + res.failed, matrix_hash=problem.fingerprint(), study_name=name,
-            package_version=__version__, cuda_version="synthetic", driver_version="synthetic",
-            cupy_version="synthetic", created_at=_dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None))
-        self.db.store(rec)
-        self.db.dispose()
-        none = {"cusparse_us": None, "cusparse_alg": None, "cublas_fp32_us": None, "cublas_tf32_us": None,
-                "cublas_fp16_us": None}
-        return {
-            "problem": problem_dict(problem), "gpu": self.gpu_name, "cc": "0.0", "driver": "synthetic",
-            "cuda": "synthetic", "cupy": "synthetic", "package_version": __version__, "synthetic": True,
-            "best": {"family": res.best_family, "config": res.best_config, "time_us": res.best_value,
-                     "gflops": rec.gflops, "max_rel_err": 0.0, "timing_spread": None, "timing": "synthetic",
-                     "search_time_us": res.best_value},
-            "baselines": none, "baseline_errors": {}, "baseline_timing": {},
-            "speedup": {"vs_cusparse": None, "vs_cublas_fp32": None, "vs_cublas_tf32": None, "vs_cublas_fp16": None},
-            "floor_us": None, "ceilings": {},
-            "trials": trials_dict(res, self.opts, self.interrupted),
-            "study": name, "db": self.db.label, "record_id": rec.id, "record_is_best": rec.is_best,
-            "elapsed_s": time.time() - self.t_start,
-        }
-
-
-def synthetic_mode() -> bool:
-    return os.environ.get(SYNTHETIC_ENV, "") not in ("", "0")
+def tuner_class() -> type[Tuner]:
+    """The tuner a worker process (and make_tuner) uses: GpuTuner, or the Tuner subclass that $SPARSE_AUTOTUNE_TUNER
+    names as `module:Class` (importable where the workers run), e.g. the tests' synthetic tuner, which needs no GPU."""
+    spec = os.environ.get(TUNER_ENV, "").strip()
+    if not spec:
+        return GpuTuner
+    module, _, name = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"${TUNER_ENV}={spec!r}: cannot import it ({why}); expected module:Class") from None
+    if not (isinstance(cls, type) and issubclass(cls, Tuner)):
+        raise UserError(f"${TUNER_ENV}={spec!r} is not a Tuner subclass")
+    return cls
 
 
 def make_tuner(problem: Problem, opts: TuneOptions, log=lambda msg: print(msg, file=sys.stderr)) -> Tuner:
-    """The GPU tuner, or (test only, $SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE=1) the synthetic one."""
-    return (SyntheticTuner if synthetic_mode() else GpuTuner)(problem, opts, log)
+    """The tuner of tuner_class() for one problem."""
+    return tuner_class()(problem, opts, log)

@@ -1,4 +1,4 @@
-"""Tune a whole model: read a checkpoint, find its layers, prune them, tune each distinct problem once.
+"""Model checkpoints on the CPU: read them, find their layers, prune them, write bundles, plan the distinct problems.
 
 Checkpoints
   .safetensors   read with safetensors.numpy (no PyTorch needed; bfloat16 tensors are not readable by NumPy)
@@ -30,24 +30,18 @@ Dedup
 """
 from __future__ import annotations
 
-import datetime as _dt
 import fnmatch
 import json
 import re
 import sys
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
-from sqlalchemy import DateTime, Float, Integer, String, UniqueConstraint, delete, inspect, select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from ..errors import UserError
-from ..core.problem import Problem, check_density, check_dtype
+from .problem import Problem, check_density, check_dtype
 
 BUNDLE_KEY = "__sparse_autotune_bundle__"
 BUNDLE_FORMAT = 1
@@ -447,181 +441,3 @@ def plan(layers: list[Layer], ns: dict[str, list[int]], dtypes) -> list[Job]:
                 else:
                     jobs[key] = Job(lay.shape[0], lay.shape[1], key[2], dt, n, [lay])
     return list(jobs.values())
-
-
-# ---- which model layer maps to which problem (a table in the tuning database) ---------------------------
-
-
-class ModelBase(DeclarativeBase):
-    pass
-
-
-class ModelLayer(ModelBase):
-    """One layer of a tuned model at one (N, dtype) on one GPU, and the problem (study) that covers it.
-
-    A table of its own, created where missing: files without it stay readable by every version (it is not part
-    of the records schema, so the schema version is unchanged), and `db export/merge` copy records only."""
-
-    __tablename__ = "sat_model_layers"
-    __table_args__ = (UniqueConstraint("model", "layer", "n", "dtype", "gpu_name", name="uq_sat_model_layer"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    model: Mapped[str] = mapped_column(String(255), index=True)
-    layer: Mapped[str] = mapped_column(String(512))
-    kind: Mapped[str] = mapped_column(String(16))
-    gpu_name: Mapped[str] = mapped_column(String(128))
-    m: Mapped[int] = mapped_column(Integer)
-    k: Mapped[int] = mapped_column(Integer)
-    n: Mapped[int] = mapped_column(Integer)
-    nnz: Mapped[int] = mapped_column(Integer)
-    density: Mapped[float] = mapped_column(Float)  # this layer's own density
-    problem_density: Mapped[float] = mapped_column(Float)  # the tuned problem's (the representative's) density
-    dtype: Mapped[str] = mapped_column(String(8))
-    representative: Mapped[str] = mapped_column(String(512))  # the layer whose matrix was tuned
-    study_name: Mapped[str] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(16))  # done | interrupted | failed
-    record_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    position: Mapped[int] = mapped_column(Integer)  # the layer's index in the checkpoint
-    updated_at: Mapped[_dt.datetime] = mapped_column(DateTime)
-
-
-def ensure_model_table(db) -> None:
-    try:
-        with db._writing() as conn:
-            ModelBase.metadata.create_all(conn)
-    except SQLAlchemyError as exc:
-        raise UserError(f"cannot write database {db.label!r}: {_first_line(exc)}") from None
-
-
-def has_model_table(engine) -> bool:
-    try:
-        with engine.connect() as conn:
-            return ModelLayer.__tablename__ in inspect(conn).get_table_names()
-    except SQLAlchemyError:
-        return False
-
-
-def model_layers(engine, model: str | None = None, gpu: str | None = None) -> list[ModelLayer]:
-    if not has_model_table(engine):
-        return []
-    q = select(ModelLayer)
-    if model is not None:
-        q = q.where(ModelLayer.model == model)
-    if gpu is not None:
-        q = q.where(ModelLayer.gpu_name == gpu)
-    with Session(engine, expire_on_commit=False) as s:
-        return list(s.scalars(q.order_by(ModelLayer.model, ModelLayer.dtype, ModelLayer.n, ModelLayer.position)))
-
-
-def _write_rows(db, model: str, gpu: str, job: Job, problem: Problem, name: str, status: str,
-                record_id: int | None, positions: dict):
-    now = _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
-    try:
-        with db._write_session() as s:
-            for lay in job.layers:
-                s.execute(delete(ModelLayer).where(ModelLayer.model == model, ModelLayer.layer == lay.name,
-                                                   ModelLayer.n == job.n, ModelLayer.dtype == job.dtype,
-                                                   ModelLayer.gpu_name == gpu))
-                s.add(ModelLayer(model=model, layer=lay.name, kind=lay.kind, gpu_name=gpu, m=job.m, k=job.k, n=job.n,
-                                 nnz=lay.nnz, density=round(lay.density, 6), problem_density=problem.density,
-                                 dtype=job.dtype, representative=job.rep.name, study_name=name, status=status,
-                                 record_id=record_id, position=positions[lay.name], updated_at=now))
-    except SQLAlchemyError as exc:
-        raise UserError(f"cannot write database {db.label!r}: {_first_line(exc)}") from None
-
-
-def _is_done(db, name: str, budget: int) -> tuple[bool, int | None]:
-    """A problem is done when a record of its study spent the trial budget (a larger budget tunes it further), or
-    a model row says it is done and no record exists (nothing could run)."""
-    from ..store.db import Record  # noqa: PLC0415
-    with Session(db.engine) as s:
-        row = s.scalars(select(ModelLayer).where(ModelLayer.study_name == name, ModelLayer.status == "done")
-                        .order_by(ModelLayer.id.desc()).limit(1)).first()
-        rec = s.scalars(select(Record).where(Record.study_name == name).order_by(Record.trials.desc(), Record.id.desc())
-                        .limit(1)).first()
-        if rec is not None and rec.trials >= budget:
-            return True, rec.id
-        if row is not None and rec is None:
-            return True, row.record_id
-    return False, None
-
-
-# ---- tune a model ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class ModelTuneResult:
-    model: str
-    layers: int
-    problems: int
-    tuned: int = 0
-    skipped: int = 0  # done in an earlier run
-    failed: int = 0
-    interrupted: bool = False
-    stopped: str = "done"
-    reports: list = field(default_factory=list)
-
-
-def tune_model(model: str, layers: list[Layer], jobs: list[Job], opts, gpu_name: str,
-               tuner: Callable | None = None, progress: bool = True, budget_s: float | None = None,
-               log=lambda msg: print(msg, file=sys.stderr)) -> ModelTuneResult:
-    """Tune each job (distinct problem) with `tuner(problem, opts, log)` (default: tune.tune on this GPU), record
-    which layers map to it, skip jobs done by an earlier run, stop cleanly on Ctrl-C (KeyboardInterrupt) keeping
-    what was tuned. `gpu_name` names the studies (tune.study_name); `tuner` is a hook for synthetic tests."""
-    from ..tuning.tuner import study_name  # noqa: PLC0415
-    from ..store.db import TuningDB  # noqa: PLC0415
-    if tuner is None:
-        from ..tuning.tuner import tune as tuner  # noqa: PLC0415
-    db = TuningDB(opts.db, create=True)
-    ensure_model_table(db)
-    positions = {lay.name: i for i, lay in enumerate(layers)}
-    res = ModelTuneResult(model, len(layers), len(jobs))
-    bar = None
-    if progress:
-        from tqdm import tqdm  # noqa: PLC0415
-        bar = tqdm(total=len(jobs), desc=f"{model}", unit="problem", file=sys.stderr, dynamic_ncols=True, position=0)
-    t0 = time.time()
-    try:
-        for job in jobs:
-            problem = job.problem()
-            name = study_name(problem, gpu_name)
-            done, rec_id = _is_done(db, name, opts.trials)
-            what = f"{job.m}x{job.k} d={job.density:g} {job.dtype} N={job.n} ({len(job.layers)} layer(s))"
-            if done:
-                _write_rows(db, model, gpu_name, job, problem, name, "done", rec_id, positions)
-                res.skipped += 1
-                if bar is not None:
-                    bar.update(1)
-                continue
-            if budget_s is not None and time.time() - t0 > budget_s:
-                res.stopped = "time budget"
-                log(f"time budget reached after {res.tuned} problem(s); run the same command again to go on")
-                break
-            if bar is not None:
-                bar.set_postfix_str(what)
-            try:
-                rep = tuner(problem, replace(opts, progress=progress and opts.progress), log)
-            except UserError as exc:
-                res.failed += 1
-                log(f"problem {what} failed: {exc}")
-                _write_rows(db, model, gpu_name, job, problem, name, "failed", None, positions)
-                if bar is not None:
-                    bar.update(1)
-                continue
-            if rep["trials"]["stopped"] == "interrupted":  # tune() caught the Ctrl-C and stored the best so far
-                _write_rows(db, model, gpu_name, job, problem, name, "interrupted", rep["record_id"], positions)
-                raise KeyboardInterrupt
-            _write_rows(db, model, gpu_name, job, problem, name, "done", rep["record_id"], positions)
-            res.tuned += 1
-            res.reports.append(rep)
-            if bar is not None:
-                bar.update(1)
-    except KeyboardInterrupt:
-        res.interrupted = True
-        res.stopped = "interrupted"
-        log(f"interrupted: {res.tuned + res.skipped} of {res.problems} problems are done and kept in {db.label}; "
-            "run the same command again to resume")
-    finally:
-        if bar is not None:
-            bar.close()
-        db.dispose()
-    return res
