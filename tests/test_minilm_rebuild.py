@@ -1,28 +1,35 @@
-"""bench/minilm_common.py on the CPU: a tiny random BERT written in the carried format (sparse bundle + dense npz +
+"""examples/minilm/common.py on the CPU: a tiny random BERT written in the carried format (sparse bundle + dense npz +
 config + tokenizer files) is rebuilt with the same outputs as the original with the same masked weights.
 Needs torch and transformers (not in the test extra): skipped without them."""
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sparse_autotune.tuning import checkpoint as mdl
+from sparse_autotune.core import checkpoint as mdl
 
 ROOT = Path(__file__).resolve().parent.parent
+COMMON = ROOT / "examples" / "minilm" / "common.py"
+
+
+def _load_common():
+    """The example's common.py as a module of its own name (not `common` on sys.path, which others may use)."""
+    spec = importlib.util.spec_from_file_location("minilm_example_common", COMMON)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def test_tiny_bert_rebuild_matches_masked_original(tmp_path):
     torch = pytest.importorskip("torch", reason="torch is not installed (not in the test extra)")
     transformers = pytest.importorskip("transformers", reason="transformers is not installed (not in the test extra)")
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from minilm_common import ENCODER_LINEARS, build_encoder, cosines, embed, encoder_linears
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    common = _load_common()
+    ENCODER_LINEARS, build_encoder, cosines = common.ENCODER_LINEARS, common.build_encoder, common.cosines
+    embed, encoder_linears = common.embed, common.encoder_linears
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "man", "is", "eating", "food", "the", "girl", "runs"]
     cfg = transformers.BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=64, max_position_embeddings=64)

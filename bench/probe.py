@@ -1,0 +1,700 @@
+"""The probe tool: measure kernel configs on the GPU outside a search, the way the tuner measures a candidate.
+
+    python3 bench/probe.py ab --family tc_gather --param prefetch --a 0 --b 1 \\
+        --case 512x2048:256:0.1:fp16 --case 3072x768:2048:0.05:fp16 [--pairs 12] [--out STEM]
+    python3 bench/probe.py sweep [--case C ...] [--families F,G] [--samples 60] [--filter JSON] [--out STEM]
+    python3 bench/probe.py config --case C --family F --config JSON [--baselines] [--out STEM]
+    python3 bench/probe.py profile --case C (--db PATH | --family F --config JSON) [--launches 5] [--ncu [FILE]]
+    python3 bench/probe.py baselines [--case C ...] [--out STEM]
+    python3 bench/probe.py overhead [--out DIR]
+
+A case is MxK:N:density:dtype[:pattern], the suite's random matrix (seed 0). Every config is measured as the
+tuner measures a candidate: built (device.kernel.build_kernel), verified against float64 on a fresh B
+(device.verify.check), then timed by CUDA-graph replay over the context's B buffers rotated past L2
+(device.timing.time_launches on device.context.GpuProblem; median of 20). Baselines are device.baselines'.
+
+  ab         paired A/B of one parameter: --pairs feasible configs with the parameter at A (seeded), each one's twin
+             at B, timed A, B, A (the spread of A's two timings is the noise); per case the geomean of B/A
+  sweep      the defaults and --samples random feasible configs of each family (--filter '{"fam": {"p": [v, ..]}}'
+             keeps only the named families, at those values); the best per family
+  config     one config on each case, and with --baselines cuSPARSE and cuBLAS timed the same way
+  profile    one config (the database's best record for the case, or --family/--config) verified, then launched
+             --launches times for Nsight Compute; --ncu runs this under `ncu` (kernel spmm_kernel, the third
+             launch) and writes its report to FILE (default OUTDIR/ncu/ncu-FAMILY-CASE.txt)
+  baselines  our baselines against PyTorch's (dense fp32, tf32, fp16, sparse CSR), both timed by time_launches
+  overhead   host cost per call: cached lookup (CPU), and on a GPU the kernel launch, op(B) with CuPy and PyTorch,
+             SparseLinear and a CUDA-graph replay (wall time over thousands of calls on a 64x64 problem)
+
+Outputs: STEM.json and STEM.md (overhead: DIR/runtime-overhead-<gpu or cpu>.{json,md}), with the GPU, driver,
+CUDA and CuPy versions. The default output folder is $OUT if set (device calls), else bench/results/probe.
+Bad input: one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout without installing it
+    sys.path.insert(0, str(ROOT))
+
+from sparse_autotune.core.problem import Problem, check_density, check_dtype, check_n, parse_shape  # noqa: E402
+from sparse_autotune.errors import CandidateError, UserError, exit_status  # noqa: E402
+
+DEFAULT_CASES = ("512x2048:256:0.1:fp32", "512x2048:256:0.1:fp16", "768x3072:512:0.05:fp32")
+NCU_SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "Occupancy", "LaunchStats", "WarpStateStats",
+                "SchedulerStats")
+
+
+# ---- cases, outputs ----
+
+@dataclass(frozen=True)
+class Case:
+    M: int
+    K: int
+    N: int
+    density: float
+    dtype: str
+    pattern: str = "uniform"
+
+    def label(self) -> str:
+        return f"{self.M}x{self.K} N={self.N} d={self.density:g} {self.dtype} {self.pattern}"
+
+    def slug(self) -> str:
+        return f"{self.M}x{self.K}-n{self.N}-d{self.density:g}-{self.dtype}-{self.pattern}"
+
+    def problem(self) -> Problem:
+        return Problem.random(self.M, self.K, self.N, self.density, self.dtype, self.pattern, seed=0)
+
+
+def parse_case(text: str) -> Case:
+    parts = text.split(":")
+    if len(parts) not in (4, 5):
+        raise UserError(f"case {text!r}: expected MxK:N:density:dtype[:pattern], e.g. 512x2048:256:0.1:fp16")
+    m, k = parse_shape(parts[0])
+    try:
+        n, d = int(parts[1]), float(parts[2])
+    except ValueError:
+        raise UserError(f"case {text!r}: N must be an integer and the density a number") from None
+    from sparse_autotune.core.problem import PATTERNS  # noqa: PLC0415
+    pattern = parts[4] if len(parts) == 5 else "uniform"
+    if pattern not in PATTERNS:
+        raise UserError(f"case {text!r}: unknown pattern {pattern!r} (choose {', '.join(PATTERNS)})")
+    return Case(m, k, check_n(n), check_density(d), check_dtype(parts[3]), pattern)
+
+
+def parse_config(text: str) -> dict:
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--config is not JSON: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise UserError("--config must be a JSON object, e.g. '{\"rows_per_block\": 32}'")
+    return cfg
+
+
+def value(text: str):
+    """A parameter value as the space declares it: int, float, else the string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def out_dir() -> Path:
+    return Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "bench" / "results" / "probe"
+
+
+def stem(given: str | None, default: str) -> Path:
+    p = Path(given) if given else out_dir() / default
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def write(path: Path, data: dict, lines: list[str]) -> None:
+    """PATH.json (data) and PATH.md (lines), and the Markdown on stdout."""
+    Path(f"{path}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    Path(f"{path}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    print(f"wrote {path}.json and {path}.md", file=sys.stderr, flush=True)
+
+
+def fmt(x, nd: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- the device: one context per case, one way to measure a config ----
+
+class Device:
+    def __init__(self):
+        from sparse_autotune.device.gpu import gpu_info  # noqa: PLC0415
+        self.info = gpu_info()  # no GPU: one line, exit 2
+        v = self.info.versions()
+        self.meta = {"gpu": v["gpu"], "cc": v["cc"], "driver": v["driver"], "cuda": v["cuda"], "cupy": v["cupy"],
+                     "date": dt.date.today().isoformat()}
+
+    def versions_line(self) -> str:
+        m = self.meta
+        return f"{m['gpu']}, driver {m['driver']}, CUDA {m['cuda']}, CuPy {m['cupy']}, {m['date']}"
+
+    def context(self, case: Case):
+        from sparse_autotune.device.context import GpuProblem  # noqa: PLC0415
+        return GpuProblem(case.problem(), self.info)
+
+    def env(self, ctx) -> dict:
+        from sparse_autotune.core.space import problem_env  # noqa: PLC0415
+        p = ctx.problem
+        return problem_env(p.m, p.k, p.n, p.nnz, p.dtype)
+
+    def kernel(self, ctx, family: str, cfg: dict):
+        from sparse_autotune.device.kernel import build_kernel  # noqa: PLC0415
+        return build_kernel(ctx.a_dev, family, cfg, ctx.problem.dtype)
+
+    def measure(self, ctx, family: str, cfg: dict) -> dict:
+        """Build, verify (fresh B, float64 reference) and time one config: the tuner's candidate measurement.
+        CandidateError when it does not compile, launch or verify."""
+        from sparse_autotune.device.timing import time_launches  # noqa: PLC0415
+        from sparse_autotune.device.verify import check  # noqa: PLC0415
+        kern = self.kernel(ctx, family, cfg)
+        b, ref = ctx.fresh_check()
+        err = check(lambda: kern(b, ctx.c), ctx.c, ref, ctx.problem.dtype)
+        try:
+            t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs])
+        except Exception as exc:  # noqa: BLE001 - as the tuner: a failed timing is a failed candidate
+            raise CandidateError("time", str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        return {"time_us": t.median_us, "min_us": t.min_us, "spread": t.spread, "timing": t.method,
+                "rel_err": err, "gflops": ctx.problem.flops / (t.median_us * 1e-6) / 1e9}
+
+    def baselines(self, ctx) -> dict:
+        from sparse_autotune.device.baselines import time_baselines  # noqa: PLC0415
+        return time_baselines(ctx, log)
+
+
+def _space(family: str):
+    from sparse_autotune.core.space import get_space  # noqa: PLC0415
+    return get_space(family)
+
+
+# ---- ab ----
+
+def cmd_ab(a) -> int:
+    cases = [parse_case(c) for c in a.case]
+    va, vb = value(a.a), value(a.b)
+    if a.pairs <= 0:
+        raise UserError(f"--pairs must be positive (got {a.pairs})")
+    space = _space(a.family)
+    if a.param not in {p.name for p in space.params}:
+        raise UserError(f"{a.family} has no parameter {a.param!r}")
+    dev = Device()
+    limits = dev.info.limits()
+    rows, summary = [], []
+    from sparse_autotune.tuning.suite import geomean  # noqa: PLC0415
+    for case in cases:
+        ctx = dev.context(case)
+        env = dev.env(ctx)
+        feas = [c for c in space.feasible(case.dtype, env, limits) if c.get(a.param) == va]
+        feas = [c for c in feas if space.check({**c, a.param: vb}, env, limits) is None]
+        picks = random.Random(0).sample(feas, min(a.pairs, len(feas)))
+        log(f"== {case.label()}: {len(picks)} pairs of {len(feas)}")
+        case_rows = []
+        for cfg in picks:
+            twin = {**cfg, a.param: vb}
+            try:
+                ta1 = dev.measure(ctx, a.family, cfg)["time_us"]
+                tb = dev.measure(ctx, a.family, twin)["time_us"]
+                ta2 = dev.measure(ctx, a.family, cfg)["time_us"]
+            except CandidateError as exc:
+                log(f"   {json.dumps(cfg, sort_keys=True)}: {exc}")
+                case_rows.append({"config": cfg, "error": str(exc)})
+                continue
+            ta = min(ta1, ta2)
+            case_rows.append({"config": cfg, "a_us": ta, "a_again_us": max(ta1, ta2), "b_us": tb, "b_over_a": tb / ta,
+                              "noise": abs(ta1 - ta2) / ta})
+            log(f"   A {ta:8.2f} us  B {tb:8.2f} us  B/A {tb / ta:5.2f}  (A twice: {ta1:.2f}, {ta2:.2f})")
+        ok = [r for r in case_rows if "error" not in r]
+        summary.append({"case": asdict(case), "pairs": len(ok), "errors": len(case_rows) - len(ok),
+                        "geomean_b_over_a": geomean(r["b_over_a"] for r in ok),
+                        "best_a_us": min((r["a_us"] for r in ok), default=None),
+                        "best_b_us": min((r["b_us"] for r in ok), default=None),
+                        "median_noise": sorted(r["noise"] for r in ok)[len(ok) // 2] if ok else None})
+        rows.append({"case": asdict(case), "pairs": case_rows})
+    lines = [f"# {a.family}: {a.param} = {vb} (B) against {va} (A)", "",
+             f"{dev.versions_line()}. Paired configs (the same but for {a.param}), verified, timed A, B, A "
+             "(CUDA-graph replay, median of 20); B/A < 1: B is faster.", "",
+             "| case | pairs | geomean B/A | best A us | best B us | median noise (A twice) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for s, case in zip(summary, cases):
+        lines.append(f"| {case.label()} | {s['pairs']} | {fmt(s['geomean_b_over_a'])} | {fmt(s['best_a_us'])} | "
+                     f"{fmt(s['best_b_us'])} | {fmt(s['median_noise'], 3)} |")
+    write(stem(a.out, f"ab-{a.param}"), {**dev.meta, "family": a.family, "param": a.param, "a": va, "b": vb,
+                                         "summary": summary, "cases": rows}, lines)
+    return 0
+
+
+# ---- sweep ----
+
+def cmd_sweep(a) -> int:
+    from sparse_autotune.core.space import select_spaces  # noqa: PLC0415
+    cases = [parse_case(c) for c in (a.case or DEFAULT_CASES)]
+    if a.samples < 0:
+        raise UserError(f"--samples must be >= 0 (got {a.samples})")
+    filt = None
+    if a.filter:
+        try:
+            filt = json.loads(a.filter)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--filter is not JSON: {exc}") from None
+        if not isinstance(filt, dict) or not all(isinstance(v, dict) for v in filt.values()):
+            raise UserError('--filter must map families to {param: [values]}, e.g. \'{"csr_rowsplit": {"vec": [4]}}\'')
+    spaces = select_spaces(a.families if a.families else (sorted(filt) if filt else None))
+    dev = Device()
+    limits = dev.info.limits()
+    results, lines = [], ["# Sweep: random feasible configs of each family", "",
+                          f"{dev.versions_line()}. {a.samples} random feasible configs per family"
+                          f"{' (filtered: ' + json.dumps(filt) + ')' if filt else ' plus its defaults'}, "
+                          "each verified and timed as the tuner does (CUDA-graph replay, median of 20).", "",
+                          "| case | family | ok | failed | best us | best default us | best config |",
+                          "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    for case in cases:
+        ctx = dev.context(case)
+        env = dev.env(ctx)
+        log(f"== {case.label()}")
+        for space in spaces:
+            if not space.supports(case.dtype):
+                continue
+            feas = list(space.feasible(case.dtype, env, limits))
+            rng = random.Random(0)
+            defaults = []
+            if filt is not None:
+                want = filt.get(space.family, {})
+                feas = [c for c in feas if all(c.get(p) in v for p, v in want.items())]
+            else:
+                defaults = space.defaults(case.dtype, env, limits)
+            cfgs = defaults + rng.sample(feas, min(a.samples, len(feas)))
+            ok, failed = [], []
+            t0 = time.time()
+            for i, cfg in enumerate(cfgs):
+                try:
+                    ok.append({"config": cfg, "default": i < len(defaults), **dev.measure(ctx, space.family, cfg)})
+                except CandidateError as exc:
+                    failed.append({"config": cfg, "error": str(exc)})
+                    log(f"  FAIL {space.family} {json.dumps(cfg, sort_keys=True)}: {exc}")
+            ok.sort(key=lambda r: r["time_us"])
+            best_default = min((r["time_us"] for r in ok if r["default"]), default=None)
+            log(f"  {space.family}: {len(ok)} ok, {len(failed)} failed in {time.time() - t0:.0f} s; best "
+                f"{fmt(ok[0]['time_us'] if ok else None)} us, best default {fmt(best_default)} us")
+            for r in ok[:4]:
+                log(f"    {r['time_us']:7.2f} us  {json.dumps(r['config'], sort_keys=True)}")
+            results.append({"case": asdict(case), "family": space.family, "ok": len(ok), "failed": failed,
+                            "best_default_us": best_default, "top": ok[:8]})
+            lines.append(f"| {case.label()} | {space.family} | {len(ok)} | {len(failed)} | "
+                         f"{fmt(ok[0]['time_us'] if ok else None)} | {fmt(best_default)} | "
+                         f"{'`' + json.dumps(ok[0]['config'], sort_keys=True) + '`' if ok else ''} |")
+    write(stem(a.out, f"sweep-{_slug(dev)}"), {**dev.meta, "samples": a.samples, "filter": filt,
+                                              "results": results}, lines)
+    return 0
+
+
+def _slug(dev: Device) -> str:
+    from sparse_autotune.device.gpu import gpu_slug  # noqa: PLC0415
+    return gpu_slug(dev.info.name)
+
+
+# ---- config ----
+
+def cmd_config(a) -> int:
+    cases = [parse_case(c) for c in a.case]
+    cfg = parse_config(a.config)
+    space = _space(a.family)
+    dev = Device()
+    rows = []
+    lines = [f"# {a.family} {json.dumps(cfg, sort_keys=True)}", "", f"{dev.versions_line()}.", "",
+             "| case | time us | GFLOP/s | rel. error | timing | cuSPARSE us | cuBLAS fp32 / tf32 / fp16 us |",
+             "| --- | ---: | ---: | ---: | --- | ---: | --- |"]
+    for case in cases:
+        ctx = dev.context(case)
+        why = space.check(cfg, dev.env(ctx), dev.info.limits())
+        row = {"case": asdict(case)}
+        try:
+            if why is not None:
+                raise CandidateError("check", why)
+            row.update(dev.measure(ctx, a.family, cfg))
+        except CandidateError as exc:
+            row["error"] = str(exc)
+        base = dev.baselines(ctx) if a.baselines else {}
+        row["baselines"] = base
+        rows.append(row)
+        dense = " / ".join(fmt(base.get(f"cublas_{m}_us")) for m in ("fp32", "tf32", "fp16")) if base else ""
+        if "error" in row:
+            lines.append(f"| {case.label()} | {row['error']} | | | | {fmt(base.get('cusparse_us'))} | {dense} |")
+        else:
+            lines.append(f"| {case.label()} | {row['time_us']:.2f} | {row['gflops']:.0f} | {row['rel_err']:.2g} | "
+                         f"{row['timing']} | {fmt(base.get('cusparse_us')) if base else ''} | {dense} |")
+    write(stem(a.out, f"config-{a.family}-{cases[0].slug()}"), {**dev.meta, "family": a.family, "config": cfg,
+                                                                 "cases": rows}, lines)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+# ---- profile ----
+
+def _record_config(case: Case, db_path: str, gpu_name: str) -> tuple[str, dict, float]:
+    from sparse_autotune.store.db import TuningDB  # noqa: PLC0415
+    db = TuningDB(db_path, create=False, readonly=True)
+    try:
+        rec = db.best(case.M, case.K, case.N, case.density, case.dtype, gpu=gpu_name, pattern=case.pattern)
+    finally:
+        db.dispose()
+    if rec is None:
+        raise UserError(f"no record for {case.label()} on {gpu_name} in {db_path}")
+    return rec.family, json.loads(rec.config_json), rec.time_us
+
+
+def _find_ncu() -> str:
+    found = shutil.which("ncu") or next((str(p) for p in sorted(Path("/usr/local").glob("cuda*/bin/ncu"))), None)
+    if not found:
+        raise UserError("no ncu (Nsight Compute) on this machine: not on PATH nor in /usr/local/cuda*/bin")
+    return found
+
+
+def cmd_profile(a) -> int:
+    case = parse_case(a.case)
+    if a.launches <= 0:
+        raise UserError(f"--launches must be positive (got {a.launches})")
+    if bool(a.family) != bool(a.config):
+        raise UserError("give --family and --config together (or --db for the case's best record)")
+    if not a.family and not a.db:
+        raise UserError("give --db (the case's best record), or --family and --config")
+    cfg = parse_config(a.config) if a.config else None
+    if a.ncu is not None:
+        ncu = _find_ncu()
+        fam = a.family or "best"
+        report = Path(a.ncu) if a.ncu else out_dir() / "ncu" / f"ncu-{fam}-{case.slug()}.txt"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        sections = ["--set", "full"] if a.ncu_full else [x for s in NCU_SECTIONS for x in ("--section", s)]
+        inner = ["profile", "--case", a.case, "--launches", str(a.launches)]
+        inner += ["--family", a.family, "--config", a.config] if a.family else ["--db", a.db]
+        cmd = [ncu, *sections, "-k", "regex:spmm_kernel", "-s", "2", "-c", "1",
+               sys.executable, str(Path(__file__).resolve()), *inner]
+        log("running " + " ".join(cmd) + f" > {report}")
+        with open(report, "w") as fh:
+            rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        log(f"ncu rc={rc}: {report}")
+        return rc
+    dev = Device()
+    if cfg is None:
+        family, cfg, stored = _record_config(case, a.db, dev.info.name)
+    else:
+        family, stored = a.family, None
+    ctx = dev.context(case)
+    print(json.dumps({"family": family, "config": cfg, "time_us": stored, "nnz": ctx.problem.nnz}), flush=True)
+    from sparse_autotune.device.verify import check  # noqa: PLC0415
+    kern = dev.kernel(ctx, family, cfg)
+    b, ref = ctx.fresh_check()
+    check(lambda: kern(b, ctx.c), ctx.c, ref, case.dtype)  # the first launch: verified
+    for i in range(a.launches):
+        kern(ctx.b_bufs[i % len(ctx.b_bufs)], ctx.c)
+    ctx.cp.cuda.runtime.deviceSynchronize()
+    return 0
+
+
+# ---- baselines ----
+
+def cmd_baselines(a) -> int:
+    cases = [parse_case(c) for c in (a.case or ("512x2048:256:0.1:fp32", "512x2048:1024:0.1:fp32"))]
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError:
+        raise UserError("baselines compares with PyTorch: torch is not installed") from None
+    from sparse_autotune.device.gpu import cupy  # noqa: PLC0415
+    from sparse_autotune.device.timing import time_launches  # noqa: PLC0415
+    from sparse_autotune.device.verify import rel_error  # noqa: PLC0415
+    dev = Device()
+    cp = cupy()
+    streams: dict = {}
+
+    def on_cupy_stream(fn):
+        """fn() issued on CuPy's current stream (the one time_launches captures), through a torch view of it."""
+        def run():
+            ptr = cp.cuda.get_current_stream().ptr
+            s = streams.get(ptr)
+            if s is None:
+                s = streams[ptr] = torch.cuda.ExternalStream(ptr)
+            with torch.cuda.stream(s):
+                fn()
+        return run
+
+    def timed(make, out, n: int, ref) -> dict:
+        """make(i) -> the call for B buffer i writing `out`: verified on buffer 0 against the float64 reference,
+        then timed over the n buffers."""
+        try:
+            launches = [on_cupy_stream(make(i)) for i in range(n)]
+            launches[0]()
+            torch.cuda.synchronize()
+            err = rel_error(cp.from_dlpack(out), ref)
+            t = time_launches(launches)
+            return {"us": t.median_us, "timing": t.method + (f" ({t.note})" if t.note else ""), "rel_err": err}
+        except Exception as exc:  # noqa: BLE001 - a path torch does not offer here: say so, keep the others
+            return {"error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"}
+
+    rows = []
+    lines = ["# Baselines: ours against PyTorch's, timed the same way", "",
+             f"{dev.versions_line()}, PyTorch {torch.__version__}. Both sides timed by device.timing.time_launches "
+             "(CUDA-graph replay, B rotated past L2, median of 20); PyTorch's calls issued on the same stream.", "",
+             "| case | path | ours us | PyTorch us | PyTorch / ours | PyTorch rel. error | PyTorch timing |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    for case in cases:
+        ctx = dev.context(case)
+        ours = dev.baselines(ctx)
+        n = len(ctx.b_bufs)
+        a32 = torch.from_dlpack(ctx.a_dense_f32())
+        b32 = [torch.from_dlpack(b).float() for b in ctx.b_bufs]
+        b16 = [b.half() for b in b32]
+        theirs = {}
+        for mode, a_t, bs, tf32 in (("fp32", a32, b32, False), ("tf32", a32, b32, True),
+                                    ("fp16", a32.half(), b16, None)):
+            out = torch.empty(case.M, case.N, device="cuda", dtype=a_t.dtype)
+
+            def make(i, a_t=a_t, bs=bs, out=out, tf32=tf32):
+                def call():
+                    if tf32 is not None:  # read when the call is issued (and captured)
+                        torch.backends.cuda.matmul.allow_tf32 = tf32
+                    torch.matmul(a_t, bs[i], out=out)
+                return call
+            theirs[f"cublas_{mode}"] = timed(make, out, n, ctx.ref)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        a_csr = a32.to_sparse_csr()
+        out = torch.empty(case.M, case.N, device="cuda")
+        theirs["cusparse"] = timed(lambda i: (lambda: torch.mm(a_csr, b32[i], out=out)), out, n, ctx.ref)
+        rows.append({"case": asdict(case), "ours": ours, "torch": theirs})
+        for path in ("cusparse", "cublas_fp32", "cublas_tf32", "cublas_fp16"):
+            o, t = ours.get(f"{path}_us"), theirs[path]
+            if "error" in t:
+                lines.append(f"| {case.label()} | {path} | {fmt(o)} | {t['error']} | | | |")
+            else:
+                lines.append(f"| {case.label()} | {path} | {fmt(o)} | {t['us']:.2f} | "
+                             f"{fmt(t['us'] / o if o else None)} | {t['rel_err']:.2g} | {t['timing']} |")
+    write(stem(a.out, f"baselines-{_slug(dev)}"), {**dev.meta, "torch": torch.__version__, "cases": rows}, lines)
+    return 0
+
+
+# ---- overhead ----
+
+def per_call_us(fn, calls: int = 5000, warm: int = 200, sync=None) -> float:
+    """Host wall time per call of fn() over `calls` calls (after `warm`), synchronising before and after: the
+    host-side cost of a call, what `overhead` measures (kernels are timed on the GPU by time_launches)."""
+    for _ in range(warm):
+        fn()
+    if sync:
+        sync()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if sync:
+        sync()
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
+OVERHEAD_ROWS = (("bare_kernel_launch_us", "bare kernel launch (Kernel call: kern(B, C), CuPy arrays)"),
+                 ("rawkernel_call_us", "CuPy RawKernel call, arguments prebuilt (how Kernel launched before)"),
+                 ("launcher_us", "launcher only (cuLaunchKernel, packed args)"),
+                 ("op_cupy_us", "op(B, out=C), CuPy"), ("op_cupy_alloc_us", "op(B), CuPy, allocating C"),
+                 ("op_torch_us", "op(B, out=C), PyTorch"), ("op_torch_alloc_us", "op(B), PyTorch, allocating C"),
+                 ("sparse_linear_us", "SparseLinear forward, 64x64 at 10 %, x of 16x64"),
+                 ("nn_linear_us", "nn.Linear forward, 64x64, x of 16x64"),
+                 ("graph_replay_us", "op(B, out=C) captured in a torch.cuda.CUDAGraph: one replay"))
+
+
+def _overhead_lookup(res: dict) -> None:
+    """Lookup with 1000 records in a user database: the first (uncached) call and cached calls."""
+    import tempfile  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    from sparse_autotune.store.db import Record, TuningDB  # noqa: PLC0415
+    from sparse_autotune.store.lookup import lookup  # noqa: PLC0415
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "t.sqlite"
+        db = TuningDB(p)
+        rng = np.random.default_rng(0)
+        for i in range(1000):
+            db.store(Record(gpu_name="NVIDIA H100 80GB HBM3", gpu_cc="9.0", m=int(2 ** rng.integers(6, 14)),
+                            k=int(2 ** rng.integers(6, 14)), n=int(2 ** rng.integers(4, 12)),
+                            density=float(rng.choice([0.02, 0.05, 0.1, 0.2, 0.3])), dtype="fp32", pattern="uniform",
+                            family="csr_rowsplit", config_json=json.dumps({"i": i}),
+                            time_us=float(rng.uniform(1, 100)), gflops=1.0, max_rel_err=1e-7, trials=1,
+                            matrix_hash="h", package_version="0", cuda_version="0", driver_version="0",
+                            cupy_version="0", created_at=dt.datetime(2026, 1, 1)))
+        db.dispose()
+
+        def one():
+            return lookup(512, 2048, 256, 0.1, "fp32", gpu="NVIDIA H100 80GB HBM3", cc="9.0", db=p)
+        lookup.cache_clear()
+        res["lookup_first_ms"] = per_call_us(one, calls=1, warm=0) / 1e3
+        res["lookup_cached_us"] = per_call_us(one, calls=20000, warm=0)
+        res["lookup_records"] = 1000
+        lookup.cache_clear()
+
+
+def _overhead_gpu(res: dict) -> None:
+    import numpy as np  # noqa: PLC0415
+
+    import sparse_autotune as sa  # noqa: PLC0415
+    from sparse_autotune.core.problem import random_matrix  # noqa: PLC0415
+    from sparse_autotune.device.gpu import cupy, gpu_info  # noqa: PLC0415
+    cp = cupy()
+    res.update(gpu_info().versions())
+    a = random_matrix(64, 64, 0.1, "uniform", 0, np.float32)  # a tiny kernel: host overhead dominates
+    op = sa.SpMM(a, n_hint=16)
+    kern = op._kernel(16)
+    b = cp.asarray(np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))
+    c = cp.empty((64, 16), cp.float32)
+    sync = cp.cuda.Device().synchronize
+    res["bare_kernel_launch_us"] = per_call_us(lambda: kern(b, c), sync=sync)
+    grid, block = kern.geometry(16)[:2]
+    args16, smem = kern.args(16, b, c), kern.smem_bytes()
+    res["rawkernel_call_us"] = per_call_us(lambda: kern.fn(grid, block, args16, shared_mem=smem), sync=sync)
+    launcher, b_ptr, c_ptr = kern.launcher(16), b.data.ptr, c.data.ptr
+    stream_ptr = cp.cuda.get_current_stream().ptr
+    res["launcher_us"] = per_call_us(lambda: launcher(b_ptr, c_ptr, stream_ptr), sync=sync)
+    res["op_cupy_us"] = per_call_us(lambda: op(b, out=c), sync=sync)
+    res["op_cupy_alloc_us"] = per_call_us(lambda: op(b), sync=sync)
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError:
+        return
+    from sparse_autotune.runtime.nn import SparseLinear  # noqa: PLC0415
+    res["torch"] = torch.__version__
+    tb = torch.as_tensor(b.get()).cuda()
+    tc = torch.empty(64, 16, device="cuda")
+    res["op_torch_us"] = per_call_us(lambda: op(tb, out=tc), sync=sync)
+    res["op_torch_alloc_us"] = per_call_us(lambda: op(tb), sync=sync)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(64, 64).cuda()
+        layer = SparseLinear.from_dense(lin, 0.1, n_hint=16)
+        x = torch.randn(16, 64, device="cuda")  # N = 16 rows of 64 features
+        res["sparse_linear_us"] = per_call_us(lambda: layer(x), sync=sync)
+        res["nn_linear_us"] = per_call_us(lambda: lin(x), sync=sync)
+    try:  # op(B, out=C) captured into a CUDA graph (after the eager calls above planned N = 16), then replayed
+        ref = torch.as_tensor(a.toarray()).cuda() @ tb
+        g = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            op(tb, out=tc)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.graph(g):
+            op(tb, out=tc)
+        tc.zero_()
+        res["graph_replay_us"] = per_call_us(g.replay, sync=torch.cuda.synchronize)
+        torch.cuda.synchronize()
+        res["graph_replay_correct"] = bool(torch.allclose(tc, ref, rtol=1e-4, atol=1e-4))
+    except Exception as exc:  # noqa: BLE001 - report, do not lose the other numbers
+        res["graph_replay_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def cmd_overhead(a) -> int:
+    out = Path(a.out) if a.out else out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    res = {"date": dt.date.today().isoformat()}
+    _overhead_lookup(res)
+    from sparse_autotune.device.gpu import gpu_available  # noqa: PLC0415
+    if gpu_available():
+        _overhead_gpu(res)
+    name = res.get("gpu", "cpu").replace(" ", "-").lower()
+    lines = [f"# Runtime overhead — {res.get('gpu', 'CPU only')}", "",
+             f"Versions: driver {res.get('driver', '-')}, CUDA {res.get('cuda', '-')}, CuPy {res.get('cupy', '-')}"
+             + (f", PyTorch {res['torch']}." if "torch" in res else "."),
+             "Host wall time per call, averaged over thousands of calls on a tiny problem (64x64, N=16) so that the "
+             "host side, not the kernel, is measured (`bench/probe.py overhead`).", "", "| what | per call |",
+             "| --- | ---: |",
+             f"| lookup, first call ({res['lookup_records']} records in the DB) | {res['lookup_first_ms']:.2f} ms |",
+             f"| lookup, cached | {res['lookup_cached_us']:.2f} us |"]
+    lines += [f"| {label} | {res[k]:.2f} us |" for k, label in OVERHEAD_ROWS if k in res]
+    if "graph_replay_correct" in res:
+        lines += ["", f"Graph replay result matches dense A @ B: {res['graph_replay_correct']}."]
+    if "graph_replay_error" in res:
+        lines += ["", f"CUDA-graph capture failed: {res['graph_replay_error']}"]
+    write(out / f"runtime-overhead-{name}", res, lines)
+    return 0
+
+
+# ---- the command line ----
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's usage errors as the package's one-line UserError (exit 2)
+        raise UserError(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="probe.py", description=__doc__.splitlines()[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[1:]))
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    case_help = "MxK:N:density:dtype[:pattern], e.g. 512x2048:256:0.1:fp16"
+
+    ab = sub.add_parser("ab", help="paired A/B of one parameter of one family")
+    ab.add_argument("--family", required=True)
+    ab.add_argument("--param", required=True)
+    ab.add_argument("--a", required=True, help="the baseline value")
+    ab.add_argument("--b", required=True, help="the value tried against it")
+    ab.add_argument("--case", action="append", required=True, help=case_help + " (repeatable)")
+    ab.add_argument("--pairs", type=int, default=12, help="paired configs per case (default 12)")
+    ab.add_argument("--out", help="output stem: OUT.json and OUT.md (default OUTDIR/ab-PARAM)")
+
+    sw = sub.add_parser("sweep", help="defaults and random feasible configs of every family; the best per family")
+    sw.add_argument("--case", action="append", help=case_help + f" (repeatable; default {', '.join(DEFAULT_CASES)})")
+    sw.add_argument("--families", help="comma-separated families (default: the enabled ones, or those of --filter)")
+    sw.add_argument("--samples", type=int, default=60, help="random configs per family and case (default 60)")
+    sw.add_argument("--filter", help='JSON {"family": {"param": [values]}}: only these families, at these values')
+    sw.add_argument("--out", help="output stem (default OUTDIR/sweep-GPU)")
+
+    cf = sub.add_parser("config", help="one config on each case, optionally with the baselines")
+    cf.add_argument("--case", action="append", required=True, help=case_help + " (repeatable)")
+    cf.add_argument("--family", required=True)
+    cf.add_argument("--config", required=True, help="the config as JSON")
+    cf.add_argument("--baselines", action="store_true", help="time cuSPARSE and cuBLAS on each case too")
+    cf.add_argument("--out", help="output stem (default OUTDIR/config-FAMILY-CASE)")
+
+    pr = sub.add_parser("profile", help="launch one config a few times, for Nsight Compute")
+    pr.add_argument("--case", required=True, help=case_help)
+    pr.add_argument("--db", help="tuning database holding the case's best record for this GPU")
+    pr.add_argument("--family", help="with --config: this config instead of a record")
+    pr.add_argument("--config", help="a config as JSON (with --family)")
+    pr.add_argument("--launches", type=int, default=5, help="launches after the verified one (default 5)")
+    pr.add_argument("--ncu", nargs="?", const="", default=None, metavar="FILE",
+                    help="run under ncu; its report into FILE (default OUTDIR/ncu/ncu-FAMILY-CASE.txt)")
+    pr.add_argument("--ncu-full", action="store_true", help="ncu --set full instead of the usual sections")
+
+    bl = sub.add_parser("baselines", help="our baselines against PyTorch's, timed the same way")
+    bl.add_argument("--case", action="append", help=case_help + " (repeatable)")
+    bl.add_argument("--out", help="output stem (default OUTDIR/baselines-GPU)")
+
+    ov = sub.add_parser("overhead", help="host cost per call of lookup and of the runtime operator")
+    ov.add_argument("--out", help="output folder (default OUTDIR): runtime-overhead-<gpu or cpu>.{json,md}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = parser().parse_args(argv)
+    return {"ab": cmd_ab, "profile": cmd_profile, "sweep": cmd_sweep, "config": cmd_config, "baselines": cmd_baselines,
+            "overhead": cmd_overhead}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(exit_status("probe.py", main))

@@ -1,0 +1,165 @@
+"""bench/ on the CPU: the device runner's steps and errors, a suite run through it stopped and resumed from its state
+(the tests' synthetic tuner standing in for the GPU), its hard stop, and the probe tool's errors and CPU part."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from synthetic import synthetic_env
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICE = ROOT / "bench" / "device.sh"
+PROBE = ROOT / "bench" / "probe.py"
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("setsid") is None,
+                                reason="needs bash and setsid")
+
+
+def _run(cmd, env=None, timeout=120):
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+def _one_line_error(proc, prog: str) -> str:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+@needs_bash
+def test_device_runner_plans_its_steps():
+    proc = _run(["bash", str(DEVICE), "--plan", "tests", "-k", "tune", "+", "suite", "dl", "--budget", "300", "+",
+                 "probe", "overhead", "+", "cli", "spaces"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["step 1: tests -k tune", "step 2: suite dl --budget 300",
+                                        "step 3: probe overhead", "step 4: cli spaces"]
+    usage = _run(["bash", str(DEVICE), "--help"])
+    assert usage.returncode == 0 and "bench/device.sh suite dl|quick|llm" in usage.stdout
+
+
+@needs_bash
+@pytest.mark.parametrize("args, says", [
+    ([], None),
+    (["bogus"], "unknown step 'bogus'"),
+    (["tests", "+"], "empty step"),
+    (["suite"], "suite: name a suite"),
+    (["suite", "dl", "--budget", "soon"], "--budget needs a number"),
+    (["suite", "dl", "--nope"], "unknown option '--nope'"),
+    (["probe"], "probe: name a subcommand"),
+    (["cli"], "cli: give the sparse-autotune command"),
+])
+def test_device_runner_refuses_bad_steps_before_running_anything(args, says, tmp_path):
+    proc = _run(["bash", str(DEVICE), "--plan", *args] if args else ["bash", str(DEVICE)],
+                env={**os.environ, "OUT": str(tmp_path / "out")})
+    assert proc.returncode == 2
+    if says is None:  # no step at all: the usage
+        assert "bench/device.sh tests" in proc.stderr
+    else:
+        assert says in _one_line_error(proc, "bench/device.sh")
+    assert not (tmp_path / "out").exists()
+
+
+def _suite_env(tmp_path: Path, out: str, sleep: float, **extra) -> dict:
+    return synthetic_env(sleep=sleep, WHEELS=str(tmp_path / "no-wheels"), OUT=str(tmp_path / out),
+                         STATE=str(tmp_path / "state"), CUPY_CACHE_DIR=str(tmp_path / "cupy-cache"),
+                         SPARSE_AUTOTUNE_DB=str(tmp_path / "user.sqlite"), **extra)
+
+
+def _suite_records(out: Path) -> list[dict]:
+    found = list((out / "results").glob("suite-quick-*.json"))
+    assert len(found) == 1, found
+    return json.loads(found[0].read_text())
+
+
+@needs_bash
+def test_device_runner_suite_stops_at_its_budget_and_resumes_from_its_state(tmp_path):
+    (tmp_path / "state").mkdir()
+    # a trial of 3 s a case: 16 cases take two workers over 24 s, the budget stops claiming after 12
+    first = _run(["bash", str(DEVICE), "suite", "quick", "--budget", "12", "--workers", "2", "--trials", "1"],
+                 env=_suite_env(tmp_path, "out1", 3.0))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    assert "suite quick: a fresh start" in first.stdout
+    done1 = _suite_records(tmp_path / "out1")
+    assert 1 <= len(done1) < 16  # the budget stopped it part-way
+    state = tmp_path / "out1" / "state" / "suite-quick.tgz"
+    with tarfile.open(state) as tar:
+        names = set(tar.getnames())
+    assert {"storage.sqlite", "tuning.sqlite", "status.txt", "out"} <= names
+    assert list((tmp_path / "out1").glob("suite-quick-*.log"))
+    for f in (tmp_path / "out1" / "state").iterdir():  # what the README says to do between calls
+        shutil.copy(f, tmp_path / "state")
+
+    second = _run(["bash", str(DEVICE), "suite", "quick", "--workers", "2", "--trials", "1"],
+                  env=_suite_env(tmp_path, "out2", 0.0))
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
+    assert "suite quick: resumed from" in second.stdout
+    done2 = _suite_records(tmp_path / "out2")
+    keys = [(r["M"], r["K"], r["N"], r["density"], r["dtype"], r["pattern"]) for r in done2]
+    assert len(keys) == 16 and len(set(keys)) == 16  # every case once
+    assert done2[: len(done1)] == done1  # the first call's cases kept, not tuned again
+    assert f"cases finished in this call: {16 - len(done1)}" in second.stdout
+
+    fresh = _run(["bash", str(DEVICE), "--plan", "suite", "quick", "--fresh"])
+    assert fresh.returncode == 0
+
+
+@needs_bash
+def test_device_runner_stops_a_suite_hard_and_still_packs_its_state(tmp_path):
+    # 2 trials of 30 s a case and a budget past the call's end: the hard stop (the call's end minus 15 s) ends bench
+    # and its workers, whatever they are doing
+    proc = _run(["bash", str(DEVICE), "suite", "quick", "--budget", "100", "--workers", "2", "--trials", "2"],
+                env=_suite_env(tmp_path, "out", 30.0, CALL_S="30"), timeout=120)
+    said = proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.returncode not in (0, 2), said
+    assert "problems: 0 done" in proc.stdout, said
+    assert (tmp_path / "out" / "state" / "suite-quick.tgz").stat().st_size > 0, said
+    work = re.search(r"sqlite:///(\S+)/storage\.sqlite", proc.stdout).group(1)  # its storage, on tmpfs
+    assert "sat-suite-quick-" in work and not Path(work).exists()  # packed, then removed
+    assert not [c for c in _command_lines() if work in c]  # bench and its workers all ended
+
+
+def _command_lines() -> list[str]:
+    out = []
+    for p in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            out.append(p.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # the process ended meanwhile
+            pass
+    return out
+
+
+@pytest.mark.parametrize("args, says", [
+    (["nope"], "invalid choice: 'nope'"),
+    (["ab", "--family", "tc_gather", "--param", "prefetch", "--a", "0", "--b", "1", "--case", "512x:256:0.1:fp16"],
+     "malformed shape"),
+    (["sweep", "--case", "64x64:16:0.1:fp64"], "unknown dtype 'fp64'"),
+    (["sweep", "--case", "64x64:16:1.5:fp32"], "density"),
+    (["sweep", "--case", "64x64:16"], "expected MxK:N:density:dtype"),
+    (["sweep", "--filter", "[1]"], "--filter must map families"),
+    (["ab", "--family", "tc_gather", "--param", "nope", "--a", "0", "--b", "1", "--case", "64x64:16:0.1:fp16"],
+     "tc_gather has no parameter 'nope'"),
+    (["profile", "--case", "64x64:16:0.1:fp32"], "give --db"),
+    (["profile", "--case", "64x64:16:0.1:fp32", "--family", "csr_rowsplit"], "give --family and --config together"),
+    (["config", "--case", "64x64:16:0.1:fp32", "--family", "csr_rowsplit", "--config", "{"], "--config is not JSON"),
+])
+def test_probe_refuses_bad_input_in_one_line(args, says):
+    proc = _run([sys.executable, str(PROBE), *args])
+    assert says in _one_line_error(proc, "probe.py")
+
+
+def test_probe_overhead_measures_lookup_on_a_cpu(tmp_path):
+    proc = _run([sys.executable, str(PROBE), "overhead", "--out", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((tmp_path / "runtime-overhead-cpu.json").read_text())
+    assert res["lookup_records"] == 1000 and 0 < res["lookup_cached_us"] < res["lookup_first_ms"] * 1e3
+    assert "gpu" not in res and "launcher_us" not in res  # the GPU part needs a GPU
+    md = (tmp_path / "runtime-overhead-cpu.md").read_text()
+    assert md.startswith("# Runtime overhead — CPU only") and "| lookup, cached |" in md
