@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from records import CONFIG
 from sparse_autotune.core import space
 from sparse_autotune.store.db import SCHEMA_VERSION, Record, TuningDB
 
@@ -46,7 +47,7 @@ def assert_one_line_error(proc, *needles):
 
 def _record(**over):
     fields = dict(gpu_name=GPU, gpu_cc="9.0", m=512, k=2048, n=256, density=0.1, dtype="fp32", pattern="uniform",
-                  family="csr_rowsplit", config_json=json.dumps({"rows_per_block": 8, "vec": 4}), time_us=9.5,
+                  family="csr_rowsplit", config_json=json.dumps(CONFIG), time_us=9.5,
                   gflops=900.0, max_rel_err=1e-6, trials=40, matrix_hash="feedface00000000", study_name="s",
                   package_version="0.1.0", cuda_version="13.0", driver_version="580", cupy_version="14.0",
                   created_at=dt.datetime(2025, 2, 3, 4, 5, 6))
@@ -252,7 +253,7 @@ def test_lookup_json(files, tmp_path):
                     "--json"], tmp_path / "env.sqlite")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["family"] == "csr_rowsplit" and out["config"] == {"rows_per_block": 8, "vec": 4}
+    assert out["family"] == "csr_rowsplit" and out["config"] == CONFIG
     assert out["gpu"] == GPU and out["time_us"] == 9.5
 
 
@@ -310,8 +311,9 @@ def test_family_without_the_dtype_is_refused_synthetic(tmp_path, monkeypatch):
     created; with all enabled families, fp32 tuning leaves it out (synthetic objective, so no GPU is needed)."""
     from sparse_autotune.errors import UserError
     from sparse_autotune.core.problem import Problem
-    from sparse_autotune.tuning.tuner import TuneOptions, make_tuner
-    monkeypatch.setenv("SPARSE_AUTOTUNE_SYNTHETIC_OBJECTIVE", "1")
+    from synthetic import TUNER
+    from sparse_autotune.tuning.tuner import TUNER_ENV, TuneOptions, make_tuner
+    monkeypatch.setenv(TUNER_ENV, TUNER)
     tc = space.get_space("tc_gather")
     assert tc.supports("fp16") and not tc.supports("fp32") and list(tc.enumerate("fp32")) == []
     why = tc.check(tc.defaults("fp16", space.problem_env(64, 128, 32, 819, "fp16"))[0],

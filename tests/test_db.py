@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from records import make_record
+from records import CONFIG, make_record
 
 from sparse_autotune.errors import UserError
 from sparse_autotune.store.lookup import lookup
@@ -30,7 +30,7 @@ def db_path(tmp_path):
 @pytest.fixture
 def filled_db(db_path):
     db = TuningDB(db_path)
-    db.store(make_record(10.0, {"rows_per_block": 8, "vec": 4}))
+    db.store(make_record(10.0, CONFIG))
     db.dispose()
     return db_path
 
@@ -131,10 +131,19 @@ def test_create_false_on_missing_file(tmp_path):
     assert not p.exists() and not p.parent.exists()
 
 
-def test_create_makes_parent_folders(tmp_path):
+def test_new_file_only_where_its_folder_exists(tmp_path, monkeypatch):
     p = tmp_path / "a" / "b" / "t.sqlite"
+    with pytest.raises(UserError, match="folder .* does not exist"):
+        TuningDB(p)
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "a" / "b").mkdir(parents=True)
     TuningDB(p).dispose()
     assert check_file(p) == "ours"
+    # the default location ($SPARSE_AUTOTUNE_DB, else the user cache) gets its folder on the first write
+    default = tmp_path / "cache" / "sparse-autotune" / "tuning.sqlite"
+    monkeypatch.setenv(DB_ENV, str(default))
+    TuningDB().dispose()
+    assert check_file(default) == "ours"
 
 
 def test_readonly_db_cannot_be_written(filled_db):
@@ -268,7 +277,7 @@ def test_lookup_finds_the_stored_record(filled_db):
     res = lookup(**KEY, gpu=GPU, db=filled_db, fallback=False)
     assert res is not None
     assert res.family == "csr_rowsplit"
-    assert res.config == {"rows_per_block": 8, "vec": 4}
+    assert res.config == CONFIG
     assert res.time_us == 10.0 and res.gpu == GPU and res.source == "exact"
     assert Path(res.db) == filled_db.resolve()
 
@@ -292,10 +301,10 @@ def test_lookup_miss_is_not_cached(filled_db):
     key = {**KEY, "n": 64}
     assert lookup(**key, gpu=GPU, db=filled_db, fallback=False) is None
     db = TuningDB(filled_db)
-    db.store(make_record(4.0, {"late": True}, n=64))
+    db.store(make_record(4.0, {**CONFIG, "unroll": 2}, n=64))
     db.dispose()
     res = lookup(**key, gpu=GPU, db=filled_db, fallback=False)
-    assert res is not None and res.config == {"late": True}
+    assert res is not None and res.config == {**CONFIG, "unroll": 2}
 
 
 def test_lookup_missing_or_empty_db(tmp_path):

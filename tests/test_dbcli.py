@@ -236,13 +236,13 @@ def test_newer_schema_3_is_refused_untouched(v1):
 
 def test_lookup_reads_unmigrated_v1_without_writing(v1):
     before = v1.read_bytes()
-    res = lookup(**KEY, gpu=H100, db=v1)
+    res = lookup(**KEY, gpu=H100, db=v1, adapt=False)  # the v1 file's configs are partial: read as stored
     assert res is not None and res.config == {"rows_per_block": 16, "vec": 4} and res.time_us == 9.5
-    res = lookup(**KEY, gpu=H200, db=v1)
+    res = lookup(**KEY, gpu=H200, db=v1, adapt=False)
     assert res is not None and res.config == {"rows_per_block": 8, "vec": 2} and res.time_us == 8.0
-    res = lookup(1024, 4096, 128, 0.05, "fp16", gpu=H100, db=v1)
+    res = lookup(1024, 4096, 128, 0.05, "fp16", gpu=H100, db=v1, adapt=False)
     assert res is not None and res.time_us == 20.0
-    res = lookup(4096, 1024, 512, 0.2, "fp32", gpu=H200, db=v1)
+    res = lookup(4096, 1024, 512, 0.2, "fp32", gpu=H200, db=v1, adapt=False)
     assert res is not None and res.time_us == 31.25
     ro = TuningDB(v1, create=False, readonly=True)  # misses: lookup may fall back to a near or default config
     assert ro.best(4096, 1024, 512, 0.2, "fp32", gpu=H100) is None  # that key is tuned on the H200 only
@@ -356,9 +356,9 @@ def test_merge_rules(two_dbs):
     assert rows == {"a1": (0, H100, "tune"), "a2": (0, H100, "tune"), "a3": (1, H100, "tune"),
                     "b1": (1, H100, "merge:b.sqlite"), "b2": (0, H100, "merge:b.sqlite"),
                     "b3": (1, H200, "merge:b.sqlite"), "b4": (0, H200, "merge:b.sqlite")}
-    assert lookup(**KEY, gpu=H100, db=a).config == {"b": 1}
-    assert lookup(**KEY, gpu=H200, db=a).config == {"b": 3}  # stays keyed to its GPU
-    assert lookup(**{**KEY, "n": 128}, gpu=H100, db=a).config == {"a": 3}
+    assert lookup(**KEY, gpu=H100, db=a, adapt=False).config == {"b": 1}
+    assert lookup(**KEY, gpu=H200, db=a, adapt=False).config == {"b": 3}  # stays keyed to its GPU
+    assert lookup(**{**KEY, "n": 128}, gpu=H100, db=a, adapt=False).config == {"a": 3}
     db = TuningDB(a, create=False, readonly=True)
     assert db.best(**{**KEY, "n": 128}, gpu=H200) is None
     assert db.best(**KEY, gpu=H200).config == {"b": 3} and db.best(**KEY, gpu=H100).config == {"b": 1}
@@ -437,11 +437,13 @@ def test_merge_refuses_bad_sources(tmp_path, two_dbs):
     empty.write_bytes(b"")
     for src, words in ((foreign_sqlite(tmp_path / "f.sqlite"), "not a tuning database"),
                        (text, "not a tuning database"), (tmp_path / "none.sqlite", "does not exist"),
-                       (empty, "empty"), (a, "itself")):
+                       (a, "itself")):
         with pytest.raises(UserError, match=words):
             db.merge_from(src)
+    res = db.merge_from(empty)  # a 0-byte file is a database without records: it adds nothing
+    assert (res.added, res.skipped, res.new_best) == (0, 0, 0)
     db.dispose()
-    assert dump(a) == before
+    assert dump(a) == before and empty.read_bytes() == b""
 
 
 # ---- export -----------------------------------------------------------------------------------------------
@@ -456,6 +458,10 @@ def test_export_round_trip(two_dbs, tmp_path):
     optuna.create_study(study_name="s", storage=db.url).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     out_dir = tmp_path / "shared"
     out = out_dir / "export.sqlite"
+    with pytest.raises(UserError, match="does not exist"):  # a new file only where its folder exists
+        db.export(out)
+    assert not out_dir.exists()
+    out_dir.mkdir()
     res = db.export(out)
     db.dispose()
     assert res.created and res.added == 7 and res.target == str(out.resolve())
@@ -469,7 +475,7 @@ def test_export_round_trip(two_dbs, tmp_path):
     for secret in {str(tmp_path), str(Path.home()), os.environ.get("USER") or "", os.uname().nodename}:
         if len(secret) >= 4:
             assert secret.encode() not in data, secret
-    assert lookup(**KEY, gpu=H100, db=out).config == {"b": 1}
+    assert lookup(**KEY, gpu=H100, db=out, adapt=False).config == {"b": 1}
 
 
 @pytest.mark.parametrize("filters,expected", [
@@ -690,8 +696,7 @@ def test_db_check_v1_says_it_will_migrate_without_writing(cli_files, capsys):
 @pytest.mark.parametrize("name,needles", [("foreign", ["foreign.sqlite", "not a tuning database"]),
                                           ("text", ["notes.txt", "not a tuning database"]),
                                           ("corrupt", ["corrupt.sqlite"]), ("newer", ["newer.sqlite", "schema"]),
-                                          ("missing", ["missing.sqlite", "does not exist"]),
-                                          ("empty", ["empty.sqlite", "empty"])])
+                                          ("missing", ["missing.sqlite", "does not exist"])])
 def test_db_check_refuses(cli_files, capsys, name, needles):
     f = cli_files[name]
     before = f.read_bytes() if f.exists() else None
@@ -720,8 +725,30 @@ def test_db_list(cli_files, capsys):
     assert rc == 0 and sorted(r["id"] for r in json.loads(out)) == [2, 3, 4, 5]
 
 
+def test_empty_file_is_a_database_without_records_everywhere(cli_files, capsys, tmp_path):
+    """A 0-byte file means one thing to every command: a database without records. db check says so (exit 0), db list
+    shows none, a merge or export from it adds nothing, db merge --into and db export fill it. Reads leave it 0 bytes."""
+    empty = cli_files["empty"]
+    rc, out, err = run_db(["check", empty], capsys)
+    assert rc == 0 and err == "" and "an empty database" in out and "no records yet" in out
+    rc, out, _ = run_db(["list", "--db", empty], capsys)
+    assert rc == 0 and out == f"no records ({empty} is an empty database: no records yet)\n"
+    assert_one_line_error(run_db(["show", "1", "--db", empty], capsys), "no record with id 1", "empty")
+    dst = tmp_path / "dst.sqlite"
+    rc, out, _ = run_db(["merge", empty, "--into", dst], capsys)
+    assert rc == 0 and f"{empty}: added 0, skipped 0" in out
+    assert empty.read_bytes() == b"" and check_file(dst) == "ours" and dump(dst) == []
+    rc, out, _ = run_db(["export", tmp_path / "exp.sqlite", "--db", empty], capsys)
+    assert rc == 0 and out.startswith("wrote 0 records to") and check_file(tmp_path / "exp.sqlite") == "ours"
+    assert empty.read_bytes() == b"" and sorted(p.name for p in empty.parent.iterdir() if p.name.startswith("empty"))\
+        == ["empty.sqlite"]
+    rc, out, _ = run_db(["merge", cli_files["b"], "--into", empty], capsys)  # merge --into fills it
+    assert rc == 0 and "added 4" in out and check_file(empty) == "ours"
+    rc, out, _ = run_db(["check", empty], capsys)
+    assert rc == 0 and "records  4" in out and "clean" in out
+
+
 def test_db_list_empty_and_default_db(cli_files, capsys, monkeypatch):
-    assert run_db(["list", "--db", cli_files["empty"]], capsys)[:2] == (0, "no records\n")
     assert run_db(["list", "--db", cli_files["v1"], "--gpu", "A100"], capsys)[:2] == (0, "no records\n")
     rc, out, _ = run_db(["list"], capsys, env_db=cli_files["a"], monkeypatch=monkeypatch)
     assert rc == 0 and out.splitlines()[-1] == "2 records"
@@ -753,6 +780,9 @@ def test_db_show(cli_files, capsys):
 
 def test_db_export(cli_files, capsys, tmp_path):
     out = tmp_path / "exp" / "h200.sqlite"
+    assert_one_line_error(run_db(["export", out, "--db", cli_files["v1"]], capsys), "folder", "does not exist")
+    assert not out.parent.exists()
+    out.parent.mkdir()
     rc, stdout, err = run_db(["export", out, "--db", cli_files["v1"], "--gpu", "H200"], capsys)
     assert rc == 0 and err == "" and stdout == f"wrote 2 records to {out.resolve()}\n"
     rc, stdout, _ = run_db(["export", out, "--db", cli_files["v1"]], capsys)
@@ -779,14 +809,20 @@ def test_db_merge(cli_files, capsys, monkeypatch, tmp_path):
     assert dump(dst) == first
 
 
-@pytest.mark.parametrize("bad", ["foreign", "text", "newer", "missing", "corrupt", "empty"])
+@pytest.mark.parametrize("bad", ["foreign", "text", "newer", "missing", "corrupt"])
 def test_db_merge_bad_source_writes_nothing(cli_files, capsys, tmp_path, bad):
-    dst = tmp_path / "new" / "dst.sqlite"
+    dst = tmp_path / "dst.sqlite"
     snap = {k: p.read_bytes() for k, p in cli_files.items() if p.exists()}
     assert_one_line_error(run_db(["merge", cli_files["b"], cli_files[bad], "--into", dst], capsys),
                           cli_files[bad].name)
-    assert not dst.exists() and not dst.parent.exists()
+    assert not dst.exists()
     assert {k: p.read_bytes() for k, p in cli_files.items() if p.exists()} == snap
+
+
+def test_db_merge_into_a_missing_folder_is_refused(cli_files, capsys, tmp_path):
+    dst = tmp_path / "new" / "dst.sqlite"
+    assert_one_line_error(run_db(["merge", cli_files["b"], "--into", dst], capsys), "folder", "does not exist")
+    assert not dst.parent.exists()
 
 
 def test_db_merge_into_foreign_or_itself(cli_files, capsys):

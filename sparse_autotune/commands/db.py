@@ -1,20 +1,22 @@
 """`sparse-autotune db list|show|export|merge|check`: the tuning database as a shared artifact.
 
 cli.py wires it in with `add_db_parser(sub, _Parser)` and `"db": cmd_db`; the parser class is passed in (this module
-does not import cli). Every error is a UserError: one line on stderr, exit status 2. Reading commands (list, show,
-check, and the source of export / merge) never write to the file they read, also not to migrate an older schema.
+does not import cli). Every error is a UserError: one line on stderr, exit status 2. Every database argument goes
+through store/guard.py: another application's file or tables are refused untouched. Reading commands (list, show,
+check, and the source of export / merge) never write to the file they read, also not to migrate an older schema, and
+create nothing (no file, no -wal/-shm beside it). A 0-byte file is a database without records everywhere: list shows
+none, check says so, merge --into and export fill it, a merge or export from it adds nothing.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-from pathlib import Path
 
 from ..errors import UserError
 from ..core.problem import check_dtype, parse_shape
-from ..store.db import (SCHEMA_VERSION, RecordFilter, TuningDB, check_file, default_db_path, describe_file,
-                       is_url, is_verified)
+from ..store import guard
+from ..store.db import SCHEMA_VERSION, RecordFilter, TuningDB, default_db_path, describe_file, is_verified
 
 _DB_HELP = "tuning database path or SQLAlchemy URL (default $SPARSE_AUTOTUNE_DB or the user cache)"
 
@@ -38,7 +40,7 @@ def add_db_parser(subparsers, parser_class=argparse.ArgumentParser) -> argparse.
     ls.add_argument("--json", action="store_true", help="print the records as JSON")
 
     sh = dsub.add_parser("show", help="one record in full")
-    sh.add_argument("id", type=int, help="record id (see `db list`)")
+    sh.add_argument("id", type=_record_id, help="record id (see `db list`)")
     sh.add_argument("--db", help=_DB_HELP)
     sh.add_argument("--json", action="store_true", help="print the record as JSON")
 
@@ -67,6 +69,14 @@ def add_db_parser(subparsers, parser_class=argparse.ArgumentParser) -> argparse.
 # ---- helpers --------------------------------------------------------------------------------------------
 
 
+def _record_id(text) -> int:
+    """A record id as argparse reads it: a positive integer below 2**63 (SQLite's integers)."""
+    t = str(text).strip().lstrip("+")
+    if not (t.isascii() and t.isdigit()) or not 0 < int(t) < 2**63:
+        raise argparse.ArgumentTypeError(f"record id {text!r} is not a positive integer (the ids are in `db list`)")
+    return int(t)
+
+
 def _filters(a, best_only: bool) -> RecordFilter:
     m = k = None
     if getattr(a, "shape", None):
@@ -75,18 +85,17 @@ def _filters(a, best_only: bool) -> RecordFilter:
     return RecordFilter(gpu=getattr(a, "gpu", None) or None, m=m, k=k, dtype=dtype, best_only=best_only)
 
 
-def _open_read(db) -> TuningDB | None:
-    """The database to read (never written to); None for an empty file (no records)."""
-    target = str(db) if db else str(default_db_path())
-    if is_url(target):
-        return TuningDB(target, create=False)
-    path = Path(target).expanduser()
-    state = check_file(path)
-    if state == "missing":
-        raise UserError(f"database {str(path)!r} does not exist")
-    if state == "empty":
-        return None
-    return TuningDB(path, create=False, readonly=True)
+def _open_read(db) -> tuple[TuningDB, str | None]:
+    """The database to read, opened read-only (never written to), and None, or for a database without records (an empty
+    file or one without tables, or a scale-out storage without records) a note that says so: its reads find nothing. A
+    missing database is refused (a read creates nothing); without --db and nothing tuned here yet, the message names
+    the shipped databases."""
+    from ..commands.main import _db_for_read  # noqa: PLC0415
+    target = _db_for_read(db)
+    t, s = guard.for_read(target)
+    note = {"empty": f"{t.label} is an empty database: no records yet",
+            "storage": f"{t.label} is a scale-out storage without records"}.get(s.state)
+    return TuningDB(target, create=False, readonly=True), note
 
 
 def _x(base, t) -> str:
@@ -114,19 +123,17 @@ def _json_record(r) -> dict:
 
 def cmd_list(a) -> int:
     flt = _filters(a, best_only=not a.all)
-    tdb = _open_read(a.db)
-    recs = []
-    if tdb is not None:
-        try:
-            recs = tdb.select_records(flt)
-        finally:
-            tdb.dispose()
+    tdb, note = _open_read(a.db)
+    try:
+        recs = tdb.select_records(flt)
+    finally:
+        tdb.dispose()
     recs.sort(key=lambda r: (r.gpu_name, r.m, r.k, r.n, r.density, r.dtype, r.pattern, r.time_us, r.id))
     if a.json:
         print(json.dumps([_json_record(r) for r in recs], indent=1, default=str))
         return 0
     if not recs:
-        print("no records")
+        print("no records" + (f" ({note})" if note else ""))
         return 0
     header = ["id", "shape", "N", "density", "dtype", "pattern", "GPU", "family", "time us", "vs cuSPARSE",
               "vs cuBLAS FP32", "date"]
@@ -147,17 +154,14 @@ def cmd_list(a) -> int:
 
 
 def cmd_show(a) -> int:
-    tdb = _open_read(a.db)
-    rec = None
-    label = str(Path(a.db).expanduser()) if a.db and not is_url(a.db) else (a.db or str(default_db_path()))
-    if tdb is not None:
-        try:
-            rec = tdb.get(a.id)
-            label = tdb.label
-        finally:
-            tdb.dispose()
+    tdb, note = _open_read(a.db)
+    try:
+        rec = tdb.get(a.id)
+        label = tdb.label
+    finally:
+        tdb.dispose()
     if rec is None:
-        raise UserError(f"no record with id {a.id} in {label!r}")
+        raise UserError(f"no record with id {a.id} in {label!r}" + (f" ({note})" if note else ""))
     if a.json:
         print(json.dumps(_json_record(rec), indent=1, default=str))
         return 0
@@ -178,18 +182,17 @@ def cmd_show(a) -> int:
 
 def cmd_export(a) -> int:
     flt = _filters(a, best_only=a.best_only)
-    out = Path(a.out).expanduser()
-    if not is_url(a.out):
-        check_file(out)  # a foreign OUT is refused before the source is opened
-    tdb = _open_read(a.db)
-    if tdb is None:
-        raise UserError(f"database {a.db or str(default_db_path())!r} is an empty file: nothing to export")
+    t = guard.resolve(a.out)
+    if t.path is None:
+        raise UserError(f"export writes a file, not a database URL ({t.label!r})")
+    guard.for_write(t)  # a foreign OUT, or a new OUT in a folder that does not exist: refused before the source is read
+    tdb, note = _open_read(a.db)  # a source without records exports none (a new OUT: a tuning database without any)
     try:
-        res = tdb.export(out, flt)
+        res = tdb.export(t.path, flt)
     finally:
         tdb.dispose()
     if res.created:
-        print(f"wrote {res.added} record{'s' if res.added != 1 else ''} to {res.target}")
+        print(f"wrote {res.added} record{'s' if res.added != 1 else ''} to {res.target}" + (f" ({note})" if note else ""))
     else:
         print(f"merged into {res.target} (an existing tuning database): added {res.added}, skipped {res.skipped} "
               f"(already present), new best {res.new_best}")
@@ -198,24 +201,21 @@ def cmd_export(a) -> int:
 
 def cmd_merge(a) -> int:
     into = a.into or str(default_db_path())
-    sources = [Path(s).expanduser() for s in a.sources]
-    for src in sources:  # every file is checked before anything is written anywhere
-        state = check_file(src)
-        if state == "missing":
-            raise UserError(f"database {str(src)!r} does not exist")
-        if state == "empty":
-            raise UserError(f"database {str(src)!r} is an empty file, not a tuning database")
-    if not is_url(into):
-        dst_path = Path(into).expanduser()
-        check_file(dst_path)
+    # every database is checked before anything is written anywhere: the sources exist and are ours (an empty file is
+    # a database without records: it adds nothing), DST is ours, empty, or a new file where its folder exists
+    sources = [guard.for_read(src)[0] for src in a.sources]
+    dst_t, _ = guard.for_write(into)
+    if dst_t.path is not None:
+        dst_path = dst_t.path.expanduser().resolve()
         for src in sources:
-            if src.resolve() == dst_path.resolve() or (dst_path.exists() and src.samefile(dst_path)):
-                raise UserError(f"cannot merge database {str(src)!r} into itself")
+            if src.path is not None and (src.path.expanduser().resolve() == dst_path
+                                         or (dst_path.exists() and src.path.samefile(dst_path))):
+                raise UserError(f"cannot merge database {str(src.path)!r} into itself")
     dst = TuningDB(into, create=True)
     try:
         for src in sources:
-            res = dst.merge_from(src)
-            print(f"{src}: added {res.added}, skipped {res.skipped} (already present), new best {res.new_best}")
+            res = dst.merge_from(src.given)  # a source without records (an empty file) adds nothing
+            print(f"{src.label}: added {res.added}, skipped {res.skipped} (already present), new best {res.new_best}")
     finally:
         dst.dispose()
     print(f"into {dst.label}")
@@ -223,7 +223,18 @@ def cmd_merge(a) -> int:
 
 
 def cmd_check(a) -> int:
+    """What FILE is, read without writing (exit 0), and whether it is clean: SQLite's quick_check and the store's own
+    rules (one best per key, the best verified and fastest). A file with problems: each listed, exit status 1."""
     info = describe_file(a.file)
+    if info["state"] == "empty":
+        print(f"{info['path']}: an empty database (0 bytes or no tables): no records yet; the first write (tune, db "
+              "merge --into, db export) makes it a tuning database")
+        return 0
+    if info["state"] == "storage":
+        print(f"{info['path']}: a scale-out storage of sparse-autotune, without records")
+        print(f"  queue    {info['queue']} problem{'s' if info['queue'] != 1 else ''}")
+        print(f"  studies  {info['studies']} Optuna stud{'ies' if info['studies'] != 1 else 'y'}")
+        return _check_result(info)
     v = info["schema_version"]
     print(f"{info['path']}: a sparse-autotune tuning database, schema version {v}")
     if info["needs_migration"]:
@@ -233,7 +244,17 @@ def cmd_check(a) -> int:
     print(f"  GPUs     {', '.join(info['gpus']) if info['gpus'] else 'none'}")
     if info["studies"]:
         print(f"  also holds {info['studies']} Optuna stud{'ies' if info['studies'] != 1 else 'y'} (not exported)")
-    return 0
+    return _check_result(info)
+
+
+def _check_result(info: dict) -> int:
+    if not info["problems"]:
+        print("  check    clean (SQLite quick_check ok; one best per key, each verified and the fastest)")
+        return 0
+    print(f"  check    {len(info['problems'])} problem{'s' if len(info['problems']) != 1 else ''}:")
+    for p in info["problems"]:
+        print(f"    {p}")
+    return 1
 
 
 _COMMANDS = {"list": cmd_list, "show": cmd_show, "export": cmd_export, "merge": cmd_merge, "check": cmd_check}

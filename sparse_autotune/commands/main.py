@@ -10,14 +10,92 @@ import time
 
 from .. import __version__
 from ..errors import UserError, exit_status
-from ..core.problem import DEFAULT_N, PATTERNS, Problem, check_density, check_dtype, check_n, load_matrix, parse_shape
+from ..core.problem import (DEFAULT_N, PATTERNS, Problem, check_density, check_dtype, check_n, check_seed, load_matrix,
+                            parse_shape)
 from ..commands.db import add_db_parser, cmd_db
-from ..tuning.search import SAMPLERS
+from ..tuning.search import SAMPLERS, check_options
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse's default prints the usage too)
         raise UserError(f"{message} (see {self.prog} --help)")
+
+
+# ---- option types: every option is checked once, when the command line is parsed (a bad value: one line, exit 2) --
+
+MAX_TRIALS = 1_000_000
+MAX_WORKERS = 1024
+MAX_HEARTBEAT = 3600  # seconds
+MAX_SECONDS = 10 * 365 * 86400  # --timeout / --budget: ten years
+
+
+def _opt(check, name: str):
+    """An argparse type from a check that raises UserError (argparse then names the option in the message)."""
+    def conv(text):
+        try:
+            return check(text)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    conv.__name__ = name
+    return conv
+
+
+def _int_in(lo: int, hi: int, what: str):
+    def check(text):
+        t = str(text).strip()
+        if not (t[:1] in "+-" and t[1:].isascii() and t[1:].isdigit() or t.isascii() and t.isdigit()):
+            raise UserError(f"{text!r} is not an integer")
+        v = int(t)
+        if not lo <= v <= hi:
+            raise UserError(f"{what} must be from {lo} to {hi} (got {v})")
+        return v
+    return _opt(check, "int")
+
+
+def _seconds(allow_zero: bool = False):
+    def check(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise UserError(f"{text!r} is not a number of seconds") from None
+        if not (math.isfinite(v) and (v >= 0 if allow_zero else v > 0) and v <= MAX_SECONDS):
+            raise UserError(f"must be a {'' if allow_zero else 'positive '}number of seconds"
+                            f"{' (0 or more)' if allow_zero else ''} up to {MAX_SECONDS} (got {text!r})")
+        return v
+    return _opt(check, "seconds")
+
+
+def _choice(choices, what: str):
+    def check(text):
+        if text not in choices:
+            raise UserError(f"unknown {what} {text!r}: choose one of {', '.join(choices)}")
+        return text
+    return _opt(check, what)
+
+
+def _families(text):
+    from ..core.space import select_spaces  # noqa: PLC0415
+    select_spaces(text)  # unknown names: UserError
+    return text
+
+
+def _queue_ids(text) -> list[int]:
+    try:
+        ids = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{text!r} is not a comma-separated list of queue ids") from None
+    if not ids or not all(0 < i < 2**63 for i in ids):
+        raise UserError(f"{text!r} is not a comma-separated list of queue ids (positive integers)")
+    return ids
+
+
+_SHAPE = _opt(parse_shape, "shape")
+_DENSITY = _opt(check_density, "density")
+_N = _opt(check_n, "N")
+_SEED = _opt(check_seed, "seed")
+_DTYPE = _opt(check_dtype, "dtype")
+_FAMILIES = _opt(_families, "families")
+_TRIALS = _int_in(1, MAX_TRIALS, "the trial budget")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,17 +105,20 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tune", help="tune SpMM for one sparse matrix and store the winner",
                        description="Tune C = A @ B for a sparse A (M x K) and dense B (K x N) on this GPU.")
-    t.add_argument("--shape", help="M x K of the sparse matrix A, e.g. 512x2048")
-    t.add_argument("--density", type=str, help="fraction of nonzeros in A, in (0, 1]")
-    t.add_argument("--n", type=str, default=str(DEFAULT_N), help=f"columns N of the dense B (default {DEFAULT_N})")
-    t.add_argument("--dtype", default="fp32", help="fp32 or fp16 (fp16 storage, fp32 accumulation); default fp32")
-    t.add_argument("--pattern", default="uniform", help=f"random pattern: {', '.join(PATTERNS)} (default uniform)")
+    t.add_argument("--shape", type=_SHAPE, help="M x K of the sparse matrix A, e.g. 512x2048")
+    t.add_argument("--density", type=_DENSITY, help="fraction of nonzeros in A, in (0, 1]")
+    t.add_argument("--n", type=_N, default=DEFAULT_N, help=f"columns N of the dense B (default {DEFAULT_N})")
+    t.add_argument("--dtype", type=_DTYPE, default="fp32", help="fp32 or fp16 (fp16 storage, fp32 accumulation); "
+                                                                "default fp32")
+    t.add_argument("--pattern", type=_choice(PATTERNS, "pattern"), default="uniform",
+                   help=f"random pattern: {', '.join(PATTERNS)} (default uniform)")
     t.add_argument("--matrix", help="tune this matrix (.npz from scipy.sparse.save_npz, or .mtx); replaces --shape/--density")
-    t.add_argument("--trials", type=int, default=100, help="trial budget of the study, over all runs (default 100)")
-    t.add_argument("--timeout", type=float, default=None, help="stop searching after this many seconds")
+    t.add_argument("--trials", type=_TRIALS, default=100, help="trial budget of the study, over all runs (default 100)")
+    t.add_argument("--timeout", type=_seconds(), default=None, help="stop searching after this many seconds")
     t.add_argument("--sampler", default="tpe", help=f"{', '.join(SAMPLERS)} (default tpe)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the random matrix, inputs and sampler (default 0)")
-    t.add_argument("--families", help="comma-separated kernel families to search (default: the enabled ones; "
+    t.add_argument("--seed", type=_SEED, default=0, help="seed of the random matrix, inputs and sampler, 0 .. 2**32-1 "
+                                                          "(default 0)")
+    t.add_argument("--families", type=_FAMILIES, help="comma-separated kernel families to search (default: the enabled ones; "
                                       "see `sparse-autotune spaces`)")
     t.add_argument("--db", help="tuning database path or SQLAlchemy URL (default $SPARSE_AUTOTUNE_DB or the user cache)")
     t.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -47,10 +128,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_scaleout_args(t)
 
     lk = sub.add_parser("lookup", help="print the best stored config for a problem")
-    lk.add_argument("--shape", required=True)
-    lk.add_argument("--density", required=True)
-    lk.add_argument("--n", default=str(DEFAULT_N))
-    lk.add_argument("--dtype", default="fp32")
+    lk.add_argument("--shape", type=_SHAPE, required=True, help="M x K of the sparse matrix A, e.g. 512x2048")
+    lk.add_argument("--density", type=_DENSITY, required=True, help="fraction of nonzeros in A, in (0, 1]")
+    lk.add_argument("--n", type=_N, default=DEFAULT_N, help=f"columns N of the dense B (default {DEFAULT_N})")
+    lk.add_argument("--dtype", type=_DTYPE, default="fp32", help="fp32 or fp16 (default fp32)")
     lk.add_argument("--gpu", default=None, help="GPU name (default: this machine's GPU, or any)")
     lk.add_argument("--db", help="tuning database searched first (then the databases shipped with the package)")
     lk.add_argument("--exact", action="store_true", help="exact key only: no nearest / same-arch / default")
@@ -58,10 +139,10 @@ def _parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="run a benchmark suite (tune every case, time baselines, write results)")
     bn.add_argument("--suite", default="quick", help="dl (the full suite) or quick (a small subset); default quick")
-    bn.add_argument("--trials", type=int, default=40, help="trial budget per case (default 40)")
+    bn.add_argument("--trials", type=_TRIALS, default=40, help="trial budget per case (default 40)")
     bn.add_argument("--out", default="bench/results", help="output folder (default bench/results)")
     bn.add_argument("--db", help="tuning database (default as for tune)")
-    bn.add_argument("--budget", type=float, default=None, help="start no new case after this many seconds (a rerun "
+    bn.add_argument("--budget", type=_seconds(), default=None, help="start no new case after this many seconds (a rerun "
                                                                "goes on with the cases left)")
     _add_scaleout_args(bn)
 
@@ -70,8 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     wk.add_argument("--storage", required=True, help="SQLAlchemy URL of the shared storage, "
                                                      "e.g. postgresql+psycopg://user:password@host:5432/dbname")
     wk.add_argument("--db", help="tuning database that receives the best records (default as for tune)")
-    wk.add_argument("--problems", help="only these queue ids (comma-separated)")
-    wk.add_argument("--budget", type=float, default=None, help="claim no new problem after this many seconds "
+    wk.add_argument("--problems", type=_opt(_queue_ids, "ids"), help="only these queue ids (comma-separated)")
+    wk.add_argument("--budget", type=_seconds(allow_zero=True), default=None,
+                    help="claim no new problem after this many seconds "
                                                                "(the one in hand is finished)")
     _add_heartbeat_args(wk)
 
@@ -89,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
                                                         "(comma-separated or repeated)")
     tm.add_argument("--exclude", action="append", help="leave out layers whose name matches these patterns")
     tm.add_argument("--prune", choices=["magnitude"], help="prune the weights (else their existing zeros are used)")
-    tm.add_argument("--density", help="with --prune: the fraction of weights kept, in (0, 1]")
+    tm.add_argument("--density", type=_DENSITY, help="with --prune: the fraction of weights kept, in (0, 1]")
     tm.add_argument("--prune-scope", default="layer", help="layer (each layer to the density; default) or global "
                                                            "(one magnitude threshold over all selected layers)")
     tm.add_argument("--n", help="comma-separated N values (columns of B) for every layer")
@@ -98,12 +180,13 @@ def _parser() -> argparse.ArgumentParser:
     tm.add_argument("--spatial", action="append", help="PATTERN=HxW: output size of matching 1x1 conv layers "
                                                         "(repeatable)")
     tm.add_argument("--dtype", default="fp32", help="comma-separated: fp32, fp16 (default fp32)")
-    tm.add_argument("--trials", type=int, default=60, help="trial budget per distinct problem (default 60)")
-    tm.add_argument("--timeout", type=float, default=None, help="search time limit per problem, seconds")
-    tm.add_argument("--budget", type=float, default=None, help="start no new problem after this many seconds")
+    tm.add_argument("--trials", type=_TRIALS, default=60, help="trial budget per distinct problem (default 60)")
+    tm.add_argument("--timeout", type=_seconds(), default=None, help="search time limit per problem, seconds")
+    tm.add_argument("--budget", type=_seconds(), default=None, help="start no new problem after this many seconds")
     tm.add_argument("--sampler", default="tpe", help=f"{', '.join(SAMPLERS)} (default tpe)")
-    tm.add_argument("--seed", type=int, default=0)
-    tm.add_argument("--families", help="comma-separated kernel families to search (default: the enabled ones)")
+    tm.add_argument("--seed", type=_SEED, default=0, help="seed of the inputs and the sampler, 0 .. 2**32-1 (default 0)")
+    tm.add_argument("--families", type=_FAMILIES,
+                    help="comma-separated kernel families to search (default: the enabled ones)")
     tm.add_argument("--db", help="tuning database (default as for tune)")
     tm.add_argument("--save-sparse", metavar="OUT.npz", help="write the pruned matrices (and their biases) as an "
                                                               ".npz bundle that tune-model and the runtime read")
@@ -121,15 +204,15 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--db", help="tuning database (default as for tune)")
 
     sp = sub.add_parser("spaces", help="list the variant spaces and their sizes")
-    sp.add_argument("--dtype", default="fp32")
+    sp.add_argument("--dtype", type=_DTYPE, default="fp32")
     add_db_parser(sub, _Parser)
     return p
 
 
 def _add_heartbeat_args(p):
-    p.add_argument("--heartbeat", type=int, default=10,
+    p.add_argument("--heartbeat", type=_int_in(1, MAX_HEARTBEAT, "--heartbeat"), default=10,
                    help="seconds between heartbeats of workers and trials (default 10)")
-    p.add_argument("--grace", type=int, default=None,
+    p.add_argument("--grace", type=_int_in(2, 10 * MAX_HEARTBEAT, "--grace"), default=None,
                    help="a worker silent this many seconds is taken as dead: its trial fails and is retried, its "
                         "problem is picked up again (default 6 x --heartbeat)")
 
@@ -137,7 +220,7 @@ def _add_heartbeat_args(p):
 def _add_scaleout_args(p):
     p.add_argument("--storage", help="share the work through this SQLAlchemy URL (Optuna RDB storage + problem "
                                      "queue), e.g. postgresql+psycopg://user:password@host:5432/dbname")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=_int_in(1, MAX_WORKERS, "--workers"), default=1,
                    help="with --storage: worker processes to start here, spread over the visible GPUs (default 1: this "
                         "process); workers that share a GPU compile in parallel and take turns to verify and time")
     _add_heartbeat_args(p)
@@ -170,52 +253,97 @@ def _report_text(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _checked_db(db: str | None) -> str:
-    """The database target (default: $SPARSE_AUTOTUNE_DB or the user cache); a foreign or unreadable file is
-    refused here, before any work, and nothing is written to it."""
-    from pathlib import Path  # noqa: PLC0415
-    from ..store.db import check_file, default_db_path, is_url  # noqa: PLC0415
-    db = db or str(default_db_path())
-    if not is_url(db):
-        check_file(Path(db).expanduser())
-    return db
+def _checked_db(db: str | None, write: bool = True) -> str:
+    """The database target (default: $SPARSE_AUTOTUNE_DB or the user cache), checked before any work by the guard
+    (store/guard.py): another application's file or tables, a newer schema or a URL that does not parse is refused
+    untouched; a write may make a new file only where its folder exists; a read needs an existing database."""
+    from ..store import guard  # noqa: PLC0415
+    from ..store.db import default_db_path  # noqa: PLC0415
+    if not write:
+        return _db_for_read(db)
+    target = db or str(default_db_path())
+    guard.for_write(target)
+    return target
 
 
-def _problem_from_args(a) -> Problem:
-    dtype = check_dtype(a.dtype)
-    try:
-        n = check_n(int(a.n))
-    except ValueError:
-        raise UserError(f"--n {a.n!r} is not an integer") from None
+def _db_for_read(db: str | None) -> str:
+    """A database a read opens: it exists (nothing is created). Without --db and with nothing tuned on this machine
+    yet, the message names the databases shipped with the package."""
+    from ..store import guard  # noqa: PLC0415
+    from ..store.db import default_db_path  # noqa: PLC0415
+    if db:
+        guard.for_read(db)
+        return db
+    target = str(default_db_path())
+    if guard.survey(target).state == "missing":
+        from ..store.lookup import shipped_databases  # noqa: PLC0415
+        shipped = shipped_databases()
+        hint = (f"; the package ships {'one' if len(shipped) == 1 else 'these'}: --db {' or --db '.join(shipped)}"
+                if shipped else "")
+        raise UserError(f"no tuning database at {target} yet (nothing was tuned on this machine; --db or "
+                        f"$SPARSE_AUTOTUNE_DB name another){hint}")
+    return target
+
+
+def _problem_plan(a) -> tuple:
+    """The problem of `tune`'s options, checked before anything is allocated or a GPU is looked for: (M, K, nnz, the
+    loaded --matrix or None). A random problem's size is checked here (check_size: 32-bit indices, host memory)."""
+    from ..core.problem import check_real_matrix, check_size, nnz_of  # noqa: PLC0415
     if a.matrix:
-        if a.shape or a.density:
+        if a.shape or a.density is not None:
             raise UserError("give either --matrix or --shape/--density, not both")
-        return Problem.from_matrix(load_matrix(a.matrix), n, dtype)
+        mat = load_matrix(a.matrix)
+        check_real_matrix(mat, f"matrix file {a.matrix!r}", a.dtype)  # also: all zeros, denser than 50 %
+        m, k = mat.shape
+        check_size(m, k, a.n, int(mat.nnz), a.dtype)
+        return m, k, int(mat.nnz), mat
     if not a.shape or a.density is None:
         raise UserError("tune needs --shape MxK and --density d (or --matrix FILE)")
-    m, k = parse_shape(a.shape)
-    d = check_density(a.density)
-    if a.pattern not in PATTERNS:
-        raise UserError(f"unknown pattern {a.pattern!r}: choose one of {', '.join(PATTERNS)}")
-    return Problem.random(m, k, n, d, dtype, a.pattern, a.seed)
+    m, k = a.shape
+    nnz = nnz_of(m, k, a.density)
+    check_size(m, k, a.n, nnz, a.dtype, build=True)
+    return m, k, nnz, None
+
+
+def _problem_from_args(a, plan) -> Problem:
+    m, k, _, mat = plan
+    if mat is not None:
+        return Problem.from_matrix(mat, a.n, a.dtype)
+    return Problem.random(m, k, a.n, a.density, a.dtype, a.pattern, a.seed)
+
+
+def _check_storage_args(a) -> None:
+    """--storage / --workers of tune and bench: checked before anything is written, and the storage guarded
+    (store/guard.py) before any queue or storage object is built."""
+    if a.storage is None:
+        raise UserError("--workers needs --storage URL (the database the workers share)")
+    if getattr(a, "matrix", None):
+        raise UserError("--matrix with --storage is not supported: the workers rebuild the problem from "
+                        "--shape/--density/--seed")
+    if a.grace is not None and a.grace <= a.heartbeat:
+        raise UserError(f"--grace ({a.grace} s) must be longer than --heartbeat ({a.heartbeat} s)")
+    from ..store import guard  # noqa: PLC0415
+    guard.storage_for_write(a.storage)
 
 
 def cmd_tune(a) -> int:
     from ..tuning.tuner import TuneOptions, tune  # noqa: PLC0415
-    if a.sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {a.sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    if a.trials <= 0:
-        raise UserError(f"--trials must be positive (got {a.trials})")
-    if a.timeout is not None and a.timeout <= 0:
-        raise UserError(f"--timeout must be positive (got {a.timeout})")
-    db = _checked_db(a.db)
-    problem = _problem_from_args(a)
+    check_options(a.trials, a.sampler, a.timeout)
     from ..core.space import select_spaces  # noqa: PLC0415
     families = tuple(s.family for s in select_spaces(a.families))
-    if a.storage is not None or a.workers != 1:
-        return _tune_scaleout(a, problem, families, db)
+    scaleout = a.storage is not None or a.workers != 1
+    if scaleout:
+        _check_storage_args(a)
+    plan = _problem_plan(a)  # bad input or a problem too large: refused before anything is allocated
+    db = _checked_db(a.db)
+    if scaleout:
+        return _tune_scaleout(a, plan, families, db)
+    from ..core.problem import check_size  # noqa: PLC0415
     from ..device.gpu import gpu_info  # noqa: PLC0415
-    gpu_info()  # no GPU: one line, exit 2, nothing written
+    info = gpu_info()  # no GPU: one line, exit 2, nothing written, no matrix built
+    m, k, nnz, _ = plan
+    check_size(m, k, a.n, nnz, a.dtype, gpu_memory=info.memory_bytes, gpu_name=info.name)
+    problem = _problem_from_args(a, plan)
     report = tune(problem, TuneOptions(trials=a.trials, timeout=a.timeout, sampler=a.sampler, seed=a.seed,
                                        db=db, progress=not a.no_progress, families=families,
                                        warm_start=not a.cold_start))
@@ -224,18 +352,16 @@ def cmd_tune(a) -> int:
 
 
 def _scaleout(a):
-    from ..tuning.scaleout import ScaleOut  # noqa: PLC0415
-    if a.storage is None:
-        raise UserError("--workers needs --storage URL (the database the workers share)")
-    if a.workers <= 0:
-        raise UserError(f"--workers must be positive (got {a.workers})")
-    return ScaleOut(a.storage, a.heartbeat, a.grace)
+    """The shared storage's queue (built only after _check_storage_args and the GPU check passed)."""
+    from ..tuning.queue import ProblemQueue  # noqa: PLC0415
+    return ProblemQueue(a.storage, a.heartbeat, a.grace)
 
 
 def _run_workers(a, so, db, ids, deadline=None):
     """One worker in this process (--workers 1), or --workers K processes over the visible GPUs; only the problems
     `ids`; no new problem claimed after `deadline` (a time.time())."""
-    from ..tuning.scaleout import local_devices, run_worker, spawn_workers  # noqa: PLC0415
+    from ..tuning.spawn import local_devices, spawn_workers  # noqa: PLC0415
+    from ..tuning.worker import run_worker  # noqa: PLC0415
     if a.workers == 1:
         run_worker(a.storage, db, only=ids, heartbeat=a.heartbeat, grace=a.grace, deadline=deadline)
     else:
@@ -246,13 +372,11 @@ def _run_workers(a, so, db, ids, deadline=None):
             print(f"sparse-autotune: worker exit statuses {codes}", file=sys.stderr)
 
 
-def _tune_scaleout(a, problem, families, db) -> int:
-    from ..tuning.scaleout import local_devices, problem_spec  # noqa: PLC0415
-    if a.matrix:
-        raise UserError("--matrix with --storage is not supported: the workers rebuild the problem from "
-                        "--shape/--density/--seed")
-    if a.workers != 1:
-        local_devices(a.workers)  # bad --workers, or too few GPUs: nothing is written
+def _tune_scaleout(a, plan, families, db) -> int:
+    from ..tuning.queue import problem_spec  # noqa: PLC0415
+    from ..tuning.spawn import local_devices  # noqa: PLC0415
+    local_devices(a.workers)  # no GPU (or too few): refused before the storage is created or written
+    problem = _problem_from_args(a, plan)
     so = _scaleout(a)
     [rid] = so.enqueue([problem_spec(problem, a.trials, a.timeout, a.sampler, families, warm_start=not a.cold_start)])
     _run_workers(a, so, db, [rid])
@@ -266,24 +390,26 @@ def _tune_scaleout(a, problem, families, db) -> int:
 
 
 def cmd_worker(a) -> int:
-    from ..tuning.scaleout import run_worker  # noqa: PLC0415
-    only = None
-    if a.problems:
-        try:
-            only = [int(x) for x in a.problems.split(",") if x.strip()]
-        except ValueError:
-            raise UserError(f"--problems {a.problems!r} is not a comma-separated list of queue ids") from None
-    if a.budget is not None and a.budget < 0:
-        raise UserError(f"--budget must not be negative (got {a.budget})")
+    from ..store import guard  # noqa: PLC0415
+    from ..tuning.spawn import local_devices  # noqa: PLC0415
+    from ..tuning.worker import run_worker  # noqa: PLC0415
+    only = a.problems  # a list of queue ids (checked when parsed), or None
+    if a.grace is not None and a.grace <= a.heartbeat:
+        raise UserError(f"--grace ({a.grace} s) must be longer than --heartbeat ({a.heartbeat} s)")
+    guard.storage_for_write(a.storage)  # another application's database: refused before anything is created
     db = _checked_db(a.db)
+    local_devices(1)  # no GPU: one line, exit 2, before the storage is created or joined
     run_worker(a.storage, db, only=only, heartbeat=a.heartbeat, grace=a.grace,
                deadline=None if a.budget is None else time.time() + a.budget)
     return 0
 
 
 def cmd_status(a) -> int:
-    from ..tuning.scaleout import ScaleOut, status, status_text  # noqa: PLC0415
-    so = ScaleOut(a.storage)
+    from ..tuning.queue import ProblemQueue  # noqa: PLC0415
+    from ..tuning.status import status, status_text  # noqa: PLC0415
+    from ..store import guard  # noqa: PLC0415
+    guard.storage_for_read(a.storage)  # a read: a missing storage or one without the queue is refused, not created
+    so = ProblemQueue(a.storage)
     st = status(so)
     print(json.dumps(st.to_dict(), indent=1, default=str) if a.json else status_text(st, so.label))
     so.dispose()
@@ -291,14 +417,9 @@ def cmd_status(a) -> int:
 
 
 def cmd_lookup(a) -> int:
-    from ..store.lookup import lookup  # noqa: PLC0415
-    m, k = parse_shape(a.shape)
-    try:
-        n = check_n(int(a.n))
-    except ValueError:
-        raise UserError(f"--n {a.n!r} is not an integer") from None
-    res = lookup(m, k, n, check_density(a.density), check_dtype(a.dtype), gpu=a.gpu, db=a.db,
-                 fallback=not a.exact)
+    from ..runtime.lookup import lookup  # noqa: PLC0415
+    (m, k), n = a.shape, a.n  # checked when parsed
+    res = lookup(m, k, n, a.density, a.dtype, gpu=a.gpu, db=a.db, fallback=not a.exact)
     if a.json:
         print(json.dumps(None if res is None else res.__dict__, default=str))
     elif res is None:
@@ -318,16 +439,15 @@ def cmd_bench(a) -> int:
     from pathlib import Path  # noqa: PLC0415
     from ..tuning.suite import run_suite, suite_cases, summary  # noqa: PLC0415
     suite_cases(a.suite)  # validates the name before the GPU is touched
-    if a.trials <= 0:
-        raise UserError(f"--trials must be positive (got {a.trials})")
+    check_options(a.trials)
+    scaleout = a.storage is not None or a.workers != 1
+    if scaleout:
+        _check_storage_args(a)
     db = _checked_db(a.db)
-    if a.storage is not None or a.workers != 1:
+    if scaleout:
         from ..tuning.suite import run_suite_scaleout  # noqa: PLC0415
-        if a.budget is not None and a.budget <= 0:
-            raise UserError(f"--budget must be positive (got {a.budget})")
-        if a.workers != 1:
-            from ..tuning.scaleout import local_devices  # noqa: PLC0415
-            local_devices(a.workers)
+        from ..tuning.spawn import local_devices  # noqa: PLC0415
+        local_devices(a.workers)  # no GPU (or too few): refused before the storage is created or written
         so = _scaleout(a)
         deadline = None if a.budget is None else time.time() + a.budget
         records = run_suite_scaleout(a.suite, a.trials, Path(a.out), so,
@@ -343,15 +463,11 @@ def cmd_bench(a) -> int:
 
 def cmd_tune_model(a) -> int:
     from pathlib import Path  # noqa: PLC0415
-    from ..tuning import checkpoint as mdl  # noqa: PLC0415
+    from ..core import checkpoint as mdl  # noqa: PLC0415
+    from ..tuning.model import tune_model  # noqa: PLC0415
     from ..tuning.tuner import TuneOptions  # noqa: PLC0415
-    if a.sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {a.sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    if a.trials <= 0:
-        raise UserError(f"--trials must be positive (got {a.trials})")
-    for opt, v in (("--timeout", a.timeout), ("--budget", a.budget)):
-        if v is not None and v <= 0:
-            raise UserError(f"{opt} must be positive (got {v})")
+    from ..core.problem import DENSE_LIMIT, check_real_matrix, check_size  # noqa: PLC0415
+    check_options(a.trials, a.sampler, a.timeout)
     dtypes = [check_dtype(d.strip()) for d in a.dtype.split(",") if d.strip()]
     if not dtypes:
         raise UserError("--dtype: no dtype given")
@@ -361,11 +477,19 @@ def cmd_tune_model(a) -> int:
         raise UserError("--prune magnitude needs --density D")
     if a.prune_scope not in mdl.PRUNE_SCOPES:
         raise UserError(f"unknown --prune-scope {a.prune_scope!r}: choose one of {', '.join(mdl.PRUNE_SCOPES)}")
-    density = check_density(a.density) if a.density is not None else None
+    density = a.density  # checked when parsed
     db = None if a.dry_run else _checked_db(a.db)
     ckpt = mdl.load_checkpoint(a.checkpoint)
     layers = mdl.find_layers(ckpt, a.include, a.exclude)
     ns = mdl.n_values(layers, a.n, a.batch, a.seq, a.spatial)
+    for lay in layers:  # before any conversion: complex or non-finite values, all zeros, too dense, N out of range
+        try:
+            check_real_matrix(lay.weight, f"layer {lay.name}", "fp16" if "fp16" in dtypes else "fp32",
+                              dense_limit=None if a.prune else DENSE_LIMIT)
+        except UserError as exc:
+            raise UserError(f"{exc}; or leave it out: --exclude '{lay.name}'") from None
+        for n in ns[lay.name]:
+            check_n(n)
     layers = mdl.prune_layers(layers, density, a.prune_scope) if a.prune else mdl.sparse_layers(layers)
     name = a.model or Path(a.checkpoint).stem
     if a.save_sparse:
@@ -374,6 +498,8 @@ def cmd_tune_model(a) -> int:
                               {"model": name, "prune": a.prune, "density": density, "prune_scope": a.prune_scope})
         print(f"wrote {len(layers)} sparse layers and {len(extras)} biases to {out}", file=sys.stderr)
     jobs = mdl.plan(layers, ns, dtypes)
+    for j in jobs:  # 32-bit indices of the kernels, before anything is tuned (or listed)
+        check_size(j.m, j.k, j.n, j.layers[0].nnz, j.dtype)
     if a.dry_run:
         plan = {"model": name, "layers": [{"name": lay.name, "kind": lay.kind, "shape": list(lay.shape),
                                            "nnz": lay.nnz, "density": round(lay.density, 6), "n": ns[lay.name]}
@@ -394,10 +520,12 @@ def cmd_tune_model(a) -> int:
     families = tuple(s.family for s in select_spaces(a.families))
     from ..device.gpu import gpu_info  # noqa: PLC0415
     info = gpu_info()
+    for j in jobs:
+        check_size(j.m, j.k, j.n, j.layers[0].nnz, j.dtype, gpu_memory=info.memory_bytes, gpu_name=info.name)
     opts = TuneOptions(trials=a.trials, timeout=a.timeout, sampler=a.sampler, seed=a.seed, db=db,
                        progress=not a.no_progress, families=families)
-    res = mdl.tune_model(name, layers, jobs, opts, info.name, progress=not a.no_progress, budget_s=a.budget,
-                         log=(lambda m: None) if a.json else (lambda m: print(m, file=sys.stderr)))
+    res = tune_model(name, layers, jobs, opts, info.name, progress=not a.no_progress, budget_s=a.budget,
+                     log=(lambda m: None) if a.json else (lambda m: print(m, file=sys.stderr)))
     summary = {"model": res.model, "layers": res.layers, "problems": res.problems, "tuned": res.tuned,
                "skipped_done_before": res.skipped, "failed": res.failed, "stopped": res.stopped, "db": db}
     print(json.dumps(summary, indent=1) if a.json else
@@ -410,7 +538,7 @@ def cmd_tune_model(a) -> int:
 def cmd_report(a) -> int:
     from pathlib import Path  # noqa: PLC0415
     from ..commands.report import write_report  # noqa: PLC0415
-    db = _checked_db(a.db)
+    db = _checked_db(a.db, write=False)  # a read: an existing database, nothing created
     res = write_report(db, Path(a.out), model=a.model, gpu=a.gpu, study=a.study)
     print(f"wrote {res['markdown']} and {len(res['png'])} PNG(s): {', '.join(Path(p).name for p in res['png'])}")
     return 0
@@ -436,7 +564,15 @@ def main(argv=None) -> int:
         return {"tune": cmd_tune, "lookup": cmd_lookup, "bench": cmd_bench, "spaces": cmd_spaces, "db": cmd_db,
                 "tune-model": cmd_tune_model, "report": cmd_report, "worker": cmd_worker,
                 "status": cmd_status}[args.cmd](args)
-    return exit_status("sparse-autotune", run)
+    try:
+        return exit_status("sparse-autotune", run)
+    except BrokenPipeError:  # the output was piped into a reader that stopped (| head): not an error of ours
+        import os  # noqa: PLC0415
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes it
+        except (OSError, ValueError):
+            pass
+        return 141  # what a shell reports for a command ended by SIGPIPE
 
 
 if __name__ == "__main__":

@@ -13,8 +13,114 @@ import scipy.sparse as sp
 from ..errors import UserError
 
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
+# Relative error bounds by dtype (device.verify checks kernels against them, store.db keeps only records within).
+# fp32: fp32 accumulation lands near 1e-6. fp16: fp16 inputs (the reference uses the same fp16 values upcast) with
+# fp32 accumulation, then one rounding of the output to fp16 (~3e-4).
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3}
 PATTERNS = ("uniform", "powerlaw")
 DEFAULT_N = 256
+INDEX_LIMIT = 2**31 - 1  # the kernels index A's nonzeros (row pointers) and B's elements (column x N) in 32 bits
+SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds
+DENSE_LIMIT = 0.5  # a given matrix denser than this is refused (sparse kernels cannot win; prune it first)
+HOST_BYTES_PER_NNZ = 48  # peak host memory per nonzero while a random matrix is built (indices, values, CSR)
+
+
+def _int(value, what: str) -> int:
+    """An integer from an int or a string of digits (not a bool, not a float with a fraction)."""
+    if isinstance(value, bool):
+        raise UserError(f"{what} must be an integer (got {value!r})")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    raise UserError(f"{what} must be an integer (got {value!r})")
+
+
+def check_dim(value, what: str) -> int:
+    """A matrix dimension (M, K or N): a positive integer up to 2**31 - 1."""
+    v = _int(value, what)
+    if not 0 < v <= INDEX_LIMIT:
+        raise UserError(f"{what} must be a positive integer up to {INDEX_LIMIT} (got {v})")
+    return v
+
+
+def check_dims(m, k, n=None) -> tuple:
+    """(M, K) or (M, K, N), each checked by check_dim."""
+    dims = (check_dim(m, "M"), check_dim(k, "K"))
+    return dims if n is None else (*dims, check_n(n))
+
+
+def check_seed(seed) -> int:
+    """A seed of the random matrix, the inputs and the sampler: an integer in 0 .. 2**32 - 1."""
+    v = _int(seed, "the seed")
+    if not 0 <= v <= SEED_MAX:
+        raise UserError(f"the seed must be an integer from 0 to {SEED_MAX} (got {v})")
+    return v
+
+
+def _fmt_bytes(b: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if abs(b) < 1024 or unit == "EiB":
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1024
+    return f"{b:.1f} EiB"
+
+
+def device_bytes(m: int, k: int, n: int, nnz: int, dtype: str) -> int:
+    """GPU memory a tuning run of the problem needs, about: A in the kernels' CSR (values, 32-bit column indices, row
+    pointers) and its float64 and float32 copies (the reference and cuSPARSE), the dense A of the cuBLAS baselines (fp32
+    and fp16), B with its copies for the baselines, C with its copies, and the float64 reference of C."""
+    es = np.dtype(DTYPES.get(dtype, np.float32)).itemsize
+    return (nnz * (es + 4 + 12 + 8) + 3 * (m + 1) * 4 + m * k * 6 + k * n * (es + 6) + m * n * (es + 6 + 16))
+
+
+def _host_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_size(m: int, k: int, n: int, nnz: int, dtype: str, gpu_memory: int | None = None,
+               gpu_name: str | None = None, build: bool = False) -> int:
+    """Refuse a problem the kernels or the memory cannot hold, before anything is allocated: more than 2**31 - 1
+    nonzeros, or K x N above 2**31 - 1 (32-bit indices in the kernels), or more GPU memory than `gpu_memory` (when
+    known), or (`build`: a random matrix is to be built here) more host memory than is available. The message says
+    the bytes the problem needs. Returns device_bytes."""
+    need = device_bytes(m, k, n, nnz, dtype)
+    what = f"A {m}x{k} with {nnz} nonzeros (density {nnz / (m * k):.3g}), N={n}, {dtype}"
+    gpu = f"; {gpu_name or 'this GPU'} has {_fmt_bytes(gpu_memory)}" if gpu_memory else ""
+    if nnz > INDEX_LIMIT:
+        raise UserError(f"problem too large: {what}: more than {INDEX_LIMIT} nonzeros (the kernels index them in 32 "
+                        f"bits); it would need about {_fmt_bytes(need)} of GPU memory{gpu}")
+    if k * n > INDEX_LIMIT:
+        raise UserError(f"problem too large: {what}: B (K x N = {k * n} elements) is above {INDEX_LIMIT} elements (the "
+                        f"kernels index it in 32 bits); it would need about {_fmt_bytes(need)} of GPU memory{gpu}")
+    if gpu_memory and need > gpu_memory:
+        raise UserError(f"problem too large for the GPU: {what} needs about {_fmt_bytes(need)} of GPU memory (A, its "
+                        f"dense copy for the cuBLAS baselines, B, C and the float64 references){gpu}")
+    if build:
+        host = nnz * HOST_BYTES_PER_NNZ + (m + 1) * 8
+        avail = _host_available()
+        if avail is not None and host > avail:
+            raise UserError(f"problem too large for this machine: building {what} takes about {_fmt_bytes(host)} of "
+                            f"host memory, {_fmt_bytes(avail)} is available (it would need about {_fmt_bytes(need)} "
+                            f"of GPU memory)")
+    return need
+
+
+def nnz_of(m: int, k: int, density: float) -> int:
+    """The nonzeros of a random M x K matrix of this density: round(density * M * K), at least 1 (else a UserError)."""
+    nnz = min(int(round(density * m * k)), m * k)
+    if nnz < 1:
+        raise UserError(f"density {density:g} leaves no nonzero in a {m}x{k} matrix (at least {1 / (m * k):.3g})")
+    return nnz
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -25,13 +131,17 @@ def parse_shape(text: str) -> tuple[int, int]:
     rows, cols = int(m.group(1)), int(m.group(2))
     if rows <= 0 or cols <= 0:
         raise UserError(f"malformed shape {text!r}: M and K must be positive")
+    if rows > INDEX_LIMIT or cols > INDEX_LIMIT:
+        raise UserError(f"shape {text!r}: M and K must be at most {INDEX_LIMIT}")
     return rows, cols
 
 
 def check_density(d: float) -> float:
+    if isinstance(d, (bool, complex, np.complexfloating)):
+        raise UserError(f"density {d!r} is not a real number")
     try:
         d = float(d)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"density {d!r} is not a number") from None
     if not (0.0 < d <= 1.0) or d != d:
         raise UserError(f"density {d} is outside (0, 1]")
@@ -39,15 +149,17 @@ def check_density(d: float) -> float:
 
 
 def check_dtype(dtype: str) -> str:
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     return dtype
 
 
 def check_n(n: int) -> int:
-    if int(n) <= 0:
-        raise UserError(f"N must be a positive integer (got {n})")
-    return int(n)
+    """N, the columns of B: a positive integer up to 2**31 - 1."""
+    v = _int(n, "N")
+    if not 0 < v <= INDEX_LIMIT:
+        raise UserError(f"N must be a positive integer up to {INDEX_LIMIT} (got {v})")
+    return v
 
 
 def dtype_name(np_dtype) -> str:
@@ -112,6 +224,35 @@ def host_values(values, dtype) -> np.ndarray:
     return v.astype(np.float32)
 
 
+def check_real_matrix(a, what: str, dtype: str | None = None, dense_limit: float | None = DENSE_LIMIT) -> None:
+    """Refuse a given matrix (a file's, a model layer's) that cannot be tuned, in one line and before any conversion
+    (no numpy warning reaches the user): complex or non-numeric values, NaN or infinite values, values beyond the
+    range of float32 (or of fp16 for `dtype` fp16), no nonzero at all, or (`dense_limit`) a density above it."""
+    if 0 in a.shape:
+        raise UserError(f"{what} is empty (shape {a.shape[0]}x{a.shape[1]})")
+    dt = np.dtype(a.dtype)
+    if np.issubdtype(dt, np.complexfloating):
+        raise UserError(f"{what} holds complex values ({dt}): only real matrices can be tuned")
+    if not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer) or dt == np.bool_):
+        raise UserError(f"{what} holds values of type {dt}, not real numbers")
+    data = a.data if sp.issparse(a) else np.asarray(a)
+    if np.issubdtype(dt, np.floating):
+        with np.errstate(all="ignore"):
+            if not np.isfinite(data).all():
+                raise UserError(f"{what} holds NaN or infinite values")
+    top = float(np.abs(data).max()) if data.size else 0.0
+    limit, name = (65504.0, "fp16") if dtype == "fp16" else (float(np.finfo(np.float32).max), "float32")
+    if top > limit:
+        raise UserError(f"{what} holds values up to {top:.3g}, beyond the range of {name} (+-{limit:.6g})")
+    nnz = int(np.count_nonzero(data))
+    m, k = a.shape
+    if nnz == 0:
+        raise UserError(f"{what} is all zeros: nothing to tune")
+    if dense_limit is not None and nnz / (m * k) > dense_limit:
+        raise UserError(f"{what} is {100 * nnz / (m * k):.0f} % nonzero, denser than {100 * dense_limit:.0f} %: a sparse "
+                        "kernel cannot beat the dense product there: prune it first")
+
+
 def load_matrix(path: str | Path) -> sp.csr_matrix:
     """Load a sparse matrix from a scipy .npz (save_npz) or a Matrix Market .mtx file."""
     p = Path(path)
@@ -119,7 +260,8 @@ def load_matrix(path: str | Path) -> sp.csr_matrix:
         raise UserError(f"matrix file {str(p)!r} does not exist or is not a file")
     try:
         if p.suffix == ".npz":
-            a = sp.load_npz(p)
+            with open(p, "rb") as fh:  # closed also when the file is not a valid .npz
+                a = sp.load_npz(fh)
         elif p.suffix == ".mtx":
             a = scipy.io.mmread(p)
         else:
@@ -132,8 +274,7 @@ def load_matrix(path: str | Path) -> sp.csr_matrix:
         raise UserError(f"matrix file {str(p)!r} could not be parsed: {msg}") from None
     if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
         raise UserError(f"matrix file {str(p)!r} holds an empty matrix of shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.floating) and not np.issubdtype(a.dtype, np.integer):
-        raise UserError(f"matrix file {str(p)!r}: values of type {a.dtype} are not real numbers")
+    check_real_matrix(a, f"matrix file {str(p)!r}", dense_limit=None)
     a.sum_duplicates()
     a.sort_indices()
     return a
@@ -163,21 +304,34 @@ class Problem:
 
     @classmethod
     def random(cls, m, k, n, density, dtype="fp32", pattern="uniform", seed=0) -> "Problem":
+        """A random problem (random_matrix); every input is checked, and the size (check_size) before anything is
+        allocated."""
         check_dtype(dtype)
-        check_density(density)
-        check_n(n)
+        density = check_density(density)
+        m, k, n = check_dims(m, k, n)
+        seed = check_seed(seed)
+        if pattern not in PATTERNS:
+            raise UserError(f"unknown pattern {pattern!r}: choose one of {', '.join(PATTERNS)}")
+        check_size(m, k, n, nnz_of(m, k, density), dtype, build=True)
         a = random_matrix(m, k, density, pattern, seed, DTYPES[dtype])
         return cls(m, k, n, round(float(density), 6), dtype, pattern, seed, a)
 
     @classmethod
     def from_matrix(cls, a: sp.spmatrix, n: int, dtype: str = "fp32", pattern: str = "matrix") -> "Problem":
+        """A problem of a given matrix (real values, at least one nonzero; check_real_matrix) and N."""
         check_dtype(dtype)
-        check_n(n)
+        n = check_n(n)
+        if not hasattr(a, "shape") or not hasattr(a, "dtype") or len(a.shape) != 2 or 0 in a.shape:
+            raise UserError(f"the matrix must be a non-empty 2-D array or scipy.sparse matrix "
+                            f"(got {type(a).__name__} of shape {getattr(a, 'shape', None)})")
+        check_real_matrix(a, "the matrix", dtype, dense_limit=None)
+        check_dims(*a.shape)
         a = sp.csr_matrix(a, dtype=np.float32)
         a.sum_duplicates()
         a.sort_indices()
         a.data = host_values(a.data, DTYPES[dtype])
         m, k = a.shape
+        check_size(m, k, n, a.nnz, dtype)
         density = round(a.nnz / (m * k), 6) if a.nnz else round(1.0 / (m * k), 6)
         return cls(m, k, n, density, dtype, pattern, 0, a)
 

@@ -40,6 +40,7 @@ class GpuInfo:
     driver: str
     cuda_runtime: str
     cupy: str
+    memory_bytes: int = 0  # the device's global memory (0: unknown)
 
     def limits(self) -> dict:
         return {"max_smem_bytes": self.max_smem_bytes, "max_dyn_smem_bytes": self.max_smem_optin,
@@ -54,16 +55,49 @@ def _ver(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
+def _driver_present() -> bool:
+    """An NVIDIA driver is installed: its user-space library (libcuda) can be found or its device nodes exist."""
+    import ctypes.util  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    return ctypes.util.find_library("cuda") is not None or os.path.exists("/dev/nvidiactl") or \
+        os.path.exists("/usr/lib/wsl/lib/libcuda.so")
+
+
+def no_gpu_reason(cp, exc: Exception | None) -> str:
+    """Why CUDA found no device, in words a user can act on. Without any NVIDIA driver the CUDA runtime reports
+    'CUDA driver version is insufficient', which would send the user to update a driver they do not have."""
+    try:
+        driver = int(cp.cuda.runtime.driverGetVersion())  # 0 when no driver is loaded
+    except Exception:  # noqa: BLE001
+        driver = 0
+    try:
+        runtime = int(cp.cuda.runtime.runtimeGetVersion())
+    except Exception:  # noqa: BLE001
+        runtime = 0
+    status = getattr(exc, "status", None)
+    if driver == 0 or not _driver_present():
+        return ("no NVIDIA GPU driver found: this machine has no GPU (or its driver is not installed), and tuning, "
+                "benchmarks and the SpMM operator need one; spaces, lookup, db and report work without a GPU")
+    if status == 35 or (exc is not None and "insufficient" in str(exc)):  # cudaErrorInsufficientDriver
+        return (f"the NVIDIA driver supports CUDA up to {_ver(driver)}, older than the CUDA {_ver(runtime)} this CuPy "
+                "needs: update the driver, or install the CuPy of the driver's CUDA (sparse-autotune[cuda12] for a "
+                "CUDA 12 driver)")
+    if exc is None or status == 100:  # cudaErrorNoDevice
+        return ("no CUDA GPU found: the NVIDIA driver sees no device (check CUDA_VISIBLE_DEVICES and that the GPU is "
+                "visible to this machine or container)")
+    return f"no CUDA GPU found ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+
+
 @lru_cache(maxsize=None)
 def gpu_info(device: int | None = None) -> GpuInfo:
-    """Properties of the current (or given) CUDA device; UserError when there is none."""
+    """Properties of the current (or given) CUDA device; UserError when there is none (no_gpu_reason says why)."""
     cp = cupy()
     try:
         count = cp.cuda.runtime.getDeviceCount()
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"no CUDA GPU found ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise UserError(no_gpu_reason(cp, exc)) from None
     if count == 0:
-        raise UserError("no CUDA GPU found (the CUDA runtime reports 0 devices)")
+        raise UserError(no_gpu_reason(cp, None))
     dev = cp.cuda.Device(device) if device is not None else cp.cuda.Device()
     props = cp.cuda.runtime.getDeviceProperties(dev.id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
@@ -82,6 +116,7 @@ def gpu_info(device: int | None = None) -> GpuInfo:
         max_smem_optin=int(props.get("sharedMemPerBlockOptin", props["sharedMemPerBlock"])),
         max_threads=int(props["maxThreadsPerBlock"]),
         driver=driver, cuda_runtime=_ver(cp.cuda.runtime.runtimeGetVersion()), cupy=cp.__version__,
+        memory_bytes=int(props.get("totalGlobalMem", 0) or 0),
     )
 
 

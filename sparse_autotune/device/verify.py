@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import math
 
+from ..core.problem import TOLERANCE
 from ..errors import CandidateError
-
-# Relative error bounds by dtype. fp32: fp32 accumulation lands near 1e-6. fp16: fp16 inputs (the reference
-# uses the same fp16 values upcast) with fp32 accumulation, then one rounding of the output to fp16 (~3e-4).
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3}
 
 
 def reference(a64, b):

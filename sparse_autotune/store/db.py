@@ -2,8 +2,10 @@
 
 Tables: `sat_meta` (application marker and schema version) and `sat_records` (every stored result; the
 fastest verified one per key has is_best = 1, the others are history). Optuna's study tables may share the
-file (the tuner keeps its studies there so a tune resumes). SQLite files are opened in WAL mode with a busy
-timeout, and every write runs in a `BEGIN IMMEDIATE` transaction, so several processes can write at once without
+file (the tuner keeps its studies there so a tune resumes). Every open goes through guard.py first: a file or URL that
+is not a tuning database (or an empty one, or a storage of this project) is refused untouched, a read creates nothing
+and leaves no side files, a new file is made only where its folder exists. SQLite files are opened for writing in WAL
+mode with a busy timeout, and every write runs in a `BEGIN IMMEDIATE` transaction, so several processes can write at once without
 losing records or flagging two bests; any SQLAlchemy URL (e.g. postgresql+psycopg://...) works too.
 
 Schema versions (sat_meta.schema_version):
@@ -23,6 +25,7 @@ import json
 import math
 import os
 import sqlite3
+from collections import namedtuple
 from collections.abc import Iterable, Mapping
 from urllib.parse import quote
 from dataclasses import dataclass
@@ -34,14 +37,16 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.pool import NullPool
 
 from ..errors import UserError
+from . import guard
+from .guard import SQLITE_MAGIC, is_url, sqlite_uri  # noqa: F401 - also this module's API
 
 APPLICATION = "sparse-autotune"
 SCHEMA_VERSION = 2
 V2_COLUMNS = ("uid", "origin")  # the columns schema version 2 added to sat_records
 DB_ENV = "SPARSE_AUTOTUNE_DB"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 DENSITY_RTOL = 1e-3
 
 
@@ -153,9 +158,9 @@ def _assign_uids(rows: Iterable) -> list[str]:
 
 
 def is_verified(rec) -> bool:
-    """A record may be the best of its key: its error is finite and within the dtype's tolerance (verify.TOLERANCE)
+    """A record may be the best of its key: its error is finite and within the dtype's tolerance (core.problem.TOLERANCE)
     and its time is a positive finite number."""
-    from ..device.verify import TOLERANCE  # noqa: PLC0415
+    from ..core.problem import TOLERANCE  # noqa: PLC0415
     tol = TOLERANCE.get(rec.dtype)
     err, t = rec.max_rel_err, rec.time_us
     return (tol is not None and err is not None and t is not None and math.isfinite(err) and 0 <= err <= tol
@@ -226,67 +231,12 @@ def default_db_path() -> Path:
     return Path(platformdirs.user_cache_dir("sparse-autotune")) / "tuning.sqlite"
 
 
-def is_url(target: str) -> bool:
-    return "://" in str(target)
-
-
-def sqlite_uri(path: Path, mode: str | None = None, immutable: bool = False) -> str:
-    """A `file:` URI for sqlite3 with the path percent-quoted ('?', '#', '%' in names stay part of the path)."""
-    q = [f"mode={mode}"] if mode else []
-    if immutable:
-        q.append("immutable=1")
-    return f"file:{quote(str(path))}" + (f"?{'&'.join(q)}" if q else "")
-
-
-def _read_only_connect(path: Path) -> sqlite3.Connection:
-    """Open read-only; a WAL file in a folder the user cannot write needs immutable=1 (no -shm/-wal files)."""
-    con = sqlite3.connect(sqlite_uri(path, "ro"), uri=True)
-    try:
-        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        return con
-    except sqlite3.OperationalError:
-        con.close()
-        return sqlite3.connect(sqlite_uri(path, "ro", immutable=True), uri=True)
-
-
 def check_file(path: Path) -> str:
-    """Classify a file without writing to it: 'missing', 'empty', 'ours', or raise UserError."""
-    if not path.exists():
-        return "missing"
-    if path.is_dir():
-        raise UserError(f"database {str(path)!r} is a directory, not a tuning database file")
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except OSError as exc:
-        raise UserError(f"database {str(path)!r} cannot be read: {exc.strerror}") from None
-    if len(head) == 0:
-        return "empty"
-    if head != SQLITE_MAGIC:
-        raise UserError(f"database {str(path)!r} is not a tuning database (not an SQLite file)")
-    try:
-        con = _read_only_connect(path)
-        try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if not tables:
-                return "empty"
-            if "sat_meta" not in tables:
-                raise UserError(f"database {str(path)!r} is not a tuning database (an SQLite file of another application)")
-            meta = dict(con.execute("SELECT key, value FROM sat_meta").fetchall())
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as exc:
-        raise UserError(f"database {str(path)!r} cannot be read as SQLite: {exc}") from None
-    if meta.get("application") != APPLICATION:
-        raise UserError(f"database {str(path)!r} is not a tuning database (sat_meta names {meta.get('application')!r})")
-    try:
-        version = int(meta.get("schema_version", "0"))
-    except ValueError:
-        raise UserError(f"database {str(path)!r} has an unreadable schema version") from None
-    if version > SCHEMA_VERSION:
-        raise UserError(f"database {str(path)!r} has schema version {version}, newer than this sparse-autotune "
-                        f"understands ({SCHEMA_VERSION}): upgrade sparse-autotune")
-    return "ours"
+    """Classify a file without writing to it or creating it (guard.survey): 'missing', 'empty' (0 bytes or no tables: a
+    database without records), 'ours' (a tuning database), 'storage' (a scale-out storage of sparse-autotune without
+    records); anything else is a UserError."""
+    state = guard.survey(Path(path).expanduser()).state
+    return "ours" if state == "tuning" else state
 
 
 def _sqlite_pragmas(dbapi_con, _record):
@@ -392,41 +342,64 @@ class TuningDB:
         target = str(target) if target is not None else str(default_db_path())
         self.readonly = readonly
         self._missing: frozenset = frozenset()  # schema-2 columns a read-only older file lacks
-        if is_url(target):
-            self.url = target
+        self._force_ro = False  # read-only file: mode=ro from now on (a writer appeared during an immutable read)
+        t = guard.resolve(target)  # a path, an sqlite:/// URL naming a file (taken as its path), or another URL
+        s = guard.survey(t)  # another application's file or tables, a newer schema...: UserError, untouched
+        # a read-only open of an empty file or database, or of a storage without records: reads find no records
+        self._empty = readonly and s.state != "tuning"
+        self._label = t.label
+        if t.path is None:
+            self.url = t.url
             self.path = None
         else:
-            self.path = Path(target).expanduser().resolve()
-            state = check_file(self.path)
-            if state == "missing" and not create:
+            self.path = t.path.expanduser().resolve()
+            self._label = str(self.path)
+            if s.state == "missing" and (readonly or not create):
                 raise UserError(f"database {str(self.path)!r} does not exist")
-            if state == "missing":
-                try:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise UserError(f"cannot create the folder for database {str(self.path)!r}: {exc.strerror}") from None
+            if s.state == "missing":
+                guard.check_new_file(self.path)  # only where the folder exists (the default location's is made)
             if readonly:
-                self.url = "sqlite://"  # connections come from _read_only_connect (creator below)
+                self.url = "sqlite://"  # connections come from guard.read_only_connect (creator below)
             else:
                 # quoted twice: SQLAlchemy's URL parser decodes once, SQLite's URI parser once more
                 self.url = f"sqlite:///{quote(sqlite_uri(self.path), safe='/:')}?uri=true"
-        kwargs = {}
+        kwargs: dict = {}
         if self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
         if readonly and self.path is not None:
             ro_path = self.path
-            kwargs = {"creator": lambda: _read_only_connect(ro_path)}
+            # a connection per use (NullPool): each one picks its read-only mode from the file as it is then
+            kwargs = {"creator": lambda: guard.read_only_connect(ro_path, self._force_ro), "poolclass": NullPool}
         try:
-            self.engine: Engine = create_engine(self.url, **kwargs)
+            self.engine: Engine = (guard.server_engine(self.url, **kwargs) if self.path is None
+                                   else create_engine(self.url, **kwargs))
         except (SQLAlchemyError, ImportError, ValueError) as exc:
-            raise UserError(f"cannot open database {target!r}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"cannot open database {self._label!r}: {str(exc).splitlines()[0]}") from None
         if self.url.startswith("sqlite") and not readonly:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
         if readonly:
-            self._missing = self._missing_columns()
+            self._missing = frozenset() if self._empty else self._reading(self._missing_columns)
         else:
             self._init_schema()
+
+    def _reading(self, fn):
+        """fn() for a read; a read-only file that a writer touched while it was read immutably is read again through
+        mode=ro (guard.read_sqlite says why)."""
+        if not (self.readonly and self.path is not None) or self._force_ro:
+            return fn()
+        before = guard.file_stamp(self.path)
+        try:
+            result = fn()
+        except SQLAlchemyError:
+            if guard.file_stamp(self.path) == before:
+                raise
+            self._force_ro = True
+            return fn()
+        if guard.file_stamp(self.path) != before:
+            self._force_ro = True
+            return fn()
+        return result
 
     # ---- schema -----------------------------------------------------------------------------------------
 
@@ -489,7 +462,8 @@ class TuningDB:
 
     @property
     def label(self) -> str:
-        return str(self.path) if self.path else self.url
+        """The path, or the URL with its password hidden."""
+        return self._label
 
     @property
     def source_name(self) -> str:
@@ -546,24 +520,22 @@ class TuningDB:
         return winner
 
     def merge_from(self, other_path) -> MergeResult:
-        """Merge every record of another tuning database file into this one, in one transaction. The source is read
-        without writing to it (an older schema is read as it is). Records already present (same uid) are skipped;
-        the others are added with origin "merge:<source file name>", keyed to their own GPU, and each touched key's
-        best is the fastest verified record. Nothing is ever deleted."""
-        src = Path(other_path).expanduser().resolve()
-        state = check_file(src)
-        if state == "missing":
-            raise UserError(f"database {str(src)!r} does not exist")
-        if state == "empty":
-            raise UserError(f"database {str(src)!r} is an empty file, not a tuning database")
-        if self.path is not None and (src == self.path or (self.path.exists() and os.path.samefile(src, self.path))):
-            raise UserError(f"cannot merge database {str(src)!r} into itself")
-        sdb = TuningDB(src, create=False, readonly=True)
+        """Merge every record of another tuning database (a file, or a URL) into this one, in one transaction. The
+        source is read without writing to it (an older schema is read as it is); an empty file is a database without
+        records (nothing is added). Records already present (same uid) are skipped; the others are added with origin
+        "merge:<source file name>", keyed to their own GPU, and each touched key's best is the fastest verified record.
+        Nothing is ever deleted."""
+        t, _ = guard.for_read(other_path)  # missing, foreign, newer: UserError
+        if t.path is not None:
+            src = t.path.expanduser().resolve()
+            if self.path is not None and (src == self.path or (self.path.exists() and os.path.samefile(src, self.path))):
+                raise UserError(f"cannot merge database {str(src)!r} into itself")
+        sdb = TuningDB(t.given if t.path is None else src, create=False, readonly=True)
         try:
             records = sdb.records()
         finally:
             sdb.dispose()
-        return self._merge_records(records, merge_origin(src), str(src))
+        return self._merge_records(records, merge_origin(Path(sdb.source_name)), sdb.label)
 
     def _merge_records(self, records: Iterable[Record], origin: str | None, source: str) -> MergeResult:
         """Add copies of `records` whose uid is not present yet (origin: this value, or None to keep theirs), then
@@ -603,14 +575,17 @@ class TuningDB:
         journal mode). A missing (or empty) OUT is created; an OUT that is a tuning database gets the records merged
         into it (as merge_from); any other existing file is refused untouched."""
         flt = RecordFilter.of(filters)
-        if is_url(str(out_path)):
-            raise UserError(f"export writes a file, not a database URL ({out_path!r})")
-        out = Path(out_path).expanduser().resolve()
+        t = guard.resolve(out_path)
+        if t.path is None:
+            raise UserError(f"export writes a file, not a database URL ({t.label!r})")
+        out = t.path.expanduser().resolve()
         if self.path is not None and (out == self.path or (out.exists() and os.path.samefile(out, self.path))):
             raise UserError(f"cannot export database {str(out)!r} onto itself")
         state = check_file(out)  # a foreign, non-SQLite or newer file: UserError, untouched
+        if state == "missing":
+            guard.check_new_file(out, make_folder=False)  # a new file only where its folder exists
         records = self.select_records(flt)
-        if state == "ours":
+        if state in ("ours", "storage"):
             with open(out, "rb") as fh:
                 rollback_journal = fh.read(20)[18] == 1  # header byte 18: 1 = rollback journal, 2 = WAL
             dst = TuningDB(out)
@@ -620,10 +595,6 @@ class TuningDB:
                 dst.dispose()
                 if rollback_journal:  # a shared single-file export stays one (no -wal next to it)
                     _set_journal_mode(out, "DELETE")
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create the folder for {str(out)!r}: {exc.strerror}") from None
         tmp = out.with_name(f".{out.name}.{os.getpid()}.export-tmp")
         sidecars = [tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")]
         for p in sidecars:
@@ -686,11 +657,16 @@ class TuningDB:
 
     def best(self, m, k, n, density, dtype, gpu=None, pattern=None) -> Record | None:
         """The fastest best-flagged record for the exact key (any GPU / pattern where None)."""
-        try:
+        if self._empty:
+            return None
+        q = self._key_query(gpu, m, k, n, density, dtype, pattern).where(Record.is_best.is_(True))
+
+        def read():
             with Session(self.engine, expire_on_commit=False) as s:
-                q = self._key_query(gpu, m, k, n, density, dtype, pattern).where(Record.is_best.is_(True))
                 rows = self._query(s, q.order_by(Record.time_us, Record.id).limit(1))
                 return rows[0] if rows else None
+        try:
+            return self._reading(read)
         except SQLAlchemyError as exc:
             raise UserError(f"cannot read database {self.label!r}: {str(exc).splitlines()[0]}") from None
 
@@ -708,9 +684,14 @@ class TuningDB:
             q = q.where(Record.dtype == flt.dtype)
         if flt.best_only:
             q = q.where(Record.is_best.is_(True))
-        try:
+        if self._empty:
+            return []
+
+        def read():
             with Session(self.engine, expire_on_commit=False) as s:
                 return self._query(s, q.order_by(Record.id), full_uids=True)
+        try:
+            return self._reading(read)
         except SQLAlchemyError as exc:
             raise UserError(f"cannot read database {self.label!r}: {str(exc).splitlines()[0]}") from None
 
@@ -718,10 +699,15 @@ class TuningDB:
         return self.select_records()
 
     def get(self, record_id: int) -> Record | None:
-        try:
+        if self._empty or not isinstance(record_id, int) or not 0 < record_id < 2**63:
+            return None  # no such id (SQLite's ids are positive 64-bit integers)
+
+        def read():
             with Session(self.engine, expire_on_commit=False) as s:
                 rows = self._query(s, select(Record).where(Record.id == record_id), full_uids=True)
                 return rows[0] if rows else None
+        try:
+            return self._reading(read)
         except SQLAlchemyError as exc:
             raise UserError(f"cannot read database {self.label!r}: {str(exc).splitlines()[0]}") from None
 
@@ -729,32 +715,83 @@ class TuningDB:
         self.engine.dispose()
 
 
+_Row = namedtuple("_Row", "id gpu_name m k n density dtype pattern time_us max_rel_err is_best")
+
+
+def _consistency(con: sqlite3.Connection) -> list[str]:
+    """What is wrong with the records of a tuning database, as the store keeps them: one best per key (densities within
+    DENSITY_RTOL are one key), the best verified and the fastest verified record of its key, and a best wherever a key
+    has a verified record. Empty when all holds."""
+    cols = {r[1] for r in con.execute("PRAGMA table_info(sat_records)")}
+    if not cols:
+        return []
+    rows = con.execute("SELECT id, gpu_name, m, k, n, density, dtype, pattern, time_us, max_rel_err, is_best "
+                       "FROM sat_records ORDER BY id").fetchall()
+
+    groups: dict[tuple, list[_Row]] = {}
+    for row in rows:
+        r = _Row(*row)
+        groups.setdefault((r.gpu_name, r.m, r.k, r.n, r.dtype, r.pattern), []).append(r)
+    problems: list[str] = []
+    for g in groups.values():
+        for r in g:
+            near = [x for x in g if abs(x.density - r.density) <= r.density * DENSITY_RTOL]
+            bests = [x for x in near if x.is_best]
+            verified = [x for x in near if is_verified(x)]
+            key = f"{r.gpu_name} {r.m}x{r.k} N={r.n} d={r.density:g} {r.dtype} {r.pattern}"
+            if r.is_best and not is_verified(r):
+                problems.append(f"record {r.id} is the best of its key but not verified")
+            if r.is_best and len(bests) > 1 and r.id == min(x.id for x in bests):
+                problems.append(f"{len(bests)} records are the best of one key ({key}): "
+                                f"{', '.join(str(x.id) for x in bests)}")
+            if r.is_best and verified and min(x.time_us for x in verified) < r.time_us:
+                faster = min(verified, key=lambda x: x.time_us)
+                problems.append(f"record {r.id} is the best of its key, but record {faster.id} is faster")
+            if verified and not bests and r.id == min(x.id for x in near):
+                problems.append(f"no best record for a key with verified records ({key})")
+    return list(dict.fromkeys(problems))
+
+
 def describe_file(path) -> dict:
-    """What `db check` reports about a file, read without writing: schema version, record and best counts, GPUs,
-    Optuna studies. UserError (one line) for a missing, empty, foreign, corrupt or newer file."""
-    path = Path(path).expanduser()
-    state = check_file(path)
-    if state == "missing":
+    """What `db check` reports about a file, read without writing: what it is (guard.survey: a tuning database, an empty
+    file, a scale-out storage), schema version, record and best counts, GPUs, Optuna studies, and `problems`: SQLite's
+    quick_check and the store's own rules (_consistency); empty when the file is clean. UserError (one line) for a
+    missing, foreign, corrupt or newer file."""
+    t = guard.resolve(path)
+    if t.path is None:
+        raise UserError(f"db check reads a file, not a database URL ({t.label!r})")
+    path = t.path
+    s = guard.survey(path)
+    if s.state == "missing":
         raise UserError(f"database {str(path)!r} does not exist")
-    if state == "empty":
-        raise UserError(f"database {str(path)!r} is an empty file, not a tuning database (yet)")
+    info = {"path": str(path), "state": s.state, "schema_version": s.schema_version, "current_version": SCHEMA_VERSION,
+            "needs_migration": False, "records": 0, "best": 0, "gpus": [], "studies": 0, "queue": 0,
+            "problems": []}
+    if s.state == "empty":
+        return info
+
+    def read(con):
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        out = {"integrity": [r[0] for r in con.execute("PRAGMA quick_check")]}
+        if "sat_records" in tables:
+            out["records"] = con.execute("SELECT count(*) FROM sat_records").fetchone()[0]
+            out["best"] = con.execute("SELECT count(*) FROM sat_records WHERE is_best").fetchone()[0]
+            out["gpus"] = [r[0] for r in con.execute("SELECT DISTINCT gpu_name FROM sat_records ORDER BY gpu_name")]
+            out["consistency"] = _consistency(con)
+        if "studies" in tables:
+            out["studies"] = con.execute("SELECT count(*) FROM studies").fetchone()[0]
+        if "sa_queue" in tables:
+            out["queue"] = con.execute("SELECT count(*) FROM sa_queue").fetchone()[0]
+        return out
+
     try:
-        con = _read_only_connect(path)
-        try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            meta = dict(con.execute("SELECT key, value FROM sat_meta").fetchall())
-            records = best = 0
-            gpus: list[str] = []
-            if "sat_records" in tables:
-                records = con.execute("SELECT count(*) FROM sat_records").fetchone()[0]
-                best = con.execute("SELECT count(*) FROM sat_records WHERE is_best").fetchone()[0]
-                gpus = [r[0] for r in con.execute("SELECT DISTINCT gpu_name FROM sat_records ORDER BY gpu_name")]
-            studies = con.execute("SELECT count(*) FROM studies").fetchone()[0] if "studies" in tables else 0
-        finally:
-            con.close()
+        got = guard.read_sqlite(path, read)
     except sqlite3.DatabaseError as exc:
-        raise UserError(f"database {str(path)!r} cannot be read as SQLite: {exc}") from None
-    version = int(meta.get("schema_version", "0"))
-    return {"path": str(path), "schema_version": version, "current_version": SCHEMA_VERSION,
-            "needs_migration": version < SCHEMA_VERSION, "records": records, "best": best, "gpus": gpus,
-            "studies": studies}
+        raise UserError(f"database {str(path)!r} cannot be read as SQLite: {str(exc).splitlines()[0]}") from None
+    problems = [] if got["integrity"] == ["ok"] else [f"SQLite: {x}" for x in got["integrity"][:5]]
+    problems += got.get("consistency", [])
+    info.update({k: got[k] for k in ("records", "best", "gpus", "studies", "queue") if k in got})
+    info["problems"] = problems
+    if s.state == "tuning":
+        info["needs_migration"] = (s.schema_version or 0) < SCHEMA_VERSION
+    return info

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import UserError
-from ..core.problem import check_density, check_dtype
+from ..core.problem import check_density, check_dims, check_dtype
 from ..resources import resource_dir
 from ..store import guard
 from ..store.db import DENSITY_RTOL, Record, TuningDB, default_db_path
@@ -131,13 +131,17 @@ def _same_key(r: _Row, m, k, n, density) -> bool:
 
 
 def _pick(rows, m, k, n, density, pattern, runs=None):
-    """The nearest row (then the fastest) whose config runs this problem (`runs(row)` -> adapted config or None; every
-    row's when None), its distance and adapted config; (None, inf, None) when none."""
-    order = sorted(rows, key=lambda r: (_distance(r, m, k, n, density, pattern), r.time_us))
-    for r in order:
+    """(row, distance, config) of the first row whose config runs this problem (`runs(row)` -> the config adapted, or
+    None; every row's stored config when runs is None): exact keys first (fastest; same pattern preferred), then by
+    distance (then time). (None, inf, None) when none runs."""
+    def order(r):
+        exact = _same_key(r, m, k, n, density)
+        return (not exact, pattern is not None and r.pattern != pattern if exact else False,
+                0.0 if exact else _distance(r, m, k, n, density, pattern), r.time_us)
+    for r in sorted(rows, key=order):
         cfg = json.loads(r.config_json) if runs is None else runs(r)
         if cfg is not None:
-            return r, _distance(r, m, k, n, density, pattern), cfg
+            return r, (0.0 if _same_key(r, m, k, n, density) else _distance(r, m, k, n, density, pattern)), cfg
     return None, float("inf"), None
 
 
@@ -176,33 +180,29 @@ def default_config(m: int, k: int, n: int, dtype: str, nnz: int | None = None, l
 
 def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str | None = None, db=None,
            pattern: str | None = None, fallback: bool = True, cc: str | None = None, nnz: int | None = None,
-           limits: dict | None = None) -> Tuned | None:
+           limits: dict | None = None, adapt: bool = True) -> Tuned | None:
     """The best known config for (M, K, N, density, dtype) on a GPU, adapted to this N; `.source` says how it was found.
 
     The config is the record's as its family adapts it to this problem (a vector width N does not divide is lowered,
     say: `.stored_config` then holds the stored one); a record whose config cannot run this problem is passed over for
-    the next nearest. gpu=None means the current CUDA device (and its compute capability and limits) when there is one;
-    with no GPU and no gpu= given, records of any GPU match. fallback=False returns only an exact record, else None.
+    the next nearest. gpu=None: records of any GPU match (runtime.lookup fills in the current GPU, its compute
+    capability and limits). fallback=False returns only an exact record, else None.
     nnz: A's nonzeros (default round(density * M * K)); limits: the GPU's (default: the current GPU's, else an H100's).
+    adapt=False: the stored configs as they are, whether or not they run this problem (the database's own view).
     """
     check_dtype(dtype)
     density = check_density(density)
-    if gpu is None:
-        from ..device.gpu import gpu_available, gpu_info  # noqa: PLC0415
-        if gpu_available():
-            info = gpu_info()
-            gpu, cc = info.name, cc or info.cc
-            limits = limits if limits is not None else info.limits()
+    m, k, n = check_dims(m, k, n)  # positive integers the kernels can index (a UserError, not a math error, else)
     nnz = int(nnz) if nnz is not None else max(1, round(density * m * k))
     targets = search_path(db)
     ckey = (tuple(targets), m, k, n, round(density, 9), dtype, gpu, cc, pattern, fallback, nnz,
-            tuple(sorted((limits or {}).items())))
+            tuple(sorted((limits or {}).items())), adapt)
     stamps = tuple(_stamp(t) for t in targets)
     hit = _result_cache.get(ckey)
     if hit is not None and hit[0] == stamps:
         return hit[1]
 
-    runs = _runner(m, k, n, nnz, dtype, limits)
+    runs = _runner(m, k, n, nnz, dtype, limits) if adapt else None
     rows = [r for t in targets for r in _best_rows(t) if r.dtype == dtype]
     mine = [r for r in rows if gpu is None or r.gpu == gpu]
     res = None
