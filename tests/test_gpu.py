@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from sparse_autotune.core.problem import DTYPES, Problem, host_values, random_matrix
+from sparse_autotune.core.problem import DTYPES, Problem, host_values, random_matrix, storage
 from sparse_autotune.core.space import load_spaces, problem_env
 
 pytestmark = pytest.mark.gpu
@@ -54,7 +54,7 @@ def edge_matrices(dtype):
     return mats
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 def test_every_family_correct_on_edge_cases(dtype):
     """A covering sample of every family's configs verifies against float64 on edge-case matrices and N."""
     cp = _cp()
@@ -70,7 +70,7 @@ def test_every_family_correct_on_edge_cases(dtype):
         a64 = csp.csr_matrix(a.astype(np.float64))
         for n in (1, 8, 13, 64, 200):
             env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
-            b = cp.asarray(np.random.default_rng(n).standard_normal((a.shape[1], n)).astype(np_dt))
+            b = cp.asarray(storage(np.random.default_rng(n).standard_normal((a.shape[1], n)), dtype))
             ref = reference(a64, b)
             c = cp.empty((a.shape[0], n), dtype=np_dt)
             families_run = 0

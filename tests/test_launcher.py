@@ -99,7 +99,7 @@ def test_kernel_warm_builds_the_layouts_under_the_matrix_lock():
     rs = all_families()["csr_rowsplit"].space
     cfg = next(iter(rs.feasible("fp16", problem_env(64, 256, 128, a.nnz, "fp16"))))
     fake_kernel("csr_rowsplit", cfg, "fp16", a, dev).warm()
-    assert (("tc", 2), True) in dev.built
+    assert (("tc", 2, "fp16"), True) in dev.built
     assert (("seg", cfg["row_order"], cfg["rows_per_block"], cfg["split"]), True) in dev.built
     assert all(held for _, held in dev.built) and not dev.lock.locked()
 

@@ -6,14 +6,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from sparse_autotune.core.families import adapt_params
+from sparse_autotune.core.problem import storage
 
 
-def tc_layout(a: sp.csr_matrix, rn: int):
+def tc_layout(a: sp.csr_matrix, rn: int, dtype: str = "fp16"):
     """The layout for row blocks of 8 * rn rows: (step_ptr, cols, avals).
 
     Row block b's union of columns U_b (ascending, padded to a multiple of 16 with its first column, weight 0)
     is steps step_ptr[b] .. step_ptr[b + 1] - 1 of 16 columns each; cols[16 t + k] is column k of step t.
-    avals (float16) holds, for step t and 8-row tile i, the 16 x 8 weights in the B-operand layout of
+    avals (16-bit words: fp16, or bf16 bits for dtype bf16) holds, for step t and 8-row tile i, the 16 x 8 weights in the B-operand layout of
     mma.m16n8k16: lane l = 4 g + q holds A[8 i + g][U[2q]], A[..][U[2q + 1]], A[..][U[2q + 8]], A[..][U[2q + 9]]
     at avals[((t * rn + i) * 32 + l) * 4 + 0..3]."""
     m = a.shape[0]
@@ -28,9 +29,9 @@ def tc_layout(a: sp.csr_matrix, rn: int):
         step_ptr[b + 1] = step_ptr[b] + -(-len(u) // 16)
     total = int(step_ptr[-1])
     cols = np.zeros(total * 16, dtype=np.int32)
-    avals = np.zeros(total * rn * 128, dtype=np.float16)
+    avals = np.zeros(total * rn * 128, dtype=np.uint16)
     rows_of = np.repeat(np.arange(m, dtype=np.int64), np.diff(indptr))
-    vals = a.data.astype(np.float16)
+    vals = storage(a.data, dtype).view(np.uint16)
     for b, u in enumerate(unions):
         if not len(u):
             continue
@@ -66,7 +67,7 @@ def geometry(kernel, n: int):
 def args(kernel, n: int, b, c) -> tuple:
     rn = kernel.config["rn"]
     row_blocks, _ = _tiles(kernel, n)
-    step_ptr, cols, avals = kernel.a.cached(("tc", rn), lambda host: tc_layout(host, rn))
+    step_ptr, cols, avals = kernel.a.cached(("tc", rn, kernel.dtype), lambda host: tc_layout(host, rn, kernel.dtype))
     return (step_ptr, cols, avals, b, c, np.int32(kernel.a.shape[0]), np.int32(n), np.int32(row_blocks))
 
 

@@ -31,7 +31,7 @@ def add_db_parser(subparsers, parser_class=argparse.ArgumentParser) -> argparse.
     def filters(p):
         p.add_argument("--gpu", help="GPU name, or a part of it (case-insensitive), e.g. H100")
         p.add_argument("--shape", help="M x K of the sparse matrix, e.g. 512x2048")
-        p.add_argument("--dtype", help="fp32 or fp16")
+        p.add_argument("--dtype", help="fp32, fp16 or bf16")
 
     ls = dsub.add_parser("list", help="a table of the best records (all records with --all)")
     ls.add_argument("--db", help=_DB_HELP)

@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--shape", type=_SHAPE, help="M x K of the sparse matrix A, e.g. 512x2048")
     t.add_argument("--density", type=_DENSITY, help="fraction of nonzeros in A, in (0, 1]")
     t.add_argument("--n", type=_N, default=DEFAULT_N, help=f"columns N of the dense B (default {DEFAULT_N})")
-    t.add_argument("--dtype", type=_DTYPE, default="fp32", help="fp32 or fp16 (fp16 storage, fp32 accumulation); "
+    t.add_argument("--dtype", type=_DTYPE, default="fp32", help="fp32, fp16 or bf16 (16-bit storage, fp32 accumulation); "
                                                                 "default fp32")
     t.add_argument("--pattern", type=_choice(PATTERNS, "pattern"), default="uniform",
                    help=f"random pattern: {', '.join(PATTERNS)} (default uniform)")
@@ -131,14 +131,14 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--shape", type=_SHAPE, required=True, help="M x K of the sparse matrix A, e.g. 512x2048")
     lk.add_argument("--density", type=_DENSITY, required=True, help="fraction of nonzeros in A, in (0, 1]")
     lk.add_argument("--n", type=_N, default=DEFAULT_N, help=f"columns N of the dense B (default {DEFAULT_N})")
-    lk.add_argument("--dtype", type=_DTYPE, default="fp32", help="fp32 or fp16 (default fp32)")
+    lk.add_argument("--dtype", type=_DTYPE, default="fp32", help="fp32, fp16 or bf16 (default fp32)")
     lk.add_argument("--gpu", default=None, help="GPU name (default: this machine's GPU, or any)")
     lk.add_argument("--db", help="tuning database searched first (then the databases shipped with the package)")
     lk.add_argument("--exact", action="store_true", help="exact key only: no nearest / same-arch / default")
     lk.add_argument("--json", action="store_true")
 
     bn = sub.add_parser("bench", help="run a benchmark suite (tune every case, time baselines, write results)")
-    bn.add_argument("--suite", default="quick", help="dl (the full suite) or quick (a small subset); default quick")
+    bn.add_argument("--suite", default="quick", help="dl (the full suite), llm (7-8B decoder layers at small N, fp16/bf16) or quick (a small subset); default quick")
     bn.add_argument("--trials", type=_TRIALS, default=40, help="trial budget per case (default 40)")
     bn.add_argument("--out", default="bench/results", help="output folder (default bench/results)")
     bn.add_argument("--db", help="tuning database (default as for tune)")
@@ -179,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     tm.add_argument("--seq", help="tokens per sequence for Linear layers (N = batch x seq)")
     tm.add_argument("--spatial", action="append", help="PATTERN=HxW: output size of matching 1x1 conv layers "
                                                         "(repeatable)")
-    tm.add_argument("--dtype", default="fp32", help="comma-separated: fp32, fp16 (default fp32)")
+    tm.add_argument("--dtype", default="fp32", help="comma-separated: fp32, fp16, bf16 (default fp32)")
     tm.add_argument("--trials", type=_TRIALS, default=60, help="trial budget per distinct problem (default 60)")
     tm.add_argument("--timeout", type=_seconds(), default=None, help="search time limit per problem, seconds")
     tm.add_argument("--budget", type=_seconds(), default=None, help="start no new problem after this many seconds")
@@ -452,12 +452,12 @@ def cmd_bench(a) -> int:
         deadline = None if a.budget is None else time.time() + a.budget
         records = run_suite_scaleout(a.suite, a.trials, Path(a.out), so,
                                      lambda ids: _run_workers(a, so, db, ids, deadline))
-        print(json.dumps(summary(records), indent=1))
+        print(json.dumps(summary(records, a.suite), indent=1))
         return 0
     from ..device.gpu import gpu_info  # noqa: PLC0415
     gpu_info()
     records = run_suite(a.suite, a.trials, Path(a.out), db, a.budget)
-    print(json.dumps(summary(records), indent=1))
+    print(json.dumps(summary(records, a.suite), indent=1))
     return 0
 
 

@@ -12,12 +12,13 @@ import scipy.sparse as sp
 
 from ..errors import UserError
 
-DTYPES = {"fp32": np.float32, "fp16": np.float16}
+DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}  # bf16: raw 16-bit words (numpy has none)
 # Relative error bounds by dtype (device.verify checks kernels against them, store.db keeps only records within).
 # fp32: fp32 accumulation lands near 1e-6. fp16: fp16 inputs (the reference uses the same fp16 values upcast) with
 # fp32 accumulation, then one rounding of the output to fp16 (~3e-4).
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3}
-PATTERNS = ("uniform", "powerlaw")
+# bf16: 8 bits of mantissa, the output rounded once (~2e-3 relative per element, Frobenius lower).
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3, "bf16": 1e-2}
+PATTERNS = ("uniform", "powerlaw", "rowuniform")
 DEFAULT_N = 256
 INDEX_LIMIT = 2**31 - 1  # the kernels index A's nonzeros (row pointers) and B's elements (column x N) in 32 bits
 SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds
@@ -176,7 +177,9 @@ def random_matrix(m: int, k: int, density: float, pattern: str = "uniform", seed
     """A random sparse matrix with round(density*M*K) nonzeros and standard-normal values (never zero).
 
     uniform: every position equally likely. powerlaw: row lengths follow a Pareto (power-law) law like
-    magnitude-pruned weights (a few long rows, many short ones), columns uniform within a row.
+    magnitude-pruned weights (a few long rows, many short ones), columns uniform within a row. rowuniform: every row
+    keeps the same count (one more in the first nnz % M rows), columns uniform within a row, as per-output pruning
+    (Wanda, SparseGPT) leaves LLM weights.
     """
     rng = np.random.default_rng(seed)
     nnz = int(round(density * m * k))
@@ -188,6 +191,15 @@ def random_matrix(m: int, k: int, density: float, pattern: str = "uniform", seed
             a = sp.random_array((m, k), density=nnz / (m * k), format="csr", rng=rng,
                                 data_sampler=lambda size: np.ones(size))
             a = sp.csr_matrix(a)
+    elif pattern == "rowuniform":
+        lengths = np.full(m, nnz // m, dtype=np.int64)
+        lengths[:nnz % m] += 1
+        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        for r in range(m):
+            if lengths[r]:
+                indices[indptr[r]:indptr[r + 1]] = np.sort(rng.choice(k, size=int(lengths[r]), replace=False))
+        a = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(m, k))
     elif pattern == "powerlaw":
         w = rng.pareto(1.5, size=m) + 1.0
         lengths = np.minimum(np.floor(w / w.sum() * nnz).astype(np.int64), k)
@@ -215,12 +227,37 @@ def random_matrix(m: int, k: int, density: float, pattern: str = "uniform", seed
     return a
 
 
+def bf16_bits(x):
+    """float32 values (numpy or CuPy) as bfloat16 bit patterns (uint16), rounded to nearest even (finite values)."""
+    u = x.astype(np.float32).view(np.uint32)
+    return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+
+
+def bf16_float(bits):
+    """bfloat16 bit patterns (uint16, numpy or CuPy) as float32."""
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def storage(values, dtype: str):
+    """Values (numpy or CuPy, any float type) as the kernels store them for `dtype`: float32, float16, or bf16 bits."""
+    if dtype == "bf16":
+        return bf16_bits(values)
+    return values.astype(DTYPES[dtype])
+
+
+def as_float(arr):
+    """A dtype's stored values (numpy or CuPy) as floats: bf16 bits (uint16) decoded, others as they are."""
+    return bf16_float(arr) if arr.dtype == np.uint16 else arr
+
+
 def host_values(values, dtype) -> np.ndarray:
-    """Values as the host keeps them: float32 (scipy.sparse has no float16), rounded to fp16 for fp16 problems
-    so that the float64 reference sees exactly what the kernels see."""
+    """Values as the host keeps them: float32 (scipy.sparse has no 16-bit floats), rounded to fp16 / bf16 for those
+    problems (dtype: the numpy storage type of DTYPES) so that the float64 reference sees exactly what the kernels see."""
     v = np.asarray(values)
     if np.dtype(dtype) == np.float16:
         return v.astype(np.float16).astype(np.float32)
+    if np.dtype(dtype) == np.uint16:
+        return bf16_float(bf16_bits(v.astype(np.float32)))
     return v.astype(np.float32)
 
 

@@ -1,4 +1,4 @@
-"""The references, timed exactly like the tuned kernels: cuSPARSE SpMM and cuBLAS FP32 / TF32 / FP16.
+"""The references, timed exactly like the tuned kernels: cuSPARSE SpMM and cuBLAS FP32 / TF32 / FP16 (and BF16).
 
 Both libraries are called through CuPy's low-level bindings with descriptors and work buffers made once,
 so a timed launch is the library's GPU work alone (row-major B and C, as the tuned kernels use).
@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from ..core.problem import as_float, storage
 from ..device.timing import time_launches
 from ..device.verify import rel_error
 
@@ -64,7 +65,7 @@ class CuSparseSpMM:
         self.handle = cp.cuda.device.get_cusparse_handle()
         m, k = a_dev.shape
         n = int(b_bufs[0].shape[1])
-        vt = 2 if dtype == "fp16" else 0  # CUDA_R_16F / CUDA_R_32F
+        vt = {"fp32": 0, "fp16": 2, "bf16": 14}[dtype]  # CUDA_R_32F / CUDA_R_16F / CUDA_R_16BF
         self.compute = 0  # CUDA_R_32F accumulation for both
         self.alg = CUSPARSE_ALGS[alg_name]
         self.alpha = np.array(1.0, np.float32)
@@ -109,6 +110,7 @@ class CublasGemm:
         "fp32": (0, "CUBLAS_COMPUTE_32F"),
         "tf32": (0, "CUBLAS_COMPUTE_32F_FAST_TF32"),
         "fp16": (2, "CUBLAS_COMPUTE_32F"),  # half inputs and output, fp32 accumulation, tensor cores
+        "bf16": (14, "CUBLAS_COMPUTE_32F"),  # bfloat16 inputs and output (CUDA_R_16BF), fp32 accumulation
     }
 
     def __init__(self, a_dense, b_bufs, c, mode: str):
@@ -202,15 +204,22 @@ def time_baselines(ctx, log=None) -> dict:
     # cuBLAS on the densified A; FP16 on half copies of A and B (tensor cores)
     a_dense = ctx.a_dense_f32()
     c32 = cp.empty((ctx.problem.m, ctx.problem.n), cp.float32)
-    b32 = [b.astype(cp.float32) for b in ctx.b_bufs] if ctx.problem.dtype != "fp32" else ctx.b_bufs
+    b32 = [as_float(b).astype(cp.float32) for b in ctx.b_bufs] if ctx.problem.dtype != "fp32" else ctx.b_bufs
     for mode in ("fp32", "tf32"):
         g = CublasGemm(a_dense, b32, c32, mode)
         out[f"cublas_{mode}_us"], _ = run_one(f"cublas_{mode}", g.launch, c32, nb, ctx.ref)
     a16 = a_dense.astype(cp.float16)
-    b16 = [b.astype(cp.float16) for b in ctx.b_bufs] if ctx.problem.dtype != "fp16" else ctx.b_bufs
+    b16 = [as_float(b).astype(cp.float16) for b in ctx.b_bufs] if ctx.problem.dtype != "fp16" else ctx.b_bufs
     c16 = cp.empty((ctx.problem.m, ctx.problem.n), cp.float16)
     g = CublasGemm(a16, b16, c16, "fp16")
     out["cublas_fp16_us"], _ = run_one("cublas_fp16", g.launch, c16, nb, ctx.ref)
-    del a_dense, a16, b16, b32, c16, c32
+    del a16, b16, c16
+    if ctx.problem.dtype == "bf16":  # the dense path of the same dtype: bf16 copies of A (B and C are bf16 already)
+        abf = storage(a_dense, "bf16")
+        cbf = cp.empty((ctx.problem.m, ctx.problem.n), cp.uint16)
+        g = CublasGemm(abf, ctx.b_bufs, cbf, "bf16")
+        out["cublas_bf16_us"], _ = run_one("cublas_bf16", g.launch, cbf, nb, ctx.ref)
+        del abf, cbf
+    del a_dense, b32, c32
     out["baseline_errors"] = errors if errors else {}
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}

@@ -64,8 +64,22 @@ def ceilings() -> dict:
     return res
 
 
+def bytes_floor(problem, a_bytes: int, ceil: dict, dense_us: float | None) -> dict:
+    """The byte floor of a memory-bound layer: bytes of A in the kernel's own format + B + C, each once, over the best
+    bandwidth measured in this process: the larger of a device-to-device copy and what dense cuBLAS of the same
+    dtype reaches on the dense layer (dense_us, A dense M x K + B + C). {'bytes_floor_us', 'a_bytes',
+    'a_bytes_per_nnz', 'bw_GBps'}."""
+    es = 4 if problem.dtype == "fp32" else 2
+    bc = (problem.k * problem.n + problem.m * problem.n) * es
+    bw = ceil["copy_GBps"] * 1e9
+    if dense_us:
+        bw = max(bw, (problem.m * problem.k * es + bc) / (dense_us * 1e-6))
+    return {"bytes_floor_us": (a_bytes + bc) / bw * 1e6, "a_bytes": int(a_bytes),
+            "a_bytes_per_nnz": a_bytes / problem.nnz if problem.nnz else None, "bw_GBps": bw / 1e9}
+
+
 def floor_us(problem, ceil: dict, index_bytes: int = 4) -> float:
     """max(bytes moved / copy bandwidth, FLOPs / CUDA-core FMA peak of the dtype), in microseconds."""
     bw = ceil["copy_GBps"] * 1e9
-    peak = (ceil["fma_fp16_TFLOPs"] if problem.dtype == "fp16" else ceil["fma_fp32_TFLOPs"]) * 1e12
+    peak = (ceil["fma_fp32_TFLOPs"] if problem.dtype == "fp32" else ceil["fma_fp16_TFLOPs"]) * 1e12
     return max(problem.min_bytes(index_bytes) / bw, problem.flops / peak) * 1e6

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..device.gpu import GpuInfo, cupy
 from ..device.kernel import DeviceCSR
-from ..core.problem import DTYPES, Problem
+from ..core.problem import DTYPES, Problem, storage
 from ..device.timing import n_buffers
 from ..device.verify import reference
 
@@ -19,7 +19,7 @@ class GpuProblem:
         self.gpu = gpu
         self.np_dtype = DTYPES[problem.dtype]
         self.a_dev = DeviceCSR(problem.matrix, problem.dtype)
-        a_host = problem.matrix  # float32 holding exactly the values the kernels see (fp16-rounded for fp16)
+        a_host = problem.matrix  # float32 holding exactly the values the kernels see (rounded to fp16 / bf16 for those)
         self.a64 = csp.csr_matrix(a_host.astype(np.float64))
         self._a32 = csp.csr_matrix(a_host.astype(np.float32))
         es = np.dtype(self.np_dtype).itemsize
@@ -31,7 +31,7 @@ class GpuProblem:
 
     def random_b(self):
         p = self.problem
-        return self.rng.standard_normal((p.k, p.n), dtype=np.float32).astype(self.np_dtype)
+        return storage(self.rng.standard_normal((p.k, p.n), dtype=np.float32), p.dtype)
 
     def fresh_check(self):
         """A fresh random B and its float64 reference (every verification draws new inputs)."""

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from ..device.compile import compile_kernel, compile_ptx, function_ptr
 from ..errors import CandidateError
-from ..core.problem import DTYPES
+from ..core.problem import storage
 from ..core.render import render
 from ..core.families import Family, get_family
 from ..core.space import Space
@@ -33,7 +33,7 @@ class DeviceCSR:
         self.dtype = dtype
         self._host = a
         self.row_ptr = cp.asarray(a.indptr.astype(np.int32))
-        self.vals = cp.asarray(a.data.astype(DTYPES[dtype]))
+        self.vals = cp.asarray(storage(a.data, dtype))
         self._cache: dict = {}
         self.lock = threading.Lock()  # held while a kernel builds its layouts (Kernel.warm; compile threads share A)
 
@@ -85,6 +85,11 @@ class Kernel:
         """The kernel's parameters for N columns, in order: A's device arrays, `b` and `c` passed through as given
         (arrays, pointers or placeholders) and np.int32 scalars."""
         return self.family.args(self, n, b, c)
+
+    def a_bytes(self) -> int:
+        """Bytes of A as this kernel reads it: the device arrays its arguments name besides B and C (the family's
+        format; a split-K workspace counts too). What the byte floor of a memory-bound layer is computed from."""
+        return int(sum(int(getattr(x, "nbytes", 0)) for x in self.args(1, None, None)))
 
     def warm(self) -> None:
         """Build A's device layouts this kernel reads (tc_gather's over 13.5M nonzeros: ~2 s on the CPU), so the first

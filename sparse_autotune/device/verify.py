@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from ..core.problem import TOLERANCE
+from ..core.problem import TOLERANCE, as_float
 from ..errors import CandidateError
 
 
@@ -11,14 +11,14 @@ def reference(a64, b):
     """C = A @ B in float64 on the device; a64 is a cupyx float64 CSR matrix."""
     from ..device.gpu import cupy  # noqa: PLC0415
     cp = cupy()
-    return a64 @ b.astype(cp.float64)
+    return a64 @ as_float(b).astype(cp.float64)
 
 
 def rel_error(out, ref) -> float:
     """||out - ref|| / ||ref|| in float64; NaN/inf anywhere gives inf. An all-zero reference needs exact zeros."""
     from ..device.gpu import cupy  # noqa: PLC0415
     cp = cupy()
-    o = out.astype(cp.float64)
+    o = as_float(out).astype(cp.float64)
     if not bool(cp.isfinite(o).all()):
         return math.inf
     num = float(cp.linalg.norm(o - ref))

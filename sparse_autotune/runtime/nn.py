@@ -1,6 +1,6 @@
 """PyTorch integration (optional: needs torch). `SparseLinear` is an inference drop-in for `nn.Linear`.
 
-    from sparse_autotune.torch import SparseLinear
+    from sparse_autotune.runtime.nn import SparseLinear
     layer = SparseLinear.from_dense(model.fc, 0.1)      # keep the 10 % largest |weights| of this layer
     layer = SparseLinear.from_dense(model.fc, mask)     # or an explicit boolean mask (out x in)
 """
@@ -36,7 +36,7 @@ class SparseLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         w = weight.detach()
         self.op = SpMM(w.cpu(), n_hint=n_hint, dtype=dtype, db=db)
-        tdtype = {"fp32": torch.float32, "fp16": torch.float16}[self.op.dtype]
+        tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.op.dtype]
         # the bias in the layer's dtype, cast once here (not per forward); a later .half()/.to() is followed lazily
         self.register_buffer("bias", None if bias is None else bias.detach().to(tdtype).clone(), persistent=True)
 

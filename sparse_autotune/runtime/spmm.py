@@ -9,8 +9,10 @@ from ..store.lookup import default_config, lookup
 from ..core.problem import DTYPES, dtype_name, host_values
 
 
-def _to_scipy(a) -> tuple[sp.csr_matrix, np.dtype]:
-    """A as a float32 scipy CSR matrix (scipy has no float16), and A's own dtype."""
+def _to_scipy(a) -> tuple[sp.csr_matrix, np.dtype | str]:
+    """A as a float32 scipy CSR matrix (scipy has no 16-bit floats), and A's own dtype ('bf16' for a bfloat16
+    tensor: numpy has no bfloat16)."""
+    bf16 = False
     mod = type(a).__module__
     if sp.issparse(a):
         host = a
@@ -22,7 +24,8 @@ def _to_scipy(a) -> tuple[sp.csr_matrix, np.dtype]:
         import torch  # noqa: PLC0415
         t = a.detach()
         t = t.to_dense() if t.layout != torch.strided else t
-        host = t.cpu().numpy()
+        bf16 = t.dtype == torch.bfloat16
+        host = (t.float() if bf16 else t).cpu().numpy()
     else:
         raise UserError(f"unsupported type for A: {type(a).__name__} (use scipy.sparse, numpy, CuPy or PyTorch)")
     if host.ndim != 2:
@@ -35,7 +38,7 @@ def _to_scipy(a) -> tuple[sp.csr_matrix, np.dtype]:
                             sp.csr_matrix((host.data.astype(np.float32), host.indices, host.indptr), shape=host.shape))
     else:
         out = sp.csr_matrix(np.asarray(host, dtype=np.float32))
-    return out, src_dtype
+    return out, ("bf16" if bf16 else src_dtype)
 
 
 class SpMM:
@@ -45,9 +48,9 @@ class SpMM:
     lookup (exact, else the nearest tuned problem, else same-arch), adapted to N, else the default.
 
     A: scipy.sparse matrix, numpy/CuPy dense or CuPy sparse array, or a PyTorch tensor (M x K).
-    dtype: 'fp32' or 'fp16' (default from A: float16 -> fp16, float32/float64 -> fp32).
-    B: CuPy array or PyTorch CUDA tensor of shape (K, N) and the operator's dtype; the result has the
-    same kind. `op.plan(n)` says which kernel a given N uses and where its config came from.
+    dtype: 'fp32', 'fp16' or 'bf16' (default from A: float16 -> fp16, a torch bfloat16 tensor -> bf16, float32/float64
+    -> fp32). B: CuPy array or PyTorch CUDA tensor of shape (K, N) and the operator's dtype (bf16: torch.bfloat16, or a
+    CuPy uint16 array of bfloat16 bit patterns, as CuPy has no bfloat16); the result has the same kind. `op.plan(n)` says which kernel a given N uses and where its config came from.
     """
 
     def __init__(self, a, n_hint: int | None = None, dtype: str | None = None, db=None):
@@ -55,9 +58,9 @@ class SpMM:
         host.sum_duplicates()
         host.eliminate_zeros()
         host.sort_indices()
-        self.dtype = dtype if dtype is not None else dtype_name(src_dtype)
+        self.dtype = dtype if dtype is not None else (src_dtype if src_dtype == "bf16" else dtype_name(src_dtype))
         if self.dtype not in DTYPES:
-            raise UserError(f"unknown dtype {self.dtype!r}: choose fp32 or fp16")
+            raise UserError(f"unknown dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         host.data = host_values(host.data, DTYPES[self.dtype])
         self.host = host
         self.shape = host.shape
@@ -227,5 +230,5 @@ class SpMM:
         if raw_stream is None:
             def raw_stream(dev: int) -> int:
                 return torch.cuda.current_stream(dev).cuda_stream
-        self._torch = (torch, {"fp32": torch.float32, "fp16": torch.float16}[self.dtype], raw_stream)
+        self._torch = (torch, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype], raw_stream)
         return self._torch

@@ -1,6 +1,6 @@
 """The benchmark suite: tune each case, time the winner and the baselines the same way, write JSON/MD/PNG.
 
-`sparse-autotune bench --suite dl|quick [--trials T] [--out DIR]`. Each finished case is appended to
+`sparse-autotune bench --suite dl|quick|llm [--trials T] [--out DIR]`. Each finished case is appended to
 `suite-<suite>-<gpu>.json` at once, so an interrupted or time-limited run resumes where it stopped
 (cases already in the file are skipped). Tuned records also land in the tuning database.
 """
@@ -20,6 +20,14 @@ RESNET = [((64, 256), 3136), ((256, 64), 3136), ((128, 512), 784), ((512, 128), 
 DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3)
 DTYPES = ("fp32", "fp16")
 PATTERNS = ("uniform", "powerlaw")
+# llm: the Linear layers of 7-8B decoder models (q/o, GQA k/v, MLP up/gate and down of LLaMA-2 and Mistral sizes) at
+# decode and small-batch N, fp16 and bf16, uniform and per-row-uniform (Wanda / SparseGPT-style) patterns
+LLM_SHAPES = ((4096, 4096), (1024, 4096), (11008, 4096), (4096, 11008), (14336, 4096), (4096, 14336))
+LLM_NS = (1, 8, 16, 32, 64, 128)
+LLM_DENSITIES = (0.5, 0.3, 0.2, 0.1, 0.05)
+LLM_DTYPES = ("fp16", "bf16")
+LLM_PATTERNS = ("uniform", "rowuniform")
+SUITES = ("dl", "quick", "llm")
 
 
 def suite_cases(name: str) -> list[dict]:
@@ -30,11 +38,14 @@ def suite_cases(name: str) -> list[dict]:
         shapes += [(m, k, n) for (m, k) in ((4096, 4096), (11008, 4096)) for n in (16, 64)]
         shapes += [(512, 2048, 256), (512, 2048, 1024)]
         combos = itertools.product(shapes, DENSITIES, DTYPES, PATTERNS)
+    elif name == "llm":
+        shapes = [(m, k, n) for (m, k) in LLM_SHAPES for n in LLM_NS]
+        combos = itertools.product(shapes, LLM_DENSITIES, LLM_DTYPES, LLM_PATTERNS)
     elif name == "quick":
         shapes = [(512, 2048, 256), (512, 2048, 1024), (768, 3072, 512), (1024, 256, 196)]
         combos = itertools.product(shapes, (0.05, 0.1), DTYPES, ("uniform",))
     else:
-        raise UserError(f"unknown suite {name!r}: choose dl or quick")
+        raise UserError(f"unknown suite {name!r}: choose one of {', '.join(SUITES)}")
     return [{"M": m, "K": k, "N": n, "density": d, "dtype": dt, "pattern": p}
             for (m, k, n), d, dt, p in combos]
 
@@ -44,9 +55,9 @@ def case_key(c: dict) -> tuple:
 
 
 def best_dense(rec: dict) -> float | None:
-    """The best dense path of the same dtype: min(FP32, TF32) for fp32, FP16 tensor cores for fp16."""
-    if rec["dtype"] == "fp16":
-        return rec.get("cublas_fp16_us")
+    """The best dense path of the same dtype: min(FP32, TF32) for fp32, FP16 / BF16 tensor cores for fp16 / bf16."""
+    if rec["dtype"] in ("fp16", "bf16"):
+        return rec.get(f"cublas_{rec['dtype']}_us")
     vals = [v for v in (rec.get("cublas_fp32_us"), rec.get("cublas_tf32_us")) if v]
     return min(vals) if vals else None
 
@@ -122,7 +133,10 @@ def case_record(c: dict, r: dict) -> dict:
     return {**c, "nnz": r["problem"]["nnz"], "family": b["family"], "config": b["config"], "tuned_us": b["time_us"],
             "cusparse_us": base["cusparse_us"], "cublas_fp32_us": base["cublas_fp32_us"],
             "cublas_tf32_us": base["cublas_tf32_us"], "cublas_fp16_us": base["cublas_fp16_us"],
-            "floor_us": r["floor_us"], "max_rel_err": b["max_rel_err"], "trials": r["trials"]["complete"],
+            "cublas_bf16_us": base.get("cublas_bf16_us"),
+            "floor_us": r["floor_us"], "bytes_floor_us": r.get("bytes_floor_us"), "a_bytes": r.get("a_bytes"),
+            "a_bytes_per_nnz": r.get("a_bytes_per_nnz"), "max_rel_err": b["max_rel_err"],
+            "trials": r["trials"]["complete"],
             "gpu": r["gpu"], "driver": r["driver"], "cuda": r["cuda"], "cupy": r["cupy"]}
 
 
@@ -163,12 +177,20 @@ def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_worker
     return records
 
 
-def summary(records: list[dict]) -> dict:
+def _dtypes(records) -> list[str]:
+    return [d for d in ("fp32", "fp16", "bf16") if any(r["dtype"] == d for r in records)]
+
+
+def _densities(records) -> list[float]:
+    return sorted({r["density"] for r in records})
+
+
+def summary(records: list[dict], suite: str = "dl") -> dict:
     out = {"cases": len(records),
            "geomean_vs_cusparse": geomean(_ratio(r, "cusparse_us") for r in records),
            "geomean_vs_best_dense": geomean(_ratio(r, "dense") for r in records)}
-    for dt in DTYPES:
-        for d in DENSITIES:
+    for dt in _dtypes(records):
+        for d in _densities(records):
             sel = [r for r in records if r["dtype"] == dt and abs(r["density"] - d) < 1e-9]
             if sel:
                 out[f"{dt}@{d}"] = {
@@ -180,7 +202,7 @@ def summary(records: list[dict]) -> dict:
     out["median_tuned_over_floor_ge50us"] = big[len(big) // 2] if big else None
     at05 = [r for r in records if abs(r["density"] - 0.05) < 1e-9]
     out["vs_best_dense@0.05"] = geomean(_ratio(r, "dense") for r in at05)
-    out["targets"] = targets(out, records)
+    out["targets"] = targets(out, records) if suite != "llm" else llm_targets(records)
     return out
 
 
@@ -229,6 +251,47 @@ def targets(s: dict, records: list[dict] | None = None) -> list[dict]:
     return out
 
 
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else None
+
+
+def _bytes_ratio(r: dict):
+    return r["tuned_us"] / r["bytes_floor_us"] if r.get("bytes_floor_us") else None
+
+
+# The llm suite's targets (memory-bound layers): (name, the cases it is about, one case's value, how the values are
+# combined, ">=" or "<=", goal). Speed-ups are over cuBLAS of the same dtype (FP16 for fp16, BF16 for bf16).
+LLM_TARGETS = (
+    ("N <= 32, d = 0.5: geomean over cuBLAS of the same dtype", lambda r: r["N"] <= 32 and r["density"] == 0.5,
+     lambda r: _ratio(r, "dense"), geomean, ">=", 1.6),
+    ("N <= 32, d = 0.1: geomean over cuBLAS of the same dtype", lambda r: r["N"] <= 32 and r["density"] == 0.1,
+     lambda r: _ratio(r, "dense"), geomean, ">=", 3.0),
+    ("N <= 32, d = 0.05: geomean over cuBLAS of the same dtype", lambda r: r["N"] <= 32 and r["density"] == 0.05,
+     lambda r: _ratio(r, "dense"), geomean, ">=", 5.0),
+    ("N = 64-128, d <= 0.3: geomean over cuBLAS of the same dtype",
+     lambda r: 64 <= r["N"] <= 128 and r["density"] <= 0.3, lambda r: _ratio(r, "dense"), geomean, ">=", 1.0),
+    ("N = 64-128, d <= 0.3: the slowest case over cuBLAS of the same dtype",
+     lambda r: 64 <= r["N"] <= 128 and r["density"] <= 0.3, lambda r: _ratio(r, "dense"), min, ">=", 0.9),
+    ("N <= 32, d <= 0.1: median tuned / bytes floor", lambda r: r["N"] <= 32 and r["density"] <= 0.1, _bytes_ratio,
+     _median, "<=", 1.5),
+)
+
+
+def llm_targets(records: list[dict]) -> list[dict]:
+    """The llm suite's targets from the records: value, met, missing factor, and the cases at the goal on their own."""
+    out = []
+    for name, about, own, how, op, goal in LLM_TARGETS:
+        vals = [x for x in (own(r) for r in records if about(r)) if x is not None]
+        v = how(vals) if vals else None
+        met = None if v is None else (v >= goal if op == ">=" else v <= goal)
+        short = None if v is None or met else (goal / v if op == ">=" else v / goal)
+        out.append({"target": name, "goal": f"{op} {goal:g}", "value": v, "met": met, "missing_factor": short,
+                    "cases": len(vals),
+                    "cases_at_goal": sum(1 for x in vals if (x >= goal if op == ">=" else x <= goal))})
+    return out
+
+
 def shape_rows(records: list[dict]) -> list[dict]:
     """Per layer shape (M, K, N): cases, geomean speed-ups and how often each family won."""
     by: dict = {}
@@ -249,7 +312,7 @@ def shape_rows(records: list[dict]) -> list[dict]:
 def write_report(records: list[dict], stem: Path, suite: str, total: int):
     if not records:
         return
-    s = summary(records)
+    s = summary(records, suite)
     r0 = records[0]
     f = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
     lines = [f"# Benchmark suite `{suite}` — {r0['gpu']}", "",
@@ -259,8 +322,8 @@ def write_report(records: list[dict], stem: Path, suite: str, total: int):
              f"same dtype: **{f(s['geomean_vs_best_dense'])}x**. Median tuned/floor where tuned >= 50 us: "
              f"{f(s['median_tuned_over_floor_ge50us'])}.", "",
              "| dtype | density | cases | vs cuSPARSE | vs cuBLAS FP32 | vs best dense |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for dt in DTYPES:
-        for d in DENSITIES:
+    for dt in _dtypes(records):
+        for d in _densities(records):
             g = s.get(f"{dt}@{d}")
             if g:
                 lines.append(f"| {dt} | {d} | {g['cases']} | {f(g['vs_cusparse'])} | {f(g['vs_cublas_fp32'])} | {f(g['vs_best_dense'])} |")
@@ -277,12 +340,14 @@ def write_report(records: list[dict], stem: Path, suite: str, total: int):
         wins = ", ".join(f"{fam} {c}" for fam, c in row["winners"].items())
         lines.append(f"| {row['M']} | {row['K']} | {row['N']} | {row['cases']} | {f(row['vs_cusparse'])} | "
                      f"{f(row['vs_best_dense'])} | {wins} |")
-    lines += ["", "| M | K | N | density | dtype | pattern | family | tuned us | cuSPARSE | FP32 | TF32 | FP16 | floor |",
-              "| ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "| M | K | N | density | dtype | pattern | family | tuned us | cuSPARSE | FP32 | TF32 | FP16 | BF16 | "
+              "floor | bytes floor | A bytes/nnz |",
+              "| ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in records:
         lines.append(f"| {r['M']} | {r['K']} | {r['N']} | {r['density']} | {r['dtype']} | {r['pattern']} | {r['family']} | "
                      f"{f(r['tuned_us'])} | {f(r['cusparse_us'])} | {f(r['cublas_fp32_us'])} | {f(r['cublas_tf32_us'])} | "
-                     f"{f(r['cublas_fp16_us'])} | {f(r['floor_us'])} |")
+                     f"{f(r['cublas_fp16_us'])} | {f(r.get('cublas_bf16_us'))} | {f(r['floor_us'])} | "
+                     f"{f(r.get('bytes_floor_us'))} | {f(r.get('a_bytes_per_nnz'))} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib  # noqa: PLC0415
@@ -294,7 +359,7 @@ def write_report(records: list[dict], stem: Path, suite: str, total: int):
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for ax, key, title in ((axes[0], "cusparse_us", "speed-up over cuSPARSE"), (axes[1], "dense", "speed-up over best dense (same dtype)")):
-        for dt, mk in (("fp32", "o"), ("fp16", "s")):
+        for dt, mk in (("fp32", "o"), ("fp16", "s"), ("bf16", "^")):
             sel = [r for r in records if r["dtype"] == dt]
             xs = [r["density"] for r in sel]
             ys = [((r[key] if key != "dense" else best_dense(r)) or float("nan")) / r["tuned_us"] for r in sel]

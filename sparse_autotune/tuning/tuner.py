@@ -246,7 +246,7 @@ class GpuTuner(Tuner):
         """The winner and the baselines, verified and timed again the same way in this process; the record stored."""
         self._check_found(res)
         from ..device.baselines import time_baselines  # noqa: PLC0415
-        from ..device.ceilings import ceilings, floor_us  # noqa: PLC0415
+        from ..device.ceilings import bytes_floor, ceilings, floor_us  # noqa: PLC0415
         from ..device.timing import time_launches  # noqa: PLC0415
         from ..device.verify import check  # noqa: PLC0415
         problem, ctx, info, opts, db = self.problem, self.ctx, self.info, self.opts, self.db
@@ -259,6 +259,8 @@ class GpuTuner(Tuner):
             base = time_baselines(ctx, self.log)
             ceil = ceilings()
         floor = floor_us(problem, ceil, _index_bytes(res.best_config))
+        dense_us = base.get(f"cublas_{problem.dtype}_us")
+        bfloor = bytes_floor(problem, kern.a_bytes(), ceil, dense_us)
         gflops = problem.flops / (t.median_us * 1e-6) / 1e9
         v = info.versions()
         rec = Record(
@@ -283,13 +285,14 @@ class GpuTuner(Tuner):
             "best": {"family": res.best_family, "config": res.best_config, "time_us": t.median_us,
                      "gflops": gflops, "max_rel_err": err, "timing_spread": t.spread, "timing": t.method,
                      "search_time_us": res.best_value},
-            "baselines": {k: base[k] for k in ("cusparse_us", "cusparse_alg", "cublas_fp32_us", "cublas_tf32_us",
-                                              "cublas_fp16_us")},
+            "baselines": {k: base.get(k) for k in ("cusparse_us", "cusparse_alg", "cublas_fp32_us", "cublas_tf32_us",
+                                                  "cublas_fp16_us", "cublas_bf16_us")},
             "baseline_errors": base["baseline_errors"], "baseline_timing": base.get("timing", {}),
             "speedup": {"vs_cusparse": ratio(base["cusparse_us"]), "vs_cublas_fp32": ratio(base["cublas_fp32_us"]),
                         "vs_cublas_tf32": ratio(base["cublas_tf32_us"]),
-                        "vs_cublas_fp16": ratio(base["cublas_fp16_us"])},
-            "floor_us": floor, "ceilings": ceil,
+                        "vs_cublas_fp16": ratio(base["cublas_fp16_us"]),
+                        "vs_cublas_bf16": ratio(base.get("cublas_bf16_us"))},
+            "floor_us": floor, **bfloor, "ceilings": ceil,
             "trials": trials_dict(res, opts, self.interrupted),
             "study": name, "db": db.label, "record_id": rec.id, "record_is_best": rec.is_best,
             "elapsed_s": time.time() - self.t_start,

@@ -45,6 +45,7 @@ def test_tc_layout_holds_exactly_the_weights_in_mma_fragment_order(rn):
     dense[1] = rng.standard_normal(k)  # a dense row
     a = sps.csr_matrix(dense)
     step_ptr, cols, avals = tc_layout(a, rn)
+    avals = avals.view(np.float16)  # fp16 words
     nb = -(-m // (8 * rn))
     assert step_ptr.shape == (nb + 1,) and step_ptr[0] == 0 and (np.diff(step_ptr) >= 0).all()
     assert step_ptr[2] == step_ptr[1]  # the empty block has no step

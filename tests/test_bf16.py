@@ -1,0 +1,90 @@
+"""bf16 as the third dtype, on the CPU: rounding to bfloat16 bits, the host's values, the kernels' storage, the llm
+suite's cases and targets, the per-row-uniform pattern (the GPU tests run bf16 kernels against float64)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sparse_autotune.core.families import all_families, get_family
+from sparse_autotune.core.problem import (DTYPES, TOLERANCE, bf16_bits, bf16_float, check_dtype, host_values,
+                                          random_matrix, storage)
+
+
+def test_bf16_rounds_to_nearest_even():
+    x = np.array([1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, -2.5, 3.14159], np.float32)
+    got = bf16_float(bf16_bits(x))
+    # 1 + 2^-8 is halfway between 1 and 1 + 2^-7: to even (1); 1 + 3 * 2^-8 is halfway: to even (1 + 2^-6)
+    np.testing.assert_array_equal(got, np.array([1.0, 1.0, 1 + 2 ** -6, 1 + 2 ** -7, -2.5, 3.140625], np.float32))
+    assert bf16_bits(np.float32([1.0])).dtype == np.uint16 and int(bf16_bits(np.float32([1.0]))[0]) == 0x3F80
+
+
+def test_bf16_host_values_are_exactly_what_the_kernels_store():
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(10000).astype(np.float32)
+    h = host_values(v, DTYPES["bf16"])
+    assert h.dtype == np.float32 and not (h.view(np.uint32) & 0xFFFF).any()  # 8 bits of mantissa, no more
+    np.testing.assert_array_equal(bf16_float(storage(h, "bf16")), h)  # the stored bits decode to the host's values
+    assert np.abs(h - v).max() <= np.abs(v).max() * 2 ** -8
+    assert storage(h, "fp16").dtype == np.float16 and storage(h, "fp32").dtype == np.float32
+
+
+def test_bf16_is_a_dtype_with_its_tolerance_and_families():
+    assert check_dtype("bf16") == "bf16" and TOLERANCE["bf16"] > TOLERANCE["fp16"]
+    fams = [n for n, f in all_families().items() if f.space.supports("bf16")]
+    assert {"csr_rowsplit", "csr_btile", "pattern_unrolled", "tc_gather"} <= set(fams)
+
+
+def test_tc_gather_layout_holds_bf16_bits():
+    a = random_matrix(40, 90, 0.2, "uniform", 1, DTYPES["bf16"])
+    host = get_family("tc_gather").host
+    _, _, avals16 = host.tc_layout(a, 1, "fp16")
+    _, _, avalsbf = host.tc_layout(a, 1, "bf16")
+    nz = avalsbf != 0
+    assert nz.sum() == a.nnz and (nz == (avals16 != 0)).all()  # the same places
+    assert sorted(bf16_float(avalsbf[nz]).tolist()) == sorted(a.data.tolist())  # bf16 values, exactly
+
+
+def test_rowuniform_rows_keep_the_same_count():
+    a = random_matrix(101, 300, 0.1, "rowuniform", 3)
+    lens = np.diff(a.indptr)
+    assert a.nnz == round(0.1 * 101 * 300) and lens.max() - lens.min() <= 1
+    assert all(len(set(a.indices[a.indptr[r]:a.indptr[r + 1]])) == lens[r] for r in range(101))
+
+
+def test_llm_suite_cases_and_targets():
+    from sparse_autotune.tuning.suite import llm_targets, suite_cases, summary
+    cases = suite_cases("llm")
+    assert len(cases) == 6 * 6 * 5 * 2 * 2
+    assert {c["dtype"] for c in cases} == {"fp16", "bf16"} and {c["pattern"] for c in cases} == {"uniform", "rowuniform"}
+
+    def rec(n, d, dt, tuned, dense, floor):
+        return {"M": 4096, "K": 4096, "N": n, "density": d, "dtype": dt, "pattern": "uniform", "family": "csr_gemv",
+                "tuned_us": tuned, f"cublas_{dt}_us": dense, "cusparse_us": 3 * tuned, "bytes_floor_us": floor}
+    recs = [rec(1, 0.1, "fp16", 4.0, 12.0, 2.0),    # 3x over cuBLAS FP16; 2x its byte floor
+            rec(16, 0.1, "bf16", 6.0, 12.0, 3.0),   # 2x over cuBLAS BF16 (the same dtype's dense path)
+            rec(64, 0.3, "fp16", 10.0, 8.0, 5.0)]   # 0.8x: below the 0.9x floor of N = 64-128
+    t = {x["target"]: x for x in llm_targets(recs)}
+    d01 = t["N <= 32, d = 0.1: geomean over cuBLAS of the same dtype"]
+    assert abs(d01["value"] - 6 ** 0.5) < 1e-9 and d01["met"] is False and (d01["cases_at_goal"], d01["cases"]) == (1, 2)
+    slow = t["N = 64-128, d <= 0.3: the slowest case over cuBLAS of the same dtype"]
+    assert abs(slow["value"] - 0.8) < 1e-9 and slow["met"] is False
+    fl = t["N <= 32, d <= 0.1: median tuned / bytes floor"]
+    assert fl["value"] == 2.0 and fl["met"] is False and abs(fl["missing_factor"] - 2.0 / 1.5) < 1e-9
+    assert t["N <= 32, d = 0.5: geomean over cuBLAS of the same dtype"]["value"] is None  # no case yet
+    assert summary(recs, "llm")["targets"][1]["target"] == d01["target"]
+
+
+@pytest.mark.parametrize("dtype", ["bf16"])
+def test_every_bf16_family_renders_every_config_kind(dtype):
+    from sparse_autotune.core.render import render
+    from sparse_autotune.core.space import problem_env
+    a = random_matrix(64, 256, 0.05, "uniform", 0)
+    for name, fam in all_families().items():
+        if not fam.space.supports(dtype):
+            continue
+        env = problem_env(64, 256, 256, a.nnz, dtype)
+        feas = list(fam.space.feasible(dtype, env))
+        assert feas, name
+        for cfg in feas[:: max(1, len(feas) // 5)]:
+            src = render(fam.space, cfg, dtype, fam.context(a, cfg) if fam.space.needs_matrix else None)
+            assert "dtype=bf16" in src and "f16.f32" not in src.replace("bf16.f32", "")  # no fp16 conversion left
