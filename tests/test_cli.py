@@ -329,3 +329,62 @@ def test_family_without_the_dtype_is_refused_synthetic(tmp_path, monkeypatch):
     fp16 = make_tuner(Problem.random(64, 128, 32, 0.1, "fp16"), TuneOptions(trials=2, db=str(db), progress=False),
                       lambda m: None)
     assert "tc_gather" in {s.family for s in fp16.spaces}
+
+
+# ---- the no-GPU message ---------------------------------------------------------------------------------
+
+
+class _FakeRuntimeError(Exception):
+    def __init__(self, status, text):
+        super().__init__(text)
+        self.status = status
+
+
+def _fake_cupy(driver: int, runtime: int, error):
+    import types
+    def count():
+        if error is not None:
+            raise error
+        return 0
+    rt = types.SimpleNamespace(getDeviceCount=count, driverGetVersion=lambda: driver,
+                               runtimeGetVersion=lambda: runtime)
+    return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=rt), __version__="14.0")
+
+
+@pytest.mark.parametrize("driver,present,error,words,absent", [
+    # no NVIDIA driver at all: CUDA reports "insufficient", the user must read "no driver" instead
+    (0, False, _FakeRuntimeError(35, "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA "
+                                     "runtime version"), ["no NVIDIA GPU driver", "GPU"], ["insufficient"]),
+    # a driver older than the CUDA of the installed CuPy
+    (12020, True, _FakeRuntimeError(35, "cudaErrorInsufficientDriver: CUDA driver version is insufficient"),
+     ["CUDA up to 12.2", "13.0", "cuda12"], []),
+    # a driver, but no device visible
+    (13000, True, _FakeRuntimeError(100, "cudaErrorNoDevice: no CUDA-capable device is detected"),
+     ["no CUDA GPU found", "CUDA_VISIBLE_DEVICES"], []),
+    (13000, True, None, ["no CUDA GPU found", "CUDA_VISIBLE_DEVICES"], []),
+])
+def test_no_gpu_message_says_what_is_missing(monkeypatch, driver, present, error, words, absent):
+    from sparse_autotune.device import gpu
+    from sparse_autotune.errors import UserError
+    monkeypatch.setattr(gpu, "cupy", lambda: _fake_cupy(driver, 13000, error))
+    monkeypatch.setattr(gpu, "_driver_present", lambda: present)
+    gpu.gpu_info.cache_clear()
+    with pytest.raises(UserError) as info:
+        gpu.gpu_info()
+    msg = str(info.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, (w, msg)
+    for w in absent:
+        assert w not in msg, (w, msg)
+
+
+def test_no_gpu_on_this_machine_is_not_called_an_old_driver():
+    """This machine has no GPU and no driver: the message a user sees here."""
+    from sparse_autotune.device import gpu
+    if gpu.gpu_available() or gpu._driver_present():
+        pytest.skip("an NVIDIA driver is installed here")
+    from sparse_autotune.errors import UserError
+    with pytest.raises(UserError) as info:
+        gpu.gpu_info()
+    assert "no NVIDIA GPU driver" in str(info.value) and "insufficient" not in str(info.value)

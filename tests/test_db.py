@@ -410,3 +410,142 @@ def test_tuningdb_default_target_uses_env(monkeypatch, tmp_path):
     db.dispose()
     assert check_file(target) == "ours"
     assert lookup(**KEY, gpu=GPU) is not None  # lookup's default db is the env's too
+
+
+# ---- the guard: every path or URL --------------------------------------------------------------------------------
+
+
+def test_sqlite_url_is_the_file_it_names(filled_db, tmp_path):
+    """sqlite:///PATH goes through the same guard as PATH: the same file is read, a foreign one refused, a missing one
+    not created by a read."""
+    from sparse_autotune.store import guard
+    url = f"sqlite:///{filled_db}"
+    assert guard.resolve(url).path == filled_db and guard.survey(url).state == "tuning"
+    db = TuningDB(url, create=False, readonly=True)
+    assert db.best(**KEY, gpu=GPU).time_us == 10.0 and db.label == str(filled_db.resolve())
+    db.dispose()
+    f = tmp_path / "other.db"
+    _foreign_sqlite(f)
+    before = f.read_bytes()
+    for attempt in (lambda: TuningDB(f"sqlite:///{f}"), lambda: TuningDB(f"sqlite:///{f}", readonly=True),
+                    lambda: lookup(**KEY, gpu=GPU, db=f"sqlite:///{f}")):
+        with pytest.raises(UserError, match="not a tuning database"):
+            attempt()
+    assert f.read_bytes() == before
+    missing = tmp_path / "missing.sqlite"
+    assert lookup(**KEY, gpu=GPU, db=f"sqlite:///{missing}", fallback=False) is None
+    with pytest.raises(UserError, match="does not exist"):
+        TuningDB(f"sqlite:///{missing}", readonly=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["other.db", filled_db.name])
+
+
+def test_survey_states(tmp_path, filled_db):
+    """What the guard makes of each kind of file (store/guard.py's docstring)."""
+    import optuna
+    from sparse_autotune.store import guard
+    assert guard.survey(tmp_path / "none.sqlite").state == "missing"
+    (tmp_path / "zero.sqlite").write_bytes(b"")
+    assert guard.survey(tmp_path / "zero.sqlite").state == "empty"
+    sqlite3.connect(tmp_path / "blank.sqlite").close()  # 0 bytes too: SQLite writes nothing until a table exists
+    assert guard.survey(tmp_path / "blank.sqlite").state == "empty"
+    assert guard.survey(filled_db).state == "tuning"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ours = f"sqlite:///{tmp_path / 'ours-optuna.sqlite'}"  # the tuner's study names: a storage of this project
+    optuna.create_study(study_name=f"M64_K128_N32_d0.1_fp32_uniform|{GPU}|0123456789abcdef", storage=ours)
+    assert guard.survey(ours).state == "storage"
+    other = f"sqlite:///{tmp_path / 'other-optuna.sqlite'}"
+    optuna.create_study(study_name="lr-search", storage=other)
+    with pytest.raises(UserError, match="Optuna storage of another application .study 'lr-search'"):
+        guard.survey(other)
+    con = sqlite3.connect(tmp_path / "half.sqlite")  # records without the marker: not ours (or damaged)
+    con.execute("CREATE TABLE sat_records (id INTEGER)")
+    con.commit()
+    con.close()
+    with pytest.raises(UserError, match="sat_records without sat_meta"):
+        guard.survey(tmp_path / "half.sqlite")
+    with pytest.raises(UserError, match="not an SQLAlchemy URL"):
+        guard.resolve("postgresql+psycopg://user@host:notaport/db")
+
+
+def test_read_only_open_leaves_no_side_files_in_wal_mode(filled_db):
+    """The file is in WAL mode (as the tuner leaves it); every read opens it immutable or mode=ro, so no -wal/-shm
+    appears (root can write anywhere, so the test checks the side files and the URIs, not permissions)."""
+    from sparse_autotune.store import guard
+    from sparse_autotune.store.db import describe_file
+    assert filled_db.read_bytes()[18] == 2
+    folder = filled_db.parent
+    before = sorted(p.name for p in folder.iterdir())
+    db = TuningDB(filled_db, create=False, readonly=True)
+    db.select_records()
+    db.best(**KEY)
+    db.dispose()
+    lookup(**KEY, gpu=GPU, db=filled_db)
+    check_file(filled_db)
+    describe_file(filled_db)
+    assert sorted(p.name for p in folder.iterdir()) == before == [filled_db.name]
+    assert guard.read_only_uri(filled_db) == guard.sqlite_uri(filled_db, "ro", immutable=True)
+
+
+PG_ENV = "SPARSE_AUTOTUNE_TEST_PG_URL"
+
+
+@pytest.fixture
+def pg_database():
+    """A fresh database on the PostgreSQL server of $SPARSE_AUTOTUNE_TEST_PG_URL (.ci/run starts one), dropped after."""
+    import uuid
+    base = os.environ.get(PG_ENV)
+    if not base and os.environ.get("CI"):
+        pytest.fail(f"CI must run the PostgreSQL tests: .ci/run sets {PG_ENV}")
+    if not base:
+        pytest.skip(f"no PostgreSQL server: set {PG_ENV}=postgresql+psycopg://user@127.0.0.1:PORT/db")
+    import psycopg
+    from sqlalchemy.engine import make_url
+    u = make_url(base)
+    name = f"sat_guard_{uuid.uuid4().hex[:12]}"
+    conninfo = dict(host=u.host, port=u.port or 5432, user=u.username, password=u.password, dbname=u.database)
+    with psycopg.connect(**conninfo, autocommit=True) as con:
+        con.execute(f'CREATE DATABASE "{name}"')
+    yield u.set(database=name).render_as_string(hide_password=False), {**conninfo, "dbname": name}
+    with psycopg.connect(**conninfo, autocommit=True) as con:
+        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_server_database_is_guarded_like_a_file(pg_database, capsys):
+    """A PostgreSQL URL: another application's tables are refused untouched by every command; an empty database is a
+    database without records (a read creates no table); a write makes it a tuning database."""
+    import psycopg
+    from sparse_autotune.commands.main import main
+    from sparse_autotune.store import guard
+    url, conninfo = pg_database
+
+    def tables():
+        with psycopg.connect(**conninfo) as con:
+            return sorted(r[0] for r in con.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
+    assert guard.survey(url).state == "empty"
+    assert main(["db", "list", "--db", url]) == 0 and "no records" in capsys.readouterr().out
+    assert lookup(**KEY, gpu=GPU, db=url, fallback=False) is None
+    assert tables() == []  # reads created nothing
+    with psycopg.connect(**conninfo, autocommit=True) as con:
+        con.execute("CREATE TABLE invoices (id integer)")
+    lookup.cache_clear()  # a server database is read once per process (lookup's cache); these run in this one
+    for argv in (["db", "list", "--db", url], ["lookup", "--shape", "64x64", "--density", "0.1", "--db", url],
+                 ["report", "--out", "/nonexistent/r", "--db", url], ["status", "--storage", url],
+                 ["db", "merge", str(Path(__file__).parent / "fixtures" / "tuning-v1.sqlite"), "--into", url],
+                 ["tune", "--shape", "64x64", "--density", "0.1", "--storage", url],
+                 ["worker", "--storage", url]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "another application" in err and "invoices" in err, (argv, err)
+    with pytest.raises(UserError, match="another application"):
+        TuningDB(url)
+    assert tables() == ["invoices"]
+    with psycopg.connect(**conninfo, autocommit=True) as con:
+        con.execute("DROP TABLE invoices")
+    db = TuningDB(url)  # a write: the empty database becomes a tuning database
+    db.store(make_record(4.0))
+    db.dispose()
+    lookup.cache_clear()
+    assert {"sat_meta", "sat_records"} <= set(tables()) and guard.survey(url).state == "tuning"
+    ro = TuningDB(url, create=False, readonly=True)
+    assert ro.best(**KEY, gpu=GPU).time_us == 4.0
+    ro.dispose()

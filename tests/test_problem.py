@@ -9,8 +9,9 @@ import scipy.io
 import scipy.sparse as sp
 
 from sparse_autotune.errors import UserError
-from sparse_autotune.core.problem import (Problem, check_density, check_dtype, check_n, load_matrix, parse_shape,
-                                     random_matrix)
+from sparse_autotune.core.problem import (INDEX_LIMIT, SEED_MAX, Problem, check_density, check_dims, check_dtype,
+                                          check_n, check_real_matrix, check_seed, check_size, device_bytes,
+                                          load_matrix, nnz_of, parse_shape, random_matrix)
 
 # ---- parse_shape ----------------------------------------------------------------------------------------
 
@@ -60,10 +61,84 @@ def test_check_dtype_and_n():
     for bad in ("fp64", "float32", "", "FP32"):
         with pytest.raises(UserError):
             check_dtype(bad)
-    assert check_n(256) == 256
-    for bad in (0, -1):
+    assert check_n(256) == 256 and check_n("64") == 64 and check_n(INDEX_LIMIT) == INDEX_LIMIT
+    for bad in (0, -1, INDEX_LIMIT + 1, 10**20, 2.5, "wide", True, None):
         with pytest.raises(UserError):
             check_n(bad)
+
+
+# ---- input limits: checked before anything is allocated --------------------------------------------------
+
+
+def test_seed_range():
+    assert check_seed(0) == 0 and check_seed(SEED_MAX) == SEED_MAX and check_seed("7") == 7
+    for bad in (-1, SEED_MAX + 1, 1.5, "x", None):
+        with pytest.raises(UserError, match="seed"):
+            check_seed(bad)
+    with pytest.raises(UserError, match="seed"):
+        Problem.random(8, 8, 8, 0.5, seed=-1)  # a UserError, not numpy's ValueError
+
+
+def test_dims_and_shape_limits():
+    assert check_dims(1, INDEX_LIMIT, 5) == (1, INDEX_LIMIT, 5)
+    for bad in ((0, 5), (-1, 5), (5, INDEX_LIMIT + 1), (5.5, 5)):
+        with pytest.raises(UserError):
+            check_dims(*bad)
+    with pytest.raises(UserError, match="at most"):
+        parse_shape(f"{INDEX_LIMIT + 1}x5")
+
+
+def test_size_check_names_the_bytes_and_the_gpu_memory():
+    with pytest.raises(UserError) as info:  # the 1e9 x 1e9 at 10 %: refused, never allocated
+        check_size(10**9, 10**9, 256, nnz_of(10**9, 10**9, 0.1), "fp32")
+    msg = str(info.value)
+    assert "too large" in msg and "100000000000000000 nonzeros" in msg and "EiB" in msg and "\n" not in msg
+    with pytest.raises(UserError, match="B .K x N"):
+        check_size(64, 100000, 100000, 1000, "fp32")
+    need = device_bytes(30000, 30000, 256, 450_000_000, "fp32")
+    assert 10e9 < need < 30e9  # A (CSR and copies) and its dense copy dominate
+    with pytest.raises(UserError) as info:
+        check_size(30000, 30000, 256, 450_000_000, "fp32", gpu_memory=8 * 2**30, gpu_name="NVIDIA T4")
+    assert "NVIDIA T4 has 8.0 GiB" in str(info.value) and "GiB of GPU memory" in str(info.value)
+    assert check_size(30000, 30000, 256, 450_000_000, "fp32", gpu_memory=80 * 2**30) == need
+    with pytest.raises(UserError, match="no nonzero"):
+        nnz_of(64, 64, 1e-9)
+
+
+def test_size_check_host_memory(monkeypatch):
+    import sparse_autotune.core.problem as pr
+    monkeypatch.setattr(pr, "_host_available", lambda: 2**30)
+    with pytest.raises(UserError, match="host memory"):
+        check_size(20000, 20000, 256, 200_000_000, "fp32", build=True)
+    with pytest.raises(UserError, match="host memory"):
+        Problem.random(20000, 20000, 256, 0.5)  # refused before random_matrix runs
+    assert check_size(20000, 20000, 256, 200_000_000, "fp32") > 0  # nothing is built: no host check
+
+
+@pytest.mark.parametrize("a,words", [
+    (sp.csr_matrix(np.eye(4, dtype=np.complex64)), ["complex"]),
+    (np.array([["a", "b"], ["c", "d"]]), ["not real numbers"]),
+    (np.full((3, 3), np.nan, dtype=np.float32), ["NaN"]),
+    (sp.csr_matrix((4, 4), dtype=np.float32), ["all zeros"]),
+    (np.zeros((0, 3), dtype=np.float32), ["empty"]),
+    (np.ones((4, 4), dtype=np.float32), ["100 %", "50 %"]),
+    (np.eye(3) * 1e300, ["float32"]),
+])
+def test_real_matrix_checks(a, words):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one line, no numpy warning on the way
+        with pytest.raises(UserError) as info:
+            check_real_matrix(a, "layer x")
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_real_matrix_fp16_range_and_density_limit():
+    check_real_matrix(np.eye(4) * 60000, "m", "fp16", dense_limit=None)
+    with pytest.raises(UserError, match="fp16"):
+        check_real_matrix(np.eye(4) * 70000, "m", "fp16", dense_limit=None)
+    check_real_matrix(np.ones((4, 4)), "m", dense_limit=None)  # the runtime and pruned layers: no density limit
 
 
 # ---- random_matrix --------------------------------------------------------------------------------------

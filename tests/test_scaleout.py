@@ -498,3 +498,14 @@ def test_worker_synthetic_ctrl_c_stops_keeps_the_trials_and_a_rerun_finishes(tmp
     done = {t.number for t in first.get_trials(deepcopy=False) if evaluated(t)}
     assert len(done) == trials and {t.number for t in kept} <= done  # the first worker's trials count
     so.dispose()
+
+
+def test_random_spec_is_problem_spec_without_building_the_matrix():
+    """A suite enqueues its cases' specs without generating their matrices (the llm suite has cases of 30M nonzeros):
+    the spec must be exactly what problem_spec gives for the problem a worker rebuilds from it."""
+    from sparse_autotune.core.problem import Problem
+    from sparse_autotune.tuning.queue import problem_spec, random_spec
+    for case in [(512, 2048, 256, 0.1, "fp16", "uniform"), (300, 700, 49, 0.0500004, "fp32", "powerlaw"),
+                 (200, 300, 8, 0.3, "bf16", "rowuniform")]:
+        p = Problem.random(*case, seed=0)
+        assert problem_spec(p, 30, None, "tpe", ("a",)) == random_spec(*case, 0, 30, None, "tpe", ("a",))

@@ -46,7 +46,7 @@ def geometry(kernel, n: int):
 
 def smem_bytes(kernel) -> int:
     c = kernel.config
-    es = 2 if kernel.dtype == "fp16" else 4
+    es = 4 if kernel.dtype == "fp32" else 2
     return c["stages"] * c["kc"] * c["lanes_per_row"] * c["vec"] * es
 
 

@@ -487,7 +487,8 @@ def cmd_tune_model(a) -> int:
             check_real_matrix(lay.weight, f"layer {lay.name}", "fp16" if "fp16" in dtypes else "fp32",
                               dense_limit=None if a.prune else DENSE_LIMIT)
         except UserError as exc:
-            raise UserError(f"{exc}; or leave it out: --exclude '{lay.name}'") from None
+            prune = " (--prune magnitude --density D)" if "denser than" in str(exc) else ""
+            raise UserError(f"{exc}{prune}; or leave it out: --exclude '{lay.name}'") from None
         for n in ns[lay.name]:
             check_n(n)
     layers = mdl.prune_layers(layers, density, a.prune_scope) if a.prune else mdl.sparse_layers(layers)

@@ -261,11 +261,13 @@ def host_values(values, dtype) -> np.ndarray:
     return v.astype(np.float32)
 
 
-def check_real_matrix(a, what: str, dtype: str | None = None, dense_limit: float | None = DENSE_LIMIT) -> None:
+def check_real_matrix(a, what: str, dtype: str | None = None, dense_limit: float | None = DENSE_LIMIT,
+                      allow_zero: bool = False) -> None:
     """Refuse a given matrix (a file's, a model layer's) that cannot be tuned, in one line and before any conversion
     (no numpy warning reaches the user): complex or non-numeric values, NaN or infinite values, values beyond the
-    range of float32 (or of fp16 for `dtype` fp16), no nonzero at all, or (`dense_limit`) a density above it."""
-    if 0 in a.shape:
+    range of float32 (or of fp16 for `dtype` fp16), no nonzero at all, or (`dense_limit`) a density above it.
+    allow_zero: an empty or all-zero matrix is fine (the runtime's A: a layer pruned away computes zeros)."""
+    if 0 in a.shape and not allow_zero:
         raise UserError(f"{what} is empty (shape {a.shape[0]}x{a.shape[1]})")
     dt = np.dtype(a.dtype)
     if np.issubdtype(dt, np.complexfloating):
@@ -283,9 +285,9 @@ def check_real_matrix(a, what: str, dtype: str | None = None, dense_limit: float
         raise UserError(f"{what} holds values up to {top:.3g}, beyond the range of {name} (+-{limit:.6g})")
     nnz = int(np.count_nonzero(data))
     m, k = a.shape
-    if nnz == 0:
+    if nnz == 0 and not allow_zero:
         raise UserError(f"{what} is all zeros: nothing to tune")
-    if dense_limit is not None and nnz / (m * k) > dense_limit:
+    if dense_limit is not None and m * k and nnz / (m * k) > dense_limit:
         raise UserError(f"{what} is {100 * nnz / (m * k):.0f} % nonzero, denser than {100 * dense_limit:.0f} %: a sparse "
                         "kernel cannot beat the dense product there: prune it first")
 

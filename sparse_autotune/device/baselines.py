@@ -11,7 +11,7 @@ import numpy as np
 
 from ..core.problem import as_float, storage
 from ..device.timing import time_launches
-from ..device.verify import rel_error
+from ..device.verify import poison, rel_error
 
 
 def _cp():
@@ -168,7 +168,7 @@ def time_baselines(ctx, log=None) -> dict:
 
     def run_one(name, launch_fn, c, n_bufs, ref):
         try:
-            c.fill(cp.nan)
+            poison(c)
             launch_fn(0)
             cp.cuda.get_current_stream().synchronize()
             err = rel_error(c, ref)

@@ -31,7 +31,7 @@ def _to_scipy(a) -> tuple[sp.csr_matrix, np.dtype | str]:
     if host.ndim != 2:
         raise UserError(f"A must be 2-D, got {host.ndim}-D")
     from ..core.problem import check_real_matrix  # noqa: PLC0415
-    check_real_matrix(host, "A", dense_limit=None)  # complex, NaN, empty, all zeros: one line before any conversion
+    check_real_matrix(host, "A", dense_limit=None, allow_zero=True)  # complex, NaN, empty, all zeros: one line before any conversion
     src_dtype = np.dtype(host.dtype)
     if sp.issparse(host):
         out = sp.csr_matrix(host.astype(np.float32) if src_dtype != np.float16 else

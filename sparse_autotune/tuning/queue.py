@@ -90,8 +90,16 @@ def _one_line(exc: BaseException) -> str:
 
 def problem_spec(problem, trials: int, timeout: float | None, sampler: str, families, warm_start: bool = True) -> dict:
     """What a worker needs to rebuild and tune a (random) problem: the matrix is regenerated from its seed."""
-    spec = {"m": problem.m, "k": problem.k, "n": problem.n, "density": problem.density, "dtype": problem.dtype,
-            "pattern": problem.pattern, "seed": problem.seed, "trials": int(trials), "timeout": timeout,
+    return random_spec(problem.m, problem.k, problem.n, problem.density, problem.dtype, problem.pattern, problem.seed,
+                       trials, timeout, sampler, families, warm_start)
+
+
+def random_spec(m: int, k: int, n: int, density: float, dtype: str, pattern: str, seed: int, trials: int,
+                timeout: float | None, sampler: str, families, warm_start: bool = True) -> dict:
+    """problem_spec of Problem.random(m, k, n, density, dtype, pattern, seed) without building its matrix (a suite
+    enqueues hundreds of cases, some of 30M nonzeros: the workers build each when they claim it)."""
+    spec = {"m": int(m), "k": int(k), "n": int(n), "density": round(float(density), 6), "dtype": dtype,
+            "pattern": pattern, "seed": int(seed), "trials": int(trials), "timeout": timeout,
             "sampler": sampler, "families": list(families) if families else None}
     if not warm_start:  # only then: the specs (and queue keys) of warm-started problems stay as they were
         spec["warm_start"] = False

@@ -144,15 +144,12 @@ def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_worker
     """The suite through a shared storage: every case is enqueued (seed 0, `trials` each), run_workers(ids) runs the
     workers (here, or the caller's K processes), and the done cases are written per GPU as run_suite does."""
     from ..device.gpu import gpu_slug  # noqa: PLC0415
-    from ..core.problem import Problem  # noqa: PLC0415
-    from ..tuning.queue import problem_spec  # noqa: PLC0415
     from ..core.space import select_spaces  # noqa: PLC0415
+    from ..tuning.queue import random_spec  # noqa: PLC0415
     cases = suite_cases(suite)
     families = tuple(s.family for s in select_spaces(None))
-    specs = []
-    for c in cases:
-        p = Problem.random(c["M"], c["K"], c["N"], c["density"], c["dtype"], c["pattern"], seed=0)
-        specs.append(problem_spec(p, trials, None, "tpe", families))
+    specs = [random_spec(c["M"], c["K"], c["N"], c["density"], c["dtype"], c["pattern"], 0, trials, None, "tpe", families)
+             for c in cases]  # no matrix is built here: each worker builds its case's when it claims it
     ids = queue.enqueue(specs)
     log(f"suite {suite}: {len(ids)} cases in the queue of {queue.label}")
     t0 = time.time()

@@ -78,7 +78,8 @@ def _fail_orphans(study, running) -> None:
     from optuna.trial import TrialState  # noqa: PLC0415
     from sqlalchemy import text  # noqa: PLC0415
     storage = study._storage
-    grace, engine = getattr(storage, "grace_period", None), getattr(storage, "engine", None)
+    backend = getattr(storage, "_backend", storage)  # load_study wraps the RDBStorage in a cache
+    grace, engine = getattr(backend, "grace_period", None), getattr(backend, "engine", None)
     now = _dt.datetime.now()  # Optuna stamps datetime_start with the local time
     old = [t for t in running if grace and t.datetime_start and (now - t.datetime_start).total_seconds() > grace]
     if not old or engine is None:

@@ -45,7 +45,7 @@ def test_stage_layout_rebuilds_a_row_by_row(kc):
 def test_shared_memory_is_the_stages_of_b():
     a = random_matrix(64, 256, 0.05, "uniform", 0)
     sp = get_family(FAMILY).space
-    for dtype, es in (("fp32", 4), ("fp16", 2)):
+    for dtype, es in (("fp32", 4), ("fp16", 2), ("bf16", 2)):
         cfg = next(iter(sp.feasible(dtype, space.problem_env(64, 256, 128, a.nnz, dtype))))
         kern = fake_kernel(FAMILY, cfg, dtype, a)
         assert kern.smem_bytes() == cfg["stages"] * cfg["kc"] * cfg["lanes_per_row"] * cfg["vec"] * es > 0
