@@ -569,9 +569,9 @@ def test_immutable_read_is_redone_when_a_writer_appears(tmp_path, monkeypatch):
     monkeypatch.setattr(guard, "file_stamp", lambda path: next(stamps))
     real = guard.read_only_connect
 
-    def spy(path, force_ro=False):
+    def spy(path, force_ro=False, header=None):
         seen.append(force_ro)
-        return real(path, force_ro)
+        return real(path, force_ro, header)
     monkeypatch.setattr(guard, "read_only_connect", spy)
     assert guard.read_sqlite(p, lambda con: con.execute("SELECT count(*) FROM sat_records").fetchone()[0]) == 0
     assert seen == [False, True]

@@ -368,8 +368,9 @@ class TuningDB:
             kwargs["connect_args"] = {"timeout": 30}
         if readonly and self.path is not None:
             ro_path = self.path
+            head = guard._header(ro_path)  # the journal mode, read once (not at every connection)
             # a connection per use (NullPool): each one picks its read-only mode from the file as it is then
-            kwargs = {"creator": lambda: guard.read_only_connect(ro_path, self._force_ro), "poolclass": NullPool}
+            kwargs = {"creator": lambda: guard.read_only_connect(ro_path, self._force_ro, head), "poolclass": NullPool}
         try:
             self.engine: Engine = (guard.server_engine(self.url, **kwargs) if self.path is None
                                    else create_engine(self.url, **kwargs))

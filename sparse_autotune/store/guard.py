@@ -143,10 +143,11 @@ def read_only_uri(path: Path, header: bytes | None = None, force_ro: bool = Fals
     return sqlite_uri(path, "ro")
 
 
-def read_only_connect(path: Path, force_ro: bool = False) -> sqlite3.Connection:
+def read_only_connect(path: Path, force_ro: bool = False, header: bytes | None = None) -> sqlite3.Connection:
     """A read-only sqlite3 connection (read_only_uri); where mode=ro cannot open a WAL file (its -shm cannot be made in
-    a read-only folder), immutable=1."""
-    uri = read_only_uri(path, force_ro=force_ro)
+    a read-only folder), immutable=1. `header`: the file's first bytes, read once by the caller (every open and close
+    of a descriptor of the file drops this process's POSIX locks on it, SQLite's included: the fewer, the better)."""
+    uri = read_only_uri(path, header, force_ro=force_ro)
     con = sqlite3.connect(uri, uri=True, timeout=30)
     try:
         con.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -167,12 +168,12 @@ def file_stamp(path: Path) -> tuple:
         return ("missing",)
 
 
-def read_sqlite(path: Path, fn):
+def read_sqlite(path: Path, fn, header: bytes | None = None):
     """fn(read-only connection) for an SQLite file; run again through mode=ro when a writer touched the file while an
     immutable read ran (an immutable read takes no locks and does not see a -wal file)."""
     for attempt in range(2):
         before = file_stamp(path)
-        con = read_only_connect(path, force_ro=attempt > 0)
+        con = read_only_connect(path, force_ro=attempt > 0, header=header)
         try:
             try:
                 result = fn(con)
@@ -254,7 +255,7 @@ def _survey_file(path: Path, what: str) -> Survey:
         return tables, meta, studies
 
     try:
-        tables, meta, studies = read_sqlite(path, read)
+        tables, meta, studies = read_sqlite(path, read, head)
     except sqlite3.DatabaseError as exc:
         raise UserError(f"{what} {label!r} cannot be read as SQLite: {_first_line(exc)}") from None
     tables = {t for t in tables if not t.startswith("sqlite_")}
