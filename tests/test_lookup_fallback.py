@@ -147,3 +147,36 @@ def test_a_record_that_cannot_run_this_problem_is_passed_over_for_the_next_neare
     tdb.dispose()
     r = lookup(600, 70000, 64, 0.01, "fp16", gpu=H100, cc="9.0", db=db)
     assert r.source == "nearest" and r.config["index_bits"] == 32 and r.key[1] == 16000
+
+
+def test_the_default_is_the_shipped_records_most_frequent_winner_of_the_cell(tmp_path, monkeypatch):
+    """Where no record of this GPU model or its architecture runs the problem, the default comes from the shipped
+    records of any GPU: in the problem's (dtype, N range, density range) cell, the family that won most often there,
+    with the config of its nearest record that runs the problem; bf16 borrows fp16's cell; an empty cell falls back to
+    the first known-good config."""
+    import sparse_autotune.store.lookup as lk
+    shipped = tmp_path / "shipped.sqlite"
+    tdb = TuningDB(shipped)
+    # cell N <= 8, d in (0.03, 0.07]: csr_rowsplit won twice, another family once
+    tdb.store(rec(H100, "9.0", 4096, 4096, 1, 0.05, 5.0, {**BASE, "unroll": 2, "row_order": "natural"}, dtype="fp16"))
+    tdb.store(rec(H100, "9.0", 11008, 4096, 8, 0.05, 9.0, {**BASE, "unroll": 8, "row_order": "natural"}, dtype="fp16"))
+    other = tdb.store(rec(H100, "9.0", 1024, 4096, 4, 0.05, 2.0, {**BASE, "unroll": 4, "row_order": "natural"},
+                          dtype="fp16"))
+    tdb.store(rec(H100, "9.0", 512, 512, 256, 0.1, 3.0, {**BASE, "unroll": 1, "row_order": "sorted"}, dtype="fp32"))
+    tdb.dispose()
+    from sqlalchemy import create_engine, text
+    eng = create_engine(f"sqlite:///{shipped}")
+    with eng.begin() as c:  # the third record's family: csr_btile (one win against csr_rowsplit's two)
+        c.execute(text("UPDATE sat_records SET family = 'csr_btile' WHERE id = :i"), {"i": other.id})
+    eng.dispose()
+    monkeypatch.setattr(lk, "shipped_databases", lambda: (str(shipped),))
+    lookup.cache_clear()
+    empty = tmp_path / "mine.sqlite"
+    r = lookup(4096, 4096, 2, 0.05, "fp16", gpu="NVIDIA L4", cc="8.9", db=empty)
+    assert r.source == "default" and r.family == "csr_rowsplit" and r.config["unroll"] == 2  # nearest: 4096x4096
+    assert r.record_id is not None and r.key[:3] == (4096, 4096, 1)
+    b = lookup(11000, 4096, 8, 0.05, "bf16", gpu="NVIDIA L4", cc="8.9", db=empty)  # bf16: fp16's winners
+    assert b.source == "default" and b.family == "csr_rowsplit" and b.config["unroll"] == 8
+    far = lookup(4096, 4096, 2048, 0.3, "fp16", gpu="NVIDIA L4", cc="8.9", db=empty)  # an empty cell
+    assert far.source == "default" and far.record_id is None
+    assert not empty.exists()

@@ -8,7 +8,8 @@ the databases shipped in the package's db/ folder:
   same-arch  another GPU of the same compute capability (exact key first, else nearest);
 A record's config is adapted to the problem by its family (e.g. a vector width that N does not divide is lowered);
 a record whose config cannot run it is passed over for the next nearest.
-  default    the runtime's built-in default (the first known-good config of the lowest-rank family).
+  default    the runtime's built-in default: the shipped records' most frequent winner for the problem's dtype,
+             N range and density range (any GPU), else the first known-good config of the lowest-rank family.
 Lookups are cached in-process; a database file that changes on disk (its size or mtime) is re-read.
 """
 from __future__ import annotations
@@ -164,10 +165,48 @@ def _runner(m: int, k: int, n: int, nnz: int, dtype: str, limits: dict | None):
     return runs
 
 
-def default_config(m: int, k: int, n: int, dtype: str, nnz: int | None = None, limits: dict | None = None) -> Tuned:
-    """The built-in default: the first feasible known-good config of the enabled families, by rank."""
+# The built-in default's cells: N up to 8 (decode), 64, 512, larger; density up to 3 %, 7 %, 15 %, denser.
+N_RANGES = (8, 64, 512)
+DENSITY_RANGES = (0.03, 0.07, 0.15)
+# a dtype with no shipped record in a cell borrows the winners of the dtype of the same width
+RELATED_DTYPE = {"bf16": "fp16"}
+
+
+def _cell(n: int, density: float) -> tuple[int, int]:
+    import bisect  # noqa: PLC0415
+    return bisect.bisect_left(N_RANGES, n), bisect.bisect_left(DENSITY_RANGES, density)
+
+
+def _from_shipped(m: int, k: int, n: int, density: float, dtype: str, runs) -> Tuned | None:
+    """The default from the shipped records of any GPU: in this problem's (N range, density range) cell of the dtype
+    (else of the related dtype), the family that won most often there, with the config of its record nearest to this
+    problem that runs it (the next family where none does)."""
+    rows = [r for target in shipped_databases() for r in _best_rows(target)]
+    for dt in (dtype, RELATED_DTYPE.get(dtype)):
+        cell = [r for r in rows if dt is not None and r.dtype == dt and _cell(r.n, r.density) == _cell(n, density)]
+        wins: dict[str, int] = {}
+        for r in cell:
+            wins[r.family] = wins.get(r.family, 0) + 1
+        for fam in sorted(wins, key=lambda f: -wins[f]):
+            r, dist, cfg = _pick([x for x in cell if x.family == fam], m, k, n, density, None, runs)
+            if r is not None:
+                return Tuned(r.family, cfg, r.time_us, r.gpu, "default", r.id, r.db, dist,
+                             (r.m, r.k, r.n, r.density, r.dtype, r.pattern))
+    return None
+
+
+def default_config(m: int, k: int, n: int, dtype: str, nnz: int | None = None, limits: dict | None = None,
+                   density: float | None = None) -> Tuned:
+    """The built-in default, when no record of this GPU model or its architecture runs the problem: the shipped
+    records' most frequent winner for the problem's (dtype, N range, density range) (`_from_shipped`; `.record_id`
+    names the record its config came from), else the first feasible known-good config of the enabled families, by
+    rank, else their first feasible config."""
     from ..core.space import problem_env, select_spaces  # noqa: PLC0415
-    env = problem_env(m, k, n, nnz if nnz is not None else m * k, dtype)
+    nnz = nnz if nnz is not None else (max(1, round(density * m * k)) if density else m * k)
+    env = problem_env(m, k, n, nnz, dtype)
+    shipped = _from_shipped(m, k, n, density if density else nnz / (m * k), dtype, _runner(m, k, n, nnz, dtype, limits))
+    if shipped is not None:
+        return shipped
     for space in select_spaces():
         d = space.defaults(dtype, env, limits)
         if d:
@@ -217,7 +256,7 @@ def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str
         if r is not None:
             res = _tuned(r, "same-arch", dist, cfg)
     if res is None and fallback:
-        res = default_config(m, k, n, dtype, nnz, limits)
+        res = default_config(m, k, n, dtype, nnz, limits, density)
     _result_cache[ckey] = (stamps, res)
     return res
 
