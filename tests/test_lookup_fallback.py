@@ -134,7 +134,7 @@ def test_lookup_adapts_the_config_to_n_and_keeps_the_stored_one(db):
     tdb.store(rec(H100, "9.0", 2048, 2048, 128, 0.1, 3.0, {**BASE, "unroll": 2, "row_order": "natural", "vec": 4}))
     tdb.dispose()
     r = lookup(2048, 2048, 98, 0.1, "fp32", gpu=H100, cc="9.0", db=db)
-    assert r.source == "nearest" and r.config["vec"] == 2 and r.stored_config["vec"] == 4
+    assert r.source == "bucket" and r.config["vec"] == 2 and r.stored_config["vec"] == 4  # N = 98: bucket 128
     assert lookup(2048, 2048, 128, 0.1, "fp32", gpu=H100, cc="9.0", db=db).stored_config is None  # runs as stored
 
 
@@ -180,3 +180,22 @@ def test_the_default_is_the_shipped_records_most_frequent_winner_of_the_cell(tmp
     far = lookup(4096, 4096, 2048, 0.3, "fp16", gpu="NVIDIA L4", cc="8.9", db=empty)  # an empty cell
     assert far.source == "default" and far.record_id is None
     assert not empty.exists()
+
+
+def test_an_n_is_served_by_its_buckets_record_before_a_nearer_one(db):
+    """N = 100 is in the bucket of 128 (65..128): a record tuned at N = 128 serves it, although one at N = 64 is nearer
+    in log2 N; lookup says "bucket". Outside any tuned bucket, the nearest record as before."""
+    from sparse_autotune.core.problem import n_bucket
+    assert [n_bucket(x) for x in (1, 2, 3, 8, 9, 77, 100, 128, 129)] == [1, 2, 4, 8, 16, 128, 128, 128, 256]
+    tdb = TuningDB(db)
+    tdb.store(rec(H100, "9.0", 2048, 2048, 128, 0.1, 3.0, {**BASE, "unroll": 2, "row_order": "natural"}))
+    tdb.store(rec(H100, "9.0", 2048, 2048, 64, 0.1, 2.0, {**BASE, "unroll": 4, "row_order": "natural"}))
+    tdb.dispose()
+    r = lookup(2048, 2048, 100, 0.1, "fp32", gpu=H100, cc="9.0", db=db)
+    assert r.source == "bucket" and r.key[2] == 128 and r.config["unroll"] == 2
+    r = lookup(2048, 2048, 90, 0.1, "fp32", gpu=H100, cc="9.0", db=db)  # 90 -> 128 as well
+    assert r.source == "bucket" and r.key[2] == 128
+    r = lookup(2048, 2048, 40, 0.1, "fp32", gpu=H100, cc="9.0", db=db)  # bucket 64: its record
+    assert r.source == "bucket" and r.key[2] == 64
+    r = lookup(2048, 2048, 300, 0.1, "fp32", gpu=H100, cc="9.0", db=db)  # bucket 512: none, the nearest
+    assert r.source == "nearest" and r.key[2] == 128

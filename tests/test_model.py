@@ -391,6 +391,20 @@ def test_cli_dry_run_and_save_sparse(toy_files):
     assert [lay["nnz"] for lay in json.loads(proc.stdout)["layers"]] == [lay["nnz"] for lay in plan["layers"]]
 
 
+def test_cli_dry_run_n_buckets_tunes_each_bucket_once_at_its_top(toy_files):
+    """--n-buckets: N = 1 x 16, 3 x 16, 4 x 16 (16, 48, 64) become the buckets 16 and 64 (48 and 64 share one)."""
+    p = toy_files
+    args = ["tune-model", str(p / "toy.safetensors"), "--prune", "magnitude", "--density", "0.1", "--batch", "1,3,4",
+            "--seq", "16", "--spatial", "conv.*=7x7", "--dry-run", "--json"]
+    plain = run_cli(args, p / "db.sqlite")
+    bucketed = run_cli(args + ["--n-buckets"], p / "db.sqlite")
+    assert plain.returncode == 0 and bucketed.returncode == 0, plain.stderr + bucketed.stderr
+    lin = lambda out: sorted({j["n"] for j in json.loads(out)["problems"] if j["m"] != 16})  # noqa: E731
+    assert lin(plain.stdout) == [16, 48, 64] and lin(bucketed.stdout) == [16, 64]
+    conv = lambda out: sorted({j["n"] for j in json.loads(out)["problems"] if j["m"] == 16})  # noqa: E731
+    assert conv(plain.stdout) == [49, 147, 196] and conv(bucketed.stdout) == [64, 256]
+
+
 @pytest.mark.parametrize("args, needles", [
     (["{p}/missing.safetensors", "--n", "8"], ["does not exist"]),
     (["{p}/notes.txt", "--n", "8"], ["unknown format"]),

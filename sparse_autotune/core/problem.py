@@ -172,6 +172,12 @@ def dtype_name(np_dtype) -> str:
     raise UserError(f"unsupported matrix dtype {np_dtype}: use float32 or float16 (float64 is cast to float32)")
 
 
+def n_bucket(n: int) -> int:
+    """The N bucket of N: the next power of two (1, 2, 4, ..., 128, 256, ...). lookup serves an N from a record of its
+    bucket before a merely nearer one, and `tune-model --n-buckets` tunes each bucket once, at its top."""
+    return 1 << (max(1, int(n)) - 1).bit_length()
+
+
 def random_matrix(m: int, k: int, density: float, pattern: str = "uniform", seed: int = 0,
                   dtype=np.float32) -> sp.csr_matrix:
     """A random sparse matrix with round(density*M*K) nonzeros and standard-normal values (never zero).

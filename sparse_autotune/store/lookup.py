@@ -3,6 +3,8 @@
 Search order, over the user's database (db=, else $SPARSE_AUTOTUNE_DB, else the user cache file) and then
 the databases shipped in the package's db/ folder:
   exact      a record for this GPU model and exactly this (M, K, N, density within 0.1 %, dtype);
+  bucket     the same GPU model, M, K, density and dtype, N in the same N bucket (the next power of two: a model
+             tuned at a few batch sizes is served at any N by its bucket's record; `tune-model --n-buckets`);
   nearest    the same GPU model and dtype, closest in log2 M, log2 K, log2 N and log2 density (Euclidean;
              +0.25 when the pattern kind differs), with the distance;
   same-arch  another GPU of the same compute capability (exact key first, else nearest);
@@ -30,7 +32,7 @@ from ..resources import resource_dir
 from ..store import guard
 from ..store.db import DENSITY_RTOL, Record, TuningDB, default_db_path
 
-SOURCES = ("exact", "nearest", "same-arch", "default")
+SOURCES = ("exact", "bucket", "nearest", "same-arch", "default")
 _COLUMNS = (Record.id, Record.gpu_name, Record.gpu_cc, Record.m, Record.k, Record.n, Record.density, Record.dtype,
             Record.pattern, Record.family, Record.config_json, Record.time_us)
 
@@ -131,13 +133,20 @@ def _same_key(r: _Row, m, k, n, density) -> bool:
     return (r.m, r.k, r.n) == (m, k, n) and abs(r.density - density) <= density * DENSITY_RTOL
 
 
+def _same_bucket(r: _Row, m, k, n, density) -> bool:
+    """The same M, K and density (within the tolerance), and N in the same N bucket (core.problem.n_bucket)."""
+    from ..core.problem import n_bucket  # noqa: PLC0415
+    return (r.m, r.k) == (m, k) and abs(r.density - density) <= density * DENSITY_RTOL and n_bucket(r.n) == n_bucket(n)
+
+
 def _pick(rows, m, k, n, density, pattern, runs=None):
     """(row, distance, config) of the first row whose config runs this problem (`runs(row)` -> the config adapted, or
-    None; every row's stored config when runs is None): exact keys first (fastest; same pattern preferred), then by
-    distance (then time). (None, inf, None) when none runs."""
+    None; every row's stored config when runs is None): exact keys first (fastest; same pattern preferred), then N's
+    bucket (nearest N first), then by distance (then time). (None, inf, None) when none runs."""
     def order(r):
         exact = _same_key(r, m, k, n, density)
-        return (not exact, pattern is not None and r.pattern != pattern if exact else False,
+        return (not exact, not _same_bucket(r, m, k, n, density),
+                pattern is not None and r.pattern != pattern if exact else False,
                 0.0 if exact else _distance(r, m, k, n, density, pattern), r.time_us)
     for r in sorted(rows, key=order):
         cfg = json.loads(r.config_json) if runs is None else runs(r)
@@ -247,7 +256,8 @@ def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str
     res = None
     r, dist, cfg = _pick(mine, m, k, n, density, pattern, runs)
     if r is not None and (dist == 0.0 or fallback):
-        res = _tuned(r, "exact" if dist == 0.0 else "nearest", dist, cfg)
+        how = "exact" if dist == 0.0 else "bucket" if _same_bucket(r, m, k, n, density) else "nearest"
+        res = _tuned(r, how, dist, cfg)
     if res is None and fallback and gpu is not None:
         if cc is None:
             cc = next((x.cc for x in rows if x.gpu == gpu), None)
