@@ -1,6 +1,10 @@
 """A Record with plausible values, for the database tests (one definition shared by the test modules)."""
 import datetime as dt
 import json
+import sqlite3
+from pathlib import Path
+
+import pytest
 
 from sparse_autotune.store.db import Record
 
@@ -20,3 +24,21 @@ def make_record(time_us: float, config: dict | None = None, **over) -> Record:
                   cupy_version="14.0", created_at=dt.datetime(2025, 1, 1, 12, 0, 0), **KEY)
     fields.update(over)
     return Record(**fields)
+
+
+def downgrade_to_v2(path: Path) -> Path:
+    """Make a current (schema 3) tuning database file what schema version 2 wrote: sat_records without
+    cublas_bf16_us (SQLite's ALTER TABLE ... DROP COLUMN), schema_version 2, in DELETE journal mode (one file, as the
+    shipped databases are). The v2 code created the very same table, less that last column."""
+    if sqlite3.sqlite_version_info < (3, 35, 0):
+        pytest.skip(f"SQLite {sqlite3.sqlite_version} has no ALTER TABLE ... DROP COLUMN (3.35+)")
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("SELECT value FROM sat_meta WHERE key = 'schema_version'").fetchone() == ("3",)
+        con.execute("ALTER TABLE sat_records DROP COLUMN cublas_bf16_us")
+        con.execute("UPDATE sat_meta SET value = '2' WHERE key = 'schema_version'")
+        con.commit()
+        con.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        con.close()
+    return path

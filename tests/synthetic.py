@@ -87,7 +87,7 @@ class SyntheticTuner(Tuner):
         self.db.store(rec)
         self.db.dispose()
         none = {"cusparse_us": None, "cusparse_alg": None, "cublas_fp32_us": None, "cublas_tf32_us": None,
-                "cublas_fp16_us": None}
+                "cublas_fp16_us": None, "cublas_bf16_us": None}
         return {
             "problem": problem_dict(problem), "gpu": self.gpu_name, "cc": "0.0", "driver": "synthetic",
             "cuda": "synthetic", "cupy": "synthetic", "package_version": __version__, "synthetic": True,
@@ -95,7 +95,8 @@ class SyntheticTuner(Tuner):
                      "gflops": rec.gflops, "max_rel_err": 0.0, "timing_spread": None, "timing": "synthetic",
                      "search_time_us": res.best_value},
             "baselines": none, "baseline_errors": {}, "baseline_timing": {},
-            "speedup": {"vs_cusparse": None, "vs_cublas_fp32": None, "vs_cublas_tf32": None, "vs_cublas_fp16": None},
+            "speedup": {"vs_cusparse": None, "vs_cublas_fp32": None, "vs_cublas_tf32": None, "vs_cublas_fp16": None,
+                        "vs_cublas_bf16": None},
             "floor_us": None, "ceilings": {},
             "trials": trials_dict(res, self.opts, self.interrupted),
             "study": name, "db": self.db.label, "record_id": rec.id, "record_is_best": rec.is_best,

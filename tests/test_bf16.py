@@ -88,3 +88,63 @@ def test_every_bf16_family_renders_every_config_kind(dtype):
         for cfg in feas[:: max(1, len(feas) // 5)]:
             src = render(fam.space, cfg, dtype, fam.context(a, cfg) if fam.space.needs_matrix else None)
             assert "dtype=bf16" in src and "f16.f32" not in src.replace("bf16.f32", "")  # no fp16 conversion left
+
+
+def test_finish_stores_and_reports_cublas_bf16(tmp_path, monkeypatch):
+    """GpuTuner.finish on the CPU, its GPU steps stubbed (verify, timing, baselines, ceilings): a bf16 tune's record
+    keeps cuBLAS BF16's time, and the tune report's text prints it (an fp16 one's does not)."""
+    import contextlib
+    import types
+
+    import sparse_autotune.device.baselines as baselines
+    import sparse_autotune.device.ceilings as ceilings
+    import sparse_autotune.device.timing as timing
+    import sparse_autotune.device.verify as verify
+    from sparse_autotune.commands.main import _report_text
+    from sparse_autotune.core.problem import Problem
+    from sparse_autotune.store.db import TuningDB
+    from sparse_autotune.tuning.tuner import GpuTuner, TuneOptions
+
+    base = {"cusparse_us": 8.0, "cusparse_alg": "alg", "cublas_fp32_us": 1.0, "cublas_tf32_us": 1.5,
+            "cublas_fp16_us": 2.0, "cublas_bf16_us": 12.0, "baseline_errors": {}}
+    monkeypatch.setattr(baselines, "time_baselines", lambda ctx, log: dict(base))
+    monkeypatch.setattr(ceilings, "ceilings", lambda: {"copy_GBps": 3000.0, "fma_fp32_TFLOPs": 60.0,
+                                                       "fma_fp16_TFLOPs": 120.0})
+    monkeypatch.setattr(timing, "time_launches", lambda fns: types.SimpleNamespace(median_us=4.0, spread=0.01,
+                                                                                   method="graph"))
+    monkeypatch.setattr(verify, "check", lambda run, c, ref, dtype: 1e-3)
+
+    class Turn:
+        held_s = 0.0
+
+        def __call__(self):
+            return contextlib.nullcontext()
+
+    def finish(dtype: str) -> tuple[dict, object]:
+        t = GpuTuner.__new__(GpuTuner)  # no GPU: what __init__ would set, by hand
+        t.problem = Problem.random(64, 256, 16, 0.1, dtype)
+        t.opts = TuneOptions(trials=3, db=str(tmp_path / "t.sqlite"))
+        t.db, t.log, t.t_start, t.interrupted = TuningDB(t.opts.db), lambda msg: None, 0.0, False
+        t.info = types.SimpleNamespace(name="NVIDIA H200", cc="9.0", versions=lambda: {
+            "gpu": "NVIDIA H200", "cc": "9.0", "driver": "d", "cuda": "c", "cupy": "p"})
+        t.gpu_name, t.turn, t.given_up = "NVIDIA H200", Turn(), 0
+        t.turn_s = {"init": 0.0, "trials": 0.0, "verify": 0.0, "time": 0.0, "finish": 0.0}
+        t.ctx = types.SimpleNamespace(fresh_check=lambda: (0, 0), b_bufs=[0], c=None)
+        t.prepare = lambda family, cfg: types.SimpleNamespace(a_bytes=lambda: 1000)
+        res = types.SimpleNamespace(best_family="csr_rowsplit", best_config={"vec": 2}, best_value=4.0, complete=3,
+                                    failed=0, pruned=0, new_trials=3, stopped="trial budget")
+        report = t.finish(res)
+        ro = TuningDB(t.opts.db, create=False, readonly=True)
+        rec = ro.get(report["record_id"])
+        ro.dispose()
+        return report, rec
+
+    report, rec = finish("bf16")
+    assert rec.dtype == "bf16" and rec.cublas_bf16_us == 12.0 and rec.cublas_fp16_us == 2.0
+    assert report["baselines"]["cublas_bf16_us"] == 12.0 and report["speedup"]["vs_cublas_bf16"] == 3.0
+    cublas = next(ln for ln in _report_text(report).splitlines() if ln.startswith("cuBLAS"))
+    assert "FP16 2.00 us -> 0.50x" in cublas and cublas.endswith("BF16 12.00 us -> 3.00x")
+    base.pop("cublas_bf16_us")  # an fp16 problem has no cuBLAS BF16 baseline
+    report, rec = finish("fp16")
+    assert rec.dtype == "fp16" and rec.cublas_bf16_us is None and rec.cublas_fp16_us == 2.0
+    assert "BF16" not in _report_text(report)

@@ -1,9 +1,10 @@
-"""The tuning database as a shared artifact (CPU only): schema 1 -> 2 migration of the committed v1 fixture,
-read-only use of an unmigrated file, merge rules, export, concurrent writers, and the `db` command line
-(sparse_autotune.commands.db)."""
+"""The tuning database as a shared artifact (CPU only): schema 1 -> 2 -> 3 migration of the committed v1 fixture,
+2 -> 3 of a schema-2 file, read-only use of an unmigrated file, merge rules, export, concurrent writers, and the `db`
+command line (sparse_autotune.commands.db)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from records import make_record as _make_record
+from records import downgrade_to_v2, make_record as _make_record
 
 import sparse_autotune.store.db as tuningdb
 from sparse_autotune.errors import UserError
@@ -34,10 +35,22 @@ V1_COLUMNS = ["id", "gpu_name", "gpu_cc", "m", "k", "n", "density", "dtype", "pa
               "time_us", "gflops", "cusparse_us", "cublas_fp32_us", "cublas_tf32_us", "cublas_fp16_us", "floor_us",
               "max_rel_err", "trials", "matrix_hash", "study_name", "package_version", "cuda_version",
               "driver_version", "cupy_version", "created_at", "is_best"]
+V2_COLUMNS = V1_COLUMNS + ["uid", "origin"]
+BF16_KEY = dict(m=512, k=2048, n=16, density=0.1, dtype="bf16")
 
 
 def make_record(time_us: float, config: dict | None = None, **over) -> Record:
     return _make_record(time_us, config, **{"gpu_name": H100, "created_at": dt.datetime(2025, 3, 1, 12, 0, 0), **over})
+
+
+@pytest.fixture
+def v2(tmp_path) -> Path:
+    """A schema-2 file alone in its folder (records.downgrade_to_v2): an fp32 key (history a1, best a2) and a bf16 key
+    (h1, best), whose cuBLAS BF16 time (9.0) is lost as version 2 lost it."""
+    d = tmp_path / "v2"
+    d.mkdir()
+    return downgrade_to_v2(new_db(d / "tuning-v2.sqlite", make_record(12.0, {"a": 1}), make_record(10.0, {"a": 2}),
+                                  make_record(6.0, {"h": 1}, **BF16_KEY, cublas_fp16_us=7.0, cublas_bf16_us=9.0)))
 
 
 @pytest.fixture
@@ -60,6 +73,24 @@ def sql(path: Path, query: str, args=()):
 
 def columns(path: Path) -> list[str]:
     return [r[1] for r in sql(path, "PRAGMA table_info(sat_records)")]
+
+
+def table_shape(path: Path) -> tuple[list, list]:
+    """sat_records' columns (name, type, nullable, in order) and indexes (name, unique, columns), as SQLAlchemy
+    reflects them."""
+    from sqlalchemy import create_engine, inspect
+    eng = create_engine(f"sqlite:///{path}")
+    try:
+        insp = inspect(eng)
+        return ([(c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns("sat_records")],
+                sorted((i["name"], bool(i["unique"]), tuple(i["column_names"]))
+                       for i in insp.get_indexes("sat_records")))
+    finally:
+        eng.dispose()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def dump(path: Path) -> list[tuple]:
@@ -126,8 +157,9 @@ def test_writable_open_migrates_v1_in_place(v1, tmp_path):
     db = TuningDB(v1, create=True)
     recs = db.records()
     db.dispose()
-    assert dict(sql(v1, "SELECT key, value FROM sat_meta"))["schema_version"] == "2" == str(SCHEMA_VERSION)
-    assert columns(v1) == V1_COLUMNS + ["uid", "origin"]
+    assert dict(sql(v1, "SELECT key, value FROM sat_meta"))["schema_version"] == str(SCHEMA_VERSION)
+    assert columns(v1) == V1_COLUMNS + ["uid", "origin", "cublas_bf16_us"]
+    assert [r[0] for r in sql(v1, "SELECT cublas_bf16_us FROM sat_records")] == [None] * 5
     after = sql(v1, f"SELECT {', '.join(V1_COLUMNS)} FROM sat_records ORDER BY id")
     assert after == before  # every row and every v1 value kept, best flags included
     uids = sql(v1, "SELECT uid, origin FROM sat_records ORDER BY id")
@@ -135,19 +167,10 @@ def test_writable_open_migrates_v1_in_place(v1, tmp_path):
     assert len({u for u, _ in uids}) == 5
     assert [r.uid for r in recs] == [u for u, _ in uids] == [record_uid(r) for r in recs]
     assert [r.is_best for r in recs] == [False, True, True, True, True]
-    assert check_file(v1) == "ours" and describe_file(v1)["schema_version"] == 2
+    assert check_file(v1) == "ours" and describe_file(v1)["schema_version"] == SCHEMA_VERSION
 
     # the migrated table is the table a new database gets: same columns, types, nullability and indexes
-    fresh = new_db(tmp_path / "fresh.sqlite")
-    from sqlalchemy import create_engine, inspect
-    shapes = []
-    for p in (v1, fresh):
-        eng = create_engine(f"sqlite:///{p}")
-        insp = inspect(eng)
-        shapes.append(([(c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns("sat_records")],
-                       sorted((i["name"], bool(i["unique"]), tuple(i["column_names"]))
-                              for i in insp.get_indexes("sat_records"))))
-        eng.dispose()
+    shapes = [table_shape(v1), table_shape(new_db(tmp_path / "fresh.sqlite"))]
     assert shapes[0] == shapes[1]
     assert ("ix_sat_records_uid", True, ("uid",)) in shapes[0][1]
     assert not any(t[0].startswith("_alembic") or "alembic" in t[0] for t in sql(v1, "SELECT name FROM sqlite_master"))
@@ -196,7 +219,7 @@ def test_failed_migration_changes_nothing(v1, monkeypatch):
     assert sql(v1, "SELECT * FROM sat_records ORDER BY id") == rows_before
     monkeypatch.undo()
     TuningDB(v1).dispose()  # and the next open migrates it
-    assert describe_file(v1)["schema_version"] == 2
+    assert describe_file(v1)["schema_version"] == SCHEMA_VERSION
 
 
 def test_migration_keeps_exact_duplicate_rows(v1, tmp_path):
@@ -216,19 +239,152 @@ def test_migration_keeps_exact_duplicate_rows(v1, tmp_path):
     assert uids == ro_uids
 
 
-def test_newer_schema_3_is_refused_untouched(v1):
+def test_newer_schema_is_refused_untouched(v1):
     TuningDB(v1).dispose()
     con = sqlite3.connect(v1)
-    con.execute("UPDATE sat_meta SET value = '3' WHERE key = 'schema_version'")
+    con.execute("UPDATE sat_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     con.commit()
     con.close()
     before = v1.read_bytes()
     for attempt in (lambda: TuningDB(v1), lambda: TuningDB(v1, create=False, readonly=True),
                     lambda: lookup(**KEY, gpu=H100, db=v1), lambda: describe_file(v1)):
-        with pytest.raises(UserError, match="schema version 3") as info:
+        with pytest.raises(UserError, match=f"schema version {SCHEMA_VERSION + 1}") as info:
             attempt()
         assert "\n" not in str(info.value)
     assert v1.read_bytes() == before
+
+
+# ---- schema 2 -> 3: cuBLAS BF16's time ---------------------------------------------------------------------
+
+
+def test_v2_file_is_what_version_2_wrote(v2):
+    assert columns(v2) == V2_COLUMNS
+    assert dict(sql(v2, "SELECT key, value FROM sat_meta")) == {"application": "sparse-autotune", "schema_version": "2"}
+    info = describe_file(v2)
+    assert info["schema_version"] == 2 and info["needs_migration"] and info["problems"] == [] and info["records"] == 3
+    assert sql(v2, "PRAGMA journal_mode")[0][0] == "delete" and names(v2.parent) == ["tuning-v2.sqlite"]
+
+
+def test_writable_open_migrates_v2_in_place(v2, tmp_path):
+    before = sql(v2, f"SELECT {', '.join(V2_COLUMNS)} FROM sat_records ORDER BY id")
+    db = TuningDB(v2)
+    assert [r.cublas_bf16_us for r in db.records()] == [None, None, None]
+    rec = db.store(make_record(5.0, {"h": 2}, **BF16_KEY, cublas_bf16_us=9.5))  # faster than h1: the new best
+    db.dispose()
+    assert dict(sql(v2, "SELECT key, value FROM sat_meta"))["schema_version"] == str(SCHEMA_VERSION)
+    assert columns(v2) == V2_COLUMNS + ["cublas_bf16_us"]
+    # every v2 value kept (uids, origins, best flags but h1's, which h2 took over)
+    after = sql(v2, f"SELECT {', '.join(V2_COLUMNS)} FROM sat_records WHERE id <= 3 ORDER BY id")
+    assert after[:2] == before[:2] and after[2][:-3] == before[2][:-3] and before[2][-3] == 1 and after[2][-3] == 0
+    assert sql(v2, "SELECT id, cublas_bf16_us, is_best FROM sat_records WHERE dtype = 'bf16' ORDER BY id") == \
+        [(3, None, 0), (rec.id, 9.5, 1)]
+    assert table_shape(v2) == table_shape(new_db(tmp_path / "fresh.sqlite"))
+    assert not describe_file(v2)["needs_migration"]
+    TuningDB(v2).dispose()  # a current file: nothing to do
+    assert columns(v2) == V2_COLUMNS + ["cublas_bf16_us"] and len(sql(v2, "SELECT id FROM sat_records")) == 4
+
+
+@pytest.mark.parametrize("old", ["v1", "v2"])
+def test_failed_migration_to_3_changes_nothing(old, request, monkeypatch):
+    """1 -> 2 -> 3 is one transaction: a failure in its last step, after cublas_bf16_us was added (and, from version 1,
+    after 1 -> 2 ran), leaves the file at its own version with its own rows."""
+    path = request.getfixturevalue(old)
+    cols, meta, rows = columns(path), sql(path, "SELECT * FROM sat_meta"), sql(path, "SELECT * FROM sat_records")
+
+    def boom(conn):
+        tuningdb._migrate_to_3(conn)
+        assert "cublas_bf16_us" in {c[1] for c in conn.exec_driver_sql("PRAGMA table_info(sat_records)")}
+        raise RuntimeError("injected failure")
+    monkeypatch.setattr(tuningdb, "MIGRATIONS", (tuningdb.MIGRATIONS[0], (tuningdb.V3_COLUMNS, boom)))
+    with pytest.raises(RuntimeError, match="injected"):
+        TuningDB(path)
+    assert (columns(path), sql(path, "SELECT * FROM sat_meta"), sql(path, "SELECT * FROM sat_records")) == \
+        (cols, meta, rows)
+    monkeypatch.undo()
+    TuningDB(path).dispose()  # and the next open migrates it
+    assert describe_file(path)["schema_version"] == SCHEMA_VERSION and columns(path)[-1] == "cublas_bf16_us"
+
+
+def test_readonly_open_of_v2_reads_cublas_bf16_us_as_none_and_writes_nothing(v2, capsys):
+    digest = sha256(v2)
+    stored_uids = [u for (u,) in sql(v2, "SELECT uid FROM sat_records ORDER BY id")]
+    ro = TuningDB(v2, create=False, readonly=True)
+    recs, one, best = ro.records(), ro.get(3), ro.best(**BF16_KEY, gpu=H100)
+    ro.dispose()
+    assert [r.cublas_bf16_us for r in recs] == [None] * 3 and [r.origin for r in recs] == ["tune"] * 3
+    assert [r.uid for r in recs] == stored_uids  # the stored uids, not recomputed ones
+    assert one.dtype == "bf16" and one.cublas_fp16_us == 7.0 and one.cublas_bf16_us is None
+    assert "cublas_bf16_us" in one.to_dict() and one.to_dict()["cublas_bf16_us"] is None
+    assert best.id == 3 and best.cublas_bf16_us is None and best.config == {"h": 1}
+    res = lookup(**BF16_KEY, gpu=H100, db=v2, adapt=False)
+    assert res is not None and res.config == {"h": 1} and res.time_us == 6.0
+    rc, out, _ = run_db(["show", "3", "--db", v2, "--json"], capsys)
+    assert rc == 0 and json.loads(out)["cublas_bf16_us"] is None and json.loads(out)["cublas_fp16_us"] == 7.0
+    rc, out, _ = run_db(["list", "--db", v2, "--json", "--all"], capsys)
+    assert rc == 0 and [r["cublas_bf16_us"] for r in json.loads(out)] == [None] * 3
+    assert sha256(v2) == digest and names(v2.parent) == ["tuning-v2.sqlite"] and columns(v2) == V2_COLUMNS
+
+
+def test_merge_and_export_from_v2_into_v3(v2, tmp_path, capsys):
+    digest = sha256(v2)
+    dst = new_db(tmp_path / "dst.sqlite", make_record(5.0, {"h": 2}, **BF16_KEY, cublas_bf16_us=9.5))
+    rc, out, err = run_db(["merge", v2, "--into", dst], capsys)
+    assert rc == 0 and err == "" and "added 3, skipped 0" in out
+    rows = sql(dst, "SELECT config_json, cublas_bf16_us, origin, is_best FROM sat_records ORDER BY id")
+    assert [(tag(c), b, o, x) for c, b, o, x in rows] == [
+        ("h2", 9.5, "tune", 1), ("a1", None, "merge:tuning-v2.sqlite", 0), ("a2", None, "merge:tuning-v2.sqlite", 1),
+        ("h1", None, "merge:tuning-v2.sqlite", 0)]
+    assert describe_file(dst)["schema_version"] == SCHEMA_VERSION and describe_file(dst)["problems"] == []
+    exp = tmp_path / "exp.sqlite"
+    rc, out, _ = run_db(["export", exp, "--db", v2], capsys)
+    assert rc == 0 and out.startswith("wrote 3 records")
+    assert columns(exp) == V2_COLUMNS + ["cublas_bf16_us"] and describe_file(exp)["schema_version"] == SCHEMA_VERSION
+    assert sql(exp, "SELECT uid, cublas_bf16_us FROM sat_records ORDER BY id") == \
+        [(u, None) for (u,) in sql(v2, "SELECT uid FROM sat_records ORDER BY id")]
+    rc, out, _ = run_db(["export", dst, "--db", v2], capsys)  # into an existing v3 file: a merge, all present
+    assert rc == 0 and "added 0, skipped 3" in out
+    assert sha256(v2) == digest and names(v2.parent) == ["tuning-v2.sqlite"]
+
+
+def test_merge_into_a_v2_target_migrates_it_and_keeps_cublas_bf16_us(v2, tmp_path):
+    copy = tmp_path / "copy.sqlite"
+    shutil.copyfile(v2, copy)
+    src = new_db(tmp_path / "src.sqlite", make_record(5.0, {"h": 2}, **BF16_KEY, cublas_bf16_us=9.5))
+    db = TuningDB(v2)
+    res = db.merge_from(src)
+    again = db.merge_from(copy)  # the same records read from an unmigrated copy: same uids, nothing added
+    db.dispose()
+    assert (res.added, res.new_best) == (1, 1) and (again.added, again.skipped) == (0, 3)
+    assert describe_file(v2)["schema_version"] == SCHEMA_VERSION
+    assert sql(v2, "SELECT cublas_bf16_us, origin, is_best FROM sat_records WHERE dtype = 'bf16' ORDER BY id") == \
+        [(None, "tune", 0), (9.5, "merge:src.sqlite", 1)]
+
+
+def test_bf16_record_round_trips_cublas_bf16_us(tmp_path, capsys):
+    a = new_db(tmp_path / "a.sqlite", make_record(5.0, {"h": 2}, **BF16_KEY, cublas_fp16_us=7.0, cublas_bf16_us=9.5))
+    assert sql(a, "SELECT cublas_fp16_us, cublas_bf16_us FROM sat_records") == [(7.0, 9.5)]
+    assert record_uid(make_record(5.0, cublas_bf16_us=1.0)) == record_uid(make_record(5.0))  # not in the identity
+    ro = TuningDB(a, create=False, readonly=True)
+    got = [ro.get(1), ro.best(**BF16_KEY), *ro.records()]
+    ro.dispose()
+    assert [r.cublas_bf16_us for r in got] == [9.5] * 3
+    keys = list(got[0].to_dict())
+    assert keys[keys.index("cublas_fp16_us") + 1] == "cublas_bf16_us"  # next to the other baselines
+    db = TuningDB(a)
+    db.export(tmp_path / "out.sqlite")
+    db.dispose()
+    b = new_db(tmp_path / "b.sqlite")
+    db = TuningDB(b)
+    db.merge_from(tmp_path / "out.sqlite")
+    db.dispose()
+    for p in (tmp_path / "out.sqlite", b):
+        assert sql(p, "SELECT dtype, cublas_bf16_us FROM sat_records") == [("bf16", 9.5)], p
+    rc, out, _ = run_db(["show", "1", "--db", b, "--json"], capsys)
+    assert rc == 0 and json.loads(out)["cublas_bf16_us"] == 9.5
+    rc, out, _ = run_db(["show", "1", "--db", b], capsys)
+    assert rc == 0 and any(ln.split() == ["cublas_bf16_us", "9.5"] for ln in out.splitlines())
+    rc, out, _ = run_db(["list", "--db", b, "--json"], capsys)
+    assert rc == 0 and [r["cublas_bf16_us"] for r in json.loads(out)] == [9.5]
 
 
 # ---- read-only use of an unmigrated file -------------------------------------------------------------------
@@ -399,6 +555,7 @@ def test_merge_v1_source_without_writing_it(v1, tmp_path):
     res = dst.merge_from(v1)
     assert (res.added, res.skipped, res.new_best) == (5, 0, 4)
     assert v1.read_bytes() == before and names(v1.parent) == ["tuning-v1.sqlite"]
+    assert sql(tmp_path / "dst.sqlite", "SELECT count(*) FROM sat_records WHERE cublas_bf16_us IS NULL") == [(5,)]
     assert {r.origin for r in dst.records()} == {"merge:tuning-v1.sqlite"}
     # once the source is migrated its stored uids are the ones the merge computed: nothing is added twice
     TuningDB(v1).dispose()
@@ -465,7 +622,7 @@ def test_export_round_trip(two_dbs, tmp_path):
     res = db.export(out)
     db.dispose()
     assert res.created and res.added == 7 and res.target == str(out.resolve())
-    assert check_file(out) == "ours" and describe_file(out)["schema_version"] == 2
+    assert check_file(out) == "ours" and describe_file(out)["schema_version"] == SCHEMA_VERSION
     assert sql(out, "PRAGMA journal_mode")[0][0] == "delete"
     assert names(out_dir) == ["export.sqlite"]  # one file, no -wal/-shm, no temporary left
     assert {r[0] for r in sql(out, "SELECT name FROM sqlite_master WHERE type='table'")} == {"sat_meta", "sat_records"}
@@ -526,7 +683,7 @@ def test_export_refuses_a_foreign_out_untouched(two_dbs, tmp_path):
     foreign = foreign_sqlite(d / "other.sqlite")
     newer = new_db(d / "newer.sqlite")
     con = sqlite3.connect(newer)
-    con.execute("UPDATE sat_meta SET value = '3' WHERE key = 'schema_version'")
+    con.execute("UPDATE sat_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     con.commit()
     con.close()
     before = {p: p.read_bytes() for p in (text, foreign, newer)}
@@ -548,6 +705,7 @@ def test_export_of_an_unmigrated_v1_source(v1, tmp_path):
     res = ro.export(tmp_path / "out.sqlite", {"gpu": "H100"})
     ro.dispose()
     assert res.added == 3 and v1.read_bytes() == before
+    assert columns(tmp_path / "out.sqlite") == V2_COLUMNS + ["cublas_bf16_us"]  # the export has the current schema
     assert {r[0] for r in sql(tmp_path / "out.sqlite", "SELECT origin FROM sat_records")} == {None}
     assert sql(tmp_path / "out.sqlite", "SELECT count(*) FROM sat_records WHERE is_best")[0][0] == 2
 
@@ -616,7 +774,7 @@ def test_two_processes_store_concurrently(tmp_path):
 
 def test_two_processes_migrate_and_store_a_v1_file(v1, tmp_path):
     _run_writers(v1, tmp_path, 20)
-    assert describe_file(v1)["schema_version"] == 2
+    assert describe_file(v1)["schema_version"] == SCHEMA_VERSION
     assert sql(v1, "SELECT count(*), count(DISTINCT uid) FROM sat_records")[0] == (45, 45)
     _assert_one_best_per_key(v1)
 
@@ -668,7 +826,7 @@ def cli_files(tmp_path, two_dbs):
     empty.write_bytes(b"")
     newer = new_db(d / "newer.sqlite", make_record(1.0))
     con = sqlite3.connect(newer)
-    con.execute("UPDATE sat_meta SET value = '3' WHERE key = 'schema_version'")
+    con.execute("UPDATE sat_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     con.commit()
     con.close()
     v1 = d / "old.sqlite"
@@ -680,14 +838,15 @@ def cli_files(tmp_path, two_dbs):
 def test_db_check_ours(cli_files, capsys):
     rc, out, err = run_db(["check", cli_files["a"]], capsys)
     assert rc == 0 and err == ""
-    assert "schema version 2" in out and "records  3 (2 best)" in out and H100 in out and "migrated" not in out
+    assert f"schema version {SCHEMA_VERSION}" in out and "records  3 (2 best)" in out and H100 in out
+    assert "migrated" not in out
 
 
 def test_db_check_v1_says_it_will_migrate_without_writing(cli_files, capsys):
     before = cli_files["v1"].read_bytes()
     rc, out, err = run_db(["check", cli_files["v1"]], capsys)
     assert rc == 0 and err == ""
-    assert "schema version 1" in out and "migrated to version 2 on the next write" in out
+    assert "schema version 1" in out and f"migrated to version {SCHEMA_VERSION} on the next write" in out
     assert "records  5 (4 best)" in out and H100 in out and H200 in out
     assert cli_files["v1"].read_bytes() == before
     assert not Path(f"{cli_files['v1']}-wal").exists()

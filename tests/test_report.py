@@ -3,10 +3,11 @@ are the database's."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 import optuna
 import pytest
-from records import GPU, make_record
+from records import GPU, downgrade_to_v2, make_record
 from sqlalchemy.orm import Session
 from test_cli import assert_one_line_error, run_cli
 
@@ -118,6 +119,45 @@ def test_report_without_model_and_cli(fixture_db, tmp_path):
     assert_one_line_error(proc, "no model 'nope'", "toy")
     proc = run_cli(["report", "--out", str(tmp_path / "r4"), "--gpu", "A100", "--db", str(fixture_db)], fixture_db)
     assert_one_line_error(proc, "A100")
+
+
+def _bf16_db(path) -> None:
+    """Model "toy16": one bf16 layer, tuned 4.0 us, cuSPARSE 8.0 us, cuBLAS BF16 12.0 us; cuBLAS FP32, TF32 and FP16
+    are faster (1.0, 1.5, 2.0 us) but are not the dense path of bf16."""
+    db = TuningDB(path)
+    rec = db.store(make_record(4.0, m=64, k=32, n=16, density=0.1, dtype="bf16", pattern="matrix", cusparse_us=8.0,
+                               cublas_fp32_us=1.0, cublas_tf32_us=1.5, cublas_fp16_us=2.0, cublas_bf16_us=12.0,
+                               study_name="bf16"))
+    ensure_model_table(db)
+    with Session(db.engine) as s:
+        s.add(ModelLayer(model="toy16", layer="fc.weight", kind="linear", gpu_name=GPU, m=64, k=32, n=16, nnz=205,
+                         density=0.1001, problem_density=0.1, dtype="bf16", representative="fc.weight",
+                         study_name="bf16", status="done", record_id=rec.id, position=0,
+                         updated_at=dt.datetime(2025, 1, 1)))
+        s.commit()
+    db.dispose()
+
+
+def test_report_dense_path_of_bf16_is_cublas_bf16(tmp_path):
+    path = tmp_path / "bf16.sqlite"
+    _bf16_db(path)
+    res = write_report(str(path), tmp_path / "rep", model="toy16")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert res["layers"][0]["best_dense_us"] == 12.0 and res["layers"][0]["vs_dense"] == 3.0
+    assert _table_row(md, ["fc.weight", "64x32", "0.1001", "bf16", "16"])[5:10] == ["4.00", "8.00", "12.00", "2.00",
+                                                                                   "3.00"]
+    assert _table_row(md, ["bf16", "16"])[2:8] == ["1/1", "4.00", "8.00", "12.00", "2.00", "3.00"]
+    assert "over the best dense path 3.00x" in md and "cuBLAS BF16 for bf16" in md
+    # the same file as schema 2 wrote it (no cublas_bf16_us): read as it is, without writing; bf16's dense path is not
+    # known (n/a), and FP16's time does not stand in for it
+    downgrade_to_v2(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    res = write_report(str(path), tmp_path / "rep2", model="toy16")
+    md = (tmp_path / "rep2" / "report.md").read_text()
+    assert res["layers"][0]["best_dense_us"] is None and res["layers"][0]["vs_cusparse"] == 2.0
+    assert _table_row(md, ["fc.weight", "64x32", "0.1001", "bf16", "16"])[5:10] == ["4.00", "8.00", "n/a", "2.00",
+                                                                                   "n/a"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
 
 
 def _suite_rec(m, density, dtype, tuned, cs, f32, t32, f16, floor):

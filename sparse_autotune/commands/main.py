@@ -11,7 +11,7 @@ import time
 from .. import __version__
 from ..errors import UserError, exit_status
 from ..core.problem import (DEFAULT_N, PATTERNS, Problem, check_density, check_dtype, check_n, check_seed, load_matrix,
-                            parse_shape)
+                            n_bucket, parse_shape)
 from ..commands.db import add_db_parser, cmd_db
 from ..tuning.search import SAMPLERS, check_options
 
@@ -138,12 +138,15 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--json", action="store_true")
 
     bn = sub.add_parser("bench", help="run a benchmark suite (tune every case, time baselines, write results)")
-    bn.add_argument("--suite", default="quick", help="dl (the full suite), llm (7-8B decoder layers at small N, fp16/bf16) or quick (a small subset); default quick")
+    bn.add_argument("--suite", default="quick", help="dl (the full suite), llm (7-8B decoder layers at small N, fp16/bf16), quick (a small subset) or search (the search itself: every config measured, the samplers replayed); default quick")
     bn.add_argument("--trials", type=_TRIALS, default=40, help="trial budget per case (default 40)")
     bn.add_argument("--out", default="bench/results", help="output folder (default bench/results)")
     bn.add_argument("--db", help="tuning database (default as for tune)")
     bn.add_argument("--budget", type=_seconds(), default=None, help="start no new case after this many seconds (a rerun "
                                                                "goes on with the cases left)")
+    phase = bn.add_mutually_exclusive_group()  # --suite search only (tuning/searchbench.py)
+    phase.add_argument("--measure-only", action="store_true", help="search: measure on this GPU, no replay")
+    phase.add_argument("--replay-only", action="store_true", help="search: replay the measured table (no GPU)")
     _add_scaleout_args(bn)
 
     wk = sub.add_parser("worker", help="join the workers of a shared storage: tune queued problems until none is left",
@@ -179,6 +182,9 @@ def _parser() -> argparse.ArgumentParser:
     tm.add_argument("--seq", help="tokens per sequence for Linear layers (N = batch x seq)")
     tm.add_argument("--spatial", action="append", help="PATTERN=HxW: output size of matching 1x1 conv layers "
                                                         "(repeatable)")
+    tm.add_argument("--n-buckets", action="store_true",
+                    help="tune each N bucket once, at its top (N rounded up to the next power of two); the runtime "
+                         "serves every N of a bucket from that record")
     tm.add_argument("--dtype", default="fp32", help="comma-separated: fp32, fp16, bf16 (default fp32)")
     tm.add_argument("--trials", type=_TRIALS, default=60, help="trial budget per distinct problem (default 60)")
     tm.add_argument("--timeout", type=_seconds(), default=None, help="search time limit per problem, seconds")
@@ -245,7 +251,9 @@ def _report_text(r: dict) -> str:
         f"cuSPARSE  {_fmt_us(base['cusparse_us'])}  -> {_fmt_x(s['vs_cusparse'])}",
         f"cuBLAS    FP32 {_fmt_us(base['cublas_fp32_us'])} -> {_fmt_x(s['vs_cublas_fp32'])}   "
         f"TF32 {_fmt_us(base['cublas_tf32_us'])} -> {_fmt_x(s['vs_cublas_tf32'])}   "
-        f"FP16 {_fmt_us(base['cublas_fp16_us'])} -> {_fmt_x(s['vs_cublas_fp16'])}",
+        f"FP16 {_fmt_us(base['cublas_fp16_us'])} -> {_fmt_x(s['vs_cublas_fp16'])}"
+        + (f"   BF16 {_fmt_us(base.get('cublas_bf16_us'))} -> {_fmt_x(s.get('vs_cublas_bf16'))}"
+           if p["dtype"] == "bf16" else ""),  # cuBLAS BF16: the dense path of a bf16 problem (its baselines only)
         f"trials    {r['trials']['complete']} ok, {r['trials']['failed']} failed, {r['trials']['pruned']} infeasible "
         f"rejected; {r['trials']['new']} new this run ({r['trials']['stopped']})",
         f"stored    record {r['record_id']} in {r['db']}" + ("" if r["record_is_best"] else " (an earlier record is faster)"),
@@ -425,10 +433,13 @@ def cmd_lookup(a) -> int:
     elif res is None:
         print("no stored config for this problem")
     else:
-        where = "built-in default" if res.source == "default" else (
+        where = "built-in default (the first known-good config)" if res.record_id is None else (
             f"record {res.record_id} in {res.db}, tuned on {res.gpu} for "
-            f"{res.key[0]}x{res.key[1]} N={res.key[2]} d={res.key[3]:g} ({res.time_us:.2f} us)")
-        dist = f", distance {res.distance:.2f}" if res.source in ("nearest", "same-arch") and res.distance else ""
+            f"{res.key[0]}x{res.key[1]} N={res.key[2]} d={res.key[3]:g} {res.key[4]} ({res.time_us:.2f} us)")
+        if res.source == "default" and res.record_id is not None:
+            where = "built-in default: the shipped records' most frequent winner for this dtype, N range and " \
+                    f"density range; its config from {where}"
+        dist = f", distance {res.distance:.2f}" if res.source in ("bucket", "nearest", "same-arch") and res.distance else ""
         adapted = (f"\n  adapted to N={n}; stored as {json.dumps(res.stored_config, sort_keys=True)}"
                    if res.stored_config else "")
         print(f"{res.source}{dist}: {res.family} {json.dumps(res.config, sort_keys=True)}\n  from {where}{adapted}")
@@ -438,6 +449,11 @@ def cmd_lookup(a) -> int:
 def cmd_bench(a) -> int:
     from pathlib import Path  # noqa: PLC0415
     from ..tuning.suite import run_suite, suite_cases, summary  # noqa: PLC0415
+    if a.suite == "search":
+        from ..tuning.searchbench import run_from_args  # noqa: PLC0415
+        return run_from_args(a, None if a.replay_only else _checked_db(a.db))
+    if a.measure_only or a.replay_only:
+        raise UserError("--measure-only and --replay-only apply to --suite search only")
     suite_cases(a.suite)  # validates the name before the GPU is touched
     check_options(a.trials)
     scaleout = a.storage is not None or a.workers != 1
@@ -482,6 +498,8 @@ def cmd_tune_model(a) -> int:
     ckpt = mdl.load_checkpoint(a.checkpoint)
     layers = mdl.find_layers(ckpt, a.include, a.exclude)
     ns = mdl.n_values(layers, a.n, a.batch, a.seq, a.spatial)
+    if a.n_buckets:
+        ns = {name: sorted({n_bucket(x) for x in v}) for name, v in ns.items()}
     for lay in layers:  # before any conversion: complex or non-finite values, all zeros, too dense, N out of range
         try:
             check_real_matrix(lay.weight, f"layer {lay.name}", "fp16" if "fp16" in dtypes else "fp32",

@@ -1,8 +1,8 @@
 """`sparse-autotune report`: report.md and PNG plots (matplotlib, headless Agg) from the tuning database.
 
 - layers.png       per layer of a model (--model), speed-up of the tuned kernel over cuSPARSE and over the best
-                   dense path of the same dtype (min(cuBLAS FP32, TF32) for fp32, cuBLAS FP16 for fp16), one
-                   panel per (dtype, N)
+                   dense path of the same dtype (min(cuBLAS FP32, TF32) for fp32, cuBLAS FP16 for fp16, cuBLAS
+                   BF16 for bf16), one panel per (dtype, N)
 - totals.png       the model's total linear-layer time per (dtype, N): tuned sparse, cuSPARSE, best dense
 - density.png      speed-up vs density over every best record of the GPU (the suite)
 - convergence.png  best time vs trial of one Optuna study (--study, else the model's slowest problem, else the
@@ -143,7 +143,7 @@ def plot_density(records: list[Record], path: Path, title: str) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for ax, key, name in ((axes[0], "cusparse", "speed-up over cuSPARSE"),
                           (axes[1], "dense", "speed-up over best dense (same dtype)")):
-        for dt, mk in (("fp32", "o"), ("fp16", "s")):
+        for dt, mk in (("fp32", "o"), ("fp16", "s"), ("bf16", "^")):
             sel = [r for r in records if r.dtype == dt]
             pts = [(r.density, _ratio(r.cusparse_us if key == "cusparse" else best_dense(r.to_dict()), r.time_us))
                    for r in sel]
@@ -249,7 +249,7 @@ def write_report(db_target: str, out: Path, model: str | None = None, gpu: str |
     lines = [f"# sparse-autotune report{f' — model `{model}`' if model else ''}", "",
              f"GPU: {gpu_name}. Database: `{Path(str(db_target)).name}`. Times: median of CUDA-graph replays; "
              "speed-up = baseline time / tuned time; best dense = min(cuBLAS FP32, TF32) for fp32, cuBLAS FP16 for "
-             "fp16.", ""]
+             "fp16, cuBLAS BF16 for bf16 (n/a for a bf16 record stored before schema version 3).", ""]
     if layers:
         lines += ["## Total linear-layer time", "",
                   "| dtype | N | layers | tuned sparse us | cuSPARSE us | best dense us | vs cuSPARSE | vs best dense |",

@@ -12,9 +12,12 @@ Schema versions (sat_meta.schema_version):
   1  the first release.
   2  adds sat_records.uid (a content hash of the record, unique: merges skip records already present) and
      sat_records.origin ("tune", or "merge:<source file name>"; NULL for records from before version 2).
-A writable open migrates an older file in place, in one transaction (Alembic's Operations API; no Alembic version
-table: the version lives in sat_meta, and Optuna's own `alembic_version` table is left alone). A read-only open
-(lookup) reads an older file as it is, without writing.
+  3  adds sat_records.cublas_bf16_us (cuBLAS BF16's time: the dense baseline of a bf16 problem; NULL for the other
+     dtypes and for records from before version 3).
+A writable open migrates an older file in place, in one transaction, through every version in turn (1 -> 2 -> 3;
+Alembic's Operations API; no Alembic version table: the version lives in sat_meta, and Optuna's own `alembic_version`
+table is left alone). A read-only open (lookup, the source of db merge / export) reads an older file as it is, without
+writing: the columns it lacks read as a migration would fill them (uid computed, the others None).
 """
 from __future__ import annotations
 
@@ -44,8 +47,10 @@ from . import guard
 from .guard import SQLITE_MAGIC, is_url, sqlite_uri  # noqa: F401 - also this module's API
 
 APPLICATION = "sparse-autotune"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 V2_COLUMNS = ("uid", "origin")  # the columns schema version 2 added to sat_records
+V3_COLUMNS = ("cublas_bf16_us",)  # the column schema version 3 added
+ADDED_COLUMNS = V2_COLUMNS + V3_COLUMNS  # every column added after version 1, in the order the versions added them
 DB_ENV = "SPARSE_AUTOTUNE_DB"
 DENSITY_RTOL = 1e-3
 
@@ -92,16 +97,20 @@ class Record(Base):
     cupy_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime)
     is_best: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
-    # schema version 2 (last, so that a migrated table has the same column order as a new one)
+    # schema versions 2 and 3 (last, in that order, so that a migrated table has the same column order as a new one)
     uid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     origin: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    cublas_bf16_us: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     @property
     def config(self) -> dict:
         return json.loads(self.config_json)
 
     def to_dict(self) -> dict:
-        d = {c.key: getattr(self, c.key) for c in inspect(type(self)).column_attrs}
+        """The columns (cuBLAS BF16's time next to the other baselines), config parsed, created_at in ISO form."""
+        keys = [c.key for c in inspect(type(self)).column_attrs if c.key != "cublas_bf16_us"]
+        keys.insert(keys.index("cublas_fp16_us") + 1, "cublas_bf16_us")
+        d = {k: getattr(self, k) for k in keys}
         d["config"] = self.config
         d.pop("config_json")
         d["created_at"] = self.created_at.isoformat(timespec="seconds")
@@ -281,28 +290,51 @@ def _meta_version(meta: dict, label: str) -> int | None:
         raise UserError(f"database {label!r} has an unreadable schema version") from None
 
 
-def _migrate_to_2(conn: Connection):
-    """Schema 1 -> 2 on `conn` (inside the caller's transaction): add uid and origin, fill uid for every row, then
-    make uid NOT NULL with a unique index. Alembic's Operations in batch mode (SQLite recreates the table to change
-    a column); no Alembic version table is written (the version lives in sat_meta)."""
+def _v1_columns():
+    """sat_records' columns of schema version 1 (what a record's uid is computed from, and what every file has)."""
+    return [c for c in Record.__table__.c if c.name not in ADDED_COLUMNS]
+
+
+def _operations(conn: Connection):
+    """Alembic's Operations on `conn`, and sat_records' current column names. No Alembic version table is written
+    (the version lives in sat_meta)."""
     from alembic.migration import MigrationContext  # noqa: PLC0415
     from alembic.operations import Operations  # noqa: PLC0415
     ctx = MigrationContext.configure(connection=conn, opts={"version_table": "sat_alembic_version"})
-    op = Operations(ctx)
-    cols = {c["name"] for c in inspect(conn).get_columns("sat_records")}
+    return Operations(ctx), {c["name"] for c in inspect(conn).get_columns("sat_records")}
+
+
+def _migrate_to_2(conn: Connection):
+    """Schema 1 -> 2 on `conn` (inside the caller's transaction): add uid and origin, fill uid for every row, then
+    make uid NOT NULL with a unique index. Alembic's Operations in batch mode (SQLite recreates the table to change
+    a column)."""
+    op, cols = _operations(conn)
     with op.batch_alter_table("sat_records") as b:
         if "uid" not in cols:
             b.add_column(Column("uid", String(64), nullable=True))
         if "origin" not in cols:
             b.add_column(Column("origin", String(255), nullable=True))
     t = Record.__table__
-    rows = conn.execute(select(*[c for c in t.c if c.name not in V2_COLUMNS]).order_by(t.c.id)).mappings().all()
+    rows = conn.execute(select(*_v1_columns()).order_by(t.c.id)).mappings().all()
     if rows:
         conn.execute(update(t).where(t.c.id == bindparam("_id")).values(uid=bindparam("_uid")),
                      [{"_id": r["id"], "_uid": u} for r, u in zip(rows, _assign_uids(rows))])
     with op.batch_alter_table("sat_records") as b:
         b.alter_column("uid", existing_type=String(64), nullable=False)
         b.create_index("ix_sat_records_uid", ["uid"], unique=True)
+
+
+def _migrate_to_3(conn: Connection):
+    """Schema 2 -> 3 on `conn` (inside the caller's transaction): add cublas_bf16_us, NULL in every existing row (no
+    record from before version 3 kept cuBLAS BF16's time). Alembic's Operations in batch mode, as _migrate_to_2."""
+    op, cols = _operations(conn)
+    if "cublas_bf16_us" not in cols:
+        with op.batch_alter_table("sat_records") as b:
+            b.add_column(Column("cublas_bf16_us", Float, nullable=True))
+
+
+# each step: the columns its version added, and the migration that adds them (run in this order, from the oldest)
+MIGRATIONS = ((V2_COLUMNS, _migrate_to_2), (V3_COLUMNS, _migrate_to_3))
 
 
 def _set_journal_mode(path: Path, mode: str):
@@ -341,7 +373,7 @@ class TuningDB:
     def __init__(self, target: str | os.PathLike | None = None, create: bool = True, readonly: bool = False):
         target = str(target) if target is not None else str(default_db_path())
         self.readonly = readonly
-        self._missing: frozenset = frozenset()  # schema-2 columns a read-only older file lacks
+        self._missing: frozenset = frozenset()  # ADDED_COLUMNS that a read-only older file lacks
         self._force_ro = False  # read-only file: mode=ro from now on (a writer appeared during an immutable read)
         t = guard.resolve(target)  # a path, an sqlite:/// URL naming a file (taken as its path), or another URL
         s = guard.survey(t)  # another application's file or tables, a newer schema...: UserError, untouched
@@ -410,7 +442,7 @@ class TuningDB:
                 _, _, cols = _schema_state(conn)
         except SQLAlchemyError:
             return frozenset()  # the queries report the problem
-        return frozenset(c for c in V2_COLUMNS if cols and c not in cols)
+        return frozenset(c for c in ADDED_COLUMNS if cols and c not in cols)
 
     def _init_schema(self):
         """Create the tables of a new database, or migrate an older one: under the write lock, re-checked there (two
@@ -424,16 +456,17 @@ class TuningDB:
                 raise UserError(f"database {self.label!r} has a newer schema ({version}) than this sparse-autotune "
                                 f"understands ({SCHEMA_VERSION}): upgrade sparse-autotune")
             if (version == SCHEMA_VERSION and "application" in meta and {"sat_meta", "sat_records"} <= tables
-                    and set(V2_COLUMNS) <= cols):
+                    and set(ADDED_COLUMNS) <= cols):
                 return
             with self._writing() as conn:
                 tables, meta, cols = _schema_state(conn)
                 version = _meta_version(meta, self.label)
                 if version is not None and version > SCHEMA_VERSION:
                     raise UserError(f"database {self.label!r} has a newer schema ({version})")
-                Base.metadata.create_all(conn)  # missing tables only: a new file gets schema 2 directly
-                if "sat_records" in tables and not set(V2_COLUMNS) <= cols:
-                    _migrate_to_2(conn)
+                Base.metadata.create_all(conn)  # missing tables only: a new file gets the current schema directly
+                for added, migrate in MIGRATIONS:  # an older table: every step it has not had, in turn
+                    if "sat_records" in tables and not set(added) <= cols:
+                        migrate(conn)
                 mt = Meta.__table__
                 if "application" not in meta:
                     conn.execute(mt.insert().values(key="application", value=APPLICATION))
@@ -572,9 +605,9 @@ class TuningDB:
 
     def export(self, out_path, filters=None) -> MergeResult:
         """Write the selected records (RecordFilter.of(filters); all records by default) to a self-contained tuning
-        database file: schema 2, the records with their provenance columns, no Optuna tables, one file (DELETE
-        journal mode). A missing (or empty) OUT is created; an OUT that is a tuning database gets the records merged
-        into it (as merge_from); any other existing file is refused untouched."""
+        database file: the current schema (from an older source too), the records with their provenance columns, no
+        Optuna tables, one file (DELETE journal mode). A missing (or empty) OUT is created; an OUT that is a tuning
+        database gets the records merged into it (as merge_from); any other existing file is refused untouched."""
         flt = RecordFilter.of(filters)
         t = guard.resolve(out_path)
         if t.path is None:
@@ -639,21 +672,20 @@ class TuningDB:
         return q
 
     def _query(self, s: Session, q, full_uids: bool = False) -> list[Record]:
-        """Run a select(Record); on a read-only older file the schema-2 columns are not selected: uid is computed
-        (as the migration would set it; `full_uids` numbers exact duplicates the same way too) and origin is None."""
+        """Run a select(Record); on a read-only older file the columns it lacks (self._missing) are not selected: uid
+        is computed (as the migration would set it; `full_uids` numbers exact duplicates the same way too), the others
+        (origin, cublas_bf16_us) are None."""
         if not self._missing:
             return list(s.scalars(q))
         rows = list(s.scalars(q.options(*(defer(getattr(Record, c)) for c in self._missing))))
         uids = {}
         if full_uids and "uid" in self._missing:
             t = Record.__table__
-            every = s.execute(select(*[c for c in t.c if c.name not in V2_COLUMNS]).order_by(t.c.id)).mappings().all()
+            every = s.execute(select(*_v1_columns()).order_by(t.c.id)).mappings().all()
             uids = {r["id"]: u for r, u in zip(every, _assign_uids(every))}
         for r in rows:
-            if "uid" in self._missing:
-                set_committed_value(r, "uid", uids.get(r.id) or record_uid(r))
-            if "origin" in self._missing:
-                set_committed_value(r, "origin", None)
+            for c in self._missing:
+                set_committed_value(r, c, (uids.get(r.id) or record_uid(r)) if c == "uid" else None)
         return rows
 
     def best(self, m, k, n, density, dtype, gpu=None, pattern=None) -> Record | None:

@@ -268,7 +268,8 @@ class GpuTuner(Tuner):
             dtype=problem.dtype, pattern=problem.pattern, family=res.best_family,
             config_json=json.dumps(res.best_config, sort_keys=True), time_us=t.median_us, gflops=gflops,
             cusparse_us=base["cusparse_us"], cublas_fp32_us=base["cublas_fp32_us"],
-            cublas_tf32_us=base["cublas_tf32_us"], cublas_fp16_us=base["cublas_fp16_us"], floor_us=floor,
+            cublas_tf32_us=base["cublas_tf32_us"], cublas_fp16_us=base["cublas_fp16_us"],
+            cublas_bf16_us=base.get("cublas_bf16_us"), floor_us=floor,
             max_rel_err=err, trials=res.complete + res.failed, matrix_hash=problem.fingerprint(), study_name=name,
             package_version=__version__, cuda_version=v["cuda"], driver_version=v["driver"], cupy_version=v["cupy"],
             created_at=_dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None))
