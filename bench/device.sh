@@ -6,6 +6,9 @@
 #   bench/device.sh tests [PYTEST ARGS]     the GPU tests (default `-m gpu`) -> $OUT/pytest-gpu-<gpu>.log
 #   bench/device.sh suite dl|quick|llm [--budget S] [--workers W] [--trials T] [--fresh]
 #                                           run or resume a benchmark suite (`sparse-autotune bench`) from its state
+#   bench/device.sh suite search [--budget S] [--fresh]
+#                                           the search benchmark's measure phase (`bench --suite search --measure-only`,
+#                                           one process), resumed from its table; replay it on a CPU afterwards
 #   bench/device.sh probe SUBCOMMAND [ARGS] bench/probe.py (ab, sweep, config, profile, baselines, overhead)
 #   bench/device.sh minilm [ARGS]           examples/minilm/device.py --out $OUT (carry examples/minilm/data too)
 #   bench/device.sh cli ARGS                python3 -m sparse_autotune ARGS -> $OUT/cli-<i>-<command>.{out,err}
@@ -49,11 +52,13 @@ step_args() {  # step_args K: the words of step K (into STEP)
 NSTEPS=$(( ${#STARTS[@]} - 1 ))
 is_num() { [[ "$1" =~ ^[0-9]+([.][0-9]+)?$ ]]; }
 check_suite() {  # NAME [--budget S] [--workers W] [--trials T] [--fresh]
-    [ $# -ge 1 ] && [[ "$1" =~ ^[a-z0-9_-]+$ ]] || die "suite: name a suite (dl, quick, llm ...)"
+    [ $# -ge 1 ] && [[ "$1" =~ ^[a-z0-9_-]+$ ]] || die "suite: name a suite (dl, quick, llm, search ...)"
+    local name=$1
     shift
     while [ $# -gt 0 ]; do
         case "$1" in
             --budget|--workers|--trials)
+                [ "$name" != search ] || [ "$1" = --budget ] || die "suite search: $1 does not apply (--budget S, --fresh)"
                 [ $# -ge 2 ] && is_num "$2" || die "suite: $1 needs a number"; shift 2;;
             --fresh) shift;;
             *) die "suite: unknown option '$1' (--budget S, --workers W, --trials T, --fresh)";;
@@ -163,12 +168,21 @@ step_suite() {
     else
         el "suite $name: a fresh start"
     fi
-    el "suite $name: $workers workers, $trials trials a case, budget $budget s, hard stop at $hard s"
+    if [ "$name" = search ]; then
+        el "suite search: measure phase, one process, budget $budget s, hard stop at $hard s"
+    else
+        el "suite $name: $workers workers, $trials trials a case, budget $budget s, hard stop at $hard s"
+    fi
     local blog="$S/bench-$START.log"
     # its own process group, so that a hard stop ends bench and every worker it spawned
-    setsid python3 -m sparse_autotune bench --suite "$name" --trials "$trials" --out "$S/out" --db "$S/tuning.sqlite" \
-        --storage "sqlite:///$S/storage.sqlite" --workers "$workers" --heartbeat 5 --budget "$budget" \
-        > "$S/out/summary-last.json" 2> "$blog" &
+    if [ "$name" = search ]; then  # one process; its state is the measured table (written whole after every chunk)
+        setsid python3 -m sparse_autotune bench --suite search --measure-only --out "$S/out" --db "$S/tuning.sqlite" \
+            --budget "$budget" > "$S/out/summary-last.json" 2> "$blog" &
+    else
+        setsid python3 -m sparse_autotune bench --suite "$name" --trials "$trials" --out "$S/out" --db "$S/tuning.sqlite" \
+            --storage "sqlite:///$S/storage.sqlite" --workers "$workers" --heartbeat 5 --budget "$budget" \
+            > "$S/out/summary-last.json" 2> "$blog" &
+    fi
     local pid=$!
     (  # the hard stop; it holds no output, and ends its sleep when it is ended itself
         exec >/dev/null 2>&1
@@ -183,13 +197,19 @@ step_suite() {
     kill "$dog" 2>/dev/null; wait "$dog" 2>/dev/null
     kill -KILL -- "-$pid" 2>/dev/null  # workers left behind must not write while the state is packed
     el "suite $name: bench rc=$rc"
-    python3 -m sparse_autotune status --storage "sqlite:///$S/storage.sqlite" > "$S/status.txt" 2>&1
-    head -12 "$S/status.txt"
-    grep -c "problem .* done" "$blog" | sed 's/^/cases finished in this call: /'
+    if [ "$name" = search ]; then
+        grep -E "configs \(|interrupted" "$blog" | tail -10 | cut -c1-300
+        tail -2 "$blog" | cut -c1-300
+    else
+        python3 -m sparse_autotune status --storage "sqlite:///$S/storage.sqlite" > "$S/status.txt" 2>&1
+        head -12 "$S/status.txt"
+        grep -c "problem .* done" "$blog" | sed 's/^/cases finished in this call: /'
+    fi
     grep -E "done:|failed|Error|error" "$blog" | tail -8 | cut -c1-300
     ( cd "$S" && tar czf "$OUT/state/suite-$name.tgz" $(ls -d storage.sqlite* tuning.sqlite* out bench-*.log status.txt 2>/dev/null) )
     tar czf "$OUT/state/cupy-cache.tgz" -C "$(dirname "$CUPY_CACHE_DIR")" "$(basename "$CUPY_CACHE_DIR")"
     cp "$S"/out/suite-"$name"-* "$OUT/results/" 2>/dev/null
+    [ "$name" != search ] || cp "$S"/out/search-* "$OUT/results/" 2>/dev/null
     cp "$blog" "$OUT/suite-$name-$START.log"
     rm -rf "$S"
     el "suite $name: state in \$OUT/state/ ($(du -ch "$OUT"/state/*.tgz | tail -1 | cut -f1)): copy it to bench/state/ to go on"

@@ -45,7 +45,7 @@ def suite_cases(name: str) -> list[dict]:
         shapes = [(512, 2048, 256), (512, 2048, 1024), (768, 3072, 512), (1024, 256, 196)]
         combos = itertools.product(shapes, (0.05, 0.1), DTYPES, ("uniform",))
     else:
-        raise UserError(f"unknown suite {name!r}: choose one of {', '.join(SUITES)}")
+        raise UserError(f"unknown suite {name!r}: choose one of {', '.join(SUITES)}, search")  # search: searchbench.py
     return [{"M": m, "K": k, "N": n, "density": d, "dtype": dt, "pattern": p}
             for (m, k, n), d, dt, p in combos]
 
