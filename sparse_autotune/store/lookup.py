@@ -235,7 +235,8 @@ def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str
     say: `.stored_config` then holds the stored one); a record whose config cannot run this problem is passed over for
     the next nearest. gpu=None: records of any GPU match (runtime.lookup fills in the current GPU, its compute
     capability and limits). fallback=False returns only an exact record, else None.
-    nnz: A's nonzeros (default round(density * M * K)); limits: the GPU's (default: the current GPU's, else an H100's).
+    nnz: A's nonzeros (default round(density * M * K)); limits: the GPU's (default: an H100's; runtime.lookup passes
+    the current GPU's).
     adapt=False: the stored configs as they are, whether or not they run this problem (the database's own view).
     """
     check_dtype(dtype)
