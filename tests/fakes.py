@@ -9,8 +9,10 @@ import threading
 import types
 
 import numpy as np
+import pytest
 
 from sparse_autotune.core.families import get_family
+from sparse_autotune.core.problem import random_matrix
 from sparse_autotune.core.render import render
 from sparse_autotune.core.space import problem_env
 from sparse_autotune.device.kernel import Kernel
@@ -130,3 +132,14 @@ def check_launch_matches_signature(family: str, dtype: str, a, n: int, max_confi
         checked += 1
     assert kern.launcher(0).is_noop  # N == 0: nothing to launch
     return checked
+
+
+def launch_signature_test(family: str):
+    """The test each family's test file binds (`test_launch_matches_the_kernel_signature = launch_signature_test(F)`):
+    check_launch_matches_signature for every dtype, some configs checked for each dtype the family computes."""
+    @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+    def test_launch_matches_the_kernel_signature(dtype):
+        a = random_matrix(64, 256, 0.05, "uniform", 0)
+        checked = check_launch_matches_signature(family, dtype, a, 128)
+        assert (checked > 0) == get_family(family).space.supports(dtype)
+    return test_launch_matches_the_kernel_signature

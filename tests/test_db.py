@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pgdb import fresh_pg_database
 from records import CONFIG, make_record
 
 from sparse_autotune.errors import UserError
@@ -486,28 +487,11 @@ def test_read_only_open_leaves_no_side_files_in_wal_mode(filled_db):
     assert guard.read_only_uri(filled_db) == guard.sqlite_uri(filled_db, "ro", immutable=True)
 
 
-PG_ENV = "SPARSE_AUTOTUNE_TEST_PG_URL"
-
-
 @pytest.fixture
 def pg_database():
     """A fresh database on the PostgreSQL server of $SPARSE_AUTOTUNE_TEST_PG_URL (.ci/run starts one), dropped after."""
-    import uuid
-    base = os.environ.get(PG_ENV)
-    if not base and os.environ.get("CI"):
-        pytest.fail(f"CI must run the PostgreSQL tests: .ci/run sets {PG_ENV}")
-    if not base:
-        pytest.skip(f"no PostgreSQL server: set {PG_ENV}=postgresql+psycopg://user@127.0.0.1:PORT/db")
-    import psycopg
-    from sqlalchemy.engine import make_url
-    u = make_url(base)
-    name = f"sat_guard_{uuid.uuid4().hex[:12]}"
-    conninfo = dict(host=u.host, port=u.port or 5432, user=u.username, password=u.password, dbname=u.database)
-    with psycopg.connect(**conninfo, autocommit=True) as con:
-        con.execute(f'CREATE DATABASE "{name}"')
-    yield u.set(database=name).render_as_string(hide_password=False), {**conninfo, "dbname": name}
-    with psycopg.connect(**conninfo, autocommit=True) as con:
-        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_pg_database("sat_guard_") as got:
+        yield got
 
 
 def test_server_database_is_guarded_like_a_file(pg_database, capsys):

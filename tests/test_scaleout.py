@@ -4,19 +4,18 @@ server where $SPARSE_AUTOTUNE_TEST_PG_URL names one (CI starts one in .ci/run; w
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from pgdb import fresh_pg_database
 from synthetic import SYNTHETIC_GPU, TUNER, synthetic_value
 from synthetic import synthetic_env as worker_env
 
@@ -25,7 +24,6 @@ from sparse_autotune.store.db import Record, TuningDB
 from sparse_autotune.tuning.queue import MAX_ATTEMPTS, ProblemQueue, queue_table
 from sparse_autotune.tuning.tuner import TUNER_ENV
 
-PG_ENV = "SPARSE_AUTOTUNE_TEST_PG_URL"
 PREFIX = "sparse-autotune: error:"
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -37,21 +35,8 @@ def storage_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'storage.sqlite'}"
         return
-    base = os.environ.get(PG_ENV)
-    if not base and os.environ.get("CI"):
-        pytest.fail(f"CI must run the PostgreSQL tests: .ci/run sets {PG_ENV}")
-    if not base:
-        pytest.skip(f"no PostgreSQL server: set {PG_ENV}=postgresql+psycopg://user@127.0.0.1:PORT/db (.ci/run does)")
-    import psycopg
-    from sqlalchemy.engine import make_url
-    u = make_url(base)
-    name = f"sat_test_{uuid.uuid4().hex[:12]}"
-    conninfo = dict(host=u.host, port=u.port or 5432, user=u.username, password=u.password, dbname=u.database)
-    with psycopg.connect(**conninfo, autocommit=True) as con:
-        con.execute(f'CREATE DATABASE "{name}"')
-    yield u.set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(**conninfo, autocommit=True) as con:
-        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_pg_database("sat_test_") as (url, _conninfo):
+        yield url
 
 
 def synthetic_env(tmp_path: Path, sleep: float, **extra) -> dict:

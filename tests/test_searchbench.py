@@ -9,7 +9,6 @@ import os
 import shutil
 import statistics
 import subprocess
-from collections import Counter
 from pathlib import Path
 
 import pytest

@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import UserError
-from ..core.problem import check_density, check_dims, check_dtype
+from ..core.problem import check_density, check_dims, check_dtype, n_bucket
 from ..resources import resource_dir
 from ..store import guard
 from ..store.db import DENSITY_RTOL, Record, TuningDB, default_db_path
@@ -135,7 +135,6 @@ def _same_key(r: _Row, m, k, n, density) -> bool:
 
 def _same_bucket(r: _Row, m, k, n, density) -> bool:
     """The same M, K and density (within the tolerance), and N in the same N bucket (core.problem.n_bucket)."""
-    from ..core.problem import n_bucket  # noqa: PLC0415
     return (r.m, r.k) == (m, k) and abs(r.density - density) <= density * DENSITY_RTOL and n_bucket(r.n) == n_bucket(n)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sps
 
-from fakes import check_launch_matches_signature, fake_kernel
+from fakes import fake_kernel, launch_signature_test
 from sparse_autotune.core import space
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import random_matrix
@@ -14,10 +14,7 @@ from sparse_autotune.core.problem import random_matrix
 FAMILY = "csr_btile"
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
-def test_launch_matches_the_kernel_signature(dtype):
-    a = random_matrix(64, 256, 0.05, "uniform", 0)
-    assert check_launch_matches_signature(FAMILY, dtype, a, 128) > 0
+test_launch_matches_the_kernel_signature = launch_signature_test(FAMILY)
 
 
 @pytest.mark.parametrize("kc", [16, 64, 256, 512])

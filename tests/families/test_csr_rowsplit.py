@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sps
 
-from fakes import check_launch_matches_signature
+from fakes import launch_signature_test
 from sparse_autotune.core import space
 from sparse_autotune.core.families import get_family
-from sparse_autotune.core.problem import random_matrix
 
 M, K, N = 512, 2048, 256
 NNZ = round(0.1 * M * K)
@@ -24,11 +23,7 @@ def host():
     return get_family(FAMILY).host
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
-def test_launch_matches_the_kernel_signature(dtype):
-    a = random_matrix(64, 256, 0.05, "uniform", 0)
-    checked = check_launch_matches_signature(FAMILY, dtype, a, 128)
-    assert checked > 0 or not get_family(FAMILY).space.supports(dtype)
+test_launch_matches_the_kernel_signature = launch_signature_test(FAMILY)
 
 
 # ---- constraints ----------------------------------------------------------------------------------------
