@@ -97,6 +97,7 @@ def test_finish_stores_and_reports_cublas_bf16(tmp_path, monkeypatch):
     import types
 
     import sparse_autotune.device.baselines as baselines
+    import sparse_autotune.device.cold as cold
     import sparse_autotune.device.ceilings as ceilings
     import sparse_autotune.device.timing as timing
     import sparse_autotune.device.verify as verify
@@ -113,6 +114,7 @@ def test_finish_stores_and_reports_cublas_bf16(tmp_path, monkeypatch):
     monkeypatch.setattr(timing, "time_launches", lambda fns: types.SimpleNamespace(median_us=4.0, spread=0.01,
                                                                                    method="graph"))
     monkeypatch.setattr(verify, "check", lambda run, c, ref, dtype: 1e-3)
+    monkeypatch.setattr(cold, "cold_times", lambda kern, ctx, log: {"tuned_cold_us": 5.0, "dense_cold_us": 14.0})
 
     class Turn:
         held_s = 0.0
@@ -142,9 +144,39 @@ def test_finish_stores_and_reports_cublas_bf16(tmp_path, monkeypatch):
     report, rec = finish("bf16")
     assert rec.dtype == "bf16" and rec.cublas_bf16_us == 12.0 and rec.cublas_fp16_us == 2.0
     assert report["baselines"]["cublas_bf16_us"] == 12.0 and report["speedup"]["vs_cublas_bf16"] == 3.0
+    assert report["cold"] == {"tuned_cold_us": 5.0, "dense_cold_us": 14.0}  # the cold pair reaches the report
+    assert "A cold    best 5.00 us, cuBLAS BF16 14.00 us -> 2.80x" in _report_text(report)
     cublas = next(ln for ln in _report_text(report).splitlines() if ln.startswith("cuBLAS"))
     assert "FP16 2.00 us -> 0.50x" in cublas and cublas.endswith("BF16 12.00 us -> 3.00x")
     base.pop("cublas_bf16_us")  # an fp16 problem has no cuBLAS BF16 baseline
     report, rec = finish("fp16")
     assert rec.dtype == "fp16" and rec.cublas_bf16_us is None and rec.cublas_fp16_us == 2.0
     assert "BF16" not in _report_text(report)
+
+
+def test_llm_targets_use_the_cold_times_where_measured(tmp_path):
+    """A record with cold times (A from HBM) is judged by them; one without keeps the warm ratio; the report shows both."""
+    from sparse_autotune.tuning.suite import llm_targets, summary, write_report
+    warm = {"M": 4096, "K": 4096, "N": 1, "density": 0.1, "dtype": "fp16", "pattern": "uniform", "family": "csr_gemv",
+            "tuned_us": 4.0, "cublas_fp16_us": 30.0, "cusparse_us": 12.0, "bytes_floor_us": 2.0,
+            "cusparse_us_": None, "cublas_fp32_us": None, "cublas_tf32_us": None, "floor_us": 1.0,
+            "gpu": "G", "driver": "d", "cuda": "c", "cupy": "p"}
+    cold = {**warm, "N": 8, "tuned_cold_us": 6.0, "dense_cold_us": 13.0}  # warm 7.5x, cold 2.17x
+    t = {x["target"]: x for x in llm_targets([warm, cold])}
+    d01 = t["N <= 32, d = 0.1: geomean over cuBLAS of the same dtype"]
+    assert abs(d01["value"] - (7.5 * 13.0 / 6.0) ** 0.5) < 1e-9
+    fl = t["N <= 32, d <= 0.1: median tuned / bytes floor"]  # the cold time over the floor: 6 / 2 (the warm 4 / 2 is 2)
+    assert fl["value"] == 3.0
+    assert abs(summary([cold], "llm")["fp16@0.1"]["vs_dense_cold"] - 13.0 / 6.0) < 1e-9
+    write_report([warm, cold], tmp_path / "suite-llm-g", "llm", 2)
+    md = (tmp_path / "suite-llm-g.md").read_text()
+    assert "| tuned cold | dense cold |" in md and "| 6.00 | 13.00 |" in md and "A from HBM" in md
+
+
+def test_cold_copies_exceed_twice_the_l2_within_the_memory_share():
+    from sparse_autotune.device.cold import MAX_COPIES, copies_for
+    l2 = 60 << 20
+    assert copies_for(32 << 20, l2) == 4  # 4 x 32 MB >= 120 MB
+    assert copies_for(1 << 20, l2) == MAX_COPIES  # small matrices: capped
+    assert copies_for(500 << 20, l2) == 2  # larger than the L2 already: two copies still alternate
+    assert copies_for(32 << 20, l2, free_bytes=256 << 20) == 2  # a quarter of 256 MB holds two copies only

@@ -166,6 +166,37 @@ def test_timing_graph_replay_and_baselines():
     assert base["cublas_fp16_us"] < base["cublas_fp32_us"]
 
 
+@pytest.mark.parametrize("family", ["csr_gemv", "tc_tiled"])
+def test_cold_timing_twins_compute_a_at_b_and_read_a_from_hbm(family):
+    """A kernel bound to a twin of A (copied layouts and workspace) computes the same C; the cold timing rotates
+    enough copies to exceed twice the L2, and cuBLAS FP16 on copies of the dense A is timed beside it."""
+    from sparse_autotune.device.cold import cold_times, time_kernel_cold
+    from sparse_autotune.device.context import GpuProblem
+    from sparse_autotune.device.gpu import gpu_info
+    from sparse_autotune.device.kernel import build_kernel
+    from sparse_autotune.device.timing import time_launches
+    from sparse_autotune.device.verify import check
+    from sparse_autotune.core.families import get_family
+    info = gpu_info()
+    p = Problem.random(4096, 4096, 8, 0.1, "fp16")
+    ctx = GpuProblem(p, info)
+    space = get_family(family).space
+    cfg = space.defaults("fp16", problem_env(p.m, p.k, p.n, p.nnz, "fp16"), info.limits())[0]
+    k = build_kernel(ctx.a_dev, family, cfg, "fp16")
+    b, ref = ctx.fresh_check()
+    check(lambda: k(b, ctx.c), ctx.c, ref, "fp16")
+    twin = k.bound_to(ctx.a_dev.twin())
+    assert twin.a is not k.a and twin.a.nbytes() == k.a.nbytes()
+    b, ref = ctx.fresh_check()
+    assert check(lambda: twin(b, ctx.c), ctx.c, ref, "fp16") <= 1e-2
+    warm = time_launches([lambda bb=bb: k(bb, ctx.c) for bb in ctx.b_bufs])
+    t, copies = time_kernel_cold(k, ctx)
+    assert copies * k.a.nbytes() >= min(2 * info.l2_bytes, 48 * k.a.nbytes())
+    assert t.method == "graph" and t.median_us > 0.5 * warm.median_us
+    c = cold_times(k, ctx)
+    assert c["tuned_cold_us"] > 0 and c["dense_cold_us"] > 0 and c["dense_cold_mode"] == "fp16", c
+
+
 def test_tune_end_to_end_then_lookup_and_spmm(tmp_path):
     """`tune` with a small budget stores a verified record that lookup finds and SpMM uses."""
     cp = _cp()
@@ -199,9 +230,10 @@ def test_tune_end_to_end_then_lookup_and_spmm(tmp_path):
     c = op(b)
     ref = a.astype(np.float64) @ b.get().astype(np.float64)
     assert np.linalg.norm(c.get() - ref) / np.linalg.norm(ref) < 1e-5
-    # an N that was never tuned uses the nearest tuned problem's config (adapted to N), still correct; an N the
-    # winner's family cannot run at all (csr_btile copies B in 16-byte chunks: N % 4 != 0) falls back to the default
-    for n2, how in ((76, ("nearest",)), (77, ("nearest", "default"))):
+    # an N that was never tuned uses the record of its N bucket (76 and 77: the bucket of 128) or else the nearest tuned
+    # problem's config (40), adapted to N, still correct; an N the winner's family cannot run at all (csr_btile copies
+    # B in 16-byte chunks: N % 4 != 0) falls back to the default
+    for n2, how in ((76, ("bucket",)), (77, ("bucket", "default")), (40, ("nearest",))):
         b2 = cp.asarray(np.random.default_rng(n2).standard_normal((1024, n2)).astype(np.float32))
         assert op.plan(n2)[2] in how, (n2, op.plan(n2))
         ref2 = a.astype(np.float64) @ b2.get().astype(np.float64)
@@ -279,7 +311,8 @@ def test_sparse_linear_matches_masked_dense_linear(dtype):
 
 
 def test_spmm_any_n_uses_the_nearest_tuned_config(tmp_path):
-    """A stored record for N=256 serves N=200 as 'nearest', adapted so N=200 still runs, and stays correct."""
+    """A stored record for N=256 serves N=202 from its N bucket (and N=100 as 'nearest'), adapted so N=202 still runs,
+    and stays correct."""
     cp = _cp()
     import datetime as dt
     import sparse_autotune as sa
@@ -301,7 +334,8 @@ def test_spmm_any_n_uses_the_nearest_tuned_config(tmp_path):
     fam, plan_cfg, source = op.plan(256)
     assert source == "exact" and plan_cfg == {**cfg, "split": 0}  # a record from before `split` existed: no split
     fam, plan_cfg, source = op.plan(202)  # 202 % 4 != 0: the vector width is lowered to 2
-    assert source == "nearest" and plan_cfg["vec"] == 2 and plan_cfg["rows_per_block"] == 4
+    assert source == "bucket" and plan_cfg["vec"] == 2 and plan_cfg["rows_per_block"] == 4
+    assert op.plan(100)[2] == "nearest"  # bucket 128: not the record's
     b = cp.asarray(np.random.default_rng(5).standard_normal((500, 202)).astype(np.float32))
     ref = a.astype(np.float64) @ b.get().astype(np.float64)
     assert np.linalg.norm(op(b).get() - ref) / np.linalg.norm(ref) < 1e-5

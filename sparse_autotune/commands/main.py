@@ -254,11 +254,23 @@ def _report_text(r: dict) -> str:
         f"FP16 {_fmt_us(base['cublas_fp16_us'])} -> {_fmt_x(s['vs_cublas_fp16'])}"
         + (f"   BF16 {_fmt_us(base.get('cublas_bf16_us'))} -> {_fmt_x(s.get('vs_cublas_bf16'))}"
            if p["dtype"] == "bf16" else ""),  # cuBLAS BF16: the dense path of a bf16 problem (its baselines only)
+        *_cold_lines(r),
         f"trials    {r['trials']['complete']} ok, {r['trials']['failed']} failed, {r['trials']['pruned']} infeasible "
         f"rejected; {r['trials']['new']} new this run ({r['trials']['stopped']})",
         f"stored    record {r['record_id']} in {r['db']}" + ("" if r["record_is_best"] else " (an earlier record is faster)"),
     ]
     return "\n".join(lines)
+
+
+def _cold_lines(r: dict) -> list[str]:
+    """The winner and cuBLAS of the same precision timed with A from HBM (device.cold), where measured."""
+    c = r.get("cold") or {}
+    t, d = c.get("tuned_cold_us"), c.get("dense_cold_us")
+    if not t:
+        return []
+    mode = (c.get("dense_cold_mode") or r["problem"]["dtype"]).upper()
+    return [f"A cold    best {_fmt_us(t)}, cuBLAS {mode} {_fmt_us(d)} -> {_fmt_x(d / t if d else None)} "
+            "(A read from HBM at every launch, as in a model's forward pass)"]
 
 
 def _checked_db(db: str | None, write: bool = True) -> str:

@@ -7,6 +7,7 @@ on the current CuPy stream. `kernel.launcher(n)` is the same launch bound to N w
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 
@@ -45,6 +46,22 @@ class DeviceCSR:
         """A's column indices as uint16 (bits 16) or int32."""
         return self.cached(("cols", bits), lambda h: h.indices.astype(np.uint16 if bits == 16 else np.int32))
 
+    def twin(self) -> "DeviceCSR":
+        """A second copy of A on the device: the same host matrix, every device array (the CSR arrays and each layout
+        built so far, workspaces included) copied. Kernels bound to several twins read A from HBM at every launch
+        (device.cold)."""
+        t = DeviceCSR.__new__(DeviceCSR)
+        t.shape, t.nnz, t.dtype, t._host = self.shape, self.nnz, self.dtype, self._host
+        t.row_ptr, t.vals = self.row_ptr.copy(), self.vals.copy()
+        t._cache = {k: (tuple(_copy(x) for x in v) if isinstance(v, tuple) else _copy(v)) for k, v in self._cache.items()}
+        t.lock = threading.Lock()
+        return t
+
+    def nbytes(self) -> int:
+        """Bytes of A's device arrays (CSR and the layouts built so far)."""
+        arrays = [self.row_ptr, self.vals] + [x for v in self._cache.values() for x in (v if isinstance(v, tuple) else (v,))]
+        return int(sum(int(getattr(x, "nbytes", 0)) for x in arrays))
+
     def cached(self, key, build):
         """The layout `key`: build(host CSR) once (numpy arrays, or a tuple of arrays and ints), uploaded; kept."""
         if key not in self._cache:
@@ -54,6 +71,10 @@ class DeviceCSR:
             up = (lambda x: cp.asarray(x) if isinstance(x, np.ndarray) else x)
             self._cache[key] = tuple(up(x) for x in got) if isinstance(got, tuple) else up(got)
         return self._cache[key]
+
+
+def _copy(x):
+    return x.copy() if hasattr(x, "copy") and hasattr(x, "data") else x
 
 
 @dataclass
@@ -90,6 +111,10 @@ class Kernel:
         """Bytes of A as this kernel reads it: the device arrays its arguments name besides B and C (the family's
         format; a split-K workspace counts too). What the byte floor of a memory-bound layer is computed from."""
         return int(sum(int(getattr(x, "nbytes", 0)) for x in self.args(1, None, None)))
+
+    def bound_to(self, a: DeviceCSR) -> "Kernel":
+        """The same compiled variant bound to another copy of A (DeviceCSR.twin)."""
+        return dataclasses.replace(self, a=a)
 
     def warm(self) -> None:
         """Build A's device layouts this kernel reads (tc_gather's over 13.5M nonzeros: ~2 s on the CPU), so the first

@@ -136,6 +136,9 @@ def case_record(c: dict, r: dict) -> dict:
             "cublas_bf16_us": base.get("cublas_bf16_us"),
             "floor_us": r["floor_us"], "bytes_floor_us": r.get("bytes_floor_us"), "a_bytes": r.get("a_bytes"),
             "a_bytes_per_nnz": r.get("a_bytes_per_nnz"), "max_rel_err": b["max_rel_err"],
+            # the winner and cuBLAS of the same precision with A from HBM (device.cold): what a decoding model sees
+            "tuned_cold_us": (r.get("cold") or {}).get("tuned_cold_us"),
+            "dense_cold_us": (r.get("cold") or {}).get("dense_cold_us"),
             "trials": r["trials"]["complete"],
             "gpu": r["gpu"], "driver": r["driver"], "cuda": r["cuda"], "cupy": r["cupy"]}
 
@@ -194,7 +197,8 @@ def summary(records: list[dict], suite: str = "dl") -> dict:
                     "cases": len(sel),
                     "vs_cusparse": geomean(_ratio(r, "cusparse_us") for r in sel),
                     "vs_cublas_fp32": geomean(_ratio(r, "cublas_fp32_us") for r in sel),
-                    "vs_best_dense": geomean(_ratio(r, "dense") for r in sel)}
+                    "vs_best_dense": geomean(_ratio(r, "dense") for r in sel),
+                    "vs_dense_cold": geomean(_cold_ratio(r) for r in sel)}
     big = sorted(r["tuned_us"] / r["floor_us"] for r in records if r["tuned_us"] >= 50 and r["floor_us"])
     out["median_tuned_over_floor_ge50us"] = big[len(big) // 2] if big else None
     at05 = [r for r in records if abs(r["density"] - 0.05) < 1e-9]
@@ -253,23 +257,37 @@ def _median(xs):
     return xs[len(xs) // 2] if xs else None
 
 
+def _cold_ratio(r: dict):
+    """cuBLAS of the same precision over the tuned kernel, both with A from HBM (device.cold); None without them."""
+    return r["dense_cold_us"] / r["tuned_cold_us"] if r.get("dense_cold_us") and r.get("tuned_cold_us") else None
+
+
+def _llm_ratio(r: dict):
+    """The llm suite's speed-up: cold (A from HBM, as in a decoding model) where measured, else the warm one."""
+    c = _cold_ratio(r)
+    return c if c is not None else _ratio(r, "dense")
+
+
 def _bytes_ratio(r: dict):
-    return r["tuned_us"] / r["bytes_floor_us"] if r.get("bytes_floor_us") else None
+    t = r.get("tuned_cold_us") or r["tuned_us"]
+    return t / r["bytes_floor_us"] if r.get("bytes_floor_us") else None
 
 
 # The llm suite's targets (memory-bound layers): (name, the cases it is about, one case's value, how the values are
-# combined, ">=" or "<=", goal). Speed-ups are over cuBLAS of the same dtype (FP16 for fp16, BF16 for bf16).
+# combined, ">=" or "<=", goal). Speed-ups are over cuBLAS of the same dtype (FP16 for fp16, BF16 for bf16), both timed
+# with A from HBM (cold, device.cold) where the record has it, and times over the byte floor are the cold ones: a
+# decoding model reads every layer's weights from HBM, while the warm method keeps A in the L2 across replays.
 LLM_TARGETS = (
     ("N <= 32, d = 0.5: geomean over cuBLAS of the same dtype", lambda r: r["N"] <= 32 and r["density"] == 0.5,
-     lambda r: _ratio(r, "dense"), geomean, ">=", 1.6),
+     _llm_ratio, geomean, ">=", 1.6),
     ("N <= 32, d = 0.1: geomean over cuBLAS of the same dtype", lambda r: r["N"] <= 32 and r["density"] == 0.1,
-     lambda r: _ratio(r, "dense"), geomean, ">=", 3.0),
+     _llm_ratio, geomean, ">=", 3.0),
     ("N <= 32, d = 0.05: geomean over cuBLAS of the same dtype", lambda r: r["N"] <= 32 and r["density"] == 0.05,
-     lambda r: _ratio(r, "dense"), geomean, ">=", 5.0),
+     _llm_ratio, geomean, ">=", 5.0),
     ("N = 64-128, d <= 0.3: geomean over cuBLAS of the same dtype",
-     lambda r: 64 <= r["N"] <= 128 and r["density"] <= 0.3, lambda r: _ratio(r, "dense"), geomean, ">=", 1.0),
+     lambda r: 64 <= r["N"] <= 128 and r["density"] <= 0.3, _llm_ratio, geomean, ">=", 1.0),
     ("N = 64-128, d <= 0.3: the slowest case over cuBLAS of the same dtype",
-     lambda r: 64 <= r["N"] <= 128 and r["density"] <= 0.3, lambda r: _ratio(r, "dense"), min, ">=", 0.9),
+     lambda r: 64 <= r["N"] <= 128 and r["density"] <= 0.3, _llm_ratio, min, ">=", 0.9),
     ("N <= 32, d <= 0.1: median tuned / bytes floor", lambda r: r["N"] <= 32 and r["density"] <= 0.1, _bytes_ratio,
      _median, "<=", 1.5),
 )
@@ -314,16 +332,20 @@ def write_report(records: list[dict], stem: Path, suite: str, total: int):
     f = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
     lines = [f"# Benchmark suite `{suite}` — {r0['gpu']}", "",
              f"Driver {r0['driver']}, CUDA {r0['cuda']}, CuPy {r0['cupy']}. {len(records)}/{total} cases. "
-             "Times: median of CUDA-graph replays, B rotated past L2; speed-up = baseline time / tuned time.", "",
+             "Times: median of CUDA-graph replays, B rotated past L2; speed-up = baseline time / tuned time. "
+             "'Cold' times rotate A too (copies past twice the L2: A read from HBM, as in a decoding model); "
+             + ("the targets below use them where measured." if suite == "llm" else "shown for reference."), "",
              f"Geomean speed-up over cuSPARSE: **{f(s['geomean_vs_cusparse'])}x**; over the best dense path of the "
              f"same dtype: **{f(s['geomean_vs_best_dense'])}x**. Median tuned/floor where tuned >= 50 us: "
              f"{f(s['median_tuned_over_floor_ge50us'])}.", "",
-             "| dtype | density | cases | vs cuSPARSE | vs cuBLAS FP32 | vs best dense |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| dtype | density | cases | vs cuSPARSE | vs cuBLAS FP32 | vs best dense | vs dense, A from HBM |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for dt in _dtypes(records):
         for d in _densities(records):
             g = s.get(f"{dt}@{d}")
             if g:
-                lines.append(f"| {dt} | {d} | {g['cases']} | {f(g['vs_cusparse'])} | {f(g['vs_cublas_fp32'])} | {f(g['vs_best_dense'])} |")
+                lines.append(f"| {dt} | {d} | {g['cases']} | {f(g['vs_cusparse'])} | {f(g['vs_cublas_fp32'])} | "
+                             f"{f(g['vs_best_dense'])} | {f(g.get('vs_dense_cold'))} |")
     lines += ["", f"Targets ({'whole suite' if len(records) == total else f'{len(records)} of {total} cases'}):", "",
               "| target | goal | measured | met | missing factor | cases at the goal on their own |",
               "| --- | --- | ---: | --- | ---: | ---: |"]
@@ -338,13 +360,14 @@ def write_report(records: list[dict], stem: Path, suite: str, total: int):
         lines.append(f"| {row['M']} | {row['K']} | {row['N']} | {row['cases']} | {f(row['vs_cusparse'])} | "
                      f"{f(row['vs_best_dense'])} | {wins} |")
     lines += ["", "| M | K | N | density | dtype | pattern | family | tuned us | cuSPARSE | FP32 | TF32 | FP16 | BF16 | "
-              "floor | bytes floor | A bytes/nnz |",
-              "| ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "floor | bytes floor | A bytes/nnz | tuned cold | dense cold |",
+              "| ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in records:
         lines.append(f"| {r['M']} | {r['K']} | {r['N']} | {r['density']} | {r['dtype']} | {r['pattern']} | {r['family']} | "
                      f"{f(r['tuned_us'])} | {f(r['cusparse_us'])} | {f(r['cublas_fp32_us'])} | {f(r['cublas_tf32_us'])} | "
                      f"{f(r['cublas_fp16_us'])} | {f(r.get('cublas_bf16_us'))} | {f(r['floor_us'])} | "
-                     f"{f(r.get('bytes_floor_us'))} | {f(r.get('a_bytes_per_nnz'))} |")
+                     f"{f(r.get('bytes_floor_us'))} | {f(r.get('a_bytes_per_nnz'))} | {f(r.get('tuned_cold_us'))} | "
+                     f"{f(r.get('dense_cold_us'))} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib  # noqa: PLC0415

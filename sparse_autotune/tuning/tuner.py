@@ -246,6 +246,7 @@ class GpuTuner(Tuner):
         """The winner and the baselines, verified and timed again the same way in this process; the record stored."""
         self._check_found(res)
         from ..device.baselines import time_baselines  # noqa: PLC0415
+        from ..device.cold import cold_times  # noqa: PLC0415
         from ..device.ceilings import bytes_floor, ceilings, floor_us  # noqa: PLC0415
         from ..device.timing import time_launches  # noqa: PLC0415
         from ..device.verify import check  # noqa: PLC0415
@@ -257,6 +258,7 @@ class GpuTuner(Tuner):
             err = check(lambda: kern(b, ctx.c), ctx.c, ref, problem.dtype)
             t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs])
             base = time_baselines(ctx, self.log)
+            cold = cold_times(kern, ctx, self.log)  # the winner and cuBLAS again, A from HBM (device.cold)
             ceil = ceilings()
         floor = floor_us(problem, ceil, _index_bytes(res.best_config))
         dense_us = base.get(f"cublas_{problem.dtype}_us")
@@ -293,6 +295,7 @@ class GpuTuner(Tuner):
                         "vs_cublas_tf32": ratio(base["cublas_tf32_us"]),
                         "vs_cublas_fp16": ratio(base["cublas_fp16_us"]),
                         "vs_cublas_bf16": ratio(base.get("cublas_bf16_us"))},
+            "cold": cold,
             "floor_us": floor, **bfloor, "ceilings": ceil,
             "trials": trials_dict(res, opts, self.interrupted),
             "study": name, "db": db.label, "record_id": rec.id, "record_is_best": rec.is_best,

@@ -1,0 +1,100 @@
+"""Cold timing: A read from HBM at every launch, as a decode layer reads its weights in a model.
+
+The project's method (timing.time_launches over rotated B buffers) leaves A in the L2 cache across replays. For a
+memory-bound layer whose A fits in the L2 (the H200's 60 MB hold a 4096 x 4096 fp16 layer, dense or sparse) that
+times a warm cache, not what a model sees: there the other layers' weights evict it between two calls. Here A is
+rotated too: enough copies of the kernel's device arrays (DeviceCSR.twin), and for the dense baseline of the dense A,
+that one rotation is larger than twice the L2; B rotates as before. Both sides are timed the same way (CUDA-graph
+replay, median), so their ratio is the speed-up a decoding model gets.
+"""
+from __future__ import annotations
+
+from ..core.problem import storage
+from ..device.timing import n_buffers, time_launches
+
+MAX_COPIES = 48  # small matrices: 48 copies are enough to leave L2 mostly cold, and cheap
+MEMORY_SHARE = 0.25  # never more than this share of the GPU's free memory for the copies
+
+
+def copies_for(nbytes: int, l2_bytes: int, free_bytes: int | None = None) -> int:
+    """How many copies of an array of nbytes make a rotation larger than twice the L2 (at least 2, at most
+    MAX_COPIES, and within MEMORY_SHARE of the free memory when given)."""
+    n = n_buffers(nbytes, l2_bytes, cap=MAX_COPIES)
+    if free_bytes is not None and nbytes > 0:
+        n = min(n, max(2, int(MEMORY_SHARE * free_bytes // nbytes)))
+    return n
+
+
+def _free_bytes() -> int | None:
+    from ..device.gpu import cupy  # noqa: PLC0415
+    try:
+        return int(cupy().cuda.runtime.memGetInfo()[0])
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def time_kernel_cold(kern, ctx):
+    """The kernel timed with A rotated among copies (and B among the context's buffers): (Timing, copies)."""
+    kern.warm()
+    a = kern.a
+    ncopy = copies_for(a.nbytes(), ctx.gpu.l2_bytes, _free_bytes())
+    kernels = [kern] + [kern.bound_to(a.twin()) for _ in range(ncopy - 1)]
+    nb = len(ctx.b_bufs)
+    launches = [lambda i=i: kernels[i % ncopy](ctx.b_bufs[i % nb], ctx.c) for i in range(max(ncopy, nb))]
+    try:
+        return time_launches(launches), ncopy
+    finally:
+        del kernels, launches
+
+
+DENSE_MODE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}  # cuBLAS of the problem's own precision
+
+
+def time_dense_cold(ctx):
+    """cuBLAS of the problem's precision (FP32 / FP16 / BF16 GemmEx) on copies of the dense A, B rotated, verified
+    first: (Timing, copies, mode)."""
+    from ..device.baselines import CublasGemm  # noqa: PLC0415
+    from ..device.verify import poison, rel_error  # noqa: PLC0415
+    from ..device.gpu import cupy  # noqa: PLC0415
+    cp = cupy()
+    p = ctx.problem
+    mode = DENSE_MODE[p.dtype]
+    a0 = storage(ctx.a_dense_f32(), p.dtype)
+    ncopy = copies_for(int(a0.nbytes), ctx.gpu.l2_bytes, _free_bytes())
+    dense = [a0] + [a0.copy() for _ in range(ncopy - 1)]
+    c = cp.empty((p.m, p.n), dtype=a0.dtype)
+    gemms = [CublasGemm(d, ctx.b_bufs, c, mode) for d in dense]
+    try:
+        poison(c)
+        gemms[0].launch(0)
+        cp.cuda.get_current_stream().synchronize()
+        err = rel_error(c, ctx.ref)
+        if not err <= (1e-4 if mode == "fp32" else 2e-2):
+            raise RuntimeError(f"cuBLAS {mode} on the dense A: wrong result (relative error {err:.3g})")
+        nb = len(ctx.b_bufs)
+        launches = [lambda i=i: gemms[i % ncopy].launch(i % nb) for i in range(max(ncopy, nb))]
+        return time_launches(launches), ncopy, mode
+    finally:
+        del gemms, dense, c
+
+
+def cold_times(kern, ctx, log=None) -> dict:
+    """{'tuned_cold_us', 'dense_cold_us', 'dense_cold_mode', 'cold_copies', 'dense_cold_copies'}: the kernel and
+    cuBLAS of the same precision, each with A from HBM; a side that fails is None (logged)."""
+    out: dict = {"tuned_cold_us": None, "dense_cold_us": None, "dense_cold_mode": DENSE_MODE[ctx.problem.dtype],
+                 "cold_copies": None, "dense_cold_copies": None}
+    try:
+        t, out["cold_copies"] = time_kernel_cold(kern, ctx)
+        out["tuned_cold_us"] = t.median_us
+    except Exception as exc:  # noqa: BLE001
+        if log:
+            log(f"cold timing of the winner failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    try:
+        t, out["dense_cold_copies"], _ = time_dense_cold(ctx)
+        out["dense_cold_us"] = t.median_us
+    except Exception as exc:  # noqa: BLE001
+        if log:
+            log(f"cold timing of cuBLAS failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    from ..device.gpu import cupy  # noqa: PLC0415
+    cupy().get_default_memory_pool().free_all_blocks()
+    return out
