@@ -7,6 +7,8 @@
     python3 bench/probe.py profile --case C (--db PATH | --family F --config JSON) [--launches 5] [--ncu [FILE]]
     python3 bench/probe.py baselines [--case C ...] [--out STEM]
     python3 bench/probe.py overhead [--out DIR]
+    python3 bench/probe.py untuned --layers CKPT [--layers CKPT ...] [--n 200] [--dtype fp32,fp16]
+                                   [--policy off,quick] [--db db/h100-80gb-hbm3.sqlite] [--budget S] [--out STEM]
 
 A case is MxK:N:density:dtype[:pattern], the suite's random matrix (seed 0). Every config is measured as the
 tuner measures a candidate: built (device.kernel.build_kernel), verified against float64 on a fresh B
@@ -22,6 +24,9 @@ tuner measures a candidate: built (device.kernel.build_kernel), verified against
              --launches times for Nsight Compute; --ncu runs this under `ncu` (kernel spmm_kernel, the third
              launch) and writes its report to FILE (default OUTDIR/ncu/ncu-FAMILY-CASE.txt)
   baselines  our baselines against PyTorch's (dense fp32, tf32, fp16, sparse CSR), both timed by time_launches
+  untuned    the runtime (SpMM) on every Linear layer of real checkpoints at an N no record has, per tuning policy
+             (off, quick), against min(cuSPARSE, cuBLAS of the same precision); first-call cost; lookups read --db
+             only -> runtime-untuned-<gpu>.{json,md}
   overhead   host cost per call: cached lookup (CPU), and on a GPU the kernel launch, op(B) with CuPy and PyTorch,
              SparseLinear and a CUDA-graph replay (wall time over thousands of calls on a 64x64 problem)
 
@@ -34,6 +39,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
+import statistics
 import os
 import random
 import shutil
@@ -634,6 +641,130 @@ def cmd_overhead(a) -> int:
     return 0
 
 
+# ---- the runtime untuned: real layers, an N no record has, policies off / quick ----
+
+def _vendor_best(base: dict, dtype: str) -> tuple[float | None, str]:
+    """min(cuSPARSE, cuBLAS of the same precision: FP32 for fp32 (TF32 only on opt-in), FP16, BF16) and its name."""
+    dense_key = {"fp32": "cublas_fp32_us", "fp16": "cublas_fp16_us", "bf16": "cublas_bf16_us"}[dtype]
+    cands = [(base.get("cusparse_us"), "cuSPARSE"), (base.get(dense_key), f"cuBLAS {dtype.upper()}")]
+    cands = [(t, n) for t, n in cands if t]
+    return min(cands) if cands else (None, "none")
+
+
+def cmd_untuned(a) -> int:
+    """Each layer of the checkpoints at each dtype and N: the runtime's SpMM (policy off, then quick, each from a
+    fresh user database, lookups reading --db) against min(cuSPARSE, dense of the same precision), timed the same way."""
+    import tempfile  # noqa: PLC0415
+    import inspect  # noqa: PLC0415
+    from sparse_autotune.core.checkpoint import find_layers, load_checkpoint  # noqa: PLC0415
+    from sparse_autotune.core.problem import TOLERANCE, Problem, check_dtype  # noqa: PLC0415
+    from sparse_autotune.device.context import GpuProblem  # noqa: PLC0415
+    from sparse_autotune.device.gpu import cupy  # noqa: PLC0415
+    from sparse_autotune.device.timing import time_launches  # noqa: PLC0415
+    from sparse_autotune.device.verify import rel_error  # noqa: PLC0415
+    import sparse_autotune as sa  # noqa: PLC0415
+    dev = Device()
+    cp = cupy()
+    ns = [int(x) for x in a.n.split(",")]
+    dtypes = [check_dtype(x) for x in a.dtype.split(",")]
+    policies = a.policy.split(",")
+    takes_tune = "tune" in inspect.signature(sa.SpMM).parameters
+    for pol in policies:
+        if pol not in ("off", "quick"):
+            raise UserError(f"unknown policy {pol!r}: off, quick")
+        if pol != "off" and not takes_tune:
+            raise UserError("this checkout's SpMM has no tune= option: run with --policy off")
+    layers = []
+    for path in a.layers:
+        ck = load_checkpoint(path)
+        layers += [(Path(path).name, ly) for ly in find_layers(ck)]
+    log(f"{len(layers)} layers from {len(a.layers)} checkpoint(s); N {ns}; dtypes {dtypes}; policies {policies}; "
+        f"lookups read {a.db or '(the default search path)'}")
+    rows: list[dict] = []
+    t_start = time.time()
+    user_dbs = {pol: Path(tempfile.mkdtemp()) / f"user-{pol}.sqlite" for pol in policies}
+    for dtype in dtypes:
+        for n in ns:
+            for src, ly in layers:
+                if a.budget and time.time() - t_start > a.budget:
+                    log(f"budget of {a.budget} s reached: {len(rows)} records")
+                    break
+                host = ly.csr()
+                prob = Problem.from_matrix(host, n, dtype)
+                ctx = GpuProblem(prob, dev.info)
+                base = dev.baselines(ctx)
+                vend_us, vend = _vendor_best(base, dtype)
+                for pol in policies:
+                    os.environ["SPARSE_AUTOTUNE_DB"] = str(user_dbs[pol])  # quick tuning's records, per policy
+                    sa.lookup.cache_clear()
+                    kw = {"tune": pol} if takes_tune else {}
+                    row = {"checkpoint": src, "layer": ly.name, "M": prob.m, "K": prob.k, "N": n,
+                           "density": round(prob.density, 4), "dtype": dtype, "policy": pol,
+                           "cusparse_us": base.get("cusparse_us"), "dense_us": base.get(
+                               {"fp32": "cublas_fp32_us", "fp16": "cublas_fp16_us", "bf16": "cublas_bf16_us"}[dtype]),
+                           "vendor_best_us": vend_us, "vendor_best": vend}
+                    try:
+                        op = sa.SpMM(host, dtype=dtype, db=a.db, **kw)
+                        c = cp.empty((prob.m, n), dtype=ctx.c.dtype)
+                        t0 = time.perf_counter()
+                        op(ctx.b_bufs[0], out=c)
+                        cp.cuda.get_current_stream().synchronize()
+                        row["first_call_s"] = time.perf_counter() - t0
+                        err = rel_error(c, ctx.ref)
+                        row["rel_err"] = err
+                        if not err <= TOLERANCE[dtype]:
+                            raise RuntimeError(f"wrong result: relative error {err:.3g}")
+                        t = time_launches([lambda bb=bb: op(bb, out=c) for bb in ctx.b_bufs])
+                        fam, _cfg, source = op.plan(n)
+                        row.update(runtime_us=t.median_us, family=fam, source=source, timing=t.method,
+                                   vs_vendor_best=vend_us / t.median_us if vend_us else None)
+                    except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+                        row["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+                    rows.append(row)
+                    log(f"{dtype} N={n} {ly.name} {prob.m}x{prob.k} d={prob.density:.3f} {pol}: "
+                        f"{fmt(row.get('runtime_us'))} us ({row.get('family')}, {row.get('source')}) vs {vend} "
+                        f"{fmt(vend_us)} -> {fmt(row.get('vs_vendor_best'))}x" + (f" ERROR {row['error']}" if "error" in row else ""))
+                del ctx
+                cp.get_default_memory_pool().free_all_blocks()
+    summary = []
+    keys = sorted({(r["checkpoint"], r["dtype"], r["N"], r["policy"]) for r in rows})
+    for key in keys:
+        sel = [r for r in rows if (r["checkpoint"], r["dtype"], r["N"], r["policy"]) == key]
+        ok = [r["vs_vendor_best"] for r in sel if r.get("vs_vendor_best")]
+        goal = 0.9 if key[3] == "off" else 1.0
+        summary.append({"checkpoint": key[0], "dtype": key[1], "N": key[2], "policy": key[3], "layers": len(sel),
+                        "errors": sum(1 for r in sel if "error" in r), "min_vs_vendor_best": min(ok) if ok else None,
+                        "geomean_vs_vendor_best": math.exp(sum(map(math.log, ok)) / len(ok)) if ok else None,
+                        "goal": goal, "layers_at_goal": sum(1 for x in ok if x >= goal),
+                        "total_runtime_us": sum(r.get("runtime_us") or 0 for r in sel),
+                        "total_vendor_best_us": sum(r.get("vendor_best_us") or 0 for r in sel),
+                        "median_first_call_s": statistics.median([r["first_call_s"] for r in sel if "first_call_s" in r])
+                        if any("first_call_s" in r for r in sel) else None})
+    lines = [f"# The runtime on layers it was not tuned for — {dev.meta['gpu']}", "",
+             f"{dev.versions_line()}. Lookups read `{a.db or 'the default search path'}` only (no record of this GPU "
+             "model); each policy starts from an empty user database. Times: median of CUDA-graph replays, B rotated "
+             "(device.timing), the runtime's call (`SpMM.__call__`) against min(cuSPARSE, cuBLAS of the same precision: "
+             "FP32 for fp32, FP16, BF16) timed the same way; every result verified against float64 first. Goal: "
+             "policy off >= 0.9x, quick >= 1.0x on every layer (`bench/probe.py untuned`).", "",
+             "| checkpoint | dtype | N | policy | layers | at goal | slowest layer | geomean | total runtime / total vendor "
+             "us | first call (median) | errors |", "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for s_ in summary:
+        lines.append(f"| {s_['checkpoint']} | {s_['dtype']} | {s_['N']} | {s_['policy']} | {s_['layers']} | "
+                     f"{s_['layers_at_goal']} | {fmt(s_['min_vs_vendor_best'])}x | {fmt(s_['geomean_vs_vendor_best'])}x | "
+                     f"{fmt(s_['total_runtime_us'], 1)} / {fmt(s_['total_vendor_best_us'], 1)} | "
+                     f"{fmt((s_['median_first_call_s'] or 0) * 1e3, 1)} ms | {s_['errors']} |")
+    lines += ["", "| layer | M x K | density | dtype | N | policy | runtime us | family | source | cuSPARSE | dense | "
+              "vs best vendor | first call ms |", "| --- | --- | ---: | --- | ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['layer']} | {r['M']}x{r['K']} | {r['density']} | {r['dtype']} | {r['N']} | {r['policy']} | "
+                     f"{fmt(r.get('runtime_us'))} | {r.get('family', r.get('error', ''))} | {r.get('source', '')} | "
+                     f"{fmt(r['cusparse_us'])} | {fmt(r['dense_us'])} | {fmt(r.get('vs_vendor_best'))} | "
+                     f"{fmt((r.get('first_call_s') or 0) * 1e3, 1)} |")
+    out = stem(a.out, f"runtime-untuned-{_slug(dev)}")
+    write(out, {**dev.meta, "db": a.db, "policies": policies, "summary": summary, "records": rows}, lines)
+    return 0
+
+
 # ---- the command line ----
 
 class _Parser(argparse.ArgumentParser):
@@ -684,6 +815,17 @@ def parser() -> argparse.ArgumentParser:
     bl.add_argument("--case", action="append", help=case_help + " (repeatable)")
     bl.add_argument("--out", help="output stem (default OUTDIR/baselines-GPU)")
 
+    un = sub.add_parser("untuned", help="the runtime on real layers at an N no record has: policies off / quick "
+                        "against min(cuSPARSE, dense)")
+    un.add_argument("--layers", action="append", required=True,
+                    help="a checkpoint (sparse bundle .npz, safetensors, .pt) whose Linear layers are used (repeatable)")
+    un.add_argument("--n", default="200", help="comma-separated N (default 200: no shipped record has it)")
+    un.add_argument("--dtype", default="fp32,fp16", help="comma-separated dtypes (default fp32,fp16)")
+    un.add_argument("--policy", default="off,quick", help="comma-separated runtime tuning policies (default off,quick)")
+    un.add_argument("--db", help="the database lookups read (e.g. db/h100-80gb-hbm3.sqlite: another GPU's records)")
+    un.add_argument("--budget", type=float, default=0, help="start no new layer after this many seconds (0: none)")
+    un.add_argument("--out", help="output stem (default OUTDIR/runtime-untuned-GPU)")
+
     ov = sub.add_parser("overhead", help="host cost per call of lookup and of the runtime operator")
     ov.add_argument("--out", help="output folder (default OUTDIR): runtime-overhead-<gpu or cpu>.{json,md}")
     return p
@@ -693,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parser().parse_args(argv)
     return {"ab": cmd_ab, "profile": cmd_profile, "sweep": cmd_sweep, "config": cmd_config, "baselines": cmd_baselines,
-            "overhead": cmd_overhead}[a.cmd](a)
+            "overhead": cmd_overhead, "untuned": cmd_untuned}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -39,8 +39,12 @@ def suite_cases(name: str) -> list[dict]:
         shapes += [(512, 2048, 256), (512, 2048, 1024)]
         combos = itertools.product(shapes, DENSITIES, DTYPES, PATTERNS)
     elif name == "llm":
+        # (pattern, dtype) outermost, so that a suite cut by its budget has every layer, N and density of the first
+        # pairs (fp16 uniform first, then bf16 per-row-uniform) rather than all variants of the first layers
         shapes = [(m, k, n) for (m, k) in LLM_SHAPES for n in LLM_NS]
-        combos = itertools.product(shapes, LLM_DENSITIES, LLM_DTYPES, LLM_PATTERNS)
+        pairs = [("uniform", "fp16"), ("rowuniform", "bf16"), ("rowuniform", "fp16"), ("uniform", "bf16")]
+        assert sorted(pairs) == sorted(itertools.product(LLM_PATTERNS, LLM_DTYPES))
+        combos = [(sh, d, dt, p) for p, dt in pairs for sh in shapes for d in LLM_DENSITIES]
     elif name == "quick":
         shapes = [(512, 2048, 256), (512, 2048, 1024), (768, 3072, 512), (1024, 256, 196)]
         combos = itertools.product(shapes, (0.05, 0.1), DTYPES, ("uniform",))
