@@ -199,3 +199,32 @@ def test_an_n_is_served_by_its_buckets_record_before_a_nearer_one(db):
     assert r.source == "bucket" and r.key[2] == 64
     r = lookup(2048, 2048, 300, 0.1, "fp32", gpu=H100, cc="9.0", db=db)  # bucket 512: none, the nearest
     assert r.source == "nearest" and r.key[2] == 128
+
+
+def test_a_record_whose_own_baselines_were_faster_is_served_by_that_vendor_path(tmp_path):
+    """Records tuned before the vendor paths were candidates carry the verdict in their baseline columns: the kernel
+    lost to cuBLAS (fp16) or cuSPARSE (fp32) in the same process, so lookup serves that vendor path and says why."""
+    import sparse_autotune as sa
+    from sparse_autotune.store.db import TuningDB
+    from tests.records import CONFIG, GPU, KEY, make_record
+    db = tmp_path / "v.sqlite"
+    tdb = TuningDB(db)
+    tdb.store(make_record(10.0, CONFIG, dtype="fp16", cusparse_us=30.0, cublas_fp16_us=8.0))  # cuBLAS FP16 won
+    tdb.store(make_record(10.0, CONFIG, m=1024, cusparse_us=9.0, cublas_fp32_us=30.0, cublas_tf32_us=4.0))
+    tdb.store(make_record(10.0, CONFIG, m=2048, cusparse_us=12.0, cublas_fp32_us=30.0))  # the kernel won
+    tdb.dispose()
+    sa.lookup.cache_clear()
+    m, k, n, d = KEY["m"], KEY["k"], KEY["n"], KEY["density"]
+    r = sa.lookup(m, k, n, d, "fp16", gpu=GPU, db=db)
+    assert (r.family, r.config, r.source, r.time_us) == ("dense", {"math": "fp16"}, "exact", 8.0)
+    assert "cuBLAS FP16 8.00 us beat its csr_rowsplit 10.00 us" in r.note
+    r = sa.lookup(1024, k, n, d, "fp32", gpu=GPU, db=db)  # TF32 was fastest, but the user has not opted in
+    assert (r.family, r.config) == ("cusparse", {"alg": "CUSPARSE_SPMM_ALG_DEFAULT"}) and "cuSPARSE" in r.note
+    r = sa.lookup(1024, k, n, d, "fp32", gpu=GPU, db=db, allow_tf32=True)
+    assert (r.family, r.config) == ("dense", {"math": "tf32"})
+    r = sa.lookup(2048, k, n, d, "fp32", gpu=GPU, db=db)
+    assert r.family == "csr_rowsplit" and r.note is None
+    r = sa.lookup(m, k, 77, d, "fp16", gpu=GPU, db=db)  # a nearer record's verdict travels with it
+    assert r.family == "dense" and r.source in ("bucket", "nearest")
+    r = sa.lookup(m, k, n, d, "fp16", gpu=GPU, db=db, adapt=False)  # the database's own view: the stored record
+    assert r.family == "csr_rowsplit"

@@ -75,8 +75,17 @@ def _choice(choices, what: str):
 
 def _families(text):
     from ..core.space import select_spaces  # noqa: PLC0415
-    select_spaces(text)  # unknown names: UserError
+    from ..core.vendor import split_families  # noqa: PLC0415
+    select_spaces(split_families(text)[0])  # unknown names, or vendor paths only: UserError
     return text
+
+
+def _family_options(text) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    """--families as (the templated families to search, the vendor paths timed beside them; None: all of them)."""
+    from ..core.space import select_spaces  # noqa: PLC0415
+    from ..core.vendor import split_families  # noqa: PLC0415
+    templated, vendors = split_families(text)
+    return tuple(s.family for s in select_spaces(templated)), vendors
 
 
 def _queue_ids(text) -> list[int]:
@@ -119,7 +128,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_SEED, default=0, help="seed of the random matrix, inputs and sampler, 0 .. 2**32-1 "
                                                           "(default 0)")
     t.add_argument("--families", type=_FAMILIES, help="comma-separated kernel families to search (default: the enabled ones; "
-                                      "see `sparse-autotune spaces`)")
+                                      "see `sparse-autotune spaces`), and the vendor paths cusparse, dense to time as "
+                                      "candidates beside them (default: both; naming families without them leaves "
+                                      "them out)")
+    t.add_argument("--allow-tf32", action="store_true", help="fp32: cuBLAS's TF32 tensor cores are a candidate too "
+                                                              "(10-bit mantissa; off by default)")
     t.add_argument("--db", help="tuning database path or SQLAlchemy URL (default $SPARSE_AUTOTUNE_DB or the user cache)")
     t.add_argument("--json", action="store_true", help="print the report as JSON")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -135,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--gpu", default=None, help="GPU name (default: this machine's GPU, or any)")
     lk.add_argument("--db", help="tuning database searched first (then the databases shipped with the package)")
     lk.add_argument("--exact", action="store_true", help="exact key only: no nearest / same-arch / default")
+    lk.add_argument("--allow-tf32", action="store_true", help="fp32: a record of cuBLAS TF32 may serve the problem")
     lk.add_argument("--json", action="store_true")
 
     bn = sub.add_parser("bench", help="run a benchmark suite (tune every case, time baselines, write results)")
@@ -192,7 +206,9 @@ def _parser() -> argparse.ArgumentParser:
     tm.add_argument("--sampler", default="tpe", help=f"{', '.join(SAMPLERS)} (default tpe)")
     tm.add_argument("--seed", type=_SEED, default=0, help="seed of the inputs and the sampler, 0 .. 2**32-1 (default 0)")
     tm.add_argument("--families", type=_FAMILIES,
-                    help="comma-separated kernel families to search (default: the enabled ones)")
+                    help="comma-separated kernel families to search (default: the enabled ones), and the vendor paths "
+                         "cusparse, dense timed beside them (default: both)")
+    tm.add_argument("--allow-tf32", action="store_true", help="fp32: cuBLAS's TF32 tensor cores are a candidate too")
     tm.add_argument("--db", help="tuning database (default as for tune)")
     tm.add_argument("--save-sparse", metavar="OUT.npz", help="write the pruned matrices (and their biases) as an "
                                                               ".npz bundle that tune-model and the runtime read")
@@ -258,6 +274,7 @@ def _report_text(r: dict) -> str:
         f"trials    {r['trials']['complete']} ok, {r['trials']['failed']} failed, {r['trials']['pruned']} infeasible "
         f"rejected; {r['trials']['new']} new this run ({r['trials']['stopped']})",
         f"stored    record {r['record_id']} in {r['db']}" + ("" if r["record_is_best"] else " (an earlier record is faster)"),
+        *_chosen_lines(r),
     ]
     return "\n".join(lines)
 
@@ -271,6 +288,17 @@ def _cold_lines(r: dict) -> list[str]:
     mode = (c.get("dense_cold_mode") or r["problem"]["dtype"]).upper()
     return [f"A cold    best {_fmt_us(t)}, cuBLAS {mode} {_fmt_us(d)} -> {_fmt_x(d / t if d else None)} "
             "(A read from HBM at every launch, as in a model's forward pass)"]
+
+
+def _chosen_lines(r: dict) -> list[str]:
+    """What the runtime runs for the problem: a vendor path where one beat the tuned kernel (its record), else nothing
+    more to say (the tuned kernel's lines above are the sparse kernel's in either case)."""
+    c = r.get("chosen") or {}
+    if not c.get("vendor"):
+        return []
+    return [f"chosen    {c['family']} {json.dumps(c['config'], sort_keys=True)} {_fmt_us(c['time_us'])}, "
+            f"{_fmt_x(c.get('sparse_over_chosen'))} faster than the tuned kernel: the runtime runs {c['runs']} "
+            f"(record {c['record_id']})"]
 
 
 def _checked_db(db: str | None, write: bool = True) -> str:
@@ -349,15 +377,14 @@ def _check_storage_args(a) -> None:
 def cmd_tune(a) -> int:
     from ..tuning.tuner import TuneOptions, tune  # noqa: PLC0415
     check_options(a.trials, a.sampler, a.timeout)
-    from ..core.space import select_spaces  # noqa: PLC0415
-    families = tuple(s.family for s in select_spaces(a.families))
+    families, vendors = _family_options(a.families)
     scaleout = a.storage is not None or a.workers != 1
     if scaleout:
         _check_storage_args(a)
     plan = _problem_plan(a)  # bad input or a problem too large: refused before anything is allocated
     db = _checked_db(a.db)
     if scaleout:
-        return _tune_scaleout(a, plan, families, db)
+        return _tune_scaleout(a, plan, families, db, vendors)
     from ..core.problem import check_size  # noqa: PLC0415
     from ..device.gpu import gpu_info  # noqa: PLC0415
     info = gpu_info()  # no GPU: one line, exit 2, nothing written, no matrix built
@@ -366,7 +393,7 @@ def cmd_tune(a) -> int:
     problem = _problem_from_args(a, plan)
     report = tune(problem, TuneOptions(trials=a.trials, timeout=a.timeout, sampler=a.sampler, seed=a.seed,
                                        db=db, progress=not a.no_progress, families=families,
-                                       warm_start=not a.cold_start))
+                                       warm_start=not a.cold_start, vendors=vendors, allow_tf32=a.allow_tf32))
     print(json.dumps(report, indent=2, default=str) if a.json else _report_text(report))
     return 0
 
@@ -392,13 +419,14 @@ def _run_workers(a, so, db, ids, deadline=None):
             print(f"sparse-autotune: worker exit statuses {codes}", file=sys.stderr)
 
 
-def _tune_scaleout(a, plan, families, db) -> int:
+def _tune_scaleout(a, plan, families, db, vendors=None) -> int:
     from ..tuning.queue import problem_spec  # noqa: PLC0415
     from ..tuning.spawn import local_devices  # noqa: PLC0415
     local_devices(a.workers)  # no GPU (or too few): refused before the storage is created or written
     problem = _problem_from_args(a, plan)
     so = _scaleout(a)
-    [rid] = so.enqueue([problem_spec(problem, a.trials, a.timeout, a.sampler, families, warm_start=not a.cold_start)])
+    [rid] = so.enqueue([problem_spec(problem, a.trials, a.timeout, a.sampler, families, warm_start=not a.cold_start,
+                                     vendors=vendors, allow_tf32=a.allow_tf32)])
     _run_workers(a, so, db, [rid])
     [row] = so.problems([rid])
     so.dispose()
@@ -439,7 +467,7 @@ def cmd_status(a) -> int:
 def cmd_lookup(a) -> int:
     from ..runtime.lookup import lookup  # noqa: PLC0415
     (m, k), n = a.shape, a.n  # checked when parsed
-    res = lookup(m, k, n, a.density, a.dtype, gpu=a.gpu, db=a.db, fallback=not a.exact)
+    res = lookup(m, k, n, a.density, a.dtype, gpu=a.gpu, db=a.db, fallback=not a.exact, allow_tf32=a.allow_tf32)
     if a.json:
         print(json.dumps(None if res is None else res.__dict__, default=str))
     elif res is None:
@@ -454,7 +482,12 @@ def cmd_lookup(a) -> int:
         dist = f", distance {res.distance:.2f}" if res.source in ("bucket", "nearest", "same-arch") and res.distance else ""
         adapted = (f"\n  adapted to N={n}; stored as {json.dumps(res.stored_config, sort_keys=True)}"
                    if res.stored_config else "")
-        print(f"{res.source}{dist}: {res.family} {json.dumps(res.config, sort_keys=True)}\n  from {where}{adapted}")
+        from ..core.vendor import describe  # noqa: PLC0415
+        runs = describe(res.family, res.config, m, k, a.dtype)
+        runs = f"\n  runs {runs}" if runs else ""
+        note = f"\n  {res.note}" if getattr(res, "note", None) else ""  # a vendor path the record's baselines chose
+        print(f"{res.source}{dist}: {res.family} {json.dumps(res.config, sort_keys=True)}\n  from {where}{adapted}{runs}"
+              f"{note}")
     return 0
 
 
@@ -547,14 +580,13 @@ def cmd_tune_model(a) -> int:
                 print(f"problem {j['m']}x{j['k']} d={j['density']:g} {j['dtype']} N={j['n']}: {len(j['layers'])} layer(s)")
             print(f"{len(layers)} layers, {len(jobs)} distinct problems")
         return 0
-    from ..core.space import select_spaces  # noqa: PLC0415
-    families = tuple(s.family for s in select_spaces(a.families))
+    families, vendors = _family_options(a.families)
     from ..device.gpu import gpu_info  # noqa: PLC0415
     info = gpu_info()
     for j in jobs:
         check_size(j.m, j.k, j.n, j.layers[0].nnz, j.dtype, gpu_memory=info.memory_bytes, gpu_name=info.name)
     opts = TuneOptions(trials=a.trials, timeout=a.timeout, sampler=a.sampler, seed=a.seed, db=db,
-                       progress=not a.no_progress, families=families)
+                       progress=not a.no_progress, families=families, vendors=vendors, allow_tf32=a.allow_tf32)
     res = tune_model(name, layers, jobs, opts, info.name, progress=not a.no_progress, budget_s=a.budget,
                      log=(lambda m: None) if a.json else (lambda m: print(m, file=sys.stderr)))
     summary = {"model": res.model, "layers": res.layers, "problems": res.problems, "tuned": res.tuned,
@@ -586,6 +618,11 @@ def cmd_spaces(a) -> int:
         for p in s.params:
             cond = f"  when {p.when}" if p.when else ""
             print(f"    {p.name:16s} {p.choices(a.dtype)}{cond}")
+    from ..core import vendor  # noqa: PLC0415
+    for fam in vendor.VENDOR_FAMILIES:  # timed beside every search's winner; a record where one wins
+        cfgs = vendor.configs(fam, a.dtype, allow_tf32=True)
+        print(f"{fam:16s} {len(cfgs):7d} configs ({a.dtype})  vendor path, timed beside the search's winner "
+              f"(--families names it; tf32: --allow-tf32): {', '.join(json.dumps(c) for c in cfgs)}")
     return 0
 
 

@@ -26,23 +26,28 @@ def magnitude_mask(weight: torch.Tensor, density: float) -> torch.Tensor:
 
 
 class SparseLinear(nn.Module):
-    """y = x @ W.T + b with W sparse, computed by the autotuned SpMM operator (W @ x.T, then transposed)."""
+    """y = x @ W.T + b with W sparse, computed by the autotuned SpMM operator (W @ x.T, then transposed).
+
+    tune ("off" / "quick"; default $SPARSE_AUTOTUNE_RUNTIME_TUNE, else "off") and allow_tf32 are the operator's
+    (runtime.spmm.SpMM): with "quick" the first forward with a new batch size times a handful of candidates (the
+    nearest records' kernels, cuSPARSE, cuBLAS) and keeps the fastest. Where a vendor path won, the operator runs it
+    (`layer.op.plan(n)`; cuBLAS on a dense copy of W: `layer.op.dense_bytes`)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, dtype: str | None = None,
-                 db=None, n_hint: int | None = None):
+                 db=None, n_hint: int | None = None, tune: str | None = None, allow_tf32: bool = False):
         super().__init__()
         if weight.dim() != 2:
             raise UserError(f"weight must be 2-D (out x in), got shape {tuple(weight.shape)}")
         self.out_features, self.in_features = weight.shape
         w = weight.detach()
-        self.op = SpMM(w.cpu(), n_hint=n_hint, dtype=dtype, db=db)
+        self.op = SpMM(w.cpu(), n_hint=n_hint, dtype=dtype, db=db, tune=tune, allow_tf32=allow_tf32)
         tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.op.dtype]
         # the bias in the layer's dtype, cast once here (not per forward); a later .half()/.to() is followed lazily
         self.register_buffer("bias", None if bias is None else bias.detach().to(tdtype).clone(), persistent=True)
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, density_or_mask, dtype: str | None = None, db=None,
-                   n_hint: int | None = None) -> "SparseLinear":
+                   n_hint: int | None = None, tune: str | None = None, allow_tf32: bool = False) -> "SparseLinear":
         """From an nn.Linear: a float density prunes by magnitude, a boolean tensor is used as the mask."""
         if not isinstance(linear, nn.Linear):
             raise UserError(f"from_dense needs an nn.Linear, got {type(linear).__name__}")
@@ -53,7 +58,7 @@ class SparseLinear(nn.Module):
             mask = density_or_mask.to(device=w.device, dtype=torch.bool)
         else:
             mask = magnitude_mask(w, float(density_or_mask))
-        return cls(w * mask, linear.bias, dtype=dtype, db=db, n_hint=n_hint)
+        return cls(w * mask, linear.bias, dtype=dtype, db=db, n_hint=n_hint, tune=tune, allow_tf32=allow_tf32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Three kernels: B = x^T made contiguous (K x N), C = W @ B into a fresh (M x N), y = C^T (+ bias) into a

@@ -1,5 +1,8 @@
-"""The SpMM operator: built once from a sparse matrix, runs the best known kernel for each N."""
+"""The SpMM operator: built once from a sparse matrix, runs the best known kernel for each N (or a vendor path where
+one was faster: cuSPARSE, or cuBLAS on a dense copy of A)."""
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -7,6 +10,23 @@ import scipy.sparse as sp
 from ..errors import UserError
 from ..store.lookup import default_config, lookup
 from ..core.problem import DTYPES, dtype_name, host_values
+from ..core.vendor import CUSPARSE, DENSE, is_vendor
+from .quick import tune_mode
+
+
+class Plan(NamedTuple):
+    """What the operator runs for one N: (family, config, source). source is how lookup found the config (exact,
+    bucket, nearest, same-arch, default) or "quick" (timed at the first call with this N, runtime.quick). family
+    "cusparse" runs cuSPARSE SpMM on A as CSR, "dense" cuBLAS on a dense copy of A (`op.dense_bytes` of GPU memory,
+    made only when a plan runs it); any other family is a tuned kernel."""
+
+    family: str
+    config: dict
+    source: str
+
+    @property
+    def vendor(self) -> bool:
+        return is_vendor(self.family)
 
 
 def _to_scipy(a) -> tuple[sp.csr_matrix, np.dtype | str]:
@@ -51,9 +71,21 @@ class SpMM:
     dtype: 'fp32', 'fp16' or 'bf16' (default from A: float16 -> fp16, a torch bfloat16 tensor -> bf16, float32/float64
     -> fp32). B: CuPy array or PyTorch CUDA tensor of shape (K, N) and the operator's dtype (bf16: torch.bfloat16, or a
     CuPy uint16 array of bfloat16 bit patterns, as CuPy has no bfloat16); the result has the same kind. `op.plan(n)` says which kernel a given N uses and where its config came from.
+
+    A record of a vendor path (tuned where cuSPARSE or cuBLAS beat every kernel: family "cusparse" / "dense") is run
+    as such: cuSPARSE on A's CSR arrays, cuBLAS on a dense copy of A, made only for such a plan (M x K elements of the
+    dtype: `op.dense_bytes`). allow_tf32: an fp32 operator may run a record of cuBLAS TF32 (off: TF32 rounds the inputs
+    to 10 mantissa bits).
+
+    tune: "off" (the plan is lookup's) or "quick" (at the first call with an N that has no exact record on this GPU
+    model, a handful of candidates are verified and timed on the GPU, the fastest is used and stored in the user's
+    tuning database: runtime.quick); default $SPARSE_AUTOTUNE_RUNTIME_TUNE, else "off" (runtime.quick says why).
+    `op.quick[n]` holds what a quick tune of N measured.
     """
 
-    def __init__(self, a, n_hint: int | None = None, dtype: str | None = None, db=None):
+    def __init__(self, a, n_hint: int | None = None, dtype: str | None = None, db=None, tune: str | None = None,
+                 allow_tf32: bool = False):
+        self.tune = tune_mode(tune)  # a bad value: one line, before A is converted
         host, src_dtype = _to_scipy(a)
         host.sum_duplicates()
         host.eliminate_zeros()
@@ -67,8 +99,11 @@ class SpMM:
         self.nnz = int(host.nnz)
         self.density = self.nnz / (self.shape[0] * self.shape[1]) if self.nnz else 0.0
         self.db = db
+        self.allow_tf32 = bool(allow_tf32)
+        self.quick: dict = {}  # N -> runtime.quick.QuickResult of the quick tunes run
+        self._dense = None  # A's dense copy on the device, while a plan (or a quick tune) runs cuBLAS
         self._dev = None
-        self._plans: dict[int, tuple] = {}
+        self._plans: dict[int, Plan] = {}
         self._kernels: dict[int, object] = {}
         self._launchers: dict[int, object] = {}  # N -> kernels.Launcher: the hot path is this dict lookup
         self._np_dtype = np.dtype(DTYPES[self.dtype])
@@ -95,9 +130,15 @@ class SpMM:
             self._dev_id = cupy().cuda.runtime.getDevice()
         return self._dev
 
-    def plan(self, n: int) -> tuple[str, dict, str]:
-        """(family, config, source) for N columns; source is how lookup found it (exact, nearest, same-arch) or
-        'default'. The config is lookup's: the record's adapted to this N by its family (`lookup` prints the same)."""
+    @property
+    def dense_bytes(self) -> int:
+        """GPU memory held by A's dense copy (0 unless a plan runs cuBLAS, family "dense")."""
+        return 0 if self._dense is None else int(self._dense.nbytes)
+
+    def plan(self, n: int) -> Plan:
+        """Plan(family, config, source) for N columns; source is how lookup found it (exact, bucket, nearest,
+        same-arch, default), or "quick" once a quick tune of this N ran (at its first call). The config is lookup's:
+        the record's adapted to this N by its family (`lookup` prints the same)."""
         if n in self._plans:
             return self._plans[n]
         from ..device.gpu import gpu_info  # noqa: PLC0415
@@ -106,10 +147,10 @@ class SpMM:
         found = None
         if self.nnz:
             found = lookup(m, k, n, max(self.density, 1e-6), self.dtype, gpu=info.name, cc=info.cc, db=self.db,
-                           nnz=self.nnz, limits=info.limits())
+                           nnz=self.nnz, limits=info.limits(), allow_tf32=self.allow_tf32)
         if found is None:  # an all-zero A: any kernel computes the zeros
             found = default_config(m, k, n, self.dtype, self.nnz, info.limits())
-        self._plans[n] = (found.family, found.config, found.source)
+        self._plans[n] = Plan(found.family, found.config, found.source)
         return self._plans[n]
 
     def __call__(self, b, out=None):
@@ -143,11 +184,52 @@ class SpMM:
 
     def _prepare(self, n: int):
         from ..device.gpu import cupy  # noqa: PLC0415
-        ln = self._kernel(n).launcher(n)
+        ln = self._quick(n) if self.tune == "quick" else None
+        if ln is None:
+            family, cfg, _ = self.plan(n)
+            ln = self._kernel(n).launcher(n) if not is_vendor(family) else self._build(n, family, cfg)
         # A's arrays were uploaded on CuPy's current stream: let them land before launches on any other stream
         cupy().cuda.get_current_stream().synchronize()
         self._launchers[n] = ln
+        self._drop_dense()
         return ln
+
+    def _build(self, n: int, family: str, cfg: dict):
+        """The launcher of one config for N: a kernel compiled for A, or a vendor path (cuSPARSE on A's CSR arrays,
+        cuBLAS on A's dense copy, made here the first time)."""
+        if not is_vendor(family):
+            from ..device.kernel import build_kernel  # noqa: PLC0415
+            return build_kernel(self._device(), family, cfg, self.dtype).launcher(n)
+        from ..device.vendor import dense_copy, vendor_launcher  # noqa: PLC0415
+        if family == CUSPARSE:
+            return vendor_launcher(family, cfg, n, self.dtype, a_dev=self._device())
+        if self._dense is None:
+            from ..device.gpu import cupy, gpu_info  # noqa: PLC0415
+            gpu_info()  # fails with a clear message where there is no GPU
+            self._dense = dense_copy(self.host, self.dtype)
+            self._dev_id = cupy().cuda.runtime.getDevice()
+        return vendor_launcher(DENSE, cfg, n, self.dtype, a_dense=self._dense)
+
+    def _drop_dense(self) -> None:
+        """Free A's dense copy when no launcher runs cuBLAS on it (after a quick tune whose dense candidate lost)."""
+        if self._dense is not None and not any(getattr(ln, "a", None) is self._dense for ln in self._launchers.values()):
+            self._dense = None
+
+    def _quick(self, n: int):
+        """runtime.quick at the first call with N (quick mode): the winner's launcher, or None (the lookup's plan is
+        used) where the plan is an exact record of this GPU model, A is empty, or no candidate ran."""
+        if n in self.quick or not self.nnz or not self.shape[0] or self.plan(n)[2] == "exact":
+            return None
+        from ..device.gpu import gpu_info  # noqa: PLC0415
+        from .quick import quick_tune  # noqa: PLC0415
+        res = self.quick[n] = quick_tune(self, n, gpu_info())
+        if res.chosen is None:
+            import warnings  # noqa: PLC0415
+            warnings.warn(f"sparse-autotune: quick tuning of N={n} found no candidate that runs: "
+                          f"{'; '.join(f'{c.family}: {c.error}' for c in res.candidates)}", stacklevel=4)
+            return None
+        self._plans[n] = Plan(res.chosen.family, res.chosen.config, "quick")
+        return res.chosen.built
 
     def _launch(self, n: int, cur: int, b_ptr: int, c_ptr: int, stream: int) -> None:
         """The launch of both call paths: A must be on the current device; a new N is planned first."""

@@ -106,6 +106,13 @@ class Record(Base):
     def config(self) -> dict:
         return json.loads(self.config_json)
 
+    def derived(self, **changes) -> "Record":
+        """A new record with this one's columns and `changes`: no id, uid, origin or best flag of its own yet (a vendor
+        path's record beside the tuned kernel's: same key, baselines and provenance, its own family, config and time)."""
+        keep = {c.key: getattr(self, c.key) for c in inspect(Record).column_attrs
+                if c.key not in ("id", "uid", "origin", "is_best")}
+        return Record(**{**keep, **changes})
+
     def to_dict(self) -> dict:
         """The columns (cuBLAS BF16's time next to the other baselines), config parsed, created_at in ISO form."""
         keys = [c.key for c in inspect(type(self)).column_attrs if c.key != "cublas_bf16_us"]
@@ -167,10 +174,13 @@ def _assign_uids(rows: Iterable) -> list[str]:
 
 
 def is_verified(rec) -> bool:
-    """A record may be the best of its key: its error is finite and within the dtype's tolerance (core.problem.TOLERANCE)
-    and its time is a positive finite number."""
+    """A record may be the best of its key: its error is finite and within the dtype's tolerance (core.problem.TOLERANCE;
+    a TF32 dense path's: core.vendor.tolerance) and its time is a positive finite number."""
     from ..core.problem import TOLERANCE  # noqa: PLC0415
+    from ..core.vendor import tolerance  # noqa: PLC0415
     tol = TOLERANCE.get(rec.dtype)
+    if tol is not None:  # a TF32 dense path (only where the user opted in) is held to what TF32 can reach
+        tol = tolerance(rec.dtype, getattr(rec, "family", None), getattr(rec, "config_json", None))
     err, t = rec.max_rel_err, rec.time_us
     return (tol is not None and err is not None and t is not None and math.isfinite(err) and 0 <= err <= tol
             and math.isfinite(t) and t > 0)
@@ -703,6 +713,23 @@ class TuningDB:
         except SQLAlchemyError as exc:
             raise UserError(f"cannot read database {self.label!r}: {str(exc).splitlines()[0]}") from None
 
+    def best_sparse(self, m, k, n, density, dtype, gpu=None, pattern=None) -> Record | None:
+        """The fastest verified record of a kernel family (not a vendor path, core.vendor) for the exact key: the tuned
+        kernel's own figure where a vendor record is the key's best."""
+        if self._empty:
+            return None
+        from ..core.vendor import VENDOR_FAMILIES  # noqa: PLC0415
+        q = self._key_query(gpu, m, k, n, density, dtype, pattern).where(Record.family.not_in(VENDOR_FAMILIES))
+
+        def read():
+            with Session(self.engine, expire_on_commit=False) as s:
+                rows = [r for r in self._query(s, q.order_by(Record.time_us, Record.id)) if is_verified(r)]
+                return rows[0] if rows else None
+        try:
+            return self._reading(read)
+        except SQLAlchemyError as exc:
+            raise UserError(f"cannot read database {self.label!r}: {str(exc).splitlines()[0]}") from None
+
     def select_records(self, filters=None) -> list[Record]:
         """Records matching RecordFilter.of(filters), in id order."""
         flt = RecordFilter.of(filters)
@@ -748,7 +775,7 @@ class TuningDB:
         self.engine.dispose()
 
 
-_Row = namedtuple("_Row", "id gpu_name m k n density dtype pattern time_us max_rel_err is_best")
+_Row = namedtuple("_Row", "id gpu_name m k n density dtype pattern time_us max_rel_err is_best family config_json")
 
 
 def _consistency(con: sqlite3.Connection) -> list[str]:
@@ -758,8 +785,8 @@ def _consistency(con: sqlite3.Connection) -> list[str]:
     cols = {r[1] for r in con.execute("PRAGMA table_info(sat_records)")}
     if not cols:
         return []
-    rows = con.execute("SELECT id, gpu_name, m, k, n, density, dtype, pattern, time_us, max_rel_err, is_best "
-                       "FROM sat_records ORDER BY id").fetchall()
+    rows = con.execute("SELECT id, gpu_name, m, k, n, density, dtype, pattern, time_us, max_rel_err, is_best, family, "
+                       "config_json FROM sat_records ORDER BY id").fetchall()
 
     groups: dict[tuple, list[_Row]] = {}
     for row in rows:

@@ -9,7 +9,9 @@ the databases shipped in the package's db/ folder:
              +0.25 when the pattern kind differs), with the distance;
   same-arch  another GPU of the same compute capability (exact key first, else nearest);
 A record's config is adapted to the problem by its family (e.g. a vector width that N does not divide is lowered);
-a record whose config cannot run it is passed over for the next nearest.
+a record whose config cannot run it is passed over for the next nearest. A record of a kernel whose own baselines
+(cuSPARSE, cuBLAS of the problem's precision, timed beside it when it was tuned) were faster is served by that vendor
+path instead (`Tuned.note` says so): records from before the vendor paths were candidates carry that verdict only there.
   default    the runtime's built-in default: the shipped records' most frequent winner for the problem's dtype,
              N range and density range (any GPU), else the first known-good config of the lowest-rank family.
 Lookups are cached in-process; a database file that changes on disk (its size or mtime) is re-read.
@@ -34,7 +36,9 @@ from ..store.db import DENSITY_RTOL, Record, TuningDB, default_db_path
 
 SOURCES = ("exact", "bucket", "nearest", "same-arch", "default")
 _COLUMNS = (Record.id, Record.gpu_name, Record.gpu_cc, Record.m, Record.k, Record.n, Record.density, Record.dtype,
-            Record.pattern, Record.family, Record.config_json, Record.time_us)
+            Record.pattern, Record.family, Record.config_json, Record.time_us,
+            # the vendor paths timed beside the kernel in the same process (schema 1 columns: every file has them)
+            Record.cusparse_us, Record.cublas_fp32_us, Record.cublas_tf32_us, Record.cublas_fp16_us)
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Tuned:
     distance: float = 0.0  # in log2 units (0 for exact)
     key: tuple | None = None  # (M, K, N, density, dtype, pattern) of the record used
     stored_config: dict | None = None  # the record's config as stored, where `config` is it adapted to this N
+    note: str | None = None  # why a vendor path serves a record of a kernel (its own baselines were faster)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,10 @@ class _Row:
     config_json: str
     time_us: float
     db: str
+    cusparse_us: float | None = None
+    cublas_fp32_us: float | None = None
+    cublas_tf32_us: float | None = None
+    cublas_fp16_us: float | None = None
 
 
 _rows_cache: dict[str, tuple[tuple, list[_Row]]] = {}
@@ -138,10 +147,10 @@ def _same_bucket(r: _Row, m, k, n, density) -> bool:
     return (r.m, r.k) == (m, k) and abs(r.density - density) <= density * DENSITY_RTOL and n_bucket(r.n) == n_bucket(n)
 
 
-def _pick(rows, m, k, n, density, pattern, runs=None):
-    """(row, distance, config) of the first row whose config runs this problem (`runs(row)` -> the config adapted, or
-    None; every row's stored config when runs is None): exact keys first (fastest; same pattern preferred), then N's
-    bucket (nearest N first), then by distance (then time). (None, inf, None) when none runs."""
+def _ordered(rows, m, k, n, density, pattern, runs=None):
+    """(row, distance, config) of every row whose config runs this problem (`runs(row)` -> the config adapted, or
+    None; every row's stored config when runs is None), in lookup's order: exact keys first (fastest; same pattern
+    preferred), then N's bucket (nearest N first), then by distance (then time)."""
     def order(r):
         exact = _same_key(r, m, k, n, density)
         return (not exact, not _same_bucket(r, m, k, n, density),
@@ -150,8 +159,12 @@ def _pick(rows, m, k, n, density, pattern, runs=None):
     for r in sorted(rows, key=order):
         cfg = json.loads(r.config_json) if runs is None else runs(r)
         if cfg is not None:
-            return r, (0.0 if _same_key(r, m, k, n, density) else _distance(r, m, k, n, density, pattern)), cfg
-    return None, float("inf"), None
+            yield r, (0.0 if _same_key(r, m, k, n, density) else _distance(r, m, k, n, density, pattern)), cfg
+
+
+def _pick(rows, m, k, n, density, pattern, runs=None):
+    """(row, distance, config) of the first row of _ordered; (None, inf, None) when none runs."""
+    return next(_ordered(rows, m, k, n, density, pattern, runs), (None, float("inf"), None))
 
 
 def _tuned(r: _Row, source: str, dist: float, cfg: dict) -> Tuned:
@@ -160,14 +173,18 @@ def _tuned(r: _Row, source: str, dist: float, cfg: dict) -> Tuned:
                  (r.m, r.k, r.n, r.density, r.dtype, r.pattern), stored if cfg != stored else None)
 
 
-def _runner(m: int, k: int, n: int, nnz: int, dtype: str, limits: dict | None):
-    """row -> its config adapted to this problem by its family (core.families), or None where it cannot run it."""
+def _runner(m: int, k: int, n: int, nnz: int, dtype: str, limits: dict | None, allow_tf32: bool = False):
+    """row -> its config adapted to this problem by its family (core.families), or None where it cannot run it. A
+    vendor path (core.vendor) runs any N as stored, at the problem's precision (TF32 only with `allow_tf32`)."""
+    from ..core import vendor  # noqa: PLC0415
     from ..core.families import all_families  # noqa: PLC0415
     from ..core.space import problem_env  # noqa: PLC0415
     env = problem_env(m, k, n, nnz, dtype)
     fams = all_families()
 
     def runs(r: _Row):
+        if vendor.is_vendor(r.family):
+            return vendor.adapt(r.family, json.loads(r.config_json), dtype, allow_tf32)
         fam = fams.get(r.family)
         return None if fam is None else fam.adapt(json.loads(r.config_json), dtype, env, limits)
     return runs
@@ -204,7 +221,7 @@ def _from_shipped(m: int, k: int, n: int, density: float, dtype: str, runs) -> T
 
 
 def default_config(m: int, k: int, n: int, dtype: str, nnz: int | None = None, limits: dict | None = None,
-                   density: float | None = None) -> Tuned:
+                   density: float | None = None, allow_tf32: bool = False) -> Tuned:
     """The built-in default, when no record of this GPU model or its architecture runs the problem: the shipped
     records' most frequent winner for the problem's (dtype, N range, density range) (`_from_shipped`; `.record_id`
     names the record its config came from), else the first feasible known-good config of the enabled families, by
@@ -212,7 +229,8 @@ def default_config(m: int, k: int, n: int, dtype: str, nnz: int | None = None, l
     from ..core.space import problem_env, select_spaces  # noqa: PLC0415
     nnz = nnz if nnz is not None else (max(1, round(density * m * k)) if density else m * k)
     env = problem_env(m, k, n, nnz, dtype)
-    shipped = _from_shipped(m, k, n, density if density else nnz / (m * k), dtype, _runner(m, k, n, nnz, dtype, limits))
+    shipped = _from_shipped(m, k, n, density if density else nnz / (m * k), dtype,
+                            _runner(m, k, n, nnz, dtype, limits, allow_tf32))
     if shipped is not None:
         return shipped
     for space in select_spaces():
@@ -227,7 +245,7 @@ def default_config(m: int, k: int, n: int, dtype: str, nnz: int | None = None, l
 
 def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str | None = None, db=None,
            pattern: str | None = None, fallback: bool = True, cc: str | None = None, nnz: int | None = None,
-           limits: dict | None = None, adapt: bool = True) -> Tuned | None:
+           limits: dict | None = None, adapt: bool = True, allow_tf32: bool = False) -> Tuned | None:
     """The best known config for (M, K, N, density, dtype) on a GPU, adapted to this N; `.source` says how it was found.
 
     The config is the record's as its family adapts it to this problem (a vector width N does not divide is lowered,
@@ -237,6 +255,8 @@ def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str
     nnz: A's nonzeros (default round(density * M * K)); limits: the GPU's (default: an H100's; runtime.lookup passes
     the current GPU's).
     adapt=False: the stored configs as they are, whether or not they run this problem (the database's own view).
+    A record of a vendor path (family cusparse or dense, core.vendor) is found like any other and runs any N; a dense
+    record of TF32 serves an fp32 problem only with allow_tf32 (the user's opt-in).
     """
     check_dtype(dtype)
     density = check_density(density)
@@ -244,13 +264,13 @@ def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str
     nnz = int(nnz) if nnz is not None else max(1, round(density * m * k))
     targets = search_path(db)
     ckey = (tuple(targets), m, k, n, round(density, 9), dtype, gpu, cc, pattern, fallback, nnz,
-            tuple(sorted((limits or {}).items())), adapt)
+            tuple(sorted((limits or {}).items())), adapt, allow_tf32)
     stamps = tuple(_stamp(t) for t in targets)
     hit = _result_cache.get(ckey)
     if hit is not None and hit[0] == stamps:
         return hit[1]
 
-    runs = _runner(m, k, n, nnz, dtype, limits) if adapt else None
+    runs = _runner(m, k, n, nnz, dtype, limits, allow_tf32) if adapt else None
     rows = [r for t in targets for r in _best_rows(t) if r.dtype == dtype]
     mine = [r for r in rows if gpu is None or r.gpu == gpu]
     res = None
@@ -265,19 +285,105 @@ def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str
         r, dist, cfg = _pick(arch, m, k, n, density, pattern, runs)
         if r is not None:
             res = _tuned(r, "same-arch", dist, cfg)
+    if res is not None and adapt and res.record_id is not None:
+        row = next(x for x in rows if x.id == res.record_id and x.db == res.db)
+        res = _vendor_instead(res, row, dtype, allow_tf32)
     if res is None and fallback:
-        res = default_config(m, k, n, dtype, nnz, limits, density)
+        res = default_config(m, k, n, dtype, nnz, limits, density, allow_tf32)
     _result_cache[ckey] = (stamps, res)
     return res
 
 
+def candidates(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str | None = None, db=None,
+               pattern: str | None = None, cc: str | None = None, nnz: int | None = None, limits: dict | None = None,
+               allow_tf32: bool = False, limit: int = 4) -> list[Tuned]:
+    """Up to `limit` distinct configs that can run the problem, adapted to this N, in lookup's order: this GPU model's
+    records (exact, bucket, nearest), then another GPU of the same compute capability (same-arch), then the built-in
+    default; each (family, config) once. What the runtime's quick tuning times at the first call with a new N (beside
+    the vendor paths). The first one is lookup's answer where lookup has a record."""
+    check_dtype(dtype)
+    density = check_density(density)
+    m, k, n = check_dims(m, k, n)
+    nnz = int(nnz) if nnz is not None else max(1, round(density * m * k))
+    runs = _runner(m, k, n, nnz, dtype, limits, allow_tf32)
+    rows = [r for t in search_path(db) for r in _best_rows(t) if r.dtype == dtype]
+    if cc is None and gpu is not None:
+        cc = next((x.cc for x in rows if x.gpu == gpu), None)
+    mine = [r for r in rows if gpu is None or r.gpu == gpu]
+    arch = [x for x in rows if gpu is not None and cc is not None and x.cc == cc and x.gpu != gpu]
+    out: list[Tuned] = []
+    seen: set[tuple[str, str]] = set()
+
+    def add(t: Tuned) -> bool:
+        key = (t.family, json.dumps(t.config, sort_keys=True))
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+        return len(out) >= limit
+    for group, arch_group in ((mine, False), (arch, True)):
+        for r, dist, cfg in _ordered(group, m, k, n, density, pattern, runs):
+            how = "same-arch" if arch_group else ("exact" if dist == 0.0 else "bucket"
+                                                   if _same_bucket(r, m, k, n, density) else "nearest")
+            if add(_tuned(r, how, dist, cfg)):
+                return out
+    try:
+        add(default_config(m, k, n, dtype, nnz, limits, density, allow_tf32))
+    except UserError:
+        if not out:
+            raise
+    return out
+
+
+def _row(r, label: str) -> _Row:
+    return _Row(r.id, r.gpu_name, r.gpu_cc, r.m, r.k, r.n, r.density, r.dtype, r.pattern, r.family, r.config_json,
+                r.time_us, label, r.cusparse_us, r.cublas_fp32_us, r.cublas_tf32_us, r.cublas_fp16_us)
+
+
+def _vendor_instead(t: Tuned, r: _Row, dtype: str, allow_tf32: bool) -> Tuned:
+    """A record of a kernel whose own baselines (cuSPARSE, cuBLAS of the problem's precision, timed beside it in the
+    same process) were faster serves the problem with that vendor path: records tuned before the vendor paths were
+    candidates say so only through those columns. bf16 problems: cuSPARSE only (cuBLAS BF16 is a schema 3 column)."""
+    from ..core import vendor  # noqa: PLC0415
+    if vendor.is_vendor(t.family) or not r.time_us:
+        return t
+    dense = {"fp32": [("fp32", r.cublas_fp32_us)] + ([("tf32", r.cublas_tf32_us)] if allow_tf32 else []),
+             "fp16": [("fp16", r.cublas_fp16_us)]}.get(dtype, [])
+    options = [(us, vendor.DENSE, {"math": math_}, f"cuBLAS {math_.upper()}") for math_, us in dense if us]
+    if r.cusparse_us:
+        options.append((r.cusparse_us, vendor.CUSPARSE, {"alg": "CUSPARSE_SPMM_ALG_DEFAULT"}, "cuSPARSE"))
+    best = min(options, key=lambda o: o[0], default=None)
+    if best is None or best[0] >= r.time_us:
+        return t
+    us, family, cfg, name = best
+    note = (f"record {r.id}'s own baselines: {name} {us:.2f} us beat its {r.family} {r.time_us:.2f} us "
+            f"({r.time_us / us:.2f}x) at N={r.n} on {r.gpu}")
+    return Tuned(family, cfg, us, t.gpu, t.source, t.record_id, t.db, t.distance, t.key, None, note)
+
+
+def _is_tf32(family: str, config_json: str) -> bool:
+    from ..core.vendor import DENSE, TF32  # noqa: PLC0415
+    if family != DENSE:
+        return False
+    try:
+        return json.loads(config_json).get("math") == TF32
+    except (ValueError, AttributeError):
+        return False
+
+
 def db_best_rows(tdb: TuningDB) -> list[_Row]:
-    """Every best-flagged record of an open tuning database."""
+    """Every best-flagged record of an open tuning database; where the best of a key is cuBLAS TF32 (tuned with the
+    user's opt-in), also the fastest verified other record of that key, which serves whoever has not opted in."""
+    from ..store.db import is_verified  # noqa: PLC0415
+
     def read():
         with tdb.engine.connect() as con:
-            return [_Row(r.id, r.gpu_name, r.gpu_cc, r.m, r.k, r.n, r.density, r.dtype, r.pattern, r.family,
-                         r.config_json, r.time_us, tdb.label)
-                    for r in con.execute(select(*_COLUMNS).where(Record.is_best.is_(True)))]
+            rows = [_row(r, tdb.label) for r in con.execute(select(*_COLUMNS).where(Record.is_best.is_(True)))]
+            for b in [r for r in rows if _is_tf32(r.family, r.config_json)]:
+                q = TuningDB._key_query(b.gpu, b.m, b.k, b.n, b.density, b.dtype, b.pattern).with_only_columns(
+                    *_COLUMNS, Record.max_rel_err).where(Record.is_best.is_(False)).order_by(Record.time_us, Record.id)
+                rest = [r for r in con.execute(q) if is_verified(r) and not _is_tf32(r.family, r.config_json)]
+                rows += [_row(rest[0], tdb.label)] if rest else []
+            return rows
     try:
         return tdb._reading(read)  # a read-only file: read again if a writer touched it meanwhile
     except SQLAlchemyError as exc:
@@ -324,4 +430,4 @@ def _clear():
 
 lookup.cache_clear = _clear  # type: ignore[attr-defined]
 
-__all__ = ["SOURCES", "Tuned", "default_config", "lookup", "search_path", "seed_configs"]
+__all__ = ["SOURCES", "Tuned", "candidates", "default_config", "lookup", "search_path", "seed_configs"]

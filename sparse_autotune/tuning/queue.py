@@ -88,14 +88,16 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def problem_spec(problem, trials: int, timeout: float | None, sampler: str, families, warm_start: bool = True) -> dict:
+def problem_spec(problem, trials: int, timeout: float | None, sampler: str, families, warm_start: bool = True,
+                 vendors=None, allow_tf32: bool = False) -> dict:
     """What a worker needs to rebuild and tune a (random) problem: the matrix is regenerated from its seed."""
     return random_spec(problem.m, problem.k, problem.n, problem.density, problem.dtype, problem.pattern, problem.seed,
-                       trials, timeout, sampler, families, warm_start)
+                       trials, timeout, sampler, families, warm_start, vendors, allow_tf32)
 
 
 def random_spec(m: int, k: int, n: int, density: float, dtype: str, pattern: str, seed: int, trials: int,
-                timeout: float | None, sampler: str, families, warm_start: bool = True) -> dict:
+                timeout: float | None, sampler: str, families, warm_start: bool = True, vendors=None,
+                allow_tf32: bool = False) -> dict:
     """problem_spec of Problem.random(m, k, n, density, dtype, pattern, seed) without building its matrix (a suite
     enqueues hundreds of cases, some of 30M nonzeros: the workers build each when they claim it)."""
     spec = {"m": int(m), "k": int(k), "n": int(n), "density": round(float(density), 6), "dtype": dtype,
@@ -103,6 +105,10 @@ def random_spec(m: int, k: int, n: int, density: float, dtype: str, pattern: str
             "sampler": sampler, "families": list(families) if families else None}
     if not warm_start:  # only then: the specs (and queue keys) of warm-started problems stay as they were
         spec["warm_start"] = False
+    if vendors is not None:  # the vendor paths timed as candidates (core.vendor); absent: all of them
+        spec["vendors"] = list(vendors)
+    if allow_tf32:
+        spec["allow_tf32"] = True
     return spec
 
 

@@ -74,9 +74,18 @@ def config_of(trial) -> tuple[str, dict]:
     return trial.user_attrs["family"], json.loads(trial.user_attrs["config"])
 
 
+def is_vendor_trial(t) -> bool:
+    """A vendor path's trial, added by the tuner's finish (tuning.vendor): not a config of the search, not counted
+    against its trial budget, not its best (the search's winner is the best templated-family config)."""
+    return bool(t.user_attrs.get("vendor"))
+
+
 def evaluated(t) -> bool:
     """COMPLETE, or FAIL as told by the search (it sets error_stage). A FAIL without error_stage was never evaluated:
-    a worker died in it (failed by Optuna's heartbeat check) or the run was interrupted."""
+    a worker died in it (failed by Optuna's heartbeat check) or the run was interrupted. A vendor path's trial is not
+    the search's (is_vendor_trial)."""
+    if is_vendor_trial(t):
+        return False
     return t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "error_stage" in t.user_attrs)
 
 
@@ -430,10 +439,9 @@ class Search:
         return self.beats.discard(trial._trial_id) if self.beats is not None else None
 
     def _best_value(self):
-        try:
-            return self.study.best_value
-        except ValueError:
-            return None
+        """The best value of the search's configs evaluated in the study (the vendor paths' trials left out)."""
+        values = [v for v in self.seen.values() if v is not None]
+        return min(values) if values else None
 
     # ---- the budget ------------------------------------------------------------------------------------------
 
@@ -470,8 +478,9 @@ def _key(family: str, cfg: dict) -> str:
 
 
 def summarize(study, done_before: int = 0, stopped: str = "") -> SearchResult:
-    """Counts and the best COMPLETE trial of a study (also after an interrupted run)."""
-    trials_all = study.get_trials(deepcopy=False)
+    """Counts and the best COMPLETE trial of a study (also after an interrupted run); the vendor paths' trials
+    (is_vendor_trial) are not the search's and are left out."""
+    trials_all = [t for t in study.get_trials(deepcopy=False) if not is_vendor_trial(t)]
     complete = [t for t in trials_all if t.state == TrialState.COMPLETE]
     failed = sum(1 for t in trials_all if t.state == TrialState.FAIL and evaluated(t))
     pruned = sum(1 for t in trials_all if t.state == TrialState.PRUNED)

@@ -144,6 +144,8 @@ def case_record(c: dict, r: dict) -> dict:
             "tuned_cold_us": (r.get("cold") or {}).get("tuned_cold_us"),
             "dense_cold_us": (r.get("cold") or {}).get("dense_cold_us"),
             "trials": r["trials"]["complete"],
+            # what the runtime runs: the tuned kernel, or a vendor path that beat it (family / tuned_us stay the kernel's)
+            "chosen_family": (r.get("chosen") or b)["family"], "chosen_us": (r.get("chosen") or b)["time_us"],
             "gpu": r["gpu"], "driver": r["driver"], "cuda": r["cuda"], "cupy": r["cupy"]}
 
 

@@ -52,6 +52,8 @@ class TuneOptions:
     families: tuple[str, ...] | None = None
     compile_workers: int = field(default_factory=default_compile_threads)  # compiled in parallel while others are timed
     warm_start: bool = True  # try the winners of the nearest tuned problems (this GPU, this dtype) first
+    vendors: tuple[str, ...] | None = None  # the vendor paths timed as candidates (core.vendor); None: all of them
+    allow_tf32: bool = False  # an fp32 problem may be served by cuBLAS's TF32 tensor cores (the user's opt-in)
 
 
 def study_name(problem: Problem, gpu_name: str) -> str:
@@ -88,7 +90,10 @@ class Tuner:
     def _start(self, problem: Problem, opts: TuneOptions, log) -> None:
         """Checks the options, then opens (or creates) the tuning DB; shared by the tuners' constructors."""
         check_options(opts.trials, opts.sampler, opts.timeout)
-        chosen = select_spaces(opts.families)
+        from ..core.vendor import VENDOR_FAMILIES, split_families  # noqa: PLC0415
+        families, named_vendors = split_families(opts.families)  # vendor names among the families: those paths
+        self.vendors = tuple(opts.vendors) if opts.vendors is not None else (named_vendors or VENDOR_FAMILIES)
+        chosen = select_spaces(families)
         self.spaces = [s for s in chosen if s.supports(problem.dtype)]  # e.g. tc_gather computes fp16 only
         if not self.spaces:
             raise UserError(f"no kernel family of {', '.join(s.family for s in chosen)} computes {problem.dtype}")
@@ -143,6 +148,7 @@ class Tuner:
             bar.refresh()
 
         storage = storage if storage is not None else self.db.url
+        self.storage = storage  # finish() adds the vendor paths' trials to this study (tuning.vendor)
         name = self.study_name()
         self.interrupted = False
         sopts = SearchOptions(trials=opts.trials, timeout=opts.timeout, sampler=opts.sampler, seed=opts.seed,
@@ -276,6 +282,9 @@ class GpuTuner(Tuner):
             package_version=__version__, cuda_version=v["cuda"], driver_version=v["driver"], cupy_version=v["cupy"],
             created_at=_dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None))
         db.store(rec)
+        from ..tuning.vendor import finish_vendors  # noqa: PLC0415 - the vendor paths as candidates (their record)
+        vendors = finish_vendors(db, getattr(self, "storage", db.url), name, rec, base.get("vendor"),
+                                 getattr(self, "vendors", None), opts.allow_tf32, self.log)
         db.dispose()
 
         def ratio(x):
@@ -296,6 +305,7 @@ class GpuTuner(Tuner):
                         "vs_cublas_fp16": ratio(base["cublas_fp16_us"]),
                         "vs_cublas_bf16": ratio(base.get("cublas_bf16_us"))},
             "cold": cold,
+            **vendors,  # chosen: what the runtime runs (the best sparse kernel or a vendor path); vendor_candidates
             "floor_us": floor, **bfloor, "ceilings": ceil,
             "trials": trials_dict(res, opts, self.interrupted),
             "study": name, "db": db.label, "record_id": rec.id, "record_is_best": rec.is_best,

@@ -191,7 +191,9 @@ class Worker(ProblemLoop):
             opts = TuneOptions(trials=spec["trials"], timeout=spec.get("timeout"), sampler=spec["sampler"],
                                seed=spec["seed"], db=self.db, progress=False,
                                families=tuple(spec["families"]) if spec.get("families") else None,
-                               warm_start=spec.get("warm_start", True))
+                               warm_start=spec.get("warm_start", True),
+                               vendors=tuple(spec["vendors"]) if spec.get("vendors") is not None else None,
+                               allow_tf32=bool(spec.get("allow_tf32", False)))
             tuner = self.tuner_class(problem, opts, log=lambda m: None)
             self.queue.set_study(rid, tuner.study_name())
             res = self._search(tuner)

@@ -1,0 +1,114 @@
+"""The vendor paths as kernel families: cuSPARSE SpMM and cuBLAS on a dense copy of A (CPU side: names, configs).
+
+The templated families live in the registry (core.families: a space, a template and a host side each). The vendor
+paths have neither template nor space to search: a handful of configs each, all timed by every tune (in the tuner's
+finish, beside the winner) and by the runtime's quick tuning, and stored like any record:
+
+    cusparse  {"alg": <cusparseSpMMAlg_t name>}   cusparseSpMM on A as CSR (32-bit indices, row-major B and C)
+    dense     {"math": "fp32" | "tf32" | "fp16" | "bf16"}
+                                                  cublasGemmEx on a dense copy of A (M x K elements of the dtype)
+
+A dense config computes at the problem's precision: fp32 for fp32 (tf32, cuBLAS's TF32 tensor cores, only where the
+user opts in: `--allow-tf32`, `SpMM(..., allow_tf32=True)`), fp16 for fp16, bf16 for bf16. A vendor config runs any
+N as it is (no adaptation). `--families` accepts these names beside the templated ones.
+"""
+from __future__ import annotations
+
+import json
+
+from ..errors import UserError
+
+CUSPARSE = "cusparse"
+DENSE = "dense"
+VENDOR_FAMILIES = (CUSPARSE, DENSE)
+# cusparseSpMMAlg_t values (cusparse.h); CuPy's bindings do not export the names. The CSR algorithms that accept
+# row-major B and C.
+CUSPARSE_ALGS = {"CUSPARSE_SPMM_ALG_DEFAULT": 0, "CUSPARSE_SPMM_CSR_ALG1": 4, "CUSPARSE_SPMM_CSR_ALG2": 6,
+                 "CUSPARSE_SPMM_CSR_ALG3": 12}
+# the dense maths a problem of each dtype may run: its own precision (tf32 for fp32 only with the user's opt-in)
+DENSE_MATH = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+TF32 = "tf32"
+# TF32 keeps 10 mantissa bits, as fp16 does: a TF32 result is verified with fp16's tolerance
+TF32_TOLERANCE = 2e-3
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+def is_vendor(family: str | None) -> bool:
+    return family in VENDOR_FAMILIES
+
+
+def configs(family: str, dtype: str, allow_tf32: bool = False) -> list[dict]:
+    """Every config of a vendor family for a problem of `dtype`, in a fixed order."""
+    if family == CUSPARSE:
+        return [{"alg": a} for a in CUSPARSE_ALGS]
+    if family == DENSE:
+        return [{"math": DENSE_MATH[dtype]}] + ([{"math": TF32}] if allow_tf32 and dtype == "fp32" else [])
+    raise KeyError(f"no vendor family {family!r} (known: {', '.join(VENDOR_FAMILIES)})")
+
+
+def all_configs(dtype: str, families=VENDOR_FAMILIES, allow_tf32: bool = False) -> list[tuple[str, dict]]:
+    """(family, config) of every vendor path of `families` for `dtype`."""
+    return [(f, c) for f in VENDOR_FAMILIES if f in families for c in configs(f, dtype, allow_tf32)]
+
+
+def adapt(family: str, config: dict, dtype: str, allow_tf32: bool = False) -> dict | None:
+    """A stored vendor config as the runtime runs it for a problem of `dtype` (as it is: any N), or None where it may not
+    run it: an unknown algorithm, a dense math of another precision, TF32 without the opt-in."""
+    return dict(config) if config in configs(family, dtype, allow_tf32) else None
+
+
+def tolerance(dtype: str, family: str | None = None, config=None) -> float:
+    """The relative error a result of this dtype may have (core.problem.TOLERANCE); a TF32 dense path: TF32_TOLERANCE
+    (fp32 records computed with TF32 tensor cores are verified against what TF32 can reach, never better)."""
+    from .problem import TOLERANCE  # noqa: PLC0415
+    tol = TOLERANCE[dtype]
+    if family == DENSE:
+        try:
+            cfg = json.loads(config) if isinstance(config, str) else (config or {})
+        except ValueError:
+            cfg = {}
+        if isinstance(cfg, dict) and cfg.get("math") == TF32:
+            return max(tol, TF32_TOLERANCE)
+    return tol
+
+
+def dense_bytes(m: int, k: int, dtype: str) -> int:
+    """Bytes of A's dense copy (M x K elements of the dtype) that the dense path holds on the GPU."""
+    return int(m) * int(k) * DTYPE_BYTES[dtype]
+
+
+def describe(family: str, config: dict, m: int, k: int, dtype: str) -> str:
+    """One line saying what a vendor config runs (and the dense copy's memory); '' for a templated family."""
+    if family == CUSPARSE:
+        return f"cuSPARSE SpMM ({config.get('alg')}) on A as CSR"
+    if family == DENSE:
+        mb = dense_bytes(m, k, dtype) / 2**20
+        return (f"cuBLAS {str(config.get('math')).upper()} GEMM on a dense copy of A ({m}x{k} {dtype}: {mb:.1f} MiB "
+                "of GPU memory, made only for this plan)")
+    return ""
+
+
+def split_families(text) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """`--families` as (the templated families to search, the vendor paths to time beside them): None for either means
+    the defaults (the enabled templated families; every vendor path). Naming families without a vendor path leaves the
+    vendor paths out; naming only vendor paths is refused (there would be nothing to search)."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None, None
+    names = [f.strip() for f in text.split(",")] if isinstance(text, str) else [str(f).strip() for f in text]
+    names = [n for n in names if n]
+    templated = tuple(dict.fromkeys(n for n in names if not is_vendor(n)))
+    vendors = tuple(dict.fromkeys(n for n in names if is_vendor(n)))
+    if not templated:
+        raise UserError(f"--families {','.join(names)}: name at least one kernel family to search besides the vendor "
+                        f"paths ({', '.join(VENDOR_FAMILIES)}), which are timed beside the search's winner")
+    return templated, vendors
+
+
+def choose(results):
+    """(the chosen result, the best templated-family result) of measured candidates, each an object with .family and
+    .time_us (None or inf: did not run or failed verification): the fastest of all, and the fastest sparse kernel
+    (None where none ran). Ties go to the earlier candidate, so a templated kernel listed first keeps a tie."""
+    ok = [r for r in results if r.time_us is not None and r.time_us == r.time_us and r.time_us != float("inf")]
+    chosen = min(ok, key=lambda r: r.time_us) if ok else None
+    sparse = [r for r in ok if not is_vendor(r.family)]
+    return chosen, (min(sparse, key=lambda r: r.time_us) if sparse else None)

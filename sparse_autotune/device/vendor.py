@@ -1,0 +1,207 @@
+"""The vendor paths on the GPU: cuSPARSE SpMM and cuBLAS GEMM launchers on raw pointers (core.vendor names them).
+
+A launcher is bound to one matrix and one N, with its descriptors, work buffer and scalars made once;
+`launcher(b_ptr, c_ptr, stream_ptr)` computes C = A @ B (row-major B and C) on that stream, as a kernel's
+`Launcher` does (device.kernel): the baselines (device.baselines), the tuner's vendor candidates, the runtime's
+dispatch and its quick tuning all launch them the same way. The calls go through ctypes on the library CuPy loaded
+(CuPy's own bindings refuse every call while a stream is being captured): a cuBLAS launch is capturable in a CUDA
+graph (the handle gets a fixed workspace); a cuSPARSE launch is where its algorithm allocates nothing and does not
+synchronise (the tuner's timing of it says "graph" when its capture worked, "events" when it fell back).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..core.problem import storage
+from ..core.vendor import CUSPARSE, CUSPARSE_ALGS, DENSE
+
+
+def _cp():
+    from ..device.gpu import cupy  # noqa: PLC0415
+    return cupy()
+
+
+_LIBS: dict = {}
+
+
+def _lib(name: str):
+    """The CUDA library CuPy loaded (libcublas / libcusparse), through ctypes.
+
+    CuPy's own bindings refuse every call while a stream is being captured, although cuBLAS and cuSPARSE
+    support capture; the launches to be captured are therefore made through ctypes on the same library
+    (and the same handles). Descriptors and buffers are still made through CuPy, outside the capture.
+    """
+    if name not in _LIBS:
+        import ctypes  # noqa: PLC0415
+        path = None
+        try:
+            from cuda.pathfinder import load_nvidia_dynamic_lib  # noqa: PLC0415
+            path = load_nvidia_dynamic_lib(name).abs_path
+        except Exception:  # noqa: BLE001
+            pass
+        lib = None
+        for cand in ([path] if path else []) + [f"lib{name}.so.13", f"lib{name}.so.12", f"lib{name}.so"]:
+            try:
+                lib = ctypes.CDLL(cand)
+                break
+            except OSError:
+                continue
+        if lib is None:
+            raise RuntimeError(f"cannot load lib{name} through ctypes")
+        _LIBS[name] = lib
+    return _LIBS[name]
+
+
+def _check(status: int, what: str):
+    if status != 0:
+        raise RuntimeError(f"{what} returned status {status}")
+
+
+_WORKSPACE: dict = {}
+
+
+def _cublas_workspace(handle: int, nbytes: int = 32 << 20):
+    """Give CuPy's cuBLAS handle a fixed workspace (kept for the process) so captured GEMMs allocate nothing."""
+    if handle in _WORKSPACE:
+        return
+    import ctypes as ct  # noqa: PLC0415
+    ws = _cp().empty(nbytes, dtype=np.uint8)
+    _check(_lib("cublas").cublasSetWorkspace_v2(ct.c_void_p(handle), ct.c_void_p(ws.data.ptr), ct.c_size_t(nbytes)),
+           "cublasSetWorkspace")
+    _WORKSPACE[handle] = ws
+
+
+class DenseLauncher:
+    """C = A_dense @ B for one N with cublasGemmEx, row-major, as C^T = B^T A^T in cuBLAS's column-major terms.
+    `a` is the dense A on the device (M x K, C-contiguous, the mode's data type); it is kept alive."""
+
+    MODES = {  # mode -> (data type, compute type name)
+        "fp32": (0, "CUBLAS_COMPUTE_32F"),
+        "tf32": (0, "CUBLAS_COMPUTE_32F_FAST_TF32"),
+        "fp16": (2, "CUBLAS_COMPUTE_32F"),  # half inputs and output, fp32 accumulation, tensor cores
+        "bf16": (14, "CUBLAS_COMPUTE_32F"),  # bfloat16 inputs and output (CUDA_R_16BF), fp32 accumulation
+    }
+    is_noop = False
+
+    def __init__(self, a, n: int, mode: str):
+        import ctypes as ct  # noqa: PLC0415
+        from cupy_backends.cuda.libs import cublas as cb  # noqa: PLC0415
+        self.a = a
+        self.handle = _cp().cuda.device.get_cublas_handle()
+        dt, comp = self.MODES[mode]
+        m, k = (int(x) for x in a.shape)
+        self.alpha = np.array(1.0, np.float32)
+        self.beta = np.array(0.0, np.float32)
+        _cublas_workspace(self.handle)
+        ci, vp = ct.c_int, ct.c_void_p
+        self._h = vp(self.handle)
+        self._host = ci(cb.CUBLAS_POINTER_MODE_HOST)
+        # cublasGemmEx(handle, opN, opN, n, m, k, alpha, B, dt, n, A, dt, k, beta, C, dt, n, compute, algo)
+        self._head = (self._h, ci(cb.CUBLAS_OP_N), ci(cb.CUBLAS_OP_N), ci(n), ci(m), ci(k), vp(self.alpha.ctypes.data))
+        self._a = (vp(a.data.ptr), ci(dt), ci(k), vp(self.beta.ctypes.data))
+        self._dt, self._ld = ci(dt), ci(n)
+        self._tail = (ci(getattr(cb, comp)), ci(-1))  # algo -1: CUBLAS_GEMM_DEFAULT
+        self._lock = threading.Lock()
+
+    def __call__(self, b_ptr: int, c_ptr: int, stream_ptr: int) -> None:
+        import ctypes as ct  # noqa: PLC0415
+        lib = _lib("cublas")
+        vp = ct.c_void_p
+        with self._lock:
+            _check(lib.cublasSetStream_v2(self._h, vp(stream_ptr)), "cublasSetStream")
+            _check(lib.cublasSetPointerMode_v2(self._h, self._host), "cublasSetPointerMode")
+            _check(lib.cublasGemmEx(*self._head, vp(b_ptr), self._dt, self._ld, *self._a, vp(c_ptr), self._dt,
+                                    self._ld, *self._tail), "cublasGemmEx")
+
+    launch = __call__
+
+
+class CuSparseLauncher:
+    """C = A @ B for one N with cusparseSpMM (CSR, 32-bit indices, row-major B and C), one algorithm. The descriptors
+    of B and C are pointed at each call's buffers (cusparseDnMatSetValues, a host-side call), so one launcher serves
+    any B and C of its shape. `b_ptr` / `c_ptr`: buffers for the work-buffer query and the preprocessing (zeros of
+    the right shape are made for them where not given)."""
+
+    is_noop = False
+
+    def __init__(self, a_dev, n: int, dtype: str, alg_name: str, b_ptr: int | None = None, c_ptr: int | None = None):
+        from cupy_backends.cuda.libs import cusparse as cs  # noqa: PLC0415
+        cp = _cp()
+        self.cs = cs
+        self.a_dev = a_dev  # its arrays must outlive the descriptor
+        self.handle = cp.cuda.device.get_cusparse_handle()
+        m, k = a_dev.shape
+        vt = {"fp32": 0, "fp16": 2, "bf16": 14}[dtype]  # CUDA_R_32F / CUDA_R_16F / CUDA_R_16BF
+        self.compute = 0  # CUDA_R_32F accumulation for every dtype
+        self.alg = CUSPARSE_ALGS[alg_name]
+        self.alpha = np.array(1.0, np.float32)
+        self.beta = np.array(0.0, np.float32)
+        scratch = []
+        if b_ptr is None or c_ptr is None:
+            es = 4 if dtype == "fp32" else 2
+            scratch = [cp.zeros(max(1, k * n * es), dtype=cp.uint8), cp.zeros(max(1, m * n * es), dtype=cp.uint8)]
+            b_ptr, c_ptr = scratch[0].data.ptr, scratch[1].data.ptr
+        i32 = cs.CUSPARSE_INDEX_32I
+        self.mat_a = cs.createCsr(m, k, a_dev.nnz, a_dev.row_ptr.data.ptr, a_dev.cols(32).data.ptr,
+                                  a_dev.vals.data.ptr, i32, i32, cs.CUSPARSE_INDEX_BASE_ZERO, vt)
+        self.mat_b = cs.createDnMat(k, n, n, b_ptr, vt, cs.CUSPARSE_ORDER_ROW)
+        self.mat_c = cs.createDnMat(m, n, n, c_ptr, vt, cs.CUSPARSE_ORDER_ROW)
+        self.op = cs.CUSPARSE_OPERATION_NON_TRANSPOSE
+        args = (self.handle, self.op, self.op, self.alpha.ctypes.data, self.mat_a, self.mat_b, self.beta.ctypes.data,
+                self.mat_c, self.compute, self.alg)
+        self.buf = cp.empty(max(1, cs.spMM_bufferSize(*args)), dtype=cp.int8)
+        if hasattr(cs, "spMM_preprocess"):
+            cs.spMM_preprocess(*args, self.buf.data.ptr)
+        if scratch:
+            cp.cuda.get_current_stream().synchronize()  # the preprocessing is done with the scratch buffers
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __call__(self, b_ptr: int, c_ptr: int, stream_ptr: int) -> None:
+        import ctypes as ct  # noqa: PLC0415
+        lib = _lib("cusparse")
+        vp, ci = ct.c_void_p, ct.c_int
+        with self._lock:
+            _check(lib.cusparseDnMatSetValues(vp(self.mat_b), vp(b_ptr)), "cusparseDnMatSetValues")
+            _check(lib.cusparseDnMatSetValues(vp(self.mat_c), vp(c_ptr)), "cusparseDnMatSetValues")
+            _check(lib.cusparseSetStream(vp(self.handle), vp(stream_ptr)), "cusparseSetStream")
+            _check(lib.cusparseSpMM(vp(self.handle), ci(self.op), ci(self.op), vp(self.alpha.ctypes.data),
+                                    vp(self.mat_a), vp(self.mat_b), vp(self.beta.ctypes.data), vp(self.mat_c),
+                                    ci(self.compute), ci(self.alg), vp(self.buf.data.ptr)), "cusparseSpMM")
+
+    launch = __call__
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        cs = self.cs
+        cs.destroySpMat(self.mat_a)
+        cs.destroyDnMat(self.mat_b)
+        cs.destroyDnMat(self.mat_c)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit the library may be gone already
+            pass
+
+
+def dense_copy(host_csr, dtype: str):
+    """A as a dense C-contiguous device array in the storage of `dtype` (float32 for the fp32 and tf32 maths; float16;
+    bf16 as uint16 words): what the dense path multiplies. M x K elements: the memory the README names."""
+    cp = _cp()
+    dense = np.asarray(host_csr.toarray(), dtype=np.float32)
+    return cp.ascontiguousarray(cp.asarray(storage(dense, dtype)))
+
+
+def vendor_launcher(family: str, config: dict, n: int, dtype: str, a_dev=None, a_dense=None):
+    """The launcher of a vendor config for N columns: cuSPARSE on `a_dev` (device.kernel.DeviceCSR), cuBLAS on
+    `a_dense` (dense_copy)."""
+    if family == CUSPARSE:
+        return CuSparseLauncher(a_dev, n, dtype, config["alg"])
+    if family == DENSE:
+        return DenseLauncher(a_dense, n, config["math"])
+    raise KeyError(f"no vendor family {family!r}")
