@@ -337,6 +337,10 @@ def test_synthetic_quick_pick_takes_the_fastest_and_keeps_the_best_sparse_kernel
     vend["fp16"] = 7.0
     chosen, _ = pick(cands, measure)
     assert chosen.family == "tc_gather"
+    vend["fp16"] = 6.2  # the kernel is faster by less than the margin: the vendor path (what the user had) is kept
+    chosen, sparse = pick(cands, measure)
+    assert chosen.family == "dense" and sparse.family == "tc_gather"
+    assert V.choose(cands)[0].family == "tc_gather"  # without a margin (the tuner's full timings) the kernel wins
     assert pick([Candidate("dense", {"math": "fp16"}, "vendor")], lambda c: 1 / 0) == (None, None)
 
 

@@ -162,6 +162,15 @@ def test_runtime_vendor_paths_with_torch_and_in_a_cuda_graph(tmp_path, dtype):
         ref = torch.nn.functional.linear(x.double(), w.double(), lin.bias.double())
     assert layer.op.plan(32).family == "dense" and layer.op.dense_bytes > 0
     assert ((y.double() - ref).norm() / ref.norm()).item() < tol
+    # from the second call on, a dense plan is nn.Linear's own call on the dense copy: one kernel, no transposes
+    with torch.no_grad():
+        y2 = layer(x)
+    assert layer._dense_weight(32, x) is not None and ((y2.double() - ref).norm() / ref.norm()).item() < tol
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        layer(x)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert 1 <= len(kernels) <= 2, [e.name for e in kernels]  # the GEMM (and cuBLAS's bias epilogue or add)
 
 
 def test_tune_stores_a_dense_record_where_cublas_wins(tmp_path):

@@ -44,6 +44,7 @@ class SparseLinear(nn.Module):
         tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.op.dtype]
         # the bias in the layer's dtype, cast once here (not per forward); a later .half()/.to() is followed lazily
         self.register_buffer("bias", None if bias is None else bias.detach().to(tdtype).clone(), persistent=True)
+        self._w = None  # (the operator's dense copy of W, its torch view), while a plan runs cuBLAS on it
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, density_or_mask, dtype: str | None = None, db=None,
@@ -61,14 +62,19 @@ class SparseLinear(nn.Module):
         return cls(w * mask, linear.bias, dtype=dtype, db=db, n_hint=n_hint, tune=tune, allow_tf32=allow_tf32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Three kernels: B = x^T made contiguous (K x N), C = W @ B into a fresh (M x N), y = C^T (+ bias) into a
-        contiguous (N x M). Everything runs on PyTorch's current stream with PyTorch's allocator: capturable in a
+        """Where the plan for this N is cuBLAS on W's dense copy (after the first eager call with N): one
+        torch.nn.functional.linear on that copy, exactly nn.Linear's call. Else three kernels: B = x^T made contiguous
+        (K x N), C = W @ B into a fresh (M x N), y = C^T (+ bias) into a contiguous (N x M). Everything runs on PyTorch's current stream with PyTorch's allocator: capturable in a
         CUDA graph once an eager call has run with the same N."""
         if x.shape[-1] != self.in_features:
             raise UserError(f"input has {x.shape[-1]} features, the layer expects {self.in_features}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         n = x2.shape[0]  # N = all leading dims
+        w = self._dense_weight(n, x)
+        if w is not None:  # the plan for this N is cuBLAS on the dense copy: nn.Linear's own call, no detours
+            bias = self.bias if self.bias is None or self.bias.dtype == x.dtype else self.bias.to(x.dtype)
+            return torch.nn.functional.linear(x, w, bias)
         b = x2.t().contiguous()  # K x N
         c = torch.empty((self.out_features, n), dtype=x.dtype, device=x.device)
         self.op(b, out=c)
@@ -81,6 +87,24 @@ class SparseLinear(nn.Module):
                 bias = bias.to(y.dtype)
             torch.add(c.t(), bias, out=y)
         return y.view(*lead, self.out_features)
+
+    def _dense_weight(self, n: int, x: torch.Tensor):
+        """W's dense copy as a torch tensor where this N is already planned (an eager call ran) to cuBLAS at the
+        precision torch's own matmul of x uses now (fp16 / bf16; fp32 without TF32, or TF32 where both the plan and
+        torch.backends.cuda.matmul.allow_tf32 say so), else None: then forward runs the operator."""
+        op = self.op
+        if n not in op._launchers or op._dense is None or op.plan(n).family != "dense":
+            return None
+        math_ = op.plan(n).config.get("math")
+        torch_tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
+        if x.dtype == torch.float32 and (math_ == "tf32") != torch_tf32:
+            return None
+        if self._w is None or self._w[0] is not op._dense:
+            t = torch.from_dlpack(op._dense)
+            t = t.view(torch.bfloat16) if op.dtype == "bf16" else t  # bf16 is held as raw 16-bit words
+            self._w = (op._dense, t)
+        w = self._w[1]
+        return w if w.dtype == x.dtype and w.device == x.device else None
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.op.nnz}, "

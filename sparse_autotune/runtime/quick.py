@@ -42,6 +42,9 @@ DEFAULT_TUNE = "off"
 QUICK_CONFIGS = 4  # configs of the nearest records (and the default) timed beside the vendor paths
 QUICK_REPEATS = 5  # CUDA-graph replays timed per candidate (the tuner: 20)
 QUICK_TARGET_US = 200.0  # the length of one replay
+# a kernel must beat the fastest vendor path by more than this to be chosen: two quick timings of equal kernels differ
+# by a few %, and on MiniLM's layers (bench/results/runtime-untuned-h200.md) near ties picked by noise cost up to 14 %
+QUICK_VENDOR_MARGIN = 0.05
 ORIGIN = "quick"
 
 
@@ -104,7 +107,7 @@ def pick(cands: list[Candidate], measure) -> tuple[Candidate | None, Candidate |
             c.time_us, c.rel_err = measure(c)
         except Exception as exc:  # noqa: BLE001 - a candidate that fails is passed over, as in a search
             c.time_us, c.error = None, (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    return V.choose(cands)
+    return V.choose(cands, margin=QUICK_VENDOR_MARGIN)
 
 
 def gather(op, n: int, info, limit: int = QUICK_CONFIGS) -> list[Candidate]:
