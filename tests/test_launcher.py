@@ -94,8 +94,8 @@ def test_kernel_warm_builds_the_layouts_under_the_matrix_lock():
     from fakes import FakeDeviceCSR
     a = random_matrix(64, 256, 0.05, "uniform", 0)
     dev = FakeDeviceCSR(a, "fp16")
-    fake_kernel("tc_gather", {"rn": 2, "nt": 1, "ksplit": 4, "unroll": 1, "prefetch": 0, "bload": "scalar"}, "fp16", a,
-                dev).warm()
+    fake_kernel("tc_gather", {"rn": 2, "nt": 1, "ksplit": 4, "unroll": 1, "prefetch": 0, "bload": "scalar",
+                              "row_order": "natural"}, "fp16", a, dev).warm()
     rs = all_families()["csr_rowsplit"].space
     cfg = next(iter(rs.feasible("fp16", problem_env(64, 256, 128, a.nnz, "fp16"))))
     fake_kernel("csr_rowsplit", cfg, "fp16", a, dev).warm()

@@ -1,5 +1,7 @@
 """tc_gather, host side: per row block of 8 * rn rows, the union of its columns as a dense tile in the B-operand
-register layout of mma.m16n8k16; the rows of B named by the union are gathered into A-operand registers."""
+register layout of mma.m16n8k16; the rows of B named by the union are gathered into A-operand registers. With
+row_order other than natural, the blocks are cut from A's rows permuted by core.reorder (rows with similar column
+sets together: smaller unions), and the kernel writes its row r to C row perm[r]."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +9,7 @@ import scipy.sparse as sp
 
 from sparse_autotune.core.families import adapt_params
 from sparse_autotune.core.problem import storage
+from sparse_autotune.core.reorder import check_perm, reorder
 
 
 def tc_layout(a: sp.csr_matrix, rn: int, dtype: str = "fp16"):
@@ -50,6 +53,18 @@ def tc_layout(a: sp.csr_matrix, rn: int, dtype: str = "fp16"):
     return step_ptr.astype(np.int32), cols, avals
 
 
+def tc_layout_ordered(a: sp.csr_matrix, rn: int, dtype: str, row_order: str, seed: int = 0):
+    """(step_ptr, cols, avals, perm): tc_layout of A's rows in the order core.reorder gives for row blocks of 8 * rn
+    rows (perm int32: the kernel's row r is A's row perm[r], where it writes C)."""
+    perm = reorder(a, row_order, 8 * int(rn), seed)
+    return (*tc_layout(permuted(a, perm), rn, dtype), perm)
+
+
+def permuted(a: sp.csr_matrix, perm) -> sp.csr_matrix:
+    """A's rows in the order perm (row r of the result is row perm[r] of A)."""
+    return sp.csr_matrix(a)[check_perm(perm, a.shape[0])]
+
+
 def threads(config: dict) -> int:
     return 32 * config["ksplit"]
 
@@ -66,9 +81,16 @@ def geometry(kernel, n: int):
 
 def args(kernel, n: int, b, c) -> tuple:
     rn = kernel.config["rn"]
+    order = kernel.config["row_order"]
     row_blocks, _ = _tiles(kernel, n)
-    step_ptr, cols, avals = kernel.a.cached(("tc", rn, kernel.dtype), lambda host: tc_layout(host, rn, kernel.dtype))
-    return (step_ptr, cols, avals, b, c, np.int32(kernel.a.shape[0]), np.int32(n), np.int32(row_blocks))
+    tail = (b, c, np.int32(kernel.a.shape[0]), np.int32(n), np.int32(row_blocks))
+    if order == "natural":
+        step_ptr, cols, avals = kernel.a.cached(("tc", rn, kernel.dtype),
+                                                lambda host: tc_layout(host, rn, kernel.dtype))
+        return (step_ptr, cols, avals, *tail)
+    step_ptr, cols, avals, perm = kernel.a.cached(
+        ("tc", rn, kernel.dtype, order), lambda host: tc_layout_ordered(host, rn, kernel.dtype, order))
+    return (step_ptr, cols, avals, perm, *tail)
 
 
 def adapt(space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:

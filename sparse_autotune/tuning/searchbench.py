@@ -144,12 +144,15 @@ def pattern_stats(a) -> dict:
 # csr_btile (27 winners): warps 8-16 (93 %), lanes_per_row 8-16 (93 %), rows_per_group 1-2 (96 %), kc 256-2048
 # (85 %; 128 drops), row_order sorted (93 %); vec, stages, acc and raster kept whole. Known-good configs outside a
 # subspace are not measured and not enqueued by the replay (`known_good` in the output counts those inside).
+# tc_gather (row_order added after that database, so no winners to count): row_order natural and greedy (minhash, the
+# cheaper and weaker reordering, dropped); every other parameter kept whole.
 SUBSPACES: dict[str, dict[str, list]] = {
     "csr_rowsplit": {"rows_per_block": [4, 8, 16, 32], "lanes_per_row": [8, 16, 32], "vec": [1, 2, 4],
                      "cols_per_thread": [1, 2], "unroll": [4, 8], "chunk": [32], "row_order": ["sorted"],
                      "index_bits": [32], "split": [0, 64]},
     "csr_btile": {"warps": [8, 16], "lanes_per_row": [8, 16], "rows_per_group": [1, 2], "kc": [256, 512, 1024, 2048],
                   "row_order": ["sorted"]},
+    "tc_gather": {"row_order": ["natural", "greedy"]},
 }
 
 

@@ -7,6 +7,7 @@ import scipy.sparse as sps
 
 from fakes import launch_signature_test
 from sparse_autotune.core.families import get_family
+from sparse_autotune.core.problem import random_matrix
 
 FAMILY = "tc_gather"
 
@@ -74,3 +75,189 @@ def test_tc_gather_any_n_scalar_loads_only_where_vectors_cannot_and_runtime_adap
     # the search space of an odd N has tc_gather configs, all with 16-bit loads
     cfgs = sp.defaults("fp16", odd, DEFAULT_LIMITS)
     assert cfgs and all(c["bload"] == "scalar" for c in cfgs)
+
+
+# ---- row_order: rows regrouped by core.reorder, C written through the permutation --------------------------
+
+def decode(step_ptr, cols, avals, rn, shape):
+    """A's rows in the layout's (the kernel's) order, rebuilt by the B-operand fragment rule of mma.m16n8k16."""
+    m, k = shape
+    nb = len(step_ptr) - 1
+    out = np.zeros((nb * 8 * rn, k))
+    t = np.arange(int(step_ptr[-1]))
+    block = np.repeat(np.arange(nb), np.diff(step_ptr))
+    for i in range(rn):
+        for lane in range(32):
+            g, q = divmod(lane, 4)
+            for h in range(4):
+                kk = 2 * q + h % 2 + 8 * (h // 2)
+                np.add.at(out, (block * 8 * rn + 8 * i + g, cols[16 * t + kk]),
+                          avals[((t * rn + i) * 32 + lane) * 4 + h].astype(np.float64))
+    assert not out[m:].any()
+    return out[:m]
+
+
+def clustered(m=203, k=320, seed=0):
+    """Rows from 20 column templates, shuffled (M not a multiple of 8): reordering has something to find."""
+    rng = np.random.default_rng(seed)
+    templates = [rng.choice(k, size=24, replace=False) for _ in range(20)]
+    d = np.zeros((m, k), dtype=np.float32)
+    for r, t in enumerate(rng.integers(0, 20, size=m)):
+        cols = rng.choice(templates[t], size=16, replace=False)
+        d[r, cols] = rng.standard_normal(16).astype(np.float32) + 3.0
+    return sps.csr_matrix(d)
+
+
+@pytest.mark.parametrize("rn", [1, 2, 4])
+@pytest.mark.parametrize("order", ["natural", "minhash", "greedy"])
+def test_reordered_layout_round_trips_to_a_through_the_permutation(rn, order):
+    """The kernel's rule: its row r is row perm[r] of A, stored in the blocks of the permuted rows; decoding the
+    layout and scattering row r to perm[r] gives A (fp16-rounded). Reordering shrinks the blocks' unions here."""
+    h = host()
+    a = clustered()
+    step_ptr, cols, avals, perm = h.tc_layout_ordered(a, rn, "fp16", order)
+    assert perm.dtype == np.int32 and np.array_equal(np.sort(perm), np.arange(a.shape[0]))
+    assert step_ptr.shape == (-(-a.shape[0] // (8 * rn)) + 1,)
+    rows = decode(step_ptr, cols, avals.view(np.float16), rn, a.shape)
+    back = np.zeros_like(rows)
+    back[perm] = rows
+    np.testing.assert_array_equal(back, a.toarray().astype(np.float16).astype(np.float64))
+    if order == "natural":
+        assert np.array_equal(perm, np.arange(a.shape[0]))
+    else:  # fewer 16-column steps than A's own order
+        assert step_ptr[-1] < h.tc_layout(a, rn)[0][-1], (order, rn)
+
+
+def test_layout_of_permuted_rows_is_tc_layout_of_a_of_perm():
+    h = host()
+    a = clustered(64, 100, seed=2)
+    perm = np.random.default_rng(0).permutation(64).astype(np.int32)
+    p = h.permuted(a, perm)
+    np.testing.assert_array_equal(p.toarray(), a.toarray()[perm])
+    for x, y in zip(h.tc_layout(p, 2), h.tc_layout(sps.csr_matrix(a.toarray()[perm]), 2)):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError):
+        h.permuted(a, np.zeros(64, dtype=np.int32))
+
+
+def test_row_order_is_tuned_and_stored_configs_without_it_run_natural():
+    from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
+    fam = get_family(FAMILY)
+    sp = fam.space
+    assert sp.param("row_order").choices("fp16") == ["natural", "minhash", "greedy"]
+    old = {"rn": 2, "nt": 4, "ksplit": 4, "unroll": 2, "bload": "vec", "prefetch": 0}  # stored before row_order
+    assert sp.normalize(old, "fp16") == {**old, "row_order": "natural"}
+    env = problem_env(512, 2048, 256, 100_000, "fp16")
+    assert fam.adapt(old, "fp16", env, DEFAULT_LIMITS) == {**old, "row_order": "natural"}
+    assert fam.adapt({**old, "row_order": "greedy"}, "fp16", env, DEFAULT_LIMITS)["row_order"] == "greedy"
+    assert sp.normalize({**old, "row_order": "sorted"}, "fp16") is None
+    assert {c["row_order"] for c in sp.feasible("bf16", env, DEFAULT_LIMITS)} == {"natural", "minhash", "greedy"}
+
+
+@pytest.mark.parametrize("order", ["natural", "minhash", "greedy"])
+def test_launch_passes_the_permutation_and_caches_it_with_the_layout(order):
+    """natural: the kernel as before (no row_perm, the layout cached under ('tc', rn, dtype)); minhash / greedy: the
+    permutation right after the layout, cached with it under the method, built once for every config of that rn."""
+    from fakes import FakeDeviceCSR, fake_kernel, signature
+    a = clustered()
+    dev = FakeDeviceCSR(a, "fp16")
+    cfg = {"rn": 2, "nt": 2, "ksplit": 2, "unroll": 1, "bload": "scalar", "prefetch": 1, "row_order": order}
+    kern = fake_kernel(FAMILY, cfg, "fp16", a, dev)
+    names = [nm for nm, _ in signature(kern.source)]
+    args = kern.args(64, "B", "C")
+    assert len(args) == len(names) and args[names.index("B")] == "B" and args[names.index("C")] == "C"
+    if order == "natural":
+        assert "__ldg(row_perm" not in kern.source and "row_perm" not in names
+        assert [key for key, _ in dev.built] == [("tc", 2, "fp16")]
+        return
+    assert names[3] == "row_perm" and "__ldg(row_perm + r + h)" in kern.source
+    perm = args[3].host
+    assert np.array_equal(perm, host().tc_layout_ordered(a, 2, "fp16", order)[3])
+    fake_kernel(FAMILY, {**cfg, "nt": 1, "ksplit": 4}, "fp16", a, dev).args(64, "B", "C")
+    fake_kernel(FAMILY, {**cfg, "rn": 1}, "fp16", a, dev).args(64, "B", "C")
+    assert [key for key, _ in dev.built] == [("tc", 2, "fp16", order), ("tc", 1, "fp16", order)]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_every_row_order_compiles_with_nvcc(dtype):
+    """The epilogue through row_perm (and without it) for each way of storing C: vector stores of nt = 1, 2, 4 and
+    the checked 16-bit stores."""
+    import concurrent.futures
+    import re
+
+    from sparse_autotune.core import render
+    from sparse_autotune.device import compile as sat_compile
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = get_family(FAMILY).space
+    base = [dict(rn=1, nt=1, ksplit=8, unroll=2, bload="scalar", prefetch=1),
+            dict(rn=2, nt=2, ksplit=1, unroll=4, bload="vec", prefetch=0),
+            dict(rn=2, nt=4, ksplit=4, unroll=2, bload="vec", prefetch=1)]
+    cfgs = [{**c, "row_order": o} for c in base for o in ("natural", "greedy")]
+    assert all(sp.normalize(c, dtype) == c for c in cfgs)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        reps = list(pool.map(lambda c: sat_compile.nvcc_check(render.render(sp, c, dtype), arch="sm_90"), cfgs))
+    for cfg, rep in zip(cfgs, reps):
+        assert "entry function 'spmm_kernel' for 'sm_90'" in rep, (cfg, rep)
+        assert int(re.search(r"Used (\d+) registers", rep).group(1)) <= 255, (cfg, rep)
+
+
+# ---- on the GPU -------------------------------------------------------------------------------------------
+
+def edge_cases():
+    rng = np.random.default_rng(11)
+    out = {}
+    d = np.zeros((40, 300), dtype=np.float32)
+    d[17] = rng.standard_normal(300).astype(np.float32) + 0.5  # one dense row among empty ones
+    out["one_dense_row"] = sps.csr_matrix(d)
+    row = (rng.random(257) < 0.2) * (rng.standard_normal(257) + 0.5)
+    out["identical_rows"] = sps.csr_matrix(np.tile(row.astype(np.float32), (37, 1)))  # M not a multiple of 8
+    out["clustered_203"] = clustered()  # M not a multiple of 8, reordering moves rows
+    out["powerlaw_101"] = random_matrix(101, 384, 0.08, "powerlaw", 3)
+    out["identity_optimal"] = sps.csr_matrix(np.kron(np.eye(6), np.ones((8, 16))).astype(np.float32))
+    return out
+
+
+def _gpu_row_orders(dtype: str) -> int:
+    """Through the project's launch path (DeviceCSR, build_kernel, Kernel.__call__): poisoned C, fresh random B, the
+    float64 reference of the rounded operands, every row order, N = 1, 7, 64, 2049 (vector and 16-bit loads)."""
+    import concurrent.futures
+
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+
+    from sparse_autotune.core.problem import DTYPES, TOLERANCE, host_values, storage
+    from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
+    sp = get_family(FAMILY).space
+    checked = 0
+    for name, a in edge_cases().items():
+        a = sps.csr_matrix(a, copy=True)
+        a.data = host_values(a.data, DTYPES[dtype])  # what the kernel sees
+        dev = DeviceCSR(a, dtype)
+        a64 = csp.csr_matrix(a.astype(np.float64))
+        for n in (1, 7, 64, 2049):
+            env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
+            feas = list(sp.feasible(dtype, env, DEFAULT_LIMITS))
+            cfgs = [c for o in ("natural", "minhash", "greedy") for c in [f for f in feas if f["row_order"] == o][::23]]
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype), cfgs))
+            for k in kernels:
+                rng = np.random.default_rng(checked)
+                b = cp.asarray(storage(rng.standard_normal((a.shape[1], n)).astype(np.float32), dtype))
+                c = cp.empty((a.shape[0], n), dtype=cp.uint16 if dtype == "bf16" else cp.float16)
+                err = check(lambda: k(b, c), c, reference(a64, b), dtype)
+                assert err <= TOLERANCE[dtype], (name, n, k.config, err)
+                checked += 1
+    return checked
+
+
+@pytest.mark.gpu
+def test_row_orders_correct_on_edge_cases_fp16():
+    assert _gpu_row_orders("fp16") > 300
+
+
+@pytest.mark.gpu
+def test_row_orders_correct_on_edge_cases_bf16():
+    assert _gpu_row_orders("bf16") > 300
