@@ -58,6 +58,7 @@ from sparse_autotune.core.problem import Problem, check_density, check_dtype, ch
 from sparse_autotune.errors import CandidateError, UserError, exit_status  # noqa: E402
 
 DEFAULT_CASES = ("512x2048:256:0.1:fp32", "512x2048:256:0.1:fp16", "768x3072:512:0.05:fp32")
+NCU_STALLS = r"regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
 NCU_SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "Occupancy", "LaunchStats", "WarpStateStats",
                 "SchedulerStats")
 
@@ -393,6 +394,8 @@ def cmd_profile(a) -> int:
         report = Path(a.ncu) if a.ncu else out_dir() / "ncu" / f"ncu-{fam}-{case.slug()}.txt"
         report.parent.mkdir(parents=True, exist_ok=True)
         sections = ["--set", "full"] if a.ncu_full else [x for s in NCU_SECTIONS for x in ("--section", s)]
+        # the stall reasons, each as warp-cycles per issued instruction (the text report prints no breakdown else)
+        sections += ["--metrics", NCU_STALLS]
         inner = ["profile", "--case", a.case, "--launches", str(a.launches)]
         inner += ["--family", a.family, "--config", a.config] if a.family else ["--db", a.db]
         cmd = [ncu, *sections, "-k", "regex:spmm_kernel", "-s", "2", "-c", "1",
