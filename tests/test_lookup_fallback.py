@@ -228,3 +228,27 @@ def test_a_record_whose_own_baselines_were_faster_is_served_by_that_vendor_path(
     assert r.family == "dense" and r.source in ("bucket", "nearest")
     r = sa.lookup(m, k, n, d, "fp16", gpu=GPU, db=db, adapt=False)  # the database's own view: the stored record
     assert r.family == "csr_rowsplit"
+
+
+def test_a_narrow_win_is_not_carried_to_another_problem(tmp_path):
+    """A kernel that beat the vendor paths by less than TRANSFER_MARGIN serves its own key, but another N (or another
+    key, or GPU) gets the vendor path; a wide win travels."""
+    import sparse_autotune as sa
+    from sparse_autotune.store.db import TuningDB
+    from sparse_autotune.store.lookup import TRANSFER_MARGIN
+    from tests.records import CONFIG, GPU, KEY, make_record
+    db = tmp_path / "m.sqlite"
+    tdb = TuningDB(db)
+    tdb.store(make_record(10.0, CONFIG, cusparse_us=10.5, cublas_fp32_us=30.0))  # won by 5 %
+    tdb.store(make_record(10.0, CONFIG, m=1024, cusparse_us=15.0, cublas_fp32_us=30.0))  # won by 50 %
+    tdb.dispose()
+    assert 0.05 < TRANSFER_MARGIN < 0.5
+    sa.lookup.cache_clear()
+    m, k, n, d = KEY["m"], KEY["k"], KEY["n"], KEY["density"]
+    assert sa.lookup(m, k, n, d, "fp32", gpu=GPU, db=db).family == "csr_rowsplit"  # its own key: measured there
+    other = sa.lookup(m, k, 200, d, "fp32", gpu=GPU, db=db)
+    assert other.family == "cusparse" and other.source == "bucket" and "not carried" in other.note
+    arch = sa.lookup(m, k, n, d, "fp32", gpu="NVIDIA H200", cc="9.0", db=db)  # another GPU of the same architecture
+    assert arch.source == "same-arch" and arch.family == "cusparse"
+    wide = sa.lookup(1024, k, 200, d, "fp32", gpu=GPU, db=db)
+    assert wide.family == "csr_rowsplit" and wide.note is None

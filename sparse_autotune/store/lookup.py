@@ -339,10 +339,19 @@ def _row(r, label: str) -> _Row:
                 r.time_us, label, r.cusparse_us, r.cublas_fp32_us, r.cublas_tf32_us, r.cublas_fp16_us)
 
 
+# A record of a kernel that serves another problem than its own (another N in its bucket, the nearest key, another GPU
+# of the same architecture) must have beaten the fastest vendor path by this much in its own baselines, else the
+# vendor path serves: a narrow win does not travel (MiniLM on the H200 from H100 records, N = 128 -> 200: kernels that
+# had won by 1-7 % ran at 0.59-0.92x of cuSPARSE; bench/results/runtime-untuned-off-h200.md, bench/NOTES.md).
+TRANSFER_MARGIN = 0.10
+
+
 def _vendor_instead(t: Tuned, r: _Row, dtype: str, allow_tf32: bool) -> Tuned:
     """A record of a kernel whose own baselines (cuSPARSE, cuBLAS of the problem's precision, timed beside it in the
     same process) were faster serves the problem with that vendor path: records tuned before the vendor paths were
-    candidates say so only through those columns. bf16 problems: cuSPARSE only (cuBLAS BF16 is a schema 3 column)."""
+    candidates say so only through those columns. Where the record is not this problem's own (source other than
+    exact), the kernel must have won by TRANSFER_MARGIN. bf16 problems: cuSPARSE only (cuBLAS BF16 is a schema 3
+    column)."""
     from ..core import vendor  # noqa: PLC0415
     if vendor.is_vendor(t.family) or not r.time_us:
         return t
@@ -352,11 +361,16 @@ def _vendor_instead(t: Tuned, r: _Row, dtype: str, allow_tf32: bool) -> Tuned:
     if r.cusparse_us:
         options.append((r.cusparse_us, vendor.CUSPARSE, {"alg": "CUSPARSE_SPMM_ALG_DEFAULT"}, "cuSPARSE"))
     best = min(options, key=lambda o: o[0], default=None)
-    if best is None or best[0] >= r.time_us:
+    margin = 0.0 if t.source == "exact" else TRANSFER_MARGIN
+    if best is None or best[0] >= r.time_us * (1.0 + margin):
         return t
     us, family, cfg, name = best
-    note = (f"record {r.id}'s own baselines: {name} {us:.2f} us beat its {r.family} {r.time_us:.2f} us "
-            f"({r.time_us / us:.2f}x) at N={r.n} on {r.gpu}")
+    if us < r.time_us:
+        note = (f"record {r.id}'s own baselines: {name} {us:.2f} us beat its {r.family} {r.time_us:.2f} us "
+                f"({r.time_us / us:.2f}x) at N={r.n} on {r.gpu}")
+    else:
+        note = (f"record {r.id}'s {r.family} beat {name} by only {us / r.time_us:.2f}x ({r.time_us:.2f} < {us:.2f} us) "
+                f"at N={r.n} on {r.gpu}: a win under {1 + TRANSFER_MARGIN:.2f}x is not carried to another problem")
     return Tuned(family, cfg, us, t.gpu, t.source, t.record_id, t.db, t.distance, t.key, None, note)
 
 
