@@ -103,6 +103,32 @@ def _finished_elsewhere(study, trial) -> bool:
 
 
 @contextlib.contextmanager
+def _sigint_deferred():
+    """Ctrl-C held back until the block ends (then handled as it would have been): a trial asked from the storage is
+    registered as this search's before an interrupt can land, so the interrupt handler fails it rather than leaving
+    it RUNNING in the study. Only in the main thread (where Python delivers signals); elsewhere a no-op."""
+    import signal  # noqa: PLC0415
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got = []
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    except (ValueError, OSError):  # not allowed here (an embedding interpreter): as without
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if got and callable(previous):  # Python's own handler raises KeyboardInterrupt; another one runs as it would
+            previous(signal.SIGINT, None)
+        elif got and previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
 def _unless_failed_elsewhere(study, trial):
     """Closing a trial that another worker may have failed as stale meanwhile: that case is not an error (the rest of
     the block is skipped). Optuna raises UpdateFinishedTrialError from set_user_attr, ValueError from tell."""
@@ -328,8 +354,9 @@ class Search:
         """Up to `want` new configs to evaluate; infeasible ones are told PRUNED, repeats reuse their value."""
         out = []
         while len(out) < want and self._spent() + len(out) < self.trials and self.pruned_here < self.max_pruned:
-            trial = self.study.ask()
-            self.mine[trial.number] = trial
+            with _sigint_deferred():  # asked and registered as one step: an interrupt cannot orphan the trial
+                trial = self.study.ask()
+                self.mine[trial.number] = trial
             if self.beats is not None:
                 self.beats.add(trial._trial_id)
             if self.opts.worker is not None:
