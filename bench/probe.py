@@ -666,9 +666,8 @@ def cmd_untuned(a) -> int:
     from sparse_autotune.device.timing import time_launches  # noqa: PLC0415
     from sparse_autotune.device.verify import rel_error  # noqa: PLC0415
     import sparse_autotune as sa  # noqa: PLC0415
-    dev = Device()
-    cp = cupy()
-    ns = [int(x) for x in a.n.split(",")]
+    # the arguments and the checkpoints first: a mistake is one line before the GPU is touched
+    ns = [check_n(x) for x in a.n.split(",")]
     dtypes = [check_dtype(x) for x in a.dtype.split(",")]
     policies = a.policy.split(",")
     takes_tune = "tune" in inspect.signature(sa.SpMM).parameters
@@ -681,6 +680,8 @@ def cmd_untuned(a) -> int:
     for path in a.layers:
         ck = load_checkpoint(path)
         layers += [(Path(path).name, ly) for ly in find_layers(ck)]
+    dev = Device()
+    cp = cupy()
     log(f"{len(layers)} layers from {len(a.layers)} checkpoint(s); N {ns}; dtypes {dtypes}; policies {policies}; "
         f"lookups read {a.db or '(the default search path)'}")
     rows: list[dict] = []

@@ -163,3 +163,44 @@ def test_probe_overhead_measures_lookup_on_a_cpu(tmp_path):
     assert "gpu" not in res and "launcher_us" not in res  # the GPU part needs a GPU
     md = (tmp_path / "runtime-overhead-cpu.md").read_text()
     assert md.startswith("# Runtime overhead — CPU only") and "| lookup, cached |" in md
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--policy", "fast"], "unknown policy 'fast'"),
+    (["--dtype", "fp64"], "unknown dtype 'fp64'"),
+    (["--n", "0"], "N must be a positive integer"),
+])
+def test_probe_untuned_refuses_bad_input_before_the_gpu(tmp_path, args, says):
+    """`probe untuned` checks its arguments and reads the checkpoints before it needs a GPU (one line, exit 2)."""
+    import numpy as np
+    ck = tmp_path / "w.npz"
+    np.savez(ck, **{"layer.weight": np.eye(8, dtype=np.float32)})
+    proc = _run([sys.executable, str(PROBE), "untuned", "--layers", str(ck), *args])
+    assert says in _one_line_error(proc, "probe.py")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a checkpoint")
+    proc = _run([sys.executable, str(PROBE), "untuned", "--layers", str(bad)])
+    assert "could not be parsed" in _one_line_error(proc, "probe.py")
+
+
+def test_probe_untuned_report_counts_layers_at_the_goal_within_the_noise():
+    """The summary of `probe untuned`: per (checkpoint, dtype, N, policy), the slowest layer, the geomean and the layers
+    at the goal (off: 0.9x, quick: 1.0x, less 3 % of timing noise)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import probe
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    meta = {"gpu": "G", "driver": "d", "cuda": "c", "cupy": "p", "date": "2026-11-30", "db": "db/x.sqlite"}
+
+    def rec(layer, pol, ratio, **kw):
+        return {"checkpoint": "m.npz", "layer": layer, "M": 8, "K": 8, "N": 200, "density": 0.1, "dtype": "fp16",
+                "policy": pol, "runtime_us": 10.0 / ratio, "vendor_best_us": 10.0, "vs_vendor_best": ratio,
+                "cusparse_us": 12.0, "dense_us": 10.0, "family": "dense", "source": "quick", "first_call_s": 0.2, **kw}
+    rows = [rec("a", "off", 0.88), rec("b", "off", 0.5), rec("a", "quick", 0.98), rec("b", "quick", 0.96)]
+    summary, lines = probe.untuned_report(meta, rows)
+    by = {s["policy"]: s for s in summary}
+    assert by["off"]["layers_at_goal"] == 1 and by["off"]["min_vs_vendor_best"] == 0.5  # 0.88 >= 0.9 x 0.97
+    assert by["quick"]["layers_at_goal"] == 1  # 0.98 is within the noise of 1.0, 0.96 is not
+    assert abs(by["quick"]["geomean_vs_vendor_best"] - (0.98 * 0.96) ** 0.5) < 1e-12
+    assert any(ln.startswith("| m.npz | fp16 | 200 | quick | 2 | 1 | 0.96x |") for ln in lines), lines
