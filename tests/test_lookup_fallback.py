@@ -252,3 +252,14 @@ def test_a_narrow_win_is_not_carried_to_another_problem(tmp_path):
     assert arch.source == "same-arch" and arch.family == "cusparse"
     wide = sa.lookup(1024, k, 200, d, "fp32", gpu=GPU, db=db)
     assert wide.family == "csr_rowsplit" and wide.note is None
+
+
+def test_the_built_in_default_reads_its_records_verdict_too(tmp_path, monkeypatch):
+    """The default (the shipped records' most frequent winner of the cell) is served by the vendor path that its record's
+    own baselines preferred, as any record is (the shipped H100 database: record 22's csr_rowsplit beat cuSPARSE by
+    1.05x only)."""
+    import sparse_autotune as sa
+    monkeypatch.setenv("SPARSE_AUTOTUNE_DB", str(tmp_path / "none.sqlite"))
+    sa.lookup.cache_clear()
+    r = sa.lookup(384, 1536, 200, 0.1, "fp32", gpu="NVIDIA H200")  # no record of this GPU, no compute capability
+    assert r.source == "default" and r.family == "cusparse" and "not carried" in r.note

@@ -12,6 +12,7 @@ A record's config is adapted to the problem by its family (e.g. a vector width t
 a record whose config cannot run it is passed over for the next nearest. A record of a kernel whose own baselines
 (cuSPARSE, cuBLAS of the problem's precision, timed beside it when it was tuned) were faster is served by that vendor
 path instead (`Tuned.note` says so): records from before the vendor paths were candidates carry that verdict only there.
+The built-in default's record is read the same way.
   default    the runtime's built-in default: the shipped records' most frequent winner for the problem's dtype,
              N range and density range (any GPU), else the first known-good config of the lowest-rank family.
 Lookups are cached in-process; a database file that changes on disk (its size or mtime) is re-read.
@@ -285,11 +286,11 @@ def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str
         r, dist, cfg = _pick(arch, m, k, n, density, pattern, runs)
         if r is not None:
             res = _tuned(r, "same-arch", dist, cfg)
-    if res is not None and adapt and res.record_id is not None:
-        row = next(x for x in rows if x.id == res.record_id and x.db == res.db)
-        res = _vendor_instead(res, row, dtype, allow_tf32)
     if res is None and fallback:
         res = default_config(m, k, n, dtype, nnz, limits, density, allow_tf32)
+    if res is not None and adapt and res.record_id is not None:  # the record's own baselines may prefer a vendor path
+        row = next((x for x in rows if x.id == res.record_id and x.db == res.db), None)
+        res = _vendor_instead(res, row, dtype, allow_tf32) if row is not None else res
     _result_cache[ckey] = (stamps, res)
     return res
 
