@@ -254,6 +254,7 @@ def test_a_narrow_win_is_not_carried_to_another_problem(tmp_path):
     assert wide.family == "csr_rowsplit" and wide.note is None
 
 
+@pytest.mark.shipped_db
 def test_the_built_in_default_reads_its_records_verdict_too(tmp_path, monkeypatch):
     """The default (the shipped records' most frequent winner of the cell) is served by the vendor path that its record's
     own baselines preferred, as any record is (the shipped H100 database: record 22's csr_rowsplit beat cuSPARSE by
