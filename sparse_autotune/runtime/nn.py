@@ -99,7 +99,7 @@ class SparseLinear(nn.Module):
         torch_tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
         if x.dtype == torch.float32 and (math_ == "tf32") != torch_tf32:
             return None
-        if self._w is None or self._w[0] is not op._dense:
+        if getattr(self, "_w", None) is None or self._w[0] is not op._dense:  # (a module pickled before _w existed)
             t = torch.from_dlpack(op._dense)
             t = t.view(torch.bfloat16) if op.dtype == "bf16" else t  # bf16 is held as raw 16-bit words
             self._w = (op._dense, t)
