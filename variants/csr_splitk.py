@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparse_autotune.core.families import adapt_params
+from sparse_autotune.core.families import adapt_params, splitk_shape, splitk_workspace
 
 
 def value_bits(vals, dtype: str) -> np.ndarray:
@@ -184,13 +184,9 @@ def smem_bytes(kernel) -> int:
 
 
 def workspace_shape(config: dict, row_blocks: int, col_blocks: int) -> tuple[int, int]:
-    """(fp32 words of partial sums, counters) of split-K: a slice of R x nb per (row block, column block, split), and
-    one counter per (row block, column block). Counters start at 0 and every launch leaves them at 0 (the last block
-    of a tile resets its counter), so the workspace is never cleared between calls; it must not serve two launches in
-    flight at once (two streams): kernels of the same geometry and N share it. split = 1: none (4 words, 1 counter)."""
-    if config["split"] == 1:
-        return 4, 1
-    return row_blocks * col_blocks * config["split"] * dims(config)["R"] * config["nb"], row_blocks * col_blocks
+    """Split-K's workspace (core.families.splitk_shape): a slice of R x nb per (row block, column block, split), one
+    counter per (row block, column block)."""
+    return splitk_shape(config["split"], row_blocks * col_blocks, dims(config)["R"] * config["nb"])
 
 
 def args(kernel, n: int, b, c) -> tuple:
@@ -200,9 +196,7 @@ def args(kernel, n: int, b, c) -> tuple:
     rinfo, rows, words = kernel.a.cached(key, lambda host: build(host, dtype, cfg["nb"], cfg["ks"], cfg["warps"],
                                                                  cfg["rounds"]))
     rb, q, cb = _blocks(kernel, n)
-    nws, ncnt = workspace_shape(cfg, rb, cb)
-    ws, counters = kernel.a.cached(("csr_splitk_ws", nws, ncnt, n),
-                                   lambda host: (np.zeros(nws, dtype=np.float32), np.zeros(ncnt, dtype=np.int32)))
+    ws, counters = splitk_workspace(kernel, "csr_splitk", workspace_shape(cfg, rb, cb), n)
     return (rinfo, rows, words, ws, counters, b, c, np.int32(m), np.int32(n), np.int32(k), np.int32(q))
 
 

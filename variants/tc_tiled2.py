@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparse_autotune.core.families import adapt_params
+from sparse_autotune.core.families import adapt_params, splitk_shape, splitk_workspace
 
 KG = 8  # k-steps per split-K pointer
 CHUNK_PAD = 4096  # bytes of zeros after the stream: the kernel's last chunk copies may read past its end
@@ -192,14 +192,9 @@ def geometry(kernel, n: int):
 
 
 def workspace_shape(config: dict, row_blocks: int, ntiles: int) -> tuple[int, int]:
-    """(fp32 words of partial sums, counters) of split-K: a slice per (row block, column tile, split) of warps x 32 lanes
-    x mr x nb float4s, and one counter per (row block, column tile). Counters start at 0 and every launch leaves them
-    at 0 (the last block of a tile resets its counter), so the workspace is never cleared between calls; it must not
-    serve two launches in flight at once (two streams): kernels of the same geometry and N share it."""
-    if config["splitk"] == 1:
-        return 4, 1
-    per_warp = 32 * config["mr"] * config["nb"] * 4
-    return row_blocks * ntiles * config["splitk"] * config["warps"] * per_warp, row_blocks * ntiles
+    """Split-K's workspace (core.families.splitk_shape): a slice per (row block, column tile, split) of warps x 32 lanes
+    x mr x nb float4s, one counter per (row block, column tile)."""
+    return splitk_shape(config["splitk"], row_blocks * ntiles, config["warps"] * 32 * config["mr"] * config["nb"] * 4)
 
 
 def args(kernel, n: int, b, c) -> tuple:
@@ -208,9 +203,7 @@ def args(kernel, n: int, b, c) -> tuple:
     G, nkc, row_blocks, ntiles, kcps = _dims(cfg, m, k, n)
     mr, kr = cfg["mr"], cfg["kr"]
     ptr, stream = kernel.a.cached(("tc_tiled2", mr, kr, dtype), lambda host: build(host, mr, kr, dtype)[:2])
-    nws, ncnt = workspace_shape(cfg, row_blocks, ntiles)
-    ws, counters = kernel.a.cached(("tc_tiled2_ws", nws, ncnt, n),
-                                   lambda host: (np.zeros(nws, dtype=np.float32), np.zeros(ncnt, dtype=np.int32)))
+    ws, counters = splitk_workspace(kernel, "tc_tiled2", workspace_shape(cfg, row_blocks, ntiles), n)
     return (ptr, stream, ws, counters, b, c, np.int32(m), np.int32(n), np.int32(k), np.int32(G), np.int32(nkc),
             np.int32(kcps), np.int32(ntiles))
 

@@ -112,6 +112,26 @@ def adapt_params(space: Space, config: dict, dtype: str, env: dict, limits: dict
     return None
 
 
+def splitk_shape(splits: int, tiles: int, words_per_slice: int) -> tuple[int, int]:
+    """(fp32 words of partial sums, counters) of the deterministic split-K reduction the split-K families share: a slice
+    of `words_per_slice` per (output tile, split) and one counter per output tile; (4, 1) where splits == 1 (no
+    reduction; the kernel still takes the two pointers). Counters start at 0 and every launch leaves them at 0 (the last
+    block of a tile adds the slices in order and resets its counter), so the workspace is never cleared between calls;
+    it must not serve two launches in flight at once (two streams): kernels of the same geometry and N share it."""
+    if splits == 1:
+        return 4, 1
+    return tiles * splits * words_per_slice, tiles
+
+
+def splitk_workspace(kernel, family: str, shape: tuple[int, int], n: int):
+    """The zeroed (fp32 partial sums, int32 counters) of splitk_shape, cached on the device with A per (family, shape,
+    N)."""
+    import numpy as np  # noqa: PLC0415
+    nws, ncnt = shape
+    return kernel.a.cached((f"{family}_ws", nws, ncnt, n),
+                           lambda host: (np.zeros(nws, dtype=np.float32), np.zeros(ncnt, dtype=np.int32)))
+
+
 def row_order(a, order: str):
     """Row indices of a scipy CSR matrix in natural order, or sorted by length, longest first (stable): a layout
     helper for host sides."""
