@@ -75,14 +75,20 @@ def geometry(kernel, n: int):
 
 
 def smem_bytes(kernel) -> int:
-    """B's column block in shared memory: K rows of nb halves."""
+    """B's column block in shared memory (bsrc smem): K rows of nb halves."""
+    if kernel.config.get("bsrc", "smem") != "smem":
+        return 0
     return kernel.a.shape[1] * kernel.config["nb"] * 2
 
 
-def args(kernel, n: int, b, c) -> tuple:
+def args(kernel, n: int, b, c, bias=None) -> tuple:
+    """In the nk layout (b is x, N x K; c is y, N x M) the bias pointer follows c (None or 0: no bias)."""
     dtype = kernel.dtype
     m, k = kernel.a.shape
     chunk_ptr, vals, idx = kernel.a.cached(("csr_gemv", dtype), lambda host: build(host, dtype))
+    if getattr(kernel, "layout", "kn") == "nk":
+        return (chunk_ptr, vals, idx, b, c, np.uint64(0) if bias is None else bias, np.int32(m), np.int32(n),
+                np.int32(k))
     return (chunk_ptr, vals, idx, b, c, np.int32(m), np.int32(n), np.int32(k))
 
 

@@ -101,9 +101,44 @@ def test_constraints_and_adapt():
     cfg = dict(lanes=16, warps=8, nb=8, iters=2, unroll=2)
     assert sp.check(cfg, one, DEFAULT_LIMITS) is not None  # 8 columns for N = 1
     got = fam.adapt(cfg, "fp16", one, DEFAULT_LIMITS)
-    assert got == {**cfg, "nb": 1}
+    assert got == {**cfg, "nb": 1, "bsrc": "smem", "acc": "f32"}  # configs stored before bsrc / acc read as before
     assert sp.check(cfg, problem_env(4096, 70000, 8, 10, "fp16"), DEFAULT_LIMITS) is not None  # 16-bit indices
-    assert sp.check(cfg, problem_env(4096, 16384, 8, 10, "fp16"), DEFAULT_LIMITS) is not None  # B over 227 KB
+    smem = {**cfg, "bsrc": "smem", "acc": "f32"}
+    assert sp.check(smem, problem_env(4096, 16384, 8, 10, "fp16"), DEFAULT_LIMITS) is not None  # B over 227 KB
+    # B through L1 needs no shared memory, but full aligned column blocks
+    l1 = {**cfg, "bsrc": "l1", "acc": "f32", "nb": 16}
+    assert sp.check(l1, problem_env(4096, 16384, 16, 10, "fp16"), DEFAULT_LIMITS) is None
+    assert sp.check(l1, problem_env(4096, 16384, 24, 10, "fp16"), DEFAULT_LIMITS) is not None
+    assert sp.check({**l1, "nb": 1, "acc": "h2x4"}, problem_env(4096, 4096, 1, 10, "fp16"), DEFAULT_LIMITS) is not None
+    assert "h2x4" not in sp.param("acc").choices("bf16")
+
+
+def test_smem_only_where_b_is_copied():
+    h = host()
+    a = random_matrix(100, 3000, 0.1, "uniform", 1)
+    base = dict(lanes=8, warps=8, nb=16, iters=2, unroll=2, acc="f32")
+    assert h.smem_bytes(fake_kernel(FAMILY, {**base, "bsrc": "smem"}, "fp16", a)) == 3000 * 16 * 2
+    assert h.smem_bytes(fake_kernel(FAMILY, {**base, "bsrc": "l1"}, "fp16", a)) == 0
+
+
+@pytest.mark.parametrize("layout", ["kn", "nk"])
+def test_new_options_compile_with_nvcc(layout):
+    """nb 16 / 32, B through L1, half2 sums, and both operand layouts (nk: the bias parameter after C)."""
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = get_family(FAMILY).space
+    cases = [("fp16", dict(lanes=8, warps=16, nb=16, iters=4, unroll=2, bsrc="smem", acc="f32")),
+             ("fp16", dict(lanes=8, warps=8, nb=16, iters=2, unroll=2, bsrc="l1", acc="h2x4")),
+             ("bf16", dict(lanes=16, warps=8, nb=32, iters=1, unroll=1, bsrc="l1", acc="f32")),
+             ("fp16", dict(lanes=4, warps=4, nb=8, iters=2, unroll=4, bsrc="smem", acc="h2x4"))]
+    srcs = [render.render(sp, c, dt, {"layout": layout}) for dt, c in cases]
+    for src in srcs:
+        assert ("const unsigned short* __restrict__ bias" in src) == (layout == "nk")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        reps = list(pool.map(lambda s: sat_compile.nvcc_check(s, arch="sm_90"), srcs))
+    for (dt, cfg), rep in zip(cases, reps):
+        assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
+        assert " 0 bytes spill stores" in rep or "spill" not in rep, (cfg, rep)
 
 
 def test_every_config_renders_for_bf16_too():
