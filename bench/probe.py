@@ -309,7 +309,8 @@ def cmd_sweep(a) -> int:
             for r in ok[:4]:
                 log(f"    {r['time_us']:7.2f} us  {json.dumps(r['config'], sort_keys=True)}")
             results.append({"case": asdict(case), "family": space.family, "ok": len(ok), "failed": failed,
-                            "best_default_us": best_default, "top": ok[:8]})
+                            "best_default_us": best_default, "top": ok[:8],
+                            "all": [[r["time_us"], r["config"]] for r in ok]})
             lines.append(f"| {case.label()} | {space.family} | {len(ok)} | {len(failed)} | "
                          f"{fmt(ok[0]['time_us'] if ok else None)} | {fmt(best_default)} | "
                          f"{'`' + json.dumps(ok[0]['config'], sort_keys=True) + '`' if ok else ''} |")
