@@ -7,6 +7,8 @@
     python3 bench/probe.py profile --case C (--db PATH | --family F --config JSON) [--launches 5] [--ncu [FILE]]
     python3 bench/probe.py baselines [--case C ...] [--out STEM]
     python3 bench/probe.py overhead [--out DIR]
+    python3 bench/probe.py linear --layers CKPT [--layers CKPT ...] [--n 1,16,200] [--dtype fp32,fp16]
+                                  [--policy off,quick] [--db PATH] [--budget S] [--out STEM]
     python3 bench/probe.py untuned --layers CKPT [--layers CKPT ...] [--n 200] [--dtype fp32,fp16]
                                    [--policy off,quick] [--db db/h100-80gb-hbm3.sqlite] [--budget S] [--out STEM]
 
@@ -27,6 +29,9 @@ tuner measures a candidate: built (device.kernel.build_kernel), verified against
   untuned    the runtime (SpMM) on every Linear layer of real checkpoints at an N no record has, per tuning policy
              (off, quick), against min(cuSPARSE, cuBLAS of the same precision); first-call cost; lookups read --db
              only -> runtime-untuned-<gpu>.{json,md}
+  linear     SparseLinear against nn.Linear of the same precision on the Linear layers of checkpoints (masked weight,
+             bias), per N, dtype and policy: per-call time in a CUDA graph, eager wall time, kernels per call, the
+             plan; outputs checked against the dense layer first -> runtime-linear-<gpu>.{json,md}
   overhead   host cost per call: cached lookup (CPU), and on a GPU the kernel launch, op(B) with CuPy and PyTorch,
              SparseLinear and a CUDA-graph replay (wall time over thousands of calls on a 64x64 problem)
 
@@ -783,6 +788,211 @@ def untuned_report(meta: dict, rows: list[dict]) -> tuple[list[dict], list[str]]
 
 
 
+# ---- SparseLinear against nn.Linear (issue 17 sections 3 and 5) ----
+
+LINEAR_NOISE = 0.03  # a layer within 3 % of nn.Linear in the graph is at the goal (two separate timings)
+
+
+def _graph_us(torch, fn, xs, calls: int = 20, replays: int = 10, repeats: int = 5) -> float:
+    """Per-call time of fn(x) in a CUDA graph of `calls` calls over the rotating inputs xs: median over `repeats` of
+    (elapsed of `replays` replays) / (calls * replays). Eager warm-up first (plans, compiles, allocator)."""
+    for x in xs:
+        fn(x)
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for x in xs:
+            fn(x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for i in range(calls):
+            fn(xs[i % len(xs)])
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        for _ in range(replays):
+            g.replay()
+        e1.record()
+        e1.synchronize()
+        times.append(e0.elapsed_time(e1) * 1e3 / (calls * replays))
+    return statistics.median(times)
+
+
+def _eager_us(torch, fn, xs, calls: int = 300) -> float:
+    """Wall time per eager call (host dispatch and GPU work pipelined), over `calls` calls after a warm-up."""
+    for x in xs:
+        fn(x)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(calls):
+        fn(xs[i % len(xs)])
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e6 / calls
+
+
+def _kernels_per_call(torch, fn, x) -> int:
+    """CUDA kernels one call launches (torch.profiler), after a warm-up call."""
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+    fn(x)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn(x)
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and "memcpy" not in e.name.lower() and "memset" not in e.name.lower())
+
+
+def cmd_linear(a) -> int:
+    """SparseLinear against nn.Linear of the same precision (the masked weight, the layer's bias) on the Linear layers
+    of checkpoints, per N, dtype and tuning policy: per-call time in a CUDA graph and eager, kernels per call, the
+    runtime's plan; every output checked against the dense layer first."""
+    import tempfile  # noqa: PLC0415
+    from sparse_autotune.core.checkpoint import find_layers, load_checkpoint  # noqa: PLC0415
+    from sparse_autotune.core.problem import TOLERANCE, check_dtype  # noqa: PLC0415
+    ns = [check_n(x) for x in a.n.split(",")]
+    dtypes = [check_dtype(x) for x in a.dtype.split(",")]
+    policies = a.policy.split(",")
+    for pol in policies:
+        if pol not in ("off", "quick"):
+            raise UserError(f"unknown policy {pol!r}: off, quick")
+    layers = []
+    for path in a.layers:
+        ck = load_checkpoint(path)
+        for ly in find_layers(ck):
+            if ly.kind != "linear":
+                continue
+            bname = ly.name[: -len("weight")] + "bias" if ly.name.endswith("weight") else None
+            bias = ck.tensors.get(bname) if bname else None
+            layers.append((Path(path).name, ly, None if bias is None else np.asarray(bias, dtype=np.float32)))
+    dev = Device()
+    import torch  # noqa: PLC0415
+    from sparse_autotune.runtime.nn import SparseLinear  # noqa: PLC0415
+    tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    log(f"{len(layers)} Linear layers from {len(a.layers)} checkpoint(s); N {ns}; dtypes {dtypes}; policies "
+        f"{policies}; lookups read {a.db or '(the default search path)'}")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows: list[dict] = []
+    t_start = time.time()
+    user_dbs = {pol: Path(tempfile.mkdtemp()) / f"user-{pol}.sqlite" for pol in policies}
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    stop = False
+    for dtype in dtypes:
+        for n in ns:
+            for src, ly, bias in layers:
+                if a.budget and time.time() - t_start > a.budget:
+                    log(f"budget of {a.budget} s reached: {len(rows)} records")
+                    stop = True
+                    break
+                host = ly.csr()
+                m, k = host.shape
+                w = torch.from_numpy(host.toarray()).to("cuda", tdt[dtype])
+                b = None if bias is None else torch.from_numpy(bias).to("cuda", tdt[dtype])
+                lin = torch.nn.Linear(k, m, bias=b is not None, device="cuda", dtype=tdt[dtype])
+                with torch.no_grad():
+                    lin.weight.copy_(w)
+                    if b is not None:
+                        lin.bias.copy_(b)
+                xs = [torch.randn(n, k, device="cuda", generator=gen).to(tdt[dtype]) for _ in range(4)]
+                with torch.no_grad():
+                    ref = torch.nn.functional.linear(xs[0].double(), w.double(), None if b is None else b.double())
+                    dense_graph = _graph_us(torch, lin, xs)
+                    dense_eager = _eager_us(torch, lin, xs)
+                    dense_kernels = _kernels_per_call(torch, lin, xs[0])
+                for pol in policies:
+                    os.environ["SPARSE_AUTOTUNE_DB"] = str(user_dbs[pol])
+                    row = {"checkpoint": src, "layer": ly.name, "M": m, "K": k, "N": n, "dtype": dtype,
+                           "density": round(host.nnz / (m * k), 4), "policy": pol, "bias": b is not None,
+                           "linear_graph_us": dense_graph, "linear_eager_us": dense_eager,
+                           "linear_kernels": dense_kernels}
+                    try:
+                        with torch.no_grad():
+                            sl = SparseLinear(torch.from_numpy(host.toarray()), None if b is None else b.cpu(),
+                                              dtype=dtype, db=a.db, tune=pol)
+                            t0 = time.perf_counter()
+                            y = sl(xs[0])
+                            torch.cuda.synchronize()
+                            row["first_call_s"] = time.perf_counter() - t0
+                            err = float((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+                            row["rel_err"] = err
+                            if not err <= TOLERANCE[dtype]:
+                                raise RuntimeError(f"wrong result: relative error {err:.3g}")
+                            row["graph_us"] = _graph_us(torch, sl, xs)
+                            row["eager_us"] = _eager_us(torch, sl, xs)
+                            row["kernels"] = _kernels_per_call(torch, sl, xs[0])
+                        plan = sl.op.plan(n)
+                        row.update(family=plan.family, source=plan.source,
+                                   path=getattr(plan, "path", None) or (plan.config or {}).get("nk_path"),
+                                   vs_linear_graph=dense_graph / row["graph_us"],
+                                   eager_minus_linear_us=row["eager_us"] - dense_eager)
+                    except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+                        row["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+                    rows.append(row)
+                    log(f"{dtype} N={n} {ly.name} {m}x{k} {pol}: graph {fmt(row.get('graph_us'))} us vs nn.Linear "
+                        f"{fmt(dense_graph)} -> {fmt(row.get('vs_linear_graph'))}x; eager {fmt(row.get('eager_us'))} vs "
+                        f"{fmt(dense_eager)} us; {row.get('kernels')} kernels ({row.get('family')}, {row.get('path')}, "
+                        f"{row.get('source')})" + (f" ERROR {row['error']}" if "error" in row else ""))
+                del xs, lin, w
+                torch.cuda.empty_cache()
+            if stop:
+                break
+        if stop:
+            break
+    meta = {**dev.meta, "db": a.db, "policies": policies}
+    summary, lines = linear_report(meta, rows)
+    out = stem(a.out, f"runtime-linear-{_slug(dev)}")
+    write(out, {**meta, "summary": summary, "records": rows}, lines)
+    return 0
+
+
+def linear_report(meta: dict, rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Summary per (checkpoint, dtype, N, policy) and the Markdown of `probe linear`."""
+    summary = []
+    for key in sorted({(r["checkpoint"], r["dtype"], r["N"], r["policy"]) for r in rows}):
+        sel = [r for r in rows if (r["checkpoint"], r["dtype"], r["N"], r["policy"]) == key]
+        ok = [r for r in sel if "error" not in r]
+        ratios = [r["vs_linear_graph"] for r in ok]
+        summary.append({"checkpoint": key[0], "dtype": key[1], "N": key[2], "policy": key[3], "layers": len(sel),
+                        "errors": len(sel) - len(ok),
+                        "graph_at_goal": sum(1 for x in ratios if x >= 1 - LINEAR_NOISE),
+                        "slowest_vs_linear_graph": min(ratios) if ratios else None,
+                        "geomean_vs_linear_graph": math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None,
+                        "total_graph_us": sum(r["graph_us"] for r in ok), "total_linear_graph_us":
+                        sum(r["linear_graph_us"] for r in ok),
+                        "eager_within_10us": sum(1 for r in ok if r["eager_minus_linear_us"] <= 10.0),
+                        "max_eager_minus_linear_us": max((r["eager_minus_linear_us"] for r in ok), default=None),
+                        "one_kernel_layers": sum(1 for r in ok if r["kernels"] <= r["linear_kernels"])})
+    lines = [f"# SparseLinear against nn.Linear — {meta['gpu']}", "",
+             f"{meta['gpu']}, driver {meta['driver']}, CUDA {meta['cuda']}, CuPy {meta['cupy']}, {meta['date']}. "
+             f"Lookups read `{meta.get('db') or 'the default search path'}` and a fresh user database per policy. "
+             "nn.Linear: the same masked weight and bias, same dtype (TF32 off). Graph: per-call time in a CUDA graph "
+             "of 20 calls over 4 rotating inputs, median of 5; eager: wall time per call over 300 calls (host "
+             "dispatch included). Kernels: CUDA kernels one call launches (torch.profiler). Goal (issue 17 section 5): "
+             "graph >= 1.0x of nn.Linear within 3 % noise, eager within 10 us (`bench/probe.py linear`).", "",
+             "| checkpoint | dtype | N | policy | layers | graph at goal | slowest | geomean | total graph us (sparse / "
+             "nn.Linear) | eager within 10 us | worst eager excess us | kernels <= nn.Linear's | errors |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for s_ in summary:
+        lines.append(f"| {s_['checkpoint']} | {s_['dtype']} | {s_['N']} | {s_['policy']} | {s_['layers']} | "
+                     f"{s_['graph_at_goal']} | {fmt(s_['slowest_vs_linear_graph'])}x | {fmt(s_['geomean_vs_linear_graph'])}x"
+                     f" | {fmt(s_['total_graph_us'], 1)} / {fmt(s_['total_linear_graph_us'], 1)} | "
+                     f"{s_['eager_within_10us']} | {fmt(s_['max_eager_minus_linear_us'], 1)} | "
+                     f"{s_['one_kernel_layers']} | {s_['errors']} |")
+    lines += ["", "| layer | M x K | density | dtype | N | policy | graph us | nn.Linear graph us | vs nn.Linear | "
+              "eager us | nn.Linear eager us | kernels | family | path | source |",
+              "| --- | --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['layer']} | {r['M']}x{r['K']} | {r['density']} | {r['dtype']} | {r['N']} | {r['policy']} | "
+                     f"{fmt(r.get('graph_us'))} | {fmt(r['linear_graph_us'])} | {fmt(r.get('vs_linear_graph'))} | "
+                     f"{fmt(r.get('eager_us'), 1)} | {fmt(r['linear_eager_us'], 1)} | {r.get('kernels', '')} | "
+                     f"{r.get('family', r.get('error', ''))} | {r.get('path') or ''} | {r.get('source', '')} |")
+    return summary, lines
+
+
 # ---- the command line ----
 
 class _Parser(argparse.ArgumentParser):
@@ -844,6 +1054,17 @@ def parser() -> argparse.ArgumentParser:
     un.add_argument("--budget", type=float, default=0, help="start no new layer after this many seconds (0: none)")
     un.add_argument("--out", help="output stem (default OUTDIR/runtime-untuned-GPU)")
 
+    li = sub.add_parser("linear", help="SparseLinear against nn.Linear on real layers: CUDA graph, eager, kernels "
+                        "per call")
+    li.add_argument("--layers", action="append", required=True,
+                    help="a checkpoint (sparse bundle .npz, safetensors, .pt) whose Linear layers are used (repeatable)")
+    li.add_argument("--n", default="1,16,200", help="comma-separated N = tokens a call (default 1,16,200)")
+    li.add_argument("--dtype", default="fp32,fp16", help="comma-separated dtypes (default fp32,fp16)")
+    li.add_argument("--policy", default="off,quick", help="comma-separated runtime tuning policies (default off,quick)")
+    li.add_argument("--db", help="the database lookups read (default: the default search path)")
+    li.add_argument("--budget", type=float, default=0, help="start no new layer after this many seconds (0: none)")
+    li.add_argument("--out", help="output stem (default OUTDIR/runtime-linear-GPU)")
+
     ov = sub.add_parser("overhead", help="host cost per call of lookup and of the runtime operator")
     ov.add_argument("--out", help="output folder (default OUTDIR): runtime-overhead-<gpu or cpu>.{json,md}")
     return p
@@ -853,7 +1074,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parser().parse_args(argv)
     return {"ab": cmd_ab, "profile": cmd_profile, "sweep": cmd_sweep, "config": cmd_config, "baselines": cmd_baselines,
-            "overhead": cmd_overhead, "untuned": cmd_untuned}[a.cmd](a)
+            "overhead": cmd_overhead, "untuned": cmd_untuned, "linear": cmd_linear}[a.cmd](a)
 
 
 if __name__ == "__main__":
