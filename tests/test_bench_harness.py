@@ -204,3 +204,45 @@ def test_probe_untuned_report_counts_layers_at_the_goal_within_the_noise():
     assert by["quick"]["layers_at_goal"] == 1  # 0.98 is within the noise of 1.0, 0.96 is not
     assert abs(by["quick"]["geomean_vs_vendor_best"] - (0.98 * 0.96) ** 0.5) < 1e-12
     assert any(ln.startswith("| m.npz | fp16 | 200 | quick | 2 | 1 | 0.96x |") for ln in lines), lines
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--policy", "fast"], "unknown policy 'fast'"),
+    (["--dtype", "fp64"], "unknown dtype 'fp64'"),
+    (["--n", "0"], "N must be a positive integer"),
+])
+def test_probe_linear_refuses_bad_input_before_the_gpu(tmp_path, args, says):
+    """`probe linear` checks its arguments and reads the checkpoints before it needs a GPU (one line, exit 2)."""
+    import numpy as np
+    ck = tmp_path / "w.npz"
+    np.savez(ck, **{"layer.weight": np.eye(8, dtype=np.float32)})
+    proc = _run([sys.executable, str(PROBE), "linear", "--layers", str(ck), *args])
+    assert says in _one_line_error(proc, "probe.py")
+    proc = _run([sys.executable, str(PROBE), "linear", "--layers", str(tmp_path / "missing.npz")])
+    assert "does not exist" in _one_line_error(proc, "probe.py")
+
+
+def test_probe_linear_report_counts_the_goals():
+    """The summary of `probe linear`: graph at the goal (>= 1.0x of nn.Linear less 3 % noise), eager within 10 us,
+    layers with no more kernels than nn.Linear, errors apart."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import probe
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    meta = {"gpu": "G", "driver": "d", "cuda": "c", "cupy": "p", "date": "2026-11-30", "db": None}
+
+    def rec(layer, ratio, eager_excess, kernels, **kw):
+        return {"checkpoint": "m.npz", "layer": layer, "M": 8, "K": 8, "N": 16, "density": 0.1, "dtype": "fp16",
+                "policy": "off", "bias": True, "linear_graph_us": 10.0, "linear_eager_us": 20.0,
+                "linear_kernels": 1, "graph_us": 10.0 / ratio, "eager_us": 20.0 + eager_excess,
+                "eager_minus_linear_us": eager_excess, "kernels": kernels, "vs_linear_graph": ratio,
+                "family": "csr_gemv", "path": "native", "source": "exact", **kw}
+    rows = [rec("a", 0.98, 4.0, 1), rec("b", 0.9, 12.0, 3),
+            {"checkpoint": "m.npz", "layer": "c", "M": 8, "K": 8, "N": 16, "density": 0.1, "dtype": "fp16", "policy": "off",
+             "linear_graph_us": 5.0, "linear_eager_us": 9.0, "linear_kernels": 1, "error": "RuntimeError: x"}]
+    summary, lines = probe.linear_report(meta, rows)
+    (s,) = summary
+    assert s["layers"] == 3 and s["errors"] == 1 and s["graph_at_goal"] == 1 and s["slowest_vs_linear_graph"] == 0.9
+    assert s["eager_within_10us"] == 1 and s["max_eager_minus_linear_us"] == 12.0 and s["one_kernel_layers"] == 1
+    assert any(ln.startswith("| m.npz | fp16 | 16 | off | 3 | 1 | 0.90x |") for ln in lines), lines
