@@ -84,20 +84,24 @@ def signature(src: str) -> list[tuple[str, int]]:
     return [(p.split()[-1], 8 if "*" in p else 4) for p in body.split(",")]
 
 
-def fake_kernel(family: str, cfg: dict, dtype: str, a, dev=None) -> Kernel:
-    """A Kernel of `family` for `cfg` over a FakeDeviceCSR of `a`, its source rendered, no compiled module."""
+def fake_kernel(family: str, cfg: dict, dtype: str, a, dev=None, layout: str = "kn") -> Kernel:
+    """A Kernel of `family` for `cfg` over a FakeDeviceCSR of `a`, its source rendered for `layout`, no compiled
+    module."""
     fam = get_family(family)
-    src = render(fam.space, cfg, dtype, fam.context(a, cfg) if fam.space.needs_matrix else None)
+    src = render(fam.space, cfg, dtype, fam.context(a, cfg) if fam.space.needs_matrix else None, layout)
     fn = types.SimpleNamespace(kernel=types.SimpleNamespace(ptr=0xF00D))
-    return Kernel(fam, dict(cfg), dtype, src, fn, dev if dev is not None else FakeDeviceCSR(a, dtype))
+    return Kernel(fam, dict(cfg), dtype, src, fn, dev if dev is not None else FakeDeviceCSR(a, dtype), layout)
 
 
-def check_launch_matches_signature(family: str, dtype: str, a, n: int, max_configs: int = 25) -> int:
+def check_launch_matches_signature(family: str, dtype: str, a, n: int, max_configs: int = 25,
+                                   layout: str = "kn") -> int:
     """For configs of the family, Kernel.args has one value per kernel parameter, B and C where the kernel names them,
     device arrays for pointers and np.int32 for 4-byte ints; the packed launcher puts the same into its slots, with the
-    family's geometry and threads. Returns how many configs were checked (0 for a dtype the family does not compute)."""
+    family's geometry and threads. Returns how many configs were checked (0 for a dtype the family does not compute).
+    layout "nk" (a family declaring it): the kernel rendered for nk takes the bias pointer right after C, and the
+    launcher (a BiasLauncher) writes the bias address there."""
     fam = get_family(family)
-    env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
+    env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype, layout)
     feas = list(fam.space.feasible(dtype, env))
     if not fam.space.supports(dtype):
         assert not feas
@@ -105,29 +109,36 @@ def check_launch_matches_signature(family: str, dtype: str, a, n: int, max_confi
     assert feas, family
     dev = FakeDeviceCSR(a, dtype)
     checked = 0
+    nk = layout == "nk"
     for cfg in feas[:: max(1, len(feas) // max_configs)]:
-        kern = fake_kernel(family, cfg, dtype, a, dev)
+        kern = fake_kernel(family, cfg, dtype, a, dev, layout)
         sig = signature(kern.source)
-        b_tag, c_tag = object(), object()
-        args = kern.args(n, b_tag, c_tag)
+        b_tag, c_tag, bias_tag = object(), object(), object()
+        args = kern.args(n, b_tag, c_tag, bias_tag) if nk else kern.args(n, b_tag, c_tag)
         assert len(args) == len(sig), (family, sig)
         names = [nm for nm, _ in sig]
+        c_at = [i for i, x in enumerate(args) if x is c_tag][0]
         assert names[[i for i, x in enumerate(args) if x is b_tag][0]] in ("B", "pB")
-        assert names[[i for i, x in enumerate(args) if x is c_tag][0]] in ("C", "pC")
+        assert names[c_at] in ("C", "pC")
+        if nk:  # (C2) / (C3): the bias right after C, passed through as given
+            assert args[c_at + 1] is bias_tag and names[c_at + 1] in ("bias", "pbias"), (family, names)
         for (nm, size), x in zip(sig, args):
+            if x is bias_tag:
+                assert size == 8, (family, nm)
+                continue
             assert isinstance(x, np.int32) if size == 4 else not isinstance(x, np.integer), (family, nm, x)
         assert int(args[names.index("N") if "N" in names else names.index("pN")]) == n
         ln = kern.launcher(n)
         assert kern.launcher(n) is ln and not ln.is_noop  # cached per N
         fake = FakeLaunch([s for _, s in sig])
         ln._launch = fake
-        ln(0xB0, 0xC0, 5)
+        ln(0xB0, 0xC0, 5, 0xB1A5) if nk else ln(0xB0, 0xC0, 5)
         (f, gx, gy, gz, bx, _by, _bz, smem, _stream, _extra), got = fake.calls[0]
         grid, block = kern.geometry(n)
         assert f == 0xF00D and (gx, gy) == ((*grid, 1)[0], (*grid, 1)[1]) and bx == block[0]
         assert bx == fam.threads(cfg) and smem == kern.smem_bytes()
-        want = [0xB0 if x is b_tag else 0xC0 if x is c_tag else int(x) if isinstance(x, np.int32)
-                else x.data.ptr for x in args]
+        want = [0xB0 if x is b_tag else 0xC0 if x is c_tag else 0xB1A5 if x is bias_tag
+                else int(x) if isinstance(x, np.int32) else x.data.ptr for x in args]
         assert got == want, family
         checked += 1
     assert kern.launcher(0).is_noop  # N == 0: nothing to launch
@@ -136,10 +147,14 @@ def check_launch_matches_signature(family: str, dtype: str, a, n: int, max_confi
 
 def launch_signature_test(family: str):
     """The test each family's test file binds (`test_launch_matches_the_kernel_signature = launch_signature_test(F)`):
-    check_launch_matches_signature for every dtype, some configs checked for each dtype the family computes."""
+    check_launch_matches_signature for every dtype, some configs checked for each dtype the family computes; for a
+    family declaring the nk layout, its nk rendering too."""
     @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
     def test_launch_matches_the_kernel_signature(dtype):
         a = random_matrix(64, 256, 0.05, "uniform", 0)
         checked = check_launch_matches_signature(family, dtype, a, 128)
         assert (checked > 0) == get_family(family).space.supports(dtype)
+        if get_family(family).space.supports_layout("nk"):
+            checked_nk = check_launch_matches_signature(family, dtype, a, 128, layout="nk")
+            assert (checked_nk > 0) == get_family(family).space.supports(dtype)
     return test_launch_matches_the_kernel_signature

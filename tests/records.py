@@ -26,19 +26,30 @@ def make_record(time_us: float, config: dict | None = None, **over) -> Record:
     return Record(**fields)
 
 
-def downgrade_to_v2(path: Path) -> Path:
-    """Make a current (schema 3) tuning database file what schema version 2 wrote: sat_records without
-    cublas_bf16_us (SQLite's ALTER TABLE ... DROP COLUMN), schema_version 2, in DELETE journal mode (one file, as the
-    shipped databases are). The v2 code created the very same table, less that last column."""
+def _downgrade(path: Path, version: int, drop: tuple[str, ...]) -> Path:
+    """A current tuning database file as schema `version` wrote it: sat_records without the columns `drop` added
+    after it (SQLite's ALTER TABLE ... DROP COLUMN, last column first), that schema_version, in DELETE journal mode
+    (one file, as the shipped databases are). The older code created the very same table, less those last columns."""
     if sqlite3.sqlite_version_info < (3, 35, 0):
         pytest.skip(f"SQLite {sqlite3.sqlite_version} has no ALTER TABLE ... DROP COLUMN (3.35+)")
     con = sqlite3.connect(path)
     try:
-        assert con.execute("SELECT value FROM sat_meta WHERE key = 'schema_version'").fetchone() == ("3",)
-        con.execute("ALTER TABLE sat_records DROP COLUMN cublas_bf16_us")
-        con.execute("UPDATE sat_meta SET value = '2' WHERE key = 'schema_version'")
+        assert con.execute("SELECT value FROM sat_meta WHERE key = 'schema_version'").fetchone() == ("4",)
+        for col in drop:
+            con.execute(f"ALTER TABLE sat_records DROP COLUMN {col}")
+        con.execute("UPDATE sat_meta SET value = ? WHERE key = 'schema_version'", (str(version),))
         con.commit()
         con.execute("PRAGMA journal_mode=DELETE")
     finally:
         con.close()
     return path
+
+
+def downgrade_to_v2(path: Path) -> Path:
+    """What schema version 2 wrote: no cublas_bf16_us (version 3) and no layout (version 4)."""
+    return _downgrade(path, 2, ("layout", "cublas_bf16_us"))
+
+
+def downgrade_to_v3(path: Path) -> Path:
+    """What schema version 3 wrote: no layout (version 4; every record kn)."""
+    return _downgrade(path, 3, ("layout",))

@@ -36,6 +36,7 @@ V1_COLUMNS = ["id", "gpu_name", "gpu_cc", "m", "k", "n", "density", "dtype", "pa
               "max_rel_err", "trials", "matrix_hash", "study_name", "package_version", "cuda_version",
               "driver_version", "cupy_version", "created_at", "is_best"]
 V2_COLUMNS = V1_COLUMNS + ["uid", "origin"]
+V4_COLUMNS = V2_COLUMNS + ["cublas_bf16_us", "layout"]  # the current schema's (3 added cublas_bf16_us, 4 layout)
 BF16_KEY = dict(m=512, k=2048, n=16, density=0.1, dtype="bf16")
 
 
@@ -158,7 +159,7 @@ def test_writable_open_migrates_v1_in_place(v1, tmp_path):
     recs = db.records()
     db.dispose()
     assert dict(sql(v1, "SELECT key, value FROM sat_meta"))["schema_version"] == str(SCHEMA_VERSION)
-    assert columns(v1) == V1_COLUMNS + ["uid", "origin", "cublas_bf16_us"]
+    assert columns(v1) == V4_COLUMNS
     assert [r[0] for r in sql(v1, "SELECT cublas_bf16_us FROM sat_records")] == [None] * 5
     after = sql(v1, f"SELECT {', '.join(V1_COLUMNS)} FROM sat_records ORDER BY id")
     assert after == before  # every row and every v1 value kept, best flags included
@@ -272,7 +273,7 @@ def test_writable_open_migrates_v2_in_place(v2, tmp_path):
     rec = db.store(make_record(5.0, {"h": 2}, **BF16_KEY, cublas_bf16_us=9.5))  # faster than h1: the new best
     db.dispose()
     assert dict(sql(v2, "SELECT key, value FROM sat_meta"))["schema_version"] == str(SCHEMA_VERSION)
-    assert columns(v2) == V2_COLUMNS + ["cublas_bf16_us"]
+    assert columns(v2) == V4_COLUMNS
     # every v2 value kept (uids, origins, best flags but h1's, which h2 took over)
     after = sql(v2, f"SELECT {', '.join(V2_COLUMNS)} FROM sat_records WHERE id <= 3 ORDER BY id")
     assert after[:2] == before[:2] and after[2][:-3] == before[2][:-3] and before[2][-3] == 1 and after[2][-3] == 0
@@ -281,7 +282,7 @@ def test_writable_open_migrates_v2_in_place(v2, tmp_path):
     assert table_shape(v2) == table_shape(new_db(tmp_path / "fresh.sqlite"))
     assert not describe_file(v2)["needs_migration"]
     TuningDB(v2).dispose()  # a current file: nothing to do
-    assert columns(v2) == V2_COLUMNS + ["cublas_bf16_us"] and len(sql(v2, "SELECT id FROM sat_records")) == 4
+    assert columns(v2) == V4_COLUMNS and len(sql(v2, "SELECT id FROM sat_records")) == 4
 
 
 @pytest.mark.parametrize("old", ["v1", "v2"])
@@ -302,7 +303,8 @@ def test_failed_migration_to_3_changes_nothing(old, request, monkeypatch):
         (cols, meta, rows)
     monkeypatch.undo()
     TuningDB(path).dispose()  # and the next open migrates it
-    assert describe_file(path)["schema_version"] == SCHEMA_VERSION and columns(path)[-1] == "cublas_bf16_us"
+    assert describe_file(path)["schema_version"] == SCHEMA_VERSION
+    assert columns(path)[-2:] == ["cublas_bf16_us", "layout"]
 
 
 def test_readonly_open_of_v2_reads_cublas_bf16_us_as_none_and_writes_nothing(v2, capsys):
@@ -338,7 +340,7 @@ def test_merge_and_export_from_v2_into_v3(v2, tmp_path, capsys):
     exp = tmp_path / "exp.sqlite"
     rc, out, _ = run_db(["export", exp, "--db", v2], capsys)
     assert rc == 0 and out.startswith("wrote 3 records")
-    assert columns(exp) == V2_COLUMNS + ["cublas_bf16_us"] and describe_file(exp)["schema_version"] == SCHEMA_VERSION
+    assert columns(exp) == V4_COLUMNS and describe_file(exp)["schema_version"] == SCHEMA_VERSION
     assert sql(exp, "SELECT uid, cublas_bf16_us FROM sat_records ORDER BY id") == \
         [(u, None) for (u,) in sql(v2, "SELECT uid FROM sat_records ORDER BY id")]
     rc, out, _ = run_db(["export", dst, "--db", v2], capsys)  # into an existing v3 file: a merge, all present
@@ -705,7 +707,7 @@ def test_export_of_an_unmigrated_v1_source(v1, tmp_path):
     res = ro.export(tmp_path / "out.sqlite", {"gpu": "H100"})
     ro.dispose()
     assert res.added == 3 and v1.read_bytes() == before
-    assert columns(tmp_path / "out.sqlite") == V2_COLUMNS + ["cublas_bf16_us"]  # the export has the current schema
+    assert columns(tmp_path / "out.sqlite") == V4_COLUMNS  # the export has the current schema
     assert {r[0] for r in sql(tmp_path / "out.sqlite", "SELECT origin FROM sat_records")} == {None}
     assert sql(tmp_path / "out.sqlite", "SELECT count(*) FROM sat_records WHERE is_best")[0][0] == 2
 

@@ -30,6 +30,7 @@ DIMS = ["1", "2", "8", "64", "512", "2048", "65536", "100000", "1000000000", "21
         "x", "١٢"]
 WORDS = ["fp32", "fp16", "fp64", "FP32", "", "uniform", "powerlaw", "diagonal", "tpe", "random", "grid", "cmaes",
          "bayes", "csr_rowsplit", "csr_btile,tc_gather", ",", "csr_rowsplit,,", "😀", "a" * 300, "--help-me"]
+LAYOUTS = ["kn", "nk", "NK", "mk", "", "nk,kn", "😀"]
 
 
 def shape(rng: random.Random) -> str:
@@ -59,7 +60,7 @@ def argv_for(rng: random.Random, f: dict) -> list[str]:
             maybe("--density", pick(rng, FLOATS), 0.9)
         for name, pool in (("--n", INTS), ("--seed", INTS), ("--trials", INTS), ("--timeout", FLOATS),
                            ("--dtype", WORDS), ("--pattern", WORDS), ("--sampler", WORDS), ("--families", WORDS),
-                           ("--workers", INTS), ("--heartbeat", INTS), ("--grace", INTS)):
+                           ("--workers", INTS), ("--heartbeat", INTS), ("--grace", INTS), ("--layout", LAYOUTS)):
             maybe(name, pick(rng, pool), 0.25)
         maybe("--db", rng.choice([str(f["ours"]), str(f["foreign"]), f"sqlite:///{f['foreign']}", "nosuch://x",
                                   str(f["empty"])]), 0.3)
@@ -69,7 +70,7 @@ def argv_for(rng: random.Random, f: dict) -> list[str]:
     if cmd == "lookup":
         maybe("--shape", shape(rng), 0.95)
         maybe("--density", pick(rng, FLOATS), 0.95)
-        for name, pool in (("--n", INTS), ("--dtype", WORDS)):
+        for name, pool in (("--n", INTS), ("--dtype", WORDS), ("--layout", LAYOUTS)):
             maybe(name, pick(rng, pool), 0.4)
         maybe("--db", rng.choice([str(f["ours"]), str(f["missing"]), str(f["empty"]), f"sqlite:///{f['ours']}"]), 0.6)
         if rng.random() < 0.3:
@@ -83,6 +84,7 @@ def argv_for(rng: random.Random, f: dict) -> list[str]:
         maybe("--families", pick(rng, WORDS), 0.2)
         maybe("--seed", pick(rng, INTS), 0.2)
         maybe("--trials", pick(rng, INTS), 0.2)
+        maybe("--layout", pick(rng, LAYOUTS), 0.2)
         if rng.random() < 0.6:
             opt += ["--prune", "magnitude", "--density", pick(rng, FLOATS)]
         maybe("--exclude", rng.choice(["*zero*", "enc.*", "*"]), 0.4)

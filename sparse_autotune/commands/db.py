@@ -128,26 +128,27 @@ def cmd_list(a) -> int:
         recs = tdb.select_records(flt)
     finally:
         tdb.dispose()
-    recs.sort(key=lambda r: (r.gpu_name, r.m, r.k, r.n, r.density, r.dtype, r.pattern, r.time_us, r.id))
+    recs.sort(key=lambda r: (r.gpu_name, r.m, r.k, r.n, r.density, r.dtype, r.pattern, r.layout or "kn", r.time_us,
+                             r.id))
     if a.json:
         print(json.dumps([_json_record(r) for r in recs], indent=1, default=str))
         return 0
     if not recs:
         print("no records" + (f" ({note})" if note else ""))
         return 0
-    header = ["id", "shape", "N", "density", "dtype", "pattern", "GPU", "family", "time us", "vs cuSPARSE",
+    header = ["id", "shape", "N", "density", "dtype", "pattern", "layout", "GPU", "family", "time us", "vs cuSPARSE",
               "vs cuBLAS FP32", "date"]
     if a.all:
         header.append("best")
     rows = []
     for r in recs:
-        row = [str(r.id), f"{r.m}x{r.k}", str(r.n), f"{r.density:g}", r.dtype, r.pattern, r.gpu_name, r.family,
-               f"{r.time_us:.2f}", _x(r.cusparse_us, r.time_us), _x(r.cublas_fp32_us, r.time_us),
-               r.created_at.strftime("%Y-%m-%d")]
+        row = [str(r.id), f"{r.m}x{r.k}", str(r.n), f"{r.density:g}", r.dtype, r.pattern, r.layout or "kn",
+               r.gpu_name, r.family, f"{r.time_us:.2f}", _x(r.cusparse_us, r.time_us),
+               _x(r.cublas_fp32_us, r.time_us), r.created_at.strftime("%Y-%m-%d")]
         if a.all:
             row.append("*" if r.is_best else "")
         rows.append(row)
-    print(_table(header, rows, right={0, 2, 3, 8, 9, 10}))
+    print(_table(header, rows, right={0, 2, 3, 9, 10, 11}))
     best = sum(1 for r in recs if r.is_best)
     print(f"{len(recs)} record{'s' if len(recs) != 1 else ''}" + (f" ({best} best)" if a.all else ""))
     return 0

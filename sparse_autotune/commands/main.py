@@ -10,8 +10,8 @@ import time
 
 from .. import __version__
 from ..errors import UserError, exit_status
-from ..core.problem import (DEFAULT_N, PATTERNS, Problem, check_density, check_dtype, check_n, check_seed, load_matrix,
-                            n_bucket, parse_shape)
+from ..core.problem import (DEFAULT_N, LAYOUTS, PATTERNS, Problem, check_density, check_dtype, check_layout, check_n,
+                            check_seed, load_matrix, n_bucket, parse_shape)
 from ..commands.db import add_db_parser, cmd_db
 from ..tuning.search import SAMPLERS, check_options
 
@@ -103,6 +103,9 @@ _DENSITY = _opt(check_density, "density")
 _N = _opt(check_n, "N")
 _SEED = _opt(check_seed, "seed")
 _DTYPE = _opt(check_dtype, "dtype")
+_LAYOUT = _opt(check_layout, "layout")
+LAYOUT_HELP = ("operand layout: kn (B is K x N, C = A @ B is M x N; the default) or nk (the nn.Linear layout: x is "
+               "N x K, y = x @ A^T + bias is N x M, bias fused)")
 _FAMILIES = _opt(_families, "families")
 _TRIALS = _int_in(1, MAX_TRIALS, "the trial budget")
 
@@ -121,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
                                                                 "default fp32")
     t.add_argument("--pattern", type=_choice(PATTERNS, "pattern"), default="uniform",
                    help=f"random pattern: {', '.join(PATTERNS)} (default uniform)")
+    t.add_argument("--layout", type=_LAYOUT, default="kn", help=LAYOUT_HELP)
     t.add_argument("--matrix", help="tune this matrix (.npz from scipy.sparse.save_npz, or .mtx); replaces --shape/--density")
     t.add_argument("--trials", type=_TRIALS, default=100, help="trial budget of the study, over all runs (default 100)")
     t.add_argument("--timeout", type=_seconds(), default=None, help="stop searching after this many seconds")
@@ -145,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--density", type=_DENSITY, required=True, help="fraction of nonzeros in A, in (0, 1]")
     lk.add_argument("--n", type=_N, default=DEFAULT_N, help=f"columns N of the dense B (default {DEFAULT_N})")
     lk.add_argument("--dtype", type=_DTYPE, default="fp32", help="fp32, fp16 or bf16 (default fp32)")
+    lk.add_argument("--layout", type=_LAYOUT, default="kn", help=LAYOUT_HELP + "; nk is served by nk records first, "
+                    "then by kn records (natively where the family declares nk, else staged)")
     lk.add_argument("--gpu", default=None, help="GPU name (default: this machine's GPU, or any)")
     lk.add_argument("--db", help="tuning database searched first (then the databases shipped with the package)")
     lk.add_argument("--exact", action="store_true", help="exact key only: no nearest / same-arch / default")
@@ -200,6 +206,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="tune each N bucket once, at its top (N rounded up to the next power of two); the runtime "
                          "serves every N of a bucket from that record")
     tm.add_argument("--dtype", default="fp32", help="comma-separated: fp32, fp16, bf16 (default fp32)")
+    tm.add_argument("--layout", type=_LAYOUT, default=None,
+                    help=f"operand layout of every layer ({', '.join(LAYOUTS)}); default: nk for Linear layers (the "
+                         "nn.Linear layout SparseLinear runs: x is N x K, y is N x M, bias fused), kn for 1x1 "
+                         "convolutions (W @ X per image)")
     tm.add_argument("--trials", type=_TRIALS, default=60, help="trial budget per distinct problem (default 60)")
     tm.add_argument("--timeout", type=_seconds(), default=None, help="search time limit per problem, seconds")
     tm.add_argument("--budget", type=_seconds(), default=None, help="start no new problem after this many seconds")
@@ -256,10 +266,19 @@ def _fmt_x(x):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}x"
 
 
+def _problem_line(p: dict) -> str:
+    """The report's problem line: A @ B (kn), or y = x @ A^T + bias with x and y as nn.Linear holds them (nk)."""
+    a = f"A {p['m']}x{p['k']} ({p['pattern']}, density {p['density']:g}, nnz {p['nnz']})"
+    if p.get("layout", "kn") == "nk":
+        return (f"problem   y = x @ A^T + bias: {a}, x {p['n']}x{p['k']}, y {p['n']}x{p['m']}, {p['dtype']}, layout nk "
+                "(nn.Linear: x is N x K, y is N x M, bias fused)")
+    return f"problem   {a} @ B {p['k']}x{p['n']}, {p['dtype']}"
+
+
 def _report_text(r: dict) -> str:
     p, b, base, s = r["problem"], r["best"], r["baselines"], r["speedup"]
     lines = [
-        f"problem   A {p['m']}x{p['k']} ({p['pattern']}, density {p['density']:g}, nnz {p['nnz']}) @ B {p['k']}x{p['n']}, {p['dtype']}",
+        _problem_line(p),
         f"gpu       {r['gpu']} (cc {r['cc']}), driver {r['driver']}, CUDA {r['cuda']}, CuPy {r['cupy']}",
         f"best      {b['family']} {json.dumps(b['config'], sort_keys=True)}",
         f"time      {b['time_us']:.2f} us ({'synthetic objective, test only' if r.get('synthetic') else 'median, CUDA-graph replay'})  {b['gflops']:.0f} GFLOP/s  rel err {b['max_rel_err']:.1e}",
@@ -356,8 +375,8 @@ def _problem_plan(a) -> tuple:
 def _problem_from_args(a, plan) -> Problem:
     m, k, _, mat = plan
     if mat is not None:
-        return Problem.from_matrix(mat, a.n, a.dtype)
-    return Problem.random(m, k, a.n, a.density, a.dtype, a.pattern, a.seed)
+        return Problem.from_matrix(mat, a.n, a.dtype, layout=a.layout)
+    return Problem.random(m, k, a.n, a.density, a.dtype, a.pattern, a.seed, a.layout)
 
 
 def _check_storage_args(a) -> None:
@@ -467,7 +486,8 @@ def cmd_status(a) -> int:
 def cmd_lookup(a) -> int:
     from ..runtime.lookup import lookup  # noqa: PLC0415
     (m, k), n = a.shape, a.n  # checked when parsed
-    res = lookup(m, k, n, a.density, a.dtype, gpu=a.gpu, db=a.db, fallback=not a.exact, allow_tf32=a.allow_tf32)
+    res = lookup(m, k, n, a.density, a.dtype, gpu=a.gpu, db=a.db, fallback=not a.exact, allow_tf32=a.allow_tf32,
+                 layout=a.layout)
     if a.json:
         print(json.dumps(None if res is None else res.__dict__, default=str))
     elif res is None:
@@ -483,12 +503,24 @@ def cmd_lookup(a) -> int:
         adapted = (f"\n  adapted to N={n}; stored as {json.dumps(res.stored_config, sort_keys=True)}"
                    if res.stored_config else "")
         from ..core.vendor import describe  # noqa: PLC0415
-        runs = describe(res.family, res.config, m, k, a.dtype)
+        runs = describe(res.family, res.config, m, k, a.dtype, a.layout)
         runs = f"\n  runs {runs}" if runs else ""
         note = f"\n  {res.note}" if getattr(res, "note", None) else ""  # a vendor path the record's baselines chose
         print(f"{res.source}{dist}: {res.family} {json.dumps(res.config, sort_keys=True)}\n  from {where}{adapted}{runs}"
-              f"{note}")
+              f"{note}{_layout_line(res)}")
     return 0
+
+
+def _layout_line(res) -> str:
+    """lookup's line on the layout path of an nk answer (none for kn)."""
+    if res.layout != "nk":
+        return ""
+    how = {"native": "native: one kernel reads x (N x K) and writes y (N x M) with the bias",
+           "staged": "staged: x transposed into a K x N workspace, the kn kernel into M x N, then y = C^T + bias "
+                     "(3 kernels)"}.get(res.path, str(res.path))
+    src = "" if res.record_layout == "nk" or res.record_id is None else (
+        f" (no nk record: a {res.record_layout} record serves it)")
+    return f"\n  layout nk, {how}{src}"
 
 
 def cmd_bench(a) -> int:
@@ -561,7 +593,7 @@ def cmd_tune_model(a) -> int:
         out = mdl.save_bundle(a.save_sparse, layers, extras,
                               {"model": name, "prune": a.prune, "density": density, "prune_scope": a.prune_scope})
         print(f"wrote {len(layers)} sparse layers and {len(extras)} biases to {out}", file=sys.stderr)
-    jobs = mdl.plan(layers, ns, dtypes)
+    jobs = mdl.plan(layers, ns, dtypes, a.layout)
     for j in jobs:  # 32-bit indices of the kernels, before anything is tuned (or listed)
         check_size(j.m, j.k, j.n, j.layers[0].nnz, j.dtype)
     if a.dry_run:
@@ -569,7 +601,7 @@ def cmd_tune_model(a) -> int:
                                            "nnz": lay.nnz, "density": round(lay.density, 6), "n": ns[lay.name]}
                                           for lay in layers],
                 "problems": [{"m": j.m, "k": j.k, "density": j.density, "dtype": j.dtype, "n": j.n,
-                              "layers": [lay.name for lay in j.layers]} for j in jobs]}
+                              "layout": j.layout, "layers": [lay.name for lay in j.layers]} for j in jobs]}
         if a.json:
             print(json.dumps(plan, indent=1))
         else:
@@ -577,7 +609,8 @@ def cmd_tune_model(a) -> int:
                 print(f"layer   {lay['name']} ({lay['kind']}) {lay['shape'][0]}x{lay['shape'][1]} "
                       f"nnz {lay['nnz']} density {lay['density']:g} N {','.join(map(str, lay['n']))}")
             for j in plan["problems"]:
-                print(f"problem {j['m']}x{j['k']} d={j['density']:g} {j['dtype']} N={j['n']}: {len(j['layers'])} layer(s)")
+                print(f"problem {j['m']}x{j['k']} d={j['density']:g} {j['dtype']} N={j['n']} {j['layout']}: "
+                      f"{len(j['layers'])} layer(s)")
             print(f"{len(layers)} layers, {len(jobs)} distinct problems")
         return 0
     families, vendors = _family_options(a.families)
@@ -614,6 +647,8 @@ def cmd_spaces(a) -> int:
         state = "" if s.enabled else "  [off by default: --families " + s.family + "]"
         if not s.supports(a.dtype):
             state += f"  [computes {', '.join(s.dtypes)} only]"
+        if s.supports_layout("nk"):  # the rest serve nk (--layout nk) through the staged path
+            state += "  [nk layout native]"
         print(f"{s.family:16s} {s.size(a.dtype):7d} configs ({a.dtype})  {s.description}{state}")
         for p in s.params:
             cond = f"  when {p.when}" if p.when else ""

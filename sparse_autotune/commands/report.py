@@ -8,7 +8,7 @@
 - convergence.png  best time vs trial of one Optuna study (--study, else the model's slowest problem, else the
                    record with the most trials)
 
-Times of a layer are those of the best record of its problem's key (GPU, M, K, N, density within 0.1 %, dtype),
+Times of a layer are those of the best record of its problem's key (GPU, M, K, N, density within 0.1 %, dtype, layout),
 the same record the runtime's exact lookup would use; layers that share a problem share its times. Where a vendor path
 (cuSPARSE, cuBLAS on a dense copy: core.vendor) beat every kernel, that record is the key's best and the runtime runs
 it: the report says so (`runs`, the runtime's time) and still gives the best sparse kernel's own time and speed-ups,
@@ -47,13 +47,25 @@ def _pick_gpu(records: list[Record], rows: list[ModelLayer], gpu: str | None) ->
     return names.most_common(1)[0][0]
 
 
+def _row_layout(db: TuningDB, r: ModelLayer) -> str:
+    """The layout a model layer was tuned in: its record's, else its study's (an nk problem's key ends in _nk)."""
+    rid = getattr(r, "record_id", None)
+    own = db.get(rid) if rid is not None else None
+    if own is not None:
+        return own.layout or "kn"
+    return "nk" if str(getattr(r, "study_name", "")).split("|")[0].endswith("_nk") else "kn"
+
+
 def layer_rows(db: TuningDB, rows: list[ModelLayer]) -> list[dict]:
-    """Each model layer with the times of its problem's best record (None where no record is stored)."""
+    """Each model layer with the times of its problem's best record (None where no record is stored), in the layout
+    it was tuned in (tune-model: nk for Linear layers, kn for 1x1 convolutions, unless --layout said otherwise)."""
     out = []
     for r in rows:
-        rec = db.best(r.m, r.k, r.n, r.problem_density, r.dtype, gpu=r.gpu_name)  # what the runtime runs
+        layout = _row_layout(db, r)
+        rec = db.best(r.m, r.k, r.n, r.problem_density, r.dtype, gpu=r.gpu_name, layout=layout)  # what the runtime runs
         kern = _sparse_of(db, rec)  # the tuned kernel's own record (rec itself unless a vendor path won)
-        d = {"layer": r.layer, "kind": r.kind, "m": r.m, "k": r.k, "n": r.n, "dtype": r.dtype, "nnz": r.nnz,
+        d = {"layer": r.layer, "kind": r.kind, "m": r.m, "k": r.k, "n": r.n, "dtype": r.dtype, "layout": layout,
+             "nnz": r.nnz,
              "density": r.density, "representative": r.representative, "status": r.status, "study": r.study_name,
              "record_id": kern.id if kern else None, "tuned_us": kern.time_us if kern else None,
              "cusparse_us": rec.cusparse_us if rec else None, "family": kern.family if kern else None,
@@ -70,7 +82,8 @@ def _sparse_of(db: TuningDB, rec: Record | None) -> Record | None:
     """A key's best record, or where it is a vendor path's, the fastest verified kernel record of the same key."""
     if rec is None or not is_vendor(rec.family):
         return rec
-    return db.best_sparse(rec.m, rec.k, rec.n, rec.density, rec.dtype, gpu=rec.gpu_name, pattern=rec.pattern)
+    return db.best_sparse(rec.m, rec.k, rec.n, rec.density, rec.dtype, gpu=rec.gpu_name, pattern=rec.pattern,
+                          layout=rec.layout or "kn")
 
 
 def totals(layers: list[dict]) -> list[dict]:
@@ -284,17 +297,18 @@ def write_report(db_target: str, out: Path, model: str | None = None, gpu: str |
         if (out / "totals.png").exists():
             lines += ["", "![total time](totals.png)"]
         lines += ["", "## Layers", "",
-                  "Layers of the same (shape, density, dtype, N) share one tuned problem (`tuned as`).", "",
+                  "Layers of the same (shape, density, dtype, N, layout) share one tuned problem (`tuned as`); "
+                  "`layout` nk: y = x @ W^T + b as SparseLinear runs it, kn: C = W @ B.", "",
                   "| layer | M x K | density | dtype | N | tuned us | cuSPARSE us | best dense us | vs cuSPARSE | "
-                  "vs best dense | family | runs | tuned as |",
-                  "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"]
+                  "vs best dense | family | runs | tuned as | layout |",
+                  "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- |"]
         for d in layers:
             runs = (f"{d['chosen_family']} {_f(d['chosen_us'])} us" if is_vendor(d["chosen_family"])
                     else ("the tuned kernel" if d["chosen_family"] else "n/a"))
             lines.append(f"| {d['layer']} | {d['m']}x{d['k']} | {d['density']:.4f} | {d['dtype']} | {d['n']} | "
                          f"{_f(d['tuned_us'])} | {_f(d['cusparse_us'])} | {_f(d['best_dense_us'])} | "
                          f"{_f(d['vs_cusparse'])} | {_f(d['vs_dense'])} | {d['family'] or 'n/a'} | {runs} | "
-                         f"{'' if d['representative'] == d['layer'] else d['representative']} |")
+                         f"{'' if d['representative'] == d['layer'] else d['representative']} | {d['layout']} |")
         if (out / "layers.png").exists():
             lines += ["", "![per-layer speed-up](layers.png)"]
     gc = geomean(_ratio(r.cusparse_us, r.time_us) for r in records)

@@ -41,7 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import UserError
-from .problem import Problem, check_density, check_dtype
+from .problem import Problem, check_density, check_dtype, check_layout
 
 BUNDLE_KEY = "__sparse_autotune_bundle__"
 BUNDLE_FORMAT = 1
@@ -417,17 +417,31 @@ class Job:
     dtype: str
     n: int
     layers: list  # Layer objects, checkpoint order
+    layout: str = "kn"  # the operand layout the layers run in (core.problem; layout_of)
 
     @property
     def rep(self) -> Layer:
         return self.layers[0]
 
     def problem(self) -> Problem:
-        return Problem.from_matrix(self.rep.csr(), self.n, self.dtype)
+        return Problem.from_matrix(self.rep.csr(), self.n, self.dtype, layout=self.layout)
 
 
-def plan(layers: list[Layer], ns: dict[str, list[int]], dtypes) -> list[Job]:
-    """Distinct (M, K, density key, dtype, N) problems in order: dtype, then N, then first layer."""
+# The layout each kind of layer runs in at the runtime: a Linear layer's SparseLinear computes y = x @ W^T + b with x
+# and y as PyTorch holds them (nk); a 1x1 convolution is W @ X per image, X Cin x (H * W) (kn).
+KIND_LAYOUT = {"linear": "nk", "conv1x1": "kn"}
+
+
+def layout_of(lay: Layer, layout: str | None = None) -> str:
+    """The layout a layer is tuned in: `layout` where given (tune-model --layout), else its kind's (KIND_LAYOUT)."""
+    return layout if layout is not None else KIND_LAYOUT.get(lay.kind, "kn")
+
+
+def plan(layers: list[Layer], ns: dict[str, list[int]], dtypes, layout: str | None = None) -> list[Job]:
+    """Distinct (M, K, density key, dtype, N, layout) problems in order: dtype, then N, then first layer. layout: every
+    layer's (kn or nk), or None: each layer's kind's (layout_of: nk for Linear layers, kn for 1x1 convolutions)."""
+    if layout is not None:
+        check_layout(layout)
     jobs: dict[tuple, Job] = {}
     for dt in dtypes:
         check_dtype(dt)
@@ -435,9 +449,9 @@ def plan(layers: list[Layer], ns: dict[str, list[int]], dtypes) -> list[Job]:
             for lay in layers:
                 if n not in ns[lay.name]:
                     continue
-                key = (*lay.shape, density_key(lay.density), dt, n)
+                key = (*lay.shape, density_key(lay.density), dt, n, layout_of(lay, layout))
                 if key in jobs:
                     jobs[key].layers.append(lay)
                 else:
-                    jobs[key] = Job(lay.shape[0], lay.shape[1], key[2], dt, n, [lay])
+                    jobs[key] = Job(lay.shape[0], lay.shape[1], key[2], dt, n, [lay], key[5])
     return list(jobs.values())

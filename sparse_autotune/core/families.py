@@ -14,6 +14,10 @@ defines, for a compiled `kernel` (device.kernel.Kernel: `.config`, `.dtype`, `.a
                                                 numpy functions of the host CSR matrix and cached on the device with
                                                 `kernel.a.cached(key, build)`), `b` and `c` passed through as given,
                                                 np.int32 scalars
+    args(kernel, n, b, c, bias=None)            instead, for a family whose space declares `layouts = ["kn", "nk"]`:
+                                                where kernel.layout == "nk" (b is x, N x K; c is y, N x M) the tuple
+                                                has `bias` (passed through as given, like b and c; a null pointer
+                                                where there is no bias) right after `c`; kn: as above
     smem_bytes(kernel) -> int                   optional: dynamic shared memory per block (default 0)
     adapt(space, config, dtype, env, limits)    optional: the config adapted to a problem it cannot run as stored
                                                 (another N), or None (default: `adapt_params(..., ())`: as is or None)
@@ -68,7 +72,12 @@ class Family:
     def geometry(self, kernel, n: int) -> tuple[tuple, tuple]:
         return self.host.geometry(kernel, n)
 
-    def args(self, kernel, n: int, b, c) -> tuple:
+    def args(self, kernel, n: int, b, c, bias=None) -> tuple:
+        """The kernel's parameters; an nk kernel's (kernel.layout, only for a family declaring nk) with `bias`."""
+        if getattr(kernel, "layout", "kn") == "nk":
+            if not self.space.supports_layout("nk"):
+                raise ValueError(f"family {self.name} does not declare the nk layout")
+            return tuple(self.host.args(kernel, n, b, c, bias))
         return tuple(self.host.args(kernel, n, b, c))
 
     def smem_bytes(self, kernel) -> int:

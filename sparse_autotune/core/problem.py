@@ -1,4 +1,9 @@
-"""The problem: C = A @ B with A sparse (M x K, fixed) and B dense (K x N)."""
+"""The problem: C = A @ B with A sparse (M x K, fixed) and B dense (K x N), in one of two operand layouts (LAYOUTS):
+
+    kn  B is K x N row-major, C is M x N row-major (C = A @ B)
+    nk  the nn.Linear layout: B is x, N x K row-major (leading dimension K); C is y, N x M row-major (leading
+        dimension M); y = x @ A^T (+ bias, a length-M vector of the problem's dtype, optional)
+"""
 from __future__ import annotations
 
 import hashlib
@@ -19,6 +24,7 @@ DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}  # bf16: ra
 # bf16: 8 bits of mantissa, the output rounded once (~2e-3 relative per element, Frobenius lower).
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3, "bf16": 1e-2}
 PATTERNS = ("uniform", "powerlaw", "rowuniform")
+LAYOUTS = ("kn", "nk")  # the operand layouts (the module's docstring); kn is the default and the older one
 DEFAULT_N = 256
 INDEX_LIMIT = 2**31 - 1  # the kernels index A's nonzeros (row pointers) and B's elements (column x N) in 32 bits
 SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds
@@ -153,6 +159,14 @@ def check_dtype(dtype: str) -> str:
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     return dtype
+
+
+def check_layout(layout) -> str:
+    """An operand layout: kn (B is K x N, C is M x N) or nk (the nn.Linear layout: x is N x K, y is N x M)."""
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise UserError(f"unknown layout {layout!r}: choose kn (B is K x N, C is M x N) or nk (the nn.Linear layout: "
+                        "x is N x K, y is N x M, bias fused)")
+    return layout
 
 
 def check_n(n: int) -> int:
@@ -336,7 +350,8 @@ def matrix_hash(a: sp.csr_matrix) -> str:
 
 @dataclass
 class Problem:
-    """One tuning problem. `density` is the key density (requested, or nnz/(M*K) for a given matrix)."""
+    """One tuning problem. `density` is the key density (requested, or nnz/(M*K) for a given matrix); `layout` the
+    operand layout (LAYOUTS: kn, or nk for y = x @ A^T + bias as nn.Linear holds x and y)."""
 
     m: int
     k: int
@@ -346,12 +361,17 @@ class Problem:
     pattern: str = "uniform"
     seed: int = 0
     matrix: sp.csr_matrix | None = field(default=None, repr=False)
+    layout: str = "kn"
+
+    def __post_init__(self):
+        check_layout(self.layout)
 
     @classmethod
-    def random(cls, m, k, n, density, dtype="fp32", pattern="uniform", seed=0) -> "Problem":
+    def random(cls, m, k, n, density, dtype="fp32", pattern="uniform", seed=0, layout="kn") -> "Problem":
         """A random problem (random_matrix); every input is checked, and the size (check_size) before anything is
         allocated."""
         check_dtype(dtype)
+        check_layout(layout)
         density = check_density(density)
         m, k, n = check_dims(m, k, n)
         seed = check_seed(seed)
@@ -359,12 +379,14 @@ class Problem:
             raise UserError(f"unknown pattern {pattern!r}: choose one of {', '.join(PATTERNS)}")
         check_size(m, k, n, nnz_of(m, k, density), dtype, build=True)
         a = random_matrix(m, k, density, pattern, seed, DTYPES[dtype])
-        return cls(m, k, n, round(float(density), 6), dtype, pattern, seed, a)
+        return cls(m, k, n, round(float(density), 6), dtype, pattern, seed, a, layout)
 
     @classmethod
-    def from_matrix(cls, a: sp.spmatrix, n: int, dtype: str = "fp32", pattern: str = "matrix") -> "Problem":
+    def from_matrix(cls, a: sp.spmatrix, n: int, dtype: str = "fp32", pattern: str = "matrix",
+                    layout: str = "kn") -> "Problem":
         """A problem of a given matrix (real values, at least one nonzero; check_real_matrix) and N."""
         check_dtype(dtype)
+        check_layout(layout)
         n = check_n(n)
         if not hasattr(a, "shape") or not hasattr(a, "dtype") or len(a.shape) != 2 or 0 in a.shape:
             raise UserError(f"the matrix must be a non-empty 2-D array or scipy.sparse matrix "
@@ -378,7 +400,7 @@ class Problem:
         m, k = a.shape
         check_size(m, k, n, a.nnz, dtype)
         density = round(a.nnz / (m * k), 6) if a.nnz else round(1.0 / (m * k), 6)
-        return cls(m, k, n, density, dtype, pattern, 0, a)
+        return cls(m, k, n, density, dtype, pattern, 0, a, layout)
 
     @property
     def nnz(self) -> int:
@@ -389,12 +411,16 @@ class Problem:
         return 2 * self.nnz * self.n
 
     def key(self) -> str:
-        return f"M{self.m}_K{self.k}_N{self.n}_d{self.density:g}_{self.dtype}_{self.pattern}"
+        """The problem's name (its studies are named by it): "_nk" appended for the nk layout only, so kn problems keep
+        the names they always had."""
+        tail = "_nk" if self.layout == "nk" else ""
+        return f"M{self.m}_K{self.k}_N{self.n}_d{self.density:g}_{self.dtype}_{self.pattern}{tail}"
 
     def fingerprint(self) -> str:
         return matrix_hash(self.matrix)
 
     def min_bytes(self, index_bytes: int = 4) -> int:
-        """Bytes that must move: A's values, column indices and row pointers, B and C, each once."""
+        """Bytes that must move: A's values, column indices and row pointers, B and C, each once (nk: and the bias)."""
         es = np.dtype(DTYPES[self.dtype]).itemsize
-        return self.nnz * (es + index_bytes) + (self.m + 1) * 4 + self.k * self.n * es + self.m * self.n * es
+        bias = self.m * es if self.layout == "nk" else 0
+        return self.nnz * (es + index_bytes) + (self.m + 1) * 4 + self.k * self.n * es + self.m * self.n * es + bias

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import jinja2
 
-from ..core.space import Space
+from ..core.space import Space, split_path
 
 
 @lru_cache(maxsize=1)
@@ -20,13 +20,19 @@ def _env() -> jinja2.Environment:
     )
 
 
-def render(space: Space, config: dict, dtype: str, context: dict | None = None) -> str:
+def render(space: Space, config: dict, dtype: str, context: dict | None = None, layout: str = "kn") -> str:
     """Render the family's template for one config. Unknown or missing parameters raise.
 
     context: extra template variables; the pattern-specialised families need their matrix's
-    (their host side's `context`), and rendering them without it raises."""
+    (their host side's `context`), and rendering them without it raises.
+    layout: the operand layout, the template's variable `layout` ("kn", or "nk" for a family whose space declares it:
+    then its kernel takes one more pointer, `bias`, right after C; core.space, core.families). A config's nk_path (how
+    an nk problem is served) is not the template's and is left out."""
+    if not space.supports_layout(layout):
+        raise ValueError(f"family {space.family} is not written for layout {layout!r} (its layouts: "
+                         f"{', '.join(space.layouts)})")
     tpl = _env().get_template(space.template)
-    return tpl.render(dtype=dtype, **(context or {}), **config)
+    return tpl.render(dtype=dtype, layout=layout, **(context or {}), **split_path(config)[0])
 
 
 def source_hash(source: str) -> str:

@@ -1,6 +1,7 @@
 """Declarative variant spaces (search_spaces/*.toml): parameters, conditions, constraints, known-good configs."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,6 +25,22 @@ def _next_pow2(x: int) -> int:
 
 
 _SAFE_FUNCS = {"max": max, "min": min, "next_pow2": _next_pow2, "abs": abs}
+LAYOUTS = ("kn", "nk")  # core.problem.LAYOUTS (this module imports nothing of the problem's)
+# How a kernel family serves a problem of the nk layout (y = x @ A^T + bias, x N x K, y N x M): the config parameter
+# that Space.for_layout adds for nk problems (never written into a family's .toml), and its values: "native" (the
+# family's template rendered for nk: one kernel; only families declaring `layouts = ["kn", "nk"]`) or "staged" (x
+# transposed into a K x N workspace, the family's kn kernel into an M x N workspace, one kernel writing y = C^T + bias:
+# device.staged, for every family).
+NK_PATH = "nk_path"
+NK_PATHS = ("native", "staged")
+
+
+def split_path(config: dict) -> tuple[dict, str | None]:
+    """(the kernel's own config, without nk_path; the nk path, None where the config has none)."""
+    if NK_PATH not in config:
+        return config, None
+    rest = {k: v for k, v in config.items() if k != NK_PATH}
+    return rest, config[NK_PATH]
 
 
 @lru_cache(maxsize=None)
@@ -66,6 +83,7 @@ class Space:
     rank: int = 100  # the runtime's default kernel comes from the enabled family of lowest rank
     needs_matrix: bool = False  # the template is rendered for one sparsity pattern (its host side's context)
     dtypes: tuple[str, ...] = ("fp32", "fp16")  # the dtypes the family computes
+    layouts: tuple[str, ...] = ("kn",)  # the operand layouts its template is written for (rendered with `layout`)
 
     # ---- structure ------------------------------------------------------------------------------
     def active(self, name: str, partial: dict) -> bool:
@@ -90,9 +108,26 @@ class Space:
             out[p.name] = value
         return out
 
+    def for_layout(self, layout: str) -> "Space":
+        """The space a problem of `layout` searches: this one for kn; for nk, with one more (last) parameter, nk_path:
+        "native" and "staged" where the family declares nk, else "staged" alone (NK_PATH). Its default, which a config
+        stored without it gets (a known-good config, a kn record's config), is the first: native where declared."""
+        if layout == "kn" or any(p.name == NK_PATH for p in self.params):
+            return self
+        paths = list(NK_PATHS) if self.supports_layout("nk") else ["staged"]
+        return dataclasses.replace(self, params=[*self.params, Param(NK_PATH, paths, None, paths[0])])
+
+    def default_path(self) -> str:
+        """The nk path a config without one runs: native where the family declares nk, else staged."""
+        return "native" if self.supports_layout("nk") else "staged"
+
     # ---- feasibility ----------------------------------------------------------------------------
     def supports(self, dtype: str) -> bool:
         return dtype in self.dtypes
+
+    def supports_layout(self, layout: str) -> bool:
+        """The template is written for this operand layout (every family: kn; nk where `layouts` declares it)."""
+        return layout in self.layouts
 
     def check(self, config: dict, problem_env: dict, limits: dict | None = None) -> str | None:
         """Return None if feasible, else the reason (the family's dtypes, then the first constraint that fails)."""
@@ -172,8 +207,9 @@ class Space:
         return sum(1 for _ in self.enumerate(dtype))
 
 
-def problem_env(m: int, k: int, n: int, nnz: int, dtype: str) -> dict:
-    return {"M": int(m), "K": int(k), "N": int(n), "nnz": int(nnz), "dtype": dtype}
+def problem_env(m: int, k: int, n: int, nnz: int, dtype: str, layout: str = "kn") -> dict:
+    """The problem's names in constraints: M, K, N, nnz, dtype, layout ("kn" or "nk")."""
+    return {"M": int(m), "K": int(k), "N": int(n), "nnz": int(nnz), "dtype": dtype, "layout": layout}
 
 
 def parse_space(data: dict, source: str = "<space>") -> Space:
@@ -183,9 +219,16 @@ def parse_space(data: dict, source: str = "<space>") -> Space:
         cons = [Constraint(c["expr"], c.get("why", c["expr"])) for c in data.get("constraints", [])]
         space = Space(data["family"], data["template"], data.get("description", ""), params, cons,
                       list(data.get("known_good", [])), bool(data.get("enabled", True)), int(data.get("rank", 100)),
-                      bool(data.get("needs_matrix", False)), tuple(data.get("dtypes", ("fp32", "fp16"))))
+                      bool(data.get("needs_matrix", False)), tuple(data.get("dtypes", ("fp32", "fp16"))),
+                      tuple(data.get("layouts", ("kn",))))
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{source}: malformed space ({type(exc).__name__}: {exc})") from None
+    if ("kn" not in space.layouts or not set(space.layouts) <= set(LAYOUTS)
+            or len(set(space.layouts)) != len(space.layouts)):
+        raise ValueError(f"{source}: layouts must list kn, and nk where the template is written for it too "
+                         f"(got {list(space.layouts)})")
+    if any(p.name == NK_PATH for p in space.params):
+        raise ValueError(f"{source}: {NK_PATH} is not a family's parameter (the tuner adds it for nk problems)")
     exprs = [c.expr for c in space.constraints] + [p.when for p in space.params if p.when]
     for e in exprs:  # syntax errors surface at load time, not mid-tune
         try:

@@ -77,14 +77,17 @@ def dense_bytes(m: int, k: int, dtype: str) -> int:
     return int(m) * int(k) * DTYPE_BYTES[dtype]
 
 
-def describe(family: str, config: dict, m: int, k: int, dtype: str) -> str:
-    """One line saying what a vendor config runs (and the dense copy's memory); '' for a templated family."""
+def describe(family: str, config: dict, m: int, k: int, dtype: str, layout: str = "kn") -> str:
+    """One line saying what a vendor config runs (and the dense copy's memory); '' for a templated family. layout nk:
+    the vendor path reads x and writes y as they are and adds the bias in one more kernel (device.vendor)."""
+    nk = ", x and y as they are (column-major descriptors), + a bias kernel" if layout == "nk" else ""
     if family == CUSPARSE:
-        return f"cuSPARSE SpMM ({config.get('alg')}) on A as CSR"
+        return f"cuSPARSE SpMM ({config.get('alg')}) on A as CSR{nk}"
     if family == DENSE:
         mb = dense_bytes(m, k, dtype) / 2**20
+        nk = ", y = x A^T as nn.Linear's GEMM, + a bias kernel" if layout == "nk" else ""
         return (f"cuBLAS {str(config.get('math')).upper()} GEMM on a dense copy of A ({m}x{k} {dtype}: {mb:.1f} MiB "
-                "of GPU memory, made only for this plan)")
+                f"of GPU memory, made only for this plan){nk}")
     return ""
 
 

@@ -40,7 +40,7 @@ def time_kernel_cold(kern, ctx):
     ncopy = copies_for(a.nbytes(), ctx.gpu.l2_bytes, _free_bytes())
     kernels = [kern] + [kern.bound_to(a.twin()) for _ in range(ncopy - 1)]
     nb = len(ctx.b_bufs)
-    launches = [lambda i=i: kernels[i % ncopy](ctx.b_bufs[i % nb], ctx.c) for i in range(max(ncopy, nb))]
+    launches = [lambda i=i: ctx.launch(kernels[i % ncopy], ctx.b_bufs[i % nb]) for i in range(max(ncopy, nb))]
     try:
         return time_launches(launches), ncopy
     finally:
@@ -62,8 +62,8 @@ def time_dense_cold(ctx):
     a0 = storage(ctx.a_dense_f32(), p.dtype)
     ncopy = copies_for(int(a0.nbytes), ctx.gpu.l2_bytes, _free_bytes())
     dense = [a0] + [a0.copy() for _ in range(ncopy - 1)]
-    c = cp.empty((p.m, p.n), dtype=a0.dtype)
-    gemms = [CublasGemm(d, ctx.b_bufs, c, mode) for d in dense]
+    c = cp.empty(ctx.out_shape, dtype=a0.dtype)
+    gemms = [CublasGemm(d, ctx.b_bufs, c, mode, p.layout, ctx.bias) for d in dense]  # nk: y = x A^T + bias
     try:
         poison(c)
         gemms[0].launch(0)

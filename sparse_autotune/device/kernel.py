@@ -4,6 +4,10 @@ Each family's own launch geometry, arguments and layouts are its host side (vari
 A `Kernel` is one compiled variant bound to one sparse matrix on the device; `kernel(B, C)` launches it
 on the current CuPy stream. `kernel.launcher(n)` is the same launch bound to N with its arguments packed once:
 `launcher(b_ptr, c_ptr, stream_ptr)` is one cuLaunchKernel on raw pointers (no CuPy or DLPack objects per call).
+
+A kernel of the nk layout (`build_kernel(..., layout="nk")`, a family declaring nk: y = x @ A^T + bias with x N x K
+and y N x M, core.problem) takes the bias pointer right after C: `kernel(x, y, bias)`, and its launcher is a
+BiasLauncher, `launcher(x_ptr, y_ptr, stream_ptr, bias_ptr=0)` (0: no bias).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from ..errors import CandidateError
 from ..core.problem import storage
 from ..core.render import render
 from ..core.families import Family, get_family
-from ..core.space import Space
+from ..core.space import Space, split_path
 
 
 class DeviceCSR:
@@ -88,6 +92,7 @@ class Kernel:
     source: str
     fn: object
     a: DeviceCSR
+    layout: str = "kn"  # the operand layout it was rendered for (nk: the bias pointer follows C)
     _launchers: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -102,10 +107,10 @@ class Kernel:
         """Dynamic shared memory per block."""
         return self.family.smem_bytes(self)
 
-    def args(self, n: int, b, c) -> tuple:
-        """The kernel's parameters for N columns, in order: A's device arrays, `b` and `c` passed through as given
-        (arrays, pointers or placeholders) and np.int32 scalars."""
-        return self.family.args(self, n, b, c)
+    def args(self, n: int, b, c, bias=None) -> tuple:
+        """The kernel's parameters for N columns, in order: A's device arrays, `b` and `c` (and, nk, `bias` right after
+        c) passed through as given (arrays, pointers or placeholders) and np.int32 scalars."""
+        return self.family.args(self, n, b, c, bias)
 
     def a_bytes(self) -> int:
         """Bytes of A as this kernel reads it: the device arrays its arguments name besides B and C (the family's
@@ -130,34 +135,50 @@ class Kernel:
         return ln
 
     def _make_launcher(self, n: int) -> Launcher:
+        nk = self.layout == "nk"
         if self.a.shape[0] == 0 or n == 0:
-            return Launcher.noop()
+            return BiasLauncher.noop() if nk else Launcher.noop()
         grid, block = self.geometry(n)
-        args = self.args(n, _B_SLOT, _C_SLOT)
+        args = self.args(n, _B_SLOT, _C_SLOT, _BIAS_SLOT) if nk else self.args(n, _B_SLOT, _C_SLOT)
         values: list = []
         keep: list = [self.fn]  # the compiled kernel holds its module: the function handle stays valid
         for a in args:
-            if a is _B_SLOT or a is _C_SLOT:
+            if a is _B_SLOT or a is _C_SLOT or a is _BIAS_SLOT:
                 values.append(0)
             elif isinstance(a, np.int32):
                 values.append(a)
+            elif isinstance(a, (int, np.uint64)) and not isinstance(a, bool):  # a raw pointer (0: a null pointer)
+                values.append(int(a))
             else:  # one of A's device arrays: its address, and a reference so it is not freed
                 values.append(int(a.data.ptr))
                 keep.append(a)
         b_slot = next(i for i, a in enumerate(args) if a is _B_SLOT)
         c_slot = next(i for i, a in enumerate(args) if a is _C_SLOT)
-        return Launcher(function_ptr(self.fn), grid, block, self.smem_bytes(), values, b_slot, c_slot, keep)
+        if not nk:
+            return Launcher(function_ptr(self.fn), grid, block, self.smem_bytes(), values, b_slot, c_slot, keep)
+        bias_slot = next((i for i, a in enumerate(args) if a is _BIAS_SLOT), None)
+        if bias_slot != c_slot + 1:
+            raise CandidateError("launch", f"family {self.family.name}: an nk kernel's arguments must have the bias "
+                                           "right after C")
+        return BiasLauncher(function_ptr(self.fn), grid, block, self.smem_bytes(), values, b_slot, c_slot, keep,
+                            bias_slot=bias_slot)
 
-    def __call__(self, b, c_out):
-        """C = A @ B on the current CuPy stream (B and C CuPy arrays); returns c_out."""
-        ln = self.launcher(int(b.shape[1]))
+    def __call__(self, b, c_out, bias=None):
+        """C = A @ B on the current CuPy stream (B and C CuPy arrays); returns c_out. nk: y = x @ A^T + bias with B the
+        x (N x K), c_out the y (N x M) and `bias` a length-M array or None."""
+        nk = self.layout == "nk"
+        ln = self.launcher(int(b.shape[0] if nk else b.shape[1]))
         if not ln.is_noop:
             from ..device.gpu import cupy  # noqa: PLC0415
-            ln(b.data.ptr, c_out.data.ptr, cupy().cuda.get_current_stream().ptr)
+            stream = cupy().cuda.get_current_stream().ptr
+            if nk:
+                ln(b.data.ptr, c_out.data.ptr, stream, 0 if bias is None else bias.data.ptr)
+            else:
+                ln(b.data.ptr, c_out.data.ptr, stream)
         return c_out
 
 
-_B_SLOT, _C_SLOT = object(), object()  # placeholders for B and C in Kernel.args when packing a launcher
+_B_SLOT, _C_SLOT, _BIAS_SLOT = object(), object(), object()  # placeholders in Kernel.args when packing a launcher
 CUDA_ERROR_INVALID_CONTEXT = 201
 
 
@@ -171,8 +192,8 @@ def pack_params(values) -> tuple[np.ndarray, np.ndarray]:
     for i, v in enumerate(values):
         if isinstance(v, np.int32):
             words[2 * i] = v
-        elif isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 64:
-            slots[i] = v
+        elif isinstance(v, (int, np.uint64)) and not isinstance(v, bool) and 0 <= int(v) < 2 ** 64:
+            slots[i] = int(v)
         else:
             raise TypeError(f"kernel parameter {i}: {v!r} is neither a device pointer (int) nor an np.int32")
     base = slots.ctypes.data
@@ -231,17 +252,52 @@ class Launcher:
     launch = __call__
 
 
-def build_kernel(a: DeviceCSR, family: str, config: dict, dtype: str) -> Kernel:
+class BiasLauncher(Launcher):
+    """The launcher of a kernel with a third pointer slot, the bias (an nk kernel: right after C; device.staged's
+    transposes): `launcher(b_ptr, c_ptr, stream_ptr, bias_ptr=0)` writes the three addresses and launches; a bias of 0
+    is a null pointer (no bias)."""
+
+    __slots__ = ("_bias",)
+
+    def __init__(self, *args, bias_slot: int, **kw):
+        super().__init__(*args, **kw)
+        self._bias = int(bias_slot)
+
+    def __call__(self, b_ptr: int, c_ptr: int, stream_ptr: int, bias_ptr: int = 0) -> None:
+        if self.is_noop:
+            return
+        with self._lock:
+            slots = self._slots
+            slots[self._b] = b_ptr
+            slots[self._c] = c_ptr
+            slots[self._bias] = bias_ptr
+            try:
+                self._launch(*self._pre, stream_ptr, self._params, 0)
+            except Exception as exc:
+                if getattr(exc, "status", None) != CUDA_ERROR_INVALID_CONTEXT:
+                    raise
+                from ..device.gpu import cupy  # noqa: PLC0415
+                cupy().cuda.runtime.memGetInfo()  # as Launcher: bind the primary context and launch again
+                self._launch(*self._pre, stream_ptr, self._params, 0)
+
+    launch = __call__
+
+
+def build_kernel(a: DeviceCSR, family: str, config: dict, dtype: str, layout: str = "kn") -> Kernel:
+    """One config of a family compiled for A (DeviceCSR) in `dtype`, its template rendered for `layout` (nk only for a
+    family declaring it: a CandidateError("render") else). A config's nk_path (core.space.NK_PATH) is not the
+    kernel's: device.staged.build_for chooses between a native nk kernel and the staged path by it."""
     fam = get_family(family)
     space = fam.space
+    config, _ = split_path(config)
     config = space.normalize(config, dtype) or config  # a config stored before a parameter existed gets its default
     try:
         context = fam.context(a.host, config) if space.needs_matrix else None
-        source = render(space, config, dtype, context)
+        source = render(space, config, dtype, context, layout)
     except Exception as exc:  # noqa: BLE001
         raise CandidateError("render", str(exc)) from None
     fn = compile_ptx(source) if space.template.endswith(".ptx.j2") else compile_kernel(source)
-    kern = Kernel(fam, dict(config), dtype, source, fn, a)
+    kern = Kernel(fam, dict(config), dtype, source, fn, a, layout)
     kern.warm()
     smem = kern.smem_bytes()
     if smem > 48 * 1024:  # above 48 KB a kernel must opt in to its dynamic shared memory

@@ -3,7 +3,11 @@
 A launcher is bound to one matrix and one N, with its descriptors, work buffer and scalars made once;
 `launcher(b_ptr, c_ptr, stream_ptr)` computes C = A @ B (row-major B and C) on that stream, as a kernel's
 `Launcher` does (device.kernel): the baselines (device.baselines), the tuner's vendor candidates, the runtime's
-dispatch and its quick tuning all launch them the same way. The calls go through ctypes on the library CuPy loaded
+dispatch and its quick tuning all launch them the same way. Made with layout="nk" (core.problem: y = x @ A^T + bias,
+x N x K and y N x M row-major) they read x and write y as they are, with no copy: cuSPARSE through column-major
+descriptors (x is K x N column-major, y M x N column-major), cuBLAS as the transposed GEMM nn.Linear runs; then
+`launcher(x_ptr, y_ptr, stream_ptr, bias_ptr)` adds the bias in one more kernel (device.staged.bias_add_launcher: a
+part of the call, and of its timing) where bias_ptr is not 0. The calls go through ctypes on the library CuPy loaded
 (CuPy's own bindings refuse every call while a stream is being captured): a cuBLAS launch is capturable in a CUDA
 graph (the handle gets a fixed workspace); a cuSPARSE launch is where its algorithm allocates nothing and does not
 synchronise (the tuner's timing of it says "graph" when its capture worked, "events" when it fell back).
@@ -73,9 +77,14 @@ def _cublas_workspace(handle: int, nbytes: int = 32 << 20):
     _WORKSPACE[handle] = ws
 
 
+MODE_DTYPE = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}  # a dense math's storage (its bias add)
+
+
 class DenseLauncher:
     """C = A_dense @ B for one N with cublasGemmEx, row-major, as C^T = B^T A^T in cuBLAS's column-major terms.
-    `a` is the dense A on the device (M x K, C-contiguous, the mode's data type); it is kept alive."""
+    `a` is the dense A on the device (M x K, C-contiguous, the mode's data type); it is kept alive.
+    layout "nk": y (N x M) = x (N x K) @ A^T, as y^T = A x^T in column-major terms (A transposed in the call:
+    nn.Linear's own GEMM), then + bias where the call gives one."""
 
     MODES = {  # mode -> (data type, compute type name)
         "fp32": (0, "CUBLAS_COMPUTE_32F"),
@@ -85,10 +94,11 @@ class DenseLauncher:
     }
     is_noop = False
 
-    def __init__(self, a, n: int, mode: str):
+    def __init__(self, a, n: int, mode: str, layout: str = "kn"):
         import ctypes as ct  # noqa: PLC0415
         from cupy_backends.cuda.libs import cublas as cb  # noqa: PLC0415
         self.a = a
+        self.layout = layout
         self.handle = _cp().cuda.device.get_cublas_handle()
         dt, comp = self.MODES[mode]
         m, k = (int(x) for x in a.shape)
@@ -98,22 +108,39 @@ class DenseLauncher:
         ci, vp = ct.c_int, ct.c_void_p
         self._h = vp(self.handle)
         self._host = ci(cb.CUBLAS_POINTER_MODE_HOST)
-        # cublasGemmEx(handle, opN, opN, n, m, k, alpha, B, dt, n, A, dt, k, beta, C, dt, n, compute, algo)
-        self._head = (self._h, ci(cb.CUBLAS_OP_N), ci(cb.CUBLAS_OP_N), ci(n), ci(m), ci(k), vp(self.alpha.ctypes.data))
-        self._a = (vp(a.data.ptr), ci(dt), ci(k), vp(self.beta.ctypes.data))
-        self._dt, self._ld = ci(dt), ci(n)
+        self._dt = ci(dt)
         self._tail = (ci(getattr(cb, comp)), ci(-1))  # algo -1: CUBLAS_GEMM_DEFAULT
+        self._bias = None
+        if layout == "nk":
+            from .staged import bias_add_launcher  # noqa: PLC0415
+            # cublasGemmEx(handle, opT, opN, m, n, k, alpha, A, dt, k, x, dt, k, beta, y, dt, m, compute, algo)
+            self._head = (self._h, ci(cb.CUBLAS_OP_T), ci(cb.CUBLAS_OP_N), ci(m), ci(n), ci(k),
+                          vp(self.alpha.ctypes.data), vp(a.data.ptr), self._dt, ci(k))
+            self._ldb, self._ldc = ci(k), ci(m)
+            self._bias = bias_add_launcher(MODE_DTYPE[mode], n, m)
+        else:
+            # cublasGemmEx(handle, opN, opN, n, m, k, alpha, B, dt, n, A, dt, k, beta, C, dt, n, compute, algo)
+            self._head = (self._h, ci(cb.CUBLAS_OP_N), ci(cb.CUBLAS_OP_N), ci(n), ci(m), ci(k),
+                          vp(self.alpha.ctypes.data))
+            self._a = (vp(a.data.ptr), ci(dt), ci(k), vp(self.beta.ctypes.data))
+            self._ld = ci(n)
         self._lock = threading.Lock()
 
-    def __call__(self, b_ptr: int, c_ptr: int, stream_ptr: int) -> None:
+    def __call__(self, b_ptr: int, c_ptr: int, stream_ptr: int, bias_ptr: int = 0) -> None:
         import ctypes as ct  # noqa: PLC0415
         lib = _lib("cublas")
         vp = ct.c_void_p
         with self._lock:
             _check(lib.cublasSetStream_v2(self._h, vp(stream_ptr)), "cublasSetStream")
             _check(lib.cublasSetPointerMode_v2(self._h, self._host), "cublasSetPointerMode")
-            _check(lib.cublasGemmEx(*self._head, vp(b_ptr), self._dt, self._ld, *self._a, vp(c_ptr), self._dt,
-                                    self._ld, *self._tail), "cublasGemmEx")
+            if self._bias is None:
+                _check(lib.cublasGemmEx(*self._head, vp(b_ptr), self._dt, self._ld, *self._a, vp(c_ptr), self._dt,
+                                        self._ld, *self._tail), "cublasGemmEx")
+                return
+            _check(lib.cublasGemmEx(*self._head, vp(b_ptr), self._dt, self._ldb, vp(self.beta.ctypes.data),
+                                    vp(c_ptr), self._dt, self._ldc, *self._tail), "cublasGemmEx")
+            if bias_ptr:
+                self._bias(c_ptr, c_ptr, stream_ptr, bias_ptr)
 
     launch = __call__
 
@@ -122,11 +149,15 @@ class CuSparseLauncher:
     """C = A @ B for one N with cusparseSpMM (CSR, 32-bit indices, row-major B and C), one algorithm. The descriptors
     of B and C are pointed at each call's buffers (cusparseDnMatSetValues, a host-side call), so one launcher serves
     any B and C of its shape. `b_ptr` / `c_ptr`: buffers for the work-buffer query and the preprocessing (zeros of
-    the right shape are made for them where not given)."""
+    the right shape are made for them where not given).
+    layout "nk": x (N x K row-major) described as K x N column-major, y (N x M row-major) as M x N column-major, then
+    + bias where the call gives one. An algorithm that refuses column-major operands fails here (made with its own
+    scratch buffers, the launcher is run once on them), not at the first call."""
 
     is_noop = False
 
-    def __init__(self, a_dev, n: int, dtype: str, alg_name: str, b_ptr: int | None = None, c_ptr: int | None = None):
+    def __init__(self, a_dev, n: int, dtype: str, alg_name: str, b_ptr: int | None = None, c_ptr: int | None = None,
+                 layout: str = "kn"):
         from cupy_backends.cuda.libs import cusparse as cs  # noqa: PLC0415
         cp = _cp()
         self.cs = cs
@@ -146,20 +177,31 @@ class CuSparseLauncher:
         i32 = cs.CUSPARSE_INDEX_32I
         self.mat_a = cs.createCsr(m, k, a_dev.nnz, a_dev.row_ptr.data.ptr, a_dev.cols(32).data.ptr,
                                   a_dev.vals.data.ptr, i32, i32, cs.CUSPARSE_INDEX_BASE_ZERO, vt)
-        self.mat_b = cs.createDnMat(k, n, n, b_ptr, vt, cs.CUSPARSE_ORDER_ROW)
-        self.mat_c = cs.createDnMat(m, n, n, c_ptr, vt, cs.CUSPARSE_ORDER_ROW)
+        self._closed = True  # until every descriptor exists (close() then has them all)
+        self.layout = layout
+        self._bias = None
+        if layout == "nk":
+            from .staged import bias_add_launcher  # noqa: PLC0415
+            self.mat_b = cs.createDnMat(k, n, k, b_ptr, vt, cs.CUSPARSE_ORDER_COL)
+            self.mat_c = cs.createDnMat(m, n, m, c_ptr, vt, cs.CUSPARSE_ORDER_COL)
+            self._bias = bias_add_launcher(dtype, n, m)
+        else:
+            self.mat_b = cs.createDnMat(k, n, n, b_ptr, vt, cs.CUSPARSE_ORDER_ROW)
+            self.mat_c = cs.createDnMat(m, n, n, c_ptr, vt, cs.CUSPARSE_ORDER_ROW)
+        self._closed = False
         self.op = cs.CUSPARSE_OPERATION_NON_TRANSPOSE
         args = (self.handle, self.op, self.op, self.alpha.ctypes.data, self.mat_a, self.mat_b, self.beta.ctypes.data,
                 self.mat_c, self.compute, self.alg)
         self.buf = cp.empty(max(1, cs.spMM_bufferSize(*args)), dtype=cp.int8)
         if hasattr(cs, "spMM_preprocess"):
             cs.spMM_preprocess(*args, self.buf.data.ptr)
+        self._lock = threading.Lock()
+        if scratch and layout == "nk":  # an algorithm that refuses these operands says so now
+            self(b_ptr, c_ptr, cp.cuda.get_current_stream().ptr)
         if scratch:
             cp.cuda.get_current_stream().synchronize()  # the preprocessing is done with the scratch buffers
-        self._lock = threading.Lock()
-        self._closed = False
 
-    def __call__(self, b_ptr: int, c_ptr: int, stream_ptr: int) -> None:
+    def __call__(self, b_ptr: int, c_ptr: int, stream_ptr: int, bias_ptr: int = 0) -> None:
         import ctypes as ct  # noqa: PLC0415
         lib = _lib("cusparse")
         vp, ci = ct.c_void_p, ct.c_int
@@ -170,6 +212,8 @@ class CuSparseLauncher:
             _check(lib.cusparseSpMM(vp(self.handle), ci(self.op), ci(self.op), vp(self.alpha.ctypes.data),
                                     vp(self.mat_a), vp(self.mat_b), vp(self.beta.ctypes.data), vp(self.mat_c),
                                     ci(self.compute), ci(self.alg), vp(self.buf.data.ptr)), "cusparseSpMM")
+            if bias_ptr and self._bias is not None:
+                self._bias(c_ptr, c_ptr, stream_ptr, bias_ptr)
 
     launch = __call__
 
@@ -197,11 +241,11 @@ def dense_copy(host_csr, dtype: str):
     return cp.ascontiguousarray(cp.asarray(storage(dense, dtype)))
 
 
-def vendor_launcher(family: str, config: dict, n: int, dtype: str, a_dev=None, a_dense=None):
+def vendor_launcher(family: str, config: dict, n: int, dtype: str, a_dev=None, a_dense=None, layout: str = "kn"):
     """The launcher of a vendor config for N columns: cuSPARSE on `a_dev` (device.kernel.DeviceCSR), cuBLAS on
-    `a_dense` (dense_copy)."""
+    `a_dense` (dense_copy); layout "nk": called as `ln(x_ptr, y_ptr, stream_ptr, bias_ptr)` (above)."""
     if family == CUSPARSE:
-        return CuSparseLauncher(a_dev, n, dtype, config["alg"])
+        return CuSparseLauncher(a_dev, n, dtype, config["alg"], layout=layout)
     if family == DENSE:
-        return DenseLauncher(a_dense, n, config["math"])
+        return DenseLauncher(a_dense, n, config["math"], layout)
     raise KeyError(f"no vendor family {family!r}")

@@ -7,11 +7,17 @@ from ..core.problem import TOLERANCE, as_float
 from ..errors import CandidateError
 
 
-def reference(a64, b):
-    """C = A @ B in float64 on the device; a64 is a cupyx float64 CSR matrix."""
+def reference(a64, b, layout: str = "kn", bias=None):
+    """C = A @ B in float64 on the device; a64 is a cupyx float64 CSR matrix. layout "nk": b is x (N x K) and the
+    reference is y = (A @ x^T)^T + bias (N x M; the bias, a length-M array of the dtype, where given)."""
     from ..device.gpu import cupy  # noqa: PLC0415
     cp = cupy()
-    return a64 @ as_float(b).astype(cp.float64)
+    if layout != "nk":
+        return a64 @ as_float(b).astype(cp.float64)
+    y = cp.ascontiguousarray((a64 @ cp.ascontiguousarray(as_float(b).astype(cp.float64).T)).T)
+    if bias is not None:
+        y += as_float(bias).astype(cp.float64)[None, :]
+    return y
 
 
 def rel_error(out, ref) -> float:

@@ -26,7 +26,8 @@ def magnitude_mask(weight: torch.Tensor, density: float) -> torch.Tensor:
 
 
 class SparseLinear(nn.Module):
-    """y = x @ W.T + b with W sparse, computed by the autotuned SpMM operator (W @ x.T, then transposed).
+    """y = x @ W.T + b with W sparse, computed by the autotuned SpMM operator's op.linear (the nk layout: x and y as
+    PyTorch holds them, the bias fused; runtime.spmm): one kernel per call where the plan for the batch's N is native.
 
     tune ("off" / "quick"; default $SPARSE_AUTOTUNE_RUNTIME_TUNE, else "off") and allow_tf32 are the operator's
     (runtime.spmm.SpMM): with "quick" the first forward with a new batch size times a handful of candidates (the
@@ -40,11 +41,13 @@ class SparseLinear(nn.Module):
             raise UserError(f"weight must be 2-D (out x in), got shape {tuple(weight.shape)}")
         self.out_features, self.in_features = weight.shape
         w = weight.detach()
-        self.op = SpMM(w.cpu(), n_hint=n_hint, dtype=dtype, db=db, tune=tune, allow_tf32=allow_tf32)
+        self.op = SpMM(w.cpu(), dtype=dtype, db=db, tune=tune, allow_tf32=allow_tf32)
         tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.op.dtype]
         # the bias in the layer's dtype, cast once here (not per forward); a later .half()/.to() is followed lazily
         self.register_buffer("bias", None if bias is None else bias.detach().to(tdtype).clone(), persistent=True)
         self._w = None  # (the operator's dense copy of W, its torch view), while a plan runs cuBLAS on it
+        if n_hint is not None:  # plan, compile and pack op.linear's launch for N = n_hint now, not at the first call
+            self.op._prepare(int(n_hint), "nk")
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, density_or_mask, dtype: str | None = None, db=None,
@@ -62,40 +65,34 @@ class SparseLinear(nn.Module):
         return cls(w * mask, linear.bias, dtype=dtype, db=db, n_hint=n_hint, tune=tune, allow_tf32=allow_tf32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Where the plan for this N is cuBLAS on W's dense copy (after the first eager call with N): one
-        torch.nn.functional.linear on that copy, exactly nn.Linear's call. Else three kernels: B = x^T made contiguous
-        (K x N), C = W @ B into a fresh (M x N), y = C^T (+ bias) into a contiguous (N x M). Everything runs on PyTorch's current stream with PyTorch's allocator: capturable in a
-        CUDA graph once an eager call has run with the same N."""
+        """y = op.linear(x, bias): x (N x K, N = all leading dims) read as it is, y (N x M) written with the bias, by
+        the plan for this N (`layer.op.plan(n, layout="nk")`): one kernel where its path is native (a family declaring
+        the nk layout; cuSPARSE or cuBLAS: their call, plus one kernel adding the bias), three where it is staged (x
+        transposed, the kn kernel, y = C^T + bias). Where the plan is cuBLAS on W's dense copy (after the first eager
+        call with N): one torch.nn.functional.linear on that copy, exactly nn.Linear's call. Everything runs on
+        PyTorch's current stream with PyTorch's allocator: capturable in a CUDA graph once an eager call has run with
+        the same N."""
         if x.shape[-1] != self.in_features:
             raise UserError(f"input has {x.shape[-1]} features, the layer expects {self.in_features}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         n = x2.shape[0]  # N = all leading dims
+        bias = self.bias
+        if bias is not None and (bias.dtype != x.dtype or bias.device != x.device):
+            bias = bias.to(device=x.device, dtype=x.dtype)  # only after the module was cast or moved apart from x
         w = self._dense_weight(n, x)
         if w is not None:  # the plan for this N is cuBLAS on the dense copy: nn.Linear's own call, no detours
-            bias = self.bias if self.bias is None or self.bias.dtype == x.dtype else self.bias.to(x.dtype)
             return torch.nn.functional.linear(x, w, bias)
-        b = x2.t().contiguous()  # K x N
-        c = torch.empty((self.out_features, n), dtype=x.dtype, device=x.device)
-        self.op(b, out=c)
-        y = torch.empty((n, self.out_features), dtype=x.dtype, device=x.device)
-        bias = self.bias
-        if bias is None:
-            y.copy_(c.t())
-        else:
-            if bias.dtype != y.dtype:  # only after the module was cast: the buffer is kept in the op's dtype
-                bias = bias.to(y.dtype)
-            torch.add(c.t(), bias, out=y)
-        return y.view(*lead, self.out_features)
+        return self.op.linear(x2, bias).view(*lead, self.out_features)
 
     def _dense_weight(self, n: int, x: torch.Tensor):
         """W's dense copy as a torch tensor where this N is already planned (an eager call ran) to cuBLAS at the
         precision torch's own matmul of x uses now (fp16 / bf16; fp32 without TF32, or TF32 where both the plan and
         torch.backends.cuda.matmul.allow_tf32 say so), else None: then forward runs the operator."""
         op = self.op
-        if n not in op._launchers or op._dense is None or op.plan(n).family != "dense":
+        if n not in op._nk_launchers or op._dense is None or op.plan(n, "nk").family != "dense":
             return None
-        math_ = op.plan(n).config.get("math")
+        math_ = op.plan(n, "nk").config.get("math")
         torch_tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
         if x.dtype == torch.float32 and (math_ == "tf32") != torch_tf32:
             return None

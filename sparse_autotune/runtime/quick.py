@@ -17,6 +17,10 @@ that does not say): at the first call with an N that has no exact record on this
    "quick", beside the best sparse kernel's record where a vendor path won; a later process finds it as "exact".
    A database that cannot be written is warned about once; the winner is still used.
 
+op.linear (the nk layout, y = x @ A^T + bias: runtime.spmm) is quick-tuned the same way at its first call with an N
+(`op.quick_nk[n]`), unless an exact nk record exists: its candidates are lookup's for nk (nk records, then kn records
+run natively or staged) and the vendor paths' nk forms, verified with a random nonzero bias; its records are nk.
+
 "off" keeps the lookup's plan as it is (no first-call cost, nothing written). It is the default (DEFAULT_TUNE), for
 three reasons: a first call that compiles and times several kernels takes from a fraction of a second (kernels in
 CuPy's disk cache) to seconds (cold compiles), which an inference server does not expect from a forward pass; an
@@ -110,13 +114,14 @@ def pick(cands: list[Candidate], measure) -> tuple[Candidate | None, Candidate |
     return V.choose(cands, margin=QUICK_VENDOR_MARGIN)
 
 
-def gather(op, n: int, info, limit: int = QUICK_CONFIGS) -> list[Candidate]:
-    """The candidates for N: the nearest records' configs adapted to N (store.lookup.candidates), then the vendor
-    paths (the dense one only where its copy of A fits in a quarter of the free GPU memory), each once."""
+def gather(op, n: int, info, limit: int = QUICK_CONFIGS, layout: str = "kn") -> list[Candidate]:
+    """The candidates for N: the nearest records' configs adapted to N (store.lookup.candidates; nk: with their nk
+    path), then the vendor paths (the dense one only where its copy of A fits in a quarter of the free GPU memory),
+    each once."""
     from ..store.lookup import candidates  # noqa: PLC0415
     m, k = op.shape
     found = candidates(m, k, n, max(op.density, 1e-6), op.dtype, gpu=info.name, cc=info.cc, db=op.db, nnz=op.nnz,
-                       limits=info.limits(), allow_tf32=op.allow_tf32, limit=limit)
+                       limits=info.limits(), allow_tf32=op.allow_tf32, limit=limit, layout=layout)
     out = [Candidate(t.family, t.config, t.source) for t in found]
     return unique(out + vendor_candidates(op.dtype, op.allow_tf32, dense=_dense_fits(op)))
 
@@ -132,9 +137,10 @@ def _dense_fits(op) -> bool:
 class GpuMeasure:
     """measure(candidate) on the GPU for one operator and N: the candidate built (kernels compiled ahead, in parallel),
     verified on a fresh random B against a float64 reference, then timed by CUDA-graph replay over rotating B
-    buffers. The buffers are freed by close()."""
+    buffers. The buffers are freed by close(). layout "nk": B is x (N x K), the output y (N x M), and a random nonzero
+    bias is added by every verified and timed call."""
 
-    def __init__(self, op, n: int, info):
+    def __init__(self, op, n: int, info, layout: str = "kn"):
         import cupyx.scipy.sparse as csp  # noqa: PLC0415
         import numpy as np  # noqa: PLC0415
 
@@ -143,16 +149,20 @@ class GpuMeasure:
         from ..device.timing import n_buffers  # noqa: PLC0415
         from ..device.verify import reference  # noqa: PLC0415
         cp = cupy()
-        self.op, self.n, self.cp = op, n, cp
+        self.op, self.n, self.cp, self.layout = op, n, cp, layout
         op._device()  # A's CSR arrays uploaded once, before the compile threads share them
         m, k = op.shape
+        nk = layout == "nk"
         rng = cp.random.default_rng(n)
         es = np.dtype(DTYPES[op.dtype]).itemsize
-        self.b_bufs = [storage(rng.standard_normal((k, n), dtype=np.float32), op.dtype)
+        shape = (n, k) if nk else (k, n)
+        self.b_bufs = [storage(rng.standard_normal(shape, dtype=np.float32), op.dtype)
                        for _ in range(n_buffers(k * n * es, info.l2_bytes))]
-        self.b_check = storage(rng.standard_normal((k, n), dtype=np.float32), op.dtype)
-        self.ref = reference(csp.csr_matrix(op.host.astype(np.float64)), self.b_check)
-        self.c = cp.empty((m, n), dtype=DTYPES[op.dtype])
+        self.b_check = storage(rng.standard_normal(shape, dtype=np.float32), op.dtype)
+        self.bias = storage(rng.standard_normal(m, dtype=np.float32) + 2.0, op.dtype) if nk else None
+        self.ref = reference(csp.csr_matrix(op.host.astype(np.float64)), self.b_check, layout, self.bias)
+        self.c = cp.empty((n, m) if nk else (m, n), dtype=DTYPES[op.dtype])
+        self.extra = (self.bias.data.ptr,) if nk else ()  # the launch's bias argument (nk)
         self.best: float | None = None
 
     def build_all(self, cands: list[Candidate]) -> None:
@@ -161,7 +171,7 @@ class GpuMeasure:
 
         def build(c):
             try:
-                c.built = self.op._build(self.n, c.family, c.config)
+                c.built = self.op._build(self.n, c.family, c.config, self.layout, strict=True)
             except Exception as exc:  # noqa: BLE001
                 c.built = exc
         if sparse:
@@ -172,20 +182,23 @@ class GpuMeasure:
         from ..device.timing import time_launches  # noqa: PLC0415
         from ..device.verify import poison, rel_error  # noqa: PLC0415
         cp = self.cp
-        ln = c.built if c.built is not None else self.op._build(self.n, c.family, c.config)
+        ln = c.built
+        if ln is None:
+            ln = self.op._build(self.n, c.family, c.config, self.layout, strict=True)
         if isinstance(ln, Exception):
             raise ln
         c.built = ln
-        c_ptr = self.c.data.ptr
+        c_ptr, extra = self.c.data.ptr, self.extra
         poison(self.c)
-        ln(self.b_check.data.ptr, c_ptr, cp.cuda.get_current_stream().ptr)
+        ln(self.b_check.data.ptr, c_ptr, cp.cuda.get_current_stream().ptr, *extra)
         cp.cuda.get_current_stream().synchronize()
         err = rel_error(self.c, self.ref)
         tol = V.tolerance(self.op.dtype, c.family, c.config)
         if not err <= tol:
             raise RuntimeError(f"relative error {err:.3g} > tolerance {tol:g}")
         # the launches run on time_launches' own stream (the current one inside it)
-        t = time_launches([lambda p=b.data.ptr: ln(p, c_ptr, cp.cuda.get_current_stream().ptr) for b in self.b_bufs],
+        t = time_launches([lambda p=b.data.ptr: ln(p, c_ptr, cp.cuda.get_current_stream().ptr, *extra)
+                           for b in self.b_bufs],
                           repeats=QUICK_REPEATS, target_us=QUICK_TARGET_US,
                           give_up_above_us=None if self.best is None else max(3.0 * self.best, 50.0))
         c.timing = t.method
@@ -193,7 +206,7 @@ class GpuMeasure:
         return t.median_us, err
 
     def close(self):
-        self.b_bufs = self.b_check = self.ref = self.c = None
+        self.b_bufs = self.b_check = self.ref = self.c = self.bias = None
 
 
 def baselines(cands: list[Candidate]) -> dict:
@@ -207,9 +220,11 @@ def baselines(cands: list[Candidate]) -> dict:
     return out
 
 
-def records(op, n: int, info, chosen: Candidate, sparse: Candidate | None, cands: list[Candidate]) -> list:
+def records(op, n: int, info, chosen: Candidate, sparse: Candidate | None, cands: list[Candidate],
+            layout: str = "kn") -> list:
     """The records a quick tune stores: the winner's, and the best sparse kernel's where a vendor path won (origin
-    "quick", verified like any record: their error is the verification's, their time the GPU-only timing's)."""
+    "quick", verified like any record: their error is the verification's, their time the GPU-only timing's), of the
+    layout tuned."""
     from .. import __version__  # noqa: PLC0415
     from ..core.problem import matrix_hash  # noqa: PLC0415
     from ..store.db import Record  # noqa: PLC0415
@@ -217,7 +232,8 @@ def records(op, n: int, info, chosen: Candidate, sparse: Candidate | None, cands
     v = info.versions()
     first = Record(
         gpu_name=info.name, gpu_cc=info.cc, m=m, k=k, n=n, density=op.density, dtype=op.dtype, pattern="matrix",
-        family=chosen.family, config_json=json.dumps(chosen.config, sort_keys=True), time_us=chosen.time_us,
+        layout=layout, family=chosen.family,
+        config_json=json.dumps(chosen.config, sort_keys=True), time_us=chosen.time_us,
         gflops=2.0 * op.nnz * n / (chosen.time_us * 1e-6) / 1e9, **baselines(cands), floor_us=None,
         max_rel_err=chosen.rel_err, trials=sum(1 for c in cands if c.time_us is not None),
         matrix_hash=matrix_hash(op.host), study_name=None, package_version=__version__, cuda_version=v["cuda"],
@@ -283,18 +299,18 @@ class QuickResult:
     seconds: float
 
 
-def quick_tune(op, n: int, info) -> QuickResult:
-    """Gather, build, verify and time the candidates for N on this GPU; store the winner; return what was done (the
-    winner's launcher in `.chosen.built`)."""
+def quick_tune(op, n: int, info, layout: str = "kn") -> QuickResult:
+    """Gather, build, verify and time the candidates for N on this GPU (layout nk: for op.linear); store the winner;
+    return what was done (the winner's launcher in `.chosen.built`)."""
     t0 = time.perf_counter()
-    cands = gather(op, n, info)
-    meas = GpuMeasure(op, n, info)
+    cands = gather(op, n, info, layout=layout)
+    meas = GpuMeasure(op, n, info, layout)
     try:
         meas.build_all(cands)
         chosen, sparse = pick(cands, meas)
     finally:
         meas.close()
-    ids = store(op, records(op, n, info, chosen, sparse, cands)) if chosen is not None else []
+    ids = store(op, records(op, n, info, chosen, sparse, cands, layout)) if chosen is not None else []
     for c in cands:
         if c is not chosen:
             c.built = None  # free what lost (the dense copy too, unless the operator still uses it)

@@ -1,4 +1,4 @@
-"""The tuning database: best configs per (GPU, M, K, N, density, dtype, pattern), SQLite through SQLAlchemy.
+"""The tuning database: best configs per (GPU, M, K, N, density, dtype, pattern, layout), SQLite through SQLAlchemy.
 
 Tables: `sat_meta` (application marker and schema version) and `sat_records` (every stored result; the
 fastest verified one per key has is_best = 1, the others are history). Optuna's study tables may share the
@@ -14,10 +14,12 @@ Schema versions (sat_meta.schema_version):
      sat_records.origin ("tune", or "merge:<source file name>"; NULL for records from before version 2).
   3  adds sat_records.cublas_bf16_us (cuBLAS BF16's time: the dense baseline of a bf16 problem; NULL for the other
      dtypes and for records from before version 3).
-A writable open migrates an older file in place, in one transaction, through every version in turn (1 -> 2 -> 3;
+  4  adds sat_records.layout, part of the key: "kn" (C = A @ B, B K x N, C M x N; every record from before version 4)
+     or "nk" (y = x @ A^T + bias as nn.Linear holds x and y: core.problem). A kn record keeps the uid it had.
+A writable open migrates an older file in place, in one transaction, through every version in turn (1 -> 2 -> 3 -> 4;
 Alembic's Operations API; no Alembic version table: the version lives in sat_meta, and Optuna's own `alembic_version`
 table is left alone). A read-only open (lookup, the source of db merge / export) reads an older file as it is, without
-writing: the columns it lacks read as a migration would fill them (uid computed, the others None).
+writing: the columns it lacks read as a migration would fill them (uid computed, layout "kn", the others None).
 """
 from __future__ import annotations
 
@@ -47,10 +49,12 @@ from . import guard
 from .guard import SQLITE_MAGIC, is_url, sqlite_uri  # noqa: F401 - also this module's API
 
 APPLICATION = "sparse-autotune"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 V2_COLUMNS = ("uid", "origin")  # the columns schema version 2 added to sat_records
 V3_COLUMNS = ("cublas_bf16_us",)  # the column schema version 3 added
-ADDED_COLUMNS = V2_COLUMNS + V3_COLUMNS  # every column added after version 1, in the order the versions added them
+V4_COLUMNS = ("layout",)  # the column schema version 4 added
+ADDED_COLUMNS = V2_COLUMNS + V3_COLUMNS + V4_COLUMNS  # every column added after version 1, in order
+DEFAULT_LAYOUT = "kn"  # the layout of every record from before version 4
 DB_ENV = "SPARSE_AUTOTUNE_DB"
 DENSITY_RTOL = 1e-3
 
@@ -97,10 +101,11 @@ class Record(Base):
     cupy_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime)
     is_best: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
-    # schema versions 2 and 3 (last, in that order, so that a migrated table has the same column order as a new one)
+    # schema versions 2, 3 and 4 (last, in that order, so that a migrated table has the same column order as a new one)
     uid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     origin: Mapped[str | None] = mapped_column(String(255), nullable=True)
     cublas_bf16_us: Mapped[float | None] = mapped_column(Float, nullable=True)
+    layout: Mapped[str] = mapped_column(String(8), default=DEFAULT_LAYOUT, server_default=DEFAULT_LAYOUT)  # key
 
     @property
     def config(self) -> dict:
@@ -114,9 +119,11 @@ class Record(Base):
         return Record(**{**keep, **changes})
 
     def to_dict(self) -> dict:
-        """The columns (cuBLAS BF16's time next to the other baselines), config parsed, created_at in ISO form."""
-        keys = [c.key for c in inspect(type(self)).column_attrs if c.key != "cublas_bf16_us"]
+        """The columns (cuBLAS BF16's time next to the other baselines, the layout after the pattern), config parsed,
+        created_at in ISO form."""
+        keys = [c.key for c in inspect(type(self)).column_attrs if c.key not in ("cublas_bf16_us", "layout")]
         keys.insert(keys.index("cublas_fp16_us") + 1, "cublas_bf16_us")
+        keys.insert(keys.index("pattern") + 1, "layout")
         d = {k: getattr(self, k) for k in keys}
         d["config"] = self.config
         d.pop("config_json")
@@ -137,9 +144,16 @@ def _naive_utc(t: _dt.datetime) -> _dt.datetime:
     return t
 
 
+def layout_of(rec) -> str:
+    """A record's layout (a Record or a mapping of its columns): kn where it has none (stored before version 4)."""
+    get = rec.get if isinstance(rec, Mapping) else (lambda name: getattr(rec, name, None))
+    return get("layout") or DEFAULT_LAYOUT
+
+
 def record_uid(rec) -> str:
     """The stable identity of a record (a Record or a mapping of its columns): SHA-256 of its key (GPU, M, K, N,
-    density, dtype, pattern), family, config (canonical JSON), time, creation time and matrix hash.
+    density, dtype, pattern; the layout only where it is nk, so a kn record has the uid it had before schema version
+    4), family, config (canonical JSON), time, creation time and matrix hash.
 
     It is computed from the values as the database stores them, so a record has the same uid in every file it is
     copied to: a merge skips records whose uid is already present, and merging a file twice changes nothing.
@@ -157,6 +171,8 @@ def record_uid(rec) -> str:
     payload = ["sat-record", str(get("gpu_name")), int(get("m")), int(get("k")), int(get("n")),
                float(get("density")), str(get("dtype")), str(get("pattern")), str(get("family")), cfg,
                float(get("time_us")), created, str(get("matrix_hash"))]
+    if layout_of(rec) != DEFAULT_LAYOUT:
+        payload.append(layout_of(rec))
     return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -343,8 +359,18 @@ def _migrate_to_3(conn: Connection):
             b.add_column(Column("cublas_bf16_us", Float, nullable=True))
 
 
+def _migrate_to_4(conn: Connection):
+    """Schema 3 -> 4 on `conn` (inside the caller's transaction): add layout, NOT NULL, "kn" in every existing row
+    (every record before version 4 is of the kn layout; their uids do not change: record_uid). Alembic's Operations in
+    batch mode, as _migrate_to_2."""
+    op, cols = _operations(conn)
+    if "layout" not in cols:
+        with op.batch_alter_table("sat_records") as b:
+            b.add_column(Column("layout", String(8), nullable=False, server_default=DEFAULT_LAYOUT))
+
+
 # each step: the columns its version added, and the migration that adds them (run in this order, from the oldest)
-MIGRATIONS = ((V2_COLUMNS, _migrate_to_2), (V3_COLUMNS, _migrate_to_3))
+MIGRATIONS = ((V2_COLUMNS, _migrate_to_2), (V3_COLUMNS, _migrate_to_3), (V4_COLUMNS, _migrate_to_4))
 
 
 def _set_journal_mode(path: Path, mode: str):
@@ -367,7 +393,7 @@ def _no_nan(r: Record):
 
 
 def _key_of(r: Record) -> tuple:
-    return (r.gpu_name, r.m, r.k, r.n, r.density, r.dtype, r.pattern)
+    return (r.gpu_name, r.m, r.k, r.n, r.density, r.dtype, r.pattern, layout_of(r))
 
 
 def _copy(r: Record) -> Record:
@@ -551,7 +577,7 @@ class TuningDB:
         """Flag the best of rec's key: the fastest verified record (a tie keeps the current best, else the oldest);
         every other record of the key is history. Returns the best, or None when no record of the key is verified."""
         rows = list(s.scalars(self._key_query(rec.gpu_name, rec.m, rec.k, rec.n, rec.density, rec.dtype,
-                                              rec.pattern)))
+                                              rec.pattern, layout_of(rec))))
         verified = [r for r in rows if is_verified(r)]
         winner = None
         if verified:
@@ -671,7 +697,9 @@ class TuningDB:
     # ---- reading ----------------------------------------------------------------------------------------
 
     @staticmethod
-    def _key_query(gpu, m, k, n, density, dtype, pattern=None):
+    def _key_query(gpu, m, k, n, density, dtype, pattern=None, layout=None):
+        """The records of a key (layout None: any layout; a file without the layout column holds kn records only:
+        filter with _in_layout there)."""
         # densities match within 0.1 %: a matrix of requested density d has round(d*M*K)/(M*K) nonzeros
         q = select(Record).where(Record.m == m, Record.k == k, Record.n == n, Record.dtype == dtype,
                                  Record.density.between(density * (1 - DENSITY_RTOL), density * (1 + DENSITY_RTOL)))
@@ -679,7 +707,16 @@ class TuningDB:
             q = q.where(Record.gpu_name == gpu)
         if pattern is not None:
             q = q.where(Record.pattern == pattern)
+        if layout is not None:
+            q = q.where(Record.layout == layout)
         return q
+
+    def _layout_query(self, q, layout: str):
+        """q restricted to records of `layout`, or None where this file can have none (a read-only file from before
+        schema version 4 holds kn records only, without the column)."""
+        if "layout" in self._missing:
+            return q if layout == DEFAULT_LAYOUT else None
+        return q.where(Record.layout == layout)
 
     def _query(self, s: Session, q, full_uids: bool = False) -> list[Record]:
         """Run a select(Record); on a read-only older file the columns it lacks (self._missing) are not selected: uid
@@ -693,16 +730,18 @@ class TuningDB:
             t = Record.__table__
             every = s.execute(select(*_v1_columns()).order_by(t.c.id)).mappings().all()
             uids = {r["id"]: u for r, u in zip(every, _assign_uids(every))}
-        for r in rows:
-            for c in self._missing:
-                set_committed_value(r, c, (uids.get(r.id) or record_uid(r)) if c == "uid" else None)
+        for r in rows:  # the uid last: it is computed from the others (layout among them)
+            for c in sorted(self._missing, key=lambda c: c == "uid"):
+                value = DEFAULT_LAYOUT if c == "layout" else None
+                set_committed_value(r, c, (uids.get(r.id) or record_uid(r)) if c == "uid" else value)
         return rows
 
-    def best(self, m, k, n, density, dtype, gpu=None, pattern=None) -> Record | None:
+    def best(self, m, k, n, density, dtype, gpu=None, pattern=None, layout: str = DEFAULT_LAYOUT) -> Record | None:
         """The fastest best-flagged record for the exact key (any GPU / pattern where None)."""
-        if self._empty:
+        q = self._layout_query(self._key_query(gpu, m, k, n, density, dtype, pattern), layout)
+        if self._empty or q is None:
             return None
-        q = self._key_query(gpu, m, k, n, density, dtype, pattern).where(Record.is_best.is_(True))
+        q = q.where(Record.is_best.is_(True))
 
         def read():
             with Session(self.engine, expire_on_commit=False) as s:
@@ -713,13 +752,15 @@ class TuningDB:
         except SQLAlchemyError as exc:
             raise UserError(f"cannot read database {self.label!r}: {str(exc).splitlines()[0]}") from None
 
-    def best_sparse(self, m, k, n, density, dtype, gpu=None, pattern=None) -> Record | None:
+    def best_sparse(self, m, k, n, density, dtype, gpu=None, pattern=None,
+                    layout: str = DEFAULT_LAYOUT) -> Record | None:
         """The fastest verified record of a kernel family (not a vendor path, core.vendor) for the exact key: the tuned
         kernel's own figure where a vendor record is the key's best."""
-        if self._empty:
+        q = self._layout_query(self._key_query(gpu, m, k, n, density, dtype, pattern), layout)
+        if self._empty or q is None:
             return None
         from ..core.vendor import VENDOR_FAMILIES  # noqa: PLC0415
-        q = self._key_query(gpu, m, k, n, density, dtype, pattern).where(Record.family.not_in(VENDOR_FAMILIES))
+        q = q.where(Record.family.not_in(VENDOR_FAMILIES))
 
         def read():
             with Session(self.engine, expire_on_commit=False) as s:
@@ -775,7 +816,8 @@ class TuningDB:
         self.engine.dispose()
 
 
-_Row = namedtuple("_Row", "id gpu_name m k n density dtype pattern time_us max_rel_err is_best family config_json")
+_Row = namedtuple("_Row", "id gpu_name m k n density dtype pattern time_us max_rel_err is_best family config_json "
+                          "layout")
 
 
 def _consistency(con: sqlite3.Connection) -> list[str]:
@@ -785,20 +827,22 @@ def _consistency(con: sqlite3.Connection) -> list[str]:
     cols = {r[1] for r in con.execute("PRAGMA table_info(sat_records)")}
     if not cols:
         return []
+    layout = "layout" if "layout" in cols else f"'{DEFAULT_LAYOUT}'"  # a file from before schema 4: all kn
     rows = con.execute("SELECT id, gpu_name, m, k, n, density, dtype, pattern, time_us, max_rel_err, is_best, family, "
-                       "config_json FROM sat_records ORDER BY id").fetchall()
+                       f"config_json, {layout} FROM sat_records ORDER BY id").fetchall()
 
     groups: dict[tuple, list[_Row]] = {}
     for row in rows:
         r = _Row(*row)
-        groups.setdefault((r.gpu_name, r.m, r.k, r.n, r.dtype, r.pattern), []).append(r)
+        groups.setdefault((r.gpu_name, r.m, r.k, r.n, r.dtype, r.pattern, r.layout), []).append(r)
     problems: list[str] = []
     for g in groups.values():
         for r in g:
             near = [x for x in g if abs(x.density - r.density) <= r.density * DENSITY_RTOL]
             bests = [x for x in near if x.is_best]
             verified = [x for x in near if is_verified(x)]
-            key = f"{r.gpu_name} {r.m}x{r.k} N={r.n} d={r.density:g} {r.dtype} {r.pattern}"
+            key = f"{r.gpu_name} {r.m}x{r.k} N={r.n} d={r.density:g} {r.dtype} {r.pattern}" + (
+                f" {r.layout}" if r.layout != DEFAULT_LAYOUT else "")
             if r.is_best and not is_verified(r):
                 problems.append(f"record {r.id} is the best of its key but not verified")
             if r.is_best and len(bests) > 1 and r.id == min(x.id for x in bests):

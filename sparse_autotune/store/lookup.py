@@ -15,6 +15,14 @@ path instead (`Tuned.note` says so): records from before the vendor paths were c
 The built-in default's record is read the same way.
   default    the runtime's built-in default: the shipped records' most frequent winner for the problem's dtype,
              N range and density range (any GPU), else the first known-good config of the lowest-rank family.
+Layouts (core.problem): a kn problem is served by kn records only. An nk problem (y = x @ A^T + bias, as nn.Linear
+holds x and y) is served by nk records first, then, where this GPU model (or, for same-arch, its architecture) has none
+that runs it, by kn records: natively in nk where the record's family declares nk, else through the staged path (x
+transposed, the kn kernel, y = C^T + bias: device.staged); a vendor path's kn record runs its nk form. The config of an
+nk answer carries its path (`nk_path`, core.space) for a kernel family; `Tuned.path` says it ("native" or "staged";
+vendor paths: native) and `Tuned.record_layout` which layout the record was tuned in. A kn record serving an nk problem
+is a transferred source: its kernel must have beaten its own vendor baselines by TRANSFER_MARGIN, as for any other
+source than exact.
 Lookups are cached in-process; a database file that changes on disk (its size or mtime) is re-read.
 """
 from __future__ import annotations
@@ -26,14 +34,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import UserError
-from ..core.problem import check_density, check_dims, check_dtype, n_bucket
+from ..core.problem import check_density, check_dims, check_dtype, check_layout, n_bucket
+from ..core.space import NK_PATH, split_path
 from ..resources import resource_dir
 from ..store import guard
-from ..store.db import DENSITY_RTOL, Record, TuningDB, default_db_path
+from ..store.db import DEFAULT_LAYOUT, DENSITY_RTOL, Record, TuningDB, default_db_path
 
 SOURCES = ("exact", "bucket", "nearest", "same-arch", "default")
 _COLUMNS = (Record.id, Record.gpu_name, Record.gpu_cc, Record.m, Record.k, Record.n, Record.density, Record.dtype,
@@ -55,6 +64,9 @@ class Tuned:
     key: tuple | None = None  # (M, K, N, density, dtype, pattern) of the record used
     stored_config: dict | None = None  # the record's config as stored, where `config` is it adapted to this N
     note: str | None = None  # why a vendor path serves a record of a kernel (its own baselines were faster)
+    layout: str = "kn"  # the problem's layout, which `config` runs
+    record_layout: str = "kn"  # the layout the record was tuned in (a kn record may serve an nk problem)
+    path: str | None = None  # nk: "native" (one kernel; the vendor paths too) or "staged" (device.staged); kn: None
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,7 @@ class _Row:
     cublas_fp32_us: float | None = None
     cublas_tf32_us: float | None = None
     cublas_fp16_us: float | None = None
+    layout: str = DEFAULT_LAYOUT
 
 
 _rows_cache: dict[str, tuple[tuple, list[_Row]]] = {}
@@ -168,27 +181,75 @@ def _pick(rows, m, k, n, density, pattern, runs=None):
     return next(_ordered(rows, m, k, n, density, pattern, runs), (None, float("inf"), None))
 
 
-def _tuned(r: _Row, source: str, dist: float, cfg: dict) -> Tuned:
+def path_of(family: str, config: dict, layout: str) -> str | None:
+    """The nk path a config of `family` runs (None for kn): a vendor path's is native, a kernel family's its nk_path."""
+    from ..core import vendor  # noqa: PLC0415
+    if layout != "nk":
+        return None
+    return "native" if vendor.is_vendor(family) else config.get(NK_PATH)
+
+
+def _tuned(r: _Row, source: str, dist: float, cfg: dict, layout: str = DEFAULT_LAYOUT) -> Tuned:
     stored = json.loads(r.config_json)
     return Tuned(r.family, cfg, r.time_us, r.gpu, source, r.id, r.db, dist,
-                 (r.m, r.k, r.n, r.density, r.dtype, r.pattern), stored if cfg != stored else None)
+                 (r.m, r.k, r.n, r.density, r.dtype, r.pattern), stored if cfg != stored else None,
+                 layout=layout, record_layout=r.layout, path=path_of(r.family, cfg, layout))
 
 
-def _runner(m: int, k: int, n: int, nnz: int, dtype: str, limits: dict | None, allow_tf32: bool = False):
+def nk_config(space, config: dict, dtype: str, env: dict, limits: dict | None, path: str | None) -> dict | None:
+    """A kernel config (adapted to the problem) as an nk problem runs it: with its nk_path (`path`; None: native where
+    the family declares nk, else staged), or None where that path cannot run it (native for a family without nk, or
+    infeasible by the family's constraints over the nk space). A config without a path that cannot run natively runs
+    staged."""
+    from ..core.space import DEFAULT_LIMITS  # noqa: PLC0415
+    nk = space.for_layout("nk")
+    lim = {**DEFAULT_LIMITS, **(limits or {})}
+    for p in ([path] if path is not None else [space.default_path(), "staged"]):
+        cfg = {**config, NK_PATH: p}
+        if p in nk.param(NK_PATH).choices(dtype) and nk.check(cfg, env, lim) is None:
+            return cfg
+    return None
+
+
+def _runner(m: int, k: int, n: int, nnz: int, dtype: str, limits: dict | None, allow_tf32: bool = False,
+            layout: str = DEFAULT_LAYOUT):
     """row -> its config adapted to this problem by its family (core.families), or None where it cannot run it. A
-    vendor path (core.vendor) runs any N as stored, at the problem's precision (TF32 only with `allow_tf32`)."""
+    vendor path (core.vendor) runs any N as stored, at the problem's precision (TF32 only with `allow_tf32`). For an
+    nk problem a kernel family's config gets its nk path (nk_config: an nk record's own, a kn record's the family's
+    default); a kn problem is run by kn records only."""
     from ..core import vendor  # noqa: PLC0415
     from ..core.families import all_families  # noqa: PLC0415
     from ..core.space import problem_env  # noqa: PLC0415
-    env = problem_env(m, k, n, nnz, dtype)
+    env = problem_env(m, k, n, nnz, dtype, layout)
     fams = all_families()
 
     def runs(r: _Row):
+        if layout == DEFAULT_LAYOUT and r.layout != DEFAULT_LAYOUT:
+            return None
         if vendor.is_vendor(r.family):
             return vendor.adapt(r.family, json.loads(r.config_json), dtype, allow_tf32)
         fam = fams.get(r.family)
-        return None if fam is None else fam.adapt(json.loads(r.config_json), dtype, env, limits)
+        if fam is None:
+            return None
+        cfg, path = split_path(json.loads(r.config_json))
+        got = fam.adapt(cfg, dtype, env, limits)
+        if got is None or layout == DEFAULT_LAYOUT:
+            return got
+        return nk_config(fam.space, got, dtype, env, limits, path if r.layout == "nk" else None)
     return runs
+
+
+def _tiers(rows, gpu, cc, layout: str):
+    """The groups of rows lookup searches in turn, each (rows, same-arch?): this GPU model's, then another GPU's of
+    the same compute capability; for an nk problem each of them nk records first, then kn records."""
+    mine = [r for r in rows if gpu is None or r.gpu == gpu]
+    arch = [x for x in rows if gpu is not None and cc is not None and x.cc == cc and x.gpu != gpu]
+    out = []
+    for group, is_arch in ((mine, False), (arch, True)):
+        if layout == "nk":
+            out.append(([r for r in group if r.layout == "nk"], is_arch))
+        out.append(([r for r in group if r.layout == DEFAULT_LAYOUT], is_arch))
+    return out
 
 
 # The built-in default's cells: N up to 8 (decode), 64, 512, larger; density up to 3 %, 7 %, 15 %, denser.
@@ -203,50 +264,62 @@ def _cell(n: int, density: float) -> tuple[int, int]:
     return bisect.bisect_left(N_RANGES, n), bisect.bisect_left(DENSITY_RANGES, density)
 
 
-def _from_shipped(m: int, k: int, n: int, density: float, dtype: str, runs) -> Tuned | None:
+def _from_shipped(m: int, k: int, n: int, density: float, dtype: str, runs,
+                  layout: str = DEFAULT_LAYOUT) -> Tuned | None:
     """The default from the shipped records of any GPU: in this problem's (N range, density range) cell of the dtype
     (else of the related dtype), the family that won most often there, with the config of its record nearest to this
-    problem that runs it (the next family where none does)."""
+    problem that runs it (the next family where none does); an nk problem: the cell's nk records first, then its kn
+    records."""
     rows = [r for target in shipped_databases() for r in _best_rows(target)]
     for dt in (dtype, RELATED_DTYPE.get(dtype)):
         cell = [r for r in rows if dt is not None and r.dtype == dt and _cell(r.n, r.density) == _cell(n, density)]
-        wins: dict[str, int] = {}
-        for r in cell:
-            wins[r.family] = wins.get(r.family, 0) + 1
-        for fam in sorted(wins, key=lambda f: -wins[f]):
-            r, dist, cfg = _pick([x for x in cell if x.family == fam], m, k, n, density, None, runs)
-            if r is not None:
-                return Tuned(r.family, cfg, r.time_us, r.gpu, "default", r.id, r.db, dist,
-                             (r.m, r.k, r.n, r.density, r.dtype, r.pattern))
+        for lay in (("nk", DEFAULT_LAYOUT) if layout == "nk" else (DEFAULT_LAYOUT,)):
+            part = [r for r in cell if r.layout == lay]
+            wins: dict[str, int] = {}
+            for r in part:
+                wins[r.family] = wins.get(r.family, 0) + 1
+            for fam in sorted(wins, key=lambda f: -wins[f]):
+                r, dist, cfg = _pick([x for x in part if x.family == fam], m, k, n, density, None, runs)
+                if r is not None:
+                    return Tuned(r.family, cfg, r.time_us, r.gpu, "default", r.id, r.db, dist,
+                                 (r.m, r.k, r.n, r.density, r.dtype, r.pattern), layout=layout,
+                                 record_layout=r.layout, path=path_of(r.family, cfg, layout))
     return None
 
 
 def default_config(m: int, k: int, n: int, dtype: str, nnz: int | None = None, limits: dict | None = None,
-                   density: float | None = None, allow_tf32: bool = False) -> Tuned:
+                   density: float | None = None, allow_tf32: bool = False, layout: str = DEFAULT_LAYOUT) -> Tuned:
     """The built-in default, when no record of this GPU model or its architecture runs the problem: the shipped
     records' most frequent winner for the problem's (dtype, N range, density range) (`_from_shipped`; `.record_id`
     names the record its config came from), else the first feasible known-good config of the enabled families, by
-    rank, else their first feasible config."""
+    rank, else their first feasible config. nk: the config with its nk path (core.space.Space.for_layout: native
+    where the family declares nk)."""
     from ..core.space import problem_env, select_spaces  # noqa: PLC0415
     nnz = nnz if nnz is not None else (max(1, round(density * m * k)) if density else m * k)
-    env = problem_env(m, k, n, nnz, dtype)
+    env = problem_env(m, k, n, nnz, dtype, layout)
     shipped = _from_shipped(m, k, n, density if density else nnz / (m * k), dtype,
-                            _runner(m, k, n, nnz, dtype, limits, allow_tf32))
+                            _runner(m, k, n, nnz, dtype, limits, allow_tf32, layout), layout)
     if shipped is not None:
         return shipped
-    for space in select_spaces():
+    spaces = [s.for_layout(layout) for s in select_spaces()]
+
+    def built_in(space, cfg):
+        return Tuned(space.family, cfg, None, None, "default", None, None, 0.0, None, layout=layout,
+                     record_layout=layout, path=path_of(space.family, cfg, layout))
+    for space in spaces:
         d = space.defaults(dtype, env, limits)
         if d:
-            return Tuned(space.family, d[0], None, None, "default", None, None, 0.0, None)
-    for space in select_spaces():
+            return built_in(space, d[0])
+    for space in spaces:
         for cfg in space.feasible(dtype, env, limits):
-            return Tuned(space.family, cfg, None, None, "default", None, None, 0.0, None)
+            return built_in(space, cfg)
     raise UserError(f"no kernel in the variant space can run M={m}, K={k}, N={n}, {dtype}")
 
 
 def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str | None = None, db=None,
            pattern: str | None = None, fallback: bool = True, cc: str | None = None, nnz: int | None = None,
-           limits: dict | None = None, adapt: bool = True, allow_tf32: bool = False) -> Tuned | None:
+           limits: dict | None = None, adapt: bool = True, allow_tf32: bool = False,
+           layout: str = DEFAULT_LAYOUT) -> Tuned | None:
     """The best known config for (M, K, N, density, dtype) on a GPU, adapted to this N; `.source` says how it was found.
 
     The config is the record's as its family adapts it to this problem (a vector width N does not divide is lowered,
@@ -258,36 +331,39 @@ def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str
     adapt=False: the stored configs as they are, whether or not they run this problem (the database's own view).
     A record of a vendor path (family cusparse or dense, core.vendor) is found like any other and runs any N; a dense
     record of TF32 serves an fp32 problem only with allow_tf32 (the user's opt-in).
+    layout: the problem's operand layout (kn; nk: nk records first, then kn records: the module's docstring).
+    adapt=False with layout nk: the stored configs as they are (a kn record's without an nk path).
     """
     check_dtype(dtype)
+    check_layout(layout)
     density = check_density(density)
     m, k, n = check_dims(m, k, n)  # positive integers the kernels can index (a UserError, not a math error, else)
     nnz = int(nnz) if nnz is not None else max(1, round(density * m * k))
     targets = search_path(db)
     ckey = (tuple(targets), m, k, n, round(density, 9), dtype, gpu, cc, pattern, fallback, nnz,
-            tuple(sorted((limits or {}).items())), adapt, allow_tf32)
+            tuple(sorted((limits or {}).items())), adapt, allow_tf32, layout)
     stamps = tuple(_stamp(t) for t in targets)
     hit = _result_cache.get(ckey)
     if hit is not None and hit[0] == stamps:
         return hit[1]
 
-    runs = _runner(m, k, n, nnz, dtype, limits, allow_tf32) if adapt else None
+    runs = _runner(m, k, n, nnz, dtype, limits, allow_tf32, layout) if adapt else None
     rows = [r for t in targets for r in _best_rows(t) if r.dtype == dtype]
-    mine = [r for r in rows if gpu is None or r.gpu == gpu]
+    if gpu is not None and cc is None:
+        cc = next((x.cc for x in rows if x.gpu == gpu), None)
     res = None
-    r, dist, cfg = _pick(mine, m, k, n, density, pattern, runs)
-    if r is not None and (dist == 0.0 or fallback):
-        how = "exact" if dist == 0.0 else "bucket" if _same_bucket(r, m, k, n, density) else "nearest"
-        res = _tuned(r, how, dist, cfg)
-    if res is None and fallback and gpu is not None:
-        if cc is None:
-            cc = next((x.cc for x in rows if x.gpu == gpu), None)
-        arch = [x for x in rows if cc is not None and x.cc == cc and x.gpu != gpu]
-        r, dist, cfg = _pick(arch, m, k, n, density, pattern, runs)
-        if r is not None:
-            res = _tuned(r, "same-arch", dist, cfg)
+    for group, is_arch in _tiers(rows, gpu, cc, layout):
+        if is_arch and (not fallback or gpu is None):
+            break
+        r, dist, cfg = _pick(group, m, k, n, density, pattern, runs)
+        if r is None or not (dist == 0.0 or fallback):
+            continue
+        how = "same-arch" if is_arch else ("exact" if dist == 0.0 else "bucket" if _same_bucket(r, m, k, n, density)
+                                           else "nearest")
+        res = _tuned(r, how, dist, cfg, layout)
+        break
     if res is None and fallback:
-        res = default_config(m, k, n, dtype, nnz, limits, density, allow_tf32)
+        res = default_config(m, k, n, dtype, nnz, limits, density, allow_tf32, layout)
     if res is not None and adapt and res.record_id is not None:  # the record's own baselines may prefer a vendor path
         row = next((x for x in rows if x.id == res.record_id and x.db == res.db), None)
         res = _vendor_instead(res, row, dtype, allow_tf32) if row is not None else res
@@ -297,21 +373,21 @@ def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str
 
 def candidates(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str | None = None, db=None,
                pattern: str | None = None, cc: str | None = None, nnz: int | None = None, limits: dict | None = None,
-               allow_tf32: bool = False, limit: int = 4) -> list[Tuned]:
+               allow_tf32: bool = False, limit: int = 4, layout: str = DEFAULT_LAYOUT) -> list[Tuned]:
     """Up to `limit` distinct configs that can run the problem, adapted to this N, in lookup's order: this GPU model's
     records (exact, bucket, nearest), then another GPU of the same compute capability (same-arch), then the built-in
     default; each (family, config) once. What the runtime's quick tuning times at the first call with a new N (beside
-    the vendor paths). The first one is lookup's answer where lookup has a record."""
+    the vendor paths). The first one is lookup's answer where lookup has a record. layout nk: as lookup (nk records
+    before kn records in each group; the configs with their nk path)."""
     check_dtype(dtype)
+    check_layout(layout)
     density = check_density(density)
     m, k, n = check_dims(m, k, n)
     nnz = int(nnz) if nnz is not None else max(1, round(density * m * k))
-    runs = _runner(m, k, n, nnz, dtype, limits, allow_tf32)
+    runs = _runner(m, k, n, nnz, dtype, limits, allow_tf32, layout)
     rows = [r for t in search_path(db) for r in _best_rows(t) if r.dtype == dtype]
     if cc is None and gpu is not None:
         cc = next((x.cc for x in rows if x.gpu == gpu), None)
-    mine = [r for r in rows if gpu is None or r.gpu == gpu]
-    arch = [x for x in rows if gpu is not None and cc is not None and x.cc == cc and x.gpu != gpu]
     out: list[Tuned] = []
     seen: set[tuple[str, str]] = set()
 
@@ -321,14 +397,14 @@ def candidates(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu:
             seen.add(key)
             out.append(t)
         return len(out) >= limit
-    for group, arch_group in ((mine, False), (arch, True)):
+    for group, arch_group in _tiers(rows, gpu, cc, layout):
         for r, dist, cfg in _ordered(group, m, k, n, density, pattern, runs):
             how = "same-arch" if arch_group else ("exact" if dist == 0.0 else "bucket"
                                                    if _same_bucket(r, m, k, n, density) else "nearest")
-            if add(_tuned(r, how, dist, cfg)):
+            if add(_tuned(r, how, dist, cfg, layout)):
                 return out
     try:
-        add(default_config(m, k, n, dtype, nnz, limits, density, allow_tf32))
+        add(default_config(m, k, n, dtype, nnz, limits, density, allow_tf32, layout))
     except UserError:
         if not out:
             raise
@@ -337,7 +413,8 @@ def candidates(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu:
 
 def _row(r, label: str) -> _Row:
     return _Row(r.id, r.gpu_name, r.gpu_cc, r.m, r.k, r.n, r.density, r.dtype, r.pattern, r.family, r.config_json,
-                r.time_us, label, r.cusparse_us, r.cublas_fp32_us, r.cublas_tf32_us, r.cublas_fp16_us)
+                r.time_us, label, r.cusparse_us, r.cublas_fp32_us, r.cublas_tf32_us, r.cublas_fp16_us,
+                getattr(r, "layout", None) or DEFAULT_LAYOUT)
 
 
 # A record of a kernel that serves another problem than its own (another N in its bucket, the nearest key, another GPU
@@ -362,7 +439,9 @@ def _vendor_instead(t: Tuned, r: _Row, dtype: str, allow_tf32: bool) -> Tuned:
     if r.cusparse_us:
         options.append((r.cusparse_us, vendor.CUSPARSE, {"alg": "CUSPARSE_SPMM_ALG_DEFAULT"}, "cuSPARSE"))
     best = min(options, key=lambda o: o[0], default=None)
-    margin = 0.0 if t.source == "exact" else TRANSFER_MARGIN
+    # exact and of the problem's own layout: the record's own verdict; anything else (a kn record serving nk too)
+    # is carried to another problem
+    margin = 0.0 if t.source == "exact" and t.record_layout == t.layout else TRANSFER_MARGIN
     if best is None or best[0] >= r.time_us * (1.0 + margin):
         return t
     us, family, cfg, name = best
@@ -370,9 +449,11 @@ def _vendor_instead(t: Tuned, r: _Row, dtype: str, allow_tf32: bool) -> Tuned:
         note = (f"record {r.id}'s own baselines: {name} {us:.2f} us beat its {r.family} {r.time_us:.2f} us "
                 f"({r.time_us / us:.2f}x) at N={r.n} on {r.gpu}")
     else:
+        what = "another problem" if t.record_layout == t.layout else f"the {t.layout} layout (a {r.layout} record)"
         note = (f"record {r.id}'s {r.family} beat {name} by only {us / r.time_us:.2f}x ({r.time_us:.2f} < {us:.2f} us) "
-                f"at N={r.n} on {r.gpu}: a win under {1 + TRANSFER_MARGIN:.2f}x is not carried to another problem")
-    return Tuned(family, cfg, us, t.gpu, t.source, t.record_id, t.db, t.distance, t.key, None, note)
+                f"at N={r.n} on {r.gpu}: a win under {1 + TRANSFER_MARGIN:.2f}x is not carried to {what}")
+    return Tuned(family, cfg, us, t.gpu, t.source, t.record_id, t.db, t.distance, t.key, None, note,
+                 layout=t.layout, record_layout=t.record_layout, path=path_of(family, cfg, t.layout))
 
 
 def _is_tf32(family: str, config_json: str) -> bool:
@@ -390,12 +471,17 @@ def db_best_rows(tdb: TuningDB) -> list[_Row]:
     user's opt-in), also the fastest verified other record of that key, which serves whoever has not opted in."""
     from ..store.db import is_verified  # noqa: PLC0415
 
+    # a file from before schema version 4 has no layout column: its records are all kn
+    cols = (*_COLUMNS, Record.layout if "layout" not in tdb._missing else literal(DEFAULT_LAYOUT).label("layout"))
+
     def read():
         with tdb.engine.connect() as con:
-            rows = [_row(r, tdb.label) for r in con.execute(select(*_COLUMNS).where(Record.is_best.is_(True)))]
+            rows = [_row(r, tdb.label) for r in con.execute(select(*cols).where(Record.is_best.is_(True)))]
             for b in [r for r in rows if _is_tf32(r.family, r.config_json)]:
-                q = TuningDB._key_query(b.gpu, b.m, b.k, b.n, b.density, b.dtype, b.pattern).with_only_columns(
-                    *_COLUMNS, Record.max_rel_err).where(Record.is_best.is_(False)).order_by(Record.time_us, Record.id)
+                q = tdb._layout_query(TuningDB._key_query(b.gpu, b.m, b.k, b.n, b.density, b.dtype, b.pattern),
+                                      b.layout)
+                q = q.with_only_columns(*cols, Record.max_rel_err).where(Record.is_best.is_(False)).order_by(
+                    Record.time_us, Record.id)
                 rest = [r for r in con.execute(q) if is_verified(r) and not _is_tf32(r.family, r.config_json)]
                 rows += [_row(rest[0], tdb.label)] if rest else []
             return rows
@@ -406,10 +492,13 @@ def db_best_rows(tdb: TuningDB) -> list[_Row]:
 
 
 def seed_configs(tdb: TuningDB, m: int, k: int, n: int, density: float, dtype: str, gpu: str,
-                 pattern: str | None = None, families=None, limit: int = 6, per_family: int = 2) -> list[tuple[str, dict]]:
+                 pattern: str | None = None, families=None, limit: int = 6, per_family: int = 2,
+                 layout: str = DEFAULT_LAYOUT) -> list[tuple[str, dict]]:
     """Warm start for a search: the configs of the best records nearest to (M, K, N, density) tuned on this GPU model
     for this dtype, in the open database `tdb` and the shipped ones, nearest first, at most `per_family` per family
-    and `limit` in all, each (family, config) once; only the given families.
+    and `limit` in all, each (family, config) once; only the given families. A kn problem's seeds are kn records'; an
+    nk problem's nk records' and kn records' (a record of the other layout counts 0.25 farther; a kn config gets the
+    family's default nk path when the search normalizes it).
 
     `tdb` is read through its own engine (a tuner holds it open: opening the same SQLite file through another
     descriptor of this process and closing it would drop this process's locks on it)."""
@@ -421,8 +510,10 @@ def seed_configs(tdb: TuningDB, m: int, k: int, n: int, density: float, dtype: s
                 rows += _best_rows(target)
             except UserError:
                 continue  # an unreadable shipped file gives no seeds; lookup reports it
-    rows = [r for r in rows if r.dtype == dtype and r.gpu == gpu and (families is None or r.family in families)]
-    rows.sort(key=lambda r: (_distance(r, m, k, n, density, pattern), r.time_us))
+    rows = [r for r in rows if r.dtype == dtype and r.gpu == gpu and (families is None or r.family in families)
+            and (layout == "nk" or r.layout == DEFAULT_LAYOUT)]
+    rows.sort(key=lambda r: (_distance(r, m, k, n, density, pattern) + (0.25 if r.layout != layout else 0.0),
+                             r.time_us))
     out: list[tuple[str, dict]] = []
     seen: set[tuple[str, str]] = set()
     count: dict[str, int] = {}

@@ -55,7 +55,7 @@ class _ModelRun(ProblemLoop):
         return done
 
     def describe(self, job: Job) -> str:
-        return f"{job.m}x{job.k} d={job.density:g} {job.dtype} N={job.n} ({len(job.layers)} layer(s))"
+        return f"{job.m}x{job.k} d={job.density:g} {job.dtype} N={job.n} {job.layout} ({len(job.layers)} layer(s))"
 
     def work(self, job: Job) -> None:
         rep = self.tuner(self._problem(job)[0], replace(self.opts, progress=self.progress and self.opts.progress),

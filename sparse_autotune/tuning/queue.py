@@ -92,12 +92,12 @@ def problem_spec(problem, trials: int, timeout: float | None, sampler: str, fami
                  vendors=None, allow_tf32: bool = False) -> dict:
     """What a worker needs to rebuild and tune a (random) problem: the matrix is regenerated from its seed."""
     return random_spec(problem.m, problem.k, problem.n, problem.density, problem.dtype, problem.pattern, problem.seed,
-                       trials, timeout, sampler, families, warm_start, vendors, allow_tf32)
+                       trials, timeout, sampler, families, warm_start, vendors, allow_tf32, problem.layout)
 
 
 def random_spec(m: int, k: int, n: int, density: float, dtype: str, pattern: str, seed: int, trials: int,
                 timeout: float | None, sampler: str, families, warm_start: bool = True, vendors=None,
-                allow_tf32: bool = False) -> dict:
+                allow_tf32: bool = False, layout: str = "kn") -> dict:
     """problem_spec of Problem.random(m, k, n, density, dtype, pattern, seed) without building its matrix (a suite
     enqueues hundreds of cases, some of 30M nonzeros: the workers build each when they claim it)."""
     spec = {"m": int(m), "k": int(k), "n": int(n), "density": round(float(density), 6), "dtype": dtype,
@@ -109,12 +109,14 @@ def random_spec(m: int, k: int, n: int, density: float, dtype: str, pattern: str
         spec["vendors"] = list(vendors)
     if allow_tf32:
         spec["allow_tf32"] = True
+    if layout != "kn":  # only then: kn specs (and queue keys) stay as they were
+        spec["layout"] = layout
     return spec
 
 
 def spec_label(spec: dict) -> str:
     return (f"{spec['m']}x{spec['k']} N={spec['n']} d={spec['density']:g} {spec['dtype']} {spec['pattern']} "
-            f"seed={spec['seed']} trials={spec['trials']}")
+            f"seed={spec['seed']} trials={spec['trials']}" + (f" {spec['layout']}" if spec.get("layout") else ""))
 
 
 def _now() -> float:

@@ -146,6 +146,9 @@ def pattern_stats(a) -> dict:
 # subspace are not measured and not enqueued by the replay (`known_good` in the output counts those inside).
 # tc_gather (row_order added after that database, so no winners to count): row_order natural and greedy (minhash, the
 # cheaper and weaker reordering, dropped); every other parameter kept whole.
+# csr_gemv (nb 16 / 32, bsrc and acc added in session 9: 4224 configs at N >= 32; no database winners yet, so the
+# H200 sweeps' 20 best configs at N = 16 and at N = 32 are counted, results/session9/sweep-gemv.json): warps 4-16
+# (36 of 40), iters 1 or 4 (36 of 40), unroll 1-2 (33 of 40); lanes, nb, bsrc and acc kept whole (1152 configs).
 SUBSPACES: dict[str, dict[str, list]] = {
     "csr_rowsplit": {"rows_per_block": [4, 8, 16, 32], "lanes_per_row": [8, 16, 32], "vec": [1, 2, 4],
                      "cols_per_thread": [1, 2], "unroll": [4, 8], "chunk": [32], "row_order": ["sorted"],
@@ -153,6 +156,7 @@ SUBSPACES: dict[str, dict[str, list]] = {
     "csr_btile": {"warps": [8, 16], "lanes_per_row": [8, 16], "rows_per_group": [1, 2], "kc": [256, 512, 1024, 2048],
                   "row_order": ["sorted"]},
     "tc_gather": {"row_order": ["natural", "greedy"]},
+    "csr_gemv": {"warps": [4, 8, 16], "iters": [1, 4], "unroll": [1, 2]},
 }
 
 

@@ -94,13 +94,14 @@ class Tuner:
         families, named_vendors = split_families(opts.families)  # vendor names among the families: those paths
         self.vendors = tuple(opts.vendors) if opts.vendors is not None else (named_vendors or VENDOR_FAMILIES)
         chosen = select_spaces(families)
-        self.spaces = [s for s in chosen if s.supports(problem.dtype)]  # e.g. tc_gather computes fp16 only
+        # e.g. tc_gather computes fp16 only; an nk problem's spaces have the nk_path parameter (core.space.for_layout)
+        self.spaces = [s.for_layout(problem.layout) for s in chosen if s.supports(problem.dtype)]
         if not self.spaces:
             raise UserError(f"no kernel family of {', '.join(s.family for s in chosen)} computes {problem.dtype}")
         self.problem, self.opts, self.log = problem, opts, log
         self.db = TuningDB(opts.db, create=True)
         self.t_start = time.time()
-        self.env = problem_env(problem.m, problem.k, problem.n, problem.nnz, problem.dtype)
+        self.env = problem_env(problem.m, problem.k, problem.n, problem.nnz, problem.dtype, problem.layout)
 
     def _check_found(self, res) -> None:
         """finish() of a search that found nothing: Ctrl-C passes on, else a one-line error."""
@@ -124,7 +125,7 @@ class Tuner:
         from ..store.lookup import seed_configs  # noqa: PLC0415
         p = self.problem
         seeds = seed_configs(self.db, p.m, p.k, p.n, p.density, p.dtype, self.gpu_name, p.pattern,
-                             families={s.family for s in self.spaces})
+                             families={s.family for s in self.spaces}, layout=p.layout)
         if seeds:
             self.log(f"warm start: {len(seeds)} config(s) of the nearest tuned problems are tried first")
         return seeds
@@ -202,9 +203,10 @@ class GpuTuner(Tuner):
         return [d.strip() for d in env.split(",") if d.strip()][:count] if env else [str(i) for i in range(count)]
 
     def prepare(self, family: str, cfg: dict):
-        """The candidate's kernel, compiled (outside the GPU's turn, in the search's threads); evaluate times it."""
-        from ..device.kernel import build_kernel  # noqa: PLC0415
-        return build_kernel(self.ctx.a_dev, family, cfg, self.problem.dtype)
+        """The candidate's kernel, compiled (outside the GPU's turn, in the search's threads); evaluate times it. An nk
+        problem's candidate is a native nk kernel or the staged path, by its nk_path (device.staged.build_for)."""
+        from ..device.staged import build_for  # noqa: PLC0415
+        return build_for(self.ctx.a_dev, family, cfg, self.problem.dtype, self.problem.layout)
 
     @contextmanager
     def _phase(self, name: str):
@@ -227,7 +229,7 @@ class GpuTuner(Tuner):
             t0 = time.perf_counter()
             b, ref = ctx.fresh_check()
             try:
-                err = check(lambda: kern(b, ctx.c), ctx.c, ref, problem.dtype)
+                err = check(lambda: ctx.launch(kern, b), ctx.c, ref, problem.dtype)  # nk: with the bias
             except CandidateError as exc:
                 if exc.stage == "launch":
                     _assert_context_alive()
@@ -236,7 +238,7 @@ class GpuTuner(Tuner):
                 t1 = time.perf_counter()
                 self.turn_s["verify"] += t1 - t0
             try:
-                t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs],
+                t = time_launches([lambda bb=bb: ctx.launch(kern, bb) for bb in ctx.b_bufs],
                                   give_up_above_us=give_up_threshold(self.best_us))
             except Exception as exc:  # noqa: BLE001
                 _assert_context_alive()
@@ -261,8 +263,8 @@ class GpuTuner(Tuner):
         kern = self.prepare(res.best_family, res.best_config)
         with self._phase("finish"):
             b, ref = ctx.fresh_check()
-            err = check(lambda: kern(b, ctx.c), ctx.c, ref, problem.dtype)
-            t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs])
+            err = check(lambda: ctx.launch(kern, b), ctx.c, ref, problem.dtype)
+            t = time_launches([lambda bb=bb: ctx.launch(kern, bb) for bb in ctx.b_bufs])
             base = time_baselines(ctx, self.log)
             cold = cold_times(kern, ctx, self.log)  # the winner and cuBLAS again, A from HBM (device.cold)
             ceil = ceilings()
@@ -273,7 +275,7 @@ class GpuTuner(Tuner):
         v = info.versions()
         rec = Record(
             gpu_name=info.name, gpu_cc=info.cc, m=problem.m, k=problem.k, n=problem.n, density=problem.density,
-            dtype=problem.dtype, pattern=problem.pattern, family=res.best_family,
+            dtype=problem.dtype, pattern=problem.pattern, layout=problem.layout, family=res.best_family,
             config_json=json.dumps(res.best_config, sort_keys=True), time_us=t.median_us, gflops=gflops,
             cusparse_us=base["cusparse_us"], cublas_fp32_us=base["cublas_fp32_us"],
             cublas_tf32_us=base["cublas_tf32_us"], cublas_fp16_us=base["cublas_fp16_us"],
@@ -325,8 +327,8 @@ def give_up_threshold(best_us: float | None) -> float | None:
 
 def problem_dict(problem: Problem) -> dict:
     return {"m": problem.m, "k": problem.k, "n": problem.n, "density": problem.density, "nnz": problem.nnz,
-            "dtype": problem.dtype, "pattern": problem.pattern, "matrix_hash": problem.fingerprint(),
-            "seed": problem.seed}
+            "dtype": problem.dtype, "pattern": problem.pattern, "layout": problem.layout,
+            "matrix_hash": problem.fingerprint(), "seed": problem.seed}
 
 
 def trials_dict(res, opts: TuneOptions, interrupted: bool = False) -> dict:

@@ -69,13 +69,13 @@ def add_vendor_trials(storage, study_name: str, cands: list[Measured], log=None)
     return len(ran)
 
 
-def chosen_report(chosen: Measured, sparse: Measured, rec, m: int, k: int, dtype: str) -> dict:
+def chosen_report(chosen: Measured, sparse: Measured, rec, m: int, k: int, dtype: str, layout: str = "kn") -> dict:
     """The report's `chosen`: what the runtime runs for this key after this tune (the fastest of the sparse winner and
     the vendor paths), its record, and the sparse winner's time over it (1.0 where the sparse kernel was chosen)."""
     return {"family": chosen.family, "config": chosen.config, "time_us": chosen.time_us,
             "vendor": V.is_vendor(chosen.family), "record_id": rec.id if rec is not None else None,
             "record_is_best": rec.is_best if rec is not None else None,
-            "runs": V.describe(chosen.family, chosen.config, m, k, dtype) or "the tuned kernel",
+            "runs": V.describe(chosen.family, chosen.config, m, k, dtype, layout) or "the tuned kernel",
             "dense_copy_bytes": V.dense_bytes(m, k, dtype) if chosen.family == V.DENSE else 0,
             "sparse_over_chosen": (sparse.time_us / chosen.time_us) if sparse.time_us and chosen.time_us else None}
 
@@ -99,5 +99,6 @@ def finish_vendors(db, storage, study_name: str, rec, measured: list[dict], fami
         if log:
             log(f"a vendor path is faster than the tuned kernel: {chosen.family} {json.dumps(chosen.config)} "
                 f"{chosen.time_us:.2f} us < {rec.time_us:.2f} us (record {chosen_rec.id})")
-    return {"chosen": chosen_report(chosen or sparse, sparse, chosen_rec, rec.m, rec.k, rec.dtype),
+    return {"chosen": chosen_report(chosen or sparse, sparse, chosen_rec, rec.m, rec.k, rec.dtype,
+                                    rec.layout or "kn"),
             "vendor_candidates": [c.as_dict() for c in cands]}

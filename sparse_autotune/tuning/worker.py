@@ -187,7 +187,7 @@ class Worker(ProblemLoop):
         tuner = None
         try:
             problem = Problem.random(spec["m"], spec["k"], spec["n"], spec["density"], spec["dtype"],
-                                     spec["pattern"], spec["seed"])
+                                     spec["pattern"], spec["seed"], spec.get("layout", "kn"))
             opts = TuneOptions(trials=spec["trials"], timeout=spec.get("timeout"), sampler=spec["sampler"],
                                seed=spec["seed"], db=self.db, progress=False,
                                families=tuple(spec["families"]) if spec.get("families") else None,

@@ -131,7 +131,7 @@ def test_new_options_compile_with_nvcc(layout):
              ("fp16", dict(lanes=8, warps=8, nb=16, iters=2, unroll=2, bsrc="l1", acc="h2x4")),
              ("bf16", dict(lanes=16, warps=8, nb=32, iters=1, unroll=1, bsrc="l1", acc="f32")),
              ("fp16", dict(lanes=4, warps=4, nb=8, iters=2, unroll=4, bsrc="smem", acc="h2x4"))]
-    srcs = [render.render(sp, c, dt, {"layout": layout}) for dt, c in cases]
+    srcs = [render.render(sp, c, dt, layout=layout) for dt, c in cases]
     for src in srcs:
         assert ("const unsigned short* __restrict__ bias" in src) == (layout == "nk")
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
