@@ -87,6 +87,39 @@ def test_runtime_runs_vendor_records_with_cupy(tmp_path, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_cusparse_auto_picks_a_timed_algorithm(tmp_path, dtype):
+    """A record whose own baselines say cuSPARSE beat its kernel is served as cuSPARSE "auto": at the first call the
+    algorithms are timed and the fastest runs (the plan then names it)."""
+    cp = _cp()
+    import sparse_autotune as sa
+    from sparse_autotune.device.kernel import DeviceCSR
+    from sparse_autotune.device.vendor import pick_cusparse
+    m, k, n = 384, 384, 200
+    a = random_matrix(m, k, 0.1, "uniform", 0, DTYPES[dtype])
+    ln = pick_cusparse(DeviceCSR(a, dtype), n, dtype)
+    assert ln.alg_name in CUSPARSE_ALGS
+    db = tmp_path / "auto.sqlite"
+    from sparse_autotune.device.gpu import gpu_info
+    from sparse_autotune.store.db import TuningDB
+    from tests.records import CONFIG, make_record
+    info = gpu_info()
+    tdb = TuningDB(db)
+    try:  # a kernel record of this very problem whose own cuSPARSE baseline (5 us) beat it (20 us)
+        tdb.store(make_record(20.0, CONFIG, gpu_name=info.name, gpu_cc=info.cc, m=m, k=k, n=n,
+                              density=a.nnz / (m * k), dtype=dtype, cusparse_us=5.0, cublas_fp32_us=None,
+                              cublas_fp16_us=None))
+    finally:
+        tdb.dispose()
+    sa.lookup.cache_clear()
+    op = sa.SpMM(a, db=db, dtype=dtype)
+    assert op.plan(n)[:2] == ("cusparse", {"alg": "auto"})
+    b = cp.asarray(storage(np.random.default_rng(2).standard_normal((k, n)).astype(np.float32), dtype))
+    assert _rel(op(b), a, b) < TOL[dtype]
+    fam, cfg, _ = op.plan(n)
+    assert fam == "cusparse" and cfg["alg"] in CUSPARSE_ALGS  # the plan names the algorithm picked
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_runtime_vendor_paths_with_torch_and_in_a_cuda_graph(tmp_path, dtype):
     """PyTorch tensors through the cuBLAS and cuSPARSE plans, on PyTorch's current stream; SparseLinear on a dense
     record; the cuBLAS path captured in a torch CUDA graph and replayed with new inputs. cuSPARSE is captured too where

@@ -33,6 +33,13 @@ TF32_TOLERANCE = 2e-3
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
+# cuSPARSE with its algorithm chosen by the runtime: the four algorithms timed on this GPU at the first call with an N
+# (device.vendor.pick_cusparse; well under a millisecond for a layer), the fastest kept. What lookup serves where a
+# record's own baselines say cuSPARSE was faster: `cusparse_us` is the best of the four algorithms, and which one is
+# not stored (session 9: CUSPARSE_SPMM_ALG_DEFAULT ran at 10.3 us where the best took 5.7-8.4 us, MiniLM fp32 at N=200).
+CUSPARSE_AUTO = "auto"
+
+
 def is_vendor(family: str | None) -> bool:
     return family in VENDOR_FAMILIES
 
@@ -53,7 +60,10 @@ def all_configs(dtype: str, families=VENDOR_FAMILIES, allow_tf32: bool = False) 
 
 def adapt(family: str, config: dict, dtype: str, allow_tf32: bool = False) -> dict | None:
     """A stored vendor config as the runtime runs it for a problem of `dtype` (as it is: any N), or None where it may not
-    run it: an unknown algorithm, a dense math of another precision, TF32 without the opt-in."""
+    run it: an unknown algorithm, a dense math of another precision, TF32 without the opt-in. {"alg": "auto"} (cuSPARSE,
+    its algorithm picked at the first call: CUSPARSE_AUTO) runs too."""
+    if family == CUSPARSE and config == {"alg": CUSPARSE_AUTO}:
+        return dict(config)
     return dict(config) if config in configs(family, dtype, allow_tf32) else None
 
 
@@ -82,7 +92,9 @@ def describe(family: str, config: dict, m: int, k: int, dtype: str, layout: str 
     the vendor path reads x and writes y as they are and adds the bias in one more kernel (device.vendor)."""
     nk = ", x and y as they are (column-major descriptors), + a bias kernel" if layout == "nk" else ""
     if family == CUSPARSE:
-        return f"cuSPARSE SpMM ({config.get('alg')}) on A as CSR{nk}"
+        alg = config.get("alg")
+        alg = "the fastest algorithm, timed at the first call" if alg == CUSPARSE_AUTO else alg
+        return f"cuSPARSE SpMM ({alg}) on A as CSR{nk}"
     if family == DENSE:
         mb = dense_bytes(m, k, dtype) / 2**20
         nk = ", y = x A^T as nn.Linear's GEMM, + a bias kernel" if layout == "nk" else ""

@@ -19,7 +19,7 @@ import threading
 import numpy as np
 
 from ..core.problem import storage
-from ..core.vendor import CUSPARSE, CUSPARSE_ALGS, DENSE
+from ..core.vendor import CUSPARSE, CUSPARSE_ALGS, CUSPARSE_AUTO, DENSE
 
 
 def _cp():
@@ -245,7 +245,47 @@ def vendor_launcher(family: str, config: dict, n: int, dtype: str, a_dev=None, a
     """The launcher of a vendor config for N columns: cuSPARSE on `a_dev` (device.kernel.DeviceCSR), cuBLAS on
     `a_dense` (dense_copy); layout "nk": called as `ln(x_ptr, y_ptr, stream_ptr, bias_ptr)` (above)."""
     if family == CUSPARSE:
+        if config.get("alg") == CUSPARSE_AUTO:
+            return pick_cusparse(a_dev, n, dtype, layout)
         return CuSparseLauncher(a_dev, n, dtype, config["alg"], layout=layout)
     if family == DENSE:
         return DenseLauncher(a_dense, n, config["math"], layout)
     raise KeyError(f"no vendor family {family!r}")
+
+
+def pick_cusparse(a_dev, n: int, dtype: str, layout: str = "kn", launches: int = 5) -> CuSparseLauncher:
+    """The launcher of the fastest cuSPARSE algorithm for this A and N (core.vendor.CUSPARSE_AUTO): each algorithm that
+    accepts the operands is launched twice to warm up, then `launches` times between CUDA events on random inputs of
+    the problem's shape, on CuPy's current stream (not while it is being captured); the fastest is returned, its name
+    in `.alg`. Raises what the last algorithm raised when none runs."""
+    cp = _cp()
+    m, k = a_dev.shape
+    es = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}[dtype]
+    rng = cp.random.default_rng(0)
+    b = rng.standard_normal(k * n, dtype=cp.float32).astype(cp.float16 if es is np.uint16 else es)
+    if es is np.uint16:  # bf16 words of small random values: any finite pattern serves for timing
+        b = b.view(cp.uint16)
+    c = cp.empty(m * n, dtype=b.dtype)
+    stream = cp.cuda.get_current_stream()
+    best, last_exc = None, None
+    for name in CUSPARSE_ALGS:
+        try:
+            ln = CuSparseLauncher(a_dev, n, dtype, name, layout=layout)
+            for _ in range(2):
+                ln(b.data.ptr, c.data.ptr, stream.ptr)
+            e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+            e0.record(stream)
+            for _ in range(launches):
+                ln(b.data.ptr, c.data.ptr, stream.ptr)
+            e1.record(stream)
+            e1.synchronize()
+            t = cp.cuda.get_elapsed_time(e0, e1) / launches
+        except Exception as exc:  # noqa: BLE001 - an algorithm that refuses these operands is skipped
+            last_exc = exc
+            continue
+        ln.alg_name = name
+        if best is None or t < best[0]:
+            best = (t, ln)
+    if best is None:
+        raise last_exc if last_exc is not None else RuntimeError("no cuSPARSE algorithm ran")
+    return best[1]

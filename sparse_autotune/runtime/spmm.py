@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..store.lookup import default_config, lookup
 from ..core.problem import DTYPES, check_layout, dtype_name, host_values
 from ..core.space import NK_PATH
-from ..core.vendor import CUSPARSE, DENSE, is_vendor
+from ..core.vendor import CUSPARSE, CUSPARSE_AUTO, DENSE, is_vendor
 from .quick import tune_mode
 
 
@@ -254,7 +254,11 @@ class SpMM:
         from ..device.vendor import dense_copy, vendor_launcher  # noqa: PLC0415
         if family == CUSPARSE:
             try:
-                return vendor_launcher(family, cfg, n, self.dtype, a_dev=self._device(), layout=layout)
+                ln = vendor_launcher(family, cfg, n, self.dtype, a_dev=self._device(), layout=layout)
+                plans = self._plans if layout == "kn" else self._nk_plans
+                if cfg.get("alg") == CUSPARSE_AUTO and n in plans:  # the plan says which algorithm was picked
+                    plans[n] = Plan(family, {"alg": ln.alg_name}, plans[n].source, layout)
+                return ln
             except Exception:  # noqa: BLE001 - nk: an algorithm without column-major operands; the default has them
                 if strict or layout == "kn" or cfg.get("alg") == "CUSPARSE_SPMM_ALG_DEFAULT":
                     raise

@@ -437,7 +437,8 @@ def _vendor_instead(t: Tuned, r: _Row, dtype: str, allow_tf32: bool) -> Tuned:
              "fp16": [("fp16", r.cublas_fp16_us)]}.get(dtype, [])
     options = [(us, vendor.DENSE, {"math": math_}, f"cuBLAS {math_.upper()}") for math_, us in dense if us]
     if r.cusparse_us:
-        options.append((r.cusparse_us, vendor.CUSPARSE, {"alg": "CUSPARSE_SPMM_ALG_DEFAULT"}, "cuSPARSE"))
+        # the record's cuSPARSE time is the best of the algorithms, and which one is not stored: the runtime times them
+        options.append((r.cusparse_us, vendor.CUSPARSE, {"alg": vendor.CUSPARSE_AUTO}, "cuSPARSE"))
     best = min(options, key=lambda o: o[0], default=None)
     # exact and of the problem's own layout: the record's own verdict; anything else (a kn record serving nk too)
     # is carried to another problem
