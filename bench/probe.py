@@ -7,8 +7,8 @@
     python3 bench/probe.py profile --case C (--db PATH | --family F --config JSON) [--launches 5] [--ncu [FILE]]
     python3 bench/probe.py baselines [--case C ...] [--out STEM]
     python3 bench/probe.py overhead [--out DIR]
-    python3 bench/probe.py linear --layers CKPT [--layers CKPT ...] [--n 1,16,200] [--dtype fp32,fp16]
-                                  [--policy off,quick] [--db PATH] [--budget S] [--out STEM]
+    python3 bench/probe.py linear --layers CKPT [--layers CKPT ...] [--include PATTERN] [--n 1,16,200]
+                                  [--dtype fp32,fp16] [--policy off,quick] [--db PATH] [--budget S] [--out STEM]
     python3 bench/probe.py untuned --layers CKPT [--layers CKPT ...] [--n 200] [--dtype fp32,fp16]
                                    [--policy off,quick] [--db db/h100-80gb-hbm3.sqlite] [--budget S] [--out STEM]
 
@@ -863,7 +863,7 @@ def cmd_linear(a) -> int:
     layers = []
     for path in a.layers:
         ck = load_checkpoint(path)
-        for ly in find_layers(ck):
+        for ly in find_layers(ck, include=a.include):
             if ly.kind != "linear":
                 continue
             bname = ly.name[: -len("weight")] + "bias" if ly.name.endswith("weight") else None
@@ -1062,6 +1062,7 @@ def parser() -> argparse.ArgumentParser:
     li.add_argument("--dtype", default="fp32,fp16", help="comma-separated dtypes (default fp32,fp16)")
     li.add_argument("--policy", default="off,quick", help="comma-separated runtime tuning policies (default off,quick)")
     li.add_argument("--db", help="the database lookups read (default: the default search path)")
+    li.add_argument("--include", action="append", help="only layers whose name matches these fnmatch patterns")
     li.add_argument("--budget", type=float, default=0, help="start no new layer after this many seconds (0: none)")
     li.add_argument("--out", help="output stem (default OUTDIR/runtime-linear-GPU)")
 
