@@ -852,6 +852,7 @@ def cmd_linear(a) -> int:
     of checkpoints, per N, dtype and tuning policy: per-call time in a CUDA graph and eager, kernels per call, the
     runtime's plan; every output checked against the dense layer first."""
     import tempfile  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
     from sparse_autotune.core.checkpoint import find_layers, load_checkpoint  # noqa: PLC0415
     from sparse_autotune.core.problem import TOLERANCE, check_dtype  # noqa: PLC0415
     ns = [check_n(x) for x in a.n.split(",")]

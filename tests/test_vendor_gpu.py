@@ -310,5 +310,6 @@ def test_quick_tuning_picks_cublas_for_a_dense_ish_layer_and_sparse_linear_quick
     with torch.no_grad():
         y = layer(x)
         ref = torch.nn.functional.linear(x.float(), w, lin.bias.float())
-    assert layer.op.plan(132)[2] == "quick"
+    plan = layer.op.plan(132, layout="nk")  # SparseLinear runs op.linear: the nn.Linear layout's plan
+    assert plan.source == "quick" and 132 in layer.op.quick_nk and 132 not in layer.op.quick
     assert ((y.float() - ref).norm() / ref.norm()).item() < 3e-3

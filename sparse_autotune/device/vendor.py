@@ -253,33 +253,25 @@ def vendor_launcher(family: str, config: dict, n: int, dtype: str, a_dev=None, a
     raise KeyError(f"no vendor family {family!r}")
 
 
-def pick_cusparse(a_dev, n: int, dtype: str, layout: str = "kn", launches: int = 5) -> CuSparseLauncher:
+def pick_cusparse(a_dev, n: int, dtype: str, layout: str = "kn") -> CuSparseLauncher:
     """The launcher of the fastest cuSPARSE algorithm for this A and N (core.vendor.CUSPARSE_AUTO): each algorithm that
-    accepts the operands is launched twice to warm up, then `launches` times between CUDA events on random inputs of
-    the problem's shape, on CuPy's current stream (not while it is being captured); the fastest is returned, its name
-    in `.alg`. Raises what the last algorithm raised when none runs."""
+    accepts the operands is timed on random inputs of the problem's shape the way the tuner times (device.timing:
+    CUDA-graph replay where cuSPARSE can be captured, else back-to-back launches between events; a short budget, ~1 ms
+    an algorithm), not while a stream is being captured; the fastest is returned, its name in `.alg_name`. Raises what
+    the last algorithm raised when none runs."""
+    from .timing import time_launches  # noqa: PLC0415
     cp = _cp()
     m, k = a_dev.shape
-    es = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}[dtype]
     rng = cp.random.default_rng(0)
-    b = rng.standard_normal(k * n, dtype=cp.float32).astype(cp.float16 if es is np.uint16 else es)
-    if es is np.uint16:  # bf16 words of small random values: any finite pattern serves for timing
-        b = b.view(cp.uint16)
+    b = rng.standard_normal(k * n, dtype=cp.float32)
+    b = b if dtype == "fp32" else b.astype(cp.float16)  # bf16: any finite 16-bit pattern serves for timing
     c = cp.empty(m * n, dtype=b.dtype)
-    stream = cp.cuda.get_current_stream()
     best, last_exc = None, None
     for name in CUSPARSE_ALGS:
         try:
             ln = CuSparseLauncher(a_dev, n, dtype, name, layout=layout)
-            for _ in range(2):
-                ln(b.data.ptr, c.data.ptr, stream.ptr)
-            e0, e1 = cp.cuda.Event(), cp.cuda.Event()
-            e0.record(stream)
-            for _ in range(launches):
-                ln(b.data.ptr, c.data.ptr, stream.ptr)
-            e1.record(stream)
-            e1.synchronize()
-            t = cp.cuda.get_elapsed_time(e0, e1) / launches
+            t = time_launches([lambda ln=ln: ln(b.data.ptr, c.data.ptr, cp.cuda.get_current_stream().ptr)],
+                              repeats=5, target_us=100.0).median_us
         except Exception as exc:  # noqa: BLE001 - an algorithm that refuses these operands is skipped
             last_exc = exc
             continue
