@@ -377,6 +377,45 @@ def test_sparse_linear_runs_one_kernel_where_the_plan_is_native(toy_nk, tmp_path
             assert names[0].startswith("spmm_kernel"), names
 
 
+def test_sparse_linear_left_on_the_cpu_copies_its_bias_once(toy_nk, tmp_path):
+    """A layer built from CPU tensors and not moved: the bias is copied to x's device once (not at every call), so the
+    forward is captured in a CUDA graph after an eager call; an in-place change of the bias is seen (a new copy)."""
+    torch = pytest.importorskip("torch")
+    from sparse_autotune.runtime.nn import SparseLinear
+    m, k, n = 256, 512, 16
+    torch.manual_seed(3)
+    w = torch.randn(m, k)
+    w[torch.rand(m, k) > 0.1] = 0.0
+    bias = torch.randn(m)
+    db = tmp_path / "cpu.sqlite"
+    _store(db, m, k, n, int((w != 0).sum()) / (m * k), "fp32", TOY, {"threads": 128, NK_PATH: "native"}, "nk")
+    layer = SparseLinear(w, bias, db=db)  # bias buffer on the CPU
+    assert layer.bias.device.type == "cpu"
+    x = torch.randn(n, k, device="cuda")
+    with torch.no_grad():
+        y = layer(x)
+        ref = torch.nn.functional.linear(x.double(), w.double().cuda(), bias.double().cuda())
+        assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5
+        assert len(_gpu_kernels(torch, lambda: layer(x))) == 1  # no host-to-device copy at each call
+        g = torch.cuda.CUDAGraph()
+        s_ = torch.cuda.Stream()
+        s_.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s_):
+            layer(x)
+        torch.cuda.current_stream().wait_stream(s_)
+        with torch.cuda.graph(g):
+            yg = layer(x)
+        x.copy_(torch.randn(n, k, device="cuda"))
+        g.replay()
+        torch.cuda.synchronize()
+        ref = torch.nn.functional.linear(x.double(), w.double().cuda(), bias.double().cuda())
+        assert ((yg.double() - ref).norm() / ref.norm()).item() < 1e-5
+        layer.bias.add_(1.0)  # in place: the next eager call sees it
+        y2 = layer(x)
+        ref2 = torch.nn.functional.linear(x.double(), w.double().cuda(), (bias + 1.0).double().cuda())
+        assert ((y2.double() - ref2).norm() / ref2.norm()).item() < 1e-5
+
+
 def test_quick_tuning_of_linear_stores_an_nk_record(tmp_path):
     torch = pytest.importorskip("torch")
     import sparse_autotune as sa

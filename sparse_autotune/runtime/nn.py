@@ -79,11 +79,27 @@ class SparseLinear(nn.Module):
         n = x2.shape[0]  # N = all leading dims
         bias = self.bias
         if bias is not None and (bias.dtype != x.dtype or bias.device != x.device):
-            bias = bias.to(device=x.device, dtype=x.dtype)  # only after the module was cast or moved apart from x
+            bias = self._bias_as(x)
         w = self._dense_weight(n, x)
         if w is not None:  # the plan for this N is cuBLAS on the dense copy: nn.Linear's own call, no detours
             return torch.nn.functional.linear(x, w, bias)
         return self.op.linear(x2, bias).view(*lead, self.out_features)
+
+    def _bias_as(self, x: torch.Tensor) -> torch.Tensor:
+        """The bias on x's device in x's dtype, where the buffer is elsewhere (a layer built from CPU weights and not
+        moved, or cast apart from x): copied once and kept while the buffer is unchanged (same tensor, same version),
+        not at every call, so that a forward can be captured in a CUDA graph after an eager call."""
+        b = self.bias
+        got = getattr(self, "_bias_copy", None)
+        if got is not None and got[0] is b and got[1] == b._version and got[2].device == x.device \
+                and got[2].dtype == x.dtype:
+            return got[2]
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise UserError(f"the layer's bias is on {b.device} ({b.dtype}) and x on {x.device} ({x.dtype}): move the "
+                            "layer (layer.to(x.device)) or call it once eagerly before CUDA graph capture")
+        copy = b.detach().to(device=x.device, dtype=x.dtype)
+        self._bias_copy = (b, b._version, copy)
+        return copy
 
     def _dense_weight(self, n: int, x: torch.Tensor):
         """W's dense copy as a torch tensor where this N is already planned (an eager call ran) to cuBLAS at the
