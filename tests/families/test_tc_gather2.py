@@ -1,0 +1,722 @@
+"""tc_gather2 (tc_gather's row-block unions, the tile's gathered rows of B staged by cp.async and gathered again by
+ldmatrix): the layout round-trips to A by the kernel's own rule (tiles, groups, row blocks' k-steps, slots, the
+B-operand fragment rule) for random and adversarial patterns and through the row permutation; its invariants and bank
+placement; every feasible config renders; nvcc compiles a covering sample (fp16, bf16) without spills; constraints,
+shared memory, adaptation to N, launch arguments and caching; the rendered kernel itself run on the CPU (each CUDA
+thread a std::thread, ldmatrix / mma.sync / cp.async emulated) against float64; on a GPU, sampled configs against
+float64 on the edge cases at N = 1, 7, 72, 512, 2049, fp16 and bf16."""
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sps
+
+from fakes import FakeDeviceCSR, check_launch_matches_signature, fake_kernel, signature
+from sparse_autotune.core import render
+from sparse_autotune.core.families import get_family
+from sparse_autotune.core.problem import DTYPES, TOLERANCE, bf16_float, host_values, random_matrix, storage
+from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
+from sparse_autotune.device import compile as sat_compile
+
+FAMILY = "tc_gather2"
+GEOMS = [(1, 2, 2), (1, 16, 8), (2, 4, 4), (2, 8, 2), (4, 2, 8), (4, 4, 4)]  # (rn, wm, ksteps)
+
+
+def host():
+    """The family's host side (variants/tc_gather2.py), loaded by the registry."""
+    return get_family(FAMILY).host
+
+
+def space():
+    return get_family(FAMILY).space
+
+
+def _vals(a, rng):
+    a = sps.csr_matrix(a, dtype=np.float32)
+    a.data = rng.standard_normal(a.nnz).astype(np.float32) + 0.5
+    a.data[np.abs(a.data) < 1e-3] = 1.0  # never zero after rounding to 16 bits
+    return a
+
+
+def clustered(m=203, k=320, seed=0):
+    """Rows from 20 column templates, shuffled (M not a multiple of 8): reordering has something to find."""
+    rng = np.random.default_rng(seed)
+    templates = [rng.choice(k, size=24, replace=False) for _ in range(20)]
+    d = np.zeros((m, k), dtype=np.float32)
+    for r, t in enumerate(rng.integers(0, 20, size=m)):
+        cols = rng.choice(templates[t], size=16, replace=False)
+        d[r, cols] = rng.standard_normal(16).astype(np.float32) + 3.0
+    return sps.csr_matrix(d)
+
+
+def edge_cases():
+    """Empty rows, row blocks and tiles; one dense row among empty ones; all rows identical; M not a multiple of 8;
+    K not a multiple of 16 (and K < 16); all zero; clustered rows (reordering moves them); power-law rows; a wide K
+    (many groups)."""
+    rng = np.random.default_rng(11)
+    out = {}
+    d = np.zeros((40, 300), dtype=np.float32)
+    d[17] = rng.standard_normal(300).astype(np.float32) + 0.5
+    out["one_dense_row"] = _vals(d, rng)
+    row = (rng.random(257) < 0.2) * (rng.standard_normal(257) + 0.5)
+    out["identical_rows_37x257"] = sps.csr_matrix(np.tile(row.astype(np.float32), (37, 1)))
+    d = (rng.random((77, 200)) < 0.07) * rng.standard_normal((77, 200))
+    d[8:72] = 0.0  # empty row blocks and, for 64-row tiles and smaller, empty tiles
+    d[1] = rng.standard_normal(200) + 0.5  # a dense row
+    out["empty_blocks_77x200"] = _vals(d, rng)
+    out["k_below_16"] = _vals(sps.random(13, 5, density=0.5, format="csr", random_state=3), rng)
+    out["all_zero"] = sps.csr_matrix((20, 40), dtype=np.float32)
+    out["clustered_203"] = clustered()
+    out["powerlaw_101"] = random_matrix(101, 384, 0.08, "powerlaw", 3)
+    out["wide_24x3000"] = _vals(sps.random(24, 3000, density=0.05, format="csr", random_state=5), rng)
+    out["dense_33x129"] = _vals(np.ones((33, 129)), rng)
+    return out
+
+
+def rounded(a, dtype):
+    """A's values as the kernel sees them, float64."""
+    d = a.toarray().astype(np.float32)
+    return (bf16_float(storage(d, "bf16")) if dtype == "bf16" else d.astype(np.float16)).astype(np.float64)
+
+
+# ---- the layout -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rn,wm,ks", GEOMS)
+def test_layout_round_trips_to_a_by_the_kernel_rule(rn, wm, ks):
+    """decode() walks each tile's groups, each row block's k-steps, each k's slot and the column gcols stages there,
+    and each lane's weights by the B-operand fragment rule: A exactly (rounded to 16 bits), fp16 and bf16."""
+    h = host()
+    cases = {**edge_cases(), "uniform_64x256": random_matrix(64, 256, 0.05, "uniform", 0)}
+    for name, a in cases.items():
+        for dtype in ("fp16", "bf16"):
+            lay = h.build(a, rn, wm, ks, dtype)
+            np.testing.assert_array_equal(h.decode(lay), rounded(a, dtype), err_msg=f"{name} {dtype}")
+
+
+@pytest.mark.parametrize("order", ["natural", "minhash", "greedy"])
+@pytest.mark.parametrize("rn,wm,ks", [(1, 4, 2), (2, 4, 4), (4, 2, 4)])
+def test_reordered_layout_round_trips_through_the_permutation(order, rn, wm, ks):
+    """The kernel's row r is A's row perm[r] (core.reorder for groups of 8 * rn rows, as tc_gather); decoding the layout
+    and scattering row r to perm[r] gives A; reordering shrinks the k-steps where rows cluster."""
+    h = host()
+    a = clustered()
+    lay = h.build_ordered(a, rn, wm, ks, "fp16", order)
+    perm = lay["perm"]
+    assert perm.dtype == np.int32 and np.array_equal(np.sort(perm), np.arange(a.shape[0]))
+    back = np.zeros(a.shape)
+    back[perm] = h.decode(lay)
+    np.testing.assert_array_equal(back, rounded(a, "fp16"))
+    if order == "natural":
+        assert np.array_equal(perm, np.arange(a.shape[0]))
+    else:
+        assert lay["steps"] < h.build(a, rn, wm, ks)["steps"], (order, rn)
+
+
+def test_layout_invariants():
+    """Per tile: its groups stage exactly its rows' union, in order, -1 only after it; per (tile, row block, group):
+    the real slots of its k-steps are exactly the slots of the columns its rows use in that group, each once, at most
+    ksteps steps; step_ptr is monotone; padding slots are valid slots."""
+    h = host()
+    a = random_matrix(150, 700, 0.06, "uniform", 4)
+    for rn, wm, ks in GEOMS:
+        lay = h.build(a, rn, wm, ks)
+        gk, rr = 16 * ks, 8 * rn
+        gs, gcols, sp_, kslot, avals = (lay[x] for x in ("tile_gptr", "gcols", "step_ptr", "kslot", "avals"))
+        assert gs[0] == 0 and (np.diff(gs) >= 0).all() and gs[-1] == lay["groups"]
+        assert sp_[0] == 0 and (np.diff(sp_) >= 0).all() and sp_[-1] == lay["steps"]
+        assert len(sp_) == lay["groups"] * wm + 1
+        assert kslot.max(initial=0) < gk and len(kslot) == 16 * lay["steps"] and len(avals) == lay["steps"] * rn * 128
+        av = avals.reshape(lay["steps"], rn, 32, 4)
+        dense = a.toarray() != 0
+        for s in range(lay["tiles"]):
+            rows = dense[s * wm * rr:(s + 1) * wm * rr]
+            union = np.flatnonzero(rows.any(axis=0))
+            ng = int(gs[s + 1] - gs[s])
+            staged = gcols[gs[s] * gk:gs[s + 1] * gk]
+            assert ng == -(-len(union) // gk)
+            assert np.array_equal(staged[:len(union)], union) and (staged[len(union):] == -1).all()
+            for b in range(wm):
+                brows = rows[b * rr:(b + 1) * rr]
+                for j in range(ng):
+                    pair = gs[s] * wm + b * ng + j
+                    t0, t1 = sp_[pair], sp_[pair + 1]
+                    assert t1 - t0 <= ks
+                    want = {i for i in range(gk) if staged[j * gk + i] >= 0 and brows[:, staged[j * gk + i]].any()}
+                    assert t1 - t0 == -(-len(want) // 16)
+                    # real entries: lanes holding a nonzero weight name the slot of their k
+                    slots = kslot[t0 * 16:t1 * 16].reshape(-1, 16)
+                    used = set()
+                    for t in range(t1 - t0):
+                        for kk in range(16):
+                            q, hh = (kk % 8) // 2, kk % 2 + 2 * (kk // 8)
+                            if av[t0 + t][:, q::4, hh].any():
+                                used.add(int(slots[t, kk]))
+                    assert used <= want and len(set(slots.ravel().tolist()) & want) == len(want)
+                    assert len(slots.ravel()) - len(want) < 16  # less than one step of padding
+
+
+def test_bank_placement():
+    """ldmatrix.x4 wavefronts (4 = conflict-free): dense tiles need none extra; uniform random patterns stay within
+    5.2 (an order by slot alone is worse)."""
+    h = host()
+    assert h.bank_wavefronts(h.build(sps.csr_matrix(np.ones((64, 512))), 2, 4, 4)) == 4.0
+    a = random_matrix(1024, 768, 0.05, "uniform", 0)
+    for rn, wm, ks in ((1, 8, 4), (2, 8, 8), (4, 4, 4)):
+        lay = h.build(a, rn, wm, ks)
+        wf = h.bank_wavefronts(lay)
+        assert 4.0 <= wf <= 5.2, (rn, wm, ks, wf)
+        # the same slots of each k-step in ascending order: more conflicts
+        srt = dict(lay, kslot=np.sort(lay["kslot"].reshape(-1, 16), axis=1).ravel())
+        assert h.bank_wavefronts(srt) > wf + 0.3, (rn, wm, ks)
+
+
+def test_the_builder_leaves_the_callers_matrix_alone_and_sums_duplicates():
+    h = host()
+    a = sps.csr_matrix((np.array([1.0, 2.0, 0.0]), np.array([3, 3, 5]), np.array([0, 3])), shape=(1, 8))
+    before = (a.data.copy(), a.indices.copy())
+    lay = h.build(a, 1, 2, 2)
+    np.testing.assert_array_equal(a.data, before[0])
+    np.testing.assert_array_equal(a.indices, before[1])
+    want = np.zeros((1, 8))
+    want[0, 3] = 3.0
+    np.testing.assert_array_equal(h.decode(lay), want)
+    assert lay["steps"] == 1
+
+
+# ---- space, rendering, compiling --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_launch_matches_the_kernel_signature(dtype):
+    a = random_matrix(64, 256, 0.05, "uniform", 0)
+    for n in (1, 7, 128, 2049):
+        checked = check_launch_matches_signature(FAMILY, dtype, a, n)
+        assert checked > 0 or not space().supports(dtype)
+
+
+PROBLEMS = [(3072, 768, 2048, 0.05), (512, 2048, 512, 0.1), (64, 256, 7, 0.05), (101, 384, 1, 0.08)]
+
+
+def test_every_feasible_config_renders():
+    """Every feasible config of a few problems renders, for fp16 and bf16 (the MMA, the conversions, the signature)."""
+    sp = space()
+    count = 0
+    seen = set()
+    for m, k, n, d in PROBLEMS:
+        env = problem_env(m, k, n, round(d * m * k), "fp16")
+        feas = list(sp.feasible("fp16", env, DEFAULT_LIMITS))
+        assert feas, (m, k, n)
+        for cfg in feas:
+            key = tuple(sorted(cfg.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            for dtype in ("fp16", "bf16"):
+                src = render.render(sp, cfg, dtype)
+                t = "bf16" if dtype == "bf16" else "f16"
+                assert f"mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32" in src and f"cvt.rn.{t}.f32" in src
+                assert ("__ldg(row_perm + grow)" in src) == (cfg["row_order"] != "natural")
+                assert ("cp_async16(dst" in src) == (cfg["bload"] == "vec")
+                count += 1
+    assert count > 2000
+    assert not list(sp.feasible("fp32", problem_env(512, 2048, 512, 100000, "fp32"), DEFAULT_LIMITS))
+
+
+def _covering(n=2048, m=3072, k=768, dtype="fp16"):
+    """Configs for N covering each value of each parameter and each (rn, accumulators, copies, bload) (the rest
+    cycled)."""
+    sp = space()
+    env = problem_env(m, k, n, round(0.05 * m * k), dtype)
+    feas = list(sp.feasible(dtype, env, DEFAULT_LIMITS))
+    seen, out = set(), []
+    for cfg in feas[::11] + feas:
+        nt = 32 * cfg["wm"] * cfg["wn"]
+        key = (cfg["rn"], cfg["tile_n"] // cfg["wn"], -(-16 * cfg["ksteps"] * cfg["tile_n"] // 8 // nt), cfg["bload"])
+        if key not in seen:
+            seen.add(key)
+            out.append(cfg)
+    for name in ("rn", "wm", "wn", "tile_n", "stages", "ksteps", "bload", "row_order"):
+        for v in sp.param(name).choices(dtype):
+            if not any(c[name] == v for c in out):
+                out += [c for c in feas if c[name] == v][:1]  # (none where N rules the value out)
+    return out
+
+
+def _nvcc(cfg, dtype):
+    return sat_compile.nvcc_check(render.render(space(), cfg, dtype), arch="sm_90")
+
+
+def _check_report(cfg, rep):
+    assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
+    regs = int(re.search(r"Used (\d+) registers", rep).group(1))
+    spill = max(int(x) for x in re.findall(r"(\d+) bytes spill stores", rep))
+    # vector staging: no spill; the 16-bit staging (odd N only) may park a word or two: at most 16 bytes
+    assert regs <= 255 and spill <= (0 if cfg["bload"] == "vec" else 16), (cfg, rep)
+    smem = re.search(r"(\d+) bytes smem", rep)
+    assert smem is None or int(smem.group(1)) == 0, (cfg, rep)  # all shared memory is dynamic
+    return regs
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_covering_sample_compiles_with_nvcc(dtype):
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    cfgs = _covering(dtype=dtype)[::3] + space().defaults(dtype, problem_env(3072, 768, 2048, 117965, dtype),
+                                                         DEFAULT_LIMITS)
+    assert len(cfgs) >= 20
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda c: _nvcc(c, dtype), cfgs))
+    for cfg, rep in zip(cfgs, reports):
+        _check_report(cfg, rep)
+
+
+def test_known_good_configs_compile_without_spills():
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = space()
+    cfgs = [(sp.normalize(kg, dt), dt) for kg in sp.known_good for dt in ("fp16", "bf16")]
+    assert all(c is not None for c, _ in cfgs)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda cd: _nvcc(*cd), cfgs))
+    for (cfg, _), rep in zip(cfgs, reports):
+        _check_report(cfg, rep)
+
+
+def test_known_good_configs_cover_n_512_and_2048_and_odd_n():
+    sp = space()
+    for m, k, n, d in ((3072, 768, 2048, 0.05), (3072, 768, 512, 0.05), (512, 2048, 512, 0.1), (512, 2048, 49, 0.1),
+                       (64, 256, 1, 0.05)):
+        got = sp.defaults("fp16", problem_env(m, k, n, round(d * m * k), "fp16"), DEFAULT_LIMITS)
+        assert got, (m, k, n)
+        assert all(c["row_order"] == "natural" for c in got)
+    assert not sp.enabled  # enabled by the lead after timing
+
+
+def test_shared_memory_follows_the_config():
+    """The host side asks for the ring or the epilogue's C tile, whichever is larger; the constraint budgets it."""
+    h = host()
+    sp = space()
+    cfg = dict(rn=2, wm=8, wn=1, tile_n=128, stages=3, ksteps=8, bload="vec", row_order="natural")
+    ring = 3 * 128 * (2 * 128 + 16)
+    assert h.ring_bytes(cfg) == ring and h.ctile_bytes(cfg) == 128 * (2 * 128 + 16) and h.shared_bytes(cfg) == ring
+    k = fake_kernel(FAMILY, cfg, "fp16", random_matrix(64, 512, 0.05, "uniform", 0))
+    assert h.smem_bytes(k) == ring
+    env = problem_env(3072, 768, 2048, 117965, "fp16")
+    assert sp.check(cfg, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": ring}) is None
+    assert "shared memory" in sp.check(cfg, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": ring - 1})
+    small = dict(cfg, stages=2, ksteps=2, wm=16, rn=1)  # 128-row C tile over a 2 x 32-row ring
+    assert h.shared_bytes(small) == h.ctile_bytes(small) > h.ring_bytes(small)
+    src = render.render(sp, cfg, "fp16")
+    assert f"#define STAGE_BYTES {128 * (2 * 128 + 16)}" in src and "#define RS 272" in src
+
+
+def test_constraints():
+    sp = space()
+    env = problem_env(3072, 768, 2048, 117965, "fp16")
+    base = dict(rn=2, wm=8, wn=1, tile_n=128, stages=3, ksteps=8, bload="vec", row_order="natural")
+    assert sp.check(base, env, DEFAULT_LIMITS) is None
+    assert "accumulators" in sp.check({**base, "tile_n": 256}, env, DEFAULT_LIMITS)  # 128 accumulators a lane
+    wide = {**base, "wm": 4, "wn": 2, "tile_n": 256, "ksteps": 4}  # 64 accumulators, 256 threads
+    assert sp.check(wide, env, DEFAULT_LIMITS) is None
+    assert "registers" in sp.check({**wide, "wm": 8}, env, DEFAULT_LIMITS)  # the same at 512 threads
+    assert sp.check({**wide, "wm": 8, "rn": 1}, env, DEFAULT_LIMITS) is None  # 512 threads x 32 accumulators
+    assert "copies" in sp.check({**base, "wm": 4}, env, DEFAULT_LIMITS)  # 16 copies a thread and group
+    assert sp.check({**base, "wm": 4, "ksteps": 4}, env, DEFAULT_LIMITS) is None
+    odd = problem_env(3072, 768, 49, 117965, "fp16")
+    assert "divisible by 8" in sp.check({**base, "tile_n": 64}, odd, DEFAULT_LIMITS)
+    assert sp.check({**base, "tile_n": 64, "bload": "scalar"}, odd, DEFAULT_LIMITS) is None
+    assert "wider" in sp.check({**base, "bload": "scalar"}, problem_env(64, 256, 1, 800, "fp16"), DEFAULT_LIMITS)
+    assert "threads" in sp.check({**base, "wn": 2}, env, {**DEFAULT_LIMITS, "max_threads": 256})
+    # every feasible config keeps the rules the template relies on
+    for cfg in sp.feasible("fp16", env, DEFAULT_LIMITS):
+        nt = 32 * cfg["wm"] * cfg["wn"]
+        assert cfg["tile_n"] // cfg["wn"] % 16 == 0 and nt % (cfg["tile_n"] // 8) == 0 and nt <= 512
+        assert -(-16 * cfg["ksteps"] // (nt // (cfg["tile_n"] // 8))) <= 8
+
+
+def test_adapt_to_another_n():
+    """A config stored for N = 2048 runs N = 1 and N = 7 with 16-bit staging and a 64-column tile; N = 512 as is."""
+    fam = get_family(FAMILY)
+    cfg = dict(rn=2, wm=4, wn=2, tile_n=256, stages=3, ksteps=4, bload="vec", row_order="greedy")
+    for n in (1, 7, 49):
+        env = problem_env(3072, 768, n, 117965, "fp16")
+        got = fam.adapt(cfg, "fp16", env, DEFAULT_LIMITS)
+        assert got is not None and got["bload"] == "scalar" and fam.space.check(got, env, DEFAULT_LIMITS) is None
+        assert got["tile_n"] == (64 if n < 64 else got["tile_n"]) and got["row_order"] == "greedy"
+    env = problem_env(3072, 768, 512, 117965, "fp16")
+    assert fam.adapt(cfg, "fp16", env, DEFAULT_LIMITS) == cfg
+    assert fam.adapt(cfg, "fp16", problem_env(3072, 768, 72, 117965, "fp16"), DEFAULT_LIMITS)["tile_n"] == 128
+
+
+def test_geometry_args_and_caching():
+    """Grid = tiles x column tiles; the arguments in the kernel's order; the layout cached per (rn, wm, ksteps, dtype
+    [, order]) and the permutation once per (rn, order), shared by every config of that rn."""
+    h = host()
+    a = clustered()
+    dev = FakeDeviceCSR(a, "fp16")
+    cfg = dict(rn=2, wm=4, wn=1, tile_n=64, stages=3, ksteps=4, bload="vec", row_order="natural")
+    k = fake_kernel(FAMILY, cfg, "fp16", a, dev)
+    assert h.geometry(k, 200) == ((-(-203 // 64) * 4,), (128,))
+    names = [nm for nm, _ in signature(k.source)]
+    args = k.args(200, "B", "C")
+    assert names == ["tile_gptr", "gcols", "step_ptr", "kslot", "avals", "B", "C", "M", "N", "tiles"]
+    assert args[5:7] == ("B", "C") and [int(x) for x in args[7:]] == [203, 200, 4]
+    assert [key for key, _ in dev.built] == [("tc_gather2", 2, 4, 4, "fp16")]
+    for order in ("greedy", "minhash"):
+        g = fake_kernel(FAMILY, {**cfg, "row_order": order}, "fp16", a, dev)
+        names = [nm for nm, _ in signature(g.source)]
+        gargs = g.args(64, "B", "C")
+        assert names[5] == "row_perm" and len(gargs) == len(names)
+        np.testing.assert_array_equal(gargs[5].host, h.build_ordered(a, 2, 4, 4, "fp16", order)["perm"])
+        fake_kernel(FAMILY, {**cfg, "row_order": order, "wm": 8, "ksteps": 8}, "fp16", a, dev).args(64, "B", "C")
+    built = [key for key, _ in dev.built]
+    assert built.count(("tc_gather2_perm", 2, "greedy")) == 1 and built.count(("tc_gather2_perm", 2, "minhash")) == 1
+    assert all(locked is False for _, locked in dev.built)
+
+
+# ---- the kernel on the CPU: the rendered source compiled with g++, CUDA threads as std::threads ------------
+
+EMU_PRELUDE = r'''
+#include <barrier>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+#define __device__
+#define __forceinline__ inline
+struct uint2 { unsigned int x, y; };
+struct uint4 { unsigned int x, y, z, w; };
+struct Dim { unsigned int x; };
+thread_local Dim threadIdx, blockIdx;
+thread_local unsigned char* smem;
+template <class T> inline T __ldg(const T* p) { return *p; }
+inline unsigned int __cvta_generic_to_shared(const void* p) { return (unsigned int)((const unsigned char*)p - smem); }
+struct WarpX { std::barrier<>* bar; unsigned int addr[32]; unsigned int a[32][4]; unsigned int b[32][2]; };
+struct Copy { unsigned int dst; const void* src; int n; };
+struct BlockX { std::barrier<>* bar; WarpX warps[32]; size_t smem_bytes; };
+thread_local BlockX* g_block;
+thread_local std::vector<std::vector<Copy>> g_groups;  // committed groups, oldest first; the last one is open
+int g_copy_at_issue = 1;  // 1: a cp.async lands when issued; 0: at the latest, when wait_group must have it
+int g_bf16 = 0;
+[[noreturn]] inline void die(const char* what) { std::fprintf(stderr, "%s\n", what); std::abort(); }
+inline void __syncthreads() { g_block->bar->arrive_and_wait(); }
+inline void chk(unsigned int a, unsigned int n) {
+    if ((size_t)a + n > g_block->smem_bytes) die("shared memory out of range");
+}
+inline float h2f(unsigned short h) {
+    if (g_bf16) { unsigned int u = (unsigned int)h << 16; float f; std::memcpy(&f, &u, 4); return f; }
+    _Float16 x; std::memcpy(&x, &h, 2); return (float)x;
+}
+inline unsigned short f2h(float f) {
+    if (g_bf16) {
+        unsigned int u;
+        std::memcpy(&u, &f, 4);
+        return (unsigned short)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    }
+    _Float16 x = (_Float16)f; unsigned short h; std::memcpy(&h, &x, 2); return h;
+}
+inline unsigned int lds16(unsigned int a) { chk(a, 2); unsigned short v; std::memcpy(&v, smem + a, 2); return v; }
+inline void ldsm_x4_t(unsigned int (&r)[4], unsigned int addr) {
+    const int lane = threadIdx.x & 31;
+    WarpX& w = g_block->warps[threadIdx.x >> 5];
+    if (addr % 16) die("ldmatrix row address not 16-byte aligned");
+    w.addr[lane] = addr;
+    w.bar->arrive_and_wait();
+    const int g = lane >> 2, q = lane & 3;
+    for (int i = 0; i < 4; ++i)  // .trans: lane (g, q) gets (row 2q, column g), (2q + 1, g) of matrix i
+        r[i] = lds16(w.addr[8 * i + 2 * q] + 2 * g) | (lds16(w.addr[8 * i + 2 * q + 1] + 2 * g) << 16);
+    w.bar->arrive_and_wait();
+}
+inline void mma16816(float (&d)[4], const unsigned int (&a)[4], unsigned int b0, unsigned int b1) {
+    const int lane = threadIdx.x & 31;
+    WarpX& w = g_block->warps[threadIdx.x >> 5];
+    for (int i = 0; i < 4; ++i) w.a[lane][i] = a[i];
+    w.b[lane][0] = b0; w.b[lane][1] = b1;
+    w.bar->arrive_and_wait();
+    float A[16][16], Bm[16][8];
+    for (int l = 0; l < 32; ++l) {
+        const int g = l >> 2, q = l & 3;
+        for (int h = 0; h < 2; ++h) {
+            A[g][2 * q + h] = h2f((unsigned short)(w.a[l][0] >> (16 * h)));
+            A[g + 8][2 * q + h] = h2f((unsigned short)(w.a[l][1] >> (16 * h)));
+            A[g][2 * q + 8 + h] = h2f((unsigned short)(w.a[l][2] >> (16 * h)));
+            A[g + 8][2 * q + 8 + h] = h2f((unsigned short)(w.a[l][3] >> (16 * h)));
+            Bm[2 * q + h][g] = h2f((unsigned short)(w.b[l][0] >> (16 * h)));
+            Bm[2 * q + 8 + h][g] = h2f((unsigned short)(w.b[l][1] >> (16 * h)));
+        }
+    }
+    w.bar->arrive_and_wait();
+    const int g = lane >> 2, q = lane & 3;
+    const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * q, 2 * q + 1, 2 * q, 2 * q + 1};
+    for (int e = 0; e < 4; ++e) {
+        float s = d[e];
+        for (int k = 0; k < 16; ++k) s += A[rows[e]][k] * Bm[k][cols[e]];
+        d[e] = s;
+    }
+}
+inline void do_copy(const Copy& c) {
+    chk(c.dst, 16);
+    if (c.n) std::memcpy(smem + c.dst, c.src, 16); else std::memset(smem + c.dst, 0, 16);
+}
+inline void cp_async16(unsigned int dst, const void* src, int src_bytes) {
+    if ((src_bytes != 0 && src_bytes != 16) || dst % 16 || (src_bytes && (uintptr_t)src % 16)) die("bad cp.async");
+    Copy c{dst, src, src_bytes};
+    if (g_copy_at_issue) do_copy(c); else g_groups.back().push_back(c);
+}
+inline void cp_commit() { g_groups.emplace_back(); }
+inline void emu_wait(int n) {
+    while ((int)g_groups.size() - 1 > n) {
+        for (const Copy& c : g_groups.front()) do_copy(c);
+        g_groups.erase(g_groups.begin());
+    }
+}
+inline void sts128(unsigned int a, unsigned int x, unsigned int y, unsigned int z, unsigned int w) {
+    if (a % 16) die("misaligned st.shared.v4");
+    chk(a, 16);
+    const unsigned int v[4] = {x, y, z, w};
+    std::memcpy(smem + a, v, 16);
+}
+'''
+
+EMU_MAIN = r'''
+template <class T> std::vector<T> rd(const std::string& path) {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    std::fseek(f, 0, SEEK_END); long n = std::ftell(f); std::fseek(f, 0, SEEK_SET);
+    std::vector<T> v(n / sizeof(T) + 16);
+    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) die("short read");
+    std::fclose(f);
+    return v;
+}
+int main(int argc, char** argv) {
+    const std::string d = argv[1];
+    const int M = std::atoi(argv[2]), N = std::atoi(argv[3]), tiles = std::atoi(argv[4]), ctiles = std::atoi(argv[5]);
+    const size_t smem_bytes = std::atoi(argv[6]);
+    g_copy_at_issue = std::atoi(argv[7]); g_bf16 = std::atoi(argv[8]);
+    auto tg = rd<int>(d + "/tile_gptr"); auto gc = rd<int>(d + "/gcols"); auto spp = rd<int>(d + "/step_ptr");
+    auto ks = rd<unsigned char>(d + "/kslot"); auto av = rd<uint2>(d + "/avals"); auto perm = rd<int>(d + "/perm");
+    auto B = rd<unsigned short>(d + "/B");
+    std::vector<unsigned short> C((size_t)M * N + 1, 0x7e00);  // poisoned: NaN
+    for (int bid = 0; bid < tiles * ctiles; ++bid) {
+        std::vector<unsigned char> sm(smem_bytes + 16, 0xAB);  // garbage, as shared memory starts
+        BlockX blk; std::barrier<> bar(NTHREADS); blk.bar = &bar; blk.smem_bytes = smem_bytes;
+        std::vector<std::barrier<>*> wb;
+        for (int w = 0; w < NTHREADS / 32; ++w) { wb.push_back(new std::barrier<>(32)); blk.warps[w].bar = wb.back(); }
+        std::vector<std::thread> th;
+        for (int t = 0; t < NTHREADS; ++t) th.emplace_back([&, t] {
+            threadIdx.x = t; blockIdx.x = bid; smem = sm.data(); g_block = &blk;
+            g_groups.clear(); g_groups.emplace_back();
+            spmm_kernel(tg.data(), gc.data(), spp.data(), ks.data(), av.data(), PERM_ARG B.data(), C.data(), M, N,
+                        tiles);
+        });
+        for (auto& x : th) x.join();
+        for (auto* p : wb) delete p;
+    }
+    FILE* f = std::fopen((d + "/C").c_str(), "wb");
+    std::fwrite(C.data(), 2, (size_t)M * N, f);
+    std::fclose(f);
+    return 0;
+}
+'''
+
+
+def emu_source(cfg: dict, dtype: str) -> str:
+    """The rendered kernel for g++: its #defines and everything from `struct AFrag` on (the device helpers before it
+    are replaced by the emulation; the wait_group statements become emu_wait)."""
+    src = render.render(space(), cfg, dtype)
+    head, body = src.split("struct AFrag", 1)
+    defines = "\n".join(ln for ln in head.splitlines() if ln.startswith("#define"))
+    body = "struct AFrag" + body
+    body = re.sub(r'asm volatile\("cp\.async\.wait_group (\d+);" ::: "memory"\);', r"emu_wait(\1);", body)
+    body = body.replace('asm volatile("" ::: "memory");', "")
+    body = re.sub(r'extern "C" __global__ void __launch_bounds__\([^)]*\)', "void", body)
+    body = body.replace("extern __shared__ __align__(128) unsigned char smem[];", "")
+    assert "asm" not in body and "__shared__" not in body
+    main = EMU_MAIN.replace("PERM_ARG", "perm.data()," if cfg["row_order"] != "natural" else "")
+    return EMU_PRELUDE + defines + "\n" + body + main
+
+
+class Emulated:
+    """One config's kernel compiled for the CPU; run(a, n, b16) -> C (uint16 bits, M x N)."""
+
+    def __init__(self, cfg: dict, dtype: str, folder: Path):
+        self.cfg, self.dtype, self.folder = cfg, dtype, folder
+        (folder / "k.cpp").write_text(emu_source(cfg, dtype))
+        self.exe = folder / "k"
+        proc = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-w", "-o", str(self.exe),
+                               str(folder / "k.cpp")], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def run(self, a, n: int, b16, copy_at_issue: int = 1):
+        h, c = host(), self.cfg
+        if c["row_order"] == "natural":
+            lay = h.build(a, c["rn"], c["wm"], c["ksteps"], self.dtype)
+            perm = np.arange(a.shape[0], dtype=np.int32)
+        else:
+            lay = h.build_ordered(a, c["rn"], c["wm"], c["ksteps"], self.dtype, c["row_order"])
+            perm = lay["perm"]
+        d = Path(tempfile.mkdtemp(dir=self.folder))
+        for x in h.ARRAYS:
+            lay[x].tofile(d / x)
+        perm.astype(np.int32).tofile(d / "perm")
+        np.ascontiguousarray(b16).tofile(d / "B")
+        m = a.shape[0]
+        tiles, ct = -(-m // h.tile_rows(c)), -(-n // c["tile_n"])
+        subprocess.run([str(self.exe), str(d), str(m), str(n), str(tiles), str(ct), str(h.shared_bytes(c)),
+                        str(copy_at_issue), "1" if self.dtype == "bf16" else "0"], check=True, timeout=600)
+        return np.fromfile(d / "C", dtype=np.uint16).reshape(m, n)
+
+
+def _emu_configs(dtype):
+    """A small covering sample: every rn, wm, wn, tile_n, stages, ksteps, bload and row order at least once."""
+    base = dict(rn=2, wm=4, wn=1, tile_n=64, stages=3, ksteps=4, bload="vec", row_order="natural")
+    cfgs = [base,
+            dict(base, rn=1, wm=2, wn=2, stages=2, ksteps=2),
+            dict(base, rn=4, wm=2, wn=4, tile_n=128, stages=4, ksteps=8, row_order="greedy"),
+            dict(base, rn=1, wm=8, wn=2, tile_n=256, stages=2, ksteps=8, row_order="minhash"),
+            dict(base, rn=2, wm=8, wn=2, tile_n=128, stages=3, ksteps=8),
+            dict(base, bload="scalar", rn=1, wm=4, stages=4, ksteps=2, row_order="greedy"),
+            dict(base, bload="scalar", wm=2, wn=2, stages=2, ksteps=8),
+            dict(base, bload="scalar", rn=4, wm=4, wn=2, tile_n=128, ksteps=4, row_order="minhash")]
+    sp = space()
+    assert all(sp.normalize(c, dtype) == c for c in cfgs)
+    assert all(sp.check(c, problem_env(203, 3000, 136, 20000, dtype), DEFAULT_LIMITS) is None for c in cfgs)
+    return cfgs
+
+
+def _ref(a, b16, dtype):
+    b = (bf16_float(b16) if dtype == "bf16" else b16.view(np.float16)).astype(np.float64)
+    return rounded(a, dtype) @ b
+
+
+def _as_f64(c16, dtype):
+    return (bf16_float(c16) if dtype == "bf16" else c16.view(np.float16)).astype(np.float64)
+
+
+def _rel_err(got, want):
+    if not np.isfinite(got).all():
+        return np.inf
+    den = np.linalg.norm(want)
+    return np.linalg.norm(got - want) / den if den else np.linalg.norm(got)
+
+
+TOL = TOLERANCE
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_kernel_source_emulated_on_the_cpu_is_correct(dtype, tmp_path):
+    """The rendered kernel (its own C++: staging, ring, k-step walk, prefetch, epilogue) with the CUDA intrinsics
+    emulated: every edge case at N = 1, 7, 72 and 136 (partial vector tiles), each with two configs of the sample that
+    run that N (the least used so far), the first with cp.async landing at issue, the second at the last moment
+    wait_group allows: C against float64 within the dtype's tolerance, every element written."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found")
+    sp = space()
+    cfgs = _emu_configs(dtype)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        emus = list(pool.map(lambda ic: Emulated(ic[1], dtype, _mk(tmp_path / f"c{ic[0]}")), enumerate(cfgs)))
+    rng = np.random.default_rng(0)
+    used = {id(e): 0 for e in emus}
+    for name, a in edge_cases().items():
+        for n in (1, 7, 72, 136):
+            env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
+            runs = [e for e in emus if sp.check(e.cfg, env, DEFAULT_LIMITS) is None]
+            assert len(runs) >= 2, (name, n)
+            b16 = storage(rng.standard_normal((a.shape[1], n)).astype(np.float32), dtype).view(np.uint16)
+            want = _ref(a, b16, dtype)
+            runs.sort(key=lambda e: used[id(e)])  # the least used first
+            for mode, emu in zip((1, 0), runs):
+                used[id(emu)] += 1
+                err = _rel_err(_as_f64(emu.run(a, n, b16, mode), dtype), want)
+                assert err <= TOL[dtype], (name, n, emu.cfg, mode, err)
+    assert min(used.values()) >= 4
+
+
+def _mk(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+# ---- on the GPU -------------------------------------------------------------------------------------------
+
+def _gpu_configs(n, dtype):
+    """A covering sample for N: configs of the sweep's problem sizes that N allows, every parameter value."""
+    sp = space()
+    env = problem_env(203, 3000, n, 20000, dtype)
+    out = []
+    for cfg in _covering(n, 203, 3000, dtype):
+        if sp.check(cfg, env, DEFAULT_LIMITS) is None and cfg not in out:
+            out.append(cfg)
+    out = out[:: max(1, len(out) // 24)]
+    return out + [c for c in sp.defaults(dtype, env, DEFAULT_LIMITS) if c not in out]
+
+
+def _gpu_check(dtype: str) -> int:
+    """Through the project's launch path (DeviceCSR, build_kernel, Kernel.__call__): poisoned C, fresh random B, the
+    float64 reference of the rounded operands; the edge cases at N = 1, 7, 72, 512, 2049."""
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
+    checked = 0
+    for name, a in edge_cases().items():
+        a = sps.csr_matrix(a, copy=True)
+        a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])  # what the kernel sees
+        dev = DeviceCSR(a, dtype)
+        a64 = csp.csr_matrix(a.astype(np.float64))
+        for n in (1, 7, 72, 512, 2049):
+            cfgs = _gpu_configs(n, dtype)
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype), cfgs))
+            for k in kernels:
+                rng = np.random.default_rng(checked)
+                b = cp.asarray(storage(rng.standard_normal((a.shape[1], n)).astype(np.float32), dtype))
+                c = cp.empty((a.shape[0], n), dtype=cp.uint16 if dtype == "bf16" else cp.float16)
+                err = check(lambda: k(b, c), c, reference(a64, b), dtype)
+                assert err <= TOL[dtype], (name, n, k.config, err)
+                checked += 1
+    return checked
+
+
+@pytest.mark.gpu
+def test_correct_on_edge_cases_fp16():
+    assert _gpu_check("fp16") > 300
+
+
+@pytest.mark.gpu
+def test_correct_on_edge_cases_bf16():
+    assert _gpu_check("bf16") > 300
+
+
+@pytest.mark.gpu
+def test_known_good_configs_correct_on_the_sweep_problems():
+    """The known-good configs on the sweep's two problems (the real sizes: 3072 x 768 N = 2048 d = 0.05, 512 x 2048
+    N = 512 d = 0.1), fp16, and once more in bf16 on the first."""
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
+    sp = space()
+    for (m, k, n, d), dtypes in (((3072, 768, 2048, 0.05), ("fp16", "bf16")), ((512, 2048, 512, 0.1), ("fp16",))):
+        for dtype in dtypes:
+            a = random_matrix(m, k, d, "uniform", 0)
+            a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])
+            dev = DeviceCSR(a, dtype)
+            a64 = csp.csr_matrix(a.astype(np.float64))
+            env = problem_env(m, k, n, a.nnz, dtype)
+            for cfg in sp.defaults(dtype, env, DEFAULT_LIMITS):
+                kern = build_kernel(dev, FAMILY, cfg, dtype)
+                b = cp.asarray(storage(np.random.default_rng(1).standard_normal((k, n)).astype(np.float32), dtype))
+                c = cp.empty((m, n), dtype=cp.uint16 if dtype == "bf16" else cp.float16)
+                err = check(lambda: kern(b, c), c, reference(a64, b), dtype)
+                assert err <= TOL[dtype], (m, k, n, cfg, err)

@@ -1,0 +1,293 @@
+"""tc_gather2, host side: tc_gather's math (C^T = B^T A^T on mma.m16n8k16, a row block of 8 * rn rows stored dense
+over the union of its columns in the B-operand register layout) with the gathered rows of B staged in shared memory.
+
+Geometry. A row block is R = 8 * rn rows (rows in the order of row_order: core.reorder, as tc_gather). A tile is wm
+consecutive row blocks (wm * R rows: one thread block's rows). The tile's union U_s (the sorted distinct columns of all
+its rows) is cut into groups of GK = 16 * ksteps columns; group j of tile s is global group gstart[s] + j. A group is
+what one stage of the kernel's cp.async ring holds: the GK rows of B named by gcols[group * GK + slot] (-1 past the
+end of U_s: zero-filled), TILE_N columns of each.
+
+Each row block b of the tile computes, per group, over its own columns only (its sub-union V of the group's slots,
+usually 35-60 % of them): V is cut into k-steps of 16 slots (the last one padded with slots of weight 0), so the
+kernel's ldmatrix.x4.trans gathers the 16 rows of a k-step out of the staged group by per-lane row addresses. The
+k-steps of a row block are consecutive over its tile's groups: pair (tile s, row block b, group j) is number
+gstart[s] * wm + b * G_s + j (G_s: the tile's groups), its steps are step_ptr[pair] .. step_ptr[pair + 1] - 1, so a
+warp walks its row block's steps t = step_ptr[gstart[s] * wm + b * G_s] ... in order and prefetches t + 1, t + 2
+whatever group they are in. Per step:
+
+    kslot[16 t + k]                 the slot (row of the staged group, 0 .. GK - 1) holding union column k of step t
+    avals[((t * rn + i) * 32 + l) * 4 + h]   the weights of 8-row tile i in the B-operand layout of mma.m16n8k16, as
+                                    tc_gather: lane l = 4 g + q holds A[8 i + g][col of k = 2q, 2q + 1, 2q + 8, 2q + 9]
+
+The order of the slots within a pair's k-steps is free (the MMA sums over k): the pair's 2 * steps half steps (8 k's:
+one 8 x 8 matrix of ldmatrix) are dealt its slots in (slot % 8, slot) order, the j-th to half step j mod (2 * steps),
+so a half step holds distinct residues slot % 8 unless a residue has more slots than there are half steps; padding
+slots (weight 0) take the residues a half step lacks. The staged rows have a stride of 16 (mod 128) bytes, so 8 rows of
+distinct residues fall in distinct bank groups and an ldmatrix.x4 is 4 wavefronts (`bank_wavefronts`, 3072 x 768 at
+d = 0.05 uniform: 4.2-5.2, against ~8 for the same slots in ascending or random order).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from sparse_autotune.core.problem import bf16_float, storage
+from sparse_autotune.core.reorder import check_perm, reorder
+
+
+def _nth_zero_table() -> np.ndarray:
+    """t[mask, j]: the j-th zero bit of an 8-bit mask (8 where there is none)."""
+    t = np.full((256, 8), 8, dtype=np.int64)
+    for mask in range(256):
+        zeros = [b for b in range(8) if not mask >> b & 1]
+        t[mask, :len(zeros)] = zeros
+    return t
+
+
+_NTH_ZERO = _nth_zero_table()
+
+
+def _clean(a) -> sp.csr_matrix:
+    a = sp.csr_matrix(a, copy=True)  # the caller's matrix stays as it is
+    a.sum_duplicates()  # sorted indices, no duplicates
+    a.eliminate_zeros()
+    return a
+
+
+def build(a: sp.csr_matrix, rn: int, wm: int, ksteps: int, dtype: str = "fp16") -> dict:
+    """The layout of A (rows in their given order) for row blocks of 8 * rn rows, tiles of wm row blocks and groups of
+    16 * ksteps tile-union columns: a dict of numpy arrays tile_gptr (int32, tiles + 1: first group of each tile),
+    gcols (int32, groups * GK), step_ptr (int32, groups * wm + 1, by (tile, row block, group)), kslot (uint8,
+    steps * 16), avals (uint16: fp16, or bf16 bits, steps * rn * 128), and counts: tiles, groups, steps."""
+    rn, wm, ksteps = int(rn), int(wm), int(ksteps)
+    gk = 16 * ksteps
+    if gk > 256:
+        raise ValueError("a group must have at most 256 slots (8-bit slot numbers)")
+    a = _clean(a)
+    m, k = a.shape
+    rr = 8 * rn
+    nrb = -(-m // rr)
+    tiles = -(-nrb // wm)
+    rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
+    cols = a.indices.astype(np.int64)
+    rb = rows // rr
+    tile = rb // wm
+    blk = rb % wm
+    # the tiles' unions: (tile, column) keys, sorted
+    tkey = tile * k + cols
+    ukeys, inv_u = np.unique(tkey, return_inverse=True)
+    u_tile = ukeys // k
+    ucnt = np.bincount(u_tile, minlength=tiles).astype(np.int64)
+    ustart = np.zeros(tiles + 1, dtype=np.int64)
+    np.cumsum(ucnt, out=ustart[1:])
+    ngroups = -(-ucnt // gk)
+    gstart = np.zeros(tiles + 1, dtype=np.int64)
+    np.cumsum(ngroups, out=gstart[1:])
+    groups = int(gstart[-1])
+    upos = np.arange(len(ukeys), dtype=np.int64) - ustart[u_tile]  # place of each union column in its tile's union
+    gcols = np.full(groups * gk, -1, dtype=np.int32)
+    gcols[(gstart[u_tile] + upos // gk) * gk + upos % gk] = (ukeys % k).astype(np.int32)
+    # each nonzero's group and slot
+    p = upos[inv_u]
+    slot = p % gk
+    # sub-unions: distinct (pair, slot), sorted; pair = gstart[tile] * wm + row block * G_tile + group of the tile
+    pair = gstart[tile] * wm + blk * ngroups[tile] + p // gk
+    pkey = pair * gk + slot
+    ekeys, inv_e = np.unique(pkey, return_inverse=True)
+    e_pair = ekeys // gk
+    e_slot = ekeys % gk
+    npairs = groups * wm
+    cnt = np.bincount(e_pair, minlength=npairs).astype(np.int64)
+    nsteps = -(-cnt // 16)
+    step_ptr = np.zeros(npairs + 1, dtype=np.int64)
+    np.cumsum(nsteps, out=step_ptr[1:])
+    steps = int(step_ptr[-1])
+    if steps * rn * 128 >= 2 ** 40:
+        raise ValueError("layout too large")
+    # places within a pair: its 2 * nsteps half steps (8 k's each: one 8 x 8 matrix of ldmatrix) are dealt the entries
+    # in (residue slot % 8, slot) order, entry j to half step j mod H: a residue's entries land in distinct half steps
+    # (no two rows of a matrix in the same bank group) unless it has more than H of them, and every half step gets
+    # at most 8 entries
+    o = np.lexsort((e_slot, e_slot & 7, e_pair))  # by pair, residue, slot
+    pstart = np.zeros(npairs + 1, dtype=np.int64)
+    np.cumsum(cnt, out=pstart[1:])
+    idx = np.empty(len(o), dtype=np.int64)
+    idx[o] = np.arange(len(o)) - pstart[e_pair[o]]  # rank of each entry within its pair
+    nh = 2 * nsteps[e_pair]
+    half = idx % nh
+    e_step = step_ptr[e_pair] + half // 2
+    e_k = (half % 2) * 8 + idx // nh
+    kslot = np.full(steps * 16, -1, dtype=np.int64)
+    kslot[e_step * 16 + e_k] = e_slot
+    # padding slots: in each half step (8 k's: one ldmatrix matrix), the residues its real entries leave free
+    pad = kslot < 0
+    if pad.any():
+        mask = np.zeros(steps * 2, dtype=np.int64)
+        real = ~pad
+        np.bitwise_or.at(mask, np.flatnonzero(real) // 8, 1 << (kslot[real] & 7))
+        pos = np.flatnonzero(pad)
+        h = pos // 8
+        # j-th padding position of its half step
+        jth = np.arange(len(pos)) - np.searchsorted(pos, h * 8)
+        kslot[pos] = _NTH_ZERO[mask[h], jth]
+    # weights
+    lr = rows - rb * rr
+    i, g = lr // 8, lr % 8
+    t = e_step[inv_e]
+    kk = e_k[inv_e]
+    q = np.where(kk < 8, kk // 2, (kk - 8) // 2)
+    hh = np.where(kk < 8, kk % 2, 2 + kk % 2)
+    avals = np.zeros(steps * rn * 128, dtype=np.uint16)
+    avals[((t * rn + i) * 32 + 4 * g + q) * 4 + hh] = storage(a.data, dtype).view(np.uint16)
+    return {"tile_gptr": gstart.astype(np.int32), "gcols": gcols, "step_ptr": step_ptr.astype(np.int32),
+            "kslot": kslot.astype(np.uint8), "avals": avals, "tiles": tiles, "groups": groups, "steps": steps,
+            "rn": rn, "wm": wm, "ksteps": ksteps, "M": m, "K": k, "dtype": dtype}
+
+
+def decode(lay: dict) -> np.ndarray:
+    """Dense M x K (float64) of the layout's rows rebuilt by the kernel's own rule: for each tile, group and row block,
+    its steps; for each step and k, the slot kslot names, the column gcols gives that slot of the group, and the
+    weights each lane holds in the B-operand layout. Raises if a nonzero weight sits on a slot past the union's end."""
+    rn, wm, gk, m, k = lay["rn"], lay["wm"], 16 * lay["ksteps"], lay["M"], lay["K"]
+    gstart, gcols, step_ptr, kslot, avals = (lay[x] for x in ("tile_gptr", "gcols", "step_ptr", "kslot", "avals"))
+    rr = 8 * rn
+    steps = lay["steps"]
+    out = np.zeros((lay["tiles"] * wm * rr, k + 1))  # column k: slots past the union's end
+    if steps:
+        pair = np.repeat(np.arange(len(step_ptr) - 1), np.diff(step_ptr))  # each step's (tile, row block, group)
+        tile = np.searchsorted(gstart * wm, pair, side="right") - 1
+        ng = gstart[tile + 1] - gstart[tile]
+        local = pair - gstart[tile] * wm
+        b, grp = local // ng, gstart[tile] + local % ng
+        v = (bf16_float(avals) if lay["dtype"] == "bf16" else avals.view(np.float16)).astype(np.float64)
+        for i in range(rn):
+            for lane in range(32):
+                g, q = divmod(lane, 4)
+                for h in range(4):
+                    kk = 2 * q + h % 2 + 8 * (h // 2)
+                    col = gcols[grp * gk + kslot[np.arange(steps) * 16 + kk]].astype(np.int64)
+                    col[col < 0] = k
+                    row = (tile * wm + b) * rr + 8 * i + g
+                    np.add.at(out, (row, col), v[((np.arange(steps) * rn + i) * 32 + lane) * 4 + h])
+    if out[:, k].any():
+        raise ValueError("a nonzero weight on a zero-filled slot")
+    if out[m:].any():
+        raise ValueError("a nonzero weight past the last row")
+    return out[:m, :k]
+
+
+def bank_wavefronts(lay: dict) -> float:
+    """Shared-memory wavefronts per ldmatrix.x4 of the layout's k-steps (4 is conflict-free): per half step (one 8 x 8
+    matrix, two of them per x4 share the rows) the largest number of its 8 slots with the same slot % 8."""
+    steps = lay["steps"]
+    if not steps:
+        return 4.0
+    res = (lay["kslot"].astype(np.int64) & 7).reshape(steps * 2, 8)
+    counts = np.zeros((steps * 2, 8), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(steps * 2), 8), res.ravel()), 1)
+    return float(2 * counts.max(axis=1).mean() * 2)
+
+
+def stats(lay: dict) -> dict:
+    """What the roofline needs: steps, the tile-union rows staged (groups * GK) and the wavefronts per ldmatrix."""
+    return {"steps": lay["steps"], "groups": lay["groups"], "staged_rows": lay["groups"] * 16 * lay["ksteps"],
+            "wavefronts": bank_wavefronts(lay)}
+
+
+def permuted(a: sp.csr_matrix, perm) -> sp.csr_matrix:
+    """A's rows in the order perm (row r of the result is row perm[r] of A)."""
+    return sp.csr_matrix(a)[check_perm(perm, a.shape[0])]
+
+
+def build_ordered(a: sp.csr_matrix, rn: int, wm: int, ksteps: int, dtype: str, row_order: str, seed: int = 0,
+                  perm=None) -> dict:
+    """build() of A's rows in the order core.reorder gives for row blocks of 8 * rn rows (as tc_gather), with the
+    permutation under "perm" (int32: the kernel's row r is A's row perm[r], where it writes C). perm: a permutation
+    computed before (the same rn and row_order), else computed here."""
+    if perm is None:
+        perm = reorder(a, row_order, 8 * int(rn), seed)
+    perm = np.asarray(perm, dtype=np.int32)
+    lay = build(permuted(a, perm), rn, wm, ksteps, dtype)
+    lay["perm"] = perm
+    return lay
+
+
+# ---- the family's host side (core.families) ---------------------------------------------------------------
+
+ARRAYS = ("tile_gptr", "gcols", "step_ptr", "kslot", "avals")
+
+
+def threads(config: dict) -> int:
+    return 32 * config["wm"] * config["wn"]
+
+
+def tile_rows(config: dict) -> int:
+    return 8 * config["rn"] * config["wm"]
+
+
+def ring_bytes(config: dict) -> int:
+    """The cp.async ring: stages x 16 * ksteps rows of B, each 2 * tile_n bytes + 16 of padding."""
+    return config["stages"] * 16 * config["ksteps"] * (2 * config["tile_n"] + 16)
+
+
+def ctile_bytes(config: dict) -> int:
+    """The epilogue's C tile (fp16/bf16, rows of tile_n + 8 halves), over the ring once the main loop is done."""
+    return tile_rows(config) * (2 * config["tile_n"] + 16)
+
+
+def shared_bytes(config: dict) -> int:
+    return max(ring_bytes(config), ctile_bytes(config))
+
+
+def smem_bytes(kernel) -> int:
+    return shared_bytes(kernel.config)
+
+
+def _tiles(kernel, n: int) -> tuple[int, int]:
+    c = kernel.config
+    return -(-kernel.a.shape[0] // tile_rows(c)), -(-n // c["tile_n"])
+
+
+def geometry(kernel, n: int):
+    tiles, col_tiles = _tiles(kernel, n)
+    return (tiles * col_tiles,), (threads(kernel.config),)
+
+
+def _host_perm(kernel, rn: int, order: str):
+    """The row permutation of (rn, order) on the host, computed once per matrix and kept with A's layouts (a list, so
+    that DeviceCSR.cached keeps it on the host): every config of this rn shares it."""
+    return kernel.a.cached(("tc_gather2_perm", rn, order),
+                           lambda host: [reorder(host, order, 8 * rn).astype(np.int32)])[0]
+
+
+def args(kernel, n: int, b, c) -> tuple:
+    cfg, dtype = kernel.config, kernel.dtype
+    rn, wm, ks, order = cfg["rn"], cfg["wm"], cfg["ksteps"], cfg["row_order"]
+    tiles, _ = _tiles(kernel, n)
+    tail = (b, c, np.int32(kernel.a.shape[0]), np.int32(n), np.int32(tiles))
+    if order == "natural":
+        got = kernel.a.cached(("tc_gather2", rn, wm, ks, dtype),
+                              lambda host: tuple(build(host, rn, wm, ks, dtype)[x] for x in ARRAYS))
+        return (*got, *tail)
+
+    def _build(host):
+        lay = build_ordered(host, rn, wm, ks, dtype, order, perm=_host_perm(kernel, rn, order))
+        return (*(lay[x] for x in ARRAYS), lay["perm"])
+    got = kernel.a.cached(("tc_gather2", rn, wm, ks, dtype, order), _build)
+    return (*got, *tail)
+
+
+def adapt(space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:
+    """For another N: 16-bit staging where 16-byte copies do not divide N, and/or a narrower column tile (the widest
+    that fits, e.g. 64 for N = 1); the rest of the config as stored."""
+    from sparse_autotune.core.space import DEFAULT_LIMITS  # noqa: PLC0415
+    cfg = space.normalize(config, dtype)
+    if cfg is None:
+        return None
+    lim = {**DEFAULT_LIMITS, **(limits or {})}
+    for tile_n in sorted((v for v in space.param("tile_n").choices(dtype) if v <= cfg["tile_n"]), reverse=True):
+        for bload in dict.fromkeys((cfg["bload"], "scalar")):
+            trial = {**cfg, "tile_n": tile_n, "bload": bload}
+            if space.check(trial, env, lim) is None:
+                return trial
+    return None
