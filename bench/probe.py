@@ -925,9 +925,8 @@ def cmd_linear(a) -> int:
                             row["graph_us"] = _graph_us(torch, sl, xs)
                             row["eager_us"] = _eager_us(torch, sl, xs)
                             row["kernels"] = _kernels_per_call(torch, sl, xs[0])
-                        plan = sl.op.plan(n)
-                        row.update(family=plan.family, source=plan.source,
-                                   path=getattr(plan, "path", None) or (plan.config or {}).get("nk_path"),
+                        plan = sl.op.plan(n, layout="nk")  # what SparseLinear runs: op.linear's plan
+                        row.update(family=plan.family, source=plan.source, path=getattr(plan, "path", None),
                                    vs_linear_graph=dense_graph / row["graph_us"],
                                    eager_minus_linear_us=row["eager_us"] - dense_eager)
                     except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
