@@ -50,13 +50,16 @@ def smem_bytes(kernel) -> int:
     return c["stages"] * c["kc"] * c["lanes_per_row"] * c["vec"] * es
 
 
-def args(kernel, n: int, b, c) -> tuple:
+def args(kernel, n: int, b, c, bias=None) -> tuple:
+    """In the nk layout (b is x, N x K; c is y, N x M) the bias follows c, passed through as given (None or 0: no
+    bias, a null pointer)."""
     cfg = kernel.config
     m, k = kernel.a.shape
     row_blocks, col_tiles = _tiles(kernel, n)
     perm = kernel.a.cached("perm", sorted_rows) if cfg["row_order"] == "sorted" else kernel.a.row_ptr
     stage_ptr, lcol, n_st = kernel.a.cached(("stage", cfg["kc"]), lambda host: stage_layout(host, cfg["kc"]))
-    return (stage_ptr, lcol, kernel.a.vals, perm, b, c, np.int32(m), np.int32(n), np.int32(k),
+    out = (b, c, np.uint64(0) if bias is None else bias) if getattr(kernel, "layout", "kn") == "nk" else (b, c)
+    return (stage_ptr, lcol, kernel.a.vals, perm, *out, np.int32(m), np.int32(n), np.int32(k),
             np.int32(row_blocks), np.int32(col_tiles), np.int32(n_st))
 
 

@@ -79,11 +79,18 @@ def geometry(kernel, n: int):
     return (row_blocks * col_tiles,), (threads(kernel.config),)
 
 
-def args(kernel, n: int, b, c) -> tuple:
+def args(kernel, n: int, b, c, bias=None) -> tuple:
+    """In the nk layout (b is x, N x K; c is y, N x M) the bias follows c, passed through as given (None or 0: no
+    bias, a null pointer), and K (x's row stride) follows N."""
     rn = kernel.config["rn"]
     order = kernel.config["row_order"]
     row_blocks, _ = _tiles(kernel, n)
-    tail = (b, c, np.int32(kernel.a.shape[0]), np.int32(n), np.int32(row_blocks))
+    m, k = kernel.a.shape
+    if getattr(kernel, "layout", "kn") == "nk":
+        tail = (b, c, np.uint64(0) if bias is None else bias, np.int32(m), np.int32(n), np.int32(k),
+                np.int32(row_blocks))
+    else:
+        tail = (b, c, np.int32(m), np.int32(n), np.int32(row_blocks))
     if order == "natural":
         step_ptr, cols, avals = kernel.a.cached(("tc", rn, kernel.dtype),
                                                 lambda host: tc_layout(host, rn, kernel.dtype))

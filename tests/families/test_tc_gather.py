@@ -1,4 +1,5 @@
-"""tc_gather (tensor cores over row-block column unions): the layout in mma fragment order, loads of B for any N, launch."""
+"""tc_gather (tensor cores over row-block column unions): the layout in mma fragment order, loads of B for any N,
+launch; the nk layout (rendering, kn unchanged, launch, nvcc; on a GPU against float64)."""
 from __future__ import annotations
 
 import numpy as np
@@ -261,3 +262,171 @@ def test_row_orders_correct_on_edge_cases_fp16():
 @pytest.mark.gpu
 def test_row_orders_correct_on_edge_cases_bf16():
     assert _gpu_row_orders("bf16") > 300
+
+
+# ---- the nk layout (y = x @ A^T + bias, x N x K, y N x M) --------------------------------------------------------
+
+# sha256 (first 16 hex digits) of kn sources as rendered before the nk layout was added: kn is byte for byte the same
+# (update these where the kn kernel is changed on purpose)
+KN_DIGESTS = [
+    ("fp16", dict(rn=2, nt=4, ksplit=4, unroll=2, bload="vec", prefetch=0, row_order="natural"), "4a37059a95c30910"),
+    ("bf16", dict(rn=1, nt=1, ksplit=8, unroll=2, bload="scalar", prefetch=1, row_order="greedy"), "e828198322965ab6"),
+    ("fp16", dict(rn=4, nt=2, ksplit=2, unroll=4, bload="scalar", prefetch=1, row_order="minhash"), "f3ff26bd2c8434fd"),
+    ("bf16", dict(rn=1, nt=2, ksplit=1, unroll=1, bload="vec", prefetch=0, row_order="natural"), "3cf2e56bfabf4810"),
+]
+
+
+def _native_configs(dtype: str, m: int, k: int, n: int, nnz: int) -> list[dict]:
+    """The configs an nk problem runs natively (the nk space's, nk_path native, without the path)."""
+    from sparse_autotune.core.space import NK_PATH, problem_env, split_path
+    nk = get_family(FAMILY).space.for_layout("nk")
+    env = problem_env(m, k, n, nnz, dtype, "nk")
+    return [split_path(c)[0] for c in nk.feasible(dtype, env) if c[NK_PATH] == "native"]
+
+
+def test_the_space_declares_nk_and_vector_loads_still_need_n_divisible():
+    """In nk bload 'vec' means the lane's 2 * nt columns are all in range or all out (one check), as in kn: N % (2 nt)
+    == 0; 'scalar' runs any N, natively too."""
+    from sparse_autotune.core.space import DEFAULT_LIMITS, NK_PATH, problem_env
+    sp = get_family(FAMILY).space
+    assert sp.supports_layout("nk") and sp.default_path() == "native"
+    nk = sp.for_layout("nk")
+    base = {"rn": 1, "nt": 2, "ksplit": 8, "unroll": 2, "prefetch": 0, "row_order": "natural", NK_PATH: "native"}
+    odd = problem_env(512, 2048, 49, 20000, "fp16", "nk")
+    assert nk.check({**base, "bload": "vec"}, odd, DEFAULT_LIMITS) is not None
+    assert nk.check({**base, "bload": "scalar"}, odd, DEFAULT_LIMITS) is None
+    assert {c["bload"] for c in _native_configs("bf16", 64, 300, 7, 800)} == {"scalar"}
+    assert {c["bload"] for c in _native_configs("fp16", 64, 300, 64, 800)} == {"vec", "scalar"}
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_every_config_renders_in_both_layouts_and_kn_is_unchanged(dtype):
+    """Every feasible config of a small problem (nk native at N = 7 and 64, kn at N = 64) renders for both layouts:
+    kn as the template rendered with layout="kn" (no bias, no K), nk with the bias right after C and K after N, x read
+    K apart, y written with the bias (through row_perm where the rows are reordered)."""
+    from sparse_autotune.core import render
+    from sparse_autotune.core.space import problem_env
+    sp = get_family(FAMILY).space
+    env = problem_env(64, 300, 64, 1000, dtype)
+    cfgs = {tuple(sorted(c.items())): c for c in list(sp.feasible(dtype, env))
+            + _native_configs(dtype, 64, 300, 7, 1000) + _native_configs(dtype, 64, 300, 64, 1000)}
+    assert len(cfgs) > 300
+    for cfg in cfgs.values():
+        kn = render.render(sp, cfg, dtype)
+        assert kn == render.render(sp, cfg, dtype, layout="kn")
+        assert "bias" not in kn and "layout=" not in kn and "int K" not in kn
+        nk = render.render(sp, cfg, dtype, layout="nk")
+        assert nk.splitlines()[0] == kn.splitlines()[0] + " layout=nk"
+        assert ("unsigned short* __restrict__ C,\n"
+                "            const unsigned short* __restrict__ bias, int M, int N, int K, int row_blocks)") in nk
+        assert "load_row(Bl + k01.x, K, ok, left, f.x0);" in nk and "B + (size_t)col * K" in nk
+        assert "h2f(bias[row0])" in nk and "C + (size_t)(col + 2 * j + e) * M" in nk
+        assert ("__ldg(row_perm + r)" in nk) == (cfg["row_order"] != "natural")
+
+
+def test_kn_sources_are_those_before_nk():
+    import hashlib
+
+    from sparse_autotune.core import render
+    sp = get_family(FAMILY).space
+    for dtype, cfg, digest in KN_DIGESTS:
+        assert sp.normalize(cfg, dtype) == cfg
+        assert hashlib.sha256(render.render(sp, cfg, dtype).encode()).hexdigest()[:16] == digest, (dtype, cfg)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_nk_launch_matches_the_kernel_signature_at_any_n(dtype):
+    """nk: the bias right after C (None: a null pointer), K after N, at odd N too (16-bit loads)."""
+    from fakes import check_launch_matches_signature, fake_kernel, signature
+    a = clustered()
+    for n in (1, 7, 33, 64):
+        assert check_launch_matches_signature(FAMILY, dtype, a, n, layout="nk") > 0
+    for order in ("natural", "greedy"):
+        cfg = {"rn": 2, "nt": 2, "ksplit": 2, "unroll": 1, "bload": "scalar", "prefetch": 1, "row_order": order}
+        kern = fake_kernel(FAMILY, cfg, dtype, a, layout="nk")
+        names = [nm for nm, _ in signature(kern.source)]
+        got = kern.args(7, "x", "y", None)
+        assert len(got) == len(names) and names[names.index("C") + 1] == "bias" and got[names.index("bias")] == 0
+        assert names[names.index("N") + 1] == "K" and got[names.index("K")] == a.shape[1]
+        assert got[names.index("B")] == "x" and got[names.index("C")] == "y"
+        assert len(fake_kernel(FAMILY, cfg, dtype, a).args(7, "B", "C")) == len(names) - 2  # kn as before
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_nk_configs_compile_with_nvcc_without_spills(dtype):
+    """Each way of loading x (vec / scalar, nt = 1, 2, 4) and of writing y (natural: 32-bit row pairs; reordered)."""
+    import concurrent.futures
+    import re
+
+    from sparse_autotune.core import render
+    from sparse_autotune.device import compile as sat_compile
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = get_family(FAMILY).space
+    base = [dict(rn=1, nt=1, ksplit=8, unroll=2, bload="scalar", prefetch=1),
+            dict(rn=2, nt=2, ksplit=1, unroll=4, bload="vec", prefetch=0),
+            dict(rn=2, nt=4, ksplit=4, unroll=2, bload="vec", prefetch=1)]
+    cfgs = [{**c, "row_order": o} for c in base for o in ("natural", "greedy")]
+    assert all(sp.normalize(c, dtype) == c for c in cfgs)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        reps = list(pool.map(lambda c: sat_compile.nvcc_check(render.render(sp, c, dtype, layout="nk"), arch="sm_90"),
+                             cfgs))
+    for cfg, rep in zip(cfgs, reps):
+        assert "entry function 'spmm_kernel' for 'sm_90'" in rep, (cfg, rep)
+        assert " 0 bytes spill stores" in rep or "spill" not in rep, (cfg, rep)
+        assert int(re.search(r"Used (\d+) registers", rep).group(1)) <= 255, (cfg, rep)
+
+
+def _gpu_nk(dtype: str, per_order: int = 2) -> int:
+    """Native nk kernels through the project's launch path (DeviceCSR, build_kernel(layout="nk"), Kernel.__call__) on
+    the edge cases (M odd and even: y's row pairs as one store or two): poisoned y, fresh random x, a nonzero bias and
+    none, against the float64 y = x @ A^T + bias of the rounded operands; N = 1, 7, 64, 257 (vector and 16-bit
+    loads); a sample of the feasible configs of each row order."""
+    import concurrent.futures
+    import random
+
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+
+    from sparse_autotune.core.problem import DTYPES, TOLERANCE, host_values, storage
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import poison, reference, rel_error
+
+    def run(kern, x, y, bias, ref):
+        poison(y)
+        kern(x, y, bias)
+        cp.cuda.get_current_stream().synchronize()
+        return rel_error(y, ref)
+    checked = 0
+    for name, a in edge_cases().items():
+        a = sps.csr_matrix(a, copy=True)
+        a.data = host_values(a.data, DTYPES[dtype])  # what the kernel sees
+        dev = DeviceCSR(a, dtype)
+        a64 = csp.csr_matrix(a.astype(np.float64))
+        m, k = a.shape
+        for n in (1, 7, 64, 257):
+            feas = _native_configs(dtype, m, k, n, a.nnz)
+            pick = random.Random(f"{name}/{n}/{dtype}")
+            cfgs = [c for o in ("natural", "minhash", "greedy")
+                    for c in pick.sample([f for f in feas if f["row_order"] == o],
+                                         min(per_order, sum(f["row_order"] == o for f in feas)))]
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype, layout="nk"), cfgs))
+            rng = np.random.default_rng(n)
+            x = cp.asarray(storage(rng.standard_normal((n, k)).astype(np.float32), dtype))
+            bv = rng.standard_normal(m).astype(np.float32)
+            bias = cp.asarray(storage(np.where(np.abs(bv) < 0.25, np.float32(0.5), bv), dtype))
+            y = cp.empty((n, m), dtype=x.dtype)
+            with_bias, without = reference(a64, x, "nk", bias), reference(a64, x, "nk")
+            for kern in kernels:
+                assert kern.layout == "nk"
+                err, err0 = run(kern, x, y, bias, with_bias), run(kern, x, y, None, without)
+                assert max(err, err0) <= TOLERANCE[dtype], (name, n, kern.config, err, err0)
+                checked += 1
+    return checked
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_nk_correct_on_edge_cases(dtype):
+    assert _gpu_nk(dtype) >= 100
