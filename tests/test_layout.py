@@ -637,3 +637,23 @@ def test_plan_of_nk_and_its_path():
     old.__setstate__(state)  # an operator pickled before the nk layout existed
     assert old._nk_launchers == {} and old._nk_plans == {} and old.quick_nk == {}
 
+
+
+def test_a_kn_record_serving_nk_natively_is_costed_by_the_family_nk_cost(toy_nk, tmp_path):
+    """A kn record of a family that declares nk, read for nk, counts its space's nk_cost times its kn time against the
+    vendor baselines (the toy family states none: 2.0); a space's nk_cost outside [0.5, 10] is refused."""
+    from sparse_autotune.core.families import get_family
+    from sparse_autotune.core.space import parse_space
+    assert get_family(TOY).space.nk_cost == 2.0 and get_family("csr_gemv").space.nk_cost == 1.0
+    p = new_db(tmp_path / "t.sqlite", _rec(10.0, {"threads": 64}, TOY, cusparse_us=80.0, cublas_fp32_us=15.0))
+    assert lk.lookup(**KEY, gpu=GPU, db=p).family == TOY  # kn: 10 us beats cuBLAS's 15
+    nk = lk.lookup(**KEY, gpu=GPU, db=p, layout="nk")  # nk: 2 x 10 us does not
+    assert (nk.family, nk.path) == ("dense", "native") and "its nk kernel, estimated" in nk.note
+    q = new_db(tmp_path / "q.sqlite", _rec(10.0, {"threads": 64}, TOY, cusparse_us=80.0, cublas_fp32_us=40.0))
+    assert (lk.lookup(**KEY, gpu=GPU, db=q, layout="nk").family, lk.lookup(**KEY, gpu=GPU, db=q, layout="nk").path) \
+        == (TOY, "native")
+    base = {"family": "f", "template": "f.cu.j2", "params": {"a": {"values": [1]}}}
+    with pytest.raises(ValueError, match="nk_cost"):
+        parse_space({**base, "nk_cost": 0.1}, "f.toml")
+    with pytest.raises(ValueError, match="malformed"):
+        parse_space({**base, "nk_cost": "fast"}, "f.toml")

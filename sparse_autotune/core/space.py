@@ -84,6 +84,9 @@ class Space:
     needs_matrix: bool = False  # the template is rendered for one sparsity pattern (its host side's context)
     dtypes: tuple[str, ...] = ("fp32", "fp16")  # the dtypes the family computes
     layouts: tuple[str, ...] = ("kn",)  # the operand layouts its template is written for (rendered with `layout`)
+    # lookup's estimate of a kn record's time when it serves nk natively (nk kernel time / kn kernel time); a kn
+    # record's time says nothing of the nk kernel, so families that do not state it are assumed 2x (store.lookup)
+    nk_cost: float = 2.0
 
     # ---- structure ------------------------------------------------------------------------------
     def active(self, name: str, partial: dict) -> bool:
@@ -220,13 +223,15 @@ def parse_space(data: dict, source: str = "<space>") -> Space:
         space = Space(data["family"], data["template"], data.get("description", ""), params, cons,
                       list(data.get("known_good", [])), bool(data.get("enabled", True)), int(data.get("rank", 100)),
                       bool(data.get("needs_matrix", False)), tuple(data.get("dtypes", ("fp32", "fp16"))),
-                      tuple(data.get("layouts", ("kn",))))
-    except (KeyError, TypeError, AttributeError) as exc:
+                      tuple(data.get("layouts", ("kn",))), float(data.get("nk_cost", 2.0)))
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"{source}: malformed space ({type(exc).__name__}: {exc})") from None
     if ("kn" not in space.layouts or not set(space.layouts) <= set(LAYOUTS)
             or len(set(space.layouts)) != len(space.layouts)):
         raise ValueError(f"{source}: layouts must list kn, and nk where the template is written for it too "
                          f"(got {list(space.layouts)})")
+    if not 0.5 <= space.nk_cost <= 10.0:
+        raise ValueError(f"{source}: nk_cost must be between 0.5 and 10 (got {space.nk_cost})")
     if any(p.name == NK_PATH for p in space.params):
         raise ValueError(f"{source}: {NK_PATH} is not a family's parameter (the tuner adds it for nk problems)")
     exprs = [c.expr for c in space.constraints] + [p.when for p in space.params if p.when]

@@ -433,6 +433,15 @@ STAGED_LAUNCH_US = 2.5
 STAGED_BYTES_PER_US = 2.0e6  # 2 TB/s: small transposes do not reach the copy bandwidth
 
 
+def _nk_cost(family: str) -> float:
+    """The family's nk_cost (core.space.Space): 2.0 where the family is unknown here."""
+    from ..core.families import get_family  # noqa: PLC0415
+    try:
+        return float(get_family(family).space.nk_cost)
+    except KeyError:
+        return 2.0
+
+
 def staged_extra_us(m: int, k: int, n: int, dtype: str) -> float:
     """The estimated cost the staged nk path adds to a kn kernel: two kernels, x read and written, y read and written."""
     es = 4 if dtype == "fp32" else 2
@@ -460,6 +469,8 @@ def _vendor_instead(t: Tuned, r: _Row, dtype: str, allow_tf32: bool, n: int | No
                         {"alg": vendor.CUSPARSE_AUTO}, "cuSPARSE" + (" (nk)" if nk_from_kn else "")))
     if nk_from_kn and t.path == "staged":  # the staged path adds two kernels and two passes over x and y
         kernel_us += staged_extra_us(r.m, r.k, n or r.n, dtype)
+    elif nk_from_kn and t.path == "native":  # the family's own nk kernel: its space's nk_cost times the kn time
+        kernel_us *= _nk_cost(r.family)
     best = min(options, key=lambda o: o[0], default=None)
     # exact and of the problem's own layout: the record's own verdict; anything else (a kn record serving nk too)
     # is carried to another problem
@@ -467,7 +478,8 @@ def _vendor_instead(t: Tuned, r: _Row, dtype: str, allow_tf32: bool, n: int | No
     if best is None or best[0] >= kernel_us * (1.0 + margin):
         return t
     us, family, cfg, name = best
-    kern = f"{r.family} {kernel_us:.2f} us" + (" (staged in nk, estimated)" if kernel_us != r.time_us else "")
+    kern = f"{r.family} {kernel_us:.2f} us" + ((" (staged in nk, estimated)" if t.path == "staged" else
+                                                 " (its nk kernel, estimated)") if kernel_us != r.time_us else "")
     if us < kernel_us:
         note = (f"record {r.id}'s own baselines: {name} {us:.2f} us beat its {kern} "
                 f"({kernel_us / us:.2f}x) at N={r.n} on {r.gpu}")
