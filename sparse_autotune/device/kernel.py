@@ -238,18 +238,22 @@ class Launcher:
             slots = self._slots
             slots[self._b] = b_ptr
             slots[self._c] = c_ptr
-            try:
-                self._launch(*self._pre, stream_ptr, self._params, 0)
-            except Exception as exc:
-                # a thread that never used the CUDA runtime has no current context: bind the device's primary
-                # context (what CuPy's own launches do first) and launch again
-                if getattr(exc, "status", None) != CUDA_ERROR_INVALID_CONTEXT:
-                    raise
-                from ..device.gpu import cupy  # noqa: PLC0415
-                cupy().cuda.runtime.memGetInfo()
-                self._launch(*self._pre, stream_ptr, self._params, 0)
+            self._fire(stream_ptr)
 
     launch = __call__
+
+    def _fire(self, stream_ptr: int) -> None:
+        """cuLaunchKernel with the packed parameters (the caller holds the lock and has written the slots)."""
+        try:
+            self._launch(*self._pre, stream_ptr, self._params, 0)
+        except Exception as exc:
+            # a thread that never used the CUDA runtime has no current context: bind the device's primary
+            # context (what CuPy's own launches do first) and launch again
+            if getattr(exc, "status", None) != CUDA_ERROR_INVALID_CONTEXT:
+                raise
+            from ..device.gpu import cupy  # noqa: PLC0415
+            cupy().cuda.runtime.memGetInfo()
+            self._launch(*self._pre, stream_ptr, self._params, 0)
 
 
 class BiasLauncher(Launcher):
@@ -271,14 +275,7 @@ class BiasLauncher(Launcher):
             slots[self._b] = b_ptr
             slots[self._c] = c_ptr
             slots[self._bias] = bias_ptr
-            try:
-                self._launch(*self._pre, stream_ptr, self._params, 0)
-            except Exception as exc:
-                if getattr(exc, "status", None) != CUDA_ERROR_INVALID_CONTEXT:
-                    raise
-                from ..device.gpu import cupy  # noqa: PLC0415
-                cupy().cuda.runtime.memGetInfo()  # as Launcher: bind the primary context and launch again
-                self._launch(*self._pre, stream_ptr, self._params, 0)
+            self._fire(stream_ptr)
 
     launch = __call__
 
