@@ -660,26 +660,31 @@ def _vendor_best(base: dict, dtype: str) -> tuple[float | None, str]:
     return min(cands) if cands else (None, "none")
 
 
+def _layer_run_values(a) -> tuple[list[int], list[str], list[str]]:
+    """N values, dtypes and policies of `untuned` / `linear`, checked (one line and exit 2 on a bad one)."""
+    policies = a.policy.split(",")
+    for pol in policies:
+        if pol not in ("off", "quick"):
+            raise UserError(f"unknown policy {pol!r}: off, quick")
+    return [check_n(x) for x in a.n.split(",")], [check_dtype(x) for x in a.dtype.split(",")], policies
+
+
 def cmd_untuned(a) -> int:
     """Each layer of the checkpoints at each dtype and N: the runtime's SpMM (policy off, then quick, each from a
     fresh user database, lookups reading --db) against min(cuSPARSE, dense of the same precision), timed the same way."""
     import tempfile  # noqa: PLC0415
     import inspect  # noqa: PLC0415
     from sparse_autotune.core.checkpoint import find_layers, load_checkpoint  # noqa: PLC0415
-    from sparse_autotune.core.problem import TOLERANCE, Problem, check_dtype  # noqa: PLC0415
+    from sparse_autotune.core.problem import TOLERANCE, Problem  # noqa: PLC0415
     from sparse_autotune.device.context import GpuProblem  # noqa: PLC0415
     from sparse_autotune.device.gpu import cupy  # noqa: PLC0415
     from sparse_autotune.device.timing import time_launches  # noqa: PLC0415
     from sparse_autotune.device.verify import rel_error  # noqa: PLC0415
     import sparse_autotune as sa  # noqa: PLC0415
     # the arguments and the checkpoints first: a mistake is one line before the GPU is touched
-    ns = [check_n(x) for x in a.n.split(",")]
-    dtypes = [check_dtype(x) for x in a.dtype.split(",")]
-    policies = a.policy.split(",")
+    ns, dtypes, policies = _layer_run_values(a)
     takes_tune = "tune" in inspect.signature(sa.SpMM).parameters
     for pol in policies:
-        if pol not in ("off", "quick"):
-            raise UserError(f"unknown policy {pol!r}: off, quick")
         if pol != "off" and not takes_tune:
             raise UserError("this checkout's SpMM has no tune= option: run with --policy off")
     layers = []
@@ -854,13 +859,8 @@ def cmd_linear(a) -> int:
     import tempfile  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
     from sparse_autotune.core.checkpoint import find_layers, load_checkpoint  # noqa: PLC0415
-    from sparse_autotune.core.problem import TOLERANCE, check_dtype  # noqa: PLC0415
-    ns = [check_n(x) for x in a.n.split(",")]
-    dtypes = [check_dtype(x) for x in a.dtype.split(",")]
-    policies = a.policy.split(",")
-    for pol in policies:
-        if pol not in ("off", "quick"):
-            raise UserError(f"unknown policy {pol!r}: off, quick")
+    from sparse_autotune.core.problem import TOLERANCE  # noqa: PLC0415
+    ns, dtypes, policies = _layer_run_values(a)
     layers = []
     for path in a.layers:
         ck = load_checkpoint(path)
@@ -1000,6 +1000,17 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+def _layer_run_args(sp, n_default: str, n_help: str, db_help: str) -> None:
+    """The options `untuned` and `linear` share: checkpoints, N, dtypes, policies, database, budget."""
+    sp.add_argument("--layers", action="append", required=True,
+                    help="a checkpoint (sparse bundle .npz, safetensors, .pt) whose Linear layers are used (repeatable)")
+    sp.add_argument("--n", default=n_default, help=n_help)
+    sp.add_argument("--dtype", default="fp32,fp16", help="comma-separated dtypes (default fp32,fp16)")
+    sp.add_argument("--policy", default="off,quick", help="comma-separated runtime tuning policies (default off,quick)")
+    sp.add_argument("--db", help=db_help)
+    sp.add_argument("--budget", type=float, default=0, help="start no new layer after this many seconds (0: none)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="probe.py", description=__doc__.splitlines()[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[1:]))
@@ -1045,25 +1056,15 @@ def parser() -> argparse.ArgumentParser:
 
     un = sub.add_parser("untuned", help="the runtime on real layers at an N no record has: policies off / quick "
                         "against min(cuSPARSE, dense)")
-    un.add_argument("--layers", action="append", required=True,
-                    help="a checkpoint (sparse bundle .npz, safetensors, .pt) whose Linear layers are used (repeatable)")
-    un.add_argument("--n", default="200", help="comma-separated N (default 200: no shipped record has it)")
-    un.add_argument("--dtype", default="fp32,fp16", help="comma-separated dtypes (default fp32,fp16)")
-    un.add_argument("--policy", default="off,quick", help="comma-separated runtime tuning policies (default off,quick)")
-    un.add_argument("--db", help="the database lookups read (e.g. db/h100-80gb-hbm3.sqlite: another GPU's records)")
-    un.add_argument("--budget", type=float, default=0, help="start no new layer after this many seconds (0: none)")
+    _layer_run_args(un, n_default="200", n_help="comma-separated N (default 200: no shipped record has it)",
+                    db_help="the database lookups read (e.g. db/h100-80gb-hbm3.sqlite: another GPU's records)")
     un.add_argument("--out", help="output stem (default OUTDIR/runtime-untuned-GPU)")
 
     li = sub.add_parser("linear", help="SparseLinear against nn.Linear on real layers: CUDA graph, eager, kernels "
                         "per call")
-    li.add_argument("--layers", action="append", required=True,
-                    help="a checkpoint (sparse bundle .npz, safetensors, .pt) whose Linear layers are used (repeatable)")
-    li.add_argument("--n", default="1,16,200", help="comma-separated N = tokens a call (default 1,16,200)")
-    li.add_argument("--dtype", default="fp32,fp16", help="comma-separated dtypes (default fp32,fp16)")
-    li.add_argument("--policy", default="off,quick", help="comma-separated runtime tuning policies (default off,quick)")
-    li.add_argument("--db", help="the database lookups read (default: the default search path)")
+    _layer_run_args(li, n_default="1,16,200", n_help="comma-separated N = tokens a call (default 1,16,200)",
+                    db_help="the database lookups read (default: the default search path)")
     li.add_argument("--include", action="append", help="only layers whose name matches these fnmatch patterns")
-    li.add_argument("--budget", type=float, default=0, help="start no new layer after this many seconds (0: none)")
     li.add_argument("--out", help="output stem (default OUTDIR/runtime-linear-GPU)")
 
     ov = sub.add_parser("overhead", help="host cost per call of lookup and of the runtime operator")
