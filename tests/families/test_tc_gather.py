@@ -179,10 +179,12 @@ def test_launch_passes_the_permutation_and_caches_it_with_the_layout(order):
     assert [key for key, _ in dev.built] == [("tc", 2, "fp16", order), ("tc", 1, "fp16", order)]
 
 
+@pytest.mark.parametrize("layout", ["kn", "nk"])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_every_row_order_compiles_with_nvcc(dtype):
+def test_every_row_order_compiles_with_nvcc(dtype, layout):
     """The epilogue through row_perm (and without it) for each way of storing C: vector stores of nt = 1, 2, 4 and
-    the checked 16-bit stores."""
+    the checked 16-bit stores; in nk each way of loading x (vec / scalar, nt = 1, 2, 4) and of writing y (natural:
+    32-bit row pairs; reordered), without spills."""
     import concurrent.futures
     import re
 
@@ -197,9 +199,12 @@ def test_every_row_order_compiles_with_nvcc(dtype):
     cfgs = [{**c, "row_order": o} for c in base for o in ("natural", "greedy")]
     assert all(sp.normalize(c, dtype) == c for c in cfgs)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        reps = list(pool.map(lambda c: sat_compile.nvcc_check(render.render(sp, c, dtype), arch="sm_90"), cfgs))
+        reps = list(pool.map(lambda c: sat_compile.nvcc_check(render.render(sp, c, dtype, layout=layout),
+                                                              arch="sm_90"), cfgs))
     for cfg, rep in zip(cfgs, reps):
         assert "entry function 'spmm_kernel' for 'sm_90'" in rep, (cfg, rep)
+        if layout == "nk":
+            assert " 0 bytes spill stores" in rep or "spill" not in rep, (cfg, rep)
         assert int(re.search(r"Used (\d+) registers", rep).group(1)) <= 255, (cfg, rep)
 
 
@@ -350,31 +355,6 @@ def test_nk_launch_matches_the_kernel_signature_at_any_n(dtype):
         assert names[names.index("N") + 1] == "K" and got[names.index("K")] == a.shape[1]
         assert got[names.index("B")] == "x" and got[names.index("C")] == "y"
         assert len(fake_kernel(FAMILY, cfg, dtype, a).args(7, "B", "C")) == len(names) - 2  # kn as before
-
-
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_nk_configs_compile_with_nvcc_without_spills(dtype):
-    """Each way of loading x (vec / scalar, nt = 1, 2, 4) and of writing y (natural: 32-bit row pairs; reordered)."""
-    import concurrent.futures
-    import re
-
-    from sparse_autotune.core import render
-    from sparse_autotune.device import compile as sat_compile
-    if sat_compile.nvcc_path() is None:
-        pytest.skip("nvcc not found (CUDA toolkit not installed)")
-    sp = get_family(FAMILY).space
-    base = [dict(rn=1, nt=1, ksplit=8, unroll=2, bload="scalar", prefetch=1),
-            dict(rn=2, nt=2, ksplit=1, unroll=4, bload="vec", prefetch=0),
-            dict(rn=2, nt=4, ksplit=4, unroll=2, bload="vec", prefetch=1)]
-    cfgs = [{**c, "row_order": o} for c in base for o in ("natural", "greedy")]
-    assert all(sp.normalize(c, dtype) == c for c in cfgs)
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        reps = list(pool.map(lambda c: sat_compile.nvcc_check(render.render(sp, c, dtype, layout="nk"), arch="sm_90"),
-                             cfgs))
-    for cfg, rep in zip(cfgs, reps):
-        assert "entry function 'spmm_kernel' for 'sm_90'" in rep, (cfg, rep)
-        assert " 0 bytes spill stores" in rep or "spill" not in rep, (cfg, rep)
-        assert int(re.search(r"Used (\d+) registers", rep).group(1)) <= 255, (cfg, rep)
 
 
 def _gpu_nk(dtype: str, per_order: int = 2) -> int:
