@@ -89,11 +89,8 @@ KN_DIGESTS = [
 
 
 def _native_configs(dtype: str, m: int, k: int, n: int, nnz: int) -> list[dict]:
-    """The configs an nk problem runs natively (the nk space's, nk_path native, without the path)."""
-    from sparse_autotune.core.space import NK_PATH, split_path
-    nk = get_family(FAMILY).space.for_layout("nk")
-    env = space.problem_env(m, k, n, nnz, dtype, "nk")
-    return [split_path(c)[0] for c in nk.feasible(dtype, env) if c[NK_PATH] == "native"]
+    from nk_check import native_nk_configs
+    return native_nk_configs(FAMILY, dtype, m, k, n, nnz)
 
 
 def test_the_space_declares_nk_and_its_n_alignment_is_kn_s():
@@ -200,50 +197,19 @@ def nk_edge_cases():
 
 
 def _gpu_nk(dtype: str, per: int = 5) -> int:
-    """Native nk kernels through the project's launch path (DeviceCSR, build_kernel(layout="nk"), Kernel.__call__):
-    poisoned y, fresh random x, a nonzero bias and none, against the float64 y = x @ A^T + bias of the rounded
-    operands; N = 1, 7, 64, 257; a sample of the feasible configs of each case and N."""
-    import concurrent.futures
+    """Native nk kernels on nk_edge_cases, N = 1, 7, 64, 257 (tests/nk_check.py); a sample of the feasible configs of
+    each case and N."""
     import random
 
-    import cupy as cp
-    import cupyx.scipy.sparse as csp
+    from nk_check import check_nk_natively
 
-    from sparse_autotune.core.problem import DTYPES, TOLERANCE, host_values, storage
-    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
-    from sparse_autotune.device.verify import poison, reference, rel_error
+    def pick(feas, name, n):
+        return random.Random(f"{name}/{n}/{dtype}").sample(feas, min(per, len(feas)))
 
-    def run(kern, x, y, bias, ref):
-        poison(y)
-        kern(x, y, bias)
-        cp.cuda.get_current_stream().synchronize()
-        return rel_error(y, ref)
-    checked = 0
-    for name, a in nk_edge_cases().items():
-        a = sps.csr_matrix(a, copy=True)
-        a.data = host_values(a.data, DTYPES[dtype])  # what the kernel sees
-        dev = DeviceCSR(a, dtype)
-        a64 = csp.csr_matrix(a.astype(np.float64))
-        m, k = a.shape
-        for n in (1, 7, 64, 257):
-            feas = _native_configs(dtype, m, k, n, a.nnz)
-            cfgs = random.Random(f"{name}/{n}/{dtype}").sample(feas, min(per, len(feas)))
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype, layout="nk"), cfgs))
-            rng = np.random.default_rng(n)
-            x = cp.asarray(storage(rng.standard_normal((n, k)).astype(np.float32), dtype))
-            bv = rng.standard_normal(m).astype(np.float32)
-            bias = cp.asarray(storage(np.where(np.abs(bv) < 0.25, np.float32(0.5), bv), dtype))
-            y = cp.empty((n, m), dtype=x.dtype)
-            with_bias, without = reference(a64, x, "nk", bias), reference(a64, x, "nk")
-            for kern in kernels:
-                assert kern.layout == "nk"
-                err, err0 = run(kern, x, y, bias, with_bias), run(kern, x, y, None, without)
-                # acc h2 (kn's math too) sums L products in half2 before fp32: about 1e-3 relative on a lone dense row
-                tol = 5e-3 if kern.config["acc"] == "h2" else TOLERANCE[dtype]
-                assert max(err, err0) <= tol, (name, n, kern.config, err, err0)
-                checked += 1
-    return checked
+    def tol(kern):  # acc h2 (kn's math too) sums L products in half2 before fp32: about 1e-3 relative on a lone dense row
+        from sparse_autotune.core.problem import TOLERANCE
+        return 5e-3 if kern.config["acc"] == "h2" else TOLERANCE[dtype]
+    return check_nk_natively(FAMILY, dtype, nk_edge_cases(), pick, tol)
 
 
 @pytest.mark.gpu

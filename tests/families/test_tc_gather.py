@@ -282,11 +282,8 @@ KN_DIGESTS = [
 
 
 def _native_configs(dtype: str, m: int, k: int, n: int, nnz: int) -> list[dict]:
-    """The configs an nk problem runs natively (the nk space's, nk_path native, without the path)."""
-    from sparse_autotune.core.space import NK_PATH, problem_env, split_path
-    nk = get_family(FAMILY).space.for_layout("nk")
-    env = problem_env(m, k, n, nnz, dtype, "nk")
-    return [split_path(c)[0] for c in nk.feasible(dtype, env) if c[NK_PATH] == "native"]
+    from nk_check import native_nk_configs
+    return native_nk_configs(FAMILY, dtype, m, k, n, nnz)
 
 
 def test_the_space_declares_nk_and_vector_loads_still_need_n_divisible():
@@ -358,52 +355,18 @@ def test_nk_launch_matches_the_kernel_signature_at_any_n(dtype):
 
 
 def _gpu_nk(dtype: str, per_order: int = 2) -> int:
-    """Native nk kernels through the project's launch path (DeviceCSR, build_kernel(layout="nk"), Kernel.__call__) on
-    the edge cases (M odd and even: y's row pairs as one store or two): poisoned y, fresh random x, a nonzero bias and
-    none, against the float64 y = x @ A^T + bias of the rounded operands; N = 1, 7, 64, 257 (vector and 16-bit
-    loads); a sample of the feasible configs of each row order."""
-    import concurrent.futures
+    """Native nk kernels on the edge cases (M odd and even: y's row pairs as one store or two), N = 1, 7, 64, 257
+    (vector and 16-bit loads; tests/nk_check.py); a sample of the feasible configs of each row order."""
     import random
 
-    import cupy as cp
-    import cupyx.scipy.sparse as csp
+    from nk_check import check_nk_natively
 
-    from sparse_autotune.core.problem import DTYPES, TOLERANCE, host_values, storage
-    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
-    from sparse_autotune.device.verify import poison, reference, rel_error
-
-    def run(kern, x, y, bias, ref):
-        poison(y)
-        kern(x, y, bias)
-        cp.cuda.get_current_stream().synchronize()
-        return rel_error(y, ref)
-    checked = 0
-    for name, a in edge_cases().items():
-        a = sps.csr_matrix(a, copy=True)
-        a.data = host_values(a.data, DTYPES[dtype])  # what the kernel sees
-        dev = DeviceCSR(a, dtype)
-        a64 = csp.csr_matrix(a.astype(np.float64))
-        m, k = a.shape
-        for n in (1, 7, 64, 257):
-            feas = _native_configs(dtype, m, k, n, a.nnz)
-            pick = random.Random(f"{name}/{n}/{dtype}")
-            cfgs = [c for o in ("natural", "minhash", "greedy")
-                    for c in pick.sample([f for f in feas if f["row_order"] == o],
-                                         min(per_order, sum(f["row_order"] == o for f in feas)))]
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype, layout="nk"), cfgs))
-            rng = np.random.default_rng(n)
-            x = cp.asarray(storage(rng.standard_normal((n, k)).astype(np.float32), dtype))
-            bv = rng.standard_normal(m).astype(np.float32)
-            bias = cp.asarray(storage(np.where(np.abs(bv) < 0.25, np.float32(0.5), bv), dtype))
-            y = cp.empty((n, m), dtype=x.dtype)
-            with_bias, without = reference(a64, x, "nk", bias), reference(a64, x, "nk")
-            for kern in kernels:
-                assert kern.layout == "nk"
-                err, err0 = run(kern, x, y, bias, with_bias), run(kern, x, y, None, without)
-                assert max(err, err0) <= TOLERANCE[dtype], (name, n, kern.config, err, err0)
-                checked += 1
-    return checked
+    def pick(feas, name, n):
+        rnd = random.Random(f"{name}/{n}/{dtype}")
+        return [c for o in ("natural", "minhash", "greedy")
+                for c in rnd.sample([f for f in feas if f["row_order"] == o],
+                                    min(per_order, sum(f["row_order"] == o for f in feas)))]
+    return check_nk_natively(FAMILY, dtype, edge_cases(), pick)
 
 
 @pytest.mark.gpu
