@@ -6,9 +6,11 @@
 #   bench/device.sh tests [PYTEST ARGS]     the GPU tests (default `-m gpu`) -> $OUT/pytest-gpu-<gpu>.log
 #   bench/device.sh suite dl|quick|llm [--budget S] [--workers W] [--trials T] [--fresh]
 #                                           run or resume a benchmark suite (`sparse-autotune bench`) from its state
-#   bench/device.sh suite search [--budget S] [--fresh]
+#   bench/device.sh suite search [--budget S] [--fresh] [--problems A,B]
 #                                           the search benchmark's measure phase (`bench --suite search --measure-only`,
-#                                           one process), resumed from its table; replay it on a CPU afterwards
+#                                           one process), resumed from its table; replay it on a CPU afterwards.
+#                                           --problems: only those (two GPUs: one runner per GPU, each with its own
+#                                           CUDA_VISIBLE_DEVICES, OUT and STATE; the tables merge at replay)
 #   bench/device.sh probe SUBCOMMAND [ARGS] bench/probe.py (ab, sweep, config, profile, baselines, overhead)
 #   bench/device.sh minilm [ARGS]           examples/minilm/device.py --out $OUT (carry examples/minilm/data too)
 #   bench/device.sh cli ARGS                python3 -m sparse_autotune ARGS -> $OUT/cli-<i>-<command>.{out,err}
@@ -58,10 +60,14 @@ check_suite() {  # NAME [--budget S] [--workers W] [--trials T] [--fresh]
     while [ $# -gt 0 ]; do
         case "$1" in
             --budget|--workers|--trials)
-                [ "$name" != search ] || [ "$1" = --budget ] || die "suite search: $1 does not apply (--budget S, --fresh)"
+                [ "$name" != search ] || [ "$1" = --budget ] || die "suite search: $1 does not apply (--budget S, --fresh, --problems A,B)"
                 [ $# -ge 2 ] && is_num "$2" || die "suite: $1 needs a number"; shift 2;;
+            --problems)
+                [ "$name" = search ] || die "suite $name: --problems applies to suite search only"
+                [ $# -ge 2 ] && [[ "$2" =~ ^[a-z0-9_,.-]+$ ]] || die "suite search: --problems needs comma-separated names"
+                shift 2;;
             --fresh) shift;;
-            *) die "suite: unknown option '$1' (--budget S, --workers W, --trials T, --fresh)";;
+            *) die "suite: unknown option '$1' (--budget S, --workers W, --trials T, --fresh, --problems A,B)";;
         esac
     done
 }
@@ -141,11 +147,12 @@ step_tests() {
 }
 
 step_suite() {
-    local name=$1 budget="" workers="" trials="" fresh=0 rc
+    local name=$1 budget="" workers="" trials="" fresh=0 rc problems=()
     shift
     while [ $# -gt 0 ]; do
         case "$1" in
             --budget) budget=$2; shift 2;; --workers) workers=$2; shift 2;; --trials) trials=$2; shift 2;;
+            --problems) problems=(--problems "$2"); shift 2;;
             --fresh) fresh=1; shift;;
         esac
     done
@@ -177,7 +184,7 @@ step_suite() {
     # its own process group, so that a hard stop ends bench and every worker it spawned
     if [ "$name" = search ]; then  # one process; its state is the measured table (written whole after every chunk)
         setsid python3 -m sparse_autotune bench --suite search --measure-only --out "$S/out" --db "$S/tuning.sqlite" \
-            --budget "$budget" > "$S/out/summary-last.json" 2> "$blog" &
+            --budget "$budget" "${problems[@]}" > "$S/out/summary-last.json" 2> "$blog" &
     else
         setsid python3 -m sparse_autotune bench --suite "$name" --trials "$trials" --out "$S/out" --db "$S/tuning.sqlite" \
             --storage "sqlite:///$S/storage.sqlite" --workers "$workers" --heartbeat 5 --budget "$budget" \

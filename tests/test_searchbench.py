@@ -150,7 +150,7 @@ def test_family_plan_uses_the_subspace_only_above_the_cap():
     with pytest.raises(UserError, match="subspace has 48"):
         sb.family_plan([tc], "fp16", env, space.DEFAULT_LIMITS, SUB, cap=40)
     rs = sb.restrict(space.get_space("csr_rowsplit"), sb.SUBSPACES["csr_rowsplit"], "fp16")
-    assert rs.param("vec").choices("fp16") == [1, 2, 4] and rs.param("chunk").when == "stage == 'smem'"
+    assert rs.param("vec").choices("fp16") == [2, 4] and rs.param("chunk").when == "stage == 'smem'"
 
 
 # ---- the problem set and the subspaces the GPU measures ------------------------------------------------------------
@@ -160,7 +160,8 @@ def test_the_problem_set_covers_the_brief_and_its_subspaces_stay_under_the_cap()
     assert len(ps) >= 8 and len({p.name for p in ps}) == len(ps)
     assert {p.dtype for p in ps} == {"fp32", "fp16"}
     assert {"uniform", "powerlaw"} <= {p.pattern for p in ps}
-    assert sum(p.pattern == sb.REALLIKE for p in ps) >= 2
+    real = [p for p in ps if p.pattern == sb.MINILM]
+    assert len(real) >= 2 and all(p.layer.endswith(".weight") for p in real) and {p.dtype for p in real} == {"fp32", "fp16"}
     assert min(p.n for p in ps) <= 16 and max(p.n for p in ps) >= 1024
     for p in ps:
         env = space.problem_env(p.m, p.k, p.n, nnz_of(p.m, p.k, p.density), p.dtype)
@@ -171,14 +172,49 @@ def test_the_problem_set_covers_the_brief_and_its_subspaces_stay_under_the_cap()
                 assert n <= sb.CAP, (p.name, s.family, n)
 
 
-def test_reallike_pattern_is_calibrated_on_the_minilm_measurement():
-    a = sb.reallike_matrix(384, 1536, 0.05)
-    assert a.nnz == round(0.05 * 384 * 1536)
-    stats = sb.pattern_stats(a)
-    assert 4.0 <= stats["row_max_over_mean"] <= 6.0  # MiniLM 384x1536 at 5 %: 379 / 77 = 4.9 (bench/NOTES.md)
-    uniform = sb.BenchProblem("u", 384, 1536, 8, 0.05, "fp32", "uniform").build()
-    assert sb.pattern_stats(uniform.matrix)["row_max_over_mean"] < 2.0
-    assert (sb.reallike_matrix(384, 1536, 0.05) != a).nnz == 0  # the same matrix every time
+def test_minilm_problem_reads_its_real_layer_from_the_bundle_and_says_how_to_make_a_missing_one(tmp_path, monkeypatch):
+    import numpy as np
+    import scipy.sparse as sp
+    from sparse_autotune.core.checkpoint import Layer, save_bundle
+    w = sp.random(48, 96, density=0.05, format="csr", random_state=1, dtype=np.float32)
+    name = "encoder.layer.9.output.dense.weight"
+    save_bundle(tmp_path / "minilm-d0.05.npz", [Layer(name, "linear", w.toarray(), (48, 96))], meta={"model": "t"})
+    monkeypatch.setenv("SPARSE_AUTOTUNE_MINILM_DIR", str(tmp_path))
+    prob = sb.BenchProblem("t", 48, 96, 8, 0.05, "fp32", sb.MINILM, "test", name).build()
+    assert prob.nnz == w.nnz and (prob.matrix != w).nnz == 0 and prob.pattern == sb.MINILM
+    with pytest.raises(UserError, match="expected 96x48"):
+        sb.minilm_layer(name, 0.05, (96, 48))
+    with pytest.raises(UserError, match="no layer"):
+        sb.minilm_layer("encoder.layer.0.nothing.weight", 0.05, (48, 96))
+    monkeypatch.setenv("SPARSE_AUTOTUNE_MINILM_DIR", str(tmp_path / "none"))
+    monkeypatch.chdir(tmp_path)  # bench/state/minilm and examples/minilm/data are relative: none here
+    with pytest.raises(UserError, match="minilm-d0.05.npz not found.*prepare.py"):
+        sb.minilm_layer(name, 0.05, (48, 96))
+
+
+def test_select_problems_and_merged_tables_of_a_split_measure_phase(table, tmp_path):
+    assert sb.select_problems(None) == sb.PROBLEMS
+    two = sb.select_problems(f"{sb.PROBLEMS[2].name}, {sb.PROBLEMS[0].name}")
+    assert [p.name for p in two] == [sb.PROBLEMS[2].name, sb.PROBLEMS[0].name]
+    with pytest.raises(UserError, match="unknown problem nope"):
+        sb.select_problems("nope")
+    other = json.loads(json.dumps(table))
+    part = other["problems"][TINY.name]
+    other["problems"]["second"] = json.loads(json.dumps(part))
+    half = dict(list(part["results"].items())[:5])
+    other["problems"][TINY.name] = {**part, "results": half, "complete": False}  # a part measured less: not taken
+    sb.save_table(table, tmp_path / "search-x-measured.json")
+    sb.save_table(other, tmp_path / "search-x-measured.b.json")
+    assert {k: [p.name for p in v] for k, v in sb.table_groups(tmp_path).items()} == {
+        "x": ["search-x-measured.b.json", "search-x-measured.json"]}
+    merged = sb.merge_tables(sb.table_groups(tmp_path)["x"])
+    assert set(merged["problems"]) == {TINY.name, "second"}
+    assert merged["problems"][TINY.name]["complete"] and len(merged["problems"][TINY.name]["results"]) == 48
+    other["problems"]["second"]["problem"] = {**part["problem"], "matrix_hash": "0" * 32}
+    other["problems"][TINY.name] = {**part, "problem": {**part["problem"], "matrix_hash": "f" * 32}}
+    sb.save_table(other, tmp_path / "search-x-measured.b.json")
+    with pytest.raises(UserError, match="two different matrices"):
+        sb.merge_tables(sb.table_groups(tmp_path)["x"])
 
 
 # ---- the replay ----------------------------------------------------------------------------------------------------
@@ -286,6 +322,8 @@ def test_cli_replay_only_of_a_synthetic_table(table, tmp_path, monkeypatch, caps
     (["--replay-only", "--budget", "5"], "--budget applies to the measure phase"),
     (["--replay-only", "--storage", "sqlite:///x.sqlite"], "runs in one process"),
     (["--suite", "quick", "--replay-only"], "apply to --suite search only"),
+    (["--suite", "quick", "--problems", "mission-fp32"], "apply to --suite search only"),
+    (["--replay-only", "--problems", "nope", "--out", "{empty}"], "unknown problem nope"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, says, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
@@ -308,3 +346,9 @@ def test_device_runner_plans_the_search_suite_and_refuses_its_foreign_options(tm
     bad = subprocess.run(["bash", *dev, "suite", "search", "--workers", "3"], capture_output=True, text=True, env=env,
                          cwd=ROOT)
     assert bad.returncode == 2 and "suite search: --workers does not apply" in bad.stderr
+    part = subprocess.run(["bash", *dev, "suite", "search", "--problems", "mission-fp32,decode-n8-fp16"],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert part.returncode == 0 and part.stdout.strip() == "step 1: suite search --problems mission-fp32,decode-n8-fp16"
+    other = subprocess.run(["bash", *dev, "suite", "dl", "--problems", "x"], capture_output=True, text=True, env=env,
+                           cwd=ROOT)
+    assert other.returncode == 2 and "--problems applies to suite search only" in other.stderr

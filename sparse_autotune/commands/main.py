@@ -166,7 +166,9 @@ def _parser() -> argparse.ArgumentParser:
                                                                "goes on with the cases left)")
     phase = bn.add_mutually_exclusive_group()  # --suite search only (tuning/searchbench.py)
     phase.add_argument("--measure-only", action="store_true", help="search: measure on this GPU, no replay")
-    phase.add_argument("--replay-only", action="store_true", help="search: replay the measured table (no GPU)")
+    phase.add_argument("--replay-only", action="store_true", help="search: replay the measured table(s) (no GPU)")
+    bn.add_argument("--problems", help="search: only these problems (comma-separated names; default all): a measure "
+                                       "phase split over GPUs, each into its own --out, tables merged at replay")
     _add_scaleout_args(bn)
 
     wk = sub.add_parser("worker", help="join the workers of a shared storage: tune queued problems until none is left",
@@ -529,8 +531,8 @@ def cmd_bench(a) -> int:
     if a.suite == "search":
         from ..tuning.searchbench import run_from_args  # noqa: PLC0415
         return run_from_args(a, None if a.replay_only else _checked_db(a.db))
-    if a.measure_only or a.replay_only:
-        raise UserError("--measure-only and --replay-only apply to --suite search only")
+    if a.measure_only or a.replay_only or a.problems:
+        raise UserError("--measure-only, --replay-only and --problems apply to --suite search only")
     suite_cases(a.suite)  # validates the name before the GPU is touched
     check_options(a.trials)
     scaleout = a.storage is not None or a.workers != 1

