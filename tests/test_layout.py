@@ -657,3 +657,20 @@ def test_a_kn_record_serving_nk_natively_is_costed_by_the_family_nk_cost(toy_nk,
         parse_space({**base, "nk_cost": 0.1}, "f.toml")
     with pytest.raises(ValueError, match="malformed"):
         parse_space({**base, "nk_cost": "fast"}, "f.toml")
+
+
+def test_sparse_linear_state_drops_the_fast_calls():
+    """SparseLinear's pickled state holds no fast-path closures (they close over launchers): a copy starts without
+    them, and a layer pickled before they existed gets an empty table."""
+    torch = pytest.importorskip("torch")
+    from sparse_autotune.runtime.nn import SparseLinear
+    layer = SparseLinear(torch.from_numpy(random_matrix(6, 10, 0.5, "uniform", 0).toarray()), torch.ones(6))
+    layer._fast["key"] = ("bias", 0, None, lambda x: x)
+    state = layer.__getstate__()
+    assert state["_fast"] == {} and "key" in layer._fast
+    back = SparseLinear.__new__(SparseLinear)
+    back.__setstate__(state)
+    assert back._fast == {} and back.out_features == 6
+    old = SparseLinear.__new__(SparseLinear)
+    old.__setstate__({k: v for k, v in state.items() if k != "_fast"})
+    assert old._fast == {}

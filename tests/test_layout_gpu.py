@@ -416,6 +416,60 @@ def test_sparse_linear_left_on_the_cpu_copies_its_bias_once(toy_nk, tmp_path):
         assert ((y2.double() - ref2).norm() / ref2.norm()).item() < 1e-5
 
 
+def test_sparse_linear_fast_path_is_taken_and_left_when_it_must(toy_nk, tmp_path):
+    """forward's fast path (issue 17 section 5: eager within 10 us of nn.Linear): after the first call with an input
+    key, calls with the same key skip the checked path and give the same result; a new shape with the same N, an
+    in-place change of the bias and, on a cuBLAS plan in fp32, torch's TF32 switch each go through the checked path
+    again."""
+    torch = pytest.importorskip("torch")
+    from sparse_autotune.core.vendor import DENSE_MATH
+    from sparse_autotune.runtime.nn import SparseLinear
+    m, k, n = 256, 512, 16
+    torch.manual_seed(4)
+    w = torch.randn(m, k)
+    w[torch.rand(m, k) > 0.1] = 0.0
+    bias = torch.randn(m)
+    nnz = int((w != 0).sum())
+    sparse_db, dense_db = tmp_path / "toy.sqlite", tmp_path / "dense.sqlite"
+    _store(sparse_db, m, k, n, nnz / (m * k), "fp32", TOY, {"threads": 128, NK_PATH: "native"}, "nk")
+    _store(dense_db, m, k, n, nnz / (m * k), "fp32", "dense", {"math": DENSE_MATH["fp32"]}, "nk")
+    wc, bc = w.double().cuda(), bias.double().cuda()
+
+    def rel(y, x, b=bc):
+        ref = torch.nn.functional.linear(x.double(), wc, b)
+        return ((y.double() - ref).norm() / ref.norm()).item()
+
+    for db in (sparse_db, dense_db):
+        layer = SparseLinear(w, bias, db=db).to("cuda")
+        slow = []
+        checked = layer._forward
+        layer._forward = lambda x_: slow.append(tuple(x_.shape)) or checked(x_)
+        x = torch.randn(n, k, device="cuda")
+        with torch.no_grad():
+            y1 = layer(x)
+            y2 = layer(x)
+            assert slow == [(n, k)] and len(layer._fast) == 1 and torch.equal(y1, y2) and rel(y2, x) < 1e-5, db
+            x3 = x.view(2, 8, k)  # the same N, another key
+            y3 = layer(x3)
+            assert slow[-1] == (2, 8, k) and y3.shape == (2, 8, m) and torch.equal(y3.reshape(n, m), y1)
+            layer.bias.add_(1.0)  # in place: the fast path sees the new version
+            y4 = layer(x)
+            assert slow[-1] == (n, k) and rel(y4, x, bc + 1.0) < 1e-5
+            layer(x)
+            assert len(slow) == 3
+            if db == dense_db:
+                assert layer.op.plan(n, "nk").family == "dense"
+                old = torch.backends.cuda.matmul.allow_tf32
+                try:
+                    torch.backends.cuda.matmul.allow_tf32 = not old
+                    y5 = layer(x)  # fp32 cuBLAS at the plan's precision, whatever torch's switch says
+                    assert slow[-1] == (n, k) and rel(y5, x, bc + 1.0) < 1e-5
+                finally:
+                    torch.backends.cuda.matmul.allow_tf32 = old
+            else:
+                assert layer.op.plan(n, "nk").family == TOY
+
+
 def test_quick_tuning_of_linear_stores_an_nk_record(tmp_path):
     torch = pytest.importorskip("torch")
     import sparse_autotune as sa
