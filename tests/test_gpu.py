@@ -369,10 +369,12 @@ def test_tune_model_two_layer_toy_end_to_end(tmp_path):
     cp = _cp()
     for name, a in mats.items():
         op = sa.SpMM(a, db=db)
-        assert op.plan(256)[2] == "exact", name
+        assert op.plan(256, "nk")[2] == "exact", name  # tune-model tunes Linear layers in nn.Linear's layout
         b = cp.asarray(rng.standard_normal((a.shape[1], 256)).astype(np.float32))
         ref = a.astype(np.float64) @ b.get().astype(np.float64)
         assert np.linalg.norm(op(b).get() - ref) / np.linalg.norm(ref) < 1e-5
+        y = op.linear(cp.ascontiguousarray(b.T))  # the tuned nk record's kernel: y = x @ A^T
+        assert np.linalg.norm(y.get() - ref.T) / np.linalg.norm(ref) < 1e-5
     out = tmp_path / "rep"
     proc = subprocess.run([sys.executable, "-m", "sparse_autotune", "report", "--model", "toy", "--out", str(out),
                            "--db", str(db)], capture_output=True, text=True, timeout=300)

@@ -459,6 +459,9 @@ def test_sparse_linear_fast_path_is_taken_and_left_when_it_must(toy_nk, tmp_path
             assert len(slow) == 3
             if db == dense_db:
                 assert layer.op.plan(n, "nk").family == "dense"
+                wd, bd = w.cuda(), (bias + 1.0).cuda()  # on the fast path: nn.Linear's own call, its kernels only
+                assert len(_gpu_kernels(torch, lambda: layer(x))) == len(
+                    _gpu_kernels(torch, lambda: torch.nn.functional.linear(x, wd, bd)))
                 old = torch.backends.cuda.matmul.allow_tf32
                 try:
                     torch.backends.cuda.matmul.allow_tf32 = not old

@@ -104,9 +104,13 @@ class SparseLinear(nn.Module):
             self._keep_fast(x, tf32, lambda x_: torch.nn.functional.linear(x_, w, bias))
             return y
         y = self.op.linear(x2, bias).view(*lead, self.out_features)
-        ln = self.op._nk_launchers.get(n)
-        if ln is not None and n and self.out_features:
-            self._keep_fast(x, None, self._launch_fn(ln, x, bias))
+        if n and self.out_features and x.is_cuda:  # the fast path for the next calls with this key
+            w = self._dense_weight(n, x)  # planned now: cuBLAS on the dense copy runs as nn.Linear's own call
+            if w is not None:
+                tf32 = bool(torch.backends.cuda.matmul.allow_tf32) if x.dtype == torch.float32 else None
+                self._keep_fast(x, tf32, lambda x_: torch.nn.functional.linear(x_, w, bias))
+            elif n in self.op._nk_launchers:
+                self._keep_fast(x, None, self._launch_fn(self.op._nk_launchers[n], x, bias))
         return y
 
     def _launch_fn(self, ln, x: torch.Tensor, bias):
