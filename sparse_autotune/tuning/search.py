@@ -44,11 +44,17 @@ logging.getLogger("optuna").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
+MAX_REPEATS = 200  # suggestions in a row of configs the study has evaluated: then the search ends (nothing new)
+
+
 def make_sampler(name: str, seed: int | None, parallel: bool = False):
     check_options(sampler=name)
     if name == "tpe":
+        # n_ei_candidates 64 (Optuna's default 24): on the search benchmark's measured tables (bench --suite search,
+        # H200) TPE came within 5 % of the exhaustive optimum in 64 trials on 8 of 8 problems with 64 candidates for
+        # two sets of 5 seeds, against 7 and 6 of 8 with 24 and 6 of 8 with 128 (bench/NOTES.md, session 10)
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=10,
-                                          constant_liar=parallel)
+                                          n_ei_candidates=64, constant_liar=parallel)
     if name in ("random", "grid"):  # grid: every feasible config enqueued once, in a seeded order
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
@@ -83,8 +89,9 @@ def is_vendor_trial(t) -> bool:
 def evaluated(t) -> bool:
     """COMPLETE, or FAIL as told by the search (it sets error_stage). A FAIL without error_stage was never evaluated:
     a worker died in it (failed by Optuna's heartbeat check) or the run was interrupted. A vendor path's trial is not
-    the search's (is_vendor_trial)."""
-    if is_vendor_trial(t):
+    the search's (is_vendor_trial), and a repeat (a config the study has evaluated, told its earlier value so that the
+    sampler learns it was asked again) was not evaluated again: neither counts against the trial budget."""
+    if is_vendor_trial(t) or t.user_attrs.get("repeat_of_earlier_trial"):
         return False
     return t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "error_stage" in t.user_attrs)
 
@@ -259,6 +266,7 @@ class Search:
         self.told = 0  # COMPLETE + FAIL trials told by this run (instead of re-reading the storage)
         self.occupied_elsewhere = 0  # shared: trials counted against the budget that this run did not tell
         self.pruned_here = 0
+        self.repeats_in_row = 0  # suggestions of configs evaluated already, since the last new one
         self.beats: _Heartbeats | None = None
         self.t_end: float | None = None  # time.monotonic() at the time budget
         self.evaluate: Evaluate | None = None
@@ -318,7 +326,9 @@ class Search:
         if self.t_end is not None and time.monotonic() >= self.t_end:
             return "time budget"
         if self.pruned_here >= self.max_pruned:
-            return "space exhausted (too many infeasible suggestions in a row)"
+            return "space exhausted (too many infeasible suggestions)"
+        if self.repeats_in_row >= MAX_REPEATS:
+            return f"space exhausted ({MAX_REPEATS} suggestions in a row of configs evaluated already)"
         if stop is not None and stop():
             return "stopped"
         return None
@@ -353,7 +363,8 @@ class Search:
     def _ask(self, want: int) -> list:
         """Up to `want` new configs to evaluate; infeasible ones are told PRUNED, repeats reuse their value."""
         out = []
-        while len(out) < want and self._spent() + len(out) < self.trials and self.pruned_here < self.max_pruned:
+        while (len(out) < want and self._spent() + len(out) < self.trials and self.pruned_here < self.max_pruned
+               and self.repeats_in_row < MAX_REPEATS):
             with _sigint_deferred():  # asked and registered as one step: an interrupt cannot orphan the trial
                 trial = self.study.ask()
                 self.mine[trial.number] = trial
@@ -374,12 +385,15 @@ class Search:
                 self._forget(trial)
                 self.study.tell(trial, state=TrialState.PRUNED)
             elif key in self.seen or key in self.busy or key in {k for _, _, _, k in out}:
+                # not evaluated again and not counted: the budget is configs measured (MAX_REPEATS in a row: the
+                # sampler has nothing new to offer, the search ends)
+                self.repeats_in_row += 1
                 trial.set_user_attr("repeat_of_earlier_trial", True)
                 prior = self.seen.get(key)
                 if prior is None:
-                    self._tell(trial, exc=CandidateError("repeat", "this config failed or is being tried"))
+                    self._tell(trial, exc=CandidateError("repeat", "this config failed or is being tried"), count=False)
                 else:
-                    self._tell(trial, prior)
+                    self._tell(trial, prior, count=False)
             else:
                 out.append((trial, fam, cfg, key))
         return out
@@ -432,8 +446,9 @@ class Search:
 
     # ---- tell ------------------------------------------------------------------------------------------------
 
-    def _tell(self, trial, value=None, exc: CandidateError | None = None, attrs=None) -> None:
-        """Close a trial COMPLETE (value, attrs) or FAIL (exc: its stage, message and log kept in user attrs)."""
+    def _tell(self, trial, value=None, exc: CandidateError | None = None, attrs=None, count: bool = True) -> None:
+        """Close a trial COMPLETE (value, attrs) or FAIL (exc: its stage, message and log kept in user attrs); count:
+        it counts against the trial budget (not a repeat) and is reported to on_trial."""
         since = self._forget(trial)
         dropped = True
         with _unless_failed_elsewhere(self.study, trial):
@@ -456,6 +471,9 @@ class Search:
             warn(f"trial {trial.number} of {self.study_name} was failed by another worker as stale (its last "
                  f"heartbeat from here: {when}); its result is dropped and its retry evaluates it again")
             return
+        if not count:
+            return
+        self.repeats_in_row = 0
         self.told += 1
         if self.on_trial:
             self.on_trial(frozen, self.done_before + self.told, self._best_value())
