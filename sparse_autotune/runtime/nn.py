@@ -42,6 +42,8 @@ class SparseLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         w = weight.detach()
         self.op = SpMM(w.cpu(), dtype=dtype, db=db, tune=tune, allow_tf32=allow_tf32)
+        # a cuBLAS plan runs as F.linear here (bias fused by cuBLAS): quick tuning times it so (runtime.quick)
+        self.op.dense_bias_fused = True
         tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.op.dtype]
         # the bias in the layer's dtype, cast once here (not per forward); a later .half()/.to() is followed lazily
         self.register_buffer("bias", None if bias is None else bias.detach().to(tdtype).clone(), persistent=True)

@@ -115,6 +115,10 @@ class SpMM:
     kernel where its plan's path is native.
     """
 
+    # set by a caller that runs a cuBLAS plan of op.linear as torch's F.linear, the bias fused (SparseLinear): quick
+    # tuning then times the cuBLAS candidate without the operator's separate bias kernel (runtime.quick)
+    dense_bias_fused = False
+
     def __init__(self, a, n_hint: int | None = None, dtype: str | None = None, db=None, tune: str | None = None,
                  allow_tf32: bool = False):
         self.tune = tune_mode(tune)  # a bad value: one line, before A is converted
