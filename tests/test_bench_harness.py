@@ -17,6 +17,7 @@ from synthetic import synthetic_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE = ROOT / "bench" / "device.sh"
+DEVICE2 = ROOT / "bench" / "device2.sh"
 PROBE = ROOT / "bench" / "probe.py"
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("setsid") is None,
                                 reason="needs bash and setsid")
@@ -65,6 +66,38 @@ def test_device_runner_refuses_bad_steps_before_running_anything(args, says, tmp
     else:
         assert says in _one_line_error(proc, "bench/device.sh")
     assert not (tmp_path / "out").exists()
+
+
+@needs_bash
+def test_two_gpu_runner_checks_both_sides_before_running_anything(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path / "out")}
+    ok = _run(["bash", str(DEVICE2), "--plan", "suite", "llm", "+", "probe", "overhead", "::", "tests", "-m", "gpu"],
+              env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines() == ["GPU 0: step 1: suite llm", "GPU 0: step 2: probe overhead",
+                                      "GPU 1: step 1: tests -m gpu"]
+    for args, says in ((["suite", "llm"], "give the steps of both GPUs"), (["::", "tests"], "give the steps"),
+                       (["tests", "::", "bogus"], "GPU 1: unknown step 'bogus'"),
+                       (["tests", "::", "tests", "::", "tests"], "one '::' only")):
+        bad = _run(["bash", str(DEVICE2), *args], env=env)
+        assert says in _one_line_error(bad, "bench/device2.sh") and not bad.stdout
+    assert not (tmp_path / "out").exists()
+
+
+@needs_bash
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset")
+def test_two_gpu_runner_runs_each_side_into_its_own_out(tmp_path):
+    """Both sides run (a synthetic tuner: no GPU), each with its own OUT and log."""
+    env = synthetic_env(sleep=0.0, WHEELS=str(tmp_path / "no-wheels"), OUT=str(tmp_path / "out"),
+                        STATE=str(tmp_path / "state"))
+    proc = _run(["bash", str(DEVICE2), "cli", "spaces", "::", "cli", "spaces", "--dtype", "fp16"], env=env,
+                timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = tmp_path / "out"
+    fp32, fp16 = (out / "gpu0" / "cli-1-spaces.out").read_text(), (out / "gpu1" / "cli-1-spaces.out").read_text()
+    assert "csr_rowsplit" in fp32 and "(fp32)" in fp32 and "(fp16)" in fp16 and "tc_gather" in fp16
+    assert (out / "gpu0.log").stat().st_size > 0 and (out / "gpu1.log").stat().st_size > 0
+    assert proc.stdout.count(": exit 0") == 2
 
 
 def _suite_env(tmp_path: Path, out: str, sleep: float, **extra) -> dict:
