@@ -108,8 +108,11 @@ def test_sigkill_tune_and_worker_synthetic_keeps_records_and_resumes(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:] + "\n" + diagnosis(storage, log)
         assert "stored    record" in done.stdout
         [(name,)] = query(storage, f"SELECT study_name FROM sa_queue WHERE id = {rnd + 1}")
+        # the budget counts configs evaluated: COMPLETE trials that are not a sampler's repeats
         [(complete,)] = query(storage, "SELECT count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
-                                       f"WHERE s.study_name = '{name}' AND t.state = 'COMPLETE'")
+                                       f"WHERE s.study_name = '{name}' AND t.state = 'COMPLETE' AND NOT EXISTS "
+                                       "(SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = t.trial_id AND "
+                                       "a.key = 'repeat_of_earlier_trial')")
         assert complete == BUDGET
         kept = assert_clean(db, storage, kept)
         # its record is stored (every round's problem has the same key: one best among them, db check says so)

@@ -161,11 +161,14 @@ def test_resume_synthetic_never_reevaluates(storage):
 
 
 def test_repeats_synthetic_reuse_the_earlier_value(storage):
-    """Every COMPLETE trial's value is the synthetic value of its config, also when it repeats an earlier one."""
+    """Every COMPLETE trial's value is the synthetic value of its config, also when it repeats an earlier one; the
+    budget counts configs evaluated: 40 of them, each once, the repeats beside them not counted."""
     ev = Evaluator()
-    run_study(storage, "rep", [CSR], DTYPE, ENV, LIMITS, ev, trials=40, sampler="tpe", seed=3)
+    res = run_study(storage, "rep", [CSR], DTYPE, ENV, LIMITS, ev, trials=40, sampler="tpe", seed=3)
     trials = counted_trials(storage, "rep")
-    assert len(trials) == 40
+    repeats = [t for t in trials if t.user_attrs.get("repeat_of_earlier_trial")]
+    assert len(trials) - len(repeats) == 40 == len(ev.calls) and res.complete == 40
+    assert repeats  # TPE asks some config again within 40 trials of this space: reused, not counted
     for t in trials:
         cfg = json.loads(t.user_attrs["config"])
         assert t.state == TrialState.COMPLETE

@@ -102,12 +102,10 @@ class SparseLinear(nn.Module):
         w = self._dense_weight(n, x)
         if w is not None:  # the plan for this N is cuBLAS on the dense copy: nn.Linear's own call, no detours
             y = torch.nn.functional.linear(x, w, bias)
-            tf32 = bool(torch.backends.cuda.matmul.allow_tf32) if x.dtype == torch.float32 else None
-            self._keep_fast(x, tf32, lambda x_: torch.nn.functional.linear(x_, w, bias))
-            return y
-        y = self.op.linear(x2, bias).view(*lead, self.out_features)
-        if n and self.out_features and x.is_cuda:  # the fast path for the next calls with this key
-            w = self._dense_weight(n, x)  # planned now: cuBLAS on the dense copy runs as nn.Linear's own call
+        else:
+            y = self.op.linear(x2, bias).view(*lead, self.out_features)
+            w = self._dense_weight(n, x)  # planned by this first call: a cuBLAS plan runs as F.linear from now on
+        if n and self.out_features:  # the fast path of the next calls with this key
             if w is not None:
                 tf32 = bool(torch.backends.cuda.matmul.allow_tf32) if x.dtype == torch.float32 else None
                 self._keep_fast(x, tf32, lambda x_: torch.nn.functional.linear(x_, w, bias))
@@ -122,6 +120,7 @@ class SparseLinear(nn.Module):
         shape = (*x.shape[:-1], m)
         raw_stream = self.op._torch[2]
         bias_ptr = 0 if bias is None else bias.data_ptr()
+
         def run(x_, _keep=bias):  # _keep: the bias stays alive while its address can be launched
             if torch.cuda.current_device() != idx:
                 return self._forward(x_)

@@ -526,7 +526,7 @@ def summarize(study, done_before: int = 0, stopped: str = "") -> SearchResult:
     """Counts and the best COMPLETE trial of a study (also after an interrupted run); the vendor paths' trials
     (is_vendor_trial) are not the search's and are left out."""
     trials_all = [t for t in study.get_trials(deepcopy=False) if not is_vendor_trial(t)]
-    complete = [t for t in trials_all if t.state == TrialState.COMPLETE]
+    complete = [t for t in trials_all if t.state == TrialState.COMPLETE and evaluated(t)]  # repeats left out
     failed = sum(1 for t in trials_all if t.state == TrialState.FAIL and evaluated(t))
     pruned = sum(1 for t in trials_all if t.state == TrialState.PRUNED)
     best = min(complete, key=lambda t: t.value) if complete else None
