@@ -262,5 +262,5 @@ def test_the_built_in_default_reads_its_records_verdict_too(tmp_path, monkeypatc
     import sparse_autotune as sa
     monkeypatch.setenv("SPARSE_AUTOTUNE_DB", str(tmp_path / "none.sqlite"))
     sa.lookup.cache_clear()
-    r = sa.lookup(384, 1536, 200, 0.1, "fp32", gpu="NVIDIA H200")  # no record of this GPU, no compute capability
+    r = sa.lookup(384, 1536, 200, 0.1, "fp32", gpu="NVIDIA B200")  # no record of this GPU, no compute capability
     assert r.source == "default" and r.family == "cusparse" and "not carried" in r.note
