@@ -345,6 +345,14 @@ def _gpu_kernels(torch, fn) -> list[str]:
     return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
+def _sparse_weight(torch, m: int, k: int, seed: int):
+    """A CPU weight m x k with about 10 % nonzeros and a CPU bias, from torch's generator seeded with `seed`."""
+    torch.manual_seed(seed)
+    w = torch.randn(m, k)
+    w[torch.rand(m, k) > 0.1] = 0.0
+    return w, torch.randn(m)
+
+
 def test_sparse_linear_runs_one_kernel_where_the_plan_is_native(toy_nk, tmp_path):
     """The toy family (fp32) declaring nk: an nk record of it makes SparseLinear's forward one kernel with the bias
     fused; an nk record of the staged path three (the transposes and the kn kernel); a kn record of the toy family
@@ -352,10 +360,7 @@ def test_sparse_linear_runs_one_kernel_where_the_plan_is_native(toy_nk, tmp_path
     torch = pytest.importorskip("torch")
     from sparse_autotune.runtime.nn import SparseLinear
     m, k, n = 256, 512, 16
-    torch.manual_seed(2)
-    w = torch.randn(m, k)
-    w[torch.rand(m, k) > 0.1] = 0.0
-    bias = torch.randn(m)
+    w, bias = _sparse_weight(torch, m, k, seed=2)
     nnz = int((w != 0).sum())
     x = torch.randn(n, k, device="cuda")
     ref = torch.nn.functional.linear(x.double(), w.double().cuda(), bias.double().cuda())
@@ -383,10 +388,7 @@ def test_sparse_linear_left_on_the_cpu_copies_its_bias_once(toy_nk, tmp_path):
     torch = pytest.importorskip("torch")
     from sparse_autotune.runtime.nn import SparseLinear
     m, k, n = 256, 512, 16
-    torch.manual_seed(3)
-    w = torch.randn(m, k)
-    w[torch.rand(m, k) > 0.1] = 0.0
-    bias = torch.randn(m)
+    w, bias = _sparse_weight(torch, m, k, seed=3)
     db = tmp_path / "cpu.sqlite"
     _store(db, m, k, n, int((w != 0).sum()) / (m * k), "fp32", TOY, {"threads": 128, NK_PATH: "native"}, "nk")
     layer = SparseLinear(w, bias, db=db)  # bias buffer on the CPU
@@ -425,10 +427,7 @@ def test_sparse_linear_fast_path_is_taken_and_left_when_it_must(toy_nk, tmp_path
     from sparse_autotune.core.vendor import DENSE_MATH
     from sparse_autotune.runtime.nn import SparseLinear
     m, k, n = 256, 512, 16
-    torch.manual_seed(4)
-    w = torch.randn(m, k)
-    w[torch.rand(m, k) > 0.1] = 0.0
-    bias = torch.randn(m)
+    w, bias = _sparse_weight(torch, m, k, seed=4)
     nnz = int((w != 0).sum())
     sparse_db, dense_db = tmp_path / "toy.sqlite", tmp_path / "dense.sqlite"
     _store(sparse_db, m, k, n, nnz / (m * k), "fp32", TOY, {"threads": 128, NK_PATH: "native"}, "nk")
