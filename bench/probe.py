@@ -661,11 +661,15 @@ def _vendor_best(base: dict, dtype: str) -> tuple[float | None, str]:
 
 
 def _layer_run_values(a) -> tuple[list[int], list[str], list[str]]:
-    """N values, dtypes and policies of `untuned` / `linear`, checked (one line and exit 2 on a bad one)."""
+    """N values, dtypes and policies of `untuned` / `linear`, checked (one line and exit 2 on a bad one). With --db the
+    lookups read that file only: the databases shipped in db/ are left out (SPARSE_AUTOTUNE_NO_SHIPPED_DB), so that a
+    GPU's own shipped records do not answer a run meant to have none (e.g. --db db/h100-80gb-hbm3.sqlite on an H200)."""
     policies = a.policy.split(",")
     for pol in policies:
         if pol not in ("off", "quick"):
             raise UserError(f"unknown policy {pol!r}: off, quick")
+    if a.db:
+        os.environ["SPARSE_AUTOTUNE_NO_SHIPPED_DB"] = "1"
     return [check_n(x) for x in a.n.split(",")], [check_dtype(x) for x in a.dtype.split(",")], policies
 
 
@@ -976,7 +980,8 @@ def linear_report(meta: dict, rows: list[dict]) -> tuple[list[dict], list[str]]:
                         "one_kernel_layers": sum(1 for r in ok if r["kernels"] <= r["linear_kernels"])})
     lines = [f"# SparseLinear against nn.Linear — {meta['gpu']}", "",
              f"{meta['gpu']}, driver {meta['driver']}, CUDA {meta['cuda']}, CuPy {meta['cupy']}, {meta['date']}. "
-             f"Lookups read `{meta.get('db') or 'the default search path'}` and a fresh user database per policy. "
+             f"Lookups read `{meta.get('db') or 'the default search path'}`{' only' if meta.get('db') else ''} and a "
+             "fresh user database per policy. "
              "nn.Linear: the same masked weight and bias, same dtype (TF32 off). Graph: per-call time in a CUDA graph "
              "of 20 calls over 4 rotating inputs, median of 5; eager: wall time per call, median of 9 blocks of 100 "
              "calls alternating with nn.Linear's blocks (host dispatch included). Kernels: CUDA kernels one call "
