@@ -1,0 +1,1 @@
+"""Operators other than SpMM, each with its own kernel families, spaces and launcher, kept out of the SpMM family registry (core.families never loads them): sddmm. May import: core, device, errors, resources."""
