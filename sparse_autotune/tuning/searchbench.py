@@ -149,8 +149,8 @@ def pattern_stats(a) -> dict:
 
 # Where a family's feasible space for a problem is larger than CAP (csr_rowsplit: 39k-165k configs, csr_btile:
 # 3k-11k, tc_gather ~1.4k, csr_gemv ~4k), the parameters below are narrowed to these values (the others keep all
-# theirs), so that the eight problems are about 10k configs: ~20 min of one H200 (the device budget is 30 min a
-# session). The values kept are those of the family's winners in the shipped H100 database (656 best records,
+# theirs), so that the eight problems are about 10k configs: ~10 min of one H200 at the 15-20 configs a second measured
+# in session 10 (the device budget is 30 min a session). The values kept are those of the family's winners in the shipped H100 database (656 best records,
 # db/h100-80gb-hbm3.sqlite):
 # csr_rowsplit (326 winners): rows_per_block 4-32 (85 %), lanes_per_row 16-32 (82 %), vec 2-4 (82 %; fp16's 8 never
 # won), cols_per_thread 1-2 (90 %), unroll 4-8 (84 %), chunk 32 (stage smem and none both kept), row_order sorted
@@ -626,7 +626,8 @@ def report_markdown(rep: dict) -> str:
                                                " (all)" if x["configs"] else " (none feasible)")
                       for f, x in p["families"].items()) + "."]
         if pr["pattern"] == MINILM:
-            lines.append(f"Real weights: MiniLM's `{pr.get('layer', '?')}` pruned to {pr['density']:g}: longest row {pr['row_max_over_mean']}x the mean, longest column {pr['col_max_over_mean']}x.")
+            lines.append(f"Real weights: MiniLM's `{pr.get('layer', '?')}` pruned to {pr['density']:g}: longest row "
+                         f"{pr['row_max_over_mean']}x the mean, longest column {pr['col_max_over_mean']}x.")
         if p.get("optimum_us") is None:
             lines += ["", "No config passed: nothing to replay."]
             continue
