@@ -324,3 +324,248 @@ def test_cusparse_baseline_is_reported_absent_or_present():
 def test_flops_and_bytes():
     assert sddmm.flops(10, 64) == 10 * 129
     assert sddmm.min_bytes(4, 5, 8, 10, "fp16") == 9 * 8 * 2 + 10 * 8 + 20
+
+
+# ---- the cuSPARSE baseline (device/sddmm_vendor.py): what the CPU can check -----------------------------------------
+
+def _cuda_header(name: str):
+    """The installed CUDA header `name` (the one beside the libcusparse CuPy loads first), or None."""
+    from pathlib import Path
+    dirs = []
+    try:
+        from cuda.pathfinder import find_nvidia_header_directory
+        dirs.append(find_nvidia_header_directory("cusparse"))
+    except Exception:  # noqa: BLE001
+        pass
+    nvcc = sat_compile.nvcc_path()
+    if nvcc:
+        dirs.append(str(Path(nvcc).resolve().parent.parent / "include"))
+    dirs += ["/usr/local/cuda/include"]
+    for d in dirs:
+        if d and (Path(d) / name).is_file():
+            return (Path(d) / name).read_text(errors="replace")
+    return None
+
+
+@pytest.fixture(scope="module")
+def cusparse_h():
+    text = _cuda_header("cusparse.h")
+    if text is None:
+        pytest.skip("cusparse.h not found (no CUDA headers installed)")
+    return text
+
+
+def _enum_values(text: str) -> dict:
+    """NAME -> value of every `NAME = number` enumerator in a C header."""
+    pat = r"\b([A-Z][A-Z0-9_]+)\s*=\s*(-?(?:0x[0-9a-fA-F]+|\d+))(?=\s*(?:[,}]|//|/\*|$))"
+    return {k: int(v, 0) for k, v in re.findall(pat, text, re.MULTILINE)}
+
+
+def test_cusparse_enum_values_match_the_headers(cusparse_h):
+    from sparse_autotune.device import sddmm_vendor as sv
+    enums = _enum_values(cusparse_h)
+    for name in ("CUSPARSE_OPERATION_NON_TRANSPOSE", "CUSPARSE_OPERATION_TRANSPOSE", "CUSPARSE_ORDER_ROW",
+                 "CUSPARSE_INDEX_32I", "CUSPARSE_INDEX_BASE_ZERO", "CUSPARSE_POINTER_MODE_HOST",
+                 "CUSPARSE_SDDMM_ALG_DEFAULT", "CUSPARSE_STATUS_NOT_SUPPORTED"):
+        assert enums[name] == getattr(sv, name), name
+    for value, name in sv.STATUS_NAMES.items():
+        assert enums[name] == value, name
+    assert {v for k, v in enums.items() if k.startswith("CUSPARSE_STATUS_")} == set(sv.STATUS_NAMES)
+    assert sv.ALGS == {"default": enums["CUSPARSE_SDDMM_ALG_DEFAULT"]}
+    assert not any(k.startswith("CUSPARSE_SDDMM_ALG") and k != "CUSPARSE_SDDMM_ALG_DEFAULT" for k in enums)
+    types_h = _cuda_header("library_types.h")
+    assert types_h is not None, "library_types.h is missing beside cusparse.h"
+    dt = _enum_values(types_h)
+    for name in ("CUDA_R_32F", "CUDA_R_16F", "CUDA_R_16BF"):
+        assert dt[name] == getattr(sv, name), name
+    assert sv.COMPUTE_TYPE == dt["CUDA_R_32F"]
+    assert sv.VALUE_TYPES == {"fp32": (dt["CUDA_R_32F"], dt["CUDA_R_32F"]),
+                              "fp16": (dt["CUDA_R_16F"], dt["CUDA_R_32F"])}
+
+
+_ENUM_TYPES = {"cusparseOperation_t", "cudaDataType", "cusparseSDDMMAlg_t", "cusparseIndexType_t",
+               "cusparseIndexBase_t", "cusparseOrder_t", "cusparsePointerMode_t"}
+_HANDLE_TYPES = {"cusparseHandle_t", "cusparseDnMatDescr_t", "cusparseConstDnMatDescr_t", "cusparseSpMatDescr_t",
+                 "cusparseConstSpMatDescr_t", "cudaStream_t"}
+
+
+def _ctype_of(param: str):
+    """The ctypes type a C parameter declaration of these prototypes takes."""
+    import ctypes as ct
+    words = param.replace("*", " * ").split()
+    stars = words.count("*")
+    base = [w for w in words if w not in ("const", "*")][0]
+    if stars == 0:
+        if base == "int64_t":
+            return ct.c_int64
+        if base in _ENUM_TYPES:
+            return ct.c_int
+        if base in _HANDLE_TYPES:
+            return ct.c_void_p
+    elif stars == 1:
+        if base == "void":
+            return ct.c_void_p
+        if base == "size_t":
+            return ct.POINTER(ct.c_size_t)
+        if base in _HANDLE_TYPES:
+            return ct.POINTER(ct.c_void_p)
+    raise AssertionError(f"no ctypes mapping for parameter {param!r}")
+
+
+def test_cusparse_prototypes_match_the_header(cusparse_h):
+    from sparse_autotune.device import sddmm_vendor as sv
+    for name, argtypes in sv.PROTOTYPES.items():
+        mt = re.search(r"cusparseStatus_t\s+CUSPARSEAPI\s+" + re.escape(name) + r"\s*\(([^)]*)\)\s*;", cusparse_h)
+        assert mt, f"{name} is not declared in cusparse.h"
+        params = [" ".join(p.split()[:-1]) if not p.strip().endswith("*") else p
+                  for p in (q.strip() for q in mt.group(1).split(","))]
+        assert len(params) == len(argtypes), (name, params)
+        for i, (param, got) in enumerate(zip(params, argtypes)):
+            assert got == _ctype_of(param), (name, i, param, got)
+    # the enum parameters are enums in the header (so passed as int)
+    for t in _ENUM_TYPES - {"cudaDataType"}:
+        assert re.search(r"}\s*" + t + r"\s*;", cusparse_h), t
+
+
+def test_cusparse_library_exports_the_bound_functions():
+    from sparse_autotune.device import sddmm_vendor as sv
+    try:
+        from sparse_autotune.device.vendor import _lib
+        _lib("cusparse")
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"libcusparse cannot be loaded here ({exc})")
+    assert sv.available() and sddmm.cusparse_sddmm_available()
+    for name in sv.PROTOTYPES:
+        assert callable(sv.fn(name)) and sv.fn(name) is sv.fn(name)
+
+
+def test_cusparse_baseline_refuses_what_it_cannot_run_before_touching_a_gpu():
+    from sparse_autotune.device import sddmm_vendor as sv
+    assert tuple(sv.VALUE_TYPES) == sddmm.CUSPARSE_SDDMM_DTYPES == ("fp32", "fp16")
+    m = masks()["random_300x200"]
+    cases = [
+        (lambda: sddmm.build_cusparse_sddmm(m, 64, "bf16"), "cuSPARSE SDDMM does not support bf16"),
+        (lambda: sddmm.build_cusparse_sddmm(m, 64, "fp64"), "unknown SDDMM dtype"),
+        (lambda: sddmm.build_cusparse_sddmm(m, 64, "fp32", alg="alg1"), "unknown cuSPARSE SDDMM algorithm"),
+        (lambda: sddmm.build_cusparse_sddmm(m.toarray(), 64, "fp32"), "scipy.sparse"),
+        (lambda: sddmm.build_cusparse_sddmm(m, 0, "fp16"), "positive integer"),
+        (lambda: sddmm.build_cusparse_sddmm(m, 2**23, "fp32"), "32-bit indices"),
+    ]
+    for fn, want in cases:
+        with pytest.raises(UserError) as ei:
+            fn()
+        assert want in _one_line(ei), (want, str(ei.value))
+
+
+class _FakeCupy:
+    """Enough of CuPy for SddmmLauncher on the CPU: arrays are addresses and sizes."""
+
+    def __init__(self):
+        self.next_ptr = 0x10000
+        self.synced = 0
+        fake = self
+
+        class _Stream:
+            ptr = 0x5150
+
+            def synchronize(self):
+                fake.synced += 1
+
+        self.cuda = types.SimpleNamespace(device=types.SimpleNamespace(get_cusparse_handle=lambda: 0xAB),
+                                          get_current_stream=lambda: _Stream())
+        self.float32, self.uint8 = np.float32, np.uint8
+
+    def _arr(self, n, dtype):
+        ptr, self.next_ptr = self.next_ptr, self.next_ptr + 0x1000 + n * np.dtype(dtype).itemsize
+        return types.SimpleNamespace(size=n, dtype=np.dtype(dtype), data=types.SimpleNamespace(ptr=ptr))
+
+    zeros = empty = _arr
+
+
+def _fake_binding(monkeypatch, buffer_status=0):
+    """SddmmLauncher with a fake CuPy and every cusparse call recorded as (name, plain args)."""
+    import ctypes as ct
+    from sparse_autotune.device import gpu, sddmm_vendor as sv
+    cp = _FakeCupy()
+    monkeypatch.setattr(gpu, "cupy", lambda: cp)
+    calls, handles = [], iter(range(0x900, 0x1000))
+
+    def plain(a):
+        obj = getattr(a, "_obj", a)  # byref(x) -> x
+        return obj.value if isinstance(obj, (ct.c_void_p, ct.c_float, ct.c_size_t)) else obj
+
+    def fn(name):
+        def call(*args):
+            assert len(args) == len(sv.PROTOTYPES[name]), name
+            calls.append((name, tuple(plain(a) for a in args)))
+            if name.startswith("cusparseCreate"):
+                args[0]._obj.value = next(handles)
+            if name == "cusparseSDDMM_bufferSize":
+                args[-1]._obj.value = 4096
+                return buffer_status
+            return 0
+        return call
+
+    monkeypatch.setattr(sv, "fn", fn)
+    return sv, cp, calls
+
+
+def test_cusparse_launcher_describes_the_product_and_points_each_call(monkeypatch):
+    sv, cp, calls = _fake_binding(monkeypatch)
+    m, n, k, nnz = 300, 200, 33, 3000
+    row_ptr, cols = cp.zeros(m + 1, np.int32), cp.zeros(nnz, np.int32)
+    ln = sv.SddmmLauncher(m, n, k, row_ptr, cols, "fp16")
+    try:
+        _check_launcher_calls(sv, cp, calls, ln, (m, n, k, nnz), row_ptr, cols)
+    finally:
+        ln.close()  # under the fake: its made-up descriptors must never reach the real library's destroy calls
+
+
+def _check_launcher_calls(sv, cp, calls, ln, dims, row_ptr, cols):
+    m, n, k, nnz = dims
+    by = {}
+    for name, args in calls:
+        by.setdefault(name, []).append(args)
+    assert [a[1:4] + a[5:] for a in by["cusparseCreateDnMat"]] == [
+        (m, k, k, sv.CUDA_R_16F, sv.CUSPARSE_ORDER_ROW), (n, k, k, sv.CUDA_R_16F, sv.CUSPARSE_ORDER_ROW)]
+    (csr,) = by["cusparseCreateCsr"]
+    assert csr[1:] == (m, n, nnz, row_ptr.data.ptr, cols.data.ptr, ln.c.data.ptr, sv.CUSPARSE_INDEX_32I,
+                       sv.CUSPARSE_INDEX_32I, sv.CUSPARSE_INDEX_BASE_ZERO, sv.CUDA_R_32F)
+    assert ln.c.size == nnz and ln.c.dtype == np.float32 and ln.buf.size == 4096
+    head = (0xAB, sv.CUSPARSE_OPERATION_NON_TRANSPOSE, sv.CUSPARSE_OPERATION_TRANSPOSE, 1.0, ln.mat_x.value,
+            ln.mat_y.value, 0.0, ln.mat_c.value, sv.CUDA_R_32F, sv.CUSPARSE_SDDMM_ALG_DEFAULT)
+    assert by["cusparseSDDMM_bufferSize"] == [(*head, 0)]  # the size_t it fills in (0 when passed)
+    assert by["cusparseSDDMM_preprocess"] == [(*head, ln.buf.data.ptr)]
+    assert [c[0] for c in calls].index("cusparseSDDMM_preprocess") > [c[0] for c in calls].index("cusparseSetStream")
+    assert cp.synced == 1 and "cusparseSDDMM" not in by
+    del calls[:]
+    ln(0x7000, 0x8000, 0x9999)
+    assert calls == [("cusparseDnMatSetValues", (ln.mat_x.value, 0x7000)),
+                     ("cusparseDnMatSetValues", (ln.mat_y.value, 0x8000)),
+                     ("cusparseSetStream", (0xAB, 0x9999)),
+                     ("cusparseSetPointerMode", (0xAB, sv.CUSPARSE_POINTER_MODE_HOST)),
+                     ("cusparseSDDMM", (*head, ln.buf.data.ptr))]
+    descs = (ln.mat_x.value, ln.mat_y.value, ln.mat_c.value)
+    del calls[:]
+    ln.close()
+    ln.close()  # each descriptor destroyed once
+    assert calls == [("cusparseDestroyDnMat", (descs[0],)), ("cusparseDestroyDnMat", (descs[1],)),
+                     ("cusparseDestroySpMat", (descs[2],))]
+
+
+def test_cusparse_launcher_refusal_is_one_line_and_frees_the_descriptors(monkeypatch):
+    sv, cp, calls = _fake_binding(monkeypatch, buffer_status=sv_not_supported())
+    with pytest.raises(UserError) as ei:
+        sv.SddmmLauncher(10, 10, 8, cp.zeros(11, np.int32), cp.zeros(5, np.int32), "fp16")
+    assert "does not support fp16" in _one_line(ei) and "CUSPARSE_STATUS_NOT_SUPPORTED" in str(ei.value)
+    destroyed = [c for c in calls if c[0].startswith("cusparseDestroy")]
+    created = [c for c in calls if c[0].startswith("cusparseCreate")]
+    assert len(destroyed) == len(created) == 3
+    sv2, cp2, calls2 = _fake_binding(monkeypatch, buffer_status=3)
+    with pytest.raises(RuntimeError, match="CUSPARSE_STATUS_INVALID_VALUE"):
+        sv2.SddmmLauncher(10, 10, 8, cp2.zeros(11, np.int32), cp2.zeros(5, np.int32), "fp32")
+
+
+def sv_not_supported() -> int:
+    from sparse_autotune.device.sddmm_vendor import CUSPARSE_STATUS_NOT_SUPPORTED
+    return CUSPARSE_STATUS_NOT_SUPPORTED

@@ -2,7 +2,8 @@
 bf16, on random and adversarial masks (empty rows, one dense row, M = 1, N = 1, nnz = 0, a single nonzero, unsorted
 columns) at K = 32, 33, 128 and 1000 (33: not a multiple of any vector width but 1; 1000: not a multiple of a pass or a
 chunk), against the float64 reference at core.problem.TOLERANCE; the output is poisoned before each run and the
-memory right after it must stay untouched. Skipped without a GPU (tests/conftest.py)."""
+memory right after it must stay untouched. The dense and cuSPARSE baselines likewise (cuSPARSE: fp32 and fp16; bf16 a
+one-line UserError). Skipped without a GPU (tests/conftest.py)."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -128,3 +129,86 @@ def test_operands_are_checked():
                        ((x.get(), y, out), "CuPy array")]:
         with pytest.raises(UserError, match=want):
             kern(*args)
+
+
+CUSPARSE_DTYPES = ("fp32", "fp16")
+
+
+def _duplicates_mask():
+    """A mask with a repeated (row, column) entry and unsorted columns: each stored entry gets its own product."""
+    import scipy.sparse as sps
+    return sps.csr_matrix((np.array([2.0, -1.5, 0.75, 3.0, 1.25], np.float32), np.array([4, 1, 4, 0, 2]),
+                           np.array([0, 3, 3, 5])), shape=(3, 6))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", CUSPARSE_DTYPES)
+def test_cusparse_baseline_is_correct(dtype):
+    cases = {**masks(), "duplicates": _duplicates_mask()}
+    for name, mask in cases.items():
+        for k in (32, 33, 128):
+            run = sddmm.build_cusparse_sddmm(mask, k, dtype)
+            x, y = operands(mask, k, dtype, seed=k)
+            # one rounding of each output (fp32 products scaled by S.data in fp32), like the kernels
+            assert _run_checked(run, mask, dtype, x, y) <= TOLERANCE[dtype], (name, k)
+
+
+@pytest.mark.gpu
+def test_cusparse_baseline_refuses_bf16_in_one_line():
+    with pytest.raises(UserError) as ei:
+        sddmm.build_cusparse_sddmm(masks()["random_300x200"], 64, "bf16")
+    assert "\n" not in str(ei.value) and "cuSPARSE SDDMM does not support bf16" in str(ei.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", CUSPARSE_DTYPES)
+def test_cusparse_baseline_takes_each_calls_operands_on_the_current_stream(dtype):
+    """One baseline, several X / Y / out buffers in turn (its descriptors re-pointed each call), on a non-default
+    stream, with the results read only after that stream's work."""
+    import cupy as cp
+    mask = masks()["random_300x200"]
+    run = sddmm.build_cusparse_sddmm(mask, 96, dtype)
+    stream = cp.cuda.Stream(non_blocking=True)
+    outs, refs = [], []
+    with stream:
+        for seed in range(3):
+            x, y = operands(mask, 96, dtype, seed=100 + seed)
+            out = cp.full(mask.nnz, np.nan, dtype=storage_dtype(dtype))
+            run(cp.asarray(x), cp.asarray(y), out)
+            outs.append(out)
+            refs.append(sddmm.sddmm_reference(mask, x, y, dtype))
+    stream.synchronize()
+    for out, ref in zip(outs, refs):
+        got = out.get().astype(np.float64)
+        assert np.all(np.isfinite(got))
+        assert np.max(np.abs(got - ref)) <= TOLERANCE[dtype] * np.max(np.abs(ref)), dtype
+
+
+@pytest.mark.gpu
+def test_cusparse_baseline_checks_operands_and_frees_its_descriptors():
+    import gc
+    import weakref
+
+    import cupy as cp
+    mask = masks()["random_300x200"]
+    run = sddmm.build_cusparse_sddmm(mask, 64, "fp16")
+    x = cp.zeros((300, 64), cp.float16)
+    y = cp.zeros((200, 64), cp.float16)
+    out = cp.zeros(mask.nnz, cp.float16)
+    run(x, y, out)
+    for args, want in [((x[:, :32], y, out), "shape"), ((x, y.astype(cp.float32), out), "dtype"),
+                       ((x, y, out[:-1]), "shape"), ((cp.asfortranarray(x), y, out), "C-contiguous"),
+                       ((x.get(), y, out), "CuPy array")]:
+        with pytest.raises(UserError, match=want):
+            run(*args)
+    launcher = run.launcher
+    descs = (launcher.mat_x, launcher.mat_y, launcher.mat_c)
+    assert all(d.value for d in descs)
+    gone = weakref.ref(launcher)
+    del run, launcher
+    gc.collect()
+    assert gone() is None and not any(d.value for d in descs)  # __del__ destroyed each descriptor
+    empty = sddmm.build_cusparse_sddmm(masks()["nnz0"], 64, "fp32")
+    assert empty.launcher is None
+    e_out = cp.zeros(0, cp.float32)
+    assert empty(cp.zeros((50, 64), cp.float32), cp.zeros((60, 64), cp.float32), e_out) is e_out

@@ -11,17 +11,20 @@ What exists:
   - their spaces, search_spaces/sddmm/*.toml, in the SpMM spaces' format (core.space parses them; problem variables
     M, N, K, nnz, dtype: `sddmm_env`), with unmeasured known-good configs;
   - this module: the spaces' loader, rendering (core.render), compiling (device.compile, NVRTC through
-    cupy.RawModule), the launcher `build_sddmm`, the float64 CPU reference `sddmm_reference`, and the dense baseline
-    `build_dense_baseline` (cuBLAS X @ Y^T through CuPy, then a gather at the mask).
+    cupy.RawModule), the launcher `build_sddmm`, the float64 CPU reference `sddmm_reference`, the dense baseline
+    `build_dense_baseline` (cuBLAS X @ Y^T through CuPy, then a gather at the mask) and the cuSPARSE baseline
+    `build_cusparse_sddmm` (fp32 and fp16; below) over the ctypes binding device/sddmm_vendor.py.
 What is verified, on the CPU only (the session that wrote this had no GPU): every config of both spaces renders; a
 covering sample of each space's feasible configs compiles with nvcc for sm_90; the launch plans match the kernels'
 signatures; the reference matches numpy's dense (X @ Y^T)[mask] on random and adversarial masks; the spaces parse and
-their constraints reject what they say (tests/test_sddmm.py). tests/test_sddmm_gpu.py (each family, a covering sample,
-fp32/fp16/bf16, edge cases, against the reference at core.problem.TOLERANCE) has NOT been run: nothing here has run
-on a GPU yet.
+their constraints reject what they say; the cuSPARSE binding's enum values and prototypes match the installed
+cusparse.h / library_types.h, libcusparse exports its functions, and its argument checks hold (tests/test_sddmm.py).
+tests/test_sddmm_gpu.py (each family, a covering sample, fp32/fp16/bf16, edge cases, the dense and cuSPARSE baselines,
+against the reference at core.problem.TOLERANCE) has NOT been run: nothing here has run on a GPU yet, the cuSPARSE
+baseline included (written, not run).
 What is left: running tests/test_sddmm_gpu.py on a GPU; tuner integration (render/compile/verify/time per candidate
 over these spaces); the operator in the tuning database's key (records of SDDMM beside SpMM's); the CLI
-`tune --op sddmm`; a benchmark against the baselines; the cuSPARSE baseline (below). (pyproject.toml ships the
+`tune --op sddmm`; a benchmark against the baselines (the cuSPARSE one absent for bf16). (pyproject.toml ships the
 package sparse_autotune.ops and variants/sddmm/*.j2, search_spaces/sddmm/*.toml as package data.)
 
 The product
@@ -39,10 +42,24 @@ it), out may be any contiguous slice. K % vec == 0 is a space constraint (the ro
 then): an odd K such as 33 runs with vec = 1 configs; tails of K past a pass of lanes * vec or a chunk of kc are
 handled inside the kernels.
 
-cuSPARSE baseline: CuPy (14.2 here) exposes no SDDMM: cupyx.cusparse has no `sddmm`, and its low-level binding
-(cupy_backends.cuda.libs.cusparse) has no cusparseSDDMM. It is left for later; device/vendor.py's ctypes calls into
-libcusparse (cusparseSpMM) show the way (cusparseSDDMM_bufferSize / _preprocess / cusparseSDDMM with a CSR C
-descriptor, dense X and Y descriptors, op(B) transposed).
+cuSPARSE baseline (`build_cusparse_sddmm`): CuPy (14.2 here) exposes no SDDMM (cupyx.cusparse has no `sddmm`, its
+low-level binding no cusparseSDDMM), so device/sddmm_vendor.py calls libcusparse through ctypes, in the manner of
+device/vendor.py's cusparseSpMM: generic API, CuPy's handle on the current stream, descriptors made once with the
+baseline and destroyed with it. cusparseSDDMM computes C = alpha (op(A) op(B)) ∘ spy(C) + beta C: the product is
+masked by C's sparsity PATTERN, and C's stored values are only scaled by beta; cuSPARSE has no multiplication by the
+mask's values. So a call is two steps, both on the current stream and both in its time: (1) cusparseSDDMM
+(CUSPARSE_SDDMM_ALG_DEFAULT, alpha 1, beta 0) with A = X (M x K row-major, opA NON_TRANSPOSE), B = Y (N x K row-major,
+opB TRANSPOSE, so op(B) = Y^T), C = a CSR descriptor of the mask's row pointers and 32-bit columns over a float32
+scratch of nnz values: the 0/1-mask product dot(X[row(p)], Y[col(p)]) with fp32 accumulation; (2) out = scratch *
+S.data in one elementwise CuPy multiply, in float32 (S.data rounded to the dtype first, as the kernels store it),
+rounded once into out's type. The result is the module's product (one rounding per output, like the kernels); the
+scratch (never the caller's out) is C, so beta * C never reads a poisoned output. dtypes: fp32 (A, B, C and compute
+CUDA_R_32F) and fp16 (A, B CUDA_R_16F; C and compute CUDA_R_32F: the mixed-precision row of cusparseSDDMM's
+data-type table); bf16 (CUDA_R_16BF) is not in that table: a one-line UserError (no baseline for bf16), as is a dtype
+the library refuses at run time (CUSPARSE_STATUS_NOT_SUPPORTED from the buffer-size query). The table was taken from
+memory of NVIDIA's documentation (the session that wrote this could not read it), so the fp16 row and the bf16
+refusal are to be confirmed by tests/test_sddmm_gpu.py. Entries are taken as stored; whether cuSPARSE accepts
+unsorted columns and duplicates in C is likewise checked only there (not run).
 
 May import core, device, errors, resources (ops/__init__.py).
 """
@@ -304,12 +321,10 @@ def sddmm_reference(mask_csr, X, Y, dtype: str | None = None) -> np.ndarray:
 
 
 def cusparse_sddmm_available() -> bool:
-    """Whether CuPy exposes cuSPARSE's SDDMM (cupyx.cusparse.sddmm); False with CuPy 14.2 (the module's docstring)."""
-    try:
-        import cupyx.cusparse as cs  # noqa: PLC0415
-    except Exception:  # noqa: BLE001
-        return False
-    return callable(getattr(cs, "sddmm", None))
+    """Whether the cuSPARSE baseline can be bound: libcusparse loads through ctypes and exports cusparseSDDMM and the
+    other functions device.sddmm_vendor calls (a check that needs no GPU; CuPy itself binds no SDDMM)."""
+    from ..device.sddmm_vendor import available  # noqa: PLC0415
+    return available()
 
 
 class DenseBaseline:
@@ -347,6 +362,60 @@ def build_dense_baseline(mask_csr, K: int, dtype: str) -> DenseBaseline:
     return DenseBaseline(mask, _check_k(K), dtype)
 
 
+CUSPARSE_SDDMM_DTYPES = ("fp32", "fp16")  # device.sddmm_vendor.VALUE_TYPES: cuSPARSE's documented SDDMM data types
+
+
+class CuSparseBaseline:
+    """The cuSPARSE path: cusparseSDDMM (device.sddmm_vendor: the 0/1-pattern product dot(X[row(p)], Y[col(p)]) into
+    a float32 scratch of nnz values, fp32 accumulation), then out = scratch * S.data in one elementwise CuPy multiply
+    (float32, one rounding to the storage type), both on the current stream and both part of a call (and of its
+    timing). An empty product (nnz == 0) launches nothing."""
+
+    def __init__(self, mask: sp.csr_matrix, k: int, dtype: str, alg: str):
+        from ..device.gpu import cupy  # noqa: PLC0415
+        from ..device.sddmm_vendor import SddmmLauncher  # noqa: PLC0415
+        cp = cupy()
+        self.shape, self.k, self.dtype, self.alg, self.nnz = mask.shape, k, dtype, alg, int(mask.nnz)
+        self.s = cp.asarray(host_values(np.asarray(mask.data, dtype=np.float32), DTYPES[dtype]))
+        self.launcher = None
+        if self.nnz:
+            m, n = mask.shape
+            self.launcher = SddmmLauncher(m, n, k, cp.asarray(mask.indptr.astype(np.int32)),
+                                          cp.asarray(mask.indices.astype(np.int32)), dtype, alg)
+
+    def __call__(self, x, y, out):
+        from ..device.gpu import cupy  # noqa: PLC0415
+        m, n = self.shape
+        _check_operand("X", x, (m, self.k), self.dtype)
+        _check_operand("Y", y, (n, self.k), self.dtype)
+        _check_operand("out", out, (self.nnz,), self.dtype)
+        if self.launcher is None:
+            return out
+        cp = cupy()
+        self.launcher(x.data.ptr, y.data.ptr, cp.cuda.get_current_stream().ptr)
+        cp.multiply(self.launcher.c, self.s, out=out)  # float32 product, cast once into out's type (same_kind)
+        return out
+
+
+def build_cusparse_sddmm(mask_csr, K: int, dtype: str, alg: str = "default") -> CuSparseBaseline:
+    """The cuSPARSE baseline as a callable run(X, Y, out), like build_sddmm's: out[p] = S.data[p] * dot(X[row(p)],
+    Y[col(p)]), cusparseSDDMM for the dot products (C's pattern = the mask's, alpha 1, beta 0) and one CuPy multiply
+    by the mask's values (the module's docstring). dtypes fp32 and fp16 (CUSPARSE_SDDMM_DTYPES); bf16, which
+    cuSPARSE's SDDMM does not take, and any dtype the library refuses at run time: a one-line UserError. alg: a name
+    of device.sddmm_vendor.ALGS ("default": CUSPARSE_SDDMM_ALG_DEFAULT)."""
+    from ..device.sddmm_vendor import ALGS  # noqa: PLC0415
+    _check_dtype(dtype)
+    if dtype not in CUSPARSE_SDDMM_DTYPES:
+        raise UserError(f"cuSPARSE SDDMM does not support {dtype} (its data types: "
+                        f"{', '.join(CUSPARSE_SDDMM_DTYPES)}): no cuSPARSE baseline for {dtype}")
+    if alg not in ALGS:
+        raise UserError(f"unknown cuSPARSE SDDMM algorithm {alg!r}: choose from {', '.join(ALGS)}")
+    mask = as_mask(mask_csr)
+    k = _check_k(K)
+    _check_sizes(mask.shape[0], mask.shape[1], k, mask.nnz)
+    return CuSparseBaseline(mask, k, dtype, alg)
+
+
 def flops(nnz: int, k: int) -> int:
     """Useful floating-point operations of one SDDMM: 2 K per nonzero (the dot product) + 1 (the mask's value)."""
     return int(nnz) * (2 * int(k) + 1)
@@ -358,7 +427,7 @@ def min_bytes(m: int, n: int, k: int, nnz: int, dtype: str) -> int:
     return int((m + n) * k * es + nnz * (2 * es + 4) + 4 * (m + 1))
 
 
-__all__ = ["OP", "KERNEL_NAME", "SDDMM_DTYPES", "Plan", "SddmmKernel", "DenseBaseline", "as_mask", "build_sddmm",
-           "build_dense_baseline", "check_config", "cusparse_sddmm_available", "flops", "get_sddmm_space",
-           "launch_plan", "load_sddmm_spaces", "min_bytes", "render_sddmm", "sddmm_env", "sddmm_families",
-           "sddmm_reference", "segments"]
+__all__ = ["OP", "KERNEL_NAME", "SDDMM_DTYPES", "CUSPARSE_SDDMM_DTYPES", "Plan", "SddmmKernel", "DenseBaseline",
+           "CuSparseBaseline", "as_mask", "build_sddmm", "build_dense_baseline", "build_cusparse_sddmm", "check_config",
+           "cusparse_sddmm_available", "flops", "get_sddmm_space", "launch_plan", "load_sddmm_spaces", "min_bytes",
+           "render_sddmm", "sddmm_env", "sddmm_families", "sddmm_reference", "segments"]
