@@ -1,5 +1,6 @@
-"""The native nk checks the family tests share (csr_btile, tc_gather): the configs an nk problem runs natively, and
-those kernels run through the project's launch path against float64 on edge cases."""
+"""The GPU checks the family tests share: kn kernels on edge cases (tc_gather, tc_gather2), and the native nk ones
+(csr_btile, tc_gather): the configs an nk problem runs natively, and those kernels, run through the project's launch
+path against float64 on edge cases."""
 from __future__ import annotations
 
 import numpy as np
@@ -56,5 +57,37 @@ def check_nk_natively(family: str, dtype: str, cases: dict, pick, tol=None, ns=(
                 err, err0 = run(kern, x, y, bias, with_bias), run(kern, x, y, None, without)
                 limit = tol(kern) if tol is not None else TOLERANCE[dtype]
                 assert max(err, err0) <= limit, (name, n, kern.config, err, err0)
+                checked += 1
+    return checked
+
+
+def check_kn(family: str, dtype: str, cases: dict, configs, ns, tol: float) -> int:
+    """kn kernels through the project's launch path (DeviceCSR, build_kernel, Kernel.__call__) on each case and N:
+    poisoned C, fresh random B, against the float64 reference of the rounded operands. configs(a, N) -> the configs to
+    run (16-bit dtypes: fp16 / bf16). Returns the number of kernels checked."""
+    import concurrent.futures
+
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+
+    from sparse_autotune.core.problem import DTYPES, host_values, storage
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
+    checked = 0
+    for name, a in cases.items():
+        a = sps.csr_matrix(a, copy=True)
+        a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])  # what the kernel sees
+        dev = DeviceCSR(a, dtype)
+        a64 = csp.csr_matrix(a.astype(np.float64))
+        for n in ns:
+            cfgs = configs(a, n)
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                kernels = list(pool.map(lambda c: build_kernel(dev, family, c, dtype), cfgs))
+            for k in kernels:
+                rng = np.random.default_rng(checked)
+                b = cp.asarray(storage(rng.standard_normal((a.shape[1], n)).astype(np.float32), dtype))
+                c = cp.empty((a.shape[0], n), dtype=cp.uint16 if dtype == "bf16" else cp.float16)
+                err = check(lambda: k(b, c), c, reference(a64, b), dtype)
+                assert err <= tol, (name, n, k.config, err)
                 checked += 1
     return checked

@@ -225,38 +225,19 @@ def edge_cases():
 
 
 def _gpu_row_orders(dtype: str) -> int:
-    """Through the project's launch path (DeviceCSR, build_kernel, Kernel.__call__): poisoned C, fresh random B, the
-    float64 reference of the rounded operands, every row order, N = 1, 7, 64, 2049 (vector and 16-bit loads)."""
-    import concurrent.futures
+    """Through the project's launch path (tests/nk_check.py's check_kn): poisoned C, fresh random B, the float64
+    reference of the rounded operands, every row order, N = 1, 7, 64, 2049 (vector and 16-bit loads)."""
+    from nk_check import check_kn
 
-    import cupy as cp
-    import cupyx.scipy.sparse as csp
-
-    from sparse_autotune.core.problem import DTYPES, TOLERANCE, host_values, storage
+    from sparse_autotune.core.problem import TOLERANCE
     from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
-    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
-    from sparse_autotune.device.verify import check, reference
     sp = get_family(FAMILY).space
-    checked = 0
-    for name, a in edge_cases().items():
-        a = sps.csr_matrix(a, copy=True)
-        a.data = host_values(a.data, DTYPES[dtype])  # what the kernel sees
-        dev = DeviceCSR(a, dtype)
-        a64 = csp.csr_matrix(a.astype(np.float64))
-        for n in (1, 7, 64, 2049):
-            env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
-            feas = list(sp.feasible(dtype, env, DEFAULT_LIMITS))
-            cfgs = [c for o in ("natural", "minhash", "greedy") for c in [f for f in feas if f["row_order"] == o][::23]]
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype), cfgs))
-            for k in kernels:
-                rng = np.random.default_rng(checked)
-                b = cp.asarray(storage(rng.standard_normal((a.shape[1], n)).astype(np.float32), dtype))
-                c = cp.empty((a.shape[0], n), dtype=cp.uint16 if dtype == "bf16" else cp.float16)
-                err = check(lambda: k(b, c), c, reference(a64, b), dtype)
-                assert err <= TOLERANCE[dtype], (name, n, k.config, err)
-                checked += 1
-    return checked
+
+    def configs(a, n):
+        env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
+        feas = list(sp.feasible(dtype, env, DEFAULT_LIMITS))
+        return [c for o in ("natural", "minhash", "greedy") for c in [f for f in feas if f["row_order"] == o][::23]]
+    return check_kn(FAMILY, dtype, edge_cases(), configs, (1, 7, 64, 2049), TOLERANCE[dtype])
 
 
 @pytest.mark.gpu

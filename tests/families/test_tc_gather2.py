@@ -660,31 +660,10 @@ def _gpu_configs(n, dtype):
 
 
 def _gpu_check(dtype: str) -> int:
-    """Through the project's launch path (DeviceCSR, build_kernel, Kernel.__call__): poisoned C, fresh random B, the
-    float64 reference of the rounded operands; the edge cases at N = 1, 7, 72, 512, 2049."""
-    import cupy as cp
-    import cupyx.scipy.sparse as csp
-
-    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
-    from sparse_autotune.device.verify import check, reference
-    checked = 0
-    for name, a in edge_cases().items():
-        a = sps.csr_matrix(a, copy=True)
-        a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])  # what the kernel sees
-        dev = DeviceCSR(a, dtype)
-        a64 = csp.csr_matrix(a.astype(np.float64))
-        for n in (1, 7, 72, 512, 2049):
-            cfgs = _gpu_configs(n, dtype)
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype), cfgs))
-            for k in kernels:
-                rng = np.random.default_rng(checked)
-                b = cp.asarray(storage(rng.standard_normal((a.shape[1], n)).astype(np.float32), dtype))
-                c = cp.empty((a.shape[0], n), dtype=cp.uint16 if dtype == "bf16" else cp.float16)
-                err = check(lambda: k(b, c), c, reference(a64, b), dtype)
-                assert err <= TOL[dtype], (name, n, k.config, err)
-                checked += 1
-    return checked
+    """Through the project's launch path (tests/nk_check.py's check_kn): poisoned C, fresh random B, the float64
+    reference of the rounded operands; the edge cases at N = 1, 7, 72, 512, 2049."""
+    from nk_check import check_kn
+    return check_kn(FAMILY, dtype, edge_cases(), lambda a, n: _gpu_configs(n, dtype), (1, 7, 72, 512, 2049), TOL[dtype])
 
 
 @pytest.mark.gpu
