@@ -48,6 +48,35 @@ class Arr:
         self.host = host
 
 
+class FakeTensor:
+    """Just what SpMM's PyTorch paths (op(B), op.linear) read from a tensor; its module is "torch", which is how SpMM
+    tells a PyTorch tensor from a CuPy array."""
+    _next = 0x900000
+
+    def __init__(self, shape, dtype="float32", cuda=True, device=0, contiguous=True):
+        FakeTensor._next += 0x10000
+        self.shape, self.dtype, self.is_cuda, self._dev, self._contig = tuple(shape), dtype, cuda, device, contiguous
+        self.device, self._ptr = f"cuda:{device}", FakeTensor._next
+
+    def dim(self):
+        return len(self.shape)
+
+    def get_device(self):
+        return self._dev if self.is_cuda else -1
+
+    def is_contiguous(self):
+        return self._contig
+
+    def contiguous(self):
+        return FakeTensor(self.shape, self.dtype, self.is_cuda, self._dev, True)
+
+    def data_ptr(self):
+        return self._ptr
+
+
+FakeTensor.__module__ = "torch"
+
+
 class FakeDeviceCSR:
     """device.kernel.DeviceCSR without a GPU: `cached` runs the family's real layout builder on the host matrix and
     keeps each array as an Arr (ints pass through); `built` lists (key, lock held) per build."""

@@ -10,7 +10,7 @@ import pytest
 from sparse_autotune.device import kernel as kernels
 from sparse_autotune.errors import UserError
 from fakes import FakeLaunch as _FakeLaunch
-from fakes import check_launch_matches_signature, fake_kernel
+from fakes import FakeTensor, check_launch_matches_signature, fake_kernel
 from fakes import read_params as _read_params
 from sparse_autotune.core.families import all_families
 from sparse_autotune.core.problem import random_matrix
@@ -130,72 +130,44 @@ def _fake_cupy(device=0, capturing=False, ndarray=None, stream_ptr=0):
     return types.SimpleNamespace(cuda=cuda, ndarray=ndarray, empty=None, ascontiguousarray=None)
 
 
-class _FakeTensor:
-    """Just what SpMM's PyTorch path reads from a tensor."""
-    _next = 0x900000
-
-    def __init__(self, shape, dtype="float32", cuda=True, device=0, contiguous=True):
-        _FakeTensor._next += 0x10000
-        self.shape, self.dtype, self.is_cuda, self._dev, self._contig = tuple(shape), dtype, cuda, device, contiguous
-        self.device, self._ptr = f"cuda:{device}", _FakeTensor._next
-
-    def dim(self):
-        return len(self.shape)
-
-    def get_device(self):
-        return self._dev if self.is_cuda else -1
-
-    def is_contiguous(self):
-        return self._contig
-
-    def contiguous(self):
-        return _FakeTensor(self.shape, self.dtype, self.is_cuda, self._dev, True)
-
-    def data_ptr(self):
-        return self._ptr
-
-
-_FakeTensor.__module__ = "torch"  # how SpMM tells a PyTorch tensor from a CuPy array
-
-
 def test_torch_path_checks_inputs_and_launches_on_torch_stream():
     import sparse_autotune as sa
     op = sa.SpMM(random_matrix(6, 10, 0.5, "uniform", 0))
     made = []
 
     def empty(shape, dtype, device):
-        made.append(_FakeTensor(shape, dtype))
+        made.append(FakeTensor(shape, dtype))
         return made[-1]
-    fake_torch = types.SimpleNamespace(empty=empty, Tensor=_FakeTensor)
+    fake_torch = types.SimpleNamespace(empty=empty, Tensor=FakeTensor)
     op._cp = _fake_cupy(device=0)
     op._torch = (fake_torch, "float32", lambda dev: 0x5EED + dev)
     op._dev_id = 0
     rec = op._launchers[4] = _Rec()
-    b = _FakeTensor((10, 4))
+    b = FakeTensor((10, 4))
     c = op(b)
     assert c is made[-1] and c.shape == (6, 4) and rec.calls == [(b.data_ptr(), c.data_ptr(), 0x5EED)]
-    out = _FakeTensor((6, 4))
+    out = FakeTensor((6, 4))
     assert op(b, out=out) is out and rec.calls[-1] == (b.data_ptr(), out.data_ptr(), 0x5EED)
-    nc = _FakeTensor((10, 4), contiguous=False)  # copied to a contiguous tensor, whose address is launched
+    nc = FakeTensor((10, 4), contiguous=False)  # copied to a contiguous tensor, whose address is launched
     op(nc)
     assert rec.calls[-1][0] not in (nc.data_ptr(), b.data_ptr())
-    for bad, match in ((_FakeTensor((10, 4), cuda=False), "CPU tensor"), (_FakeTensor((9, 4)), "shape"),
-                       (_FakeTensor((10, 4, 1)), "shape"), (_FakeTensor((10, 4), dtype="float64"), "dtype float64"),
-                       (_FakeTensor((10, 4), device=1), "GPU 1")):
+    for bad, match in ((FakeTensor((10, 4), cuda=False), "CPU tensor"), (FakeTensor((9, 4)), "shape"),
+                       (FakeTensor((10, 4, 1)), "shape"), (FakeTensor((10, 4), dtype="float64"), "dtype float64"),
+                       (FakeTensor((10, 4), device=1), "GPU 1")):
         with pytest.raises(UserError, match=match):
             op(bad)
-    for bad_out in (_FakeTensor((6, 5)), _FakeTensor((6, 4), dtype="float16"), _FakeTensor((6, 4), contiguous=False),
+    for bad_out in (FakeTensor((6, 5)), FakeTensor((6, 4), dtype="float16"), FakeTensor((6, 4), contiguous=False),
                     np.zeros((6, 4), np.float32)):
         with pytest.raises(UserError, match="out must be"):
             op(b, out=bad_out)
     with pytest.raises(UserError, match="out is on GPU 1"):
-        op(b, out=_FakeTensor((6, 4), device=1))
+        op(b, out=FakeTensor((6, 4), device=1))
     n_calls = len(rec.calls)
-    op(_FakeTensor((10, 0)))  # N == 0: nothing launched
+    op(FakeTensor((10, 0)))  # N == 0: nothing launched
     assert len(rec.calls) == n_calls
     op._cp = _fake_cupy(device=0, capturing=True)  # a new N while the stream captures: refused, nothing built
     with pytest.raises(UserError, match="before CUDA graph capture"):
-        op(_FakeTensor((10, 8)))
+        op(FakeTensor((10, 8)))
     assert 8 not in op._launchers and 8 not in op._kernels
     op._dev_id = 1  # A lives on another device than the current one
     with pytest.raises(UserError, match="A is on GPU 1"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fakes import FakeLaunch, check_launch_matches_signature, fake_kernel
+from fakes import FakeLaunch, FakeTensor, check_launch_matches_signature, fake_kernel
 from layout_toy import NAME as TOY, toy_nk  # noqa: F401 - the fixture
 from records import CONFIG, GPU, downgrade_to_v3, make_record
 from sparse_autotune.commands import main as cli
@@ -564,56 +564,29 @@ def test_linear_with_cupy_arrays_checks_and_launches_the_nk_launcher():
     assert 8 not in op._nk_launchers and 8 not in op._nk_plans and not kn.calls
 
 
-class _Tensor:
-    _next = 0x700000
-
-    def __init__(self, shape, dtype="float32", cuda=True, device=0, contiguous=True):
-        _Tensor._next += 0x10000
-        self.shape, self.dtype, self.is_cuda, self._dev, self._contig = tuple(shape), dtype, cuda, device, contiguous
-        self.device, self._ptr = f"cuda:{device}", _Tensor._next
-
-    def dim(self):
-        return len(self.shape)
-
-    def get_device(self):
-        return self._dev if self.is_cuda else -1
-
-    def is_contiguous(self):
-        return self._contig
-
-    def contiguous(self):
-        return _Tensor(self.shape, self.dtype, self.is_cuda, self._dev, True)
-
-    def data_ptr(self):
-        return self._ptr
-
-
-_Tensor.__module__ = "torch"
-
-
 def test_linear_with_torch_tensors_runs_on_torch_stream():
     import sparse_autotune as sa
     op = sa.SpMM(random_matrix(6, 10, 0.5, "uniform", 0))
     made = []
 
     def empty(shape, dtype, device):
-        made.append(_Tensor(shape, dtype))
+        made.append(FakeTensor(shape, dtype))
         return made[-1]
     op._cp, op._dev_id = _cupy(), 0
-    op._torch = (types.SimpleNamespace(empty=empty, Tensor=_Tensor), "float32", lambda dev: 0x5EED + dev)
+    op._torch = (types.SimpleNamespace(empty=empty, Tensor=FakeTensor), "float32", lambda dev: 0x5EED + dev)
     rec = op._nk_launchers[3] = _Rec()
-    x, bias = _Tensor((3, 10)), _Tensor((6,))
+    x, bias = FakeTensor((3, 10)), FakeTensor((6,))
     y = op.linear(x, bias)
     assert y is made[-1] and y.shape == (3, 6) and rec.calls == [(x.data_ptr(), y.data_ptr(), 0x5EED, bias.data_ptr())]
-    for bad, match in ((_Tensor((3, 10), cuda=False), "x is a CPU tensor"), (_Tensor((3, 9)), "x has shape"),
-                       (_Tensor((3, 10), dtype="float16"), "x has dtype float16"), (_Tensor((3, 10), device=1), "GPU 1")):
+    for bad, match in ((FakeTensor((3, 10), cuda=False), "x is a CPU tensor"), (FakeTensor((3, 9)), "x has shape"),
+                       (FakeTensor((3, 10), dtype="float16"), "x has dtype float16"), (FakeTensor((3, 10), device=1), "GPU 1")):
         with pytest.raises(UserError, match=match):
             op.linear(bad)
-    for bad_bias in (_Tensor((6,), cuda=False), _Tensor((5,)), _Tensor((6,), dtype="float16"), _Tensor((6,), device=1)):
+    for bad_bias in (FakeTensor((6,), cuda=False), FakeTensor((5,)), FakeTensor((6,), dtype="float16"), FakeTensor((6,), device=1)):
         with pytest.raises(UserError, match=r"bias must be a CUDA tensor of shape \(6,\)"):
             op.linear(x, bad_bias)
     with pytest.raises(UserError, match=r"out must be a C-contiguous \(3, 6\) tensor"):
-        op.linear(x, out=_Tensor((6, 3)))
+        op.linear(x, out=FakeTensor((6, 3)))
 
 
 def test_plan_of_nk_and_its_path():
