@@ -89,6 +89,18 @@ def _to_scipy(a) -> tuple[sp.csr_matrix, np.dtype | str]:
     return out, ("bf16" if bf16 else src_dtype)
 
 
+def _cupy_out(cp, out, shape: tuple[int, int], dtype, cur: int):
+    """The output of a call on CuPy arrays: a new C-contiguous array of `shape` and `dtype`, or `out` where it is one
+    on the current device (else one line)."""
+    if out is None:
+        return cp.empty(shape, dtype=dtype)
+    if not isinstance(out, cp.ndarray) or out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        raise UserError(f"out must be a C-contiguous ({shape[0]}, {shape[1]}) array of {dtype}")
+    if out.device.id != cur:
+        raise UserError(f"out is on GPU {out.device.id}, the current device is {cur}")
+    return out
+
+
 class SpMM:
     """op = SpMM(A); C = op(B) computes A @ B on the GPU with the best known (or a default) kernel.
 
@@ -342,15 +354,7 @@ class SpMM:
         if not b.flags.c_contiguous:
             b = cp.ascontiguousarray(b)
         n = b.shape[1]
-        if out is None:
-            c = cp.empty((m, n), dtype=b.dtype)
-        else:
-            if (not isinstance(out, cp.ndarray) or out.shape != (m, n) or out.dtype != b.dtype
-                    or not out.flags.c_contiguous):
-                raise UserError(f"out must be a C-contiguous ({m}, {n}) array of {b.dtype}")
-            if out.device.id != cur:
-                raise UserError(f"out is on GPU {out.device.id}, the current device is {cur}")
-            c = out
+        c = _cupy_out(cp, out, (m, n), b.dtype, cur)
         if m and n:
             self._launch(n, cur, b.data.ptr, c.data.ptr, cp.cuda.get_current_stream().ptr)
         return c
@@ -440,15 +444,7 @@ class SpMM:
             bias = bias if bias.flags.c_contiguous else cp.ascontiguousarray(bias)  # kept alive until launched
             bias_ptr = bias.data.ptr
         n = x.shape[0]
-        if out is None:
-            y = cp.empty((n, m), dtype=x.dtype)
-        else:
-            if (not isinstance(out, cp.ndarray) or out.shape != (n, m) or out.dtype != x.dtype
-                    or not out.flags.c_contiguous):
-                raise UserError(f"out must be a C-contiguous ({n}, {m}) array of {x.dtype}")
-            if out.device.id != cur:
-                raise UserError(f"out is on GPU {out.device.id}, the current device is {cur}")
-            y = out
+        y = _cupy_out(cp, out, (n, m), x.dtype, cur)
         if m and n:
             self._launch_nk(n, cur, x.data.ptr, y.data.ptr, cp.cuda.get_current_stream().ptr, bias_ptr)
         return y
