@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from sparse_autotune.core.families import adapt_jointly, narrower, stored_then_scalar
 from sparse_autotune.core.problem import bf16_float, storage
 from sparse_autotune.core.reorder import check_perm, reorder
 
@@ -280,14 +281,5 @@ def args(kernel, n: int, b, c) -> tuple:
 def adapt(space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:
     """For another N: 16-bit staging where 16-byte copies do not divide N, and/or a narrower column tile (the widest
     that fits, e.g. 64 for N = 1); the rest of the config as stored."""
-    from sparse_autotune.core.space import DEFAULT_LIMITS  # noqa: PLC0415
-    cfg = space.normalize(config, dtype)
-    if cfg is None:
-        return None
-    lim = {**DEFAULT_LIMITS, **(limits or {})}
-    for tile_n in sorted((v for v in space.param("tile_n").choices(dtype) if v <= cfg["tile_n"]), reverse=True):
-        for bload in dict.fromkeys((cfg["bload"], "scalar")):
-            trial = {**cfg, "tile_n": tile_n, "bload": bload}
-            if space.check(trial, env, lim) is None:
-                return trial
-    return None
+    return adapt_jointly(space, config, dtype, env, limits,
+                         lambda cfg: {"tile_n": narrower(space, cfg, dtype, "tile_n"), "bload": stored_then_scalar(cfg)})

@@ -27,7 +27,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparse_autotune.core.families import adapt_params, splitk_shape, splitk_workspace
+from sparse_autotune.core.families import (adapt_jointly, adapt_params, narrower, splitk_shape, splitk_workspace,
+                                            stored_then_scalar)
 
 KG = 8  # k-steps per split-K pointer
 CHUNK_PAD = 4096  # bytes of zeros after the stream: the kernel's last chunk copies may read past its end
@@ -247,17 +248,8 @@ def args(kernel, n: int, b, c) -> tuple:
 def adapt(space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:
     """For another N: 16-bit loads of B where vectors do not divide N, and/or a narrower column tile (the widest that
     fits), the rest of the config as stored."""
-    from sparse_autotune.core.space import DEFAULT_LIMITS  # noqa: PLC0415
     got = adapt_params(space, config, dtype, env, limits, ("bload", "nt"))
     if got is not None:
         return got
-    cfg = space.normalize(config, dtype)
-    if cfg is None:
-        return None
-    lim = {**DEFAULT_LIMITS, **(limits or {})}
-    for nt in sorted((v for v in space.param("nt").choices(dtype) if v <= cfg["nt"]), reverse=True):
-        for bload in dict.fromkeys((cfg["bload"], "scalar")):
-            trial = {**cfg, "nt": nt, "bload": bload}
-            if space.check(trial, env, lim) is None:
-                return trial
-    return None
+    return adapt_jointly(space, config, dtype, env, limits,
+                         lambda cfg: {"nt": narrower(space, cfg, dtype, "nt"), "bload": stored_then_scalar(cfg)})

@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparse_autotune.core.families import adapt_params, splitk_shape, splitk_workspace
+from sparse_autotune.core.families import (adapt_jointly, adapt_params, narrower, splitk_shape, splitk_workspace,
+                                            stored_then_scalar)
 
 KG = 8  # k-steps per split-K pointer
 CHUNK_PAD = 4096  # bytes of zeros after the stream: the kernel's last chunk copies may read past its end
@@ -211,19 +212,9 @@ def args(kernel, n: int, b, c) -> tuple:
 def adapt(space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:
     """For another N: scalar staging of B where 16-byte copies do not divide N, and/or a narrower column tile (the
     widest that fits), and/or more split-K where B's slice outgrows shared memory; the rest of the config as stored."""
-    from sparse_autotune.core.space import DEFAULT_LIMITS  # noqa: PLC0415
     got = adapt_params(space, config, dtype, env, limits, ("bload", "nb"))
     if got is not None:
         return got
-    cfg = space.normalize(config, dtype)
-    if cfg is None:
-        return None
-    lim = {**DEFAULT_LIMITS, **(limits or {})}
-    splits = sorted(v for v in space.param("splitk").choices(dtype) if v >= cfg["splitk"])
-    for nb in sorted((v for v in space.param("nb").choices(dtype) if v <= cfg["nb"]), reverse=True):
-        for bload in dict.fromkeys((cfg["bload"], "scalar")):
-            for splitk in splits:
-                trial = {**cfg, "nb": nb, "bload": bload, "splitk": splitk}
-                if space.check(trial, env, lim) is None:
-                    return trial
-    return None
+    return adapt_jointly(space, config, dtype, env, limits, lambda cfg: {
+        "nb": narrower(space, cfg, dtype, "nb"), "bload": stored_then_scalar(cfg),
+        "splitk": sorted(v for v in space.param("splitk").choices(dtype) if v >= cfg["splitk"])})

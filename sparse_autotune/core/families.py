@@ -30,6 +30,7 @@ of an extra folder replaces a built-in one of the same name.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import sys
 import threading
@@ -119,6 +120,32 @@ def adapt_params(space: Space, config: dict, dtype: str, env: dict, limits: dict
             if space.check(trial, env, lim) is None:
                 return trial
     return None
+
+
+def adapt_jointly(space: Space, config: dict, dtype: str, env: dict, limits: dict | None, orders) -> dict | None:
+    """For an N where one parameter at a time does not do (adapt_params): the first config, in the order of the
+    product of the values orders(cfg) gives per parameter (a dict, the first parameter outermost; cfg: the config
+    normalized), that can run this problem; None where the config does not normalize or none can."""
+    cfg = space.normalize(config, dtype)
+    if cfg is None:
+        return None
+    lim = {**DEFAULT_LIMITS, **(limits or {})}
+    tries = orders(cfg)
+    for values in itertools.product(*tries.values()):
+        trial = {**cfg, **dict(zip(tries, values))}
+        if space.check(trial, env, lim) is None:
+            return trial
+    return None
+
+
+def narrower(space: Space, cfg: dict, dtype: str, name: str) -> list:
+    """The values of parameter `name` up to the config's, largest first (a column tile that fits a smaller N)."""
+    return sorted((v for v in space.param(name).choices(dtype) if v <= cfg[name]), reverse=True)
+
+
+def stored_then_scalar(cfg: dict) -> list:
+    """bload as stored, then 16-bit loads (any N)."""
+    return list(dict.fromkeys((cfg["bload"], "scalar")))
 
 
 def splitk_shape(splits: int, tiles: int, words_per_slice: int) -> tuple[int, int]:
