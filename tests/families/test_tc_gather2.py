@@ -19,6 +19,7 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import FakeDeviceCSR, check_launch_matches_signature, fake_kernel, signature
+from test_tc_gather import clustered  # rows from column templates: reordering has something to find
 from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import DTYPES, TOLERANCE, bf16_float, host_values, random_matrix, storage
@@ -43,17 +44,6 @@ def _vals(a, rng):
     a.data = rng.standard_normal(a.nnz).astype(np.float32) + 0.5
     a.data[np.abs(a.data) < 1e-3] = 1.0  # never zero after rounding to 16 bits
     return a
-
-
-def clustered(m=203, k=320, seed=0):
-    """Rows from 20 column templates, shuffled (M not a multiple of 8): reordering has something to find."""
-    rng = np.random.default_rng(seed)
-    templates = [rng.choice(k, size=24, replace=False) for _ in range(20)]
-    d = np.zeros((m, k), dtype=np.float32)
-    for r, t in enumerate(rng.integers(0, 20, size=m)):
-        cols = rng.choice(templates[t], size=16, replace=False)
-        d[r, cols] = rng.standard_normal(16).astype(np.float32) + 3.0
-    return sps.csr_matrix(d)
 
 
 def edge_cases():
