@@ -77,6 +77,16 @@ class FakeTensor:
 FakeTensor.__module__ = "torch"
 
 
+def fake_torch():
+    """(a stand-in for the torch module as SpMM uses it: `empty` and `Tensor`, the tensors `empty` made)."""
+    made: list = []
+
+    def empty(shape, dtype, device):
+        made.append(FakeTensor(shape, dtype))
+        return made[-1]
+    return types.SimpleNamespace(empty=empty, Tensor=FakeTensor), made
+
+
 class FakeDeviceCSR:
     """device.kernel.DeviceCSR without a GPU: `cached` runs the family's real layout builder on the host matrix and
     keeps each array as an Arr (ints pass through); `built` lists (key, lock held) per build."""

@@ -10,7 +10,7 @@ import pytest
 from sparse_autotune.device import kernel as kernels
 from sparse_autotune.errors import UserError
 from fakes import FakeLaunch as _FakeLaunch
-from fakes import FakeTensor, check_launch_matches_signature, fake_kernel
+from fakes import FakeTensor, check_launch_matches_signature, fake_kernel, fake_torch
 from fakes import read_params as _read_params
 from sparse_autotune.core.families import all_families
 from sparse_autotune.core.problem import random_matrix
@@ -133,14 +133,9 @@ def _fake_cupy(device=0, capturing=False, ndarray=None, stream_ptr=0):
 def test_torch_path_checks_inputs_and_launches_on_torch_stream():
     import sparse_autotune as sa
     op = sa.SpMM(random_matrix(6, 10, 0.5, "uniform", 0))
-    made = []
-
-    def empty(shape, dtype, device):
-        made.append(FakeTensor(shape, dtype))
-        return made[-1]
-    fake_torch = types.SimpleNamespace(empty=empty, Tensor=FakeTensor)
+    torch_, made = fake_torch()
     op._cp = _fake_cupy(device=0)
-    op._torch = (fake_torch, "float32", lambda dev: 0x5EED + dev)
+    op._torch = (torch_, "float32", lambda dev: 0x5EED + dev)
     op._dev_id = 0
     rec = op._launchers[4] = _Rec()
     b = FakeTensor((10, 4))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fakes import FakeLaunch, FakeTensor, check_launch_matches_signature, fake_kernel
+from fakes import FakeLaunch, FakeTensor, check_launch_matches_signature, fake_kernel, fake_torch
 from layout_toy import NAME as TOY, toy_nk  # noqa: F401 - the fixture
 from records import CONFIG, GPU, downgrade_to_v3, make_record
 from sparse_autotune.commands import main as cli
@@ -567,13 +567,9 @@ def test_linear_with_cupy_arrays_checks_and_launches_the_nk_launcher():
 def test_linear_with_torch_tensors_runs_on_torch_stream():
     import sparse_autotune as sa
     op = sa.SpMM(random_matrix(6, 10, 0.5, "uniform", 0))
-    made = []
-
-    def empty(shape, dtype, device):
-        made.append(FakeTensor(shape, dtype))
-        return made[-1]
+    torch_, made = fake_torch()
     op._cp, op._dev_id = _cupy(), 0
-    op._torch = (types.SimpleNamespace(empty=empty, Tensor=FakeTensor), "float32", lambda dev: 0x5EED + dev)
+    op._torch = (torch_, "float32", lambda dev: 0x5EED + dev)
     rec = op._nk_launchers[3] = _Rec()
     x, bias = FakeTensor((3, 10)), FakeTensor((6,))
     y = op.linear(x, bias)
