@@ -3,7 +3,7 @@
 # (../shared/device/README.md: `bash ../shared/device/wheels.sh` here once per session). One call runs one or more
 # steps joined by `+`; logs and results land under $OUT (default /tmp/out).
 #
-#   bench/device.sh tests [PYTEST ARGS]     the GPU tests (default `-m gpu`) -> $OUT/pytest-gpu-<gpu>.log
+#   bench/device.sh tests [PYTEST ARGS]     the GPU tests (default `-m gpu`) -> $OUT/pytest-gpu-<gpu>[-k].log
 #   bench/device.sh suite dl|quick|llm [--budget S] [--workers W] [--trials T] [--fresh]
 #                                           run or resume a benchmark suite (`sparse-autotune bench`) from its state
 #   bench/device.sh suite search [--budget S] [--fresh] [--problems A,B]
@@ -132,7 +132,8 @@ echo "$VERSIONS; $(nproc) CPUs; checkout $COMMIT" | tee -a "$OUT/gpu.txt"
 
 # ---- the steps ----
 step_tests() {
-    local log="$OUT/pytest-gpu-$SLUG.log" lim=$(( $(left) - 20 )) args=("$@") rc
+    local log="$OUT/pytest-gpu-$SLUG.log" lim=$(( $(left) - 20 )) args=("$@") rc k=1
+    while [ -e "$log" ]; do k=$((k + 1)); log="$OUT/pytest-gpu-$SLUG-$k.log"; done  # a second tests step: its own log
     [ ${#args[@]} -gt 0 ] || args=(-m gpu)
     [ "$lim" -gt 30 ] || { el "tests: no time left"; return 1; }
     {
