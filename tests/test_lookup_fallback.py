@@ -264,3 +264,52 @@ def test_the_built_in_default_reads_its_records_verdict_too(tmp_path, monkeypatc
     sa.lookup.cache_clear()
     r = sa.lookup(384, 1536, 200, 0.1, "fp32", gpu="NVIDIA B200")  # no record of this GPU, no compute capability
     assert r.source == "default" and r.family == "cusparse" and "not carried" in r.note
+
+
+def test_a_win_carried_to_a_larger_n_follows_the_growth_of_the_next_record(tmp_path):
+    """MiniLM's 384x1536 fp16 layers on the H200 from H100 records (bench/NOTES.md, session 11): the kernel beat cuBLAS
+    by 16 % at N = 128, but its time grows with N (the N = 1024 record: N^0.48) while cuBLAS's hardly does (N^0.11);
+    carried to N = 200 the win is gone, so cuBLAS serves N = 200, while N = 128 itself (exact) and a smaller N keep the
+    kernel. Carrying never makes a win: a kernel its own baselines beat stays beaten at any N."""
+    import sparse_autotune as sa
+    from sparse_autotune.store.db import TuningDB
+    from tests.records import CONFIG, GPU, make_record
+    db = tmp_path / "carry.sqlite"
+    tdb = TuningDB(db)
+    key = dict(m=384, k=1536, density=0.05, dtype="fp32", cublas_tf32_us=None, cusparse_us=11.2)
+    tdb.store(make_record(4.16, CONFIG, n=128, cublas_fp32_us=4.83, **key))
+    tdb.store(make_record(11.19, CONFIG, n=1024, cublas_fp32_us=6.08, **key))
+    tdb.store(make_record(5.0, CONFIG, n=128, cublas_fp32_us=4.5, **{**key, "m": 768, "cusparse_us": 30.0}))
+    tdb.dispose()
+    sa.lookup.cache_clear()
+    assert sa.lookup(384, 1536, 128, 0.05, "fp32", gpu=GPU, db=db).family == "csr_rowsplit"  # exact: its own verdict
+    assert sa.lookup(384, 1536, 96, 0.05, "fp32", gpu=GPU, db=db).family == "csr_rowsplit"  # smaller N: as measured
+    r = sa.lookup(384, 1536, 200, 0.05, "fp32", gpu=GPU, db=db)
+    assert r.family == "dense" and r.key[2] == 128 and "carried from N=128 to N=200" in r.note
+    # beaten at its own N (4.5 < 5.0): cuBLAS at any N, whatever the growth (none above: the default exponents)
+    assert sa.lookup(768, 1536, 64, 0.05, "fp32", gpu=GPU, db=db).family == "dense"
+    assert sa.lookup(768, 1536, 200, 0.05, "fp32", gpu=GPU, db=db).family == "dense"
+
+
+def test_carried_to_n_scales_by_the_next_records_slope_or_the_default_exponents():
+    """carried_to_n: unchanged at or below the record's N; log-log between the record and the next larger N of the same
+    key (clipped to [0, 1.5]); without one, N_GROWTH_KERNEL for the kernel and N_GROWTH_VENDOR for the baselines."""
+    from sparse_autotune.store.lookup import N_GROWTH_KERNEL, N_GROWTH_VENDOR, _row, carried_to_n
+    from tests.records import make_record
+
+    def row(i, **over):
+        rec = make_record(**over)
+        rec.id = i
+        return _row(rec, "t")
+    r = row(1, time_us=4.0, n=128, cusparse_us=8.0, cublas_fp32_us=5.0)
+    up = row(2, time_us=16.0, n=512, cusparse_us=8.0, cublas_fp32_us=2.0)  # kernel N^1, cuSPARSE flat, cuBLAS falling
+    other = row(3, time_us=1.0, n=256, m=1024, cusparse_us=1.0, cublas_fp32_us=1.0)  # another key: not read
+    assert carried_to_n(r, [r, up, other], 128)["time_us"] == 4.0
+    assert carried_to_n(r, [r, up, other], 64)["time_us"] == 4.0
+    at = carried_to_n(r, [r, up, other], 256)
+    assert abs(at["time_us"] - 8.0) < 1e-9 and abs(at["cusparse_us"] - 8.0) < 1e-9
+    assert abs(at["cublas_fp32_us"] - 5.0) < 1e-9  # a falling baseline is clipped to flat (exponent 0)
+    alone = carried_to_n(r, [r, other], 512)
+    assert abs(alone["time_us"] - 4.0 * 4 ** N_GROWTH_KERNEL) < 1e-9
+    assert abs(alone["cublas_fp32_us"] - 5.0 * 4 ** N_GROWTH_VENDOR) < 1e-9
+    assert alone["cublas_tf32_us"] is None

@@ -366,7 +366,7 @@ def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str
         res = default_config(m, k, n, dtype, nnz, limits, density, allow_tf32, layout)
     if res is not None and adapt and res.record_id is not None:  # the record's own baselines may prefer a vendor path
         row = next((x for x in rows if x.id == res.record_id and x.db == res.db), None)
-        res = _vendor_instead(res, row, dtype, allow_tf32, n) if row is not None else res
+        res = _vendor_instead(res, row, dtype, allow_tf32, n, rows) if row is not None else res
     _result_cache[ckey] = (stamps, res)
     return res
 
@@ -448,45 +448,93 @@ def staged_extra_us(m: int, k: int, n: int, dtype: str) -> float:
     return 2 * STAGED_LAUNCH_US + 2 * es * n * (m + k) / STAGED_BYTES_PER_US
 
 
-def _vendor_instead(t: Tuned, r: _Row, dtype: str, allow_tf32: bool, n: int | None = None) -> Tuned:
+# A record carried to a larger N than its own: a kernel's time grows with N (B's rows gathered per nonzero, C written)
+# while the vendor paths' hardly does at small N (cuBLAS is bound by A's M x K there). The record's times are carried
+# to N along the growth that the record of the same key at the next larger N shows (log-log between the two), else
+# with these exponents (MiniLM 384x1536 fp16 d 0.05, H100 records at N = 128 and 1024: tc_gather's time grew as
+# N^0.48, cuBLAS FP16's as N^0.11; carried to N = 200 on the H200 unscaled, the kernel ran at 0.87x of cuBLAS:
+# bench/NOTES.md, session 11).
+N_GROWTH_KERNEL = 0.5
+N_GROWTH_VENDOR = 0.0
+_TIME_COLUMNS = ("time_us", "cusparse_us", "cublas_fp32_us", "cublas_tf32_us", "cublas_fp16_us")
+
+
+def carried_to_n(r: _Row, rows, n: int | None) -> dict[str, float]:
+    """The record's times (its kernel's `time_us` and its baselines' columns) carried to N = n: unchanged where n is at
+    most the record's N; else each scaled by (n / r.n)^e, e the log-log slope between r and the record of the same
+    key (GPU, M, K, density, dtype, layout, pattern) at the smallest N >= n above r's, where there is one (clipped to
+    [0, 1.5]), else N_GROWTH_KERNEL for the kernel and N_GROWTH_VENDOR for the baselines."""
+    times = {c: getattr(r, c) for c in _TIME_COLUMNS}
+    if n is None or n <= r.n:
+        return times
+    above = [x for x in rows if x.n >= n and x.gpu == r.gpu and (x.m, x.k, x.dtype, x.layout, x.pattern)
+             == (r.m, r.k, r.dtype, r.layout, r.pattern) and abs(x.density - r.density) <= r.density * DENSITY_RTOL]
+    nxt = min(above, key=lambda x: x.n, default=None)
+    out = {}
+    for c, v in times.items():
+        if not v:
+            out[c] = v
+            continue
+        e = N_GROWTH_KERNEL if c == "time_us" else N_GROWTH_VENDOR
+        w = getattr(nxt, c) if nxt is not None else None
+        if w:
+            e = min(1.5, max(0.0, math.log(w / v) / math.log(nxt.n / r.n)))
+        out[c] = v * (n / r.n) ** e
+    return out
+
+
+def _vendor_instead(t: Tuned, r: _Row, dtype: str, allow_tf32: bool, n: int | None = None, rows=()) -> Tuned:
     """A record of a kernel whose own baselines (cuSPARSE, cuBLAS of the problem's precision, timed beside it in the
     same process) were faster serves the problem with that vendor path: records tuned before the vendor paths were
     candidates say so only through those columns. Where the record is not this problem's own (source other than
-    exact), the kernel must have won by TRANSFER_MARGIN. bf16 problems: cuSPARSE only (cuBLAS BF16 is a schema 3
-    column)."""
+    exact), the kernel must have won by TRANSFER_MARGIN, both at the record's N and with its times carried to this N
+    (`carried_to_n`, with the other records `rows`): carrying can take a kernel's win away, never make one. bf16
+    problems: cuSPARSE only (cuBLAS BF16 is a schema 3 column)."""
     from ..core import vendor  # noqa: PLC0415
     if vendor.is_vendor(t.family) or not r.time_us:
         return t
-    dense = {"fp32": [("fp32", r.cublas_fp32_us)] + ([("tf32", r.cublas_tf32_us)] if allow_tf32 else []),
-             "fp16": [("fp16", r.cublas_fp16_us)]}.get(dtype, [])
-    options = [(us, vendor.DENSE, {"math": math_}, f"cuBLAS {math_.upper()}") for math_, us in dense if us]
-    kernel_us = r.time_us
     nk_from_kn = t.layout == "nk" and t.record_layout != "nk"
-    if r.cusparse_us:
-        # the record's cuSPARSE time is the best of the algorithms, and which one is not stored: the runtime times them;
-        # a kn time serving nk costs NK_CUSPARSE_FACTOR more (column-major operands and the bias kernel)
-        options.append((r.cusparse_us * (NK_CUSPARSE_FACTOR if nk_from_kn else 1.0), vendor.CUSPARSE,
-                        {"alg": vendor.CUSPARSE_AUTO}, "cuSPARSE" + (" (nk)" if nk_from_kn else "")))
-    if nk_from_kn and t.path == "staged":  # the staged path adds two kernels and two passes over x and y
-        kernel_us += staged_extra_us(r.m, r.k, n or r.n, dtype)
-    elif nk_from_kn and t.path == "native":  # the family's own nk kernel: its space's nk_cost times the kn time
-        kernel_us *= _nk_cost(r.family)
-    best = min(options, key=lambda o: o[0], default=None)
     # exact and of the problem's own layout: the record's own verdict; anything else (a kn record serving nk too)
     # is carried to another problem
     margin = 0.0 if t.source == "exact" and t.record_layout == t.layout else TRANSFER_MARGIN
-    if best is None or best[0] >= kernel_us * (1.0 + margin):
+
+    def loser(at: dict):
+        """(the fastest vendor option, the kernel's time) where the kernel does not win by the margin at these
+        times, else None."""
+        dense = {"fp32": [("fp32", at["cublas_fp32_us"])] + ([("tf32", at["cublas_tf32_us"])] if allow_tf32 else []),
+                 "fp16": [("fp16", at["cublas_fp16_us"])]}.get(dtype, [])
+        options = [(us, vendor.DENSE, {"math": math_}, f"cuBLAS {math_.upper()}") for math_, us in dense if us]
+        kernel_us = at["time_us"]
+        if at["cusparse_us"]:
+            # the record's cuSPARSE time is the best of the algorithms, and which one is not stored: the runtime times
+            # them; a kn time serving nk costs NK_CUSPARSE_FACTOR more (column-major operands and the bias kernel)
+            options.append((at["cusparse_us"] * (NK_CUSPARSE_FACTOR if nk_from_kn else 1.0), vendor.CUSPARSE,
+                            {"alg": vendor.CUSPARSE_AUTO}, "cuSPARSE" + (" (nk)" if nk_from_kn else "")))
+        if nk_from_kn and t.path == "staged":  # the staged path adds two kernels and two passes over x and y
+            kernel_us += staged_extra_us(r.m, r.k, n or r.n, dtype)
+        elif nk_from_kn and t.path == "native":  # the family's own nk kernel: its space's nk_cost times the kn time
+            kernel_us *= _nk_cost(r.family)
+        best = min(options, key=lambda o: o[0], default=None)
+        return None if best is None or best[0] >= kernel_us * (1.0 + margin) else (best, kernel_us)
+
+    own = {c: getattr(r, c) for c in _TIME_COLUMNS}
+    carried = carried_to_n(r, rows, n) if t.source != "exact" else own
+    lost, at_n = loser(own), None
+    if lost is None and carried != own:
+        lost, at_n = loser(carried), n
+    if lost is None:
         return t
-    us, family, cfg, name = best
+    (us, family, cfg, name), kernel_us = lost
     kern = f"{r.family} {kernel_us:.2f} us" + ((" (staged in nk, estimated)" if t.path == "staged" else
-                                                 " (its nk kernel, estimated)") if kernel_us != r.time_us else "")
+                                                 " (its nk kernel, estimated)") if nk_from_kn else "")
+    where = f"at N={r.n}" if at_n is None else f"carried from N={r.n} to N={at_n}"
     if us < kernel_us:
         note = (f"record {r.id}'s own baselines: {name} {us:.2f} us beat its {kern} "
-                f"({kernel_us / us:.2f}x) at N={r.n} on {r.gpu}")
+                f"({kernel_us / us:.2f}x) {where} on {r.gpu}")
     else:
         what = "another problem" if t.record_layout == t.layout else f"the {t.layout} layout (a {r.layout} record)"
         note = (f"record {r.id}'s {kern} beat {name} by only {us / kernel_us:.2f}x ({us:.2f} us) "
-                f"at N={r.n} on {r.gpu}: a win under {1 + TRANSFER_MARGIN:.2f}x is not carried to {what}")
+                f"{where} on {r.gpu}: a win under {1 + TRANSFER_MARGIN:.2f}x is not carried to {what}")
     return Tuned(family, cfg, us, t.gpu, t.source, t.record_id, t.db, t.distance, t.key, None, note,
                  layout=t.layout, record_layout=t.record_layout, path=path_of(family, cfg, t.layout))
 
