@@ -405,6 +405,26 @@ def test_a_vendor_record_of_kn_serves_nk_as_its_nk_form(tmp_path):
     assert (got.family, got.config, got.path, got.record_layout) == ("dense", {"math": "fp32"}, "native", "kn")
 
 
+def test_nk_is_served_by_cublas_not_cusparse_from_kn_records(tmp_path):
+    """cuSPARSE in nk (column-major operands plus a bias kernel) ran at 0.31-0.73x of nn.Linear on MiniLM when H200 kn
+    records of cuSPARSE served SparseLinear (session 11): a kn record of cuSPARSE, or a kernel whose kn baselines
+    preferred cuSPARSE, serves nk with cuBLAS (F.linear) where the record has cuBLAS's time; an nk record of cuSPARSE
+    (cuSPARSE measured in nk) keeps it, and kn problems keep the kn verdicts."""
+    cus = new_db(tmp_path / "c.sqlite", _rec(8.0, {"alg": "CUSPARSE_SPMM_CSR_ALG3"}, "cusparse", cusparse_us=8.0,
+                                             cublas_fp32_us=22.0))
+    assert lk.lookup(**KEY, gpu=GPU, db=cus).family == "cusparse"
+    nk = lk.lookup(**KEY, gpu=GPU, db=cus, layout="nk")
+    assert (nk.family, nk.config, nk.path) == ("dense", {"math": "fp32"}, "native") and "F.linear" in nk.note
+    # the kernel lost to cuSPARSE x 2 (8.2 < 10 + staged) and to cuBLAS: cuBLAS serves nk, though cuSPARSE's estimate
+    # is the smaller
+    lost = new_db(tmp_path / "l.sqlite", _rec(10.0, cusparse_us=4.1, cublas_fp32_us=9.0))
+    nk = lk.lookup(**KEY, gpu=GPU, db=lost, layout="nk")
+    assert nk.family == "dense" and "cuBLAS FP32" in nk.note
+    assert lk.lookup(**KEY, gpu=GPU, db=lost).family == "cusparse"  # kn: cuSPARSE's own time won
+    own = new_db(tmp_path / "o.sqlite", _rec(8.0, {"alg": "CUSPARSE_SPMM_CSR_ALG3"}, "cusparse", layout="nk"))
+    assert lk.lookup(**KEY, gpu=GPU, db=own, layout="nk").family == "cusparse"
+
+
 def test_the_default_of_an_nk_problem_has_its_path(toy_nk, tmp_path):
     got = lk.lookup(**KEY, gpu=GPU, db=tmp_path / "none.sqlite", layout="nk")
     assert got.source == "default" and got.layout == "nk" and got.path == got.config[NK_PATH]

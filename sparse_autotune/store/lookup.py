@@ -491,9 +491,14 @@ def _vendor_instead(t: Tuned, r: _Row, dtype: str, allow_tf32: bool, n: int | No
     (`carried_to_n`, with the other records `rows`): carrying can take a kernel's win away, never make one. bf16
     problems: cuSPARSE only (cuBLAS BF16 is a schema 3 column)."""
     from ..core import vendor  # noqa: PLC0415
+    nk_from_kn = t.layout == "nk" and t.record_layout != "nk"
+    if t.family == vendor.CUSPARSE and nk_from_kn:
+        return _dense_for_nk(t, r, dtype, allow_tf32,
+                             f"record {r.id} is cuSPARSE's in kn ({r.m}x{r.k}, N={r.n}, on {r.gpu}); in nk cuSPARSE "
+                             f"takes x and y as column-major operands plus a bias kernel (about {NK_CUSPARSE_FACTOR:.0f}x "
+                             "its kn time), so cuBLAS (F.linear) serves")
     if vendor.is_vendor(t.family) or not r.time_us:
         return t
-    nk_from_kn = t.layout == "nk" and t.record_layout != "nk"
     # exact and of the problem's own layout: the record's own verdict; anything else (a kn record serving nk too)
     # is carried to another problem
     margin = 0.0 if t.source == "exact" and t.record_layout == t.layout else TRANSFER_MARGIN
@@ -505,9 +510,10 @@ def _vendor_instead(t: Tuned, r: _Row, dtype: str, allow_tf32: bool, n: int | No
                  "fp16": [("fp16", at["cublas_fp16_us"])]}.get(dtype, [])
         options = [(us, vendor.DENSE, {"math": math_}, f"cuBLAS {math_.upper()}") for math_, us in dense if us]
         kernel_us = at["time_us"]
-        if at["cusparse_us"]:
+        if at["cusparse_us"] and not (nk_from_kn and options):
             # the record's cuSPARSE time is the best of the algorithms, and which one is not stored: the runtime times
-            # them; a kn time serving nk costs NK_CUSPARSE_FACTOR more (column-major operands and the bias kernel)
+            # them. A kn record serving nk: cuBLAS (F.linear, nn.Linear's own call) where the record has its time;
+            # cuSPARSE in nk (column-major operands and a bias kernel, NK_CUSPARSE_FACTOR its kn time) only where not
             options.append((at["cusparse_us"] * (NK_CUSPARSE_FACTOR if nk_from_kn else 1.0), vendor.CUSPARSE,
                             {"alg": vendor.CUSPARSE_AUTO}, "cuSPARSE" + (" (nk)" if nk_from_kn else "")))
         if nk_from_kn and t.path == "staged":  # the staged path adds two kernels and two passes over x and y
@@ -537,6 +543,22 @@ def _vendor_instead(t: Tuned, r: _Row, dtype: str, allow_tf32: bool, n: int | No
                 f"{where} on {r.gpu}: a win under {1 + TRANSFER_MARGIN:.2f}x is not carried to {what}")
     return Tuned(family, cfg, us, t.gpu, t.source, t.record_id, t.db, t.distance, t.key, None, note,
                  layout=t.layout, record_layout=t.record_layout, path=path_of(family, cfg, t.layout))
+
+
+def _dense_for_nk(t: Tuned, r: _Row, dtype: str, allow_tf32: bool, why: str) -> Tuned:
+    """cuBLAS of the problem's precision (TF32 for fp32 where allowed and the record's TF32 time beat its FP32 time)
+    serving an nk problem instead of a kn record's cuSPARSE: MiniLM on the H200, SparseLinear served by H200 kn records
+    of cuSPARSE (and of kernels whose baselines preferred cuSPARSE) ran at 0.31-0.73x of nn.Linear (fp32, N = 16 and
+    200; bench/NOTES.md, session 11)."""
+    from ..core import vendor  # noqa: PLC0415
+    math_ = vendor.DENSE_MATH.get(dtype, dtype)
+    if dtype == "fp32" and allow_tf32 and r.cublas_tf32_us and (not r.cublas_fp32_us or r.cublas_tf32_us < r.cublas_fp32_us):
+        math_ = vendor.TF32
+    cfg = {"math": math_}
+    us = {"fp32": r.cublas_tf32_us if math_ == vendor.TF32 else r.cublas_fp32_us,
+          "fp16": r.cublas_fp16_us}.get(dtype)
+    return Tuned(vendor.DENSE, cfg, us, t.gpu, t.source, t.record_id, t.db, t.distance, t.key, None, why,
+                 layout=t.layout, record_layout=t.record_layout, path=path_of(vendor.DENSE, cfg, t.layout))
 
 
 def _is_tf32(family: str, config_json: str) -> bool:
