@@ -832,6 +832,42 @@ def _graph_us(torch, fn, xs, calls: int = 20, replays: int = 10, repeats: int = 
     return statistics.median(times)
 
 
+def _graph_pair(torch, fa, fb, xs, calls: int = 20, replays: int = 10, rounds: int = 7) -> tuple[float, float]:
+    """Per-call times of fa(x) and fb(x), each in its own CUDA graph of `calls` calls over the rotating inputs xs
+    (captured as _graph_us does), replayed in alternating blocks of `replays` replays (fa, fb, fa, fb, ...; `rounds`
+    each): the medians. The GPU's clock and whatever else runs on it then move both (a single nn.Linear timing before
+    the sparse layer's had the first fp32 layer of a run at 0.92x of its very own F.linear call: session 11)."""
+    graphs = []
+    for fn in (fa, fb):
+        for x in xs:
+            fn(x)
+        torch.cuda.synchronize()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for x in xs:
+                fn(x)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for i in range(calls):
+                fn(xs[i % len(xs)])
+        g.replay()
+        graphs.append(g)
+    torch.cuda.synchronize()
+    times: tuple[list, list] = ([], [])
+    for _ in range(rounds):
+        for g, out in zip(graphs, times):
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            for _ in range(replays):
+                g.replay()
+            e1.record()
+            e1.synchronize()
+            out.append(e0.elapsed_time(e1) * 1e3 / (calls * replays))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def _eager_pair(torch, fa, fb, xs, calls: int = 100, rounds: int = 9) -> tuple[float, float]:
     """Wall time per eager call (host dispatch and GPU work pipelined) of fa and of fb, measured in alternating blocks
     of `calls` calls (fa, fb, fa, fb, ...; `rounds` each) after a warm-up, so that the host's slow moments hit both
@@ -934,18 +970,18 @@ def cmd_linear(a) -> int:
                             row["rel_err"] = err
                             if not err <= TOLERANCE[dtype]:
                                 raise RuntimeError(f"wrong result: relative error {err:.3g}")
-                            row["graph_us"] = _graph_us(torch, sl, xs)
+                            row["graph_us"], row["linear_graph_us"] = _graph_pair(torch, sl, lin, xs)
                             row["eager_us"], row["linear_eager_us"] = _eager_pair(torch, sl, lin, xs)
                             row["kernels"] = _kernels_per_call(torch, sl, xs[0])
                         plan = sl.op.plan(n, layout="nk")  # what SparseLinear runs: op.linear's plan
                         row.update(family=plan.family, source=plan.source, path=getattr(plan, "path", None),
-                                   vs_linear_graph=dense_graph / row["graph_us"],
+                                   vs_linear_graph=row["linear_graph_us"] / row["graph_us"],
                                    eager_minus_linear_us=row["eager_us"] - row["linear_eager_us"])
                     except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
                         row["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
                     rows.append(row)
                     log(f"{dtype} N={n} {ly.name} {m}x{k} {pol}: graph {fmt(row.get('graph_us'))} us vs nn.Linear "
-                        f"{fmt(dense_graph)} -> {fmt(row.get('vs_linear_graph'))}x; eager {fmt(row.get('eager_us'))} vs "
+                        f"{fmt(row['linear_graph_us'])} -> {fmt(row.get('vs_linear_graph'))}x; eager {fmt(row.get('eager_us'))} vs "
                         f"{fmt(row.get('linear_eager_us'))} us; {row.get('kernels')} kernels ({row.get('family')}, {row.get('path')}, "
                         f"{row.get('source')})" + (f" ERROR {row['error']}" if "error" in row else ""))
                 del xs, lin, w
@@ -982,8 +1018,9 @@ def linear_report(meta: dict, rows: list[dict]) -> tuple[list[dict], list[str]]:
              f"{meta['gpu']}, driver {meta['driver']}, CUDA {meta['cuda']}, CuPy {meta['cupy']}, {meta['date']}. "
              f"Lookups read `{meta.get('db') or 'the default search path'}`{' only' if meta.get('db') else ''} and a "
              "fresh user database per policy. "
-             "nn.Linear: the same masked weight and bias, same dtype (TF32 off). Graph: per-call time in a CUDA graph "
-             "of 20 calls over 4 rotating inputs, median of 5; eager: wall time per call, median of 9 blocks of 100 "
+             "nn.Linear: the same masked weight and bias, same dtype (TF32 off). Graph: per-call time in CUDA graphs "
+             "of 20 calls over 4 rotating inputs, SparseLinear's and nn.Linear's replayed in alternating blocks of 10 "
+             "replays, medians of 7; eager: wall time per call, median of 9 blocks of 100 "
              "calls alternating with nn.Linear's blocks (host dispatch included). Kernels: CUDA kernels one call "
              "launches (torch.profiler). Goal (issue 17 section 5): "
              "graph >= 1.0x of nn.Linear within 3 % noise, eager within 10 us (`bench/probe.py linear`).", "",
