@@ -50,9 +50,19 @@ def b_row_bytes(nb: int) -> int:
     return 16 * nb
 
 
+def image_sets(config: dict) -> int:
+    """Image sets of a warp: two, three with the software pipeline (scattered, read, zeroed)."""
+    return 3 if config.get("pipe", 0) else 2
+
+
 def warp_bytes(config: dict) -> int:
-    """Shared memory of one warp: its ring and two sets of mr * kr images."""
-    return config["stages"] * 512 * config["cpl"] + 2 * config["mr"] * config["kr"] * IMG
+    """Shared memory of one warp: its ring and two (pipe: three) sets of mr * kr images."""
+    return config["stages"] * 512 * config["cpl"] + image_sets(config) * config["mr"] * config["kr"] * IMG
+
+
+def block_warps(config: dict) -> int:
+    """Warps of a block: warps row groups of kw warps (each over its share of the block's K range)."""
+    return config["warps"] * config.get("kw", 1)
 
 
 def _csr_parts(a: sp.csr_matrix):
@@ -163,7 +173,7 @@ def decode(ptr: np.ndarray, stream: np.ndarray, info: dict) -> np.ndarray:
 # ---- the family's host side (core.families) ---------------------------------------------------------------
 
 def threads(config: dict) -> int:
-    return 32 * config["warps"]
+    return 32 * block_warps(config)
 
 
 def _dims(config: dict, m: int, k: int, n: int):
@@ -176,10 +186,14 @@ def _dims(config: dict, m: int, k: int, n: int):
 
 
 def shared_bytes(config: dict, k: int) -> int:
-    """Dynamic shared memory of a block: 16 bytes (the split-K last-block flag), per warp its ring and two sets of T
-    images; then the block's slice of B (16 * KG * kc_per_split rows of nb 16-byte units)."""
+    """Dynamic shared memory of a block: 16 bytes (the split-K last-block flag), per warp its ring and two (pipe:
+    three) sets of T images; then the block's slice of B (16 * KG * kc_per_split rows of nb 16-byte units). With kw > 1
+    the same memory (past the flag) then holds every warp's partial sums (mr * nb * 512 bytes a warp) for the
+    reduction: at least that much."""
     kcps = -(-(-(-max(1, -(-k // 16)) // KG)) // config["splitk"])
-    return 16 + config["warps"] * warp_bytes(config) + 16 * KG * kcps * b_row_bytes(config["nb"])
+    main = block_warps(config) * warp_bytes(config) + 16 * KG * kcps * b_row_bytes(config["nb"])
+    red = block_warps(config) * config["mr"] * config["nb"] * 512 if config.get("kw", 1) > 1 else 0
+    return 16 + max(main, red)
 
 
 def smem_bytes(kernel) -> int:
@@ -193,8 +207,8 @@ def geometry(kernel, n: int):
 
 
 def workspace_shape(config: dict, row_blocks: int, ntiles: int) -> tuple[int, int]:
-    """Split-K's workspace (core.families.splitk_shape): a slice per (row block, column tile, split) of warps x 32 lanes
-    x mr x nb float4s, one counter per (row block, column tile)."""
+    """Split-K's workspace (core.families.splitk_shape): a slice per (row block, column tile, split) of row groups
+    (warps) x 32 lanes x mr x nb float4s, one counter per (row block, column tile)."""
     return splitk_shape(config["splitk"], row_blocks * ntiles, config["warps"] * 32 * config["mr"] * config["nb"] * 4)
 
 

@@ -137,28 +137,81 @@ def test_launch_matches_the_kernel_signature(dtype):
 
 
 def test_every_config_renders_for_bf16_too():
+    """Every config of the session-9 parameters (kw 1, pipe 0) and a stride of the rest."""
     sp = get_family(FAMILY).space
     count = 0
-    for cfg in sp.enumerate("fp16"):
+    for i, cfg in enumerate(sp.enumerate("fp16")):
+        if (cfg.get("kw", 1), cfg.get("pipe", 0)) != (1, 0) and i % 7:
+            continue
         src = render.render(sp, cfg, "bf16")
         assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in src and ".f16." not in src
         assert "cvt.rn.bf16x2.f32" in src
         count += 1
-    assert count == len(list(sp.enumerate("fp16"))) > 1000
+    assert count > 10000
 
 
 def _covering(n=256, m=512, k=2048):
-    """Configs for N covering every mr x kr x nb x bload that is feasible (the other parameters cycled)."""
+    """Configs for N covering every mr x kr x nb x bload that is feasible (the other parameters cycled; pipe and kw
+    taken in turn where cpl 1 offers them)."""
     sp = get_family(FAMILY).space
     env = problem_env(m, k, n, round(0.1 * m * k), "fp16")
     feas = list(sp.feasible("fp16", env, DEFAULT_LIMITS))
-    seen, out = set(), []
+    by_key = {}
     for cfg in feas[::7] + feas:
-        key = (cfg["mr"], cfg["kr"], cfg["nb"], cfg["bload"])
-        if key not in seen:
-            seen.add(key)
-            out.append(cfg)
+        by_key.setdefault((cfg["mr"], cfg["kr"], cfg["nb"], cfg["bload"]), []).append(cfg)
+    out = []
+    for i, cands in enumerate(by_key.values()):
+        want = ((i // 4) % 2, (1, 2, 4)[(i + i // 8) % 3])
+        out.append(next((c for c in cands if (c.get("pipe"), c.get("kw")) == want), cands[0]))
     return out
+
+
+NEW_CONFIGS = [  # issue 16, session 12: kw and pipe at the shapes the sweep runs, and at the edges
+    dict(mr=1, kr=2, nb=2, warps=4, stages=4, cpl=1, splitk=4, kw=4, pipe=0, bload="vec"),  # 16 warps, 64 registers
+    dict(mr=1, kr=2, nb=2, warps=4, stages=4, cpl=1, splitk=8, kw=2, pipe=1, bload="vec"),
+    dict(mr=2, kr=2, nb=4, warps=2, stages=8, cpl=1, splitk=4, kw=4, pipe=1, bload="vec"),
+    dict(mr=4, kr=1, nb=1, warps=2, stages=8, cpl=1, splitk=2, kw=2, pipe=1, bload="scalar"),
+]
+
+
+def _ptxas_ok(cfg, rep, spill_max=16):
+    assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
+    regs = int(re.search(r"Used (\d+) registers", rep).group(1))
+    # ptxas may park a value or two of the epilogue (row, tile) on the stack across the loop: at most 16 bytes
+    assert regs <= 255 and all(int(x) <= spill_max for x in re.findall(r"(\d+) bytes spill", rep)), (cfg, rep)
+    smem = re.search(r"(\d+) bytes smem", rep)
+    assert smem is None or int(smem.group(1)) <= 64, (cfg, rep)  # all but split-K's flag is dynamic
+    return regs
+
+
+def test_old_configs_render_as_before():
+    """kw 1, pipe 0 (the defaults, which configs stored before session 12 get) render the session-9 kernel: none of
+    the new code; a config without the new keys renders as one with their defaults; cpl 2 has neither parameter."""
+    sp = get_family(FAMILY).space
+    old = dict(mr=1, kr=2, nb=2, warps=4, stages=4, cpl=1, splitk=8, bload="vec")
+    full = sp.normalize(old, "fp16")
+    assert full == {**old, "kw": 1, "pipe": 0}
+    src = render.render(sp, full, "fp16")
+    assert render.render(sp, old, "fp16") == src
+    assert "#define KW" not in src and "img_p" not in src and "red[" not in src
+    assert "#define WARPS 4" in src and "#define MINB 7" in src  # the estimate: 28 warps an SM
+    assert sp.normalize({**old, "cpl": 2, "stages": 2}, "fp16") == {**old, "cpl": 2, "stages": 2}
+    new = render.render(sp, {**full, "kw": 2, "pipe": 0}, "fp16")
+    assert "#define KW 2" in new and "#define RG 4" in new and "#define WARPS 8" in new and "#define MINB 4" in new
+    assert "img_p" in render.render(sp, {**full, "pipe": 1}, "fp16")
+
+
+def test_new_parameters_compile_with_nvcc():
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = get_family(FAMILY).space
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        reports = list(pool.map(lambda c: sat_compile.nvcc_check(render.render(sp, c, "fp16"), arch="sm_90"),
+                                NEW_CONFIGS))
+    for cfg, rep in zip(NEW_CONFIGS, reports):
+        regs = _ptxas_ok(cfg, rep)
+        if cfg["kw"] > 1 and not cfg["pipe"] and cfg["mr"] * cfg["nb"] <= 2:
+            assert regs <= 64, (cfg, rep)  # 32 warps an SM
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
@@ -171,12 +224,7 @@ def test_covering_sample_compiles_with_nvcc(dtype):
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         reports = list(pool.map(lambda c: sat_compile.nvcc_check(render.render(sp, c, dtype), arch="sm_90"), cfgs))
     for cfg, rep in zip(cfgs, reports):
-        assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
-        regs = int(re.search(r"Used (\d+) registers", rep).group(1))
-        # ptxas may park a value or two of the epilogue (row, tile) on the stack across the loop: at most 16 bytes
-        assert regs <= 255 and all(int(x) <= 16 for x in re.findall(r"(\d+) bytes spill", rep)), (cfg, rep)
-        smem = re.search(r"(\d+) bytes smem", rep)
-        assert smem is None or int(smem.group(1)) <= 64, (cfg, rep)  # all but split-K's flag is dynamic
+        _ptxas_ok(cfg, rep)
 
 
 def test_shared_memory_follows_the_config_and_k():
@@ -224,7 +272,8 @@ def test_adapt_to_another_n():
     got = fam.adapt(cfg, "fp16", one, DEFAULT_LIMITS)
     assert got is not None and got["bload"] == "scalar" and got["nb"] == 1
     assert fam.space.check(got, one, DEFAULT_LIMITS) is None
-    assert fam.adapt(cfg, "fp16", problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS) == cfg
+    want = {**cfg, "kw": 1, "pipe": 0}  # a config stored before session 12: the new parameters' defaults
+    assert fam.adapt(cfg, "fp16", problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS) == want
 
 
 def test_geometry_and_workspace_follow_the_config():
@@ -287,3 +336,125 @@ def test_every_geometry_correct_on_edge_cases(dtype):
                     assert err <= (2e-3 if dtype == "fp16" else 1.6e-2), (name, n, k.config, rep, err)
                     checked += 1
     assert checked > 300
+
+
+# ---- session 12 (issue 16): kw, pipe, minw -----------------------------------------------------------------
+
+def _pipe_ring_walk(h, ptr, stream, info, kc0, kc1, stages, cpl, kr):
+    """The pipelined loop's ring protocol (variants/tc_tiled2.cu.j2, pipe = 1) replayed over one warp's records: chunk
+    c of the warp's stream goes to slot c % stages when issued; cp.async.wait_group makes chunks < need complete; a
+    read of bytes [x0, x1) must find each chunk issued, complete, not yet overwritten and inside the stream. Returns
+    the records walked."""
+    CH, T = 512 * cpl, info["mr"] * kr
+    H = 2 * T
+    nkc = info["nkc"]
+    KT = info["KT"]
+    s16 = stream.view(np.uint16)
+    walked = 0
+    for grp in range(info["G"]):
+        beg = int(ptr[grp * (nkc + 1) + kc0])
+        end = int(ptr[grp * (nkc + 1) + kc1])
+        s0, s1 = kc0 * h.KG, min(-(-KT // kr) * kr, kc1 * h.KG)
+        if s0 >= s1:
+            continue
+        base = beg & ~15
+        nch = -(-(end - base) // CH)
+        st = {"issued": stages, "done": stages}  # wait_group 0 before the loop: the first stages chunks are on chip
+
+        def read(x0, x1):
+            for c in range(x0 // CH, (x1 - 1) // CH + 1):
+                assert c < nch and c < st["done"] and st["issued"] - stages <= c < st["issued"], (grp, x0, x1, c, st)
+
+        def wait(want):
+            need = -(-want // CH)
+            assert need <= st["issued"], (grp, want, st)  # cp_wait(issued - need) with issued - need >= 0
+            st["done"] = max(st["done"], need)
+            return need * CH
+
+        pos, ready_end, refill_at = beg - base, stages * CH, CH
+        read(pos, pos + H)
+        n = [int(s16[(base + pos) // 2 + i]) for i in range(T)]
+        for s in range(s0, s1, kr):
+            nxt = (pos + H + 3 * sum(n) + H - 1) & ~(H - 1)
+            more = s + kr < s1
+            pre = more and nxt + H <= st["issued"] * CH
+            want = nxt + H if pre else nxt
+            if want > ready_end:
+                ready_end = wait(want)
+            if pre:
+                read(nxt, nxt + H)
+                nn = [int(s16[(base + nxt) // 2 + i]) for i in range(T)]
+            read(pos, pos + H + 3 * sum(n))  # the record's values and positions (scatter)
+            pos = nxt
+            while pos >= refill_at:
+                st["issued"] += 1
+                refill_at += CH
+            if more and not pre:
+                if pos + H > ready_end:
+                    ready_end = wait(pos + H)
+                read(pos, pos + H)
+                nn = [int(s16[(base + pos) // 2 + i]) for i in range(T)]
+            if more:
+                n = nn
+            walked += 1
+        assert base + pos == end, (grp, base + pos, end)
+    return walked
+
+
+def test_pipelined_ring_protocol_reads_only_what_is_on_chip():
+    """For every tile geometry and every ring the constraint allows, over full records (dense: the largest record at
+    every header position) and the adversarial patterns, the pipelined loop's early header reads, waits and refills
+    never read a chunk that is not on chip, and walk each warp's records to its end pointer; split into warps' shares
+    of the K range as kw cuts it (a share of 1, of 3 and of all pointer chunks)."""
+    h = host()
+    sp = get_family(FAMILY).space
+    # (16 x 8192 dense: a long run of full records, whose header positions take every value in a chunk, so the early
+    # header read is refused at a chunk's last header slot and the rare path reads it after the refill)
+    mats = [sps.csr_matrix(np.ones((40, 700))), sps.csr_matrix(np.ones((16, 8192)))] + [
+        adversarial()[k] for k in ("full_tile", "long_k_24x3000", "passes_33_and_129", "single_nonzero")]
+    walked = 0
+    for mr, kr in GEOMS:
+        rings = [(st, cpl) for st in (2, 4, 8, 16) for cpl in (1, 2)
+                 if sp.check(dict(mr=mr, kr=kr, nb=1, warps=2, stages=st, cpl=cpl, splitk=1, bload="scalar", kw=1,
+                                  pipe=1), problem_env(64, 256, 8, 100, "fp16"), DEFAULT_LIMITS) is None]
+        assert rings
+        for a in mats:
+            ptr, stream, info = h.build(a, mr, kr)
+            nkc = info["nkc"]
+            for stages, cpl in rings:
+                for share in (1, 3, nkc):
+                    for kc0 in range(0, nkc, share):
+                        walked += _pipe_ring_walk(h, ptr, stream, info, kc0, min(nkc, kc0 + share), stages, cpl, kr)
+    assert walked > 1000
+
+
+def test_new_parameters_shared_memory_geometry_and_workspace():
+    """pipe: a third image set a warp; kw: warps * kw warps a block (threads, shared memory), row blocks and workspace
+    slices by row groups as before, the block's shared memory at least every warp's partial sums; the constraints
+    budget the same."""
+    h = host()
+    sp = get_family(FAMILY).space
+    base = dict(mr=1, kr=2, nb=2, warps=4, stages=4, cpl=1, splitk=4, kw=4, pipe=0, bload="vec")
+    b_slice = 1024 * 2 * 16  # 4096 columns, split 4: 8 pointer chunks of 128 rows, 32 bytes a row
+    assert h.shared_bytes(base, 4096) == 16 + 16 * (2048 + 2 * 2 * 512) + b_slice
+    assert h.shared_bytes({**base, "pipe": 1}, 4096) == 16 + 16 * (2048 + 3 * 2 * 512) + b_slice
+    wide = {**base, "mr": 2, "nb": 8, "kr": 1, "splitk": 32, "stages": 8}  # 8 KB of sums a warp: more than the rest
+    assert h.shared_bytes(wide, 4096) == 16 + 16 * 2 * 8 * 512 > h.shared_bytes({**wide, "kw": 1}, 4096)
+    env = problem_env(4096, 4096, 16, 1_600_000, "fp16")
+    for cfg in (base, {**base, "pipe": 1}, {**base, "kw": 2, "warps": 8}):
+        need = h.shared_bytes(cfg, 4096)
+        assert sp.check(cfg, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": need}) is None, cfg
+        assert sp.check(cfg, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": need - 1}) is not None, cfg
+    env64 = problem_env(4096, 4096, 64, 1_600_000, "fp16")
+    need = h.shared_bytes(wide, 4096)
+    assert sp.check(wide, env64, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": need}) is None
+    assert sp.check(wide, env64, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": need - 1}) is not None
+    assert sp.check({**base, "warps": 8, "kw": 4}, env, {**DEFAULT_LIMITS, "max_threads": 1024}) is None  # 32 warps
+    assert sp.check({**base, "warps": 8, "kw": 4}, env, {**DEFAULT_LIMITS, "max_threads": 512}) is not None
+    a = random_matrix(1000, 3000, 0.1, "uniform", 1)
+    k = fake_kernel(FAMILY, base, "fp16", a)
+    grid, block = h.geometry(k, 16)
+    G = -(-1000 // 16)
+    assert block == (512,) and grid == (-(-G // 4) * 4,)  # 4 row groups of 4 warps a block, split-K 4, one column tile
+    ws = h.args(k, 16, "B", "C")[2]
+    assert ws.host.shape == (-(-G // 4) * 4 * 4 * 32 * 2 * 4,)  # slices of row groups, as with kw 1
