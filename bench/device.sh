@@ -11,7 +11,7 @@
 #                                           one process), resumed from its table; replay it on a CPU afterwards.
 #                                           --problems: only those (two GPUs: one runner per GPU, each with its own
 #                                           CUDA_VISIBLE_DEVICES, OUT and STATE; the tables merge at replay)
-#   bench/device.sh probe SUBCOMMAND [ARGS] bench/probe.py (ab, sweep, config, profile, baselines, overhead)
+#   bench/device.sh probe SUBCOMMAND [ARGS] bench/probe.py (ab, sweep, config, profile, baselines, overhead, sddmm, ...)
 #   bench/device.sh minilm [ARGS]           examples/minilm/device.py --out $OUT (carry examples/minilm/data too)
 #   bench/device.sh cli ARGS                python3 -m sparse_autotune ARGS -> $OUT/cli-<i>-<command>.{out,err}
 #   bench/device.sh --plan STEPS            check the steps and print what would run (no GPU needed)
@@ -76,7 +76,7 @@ for ((k = 0; k < NSTEPS; k++)); do
     [ ${#STEP[@]} -gt 0 ] || die "empty step (a '+' with nothing after or before it)"
     case "${STEP[0]}" in
         tests|minilm) ;;
-        probe) [ ${#STEP[@]} -ge 2 ] || die "probe: name a subcommand (ab, sweep, config, profile, baselines, overhead)";;
+        probe) [ ${#STEP[@]} -ge 2 ] || die "probe: name a subcommand (ab, sweep, config, profile, baselines, overhead, untuned, linear, sddmm)";;
         cli) [ ${#STEP[@]} -ge 2 ] || die "cli: give the sparse-autotune command, e.g. cli tune --shape 512x2048 --density 0.1";;
         suite) check_suite "${STEP[@]:1}";;
         *) die "unknown step '${STEP[0]}' (tests, suite, probe, minilm, cli; see bench/device.sh --help)";;

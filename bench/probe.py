@@ -2,11 +2,14 @@
 
     python3 bench/probe.py ab --family tc_gather --param prefetch --a 0 --b 1 \\
         --case 512x2048:256:0.1:fp16 --case 3072x768:2048:0.05:fp16 [--pairs 12] [--out STEM]
-    python3 bench/probe.py sweep [--case C ...] [--families F,G] [--samples 60] [--filter JSON] [--out STEM]
+    python3 bench/probe.py sweep [--case C ...] [--families F,G] [--samples 60] [--filter JSON]
+                                 [--config FAMILY:JSON ...] [--out STEM]
     python3 bench/probe.py config --case C --family F --config JSON [--baselines] [--out STEM]
     python3 bench/probe.py profile --case C (--db PATH | --family F --config JSON) [--launches 5] [--ncu [FILE]]
     python3 bench/probe.py baselines [--case C ...] [--out STEM]
     python3 bench/probe.py overhead [--out DIR]
+    python3 bench/probe.py sddmm [--quick] [--budget S] [--dtype fp16,fp32] [--kind attention,weightgrad]
+                                 [--configs 24] [--refine 8] [--seed 0] [--list] [--out STEM]
     python3 bench/probe.py linear --layers CKPT [--layers CKPT ...] [--include PATTERN] [--n 1,16,200]
                                   [--dtype fp32,fp16] [--policy off,quick] [--db PATH] [--budget S] [--out STEM]
     python3 bench/probe.py untuned --layers CKPT [--layers CKPT ...] [--n 200] [--dtype fp32,fp16]
@@ -20,7 +23,9 @@ tuner measures a candidate: built (device.kernel.build_kernel), verified against
   ab         paired A/B of one parameter: --pairs feasible configs with the parameter at A (seeded), each one's twin
              at B, timed A, B, A (the spread of A's two timings is the noise); per case the geomean of B/A
   sweep      the defaults and --samples random feasible configs of each family (--filter '{"fam": {"p": [v, ..]}}'
-             keeps only the named families, at those values); the best per family
+             keeps only the named families, at those values); the best per family. --config FAMILY:JSON (repeatable)
+             measures that config too on every case where it is feasible, filter or not (parameters it leaves out
+             take the space's defaults; marked "given" in the results; --config @FILE: one FAMILY:JSON a line)
   config     one config on each case, and with --baselines cuSPARSE and cuBLAS timed the same way
   profile    one config (the database's best record for the case, or --family/--config) verified, then launched
              --launches times for Nsight Compute; --ncu runs this under `ncu` (kernel spmm_kernel, the third
@@ -32,6 +37,9 @@ tuner measures a candidate: built (device.kernel.build_kernel), verified against
   linear     SparseLinear against nn.Linear of the same precision on the Linear layers of checkpoints (masked weight,
              bias), per N, dtype and policy: per-call time in a CUDA graph, eager wall time, kernels per call, the
              plan; outputs checked against the dense layer first -> runtime-linear-<gpu>.{json,md}
+  sddmm      SDDMM (issue 19): attention-like and weight-gradient-like cases, tuned over sampled configs of the SDDMM
+             families (verified first), against cuSPARSE SDDMM and dense + mask timed the same way
+             (sparse_autotune/ops/sddmm_bench.py) -> sddmm-<gpu>.{json,md,png}; --list: the cases and configs, no GPU
   overhead   host cost per call: cached lookup (CPU), and on a GPU the kernel launch, op(B) with CuPy and PyTorch,
              SparseLinear and a CUDA-graph replay (wall time over thousands of calls on a 64x64 problem)
 
@@ -135,11 +143,12 @@ def stem(given: str | None, default: str) -> Path:
     return p
 
 
-def write(path: Path, data: dict, lines: list[str]) -> None:
-    """PATH.json (data) and PATH.md (lines), and the Markdown on stdout."""
+def write(path: Path, data: dict, lines: list[str], echo: bool = True) -> None:
+    """PATH.json (data) and PATH.md (lines), and (echo) the Markdown on stdout."""
     Path(f"{path}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
     Path(f"{path}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines), flush=True)
+    if echo:
+        print("\n".join(lines), flush=True)
     print(f"wrote {path}.json and {path}.md", file=sys.stderr, flush=True)
 
 
@@ -274,7 +283,11 @@ def cmd_sweep(a) -> int:
             raise UserError(f"--filter is not JSON: {exc}") from None
         if not isinstance(filt, dict) or not all(isinstance(v, dict) for v in filt.values()):
             raise UserError('--filter must map families to {param: [values]}, e.g. \'{"csr_rowsplit": {"vec": [4]}}\'')
-    spaces = select_spaces(a.families if a.families else (sorted(filt) if filt else None))
+    given = parse_given(a.config or [])
+    named = sorted(set(filt or {}) | {f for f, _ in given})
+    spaces = select_spaces(a.families if a.families else (named or None))
+    if any(f not in {s.family for s in spaces} for f, _ in given):
+        raise UserError("--config names a family that --families leaves out")
     dev = Device()
     limits = dev.info.limits()
     results, lines = [], ["# Sweep: random feasible configs of each family", "",
@@ -298,12 +311,25 @@ def cmd_sweep(a) -> int:
                 feas = [c for c in feas if all(c.get(p) in v for p, v in want.items())]
             else:
                 defaults = space.defaults(case.dtype, env, limits)
-            cfgs = defaults + rng.sample(feas, min(a.samples, len(feas)))
+            mine = []  # the --config configs of this family feasible here (not twice, not again as a default)
+            for fam, raw in given:
+                if fam != space.family:
+                    continue
+                cfg = space.normalize(raw, case.dtype)
+                why = "a value not in the space for this dtype" if cfg is None else space.check(cfg, env, limits)
+                if why is not None:
+                    log(f"  SKIP {fam} {json.dumps(raw, sort_keys=True)}: infeasible here: {why}")
+                elif cfg not in mine:
+                    mine.append(cfg)
+            defaults = [c for c in defaults if c not in mine]
+            sample = rng.sample(feas, min(a.samples, len(feas)))
+            cfgs = mine + defaults + [c for c in sample if c not in mine and c not in defaults]
             ok, failed = [], []
             t0 = time.time()
             for i, cfg in enumerate(cfgs):
                 try:
-                    ok.append({"config": cfg, "default": i < len(defaults), **dev.measure(ctx, space.family, cfg)})
+                    ok.append({"config": cfg, "default": len(mine) <= i < len(mine) + len(defaults),
+                               **({"given": True} if i < len(mine) else {}), **dev.measure(ctx, space.family, cfg)})
                 except CandidateError as exc:
                     failed.append({"config": cfg, "error": str(exc)})
                     log(f"  FAIL {space.family} {json.dumps(cfg, sort_keys=True)}: {exc}")
@@ -311,17 +337,67 @@ def cmd_sweep(a) -> int:
             best_default = min((r["time_us"] for r in ok if r["default"]), default=None)
             log(f"  {space.family}: {len(ok)} ok, {len(failed)} failed in {time.time() - t0:.0f} s; best "
                 f"{fmt(ok[0]['time_us'] if ok else None)} us, best default {fmt(best_default)} us")
-            for r in ok[:4]:
-                log(f"    {r['time_us']:7.2f} us  {json.dumps(r['config'], sort_keys=True)}")
+            for r in ok[:4] + [r for r in ok[4:] if r.get("given")]:
+                mark = " (given)" if r.get("given") else ""
+                log(f"    {r['time_us']:7.2f} us  {json.dumps(r['config'], sort_keys=True)}{mark}")
             results.append({"case": asdict(case), "family": space.family, "ok": len(ok), "failed": failed,
                             "best_default_us": best_default, "top": ok[:8],
-                            "all": [[r["time_us"], r["config"]] for r in ok]})
+                            "all": [[r["time_us"], r["config"]] for r in ok],
+                            "given": [[r["time_us"], r["config"]] for r in ok if r.get("given")]})
             lines.append(f"| {case.label()} | {space.family} | {len(ok)} | {len(failed)} | "
                          f"{fmt(ok[0]['time_us'] if ok else None)} | {fmt(best_default)} | "
                          f"{'`' + json.dumps(ok[0]['config'], sort_keys=True) + '`' if ok else ''} |")
-    write(stem(a.out, f"sweep-{_slug(dev)}"), {**dev.meta, "samples": a.samples, "filter": filt,
-                                              "results": results}, lines)
+        _sweep_write(a, dev, filt, given, results, lines, last=case == cases[-1])  # each case's results kept
     return 0
+
+
+def _sweep_write(a, dev, filt, given, results, lines, last: bool) -> None:
+    out = list(lines)
+    if given:
+        out += ["", "Given configs (--config) per case, fastest first:", "",
+                "| case | family | us | config |", "| --- | --- | ---: | --- |"]
+        for r in results:
+            label = Case(**r["case"]).label()
+            for t, cfg in r["given"]:
+                out.append(f"| {label} | {r['family']} | {fmt(t)} | `{json.dumps(cfg, sort_keys=True)}` |")
+    write(stem(a.out, f"sweep-{_slug(dev)}"), {**dev.meta, "samples": a.samples, "filter": filt,
+                                              "given": [{"family": f, "config": c} for f, c in given],
+                                              "results": results}, out, echo=last)
+
+
+def parse_given(texts: list[str]) -> list[tuple[str, dict]]:
+    """--config FAMILY:JSON values: (family, config as given; each case normalizes it for its dtype: parameters left
+    out take their defaults). One line and exit 2 for an unknown family or parameter, bad JSON, or a config that no
+    dtype of the family normalizes (a value not in the space, a parameter without a default missing)."""
+    from sparse_autotune.core.space import get_space  # noqa: PLC0415
+    lines = []
+    for text in texts:  # @FILE: one FAMILY:JSON a line (blank lines and # comments skipped)
+        if text.startswith("@"):
+            try:
+                body = Path(text[1:]).read_text()
+            except OSError as exc:
+                raise UserError(f"--config {text}: cannot read it ({exc.strerror})") from None
+            lines += [ln.strip() for ln in body.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        else:
+            lines.append(text)
+    out = []
+    for text in lines:
+        fam, sep, js = text.partition(":")
+        if not sep:
+            raise UserError(f"--config {text!r}: expected FAMILY:JSON, e.g. tc_gather2:'{{\"rn\": 2}}'")
+        try:
+            space = get_space(fam.strip())
+        except KeyError:
+            raise UserError(f"--config {text!r}: unknown family {fam.strip()!r}") from None
+        cfg = parse_config(js)
+        unknown = sorted(set(cfg) - {p.name for p in space.params})
+        if unknown:
+            raise UserError(f"--config {text!r}: {space.family} has no parameter {unknown[0]!r}")
+        if all(space.normalize(cfg, d) is None for d in space.dtypes):
+            raise UserError(f"--config {text!r}: a value is not in {space.family}'s space, or a parameter without a "
+                            "default is missing")
+        out.append((space.family, cfg))
+    return out
 
 
 def _slug(dev: Device) -> str:
@@ -1044,6 +1120,26 @@ def linear_report(meta: dict, rows: list[dict]) -> tuple[list[dict], list[str]]:
     return summary, lines
 
 
+# ---- sddmm ----
+
+def cmd_sddmm(a) -> int:
+    from sparse_autotune.ops import sddmm_bench as sb  # noqa: PLC0415
+    dtypes = sb.parse_list(a.dtype, sb.BENCH_DTYPES, "dtype")
+    kinds = sb.parse_list(a.kind, sb.KINDS, "kind")
+    sb.check_options(a.configs, a.refine, a.budget, a.seed)
+    cases = sb.suite_cases(quick=a.quick, dtypes=dtypes, kinds=kinds, seed=a.seed)
+    if a.list:
+        print("\n".join(sb.describe(cases, a.configs, a.seed)), flush=True)
+        return 0
+    dev = Device()
+    out = stem(a.out, f"sddmm-{_slug(dev)}")
+    doc = sb.run_suite(cases, out, configs=a.configs, refine=a.refine, budget=a.budget, seed=a.seed, quick=a.quick,
+                       log=log)
+    print("\n".join(sb.markdown(doc)), flush=True)
+    log(f"wrote {out}.json, {out}.md" + (f" and {out}.png" if Path(f"{out}.png").exists() else ""))
+    return 1 if doc["summary"]["errors"] or not doc["summary"]["finished"] else 0
+
+
 # ---- the command line ----
 
 class _Parser(argparse.ArgumentParser):
@@ -1082,6 +1178,9 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--families", help="comma-separated families (default: the enabled ones, or those of --filter)")
     sw.add_argument("--samples", type=int, default=60, help="random configs per family and case (default 60)")
     sw.add_argument("--filter", help='JSON {"family": {"param": [values]}}: only these families, at these values')
+    sw.add_argument("--config", action="append", metavar="FAMILY:JSON",
+                    help="a config measured on every case where it is feasible, besides the sample (repeatable; "
+                    "@FILE: one FAMILY:JSON a line)")
     sw.add_argument("--out", help="output stem (default OUTDIR/sweep-GPU)")
 
     cf = sub.add_parser("config", help="one config on each case, optionally with the baselines")
@@ -1118,6 +1217,17 @@ def parser() -> argparse.ArgumentParser:
     li.add_argument("--include", action="append", help="only layers whose name matches these fnmatch patterns")
     li.add_argument("--out", help="output stem (default OUTDIR/runtime-linear-GPU)")
 
+    sd = sub.add_parser("sddmm", help="SDDMM benchmark: tuned kernels against cuSPARSE SDDMM and dense + mask")
+    sd.add_argument("--quick", action="store_true", help="a few cases (3 per dtype) instead of the default suite")
+    sd.add_argument("--budget", type=float, default=0, help="start no new case after this many seconds (0: none)")
+    sd.add_argument("--dtype", default="fp16,fp32", help="comma-separated dtypes: fp16, fp32, bf16 (default fp16,fp32)")
+    sd.add_argument("--kind", default="attention,weightgrad", help="comma-separated case kinds (default both)")
+    sd.add_argument("--configs", type=int, default=24, help="sampled configs per family and case (default 24)")
+    sd.add_argument("--refine", type=int, default=8, help="neighbours of each family's best per case (default 8)")
+    sd.add_argument("--seed", type=int, default=0, help="seed of the masks, inputs and config sample (default 0)")
+    sd.add_argument("--list", action="store_true", help="list the cases and sampled configs and stop (no GPU)")
+    sd.add_argument("--out", help="output stem (default OUTDIR/sddmm-GPU)")
+
     ov = sub.add_parser("overhead", help="host cost per call of lookup and of the runtime operator")
     ov.add_argument("--out", help="output folder (default OUTDIR): runtime-overhead-<gpu or cpu>.{json,md}")
     return p
@@ -1127,7 +1237,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parser().parse_args(argv)
     return {"ab": cmd_ab, "profile": cmd_profile, "sweep": cmd_sweep, "config": cmd_config, "baselines": cmd_baselines,
-            "overhead": cmd_overhead, "untuned": cmd_untuned, "linear": cmd_linear}[a.cmd](a)
+            "overhead": cmd_overhead, "untuned": cmd_untuned, "linear": cmd_linear, "sddmm": cmd_sddmm}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""sparse-autotune: autotuned SpMM kernels for pruned neural-network layers on NVIDIA GPUs."""
+"""sparse-autotune: autotuned SpMM kernels for pruned neural-network layers on NVIDIA GPUs (and SDDMM: `sddmm`)."""
 from __future__ import annotations
 
 __version__ = "0.1.0"
@@ -7,4 +7,19 @@ from .errors import UserError  # noqa: E402
 from .runtime.lookup import lookup  # noqa: E402
 from .runtime.spmm import SpMM  # noqa: E402
 
-__all__ = ["SpMM", "UserError", "lookup", "__version__"]
+
+def sddmm(mask, x, y, out=None, db=None, dtype=None):
+    """out[p] = S.data[p] * dot(X[row(p)], Y[col(p)]) for the nonzeros p of the CSR mask S (M x N), X M x K, Y N x K:
+    runtime.sddmm.sddmm (the best tuned config of the operator sddmm on this GPU, else the built-in default)."""
+    from .runtime.sddmm import sddmm as run  # noqa: PLC0415 - imported at the first call (NVRTC templates, spaces)
+    return run(mask, x, y, out, db=db, dtype=dtype)
+
+
+def __getattr__(name):
+    if name == "SDDMM":  # the SDDMM operator class, imported when first named
+        from .runtime.sddmm import SDDMM  # noqa: PLC0415
+        return SDDMM
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["SDDMM", "SpMM", "UserError", "lookup", "sddmm", "__version__"]

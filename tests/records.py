@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sparse_autotune.store.db import Record
+from sparse_autotune.store.db import SCHEMA_VERSION, Record
 
 GPU = "NVIDIA H100 80GB HBM3"
 # a whole csr_rowsplit config, for tests that look records up (lookup passes over configs that cannot run)
@@ -34,7 +34,7 @@ def _downgrade(path: Path, version: int, drop: tuple[str, ...]) -> Path:
         pytest.skip(f"SQLite {sqlite3.sqlite_version} has no ALTER TABLE ... DROP COLUMN (3.35+)")
     con = sqlite3.connect(path)
     try:
-        assert con.execute("SELECT value FROM sat_meta WHERE key = 'schema_version'").fetchone() == ("4",)
+        assert con.execute("SELECT value FROM sat_meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
         for col in drop:
             con.execute(f"ALTER TABLE sat_records DROP COLUMN {col}")
         con.execute("UPDATE sat_meta SET value = ? WHERE key = 'schema_version'", (str(version),))
@@ -46,10 +46,15 @@ def _downgrade(path: Path, version: int, drop: tuple[str, ...]) -> Path:
 
 
 def downgrade_to_v2(path: Path) -> Path:
-    """What schema version 2 wrote: no cublas_bf16_us (version 3) and no layout (version 4)."""
-    return _downgrade(path, 2, ("layout", "cublas_bf16_us"))
+    """What schema version 2 wrote: no cublas_bf16_us (version 3), no layout (version 4) and no op (version 5)."""
+    return _downgrade(path, 2, ("op", "layout", "cublas_bf16_us"))
 
 
 def downgrade_to_v3(path: Path) -> Path:
-    """What schema version 3 wrote: no layout (version 4; every record kn)."""
-    return _downgrade(path, 3, ("layout",))
+    """What schema version 3 wrote: no layout (version 4; every record kn) and no op (version 5)."""
+    return _downgrade(path, 3, ("op", "layout"))
+
+
+def downgrade_to_v4(path: Path) -> Path:
+    """What schema version 4 wrote: no op (version 5; every record spmm)."""
+    return _downgrade(path, 4, ("op",))

@@ -16,7 +16,8 @@ import math
 from ..errors import UserError
 from ..core.problem import check_dtype, parse_shape
 from ..store import guard
-from ..store.db import SCHEMA_VERSION, RecordFilter, TuningDB, default_db_path, describe_file, is_verified
+from ..store.db import (SCHEMA_VERSION, SDDMM, RecordFilter, TuningDB, check_op, default_db_path, describe_file,
+                        is_verified, op_of)
 
 _DB_HELP = "tuning database path or SQLAlchemy URL (default $SPARSE_AUTOTUNE_DB or the user cache)"
 
@@ -30,8 +31,10 @@ def add_db_parser(subparsers, parser_class=argparse.ArgumentParser) -> argparse.
 
     def filters(p):
         p.add_argument("--gpu", help="GPU name, or a part of it (case-insensitive), e.g. H100")
-        p.add_argument("--shape", help="M x K of the sparse matrix, e.g. 512x2048")
+        p.add_argument("--shape", help="shape of the sparse matrix, e.g. 512x2048: M x K of an SpMM record's A, M x N "
+                                       "of an SDDMM record's mask")
         p.add_argument("--dtype", help="fp32, fp16 or bf16")
+        p.add_argument("--op", help="operator: spmm or sddmm (default: both)")
 
     ls = dsub.add_parser("list", help="a table of the best records (all records with --all)")
     ls.add_argument("--db", help=_DB_HELP)
@@ -82,7 +85,8 @@ def _filters(a, best_only: bool) -> RecordFilter:
     if getattr(a, "shape", None):
         m, k = parse_shape(a.shape)
     dtype = check_dtype(a.dtype) if getattr(a, "dtype", None) else None
-    return RecordFilter(gpu=getattr(a, "gpu", None) or None, m=m, k=k, dtype=dtype, best_only=best_only)
+    op = check_op(a.op) if getattr(a, "op", None) else None
+    return RecordFilter(gpu=getattr(a, "gpu", None) or None, m=m, k=k, dtype=dtype, best_only=best_only, op=op)
 
 
 def _open_read(db) -> tuple[TuningDB, str | None]:
@@ -128,27 +132,35 @@ def cmd_list(a) -> int:
         recs = tdb.select_records(flt)
     finally:
         tdb.dispose()
-    recs.sort(key=lambda r: (r.gpu_name, r.m, r.k, r.n, r.density, r.dtype, r.pattern, r.layout or "kn", r.time_us,
-                             r.id))
+    recs.sort(key=lambda r: (op_of(r), r.gpu_name, r.m, r.k, r.n, r.density, r.dtype, r.pattern, r.layout or "kn",
+                             r.time_us, r.id))
     if a.json:
         print(json.dumps([_json_record(r) for r in recs], indent=1, default=str))
         return 0
     if not recs:
         print("no records" + (f" ({note})" if note else ""))
         return 0
-    header = ["id", "shape", "N", "density", "dtype", "pattern", "layout", "GPU", "family", "time us", "vs cuSPARSE",
-              "vs cuBLAS FP32", "date"]
+    # shape: the sparse matrix's (an spmm record's A, M x K; an sddmm record's mask, M x N); N: B's columns (spmm), or
+    # for sddmm "K=" the columns of X and Y. vs cuBLAS: the dense path of the record's dtype for sddmm (store.db)
+    header = ["id", "shape", "N", "density", "dtype", "pattern", "layout", "op", "GPU", "family", "time us",
+              "vs cuSPARSE", "vs cuBLAS FP32", "date"]
     if a.all:
         header.append("best")
     rows = []
     for r in recs:
-        row = [str(r.id), f"{r.m}x{r.k}", str(r.n), f"{r.density:g}", r.dtype, r.pattern, r.layout or "kn",
+        sddmm = op_of(r) == SDDMM
+        dense = (r.cublas_fp32_us if r.dtype == "fp32" else r.cublas_fp16_us if r.dtype == "fp16"
+                 else r.cublas_bf16_us) if sddmm else r.cublas_fp32_us
+        row = [str(r.id), f"{r.m}x{r.n}" if sddmm else f"{r.m}x{r.k}", f"K={r.k}" if sddmm else str(r.n),
+               f"{r.density:g}", r.dtype, r.pattern, "-" if sddmm else (r.layout or "kn"), op_of(r),
                r.gpu_name, r.family, f"{r.time_us:.2f}", _x(r.cusparse_us, r.time_us),
-               _x(r.cublas_fp32_us, r.time_us), r.created_at.strftime("%Y-%m-%d")]
+               _x(dense, r.time_us), r.created_at.strftime("%Y-%m-%d")]
         if a.all:
             row.append("*" if r.is_best else "")
         rows.append(row)
-    print(_table(header, rows, right={0, 2, 3, 9, 10, 11}))
+    if any(op_of(r) == SDDMM for r in recs):
+        header[header.index("vs cuBLAS FP32")] = "vs cuBLAS FP32 / dense"
+    print(_table(header, rows, right={0, 2, 3, 10, 11, 12}))
     best = sum(1 for r in recs if r.is_best)
     print(f"{len(recs)} record{'s' if len(recs) != 1 else ''}" + (f" ({best} best)" if a.all else ""))
     return 0
@@ -178,6 +190,9 @@ def cmd_show(a) -> int:
     print(f"  {'verified':<{width}}  {'yes' if is_verified(rec) else 'no (never the best of its key)'}")
     print(f"  {'vs cuSPARSE':<{width}}  {_x(rec.cusparse_us, rec.time_us)}")
     print(f"  {'vs cuBLAS FP32':<{width}}  {_x(rec.cublas_fp32_us, rec.time_us)}")
+    if op_of(rec) == SDDMM:
+        print(f"  {'sddmm':<{width}}  mask {rec.m}x{rec.n}, X {rec.m}x{rec.k}, Y {rec.n}x{rec.k} (m, n: the mask's "
+              "shape; k: the columns of X and Y; cublas_*: X @ Y^T then the mask)")
     return 0
 
 

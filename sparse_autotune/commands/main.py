@@ -1,5 +1,5 @@
 """Command line: `sparse-autotune tune|tune-model|report|lookup|bench|spaces|db|worker|status`. Bad input: one line
-on stderr, exit status 2."""
+on stderr, exit status 2. `tune --op sddmm` and `lookup --op sddmm` are SDDMM's (tuning.sddmm_tune, runtime.sddmm)."""
 from __future__ import annotations
 
 import argparse
@@ -10,8 +10,8 @@ import time
 
 from .. import __version__
 from ..errors import UserError, exit_status
-from ..core.problem import (DEFAULT_N, LAYOUTS, PATTERNS, Problem, check_density, check_dtype, check_layout, check_n,
-                            check_seed, load_matrix, n_bucket, parse_shape)
+from ..core.problem import (DEFAULT_N, LAYOUTS, PATTERNS, Problem, check_density, check_dim, check_dtype, check_layout,
+                            check_n, check_seed, load_matrix, n_bucket, parse_shape)
 from ..commands.db import add_db_parser, cmd_db
 from ..tuning.search import SAMPLERS, check_options
 
@@ -80,6 +80,20 @@ def _families(text):
     return text
 
 
+def _families_any(text):
+    """tune's --families: SpMM's kernel families and vendor paths (_families), or SDDMM's (ops.sddmm); which operator's
+    they must be is checked with --op (cmd_tune)."""
+    try:
+        return _families(text)
+    except UserError:
+        from ..core.vendor import split_families  # noqa: PLC0415
+        from ..ops.sddmm import sddmm_families  # noqa: PLC0415
+        templated, _ = split_families(text)
+        if templated and all(x in sddmm_families() for x in templated):
+            return text
+        raise
+
+
 def _family_options(text) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
     """--families as (the templated families to search, the vendor paths timed beside them; None: all of them)."""
     from ..core.space import select_spaces  # noqa: PLC0415
@@ -107,7 +121,14 @@ _LAYOUT = _opt(check_layout, "layout")
 LAYOUT_HELP = ("operand layout: kn (B is K x N, C = A @ B is M x N; the default) or nk (the nn.Linear layout: x is "
                "N x K, y = x @ A^T + bias is N x M, bias fused)")
 _FAMILIES = _opt(_families, "families")
+_FAMILIES_ANY = _opt(_families_any, "families")
 _TRIALS = _int_in(1, MAX_TRIALS, "the trial budget")
+OPS = ("spmm", "sddmm")
+_OP = _choice(OPS, "operator")
+_K = _opt(lambda text: check_dim(text, "K"), "K")
+DEFAULT_K = 256  # SDDMM's K (the columns of X and Y) where --k is not given
+OP_HELP = ("operator: spmm (C = A @ B, A sparse; the default) or sddmm (out = (X @ Y^T) at the nonzeros of a CSR mask "
+           "S, times S's values: X is M x K, Y is N x K)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,28 +136,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"sparse-autotune {__version__}")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser, required=True)
 
-    t = sub.add_parser("tune", help="tune SpMM for one sparse matrix and store the winner",
-                       description="Tune C = A @ B for a sparse A (M x K) and dense B (K x N) on this GPU.")
-    t.add_argument("--shape", type=_SHAPE, help="M x K of the sparse matrix A, e.g. 512x2048")
-    t.add_argument("--density", type=_DENSITY, help="fraction of nonzeros in A, in (0, 1]")
-    t.add_argument("--n", type=_N, default=DEFAULT_N, help=f"columns N of the dense B (default {DEFAULT_N})")
+    t = sub.add_parser("tune", help="tune SpMM (or SDDMM: --op sddmm) for one sparse matrix and store the winner",
+                       description="Tune C = A @ B for a sparse A (M x K) and dense B (K x N) on this GPU; with --op "
+                                   "sddmm, out = (X @ Y^T) at the nonzeros of a CSR mask S (M x N), times S's values, "
+                                   "for X (M x K) and Y (N x K): `tune --op sddmm --shape 512x2048 --k 256 --density "
+                                   "0.1`.")
+    t.add_argument("--op", type=_OP, default="spmm", help=OP_HELP)
+    t.add_argument("--shape", type=_SHAPE, help="M x K of the sparse matrix A (sddmm: M x N of the mask), e.g. 512x2048")
+    t.add_argument("--density", type=_DENSITY, help="fraction of nonzeros in A (sddmm: in the mask), in (0, 1]")
+    t.add_argument("--n", type=_N, default=None, help=f"columns N of the dense B (default {DEFAULT_N}; spmm only)")
+    t.add_argument("--k", type=_K, default=None, help=f"sddmm: K, the columns of X and Y (default {DEFAULT_K}; sddmm only)")
     t.add_argument("--dtype", type=_DTYPE, default="fp32", help="fp32, fp16 or bf16 (16-bit storage, fp32 accumulation); "
                                                                 "default fp32")
     t.add_argument("--pattern", type=_choice(PATTERNS, "pattern"), default="uniform",
                    help=f"random pattern: {', '.join(PATTERNS)} (default uniform)")
-    t.add_argument("--layout", type=_LAYOUT, default="kn", help=LAYOUT_HELP)
-    t.add_argument("--matrix", help="tune this matrix (.npz from scipy.sparse.save_npz, or .mtx); replaces --shape/--density")
+    t.add_argument("--layout", type=_LAYOUT, default=None, help=LAYOUT_HELP + " (spmm only)")
+    t.add_argument("--matrix", help="tune this matrix (.npz from scipy.sparse.save_npz, or .mtx; sddmm: the mask); "
+                                    "replaces --shape/--density")
     t.add_argument("--trials", type=_TRIALS, default=100, help="trial budget of the study, over all runs (default 100)")
     t.add_argument("--timeout", type=_seconds(), default=None, help="stop searching after this many seconds")
     t.add_argument("--sampler", default="tpe", help=f"{', '.join(SAMPLERS)} (default tpe)")
     t.add_argument("--seed", type=_SEED, default=0, help="seed of the random matrix, inputs and sampler, 0 .. 2**32-1 "
                                                           "(default 0)")
-    t.add_argument("--families", type=_FAMILIES, help="comma-separated kernel families to search (default: the enabled ones; "
-                                      "see `sparse-autotune spaces`), and the vendor paths cusparse, dense to time as "
-                                      "candidates beside them (default: both; naming families without them leaves "
-                                      "them out)")
+    t.add_argument("--families", type=_FAMILIES_ANY, help="comma-separated kernel families to search (default: the enabled ones; "
+                                      "see `sparse-autotune spaces`; sddmm: sddmm_warp, sddmm_tile), and the vendor "
+                                      "paths cusparse, dense to time as candidates beside them (default: both; naming "
+                                      "families without them leaves them out)")
     t.add_argument("--allow-tf32", action="store_true", help="fp32: cuBLAS's TF32 tensor cores are a candidate too "
-                                                              "(10-bit mantissa; off by default)")
+                                                              "(10-bit mantissa; off by default; spmm only)")
     t.add_argument("--db", help="tuning database path or SQLAlchemy URL (default $SPARSE_AUTOTUNE_DB or the user cache)")
     t.add_argument("--json", action="store_true", help="print the report as JSON")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -145,12 +172,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_scaleout_args(t)
 
     lk = sub.add_parser("lookup", help="print the best stored config for a problem")
-    lk.add_argument("--shape", type=_SHAPE, required=True, help="M x K of the sparse matrix A, e.g. 512x2048")
-    lk.add_argument("--density", type=_DENSITY, required=True, help="fraction of nonzeros in A, in (0, 1]")
-    lk.add_argument("--n", type=_N, default=DEFAULT_N, help=f"columns N of the dense B (default {DEFAULT_N})")
+    lk.add_argument("--op", type=_OP, default="spmm", help=OP_HELP)
+    lk.add_argument("--shape", type=_SHAPE, required=True, help="M x K of the sparse matrix A (sddmm: M x N of the "
+                                                               "mask), e.g. 512x2048")
+    lk.add_argument("--density", type=_DENSITY, required=True, help="fraction of nonzeros in A (sddmm: in the mask), "
+                                                                    "in (0, 1]")
+    lk.add_argument("--n", type=_N, default=None, help=f"columns N of the dense B (default {DEFAULT_N}; spmm only)")
+    lk.add_argument("--k", type=_K, default=None, help=f"sddmm: K, the columns of X and Y (default {DEFAULT_K}; sddmm only)")
     lk.add_argument("--dtype", type=_DTYPE, default="fp32", help="fp32, fp16 or bf16 (default fp32)")
-    lk.add_argument("--layout", type=_LAYOUT, default="kn", help=LAYOUT_HELP + "; nk is served by nk records first, "
-                    "then by kn records (natively where the family declares nk, else staged)")
+    lk.add_argument("--layout", type=_LAYOUT, default=None, help=LAYOUT_HELP + "; nk is served by nk records first, "
+                    "then by kn records (natively where the family declares nk, else staged; spmm only)")
     lk.add_argument("--gpu", default=None, help="GPU name (default: this machine's GPU, or any)")
     lk.add_argument("--db", help="tuning database searched first (then the databases shipped with the package)")
     lk.add_argument("--exact", action="store_true", help="exact key only: no nearest / same-arch / default")
@@ -395,8 +426,28 @@ def _check_storage_args(a) -> None:
     guard.storage_for_write(a.storage)
 
 
+def _spmm_only(a, what: str) -> None:
+    """--op spmm's defaults filled in (--n, --layout); SDDMM's --k given without --op sddmm: one line."""
+    if a.k is not None:
+        raise UserError(f"--k is SDDMM's (K, the columns of X and Y): give --op sddmm with it ({what} of SpMM takes "
+                        "--n, the columns of B)")
+    a.n = DEFAULT_N if a.n is None else a.n
+    a.layout = a.layout or "kn"
+
+
+def _sddmm_refused(a, options) -> None:
+    """The options (name, given) of SpMM that --op sddmm does not take: one line for the first one given."""
+    for name, given in options:
+        if given:
+            raise UserError(f"{name} is not an option of --op sddmm (SDDMM: --shape MxN of the mask, --density, --k K, "
+                            "--dtype; the mask from --matrix)")
+
+
 def cmd_tune(a) -> int:
     from ..tuning.tuner import TuneOptions, tune  # noqa: PLC0415
+    if a.op == "sddmm":
+        return cmd_tune_sddmm(a)
+    _spmm_only(a, "tune")
     check_options(a.trials, a.sampler, a.timeout)
     families, vendors = _family_options(a.families)
     scaleout = a.storage is not None or a.workers != 1
@@ -417,6 +468,72 @@ def cmd_tune(a) -> int:
                                        warm_start=not a.cold_start, vendors=vendors, allow_tf32=a.allow_tf32))
     print(json.dumps(report, indent=2, default=str) if a.json else _report_text(report))
     return 0
+
+
+def cmd_tune_sddmm(a) -> int:
+    """`tune --op sddmm`: the options checked (one line, exit 2, before anything is allocated or written), then
+    tuning.sddmm_tune on this GPU; the report."""
+    from ..core.problem import check_real_matrix, nnz_of  # noqa: PLC0415
+    from ..tuning.sddmm_tune import GpuSddmmTuner, SddmmProblem, check_sddmm_size, split_sddmm_families  # noqa: PLC0415
+    from ..tuning.tuner import TuneOptions  # noqa: PLC0415
+    _sddmm_refused(a, (("--n", a.n is not None), ("--layout", a.layout is not None), ("--allow-tf32", a.allow_tf32),
+                       ("--storage", a.storage is not None), ("--workers", a.workers != 1)))
+    check_options(a.trials, a.sampler, a.timeout)
+    families, vendors = split_sddmm_families(a.families)
+    k = a.k if a.k is not None else DEFAULT_K
+    mat = None
+    if a.matrix:
+        if a.shape or a.density is not None:
+            raise UserError("give either --matrix or --shape/--density, not both")
+        mat = load_matrix(a.matrix)
+        check_real_matrix(mat, f"matrix file {a.matrix!r}", a.dtype, dense_limit=None)
+        (m, n), nnz = mat.shape, int(mat.nnz)
+        check_sddmm_size(m, n, k, nnz, a.dtype)
+    else:
+        if not a.shape or a.density is None:
+            raise UserError("tune --op sddmm needs --shape MxN (the mask) and --density d (or --matrix FILE)")
+        (m, n), nnz = a.shape, nnz_of(*a.shape, a.density)
+        check_sddmm_size(m, n, k, nnz, a.dtype, build=True)
+    db = _checked_db(a.db)
+    from ..device.gpu import gpu_info  # noqa: PLC0415
+    info = gpu_info()  # no GPU: one line, exit 2, nothing written, no mask built
+    check_sddmm_size(m, n, k, nnz, a.dtype, gpu_memory=info.memory_bytes, gpu_name=info.name)
+    problem = (SddmmProblem.from_mask(mat, k, a.dtype, seed=a.seed) if mat is not None else
+               SddmmProblem.random(m, n, k, a.density, a.dtype, a.pattern, a.seed))
+    opts = TuneOptions(trials=a.trials, timeout=a.timeout, sampler=a.sampler, seed=a.seed, db=db,
+                       progress=not a.no_progress, families=families, warm_start=not a.cold_start, vendors=vendors)
+    tuner = GpuSddmmTuner(problem, opts)
+    report = tuner.finish(tuner.search())
+    print(json.dumps(report, indent=2, default=str) if a.json else _sddmm_report_text(report))
+    return 0
+
+
+def _sddmm_report_text(r: dict) -> str:
+    """tune --op sddmm's report: the problem, the best kernel, its time, the floor, cuSPARSE and the dense path."""
+    p, b, base, s = r["problem"], r["best"], r["baselines"], r["speedup"]
+    dense = f"cuBLAS {p['dtype'].upper()} X @ Y^T, then the mask"
+    lines = [
+        f"problem   SDDMM out = (X @ Y^T) at the mask S, times S's values: S {p['m']}x{p['n']} ({p['pattern']}, "
+        f"density {p['density']:g}, nnz {p['nnz']}), X {p['m']}x{p['k']}, Y {p['n']}x{p['k']}, {p['dtype']}",
+        f"gpu       {r['gpu']} (cc {r['cc']}), driver {r['driver']}, CUDA {r['cuda']}, CuPy {r['cupy']}",
+        f"best      {b['family']} {json.dumps(b['config'], sort_keys=True)}",
+        f"time      {b['time_us']:.2f} us ({'synthetic objective, test only' if r.get('synthetic') else 'median, CUDA-graph replay'})  "
+        f"{b['gflops']:.0f} GFLOP/s  rel err {b['max_rel_err']:.1e}",
+        f"floor     {_fmt_us(r['floor_us'])} (max of bytes / copy bandwidth, FLOPs / FMA peak)",
+        f"cuSPARSE  {_fmt_us(base['cusparse_us'])}  -> {_fmt_x(s['vs_cusparse'])}"
+        + ("  (cuSPARSE SDDMM has no bf16)" if p["dtype"] == "bf16" else ""),
+        f"dense     {_fmt_us(base['dense_us'])}  -> {_fmt_x(s['vs_dense'])}  ({dense})",
+        f"trials    {r['trials']['complete']} ok, {r['trials']['failed']} failed, {r['trials']['pruned']} infeasible "
+        f"rejected; {r['trials']['new']} new this run ({r['trials']['stopped']})",
+        f"stored    record {r['record_id']} (op sddmm) in {r['db']}" + ("" if r["record_is_best"] else
+                                                                    " (an earlier record is faster)"),
+    ]
+    c = r.get("chosen") or {}
+    if c.get("vendor"):
+        lines.append(f"chosen    {c['family']} {json.dumps(c['config'], sort_keys=True)} {_fmt_us(c['time_us'])}, "
+                     f"{_fmt_x(c.get('sparse_over_chosen'))} faster than the tuned kernel: the runtime runs {c['runs']} "
+                     f"(record {c['record_id']})")
+    return "\n".join(lines)
 
 
 def _scaleout(a):
@@ -487,6 +604,9 @@ def cmd_status(a) -> int:
 
 def cmd_lookup(a) -> int:
     from ..runtime.lookup import lookup  # noqa: PLC0415
+    if a.op == "sddmm":
+        return _lookup_sddmm(a)
+    _spmm_only(a, "lookup")
     (m, k), n = a.shape, a.n  # checked when parsed
     res = lookup(m, k, n, a.density, a.dtype, gpu=a.gpu, db=a.db, fallback=not a.exact, allow_tf32=a.allow_tf32,
                  layout=a.layout)
@@ -510,6 +630,27 @@ def cmd_lookup(a) -> int:
         note = f"\n  {res.note}" if getattr(res, "note", None) else ""  # a vendor path the record's baselines chose
         print(f"{res.source}{dist}: {res.family} {json.dumps(res.config, sort_keys=True)}\n  from {where}{adapted}{runs}"
               f"{note}{_layout_line(res)}")
+    return 0
+
+
+def _lookup_sddmm(a) -> int:
+    """`lookup --op sddmm`: the best record of the operator sddmm for the mask's shape, density, K and dtype (runtime.sddmm)."""
+    from ..ops.sddmm_paths import describe  # noqa: PLC0415
+    from ..runtime.sddmm import lookup_sddmm  # noqa: PLC0415
+    _sddmm_refused(a, (("--n", a.n is not None), ("--layout", a.layout is not None), ("--allow-tf32", a.allow_tf32)))
+    (m, n), k = a.shape, (a.k if a.k is not None else DEFAULT_K)
+    res = lookup_sddmm(m, n, k, a.density, a.dtype, gpu=a.gpu, db=a.db, fallback=not a.exact)
+    if a.json:
+        print(json.dumps(None if res is None else {"op": "sddmm", **res.__dict__}, default=str))
+    elif res is None:
+        print("no stored SDDMM config for this problem")
+    else:
+        where = "built-in default (the first known-good config of the SDDMM families)" if res.record_id is None else (
+            f"record {res.record_id} (op sddmm) in {res.db}, tuned on {res.gpu} for mask {res.key[0]}x{res.key[2]} "
+            f"K={res.key[1]} d={res.key[3]:g} {res.key[4]} ({res.time_us:.2f} us)")
+        dist = f", distance {res.distance:.2f}" if res.source in ("nearest", "same-arch") and res.distance else ""
+        print(f"{res.source}{dist}: {res.family} {json.dumps(res.config, sort_keys=True)}\n  from {where}\n"
+              f"  runs {describe(res.family, res.config, m, n, a.dtype)}")
     return 0
 
 

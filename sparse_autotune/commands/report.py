@@ -243,7 +243,7 @@ def write_report(db_target: str, out: Path, model: str | None = None, gpu: str |
             have = sorted({r.model for r in model_layers(db.engine)})
             raise UserError(f"no model {model!r} in database {db.label!r}"
                             + (f" (models: {', '.join(have)})" if have else " (no model was tuned into it)"))
-        records = db.select_records({"best_only": True})
+        records = db.select_records({"best_only": True, "op": "spmm"})  # the SpMM records (sddmm: `db list --op`)
         gpu_name = _pick_gpu(records, rows, gpu)
         rows = [r for r in rows if r.gpu_name == gpu_name]
         records = [r for r in records if r.gpu_name == gpu_name]

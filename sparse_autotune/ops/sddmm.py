@@ -22,9 +22,12 @@ cusparse.h / library_types.h, libcusparse exports its functions, and its argumen
 tests/test_sddmm_gpu.py (each family, a covering sample, fp32/fp16/bf16, edge cases, the dense and cuSPARSE baselines,
 against the reference at core.problem.TOLERANCE) has NOT been run: nothing here has run on a GPU yet, the cuSPARSE
 baseline included (written, not run).
-What is left: running tests/test_sddmm_gpu.py on a GPU; tuner integration (render/compile/verify/time per candidate
-over these spaces); the operator in the tuning database's key (records of SDDMM beside SpMM's); the CLI
-`tune --op sddmm`; a benchmark against the baselines (the cuSPARSE one absent for bf16). (pyproject.toml ships the
+Since then: tests/test_sddmm_gpu.py passed on an H200; the tuner (tuning/sddmm_tune.py: the SpMM tuner's search,
+verification and timing over these spaces, the baselines as vendor candidates), the operator in the tuning database's
+key (store.db schema version 5: records of op "sddmm" beside SpMM's), the runtime call (runtime/sddmm.py:
+`sparse_autotune.sddmm`, `SDDMM`; the paths it runs: ops/sddmm_paths.py) and the CLI `tune --op sddmm` /
+`lookup --op sddmm` exist (tests/test_sddmm_tune.py, tests/test_sddmm_tune_gpu.py). What is left: a benchmark
+against the baselines (the cuSPARSE one absent for bf16). (pyproject.toml ships the
 package sparse_autotune.ops and variants/sddmm/*.j2, search_spaces/sddmm/*.toml as package data.)
 
 The product

@@ -1,4 +1,5 @@
-"""The tuning database: best configs per (GPU, M, K, N, density, dtype, pattern, layout), SQLite through SQLAlchemy.
+"""The tuning database: best configs per (GPU, operator, M, K, N, density, dtype, pattern, layout), SQLite through
+SQLAlchemy.
 
 Tables: `sat_meta` (application marker and schema version) and `sat_records` (every stored result; the
 fastest verified one per key has is_best = 1, the others are history). Optuna's study tables may share the
@@ -16,10 +17,23 @@ Schema versions (sat_meta.schema_version):
      dtypes and for records from before version 3).
   4  adds sat_records.layout, part of the key: "kn" (C = A @ B, B K x N, C M x N; every record from before version 4)
      or "nk" (y = x @ A^T + bias as nn.Linear holds x and y: core.problem). A kn record keeps the uid it had.
-A writable open migrates an older file in place, in one transaction, through every version in turn (1 -> 2 -> 3 -> 4;
+  5  adds sat_records.op, part of the key: the operator, "spmm" (every record from before version 5) or "sddmm"
+     (C = (X @ Y^T) at the nonzeros of a CSR mask S, scaled by S's values: ops.sddmm). An spmm record keeps its uid.
+A writable open migrates an older file in place, in one transaction, through every version in turn (1 -> 2 -> 3 -> 4 -> 5;
 Alembic's Operations API; no Alembic version table: the version lives in sat_meta, and Optuna's own `alembic_version`
 table is left alone). A read-only open (lookup, the source of db merge / export) reads an older file as it is, without
-writing: the columns it lacks read as a migration would fill them (uid computed, layout "kn", the others None).
+writing: the columns it lacks read as a migration would fill them (uid computed, layout "kn", op "spmm", the others
+None).
+
+The key's M, K, N are the product's dimensions, the output M x N and the reduction K, for both operators:
+  spmm   C (M x N) = A (M x K, sparse) @ B (K x N): m, k = A's shape, n = B's columns; density = nnz / (M * K);
+  sddmm  C = (X (M x K) @ Y^T (K x N)) at the nonzeros of the mask S (M x N): m, n = the mask's shape, k = the columns
+         of X and Y; density = nnz / (M * N); layout "kn" (SDDMM has one layout); pattern: the mask's (uniform,
+         powerlaw, or matrix for a given mask). Its baselines go to the same columns: cusparse_us (cusparseSDDMM, fp32
+         and fp16), and the dense path (cuBLAS X @ Y^T then the mask) in the column of its precision: cublas_fp32_us,
+         cublas_fp16_us or cublas_bf16_us; cublas_tf32_us is None.
+An operator's records never serve the other's problems: every read of a key (best, best_sparse, lookup's rows) names
+its operator, spmm unless told.
 """
 from __future__ import annotations
 
@@ -36,8 +50,8 @@ from urllib.parse import quote
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import (Boolean, Column, DateTime, Float, Integer, String, Text, bindparam, create_engine, event,
-                        func, inspect, select, update)
+from sqlalchemy import (Boolean, Column, DateTime, Float, Integer, String, Text, and_, bindparam, create_engine,
+                        event, func, inspect, or_, select, update)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
@@ -49,12 +63,16 @@ from . import guard
 from .guard import SQLITE_MAGIC, is_url, sqlite_uri  # noqa: F401 - also this module's API
 
 APPLICATION = "sparse-autotune"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 V2_COLUMNS = ("uid", "origin")  # the columns schema version 2 added to sat_records
 V3_COLUMNS = ("cublas_bf16_us",)  # the column schema version 3 added
 V4_COLUMNS = ("layout",)  # the column schema version 4 added
-ADDED_COLUMNS = V2_COLUMNS + V3_COLUMNS + V4_COLUMNS  # every column added after version 1, in order
+V5_COLUMNS = ("op",)  # the column schema version 5 added
+ADDED_COLUMNS = V2_COLUMNS + V3_COLUMNS + V4_COLUMNS + V5_COLUMNS  # every column added after version 1, in order
 DEFAULT_LAYOUT = "kn"  # the layout of every record from before version 4
+SPMM, SDDMM = "spmm", "sddmm"
+OPS = (SPMM, SDDMM)  # the operators a record can be of
+DEFAULT_OP = SPMM  # the operator of every record from before version 5
 DB_ENV = "SPARSE_AUTOTUNE_DB"
 DENSITY_RTOL = 1e-3
 
@@ -101,11 +119,13 @@ class Record(Base):
     cupy_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime)
     is_best: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
-    # schema versions 2, 3 and 4 (last, in that order, so that a migrated table has the same column order as a new one)
+    # schema versions 2, 3, 4 and 5 (last, in that order, so that a migrated table has the same column order as a new
+    # one)
     uid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     origin: Mapped[str | None] = mapped_column(String(255), nullable=True)
     cublas_bf16_us: Mapped[float | None] = mapped_column(Float, nullable=True)
     layout: Mapped[str] = mapped_column(String(8), default=DEFAULT_LAYOUT, server_default=DEFAULT_LAYOUT)  # key
+    op: Mapped[str] = mapped_column(String(16), default=DEFAULT_OP, server_default=DEFAULT_OP)  # key
 
     @property
     def config(self) -> dict:
@@ -119,12 +139,14 @@ class Record(Base):
         return Record(**{**keep, **changes})
 
     def to_dict(self) -> dict:
-        """The columns (cuBLAS BF16's time next to the other baselines, the layout after the pattern), config parsed,
-        created_at in ISO form."""
-        keys = [c.key for c in inspect(type(self)).column_attrs if c.key not in ("cublas_bf16_us", "layout")]
+        """The columns (cuBLAS BF16's time next to the other baselines, the layout and the operator after the pattern),
+        config parsed, created_at in ISO form."""
+        keys = [c.key for c in inspect(type(self)).column_attrs if c.key not in ("cublas_bf16_us", "layout", "op")]
         keys.insert(keys.index("cublas_fp16_us") + 1, "cublas_bf16_us")
         keys.insert(keys.index("pattern") + 1, "layout")
+        keys.insert(keys.index("layout") + 1, "op")
         d = {k: getattr(self, k) for k in keys}
+        d["op"] = op_of(self)
         d["config"] = self.config
         d.pop("config_json")
         d["created_at"] = self.created_at.isoformat(timespec="seconds")
@@ -150,10 +172,17 @@ def layout_of(rec) -> str:
     return get("layout") or DEFAULT_LAYOUT
 
 
+def op_of(rec) -> str:
+    """A record's operator (a Record or a mapping of its columns): spmm where it has none (stored before version 5)."""
+    get = rec.get if isinstance(rec, Mapping) else (lambda name: getattr(rec, name, None))
+    return get("op") or DEFAULT_OP
+
+
 def record_uid(rec) -> str:
     """The stable identity of a record (a Record or a mapping of its columns): SHA-256 of its key (GPU, M, K, N,
     density, dtype, pattern; the layout only where it is nk, so a kn record has the uid it had before schema version
-    4), family, config (canonical JSON), time, creation time and matrix hash.
+    4; the operator only where it is not spmm, so an spmm record has the uid it had before version 5), family, config
+    (canonical JSON), time, creation time and matrix hash.
 
     It is computed from the values as the database stores them, so a record has the same uid in every file it is
     copied to: a merge skips records whose uid is already present, and merging a file twice changes nothing.
@@ -173,6 +202,8 @@ def record_uid(rec) -> str:
                float(get("time_us")), created, str(get("matrix_hash"))]
     if layout_of(rec) != DEFAULT_LAYOUT:
         payload.append(layout_of(rec))
+    if op_of(rec) != DEFAULT_OP:
+        payload.append(f"op:{op_of(rec)}")
     return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -218,16 +249,19 @@ def merge_origin(path: Path) -> str:
 
 @dataclass(frozen=True)
 class RecordFilter:
-    """Which records `select_records` / `export` take. gpu: a case-insensitive substring of the GPU name."""
+    """Which records `select_records` / `export` take. gpu: a case-insensitive substring of the GPU name. m, k: the
+    shape of the sparse matrix (an spmm record's A, M x K; an sddmm record's mask, M x N: its m and n columns).
+    op: the operator (spmm, sddmm; None: both)."""
     gpu: str | None = None
     m: int | None = None
     k: int | None = None
     dtype: str | None = None
     best_only: bool = False
+    op: str | None = None
 
     @classmethod
     def of(cls, filters) -> "RecordFilter":
-        """None, a RecordFilter, or a mapping with gpu, shape ("MxK" or (M, K)) or m/k, dtype, best_only."""
+        """None, a RecordFilter, or a mapping with gpu, shape ("MxK" or (M, K)) or m/k, dtype, best_only, op."""
         if filters is None:
             return cls()
         if isinstance(filters, cls):
@@ -239,10 +273,19 @@ class RecordFilter:
                 from ..core.problem import parse_shape  # noqa: PLC0415
                 shape = parse_shape(shape)
             f["m"], f["k"] = (int(x) for x in shape)
-        unknown = set(f) - {"gpu", "m", "k", "dtype", "best_only"}
+        unknown = set(f) - {"gpu", "m", "k", "dtype", "best_only", "op"}
         if unknown:
             raise UserError(f"unknown record filter(s): {', '.join(sorted(unknown))}")
+        if f.get("op") is not None:
+            check_op(f["op"])
         return cls(**f)
+
+
+def check_op(op) -> str:
+    """An operator name (OPS), else a one-line UserError."""
+    if not isinstance(op, str) or op not in OPS:
+        raise UserError(f"unknown operator {op!r}: choose one of {', '.join(OPS)}")
+    return op
 
 
 @dataclass(frozen=True)
@@ -369,8 +412,19 @@ def _migrate_to_4(conn: Connection):
             b.add_column(Column("layout", String(8), nullable=False, server_default=DEFAULT_LAYOUT))
 
 
+def _migrate_to_5(conn: Connection):
+    """Schema 4 -> 5 on `conn` (inside the caller's transaction): add op, NOT NULL, "spmm" in every existing row (every
+    record before version 5 is of SpMM; their uids do not change: record_uid). Alembic's Operations in batch mode, as
+    _migrate_to_2."""
+    op, cols = _operations(conn)
+    if "op" not in cols:
+        with op.batch_alter_table("sat_records") as b:
+            b.add_column(Column("op", String(16), nullable=False, server_default=DEFAULT_OP))
+
+
 # each step: the columns its version added, and the migration that adds them (run in this order, from the oldest)
-MIGRATIONS = ((V2_COLUMNS, _migrate_to_2), (V3_COLUMNS, _migrate_to_3), (V4_COLUMNS, _migrate_to_4))
+MIGRATIONS = ((V2_COLUMNS, _migrate_to_2), (V3_COLUMNS, _migrate_to_3), (V4_COLUMNS, _migrate_to_4),
+              (V5_COLUMNS, _migrate_to_5))
 
 
 def _set_journal_mode(path: Path, mode: str):
@@ -393,7 +447,7 @@ def _no_nan(r: Record):
 
 
 def _key_of(r: Record) -> tuple:
-    return (r.gpu_name, r.m, r.k, r.n, r.density, r.dtype, r.pattern, layout_of(r))
+    return (r.gpu_name, r.m, r.k, r.n, r.density, r.dtype, r.pattern, layout_of(r), op_of(r))
 
 
 def _copy(r: Record) -> Record:
@@ -577,7 +631,7 @@ class TuningDB:
         """Flag the best of rec's key: the fastest verified record (a tie keeps the current best, else the oldest);
         every other record of the key is history. Returns the best, or None when no record of the key is verified."""
         rows = list(s.scalars(self._key_query(rec.gpu_name, rec.m, rec.k, rec.n, rec.density, rec.dtype,
-                                              rec.pattern, layout_of(rec))))
+                                              rec.pattern, layout_of(rec), op_of(rec))))
         verified = [r for r in rows if is_verified(r)]
         winner = None
         if verified:
@@ -697,9 +751,9 @@ class TuningDB:
     # ---- reading ----------------------------------------------------------------------------------------
 
     @staticmethod
-    def _key_query(gpu, m, k, n, density, dtype, pattern=None, layout=None):
-        """The records of a key (layout None: any layout; a file without the layout column holds kn records only:
-        filter with _in_layout there)."""
+    def _key_query(gpu, m, k, n, density, dtype, pattern=None, layout=None, op=None):
+        """The records of a key (layout / op None: any layout / operator; a file without the layout or op column holds
+        kn / spmm records only: filter with _layout_query there)."""
         # densities match within 0.1 %: a matrix of requested density d has round(d*M*K)/(M*K) nonzeros
         q = select(Record).where(Record.m == m, Record.k == k, Record.n == n, Record.dtype == dtype,
                                  Record.density.between(density * (1 - DENSITY_RTOL), density * (1 + DENSITY_RTOL)))
@@ -709,14 +763,28 @@ class TuningDB:
             q = q.where(Record.pattern == pattern)
         if layout is not None:
             q = q.where(Record.layout == layout)
+        if op is not None:
+            q = q.where(Record.op == op)
         return q
 
-    def _layout_query(self, q, layout: str):
-        """q restricted to records of `layout`, or None where this file can have none (a read-only file from before
-        schema version 4 holds kn records only, without the column)."""
+    def _op_query(self, q, op: str | None):
+        """q restricted to records of the operator `op` (None: any), or None where this file can have none (a read-only
+        file from before schema version 5 holds spmm records only, without the column)."""
+        if op is None:
+            return q
+        if "op" in self._missing:
+            return q if op == DEFAULT_OP else None
+        return q.where(Record.op == op)
+
+    def _layout_query(self, q, layout: str, op: str | None = DEFAULT_OP):
+        """q restricted to records of `layout` and of the operator `op` (spmm by default; None: any), or None where this
+        file can have none (a read-only file from before schema version 4 holds kn records only, from before version 5
+        spmm records only, without the columns)."""
         if "layout" in self._missing:
-            return q if layout == DEFAULT_LAYOUT else None
-        return q.where(Record.layout == layout)
+            q = q if layout == DEFAULT_LAYOUT else None
+        else:
+            q = q.where(Record.layout == layout)
+        return None if q is None else self._op_query(q, op)
 
     def _query(self, s: Session, q, full_uids: bool = False) -> list[Record]:
         """Run a select(Record); on a read-only older file the columns it lacks (self._missing) are not selected: uid
@@ -732,13 +800,14 @@ class TuningDB:
             uids = {r["id"]: u for r, u in zip(every, _assign_uids(every))}
         for r in rows:  # the uid last: it is computed from the others (layout among them)
             for c in sorted(self._missing, key=lambda c: c == "uid"):
-                value = DEFAULT_LAYOUT if c == "layout" else None
+                value = {"layout": DEFAULT_LAYOUT, "op": DEFAULT_OP}.get(c)
                 set_committed_value(r, c, (uids.get(r.id) or record_uid(r)) if c == "uid" else value)
         return rows
 
-    def best(self, m, k, n, density, dtype, gpu=None, pattern=None, layout: str = DEFAULT_LAYOUT) -> Record | None:
-        """The fastest best-flagged record for the exact key (any GPU / pattern where None)."""
-        q = self._layout_query(self._key_query(gpu, m, k, n, density, dtype, pattern), layout)
+    def best(self, m, k, n, density, dtype, gpu=None, pattern=None, layout: str = DEFAULT_LAYOUT,
+             op: str = DEFAULT_OP) -> Record | None:
+        """The fastest best-flagged record for the exact key (any GPU / pattern where None) of the operator `op`."""
+        q = self._layout_query(self._key_query(gpu, m, k, n, density, dtype, pattern), layout, op)
         if self._empty or q is None:
             return None
         q = q.where(Record.is_best.is_(True))
@@ -753,10 +822,10 @@ class TuningDB:
             raise UserError(f"cannot read database {self.label!r}: {str(exc).splitlines()[0]}") from None
 
     def best_sparse(self, m, k, n, density, dtype, gpu=None, pattern=None,
-                    layout: str = DEFAULT_LAYOUT) -> Record | None:
-        """The fastest verified record of a kernel family (not a vendor path, core.vendor) for the exact key: the tuned
-        kernel's own figure where a vendor record is the key's best."""
-        q = self._layout_query(self._key_query(gpu, m, k, n, density, dtype, pattern), layout)
+                    layout: str = DEFAULT_LAYOUT, op: str = DEFAULT_OP) -> Record | None:
+        """The fastest verified record of a kernel family (not a vendor path, core.vendor) for the exact key of the
+        operator `op`: the tuned kernel's own figure where a vendor record is the key's best."""
+        q = self._layout_query(self._key_query(gpu, m, k, n, density, dtype, pattern), layout, op)
         if self._empty or q is None:
             return None
         from ..core.vendor import VENDOR_FAMILIES  # noqa: PLC0415
@@ -777,10 +846,16 @@ class TuningDB:
         q = select(Record)
         if flt.gpu:
             q = q.where(func.lower(Record.gpu_name).contains(flt.gpu.lower(), autoescape=True))
+        q = self._op_query(q, flt.op)
+        if q is None:  # sddmm records asked of a read-only file from before schema version 5: it has none
+            return []
         if flt.m is not None:
             q = q.where(Record.m == flt.m)
-        if flt.k is not None:
-            q = q.where(Record.k == flt.k)
+        if flt.k is not None:  # the sparse matrix's columns: A's K, or an sddmm mask's N
+            if "op" in self._missing:
+                q = q.where(Record.k == flt.k)
+            else:
+                q = q.where(or_(and_(Record.op != SDDMM, Record.k == flt.k), and_(Record.op == SDDMM, Record.n == flt.k)))
         if flt.dtype:
             q = q.where(Record.dtype == flt.dtype)
         if flt.best_only:
@@ -817,7 +892,7 @@ class TuningDB:
 
 
 _Row = namedtuple("_Row", "id gpu_name m k n density dtype pattern time_us max_rel_err is_best family config_json "
-                          "layout")
+                          "layout op")
 
 
 def _consistency(con: sqlite3.Connection) -> list[str]:
@@ -828,13 +903,14 @@ def _consistency(con: sqlite3.Connection) -> list[str]:
     if not cols:
         return []
     layout = "layout" if "layout" in cols else f"'{DEFAULT_LAYOUT}'"  # a file from before schema 4: all kn
+    op = "op" if "op" in cols else f"'{DEFAULT_OP}'"  # a file from before schema 5: all spmm
     rows = con.execute("SELECT id, gpu_name, m, k, n, density, dtype, pattern, time_us, max_rel_err, is_best, family, "
-                       f"config_json, {layout} FROM sat_records ORDER BY id").fetchall()
+                       f"config_json, {layout}, {op} FROM sat_records ORDER BY id").fetchall()
 
     groups: dict[tuple, list[_Row]] = {}
     for row in rows:
         r = _Row(*row)
-        groups.setdefault((r.gpu_name, r.m, r.k, r.n, r.dtype, r.pattern, r.layout), []).append(r)
+        groups.setdefault((r.gpu_name, r.m, r.k, r.n, r.dtype, r.pattern, r.layout, r.op), []).append(r)
     problems: list[str] = []
     for g in groups.values():
         for r in g:
@@ -842,7 +918,7 @@ def _consistency(con: sqlite3.Connection) -> list[str]:
             bests = [x for x in near if x.is_best]
             verified = [x for x in near if is_verified(x)]
             key = f"{r.gpu_name} {r.m}x{r.k} N={r.n} d={r.density:g} {r.dtype} {r.pattern}" + (
-                f" {r.layout}" if r.layout != DEFAULT_LAYOUT else "")
+                f" {r.layout}" if r.layout != DEFAULT_LAYOUT else "") + (f" {r.op}" if r.op != DEFAULT_OP else "")
             if r.is_best and not is_verified(r):
                 problems.append(f"record {r.id} is the best of its key but not verified")
             if r.is_best and len(bests) > 1 and r.id == min(x.id for x in bests):

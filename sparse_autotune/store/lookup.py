@@ -23,6 +23,9 @@ nk answer carries its path (`nk_path`, core.space) for a kernel family; `Tuned.p
 vendor paths: native) and `Tuned.record_layout` which layout the record was tuned in. A kn record serving an nk problem
 is a transferred source: its kernel must have beaten its own vendor baselines by TRANSFER_MARGIN, as for any other
 source than exact.
+Operators: every function here serves SpMM and reads spmm records only (store.db: the operator is part of the key);
+`op_lookup` is the same search (exact, nearest, same-arch; no bucket, no built-in default) over the records of another
+operator, for its own runtime (runtime.sddmm), which passes what its configs can run.
 Lookups are cached in-process; a database file that changes on disk (its size or mtime) is re-read.
 """
 from __future__ import annotations
@@ -42,7 +45,7 @@ from ..core.problem import check_density, check_dims, check_dtype, check_layout,
 from ..core.space import NK_PATH, split_path
 from ..resources import resource_dir
 from ..store import guard
-from ..store.db import DEFAULT_LAYOUT, DENSITY_RTOL, Record, TuningDB, default_db_path
+from ..store.db import DEFAULT_LAYOUT, DEFAULT_OP, DENSITY_RTOL, Record, TuningDB, default_db_path
 
 SOURCES = ("exact", "bucket", "nearest", "same-arch", "default")
 _COLUMNS = (Record.id, Record.gpu_name, Record.gpu_cc, Record.m, Record.k, Record.n, Record.density, Record.dtype,
@@ -89,9 +92,10 @@ class _Row:
     cublas_tf32_us: float | None = None
     cublas_fp16_us: float | None = None
     layout: str = DEFAULT_LAYOUT
+    op: str = DEFAULT_OP
 
 
-_rows_cache: dict[str, tuple[tuple, list[_Row]]] = {}
+_rows_cache: dict[tuple[str, str], tuple[tuple, list[_Row]]] = {}
 _result_cache: dict[tuple, tuple[tuple, Tuned]] = {}
 
 
@@ -128,10 +132,10 @@ def _stamp(target: str) -> tuple:
     return tuple(out)
 
 
-def _best_rows(target: str) -> list[_Row]:
-    """Every best-flagged record of one database (cached until the file changes)."""
+def _best_rows(target: str, op: str = DEFAULT_OP) -> list[_Row]:
+    """Every best-flagged record of the operator `op` in one database (cached until the file changes)."""
     stamp = _stamp(target)
-    hit = _rows_cache.get(target)
+    hit = _rows_cache.get((target, op))
     if hit is not None and hit[0] == stamp:
         return hit[1]
     rows: list[_Row] = []
@@ -140,10 +144,10 @@ def _best_rows(target: str) -> list[_Row]:
     if guard.survey(target).state == "tuning":
         tdb = TuningDB(target, create=False, readonly=True)
         try:
-            rows = db_best_rows(tdb)
+            rows = db_best_rows(tdb, op)
         finally:
             tdb.dispose()
-    _rows_cache[target] = (stamp, rows)
+    _rows_cache[(target, op)] = (stamp, rows)
     return rows
 
 
@@ -411,10 +415,31 @@ def candidates(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu:
     return out
 
 
+def op_lookup(op: str, m: int, k: int, n: int, density: float, dtype: str, runs, gpu: str | None = None,
+              cc: str | None = None, db=None, pattern: str | None = None, fallback: bool = True) -> Tuned | None:
+    """The best record of the operator `op` (store.db: its key's M, K, N) for a problem, in lookup's order over the user's
+    database and the shipped ones: this GPU model's exact key, else (fallback) its nearest record (log-scaled M, K, N
+    and density), else another GPU of the same compute capability (`cc`; exact first, else nearest). `runs(row)`: the
+    record's config as this problem runs it, or None to pass the record over. `.source` is exact, nearest or
+    same-arch; None where no record runs the problem (the operator's runtime has its own default). gpu=None: records
+    of any GPU."""
+    rows = [r for t in search_path(db) for r in _best_rows(t, op) if r.dtype == dtype]
+    if gpu is not None and cc is None:
+        cc = next((x.cc for x in rows if x.gpu == gpu), None)
+    for group, is_arch in _tiers(rows, gpu, cc, DEFAULT_LAYOUT):
+        if is_arch and (not fallback or gpu is None):
+            break
+        r, dist, cfg = _pick(group, m, k, n, density, pattern, runs)
+        if r is None or not (dist == 0.0 or fallback):
+            continue
+        return _tuned(r, "same-arch" if is_arch else ("exact" if dist == 0.0 else "nearest"), dist, cfg)
+    return None
+
+
 def _row(r, label: str) -> _Row:
     return _Row(r.id, r.gpu_name, r.gpu_cc, r.m, r.k, r.n, r.density, r.dtype, r.pattern, r.family, r.config_json,
                 r.time_us, label, r.cusparse_us, r.cublas_fp32_us, r.cublas_tf32_us, r.cublas_fp16_us,
-                getattr(r, "layout", None) or DEFAULT_LAYOUT)
+                getattr(r, "layout", None) or DEFAULT_LAYOUT, getattr(r, "op", None) or DEFAULT_OP)
 
 
 # A record of a kernel that serves another problem than its own (another N in its bucket, the nearest key, another GPU
@@ -571,20 +596,26 @@ def _is_tf32(family: str, config_json: str) -> bool:
         return False
 
 
-def db_best_rows(tdb: TuningDB) -> list[_Row]:
-    """Every best-flagged record of an open tuning database; where the best of a key is cuBLAS TF32 (tuned with the
-    user's opt-in), also the fastest verified other record of that key, which serves whoever has not opted in."""
+def db_best_rows(tdb: TuningDB, op: str = DEFAULT_OP) -> list[_Row]:
+    """Every best-flagged record of the operator `op` (spmm by default) in an open tuning database; where the best of a
+    key is cuBLAS TF32 (tuned with the user's opt-in), also the fastest verified other record of that key, which serves
+    whoever has not opted in."""
     from ..store.db import is_verified  # noqa: PLC0415
 
-    # a file from before schema version 4 has no layout column: its records are all kn
-    cols = (*_COLUMNS, Record.layout if "layout" not in tdb._missing else literal(DEFAULT_LAYOUT).label("layout"))
+    # a file from before schema version 4 has no layout column: its records are all kn; from before 5 no op column:
+    # its records are all spmm
+    cols = (*_COLUMNS, Record.layout if "layout" not in tdb._missing else literal(DEFAULT_LAYOUT).label("layout"),
+            Record.op if "op" not in tdb._missing else literal(DEFAULT_OP).label("op"))
+    best_q = tdb._op_query(select(*cols).where(Record.is_best.is_(True)), op)
+    if best_q is None:  # another operator's records asked of a file from before schema version 5: it has none
+        return []
 
     def read():
         with tdb.engine.connect() as con:
-            rows = [_row(r, tdb.label) for r in con.execute(select(*cols).where(Record.is_best.is_(True)))]
+            rows = [_row(r, tdb.label) for r in con.execute(best_q)]
             for b in [r for r in rows if _is_tf32(r.family, r.config_json)]:
                 q = tdb._layout_query(TuningDB._key_query(b.gpu, b.m, b.k, b.n, b.density, b.dtype, b.pattern),
-                                      b.layout)
+                                      b.layout, b.op)
                 q = q.with_only_columns(*cols, Record.max_rel_err).where(Record.is_best.is_(False)).order_by(
                     Record.time_us, Record.id)
                 rest = [r for r in con.execute(q) if is_verified(r) and not _is_tf32(r.family, r.config_json)]
@@ -598,21 +629,21 @@ def db_best_rows(tdb: TuningDB) -> list[_Row]:
 
 def seed_configs(tdb: TuningDB, m: int, k: int, n: int, density: float, dtype: str, gpu: str,
                  pattern: str | None = None, families=None, limit: int = 6, per_family: int = 2,
-                 layout: str = DEFAULT_LAYOUT) -> list[tuple[str, dict]]:
+                 layout: str = DEFAULT_LAYOUT, op: str = DEFAULT_OP) -> list[tuple[str, dict]]:
     """Warm start for a search: the configs of the best records nearest to (M, K, N, density) tuned on this GPU model
     for this dtype, in the open database `tdb` and the shipped ones, nearest first, at most `per_family` per family
     and `limit` in all, each (family, config) once; only the given families. A kn problem's seeds are kn records'; an
     nk problem's nk records' and kn records' (a record of the other layout counts 0.25 farther; a kn config gets the
-    family's default nk path when the search normalizes it).
+    family's default nk path when the search normalizes it). op: the operator whose records seed (spmm by default).
 
     `tdb` is read through its own engine (a tuner holds it open: opening the same SQLite file through another
     descriptor of this process and closing it would drop this process's locks on it)."""
     own = str(tdb.path) if tdb.path is not None else None
-    rows = db_best_rows(tdb)
+    rows = db_best_rows(tdb, op)
     for target in shipped_databases():
         if own is None or str(Path(target).resolve()) != own:
             try:
-                rows += _best_rows(target)
+                rows += _best_rows(target, op)
             except UserError:
                 continue  # an unreadable shipped file gives no seeds; lookup reports it
     rows = [r for r in rows if r.dtype == dtype and r.gpu == gpu and (families is None or r.family in families)
@@ -641,4 +672,4 @@ def _clear():
 
 lookup.cache_clear = _clear  # type: ignore[attr-defined]
 
-__all__ = ["SOURCES", "Tuned", "candidates", "default_config", "lookup", "search_path", "seed_configs"]
+__all__ = ["SOURCES", "Tuned", "candidates", "default_config", "lookup", "op_lookup", "search_path", "seed_configs"]

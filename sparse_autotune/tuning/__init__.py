@@ -1,1 +1,1 @@
-"""Tuning: the tuner (render, compile, verify, time each candidate), the search, the problem loop, workers and their queue, suites, checkpoints. May import: core, device, store, errors, resources."""
+"""Tuning: the tuner (render, compile, verify, time each candidate), the search, the problem loop, workers and their queue, suites, checkpoints; the SDDMM tuner. May import: core, device, ops, store, errors, resources."""

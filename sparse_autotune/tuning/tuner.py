@@ -167,7 +167,53 @@ class Tuner:
                 bar.close()
 
 
-class GpuTuner(Tuner):
+class GpuTurnMixin:
+    """A GPU tuner's turn on its GPU (self.turn: device.turn) by phase (self.turn_s), and one candidate verified and
+    timed in it: what the SpMM tuner (GpuTuner) and the SDDMM tuner (sddmm_tune.GpuSddmmTuner) share."""
+
+    @contextmanager
+    def _phase(self, name: str):
+        """Hold the GPU's turn, adding the time held to this problem's phase `name`."""
+        held0 = self.turn.held_s
+        try:
+            with self.turn():
+                yield
+        finally:
+            self.turn_s[name] += self.turn.held_s - held0
+
+    def verify_and_time(self, fresh, out, launches, dtype: str, flops: int):
+        """In the "trials" phase: fresh() -> (run, reference) with fresh inputs, run() verified into `out` against the
+        reference (device.verify.check: poisoned first, the dtype's tolerance), then `launches` timed
+        (device.timing.time_launches, given up above give_up_threshold of the best so far). (median us, attrs); a
+        CandidateError where it fails (a failed launch that poisoned the context stops the run: DeviceLostError)."""
+        from ..device.timing import time_launches  # noqa: PLC0415
+        from ..device.verify import check  # noqa: PLC0415
+        with self._phase("trials"):
+            t0 = time.perf_counter()
+            try:
+                run, ref = fresh()
+                err = check(run, out, ref, dtype)
+            except CandidateError as exc:
+                if exc.stage == "launch":
+                    _assert_context_alive()
+                raise
+            finally:
+                t1 = time.perf_counter()
+                self.turn_s["verify"] += t1 - t0
+            try:
+                t = time_launches(launches, give_up_above_us=give_up_threshold(self.best_us))
+            except Exception as exc:  # noqa: BLE001
+                _assert_context_alive()
+                raise CandidateError("time", str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+            finally:
+                self.turn_s["time"] += time.perf_counter() - t1
+        if t.method == "estimate":
+            self.given_up += 1
+        return t.median_us, {"rel_err": err, "spread": t.spread, "timing": t.method,
+                             "gflops": flops / (t.median_us * 1e-6) / 1e9}
+
+
+class GpuTuner(GpuTurnMixin, Tuner):
     """Tuning on this process's GPU: candidates compiled, verified and timed; finish() times the winner and the
     baselines again the same way and stores the record."""
 
@@ -208,47 +254,17 @@ class GpuTuner(Tuner):
         from ..device.staged import build_for  # noqa: PLC0415
         return build_for(self.ctx.a_dev, family, cfg, self.problem.dtype, self.problem.layout)
 
-    @contextmanager
-    def _phase(self, name: str):
-        """Hold the GPU's turn, adding the time held to this problem's phase `name`."""
-        held0 = self.turn.held_s
-        try:
-            with self.turn():
-                yield
-        finally:
-            self.turn_s[name] += self.turn.held_s - held0
-
     def evaluate(self, family: str, cfg: dict, kern=None):
         """Verify and time one candidate: its kernel from prepare (built here without one)."""
-        from ..device.timing import time_launches  # noqa: PLC0415
-        from ..device.verify import check  # noqa: PLC0415
         ctx, problem = self.ctx, self.problem
         if kern is None:
             kern = self.prepare(family, cfg)
-        with self._phase("trials"):
-            t0 = time.perf_counter()
+
+        def fresh():
             b, ref = ctx.fresh_check()
-            try:
-                err = check(lambda: ctx.launch(kern, b), ctx.c, ref, problem.dtype)  # nk: with the bias
-            except CandidateError as exc:
-                if exc.stage == "launch":
-                    _assert_context_alive()
-                raise
-            finally:
-                t1 = time.perf_counter()
-                self.turn_s["verify"] += t1 - t0
-            try:
-                t = time_launches([lambda bb=bb: ctx.launch(kern, bb) for bb in ctx.b_bufs],
-                                  give_up_above_us=give_up_threshold(self.best_us))
-            except Exception as exc:  # noqa: BLE001
-                _assert_context_alive()
-                raise CandidateError("time", str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-            finally:
-                self.turn_s["time"] += time.perf_counter() - t1
-        if t.method == "estimate":
-            self.given_up += 1
-        return t.median_us, {"rel_err": err, "spread": t.spread, "timing": t.method,
-                             "gflops": problem.flops / (t.median_us * 1e-6) / 1e9}
+            return (lambda: ctx.launch(kern, b)), ref  # nk: with the bias
+        return self.verify_and_time(fresh, ctx.c, [lambda bb=bb: ctx.launch(kern, bb) for bb in ctx.b_bufs],
+                                    problem.dtype, problem.flops)
 
     def finish(self, res) -> dict:
         """The winner and the baselines, verified and timed again the same way in this process; the record stored."""
