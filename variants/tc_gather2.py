@@ -280,6 +280,11 @@ def args(kernel, n: int, b, c) -> tuple:
 
 def adapt(space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:
     """For another N: 16-bit staging where 16-byte copies do not divide N, and/or a narrower column tile (the widest
-    that fits, e.g. 64 for N = 1); the rest of the config as stored."""
-    return adapt_jointly(space, config, dtype, env, limits,
-                         lambda cfg: {"tile_n": narrower(space, cfg, dtype, "tile_n"), "bload": stored_then_scalar(cfg)})
+    that fits, e.g. 64 for N = 1), and where a stored minblocks' register cap does not hold the 16-bit staging (or
+    this GPU's shared memory does not hold its blocks), the template's estimate (minblocks 0); the rest as stored."""
+    def orders(cfg):
+        out = {"tile_n": narrower(space, cfg, dtype, "tile_n"), "bload": stored_then_scalar(cfg)}
+        if "minblocks" in cfg:  # (apre buf2's only)
+            out["minblocks"] = list(dict.fromkeys((cfg["minblocks"], 0)))
+        return out
+    return adapt_jointly(space, config, dtype, env, limits, orders)

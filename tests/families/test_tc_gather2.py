@@ -8,6 +8,7 @@ float64 on the edge cases at N = 1, 7, 72, 512, 2049, fp16 and bf16."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import re
 import shutil
 import subprocess
@@ -231,11 +232,14 @@ def _covering(n=2048, m=3072, k=768, dtype="fp16"):
         if key not in seen:
             seen.add(key)
             out.append(cfg)
-    for name in ("rn", "wm", "wn", "tile_n", "stages", "ksteps", "bload", "row_order"):
+    for name in PARAMS:
         for v in sp.param(name).choices(dtype):
-            if not any(c[name] == v for c in out):
-                out += [c for c in feas if c[name] == v][:1]  # (none where N rules the value out)
+            if not any(c.get(name) == v for c in out):
+                out += [c for c in feas if c.get(name) == v][:1]  # (none where N rules the value out)
     return out
+
+
+PARAMS = ("rn", "wm", "wn", "tile_n", "stages", "ksteps", "bload", "minblocks", "apre", "row_order")
 
 
 def _nvcc(cfg, dtype):
@@ -246,7 +250,9 @@ def _check_report(cfg, rep):
     assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
     regs = int(re.search(r"Used (\d+) registers", rep).group(1))
     spill = max(int(x) for x in re.findall(r"(\d+) bytes spill stores", rep))
-    # vector staging: no spill; the 16-bit staging (odd N only) may park a word or two: at most 16 bytes
+    # vector staging: no spill; the 16-bit staging (odd N only) may park a word or two: at most 16 bytes (also under
+    # an explicit minblocks cap: 3 of the 480 distinct (rn, accumulators, row numbers, bload, stages, cap) its
+    # constraint admits spill, 4-16 bytes, all with 16-bit staging; CUDA 13.0)
     assert regs <= 255 and spill <= (0 if cfg["bload"] == "vec" else 16), (cfg, rep)
     smem = re.search(r"(\d+) bytes smem", rep)
     assert smem is None or int(smem.group(1)) == 0, (cfg, rep)  # all shared memory is dynamic
@@ -330,6 +336,180 @@ def test_constraints():
         assert -(-16 * cfg["ksteps"] // (nt // (cfg["tile_n"] // 8))) <= 8
 
 
+# ---- occupancy knobs (session 11): minblocks (the register cap) and apre (A's operand prefetch) -------------
+
+OLD_BEST = dict(rn=4, wm=4, wn=1, tile_n=64, stages=3, ksteps=8, bload="vec", row_order="minhash")  # session 9's sweep
+
+
+def _minblocks(cfg) -> int:
+    """__launch_bounds__' blocks an SM: minblocks, or where it is 0 the template's estimate."""
+    src = render.render(space(), cfg, "fp16")
+    return int(re.search(r"__launch_bounds__\(NTHREADS, (\d+)\)", src).group(1))
+
+
+def _cap(cfg) -> int:
+    """The registers a thread ptxas may use under __launch_bounds__(threads, blocks)."""
+    return 65536 // (_minblocks(cfg) * 32 * cfg["wm"] * cfg["wn"]) // 8 * 8
+
+
+def _blocks_an_sm(cfg, regs: int) -> int:
+    """Blocks an SM holds on sm_90: registers (a warp's in units of 256), shared memory (+ 1 KB a block), 64 warps."""
+    warps = cfg["wm"] * cfg["wn"]
+    by_regs = 65536 // (-(-regs * 32 // 256) * 256) // warps
+    return min(by_regs, 233472 // (host().shared_bytes(cfg) + 1024), 64 // warps)
+
+
+def test_occupancy_defaults_render_the_kernel_as_before():
+    """apre rot2, what a config stored before it normalizes to (minblocks is buf2's only), renders the bytes a config
+    without it renders (the kernel as it was: the estimate's __launch_bounds__, three rotated sets); other values set
+    __launch_bounds__ and the main loop, and the header names them."""
+    sp = space()
+    for cfg in (OLD_BEST, dict(OLD_BEST, bload="scalar", rn=2, wn=2, row_order="natural")):
+        full = sp.normalize(cfg, "fp16")
+        assert full == dict(cfg, apre="rot2") and sp.normalize(dict(cfg, minblocks=4), "fp16") == full
+        src = render.render(sp, cfg, "fp16")
+        assert render.render(sp, full, "fp16") == src and " apre=rot2 row_order=" in src.splitlines()[0]
+        assert render.render(sp, dict(full, minblocks=4), "fp16") == src  # ignored but for buf2
+        assert "const AFrag cur = f0;" in src and "step(f0" not in src
+    assert "__launch_bounds__(NTHREADS, 3)" in render.render(sp, OLD_BEST, "fp16")  # the estimate: 3 blocks
+    src = render.render(sp, dict(OLD_BEST, minblocks=4, apre="buf2"), "fp16")
+    assert "__launch_bounds__(NTHREADS, 4)" in src and " apre=buf2 minblocks=4 " in src.splitlines()[0]
+    assert "const AFrag cur" not in src and "AFrag f0, f1;" in src and "lda(t + 2, f);" in src
+    src = render.render(sp, dict(OLD_BEST, apre="buf3"), "fp16")
+    assert "__launch_bounds__(NTHREADS, 3)" in src and "AFrag f0, f1, f2;" in src and "lda(t + 3, f);" in src
+
+
+def test_occupancy_constraints():
+    """minblocks must fit the SM (shared memory, warps) and leave the registers the config needs (fitted to ptxas)."""
+    sp = space()
+    env = problem_env(3072, 768, 2048, 117965, "fp16")
+    occ = dict(OLD_BEST, minblocks=4, apre="buf2")  # 4 x 55 KB, cap 128
+    assert sp.check(occ, env, DEFAULT_LIMITS) is None
+    assert "shared memory" in sp.check({**occ, "minblocks": 5}, env, DEFAULT_LIMITS)  # 5 x 55 KB
+    assert "cap minblocks sets" in sp.check({**occ, "minblocks": 5, "stages": 2}, env, DEFAULT_LIMITS)  # 96 registers
+    assert "shared memory" in sp.check(occ, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": 163 * 1024})  # sm_80
+    small = dict(rn=1, wm=8, wn=2, tile_n=64, stages=2, ksteps=2, bload="vec", row_order="natural", apre="buf2")
+    assert sp.check({**small, "minblocks": 2}, env, DEFAULT_LIMITS) is None  # 32 warps at 64 registers
+    assert "cap minblocks sets" in sp.check({**small, "minblocks": 4}, env, DEFAULT_LIMITS)  # 64 warps at 32
+    assert "64 warps" in sp.check({**small, "minblocks": 5}, env, DEFAULT_LIMITS)
+
+
+SWEEP_FILE = Path(__file__).with_name("tc_gather2_sweep.txt")  # session 11's sweep: probe sweep --config @FILE
+SWEEP_CASES = ((3072, 768, 2048, 0.05), (512, 2048, 512, 0.1), (4096, 4096, 1024, 0.05))
+
+
+def _sweep_given():
+    """The sweep file's configs as bench/probe.py reads them (family, config as written)."""
+    import importlib.util
+    import sys
+    probe = sys.modules.get("sat_bench_probe")
+    if probe is None:
+        spec = importlib.util.spec_from_file_location("sat_bench_probe",
+                                                      Path(__file__).parents[2] / "bench" / "probe.py")
+        probe = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = probe  # its dataclasses look their module up
+        spec.loader.exec_module(probe)
+    return probe, probe.parse_given([f"@{SWEEP_FILE}"])
+
+
+def _sweep_variants():
+    return [space().normalize(c, "fp16") for fam, c in _sweep_given()[1] if fam == FAMILY]
+
+
+def test_the_sweep_file_parses_and_its_configs_are_feasible_at_its_cases():
+    """probe sweep --config @FILE: every line a family's config (defaults filled in), feasible at the sweep's three
+    cases (tc_gather's references too); session 9's best first, and every new value of minblocks / apre it uses is
+    one the space has. probe refuses a bad line in one line (UserError)."""
+    from sparse_autotune.core.space import get_space
+    from sparse_autotune.errors import UserError
+    probe, given = _sweep_given()
+    assert [f for f, _ in given].count(FAMILY) >= 10 and given[0] == (FAMILY, {k: v for k, v in OLD_BEST.items()
+                                                                                if k != "bload"})
+    for fam, cfg in given:
+        sp = get_space(fam)
+        for m, k, n, d in SWEEP_CASES:
+            norm = sp.normalize(cfg, "fp16")
+            assert norm is not None and sp.check(norm, problem_env(m, k, n, round(d * m * k), "fp16"),
+                                                 DEFAULT_LIMITS) is None, (fam, cfg, m)
+    variants = _sweep_variants()
+    assert {c["apre"] for c in variants} == {"rot2", "buf2", "buf3"}
+    assert {0, 2, 3, 4, 6} <= {c["minblocks"] for c in variants if c["apre"] == "buf2"}
+    for bad, says in (("tc_gather2:{\"rn\": 3}", "not in"), ("nope:{}", "unknown family"),
+                      ("tc_gather2:{\"zz\": 1}", "no parameter"), ("tc_gather2", "FAMILY:JSON"), ("@/no/such", "read")):
+        with pytest.raises(UserError, match=says):
+            probe.parse_given([bad])
+
+
+def test_probe_sweep_measures_the_given_configs_first_on_each_case(tmp_path, monkeypatch):
+    """probe sweep --config (CPU, a stand-in device): each case measures the file's configs feasible there first (marked
+    given, not again as samples), then the filtered random sample; the results are written after every case."""
+    probe, given = _sweep_given()
+    seen = []
+
+    class FakeDevice:
+        meta = {"gpu": "fake", "cc": "9.0", "driver": "0", "cuda": "0", "cupy": "0", "date": "today"}
+
+        class info:  # noqa: N801
+            name = "Fake GPU"
+
+            @staticmethod
+            def limits():
+                return dict(DEFAULT_LIMITS)
+
+        def versions_line(self):
+            return "fake"
+
+        def context(self, case):
+            return case
+
+        def env(self, case):
+            return problem_env(case.M, case.K, case.N, round(case.density * case.M * case.K), case.dtype)
+
+        def measure(self, case, family, cfg):
+            seen.append((case.M, family, cfg))
+            return {"time_us": 10.0 + len(seen), "rel_err": 0.0}
+
+    monkeypatch.setattr(probe, "Device", FakeDevice)
+    filt = json.dumps({FAMILY: {"apre": ["buf2"], "minblocks": [4]}, "tc_gather": {"rn": []}})
+    out = tmp_path / "sw"
+    assert probe.main(["sweep", "--case", "3072x768:2048:0.05:fp16", "--case", "512x2048:512:0.1:fp16",
+                       "--families", "tc_gather2,tc_gather", "--samples", "3", "--filter", filt,
+                       "--config", f"@{SWEEP_FILE}", "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    mine = [c for f, c in given if f == FAMILY]
+    for r in res["results"]:
+        fam_given = [c for f, c in given if f == r["family"]]
+        got = [cfg for m, f, cfg in seen if m == r["case"]["M"] and f == r["family"]]
+        assert len(got) == len(fam_given) + (3 if r["family"] == FAMILY else 0)
+        assert len({json.dumps(c, sort_keys=True) for c in got}) == len(got)  # nothing twice
+        assert len(r["given"]) == len(fam_given) and [g[1] for g in r["given"]] == got[:len(fam_given)]
+        assert all(c.get("minblocks") == 4 for c in got[len(fam_given):])  # the sample: filtered
+    assert seen[0][2] == space().normalize(mine[0], "fp16")  # session 9's best measured first
+    assert "Given configs (--config)" in out.with_suffix(".md").read_text()
+
+
+def test_occupancy_variants_compile_at_their_register_cap_without_spills():
+    """The sweep file's tc_gather2 configs of the new loops and two with 16-bit staging: within the register cap of
+    __launch_bounds__, no spill, and the blocks an SM it asks for are reached (registers, shared memory, warps)."""
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    cfgs, keys = [], set()
+    for c in _sweep_variants():  # the new loops (the old one: the covering test); row_order changes no register
+        key = json.dumps({k: v for k, v in c.items() if k != "row_order"}, sort_keys=True)
+        if c["apre"] != "rot2" and key not in keys:
+            keys.add(key)
+            cfgs.append((c, "fp16"))
+    cfgs += [(dict(OLD_BEST, wn=2, bload="scalar", apre="buf2", minblocks=2), "bf16"),
+             (dict(OLD_BEST, rn=1, wm=2, wn=2, stages=4, ksteps=4, bload="scalar", apre="buf2", minblocks=6), "fp16")]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda cd: _nvcc(*cd), cfgs))
+    for (cfg, _), rep in zip(cfgs, reports):
+        regs = _check_report(cfg, rep)
+        assert regs <= _cap(cfg) and _blocks_an_sm(cfg, regs) >= _minblocks(cfg), (cfg, regs)
+    regs = {json.dumps(c, sort_keys=True): _check_report(c, r) for (c, _), r in zip(cfgs, reports)}
+    assert regs[json.dumps(dict(OLD_BEST, apre="buf2", minblocks=0), sort_keys=True)] < 150  # 159 with rot2
+
+
 def test_adapt_to_another_n():
     """A config stored for N = 2048 runs N = 1 and N = 7 with 16-bit staging and a 64-column tile; N = 512 as is."""
     fam = get_family(FAMILY)
@@ -340,8 +520,16 @@ def test_adapt_to_another_n():
         assert got is not None and got["bload"] == "scalar" and fam.space.check(got, env, DEFAULT_LIMITS) is None
         assert got["tile_n"] == (64 if n < 64 else got["tile_n"]) and got["row_order"] == "greedy"
     env = problem_env(3072, 768, 512, 117965, "fp16")
-    assert fam.adapt(cfg, "fp16", env, DEFAULT_LIMITS) == cfg
+    assert fam.adapt(cfg, "fp16", env, DEFAULT_LIMITS) == dict(cfg, apre="rot2")  # (its default)
     assert fam.adapt(cfg, "fp16", problem_env(3072, 768, 72, 117965, "fp16"), DEFAULT_LIMITS)["tile_n"] == 128
+    # an explicit register cap is kept where it holds, else the template's estimate (16-bit staging needs more)
+    occ = dict(OLD_BEST, apre="buf2", minblocks=4)
+    assert fam.adapt(occ, "fp16", problem_env(3072, 768, 512, 117965, "fp16"), DEFAULT_LIMITS) == occ
+    got = fam.adapt(occ, "fp16", problem_env(3072, 768, 49, 117965, "fp16"), DEFAULT_LIMITS)
+    assert got == dict(occ, bload="scalar", minblocks=0)
+    got = fam.adapt(dict(occ, wn=2, minblocks=3), "fp16", problem_env(3072, 768, 49, 117965, "fp16"), DEFAULT_LIMITS)
+    assert got["bload"] == "scalar" and fam.space.check(got, problem_env(3072, 768, 49, 117965, "fp16"),
+                                                         DEFAULT_LIMITS) is None
 
 
 def test_geometry_args_and_caching():
@@ -566,15 +754,16 @@ class Emulated:
 
 
 def _emu_configs(dtype):
-    """A small covering sample: every rn, wm, wn, tile_n, stages, ksteps, bload and row order at least once."""
-    base = dict(rn=2, wm=4, wn=1, tile_n=64, stages=3, ksteps=4, bload="vec", row_order="natural")
+    """A small covering sample: every rn, wm, wn, tile_n, stages, ksteps, bload, apre and row order at least once
+    (minblocks only caps registers: the emulation drops __launch_bounds__)."""
+    base = dict(rn=2, wm=4, wn=1, tile_n=64, stages=3, ksteps=4, bload="vec", apre="rot2", row_order="natural")
     cfgs = [base,
             dict(base, rn=1, wm=2, wn=2, stages=2, ksteps=2),
-            dict(base, rn=4, wm=2, wn=4, tile_n=128, stages=4, ksteps=8, row_order="greedy"),
+            dict(base, rn=4, wm=2, wn=4, tile_n=128, stages=4, ksteps=8, row_order="greedy", apre="buf3"),
             dict(base, rn=1, wm=8, wn=2, tile_n=256, stages=2, ksteps=8, row_order="minhash"),
-            dict(base, rn=2, wm=8, wn=2, tile_n=128, stages=3, ksteps=8),
+            dict(base, rn=2, wm=8, wn=2, tile_n=128, stages=3, ksteps=8, apre="buf2", minblocks=0),
             dict(base, bload="scalar", rn=1, wm=4, stages=4, ksteps=2, row_order="greedy"),
-            dict(base, bload="scalar", wm=2, wn=2, stages=2, ksteps=8),
+            dict(base, bload="scalar", wm=2, wn=2, stages=2, ksteps=8, apre="buf2", minblocks=5),
             dict(base, bload="scalar", rn=4, wm=4, wn=2, tile_n=128, ksteps=4, row_order="minhash")]
     sp = space()
     assert all(sp.normalize(c, dtype) == c for c in cfgs)
@@ -645,8 +834,12 @@ def _gpu_configs(n, dtype):
     for cfg in _covering(n, 203, 3000, dtype):
         if sp.check(cfg, env, DEFAULT_LIMITS) is None and cfg not in out:
             out.append(cfg)
-    out = out[:: max(1, len(out) // 24)]
-    return out + [c for c in sp.defaults(dtype, env, DEFAULT_LIMITS) if c not in out]
+    picked = out[:: max(1, len(out) // 24)]
+    for name in ("minblocks", "apre"):  # the occupancy knobs' every value, whatever the stride left out
+        for v in sp.param(name).choices(dtype):
+            if not any(c.get(name) == v for c in picked):
+                picked += [c for c in out if c.get(name) == v][:1]
+    return picked + [c for c in sp.defaults(dtype, env, DEFAULT_LIMITS) if c not in picked]
 
 
 def _gpu_check(dtype: str) -> int:
