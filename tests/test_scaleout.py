@@ -420,6 +420,9 @@ def test_worker_log_phases_of_the_gpu_turn():
     assert _phases({"gpu_turn_s": {"init": 0.1, "trials": 1.0, "verify": 0.4, "time": 0.6, "finish": 0.3,
                                    "given_up": 0}}) == "init 0.1 s, trials 1.0 s (verify 0.4 s, time 0.6 s), finish 0.3 s"
     assert _phases({"elapsed_s": 3.0}) == "none"  # a report without a GPU turn (synthetic tuner)
+    split = _phases({"gpu_turn_s": {"init": 0.1, "trials": 1.0, "verify": 0.4, "time": 0.6, "finish": 57.4,
+                                    "finish_baselines": 21.04, "finish_cold": 35.9, "given_up": 0}})
+    assert split.endswith("finish 57.4 s (baselines 21.0 s, cold 35.9 s)")
 
 
 # ---- the tuner hook and Ctrl-C -----------------------------------------------------------------------------------

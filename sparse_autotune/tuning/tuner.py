@@ -281,9 +281,15 @@ class GpuTuner(GpuTurnMixin, Tuner):
             b, ref = ctx.fresh_check()
             err = check(lambda: ctx.launch(kern, b), ctx.c, ref, problem.dtype)
             t = time_launches([lambda bb=bb: ctx.launch(kern, bb) for bb in ctx.b_bufs])
+            t0 = time.perf_counter()
             base = time_baselines(ctx, self.log)
+            t1 = time.perf_counter()
             cold = cold_times(kern, ctx, self.log)  # the winner and cuBLAS again, A from HBM (device.cold)
+            t2 = time.perf_counter()
             ceil = ceilings()
+        # where a problem's finish goes (the llm suite's large layers spent 30-57 s there: session 11)
+        self.turn_s["finish_baselines"] = t1 - t0
+        self.turn_s["finish_cold"] = t2 - t1
         floor = floor_us(problem, ceil, _index_bytes(res.best_config))
         dense_us = base.get(f"cublas_{problem.dtype}_us")
         bfloor = bytes_floor(problem, kern.a_bytes(), ceil, dense_us)

@@ -109,7 +109,9 @@ def turn_phases(report: dict) -> str:
         return "none"
     detail = f"verify {ph['verify']:.1f} s, time {ph['time']:.1f} s" + (
         f", {ph['given_up']} given up" if ph.get("given_up") else "")
-    return f"init {ph['init']:.1f} s, trials {ph['trials']:.1f} s ({detail}), finish {ph['finish']:.1f} s"
+    fin = (f" (baselines {ph['finish_baselines']:.1f} s, cold {ph['finish_cold']:.1f} s)"
+           if "finish_baselines" in ph and "finish_cold" in ph else "")
+    return f"init {ph['init']:.1f} s, trials {ph['trials']:.1f} s ({detail}), finish {ph['finish']:.1f} s{fin}"
 
 
 class Worker(ProblemLoop):
