@@ -878,9 +878,9 @@ def untuned_report(meta: dict, rows: list[dict]) -> tuple[list[dict], list[str]]
 LINEAR_NOISE = 0.03  # a layer within 3 % of nn.Linear in the graph is at the goal (two separate timings)
 
 
-def _graph_us(torch, fn, xs, calls: int = 20, replays: int = 10, repeats: int = 5) -> float:
-    """Per-call time of fn(x) in a CUDA graph of `calls` calls over the rotating inputs xs: median over `repeats` of
-    (elapsed of `replays` replays) / (calls * replays). Eager warm-up first (plans, compiles, allocator)."""
+def _capture(torch, fn, xs, calls: int):
+    """A CUDA graph of `calls` calls of fn over the rotating inputs xs, replayed once; eager warm-up first (plans,
+    compiles, allocator), then a warm-up on a side stream as capture requires."""
     for x in xs:
         fn(x)
     torch.cuda.synchronize()
@@ -895,17 +895,26 @@ def _graph_us(torch, fn, xs, calls: int = 20, replays: int = 10, repeats: int = 
         for i in range(calls):
             fn(xs[i % len(xs)])
     g.replay()
+    return g
+
+
+def _replay_us(torch, g, calls: int, replays: int) -> float:
+    """Per-call time of one block of `replays` replays of g (a graph of `calls` calls), by CUDA events."""
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    for _ in range(replays):
+        g.replay()
+    e1.record()
+    e1.synchronize()
+    return e0.elapsed_time(e1) * 1e3 / (calls * replays)
+
+
+def _graph_us(torch, fn, xs, calls: int = 20, replays: int = 10, repeats: int = 5) -> float:
+    """Per-call time of fn(x) in a CUDA graph of `calls` calls over the rotating inputs xs: median over `repeats` of
+    (elapsed of `replays` replays) / (calls * replays)."""
+    g = _capture(torch, fn, xs, calls)
     torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        for _ in range(replays):
-            g.replay()
-        e1.record()
-        e1.synchronize()
-        times.append(e0.elapsed_time(e1) * 1e3 / (calls * replays))
-    return statistics.median(times)
+    return statistics.median(_replay_us(torch, g, calls, replays) for _ in range(repeats))
 
 
 def _graph_pair(torch, fa, fb, xs, calls: int = 20, replays: int = 10, rounds: int = 7) -> tuple[float, float]:
@@ -913,34 +922,12 @@ def _graph_pair(torch, fa, fb, xs, calls: int = 20, replays: int = 10, rounds: i
     (captured as _graph_us does), replayed in alternating blocks of `replays` replays (fa, fb, fa, fb, ...; `rounds`
     each): the medians. The GPU's clock and whatever else runs on it then move both (a single nn.Linear timing before
     the sparse layer's had the first fp32 layer of a run at 0.92x of its very own F.linear call: session 11)."""
-    graphs = []
-    for fn in (fa, fb):
-        for x in xs:
-            fn(x)
-        torch.cuda.synchronize()
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for x in xs:
-                fn(x)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for i in range(calls):
-                fn(xs[i % len(xs)])
-        g.replay()
-        graphs.append(g)
+    graphs = [_capture(torch, fn, xs, calls) for fn in (fa, fb)]
     torch.cuda.synchronize()
     times: tuple[list, list] = ([], [])
     for _ in range(rounds):
         for g, out in zip(graphs, times):
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            for _ in range(replays):
-                g.replay()
-            e1.record()
-            e1.synchronize()
-            out.append(e0.elapsed_time(e1) * 1e3 / (calls * replays))
+            out.append(_replay_us(torch, g, calls, replays))
     return statistics.median(times[0]), statistics.median(times[1])
 
 
