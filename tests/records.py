@@ -6,13 +6,31 @@ from pathlib import Path
 
 import pytest
 
-from sparse_autotune.store.db import SCHEMA_VERSION, Record
+from sparse_autotune.store.db import SCHEMA_VERSION, Record, TuningDB
 
 GPU = "NVIDIA H100 80GB HBM3"
 # a whole csr_rowsplit config, for tests that look records up (lookup passes over configs that cannot run)
 CONFIG = {"rows_per_block": 8, "lanes_per_row": 8, "vec": 4, "cols_per_thread": 1, "unroll": 4, "stage": "none",
           "row_order": "natural", "raster": "rows_first", "index_bits": 32, "split": 0}
 KEY = dict(m=512, k=2048, n=256, density=0.1, dtype="fp32")
+
+
+def sql(path: Path, query: str, args=()):
+    """The rows of a query on a database file, opened read-only (the file is left as it is)."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return con.execute(query, args).fetchall()
+    finally:
+        con.close()
+
+
+def new_db(path: Path, *records: Record) -> Path:
+    """A tuning database at `path` holding `records` (each stored as the tuner stores one)."""
+    db = TuningDB(path)
+    for r in records:
+        db.store(r)
+    db.dispose()
+    return path
 
 
 def make_record(time_us: float, config: dict | None = None, **over) -> Record:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from records import downgrade_to_v2, make_record as _make_record
+from records import downgrade_to_v2, make_record as _make_record, new_db, sql
 
 import sparse_autotune.store.db as tuningdb
 from sparse_autotune.errors import UserError
@@ -63,13 +63,6 @@ def v1(tmp_path) -> Path:
     shutil.copyfile(FIXTURE, p)
     return p
 
-
-def sql(path: Path, query: str, args=()):
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return con.execute(query, args).fetchall()
-    finally:
-        con.close()
 
 
 def columns(path: Path) -> list[str]:
@@ -118,13 +111,6 @@ def tag(config_json: str) -> str:
 def names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
-
-def new_db(path: Path, *records: Record) -> Path:
-    db = TuningDB(path)
-    for r in records:
-        db.store(r)
-    db.dispose()
-    return path
 
 
 def foreign_sqlite(path: Path) -> Path:

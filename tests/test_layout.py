@@ -17,7 +17,7 @@ import pytest
 
 from fakes import FakeLaunch, FakeTensor, check_launch_matches_signature, fake_kernel, fake_torch
 from layout_toy import NAME as TOY, toy_nk  # noqa: F401 - the fixture
-from records import CONFIG, GPU, downgrade_to_v3, make_record
+from records import CONFIG, GPU, downgrade_to_v3, make_record, new_db, sql
 from sparse_autotune.commands import main as cli
 from sparse_autotune.core import families, space
 from sparse_autotune.core.checkpoint import Checkpoint, find_layers, plan, sparse_layers
@@ -33,20 +33,6 @@ KEY = dict(m=512, k=2048, n=256, density=0.1, dtype="fp32")
 FIXTURE = Path(__file__).parent / "fixtures" / "tuning-v1.sqlite"
 
 
-def sql(path: Path, query: str):
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return con.execute(query).fetchall()
-    finally:
-        con.close()
-
-
-def new_db(path: Path, *records) -> Path:
-    db = TuningDB(path)
-    for r in records:
-        db.store(r)
-    db.dispose()
-    return path
 
 
 def run(argv, capsys) -> tuple[int, str, str]:

@@ -9,13 +9,12 @@ import hashlib
 import json
 import shutil
 import sqlite3
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sps
 
-from records import CONFIG, GPU, downgrade_to_v2, downgrade_to_v3, downgrade_to_v4, make_record
+from records import CONFIG, GPU, downgrade_to_v2, downgrade_to_v3, downgrade_to_v4, make_record, new_db, sql
 from sparse_autotune.commands import main as cli
 from sparse_autotune.core.space import DEFAULT_LIMITS
 from sparse_autotune.errors import UserError
@@ -34,20 +33,6 @@ WARP = {"lanes": 32, "vec": 4, "warps": 4, "seg": 128, "nzi": 4, "xsrc": "l1"}  
 PREFIX = "sparse-autotune: error:"
 
 
-def sql(path: Path, query: str):
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return con.execute(query).fetchall()
-    finally:
-        con.close()
-
-
-def new_db(path: Path, *records) -> Path:
-    db = TuningDB(path)
-    for r in records:
-        db.store(r)
-    db.dispose()
-    return path
 
 
 def sddmm_record(t, cfg=None, family="sddmm_warp", **over):
