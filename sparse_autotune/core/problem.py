@@ -113,13 +113,18 @@ def check_size(m: int, k: int, n: int, nnz: int, dtype: str, gpu_memory: int | N
         raise UserError(f"problem too large for the GPU: {what} needs about {_fmt_bytes(need)} of GPU memory (A, its "
                         f"dense copy for the cuBLAS baselines, B, C and the float64 references){gpu}")
     if build:
-        host = nnz * HOST_BYTES_PER_NNZ + (m + 1) * 8
-        avail = _host_available()
-        if avail is not None and host > avail:
-            raise UserError(f"problem too large for this machine: building {what} takes about {_fmt_bytes(host)} of "
-                            f"host memory, {_fmt_bytes(avail)} is available (it would need about {_fmt_bytes(need)} "
-                            f"of GPU memory)")
+        check_host_build(what, m, nnz, f" (it would need about {_fmt_bytes(need)} of GPU memory)")
     return need
+
+
+def check_host_build(what: str, rows: int, nnz: int, suffix: str = "") -> None:
+    """Refuse, in one line, building a random sparse matrix of `rows` rows and `nnz` nonzeros on this host where it
+    lacks the memory (HOST_BYTES_PER_NNZ a nonzero); `what` names the problem, `suffix` ends the message."""
+    host = nnz * HOST_BYTES_PER_NNZ + (rows + 1) * 8
+    avail = _host_available()
+    if avail is not None and host > avail:
+        raise UserError(f"problem too large for this machine: building {what} takes about {_fmt_bytes(host)} of "
+                        f"host memory, {_fmt_bytes(avail)} is available{suffix}")
 
 
 def nnz_of(m: int, k: int, density: float) -> int:

@@ -124,7 +124,7 @@ def check_sddmm_size(m: int, n: int, k: int, nnz: int, dtype: str, gpu_memory: i
                      gpu_name: str | None = None, build: bool = False) -> int:
     """Refuse a problem the kernels (32-bit offsets: M * K, N * K and nnz below 2^31) or the memory cannot hold, in one
     line, before anything is allocated; `build`: a random mask is to be built on this host. Returns device_bytes."""
-    from ..core.problem import HOST_BYTES_PER_NNZ, _fmt_bytes, _host_available  # noqa: PLC0415
+    from ..core.problem import _fmt_bytes, check_host_build  # noqa: PLC0415
     S._check_sizes(m, n, k, nnz)
     need = device_bytes(m, n, k, nnz, dtype)
     what = f"SDDMM mask {m}x{n} with {nnz} nonzeros, K={k}, {dtype}"
@@ -132,11 +132,7 @@ def check_sddmm_size(m: int, n: int, k: int, nnz: int, dtype: str, gpu_memory: i
         raise UserError(f"problem too large for the GPU: {what} needs about {_fmt_bytes(need)} of GPU memory; "
                         f"{gpu_name or 'this GPU'} has {_fmt_bytes(gpu_memory)}")
     if build:
-        host = nnz * HOST_BYTES_PER_NNZ + (m + 1) * 8
-        avail = _host_available()
-        if avail is not None and host > avail:
-            raise UserError(f"problem too large for this machine: building {what} takes about {_fmt_bytes(host)} of "
-                            f"host memory, {_fmt_bytes(avail)} is available")
+        check_host_build(what, m, nnz)
     return need
 
 
