@@ -320,6 +320,23 @@ def default_config(m: int, k: int, n: int, dtype: str, nnz: int | None = None, l
     raise UserError(f"no kernel in the variant space can run M={m}, K={k}, N={n}, {dtype}")
 
 
+def _first_in_tiers(rows, m, k, n, density, pattern, runs, gpu, cc, layout: str, fallback: bool,
+                    buckets: bool = True) -> Tuned | None:
+    """The first record of lookup's tiers (_tiers: this GPU model's, then, with fallback and a GPU, the same
+    architecture's) that runs the problem: an exact key, else (fallback) the nearest by _ordered. Its source: exact,
+    bucket (where `buckets` and the record's N is in this N's bucket), nearest or same-arch."""
+    for group, is_arch in _tiers(rows, gpu, cc, layout):
+        if is_arch and (not fallback or gpu is None):
+            break
+        r, dist, cfg = _pick(group, m, k, n, density, pattern, runs)
+        if r is None or not (dist == 0.0 or fallback):
+            continue
+        how = "same-arch" if is_arch else ("exact" if dist == 0.0 else "bucket" if buckets and _same_bucket(
+            r, m, k, n, density) else "nearest")
+        return _tuned(r, how, dist, cfg, layout)
+    return None
+
+
 def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str | None = None, db=None,
            pattern: str | None = None, fallback: bool = True, cc: str | None = None, nnz: int | None = None,
            limits: dict | None = None, adapt: bool = True, allow_tf32: bool = False,
@@ -355,17 +372,7 @@ def lookup(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str
     rows = [r for t in targets for r in _best_rows(t) if r.dtype == dtype]
     if gpu is not None and cc is None:
         cc = next((x.cc for x in rows if x.gpu == gpu), None)
-    res = None
-    for group, is_arch in _tiers(rows, gpu, cc, layout):
-        if is_arch and (not fallback or gpu is None):
-            break
-        r, dist, cfg = _pick(group, m, k, n, density, pattern, runs)
-        if r is None or not (dist == 0.0 or fallback):
-            continue
-        how = "same-arch" if is_arch else ("exact" if dist == 0.0 else "bucket" if _same_bucket(r, m, k, n, density)
-                                           else "nearest")
-        res = _tuned(r, how, dist, cfg, layout)
-        break
+    res = _first_in_tiers(rows, m, k, n, density, pattern, runs, gpu, cc, layout, fallback)
     if res is None and fallback:
         res = default_config(m, k, n, dtype, nnz, limits, density, allow_tf32, layout)
     if res is not None and adapt and res.record_id is not None:  # the record's own baselines may prefer a vendor path
@@ -426,14 +433,7 @@ def op_lookup(op: str, m: int, k: int, n: int, density: float, dtype: str, runs,
     rows = [r for t in search_path(db) for r in _best_rows(t, op) if r.dtype == dtype]
     if gpu is not None and cc is None:
         cc = next((x.cc for x in rows if x.gpu == gpu), None)
-    for group, is_arch in _tiers(rows, gpu, cc, DEFAULT_LAYOUT):
-        if is_arch and (not fallback or gpu is None):
-            break
-        r, dist, cfg = _pick(group, m, k, n, density, pattern, runs)
-        if r is None or not (dist == 0.0 or fallback):
-            continue
-        return _tuned(r, "same-arch" if is_arch else ("exact" if dist == 0.0 else "nearest"), dist, cfg)
-    return None
+    return _first_in_tiers(rows, m, k, n, density, pattern, runs, gpu, cc, DEFAULT_LAYOUT, fallback, buckets=False)
 
 
 def _row(r, label: str) -> _Row:
