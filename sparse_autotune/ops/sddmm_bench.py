@@ -32,9 +32,9 @@ Per case (`run_case`)
   5. the three fastest re-verified on fresh inputs and re-timed (median of 20): the fastest is the tuned kernel;
   6. the baselines, verified and timed the same way in the same process: cuSPARSE SDDMM (ops.sddmm.
      build_cusparse_sddmm: fp32, fp16) and dense + mask, the faster of two paths: ops.sddmm.build_dense_baseline (CuPy
-     matmul, then gather / multiply / cast as separate CuPy operations) and a fused path (cuBLAS X @ Y^T into a
-     preallocated M x N buffer, then one gather-multiply kernel). Both dense paths round X @ Y^T to the dtype before
-     the mask (cuBLAS's output): verified at twice the tolerance, as tests/test_sddmm_gpu.py does.
+     matmul, then gather / multiply / cast as separate CuPy operations) and a fused path (ops.sddmm_paths.DenseMaskPath,
+     the tuner's dense candidate: cuBLAS X @ Y^T into a preallocated M x N buffer, then one gather-multiply kernel).
+     Both dense paths round X @ Y^T to the dtype before the mask (cuBLAS's output): verified at twice the tolerance, as tests/test_sddmm_gpu.py does.
 Roofline: floor_us = max(min_bytes / measured copy bandwidth, flops / measured fp32 FMA rate) (device.ceilings).
 
 Outputs (`write_outputs`): STEM.json (GPU, driver, CUDA, CuPy, date, options, records, summary), STEM.md, STEM.png
@@ -65,6 +65,7 @@ from ..core.problem import DTYPES, TOLERANCE, as_float, host_values, storage
 from ..core.space import DEFAULT_LIMITS
 from ..errors import CandidateError, UserError
 from . import sddmm
+from .sddmm_paths import DenseMaskPath
 
 KINDS = ("attention", "weightgrad")
 MASKS = ("bigbird", "uniform")
@@ -320,41 +321,10 @@ def reference_dev(rows, cols, s64, x, y, chunk_elems: int = 1 << 24):
     return out
 
 
-_GATHER = None
-
-
-def _gather_kernel():
-    """out[p] = T(float(D[r[p] * ld + c[p]]) * s[p]): the fused dense path's one kernel after the GEMM."""
-    global _GATHER
-    if _GATHER is None:
-        from ..device.gpu import cupy  # noqa: PLC0415
-        _GATHER = cupy().ElementwiseKernel("raw T d, int32 r, int32 c, float32 s, int64 ld", "T o",
-                                           "o = (T)((float)d[(long long)r * ld + c] * s)", "sat_sddmm_dense_gather")
-    return _GATHER
-
-
-class FusedDense:
-    """Dense + mask with one GEMM into a preallocated M x N buffer (cuBLAS through cupy.matmul, the dtype's storage
-    type; fp16 accumulates in fp32) and one gather-multiply-round kernel. fp32 and fp16."""
-
-    def __init__(self, mask: sp.csr_matrix, k: int, dtype: str):
-        from ..device.gpu import cupy  # noqa: PLC0415
-        cp = cupy()
-        if dtype not in ("fp32", "fp16"):
-            raise UserError(f"the fused dense path computes fp32 and fp16 (got {dtype})")
-        m, n = mask.shape
-        self.n = n
-        self.d = cp.empty((m, n), dtype=DTYPES[dtype])
-        self.flat = self.d.reshape(-1)  # a view: the gather indexes it with r * N + c
-        self.rows = cp.asarray(np.repeat(np.arange(m, dtype=np.int32), np.diff(mask.indptr)))
-        self.cols = cp.asarray(mask.indices.astype(np.int32))
-        self.s = cp.asarray(host_values(np.asarray(mask.data, dtype=np.float32), DTYPES[dtype]))
-
-    def __call__(self, x, y, out):
-        from ..device.gpu import cupy  # noqa: PLC0415
-        cupy().matmul(x, y.T, out=self.d)
-        _gather_kernel()(self.flat, self.rows, self.cols, self.s, np.int64(self.n), out)
-        return out
+# Dense + mask with one GEMM into a preallocated M x N buffer and one gather-multiply-round kernel: the tuner's dense
+# path (ops.sddmm_paths.DenseMaskPath, cublasGemmEx at the dtype's precision), so the benchmark's baseline is the
+# candidate the tuner times.
+FusedDense = DenseMaskPath
 
 
 def _host(a) -> np.ndarray:
