@@ -5,6 +5,12 @@ instead R launches (cycling through the B buffers so B does not sit in L2) are c
 the graph is replayed a few times to warm up, then `repeats` replays are timed with events each; the
 result is the median replay time divided by R. If capture fails (a library call that cannot be captured),
 the same R launches are issued eagerly between events and the result says so.
+
+Slow launches (a baseline of a large layer, e.g. cuSPARSE fp16 at several ms a call) are timed on fewer launches and
+replays (plan_replays): a replay holds at most REPLAY_CAP_US of work and all replays together about TOTAL_CAP_US, so
+that one measurement costs well under a second of GPU instead of 23 replays x 64 buffers (session 12: the llm suite's
+finish spent 30-57 s of the GPU's turn on the baselines of its largest layers). Such a launch is long enough that
+whether B sits in L2 does not matter, so the rotation may cover fewer buffers than the list has.
 """
 from __future__ import annotations
 
@@ -30,11 +36,34 @@ def n_buffers(bytes_per_input: int, l2_bytes: int, cap: int = 64) -> int:
     return int(min(cap, max(2, -(-2 * l2_bytes // max(1, bytes_per_input)))))
 
 
+REPLAY_CAP_US = 20_000.0  # the most work one replay holds (slow launches: fewer of them a replay)
+TOTAL_CAP_US = 250_000.0  # about the most the timed replays hold together (slow launches: fewer replays, at least 5)
+SLOW_US = 200.0  # a launch at least this long is "slow": its rough estimate takes 2 launches, not 2 per buffer
+
+
+def plan_replays(est_us: float, nbuf: int, target_us: float = 300.0, max_launches: int = 2000,
+                 repeats: int = 20) -> tuple[int, int]:
+    """(launches a replay, timed replays) for a launch of about est_us over nbuf B buffers: enough launches for
+    target_us a replay, a whole number of rotations through the buffers, at most max_launches; for slow launches at
+    most REPLAY_CAP_US a replay (then possibly fewer launches than buffers, at least one) and about TOTAL_CAP_US over
+    all replays (at least 5 replays)."""
+    est_us = max(est_us, 1e-3)
+    r = int(min(max_launches, max(nbuf, np.ceil(target_us / est_us))))
+    r = -(-r // nbuf) * nbuf
+    if r * est_us > REPLAY_CAP_US:
+        r = max(1, int(REPLAY_CAP_US // est_us))
+    reps = repeats
+    if r * est_us * repeats > TOTAL_CAP_US:
+        reps = max(5, min(repeats, int(TOTAL_CAP_US // (r * est_us))))
+    return r, reps
+
+
 def time_launches(launches, repeats: int = 20, target_us: float = 300.0, max_launches: int = 2000,
                   give_up_above_us: float | None = None) -> Timing:
     """Time a list of zero-argument callables (one per B buffer), each issuing the work once on the current stream.
 
-    give_up_above_us: when the rough estimate (2 launches per buffer between events, launch overhead included) is
+    give_up_above_us: when the rough estimate (2 launches per buffer between events, 2 in all for a slow launch; launch
+    overhead included) is
     above it, return that estimate (method "estimate") instead of the full graph-replay timing: a candidate several
     times slower than the best so far needs no precise time, and timing it in full costs the most."""
     from ..device.gpu import cupy  # noqa: PLC0415
@@ -42,22 +71,29 @@ def time_launches(launches, repeats: int = 20, target_us: float = 300.0, max_lau
     stream = cp.cuda.Stream(non_blocking=True)
     nbuf = len(launches)
     with stream:
-        # warm-up, and a rough estimate (launch overhead included, so it overestimates small kernels)
-        for f in launches:
-            f()
-        stream.synchronize()
         start, end = cp.cuda.Event(), cp.cuda.Event()
+        # warm-up: the first launch alone, timed (a slow one is not repeated 3 x nbuf times before the timing)
+        launches[0]()
         start.record(stream)
-        for i in range(2 * nbuf):
+        launches[1 % nbuf]()
+        end.record(stream)
+        end.synchronize()
+        first_us = cp.cuda.get_elapsed_time(start, end) * 1000.0
+        # warm-up of every buffer, and a rough estimate (launch overhead included, so it overestimates small kernels)
+        n_est = 2 if first_us >= SLOW_US else 2 * nbuf
+        if n_est > 2:
+            for f in launches:
+                f()
+        start.record(stream)
+        for i in range(n_est):
             launches[i % nbuf]()
         end.record(stream)
         end.synchronize()
-        est_us = max(0.5, cp.cuda.get_elapsed_time(start, end) * 1000.0 / (2 * nbuf))
+        est_us = max(0.5, cp.cuda.get_elapsed_time(start, end) * 1000.0 / n_est)
         if give_up_above_us is not None and est_us > give_up_above_us:
-            return Timing(est_us, est_us, 0.0, 2 * nbuf, 1, "estimate",
+            return Timing(est_us, est_us, 0.0, n_est, 1, "estimate",
                           f"{est_us:.1f} us > {give_up_above_us:.1f} us: not timed in full")
-        r = int(min(max_launches, max(nbuf, np.ceil(target_us / est_us))))
-        r = -(-r // nbuf) * nbuf
+        r, repeats = plan_replays(est_us, nbuf, target_us, max_launches, repeats)
 
         graph, method, note = None, "graph", ""
         try:

@@ -1,0 +1,30 @@
+"""The replay plan of device.timing (CPU): fast launches keep the whole rotation of B buffers and 20 replays; slow
+ones (a large layer's cuSPARSE baseline) are timed on a bounded amount of GPU work."""
+from sparse_autotune.device.timing import REPLAY_CAP_US, TOTAL_CAP_US, plan_replays
+
+
+def test_fast_launch_whole_rotations_and_all_replays():
+    r, reps = plan_replays(5.0, 64)
+    assert r % 64 == 0 and r * 5.0 >= 300.0 and reps == 20
+    r, reps = plan_replays(2.0, 2)
+    assert r == 150 and reps == 20  # 300 us a replay, a multiple of the 2 buffers
+    assert plan_replays(0.01, 4)[0] == 2000  # capped at max_launches (a multiple of 4)
+
+
+def test_slow_launch_bounded_work():
+    # session 11's case: cuSPARSE fp16 at ~5 ms a call over 64 B buffers was 64 launches x 23 replays = 7.4 s
+    r, reps = plan_replays(5000.0, 64)
+    assert 1 <= r < 64 and r * 5000.0 <= REPLAY_CAP_US
+    assert 5 <= reps < 20 and r * 5000.0 * reps <= TOTAL_CAP_US * 1.01
+    # the whole measurement (3 warm-up replays + the timed ones) is under half a second of GPU
+    assert (3 + reps) * r * 5000.0 < 0.5e6
+
+
+def test_very_slow_launch_at_least_one_launch_and_five_replays():
+    r, reps = plan_replays(60_000.0, 8)
+    assert r == 1 and reps == 5
+
+
+def test_medium_launch_unchanged_rotation():
+    # 100 us over 16 buffers: 1.6 ms a replay, under the caps: as before (whole rotation, 20 replays)
+    assert plan_replays(100.0, 16) == (16, 20)
