@@ -1,0 +1,300 @@
+"""conv3x3 (ops.conv) on the CPU: the compressed weight format against numpy, the kernels' chunked format, the float64
+reference against PyTorch's CPU conv2d in float64, rendering and nvcc compiles (sm_90) of both families, the database
+key of op conv3x3 (records of schema 5's columns, old files read as spmm), lookup of conv records, the tuner's record with
+a synthetic objective (no GPU), and the CLI's bad input (one line, exit 2)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from records import GPU, downgrade_to_v4, make_record, new_db, sql
+from sparse_autotune.commands import main as cli
+from sparse_autotune.errors import UserError
+from sparse_autotune.ops import conv as C
+from sparse_autotune.ops import conv_paths as P
+from sparse_autotune.store.db import CONV3X3, TuningDB, describe_file, record_uid
+
+
+def _w(cout, cin, density, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+    w[rng.random(w.shape) >= density] = 0
+    return w
+
+
+# ---- the formats -------------------------------------------------------------------------------------------------------
+
+def test_compressed_format_is_csr_over_cout_with_cin_ky_kx_columns():
+    w = _w(5, 3, 0.4)
+    w[2] = 0  # an empty output channel
+    wc = C.compress_weight(w)
+    assert wc.shape == (5, 27) and wc.nnz == int(np.count_nonzero(w))
+    assert wc.indptr[3] == wc.indptr[2]  # channel 2 has no nonzero
+    for co in range(5):
+        for p in range(wc.indptr[co], wc.indptr[co + 1]):
+            j = int(wc.indices[p])
+            ci, ky, kx = j // 9, (j % 9) // 3, j % 3
+            assert wc.data[p] == w[co, ci, ky, kx] != 0
+    np.testing.assert_array_equal(C.dense_weight(wc), w)
+
+
+def test_compressed_weight_rounds_to_the_dtype_and_refuses_bad_input():
+    w = _w(4, 4, 0.5) * np.float32(1.0001)
+    wc = C.compress_weight(w, "fp16")
+    np.testing.assert_array_equal(wc.data, w[w != 0].astype(np.float16).astype(np.float32))
+    with pytest.raises(UserError, match="Cout x Cin x 3 x 3"):
+        C.compress_weight(np.zeros((4, 4, 5, 5), np.float32))
+    with pytest.raises(UserError, match="NaN"):
+        C.compress_weight(np.full((1, 1, 3, 3), np.nan, np.float32))
+
+
+@pytest.mark.parametrize("cc,stride", [(4, 1), (8, 2), (3, 1)])
+def test_chunked_csr_rebuilds_the_weight(cc, stride):
+    w = _w(7, 10, 0.3, seed=cc)
+    wc = C.compress_weight(w)
+    cfg = {"th": 2, "tw": 8}
+    ptr, vals, offs = C.chunked_csr(wc, 10, cc, stride, cfg)
+    hin, win = C.halo(cfg, stride)
+    nq = -(-10 // cc)
+    assert ptr.shape == (7, nq + 1) and ptr[:, 0].tolist() == wc.indptr[:-1].tolist()
+    assert ptr[:, -1].tolist() == wc.indptr[1:].tolist()
+    back = np.zeros_like(w)
+    for co in range(7):
+        for q in range(nq):
+            for i in range(ptr[co, q], ptr[co, q + 1]):
+                c, r = divmod(int(offs[i]), hin * win)
+                ky, kx = divmod(r, win)
+                assert c < cc and ky < 3 and kx < 3
+                back[co, q * cc + c, ky, kx] = vals[i]
+    np.testing.assert_array_equal(back, w)
+
+
+def test_pattern_context_holds_every_nonzero_once_and_empty_groups():
+    w = _w(10, 6, 0.3)
+    w[4:8] = 0  # group 1 of cb = 4 is empty
+    wc = C.compress_weight(w)
+    ctx = C.pattern_context(wc, 4, 2)
+    assert [g["co0"] for g in ctx["groups"]] == [0, 4, 8] and ctx["groups"][2]["nco"] == 2
+    assert ctx["groups"][1]["batches"] == []
+    seen = 0
+    for g in ctx["groups"]:
+        for bt in g["batches"]:
+            assert len(bt) <= 2
+            for ch in bt:
+                for j, ky, kx, lit in ch["terms"]:
+                    bits = int(lit[len("__int_as_float(0x"):-1], 16)
+                    v = np.array([bits], np.uint32).view(np.float32)[0]
+                    assert v == w[g["co0"] + j, ch["ci"], ky, kx] != 0 and ky in ch["rows"]
+                    seen += 1
+    assert seen == wc.nnz
+
+
+# ---- the reference -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout,stride,hw", [("nchw", 1, (7, 9)), ("nhwc", 2, (8, 5)), ("nchw", 2, (1, 1))])
+def test_reference_matches_torch_float64(layout, stride, hw):
+    torch = pytest.importorskip("torch")
+    h, w_ = hw
+    wgt = _w(6, 5, 0.4)
+    g = C.check_geometry(6, 5, h, w_, 2, stride, layout)
+    x = np.random.default_rng(1).standard_normal(g.x_shape).astype(np.float32)
+    y = C.conv_reference(C.compress_weight(wgt), x, g)
+    xt = torch.as_tensor(x, dtype=torch.float64)
+    if layout == "nhwc":
+        xt = xt.permute(0, 3, 1, 2)
+    yt = torch.nn.functional.conv2d(xt, torch.as_tensor(wgt, dtype=torch.float64), stride=stride, padding=1)
+    if layout == "nhwc":
+        yt = yt.permute(0, 2, 3, 1)
+    assert y.shape == g.y_shape
+    np.testing.assert_allclose(y, yt.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_geometry_and_key_pattern():
+    g = C.check_geometry(128, 64, 56, 56, 8, 2, "nhwc")
+    assert (g.ho, g.wo, g.pixels) == (28, 28, 8 * 28 * 28)
+    assert C.key_pattern("uniform", g) == "uniform@56x56b8s2"
+    assert C.parse_key_pattern("uniform@56x56b8s2", 128, 64, "nhwc") == ("uniform", g)
+    assert C.parse_key_pattern("uniform", 128, 64, "nhwc") is None
+    assert C.parse_key_pattern("uniform@56x56b8s2", 128, 64, "kn") is None
+    assert len(C.key_pattern("powerlaw", C.Geometry(1, 1, 65535, 65535, 65535, 2))) <= 32  # store.db's String(32)
+    for bad in (dict(stride=3), dict(layout="kn"), dict(batch=0), dict(batch=70000)):
+        with pytest.raises(UserError):
+            C.check_geometry(**{**dict(cout=4, cin=4, h=8, w=8, batch=1, stride=1, layout="nchw"), **bad})
+
+
+# ---- rendering and compiling -----------------------------------------------------------------------------------------------
+
+NVCC = shutil.which("nvcc")
+
+
+def _source(family, cfg, dtype, g, wc):
+    plan = C.launch_plan(family, cfg, wc, g)
+    return C.render_conv(family, cfg, dtype, plan.context)
+
+
+@pytest.mark.parametrize("family", ["conv_csr", "conv_pattern"])
+def test_every_known_good_config_renders_and_is_deterministic(family):
+    wc = C.random_weight(16, 8, 0.2)
+    for layout in ("nchw", "nhwc"):
+        for dtype in C.CONV_DTYPES:
+            g = C.check_geometry(16, 8, 12, 12, 2, 1, layout)
+            env = C.conv_env(g, wc.nnz, dtype)
+            cfgs = C.get_conv_space(family).defaults(dtype, env)
+            assert cfgs, (family, layout, dtype)
+            for cfg in cfgs:
+                a, b = _source(family, cfg, dtype, g, wc), _source(family, cfg, dtype, g, wc)
+                assert a == b and "conv3x3_kernel" in a
+
+
+def test_space_constraints_say_what_they_refuse():
+    g = C.check_geometry(512, 512, 7, 7, 1, 1, "nchw")
+    env = C.conv_env(g, 236000, "fp32")
+    why = C.get_conv_space("conv_pattern").check({"th": 1, "tw": 32, "ppt": 1, "cb": 8, "unroll": 1, "vec": 1}, env)
+    assert why is not None and "code size" in why
+    with pytest.raises(UserError, match="cannot run"):
+        C.check_config("conv_csr", {"th": 1, "tw": 4, "ppt": 4, "cot": 1, "cpt": 1, "cc": 4, "unroll": 1}, "fp32", env)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+@pytest.mark.parametrize("layout,dtype,stride", [("nchw", "fp32", 1), ("nhwc", "fp16", 2), ("nchw", "bf16", 2),
+                                                 ("nhwc", "fp32", 1)])
+def test_conv_csr_compiles_for_sm90_without_spills(layout, dtype, stride):
+    from sparse_autotune.device.compile import nvcc_check
+    wc = C.random_weight(40, 24, 0.1)  # channels not multiples of the tile
+    g = C.check_geometry(40, 24, 14, 14, 3, stride, layout)
+    env = C.conv_env(g, wc.nnz, dtype)
+    space = C.get_conv_space("conv_csr")
+    for cfg in space.defaults(dtype, env)[:2]:
+        rep = nvcc_check(_source("conv_csr", cfg, dtype, g, wc))
+        assert "0 bytes spill stores" in rep
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+@pytest.mark.parametrize("layout,dtype,vec", [("nchw", "fp32", 2), ("nhwc", "fp16", 2), ("nchw", "bf16", 1)])
+def test_conv_pattern_compiles_for_sm90(layout, dtype, vec):
+    from sparse_autotune.device.compile import nvcc_check
+    wc = C.random_weight(8, 6, 0.15)
+    g = C.check_geometry(8, 6, 9, 10, 1, 1, layout)
+    cfg = {"th": 8, "tw": 8, "ppt": 2, "cb": 4, "unroll": 2, "vec": vec}
+    C.check_config("conv_pattern", cfg, dtype, C.conv_env(g, wc.nnz, dtype))
+    rep = nvcc_check(_source("conv_pattern", cfg, dtype, g, wc))
+    assert "0 bytes spill stores" in rep
+
+
+# ---- the database key and lookup ---------------------------------------------------------------------------------------------
+
+def conv_record(t, family="conv_csr", cfg=None, g=None, **over):
+    g = g or C.Geometry(64, 64, 56, 56, 1, 1, "nchw")
+    cfg = cfg or C.get_conv_space("conv_csr").known_good[0]
+    fields = dict(op=CONV3X3, m=g.cout, k=g.cin, n=g.pixels, density=0.1, dtype="fp32",
+                  pattern=C.key_pattern("uniform", g), layout=g.layout, family=family, cusparse_us=None)
+    return make_record(t, cfg, **{**fields, **over})
+
+
+def test_conv_records_have_a_key_of_their_own(tmp_path):
+    from sparse_autotune.runtime.conv import lookup_conv
+    g = C.Geometry(64, 64, 56, 56, 1, 1, "nchw")
+    db = new_db(tmp_path / "t.sqlite", make_record(5.0, m=64, k=64, n=3136, density=0.1, dtype="fp32"),
+                conv_record(9.0), conv_record(8.0, g=C.Geometry(64, 64, 56, 56, 1, 1, "nhwc")))
+    rows = sql(db, "SELECT op, layout, pattern, is_best FROM sat_records ORDER BY id")
+    assert rows == [("spmm", "kn", "uniform", 1), ("conv3x3", "nchw", "uniform@56x56b1s1", 1),
+                    ("conv3x3", "nhwc", "uniform@56x56b1s1", 1)]
+    assert describe_file(db)["problems"] == []
+    t = lookup_conv(g, 0.1, "fp32", gpu=GPU, db=db)
+    assert (t.source, t.time_us, t.family) == ("exact", 9.0, "conv_csr")
+    t = lookup_conv(C.Geometry(64, 64, 56, 56, 1, 1, "nhwc"), 0.1, "fp32", gpu=GPU, db=db)
+    assert (t.source, t.time_us) == ("exact", 8.0)
+    # another geometry with the same M, K, N: not exact, served as the nearest
+    other = C.Geometry(64, 64, 28, 112, 1, 1, "nchw")
+    t = lookup_conv(other, 0.1, "fp32", gpu=GPU, db=db)
+    assert t.source == "nearest" and lookup_conv(other, 0.1, "fp32", gpu=GPU, db=db, fallback=False) is None
+    # nothing for fp16: the built-in default (conv_csr first: it compiles in a second)
+    t = lookup_conv(g, 0.1, "fp16", gpu=GPU, db=db)
+    assert t.source == "default" and t.family == "conv_csr"
+    u = record_uid(conv_record(9.0))
+    assert u != record_uid(conv_record(9.0, op="spmm"))
+
+
+def test_an_old_file_is_migrated_and_takes_conv_records_beside_its_spmm_ones(tmp_path):
+    old = downgrade_to_v4(new_db(tmp_path / "v4.sqlite", make_record(10.0)))
+    ro = TuningDB(old, create=False, readonly=True)
+    try:
+        assert [r.op for r in ro.records()] == ["spmm"] and ro.select_records({"op": CONV3X3}) == []
+    finally:
+        ro.dispose()
+    db = TuningDB(old)
+    db.store(conv_record(7.0))
+    db.dispose()
+    assert sql(old, "SELECT op, is_best FROM sat_records ORDER BY id") == [("spmm", 1), ("conv3x3", 1)]
+    assert describe_file(old)["problems"] == []
+
+
+# ---- the tuner's record (synthetic objective, no GPU) ----------------------------------------------------------------------
+
+def test_tuner_stores_a_conv_record_and_cudnn_where_faster_synthetic_objective(tmp_path):
+    from sparse_autotune.tuning.conv_tune import ConvProblem, ConvTuner, Final
+    from sparse_autotune.tuning.tuner import TuneOptions
+    from sparse_autotune.tuning.vendor import Measured
+
+    class Synthetic(ConvTuner):
+        def __init__(self, problem, opts, cudnn_us):
+            self._start_conv(problem, opts, lambda m: None, GPU, {})
+            self.cudnn_us = cudnn_us
+
+        def evaluate(self, family, cfg, prepared=None):
+            return float(1 + cfg.get("th", 1) + cfg.get("tw", 1) / 8), {"rel_err": 1e-7}
+
+        def measure(self, res):
+            fin = Final(res.best_value, 1e-7)
+            fin.baselines = {"cudnn_fp32_nchw_us": self.cudnn_us, "cudnn_tf32_nchw_us": 9.0,
+                             "cudnn_fp16_nchw_us": 4.0}
+            fin.vendors = [Measured(P.CUDNN, {"math": "fp32"}, self.cudnn_us, 1e-7)]
+            return fin
+
+    g = C.check_geometry(16, 16, 14, 14, 1, 1, "nchw")
+    for cudnn_us, want in ((50.0, "conv_csr"), (0.5, "cudnn")):
+        db = tmp_path / f"c{cudnn_us}.sqlite"
+        prob = ConvProblem.random(g, 0.1, "fp32")
+        opts = TuneOptions(trials=6, db=str(db), progress=False, families=("conv_csr",), vendors=("cudnn",))
+        r = Synthetic(prob, opts, cudnn_us).finish(Synthetic(prob, opts, cudnn_us).search())
+        assert r["op"] == CONV3X3 and r["chosen"]["family"] == want
+        rows = sql(db, "SELECT op, m, k, n, layout, pattern, family, cublas_fp32_us, is_best FROM sat_records "
+                       "ORDER BY id")
+        assert rows[0][:7] == ("conv3x3", 16, 16, 196, "nchw", "uniform@14x14b1s1", "conv_csr")
+        assert rows[0][7] == cudnn_us
+        assert [r_[8] for r_ in rows] == ([1] if want == "conv_csr" else [0, 1])
+
+
+# ---- the CLI -------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,msg", [
+    (["tune", "--op", "conv3x3", "--shape", "64x64", "--density", "0.1", "--stride", "3"], "--stride must be 1 or 2"),
+    (["tune", "--op", "conv3x3", "--shape", "64x64", "--density", "0.1", "--hw", "56"], "malformed --hw"),
+    (["tune", "--op", "conv3x3", "--shape", "64x64", "--density", "0.1", "--batch", "0"], "batch"),
+    (["tune", "--op", "conv3x3", "--shape", "64x64", "--density", "0.1", "--layout", "nk"], "conv3x3 takes nchw"),
+    (["tune", "--op", "conv3x3", "--shape", "64x64", "--density", "0.1", "--dtype", "tf32"], "conv3x3 computes"),
+    (["tune", "--op", "conv3x3", "--shape", "64x64"], "needs --density"),
+    (["tune", "--op", "conv3x3", "--shape", "64x64", "--density", "0.1", "--n", "5"], "--n is not an option"),
+    (["tune", "--op", "conv3x3", "--shape", "64x64", "--density", "0.1", "--families", "nope"], "unknown kernel family"),
+    (["tune", "--op", "conv3x3", "--shape", "64x64", "--density", "0.1", "--families", "cudnn"], "besides cudnn"),
+    (["tune", "--shape", "64x64", "--density", "0.1", "--families", "conv_csr"], "unknown kernel family"),
+    (["tune", "--shape", "64x64", "--density", "0.1", "--hw", "56x56"], "--hw is an option of --op conv3x3"),
+    (["lookup", "--shape", "64x64", "--density", "0.1", "--layout", "nhwc"], "conv3x3's"),
+    (["tune", "--op", "conv3x3", "--shape", "64x64", "--density", "0.00001"], "leaves no nonzero"),
+])
+def test_cli_bad_input_is_one_line_exit_2(argv, msg, capsys):
+    rc = cli.main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_lookup_conv_json(tmp_path, capsys):
+    db = new_db(tmp_path / "t.sqlite", conv_record(9.0))
+    rc = cli.main(["lookup", "--op", "conv3x3", "--shape", "64x64", "--hw", "56x56", "--density", "0.1", "--gpu", GPU,
+                   "--db", str(db), "--json"])
+    out, _ = capsys.readouterr()
+    got = json.loads(out)
+    assert rc == 0 and got["op"] == "conv3x3" and got["source"] == "exact" and got["time_us"] == 9.0

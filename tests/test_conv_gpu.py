@@ -1,0 +1,132 @@
+"""conv3x3 on the GPU (issue 19): each family against the float64 reference on edge cases (empty output channels, one
+dense filter, channels not multiples of the tile, batch 1, stride 2, both layouts, fp32 / fp16 / bf16), cuDNN's path,
+the runtime (conv3x3 and SparseConv2d against F.conv2d), and the tuner end to end with a few trials."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sparse_autotune.core.problem import TOLERANCE, storage
+from sparse_autotune.ops import conv as C
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def cp():
+    from sparse_autotune.device.gpu import gpu_available
+    if not gpu_available():
+        pytest.skip("no GPU")
+    from sparse_autotune.device.gpu import cupy
+    return cupy()
+
+
+def _weight(cout, cin, density, seed=0, empty=(), dense=()):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32) / np.sqrt(max(1.0, density * cin * 9))
+    w[rng.random(w.shape) >= density] = 0
+    for co in empty:
+        w[co] = 0
+    for co in dense:
+        w[co] = rng.standard_normal((cin, 3, 3)).astype(np.float32) / np.sqrt(cin * 9)
+    return w
+
+
+def _check(cp, family, cfg, dtype, g, w):
+    from sparse_autotune.device.verify import poison, rel_error
+    wc = C.compress_weight(w, dtype)
+    kern = C.build_conv(wc, g, family, cfg, dtype)
+    x = storage(cp.random.default_rng(3).standard_normal(g.x_shape, dtype=np.float32), dtype)
+    y = cp.empty(g.y_shape, dtype=x.dtype)
+    poison(y)
+    kern(x, y)
+    cp.cuda.get_current_stream().synchronize()
+    err = rel_error(y, C.conv_reference(wc, x, g, xp=cp))
+    assert err <= TOLERANCE[dtype], (family, cfg, dtype, g, err)
+
+
+CSR_CFGS = [{"th": 4, "tw": 16, "ppt": 2, "cot": 4, "cpt": 4, "cc": 8, "unroll": 2},
+            {"th": 2, "tw": 8, "ppt": 1, "cot": 8, "cpt": 4, "cc": 16, "unroll": 2},
+            {"th": 1, "tw": 32, "ppt": 4, "cot": 4, "cpt": 2, "cc": 4, "unroll": 1}]
+PAT_CFGS = [{"th": 4, "tw": 16, "ppt": 2, "cb": 8, "unroll": 2, "vec": 2},
+            {"th": 4, "tw": 8, "ppt": 1, "cb": 4, "unroll": 1, "vec": 1},
+            {"th": 8, "tw": 16, "ppt": 4, "cb": 8, "unroll": 4, "vec": 4}]
+GEOMS = [  # (cout, cin, h, w, batch, stride): odd channel counts and image sizes, batch 1, stride 2
+    (20, 12, 9, 11, 1, 1), (20, 12, 9, 11, 2, 2), (8, 3, 7, 7, 1, 2), (36, 20, 14, 14, 3, 1)]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("family,cfgs", [("conv_csr", CSR_CFGS), ("conv_pattern", PAT_CFGS)])
+def test_family_edge_cases(cp, family, cfgs, dtype, layout):
+    ran = 0
+    # conv_pattern compiles ~3 ms per generated FMA line (NVRTC): its three smallest geometries only
+    for gi, (cout, cin, h, w_, b, s) in enumerate(GEOMS if family == "conv_csr" else GEOMS[:3]):
+        g = C.check_geometry(cout, cin, h, w_, b, s, layout)
+        w = _weight(cout, cin, 0.15, seed=gi, empty=(0, cout - 1), dense=(1,))
+        env = C.conv_env(g, int(np.count_nonzero(w)), dtype)
+        for cfg in cfgs:
+            if C.get_conv_space(family).check(cfg, env) is not None:
+                continue
+            _check(cp, family, cfg, dtype, g, w)
+            ran += 1
+    assert ran >= 3
+
+
+def test_all_zero_weight_writes_zeros(cp):
+    g = C.check_geometry(8, 8, 6, 6, 1, 1, "nchw")
+    w = np.zeros((8, 8, 3, 3), np.float32)
+    w[3, 2, 1, 1] = 1.0  # one nonzero: every other channel's output is 0
+    for family, cfg in (("conv_csr", {"th": 2, "tw": 8, "ppt": 1, "cot": 2, "cpt": 4, "cc": 8, "unroll": 1}),
+                        ("conv_pattern", PAT_CFGS[1])):
+        kern = C.build_conv(C.compress_weight(w), g, family, cfg, "fp32")
+        x = cp.random.standard_normal(g.x_shape, dtype=np.float32)
+        y = cp.full(g.y_shape, np.nan, dtype=np.float32)
+        kern(x, y)
+        assert float(cp.abs(y[:, :3]).max()) == 0.0 and bool(cp.allclose(y[0, 3], x[0, 2]))
+
+
+def test_cudnn_path_and_runtime_against_conv2d(cp, tmp_path):
+    torch = pytest.importorskip("torch")
+    import sparse_autotune as sat
+    from sparse_autotune.runtime.conv import sparse_conv2d_class
+    w = torch.as_tensor(_weight(32, 16, 0.1))
+    for memory in (torch.contiguous_format, torch.channels_last):
+        for stride in (1, 2):
+            x = torch.randn(2, 16, 13, 13, device="cuda").contiguous(memory_format=memory)
+            ref = torch.nn.functional.conv2d(x.double(), w.double().cuda(), stride=stride, padding=1)
+            y = sat.conv3x3(x, w, stride=stride, db=tmp_path / "none.sqlite")  # untuned: cuDNN
+            assert (y - ref).norm() / ref.norm() < 1e-4
+            layer = sparse_conv2d_class()(w, torch.randn(32), stride, db=tmp_path / "none.sqlite").cuda()
+            y = layer(x)
+            ref = ref + layer.bias.double().view(1, -1, 1, 1)
+            assert (y - ref).norm() / ref.norm() < 1e-4
+    # the sparse kernels through the torch entry, channels_last in and out (the built-in default kernel)
+    from sparse_autotune.runtime.conv import Conv3x3
+    op = Conv3x3(w.numpy(), 2)
+    x = torch.randn(1, 16, 20, 20, device="cuda").contiguous(memory_format=torch.channels_last)
+    op._plans.clear()
+    g = op.geometry(1, 20, 20, "nhwc")
+    plan = op.plan(g, "fp32", torch_ok=False)
+    assert not plan.family == "cudnn"
+    op._plans[(g, "fp32", True)] = plan
+    y = op(x)
+    ref = torch.nn.functional.conv2d(x.double(), w.double().cuda(), stride=2, padding=1)
+    assert y.is_contiguous(memory_format=torch.channels_last) and (y - ref).norm() / ref.norm() < 1e-4
+
+
+@pytest.mark.parametrize("layout,dtype", [("nchw", "fp32"), ("nhwc", "fp16")])
+def test_tuner_end_to_end(cp, tmp_path, layout, dtype):
+    pytest.importorskip("torch")
+    from sparse_autotune.runtime.conv import lookup_conv
+    from sparse_autotune.tuning.conv_tune import ConvProblem, tune_conv
+    from sparse_autotune.tuning.tuner import TuneOptions
+    g = C.check_geometry(32, 32, 14, 14, 1, 1, layout)
+    db = tmp_path / "t.sqlite"
+    r = tune_conv(ConvProblem.random(g, 0.1, dtype), TuneOptions(trials=4, db=str(db), progress=False,
+                                                                 families=("conv_csr", "conv_pattern", "cudnn")))
+    assert r["op"] == "conv3x3" and r["trials"]["complete"] >= 1 and r["best"]["max_rel_err"] <= TOLERANCE[dtype]
+    mem = "channels_last" if layout == "nhwc" else "nchw"
+    assert r["baselines"].get(f"cudnn_fp32_{mem}_us") and r["baselines"].get(f"cudnn_fp16_{mem}_us")
+    t = lookup_conv(g, 0.1, dtype, db=db)
+    assert t.source == "exact" and t.family == r["chosen"]["family"]
