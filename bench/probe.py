@@ -730,7 +730,7 @@ def cmd_overhead(a) -> int:
 
 def _vendor_best(base: dict, dtype: str) -> tuple[float | None, str]:
     """min(cuSPARSE, cuBLAS of the same precision: FP32 for fp32 (TF32 only on opt-in), FP16, BF16) and its name."""
-    dense_key = {"fp32": "cublas_fp32_us", "fp16": "cublas_fp16_us", "bf16": "cublas_bf16_us"}[dtype]
+    dense_key = {"fp32": "cublas_fp32_us", "tf32": "cublas_tf32_us", "fp16": "cublas_fp16_us", "bf16": "cublas_bf16_us"}[dtype]
     cands = [(base.get("cusparse_us"), "cuSPARSE"), (base.get(dense_key), f"cuBLAS {dtype.upper()}")]
     cands = [(t, n) for t, n in cands if t]
     return min(cands) if cands else (None, "none")
@@ -1127,6 +1127,50 @@ def cmd_sddmm(a) -> int:
     return 1 if doc["summary"]["errors"] or not doc["summary"]["finished"] else 0
 
 
+# ---- conv (issue 19: sparse 3x3 convolution) ----
+
+def cmd_conv(a) -> int:
+    """conv3x3 benchmark: ResNet-50's 3x3 layers, tuned over sampled configs, against cuDNN FP32 / TF32 / FP16 in NCHW
+    and channels_last (sparse_autotune/ops/conv_bench.py) -> conv-<gpu>.{json,md,png}."""
+    from sparse_autotune.ops import conv_bench as cb  # noqa: PLC0415
+    dtypes = tuple(x.strip() for x in a.dtype.split(",") if x.strip())
+    if not dtypes or any(t not in ("fp32", "fp16", "bf16") for t in dtypes):
+        raise UserError(f"--dtype {a.dtype!r}: comma-separated fp32, fp16, bf16")
+    if a.layout not in ("nchw", "nhwc"):
+        raise UserError(f"--layout must be nchw or nhwc (got {a.layout!r})")
+    if a.configs < 1 or a.budget < 0:
+        raise UserError("--configs must be at least 1 and --budget at least 0")
+    cases = cb.suite_cases(quick=a.quick, full=a.full, dtypes=dtypes, layout=a.layout)
+    if a.list:
+        print("\n".join(c["name"] for c in cases), flush=True)
+        return 0
+    dev = Device()
+    out = stem(a.out, f"conv-{_slug(dev)}")
+    doc = cb.run_suite(cases, out, dev.meta, configs=a.configs, budget=a.budget, seed=a.seed, log=log)
+    print("\n".join(cb.markdown(doc)[:5]), flush=True)
+    log(f"wrote {out}.json, {out}.md" + (f" and {out}.png" if Path(f"{out}.png").exists() else ""))
+    return 1 if doc["summary"]["errors"] or not doc["summary"]["finished"] else 0
+
+
+# ---- finetune ----
+
+def cmd_finetune(a) -> int:
+    """Fine-tuning benchmark (issue 19): trainable SparseLinear vs the dense masked nn.Linear on a pruned MiniLM-sized
+    stack (sparse_autotune/runtime/finetune_bench.py) -> finetune-<gpu>.{json,md,png}."""
+    from sparse_autotune.runtime import finetune_bench as fb  # noqa: PLC0415
+    steps = a.steps or (120 if a.quick else 300)
+    blocks = a.blocks or (2 if a.quick else 4)
+    fb.check_options(steps, blocks, a.tokens, a.density, a.dtype)
+    dev = Device()
+    out = stem(a.out, f"finetune-{_slug(dev)}")
+    doc = fb.run(steps=steps, blocks=blocks, tokens=a.tokens, density=a.density, dtype=a.dtype, lr=a.lr, seed=a.seed,
+                 log=log)
+    fb.write_outputs(out, doc)
+    print("\n".join(fb.markdown(doc)), flush=True)
+    log(f"wrote {out}.json, {out}.md" + (f" and {out}.png" if Path(f"{out}.png").exists() else ""))
+    return 0
+
+
 # ---- the command line ----
 
 class _Parser(argparse.ArgumentParser):
@@ -1215,6 +1259,29 @@ def parser() -> argparse.ArgumentParser:
     sd.add_argument("--list", action="store_true", help="list the cases and sampled configs and stop (no GPU)")
     sd.add_argument("--out", help="output stem (default OUTDIR/sddmm-GPU)")
 
+    cv = sub.add_parser("conv", help="conv3x3 benchmark: ResNet-50 3x3 layers against cuDNN FP32/TF32/FP16")
+    cv.add_argument("--quick", action="store_true", help="3 cases (under a minute of GPU time)")
+    cv.add_argument("--full", action="store_true", help="the whole cross product (densities 0.05-0.3: ~15 min)")
+    cv.add_argument("--budget", type=float, default=210, help="start no new case after this many seconds (default "
+                                                               "210; 0: none)")
+    cv.add_argument("--dtype", default="fp32,fp16", help="comma-separated dtypes (default fp32,fp16)")
+    cv.add_argument("--layout", default="nchw", help="nchw (default) or nhwc")
+    cv.add_argument("--configs", type=int, default=3, help="sampled configs per family and case (default 3)")
+    cv.add_argument("--seed", type=int, default=0, help="seed of the weights, inputs and config sample")
+    cv.add_argument("--list", action="store_true", help="list the cases and stop (no GPU)")
+    cv.add_argument("--out", help="output stem (default OUTDIR/conv-GPU)")
+
+    ft = sub.add_parser("finetune", help="fine-tuning: trainable SparseLinear vs dense masked nn.Linear (loss, step time)")
+    ft.add_argument("--quick", action="store_true", help="2 blocks, 120 steps (about a minute of GPU time)")
+    ft.add_argument("--steps", type=int, default=None, help="training steps (default 300; --quick 120)")
+    ft.add_argument("--blocks", type=int, default=None, help="blocks of the stack (default 4; --quick 2)")
+    ft.add_argument("--tokens", type=int, default=512, help="tokens a step (default 512)")
+    ft.add_argument("--density", type=float, default=0.1, help="kept fraction of each weight (default 0.1)")
+    ft.add_argument("--dtype", default="fp32", help="fp32 or fp16 (default fp32)")
+    ft.add_argument("--lr", type=float, default=3e-4, help="Adam's learning rate (default 3e-4)")
+    ft.add_argument("--seed", type=int, default=0, help="seed of the teacher, data (default 0)")
+    ft.add_argument("--out", help="output stem (default OUTDIR/finetune-GPU)")
+
     ov = sub.add_parser("overhead", help="host cost per call of lookup and of the runtime operator")
     ov.add_argument("--out", help="output folder (default OUTDIR): runtime-overhead-<gpu or cpu>.{json,md}")
     return p
@@ -1224,7 +1291,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parser().parse_args(argv)
     return {"ab": cmd_ab, "profile": cmd_profile, "sweep": cmd_sweep, "config": cmd_config, "baselines": cmd_baselines,
-            "overhead": cmd_overhead, "untuned": cmd_untuned, "linear": cmd_linear, "sddmm": cmd_sddmm}[a.cmd](a)
+            "overhead": cmd_overhead, "untuned": cmd_untuned, "linear": cmd_linear, "sddmm": cmd_sddmm,
+            "finetune": cmd_finetune, "conv": cmd_conv}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,17 @@ def sddmm(mask, x, y, out=None, db=None, dtype=None):
     return run(mask, x, y, out, db=db, dtype=dtype)
 
 
+def conv3x3(x, w_sparse, stride=1, bias=None, db=None, layout=None):
+    """Y = conv2d(x, W, stride, padding 1) for a sparse 3x3 weight W (Cout x Cin x 3 x 3, or its compressed CSR):
+    runtime.conv.conv3x3 (the best tuned conv3x3 config on this GPU, else cuDNN / the built-in default)."""
+    from .runtime.conv import conv3x3 as run  # noqa: PLC0415 - imported at the first call
+    return run(x, w_sparse, stride, bias=bias, db=db, layout=layout)
+
+
 def __getattr__(name):
+    if name == "SparseConv2d":  # the sparse 3x3 convolution module (needs PyTorch), defined when first named
+        from .runtime.conv import sparse_conv2d_class  # noqa: PLC0415
+        return sparse_conv2d_class()
     if name == "SDDMM":  # the SDDMM operator class, imported when first named
         from .runtime.sddmm import SDDMM  # noqa: PLC0415
         return SDDMM

@@ -21,10 +21,15 @@ from sparse_autotune.errors import UserError
 from sparse_autotune.ops import sddmm
 from sparse_autotune.resources import resource_dir
 
-FAMILIES = ("sddmm_tile", "sddmm_warp")
+FAMILIES = ("sddmm_tile", "sddmm_warp")  # the CUDA-core families (sddmm_tc, on tensor cores: tests/test_sddmm_tc.py)
 DTYPES = ("fp32", "fp16", "bf16")
 HEADER = re.compile(r"^// sparse-autotune family (\S+) \| (.*)$", re.MULTILINE)
 REF_MASK = sps.random(512, 512, density=0.05, format="csr", random_state=0)
+
+
+def cc_spaces():
+    """The spaces of the CUDA-core families (FAMILIES), in (rank, family) order."""
+    return [s for s in sddmm.load_sddmm_spaces() if s.family in FAMILIES]
 
 
 def env(k, dtype, m=512, n=512, nnz=13107):
@@ -46,8 +51,9 @@ def signature(src: str) -> list[tuple[str, int]]:
 # ---- the spaces ---------------------------------------------------------------------------------------------------
 
 def test_spaces_parse_and_stay_out_of_the_spmm_registry():
-    spaces = sddmm.load_sddmm_spaces()
-    assert tuple(s.family for s in spaces) == FAMILIES == sddmm.sddmm_families()
+    spaces = cc_spaces()
+    assert tuple(s.family for s in spaces) == FAMILIES
+    assert set(sddmm.sddmm_families()) == set(FAMILIES) | {"sddmm_tc"}
     for s in spaces:
         assert s.dtypes == DTYPES and s.template == f"sddmm/{s.family}.cu.j2"
         assert s.known_good and all(c.why != c.expr for c in s.constraints)  # every constraint says why
@@ -62,7 +68,7 @@ def test_spaces_parse_and_stay_out_of_the_spmm_registry():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_known_good_configs_are_feasible_somewhere(dtype):
-    for s in sddmm.load_sddmm_spaces():
+    for s in cc_spaces():
         for kg in s.known_good:
             cfg = s.normalize(kg, dtype)
             if cfg is None:  # a 16-bit config (vec 8) for fp32
@@ -111,7 +117,7 @@ def test_tile_constraints_reject_what_they_say():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_config_renders(dtype):
-    for s in sddmm.load_sddmm_spaces():
+    for s in cc_spaces():
         hashes = set()
         for cfg in s.enumerate(dtype):
             src = sddmm.render_sddmm(s.family, cfg, dtype)
@@ -132,7 +138,7 @@ def _nvcc_jobs():
     """(family, dtype, K, config): covering samples of each space at K = 128 and 256 (between them every value of
     every parameter is feasible) and two seeded feasible configs at K = 33 and K = 1000 (tails), each dtype."""
     jobs, seen = [], set()
-    for s in sddmm.load_sddmm_spaces():
+    for s in cc_spaces():
         for dtype in DTYPES:
             for k in (128, 256, 33, 1000):
                 if k == 128:
@@ -168,7 +174,7 @@ def test_covering_sample_compiles_with_nvcc(nvcc_reports):
     assert {j[0] for j, _ in nvcc_reports} == set(FAMILIES)
     assert {j[1] for j, _ in nvcc_reports} == set(DTYPES)
     assert len(nvcc_reports) >= 40 and {j[2] for j, _ in nvcc_reports} == {33, 128, 256, 1000}
-    for s in sddmm.load_sddmm_spaces():  # every value of every parameter compiled at least once
+    for s in cc_spaces():  # every value of every parameter compiled at least once
         for p in s.params:
             got = {j[3].get(p.name) for j, _ in nvcc_reports if j[0] == s.family}
             assert {v for dt in DTYPES for v in p.choices(dt)} <= got, (s.family, p.name)

@@ -334,11 +334,11 @@ def test_sddmm_tuner_search_with_a_synthetic_objective_stores_an_sddmm_record(tm
     problem = SddmmProblem.random(128, 512, 64, 0.05, "fp16", seed=3)
     assert (problem.nnz, problem.mask.shape, problem.density) == (round(0.05 * 128 * 512), (128, 512), 0.05)
     tuner = SyntheticSddmmTuner(problem, TuneOptions(trials=12, db=str(db), progress=False))
-    assert {s.family for s in tuner.spaces} == {"sddmm_tile", "sddmm_warp"}
+    assert {s.family for s in tuner.spaces} == {"sddmm_tile", "sddmm_warp", "sddmm_tc"}
     res = tuner.search()
     report = tuner.finish(res)
     assert res.complete == 12 and len(tuner.evaluated) == 12
-    assert all(f in ("sddmm_tile", "sddmm_warp") for f, _ in tuner.evaluated)
+    assert all(f in ("sddmm_tile", "sddmm_warp", "sddmm_tc") for f, _ in tuner.evaluated)
     assert report["best"]["time_us"] == min(synthetic_value(f, c) for f, c in tuner.evaluated)
     rows = sql(db, "SELECT op, m, k, n, dtype, family, cusparse_us, cublas_fp16_us, cublas_fp32_us, is_best "
                    "FROM sat_records ORDER BY id")
@@ -376,7 +376,7 @@ def test_sddmm_problem_from_a_mask_and_family_options():
     p = SddmmProblem.from_mask(mask, 33, "bf16")
     assert (p.m, p.n, p.k, p.nnz, p.pattern) == (40, 70, 33, mask.nnz, "matrix")
     assert p.key().startswith("SDDMM_M40_N70_K33_") and p.density == float(f"{mask.nnz / 2800:.6g}")
-    assert split_sddmm_families(None) == (("sddmm_tile", "sddmm_warp"), ("cusparse", "dense"))
+    assert split_sddmm_families(None) == (("sddmm_tile", "sddmm_warp", "sddmm_tc"), ("cusparse", "dense"))
     assert split_sddmm_families("sddmm_warp") == (("sddmm_warp",), ())
     with pytest.raises(UserError, match="unknown SDDMM kernel family 'tc_gather'"):
         split_sddmm_families("tc_gather")

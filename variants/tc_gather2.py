@@ -55,12 +55,44 @@ def _clean(a) -> sp.csr_matrix:
     return a
 
 
+WIDE = ("tf32", "fp32")  # the 32-bit dtypes: TF32 tensor cores (fp32: 3xTF32, split = "3xtf32")
+
+
+def sub_of(dtype: str) -> int:
+    """The k's one shared-memory load instruction of a k-step reads, whose slots the builder gives distinct banks: 8
+    (16-bit: one 8 x 8 matrix of ldmatrix, residues slot % 8) or 4 (32-bit: the lanes' 64-bit loads of one quarter
+    k = 4h .. 4h + 3, residues slot % 4; staged rows 32 mod 128 bytes apart)."""
+    return 4 if dtype in WIDE else 8
+
+
+def tf32_round(x) -> np.ndarray:
+    """float32 values rounded to TF32 as cvt.rna.tf32.f32 does (10 mantissa bits, to nearest, ties away from zero),
+    as float32 with the 13 low bits zero."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def tf32_split(x) -> tuple[np.ndarray, np.ndarray]:
+    """(big, small) of 3xTF32: big = tf32(x), small = tf32(x - big) (x - big is exact in fp32); big + small is x to
+    about 2^-22 relative."""
+    x = np.asarray(x, dtype=np.float32)
+    big = tf32_round(x)
+    return big, tf32_round(x - big)
+
+
 def build(a: sp.csr_matrix, rn: int, wm: int, ksteps: int, dtype: str = "fp16") -> dict:
     """The layout of A (rows in their given order) for row blocks of 8 * rn rows, tiles of wm row blocks and groups of
     16 * ksteps tile-union columns: a dict of numpy arrays tile_gptr (int32, tiles + 1: first group of each tile),
     gcols (int32, groups * GK), step_ptr (int32, groups * wm + 1, by (tile, row block, group)), kslot (uint8,
-    steps * 16), avals (uint16: fp16, or bf16 bits, steps * rn * 128), and counts: tiles, groups, steps."""
+    steps * 16), avals (uint16: fp16, or bf16 bits, steps * rn * 128), and counts: tiles, groups, steps.
+
+    32-bit dtypes (WIDE: two mma.m16n8k8 .tf32 a k-step, k = 0..7 and 8..15): avals is float32, lane l = 4 g + q
+    holding A[8 i + g][col of k = q + 4 h] at avals[((t * rn + i) * 32 + l) * 4 + h] (tf32: rounded to TF32), or for
+    fp32 (3xTF32) big and small parts at avals[(((t * rn + i) * 2 + part) * 32 + l) * 4 + h] (steps * rn * 256); kslot
+    holds the slot of k = q + 4 h at byte 16 t + 4 q + h (one 32-bit load a lane and step)."""
     rn, wm, ksteps = int(rn), int(wm), int(ksteps)
+    sub = sub_of(dtype)
+    nsub = 16 // sub  # load groups a k-step
     gk = 16 * ksteps
     if gk > 256:
         raise ValueError("a group must have at most 256 slots (8-bit slot numbers)")
@@ -109,37 +141,51 @@ def build(a: sp.csr_matrix, rn: int, wm: int, ksteps: int, dtype: str = "fp16") 
     # in (residue slot % 8, slot) order, entry j to half step j mod H: a residue's entries land in distinct half steps
     # (no two rows of a matrix in the same bank group) unless it has more than H of them, and every half step gets
     # at most 8 entries
-    o = np.lexsort((e_slot, e_slot & 7, e_pair))  # by pair, residue, slot
+    # (32-bit dtypes: the same with quarters of 4 k's and residues slot % 4: sub_of)
+    o = np.lexsort((e_slot, e_slot % sub, e_pair))  # by pair, residue, slot
     pstart = np.zeros(npairs + 1, dtype=np.int64)
     np.cumsum(cnt, out=pstart[1:])
     idx = np.empty(len(o), dtype=np.int64)
     idx[o] = np.arange(len(o)) - pstart[e_pair[o]]  # rank of each entry within its pair
-    nh = 2 * nsteps[e_pair]
+    nh = nsub * nsteps[e_pair]
     half = idx % nh
-    e_step = step_ptr[e_pair] + half // 2
-    e_k = (half % 2) * 8 + idx // nh
+    e_step = step_ptr[e_pair] + half // nsub
+    e_k = (half % nsub) * sub + idx // nh
     kslot = np.full(steps * 16, -1, dtype=np.int64)
     kslot[e_step * 16 + e_k] = e_slot
     # padding slots: in each half step (8 k's: one ldmatrix matrix), the residues its real entries leave free
     pad = kslot < 0
     if pad.any():
-        mask = np.zeros(steps * 2, dtype=np.int64)
+        mask = np.zeros(steps * nsub, dtype=np.int64)
         real = ~pad
-        np.bitwise_or.at(mask, np.flatnonzero(real) // 8, 1 << (kslot[real] & 7))
+        np.bitwise_or.at(mask, np.flatnonzero(real) // sub, 1 << (kslot[real] % sub))
         pos = np.flatnonzero(pad)
-        h = pos // 8
+        h = pos // sub
         # j-th padding position of its half step
-        jth = np.arange(len(pos)) - np.searchsorted(pos, h * 8)
+        jth = np.arange(len(pos)) - np.searchsorted(pos, h * sub)
         kslot[pos] = _NTH_ZERO[mask[h], jth]
     # weights
     lr = rows - rb * rr
     i, g = lr // 8, lr % 8
     t = e_step[inv_e]
     kk = e_k[inv_e]
-    q = np.where(kk < 8, kk // 2, (kk - 8) // 2)
-    hh = np.where(kk < 8, kk % 2, 2 + kk % 2)
-    avals = np.zeros(steps * rn * 128, dtype=np.uint16)
-    avals[((t * rn + i) * 32 + 4 * g + q) * 4 + hh] = storage(a.data, dtype).view(np.uint16)
+    if dtype in WIDE:
+        q, hh = kk % 4, kk // 4
+        if dtype == "tf32":
+            avals = np.zeros(steps * rn * 128, dtype=np.float32)
+            avals[((t * rn + i) * 32 + 4 * g + q) * 4 + hh] = tf32_round(a.data)
+        else:
+            avals = np.zeros(steps * rn * 256, dtype=np.float32)
+            big, small = tf32_split(a.data)
+            at = (((t * rn + i) * 2) * 32 + 4 * g + q) * 4 + hh
+            avals[at] = big
+            avals[at + 128] = small
+        kslot = kslot.reshape(steps, 4, 4).transpose(0, 2, 1).ravel()  # byte 4 q + h: k = q + 4 h
+    else:
+        q = np.where(kk < 8, kk // 2, (kk - 8) // 2)
+        hh = np.where(kk < 8, kk % 2, 2 + kk % 2)
+        avals = np.zeros(steps * rn * 128, dtype=np.uint16)
+        avals[((t * rn + i) * 32 + 4 * g + q) * 4 + hh] = storage(a.data, dtype).view(np.uint16)
     return {"tile_gptr": gstart.astype(np.int32), "gcols": gcols, "step_ptr": step_ptr.astype(np.int32),
             "kslot": kslot.astype(np.uint8), "avals": avals, "tiles": tiles, "groups": groups, "steps": steps,
             "rn": rn, "wm": wm, "ksteps": ksteps, "M": m, "K": k, "dtype": dtype}
@@ -160,13 +206,23 @@ def decode(lay: dict) -> np.ndarray:
         ng = gstart[tile + 1] - gstart[tile]
         local = pair - gstart[tile] * wm
         b, grp = local // ng, gstart[tile] + local % ng
-        v = (bf16_float(avals) if lay["dtype"] == "bf16" else avals.view(np.float16)).astype(np.float64)
+        wide = lay["dtype"] in WIDE
+        if lay["dtype"] == "fp32":  # big + small, each lane's 4 words
+            v4 = avals.astype(np.float64).reshape(steps * rn, 2, 128)
+            v = (v4[:, 0] + v4[:, 1]).ravel()
+        elif wide:
+            v = avals.astype(np.float64)
+        else:
+            v = (bf16_float(avals) if lay["dtype"] == "bf16" else avals.view(np.float16)).astype(np.float64)
         for i in range(rn):
             for lane in range(32):
                 g, q = divmod(lane, 4)
                 for h in range(4):
-                    kk = 2 * q + h % 2 + 8 * (h // 2)
-                    col = gcols[grp * gk + kslot[np.arange(steps) * 16 + kk]].astype(np.int64)
+                    if wide:  # k = q + 4 h, its slot at byte 4 q + h of the step
+                        kb = 4 * q + h
+                    else:
+                        kb = 2 * q + h % 2 + 8 * (h // 2)
+                    col = gcols[grp * gk + kslot[np.arange(steps) * 16 + kb]].astype(np.int64)
                     col[col < 0] = k
                     row = (tile * wm + b) * rr + 8 * i + g
                     np.add.at(out, (row, col), v[((np.arange(steps) * rn + i) * 32 + lane) * 4 + h])
@@ -181,6 +237,16 @@ def bank_wavefronts(lay: dict) -> float:
     """Shared-memory wavefronts per ldmatrix.x4 of the layout's k-steps (4 is conflict-free): per half step (one 8 x 8
     matrix, two of them per x4 share the rows) the largest number of its 8 slots with the same slot % 8."""
     steps = lay["steps"]
+    if lay["dtype"] in WIDE:
+        # 32-bit: per quarter (the slots of k = 4h .. 4h + 3, bytes h, 4 + h, 8 + h, 12 + h of the step) a 64-bit load
+        # a lane: two half-warp wavefronts when the 4 slots have distinct slot % 4 (rows 32 mod 128 bytes apart), each
+        # repeated residue one more
+        if not steps:
+            return 2.0
+        res = (lay["kslot"].astype(np.int64) % 4).reshape(steps, 4, 4).transpose(0, 2, 1).reshape(steps * 4, 4)
+        counts = np.zeros((steps * 4, 4), dtype=np.int64)
+        np.add.at(counts, (np.repeat(np.arange(steps * 4), 4), res.ravel()), 1)
+        return float(2 * counts.max(axis=1).mean())
     if not steps:
         return 4.0
     res = (lay["kslot"].astype(np.int64) & 7).reshape(steps * 2, 8)
@@ -226,22 +292,30 @@ def tile_rows(config: dict) -> int:
     return 8 * config["rn"] * config["wm"]
 
 
-def ring_bytes(config: dict) -> int:
-    """The cp.async ring: stages x 16 * ksteps rows of B, each 2 * tile_n bytes + 16 of padding."""
-    return config["stages"] * 16 * config["ksteps"] * (2 * config["tile_n"] + 16)
+def row_bytes(config: dict, dtype: str = "fp16") -> int:
+    """A staged row of B: tile_n elements + padding (16 bytes: 16 mod 128 for ldmatrix; 32-bit dtypes 32: 32 mod 128
+    for the lanes' 64-bit loads)."""
+    return 4 * config["tile_n"] + 32 if dtype in WIDE else 2 * config["tile_n"] + 16
 
 
-def ctile_bytes(config: dict) -> int:
-    """The epilogue's C tile (fp16/bf16, rows of tile_n + 8 halves), over the ring once the main loop is done."""
-    return tile_rows(config) * (2 * config["tile_n"] + 16)
+def ring_bytes(config: dict, dtype: str = "fp16") -> int:
+    """The cp.async ring: stages x 16 * ksteps rows of B, each 2 * tile_n bytes + 16 of padding (32-bit dtypes:
+    4 * tile_n + 32)."""
+    return config["stages"] * 16 * config["ksteps"] * row_bytes(config, dtype)
 
 
-def shared_bytes(config: dict) -> int:
-    return max(ring_bytes(config), ctile_bytes(config))
+def ctile_bytes(config: dict, dtype: str = "fp16") -> int:
+    """The epilogue's C tile (fp16/bf16, rows of tile_n + 8 halves; 32-bit dtypes: tile_n + 4 floats), over the ring
+    once the main loop is done."""
+    return tile_rows(config) * (4 * config["tile_n"] + 16 if dtype in WIDE else 2 * config["tile_n"] + 16)
+
+
+def shared_bytes(config: dict, dtype: str = "fp16") -> int:
+    return max(ring_bytes(config, dtype), ctile_bytes(config, dtype))
 
 
 def smem_bytes(kernel) -> int:
-    return shared_bytes(kernel.config)
+    return shared_bytes(kernel.config, kernel.dtype)
 
 
 def _tiles(kernel, n: int) -> tuple[int, int]:

@@ -34,7 +34,7 @@ def add_db_parser(subparsers, parser_class=argparse.ArgumentParser) -> argparse.
         p.add_argument("--shape", help="shape of the sparse matrix, e.g. 512x2048: M x K of an SpMM record's A, M x N "
                                        "of an SDDMM record's mask")
         p.add_argument("--dtype", help="fp32, fp16 or bf16")
-        p.add_argument("--op", help="operator: spmm or sddmm (default: both)")
+        p.add_argument("--op", help="operator: spmm, sddmm or spmm_t (default: all)")
 
     ls = dsub.add_parser("list", help="a table of the best records (all records with --all)")
     ls.add_argument("--db", help=_DB_HELP)

@@ -13,6 +13,7 @@ from ..errors import UserError, exit_status
 from ..core.problem import (DEFAULT_N, LAYOUTS, PATTERNS, Problem, check_density, check_dim, check_dtype, check_layout,
                             check_n, check_seed, load_matrix, n_bucket, parse_shape)
 from ..commands.db import add_db_parser, cmd_db
+from ..commands.conv import _layout_any, add_conv_args, conv_layout_refused
 from ..tuning.search import SAMPLERS, check_options
 
 
@@ -91,6 +92,13 @@ def _families_any(text):
         templated, _ = split_families(text)
         if templated and all(x in sddmm_families() for x in templated):
             return text
+        from ..ops.spmm_t import spmm_t_families  # noqa: PLC0415 - --op spmm_t's (scatter, transpose+<family>)
+        if templated and all(x in spmm_t_families() for x in templated):
+            return text
+        from ..ops.conv import conv_families  # noqa: PLC0415 - --op conv3x3's (conv_csr, conv_pattern; and cudnn)
+        names = [x.strip() for x in str(text).split(",") if x.strip()]
+        if names and all(x in conv_families() or x == "cudnn" for x in names):
+            return text
         raise
 
 
@@ -118,17 +126,20 @@ _N = _opt(check_n, "N")
 _SEED = _opt(check_seed, "seed")
 _DTYPE = _opt(check_dtype, "dtype")
 _LAYOUT = _opt(check_layout, "layout")
+_LAYOUT_ANY = _opt(_layout_any, "layout")  # tune / lookup: conv3x3's nchw / nhwc too (commands/conv.py)
 LAYOUT_HELP = ("operand layout: kn (B is K x N, C = A @ B is M x N; the default) or nk (the nn.Linear layout: x is "
                "N x K, y = x @ A^T + bias is N x M, bias fused)")
 _FAMILIES = _opt(_families, "families")
 _FAMILIES_ANY = _opt(_families_any, "families")
 _TRIALS = _int_in(1, MAX_TRIALS, "the trial budget")
-OPS = ("spmm", "sddmm")
+OPS = ("spmm", "sddmm", "spmm_t")
+OPS = OPS + ("conv3x3",)  # the sparse 3x3 convolution (commands/conv.py)
 _OP = _choice(OPS, "operator")
 _K = _opt(lambda text: check_dim(text, "K"), "K")
 DEFAULT_K = 256  # SDDMM's K (the columns of X and Y) where --k is not given
 OP_HELP = ("operator: spmm (C = A @ B, A sparse; the default) or sddmm (out = (X @ Y^T) at the nonzeros of a CSR mask "
-           "S, times S's values: X is M x K, Y is N x K)")
+           "S, times S's values: X is M x K, Y is N x K) or spmm_t (C = A^T @ B from the stored A, M x K: B is M x N, "
+           "C is K x N)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,10 +158,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--n", type=_N, default=None, help=f"columns N of the dense B (default {DEFAULT_N}; spmm only)")
     t.add_argument("--k", type=_K, default=None, help=f"sddmm: K, the columns of X and Y (default {DEFAULT_K}; sddmm only)")
     t.add_argument("--dtype", type=_DTYPE, default="fp32", help="fp32, fp16 or bf16 (16-bit storage, fp32 accumulation); "
-                                                                "default fp32")
+                                                                "tf32 (spmm: fp32 storage, TF32 tensor cores, compared "
+                                                                "with cuBLAS TF32); default fp32")
     t.add_argument("--pattern", type=_choice(PATTERNS, "pattern"), default="uniform",
                    help=f"random pattern: {', '.join(PATTERNS)} (default uniform)")
-    t.add_argument("--layout", type=_LAYOUT, default=None, help=LAYOUT_HELP + " (spmm only)")
+    t.add_argument("--layout", type=_LAYOUT_ANY, default=None, help=LAYOUT_HELP + " (spmm only); conv3x3: nchw "
+                   "(default) or nhwc")
+    add_conv_args(t)
     t.add_argument("--matrix", help="tune this matrix (.npz from scipy.sparse.save_npz, or .mtx; sddmm: the mask); "
                                     "replaces --shape/--density")
     t.add_argument("--trials", type=_TRIALS, default=100, help="trial budget of the study, over all runs (default 100)")
@@ -179,8 +193,9 @@ def _parser() -> argparse.ArgumentParser:
                                                                     "in (0, 1]")
     lk.add_argument("--n", type=_N, default=None, help=f"columns N of the dense B (default {DEFAULT_N}; spmm only)")
     lk.add_argument("--k", type=_K, default=None, help=f"sddmm: K, the columns of X and Y (default {DEFAULT_K}; sddmm only)")
-    lk.add_argument("--dtype", type=_DTYPE, default="fp32", help="fp32, fp16 or bf16 (default fp32)")
-    lk.add_argument("--layout", type=_LAYOUT, default=None, help=LAYOUT_HELP + "; nk is served by nk records first, "
+    lk.add_argument("--dtype", type=_DTYPE, default="fp32", help="fp32, fp16, bf16 or tf32 (default fp32)")
+    add_conv_args(lk)
+    lk.add_argument("--layout", type=_LAYOUT_ANY, default=None, help=LAYOUT_HELP + "; nk is served by nk records first, "
                     "then by kn records (natively where the family declares nk, else staged; spmm only)")
     lk.add_argument("--gpu", default=None, help="GPU name (default: this machine's GPU, or any)")
     lk.add_argument("--db", help="tuning database searched first (then the databases shipped with the package)")
@@ -445,8 +460,15 @@ def _sddmm_refused(a, options) -> None:
 
 def cmd_tune(a) -> int:
     from ..tuning.tuner import TuneOptions, tune  # noqa: PLC0415
+    if a.op == "conv3x3":
+        from .conv import cmd_tune_conv  # noqa: PLC0415
+        return cmd_tune_conv(a)
+    conv_layout_refused(a)  # conv3x3's options with another operator: one line
     if a.op == "sddmm":
         return cmd_tune_sddmm(a)
+    if a.op == "spmm_t":
+        from .spmm_t import cmd_tune_spmm_t  # noqa: PLC0415
+        return cmd_tune_spmm_t(a)
     _spmm_only(a, "tune")
     check_options(a.trials, a.sampler, a.timeout)
     families, vendors = _family_options(a.families)
@@ -604,8 +626,15 @@ def cmd_status(a) -> int:
 
 def cmd_lookup(a) -> int:
     from ..runtime.lookup import lookup  # noqa: PLC0415
+    if a.op == "conv3x3":
+        from .conv import cmd_lookup_conv  # noqa: PLC0415
+        return cmd_lookup_conv(a)
+    conv_layout_refused(a)  # conv3x3's options with another operator: one line
     if a.op == "sddmm":
         return _lookup_sddmm(a)
+    if a.op == "spmm_t":
+        from .spmm_t import cmd_lookup_spmm_t  # noqa: PLC0415
+        return cmd_lookup_spmm_t(a)
     _spmm_only(a, "lookup")
     (m, k), n = a.shape, a.n  # checked when parsed
     res = lookup(m, k, n, a.density, a.dtype, gpu=a.gpu, db=a.db, fallback=not a.exact, allow_tf32=a.allow_tf32,

@@ -172,7 +172,7 @@ def plot_density(records: list[Record], path: Path, title: str) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for ax, key, name in ((axes[0], "cusparse", "speed-up over cuSPARSE"),
                           (axes[1], "dense", "speed-up over best dense (same dtype)")):
-        for dt, mk in (("fp32", "o"), ("fp16", "s"), ("bf16", "^")):
+        for dt, mk in (("fp32", "o"), ("tf32", "D"), ("fp16", "s"), ("bf16", "^")):
             sel = [r for r in records if r.dtype == dt]
             pts = [(r.density, _ratio(r.cusparse_us if key == "cusparse" else best_dense(r.to_dict()), r.time_us))
                    for r in sel]

@@ -18,11 +18,27 @@ import scipy.sparse as sp
 from ..errors import UserError
 
 DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}  # bf16: raw 16-bit words (numpy has none)
+# tf32 (opt-in): fp32 storage, TF32 tensor-core math (inputs rounded to 10 mantissa bits, fp32 accumulation); compared
+# with cuBLAS TF32. Families without a TF32 kernel serve it with their exact fp32 kernel (core.space.kernel_dtype).
+DTYPES["tf32"] = np.float32
 # Relative error bounds by dtype (device.verify checks kernels against them, store.db keeps only records within).
 # fp32: fp32 accumulation lands near 1e-6. fp16: fp16 inputs (the reference uses the same fp16 values upcast) with
 # fp32 accumulation, then one rounding of the output to fp16 (~3e-4).
 # bf16: 8 bits of mantissa, the output rounded once (~2e-3 relative per element, Frobenius lower).
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3, "bf16": 1e-2}
+# tf32: the reference is the float64 product of the fp32 values, and the kernel rounds both inputs to TF32 (unit
+# roundoff u = 2^-11), so each product carries a relative error e_a + e_b (each uniform in [-u, u]: std 0.82 u); for
+# a random zero-mean B the element errors are independent of the sum's terms and the relative Frobenius error is
+# ~0.82 u = 4.0e-4 whatever K is (an element's error and its value both grow with sqrt(nnz of its row)); the bound 2e-3
+# (~4 u: core.vendor.TF32_TOLERANCE, what cuBLAS TF32 records are held to) leaves room for inputs truncated instead of
+# rounded (~2 u) and still fails a kernel that drops one product of a row of 40 (~0.16).
+TOLERANCE["tf32"] = 2e-3
+STORAGE_DTYPE = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}  # how each dtype's values are stored
+
+
+def storage_dtype(dtype: str) -> str:
+    """The dtype whose storage `dtype` uses (tf32: fp32; the others: themselves)."""
+    return STORAGE_DTYPE.get(dtype, dtype)
 PATTERNS = ("uniform", "powerlaw", "rowuniform")
 LAYOUTS = ("kn", "nk")  # the operand layouts (the module's docstring); kn is the default and the older one
 DEFAULT_N = 256

@@ -89,9 +89,29 @@ class Space:
     nk_cost: float = 2.0
 
     # ---- structure ------------------------------------------------------------------------------
-    def active(self, name: str, partial: dict) -> bool:
+    def active(self, name: str, partial: dict, dtype: str | None = None) -> bool:
+        """The parameter's `when` holds for the config so far; a `when` may also name the problem's `dtype` (the dtype
+        the family's kernel computes: kernel_dtype). Without a dtype such a parameter is active where the config has it."""
         p = self.param(name)
-        return p.when is None or bool(_eval(p.when, partial))
+        if p.when is None:
+            return True
+        try:
+            return bool(_eval(p.when, self._when_env(partial, dtype)))
+        except NameError:
+            if dtype is None:
+                return name in partial
+            raise
+
+    def kernel_dtype(self, dtype: str) -> str:
+        """The dtype the family's kernel computes a problem of `dtype` in: tf32 (fp32 storage, TF32 tensor-core math)
+        runs as tf32 in a family that declares it, else exactly, as fp32, in a family that computes fp32 (an exact
+        result is a valid TF32 answer); every other dtype as itself."""
+        if dtype == "tf32" and "tf32" not in self.dtypes and "fp32" in self.dtypes:
+            return "fp32"
+        return dtype
+
+    def _when_env(self, partial: dict, dtype: str | None) -> dict:
+        return partial if dtype is None else {**partial, "dtype": self.kernel_dtype(dtype)}
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -102,8 +122,9 @@ class Space:
     def normalize(self, config: dict, dtype: str) -> dict | None:
         """Keep only the active parameters, in declaration order; None if a value is not in the space."""
         out = {}
+        dtype = self.kernel_dtype(dtype)
         for p in self.params:
-            if not self.active(p.name, out):
+            if not self.active(p.name, out, dtype):
                 continue
             value = config.get(p.name, p.default)
             if value is None or value not in p.choices(dtype):
@@ -126,7 +147,7 @@ class Space:
 
     # ---- feasibility ----------------------------------------------------------------------------
     def supports(self, dtype: str) -> bool:
-        return dtype in self.dtypes
+        return self.kernel_dtype(dtype) in self.dtypes
 
     def supports_layout(self, layout: str) -> bool:
         """The template is written for this operand layout (every family: kn; nk where `layouts` declares it)."""
@@ -137,6 +158,8 @@ class Space:
         if "dtype" in problem_env and not self.supports(problem_env["dtype"]):
             return f"{self.family} computes only {', '.join(self.dtypes)}"
         env = {**DEFAULT_LIMITS, **(limits or {}), **problem_env, **config}
+        if "dtype" in problem_env:
+            env["dtype"] = self.kernel_dtype(problem_env["dtype"])
         for c in self.constraints:
             try:
                 ok = bool(_eval(c.expr, env))
@@ -151,12 +174,14 @@ class Space:
         family does not compute."""
         if not self.supports(dtype):
             return
+        dtype = self.kernel_dtype(dtype)
+
         def rec(i: int, partial: dict):
             if i == len(self.params):
                 yield dict(partial)
                 return
             p = self.params[i]
-            if p.when is not None and not _eval(p.when, partial):
+            if p.when is not None and not _eval(p.when, self._when_env(partial, dtype)):
                 yield from rec(i + 1, partial)
                 return
             for v in p.choices(dtype):
@@ -184,14 +209,15 @@ class Space:
         return f"{self.family}.{name}"
 
     def _is_ordinal(self, p: Param, dtype: str) -> bool:
+        dtype = self.kernel_dtype(dtype)
         return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p.choices(dtype))
 
     def suggest(self, trial, dtype: str) -> dict:
         cfg: dict = {}
         for p in self.params:
-            if p.when is not None and not _eval(p.when, cfg):
+            if p.when is not None and not _eval(p.when, self._when_env(cfg, dtype)):
                 continue
-            choices = p.choices(dtype)
+            choices = p.choices(self.kernel_dtype(dtype))
             if self._is_ordinal(p, dtype):
                 idx = trial.suggest_int(self.optuna_name(p.name), 0, len(choices) - 1)
                 cfg[p.name] = sorted(choices)[idx]
@@ -203,7 +229,7 @@ class Space:
         out = {}
         for name, v in config.items():
             p = self.param(name)
-            out[self.optuna_name(name)] = sorted(p.choices(dtype)).index(v) if self._is_ordinal(p, dtype) else v
+            out[self.optuna_name(name)] = sorted(p.choices(self.kernel_dtype(dtype))).index(v) if self._is_ordinal(p, dtype) else v
         return out
 
     def size(self, dtype: str) -> int:

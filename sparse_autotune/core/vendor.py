@@ -28,9 +28,10 @@ CUSPARSE_ALGS = {"CUSPARSE_SPMM_ALG_DEFAULT": 0, "CUSPARSE_SPMM_CSR_ALG1": 4, "C
 # the dense maths a problem of each dtype may run: its own precision (tf32 for fp32 only with the user's opt-in)
 DENSE_MATH = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 TF32 = "tf32"
+DENSE_MATH[TF32] = TF32  # the tf32 dtype (fp32 storage, TF32 math: core.problem) runs cuBLAS TF32 as its own precision
 # TF32 keeps 10 mantissa bits, as fp16 does: a TF32 result is verified with fp16's tolerance
 TF32_TOLERANCE = 2e-3
-DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2}
 
 
 # cuSPARSE with its algorithm chosen by the runtime: the four algorithms timed on this GPU at the first call with an N

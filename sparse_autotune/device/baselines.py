@@ -114,7 +114,7 @@ def time_baselines(ctx, log=None) -> dict:
     a_dense = ctx.a_dense_f32()
     shape = ctx.out_shape
     c32 = cp.empty(shape, cp.float32)
-    b32 = [as_float(b).astype(cp.float32) for b in ctx.b_bufs] if ctx.problem.dtype != "fp32" else ctx.b_bufs
+    b32 = [as_float(b).astype(cp.float32) for b in ctx.b_bufs] if ctx.problem.dtype not in ("fp32", "tf32") else ctx.b_bufs
     bias32 = None if bias is None else as_float(bias).astype(cp.float32)
     for mode in ("fp32", "tf32"):
         g = CublasGemm(a_dense, b32, c32, mode, layout, bias32)

@@ -69,7 +69,7 @@ def bytes_floor(problem, a_bytes: int, ceil: dict, dense_us: float | None) -> di
     bandwidth measured in this process: the larger of a device-to-device copy and what dense cuBLAS of the same
     dtype reaches on the dense layer (dense_us, A dense M x K + B + C). {'bytes_floor_us', 'a_bytes',
     'a_bytes_per_nnz', 'bw_GBps'}."""
-    es = 4 if problem.dtype == "fp32" else 2
+    es = 4 if problem.dtype in ("fp32", "tf32") else 2
     bc = (problem.k * problem.n + problem.m * problem.n) * es
     bw = ceil["copy_GBps"] * 1e9
     if dense_us:
@@ -81,5 +81,5 @@ def bytes_floor(problem, a_bytes: int, ceil: dict, dense_us: float | None) -> di
 def floor_us(problem, ceil: dict, index_bytes: int = 4) -> float:
     """max(bytes moved / copy bandwidth, FLOPs / CUDA-core FMA peak of the dtype), in microseconds."""
     bw = ceil["copy_GBps"] * 1e9
-    peak = (ceil["fma_fp32_TFLOPs"] if problem.dtype == "fp32" else ceil["fma_fp16_TFLOPs"]) * 1e12
+    peak = (ceil["fma_fp32_TFLOPs"] if problem.dtype in ("fp32", "tf32") else ceil["fma_fp16_TFLOPs"]) * 1e12
     return max(problem.min_bytes(index_bytes) / bw, problem.flops / peak) * 1e6

@@ -47,7 +47,7 @@ def time_kernel_cold(kern, ctx):
         del kernels, launches
 
 
-DENSE_MODE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}  # cuBLAS of the problem's own precision
+DENSE_MODE = {"fp32": "fp32", "tf32": "tf32", "fp16": "fp16", "bf16": "bf16"}  # cuBLAS of the problem's own precision
 
 
 def time_dense_cold(ctx):

@@ -286,6 +286,7 @@ def build_kernel(a: DeviceCSR, family: str, config: dict, dtype: str, layout: st
     kernel's: device.staged.build_for chooses between a native nk kernel and the staged path by it."""
     fam = get_family(family)
     space = fam.space
+    dtype = space.kernel_dtype(dtype)  # tf32 in a family without a TF32 kernel: its exact fp32 kernel (same storage)
     config, _ = split_path(config)
     config = space.normalize(config, dtype) or config  # a config stored before a parameter existed gets its default
     try:

@@ -78,7 +78,8 @@ extern "C" __global__ void __launch_bounds__({add}) sat_add_bias(const T* in, T*
 
 
 def source(dtype: str) -> str:
-    """The staging kernels' CUDA source for a dtype (fp32, fp16, bf16 as raw 16-bit words)."""
+    """The staging kernels' CUDA source for a dtype (fp32, fp16, bf16 as raw 16-bit words; tf32: fp32's)."""
+    dtype = "fp32" if dtype == "tf32" else dtype
     return _SOURCE.format(dtype=dtype, convert=_CONVERT[dtype], tile=TILE, rows=ROWS, add=ADD_THREADS)
 
 

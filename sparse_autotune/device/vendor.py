@@ -164,14 +164,14 @@ class CuSparseLauncher:
         self.a_dev = a_dev  # its arrays must outlive the descriptor
         self.handle = cp.cuda.device.get_cusparse_handle()
         m, k = a_dev.shape
-        vt = {"fp32": 0, "fp16": 2, "bf16": 14}[dtype]  # CUDA_R_32F / CUDA_R_16F / CUDA_R_16BF
+        vt = {"fp32": 0, "tf32": 0, "fp16": 2, "bf16": 14}[dtype]  # CUDA_R_32F / 16F / 16BF (tf32: fp32, exact)
         self.compute = 0  # CUDA_R_32F accumulation for every dtype
         self.alg = CUSPARSE_ALGS[alg_name]
         self.alpha = np.array(1.0, np.float32)
         self.beta = np.array(0.0, np.float32)
         scratch = []
         if b_ptr is None or c_ptr is None:
-            es = 4 if dtype == "fp32" else 2
+            es = 4 if dtype in ("fp32", "tf32") else 2
             scratch = [cp.zeros(max(1, k * n * es), dtype=cp.uint8), cp.zeros(max(1, m * n * es), dtype=cp.uint8)]
             b_ptr, c_ptr = scratch[0].data.ptr, scratch[1].data.ptr
         i32 = cs.CUSPARSE_INDEX_32I
@@ -264,7 +264,7 @@ def pick_cusparse(a_dev, n: int, dtype: str, layout: str = "kn") -> CuSparseLaun
     m, k = a_dev.shape
     rng = cp.random.default_rng(0)
     b = rng.standard_normal(k * n, dtype=cp.float32)
-    b = b if dtype == "fp32" else b.astype(cp.float16)  # bf16: any finite 16-bit pattern serves for timing
+    b = b if dtype in ("fp32", "tf32") else b.astype(cp.float16)  # bf16: any finite 16-bit pattern serves for timing
     c = cp.empty(m * n, dtype=b.dtype)
     best, last_exc = None, None
     for name in CUSPARSE_ALGS:

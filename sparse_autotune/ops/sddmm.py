@@ -228,6 +228,9 @@ def launch_plan(family: str, config: dict, mask: sp.csr_matrix, k: int, dtype: s
                     (np.int32(len(seg_row)), np.int32(k)))
     if family == "sddmm_tile":
         return Plan(-(-m // config["rows"]), config["threads"], 0, (indptr, indices), (np.int32(m), np.int32(k)))
+    if family == "sddmm_tc":  # tensor cores: the layout of ops/sddmm_tc.py (built once per mask pattern, cached)
+        from .sddmm_tc import plan_parts  # noqa: PLC0415
+        return Plan(*plan_parts(config, mask, k))
     raise UserError(f"unknown SDDMM kernel family {family!r}: choose from {', '.join(sddmm_families())}")
 
 

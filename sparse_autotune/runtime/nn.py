@@ -35,26 +35,39 @@ class SparseLinear(nn.Module):
     (`layer.op.plan(n)`; cuBLAS on a dense copy of W: `layer.op.dense_bytes`)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, dtype: str | None = None,
-                 db=None, n_hint: int | None = None, tune: str | None = None, allow_tf32: bool = False):
+                 db=None, n_hint: int | None = None, tune: str | None = None, allow_tf32: bool = False,
+                 trainable: bool = False):
         super().__init__()
         if weight.dim() != 2:
             raise UserError(f"weight must be 2-D (out x in), got shape {tuple(weight.shape)}")
         self.out_features, self.in_features = weight.shape
         w = weight.detach()
-        self.op = SpMM(w.cpu(), dtype=dtype, db=db, tune=tune, allow_tf32=allow_tf32)
+        if trainable:  # runtime.nn_train: W's nonzero values a Parameter, plans restricted to value-reading kernels
+            from .nn_train import ValueReadingSpMM  # noqa: PLC0415
+            self.op = ValueReadingSpMM(w.cpu(), dtype=dtype, db=db, tune="off", allow_tf32=allow_tf32)
+        else:
+            self.op = SpMM(w.cpu(), dtype=dtype, db=db, tune=tune, allow_tf32=allow_tf32)
         # a cuBLAS plan runs as F.linear here (bias fused by cuBLAS): quick tuning times it so (runtime.quick)
         self.op.dense_bias_fused = True
-        tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.op.dtype]
+        tdtype = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.op.dtype]
         # the bias in the layer's dtype, cast once here (not per forward); a later .half()/.to() is followed lazily
         self.register_buffer("bias", None if bias is None else bias.detach().to(tdtype).clone(), persistent=True)
         self._w = None  # (the operator's dense copy of W, its torch view), while a plan runs cuBLAS on it
         self._fast: dict = {}  # (x.shape, x.dtype, x.device) -> the call prepared for it (forward's fast path)
+        self.train_state = None  # runtime.nn_train.TrainState where trainable
+        if trainable:
+            from .nn_train import TrainState  # noqa: PLC0415
+            self.values = nn.Parameter(TrainState.initial_values(self.op, tdtype))
+            self.train_state = TrainState(self)
+        else:
+            self.register_parameter("values", None)
         if n_hint is not None:  # plan, compile and pack op.linear's launch for N = n_hint now, not at the first call
             self.op._prepare(int(n_hint), "nk")
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, density_or_mask, dtype: str | None = None, db=None,
-                   n_hint: int | None = None, tune: str | None = None, allow_tf32: bool = False) -> "SparseLinear":
+                   n_hint: int | None = None, tune: str | None = None, allow_tf32: bool = False,
+                   trainable: bool = False) -> "SparseLinear":
         """From an nn.Linear: a float density prunes by magnitude, a boolean tensor is used as the mask."""
         if not isinstance(linear, nn.Linear):
             raise UserError(f"from_dense needs an nn.Linear, got {type(linear).__name__}")
@@ -65,7 +78,8 @@ class SparseLinear(nn.Module):
             mask = density_or_mask.to(device=w.device, dtype=torch.bool)
         else:
             mask = magnitude_mask(w, float(density_or_mask))
-        return cls(w * mask, linear.bias, dtype=dtype, db=db, n_hint=n_hint, tune=tune, allow_tf32=allow_tf32)
+        return cls(w * mask, linear.bias, dtype=dtype, db=db, n_hint=n_hint, tune=tune, allow_tf32=allow_tf32,
+                   trainable=trainable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """y = op.linear(x, bias): x (N x K, N = all leading dims) read as it is, y (N x M) written with the bias, by
@@ -79,7 +93,12 @@ class SparseLinear(nn.Module):
         After the first call with an input shape, dtype and device, a call with the same ones takes a fast path: the
         checks and the plan are not redone (what they concluded is kept per input key while the bias buffer, its
         version and, for fp32 on cuBLAS, torch's TF32 switch are unchanged), only the launch: the host cost of an
-        eager call stays within a few microseconds of nn.Linear's."""
+        eager call stays within a few microseconds of nn.Linear's.
+
+        A trainable layer (`trainable=True`: runtime.nn_train) first copies its `values` Parameter into the operators
+        where an optimizer step changed it, then runs the autograd path where a gradient is needed."""
+        if self.__dict__.get("train_state") is not None:
+            return self.train_state.forward(x)
         hit = self._fast.get((x.shape, x.dtype, x.device))
         if hit is not None:
             buf, ver, tf32, run = hit

@@ -499,5 +499,6 @@ class SpMM:
         if raw_stream is None:
             def raw_stream(dev: int) -> int:
                 return torch.cuda.current_stream(dev).cuda_stream
-        self._torch = (torch, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype], raw_stream)
+        self._torch = (torch, {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
+                               "bf16": torch.bfloat16}[self.dtype], raw_stream)
         return self._torch

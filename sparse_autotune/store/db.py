@@ -32,6 +32,10 @@ The key's M, K, N are the product's dimensions, the output M x N and the reducti
          powerlaw, or matrix for a given mask). Its baselines go to the same columns: cusparse_us (cusparseSDDMM, fp32
          and fp16), and the dense path (cuBLAS X @ Y^T then the mask) in the column of its precision: cublas_fp32_us,
          cublas_fp16_us or cublas_bf16_us; cublas_tf32_us is None.
+  spmm_t C (K x N) = A^T @ B (M x N) for the stored A (M x K): m, k = A's stored shape (not the product's), n = N;
+         density = nnz / (M * K); layout "kn"; cusparse_us: cusparseSpMM opA = TRANSPOSE (the fastest algorithm),
+         cublas_<dtype>_us: cuBLAS on a dense copy of A^T. A family transpose+<spmm family> is an explicit transpose
+         (a second copy of A: ops.spmm_t).
 An operator's records never serve the other's problems: every read of a key (best, best_sparse, lookup's rows) names
 its operator, spmm unless told.
 """
@@ -71,8 +75,15 @@ V5_COLUMNS = ("op",)  # the column schema version 5 added
 ADDED_COLUMNS = V2_COLUMNS + V3_COLUMNS + V4_COLUMNS + V5_COLUMNS  # every column added after version 1, in order
 DEFAULT_LAYOUT = "kn"  # the layout of every record from before version 4
 SPMM, SDDMM = "spmm", "sddmm"
-OPS = (SPMM, SDDMM)  # the operators a record can be of
+SPMM_T = "spmm_t"  # C = A^T @ B from the stored A (ops.spmm_t): m, k = A's stored shape, n = N (as an spmm record's)
+OPS = (SPMM, SDDMM, SPMM_T)  # the operators a record can be of
 DEFAULT_OP = SPMM  # the operator of every record from before version 5
+# The sparse 3x3 convolution (ops.conv), in the schema-5 columns (no migration): m = Cout, k = Cin, n = output pixels of
+# all images (batch x Ho x Wo), density = nnz / (Cout * Cin * 9), layout = "nchw" / "nhwc", pattern =
+# "<kind>@<H>x<W>b<batch>s<stride>" (the weight pattern's kind and the rest of the geometry: ops.conv.key_pattern); its
+# baselines: cuDNN in the problem's layout at FP32 / TF32 / FP16 / BF16 in cublas_fp32_us .. cublas_bf16_us.
+CONV3X3 = "conv3x3"
+OPS = OPS + (CONV3X3,)
 DB_ENV = "SPARSE_AUTOTUNE_DB"
 DENSITY_RTOL = 1e-3
 

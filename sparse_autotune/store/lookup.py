@@ -250,6 +250,9 @@ def _tiers(rows, gpu, cc, layout: str):
     arch = [x for x in rows if gpu is not None and cc is not None and x.cc == cc and x.gpu != gpu]
     out = []
     for group, is_arch in ((mine, False), (arch, True)):
+        if layout not in ("kn", "nk"):  # another operator's own layouts (conv3x3: nchw, nhwc): records of that layout
+            out.append(([r for r in group if r.layout == layout], is_arch))
+            continue
         if layout == "nk":
             out.append(([r for r in group if r.layout == "nk"], is_arch))
         out.append(([r for r in group if r.layout == DEFAULT_LAYOUT], is_arch))
@@ -423,7 +426,8 @@ def candidates(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu:
 
 
 def op_lookup(op: str, m: int, k: int, n: int, density: float, dtype: str, runs, gpu: str | None = None,
-              cc: str | None = None, db=None, pattern: str | None = None, fallback: bool = True) -> Tuned | None:
+              cc: str | None = None, db=None, pattern: str | None = None, fallback: bool = True,
+              layout: str = DEFAULT_LAYOUT) -> Tuned | None:
     """The best record of the operator `op` (store.db: its key's M, K, N) for a problem, in lookup's order over the user's
     database and the shipped ones: this GPU model's exact key, else (fallback) its nearest record (log-scaled M, K, N
     and density), else another GPU of the same compute capability (`cc`; exact first, else nearest). `runs(row)`: the
@@ -433,7 +437,8 @@ def op_lookup(op: str, m: int, k: int, n: int, density: float, dtype: str, runs,
     rows = [r for t in search_path(db) for r in _best_rows(t, op) if r.dtype == dtype]
     if gpu is not None and cc is None:
         cc = next((x.cc for x in rows if x.gpu == gpu), None)
-    return _first_in_tiers(rows, m, k, n, density, pattern, runs, gpu, cc, DEFAULT_LAYOUT, fallback, buckets=False)
+    # layout: the operator's own layout of its records (conv3x3: nchw / nhwc); kn for the others
+    return _first_in_tiers(rows, m, k, n, density, pattern, runs, gpu, cc, layout, fallback, buckets=False)
 
 
 def _row(r, label: str) -> _Row:
@@ -469,7 +474,7 @@ def _nk_cost(family: str) -> float:
 
 def staged_extra_us(m: int, k: int, n: int, dtype: str) -> float:
     """The estimated cost the staged nk path adds to a kn kernel: two kernels, x read and written, y read and written."""
-    es = 4 if dtype == "fp32" else 2
+    es = 4 if dtype in ("fp32", "tf32") else 2
     return 2 * STAGED_LAUNCH_US + 2 * es * n * (m + k) / STAGED_BYTES_PER_US
 
 
@@ -532,6 +537,7 @@ def _vendor_instead(t: Tuned, r: _Row, dtype: str, allow_tf32: bool, n: int | No
         """(the fastest vendor option, the kernel's time) where the kernel does not win by the margin at these
         times, else None."""
         dense = {"fp32": [("fp32", at["cublas_fp32_us"])] + ([("tf32", at["cublas_tf32_us"])] if allow_tf32 else []),
+                 "tf32": [("tf32", at["cublas_tf32_us"])],  # the tf32 dtype's own precision
                  "fp16": [("fp16", at["cublas_fp16_us"])]}.get(dtype, [])
         options = [(us, vendor.DENSE, {"math": math_}, f"cuBLAS {math_.upper()}") for math_, us in dense if us]
         kernel_us = at["time_us"]
@@ -580,7 +586,7 @@ def _dense_for_nk(t: Tuned, r: _Row, dtype: str, allow_tf32: bool, why: str) -> 
     if dtype == "fp32" and allow_tf32 and r.cublas_tf32_us and (not r.cublas_fp32_us or r.cublas_tf32_us < r.cublas_fp32_us):
         math_ = vendor.TF32
     cfg = {"math": math_}
-    us = {"fp32": r.cublas_tf32_us if math_ == vendor.TF32 else r.cublas_fp32_us,
+    us = {"fp32": r.cublas_tf32_us if math_ == vendor.TF32 else r.cublas_fp32_us, "tf32": r.cublas_tf32_us,
           "fp16": r.cublas_fp16_us}.get(dtype)
     return Tuned(vendor.DENSE, cfg, us, t.gpu, t.source, t.record_id, t.db, t.distance, t.key, None, why,
                  layout=t.layout, record_layout=t.record_layout, path=path_of(vendor.DENSE, cfg, t.layout))

@@ -46,6 +46,12 @@ from .vendor import Measured, add_vendor_trials
 DENSE_MEMORY_FRACTION = 0.25
 
 
+def _no_tf32(dtype: str) -> None:
+    """tf32 (fp32 storage, TF32 tensor cores) is SpMM's opt-in dtype (core.problem); SDDMM has no TF32 path."""
+    if dtype == "tf32":
+        raise UserError("SDDMM computes fp32, fp16 or bf16 (tf32 is an SpMM dtype)")
+
+
 @dataclass
 class SddmmProblem:
     """One SDDMM tuning problem: the mask S (M x N, scipy CSR, float32 values rounded as the kernels of the dtype store
@@ -67,6 +73,7 @@ class SddmmProblem:
         """A random mask of the density (core.problem.random_matrix: uniform, power-law or equal row lengths; standard
         normal values, never zero); every input checked before anything is built."""
         check_dtype(dtype)
+        _no_tf32(dtype)
         m, n, k = check_dim(m, "M"), check_dim(n, "N"), check_dim(k, "K")
         density = check_density(density)
         seed = check_seed(seed)
@@ -80,6 +87,7 @@ class SddmmProblem:
     def from_mask(cls, mask, k, dtype="fp32", pattern="matrix", seed=0) -> "SddmmProblem":
         """A problem of a given mask (scipy.sparse; its entries as stored, values rounded to the dtype) and K."""
         check_dtype(dtype)
+        _no_tf32(dtype)
         if not sp.issparse(mask) or len(mask.shape) != 2 or 0 in mask.shape:
             raise UserError(f"the SDDMM mask must be a non-empty 2-D scipy.sparse matrix (got {type(mask).__name__} of "
                             f"shape {getattr(mask, 'shape', None)})")
@@ -214,6 +222,11 @@ class SddmmTuner(Tuner):
     def measure(self, res) -> Final:
         raise NotImplementedError
 
+    def describe_path(self, family: str, config: dict) -> str:
+        """One line saying what a config runs (the report's chosen.runs; the spmm_t tuner, a subclass, has its own)."""
+        p = self.problem
+        return P.describe(family, config, p.m, p.n, p.dtype)
+
     def finish(self, res) -> dict:
         """The winner and the vendor paths measured again (measure), the winner's record stored (op sddmm), and the
         fastest verified vendor path's where it is faster (the key's best then); the report."""
@@ -228,7 +241,7 @@ class SddmmTuner(Tuner):
                 "cublas_fp16_us": None, "cublas_bf16_us": None}
         cols[dense_col] = base.get("dense_us")
         rec = Record(
-            op=SDDMM, gpu_name=self.gpu_name, gpu_cc=self.cc, m=problem.m, k=problem.k, n=problem.n,
+            op=problem.op, gpu_name=self.gpu_name, gpu_cc=self.cc, m=problem.m, k=problem.k, n=problem.n,
             density=problem.density, dtype=problem.dtype, pattern=problem.pattern, layout=problem.layout,
             family=res.best_family, config_json=json.dumps(res.best_config, sort_keys=True), time_us=fin.time_us,
             gflops=gflops, **cols, floor_us=fin.floor_us, max_rel_err=fin.rel_err, trials=res.complete + res.failed,
@@ -257,8 +270,8 @@ class SddmmTuner(Tuner):
             return None if x is None else x / fin.time_us
 
         return {
-            "op": SDDMM,
-            "problem": {"op": SDDMM, "m": problem.m, "n": problem.n, "k": problem.k, "density": problem.density,
+            "op": problem.op,
+            "problem": {"op": problem.op, "m": problem.m, "n": problem.n, "k": problem.k, "density": problem.density,
                         "nnz": problem.nnz, "dtype": problem.dtype, "pattern": problem.pattern,
                         "matrix_hash": problem.fingerprint(), "seed": problem.seed},
             "gpu": self.gpu_name, "cc": self.cc, "driver": self.versions["driver"], "cuda": self.versions["cuda"],
@@ -272,7 +285,7 @@ class SddmmTuner(Tuner):
             "speedup": {"vs_cusparse": ratio(base.get("cusparse_us")), "vs_dense": ratio(base.get("dense_us"))},
             "chosen": {"family": chosen.family, "config": chosen.config, "time_us": chosen.time_us,
                        "vendor": P.is_vendor(chosen.family), "record_id": chosen_rec.id,
-                       "runs": P.describe(chosen.family, chosen.config, problem.m, problem.n, problem.dtype),
+                       "runs": self.describe_path(chosen.family, chosen.config),
                        "sparse_over_chosen": (fin.time_us / chosen.time_us) if chosen.time_us else None},
             "vendor_candidates": [c.as_dict() for c in cands],
             "floor_us": fin.floor_us, "ceilings": fin.ceilings,
@@ -334,6 +347,8 @@ class GpuSddmmTuner(GpuTurnMixin, SddmmTuner):
     """SDDMM tuning on this process's GPU, in its turn (device.turn): candidates compiled (prepare, in the search's
     threads), verified and timed (evaluate); the winner and the vendor paths measured again in finish (measure)."""
 
+    context_class = SddmmContext  # the problem on the device (the spmm_t tuner, a subclass, has its own)
+
     def __init__(self, problem: SddmmProblem, opts: TuneOptions, log=lambda msg: print(msg, file=sys.stderr)):
         from ..device.gpu import gpu_info  # noqa: PLC0415
         from ..device.turn import current_gpu_key, turn_for  # noqa: PLC0415
@@ -347,7 +362,7 @@ class GpuSddmmTuner(GpuTurnMixin, SddmmTuner):
         log(f"problem {problem.key()}: nnz={problem.nnz}, {problem.flops / 1e6:.1f} MFLOP; GPU {info.name} "
             f"(sm_{info.cc.replace('.', '')}); database {self.db.label}")
         with self._phase("init"):
-            self.ctx = SddmmContext(problem, info.l2_bytes, seed=opts.seed)
+            self.ctx = self.context_class(problem, info.l2_bytes, seed=opts.seed)
 
     def prepare(self, family: str, cfg: dict):
         """The candidate compiled for the mask and K (NVRTC; in the search's threads)."""

@@ -19,6 +19,9 @@ RESNET = [((64, 256), 3136), ((256, 64), 3136), ((128, 512), 784), ((512, 128), 
           ((256, 1024), 196), ((1024, 256), 196), ((512, 2048), 49), ((2048, 512), 49)]
 DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3)
 DTYPES = ("fp32", "fp16")
+# dl also tunes the opt-in tf32 (fp32 storage, TF32 tensor cores; compared with cuBLAS TF32: issue 18); appended, so a
+# resumed dl run keeps its fp32 / fp16 cases and adds the tf32 ones
+DL_DTYPES = DTYPES + ("tf32",)
 PATTERNS = ("uniform", "powerlaw")
 # llm: the Linear layers of 7-8B decoder models (q/o, GQA k/v, MLP up/gate and down of LLaMA-2 and Mistral sizes) at
 # decode and small-batch N, fp16 and bf16, uniform and per-row-uniform (Wanda / SparseGPT-style) patterns
@@ -37,7 +40,8 @@ def suite_cases(name: str) -> list[dict]:
         shapes += [(m, k, n) for (m, k) in ((768, 768), (3072, 768), (768, 3072)) for n in (128, 512, 2048)]
         shapes += [(m, k, n) for (m, k) in ((4096, 4096), (11008, 4096)) for n in (16, 64)]
         shapes += [(512, 2048, 256), (512, 2048, 1024)]
-        combos = itertools.product(shapes, DENSITIES, DTYPES, PATTERNS)
+        combos = list(itertools.product(shapes, DENSITIES, DTYPES, PATTERNS))
+        combos += list(itertools.product(shapes, DENSITIES, DL_DTYPES[len(DTYPES):], PATTERNS))
     elif name == "llm":
         # (pattern, dtype) outermost, so that a suite cut by its budget has every layer, N and density of the first
         # pairs (fp16 uniform first, then bf16 per-row-uniform) rather than all variants of the first layers
@@ -60,7 +64,7 @@ def case_key(c: dict) -> tuple:
 
 def best_dense(rec: dict) -> float | None:
     """The best dense path of the same dtype: min(FP32, TF32) for fp32, FP16 / BF16 tensor cores for fp16 / bf16."""
-    if rec["dtype"] in ("fp16", "bf16"):
+    if rec["dtype"] in ("fp16", "bf16", "tf32"):  # tf32: cuBLAS TF32, its own precision
         return rec.get(f"cublas_{rec['dtype']}_us")
     vals = [v for v in (rec.get("cublas_fp32_us"), rec.get("cublas_tf32_us")) if v]
     return min(vals) if vals else None
@@ -184,7 +188,7 @@ def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_worker
 
 
 def _dtypes(records) -> list[str]:
-    return [d for d in ("fp32", "fp16", "bf16") if any(r["dtype"] == d for r in records)]
+    return [d for d in ("fp32", "tf32", "fp16", "bf16") if any(r["dtype"] == d for r in records)]
 
 
 def _densities(records) -> list[float]:
@@ -203,12 +207,14 @@ def summary(records: list[dict], suite: str = "dl") -> dict:
                     "cases": len(sel),
                     "vs_cusparse": geomean(_ratio(r, "cusparse_us") for r in sel),
                     "vs_cublas_fp32": geomean(_ratio(r, "cublas_fp32_us") for r in sel),
+                    "vs_cublas_tf32": geomean(_ratio(r, "cublas_tf32_us") for r in sel),
                     "vs_best_dense": geomean(_ratio(r, "dense") for r in sel),
                     "vs_dense_cold": geomean(_cold_ratio(r) for r in sel)}
     big = sorted(r["tuned_us"] / r["floor_us"] for r in records if r["tuned_us"] >= 50 and r["floor_us"])
     out["median_tuned_over_floor_ge50us"] = big[len(big) // 2] if big else None
     at05 = [r for r in records if abs(r["density"] - 0.05) < 1e-9]
     out["vs_best_dense@0.05"] = geomean(_ratio(r, "dense") for r in at05)
+    out["tf32_vs_cublas_tf32@0.05_n512"] = geomean(_ratio(r, "cublas_tf32_us") for r in records if _tf32_n512(r))
     out["targets"] = targets(out, records) if suite != "llm" else llm_targets(records)
     return out
 
@@ -217,6 +223,11 @@ def _ratio(r: dict, key: str):
     """One case's speed-up over a baseline time field ("dense": the best dense path of its dtype); None without it."""
     v = r.get(key) if key != "dense" else best_dense(r)
     return v / r["tuned_us"] if v else None
+
+
+def _tf32_n512(r: dict) -> bool:
+    """A tf32 case of issue 18's target: d = 0.05, N >= 512."""
+    return r["dtype"] == "tf32" and abs(r["density"] - 0.05) < 1e-9 and r["N"] >= 512
 
 
 def _at(d: float, dtype: str | None = None):
@@ -235,6 +246,8 @@ TARGETS = (
      _at(0.05, "fp32"), lambda r: _ratio(r, "cublas_fp32_us")),
     ("speed-up over the best dense path of the same dtype at d = 0.05", "vs_best_dense@0.05", ">=", 1.5,
      _at(0.05), lambda r: _ratio(r, "dense")),
+    ("tf32 speed-up over cuBLAS TF32 at d = 0.05, N >= 512", "tf32_vs_cublas_tf32@0.05_n512", ">=", 1.2,
+     lambda r: _tf32_n512(r), lambda r: _ratio(r, "cublas_tf32_us")),
     ("median tuned / floor where tuned >= 50 us", "median_tuned_over_floor_ge50us", "<=", 2.0,
      lambda r: r["tuned_us"] >= 50, lambda r: r["tuned_us"] / r["floor_us"] if r.get("floor_us") else None),
 )
@@ -385,7 +398,7 @@ def write_report(records: list[dict], stem: Path, suite: str, total: int):
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for ax, key, title in ((axes[0], "cusparse_us", "speed-up over cuSPARSE"), (axes[1], "dense", "speed-up over best dense (same dtype)")):
-        for dt, mk in (("fp32", "o"), ("fp16", "s"), ("bf16", "^")):
+        for dt, mk in (("fp32", "o"), ("tf32", "D"), ("fp16", "s"), ("bf16", "^")):
             sel = [r for r in records if r["dtype"] == dt]
             xs = [r["density"] for r in sel]
             ys = [((r[key] if key != "dense" else best_dense(r)) or float("nan")) / r["tuned_us"] for r in sel]
