@@ -132,14 +132,14 @@ LAYOUT_HELP = ("operand layout: kn (B is K x N, C = A @ B is M x N; the default)
 _FAMILIES = _opt(_families, "families")
 _FAMILIES_ANY = _opt(_families_any, "families")
 _TRIALS = _int_in(1, MAX_TRIALS, "the trial budget")
-OPS = ("spmm", "sddmm", "spmm_t")
-OPS = OPS + ("conv3x3",)  # the sparse 3x3 convolution (commands/conv.py)
+OPS = ("spmm", "sddmm", "spmm_t", "conv3x3")  # conv3x3: the sparse 3x3 convolution (commands/conv.py)
 _OP = _choice(OPS, "operator")
 _K = _opt(lambda text: check_dim(text, "K"), "K")
 DEFAULT_K = 256  # SDDMM's K (the columns of X and Y) where --k is not given
 OP_HELP = ("operator: spmm (C = A @ B, A sparse; the default) or sddmm (out = (X @ Y^T) at the nonzeros of a CSR mask "
            "S, times S's values: X is M x K, Y is N x K) or spmm_t (C = A^T @ B from the stored A, M x K: B is M x N, "
-           "C is K x N)")
+           "C is K x N) or conv3x3 (a 3x3 convolution, padding 1, with a sparse Cout x Cin x 3 x 3 weight: --shape "
+           "CoutxCin, --hw, --batch, --stride)")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -76,14 +76,13 @@ ADDED_COLUMNS = V2_COLUMNS + V3_COLUMNS + V4_COLUMNS + V5_COLUMNS  # every colum
 DEFAULT_LAYOUT = "kn"  # the layout of every record from before version 4
 SPMM, SDDMM = "spmm", "sddmm"
 SPMM_T = "spmm_t"  # C = A^T @ B from the stored A (ops.spmm_t): m, k = A's stored shape, n = N (as an spmm record's)
-OPS = (SPMM, SDDMM, SPMM_T)  # the operators a record can be of
 DEFAULT_OP = SPMM  # the operator of every record from before version 5
 # The sparse 3x3 convolution (ops.conv), in the schema-5 columns (no migration): m = Cout, k = Cin, n = output pixels of
 # all images (batch x Ho x Wo), density = nnz / (Cout * Cin * 9), layout = "nchw" / "nhwc", pattern =
 # "<kind>@<H>x<W>b<batch>s<stride>" (the weight pattern's kind and the rest of the geometry: ops.conv.key_pattern); its
 # baselines: cuDNN in the problem's layout at FP32 / TF32 / FP16 / BF16 in cublas_fp32_us .. cublas_bf16_us.
 CONV3X3 = "conv3x3"
-OPS = OPS + (CONV3X3,)
+OPS = (SPMM, SDDMM, SPMM_T, CONV3X3)  # the operators a record can be of
 DB_ENV = "SPARSE_AUTOTUNE_DB"
 DENSITY_RTOL = 1e-3
 
