@@ -232,7 +232,8 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--storage", required=True, help="SQLAlchemy URL of the shared storage")
     st.add_argument("--json", action="store_true")
 
-    tm = sub.add_parser("tune-model", help="tune every Linear / 1x1-conv layer of a checkpoint",
+    tm = sub.add_parser("tune-model", help="tune every Linear / 1x1-conv layer (and 3x3 conv with --spatial) of a "
+                                           "checkpoint",
                         description="Tune the layers of a model checkpoint (.safetensors, PyTorch .pt state_dict, or "
                                     ".npz sparse bundle). Layers with the same (shape, density, dtype, N) are tuned "
                                     "once; a rerun resumes.")
@@ -248,16 +249,21 @@ def _parser() -> argparse.ArgumentParser:
     tm.add_argument("--n", help="comma-separated N values (columns of B) for every layer")
     tm.add_argument("--batch", help="comma-separated batch sizes: N = batch x seq (Linear) or batch x H x W (conv)")
     tm.add_argument("--seq", help="tokens per sequence for Linear layers (N = batch x seq)")
-    tm.add_argument("--spatial", action="append", help="PATTERN=HxW: output size of matching 1x1 conv layers "
-                                                        "(repeatable)")
+    tm.add_argument("--spatial", action="append",
+                    help="PATTERN=HxW or PATTERN=HxWs2: the image size (and stride, 1 or 2; default 1) of matching "
+                         "conv layers (repeatable; the first match wins). 1x1 convs: N = batch x output pixels. 3x3 "
+                         "convs (Cout, Cin, 3, 3): HxW is the input image, padding 1, tuned as conv3x3 problems at "
+                         "each --batch (default 1); a 3x3 layer without a --spatial size is skipped with a note "
+                         "(an error where --include names it)")
     tm.add_argument("--n-buckets", action="store_true",
                     help="tune each N bucket once, at its top (N rounded up to the next power of two); the runtime "
                          "serves every N of a bucket from that record")
     tm.add_argument("--dtype", default="fp32", help="comma-separated: fp32, fp16, bf16 (default fp32)")
-    tm.add_argument("--layout", type=_LAYOUT, default=None,
+    tm.add_argument("--layout", type=_LAYOUT_ANY, default=None,
                     help=f"operand layout of every layer ({', '.join(LAYOUTS)}); default: nk for Linear layers (the "
                          "nn.Linear layout SparseLinear runs: x is N x K, y is N x M, bias fused), kn for 1x1 "
-                         "convolutions (W @ X per image)")
+                         "convolutions (W @ X per image). nchw or nhwc: the layout of the 3x3 conv layers (default "
+                         "nchw; the others then keep their defaults)")
     tm.add_argument("--trials", type=_TRIALS, default=60, help="trial budget per distinct problem (default 60)")
     tm.add_argument("--timeout", type=_seconds(), default=None, help="search time limit per problem, seconds")
     tm.add_argument("--budget", type=_seconds(), default=None, help="start no new problem after this many seconds")
@@ -745,20 +751,44 @@ def cmd_tune_model(a) -> int:
     density = a.density  # checked when parsed
     db = None if a.dry_run else _checked_db(a.db)
     ckpt = mdl.load_checkpoint(a.checkpoint)
-    layers = mdl.find_layers(ckpt, a.include, a.exclude)
+    conv3 = mdl.find_conv3x3_layers(ckpt, a.include, a.exclude)  # 3x3 convs: conv3x3 problems (tuning.model.conv_plan)
+    try:
+        layers = mdl.find_layers(ckpt, a.include, a.exclude)
+    except UserError:
+        if not conv3:
+            raise
+        layers = []  # only 3x3 conv layers
+    conv_layout = a.layout if a.layout in ("nchw", "nhwc") else "nchw"
+    if a.layout in ("nchw", "nhwc"):
+        a.layout = None  # the SpMM layers keep their kinds' layouts
+    conv_chosen, conv_notes = mdl.select_conv3x3(conv3, a.spatial, a.include)
     ns = mdl.n_values(layers, a.n, a.batch, a.seq, a.spatial)
     if a.n_buckets:
         ns = {name: sorted({n_bucket(x) for x in v}) for name, v in ns.items()}
-    for lay in layers:  # before any conversion: complex or non-finite values, all zeros, too dense, N out of range
+    def check_weight(lay):  # before any conversion: complex or non-finite values, all zeros, too dense
         try:
             check_real_matrix(lay.weight, f"layer {lay.name}", "fp16" if "fp16" in dtypes else "fp32",
                               dense_limit=None if a.prune else DENSE_LIMIT)
         except UserError as exc:
             prune = " (--prune magnitude --density D)" if "denser than" in str(exc) else ""
             raise UserError(f"{exc}{prune}; or leave it out: --exclude '{lay.name}'") from None
-        for n in ns[lay.name]:
+    for lay in layers:
+        check_weight(lay)
+        for n in ns[lay.name]:  # N out of range
             check_n(n)
-    layers = mdl.prune_layers(layers, density, a.prune_scope) if a.prune else mdl.sparse_layers(layers)
+    for lay, *_ in conv_chosen:
+        check_weight(lay)
+    if layers:  # (none where the checkpoint has only 3x3 conv layers)
+        layers = mdl.prune_layers(layers, density, a.prune_scope) if a.prune else mdl.sparse_layers(layers)
+    if conv_chosen:  # pruned among themselves (with --prune-scope global: one threshold over the 3x3 layers)
+        pruned = (mdl.prune_layers if a.prune else lambda ls, *_: mdl.sparse_layers(ls))(
+            [c[0] for c in conv_chosen], density, a.prune_scope)
+        conv_chosen = [(p, *c[1:]) for p, c in zip(pruned, conv_chosen)]
+    from ..tuning.model import conv_plan  # noqa: PLC0415
+    conv_jobs = conv_plan(conv_chosen, mdl.parse_int_list(a.batch, "--batch") if a.batch is not None else [1],
+                          dtypes, conv_layout)
+    for note in conv_notes:
+        print(f"sparse-autotune: {note}", file=sys.stderr)
     name = a.model or Path(a.checkpoint).stem
     if a.save_sparse:
         extras = mdl.biases_of(ckpt, layers)
@@ -774,9 +804,18 @@ def cmd_tune_model(a) -> int:
                                           for lay in layers],
                 "problems": [{"m": j.m, "k": j.k, "density": j.density, "dtype": j.dtype, "n": j.n,
                               "layout": j.layout, "layers": [lay.name for lay in j.layers]} for j in jobs]}
+        if conv3:  # 3x3 conv layers: conv3x3 problems, listed apart (op conv3x3; n = output pixels of all images)
+            plan["conv3x3_problems"] = [
+                {"op": "conv3x3", "m": j.m, "k": j.k, "h": j.geometry.h, "w": j.geometry.w, "stride": j.geometry.stride,
+                 "batch": j.geometry.batch, "density": j.density, "dtype": j.dtype, "n": j.n, "layout": j.layout,
+                 "layers": [lay.name for lay in j.layers]} for j in conv_jobs]
+            plan["conv3x3_skipped"] = [lay.name for lay in conv3 if lay.name not in {c[0].name for c in conv_chosen}]
         if a.json:
             print(json.dumps(plan, indent=1))
         else:
+            for j in plan.get("conv3x3_problems", []):
+                print(f"problem conv3x3 {j['m']}x{j['k']}x3x3 {j['h']}x{j['w']}b{j['batch']}s{j['stride']} "
+                      f"d={j['density']:g} {j['dtype']} {j['layout']}: {len(j['layers'])} layer(s)")
             for lay in plan["layers"]:
                 print(f"layer   {lay['name']} ({lay['kind']}) {lay['shape'][0]}x{lay['shape'][1]} "
                       f"nnz {lay['nnz']} density {lay['density']:g} N {','.join(map(str, lay['n']))}")
@@ -792,14 +831,24 @@ def cmd_tune_model(a) -> int:
         check_size(j.m, j.k, j.n, j.layers[0].nnz, j.dtype, gpu_memory=info.memory_bytes, gpu_name=info.name)
     opts = TuneOptions(trials=a.trials, timeout=a.timeout, sampler=a.sampler, seed=a.seed, db=db,
                        progress=not a.no_progress, families=families, vendors=vendors, allow_tf32=a.allow_tf32)
-    res = tune_model(name, layers, jobs, opts, info.name, progress=not a.no_progress, budget_s=a.budget,
-                     log=(lambda m: None) if a.json else (lambda m: print(m, file=sys.stderr)))
+    order = {k: i for i, k in enumerate(ckpt.tensors)}  # 3x3 conv layers among the others, in checkpoint order
+    all_layers = sorted(layers + [c[0] for c in conv_chosen], key=lambda lay: order.get(lay.name, len(order)))
+    res = tune_model(name, all_layers, jobs + conv_jobs, opts, info.name, progress=not a.no_progress,
+                     budget_s=a.budget, log=(lambda m: None) if a.json else (lambda m: print(m, file=sys.stderr)))
     summary = {"model": res.model, "layers": res.layers, "problems": res.problems, "tuned": res.tuned,
                "skipped_done_before": res.skipped, "failed": res.failed, "stopped": res.stopped, "db": db}
+    if conv3:  # the 3x3 conv layers: tuned as conv3x3 problems (records op conv3x3, rows in the model's layer list)
+        summary["conv3x3_layers"] = [c[0].name for c in conv_chosen]
+        summary["conv3x3_problems"] = len(conv_jobs)
+        summary["conv3x3_skipped"] = [lay.name for lay in conv3 if lay.name not in set(summary["conv3x3_layers"])]
+    conv_line = "" if not conv3 else (
+        f"\n  3x3 conv layers as conv3x3 problems ({len(conv_jobs)}): "
+        f"{', '.join(summary['conv3x3_layers']) or 'none'}; skipped (no --spatial): "
+        f"{', '.join(summary['conv3x3_skipped']) or 'none'}")
     print(json.dumps(summary, indent=1) if a.json else
           f"{res.model}: {res.layers} layers, {res.problems} distinct problems: {res.tuned} tuned now, "
           f"{res.skipped} done before, {res.failed} failed ({res.stopped}); "
-          f"see `sparse-autotune report --model {res.model} --out DIR`")
+          f"see `sparse-autotune report --model {res.model} --out DIR`" + conv_line)
     return 130 if res.interrupted else 0
 
 

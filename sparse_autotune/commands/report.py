@@ -62,7 +62,8 @@ def layer_rows(db: TuningDB, rows: list[ModelLayer]) -> list[dict]:
     out = []
     for r in rows:
         layout = _row_layout(db, r)
-        rec = db.best(r.m, r.k, r.n, r.problem_density, r.dtype, gpu=r.gpu_name, layout=layout)  # what the runtime runs
+        op = "conv3x3" if r.kind == "conv3x3" else "spmm"  # tune-model's 3x3 conv layers: conv3x3 records
+        rec = db.best(r.m, r.k, r.n, r.problem_density, r.dtype, gpu=r.gpu_name, layout=layout, op=op)  # the runtime's
         kern = _sparse_of(db, rec)  # the tuned kernel's own record (rec itself unless a vendor path won)
         d = {"layer": r.layer, "kind": r.kind, "m": r.m, "k": r.k, "n": r.n, "dtype": r.dtype, "layout": layout,
              "nnz": r.nnz,

@@ -13,6 +13,8 @@ Layers
   sparse bundle every matrix is a layer. Embedding tables (names containing "embed") are lookups, not
   products: they are left out unless an --include pattern names them. --include / --exclude are fnmatch
   patterns on the tensor names (include: keep only matches; exclude: drop matches).
+  3x3 convolution weights (Cout, Cin, 3, 3) are not SpMM layers: find_conv3x3_layers / select_conv3x3 pick them
+  (those with a --spatial size) for conv3x3 problems (tuning.model.conv_plan).
 
 Pruning (magnitude)
   layer   (default) each layer keeps exactly round(density * M * K) entries (at least 1) of largest |w|;
@@ -360,15 +362,23 @@ def parse_int_list(text, what: str) -> list[int]:
     return out
 
 
-def parse_spatial(items) -> list[tuple[str, int]]:
-    """--spatial PATTERN=HxW (repeatable): the output positions of matching conv layers."""
+def parse_spatial_specs(items) -> list[tuple[str, int, int, int]]:
+    """--spatial PATTERN=HxW[sS] (repeatable) as (pattern, H, W, stride): H x W the layer's input image, S its stride
+    (1, the default, or 2); with stride 1 the output is H x W too (a 1x1 conv, or a 3x3 conv with padding 1)."""
     out = []
     for it in items or ():
-        m = re.fullmatch(r"\s*(.+?)\s*=\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(it))
-        if not m or int(m.group(2)) <= 0 or int(m.group(3)) <= 0:
-            raise UserError(f"--spatial {it!r}: expected PATTERN=HxW, e.g. 'layer1.*=56x56'")
-        out.append((m.group(1), int(m.group(2)) * int(m.group(3))))
+        m = re.fullmatch(r"\s*(.+?)\s*=\s*(\d+)\s*[xX×]\s*(\d+)\s*(?:[sS]\s*(\d+)\s*)?", str(it))
+        if (not m or int(m.group(2)) <= 0 or int(m.group(3)) <= 0
+                or (m.group(4) is not None and int(m.group(4)) not in (1, 2))):
+            raise UserError(f"--spatial {it!r}: expected PATTERN=HxW or PATTERN=HxWs2 (stride 1 or 2), "
+                            "e.g. 'layer1.*=56x56'")
+        out.append((m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4) or 1)))
     return out
+
+
+def parse_spatial(items) -> list[tuple[str, int]]:
+    """--spatial PATTERN=HxW[sS] (repeatable): the output positions of matching conv layers."""
+    return [(pat, ((h - 1) // s + 1) * ((w - 1) // s + 1)) for pat, h, w, s in parse_spatial_specs(items)]
 
 
 def n_values(layers: list[Layer], n=None, batch=None, seq=None, spatial=None) -> dict[str, list[int]]:
@@ -398,6 +408,46 @@ def n_values(layers: list[Layer], n=None, batch=None, seq=None, spatial=None) ->
         else:
             out[lay.name] = [b * s[0] for b in batches]
     return out
+
+
+# ---- 3x3 convolutions: tuned as conv3x3 problems (ops.conv; tuning.model.conv_plan) ----------------------
+
+
+def find_conv3x3_layers(ckpt: Checkpoint, include=None, exclude=None) -> list[Layer]:
+    """The 3x3 convolution weights (4-D '*weight' tensors of shape (Cout, Cin, 3, 3)) in checkpoint order, --include /
+    --exclude applied: Layers of kind conv3x3 whose weight is Cout x (Cin * 9), column ci * 9 + ky * 3 + kx (ops.conv's
+    compressed format). find_layers leaves them out: they are conv3x3 problems, not SpMM ones."""
+    inc, exc = _split_patterns(include), _split_patterns(exclude)
+    out = []
+    for name, t in ckpt.tensors.items():
+        if sp.issparse(t) or not name.endswith("weight"):
+            continue
+        t = np.asarray(t)
+        if not np.issubdtype(t.dtype, np.floating) or t.ndim != 4 or t.shape[2:] != (3, 3) or 0 in t.shape:
+            continue
+        if (inc and not _matches(name, inc)) or (exc and _matches(name, exc)):
+            continue
+        out.append(Layer(name, "conv3x3", t.reshape(t.shape[0], t.shape[1] * 9), tuple(t.shape)))
+    return out
+
+
+def select_conv3x3(layers: list[Layer], spatial=None, include=None) -> tuple[list[tuple[Layer, int, int, int]],
+                                                                               list[str]]:
+    """([(layer, H, W, stride)] of the 3x3 layers with a --spatial size (the first pattern that matches), [one-line
+    notes of those skipped for want of one]). A layer that --include named is not skipped: it is a UserError."""
+    rules = parse_spatial_specs(spatial)
+    chosen, notes = [], []
+    for lay in layers:
+        hit = next(((h, w, s) for pat, h, w, s in rules if fnmatch.fnmatchcase(lay.name, pat)), None)
+        if hit is not None:
+            chosen.append((lay, *hit))
+        elif _split_patterns(include):
+            raise UserError(f"3x3 conv layer {lay.name} (named by --include) needs its input size: --spatial "
+                            f"'{lay.name}=HxW' (or HxWs2 for stride 2), or leave it out: --exclude '{lay.name}'")
+        else:
+            notes.append(f"note: 3x3 conv layer {lay.name} skipped: no --spatial size for it "
+                         f"(--spatial '{lay.name}=HxW', or HxWs2 for stride 2, tunes it as a conv3x3 problem)")
+    return chosen, notes
 
 
 # ---- the plan: distinct problems ------------------------------------------------------------------------
