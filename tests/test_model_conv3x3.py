@@ -115,6 +115,16 @@ def test_synthetic_tune_model_stores_a_conv3x3_record_and_skips_the_3x3_layer_wi
     finally:
         t.dispose()
     assert lr["c1.weight"]["tuned_us"] == conv.time_us and lr["c1.weight"]["layout"] == "nchw"
+    # where cuDNN's record is the key's best, the layer row keeps the tuned kernel's own time (its conv3x3 record, not
+    # an spmm one) and names cuDNN as what runs
+    t = TuningDB(str(db))
+    try:
+        t.store(conv.derived(family="cudnn", config_json=json.dumps({"math": "fp32"}), time_us=conv.time_us / 2))
+        lr = {d["layer"]: d for d in layer_rows(t, model_layers(t.engine, "net"))}
+    finally:
+        t.dispose()
+    assert lr["c1.weight"]["chosen_family"] == "cudnn" and lr["c1.weight"]["chosen_us"] == conv.time_us / 2
+    assert lr["c1.weight"]["tuned_us"] == conv.time_us and lr["c1.weight"]["family"] == conv.family
     # a rerun finds both problems done
     rc = cli.main(["tune-model", str(ckpt), "--prune", "magnitude", "--density", "0.2", "--batch", "2", "--seq", "4",
                    "--spatial", "c1.*=8x8s2", "--trials", "3", "--db", str(db), "--no-progress", "--json"])

@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from ..tuning.suite import best_dense, geomean
-from ..core.vendor import is_vendor
+from ..core.vendor import is_any_vendor, is_vendor
 from ..errors import UserError
 from ..store.model_layers import ModelLayer, model_layers
 from ..store.db import Record, TuningDB
@@ -81,10 +81,10 @@ def layer_rows(db: TuningDB, rows: list[ModelLayer]) -> list[dict]:
 
 def _sparse_of(db: TuningDB, rec: Record | None) -> Record | None:
     """A key's best record, or where it is a vendor path's, the fastest verified kernel record of the same key."""
-    if rec is None or not is_vendor(rec.family):
+    if rec is None or not is_any_vendor(rec.family):
         return rec
     return db.best_sparse(rec.m, rec.k, rec.n, rec.density, rec.dtype, gpu=rec.gpu_name, pattern=rec.pattern,
-                          layout=rec.layout or "kn")
+                          layout=rec.layout or "kn", op=getattr(rec, "op", None) or "spmm")
 
 
 def totals(layers: list[dict]) -> list[dict]:
@@ -103,7 +103,7 @@ def totals(layers: list[dict]) -> list[dict]:
         ch = sum(d["chosen_us"] for d in have) if have and all(d.get("chosen_us") for d in have) else None
         out.append({"dtype": dt, "n": n, "layers": len(ds), "with_record": len(have), "tuned_us": t if have else None,
                     "cusparse_us": c, "best_dense_us": b, "vs_cusparse": _ratio(c, t), "vs_dense": _ratio(b, t),
-                    "chosen_us": ch, "vendor_layers": sum(1 for d in have if is_vendor(d.get("chosen_family")))})
+                    "chosen_us": ch, "vendor_layers": sum(1 for d in have if is_any_vendor(d.get("chosen_family")))})
     return out
 
 
@@ -304,7 +304,7 @@ def write_report(db_target: str, out: Path, model: str | None = None, gpu: str |
                   "vs best dense | family | runs | tuned as | layout |",
                   "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- |"]
         for d in layers:
-            runs = (f"{d['chosen_family']} {_f(d['chosen_us'])} us" if is_vendor(d["chosen_family"])
+            runs = (f"{d['chosen_family']} {_f(d['chosen_us'])} us" if is_any_vendor(d["chosen_family"])
                     else ("the tuned kernel" if d["chosen_family"] else "n/a"))
             lines.append(f"| {d['layer']} | {d['m']}x{d['k']} | {d['density']:.4f} | {d['dtype']} | {d['n']} | "
                          f"{_f(d['tuned_us'])} | {_f(d['cusparse_us'])} | {_f(d['best_dense_us'])} | "

@@ -21,6 +21,9 @@ from ..errors import UserError
 CUSPARSE = "cusparse"
 DENSE = "dense"
 VENDOR_FAMILIES = (CUSPARSE, DENSE)
+# the library paths of the other operators that are stored as records beside the tuned kernels' (not SpMM vendor paths:
+# core.vendor's SpMM logic never runs them): conv3x3's cuDNN (ops.conv_paths.CUDNN)
+OTHER_OP_VENDORS = ("cudnn",)
 # cusparseSpMMAlg_t values (cusparse.h); CuPy's bindings do not export the names. The CSR algorithms that accept
 # row-major B and C.
 CUSPARSE_ALGS = {"CUSPARSE_SPMM_ALG_DEFAULT": 0, "CUSPARSE_SPMM_CSR_ALG1": 4, "CUSPARSE_SPMM_CSR_ALG2": 6,
@@ -43,6 +46,11 @@ CUSPARSE_AUTO = "auto"
 
 def is_vendor(family: str | None) -> bool:
     return family in VENDOR_FAMILIES
+
+
+def is_any_vendor(family: str | None) -> bool:
+    """A library path of any operator (SpMM's cuSPARSE / dense, conv3x3's cuDNN), not a tuned kernel."""
+    return family in VENDOR_FAMILIES or family in OTHER_OP_VENDORS
 
 
 def configs(family: str, dtype: str, allow_tf32: bool = False) -> list[dict]:

@@ -838,8 +838,8 @@ class TuningDB:
         q = self._layout_query(self._key_query(gpu, m, k, n, density, dtype, pattern), layout, op)
         if self._empty or q is None:
             return None
-        from ..core.vendor import VENDOR_FAMILIES  # noqa: PLC0415
-        q = q.where(Record.family.not_in(VENDOR_FAMILIES))
+        from ..core.vendor import OTHER_OP_VENDORS, VENDOR_FAMILIES  # noqa: PLC0415
+        q = q.where(Record.family.not_in(VENDOR_FAMILIES + OTHER_OP_VENDORS))
 
         def read():
             with Session(self.engine, expire_on_commit=False) as s:
