@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.outputs import write_doc
 from ..core.problem import DTYPES, TOLERANCE, storage
 from ..errors import CandidateError, UserError
 from . import conv as C
@@ -229,8 +230,11 @@ def markdown(doc: dict) -> list[str]:
 
 
 def write_outputs(doc: dict, out: Path) -> None:
-    Path(f"{out}.json").write_text(json.dumps(doc, indent=1, default=str))
-    Path(f"{out}.md").write_text("\n".join(markdown(doc)) + "\n")
+    write_doc(out, doc, markdown(doc), plot)
+
+
+def plot(doc: dict, path) -> bool:
+    """The speed-ups over cuDNN against density into `path`; False where none is drawn (no plot is not fatal)."""
     try:
         import matplotlib  # noqa: PLC0415
         matplotlib.use("Agg")
@@ -248,10 +252,11 @@ def write_outputs(doc: dict, out: Path) -> None:
         ax.legend(fontsize=8)
         ax.set_title(f"conv3x3, ResNet-50 3x3 layers — {doc['meta'].get('gpu')}")
         fig.tight_layout()
-        fig.savefig(f"{out}.png", dpi=110)
+        fig.savefig(str(path), dpi=110)
         plt.close(fig)
+        return True
     except Exception:  # noqa: BLE001 - no plot is not fatal
-        pass
+        return False
 
 
 def run_suite(cases: list[dict], out: Path, meta: dict, configs: int = 4, budget: float = 0, seed: int = 0,

@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from ..core.outputs import write_doc
 from ..core.problem import DTYPES, TOLERANCE, as_float, host_values, storage
 from ..core.space import DEFAULT_LIMITS
 from ..errors import CandidateError, UserError
@@ -843,12 +844,7 @@ def write_outputs(stem, doc: dict, png: bool = True) -> list[Path]:
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     doc.setdefault("summary", summarize(doc.get("records", [])))
-    files = [Path(f"{stem}.json"), Path(f"{stem}.md")]
-    files[0].write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    files[1].write_text("\n".join(markdown(doc)) + "\n")
-    if png and plot(doc, Path(f"{stem}.png")):
-        files.append(Path(f"{stem}.png"))
-    return files
+    return write_doc(stem, doc, markdown(doc), plot if png else None)
 
 
 __all__ = ["BenchCase", "CaseRun", "FusedDense", "check_options", "config_key", "describe", "feasible_ordered",

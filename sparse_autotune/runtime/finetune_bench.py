@@ -18,12 +18,12 @@ STEM.png (the two loss curves).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from ..core.outputs import write_doc
 from ..errors import UserError
 
 HIDDEN, INTER = 384, 1536
@@ -221,13 +221,8 @@ def plot(doc: dict, path) -> bool:
 
 
 def write_outputs(stem, doc: dict, png: bool = True) -> list[Path]:
-    stem = Path(stem)
-    Path(f"{stem}.json").write_text(json.dumps(doc, indent=1, default=str))
-    Path(f"{stem}.md").write_text("\n".join(markdown(doc)) + "\n")
-    files = [Path(f"{stem}.json"), Path(f"{stem}.md")]
-    if png and plot(doc, Path(f"{stem}.png")):
-        files.append(Path(f"{stem}.png"))
-    return files
+    """STEM.json, STEM.md and (png) STEM.png; the files written."""
+    return write_doc(stem, doc, markdown(doc), plot if png else None)
 
 
 __all__ = ["build_models", "check_options", "markdown", "plot", "run", "train", "write_outputs"]
