@@ -125,3 +125,12 @@ def gpu_slug(name: str) -> str:
     import re  # noqa: PLC0415
     s = name.lower().replace("nvidia", "").strip()
     return re.sub(r"[^a-z0-9]+", "-", s).strip("-") or "gpu"
+
+
+def this_gpu(gpu: str | None = None, cc: str | None = None, limits: dict | None = None):
+    """(gpu, cc, limits) for a lookup: where gpu is None and there is a CUDA device, its name, its compute capability
+    (unless cc is given) and its limits (unless limits are given); else as given."""
+    if gpu is not None or not gpu_available():
+        return gpu, cc, limits
+    info = gpu_info()
+    return info.name, cc or info.cc, (limits if limits is not None else info.limits())

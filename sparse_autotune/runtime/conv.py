@@ -29,7 +29,15 @@ from ..errors import UserError
 from ..ops import conv as C
 from ..ops import conv_paths as P
 from ..store.db import CONV3X3 as OP
-from ..store.lookup import Tuned, op_lookup
+from ..store.lookup import Tuned, op_lookup, record_config
+
+
+class Plan(NamedTuple):
+    family: str
+    config: dict
+    source: str
+    record_id: int | None = None
+    note: str | None = None
 
 
 def default_path(dtype: str, env: dict, limits: dict | None = None) -> tuple[str, dict]:
@@ -49,17 +57,15 @@ def lookup_conv(g: C.Geometry, density: float, dtype: str = "fp32", gpu: str | N
     records of any GPU. fallback=False: an exact record or None."""
     C._check_dtype(dtype)
     density = check_density(density)
-    gpu, cc, limits = _this_gpu(gpu, cc, limits)
+    from ..device.gpu import this_gpu  # noqa: PLC0415
+    gpu, cc, limits = this_gpu(gpu, cc, limits)
     nnz = int(nnz) if nnz is not None else max(1, round(density * g.cout * g.cin * 9))
     env = C.conv_env(g, nnz, dtype)
     pattern = C.key_pattern(kind, g)
 
     def runs(r):
-        try:
-            cfg = json.loads(r.config_json)
-        except ValueError:
-            return None
-        if not isinstance(cfg, dict) or C.parse_key_pattern(r.pattern, r.m, r.k, r.layout) is None:
+        cfg = record_config(r)
+        if cfg is None or C.parse_key_pattern(r.pattern, r.m, r.k, r.layout) is None:
             return None
         if not fallback and C.parse_key_pattern(r.pattern, r.m, r.k, r.layout)[1] != g:
             return None  # exact only: the very geometry
@@ -74,23 +80,6 @@ def lookup_conv(g: C.Geometry, density: float, dtype: str = "fp32", gpu: str | N
         family, cfg = default_path(dtype, env, limits)
         res = Tuned(family, cfg, None, None, "default", None, None, layout=g.layout)
     return res
-
-
-def _this_gpu(gpu, cc, limits):
-    """(gpu, cc, limits): the current GPU's where gpu is None and there is one."""
-    from ..device.gpu import gpu_available, gpu_info  # noqa: PLC0415
-    if gpu is not None or not gpu_available():
-        return gpu, cc, limits
-    info = gpu_info()
-    return info.name, cc or info.cc, (limits if limits is not None else info.limits())
-
-
-class Plan(NamedTuple):
-    family: str
-    config: dict
-    source: str
-    record_id: int | None = None
-    note: str | None = None
 
 
 def _torch():

@@ -21,7 +21,6 @@ run on PyTorch's current stream, the result a tensor. The dtype is X's (`dtype=`
 """
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from typing import NamedTuple
@@ -34,7 +33,7 @@ from ..errors import UserError
 from ..ops import sddmm as S
 from ..ops import sddmm_paths as P
 from ..store.db import SDDMM as OP
-from ..store.lookup import Tuned, op_lookup
+from ..store.lookup import Tuned, op_lookup, record_config
 
 
 def lookup_sddmm(m: int, n: int, k: int, density: float, dtype: str = "fp32", gpu: str | None = None, db=None,
@@ -49,20 +48,14 @@ def lookup_sddmm(m: int, n: int, k: int, density: float, dtype: str = "fp32", gp
     m, n, k = check_dim(m, "M"), check_dim(n, "N"), check_dim(k, "K")
     density = check_density(density)
     if gpu is None:
-        from ..device.gpu import gpu_available, gpu_info  # noqa: PLC0415
-        if gpu_available():
-            info = gpu_info()
-            gpu, cc = info.name, cc or info.cc
-            limits = limits if limits is not None else info.limits()
+        from ..device.gpu import this_gpu  # noqa: PLC0415
+        gpu, cc, limits = this_gpu(gpu, cc, limits)
     nnz = int(nnz) if nnz is not None else max(1, round(density * m * n))
     env = S.sddmm_env(m, n, k, nnz, dtype)
 
     def runs(r):
-        try:
-            cfg = json.loads(r.config_json)
-        except ValueError:
-            return None
-        return P.path_config(r.family, cfg, dtype, env, limits) if isinstance(cfg, dict) else None
+        cfg = record_config(r)
+        return None if cfg is None else P.path_config(r.family, cfg, dtype, env, limits)
     res = op_lookup(OP, m, k, n, density, dtype, runs, gpu=gpu, cc=cc, db=db, fallback=fallback)
     if res is None and fallback:
         family, cfg = P.default_path(dtype, env, limits)

@@ -12,7 +12,6 @@ training step): the layouts holding values are rebuilt at their next use.
 """
 from __future__ import annotations
 
-import json
 import threading
 from typing import NamedTuple
 
@@ -20,7 +19,7 @@ from ..core.problem import DTYPES, check_density, check_dim, check_dtype
 from ..errors import UserError
 from ..ops import spmm_t as T
 from ..store.db import SPMM_T
-from ..store.lookup import Tuned, op_lookup
+from ..store.lookup import Tuned, op_lookup, record_config
 
 
 def lookup_spmm_t(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu: str | None = None, db=None,
@@ -32,30 +31,19 @@ def lookup_spmm_t(m: int, k: int, n: int, density: float, dtype: str = "fp32", g
     m, k, n = check_dim(m, "M"), check_dim(k, "K"), check_dim(n, "N")
     density = check_density(density)
     if gpu is None:
-        gpu, cc, limits = _this_gpu(cc, limits)
+        from ..device.gpu import this_gpu  # noqa: PLC0415
+        gpu, cc, limits = this_gpu(gpu, cc, limits)
     nnz = int(nnz) if nnz is not None else max(1, round(density * m * k))
     env = T.spmm_t_env(m, k, n, nnz, dtype)
 
     def runs(r):
-        try:
-            cfg = json.loads(r.config_json)
-        except ValueError:
-            return None
-        return T.path_config(r.family, cfg, dtype, env, limits) if isinstance(cfg, dict) else None
+        cfg = record_config(r)
+        return None if cfg is None else T.path_config(r.family, cfg, dtype, env, limits)
     res = op_lookup(SPMM_T, m, k, n, density, dtype, runs, gpu=gpu, cc=cc, db=db, fallback=fallback)
     if res is None and fallback:
         family, cfg = T.default_path(dtype, env, limits)
         res = Tuned(family, cfg, None, None, "default", None, None)
     return res
-
-
-def _this_gpu(cc, limits):
-    """(name, compute capability, limits) of the current CUDA device; (None, cc, limits) without one."""
-    from ..device.gpu import gpu_available, gpu_info  # noqa: PLC0415
-    if not gpu_available():
-        return None, cc, limits
-    info = gpu_info()
-    return info.name, cc or info.cc, (info.limits() if limits is None else limits)
 
 
 class Plan(NamedTuple):

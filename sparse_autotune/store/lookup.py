@@ -425,6 +425,16 @@ def candidates(m: int, k: int, n: int, density: float, dtype: str = "fp32", gpu:
     return out
 
 
+def record_config(r) -> dict | None:
+    """A record row's config (its config_json) as a dict, None where it does not parse to one: for an operator's
+    `runs(row)` (op_lookup)."""
+    try:
+        cfg = json.loads(r.config_json)
+    except ValueError:
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
 def op_lookup(op: str, m: int, k: int, n: int, density: float, dtype: str, runs, gpu: str | None = None,
               cc: str | None = None, db=None, pattern: str | None = None, fallback: bool = True,
               layout: str = DEFAULT_LAYOUT) -> Tuned | None:
