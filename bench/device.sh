@@ -4,7 +4,7 @@
 # steps joined by `+`; logs and results land under $OUT (default /tmp/out).
 #
 #   bench/device.sh tests [PYTEST ARGS]     the GPU tests (default `-m gpu`) -> $OUT/pytest-gpu-<gpu>[-k].log
-#   bench/device.sh suite dl|quick|llm [--budget S] [--workers W] [--trials T] [--fresh]
+#   bench/device.sh suite dl|quick|llm [--budget S] [--workers W] [--trials T] [--fresh] [--shard I/N]
 #                                           run or resume a benchmark suite (`sparse-autotune bench`) from its state
 #   bench/device.sh suite search [--budget S] [--fresh] [--problems A,B]
 #                                           the search benchmark's measure phase (`bench --suite search --measure-only`,
@@ -32,6 +32,9 @@
 #                 hard 90 s later (at most 15 s before the call's end) and its state packed whatever the workers do
 #   --workers W   processes sharing the GPU(s) through one SQLite storage on tmpfs (default min(12, CPUs))
 #   --trials T    trial budget per case (default 20 for dl, as in bench/results/suite-dl-*, else 40)
+#   --shard I/N   only every N-th case from the I-th (`bench --shard`): with bench/device2.sh each GPU resumes its own
+#                 state (bench/state/gpu<i>), so give GPU i shard i/2 in every call (start both sides from one copy of
+#                 the state); join the two sides' suite-*.json here with `sparse-autotune bench --suite S --merge A B`
 set -u
 cd "$(dirname "$0")/.." || exit 2
 PROG=bench/device.sh
@@ -67,7 +70,10 @@ check_suite() {  # NAME [--budget S] [--workers W] [--trials T] [--fresh]
                 [ $# -ge 2 ] && [[ "$2" =~ ^[a-z0-9_,.-]+$ ]] || die "suite search: --problems needs comma-separated names"
                 shift 2;;
             --fresh) shift;;
-            *) die "suite: unknown option '$1' (--budget S, --workers W, --trials T, --fresh, --problems A,B)";;
+            --shard)
+                [ "$name" != search ] || die "suite search: --shard does not apply (use --problems A,B)"
+                [ $# -ge 2 ] && [[ "$2" =~ ^[0-9]+/[0-9]+$ ]] || die "suite: --shard needs I/N, e.g. 0/2"; shift 2;;
+            *) die "suite: unknown option '$1' (--budget S, --workers W, --trials T, --fresh, --problems A,B, --shard I/N)";;
         esac
     done
 }
@@ -148,12 +154,13 @@ step_tests() {
 }
 
 step_suite() {
-    local name=$1 budget="" workers="" trials="" fresh=0 rc problems=()
+    local name=$1 budget="" workers="" trials="" fresh=0 rc problems=() shard=()
     shift
     while [ $# -gt 0 ]; do
         case "$1" in
             --budget) budget=$2; shift 2;; --workers) workers=$2; shift 2;; --trials) trials=$2; shift 2;;
             --problems) problems=(--problems "$2"); shift 2;;
+            --shard) shard=(--shard "$2"); shift 2;;
             --fresh) fresh=1; shift;;
         esac
     done
@@ -188,7 +195,7 @@ step_suite() {
             --budget "$budget" "${problems[@]}" > "$S/out/summary-last.json" 2> "$blog" &
     else
         setsid python3 -m sparse_autotune bench --suite "$name" --trials "$trials" --out "$S/out" --db "$S/tuning.sqlite" \
-            --storage "sqlite:///$S/storage.sqlite" --workers "$workers" --heartbeat 5 --budget "$budget" \
+            --storage "sqlite:///$S/storage.sqlite" --workers "$workers" --heartbeat 5 --budget "$budget" "${shard[@]}" \
             > "$S/out/summary-last.json" 2> "$blog" &
     fi
     local pid=$!

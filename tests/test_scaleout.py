@@ -501,3 +501,56 @@ def test_random_spec_is_problem_spec_without_building_the_matrix():
                  (200, 300, 8, 0.3, "bf16", "rowuniform")]:
         p = Problem.random(*case, seed=0)
         assert problem_spec(p, 30, None, "tpe", ("a",)) == random_spec(*case, 0, 30, None, "tpe", ("a",))
+
+
+def test_bench_suite_synthetic_two_shards_each_with_its_storage_merge_to_the_whole(tmp_path):
+    """--shard i/2 on two storages (two GPUs, each its own state): each tunes only its interleaved half; --merge joins
+    the two JSON files into the whole suite, in the suite's order, with no GPU."""
+    from sparse_autotune.tuning.suite import case_key, suite_cases
+    env = synthetic_env(tmp_path, 0.0)
+    outs = []
+    for i in (0, 1):
+        url = f"sqlite:///{tmp_path / f'storage{i}.sqlite'}"
+        out = tmp_path / f"out{i}"
+        proc = cli(["bench", "--suite", "quick", "--trials", "2", "--storage", url, "--workers", "1", "--shard",
+                    f"{i}/2", "--heartbeat", "1", "--grace", "5", "--out", str(out)], env, tmp_path, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"shard {i}/2: 8 of them here" in proc.stderr
+        [js] = list(out.glob("suite-quick-*.json"))
+        outs.append(js)
+    cases = [case_key(c) for c in suite_cases("quick")]
+    halves = [[case_key(r) for r in json.loads(p.read_text())] for p in outs]
+    assert halves[0] == cases[0::2] and halves[1] == cases[1::2]
+    merged = cli(["bench", "--suite", "quick", "--merge", str(outs[1]), str(outs[0]), "--out", str(tmp_path / "all")],
+                 env, tmp_path)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    assert json.loads(merged.stdout)["cases"] == 16
+    [js] = list((tmp_path / "all").glob("suite-quick-*.json"))
+    assert [case_key(r) for r in json.loads(js.read_text())] == cases
+    assert "16/16 cases" in js.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--shard", "2/2", "--workers", "2"], "--shard '2/2'"),
+    (["--shard", "half", "--workers", "2"], "expected I/N"),
+    (["--shard", "0/2"], "--shard needs --workers"),
+])
+def test_bad_shard_is_one_line(tmp_path, args, needle):
+    proc = cli(["bench", "--suite", "quick", *args, "--out", str(tmp_path / "o")], synthetic_env(tmp_path, 0.0), tmp_path)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_merge_refuses_foreign_and_other_suite_files(tmp_path):
+    from sparse_autotune.tuning.suite import merge_records
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"not": "a list"}')
+    with pytest.raises(UserError, match="not a suite's JSON"):
+        merge_records([bad], "quick")
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"M": 3, "K": 3, "N": 3, "density": 0.5, "dtype": "fp32", "pattern": "uniform"}]))
+    with pytest.raises(UserError, match="not in suite 'quick'"):
+        merge_records([other], "quick")
+    proc = cli(["bench", "--suite", "quick", "--merge", str(tmp_path / "missing.json"), "--out", str(tmp_path / "o")],
+               synthetic_env(tmp_path, 0.0), tmp_path)
+    assert proc.returncode == 2 and "cannot read" in proc.stderr and not (tmp_path / "o").exists()

@@ -215,6 +215,10 @@ def _parser() -> argparse.ArgumentParser:
     phase.add_argument("--replay-only", action="store_true", help="search: replay the measured table(s) (no GPU)")
     bn.add_argument("--problems", help="search: only these problems (comma-separated names; default all): a measure "
                                        "phase split over GPUs, each into its own --out, tables merged at replay")
+    bn.add_argument("--shard", help="I/N: tune only every N-th case from the I-th (with --workers/--storage; two GPUs "
+                                    "each with its own copy of the storage split the cases left; join them with --merge)")
+    bn.add_argument("--merge", nargs="+", metavar="JSON", help="no GPU: join these suite-<suite>-<gpu>.json files (e.g. "
+                                                                "one per shard) into one report in --out")
     _add_scaleout_args(bn)
 
     wk = sub.add_parser("worker", help="join the workers of a shared storage: tune queued problems until none is left",
@@ -710,8 +714,19 @@ def cmd_bench(a) -> int:
     if a.measure_only or a.replay_only or a.problems:
         raise UserError("--measure-only, --replay-only and --problems apply to --suite search only")
     suite_cases(a.suite)  # validates the name before the GPU is touched
+    if a.merge:
+        from ..tuning.suite import write_merged  # noqa: PLC0415
+        records = write_merged([Path(p) for p in a.merge], a.suite, Path(a.out))
+        print(json.dumps(summary(records, a.suite), indent=1))
+        return 0
     check_options(a.trials)
     scaleout = a.storage is not None or a.workers != 1
+    shard = None
+    if a.shard is not None:
+        from ..tuning.suite import parse_shard  # noqa: PLC0415
+        shard = parse_shard(a.shard)
+        if not scaleout:
+            raise UserError("--shard needs --workers K or --storage URL (the queue that remembers the cases done)")
     if scaleout:
         _check_storage_args(a)
     db = _checked_db(a.db)
@@ -722,7 +737,7 @@ def cmd_bench(a) -> int:
         so = _scaleout(a)
         deadline = None if a.budget is None else time.time() + a.budget
         records = run_suite_scaleout(a.suite, a.trials, Path(a.out), so,
-                                     lambda ids: _run_workers(a, so, db, ids, deadline))
+                                     lambda ids: _run_workers(a, so, db, ids, deadline), shard=shard)
         print(json.dumps(summary(records, a.suite), indent=1))
         return 0
     from ..device.gpu import gpu_info  # noqa: PLC0415

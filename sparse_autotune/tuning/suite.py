@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -153,9 +154,72 @@ def case_record(c: dict, r: dict) -> dict:
             "gpu": r["gpu"], "driver": r["driver"], "cuda": r["cuda"], "cupy": r["cupy"]}
 
 
-def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_workers, log=log_stderr) -> list[dict]:
+def shard_of(cases: list, shard: tuple[int, int] | None) -> list[int]:
+    """The indices of the cases that shard (i, n) runs: every n-th case from the i-th (None: all). Interleaved, so
+    that each shard gets its share of every layer, N and density wherever the suite stands."""
+    if shard is None:
+        return list(range(len(cases)))
+    i, n = shard
+    return list(range(i, len(cases), n))
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' (0 <= I < N) -> (I, N); a UserError naming the problem otherwise."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not m:
+        raise UserError(f"--shard {text!r}: expected I/N, e.g. 0/2 (this runner's share of the suite's cases)")
+    i, n = int(m[1]), int(m[2])
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {text!r}: I must be in 0..N-1 and N >= 1")
+    return i, n
+
+
+def merge_records(paths: list[Path], suite: str) -> list[dict]:
+    """The records of several suite-<suite>-<gpu>.json files (e.g. one per shard, each run on its own GPU) as one
+    list in the suite's case order; a case in more than one file keeps the first file's record. A file that is not a
+    list of this suite's records is refused with its name."""
+    order = {case_key(c): j for j, c in enumerate(suite_cases(suite))}
+    seen: dict[tuple, dict] = {}
+    for p in paths:
+        try:
+            recs = json.loads(Path(p).read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"--merge: cannot read {p}: {e}") from None
+        if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
+            raise UserError(f"--merge: {p} is not a suite's JSON (a list of case records)")
+        for r in recs:
+            try:
+                k = case_key(r)
+            except KeyError as e:
+                raise UserError(f"--merge: {p}: a record without {e}") from None
+            if k not in order:
+                raise UserError(f"--merge: {p} holds a case that is not in suite {suite!r}: {k}")
+            seen.setdefault(k, r)
+    return sorted(seen.values(), key=lambda r: order[case_key(r)])
+
+
+def write_merged(paths: list[Path], suite: str, out_dir: Path) -> list[dict]:
+    """--merge: the union of shard files written as one suite-<suite>-<gpu>.{json,md,png} (no GPU needed)."""
+    from ..device.gpu import gpu_slug  # noqa: PLC0415
+    records = merge_records(paths, suite)
+    if not records:
+        raise UserError("--merge: the files hold no records")
+    gpus = sorted({r["gpu"] for r in records})
+    if len(gpus) > 1:
+        raise UserError(f"--merge: records of several GPU models ({', '.join(gpus)}): merge each model's files apart")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"suite-{suite}-{gpu_slug(gpus[0])}"
+    stem.with_suffix(".json").write_text(json.dumps(records, indent=1))
+    write_report(records, stem, suite, len(suite_cases(suite)))
+    return records
+
+
+def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_workers, log=log_stderr,
+                       shard: tuple[int, int] | None = None) -> list[dict]:
     """The suite through a shared storage: every case is enqueued (seed 0, `trials` each), run_workers(ids) runs the
-    workers (here, or the caller's K processes), and the done cases are written per GPU as run_suite does."""
+    workers (here, or the caller's K processes), and the done cases are written per GPU as run_suite does.
+    shard (i, n): the workers take only every n-th case from the i-th (two GPUs, each with its own copy of the
+    storage, split what is left); the report holds every done case of the storage, the shard's and those before."""
     from ..device.gpu import gpu_slug  # noqa: PLC0415
     from ..core.space import select_spaces  # noqa: PLC0415
     from ..tuning.queue import random_spec  # noqa: PLC0415
@@ -164,9 +228,11 @@ def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_worker
     specs = [random_spec(c["M"], c["K"], c["N"], c["density"], c["dtype"], c["pattern"], 0, trials, None, "tpe", families)
              for c in cases]  # no matrix is built here: each worker builds its case's when it claims it
     ids = queue.enqueue(specs)
-    log(f"suite {suite}: {len(ids)} cases in the queue of {queue.label}")
+    mine = [ids[j] for j in shard_of(cases, shard)]
+    log(f"suite {suite}: {len(ids)} cases in the queue of {queue.label}"
+        + (f"; shard {shard[0]}/{shard[1]}: {len(mine)} of them here" if shard else ""))
     t0 = time.time()
-    run_workers(ids)
+    run_workers(mine)
     rows = {r["id"]: r for r in queue.problems(ids)}
     by_gpu: dict[str, list[dict]] = {}
     for c, rid in zip(cases, ids):
