@@ -159,3 +159,39 @@ def test_cli_tune_model_3x3_bad_input_one_line_exit_2(ckpt, tmp_path, extra, nee
     proc = run_cli(["tune-model", str(ckpt), "--prune", "magnitude", "--density", "0.2", "--batch", "1", *extra,
                     "--dry-run"], tmp_path / "db.sqlite")
     assert_one_line_error(proc, *needles)
+
+
+@pytest.mark.gpu
+def test_tune_model_on_the_gpu_tunes_the_3x3_layer_and_the_runtime_serves_its_record(ckpt, tmp_path):
+    """The real tuners: tune-model on a checkpoint with a Linear and a 3x3 conv (c1 at 14x14, batch 1) stores a verified
+    conv3x3 record and an SpMM record, the model's rows point at them, and SparseConv2d built from the pruned weight
+    runs through that record and matches the float64 reference."""
+    torch = pytest.importorskip("torch")
+    db = tmp_path / "gpu.sqlite"
+    proc = run_cli(["tune-model", str(ckpt), "--prune", "magnitude", "--density", "0.2", "--batch", "1", "--seq", "8",
+                    "--spatial", "c1.*=14x14", "--trials", "4", "--json"], db)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout)
+    assert got["conv3x3_layers"] == ["c1.weight"] and got["conv3x3_skipped"] == ["c2.weight"]
+    t = TuningDB(str(db))
+    try:
+        recs = {(r.op, r.m, r.k): r for r in t.records() if r.is_best}
+        rows = {r.layer: r for r in model_layers(t.engine, "net")}
+    finally:
+        t.dispose()
+    conv = recs[("conv3x3", 16, 8)]
+    assert conv.n == 14 * 14 and conv.time_us > 0 and conv.max_rel_err is not None and conv.max_rel_err < 1e-4
+    assert ("spmm", 32, 64) in recs and rows["c1.weight"].status == "done"
+    # the runtime: the pruned weight through SparseConv2d with this database, against a dense float64 conv
+    from sparse_autotune.runtime.conv import sparse_conv2d_class
+    w = tensors()["c1.weight"]
+    keep = np.abs(w) >= np.quantile(np.abs(w), 0.8)
+    wp = torch.tensor(w * keep, device="cuda")
+    layer = sparse_conv2d_class()(wp, db=str(db))
+    x = torch.randn(1, 8, 14, 14, device="cuda")
+    y = layer(x)
+    [plan] = layer.op._plans.values()
+    assert plan.source in ("exact", "nearest") and plan.record_id is not None, plan
+    ref = torch.nn.functional.conv2d(x.double(), wp.double(), padding=1)
+    err = float((y.double() - ref).norm() / ref.norm())
+    assert y.shape == (1, 16, 14, 14) and err < 1e-5, err
