@@ -428,6 +428,15 @@ def cmd_config(a) -> int:
             row["error"] = str(exc)
         base = dev.baselines(ctx) if a.baselines else {}
         row["baselines"] = base
+        if a.cold and "error" not in row:  # the winner and cuBLAS again with A from HBM, as the tuner's finish does
+            from sparse_autotune.device.cold import cold_times  # noqa: PLC0415
+            from sparse_autotune.device.cold import copies_for, _free_bytes  # noqa: PLC0415
+            kern = dev.kernel(ctx, a.family, cfg)
+            kern.warm()
+            log(f"cold: A's device arrays {kern.a.nbytes() / 1e6:.1f} MB, free {(_free_bytes() or 0) / 1e9:.1f} GB, "
+                f"{copies_for(kern.a.nbytes(), ctx.gpu.l2_bytes, _free_bytes())} copies")
+            row["cold"] = cold_times(kern, ctx, log)
+            log(f"cold: {row['cold']}")
         rows.append(row)
         dense = " / ".join(fmt(base.get(f"cublas_{m}_us")) for m in ("fp32", "tf32", "fp16")) if base else ""
         if "error" in row:
@@ -1140,13 +1149,33 @@ def cmd_conv(a) -> int:
         raise UserError(f"--layout must be nchw or nhwc (got {a.layout!r})")
     if a.configs < 1 or a.budget < 0:
         raise UserError("--configs must be at least 1 and --budget at least 0")
-    cases = cb.suite_cases(quick=a.quick, full=a.full, dtypes=dtypes, layout=a.layout)
+    families = None
+    if a.families:  # conv3x3 kernel families of the sweep (default all; conv_pattern compiles slowly)
+        from sparse_autotune.ops.conv import conv_families  # noqa: PLC0415
+        families = tuple(x.strip() for x in a.families.split(",") if x.strip())
+        bad = [f for f in families if f not in conv_families()]
+        if bad or not families:
+            raise UserError(f"--families {a.families!r}: comma-separated of {', '.join(conv_families())}")
+    if a.one:  # ONE verified config of one case (for ncu: the kernel conv3x3_kernel, its first launch)
+        if not a.family or not a.config:
+            raise UserError("--one needs --family F and --config JSON")
+        try:
+            cfg = json.loads(a.config)
+        except ValueError:
+            raise UserError(f"--config is not JSON: {a.config!r}")
+        (case,) = cb.parse_cases(a.one, a.layout)[:1]
+        res = cb.run_one(case, a.family, cfg, a.launches, a.seed)
+        print(json.dumps(res, default=list), flush=True)
+        return 0 if res["ok"] else 1
+    cases = cb.parse_cases(a.cases, a.layout) if a.cases else \
+        cb.suite_cases(quick=a.quick, full=a.full, dtypes=dtypes, layout=a.layout, sweep=a.sweep)
     if a.list:
         print("\n".join(c["name"] for c in cases), flush=True)
         return 0
     dev = Device()
     out = stem(a.out, f"conv-{_slug(dev)}")
-    doc = cb.run_suite(cases, out, dev.meta, configs=a.configs, budget=a.budget, seed=a.seed, log=log)
+    doc = cb.run_suite(cases, out, dev.meta, configs=a.configs, budget=a.budget, seed=a.seed, log=log,
+                       families=families)
     print("\n".join(cb.markdown(doc)[:5]), flush=True)
     log(f"wrote {out}.json, {out}.md" + (f" and {out}.png" if Path(f"{out}.png").exists() else ""))
     return 1 if doc["summary"]["errors"] or not doc["summary"]["finished"] else 0
@@ -1219,6 +1248,8 @@ def parser() -> argparse.ArgumentParser:
     cf.add_argument("--family", required=True)
     cf.add_argument("--config", required=True, help="the config as JSON")
     cf.add_argument("--baselines", action="store_true", help="time cuSPARSE and cuBLAS on each case too")
+    cf.add_argument("--cold", action="store_true", help="time it and cuBLAS again with A from HBM (device.cold), "
+                                                        "logging why a side fails")
     cf.add_argument("--out", help="output stem (default OUTDIR/config-FAMILY-CASE)")
 
     pr = sub.add_parser("profile", help="launch one config a few times, for Nsight Compute")
@@ -1270,6 +1301,15 @@ def parser() -> argparse.ArgumentParser:
     cv.add_argument("--seed", type=int, default=0, help="seed of the weights, inputs and config sample")
     cv.add_argument("--list", action="store_true", help="list the cases and stop (no GPU)")
     cv.add_argument("--out", help="output stem (default OUTDIR/conv-GPU)")
+    cv.add_argument("--sweep", action="store_true", help="the quick cases + 512@7 b1 d0.1 fp32 + 64@56 b8 d0.05 fp16 "
+                                                         "(config sweeps: with --configs 60 --families ...)")
+    cv.add_argument("--cases", help="comma-separated LAYER:BATCH:DENSITY:DTYPE, e.g. 64@56:1:0.1:fp32,512@7:1:0.1:fp32")
+    cv.add_argument("--families", help="comma-separated conv3x3 kernel families (default all)")
+    cv.add_argument("--one", metavar="LAYER:B:D:DTYPE", help="ONE verified launch of --family/--config on this case "
+                    "(for `ncu -k regex:conv3x3 --launch-count 1`); prints JSON, exit 1 if wrong")
+    cv.add_argument("--family", help="with --one: the family")
+    cv.add_argument("--config", help="with --one: the config (JSON)")
+    cv.add_argument("--launches", type=int, default=1, help="with --one: launches (default 1; the first verified)")
 
     ft = sub.add_parser("finetune", help="fine-tuning: trainable SparseLinear vs dense masked nn.Linear (loss, step time)")
     ft.add_argument("--quick", action="store_true", help="2 blocks, 120 steps (about a minute of GPU time)")

@@ -28,3 +28,30 @@ def test_very_slow_launch_at_least_one_launch_and_five_replays():
 def test_medium_launch_unchanged_rotation():
     # 100 us over 16 buffers: 1.6 ms a replay, under the caps: as before (whole rotation, 20 replays)
     assert plan_replays(100.0, 16) == (16, 20)
+
+
+def test_cold_times_keeps_why_a_side_failed(monkeypatch):
+    """A failed cold timing is no longer only logged: the report says which side failed and why (suite records carry
+    it as cold_error). Synthetic: both timings replaced by functions that raise; no GPU."""
+    from types import SimpleNamespace
+
+    import sparse_autotune.device.cold as cold
+    import sparse_autotune.device.gpu as gpu
+
+    def winner(kern, ctx):
+        raise MemoryError("out of memory allocating 1073741824 bytes")
+
+    def dense(ctx):
+        raise RuntimeError("cudaErrorIllegalAddress: an illegal memory access was encountered\nmore")
+
+    monkeypatch.setattr(cold, "time_kernel_cold", winner)
+    monkeypatch.setattr(cold, "time_dense_cold", dense)
+    pool = SimpleNamespace(free_all_blocks=lambda: None)
+    monkeypatch.setattr(gpu, "cupy", lambda: SimpleNamespace(get_default_memory_pool=lambda: pool))
+    logged = []
+    ctx = SimpleNamespace(problem=SimpleNamespace(dtype="fp16"))
+    out = cold.cold_times(None, ctx, logged.append)
+    assert out["tuned_cold_us"] is None and out["dense_cold_us"] is None
+    assert out["cold_error"] == ("winner: MemoryError: out of memory allocating 1073741824 bytes; "
+                                 "cuBLAS: RuntimeError: cudaErrorIllegalAddress: an illegal memory access was encountered")
+    assert len(logged) == 2 and "cold timing of the winner failed" in logged[0]

@@ -78,6 +78,10 @@ def time_dense_cold(ctx):
         del gemms, dense, c
 
 
+def _why(exc) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__
+
+
 def cold_times(kern, ctx, log=None) -> dict:
     """{'tuned_cold_us', 'dense_cold_us', 'dense_cold_mode', 'cold_copies', 'dense_cold_copies'}: the kernel and
     cuBLAS of the same precision, each with A from HBM; a side that fails is None (logged)."""
@@ -87,14 +91,16 @@ def cold_times(kern, ctx, log=None) -> dict:
         t, out["cold_copies"] = time_kernel_cold(kern, ctx)
         out["tuned_cold_us"] = t.median_us
     except Exception as exc:  # noqa: BLE001
+        out["cold_error"] = f"winner: {_why(exc)}"  # kept in the report and the suite's record (was only logged)
         if log:
-            log(f"cold timing of the winner failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            log(f"cold timing of the winner failed: {_why(exc)}")
     try:
         t, out["dense_cold_copies"], _ = time_dense_cold(ctx)
         out["dense_cold_us"] = t.median_us
     except Exception as exc:  # noqa: BLE001
+        out["cold_error"] = "; ".join(x for x in (out.get("cold_error"), f"cuBLAS: {_why(exc)}") if x)
         if log:
-            log(f"cold timing of cuBLAS failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            log(f"cold timing of cuBLAS failed: {_why(exc)}")
     from ..device.gpu import cupy  # noqa: PLC0415
     cupy().get_default_memory_pool().free_all_blocks()
     return out

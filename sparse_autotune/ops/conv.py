@@ -288,6 +288,93 @@ def pattern_context(wc: sp.csr_matrix, cb: int, unroll: int) -> dict:
     return {"groups": groups}
 
 
+def tile_pitches(cfg: dict, stride: int) -> tuple[int, int]:
+    """conv_tile's shared-memory pitches (RP row, PL plane; floats, multiples of 4): RP >= tw, the first of tw rounded
+    up to 4 plus 0, 4, 8, 12 whose vector loads (a phase of 8 / 16 / 32 lanes for 16 / 8 / 4-byte vectors, lanes over
+    the tile's pixel vectors) have the fewest bank conflicts; PL = HIN * RP, plus 4 where it is a multiple of 8 (lanes
+    over channels at staging, NHWC, then fall in distinct banks)."""
+    th, tw, ppt, rpt = cfg["th"], cfg["tw"], cfg["ppt"], cfg["rpt"]
+    vw = 4 if ppt % 4 == 0 else 2 if ppt % 2 == 0 else 1
+    lanes = {4: 8, 2: 16, 1: 32}[vw]
+    pxt, npt = tw // ppt, (th // rpt) * (tw // ppt)
+    r0 = -(-tw // 4) * 4
+    best = None
+    for rp in (r0, r0 + 4, r0 + 8, r0 + 12):
+        worst = 1
+        for ph in range(0, max(1, min(npt, 32)), lanes):
+            banks: dict[int, set] = {}
+            for lane in range(ph, min(ph + lanes, npt)):
+                a = (lane // pxt) * rpt * stride * rp + (lane % pxt) * ppt
+                for w in range(vw):
+                    banks.setdefault((a + w) % 32, set()).add(a + w)
+            worst = max(worst, max(len(v) for v in banks.values()))
+        if best is None or worst < best[0]:
+            best = (worst, rp)
+    rp = best[1]
+    hin = (th - 1) * stride + 3
+    pl = hin * rp
+    if pl % 8 == 0:
+        pl += 4
+    return rp, pl
+
+
+def tiled_csr(wc: sp.csr_matrix, cin: int, cc: int, rp: int, pl: int):
+    """conv_tile's format: (ptr Cout x (chunks + 1) int32, entries nnz x 2 int32: the value's float32 bits and its
+    pre-scaled byte offset 4 * (kx * cc * PL + (ci % cc) * PL + ky * RP) in the chunk's kx-shifted shared-memory tile)."""
+    nq = -(-cin // cc)
+    cols = wc.indices.astype(np.int64)
+    ci, r = cols // 9, cols % 9
+    ky, kx = r // 3, r % 3
+    offs = kx * cc * pl + (ci % cc) * pl + ky * rp
+    rows = np.repeat(np.arange(wc.shape[0], dtype=np.int64), np.diff(wc.indptr))
+    counts = np.zeros((wc.shape[0], nq), dtype=np.int64)
+    np.add.at(counts, (rows, ci // cc), 1)
+    ptr = np.zeros((wc.shape[0], nq + 1), dtype=np.int64)
+    ptr[:, 1:] = np.cumsum(counts, axis=1)
+    ptr += wc.indptr[:-1, None].astype(np.int64)
+    ent = np.empty((wc.nnz, 2), dtype=np.int32)
+    ent[:, 0] = np.asarray(wc.data, dtype=np.float32).view(np.int32)
+    ent[:, 1] = 4 * offs  # bytes
+    return ptr.astype(np.int32), ent
+
+
+def tile_segments(ptr: np.ndarray, ent: np.ndarray, cot: int):
+    """conv_tile's entries regrouped so that each block's chunk is one contiguous segment (staged into shared memory
+    with the X tile): order (channel group, chunk, channel, column). Returns (ent2 nnz x 2, segs groups x chunks x 2
+    int32 [start, end) of each (group, chunk), cptr Cout x chunks x 2 int32 each channel's [lo, hi) RELATIVE to its
+    segment's start, emax: the longest segment)."""
+    cout, nq = ptr.shape[0], ptr.shape[1] - 1
+    ng = -(-cout // cot)
+    order, segs = [], np.zeros((ng, nq, 2), np.int32)
+    cptr = np.zeros((cout, nq, 2), np.int32)
+    at = 0
+    for gi in range(ng):
+        cos = range(gi * cot, min(cout, gi * cot + cot))
+        for q in range(nq):
+            segs[gi, q, 0] = at
+            for co in cos:
+                lo, hi = int(ptr[co, q]), int(ptr[co, q + 1])
+                cptr[co, q] = (at - segs[gi, q, 0], at - segs[gi, q, 0] + hi - lo)
+                order.append(np.arange(lo, hi))
+                at += hi - lo
+            segs[gi, q, 1] = at
+    idx = np.concatenate(order) if order else np.zeros(0, np.int64)
+    emax = int((segs[..., 1] - segs[..., 0]).max()) if segs.size else 0
+    return ent[idx], segs, cptr, emax
+
+
+def tile_emax_slots(emax: int) -> int:
+    """The shared-memory entry slots for a longest segment of `emax`: a power of two >= 64 (few distinct sources)."""
+    return 1 << max(6, int(emax - 1).bit_length()) if emax > 64 else 64
+
+
+def tile_smem_bytes(cfg: dict, stride: int, emax: int = 0) -> int:
+    """conv_tile's static shared memory: the three kx copies of a chunk (or the epilogue's tile, whichever is larger)
+    and the chunk's entries (8 bytes each)."""
+    _, pl = tile_pitches(cfg, stride)
+    return 4 * max(3 * cfg["cc"] * pl, cfg["cot"] * (cfg["th"] * cfg["tw"] + 1)) + 8 * tile_emax_slots(emax) + 16
+
+
 @dataclass
 class Plan:
     """One config's launch for one weight and geometry: grid (x, y, z), block threads, the kernel's leading device
@@ -310,6 +397,24 @@ def launch_plan(family: str, cfg: dict, wc: sp.csr_matrix, g: Geometry) -> Plan:
         cb = cfg["cot"] * cfg["cpt"]
         return Plan((tiles, -(-g.cout // cb), g.batch), (cfg["th"] * (cfg["tw"] // cfg["ppt"]), cfg["cot"]),
                     (ptr.ravel(), vals, offs), (), geo_ctx)
+    if family == "conv_tile":
+        rp, pl = tile_pitches(cfg, g.stride)
+        ptr, ent = tiled_csr(wc, g.cin, cfg["cc"], rp, pl)
+        ent, segs, cptr, emax = tile_segments(ptr, ent, cfg["cot"])
+        smem = tile_smem_bytes(cfg, g.stride, emax)
+        if smem > 48 * 1024:
+            raise UserError(f"conv_tile: config {cfg} needs {smem} bytes of static shared memory for this weight "
+                            f"(a chunk of {emax} nonzeros): more than 48 KiB")
+        ntx = -(-g.wo // cfg["tw"])
+        groups = -(-g.cout // cfg["cot"])
+        arrays = (ent.ravel(), segs.ravel(), cptr.ravel())
+        if cfg["ksplit"] > 1:  # the split-K workspace (partial tiles) and the tiles' arrival counters (zeroed once)
+            blocks = tiles * groups * g.batch
+            arrays += (np.zeros(blocks * cfg["ksplit"] * cfg["cot"] * cfg["th"] * cfg["tw"], np.float32),
+                       np.zeros(blocks, np.uint32))
+        threads = (cfg["th"] // cfg["rpt"]) * (cfg["tw"] // cfg["ppt"]) * cfg["cot"]
+        return Plan((tiles, groups, g.batch * cfg["ksplit"]), (threads,), arrays, (),
+                    {**geo_ctx, "RP": rp, "PL": pl, "TILES_X": ntx, "EMAX": tile_emax_slots(emax)})
     if family == "conv_pattern":
         ctx = {**geo_ctx, **pattern_context(wc, cfg["cb"], cfg["unroll"])}
         threads = cfg["th"] * (cfg["tw"] // cfg["ppt"])
@@ -412,7 +517,7 @@ def min_bytes(nnz: int, g: Geometry, dtype: str) -> int:
 
 
 __all__ = ["OP", "KERNEL_NAME", "CONV_DTYPES", "CONV_LAYOUTS", "Geometry", "Plan", "ConvKernel", "as_compressed",
-           "build_conv", "check_config", "check_geometry", "chunked_csr", "compress_weight", "conv_env",
+           "build_conv", "check_config", "check_geometry", "chunked_csr", "tiled_csr", "tile_pitches", "tile_segments", "tile_smem_bytes", "compress_weight", "conv_env",
            "conv_families", "conv_reference", "dense_weight", "flops", "get_conv_space", "key_pattern", "launch_plan",
            "load_conv_spaces", "min_bytes", "parse_hw", "parse_key_pattern", "pattern_context", "random_weight",
            "render_conv"]

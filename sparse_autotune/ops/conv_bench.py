@@ -45,12 +45,38 @@ BATCHES = (1, 8)
 BENCH_DTYPES = ("fp32", "fp16")
 DEFAULT_DENSITIES = (0.05, 0.1)
 QUICK = (("64@56", 1, 0.1, "fp32"), ("128@28", 8, 0.05, "fp16"), ("256@28s2", 1, 0.1, "fp32"))
+# --sweep: the quick cases plus the smallest image at batch 1 and the largest at batch 8 (config sweeps, profiling)
+SWEEP = QUICK + (("512@7", 1, 0.1, "fp32"), ("64@56", 8, 0.05, "fp16"))
 
 
-def suite_cases(quick=False, full=False, dtypes=BENCH_DTYPES, layout="nchw") -> list[dict]:
+def parse_cases(text: str, layout: str = "nchw") -> list[dict]:
+    """--cases 'LAYER:BATCH:DENSITY:DTYPE,...' (e.g. '64@56:1:0.1:fp32,512@7:1:0.1:fp32'; LAYER one of LAYERS) as
+    suite cases; one-line UserError for anything malformed."""
     by = {name: (c, hw, s) for name, c, hw, s in LAYERS}
-    if quick:
-        sel = [(n, b, d, t) for n, b, d, t in QUICK if t in dtypes]
+    out = []
+    for item in (x.strip() for x in str(text).split(",") if x.strip()):
+        parts = item.split(":")
+        try:
+            name, b, d, t = parts
+            b, d = int(b), float(d)
+        except ValueError:
+            raise UserError(f"malformed conv case {item!r}: expected LAYER:BATCH:DENSITY:DTYPE, e.g. 64@56:1:0.1:fp32")
+        if name not in by:
+            raise UserError(f"unknown conv layer {name!r}: choose from {', '.join(by)}")
+        if b < 1 or not 0 < d <= 1 or t not in C.CONV_DTYPES:
+            raise UserError(f"conv case {item!r}: batch >= 1, density in (0, 1], dtype one of {', '.join(C.CONV_DTYPES)}")
+        c, hw, st = by[name]
+        out.append({"name": f"{name}-b{b}-d{d:g}-{t}-{layout}", "layer": name, "c": c, "hw": hw, "stride": st,
+                    "batch": b, "density": d, "dtype": t, "layout": layout})
+    if not out:
+        raise UserError("--cases names no case")
+    return out
+
+
+def suite_cases(quick=False, full=False, dtypes=BENCH_DTYPES, layout="nchw", sweep=False) -> list[dict]:
+    by = {name: (c, hw, s) for name, c, hw, s in LAYERS}
+    if quick or sweep:
+        sel = [(n, b, d, t) for n, b, d, t in (SWEEP if sweep else QUICK) if t in dtypes]
     else:
         dens = DENSITIES if full else DEFAULT_DENSITIES
         sel = [(n, b, d, t) for t in dtypes for d in dens for b in BATCHES for n, *_ in LAYERS]
@@ -80,7 +106,7 @@ def _torch_meta() -> dict:
         return {"torch": None}
 
 
-def run_case(case: dict, configs: int = 4, seed: int = 0, log=print) -> dict:
+def run_case(case: dict, configs: int = 4, seed: int = 0, log=print, families=None) -> dict:
     from ..device.gpu import cupy, gpu_info  # noqa: PLC0415
     from ..device.timing import n_buffers, time_launches  # noqa: PLC0415
     from ..device.verify import poison, rel_error  # noqa: PLC0415
@@ -101,7 +127,7 @@ def run_case(case: dict, configs: int = 4, seed: int = 0, log=print) -> dict:
     rec = {**case, "nnz": int(wc.nnz), "flops": C.flops(wc.nnz, g), "dense_flops": C.dense_flops(g),
            "min_bytes": C.min_bytes(wc.nnz, g, dtype), "tried": [], "failed": {}}
     limits = info.limits()
-    todo = [(f, c) for f in C.conv_families() for c in sample_configs(f, dtype, env, configs, seed)]
+    todo = [(f, c) for f in (families or C.conv_families()) for c in sample_configs(f, dtype, env, configs, seed)]
 
     def build(fc):
         try:
@@ -134,6 +160,7 @@ def run_case(case: dict, configs: int = 4, seed: int = 0, log=print) -> dict:
             best = rec["tried"][-1]
     if best is not None:
         rec.update(family=best["family"], config=best["config"], tuned_us=best["us"], max_rel_err=best["rel_err"])
+    rec["best_by_family"] = best_by_family(rec)
     # cuDNN, same process
     try:
         torch = P.torch_module()
@@ -162,6 +189,56 @@ def run_case(case: dict, configs: int = 4, seed: int = 0, log=print) -> dict:
     except UserError as exc:
         rec["cudnn_error"] = str(exc)
     return rec
+
+
+def best_by_family(rec: dict) -> dict:
+    """{family: {us, config, rel_err, verified (configs timed), failed}} of one case's record."""
+    out: dict = {}
+    for t in rec.get("tried", []):
+        b = out.setdefault(t["family"], {"us": None, "config": None, "rel_err": None, "verified": 0})
+        b["verified"] += 1
+        if b["us"] is None or t["us"] < b["us"]:
+            b.update(us=t["us"], config=t["config"], rel_err=t["rel_err"])
+    for fam, n in rec.get("failed", {}).items():
+        out.setdefault(fam, {"us": None, "config": None, "rel_err": None, "verified": 0})["failed"] = n
+    return out
+
+
+def family_lines(doc: dict) -> list[str]:
+    """Markdown: per case, each family's best verified config."""
+    lines = ["", "## Best config per family", "", "| case | family | best us | verified / failed | rel err | config |",
+             "| --- | --- | ---: | ---: | ---: | --- |"]
+    for r in doc["records"]:
+        for fam, b in sorted((r.get("best_by_family") or {}).items(), key=lambda kv: kv[1]["us"] or 1e30):
+            us = "-" if b["us"] is None else f"{b['us']:.2f}"
+            err = "-" if b["rel_err"] is None else f"{b['rel_err']:.1e}"
+            lines.append(f"| {r['name']} | {fam} | {us} | {b['verified']} / {b.get('failed', 0)} | {err} | "
+                         f"`{json.dumps(b['config'], sort_keys=True)}` |")
+    return lines
+
+
+def run_one(case: dict, family: str, config: dict, launches: int = 1, seed: int = 0) -> dict:
+    """ONE config of one case built, launched `launches` times (the first verified against the reference), for a
+    profiler: `ncu --set full -k regex:conv3x3 --launch-count 1 python3 bench/probe.py conv --one ...` profiles the
+    verified launch (the kernel is conv3x3_kernel; the reference's and poison's kernels have other names)."""
+    from ..device.gpu import cupy, gpu_info  # noqa: PLC0415
+    from ..device.verify import poison, rel_error  # noqa: PLC0415
+    cp = cupy()
+    g = C.check_geometry(case["c"], case["c"], case["hw"], case["hw"], case["batch"], case["stride"], case["layout"])
+    dtype = case["dtype"]
+    wc = C.random_weight(g.cout, g.cin, case["density"], dtype, "uniform",
+                         seed + zlib.crc32(case["name"].replace(dtype, "").encode()) % 2**31)
+    kern = C.build_conv(wc, g, family, config, dtype, gpu_info().limits())
+    x = storage(cp.random.default_rng(seed + 7).standard_normal(g.x_shape, dtype=np.float32), dtype)
+    y = cp.empty(g.y_shape, dtype=DTYPES[dtype])
+    poison(y)
+    cp.cuda.get_current_stream().synchronize()
+    for _ in range(max(1, launches)):
+        kern(x, y)
+    cp.cuda.get_current_stream().synchronize()
+    err = rel_error(y, C.conv_reference(wc, x, g, xp=cp))
+    return {"case": case["name"], "family": family, "config": kern.config, "nnz": int(wc.nnz), "grid": kern.plan.grid,
+            "block": kern.plan.block, "rel_err": err, "ok": bool(err <= TOLERANCE[dtype]), "launches": launches}
 
 
 def _geo(xs):
@@ -230,7 +307,7 @@ def markdown(doc: dict) -> list[str]:
 
 
 def write_outputs(doc: dict, out: Path) -> None:
-    write_doc(out, doc, markdown(doc), plot)
+    write_doc(out, doc, markdown(doc) + family_lines(doc), plot)
 
 
 def plot(doc: dict, path) -> bool:
@@ -260,10 +337,11 @@ def plot(doc: dict, path) -> bool:
 
 
 def run_suite(cases: list[dict], out: Path, meta: dict, configs: int = 4, budget: float = 0, seed: int = 0,
-              log=print) -> dict:
+              log=print, families=None) -> dict:
     t0 = time.time()
     records: list[dict] = []
-    doc = {"meta": {**meta, **_torch_meta()}, "options": {"configs": configs, "budget": budget, "seed": seed},
+    doc = {"meta": {**meta, **_torch_meta()}, "options": {"configs": configs, "budget": budget, "seed": seed,
+                                                       "families": list(families) if families else None},
            "records": records, "summary": {}}
     finished = True
     for i, case in enumerate(cases):
@@ -273,7 +351,7 @@ def run_suite(cases: list[dict], out: Path, meta: dict, configs: int = 4, budget
             break
         log(f"[{i + 1}/{len(cases)}] {case['name']}")
         try:
-            records.append(run_case(case, configs, seed, log))
+            records.append(run_case(case, configs, seed, log, families))
         except Exception as exc:  # noqa: BLE001 - one case's failure is recorded, the others go on
             records.append({**case, "nnz": 0, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
         doc["summary"] = summary(records, False)
@@ -283,4 +361,5 @@ def run_suite(cases: list[dict], out: Path, meta: dict, configs: int = 4, budget
     return doc
 
 
-__all__ = ["LAYERS", "run_case", "run_suite", "sample_configs", "suite_cases", "summary", "markdown"]
+__all__ = ["LAYERS", "SWEEP", "best_by_family", "parse_cases", "run_case", "run_one", "run_suite", "sample_configs",
+           "suite_cases", "summary", "markdown"]

@@ -148,6 +148,7 @@ def case_record(c: dict, r: dict) -> dict:
             # the winner and cuBLAS of the same precision with A from HBM (device.cold): what a decoding model sees
             "tuned_cold_us": (r.get("cold") or {}).get("tuned_cold_us"),
             "dense_cold_us": (r.get("cold") or {}).get("dense_cold_us"),
+            "cold_error": (r.get("cold") or {}).get("cold_error"),  # why a cold time is missing
             "trials": r["trials"]["complete"],
             # what the runtime runs: the tuned kernel, or a vendor path that beat it (family / tuned_us stay the kernel's)
             "chosen_family": (r.get("chosen") or b)["family"], "chosen_us": (r.get("chosen") or b)["time_us"],
