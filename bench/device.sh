@@ -4,7 +4,7 @@
 # steps joined by `+`; logs and results land under $OUT (default /tmp/out).
 #
 #   bench/device.sh tests [PYTEST ARGS]     the GPU tests (default `-m gpu`) -> $OUT/pytest-gpu-<gpu>[-k].log
-#   bench/device.sh suite dl|quick|llm [--budget S] [--workers W] [--trials T] [--fresh] [--shard I/N]
+#   bench/device.sh suite dl|quick|llm [--budget S] [--workers W] [--trials T] [--fresh] [--shard I/N] [--retry-failed]
 #                                           run or resume a benchmark suite (`sparse-autotune bench`) from its state
 #   bench/device.sh suite search [--budget S] [--fresh] [--problems A,B]
 #                                           the search benchmark's measure phase (`bench --suite search --measure-only`,
@@ -32,6 +32,7 @@
 #                 hard 90 s later (at most 15 s before the call's end) and its state packed whatever the workers do
 #   --workers W   processes sharing the GPU(s) through one SQLite storage on tmpfs (default min(12, CPUs))
 #   --trials T    trial budget per case (default 20 for dl, as in bench/results/suite-dl-*, else 40)
+#   --retry-failed  the failed cases (workers lost 3 times) of this side's share go back to the queue first
 #   --shard I/N   only every N-th case from the I-th (`bench --shard`): with bench/device2.sh each GPU resumes its own
 #                 state (bench/state/gpu<i>), so give GPU i shard i/2 in every call (start both sides from one copy of
 #                 the state); join the two sides' suite-*.json here with `sparse-autotune bench --suite S --merge A B`
@@ -70,6 +71,7 @@ check_suite() {  # NAME [--budget S] [--workers W] [--trials T] [--fresh]
                 [ $# -ge 2 ] && [[ "$2" =~ ^[a-z0-9_,.-]+$ ]] || die "suite search: --problems needs comma-separated names"
                 shift 2;;
             --fresh) shift;;
+            --retry-failed) [ "$name" != search ] || die "suite search: --retry-failed does not apply"; shift;;
             --shard)
                 [ "$name" != search ] || die "suite search: --shard does not apply (use --problems A,B)"
                 [ $# -ge 2 ] && [[ "$2" =~ ^[0-9]+/[0-9]+$ ]] || die "suite: --shard needs I/N, e.g. 0/2"; shift 2;;
@@ -161,6 +163,7 @@ step_suite() {
             --budget) budget=$2; shift 2;; --workers) workers=$2; shift 2;; --trials) trials=$2; shift 2;;
             --problems) problems=(--problems "$2"); shift 2;;
             --shard) shard=(--shard "$2"); shift 2;;
+            --retry-failed) shard+=(--retry-failed); shift;;
             --fresh) fresh=1; shift;;
         esac
     done

@@ -554,3 +554,19 @@ def test_merge_refuses_foreign_and_other_suite_files(tmp_path):
     proc = cli(["bench", "--suite", "quick", "--merge", str(tmp_path / "missing.json"), "--out", str(tmp_path / "o")],
                synthetic_env(tmp_path, 0.0), tmp_path)
     assert proc.returncode == 2 and "cannot read" in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_retry_failed_puts_only_failed_problems_back(storage_url):
+    so = ProblemQueue(storage_url, heartbeat=1, grace=5)
+    ids = so.enqueue(_specs(3))
+    for rid in ids[:2]:
+        so.claim("w", "GPU X", only=[rid])
+        so.to_finalizing(rid, "w")
+    so.finish(ids[0], "w", "failed", error="lost 3 times")
+    so.finish(ids[1], "w", "done", result={"best": {"time_us": 1.0}})
+    assert so.retry_failed(ids) == 1
+    rows = {r["id"]: r for r in so.problems()}
+    assert rows[ids[0]]["state"] == "queued" and rows[ids[0]]["attempts"] == 0
+    assert rows[ids[1]]["state"] == "done" and rows[ids[2]]["state"] == "queued"
+    assert so.retry_failed(ids) == 0
+    so.dispose()

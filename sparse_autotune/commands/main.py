@@ -217,6 +217,8 @@ def _parser() -> argparse.ArgumentParser:
                                        "phase split over GPUs, each into its own --out, tables merged at replay")
     bn.add_argument("--shard", help="I/N: tune only every N-th case from the I-th (with --workers/--storage; two GPUs "
                                     "each with its own copy of the storage split the cases left; join them with --merge)")
+    bn.add_argument("--retry-failed", action="store_true", help="with --storage/--workers: cases that failed (their "
+                                                                 "workers lost 3 times) are tried again")
     bn.add_argument("--merge", nargs="+", metavar="JSON", help="no GPU: join these suite-<suite>-<gpu>.json files (e.g. "
                                                                 "one per shard) into one report in --out")
     _add_scaleout_args(bn)
@@ -727,6 +729,8 @@ def cmd_bench(a) -> int:
         shard = parse_shard(a.shard)
         if not scaleout:
             raise UserError("--shard needs --workers K or --storage URL (the queue that remembers the cases done)")
+    if a.retry_failed and not scaleout:
+        raise UserError("--retry-failed needs --workers K or --storage URL (the queue that remembers failed cases)")
     if scaleout:
         _check_storage_args(a)
     db = _checked_db(a.db)
@@ -737,7 +741,8 @@ def cmd_bench(a) -> int:
         so = _scaleout(a)
         deadline = None if a.budget is None else time.time() + a.budget
         records = run_suite_scaleout(a.suite, a.trials, Path(a.out), so,
-                                     lambda ids: _run_workers(a, so, db, ids, deadline), shard=shard)
+                                     lambda ids: _run_workers(a, so, db, ids, deadline), shard=shard,
+                                     retry_failed=a.retry_failed)
         print(json.dumps(summary(records, a.suite), indent=1))
         return 0
     from ..device.gpu import gpu_info  # noqa: PLC0415

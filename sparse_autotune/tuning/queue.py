@@ -289,6 +289,14 @@ class ProblemQueue:
             c.execute(update(q).where(q.c.id == rid, q.c.state.in_(("running", "finalizing"))).values(
                 state="queued", error=error, updated_at=_now()))
 
+    def retry_failed(self, ids) -> int:
+        """The failed problems among `ids` back in the queue with their attempts reset (their studies keep the trials
+        done); how many."""
+        q = queue_table
+        with self.engine.begin() as c:
+            return c.execute(update(q).where(q.c.id.in_(list(ids)), q.c.state == "failed").values(
+                state="queued", attempts=0, worker=None, updated_at=_now())).rowcount
+
     def pending(self, gpu: str, only=None) -> int:
         """Problems in scope that are not final (queued, running or finalizing)."""
         q = queue_table

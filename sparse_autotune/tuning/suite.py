@@ -216,11 +216,12 @@ def write_merged(paths: list[Path], suite: str, out_dir: Path) -> list[dict]:
 
 
 def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_workers, log=log_stderr,
-                       shard: tuple[int, int] | None = None) -> list[dict]:
+                       shard: tuple[int, int] | None = None, retry_failed: bool = False) -> list[dict]:
     """The suite through a shared storage: every case is enqueued (seed 0, `trials` each), run_workers(ids) runs the
     workers (here, or the caller's K processes), and the done cases are written per GPU as run_suite does.
     shard (i, n): the workers take only every n-th case from the i-th (two GPUs, each with its own copy of the
-    storage, split what is left); the report holds every done case of the storage, the shard's and those before."""
+    storage, split what is left); the report holds every done case of the storage, the shard's and those before.
+    retry_failed: this run's failed cases (its shard's) go back to the queue first, attempts reset."""
     from ..device.gpu import gpu_slug  # noqa: PLC0415
     from ..core.space import select_spaces  # noqa: PLC0415
     from ..tuning.queue import random_spec  # noqa: PLC0415
@@ -230,6 +231,8 @@ def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_worker
              for c in cases]  # no matrix is built here: each worker builds its case's when it claims it
     ids = queue.enqueue(specs)
     mine = [ids[j] for j in shard_of(cases, shard)]
+    if retry_failed:
+        log(f"suite {suite}: {queue.retry_failed(mine)} failed cases back in the queue")
     log(f"suite {suite}: {len(ids)} cases in the queue of {queue.label}"
         + (f"; shard {shard[0]}/{shard[1]}: {len(mine)} of them here" if shard else ""))
     t0 = time.time()
