@@ -116,9 +116,10 @@ export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/sat-cupy-cache}
 export SPARSE_AUTOTUNE_DB=${SPARSE_AUTOTUNE_DB:-/tmp/sat/tuning.sqlite}  # never the user cache of the machine
 mkdir -p "$CUPY_CACHE_DIR" "$(dirname "$SPARSE_AUTOTUNE_DB")"
 STATE=${STATE:-bench/state}
-if [ -e "$STATE/cupy-cache.tgz" ] && [ -z "$(ls -A "$CUPY_CACHE_DIR")" ]; then
-    tar xzf "$STATE/cupy-cache.tgz" -C "$CUPY_CACHE_DIR" --strip-components=1 \
-        && el "kernel cache: $(find "$CUPY_CACHE_DIR" -type f | wc -l) files from $STATE/cupy-cache.tgz"
+CACHE_TGZ=${CACHE_TGZ:-$STATE/cupy-cache.tgz}  # bench/device2.sh: the other side's when this side carries none
+if [ -e "$CACHE_TGZ" ] && [ -z "$(ls -A "$CUPY_CACHE_DIR")" ]; then
+    tar xzf "$CACHE_TGZ" -C "$CUPY_CACHE_DIR" --strip-components=1 \
+        && el "kernel cache: $(find "$CUPY_CACHE_DIR" -type f | wc -l) files from $CACHE_TGZ"
 fi
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 # the device the tuner works on: this GPU (or a test tuner's stand-in named by $SPARSE_AUTOTUNE_TUNER, no GPU)

@@ -10,7 +10,7 @@
 #   bench/device2.sh suite llm + probe linear --layers L.npz :: tests tests/families -m gpu
 #
 # Each side is its own runner: CUDA_VISIBLE_DEVICES=i, OUT=$OUT/gpu<i> (its logs, results and state/), STATE=
-# $STATE/gpu<i> (default bench/state/gpu<i>: a suite's state resumes per side), its own kernel cache and tuning
+# $STATE/gpu<i> (default bench/state/gpu<i>: a suite's state resumes per side), its own kernel cache (from $STATE/gpu<i>/cupy-cache.tgz, or the other side's when only one is carried) and tuning
 # database, and half of the CPU cores (taskset), so that one side's compiling does not slow the other's timing. The
 # carried wheels are installed once, before both start. Each side's output is in $OUT/gpu<i>.log; the exit status is
 # the first failing side's.
@@ -54,8 +54,10 @@ for s in 0 1; do
     eval "steps=(\"\${S$s[@]}\")"
     first=$(( s * HALF )) last=$(( s * HALF + HALF - 1 ))
     [ "$HALF" -ge 1 ] || { first=0; last=$(( CORES - 1 )); }
+    cache=$STATE/gpu$s/cupy-cache.tgz  # one carried kernel cache serves both sides (the carry limit holds one)
+    [ -e "$cache" ] || cache=$STATE/gpu$(( 1 - s ))/cupy-cache.tgz
     (
-        export CUDA_VISIBLE_DEVICES=$s OUT=$OUT/gpu$s STATE=$STATE/gpu$s WHEELS=/nonexistent \
+        export CUDA_VISIBLE_DEVICES=$s OUT=$OUT/gpu$s STATE=$STATE/gpu$s WHEELS=/nonexistent CACHE_TGZ=$cache \
             CUPY_CACHE_DIR=/tmp/sat-cupy-cache-gpu$s SPARSE_AUTOTUNE_DB=/tmp/sat-gpu$s/tuning.sqlite
         exec taskset -c "$first-$last" bash bench/device.sh "${steps[@]}"
     ) > "$OUT/gpu$s.log" 2>&1 &
