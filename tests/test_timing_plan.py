@@ -55,3 +55,49 @@ def test_cold_times_keeps_why_a_side_failed(monkeypatch):
     assert out["cold_error"] == ("winner: MemoryError: out of memory allocating 1073741824 bytes; "
                                  "cuBLAS: RuntimeError: cudaErrorIllegalAddress: an illegal memory access was encountered")
     assert len(logged) == 2 and "cold timing of the winner failed" in logged[0]
+
+
+def test_time_launches_waits_for_the_callers_work_before_its_first_launch(monkeypatch):
+    """time_launches times on a non-blocking stream, which does not wait for the default stream: the device is
+    synchronised before the first launch, so that copies the caller enqueued (device.cold's twins of A) are complete.
+    A recording stand-in for CuPy (no GPU): the order of calls is what is checked."""
+    from types import SimpleNamespace
+
+    import sparse_autotune.device.gpu as gpu
+    from sparse_autotune.device.timing import time_launches
+    calls = []
+
+    class Stream:
+        def __init__(self, non_blocking=False):
+            calls.append(("stream", non_blocking))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def begin_capture(self):
+            calls.append("capture")
+
+        def end_capture(self):
+            return SimpleNamespace(launch=lambda stream: calls.append("replay"))
+
+        def synchronize(self):
+            pass
+
+    class Event:
+        def record(self, stream=None):
+            pass
+
+        def synchronize(self):
+            pass
+
+    fake = SimpleNamespace(cuda=SimpleNamespace(
+        Stream=Stream, Event=Event, get_elapsed_time=lambda a, b: 0.01,
+        runtime=SimpleNamespace(deviceSynchronize=lambda: calls.append("sync"))))
+    monkeypatch.setattr(gpu, "cupy", lambda: fake)
+    t = time_launches([lambda: calls.append("launch")] * 2)
+    assert t.median_us > 0
+    assert calls[0] == "sync" and calls[1] == ("stream", True) and calls[2] == "launch"
+    assert "capture" in calls and "replay" in calls

@@ -68,6 +68,10 @@ def time_launches(launches, repeats: int = 20, target_us: float = 300.0, max_lau
     times slower than the best so far needs no precise time, and timing it in full costs the most."""
     from ..device.gpu import cupy  # noqa: PLC0415
     cp = cupy()
+    # the timing stream does not wait for the legacy default stream (non_blocking): what the caller enqueued there
+    # (device.cold's copies of A, fresh B buffers) must be complete before the first launch reads it. Without this
+    # the cold timing of large layers raced its own copies in the llm suite (illegal address, session 13).
+    cp.cuda.runtime.deviceSynchronize()
     stream = cp.cuda.Stream(non_blocking=True)
     nbuf = len(launches)
     with stream:
