@@ -9,13 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sparse_autotune.core.families import adapt_params
-
-
-def value_bits(vals, dtype: str) -> np.ndarray:
-    if dtype == "bf16":
-        f = np.asarray(vals, dtype=np.float32).view(np.uint32)
-        return ((f + 0x7FFF + ((f >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.asarray(vals).astype(np.float16).view(np.uint16)
+from sparse_autotune.core.problem import half_bits as value_bits
 
 
 def build(a: sp.csr_matrix, dtype: str = "fp16"):

@@ -29,6 +29,8 @@ import scipy.sparse as sp
 
 from sparse_autotune.core.families import (adapt_jointly, adapt_params, narrower, splitk_shape, splitk_workspace,
                                             stored_then_scalar)
+from sparse_autotune.core.families import csr_parts as _csr_parts
+from sparse_autotune.core.problem import half_bits as _value_bits
 
 KG = 8  # k-steps per split-K pointer
 CHUNK_PAD = 4096  # bytes of zeros after the stream: the kernel's last chunk copies may read past its end
@@ -39,23 +41,6 @@ def max_record_bytes(fmt: str, ru: int) -> int:
     if fmt == "bitmap":
         return 20 * ru + 256 * ru + 2
     return 2 + 3 * 128 * min(ru, 2) + 1
-
-
-def _csr_parts(a: sp.csr_matrix):
-    a = sp.csr_matrix(a, copy=True)  # the caller's matrix stays as it is
-    a.sum_duplicates()  # sorted indices, no duplicates
-    a.eliminate_zeros()
-    m, k = a.shape
-    rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
-    return m, k, rows, a.indices.astype(np.int64), a.data
-
-
-def _value_bits(vals, dtype: str) -> np.ndarray:
-    if dtype == "bf16":
-        f = np.asarray(vals, dtype=np.float32).view(np.uint32)
-        # round to nearest even (NaN-free weights)
-        return ((f + 0x7FFF + ((f >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.asarray(vals).astype(np.float16).view(np.uint16)
 
 
 def build(a: sp.csr_matrix, fmt: str, ru: int, dtype: str = "fp16"):

@@ -32,6 +32,8 @@ import scipy.sparse as sp
 
 from sparse_autotune.core.families import adapt_jointly, adapt_params, narrower, splitk_shape, splitk_workspace, \
     stored_then_scalar
+from sparse_autotune.core.families import csr_parts as _csr_parts
+from sparse_autotune.core.problem import half_bits as _value_bits
 
 KG = 8  # k-steps per split-K pointer
 CHUNK_PAD = 4096  # bytes of zeros after the stream: the kernel's last chunk copies may read past its end
@@ -80,22 +82,6 @@ def warp_bytes(config: dict) -> int:
 
 def block_warps(config: dict) -> int:
     return config["warps"] * config.get("kw", 1)
-
-
-def _csr_parts(a: sp.csr_matrix):
-    a = sp.csr_matrix(a, copy=True)  # the caller's matrix stays as it is
-    a.sum_duplicates()
-    a.eliminate_zeros()
-    m, k = a.shape
-    rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
-    return m, k, rows, a.indices.astype(np.int64), a.data
-
-
-def _value_bits(vals, dtype: str) -> np.ndarray:
-    if dtype == "bf16":
-        f = np.asarray(vals, dtype=np.float32).view(np.uint32)
-        return ((f + 0x7FFF + ((f >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even (NaN-free weights)
-    return np.asarray(vals).astype(np.float16).view(np.uint16)
 
 
 def fragment_slot(r16, c16):

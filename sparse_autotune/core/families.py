@@ -168,6 +168,19 @@ def splitk_workspace(kernel, family: str, shape: tuple[int, int], n: int):
                            lambda host: (np.zeros(nws, dtype=np.float32), np.zeros(ncnt, dtype=np.int32)))
 
 
+def csr_parts(a):
+    """(m, k, rows, cols, values) of a scipy CSR matrix as int64 coordinates in row-major order, duplicates summed and
+    explicit zeros dropped (the caller's matrix is left as it is): what the tile formats are built from."""
+    import numpy as np  # noqa: PLC0415
+    import scipy.sparse as sp  # noqa: PLC0415
+    a = sp.csr_matrix(a, copy=True)
+    a.sum_duplicates()  # sorted indices, no duplicates
+    a.eliminate_zeros()
+    m, k = a.shape
+    rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
+    return m, k, rows, a.indices.astype(np.int64), a.data
+
+
 def row_order(a, order: str):
     """Row indices of a scipy CSR matrix in natural order, or sorted by length, longest first (stable): a layout
     helper for host sides."""

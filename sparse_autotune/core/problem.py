@@ -274,6 +274,14 @@ def bf16_bits(x):
     return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
 
 
+def half_bits(vals, dtype: str) -> np.ndarray:
+    """Host values as the 16-bit patterns the fp16 / bf16 kernels' formats pack (uint16; bf16 rounded to nearest
+    even, finite values)."""
+    if dtype == "bf16":
+        return bf16_bits(np.asarray(vals, dtype=np.float32))
+    return np.asarray(vals).astype(np.float16).view(np.uint16)
+
+
 def bf16_float(bits):
     """bfloat16 bit patterns (uint16, numpy or CuPy) as float32."""
     return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
