@@ -135,7 +135,7 @@ def _source(family, cfg, dtype, g, wc):
     return C.render_conv(family, cfg, dtype, plan.context)
 
 
-@pytest.mark.parametrize("family", ["conv_csr", "conv_pattern"])
+@pytest.mark.parametrize("family", ["conv_csr", "conv_pattern", "conv_tile"])
 def test_every_known_good_config_renders_and_is_deterministic(family):
     wc = C.random_weight(16, 8, 0.2)
     for layout in ("nchw", "nhwc"):
@@ -298,3 +298,154 @@ def test_cli_lookup_conv_json(tmp_path, capsys):
     out, _ = capsys.readouterr()
     got = json.loads(out)
     assert rc == 0 and got["op"] == "conv3x3" and got["source"] == "exact" and got["time_us"] == 9.0
+
+
+# ---- conv_tile (register tiles, kx-shifted shared-memory tiles, split-K) -----------------------------------------------
+
+def _emulate_tile(wc, x, g, cfg):
+    """conv_tile's arithmetic on the CPU from its launch plan: per tile and chunk the kx-shifted tile S built from its
+    definition S[kx*KST + c*PL + r*RP + j] = X[c0 + c, iy0 + r, (ox0 + j) * s + kx - 1] (0 outside), then every entry
+    (value bits, byte offset) of channel co's chunk list applied to every pixel at base py*s*RP + px (NCHW)."""
+    plan = C.launch_plan("conv_tile", cfg, wc, g)
+    rp, pl = plan.context["RP"], plan.context["PL"]
+    th, tw, cc, s = cfg["th"], cfg["tw"], cfg["cc"], g.stride
+    nq = -(-g.cin // cc)
+    ent = plan.arrays[0].reshape(-1, 2)
+    segs, cptr = plan.arrays[1].reshape(-1, nq, 2), plan.arrays[2].reshape(g.cout, nq, 2)
+    assert plan.context["EMAX"] >= int((segs[..., 1] - segs[..., 0]).max())
+    hin = (th - 1) * s + 3
+    kst = cc * pl
+    xp = np.zeros((g.batch, g.cin + cc, g.h + 2, g.w + 2 + 2 * tw * s), np.float64)
+    xp[:, :g.cin, 1:g.h + 1, 1:g.w + 1] = x
+    y = np.zeros((g.batch, g.cout, -(-g.ho // th) * th, -(-g.wo // tw) * tw))
+    py, px = np.meshgrid(np.arange(th), np.arange(tw), indexing="ij")
+    for b in range(g.batch):
+        for oy0 in range(0, g.ho, th):
+            for ox0 in range(0, g.wo, tw):
+                for q in range(nq):
+                    S = np.zeros(3 * kst)
+                    for kx in range(3):
+                        for c in range(cc):
+                            for r in range(hin):
+                                iy = oy0 * s - 1 + r + 1  # padded coordinates
+                                if iy >= xp.shape[2]:
+                                    continue
+                                cols = (ox0 + np.arange(tw)) * s + kx  # padded: ix + 1
+                                S[kx * kst + c * pl + r * rp: kx * kst + c * pl + r * rp + tw] = \
+                                    xp[b, q * cc + c, iy, cols]
+                    for co in range(g.cout):
+                        start = segs[co // cfg["cot"], q, 0]
+                        for i in range(start + cptr[co, q, 0], start + cptr[co, q, 1]):
+                            w = np.array([ent[i, 0]], np.int32).view(np.float32)[0]
+                            assert ent[i, 1] % 4 == 0
+                            y[b, co, oy0:oy0 + th, ox0:ox0 + tw] += w * S[ent[i, 1] // 4 + py * s * rp + px]
+    return y[:, :, :g.ho, :g.wo]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_tile_format_emulated_on_the_cpu_matches_the_reference(stride):
+    w = _w(6, 5, 0.3, seed=stride)
+    w[2] = 0  # an empty output channel
+    w[3] = np.random.default_rng(1).standard_normal((5, 3, 3))  # a dense one
+    wc = C.compress_weight(w)
+    g = C.check_geometry(6, 5, 9, 11, 2, stride, "nchw")
+    x = np.random.default_rng(2).standard_normal(g.x_shape)
+    for cfg in ({"th": 4, "tw": 8, "ppt": 4, "rpt": 2, "cot": 8, "cc": 4, "ksplit": 2, "unroll": 2},
+                {"th": 2, "tw": 16, "ppt": 2, "rpt": 1, "cot": 4, "cc": 8, "ksplit": 1, "unroll": 4}):
+        np.testing.assert_allclose(_emulate_tile(wc, x, g, cfg), C.conv_reference(wc, x, g), atol=1e-9)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_tile_staging_masks_put_each_input_where_its_definition_says(stride):
+    """The template's NCHW staging formulas (column of kx = 0, kx mask, per-kx address offsets), mirrored here, place
+    input column t of a tile row exactly at every S[kx][j] with (j * s + kx) == t."""
+    for tw in (4, 7, 8, 14, 16):
+        xw = (tw - 1) * stride + 3
+        kst = 1000
+        for t in range(xw):
+            if stride == 1:
+                s0, m = t, (t < tw) | ((1 <= t and t - 1 < tw) << 1) | ((2 <= t and t - 2 < tw) << 2)
+                adds = (0, kst - 1, 2 * kst - 2)
+            else:
+                s0 = t // 2
+                m = (t % 2 == 0 and t // 2 < tw) | ((t % 2 == 1 and t // 2 < tw) << 1) | \
+                    ((t % 2 == 0 and t >= 2 and t // 2 - 1 < tw) << 2)
+                adds = (0, kst, 2 * kst - 1)
+            got = {s0 + adds[kx] for kx in range(3) if m >> kx & 1}
+            want = {kx * kst + j for kx in range(3) for j in range(tw) if j * stride + kx == t}
+            assert got == want, (stride, tw, t)
+
+
+def test_conv_tile_pitches_avoid_bank_conflicts_and_keep_vectors_aligned():
+    for cfg, s in (({"th": 4, "tw": 16, "ppt": 4, "rpt": 1}, 2), ({"th": 8, "tw": 16, "ppt": 4, "rpt": 2}, 1),
+                   ({"th": 7, "tw": 14, "ppt": 2, "rpt": 7}, 1), ({"th": 7, "tw": 8, "ppt": 4, "rpt": 7}, 2)):
+        rp, pl = C.tile_pitches(cfg, s)
+        assert rp >= cfg["tw"] and rp % 4 == 0 and pl % 4 == 0 and pl % 8 == 4 and pl >= ((cfg["th"] - 1) * s + 3) * rp
+    # tw 16, 4 lanes a row, stride 2: rows 32 floats apart would put lanes 4-7 on lanes 0-3's banks
+    assert C.tile_pitches({"th": 4, "tw": 16, "ppt": 4, "rpt": 1}, 2)[0] * 2 % 32 == 16
+
+
+def test_conv_tile_split_k_plan_has_a_workspace_and_counters():
+    wc = C.random_weight(64, 64, 0.1)
+    g = C.check_geometry(64, 64, 7, 7, 2, 1, "nchw")
+    cfg = {"th": 7, "tw": 8, "ppt": 4, "rpt": 7, "cot": 16, "cc": 8, "ksplit": 4, "unroll": 4}
+    plan = C.launch_plan("conv_tile", cfg, wc, g)
+    assert plan.grid == (1, 4, 8) and plan.block == (2 * 16,)
+    ent, segs, cptr, ws, cnt = plan.arrays
+    assert ent.size == 2 * wc.nnz and segs.size == 4 * 8 * 2 and cptr.size == 64 * 8 * 2
+    assert cnt.size == 1 * 4 * 2 and not cnt.any() and ws.size == 8 * 4 * 16 * 7 * 8
+    assert len(C.launch_plan("conv_tile", {**cfg, "ksplit": 1}, wc, g).arrays) == 3
+    # the segments: every (group, chunk) contiguous, in order, covering every nonzero once
+    segs = segs.reshape(4, 8, 2)
+    assert segs[0, 0, 0] == 0 and segs[-1, -1, 1] == wc.nnz
+    assert (segs[..., 1] >= segs[..., 0]).all() and (segs.reshape(-1, 2)[1:, 0] == segs.reshape(-1, 2)[:-1, 1]).all()
+    # a weight whose chunk needs more shared memory than a block has is refused in one line
+    dense = C.compress_weight(np.ones((64, 64, 3, 3), np.float32))
+    with pytest.raises(UserError, match="shared memory"):
+        C.launch_plan("conv_tile", {**cfg, "cc": 32, "cot": 64}, dense, g)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+@pytest.mark.parametrize("layout,dtype,stride", [("nchw", "fp32", 1), ("nhwc", "fp16", 2), ("nchw", "bf16", 2),
+                                                 ("nhwc", "fp32", 1), ("nchw", "fp16", 1), ("nhwc", "bf16", 1)])
+def test_conv_tile_compiles_for_sm90_without_spills(layout, dtype, stride):
+    from sparse_autotune.device.compile import nvcc_check
+    cin = 24 if dtype != "bf16" else 22  # NHWC: channel quads where Cin % 4 == 0, else one channel a lane
+    wc = C.random_weight(40, cin, 0.1)  # channels not multiples of the tile
+    g = C.check_geometry(40, cin, 14, 14, 3, stride, layout)
+    env = C.conv_env(g, wc.nnz, dtype)
+    space = C.get_conv_space("conv_tile")
+    cfgs = space.defaults(dtype, env)
+    cfgs += [{**cfgs[0], "cc": 4, "ksplit": 2}]  # the split-K path
+    cfgs += [{**c, "pf": 1 - c.get("pf", 0)} for c in cfgs]  # with and without prefetch
+    cfgs = [c for c in cfgs if space.check(c, env) is None]
+    assert len(cfgs) >= 3 and any(c["ksplit"] > 1 for c in cfgs)
+    assert any(c.get("pf") for c in cfgs) and any(not c.get("pf") for c in cfgs)
+    for cfg in cfgs:
+        rep = nvcc_check(_source("conv_tile", cfg, dtype, g, wc))
+        assert "0 bytes spill stores" in rep, cfg
+
+
+def test_bench_cases_sweep_and_best_by_family_synthetic_records():
+    from sparse_autotune.ops import conv_bench as cb
+    names = [c["name"] for c in cb.suite_cases(sweep=True)]
+    assert names[:3] == [c["name"] for c in cb.suite_cases(quick=True)] and "512@7-b1-d0.1-fp32-nchw" in names \
+        and "64@56-b8-d0.05-fp16-nchw" in names and len(names) == 5
+    (c,) = cb.parse_cases("256@28s2:8:0.05:fp16", "nhwc")
+    assert (c["c"], c["hw"], c["stride"], c["batch"], c["density"], c["dtype"], c["layout"]) == \
+        (256, 28, 2, 8, 0.05, "fp16", "nhwc")
+    for bad, msg in (("64@56:1:0.1", "malformed"), ("65@56:1:0.1:fp32", "unknown conv layer"),
+                     ("64@56:0:0.1:fp32", "batch"), ("64@56:1:0.1:int8", "dtype"), (",", "no case")):
+        with pytest.raises(UserError, match=msg):
+            cb.parse_cases(bad)
+    rec = {"name": "x", "tried": [{"family": "conv_tile", "config": {"a": 1}, "us": 3.0, "rel_err": 1e-7},
+                                  {"family": "conv_tile", "config": {"a": 2}, "us": 2.0, "rel_err": 2e-7},
+                                  {"family": "conv_csr", "config": {"b": 1}, "us": 9.0, "rel_err": 1e-7}],
+           "failed": {"conv_csr": 2, "conv_pattern": 1}}
+    best = cb.best_by_family(rec)
+    assert best["conv_tile"] == {"us": 2.0, "config": {"a": 2}, "rel_err": 2e-7, "verified": 2}
+    assert best["conv_csr"]["failed"] == 2 and best["conv_pattern"] == {"us": None, "config": None, "rel_err": None,
+                                                                        "verified": 0, "failed": 1}
+    lines = cb.family_lines({"records": [{**rec, "best_by_family": best}]})
+    rows = [ln for ln in lines if ln.startswith("| x |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["conv_tile", "conv_csr", "conv_pattern"]

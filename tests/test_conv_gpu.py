@@ -51,13 +51,23 @@ CSR_CFGS = [{"th": 4, "tw": 16, "ppt": 2, "cot": 4, "cpt": 4, "cc": 8, "unroll":
 PAT_CFGS = [{"th": 4, "tw": 16, "ppt": 2, "cb": 8, "unroll": 2, "vec": 2},
             {"th": 4, "tw": 8, "ppt": 1, "cb": 4, "unroll": 1, "vec": 1},
             {"th": 8, "tw": 16, "ppt": 4, "cb": 8, "unroll": 4, "vec": 4}]
+TILE_CFGS = [{"th": 4, "tw": 8, "ppt": 4, "rpt": 2, "cot": 8, "cc": 4, "ksplit": 1, "unroll": 2},
+             {"th": 2, "tw": 8, "ppt": 2, "rpt": 1, "cot": 16, "cc": 4, "ksplit": 2, "unroll": 4},
+             {"th": 7, "tw": 7, "ppt": 1, "rpt": 7, "cot": 8, "cc": 8, "ksplit": 1, "unroll": 2},
+             {"th": 4, "tw": 4, "ppt": 4, "rpt": 4, "cot": 32, "cc": 4, "ksplit": 4, "unroll": 4},
+             {"th": 8, "tw": 16, "ppt": 4, "rpt": 2, "cot": 4, "cc": 8, "ksplit": 1, "unroll": 4},
+             # prefetch (NCHW; NHWC ignores it): one and several staged inputs a thread, split-K with an empty split
+             {"th": 4, "tw": 8, "ppt": 4, "rpt": 2, "cot": 8, "cc": 4, "ksplit": 1, "unroll": 2, "pf": 1},
+             {"th": 2, "tw": 8, "ppt": 2, "rpt": 1, "cot": 16, "cc": 4, "ksplit": 2, "unroll": 4, "pf": 1},
+             {"th": 4, "tw": 4, "ppt": 4, "rpt": 4, "cot": 32, "cc": 4, "ksplit": 4, "unroll": 4, "pf": 1}]
 GEOMS = [  # (cout, cin, h, w, batch, stride): odd channel counts and image sizes, batch 1, stride 2
     (20, 12, 9, 11, 1, 1), (20, 12, 9, 11, 2, 2), (8, 3, 7, 7, 1, 2), (36, 20, 14, 14, 3, 1)]
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("family,cfgs", [("conv_csr", CSR_CFGS), ("conv_pattern", PAT_CFGS)])
+@pytest.mark.parametrize("family,cfgs", [("conv_csr", CSR_CFGS), ("conv_pattern", PAT_CFGS),
+                                         ("conv_tile", TILE_CFGS)])
 def test_family_edge_cases(cp, family, cfgs, dtype, layout):
     ran = 0
     # conv_pattern compiles ~3 ms per generated FMA line (NVRTC): its three smallest geometries only
@@ -130,3 +140,49 @@ def test_tuner_end_to_end(cp, tmp_path, layout, dtype):
     assert r["baselines"].get(f"cudnn_fp32_{mem}_us") and r["baselines"].get(f"cudnn_fp16_{mem}_us")
     t = lookup_conv(g, 0.1, dtype, db=db)
     assert t.source == "exact" and t.family == r["chosen"]["family"]
+
+
+@pytest.mark.parametrize("layout,dtype", [("nchw", "fp32"), ("nhwc", "fp16"), ("nchw", "fp16")])
+def test_conv_tile_split_k_is_deterministic_across_launches(cp, layout, dtype):
+    """The split-K path's counters reset themselves: launch after launch the same bits, right against the
+    reference; the suite's layer shapes at small scale (7x7 and 14x14 images, stride 2, batch 1 and 3)."""
+    from sparse_autotune.device.verify import rel_error
+    for (c, hw, s, b), cfg in (((64, 7, 1, 1), {"th": 7, "tw": 8, "ppt": 4, "rpt": 7, "cot": 32, "cc": 8, "ksplit": 8,
+                                                  "unroll": 4, "pf": 1}),
+                               ((48, 14, 2, 3), {"th": 7, "tw": 7, "ppt": 1, "rpt": 7, "cot": 32, "cc": 4, "ksplit": 4,
+                                                  "unroll": 2}),
+                               ((64, 14, 1, 1), {"th": 7, "tw": 14, "ppt": 2, "rpt": 7, "cot": 32, "cc": 8, "ksplit": 8,
+                                                  "unroll": 4})):
+        g = C.check_geometry(c, c, hw, hw, b, s, layout)
+        w = _weight(c, c, 0.1, seed=c, empty=(5,), dense=(0,))
+        wc = C.compress_weight(w, dtype)
+        assert C.get_conv_space("conv_tile").check(C.get_conv_space("conv_tile").normalize(cfg, dtype),
+                                                    C.conv_env(g, wc.nnz, dtype)) is None, cfg
+        kern = C.build_conv(wc, g, "conv_tile", cfg, dtype)
+        x = storage(cp.random.default_rng(5).standard_normal(g.x_shape, dtype=np.float32), dtype)
+        ref = C.conv_reference(wc, x, g, xp=cp)
+        ys = []
+        for _ in range(3):
+            y = cp.full(g.y_shape, 7, dtype=x.dtype)
+            kern(x, y)
+            ys.append(y)
+        cp.cuda.get_current_stream().synchronize()
+        assert rel_error(ys[0], ref) <= TOLERANCE[dtype], (g, cfg)
+        assert all(bool((yy.view(cp.uint16 if dtype != "fp32" else cp.uint32) ==
+                         ys[0].view(cp.uint16 if dtype != "fp32" else cp.uint32)).all()) for yy in ys[1:])
+        assert not bool(kern.arrays[-1].any())  # every tile's counter back at 0
+
+
+def test_conv_tile_known_good_on_the_suite_layers(cp):
+    """Every known-good conv_tile config that the suite's layers allow, at density 0.1, batch 1, fp16 NHWC, against the
+    reference (the configs the benchmark starts from; `probe conv` verifies them in fp32 NCHW)."""
+    ran = 0
+    for c, hw, s in ((64, 56, 1), (512, 7, 1), (256, 28, 2)):
+        for layout, dtype in (("nhwc", "fp16"),):
+            g = C.check_geometry(c, c, hw, hw, 1, s, layout)
+            wc = C.random_weight(c, c, 0.1, dtype, seed=c)
+            env = C.conv_env(g, wc.nnz, dtype)
+            for cfg in C.get_conv_space("conv_tile").defaults(dtype, env):
+                _check(cp, "conv_tile", cfg, dtype, g, C.dense_weight(wc))
+                ran += 1
+    assert ran >= 8

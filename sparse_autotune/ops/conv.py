@@ -18,6 +18,11 @@ dtype stores them). The kernels' own formats are derived from it per config (`la
   conv_csr      (generic) the nonzeros of each output channel cut at chunks of `cc` input channels: row pointers
                 Cout x (chunks + 1), and per nonzero its value (float32) and its offset in the shared-memory X tile of
                 its chunk, pre-scaled: (ci - chunk start) * HIN * WIN + ky * WIN + kx (no index arithmetic in the loop).
+  conv_tile     (register tiles; bench/drafts/conv3x3-v2.md) the nonzeros regrouped by (block's channel group, chunk
+                of cc input channels, channel): per nonzero (float32 bits, byte offset in the chunk's kx-shifted
+                shared-memory tile: 4 * (kx * cc * PL + (ci % cc) * PL + ky * RP)), each (group, chunk) one contiguous
+                segment [segs) staged into shared memory, each channel's range in it (cptr); with ksplit > 1 a
+                workspace of partial tiles and per-tile arrival counters (zeroed once; the kernel resets them).
   conv_pattern  (SparseRT-style) no arrays at all: the pattern and the values are compiled into the kernel
                 (`pattern_context`): per group of `cb` output channels, per input channel with a nonzero in the group,
                 its used rows ky of the input loaded once into registers and every (co, ky, kx) nonzero an FMA with its
@@ -368,11 +373,13 @@ def tile_emax_slots(emax: int) -> int:
     return 1 << max(6, int(emax - 1).bit_length()) if emax > 64 else 64
 
 
-def tile_smem_bytes(cfg: dict, stride: int, emax: int = 0) -> int:
-    """conv_tile's static shared memory: the three kx copies of a chunk (or the epilogue's tile, whichever is larger)
-    and the chunk's entries (8 bytes each)."""
+def tile_smem_bytes(cfg: dict, stride: int, emax: int = 0, cin: int = 0) -> int:
+    """conv_tile's static shared memory: the three kx copies of a chunk (or the epilogue's tile, whichever is larger),
+    the chunk's entries (8 bytes each) and, with pf, the split's chunk segments (8 bytes a chunk of Cin)."""
     _, pl = tile_pitches(cfg, stride)
-    return 4 * max(3 * cfg["cc"] * pl, cfg["cot"] * (cfg["th"] * cfg["tw"] + 1)) + 8 * tile_emax_slots(emax) + 16
+    qps = -(-(-(-cin // cfg["cc"])) // cfg.get("ksplit", 1)) if cfg.get("pf", 0) else 0
+    return 4 * max(3 * cfg["cc"] * pl, cfg["cot"] * (cfg["th"] * cfg["tw"] + 1)) + 8 * tile_emax_slots(emax) \
+        + 8 * qps + 16
 
 
 @dataclass
@@ -401,10 +408,14 @@ def launch_plan(family: str, cfg: dict, wc: sp.csr_matrix, g: Geometry) -> Plan:
         rp, pl = tile_pitches(cfg, g.stride)
         ptr, ent = tiled_csr(wc, g.cin, cfg["cc"], rp, pl)
         ent, segs, cptr, emax = tile_segments(ptr, ent, cfg["cot"])
-        smem = tile_smem_bytes(cfg, g.stride, emax)
+        smem = tile_smem_bytes(cfg, g.stride, emax, g.cin)
         if smem > 48 * 1024:
             raise UserError(f"conv_tile: config {cfg} needs {smem} bytes of static shared memory for this weight "
                             f"(a chunk of {emax} nonzeros): more than 48 KiB")
+        threads = (cfg["th"] // cfg["rpt"]) * (cfg["tw"] // cfg["ppt"]) * cfg["cot"]
+        if cfg.get("pf", 0) and -(-tile_emax_slots(emax) // threads) > 8:
+            raise UserError(f"conv_tile: config {cfg} would prefetch {tile_emax_slots(emax)} nonzeros a chunk into "
+                            f"{threads} threads' registers (more than 8 each)")
         ntx = -(-g.wo // cfg["tw"])
         groups = -(-g.cout // cfg["cot"])
         arrays = (ent.ravel(), segs.ravel(), cptr.ravel())
@@ -412,7 +423,6 @@ def launch_plan(family: str, cfg: dict, wc: sp.csr_matrix, g: Geometry) -> Plan:
             blocks = tiles * groups * g.batch
             arrays += (np.zeros(blocks * cfg["ksplit"] * cfg["cot"] * cfg["th"] * cfg["tw"], np.float32),
                        np.zeros(blocks, np.uint32))
-        threads = (cfg["th"] // cfg["rpt"]) * (cfg["tw"] // cfg["ppt"]) * cfg["cot"]
         return Plan((tiles, groups, g.batch * cfg["ksplit"]), (threads,), arrays, (),
                     {**geo_ctx, "RP": rp, "PL": pl, "TILES_X": ntx, "EMAX": tile_emax_slots(emax)})
     if family == "conv_pattern":

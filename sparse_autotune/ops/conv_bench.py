@@ -3,7 +3,9 @@ at FP32, TF32 and FP16, NCHW and channels_last; `python3 bench/probe.py conv` ru
 
 Cases (`suite_cases`): ResNet-50's 3x3 layers, stride 1: 64@56, 128@28, 256@14, 512@7 (Cout = Cin = C, H = W = the
 size); stride 2: 128@56->28, 256@28->14, 512@14->7; batch 1 and 8; densities 0.05, 0.1, 0.2, 0.3; fp32 and fp16;
-layout nchw (nhwc with --layout). The default suite (DEFAULT_*) is a subset that fits ~4 minutes of an H200: every layer
+layout nchw (nhwc with --layout); --sweep: the quick cases + 512@7 b1 d0.1 fp32 + 64@56 b8 d0.05 fp16 (config sweeps:
+`--configs 60 --families conv_tile,conv_csr`), --cases LAYER:B:D:DTYPE,... any cases; --one CASE --family F --config
+JSON: one verified launch (`run_one`, for ncu). The default suite (DEFAULT_*) is a subset that fits ~4 minutes of an H200: every layer
 at densities 0.05 and 0.1, batch 1 and 8, fp16 and fp32, few configs per family; --quick: 3 cases; --full the whole
 cross product. Weights: ops.conv.random_weight (uniform, seeded by the case's name less its dtype).
 
@@ -16,7 +18,8 @@ against the same reference (twice the tolerance of its precision) and timed by a
 (ops.conv_paths.time_torch). max_rel_err: the tuned kernel's error.
 
 Outputs (`write_outputs`): STEM.json (GPU, driver, CUDA, CuPy, torch, date, options, records, summary), STEM.md,
-STEM.png. Summary: geomean speed-up over cuDNN FP32 (same layout) at density 0.1 (target >= 2x), and over the best
+STEM.png (+ a table "Best config per family" per case: best_by_family). Summary: geomean speed-up over cuDNN FP32
+(same layout) at density 0.1 (target >= 2x), and over the best
 cuDNN precision of the same dtype (fp32 problems: min(FP32, TF32); fp16: FP16; either memory format) at density 0.05
 (target >= 1x); per dtype too.
 """
@@ -88,12 +91,29 @@ def suite_cases(quick=False, full=False, dtypes=BENCH_DTYPES, layout="nchw", swe
     return out
 
 
+def _tile_prior(c: dict) -> bool:
+    """conv_tile configs worth a sweep's sample (bench/drafts/conv3x3-v2.md): >= 4 accumulators a thread (the entry
+    load and address amortised over >= 4 FMAs), 128-512 threads, >= 16 channels a block (the staging amortised)."""
+    nt = (c["th"] // c["rpt"]) * (c["tw"] // c["ppt"]) * c["cot"]
+    return c["rpt"] * c["ppt"] >= 4 and 128 <= nt <= 512 and c["cot"] >= 16
+
+
+PRIORS = {"conv_tile": _tile_prior}
+
+
 def sample_configs(family: str, dtype: str, env: dict, k: int, seed: int = 0) -> list[dict]:
+    """The known-good configs, then seeded random feasible ones (where the family has a prior, 3/4 of them from the
+    configs it favours)."""
     space = C.get_conv_space(family)
     out = space.defaults(dtype, env)
     if len(out) < k:
         feas = list(space.feasible(dtype, env))
-        random.Random(seed + zlib.crc32(family.encode())).shuffle(feas)
+        rng = random.Random(seed + zlib.crc32(family.encode()))
+        rng.shuffle(feas)
+        prior = PRIORS.get(family)
+        if prior is not None:
+            liked = [c for c in feas if prior(c) and c not in out]
+            out += liked[:(k - len(out)) * 3 // 4]
         out += [c for c in feas if c not in out][:k - len(out)]
     return out[:k]
 

@@ -1,6 +1,7 @@
 """conv3x3's paths as the tuner times them and the runtime runs them:
 
-    a kernel family  conv_csr, conv_pattern {config}       ops.conv.build_conv (NVRTC), run(X, Y) on CuPy arrays
+    a kernel family  conv_csr, conv_tile, conv_pattern {config}
+                                                             ops.conv.build_conv (NVRTC), run(X, Y) on CuPy arrays
     cudnn            {"math": fp32 | tf32 | fp16 | bf16}     torch.nn.functional.conv2d on the dense weight (cuDNN), in
                                                               the problem's memory format (nchw: contiguous; nhwc:
                                                               channels_last), at that precision (tf32: fp32 tensors with
