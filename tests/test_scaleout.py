@@ -556,6 +556,30 @@ def test_merge_refuses_foreign_and_other_suite_files(tmp_path):
     assert proc.returncode == 2 and "cannot read" in proc.stderr and not (tmp_path / "o").exists()
 
 
+def test_merge_never_overwrites_a_report_it_was_not_given(tmp_path):
+    from sparse_autotune.tuning.suite import suite_cases, write_merged
+    c0, c1 = suite_cases("quick")[:2]
+    def rec(c):  # a suite record with made-up times (no GPU): what write_report reads
+        return {**c, "nnz": 10, "family": "csr_rowsplit", "config": {}, "tuned_us": 5.0, "cusparse_us": 10.0,
+                "cublas_fp32_us": 8.0, "cublas_tf32_us": 6.0, "cublas_fp16_us": 4.0, "cublas_bf16_us": None,
+                "floor_us": 1.0, "bytes_floor_us": None, "a_bytes": None, "a_bytes_per_nnz": None, "max_rel_err": 0.0,
+                "tuned_cold_us": None, "dense_cold_us": None, "trials": 3, "chosen_family": "csr_rowsplit",
+                "chosen_us": 5.0, "gpu": "GPU X", "driver": "0", "cuda": "0", "cupy": "0"}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([rec(c0)]))
+    b.write_text(json.dumps([rec(c1)]))
+    out = tmp_path / "out"
+    out.mkdir()
+    existing = out / "suite-quick-gpu-x.json"
+    existing.write_text(json.dumps([rec(c0), rec(c1), rec(suite_cases("quick")[2])]))
+    before = existing.read_text()
+    with pytest.raises(UserError, match="exists and is not one of the files merged"):
+        write_merged([a, b], "quick", out)
+    assert existing.read_text() == before
+    got = write_merged([existing, a, b], "quick", out)  # named among them: its cases are kept
+    assert len(got) == 3 and len(json.loads(existing.read_text())) == 3
+
+
 def test_retry_failed_puts_only_failed_problems_back(storage_url):
     so = ProblemQueue(storage_url, heartbeat=1, grace=5)
     ids = so.enqueue(_specs(3))

@@ -208,9 +208,13 @@ def write_merged(paths: list[Path], suite: str, out_dir: Path) -> list[dict]:
     gpus = sorted({r["gpu"] for r in records})
     if len(gpus) > 1:
         raise UserError(f"--merge: records of several GPU models ({', '.join(gpus)}): merge each model's files apart")
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"suite-{suite}-{gpu_slug(gpus[0])}"
-    stem.with_suffix(".json").write_text(json.dumps(records, indent=1))
+    target = stem.with_suffix(".json")
+    if target.exists() and not any(target.resolve() == Path(p).resolve() for p in paths):
+        raise UserError(f"--merge: {target} exists and is not one of the files merged: name it among them (its cases "
+                        "are kept) or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(records, indent=1))
     write_report(records, stem, suite, len(suite_cases(suite)))
     return records
 
