@@ -449,3 +449,95 @@ def test_bench_cases_sweep_and_best_by_family_synthetic_records():
     lines = cb.family_lines({"records": [{**rec, "best_by_family": best}]})
     rows = [ln for ln in lines if ln.startswith("| x |")]
     assert [r.split("|")[2].strip() for r in rows] == ["conv_tile", "conv_csr", "conv_pattern"]
+
+
+# ---- conv_tile dsm (chunks in dynamic shared memory) and occ (launch bounds for >= 768 threads an SM) ----------------
+
+DSM_CFG = {"th": 2, "tw": 16, "ppt": 4, "rpt": 1, "cot": 64, "cc": 64, "ksplit": 1, "unroll": 4, "pf": 1, "dsm": 1}
+OCC_CFG = {"th": 4, "tw": 16, "ppt": 4, "rpt": 2, "cot": 32, "cc": 32, "ksplit": 2, "unroll": 4, "pf": 0, "dsm": 1,
+           "occ": 1}
+
+
+def test_conv_tile_dsm_plan_puts_the_chunk_tile_in_dynamic_shared_memory():
+    wc = C.random_weight(72, 70, 0.05)  # channels not multiples of the tile
+    g = C.check_geometry(72, 70, 14, 14, 3, 1, "nchw")
+    space = C.get_conv_space("conv_tile")
+    env = C.conv_env(g, wc.nnz, "fp16")
+    for cfg in (DSM_CFG, OCC_CFG):
+        cfg = space.normalize(cfg, "fp16")
+        assert space.check(cfg, env) is None, cfg
+        plan = C.launch_plan("conv_tile", cfg, wc, g)
+        assert plan.smem == C.tile_tile_bytes(cfg, 1) and plan.smem == 4 * 3 * cfg["cc"] * plan.context["PL"]
+        src = C.render_conv("conv_tile", cfg, "fp16", plan.context)
+        assert "extern __shared__ __align__(16) float sm[];" in src
+    assert C.launch_plan("conv_tile", space.normalize(DSM_CFG, "fp16"), wc, g).smem > 48 * 1024
+    # without dsm: the old static tile, no dynamic shared memory; occ changes only the launch bounds
+    old = space.normalize({**DSM_CFG, "cc": 8, "dsm": 0}, "fp16")
+    plan = C.launch_plan("conv_tile", old, wc, g)
+    src = C.render_conv("conv_tile", old, "fp16", plan.context)
+    assert plan.smem == 0 and "extern __shared__" not in src and "__launch_bounds__(NT, 1)" in src and "#define NT 512" in src
+    occ = space.normalize(OCC_CFG, "fp16")
+    for o, minb in ((0, 2), (1, 3)):  # 256 threads: 512 / 256 or 768 / 256 resident blocks asked for
+        cfg = {**occ, "occ": o}
+        assert f"__launch_bounds__(NT, {minb})" in C.render_conv("conv_tile", cfg, "fp16",
+                                                                 C.launch_plan("conv_tile", cfg, wc, g).context)
+
+
+def test_conv_tile_dsm_constraints_say_what_they_refuse():
+    space = C.get_conv_space("conv_tile")
+    g = C.check_geometry(64, 64, 56, 56, 8, 1, "nchw")
+    env = C.conv_env(g, 1843, "fp16")
+    assert "shared memory" in space.check(space.normalize({**DSM_CFG, "dsm": 0}, "fp16"), env)
+    assert space.check(space.normalize(DSM_CFG, "fp16"), env) is None
+    assert space.normalize({**DSM_CFG, "cc": 16}, "fp16").get("dsm") is None  # dsm only for chunks of >= 32
+    big = space.normalize({**DSM_CFG, "th": 8, "tw": 32, "ppt": 4, "rpt": 2, "cot": 16}, "fp16")
+    assert "half the dynamic shared memory" in space.check(big, env)
+    assert space.normalize({**OCC_CFG, "rpt": 4}, "fp16").get("occ") is None  # occ only for <= 8 accumulators
+
+
+def test_conv_tile_format_with_chunks_of_64_emulated_on_the_cpu_matches_the_reference():
+    w = _w(5, 70, 0.1, seed=4)
+    w[1] = 0
+    w[2] = np.random.default_rng(3).standard_normal((70, 3, 3))
+    wc = C.compress_weight(w)
+    g = C.check_geometry(5, 70, 5, 9, 1, 2, "nchw")
+    x = np.random.default_rng(5).standard_normal(g.x_shape)
+    cfg = {"th": 2, "tw": 8, "ppt": 4, "rpt": 1, "cot": 8, "cc": 64, "ksplit": 1, "unroll": 4, "pf": 0, "dsm": 1}
+    np.testing.assert_allclose(_emulate_tile(wc, x, g, cfg), C.conv_reference(wc, x, g), atol=1e-9)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+@pytest.mark.parametrize("layout,dtype,stride", [("nchw", "fp16", 1), ("nhwc", "fp32", 2), ("nchw", "bf16", 2)])
+def test_conv_tile_dsm_and_occ_compile_for_sm90_without_spills(layout, dtype, stride):
+    import re
+    from sparse_autotune.device.compile import nvcc_check
+    wc = C.random_weight(72, 68, 0.05)
+    g = C.check_geometry(72, 68, 14 * stride, 14 * stride, 3, stride, layout)
+    space = C.get_conv_space("conv_tile")
+    env = C.conv_env(g, wc.nnz, dtype)
+    cfgs = [space.normalize(c, dtype) for c in ({**DSM_CFG, "cc": 32, "ksplit": 2}, OCC_CFG,
+                                                {**OCC_CFG, "th": 8, "tw": 8, "ksplit": 1, "cc": 8, "pf": 1})]
+    cfgs = [c for c in cfgs if space.check(c, env) is None]
+    assert len(cfgs) >= 2 and any(c.get("occ") for c in cfgs)
+    for cfg in cfgs:
+        plan = C.launch_plan("conv_tile", cfg, wc, g)
+        rep = nvcc_check(C.render_conv("conv_tile", cfg, dtype, plan.context))
+        assert "0 bytes spill stores" in rep, cfg
+        static = int(re.search(r"(\d+) bytes smem", rep).group(1))
+        assert static + plan.smem <= 227 * 1024 and (static < plan.smem or not cfg.get("dsm")), (cfg, static, plan.smem)
+        if cfg.get("occ"):
+            assert int(re.search(r"Used (\d+) registers", rep).group(1)) <= 65536 // (plan.block[0] * -(-768 // plan.block[0])), cfg
+
+
+def test_bench_sample_configs_known_good_first_then_feasible_and_deterministic():
+    from sparse_autotune.ops import conv_bench as cb
+    g = C.check_geometry(128, 128, 28, 28, 8, 1, "nchw")
+    env = C.conv_env(g, 7373, "fp16")
+    space = C.get_conv_space("conv_tile")
+    kg = space.defaults("fp16", env)
+    got = cb.sample_configs("conv_tile", "fp16", env, len(kg) + 8, seed=3)
+    assert got[:len(kg)] == kg and len(got) == len(kg) + 8 and len({str(c) for c in got}) == len(got)
+    assert all(space.check(c, env) is None for c in got) and any(c.get("dsm") for c in got)
+    assert got == cb.sample_configs("conv_tile", "fp16", env, len(kg) + 8, seed=3)
+    # 3/4 of the sampled ones from the prior (>= 4 accumulators, 128-512 threads, >= 16 channels a block)
+    assert sum(cb._tile_prior(c) for c in got[len(kg):]) >= 6

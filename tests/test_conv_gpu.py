@@ -186,3 +186,46 @@ def test_conv_tile_known_good_on_the_suite_layers(cp):
                 _check(cp, "conv_tile", cfg, dtype, g, C.dense_weight(wc))
                 ran += 1
     assert ran >= 8
+
+
+# conv_tile dsm (the chunk tile in dynamic shared memory: chunks of 32-64 input channels) and occ (launch bounds for
+# 1024 threads an SM): bench/drafts/conv3x3-v3.md
+DSM_CFGS = [{"th": 2, "tw": 16, "ppt": 4, "rpt": 1, "cot": 64, "cc": 64, "ksplit": 1, "unroll": 4, "pf": 1, "dsm": 1},
+            {"th": 2, "tw": 16, "ppt": 4, "rpt": 1, "cot": 64, "cc": 32, "ksplit": 2, "unroll": 4, "pf": 1, "dsm": 1},
+            {"th": 4, "tw": 16, "ppt": 4, "rpt": 2, "cot": 32, "cc": 32, "ksplit": 1, "unroll": 4, "pf": 0, "dsm": 1,
+             "occ": 1},
+            # split in 2 over 3 chunks (Cin 70): splits of 2 and 1 chunks
+            {"th": 4, "tw": 8, "ppt": 4, "rpt": 1, "cot": 64, "cc": 32, "ksplit": 2, "unroll": 4, "pf": 1, "dsm": 1},
+            {"th": 4, "tw": 8, "ppt": 4, "rpt": 2, "cot": 32, "cc": 8, "ksplit": 1, "unroll": 2, "pf": 1, "occ": 1}]
+DSM_GEOMS = [(72, 70, 14, 14, 1, 1), (40, 36, 28, 28, 3, 2), (72, 70, 7, 7, 3, 1)]
+
+
+@pytest.mark.parametrize("layout,dtype", [("nchw", "fp32"), ("nhwc", "fp16"), ("nchw", "fp16")])
+def test_conv_tile_dsm_and_occ_edge_cases(cp, layout, dtype):
+    space = C.get_conv_space("conv_tile")
+    ran, dyn = 0, 0
+    for gi, (cout, cin, h, w_, b, s) in enumerate(DSM_GEOMS):
+        g = C.check_geometry(cout, cin, h, w_, b, s, layout)
+        w = _weight(cout, cin, 0.05, seed=10 + gi, empty=(0, cout - 1), dense=(1,))
+        env = C.conv_env(g, int(np.count_nonzero(w)), dtype)
+        for cfg in DSM_CFGS:
+            cfg = space.normalize(cfg, dtype)
+            if space.check(cfg, env) is not None:
+                continue
+            _check(cp, "conv_tile", cfg, dtype, g, w)
+            ran += 1
+            dyn += bool(cfg.get("dsm"))
+    assert ran >= 8 and dyn >= 5
+
+
+def test_conv_tile_dsm_known_good_on_the_suite_layers_at_batch_8(cp):
+    """The known-good configs with dsm (not measured yet) on the suite's layers at batch 8, fp16 NCHW, density 0.05."""
+    ran = 0
+    for c, hw, s in ((64, 56, 1), (256, 14, 1), (512, 7, 1), (256, 28, 2)):
+        g = C.check_geometry(c, c, hw, hw, 8, s, "nchw")
+        wc = C.random_weight(c, c, 0.05, "fp16", seed=c)
+        for cfg in C.get_conv_space("conv_tile").defaults("fp16", C.conv_env(g, wc.nnz, "fp16")):
+            if cfg.get("dsm"):
+                _check(cp, "conv_tile", cfg, "fp16", g, C.dense_weight(wc))
+                ran += 1
+    assert ran >= 6

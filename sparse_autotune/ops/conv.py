@@ -373,13 +373,17 @@ def tile_emax_slots(emax: int) -> int:
     return 1 << max(6, int(emax - 1).bit_length()) if emax > 64 else 64
 
 
-def tile_smem_bytes(cfg: dict, stride: int, emax: int = 0, cin: int = 0) -> int:
-    """conv_tile's static shared memory: the three kx copies of a chunk (or the epilogue's tile, whichever is larger),
-    the chunk's entries (8 bytes each) and, with pf, the split's chunk segments (8 bytes a chunk of Cin)."""
+def tile_tile_bytes(cfg: dict, stride: int) -> int:
+    """conv_tile's chunk tile: the three kx copies of a chunk or the epilogue's tile, whichever is larger (bytes)."""
     _, pl = tile_pitches(cfg, stride)
+    return 4 * max(3 * cfg["cc"] * pl, cfg["cot"] * (cfg["th"] * cfg["tw"] + 1))
+
+
+def tile_smem_bytes(cfg: dict, stride: int, emax: int = 0, cin: int = 0) -> int:
+    """conv_tile's shared memory: the chunk tile (tile_tile_bytes; dynamic with dsm 1, else static), the chunk's
+    entries (8 bytes each) and, with pf, the split's chunk segments (8 bytes a chunk of Cin)."""
     qps = -(-(-(-cin // cfg["cc"])) // cfg.get("ksplit", 1)) if cfg.get("pf", 0) else 0
-    return 4 * max(3 * cfg["cc"] * pl, cfg["cot"] * (cfg["th"] * cfg["tw"] + 1)) + 8 * tile_emax_slots(emax) \
-        + 8 * qps + 16
+    return tile_tile_bytes(cfg, stride) + 8 * tile_emax_slots(emax) + 8 * qps + 16
 
 
 @dataclass
@@ -393,6 +397,7 @@ class Plan:
     arrays: tuple = field(default_factory=tuple)
     scalars: tuple = field(default_factory=tuple)
     context: dict = field(default_factory=dict)
+    smem: int = 0  # dynamic shared memory bytes of the launch (conv_tile dsm 1)
 
 
 def launch_plan(family: str, cfg: dict, wc: sp.csr_matrix, g: Geometry) -> Plan:
@@ -409,9 +414,13 @@ def launch_plan(family: str, cfg: dict, wc: sp.csr_matrix, g: Geometry) -> Plan:
         ptr, ent = tiled_csr(wc, g.cin, cfg["cc"], rp, pl)
         ent, segs, cptr, emax = tile_segments(ptr, ent, cfg["cot"])
         smem = tile_smem_bytes(cfg, g.stride, emax, g.cin)
-        if smem > 48 * 1024:
-            raise UserError(f"conv_tile: config {cfg} needs {smem} bytes of static shared memory for this weight "
+        dyn = tile_tile_bytes(cfg, g.stride) if cfg.get("dsm", 0) else 0
+        if smem - dyn > 48 * 1024:
+            raise UserError(f"conv_tile: config {cfg} needs {smem - dyn} bytes of static shared memory for this weight "
                             f"(a chunk of {emax} nonzeros): more than 48 KiB")
+        if smem > DEFAULT_LIMITS["max_dyn_smem_bytes"]:
+            raise UserError(f"conv_tile: config {cfg} needs {smem} bytes of shared memory for this weight: more than "
+                            f"{DEFAULT_LIMITS['max_dyn_smem_bytes'] // 1024} KiB")
         threads = (cfg["th"] // cfg["rpt"]) * (cfg["tw"] // cfg["ppt"]) * cfg["cot"]
         if cfg.get("pf", 0) and -(-tile_emax_slots(emax) // threads) > 8:
             raise UserError(f"conv_tile: config {cfg} would prefetch {tile_emax_slots(emax)} nonzeros a chunk into "
@@ -424,7 +433,7 @@ def launch_plan(family: str, cfg: dict, wc: sp.csr_matrix, g: Geometry) -> Plan:
             arrays += (np.zeros(blocks * cfg["ksplit"] * cfg["cot"] * cfg["th"] * cfg["tw"], np.float32),
                        np.zeros(blocks, np.uint32))
         return Plan((tiles, groups, g.batch * cfg["ksplit"]), (threads,), arrays, (),
-                    {**geo_ctx, "RP": rp, "PL": pl, "TILES_X": ntx, "EMAX": tile_emax_slots(emax)})
+                    {**geo_ctx, "RP": rp, "PL": pl, "TILES_X": ntx, "EMAX": tile_emax_slots(emax)}, dyn)
     if family == "conv_pattern":
         ctx = {**geo_ctx, **pattern_context(wc, cfg["cb"], cfg["unroll"])}
         threads = cfg["th"] * (cfg["tw"] // cfg["ppt"])
@@ -470,7 +479,10 @@ class ConvKernel:
         g = self.geometry
         check_operand("X", x, g.x_shape, self.dtype)
         check_operand("Y", y, g.y_shape, self.dtype)
-        self.fn(self.plan.grid, self.plan.block, (*self.arrays, x, y, *self.plan.scalars))
+        if self.plan.smem:
+            self.fn(self.plan.grid, self.plan.block, (*self.arrays, x, y, *self.plan.scalars), shared_mem=self.plan.smem)
+        else:
+            self.fn(self.plan.grid, self.plan.block, (*self.arrays, x, y, *self.plan.scalars))
         return y
 
 
@@ -488,6 +500,8 @@ def build_conv(wc, g: Geometry, family: str, config: dict, dtype: str, limits: d
     plan = launch_plan(family, cfg, wc, g)
     source = render_conv(family, cfg, dtype, plan.context)
     fn = compile_kernel(source, KERNEL_NAME)
+    if plan.smem:  # dynamic shared memory (conv_tile dsm 1): opt in to all of it (static + dynamic above 48 KB)
+        fn.max_dynamic_shared_size_bytes = plan.smem
     return ConvKernel(family, cfg, dtype, g, source, fn, plan, int(wc.nnz))
 
 
@@ -527,7 +541,7 @@ def min_bytes(nnz: int, g: Geometry, dtype: str) -> int:
 
 
 __all__ = ["OP", "KERNEL_NAME", "CONV_DTYPES", "CONV_LAYOUTS", "Geometry", "Plan", "ConvKernel", "as_compressed",
-           "build_conv", "check_config", "check_geometry", "chunked_csr", "tiled_csr", "tile_pitches", "tile_segments", "tile_smem_bytes", "compress_weight", "conv_env",
+           "build_conv", "check_config", "check_geometry", "chunked_csr", "tiled_csr", "tile_pitches", "tile_segments", "tile_smem_bytes", "tile_tile_bytes", "compress_weight", "conv_env",
            "conv_families", "conv_reference", "dense_weight", "flops", "get_conv_space", "key_pattern", "launch_plan",
            "load_conv_spaces", "min_bytes", "parse_hw", "parse_key_pattern", "pattern_context", "random_weight",
            "render_conv"]
