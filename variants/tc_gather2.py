@@ -31,28 +31,14 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparse_autotune.core.families import adapt_jointly, narrower, stored_then_scalar
+from sparse_autotune.core.families import (adapt_jointly, clean_csr, ldmatrix_wavefronts, narrower, nth_zero_table,
+                                            stored_then_scalar)
 from sparse_autotune.core.problem import bf16_float, storage
 from sparse_autotune.core.reorder import check_perm, reorder
 
 
-def _nth_zero_table() -> np.ndarray:
-    """t[mask, j]: the j-th zero bit of an 8-bit mask (8 where there is none)."""
-    t = np.full((256, 8), 8, dtype=np.int64)
-    for mask in range(256):
-        zeros = [b for b in range(8) if not mask >> b & 1]
-        t[mask, :len(zeros)] = zeros
-    return t
-
-
-_NTH_ZERO = _nth_zero_table()
-
-
-def _clean(a) -> sp.csr_matrix:
-    a = sp.csr_matrix(a, copy=True)  # the caller's matrix stays as it is
-    a.sum_duplicates()  # sorted indices, no duplicates
-    a.eliminate_zeros()
-    return a
+_NTH_ZERO = nth_zero_table()
+_clean = clean_csr
 
 
 WIDE = ("tf32", "fp32")  # the 32-bit dtypes: TF32 tensor cores (fp32: 3xTF32, split = "3xtf32")
@@ -247,12 +233,7 @@ def bank_wavefronts(lay: dict) -> float:
         counts = np.zeros((steps * 4, 4), dtype=np.int64)
         np.add.at(counts, (np.repeat(np.arange(steps * 4), 4), res.ravel()), 1)
         return float(2 * counts.max(axis=1).mean())
-    if not steps:
-        return 4.0
-    res = (lay["kslot"].astype(np.int64) & 7).reshape(steps * 2, 8)
-    counts = np.zeros((steps * 2, 8), dtype=np.int64)
-    np.add.at(counts, (np.repeat(np.arange(steps * 2), 8), res.ravel()), 1)
-    return float(2 * counts.max(axis=1).mean() * 2)
+    return ldmatrix_wavefronts(lay["kslot"], steps)
 
 
 def stats(lay: dict) -> dict:

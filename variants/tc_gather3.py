@@ -31,7 +31,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparse_autotune.core.families import adapt_jointly, narrower, stored_then_scalar
+from sparse_autotune.core.families import (adapt_jointly, clean_csr, ldmatrix_wavefronts, narrower, nth_zero_table,
+                                            stored_then_scalar)
 from sparse_autotune.core.problem import bf16_float, storage
 from sparse_autotune.core.reorder import check_perm, reorder
 
@@ -39,23 +40,8 @@ DTYPES16 = ("fp16", "bf16")
 _FLAG_CELLS = 1 << 27  # pairs x ks up to this: a flag array instead of np.unique for the distinct (pair, slot)
 
 
-def _nth_zero_table() -> np.ndarray:
-    """t[mask, j]: the j-th zero bit of an 8-bit mask (8 where there is none)."""
-    t = np.full((256, 8), 8, dtype=np.int64)
-    for mask in range(256):
-        zeros = [b for b in range(8) if not mask >> b & 1]
-        t[mask, :len(zeros)] = zeros
-    return t
-
-
-_NTH_ZERO = _nth_zero_table()
-
-
-def _clean(a) -> sp.csr_matrix:
-    a = sp.csr_matrix(a, copy=True)  # the caller's matrix stays as it is
-    a.sum_duplicates()  # sorted indices, no duplicates
-    a.eliminate_zeros()
-    return a
+_NTH_ZERO = nth_zero_table()
+_clean = clean_csr
 
 
 def check_geometry(rn: int, rb: int, upw: int, ks: int) -> int:
@@ -214,12 +200,7 @@ def bank_wavefronts(lay: dict) -> float:
     """Shared-memory wavefronts per ldmatrix.x4 of the layout's k-steps (4 is conflict-free): per half step (one 8 x 8
     matrix, two of them per x4 share the rows) the largest number of its 8 slots with the same slot % 8."""
     steps = lay["steps"]
-    if not steps:
-        return 4.0
-    res = (lay["kslot"].astype(np.int64) & 7).reshape(steps * 2, 8)
-    counts = np.zeros((steps * 2, 8), dtype=np.int64)
-    np.add.at(counts, (np.repeat(np.arange(steps * 2), 8), res.ravel()), 1)
-    return float(2 * counts.max(axis=1).mean() * 2)
+    return ldmatrix_wavefronts(lay["kslot"], steps)
 
 
 def stats(lay: dict) -> dict:

@@ -168,17 +168,47 @@ def splitk_workspace(kernel, family: str, shape: tuple[int, int], n: int):
                            lambda host: (np.zeros(nws, dtype=np.float32), np.zeros(ncnt, dtype=np.int32)))
 
 
-def csr_parts(a):
-    """(m, k, rows, cols, values) of a scipy CSR matrix as int64 coordinates in row-major order, duplicates summed and
-    explicit zeros dropped (the caller's matrix is left as it is): what the tile formats are built from."""
-    import numpy as np  # noqa: PLC0415
+def clean_csr(a):
+    """A copy of `a` as a scipy CSR matrix with sorted indices, duplicates summed and explicit zeros dropped (the
+    caller's matrix is left as it is)."""
     import scipy.sparse as sp  # noqa: PLC0415
     a = sp.csr_matrix(a, copy=True)
     a.sum_duplicates()  # sorted indices, no duplicates
     a.eliminate_zeros()
+    return a
+
+
+def csr_parts(a):
+    """(m, k, rows, cols, values) of a scipy CSR matrix as int64 coordinates in row-major order (clean_csr first):
+    what the tile formats are built from."""
+    import numpy as np  # noqa: PLC0415
+    a = clean_csr(a)
     m, k = a.shape
     rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
     return m, k, rows, a.indices.astype(np.int64), a.data
+
+
+def nth_zero_table():
+    """t[mask, j]: the j-th zero bit of an 8-bit mask (8 where there is none), int64 (256 x 8)."""
+    import numpy as np  # noqa: PLC0415
+    t = np.full((256, 8), 8, dtype=np.int64)
+    for mask in range(256):
+        zeros = [b for b in range(8) if not mask >> b & 1]
+        t[mask, :len(zeros)] = zeros
+    return t
+
+
+def ldmatrix_wavefronts(kslot, steps: int) -> float:
+    """Shared-memory wavefronts per ldmatrix.x4 over `steps` k-steps of 16 gathered rows at slots `kslot` (4 is
+    conflict-free): per half step (one 8 x 8 matrix, two of them per x4 share the rows) the largest number of its 8
+    slots with the same slot % 8."""
+    import numpy as np  # noqa: PLC0415
+    if not steps:
+        return 4.0
+    res = (np.asarray(kslot).astype(np.int64) & 7).reshape(steps * 2, 8)
+    counts = np.zeros((steps * 2, 8), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(steps * 2), 8), res.ravel()), 1)
+    return float(2 * counts.max(axis=1).mean() * 2)
 
 
 def row_order(a, order: str):
