@@ -470,6 +470,24 @@ def _find_ncu() -> str:
     return found
 
 
+def run_under_ncu(inner: list[str], kernel: str, skip: int, report, full: bool) -> int:
+    """This script with the arguments `inner` under Nsight Compute: the usual sections (or --set full) plus the stall
+    reasons, one launch of the kernels matching `kernel` after `skip` of them, the text report into `report`."""
+    ncu = _find_ncu()
+    report = Path(report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    sections = ["--set", "full"] if full else [x for s in NCU_SECTIONS for x in ("--section", s)]
+    # the stall reasons, each as warp-cycles per issued instruction (the text report prints no breakdown else)
+    sections += ["--metrics", NCU_STALLS]
+    cmd = [ncu, *sections, "-k", f"regex:{kernel}", "-s", str(skip), "-c", "1",
+           sys.executable, str(Path(__file__).resolve()), *inner]
+    log("running " + " ".join(cmd) + f" > {report}")
+    with open(report, "w") as fh:
+        rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    log(f"ncu rc={rc}: {report}")
+    return rc
+
+
 def cmd_profile(a) -> int:
     case = parse_case(a.case)
     if a.launches <= 0:
@@ -480,22 +498,11 @@ def cmd_profile(a) -> int:
         raise UserError("give --db (the case's best record), or --family and --config")
     cfg = parse_config(a.config) if a.config else None
     if a.ncu is not None:
-        ncu = _find_ncu()
         fam = a.family or "best"
-        report = Path(a.ncu) if a.ncu else out_dir() / "ncu" / f"ncu-{fam}-{case.slug()}.txt"
-        report.parent.mkdir(parents=True, exist_ok=True)
-        sections = ["--set", "full"] if a.ncu_full else [x for s in NCU_SECTIONS for x in ("--section", s)]
-        # the stall reasons, each as warp-cycles per issued instruction (the text report prints no breakdown else)
-        sections += ["--metrics", NCU_STALLS]
         inner = ["profile", "--case", a.case, "--launches", str(a.launches)]
         inner += ["--family", a.family, "--config", a.config] if a.family else ["--db", a.db]
-        cmd = [ncu, *sections, "-k", "regex:spmm_kernel", "-s", "2", "-c", "1",
-               sys.executable, str(Path(__file__).resolve()), *inner]
-        log("running " + " ".join(cmd) + f" > {report}")
-        with open(report, "w") as fh:
-            rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
-        log(f"ncu rc={rc}: {report}")
-        return rc
+        return run_under_ncu(inner, "spmm_kernel", 2, a.ncu or out_dir() / "ncu" / f"ncu-{fam}-{case.slug()}.txt",
+                             a.ncu_full)
     dev = Device()
     if cfg is None:
         family, cfg, stored = _record_config(case, a.db, dev.info.name)
@@ -1164,6 +1171,11 @@ def cmd_conv(a) -> int:
         except ValueError:
             raise UserError(f"--config is not JSON: {a.config!r}")
         (case,) = cb.parse_cases(a.one, a.layout)[:1]
+        if a.ncu is not None:  # the first launch is the verified one: profile the second
+            inner = ["conv", "--one", a.one, "--layout", a.layout, "--family", a.family, "--config", a.config,
+                     "--launches", str(max(a.launches, 2)), "--seed", str(a.seed)]
+            return run_under_ncu(inner, "conv3x3", 1, a.ncu or out_dir() / "ncu" / f"ncu-{a.family}-{case['name']}.txt",
+                                 a.ncu_full)
         res = cb.run_one(case, a.family, cfg, a.launches, a.seed)
         print(json.dumps(res, default=list), flush=True)
         return 0 if res["ok"] else 1
@@ -1310,6 +1322,10 @@ def parser() -> argparse.ArgumentParser:
     cv.add_argument("--family", help="with --one: the family")
     cv.add_argument("--config", help="with --one: the config (JSON)")
     cv.add_argument("--launches", type=int, default=1, help="with --one: launches (default 1; the first verified)")
+    cv.add_argument("--ncu", nargs="?", const="", default=None, metavar="FILE",
+                    help="with --one: run it under ncu (its second launch); the report into FILE (default "
+                         "OUTDIR/ncu/ncu-FAMILY-CASE.txt)")
+    cv.add_argument("--ncu-full", action="store_true", help="ncu --set full instead of the usual sections")
 
     ft = sub.add_parser("finetune", help="fine-tuning: trainable SparseLinear vs dense masked nn.Linear (loss, step time)")
     ft.add_argument("--quick", action="store_true", help="2 blocks, 120 steps (about a minute of GPU time)")
