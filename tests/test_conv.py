@@ -541,3 +541,158 @@ def test_bench_sample_configs_known_good_first_then_feasible_and_deterministic()
     assert got == cb.sample_configs("conv_tile", "fp16", env, len(kg) + 8, seed=3)
     # 3/4 of the sampled ones from the prior (>= 4 accumulators, 128-512 threads, >= 16 channels a block)
     assert sum(cb._tile_prior(c) for c in got[len(kg):]) >= 6
+
+
+# ---- conv_tile stg (NCHW staging by 4-column groups, bench/drafts/conv3x3-v4.md) and ppt 8 ------------------------------
+
+STG_CFG = {"th": 2, "tw": 16, "ppt": 4, "rpt": 1, "cot": 64, "cc": 32, "ksplit": 1, "unroll": 4, "pf": 1, "dsm": 1,
+           "occ": 1, "stg": 1}
+
+
+def _stg_stage(xp, h, w, b, c0, cc, oy0, ox0, s, th, tw, rp, pl, nt):
+    """The template's stg staging mirrored on the CPU (xp: the h x w image X padded by zeros, from row / column -1):
+    the threads' 4-column groups (r, gq) of a channel's HIN x NGW, their channels cg + j * G, the NX inputs of a group
+    from xc0 = ix0 + 4 * gq * s (0 outside the image; as aligned pairs from xc0 - 1 where w and tw * s are even) and
+    the three 4-wide stores. Returns (S, writes per slot)."""
+    hin, ngw, nx = (th - 1) * s + 3, (tw + 3) // 4, 3 * s + 3
+    npl = hin * ngw
+    g_ = max(nt // npl, 1)
+    kp = 1 if nt >= npl else -(-npl // nt)
+    nc = -(-cc // g_)
+    kst = cc * pl
+    S = np.full(3 * kst, np.nan)
+    hits = np.zeros(3 * kst, int)
+    iy0, ix0 = oy0 * s - 1, ox0 * s - 1
+    for tid in range(nt):
+        cg = tid // npl if nt >= npl else 0
+        for k in range(kp):
+            p = tid % npl if nt >= npl else tid + k * nt
+            mine = tid < g_ * npl if nt >= npl else p < npl
+            if not mine:
+                continue
+            r, gq = p // ngw, p % ngw
+            iy, xc0 = iy0 + r, ix0 + gq * 4 * s
+            for j in range(nc):
+                c = cg + j * g_
+                if c >= cc:
+                    continue
+                if w % 2 == 0 and (tw * s) % 2 == 0:  # aligned pairs from xc0 - 1, one mask bit a pair
+                    u = []
+                    for q in range(-(-(nx + 1) // 2)):
+                        col = xc0 - 1 + 2 * q
+                        inside = 0 <= iy < h and 0 <= col < w
+                        assert col % 2 == 0 and (0 <= col + 1 < w) == (0 <= col < w)  # wholly in or out of the row
+                        u += [xp[b, c0 + c, iy + 1, col + 1 + e] if inside else 0.0 for e in (0, 1)]
+                    u = u[1:nx + 1]
+                else:
+                    u = [xp[b, c0 + c, iy + 1, xc0 + i + 1] if 0 <= iy < h and 0 <= xc0 + i < w else 0.0
+                         for i in range(nx)]
+                at = c * pl + r * rp + gq * 4
+                assert at % 4 == 0 and kst % 4 == 0  # 16-byte stores
+                for kx in range(3):
+                    S[kx * kst + at: kx * kst + at + 4] = [u[jj * s + kx] for jj in range(4)]
+                    hits[kx * kst + at: kx * kst + at + 4] += 1
+    return S, hits
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_tile_stg_staging_mirrored_on_the_cpu_fills_every_slot_by_its_definition(stride):
+    """Every S[kx][c][r][j] (j < tw) written exactly once with X[c0 + c][iy0 + r][(ox0 + j) * s + kx - 1] (0 outside the
+    image) by the stg thread mapping, for thread counts above and below one channel's groups, tw not a multiple of 4,
+    tiles on the image's edges and channels past Cin."""
+    rng = np.random.default_rng(stride)
+    for th, tw, nt, cc, (h, w) in ((2, 16, 512, 32, (9, 30)), (4, 8, 64, 32, (7, 7)), (7, 7, 8, 32, (13, 11)),
+                                   (1, 14, 32, 64, (5, 17)), (8, 32, 128, 32, (12, 40)), (7, 7, 64, 32, (6, 14)),
+                                   (2, 16, 64, 32, (8, 8))):
+        rp = -(-tw // 4) * 4 + 4
+        hin = (th - 1) * stride + 3
+        pl = hin * rp + 4
+        cin = cc + 3
+        x = rng.standard_normal((1, cin, h, w))
+        xp = np.zeros((1, cin + cc, h + 2 + 2 * th * stride, w + 2 + 8 * tw * stride))
+        xp[:, :cin, 1:h + 1, 1:w + 1] = x
+        ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+        for oy0 in range(0, ho, th):
+            for ox0 in range(0, wo, tw):
+                S, hits = _stg_stage(xp, h, w, 0, cc // 2, cc, oy0, ox0, stride, th, tw, rp, pl, nt)
+                kst = cc * pl
+                for kx in range(3):
+                    for c in range(cc):
+                        for r in range(hin):
+                            at = kx * kst + c * pl + r * rp
+                            cols = (ox0 + np.arange(tw)) * stride + kx  # padded: ix + 1
+                            want = xp[0, cc // 2 + c, oy0 * stride + r, cols]
+                            np.testing.assert_array_equal(S[at: at + tw], want)
+                            assert (hits[at: at + tw] == 1).all(), (th, tw, nt, kx, c, r)
+                            assert (hits[at + tw: at + rp] <= 1).all()  # padding columns inside the row pitch
+
+
+def test_conv_tile_stg_is_a_dsm_axis_and_old_configs_render_unchanged():
+    space = C.get_conv_space("conv_tile")
+    wc = C.random_weight(72, 70, 0.05)
+    g = C.check_geometry(72, 70, 28, 28, 8, 2, "nchw")
+    env = C.conv_env(g, wc.nnz, "fp16")
+    assert space.normalize({**STG_CFG, "cc": 16, "dsm": 0}, "fp16").get("stg") is None  # stg only with dsm
+    old = space.normalize({k: v for k, v in STG_CFG.items() if k != "stg"}, "fp16")
+    assert old["stg"] == 0
+    plan = C.launch_plan("conv_tile", old, wc, g)
+    src0 = C.render_conv("conv_tile", old, "fp16", plan.context)
+    assert "ldm<" not in src0 and "make_float4" not in src0
+    cfg = space.normalize({**STG_CFG, "pf": 0}, "fp16")
+    assert space.check(cfg, env) is None
+    src = C.render_conv("conv_tile", cfg, "fp16", plan.context)
+    assert src.count("ldm<16u>") == 1 and "ldm<32u>" not in src  # 9 inputs in 5 pairs (width 28 and tw * 2 even)
+    assert "make_float4(f[0], f[2], f[4], f[6])" in src and "f[0] = h2f((unsigned short)(u[0] >> 16));" in src
+    odd = C.check_geometry(72, 70, 27, 27, 8, 2, "nchw")  # odd width: 9 single loads
+    assert C.render_conv("conv_tile", cfg, "fp16", C.launch_plan("conv_tile", cfg, wc, odd).context).count("ldm<256u>") == 1
+    nhwc = C.check_geometry(72, 70, 28, 28, 8, 2, "nhwc")  # NHWC ignores stg: the same source as stg 0
+    ctx = C.launch_plan("conv_tile", cfg, wc, nhwc).context
+    assert C.render_conv("conv_tile", cfg, "fp16", ctx) == C.render_conv("conv_tile", old, "fp16", ctx)
+    # prefetch with stg: at most 6 raw inputs a thread at 512 threads under occ (12 spilled), 12 otherwise
+    why = space.check(space.normalize(STG_CFG, "fp16"), env)  # stride 2: 9 inputs a group
+    assert why is not None and "raw inputs" in why
+    env1 = C.conv_env(C.check_geometry(72, 70, 14, 14, 8, 1, "nchw"), wc.nnz, "fp16")
+    assert space.check(space.normalize(STG_CFG, "fp16"), env1) is None  # stride 1, one group of 6 a thread
+    assert "raw inputs" in space.check(space.normalize({**STG_CFG, "cc": 64}, "fp16"), env1)  # two groups
+    assert space.check(space.normalize({**STG_CFG, "cc": 64, "pf": 0}, "fp16"), env1) is None
+    assert space.check(space.normalize({**STG_CFG, "cc": 64, "occ": 0}, "fp16"), env1) is None
+
+
+def test_conv_tile_ppt_8_emulated_on_the_cpu_matches_the_reference():
+    w = _w(9, 21, 0.2, seed=8)
+    w[2] = 0
+    wc = C.compress_weight(w)
+    for s in (1, 2):
+        g = C.check_geometry(9, 21, 11, 19, 2, s, "nchw")
+        x = np.random.default_rng(9).standard_normal(g.x_shape)
+        cfg = {"th": 2, "tw": 16, "ppt": 8, "rpt": 1, "cot": 8, "cc": 8, "ksplit": 2, "unroll": 2}
+        np.testing.assert_allclose(_emulate_tile(wc, x, g, cfg), C.conv_reference(wc, x, g), atol=1e-9)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+@pytest.mark.parametrize("dtype,stride", [("fp16", 1), ("fp32", 2), ("bf16", 1), ("fp16", 2), ("fp32", 1)])
+def test_conv_tile_stg_and_ppt_8_compile_for_sm90_without_spills(dtype, stride):
+    import re
+    from sparse_autotune.device.compile import nvcc_check
+    wc = C.random_weight(72, 68, 0.05)  # channels not multiples of the tile
+    g = C.check_geometry(72, 68, 14 * stride, 14 * stride, 3, stride, "nchw")
+    space = C.get_conv_space("conv_tile")
+    env = C.conv_env(g, wc.nnz, dtype)
+    cfgs = [space.normalize(c, dtype) for c in (
+        STG_CFG, {**STG_CFG, "pf": 0, "cc": 64}, {**STG_CFG, "ksplit": 2, "pf": 0},
+        {**STG_CFG, "th": 4, "ppt": 8, "pf": 0}, {**STG_CFG, "th": 4, "ppt": 8, "cot": 32},
+        {**STG_CFG, "th": 7, "tw": 7, "ppt": 1, "rpt": 7, "cot": 32, "occ": 0},  # tw % 4 != 0
+        {**STG_CFG, "th": 2, "ppt": 8, "stg": 0}, {**STG_CFG, "pf": 0},
+        {**STG_CFG, "th": 4, "tw": 8, "pf": 0, "ksplit": 2}, {**STG_CFG, "th": 4, "tw": 8, "ppt": 8, "pf": 0, "cot": 32})]
+    cfgs = [c for c in cfgs if c is not None and space.check(c, env) is None]
+    assert len(cfgs) >= 3 and any(c["ppt"] == 8 for c in cfgs) and any(c["stg"] and not c["pf"] for c in cfgs)
+    assert stride == 2 or any(c["stg"] and c["pf"] for c in cfgs)  # stride 2: 9 raw inputs a group, no prefetch
+    odd = C.check_geometry(72, 68, 14 * stride + 1, 14 * stride + 1, 3, stride, "nchw")  # single loads, not pairs
+    for cfg, gg in [(c, g) for c in cfgs] + [(c, odd) for c in cfgs[:2]]:
+        plan = C.launch_plan("conv_tile", cfg, wc, gg)
+        src = C.render_conv("conv_tile", cfg, dtype, plan.context)
+        assert not cfg["stg"] or ("[0] >> 16)" in src or "[0].y;" in src) == (gg is g), cfg  # pairs where w is even
+        rep = nvcc_check(src)
+        assert "0 bytes spill stores" in rep, (cfg, rep)
+        if cfg.get("occ"):
+            assert int(re.search(r"Used (\d+) registers", rep).group(1)) <= 65536 // (plan.block[0] * -(-768 // plan.block[0])), cfg

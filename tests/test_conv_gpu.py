@@ -229,3 +229,40 @@ def test_conv_tile_dsm_known_good_on_the_suite_layers_at_batch_8(cp):
                 _check(cp, "conv_tile", cfg, "fp16", g, C.dense_weight(wc))
                 ran += 1
     assert ran >= 6
+
+
+# conv_tile stg (NCHW staging by 4-column groups; NHWC ignores it) and ppt 8: bench/drafts/conv3x3-v4.md
+STG_CFGS = [{"th": 2, "tw": 16, "ppt": 4, "rpt": 1, "cot": 64, "cc": 64, "ksplit": 1, "unroll": 4, "pf": 0, "dsm": 1,
+             "occ": 1, "stg": 1},
+            {"th": 2, "tw": 16, "ppt": 4, "rpt": 1, "cot": 64, "cc": 32, "ksplit": 1, "unroll": 4, "pf": 1, "dsm": 1,
+             "occ": 1, "stg": 1},
+            {"th": 2, "tw": 16, "ppt": 4, "rpt": 1, "cot": 64, "cc": 32, "ksplit": 2, "unroll": 4, "pf": 0, "dsm": 1,
+             "occ": 1, "stg": 1},
+            {"th": 4, "tw": 16, "ppt": 8, "rpt": 1, "cot": 64, "cc": 32, "ksplit": 1, "unroll": 4, "pf": 0, "dsm": 1,
+             "occ": 1, "stg": 1},
+            {"th": 4, "tw": 8, "ppt": 4, "rpt": 1, "cot": 64, "cc": 32, "ksplit": 4, "unroll": 4, "pf": 1, "dsm": 1,
+             "occ": 1, "stg": 1},
+            # tw not a multiple of 4 (padding columns), 7 rows a thread, no occ
+            {"th": 7, "tw": 7, "ppt": 1, "rpt": 7, "cot": 32, "cc": 32, "ksplit": 1, "unroll": 2, "pf": 0, "dsm": 1,
+             "stg": 1},
+            # ppt 8 without stg, static shared memory
+            {"th": 2, "tw": 16, "ppt": 8, "rpt": 1, "cot": 32, "cc": 8, "ksplit": 1, "unroll": 4, "pf": 1}]
+STG_GEOMS = [(72, 140, 14, 14, 1, 1), (40, 36, 28, 28, 8, 2), (72, 70, 7, 7, 3, 1), (40, 40, 17, 35, 8, 2)]
+
+
+@pytest.mark.parametrize("layout,dtype", [("nchw", "fp32"), ("nchw", "fp16"), ("nhwc", "fp16")])
+def test_conv_tile_stg_and_ppt_8_edge_cases(cp, layout, dtype):
+    space = C.get_conv_space("conv_tile")
+    ran, stg = 0, 0
+    for gi, (cout, cin, h, w_, b, s) in enumerate(STG_GEOMS):
+        g = C.check_geometry(cout, cin, h, w_, b, s, layout)
+        w = _weight(cout, cin, 0.05, seed=20 + gi, empty=(0, cout - 1), dense=(1,))
+        env = C.conv_env(g, int(np.count_nonzero(w)), dtype)
+        for cfg in STG_CFGS:
+            cfg = space.normalize(cfg, dtype)
+            if cfg is None or space.check(cfg, env) is not None:
+                continue
+            _check(cp, "conv_tile", cfg, dtype, g, w)
+            ran += 1
+            stg += bool(cfg.get("stg"))
+    assert ran >= 10 and stg >= 8
