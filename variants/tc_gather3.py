@@ -14,7 +14,7 @@ ks * j .. ks * j + ks - 1); a tile lists only its non-empty slices (those where 
 
 Pair (tile s, warp row w, local slice j, unit v of the warp) is number (tile_sptr[s] * wm + w * ns_s + j) * upw + v
 (ns_s: the tile's slices), so a warp's pairs, hence its k-steps, are consecutive over the whole tile: it walks steps
-step_ptr[p0] .. step_ptr[p0 + ns_s * upw] - 1 with the operands of A prefetched two steps ahead whatever slice or unit
+step_ptr[p0] .. step_ptr[p0 + ns_s * upw] - 1 with the operands of A prefetched apf steps ahead whatever slice or unit
 they belong to. A pair's steps hold its unit's columns in the slice (16 a step, the last padded with weight-0 slots):
 
     kslot[16 t + k]                           the slot (row of the staged slice, 0 .. ks - 1) of column k of step t

@@ -196,7 +196,7 @@ def test_launch_matches_the_kernel_signature(dtype):
 
 
 PROBLEMS = [(3072, 768, 2048, 0.05), (11008, 4096, 128, 0.1), (4096, 4096, 64, 0.1), (101, 384, 1, 0.08)]
-PARAMS = ("rn", "rb", "upw", "wn", "tile_n", "ks", "stages", "bload", "row_order")
+PARAMS = ("rn", "rb", "upw", "wn", "tile_n", "ks", "stages", "apf", "minb", "bload", "row_order")
 
 
 def test_every_feasible_config_renders():
@@ -287,7 +287,7 @@ def test_known_good_configs_cover_the_roofline_shapes_and_odd_n():
 def test_shared_memory_and_constraints():
     h = host()
     sp = space()
-    cfg = dict(rn=1, rb=128, upw=2, wn=1, tile_n=128, ks=128, stages=3, bload="vec", row_order="natural")
+    cfg = dict(rn=1, rb=128, upw=2, wn=1, tile_n=128, ks=128, stages=3, apf=2, minb=0, bload="vec", row_order="natural")
     ring = 3 * 128 * (2 * 128 + 16)
     assert h.ring_bytes(cfg) == ring and h.ctile_bytes(cfg) == 128 * 272 and h.shared_bytes(cfg) == ring
     k = fake_kernel(FAMILY, cfg, "fp16", random_matrix(64, 512, 0.05, "uniform", 0))
@@ -306,11 +306,18 @@ def test_shared_memory_and_constraints():
     assert sp.check(dict(cfg, tile_n=64, bload="scalar"), odd, DEFAULT_LIMITS) is None
     src = render.render(sp, cfg, "fp16")
     assert f"#define STAGE_BYTES {128 * 272}" in src and "#define RS 272" in src and "#define WM 8" in src
+    # minb: blocks an SM asked of ptxas, within shared memory, warps and the registers the cap leaves
+    best = dict(cfg, tile_n=64, ks=256, stages=2)  # 256 threads, 73.7 KB: 3 blocks fit 228 KB
+    assert sp.check(dict(best, apf=4, minb=3), env, DEFAULT_LIMITS) is None
+    assert "__launch_bounds__(NTHREADS, 3)" in render.render(sp, dict(best, apf=4, minb=3), "fp16")
+    assert "shared memory" in sp.check(dict(best, minb=4), env, DEFAULT_LIMITS)  # 4 x 74.7 KB
+    assert "registers" in sp.check(dict(best, apf=8, minb=3), env, DEFAULT_LIMITS)  # 80 < 32 + 24 + 28: spills
 
 
 def test_adapt_to_another_n():
     fam = get_family(FAMILY)
-    cfg = dict(rn=1, rb=128, upw=2, wn=1, tile_n=128, ks=128, stages=3, bload="vec", row_order="greedy")
+    cfg = dict(rn=1, rb=128, upw=2, wn=1, tile_n=128, ks=128, stages=3, apf=4, minb=0, bload="vec",
+               row_order="greedy")
     for n in (1, 7, 49):
         env = problem_env(3072, 768, n, 117965, "fp16")
         got = fam.adapt(cfg, "fp16", env, DEFAULT_LIMITS)
@@ -326,7 +333,7 @@ def test_geometry_args_and_caching():
     h = host()
     a = clustered()
     dev = FakeDeviceCSR(a, "fp16")
-    cfg = dict(rn=1, rb=64, upw=2, wn=1, tile_n=64, ks=64, stages=3, bload="vec", row_order="natural")
+    cfg = dict(rn=1, rb=64, upw=2, wn=1, tile_n=64, ks=64, stages=3, apf=2, minb=0, bload="vec", row_order="natural")
     k = fake_kernel(FAMILY, cfg, "fp16", a, dev)
     assert h.geometry(k, 200) == ((-(-203 // 64) * 4,), (128,))
     names = [nm for nm, _ in signature(k.source)]
@@ -439,12 +446,12 @@ class Emulated:
 def _emu_configs(dtype):
     """A small covering sample: every rn, rb, upw, wn, tile_n, ks, stages, bload and row order at least once, at most
     256 threads (each one a std::thread)."""
-    base = dict(rn=1, rb=32, upw=1, wn=1, tile_n=64, ks=32, stages=2, bload="vec", row_order="natural")
+    base = dict(rn=1, rb=32, upw=1, wn=1, tile_n=64, ks=32, stages=2, apf=2, minb=0, bload="vec", row_order="natural")
     cfgs = [base,
-            dict(base, rn=2, rb=64, upw=2, wn=2, tile_n=128, ks=64, stages=3, row_order="greedy"),
-            dict(base, rb=128, upw=4, ks=256, stages=3, row_order="minhash"),
-            dict(base, bload="scalar", rn=2, rb=32, ks=128, stages=3),
-            dict(base, bload="scalar", rb=64, upw=2, wn=2, ks=64, row_order="greedy")]
+            dict(base, rn=2, rb=64, upw=2, wn=2, tile_n=128, ks=64, stages=3, apf=4, row_order="greedy"),
+            dict(base, rb=128, upw=4, ks=256, stages=3, apf=8, row_order="minhash"),
+            dict(base, bload="scalar", rn=2, rb=32, ks=128, stages=3, apf=8, minb=4),
+            dict(base, bload="scalar", rb=64, upw=2, wn=2, ks=64, apf=4, minb=3, row_order="greedy")]
     sp = space()
     assert all(sp.normalize(c, dtype) == c for c in cfgs)
     assert all(sp.check(c, problem_env(203, 3000, 136, 20000, dtype), DEFAULT_LIMITS) is None for c in cfgs)
@@ -558,3 +565,59 @@ def test_known_good_configs_correct_on_the_roofline_shapes():
                 c = cp.empty((m, n), dtype=cp.uint16 if dtype == "bf16" else cp.float16)
                 err = check(lambda: kern(b, c), c, reference(a64, b), dtype)
                 assert err <= TOLERANCE[dtype], (m, k, n, cfg, err)
+
+
+@pytest.mark.gpu
+def test_prefetch_ring_and_register_cap_correct_on_the_gpu():
+    """apf (A's operands 2, 4 or 8 steps ahead in a ring of register sets, walked by a switch on t % apf) and minb
+    (the register cap of 2-4 blocks an SM) on the GPU: every apf x minb on matrices whose warps start their steps at
+    every ring phase and whose units' step counts run from 0 to a whole slice (power-law rows, a wide K of 12-47
+    slices, a dense block, one dense row among empty ones), at N = 72 and 2048, against float64 (fp16; bf16 for
+    one)."""
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
+    sp = space()
+    h = host()
+    every = edge_cases()
+    mats = {"powerlaw_101": every["powerlaw_101"], "wide_24x3000": every["wide_24x3000"],
+            "dense_33x129": every["dense_33x129"], "one_dense_row": every["one_dense_row"],
+            "uniform_700x1500": random_matrix(700, 1500, 0.05, "uniform", 2)}
+    geos = [dict(rn=1, rb=128, upw=2, wn=1, tile_n=64, ks=256, stages=2),
+            dict(rn=2, rb=128, upw=1, wn=1, tile_n=64, ks=256, stages=2),
+            dict(rn=1, rb=32, upw=1, wn=1, tile_n=64, ks=64, stages=3)]
+    ran = 0
+    phases = set()
+    for name, a in mats.items():
+        for geo in geos:
+            lay = h.build(a, geo["rn"], geo["rb"], geo["upw"], geo["ks"])
+            wm = lay["wm"]
+            for s in range(lay["tiles"]):  # the warps' first steps, mod 8
+                ns = lay["tile_sptr"][s + 1] - lay["tile_sptr"][s]
+                phases |= {int(lay["step_ptr"][(lay["tile_sptr"][s] * wm + w * ns) * geo["upw"]]) % 8
+                           for w in range(wm)}
+        for dtype in ("fp16", "bf16") if name == "uniform_700x1500" else ("fp16",):
+            a16 = a.copy()
+            a16.data = host_values(a16.data.astype(np.float32), DTYPES[dtype])
+            dev = DeviceCSR(a16, dtype)
+            a64 = csp.csr_matrix(a16.astype(np.float64))
+            for n in (72, 2048) if name == "uniform_700x1500" else (72,):
+                env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
+                b = cp.asarray(storage(np.random.default_rng(n).standard_normal((a.shape[1], n)).astype(np.float32),
+                                       dtype))
+                want = reference(a64, b)
+                for geo in geos:
+                    for apf in (2, 4, 8):
+                        for minb in (0, 3):  # (2 and 4: the covering samples of the edge-case tests)
+                            cfg = sp.normalize(dict(geo, apf=apf, minb=minb, bload="vec", row_order="natural"), dtype)
+                            if cfg is None or sp.check(cfg, env, DEFAULT_LIMITS) is not None:
+                                continue
+                            kern = build_kernel(dev, FAMILY, cfg, dtype)
+                            c = cp.empty((a.shape[0], n), dtype=cp.uint16 if dtype == "bf16" else cp.float16)
+                            err = check(lambda: kern(b, c), c, want, dtype)
+                            assert err <= TOLERANCE[dtype], (name, n, dtype, cfg, err)
+                            ran += 1
+    assert phases == set(range(8))
+    assert ran >= 60
