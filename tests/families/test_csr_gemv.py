@@ -23,6 +23,35 @@ def host():
     return get_family(FAMILY).host
 
 
+_SHUFFLED: dict[str, list[dict]] = {}
+
+
+def sample_feasible(dtype: str, env: dict, k: int, seed: str, pred=None) -> list[dict]:
+    """k feasible configs (pred(config) true, if given), the first ones of the space's enumeration in a fixed random
+    order: cheaper than listing all ~30k feasible configs for every case and N."""
+    import random
+    sp = get_family(FAMILY).space
+    if dtype not in _SHUFFLED:
+        cfgs = list(sp.enumerate(dtype))
+        random.Random(f"csr_gemv/{dtype}").shuffle(cfgs)
+        _SHUFFLED[dtype] = cfgs
+    cfgs = _SHUFFLED[dtype]
+    start = random.Random(seed).randrange(len(cfgs))
+    out = []
+    for i in range(len(cfgs)):
+        c = cfgs[(start + i) % len(cfgs)]
+        if (pred is None or pred(c)) and sp.check(c, env, DEFAULT_LIMITS) is None:
+            out.append(c)
+            if len(out) == k:
+                break
+    return out
+
+
+def is_new(c: dict) -> bool:
+    """A config using split, pf or minb (issue 16)."""
+    return c.get("split", 1) > 1 or c.get("pf", 0) == 1 or c.get("minb", 1) > 1
+
+
 def adversarial():
     rng = np.random.default_rng(5)
 
@@ -101,7 +130,8 @@ def test_constraints_and_adapt():
     cfg = dict(lanes=16, warps=8, nb=8, iters=2, unroll=2)
     assert sp.check(cfg, one, DEFAULT_LIMITS) is not None  # 8 columns for N = 1
     got = fam.adapt(cfg, "fp16", one, DEFAULT_LIMITS)
-    assert got == {**cfg, "nb": 1, "bsrc": "smem", "acc": "f32"}  # configs stored before bsrc / acc read as before
+    # configs stored before bsrc / acc / pf / minb read as before (split is inactive below nb 16)
+    assert got == {**cfg, "nb": 1, "bsrc": "smem", "acc": "f32", "pf": 0, "minb": 1}
     assert sp.check(cfg, problem_env(4096, 70000, 8, 10, "fp16"), DEFAULT_LIMITS) is not None  # 16-bit indices
     smem = {**cfg, "bsrc": "smem", "acc": "f32"}
     assert sp.check(smem, problem_env(4096, 16384, 8, 10, "fp16"), DEFAULT_LIMITS) is not None  # B over 227 KB
@@ -142,13 +172,15 @@ def test_new_options_compile_with_nvcc(layout):
 
 
 def test_every_config_renders_for_bf16_too():
+    """Every 13th config of the space (61440 with split / pf / minb; 13 is prime to every parameter's count)."""
     sp = get_family(FAMILY).space
     n = 0
-    for cfg in sp.enumerate("fp16"):
+    cfgs = list(sp.enumerate("fp16"))
+    for cfg in cfgs[::13]:
         src = render.render(sp, cfg, "bf16")
         assert "cvt.rn.bf16.f32" in src and "cvt.f32.f16" not in src and "<< 16" in src
         n += 1
-    assert n == len(list(sp.enumerate("fp16"))) > 100
+    assert n == len(cfgs[::13]) > 1000
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
@@ -183,8 +215,7 @@ def test_correct_on_edge_cases():
         a64 = csp.csr_matrix(a.astype(np.float64))
         for n in (1, 3, 8, 13, 127):
             env = problem_env(a.shape[0], a.shape[1], n, a.nnz, "fp16")
-            feas = list(sp.feasible("fp16", env, DEFAULT_LIMITS))
-            cfgs = feas[:: max(1, len(feas) // 12)]
+            cfgs = sample_feasible("fp16", env, 12, f"{name}/{n}")
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
                 kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, "fp16"), cfgs))
             for k in kernels:
@@ -193,3 +224,212 @@ def test_correct_on_edge_cases():
                 assert check(lambda: k(b, c), c, reference(a64, b), "fp16") <= 2e-3, (name, n, k.config)
                 checked += 1
     assert checked > 300
+
+
+# ---- issue 16: split (lanes sharing a B row), pf (the next chunks a group ahead), minb (a register cap) -----------
+
+NEW = [dict(lanes=8, warps=4, nb=16, iters=1, unroll=1, bsrc="l1", acc="h2x4", split=2, pf=1, minb=8),
+       dict(lanes=32, warps=2, nb=16, iters=2, unroll=2, bsrc="smem", acc="f32", split=2, pf=1, minb=4),
+       dict(lanes=4, warps=2, nb=32, iters=2, unroll=1, bsrc="l1", acc="f32", split=4, pf=0, minb=1),
+       dict(lanes=16, warps=4, nb=32, iters=1, unroll=2, bsrc="smem", acc="h2x4", split=2, pf=1, minb=2),
+       dict(lanes=8, warps=2, nb=8, iters=4, unroll=2, bsrc="smem", acc="f32", pf=1, minb=1),
+       dict(lanes=16, warps=4, nb=1, iters=2, unroll=1, bsrc="smem", acc="f32", pf=1, minb=8)]
+
+
+def test_split_pf_minb_in_the_space():
+    sp = get_family(FAMILY).space
+    env = problem_env(4096, 4096, 32, 1_600_000, "fp16")
+    ok = dict(lanes=8, warps=4, nb=16, iters=1, unroll=1, bsrc="l1", acc="h2x4", split=2, pf=1, minb=8)
+    assert sp.check(ok, env, DEFAULT_LIMITS) is None
+    assert sp.check({**ok, "split": 4}, env, DEFAULT_LIMITS) is not None  # a piece narrower than 8 columns
+    assert sp.check({**ok, "nb": 32, "split": 4}, env, DEFAULT_LIMITS) is None
+    assert sp.check({**ok, "warps": 16, "minb": 8}, env, DEFAULT_LIMITS) is not None  # 128 warps an SM
+    assert "split" not in sp.normalize({**ok, "nb": 8}, "fp16")  # inactive below nb 16
+    old = dict(lanes=8, warps=8, nb=16, iters=2, unroll=2, bsrc="l1", acc="h2x4")  # a config stored before them
+    assert sp.normalize(old, "fp16") == {**old, "split": 1, "pf": 0, "minb": 1}
+    n16 = sp.defaults("fp16", problem_env(14336, 4096, 16, 2_936_013, "fp16"), DEFAULT_LIMITS)
+    assert any(c.get("split") == 2 and c["pf"] == 1 and c["minb"] == 8 for c in n16)  # the tuner tries them first
+    n32 = sp.defaults("bf16", problem_env(11008, 4096, 32, 2_254_438, "bf16"), DEFAULT_LIMITS)
+    assert any(c.get("split") == 4 and c["pf"] == 1 for c in n32)
+
+
+def test_split_pf_minb_render():
+    sp = get_family(FAMILY).space
+    base = dict(lanes=8, warps=4, nb=16, iters=1, unroll=1, bsrc="l1", acc="h2x4")
+    old = render.render(sp, base, "fp16")
+    assert "__launch_bounds__(32 * WARPS)\n" in old and "qv[" not in old and "bb[8]" not in old
+    assert "#define SPLIT 1" in old and "#define CW 16" in old
+    new = render.render(sp, {**base, "split": 2, "pf": 1, "minb": 8}, "fp16")
+    assert "__launch_bounds__(32 * WARPS, 8)" in new and "qv[1]" in new and "bb[8][4]" in new
+    assert "#define SPLIT 2" in new and "#define CW 8" in new and "off >= SPLIT" in new
+    wide = render.render(sp, {**base, "nb": 32, "split": 2, "pf": 1}, "fp16")
+    assert "#define CW 16" in wide and "bb[8]" not in wide  # 16 columns a lane: the rows loaded as needed
+
+
+@pytest.mark.parametrize("layout", ["kn", "nk"])
+def test_split_pf_minb_compile_with_nvcc(layout):
+    """The new known-good configs and NEW (each in fp16 or bf16, in turn): nvcc compiles them; the register cap holds;
+    in kn through L1 with unroll 1 nothing spills (nk through L1 reads x element by element: a few bytes of spill are
+    allowed there)."""
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = get_family(FAMILY).space
+    jobs = []
+    for i, cfg in enumerate([kg for kg in sp.known_good if kg.get("pf") == 1] + NEW):
+        for dt in (("fp16", "bf16") if i % 2 else ("bf16", "fp16")):  # each config once, the dtypes in turn
+            c = sp.normalize(cfg, dt)
+            if c is not None:
+                jobs.append((dt, c))
+                break
+    assert len(jobs) >= 14 and {dt for dt, _ in jobs} == {"fp16", "bf16"}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        reps = list(pool.map(lambda j: sat_compile.nvcc_check(render.render(sp, j[1], j[0], layout=layout),
+                                                              arch="sm_90"), jobs))
+    for (dt, cfg), rep in zip(jobs, reps):
+        assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
+        regs = int(re.search(r"Used (\d+) registers", rep).group(1))
+        spill = int(re.search(r"(\d+) bytes spill stores", rep).group(1))
+        assert regs <= 65536 // (32 * cfg["warps"] * cfg["minb"]), (dt, cfg, rep)
+        if layout == "kn" and cfg["bsrc"] == "l1" and cfg["unroll"] == 1:
+            assert spill == 0, (dt, cfg, rep)
+
+
+def _emulate(cfg: dict, dtype: str, a, n: int, layout: str, seed: int = 0):
+    """C (kn) or y (nk, bias None) from the rendered kernel run on the CPU (tests/cuda_host.py), and the float64
+    reference of the rounded operands."""
+    import ctypes
+
+    from cuda_host import HostKernel
+    from sparse_autotune.core.problem import as_float, host_values, storage
+    sp = get_family(FAMILY).space
+    h = host()
+    nk = layout == "nk"
+    ints = "*(int*)args[6], *(int*)args[7], *(int*)args[8]" if nk else "*(int*)args[5], *(int*)args[6], *(int*)args[7]"
+    call = ("spmm_kernel(*(const int**)args[0], *(const uint4**)args[1], *(const uint4**)args[2], "
+            "*(const unsigned short**)args[3], *(unsigned short**)args[4], "
+            + ("*(const unsigned short**)args[5], " if nk else "") + ints + ")")
+    kern = HostKernel(render.render(sp, cfg, dtype, layout=layout), call)
+    a = sps.csr_matrix(a, copy=True)
+    a.data = host_values(a.data, {"fp16": np.float16, "bf16": np.uint16}[dtype])
+    chunk_ptr, vals, idx = h.build(a, dtype)
+    m, k = a.shape
+    b = np.ascontiguousarray(storage(np.random.default_rng(seed).standard_normal((n, k) if nk else (k, n))
+                                     .astype(np.float32), dtype)).view(np.uint16)
+    c = np.full((n, m) if nk else (m, n), 0x7FFF, dtype=np.uint16)  # NaN in fp16 and bf16: an unwritten entry shows
+    gx, gy = -(-m // h.rows_per_block(cfg)), max(1, -(-n // cfg["nb"]))
+    smem = k * cfg["nb"] * 2 if cfg["bsrc"] == "smem" else 0
+    arrays = [np.ascontiguousarray(x) for x in (chunk_ptr, vals, idx, b)] + [c]
+    args = [ctypes.c_void_p(x.ctypes.data) for x in arrays] + ([ctypes.c_void_p(0)] if nk else [])
+    kern(gx, gy, 32 * cfg["warps"], smem, args + [ctypes.c_int(m), ctypes.c_int(n), ctypes.c_int(k)])
+    bf = as_float(b.view(np.float16) if dtype == "fp16" else b).astype(np.float64)
+    ref = (a.astype(np.float64) @ (bf.T if nk else bf))
+    got = as_float(c.view(np.float16) if dtype == "fp16" else c).astype(np.float64)
+    return (got.T if nk else got), ref
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("layout", ["kn", "nk"])
+def test_split_pf_minb_correct_in_cpu_emulation(dtype, layout):
+    """The rendered kernel itself (its lane mapping, prefetch loop, shuffles, writes) run on the CPU with emulated
+    warps (tests/cuda_host.py) against float64: NEW's configs on empty rows, a dense row, residues of M and K, rows
+    of exactly one chunk, N = 1, 3, 8, 13, 16, 17, 32 where the config is feasible."""
+    from cuda_host import gxx_path
+    if gxx_path() is None:
+        pytest.skip("g++ not found")
+    from sparse_autotune.core.problem import TOLERANCE
+    sp = get_family(FAMILY).space
+    cases = {k: v for k, v in adversarial().items() if k in ("empty_rows", "residues_37x53", "one_dense_row",
+                                                             "rows_of_8", "all_zero", "density_0.7")}
+    runs = []
+    for cfg in NEW:
+        c = sp.normalize(cfg, dtype)
+        if c is None:
+            continue
+        for name, a in cases.items():
+            for n in (1, 3, 8, 13, 16, 17, 32):
+                env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype, layout)
+                if sp.check(c, env, DEFAULT_LIMITS) is None and n <= 4 * c["nb"]:  # <= 4 column blocks
+                    runs.append((c, name, a, n))
+    assert len(runs) >= 30
+
+    def one(r):
+        c, name, a, n = r
+        return r, _emulate(c, dtype, a, n, layout, seed=n)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, runs))
+    for (c, name, a, n), (got, ref) in results:
+        assert np.isfinite(got).all(), (name, n, c)
+        den = np.linalg.norm(ref)
+        err = np.linalg.norm(got - ref) / den if den else np.abs(got).max()
+        assert err <= TOLERANCE[dtype], (name, n, c, err)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_split_pf_minb_correct_on_edge_cases_gpu(dtype):
+    """kn on the GPU: configs with split > 1, pf 1 or minb > 1 (a sample of each case's feasible ones, and the
+    known-good ones) against float64 on the edge cases and a 1001 x 3001 matrix (M, K not multiples of any tile),
+    N = 1, 3, 8, 13, 16, 17, 32; poisoned C."""
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+    from sparse_autotune.core.problem import TOLERANCE, host_values, storage
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
+    sp = get_family(FAMILY).space
+    cases = {**adversarial(), "uniform_1001x3001": random_matrix(1001, 3001, 0.05, "uniform", 9)}
+    checked = 0
+    for name, a in cases.items():
+        a = sps.csr_matrix(a, copy=True)
+        a.data = host_values(a.data, {"fp16": np.float16, "bf16": np.uint16}[dtype])
+        dev = DeviceCSR(a, dtype)
+        a64 = csp.csr_matrix(a.astype(np.float64))
+        for n in (1, 3, 8, 13, 16, 17, 32):
+            env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
+            cfgs = sample_feasible(dtype, env, 4, f"{name}/{n}/{dtype}", is_new)
+            cfgs += [c for c in sp.defaults(dtype, env, DEFAULT_LIMITS) if c["pf"] == 1 and c not in cfgs][:2]
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype), cfgs))
+            b = cp.asarray(storage(np.random.default_rng(n).standard_normal((a.shape[1], n)).astype(np.float32), dtype))
+            c_out = cp.empty((a.shape[0], n), dtype=b.dtype)
+            ref = reference(a64, b)
+            for k in kernels:
+                assert check(lambda: k(b, c_out), c_out, ref, dtype) <= TOLERANCE[dtype], (name, n, k.config)
+                checked += 1
+    assert checked >= 150
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_split_pf_minb_nk_correct_on_edge_cases_gpu(dtype):
+    """nk (nn.Linear) natively through the project's launch path, with a nonzero bias and without: configs with the
+    new options on empty rows, residues and a dense row, N = 1, 3, 16, 17, 32; poisoned y."""
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+    from sparse_autotune.core.problem import TOLERANCE, host_values, storage
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
+    checked = 0
+    cases = {k: v for k, v in adversarial().items() if k in ("empty_rows", "residues_37x53", "one_dense_row")}
+    for name, a in cases.items():
+        a = sps.csr_matrix(a, copy=True)
+        a.data = host_values(a.data, {"fp16": np.float16, "bf16": np.uint16}[dtype])
+        dev = DeviceCSR(a, dtype)
+        a64 = csp.csr_matrix(a.astype(np.float64))
+        m, k = a.shape
+        for n in (1, 3, 16, 17, 32):
+            env = problem_env(m, k, n, a.nnz, dtype, "nk")
+            cfgs = sample_feasible(dtype, env, 4, f"nk/{name}/{n}/{dtype}", is_new)
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype, layout="nk"), cfgs))
+            rng = np.random.default_rng(n)
+            x = cp.asarray(storage(rng.standard_normal((n, k)).astype(np.float32), dtype))
+            bv = rng.standard_normal(m).astype(np.float32)
+            bias = cp.asarray(storage(np.where(np.abs(bv) < 0.25, np.float32(0.5), bv), dtype))
+            y = cp.empty((n, m), dtype=x.dtype)
+            with_bias, without = reference(a64, x, "nk", bias), reference(a64, x, "nk")
+            for kern in kernels:
+                assert kern.layout == "nk"
+                assert check(lambda: kern(x, y, bias), y, with_bias, dtype) <= TOLERANCE[dtype], (name, n, kern.config)
+                assert check(lambda: kern(x, y), y, without, dtype) <= TOLERANCE[dtype], (name, n, kern.config)
+                checked += 1
+    assert checked >= 40
