@@ -294,4 +294,5 @@ def test_known_good_configs_on_the_llm_shapes(dtype):
                     got.append(ad)
             return got
         checked += _check_many(a, dtype, (1, 8, 16, 32), cfgs_for, tol)
-    assert checked >= 40
+    # bf16 has no half2 accumulation: its h2x known-good configs adapt to f32 ones already in the list (H200: 32 distinct)
+    assert checked >= (40 if dtype == "fp16" else 30)
