@@ -51,8 +51,10 @@ def cli(args, env, cwd, timeout=300, **kw):
 
 def popen(args, env, cwd, out: Path):
     fh = open(out, "w")
+    # SIGINT back to its default in the child: a test run started in the background by a non-interactive shell
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler (the Ctrl-C tests send SIGINT)
     return subprocess.Popen([sys.executable, "-m", "sparse_autotune", *args], stdout=fh, stderr=subprocess.STDOUT,
-                            env=env, cwd=cwd)
+                            env=env, cwd=cwd, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def the_study(url: str):
@@ -461,7 +463,7 @@ def test_worker_synthetic_ctrl_c_stops_keeps_the_trials_and_a_rerun_finishes(tmp
              for s in (0, 1)]
     first_id, second_id = so.enqueue(specs)
     worker = ["worker", "--storage", url, "--heartbeat", "1", "--grace", "4"]
-    a = popen(worker, synthetic_env(tmp_path, 1.5), tmp_path, tmp_path / "a.log")
+    a = popen(worker, synthetic_env(tmp_path, 0.4), tmp_path, tmp_path / "a.log")
     try:
         _wait_for(lambda: len(trial_log(tmp_path)) >= 3, 120, "three trials told")
         a.send_signal(signal.SIGINT)

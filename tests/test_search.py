@@ -532,11 +532,17 @@ def test_sigint_during_ask_is_deferred_until_the_trial_is_registered():
     import signal
 
     from sparse_autotune.tuning.search import _sigint_deferred
-    done = []
-    with pytest.raises(KeyboardInterrupt):
-        with _sigint_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # the signal is delivered here; the block still runs to its end
-            done.append(True)
-    assert done == [True]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    # a pytest started in the background by a non-interactive shell inherits SIGINT ignored: give this test Python's
+    # own handler, the one an interactive `sparse-autotune tune` runs with
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        done = []
+        with pytest.raises(KeyboardInterrupt):
+            with _sigint_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the signal is delivered here; the block still runs to its end
+                done.append(True)
+        assert done == [True]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    finally:
+        signal.signal(signal.SIGINT, before)
