@@ -1163,6 +1163,8 @@ def cmd_conv(a) -> int:
         bad = [f for f in families if f not in conv_families()]
         if bad or not families:
             raise UserError(f"--families {a.families!r}: comma-separated of {', '.join(conv_families())}")
+    if a.ncu is not None and not a.one:
+        raise UserError("--ncu profiles one config: give it with --one LAYER:B:D:DTYPE --family F --config JSON")
     if a.one:  # ONE verified config of one case (for ncu: the kernel conv3x3_kernel, its first launch)
         if not a.family or not a.config:
             raise UserError("--one needs --family F and --config JSON")

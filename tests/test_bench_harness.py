@@ -216,6 +216,13 @@ def test_probe_untuned_refuses_bad_input_before_the_gpu(tmp_path, args, says):
     assert "could not be parsed" in _one_line_error(proc, "probe.py")
 
 
+def test_probe_conv_ncu_refuses_without_one_config_before_the_gpu():
+    """`probe conv --ncu` profiles ONE config (--one/--family/--config): without --one it says so (one line, exit 2),
+    where it would otherwise run the whole benchmark unprofiled."""
+    proc = _run([sys.executable, str(PROBE), "conv", "--ncu"])
+    assert "--ncu profiles one config" in _one_line_error(proc, "probe.py")
+
+
 def test_probe_untuned_report_counts_layers_at_the_goal_within_the_noise():
     """The summary of `probe untuned`: per (checkpoint, dtype, N, policy), the slowest layer, the geomean and the layers
     at the goal (off: 0.9x, quick: 1.0x, less 3 % of timing noise)."""
