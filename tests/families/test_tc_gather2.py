@@ -711,7 +711,13 @@ int main(int argc, char** argv) {
 def emu_source(cfg: dict, dtype: str) -> str:
     """The rendered kernel for g++: its #defines and everything from `struct AFrag` on (the device helpers before it
     are replaced by the emulation; the wait_group statements become emu_wait)."""
-    src = render.render(space(), cfg, dtype)
+    main = EMU_MAIN.replace("PERM_ARG", "perm.data()," if cfg["row_order"] != "natural" else "")
+    return EMU_PRELUDE + emu_kernel(render.render(space(), cfg, dtype)) + main
+
+
+def emu_kernel(src: str) -> str:
+    """A rendered kernel (tc_gather2 / tc_gather3) as C++ for g++: its #defines and everything from `struct AFrag` on,
+    the wait_group statements as emu_wait, no asm, no __shared__, a plain function."""
     head, body = src.split("struct AFrag", 1)
     defines = "\n".join(ln for ln in head.splitlines() if ln.startswith("#define"))
     body = "struct AFrag" + body
@@ -720,8 +726,27 @@ def emu_source(cfg: dict, dtype: str) -> str:
     body = re.sub(r'extern "C" __global__ void __launch_bounds__\([^)]*\)', "void", body)
     body = body.replace("extern __shared__ __align__(128) unsigned char smem[];", "")
     assert "asm" not in body and "__shared__" not in body
-    main = EMU_MAIN.replace("PERM_ARG", "perm.data()," if cfg["row_order"] != "natural" else "")
-    return EMU_PRELUDE + defines + "\n" + body + main
+    return defines + "\n" + body
+
+
+def gxx(folder: Path, source: str) -> Path:
+    """source compiled by g++ (C++20, threads) into folder/k: the executable."""
+    (folder / "k.cpp").write_text(source)
+    exe = folder / "k"
+    proc = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-w", "-o", str(exe), str(folder / "k.cpp")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return exe
+
+
+def emu_inputs(folder: Path, arrays: dict, perm, b) -> Path:
+    """A fresh folder under folder with each layout array, the row permutation (int32) and B as raw files."""
+    d = Path(tempfile.mkdtemp(dir=folder))
+    for name, x in arrays.items():
+        x.tofile(d / name)
+    perm.astype(np.int32).tofile(d / "perm")
+    b.tofile(d / "B")
+    return d
 
 
 class Emulated:
@@ -729,11 +754,7 @@ class Emulated:
 
     def __init__(self, cfg: dict, dtype: str, folder: Path):
         self.cfg, self.dtype, self.folder = cfg, dtype, folder
-        (folder / "k.cpp").write_text(emu_source(cfg, dtype))
-        self.exe = folder / "k"
-        proc = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-w", "-o", str(self.exe),
-                               str(folder / "k.cpp")], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        self.exe = gxx(folder, emu_source(cfg, dtype))
 
     def run(self, a, n: int, b16, copy_at_issue: int = 1):
         h, c = host(), self.cfg
@@ -743,11 +764,7 @@ class Emulated:
         else:
             lay = h.build_ordered(a, c["rn"], c["wm"], c["ksteps"], self.dtype, c["row_order"])
             perm = lay["perm"]
-        d = Path(tempfile.mkdtemp(dir=self.folder))
-        for x in h.ARRAYS:
-            lay[x].tofile(d / x)
-        perm.astype(np.int32).tofile(d / "perm")
-        np.ascontiguousarray(b16).tofile(d / "B")
+        d = emu_inputs(self.folder, {x: lay[x] for x in h.ARRAYS}, perm, np.ascontiguousarray(b16))
         m = a.shape[0]
         tiles, ct = -(-m // h.tile_rows(c)), -(-n // c["tile_n"])
         subprocess.run([str(self.exe), str(d), str(m), str(n), str(tiles), str(ct), str(h.shared_bytes(c)),

@@ -13,14 +13,13 @@ import concurrent.futures
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sps
 
-from test_tc_gather2 import EMU_MAIN, EMU_PRELUDE, GEOMS, _mk, _rel_err, edge_cases
+from test_tc_gather2 import EMU_MAIN, EMU_PRELUDE, GEOMS, _mk, _rel_err, edge_cases, emu_inputs, emu_kernel, gxx
 from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import TOLERANCE, random_matrix
@@ -271,15 +270,6 @@ inline void mma1688(float (&d)[4], const unsigned int (&a)[4], unsigned int b0, 
 
 
 def emu_source32(cfg: dict, dtype: str) -> str:
-    src = render.render(space(), cfg, dtype)
-    head, body = src.split("struct AFrag", 1)
-    defines = "\n".join(ln for ln in head.splitlines() if ln.startswith("#define"))
-    body = "struct AFrag" + body
-    body = re.sub(r'asm volatile\("cp\.async\.wait_group (\d+);" ::: "memory"\);', r"emu_wait(\1);", body)
-    body = body.replace('asm volatile("" ::: "memory");', "")
-    body = re.sub(r'extern "C" __global__ void __launch_bounds__\([^)]*\)', "void", body)
-    body = body.replace("extern __shared__ __align__(128) unsigned char smem[];", "")
-    assert "asm" not in body and "__shared__" not in body
     main = EMU_MAIN.replace("PERM_ARG", "perm.data()," if cfg["row_order"] != "natural" else "")
     for old, new in (('rd<uint2>(d + "/avals")', 'rd<uint4>(d + "/avals")'),
                      ('rd<unsigned short>(d + "/B")', 'rd<float>(d + "/B")'),
@@ -288,17 +278,13 @@ def emu_source32(cfg: dict, dtype: str) -> str:
                      ("std::fwrite(C.data(), 2, (size_t)M * N, f);", "std::fwrite(C.data(), 4, (size_t)M * N, f);")):
         assert main.count(old) == 1, old
         main = main.replace(old, new)
-    return EMU_PRELUDE + EMU_W32 + defines + "\n" + body + main
+    return EMU_PRELUDE + EMU_W32 + emu_kernel(render.render(space(), cfg, dtype)) + main
 
 
 class Emulated32:
     def __init__(self, cfg: dict, dtype: str, folder: Path):
         self.cfg, self.dtype, self.folder = cfg, dtype, folder
-        (folder / "k.cpp").write_text(emu_source32(cfg, dtype))
-        self.exe = folder / "k"
-        proc = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-w", "-o", str(self.exe),
-                               str(folder / "k.cpp")], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        self.exe = gxx(folder, emu_source32(cfg, dtype))
 
     def run(self, a, n: int, b32, copy_at_issue: int = 1):
         h, c = host(), self.cfg
@@ -308,11 +294,7 @@ class Emulated32:
         else:
             lay = h.build_ordered(a, c["rn"], c["wm"], c["ksteps"], self.dtype, c["row_order"])
             perm = lay["perm"]
-        d = Path(tempfile.mkdtemp(dir=self.folder))
-        for x in h.ARRAYS:
-            lay[x].tofile(d / x)
-        perm.astype(np.int32).tofile(d / "perm")
-        np.ascontiguousarray(b32, dtype=np.float32).tofile(d / "B")
+        d = emu_inputs(self.folder, {x: lay[x] for x in h.ARRAYS}, perm, np.ascontiguousarray(b32, dtype=np.float32))
         m = a.shape[0]
         tiles, ct = -(-m // h.tile_rows(c)), -(-n // c["tile_n"])
         subprocess.run([str(self.exe), str(d), str(m), str(n), str(tiles), str(ct), str(h.shared_bytes(c, self.dtype)),

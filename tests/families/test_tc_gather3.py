@@ -12,7 +12,6 @@ import concurrent.futures
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import scipy.sparse as sps
 
 from fakes import FakeDeviceCSR, check_launch_matches_signature, fake_kernel, signature
 from test_tc_gather import clustered
-from test_tc_gather2 import EMU_PRELUDE, _as_f64, _ref, _rel_err, edge_cases, rounded
+from test_tc_gather2 import EMU_PRELUDE, _as_f64, _ref, _rel_err, edge_cases, emu_inputs, emu_kernel, gxx, rounded
 from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import DTYPES, TOLERANCE, host_values, random_matrix, storage
@@ -399,17 +398,8 @@ int main(int argc, char** argv) {
 def emu_source(cfg: dict, dtype: str) -> str:
     """The rendered kernel for g++: its #defines and everything from `struct AFrag` on (the device helpers before it
     are replaced by the emulation; the wait_group statements become emu_wait)."""
-    src = render.render(space(), cfg, dtype)
-    head, body = src.split("struct AFrag", 1)
-    defines = "\n".join(ln for ln in head.splitlines() if ln.startswith("#define"))
-    body = "struct AFrag" + body
-    body = re.sub(r'asm volatile\("cp\.async\.wait_group (\d+);" ::: "memory"\);', r"emu_wait(\1);", body)
-    body = body.replace('asm volatile("" ::: "memory");', "")
-    body = re.sub(r'extern "C" __global__ void __launch_bounds__\([^)]*\)', "void", body)
-    body = body.replace("extern __shared__ __align__(128) unsigned char smem[];", "")
-    assert "asm" not in body and "__shared__" not in body
     main = EMU_MAIN.replace("PERM_ARG", "perm.data()," if cfg["row_order"] != "natural" else "")
-    return EMU_PRELUDE + defines + "\n" + body + main
+    return EMU_PRELUDE + emu_kernel(render.render(space(), cfg, dtype)) + main
 
 
 class Emulated:
@@ -417,11 +407,7 @@ class Emulated:
 
     def __init__(self, cfg: dict, dtype: str, folder: Path):
         self.cfg, self.dtype, self.folder = cfg, dtype, folder
-        (folder / "k.cpp").write_text(emu_source(cfg, dtype))
-        self.exe = folder / "k"
-        proc = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-w", "-o", str(self.exe),
-                               str(folder / "k.cpp")], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        self.exe = gxx(folder, emu_source(cfg, dtype))
 
     def run(self, a, n: int, b16, copy_at_issue: int = 1):
         h, c = host(), self.cfg
@@ -431,11 +417,7 @@ class Emulated:
         else:
             lay = h.build_ordered(a, c["rn"], c["rb"], c["upw"], c["ks"], self.dtype, c["row_order"])
             perm = lay["perm"]
-        d = Path(tempfile.mkdtemp(dir=self.folder))
-        for x in h.ARRAYS:
-            lay[x].tofile(d / x)
-        perm.astype(np.int32).tofile(d / "perm")
-        np.ascontiguousarray(b16).tofile(d / "B")
+        d = emu_inputs(self.folder, {x: lay[x] for x in h.ARRAYS}, perm, np.ascontiguousarray(b16))
         m, k = a.shape
         tiles, ct = -(-m // c["rb"]), -(-n // c["tile_n"])
         subprocess.run([str(self.exe), str(d), str(m), str(n), str(k), str(tiles), str(ct), str(h.shared_bytes(c)),
