@@ -232,46 +232,22 @@ def test_a_covering_sample_compiles_with_nvcc_without_spills():
 
 # ---- on the GPU -------------------------------------------------------------------------------------------
 
-def _check_many(a, dtype, ns, cfgs_for, tol):
-    import cupy as cp
-    import cupyx.scipy.sparse as csp
-    from sparse_autotune.core.problem import DTYPES, host_values, storage
-    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
-    from sparse_autotune.device.verify import check, reference
-    a = sps.csr_matrix(a, copy=True)
-    a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])
-    dev = DeviceCSR(a, dtype)
-    a64 = csp.csr_matrix(a.astype(np.float64))
-    checked = 0
-    for n in ns:
-        cfgs = cfgs_for(n)
-        assert cfgs, (a.shape, n)
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype), cfgs))
-        for k in kernels:
-            rng = np.random.default_rng(checked)
-            b = cp.asarray(storage(rng.standard_normal((a.shape[1], n)).astype(np.float32), dtype))
-            c = cp.empty((a.shape[0], n), dtype=cp.uint16 if dtype == "bf16" else cp.float16)
-            err = check(lambda: k(b, c), c, reference(a64, b), dtype)
-            assert err <= tol, (a.shape, n, k.config, err)
-            checked += 1
-    return checked
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_correct_on_edge_cases(dtype):
     """Poisoned C, fresh random B, float64 reference: empty rows, a dense row, K % 32 != 0, K = 1, density 0.7,
     N = 1, 3, 8, 13, 16, 17, 32 (column blocks and B in shared memory for N % nb != 0), a spread of feasible configs."""
+    from nk_check import check_kn
     sp = get_family(FAMILY).space
-    tol = 2e-3 if dtype == "fp16" else 1e-2
-    checked = 0
-    for name, a in adversarial().items():
-        def cfgs_for(n, a=a):
-            env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
-            feas = list(sp.feasible(dtype, env, DEFAULT_LIMITS))
-            return feas[:: max(1, len(feas) // 6)] + sp.defaults(dtype, env, DEFAULT_LIMITS)
-        checked += _check_many(a, dtype, (1, 3, 8, 13, 16, 17, 32), cfgs_for, tol)
+
+    def configs(a, n):
+        env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
+        feas = list(sp.feasible(dtype, env, DEFAULT_LIMITS))
+        cfgs = feas[:: max(1, len(feas) // 6)] + sp.defaults(dtype, env, DEFAULT_LIMITS)
+        assert cfgs, (a.shape, n)
+        return cfgs
+    checked = check_kn(FAMILY, dtype, adversarial(), configs, (1, 3, 8, 13, 16, 17, 32),
+                       2e-3 if dtype == "fp16" else 1e-2)
     assert checked > 300
 
 
@@ -279,20 +255,20 @@ def test_correct_on_edge_cases(dtype):
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_known_good_configs_on_the_llm_shapes(dtype):
     """The suite's layer shapes at d 0.5 / 0.3 (K of 4096, 11008, 14336; short M with split K), N = 1, 8, 16, 32."""
+    from nk_check import check_kn
     sp = get_family(FAMILY).space
-    tol = 2e-3 if dtype == "fp16" else 1e-2
-    checked = 0
-    for m, k, d in [(4096, 4096, 0.5), (1024, 4096, 0.3), (4096, 11008, 0.5), (512, 14336, 0.2)]:
-        a = random_matrix(m, k, d, "uniform", 3)
+    cases = {f"{m}x{k}_d{d}": random_matrix(m, k, d, "uniform", 3)
+             for m, k, d in [(4096, 4096, 0.5), (1024, 4096, 0.3), (4096, 11008, 0.5), (512, 14336, 0.2)]}
 
-        def cfgs_for(n, a=a):
-            env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
-            got = sp.defaults(dtype, env, DEFAULT_LIMITS)
-            for kg in sp.known_good:  # adapted to N like lookup does
-                ad = get_family(FAMILY).adapt(kg, dtype, env, DEFAULT_LIMITS)
-                if ad is not None and ad not in got:
-                    got.append(ad)
-            return got
-        checked += _check_many(a, dtype, (1, 8, 16, 32), cfgs_for, tol)
+    def configs(a, n):
+        env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
+        got = sp.defaults(dtype, env, DEFAULT_LIMITS)
+        for kg in sp.known_good:  # adapted to N like lookup does
+            ad = get_family(FAMILY).adapt(kg, dtype, env, DEFAULT_LIMITS)
+            if ad is not None and ad not in got:
+                got.append(ad)
+        assert got, (a.shape, n)
+        return got
+    checked = check_kn(FAMILY, dtype, cases, configs, (1, 8, 16, 32), 2e-3 if dtype == "fp16" else 1e-2)
     # bf16 has no half2 accumulation: its h2x known-good configs adapt to f32 ones already in the list (H200: 32 distinct)
     assert checked >= (40 if dtype == "fp16" else 30)
