@@ -38,10 +38,12 @@ def _one_line_error(proc, prog: str) -> str:
 @needs_bash
 def test_device_runner_plans_its_steps():
     proc = _run(["bash", str(DEVICE), "--plan", "tests", "-k", "tune", "+", "suite", "dl", "--budget", "300", "+",
-                 "probe", "overhead", "+", "cli", "spaces"])
+                 "probe", "overhead", "+", "cli", "spaces", "+", "suite", "llm", "--retune", "N=16,32", "--retune",
+                 "dtype=bf16", "--retune-trials", "12"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["step 1: tests -k tune", "step 2: suite dl --budget 300",
-                                        "step 3: probe overhead", "step 4: cli spaces"]
+                                        "step 3: probe overhead", "step 4: cli spaces",
+                                        "step 5: suite llm --retune N=16,32 --retune dtype=bf16 --retune-trials 12"]
     usage = _run(["bash", str(DEVICE), "--help"])
     assert usage.returncode == 0 and "bench/device.sh suite dl|quick|llm" in usage.stdout
 
@@ -54,6 +56,8 @@ def test_device_runner_plans_its_steps():
     (["suite"], "suite: name a suite"),
     (["suite", "dl", "--budget", "soon"], "--budget needs a number"),
     (["suite", "dl", "--nope"], "unknown option '--nope'"),
+    (["suite", "llm", "--retune", "N=16 32"], "--retune needs FIELD=V1,V2"),
+    (["suite", "llm", "--retune-trials", "many"], "--retune-trials needs a number"),
     (["probe"], "probe: name a subcommand"),
     (["cli"], "cli: give the sparse-autotune command"),
 ])

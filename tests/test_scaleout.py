@@ -596,3 +596,49 @@ def test_retry_failed_puts_only_failed_problems_back(storage_url):
     assert rows[ids[1]]["state"] == "done" and rows[ids[2]]["state"] == "queued"
     assert so.retry_failed(ids) == 0
     so.dispose()
+
+
+def test_bench_suite_synthetic_retune_reopens_only_the_matching_cases(tmp_path):
+    """--retune 'N=256 dtype=fp16' after a whole run: only those cases' studies get --retune-trials more trials (the
+    same study, continued); the report keeps the other cases' first results; a rerun of the same command resumes
+    (nothing left to do)."""
+    from sparse_autotune.tuning.suite import case_key, suite_cases
+    env = synthetic_env(tmp_path, 0.0)
+    url = f"sqlite:///{tmp_path / 'storage.sqlite'}"
+    out = tmp_path / "out"
+    base = ["bench", "--suite", "quick", "--trials", "2", "--storage", url, "--workers", "1", "--heartbeat", "1",
+            "--grace", "5", "--out", str(out)]
+    first = cli(base, env, tmp_path, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    [js] = list(out.glob("suite-quick-*.json"))
+    before = {case_key(r): r for r in json.loads(js.read_text())}
+    assert len(before) == 16 and {r["trials"] for r in before.values()} == {2}
+    again = cli(base + ["--retune", "N=256 dtype=fp16", "--retune-trials", "3"], env, tmp_path, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 cases retuned with 3 more trials (5 in all)" in again.stderr
+    after = {case_key(r): r for r in json.loads(js.read_text())}
+    hit = {case_key(c) for c in suite_cases("quick") if c["N"] == 256 and c["dtype"] == "fp16"}
+    assert set(after) == set(before) and len(hit) == 2
+    for k, r in after.items():
+        assert r["trials"] == (5 if k in hit else 2), (k, r["trials"])
+        if k in hit:  # the same study, continued: at least as good as the first run's best
+            assert r["tuned_us"] <= before[k]["tuned_us"] + 1e-9
+        else:
+            assert r == before[k]
+    studies = optuna.get_all_study_summaries(optuna.storages.RDBStorage(url), include_best_trial=False)
+    assert len(studies) == 16 and sorted(s.n_trials for s in studies).count(5) == 2  # no new study for a retune
+    rerun = cli(base + ["--retune", "N=256 dtype=fp16", "--retune-trials", "3"], env, tmp_path, timeout=600)
+    assert rerun.returncode == 0 and "claimed problem" not in rerun.stderr, rerun.stderr[-3000:]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--retune", "N=16", "--workers", "2"], "no case of suite 'quick' matches N=16"),
+    (["--retune", "rows=16", "--workers", "2"], "'rows=16' is not FIELD=V1,V2"),
+    (["--retune", "N=big", "--workers", "2"], "N needs integers"),
+    (["--retune", "N=256"], "--retune needs --workers"),
+])
+def test_bad_retune_is_one_line(tmp_path, args, needle):
+    proc = cli(["bench", "--suite", "quick", *args, "--out", str(tmp_path / "o")], synthetic_env(tmp_path, 0.0), tmp_path)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -219,6 +219,13 @@ def _parser() -> argparse.ArgumentParser:
                                     "each with its own copy of the storage split the cases left; join them with --merge)")
     bn.add_argument("--retry-failed", action="store_true", help="with --storage/--workers: cases that failed (their "
                                                                  "workers lost 3 times) are tried again")
+    bn.add_argument("--retune", metavar="FILTER", action="append", help="with --storage/--workers: open the searches "
+                    "of the cases matching FILTER again ('N=16,32 dtype=bf16', or repeated --retune: FIELD=V1,V2 "
+                    "conditions, all must hold; fields M, K, N, density, dtype, pattern) with --retune-trials more "
+                    "trials each, the known-good configs not yet tried first (e.g. after a kernel change); a rerun "
+                    "resumes it")
+    bn.add_argument("--retune-trials", type=_TRIALS, default=20, help="with --retune: trials added to each matching "
+                                                                      "case's search (default 20)")
     bn.add_argument("--merge", nargs="+", metavar="JSON", help="no GPU: join these suite-<suite>-<gpu>.json files (e.g. "
                                                                 "one per shard) into one report in --out")
     _add_scaleout_args(bn)
@@ -731,6 +738,14 @@ def cmd_bench(a) -> int:
             raise UserError("--shard needs --workers K or --storage URL (the queue that remembers the cases done)")
     if a.retry_failed and not scaleout:
         raise UserError("--retry-failed needs --workers K or --storage URL (the queue that remembers failed cases)")
+    retune = None
+    if a.retune is not None:
+        from ..tuning.suite import parse_case_filter, retune_indices  # noqa: PLC0415
+        retune = parse_case_filter(" ".join(a.retune))
+        retune_indices(a.suite, retune)  # none matching: refused before the storage is touched
+        if not scaleout:
+            raise UserError("--retune needs --workers K or --storage URL (the studies of the cases' first run, which "
+                            "it continues)")
     if scaleout:
         _check_storage_args(a)
     db = _checked_db(a.db)
@@ -742,7 +757,7 @@ def cmd_bench(a) -> int:
         deadline = None if a.budget is None else time.time() + a.budget
         records = run_suite_scaleout(a.suite, a.trials, Path(a.out), so,
                                      lambda ids: _run_workers(a, so, db, ids, deadline), shard=shard,
-                                     retry_failed=a.retry_failed)
+                                     retry_failed=a.retry_failed, retune=retune, retune_trials=a.retune_trials)
         print(json.dumps(summary(records, a.suite), indent=1))
         return 0
     from ..device.gpu import gpu_info  # noqa: PLC0415

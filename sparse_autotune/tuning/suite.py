@@ -219,13 +219,56 @@ def write_merged(paths: list[Path], suite: str, out_dir: Path) -> list[dict]:
     return records
 
 
+CASE_FIELDS = {"m": "M", "k": "K", "n": "N", "density": "density", "dtype": "dtype", "pattern": "pattern"}
+
+
+def parse_case_filter(text: str) -> dict[str, set]:
+    """--retune 'N=16,32 density=0.05,0.1': space-separated FIELD=V1,V2 conditions on a suite's cases (all must hold;
+    FIELD one of M, K, N, density, dtype, pattern) -> {field: values}; a UserError naming the problem otherwise."""
+    conds: dict[str, set] = {}
+    for part in (text or "").split():
+        field, eq, vals = part.partition("=")
+        key = CASE_FIELDS.get(field.lower())
+        if not eq or key is None or not vals:
+            raise UserError(f"--retune {text!r}: {part!r} is not FIELD=V1,V2 with FIELD one of "
+                            "M, K, N, density, dtype, pattern (e.g. 'N=16,32 dtype=bf16')")
+        try:
+            conv = int if key in ("M", "K", "N") else float if key == "density" else str
+            conds.setdefault(key, set()).update(conv(v) for v in vals.split(","))
+        except ValueError:
+            raise UserError(f"--retune {text!r}: {field} needs {'numbers' if key == 'density' else 'integers'}, got "
+                            f"{vals!r}") from None
+    if not conds:
+        raise UserError("--retune needs at least one FIELD=V1,V2 condition (e.g. 'N=16,32')")
+    return conds
+
+
+def case_matches(c: dict, conds: dict[str, set]) -> bool:
+    return all((any(math.isclose(c[k], v) for v in vals) if k == "density" else c[k] in vals)
+               for k, vals in conds.items())
+
+
+def retune_indices(suite: str, conds: dict[str, set]) -> list[int]:
+    """The indices of the suite's cases that --retune's conditions match; a UserError if none does."""
+    hit = [j for j, c in enumerate(suite_cases(suite)) if case_matches(c, conds)]
+    if not hit:
+        raise UserError(f"--retune: no case of suite {suite!r} matches "
+                        + " ".join(f"{k}={','.join(str(v) for v in sorted(vs))}" for k, vs in conds.items()))
+    return hit
+
+
 def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_workers, log=log_stderr,
-                       shard: tuple[int, int] | None = None, retry_failed: bool = False) -> list[dict]:
+                       shard: tuple[int, int] | None = None, retry_failed: bool = False,
+                       retune: dict[str, set] | None = None, retune_trials: int = 20) -> list[dict]:
     """The suite through a shared storage: every case is enqueued (seed 0, `trials` each), run_workers(ids) runs the
     workers (here, or the caller's K processes), and the done cases are written per GPU as run_suite does.
     shard (i, n): the workers take only every n-th case from the i-th (two GPUs, each with its own copy of the
     storage, split what is left); the report holds every done case of the storage, the shard's and those before.
-    retry_failed: this run's failed cases (its shard's) go back to the queue first, attempts reset."""
+    retry_failed: this run's failed cases (its shard's) go back to the queue first, attempts reset.
+    retune (parse_case_filter): the matching cases' searches are opened again with retune_trials more trials (their
+    specs ask trials + retune_trials of the same study: the configs tried keep their times, the known-good configs not
+    yet tried come first, e.g. a family's new ones); rerunning the same command resumes it. A matching case keeps its
+    earlier result in the report until its retune is done."""
     from ..device.gpu import gpu_slug  # noqa: PLC0415
     from ..core.space import select_spaces  # noqa: PLC0415
     from ..tuning.queue import random_spec  # noqa: PLC0415
@@ -234,6 +277,14 @@ def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_worker
     specs = [random_spec(c["M"], c["K"], c["N"], c["density"], c["dtype"], c["pattern"], 0, trials, None, "tpe", families)
              for c in cases]  # no matrix is built here: each worker builds its case's when it claims it
     ids = queue.enqueue(specs)
+    first = list(ids)  # each case's first run: what the report falls back on while a retune is not done
+    if retune is not None:
+        hit = retune_indices(suite, retune)
+        more = queue.enqueue([{**specs[j], "trials": trials + retune_trials} for j in hit])
+        for j, rid in zip(hit, more):
+            ids[j] = rid
+        log(f"suite {suite}: {len(hit)} cases retuned with {retune_trials} more trials ({trials + retune_trials} in "
+            f"all)")
     mine = [ids[j] for j in shard_of(cases, shard)]
     if retry_failed:
         log(f"suite {suite}: {queue.retry_failed(mine)} failed cases back in the queue")
@@ -241,15 +292,17 @@ def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_worker
         + (f"; shard {shard[0]}/{shard[1]}: {len(mine)} of them here" if shard else ""))
     t0 = time.time()
     run_workers(mine)
-    rows = {r["id"]: r for r in queue.problems(ids)}
+    rows = {r["id"]: r for r in queue.problems(sorted(set(ids) | set(first)))}
     by_gpu: dict[str, list[dict]] = {}
-    for c, rid in zip(cases, ids):
+    for c, rid, rid0 in zip(cases, ids, first):
         row = rows[rid]
+        if row["state"] == "failed":
+            log(f"  case failed: {c}: {row['error']}")
+        if row["state"] != "done" and rows[rid0]["state"] == "done":
+            row = rows[rid0]  # a retune not done (or failed): the first run's result
         if row["state"] == "done":
             r = json.loads(row["result"])
             by_gpu.setdefault(r["gpu"], []).append(case_record(c, r))
-        elif row["state"] == "failed":
-            log(f"  case failed: {c}: {row['error']}")
     out_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     for gpu, recs in by_gpu.items():
