@@ -119,9 +119,9 @@ def _suite_records(out: Path) -> list[dict]:
 @needs_bash
 def test_device_runner_suite_stops_at_its_budget_and_resumes_from_its_state(tmp_path):
     (tmp_path / "state").mkdir()
-    # a trial of 3 s a case: 16 cases take two workers over 24 s, the budget stops claiming after 12
-    first = _run(["bash", str(DEVICE), "suite", "quick", "--budget", "12", "--workers", "2", "--trials", "1"],
-                 env=_suite_env(tmp_path, "out1", 3.0))
+    # a trial of 2 s a case: 16 cases take two workers over 16 s, the budget stops claiming after 8
+    first = _run(["bash", str(DEVICE), "suite", "quick", "--budget", "8", "--workers", "2", "--trials", "1"],
+                 env=_suite_env(tmp_path, "out1", 2.0))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
     assert "suite quick: a fresh start" in first.stdout
     done1 = _suite_records(tmp_path / "out1")
@@ -153,7 +153,7 @@ def test_device_runner_stops_a_suite_hard_and_still_packs_its_state(tmp_path):
     # 2 trials of 30 s a case and a budget past the call's end: the hard stop (the call's end minus 15 s) ends bench
     # and its workers, whatever they are doing
     proc = _run(["bash", str(DEVICE), "suite", "quick", "--budget", "100", "--workers", "2", "--trials", "2"],
-                env=_suite_env(tmp_path, "out", 30.0, CALL_S="30"), timeout=120)
+                env=_suite_env(tmp_path, "out", 30.0, CALL_S="25"), timeout=120)
     said = proc.stdout[-3000:] + proc.stderr[-2000:]
     assert proc.returncode not in (0, 2), said
     assert "problems: 0 done" in proc.stdout, said

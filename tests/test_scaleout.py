@@ -505,10 +505,10 @@ def test_random_spec_is_problem_spec_without_building_the_matrix():
         assert problem_spec(p, 30, None, "tpe", ("a",)) == random_spec(*case, 0, 30, None, "tpe", ("a",))
 
 
-def test_bench_suite_synthetic_two_shards_each_with_its_storage_merge_to_the_whole(tmp_path):
-    """--shard i/2 on two storages (two GPUs, each its own state): each tunes only its interleaved half; --merge joins
-    the two JSON files into the whole suite, in the suite's order, with no GPU."""
-    from sparse_autotune.tuning.suite import case_key, suite_cases
+@pytest.fixture(scope="module")
+def quick_shards(tmp_path_factory):
+    """The quick suite (2 trials a case) run as two shards, each on its own storage: [(storage URL, JSON), ...]."""
+    tmp_path = tmp_path_factory.mktemp("shards")
     env = synthetic_env(tmp_path, 0.0)
     outs = []
     for i in (0, 1):
@@ -519,7 +519,17 @@ def test_bench_suite_synthetic_two_shards_each_with_its_storage_merge_to_the_who
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"shard {i}/2: 8 of them here" in proc.stderr
         [js] = list(out.glob("suite-quick-*.json"))
-        outs.append(js)
+        outs.append((url, js))
+    return tmp_path, outs
+
+
+def test_bench_suite_synthetic_two_shards_each_with_its_storage_merge_to_the_whole(quick_shards):
+    """--shard i/2 on two storages (two GPUs, each its own state): each tunes only its interleaved half; --merge joins
+    the two JSON files into the whole suite, in the suite's order, with no GPU."""
+    from sparse_autotune.tuning.suite import case_key, suite_cases
+    tmp_path, shards = quick_shards
+    env = synthetic_env(tmp_path, 0.0)
+    outs = [js for _, js in shards]
     cases = [case_key(c) for c in suite_cases("quick")]
     halves = [[case_key(r) for r in json.loads(p.read_text())] for p in outs]
     assert halves[0] == cases[0::2] and halves[1] == cases[1::2]
@@ -598,36 +608,41 @@ def test_retry_failed_puts_only_failed_problems_back(storage_url):
     so.dispose()
 
 
-def test_bench_suite_synthetic_retune_reopens_only_the_matching_cases(tmp_path):
-    """--retune 'N=256 dtype=fp16' after a whole run: only those cases' studies get --retune-trials more trials (the
-    same study, continued); the report keeps the other cases' first results; a rerun of the same command resumes
-    (nothing left to do)."""
+def test_bench_suite_synthetic_retune_reopens_only_the_matching_cases(quick_shards):
+    """--retune 'N=256 dtype=fp16' on shard 1's storage after its run: only those cases' studies get --retune-trials
+    more trials (the same study, continued); the report keeps the other cases' first results; a rerun of the same
+    command resumes (nothing left to do)."""
     from sparse_autotune.tuning.suite import case_key, suite_cases
+    tmp_path, shards = quick_shards
+    url, js = shards[1]
     env = synthetic_env(tmp_path, 0.0)
-    url = f"sqlite:///{tmp_path / 'storage.sqlite'}"
-    out = tmp_path / "out"
-    base = ["bench", "--suite", "quick", "--trials", "2", "--storage", url, "--workers", "1", "--heartbeat", "1",
-            "--grace", "5", "--out", str(out)]
-    first = cli(base, env, tmp_path, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    [js] = list(out.glob("suite-quick-*.json"))
+    base = ["bench", "--suite", "quick", "--trials", "2", "--storage", url, "--workers", "1", "--shard", "1/2",
+            "--heartbeat", "1", "--grace", "5", "--out", str(js.parent), "--retune", "N=256", "--retune", "dtype=fp16",
+            "--retune-trials", "3"]
     before = {case_key(r): r for r in json.loads(js.read_text())}
-    assert len(before) == 16 and {r["trials"] for r in before.values()} == {2}
-    again = cli(base + ["--retune", "N=256 dtype=fp16", "--retune-trials", "3"], env, tmp_path, timeout=600)
+    assert len(before) == 8 and {r["trials"] for r in before.values()} == {2}
+    def studies():  # each study's COMPLETE trials (the known-good configs wait in it as WAITING trials)
+        st = optuna.storages.RDBStorage(url)
+        return {s.study_name: len(optuna.load_study(study_name=s.study_name, storage=st).get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE,))) for s in optuna.get_all_study_summaries(st, False)}
+
+    trials_before = studies()
+    again = cli(base, env, tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "2 cases retuned with 3 more trials (5 in all)" in again.stderr
     after = {case_key(r): r for r in json.loads(js.read_text())}
     hit = {case_key(c) for c in suite_cases("quick") if c["N"] == 256 and c["dtype"] == "fp16"}
-    assert set(after) == set(before) and len(hit) == 2
+    assert set(after) == set(before) and len(hit) == 2 and hit <= set(after)
     for k, r in after.items():
         assert r["trials"] == (5 if k in hit else 2), (k, r["trials"])
         if k in hit:  # the same study, continued: at least as good as the first run's best
             assert r["tuned_us"] <= before[k]["tuned_us"] + 1e-9
         else:
             assert r == before[k]
-    studies = optuna.get_all_study_summaries(optuna.storages.RDBStorage(url), include_best_trial=False)
-    assert len(studies) == 16 and sorted(s.n_trials for s in studies).count(5) == 2  # no new study for a retune
-    rerun = cli(base + ["--retune", "N=256 dtype=fp16", "--retune-trials", "3"], env, tmp_path, timeout=600)
+    trials_after = studies()
+    assert set(trials_after) == set(trials_before) and len(trials_before) == 8  # no new study for a retune
+    assert sum(trials_after[k] > trials_before[k] for k in trials_before) == 2  # two continued, six untouched
+    rerun = cli(base, env, tmp_path, timeout=600)
     assert rerun.returncode == 0 and "claimed problem" not in rerun.stderr, rerun.stderr[-3000:]
 
 

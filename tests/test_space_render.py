@@ -59,18 +59,29 @@ def header_fields(src: str) -> tuple[str, dict]:
 
 
 @functools.lru_cache(maxsize=None)
+def _feasible(family: str, dtype: str) -> tuple[dict, ...]:
+    """The feasible configs of the reference problem, listed once per module run (csr_rowsplit has ~160k)."""
+    sp = space.get_space(family)
+    return tuple(sp.feasible(dtype, env_of(sp, dtype)))
+
+
+@functools.lru_cache(maxsize=None)
 def _covering_indices(family: str, dtype: str, size: int, seed: int) -> tuple[int, ...]:
     sp = space.get_space(family)
-    feas = list(sp.feasible(dtype, env_of(sp, dtype)))
-    items = [set(c.items()) for c in feas]
+    feas = _feasible(family, dtype)
     order = np.random.default_rng(seed).permutation(len(feas))
-    need = {(p.name, v) for p in sp.params for v in p.choices(dtype)}
-    need &= set().union(*items)
+    pairs = sorted({(p.name, repr(v)) for p in sp.params for v in p.choices(dtype)})
+    col = {pv: j for j, pv in enumerate(pairs)}
+    has = np.zeros((len(feas), len(pairs)), dtype=bool)  # has[i, j]: config i takes value pair j
+    for i, c in enumerate(feas):
+        has[i, [col[(k, repr(v))] for k, v in c.items() if (k, repr(v)) in col]] = True
+    need = has.any(axis=0)  # the pairs some feasible config takes
+    in_order = has[order]
     chosen: list[int] = []
-    while need:  # greedy set cover over the seeded order
-        best_i = max(order, key=lambda i: len(need & items[i]))
-        chosen.append(int(best_i))
-        need -= items[best_i]
+    while need.any():  # greedy set cover: the first config in the seeded order that covers the most pairs needed
+        best_i = int(order[np.argmax(in_order[:, need].sum(axis=1))])
+        chosen.append(best_i)
+        need &= ~has[best_i]
     for i in order:
         if len(chosen) >= size:
             break
@@ -82,8 +93,8 @@ def _covering_indices(family: str, dtype: str, size: int, seed: int) -> tuple[in
 def covering_sample(sp: space.Space, dtype: str, size: int, seed: int = 0) -> list[dict]:
     """At least `size` feasible configs (for the reference problem) such that every value of every parameter that
     some feasible config has appears at least once: greedy set cover over a seeded shuffle, then seeded filler."""
-    feas = list(sp.feasible(dtype, env_of(sp, dtype)))
-    return [feas[i] for i in _covering_indices(sp.family, dtype, size, seed)]
+    feas = _feasible(sp.family, dtype)
+    return [dict(feas[i]) for i in _covering_indices(sp.family, dtype, size, seed)]
 
 
 # ---- rendering ------------------------------------------------------------------------------------------
@@ -246,12 +257,13 @@ def test_known_good_defaults_are_feasible_and_normalized(dtype):
             assert not defaults and next(iter(sp.feasible(dtype, env_of(sp, dtype))), None) is None
             continue
         assert defaults, f"{sp.family}: no known-good config usable for {dtype}"
+        every = {tuple(c.items()) for c in sp.enumerate(dtype)}  # listed once (csr_gemv has ~15 defaults)
         for cfg in defaults:
             assert sp.check(cfg, env_of(sp, dtype)) is None
             assert sp.normalize(cfg, dtype) == cfg
             active = [p.name for p in sp.params if sp.active(p.name, cfg)]
             assert list(cfg) == active  # declaration order, active parameters only
-            assert cfg in list(sp.enumerate(dtype))
+            assert tuple(cfg.items()) in every
 
 
 def _family_params():

@@ -812,8 +812,9 @@ TOL = TOLERANCE
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_kernel_source_emulated_on_the_cpu_is_correct(dtype, tmp_path):
     """The rendered kernel (its own C++: staging, ring, k-step walk, prefetch, epilogue) with the CUDA intrinsics
-    emulated: every edge case at N = 1, 7, 72 and 136 (partial vector tiles), each with two configs of the sample that
-    run that N (the least used so far), the first with cp.async landing at issue, the second at the last moment
+    emulated: every edge case at N = 1, 7, 72 and 136 (partial vector tiles; bf16 at 7 and 136 only: it shares all
+    but the conversions and the MMA's type with fp16, and CI's time is short), each with two configs of the sample
+    that run that N (the least used so far), the first with cp.async landing at issue, the second at the last moment
     wait_group allows: C against float64 within the dtype's tolerance, every element written."""
     if shutil.which("g++") is None:
         pytest.skip("g++ not found")
@@ -824,7 +825,7 @@ def test_kernel_source_emulated_on_the_cpu_is_correct(dtype, tmp_path):
     rng = np.random.default_rng(0)
     used = {id(e): 0 for e in emus}
     for name, a in edge_cases().items():
-        for n in (1, 7, 72, 136):
+        for n in ((1, 7, 72, 136) if dtype == "fp16" else (7, 136)):
             env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
             runs = [e for e in emus if sp.check(e.cfg, env, DEFAULT_LIMITS) is None]
             assert len(runs) >= 2, (name, n)
@@ -835,7 +836,7 @@ def test_kernel_source_emulated_on_the_cpu_is_correct(dtype, tmp_path):
                 used[id(emu)] += 1
                 err = _rel_err(_as_f64(emu.run(a, n, b16, mode), dtype), want)
                 assert err <= TOL[dtype], (name, n, emu.cfg, mode, err)
-    assert min(used.values()) >= 4
+    assert min(used.values()) >= (4 if dtype == "fp16" else 2)
 
 
 def _mk(p: Path) -> Path:
