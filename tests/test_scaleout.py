@@ -553,6 +553,19 @@ def test_bad_shard_is_one_line(tmp_path, args, needle):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_merge_keeps_the_longest_search_of_a_case_in_several_files(tmp_path):
+    """Two shards' storages both hold the cases done before the split; a --retune on one of them lengthens its
+    searches: the merge keeps the record with the most trials, the first file's on a tie, in the suite's order."""
+    from sparse_autotune.tuning.suite import merge_records, suite_cases
+    c0, c1, c2 = suite_cases("quick")[:3]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([{**c0, "trials": 40, "src": "a"}, {**c1, "trials": 40, "src": "a"}]))
+    b.write_text(json.dumps([{**c2, "trials": 40, "src": "b"}, {**c1, "trials": 60, "src": "b"},
+                             {**c0, "trials": 40, "src": "b"}]))
+    assert [r["src"] for r in merge_records([a, b], "quick")] == ["a", "b", "b"]
+    assert [r["src"] for r in merge_records([b, a], "quick")] == ["b", "b", "b"]
+
+
 def test_merge_refuses_foreign_and_other_suite_files(tmp_path):
     from sparse_autotune.tuning.suite import merge_records
     bad = tmp_path / "bad.json"

@@ -177,8 +177,9 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def merge_records(paths: list[Path], suite: str) -> list[dict]:
     """The records of several suite-<suite>-<gpu>.json files (e.g. one per shard, each run on its own GPU) as one
-    list in the suite's case order; a case in more than one file keeps the first file's record. A file that is not a
-    list of this suite's records is refused with its name."""
+    list in the suite's case order; a case in more than one file keeps the record of the longest search (the most
+    trials: a shard's --retune of a case that both storages hold from before the split), the first file's on a tie.
+    A file that is not a list of this suite's records is refused with its name."""
     order = {case_key(c): j for j, c in enumerate(suite_cases(suite))}
     seen: dict[tuple, dict] = {}
     for p in paths:
@@ -195,7 +196,8 @@ def merge_records(paths: list[Path], suite: str) -> list[dict]:
                 raise UserError(f"--merge: {p}: a record without {e}") from None
             if k not in order:
                 raise UserError(f"--merge: {p} holds a case that is not in suite {suite!r}: {k}")
-            seen.setdefault(k, r)
+            if k not in seen or r.get("trials", 0) > seen[k].get("trials", 0):
+                seen[k] = r
     return sorted(seen.values(), key=lambda r: order[case_key(r)])
 
 
