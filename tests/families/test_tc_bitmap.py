@@ -1,0 +1,645 @@
+"""tc_bitmap (16 x 16 tiles as a bitmap + packed values, decoded by each lane into its mma.m16n8k16
+A fragment): the layout round-trips to A by the kernel's own lane rule for random and adversarial patterns (empty rows
+and tiles, a full tile, M / K not multiples of 16, one dense row, all zero), its bytes, the fragment mapping; every
+config renders, a covering sample nvcc-compiles for sm_90 without spills; constraints, shared memory, adaptation to N,
+launch arguments; the rendered kernel itself run on the CPU (each CUDA thread a std::thread; cp.async, ldmatrix and
+mma.sync emulated; the decode helper restated in C++) against float64; on a GPU, fp16 and bf16 against float64 on the
+edge cases at N = 1, 3, 8, 16, 32, 127 and density 0.7."""
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sps
+
+from fakes import check_launch_matches_signature, fake_kernel
+from sparse_autotune.core import render
+from sparse_autotune.core.families import get_family
+from sparse_autotune.core.problem import TOLERANCE, bf16_float, random_matrix, storage
+from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
+from sparse_autotune.device import compile as sat_compile
+
+FAMILY = "tc_bitmap"
+
+
+def host():
+    return get_family(FAMILY).host
+
+
+def space():
+    return get_family(FAMILY).space
+
+
+def _vals(a, rng):
+    a = sps.csr_matrix(a, dtype=np.float32)
+    a.data = rng.standard_normal(a.nnz).astype(np.float32) + 0.5
+    a.data[np.abs(a.data) < 1e-3] = 1.0  # never zero after rounding to 16 bits
+    return a
+
+
+def adversarial():
+    """Empty rows and tiles, a full tile, M and K not multiples of 16, one dense row, one nonzero, density 0.7, all
+    zero, dense, a long K (several splits and stages), lone values in each half of a lane's pair."""
+    rng = np.random.default_rng(16)
+    out = {}
+    a = sps.random(40, 70, density=0.3, format="lil", random_state=1)
+    a[0:10, :] = 0  # empty rows
+    a[:, 16:48] = 0  # empty tiles
+    out["empty_rows_and_tiles"] = _vals(a, rng)
+    a = sps.random(48, 64, density=0.05, format="lil", random_state=2)
+    a[16:32, 32:48] = 1.0  # a full 16 x 16 tile
+    out["full_tile"] = _vals(a, rng)
+    out["residues_37x53"] = _vals(sps.random(37, 53, density=0.5, format="csr", random_state=3), rng)
+    d = np.zeros((30, 300))
+    d[7] = 1.0  # one dense row among empty ones
+    out["one_dense_row"] = _vals(d, rng)
+    a = sps.lil_matrix((5, 7))
+    a[4, 6] = 1.0
+    out["single_nonzero"] = _vals(a, rng)
+    out["density_0.7"] = _vals(sps.random(64, 96, density=0.7, format="csr", random_state=4), rng)
+    out["all_zero"] = sps.csr_matrix((20, 40), dtype=np.float32)
+    out["dense_33x129"] = _vals(np.ones((33, 129)), rng)
+    out["long_k_24x1000"] = _vals(sps.random(24, 1000, density=0.4, format="csr", random_state=5), rng)
+    d = np.zeros((16, 32))
+    d[3, 4] = d[9, 13] = d[12, 30] = d[0, 17] = 1.0  # lone even / odd columns: the other half of the lane's pair zero
+    out["lone_halves"] = _vals(d, rng)
+    return out
+
+
+def bits16(a, dtype="fp16"):
+    return host().value_bits(sps.csr_matrix(a).toarray().ravel(), dtype).reshape(a.shape)
+
+
+# ---- the layout -------------------------------------------------------------------------------------------
+
+def test_tile_slot_is_the_mma_a_fragment_layout():
+    """Every element of a 16 x 16 tile has one (half, word, bit); lane 4 g + t's four elements of half h (row 8h + g,
+    columns 2t, 2t + 1 = register a_h, 2t + 8, 2t + 9 = a_{h+2}) are bits 4 (l % 8) .. + 3 of word l // 8, in that
+    order."""
+    h = host()
+    r, c = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    hh, i, bit = h.tile_slot(r, c)
+    assert sorted((hh * 128 + i * 32 + bit).ravel().tolist()) == list(range(256))
+    for lane in range(32):
+        g, t = lane >> 2, lane & 3
+        for half in range(2):
+            cols = [2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9]
+            got = [tuple(int(x) for x in h.tile_slot(8 * half + g, cc)) for cc in cols]
+            assert got == [(half, lane >> 3, 4 * (lane & 7) + e) for e in range(4)], (lane, half)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_layout_round_trips_to_a_by_the_lane_rule(dtype):
+    """decode() takes each lane's word, base byte and popc prefix and walks its bits as the kernel's half_decode() does: A's 16-bit values
+    exactly, for every adversarial pattern and a random one."""
+    h = host()
+    cases = dict(adversarial())
+    cases["random_100x300_0.5"] = random_matrix(100, 300, 0.5, "uniform", 7)
+    for name, a in cases.items():
+        meta, vals, vptr, info = h.build(a, dtype)
+        got = h.decode(meta, vals, vptr, info)
+        np.testing.assert_array_equal(got, bits16(a, dtype), err_msg=f"{name} {dtype}")
+        assert info["nnz"] == sps.csr_matrix(a).count_nonzero()
+        S, KT, KTP = h.dims(*a.shape)
+        assert KTP % 4 == 0 and KTP >= KT and len(meta) == S * KTP * 10 and len(vptr) == S * (KTP + 1)
+        assert len(vals) == info["nnz"] + h.VAL_PAD and not vals[info["nnz"]:].any()
+        assert info["bytes"] == h.format_bytes(*a.shape, info["nnz"])
+
+
+def test_layout_invariants_bases_and_pointers():
+    """Masks hold exactly nnz bits; every base byte <= 224 (the first 0); a tile's values are its popcount; pointers are monotone,
+    even (bytes of halves) and strips follow each other; empty tiles cost 40 bytes of zeros and no values."""
+    h = host()
+    a = random_matrix(70, 500, 0.6, "uniform", 3)
+    meta, vals, vptr, info = h.build(a)
+    mt = meta.reshape(-1, 10)
+    assert int(np.unpackbits(mt[:, :8].view(np.uint8)).sum()) == info["nnz"]
+    assert mt[:, 8:].view(np.uint8).max() <= 224 and not (mt[:, 8] & 0xFF).any()
+    vp = vptr.reshape(info["S"], -1)
+    tile_vals = np.unpackbits(mt[:, :8].view(np.uint8)).reshape(-1, 256).sum(axis=1).reshape(info["S"], -1)
+    np.testing.assert_array_equal(np.diff(vp, axis=1) // 2, tile_vals)
+    assert (vp % 2 == 0).all() and (vp[1:, 0] == vp[:-1, -1]).all() and vp[-1, -1] == 2 * info["nnz"]
+    assert not mt.reshape(info["S"], info["KTP"], 10)[:, info["KT"]:].any()  # the padding tiles
+    d = np.zeros((16, 64))
+    d[:, 16:32] = 1.0
+    meta, vals, vptr, info = h.build(sps.csr_matrix(d))
+    mt = meta.reshape(-1, 10)
+    assert (mt[1, :8] == 0xFFFFFFFF).all() and not mt[[0, 2, 3]].any()
+    assert list(mt[1, 8:].view(np.uint8)) == [0, 128, 32, 160, 64, 192, 96, 224]  # b(h, i) at byte 2i + h
+    assert list(vptr) == [0, 0, 512, 512, 512]
+
+
+def test_bytes_per_element():
+    """40 bytes a tile + 4 a tile of pointers + 2 a nonzero: 1.17 B an element at d 0.5, 0.57 at d 0.2 (dense fp16 2)."""
+    h = host()
+    for d, want in ((0.5, 1.172), (0.3, 0.772), (0.2, 0.572)):
+        per = h.format_bytes(4096, 4096, round(d * 4096 * 4096)) / 4096 ** 2
+        assert abs(per - want) < 0.002, (d, per)
+    a = random_matrix(256, 2048, 0.5, "uniform", 2)
+    assert abs(h.build(a)[3]["bytes"] / (256 * 2048) - 1.172) < 0.01
+
+
+def test_the_builder_leaves_the_callers_matrix_alone():
+    h = host()
+    a = sps.csr_matrix((np.array([1.0, 2.0, 0.0]), np.array([3, 3, 5]), np.array([0, 3])), shape=(1, 8))
+    before = (a.data.copy(), a.indices.copy())
+    meta, vals, vptr, info = h.build(a)
+    np.testing.assert_array_equal(a.data, before[0])
+    np.testing.assert_array_equal(a.indices, before[1])
+    assert info["nnz"] == 1 and vals[0] == np.float16(3.0).view(np.uint16)
+
+
+# ---- space, rendering, compiling --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_launch_matches_the_kernel_signature(dtype):
+    a = random_matrix(64, 256, 0.3, "uniform", 0)
+    for n in (1, 16, 100):
+        assert check_launch_matches_signature(FAMILY, dtype, a, n) > 0
+
+
+def test_every_config_renders_for_both_dtypes():
+    sp = space()
+    n = 0
+    for dtype in ("fp16", "bf16"):
+        for i, cfg in enumerate(sp.enumerate(dtype)):
+            if i % 3:
+                continue
+            src = render.render(sp, cfg, dtype)
+            assert f"mma.sync.aligned.m16n8k16.row.col.f32.{'bf16.bf16' if dtype == 'bf16' else 'f16.f16'}.f32" in src
+            assert "spmm_kernel(" in src and f"mr={cfg['mr']} ks={cfg['ks']} " in src
+            n += 1
+    assert n > 3000
+
+
+KNOWN = [  # the known-good configs and the register extremes
+    dict(mr=2, ks=2, nb=2, warps=4, stages=4, splitk=16, minb=1, bload="vec"),
+    dict(mr=2, ks=2, nb=1, warps=4, stages=4, splitk=16, minb=1, bload="vec"),
+    dict(mr=2, ks=2, nb=4, warps=4, stages=4, splitk=16, minb=1, bload="vec"),
+    dict(mr=1, ks=4, nb=2, warps=8, stages=3, splitk=8, minb=2, bload="vec"),
+    dict(mr=2, ks=2, nb=1, warps=4, stages=4, splitk=16, minb=1, bload="scalar"),
+    dict(mr=2, ks=4, nb=4, warps=2, stages=6, splitk=4, minb=1, bload="vec"),
+    dict(mr=4, ks=4, nb=2, warps=8, stages=2, splitk=32, minb=1, bload="scalar"),
+    dict(mr=1, ks=2, nb=4, warps=4, stages=3, splitk=4, minb=4, bload="vec"),
+    dict(mr=4, ks=2, nb=1, warps=4, stages=3, splitk=2, minb=4, bload="vec"),
+    dict(mr=2, ks=4, nb=2, warps=4, stages=3, splitk=16, minb=2, bload="vec"),
+]
+
+
+def _ptxas(cfg, dtype):
+    return sat_compile.nvcc_check(render.render(space(), cfg, dtype), arch="sm_90")
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_covering_sample_compiles_with_nvcc_without_spills(dtype):
+    """Every known-good config and the register extremes (mr x nb = 8, minb 4): no spills, and under minb's cap."""
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = space()
+    env = problem_env(4096, 4096, 32, 8_000_000, dtype)
+    cfgs = [c for c in KNOWN if sp.check(c, env, DEFAULT_LIMITS) is None]
+    assert len(cfgs) == len(KNOWN)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        reports = list(pool.map(lambda c: _ptxas(c, dtype), cfgs))
+    for cfg, rep in zip(cfgs, reports):
+        assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
+        assert all(int(x) == 0 for x in re.findall(r"(\d+) bytes spill", rep)), (cfg, rep)
+        regs = int(re.search(r"Used (\d+) registers", rep).group(1))
+        assert regs <= min(255, 65536 // (32 * cfg["warps"] * cfg["minb"])), (cfg, regs)
+
+
+def test_shared_memory_and_constraints():
+    h = host()
+    sp = space()
+    cfg = dict(mr=2, ks=2, nb=2, warps=4, stages=4, splitk=16, minb=1, bload="vec")
+    # 4096 columns: 256 k-steps, 128 stages, 8 a split: 17 pointer entries -> 20; slot 1120 bytes a strip; B 256 rows
+    want = 16 + 4 * 2 * (4 * 20 + 4 * 1120) + 256 * 32
+    assert h.shared_bytes(cfg, 4096) == want
+    assert h.smem_bytes(fake_kernel(FAMILY, cfg, "fp16", random_matrix(64, 4096, 0.01, "uniform", 0))) == want
+    env = problem_env(4096, 4096, 16, 8_000_000, "fp16")
+    for c in (cfg, {**cfg, "splitk": 1, "ks": 4}, {**cfg, "mr": 4, "warps": 8, "stages": 6, "splitk": 2}):
+        need = h.shared_bytes(c, 4096)
+        assert sp.check(c, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": need}) is None, c
+        assert sp.check(c, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": need - 1}) is not None, c
+    assert sp.check({**cfg, "nb": 4}, env, DEFAULT_LIMITS) is not None  # 32 columns for N = 16
+    assert sp.check({**cfg, "mr": 4, "nb": 4}, problem_env(4096, 4096, 32, 1, "fp16"), DEFAULT_LIMITS) is not None
+    odd = problem_env(4096, 4096, 3, 1, "fp16")
+    assert sp.check({**cfg, "nb": 1}, odd, DEFAULT_LIMITS) is not None
+    assert sp.check({**cfg, "nb": 1, "bload": "scalar"}, odd, DEFAULT_LIMITS) is None
+    short = problem_env(64, 40, 8, 100, "fp16")  # 3 k-steps -> 4: one stage of 4, two of 2
+    assert sp.check({**cfg, "nb": 1, "splitk": 2}, short, DEFAULT_LIMITS) is None
+    assert sp.check({**cfg, "nb": 1, "splitk": 4}, short, DEFAULT_LIMITS) is not None
+    assert not sp.supports("fp32") and sp.supports("bf16")
+    assert all(sp.normalize(kg, "fp16") is not None for kg in sp.known_good)
+
+
+def test_adapt_to_another_n():
+    fam = get_family(FAMILY)
+    cfg = dict(mr=2, ks=2, nb=4, warps=4, stages=4, splitk=16, minb=1, bload="vec")
+    one = problem_env(4096, 4096, 1, 8_000_000, "fp16")
+    got = fam.adapt(cfg, "fp16", one, DEFAULT_LIMITS)
+    assert got == {**cfg, "nb": 1, "bload": "scalar"}
+    sixteen = problem_env(4096, 4096, 16, 8_000_000, "fp16")
+    assert fam.adapt(cfg, "fp16", sixteen, DEFAULT_LIMITS) == {**cfg, "nb": 2}
+
+
+def test_geometry_args_and_workspace():
+    h = host()
+    a = random_matrix(1000, 3000, 0.3, "uniform", 1)
+    cfg = dict(mr=2, ks=2, nb=2, warps=4, stages=4, splitk=4, minb=1, bload="vec")
+    k = fake_kernel(FAMILY, cfg, "fp16", a)
+    S = -(-1000 // 16)
+    rb = -(-S // 8)
+    grid, block = h.geometry(k, 40)  # 40 columns: 3 column tiles of 16
+    assert block == (128,) and grid == (rb * 4 * 3,)
+    args = h.args(k, 40, "B", "C")
+    ws, cnt = args[3], args[4]
+    assert ws.host.shape == (rb * 3 * 4 * 4 * 32 * 2 * 2 * 4,) and cnt.host.shape == (rb * 3,) and not cnt.host.any()
+    assert args[5:7] == ("B", "C")
+    KTP = -(-(-(-3000 // 16)) // 4) * 4
+    assert [int(x) for x in args[7:]] == [1000, 40, 3000, S, KTP, -(-(KTP // 2) // 4), 3]
+
+
+# ---- the kernel on the CPU --------------------------------------------------------------------------------
+
+EMU_PRELUDE = r'''
+#include <algorithm>
+#include <barrier>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+using std::min; using std::max;
+#define __device__
+#define __forceinline__ inline
+#define __restrict__
+struct uint2 { unsigned int x, y; };
+struct float4 { float x, y, z, w; };
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+struct Dim { unsigned int x; };
+thread_local Dim threadIdx, blockIdx;
+thread_local unsigned char* smem;
+template <class T> inline T __ldg(const T* p) { return *p; }
+inline void __stcg(float4* p, float4 v) { *p = v; }
+inline float4 __ldcg(const float4* p) { return *p; }
+inline void __threadfence() {}
+inline int atomicAdd(int* p, int v) { int o = *p; *p += v; return o; }  // blocks run one after another
+inline unsigned int __cvta_generic_to_shared(const void* p) { return (unsigned int)((const unsigned char*)p - smem); }
+inline int __popc(unsigned int x) { return __builtin_popcount(x); }
+inline unsigned int __byte_perm(unsigned int a, unsigned int b, unsigned int s) {
+    const unsigned long long v = ((unsigned long long)b << 32) | a;
+    unsigned int r = 0;
+    for (int i = 0; i < 4; ++i) r |= (unsigned int)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    return r;
+}
+struct WarpX { std::barrier<>* bar; unsigned int addr[32]; unsigned int a[32][4]; unsigned int b[32][2]; };
+struct Copy { unsigned int dst; const void* src; int n, size; };
+struct BlockX { std::barrier<>* bar; WarpX warps[32]; size_t smem_bytes; };
+thread_local BlockX* g_block;
+thread_local std::vector<std::vector<Copy>> g_groups;  // committed groups, oldest first; the last one is open
+int g_copy_at_issue = 1;  // 1: a cp.async lands when issued; 0: at the latest, when wait_group must have it
+int g_bf16 = 0;
+[[noreturn]] inline void die(const char* what) { std::fprintf(stderr, "%s\n", what); std::abort(); }
+inline void __syncthreads() { g_block->bar->arrive_and_wait(); }
+inline void __syncwarp() { g_block->warps[threadIdx.x >> 5].bar->arrive_and_wait(); }
+inline void chk(unsigned int a, unsigned int n) { if ((size_t)a + n > g_block->smem_bytes) die("shared memory out of range"); }
+inline float h2f(unsigned short h) {
+    if (g_bf16) { unsigned int u = (unsigned int)h << 16; float f; std::memcpy(&f, &u, 4); return f; }
+    _Float16 x; std::memcpy(&x, &h, 2); return (float)x;
+}
+inline unsigned short f2h(float f) {
+    if (g_bf16) {
+        unsigned int u;
+        std::memcpy(&u, &f, 4);
+        return (unsigned short)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    }
+    _Float16 x = (_Float16)f; unsigned short h; std::memcpy(&h, &x, 2); return h;
+}
+inline unsigned int pack2f(float lo, float hi) { return (unsigned int)f2h(lo) | ((unsigned int)f2h(hi) << 16); }
+inline unsigned int keep(unsigned int x) { return x; }
+inline unsigned int lds16(unsigned int a) { if (a % 2) die("misaligned lds16"); chk(a, 2); unsigned short v; std::memcpy(&v, smem + a, 2); return v; }
+inline unsigned int lds32(unsigned int a) { if (a % 4) die("misaligned lds32"); chk(a, 4); unsigned int v; std::memcpy(&v, smem + a, 4); return v; }
+inline uint2 lds64(unsigned int a) { if (a % 8) die("misaligned lds64"); chk(a, 8); uint2 v; std::memcpy(&v, smem + a, 8); return v; }
+inline void sts16(unsigned int a, unsigned int v) { if (a % 2) die("misaligned sts16"); chk(a, 2); unsigned short h = v; std::memcpy(smem + a, &h, 2); }
+// the template's half_decode() restated: p = base + popc(w & ltm); element e = the value at p where bit m_e is set (then
+// p + 1), else 0; elements 0, 1 -> lo, 2, 3 -> hi
+inline void half_decode(unsigned int& lo, unsigned int& hi, unsigned int w, unsigned int base, unsigned int vt,
+                        unsigned int ltm, unsigned int m0, unsigned int m1, unsigned int m2, unsigned int m3) {
+    unsigned int a = vt + 2u * (base + (unsigned int)__popc(w & ltm));
+    const unsigned int m[4] = {m0, m1, m2, m3};
+    unsigned int x[4] = {0, 0, 0, 0};
+    for (int e = 0; e < 4; ++e)
+        if (w & m[e]) { x[e] = lds16(a); a += 2; }
+    lo = __byte_perm(x[0], x[1], 0x5410);
+    hi = __byte_perm(x[2], x[3], 0x5410);
+}
+inline void warp_addrs(unsigned int addr) {
+    WarpX& w = g_block->warps[threadIdx.x >> 5];
+    if (addr % 16) die("ldmatrix row address not 16-byte aligned");
+    w.addr[threadIdx.x & 31] = addr;
+    w.bar->arrive_and_wait();
+}
+inline void ldsm_x4_t(unsigned int (&r)[4], unsigned int addr) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    WarpX& w = g_block->warps[threadIdx.x >> 5];
+    warp_addrs(addr);
+    for (int i = 0; i < 4; ++i)  // .trans: lane (g, q) gets (row 2q, column g), (2q + 1, g) of matrix i
+        r[i] = lds16(w.addr[8 * i + 2 * q] + 2 * g) | (lds16(w.addr[8 * i + 2 * q + 1] + 2 * g) << 16);
+    w.bar->arrive_and_wait();
+}
+inline void ldsm_x2_t(unsigned int (&r)[2], unsigned int addr) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    WarpX& w = g_block->warps[threadIdx.x >> 5];
+    warp_addrs(addr);
+    for (int i = 0; i < 2; ++i)
+        r[i] = lds16(w.addr[8 * i + 2 * q] + 2 * g) | (lds16(w.addr[8 * i + 2 * q + 1] + 2 * g) << 16);
+    w.bar->arrive_and_wait();
+}
+inline void mma16816(float (&d)[4], const unsigned int (&a)[4], unsigned int b0, unsigned int b1) {
+    const int lane = threadIdx.x & 31;
+    WarpX& w = g_block->warps[threadIdx.x >> 5];
+    for (int i = 0; i < 4; ++i) w.a[lane][i] = a[i];
+    w.b[lane][0] = b0; w.b[lane][1] = b1;
+    w.bar->arrive_and_wait();
+    float A[16][16], Bm[16][8];
+    for (int l = 0; l < 32; ++l) {
+        const int g = l >> 2, q = l & 3;
+        for (int h = 0; h < 2; ++h) {
+            A[g][2 * q + h] = h2f((unsigned short)(w.a[l][0] >> (16 * h)));
+            A[g + 8][2 * q + h] = h2f((unsigned short)(w.a[l][1] >> (16 * h)));
+            A[g][2 * q + 8 + h] = h2f((unsigned short)(w.a[l][2] >> (16 * h)));
+            A[g + 8][2 * q + 8 + h] = h2f((unsigned short)(w.a[l][3] >> (16 * h)));
+            Bm[2 * q + h][g] = h2f((unsigned short)(w.b[l][0] >> (16 * h)));
+            Bm[2 * q + 8 + h][g] = h2f((unsigned short)(w.b[l][1] >> (16 * h)));
+        }
+    }
+    w.bar->arrive_and_wait();
+    const int g = lane >> 2, q = lane & 3;
+    const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * q, 2 * q + 1, 2 * q, 2 * q + 1};
+    for (int e = 0; e < 4; ++e) {
+        float s = d[e];
+        for (int k = 0; k < 16; ++k) s += A[rows[e]][k] * Bm[k][cols[e]];
+        d[e] = s;
+    }
+}
+inline void do_copy(const Copy& c) {
+    chk(c.dst, c.size);
+    if (c.n) std::memcpy(smem + c.dst, c.src, c.size); else std::memset(smem + c.dst, 0, c.size);
+}
+inline void cp_async16(unsigned int dst, const void* src, int src_bytes) {
+    if ((src_bytes != 0 && src_bytes != 16) || dst % 16 || (src_bytes && (uintptr_t)src % 16)) die("bad cp.async 16");
+    Copy c{dst, src, src_bytes, 16};
+    if (g_copy_at_issue) do_copy(c); else g_groups.back().push_back(c);
+}
+inline void cp_async4(unsigned int dst, const void* src) {
+    if (dst % 4 || (uintptr_t)src % 4) die("bad cp.async 4");
+    Copy c{dst, src, 4, 4};
+    if (g_copy_at_issue) do_copy(c); else g_groups.back().push_back(c);
+}
+inline void cp_commit() { g_groups.emplace_back(); }
+inline void cp_wait(int n) {
+    while ((int)g_groups.size() - 1 > n) {
+        for (const Copy& c : g_groups.front()) do_copy(c);
+        g_groups.erase(g_groups.begin());
+    }
+}
+'''
+
+EMU_MAIN = r'''
+template <class T> std::vector<T> rd(const std::string& path, size_t pad) {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    std::fseek(f, 0, SEEK_END); long n = std::ftell(f); std::fseek(f, 0, SEEK_SET);
+    std::vector<T> v(n / sizeof(T) + pad);
+    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) die("short read");
+    std::fclose(f);
+    return v;
+}
+int main(int argc, char** argv) {
+    const std::string d = argv[1];
+    const int M = std::atoi(argv[2]), N = std::atoi(argv[3]), K = std::atoi(argv[4]), S = std::atoi(argv[5]);
+    const int KTP = std::atoi(argv[6]), sps = std::atoi(argv[7]), ntiles = std::atoi(argv[8]), grid = std::atoi(argv[9]);
+    const size_t smem_bytes = std::atoi(argv[10]);
+    g_copy_at_issue = std::atoi(argv[11]); g_bf16 = std::atoi(argv[12]);
+    const long nws = std::atol(argv[13]), ncnt = std::atol(argv[14]);
+    auto meta = rd<uint4_t>(d + "/meta", 0);
+    auto vals = rd<uint4_t>(d + "/vals", 0);  // (16-byte aligned, exactly the array: reads past it are bugs)
+    auto vptr = rd<int>(d + "/vptr", 0);
+    auto B = rd<unsigned short>(d + "/B", 0);
+    std::vector<float> ws(nws, 0.0f);
+    std::vector<int> cnt(ncnt, 0);
+    std::vector<unsigned short> C((size_t)M * N + 1, 0x7e00);  // poisoned: NaN
+    for (int bid = 0; bid < grid; ++bid) {
+        std::vector<unsigned char> sm(smem_bytes + 16, 0xAB);  // garbage, as shared memory starts
+        BlockX blk; std::barrier<> bar(NTHREADS); blk.bar = &bar; blk.smem_bytes = smem_bytes;
+        std::vector<std::barrier<>*> wb;
+        for (int w = 0; w < NTHREADS / 32; ++w) { wb.push_back(new std::barrier<>(32)); blk.warps[w].bar = wb.back(); }
+        std::vector<std::thread> th;
+        for (int t = 0; t < NTHREADS; ++t) th.emplace_back([&, t] {
+            threadIdx.x = t; blockIdx.x = bid; smem = sm.data(); g_block = &blk;
+            g_groups.clear(); g_groups.emplace_back();
+            spmm_kernel((const unsigned int*)meta.data(), (const unsigned char*)vals.data(), vptr.data(), ws.data(),
+                        cnt.data(), B.data(), C.data(), M, N, K, S, KTP, sps, ntiles);
+        });
+        for (auto& x : th) x.join();
+        for (auto* p : wb) delete p;
+    }
+    for (int c : cnt) if (c) die("a split-K counter was not reset");
+    FILE* f = std::fopen((d + "/C").c_str(), "wb");
+    std::fwrite(C.data(), 2, (size_t)M * N, f);
+    std::fclose(f);
+    return 0;
+}
+'''
+
+
+def emu_source(cfg: dict, dtype: str) -> str:
+    """The rendered kernel for g++: its #defines and everything after `// ---- kernel ----` (the device helpers before
+    it are replaced by EMU_PRELUDE's), the kernel a plain function, no asm left."""
+    src = render.render(space(), cfg, dtype)
+    head, body = src.split("// ---- kernel ----", 1)
+    defines = "\n".join(ln for ln in head.splitlines() if ln.startswith("#define"))
+    body = re.sub(r'extern "C" __global__ void __launch_bounds__\([^)]*\)', "void", body)
+    body = body.replace("extern __shared__ __align__(16) unsigned char smem[];", "")
+    assert "asm" not in body and "__shared__" not in body
+    pre = EMU_PRELUDE + "struct alignas(16) uint4_t { unsigned int x, y, z, w; };\n"
+    return pre + defines + f"\n#define NTHREADS {32 * cfg['warps']}\n" + body + EMU_MAIN
+
+
+class Emulated:
+    """One config's kernel compiled for the CPU; run(a, n, b16, mode) -> C (uint16 bits, M x N)."""
+
+    def __init__(self, cfg: dict, dtype: str, folder: Path):
+        self.cfg, self.dtype, self.folder = cfg, dtype, folder
+        (folder / "k.cpp").write_text(emu_source(cfg, dtype))
+        proc = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-w", "-o", str(folder / "k"),
+                               str(folder / "k.cpp")], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def run(self, a, n: int, b16, copy_at_issue: int = 1):
+        h, c = host(), self.cfg
+        m, k = a.shape
+        meta, vals, vptr, info = h.build(a, self.dtype)
+        d = Path(tempfile.mkdtemp(dir=self.folder))
+        meta.tofile(d / "meta")
+        v = np.zeros(-(-len(vals) // 8) * 8, dtype=np.uint16)  # whole 16-byte units (the device allocation's size)
+        v[:len(vals)] = vals
+        v.tofile(d / "vals")
+        vptr.tofile(d / "vptr")
+        np.ascontiguousarray(b16).tofile(d / "B")
+        S, KTP, rb, ntiles, sps = h._dims(c, m, k, n)
+        nws, ncnt = h.workspace_shape(c, rb, ntiles)
+        grid = h.geometry(fake_kernel(FAMILY, c, self.dtype, a), n)[0][0]
+        subprocess.run([str(self.folder / "k"), str(d), str(m), str(n), str(k), str(S), str(KTP), str(sps),
+                        str(ntiles), str(grid), str(h.shared_bytes(c, k)), str(copy_at_issue),
+                        "1" if self.dtype == "bf16" else "0", str(nws), str(ncnt)], check=True, timeout=600)
+        return np.fromfile(d / "C", dtype=np.uint16).reshape(m, n)
+
+
+def _as_f64(c16, dtype):
+    return (bf16_float(c16) if dtype == "bf16" else c16.view(np.float16)).astype(np.float64)
+
+
+def _ref(a, b16, dtype):
+    a = sps.csr_matrix(a)
+    a16 = a.copy()
+    a16.data = _as_f64(host().value_bits(a.data, dtype), dtype)
+    return a16 @ _as_f64(b16, dtype)
+
+
+def _rel_err(got, want):
+    if not np.isfinite(got).all():
+        return np.inf
+    den = np.linalg.norm(want)
+    return np.linalg.norm(got - want) / den if den else np.linalg.norm(got)
+
+
+EMU_CFGS = [  # every mr, ks, nb, stages, bload, split-K on and off, 2 to 8 warps
+    dict(mr=2, ks=2, nb=2, warps=4, stages=4, splitk=4, minb=1, bload="vec"),
+    dict(mr=1, ks=4, nb=1, warps=2, stages=2, splitk=1, minb=1, bload="scalar"),
+    dict(mr=4, ks=2, nb=4, warps=2, stages=3, splitk=2, minb=1, bload="scalar"),
+    dict(mr=1, ks=2, nb=1, warps=8, stages=6, splitk=8, minb=2, bload="vec"),
+    dict(mr=2, ks=4, nb=2, warps=4, stages=3, splitk=1, minb=1, bload="scalar"),
+]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_kernel_source_emulated_on_the_cpu_is_correct(dtype, tmp_path):
+    """Not a GPU result: the rendered kernel (its own C++: pointer copy, B staging, the stage ring and its copies, the
+    k-step walk, split-K and its counters, the epilogue) with cp.async / ldmatrix / mma.sync emulated and half_decode()
+    restated in C++: every adversarial case at N = 1, 3, 8 and 24 with each config that can run it (scalar B for odd
+    N), cp.async landing at issue or at the last moment wait_group allows; C within the dtype's tolerance of float64,
+    every element written (C starts as NaN)."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found")
+    sp = space()
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        emus = list(pool.map(lambda ic: Emulated(ic[1], dtype, _mk(tmp_path / f"c{ic[0]}")), enumerate(EMU_CFGS)))
+    rng = np.random.default_rng(0)
+    ran = 0
+    for name, a in adversarial().items():
+        for n in (1, 3, 8, 24):
+            env = problem_env(a.shape[0], a.shape[1], n, sps.csr_matrix(a).nnz, dtype)
+            b16 = storage(rng.standard_normal((a.shape[1], n)).astype(np.float32), dtype).view(np.uint16)
+            want = _ref(a, b16, dtype)
+            for i, emu in enumerate(emus):
+                cfg = sp.normalize(emu.cfg, dtype)
+                if sp.check(cfg, env, DEFAULT_LIMITS) is not None:
+                    continue
+                mode = (i + n) % 2
+                err = _rel_err(_as_f64(emu.run(a, n, b16, mode), dtype), want)
+                assert err <= TOLERANCE[dtype], (name, n, emu.cfg, mode, err)
+                ran += 1
+    assert ran >= 50
+
+
+def _mk(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+# ---- on the GPU -------------------------------------------------------------------------------------------
+
+def _gpu_configs(a, n, dtype):
+    """The known-good configs adapted to N, and a spread of the feasible ones."""
+    fam = get_family(FAMILY)
+    env = problem_env(a.shape[0], a.shape[1], n, sps.csr_matrix(a).nnz, dtype)
+    got = []
+    for kg in fam.space.known_good + KNOWN:
+        ad = fam.adapt(kg, dtype, env, DEFAULT_LIMITS)
+        if ad is not None and ad not in got:
+            got.append(ad)
+    feas = list(fam.space.feasible(dtype, env, DEFAULT_LIMITS))
+    got += [c for c in feas[:: max(1, len(feas) // 3)] if c not in got]
+    assert got, (a.shape, n)
+    return got[:: max(1, len(got) // 10)]  # about 10 a case and N (the GPU budget)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_correct_on_edge_cases(dtype):
+    """Through the project's launch path (tests/nk_check.py's check_kn): poisoned C, fresh random B, float64 reference
+    of the rounded operands; empty rows and tiles, a full tile, M / K not multiples of 16, a dense row, density 0.7,
+    N = 1, 3, 8, 16, 32, 127 (column tiles past nb)."""
+    from nk_check import check_kn
+    checked = check_kn(FAMILY, dtype, adversarial(), lambda a, n: _gpu_configs(a, n, dtype), (1, 3, 8, 16, 32, 127),
+                       TOLERANCE[dtype])
+    assert checked > 300
+
+
+@pytest.mark.gpu
+def test_known_good_configs_on_the_llm_shapes():
+    """The known-good configs (adapted to N) at 4096 x 4096 d 0.5 / 0.2 and 1024 x 4096 d 0.3, N = 8, 16, 32, fp16; and
+    4096 x 4096 d 0.5 N = 16 in bf16; each config run twice where split-K is on (its counters reset themselves)."""
+    from nk_check import check_kn
+    fam = get_family(FAMILY)
+
+    def configs(a, n, dtype):
+        env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
+        got = []
+        for kg in fam.space.known_good:
+            ad = fam.adapt(kg, dtype, env, DEFAULT_LIMITS)
+            if ad is not None and ad not in got:
+                got += [ad, dict(ad)] if ad["splitk"] > 1 else [ad]
+        return got
+    cases = {f"{m}x{k}_d{d}": random_matrix(m, k, d, "uniform", 3)
+             for m, k, d in [(4096, 4096, 0.5), (4096, 4096, 0.2), (1024, 4096, 0.3)]}
+    checked = check_kn(FAMILY, "fp16", cases, lambda a, n: configs(a, n, "fp16"), (8, 16, 32), TOLERANCE["fp16"])
+    checked += check_kn(FAMILY, "bf16", {"4096x4096_d0.5": cases["4096x4096_d0.5"]},
+                        lambda a, n: configs(a, n, "bf16"), (16,), TOLERANCE["bf16"])
+    assert checked >= 30
+
+
+SWEEP_CASES = [(4096, 4096, 16, 0.5), (4096, 4096, 16, 0.3), (4096, 4096, 16, 0.2), (11008, 4096, 16, 0.5),
+               (4096, 4096, 8, 0.5), (4096, 4096, 32, 0.5)]
+
+
+def test_sweep_configs_are_feasible_and_compile():
+    """tests/families/tc_bitmap_sweep.txt (the lead's sweep, bench/drafts/tc_bitmap.md): every line parses, runs on
+    the cases of its N (at least 2 lines a case besides the known-good ones) and compiles without spills."""
+    import json
+    lines = [ln for ln in (Path(__file__).parent / "tc_bitmap_sweep.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    cfgs = [json.loads(ln.split(":", 1)[1]) for ln in lines]
+    assert all(ln.split(":", 1)[0] == FAMILY for ln in lines) and len(cfgs) >= 8
+    sp = space()
+    for m, k, n, d in SWEEP_CASES:
+        env = problem_env(m, k, n, round(d * m * k), "fp16")
+        ok = [c for c in cfgs if sp.check(sp.normalize(c, "fp16"), env, DEFAULT_LIMITS) is None]
+        assert len(ok) >= 2, (m, k, n, d)
+        assert all(sp.check(sp.normalize(kg, "fp16"), env, DEFAULT_LIMITS) is None
+                   for kg in sp.known_good if 8 * kg["nb"] <= n), (m, k, n)
+    if sat_compile.nvcc_path() is None:
+        return
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        reports = list(pool.map(lambda c: _ptxas(c, "fp16"), cfgs))
+    for cfg, rep in zip(cfgs, reports):
+        assert all(int(x) == 0 for x in re.findall(r"(\d+) bytes spill", rep)), (cfg, rep)
