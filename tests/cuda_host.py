@@ -1,8 +1,8 @@
 """Run a rendered CUDA kernel on the CPU (tests only): the source is compiled by g++ as C++20 with a prelude that
 emulates what the csr_gemv template uses - threadIdx / blockIdx, uint2 / uint4, __ldg, __shfl_xor_sync and
 __syncthreads (the threads of a block are fibers of one OS thread, switched only at those barriers), dynamic shared
-memory, and the inline PTX of fp16 / bf16 conversion and fma.rn.f16x2 (replaced by _Float16 arithmetic: one rounding
-of the exact a * b + c, as the PTX instruction). Blocks run one after another. This executes the template's own index
+memory, and the inline PTX of fp16 / bf16 conversion, fma.rn.f16x2 and fma.rn.bf16x2 (replaced by one rounding of the
+exact a * b + c, as the PTX instructions: _Float16 arithmetic, and for bf16 a rounding to 8 significant bits). Blocks run one after another. This executes the template's own index
 arithmetic, loops, shuffles and writes; timing, caches and the memory model are not emulated (a race between
 threads would not necessarily show)."""
 from __future__ import annotations
@@ -72,6 +72,19 @@ static inline unsigned short emu_f2bf(float f) {  // round to nearest even (fini
     u += 0x7fffu + ((u >> 16) & 1u);
     return (unsigned short)(u >> 16);
 }
+static inline float emu_bf2f(unsigned int h) { return __uint_as_float((h & 0xffffu) << 16); }
+static inline unsigned short emu_d2bf(double r) {  // one rounding (nearest even) of r to bf16 (normal range)
+    if (r == 0.0) return 0;
+    int e;
+    std::frexp(r, &e);
+    return emu_f2bf((float)std::ldexp(std::nearbyint(std::ldexp(r, 8 - e)), e - 8));  // exact in float: no 2nd rounding
+}
+static inline unsigned int emu_hbfma2(unsigned int a, unsigned int b, unsigned int c) {  // fma.rn.bf16x2
+    unsigned int out = 0;
+    for (int s = 0; s < 32; s += 16)
+        out |= (unsigned int)emu_d2bf((double)emu_bf2f(a >> s) * (double)emu_bf2f(b >> s) + (double)emu_bf2f(c >> s)) << s;
+    return out;
+}
 static inline unsigned int emu_hfma2(unsigned int a, unsigned int b, unsigned int c) {
     unsigned int out = 0;
     for (int s = 0; s < 32; s += 16) {
@@ -90,6 +103,8 @@ _ASM = [
     (r'asm\("cvt\.rn\.bf16\.f32 %0, %1;" : "=h"\((\w+)\) : "f"\((\w+)\)\);', r"\1 = emu_f2bf(\2);"),
     (r'asm\("fma\.rn\.f16x2 %0, %1, %2, %3;" : "=r"\((\w+)\) : "r"\((\w+)\), "r"\((\w+)\), "r"\((\w+)\)\);',
      r"\1 = emu_hfma2(\2, \3, \4);"),
+    (r'asm\("fma\.rn\.bf16x2 %0, %1, %2, %3;" : "=r"\((\w+)\) : "r"\((\w+)\), "r"\((\w+)\), "r"\((\w+)\)\);',
+     r"\1 = emu_hbfma2(\2, \3, \4);"),
 ]
 
 LAUNCH = r"""

@@ -174,7 +174,7 @@ SUBSPACES: dict[str, dict[str, list]] = {
     "csr_gemv": {"lanes": [8, 16, 32], "warps": [8, 16], "iters": [1, 4], "unroll": [1, 2],
                  # split / pf / minb (issue 16, after the search benchmark's table): at their defaults, the subspace
                  # the table was measured on
-                 "split": [1], "pf": [0], "minb": [1]},
+                 "split": [1], "pf": [0], "minb": [1], "bif": [1]},  # bif: issue 16, later still
 }
 
 
