@@ -73,6 +73,7 @@ def check_kn(family: str, dtype: str, cases: dict, configs, ns, tol: float) -> i
     from sparse_autotune.core.problem import DTYPES, host_values, storage
     from sparse_autotune.device.kernel import DeviceCSR, build_kernel
     from sparse_autotune.device.verify import check, reference
+    from sparse_autotune.errors import CandidateError
     checked = 0
     for name, a in cases.items():
         a = sps.csr_matrix(a, copy=True)
@@ -87,7 +88,10 @@ def check_kn(family: str, dtype: str, cases: dict, configs, ns, tol: float) -> i
                 rng = np.random.default_rng(checked)
                 b = cp.asarray(storage(rng.standard_normal((a.shape[1], n)).astype(np.float32), dtype))
                 c = cp.empty((a.shape[0], n), dtype=cp.uint16 if dtype == "bf16" else cp.float16)
-                err = check(lambda: k(b, c), c, reference(a64, b), dtype)
+                try:
+                    err = check(lambda: k(b, c), c, reference(a64, b), dtype)
+                except CandidateError as exc:  # over the project's own tolerance: name the case and config
+                    raise AssertionError(f"{name} N={n} {k.config}: {exc}") from None
                 assert err <= tol, (name, n, k.config, err)
                 checked += 1
     return checked

@@ -467,9 +467,10 @@ def test_bif_in_the_space():
     assert "fma_chunk(pv[u]" in src and "b_rows" not in src and "fma_rows" not in src and " bif=1" in src
     for dt in ("fp16", "bf16"):
         got = sp.defaults(dt, env, DEFAULT_LIMITS)
-        assert sum(c.get("bif") == 2 for c in got) == 2, dt  # the two N = 16 known-good ones (nb 32 needs N > 16)
+        # one bif 2 known-good (N = 16; the session-15 sweep found the others no faster than their bif 1 twins)
+        assert sum(c.get("bif") == 2 for c in got) == 1, dt
         n32 = sp.defaults(dt, problem_env(11008, 4096, 32, 2_254_438, dt), DEFAULT_LIMITS)
-        assert sum(c.get("bif") == 2 and c["nb"] == 32 for c in n32) == 2, dt
+        assert sum(c.get("bif") == 1 and c["nb"] == 32 and c["unroll"] == 2 for c in n32) == 2, dt
 
 
 def test_bif_and_bf16_half2_render():
@@ -541,7 +542,7 @@ def test_bif_compile_with_nvcc(layout):
     sp = get_family(FAMILY).space
     jobs = [(dt, sp.normalize(c, dt)) for c in BIF + [kg for kg in sp.known_good if kg.get("bif", 1) > 1]
             for dt in ("fp16", "bf16")]
-    assert all(c is not None for _, c in jobs) and len(jobs) >= 20
+    assert all(c is not None for _, c in jobs) and len(jobs) >= 16
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         reps = list(pool.map(lambda j: sat_compile.nvcc_check(render.render(sp, j[1], j[0], layout=layout),
                                                               arch="sm_90"), jobs))
