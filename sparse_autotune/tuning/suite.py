@@ -259,6 +259,50 @@ def retune_indices(suite: str, conds: dict[str, set]) -> list[int]:
     return hit
 
 
+def _case_of_spec(spec: dict) -> tuple:
+    return (spec["m"], spec["k"], spec["n"], round(float(spec["density"]), 6), spec["dtype"], spec["pattern"],
+            spec["seed"], spec.get("layout", "kn"))
+
+
+def _retune_ids(suite, cases, specs, queue, retune, more: int, log) -> tuple[list[int], list[int]]:
+    """--retune's queue ids: (the ids to run, the first-run ids the report falls back on). A case's first run is its
+    done row of the fewest trials, found by the case (not by the exact spec: the storage may hold a run of other
+    --trials, or of another set of enabled families); a matching case is enqueued as that row's spec with `more`
+    trials added (the same study, continued; the same command again finds it and resumes), the others keep their
+    done row. A case with no done run is enqueued as this run's spec (matching: with `more` trials added)."""
+    hit = set(retune_indices(suite, retune))
+    done: dict[tuple, dict] = {}
+    for row in queue.problems():
+        if row["state"] != "done":
+            continue
+        key = _case_of_spec(json.loads(row["spec"]))
+        if key not in done or json.loads(row["spec"])["trials"] < json.loads(done[key]["spec"])["trials"]:
+            done[key] = row
+    ids, first, todo = [], [], []
+    for j, spec in enumerate(specs):
+        row = done.get(_case_of_spec(spec))
+        base = json.loads(row["spec"]) if row is not None else spec
+        if j in hit:
+            todo.append((j, {**base, "trials": base["trials"] + more}))
+            ids.append(None)
+            first.append(row["id"] if row is not None else None)
+        elif row is not None:
+            ids.append(row["id"])
+            first.append(row["id"])
+        else:
+            todo.append((j, spec))
+            ids.append(None)
+            first.append(None)
+    for (j, _), rid in zip(todo, queue.enqueue([sp for _, sp in todo])):
+        ids[j] = rid
+        if first[j] is None:
+            first[j] = rid
+    earlier = sum(1 for j in hit if done.get(_case_of_spec(specs[j])) is not None)
+    log(f"suite {suite}: {len(hit)} cases retuned with {more} more trials than their first run ({earlier} of them "
+        "had one; the others run now)")
+    return ids, first
+
+
 def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_workers, log=log_stderr,
                        shard: tuple[int, int] | None = None, retry_failed: bool = False,
                        retune: dict[str, set] | None = None, retune_trials: int = 20) -> list[dict]:
@@ -278,15 +322,11 @@ def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_worker
     families = tuple(s.family for s in select_spaces(None))
     specs = [random_spec(c["M"], c["K"], c["N"], c["density"], c["dtype"], c["pattern"], 0, trials, None, "tpe", families)
              for c in cases]  # no matrix is built here: each worker builds its case's when it claims it
-    ids = queue.enqueue(specs)
-    first = list(ids)  # each case's first run: what the report falls back on while a retune is not done
-    if retune is not None:
-        hit = retune_indices(suite, retune)
-        more = queue.enqueue([{**specs[j], "trials": trials + retune_trials} for j in hit])
-        for j, rid in zip(hit, more):
-            ids[j] = rid
-        log(f"suite {suite}: {len(hit)} cases retuned with {retune_trials} more trials ({trials + retune_trials} in "
-            f"all)")
+    if retune is None:
+        ids = queue.enqueue(specs)
+        first = list(ids)  # each case's first run: what the report falls back on while a retune is not done
+    else:
+        ids, first = _retune_ids(suite, cases, specs, queue, retune, retune_trials, log)
     mine = [ids[j] for j in shard_of(cases, shard)]
     if retry_failed:
         log(f"suite {suite}: {queue.retry_failed(mine)} failed cases back in the queue")
