@@ -17,7 +17,8 @@ from ..errors import UserError
 
 # Used where no GPU is present (CPU tests, `spaces`): static shared memory per block, the opt-in dynamic
 # maximum of an H100 (227 KB), threads per block.
-DEFAULT_LIMITS = {"max_smem_bytes": 48 * 1024, "max_dyn_smem_bytes": 227 * 1024, "max_threads": 1024}
+DEFAULT_LIMITS = {"max_smem_bytes": 48 * 1024, "max_dyn_smem_bytes": 227 * 1024, "max_threads": 1024,
+                  "sm": 90}  # sm: the compute capability as an integer (90: Hopper), for constraints such as sm == 90
 
 
 def _next_pow2(x: int) -> int:
@@ -87,6 +88,9 @@ class Space:
     # lookup's estimate of a kn record's time when it serves nk natively (nk kernel time / kn kernel time); a kn
     # record's time says nothing of the nk kernel, so families that do not state it are assumed 2x (store.lookup)
     nk_cost: float = 2.0
+    # the NVRTC target the template needs beyond the device's own (e.g. "sm_90a" for wgmma; "" = the device's); a
+    # family that sets it also refuses other GPUs with a constraint on `sm` (DEFAULT_LIMITS, GpuInfo.limits)
+    arch: str = ""
 
     # ---- structure ------------------------------------------------------------------------------
     def active(self, name: str, partial: dict, dtype: str | None = None) -> bool:
@@ -249,7 +253,7 @@ def parse_space(data: dict, source: str = "<space>") -> Space:
         space = Space(data["family"], data["template"], data.get("description", ""), params, cons,
                       list(data.get("known_good", [])), bool(data.get("enabled", True)), int(data.get("rank", 100)),
                       bool(data.get("needs_matrix", False)), tuple(data.get("dtypes", ("fp32", "fp16"))),
-                      tuple(data.get("layouts", ("kn",))), float(data.get("nk_cost", 2.0)))
+                      tuple(data.get("layouts", ("kn",))), float(data.get("nk_cost", 2.0)), str(data.get("arch", "")))
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"{source}: malformed space ({type(exc).__name__}: {exc})") from None
     if ("kn" not in space.layouts or not set(space.layouts) <= set(LAYOUTS)

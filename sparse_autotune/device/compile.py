@@ -21,16 +21,17 @@ _cache: dict[str, object] = {}
 _lock = threading.Lock()
 
 
-def compile_kernel(source: str, name: str = KERNEL_NAME):
-    """Compile with NVRTC for the current device and return the RawKernel; CandidateError on failure."""
+def compile_kernel(source: str, name: str = KERNEL_NAME, options: tuple = ()):
+    """Compile with NVRTC for the current device and return the RawKernel; CandidateError on failure. `options`: more
+    NVRTC options (a family's `arch`, e.g. -arch=sm_90a: NVRTC takes it beside CuPy's own -arch=sm_90)."""
     from ..device.gpu import cupy  # noqa: PLC0415
     cp = cupy()
-    key = source_hash(source) + name
+    key = source_hash(source) + name + "".join(options)
     with _lock:
         if key in _cache:
             return _cache[key]
     try:
-        mod = cp.RawModule(code=source, options=NVRTC_OPTIONS, backend="nvrtc")
+        mod = cp.RawModule(code=source, options=NVRTC_OPTIONS + tuple(options), backend="nvrtc")
         kern = mod.get_function(name)
         kern.compile()  # force compilation now, not at the first launch
     except Exception as exc:  # noqa: BLE001 - NVRTC errors carry the log in the message

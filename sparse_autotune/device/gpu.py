@@ -44,7 +44,7 @@ class GpuInfo:
 
     def limits(self) -> dict:
         return {"max_smem_bytes": self.max_smem_bytes, "max_dyn_smem_bytes": self.max_smem_optin,
-                "max_threads": self.max_threads}
+                "max_threads": self.max_threads, "sm": int(self.cc.replace(".", ""))}
 
     def versions(self) -> dict:
         return {"gpu": self.name, "cc": self.cc, "driver": self.driver, "cuda": self.cuda_runtime,

@@ -294,7 +294,8 @@ def build_kernel(a: DeviceCSR, family: str, config: dict, dtype: str, layout: st
         source = render(space, config, dtype, context, layout)
     except Exception as exc:  # noqa: BLE001
         raise CandidateError("render", str(exc)) from None
-    fn = compile_ptx(source) if space.template.endswith(".ptx.j2") else compile_kernel(source)
+    fn = compile_ptx(source) if space.template.endswith(".ptx.j2") else \
+        compile_kernel(source, options=(f"-arch={space.arch}",) if space.arch else ())
     kern = Kernel(fam, dict(config), dtype, source, fn, a, layout)
     kern.warm()
     smem = kern.smem_bytes()

@@ -1,0 +1,441 @@
+"""tc_wgmma (Hopper wgmma, A decoded into registers from per-strip records of ballots, bases and bit-major pairs, B in
+wgmma's 128-byte-swizzled N-major shared-memory layout): the record stream round-trips to A by the kernel's own lane
+rule, its sizes and invariants, the B tile's store addresses against the layout the descriptor names, rendering, the
+sm_90a build (nvcc: HGMMA in the SASS, no spills; NVRTC with CuPy's -arch beside the family's), constraints (sm 90
+only, N % 8); on a GPU, known-good and covering configs against float64 on edge cases, fp16 and bf16, N = 8, 64, 128,
+192 (N = 1 and 127 are infeasible)."""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sps
+
+from fakes import check_launch_matches_signature, fake_kernel
+from sparse_autotune.core import render
+from sparse_autotune.core.families import get_family
+from sparse_autotune.core.problem import half_bits, random_matrix
+from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
+from sparse_autotune.device import compile as sat_compile
+
+FAMILY = "tc_wgmma"
+
+
+def host():
+    return get_family(FAMILY).host
+
+
+def space():
+    return get_family(FAMILY).space
+
+
+def _vals(a, rng):
+    a = sps.csr_matrix(a)
+    a.data = rng.standard_normal(a.nnz).astype(np.float32) + 0.5  # never zero after rounding to 16 bits
+    return a
+
+
+def adversarial():
+    """Empty rows and tiles, a full tile, M and K not multiples of the tile or the chunk, one nonzero, 70 %, all zero,
+    dense, one dense row, lone halves of a pair, whole empty chunks between full ones, a long K (many chunks)."""
+    rng = np.random.default_rng(7)
+    out = {}
+    a = sps.random(80, 150, density=0.3, format="lil", random_state=1)
+    a[0:20, :] = 0  # empty rows (a whole empty strip and part of the next)
+    a[:, 16:80] = 0  # empty tiles and a whole empty chunk of 64
+    out["empty_rows_and_tiles"] = _vals(a, rng)
+    a = sps.random(64, 96, density=0.05, format="lil", random_state=2)
+    a[16:32, 32:48] = 1.0  # a full 16 x 16 tile
+    out["full_tile"] = _vals(a, rng)
+    out["residues_37x53"] = _vals(sps.random(37, 53, density=0.3, format="csr", random_state=3), rng)
+    a = sps.lil_matrix((5, 7))
+    a[4, 6] = 1.0
+    out["single_nonzero"] = _vals(a, rng)
+    out["density_0.7"] = _vals(sps.random(70, 100, density=0.7, format="csr", random_state=4), rng)
+    out["long_k_130x3000"] = _vals(sps.random(130, 3000, density=0.1, format="csr", random_state=5), rng)
+    out["all_zero"] = sps.csr_matrix((20, 40), dtype=np.float32)
+    out["dense_33x129"] = _vals(sps.csr_matrix(np.ones((33, 129))), rng)
+    d = np.zeros((48, 300))
+    d[3, 4] = d[9, 13] = d[17, 130] = d[47, 299] = 1.0  # lone even / odd columns: the other half of the pair zero
+    d[20, :] = 1.0  # one dense row
+    d[0:16, 0:16] = 1.0
+    out["lone_halves_dense_row"] = _vals(sps.csr_matrix(d), rng)
+    return out
+
+
+def bits16(a, dtype="fp16"):
+    return half_bits(a.toarray().ravel(), dtype).reshape(a.shape)
+
+
+# ---- the record stream ------------------------------------------------------------------------------------
+
+def test_fragment_slot_is_the_wgmma_a_fragment_of_a_warp():
+    """Lane 4 g + t holds a0 = (g, 2t..2t+1), a1 = (g + 8, ...), a2 = (g, 2t + 8..), a3 = (g + 8, 2t + 8..) of its warp's
+    16 x 16 slice; every element has exactly one (lane, register, half)."""
+    h = host()
+    r, c = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    lane, j, half = h.fragment_slot(r, c)
+    assert sorted((lane * 8 + j * 2 + half).ravel().tolist()) == list(range(256))
+    assert (lane[5, 3], j[5, 3], half[5, 3]) == (4 * 5 + 1, 0, 1)
+    assert (lane[13, 10], j[13, 10], half[13, 10]) == (4 * 5 + 1, 3, 0)
+    assert (lane[2, 9], j[2, 9]) == (8, 2) and (lane[10, 1], j[10, 1]) == (8, 1)
+
+
+@pytest.mark.parametrize("dec", ["ballot", "lane"])
+@pytest.mark.parametrize("kc", [2, 4])
+def test_stream_round_trips_to_a_by_the_lane_rule(kc, dec):
+    """decode() reads each record as a lane does (ballot: its bit of each ballot, base + popc(ballot & lanemask_lt);
+    lane: its word and start, then its own run): A's 16-bit values exactly, for every adversarial pattern, fp16 and
+    bf16, against scipy's dense matrix."""
+    h = host()
+    for name, a in adversarial().items():
+        for dtype in ("fp16", "bf16"):
+            ptr, stream, info = h.build(a, kc, dtype, dec)
+            got = h.decode(ptr, stream, info)
+            assert got.shape == a.shape, name
+            np.testing.assert_array_equal(got, bits16(a, dtype), err_msg=f"{name} {dtype} kc {kc} {dec}")
+            assert info["nnz"] == a.count_nonzero()
+
+
+@pytest.mark.parametrize("dec", ["ballot", "lane"])
+@pytest.mark.parametrize("kc", [2, 4])
+def test_stream_layout_invariants(kc, dec):
+    """Pointers monotone and 16-byte aligned, a strip's end is the next strip's start, an empty record is 0 bytes, a
+    dense record is exactly a slot (the most the kernel's shared memory holds a warp and stage); bases (ballot) and
+    starts (lane) are the prefix sums of the ballots' and words' popcounts."""
+    h = host()
+    a = random_matrix(100, 3000, 0.1, "uniform", 1)
+    ptr, stream, info = h.build(a, kc, "fp16", dec)
+    S, NC = info["S"], info["NC"]
+    p = ptr.reshape(S, NC + 1)
+    assert p[0, 0] == 0 and (np.diff(p, axis=1) >= 0).all() and (p % 16 == 0).all()
+    assert (p[1:, 0] == p[:-1, -1]).all() and p[-1, -1] == info["stream_bytes"]
+    assert not stream[info["stream_bytes"]:].any()
+    NB = h.nbits(kc)
+    s32, s16 = stream.view(np.uint32), stream.view(np.uint16)
+    for lo in np.unique(p[:, :-1])[:50]:
+        if lo == info["stream_bytes"]:
+            continue
+        if dec == "ballot":
+            bal = s32[lo // 4: lo // 4 + NB]
+            bases = s16[lo // 2 + 2 * NB: lo // 2 + 3 * NB].astype(np.int64)
+        else:
+            hdr = s32[lo // 4: lo // 4 + 32]
+            bal, bases = hdr & 0xFFFF, (hdr >> 16).astype(np.int64)
+            assert not (bal >> NB).any()
+        pop = np.array([bin(int(x)).count("1") for x in bal])
+        np.testing.assert_array_equal(bases, np.cumsum(pop) - pop)
+    ptr, _, info = h.build(sps.csr_matrix(np.ones((64, 16 * kc * 3))), kc, "fp16", dec)
+    assert (np.diff(ptr.reshape(info["S"], -1), axis=1) == h.slot_bytes(kc, dec)).all()
+    assert info["max_record"] == h.slot_bytes(kc, dec)
+    ptr, _, info = h.build(sps.csr_matrix((64, 512), dtype=np.float32), kc, "fp16", dec)
+    assert info["stream_bytes"] == 0 and not ptr.any()
+
+
+def test_bytes_per_element():
+    """ballot: 6 header bytes a bit of a non-empty record + 4 a stored pair; lane: 128 header bytes a record + 4 a
+    pair: under dense fp16's 2 bytes an element at d <= 0.5; lane costs more at kc 2 (the same header, half the
+    elements)."""
+    h = host()
+    for d, kc, dec, lo, hi in ((0.05, 4, "ballot", 0.27, 0.32), (0.1, 4, "ballot", 0.46, 0.51),
+                               (0.3, 4, "ballot", 1.09, 1.16), (0.3, 2, "ballot", 1.10, 1.17),
+                               (0.5, 4, "ballot", 1.57, 1.64), (0.05, 4, "lane", 0.30, 0.36), (0.1, 4, "lane", 0.49, 0.54),
+                               (0.3, 4, "lane", 1.12, 1.19), (0.1, 2, "lane", 0.62, 0.68)):
+        a = random_matrix(256, 2048, d, "uniform", 2)
+        per = h.build(a, kc, "fp16", dec)[2]["bytes"] / (256 * 2048)
+        assert lo < per < hi, (d, kc, dec, per)
+
+
+def test_the_builder_leaves_the_callers_matrix_alone():
+    h = host()
+    a = sps.csr_matrix((np.array([1.0, 2.0, 0.0]), np.array([3, 3, 5]), np.array([0, 3])), shape=(1, 8))
+    before = (a.data.copy(), a.indices.copy())
+    ptr, stream, info = h.build(a, 2)
+    np.testing.assert_array_equal(a.data, before[0])
+    np.testing.assert_array_equal(a.indices, before[1])
+    want = np.zeros((1, 8), dtype=np.float16)
+    want[0, 3] = 3.0
+    np.testing.assert_array_equal(h.decode(ptr, stream, info), want.view(np.uint16))
+
+
+# ---- B's shared-memory tile against the descriptor ----------------------------------------------------------
+
+def _canonical_mn_sw128(n, k, lbo, sbo):
+    """Byte offset of element (n, k) of a 16 x BN (K x N) N-major operand under CUTLASS's canonical GMMA layout
+    Swizzle<3,4,3> o ((8,m),(8,2)):((1,LBO),(8,SBO)) (16-byte units), which the descriptor's swizzle mode 1, LBO and SBO
+    name: 16-byte unit (n // 8) % 8, atom n // 64 at LBO, k-row k % 8 at 128 bytes, group k // 8 at SBO; then the
+    128-byte swizzle (address bits 4-6 ^= bits 7-9)."""
+    off = 16 * ((n // 8) % 8) + lbo * (n // 64) + 128 * (k % 8) + sbo * (k // 8) + 2 * (n % 8)
+    return off ^ (((off >> 7) & 7) << 4)
+
+
+@pytest.mark.parametrize("bn,kc,wg", [(64, 2, 1), (64, 4, 3), (128, 4, 2), (128, 2, 4), (64, 2, 4)])
+def test_b_tile_stores_where_the_descriptor_reads(bn, kc, wg):
+    """The kernel's copy addresses (thread tid: unit bu = tid % (bn / 8), rows r0 + RPI * it, offset boff +
+    it * (RPI / 8) * SBO), and each k-step's descriptor start (kk * 2 SBO), LBO 1024 and SBO bn * 16 as rendered in
+    bdesc: every element of every k-step lands where the canonical layout puts it, every byte of the tile once."""
+    src = render.render(space(), dict(bn=bn, kc=kc, dec="lane", wg=wg, stages=4, splitk=1), "fp16")
+    lbo = int(re.search(r"\(unsigned long long\)\((\d+) >> 4\) << 16", src).group(1))
+    sbo = eval(re.search(r"\(unsigned long long\)\(\((BN \* 16)\) >> 4\) << 32", src).group(1).replace("BN", str(bn)))
+    assert re.search(r"\(1ull << 62\)", src) and "d0 + (unsigned long long)(kk * BN * 2)" in src  # start + kk BN 32 B
+    KC, THREADS = 16 * kc, 128 * wg
+    RPI = THREADS // (bn // 8)
+    seen = {}
+    for tid in range(THREADS):
+        bu, r0 = tid % (bn // 8), tid // (bn // 8)
+        boff = (r0 >> 3) * (bn * 16) + (bu >> 3) * 1024 + (r0 & 7) * 128 + (((bu & 7) ^ (r0 & 7)) << 4)
+        for it in range(-(-KC // RPI)):
+            r = r0 + RPI * it
+            if r >= KC:
+                break
+            at = boff + it * (RPI // 8) * (bn * 16)
+            for e in range(8):  # the 8 columns of the 16-byte unit
+                seen[(r, 8 * bu + e)] = at + 2 * e
+    assert len(seen) == KC * bn and len(set(seen.values())) == KC * bn
+    assert max(seen.values()) < KC * bn * 2
+    for kk in range(kc):
+        start = kk * bn * 32
+        for k in range(16):
+            for n in range(bn):
+                assert seen[(16 * kk + k, n)] == start + _canonical_mn_sw128(n, k, lbo, sbo), (kk, k, n)
+
+
+# ---- space, rendering, compiling --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_launch_matches_the_kernel_signature(dtype):
+    a = random_matrix(300, 1000, 0.1, "uniform", 0)
+    for n in (8, 64, 200):
+        assert check_launch_matches_signature(FAMILY, dtype, a, n) > 0
+
+
+def test_fp32_is_not_computed():
+    assert not space().supports("fp32")
+    assert check_launch_matches_signature(FAMILY, "fp32", random_matrix(64, 256, 0.1, "uniform", 0), 64) == 0
+
+
+def test_configs_render_wgmma_for_both_dtypes():
+    sp = space()
+    count = 0
+    for cfg in sp.enumerate("fp16"):
+        for dtype, mt in (("fp16", "f16"), ("bf16", "bf16")):
+            src = render.render(sp, cfg, dtype)
+            assert f"wgmma.mma_async.sync.aligned.m64n{cfg['bn']}k16.f32.{mt}.{mt} " in src
+            assert "p, 1, 1, 1;" in src  # scale-d, scale-a, scale-b, trans-b (B is N-major)
+            assert "fence.proxy.async.shared::cta" in src and "mma.sync" not in src
+            count += 1
+    assert count == sp.size("fp16") * 2 > 200
+
+
+def _nvcc_sm90a(src: str, sass: bool = False) -> tuple[str, str]:
+    """(ptxas report, SASS or '') of `src` built with -gencode=arch=compute_90a,code=sm_90a."""
+    nvcc = sat_compile.nvcc_path()
+    with tempfile.TemporaryDirectory() as tmp:
+        cu, cubin = Path(tmp) / "k.cu", Path(tmp) / "k.cubin"
+        cu.write_text(src)
+        proc = subprocess.run([nvcc, "-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-std=c++17", "-Xptxas", "-v",
+                               "-o", str(cubin), str(cu)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        out = ""
+        dump = shutil.which("cuobjdump")
+        if sass and dump:
+            out = subprocess.run([dump, "-sass", str(cubin)], capture_output=True, text=True, timeout=120).stdout
+        return proc.stderr, out
+
+
+KNOWN = [dict(kg) for kg in get_family(FAMILY).space.known_good]
+
+
+def _covering():
+    """One config of every bn x kc x wg feasible at N = 128 (4096 x 4096, d 0.1), dec, stages and split-K taken in
+    turn."""
+    env = problem_env(4096, 4096, 128, 1_600_000, "fp16")
+    by_key: dict = {}
+    for cfg in space().feasible("fp16", env, DEFAULT_LIMITS):
+        key = (cfg["bn"], cfg["kc"], cfg["wg"])
+        if cfg["dec"] == ("ballot", "lane")[(cfg["bn"] // 64 + cfg["kc"] // 2 + cfg["wg"]) % 2]:  # each dec in turn
+            by_key.setdefault(key, []).append(cfg)
+    out = []
+    for i, cands in enumerate(by_key.values()):
+        want = ((3, 4, 5, 6)[i % 4], (1, 2, 4)[i % 3])
+        out.append(next((c for c in cands if (c["stages"], c["splitk"]) == want), cands[-1]))
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_covering_sample_compiles_for_sm90a_with_hgmma_and_without_spills(dtype):
+    """nvcc 13 for sm_90a: no spills, no stack, no wgmma serialization warning; where cuobjdump is on the PATH, the SASS
+    has exactly kc HGMMA per chunk step (two steps unrolled) with the B operand transposed."""
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = space()
+    cfgs = KNOWN + (_covering()[::2] if dtype == "fp16" else [])  # (2 CPUs in CI: ~3 s a compile)
+    assert len(cfgs) >= (12 if dtype == "fp16" else 5)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda c: _nvcc_sm90a(render.render(sp, c, dtype), sass=True), cfgs))
+    for cfg, (rep, sass) in zip(cfgs, got):
+        assert "entry function 'spmm_kernel' for 'sm_90a'" in rep, cfg
+        assert re.search(r"0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
+        assert "C7510" not in rep and "serializ" not in rep, (cfg, rep)  # wgmma pipeline kept
+        regs = int(re.search(r"Used (\d+) registers", rep).group(1))
+        assert regs * 128 * cfg["wg"] <= 65536, (cfg, regs)
+        if sass:
+            hg = re.findall(r"HGMMA\.64x(\d+)x16\.F32\S* .*tnspB", sass)
+            assert len(hg) == 2 * cfg["kc"] and set(hg) == {str(cfg["bn"])}, (cfg, hg)
+
+
+def test_nvrtc_builds_wgmma_with_the_familys_arch_beside_cupys():
+    """What device.compile does on an H100/H200: CuPy's own -arch=sm_90 and the family's -arch=sm_90a together build
+    (NVRTC needs no GPU); -arch=sm_90 alone rejects wgmma."""
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    src = render.render(space(), KNOWN[0], "bf16")
+
+    def build(opts):
+        prog = nvrtc.createProgram(src, "k.cu", [], [])
+        try:
+            nvrtc.compileProgram(prog, ["-std=c++17", *opts])
+            return len(nvrtc.getCUBIN(prog))
+        except Exception:  # noqa: BLE001
+            return 0
+    try:
+        assert build(["-arch=sm_90a", "-arch=sm_90"]) > 0
+        assert build(["-arch=sm_90", "-arch=sm_90a"]) > 0
+    except Exception as exc:  # noqa: BLE001 - no libnvrtc on this machine
+        pytest.skip(f"NVRTC unavailable: {exc}")
+    assert build(["-arch=sm_90"]) == 0
+    assert space().arch == "sm_90a"
+
+
+def test_shared_memory_follows_the_config():
+    h = host()
+    sp = space()
+    cfg = dict(bn=128, kc=4, dec="ballot", wg=2, stages=4, splitk=1)
+    want = 1024 + 4 * (64 * 128 * 2) + 4 * 8 * h.slot_bytes(4) + 16
+    assert h.shared_bytes(cfg) == want and h.slot_bytes(4) == 96 + 2048 and h.slot_bytes(2) == 48 + 1024
+    assert h.shared_bytes({**cfg, "dec": "lane"}) == want + 4 * 8 * 32 and h.slot_bytes(2, "lane") == 128 + 1024
+    k = fake_kernel(FAMILY, cfg, "fp16", random_matrix(64, 4096, 0.01, "uniform", 0))
+    assert h.smem_bytes(k) == want
+    env = problem_env(4096, 4096, 128, 1_600_000, "fp16")
+    for c in (cfg, {**cfg, "bn": 64, "stages": 6}, {**cfg, "kc": 2, "wg": 4, "stages": 5, "dec": "lane"}):
+        need = h.shared_bytes(c)
+        assert sp.check(c, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": need}) is None, c
+        assert sp.check(c, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": need - 1}) is not None, c
+
+
+def test_constraints_refuse_other_gpus_and_n():
+    sp = space()
+    base = dict(bn=128, kc=4, dec="lane", wg=2, stages=4, splitk=1)
+    env = problem_env(4096, 4096, 128, 1_600_000, "fp16")
+    assert sp.check(base, env, DEFAULT_LIMITS) is None
+    for sm in (80, 89, 100, 120):  # sm_90a code runs on Hopper only
+        why = sp.check(base, env, {**DEFAULT_LIMITS, "sm": sm})
+        assert why is not None and "Hopper" in why
+    for n in (1, 3, 127):
+        e = problem_env(4096, 4096, n, 1_600_000, "fp16")
+        assert not list(sp.feasible("fp16", e, DEFAULT_LIMITS)), n
+    assert sp.check({**base, "bn": 128}, problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS) is not None
+    assert sp.check({**base, "bn": 64}, problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS) is None
+    assert sp.check({**base, "wg": 4}, env, DEFAULT_LIMITS) is not None  # registers: 4 x 128 threads x 128 + ...
+    assert sp.check({**base, "splitk": 16}, problem_env(4096, 320, 128, 100_000, "fp16"), DEFAULT_LIMITS) is not None
+    for n in (8, 16, 64, 128, 200, 256):
+        assert list(sp.feasible("fp16", problem_env(4096, 4096, n, 1_600_000, "fp16"), DEFAULT_LIMITS)), n
+
+
+def test_gpu_limits_carry_the_compute_capability():
+    """The sm constraint reads limits["sm"]: GpuInfo.limits() gives it (an H200: 90) and the CPU default is Hopper."""
+    from sparse_autotune.device.gpu import GpuInfo
+    info = GpuInfo("NVIDIA H200", "9.0", "sm_90", 132, 60 << 20, 48 << 10, 227 << 10, 1024, "x", "13.0", "14")
+    assert info.limits()["sm"] == 90 and DEFAULT_LIMITS["sm"] == 90
+    assert GpuInfo("A100", "8.0", "sm_80", 108, 40 << 20, 48 << 10, 163 << 10, 1024, "x", "13.0", "14").limits()["sm"] == 80
+
+
+def test_adapt_to_another_n():
+    fam = get_family(FAMILY)
+    cfg = dict(bn=128, kc=4, dec="ballot", wg=2, stages=4, splitk=4)
+    got = fam.adapt(cfg, "fp16", problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS)
+    assert got == {**cfg, "bn": 64}
+    assert fam.adapt(cfg, "fp16", problem_env(4096, 4096, 127, 1_600_000, "fp16"), DEFAULT_LIMITS) is None
+
+
+def test_geometry_and_workspace_follow_the_config():
+    h = host()
+    a = random_matrix(1000, 3000, 0.1, "uniform", 1)
+    cfg = dict(bn=64, kc=4, dec="lane", wg=2, stages=4, splitk=4)
+    k = fake_kernel(FAMILY, cfg, "fp16", a)
+    S = -(-1000 // 16)
+    rb = -(-S // 8)
+    grid, block = h.geometry(k, 200)  # 4 column tiles of 64
+    assert block == (256,) and grid == (rb * 4 * 4,)
+    args = h.args(k, 200, "B", "C")
+    ws, cnt = args[2], args[3]
+    assert ws.host.shape == (rb * 4 * 4 * 256 * 32,) and cnt.host.shape == (rb * 4,) and not cnt.host.any()
+    assert args[4:6] == ("B", "C") and int(args[-1]) == 4 and int(args[-2]) == -(-(-(-3000 // 64)) // 4)
+    ptr, stream = args[0].host, args[1].host
+    ref_ptr, ref_stream, _ = h.build(a, 4, "fp16", "lane")
+    np.testing.assert_array_equal(ptr, ref_ptr)
+    np.testing.assert_array_equal(stream, ref_stream)
+
+
+# ---- on the GPU -------------------------------------------------------------------------------------------
+
+def _gpu_configs(n, dtype):
+    """The known-good configs and the covering sample adapted to N, each with split-K 1 and 2 where feasible (every
+    bn, kc, wg and stages value at least once)."""
+    sp = space()
+    env = problem_env(130, 3000, n, 40_000, dtype)
+    fam = get_family(FAMILY)
+    out = []
+    for cfg in KNOWN + _covering():
+        cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
+        if cfg is None:
+            continue
+        for splitk in dict.fromkeys((cfg["splitk"], 1, 2)):
+            c = {**cfg, "splitk": splitk}
+            if sp.check(c, env, DEFAULT_LIMITS) is None and c not in out:
+                out.append(c)
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_correct_on_edge_cases(dtype):
+    """Through the project's launch path (build_kernel with the family's sm_90a, Kernel.__call__): poisoned C, fresh
+    random B, float64 reference; every kernel launched twice (split-K's counters must reset themselves)."""
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+    from sparse_autotune.core.problem import DTYPES, host_values, storage
+    from sparse_autotune.device.gpu import gpu_info
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
+    checked = 0
+    cases = adversarial()
+    cases["uniform_1000x4096_d0.1"] = random_matrix(1000, 4096, 0.1, "uniform", 3)
+    for name, a in cases.items():
+        a = sps.csr_matrix(a, copy=True)
+        a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])  # what the kernel sees
+        dev = DeviceCSR(a, dtype)
+        a64 = csp.csr_matrix(a.astype(np.float64))
+        for n in (8, 64, 128, 192):
+            cfgs = _gpu_configs(n, dtype)
+            if name != "uniform_1000x4096_d0.1" and n != 128:
+                cfgs = cfgs[::3]
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype), cfgs))
+            for k in kernels:
+                for rep in range(2):
+                    bh = np.random.default_rng(checked).standard_normal((a.shape[1], n)).astype(np.float32)
+                    b = cp.asarray(storage(host_values(bh, DTYPES[dtype]), dtype))
+                    c = cp.empty((a.shape[0], n), dtype=b.dtype)
+                    err = check(lambda: k(b, c), c, reference(a64, b), dtype)
+                    assert err <= (2e-3 if dtype == "fp16" else 1.6e-2), (name, n, k.config, rep, err)
+                    checked += 1
+    assert checked > 300

@@ -1,0 +1,248 @@
+"""tc_wgmma, host side: A as records of 16 x (16 kc) strips whose stored 32-bit pairs are decoded by each lane into its
+wgmma A-fragment registers (variants/tc_wgmma.cu.j2: Hopper warpgroup MMA, m64nBNk16 with A from registers, B from
+shared memory). For N = 64-128 (issue 16): the MMAs are the dense ones (a uniform pattern at d >= 0.05 has no empty
+64 x 16 tile), so the win is A read compressed and the MMAs at wgmma rate (bench/drafts/wgmma_sparse.md).
+Built once per matrix by pure numpy (`build`), cached on the device like the other layouts.
+
+Fragment: each warp w of a warpgroup holds rows 16 w ... 16 w + 15 of the warpgroup's 64 in the layout of
+mma.m16n8k16's A fragment (PTX ISA, wgmma register fragments, A of .m64nNk16): lane l = 4 g + t holds four 32-bit
+registers a0 (row g, columns 2t, 2t + 1), a1 (row g + 8), a2 (row g, columns 2t + 8, 2t + 9), a3 (row g + 8, columns
+2t + 8, 2t + 9); register j of lane l is a *pair* (two 16-bit values, the even column in the low half). A pair with any
+nonzero is stored whole; an empty pair is not stored.
+
+Geometry: S = ceil(M / 16) strips of 16 rows, chunks of KC = 16 kc columns (kc k-steps), NC = ceil(K / KC) chunks. A
+record is one (strip, chunk); its NB = 4 kc "bits" are b = 4 kk + j (k-step kk of the chunk, register j).
+
+Record (16-byte aligned, only where the strip has a nonzero in the chunk; else 0 bytes):
+  [0, 4 NB)          NB u32 ballots: bit l of ballot b = lane l's pair b is stored
+  [4 NB, 6 NB)       NB u16 bases: base b = the pairs of bits 0 ... b - 1 (sum of popc(ballot))
+  [6 NB, 6 NB + 4 P) the P pairs (u32) bit-major: bit 0's lanes in ascending order, then bit 1's, ...; so lane l's pair
+                     b is pair base_b + popc(ballot_b & lanemask_lt): one warp-load of bit b touches consecutive words
+                     (no bank conflict)
+  zeros to a multiple of 16.
+Or, with dec = "lane" (tc_tiled3's order: cheaper decode, bank conflicts where a record holds more than 32 pairs):
+  [0, 128)           32 u32 lane headers: bits 0-15 the lane's word (bit b = its pair b is stored), bits 16-31 its
+                     start (the pairs of lanes 0 ... l - 1)
+  [128, 128 + 4 P)   the pairs lane-major: lane 0's in bit order, then lane 1's, ... (a lane walks its own run:
+                     per register a predicate from an immediate mask, a predicated load, a predicated pointer step)
+  zeros to a multiple of 16.
+ptr[s * (NC + 1) + c] is the byte offset of record (s, c); ptr[s * (NC + 1) + NC] the strip's end (an empty record:
+ptr[c + 1] == ptr[c]; the kernel zero-fills its header, so its ballots read 0). Bytes: 6 NB a non-empty record
+(0.094 B an element at kc 4, 16 rows x 64 columns) + 4 a stored pair: 1.16 B an element at d 0.3, 0.48 at d 0.1,
+0.29 at d 0.05 (dense fp16: 2).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from sparse_autotune.core.families import adapt_params, splitk_shape, splitk_workspace
+from sparse_autotune.core.families import csr_parts as _csr_parts
+from sparse_autotune.core.problem import half_bits as _value_bits
+
+PAD = 16  # zero bytes after the stream
+
+
+DECODES = ("ballot", "lane")
+
+
+def nbits(kc: int) -> int:
+    """Fragment registers a lane holds of a chunk: 4 a k-step."""
+    return 4 * int(kc)
+
+
+def header_bytes(kc: int, dec: str = "ballot") -> int:
+    """ballot: ballots (4 bytes a bit) and bases (2 bytes a bit): 48 at kc 2, 96 at kc 4; lane: 32 u32 lane headers, 128
+    (multiples of 16)."""
+    return 6 * nbits(kc) if dec == "ballot" else 128
+
+
+def slot_bytes(kc: int, dec: str = "ballot") -> int:
+    """The largest record (every pair stored): a warp's shared-memory slot a pipeline stage."""
+    return header_bytes(kc, dec) + 4 * 32 * nbits(kc)
+
+
+def fragment_slot(r16, c16):
+    """(lane, register j, half) of element (r16, c16) of a 16 x 16 tile in the A fragment (mma.m16n8k16 = each warp's
+    16-row slice of wgmma .m64nNk16)."""
+    lane = 4 * (r16 & 7) + ((c16 & 7) >> 1)
+    j = (r16 >> 3) + 2 * (c16 >> 3)
+    return lane, j, c16 & 1
+
+
+def dims(m: int, k: int, kc: int) -> tuple[int, int]:
+    """(S strips, NC chunks)."""
+    return max(1, -(-m // 16)), max(1, -(-k // (16 * int(kc))))
+
+
+def build(a: sp.csr_matrix, kc: int, dtype: str = "fp16", dec: str = "ballot"):
+    """(ptr int32 [S * (NC + 1)], stream uint8, info dict) of A with chunks of 16 * kc columns in the record format of
+    `dec` (module docstring)."""
+    kc = int(kc)
+    if kc not in (1, 2, 4):
+        raise ValueError(f"kc = {kc}: 1, 2 or 4 k-steps a chunk")
+    if dec not in DECODES:
+        raise ValueError(f"dec = {dec!r}: one of {DECODES}")
+    NB, HDR = nbits(kc), header_bytes(kc, dec)
+    m, k, rows, cols, data = _csr_parts(a)
+    S, NC = dims(m, k, kc)
+    KC = 16 * kc
+    nrec = S * NC
+    rec = (rows >> 4) * NC + cols // KC
+    lane, j, half = fragment_slot(rows & 15, cols & 15)
+    bit = 4 * ((cols % KC) >> 4) + j
+    if dec == "ballot":
+        key = (rec * NB + bit) * 32 + lane  # stream order: record, bit, lane
+    else:
+        key = (rec * 32 + lane) * NB + bit  # record, lane, bit
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    new = np.ones(len(ks), dtype=bool)
+    new[1:] = ks[1:] != ks[:-1]
+    ukey = ks[new]
+    inv = np.empty(len(key), dtype=np.int64)
+    inv[order] = np.cumsum(new) - 1
+    bits = _value_bits(data, dtype).astype(np.uint32)
+    pairs = np.zeros(len(ukey), dtype=np.uint32)
+    lo = half == 0
+    pairs[inv[lo]] = bits[lo]  # each half of a pair at most once (CSR without duplicates)
+    pairs[inv[~lo]] |= bits[~lo] << np.uint32(16)
+    prec = ukey // (NB * 32)
+    npairs = np.bincount(prec, minlength=nrec)
+    if dec == "ballot":
+        rb = ukey // 32  # rec * NB + bit
+        ballots = np.bincount(rb, weights=np.ldexp(1.0, (ukey & 31).astype(np.int64)),
+                              minlength=nrec * NB).astype(np.uint64).astype(np.uint32).reshape(nrec, NB)
+        cnt = np.bincount(rb, minlength=nrec * NB).reshape(nrec, NB)
+    else:
+        rl = ukey // NB  # rec * 32 + lane
+        ballots = np.bincount(rl, weights=np.ldexp(1.0, (ukey % NB).astype(np.int64)),
+                              minlength=nrec * 32).astype(np.uint64).astype(np.uint32).reshape(nrec, 32)  # words
+        cnt = np.bincount(rl, minlength=nrec * 32).reshape(nrec, 32)
+    bases = np.cumsum(cnt, axis=1) - cnt  # ballot: pairs of the bits before; lane: of the lanes before
+    size = np.where(npairs > 0, (HDR + 4 * npairs + 15) & ~15, 0)
+    rec_off = np.zeros(nrec + 1, dtype=np.int64)
+    np.cumsum(size, out=rec_off[1:])
+    total = int(rec_off[-1])
+    if total >= 2 ** 31:
+        raise ValueError("tc_wgmma stream over 2 GB")
+    stream = np.zeros(total + PAD, dtype=np.uint8)
+    full = np.nonzero(npairs)[0]
+    s32, s16 = stream.view(np.uint32), stream.view(np.uint16)
+    if dec == "ballot":
+        bidx = np.arange(NB)[None, :]
+        s32[((rec_off[full][:, None] + 4 * bidx) // 4).ravel()] = ballots[full].ravel()
+        s16[((rec_off[full][:, None] + 4 * NB + 2 * bidx) // 2).ravel()] = bases[full].ravel().astype(np.uint16)
+    else:
+        lidx = np.arange(32)[None, :]
+        s32[((rec_off[full][:, None] + 4 * lidx) // 4).ravel()] = \
+            (ballots[full] | (bases[full].astype(np.uint32) << np.uint32(16))).ravel()
+    first = np.cumsum(npairs) - npairs
+    idx = np.arange(len(ukey), dtype=np.int64) - first[prec]
+    s32[(rec_off[prec] + HDR + 4 * idx) // 4] = pairs
+    ptr = rec_off[np.arange(S)[:, None] * NC + np.arange(NC + 1)[None, :]].astype(np.int32)
+    info = {"kc": kc, "dec": dec, "M": m, "K": k, "S": S, "NC": NC, "stream_bytes": total, "bytes": total + ptr.nbytes,
+            "nnz": int(len(data)), "pairs": int(len(ukey)), "max_record": int(size.max()) if nrec else 0}
+    return ptr.reshape(-1), stream, info
+
+
+def decode(ptr: np.ndarray, stream: np.ndarray, info: dict) -> np.ndarray:
+    """Dense M x K uint16 bit patterns of A rebuilt by the kernel's own lane rule: per record (empty where
+    ptr[c + 1] == ptr[c]: header zero), each lane l, each bit b. ballot: stored iff ballot_b >> l & 1, then the pair at
+    HDR + 4 (base_b + popc(ballot_b & ((1 << l) - 1))); lane: stored iff bit b of the lane's word, the pairs walked from
+    HDR + 4 start in bit order. Placed by the fragment layout. For tests."""
+    kc, dec, m, k, S, NC = (info[x] for x in ("kc", "dec", "M", "K", "S", "NC"))
+    NB, HDR, KC = nbits(kc), header_bytes(kc, dec), 16 * kc
+    out = np.zeros((S * 16, NC * KC), dtype=np.uint16)
+    s32, s16 = stream.view(np.uint32), stream.view(np.uint16)
+    p = ptr.reshape(S, NC + 1)
+    for s in range(S):
+        for c in range(NC):
+            lo, hi = int(p[s, c]), int(p[s, c + 1])
+            assert lo % 16 == 0 and hi % 16 == 0 and hi >= lo
+            assert hi - lo <= slot_bytes(kc, dec), "record larger than a slot"
+            if hi == lo:
+                continue
+            seen = 0
+            vp = {}
+            for b in range(NB):
+                kk, jj = divmod(b, 4)
+                for lane in range(32):
+                    if dec == "ballot":
+                        bal = int(s32[lo // 4 + b])
+                        if not bal >> lane & 1:
+                            continue
+                        at = (lo + HDR) // 4 + int(s16[lo // 2 + 2 * NB + b]) + bin(bal & ((1 << lane) - 1)).count("1")
+                    else:
+                        hdr = int(s32[lo // 4 + lane])
+                        if not hdr >> b & 1:
+                            continue
+                        at = vp.get(lane, (lo + HDR) // 4 + (hdr >> 16))
+                        vp[lane] = at + 1
+                    v = int(s32[at])
+                    seen += 1
+                    g, t = lane >> 2, lane & 3
+                    row = 16 * s + g + 8 * (jj & 1)
+                    col = KC * c + 16 * kk + 2 * t + 8 * (jj >> 1)
+                    out[row, col] = v & 0xFFFF
+                    out[row, col + 1] = v >> 16
+            assert (hi - lo) == (HDR + 4 * seen + 15) & ~15, "record size disagrees with its ballots"
+    return out[:m, :k]
+
+
+# ---- the family's host side (core.families) ---------------------------------------------------------------
+
+def threads(config: dict) -> int:
+    return 128 * config["wg"]
+
+
+def _dims(config: dict, m: int, k: int, n: int):
+    """(S, NC, row blocks, column tiles, chunks per split) of a launch for N columns."""
+    S, NC = dims(m, k, config["kc"])
+    row_blocks = -(-S // (4 * config["wg"]))
+    ntiles = max(1, -(-n // config["bn"]))
+    return S, NC, row_blocks, ntiles, -(-NC // config["splitk"])
+
+
+def b_stage_bytes(config: dict) -> int:
+    """A stage of B: 16 kc rows x bn columns, 128-byte-swizzled blocks of 64 columns (a multiple of 1024 bytes)."""
+    return 16 * config["kc"] * config["bn"] * 2
+
+
+def shared_bytes(config: dict) -> int:
+    """Dynamic shared memory: 1024 bytes of alignment slack (the swizzled B stages start 1024-aligned), the stages'
+    B tiles, their A slots (one a warp), 16 bytes of the split-K last-block flag."""
+    st = config["stages"]
+    return 1024 + st * b_stage_bytes(config) + st * 4 * config["wg"] * slot_bytes(config["kc"], config["dec"]) + 16
+
+
+def smem_bytes(kernel) -> int:
+    return shared_bytes(kernel.config)
+
+
+def geometry(kernel, n: int):
+    m, k = kernel.a.shape
+    _, _, row_blocks, ntiles, _ = _dims(kernel.config, m, k, n)
+    return (row_blocks * kernel.config["splitk"] * ntiles,), (threads(kernel.config),)
+
+
+def workspace_shape(config: dict, row_blocks: int, ntiles: int) -> tuple[int, int]:
+    """Split-K's workspace (core.families.splitk_shape): a slice per (row block, column tile, split) of the block's
+    threads x bn / 2 fp32 accumulators, one counter per (row block, column tile)."""
+    return splitk_shape(config["splitk"], row_blocks * ntiles, threads(config) * config["bn"] // 2)
+
+
+def args(kernel, n: int, b, c) -> tuple:
+    cfg, dtype = kernel.config, kernel.dtype
+    m, k = kernel.a.shape
+    S, NC, row_blocks, ntiles, cps = _dims(cfg, m, k, n)
+    kc, dec = cfg["kc"], cfg["dec"]
+    ptr, stream = kernel.a.cached(("tc_wgmma", kc, dec, dtype), lambda host: build(host, kc, dtype, dec)[:2])
+    ws, counters = splitk_workspace(kernel, "tc_wgmma", workspace_shape(cfg, row_blocks, ntiles), n)
+    return (ptr, stream, ws, counters, b, c, np.int32(m), np.int32(n), np.int32(k), np.int32(S), np.int32(NC),
+            np.int32(cps), np.int32(ntiles))
+
+
+def adapt(space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:
+    """For another N: a narrower column tile (bn 128 -> 64), then less split-K; else as stored (None where N % 8)."""
+    return adapt_params(space, config, dtype, env, limits, ("bn", "splitk"))
