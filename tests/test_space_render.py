@@ -310,7 +310,7 @@ def test_numeric_parameters_map_to_ordinals():
     for p in sp.params:
         if p.name not in cfg:
             continue
-        v = params[sp.optuna_name(p.name)]
+        v = params[sp.optuna_name(p.name, "fp16")]
         if all(isinstance(c, int) for c in p.choices("fp16")):
             assert sorted(p.choices("fp16"))[v] == cfg[p.name]
         else:
@@ -377,3 +377,31 @@ def test_parse_space_rejects_when_syntax_error():
     data["params"]["b"]["when"] = "a =="
     with pytest.raises((ValueError, SyntaxError)):
         space.parse_space(data, "toy.toml")
+
+
+def test_a_study_goes_on_after_a_categorical_parameter_gains_a_value():
+    """bench --retune continues studies made by an older space: a categorical that gained a value (bf16's acc got
+    h2x4) must not make Optuna refuse the study ('CategoricalDistribution does not support dynamic value space'), and
+    a numeric parameter's longer list (an ordinal's range) must not either."""
+    import optuna
+    old = space.parse_space({"family": "f", "template": "f.cu.j2", "dtypes": ["fp16", "bf16"],
+                             "params": {"acc": {"values": {"fp16": ["f32", "h2x4"], "bf16": ["f32"]}},
+                                        "unroll": {"values": [1, 2]}}})
+    new = space.parse_space({"family": "f", "template": "f.cu.j2", "dtypes": ["fp16", "bf16"],
+                             "params": {"acc": {"values": {"fp16": ["f32", "h2x4"], "bf16": ["f32", "h2x4"]}},
+                                        "unroll": {"values": [1, 2, 4]}}})
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2))
+    for _ in range(3):
+        t = study.ask()
+        study.tell(t, float(old.suggest(t, "bf16")["unroll"]))
+    study.enqueue_trial(new.to_optuna_params({"acc": "h2x4", "unroll": 4}, "bf16"))
+    seen = []
+    for _ in range(4):
+        t = study.ask()
+        cfg = new.suggest(t, "bf16")
+        seen.append(cfg)
+        study.tell(t, float(cfg["unroll"]))
+    assert seen[0] == {"acc": "h2x4", "unroll": 4}  # the enqueued config comes back as itself
+    assert new.optuna_name("acc", "bf16") != old.optuna_name("acc", "bf16")
+    assert new.optuna_name("acc", "fp16") == old.optuna_name("acc", "fp16")  # unchanged choices: the same name

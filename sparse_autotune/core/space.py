@@ -209,8 +209,15 @@ class Space:
         return out
 
     # ---- Optuna mapping: numbers as ordinals (an integer index into the sorted list), strings categorical
-    def optuna_name(self, name: str) -> str:
-        return f"{self.family}.{name}"
+    def optuna_name(self, name: str, dtype: str | None = None) -> str:
+        """The parameter's name in Optuna. A categorical one (strings) carries its choices for the dtype, like the
+        family parameter does: Optuna refuses a categorical whose choices differ from those a study recorded for the
+        same name, and a space that gains a value (e.g. bf16's acc h2x4) must not break the studies it continues
+        (`bench --retune`); ordinals (integer indices) may change range under one name."""
+        if dtype is None or self._is_ordinal(self.param(name), dtype):
+            return f"{self.family}.{name}"
+        choices = self.param(name).choices(self.kernel_dtype(dtype))
+        return f"{self.family}.{name}[{','.join(str(c) for c in choices)}]"
 
     def _is_ordinal(self, p: Param, dtype: str) -> bool:
         dtype = self.kernel_dtype(dtype)
@@ -226,14 +233,14 @@ class Space:
                 idx = trial.suggest_int(self.optuna_name(p.name), 0, len(choices) - 1)
                 cfg[p.name] = sorted(choices)[idx]
             else:
-                cfg[p.name] = trial.suggest_categorical(self.optuna_name(p.name), choices)
+                cfg[p.name] = trial.suggest_categorical(self.optuna_name(p.name, dtype), choices)
         return cfg
 
     def to_optuna_params(self, config: dict, dtype: str) -> dict:
         out = {}
         for name, v in config.items():
             p = self.param(name)
-            out[self.optuna_name(name)] = sorted(p.choices(self.kernel_dtype(dtype))).index(v) if self._is_ordinal(p, dtype) else v
+            out[self.optuna_name(name, dtype)] = sorted(p.choices(self.kernel_dtype(dtype))).index(v) if self._is_ordinal(p, dtype) else v
         return out
 
     def size(self, dtype: str) -> int:
