@@ -174,6 +174,7 @@ def test_every_config_renders_for_both_dtypes():
             src = render.render(sp, cfg, dtype)
             assert f"mma.sync.aligned.m16n8k16.row.col.f32.{'bf16.bf16' if dtype == 'bf16' else 'f16.f16'}.f32" in src
             assert "spmm_kernel(" in src and f"mr={cfg['mr']} ks={cfg['ks']} " in src
+            assert ('asm volatile("red.global.add.v4.f32' in src) == (cfg.get("red") == "atomic"), cfg
             n += 1
     assert n > 3000
 
@@ -189,6 +190,10 @@ KNOWN = [  # the known-good configs and the register extremes
     dict(mr=1, ks=2, nb=4, warps=4, stages=3, splitk=4, minb=4, bload="vec"),
     dict(mr=4, ks=2, nb=1, warps=4, stages=3, splitk=2, minb=4, bload="vec"),
     dict(mr=2, ks=4, nb=2, warps=4, stages=3, splitk=16, minb=2, bload="vec"),
+    # second step: 64 registers under warps 8 x minb 4 (mr * nb <= 4), the three split-K reductions
+    dict(mr=1, ks=4, nb=2, warps=8, stages=2, splitk=16, minb=4, bload="vec", red="atomic"),
+    dict(mr=2, ks=2, nb=2, warps=8, stages=4, splitk=16, minb=4, bload="vec", red="release"),
+    dict(mr=1, ks=4, nb=4, warps=8, stages=2, splitk=16, minb=4, bload="vec", red="atomic"),
 ]
 
 
@@ -244,9 +249,11 @@ def test_adapt_to_another_n():
     cfg = dict(mr=2, ks=2, nb=4, warps=4, stages=4, splitk=16, minb=1, bload="vec")
     one = problem_env(4096, 4096, 1, 8_000_000, "fp16")
     got = fam.adapt(cfg, "fp16", one, DEFAULT_LIMITS)
-    assert got == {**cfg, "nb": 1, "bload": "scalar"}
+    assert got == {**cfg, "nb": 1, "bload": "scalar", "red": "last"}
     sixteen = problem_env(4096, 4096, 16, 8_000_000, "fp16")
-    assert fam.adapt(cfg, "fp16", sixteen, DEFAULT_LIMITS) == {**cfg, "nb": 2}
+    assert fam.adapt(cfg, "fp16", sixteen, DEFAULT_LIMITS) == {**cfg, "nb": 2, "red": "last"}
+    atomic = {**cfg, "red": "atomic"}  # the second step's reduction survives adaptation
+    assert fam.adapt(atomic, "fp16", sixteen, DEFAULT_LIMITS) == {**atomic, "nb": 2}
 
 
 def test_geometry_args_and_workspace():
@@ -262,6 +269,9 @@ def test_geometry_args_and_workspace():
     ws, cnt = args[3], args[4]
     assert ws.host.shape == (rb * 3 * 4 * 4 * 32 * 2 * 2 * 4,) and cnt.host.shape == (rb * 3,) and not cnt.host.any()
     assert args[5:7] == ("B", "C")
+    atomic = h.args(fake_kernel(FAMILY, {**cfg, "red": "atomic"}, "fp16", a), 40, "B", "C")  # one slice a tile, its own
+    assert atomic[3].host.shape == (rb * 3 * 4 * 32 * 2 * 2 * 4,) and not atomic[3].host.any()
+    assert atomic[3] is not ws and atomic[4].host.shape == (rb * 3,)
     KTP = -(-(-(-3000 // 16)) // 4) * 4
     assert [int(x) for x in args[7:]] == [1000, 40, 3000, S, KTP, -(-(KTP // 2) // 4), 3]
 
@@ -292,6 +302,7 @@ template <class T> inline T __ldg(const T* p) { return *p; }
 inline void __stcg(float4* p, float4 v) { *p = v; }
 inline float4 __ldcg(const float4* p) { return *p; }
 inline void __threadfence() {}
+inline void red_add_v4(float4* p, float4 v) { p->x += v.x; p->y += v.y; p->z += v.z; p->w += v.w; }  // blocks in turn
 inline int atomicAdd(int* p, int v) { int o = *p; *p += v; return o; }  // blocks run one after another
 inline unsigned int __cvta_generic_to_shared(const void* p) { return (unsigned int)((const unsigned char*)p - smem); }
 inline int __popc(unsigned int x) { return __builtin_popcount(x); }
@@ -453,6 +464,9 @@ int main(int argc, char** argv) {
         for (auto* p : wb) delete p;
     }
     for (int c : cnt) if (c) die("a split-K counter was not reset");
+#ifdef WS_CLEAN
+    for (float x : ws) if (x != 0.0f) die("red atomic: the workspace was not zeroed for the next launch");
+#endif
     FILE* f = std::fopen((d + "/C").c_str(), "wb");
     std::fwrite(C.data(), 2, (size_t)M * N, f);
     std::fclose(f);
@@ -471,7 +485,8 @@ def emu_source(cfg: dict, dtype: str) -> str:
     body = body.replace("extern __shared__ __align__(16) unsigned char smem[];", "")
     assert "asm" not in body and "__shared__" not in body
     pre = EMU_PRELUDE + "struct alignas(16) uint4_t { unsigned int x, y, z, w; };\n"
-    return pre + defines + f"\n#define NTHREADS {32 * cfg['warps']}\n" + body + EMU_MAIN
+    clean = "#define WS_CLEAN 1\n" if cfg.get("red") == "atomic" and cfg["splitk"] > 1 else ""
+    return pre + defines + f"\n#define NTHREADS {32 * cfg['warps']}\n" + clean + body + EMU_MAIN
 
 
 class Emulated:
@@ -522,11 +537,11 @@ def _rel_err(got, want):
     return np.linalg.norm(got - want) / den if den else np.linalg.norm(got)
 
 
-EMU_CFGS = [  # every mr, ks, nb, stages, bload, split-K on and off, 2 to 8 warps
-    dict(mr=2, ks=2, nb=2, warps=4, stages=4, splitk=4, minb=1, bload="vec"),
+EMU_CFGS = [  # every mr, ks, nb, stages, bload, split-K on and off (every red), 2 to 8 warps
+    dict(mr=2, ks=2, nb=2, warps=4, stages=4, splitk=3, minb=1, bload="vec", red="atomic"),  # empty trailing splits
     dict(mr=1, ks=4, nb=1, warps=2, stages=2, splitk=1, minb=1, bload="scalar"),
     dict(mr=4, ks=2, nb=4, warps=2, stages=3, splitk=2, minb=1, bload="scalar"),
-    dict(mr=1, ks=2, nb=1, warps=8, stages=6, splitk=8, minb=2, bload="vec"),
+    dict(mr=1, ks=2, nb=1, warps=8, stages=6, splitk=8, minb=2, bload="vec", red="release"),
     dict(mr=2, ks=4, nb=2, warps=4, stages=3, splitk=1, minb=1, bload="scalar"),
 ]
 
@@ -580,7 +595,11 @@ def _gpu_configs(a, n, dtype):
     feas = list(fam.space.feasible(dtype, env, DEFAULT_LIMITS))
     got += [c for c in feas[:: max(1, len(feas) // 3)] if c not in got]
     assert got, (a.shape, n)
-    return got[:: max(1, len(got) // 10)]  # about 10 a case and N (the GPU budget)
+    picked = got[:: max(1, len(got) // 10)]  # about 10 a case and N (the GPU budget)
+    for red in ("release", "atomic"):  # the second step's split-K reductions, wherever one is feasible
+        if not any(c.get("red") == red for c in picked):
+            picked += [c for c in got if c.get("red") == red][:1]
+    return picked
 
 
 @pytest.mark.gpu

@@ -181,7 +181,7 @@ def test_b_tile_stores_where_the_descriptor_reads(bn, kc, wg):
     """The kernel's copy addresses (thread tid: unit bu = tid % (bn / 8), rows r0 + RPI * it, offset boff +
     it * (RPI / 8) * SBO), and each k-step's descriptor start (kk * 2 SBO), LBO 1024 and SBO bn * 16 as rendered in
     bdesc: every element of every k-step lands where the canonical layout puts it, every byte of the tile once."""
-    src = render.render(space(), dict(bn=bn, kc=kc, dec="lane", wg=wg, stages=4, splitk=1), "fp16")
+    src = render.render(space(), dict(bn=bn, kc=kc, dec="lane", wg=wg, stages=4, splitk=1, wait=1, minb=1), "fp16")
     lbo = int(re.search(r"\(unsigned long long\)\((\d+) >> 4\) << 16", src).group(1))
     sbo = eval(re.search(r"\(unsigned long long\)\(\((BN \* 16)\) >> 4\) << 32", src).group(1).replace("BN", str(bn)))
     assert re.search(r"\(1ull << 62\)", src) and "d0 + (unsigned long long)(kk * BN * 2)" in src  # start + kk BN 32 B
@@ -234,6 +234,24 @@ def test_configs_render_wgmma_for_both_dtypes():
     assert count == sp.size("fp16") * 2 > 200
 
 
+def test_wait0_path_renders_its_pipeline():
+    """wait 0 (second step): one chunk of A registers, wgmma.wait_group 0 after every chunk, prefetch distance stages -
+    1 (the prologue loads stages - 1 chunks), __launch_bounds__(threads, minb); wait 1 (the defaults) keeps today's
+    kernel: two register chunks, wait_group 1, distance stages - 2, one block. The lane decode walks kc independent
+    runs (one pointer a k-step)."""
+    sp = space()
+    new = render.render(sp, dict(bn=128, kc=4, dec="lane", wg=1, stages=2, splitk=3, wait=0, minb=4), "fp16")
+    old = render.render(sp, sp.normalize(dict(bn=128, kc=4, dec="lane", wg=1, stages=4, splitk=3), "fp16"), "fp16")
+    assert "__launch_bounds__(THREADS, 4)" in new and "__launch_bounds__(THREADS, 1)" in old
+    assert "wgmma_wait<0>();  // chunk" in new and "wgmma_wait<1>();  // chunk" not in new
+    assert "wgmma_wait<1>();  // chunk" in old and "wgmma_wait<0>();  // chunk" not in old
+    assert "af1" not in new and "unsigned int af0[KCK][4], af1[KCK][4];" in old
+    for src, d in ((new, 1), (old, 2)):
+        assert f"for (int i = 0; i < {d}; ++i) load(i);" in src and f"cp_wait<{d - 1}>();" in src
+        assert "load(i + %d);" % d in src and "load(i + 1 + %d);" % d in src
+        assert all(f"unsigned int vp{kk} = " in src for kk in range(4)) and "vp4" not in src
+
+
 def _nvcc_sm90a(src: str, sass: bool = False) -> tuple[str, str]:
     """(ptxas report, SASS or '') of `src` built with -gencode=arch=compute_90a,code=sm_90a."""
     nvcc = sat_compile.nvcc_path()
@@ -251,6 +269,12 @@ def _nvcc_sm90a(src: str, sass: bool = False) -> tuple[str, str]:
 
 
 KNOWN = [dict(kg) for kg in get_family(FAMILY).space.known_good]
+# the second step's path (wait 0, minb blocks an SM) beyond its known-good configs: kc 2, two warpgroups, the ballot
+# decode, a residue of K in the last chunk (GPU cases), minb with wait 1
+WAIT0 = [dict(bn=128, kc=2, dec="lane", wg=1, stages=4, splitk=3, wait=0, minb=4),
+         dict(bn=64, kc=4, dec="lane", wg=1, stages=3, splitk=8, wait=0, minb=4),
+         dict(bn=64, kc=4, dec="ballot", wg=2, stages=2, splitk=2, wait=0, minb=2),
+         dict(bn=64, kc=2, dec="lane", wg=2, stages=3, splitk=1, wait=1, minb=2)]
 
 
 def _covering():
@@ -276,7 +300,7 @@ def test_covering_sample_compiles_for_sm90a_with_hgmma_and_without_spills(dtype)
     if sat_compile.nvcc_path() is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
     sp = space()
-    cfgs = KNOWN + (_covering()[::2] if dtype == "fp16" else [])  # (2 CPUs in CI: ~3 s a compile)
+    cfgs = KNOWN + (_covering()[::2] + WAIT0 if dtype == "fp16" else [])  # (2 CPUs in CI: ~3 s a compile)
     assert len(cfgs) >= (12 if dtype == "fp16" else 5)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda c: _nvcc_sm90a(render.render(sp, c, dtype), sass=True), cfgs))
@@ -285,7 +309,7 @@ def test_covering_sample_compiles_for_sm90a_with_hgmma_and_without_spills(dtype)
         assert re.search(r"0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
         assert "C7510" not in rep and "serializ" not in rep, (cfg, rep)  # wgmma pipeline kept
         regs = int(re.search(r"Used (\d+) registers", rep).group(1))
-        assert regs * 128 * cfg["wg"] <= 65536, (cfg, regs)
+        assert regs * 128 * cfg["wg"] * cfg["minb"] <= 65536, (cfg, regs)  # minb blocks fit an SM's registers
         if sass:
             hg = re.findall(r"HGMMA\.64x(\d+)x16\.F32\S* .*tnspB", sass)
             assert len(hg) == 2 * cfg["kc"] and set(hg) == {str(cfg["bn"])}, (cfg, hg)
@@ -316,7 +340,7 @@ def test_nvrtc_builds_wgmma_with_the_familys_arch_beside_cupys():
 def test_shared_memory_follows_the_config():
     h = host()
     sp = space()
-    cfg = dict(bn=128, kc=4, dec="ballot", wg=2, stages=4, splitk=1)
+    cfg = dict(bn=128, kc=4, dec="ballot", wg=2, stages=4, splitk=1, wait=1, minb=1)
     want = 1024 + 4 * (64 * 128 * 2) + 4 * 8 * h.slot_bytes(4) + 16
     assert h.shared_bytes(cfg) == want and h.slot_bytes(4) == 96 + 2048 and h.slot_bytes(2) == 48 + 1024
     assert h.shared_bytes({**cfg, "dec": "lane"}) == want + 4 * 8 * 32 and h.slot_bytes(2, "lane") == 128 + 1024
@@ -331,7 +355,7 @@ def test_shared_memory_follows_the_config():
 
 def test_constraints_refuse_other_gpus_and_n():
     sp = space()
-    base = dict(bn=128, kc=4, dec="lane", wg=2, stages=4, splitk=1)
+    base = dict(bn=128, kc=4, dec="lane", wg=2, stages=4, splitk=1, wait=1, minb=1)
     env = problem_env(4096, 4096, 128, 1_600_000, "fp16")
     assert sp.check(base, env, DEFAULT_LIMITS) is None
     for sm in (80, 89, 100, 120):  # sm_90a code runs on Hopper only
@@ -358,7 +382,7 @@ def test_gpu_limits_carry_the_compute_capability():
 
 def test_adapt_to_another_n():
     fam = get_family(FAMILY)
-    cfg = dict(bn=128, kc=4, dec="ballot", wg=2, stages=4, splitk=4)
+    cfg = dict(bn=128, kc=4, dec="ballot", wg=2, stages=4, splitk=4, wait=1, minb=1)
     got = fam.adapt(cfg, "fp16", problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS)
     assert got == {**cfg, "bn": 64}
     assert fam.adapt(cfg, "fp16", problem_env(4096, 4096, 127, 1_600_000, "fp16"), DEFAULT_LIMITS) is None
@@ -367,7 +391,7 @@ def test_adapt_to_another_n():
 def test_geometry_and_workspace_follow_the_config():
     h = host()
     a = random_matrix(1000, 3000, 0.1, "uniform", 1)
-    cfg = dict(bn=64, kc=4, dec="lane", wg=2, stages=4, splitk=4)
+    cfg = dict(bn=64, kc=4, dec="lane", wg=2, stages=4, splitk=4, wait=1, minb=1)
     k = fake_kernel(FAMILY, cfg, "fp16", a)
     S = -(-1000 // 16)
     rb = -(-S // 8)
@@ -392,7 +416,7 @@ def _gpu_configs(n, dtype):
     env = problem_env(130, 3000, n, 40_000, dtype)
     fam = get_family(FAMILY)
     out = []
-    for cfg in KNOWN + _covering():
+    for cfg in KNOWN + WAIT0 + _covering():
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
             continue
