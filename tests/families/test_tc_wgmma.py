@@ -2,8 +2,8 @@
 wgmma's 128-byte-swizzled N-major shared-memory layout): the record stream round-trips to A by the kernel's own lane
 rule, its sizes and invariants, the B tile's store addresses against the layout the descriptor names, rendering, the
 sm_90a build (nvcc: HGMMA in the SASS, no spills; NVRTC with CuPy's -arch beside the family's), constraints (sm 90
-only, N % 8); on a GPU, known-good and covering configs against float64 on edge cases, fp16 and bf16, N = 8, 64, 128,
-192 (N = 1 and 127 are infeasible)."""
+only, N % 8); on a GPU, known-good and covering configs against float64 on edge cases, fp16 and bf16, N = 40, 64, 128,
+192 (N = 1, 8, 32 and 127 are infeasible)."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -212,7 +212,7 @@ def test_b_tile_stores_where_the_descriptor_reads(bn, kc, wg):
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_launch_matches_the_kernel_signature(dtype):
     a = random_matrix(300, 1000, 0.1, "uniform", 0)
-    for n in (8, 64, 200):
+    for n in (40, 64, 200):
         assert check_launch_matches_signature(FAMILY, dtype, a, n) > 0
 
 
@@ -361,14 +361,14 @@ def test_constraints_refuse_other_gpus_and_n():
     for sm in (80, 89, 100, 120):  # sm_90a code runs on Hopper only
         why = sp.check(base, env, {**DEFAULT_LIMITS, "sm": sm})
         assert why is not None and "Hopper" in why
-    for n in (1, 3, 127):
+    for n in (1, 3, 8, 16, 32, 127):
         e = problem_env(4096, 4096, n, 1_600_000, "fp16")
         assert not list(sp.feasible("fp16", e, DEFAULT_LIMITS)), n
     assert sp.check({**base, "bn": 128}, problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS) is not None
     assert sp.check({**base, "bn": 64}, problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS) is None
     assert sp.check({**base, "wg": 4}, env, DEFAULT_LIMITS) is not None  # registers: 4 x 128 threads x 128 + ...
     assert sp.check({**base, "splitk": 16}, problem_env(4096, 320, 128, 100_000, "fp16"), DEFAULT_LIMITS) is not None
-    for n in (8, 16, 64, 128, 200, 256):
+    for n in (40, 64, 128, 200, 256):
         assert list(sp.feasible("fp16", problem_env(4096, 4096, n, 1_600_000, "fp16"), DEFAULT_LIMITS)), n
 
 
@@ -448,7 +448,7 @@ def test_correct_on_edge_cases(dtype):
         a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])  # what the kernel sees
         dev = DeviceCSR(a, dtype)
         a64 = csp.csr_matrix(a.astype(np.float64))
-        for n in (8, 64, 128, 192):
+        for n in (40, 64, 128, 192):
             cfgs = _gpu_configs(n, dtype)
             if name != "uniform_1000x4096_d0.1" and n != 128:
                 cfgs = cfgs[::3]
