@@ -226,6 +226,9 @@ def _parser() -> argparse.ArgumentParser:
                     "resumes it")
     bn.add_argument("--retune-trials", type=_TRIALS, default=20, help="with --retune: trials added to each matching "
                                                                       "case's search (default 20)")
+    bn.add_argument("--only", metavar="FILTER", action="append", help="with --storage/--workers: run only the suite's "
+                    "cases matching FILTER (as --retune's), from nothing: e.g. a part of the suite again after a family "
+                    "was enabled; the report holds those cases: join it with the earlier one by --merge NEW OLD")
     bn.add_argument("--merge", nargs="+", metavar="JSON", help="no GPU: join these suite-<suite>-<gpu>.json files (e.g. "
                                                                 "one per shard) into one report in --out")
     _add_scaleout_args(bn)
@@ -746,6 +749,13 @@ def cmd_bench(a) -> int:
         if not scaleout:
             raise UserError("--retune needs --workers K or --storage URL (the studies of the cases' first run, which "
                             "it continues)")
+    only = None
+    if a.only is not None:
+        from ..tuning.suite import parse_case_filter, retune_indices  # noqa: PLC0415
+        only = parse_case_filter(" ".join(a.only), "--only")
+        retune_indices(a.suite, only, "--only")  # none matching: refused before the storage is touched
+        if not scaleout:
+            raise UserError("--only needs --workers K or --storage URL")
     if scaleout:
         _check_storage_args(a)
     db = _checked_db(a.db)
@@ -757,7 +767,8 @@ def cmd_bench(a) -> int:
         deadline = None if a.budget is None else time.time() + a.budget
         records = run_suite_scaleout(a.suite, a.trials, Path(a.out), so,
                                      lambda ids: _run_workers(a, so, db, ids, deadline), shard=shard,
-                                     retry_failed=a.retry_failed, retune=retune, retune_trials=a.retune_trials)
+                                     retry_failed=a.retry_failed, retune=retune, retune_trials=a.retune_trials,
+                                     only=only)
         print(json.dumps(summary(records, a.suite), indent=1))
         return 0
     from ..device.gpu import gpu_info  # noqa: PLC0415

@@ -224,7 +224,7 @@ def write_merged(paths: list[Path], suite: str, out_dir: Path) -> list[dict]:
 CASE_FIELDS = {"m": "M", "k": "K", "n": "N", "density": "density", "dtype": "dtype", "pattern": "pattern"}
 
 
-def parse_case_filter(text: str) -> dict[str, set]:
+def parse_case_filter(text: str, opt: str = "--retune") -> dict[str, set]:
     """--retune 'N=16,32 density=0.05,0.1': space-separated FIELD=V1,V2 conditions on a suite's cases (all must hold;
     FIELD one of M, K, N, density, dtype, pattern) -> {field: values}; a UserError naming the problem otherwise."""
     conds: dict[str, set] = {}
@@ -232,16 +232,16 @@ def parse_case_filter(text: str) -> dict[str, set]:
         field, eq, vals = part.partition("=")
         key = CASE_FIELDS.get(field.lower())
         if not eq or key is None or not vals:
-            raise UserError(f"--retune {text!r}: {part!r} is not FIELD=V1,V2 with FIELD one of "
+            raise UserError(f"{opt} {text!r}: {part!r} is not FIELD=V1,V2 with FIELD one of "
                             "M, K, N, density, dtype, pattern (e.g. 'N=16,32 dtype=bf16')")
         try:
             conv = int if key in ("M", "K", "N") else float if key == "density" else str
             conds.setdefault(key, set()).update(conv(v) for v in vals.split(","))
         except ValueError:
-            raise UserError(f"--retune {text!r}: {field} needs {'numbers' if key == 'density' else 'integers'}, got "
+            raise UserError(f"{opt} {text!r}: {field} needs {'numbers' if key == 'density' else 'integers'}, got "
                             f"{vals!r}") from None
     if not conds:
-        raise UserError("--retune needs at least one FIELD=V1,V2 condition (e.g. 'N=16,32')")
+        raise UserError(f"{opt} needs at least one FIELD=V1,V2 condition (e.g. 'N=16,32')")
     return conds
 
 
@@ -250,11 +250,11 @@ def case_matches(c: dict, conds: dict[str, set]) -> bool:
                for k, vals in conds.items())
 
 
-def retune_indices(suite: str, conds: dict[str, set]) -> list[int]:
+def retune_indices(suite: str, conds: dict[str, set], opt: str = "--retune") -> list[int]:
     """The indices of the suite's cases that --retune's conditions match; a UserError if none does."""
     hit = [j for j, c in enumerate(suite_cases(suite)) if case_matches(c, conds)]
     if not hit:
-        raise UserError(f"--retune: no case of suite {suite!r} matches "
+        raise UserError(f"{opt}: no case of suite {suite!r} matches "
                         + " ".join(f"{k}={','.join(str(v) for v in sorted(vs))}" for k, vs in conds.items()))
     return hit
 
@@ -270,7 +270,9 @@ def _retune_ids(suite, cases, specs, queue, retune, more: int, log) -> tuple[lis
     --trials, or of another set of enabled families); a matching case is enqueued as that row's spec with `more`
     trials added (the same study, continued; the same command again finds it and resumes), the others keep their
     done row. A case with no done run is enqueued as this run's spec (matching: with `more` trials added)."""
-    hit = set(retune_indices(suite, retune))
+    hit = {j for j, c in enumerate(cases) if case_matches(c, retune)}
+    if not hit:
+        raise UserError("--retune: none of the cases run here (--only) matches it")
     done: dict[tuple, dict] = {}
     for row in queue.problems():
         if row["state"] != "done":
@@ -305,7 +307,8 @@ def _retune_ids(suite, cases, specs, queue, retune, more: int, log) -> tuple[lis
 
 def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_workers, log=log_stderr,
                        shard: tuple[int, int] | None = None, retry_failed: bool = False,
-                       retune: dict[str, set] | None = None, retune_trials: int = 20) -> list[dict]:
+                       retune: dict[str, set] | None = None, retune_trials: int = 20,
+                       only: dict[str, set] | None = None) -> list[dict]:
     """The suite through a shared storage: every case is enqueued (seed 0, `trials` each), run_workers(ids) runs the
     workers (here, or the caller's K processes), and the done cases are written per GPU as run_suite does.
     shard (i, n): the workers take only every n-th case from the i-th (two GPUs, each with its own copy of the
@@ -314,11 +317,15 @@ def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_worker
     retune (parse_case_filter): the matching cases' searches are opened again with retune_trials more trials (their
     specs ask trials + retune_trials of the same study: the configs tried keep their times, the known-good configs not
     yet tried come first, e.g. a family's new ones); rerunning the same command resumes it. A matching case keeps its
-    earlier result in the report until its retune is done."""
+    earlier result in the report until its retune is done.
+    only (parse_case_filter): the suite is cut to the matching cases (queue, shard and report): a part of the suite
+    run again from nothing, e.g. after a family was enabled; join its report with the earlier one by --merge."""
     from ..device.gpu import gpu_slug  # noqa: PLC0415
     from ..core.space import select_spaces  # noqa: PLC0415
     from ..tuning.queue import random_spec  # noqa: PLC0415
     cases = suite_cases(suite)
+    if only is not None:
+        cases = [cases[j] for j in retune_indices(suite, only, "--only")]
     families = tuple(s.family for s in select_spaces(None))
     specs = [random_spec(c["M"], c["K"], c["N"], c["density"], c["dtype"], c["pattern"], 0, trials, None, "tpe", families)
              for c in cases]  # no matrix is built here: each worker builds its case's when it claims it
