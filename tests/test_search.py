@@ -189,6 +189,22 @@ def test_known_good_synthetic_configs_come_first(storage):
     assert [json.loads(t.user_attrs["config"]) for t in first] == defaults
 
 
+def test_known_good_configs_of_several_families_are_taken_in_turns():
+    """Every family's first known-good configs come within the first few trials (the suite's 20), whatever the
+    other families hold: each family's first, then each one's second, ...; within a family in file order."""
+    from sparse_autotune.tuning.search import known_good_queue
+    fams = [space.get_space(f) for f in ("csr_rowsplit", "tc_gather", "tc_wgmma", "csr_gemv")]
+    env = space.problem_env(11008, 4096, 128, 4_500_000, "fp16")
+    q = known_good_queue(fams, "fp16", env, LIMITS)
+    per = {s.family: s.defaults("fp16", env, LIMITS) for s in fams}
+    assert all(len(v) >= 2 for v in per.values())
+    assert q[:4] == [(s.family, per[s.family][0]) for s in fams]
+    assert q[4:8] == [(s.family, per[s.family][1]) for s in fams]
+    assert sorted(map(repr, q)) == sorted(repr((f, c)) for f, v in per.items() for c in v)  # each once, none lost
+    for f, v in per.items():
+        assert [c for g, c in q if g == f] == v
+
+
 def test_known_good_synthetic_skips_infeasible_defaults(mem):
     env = space.problem_env(512, 2048, 250, 1000, DTYPE)  # N = 250: vec 4 (most defaults) is infeasible
     defaults = CSR.defaults(DTYPE, env, LIMITS)

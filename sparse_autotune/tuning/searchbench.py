@@ -298,8 +298,8 @@ def _first_configs(entry: dict, plan: dict, dtype: str, env: dict, limits: dict)
         cfg = sub.normalize(cfg, dtype) if sub is not None else None
         if cfg is not None and sub.check(cfg, env, limits) is None:
             out.append((fam, cfg))
-    for fam, (sub, *_) in plan.items():
-        out += [(fam, c) for c in sub.defaults(dtype, env, limits)]
+    from .search import known_good_queue  # noqa: PLC0415
+    out += known_good_queue([sub for sub, *_ in plan.values()], dtype, env, limits)
     return out
 
 
