@@ -19,6 +19,7 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import check_launch_matches_signature, fake_kernel
+from tc_emu import EMU_CORE
 from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import TOLERANCE, bf16_float, random_matrix, storage
@@ -278,33 +279,16 @@ def test_geometry_args_and_workspace():
 
 # ---- the kernel on the CPU --------------------------------------------------------------------------------
 
-EMU_PRELUDE = r'''
-#include <algorithm>
-#include <barrier>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <string>
-#include <thread>
-#include <vector>
+EMU_PRELUDE = EMU_CORE + r'''
 using std::min; using std::max;
-#define __device__
-#define __forceinline__ inline
 #define __restrict__
-struct uint2 { unsigned int x, y; };
 struct float4 { float x, y, z, w; };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
-struct Dim { unsigned int x; };
-thread_local Dim threadIdx, blockIdx;
-thread_local unsigned char* smem;
-template <class T> inline T __ldg(const T* p) { return *p; }
 inline void __stcg(float4* p, float4 v) { *p = v; }
 inline float4 __ldcg(const float4* p) { return *p; }
 inline void __threadfence() {}
 inline void red_add_v4(float4* p, float4 v) { p->x += v.x; p->y += v.y; p->z += v.z; p->w += v.w; }  // blocks in turn
 inline int atomicAdd(int* p, int v) { int o = *p; *p += v; return o; }  // blocks run one after another
-inline unsigned int __cvta_generic_to_shared(const void* p) { return (unsigned int)((const unsigned char*)p - smem); }
 inline int __popc(unsigned int x) { return __builtin_popcount(x); }
 inline unsigned int __byte_perm(unsigned int a, unsigned int b, unsigned int s) {
     const unsigned long long v = ((unsigned long long)b << 32) | a;
@@ -312,32 +296,9 @@ inline unsigned int __byte_perm(unsigned int a, unsigned int b, unsigned int s) 
     for (int i = 0; i < 4; ++i) r |= (unsigned int)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
     return r;
 }
-struct WarpX { std::barrier<>* bar; unsigned int addr[32]; unsigned int a[32][4]; unsigned int b[32][2]; };
-struct Copy { unsigned int dst; const void* src; int n, size; };
-struct BlockX { std::barrier<>* bar; WarpX warps[32]; size_t smem_bytes; };
-thread_local BlockX* g_block;
-thread_local std::vector<std::vector<Copy>> g_groups;  // committed groups, oldest first; the last one is open
-int g_copy_at_issue = 1;  // 1: a cp.async lands when issued; 0: at the latest, when wait_group must have it
-int g_bf16 = 0;
-[[noreturn]] inline void die(const char* what) { std::fprintf(stderr, "%s\n", what); std::abort(); }
-inline void __syncthreads() { g_block->bar->arrive_and_wait(); }
 inline void __syncwarp() { g_block->warps[threadIdx.x >> 5].bar->arrive_and_wait(); }
-inline void chk(unsigned int a, unsigned int n) { if ((size_t)a + n > g_block->smem_bytes) die("shared memory out of range"); }
-inline float h2f(unsigned short h) {
-    if (g_bf16) { unsigned int u = (unsigned int)h << 16; float f; std::memcpy(&f, &u, 4); return f; }
-    _Float16 x; std::memcpy(&x, &h, 2); return (float)x;
-}
-inline unsigned short f2h(float f) {
-    if (g_bf16) {
-        unsigned int u;
-        std::memcpy(&u, &f, 4);
-        return (unsigned short)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-    }
-    _Float16 x = (_Float16)f; unsigned short h; std::memcpy(&h, &x, 2); return h;
-}
 inline unsigned int pack2f(float lo, float hi) { return (unsigned int)f2h(lo) | ((unsigned int)f2h(hi) << 16); }
 inline unsigned int keep(unsigned int x) { return x; }
-inline unsigned int lds16(unsigned int a) { if (a % 2) die("misaligned lds16"); chk(a, 2); unsigned short v; std::memcpy(&v, smem + a, 2); return v; }
 inline unsigned int lds32(unsigned int a) { if (a % 4) die("misaligned lds32"); chk(a, 4); unsigned int v; std::memcpy(&v, smem + a, 4); return v; }
 inline uint2 lds64(unsigned int a) { if (a % 8) die("misaligned lds64"); chk(a, 8); uint2 v; std::memcpy(&v, smem + a, 8); return v; }
 inline void sts16(unsigned int a, unsigned int v) { if (a % 2) die("misaligned sts16"); chk(a, 2); unsigned short h = v; std::memcpy(smem + a, &h, 2); }
@@ -353,20 +314,6 @@ inline void half_decode(unsigned int& lo, unsigned int& hi, unsigned int w, unsi
     lo = __byte_perm(x[0], x[1], 0x5410);
     hi = __byte_perm(x[2], x[3], 0x5410);
 }
-inline void warp_addrs(unsigned int addr) {
-    WarpX& w = g_block->warps[threadIdx.x >> 5];
-    if (addr % 16) die("ldmatrix row address not 16-byte aligned");
-    w.addr[threadIdx.x & 31] = addr;
-    w.bar->arrive_and_wait();
-}
-inline void ldsm_x4_t(unsigned int (&r)[4], unsigned int addr) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-    WarpX& w = g_block->warps[threadIdx.x >> 5];
-    warp_addrs(addr);
-    for (int i = 0; i < 4; ++i)  // .trans: lane (g, q) gets (row 2q, column g), (2q + 1, g) of matrix i
-        r[i] = lds16(w.addr[8 * i + 2 * q] + 2 * g) | (lds16(w.addr[8 * i + 2 * q + 1] + 2 * g) << 16);
-    w.bar->arrive_and_wait();
-}
 inline void ldsm_x2_t(unsigned int (&r)[2], unsigned int addr) {
     const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     WarpX& w = g_block->warps[threadIdx.x >> 5];
@@ -375,53 +322,10 @@ inline void ldsm_x2_t(unsigned int (&r)[2], unsigned int addr) {
         r[i] = lds16(w.addr[8 * i + 2 * q] + 2 * g) | (lds16(w.addr[8 * i + 2 * q + 1] + 2 * g) << 16);
     w.bar->arrive_and_wait();
 }
-inline void mma16816(float (&d)[4], const unsigned int (&a)[4], unsigned int b0, unsigned int b1) {
-    const int lane = threadIdx.x & 31;
-    WarpX& w = g_block->warps[threadIdx.x >> 5];
-    for (int i = 0; i < 4; ++i) w.a[lane][i] = a[i];
-    w.b[lane][0] = b0; w.b[lane][1] = b1;
-    w.bar->arrive_and_wait();
-    float A[16][16], Bm[16][8];
-    for (int l = 0; l < 32; ++l) {
-        const int g = l >> 2, q = l & 3;
-        for (int h = 0; h < 2; ++h) {
-            A[g][2 * q + h] = h2f((unsigned short)(w.a[l][0] >> (16 * h)));
-            A[g + 8][2 * q + h] = h2f((unsigned short)(w.a[l][1] >> (16 * h)));
-            A[g][2 * q + 8 + h] = h2f((unsigned short)(w.a[l][2] >> (16 * h)));
-            A[g + 8][2 * q + 8 + h] = h2f((unsigned short)(w.a[l][3] >> (16 * h)));
-            Bm[2 * q + h][g] = h2f((unsigned short)(w.b[l][0] >> (16 * h)));
-            Bm[2 * q + 8 + h][g] = h2f((unsigned short)(w.b[l][1] >> (16 * h)));
-        }
-    }
-    w.bar->arrive_and_wait();
-    const int g = lane >> 2, q = lane & 3;
-    const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * q, 2 * q + 1, 2 * q, 2 * q + 1};
-    for (int e = 0; e < 4; ++e) {
-        float s = d[e];
-        for (int k = 0; k < 16; ++k) s += A[rows[e]][k] * Bm[k][cols[e]];
-        d[e] = s;
-    }
-}
-inline void do_copy(const Copy& c) {
-    chk(c.dst, c.size);
-    if (c.n) std::memcpy(smem + c.dst, c.src, c.size); else std::memset(smem + c.dst, 0, c.size);
-}
-inline void cp_async16(unsigned int dst, const void* src, int src_bytes) {
-    if ((src_bytes != 0 && src_bytes != 16) || dst % 16 || (src_bytes && (uintptr_t)src % 16)) die("bad cp.async 16");
-    Copy c{dst, src, src_bytes, 16};
-    if (g_copy_at_issue) do_copy(c); else g_groups.back().push_back(c);
-}
 inline void cp_async4(unsigned int dst, const void* src) {
     if (dst % 4 || (uintptr_t)src % 4) die("bad cp.async 4");
     Copy c{dst, src, 4, 4};
     if (g_copy_at_issue) do_copy(c); else g_groups.back().push_back(c);
-}
-inline void cp_commit() { g_groups.emplace_back(); }
-inline void cp_wait(int n) {
-    while ((int)g_groups.size() - 1 > n) {
-        for (const Copy& c : g_groups.front()) do_copy(c);
-        g_groups.erase(g_groups.begin());
-    }
 }
 '''
 

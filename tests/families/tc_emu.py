@@ -1,0 +1,105 @@
+"""The g++ emulation core shared by the tensor-core families' CPU tests (tc_gather2, tc_gather3, tc_bitmap): each CUDA
+thread a std::thread, a block's threads and each warp's lanes meeting at std::barriers; shared memory a byte array
+with range checks; ldmatrix.x4.trans, mma.sync.m16n8k16 (fp16 / bf16 in, fp32 out) and cp.async with commit / wait
+groups emulated (g_copy_at_issue 0: a copy lands only when a wait_group must have it, so a missing wait shows). Each
+test file adds what its kernels need beyond this (EMU_PRELUDE = EMU_CORE + its extras)."""
+
+EMU_CORE = r'''
+#include <algorithm>
+#include <barrier>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+#define __device__
+#define __forceinline__ inline
+struct uint2 { unsigned int x, y; };
+struct Dim { unsigned int x; };
+thread_local Dim threadIdx, blockIdx;
+thread_local unsigned char* smem;
+template <class T> inline T __ldg(const T* p) { return *p; }
+inline unsigned int __cvta_generic_to_shared(const void* p) { return (unsigned int)((const unsigned char*)p - smem); }
+struct WarpX { std::barrier<>* bar; unsigned int addr[32]; unsigned int a[32][4]; unsigned int b[32][2]; };
+struct Copy { unsigned int dst; const void* src; int n, size; };
+struct BlockX { std::barrier<>* bar; WarpX warps[32]; size_t smem_bytes; };
+thread_local BlockX* g_block;
+thread_local std::vector<std::vector<Copy>> g_groups;  // committed groups, oldest first; the last one is open
+int g_copy_at_issue = 1;  // 1: a cp.async lands when issued; 0: at the latest, when wait_group must have it
+int g_bf16 = 0;
+[[noreturn]] inline void die(const char* what) { std::fprintf(stderr, "%s\n", what); std::abort(); }
+inline void __syncthreads() { g_block->bar->arrive_and_wait(); }
+inline void chk(unsigned int a, unsigned int n) { if ((size_t)a + n > g_block->smem_bytes) die("shared memory out of range"); }
+inline float h2f(unsigned short h) {
+    if (g_bf16) { unsigned int u = (unsigned int)h << 16; float f; std::memcpy(&f, &u, 4); return f; }
+    _Float16 x; std::memcpy(&x, &h, 2); return (float)x;
+}
+inline unsigned short f2h(float f) {
+    if (g_bf16) {
+        unsigned int u;
+        std::memcpy(&u, &f, 4);
+        return (unsigned short)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    }
+    _Float16 x = (_Float16)f; unsigned short h; std::memcpy(&h, &x, 2); return h;
+}
+inline unsigned int lds16(unsigned int a) { if (a % 2) die("misaligned lds16"); chk(a, 2); unsigned short v; std::memcpy(&v, smem + a, 2); return v; }
+inline void warp_addrs(unsigned int addr) {  // ldmatrix: every lane's row address, seen by the whole warp
+    WarpX& w = g_block->warps[threadIdx.x >> 5];
+    if (addr % 16) die("ldmatrix row address not 16-byte aligned");
+    w.addr[threadIdx.x & 31] = addr;
+    w.bar->arrive_and_wait();
+}
+inline void ldsm_x4_t(unsigned int (&r)[4], unsigned int addr) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    WarpX& w = g_block->warps[threadIdx.x >> 5];
+    warp_addrs(addr);
+    for (int i = 0; i < 4; ++i)  // .trans: lane (g, q) gets (row 2q, column g), (2q + 1, g) of matrix i
+        r[i] = lds16(w.addr[8 * i + 2 * q] + 2 * g) | (lds16(w.addr[8 * i + 2 * q + 1] + 2 * g) << 16);
+    w.bar->arrive_and_wait();
+}
+inline void mma16816(float (&d)[4], const unsigned int (&a)[4], unsigned int b0, unsigned int b1) {
+    const int lane = threadIdx.x & 31;
+    WarpX& w = g_block->warps[threadIdx.x >> 5];
+    for (int i = 0; i < 4; ++i) w.a[lane][i] = a[i];
+    w.b[lane][0] = b0; w.b[lane][1] = b1;
+    w.bar->arrive_and_wait();
+    float A[16][16], Bm[16][8];
+    for (int l = 0; l < 32; ++l) {
+        const int g = l >> 2, q = l & 3;
+        for (int h = 0; h < 2; ++h) {
+            A[g][2 * q + h] = h2f((unsigned short)(w.a[l][0] >> (16 * h)));
+            A[g + 8][2 * q + h] = h2f((unsigned short)(w.a[l][1] >> (16 * h)));
+            A[g][2 * q + 8 + h] = h2f((unsigned short)(w.a[l][2] >> (16 * h)));
+            A[g + 8][2 * q + 8 + h] = h2f((unsigned short)(w.a[l][3] >> (16 * h)));
+            Bm[2 * q + h][g] = h2f((unsigned short)(w.b[l][0] >> (16 * h)));
+            Bm[2 * q + 8 + h][g] = h2f((unsigned short)(w.b[l][1] >> (16 * h)));
+        }
+    }
+    w.bar->arrive_and_wait();
+    const int g = lane >> 2, q = lane & 3;
+    const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * q, 2 * q + 1, 2 * q, 2 * q + 1};
+    for (int e = 0; e < 4; ++e) {
+        float s = d[e];
+        for (int k = 0; k < 16; ++k) s += A[rows[e]][k] * Bm[k][cols[e]];
+        d[e] = s;
+    }
+}
+inline void do_copy(const Copy& c) {
+    chk(c.dst, c.size);
+    if (c.n) std::memcpy(smem + c.dst, c.src, c.size); else std::memset(smem + c.dst, 0, c.size);
+}
+inline void cp_async16(unsigned int dst, const void* src, int src_bytes) {
+    if ((src_bytes != 0 && src_bytes != 16) || dst % 16 || (src_bytes && (uintptr_t)src % 16)) die("bad cp.async 16");
+    Copy c{dst, src, src_bytes, 16};
+    if (g_copy_at_issue) do_copy(c); else g_groups.back().push_back(c);
+}
+inline void cp_commit() { g_groups.emplace_back(); }
+inline void cp_wait(int n) {
+    while ((int)g_groups.size() - 1 > n) {
+        for (const Copy& c : g_groups.front()) do_copy(c);
+        g_groups.erase(g_groups.begin());
+    }
+}
+'''
