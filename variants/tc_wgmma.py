@@ -193,7 +193,8 @@ def decode(ptr: np.ndarray, stream: np.ndarray, info: dict) -> np.ndarray:
 # ---- the family's host side (core.families) ---------------------------------------------------------------
 
 def threads(config: dict) -> int:
-    return 128 * config["wg"]
+    """A block's threads: wg warpgroups (+ the producer warp at ws 1)."""
+    return 128 * config["wg"] + 32 * config.get("ws", 0)
 
 
 def _dims(config: dict, m: int, k: int, n: int):
@@ -211,9 +212,11 @@ def b_stage_bytes(config: dict) -> int:
 
 def shared_bytes(config: dict) -> int:
     """Dynamic shared memory: 1024 bytes of alignment slack (the swizzled B stages start 1024-aligned), the stages'
-    B tiles, their A slots (one a warp), 16 bytes of the split-K last-block flag."""
+    B tiles, their A slots (one a warp), 16 bytes of the split-K last-block flag; at ws 1 the two mbarriers (full,
+    empty) of each stage, 8 bytes each."""
     st = config["stages"]
-    return 1024 + st * b_stage_bytes(config) + st * 4 * config["wg"] * slot_bytes(config["kc"], config["dec"]) + 16
+    return (1024 + st * b_stage_bytes(config) + st * 4 * config["wg"] * slot_bytes(config["kc"], config["dec"]) + 16
+            + 16 * st * config.get("ws", 0))
 
 
 def smem_bytes(kernel) -> int:
@@ -228,8 +231,8 @@ def geometry(kernel, n: int):
 
 def workspace_shape(config: dict, row_blocks: int, ntiles: int) -> tuple[int, int]:
     """Split-K's workspace (core.families.splitk_shape): a slice per (row block, column tile, split) of the block's
-    threads x bn / 2 fp32 accumulators, one counter per (row block, column tile)."""
-    return splitk_shape(config["splitk"], row_blocks * ntiles, threads(config) * config["bn"] // 2)
+    consumer threads (128 wg) x bn / 2 fp32 accumulators, one counter per (row block, column tile)."""
+    return splitk_shape(config["splitk"], row_blocks * ntiles, 128 * config["wg"] * config["bn"] // 2)
 
 
 def args(kernel, n: int, b, c) -> tuple:

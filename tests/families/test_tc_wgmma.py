@@ -207,6 +207,61 @@ def test_b_tile_stores_where_the_descriptor_reads(bn, kc, wg):
                 assert seen[(16 * kk + k, n)] == start + _canonical_mn_sw128(n, k, lbo, sbo), (kk, k, n)
 
 
+@pytest.mark.parametrize("bn,kc", [(64, 2), (64, 4), (128, 2), (128, 4)])
+def test_producer_b_tile_stores_where_the_descriptor_reads(bn, kc):
+    """ws 1: the producer warp's copy addresses as rendered (lane: unit bu = lane % (bn / 8), rows r0 + PR * it with
+    PR = 256 / bn, offset (it / (8 / PR)) * SBO + pb[it % (8 / PR)]): every element of every k-step where the canonical
+    layout puts it, every byte of the tile once (the same tile the consumers' descriptors read at ws 0)."""
+    src = render.render(space(), dict(bn=bn, kc=kc, dec="lane", wg=2, stages=3, splitk=1, wait=1, minb=1, ws=1), "fp16")
+    assert f"#define PR {256 // bn}" in src
+    assert "pb[s] = (bu >> 3) * 1024 + (r0 + PR * s) * 128 + (((bu & 7) ^ (r0 + PR * s)) << 4);" in src
+    assert "cp_async16(bs + (it / (8 / PR)) * (BN * 16) + pb[it % (8 / PR)], bp + (size_t)(PR * it) * N, 16);" in src
+    assert "const int bu = lane % (BN / 8), r0 = lane / (BN / 8);" in src
+    KC, PR = 16 * kc, 256 // bn
+    lbo, sbo = 1024, bn * 16
+    seen = {}
+    for lane in range(32):
+        bu, r0 = lane % (bn // 8), lane // (bn // 8)
+        pb = [(bu >> 3) * 1024 + (r0 + PR * s) * 128 + (((bu & 7) ^ (r0 + PR * s)) << 4) for s in range(8 // PR)]
+        for it in range(KC // PR):
+            at = (it // (8 // PR)) * sbo + pb[it % (8 // PR)]
+            for e in range(8):
+                seen[(r0 + PR * it, 8 * bu + e)] = at + 2 * e
+    assert len(seen) == KC * bn and len(set(seen.values())) == KC * bn and max(seen.values()) < KC * bn * 2
+    for kk in range(kc):
+        for k in range(16):
+            for n in range(bn):
+                assert seen[(16 * kk + k, n)] == kk * bn * 32 + _canonical_mn_sw128(n, k, lbo, sbo), (kk, k, n)
+
+
+def test_ws_renders_a_producer_warp_and_mbarriers():
+    """ws 1 (third step): 128 wg + 32 threads, per-stage full (33 arrivals: 32 cp.async + the bulk bytes' expect_tx)
+    and empty (a consumer warp each) mbarriers, the records by cp.async.bulk, no block-wide barrier in the loop; the
+    consumers release a stage after its wgmmas (wait 0: the chunk's own; wait 1: the chunk before). ws 0 (the default:
+    every stored config) renders the kernel of the second step, byte for byte but the header's "ws=0"."""
+    sp = space()
+    base = dict(bn=128, kc=4, dec="lane", wg=3, stages=4, splitk=2, wait=1, minb=1)
+    new = render.render(sp, {**base, "ws": 1}, "fp16")
+    old = render.render(sp, base, "fp16")
+    assert old == render.render(sp, {**base, "ws": 0}, "fp16") == render.render(sp, sp.normalize(base, "fp16"), "fp16")
+    assert sp.normalize(base, "fp16")["ws"] == 0
+    assert "#define THREADS 416" in new and "#define CTHREADS 384" in new and "#define THREADS 384" in old
+    assert "mbarrier" not in old and "CTHREADS" not in old and "minb=1 ws=0\n" in old and "minb=1 ws=1\n" in new
+    assert "mbar_init(full + 8 * st, 33);" in new and "mbar_init(empty + 8 * st, WARPS);" in new
+    assert "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes" in new
+    assert "cp.async.mbarrier.arrive.noinc.shared::cta.b64" in new
+    loop = new[new.index("if (warp == WARPS) {"):new.index("wgmma_wait<0>();\n        fence_acc(acc);\n    }")]
+    assert "__syncthreads" not in loop and "cp_wait<" not in loop
+    assert loop.count("mbar_wait(full + 8 * cst, cph);") == 2 and "mbar_wait(empty + 8 * st, ph ^ 1u);" in loop
+    assert loop.count("mbar_arrive(empty + 8 * pst);") == 2  # wait 1: the chunk before
+    w0 = render.render(sp, {**base, "wait": 0, "ws": 1}, "fp16")
+    assert w0.count("mbar_arrive(empty + 8 * cst);") == 2 and "int pst = 0;" not in w0 and "af1" not in w0
+    # split-K: the workspace holds the consumers' accumulators only; the producer joins the barriers, stores nothing
+    assert "(NACC / 4) * CTHREADS;" in new and "if (!*s_last || warp == WARPS) return;" in new
+    one = render.render(sp, {**base, "splitk": 1, "ws": 1}, "fp16")
+    assert "asm volatile(\"cp.async.wait_all;\" ::: \"memory\");\n        return;" in one
+
+
 # ---- space, rendering, compiling --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
@@ -222,16 +277,21 @@ def test_fp32_is_not_computed():
 
 
 def test_configs_render_wgmma_for_both_dtypes():
+    """Every config renders (fp16 and bf16 in turn: the dtype changes only the wgmma's and the conversion's type, and
+    the space doubled with ws)."""
     sp = space()
-    count = 0
+    count, seen, turn = 0, set(), [0, 0]
     for cfg in sp.enumerate("fp16"):
-        for dtype, mt in (("fp16", "f16"), ("bf16", "bf16")):
-            src = render.render(sp, cfg, dtype)
-            assert f"wgmma.mma_async.sync.aligned.m64n{cfg['bn']}k16.f32.{mt}.{mt} " in src
-            assert "p, 1, 1, 1;" in src  # scale-d, scale-a, scale-b, trans-b (B is N-major)
-            assert "fence.proxy.async.shared::cta" in src and "mma.sync" not in src
-            count += 1
-    assert count == sp.size("fp16") * 2 > 200
+        turn[cfg["ws"]] += 1
+        dtype, mt = (("fp16", "f16"), ("bf16", "bf16"))[turn[cfg["ws"]] % 2]
+        src = render.render(sp, cfg, dtype)
+        assert f"wgmma.mma_async.sync.aligned.m64n{cfg['bn']}k16.f32.{mt}.{mt} " in src
+        assert "p, 1, 1, 1;" in src  # scale-d, scale-a, scale-b, trans-b (B is N-major)
+        assert "fence.proxy.async.shared::cta" in src and "mma.sync" not in src
+        assert ("mbarrier.try_wait" in src) == (cfg["ws"] == 1)
+        seen.add((dtype, cfg["ws"]))
+        count += 1
+    assert count == sp.size("fp16") > 200 and len(seen) == 4
 
 
 def test_wait0_path_renders_its_pipeline():
@@ -275,6 +335,18 @@ WAIT0 = [dict(bn=128, kc=2, dec="lane", wg=1, stages=4, splitk=3, wait=0, minb=4
          dict(bn=64, kc=4, dec="lane", wg=1, stages=3, splitk=8, wait=0, minb=4),
          dict(bn=64, kc=4, dec="ballot", wg=2, stages=2, splitk=2, wait=0, minb=2),
          dict(bn=64, kc=2, dec="lane", wg=2, stages=3, splitk=1, wait=1, minb=2)]
+# the third step's path (ws 1: a producer warp, mbarriers, bulk record copies) beyond its known-good configs: the ballot
+# decode (its larger header zeroed for empty records), kc 2, one warpgroup with minb 3, wait 0 at two warpgroups
+WS = [dict(bn=128, kc=2, dec="ballot", wg=2, stages=4, splitk=2, wait=1, minb=1, ws=1),
+      dict(bn=64, kc=4, dec="ballot", wg=1, stages=3, splitk=1, wait=0, minb=3, ws=1),
+      dict(bn=128, kc=4, dec="lane", wg=2, stages=5, splitk=4, wait=0, minb=1, ws=1)]
+
+
+def _sm_registers(cfg: dict, regs: int) -> int:
+    """Registers minb blocks take on the fullest of an SM's 4 schedulers, x 4 (each has 16384): warps are spread over
+    the schedulers, so a 9-warp block of ws 1 (2 warpgroups + the producer) counts as 3 warps on one of them."""
+    warps = (4 * cfg["wg"] + cfg.get("ws", 0)) * cfg["minb"]
+    return regs * 32 * 4 * (-(-warps // 4))
 
 
 def _covering():
@@ -283,6 +355,8 @@ def _covering():
     env = problem_env(4096, 4096, 128, 1_600_000, "fp16")
     by_key: dict = {}
     for cfg in space().feasible("fp16", env, DEFAULT_LIMITS):
+        if cfg["ws"]:  # the second step's sample, as it was (ws 1: the known-good configs and WS)
+            continue
         key = (cfg["bn"], cfg["kc"], cfg["wg"])
         if cfg["dec"] == ("ballot", "lane")[(cfg["bn"] // 64 + cfg["kc"] // 2 + cfg["wg"]) % 2]:  # each dec in turn
             by_key.setdefault(key, []).append(cfg)
@@ -300,8 +374,9 @@ def test_covering_sample_compiles_for_sm90a_with_hgmma_and_without_spills(dtype)
     if sat_compile.nvcc_path() is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
     sp = space()
-    cfgs = KNOWN + (_covering()[::2] + WAIT0 if dtype == "fp16" else [])  # (2 CPUs in CI: ~3 s a compile)
-    assert len(cfgs) >= (12 if dtype == "fp16" else 5)
+    # (2 CPUs in CI: ~3 s a compile; bf16 differs only in the wgmma's type: every other known-good config)
+    cfgs = KNOWN + _covering()[::3] + WAIT0 + WS if dtype == "fp16" else KNOWN[::2]
+    assert len(cfgs) >= (12 if dtype == "fp16" else 5) and any(c.get("ws") for c in cfgs)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda c: _nvcc_sm90a(render.render(sp, c, dtype), sass=True), cfgs))
     for cfg, (rep, sass) in zip(cfgs, got):
@@ -309,10 +384,12 @@ def test_covering_sample_compiles_for_sm90a_with_hgmma_and_without_spills(dtype)
         assert re.search(r"0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
         assert "C7510" not in rep and "serializ" not in rep, (cfg, rep)  # wgmma pipeline kept
         regs = int(re.search(r"Used (\d+) registers", rep).group(1))
-        assert regs * 128 * cfg["wg"] * cfg["minb"] <= 65536, (cfg, regs)  # minb blocks fit an SM's registers
+        assert _sm_registers(cfg, regs) <= 65536, (cfg, regs)  # minb blocks fit an SM's registers
         if sass:
             hg = re.findall(r"HGMMA\.64x(\d+)x16\.F32\S* .*tnspB", sass)
             assert len(hg) == 2 * cfg["kc"] and set(hg) == {str(cfg["bn"])}, (cfg, hg)
+            if cfg.get("ws"):  # the producer's bulk copies and the mbarrier waits; no block barrier but the setup's
+                assert "UBLKCP" in sass and "SYNCS.PHASECHK" in sass and "ARRIVES.LDGSTSBAR" in sass, cfg
 
 
 def test_nvrtc_builds_wgmma_with_the_familys_arch_beside_cupys():
@@ -346,8 +423,12 @@ def test_shared_memory_follows_the_config():
     assert h.shared_bytes({**cfg, "dec": "lane"}) == want + 4 * 8 * 32 and h.slot_bytes(2, "lane") == 128 + 1024
     k = fake_kernel(FAMILY, cfg, "fp16", random_matrix(64, 4096, 0.01, "uniform", 0))
     assert h.smem_bytes(k) == want
+    ws = {**cfg, "dec": "lane", "wg": 3, "ws": 1}  # + two 8-byte mbarriers a stage
+    assert h.shared_bytes(ws) == 1024 + 4 * (64 * 128 * 2) + 4 * 12 * h.slot_bytes(4, "lane") + 16 + 4 * 16
     env = problem_env(4096, 4096, 128, 1_600_000, "fp16")
-    for c in (cfg, {**cfg, "bn": 64, "stages": 6}, {**cfg, "kc": 2, "wg": 4, "stages": 5, "dec": "lane"}):
+    for c in (cfg, {**cfg, "bn": 64, "stages": 6}, {**cfg, "kc": 2, "wg": 4, "stages": 5, "dec": "lane"}, ws,
+              {**ws, "bn": 64, "wg": 4, "stages": 5}):
+        c = sp.normalize(c, "fp16")  # as the tuner and adapt() check a config (a constraint naming an absent ws holds)
         need = h.shared_bytes(c)
         assert sp.check(c, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": need}) is None, c
         assert sp.check(c, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": need - 1}) is not None, c
@@ -355,7 +436,7 @@ def test_shared_memory_follows_the_config():
 
 def test_constraints_refuse_other_gpus_and_n():
     sp = space()
-    base = dict(bn=128, kc=4, dec="lane", wg=2, stages=4, splitk=1, wait=1, minb=1)
+    base = dict(bn=128, kc=4, dec="lane", wg=2, stages=4, splitk=1, wait=1, minb=1, ws=0)
     env = problem_env(4096, 4096, 128, 1_600_000, "fp16")
     assert sp.check(base, env, DEFAULT_LIMITS) is None
     for sm in (80, 89, 100, 120):  # sm_90a code runs on Hopper only
@@ -367,6 +448,12 @@ def test_constraints_refuse_other_gpus_and_n():
     assert sp.check({**base, "bn": 128}, problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS) is not None
     assert sp.check({**base, "bn": 64}, problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS) is None
     assert sp.check({**base, "wg": 4}, env, DEFAULT_LIMITS) is not None  # registers: 4 x 128 threads x 128 + ...
+    # ws 1: a 9-warp block puts 3 warps on a scheduler, so two of them at bn 128 would get 96 registers (ptxas spills)
+    ws = {**base, "wait": 0, "stages": 3, "ws": 1}
+    assert sp.check(ws, env, DEFAULT_LIMITS) is None and sp.check({**ws, "minb": 2}, env, DEFAULT_LIMITS) is not None
+    assert sp.check({**ws, "wg": 3, "wait": 1}, env, DEFAULT_LIMITS) is None  # 13 warps: 128 registers
+    assert sp.check({**ws, "wg": 4}, env, DEFAULT_LIMITS) is not None  # 17 warps: 96 registers at bn 128
+    assert sp.check({**ws, "wg": 4, "bn": 64}, problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS) is None
     assert sp.check({**base, "splitk": 16}, problem_env(4096, 320, 128, 100_000, "fp16"), DEFAULT_LIMITS) is not None
     for n in (40, 64, 128, 200, 256):
         assert list(sp.feasible("fp16", problem_env(4096, 4096, n, 1_600_000, "fp16"), DEFAULT_LIMITS)), n
@@ -382,7 +469,7 @@ def test_gpu_limits_carry_the_compute_capability():
 
 def test_adapt_to_another_n():
     fam = get_family(FAMILY)
-    cfg = dict(bn=128, kc=4, dec="ballot", wg=2, stages=4, splitk=4, wait=1, minb=1)
+    cfg = dict(bn=128, kc=4, dec="ballot", wg=2, stages=4, splitk=4, wait=1, minb=1, ws=0)
     got = fam.adapt(cfg, "fp16", problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS)
     assert got == {**cfg, "bn": 64}
     assert fam.adapt(cfg, "fp16", problem_env(4096, 4096, 127, 1_600_000, "fp16"), DEFAULT_LIMITS) is None
@@ -405,22 +492,29 @@ def test_geometry_and_workspace_follow_the_config():
     ref_ptr, ref_stream, _ = h.build(a, 4, "fp16", "lane")
     np.testing.assert_array_equal(ptr, ref_ptr)
     np.testing.assert_array_equal(stream, ref_stream)
+    # ws 1: one more warp a block; the workspace still holds the 256 consumer threads' accumulators; the same stream
+    kw = fake_kernel(FAMILY, {**cfg, "ws": 1}, "fp16", a)
+    assert h.geometry(kw, 200) == ((rb * 4 * 4,), (288,))
+    args = h.args(kw, 200, "B", "C")
+    assert args[2].host.shape == (rb * 4 * 4 * 256 * 32,)
+    np.testing.assert_array_equal(args[1].host, ref_stream)
 
 
 # ---- on the GPU -------------------------------------------------------------------------------------------
 
 def _gpu_configs(n, dtype):
     """The known-good configs and the covering sample adapted to N, each with split-K 1 and 2 where feasible (every
-    bn, kc, wg and stages value at least once)."""
+    bn, kc, wg and stages value at least once); ws 1 configs with their own split-K and 1 (the producer's two exits:
+    joining the split-K barriers, or returning)."""
     sp = space()
     env = problem_env(130, 3000, n, 40_000, dtype)
     fam = get_family(FAMILY)
     out = []
-    for cfg in KNOWN + WAIT0 + _covering():
+    for cfg in KNOWN + WAIT0 + WS + _covering():
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
             continue
-        for splitk in dict.fromkeys((cfg["splitk"], 1, 2)):
+        for splitk in dict.fromkeys((cfg["splitk"], 1) if cfg.get("ws") else (cfg["splitk"], 1, 2)):
             c = {**cfg, "splitk": splitk}
             if sp.check(c, env, DEFAULT_LIMITS) is None and c not in out:
                 out.append(c)
