@@ -229,7 +229,6 @@ def check_options(trials: int | None = None, sampler: str | None = None, timeout
 Evaluate = Callable[..., "tuple[float, dict]"]
 
 
-
 def known_good_queue(spaces, dtype: str, env: dict, limits: dict | None) -> list[tuple[str, dict]]:
     """The families' known-good configs valid for the problem, taken in turns (each family's first, then each one's
     second, ...; within a family in file order): with several families enabled, every family's best guesses are
@@ -240,6 +239,7 @@ def known_good_queue(spaces, dtype: str, env: dict, limits: dict | None) -> list
     for row in itertools.zip_longest(*lists):
         out += [fc for fc in row if fc is not None]
     return out
+
 
 class Search:
     """One run of a study's search, until `trials` evaluated trials exist in it (over all runs), or the time budget.
@@ -349,8 +349,9 @@ class Search:
     # ---- seed and enqueue ------------------------------------------------------------------------------------
 
     def _enqueue(self) -> None:
-        """The seeds (winners of the nearest problems) first, then the known-good configs (known_good_queue), then (for grid) every
-        feasible config in a seeded order (the study's: whichever worker enqueues it); none evaluated already."""
+        """The seeds (winners of the nearest problems) first, then the known-good configs (known_good_queue), then (for
+        grid) every feasible config in a seeded order (the study's: whichever worker enqueues it); none evaluated
+        already."""
         dtype, env, limits = self.dtype, self.env, self.limits
         queue: list[tuple[str, dict]] = []
         for fam, cfg in self.opts.seeds:
