@@ -663,29 +663,33 @@ def test_bench_suite_synthetic_retune_reopens_only_the_matching_cases(quick_shar
 
 def test_bench_suite_synthetic_only_runs_the_matching_cases_and_merges_over_the_old(quick_shards):
     """--only 'N=256 dtype=fp16' on a fresh storage (synthetic objective, no GPU): only those 2 cases are queued, claimed
-    and reported; --merge NEW OLD puts them over shard 0's records of the same cases (same trials: the first file's)
-    and keeps the rest."""
+    and reported; --merge NEW OLD with shard 1's report, which holds both cases: a case in both keeps the longer search
+    (the first file's on a tie: merge_records' own test), every other case of the old report is kept."""
     from sparse_autotune.tuning.suite import case_key, suite_cases
     tmp_path, shards = quick_shards
     env = synthetic_env(tmp_path, 0.0)
     url, out = f"sqlite:///{tmp_path / 'only.sqlite'}", tmp_path / "only"
-    proc = cli(["bench", "--suite", "quick", "--trials", "2", "--storage", url, "--workers", "1", "--heartbeat", "1",
+    # 6 trials: more than shard 1 has for these cases (5 after the retune test above, else 2): the new records win
+    proc = cli(["bench", "--suite", "quick", "--trials", "6", "--storage", url, "--workers", "1", "--heartbeat", "1",
                 "--grace", "5", "--out", str(out), "--only", "N=256", "--only", "dtype=fp16"], env, tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("claimed problem") == 2 and "2 cases in the queue" in proc.stderr, proc.stderr[-3000:]
     [js] = list(out.glob("suite-quick-*.json"))
     hit = [case_key(c) for c in suite_cases("quick") if c["N"] == 256 and c["dtype"] == "fp16"]
     assert [case_key(r) for r in json.loads(js.read_text())] == hit
-    old = shards[0][1]
+    old = shards[1][1]
     merged = cli(["bench", "--suite", "quick", "--merge", str(js), str(old), "--out", str(tmp_path / "m")], env, tmp_path)
     assert merged.returncode == 0, merged.stderr[-3000:]
     [mj] = list((tmp_path / "m").glob("suite-quick-*.json"))
     got = {case_key(r): r for r in json.loads(mj.read_text())}
     new = {case_key(r): r for r in json.loads(js.read_text())}
     olds = {case_key(r): r for r in json.loads(old.read_text())}
-    assert set(got) == set(olds) | set(new)
+    assert set(new) <= set(olds) and set(got) == set(olds)  # the new cases are in the old report too
     for k, r in got.items():
-        assert r == (new[k] if k in new else olds[k])
+        if k not in new:
+            assert r == olds[k]
+        else:  # the longer search; the first file's (the new run's) on a tie
+            assert r == new[k] and r["trials"] == 6 > olds[k]["trials"]
 
 
 @pytest.mark.parametrize("args,needle", [
