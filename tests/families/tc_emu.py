@@ -59,12 +59,18 @@ inline void ldsm_x4_t(unsigned int (&r)[4], unsigned int addr) {
         r[i] = lds16(w.addr[8 * i + 2 * q] + 2 * g) | (lds16(w.addr[8 * i + 2 * q + 1] + 2 * g) << 16);
     w.bar->arrive_and_wait();
 }
-inline void mma16816(float (&d)[4], const unsigned int (&a)[4], unsigned int b0, unsigned int b1) {
+inline WarpX& share_frags(const unsigned int (&a)[4], unsigned int b0, unsigned int b1) {
+    // an mma.sync: every lane's A and B fragment registers, seen by the whole warp (each lane computes its own D)
     const int lane = threadIdx.x & 31;
     WarpX& w = g_block->warps[threadIdx.x >> 5];
     for (int i = 0; i < 4; ++i) w.a[lane][i] = a[i];
     w.b[lane][0] = b0; w.b[lane][1] = b1;
     w.bar->arrive_and_wait();
+    return w;
+}
+inline void mma16816(float (&d)[4], const unsigned int (&a)[4], unsigned int b0, unsigned int b1) {
+    const int lane = threadIdx.x & 31;
+    WarpX& w = share_frags(a, b0, b1);
     float A[16][16], Bm[16][8];
     for (int l = 0; l < 32; ++l) {
         const int g = l >> 2, q = l & 3;

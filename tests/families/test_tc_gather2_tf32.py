@@ -246,10 +246,7 @@ inline float tfv(unsigned int u) {  // an MMA operand: must be a TF32 value (low
 }
 inline void mma1688(float (&d)[4], const unsigned int (&a)[4], unsigned int b0, unsigned int b1) {
     const int lane = threadIdx.x & 31;
-    WarpX& w = g_block->warps[threadIdx.x >> 5];
-    for (int i = 0; i < 4; ++i) w.a[lane][i] = a[i];
-    w.b[lane][0] = b0; w.b[lane][1] = b1;
-    w.bar->arrive_and_wait();
+    WarpX& w = share_frags(a, b0, b1);
     float A[16][8], Bm[8][8];
     for (int l = 0; l < 32; ++l) {  // m16n8k8 .tf32: a0 (g, q), a1 (g + 8, q), a2 (g, q + 4), a3 (g + 8, q + 4)
         const int g = l >> 2, q = l & 3;
