@@ -23,14 +23,16 @@ pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalW
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = sb.BenchProblem("tiny-fp16", 64, 128, 16, 0.1, "fp16", "uniform", "a synthetic test problem")
-# tc_gather at N = 16: 540 feasible configs; with a cap of 50 it is measured on this subspace of 48 (one known-good)
+# tc_gather at N = 16: 1908 feasible configs; with a cap of 50 it is measured on this subspace of 48 (one known-good)
 SUB = {"tc_gather": {"rn": [1, 2], "ksplit": [2, 4, 8], "unroll": [1, 2], "bload": ["vec", "scalar"],
-                     "row_order": ["natural"]}}
+                     "row_order": ["natural"], "afmt": ["dense"]}}
 CAP = 50
-OPTIMUM = {"bload": "vec", "ksplit": 4, "nt": 1, "prefetch": 1, "rn": 2, "unroll": 2, "row_order": "natural"}
-FAILING = {"bload": "scalar", "ksplit": 2, "nt": 1, "prefetch": 0, "rn": 1, "unroll": 1, "row_order": "natural"}
+OPTIMUM = {"bload": "vec", "ksplit": 4, "nt": 1, "prefetch": 1, "rn": 2, "unroll": 2, "row_order": "natural",
+           "afmt": "dense"}
+FAILING = {"bload": "scalar", "ksplit": 2, "nt": 1, "prefetch": 0, "rn": 1, "unroll": 1, "row_order": "natural",
+           "afmt": "dense"}
 SEED = ("tc_gather", {"bload": "scalar", "ksplit": 8, "nt": 1, "prefetch": 0, "rn": 2, "unroll": 1,
-                      "row_order": "natural"})
+                      "row_order": "natural", "afmt": "dense"})
 
 
 def synthetic_us(cfg: dict) -> float:
@@ -114,7 +116,7 @@ def test_synthetic_measure_covers_the_subspace_once_and_resumes_without_remeasur
     assert set(done["results"]) == expected_keys() and done["complete"]
     assert done["results"][failing]["stage"] == "compile"
     fam = done["families"]["tc_gather"]
-    assert fam["subspace"] == SUB["tc_gather"] and fam["configs"] == 48 and fam["feasible_full"] == 540
+    assert fam["subspace"] == SUB["tc_gather"] and fam["configs"] == 48 and fam["feasible_full"] == 1908
     assert done["batch"] == 2 and done["seeds"] == [list(SEED)]
 
     third: list = []
@@ -142,9 +144,9 @@ def test_family_plan_uses_the_subspace_only_above_the_cap():
     env = space.problem_env(64, 128, 16, 819, "fp16")
     plan = sb.family_plan([tc], "fp16", env, space.DEFAULT_LIMITS, SUB, cap=CAP)
     sub, narrow, full, n = plan["tc_gather"]
-    assert (narrow, full, n) == (SUB["tc_gather"], 540, 48)
+    assert (narrow, full, n) == (SUB["tc_gather"], 1908, 48)
     assert sub.param("ksplit").choices("fp16") == [2, 4, 8] and tc.param("ksplit").choices("fp16") == [1, 2, 4, 8, 16]
-    assert sb.family_plan([tc], "fp16", env, space.DEFAULT_LIMITS, SUB, cap=600)["tc_gather"][1] is None
+    assert sb.family_plan([tc], "fp16", env, space.DEFAULT_LIMITS, SUB, cap=2000)["tc_gather"][1] is None
     with pytest.raises(UserError, match="no subspace"):
         sb.family_plan([tc], "fp16", env, space.DEFAULT_LIMITS, {}, cap=CAP)
     with pytest.raises(UserError, match="subspace has 48"):

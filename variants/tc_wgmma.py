@@ -190,10 +190,82 @@ def decode(ptr: np.ndarray, stream: np.ndarray, info: dict) -> np.ndarray:
     return out[:m, :k]
 
 
+GROUP = 4  # tma 2: a group is a warpgroup's 4 strips
+GHDR = 16  # its 4 u32 words a chunk
+
+
+def group_slot_bytes(kc: int, dec: str = "ballot") -> int:
+    """tma 2: a warpgroup's shared-memory slot a stage: the group header and the 4 largest records."""
+    return GHDR + GROUP * slot_bytes(kc, dec)
+
+
+def build_grouped(a: sp.csr_matrix, kc: int, dtype: str = "fp16", dec: str = "ballot"):
+    """(gptr int32 [G * (NC + 1)], gstream uint8, info) for tma 2: the records of `build`, regrouped so that the 4
+    strips 4 g ... 4 g + 3 of one chunk are contiguous (the producer copies them by one bulk copy): group-chunk (g, c)
+    at gptr[g * (NC + 1) + c] is a 16-byte header of 4 u32 words (warp w's record: its byte offset from the header |
+    its bytes << 16; 0 for an empty record or a strip past S), then the non-empty records in strip order. Every
+    group-chunk has its header (16 bytes at least); gptr[g * (NC + 1) + NC] is the group's end."""
+    ptr, stream, info = build(a, kc, dtype, dec)
+    S, NC = info["S"], info["NC"]
+    G = -(-S // GROUP)
+    p = ptr.reshape(S, NC + 1).astype(np.int64)
+    size = np.zeros((G * GROUP, NC), dtype=np.int64)
+    size[:S] = p[:, 1:] - p[:, :-1]
+    src = np.zeros((G * GROUP, NC), dtype=np.int64)
+    src[:S] = p[:, :-1]
+    size4 = size.reshape(G, GROUP, NC).transpose(0, 2, 1)  # [g, c, w]
+    src4 = src.reshape(G, GROUP, NC).transpose(0, 2, 1)
+    off = GHDR + np.cumsum(size4, axis=2) - size4  # from the group-chunk's start
+    total = GHDR + size4.sum(axis=2)  # [g, c]
+    start = np.zeros(G * NC + 1, dtype=np.int64)
+    np.cumsum(total.ravel(), out=start[1:])
+    if start[-1] + PAD >= 2 ** 31:
+        raise ValueError("tc_wgmma grouped stream over 2 GB")
+    gstream = np.zeros(int(start[-1]) + PAD, dtype=np.uint8)
+    words = np.where(size4 > 0, off | (size4 << 16), 0).astype(np.uint32)  # [g, c, w]
+    g32 = gstream.view(np.uint32)
+    hdr_at = start[:-1].reshape(G, NC)
+    g32[((hdr_at[:, :, None] + 4 * np.arange(GROUP)[None, None, :]) // 4).ravel()] = words.ravel()
+    dst = (hdr_at[:, :, None] + off).ravel()
+    n = size4.ravel()
+    keep = n > 0
+    dst, sr, n = dst[keep], src4.ravel()[keep], n[keep]
+    first = np.cumsum(n) - n
+    k = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(first, n)
+    gstream[np.repeat(dst, n) + k] = stream[np.repeat(sr, n) + k]
+    gptr = np.empty((G, NC + 1), dtype=np.int64)
+    gptr[:, :NC] = hdr_at
+    gptr[:, NC] = start[1:].reshape(G, NC)[:, -1]
+    ginfo = {**info, "G": G, "stream_bytes": int(start[-1]), "bytes": int(start[-1]) + 4 * gptr.size,
+             "max_group": int(total.max()) if total.size else 0}
+    return gptr.astype(np.int32).reshape(-1), gstream, ginfo
+
+
+def ungroup(gptr: np.ndarray, gstream: np.ndarray, info: dict) -> dict:
+    """{(strip, chunk): the record's bytes} of a grouped stream, read by the kernel's rule (warp w of group g: word w
+    of the header; offset = its low 16 bits, bytes = its high 16; 0 bytes: empty). For tests."""
+    S, NC, G = info["S"], info["NC"], info["G"]
+    g32 = gstream.view(np.uint32)
+    gp = gptr.reshape(G, NC + 1)
+    out = {}
+    for g in range(G):
+        for c in range(NC):
+            at, end = int(gp[g, c]), int(gp[g, c + 1])
+            assert at % 16 == 0 and end - at >= GHDR
+            for w in range(GROUP):
+                word = int(g32[at // 4 + w])
+                o, n = word & 0xFFFF, word >> 16
+                assert at + o + n <= end and (n == 0 or o % 16 == 0)
+                if n and GROUP * g + w < S:
+                    out[(GROUP * g + w, c)] = bytes(gstream[at + o:at + o + n])
+                assert not (n and GROUP * g + w >= S), "a record past the last strip"
+    return out
+
+
 # ---- the family's host side (core.families) ---------------------------------------------------------------
 
 def threads(config: dict) -> int:
-    """A block's threads: wg warpgroups (+ the producer warp at ws 1)."""
+    """A block's threads: wg warpgroups (+ the producer warp at ws 1; tma 1 has the same)."""
     return 128 * config["wg"] + 32 * config.get("ws", 0)
 
 
@@ -213,10 +285,11 @@ def b_stage_bytes(config: dict) -> int:
 def shared_bytes(config: dict) -> int:
     """Dynamic shared memory: 1024 bytes of alignment slack (the swizzled B stages start 1024-aligned), the stages'
     B tiles, their A slots (one a warp), 16 bytes of the split-K last-block flag; at ws 1 the two mbarriers (full,
-    empty) of each stage, 8 bytes each."""
-    st = config["stages"]
+    empty) of each stage, 8 bytes each; at tma 1 256 bytes for the tensor map's 128-aligned shared-memory copy; at
+    tma 2 also 128 bytes of zeros (an empty record's header) and a 16-byte group header a warpgroup and stage."""
+    st, tma = config["stages"], config.get("tma", 0)
     return (1024 + st * b_stage_bytes(config) + st * 4 * config["wg"] * slot_bytes(config["kc"], config["dec"]) + 16
-            + 16 * st * config.get("ws", 0))
+            + 16 * st * config.get("ws", 0) + (0 if tma == 0 else 256 if tma == 1 else 384 + GHDR * st * config["wg"]))
 
 
 def smem_bytes(kernel) -> int:
@@ -235,15 +308,86 @@ def workspace_shape(config: dict, row_blocks: int, ntiles: int) -> tuple[int, in
     return splitk_shape(config["splitk"], row_blocks * ntiles, 128 * config["wg"] * config["bn"] // 2)
 
 
+# ---- tma = 1 (fourth step): B by TMA through a tensor map -----------------------------------------------------
+# cuda.h's enum values (CUtensorMapDataType, ...Interleave, ...Swizzle, ...L2promotion, ...FloatOOBfill)
+TMAP_UINT16, TMAP_INTERLEAVE_NONE, TMAP_SWIZZLE_128B, TMAP_L2_256B, TMAP_OOB_ZERO = 1, 0, 3, 3, 0
+TMAP_PLACEHOLDER = 1 << 16  # the template's global address (16-byte aligned); each block writes B's in on the device
+
+
+def tensor_map_args(n: int, k: int, config: dict) -> dict:
+    """cuTensorMapEncodeTiled's arguments for B (K x N, row-major, 16-bit: the bits of fp16 / bf16, so uint16; rows
+    >= K and columns >= N read zeros): 2D, dims {N, K} (innermost first), the row stride 2N bytes, a box of 64 columns
+    (128 bytes: the 128-byte swizzle's widest row) x 16 kc rows (one chunk), the 128-byte swizzle (16-byte unit u of
+    box row r at u ^ (r & 7): the wgmma layout the descriptor names, LBO = 16 kc x 128, SBO = 1024)."""
+    n, k = int(n), int(k)
+    if n <= 0 or n % 8 or k <= 0:
+        raise ValueError(f"tc_wgmma tma: B's tensor map needs N % 8 == 0 and K > 0 (N = {n}, K = {k})")
+    return {"dtype": TMAP_UINT16, "rank": 2, "address": TMAP_PLACEHOLDER, "dims": (n, k), "strides": (2 * n,),
+            "box": (64, 16 * int(config["kc"])), "elem_strides": (1, 1), "interleave": TMAP_INTERLEAVE_NONE,
+            "swizzle": TMAP_SWIZZLE_128B, "l2": TMAP_L2_256B, "oob": TMAP_OOB_ZERO}
+
+
+_LIBCUDA: list = []
+
+
+def _libcuda():
+    """The CUDA driver library through ctypes (None where there is none: then no kernel can run either)."""
+    if not _LIBCUDA:
+        import ctypes  # noqa: PLC0415
+        try:
+            _LIBCUDA.append(ctypes.CDLL("libcuda.so.1"))
+        except OSError:
+            _LIBCUDA.append(None)
+    return _LIBCUDA[0]
+
+
+def encode_tensor_map(t: dict) -> np.ndarray:
+    """The 128-byte CUtensorMap of tensor_map_args `t` (uint32 [32]) by the driver's cuTensorMapEncodeTiled (CuPy 14
+    binds none); zeros where there is no driver (a machine that cannot launch the kernel either)."""
+    lib = _libcuda()
+    if lib is None:
+        return np.zeros(32, dtype=np.uint32)
+    import ctypes as ct  # noqa: PLC0415
+    buf = np.zeros(64 + 128, dtype=np.uint8)  # CUtensorMap is 64-byte aligned
+    at = (-buf.ctypes.data) % 64
+    u64, u32 = ct.c_uint64, ct.c_uint32
+    f = lib.cuTensorMapEncodeTiled
+    f.restype = ct.c_int
+    f.argtypes = [ct.c_void_p, ct.c_int, u32, ct.c_void_p, ct.POINTER(u64), ct.POINTER(u64), ct.POINTER(u32),
+                  ct.POINTER(u32), ct.c_int, ct.c_int, ct.c_int, ct.c_int]
+    rank = t["rank"]
+    rc = f(buf.ctypes.data + at, t["dtype"], rank, t["address"], (u64 * rank)(*t["dims"]),
+           (u64 * (rank - 1))(*t["strides"]), (u32 * rank)(*t["box"]), (u32 * rank)(*t["elem_strides"]),
+           t["interleave"], t["swizzle"], t["l2"], t["oob"])
+    if rc != 0:
+        raise RuntimeError(f"tc_wgmma tma: cuTensorMapEncodeTiled failed (CUresult {rc}) for {t}")
+    return buf[at:at + 128].view(np.uint32).copy()
+
+
 def args(kernel, n: int, b, c) -> tuple:
     cfg, dtype = kernel.config, kernel.dtype
     m, k = kernel.a.shape
     S, NC, row_blocks, ntiles, cps = _dims(cfg, m, k, n)
     kc, dec = cfg["kc"], cfg["dec"]
-    ptr, stream = kernel.a.cached(("tc_wgmma", kc, dec, dtype), lambda host: build(host, kc, dtype, dec)[:2])
+    if cfg.get("tma", 0) == 2:  # the records regrouped a warpgroup's 4 a chunk (build_grouped)
+        ptr, stream = kernel.a.cached(("tc_wgmma_grp", kc, dec, dtype),
+                                      lambda host: build_grouped(host, kc, dtype, dec)[:2])
+    else:
+        ptr, stream = kernel.a.cached(("tc_wgmma", kc, dec, dtype), lambda host: build(host, kc, dtype, dec)[:2])
     ws, counters = splitk_workspace(kernel, "tc_wgmma", workspace_shape(cfg, row_blocks, ntiles), n)
-    return (ptr, stream, ws, counters, b, c, np.int32(m), np.int32(n), np.int32(k), np.int32(S), np.int32(NC),
-            np.int32(cps), np.int32(ntiles))
+    out = (ptr, stream, ws, counters, b, c, np.int32(m), np.int32(n), np.int32(k), np.int32(S), np.int32(NC),
+           np.int32(cps), np.int32(ntiles))
+    if not cfg.get("tma", 0):
+        return out
+    # tma: B's tensor-map template (encoded here, once per N: the launcher is built lazily at the first launch for N)
+    # and a 128-byte slot a block, where each block puts its copy with the launch's B address
+    blocks = row_blocks * cfg["splitk"] * ntiles
+    ok = n > 0 and n % 8 == 0  # other N never launch (infeasible); a_bytes() asks for N = 1
+    tmpl, slots = kernel.a.cached(
+        ("tc_wgmma_tmap", n, cfg["bn"], kc, blocks),
+        lambda host: (encode_tensor_map(tensor_map_args(n, k, cfg)) if ok else np.zeros(32, dtype=np.uint32),
+                      np.zeros(128 * blocks, dtype=np.uint8)))
+    return (*out, tmpl, slots)
 
 
 def adapt(space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:

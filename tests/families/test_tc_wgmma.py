@@ -246,7 +246,7 @@ def test_ws_renders_a_producer_warp_and_mbarriers():
     assert old == render.render(sp, {**base, "ws": 0}, "fp16") == render.render(sp, sp.normalize(base, "fp16"), "fp16")
     assert sp.normalize(base, "fp16")["ws"] == 0
     assert "#define THREADS 416" in new and "#define CTHREADS 384" in new and "#define THREADS 384" in old
-    assert "mbarrier" not in old and "CTHREADS" not in old and "minb=1 ws=0\n" in old and "minb=1 ws=1\n" in new
+    assert "mbarrier" not in old and "CTHREADS" not in old and "minb=1 ws=0 tma=0\n" in old and "minb=1 ws=1 tma=0\n" in new
     assert "mbar_init(full + 8 * st, 33);" in new and "mbar_init(empty + 8 * st, WARPS);" in new
     assert "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes" in new
     assert "cp.async.mbarrier.arrive.noinc.shared::cta.b64" in new
@@ -260,6 +260,206 @@ def test_ws_renders_a_producer_warp_and_mbarriers():
     assert "(NACC / 4) * CTHREADS;" in new and "if (!*s_last || warp == WARPS) return;" in new
     one = render.render(sp, {**base, "splitk": 1, "ws": 1}, "fp16")
     assert "asm volatile(\"cp.async.wait_all;\" ::: \"memory\");\n        return;" in one
+
+
+# ---- tma (fourth step): B by TMA, records regrouped ---------------------------------------------------------
+
+@pytest.mark.parametrize("bn,kc", [(64, 2), (64, 4), (128, 2), (128, 4)])
+def test_tma_box_is_what_the_descriptor_reads(bn, kc):
+    """tma: the producer's boxes (box q = columns 64 q ... 64 q + 63 of the chunk's 16 kc rows at the stage's
+    q * 16 kc * 128 bytes) as the 128-byte swizzle writes them (box row r at r * 128, its 16-byte unit u at u ^ (r & 7),
+    the stage 1024-aligned), against the canonical layout with the rendered descriptor (LBO = 16 kc * 128, SBO = 1024)
+    and k-step start (kk * 2048 bytes): every element of every k-step, every byte of the tile once."""
+    src = render.render(space(), dict(bn=bn, kc=kc, dec="lane", wg=2, stages=3, splitk=1, wait=1, minb=1, ws=1, tma=1),
+                        "fp16")
+    assert "((unsigned long long)((KC * 128) >> 4) << 16)" in src and "((unsigned long long)(1024 >> 4) << 32)" in src
+    assert "d0 + (unsigned long long)(kk * 128)" in src  # 2048 bytes >> 4
+    assert ("tma_g2s(bbase + st * BST + q * (KC * 128), gmap, n0 + 64 * q, (c0 + i) * KC, full + 8 * st);" in src
+            and "for (int q = 0; q < BN / 64; ++q)" in src)
+    KC = 16 * kc
+    lbo, sbo = KC * 128, 1024
+    t = host().tensor_map_args(bn, 4096, {"kc": kc})
+    assert t["box"] == (64, KC) and t["swizzle"] == host().TMAP_SWIZZLE_128B
+    seen = {}
+    for q in range(bn // 64):
+        for r in range(KC):
+            for c in range(64):
+                off = r * 128 + 2 * c
+                seen[(r, 64 * q + c)] = q * KC * 128 + (off ^ (((off >> 7) & 7) << 4))
+    assert len(set(seen.values())) == KC * bn and max(seen.values()) < KC * bn * 2
+    for kk in range(kc):
+        for k in range(16):
+            for n in range(bn):
+                assert seen[(16 * kk + k, n)] == kk * 2048 + _canonical_mn_sw128(n, k, lbo, sbo), (kk, k, n)
+
+
+def _cuda_h_enum(name: str) -> dict:
+    """{member: value} of a C enum in the toolkit's cuda.h (implicit values counted), {} without the header."""
+    nvcc = sat_compile.nvcc_path()
+    homes = [Path(nvcc).resolve().parent.parent] if nvcc else []
+    homes += [Path(p) for p in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda") if p]
+    hdr = next((h / "include" / "cuda.h" for h in homes if (h / "include" / "cuda.h").exists()), None)
+    if hdr is None:
+        return {}
+    body = re.search(r"typedef enum \w+ \{([^}]*)\} " + name + ";", hdr.read_text()).group(1)
+    out, v = {}, -1
+    for item in re.sub(r"/\*.*?\*/|//[^\n]*", "", body, flags=re.S).split(","):
+        if item.strip():
+            m, _, val = item.partition("=")
+            v = int(val, 0) if val.strip() else v + 1
+            out[m.strip()] = v
+    return out
+
+
+def test_tensor_map_arguments_follow_b_and_cuda_h():
+    """B (K x N, row-major, 16-bit) as cuTensorMapEncodeTiled gets it: dims {N, K}, the row stride 2N bytes, a 64 x 16 kc
+    box (a chunk's rows, 128-byte rows for the swizzle), unit element strides; the enum values are cuda.h's."""
+    h = host()
+    t = h.tensor_map_args(200, 3000, {"kc": 4, "bn": 128})
+    assert t["rank"] == 2 and t["dims"] == (200, 3000) and t["strides"] == (400,) and t["box"] == (64, 64)
+    assert t["elem_strides"] == (1, 1) and t["address"] % 16 == 0 and t["address"] > 0
+    assert h.tensor_map_args(64, 100, {"kc": 2})["box"] == (64, 32)
+    for n, k in ((36, 100), (0, 100), (64, 0)):
+        with pytest.raises(ValueError, match="N % 8"):
+            h.tensor_map_args(n, k, {"kc": 4})
+    want = {"CUtensorMapDataType": ("CU_TENSOR_MAP_DATA_TYPE_UINT16", t["dtype"]),
+            "CUtensorMapInterleave": ("CU_TENSOR_MAP_INTERLEAVE_NONE", t["interleave"]),
+            "CUtensorMapSwizzle": ("CU_TENSOR_MAP_SWIZZLE_128B", t["swizzle"]),
+            "CUtensorMapL2promotion": ("CU_TENSOR_MAP_L2_PROMOTION_L2_256B", t["l2"]),
+            "CUtensorMapFloatOOBfill": ("CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE", t["oob"])}
+    enums = {e: _cuda_h_enum(e) for e in want}
+    if not all(enums.values()):
+        pytest.skip("cuda.h not found")
+    for e, (member, got) in want.items():
+        assert enums[e][member] == got, (e, member)
+
+
+class _FakeEncode:
+    """cuTensorMapEncodeTiled's stand-in: records what the ctypes call passed, writes a marker, returns `rc`."""
+
+    def __init__(self, rc=0):
+        self.rc, self.calls = rc, []
+
+    def __call__(self, tmap, dtype, rank, addr, dims, strides, box, estr, il, sw, l2, oob):
+        import ctypes as ct
+        self.calls.append(dict(tmap=tmap, dtype=dtype, rank=rank, addr=addr, dims=list(dims[:rank]),
+                               strides=list(strides[:rank - 1]), box=list(box[:rank]), estr=list(estr[:rank]),
+                               il=il, sw=sw, l2=l2, oob=oob))
+        ct.memmove(tmap, bytes(range(128)), 128)
+        return self.rc
+
+
+def test_tensor_map_encode_passes_the_arguments(monkeypatch):
+    """encode_tensor_map through ctypes (a fake driver: no libcuda here): each argument as tensor_map_args has it, a
+    64-byte-aligned 128-byte map returned as 32 words; a failed encode is a one-line error; no driver: zeros."""
+    h = host()
+    fake = _FakeEncode()
+    monkeypatch.setattr(h, "_LIBCUDA", [type("Lib", (), {"cuTensorMapEncodeTiled": fake})()])
+    t = h.tensor_map_args(192, 3000, {"kc": 4})
+    got = h.encode_tensor_map(t)
+    assert got.dtype == np.uint32 and got.shape == (32,) and got.view(np.uint8).tolist() == list(range(128))
+    c = fake.calls[0]
+    assert c["tmap"] % 64 == 0 and c["rank"] == 2 and c["addr"] == t["address"]
+    assert c["dims"] == [192, 3000] and c["strides"] == [384] and c["box"] == [64, 64] and c["estr"] == [1, 1]
+    assert (c["dtype"], c["il"], c["sw"], c["l2"], c["oob"]) == (1, 0, 3, 3, 0)
+    fake.rc = 1
+    with pytest.raises(RuntimeError, match="cuTensorMapEncodeTiled failed"):
+        h.encode_tensor_map(t)
+    monkeypatch.setattr(h, "_LIBCUDA", [None])
+    assert not h.encode_tensor_map(t).any()
+
+
+@pytest.mark.parametrize("kc,dec", [(2, "ballot"), (4, "lane"), (4, "ballot")])
+def test_grouped_stream_holds_the_same_records(kc, dec):
+    """tma 2's stream: by the kernel's rule (word w of the group-chunk's header: offset | bytes << 16), each strip's
+    record of each chunk is the plain stream's, byte for byte; headers 16-byte aligned; a group-chunk fits its slot.
+    300 rows: 19 strips, the last group partial; rows 40-99 empty (empty records inside full groups)."""
+    h = host()
+    a = random_matrix(300, 1000, 0.1, "uniform", 5).tolil()
+    a[40:100] = 0
+    a = sps.csr_matrix(a)
+    a.eliminate_zeros()
+    ptr, stream, info = h.build(a, kc, "fp16", dec)
+    gptr, gstream, ginfo = h.build_grouped(a, kc, "fp16", dec)
+    S, NC = info["S"], info["NC"]
+    assert ginfo["G"] == 5 and gptr.shape == (5 * (NC + 1),) and gptr.dtype == np.int32
+    p = ptr.reshape(S, NC + 1)
+    want = {(s, c): bytes(stream[p[s, c]:p[s, c + 1]]) for s in range(S) for c in range(NC) if p[s, c + 1] > p[s, c]}
+    have = {s for s, _ in want}
+    assert {2, 6, S - 1} <= have and not have & {3, 4, 5}
+    assert h.ungroup(gptr, gstream, ginfo) == want
+    assert ginfo["max_group"] <= h.group_slot_bytes(kc, dec) and np.all(np.diff(gptr) >= 0)
+    assert ginfo["stream_bytes"] == info["stream_bytes"] + 16 * 5 * NC
+
+
+def test_tma_renders_its_producer_and_consumers():
+    """tma 1: full counts one arrival (expect_tx of B's and the records' bytes), B by cp.async.bulk.tensor from the
+    block's patched copy of the map, no cp.async in the loop, consumers without the proxy fence, two more kernel
+    parameters; tma 2: one bulk copy a warpgroup (GSLOT), the warp's record found by its header word, the zero header;
+    tma 0 (every stored config) renders the third step's kernel (the header's "tma=0" aside)."""
+    sp = space()
+    base = dict(bn=128, kc=4, dec="lane", wg=3, stages=4, splitk=2, wait=1, minb=1, ws=1)
+    old = render.render(sp, base, "fp16")
+    assert old == render.render(sp, {**base, "tma": 0}, "fp16") and sp.normalize(base, "fp16")["tma"] == 0
+    assert "tma=0\n" in old and "tmaps" not in old and "cp.async.bulk.tensor" not in old
+    t1 = render.render(sp, {**base, "tma": 1}, "fp16")
+    t2 = render.render(sp, {**base, "tma": 2}, "bf16")
+    for src in (t1, t2):
+        assert "int cps, int ntiles, const unsigned int* __restrict__ tmpl, unsigned char* __restrict__ tmaps)" in src
+        assert "mbar_init(full + 8 * st, 1);" in src and "mbar_arrive_tx(full + 8 * st, total + BST);" in src
+        assert "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes" in src
+        assert "tensormap.replace.tile.global_address.shared::cta.b1024.b64" in src
+        assert "tensormap.cp_fenceproxy.global.shared::cta.tensormap::generic.release.gpu.sync.aligned" in src
+        assert "fence.proxy.tensormap::generic.acquire.gpu" in src
+        prod = src[src.index("if (warp == WARPS) {"):src.index("    } else {")]
+        assert "cp_async16(" not in prod and "cp_async_arrive" not in prod and "cp.async.wait_all" not in prod
+        cons = src[src.index("    } else {"):]
+        assert "mbar_wait(full + 8 * cst, cph);" in cons and "fence_proxy_async();" not in cons
+    assert "minb=1 ws=1 tma=1\n" in t1 and "GSLOT" not in t1
+    assert f"#define GSLOT {16 + 4 * (128 + 512 * 4)}" in t2 and "#define WG 3" in t2
+    assert "const unsigned int as = abase + (st * WG + lane) * GSLOT;" in t2
+    assert t2.count("decode(af0, (hw >> 16) ? gs + (hw & 0xffffu) : smap + 128u, lt, lb);") == 1
+    assert "if (tid < HDR / 16) sts128_zero(smap + 128u + 16u * tid);" in t2
+    assert "abase + STAGES * WG * GSLOT - sbase" in t2 and "abase + STAGES * WG * GSLOT + 16" in t2
+
+
+def test_tma_args_shared_memory_and_constraints(monkeypatch):
+    """tma: the arguments end with the map's template (32 words, encoded once per N; zeros for the N = 1 of a_bytes,
+    which never launches) and 128 bytes a block; tma 2 passes the grouped stream; shared memory as the constraint
+    counts it; tma needs ws 1."""
+    from fakes import signature
+    h = host()
+    fake = _FakeEncode()
+    monkeypatch.setattr(h, "_LIBCUDA", [type("Lib", (), {"cuTensorMapEncodeTiled": fake})()])
+    a = random_matrix(1000, 3000, 0.1, "uniform", 1)
+    cfg = dict(bn=64, kc=4, dec="lane", wg=2, stages=4, splitk=4, wait=1, minb=1, ws=1, tma=1)
+    k = fake_kernel(FAMILY, cfg, "fp16", a)
+    (grid,), _ = h.geometry(k, 200)
+    args = h.args(k, 200, "B", "C")
+    sig = signature(k.source)
+    assert len(args) == len(sig) == 15 and [nm for nm, _ in sig][-2:] == ["tmpl", "tmaps"]
+    assert args[13].host.dtype == np.uint32 and args[13].host.view(np.uint8).tolist() == list(range(128))
+    assert args[14].host.shape == (128 * grid,) and not args[14].host.any()
+    assert fake.calls[0]["dims"] == [200, 3000] and fake.calls[0]["box"] == [64, 64]
+    h.args(k, 200, "B", "C")
+    assert len(fake.calls) == 1  # cached with A per N
+    assert not h.args(k, 1, "B", "C")[13].host.any() and len(fake.calls) == 1
+    np.testing.assert_array_equal(args[1].host, h.build(a, 4, "fp16", "lane")[1])
+    g = h.args(fake_kernel(FAMILY, {**cfg, "tma": 2}, "fp16", a), 200, "B", "C")
+    gptr, gstream, _ = h.build_grouped(a, 4, "fp16", "lane")
+    np.testing.assert_array_equal(g[0].host, gptr)
+    np.testing.assert_array_equal(g[1].host, gstream)
+    sp = space()
+    env = problem_env(4096, 4096, 128, 1_600_000, "fp16")
+    ws = dict(bn=128, kc=4, dec="lane", wg=3, stages=4, splitk=2, wait=1, minb=1, ws=1)
+    assert h.shared_bytes({**ws, "tma": 1}) == h.shared_bytes(ws) + 256
+    assert h.shared_bytes({**ws, "tma": 2}) == h.shared_bytes(ws) + 384 + 16 * 4 * 3
+    for c in ({**ws, "tma": 1}, {**ws, "tma": 2}, {**ws, "tma": 2, "bn": 64, "wg": 4, "stages": 5}):
+        need = h.shared_bytes(c)
+        assert sp.check(c, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": need}) is None, c
+        assert sp.check(c, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": need - 1}) is not None, c
+    why = sp.check({**ws, "ws": 0, "tma": 1}, env, DEFAULT_LIMITS)
+    assert why is not None and "producer" in why
 
 
 # ---- space, rendering, compiling --------------------------------------------------------------------------
@@ -340,6 +540,12 @@ WAIT0 = [dict(bn=128, kc=2, dec="lane", wg=1, stages=4, splitk=3, wait=0, minb=4
 WS = [dict(bn=128, kc=2, dec="ballot", wg=2, stages=4, splitk=2, wait=1, minb=1, ws=1),
       dict(bn=64, kc=4, dec="ballot", wg=1, stages=3, splitk=1, wait=0, minb=3, ws=1),
       dict(bn=128, kc=4, dec="lane", wg=2, stages=5, splitk=4, wait=0, minb=1, ws=1)]
+# the fourth step's path (tma 1: B by TMA; tma 2: and a warpgroup's records by one bulk copy) beyond its known-good
+# configs: kc 2 (a 32-row box, LBO 4096), the ballot decode (tma 2: empty records read the zeros after the map), one
+# warpgroup with minb 3, wait 0
+TMA = [dict(bn=128, kc=2, dec="lane", wg=2, stages=4, splitk=2, wait=1, minb=1, ws=1, tma=1),
+       dict(bn=64, kc=4, dec="ballot", wg=2, stages=4, splitk=1, wait=0, minb=2, ws=1, tma=2),
+       dict(bn=128, kc=2, dec="ballot", wg=1, stages=4, splitk=1, wait=0, minb=3, ws=1, tma=2)]
 
 
 def _sm_registers(cfg: dict, regs: int) -> int:
@@ -375,7 +581,7 @@ def test_covering_sample_compiles_for_sm90a_with_hgmma_and_without_spills(dtype)
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
     sp = space()
     # (2 CPUs in CI: ~3 s a compile; bf16 differs only in the wgmma's type: every other known-good config)
-    cfgs = KNOWN + _covering()[::3] + WAIT0 + WS if dtype == "fp16" else KNOWN[::2]
+    cfgs = KNOWN + _covering()[::3] + WAIT0 + WS + TMA[:2] if dtype == "fp16" else KNOWN[::2]
     assert len(cfgs) >= (12 if dtype == "fp16" else 5) and any(c.get("ws") for c in cfgs)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda c: _nvcc_sm90a(render.render(sp, c, dtype), sass=True), cfgs))
@@ -389,7 +595,9 @@ def test_covering_sample_compiles_for_sm90a_with_hgmma_and_without_spills(dtype)
             hg = re.findall(r"HGMMA\.64x(\d+)x16\.F32\S* .*tnspB", sass)
             assert len(hg) == 2 * cfg["kc"] and set(hg) == {str(cfg["bn"])}, (cfg, hg)
             if cfg.get("ws"):  # the producer's bulk copies and the mbarrier waits; no block barrier but the setup's
-                assert "UBLKCP" in sass and "SYNCS.PHASECHK" in sass and "ARRIVES.LDGSTSBAR" in sass, cfg
+                assert "UBLKCP" in sass and "SYNCS.PHASECHK" in sass, cfg
+                assert ("ARRIVES.LDGSTSBAR" in sass) == (not cfg.get("tma")), cfg  # B by cp.async, or by TMA:
+                assert ("UTMALDG.2D" in sass) == bool(cfg.get("tma")), cfg
 
 
 def test_nvrtc_builds_wgmma_with_the_familys_arch_beside_cupys():
@@ -469,7 +677,7 @@ def test_gpu_limits_carry_the_compute_capability():
 
 def test_adapt_to_another_n():
     fam = get_family(FAMILY)
-    cfg = dict(bn=128, kc=4, dec="ballot", wg=2, stages=4, splitk=4, wait=1, minb=1, ws=0)
+    cfg = dict(bn=128, kc=4, dec="ballot", wg=2, stages=4, splitk=4, wait=1, minb=1, ws=0, tma=0)
     got = fam.adapt(cfg, "fp16", problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS)
     assert got == {**cfg, "bn": 64}
     assert fam.adapt(cfg, "fp16", problem_env(4096, 4096, 127, 1_600_000, "fp16"), DEFAULT_LIMITS) is None
@@ -510,7 +718,7 @@ def _gpu_configs(n, dtype):
     env = problem_env(130, 3000, n, 40_000, dtype)
     fam = get_family(FAMILY)
     out = []
-    for cfg in KNOWN + WAIT0 + WS + _covering():
+    for cfg in KNOWN + WAIT0 + WS + TMA + _covering():
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
             continue
