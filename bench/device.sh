@@ -38,7 +38,7 @@
 #                 cases' searches opened again with --retune-trials T more trials (default 20), e.g. after a kernel
 #                 change; resumes like the suite
 #   --only F=V,V  (repeatable, all must hold) `bench --only`: only the matching cases, from nothing (a fresh state, e.g.
-#                 after a family was enabled); join the report with the earlier one here: `bench --merge NEW OLD`
+#                 after a family was enabled); join the report with the earlier one here: `bench --merge NEW OLD --first-wins`
 #   --shard I/N   only every N-th case from the I-th (`bench --shard`): with bench/device2.sh each GPU resumes its own
 #                 state (bench/state/gpu<i>), so give GPU i shard i/2 in every call (start both sides from one copy of
 #                 the state); join the two sides' suite-*.json here with `sparse-autotune bench --suite S --merge A B`

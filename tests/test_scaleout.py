@@ -564,6 +564,8 @@ def test_merge_keeps_the_longest_search_of_a_case_in_several_files(tmp_path):
                              {**c0, "trials": 40, "src": "b"}]))
     assert [r["src"] for r in merge_records([a, b], "quick")] == ["a", "b", "b"]
     assert [r["src"] for r in merge_records([b, a], "quick")] == ["b", "b", "b"]
+    # --first-wins (an --only re-run after a kernel change, put over the earlier report): the first file's record
+    assert [r["src"] for r in merge_records([a, b], "quick", first_wins=True)] == ["a", "a", "b"]
 
 
 def test_merge_refuses_foreign_and_other_suite_files(tmp_path):
@@ -579,6 +581,9 @@ def test_merge_refuses_foreign_and_other_suite_files(tmp_path):
     proc = cli(["bench", "--suite", "quick", "--merge", str(tmp_path / "missing.json"), "--out", str(tmp_path / "o")],
                synthetic_env(tmp_path, 0.0), tmp_path)
     assert proc.returncode == 2 and "cannot read" in proc.stderr and not (tmp_path / "o").exists()
+    proc = cli(["bench", "--suite", "quick", "--first-wins", "--out", str(tmp_path / "o")],
+               synthetic_env(tmp_path, 0.0), tmp_path)
+    assert proc.returncode == 2 and "--first-wins applies to --merge only" in proc.stderr
 
 
 def test_merge_never_overwrites_a_report_it_was_not_given(tmp_path):

@@ -175,11 +175,12 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def merge_records(paths: list[Path], suite: str) -> list[dict]:
+def merge_records(paths: list[Path], suite: str, first_wins: bool = False) -> list[dict]:
     """The records of several suite-<suite>-<gpu>.json files (e.g. one per shard, each run on its own GPU) as one
     list in the suite's case order; a case in more than one file keeps the record of the longest search (the most
-    trials: a shard's --retune of a case that both storages hold from before the split), the first file's on a tie.
-    A file that is not a list of this suite's records is refused with its name."""
+    trials: a shard's --retune of a case that both storages hold from before the split), the first file's on a tie;
+    with first_wins, the first file's record whatever the trials (an --only re-run after a kernel change, put over
+    the earlier report). A file that is not a list of this suite's records is refused with its name."""
     order = {case_key(c): j for j, c in enumerate(suite_cases(suite))}
     seen: dict[tuple, dict] = {}
     for p in paths:
@@ -196,15 +197,15 @@ def merge_records(paths: list[Path], suite: str) -> list[dict]:
                 raise UserError(f"--merge: {p}: a record without {e}") from None
             if k not in order:
                 raise UserError(f"--merge: {p} holds a case that is not in suite {suite!r}: {k}")
-            if k not in seen or r.get("trials", 0) > seen[k].get("trials", 0):
+            if k not in seen or (not first_wins and r.get("trials", 0) > seen[k].get("trials", 0)):
                 seen[k] = r
     return sorted(seen.values(), key=lambda r: order[case_key(r)])
 
 
-def write_merged(paths: list[Path], suite: str, out_dir: Path) -> list[dict]:
+def write_merged(paths: list[Path], suite: str, out_dir: Path, first_wins: bool = False) -> list[dict]:
     """--merge: the union of shard files written as one suite-<suite>-<gpu>.{json,md,png} (no GPU needed)."""
     from ..device.gpu import gpu_slug  # noqa: PLC0415
-    records = merge_records(paths, suite)
+    records = merge_records(paths, suite, first_wins)
     if not records:
         raise UserError("--merge: the files hold no records")
     gpus = sorted({r["gpu"] for r in records})
