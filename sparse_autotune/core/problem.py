@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 import scipy.sparse as sp
 
 from ..errors import UserError
@@ -351,6 +350,7 @@ def load_matrix(path: str | Path) -> sp.csr_matrix:
             with open(p, "rb") as fh:  # closed also when the file is not a valid .npz
                 a = sp.load_npz(fh)
         elif p.suffix == ".mtx":
+            import scipy.io  # noqa: PLC0415 - only for .mtx files: it costs ~0.3 s at every start of the CLI
             a = scipy.io.mmread(p)
         else:
             raise UserError(f"matrix file {str(p)!r}: unknown format (use .npz from scipy.sparse.save_npz or .mtx)")
