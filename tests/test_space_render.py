@@ -182,13 +182,15 @@ def test_every_parameter_value_survives_the_constraints(dtype):
 SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
-@pytest.fixture(scope="module")
-def nvcc_reports():
+def _nvcc_reports(enabled: bool):
+    """nvcc's reports for a covering sample of the families enabled by default (enabled=True) or of the others."""
     if sat_compile.nvcc_path() is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
     jobs = []
     per_family = math.ceil(24 / len(spaces()))  # ~24 configs per dtype in all (more where covering needs it)
     for sp in spaces():
+        if sp.enabled != enabled:
+            continue
         for dtype in DTYPES:
             for cfg in covering_sample(sp, dtype, size=per_family, seed=2):
                 jobs.append((sp.family, dtype, cfg, rnd(sp, cfg, dtype)))
@@ -198,13 +200,30 @@ def nvcc_reports():
     return list(zip(jobs, reports))
 
 
-def test_covering_sample_compiles_with_nvcc(nvcc_reports):
-    assert len(nvcc_reports) >= 40  # ~24 per dtype; tc_gather has no fp32 configs
-    assert {j[0] for j, _ in nvcc_reports} == {sp.family for sp in spaces()}
-    for (family, dtype, cfg, _), report in nvcc_reports:
+@pytest.fixture(scope="module")
+def nvcc_reports():
+    return _nvcc_reports(enabled=True)
+
+
+def _check_reports(reports, enabled: bool):
+    assert {j[0] for j, _ in reports} == {sp.family for sp in spaces() if sp.enabled == enabled}
+    for (family, dtype, cfg, _), report in reports:
         assert f"entry function 'spmm_kernel' for '{get_family(family).space.arch or 'sm_90'}'" in report, \
             (family, dtype, cfg)
         assert "Used" in report and "registers" in report
+
+
+def test_covering_sample_compiles_with_nvcc(nvcc_reports):
+    assert len(nvcc_reports) >= 15  # the enabled families, ~2 configs a family and dtype (tc_gather: no fp32)
+    _check_reports(nvcc_reports, enabled=True)
+
+
+@pytest.mark.heavy
+def test_covering_sample_of_the_families_not_enabled_compiles_with_nvcc():
+    """The families that are not enabled by default (--families names them): the heavy tier (pytest -m heavy)."""
+    reports = _nvcc_reports(enabled=False)
+    assert len(reports) >= 15
+    _check_reports(reports, enabled=False)
 
 
 def test_covering_sample_compiles_without_spills(nvcc_reports):
