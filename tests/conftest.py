@@ -6,12 +6,19 @@ HAS_GPU = gpu_available()
 
 
 def pytest_collection_modifyitems(config, items):
-    if HAS_GPU:
-        return
+    """No GPU: the gpu tests are skipped. With pytest-xdist (`-n 2 --dist loadgroup`, README's test command) the gpu
+    tests share one worker (one GPU, taken in turn), and the tests of a module-scoped fixture share one worker too, so
+    that it is built once."""
     skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
     for item in items:
         if "gpu" in item.keywords:
-            item.add_marker(skip)
+            item.add_marker(pytest.mark.xdist_group("gpu"))
+            if not HAS_GPU:
+                item.add_marker(skip)
+            continue
+        fixturedefs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        if any(d.scope == "module" for defs in fixturedefs.values() for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(autouse=True)
