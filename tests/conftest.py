@@ -6,19 +6,20 @@ HAS_GPU = gpu_available()
 
 
 def pytest_collection_modifyitems(config, items):
-    """No GPU: the gpu tests are skipped. With pytest-xdist (`-n 2 --dist loadgroup`, README's test command) the gpu
-    tests share one worker (one GPU, taken in turn), and the tests of a module-scoped fixture share one worker too, so
-    that it is built once."""
+    if HAS_GPU:
+        return
     skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
     for item in items:
         if "gpu" in item.keywords:
-            item.add_marker(pytest.mark.xdist_group("gpu"))
-            if not HAS_GPU:
-                item.add_marker(skip)
-            continue
-        fixturedefs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-        if any(d.scope == "module" for defs in fixturedefs.values() for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook (a run without xdist never calls it)
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (README's test command, with --dist loadfile: a file's tests and its module fixtures in one worker):
+    one worker where a GPU is present (the GPU tests take it in turn), else one a core, at most 4."""
+    import os
+    return 1 if HAS_GPU else max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,10 @@ from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
 from sparse_autotune.device import compile as sat_compile
 
 FAMILY = "csr_gemv"
+# the CPU emulations' dtype x layout grid: the diagonal in the default run, the other half in the heavy tier
+# (pytest -m heavy; CI's time is short)
+EMU_GRID = [("fp16", "kn"), ("bf16", "nk"), pytest.param("bf16", "kn", marks=pytest.mark.heavy),
+            pytest.param("fp16", "nk", marks=pytest.mark.heavy)]
 
 
 def host():
@@ -327,8 +331,7 @@ def _emulate(cfg: dict, dtype: str, a, n: int, layout: str, seed: int = 0):
     return (got.T if nk else got), ref
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-@pytest.mark.parametrize("layout", ["kn", "nk"])
+@pytest.mark.parametrize("dtype,layout", EMU_GRID)
 def test_split_pf_minb_correct_in_cpu_emulation(dtype, layout):
     """The rendered kernel itself (its lane mapping, prefetch loop, shuffles, writes) run on the CPU with emulated
     warps (tests/cuda_host.py) against float64: NEW's configs on empty rows, a dense row, residues of M and K, rows
@@ -555,8 +558,7 @@ def test_bif_compile_with_nvcc(layout):
             assert spill == 0, (dt, cfg, rep)
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-@pytest.mark.parametrize("layout", ["kn", "nk"])
+@pytest.mark.parametrize("dtype,layout", EMU_GRID)
 def test_bif_and_bf16_half2_correct_in_cpu_emulation(dtype, layout):
     """The rendered bif / half2 kernels run on the CPU (tests/cuda_host.py; fma.rn.bf16x2 emulated with one rounding
     to bf16) against float64: empty rows, a full row, K = 53 and 257 (not multiples of 8), rows of one chunk, a
