@@ -1,9 +1,8 @@
 """The family tests import the shared test doubles of tests/ (fakes.py). The CPU tests that run a compiler (nvcc's
-covering samples, g++ emulations of a kernel, the launch-signature checks, the render-every-config sweeps) for a family
-that is not enabled by default
-are the heavy tier: left out of the default run (pyproject's addopts: -m "not heavy"), run with `pytest -m heavy`
-after changing such a family (they take ~10 of the default run's minutes on 2 cores). A family that gets enabled
-brings its tests back into the default run by itself."""
+covering samples, g++ emulations of a kernel, the launch-signature checks, the render-every-config sweeps) for a
+family that is not enabled by default are the heavy tier: left out of the default run (pyproject's addopts:
+-m "not heavy"), run with `pytest -m heavy` after changing such a family (~10 minutes on 2 cores). A family that gets
+enabled brings its tests back into the default run by itself."""
 import re
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-COMPILER_TESTS = re.compile(r"compile|emulated_on_the_cpu|nvcc|launch_matches|every_feasible_config_renders|every_config_renders")
+COMPILER_TESTS = re.compile(r"compile|emulated_on_the_cpu|nvcc|launch_matches|every_(feasible_)?config_renders")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by mark
