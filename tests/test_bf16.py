@@ -74,13 +74,15 @@ def test_llm_suite_cases_and_targets():
     assert summary(recs, "llm")["targets"][1]["target"] == d01["target"]
 
 
+@pytest.mark.parametrize("enabled", [pytest.param(True, id="enabled"),  # the others in the heavy tier (CI's time)
+                                     pytest.param(False, id="not-enabled", marks=pytest.mark.heavy)])
 @pytest.mark.parametrize("dtype", ["bf16"])
-def test_every_bf16_family_renders_every_config_kind(dtype):
+def test_every_bf16_family_renders_every_config_kind(dtype, enabled):
     from sparse_autotune.core.render import render
     from sparse_autotune.core.space import problem_env
     a = random_matrix(64, 256, 0.05, "uniform", 0)
     for name, fam in all_families().items():
-        if not fam.space.supports(dtype):
+        if not fam.space.supports(dtype) or fam.space.enabled != enabled:
             continue
         env = problem_env(64, 256, 256, a.nnz, dtype)
         feas = list(fam.space.feasible(dtype, env))

@@ -31,6 +31,15 @@ def spaces():
     return list(space.load_spaces())
 
 
+# The whole-space sweeps below run for the families enabled by default in the default run, for the others in the heavy
+# tier (pytest -m heavy; CI's time is short)
+TIERS = [pytest.param(True, id="enabled"), pytest.param(False, id="not-enabled", marks=pytest.mark.heavy)]
+
+
+def tier(enabled: bool):
+    return [sp for sp in spaces() if sp.enabled == enabled]
+
+
 def env_for(dtype, m=M, k=K, n=N):
     return space.problem_env(m, k, n, NNZ, dtype)
 
@@ -102,13 +111,14 @@ def covering_sample(sp: space.Space, dtype: str, size: int, seed: int = 0) -> li
 RENDER_ALL = 3000
 
 
+@pytest.mark.parametrize("enabled", TIERS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_every_config_renders(dtype):
+def test_every_config_renders(dtype, enabled):
     """Configs of every space (feasible or not) render, carry the kernel entry point, and state their own parameters
     in the header; no two configs give the same source. Every config of a space up to RENDER_ALL configs, else an
     evenly spread sample of RENDER_ALL of them that still takes every value of every parameter (rendering all ~65k fp16
     configs took ~40 s of CI's 15 minutes); the count of the enumeration is checked whole."""
-    for sp in spaces():
+    for sp in tier(enabled):
         cfgs = list(sp.enumerate(dtype))
         n_cfg = len(cfgs)
         step = max(1, -(-n_cfg // RENDER_ALL))
@@ -133,10 +143,11 @@ def test_every_config_renders(dtype):
         assert len(hashes) == len(picked), "two different configs rendered to the same source"
 
 
+@pytest.mark.parametrize("enabled", TIERS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_render_is_deterministic(dtype):
+def test_render_is_deterministic(dtype, enabled):
     rng = np.random.default_rng(1)
-    for sp in spaces():
+    for sp in tier(enabled):
         cfgs = list(sp.enumerate(dtype))
         for i in rng.choice(len(cfgs), size=min(200, len(cfgs)), replace=False):
             a = rnd(sp, dict(cfgs[i]), dtype)
@@ -153,11 +164,12 @@ def test_render_rejects_missing_parameter():
         render.render(sp, cfg, "fp32")
 
 
+@pytest.mark.parametrize("enabled", TIERS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_every_parameter_value_survives_the_constraints(dtype):
+def test_every_parameter_value_survives_the_constraints(dtype, enabled):
     """For the reference problem, no constraint kills a parameter value entirely, and the rendered source of the
     covering sample shows each value."""
-    for sp in spaces():
+    for sp in tier(enabled):
         sample = covering_sample(sp, dtype, size=0)
         if not sp.supports(dtype):  # e.g. tc_gather computes fp16 only
             assert not sample
