@@ -5,7 +5,7 @@
 #
 #   bench/device.sh tests [PYTEST ARGS]     the GPU tests (default `-m gpu`) -> $OUT/pytest-gpu-<gpu>[-k].log
 #   bench/device.sh suite dl|quick|llm [--budget S] [--workers W] [--trials T] [--fresh] [--shard I/N] [--retry-failed]
-#                     [--retune F=V,V ...] [--retune-trials T] [--only F=V,V ...]
+#                     [--retune F=V,V ...] [--retune-trials T] [--only F=V,V ...] [--families A,B]
 #                                           run or resume a benchmark suite (`sparse-autotune bench`) from its state
 #   bench/device.sh suite search [--budget S] [--fresh] [--problems A,B]
 #                                           the search benchmark's measure phase (`bench --suite search --measure-only`,
@@ -39,6 +39,8 @@
 #                 change; resumes like the suite
 #   --only F=V,V  (repeatable, all must hold) `bench --only`: only the matching cases, from nothing (a fresh state, e.g.
 #                 after a family was enabled); join the report with the earlier one here: `bench --merge NEW OLD --first-wins`
+#   --families A,B  `bench --families`: the kernel families every case searches (default the enabled ones), e.g. a
+#                 disabled family measured with --only before it is enabled
 #   --shard I/N   only every N-th case from the I-th (`bench --shard`): with bench/device2.sh each GPU resumes its own
 #                 state (bench/state/gpu<i>), so give GPU i shard i/2 in every call (start both sides from one copy of
 #                 the state); join the two sides' suite-*.json here with `sparse-autotune bench --suite S --merge A B`
@@ -84,10 +86,14 @@ check_suite() {  # NAME [--budget S] [--workers W] [--trials T] [--fresh]
                 [ "$1" != --retune-trials ] && { [[ "$2" =~ ^[A-Za-z]+=[A-Za-z0-9.,]+$ ]] || die "suite: $1 needs FIELD=V1,V2, e.g. N=16,32"; }
                 [ "$1" = --retune-trials ] && { is_num "$2" || die "suite: --retune-trials needs a number"; }
                 shift 2;;
+            --families)
+                [ "$name" != search ] || die "suite search: --families does not apply"
+                [ $# -ge 2 ] && [[ "$2" =~ ^[a-z0-9_,]+$ ]] || die "suite: --families needs comma-separated names"
+                shift 2;;
             --shard)
                 [ "$name" != search ] || die "suite search: --shard does not apply (use --problems A,B)"
                 [ $# -ge 2 ] && [[ "$2" =~ ^[0-9]+/[0-9]+$ ]] || die "suite: --shard needs I/N, e.g. 0/2"; shift 2;;
-            *) die "suite: unknown option '$1' (--budget S, --workers W, --trials T, --fresh, --problems A,B, --shard I/N, --retune F=V,V, --retune-trials T, --only F=V,V)";;
+            *) die "suite: unknown option '$1' (--budget S, --workers W, --trials T, --fresh, --problems A,B, --shard I/N, --retune F=V,V, --retune-trials T, --only F=V,V, --families A,B)";;
         esac
     done
 }
@@ -177,7 +183,7 @@ step_suite() {
             --problems) problems=(--problems "$2"); shift 2;;
             --shard) shard=(--shard "$2"); shift 2;;
             --retry-failed) shard+=(--retry-failed); shift;;
-            --retune|--retune-trials|--only) shard+=("$1" "$2"); shift 2;;
+            --retune|--retune-trials|--only|--families) shard+=("$1" "$2"); shift 2;;
             --fresh) fresh=1; shift;;
         esac
     done

@@ -676,12 +676,15 @@ def test_bench_suite_synthetic_only_runs_the_matching_cases_and_merges_over_the_
     url, out = f"sqlite:///{tmp_path / 'only.sqlite'}", tmp_path / "only"
     # 6 trials: more than shard 1 has for these cases (5 after the retune test above, else 2): the new records win
     proc = cli(["bench", "--suite", "quick", "--trials", "6", "--storage", url, "--workers", "1", "--heartbeat", "1",
-                "--grace", "5", "--out", str(out), "--only", "N=256", "--only", "dtype=fp16"], env, tmp_path, timeout=600)
+                "--grace", "5", "--out", str(out), "--only", "N=256", "--only", "dtype=fp16",
+                "--families", "csr_btile,pattern_unrolled"], env, tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("claimed problem") == 2 and "2 cases in the queue" in proc.stderr, proc.stderr[-3000:]
     [js] = list(out.glob("suite-quick-*.json"))
     hit = [case_key(c) for c in suite_cases("quick") if c["N"] == 256 and c["dtype"] == "fp16"]
     assert [case_key(r) for r in json.loads(js.read_text())] == hit
+    # --families: every case searched those families only (csr_rowsplit, the first enabled one, is not among them)
+    assert {r["family"] for r in json.loads(js.read_text())} <= {"csr_btile", "pattern_unrolled"}
     old = shards[1][1]
     merged = cli(["bench", "--suite", "quick", "--merge", str(js), str(old), "--out", str(tmp_path / "m")], env, tmp_path)
     assert merged.returncode == 0, merged.stderr[-3000:]
@@ -705,6 +708,8 @@ def test_bench_suite_synthetic_only_runs_the_matching_cases_and_merges_over_the_
     (["--retune", "rows=16", "--workers", "2"], "'rows=16' is not FIELD=V1,V2"),
     (["--retune", "N=big", "--workers", "2"], "N needs integers"),
     (["--retune", "N=256"], "--retune needs --workers"),
+    (["--families", "csr_btile"], "--families needs --workers"),
+    (["--families", "nope", "--workers", "2"], "unknown kernel family 'nope'"),
 ])
 def test_bad_retune_is_one_line(tmp_path, args, needle):
     proc = cli(["bench", "--suite", "quick", *args, "--out", str(tmp_path / "o")], synthetic_env(tmp_path, 0.0), tmp_path)

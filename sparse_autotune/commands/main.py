@@ -229,6 +229,9 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--only", metavar="FILTER", action="append", help="with --storage/--workers: run only the suite's "
                     "cases matching FILTER (as --retune's), from nothing: e.g. a part of the suite again after a family "
                     "was enabled; the report holds those cases: join it with the earlier one by --merge NEW OLD --first-wins")
+    bn.add_argument("--families", help="with --storage/--workers: the kernel families every case searches (comma-separated, "
+                    "as tune's; default the enabled ones), e.g. a family measured before it is enabled (with --only, "
+                    "join the part's report with the earlier one by --merge NEW OLD --first-wins)")
     bn.add_argument("--merge", nargs="+", metavar="JSON", help="no GPU: join these suite-<suite>-<gpu>.json files (e.g. "
                                                                 "one per shard) into one report in --out")
     bn.add_argument("--first-wins", action="store_true", help="with --merge: a case in several files keeps the first "
@@ -753,6 +756,11 @@ def cmd_bench(a) -> int:
         if not scaleout:
             raise UserError("--retune needs --workers K or --storage URL (the studies of the cases' first run, which "
                             "it continues)")
+    if a.families is not None:
+        from ..core.space import select_spaces  # noqa: PLC0415
+        select_spaces(a.families)  # an unknown name: refused before the storage is touched
+        if not scaleout:
+            raise UserError("--families needs --workers K or --storage URL")
     only = None
     if a.only is not None:
         from ..tuning.suite import parse_case_filter, retune_indices  # noqa: PLC0415
@@ -772,7 +780,7 @@ def cmd_bench(a) -> int:
         records = run_suite_scaleout(a.suite, a.trials, Path(a.out), so,
                                      lambda ids: _run_workers(a, so, db, ids, deadline), shard=shard,
                                      retry_failed=a.retry_failed, retune=retune, retune_trials=a.retune_trials,
-                                     only=only)
+                                     only=only, families=a.families)
         print(json.dumps(summary(records, a.suite), indent=1))
         return 0
     from ..device.gpu import gpu_info  # noqa: PLC0415

@@ -309,7 +309,7 @@ def _retune_ids(suite, cases, specs, queue, retune, more: int, log) -> tuple[lis
 def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_workers, log=log_stderr,
                        shard: tuple[int, int] | None = None, retry_failed: bool = False,
                        retune: dict[str, set] | None = None, retune_trials: int = 20,
-                       only: dict[str, set] | None = None) -> list[dict]:
+                       only: dict[str, set] | None = None, families: str | None = None) -> list[dict]:
     """The suite through a shared storage: every case is enqueued (seed 0, `trials` each), run_workers(ids) runs the
     workers (here, or the caller's K processes), and the done cases are written per GPU as run_suite does.
     shard (i, n): the workers take only every n-th case from the i-th (two GPUs, each with its own copy of the
@@ -320,14 +320,15 @@ def run_suite_scaleout(suite: str, trials: int, out_dir: Path, queue, run_worker
     yet tried come first, e.g. a family's new ones); rerunning the same command resumes it. A matching case keeps its
     earlier result in the report until its retune is done.
     only (parse_case_filter): the suite is cut to the matching cases (queue, shard and report): a part of the suite
-    run again from nothing, e.g. after a family was enabled; join its report with the earlier one by --merge."""
+    run again from nothing, e.g. after a family was enabled; join its report with the earlier one by --merge.
+    families: the kernel families every case searches (comma-separated; default the enabled ones)."""
     from ..device.gpu import gpu_slug  # noqa: PLC0415
     from ..core.space import select_spaces  # noqa: PLC0415
     from ..tuning.queue import random_spec  # noqa: PLC0415
     cases = suite_cases(suite)
     if only is not None:
         cases = [cases[j] for j in retune_indices(suite, only, "--only")]
-    families = tuple(s.family for s in select_spaces(None))
+    families = tuple(s.family for s in select_spaces(families))
     specs = [random_spec(c["M"], c["K"], c["N"], c["density"], c["dtype"], c["pattern"], 0, trials, None, "tpe", families)
              for c in cases]  # no matrix is built here: each worker builds its case's when it claims it
     if retune is None:
