@@ -317,7 +317,10 @@ def test_suite_control_flow_on_a_numpy_stand_in(tmp_path, monkeypatch):
     for r in (r16, rbf):
         assert "error" not in r, r
         assert r["tuned_us"] > 0 and r["max_rel_err"] <= 1e-2 and r["ref_check"] <= 1e-9 and r["floor_us"] > 0
-        assert r["dense_path"] == "fused" or r["dtype"] == "bf16"
+        # the faster dense path is chosen (fp16 times both; which one wins on numpy is a matter of load, not asserted)
+        paths = {p: r[f"dense_{p}_us"] for p in ("ops", "fused") if r.get(f"dense_{p}_us") is not None}
+        assert set(paths) == ({"ops", "fused"} if r["dtype"] == "fp16" else {"ops"}), r
+        assert r["dense_path"] == min(paths, key=paths.get) and r["dense_us"] == min(paths.values())
         assert r["speedup_dense"] == r["dense_us"] / r["tuned_us"]
         c = r["candidates"]
         assert c["tried"] >= 12 and c["ok"] + sum(c["failed"].values()) == c["tried"]
