@@ -1,0 +1,91 @@
+"""Where a tc_wgmma chunk's time goes: each config timed as built (diag 0, verified) and with parts of its pipeline
+cut out by the template's `diag` switch (variants/tc_wgmma.cu.j2; results wrong on purpose, so not verified):
+
+    diag 1  the consumers neither decode nor issue wgmmas (the producer's copies alone: TMA boxes, records, barriers)
+    diag 2  no decode (A fragments zero): the copies and the wgmmas
+    diag 3  no B boxes (tma 2 only): the records, the decode and the wgmmas (on stale B)
+
+    python3 bench/diag_wgmma.py --case 4096x4096:128:0.1:fp16 --config '{"bn":128,...}' [--config ...] [--out STEM]
+
+Timing as the tuner's (device.timing.time_launches: CUDA-graph replay, B buffers rotated past L2, median). The table
+gives each variant's time and its time a block-chunk in SM cycles (at --clock-ghz, default 1.83: (t - overhead) x
+clock / (chunks a block x waves), overhead --overhead-us, default 3). Diagnostic only: never a config or a record.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import probe  # noqa: E402  (bench/probe.py: cases, the device context, output helpers)
+
+DIAGS = {0: "as built", 1: "copies only", 2: "copies + wgmma (no decode)", 3: "no B boxes"}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--case", action="append", required=True)
+    ap.add_argument("--config", action="append", required=True, help="a tc_wgmma config as JSON (repeatable)")
+    ap.add_argument("--diag", default="0,1,2,3")
+    ap.add_argument("--clock-ghz", type=float, default=1.83)
+    ap.add_argument("--overhead-us", type=float, default=3.0)
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    import sparse_autotune.device.kernel as dk  # noqa: PLC0415
+    from sparse_autotune.core.render import render as real_render  # noqa: PLC0415
+    from sparse_autotune.device.timing import time_launches  # noqa: PLC0415
+
+    state = {"diag": 0}
+
+    def render(space, config, dtype, context=None, layout="kn"):
+        return real_render(space, config, dtype, {**(context or {}), "diag": state["diag"]}, layout)
+
+    dk.render = render
+    diags = [int(x) for x in a.diag.split(",")]
+    dev = probe.Device()
+    rows = []
+    lines = [f"# tc_wgmma pipeline cut-outs ({dev.versions_line()})", "",
+             "| case | config | diag | us | cycles a block-chunk |", "| --- | --- | ---: | ---: | ---: |"]
+    for text in a.case:
+        case = probe.parse_case(text)
+        ctx = dev.context(case)
+        p = ctx.problem
+        for ctext in a.config:
+            cfg = json.loads(ctext)
+            for d in diags:
+                state["diag"] = d
+                row = {"case": case.label(), "config": cfg, "diag": d, "what": DIAGS[d]}
+                try:
+                    if d == 0:
+                        res = dev.measure(ctx, "tc_wgmma", cfg)
+                        t = res["time_us"]
+                    else:
+                        kern = dev.kernel(ctx, "tc_wgmma", cfg)
+                        t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs]).median_us
+                    kc = cfg.get("kc", 4)
+                    nch_total = -(-p.k // (16 * kc))
+                    rows_blk = 64 * cfg.get("wg", 1)
+                    blocks = -(-p.m // rows_blk) * cfg.get("splitk", 1) * -(-p.n // cfg.get("bn", 128))
+                    per_sm = -(-blocks // (132 * cfg.get("minb", 1)))
+                    chunks = -(-nch_total // cfg.get("splitk", 1)) * per_sm
+                    row.update(time_us=t, cycles_chunk=(t - a.overhead_us) * 1e3 * a.clock_ghz / chunks)
+                except Exception as exc:  # noqa: BLE001
+                    row.update(error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                rows.append(row)
+                probe.log(json.dumps(row))
+                c = json.dumps(cfg, separators=(",", ":"))
+                if "error" in row:
+                    lines.append(f"| {row['case']} | `{c}` | {d} {DIAGS[d]} | failed: {row['error'][:80]} | |")
+                else:
+                    lines.append(f"| {row['case']} | `{c}` | {d} {DIAGS[d]} | {t:.2f} | {row['cycles_chunk']:.0f} |")
+    out = probe.stem(a.out, f"diag-wgmma-{probe._slug(dev)}")
+    probe.write(out, {"meta": dev.meta, "rows": rows}, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
