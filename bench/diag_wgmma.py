@@ -4,6 +4,9 @@ cut out by the template's `diag` switch (variants/tc_wgmma.cu.j2; results wrong 
     diag 1  the consumers neither decode nor issue wgmmas (the producer's copies alone: TMA boxes, records, barriers)
     diag 2  no decode (A fragments zero): the copies and the wgmmas
     diag 3  no B boxes (tma 2 only): the records, the decode and the wgmmas (on stale B)
+    diag 9  as built (verified), plus a timeline: each block stamps %globaltimer at its phases (entry, map patched,
+            first chunk in, consumers done, producer done, split-K partial stored, C stored); the table gives the
+            medians of the phases and the kernel's span (timeline-<case>-<config>.json keeps every block's stamps)
 
     python3 bench/diag_wgmma.py --case 4096x4096:128:0.1:fp16 --config '{"bn":128,...}' [--config ...] [--out STEM]
 
@@ -23,7 +26,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import probe  # noqa: E402  (bench/probe.py: cases, the device context, output helpers)
 
-DIAGS = {0: "as built", 1: "copies only", 2: "copies + wgmma (no decode)", 3: "no B boxes"}
+DIAGS = {0: "as built", 1: "copies only", 2: "copies + wgmma (no decode)", 3: "no B boxes", 9: "timeline"}
+
+
+PHASES = ("entry", "patched", "first_in", "consumed", "partial", "stored", "produced")
+
+
+def timeline(dev, ctx, cfg: dict):
+    """Verified time (us) and the blocks' phase stamps of one more launch (us from the kernel's first entry)."""
+    import numpy as np  # noqa: PLC0415
+    from sparse_autotune.device.gpu import cupy  # noqa: PLC0415
+    cp = cupy()
+    kern = dev.kernel(ctx, "tc_wgmma", cfg)
+    grid, _ = kern.geometry(ctx.problem.n)
+    blocks = int(np.prod(grid))
+    tsb = cp.zeros(16 * blocks, dtype=cp.uint64)
+    orig = kern.args
+    object.__setattr__(kern, "args", lambda n, b, c, bias=None: (*orig(n, b, c, bias), tsb))
+    from sparse_autotune.device.timing import time_launches  # noqa: PLC0415
+    from sparse_autotune.device.verify import check  # noqa: PLC0415
+    b, ref = ctx.fresh_check()
+    check(lambda: kern(b, ctx.c), ctx.c, ref, ctx.problem.dtype)  # raises where the stamps changed the results
+    t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs]).median_us
+    tsb.fill(0)
+    kern(ctx.b_bufs[0], ctx.c)
+    cp.cuda.runtime.deviceSynchronize()
+    x = cp.asnumpy(tsb).reshape(blocks, 16).astype(np.int64)
+    gt = x[:, :7].astype(np.float64)
+    t0 = gt[:, 0].min()
+    rel = np.where(x[:, :7] > 0, (gt - t0) / 1e3, np.nan)  # us from the first block's entry
+    ent, pat, fin, con, par, sto, pro = (rel[:, i] for i in range(7))
+    end = np.where(np.isnan(sto), par, sto)
+    med = lambda v: float(np.nanmedian(v)) if np.any(~np.isnan(v)) else float("nan")  # noqa: E731
+    summary = {"span": float(np.nanmax(end)), "last_entry": float(np.nanmax(ent)), "patch": med(pat - ent),
+               "fill": med(fin - ent), "loop": med(con - fin), "produce": med(pro - ent), "epilogue": med(par - con),
+               "reduce": med(sto - par)}
+    blocks_rows = [{"sm": int(x[b, 7]), **{PHASES[i]: (None if np.isnan(rel[b, i]) else round(float(rel[b, i]), 3))
+                                            for i in range(7)}} for b in range(blocks)]
+    return t, {"summary": summary, "blocks": blocks_rows}
 
 
 def main(argv=None) -> int:
@@ -63,6 +103,9 @@ def main(argv=None) -> int:
                     if d == 0:
                         res = dev.measure(ctx, "tc_wgmma", cfg)
                         t = res["time_us"]
+                    elif d == 9:
+                        t, tl = timeline(dev, ctx, cfg)
+                        row["timeline"] = tl
                     else:
                         kern = dev.kernel(ctx, "tc_wgmma", cfg)
                         t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs]).median_us
@@ -78,7 +121,11 @@ def main(argv=None) -> int:
                 rows.append(row)
                 probe.log(json.dumps(row))
                 c = json.dumps(cfg, separators=(",", ":"))
-                if "error" in row:
+                if "timeline" in row:
+                    tl = row["timeline"]
+                    lines.append(f"| {row['case']} | `{c}` | 9 timeline | {t:.2f} | "
+                                 + ", ".join(f"{k} {v:.2f}" for k, v in tl["summary"].items()) + " |")
+                elif "error" in row:
                     lines.append(f"| {row['case']} | `{c}` | {d} {DIAGS[d]} | failed: {row['error'][:80]} | |")
                 else:
                     lines.append(f"| {row['case']} | `{c}` | {d} {DIAGS[d]} | {t:.2f} | {row['cycles_chunk']:.0f} |")
