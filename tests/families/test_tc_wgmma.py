@@ -494,6 +494,29 @@ def test_configs_render_wgmma_for_both_dtypes():
     assert count == sp.size("fp16") > 200 and len(seen) == 4
 
 
+def test_red_renders_a_cluster_reduction_and_the_space_bounds_it():
+    """red 1: the kernel is a cluster of splitk blocks (compile-time cluster dims), a tile's splits are consecutive
+    blocks, the reduction reads the peers' shared memory (mapa + ld.shared::cluster) between two cluster barriers and
+    needs no workspace counter; red 0 renders none of it. The space refuses red 1 at split-K 1 or above 8, and where
+    the accumulators would not fit over the pipeline's shared memory."""
+    sp = space()
+    base = dict(bn=128, kc=4, dec="lane", wg=2, stages=4, splitk=4, wait=1, minb=1, ws=1, tma=2)
+    src1 = render.render(sp, {**base, "red": 1}, "fp16")
+    src0 = render.render(sp, {**base, "red": 0}, "fp16")
+    assert "__cluster_dims__(SPLITK, 1, 1)" in src1 and "__cluster_dims__" not in src0
+    assert src1.count("cluster_sync();") == 2 and "mapa.shared::cluster.u32" in src1
+    assert "ld.shared::cluster.v4.f32" in src1 and "atomicAdd(counters" not in src1
+    assert "atomicAdd(counters" in src0 and "barrier.cluster" not in src0
+    assert src0 == render.render(sp, base, "fp16")  # configs stored before red render as before
+    env = problem_env(4096, 4096, 128, 1_677_722, "fp16")
+    assert sp.check({**base, "red": 1}, env, DEFAULT_LIMITS) is None
+    assert sp.check({**base, "red": 1, "splitk": 1}, env, DEFAULT_LIMITS) is not None
+    assert sp.check({**base, "red": 1, "splitk": 16}, env, DEFAULT_LIMITS) is not None
+    small = dict(bn=128, kc=2, dec="lane", wg=4, stages=2, splitk=2, wait=1, minb=1, ws=1, tma=2, red=1)
+    # 2 stages x (8 KB of B + 4 x 4.4 KB of records) < 128 KB of accumulators (wg 4 x 128 threads x 64 x 4 bytes)
+    assert sp.check(small, env, DEFAULT_LIMITS) is not None
+
+
 def test_wait0_path_renders_its_pipeline():
     """wait 0 (second step): one chunk of A registers, wgmma.wait_group 0 after every chunk, prefetch distance stages -
     1 (the prologue loads stages - 1 chunks), __launch_bounds__(threads, minb); wait 1 (the defaults) keeps today's
@@ -546,6 +569,12 @@ WS = [dict(bn=128, kc=2, dec="ballot", wg=2, stages=4, splitk=2, wait=1, minb=1,
 TMA = [dict(bn=128, kc=2, dec="lane", wg=2, stages=4, splitk=2, wait=1, minb=1, ws=1, tma=1),
        dict(bn=64, kc=4, dec="ballot", wg=2, stages=4, splitk=1, wait=0, minb=2, ws=1, tma=2),
        dict(bn=128, kc=2, dec="ballot", wg=1, stages=4, splitk=1, wait=0, minb=3, ws=1, tma=2)]
+# session 18's path (red 1: split-K reduced through the cluster's shared memory): the four measured bests with it, the
+# ballot decode at a split-K of 3 (a tile's columns not a multiple of the split), no producer warp (ws 0, tma 0), tma 1
+RED = [dict(kg, red=1) for kg in get_family(FAMILY).space.known_good if kg.get("tma") == 2 and kg["splitk"] > 1][:4] + [
+       dict(bn=128, kc=2, dec="ballot", wg=1, stages=3, splitk=3, wait=1, minb=1, ws=0, tma=0, red=1),
+       dict(bn=64, kc=2, dec="ballot", wg=1, stages=3, splitk=3, wait=1, minb=1, ws=1, tma=1, red=1),
+       dict(bn=128, kc=4, dec="lane", wg=3, stages=4, splitk=8, wait=1, minb=1, ws=1, tma=2, red=1)]
 
 
 def _sm_registers(cfg: dict, regs: int) -> int:
@@ -718,7 +747,7 @@ def _gpu_configs(n, dtype):
     env = problem_env(130, 3000, n, 40_000, dtype)
     fam = get_family(FAMILY)
     out = []
-    for cfg in KNOWN + WAIT0 + WS + TMA + _covering():
+    for cfg in KNOWN + WAIT0 + WS + TMA + RED + _covering():
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
             continue
