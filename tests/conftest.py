@@ -16,8 +16,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook (a run without xdist never calls it)
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto` (optional, README: with --dist loadfile a file's tests and its module fixtures share one worker; CI runs
-    serially): one worker where a GPU is present (the GPU tests take it in turn), else one a core, at most 4."""
+    """`-n auto` (README's and CI's test command, with --dist loadfile: a file's tests and its module fixtures share one
+    worker): one worker where a GPU is present (the GPU tests take it in turn), else one a core, at most 4."""
     import os
     return 1 if HAS_GPU else max(1, min(4, len(os.sched_getaffinity(0))))
 
