@@ -40,7 +40,7 @@
 #   --only F=V,V  (repeatable, all must hold) `bench --only`: only the matching cases, from nothing (a fresh state, e.g.
 #                 after a family was enabled); join the report with the earlier one here: `bench --merge NEW OLD --first-wins`
 #   --families A,B  `bench --families`: the kernel families every case searches (default the enabled ones), e.g. a
-#                 disabled family measured with --only before it is enabled
+#                 disabled family measured with --only before it is enabled (join: `bench --merge NEW OLD --fastest-wins`)
 #   --shard I/N   only every N-th case from the I-th (`bench --shard`): with bench/device2.sh each GPU resumes its own
 #                 state (bench/state/gpu<i>), so give GPU i shard i/2 in every call (start both sides from one copy of
 #                 the state); join the two sides' suite-*.json here with `sparse-autotune bench --suite S --merge A B`

@@ -570,6 +570,16 @@ def test_merge_keeps_the_longest_search_of_a_case_in_several_files(tmp_path):
     assert [r["src"] for r in merge_records([b, a], "quick")] == ["b", "b", "b"]
     # --first-wins (an --only re-run after a kernel change, put over the earlier report): the first file's record
     assert [r["src"] for r in merge_records([a, b], "quick", first_wins=True)] == ["a", "a", "b"]
+    # --fastest-wins (a --families part beside the earlier report of all families): the lowest tuned time, the first
+    # file's on a tie; a record without one (a failed case) loses to any that has one
+    a.write_text(json.dumps([{**c0, "tuned_us": 5.0, "src": "a"}, {**c1, "tuned_us": 9.0, "src": "a"},
+                             {**c2, "tuned_us": None, "src": "a"}]))
+    b.write_text(json.dumps([{**c0, "tuned_us": 6.0, "src": "b"}, {**c1, "tuned_us": 8.0, "src": "b"},
+                             {**c2, "tuned_us": 7.0, "src": "b"}]))
+    assert [r["src"] for r in merge_records([a, b], "quick", fastest_wins=True)] == ["a", "b", "b"]
+    assert [r["src"] for r in merge_records([b, a], "quick", fastest_wins=True)] == ["a", "b", "b"]
+    with pytest.raises(UserError, match="exclude each other"):
+        merge_records([a, b], "quick", first_wins=True, fastest_wins=True)
 
 
 def test_merge_refuses_foreign_and_other_suite_files(tmp_path):
@@ -588,6 +598,9 @@ def test_merge_refuses_foreign_and_other_suite_files(tmp_path):
     proc = cli(["bench", "--suite", "quick", "--first-wins", "--out", str(tmp_path / "o")],
                synthetic_env(tmp_path, 0.0), tmp_path)
     assert proc.returncode == 2 and "--first-wins applies to --merge only" in proc.stderr
+    proc = cli(["bench", "--suite", "quick", "--fastest-wins", "--out", str(tmp_path / "o")],
+               synthetic_env(tmp_path, 0.0), tmp_path)
+    assert proc.returncode == 2 and "--fastest-wins applies to --merge only" in proc.stderr
 
 
 def test_merge_never_overwrites_a_report_it_was_not_given(tmp_path):

@@ -231,11 +231,14 @@ def _parser() -> argparse.ArgumentParser:
                     "was enabled; the report holds those cases: join it with the earlier one by --merge NEW OLD --first-wins")
     bn.add_argument("--families", help="with --storage/--workers: the kernel families every case searches (comma-separated, "
                     "as tune's; default the enabled ones), e.g. a family measured before it is enabled (with --only, "
-                    "join the part's report with the earlier one by --merge NEW OLD --first-wins)")
+                    "join the part's report with the earlier one by --merge NEW OLD --fastest-wins)")
     bn.add_argument("--merge", nargs="+", metavar="JSON", help="no GPU: join these suite-<suite>-<gpu>.json files (e.g. "
                                                                 "one per shard) into one report in --out")
     bn.add_argument("--first-wins", action="store_true", help="with --merge: a case in several files keeps the first "
                     "file's record (e.g. an --only re-run after a kernel change, NEW first), not the longest search's")
+    bn.add_argument("--fastest-wins", action="store_true", help="with --merge: a case in several files keeps the "
+                    "record with the lowest tuned time (e.g. a --families part that searched some families only, beside "
+                    "the earlier report of all of them), not the longest search's")
     _add_scaleout_args(bn)
 
     wk = sub.add_parser("worker", help="join the workers of a shared storage: tune queued problems until none is left",
@@ -731,11 +734,11 @@ def cmd_bench(a) -> int:
     if a.measure_only or a.replay_only or a.problems:
         raise UserError("--measure-only, --replay-only and --problems apply to --suite search only")
     suite_cases(a.suite)  # validates the name before the GPU is touched
-    if a.first_wins and not a.merge:
-        raise UserError("--first-wins applies to --merge only")
+    if (a.first_wins or a.fastest_wins) and not a.merge:
+        raise UserError(f"{'--first-wins' if a.first_wins else '--fastest-wins'} applies to --merge only")
     if a.merge:
         from ..tuning.suite import write_merged  # noqa: PLC0415
-        records = write_merged([Path(p) for p in a.merge], a.suite, Path(a.out), a.first_wins)
+        records = write_merged([Path(p) for p in a.merge], a.suite, Path(a.out), a.first_wins, a.fastest_wins)
         print(json.dumps(summary(records, a.suite), indent=1))
         return 0
     check_options(a.trials)

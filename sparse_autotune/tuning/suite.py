@@ -175,12 +175,21 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def merge_records(paths: list[Path], suite: str, first_wins: bool = False) -> list[dict]:
+def _tuned(r: dict) -> float:
+    t = r.get("tuned_us")
+    return float(t) if isinstance(t, (int, float)) and t > 0 else float("inf")
+
+
+def merge_records(paths: list[Path], suite: str, first_wins: bool = False, fastest_wins: bool = False) -> list[dict]:
     """The records of several suite-<suite>-<gpu>.json files (e.g. one per shard, each run on its own GPU) as one
     list in the suite's case order; a case in more than one file keeps the record of the longest search (the most
     trials: a shard's --retune of a case that both storages hold from before the split), the first file's on a tie;
     with first_wins, the first file's record whatever the trials (an --only re-run after a kernel change, put over
-    the earlier report). A file that is not a list of this suite's records is refused with its name."""
+    the earlier report); with fastest_wins, the record with the lowest tuned time (a --families part that searched some
+    families only, put beside the earlier report of all of them: the tuner over both would keep the faster), the first
+    file's on a tie. A file that is not a list of this suite's records is refused with its name."""
+    if first_wins and fastest_wins:
+        raise UserError("--merge: --first-wins and --fastest-wins exclude each other")
     order = {case_key(c): j for j, c in enumerate(suite_cases(suite))}
     seen: dict[tuple, dict] = {}
     for p in paths:
@@ -197,15 +206,21 @@ def merge_records(paths: list[Path], suite: str, first_wins: bool = False) -> li
                 raise UserError(f"--merge: {p}: a record without {e}") from None
             if k not in order:
                 raise UserError(f"--merge: {p} holds a case that is not in suite {suite!r}: {k}")
-            if k not in seen or (not first_wins and r.get("trials", 0) > seen[k].get("trials", 0)):
+            if k not in seen:
+                seen[k] = r
+            elif fastest_wins:
+                if _tuned(r) < _tuned(seen[k]):
+                    seen[k] = r
+            elif not first_wins and r.get("trials", 0) > seen[k].get("trials", 0):
                 seen[k] = r
     return sorted(seen.values(), key=lambda r: order[case_key(r)])
 
 
-def write_merged(paths: list[Path], suite: str, out_dir: Path, first_wins: bool = False) -> list[dict]:
+def write_merged(paths: list[Path], suite: str, out_dir: Path, first_wins: bool = False,
+                 fastest_wins: bool = False) -> list[dict]:
     """--merge: the union of shard files written as one suite-<suite>-<gpu>.{json,md,png} (no GPU needed)."""
     from ..device.gpu import gpu_slug  # noqa: PLC0415
-    records = merge_records(paths, suite, first_wins)
+    records = merge_records(paths, suite, first_wins, fastest_wins)
     if not records:
         raise UserError("--merge: the files hold no records")
     gpus = sorted({r["gpu"] for r in records})
