@@ -304,8 +304,10 @@ def geometry(kernel, n: int):
 
 def workspace_shape(config: dict, row_blocks: int, ntiles: int) -> tuple[int, int]:
     """Split-K's workspace (core.families.splitk_shape): a slice per (row block, column tile, split) of the block's
-    consumer threads (128 wg) x bn / 2 fp32 accumulators, one counter per (row block, column tile)."""
-    return splitk_shape(config["splitk"], row_blocks * ntiles, 128 * config["wg"] * config["bn"] // 2)
+    consumer threads (128 wg) x bn / 2 fp32 accumulators, one counter per (row block, column tile); red 1 reduces
+    through the cluster's shared memory and takes none (the placeholder of splitk 1)."""
+    splits = 1 if config.get("red", 0) else config["splitk"]
+    return splitk_shape(splits, row_blocks * ntiles, 128 * config["wg"] * config["bn"] // 2)
 
 
 # ---- tma = 1 (fourth step): B by TMA through a tensor map -----------------------------------------------------

@@ -736,6 +736,10 @@ def test_geometry_and_workspace_follow_the_config():
     args = h.args(kw, 200, "B", "C")
     assert args[2].host.shape == (rb * 4 * 4 * 256 * 32,)
     np.testing.assert_array_equal(args[1].host, ref_stream)
+    # red 1 (split-K through the cluster) takes no workspace: splitk 1's placeholder
+    kr = fake_kernel(FAMILY, {**cfg, "ws": 1, "tma": 2, "red": 1}, "fp16", a)
+    wr, cr = h.args(kr, 200, "B", "C")[2:4]
+    assert wr.host.shape == (4,) and cr.host.shape == (1,)
 
 
 # ---- on the GPU -------------------------------------------------------------------------------------------
