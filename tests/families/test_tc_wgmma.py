@@ -246,7 +246,7 @@ def test_ws_renders_a_producer_warp_and_mbarriers():
     assert old == render.render(sp, {**base, "ws": 0}, "fp16") == render.render(sp, sp.normalize(base, "fp16"), "fp16")
     assert sp.normalize(base, "fp16")["ws"] == 0
     assert "#define THREADS 416" in new and "#define CTHREADS 384" in new and "#define THREADS 384" in old
-    assert "mbarrier" not in old and "CTHREADS" not in old and "minb=1 ws=0 tma=0\n" in old and "minb=1 ws=1 tma=0\n" in new
+    assert "mbarrier" not in old and "CTHREADS" not in old and "minb=1 ws=0 tma=0 red=0\n" in old and "minb=1 ws=1 tma=0 red=0\n" in new
     assert "mbar_init(full + 8 * st, 33);" in new and "mbar_init(empty + 8 * st, WARPS);" in new
     assert "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes" in new
     assert "cp.async.mbarrier.arrive.noinc.shared::cta.b64" in new
@@ -401,7 +401,7 @@ def test_tma_renders_its_producer_and_consumers():
     base = dict(bn=128, kc=4, dec="lane", wg=3, stages=4, splitk=2, wait=1, minb=1, ws=1)
     old = render.render(sp, base, "fp16")
     assert old == render.render(sp, {**base, "tma": 0}, "fp16") and sp.normalize(base, "fp16")["tma"] == 0
-    assert "tma=0\n" in old and "tmaps" not in old and "cp.async.bulk.tensor" not in old
+    assert "tma=0 red=0\n" in old and "tmaps" not in old and "cp.async.bulk.tensor" not in old
     t1 = render.render(sp, {**base, "tma": 1}, "fp16")
     t2 = render.render(sp, {**base, "tma": 2}, "bf16")
     for src in (t1, t2):
@@ -415,7 +415,7 @@ def test_tma_renders_its_producer_and_consumers():
         assert "cp_async16(" not in prod and "cp_async_arrive" not in prod and "cp.async.wait_all" not in prod
         cons = src[src.index("    } else {"):]
         assert "mbar_wait(full + 8 * cst, cph);" in cons and "fence_proxy_async();" not in cons
-    assert "minb=1 ws=1 tma=1\n" in t1 and "GSLOT" not in t1
+    assert "minb=1 ws=1 tma=1 red=0\n" in t1 and "GSLOT" not in t1
     assert f"#define GSLOT {16 + 4 * (128 + 512 * 4)}" in t2 and "#define WG 3" in t2
     assert "const unsigned int as = abase + (st * WG + lane) * GSLOT;" in t2
     assert t2.count("decode(af0, (hw >> 16) ? gs + (hw & 0xffffu) : smap + 128u, lt, lb);") == 1
