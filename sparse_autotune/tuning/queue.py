@@ -157,8 +157,15 @@ class ProblemQueue:
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_TRIAL_RETRY))
             self.engine = create_engine(url, **kwargs)
             if parsed.get_backend_name() == "sqlite":
-                event.listen(self.engine, "connect", _sqlite_autocommit)
-                event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+                # Every transaction takes SQLite's write lock when it begins (BEGIN IMMEDIATE), on the queue's engine and
+                # on Optuna's too: Optuna's check-then-write steps (popping a WAITING trial for `ask`, `tell`) lock the
+                # row with SELECT ... FOR UPDATE, which SQLite ignores, and pysqlite begins a transaction only at the
+                # first write, so two workers could both read a known-good trial as WAITING and both run and tell it
+                # (seen under load: one trial number reported twice by two workers, session 18)
+                for eng in (self.engine, self.storage.engine):
+                    event.listen(eng, "connect", _sqlite_autocommit)
+                    event.listen(eng, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+                self.storage.engine.dispose()  # the connections Optuna opened while creating its tables predate them
             metadata.create_all(self.engine)
         except (SQLAlchemyError, ImportError, ValueError, OSError, RuntimeError) as exc:
             hint = ""
