@@ -43,11 +43,7 @@ def timeline(dev, ctx, cfg: dict):
     tsb = cp.zeros(16 * blocks, dtype=cp.uint64)
     orig = kern.args
     object.__setattr__(kern, "args", lambda n, b, c, bias=None: (*orig(n, b, c, bias), tsb))
-    from sparse_autotune.device.timing import time_launches  # noqa: PLC0415
-    from sparse_autotune.device.verify import check  # noqa: PLC0415
-    b, ref = ctx.fresh_check()
-    check(lambda: kern(b, ctx.c), ctx.c, ref, ctx.problem.dtype)  # raises where the stamps changed the results
-    t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs]).median_us
+    t = dev.measure_kernel(ctx, kern)["time_us"]  # verified: raises where the stamps changed the results
     tsb.fill(0)
     kern(ctx.b_bufs[0], ctx.c)
     cp.cuda.runtime.deviceSynchronize()

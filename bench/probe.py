@@ -190,9 +190,12 @@ class Device:
     def measure(self, ctx, family: str, cfg: dict) -> dict:
         """Build, verify (fresh B, float64 reference) and time one config: the tuner's candidate measurement.
         CandidateError when it does not compile, launch or verify."""
+        return self.measure_kernel(ctx, self.kernel(ctx, family, cfg))
+
+    def measure_kernel(self, ctx, kern) -> dict:
+        """Verify and time a kernel already built (measure's second half)."""
         from sparse_autotune.device.timing import time_launches  # noqa: PLC0415
         from sparse_autotune.device.verify import check  # noqa: PLC0415
-        kern = self.kernel(ctx, family, cfg)
         b, ref = ctx.fresh_check()
         err = check(lambda: kern(b, ctx.c), ctx.c, ref, ctx.problem.dtype)
         try:
