@@ -2,8 +2,9 @@
 wgmma's 128-byte-swizzled N-major shared-memory layout): the record stream round-trips to A by the kernel's own lane
 rule, its sizes and invariants, the B tile's store addresses against the layout the descriptor names, rendering, the
 sm_90a build (nvcc: HGMMA in the SASS, no spills; NVRTC with CuPy's -arch beside the family's), constraints (sm 90
-only, N % 8); on a GPU, known-good and covering configs against float64 on edge cases, fp16 and bf16, N = 40, 64, 128,
-192 (N = 1, 8, 32 and 127 are infeasible)."""
+only, N % 8, N >= 8); on a GPU, known-good and covering configs against float64 on edge cases, fp16 and bf16, N = 40,
+64, 128, 192, and the small N of session 19 (8, 16, 24, 32: an m64n64 tile with zero columns) for the known-good
+configs (N = 1, 4 and 127 are infeasible)."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -687,7 +688,7 @@ def test_constraints_refuse_other_gpus_and_n():
     for sm in (80, 89, 100, 120):  # sm_90a code runs on Hopper only
         why = sp.check(base, env, {**DEFAULT_LIMITS, "sm": sm})
         assert why is not None and "Hopper" in why
-    for n in (1, 3, 8, 16, 32, 127):
+    for n in (1, 3, 4, 127):
         e = problem_env(4096, 4096, n, 1_600_000, "fp16")
         assert not list(sp.feasible("fp16", e, DEFAULT_LIMITS)), n
     assert sp.check({**base, "bn": 128}, problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS) is not None
@@ -700,7 +701,7 @@ def test_constraints_refuse_other_gpus_and_n():
     assert sp.check({**ws, "wg": 4}, env, DEFAULT_LIMITS) is not None  # 17 warps: 96 registers at bn 128
     assert sp.check({**ws, "wg": 4, "bn": 64}, problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS) is None
     assert sp.check({**base, "splitk": 16}, problem_env(4096, 320, 128, 100_000, "fp16"), DEFAULT_LIMITS) is not None
-    for n in (40, 64, 128, 200, 256):
+    for n in (8, 16, 24, 32, 40, 64, 128, 200, 256):
         assert list(sp.feasible("fp16", problem_env(4096, 4096, n, 1_600_000, "fp16"), DEFAULT_LIMITS)), n
 
 
@@ -806,3 +807,49 @@ def test_correct_on_edge_cases(dtype):
                     assert err <= (2e-3 if dtype == "fp16" else 1.6e-2), (name, n, k.config, rep, err)
                     checked += 1
     assert checked > 300
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_correct_at_small_n(dtype):
+    """N = 8-32 (session 19): the known-good configs adapted to N (bn 64, most of the tile's columns past N: B's box
+    reads zeros there and C's stores must stop at N), each at its own split-K and at 1, on the edge cases and a
+    uniform 1000 x 4096; poisoned C, fresh random B, float64 reference, launched twice."""
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+    from sparse_autotune.core.problem import DTYPES, host_values, storage
+    from sparse_autotune.device.gpu import gpu_info
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
+    sp, fam = space(), get_family(FAMILY)
+    cases = adversarial()
+    cases["uniform_1000x4096_d0.1"] = random_matrix(1000, 4096, 0.1, "uniform", 3)
+    checked = 0
+    for n in (8, 16, 24, 32):
+        env = problem_env(130, 3000, n, 40_000, dtype)
+        cfgs = []
+        for cfg in KNOWN[:8] + RED[:2]:
+            cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
+            for splitk in dict.fromkeys((cfg["splitk"], 1) if cfg else ()):
+                c = {**cfg, "splitk": splitk}
+                if sp.check(c, env, DEFAULT_LIMITS) is None and c not in cfgs:
+                    cfgs.append(c)
+        assert len(cfgs) >= 6, (n, cfgs)
+        for name, a in cases.items():
+            a = sps.csr_matrix(a, copy=True)
+            a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])
+            dev = DeviceCSR(a, dtype)
+            a64 = csp.csr_matrix(a.astype(np.float64))
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype), cfgs))
+            for k in kernels:
+                for rep in range(2):
+                    bh = np.random.default_rng(checked).standard_normal((a.shape[1], n)).astype(np.float32)
+                    b = cp.asarray(storage(host_values(bh, DTYPES[dtype]), dtype))
+                    c = cp.empty((a.shape[0], n), dtype=b.dtype)
+                    err = check(lambda: k(b, c), c, reference(a64, b), dtype)
+                    assert err <= (2e-3 if dtype == "fp16" else 1.6e-2), (name, n, k.config, rep, err)
+                    checked += 1
+    assert checked > 200
