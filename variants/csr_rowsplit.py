@@ -61,5 +61,9 @@ def args(kernel, n: int, b, c) -> tuple:
 
 
 def adapt(space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:
-    """A vector width N does not divide is lowered to the widest that runs."""
-    return adapt_params(space, config, dtype, env, limits, ("vec",))
+    """A vector width N does not divide is lowered to the widest that runs; where only one column a lane runs (odd N),
+    half2 sums (acc h2x4) fall back to fp32 ones."""
+    got = adapt_params(space, config, dtype, env, limits, ("vec",))
+    if got is None and config.get("acc") == "h2x4":
+        got = adapt_params(space, {**config, "acc": "f32"}, dtype, env, limits, ("vec",))
+    return got

@@ -89,7 +89,7 @@ def test_split_rows_need_two_subwarps_and_their_partial_sums_fit():
 
 def test_config_stored_before_split_existed_normalizes_to_no_split():
     old = {k: v for k, v in _base_cfg().items() if k != "split"}
-    assert _csr().normalize(old, "fp32") == _base_cfg(split=0)
+    assert _csr().normalize(old, "fp32") == _base_cfg(split=0, acc="f32")  # acc (session 19) at its default too
     assert _csr().normalize({**old, "split": 7}, "fp32") is None  # not a value of the space
 
 
@@ -149,5 +149,94 @@ def test_a_vector_width_n_does_not_divide_is_lowered_to_one_that_runs():
     cfg = _base_cfg(vec=4)
     assert fam.adapt(cfg, "fp32", space.problem_env(M, K, 250, NNZ, "fp32"))["vec"] == 2
     assert fam.adapt(cfg, "fp32", space.problem_env(M, K, 251, NNZ, "fp32"))["vec"] == 1
-    assert fam.adapt(cfg, "fp32", env_for("fp32")) == cfg  # runs as stored
+    assert fam.adapt(cfg, "fp32", env_for("fp32")) == {**cfg, "acc": "f32"}  # runs as stored (acc at its default)
     assert fam.adapt({**cfg, "vec": 3}, "fp32", env_for("fp32")) is None  # not a value of the space
+    h2 = _base_cfg(vec=4, acc="h2x4")
+    assert fam.adapt(h2, "fp16", space.problem_env(M, K, 250, NNZ, "fp16")) == {**h2, "vec": 2}
+    assert fam.adapt(h2, "fp16", space.problem_env(M, K, 251, NNZ, "fp16")) == {**h2, "vec": 1, "acc": "f32"}
+
+
+# ---- acc = "h2x4" (session 19: 4 nonzeros' products summed in half2, then into the fp32 accumulators) ----------
+
+# renders of the old template (before `acc` existed) for configs without it: acc f32 must give the same bytes
+BEFORE_ACC = [
+    ("fp32", {"rows_per_block": 32, "lanes_per_row": 2, "vec": 2, "cols_per_thread": 1, "unroll": 8, "stage": "smem",
+              "chunk": 128, "row_order": "sorted", "raster": "rows_first", "index_bits": 32, "split": 0},
+     "af6ff9215ac4119e"),
+    ("fp16", {"rows_per_block": 32, "lanes_per_row": 4, "vec": 2, "cols_per_thread": 1, "unroll": 4, "stage": "smem",
+              "chunk": 32, "row_order": "sorted", "raster": "rows_first", "index_bits": 16, "split": 256},
+     "6bee1d5231a91429"),
+    ("fp16", {"rows_per_block": 16, "lanes_per_row": 32, "vec": 1, "cols_per_thread": 2, "unroll": 4, "stage": "smem",
+              "chunk": 64, "row_order": "natural", "raster": "rows_first", "index_bits": 32, "split": 32},
+     "436ea55c557b145c"),
+]
+# h2x4 over both A paths (smem chunks with residues, none), vec 2 / 4 / 8, two column vectors, split rows
+H2 = [_base_cfg(stage="smem", chunk=32, rows_per_block=4, lanes_per_row=32, vec=8, row_order="sorted", acc="h2x4"),
+      _base_cfg(stage="none", vec=4, cols_per_thread=2, unroll=4, acc="h2x4"),
+      _base_cfg(stage="smem", chunk=64, rows_per_block=8, lanes_per_row=8, vec=2, split=64, acc="h2x4")]
+
+
+def test_acc_f32_renders_as_before_acc_existed():
+    import hashlib
+    from sparse_autotune.core import render
+    for dtype, cfg, digest in BEFORE_ACC:
+        src = render.render(_csr(), {**cfg, "acc": "f32"}, dtype)
+        assert hashlib.sha256(src.encode()).hexdigest()[:16] == digest, (dtype, cfg)
+        assert "fma.rn" not in src and "acc=" not in src
+
+
+def test_acc_h2x4_is_for_16_bit_values_and_two_columns():
+    for dtype in ("fp16", "bf16"):
+        assert _csr().check(_base_cfg(acc="h2x4", vec=2), env_for(dtype)) is None
+        why = _csr().check(_base_cfg(acc="h2x4", vec=1), env_for(dtype))
+        assert why is not None and "half2" in why
+    assert _csr().check(_base_cfg(acc="h2x4"), env_for("fp32")) is not None
+    assert {c.get("acc") for c in _csr().feasible("fp32", env_for("fp32"))} == {"f32"}
+    assert {c.get("acc") for c in _csr().feasible("fp16", env_for("fp16"))} == {"f32", "h2x4"}
+
+
+@pytest.mark.skipif(__import__("shutil").which("nvcc") is None, reason="nvcc not installed")
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_acc_h2x4_compiles_for_sm90_without_spills(dtype):
+    from sparse_autotune.core import render
+    from sparse_autotune.device.compile import nvcc_check
+    for cfg in H2 if dtype == "fp16" else H2[:1]:
+        src = render.render(_csr(), cfg, dtype)
+        assert f"fma.rn.{'bf16x2' if dtype == 'bf16' else 'f16x2'}" in src and "acc=h2x4" in src
+        assert "0 bytes spill stores" in nvcc_check(src), cfg
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_acc_h2x4_correct_on_edge_cases(dtype):
+    """Empty rows, rows of 1-3 nonzeros (only the final flush), one long row (split over a block), chunk residues,
+    N not a multiple of the column tile; poisoned C, float64 reference, the fp16 / bf16 tolerance."""
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+    from sparse_autotune.core.problem import DTYPES, host_values, storage
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
+    rng = np.random.default_rng(5)
+    a = sps.random(300, 700, density=0.05, format="lil", random_state=3)
+    a[10:40, :] = 0  # empty rows
+    for r, n in ((50, 1), (51, 2), (52, 3), (53, 5)):
+        a[r, :] = 0
+        a[r, rng.choice(700, n, replace=False)] = 1.0
+    a[60, :] = 1.0  # a dense row: split over a block
+    a = sps.csr_matrix(a)
+    a.data = host_values(rng.standard_normal(a.nnz).astype(np.float32) + 0.25, DTYPES[dtype])
+    dev = DeviceCSR(a, dtype)
+    a64 = csp.csr_matrix(a.astype(np.float64))
+    checked = 0
+    for n in (8, 40, 264):
+        for cfg in H2:
+            if _csr().check(cfg, space.problem_env(300, 700, n, a.nnz, dtype)) is not None:
+                continue
+            k = build_kernel(dev, FAMILY, cfg, dtype)
+            bh = rng.standard_normal((700, n)).astype(np.float32)
+            b = cp.asarray(storage(host_values(bh, DTYPES[dtype]), dtype))
+            c = cp.empty((300, n), dtype=b.dtype)
+            err = check(lambda: k(b, c), c, reference(a64, b), dtype)
+            assert err <= (2e-3 if dtype == "fp16" else 1e-2), (n, cfg, err)
+            checked += 1
+    assert checked >= 6
