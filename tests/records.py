@@ -11,7 +11,7 @@ from sparse_autotune.store.db import SCHEMA_VERSION, Record, TuningDB
 GPU = "NVIDIA H100 80GB HBM3"
 # a whole csr_rowsplit config, for tests that look records up (lookup passes over configs that cannot run)
 CONFIG = {"rows_per_block": 8, "lanes_per_row": 8, "vec": 4, "cols_per_thread": 1, "unroll": 4, "stage": "none",
-          "row_order": "natural", "raster": "rows_first", "index_bits": 32, "split": 0}
+          "row_order": "natural", "raster": "rows_first", "index_bits": 32, "split": 0, "acc": "f32"}
 KEY = dict(m=512, k=2048, n=256, density=0.1, dtype="fp32")
 
 

@@ -332,7 +332,7 @@ def test_spmm_any_n_uses_the_nearest_tuned_config(tmp_path):
     sa.lookup.cache_clear()
     op = sa.SpMM(a, db=db)
     fam, plan_cfg, source = op.plan(256)
-    assert source == "exact" and plan_cfg == {**cfg, "split": 0}  # a record from before `split` existed: no split
+    assert source == "exact" and plan_cfg == {**cfg, "split": 0, "acc": "f32"}  # a record from before `split` / `acc`
     fam, plan_cfg, source = op.plan(202)  # 202 % 4 != 0: the vector width is lowered to 2
     assert source == "bucket" and plan_cfg["vec"] == 2 and plan_cfg["rows_per_block"] == 4
     assert op.plan(100)[2] == "nearest"  # bucket 128: not the record's

@@ -16,7 +16,7 @@ A100 = "NVIDIA A100-SXM4-80GB"
 
 TAGS = ["h100-exact", "h100-n1024", "h100-big", "h200-only", "a100", "h100-n512", "h100-fp16"]
 BASE = {"rows_per_block": 8, "lanes_per_row": 8, "vec": 1, "cols_per_thread": 1, "stage": "none",
-        "raster": "rows_first", "index_bits": 32, "split": 0}
+        "raster": "rows_first", "index_bits": 32, "split": 0, "acc": "f32"}
 
 
 def variant(tag: str) -> dict:
