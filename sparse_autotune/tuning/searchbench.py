@@ -167,7 +167,9 @@ def pattern_stats(a) -> dict:
 SUBSPACES: dict[str, dict[str, list]] = {
     "csr_rowsplit": {"rows_per_block": [4, 8, 16, 32], "lanes_per_row": [16, 32], "vec": [2, 4],
                      "cols_per_thread": [1, 2], "unroll": [4, 8], "chunk": [32], "row_order": ["sorted"],
-                     "index_bits": [32], "split": [0, 64]},
+                     "index_bits": [32], "split": [0, 64],
+                     # acc (session 19, after the table): fp32 sums, what the table measured
+                     "acc": ["f32"]},
     "csr_btile": {"warps": [8, 16], "lanes_per_row": [8, 16], "rows_per_group": [1, 2], "kc": [256, 512, 1024, 2048],
                   "row_order": ["sorted"]},
     # afmt (issue 16, after the search benchmark's table): dense, the format that table measured

@@ -701,8 +701,8 @@ def test_constraints_refuse_other_gpus_and_n():
     assert sp.check({**ws, "wg": 4}, env, DEFAULT_LIMITS) is not None  # 17 warps: 96 registers at bn 128
     assert sp.check({**ws, "wg": 4, "bn": 64}, problem_env(4096, 4096, 64, 1_600_000, "fp16"), DEFAULT_LIMITS) is None
     assert sp.check({**base, "splitk": 16}, problem_env(4096, 320, 128, 100_000, "fp16"), DEFAULT_LIMITS) is not None
-    for n in (8, 16, 24, 32, 40, 64, 128, 200, 256):
-        assert list(sp.feasible("fp16", problem_env(4096, 4096, n, 1_600_000, "fp16"), DEFAULT_LIMITS)), n
+    for n in (8, 16, 24, 32, 40, 64, 128, 200, 256):  # some config runs (the first found: feasible is lazy)
+        assert next(iter(sp.feasible("fp16", problem_env(4096, 4096, n, 1_600_000, "fp16"), DEFAULT_LIMITS)), None), n
 
 
 def test_gpu_limits_carry_the_compute_capability():
