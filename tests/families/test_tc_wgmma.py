@@ -752,6 +752,30 @@ def test_geometry_and_workspace_follow_the_config():
 
 # ---- on the GPU -------------------------------------------------------------------------------------------
 
+def _build_kernels(dev, cfgs, dtype):
+    """The configs' kernels for one device matrix, compiled 8 at a time (the project's launch path: build_kernel)."""
+    from sparse_autotune.device.kernel import build_kernel
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype), cfgs))
+
+
+def _check_on_gpu(kernels, a, a64, n, dtype, name, checked):
+    """Each kernel launched twice (split-K's counters must reset themselves) on fresh random B, C poisoned, against the
+    float64 reference at the dtype's tolerance; returns `checked` plus the launches checked."""
+    import cupy as cp
+    from sparse_autotune.core.problem import DTYPES, host_values, storage
+    from sparse_autotune.device.verify import check, reference
+    for k in kernels:
+        for rep in range(2):
+            bh = np.random.default_rng(checked).standard_normal((a.shape[1], n)).astype(np.float32)
+            b = cp.asarray(storage(host_values(bh, DTYPES[dtype]), dtype))
+            c = cp.empty((a.shape[0], n), dtype=b.dtype)
+            err = check(lambda: k(b, c), c, reference(a64, b), dtype)
+            assert err <= (2e-3 if dtype == "fp16" else 1.6e-2), (name, n, k.config, rep, err)
+            checked += 1
+    return checked
+
+
 def _gpu_configs(n, dtype):
     """The known-good configs and the covering sample adapted to N, each with split-K 1 and 2 where feasible (every
     bn, kc, wg and stages value at least once); ws 1 configs with their own split-K and 1 (the producer's two exits:
@@ -776,12 +800,10 @@ def _gpu_configs(n, dtype):
 def test_correct_on_edge_cases(dtype):
     """Through the project's launch path (build_kernel with the family's sm_90a, Kernel.__call__): poisoned C, fresh
     random B, float64 reference; every kernel launched twice (split-K's counters must reset themselves)."""
-    import cupy as cp
     import cupyx.scipy.sparse as csp
-    from sparse_autotune.core.problem import DTYPES, host_values, storage
+    from sparse_autotune.core.problem import DTYPES, host_values
     from sparse_autotune.device.gpu import gpu_info
-    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
-    from sparse_autotune.device.verify import check, reference
+    from sparse_autotune.device.kernel import DeviceCSR
     if gpu_info().cc != "9.0":
         pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
     checked = 0
@@ -796,16 +818,7 @@ def test_correct_on_edge_cases(dtype):
             cfgs = _gpu_configs(n, dtype)
             if name != "uniform_1000x4096_d0.1" and n != 128:
                 cfgs = cfgs[::3]
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype), cfgs))
-            for k in kernels:
-                for rep in range(2):
-                    bh = np.random.default_rng(checked).standard_normal((a.shape[1], n)).astype(np.float32)
-                    b = cp.asarray(storage(host_values(bh, DTYPES[dtype]), dtype))
-                    c = cp.empty((a.shape[0], n), dtype=b.dtype)
-                    err = check(lambda: k(b, c), c, reference(a64, b), dtype)
-                    assert err <= (2e-3 if dtype == "fp16" else 1.6e-2), (name, n, k.config, rep, err)
-                    checked += 1
+            checked = _check_on_gpu(_build_kernels(dev, cfgs, dtype), a, a64, n, dtype, name, checked)
     assert checked > 300
 
 
@@ -815,12 +828,10 @@ def test_correct_at_small_n(dtype):
     """N = 8-32 (session 19): the known-good configs adapted to N (bn 64, most of the tile's columns past N: B's box
     reads zeros there and C's stores must stop at N), each at its own split-K and at 1, on the edge cases and a
     uniform 1000 x 4096; poisoned C, fresh random B, float64 reference, launched twice."""
-    import cupy as cp
     import cupyx.scipy.sparse as csp
-    from sparse_autotune.core.problem import DTYPES, host_values, storage
+    from sparse_autotune.core.problem import DTYPES, host_values
     from sparse_autotune.device.gpu import gpu_info
-    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
-    from sparse_autotune.device.verify import check, reference
+    from sparse_autotune.device.kernel import DeviceCSR
     if gpu_info().cc != "9.0":
         pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
     sp, fam = space(), get_family(FAMILY)
@@ -842,14 +853,5 @@ def test_correct_at_small_n(dtype):
             a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])
             dev = DeviceCSR(a, dtype)
             a64 = csp.csr_matrix(a.astype(np.float64))
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype), cfgs))
-            for k in kernels:
-                for rep in range(2):
-                    bh = np.random.default_rng(checked).standard_normal((a.shape[1], n)).astype(np.float32)
-                    b = cp.asarray(storage(host_values(bh, DTYPES[dtype]), dtype))
-                    c = cp.empty((a.shape[0], n), dtype=b.dtype)
-                    err = check(lambda: k(b, c), c, reference(a64, b), dtype)
-                    assert err <= (2e-3 if dtype == "fp16" else 1.6e-2), (name, n, k.config, rep, err)
-                    checked += 1
+            checked = _check_on_gpu(_build_kernels(dev, cfgs, dtype), a, a64, n, dtype, name, checked)
     assert checked > 200
