@@ -4,6 +4,7 @@ cut out by the template's `diag` switch (variants/tc_wgmma.cu.j2; results wrong 
     diag 1  the consumers neither decode nor issue wgmmas (the producer's copies alone: TMA boxes, records, barriers)
     diag 2  no decode (A fragments zero): the copies and the wgmmas
     diag 3  no B boxes (tma 2 only): the records, the decode and the wgmmas (on stale B)
+    diag 4  B boxes only (tma 2 only): no record copies, the consumers as at 1 (with 1 and 3: which copies set the time)
     diag 9  as built (verified), plus a timeline: each block stamps %globaltimer at its phases (entry, map patched,
             first chunk in, consumers done, producer done, split-K partial stored, C stored); the table gives the
             medians of the phases and the kernel's span (timeline-<case>-<config>.json keeps every block's stamps)
@@ -26,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import probe  # noqa: E402  (bench/probe.py: cases, the device context, output helpers)
 
-DIAGS = {0: "as built", 1: "copies only", 2: "copies + wgmma (no decode)", 3: "no B boxes", 9: "timeline"}
+DIAGS = {0: "as built", 1: "copies only", 2: "copies + wgmma (no decode)", 3: "no B boxes", 4: "B boxes only",
+         9: "timeline"}
 
 
 PHASES = ("entry", "patched", "first_in", "consumed", "partial", "stored", "produced")
@@ -82,6 +84,12 @@ def main(argv=None) -> int:
 
     dk.render = render
     diags = [int(x) for x in a.diag.split(",")]
+    bad = [d for d in diags if d not in DIAGS]
+    if bad:
+        ap.error(f"--diag {bad[0]}: not one of {', '.join(map(str, DIAGS))}")
+    for ctext in a.config:
+        if {3, 4} & set(diags) and json.loads(ctext).get("tma") != 2:
+            ap.error(f"--diag 3 and 4 cut B's boxes or the record copies of tma 2 only: {ctext}")
     dev = probe.Device()
     rows = []
     lines = [f"# tc_wgmma pipeline cut-outs ({dev.versions_line()})", "",

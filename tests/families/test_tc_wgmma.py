@@ -855,3 +855,35 @@ def test_correct_at_small_n(dtype):
             a64 = csp.csr_matrix(a.astype(np.float64))
             checked = _check_on_gpu(_build_kernels(dev, cfgs, dtype), a, a64, n, dtype, name, checked)
     assert checked > 200
+
+
+# ---- the diag switch (bench/diag_wgmma.py only: never a config) ----------------------------------------------------
+
+def test_diag_renders_the_kernel_unchanged_and_diag_4_cuts_only_the_record_copies():
+    """diag undefined is diag 0 (the tuned kernel); diag 4 (session 19) keeps the B boxes and drops the records' bulk
+    copies, with the consumers' decode and wgmmas cut as at diag 1; it compiles for sm_90a."""
+    sp = space()
+    cfg = dict(bn=64, kc=4, dec="lane", wg=2, stages=4, splitk=4, wait=1, minb=2, ws=1, tma=2, red=1)
+    base = render.render(sp, cfg, "fp16")
+    assert render.render(sp, cfg, "fp16", {"diag": 0}) == base and "diag 4" not in base
+    d1, d4 = (render.render(sp, cfg, "fp16", {"diag": d}) for d in (1, 4))
+    assert "bulk_g2s(as, stream" in d1 and "bulk_g2s(as, stream" not in d4
+    assert "mbar_arrive_tx(full + 8 * st, BST);  // diag 4" in d4
+    assert d4.count("tma_g2s(bbase") == d1.count("tma_g2s(bbase") == base.count("tma_g2s(bbase")
+    assert "wgmma_k16(acc" in base and "wgmma_k16(acc" not in d1 and "wgmma_k16(acc" not in d4
+    if sat_compile.nvcc_path() is not None:
+        rep, _ = _nvcc_sm90a(d4)
+        assert "entry function 'spmm_kernel' for 'sm_90a'" in rep, rep
+
+
+def test_diag_tool_refuses_unknown_cut_outs_and_cuts_tma_2_has_not():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "diag_wgmma", Path(__file__).resolve().parents[2] / "bench" / "diag_wgmma.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    ok = '{"bn":64,"kc":4,"dec":"lane","wg":2,"stages":4,"splitk":4,"wait":1,"minb":2,"ws":1,"tma":2}'
+    for argv in (["--diag", "5"], ["--diag", "0,4", "--config", ok.replace('"tma":2', '"tma":1')]):
+        with pytest.raises(SystemExit) as info:
+            tool.main(["--case", "4096x4096:32:0.1:fp16", *(["--config", ok] if "--config" not in argv else []), *argv])
+        assert info.value.code == 2, argv
