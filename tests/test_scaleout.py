@@ -89,7 +89,7 @@ TUNE = ["tune", "--shape", "256x512", "--density", "0.1", "--n", "128", "--heart
 # the same with a grace period no stall of a live worker reaches, for tests where no worker dies: on a loaded machine
 # (pytest -n auto) a 4-second grace could fail a live worker's trial as stale, which is the heartbeat doing its job
 # but not what those tests check
-TUNE_CALM = [*TUNE[:-4], "--heartbeat", "1", "--grace", "120"]
+TUNE_CALM = [*TUNE[:-2], "--grace", "120"]
 
 
 # ---- two workers on one study --------------------------------------------------------------------------------
