@@ -1,8 +1,16 @@
 """csr_gemv, host side: SpMM for N <= nb (GEMV and tiny batches), A read once at full width. The layout (`build`,
-pure numpy) is CSR with every row padded to a multiple of 8 nonzeros (zero weights at the row's last column), 16-bit
-values and 16-bit column indices in two arrays, so a lane reads 8 of each with two 16-byte loads; chunk_ptr[r] is row
-r's first chunk of 8. 4 bytes a nonzero (+ the padding, + 4 bytes a row). B is staged in shared memory per block
-(K x nb halves); N > nb runs as column blocks that each read A again."""
+pure numpy) is CSR with every row padded to a multiple of 8 nonzeros (zero weights at one of the row's own columns),
+16-bit values and 16-bit column indices in two arrays, so a lane reads 8 of each with two 16-byte loads; chunk_ptr[r]
+is row r's first chunk of 8. 4 bytes a nonzero (+ the padding, + 4 bytes a row). B is staged in shared memory per
+block (K x nb halves); N > nb runs as column blocks that each read A again.
+
+The order of a row's nonzeros is free (a sum), and it decides the shared-memory bank conflicts of the B-row loads:
+the lanes of a quarter warp (one 128-byte phase of a 16-byte load) read element e of 8 consecutive chunks of a row
+(16 lanes a row, nb 8), or of 4 (split 2, nb 16) or 2 (split 4, nb 32), and B's row k sits in bank group k mod 8 (nb
+8), 2k + piece (nb 16), 4k + piece (nb 32). So `build` deals each row's nonzeros out by their column's residue mod 8:
+element e of chunk 8g + j holds, where it can, the next unused nonzero of residue j (a round of 8 distinct residues
+at a time, classes running out at the end), which makes each aligned 8, 4 or 2 chunks' loads conflict-free. Measured
+and modelled: bench/NOTES.md, session 20 (8.8 wavefronts a request in the CSR order at nb 8, 4.5 in this one)."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,14 +37,46 @@ def build(a: sp.csr_matrix, dtype: str = "fp16"):
         raise ValueError("too many chunks")
     vals = np.zeros(max(8, total), dtype=np.uint16)
     idx = np.zeros(max(8, total), dtype=np.uint16)
+    nch = plen // 8
     rows = np.repeat(np.arange(m, dtype=np.int64), lens)
-    dest = chunk_ptr[rows] * 8 + (np.arange(len(rows), dtype=np.int64) - indptr[rows])
-    vals[dest] = value_bits(a.data, dtype)
-    idx[dest] = a.indices.astype(np.uint16)
+    cols = a.indices.astype(np.int64)
+    # the row's nonzeros in dealing order: by rank within their residue class, then residue (rotated by 4 on odd rows:
+    # where 4 lanes serve a row, two rows share a quarter warp)
+    res = (cols + 4 * (rows & 1)) & 7
+    cls_key = rows * 8 + res
+    by_class = np.argsort(cls_key)  # (row, residue); any order within a class (numpy's sort is deterministic)
+    sorted_key = cls_key[by_class]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_key)) + 1]
+    rank = np.empty(len(rows), dtype=np.int64)  # the nonzero's place within its (row, residue) class
+    rank[by_class] = np.arange(len(rows), dtype=np.int64) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+    # dealing order, row by row (rows stay in CSR order): rounds of up to 8 residues (round t: the t-th nonzero of each
+    # class that has one), residues in order within a round; the keys are unique (rank < 2^17: K <= 65536)
+    seq = np.argsort((rows << 20) | (rank << 3) | res)
+
+    def slot_of(row, s):
+        """Position within row `row`'s chunks of its s-th dealt entry: element e of chunk 8g + j for the s-th (g, e, j)
+        in order, j < 8 in whole groups of 8 chunks, j < the chunks left in the last one."""
+        n = nch[row]
+        full = (n // 8) * 64
+        g, e, j = s // 64, (s % 64) // 8, s % 8
+        w = np.maximum(n - 8 * (n // 8), 1)
+        t = s - full
+        last = s >= full
+        c = np.where(last, 8 * (n // 8) + t % w, 8 * g + j)
+        return 8 * c + np.where(last, t // w, e)
+
+    s_of = np.arange(len(rows), dtype=np.int64) - indptr[rows]  # the s-th of its row in dealing order
+    dest = chunk_ptr[rows] * 8 + slot_of(rows, s_of)
+    vals[dest] = value_bits(a.data[seq], dtype)
+    idx[dest] = cols[seq].astype(np.uint16)
     pad = plen - lens
     prow = np.repeat(np.arange(m, dtype=np.int64), pad)
-    poff = np.arange(len(prow), dtype=np.int64) - np.repeat(np.cumsum(pad) - pad, pad)
-    idx[chunk_ptr[prow] * 8 + lens[prow] + poff] = a.indices[indptr[prow + 1] - 1].astype(np.uint16)
+    ps = lens[prow] + np.arange(len(prow), dtype=np.int64) - np.repeat(np.cumsum(pad) - pad, pad)
+    # a pad's column: the row's last dealt one (weight 0, a column the row holds, a row of B it reads anyway)
+    last_col = np.zeros(m, dtype=np.int64)
+    has = lens > 0
+    last_col[has] = cols[seq[indptr[1:][has] - 1]]
+    idx[chunk_ptr[prow] * 8 + slot_of(prow, ps)] = last_col[prow].astype(np.uint16)
     return chunk_ptr.astype(np.int32), vals, idx
 
 
