@@ -43,9 +43,11 @@ def build(a: sp.csr_matrix, dtype: str = "fp16"):
     # the row's nonzeros in dealing order: by rank within their residue class, then residue (rotated by 4 on odd rows:
     # where 4 lanes serve a row, two rows share a quarter warp)
     res = (cols + 4 * (rows & 1)) & 7
-    cls_key = rows * 8 + res
-    by_class = np.argsort(cls_key)  # (row, residue); any order within a class (numpy's sort is deterministic)
-    sorted_key = cls_key[by_class]
+    # (row, residue, column): within a class in column order, so that round t of a row sits near its t / n-th part
+    # of K, and the rows of B that the warps read at a time stay close together (the CSR order's locality, which L1
+    # needs where B does not fit in it: nb 32)
+    by_class = np.argsort((rows << 20) | (res << 17) | cols)  # unique keys (K <= 65536)
+    sorted_key = (rows * 8 + res)[by_class]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_key)) + 1]
     rank = np.empty(len(rows), dtype=np.int64)  # the nonzero's place within its (row, residue) class
     rank[by_class] = np.arange(len(rows), dtype=np.int64) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
