@@ -4,6 +4,7 @@
 # steps joined by `+`; logs and results land under $OUT (default /tmp/out).
 #
 #   bench/device.sh tests [PYTEST ARGS]     the GPU tests (default `-m gpu`) -> $OUT/pytest-gpu-<gpu>[-k].log
+#                                           (-q unless ARGS has -v; e.g. `tests -m gpu -n 8 -v`: xdist, each test named)
 #   bench/device.sh suite dl|quick|llm [--budget S] [--workers W] [--trials T] [--fresh] [--shard I/N] [--retry-failed]
 #                     [--retune F=V,V ...] [--retune-trials T] [--only F=V,V ...] [--families A,B]
 #                                           run or resume a benchmark suite (`sparse-autotune bench`) from its state
@@ -163,11 +164,15 @@ step_tests() {
     while [ -e "$log" ]; do k=$((k + 1)); log="$OUT/pytest-gpu-$SLUG-$k.log"; done  # a second tests step: its own log
     [ ${#args[@]} -gt 0 ] || args=(-m gpu)
     [ "$lim" -gt 30 ] || { el "tests: no time left"; return 1; }
+    # -q unless the caller asks for -v: with xdist (-n W) a verbose log names each test as it ends, so a run cut by
+    # the call's limit still says which tests passed
+    local q=(-q) a
+    for a in "${args[@]}"; do case "$a" in -v*) q=();; esac; done
     {
         echo "$VERSIONS; $(date -u +%F); checkout $COMMIT"
-        echo "python3 -m pytest -q -p no:cacheprovider --durations=8 ${args[*]}"
+        echo "python3 -m pytest ${q[*]} -p no:cacheprovider --durations=8 ${args[*]}"
     } > "$log"
-    timeout -k 5 "$lim" python3 -m pytest -q -p no:cacheprovider --durations=8 "${args[@]}" >> "$log" 2>&1
+    timeout -k 5 "$lim" python3 -m pytest "${q[@]}" -p no:cacheprovider --durations=8 "${args[@]}" >> "$log" 2>&1
     rc=$?
     [ $rc = 124 ] && echo "(stopped by the call's time limit after $lim s)" >> "$log"
     tail -3 "$log"

@@ -104,6 +104,23 @@ def test_two_gpu_runner_runs_each_side_into_its_own_out(tmp_path):
     assert proc.stdout.count(": exit 0") == 2
 
 
+@needs_bash
+def test_device_runner_tests_step_names_each_test_when_asked_with_v(tmp_path):
+    """`tests ... -v` drops the step's -q, so its log names every test as it ends (a run cut by the call's limit,
+    e.g. under xdist, still says what passed); without -v the log stays quiet."""
+    (tmp_path / "test_probe_names.py").write_text("def test_alpha():\n    assert 1\n\ndef test_beta():\n    assert 2\n")
+    out = tmp_path / "out"
+    env = synthetic_env(sleep=0.0, WHEELS=str(tmp_path / "no-wheels"), OUT=str(out))
+    for extra in ([], ["-v"]):
+        proc = _run(["bash", str(DEVICE), "tests", str(tmp_path / "test_probe_names.py"), *extra],
+                    env=env, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    quiet, loud = [(out / f"pytest-gpu-{slug}.log").read_text()
+                   for slug in ("synthetic-gpu-test-only", "synthetic-gpu-test-only-2")]
+    assert "pytest -q " in quiet and "test_alpha" not in quiet and "2 passed" in quiet
+    assert "pytest -q " not in loud and "test_alpha PASSED" in loud and "test_beta PASSED" in loud
+
+
 def _suite_env(tmp_path: Path, out: str, sleep: float, **extra) -> dict:
     return synthetic_env(sleep=sleep, WHEELS=str(tmp_path / "no-wheels"), OUT=str(tmp_path / out),
                          STATE=str(tmp_path / "state"), CUPY_CACHE_DIR=str(tmp_path / "cupy-cache"),
