@@ -10,7 +10,8 @@ the lanes of a quarter warp (one 128-byte phase of a 16-byte load) read element 
 8), 2k + piece (nb 16), 4k + piece (nb 32). So `build` deals each row's nonzeros out by their column's residue mod 8:
 element e of chunk 8g + j holds, where it can, the next unused nonzero of residue j (a round of 8 distinct residues
 at a time, classes running out at the end), which makes each aligned 8, 4 or 2 chunks' loads conflict-free. Measured
-and modelled: bench/NOTES.md, session 20 (8.8 wavefronts a request in the CSR order at nb 8, 4.5 in this one)."""
+and modelled: bench/NOTES.md, session 20 (8.5-8.8 wavefronts a request in the CSR order at nb 8, 4.2-4.8 in this
+one; bench/csr_gemv_banks.py)."""
 from __future__ import annotations
 
 import numpy as np
