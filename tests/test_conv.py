@@ -406,9 +406,11 @@ def test_conv_tile_split_k_plan_has_a_workspace_and_counters():
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
-@pytest.mark.parametrize("layout,dtype,stride", [("nchw", "fp32", 1), ("nhwc", "fp16", 2), ("nchw", "bf16", 2),
+@pytest.mark.parametrize("layout,dtype,stride", [("nhwc", "fp16", 2),  # the default run: one a test, the three conv
+                                                 # compile tests together taking each dtype and layout once
                                                  *[pytest.param(*p, marks=pytest.mark.heavy)  # the heavy tier
-                                                   for p in (("nhwc", "fp32", 1), ("nchw", "fp16", 1),
+                                                   for p in (("nchw", "fp32", 1), ("nchw", "bf16", 2),
+                                                             ("nhwc", "fp32", 1), ("nchw", "fp16", 1),
                                                              ("nhwc", "bf16", 1))]])
 def test_conv_tile_compiles_for_sm90_without_spills(layout, dtype, stride):
     from sparse_autotune.device.compile import nvcc_check
@@ -509,7 +511,9 @@ def test_conv_tile_format_with_chunks_of_64_emulated_on_the_cpu_matches_the_refe
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
-@pytest.mark.parametrize("layout,dtype,stride", [("nchw", "fp16", 1), ("nhwc", "fp32", 2), ("nchw", "bf16", 2)])
+@pytest.mark.parametrize("layout,dtype,stride", [("nhwc", "fp32", 2),
+                                                 *[pytest.param(*p, marks=pytest.mark.heavy)  # the heavy tier
+                                                   for p in (("nchw", "fp16", 1), ("nchw", "bf16", 2))]])
 def test_conv_tile_dsm_and_occ_compile_for_sm90_without_spills(layout, dtype, stride):
     import re
     from sparse_autotune.device.compile import nvcc_check
@@ -672,9 +676,9 @@ def test_conv_tile_ppt_8_emulated_on_the_cpu_matches_the_reference():
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
-@pytest.mark.parametrize("dtype,stride", [("fp16", 1), ("fp32", 2), ("bf16", 1),
+@pytest.mark.parametrize("dtype,stride", [("bf16", 1),
                                           *[pytest.param(*p, marks=pytest.mark.heavy)  # the heavy tier
-                                            for p in (("fp16", 2), ("fp32", 1))]])
+                                            for p in (("fp16", 1), ("fp32", 2), ("fp16", 2), ("fp32", 1))]])
 def test_conv_tile_stg_and_ppt_8_compile_for_sm90_without_spills(dtype, stride):
     import re
     from sparse_autotune.device.compile import nvcc_check

@@ -49,8 +49,11 @@ def _code(expr: str):
     return compile(expr, "<space>", "eval")
 
 
+_GLOBALS = {"__builtins__": {}, **_SAFE_FUNCS}  # what an expression sees beside its env (its names win over these)
+
+
 def _eval(expr: str, env: dict) -> Any:
-    return eval(_code(expr), {"__builtins__": {}}, {**_SAFE_FUNCS, **env})  # noqa: S307
+    return eval(_code(expr), _GLOBALS, env)  # noqa: S307 - env as the locals: no dict built a call
 
 
 @dataclass

@@ -465,7 +465,7 @@ def test_tma_args_shared_memory_and_constraints(monkeypatch):
 
 # ---- space, rendering, compiling --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", ["fp16", pytest.param("bf16", marks=pytest.mark.heavy)])  # bf16: the heavy tier
 def test_launch_matches_the_kernel_signature(dtype):
     a = random_matrix(300, 1000, 0.1, "uniform", 0)
     for n in (40, 64, 200):
@@ -611,7 +611,7 @@ def _covering():
     return out
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", ["fp16", pytest.param("bf16", marks=pytest.mark.heavy)])  # bf16: the heavy tier
 def test_covering_sample_compiles_for_sm90a_with_hgmma_and_without_spills(dtype):
     """nvcc 13 for sm_90a: no spills, no stack, no wgmma serialization warning; where cuobjdump is on the PATH, the SASS
     has exactly kc HGMMA per chunk step (two steps unrolled) with the B operand transposed."""
