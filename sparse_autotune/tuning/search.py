@@ -351,7 +351,7 @@ class Search:
     def _enqueue(self) -> None:
         """The seeds (winners of the nearest problems) first, then the known-good configs (known_good_queue), then (for
         grid) every feasible config in a seeded order (the study's: whichever worker enqueues it); none evaluated
-        already."""
+        already, and no more of them than the trials left."""
         dtype, env, limits = self.dtype, self.env, self.limits
         queue: list[tuple[str, dict]] = []
         for fam, cfg in self.opts.seeds:
@@ -366,10 +366,13 @@ class Search:
             random.Random(self.opts.seed).shuffle(grid)
             grid = [(f, c) for f, c in grid if _key(f, c) not in self.seen]  # a resumed grid goes on
             queue += grid[: max(0, self.trials - self.done_before)]
-        for fam, cfg in queue:
-            if _key(fam, cfg) not in self.seen:
-                params = {self.family_param: fam, **self.by_family[fam].to_optuna_params(cfg, dtype)}
-                self.study.enqueue_trial(params, skip_if_exists=True)
+        # no more than this run's budget can evaluate: the rest would wait unasked, and each enqueue reads the study's
+        # trials (a short search of many known-good configs spent most of its time here); a resumed search with a
+        # larger budget enqueues the next ones in the same order
+        left = max(0, self.trials - self.done_before)
+        for fam, cfg in [(f, c) for f, c in queue if _key(f, c) not in self.seen][:left]:
+            params = {self.family_param: fam, **self.by_family[fam].to_optuna_params(cfg, dtype)}
+            self.study.enqueue_trial(params, skip_if_exists=True)
 
     # ---- ask -------------------------------------------------------------------------------------------------
 
