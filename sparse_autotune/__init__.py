@@ -4,8 +4,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .errors import UserError  # noqa: E402
-from .runtime.lookup import lookup  # noqa: E402
-from .runtime.spmm import SpMM  # noqa: E402
+
+# lookup and SpMM (and the rest of the runtime: the tuning database's SQLAlchemy, SciPy) are imported when first
+# named, so that `import sparse_autotune` and the command line's argument checks start in a fraction of a second
 
 
 def sddmm(mask, x, y, out=None, db=None, dtype=None):
@@ -23,6 +24,12 @@ def conv3x3(x, w_sparse, stride=1, bias=None, db=None, layout=None):
 
 
 def __getattr__(name):
+    if name == "lookup":
+        from .runtime.lookup import lookup  # noqa: PLC0415
+        return lookup
+    if name == "SpMM":
+        from .runtime.spmm import SpMM  # noqa: PLC0415
+        return SpMM
     if name == "SparseConv2d":  # the sparse 3x3 convolution module (needs PyTorch), defined when first named
         from .runtime.conv import sparse_conv2d_class  # noqa: PLC0415
         return sparse_conv2d_class()

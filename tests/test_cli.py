@@ -305,6 +305,25 @@ def test_version_and_help(tmp_path):
     assert proc.returncode == 0 and "--shape" in proc.stdout and "--db" in proc.stdout
 
 
+HEAVY_LIBS = ("sqlalchemy", "scipy", "optuna", "cupy", "torch", "jinja2")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["tune", "--help"], ["tune", "--shape", "512by2048", "--density", "0.1"],
+                                  ["tune", "--shape", "512x2048", "--density", "1.5"], ["db", "--help"]])
+def test_help_and_bad_arguments_import_no_heavy_library(tmp_path, argv):
+    """--help and a bad argument answer before SQLAlchemy, SciPy, Optuna, CuPy, PyTorch or Jinja2 are imported (the
+    package and the parser import them where a command needs them): a fraction of a second, not ~1.5 s."""
+    code = ("import sys\nfrom sparse_autotune.commands.main import main\ntry:\n    rc = main(sys.argv[1:])\n"
+            "except SystemExit as e:\n    rc = e.code\n"
+            f"print('RC', rc, 'LOADED', sorted(m for m in {HEAVY_LIBS!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "SPARSE_AUTOTUNE_DB": str(tmp_path / "env.sqlite")}, timeout=120)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("RC 0 " if "--help" in argv else "RC 2 "), proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert last.endswith("LOADED []"), last
+    assert not (tmp_path / "env.sqlite").exists()
+
+
 
 def test_family_without_the_dtype_is_refused_synthetic(tmp_path, monkeypatch):
     """tc_gather computes fp16 only: tuning fp32 with it alone is a one-line UserError before any database is

@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..core.problem import check_dtype, parse_shape
 from ..store import guard
-from ..store.db import (SCHEMA_VERSION, SDDMM, RecordFilter, TuningDB, check_op, default_db_path, describe_file,
-                        is_verified, op_of)
+
+# store.db (SQLAlchemy) is imported by the commands that read or write a database, not to build the parser
+if TYPE_CHECKING:
+    from ..store.db import RecordFilter, TuningDB
 
 _DB_HELP = "tuning database path or SQLAlchemy URL (default $SPARSE_AUTOTUNE_DB or the user cache)"
 
@@ -81,6 +84,7 @@ def _record_id(text) -> int:
 
 
 def _filters(a, best_only: bool) -> RecordFilter:
+    from ..store.db import RecordFilter, check_op  # noqa: PLC0415
     m = k = None
     if getattr(a, "shape", None):
         m, k = parse_shape(a.shape)
@@ -94,6 +98,7 @@ def _open_read(db) -> tuple[TuningDB, str | None]:
     file or one without tables, or a scale-out storage without records) a note that says so: its reads find nothing. A
     missing database is refused (a read creates nothing); without --db and nothing tuned here yet, the message names
     the shipped databases."""
+    from ..store.db import TuningDB  # noqa: PLC0415
     from ..commands.main import _db_for_read  # noqa: PLC0415
     target = _db_for_read(db)
     t, s = guard.for_read(target)
@@ -126,6 +131,7 @@ def _json_record(r) -> dict:
 
 
 def cmd_list(a) -> int:
+    from ..store.db import SDDMM, op_of  # noqa: PLC0415
     flt = _filters(a, best_only=not a.all)
     tdb, note = _open_read(a.db)
     try:
@@ -167,6 +173,7 @@ def cmd_list(a) -> int:
 
 
 def cmd_show(a) -> int:
+    from ..store.db import SDDMM, is_verified, op_of  # noqa: PLC0415
     tdb, note = _open_read(a.db)
     try:
         rec = tdb.get(a.id)
@@ -216,6 +223,7 @@ def cmd_export(a) -> int:
 
 
 def cmd_merge(a) -> int:
+    from ..store.db import TuningDB, default_db_path  # noqa: PLC0415
     into = a.into or str(default_db_path())
     # every database is checked before anything is written anywhere: the sources exist and are ours (an empty file is
     # a database without records: it adds nothing), DST is ours, empty, or a new file where its folder exists
@@ -241,6 +249,7 @@ def cmd_merge(a) -> int:
 def cmd_check(a) -> int:
     """What FILE is, read without writing (exit 0), and whether it is clean: SQLite's quick_check and the store's own
     rules (one best per key, the best verified and fastest). A file with problems: each listed, exit status 1."""
+    from ..store.db import SCHEMA_VERSION, describe_file  # noqa: PLC0415
     info = describe_file(a.file)
     if info["state"] == "empty":
         print(f"{info['path']}: an empty database (0 bytes or no tables): no records yet; the first write (tune, db "

@@ -14,7 +14,7 @@ from ..core.problem import (DEFAULT_N, LAYOUTS, PATTERNS, Problem, check_density
                             check_n, check_seed, load_matrix, n_bucket, parse_shape)
 from ..commands.db import add_db_parser, cmd_db
 from ..commands.conv import _layout_any, add_conv_args, conv_layout_refused
-from ..tuning.search import SAMPLERS, check_options
+from ..tuning.options import SAMPLERS, check_options
 
 
 class _Parser(argparse.ArgumentParser):

@@ -11,10 +11,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import scipy.sparse as sp
 
 from ..errors import UserError
+
+if TYPE_CHECKING:  # SciPy is imported by the functions that build or read a matrix (the command line's argument
+    import scipy.sparse as sp  # checks import this module and need none of it)
 
 DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}  # bf16: raw 16-bit words (numpy has none)
 # tf32 (opt-in): fp32 storage, TF32 tensor-core math (inputs rounded to 10 mantissa bits, fp32 accumulation); compared
@@ -221,6 +225,7 @@ def random_matrix(m: int, k: int, density: float, pattern: str = "uniform", seed
     keeps the same count (one more in the first nnz % M rows), columns uniform within a row, as per-output pruning
     (Wanda, SparseGPT) leaves LLM weights.
     """
+    import scipy.sparse as sp  # noqa: PLC0415
     rng = np.random.default_rng(seed)
     nnz = int(round(density * m * k))
     nnz = min(max(nnz, 0), m * k)
@@ -315,6 +320,7 @@ def check_real_matrix(a, what: str, dtype: str | None = None, dense_limit: float
     (no numpy warning reaches the user): complex or non-numeric values, NaN or infinite values, values beyond the
     range of float32 (or of fp16 for `dtype` fp16), no nonzero at all, or (`dense_limit`) a density above it.
     allow_zero: an empty or all-zero matrix is fine (the runtime's A: a layer pruned away computes zeros)."""
+    import scipy.sparse as sp  # noqa: PLC0415
     if 0 in a.shape and not allow_zero:
         raise UserError(f"{what} is empty (shape {a.shape[0]}x{a.shape[1]})")
     dt = np.dtype(a.dtype)
@@ -342,6 +348,7 @@ def check_real_matrix(a, what: str, dtype: str | None = None, dense_limit: float
 
 def load_matrix(path: str | Path) -> sp.csr_matrix:
     """Load a sparse matrix from a scipy .npz (save_npz) or a Matrix Market .mtx file."""
+    import scipy.sparse as sp  # noqa: PLC0415
     p = Path(path)
     if not p.is_file():
         raise UserError(f"matrix file {str(p)!r} does not exist or is not a file")
@@ -414,6 +421,7 @@ class Problem:
     def from_matrix(cls, a: sp.spmatrix, n: int, dtype: str = "fp32", pattern: str = "matrix",
                     layout: str = "kn") -> "Problem":
         """A problem of a given matrix (real values, at least one nonzero; check_real_matrix) and N."""
+        import scipy.sparse as sp  # noqa: PLC0415
         check_dtype(dtype)
         check_layout(layout)
         n = check_n(n)

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from ..errors import CandidateError, UserError
+from ..errors import CandidateError
+from .options import SAMPLERS, check_options  # noqa: F401 - the search options' names, kept here for callers
 from ..core.space import Space
 
-SAMPLERS = ("tpe", "random", "grid", "cmaes")
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 logging.getLogger("optuna").setLevel(logging.WARNING)
@@ -213,17 +213,6 @@ class SearchOptions:
     shared: bool = False
     seeds: Sequence[tuple[str, dict]] = ()
     max_pruned: int | None = None
-
-
-def check_options(trials: int | None = None, sampler: str | None = None, timeout: float | None = None) -> None:
-    """The search options as a user gives them (command line, TuneOptions, a queued problem): a bad one is a
-    one-line UserError. Every caller checks them here; what is None is not checked."""
-    if sampler is not None and sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    if trials is not None and trials <= 0:
-        raise UserError(f"--trials must be positive (got {trials})")
-    if timeout is not None and timeout <= 0:
-        raise UserError(f"--timeout must be positive (got {timeout})")
 
 
 Evaluate = Callable[..., "tuple[float, dict]"]
