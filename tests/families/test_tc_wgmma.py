@@ -796,35 +796,37 @@ def _gpu_configs(n, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("n", [40, 64, 128, 192])  # a test an N: xdist spreads them (one test a dtype took 60-140 s)
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_correct_on_edge_cases(dtype):
+def test_correct_on_edge_cases(dtype, n):
     """Through the project's launch path (build_kernel with the family's sm_90a, Kernel.__call__): poisoned C, fresh
-    random B, float64 reference; every kernel launched twice (split-K's counters must reset themselves)."""
+    random B, float64 reference; every kernel launched twice (split-K's counters must reset themselves). Every config
+    on the uniform matrix, every third on the edge cases (all of them at N = 128)."""
     import cupyx.scipy.sparse as csp
     from sparse_autotune.core.problem import DTYPES, host_values
     from sparse_autotune.device.gpu import gpu_info
     from sparse_autotune.device.kernel import DeviceCSR
     if gpu_info().cc != "9.0":
         pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
-    checked = 0
+    checked = want = 0
     cases = adversarial()
     cases["uniform_1000x4096_d0.1"] = random_matrix(1000, 4096, 0.1, "uniform", 3)
+    every = _gpu_configs(n, dtype)
     for name, a in cases.items():
         a = sps.csr_matrix(a, copy=True)
         a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])  # what the kernel sees
         dev = DeviceCSR(a, dtype)
         a64 = csp.csr_matrix(a.astype(np.float64))
-        for n in (40, 64, 128, 192):
-            cfgs = _gpu_configs(n, dtype)
-            if name != "uniform_1000x4096_d0.1" and n != 128:
-                cfgs = cfgs[::3]
-            checked = _check_on_gpu(_build_kernels(dev, cfgs, dtype), a, a64, n, dtype, name, checked)
-    assert checked > 300
+        cfgs = every if name == "uniform_1000x4096_d0.1" or n == 128 else every[::3]
+        checked = _check_on_gpu(_build_kernels(dev, cfgs, dtype), a, a64, n, dtype, name, checked)
+        want += 2 * len(cfgs)
+    assert checked == want and want > 300
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("n", [8, 16, 24, 32])  # a test an N (xdist spreads them)
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_correct_at_small_n(dtype):
+def test_correct_at_small_n(dtype, n):
     """N = 8-32 (session 19): the known-good configs adapted to N (bn 64, most of the tile's columns past N: B's box
     reads zeros there and C's stores must stop at N), each at its own split-K and at 1, on the edge cases and a
     uniform 1000 x 4096; poisoned C, fresh random B, float64 reference, launched twice."""
@@ -837,24 +839,23 @@ def test_correct_at_small_n(dtype):
     sp, fam = space(), get_family(FAMILY)
     cases = adversarial()
     cases["uniform_1000x4096_d0.1"] = random_matrix(1000, 4096, 0.1, "uniform", 3)
+    env = problem_env(130, 3000, n, 40_000, dtype)
+    cfgs = []
+    for cfg in KNOWN[:8] + RED[:2]:
+        cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
+        for splitk in dict.fromkeys((cfg["splitk"], 1) if cfg else ()):
+            c = {**cfg, "splitk": splitk}
+            if sp.check(c, env, DEFAULT_LIMITS) is None and c not in cfgs:
+                cfgs.append(c)
+    assert len(cfgs) >= 6, (n, cfgs)
     checked = 0
-    for n in (8, 16, 24, 32):
-        env = problem_env(130, 3000, n, 40_000, dtype)
-        cfgs = []
-        for cfg in KNOWN[:8] + RED[:2]:
-            cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
-            for splitk in dict.fromkeys((cfg["splitk"], 1) if cfg else ()):
-                c = {**cfg, "splitk": splitk}
-                if sp.check(c, env, DEFAULT_LIMITS) is None and c not in cfgs:
-                    cfgs.append(c)
-        assert len(cfgs) >= 6, (n, cfgs)
-        for name, a in cases.items():
-            a = sps.csr_matrix(a, copy=True)
-            a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])
-            dev = DeviceCSR(a, dtype)
-            a64 = csp.csr_matrix(a.astype(np.float64))
-            checked = _check_on_gpu(_build_kernels(dev, cfgs, dtype), a, a64, n, dtype, name, checked)
-    assert checked > 200
+    for name, a in cases.items():
+        a = sps.csr_matrix(a, copy=True)
+        a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])
+        dev = DeviceCSR(a, dtype)
+        a64 = csp.csr_matrix(a.astype(np.float64))
+        checked = _check_on_gpu(_build_kernels(dev, cfgs, dtype), a, a64, n, dtype, name, checked)
+    assert checked == 2 * len(cfgs) * len(cases) > 100
 
 
 # ---- the diag switch (bench/diag_wgmma.py only: never a config) ----------------------------------------------------
