@@ -40,3 +40,7 @@ def __getattr__(name):
 
 
 __all__ = ["SDDMM", "SpMM", "UserError", "lookup", "sddmm", "__version__"]
+
+
+def __dir__():
+    return sorted({*globals(), "SDDMM", "SparseConv2d", "SpMM", "lookup"})  # the names __getattr__ gives too

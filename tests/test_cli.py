@@ -324,6 +324,20 @@ def test_help_and_bad_arguments_import_no_heavy_library(tmp_path, argv):
     assert not (tmp_path / "env.sqlite").exists()
 
 
+def test_package_import_is_light_and_still_names_its_api():
+    """`import sparse_autotune` loads none of the heavy libraries; lookup, SpMM and SDDMM come when first named (also
+    through `from sparse_autotune import ...` and `*`), and dir() lists them."""
+    code = ("import sys\nimport sparse_autotune as sa\n"
+            f"print(sorted(m for m in {HEAVY_LIBS!r} if m in sys.modules))\n"
+            "print(all(n in dir(sa) for n in ('lookup', 'SpMM', 'SDDMM', 'sddmm', 'UserError')))\n"
+            "from sparse_autotune import SpMM, lookup\nns = {}\nexec('from sparse_autotune import *', ns)\n"
+            "print(callable(lookup), SpMM.__name__, sorted(n for n in ns if not n.startswith('_')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["[]", "True",
+                                        "True SpMM ['SDDMM', 'SpMM', 'UserError', 'lookup', 'sddmm']"], proc.stdout
+
+
 
 def test_family_without_the_dtype_is_refused_synthetic(tmp_path, monkeypatch):
     """tc_gather computes fp16 only: tuning fp32 with it alone is a one-line UserError before any database is
