@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from sparse_autotune.core.problem import DTYPES, Problem, host_values, random_matrix, storage
-from sparse_autotune.core.space import load_spaces, problem_env
+from sparse_autotune.core.space import get_space, load_spaces, problem_env
 
 pytestmark = pytest.mark.gpu
 
@@ -69,7 +69,7 @@ def test_every_family_correct_on_edge_cases(dtype, family):
     import cupyx.scipy.sparse as csp
     info = gpu_info()
     np_dt = DTYPES[dtype]
-    space = next(s for s in load_spaces() if s.family == family)
+    space = get_space(family)
     checked = 0
     for name, a in edge_matrices(dtype).items():
         dev = DeviceCSR(a, dtype)
