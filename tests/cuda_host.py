@@ -1,8 +1,8 @@
 """Run a rendered CUDA kernel on the CPU (tests only): the source is compiled by g++ as C++20 with a prelude that
 emulates what the csr_gemv template uses - threadIdx / blockIdx, uint2 / uint4, __ldg, __shfl_xor_sync and
-__syncthreads (the threads of a block are fibers of one OS thread, switched only at those barriers), dynamic shared
+__syncthreads, and for its K slices __ldcg / __stcg, atomicAdd on int, __threadfence and a __shared__ scalar (the threads of a block are fibers of one OS thread, switched only at those barriers), dynamic shared
 memory, and the inline PTX of fp16 / bf16 conversion, fma.rn.f16x2 and fma.rn.bf16x2 (replaced by one rounding of the
-exact a * b + c, as the PTX instructions: _Float16 arithmetic, and for bf16 a rounding to 8 significant bits). Blocks run one after another. This executes the template's own index
+exact a * b + c, as the PTX instructions: _Float16 arithmetic, and for bf16 a rounding to 8 significant bits). Blocks run one after another (in grid order, or reversed). This executes the template's own index
 arithmetic, loops, shuffles and writes; timing, caches and the memory model are not emulated (a race between
 threads would not necessarily show)."""
 from __future__ import annotations
@@ -34,6 +34,12 @@ struct uint2 { unsigned int x, y; };
 struct alignas(16) uint4 { unsigned int x, y, z, w; };
 static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return uint4{a, b, c, d}; }
 template <class T> static inline T __ldg(const T* p) { return *p; }
+// K slices' reduction (csr_gemv ks > 1): blocks run one after another, so plain memory is coherent and atomic
+template <class T> static inline T __ldcg(const T* p) { return *p; }
+template <class T> static inline void __stcg(T* p, T v) { *p = v; }
+static inline int atomicAdd(int* p, int v) { const int old = *p; *p += v; return old; }
+static inline void __threadfence() {}
+#define __shared__ static thread_local
 static inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
 struct Dim3 { int x, y, z; };
 // the threads of a block are fibers (ucontext) of one OS thread, switched only at barriers (cooperative)
@@ -109,6 +115,7 @@ _ASM = [
 
 LAUNCH = r"""
 extern "C" void emu_launch(int gx, int gy, int threads, size_t smem_bytes, void** args);
+extern "C" void emu_launch_order(int gx, int gy, int threads, size_t smem_bytes, void** args, int reverse);
 """
 
 
@@ -134,38 +141,41 @@ static void emu_fiber_entry() {
     KERNEL_CALL;
     b.fibers[b.cur].done = true;
 }
-extern "C" void emu_launch(int gx, int gy, int threads, size_t smem_bytes, void** args) {
+extern "C" void emu_launch_order(int gx, int gy, int threads, size_t smem_bytes, void** args, int reverse) {
     g_args = args;
-    for (int by = 0; by < gy; ++by)
-        for (int bx = 0; bx < gx; ++bx) {
-            BlockEmu b;
-            b.bid = Dim3{bx, by, 0};
-            b.block.n = threads;
-            b.warps.assign(threads / 32, Barrier{32, 0, 0});
-            b.slot.assign(threads, 0.0f);
-            std::vector<uint4> smem(smem_bytes / 16 + 1);
-            b.smem = reinterpret_cast<unsigned short*>(smem.data());
-            b.fibers.resize(threads);
-            g_block = &b;
+    for (int i = 0; i < gx * gy; ++i) {  // reverse: the last block first (another valid order)
+        const int j = reverse ? gx * gy - 1 - i : i, by = j / gx, bx = j % gx;
+        BlockEmu b;
+        b.bid = Dim3{bx, by, 0};
+        b.block.n = threads;
+        b.warps.assign(threads / 32, Barrier{32, 0, 0});
+        b.slot.assign(threads, 0.0f);
+        std::vector<uint4> smem(smem_bytes / 16 + 1);
+        b.smem = reinterpret_cast<unsigned short*>(smem.data());
+        b.fibers.resize(threads);
+        g_block = &b;
+        for (int t = 0; t < threads; ++t) {
+            Fiber& f = b.fibers[t];
+            f.stack.resize(256 * 1024);
+            getcontext(&f.ctx);
+            f.ctx.uc_stack.ss_sp = f.stack.data();
+            f.ctx.uc_stack.ss_size = f.stack.size();
+            f.ctx.uc_link = &b.main;
+            makecontext(&f.ctx, emu_fiber_entry, 0);
+        }
+        for (bool left = true; left;) {  // round robin until every thread has returned
+            left = false;
             for (int t = 0; t < threads; ++t) {
-                Fiber& f = b.fibers[t];
-                f.stack.resize(256 * 1024);
-                getcontext(&f.ctx);
-                f.ctx.uc_stack.ss_sp = f.stack.data();
-                f.ctx.uc_stack.ss_size = f.stack.size();
-                f.ctx.uc_link = &b.main;
-                makecontext(&f.ctx, emu_fiber_entry, 0);
-            }
-            for (bool left = true; left;) {  // round robin until every thread has returned
-                left = false;
-                for (int t = 0; t < threads; ++t) {
-                    if (b.fibers[t].done) continue;
-                    left = true;
-                    b.cur = t;
-                    swapcontext(&b.main, &b.fibers[t].ctx);
-                }
+                if (b.fibers[t].done) continue;
+                left = true;
+                b.cur = t;
+                swapcontext(&b.main, &b.fibers[t].ctx);
             }
         }
+    }
+}
+extern "C" void emu_launch(int gx, int gy, int threads, size_t smem_bytes, void** args) {
+    emu_launch_order(gx, gy, threads, smem_bytes, args, 0);
 }
 """.replace("KERNEL_CALL", kernel_call)
     return PRELUDE + src + launch
@@ -211,7 +221,9 @@ class HostKernel:
         self.lib = _compiled(host_source(cuda_source, kernel_call))
         self.lib.emu_launch.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_size_t,
                                         ctypes.POINTER(ctypes.c_void_p)]
+        self.lib.emu_launch_order.argtypes = self.lib.emu_launch.argtypes + [ctypes.c_int]
 
-    def __call__(self, gx: int, gy: int, threads: int, smem_bytes: int, args: list) -> None:
+    def __call__(self, gx: int, gy: int, threads: int, smem_bytes: int, args: list, reverse: bool = False) -> None:
+        """reverse: the blocks in the opposite order (the last one first)."""
         arr = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.pointer(a), ctypes.c_void_p) for a in args])
-        self.lib.emu_launch(gx, gy, threads, smem_bytes, arr)
+        self.lib.emu_launch_order(gx, gy, threads, smem_bytes, arr, int(reverse))

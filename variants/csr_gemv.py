@@ -11,23 +11,42 @@ the lanes of a quarter warp (one 128-byte phase of a 16-byte load) read element 
 element e of chunk 8g + j holds, where it can, the next unused nonzero of residue j (a round of 8 distinct residues
 at a time, classes running out at the end), which makes each aligned 8, 4 or 2 chunks' loads conflict-free. Measured
 and modelled: bench/NOTES.md, session 20 (8.5-8.8 wavefronts a request in the CSR order at nb 8, 4.2-4.8 in this
-one; bench/csr_gemv_banks.py)."""
+one; bench/csr_gemv_banks.py).
+
+K slices (`ks` > 1, bench/drafts/csr_gemv-latency.md): each row's nonzeros cut at multiples of KS = slice_width(K, ks)
+columns, each (row, slice) laid out as above as a row of its own (chunk_ptr[r * ks + s]; indices k - s * KS), so a
+block keeps only its slice's KS x nb of B in shared memory; a workspace and counters (core.families.splitk_workspace)
+carry the fp32 partial sums to the last block of the row block, which adds them in slice order."""
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
 
-from sparse_autotune.core.families import adapt_params
+from sparse_autotune.core.families import adapt_params, splitk_shape, splitk_workspace
 from sparse_autotune.core.problem import half_bits as value_bits
+from sparse_autotune.core.space import DEFAULT_LIMITS
 
 
-def build(a: sp.csr_matrix, dtype: str = "fp16"):
-    """(chunk_ptr int32 [M + 1], vals uint16 [8 * chunks], idx uint16 [8 * chunks])."""
+def slice_width(k: int, ks: int) -> int:
+    """KS, the columns of a K slice: ceil(K / ks) rounded up to a multiple of 8 (so k - s * KS has k's residue mod 8);
+    K itself where ks == 1. Slice s holds columns [s * KS, min(K, (s + 1) * KS)) (the last ones may be empty)."""
+    if ks == 1:
+        return int(k)
+    return (-(-int(k) // ks) + 7) // 8 * 8
+
+
+def build(a: sp.csr_matrix, dtype: str = "fp16", ks: int = 1):
+    """(chunk_ptr int32 [M * ks + 1], vals uint16 [8 * chunks], idx uint16 [8 * chunks]); ks == 1: the layout above.
+    ks > 1 (K slices): row r's nonzeros in slice s (slice_width) are laid out as a row of their own, at r * ks + s,
+    exactly as build() lays out a row of the matrix of the slice's columns (indices k - s * KS: residues mod 8 and the
+    dealing unchanged, the odd-row rotation by r's parity)."""
     a = sp.csr_matrix(a, copy=True)  # the caller's matrix stays as it is
     a.sum_duplicates()
     m, k = a.shape
     if k > 65536:
         raise ValueError("csr_gemv keeps 16-bit column indices: K must be <= 65536")
+    if ks != 1:
+        return _build_sliced(a, dtype, ks)
     indptr = a.indptr.astype(np.int64)
     lens = np.diff(indptr)
     plen = (lens + 7) // 8 * 8
@@ -83,16 +102,50 @@ def build(a: sp.csr_matrix, dtype: str = "fp16"):
     return chunk_ptr.astype(np.int32), vals, idx
 
 
-def decode(chunk_ptr, vals, idx, shape) -> np.ndarray:
-    """Dense M x K value bits rebuilt from the layout (for tests); padded entries carry weight 0 and change nothing."""
+def _build_sliced(a: sp.csr_matrix, dtype: str, ks: int):
+    """build() of each K slice's columns (M x KS matrices), their (row, slice) chunk runs interleaved row-major."""
+    m, k = a.shape
+    kw = slice_width(k, ks)
+    parts = []
+    for s in range(ks):
+        lo, hi = min(k, s * kw), min(k, (s + 1) * kw)
+        sub = a[:, lo:hi] if hi > lo else sp.csr_matrix((m, 0), dtype=a.dtype)
+        parts.append(build(sp.csr_matrix(sub), dtype) if hi > lo else (np.zeros(m + 1, dtype=np.int32), None, None))
+    counts = np.stack([np.diff(p[0].astype(np.int64)) for p in parts], axis=1)  # [M, ks] chunks of (row, slice)
+    chunk_ptr = np.zeros(m * ks + 1, dtype=np.int64)
+    np.cumsum(counts.ravel(), out=chunk_ptr[1:])
+    total = int(chunk_ptr[-1]) * 8
+    if total // 8 >= 2 ** 31:
+        raise ValueError("too many chunks")
+    vals = np.zeros(max(8, total), dtype=np.uint16)
+    idx = np.zeros(max(8, total), dtype=np.uint16)
+    for s, (cp, sv, si) in enumerate(parts):
+        n = int(cp[-1])
+        if n == 0:
+            continue
+        # chunk c of the slice's layout (row r's run [cp[r], cp[r + 1])) goes to chunk_ptr[r * ks + s] + c - cp[r]
+        rows = np.repeat(np.arange(m, dtype=np.int64), counts[:, s])
+        dst = chunk_ptr[rows * ks + s] + np.arange(n, dtype=np.int64) - cp[rows].astype(np.int64)
+        at = (dst[:, None] * 8 + np.arange(8)).ravel()
+        vals[at] = sv[:n * 8]
+        idx[at] = si[:n * 8]
+    return chunk_ptr.astype(np.int32), vals, idx
+
+
+def decode(chunk_ptr, vals, idx, shape, ks: int = 1) -> np.ndarray:
+    """Dense M x K value bits rebuilt from the layout (for tests); padded entries carry weight 0 and change nothing.
+    ks > 1: (row r, slice s) at chunk_ptr[r * ks + s], its indices relative to the slice's first column s * KS."""
     m, k = shape
+    kw = slice_width(k, ks)
     out = np.zeros((m, k), dtype=np.uint16)
     for r in range(m):
-        for c in range(int(chunk_ptr[r]) * 8, int(chunk_ptr[r + 1]) * 8):
-            assert idx[c] < k
-            if vals[c] != 0:
-                assert out[r, idx[c]] == 0, "a column twice in one row"
-                out[r, idx[c]] = vals[c]
+        for s in range(ks):
+            for c in range(int(chunk_ptr[r * ks + s]) * 8, int(chunk_ptr[r * ks + s + 1]) * 8):
+                col = s * kw + int(idx[c])
+                assert idx[c] < kw and col < k
+                if vals[c] != 0:
+                    assert out[r, col] == 0, "a column twice in one row"
+                    out[r, col] = vals[c]
     return out
 
 
@@ -106,29 +159,69 @@ def rows_per_block(config: dict) -> int:
     return config["warps"] * (32 // config["lanes"]) * config["iters"]
 
 
+def k_slices(config: dict) -> int:
+    """ks: K slices (1 where inactive: B through L1, or nb < 8)."""
+    return int(config.get("ks", 1))
+
+
 def geometry(kernel, n: int):
+    """Grid x: row blocks x ks (the slice fastest), grid y: column blocks."""
     c = kernel.config
-    return (-(-kernel.a.shape[0] // rows_per_block(c)), max(1, -(-n // c["nb"]))), (threads(c),)
+    return (-(-kernel.a.shape[0] // rows_per_block(c)) * k_slices(c), max(1, -(-n // c["nb"]))), (threads(c),)
 
 
 def smem_bytes(kernel) -> int:
-    """B's column block in shared memory (bsrc smem): K rows of nb halves."""
+    """B's column block in shared memory (bsrc smem): K rows of nb halves (ks > 1: a slice's KS rows)."""
     if kernel.config.get("bsrc", "smem") != "smem":
         return 0
-    return kernel.a.shape[1] * kernel.config["nb"] * 2
+    return slice_width(kernel.a.shape[1], k_slices(kernel.config)) * kernel.config["nb"] * 2
+
+
+def workspace_shape(config: dict, m: int, n: int) -> tuple[int, int]:
+    """K slices' workspace (core.families.splitk_shape): a slice of rows_per_block x nb fp32 partial sums per (row
+    block, column block, K slice), one counter per (row block, column block)."""
+    tiles = -(-m // rows_per_block(config)) * max(1, -(-n // config["nb"]))
+    return splitk_shape(k_slices(config), tiles, rows_per_block(config) * config["nb"])
 
 
 def args(kernel, n: int, b, c, bias=None) -> tuple:
-    """In the nk layout (b is x, N x K; c is y, N x M) the bias pointer follows c (None or 0: no bias)."""
+    """In the nk layout (b is x, N x K; c is y, N x M) the bias pointer follows c (None or 0: no bias). ks > 1: the
+    workspace (fp32 partial sums) and the counters follow K."""
     dtype = kernel.dtype
     m, k = kernel.a.shape
-    chunk_ptr, vals, idx = kernel.a.cached(("csr_gemv", dtype), lambda host: build(host, dtype))
+    ks = k_slices(kernel.config)
+    chunk_ptr, vals, idx = kernel.a.cached(("csr_gemv", dtype, ks), lambda host: build(host, dtype, ks))
+    extra = ()
+    if ks > 1:
+        extra = splitk_workspace(kernel, "csr_gemv", workspace_shape(kernel.config, m, n), n)
     if getattr(kernel, "layout", "kn") == "nk":
         return (chunk_ptr, vals, idx, b, c, np.uint64(0) if bias is None else bias, np.int32(m), np.int32(n),
-                np.int32(k))
-    return (chunk_ptr, vals, idx, b, c, np.int32(m), np.int32(n), np.int32(k))
+                np.int32(k), *extra)
+    return (chunk_ptr, vals, idx, b, c, np.int32(m), np.int32(n), np.int32(k), *extra)
 
 
 def adapt(space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:
-    """For a smaller N: the narrowest column block that holds it."""
-    return adapt_params(space, config, dtype, env, limits, ("nb",))
+    """As stored if it runs; else, where B's column block outgrows shared memory (a larger K), more K slices at the
+    stored nb; else (a smaller N) the narrowest column block that holds it, as before ks; else a narrower column
+    block (>= 8) with more K slices."""
+    got = adapt_params(space, config, dtype, env, limits, ())
+    if got is not None:
+        return got
+    cfg = space.normalize(config, dtype)
+    if cfg is None:
+        return None
+    lim = {**DEFAULT_LIMITS, **(limits or {})}
+    if "ks" in cfg:
+        for ks in sorted(v for v in space.param("ks").choices(dtype) if v > cfg["ks"]):
+            if space.check({**cfg, "ks": ks}, env, lim) is None:
+                return {**cfg, "ks": ks}
+    got = adapt_params(space, config, dtype, env, limits, ("nb",))
+    if got is not None and "ks" in got and not space.active("ks", got, dtype):
+        return {k: v for k, v in got.items() if k != "ks"}  # below nb 8 no K slices (the constraints ignore ks there)
+    if got is not None or "ks" not in cfg:
+        return got
+    for nb in sorted((v for v in space.param("nb").choices(dtype) if 8 <= v < cfg["nb"]), reverse=True):
+        for ks in sorted(v for v in space.param("ks").choices(dtype) if v > cfg["ks"]):
+            if space.check({**cfg, "nb": nb, "ks": ks}, env, lim) is None:
+                return {**cfg, "nb": nb, "ks": ks}
+    return None

@@ -176,7 +176,7 @@ def test_constraints_and_adapt():
     # configs stored before bsrc / acc / pf / minb / bif read as before (split is inactive below nb 16)
     assert got == {**cfg, "nb": 1, "bsrc": "smem", "acc": "f32", "pf": 0, "minb": 1, "bif": 1}
     assert sp.check(cfg, problem_env(4096, 70000, 8, 10, "fp16"), DEFAULT_LIMITS) is not None  # 16-bit indices
-    smem = {**cfg, "bsrc": "smem", "acc": "f32"}
+    smem = sp.normalize({**cfg, "bsrc": "smem", "acc": "f32"}, "fp16")  # (normalized: ks 1, not left out)
     assert sp.check(smem, problem_env(4096, 16384, 8, 10, "fp16"), DEFAULT_LIMITS) is not None  # B over 227 KB
     # B through L1 needs no shared memory, but full aligned column blocks
     l1 = {**cfg, "bsrc": "l1", "acc": "f32", "nb": 16}
@@ -340,6 +340,14 @@ def test_split_pf_minb_compile_with_nvcc(layout):
 def _emulate(cfg: dict, dtype: str, a, n: int, layout: str, seed: int = 0):
     """C (kn) or y (nk, bias None) from the rendered kernel run on the CPU (tests/cuda_host.py), and the float64
     reference of the rounded operands."""
+    return _emulate_runs(cfg, dtype, a, n, layout, (seed,))[0][0]
+
+
+def _emulate_runs(cfg: dict, dtype: str, a, n: int, layout: str, seeds, reverse: bool = False, bias: bool = False):
+    """([(got, ref) per launch: a fresh B from each seed, C poisoned again], the counters after the last launch, or
+    None where ks == 1): the rendered kernel launched once per seed on the CPU, with its blocks in grid order or
+    reversed; ks > 1 with one workspace and one set of counters for all the launches (as on the device). bias (nk):
+    a random bias, in the reference too."""
     import ctypes
 
     from cuda_host import HostKernel
@@ -347,27 +355,51 @@ def _emulate(cfg: dict, dtype: str, a, n: int, layout: str, seed: int = 0):
     sp = get_family(FAMILY).space
     h = host()
     nk = layout == "nk"
+    ks = cfg.get("ks", 1)
     ints = "*(int*)args[6], *(int*)args[7], *(int*)args[8]" if nk else "*(int*)args[5], *(int*)args[6], *(int*)args[7]"
+    tail = ""
+    if ks > 1:
+        at = 9 if nk else 8
+        tail = f", *(float**)args[{at}], *(int**)args[{at + 1}]"
     call = ("spmm_kernel(*(const int**)args[0], *(const uint4**)args[1], *(const uint4**)args[2], "
             "*(const unsigned short**)args[3], *(unsigned short**)args[4], "
-            + ("*(const unsigned short**)args[5], " if nk else "") + ints + ")")
+            + ("*(const unsigned short**)args[5], " if nk else "") + ints + tail + ")")
     kern = HostKernel(render.render(sp, cfg, dtype, layout=layout), call)
     a = sps.csr_matrix(a, copy=True)
     a.data = host_values(a.data, {"fp16": np.float16, "bf16": np.uint16}[dtype])
-    chunk_ptr, vals, idx = h.build(a, dtype)
+    chunk_ptr, vals, idx = h.build(a, dtype, ks)
     m, k = a.shape
-    b = np.ascontiguousarray(storage(np.random.default_rng(seed).standard_normal((n, k) if nk else (k, n))
-                                     .astype(np.float32), dtype)).view(np.uint16)
-    c = np.full((n, m) if nk else (m, n), 0x7FFF, dtype=np.uint16)  # NaN in fp16 and bf16: an unwritten entry shows
-    gx, gy = -(-m // h.rows_per_block(cfg)), max(1, -(-n // cfg["nb"]))
-    smem = k * cfg["nb"] * 2 if cfg["bsrc"] == "smem" else 0
-    arrays = [np.ascontiguousarray(x) for x in (chunk_ptr, vals, idx, b)] + [c]
-    args = [ctypes.c_void_p(x.ctypes.data) for x in arrays] + ([ctypes.c_void_p(0)] if nk else [])
-    kern(gx, gy, 32 * cfg["warps"], smem, args + [ctypes.c_int(m), ctypes.c_int(n), ctypes.c_int(k)])
-    bf = as_float(b.view(np.float16) if dtype == "fp16" else b).astype(np.float64)
-    ref = (a.astype(np.float64) @ (bf.T if nk else bf))
-    got = as_float(c.view(np.float16) if dtype == "fp16" else c).astype(np.float64)
-    return (got.T if nk else got), ref
+    gx, gy = -(-m // h.rows_per_block(cfg)) * ks, max(1, -(-n // cfg["nb"]))
+    smem = h.slice_width(k, ks) * cfg["nb"] * 2 if cfg["bsrc"] == "smem" else 0
+    ws = counters = None
+    if ks > 1:
+        nws, ncnt = h.workspace_shape(cfg, m, n)
+        ws, counters = np.full(nws, np.nan, dtype=np.float32), np.zeros(ncnt, dtype=np.int32)
+    bv = None
+    if nk and bias:
+        bv = np.ascontiguousarray(storage(np.random.default_rng(12345).standard_normal(m).astype(np.float32), dtype)
+                                  ).view(np.uint16)
+    runs = []
+    for seed in seeds:
+        b = np.ascontiguousarray(storage(np.random.default_rng(seed).standard_normal((n, k) if nk else (k, n))
+                                         .astype(np.float32), dtype)).view(np.uint16)
+        c = np.full((n, m) if nk else (m, n), 0x7FFF, dtype=np.uint16)  # NaN in fp16 and bf16: an unwritten entry shows
+        arrays = [np.ascontiguousarray(x) for x in (chunk_ptr, vals, idx, b)] + [c]
+        args = [ctypes.c_void_p(x.ctypes.data) for x in arrays]
+        if nk:
+            args.append(ctypes.c_void_p(0 if bv is None else bv.ctypes.data))
+        args += [ctypes.c_int(m), ctypes.c_int(n), ctypes.c_int(k)]
+        if ks > 1:
+            args += [ctypes.c_void_p(ws.ctypes.data), ctypes.c_void_p(counters.ctypes.data)]
+        kern(gx, gy, 32 * cfg["warps"], smem, args, reverse=reverse)
+        tofloat = (lambda x: as_float(x.view(np.float16) if dtype == "fp16" else x).astype(np.float64))
+        bf = tofloat(b)
+        ref = (a.astype(np.float64) @ (bf.T if nk else bf))
+        if bv is not None:
+            ref = ref + tofloat(bv)[:, None]
+        got = tofloat(c)
+        runs.append(((got.T if nk else got), ref))
+    return runs, counters
 
 
 @pytest.mark.parametrize("dtype,layout", EMU_GRID)
@@ -696,3 +728,263 @@ def test_bif_and_bf16_half2_correct_on_edge_cases_gpu(dtype, layout):
                 assert err <= TOLERANCE[dtype], (name, n, kern.config)
                 checked += 1
     assert checked >= 60
+
+
+# ---- session 20: K slices (ks; bench/drafts/csr_gemv-latency.md) -------------------------------------------------
+
+KS = [dict(lanes=16, warps=16, nb=16, iters=1, unroll=2, bsrc="smem", acc="h2x4", split=2, pf=1, minb=1, bif=1),
+      dict(lanes=8, warps=16, nb=16, iters=2, unroll=2, bsrc="smem", acc="h2x4", split=2, pf=1, minb=1, bif=1),
+      dict(lanes=16, warps=16, nb=32, iters=1, unroll=2, bsrc="smem", acc="h2x4", split=4, pf=1, minb=1, bif=1),
+      dict(lanes=32, warps=2, nb=16, iters=2, unroll=2, bsrc="smem", acc="f32", split=2, pf=1, minb=4),
+      dict(lanes=4, warps=2, nb=8, iters=4, unroll=1, bsrc="smem", acc="f32", pf=0, minb=1),
+      dict(lanes=8, warps=4, nb=32, iters=2, unroll=4, bsrc="smem", acc="f32", split=2, pf=0, minb=1)]
+
+
+def ks_cases():
+    """The adversarial matrices and K-slice edges: a row with all its nonzeros in one slice (the others empty), K not
+    a multiple of ks * 8 (53, 257, 1001), K < 8 * ks (7, 20: slices past K are empty), rows of one chunk."""
+    rng = np.random.default_rng(11)
+
+    def vals(a):
+        a = sps.csr_matrix(a)
+        a.data = rng.standard_normal(a.nnz).astype(np.float32) + 0.5
+        return a
+    out = {k: v for k, v in adversarial().items()}
+    d = np.zeros((24, 200))
+    d[3, 150:200] = 1.0  # row 3: every nonzero in the last slices
+    d[5, 0:40] = 1.0  # row 5: every nonzero in the first slice
+    d[9, ::7] = 1.0
+    out["one_slice_rows"] = vals(sps.csr_matrix(d))
+    out["k7"] = vals(sps.random(19, 7, density=0.6, format="csr", random_state=6))
+    out["k20"] = vals(sps.random(33, 20, density=0.5, format="csr", random_state=7))
+    out["k1001"] = vals(sps.random(70, 1001, density=0.08, format="csr", random_state=8))
+    return out
+
+
+def test_ks_in_the_space():
+    fam = get_family(FAMILY)
+    sp = fam.space
+    base = KS[0]
+    assert sp.normalize(base, "fp16")["ks"] == 1  # a config stored before ks reads as ks 1
+    assert "ks" not in sp.normalize({**base, "bsrc": "l1"}, "fp16")  # inactive through L1
+    assert "ks" not in sp.normalize({**base, "nb": 4, "split": 1}, "fp16")  # inactive below nb 8
+    assert sp.normalize({**base, "ks": 3}, "fp16") is None
+    assert [fam.host.slice_width(k, ks) for k, ks in ((11008, 2), (11008, 4), (14336, 2), (53, 2), (7, 4), (10, 1))] \
+        == [5504, 2752, 7168, 32, 8, 10]
+    for k, n, nb, fits in ((11008, 16, 16, (2, 4)), (14336, 16, 16, (2, 4)), (4096, 32, 32, (2, 4)),
+                           (7264, 16, 16, (1, 2, 4)), (14536, 16, 16, (4,)), (29064, 16, 16, ())):
+        env = problem_env(4096, k, n, 10, "fp16")
+        ok = tuple(ks for ks in (1, 2, 4) if sp.check(sp.normalize({**base, "nb": nb, "split": nb // 8, "ks": ks},
+                                                                   "fp16"), env, DEFAULT_LIMITS) is None)
+        assert ok == fits, (k, n, nb, ok)
+    # adapt: a larger K keeps the stored column block and takes more K slices; a smaller N narrows it as before
+    got = fam.adapt(base, "fp16", problem_env(4096, 11008, 16, 10, "fp16"), DEFAULT_LIMITS)
+    assert got == {**sp.normalize(base, "fp16"), "ks": 2}
+    got = fam.adapt({**base, "ks": 2}, "fp16", problem_env(4096, 20000, 16, 10, "fp16"), DEFAULT_LIMITS)
+    assert got["ks"] == 4 and got["nb"] == 16
+    assert fam.adapt({**base, "ks": 2}, "fp16", problem_env(64, 4096, 8, 10, "fp16"), DEFAULT_LIMITS) is None  # split 2
+    got = fam.adapt({**KS[4], "ks": 2}, "fp16", problem_env(64, 4096, 3, 10, "fp16"), DEFAULT_LIMITS)
+    assert got["nb"] == 4 and "ks" not in got
+    # ks 1 everywhere in the known-good list (no measured K-slice config yet)
+    for dt in ("fp16", "bf16"):
+        for env in (problem_env(4096, 4096, 16, 10, dt), problem_env(4096, 11008, 16, 10, dt)):
+            assert all(c.get("ks", 1) == 1 for c in sp.defaults(dt, env, DEFAULT_LIMITS))
+
+
+def test_ks_geometry_smem_and_workspace():
+    h = host()
+    a = random_matrix(1000, 11008, 0.01, "uniform", 1)
+    cfg = get_family(FAMILY).space.normalize({**KS[0], "ks": 2}, "fp16")
+    k = fake_kernel(FAMILY, cfg, "fp16", a)
+    assert h.geometry(k, 16) == ((-(-1000 // 32) * 2, 1), (512,))
+    assert h.geometry(k, 33) == ((-(-1000 // 32) * 2, 3), (512,))
+    assert h.smem_bytes(k) == 5504 * 16 * 2
+    assert h.workspace_shape(cfg, 1000, 33) == (32 * 3 * 2 * 32 * 16, 32 * 3)
+    assert h.workspace_shape({**cfg, "ks": 1}, 1000, 33) == (4, 1)
+    args = k.args(33, object(), object())
+    assert len(args) == 10  # ... M, N, K, then the workspace and the counters
+    one = fake_kernel(FAMILY, {**cfg, "ks": 1}, "fp16", a)
+    assert len(one.args(16, object(), object())) == 8
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_ks_layout_round_trips_to_a(dtype):
+    """ks 2 / 4: decode(ks) rebuilds A; (row, slice) runs padded to whole chunks, no more, their columns within the
+    slice; each (row, slice) run is exactly build() of the slice's columns (the dealing, the padding column)."""
+    h = host()
+    for name, a in ks_cases().items():
+        a = sps.csr_matrix(a)
+        m, k = a.shape
+        want = h.value_bits(a.toarray().ravel(), dtype).reshape(a.shape)
+        for ks in (2, 4):
+            kw = h.slice_width(k, ks)
+            assert kw % 8 == 0 and kw * ks >= k
+            chunk_ptr, vals, idx = h.build(a, dtype, ks)
+            assert len(chunk_ptr) == m * ks + 1 and chunk_ptr[0] == 0
+            np.testing.assert_array_equal(h.decode(chunk_ptr, vals, idx, a.shape, ks), want, err_msg=(name, ks))
+            assert len(vals) == len(idx) == max(8, 8 * int(chunk_ptr[-1]))
+            for s in range(ks):
+                lo, hi = min(k, s * kw), min(k, (s + 1) * kw)
+                lens = np.diff(a[:, lo:hi].indptr) if hi > lo else np.zeros(m, dtype=np.int64)
+                assert (np.diff(chunk_ptr)[s::ks] == -(-lens // 8)).all(), (name, ks, s)
+                if hi > lo and lens.sum():
+                    cp1, v1, i1 = h.build(sps.csr_matrix(a[:, lo:hi]), dtype)
+                    for r in range(m):
+                        got = slice(int(chunk_ptr[r * ks + s]) * 8, int(chunk_ptr[r * ks + s + 1]) * 8)
+                        ref = slice(int(cp1[r]) * 8, int(cp1[r + 1]) * 8)
+                        np.testing.assert_array_equal(idx[got], i1[ref])
+                        np.testing.assert_array_equal(vals[got], v1[ref])
+                        assert (idx[got] < hi - lo).all()
+
+
+def test_ks_1_renders_and_lays_out_as_before():
+    """ks 1 renders the source of the config without ks (which is the source before ks) but for the header line,
+    which states ks=1, with nothing of the slices in it; build(ks=1) and the sliced path with one slice give the same
+    arrays as build()."""
+    h = host()
+    sp = get_family(FAMILY).space
+    for cfg in KS + NEW + BIF:
+        for dt, lay in (("fp16", "kn"), ("bf16", "nk")):
+            c = sp.normalize(cfg, dt)
+            src = render.render(sp, c, dt, layout=lay)
+            old = render.render(sp, {k: v for k, v in c.items() if k != "ks"}, dt, layout=lay)
+            assert " ks=" not in old and "KSL" not in old and "counters" not in old
+            if "ks" in c:
+                head, _, body = src.partition("\n")
+                assert head.endswith(" ks=1") and head[:-len(" ks=1")] + "\n" + body == old
+            else:
+                assert src == old
+            if "ks" in c:
+                two = render.render(sp, {**c, "ks": 2}, dt, layout=lay)
+                assert " ks=2" in two.splitlines()[0] and "#define KSL 2" in two and "atomicAdd(counters" in two
+    for name, a in ks_cases().items():
+        base = h.build(a)
+        for other in (h.build(a, "fp16", 1), h._build_sliced(sps.csr_matrix(a), "fp16", 1)):
+            assert all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(base, other)), name
+
+
+@pytest.mark.parametrize("layout", ["kn", "nk"])
+def test_ks_compile_with_nvcc(layout):
+    """KS at ks 2 and 4 (fp16 and bf16 in turn): nvcc compiles them for sm_90 within their register cap, no spill
+    from 4 warps up (the 64-thread lanes 4 / warps 2 / nb 8 one: ptxas keeps the slice bounds in 4-8 bytes of local
+    memory around its unrolled 2-byte copy of B at 46-48 registers, uncapped; a quirk of that corner, allowed)."""
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = get_family(FAMILY).space
+    jobs = [(("fp16", "bf16")[(i + j) % 2], sp.normalize({**c, "ks": ks}, "fp16"))
+            for i, c in enumerate(KS) for j, ks in enumerate((2, 4))]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        reps = list(pool.map(lambda j: sat_compile.nvcc_check(render.render(sp, j[1], j[0], layout=layout),
+                                                              arch="sm_90"), jobs))
+    for (dt, cfg), rep in zip(jobs, reps):
+        assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
+        regs = int(re.search(r"Used (\d+) registers", rep).group(1))
+        assert regs <= min(255, 65536 // (32 * cfg["warps"] * cfg["minb"])), (dt, cfg, rep)
+        spill = int(re.search(r"(\d+) bytes spill stores", rep).group(1))
+        assert spill == 0 if cfg["warps"] >= 4 else spill <= 8, (dt, cfg, rep)
+
+
+@pytest.mark.parametrize("dtype,layout", EMU_GRID)
+def test_ks_correct_in_cpu_emulation(dtype, layout):
+    """ks 2 / 4 run on the CPU (tests/cuda_host.py) against float64: the blocks in grid order (the last slice last)
+    and reversed (slice 0 last), on about half the cases two launches in a row on one workspace (fresh B, poisoned C;
+    the counters are back at 0 after the launches), N = 8, 13, 16, 17, 32 where feasible (<= 3 column blocks); nk with a bias."""
+    from cuda_host import gxx_path
+    if gxx_path() is None:
+        pytest.skip("g++ not found")
+    from sparse_autotune.core.problem import TOLERANCE
+    sp = get_family(FAMILY).space
+    cases = ks_cases()
+    names = sorted(cases)
+    runs = []
+    for q, (cfg, ks) in enumerate((cfg, ks) for cfg in KS for ks in (2, 4)):  # 2 cases each, the names in turn
+        c = sp.normalize({**cfg, "ks": ks}, dtype)
+        for t in range(2):
+            name = names[(2 * q + t) % len(names)]
+            a = cases[name]
+            for d in range(5):
+                n = (8, 13, 16, 17, 32)[(q + t + d) % 5]
+                env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype, layout)
+                if sp.check(c, env, DEFAULT_LIMITS) is None and n <= 3 * c["nb"]:
+                    runs.append((c, name, a, n, (q + t) % 2 == 1))
+                    break
+    assert len(runs) >= 20 and {r[1] for r in runs} == set(names) and {r[3] for r in runs} == {8, 13, 16, 17, 32}
+    assert {r[4] for r in runs} == {True, False}
+
+    def one(r):
+        c, name, a, n, rev = r
+        return r, _emulate_runs(c, dtype, a, n, layout, (n, n + 1) if len(name) % 2 else (n,), reverse=rev, bias=True)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, runs))
+    for (c, name, a, n, rev), (launches, counters) in results:
+        assert not counters.any(), (name, n, c)
+        for got, ref in launches:
+            assert np.isfinite(got).all(), (name, n, c, rev)
+            den = np.linalg.norm(ref)
+            err = np.linalg.norm(got - ref) / den if den else np.abs(got).max()
+            assert err <= TOLERANCE[dtype], (name, n, c, rev, err)
+
+
+def test_ks_sums_the_slices_in_order_whoever_arrives_last():
+    """Deterministic: the same bits for the blocks in grid order and reversed (the last block to arrive adds the
+    slices 0..ks-1 in order); f32 sums at ks 2 against ks 1 differ only by the order of the additions."""
+    from cuda_host import gxx_path
+    if gxx_path() is None:
+        pytest.skip("g++ not found")
+    a = random_matrix(96, 3000, 0.1, "uniform", 4)
+    c = get_family(FAMILY).space.normalize({**KS[3], "ks": 4}, "fp16")
+    fwd, _ = _emulate_runs(c, "fp16", a, 16, "kn", (5,))
+    rev, _ = _emulate_runs(c, "fp16", a, 16, "kn", (5,), reverse=True)
+    np.testing.assert_array_equal(fwd[0][0], rev[0][0])
+    one, _ = _emulate_runs({**c, "ks": 1}, "fp16", a, 16, "kn", (5,))
+    assert np.abs(one[0][0] - fwd[0][0]).max() <= 2e-3 * np.abs(one[0][1]).max()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("layout", ["kn", "nk"])
+def test_ks_correct_on_edge_cases_gpu(dtype, layout):
+    """K slices on the GPU through the project's launch path: KS at ks 2 and 4 where feasible, on the K-slice edge
+    cases, a 1001 x 3001 matrix and a 257 x 11008 one (B's column block only fits sliced), N = 8, 13, 16, 17, 32; each
+    kernel launched twice in a row with fresh B (poisoned output each time; the counters must be back at 0, and the
+    second launch right); nk with a bias."""
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+    from sparse_autotune.core.problem import TOLERANCE, host_values, storage
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
+    sp = get_family(FAMILY).space
+    h = host()
+    cases = {**ks_cases(), "uniform_1001x3001": random_matrix(1001, 3001, 0.05, "uniform", 9),
+             "uniform_257x11008": random_matrix(257, 11008, 0.05, "uniform", 10)}
+    checked = 0
+    for name, a in cases.items():
+        a = sps.csr_matrix(a, copy=True)
+        a.data = host_values(a.data, {"fp16": np.float16, "bf16": np.uint16}[dtype])
+        dev = DeviceCSR(a, dtype)
+        a64 = csp.csr_matrix(a.astype(np.float64))
+        m, k = a.shape
+        for n in (8, 13, 16, 17, 32):
+            env = problem_env(m, k, n, a.nnz, dtype, layout)
+            cfgs = [c for c in (sp.normalize({**cfg, "ks": ks}, dtype) for cfg in KS for ks in (2, 4))
+                    if sp.check(c, env, DEFAULT_LIMITS) is None]
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype, layout=layout), cfgs))
+            rng = np.random.default_rng(n)
+            bias = cp.asarray(storage(rng.standard_normal(m).astype(np.float32), dtype)) if layout == "nk" else None
+            for kern in kernels:
+                assert kern.layout == layout
+                for launch in range(2):
+                    b = cp.asarray(storage(rng.standard_normal((n, k) if layout == "nk" else (k, n))
+                                           .astype(np.float32), dtype))
+                    out = cp.empty((n, m) if layout == "nk" else (m, n), dtype=b.dtype)
+                    if layout == "nk":
+                        err = check(lambda: kern(b, out, bias), out, reference(a64, b, "nk", bias), dtype)
+                    else:
+                        err = check(lambda: kern(b, out), out, reference(a64, b), dtype)
+                    assert err <= TOLERANCE[dtype], (name, n, launch, kern.config)
+                    nws, ncnt = h.workspace_shape(kern.config, m, n)
+                    _, counters = dev.cached(("csr_gemv_ws", nws, ncnt, n), None)
+                    assert int(cp.count_nonzero(counters)) == 0, (name, n, launch, kern.config)
+                    checked += 1
+    assert checked >= 150
