@@ -64,6 +64,25 @@ def function_ptr(fn) -> int:
     return int(fn.kernel.ptr)
 
 
+def reserve_smem(fn, dynamic: int) -> None:
+    """Let `fn` (a RawKernel or a PTX module's function) launch with `dynamic` bytes of dynamic shared memory. A block
+    may use 48 KiB of shared memory, static and dynamic together, unless its function opts in to more: so it opts in
+    (to `dynamic`) where its static shared memory plus `dynamic` is over 48 KiB. CandidateError when the device refuses.
+    """
+    if dynamic <= 0:
+        return
+    from cupy.cuda import driver  # noqa: PLC0415
+    ptr = function_ptr(fn)
+    static = driver.funcGetAttribute(driver.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, ptr)
+    if static + dynamic <= 48 * 1024:
+        return
+    try:
+        driver.funcSetAttribute(ptr, driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(dynamic))
+    except Exception as exc:  # noqa: BLE001
+        raise CandidateError("launch", f"cannot reserve {dynamic} bytes of dynamic shared memory (and {static} static): "
+                             f"{exc}") from None
+
+
 def compile_ptx(source: str, name: str = KERNEL_NAME):
     """Load PTX through the driver's JIT assembler (cuModuleLoadData) and return the function.
 

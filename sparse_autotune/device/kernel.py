@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from ..device.compile import compile_kernel, compile_ptx, function_ptr
+from ..device.compile import compile_kernel, compile_ptx, function_ptr, reserve_smem
 from ..errors import CandidateError
 from ..core.problem import storage
 from ..core.render import render
@@ -298,10 +298,5 @@ def build_kernel(a: DeviceCSR, family: str, config: dict, dtype: str, layout: st
         compile_kernel(source, options=(f"-arch={space.arch}",) if space.arch else ())
     kern = Kernel(fam, dict(config), dtype, source, fn, a, layout)
     kern.warm()
-    smem = kern.smem_bytes()
-    if smem > 48 * 1024:  # above 48 KB a kernel must opt in to its dynamic shared memory
-        try:
-            fn.max_dynamic_shared_size_bytes = smem
-        except Exception as exc:  # noqa: BLE001
-            raise CandidateError("launch", f"cannot reserve {smem} bytes of shared memory: {exc}") from None
+    reserve_smem(fn, kern.smem_bytes())  # over 48 KB with the static shared memory: opt in
     return kern

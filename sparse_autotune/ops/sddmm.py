@@ -271,7 +271,7 @@ def build_sddmm(mask_csr, K: int, family: str, config: dict, dtype: str, limits:
     """One config of an SDDMM family compiled (NVRTC, cupy.RawModule: device.compile) for a mask and K: a callable
     run(X, Y, out) on CuPy arrays (X M x K, Y N x K, out nnz, all of the dtype's storage type). Bad shapes, dtypes or a
     config the problem cannot run: a one-line UserError; a compile failure: CandidateError("compile")."""
-    from ..device.compile import compile_kernel  # noqa: PLC0415
+    from ..device.compile import compile_kernel, reserve_smem  # noqa: PLC0415
     _check_dtype(dtype)
     mask = as_mask(mask_csr)
     k = _check_k(K)
@@ -282,8 +282,7 @@ def build_sddmm(mask_csr, K: int, family: str, config: dict, dtype: str, limits:
     source = render_sddmm(family, cfg, dtype)
     plan = launch_plan(family, cfg, mask, k, dtype)
     fn = compile_kernel(source, KERNEL_NAME)
-    if plan.smem > 48 * 1024:  # above 48 KB a kernel opts in to its dynamic shared memory
-        fn.max_dynamic_shared_size_bytes = plan.smem
+    reserve_smem(fn, plan.smem)  # over 48 KB with the static shared memory: opt in
     return SddmmKernel(family, cfg, dtype, mask, k, source, fn, plan)
 
 

@@ -277,3 +277,23 @@ def test_known_good_configs_on_the_llm_shapes(dtype):
     checked = check_kn(FAMILY, dtype, cases, configs, (1, 8, 16, 32), 2e-3 if dtype == "fp16" else 1e-2)
     # bf16 has no half2 accumulation: its h2x known-good configs adapt to f32 ones already in the list (H200: 32 distinct)
     assert checked >= (40 if dtype == "fp16" else 30)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_exactly_48_kib_of_b_plus_the_split_sums_launches(dtype):
+    """B's column block of exactly 48 KiB (K 700 -> 768 rows x nb 32 halves) plus ksplit 2's static partial sums: over
+    the 48 KiB a block gets without opting in, so the build must opt in (session 22: the edge-case test's powerlaw
+    300x700 at N = 200 failed to launch, as it reserved only above 48 KiB of dynamic memory)."""
+    from cupy.cuda import driver
+    from nk_check import check_kn
+    from sparse_autotune.device.compile import function_ptr
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    cfg = {"rows": 1, "warps": 4, "ksplit": 2, "nb": 32, "bsrc": "smem", "minblocks": 2, "acc": "f32"}
+    a = random_matrix(300, 700, 0.05, "powerlaw", 2)
+    k = build_kernel(DeviceCSR(a, dtype), FAMILY, cfg, dtype)
+    static = driver.funcGetAttribute(driver.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, function_ptr(k.fn))
+    assert k.smem_bytes() == 48 * 1024 and static > 0  # the case: neither alone is over 48 KiB, both together are
+    checked = check_kn(FAMILY, dtype, {"powerlaw_300x700": a}, lambda a, n: [cfg], (200, 32),
+                       2e-3 if dtype == "fp16" else 1e-2)
+    assert checked == 2
