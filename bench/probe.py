@@ -433,11 +433,12 @@ def cmd_config(a) -> int:
         row["baselines"] = base
         if a.cold and "error" not in row:  # the winner and cuBLAS again with A from HBM, as the tuner's finish does
             from sparse_autotune.device.cold import cold_times  # noqa: PLC0415
-            from sparse_autotune.device.cold import copies_for, _free_bytes  # noqa: PLC0415
+            from sparse_autotune.device.cold import rotation, _free_bytes  # noqa: PLC0415
             kern = dev.kernel(ctx, a.family, cfg)
             kern.warm()
-            log(f"cold: A's device arrays {kern.a.nbytes() / 1e6:.1f} MB, free {(_free_bytes() or 0) / 1e9:.1f} GB, "
-                f"{copies_for(kern.a.nbytes(), ctx.gpu.l2_bytes, _free_bytes())} copies")
+            _, read, ncopy = rotation(kern, ctx.gpu.l2_bytes)
+            log(f"cold: a launch reads {read / 1e6:.1f} MB of A's device arrays ({kern.a.nbytes() / 1e6:.1f} MB on the "
+                f"device), free {(_free_bytes() or 0) / 1e9:.1f} GB, {ncopy} copies")
             row["cold"] = cold_times(kern, ctx, log)
             log(f"cold: {row['cold']}")
         rows.append(row)

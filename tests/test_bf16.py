@@ -182,3 +182,48 @@ def test_cold_copies_exceed_twice_the_l2_within_the_memory_share():
     assert copies_for(1 << 20, l2) == MAX_COPIES  # small matrices: capped
     assert copies_for(500 << 20, l2) == 2  # larger than the L2 already: two copies still alternate
     assert copies_for(32 << 20, l2, free_bytes=256 << 20) == 2  # a quarter of 256 MB holds two copies only
+    # copy_bytes: a copy holds more than a launch reads; the memory share counts the copy
+    assert copies_for(8 << 20, l2, free_bytes=1 << 30, copy_bytes=64 << 20) == 4  # 256 MB / 64 MB; 15 by the reads
+
+
+def test_cold_rotation_is_sized_by_what_the_kernel_reads_not_by_every_layout_on_a():
+    """Session 22: the cold rotation counted every layout the search had built on A (other families'), so a big A got 2-3
+    copies and its kernel's own layout stayed in the L2. Now the copies come from the bytes one launch reads, and the
+    twins copy only the arrays it reads."""
+    import threading
+
+    from fakes import fake_kernel
+    from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
+    from sparse_autotune.device.cold import copies_for, rotation
+    from sparse_autotune.device.kernel import DeviceCSR
+
+    class HostCSR(DeviceCSR):  # DeviceCSR's bookkeeping (twin, nbytes) over numpy arrays, no GPU
+        def __init__(self, a, dtype):
+            self.shape, self.nnz, self.dtype, self._host = a.shape, int(a.nnz), dtype, a
+            self.row_ptr, self.vals = a.indptr.astype(np.int32), storage(a.data, dtype)
+            self._cache, self.lock = {}, threading.Lock()
+
+        def cached(self, key, build):
+            if key not in self._cache:
+                got = build(self._host)
+                self._cache[key] = tuple(got) if isinstance(got, tuple) else got
+            return self._cache[key]
+
+    a = random_matrix(2048, 4096, 0.1, "uniform", 1)
+    dev = HostCSR(a, "fp16")
+    env = problem_env(2048, 4096, 8, a.nnz, "fp16")
+    kernels = {f: fake_kernel(f, get_family(f).space.defaults("fp16", env, DEFAULT_LIMITS)[0], "fp16", a, dev)
+               for f in ("csr_rowsplit", "tc_gather", "csr_gemv")}
+    for k in kernels.values():  # the search built three families' layouts on one A
+        k.warm()
+    k = kernels["csr_gemv"]
+    l2 = 50 << 20
+    used, read, n = rotation(k, l2)
+    assert read == k.a_bytes() and 0 < read < dev.nbytes() // 2  # the other layouts are most of A's device bytes
+    assert n == copies_for(read, l2) > copies_for(dev.nbytes(), l2)
+    twin = dev.twin(used)
+    assert len(twin._cache) < len(dev._cache) and twin.nbytes() == dev.nbytes(used) < dev.nbytes()
+    mine, theirs = k.bound_to(twin).args(1, None, None), k.args(1, None, None)
+    arrays = [(x, y) for x, y in zip(mine, theirs) if hasattr(y, "nbytes")]
+    assert arrays and all(x is not y and np.array_equal(x, y) for x, y in arrays)  # copies of what the kernel reads
+    assert dev.twin().nbytes() == dev.nbytes()  # without `only`: every layout, as before

@@ -16,13 +16,25 @@ MAX_COPIES = 48  # small matrices: 48 copies are enough to leave L2 mostly cold,
 MEMORY_SHARE = 0.25  # never more than this share of the GPU's free memory for the copies
 
 
-def copies_for(nbytes: int, l2_bytes: int, free_bytes: int | None = None) -> int:
-    """How many copies of an array of nbytes make a rotation larger than twice the L2 (at least 2, at most
-    MAX_COPIES, and within MEMORY_SHARE of the free memory when given)."""
+def copies_for(nbytes: int, l2_bytes: int, free_bytes: int | None = None, copy_bytes: int | None = None) -> int:
+    """How many copies make the bytes a launch reads (nbytes, from one copy) rotate through more than twice the L2 (at
+    least 2, at most MAX_COPIES, and, when free_bytes is given, copies of copy_bytes each (default nbytes) within
+    MEMORY_SHARE of it)."""
     n = n_buffers(nbytes, l2_bytes, cap=MAX_COPIES)
-    if free_bytes is not None and nbytes > 0:
-        n = min(n, max(2, int(MEMORY_SHARE * free_bytes // nbytes)))
+    each = nbytes if copy_bytes is None else copy_bytes
+    if free_bytes is not None and each > 0:
+        n = min(n, max(2, int(MEMORY_SHARE * free_bytes // each)))
     return n
+
+
+def rotation(kern, l2_bytes: int) -> tuple[set, int, int]:
+    """(ids of the device arrays a launch of `kern` reads besides B and C, the bytes they hold, the copies of them that
+    make a rotation past twice the L2). Sized by what a launch reads, not by every layout a search left on A: other
+    families' layouts used to count, which gave 2-3 copies, a rotation within the L2 and "cold" times of a warm cache
+    (session 22)."""
+    used = {id(x) for x in kern.args(1, None, None) if hasattr(x, "nbytes")}
+    read = kern.a_bytes()
+    return used, read, copies_for(read, l2_bytes, _free_bytes(), kern.a.nbytes(used))
 
 
 def _free_bytes() -> int | None:
@@ -37,8 +49,8 @@ def time_kernel_cold(kern, ctx):
     """The kernel timed with A rotated among copies (and B among the context's buffers): (Timing, copies)."""
     kern.warm()
     a = kern.a
-    ncopy = copies_for(a.nbytes(), ctx.gpu.l2_bytes, _free_bytes())
-    kernels = [kern] + [kern.bound_to(a.twin()) for _ in range(ncopy - 1)]
+    used, _, ncopy = rotation(kern, ctx.gpu.l2_bytes)
+    kernels = [kern] + [kern.bound_to(a.twin(used)) for _ in range(ncopy - 1)]
     nb = len(ctx.b_bufs)
     launches = [lambda i=i: ctx.launch(kernels[i % ncopy], ctx.b_bufs[i % nb]) for i in range(max(ncopy, nb))]
     try:
