@@ -183,7 +183,7 @@ def test_timing_graph_replay_and_baselines():
 def test_cold_timing_twins_compute_a_at_b_and_read_a_from_hbm(family):
     """A kernel bound to a twin of A (copied layouts and workspace) computes the same C; the cold timing rotates
     enough copies to exceed twice the L2, and cuBLAS FP16 on copies of the dense A is timed beside it."""
-    from sparse_autotune.device.cold import cold_times, time_kernel_cold
+    from sparse_autotune.device.cold import cold_times, rotation, time_kernel_cold
     from sparse_autotune.device.context import GpuProblem
     from sparse_autotune.device.gpu import gpu_info
     from sparse_autotune.device.kernel import build_kernel
@@ -202,9 +202,14 @@ def test_cold_timing_twins_compute_a_at_b_and_read_a_from_hbm(family):
     assert twin.a is not k.a and twin.a.nbytes() == k.a.nbytes()
     b, ref = ctx.fresh_check()
     assert check(lambda: twin(b, ctx.c), ctx.c, ref, "fp16") <= 1e-2
+    used, read, n = rotation(k, info.l2_bytes)  # the twins the cold timing binds: only the arrays a launch reads
+    lean = k.bound_to(ctx.a_dev.twin(used))
+    assert read == k.a_bytes() and lean.a.nbytes() <= k.a.nbytes()
+    b, ref = ctx.fresh_check()
+    assert check(lambda: lean(b, ctx.c), ctx.c, ref, "fp16") <= 1e-2
     warm = time_launches([lambda bb=bb: k(bb, ctx.c) for bb in ctx.b_bufs])
     t, copies = time_kernel_cold(k, ctx)
-    assert copies * k.a.nbytes() >= min(2 * info.l2_bytes, 48 * k.a.nbytes())
+    assert copies == n and copies * read >= min(2 * info.l2_bytes, 48 * read)
     assert t.method == "graph" and t.median_us > 0.5 * warm.median_us
     c = cold_times(k, ctx)
     assert c["tuned_cold_us"] > 0 and c["dense_cold_us"] > 0 and c["dense_cold_mode"] == "fp16", c
