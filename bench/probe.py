@@ -436,7 +436,7 @@ def cmd_config(a) -> int:
             from sparse_autotune.device.cold import rotation, _free_bytes  # noqa: PLC0415
             kern = dev.kernel(ctx, a.family, cfg)
             kern.warm()
-            _, read, ncopy = rotation(kern, ctx.gpu.l2_bytes)
+            _, read, ncopy = rotation(kern, ctx.problem.n, ctx.gpu.l2_bytes)
             log(f"cold: a launch reads {read / 1e6:.1f} MB of A's device arrays ({kern.a.nbytes() / 1e6:.1f} MB on the "
                 f"device), free {(_free_bytes() or 0) / 1e9:.1f} GB, {ncopy} copies")
             row["cold"] = cold_times(kern, ctx, log)

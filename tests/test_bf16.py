@@ -186,10 +186,13 @@ def test_cold_copies_exceed_twice_the_l2_within_the_memory_share():
     assert copies_for(8 << 20, l2, free_bytes=1 << 30, copy_bytes=64 << 20) == 4  # 256 MB / 64 MB; 15 by the reads
 
 
-def test_cold_rotation_is_sized_by_what_the_kernel_reads_not_by_every_layout_on_a():
+@pytest.mark.parametrize("family", ["csr_gemv", "tc_tiled"])
+def test_cold_rotation_is_sized_by_what_the_kernel_reads_not_by_every_layout_on_a(family):
     """Session 22: the cold rotation counted every layout the search had built on A (other families'), so a big A got 2-3
     copies and its kernel's own layout stayed in the L2. Now the copies come from the bytes one launch reads, and the
-    twins copy only the arrays it reads."""
+    twins copy only the layouts a launch for the problem's N asks for, all of them (tc_tiled's split-K workspace is
+    cached per N: a twin without the one for N = 8 would build it inside the timing's graph capture, session 22's GPU
+    test)."""
     import threading
 
     from fakes import fake_kernel
@@ -197,7 +200,7 @@ def test_cold_rotation_is_sized_by_what_the_kernel_reads_not_by_every_layout_on_
     from sparse_autotune.device.cold import copies_for, rotation
     from sparse_autotune.device.kernel import DeviceCSR
 
-    class HostCSR(DeviceCSR):  # DeviceCSR's bookkeeping (twin, nbytes) over numpy arrays, no GPU
+    class HostCSR(DeviceCSR):  # DeviceCSR's bookkeeping (twin, nbytes, keys_used) over numpy arrays, no GPU
         def __init__(self, a, dtype):
             self.shape, self.nnz, self.dtype, self._host = a.shape, int(a.nnz), dtype, a
             self.row_ptr, self.vals = a.indptr.astype(np.int32), storage(a.data, dtype)
@@ -213,17 +216,19 @@ def test_cold_rotation_is_sized_by_what_the_kernel_reads_not_by_every_layout_on_
     dev = HostCSR(a, "fp16")
     env = problem_env(2048, 4096, 8, a.nnz, "fp16")
     kernels = {f: fake_kernel(f, get_family(f).space.defaults("fp16", env, DEFAULT_LIMITS)[0], "fp16", a, dev)
-               for f in ("csr_rowsplit", "tc_gather", "csr_gemv")}
-    for k in kernels.values():  # the search built three families' layouts on one A
+               for f in ("csr_rowsplit", "tc_gather", "csr_gemv", "tc_tiled")}
+    for k in kernels.values():  # the search built four families' layouts on one A
         k.warm()
-    k = kernels["csr_gemv"]
+    k = kernels[family]
     l2 = 50 << 20
-    used, read, n = rotation(k, l2)
-    assert read == k.a_bytes() and 0 < read < dev.nbytes() // 2  # the other layouts are most of A's device bytes
+    used, read, n = rotation(k, 8, l2)
+    assert read == sum(x.nbytes for x in k.args(8, None, None) if hasattr(x, "nbytes"))
+    assert 0 < read < dev.nbytes() // 2  # the other layouts are most of A's device bytes
     assert n == copies_for(read, l2) > copies_for(dev.nbytes(), l2)
     twin = dev.twin(used)
-    assert len(twin._cache) < len(dev._cache) and twin.nbytes() == dev.nbytes(used) < dev.nbytes()
-    mine, theirs = k.bound_to(twin).args(1, None, None), k.args(1, None, None)
-    arrays = [(x, y) for x, y in zip(mine, theirs) if hasattr(y, "nbytes")]
+    assert set(twin._cache) == used and twin.nbytes() == dev.nbytes(used) < dev.nbytes()
+    mine = k.bound_to(twin)
+    assert twin.keys_used(lambda: mine.args(8, None, None)) == used and set(twin._cache) == used  # nothing built again
+    arrays = [(x, y) for x, y in zip(mine.args(8, None, None), k.args(8, None, None)) if hasattr(y, "nbytes")]
     assert arrays and all(x is not y and np.array_equal(x, y) for x, y in arrays)  # copies of what the kernel reads
-    assert dev.twin().nbytes() == dev.nbytes()  # without `only`: every layout, as before
+    assert dev.twin().nbytes() == dev.nbytes()  # without keys: every layout, as before

@@ -202,9 +202,9 @@ def test_cold_timing_twins_compute_a_at_b_and_read_a_from_hbm(family):
     assert twin.a is not k.a and twin.a.nbytes() == k.a.nbytes()
     b, ref = ctx.fresh_check()
     assert check(lambda: twin(b, ctx.c), ctx.c, ref, "fp16") <= 1e-2
-    used, read, n = rotation(k, info.l2_bytes)  # the twins the cold timing binds: only the arrays a launch reads
+    used, read, n = rotation(k, p.n, info.l2_bytes)  # the twins the cold timing binds: the layouts a launch asks for
     lean = k.bound_to(ctx.a_dev.twin(used))
-    assert read == k.a_bytes() and lean.a.nbytes() <= k.a.nbytes()
+    assert 0 < read <= lean.a.nbytes() <= k.a.nbytes()
     b, ref = ctx.fresh_check()
     assert check(lambda: lean(b, ctx.c), ctx.c, ref, "fp16") <= 1e-2
     warm = time_launches([lambda bb=bb: k(bb, ctx.c) for bb in ctx.b_bufs])

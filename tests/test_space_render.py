@@ -369,6 +369,19 @@ def test_parse_space_accepts_good_data():
     assert sp.defaults("fp32", {}) == [{"a": 1}]
 
 
+def test_known_good_first_when_puts_a_config_first_where_it_holds():
+    """A known-good config with first_when (an expression of the problem, limits and config) is tried first where it
+    holds, in file order elsewhere; one that does not parse is a malformed space."""
+    data = _good_space_data()
+    data["known_good"] = [{"a": 1}, {"a": 2, "b": "y", "first_when": "K * a > 100"}, {"a": 2, "b": "x"}]
+    sp = space.parse_space(data)
+    assert sp.defaults("fp32", {"K": 10}) == [{"a": 1}, {"a": 2, "b": "y"}, {"a": 2, "b": "x"}]
+    assert sp.defaults("fp32", {"K": 60}) == [{"a": 2, "b": "y"}, {"a": 1}, {"a": 2, "b": "x"}]
+    data["known_good"][1]["first_when"] = "K >"
+    with pytest.raises(ValueError, match="first_when"):
+        space.parse_space(data, "toy.toml")
+
+
 def _drop(key):
     def f(d):
         del d[key]

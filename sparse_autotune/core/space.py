@@ -44,6 +44,9 @@ def split_path(config: dict) -> tuple[dict, str | None]:
     return rest, config[NK_PATH]
 
 
+FIRST_WHEN = "first_when"  # a known-good config's key: tried before the others where this holds (Space.defaults)
+
+
 @lru_cache(maxsize=None)
 def _code(expr: str):
     return compile(expr, "<space>", "eval")
@@ -203,13 +206,19 @@ class Space:
                 yield cfg
 
     def defaults(self, dtype: str, problem_env: dict, limits: dict | None = None) -> list[dict]:
-        """The known-good configs valid for this problem, in file order."""
-        out = []
+        """The known-good configs valid for this problem, in file order; first those whose `first_when` (an expression
+        of the problem, the limits and the config, as a constraint's) holds: the configs made for a kind of problem
+        are tried within a short search's budget there (session 22: the K-slice config, last of 20, was never reached
+        in 10 trials at K = 11008)."""
+        first, rest = [], []
         for kg in self.known_good:
             cfg = self.normalize(kg, dtype)
-            if cfg is not None and self.check(cfg, problem_env, limits) is None:
-                out.append(cfg)
-        return out
+            if cfg is None or self.check(cfg, problem_env, limits) is not None:
+                continue
+            when = kg.get(FIRST_WHEN)
+            env = {**DEFAULT_LIMITS, **(limits or {}), **problem_env, **cfg} if when else None
+            (first if when and _eval(when, env) else rest).append(cfg)
+        return first + rest
 
     # ---- Optuna mapping: numbers as ordinals (an integer index into the sorted list), strings categorical
     def optuna_name(self, name: str, dtype: str | None = None) -> str:
@@ -266,6 +275,13 @@ def parse_space(data: dict, source: str = "<space>") -> Space:
                       tuple(data.get("layouts", ("kn",))), float(data.get("nk_cost", 2.0)), str(data.get("arch", "")))
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"{source}: malformed space ({type(exc).__name__}: {exc})") from None
+    for kg in space.known_good:
+        when = kg.get(FIRST_WHEN) if isinstance(kg, dict) else None
+        try:
+            if when is not None:
+                _code(str(when))
+        except SyntaxError as exc:
+            raise ValueError(f"{source}: a known-good config's {FIRST_WHEN} does not parse ({exc.msg}): {when}") from None
     if ("kn" not in space.layouts or not set(space.layouts) <= set(LAYOUTS)
             or len(set(space.layouts)) != len(space.layouts)):
         raise ValueError(f"{source}: layouts must list kn, and nk where the template is written for it too "

@@ -27,16 +27,6 @@ def copies_for(nbytes: int, l2_bytes: int, free_bytes: int | None = None, copy_b
     return n
 
 
-def rotation(kern, l2_bytes: int) -> tuple[set, int, int]:
-    """(ids of the device arrays a launch of `kern` reads besides B and C, the bytes they hold, the copies of them that
-    make a rotation past twice the L2). Sized by what a launch reads, not by every layout a search left on A: other
-    families' layouts used to count, which gave 2-3 copies, a rotation within the L2 and "cold" times of a warm cache
-    (session 22)."""
-    used = {id(x) for x in kern.args(1, None, None) if hasattr(x, "nbytes")}
-    read = kern.a_bytes()
-    return used, read, copies_for(read, l2_bytes, _free_bytes(), kern.a.nbytes(used))
-
-
 def _free_bytes() -> int | None:
     from ..device.gpu import cupy  # noqa: PLC0415
     try:
@@ -45,11 +35,23 @@ def _free_bytes() -> int | None:
         return None
 
 
+def rotation(kern, n: int, l2_bytes: int) -> tuple[set, int, int]:
+    """(the layouts a launch of `kern` for N = n asks A for (cache keys: its format, its workspace for that N), the bytes
+    of the device arrays it passes besides B and C, the copies that make a rotation of those past twice the L2). Sized
+    by what a launch reads, not by every layout a search left on A: other families' layouts used to count, which gave
+    2-3 copies, a rotation within the L2 and "cold" times of a warm cache (session 22)."""
+    kern.warm()
+    kern.args(n, None, None)  # a split-K workspace for this N, built here and not inside a graph capture
+    used = kern.a.keys_used(lambda: kern.args(n, None, None))
+    read = int(sum(int(getattr(x, "nbytes", 0)) for x in kern.args(n, None, None)))
+    return used, read, copies_for(read, l2_bytes, _free_bytes(), kern.a.nbytes(used))
+
+
 def time_kernel_cold(kern, ctx):
     """The kernel timed with A rotated among copies (and B among the context's buffers): (Timing, copies)."""
     kern.warm()
     a = kern.a
-    used, _, ncopy = rotation(kern, ctx.gpu.l2_bytes)
+    used, _, ncopy = rotation(kern, ctx.problem.n, ctx.gpu.l2_bytes)
     kernels = [kern] + [kern.bound_to(a.twin(used)) for _ in range(ncopy - 1)]
     nb = len(ctx.b_bufs)
     launches = [lambda i=i: ctx.launch(kernels[i % ncopy], ctx.b_bufs[i % nb]) for i in range(max(ncopy, nb))]

@@ -50,28 +50,43 @@ class DeviceCSR:
         """A's column indices as uint16 (bits 16) or int32."""
         return self.cached(("cols", bits), lambda h: h.indices.astype(np.uint16 if bits == 16 else np.int32))
 
-    def _layouts(self, only=None) -> dict:
-        """The cached layouts, or with `only` (ids of device arrays) those that hold one of those arrays."""
-        def arrays(v):
-            return v if isinstance(v, tuple) else (v,)
-        return {k: v for k, v in self._cache.items() if only is None or any(id(x) in only for x in arrays(v))}
+    def _layouts(self, keys=None) -> dict:
+        """The cached layouts, or those of `keys`."""
+        return {k: v for k, v in self._cache.items() if keys is None or k in keys}
 
-    def twin(self, only=None) -> "DeviceCSR":
+    def keys_used(self, run) -> set:
+        """The layouts (cache keys) that run() asks for, e.g. lambda: kernel.args(1, None, None). Under the lock
+        (Kernel.warm builds under it too), so another thread's layouts are not counted."""
+        seen: set = set()
+        build = self.cached
+
+        def cached(key, make):
+            seen.add(key)
+            return build(key, make)
+        with self.lock:
+            self.cached = cached  # this instance only, for the call
+            try:
+                run()
+            finally:
+                del self.cached
+        return seen
+
+    def twin(self, keys=None) -> "DeviceCSR":
         """A second copy of A on the device: the same host matrix, its device arrays copied: the CSR arrays and each
-        layout built so far (workspaces included), or with `only` (ids of device arrays, e.g. one kernel's arguments)
-        the layouts that hold one of those (another layout is built again if asked for). Kernels bound to several
-        twins read A from HBM at every launch (device.cold)."""
+        layout built so far (workspaces included), or with `keys` (e.g. keys_used of one kernel's arguments) those
+        layouts only (another is built again if asked for). Kernels bound to several twins read A from HBM at every
+        launch (device.cold)."""
         t = DeviceCSR.__new__(DeviceCSR)
         t.shape, t.nnz, t.dtype, t._host = self.shape, self.nnz, self.dtype, self._host
         t.row_ptr, t.vals = self.row_ptr.copy(), self.vals.copy()
         t._cache = {k: (tuple(_copy(x) for x in v) if isinstance(v, tuple) else _copy(v))
-                    for k, v in self._layouts(only).items()}
+                    for k, v in self._layouts(keys).items()}
         t.lock = threading.Lock()
         return t
 
-    def nbytes(self, only=None) -> int:
-        """Bytes of A's device arrays (CSR and the layouts built so far; with `only`, as twin(only) copies them)."""
-        arrays = [self.row_ptr, self.vals] + [x for v in self._layouts(only).values()
+    def nbytes(self, keys=None) -> int:
+        """Bytes of A's device arrays (CSR and the layouts built so far; with `keys`, as twin(keys) copies them)."""
+        arrays = [self.row_ptr, self.vals] + [x for v in self._layouts(keys).values()
                                               for x in (v if isinstance(v, tuple) else (v,))]
         return int(sum(int(getattr(x, "nbytes", 0)) for x in arrays))
 
