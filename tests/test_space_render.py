@@ -317,6 +317,7 @@ def test_known_good_entries_are_exact_and_used(family):
     default for the reference problem in at least one dtype."""
     sp = space.get_space(family)
     for kg in sp.known_good:
+        kg = {k: v for k, v in kg.items() if k != space.FIRST_WHEN}  # the one key beside the parameters
         used = [dt for dt in DTYPES if kg in sp.defaults(dt, env_of(sp, dt))]
         assert used, f"{sp.family}: known_good {kg} is never used"
         for dt in used:
