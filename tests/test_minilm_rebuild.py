@@ -3,25 +3,18 @@ config + tokenizer files) is rebuilt with the same outputs as the original with 
 Needs torch and transformers (not in the test extra): skipped without them."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from scripts import load_script
 from sparse_autotune.core import checkpoint as mdl
-
-ROOT = Path(__file__).resolve().parent.parent
-COMMON = ROOT / "examples" / "minilm" / "common.py"
 
 
 def _load_common():
     """The example's common.py as a module of its own name (not `common` on sys.path, which others may use)."""
-    spec = importlib.util.spec_from_file_location("minilm_example_common", COMMON)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("examples/minilm/common.py", "minilm_example_common")
 
 
 def test_tiny_bert_rebuild_matches_masked_original(tmp_path):

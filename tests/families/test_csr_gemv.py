@@ -116,12 +116,8 @@ def _quarter_warp_conflicts(chunk_ptr, idx, p):
 def test_layout_deals_residues_so_quarter_warp_loads_do_not_conflict():
     """Aligned groups of 8 / 4 / 2 chunks read rows of B of distinct residues mod 8 / 4 / 2 at each element (bank
     groups of B in shared memory), instead of CSR's column order (random residues: ~2.5-way conflicts at 8)."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[2] / "bench" / "csr_gemv_banks.py"
-    spec = importlib.util.spec_from_file_location("csr_gemv_banks", path)
-    banks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(banks)
+    from scripts import load_script
+    banks = load_script("bench/csr_gemv_banks.py", "csr_gemv_banks")
     h = host()
     a = sps.random(64, 4096, density=0.1, format="csr", random_state=2, dtype=np.float32)
     chunk_ptr, vals, idx = h.build(a)

@@ -403,15 +403,8 @@ SWEEP_CASES = ((3072, 768, 2048, 0.05), (512, 2048, 512, 0.1), (4096, 4096, 1024
 
 def _sweep_given():
     """The sweep file's configs as bench/probe.py reads them (family, config as written)."""
-    import importlib.util
-    import sys
-    probe = sys.modules.get("sat_bench_probe")
-    if probe is None:
-        spec = importlib.util.spec_from_file_location("sat_bench_probe",
-                                                      Path(__file__).parents[2] / "bench" / "probe.py")
-        probe = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = probe  # its dataclasses look their module up
-        spec.loader.exec_module(probe)
+    from scripts import load_script
+    probe = load_script("bench/probe.py", "sat_bench_probe")
     return probe, probe.parse_given([f"@{SWEEP_FILE}"])
 
 

@@ -878,11 +878,8 @@ def test_diag_renders_the_kernel_unchanged_and_diag_4_cuts_only_the_record_copie
 
 
 def test_diag_tool_refuses_unknown_cut_outs_and_cuts_tma_2_has_not():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "diag_wgmma", Path(__file__).resolve().parents[2] / "bench" / "diag_wgmma.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from scripts import load_script
+    tool = load_script("bench/diag_wgmma.py", "diag_wgmma")
     ok = '{"bn":64,"kc":4,"dec":"lane","wg":2,"stages":4,"splitk":4,"wait":1,"minb":2,"ws":1,"tma":2}'
     for argv in (["--diag", "5"], ["--diag", "0,4", "--config", ok.replace('"tma":2', '"tma":1')]):
         with pytest.raises(SystemExit) as info:
