@@ -679,22 +679,16 @@ def test_bf16_half2_error_in_cpu_emulation_is_as_modelled():
     assert 2.0e-3 < errs["h2x4"] < 5e-3 and errs["h2x4"] > errs["f32"], errs
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-@pytest.mark.parametrize("layout", ["kn", "nk"])
-def test_bif_and_bf16_half2_correct_on_edge_cases_gpu(dtype, layout):
-    """On the GPU through the project's launch path: feasible configs with bif 2 (or, in bf16, half2 sums) sampled
-    per case, plus the bif known-good ones where feasible, against float64 on the edge cases and a 1001 x 3001 matrix,
-    N = 1, 3, 16, 17, 32; poisoned output; nk with a bias."""
+def _check_on_gpu(dtype: str, layout: str, cases: dict, ns, configs, launches: int = 1, after=None) -> int:
+    """Each case on the GPU through the project's launch path (DeviceCSR, build_kernel, Kernel.__call__), each N: the
+    kernels of configs(name, env), built in parallel threads, each launched `launches` times in a row with fresh B
+    and poisoned output against float64 (nk: with a bias); after(dev, kernel, M, N) follows each launch. Returns the
+    launches checked."""
     import cupy as cp
     import cupyx.scipy.sparse as csp
     from sparse_autotune.core.problem import TOLERANCE, host_values, storage
     from sparse_autotune.device.kernel import DeviceCSR, build_kernel
     from sparse_autotune.device.verify import check, reference
-    sp = get_family(FAMILY).space
-    cases = {k: v for k, v in adversarial().items() if k in ("empty_rows", "residues_37x53", "one_dense_row",
-                                                             "rows_of_8")}
-    cases["uniform_1001x3001"] = random_matrix(1001, 3001, 0.05, "uniform", 9)
     checked = 0
     for name, a in cases.items():
         a = sps.csr_matrix(a, copy=True)
@@ -702,27 +696,46 @@ def test_bif_and_bf16_half2_correct_on_edge_cases_gpu(dtype, layout):
         dev = DeviceCSR(a, dtype)
         a64 = csp.csr_matrix(a.astype(np.float64))
         m, k = a.shape
-        for n in (1, 3, 16, 17, 32):
-            env = problem_env(m, k, n, a.nnz, dtype, layout)
-            cfgs = sample_feasible(dtype, env, 3, f"bif/{layout}/{name}/{n}/{dtype}",
-                                   lambda c: uses_bif_or_bf16_h2(c, dtype))
-            cfgs += [c for c in sp.defaults(dtype, env, DEFAULT_LIMITS) if c.get("bif") == 2 and c not in cfgs][:2]
+        for n in ns:
+            cfgs = configs(name, problem_env(m, k, n, a.nnz, dtype, layout))
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
                 kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype, layout=layout), cfgs))
             rng = np.random.default_rng(n)
-            b = cp.asarray(storage(rng.standard_normal((n, k) if layout == "nk" else (k, n)).astype(np.float32),
-                                   dtype))
-            out = cp.empty((n, m) if layout == "nk" else (m, n), dtype=b.dtype)
             bias = cp.asarray(storage(rng.standard_normal(m).astype(np.float32), dtype)) if layout == "nk" else None
-            ref = reference(a64, b, "nk", bias) if layout == "nk" else reference(a64, b)
             for kern in kernels:
                 assert kern.layout == layout
-                if layout == "nk":
-                    err = check(lambda: kern(b, out, bias), out, ref, dtype)
-                else:
-                    err = check(lambda: kern(b, out), out, ref, dtype)
-                assert err <= TOLERANCE[dtype], (name, n, kern.config)
-                checked += 1
+                for launch in range(launches):
+                    b = cp.asarray(storage(rng.standard_normal((n, k) if layout == "nk" else (k, n))
+                                           .astype(np.float32), dtype))
+                    out = cp.empty((n, m) if layout == "nk" else (m, n), dtype=b.dtype)
+                    if layout == "nk":
+                        err = check(lambda: kern(b, out, bias), out, reference(a64, b, "nk", bias), dtype)
+                    else:
+                        err = check(lambda: kern(b, out), out, reference(a64, b), dtype)
+                    assert err <= TOLERANCE[dtype], (name, n, launch, kern.config)
+                    if after is not None:
+                        after(dev, kern, m, n)
+                    checked += 1
+    return checked
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("layout", ["kn", "nk"])
+def test_bif_and_bf16_half2_correct_on_edge_cases_gpu(dtype, layout):
+    """On the GPU through the project's launch path: feasible configs with bif 2 (or, in bf16, half2 sums) sampled
+    per case, plus the bif known-good ones where feasible, against float64 on the edge cases and a 1001 x 3001 matrix,
+    N = 1, 3, 16, 17, 32; poisoned output; nk with a bias."""
+    sp = get_family(FAMILY).space
+    cases = {k: v for k, v in adversarial().items() if k in ("empty_rows", "residues_37x53", "one_dense_row",
+                                                             "rows_of_8")}
+    cases["uniform_1001x3001"] = random_matrix(1001, 3001, 0.05, "uniform", 9)
+
+    def configs(name, env):
+        n = env["N"]
+        cfgs = sample_feasible(dtype, env, 3, f"bif/{layout}/{name}/{n}/{dtype}", lambda c: uses_bif_or_bf16_h2(c, dtype))
+        return cfgs + [c for c in sp.defaults(dtype, env, DEFAULT_LIMITS) if c.get("bif") == 2 and c not in cfgs][:2]
+    checked = _check_on_gpu(dtype, layout, cases, (1, 3, 16, 17, 32), configs)
     assert checked >= 60
 
 
@@ -948,42 +961,19 @@ def test_ks_correct_on_edge_cases_gpu(dtype, layout):
     kernel launched twice in a row with fresh B (poisoned output each time; the counters must be back at 0, and the
     second launch right); nk with a bias."""
     import cupy as cp
-    import cupyx.scipy.sparse as csp
-    from sparse_autotune.core.problem import TOLERANCE, host_values, storage
-    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
-    from sparse_autotune.device.verify import check, reference
     sp = get_family(FAMILY).space
     h = host()
     cases = {**ks_cases(), "uniform_1001x3001": random_matrix(1001, 3001, 0.05, "uniform", 9),
              "uniform_257x11008": random_matrix(257, 11008, 0.05, "uniform", 10)}
-    checked = 0
-    for name, a in cases.items():
-        a = sps.csr_matrix(a, copy=True)
-        a.data = host_values(a.data, {"fp16": np.float16, "bf16": np.uint16}[dtype])
-        dev = DeviceCSR(a, dtype)
-        a64 = csp.csr_matrix(a.astype(np.float64))
-        m, k = a.shape
-        for n in (8, 13, 16, 17, 32):
-            env = problem_env(m, k, n, a.nnz, dtype, layout)
-            cfgs = [c for c in (sp.normalize({**cfg, "ks": ks}, dtype) for cfg in KS for ks in (2, 4))
-                    if sp.check(c, env, DEFAULT_LIMITS) is None]
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype, layout=layout), cfgs))
-            rng = np.random.default_rng(n)
-            bias = cp.asarray(storage(rng.standard_normal(m).astype(np.float32), dtype)) if layout == "nk" else None
-            for kern in kernels:
-                assert kern.layout == layout
-                for launch in range(2):
-                    b = cp.asarray(storage(rng.standard_normal((n, k) if layout == "nk" else (k, n))
-                                           .astype(np.float32), dtype))
-                    out = cp.empty((n, m) if layout == "nk" else (m, n), dtype=b.dtype)
-                    if layout == "nk":
-                        err = check(lambda: kern(b, out, bias), out, reference(a64, b, "nk", bias), dtype)
-                    else:
-                        err = check(lambda: kern(b, out), out, reference(a64, b), dtype)
-                    assert err <= TOLERANCE[dtype], (name, n, launch, kern.config)
-                    nws, ncnt = h.workspace_shape(kern.config, m, n)
-                    _, counters = dev.cached(("csr_gemv_ws", nws, ncnt, n), None)
-                    assert int(cp.count_nonzero(counters)) == 0, (name, n, launch, kern.config)
-                    checked += 1
+
+    def configs(name, env):
+        return [c for c in (sp.normalize({**cfg, "ks": ks}, dtype) for cfg in KS for ks in (2, 4))
+                if sp.check(c, env, DEFAULT_LIMITS) is None]
+
+    def counters_back_at_zero(dev, kern, m, n):
+        nws, ncnt = h.workspace_shape(kern.config, m, n)
+        _, counters = dev.cached(("csr_gemv_ws", nws, ncnt, n), None)
+        assert int(cp.count_nonzero(counters)) == 0, (n, kern.config)
+    checked = _check_on_gpu(dtype, layout, cases, (8, 13, 16, 17, 32), configs, launches=2,
+                            after=counters_back_at_zero)
     assert checked >= 150
