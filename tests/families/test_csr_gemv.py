@@ -875,7 +875,7 @@ def test_ks_1_renders_and_lays_out_as_before():
             assert all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(base, other)), name
 
 
-@pytest.mark.parametrize("layout", ["kn", "nk"])
+@pytest.mark.parametrize("layout", ["kn", pytest.param("nk", marks=pytest.mark.heavy)])  # CI's time: nk in the heavy tier
 def test_ks_compile_with_nvcc(layout):
     """KS at ks 2 and 4 (fp16 and bf16 in turn): nvcc compiles them for sm_90 within their register cap, no spill
     from 4 warps up (the 64-thread lanes 4 / warps 2 / nb 8 one: ptxas keeps the slice bounds in 4-8 bytes of local
@@ -896,7 +896,9 @@ def test_ks_compile_with_nvcc(layout):
         assert spill == 0 if cfg["warps"] >= 4 else spill <= 8, (dt, cfg, rep)
 
 
-@pytest.mark.parametrize("dtype,layout", EMU_GRID)
+# CI's time: fp16 kn in the default run, the rest of the grid in the heavy tier (the GPU tests run all four)
+@pytest.mark.parametrize("dtype,layout", [("fp16", "kn")] + [pytest.param(d, lay, marks=pytest.mark.heavy) for d, lay in
+                                                             (("bf16", "nk"), ("bf16", "kn"), ("fp16", "nk"))])
 def test_ks_correct_in_cpu_emulation(dtype, layout):
     """ks 2 / 4 run on the CPU (tests/cuda_host.py) against float64: the blocks in grid order (the last slice last)
     and reversed (slice 0 last), on about half the cases two launches in a row on one workspace (fresh B, poisoned C;
