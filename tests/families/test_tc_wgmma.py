@@ -478,16 +478,20 @@ def test_fp32_is_not_computed():
 
 
 def test_configs_render_wgmma_for_both_dtypes():
-    """Every config renders (fp16 and bf16 in turn: the dtype changes only the wgmma's and the conversion's type, and
-    the space doubled with ws); of the red 1 configs (the red 0 twin's kernel with another epilogue) every third, to
-    keep CI's time."""
+    """Every third config renders (fp16 and bf16 in turn: the dtype changes only the wgmma's and the conversion's type,
+    and the space doubled with ws); of the red 1 configs (the red 0 twin's kernel with another epilogue) every fifth,
+    to keep CI's time. Every value of every parameter is among those rendered."""
     sp = space()
-    count, seen, turn, reds = 0, set(), {}, 0
+    count, seen, turn, reds, total = 0, set(), {}, 0, 0
+    values: dict = {}
     for cfg in sp.enumerate("fp16"):
+        total += 1
         if cfg["red"]:
             reds += 1
-            if reds % 3:
+            if reds % 5:
                 continue
+        elif (total - reds) % 3:
+            continue
         key = (cfg["ws"], cfg["red"])
         turn[key] = turn.get(key, 0) + 1
         dtype, mt = (("fp16", "f16"), ("bf16", "bf16"))[turn[key] % 2]
@@ -498,8 +502,12 @@ def test_configs_render_wgmma_for_both_dtypes():
         assert ("mbarrier.try_wait" in src) == (cfg["ws"] == 1)
         assert ("__cluster_dims__" in src) == (cfg["red"] == 1)
         seen.add((dtype, cfg["ws"], cfg["red"]))
+        for k, v in cfg.items():
+            values.setdefault(k, set()).add(v)
         count += 1
-    assert count + reds - reds // 3 == sp.size("fp16") > 200 and len(seen) == 8
+    assert total == sp.size("fp16") > 200 and count > 1000 and len(seen) == 8
+    assert values == {p.name: set(p.choices("fp16")) for p in sp.params if p.name in values}
+    assert set(values) == {p.name for p in sp.params}
 
 
 def test_red_renders_a_cluster_reduction_and_the_space_bounds_it():
