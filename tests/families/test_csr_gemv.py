@@ -305,6 +305,20 @@ def test_split_pf_minb_render():
     assert "#define CW 16" in wide and "bb[8]" not in wide  # 16 columns a lane: the rows loaded as needed
 
 
+def _nvcc_sm90(sp, jobs, layout: str) -> list[tuple]:
+    """(dtype, config, registers, spill-store bytes, ptxas report) of each (dtype, config) job rendered for `layout`
+    and compiled with nvcc for sm_90 (4 threads); each must have compiled."""
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        reps = list(pool.map(lambda j: sat_compile.nvcc_check(render.render(sp, j[1], j[0], layout=layout),
+                                                              arch="sm_90"), jobs))
+    out = []
+    for (dt, cfg), rep in zip(jobs, reps):
+        assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
+        out.append((dt, cfg, int(re.search(r"Used (\d+) registers", rep).group(1)),
+                    int(re.search(r"(\d+) bytes spill stores", rep).group(1)), rep))
+    return out
+
+
 @pytest.mark.parametrize("layout", ["kn", "nk"])
 def test_split_pf_minb_compile_with_nvcc(layout):
     """The new known-good configs and NEW (each in fp16 or bf16, in turn): nvcc compiles them; the register cap holds;
@@ -321,13 +335,7 @@ def test_split_pf_minb_compile_with_nvcc(layout):
                 jobs.append((dt, c))
                 break
     assert len(jobs) >= 14 and {dt for dt, _ in jobs} == {"fp16", "bf16"}
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        reps = list(pool.map(lambda j: sat_compile.nvcc_check(render.render(sp, j[1], j[0], layout=layout),
-                                                              arch="sm_90"), jobs))
-    for (dt, cfg), rep in zip(jobs, reps):
-        assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
-        regs = int(re.search(r"Used (\d+) registers", rep).group(1))
-        spill = int(re.search(r"(\d+) bytes spill stores", rep).group(1))
+    for dt, cfg, regs, spill, rep in _nvcc_sm90(sp, jobs, layout):
         assert regs <= 65536 // (32 * cfg["warps"] * cfg["minb"]), (dt, cfg, rep)
         if layout == "kn" and cfg["bsrc"] == "l1" and cfg["unroll"] == 1:
             assert spill == 0, (dt, cfg, rep)
@@ -613,13 +621,7 @@ def test_bif_compile_with_nvcc(layout):
     jobs = [(dt, sp.normalize(c, dt)) for c in BIF + [kg for kg in sp.known_good if kg.get("bif", 1) > 1]
             for dt in ("fp16", "bf16")]
     assert all(c is not None for _, c in jobs) and len(jobs) >= 16
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        reps = list(pool.map(lambda j: sat_compile.nvcc_check(render.render(sp, j[1], j[0], layout=layout),
-                                                              arch="sm_90"), jobs))
-    for (dt, cfg), rep in zip(jobs, reps):
-        assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
-        regs = int(re.search(r"Used (\d+) registers", rep).group(1))
-        spill = int(re.search(r"(\d+) bytes spill stores", rep).group(1))
+    for dt, cfg, regs, spill, rep in _nvcc_sm90(sp, jobs, layout):
         assert regs <= min(255, 65536 // (32 * cfg["warps"] * cfg["minb"])), (dt, cfg, rep)
         if layout == "kn" and cfg["bsrc"] == "l1":
             assert spill == 0, (dt, cfg, rep)
@@ -887,14 +889,8 @@ def test_ks_compile_with_nvcc(layout):
     sp = get_family(FAMILY).space
     jobs = [(("fp16", "bf16")[(i + j) % 2], sp.normalize({**c, "ks": ks}, "fp16"))
             for i, c in enumerate(KS) for j, ks in enumerate((2, 4))]
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        reps = list(pool.map(lambda j: sat_compile.nvcc_check(render.render(sp, j[1], j[0], layout=layout),
-                                                              arch="sm_90"), jobs))
-    for (dt, cfg), rep in zip(jobs, reps):
-        assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
-        regs = int(re.search(r"Used (\d+) registers", rep).group(1))
+    for dt, cfg, regs, spill, rep in _nvcc_sm90(sp, jobs, layout):
         assert regs <= min(255, 65536 // (32 * cfg["warps"] * cfg["minb"])), (dt, cfg, rep)
-        spill = int(re.search(r"(\d+) bytes spill stores", rep).group(1))
         assert spill == 0 if cfg["warps"] >= 4 else spill <= 8, (dt, cfg, rep)
 
 
