@@ -109,8 +109,7 @@ def _build_sliced(a: sp.csr_matrix, dtype: str, ks: int):
     parts = []
     for s in range(ks):
         lo, hi = min(k, s * kw), min(k, (s + 1) * kw)
-        sub = a[:, lo:hi] if hi > lo else sp.csr_matrix((m, 0), dtype=a.dtype)
-        parts.append(build(sp.csr_matrix(sub), dtype) if hi > lo else (np.zeros(m + 1, dtype=np.int32), None, None))
+        parts.append(build(a[:, lo:hi], dtype) if hi > lo else (np.zeros(m + 1, dtype=np.int32), None, None))
     counts = np.stack([np.diff(p[0].astype(np.int64)) for p in parts], axis=1)  # [M, ks] chunks of (row, slice)
     chunk_ptr = np.zeros(m * ks + 1, dtype=np.int64)
     np.cumsum(counts.ravel(), out=chunk_ptr[1:])

@@ -342,6 +342,10 @@ class Search:
         grid) every feasible config in a seeded order (the study's: whichever worker enqueues it); none evaluated
         already, and no more of them than the trials left."""
         dtype, env, limits = self.dtype, self.env, self.limits
+        # no more than this run's budget can evaluate: the rest would wait unasked, and each enqueue reads the study's
+        # trials (a short search of many known-good configs spent most of its time here); a resumed search with a
+        # larger budget enqueues the next ones in the same order
+        left = max(0, self.trials - self.done_before)
         queue: list[tuple[str, dict]] = []
         for fam, cfg in self.opts.seeds:
             space = self.by_family.get(fam)
@@ -354,11 +358,7 @@ class Search:
             grid = [(s.family, c) for s in self.spaces for c in s.feasible(dtype, env, limits)]
             random.Random(self.opts.seed).shuffle(grid)
             grid = [(f, c) for f, c in grid if _key(f, c) not in self.seen]  # a resumed grid goes on
-            queue += grid[: max(0, self.trials - self.done_before)]
-        # no more than this run's budget can evaluate: the rest would wait unasked, and each enqueue reads the study's
-        # trials (a short search of many known-good configs spent most of its time here); a resumed search with a
-        # larger budget enqueues the next ones in the same order
-        left = max(0, self.trials - self.done_before)
+            queue += grid[:left]
         for fam, cfg in [(f, c) for f, c in queue if _key(f, c) not in self.seen][:left]:
             params = {self.family_param: fam, **self.by_family[fam].to_optuna_params(cfg, dtype)}
             self.study.enqueue_trial(params, skip_if_exists=True)
