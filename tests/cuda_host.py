@@ -113,19 +113,14 @@ _ASM = [
      r"\1 = emu_hbfma2(\2, \3, \4);"),
 ]
 
-LAUNCH = r"""
-extern "C" void emu_launch(int gx, int gy, int threads, size_t smem_bytes, void** args);
-extern "C" void emu_launch_order(int gx, int gy, int threads, size_t smem_bytes, void** args, int reverse);
-"""
-
-
 def gxx_path() -> str | None:
     return shutil.which("g++")
 
 
 def host_source(cuda_source: str, kernel_call: str) -> str:
     """The C++ translation unit: prelude, the kernel with its PTX replaced and its shared memory a per-block buffer,
-    and emu_launch, which runs every block of the grid (one after another) with all its threads. kernel_call: the
+    and emu_launch, which runs every block of the grid (one after another, in grid order or reversed) with all its
+    threads. kernel_call: the
     call of spmm_kernel from the typed args, e.g. `spmm_kernel((const int*)args[0], ...)`."""
     src = cuda_source
     for pat, rep in _ASM:
@@ -141,7 +136,7 @@ static void emu_fiber_entry() {
     KERNEL_CALL;
     b.fibers[b.cur].done = true;
 }
-extern "C" void emu_launch_order(int gx, int gy, int threads, size_t smem_bytes, void** args, int reverse) {
+extern "C" void emu_launch(int gx, int gy, int threads, size_t smem_bytes, void** args, int reverse) {
     g_args = args;
     for (int i = 0; i < gx * gy; ++i) {  // reverse: the last block first (another valid order)
         const int j = reverse ? gx * gy - 1 - i : i, by = j / gx, bx = j % gx;
@@ -173,9 +168,6 @@ extern "C" void emu_launch_order(int gx, int gy, int threads, size_t smem_bytes,
             }
         }
     }
-}
-extern "C" void emu_launch(int gx, int gy, int threads, size_t smem_bytes, void** args) {
-    emu_launch_order(gx, gy, threads, smem_bytes, args, 0);
 }
 """.replace("KERNEL_CALL", kernel_call)
     return PRELUDE + src + launch
@@ -220,10 +212,9 @@ class HostKernel:
     def __init__(self, cuda_source: str, kernel_call: str):
         self.lib = _compiled(host_source(cuda_source, kernel_call))
         self.lib.emu_launch.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_size_t,
-                                        ctypes.POINTER(ctypes.c_void_p)]
-        self.lib.emu_launch_order.argtypes = self.lib.emu_launch.argtypes + [ctypes.c_int]
+                                        ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
 
     def __call__(self, gx: int, gy: int, threads: int, smem_bytes: int, args: list, reverse: bool = False) -> None:
         """reverse: the blocks in the opposite order (the last one first)."""
         arr = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.pointer(a), ctypes.c_void_p) for a in args])
-        self.lib.emu_launch_order(gx, gy, threads, smem_bytes, arr, int(reverse))
+        self.lib.emu_launch(gx, gy, threads, smem_bytes, arr, int(reverse))
