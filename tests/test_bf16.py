@@ -232,3 +232,6 @@ def test_cold_rotation_is_sized_by_what_the_kernel_reads_not_by_every_layout_on_
     arrays = [(x, y) for x, y in zip(mine.args(8, None, None), k.args(8, None, None)) if hasattr(y, "nbytes")]
     assert arrays and all(x is not y and np.array_equal(x, y) for x, y in arrays)  # copies of what the kernel reads
     assert dev.twin().nbytes() == dev.nbytes()  # without keys: every layout, as before
+    # an nk problem's staged path (the kn kernel on transposed workspaces) rotates the same arrays
+    from sparse_autotune.device.staged import StagedKernel
+    assert rotation(StagedKernel(k), 8, l2) == (used, read, n)

@@ -43,7 +43,7 @@ def rotation(kern, n: int, l2_bytes: int) -> tuple[set, int, int]:
     kern.warm()
     kern.args(n, None, None)  # a split-K workspace for this N, built here and not inside a graph capture
     used = kern.a.keys_used(lambda: kern.args(n, None, None))
-    read = int(sum(int(getattr(x, "nbytes", 0)) for x in kern.args(n, None, None)))
+    read = kern.a_bytes(n)
     return used, read, copies_for(read, l2_bytes, _free_bytes(), kern.a.nbytes(used))
 
 

@@ -136,10 +136,10 @@ class Kernel:
         c) passed through as given (arrays, pointers or placeholders) and np.int32 scalars."""
         return self.family.args(self, n, b, c, bias)
 
-    def a_bytes(self) -> int:
-        """Bytes of A as this kernel reads it: the device arrays its arguments name besides B and C (the family's
-        format; a split-K workspace counts too). What the byte floor of a memory-bound layer is computed from."""
-        return int(sum(int(getattr(x, "nbytes", 0)) for x in self.args(1, None, None)))
+    def a_bytes(self, n: int = 1) -> int:
+        """Bytes of A as this kernel reads it for N = n: the device arrays its arguments name besides B and C (the
+        family's format; a split-K workspace counts too). What the byte floor of a memory-bound layer is computed from."""
+        return int(sum(int(getattr(x, "nbytes", 0)) for x in self.args(n, None, None)))
 
     def bound_to(self, a: DeviceCSR) -> "Kernel":
         """The same compiled variant bound to another copy of A (DeviceCSR.twin)."""

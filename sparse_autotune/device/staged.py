@@ -168,8 +168,13 @@ class StagedKernel:
         from ..core.space import NK_PATH  # noqa: PLC0415
         return {**self.kern.config, NK_PATH: "staged"}
 
-    def a_bytes(self) -> int:
-        return self.kern.a_bytes()
+    def a_bytes(self, n: int = 1) -> int:
+        return self.kern.a_bytes(n)
+
+    def args(self, n: int, b, c, bias=None) -> tuple:
+        """The kn kernel's arguments for N = n (A's device arrays, what device.cold rotates; b and c are the staged
+        workspaces' when it runs)."""
+        return self.kern.args(n, b, c)
 
     def warm(self) -> None:
         self.kern.warm()
