@@ -7,6 +7,9 @@
     python3 bench/probe.py config --case C --family F --config JSON [--baselines] [--out STEM]
     python3 bench/probe.py profile --case C (--db PATH | --family F --config JSON) [--launches 5] [--ncu [FILE]]
     python3 bench/probe.py baselines [--case C ...] [--out STEM]
+    python3 bench/probe.py recold --records SUITE.json [--only F=V,V ...] [--skip RECOLD.json ...] [--workers 8]
+                                  [--budget S] [--out STEM]
+    python3 bench/probe.py recold-apply --records SUITE.json --rows RECOLD.json [...] [--suite llm] --out DIR
     python3 bench/probe.py overhead [--out DIR]
     python3 bench/probe.py sddmm [--quick] [--budget S] [--dtype fp16,fp32] [--kind attention,weightgrad]
                                  [--configs 24] [--refine 8] [--seed 0] [--list] [--out STEM]
@@ -30,6 +33,11 @@ tuner measures a candidate: built (device.kernel.build_kernel), verified against
   profile    one config (the database's best record for the case, or --family/--config) verified, then launched
              --launches times for Nsight Compute; --ncu runs this under `ncu` (kernel spmm_kernel, the third
              launch) and writes its report to FILE (default OUTDIR/ncu/ncu-FAMILY-CASE.txt)
+  recold     a suite's records (--only: some of them) timed cold again for their own winners: each built, verified
+             and timed warm, then it and cuBLAS of the same precision with A from HBM (device.cold, as the tuner's
+             finish); for records measured before a fix to the cold timing, without a new search -> recold-<gpu>
+  recold-apply  (no GPU) those times put over the records whose winner is the config timed; the suite's JSON and
+             report written into --out (bench --merge's writer)
   baselines  our baselines against PyTorch's (dense fp32, tf32, fp16, sparse CSR), both timed by time_launches
   untuned    the runtime (SpMM) on every Linear layer of real checkpoints at an N no record has, per tuning policy
              (off, quick), against min(cuSPARSE, cuBLAS of the same precision); first-call cost; lookups read --db
@@ -451,6 +459,160 @@ def cmd_config(a) -> int:
     write(stem(a.out, f"config-{a.family}-{cases[0].slug()}"), {**dev.meta, "family": a.family, "config": cfg,
                                                                  "cases": rows}, lines)
     return 1 if any("error" in r for r in rows) else 0
+
+
+# ---- recold: the cold times of a suite's records measured again, for their own winners ----
+
+_RC: dict = {}  # a recold worker process's device state (gpu info, turn)
+
+
+def _recold_init() -> None:
+    from sparse_autotune.device.gpu import gpu_info  # noqa: PLC0415
+    from sparse_autotune.device.turn import current_gpu_key, turn_for  # noqa: PLC0415
+    _RC["info"] = gpu_info()
+    _RC["turn"] = turn_for(current_gpu_key())  # timing runs alone: the other workers build and compile meanwhile
+
+
+def _recold_one(rec: dict, deadline: float) -> dict:
+    """One record's winner built, verified (fresh B, float64 reference) and timed warm, then it and cuBLAS cold
+    (device.cold.cold_times, as the tuner's finish does); the case's context is built as the suite's (seed 0)."""
+    from sparse_autotune.device.cold import cold_times  # noqa: PLC0415
+    from sparse_autotune.device.context import GpuProblem  # noqa: PLC0415
+    from sparse_autotune.device.gpu import cupy  # noqa: PLC0415
+    from sparse_autotune.device.staged import build_for  # noqa: PLC0415
+    from sparse_autotune.device.timing import time_launches  # noqa: PLC0415
+    from sparse_autotune.device.verify import check  # noqa: PLC0415
+    keys = {k: rec[k] for k in ("M", "K", "N", "density", "dtype", "pattern")}
+    row = {**keys, "family": rec["family"], "config": rec["config"], "tuned_us_before": rec.get("tuned_us"),
+           "tuned_cold_us_before": rec.get("tuned_cold_us"), "dense_cold_us_before": rec.get("dense_cold_us"),
+           "date": dt.date.today().isoformat()}
+    if time.time() > deadline:
+        return {**row, "skipped": "budget"}
+    t0 = time.perf_counter()
+    case = Case(**keys)
+    p = case.problem()
+    turn = _RC["turn"]
+    try:
+        with turn():
+            ctx = GpuProblem(p, _RC["info"])
+        kern = build_for(ctx.a_dev, rec["family"], rec["config"], p.dtype, p.layout)  # compiled outside the turn
+        with turn():
+            b, ref = ctx.fresh_check()
+            row["rel_err"] = check(lambda: ctx.launch(kern, b), ctx.c, ref, p.dtype)
+            row["tuned_us"] = time_launches([lambda bb=bb: ctx.launch(kern, bb) for bb in ctx.b_bufs]).median_us
+            cold = cold_times(kern, ctx)
+        row.update({k: cold.get(k) for k in ("tuned_cold_us", "dense_cold_us", "cold_copies", "dense_cold_copies")})
+        row["cold_error"] = cold.get("cold_error")
+    except Exception as exc:  # noqa: BLE001 - a case that fails is reported, the others go on
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    finally:
+        ctx = kern = None
+        cupy().get_default_memory_pool().free_all_blocks()
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+def cmd_recold(a) -> int:
+    from concurrent.futures import ProcessPoolExecutor, as_completed  # noqa: PLC0415
+    import multiprocessing  # noqa: PLC0415
+    from sparse_autotune.tuning.suite import case_key, parse_case_filter, retime_cases  # noqa: PLC0415
+    records = _read_json_list(a.records, "--records")
+    conds = parse_case_filter(" ".join(a.only), "--only") if a.only else None
+    skip = set()
+    for f in a.skip or []:
+        skip |= {case_key(r) for r in _read_json_list(f, "--skip") if not r.get("skipped") and not r.get("error")}
+    todo = retime_cases(records, conds, skip)
+    if not todo:
+        raise UserError(f"--records {a.records}: no record to time again (--only / --skip leave none)")
+    if a.workers < 1:
+        raise UserError("--workers must be at least 1")
+    dev = Device()
+    out = stem(a.out, f"recold-{_slug(dev)}")
+    deadline = time.time() + a.budget if a.budget > 0 else float("inf")
+    log(f"recold: {len(todo)} records of {a.records}, {a.workers} worker processes")
+    rows: list[dict] = []
+    lines = [f"# Cold times again for the records' winners ({a.records})", "", f"{dev.versions_line()}.", "",
+             "| case | family | warm us (before) | cold us (before) | cuBLAS cold us (before) | copies | s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+
+    def flush(last: bool) -> None:
+        order = {case_key(r): j for j, r in enumerate(todo)}
+        rows.sort(key=lambda r: order[case_key(r)])
+        body = [f"| {Case(**{k: r[k] for k in ('M', 'K', 'N', 'density', 'dtype', 'pattern')}).label()} | "
+                f"{r['family']} | " + (f"{r.get('skipped') or r.get('error')} | | | | |" if r.get("skipped") or
+                                       r.get("error") else
+                f"{fmt(r.get('tuned_us'))} ({fmt(r.get('tuned_us_before'))}) | {fmt(r.get('tuned_cold_us'))} "
+                f"({fmt(r.get('tuned_cold_us_before'))}) | {fmt(r.get('dense_cold_us'))} "
+                f"({fmt(r.get('dense_cold_us_before'))}) | {r.get('cold_copies')} | {r.get('seconds')} |")
+                for r in rows]
+        write(out, {**dev.meta, "records": str(a.records), "rows": rows}, lines + body, echo=last)
+
+    ctx = multiprocessing.get_context("spawn")  # CUDA in each worker: no fork of an initialised parent
+    with ProcessPoolExecutor(a.workers, mp_context=ctx, initializer=_recold_init) as pool:
+        futs = {pool.submit(_recold_one, r, deadline): r for r in todo}
+        for i, f in enumerate(as_completed(futs), 1):
+            r = futs[f]
+            try:
+                row = f.result()
+            except Exception as exc:  # noqa: BLE001 - a lost worker: the case is reported as failed
+                row = {**{k: r[k] for k in ("M", "K", "N", "density", "dtype", "pattern")}, "family": r["family"],
+                       "config": r["config"], "error": f"worker: {type(exc).__name__}: {exc}"}
+            rows.append(row)
+            if not row.get("skipped"):
+                log(f"[{i}/{len(todo)}] {case_key(row)} {row['family']}: " + (row.get("error") or
+                    f"warm {fmt(row.get('tuned_us'))} (was {fmt(row.get('tuned_us_before'))}), cold "
+                    f"{fmt(row.get('tuned_cold_us'))} (was {fmt(row.get('tuned_cold_us_before'))}), cuBLAS cold "
+                    f"{fmt(row.get('dense_cold_us'))} (was {fmt(row.get('dense_cold_us_before'))}), {row['seconds']} s"))
+            if i % 16 == 0:
+                flush(False)
+    flush(True)
+    done = sum(1 for r in rows if "tuned_cold_us" in r and not r.get("error"))
+    log(f"recold: {done} timed, {sum(1 for r in rows if r.get('skipped'))} left by the budget (run again with --skip "
+        f"{out}.json), {sum(1 for r in rows if r.get('error'))} failed")
+    return 1 if any(r.get("error") for r in rows) else 0
+
+
+def cmd_recold_apply(a) -> int:
+    """No GPU: recold's rows put over a suite's records (suite.apply_retimed), written with the report (bench --merge's
+    writer) into --out."""
+    from sparse_autotune.tuning.suite import apply_retimed, write_merged  # noqa: PLC0415
+    from sparse_autotune.device.gpu import gpu_slug  # noqa: PLC0415
+    records = _read_json_list(a.records, "--records")
+    rows = []
+    for f in a.rows:
+        data = _read_json(f, "--rows")
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+            raise UserError(f"--rows {f}: not a recold output (a JSON object with 'rows')")
+        rows += data["rows"]
+    new, applied, refused = apply_retimed(records, rows)
+    for why in refused:
+        log(f"not applied: {why}")
+    gpus = sorted({r.get("gpu") for r in new})
+    if len(gpus) != 1:
+        raise UserError(f"--records {a.records}: records of {len(gpus)} GPU models")
+    out_dir = Path(a.out)
+    target = out_dir / f"suite-{a.suite}-{gpu_slug(gpus[0])}.json"
+    if target.exists() and target.resolve() != Path(a.records).resolve():
+        raise UserError(f"--out {a.out}: {target} exists and is not --records (nothing is overwritten)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(new, indent=1))
+    write_merged([target], a.suite, out_dir)
+    log(f"recold-apply: {applied} of {len(rows)} rows applied to {target} (and its report)")
+    return 0
+
+
+def _read_json(path, opt: str):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{opt} {path}: cannot read it as JSON: {exc}") from None
+
+
+def _read_json_list(path, opt: str) -> list[dict]:
+    data = _read_json(path, opt)
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise UserError(f"{opt} {path}: not a suite's JSON (a list of case records)")
+    return data
 
 
 # ---- profile ----
@@ -1344,6 +1506,24 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, default=0, help="seed of the teacher, data (default 0)")
     ft.add_argument("--out", help="output stem (default OUTDIR/finetune-GPU)")
 
+    rc = sub.add_parser("recold", help="a suite's records: their winners and cuBLAS timed cold again (A from HBM)")
+    rc.add_argument("--records", required=True, help="the suite's JSON, e.g. bench/results/suite-llm-h200.json")
+    rc.add_argument("--only", action="append", metavar="F=V,V", help="only the records matching (repeatable, all hold; "
+                    "F one of M K N density dtype pattern), as bench --only")
+    rc.add_argument("--skip", action="append", metavar="JSON", help="an earlier recold output: its timed cases are "
+                    "skipped (repeatable; resume after a budget's cut)")
+    rc.add_argument("--workers", type=int, default=8, help="processes: they build and compile in parallel and take "
+                    "the GPU's turn to time (default 8)")
+    rc.add_argument("--budget", type=float, default=0, help="start no new case after this many seconds (0: none)")
+    rc.add_argument("--out", help="output stem (default OUTDIR/recold-GPU)")
+
+    ra = sub.add_parser("recold-apply", help="no GPU: recold outputs put over a suite's records; report rewritten")
+    ra.add_argument("--records", required=True, help="the suite's JSON")
+    ra.add_argument("--rows", nargs="+", required=True, help="recold outputs (JSON)")
+    ra.add_argument("--suite", default="llm", help="the suite (default llm)")
+    ra.add_argument("--out", required=True, help="output folder: suite-SUITE-GPU.{json,md,png} (an existing JSON "
+                    "there must be --records itself)")
+
     ov = sub.add_parser("overhead", help="host cost per call of lookup and of the runtime operator")
     ov.add_argument("--out", help="output folder (default OUTDIR): runtime-overhead-<gpu or cpu>.{json,md}")
     return p
@@ -1354,7 +1534,8 @@ def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     return {"ab": cmd_ab, "profile": cmd_profile, "sweep": cmd_sweep, "config": cmd_config, "baselines": cmd_baselines,
             "overhead": cmd_overhead, "untuned": cmd_untuned, "linear": cmd_linear, "sddmm": cmd_sddmm,
-            "finetune": cmd_finetune, "conv": cmd_conv}[a.cmd](a)
+            "finetune": cmd_finetune, "conv": cmd_conv, "recold": cmd_recold,
+            "recold-apply": cmd_recold_apply}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -308,3 +308,72 @@ def test_probe_linear_report_counts_the_goals():
     assert s["layers"] == 3 and s["errors"] == 1 and s["graph_at_goal"] == 1 and s["slowest_vs_linear_graph"] == 0.9
     assert s["eager_within_10us"] == 1 and s["max_eager_minus_linear_us"] == 12.0 and s["one_kernel_layers"] == 1
     assert any(ln.startswith("| m.npz | fp16 | 16 | off | 3 | 1 | 0.90x |") for ln in lines), lines
+
+
+def _llm_records(n: int) -> list[dict]:
+    recs = json.loads((ROOT / "bench" / "results" / "suite-llm-h200.json").read_text())
+    return [dict(r) for r in recs[:n]]
+
+
+def test_recold_rows_replace_the_cold_times_of_the_same_winner_only():
+    """suite.apply_retimed: a row's cold times go over the record whose winner is the config it timed; a row of another
+    config (the record changed since), a skipped row and a row of no record are refused with the reason; the input
+    records are not modified. retime_cases: --only's filter and --skip's keys."""
+    from sparse_autotune.tuning.suite import apply_retimed, case_key, parse_case_filter, retime_cases
+    recs = _llm_records(3)
+    keys = ("M", "K", "N", "density", "dtype", "pattern")
+    same = {**{k: recs[0][k] for k in keys}, "family": recs[0]["family"], "config": recs[0]["config"],
+            "tuned_cold_us": 123.0, "dense_cold_us": 456.0, "cold_error": None, "date": "2026-12-02"}
+    other = {**{k: recs[1][k] for k in keys}, "family": recs[1]["family"], "config": {**recs[1]["config"], "x": 1},
+             "tuned_cold_us": 1.0, "dense_cold_us": 2.0}
+    skipped = {**{k: recs[2][k] for k in keys}, "family": recs[2]["family"], "config": recs[2]["config"],
+               "skipped": "budget"}
+    nowhere = {**same, "M": 7}
+    before = json.dumps(recs)
+    new, applied, refused = apply_retimed(recs, [same, other, skipped, nowhere])
+    assert applied == 1 and len(refused) == 3
+    assert new[0]["tuned_cold_us"] == 123.0 and new[0]["dense_cold_us"] == 456.0
+    assert new[0]["cold_retimed"] == "2026-12-02" and new[0]["tuned_us"] == recs[0]["tuned_us"]
+    assert new[1] == recs[1] and new[2] == recs[2] and json.dumps(recs) == before
+    assert any("the record's winner is" in w for w in refused) and any("budget" in w for w in refused)
+    assert any("no record" in w for w in refused)
+    only = parse_case_filter(f"N={recs[0]['N']} density={recs[0]['density']}", "--only")
+    hit = retime_cases(recs, only)
+    assert hit and all(r["N"] == recs[0]["N"] and r["density"] == recs[0]["density"] for r in hit)
+    assert case_key(recs[0]) not in {case_key(r) for r in retime_cases(recs, None, skip={case_key(recs[0])})}
+
+
+def test_probe_recold_apply_writes_the_suite_and_its_report_and_overwrites_nothing(tmp_path):
+    """`probe recold-apply`: a recold output over a suite's JSON -> DIR/suite-llm-<gpu>.{json,md}; the given JSON is
+    left as it was, and an existing suite file in DIR that is not --records is refused (one line, exit 2)."""
+    recs = _llm_records(4)
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(recs))
+    keys = ("M", "K", "N", "density", "dtype", "pattern")
+    rows = {"rows": [{**{k: recs[3][k] for k in keys}, "family": recs[3]["family"], "config": recs[3]["config"],
+                      "tuned_cold_us": 99.5, "dense_cold_us": 88.5, "cold_error": None, "date": "2026-12-02"}]}
+    rf = tmp_path / "recold.json"
+    rf.write_text(json.dumps(rows))
+    out = tmp_path / "out"
+    proc = _run([sys.executable, str(PROBE), "recold-apply", "--records", str(src), "--rows", str(rf), "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    assert "1 of 1 rows applied" in proc.stderr
+    got = json.loads((out / "suite-llm-h200.json").read_text())
+    assert [r["tuned_cold_us"] for r in got][3] == 99.5 and got[:3] == recs[:3]
+    assert (out / "suite-llm-h200.md").exists() and json.loads(src.read_text()) == recs
+    proc = _run([sys.executable, str(PROBE), "recold-apply", "--records", str(src), "--rows", str(rf), "--out", str(out)])
+    assert "exists and is not --records" in _one_line_error(proc, "probe.py")
+    proc = _run([sys.executable, str(PROBE), "recold-apply", "--records", str(src), "--rows", str(src), "--out",
+                 str(tmp_path / "o2")])
+    assert "not a recold output" in _one_line_error(proc, "probe.py")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--records", "nope.json"], "cannot read it as JSON"),
+    (["--only", "Q=1"], "is not FIELD=V1,V2"),
+    (["--only", "N=3"], "no record to time again"),
+])
+def test_probe_recold_refuses_bad_input_before_the_gpu(args, says):
+    base = ["--records", str(ROOT / "bench" / "results" / "suite-llm-h200.json")]
+    proc = _run([sys.executable, str(PROBE), "recold", *(base if args[0] != "--records" else []), *args])
+    assert says in _one_line_error(proc, "probe.py")

@@ -108,6 +108,32 @@ def test_the_staged_path_serves_a_family_without_nk(dtype):
         assert kern.launcher(n).workspace_bytes == (k * n + m * n) * np.dtype(DTYPES[dtype]).itemsize
 
 
+def test_the_staged_path_is_timed_cold_on_an_nk_problem():
+    """An nk problem served by the staged path: the cold timing (the tuner's finish) rotates twins of what the kn kernel
+    reads (StagedKernel.args / a_bytes / bound_to, session 22's fix) and each twin computes y = x A^T + bias."""
+    _cp()
+    from sparse_autotune.core.problem import Problem
+    from sparse_autotune.device.cold import cold_times, rotation
+    from sparse_autotune.device.context import GpuProblem
+    from sparse_autotune.device.gpu import gpu_info
+    from sparse_autotune.device.staged import StagedKernel, build_for
+    from sparse_autotune.device.verify import check
+    info = gpu_info()
+    p = Problem.random(2048, 1024, 16, 0.1, "fp16", layout="nk")
+    ctx = GpuProblem(p, info)
+    cfg = _config("csr_rowsplit", "fp16", p.m, p.k, p.n, p.nnz)
+    kern = build_for(ctx.a_dev, "csr_rowsplit", {**cfg, NK_PATH: "staged"}, "fp16", "nk")
+    assert isinstance(kern, StagedKernel)
+    used, read, ncopy = rotation(kern, p.n, info.l2_bytes)
+    assert 0 < read <= ctx.a_dev.nbytes(used) and ncopy >= 2
+    twin = kern.bound_to(ctx.a_dev.twin(used))
+    b, ref = ctx.fresh_check()
+    assert check(lambda: ctx.launch(twin, b), ctx.c, ref, "fp16") <= TOLERANCE["fp16"]
+    c = cold_times(kern, ctx)
+    assert "cold_error" not in c and c["tuned_cold_us"] > 0 and c["dense_cold_us"] > 0, c
+    assert c["cold_copies"] == ncopy
+
+
 def test_a_native_nk_kernel_of_the_toy_family(toy_nk):
     cp = _cp()
     from sparse_autotune.device.kernel import BiasLauncher, DeviceCSR, Kernel

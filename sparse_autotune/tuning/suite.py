@@ -237,6 +237,47 @@ def write_merged(paths: list[Path], suite: str, out_dir: Path, first_wins: bool 
     return records
 
 
+# ---- cold times measured again for the records' own winners (bench/probe.py recold) ----
+# A fix to the cold timing (session 22: the rotation of A's copies fitted in the L2) leaves the records measured before
+# it with too-warm cold times. Their winners are known (family, config), so the honest numbers need no new search: the
+# winner is built, verified and timed cold again, cuBLAS too, and those times replace the record's.
+RETIMED_FIELDS = ("tuned_cold_us", "dense_cold_us", "cold_error")
+
+
+def retime_cases(records: list[dict], conds: dict[str, set] | None = None, skip=()) -> list[dict]:
+    """The records to time cold again: those matching conds (parse_case_filter; None: all) that hold a winner (family,
+    config), less the case keys in skip (rows already measured)."""
+    skip = set(skip)
+    return [r for r in records if (conds is None or case_matches(r, conds)) and r.get("family")
+            and isinstance(r.get("config"), dict) and case_key(r) not in skip]
+
+
+def apply_retimed(records: list[dict], rows: list[dict]) -> tuple[list[dict], int, list[str]]:
+    """The records with the cold times of `rows` (recold's output: a case key, the family and config timed, and
+    RETIMED_FIELDS) put over theirs, each updated one marked with `cold_retimed` (the row's date). A row is refused
+    (and said why) when no record has its case, or the record's winner is not the config it timed (the record changed
+    since, e.g. by a merge), or it timed nothing (skipped: a budget's cut). Returns (new records, rows applied, why
+    the others were not); the input is not modified."""
+    by_key = {case_key(r): j for j, r in enumerate(records)}
+    out = [dict(r) for r in records]
+    applied, refused = 0, []
+    for row in rows:
+        k = case_key(row)
+        j = by_key.get(k)
+        if j is None:
+            refused.append(f"{k}: no record of this case")
+        elif row.get("skipped"):
+            refused.append(f"{k}: not timed ({row['skipped']})")
+        elif (out[j].get("family"), out[j].get("config")) != (row.get("family"), row.get("config")):
+            refused.append(f"{k}: the record's winner is {out[j].get('family')} {out[j].get('config')}, the row timed "
+                           f"{row.get('family')} {row.get('config')}")
+        else:
+            out[j].update({f: row.get(f) for f in RETIMED_FIELDS})
+            out[j]["cold_retimed"] = row.get("date") or True
+            applied += 1
+    return out, applied, refused
+
+
 CASE_FIELDS = {"m": "M", "k": "K", "n": "N", "density": "density", "dtype": "dtype", "pattern": "pattern"}
 
 
