@@ -190,33 +190,47 @@ def decode(ptr: np.ndarray, stream: np.ndarray, info: dict) -> np.ndarray:
     return out[:m, :k]
 
 
-GROUP = 4  # tma 2: a group is a warpgroup's 4 strips
-GHDR = 16  # its 4 u32 words a chunk
+GROUP = 4  # tma 2: a group is a warpgroup's 4 strips (blkrec 1: the block's 4 wg strips)
+GHDR = 16  # its 4 u32 words a chunk (blkrec 1: 4 wg words, 16 wg bytes)
+
+
+def group_strips(config: dict) -> int:
+    """Strips a group (one bulk copy a chunk): a warpgroup's 4 at blkrec 0 (tma 2 as landed in session 17), the block's
+    4 wg at blkrec 1."""
+    return 4 * config["wg"] if config.get("blkrec", 0) else GROUP
 
 
 def group_slot_bytes(kc: int, dec: str = "ballot") -> int:
-    """tma 2: a warpgroup's shared-memory slot a stage: the group header and the 4 largest records."""
+    """tma 2: a warpgroup's shared-memory slot a stage: the group header and the 4 largest records (blkrec 1: a block's
+    slot is wg of these, its header 16 wg bytes and 4 wg records: the same bytes)."""
     return GHDR + GROUP * slot_bytes(kc, dec)
 
 
-def build_grouped(a: sp.csr_matrix, kc: int, dtype: str = "fp16", dec: str = "ballot"):
-    """(gptr int32 [G * (NC + 1)], gstream uint8, info) for tma 2: the records of `build`, regrouped so that the 4
-    strips 4 g ... 4 g + 3 of one chunk are contiguous (the producer copies them by one bulk copy): group-chunk (g, c)
-    at gptr[g * (NC + 1) + c] is a 16-byte header of 4 u32 words (warp w's record: its byte offset from the header |
-    its bytes << 16; 0 for an empty record or a strip past S), then the non-empty records in strip order. Every
-    group-chunk has its header (16 bytes at least); gptr[g * (NC + 1) + NC] is the group's end."""
+def build_grouped(a: sp.csr_matrix, kc: int, dtype: str = "fp16", dec: str = "ballot", group: int = GROUP):
+    """(gptr int32 [G * (NC + 1)], gstream uint8, info) for tma 2: the records of `build`, regrouped so that the
+    `group` strips group g ... of one chunk are contiguous (the producer copies them by one bulk copy): group-chunk
+    (g, c) at gptr[g * (NC + 1) + c] is a header of `group` u32 words (4 group bytes, a multiple of 16: warp w's record:
+    its byte offset from the header | its bytes << 16; 0 for an empty record or a strip past S), then the non-empty
+    records in strip order. Every group-chunk has its header; gptr[g * (NC + 1) + NC] is the group's end. group 4: a
+    warpgroup's strips (tma 2); 4 wg: a block's (blkrec 1)."""
+    group = int(group)
+    if group % 4 or not 4 <= group <= 16:
+        raise ValueError(f"group = {group}: 4, 8, 12 or 16 strips (a header of whole 16-byte units)")
+    ghdr = 4 * group
     ptr, stream, info = build(a, kc, dtype, dec)
     S, NC = info["S"], info["NC"]
-    G = -(-S // GROUP)
+    G = -(-S // group)
     p = ptr.reshape(S, NC + 1).astype(np.int64)
-    size = np.zeros((G * GROUP, NC), dtype=np.int64)
+    size = np.zeros((G * group, NC), dtype=np.int64)
     size[:S] = p[:, 1:] - p[:, :-1]
-    src = np.zeros((G * GROUP, NC), dtype=np.int64)
+    src = np.zeros((G * group, NC), dtype=np.int64)
     src[:S] = p[:, :-1]
-    size4 = size.reshape(G, GROUP, NC).transpose(0, 2, 1)  # [g, c, w]
-    src4 = src.reshape(G, GROUP, NC).transpose(0, 2, 1)
-    off = GHDR + np.cumsum(size4, axis=2) - size4  # from the group-chunk's start
-    total = GHDR + size4.sum(axis=2)  # [g, c]
+    size4 = size.reshape(G, group, NC).transpose(0, 2, 1)  # [g, c, w]
+    src4 = src.reshape(G, group, NC).transpose(0, 2, 1)
+    off = ghdr + np.cumsum(size4, axis=2) - size4  # from the group-chunk's start
+    if off.size and int(off.max()) >= 1 << 16:
+        raise ValueError("tc_wgmma grouped stream: a record offset over 16 bits")
+    total = ghdr + size4.sum(axis=2)  # [g, c]
     start = np.zeros(G * NC + 1, dtype=np.int64)
     np.cumsum(total.ravel(), out=start[1:])
     if start[-1] + PAD >= 2 ** 31:
@@ -225,7 +239,7 @@ def build_grouped(a: sp.csr_matrix, kc: int, dtype: str = "fp16", dec: str = "ba
     words = np.where(size4 > 0, off | (size4 << 16), 0).astype(np.uint32)  # [g, c, w]
     g32 = gstream.view(np.uint32)
     hdr_at = start[:-1].reshape(G, NC)
-    g32[((hdr_at[:, :, None] + 4 * np.arange(GROUP)[None, None, :]) // 4).ravel()] = words.ravel()
+    g32[((hdr_at[:, :, None] + 4 * np.arange(group)[None, None, :]) // 4).ravel()] = words.ravel()
     dst = (hdr_at[:, :, None] + off).ravel()
     n = size4.ravel()
     keep = n > 0
@@ -236,7 +250,7 @@ def build_grouped(a: sp.csr_matrix, kc: int, dtype: str = "fp16", dec: str = "ba
     gptr = np.empty((G, NC + 1), dtype=np.int64)
     gptr[:, :NC] = hdr_at
     gptr[:, NC] = start[1:].reshape(G, NC)[:, -1]
-    ginfo = {**info, "G": G, "stream_bytes": int(start[-1]), "bytes": int(start[-1]) + 4 * gptr.size,
+    ginfo = {**info, "G": G, "group": group, "stream_bytes": int(start[-1]), "bytes": int(start[-1]) + 4 * gptr.size,
              "max_group": int(total.max()) if total.size else 0}
     return gptr.astype(np.int32).reshape(-1), gstream, ginfo
 
@@ -245,20 +259,21 @@ def ungroup(gptr: np.ndarray, gstream: np.ndarray, info: dict) -> dict:
     """{(strip, chunk): the record's bytes} of a grouped stream, read by the kernel's rule (warp w of group g: word w
     of the header; offset = its low 16 bits, bytes = its high 16; 0 bytes: empty). For tests."""
     S, NC, G = info["S"], info["NC"], info["G"]
+    group = info.get("group", GROUP)
     g32 = gstream.view(np.uint32)
     gp = gptr.reshape(G, NC + 1)
     out = {}
     for g in range(G):
         for c in range(NC):
             at, end = int(gp[g, c]), int(gp[g, c + 1])
-            assert at % 16 == 0 and end - at >= GHDR
-            for w in range(GROUP):
+            assert at % 16 == 0 and end - at >= 4 * group
+            for w in range(group):
                 word = int(g32[at // 4 + w])
                 o, n = word & 0xFFFF, word >> 16
                 assert at + o + n <= end and (n == 0 or o % 16 == 0)
-                if n and GROUP * g + w < S:
-                    out[(GROUP * g + w, c)] = bytes(gstream[at + o:at + o + n])
-                assert not (n and GROUP * g + w >= S), "a record past the last strip"
+                if n and group * g + w < S:
+                    out[(group * g + w, c)] = bytes(gstream[at + o:at + o + n])
+                assert not (n and group * g + w >= S), "a record past the last strip"
     return out
 
 
@@ -371,7 +386,11 @@ def args(kernel, n: int, b, c) -> tuple:
     m, k = kernel.a.shape
     S, NC, row_blocks, ntiles, cps = _dims(cfg, m, k, n)
     kc, dec = cfg["kc"], cfg["dec"]
-    if cfg.get("tma", 0) == 2:  # the records regrouped a warpgroup's 4 a chunk (build_grouped)
+    if cfg.get("tma", 0) == 2 and cfg.get("blkrec", 0):  # a block's 4 wg records a chunk by one copy
+        grp = group_strips(cfg)
+        ptr, stream = kernel.a.cached(("tc_wgmma_grp", kc, dec, dtype, grp),
+                                      lambda host: build_grouped(host, kc, dtype, dec, grp)[:2])
+    elif cfg.get("tma", 0) == 2:  # the records regrouped a warpgroup's 4 a chunk (build_grouped)
         ptr, stream = kernel.a.cached(("tc_wgmma_grp", kc, dec, dtype),
                                       lambda host: build_grouped(host, kc, dtype, dec)[:2])
     else:

@@ -182,7 +182,9 @@ SUBSPACES: dict[str, dict[str, list]] = {
     # tc_wgmma (on by default since session 16, Hopper, N >= 8 since session 19; not in the table measured in session 10): the lane
     # decode, no producer warp, the split-K / stages / minb values its sweeps kept (<= 364 configs a problem); red
     # (session 18) at its default: without a producer warp the cluster reduction's gain was not measured
-    "tc_wgmma": {"ws": [0], "dec": ["lane"], "minb": [1, 2], "splitk": [1, 2, 4, 8], "stages": [3, 4], "red": [0]},
+    # blkrec (session 22's draft: a block's records by one bulk copy) at its default too
+    "tc_wgmma": {"ws": [0], "dec": ["lane"], "minb": [1, 2], "splitk": [1, 2, 4, 8], "stages": [3, 4], "red": [0],
+                 "blkrec": [0]},
 }
 
 

@@ -393,6 +393,70 @@ def test_grouped_stream_holds_the_same_records(kc, dec):
     assert ginfo["stream_bytes"] == info["stream_bytes"] + 16 * 5 * NC
 
 
+@pytest.mark.parametrize("wg,kc,dec", [(2, 4, "lane"), (3, 2, "ballot"), (4, 4, "ballot")])
+def test_block_grouped_stream_holds_the_same_records(wg, kc, dec):
+    """blkrec 1 (session 22's draft): the records grouped a block's 4 wg strips a chunk (a 16 wg-byte header of 4 wg
+    words, then the records): by the kernel's rule each strip's record of each chunk is the plain stream's, byte for
+    byte; a group-chunk fits the block's wg group slots; the last group partial (19 strips), empty records inside full
+    groups (rows 40-99); a group of other than 4-16 strips (4 a warpgroup) refused."""
+    h = host()
+    a = random_matrix(300, 1000, 0.1, "uniform", 5).tolil()
+    a[40:100] = 0
+    a = sps.csr_matrix(a)
+    a.eliminate_zeros()
+    ptr, stream, info = h.build(a, kc, "fp16", dec)
+    cfg = dict(wg=wg, blkrec=1)
+    assert h.group_strips(cfg) == 4 * wg and h.group_strips({**cfg, "blkrec": 0}) == 4 == h.group_strips(dict(wg=wg))
+    gptr, gstream, ginfo = h.build_grouped(a, kc, "fp16", dec, 4 * wg)
+    S, NC = info["S"], info["NC"]
+    G = -(-S // (4 * wg))
+    assert ginfo["G"] == G and ginfo["group"] == 4 * wg and gptr.shape == (G * (NC + 1),)
+    p = ptr.reshape(S, NC + 1)
+    want = {(s, c): bytes(stream[p[s, c]:p[s, c + 1]]) for s in range(S) for c in range(NC) if p[s, c + 1] > p[s, c]}
+    assert h.ungroup(gptr, gstream, ginfo) == want
+    assert ginfo["max_group"] <= wg * h.group_slot_bytes(kc, dec) and np.all(np.diff(gptr) >= 0)
+    assert ginfo["stream_bytes"] == info["stream_bytes"] + 16 * wg * G * NC
+    assert np.all(gptr % 16 == 0)
+    for bad in (2, 6, 20):
+        with pytest.raises(ValueError):
+            h.build_grouped(a, kc, "fp16", dec, bad)
+
+
+def test_blkrec_renders_one_record_copy_a_block():
+    """blkrec 1: one offset window and one bulk copy a chunk for the block (lane 0), warp w reads word w of the block's
+    header; blkrec 0 (every stored config) renders the tma 2 kernel byte for byte but for the header line; the space
+    offers blkrec at tma 2 and wg >= 2 only (elsewhere it is not a parameter of the config); the same shared memory;
+    the arguments carry the block-grouped stream."""
+    sp, h = space(), host()
+    base = dict(bn=128, kc=4, dec="lane", wg=2, stages=4, splitk=3, wait=1, minb=1, ws=1, tma=2, red=1)
+    old = render.render(sp, base, "fp16")
+    assert render.render(sp, {**base, "blkrec": 0}, "fp16") == old and "NGRP" not in old
+    assert "tma=2 red=1 blkrec=0\n" in old  # the header names every active parameter (the code is tma 2's as before)
+    assert "blkrec" not in render.render(sp, {**base, "wg": 1}, "fp16")  # not a parameter at wg 1
+    assert sp.normalize(base, "fp16")["blkrec"] == 0
+    new = render.render(sp, {**base, "blkrec": 1}, "bf16")
+    assert "tma=2 red=1 blkrec=1\n" in new and "#define NGRP 1" in new
+    assert "int pw0[NGRP], pw1[NGRP];" in new and "int pw0[WG], pw1[WG];" in old
+    assert "const bool sok = lane < NGRP && pstrip < (S + WARPS - 1) / WARPS;" in new
+    assert new.count("const unsigned int gs = abase + cst * WG * GSLOT;") == 2  # both unrolled steps
+    assert new.count('"r"(gs + 4u * warp)') == 2 and "(warp & 3)" not in new
+    assert new.count("bulk_g2s(as, stream + p_lo") == 1 and "const unsigned int as = abase + (st * WG + lane) * GSLOT;" in new
+    assert h.shared_bytes({**base, "blkrec": 1}) == h.shared_bytes(base)
+    env = problem_env(4096, 4096, 128, 1_677_722, "fp16")
+    assert sp.check({**base, "blkrec": 1}, env, DEFAULT_LIMITS) is None
+    for other in ({**base, "wg": 1}, {**base, "tma": 1}, {**base, "ws": 0, "tma": 0, "red": 0}):
+        assert "blkrec" not in sp.normalize(other, "fp16"), other
+    blk = [c for c in sp.enumerate("fp16") if c.get("blkrec")]
+    assert blk and all(c["tma"] == 2 and c["wg"] >= 2 for c in blk)
+    a = random_matrix(1000, 3000, 0.1, "uniform", 1)
+    k = fake_kernel(FAMILY, {**base, "blkrec": 1, "bn": 64}, "fp16", a)
+    args = h.args(k, 200, "B", "C")
+    gptr, gstream, _ = h.build_grouped(a, 4, "fp16", "lane", 8)
+    np.testing.assert_array_equal(args[0].host, gptr)
+    np.testing.assert_array_equal(args[1].host, gstream)
+    assert (h.geometry(k, 200)[0][0] * 128,) == args[-1].host.shape
+
+
 def test_tma_renders_its_producer_and_consumers():
     """tma 1: full counts one arrival (expect_tx of B's and the records' bytes), B by cp.async.bulk.tensor from the
     block's patched copy of the map, no cp.async in the loop, consumers without the proxy fence, two more kernel
@@ -480,17 +544,22 @@ def test_fp32_is_not_computed():
 def test_configs_render_wgmma_for_both_dtypes():
     """Every third config renders (fp16 and bf16 in turn: the dtype changes only the wgmma's and the conversion's type,
     and the space doubled with ws); of the red 1 configs (the red 0 twin's kernel with another epilogue) every fifth,
-    to keep CI's time. Every value of every parameter is among those rendered."""
+    of the blkrec 1 ones (session 22's draft: tma 2's kernel with another record grouping) every eighth, to keep CI's
+    time. Every value of every parameter is among those rendered."""
     sp = space()
-    count, seen, turn, reds, total = 0, set(), {}, 0, 0
+    count, seen, turn, reds, blks, total = 0, set(), {}, 0, 0, 0
     values: dict = {}
     for cfg in sp.enumerate("fp16"):
         total += 1
-        if cfg["red"]:
+        if cfg.get("blkrec"):  # blkrec 1: every eighth
+            blks += 1
+            if blks % 8:
+                continue
+        elif cfg["red"]:
             reds += 1
             if reds % 5:
                 continue
-        elif (total - reds) % 3:
+        elif (total - reds - blks) % 3:
             continue
         key = (cfg["ws"], cfg["red"])
         turn[key] = turn.get(key, 0) + 1
@@ -505,7 +574,7 @@ def test_configs_render_wgmma_for_both_dtypes():
         for k, v in cfg.items():
             values.setdefault(k, set()).add(v)
         count += 1
-    assert total == sp.size("fp16") > 200 and count > 1000 and len(seen) == 8
+    assert total == sp.size("fp16") > 200 and count > 1000 and len(seen) == 8 and blks
     assert values == {p.name: set(p.choices("fp16")) for p in sp.params if p.name in values}
     assert set(values) == {p.name for p in sp.params}
 
@@ -593,6 +662,15 @@ RED = [dict(kg, red=1) for kg in get_family(FAMILY).space.known_good if kg.get("
        dict(bn=64, kc=2, dec="ballot", wg=1, stages=3, splitk=3, wait=1, minb=1, ws=1, tma=1, red=1),
        dict(bn=128, kc=4, dec="lane", wg=3, stages=4, splitk=8, wait=1, minb=1, ws=1, tma=2, red=1)]
 
+# session 22's draft (blkrec 1, tma 2: a block's records of a chunk by one bulk copy): the 4096^2 / 11008 N=128 bests
+# with it (wg 2 / 3, red 1 and 0), N = 64's minb 2, four warpgroups (16 records a group, the ballot decode's empty
+# records and wait 0), kc 2 at split-K 3
+BLKREC = [dict(bn=128, kc=4, dec="lane", wg=2, stages=4, splitk=3, wait=1, minb=1, ws=1, tma=2, red=1, blkrec=1),
+          dict(bn=128, kc=4, dec="lane", wg=2, stages=4, splitk=4, wait=1, minb=1, ws=1, tma=2, red=0, blkrec=1),
+          dict(bn=128, kc=4, dec="lane", wg=3, stages=4, splitk=2, wait=1, minb=1, ws=1, tma=2, red=1, blkrec=1),
+          dict(bn=64, kc=4, dec="lane", wg=2, stages=4, splitk=2, wait=1, minb=2, ws=1, tma=2, red=1, blkrec=1),
+          dict(bn=64, kc=2, dec="ballot", wg=4, stages=5, splitk=1, wait=0, minb=1, ws=1, tma=2, red=0, blkrec=1),
+          dict(bn=64, kc=2, dec="ballot", wg=3, stages=4, splitk=3, wait=1, minb=1, ws=1, tma=2, red=1, blkrec=1)]
 
 def _sm_registers(cfg: dict, regs: int) -> int:
     """Registers minb blocks take on the fullest of an SM's 4 schedulers, x 4 (each has 16384): warps are spread over
@@ -644,6 +722,45 @@ def test_covering_sample_compiles_for_sm90a_with_hgmma_and_without_spills(dtype)
                 assert "UBLKCP" in sass and "SYNCS.PHASECHK" in sass, cfg
                 assert ("ARRIVES.LDGSTSBAR" in sass) == (not cfg.get("tma")), cfg  # B by cp.async, or by TMA:
                 assert ("UTMALDG.2D" in sass) == bool(cfg.get("tma")), cfg
+
+
+def _check_build(cfg, rep):
+    assert "entry function 'spmm_kernel' for 'sm_90a'" in rep, cfg
+    assert re.search(r"0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
+    assert "C7510" not in rep and "serializ" not in rep, (cfg, rep)
+    regs = int(re.search(r"Used (\d+) registers", rep).group(1))
+    assert _sm_registers(cfg, regs) <= 65536, (cfg, regs)
+    return regs
+
+
+def test_blkrec_compiles_for_sm90a_without_spills():
+    """blkrec 1, the 4096^2 N=128 candidate (wg 2, split-K 3, red 1): sm_90a, no spills, the registers of its blkrec 0
+    twin or fewer (one offset window, not wg); ~4 s on 2 CPUs (the other blkrec configs: the heavy tier's test)."""
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = space()
+    cfg = BLKREC[0]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        (new, _), (old, _) = pool.map(lambda c: _nvcc_sm90a(render.render(sp, c, "fp16")), (cfg, {**cfg, "blkrec": 0}))
+    assert _check_build(cfg, new) <= _check_build({**cfg, "blkrec": 0}, old)
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_blkrec_configs_compile_for_sm90a_with_hgmma_and_without_spills(dtype):
+    """Every BLKREC config (the GPU tests' list) for sm_90a: no spills, registers fit minb blocks; with cuobjdump, kc
+    HGMMA a step and the producer's bulk copies and TMA loads."""
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = space()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda c: _nvcc_sm90a(render.render(sp, c, dtype), sass=True), BLKREC))
+    for cfg, (rep, sass) in zip(BLKREC, got):
+        _check_build(cfg, rep)
+        if sass:
+            hg = re.findall(r"HGMMA\.64x(\d+)x16\.F32\S* .*tnspB", sass)
+            assert len(hg) == 2 * cfg["kc"] and set(hg) == {str(cfg["bn"])}, (cfg, hg)
+            assert "UBLKCP" in sass and "UTMALDG.2D" in sass and "SYNCS.PHASECHK" in sass, cfg
 
 
 def test_nvrtc_builds_wgmma_with_the_familys_arch_beside_cupys():
@@ -864,6 +981,59 @@ def test_correct_at_small_n(dtype, n):
         a64 = csp.csr_matrix(a.astype(np.float64))
         checked = _check_on_gpu(_build_kernels(dev, cfgs, dtype), a, a64, n, dtype, name, checked)
     assert checked == 2 * len(cfgs) * len(cases) > 100
+
+
+def _blkrec_configs(n, dtype):
+    """BLKREC adapted to N (bn 128 -> 64 below N = 128), each at its own split-K and at 1 (the producer's return)."""
+    sp, fam = space(), get_family(FAMILY)
+    env = problem_env(130, 3000, n, 40_000, dtype)
+    out = []
+    for cfg in BLKREC:
+        cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
+        for splitk in dict.fromkeys((cfg["splitk"], 1) if cfg else ()):
+            c = {**cfg, "splitk": splitk}
+            if sp.check(c, env, DEFAULT_LIMITS) is None and c not in out:
+                out.append(c)
+    return out
+
+
+# configs a (dtype, N) of the blkrec GPU test: red 1 needs split-K >= 2, so only the red 0 config at split-K 4 gets a
+# split-K 1 twin (7 at every N)
+BLKREC_COUNT = {16: 7, 64: 7, 128: 7, 192: 7}
+
+
+def test_blkrec_gpu_configs_are_what_the_gpu_test_counts():
+    for n, want in BLKREC_COUNT.items():
+        for dtype in ("fp16", "bf16"):
+            cfgs = _blkrec_configs(n, dtype)
+            assert len(cfgs) == want and all(c["blkrec"] == 1 and c["tma"] == 2 for c in cfgs), (n, dtype, cfgs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", sorted(BLKREC_COUNT))  # a test an N (xdist spreads them)
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_blkrec_correct_on_edge_cases(dtype, n):
+    """blkrec 1 (session 22's draft): the BLKREC configs adapted to N, at their split-K and 1, on the edge cases (the
+    last block group partial: 130 rows, 9 strips, and 37 / 5 rows) and a uniform 1000 x 4096; poisoned C, fresh random
+    B, float64 reference, each launched twice: exactly 2 x configs x cases launches."""
+    import cupyx.scipy.sparse as csp
+    from sparse_autotune.core.problem import DTYPES, host_values
+    from sparse_autotune.device.gpu import gpu_info
+    from sparse_autotune.device.kernel import DeviceCSR
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
+    cases = adversarial()
+    cases["uniform_1000x4096_d0.1"] = random_matrix(1000, 4096, 0.1, "uniform", 3)
+    cfgs = _blkrec_configs(n, dtype)
+    assert len(cfgs) == BLKREC_COUNT[n]
+    checked = 0
+    for name, a in cases.items():
+        a = sps.csr_matrix(a, copy=True)
+        a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])
+        dev = DeviceCSR(a, dtype)
+        a64 = csp.csr_matrix(a.astype(np.float64))
+        checked = _check_on_gpu(_build_kernels(dev, cfgs, dtype), a, a64, n, dtype, name, checked)
+    assert checked == 2 * BLKREC_COUNT[n] * len(cases) == 2 * BLKREC_COUNT[n] * 10
 
 
 # ---- the diag switch (bench/diag_wgmma.py only: never a config) ----------------------------------------------------
