@@ -370,22 +370,30 @@ def test_tensor_map_encode_passes_the_arguments(monkeypatch):
     assert not h.encode_tensor_map(t).any()
 
 
+def _plain_records(h, kc, dec):
+    """The grouped-stream tests' matrix (300 rows: 19 strips; rows 40-99 empty) with the plain stream's info and its
+    records: {(strip, chunk): the record's bytes} for every non-empty one."""
+    a = random_matrix(300, 1000, 0.1, "uniform", 5).tolil()
+    a[40:100] = 0
+    a = sps.csr_matrix(a)
+    a.eliminate_zeros()
+    ptr, stream, info = h.build(a, kc, "fp16", dec)
+    S, NC = info["S"], info["NC"]
+    p = ptr.reshape(S, NC + 1)
+    want = {(s, c): bytes(stream[p[s, c]:p[s, c + 1]]) for s in range(S) for c in range(NC) if p[s, c + 1] > p[s, c]}
+    return a, info, want
+
+
 @pytest.mark.parametrize("kc,dec", [(2, "ballot"), (4, "lane"), (4, "ballot")])
 def test_grouped_stream_holds_the_same_records(kc, dec):
     """tma 2's stream: by the kernel's rule (word w of the group-chunk's header: offset | bytes << 16), each strip's
     record of each chunk is the plain stream's, byte for byte; headers 16-byte aligned; a group-chunk fits its slot.
     300 rows: 19 strips, the last group partial; rows 40-99 empty (empty records inside full groups)."""
     h = host()
-    a = random_matrix(300, 1000, 0.1, "uniform", 5).tolil()
-    a[40:100] = 0
-    a = sps.csr_matrix(a)
-    a.eliminate_zeros()
-    ptr, stream, info = h.build(a, kc, "fp16", dec)
+    a, info, want = _plain_records(h, kc, dec)
     gptr, gstream, ginfo = h.build_grouped(a, kc, "fp16", dec)
     S, NC = info["S"], info["NC"]
     assert ginfo["G"] == 5 and gptr.shape == (5 * (NC + 1),) and gptr.dtype == np.int32
-    p = ptr.reshape(S, NC + 1)
-    want = {(s, c): bytes(stream[p[s, c]:p[s, c + 1]]) for s in range(S) for c in range(NC) if p[s, c + 1] > p[s, c]}
     have = {s for s, _ in want}
     assert {2, 6, S - 1} <= have and not have & {3, 4, 5}
     assert h.ungroup(gptr, gstream, ginfo) == want
@@ -400,19 +408,13 @@ def test_block_grouped_stream_holds_the_same_records(wg, kc, dec):
     byte; a group-chunk fits the block's wg group slots; the last group partial (19 strips), empty records inside full
     groups (rows 40-99); a group of other than 4-16 strips (4 a warpgroup) refused."""
     h = host()
-    a = random_matrix(300, 1000, 0.1, "uniform", 5).tolil()
-    a[40:100] = 0
-    a = sps.csr_matrix(a)
-    a.eliminate_zeros()
-    ptr, stream, info = h.build(a, kc, "fp16", dec)
+    a, info, want = _plain_records(h, kc, dec)
     cfg = dict(wg=wg, blkrec=1)
     assert h.group_strips(cfg) == 4 * wg and h.group_strips({**cfg, "blkrec": 0}) == 4 == h.group_strips(dict(wg=wg))
     gptr, gstream, ginfo = h.build_grouped(a, kc, "fp16", dec, 4 * wg)
     S, NC = info["S"], info["NC"]
     G = -(-S // (4 * wg))
     assert ginfo["G"] == G and ginfo["group"] == 4 * wg and gptr.shape == (G * (NC + 1),)
-    p = ptr.reshape(S, NC + 1)
-    want = {(s, c): bytes(stream[p[s, c]:p[s, c + 1]]) for s in range(S) for c in range(NC) if p[s, c + 1] > p[s, c]}
     assert h.ungroup(gptr, gstream, ginfo) == want
     assert ginfo["max_group"] <= wg * h.group_slot_bytes(kc, dec) and np.all(np.diff(gptr) >= 0)
     assert ginfo["stream_bytes"] == info["stream_bytes"] + 16 * wg * G * NC
@@ -901,6 +903,36 @@ def _check_on_gpu(kernels, a, a64, n, dtype, name, checked):
     return checked
 
 
+def _check_matrices(cases, dtype, n, configs_for, checked=0):
+    """Each matrix of `cases` as the kernel sees it (values rounded to the dtype), its configs_for(name) kernels
+    checked by _check_on_gpu; returns `checked` plus the launches checked."""
+    import cupyx.scipy.sparse as csp
+    from sparse_autotune.core.problem import DTYPES, host_values
+    from sparse_autotune.device.kernel import DeviceCSR
+    for name, a in cases.items():
+        a = sps.csr_matrix(a, copy=True)
+        a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])  # what the kernel sees
+        dev = DeviceCSR(a, dtype)
+        a64 = csp.csr_matrix(a.astype(np.float64))
+        checked = _check_on_gpu(_build_kernels(dev, configs_for(name), dtype), a, a64, n, dtype, name, checked)
+    return checked
+
+
+def _adapted(cfgs, n, dtype):
+    """The configs adapted to N (family.adapt), each at its own split-K and at 1 where feasible (the producer's return
+    at split-K 1), without repeats."""
+    sp, fam = space(), get_family(FAMILY)
+    env = problem_env(130, 3000, n, 40_000, dtype)
+    out = []
+    for cfg in cfgs:
+        cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
+        for splitk in dict.fromkeys((cfg["splitk"], 1) if cfg else ()):
+            c = {**cfg, "splitk": splitk}
+            if sp.check(c, env, DEFAULT_LIMITS) is None and c not in out:
+                out.append(c)
+    return out
+
+
 def _gpu_configs(n, dtype):
     """The known-good configs and the covering sample adapted to N, each with split-K 1 and 2 where feasible (every
     bn, kc, wg and stages value at least once); ws 1 configs with their own split-K and 1 (the producer's two exits:
@@ -927,25 +959,17 @@ def test_correct_on_edge_cases(dtype, n):
     """Through the project's launch path (build_kernel with the family's sm_90a, Kernel.__call__): poisoned C, fresh
     random B, float64 reference; every kernel launched twice (split-K's counters must reset themselves). Every config
     on the uniform matrix, every third on the edge cases (all of them at N = 128)."""
-    import cupyx.scipy.sparse as csp
-    from sparse_autotune.core.problem import DTYPES, host_values
     from sparse_autotune.device.gpu import gpu_info
-    from sparse_autotune.device.kernel import DeviceCSR
     if gpu_info().cc != "9.0":
         pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
-    checked = want = 0
     cases = adversarial()
     cases["uniform_1000x4096_d0.1"] = random_matrix(1000, 4096, 0.1, "uniform", 3)
     every = _gpu_configs(n, dtype)
-    for name, a in cases.items():
-        a = sps.csr_matrix(a, copy=True)
-        a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])  # what the kernel sees
-        dev = DeviceCSR(a, dtype)
-        a64 = csp.csr_matrix(a.astype(np.float64))
-        cfgs = every if name == "uniform_1000x4096_d0.1" or n == 128 else every[::3]
-        checked = _check_on_gpu(_build_kernels(dev, cfgs, dtype), a, a64, n, dtype, name, checked)
-        want += 2 * len(cfgs)
-    assert checked == want and want > 300
+
+    def configs_for(name):
+        return every if name == "uniform_1000x4096_d0.1" or n == 128 else every[::3]
+    want = sum(2 * len(configs_for(name)) for name in cases)
+    assert _check_matrices(cases, dtype, n, configs_for) == want and want > 300
 
 
 @pytest.mark.gpu
@@ -955,46 +979,24 @@ def test_correct_at_small_n(dtype, n):
     """N = 8-32 (session 19): the known-good configs adapted to N (bn 64, most of the tile's columns past N: B's box
     reads zeros there and C's stores must stop at N), each at its own split-K and at 1, on the edge cases and a
     uniform 1000 x 4096; poisoned C, fresh random B, float64 reference, launched twice."""
-    import cupyx.scipy.sparse as csp
-    from sparse_autotune.core.problem import DTYPES, host_values
     from sparse_autotune.device.gpu import gpu_info
-    from sparse_autotune.device.kernel import DeviceCSR
     if gpu_info().cc != "9.0":
         pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
-    sp, fam = space(), get_family(FAMILY)
     cases = adversarial()
     cases["uniform_1000x4096_d0.1"] = random_matrix(1000, 4096, 0.1, "uniform", 3)
-    env = problem_env(130, 3000, n, 40_000, dtype)
-    cfgs = []
-    for cfg in KNOWN[:8] + RED[:2]:
-        cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
-        for splitk in dict.fromkeys((cfg["splitk"], 1) if cfg else ()):
-            c = {**cfg, "splitk": splitk}
-            if sp.check(c, env, DEFAULT_LIMITS) is None and c not in cfgs:
-                cfgs.append(c)
+    cfgs = _small_n_configs(n, dtype)
     assert len(cfgs) >= 6, (n, cfgs)
-    checked = 0
-    for name, a in cases.items():
-        a = sps.csr_matrix(a, copy=True)
-        a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])
-        dev = DeviceCSR(a, dtype)
-        a64 = csp.csr_matrix(a.astype(np.float64))
-        checked = _check_on_gpu(_build_kernels(dev, cfgs, dtype), a, a64, n, dtype, name, checked)
-    assert checked == 2 * len(cfgs) * len(cases) > 100
+    assert _check_matrices(cases, dtype, n, lambda name: cfgs) == 2 * len(cfgs) * len(cases) > 100
+
+
+def _small_n_configs(n, dtype):
+    """The small-N GPU test's configs: the first 8 known-good and 2 red 1 ones, adapted to N."""
+    return _adapted(KNOWN[:8] + RED[:2], n, dtype)
 
 
 def _blkrec_configs(n, dtype):
     """BLKREC adapted to N (bn 128 -> 64 below N = 128), each at its own split-K and at 1 (the producer's return)."""
-    sp, fam = space(), get_family(FAMILY)
-    env = problem_env(130, 3000, n, 40_000, dtype)
-    out = []
-    for cfg in BLKREC:
-        cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
-        for splitk in dict.fromkeys((cfg["splitk"], 1) if cfg else ()):
-            c = {**cfg, "splitk": splitk}
-            if sp.check(c, env, DEFAULT_LIMITS) is None and c not in out:
-                out.append(c)
-    return out
+    return _adapted(BLKREC, n, dtype)
 
 
 # configs a (dtype, N) of the blkrec GPU test: red 1 needs split-K >= 2, so only the red 0 config at split-K 4 gets a
@@ -1016,23 +1018,14 @@ def test_blkrec_correct_on_edge_cases(dtype, n):
     """blkrec 1 (session 22's draft): the BLKREC configs adapted to N, at their split-K and 1, on the edge cases (the
     last block group partial: 130 rows, 9 strips, and 37 / 5 rows) and a uniform 1000 x 4096; poisoned C, fresh random
     B, float64 reference, each launched twice: exactly 2 x configs x cases launches."""
-    import cupyx.scipy.sparse as csp
-    from sparse_autotune.core.problem import DTYPES, host_values
     from sparse_autotune.device.gpu import gpu_info
-    from sparse_autotune.device.kernel import DeviceCSR
     if gpu_info().cc != "9.0":
         pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
     cases = adversarial()
     cases["uniform_1000x4096_d0.1"] = random_matrix(1000, 4096, 0.1, "uniform", 3)
     cfgs = _blkrec_configs(n, dtype)
     assert len(cfgs) == BLKREC_COUNT[n]
-    checked = 0
-    for name, a in cases.items():
-        a = sps.csr_matrix(a, copy=True)
-        a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])
-        dev = DeviceCSR(a, dtype)
-        a64 = csp.csr_matrix(a.astype(np.float64))
-        checked = _check_on_gpu(_build_kernels(dev, cfgs, dtype), a, a64, n, dtype, name, checked)
+    checked = _check_matrices(cases, dtype, n, lambda name: cfgs)
     assert checked == 2 * BLKREC_COUNT[n] * len(cases) == 2 * BLKREC_COUNT[n] * 10
 
 
