@@ -317,7 +317,7 @@ def _llm_records(n: int) -> list[dict]:
 
 def test_recold_rows_replace_the_cold_times_of_the_same_winner_only():
     """suite.apply_retimed: a row's cold times go over the record whose winner is the config it timed; a row of another
-    config (the record changed since), a skipped row and a row of no record are refused with the reason; the input
+    config (the record changed since), a skipped or failed row and a row of no record are refused with the reason; the input
     records are not modified. retime_cases: --only's filter and --skip's keys."""
     from sparse_autotune.tuning.suite import apply_retimed, case_key, parse_case_filter, retime_cases
     recs = _llm_records(3)
@@ -329,9 +329,11 @@ def test_recold_rows_replace_the_cold_times_of_the_same_winner_only():
     skipped = {**{k: recs[2][k] for k in keys}, "family": recs[2]["family"], "config": recs[2]["config"],
                "skipped": "budget"}
     nowhere = {**same, "M": 7}
+    failed = {**{k: recs[2][k] for k in keys}, "family": recs[2]["family"], "config": recs[2]["config"],
+              "error": "CandidateError: verify"}
     before = json.dumps(recs)
-    new, applied, refused = apply_retimed(recs, [same, other, skipped, nowhere])
-    assert applied == 1 and len(refused) == 3
+    new, applied, refused = apply_retimed(recs, [same, other, skipped, nowhere, failed])
+    assert applied == 1 and len(refused) == 4 and any("CandidateError" in w for w in refused)
     assert new[0]["tuned_cold_us"] == 123.0 and new[0]["dense_cold_us"] == 456.0
     assert new[0]["cold_retimed"] == "2026-12-02" and new[0]["tuned_us"] == recs[0]["tuned_us"]
     assert new[1] == recs[1] and new[2] == recs[2] and json.dumps(recs) == before

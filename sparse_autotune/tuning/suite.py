@@ -256,7 +256,7 @@ def apply_retimed(records: list[dict], rows: list[dict]) -> tuple[list[dict], in
     """The records with the cold times of `rows` (recold's output: a case key, the family and config timed, and
     RETIMED_FIELDS) put over theirs, each updated one marked with `cold_retimed` (the row's date). A row is refused
     (and said why) when no record has its case, or the record's winner is not the config it timed (the record changed
-    since, e.g. by a merge), or it timed nothing (skipped: a budget's cut). Returns (new records, rows applied, why
+    since, e.g. by a merge), or it timed nothing (skipped: a budget's cut; or failed: its error). Returns (new records, rows applied, why
     the others were not); the input is not modified."""
     by_key = {case_key(r): j for j, r in enumerate(records)}
     out = [dict(r) for r in records]
@@ -266,8 +266,8 @@ def apply_retimed(records: list[dict], rows: list[dict]) -> tuple[list[dict], in
         j = by_key.get(k)
         if j is None:
             refused.append(f"{k}: no record of this case")
-        elif row.get("skipped"):
-            refused.append(f"{k}: not timed ({row['skipped']})")
+        elif row.get("skipped") or row.get("error"):
+            refused.append(f"{k}: not timed ({row.get('skipped') or row.get('error')})")
         elif (out[j].get("family"), out[j].get("config")) != (row.get("family"), row.get("config")):
             refused.append(f"{k}: the record's winner is {out[j].get('family')} {out[j].get('config')}, the row timed "
                            f"{row.get('family')} {row.get('config')}")
