@@ -7,8 +7,8 @@
     python3 bench/probe.py config --case C --family F --config JSON [--baselines] [--out STEM]
     python3 bench/probe.py profile --case C (--db PATH | --family F --config JSON) [--launches 5] [--ncu [FILE]]
     python3 bench/probe.py baselines [--case C ...] [--out STEM]
-    python3 bench/probe.py recold --records SUITE.json [--only F=V,V ...] [--skip RECOLD.json ...] [--workers 8]
-                                  [--budget S] [--out STEM]
+    python3 bench/probe.py recold (--records SUITE.json | --case C ... --config FAMILY:JSON|@FILE ...)
+                                  [--only F=V,V ...] [--skip RECOLD.json ...] [--workers 8] [--budget S] [--out STEM]
     python3 bench/probe.py recold-apply --records SUITE.json --rows RECOLD.json [...] [--suite llm] --out DIR
     python3 bench/probe.py overhead [--out DIR]
     python3 bench/probe.py sddmm [--quick] [--budget S] [--dtype fp16,fp32] [--kind attention,weightgrad]
@@ -35,7 +35,8 @@ tuner measures a candidate: built (device.kernel.build_kernel), verified against
              launch) and writes its report to FILE (default OUTDIR/ncu/ncu-FAMILY-CASE.txt)
   recold     a suite's records (--only: some of them) timed cold again for their own winners: each built, verified
              and timed warm, then it and cuBLAS of the same precision with A from HBM (device.cold, as the tuner's
-             finish); for records measured before a fix to the cold timing, without a new search -> recold-<gpu>
+             finish); for records measured before a fix to the cold timing, without a new search -> recold-<gpu>.
+             With --case and --config (as sweep's) instead: every given config on every case where it is feasible
   recold-apply  (no GPU) those times put over the records whose winner is the config timed; the suite's JSON and
              report written into --out (bench --merge's writer)
   baselines  our baselines against PyTorch's (dense fp32, tf32, fp16, sparse CSR), both timed by time_launches
@@ -512,32 +513,76 @@ def _recold_one(rec: dict, deadline: float) -> dict:
     return row
 
 
+def candidate_records(cases: list[Case], given: list[tuple[str, dict]], limits: dict) -> tuple[list[dict], list[str]]:
+    """recold's records for --case x --config: each given config normalized for each case's dtype (parameters left out
+    take the space's defaults) where that is feasible (the family computes the dtype, the constraints hold under the
+    GPU's limits), each (case, family, config) once; and why each of the others was left out."""
+    from sparse_autotune.core.space import get_space, problem_env  # noqa: PLC0415
+    from sparse_autotune.tuning.suite import retime_key  # noqa: PLC0415
+    recs, why, seen = [], [], set()
+    for case in cases:
+        nnz = int(round(case.M * case.K * case.density))
+        env = problem_env(case.M, case.K, case.N, nnz, case.dtype)
+        for fam, cfg in given:
+            space = get_space(fam)
+            norm = space.normalize(cfg, case.dtype) if space.supports(case.dtype) else None
+            bad = (f"{fam} computes only {', '.join(space.dtypes)}" if not space.supports(case.dtype) else
+                   "a value is not in the space" if norm is None else space.check(norm, env, limits))
+            if bad is not None:
+                why.append(f"{case.label()} {fam} {json.dumps(cfg, sort_keys=True)}: {bad}")
+                continue
+            rec = {**asdict(case), "family": fam, "config": norm}
+            if retime_key(rec) not in seen:
+                seen.add(retime_key(rec))
+                recs.append(rec)
+    return recs, why
+
+
 def cmd_recold(a) -> int:
     from concurrent.futures import ProcessPoolExecutor, as_completed  # noqa: PLC0415
     import multiprocessing  # noqa: PLC0415
-    from sparse_autotune.tuning.suite import case_key, parse_case_filter, retime_cases  # noqa: PLC0415
-    records = _read_json_list(a.records, "--records")
+    from sparse_autotune.tuning.suite import case_key, parse_case_filter, retime_cases, retime_key  # noqa: PLC0415
+    if bool(a.records) == bool(a.case or a.config):
+        raise UserError("give --records SUITE.json, or --case C ... with --config FAMILY:JSON|@FILE ... (not both)")
+    if a.case and not a.config or a.config and not a.case:
+        raise UserError("--case and --config go together: every config is timed on every case where it is feasible")
+    if a.workers < 1:
+        raise UserError("--workers must be at least 1")
     conds = parse_case_filter(" ".join(a.only), "--only") if a.only else None
     skip = set()
     for f in a.skip or []:
-        skip |= {case_key(r) for r in _read_json_list(f, "--skip") if not r.get("skipped") and not r.get("error")}
-    todo = retime_cases(records, conds, skip)
-    if not todo:
-        raise UserError(f"--records {a.records}: no record to time again (--only / --skip leave none)")
-    if a.workers < 1:
-        raise UserError("--workers must be at least 1")
+        rows0 = _read_json(f, "--skip")
+        rows0 = rows0.get("rows") if isinstance(rows0, dict) else None
+        if not isinstance(rows0, list):
+            raise UserError(f"--skip {f}: not a recold output (a JSON object with 'rows')")
+        skip |= {retime_key(r) for r in rows0 if not r.get("skipped") and not r.get("error")}
+    if a.records:
+        todo = retime_cases(_read_json_list(a.records, "--records"), conds, skip)
+        what = str(a.records)
+        if not todo:  # before the GPU: a filter that leaves nothing is bad input
+            raise UserError(f"recold: nothing to time ({what}: --only / --skip leave none)")
+    else:
+        cases, given = [parse_case(c) for c in a.case], parse_given(a.config)
     dev = Device()
+    if not a.records:
+        todo, left_out = candidate_records(cases, given, dev.info.limits())
+        for why in left_out:
+            log(f"left out: {why}")
+        todo = retime_cases(todo, conds, skip)
+        what = f"{len(given)} given configs x {len(cases)} cases"
+    if not todo:
+        raise UserError(f"recold: nothing to time ({what}: --only / --skip / feasibility leave none)")
     out = stem(a.out, f"recold-{_slug(dev)}")
     deadline = time.time() + a.budget if a.budget > 0 else float("inf")
-    log(f"recold: {len(todo)} records of {a.records}, {a.workers} worker processes")
+    log(f"recold: {len(todo)} of {what}, {a.workers} worker processes")
     rows: list[dict] = []
-    lines = [f"# Cold times again for the records' winners ({a.records})", "", f"{dev.versions_line()}.", "",
+    lines = [f"# Warm and cold times of given configs ({what})", "", f"{dev.versions_line()}.", "",
              "| case | family | warm us (before) | cold us (before) | cuBLAS cold us (before) | copies | s |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
 
     def flush(last: bool) -> None:
-        order = {case_key(r): j for j, r in enumerate(todo)}
-        rows.sort(key=lambda r: order[case_key(r)])
+        order = {retime_key(r): j for j, r in enumerate(todo)}
+        rows.sort(key=lambda r: order[retime_key(r)])
         body = [f"| {Case(**{k: r[k] for k in ('M', 'K', 'N', 'density', 'dtype', 'pattern')}).label()} | "
                 f"{r['family']} | " + (f"{r.get('skipped') or r.get('error')} | | | | |" if r.get("skipped") or
                                        r.get("error") else
@@ -545,7 +590,7 @@ def cmd_recold(a) -> int:
                 f"({fmt(r.get('tuned_cold_us_before'))}) | {fmt(r.get('dense_cold_us'))} "
                 f"({fmt(r.get('dense_cold_us_before'))}) | {r.get('cold_copies')} | {r.get('seconds')} |")
                 for r in rows]
-        write(out, {**dev.meta, "records": str(a.records), "rows": rows}, lines + body, echo=last)
+        write(out, {**dev.meta, "records": what, "rows": rows}, lines + body, echo=last)
 
     ctx = multiprocessing.get_context("spawn")  # CUDA in each worker: no fork of an initialised parent
     with ProcessPoolExecutor(a.workers, mp_context=ctx, initializer=_recold_init) as pool:
@@ -1507,7 +1552,11 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", help="output stem (default OUTDIR/finetune-GPU)")
 
     rc = sub.add_parser("recold", help="a suite's records: their winners and cuBLAS timed cold again (A from HBM)")
-    rc.add_argument("--records", required=True, help="the suite's JSON, e.g. bench/results/suite-llm-h200.json")
+    rc.add_argument("--records", help="the suite's JSON, e.g. bench/results/suite-llm-h200.json (or any JSON list of "
+                    "case + family + config)")
+    rc.add_argument("--case", action="append", help=case_help + " (repeatable; with --config instead of --records)")
+    rc.add_argument("--config", action="append", metavar="FAMILY:JSON", help="a config timed on every --case where it "
+                    "is feasible (repeatable; @FILE: one FAMILY:JSON a line, e.g. a draft's configs file)")
     rc.add_argument("--only", action="append", metavar="F=V,V", help="only the records matching (repeatable, all hold; "
                     "F one of M K N density dtype pattern), as bench --only")
     rc.add_argument("--skip", action="append", metavar="JSON", help="an earlier recold output: its timed cases are "

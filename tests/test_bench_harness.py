@@ -319,7 +319,7 @@ def test_recold_rows_replace_the_cold_times_of_the_same_winner_only():
     """suite.apply_retimed: a row's cold times go over the record whose winner is the config it timed; a row of another
     config (the record changed since), a skipped or failed row and a row of no record are refused with the reason; the input
     records are not modified. retime_cases: --only's filter and --skip's keys."""
-    from sparse_autotune.tuning.suite import apply_retimed, case_key, parse_case_filter, retime_cases
+    from sparse_autotune.tuning.suite import apply_retimed, parse_case_filter, retime_cases, retime_key
     recs = _llm_records(3)
     keys = ("M", "K", "N", "density", "dtype", "pattern")
     same = {**{k: recs[0][k] for k in keys}, "family": recs[0]["family"], "config": recs[0]["config"],
@@ -342,7 +342,10 @@ def test_recold_rows_replace_the_cold_times_of_the_same_winner_only():
     only = parse_case_filter(f"N={recs[0]['N']} density={recs[0]['density']}", "--only")
     hit = retime_cases(recs, only)
     assert hit and all(r["N"] == recs[0]["N"] and r["density"] == recs[0]["density"] for r in hit)
-    assert case_key(recs[0]) not in {case_key(r) for r in retime_cases(recs, None, skip={case_key(recs[0])})}
+    left = retime_cases(recs, None, skip={retime_key(recs[0])})
+    assert [retime_key(r) for r in left] == [retime_key(r) for r in recs[1:]]
+    other_config = {**recs[0], "config": {**recs[0]["config"], "x": 1}}  # a case's other candidate is not skipped
+    assert retime_cases([other_config], None, skip={retime_key(recs[0])}) == [other_config]
 
 
 def test_probe_recold_apply_writes_the_suite_and_its_report_and_overwrites_nothing(tmp_path):
@@ -370,12 +373,38 @@ def test_probe_recold_apply_writes_the_suite_and_its_report_and_overwrites_nothi
     assert "not a recold output" in _one_line_error(proc, "probe.py")
 
 
+SUITE_LLM = str(ROOT / "bench" / "results" / "suite-llm-h200.json")
+
+
 @pytest.mark.parametrize("args, says", [
     (["--records", "nope.json"], "cannot read it as JSON"),
-    (["--only", "Q=1"], "is not FIELD=V1,V2"),
-    (["--only", "N=3"], "no record to time again"),
+    (["--records", SUITE_LLM, "--only", "Q=1"], "is not FIELD=V1,V2"),
+    (["--records", SUITE_LLM, "--only", "N=3"], "nothing to time"),
+    (["--records", SUITE_LLM, "--case", "64x64:8:0.1:fp16"], "not both"),
+    (["--case", "64x64:8:0.1:fp16"], "--case and --config go together"),
+    (["--case", "64x:8:0.1:fp16", "--config", "csr_gemv:{}"], "malformed shape"),
+    (["--case", "64x64:8:0.1:fp16", "--config", "nope:{}"], "unknown family 'nope'"),
+    (["--records", SUITE_LLM, "--skip", SUITE_LLM], "not a recold output"),
 ])
 def test_probe_recold_refuses_bad_input_before_the_gpu(args, says):
-    base = ["--records", str(ROOT / "bench" / "results" / "suite-llm-h200.json")]
-    proc = _run([sys.executable, str(PROBE), "recold", *(base if args[0] != "--records" else []), *args])
+    proc = _run([sys.executable, str(PROBE), "recold", *args])
     assert says in _one_line_error(proc, "probe.py")
+
+
+def test_recold_candidates_are_the_feasible_configs_normalized_per_case():
+    """`recold --case --config`: each given config on each case where the family computes the dtype and the
+    constraints hold under the GPU's limits, normalized (defaults filled), once each; the others said why."""
+    from scripts import load_script
+    probe = load_script("bench/probe.py", "probe_recold")
+    cases = [probe.parse_case("4096x4096:1:0.1:fp16"), probe.parse_case("4096x4096:8:0.1:fp32"),
+             probe.parse_case("4096x4096:16:0.1:bf16")]
+    given = probe.parse_given(['csr_gemv:{"lanes": 16, "warps": 8, "nb": 1, "iters": 2, "unroll": 2}',
+                               'csr_gemv:{"lanes": 16, "warps": 8, "nb": 16, "iters": 2, "unroll": 2}',
+                               'csr_gemv:{"lanes": 16, "warps": 8, "nb": 1, "iters": 2, "unroll": 2}'])
+    limits = {"max_smem_bytes": 49152, "max_dyn_smem_bytes": 232448, "max_threads": 1024, "sm": 90}
+    recs, why = probe.candidate_records(cases, given, limits)
+    got = [(r["N"], r["dtype"], r["config"]["nb"]) for r in recs]
+    # nb 1 fits N = 1 and 16; nb 16 only N = 16 (nb <= next_pow2(N)); fp32: csr_gemv computes fp16 / bf16 only
+    assert got == [(1, "fp16", 1), (16, "bf16", 1), (16, "bf16", 16)]
+    assert all(r["config"]["bsrc"] == "smem" and r["family"] == "csr_gemv" for r in recs)  # defaults filled
+    assert sum("computes only" in w for w in why) == 3 and any("next_pow2" in w or "column block" in w for w in why)

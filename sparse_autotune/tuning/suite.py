@@ -244,12 +244,17 @@ def write_merged(paths: list[Path], suite: str, out_dir: Path, first_wins: bool 
 RETIMED_FIELDS = ("tuned_cold_us", "dense_cold_us", "cold_error")
 
 
+def retime_key(r: dict) -> tuple:
+    """A record's or a recold row's identity: its case, family and config (a candidates file has several a case)."""
+    return (*case_key(r), r.get("family"), json.dumps(r.get("config"), sort_keys=True))
+
+
 def retime_cases(records: list[dict], conds: dict[str, set] | None = None, skip=()) -> list[dict]:
     """The records to time cold again: those matching conds (parse_case_filter; None: all) that hold a winner (family,
-    config), less the case keys in skip (rows already measured)."""
+    config), less those whose retime_key is in skip (rows already measured)."""
     skip = set(skip)
     return [r for r in records if (conds is None or case_matches(r, conds)) and r.get("family")
-            and isinstance(r.get("config"), dict) and case_key(r) not in skip]
+            and isinstance(r.get("config"), dict) and retime_key(r) not in skip]
 
 
 def apply_retimed(records: list[dict], rows: list[dict]) -> tuple[list[dict], int, list[str]]:
