@@ -69,7 +69,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -467,6 +467,11 @@ def cmd_config(a) -> int:
 _RC: dict = {}  # a recold worker process's device state (gpu info, turn)
 
 
+def _case_fields(r: dict) -> dict:
+    """A record's or row's case (M, K, N, density, dtype, pattern: Case's fields)."""
+    return {f.name: r[f.name] for f in fields(Case)}
+
+
 def _recold_init() -> None:
     from sparse_autotune.device.gpu import gpu_info  # noqa: PLC0415
     from sparse_autotune.device.turn import current_gpu_key, turn_for  # noqa: PLC0415
@@ -483,7 +488,7 @@ def _recold_one(rec: dict, deadline: float) -> dict:
     from sparse_autotune.device.staged import build_for  # noqa: PLC0415
     from sparse_autotune.device.timing import time_launches  # noqa: PLC0415
     from sparse_autotune.device.verify import check  # noqa: PLC0415
-    keys = {k: rec[k] for k in ("M", "K", "N", "density", "dtype", "pattern")}
+    keys = _case_fields(rec)
     row = {**keys, "family": rec["family"], "config": rec["config"], "tuned_us_before": rec.get("tuned_us"),
            "tuned_cold_us_before": rec.get("tuned_cold_us"), "dense_cold_us_before": rec.get("dense_cold_us"),
            "date": dt.date.today().isoformat()}
@@ -551,11 +556,7 @@ def cmd_recold(a) -> int:
     conds = parse_case_filter(" ".join(a.only), "--only") if a.only else None
     skip = set()
     for f in a.skip or []:
-        rows0 = _read_json(f, "--skip")
-        rows0 = rows0.get("rows") if isinstance(rows0, dict) else None
-        if not isinstance(rows0, list):
-            raise UserError(f"--skip {f}: not a recold output (a JSON object with 'rows')")
-        skip |= {retime_key(r) for r in rows0 if not r.get("skipped") and not r.get("error")}
+        skip |= {retime_key(r) for r in _read_recold_rows(f, "--skip") if not r.get("skipped") and not r.get("error")}
     if a.records:
         todo = retime_cases(_read_json_list(a.records, "--records"), conds, skip)
         what = str(a.records)
@@ -583,7 +584,7 @@ def cmd_recold(a) -> int:
     def flush(last: bool) -> None:
         order = {retime_key(r): j for j, r in enumerate(todo)}
         rows.sort(key=lambda r: order[retime_key(r)])
-        body = [f"| {Case(**{k: r[k] for k in ('M', 'K', 'N', 'density', 'dtype', 'pattern')}).label()} | "
+        body = [f"| {Case(**_case_fields(r)).label()} | "
                 f"{r['family']} | " + (f"{r.get('skipped') or r.get('error')} | | | | |" if r.get("skipped") or
                                        r.get("error") else
                 f"{fmt(r.get('tuned_us'))} ({fmt(r.get('tuned_us_before'))}) | {fmt(r.get('tuned_cold_us'))} "
@@ -600,8 +601,8 @@ def cmd_recold(a) -> int:
             try:
                 row = f.result()
             except Exception as exc:  # noqa: BLE001 - a lost worker: the case is reported as failed
-                row = {**{k: r[k] for k in ("M", "K", "N", "density", "dtype", "pattern")}, "family": r["family"],
-                       "config": r["config"], "error": f"worker: {type(exc).__name__}: {exc}"}
+                row = {**_case_fields(r), "family": r["family"], "config": r["config"],
+                       "error": f"worker: {type(exc).__name__}: {exc}"}
             rows.append(row)
             if not row.get("skipped"):
                 log(f"[{i}/{len(todo)}] {case_key(row)} {row['family']}: " + (row.get("error") or
@@ -623,12 +624,7 @@ def cmd_recold_apply(a) -> int:
     from sparse_autotune.tuning.suite import apply_retimed, write_merged  # noqa: PLC0415
     from sparse_autotune.device.gpu import gpu_slug  # noqa: PLC0415
     records = _read_json_list(a.records, "--records")
-    rows = []
-    for f in a.rows:
-        data = _read_json(f, "--rows")
-        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
-            raise UserError(f"--rows {f}: not a recold output (a JSON object with 'rows')")
-        rows += data["rows"]
+    rows = [r for f in a.rows for r in _read_recold_rows(f, "--rows")]
     new, applied, refused = apply_retimed(records, rows)
     for why in refused:
         log(f"not applied: {why}")
@@ -651,6 +647,14 @@ def _read_json(path, opt: str):
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise UserError(f"{opt} {path}: cannot read it as JSON: {exc}") from None
+
+
+def _read_recold_rows(path, opt: str) -> list[dict]:
+    """The rows of a recold output (a JSON object with 'rows'); one line and exit 2 for anything else."""
+    data = _read_json(path, opt)
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise UserError(f"{opt} {path}: not a recold output (a JSON object with 'rows')")
+    return data["rows"]
 
 
 def _read_json_list(path, opt: str) -> list[dict]:

@@ -315,22 +315,23 @@ def _llm_records(n: int) -> list[dict]:
     return [dict(r) for r in recs[:n]]
 
 
+def _row(rec: dict, **fields) -> dict:
+    """A recold row for the record's case and winner (family, config), with `fields` (times, skipped, error ...)."""
+    keys = ("M", "K", "N", "density", "dtype", "pattern", "family", "config")
+    return {**{k: rec[k] for k in keys}, **fields}
+
+
 def test_recold_rows_replace_the_cold_times_of_the_same_winner_only():
     """suite.apply_retimed: a row's cold times go over the record whose winner is the config it timed; a row of another
     config (the record changed since), a skipped or failed row and a row of no record are refused with the reason; the input
     records are not modified. retime_cases: --only's filter and --skip's keys."""
     from sparse_autotune.tuning.suite import apply_retimed, parse_case_filter, retime_cases, retime_key
     recs = _llm_records(3)
-    keys = ("M", "K", "N", "density", "dtype", "pattern")
-    same = {**{k: recs[0][k] for k in keys}, "family": recs[0]["family"], "config": recs[0]["config"],
-            "tuned_cold_us": 123.0, "dense_cold_us": 456.0, "cold_error": None, "date": "2026-12-02"}
-    other = {**{k: recs[1][k] for k in keys}, "family": recs[1]["family"], "config": {**recs[1]["config"], "x": 1},
-             "tuned_cold_us": 1.0, "dense_cold_us": 2.0}
-    skipped = {**{k: recs[2][k] for k in keys}, "family": recs[2]["family"], "config": recs[2]["config"],
-               "skipped": "budget"}
+    same = _row(recs[0], tuned_cold_us=123.0, dense_cold_us=456.0, cold_error=None, date="2026-12-02")
+    other = _row(recs[1], config={**recs[1]["config"], "x": 1}, tuned_cold_us=1.0, dense_cold_us=2.0)
+    skipped = _row(recs[2], skipped="budget")
     nowhere = {**same, "M": 7}
-    failed = {**{k: recs[2][k] for k in keys}, "family": recs[2]["family"], "config": recs[2]["config"],
-              "error": "CandidateError: verify"}
+    failed = _row(recs[2], error="CandidateError: verify")
     before = json.dumps(recs)
     new, applied, refused = apply_retimed(recs, [same, other, skipped, nowhere, failed])
     assert applied == 1 and len(refused) == 4 and any("CandidateError" in w for w in refused)
@@ -354,9 +355,7 @@ def test_probe_recold_apply_writes_the_suite_and_its_report_and_overwrites_nothi
     recs = _llm_records(4)
     src = tmp_path / "in.json"
     src.write_text(json.dumps(recs))
-    keys = ("M", "K", "N", "density", "dtype", "pattern")
-    rows = {"rows": [{**{k: recs[3][k] for k in keys}, "family": recs[3]["family"], "config": recs[3]["config"],
-                      "tuned_cold_us": 99.5, "dense_cold_us": 88.5, "cold_error": None, "date": "2026-12-02"}]}
+    rows = {"rows": [_row(recs[3], tuned_cold_us=99.5, dense_cold_us=88.5, cold_error=None, date="2026-12-02")]}
     rf = tmp_path / "recold.json"
     rf.write_text(json.dumps(rows))
     out = tmp_path / "out"

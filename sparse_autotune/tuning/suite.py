@@ -273,7 +273,7 @@ def apply_retimed(records: list[dict], rows: list[dict]) -> tuple[list[dict], in
             refused.append(f"{k}: no record of this case")
         elif row.get("skipped") or row.get("error"):
             refused.append(f"{k}: not timed ({row.get('skipped') or row.get('error')})")
-        elif (out[j].get("family"), out[j].get("config")) != (row.get("family"), row.get("config")):
+        elif retime_key(out[j]) != retime_key(row):
             refused.append(f"{k}: the record's winner is {out[j].get('family')} {out[j].get('config')}, the row timed "
                            f"{row.get('family')} {row.get('config')}")
         else:
