@@ -978,3 +978,161 @@ def test_ks_correct_on_edge_cases_gpu(dtype, layout):
     checked = _check_on_gpu(dtype, layout, cases, (8, 13, 16, 17, 32), configs, launches=2,
                             after=counters_back_at_zero)
     assert checked >= 150
+
+
+# ---- session 24 draft: warps 32 (bench/drafts/csr_gemv-occupancy.md) --------------------------------------------
+
+# the llm suite's two-pass 16-warp shared-memory winners at N = 16 / 8 (M >= 11008) as one pass of 32 warps, the
+# 4096-row one (one row a warp), B through L1 at 32 warps, K slices at 32 warps, an f32 nb 8 one
+W32 = [dict(lanes=8, warps=32, nb=16, iters=1, unroll=2, bsrc="smem", acc="h2x4", split=2, pf=1, minb=1, bif=1, ks=1),
+       dict(lanes=8, warps=32, nb=8, iters=1, unroll=2, bsrc="smem", acc="h2x4", pf=1, minb=1, bif=1, ks=1),
+       dict(lanes=32, warps=32, nb=16, iters=1, unroll=1, bsrc="smem", acc="h2x4", split=2, pf=1, minb=1, ks=1),
+       dict(lanes=16, warps=32, nb=32, iters=1, unroll=1, bsrc="l1", acc="h2x4", split=4, pf=1, minb=1),
+       dict(lanes=16, warps=32, nb=32, iters=1, unroll=1, bsrc="smem", acc="h2x4", split=4, pf=1, minb=1, ks=2),
+       dict(lanes=16, warps=32, nb=8, iters=2, unroll=1, bsrc="smem", acc="f32", pf=0, minb=1, ks=1)]
+
+
+def test_warps_32_in_the_space():
+    """warps 32 is feasible (1024 threads) only without a second block an SM (minb 1: two would cap registers at 32).
+    The measured winners (session 24) are known-good configs tried first on tall layers at N <= 16 only: elsewhere the
+    tuner's first tries are as before."""
+    sp = get_family(FAMILY).space
+    env = problem_env(14336, 4096, 16, 2_936_013, "fp16")
+    for cfg in W32:
+        assert sp.normalize(cfg, "fp16") == cfg, cfg
+    assert sp.check(W32[0], env, DEFAULT_LIMITS) is None
+    assert sp.check({**W32[0], "minb": 2}, env, DEFAULT_LIMITS) is not None  # 2 x 1024 threads: 32 registers
+    assert sp.check(W32[0], env, {**DEFAULT_LIMITS, "max_threads": 512}) is not None
+    assert sp.check({**W32[0], "warps": 16, "iters": 2}, env, DEFAULT_LIMITS) is None  # its twin, the suite's winner
+    assert [m for m in (1, 2, 4, 8) if sp.check({**W32[0], "minb": m}, env, DEFAULT_LIMITS) is None] == [1]
+    first = {(dt, m, n): sp.defaults(dt, problem_env(m, 4096, n, 10, dt), DEFAULT_LIMITS)[0]
+             for dt in ("fp16", "bf16") for m, n in ((14336, 16), (11008, 8), (4096, 16), (4096, 8), (11008, 32))}
+    for (dt, m, n), cfg in first.items():
+        assert (cfg["warps"] == 32) == (m >= 8192 and n <= 16), (dt, m, n, cfg)
+        if cfg["warps"] == 32:
+            assert cfg["nb"] == n and cfg["minb"] == 1 and cfg["iters"] == 1, (dt, m, n, cfg)
+
+
+def test_warps_32_renders_as_its_16_warp_twin_but_for_the_block():
+    """The template serves 32 warps as any other count: a warps-32 config's source is its warps-16 twin's but for the
+    header and WARPS (the block size, the copy's stride, __launch_bounds__(1024))."""
+    sp = get_family(FAMILY).space
+    for cfg in W32:
+        for dt, lay in (("fp16", "kn"), ("bf16", "nk")):
+            new = render.render(sp, cfg, dt, layout=lay).splitlines()
+            old = render.render(sp, {**cfg, "warps": 16}, dt, layout=lay).splitlines()
+            diff = [(a, b) for a, b in zip(new, old) if a != b]
+            assert len(new) == len(old) and len(diff) == 2, (cfg, dt, lay, diff)
+            assert "warps=32" in diff[0][0] and diff[1] == ("#define WARPS 32", "#define WARPS 16")
+            assert any("__launch_bounds__(32 * WARPS)" in line for line in new)
+
+
+def _w32_compile_check(jobs, layout):
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = get_family(FAMILY).space
+    for dt, cfg, regs, spill, rep in _nvcc_sm90(sp, jobs, layout):
+        assert regs <= 64, (dt, cfg, rep)  # __launch_bounds__(1024): 65536 / 1024
+        assert spill == 0, (dt, cfg, rep)
+
+
+def test_warps_32_compile_with_nvcc():
+    """The two twins of the suite's N = 16 / N = 8 winners (fp16 kn, bf16 nk): within 64 registers, no spill (ptxas
+    gives 59-63; the rest of W32 in the heavy tier)."""
+    _w32_compile_check([("fp16", W32[0]), ("bf16", W32[1])], "kn")
+
+
+@pytest.mark.heavy  # CI's time: ~10 nvcc runs
+@pytest.mark.parametrize("layout", ["kn", "nk"])
+def test_warps_32_compile_with_nvcc_all(layout):
+    _w32_compile_check([(("fp16", "bf16")[i % 2], c) for i, c in enumerate(W32)], layout)
+
+
+def _w32_emulation_ok(runs, dtype, layout):
+    from cuda_host import gxx_path
+    if gxx_path() is None:
+        pytest.skip("g++ not found")
+    from sparse_autotune.core.problem import TOLERANCE
+
+    def one(r):
+        c, name, a, n = r
+        return r, _emulate_runs(c, dtype, a, n, layout, (n,), bias=True)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(one, runs))
+    for (c, name, a, n), (launches, counters) in results:
+        assert counters is None or not counters.any(), (name, n, c)
+        for got, ref in launches:
+            assert np.isfinite(got).all(), (name, n, c)
+            den = np.linalg.norm(ref)
+            err = np.linalg.norm(got - ref) / den if den else np.abs(got).max()
+            assert err <= TOLERANCE[dtype], (name, n, c, err)
+
+
+def test_warps_32_correct_in_cpu_emulation():
+    """The N = 16 twin (1024 threads, 128 rows a block: two blocks, the second partly empty) on the CPU against
+    float64, fp16 kn, N = 16 on a 200 x 300 matrix with empty and dense rows."""
+    rng = np.random.default_rng(24)
+    d = sps.random(200, 300, density=0.08, format="lil", random_state=24)
+    d[7, :] = 1.0  # a dense row
+    d[130:140, :] = 0.0  # empty rows in the second block
+    a = sps.csr_matrix(d)
+    a.data = rng.standard_normal(a.nnz).astype(np.float32)
+    _w32_emulation_ok([(W32[0], "mixed_200x300", a, 16)], "fp16", "kn")
+
+
+@pytest.mark.heavy  # CI's time: ~1 CPU-minute
+@pytest.mark.parametrize("dtype,layout", [("bf16", "nk"), ("fp16", "kn")])
+def test_warps_32_correct_in_cpu_emulation_all(dtype, layout):
+    """W32 (K slices included) on the adversarial matrices and a 1001-column one, N = 8, 13, 16, 17, 32 where
+    feasible (<= 2 column blocks), nk with a bias."""
+    sp = get_family(FAMILY).space
+    cases = {k: v for k, v in adversarial().items() if k in ("empty_rows", "residues_37x53", "one_dense_row",
+                                                             "rows_of_8")}
+    cases["k1001"] = ks_cases()["k1001"]
+    names = sorted(cases)
+    runs = []
+    for q, cfg in enumerate(W32):
+        c = sp.normalize(cfg, dtype)
+        for t in range(2):
+            name = names[(2 * q + t) % len(names)]
+            a = cases[name]
+            for d in range(5):
+                n = (8, 13, 16, 17, 32)[(q + t + d) % 5]
+                env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype, layout)
+                if sp.check(c, env, DEFAULT_LIMITS) is None and n <= 2 * c["nb"]:
+                    runs.append((c, name, a, n))
+                    break
+    assert len(runs) >= 10
+    _w32_emulation_ok(runs, dtype, layout)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("layout", ["kn", "nk"])
+def test_warps_32_correct_on_edge_cases_gpu(dtype, layout):
+    """warps 32 on the GPU through the project's launch path (1024-thread blocks, __launch_bounds__(1024), the opt-in
+    to > 48 KiB of shared memory with a large block): W32 where feasible plus 2 sampled warps-32 configs a case, on the
+    edge cases, a 1001 x 3001 matrix and a 257 x 11008 one (ks 2 at nb 32 fits there), N = 1, 8, 13, 16, 17, 32; each
+    kernel launched twice (fresh B, poisoned output; the K slices' counters back at 0); nk with a bias."""
+    import cupy as cp
+    sp = get_family(FAMILY).space
+    h = host()
+    cases = {k: v for k, v in adversarial().items() if k in ("empty_rows", "residues_37x53", "one_dense_row",
+                                                             "rows_of_8")}
+    cases["uniform_1001x3001"] = random_matrix(1001, 3001, 0.05, "uniform", 9)
+    cases["uniform_257x11008"] = random_matrix(257, 11008, 0.05, "uniform", 10)
+
+    def configs(name, env):
+        fixed = [c for c in (sp.normalize(cfg, dtype) for cfg in W32) if sp.check(c, env, DEFAULT_LIMITS) is None]
+        more = sample_feasible(dtype, env, 2, f"w32/{layout}/{name}/{env['N']}/{dtype}", lambda c: c["warps"] == 32)
+        return fixed + [c for c in more if c not in fixed]
+
+    def counters_back_at_zero(dev, kern, m, n):
+        if kern.config.get("ks", 1) == 1:
+            return
+        nws, ncnt = h.workspace_shape(kern.config, m, n)
+        _, counters = dev.cached(("csr_gemv_ws", nws, ncnt, n), None)
+        assert int(cp.count_nonzero(counters)) == 0, (n, kern.config)
+    checked = _check_on_gpu(dtype, layout, cases, (1, 8, 13, 16, 17, 32), configs, launches=2,
+                            after=counters_back_at_zero)
+    assert checked >= 150
