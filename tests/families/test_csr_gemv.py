@@ -894,6 +894,26 @@ def test_ks_compile_with_nvcc(layout):
         assert spill == 0 if cfg["warps"] >= 4 else spill <= 8, (dt, cfg, rep)
 
 
+def _emulation_runs(configs, cases, dtype, layout, max_blocks):
+    """The emulation tests' runs: config q on two cases (sorted names, in turn), each at the first N of 8, 13, 16, 17,
+    32 (rotated by q and the case) where the config is feasible within max_blocks column blocks: [(config, name, matrix,
+    N, odd)], odd alternating (e.g. the blocks' order reversed on every other run)."""
+    sp = get_family(FAMILY).space
+    names = sorted(cases)
+    runs = []
+    for q, c in enumerate(configs):
+        for t in range(2):
+            name = names[(2 * q + t) % len(names)]
+            a = cases[name]
+            for d in range(5):
+                n = (8, 13, 16, 17, 32)[(q + t + d) % 5]
+                env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype, layout)
+                if sp.check(c, env, DEFAULT_LIMITS) is None and n <= max_blocks * c["nb"]:
+                    runs.append((c, name, a, n, (q + t) % 2 == 1))
+                    break
+    return runs
+
+
 # CI's time: the whole grid in the heavy tier (the GPU tests run all four; the default run keeps the slices' reduction
 # order, test_ks_sums_the_slices_in_order_whoever_arrives_last)
 @pytest.mark.parametrize("dtype,layout", [pytest.param(d, lay, marks=pytest.mark.heavy) for d, lay in
@@ -909,18 +929,8 @@ def test_ks_correct_in_cpu_emulation(dtype, layout):
     sp = get_family(FAMILY).space
     cases = ks_cases()
     names = sorted(cases)
-    runs = []
-    for q, (cfg, ks) in enumerate((cfg, ks) for cfg in KS for ks in (2, 4)):  # 2 cases each, the names in turn
-        c = sp.normalize({**cfg, "ks": ks}, dtype)
-        for t in range(2):
-            name = names[(2 * q + t) % len(names)]
-            a = cases[name]
-            for d in range(5):
-                n = (8, 13, 16, 17, 32)[(q + t + d) % 5]
-                env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype, layout)
-                if sp.check(c, env, DEFAULT_LIMITS) is None and n <= 3 * c["nb"]:
-                    runs.append((c, name, a, n, (q + t) % 2 == 1))
-                    break
+    runs = _emulation_runs([sp.normalize({**cfg, "ks": ks}, dtype) for cfg in KS for ks in (2, 4)], cases, dtype,
+                           layout, 3)
     assert len(runs) >= 20 and {r[1] for r in runs} == set(names) and {r[3] for r in runs} == {8, 13, 16, 17, 32}
     assert {r[4] for r in runs} == {True, False}
 
@@ -1089,19 +1099,7 @@ def test_warps_32_correct_in_cpu_emulation_all(dtype, layout):
     cases = {k: v for k, v in adversarial().items() if k in ("empty_rows", "residues_37x53", "one_dense_row",
                                                              "rows_of_8")}
     cases["k1001"] = ks_cases()["k1001"]
-    names = sorted(cases)
-    runs = []
-    for q, cfg in enumerate(W32):
-        c = sp.normalize(cfg, dtype)
-        for t in range(2):
-            name = names[(2 * q + t) % len(names)]
-            a = cases[name]
-            for d in range(5):
-                n = (8, 13, 16, 17, 32)[(q + t + d) % 5]
-                env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype, layout)
-                if sp.check(c, env, DEFAULT_LIMITS) is None and n <= 2 * c["nb"]:
-                    runs.append((c, name, a, n))
-                    break
+    runs = [r[:4] for r in _emulation_runs([sp.normalize(cfg, dtype) for cfg in W32], cases, dtype, layout, 2)]
     assert len(runs) >= 10
     _w32_emulation_ok(runs, dtype, layout)
 
