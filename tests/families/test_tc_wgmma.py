@@ -1056,3 +1056,17 @@ def test_diag_tool_refuses_unknown_cut_outs_and_cuts_tma_2_has_not():
         with pytest.raises(SystemExit) as info:
             tool.main(["--case", "4096x4096:32:0.1:fp16", *(["--config", ok] if "--config" not in argv else []), *argv])
         assert info.value.code == 2, argv
+
+
+def test_one_wave_known_good_comes_first_on_the_tallest_layers_only():
+    """The session 24 known-good config (split-K 1: 112 blocks, one wave at 14336x4096 N=128, measured 1.28-1.3x
+    faster than the three-wave winner) is the first config tried at 12288+ rows and N = 72-128, and nowhere else."""
+    sp = space()
+    kg = {k: v for k, v in sp.known_good[-1].items() if k != "first_when"}
+    assert kg["splitk"] == 1 and kg["red"] == 0 and kg["bn"] == 128
+    for (m, n), first in {(14336, 128): True, (12288, 72): True, (14336, 64): False, (11008, 128): False,
+                          (4096, 128): False, (14336, 192): False}.items():
+        env = problem_env(m, 4096, n, m * 4096 // 10, "fp16")
+        assert (sp.defaults("fp16", env, DEFAULT_LIMITS)[0] == sp.normalize(kg, "fp16")) == first, (m, n)
+    env = problem_env(14336, 4096, 128, 14336 * 4096 // 10, "bf16")
+    assert sp.check(sp.normalize(kg, "bf16"), env, DEFAULT_LIMITS) is None
