@@ -174,7 +174,7 @@ SUBSPACES: dict[str, dict[str, list]] = {
                   "row_order": ["sorted"]},
     # afmt (issue 16, after the search benchmark's table): dense, the format that table measured
     "tc_gather": {"ksplit": [2, 4, 8], "row_order": ["natural", "greedy"], "afmt": ["dense"]},
-    # (warps 32, session 24's draft, is after the table as well: warps stays at the table's [8, 16])
+    # (warps 32, session 24, is after the table as well: warps stays at the table's [8, 16])
     "csr_gemv": {"lanes": [8, 16, 32], "warps": [8, 16], "iters": [1, 4], "unroll": [1, 2],
                  # split / pf / minb (issue 16, after the search benchmark's table): at their defaults, the subspace
                  # the table was measured on

@@ -990,7 +990,7 @@ def test_ks_correct_on_edge_cases_gpu(dtype, layout):
     assert checked >= 150
 
 
-# ---- session 24 draft: warps 32 (bench/drafts/csr_gemv-occupancy.md) --------------------------------------------
+# ---- session 24: warps 32 (bench/drafts/csr_gemv-occupancy.md; measured in results/session24/recold-occ.md) -------
 
 # the llm suite's two-pass 16-warp shared-memory winners at N = 16 / 8 (M >= 11008) as one pass of 32 warps, the
 # 4096-row one (one row a warp), B through L1 at 32 warps, K slices at 32 warps, an f32 nb 8 one
