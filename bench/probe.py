@@ -522,12 +522,12 @@ def candidate_records(cases: list[Case], given: list[tuple[str, dict]], limits: 
     """recold's records for --case x --config: each given config normalized for each case's dtype (parameters left out
     take the space's defaults) where that is feasible (the family computes the dtype, the constraints hold under the
     GPU's limits), each (case, family, config) once; and why each of the others was left out."""
+    from sparse_autotune.core.problem import nnz_of  # noqa: PLC0415
     from sparse_autotune.core.space import get_space, problem_env  # noqa: PLC0415
     from sparse_autotune.tuning.suite import retime_key  # noqa: PLC0415
     recs, why, seen = [], [], set()
     for case in cases:
-        nnz = int(round(case.M * case.K * case.density))
-        env = problem_env(case.M, case.K, case.N, nnz, case.dtype)
+        env = problem_env(case.M, case.K, case.N, nnz_of(case.M, case.K, case.density), case.dtype)
         for fam, cfg in given:
             space = get_space(fam)
             norm = space.normalize(cfg, case.dtype) if space.supports(case.dtype) else None
