@@ -55,6 +55,7 @@ def edge_matrices(dtype):
 
 
 EDGE_N = (1, 8, 13, 64, 200)
+
 # one test a (dtype, family), so that `pytest -n W` (xdist) spreads the families' compiles over W workers
 FAMILY_DTYPES = [(d, s.family) for d in ("fp32", "fp16", "bf16") for s in load_spaces() if s.supports(d)]
 
@@ -76,7 +77,8 @@ def test_every_family_correct_on_edge_cases(dtype, family):
         a64 = csp.csr_matrix(a.astype(np.float64))
         for n in EDGE_N:
             env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
-            sample = covering_sample(space, dtype, env, info.limits(), seed=n)
+            # every kernel wherever it runs, also where the tuner does not search it (a family's gate, core.space)
+            sample = covering_sample(space, dtype, env, {**info.limits(), "gate": 0}, seed=n)
             if not sample:
                 continue  # e.g. csr_btile needs N divisible by 16 bytes of elements
             b = cp.asarray(storage(np.random.default_rng(n).standard_normal((a.shape[1], n)), dtype))
@@ -119,7 +121,7 @@ def test_wide_covering_sample_correct(dtype):
         ctx = small if space.needs_matrix else mission
         pp = ctx.problem
         env = problem_env(pp.m, pp.k, pp.n, pp.nnz, dtype)
-        sample = covering_sample(space, dtype, env, info.limits())
+        sample = covering_sample(space, dtype, env, {**info.limits(), "gate": 0})
         if not space.supports(dtype):  # e.g. tc_gather computes fp16 only
             assert not sample
             continue
@@ -429,7 +431,7 @@ def test_spmm_launcher_every_family_cupy_and_torch(dtype):
     env = problem_env(m, k, n, a.nnz, dtype)
     families = set()
     for space in load_spaces():
-        for cfg in covering_sample(space, dtype, env, info.limits(), seed=1)[:2]:
+        for cfg in covering_sample(space, dtype, env, {**info.limits(), "gate": 0}, seed=1)[:2]:
             op = sa.SpMM(a, dtype=dtype)
             op._plans[n] = (space.family, cfg, "pinned by the test")
             b = cp.asarray(b_host)

@@ -45,10 +45,11 @@ def env_for(dtype, m=M, k=K, n=N):
 
 
 def env_of(sp, dtype):
-    """The reference problem, or the small matrix's for the families rendered per pattern."""
+    """The reference problem, or the small matrix's for the families rendered per pattern; a family's gate (where the
+    tuner searches it: core.space.DEFAULT_LIMITS) off, so that every family's kernels are checked on it."""
     if sp.needs_matrix:
-        return space.problem_env(SMALL.shape[0], SMALL.shape[1], N, SMALL.nnz, dtype)
-    return env_for(dtype)
+        return {**space.problem_env(SMALL.shape[0], SMALL.shape[1], N, SMALL.nnz, dtype), "gate": 0}
+    return {**env_for(dtype), "gate": 0}
 
 
 def rnd(sp, cfg, dtype):
