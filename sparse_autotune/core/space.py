@@ -18,7 +18,7 @@ from ..errors import UserError
 # Used where no GPU is present (CPU tests, `spaces`): static shared memory per block, the opt-in dynamic
 # maximum of an H100 (227 KB), threads per block.
 # sm: the compute capability as an integer (90: Hopper), for constraints such as sm == 90. gate: 1 where a family's
-# constraint that says only where it is worth searching (not where it runs: tc_bitmap's N 9-32, density >= 0.15)
+# constraint that says only where it is worth searching (not where it runs: tc_bitmap's N 8-32, density >= 0.15)
 # holds; the kernel's own correctness tests pass 0 (in the limits) to run it at any N and density.
 DEFAULT_LIMITS = {"max_smem_bytes": 48 * 1024, "max_dyn_smem_bytes": 227 * 1024, "max_threads": 1024,
                   "sm": 90, "gate": 1}

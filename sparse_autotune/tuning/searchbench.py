@@ -186,7 +186,7 @@ SUBSPACES: dict[str, dict[str, list]] = {
     # blkrec (session 22's draft: a block's records by one bulk copy) at its default too
     "tc_wgmma": {"ws": [0], "dec": ["lane"], "minb": [1, 2], "splitk": [1, 2, 4, 8], "stages": [3, 4], "red": [0],
                  "blkrec": [0]},
-    # tc_bitmap (on by default since session 25, after the table): its gate (N 9-32, density >= 0.15) holds for none of
+    # tc_bitmap (on by default since session 25, after the table): its gate (N 8-32, density >= 0.15) holds for none of
     # PROBLEMS, so it is measured with 0 configs there (as pattern_unrolled outside its nnz range). For a problem it
     # serves (43k feasible at 4096x4096 N=16 d 0.3): the session-24 winner's neighbourhood, 192-288 configs
     "tc_bitmap": {"dec": ["lean"], "mr": [1], "minb": [4], "red": ["atomic"], "bload": ["vec"], "splitk": [4, 8, 12, 16]},
