@@ -64,15 +64,21 @@ def _downgrade(path: Path, version: int, drop: tuple[str, ...]) -> Path:
 
 
 def downgrade_to_v2(path: Path) -> Path:
-    """What schema version 2 wrote: no cublas_bf16_us (version 3), no layout (version 4) and no op (version 5)."""
-    return _downgrade(path, 2, ("op", "layout", "cublas_bf16_us"))
+    """What schema version 2 wrote: no cublas_bf16_us (version 3), no layout (version 4), no op (version 5) and no
+    cold_us (version 6)."""
+    return _downgrade(path, 2, ("cold_us", "op", "layout", "cublas_bf16_us"))
 
 
 def downgrade_to_v3(path: Path) -> Path:
-    """What schema version 3 wrote: no layout (version 4; every record kn) and no op (version 5)."""
-    return _downgrade(path, 3, ("op", "layout"))
+    """What schema version 3 wrote: no layout (version 4; every record kn), no op (version 5), no cold_us (6)."""
+    return _downgrade(path, 3, ("cold_us", "op", "layout"))
 
 
 def downgrade_to_v4(path: Path) -> Path:
-    """What schema version 4 wrote: no op (version 5; every record spmm)."""
-    return _downgrade(path, 4, ("op",))
+    """What schema version 4 wrote: no op (version 5; every record spmm) and no cold_us (version 6)."""
+    return _downgrade(path, 4, ("cold_us", "op"))
+
+
+def downgrade_to_v5(path: Path) -> Path:
+    """What schema version 5 wrote: no cold_us (version 6; no record timed cold)."""
+    return _downgrade(path, 5, ("cold_us",))

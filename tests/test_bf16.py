@@ -116,7 +116,8 @@ def test_finish_stores_and_reports_cublas_bf16(tmp_path, monkeypatch):
     monkeypatch.setattr(timing, "time_launches", lambda fns: types.SimpleNamespace(median_us=4.0, spread=0.01,
                                                                                    method="graph"))
     monkeypatch.setattr(verify, "check", lambda run, c, ref, dtype: 1e-3)
-    monkeypatch.setattr(cold, "cold_times", lambda kern, ctx, log: {"tuned_cold_us": 5.0, "dense_cold_us": 14.0})
+    monkeypatch.setattr(cold, "cold_times", lambda kern, ctx, log, tuned=None: {"tuned_cold_us": 5.0,
+                                                                                 "dense_cold_us": 14.0})
 
     class Turn:
         held_s = 0.0
@@ -127,7 +128,8 @@ def test_finish_stores_and_reports_cublas_bf16(tmp_path, monkeypatch):
     def finish(dtype: str) -> tuple[dict, object]:
         t = GpuTuner.__new__(GpuTuner)  # no GPU: what __init__ would set, by hand
         t.problem = Problem.random(64, 256, 16, 0.1, dtype)
-        t.opts = TuneOptions(trials=3, db=str(tmp_path / "t.sqlite"))
+        # rank warm: no finalists timed cold (tests/test_cold_rank.py runs this finish with rank cold)
+        t.opts = TuneOptions(trials=3, db=str(tmp_path / "t.sqlite"), rank="warm")
         t.db, t.log, t.t_start, t.interrupted = TuningDB(t.opts.db), lambda msg: None, 0.0, False
         t.info = types.SimpleNamespace(name="NVIDIA H200", cc="9.0", versions=lambda: {
             "gpu": "NVIDIA H200", "cc": "9.0", "driver": "d", "cuda": "c", "cupy": "p"})
@@ -136,7 +138,7 @@ def test_finish_stores_and_reports_cublas_bf16(tmp_path, monkeypatch):
         t.ctx = types.SimpleNamespace(fresh_check=lambda: (0, 0), b_bufs=[0], c=None)
         t.prepare = lambda family, cfg: types.SimpleNamespace(a_bytes=lambda: 1000)
         res = types.SimpleNamespace(best_family="csr_rowsplit", best_config={"vec": 2}, best_value=4.0, complete=3,
-                                    failed=0, pruned=0, new_trials=3, stopped="trial budget")
+                                    failed=0, pruned=0, new_trials=3, stopped="trial budget", ranked=[])
         report = t.finish(res)
         ro = TuningDB(t.opts.db, create=False, readonly=True)
         rec = ro.get(report["record_id"])

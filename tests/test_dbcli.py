@@ -36,7 +36,8 @@ V1_COLUMNS = ["id", "gpu_name", "gpu_cc", "m", "k", "n", "density", "dtype", "pa
               "max_rel_err", "trials", "matrix_hash", "study_name", "package_version", "cuda_version",
               "driver_version", "cupy_version", "created_at", "is_best"]
 V2_COLUMNS = V1_COLUMNS + ["uid", "origin"]
-V4_COLUMNS = V2_COLUMNS + ["cublas_bf16_us", "layout", "op"]  # the current schema's (3 added cublas_bf16_us, 4 layout, 5 op)
+# the current schema's (3 added cublas_bf16_us, 4 layout, 5 op, 6 cold_us)
+V4_COLUMNS = V2_COLUMNS + ["cublas_bf16_us", "layout", "op", "cold_us"]
 BF16_KEY = dict(m=512, k=2048, n=16, density=0.1, dtype="bf16")
 
 
@@ -290,7 +291,7 @@ def test_failed_migration_to_3_changes_nothing(old, request, monkeypatch):
     monkeypatch.undo()
     TuningDB(path).dispose()  # and the next open migrates it
     assert describe_file(path)["schema_version"] == SCHEMA_VERSION
-    assert columns(path)[-3:] == ["cublas_bf16_us", "layout", "op"]
+    assert columns(path)[-4:] == ["cublas_bf16_us", "layout", "op", "cold_us"]
 
 
 def test_readonly_open_of_v2_reads_cublas_bf16_us_as_none_and_writes_nothing(v2, capsys):

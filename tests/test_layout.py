@@ -271,7 +271,8 @@ def test_a_v3_file_is_migrated_to_4_with_every_record_kn(tmp_path):
     db = TuningDB(v3)
     db.store(make_record(7.0, CONFIG, layout="nk"))
     db.dispose()
-    assert [r[1] for r in sql(v3, "PRAGMA table_info(sat_records)")][-2:] == ["layout", "op"]  # op: schema 5
+    # op: schema 5, cold_us: 6
+    assert [r[1] for r in sql(v3, "PRAGMA table_info(sat_records)")][-3:] == ["layout", "op", "cold_us"]
     assert sql(v3, "SELECT layout, uid, is_best FROM sat_records ORDER BY id")[:2] == [("kn", u, b) for (u,), b in
                                                                                          zip(uids, (0, 1))]
     assert sql(v3, "SELECT layout, is_best FROM sat_records WHERE id = 3") == [("nk", 1)]

@@ -1,11 +1,13 @@
-"""`sparse-autotune db list|show|export|merge|check`: the tuning database as a shared artifact.
+"""`sparse-autotune db list|show|export|merge|check|set-cold`: the tuning database as a shared artifact.
 
 cli.py wires it in with `add_db_parser(sub, _Parser)` and `"db": cmd_db`; the parser class is passed in (this module
 does not import cli). Every error is a UserError: one line on stderr, exit status 2. Every database argument goes
 through store/guard.py: another application's file or tables are refused untouched. Reading commands (list, show,
 check, and the source of export / merge) never write to the file they read, also not to migrate an older schema, and
 create nothing (no file, no -wal/-shm beside it). A 0-byte file is a database without records everywhere: list shows
-none, check says so, merge --into and export fill it, a merge or export from it adds nothing.
+none, check says so, merge --into and export fill it, a merge or export from it adds nothing. set-cold writes cold times
+from a suite report into an existing tuning database (store.db's rank_us then ranks its records by them); its input is
+checked in full before the database is opened, so bad input leaves the file as it was.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def add_db_parser(subparsers, parser_class=argparse.ArgumentParser) -> argparse.
     d = subparsers.add_parser("db", help="list, show, export, merge and check tuning databases",
                               description="Inspect and share tuning databases.")
     dsub = d.add_subparsers(dest="db_cmd", parser_class=parser_class, required=True,
-                            metavar="{list,show,export,merge,check}")
+                            metavar="{list,show,export,merge,check,set-cold}")
 
     def filters(p):
         p.add_argument("--gpu", help="GPU name, or a part of it (case-insensitive), e.g. H100")
@@ -69,6 +71,17 @@ def add_db_parser(subparsers, parser_class=argparse.ArgumentParser) -> argparse.
 
     ck = dsub.add_parser("check", help="say whether a file is a tuning database, without writing to it")
     ck.add_argument("file", metavar="FILE")
+
+    sc = dsub.add_parser("set-cold", help="set the records' cold times (A from HBM) from a suite report",
+                         description="For every record of the database whose key (GPU, M, K, N, density, dtype, "
+                                     "pattern, layout; spmm) and family and config match a case of SUITE.json with a "
+                                     "cold time, set its cold_us: the tuned kernel's tuned_cold_us, and for the "
+                                     "record of cuBLAS at the problem's own precision (family dense) dense_cold_us. "
+                                     "Then the best of each key touched is flagged again by the database's rule "
+                                     "(the cold time where measured, else the warm time). One transaction.")
+    sc.add_argument("--db", help=_DB_HELP)
+    sc.add_argument("--from", dest="source", required=True, metavar="SUITE.json",
+                    help="a suite report (bench's suite-<suite>-<gpu>.json)")
     return d
 
 
@@ -131,7 +144,7 @@ def _json_record(r) -> dict:
 
 
 def cmd_list(a) -> int:
-    from ..store.db import SDDMM, op_of  # noqa: PLC0415
+    from ..store.db import SDDMM, op_of, rank_us  # noqa: PLC0415
     flt = _filters(a, best_only=not a.all)
     tdb, note = _open_read(a.db)
     try:
@@ -139,7 +152,7 @@ def cmd_list(a) -> int:
     finally:
         tdb.dispose()
     recs.sort(key=lambda r: (op_of(r), r.gpu_name, r.m, r.k, r.n, r.density, r.dtype, r.pattern, r.layout or "kn",
-                             r.time_us, r.id))
+                             rank_us(r), r.id))
     if a.json:
         print(json.dumps([_json_record(r) for r in recs], indent=1, default=str))
         return 0
@@ -166,7 +179,13 @@ def cmd_list(a) -> int:
         rows.append(row)
     if any(op_of(r) == SDDMM for r in recs):
         header[header.index("vs cuBLAS FP32")] = "vs cuBLAS FP32 / dense"
-    print(_table(header, rows, right={0, 2, 3, 10, 11, 12}))
+    right = {0, 2, 3, 10, 11, 12}
+    if any(r.cold_us is not None for r in recs):  # the cold time (A from HBM) that ranks a record where measured
+        header.insert(11, "cold us")
+        for r, row in zip(recs, rows):
+            row.insert(11, f"{r.cold_us:.2f}" if r.cold_us is not None else "-")
+        right = {0, 2, 3, 10, 11, 12, 13}
+    print(_table(header, rows, right=right))
     best = sum(1 for r in recs if r.is_best)
     print(f"{len(recs)} record{'s' if len(recs) != 1 else ''}" + (f" ({best} best)" if a.all else ""))
     return 0
@@ -246,6 +265,35 @@ def cmd_merge(a) -> int:
     return 0
 
 
+def cmd_set_cold(a) -> int:
+    from ..store.db import TuningDB  # noqa: PLC0415
+    from ..tuning.suite import cold_entries  # noqa: PLC0415
+    from ..commands.main import _db_for_read  # noqa: PLC0415
+    try:
+        with open(a.source, encoding="utf-8") as fh:
+            report = json.load(fh)
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise UserError(f"cannot read {a.source}: {why}") from None
+    times = cold_entries(report, a.source)  # bad input: one line, before the database is opened
+    if not times:
+        raise UserError(f"{a.source} holds no cold times (tuned_cold_us, dense_cold_us): nothing to set")
+    target = _db_for_read(a.db)  # an existing database (nothing is created)
+    t, s = guard.for_read(target)
+    if s.state != "tuning":
+        raise UserError(f"{t.label} is not a tuning database with records: nothing to set")
+    tdb = TuningDB(target, create=False)  # an older schema is migrated here (the write needs cold_us)
+    try:
+        res = tdb.set_cold(times)
+        label = tdb.label
+    finally:
+        tdb.dispose()
+    print(f"{label}: set {res.set} cold time{'s' if res.set != 1 else ''} ({res.unchanged} already so), "
+          f"{res.unmatched} of {len(times)} from {a.source} matched no record; {res.keys} key"
+          f"{'s' if res.keys != 1 else ''} touched, best changed in {res.new_best}")
+    return 0
+
+
 def cmd_check(a) -> int:
     """What FILE is, read without writing (exit 0), and whether it is clean: SQLite's quick_check and the store's own
     rules (one best per key, the best verified and fastest). A file with problems: each listed, exit status 1."""
@@ -282,7 +330,8 @@ def _check_result(info: dict) -> int:
     return 1
 
 
-_COMMANDS = {"list": cmd_list, "show": cmd_show, "export": cmd_export, "merge": cmd_merge, "check": cmd_check}
+_COMMANDS = {"list": cmd_list, "show": cmd_show, "export": cmd_export, "merge": cmd_merge, "check": cmd_check,
+             "set-cold": cmd_set_cold}
 
 
 def cmd_db(args) -> int:

@@ -14,7 +14,7 @@ from ..core.problem import (DEFAULT_N, LAYOUTS, PATTERNS, Problem, check_density
                             check_n, check_seed, load_matrix, n_bucket, parse_shape)
 from ..commands.db import add_db_parser, cmd_db
 from ..commands.conv import _layout_any, add_conv_args, conv_layout_refused
-from ..tuning.options import SAMPLERS, check_options
+from ..tuning.options import FINALIST_WITHIN, FINALISTS, RANKS, SAMPLERS, check_options
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,6 +134,10 @@ _FAMILIES_ANY = _opt(_families_any, "families")
 _TRIALS = _int_in(1, MAX_TRIALS, "the trial budget")
 OPS = ("spmm", "sddmm", "spmm_t", "conv3x3")  # conv3x3: the sparse 3x3 convolution (commands/conv.py)
 _OP = _choice(OPS, "operator")
+RANK_HELP = (f"how the winner is chosen (spmm): cold (default: the search's best configs within {FINALIST_WITHIN:g}x "
+             f"of the best, up to {FINALISTS}, any family, timed with A read from HBM as in a model's forward pass; "
+             "the fastest wins and its record keeps that cold time, which ranks it in the database) or warm (the "
+             "search's best, A in the L2 cache; no cold time stored)")
 _K = _opt(lambda text: check_dim(text, "K"), "K")
 DEFAULT_K = 256  # SDDMM's K (the columns of X and Y) where --k is not given
 OP_HELP = ("operator: spmm (C = A @ B, A sparse; the default) or sddmm (out = (X @ Y^T) at the nonzeros of a CSR mask "
@@ -183,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--cold-start", action="store_true", help="do not try the winners of the nearest problems tuned "
                                                              "on this GPU model first (the warm start)")
+    t.add_argument("--rank", type=_choice(RANKS, "rank"), default="cold", help=RANK_HELP)
     _add_scaleout_args(t)
 
     lk = sub.add_parser("lookup", help="print the best stored config for a problem")
@@ -237,8 +242,9 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--first-wins", action="store_true", help="with --merge: a case in several files keeps the first "
                     "file's record (e.g. an --only re-run after a kernel change, NEW first), not the longest search's")
     bn.add_argument("--fastest-wins", action="store_true", help="with --merge: a case in several files keeps the "
-                    "record with the lowest tuned time (e.g. a --families part that searched some families only, beside "
-                    "the earlier report of all of them), not the longest search's")
+                    "record with the lowest tuned time, cold where measured (tuned_cold_us, else tuned_us: the tuning "
+                    "database's rule) (e.g. a --families part that searched some families only, beside the earlier "
+                    "report of all of them), not the longest search's")
     _add_scaleout_args(bn)
 
     wk = sub.add_parser("worker", help="join the workers of a shared storage: tune queued problems until none is left",
@@ -297,6 +303,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="comma-separated kernel families to search (default: the enabled ones), and the vendor paths "
                          "cusparse, dense timed beside them (default: both)")
     tm.add_argument("--allow-tf32", action="store_true", help="fp32: cuBLAS's TF32 tensor cores are a candidate too")
+    tm.add_argument("--rank", type=_choice(RANKS, "rank"), default="cold", help=RANK_HELP)
     tm.add_argument("--db", help="tuning database (default as for tune)")
     tm.add_argument("--save-sparse", metavar="OUT.npz", help="write the pruned matrices (and their biases) as an "
                                                               ".npz bundle that tune-model and the runtime read")
@@ -383,8 +390,13 @@ def _cold_lines(r: dict) -> list[str]:
     if not t:
         return []
     mode = (c.get("dense_cold_mode") or r["problem"]["dtype"]).upper()
-    return [f"A cold    best {_fmt_us(t)}, cuBLAS {mode} {_fmt_us(d)} -> {_fmt_x(d / t if d else None)} "
-            "(A read from HBM at every launch, as in a model's forward pass)"]
+    lines = [f"A cold    best {_fmt_us(t)}, cuBLAS {mode} {_fmt_us(d)} -> {_fmt_x(d / t if d else None)} "
+             "(A read from HBM at every launch, as in a model's forward pass)"]
+    fin = r.get("finalists") or []
+    if len(fin) > 1:  # rank cold: the configs timed cold, the winner the fastest of them
+        lines.append("finalists " + ", ".join(f"{f['family']} {_fmt_us(f['warm_us'])} warm / {_fmt_us(f['cold_us'])} "
+                                              "cold" for f in fin))
+    return lines
 
 
 def _chosen_lines(r: dict) -> list[str]:
@@ -490,6 +502,8 @@ def _sddmm_refused(a, options) -> None:
 
 def cmd_tune(a) -> int:
     from ..tuning.tuner import TuneOptions, tune  # noqa: PLC0415
+    if a.op != "spmm" and a.rank != "cold":
+        raise UserError(f"--rank {a.rank} is an option of --op spmm (--op {a.op} picks its winner by its own times)")
     if a.op == "conv3x3":
         from .conv import cmd_tune_conv  # noqa: PLC0415
         return cmd_tune_conv(a)
@@ -517,7 +531,8 @@ def cmd_tune(a) -> int:
     problem = _problem_from_args(a, plan)
     report = tune(problem, TuneOptions(trials=a.trials, timeout=a.timeout, sampler=a.sampler, seed=a.seed,
                                        db=db, progress=not a.no_progress, families=families,
-                                       warm_start=not a.cold_start, vendors=vendors, allow_tf32=a.allow_tf32))
+                                       warm_start=not a.cold_start, vendors=vendors, allow_tf32=a.allow_tf32,
+                                       rank=a.rank))
     print(json.dumps(report, indent=2, default=str) if a.json else _report_text(report))
     return 0
 
@@ -616,7 +631,7 @@ def _tune_scaleout(a, plan, families, db, vendors=None) -> int:
     problem = _problem_from_args(a, plan)
     so = _scaleout(a)
     [rid] = so.enqueue([problem_spec(problem, a.trials, a.timeout, a.sampler, families, warm_start=not a.cold_start,
-                                     vendors=vendors, allow_tf32=a.allow_tf32)])
+                                     vendors=vendors, allow_tf32=a.allow_tf32, rank=a.rank)])
     _run_workers(a, so, db, [rid])
     [row] = so.problems([rid])
     so.dispose()
@@ -891,7 +906,8 @@ def cmd_tune_model(a) -> int:
     for j in jobs:
         check_size(j.m, j.k, j.n, j.layers[0].nnz, j.dtype, gpu_memory=info.memory_bytes, gpu_name=info.name)
     opts = TuneOptions(trials=a.trials, timeout=a.timeout, sampler=a.sampler, seed=a.seed, db=db,
-                       progress=not a.no_progress, families=families, vendors=vendors, allow_tf32=a.allow_tf32)
+                       progress=not a.no_progress, families=families, vendors=vendors, allow_tf32=a.allow_tf32,
+                       rank=a.rank)
     order = {k: i for i, k in enumerate(ckpt.tensors)}  # 3x3 conv layers among the others, in checkpoint order
     all_layers = sorted(layers + [c[0] for c in conv_chosen], key=lambda lay: order.get(lay.name, len(order)))
     res = tune_model(name, all_layers, jobs + conv_jobs, opts, info.name, progress=not a.no_progress,

@@ -128,18 +128,23 @@ def split_families(text) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None
     return templated, vendors
 
 
-def choose(results, margin: float = 0.0):
+def _time_us(r) -> float:
+    return r.time_us
+
+
+def choose(results, margin: float = 0.0, key=_time_us):
     """(the chosen result, the best templated-family result) of measured candidates, each an object with .family and
-    .time_us (None or inf: did not run or failed verification): the fastest of all, and the fastest sparse kernel
-    (None where none ran). Ties go to the earlier candidate, so a templated kernel listed first keeps a tie.
+    .time_us (None or inf: did not run or failed verification): the fastest of all by `key` (default: time_us; the
+    tuner passes store.db's rank_us, a cold time where measured), and the fastest sparse kernel (None where none ran).
+    Ties go to the earlier candidate, so a templated kernel listed first keeps a tie.
     margin: a templated kernel is chosen over the fastest vendor path only when faster by more than this fraction
     (noisy timings: the vendor path is what the user had, so a near tie goes to it)."""
     ok = [r for r in results if r.time_us is not None and r.time_us == r.time_us and r.time_us != float("inf")]
-    chosen = min(ok, key=lambda r: r.time_us) if ok else None
+    chosen = min(ok, key=key) if ok else None
     sparse = [r for r in ok if not is_vendor(r.family)]
     vend = [r for r in ok if is_vendor(r.family)]
     if margin > 0 and chosen is not None and not is_vendor(chosen.family) and vend:
-        best_vendor = min(vend, key=lambda r: r.time_us)
-        if chosen.time_us * (1.0 + margin) >= best_vendor.time_us:
+        best_vendor = min(vend, key=key)
+        if key(chosen) * (1.0 + margin) >= key(best_vendor):
             chosen = best_vendor
-    return chosen, (min(sparse, key=lambda r: r.time_us) if sparse else None)
+    return chosen, (min(sparse, key=key) if sparse else None)

@@ -2,7 +2,15 @@
 SQLAlchemy.
 
 Tables: `sat_meta` (application marker and schema version) and `sat_records` (every stored result; the
-fastest verified one per key has is_best = 1, the others are history). Optuna's study tables may share the
+fastest verified one per key has is_best = 1, the others are history).
+
+"Fastest" is one rule, rank_us: a record's cold time (cold_us: its kernel timed with A read from HBM at every launch,
+device.cold) where it was measured, else its warm time (time_us: CUDA-graph replay, A left in the L2 across launches).
+Cold is what a model sees: in a decoding model the other layers' weights evict a layer's A between two calls, and the
+warm ranking can prefer a kernel that is slower cold (H200, 4096 x 4096, N = 16: tc_gather 10.2 us warm / 14.4 cold
+against tc_bitmap 10.6 / 11.0). A record without a cold time (stored before schema version 6, a vendor path not timed
+cold, a tune with --rank warm) competes with its warm time. Every choice among the records of a key uses it: the best
+flag (_rebest), best / best_sparse, db check's rules and lookup. Optuna's study tables may share the
 file (the tuner keeps its studies there so a tune resumes). Every open goes through guard.py first: a file or URL that
 is not a tuning database (or an empty one, or a storage of this project) is refused untouched, a read creates nothing
 and leaves no side files, a new file is made only where its folder exists. SQLite files are opened for writing in WAL
@@ -19,11 +27,14 @@ Schema versions (sat_meta.schema_version):
      or "nk" (y = x @ A^T + bias as nn.Linear holds x and y: core.problem). A kn record keeps the uid it had.
   5  adds sat_records.op, part of the key: the operator, "spmm" (every record from before version 5) or "sddmm"
      (C = (X @ Y^T) at the nonzeros of a CSR mask S, scaled by S's values: ops.sddmm). An spmm record keeps its uid.
-A writable open migrates an older file in place, in one transaction, through every version in turn (1 -> 2 -> 3 -> 4 -> 5;
+  6  adds sat_records.cold_us: the record's kernel timed with A from HBM (device.cold; a cuBLAS record of the problem's
+     own precision: cuBLAS timed so); NULL where not measured (every record from before version 6). A measurement, not
+     part of the record's identity: every record keeps its uid (record_uid), and `db set-cold` can fill it later.
+A writable open migrates an older file in place, in one transaction, through every version in turn (1 -> 2 -> ... -> 6;
 Alembic's Operations API; no Alembic version table: the version lives in sat_meta, and Optuna's own `alembic_version`
 table is left alone). A read-only open (lookup, the source of db merge / export) reads an older file as it is, without
 writing: the columns it lacks read as a migration would fill them (uid computed, layout "kn", op "spmm", the others
-None).
+(cold_us among them) None).
 
 The key's M, K, N are the product's dimensions, the output M x N and the reduction K, for both operators:
   spmm   C (M x N) = A (M x K, sparse) @ B (K x N): m, k = A's shape, n = B's columns; density = nnz / (M * K);
@@ -67,12 +78,14 @@ from . import guard
 from .guard import SQLITE_MAGIC, is_url, sqlite_uri  # noqa: F401 - also this module's API
 
 APPLICATION = "sparse-autotune"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 V2_COLUMNS = ("uid", "origin")  # the columns schema version 2 added to sat_records
 V3_COLUMNS = ("cublas_bf16_us",)  # the column schema version 3 added
 V4_COLUMNS = ("layout",)  # the column schema version 4 added
 V5_COLUMNS = ("op",)  # the column schema version 5 added
-ADDED_COLUMNS = V2_COLUMNS + V3_COLUMNS + V4_COLUMNS + V5_COLUMNS  # every column added after version 1, in order
+V6_COLUMNS = ("cold_us",)  # the column schema version 6 added
+# every column added after version 1, in order
+ADDED_COLUMNS = V2_COLUMNS + V3_COLUMNS + V4_COLUMNS + V5_COLUMNS + V6_COLUMNS
 DEFAULT_LAYOUT = "kn"  # the layout of every record from before version 4
 SPMM, SDDMM = "spmm", "sddmm"
 SPMM_T = "spmm_t"  # C = A^T @ B from the stored A (ops.spmm_t): m, k = A's stored shape, n = N (as an spmm record's)
@@ -129,29 +142,34 @@ class Record(Base):
     cupy_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime)
     is_best: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
-    # schema versions 2, 3, 4 and 5 (last, in that order, so that a migrated table has the same column order as a new
-    # one)
+    # schema versions 2 to 6 (last, in that order, so that a migrated table has the same column order as a new one)
     uid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     origin: Mapped[str | None] = mapped_column(String(255), nullable=True)
     cublas_bf16_us: Mapped[float | None] = mapped_column(Float, nullable=True)
     layout: Mapped[str] = mapped_column(String(8), default=DEFAULT_LAYOUT, server_default=DEFAULT_LAYOUT)  # key
     op: Mapped[str] = mapped_column(String(16), default=DEFAULT_OP, server_default=DEFAULT_OP)  # key
+    # the kernel timed with A from HBM (device.cold); None where not measured; ranks the record where set (rank_us)
+    cold_us: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     @property
     def config(self) -> dict:
         return json.loads(self.config_json)
 
     def derived(self, **changes) -> "Record":
-        """A new record with this one's columns and `changes`: no id, uid, origin or best flag of its own yet (a vendor
-        path's record beside the tuned kernel's: same key, baselines and provenance, its own family, config and time)."""
+        """A new record with this one's columns and `changes`: no id, uid, origin or best flag of its own yet, and no
+        cold time (cold_us measures this record's kernel, not the new one's: give it in `changes` where measured) (a
+        vendor path's record beside the tuned kernel's: same key, baselines and provenance, its own family, config and
+        time)."""
         keep = {c.key: getattr(self, c.key) for c in inspect(Record).column_attrs
-                if c.key not in ("id", "uid", "origin", "is_best")}
+                if c.key not in ("id", "uid", "origin", "is_best", "cold_us")}
         return Record(**{**keep, **changes})
 
     def to_dict(self) -> dict:
-        """The columns (cuBLAS BF16's time next to the other baselines, the layout and the operator after the pattern),
-        config parsed, created_at in ISO form."""
-        keys = [c.key for c in inspect(type(self)).column_attrs if c.key not in ("cublas_bf16_us", "layout", "op")]
+        """The columns (cuBLAS BF16's time next to the other baselines, the cold time after the time, the layout and the
+        operator after the pattern), config parsed, created_at in ISO form."""
+        keys = [c.key for c in inspect(type(self)).column_attrs
+                if c.key not in ("cublas_bf16_us", "layout", "op", "cold_us")]
+        keys.insert(keys.index("time_us") + 1, "cold_us")
         keys.insert(keys.index("cublas_fp16_us") + 1, "cublas_bf16_us")
         keys.insert(keys.index("pattern") + 1, "layout")
         keys.insert(keys.index("layout") + 1, "op")
@@ -188,21 +206,27 @@ def op_of(rec) -> str:
     return get("op") or DEFAULT_OP
 
 
+def canonical_config(config_json) -> str:
+    """A config's JSON text in one form (sorted keys, no spaces), to compare configs (and hash them: record_uid); text
+    that is not JSON as it is."""
+    try:
+        return json.dumps(json.loads(config_json), sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return str(config_json)
+
+
 def record_uid(rec) -> str:
     """The stable identity of a record (a Record or a mapping of its columns): SHA-256 of its key (GPU, M, K, N,
     density, dtype, pattern; the layout only where it is nk, so a kn record has the uid it had before schema version
     4; the operator only where it is not spmm, so an spmm record has the uid it had before version 5), family, config
-    (canonical JSON), time, creation time and matrix hash.
+    (canonical JSON), time, creation time and matrix hash. Not the cold time (cold_us, schema version 6): a measurement
+    that may be added later (`db set-cold`), so a record keeps its uid with or without it.
 
     It is computed from the values as the database stores them, so a record has the same uid in every file it is
     copied to: a merge skips records whose uid is already present, and merging a file twice changes nothing.
     """
     get = rec.get if isinstance(rec, Mapping) else (lambda name: getattr(rec, name))
-    cfg = get("config_json")
-    try:
-        cfg = json.dumps(json.loads(cfg), sort_keys=True, separators=(",", ":"))
-    except (TypeError, ValueError):
-        cfg = str(cfg)
+    cfg = canonical_config(get("config_json"))
     created = get("created_at")
     if isinstance(created, str):
         created = _dt.datetime.fromisoformat(created)
@@ -215,6 +239,19 @@ def record_uid(rec) -> str:
     if op_of(rec) != DEFAULT_OP:
         payload.append(f"op:{op_of(rec)}")
     return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
+
+
+def _timed(t) -> bool:
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
+
+
+def rank_us(rec) -> float:
+    """The time a record (a Record, a mapping of its columns, or any object with time_us and cold_us: tuning.vendor's
+    Measured) is ranked by among the records of its key: its cold time (cold_us: A from HBM, what a model sees) where
+    measured, else its warm time (time_us). The one rule of "fastest" in the store (the module docstring says why)."""
+    get = rec.get if isinstance(rec, Mapping) else (lambda name: getattr(rec, name, None))
+    cold = get("cold_us")
+    return cold if _timed(cold) else get("time_us")
 
 
 def _assign_uids(rows: Iterable) -> list[str]:
@@ -308,6 +345,34 @@ class MergeResult:
     skipped: int
     new_best: int
     created: bool = False  # export: the target is a new file
+
+
+@dataclass(frozen=True)
+class ColdTime:
+    """A cold time to give the records of one key (TuningDB.set_cold) whose family and config are these."""
+    gpu_name: str
+    m: int
+    k: int
+    n: int
+    dtype: str
+    density: float
+    pattern: str
+    family: str
+    config: dict
+    cold_us: float
+    layout: str = DEFAULT_LAYOUT
+    op: str = DEFAULT_OP
+
+
+@dataclass(frozen=True)
+class SetColdResult:
+    """What set_cold did: records whose cold_us it set (changed), records that had that cold time already, cold times
+    that matched no record, keys touched, keys whose best is another record now."""
+    set: int
+    unchanged: int
+    unmatched: int
+    keys: int
+    new_best: int
 
 
 def default_db_path() -> Path:
@@ -432,9 +497,19 @@ def _migrate_to_5(conn: Connection):
             b.add_column(Column("op", String(16), nullable=False, server_default=DEFAULT_OP))
 
 
+def _migrate_to_6(conn: Connection):
+    """Schema 5 -> 6 on `conn` (inside the caller's transaction): add cold_us, NULL in every existing row (no record
+    from before version 6 was timed cold; their uids do not change: record_uid). Alembic's Operations in batch mode,
+    as _migrate_to_2."""
+    op, cols = _operations(conn)
+    if "cold_us" not in cols:
+        with op.batch_alter_table("sat_records") as b:
+            b.add_column(Column("cold_us", Float, nullable=True))
+
+
 # each step: the columns its version added, and the migration that adds them (run in this order, from the oldest)
 MIGRATIONS = ((V2_COLUMNS, _migrate_to_2), (V3_COLUMNS, _migrate_to_3), (V4_COLUMNS, _migrate_to_4),
-              (V5_COLUMNS, _migrate_to_5))
+              (V5_COLUMNS, _migrate_to_5), (V6_COLUMNS, _migrate_to_6))
 
 
 def _set_journal_mode(path: Path, mode: str):
@@ -454,6 +529,8 @@ def _no_nan(r: Record):
         v = getattr(r, name)
         if isinstance(v, float) and math.isnan(v):
             setattr(r, name, math.inf)
+    if r.cold_us is not None and not _timed(r.cold_us):
+        r.cold_us = None  # a cold time that is not a positive finite number was not measured
 
 
 def _key_of(r: Record) -> tuple:
@@ -638,20 +715,59 @@ class TuningDB:
         return rec
 
     def _rebest(self, s: Session, rec: Record) -> Record | None:
-        """Flag the best of rec's key: the fastest verified record (a tie keeps the current best, else the oldest);
-        every other record of the key is history. Returns the best, or None when no record of the key is verified."""
+        """Flag the best of rec's key: the fastest verified record by rank_us (its cold time where measured, else its
+        warm time; a tie keeps the current best, else the oldest); every other record of the key is history. Returns the
+        best, or None when no record of the key is verified."""
         rows = list(s.scalars(self._key_query(rec.gpu_name, rec.m, rec.k, rec.n, rec.density, rec.dtype,
                                               rec.pattern, layout_of(rec), op_of(rec))))
         verified = [r for r in rows if is_verified(r)]
         winner = None
         if verified:
-            t = min(r.time_us for r in verified)
-            tied = [r for r in verified if r.time_us == t]
+            t = min(rank_us(r) for r in verified)
+            tied = [r for r in verified if rank_us(r) == t]
             winner = next((r for r in tied if r.is_best), None) or min(tied, key=lambda r: r.id)
         for r in rows:
             if bool(r.is_best) != (r is winner):
                 r.is_best = r is winner
         return winner
+
+    def set_cold(self, times: Iterable[ColdTime]) -> SetColdResult:
+        """Give every record of a ColdTime's key (densities within DENSITY_RTOL) with its family and config (compared in
+        canonical JSON) that cold time, then re-flag the best of every key touched (rank_us). One transaction: all or
+        nothing (a cold time that is not a positive number: UserError, nothing set). The records' uids do not change
+        (record_uid leaves cold_us out)."""
+        n_set = unchanged = unmatched = 0
+        before: dict[tuple, int | None] = {}  # key -> the id of its best before
+        touched: dict[tuple, Record] = {}
+        try:
+            with self._write_session() as s:
+                for c in times:
+                    if not _timed(c.cold_us):
+                        raise UserError(f"cold time {c.cold_us!r} of {c.family} is not a positive number: nothing set")
+                    q = self._key_query(c.gpu_name, c.m, c.k, c.n, c.density, c.dtype, c.pattern, c.layout, c.op)
+                    cfg = canonical_config(json.dumps(c.config))
+                    rows = [r for r in s.scalars(q.where(Record.family == c.family).order_by(Record.id))
+                            if canonical_config(r.config_json) == cfg]
+                    unmatched += not rows
+                    for r in rows:
+                        key = _key_of(r)
+                        if key not in touched:
+                            touched[key] = r
+                            best = s.scalars(q.where(Record.is_best.is_(True))).first()
+                            before[key] = best.id if best is not None else None
+                        if r.cold_us == c.cold_us:
+                            unchanged += 1
+                        else:
+                            r.cold_us = c.cold_us
+                            n_set += 1
+                s.flush()
+                new_best = 0
+                for key, r in touched.items():
+                    w = self._rebest(s, r)
+                    new_best += (w.id if w is not None else None) != before[key]
+        except SQLAlchemyError as exc:
+            raise UserError(f"cannot write database {self.label!r}: {str(exc).splitlines()[0]}") from None
+        return SetColdResult(n_set, unchanged, unmatched, len(touched), new_best)
 
     def merge_from(self, other_path) -> MergeResult:
         """Merge every record of another tuning database (a file, or a URL) into this one, in one transaction. The
@@ -816,7 +932,8 @@ class TuningDB:
 
     def best(self, m, k, n, density, dtype, gpu=None, pattern=None, layout: str = DEFAULT_LAYOUT,
              op: str = DEFAULT_OP) -> Record | None:
-        """The fastest best-flagged record for the exact key (any GPU / pattern where None) of the operator `op`."""
+        """The fastest (rank_us) best-flagged record for the exact key (any GPU / pattern where None) of the operator
+        `op`."""
         q = self._layout_query(self._key_query(gpu, m, k, n, density, dtype, pattern), layout, op)
         if self._empty or q is None:
             return None
@@ -824,8 +941,8 @@ class TuningDB:
 
         def read():
             with Session(self.engine, expire_on_commit=False) as s:
-                rows = self._query(s, q.order_by(Record.time_us, Record.id).limit(1))
-                return rows[0] if rows else None
+                rows = self._query(s, q)  # one per GPU / pattern at most: ranked here by rank_us
+                return min(rows, key=lambda r: (rank_us(r), r.id), default=None)
         try:
             return self._reading(read)
         except SQLAlchemyError as exc:
@@ -833,8 +950,8 @@ class TuningDB:
 
     def best_sparse(self, m, k, n, density, dtype, gpu=None, pattern=None,
                     layout: str = DEFAULT_LAYOUT, op: str = DEFAULT_OP) -> Record | None:
-        """The fastest verified record of a kernel family (not a vendor path, core.vendor) for the exact key of the
-        operator `op`: the tuned kernel's own figure where a vendor record is the key's best."""
+        """The fastest (rank_us) verified record of a kernel family (not a vendor path, core.vendor) for the exact key
+        of the operator `op`: the tuned kernel's own figure where a vendor record is the key's best."""
         q = self._layout_query(self._key_query(gpu, m, k, n, density, dtype, pattern), layout, op)
         if self._empty or q is None:
             return None
@@ -843,8 +960,8 @@ class TuningDB:
 
         def read():
             with Session(self.engine, expire_on_commit=False) as s:
-                rows = [r for r in self._query(s, q.order_by(Record.time_us, Record.id)) if is_verified(r)]
-                return rows[0] if rows else None
+                rows = [r for r in self._query(s, q) if is_verified(r)]
+                return min(rows, key=lambda r: (rank_us(r), r.id), default=None)
         try:
             return self._reading(read)
         except SQLAlchemyError as exc:
@@ -902,20 +1019,21 @@ class TuningDB:
 
 
 _Row = namedtuple("_Row", "id gpu_name m k n density dtype pattern time_us max_rel_err is_best family config_json "
-                          "layout op")
+                          "layout op cold_us")
 
 
 def _consistency(con: sqlite3.Connection) -> list[str]:
     """What is wrong with the records of a tuning database, as the store keeps them: one best per key (densities within
-    DENSITY_RTOL are one key), the best verified and the fastest verified record of its key, and a best wherever a key
-    has a verified record. Empty when all holds."""
+    DENSITY_RTOL are one key), the best verified and the fastest verified record of its key (rank_us), and a best
+    wherever a key has a verified record. Empty when all holds."""
     cols = {r[1] for r in con.execute("PRAGMA table_info(sat_records)")}
     if not cols:
         return []
     layout = "layout" if "layout" in cols else f"'{DEFAULT_LAYOUT}'"  # a file from before schema 4: all kn
     op = "op" if "op" in cols else f"'{DEFAULT_OP}'"  # a file from before schema 5: all spmm
+    cold = "cold_us" if "cold_us" in cols else "NULL"  # a file from before schema 6: no cold times
     rows = con.execute("SELECT id, gpu_name, m, k, n, density, dtype, pattern, time_us, max_rel_err, is_best, family, "
-                       f"config_json, {layout}, {op} FROM sat_records ORDER BY id").fetchall()
+                       f"config_json, {layout}, {op}, {cold} FROM sat_records ORDER BY id").fetchall()
 
     groups: dict[tuple, list[_Row]] = {}
     for row in rows:
@@ -934,8 +1052,8 @@ def _consistency(con: sqlite3.Connection) -> list[str]:
             if r.is_best and len(bests) > 1 and r.id == min(x.id for x in bests):
                 problems.append(f"{len(bests)} records are the best of one key ({key}): "
                                 f"{', '.join(str(x.id) for x in bests)}")
-            if r.is_best and verified and min(x.time_us for x in verified) < r.time_us:
-                faster = min(verified, key=lambda x: x.time_us)
+            if r.is_best and verified and min(rank_us(x) for x in verified) < rank_us(r):
+                faster = min(verified, key=rank_us)
                 problems.append(f"record {r.id} is the best of its key, but record {faster.id} is faster")
             if verified and not bests and r.id == min(x.id for x in near):
                 problems.append(f"no best record for a key with verified records ({key})")

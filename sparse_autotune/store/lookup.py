@@ -26,6 +26,8 @@ source than exact.
 Operators: every function here serves SpMM and reads spmm records only (store.db: the operator is part of the key);
 `op_lookup` is the same search (exact, nearest, same-arch; no bucket, no built-in default) over the records of another
 operator, for its own runtime (runtime.sddmm), which passes what its configs can run.
+Among records of one key (exact keys of several patterns, a TF32 best's fallback) the fastest is store.db's rank_us: the
+cold time (A from HBM) where measured, else the warm time; `Tuned.time_us` stays the record's warm time.
 Lookups are cached in-process; a database file that changes on disk (its size or mtime) is re-read.
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import literal, select
+from sqlalchemy import Float, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import UserError
@@ -45,7 +47,7 @@ from ..core.problem import check_density, check_dims, check_dtype, check_layout,
 from ..core.space import NK_PATH, split_path
 from ..resources import resource_dir
 from ..store import guard
-from ..store.db import DEFAULT_LAYOUT, DEFAULT_OP, DENSITY_RTOL, Record, TuningDB, default_db_path
+from ..store.db import DEFAULT_LAYOUT, DEFAULT_OP, DENSITY_RTOL, Record, TuningDB, default_db_path, rank_us
 
 SOURCES = ("exact", "bucket", "nearest", "same-arch", "default")
 _COLUMNS = (Record.id, Record.gpu_name, Record.gpu_cc, Record.m, Record.k, Record.n, Record.density, Record.dtype,
@@ -93,6 +95,7 @@ class _Row:
     cublas_fp16_us: float | None = None
     layout: str = DEFAULT_LAYOUT
     op: str = DEFAULT_OP
+    cold_us: float | None = None  # the record's cold time (store.db rank_us ranks by it where set)
 
 
 _rows_cache: dict[tuple[str, str], tuple[tuple, list[_Row]]] = {}
@@ -167,13 +170,13 @@ def _same_bucket(r: _Row, m, k, n, density) -> bool:
 
 def _ordered(rows, m, k, n, density, pattern, runs=None):
     """(row, distance, config) of every row whose config runs this problem (`runs(row)` -> the config adapted, or
-    None; every row's stored config when runs is None), in lookup's order: exact keys first (fastest; same pattern
-    preferred), then N's bucket (nearest N first), then by distance (then time)."""
+    None; every row's stored config when runs is None), in lookup's order: exact keys first (fastest by store.db's
+    rank_us; same pattern preferred), then N's bucket (nearest N first), then by distance (then rank_us)."""
     def order(r):
         exact = _same_key(r, m, k, n, density)
         return (not exact, not _same_bucket(r, m, k, n, density),
                 pattern is not None and r.pattern != pattern if exact else False,
-                0.0 if exact else _distance(r, m, k, n, density, pattern), r.time_us)
+                0.0 if exact else _distance(r, m, k, n, density, pattern), rank_us(r))
     for r in sorted(rows, key=order):
         cfg = json.loads(r.config_json) if runs is None else runs(r)
         if cfg is not None:
@@ -454,7 +457,8 @@ def op_lookup(op: str, m: int, k: int, n: int, density: float, dtype: str, runs,
 def _row(r, label: str) -> _Row:
     return _Row(r.id, r.gpu_name, r.gpu_cc, r.m, r.k, r.n, r.density, r.dtype, r.pattern, r.family, r.config_json,
                 r.time_us, label, r.cusparse_us, r.cublas_fp32_us, r.cublas_tf32_us, r.cublas_fp16_us,
-                getattr(r, "layout", None) or DEFAULT_LAYOUT, getattr(r, "op", None) or DEFAULT_OP)
+                getattr(r, "layout", None) or DEFAULT_LAYOUT, getattr(r, "op", None) or DEFAULT_OP,
+                getattr(r, "cold_us", None))
 
 
 # A record of a kernel that serves another problem than its own (another N in its bucket, the nearest key, another GPU
@@ -614,14 +618,15 @@ def _is_tf32(family: str, config_json: str) -> bool:
 
 def db_best_rows(tdb: TuningDB, op: str = DEFAULT_OP) -> list[_Row]:
     """Every best-flagged record of the operator `op` (spmm by default) in an open tuning database; where the best of a
-    key is cuBLAS TF32 (tuned with the user's opt-in), also the fastest verified other record of that key, which serves
-    whoever has not opted in."""
+    key is cuBLAS TF32 (tuned with the user's opt-in), also the fastest (rank_us) verified other record of that key,
+    which serves whoever has not opted in."""
     from ..store.db import is_verified  # noqa: PLC0415
 
     # a file from before schema version 4 has no layout column: its records are all kn; from before 5 no op column:
-    # its records are all spmm
+    # its records are all spmm; from before 6 no cold_us column: no cold times
     cols = (*_COLUMNS, Record.layout if "layout" not in tdb._missing else literal(DEFAULT_LAYOUT).label("layout"),
-            Record.op if "op" not in tdb._missing else literal(DEFAULT_OP).label("op"))
+            Record.op if "op" not in tdb._missing else literal(DEFAULT_OP).label("op"),
+            Record.cold_us if "cold_us" not in tdb._missing else literal(None, Float).label("cold_us"))
     best_q = tdb._op_query(select(*cols).where(Record.is_best.is_(True)), op)
     if best_q is None:  # another operator's records asked of a file from before schema version 5: it has none
         return []
@@ -632,10 +637,9 @@ def db_best_rows(tdb: TuningDB, op: str = DEFAULT_OP) -> list[_Row]:
             for b in [r for r in rows if _is_tf32(r.family, r.config_json)]:
                 q = tdb._layout_query(TuningDB._key_query(b.gpu, b.m, b.k, b.n, b.density, b.dtype, b.pattern),
                                       b.layout, b.op)
-                q = q.with_only_columns(*cols, Record.max_rel_err).where(Record.is_best.is_(False)).order_by(
-                    Record.time_us, Record.id)
+                q = q.with_only_columns(*cols, Record.max_rel_err).where(Record.is_best.is_(False))
                 rest = [r for r in con.execute(q) if is_verified(r) and not _is_tf32(r.family, r.config_json)]
-                rows += [_row(rest[0], tdb.label)] if rest else []
+                rows += [_row(min(rest, key=lambda r: (rank_us(r), r.id)), tdb.label)] if rest else []
             return rows
     try:
         return tdb._reading(read)  # a read-only file: read again if a writer touched it meanwhile

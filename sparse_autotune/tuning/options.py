@@ -5,6 +5,16 @@ from __future__ import annotations
 from ..errors import UserError
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
+RANKS = ("cold", "warm")  # TuneOptions.rank: how a tune picks its winner (tuning.tuner's docstring)
+FINALISTS = 4  # rank "cold": the most configs the tuner's finish times with A from HBM, the warm best among them
+FINALIST_WITHIN = 1.3  # ... each within this factor of the best warm time
+
+
+def check_rank(rank) -> str:
+    """A TuneOptions.rank value (RANKS), else a one-line UserError."""
+    if rank not in RANKS:
+        raise UserError(f"unknown rank {rank!r}: choose one of {', '.join(RANKS)}")
+    return rank
 
 
 def check_options(trials: int | None = None, sampler: str | None = None, timeout: float | None = None) -> None:

@@ -89,15 +89,15 @@ def _one_line(exc: BaseException) -> str:
 
 
 def problem_spec(problem, trials: int, timeout: float | None, sampler: str, families, warm_start: bool = True,
-                 vendors=None, allow_tf32: bool = False) -> dict:
+                 vendors=None, allow_tf32: bool = False, rank: str = "cold") -> dict:
     """What a worker needs to rebuild and tune a (random) problem: the matrix is regenerated from its seed."""
     return random_spec(problem.m, problem.k, problem.n, problem.density, problem.dtype, problem.pattern, problem.seed,
-                       trials, timeout, sampler, families, warm_start, vendors, allow_tf32, problem.layout)
+                       trials, timeout, sampler, families, warm_start, vendors, allow_tf32, problem.layout, rank)
 
 
 def random_spec(m: int, k: int, n: int, density: float, dtype: str, pattern: str, seed: int, trials: int,
                 timeout: float | None, sampler: str, families, warm_start: bool = True, vendors=None,
-                allow_tf32: bool = False, layout: str = "kn") -> dict:
+                allow_tf32: bool = False, layout: str = "kn", rank: str = "cold") -> dict:
     """problem_spec of Problem.random(m, k, n, density, dtype, pattern, seed) without building its matrix (a suite
     enqueues hundreds of cases, some of 30M nonzeros: the workers build each when they claim it)."""
     spec = {"m": int(m), "k": int(k), "n": int(n), "density": round(float(density), 6), "dtype": dtype,
@@ -111,6 +111,8 @@ def random_spec(m: int, k: int, n: int, density: float, dtype: str, pattern: str
         spec["allow_tf32"] = True
     if layout != "kn":  # only then: kn specs (and queue keys) stay as they were
         spec["layout"] = layout
+    if rank != "cold":  # only then (TuneOptions.rank): the specs of the default stay as they were
+        spec["rank"] = rank
     return spec
 
 

@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.trial import TrialState
@@ -75,6 +75,9 @@ class SearchResult:
     pruned: int
     new_trials: int
     stopped: str  # why the loop ended
+    # every distinct config of the search's COMPLETE trials as (family, config, value), fastest first (the best first:
+    # best_family / best_config); the tuner's finalists (tuner.finalists_of) are taken from it
+    ranked: list = field(default_factory=list)
 
 
 def config_of(trial) -> tuple[str, dict]:
@@ -527,9 +530,19 @@ def _key(family: str, cfg: dict) -> str:
     return family + json.dumps(cfg, sort_keys=True)
 
 
+def ranked_configs(complete) -> list[tuple[str, dict, float]]:
+    """(family, config, value) of each distinct config of these COMPLETE trials, at its lowest value, fastest first (a
+    tie: the earlier trial first, as summarize's best)."""
+    out: dict[str, tuple[str, dict, float]] = {}
+    for t in sorted(complete, key=lambda t: t.value):  # stable: trials in study order within a tie
+        fam, cfg = config_of(t)
+        out.setdefault(_key(fam, cfg), (fam, cfg, t.value))
+    return list(out.values())
+
+
 def summarize(study, done_before: int = 0, stopped: str = "") -> SearchResult:
-    """Counts and the best COMPLETE trial of a study (also after an interrupted run); the vendor paths' trials
-    (is_vendor_trial) are not the search's and are left out."""
+    """Counts, the best COMPLETE trial of a study (also after an interrupted run) and its distinct configs ranked
+    (ranked_configs); the vendor paths' trials (is_vendor_trial) are not the search's and are left out."""
     trials_all = [t for t in study.get_trials(deepcopy=False) if not is_vendor_trial(t)]
     complete = [t for t in trials_all if t.state == TrialState.COMPLETE and evaluated(t)]  # repeats left out
     failed = sum(1 for t in trials_all if t.state == TrialState.FAIL and evaluated(t))
@@ -537,7 +550,7 @@ def summarize(study, done_before: int = 0, stopped: str = "") -> SearchResult:
     best = min(complete, key=lambda t: t.value) if complete else None
     fam, cfg = config_of(best) if best else (None, None)
     return SearchResult(study.study_name, best.value if best else None, fam, cfg, len(complete), failed, pruned,
-                        len(complete) + failed - done_before, stopped)
+                        len(complete) + failed - done_before, stopped, ranked_configs(complete))
 
 
 def load_study(storage, study_name: str):

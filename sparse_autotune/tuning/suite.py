@@ -175,9 +175,12 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _tuned(r: dict) -> float:
-    t = r.get("tuned_us")
-    return float(t) if isinstance(t, (int, float)) and t > 0 else float("inf")
+def ranking_us(r: dict) -> float:
+    """A suite record's time by the store's rule (store.db.rank_us): its tuned kernel's cold time (tuned_cold_us) where
+    measured, else its warm time (tuned_us); inf where it has neither."""
+    from ..store.db import rank_us  # noqa: PLC0415
+    t = rank_us({"cold_us": r.get("tuned_cold_us"), "time_us": r.get("tuned_us")})
+    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 else float("inf")
 
 
 def merge_records(paths: list[Path], suite: str, first_wins: bool = False, fastest_wins: bool = False) -> list[dict]:
@@ -185,9 +188,10 @@ def merge_records(paths: list[Path], suite: str, first_wins: bool = False, faste
     list in the suite's case order; a case in more than one file keeps the record of the longest search (the most
     trials: a shard's --retune of a case that both storages hold from before the split), the first file's on a tie;
     with first_wins, the first file's record whatever the trials (an --only re-run after a kernel change, put over
-    the earlier report); with fastest_wins, the record with the lowest tuned time (a --families part that searched some
-    families only, put beside the earlier report of all of them: the tuner over both would keep the faster), the first
-    file's on a tie. A file that is not a list of this suite's records is refused with its name."""
+    the earlier report); with fastest_wins, the record with the lowest tuned time by ranking_us (cold where measured,
+    else warm: a --families part that searched some families only, put beside the earlier report of all of them: the
+    tuner over both would keep the faster), the first file's on a tie. A file that is not a list of this suite's
+    records is refused with its name."""
     if first_wins and fastest_wins:
         raise UserError("--merge: --first-wins and --fastest-wins exclude each other")
     order = {case_key(c): j for j, c in enumerate(suite_cases(suite))}
@@ -209,11 +213,55 @@ def merge_records(paths: list[Path], suite: str, first_wins: bool = False, faste
             if k not in seen:
                 seen[k] = r
             elif fastest_wins:
-                if _tuned(r) < _tuned(seen[k]):
+                if ranking_us(r) < ranking_us(seen[k]):
                     seen[k] = r
             elif not first_wins and r.get("trials", 0) > seen[k].get("trials", 0):
                 seen[k] = r
     return sorted(seen.values(), key=lambda r: order[case_key(r)])
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def cold_entries(records, source: str) -> list:
+    """The cold times of a suite report's records (suite-<suite>-<gpu>.json: a list of case records, or an object with
+    such a list under "records") as store.db.ColdTime: each record's tuned kernel (family, config) at tuned_cold_us, and
+    cuBLAS of the problem's own precision (family dense, math: device.cold.DENSE_MODE) at dense_cold_us, where
+    measured; for `db set-cold`. A record without its key, family or config, or a cold time that is not a positive
+    number: a one-line UserError naming `source` and the record."""
+    from ..core.vendor import DENSE  # noqa: PLC0415
+    from ..device.cold import DENSE_MODE  # noqa: PLC0415
+    from ..store.db import DEFAULT_LAYOUT, SPMM, ColdTime  # noqa: PLC0415
+    if isinstance(records, dict):
+        records = records.get("records")
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise UserError(f"{source} is not a suite report (a list of case records, or {{\"records\": [...]}})")
+    out = []
+    for i, r in enumerate(records):
+        where = f"{source}: record {i}"
+        try:
+            key = dict(gpu_name=str(r["gpu"]), m=int(r["M"]), k=int(r["K"]), n=int(r["N"]), density=float(r["density"]),
+                       dtype=str(r["dtype"]), pattern=str(r["pattern"]), layout=str(r.get("layout") or DEFAULT_LAYOUT),
+                       op=SPMM)
+            family, config = str(r["family"]), r["config"]
+        except KeyError as e:
+            raise UserError(f"{where} has no {e}") from None
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{where}: a key field is not a number: {e}") from None
+        if not isinstance(config, dict):
+            raise UserError(f"{where}: config is not an object")
+        for name in ("tuned_cold_us", "dense_cold_us"):
+            if r.get(name) is not None and not _positive(r[name]):
+                raise UserError(f"{where}: {name} {r[name]!r} is not a positive number")
+        if key["dtype"] not in DENSE_MODE:
+            raise UserError(f"{where}: unknown dtype {key['dtype']!r}")
+        if r.get("tuned_cold_us") is not None:
+            out.append(ColdTime(**key, family=family, config=config, cold_us=float(r["tuned_cold_us"])))
+        if r.get("dense_cold_us") is not None:
+            out.append(ColdTime(**key, family=DENSE, config={"math": DENSE_MODE[key["dtype"]]},
+                                cold_us=float(r["dense_cold_us"])))
+    return out
 
 
 def write_merged(paths: list[Path], suite: str, out_dir: Path, first_wins: bool = False,

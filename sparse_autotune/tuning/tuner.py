@@ -1,4 +1,13 @@
-"""One tuning run: problem -> spaces -> Optuna search (render, compile, verify, time) -> baselines -> DB.
+"""One tuning run: problem -> spaces -> Optuna search (render, compile, verify, time) -> finalists timed cold ->
+baselines -> DB.
+
+The search ranks candidates warm (CUDA-graph replay: A stays in the L2 across launches); a decoding model reads every
+layer's A from HBM ("cold", device.cold), and the warm best can be slower there than another family (H200, 4096 x 4096,
+N = 16: tc_gather 10.2 us warm / 14.4 cold, tc_bitmap 10.6 / 11.0). So with TuneOptions.rank "cold" (the default)
+GpuTuner.finish takes the search's FINALISTS best distinct configs within FINALIST_WITHIN of the best warm time
+(finalists_of), times each cold and makes the fastest cold one the winner (choose_cold; the warm best where none could
+be timed); its record keeps both times (time_us warm, cold_us cold: store.db.rank_us ranks it by the cold one). rank
+"warm" is the earlier choice: the warm best, no finalists, no cold_us stored.
 
 GpuTuner tunes on this process's GPU. $SPARSE_AUTOTUNE_TUNER=module:Class names another Tuner subclass for the
 workers (tuner_class), e.g. the tests' synthetic tuner, so the scale-out machinery runs without a GPU."""
@@ -11,11 +20,12 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .. import __version__
 from ..errors import CandidateError, DeviceLostError, UserError
 from ..core.problem import Problem
+from ..tuning.options import FINALIST_WITHIN, FINALISTS, check_rank
 from ..tuning.search import Search, SearchOptions, check_options, load_study, summarize
 from ..core.space import problem_env, select_spaces
 from ..store.db import Record, TuningDB
@@ -54,6 +64,57 @@ class TuneOptions:
     warm_start: bool = True  # try the winners of the nearest tuned problems (this GPU, this dtype) first
     vendors: tuple[str, ...] | None = None  # the vendor paths timed as candidates (core.vendor); None: all of them
     allow_tf32: bool = False  # an fp32 problem may be served by cuBLAS's TF32 tensor cores (the user's opt-in)
+    rank: str = "cold"  # the winner: the fastest finalist with A from HBM ("cold"), or the search's warm best ("warm")
+
+
+@dataclass
+class Finalist:
+    """A config finish() times cold (rank "cold"): its warm time from the search; cold_us and the copies of A rotated
+    (device.cold) where timed, else the error; `kernel`: what the tuner built to time it (reused for the winner)."""
+    family: str
+    config: dict
+    warm_us: float
+    cold_us: float | None = None
+    cold_copies: int | None = None
+    error: str | None = None
+    kernel: object = field(default=None, repr=False)
+
+    def as_dict(self) -> dict:
+        d = {"family": self.family, "config": self.config, "warm_us": self.warm_us, "cold_us": self.cold_us}
+        return {**d, "cold_error": self.error} if self.error else d
+
+
+def finalists_of(res, limit: int = FINALISTS, within: float = FINALIST_WITHIN) -> list[Finalist]:
+    """The search's warm best (res.best_*) and then its next distinct configs (res.ranked, fastest warm first, any
+    family) whose warm time is within `within` x the best's, `limit` in all; [] where the search found nothing."""
+    if res.best_config is None:
+        return []
+    out = [Finalist(res.best_family, res.best_config, res.best_value)]
+    for fam, cfg, value in res.ranked or []:
+        if len(out) >= limit or value > res.best_value * within:
+            break
+        if (fam, cfg) != (res.best_family, res.best_config):
+            out.append(Finalist(fam, cfg, value))
+    return out
+
+
+def choose_cold(finals: list[Finalist], time_cold, log) -> Finalist:
+    """Time each finalist cold (time_cold(f) -> (us, copies); an exception keeps its one-line error and leaves it out;
+    DeviceLostError passes on) and return the fastest cold one (a tie: the faster warm one), or the first (the warm
+    best) where none could be timed. Logs one line: each finalist's cold time and the winner."""
+    for f in finals:
+        try:
+            f.cold_us, f.cold_copies = time_cold(f)
+        except DeviceLostError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            f.error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__
+    timed = [f for f in finals if f.cold_us is not None]
+    winner = min(timed, key=lambda f: f.cold_us) if timed else finals[0]
+    log("finalists timed cold: " + ", ".join(f"{f.family} {f.cold_us:.2f} us" if f.cold_us is not None else
+                                               f"{f.family} failed ({f.error})" for f in finals)
+        + f" -> {winner.family}" + ("" if timed else " (the warm best: no cold timing)"))
+    return winner
 
 
 def study_name(problem: Problem, gpu_name: str) -> str:
@@ -90,6 +151,7 @@ class Tuner:
     def _start(self, problem: Problem, opts: TuneOptions, log) -> None:
         """Checks the options, then opens (or creates) the tuning DB; shared by the tuners' constructors."""
         check_options(opts.trials, opts.sampler, opts.timeout)
+        check_rank(opts.rank)
         from ..core.vendor import VENDOR_FAMILIES, split_families  # noqa: PLC0415
         families, named_vendors = split_families(opts.families)  # vendor names among the families: those paths
         self.vendors = tuple(opts.vendors) if opts.vendors is not None else (named_vendors or VENDOR_FAMILIES)
@@ -113,6 +175,23 @@ class Tuner:
 
     def on_trial(self, frozen) -> None:  # a hook for subclasses
         pass
+
+    def time_cold(self, finalist: Finalist) -> tuple[float, int]:
+        """(median us, copies of A) of a finalist timed with A from HBM; a tuner whose finish() ranks cold defines it
+        (it may keep what it built in finalist.kernel)."""
+        raise NotImplementedError
+
+    def choose_finalist(self, res):
+        """(res, finalists, winner): with opts.rank "cold", the finalists (finalists_of) timed cold (choose_cold) and
+        res with the fastest cold one as its best (best_value: its warm time from the search); with rank "warm", res
+        as it is, [] and None."""
+        if self.opts.rank != "cold" or res.best_config is None:  # checked by _start
+            return res, [], None
+        finals = finalists_of(res)
+        winner = choose_cold(finals, self.time_cold, self.log)
+        if winner is not finals[0]:
+            res = replace(res, best_family=winner.family, best_config=winner.config, best_value=winner.warm_us)
+        return res, finals, winner
 
     def study_name(self) -> str:
         return study_name(self.problem, self.gpu_name)
@@ -266,9 +345,30 @@ class GpuTuner(GpuTurnMixin, Tuner):
         return self.verify_and_time(fresh, ctx.c, [lambda bb=bb: ctx.launch(kern, bb) for bb in ctx.b_bufs],
                                     problem.dtype, problem.flops)
 
+    def time_cold(self, finalist: Finalist) -> tuple[float, int]:
+        """The finalist built (prepare, outside the GPU's turn) and timed with A rotated among copies (device.cold) in
+        the "finish" phase; the kernel kept in finalist.kernel."""
+        from ..device.cold import time_kernel_cold  # noqa: PLC0415
+        from ..device.gpu import cupy  # noqa: PLC0415
+        kern = self.prepare(finalist.family, finalist.config)
+        try:
+            with self._phase("finish"):
+                t, copies = time_kernel_cold(kern, self.ctx)
+        except Exception:
+            _assert_context_alive()
+            raise
+        finally:
+            cupy().get_default_memory_pool().free_all_blocks()  # the copies of A
+        finalist.kernel = kern
+        return t.median_us, copies
+
     def finish(self, res) -> dict:
-        """The winner and the baselines, verified and timed again the same way in this process; the record stored."""
+        """The winner (rank "cold": the fastest of the finalists with A from HBM, choose_finalist) and the baselines,
+        verified and timed again the same way in this process; the record stored."""
         self._check_found(res)
+        t_fin = time.perf_counter()
+        res, finals, winner = self.choose_finalist(res)
+        self.turn_s["finish_finalists"] = time.perf_counter() - t_fin  # building and timing them cold
         from ..device.baselines import time_baselines  # noqa: PLC0415
         from ..device.cold import cold_times  # noqa: PLC0415
         from ..device.ceilings import bytes_floor, ceilings, floor_us  # noqa: PLC0415
@@ -276,7 +376,11 @@ class GpuTuner(GpuTurnMixin, Tuner):
         from ..device.verify import check  # noqa: PLC0415
         problem, ctx, info, opts, db = self.problem, self.ctx, self.info, self.opts, self.db
         name = self.study_name()
-        kern = self.prepare(res.best_family, res.best_config)
+        kern = winner.kernel if winner is not None and winner.kernel is not None else \
+            self.prepare(res.best_family, res.best_config)
+        for f in finals:
+            f.kernel = None  # the others' kernels are not needed any more
+        measured = (winner.cold_us, winner.cold_copies) if winner is not None and winner.cold_us is not None else None
         with self._phase("finish"):
             b, ref = ctx.fresh_check()
             err = check(lambda: ctx.launch(kern, b), ctx.c, ref, problem.dtype)
@@ -284,7 +388,8 @@ class GpuTuner(GpuTurnMixin, Tuner):
             t0 = time.perf_counter()
             base = time_baselines(ctx, self.log)
             t1 = time.perf_counter()
-            cold = cold_times(kern, ctx, self.log)  # the winner and cuBLAS again, A from HBM (device.cold)
+            # the winner (where not timed so as a finalist) and cuBLAS, A from HBM (device.cold)
+            cold = cold_times(kern, ctx, self.log, tuned=measured)
             t2 = time.perf_counter()
             ceil = ceilings()
         # where a problem's finish goes (the llm suite's large layers spent 30-57 s there: session 11)
@@ -303,12 +408,14 @@ class GpuTuner(GpuTurnMixin, Tuner):
             cublas_tf32_us=base["cublas_tf32_us"], cublas_fp16_us=base["cublas_fp16_us"],
             cublas_bf16_us=base.get("cublas_bf16_us"), floor_us=floor,
             max_rel_err=err, trials=res.complete + res.failed, matrix_hash=problem.fingerprint(), study_name=name,
+            cold_us=cold["tuned_cold_us"] if opts.rank == "cold" else None,  # rank warm: ranked warm, as before
             package_version=__version__, cuda_version=v["cuda"], driver_version=v["driver"], cupy_version=v["cupy"],
             created_at=_dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None))
         db.store(rec)
         from ..tuning.vendor import finish_vendors  # noqa: PLC0415 - the vendor paths as candidates (their record)
         vendors = finish_vendors(db, getattr(self, "storage", db.url), name, rec, base.get("vendor"),
-                                 getattr(self, "vendors", None), opts.allow_tf32, self.log)
+                                 getattr(self, "vendors", None), opts.allow_tf32, self.log,
+                                 cold if opts.rank == "cold" else None)
         db.dispose()
 
         def ratio(x):
@@ -320,7 +427,9 @@ class GpuTuner(GpuTurnMixin, Tuner):
             "package_version": __version__,
             "best": {"family": res.best_family, "config": res.best_config, "time_us": t.median_us,
                      "gflops": gflops, "max_rel_err": err, "timing_spread": t.spread, "timing": t.method,
-                     "search_time_us": res.best_value},
+                     "search_time_us": res.best_value, "cold_us": rec.cold_us},
+            "rank": opts.rank,  # how the winner was chosen: "cold" (the finalists' cold times) or "warm"
+            "finalists": [f.as_dict() for f in finals],  # rank cold: the configs timed cold, the warm best first
             "baselines": {k: base.get(k) for k in ("cusparse_us", "cusparse_alg", "cublas_fp32_us", "cublas_tf32_us",
                                                   "cublas_fp16_us", "cublas_bf16_us")},
             "baseline_errors": base["baseline_errors"], "baseline_timing": base.get("timing", {}),

@@ -195,7 +195,7 @@ class Worker(ProblemLoop):
                                families=tuple(spec["families"]) if spec.get("families") else None,
                                warm_start=spec.get("warm_start", True),
                                vendors=tuple(spec["vendors"]) if spec.get("vendors") is not None else None,
-                               allow_tf32=bool(spec.get("allow_tf32", False)))
+                               allow_tf32=bool(spec.get("allow_tf32", False)), rank=spec.get("rank", "cold"))
             tuner = self.tuner_class(problem, opts, log=lambda m: None)
             self.queue.set_study(rid, tuner.study_name())
             res = self._search(tuner)
