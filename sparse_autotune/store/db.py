@@ -241,7 +241,8 @@ def record_uid(rec) -> str:
     return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
 
 
-def _timed(t) -> bool:
+def is_timed(t) -> bool:
+    """Whether t is a measured time: a positive finite number (not a bool)."""
     return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
 
 
@@ -251,7 +252,7 @@ def rank_us(rec) -> float:
     measured, else its warm time (time_us). The one rule of "fastest" in the store (the module docstring says why)."""
     get = rec.get if isinstance(rec, Mapping) else (lambda name: getattr(rec, name, None))
     cold = get("cold_us")
-    return cold if _timed(cold) else get("time_us")
+    return cold if is_timed(cold) else get("time_us")
 
 
 def _assign_uids(rows: Iterable) -> list[str]:
@@ -529,7 +530,7 @@ def _no_nan(r: Record):
         v = getattr(r, name)
         if isinstance(v, float) and math.isnan(v):
             setattr(r, name, math.inf)
-    if r.cold_us is not None and not _timed(r.cold_us):
+    if r.cold_us is not None and not is_timed(r.cold_us):
         r.cold_us = None  # a cold time that is not a positive finite number was not measured
 
 
@@ -742,7 +743,7 @@ class TuningDB:
         try:
             with self._write_session() as s:
                 for c in times:
-                    if not _timed(c.cold_us):
+                    if not is_timed(c.cold_us):
                         raise UserError(f"cold time {c.cold_us!r} of {c.family} is not a positive number: nothing set")
                     q = self._key_query(c.gpu_name, c.m, c.k, c.n, c.density, c.dtype, c.pattern, c.layout, c.op)
                     cfg = canonical_config(json.dumps(c.config))

@@ -178,9 +178,9 @@ def parse_shard(text: str) -> tuple[int, int]:
 def ranking_us(r: dict) -> float:
     """A suite record's time by the store's rule (store.db.rank_us): its tuned kernel's cold time (tuned_cold_us) where
     measured, else its warm time (tuned_us); inf where it has neither."""
-    from ..store.db import rank_us  # noqa: PLC0415
+    from ..store.db import is_timed, rank_us  # noqa: PLC0415
     t = rank_us({"cold_us": r.get("tuned_cold_us"), "time_us": r.get("tuned_us")})
-    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 else float("inf")
+    return float(t) if is_timed(t) else float("inf")
 
 
 def merge_records(paths: list[Path], suite: str, first_wins: bool = False, fastest_wins: bool = False) -> list[dict]:
@@ -220,10 +220,6 @@ def merge_records(paths: list[Path], suite: str, first_wins: bool = False, faste
     return sorted(seen.values(), key=lambda r: order[case_key(r)])
 
 
-def _positive(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
-
-
 def cold_entries(records, source: str) -> list:
     """The cold times of a suite report's records (suite-<suite>-<gpu>.json: a list of case records, or an object with
     such a list under "records") as store.db.ColdTime: each record's tuned kernel (family, config) at tuned_cold_us, and
@@ -232,7 +228,7 @@ def cold_entries(records, source: str) -> list:
     number: a one-line UserError naming `source` and the record."""
     from ..core.vendor import DENSE  # noqa: PLC0415
     from ..device.cold import DENSE_MODE  # noqa: PLC0415
-    from ..store.db import DEFAULT_LAYOUT, SPMM, ColdTime  # noqa: PLC0415
+    from ..store.db import DEFAULT_LAYOUT, SPMM, ColdTime, is_timed  # noqa: PLC0415
     if isinstance(records, dict):
         records = records.get("records")
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
@@ -252,7 +248,7 @@ def cold_entries(records, source: str) -> list:
         if not isinstance(config, dict):
             raise UserError(f"{where}: config is not an object")
         for name in ("tuned_cold_us", "dense_cold_us"):
-            if r.get(name) is not None and not _positive(r[name]):
+            if r.get(name) is not None and not is_timed(r[name]):
                 raise UserError(f"{where}: {name} {r[name]!r} is not a positive number")
         if key["dtype"] not in DENSE_MODE:
             raise UserError(f"{where}: unknown dtype {key['dtype']!r}")
