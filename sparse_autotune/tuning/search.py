@@ -547,10 +547,10 @@ def summarize(study, done_before: int = 0, stopped: str = "") -> SearchResult:
     complete = [t for t in trials_all if t.state == TrialState.COMPLETE and evaluated(t)]  # repeats left out
     failed = sum(1 for t in trials_all if t.state == TrialState.FAIL and evaluated(t))
     pruned = sum(1 for t in trials_all if t.state == TrialState.PRUNED)
-    best = min(complete, key=lambda t: t.value) if complete else None
-    fam, cfg = config_of(best) if best else (None, None)
-    return SearchResult(study.study_name, best.value if best else None, fam, cfg, len(complete), failed, pruned,
-                        len(complete) + failed - done_before, stopped, ranked_configs(complete))
+    ranked = ranked_configs(complete)
+    fam, cfg, value = ranked[0] if ranked else (None, None, None)  # the best: the first of the fastest trials
+    return SearchResult(study.study_name, value, fam, cfg, len(complete), failed, pruned,
+                        len(complete) + failed - done_before, stopped, ranked)
 
 
 def load_study(storage, study_name: str):
