@@ -137,9 +137,23 @@ def threads(config: dict) -> int:
 
 
 def slot_strip_bytes(config: dict) -> int:
-    """Bytes of one strip's share of a ring slot: the stage's meta (40 a tile) and its values (at most 512 a tile),
-    rounded out to the 16-byte units the copy moves."""
-    return META_BYTES * config["ks"] + 512 * config["ks"] + 16
+    """Bytes of one strip's share of a ring slot: the stage's meta (40 a tile) and its values (at most 512 a tile; dec
+    'fit': vcap a tile, a stage with more decodes from global memory), rounded out to the 16-byte units the copy moves."""
+    vcap = config.get("vcap", 320) if config.get("dec") == "fit" else 512
+    return META_BYTES * config["ks"] + vcap * config["ks"] + 16
+
+
+def stages_over(config: dict, vptr: np.ndarray, info: dict) -> tuple[int, int]:
+    """dec 'fit': (stages whose values outgrow a ring slot, stages) over every strip of the layout: the kernel decodes
+    those from global memory (correct, slow). A stage is ks k-steps of one strip; its copy covers the 16-byte units from
+    its first value's unit to its last value's."""
+    ks = config["ks"]
+    S, KTP = info["S"], info["KTP"]
+    vp = vptr.reshape(S, KTP + 1).astype(np.int64)
+    a0 = vp[:, 0:KTP:ks] & ~15
+    n16 = (vp[:, ks::ks] - a0 + 15) >> 4
+    capu = (slot_strip_bytes(config) - META_BYTES * ks) // 16
+    return int((n16 > capu).sum()), int(n16.size)
 
 
 def _dims(config: dict, m: int, k: int, n: int):

@@ -1070,3 +1070,205 @@ def test_one_wave_known_good_comes_first_on_the_tallest_layers_only():
         assert (sp.defaults("fp16", env, DEFAULT_LIMITS)[0] == sp.normalize(kg, "fp16")) == first, (m, n)
     env = problem_env(14336, 4096, 128, 14336 * 4096 // 10, "bf16")
     assert sp.check(sp.normalize(kg, "bf16"), env, DEFAULT_LIMITS) is None
+
+
+# ---- wgk 1 (bench/drafts/tcwgmma-fixed.md): a block is one 64-row tile, its warpgroups split the tile's chunks -----
+
+# the 4096^2 N=128 candidates (wg 2: 64 tiles x split-K 2 = 128 blocks in clusters of 2), wait 0 / 1, split-K 1 (the
+# warpgroups' local sum alone stores C), kc 2 with the ballot decode, three warpgroups at bn 64, bf16 in the GPU test
+WGK = [dict(bn=128, kc=4, dec="lane", wg=2, stages=6, splitk=2, wait=1, minb=1, ws=1, tma=2, red=1, blkrec=0, wgk=1),
+       dict(bn=128, kc=4, dec="lane", wg=2, stages=4, splitk=2, wait=0, minb=1, ws=1, tma=2, red=1, blkrec=0, wgk=1),
+       dict(bn=128, kc=4, dec="lane", wg=2, stages=6, splitk=1, wait=1, minb=1, ws=1, tma=2, red=0, blkrec=0, wgk=1),
+       dict(bn=128, kc=2, dec="ballot", wg=2, stages=6, splitk=4, wait=1, minb=1, ws=1, tma=2, red=1, blkrec=0, wgk=1),
+       dict(bn=64, kc=4, dec="lane", wg=3, stages=6, splitk=3, wait=0, minb=1, ws=1, tma=2, red=1, blkrec=0, wgk=1),
+       dict(bn=64, kc=2, dec="ballot", wg=3, stages=6, splitk=1, wait=0, minb=1, ws=1, tma=2, red=0, blkrec=0, wgk=1)]
+
+
+def _wgk_ring(nch, stages, wg, wait, seed):
+    """The wgk ring as the template runs it, with the mbarriers' parity waits (try_wait.parity p passes once the
+    barrier's completed phases have a parity other than p): the producer fills chunk i into stage i % stages after the
+    stage's `empty` phase; a TMA lands later (a separate event); warpgroup w takes chunks w, w + wg, ... (cst += wg),
+    waits for `full`, consumes, and releases the previous chunk's stage (wait 1) or this one's (wait 0). A random
+    interleaving; returns [(warpgroup, chunk)] in consumption order; AssertionError on a deadlock, a chunk read
+    before it landed or from the wrong stage, or a stage refilled before its release."""
+    rng = np.random.default_rng(seed)
+    full, empty = [0] * stages, [0] * stages  # completed phases
+    content, landed, released = [None] * stages, [True] * stages, [True] * stages
+    pending = []  # stages whose TMA has not landed
+    reading = set()  # stages an issued wgmma group may still read (wait 1: this warpgroup's last chunk's)
+    nxt = 0  # the producer's next chunk
+    cons = [{"i": w, "cst": w % stages, "cph": 0, "pst": 0} for w in range(wg)]
+    out = []
+    while nxt < nch or pending or any(c["i"] < nch for c in cons):
+        moves = []
+        if nxt < nch:
+            st, ph = nxt % stages, (nxt // stages) & 1
+            if (empty[st] & 1) != (ph ^ 1):
+                moves.append(("produce", st))
+        moves += [("land", st) for st in pending]
+        for w, c in enumerate(cons):
+            if c["i"] < nch and (full[c["cst"]] & 1) != c["cph"]:
+                moves.append(("consume", w))
+        assert moves, ("deadlock", nxt, cons)
+        kind, x = moves[rng.integers(len(moves))]
+        if kind == "produce":
+            assert released[x], ("stage refilled before its release", x, nxt)
+            assert x not in reading, ("stage refilled under a wgmma", x, nxt)
+            content[x], landed[x], released[x] = nxt, False, False
+            pending.append(x)
+            nxt += 1
+        elif kind == "land":
+            pending.remove(x)
+            landed[x] = True
+            full[x] += 1  # expect_tx's bytes complete the phase
+        else:
+            c = cons[x]
+            st = c["cst"]
+            assert content[st] == c["i"] and landed[st], ("wrong or unlanded chunk", x, c, content[st])
+            out.append((x, c["i"]))
+            if wait == 1:  # wait_group 1: the previous chunk's wgmmas are done, this chunk's may still read its stage
+                if c["i"] > x:
+                    reading.discard(c["pst"])
+                reading.add(st)
+            rel = st if wait == 0 else (c["pst"] if c["i"] > x else None)
+            if rel is not None:
+                released[rel] = True
+                empty[rel] += 1  # the warpgroup's 4 warps arrive
+            c["pst"] = st
+            c["i"] += wg
+            c["cst"] += wg
+            if c["cst"] >= stages:
+                c["cst"] -= stages
+                c["cph"] ^= 1
+    return out
+
+
+@pytest.mark.parametrize("stages,wg,wait", [(6, 2, 1), (4, 2, 0), (6, 2, 0), (6, 3, 0), (8, 2, 1), (9, 3, 1)])
+def test_wgk_ring_never_deadlocks_and_each_warpgroup_reads_its_chunks(stages, wg, wait):
+    """The wgk ring (the template's consumer step: cst += wg, the parity flip past the last stage, the release of the
+    previous chunk at wait 1) over random interleavings and chunk counts that do not divide by wg or the stages:
+    every chunk consumed once, by warpgroup i % wg, in order, never from a stage refilled under it."""
+    for seed in range(40):
+        nch = int(np.random.default_rng(seed).integers(1, 40))
+        got = _wgk_ring(nch, stages, wg, wait, seed)
+        assert sorted(i for _, i in got) == list(range(nch))
+        assert all(i % wg == w for w, i in got)
+        for w in range(wg):
+            mine = [i for v, i in got if v == w]
+            assert mine == sorted(mine)
+
+
+def test_wgk_renders_one_group_a_block_and_the_space_bounds_it():
+    """wgk 0 renders as before but for the header's " wgk=0" (the header names every active parameter; a config stored
+    without the key renders byte for byte as before); wgk 1: one group a block and a
+    stage, `empty` of one warpgroup's 4 warps, the consumers' interleaved chunks, the warpgroups' local sum before the
+    cluster's reduction (32 units: the block's 64 rows) or C; the space offers it at tma 2, wg >= 2, blkrec 0, red 1 or
+    split-K 1, stages a multiple of wg with a stage in flight, and the shared memory it takes."""
+    sp, h = space(), host()
+    base = dict(WGK[0])
+    old = {k: v for k, v in base.items() if k != "wgk"}
+    zero, bare = render.render(sp, {**old, "wgk": 0}, "fp16"), render.render(sp, old, "fp16")
+    assert zero == bare.replace("blkrec=0\n", "blkrec=0 wgk=0\n", 1) and zero != bare
+    assert "wgk" not in bare and sp.normalize(old, "fp16")["wgk"] == 0
+    src = render.render(sp, base, "fp16")
+    assert "blkrec=0 wgk=1\n" in src and "#define NGRP 1" in src
+    assert "mbar_init(empty + 8 * st, 4);" in src and "const bool sok = lane < NGRP && pstrip < (S + 3) / 4;" in src
+    assert "const unsigned int as = abase + (st + lane) * GSLOT;" in src
+    assert src.count("const unsigned int gs = abase + cst * GSLOT;") == 2
+    assert "for (int i = w0; i < nch; i += 2 * WG) {" in src and src.count("cst += WG;") == 2
+    assert "if (i > w0) {" in src and "if (i + WG > w0) {" in src
+    assert "const int strip = rb * 4 + (warp & 3);" in src and "const int row = 16 * (rb * 4 + wq) + gq;" in src
+    assert "const int u1 = ((ks + 1) * 32) / SPLITK;" in src and src.count("wgk_sum(acc, rbuf, tid);") == 1
+    assert "abase + STAGES * GSLOT + 16" in src and "STAGES * (BST + GSLOT)" in src
+    s1 = render.render(sp, WGK[2], "bf16")
+    assert "cluster_sync" not in s1 and s1.count("bar_consumers();") == 2 and "if (warp >= 4) return;" in s1
+    for c in (sp.normalize(dict(kg), "fp16") for kg in sp.known_good):
+        if c is not None:
+            assert c.get("wgk", 0) == 0
+    env = problem_env(4096, 4096, 128, 1_677_722, "fp16")
+    for c in WGK:
+        e = env if c["bn"] == 128 else problem_env(4096, 4096, 64, 838_861, "fp16")
+        assert sp.check(c, e, DEFAULT_LIMITS) is None, c
+    for bad in ({**base, "blkrec": 1}, {**base, "red": 0}, {**base, "stages": 5}, {**base, "stages": 4},
+                {**base, "wait": 0, "stages": 2}):
+        assert sp.check(bad, env, DEFAULT_LIMITS) is not None, bad
+    assert "wgk" not in sp.normalize({**old, "wg": 1}, "fp16") and "wgk" not in sp.normalize({**old, "tma": 1}, "fp16")
+    # shared memory: B and ONE group's slot a stage
+    assert h.shared_bytes(base) == 1024 + 6 * (16384 + 16 + 4 * (128 + 2048)) + 16 + 16 * 6 + 384
+    assert h.shared_bytes(base) < h.shared_bytes({**base, "wgk": 0})
+
+
+def test_wgk_geometry_args_and_workspace():
+    """wgk 1: a block a 64-row tile (ceil(S / 4) row blocks x splitk x column tiles), the warpgroup-grouped stream of
+    tma 2 (groups of 4 strips), a map slot a block, no workspace at red 1."""
+    h = host()
+    a = random_matrix(1000, 3000, 0.1, "uniform", 1)
+    k = fake_kernel(FAMILY, WGK[0], "fp16", a)
+    S = -(-1000 // 16)
+    grid, block = h.geometry(k, 200)
+    assert block == (288,) and grid == (-(-S // 4) * 2 * 2,)
+    args = h.args(k, 200, "B", "C")
+    gptr, gstream, _ = h.build_grouped(a, 4, "fp16", "lane", 4)
+    np.testing.assert_array_equal(args[0].host, gptr)
+    np.testing.assert_array_equal(args[1].host, gstream)
+    assert args[2].host.shape == (4,) and args[-1].host.shape == (grid[0] * 128,)
+
+
+def test_wgk_compiles_for_sm90a_without_spills():
+    """The 4096^2 N=128 candidate (wgk 1, wg 2, stages 6, split-K 2, red 1): sm_90a, no spills, its registers fit."""
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    rep, _ = _nvcc_sm90a(render.render(space(), WGK[0], "fp16"))
+    assert _check_build(WGK[0], rep) <= 128
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_wgk_configs_compile_for_sm90a_with_hgmma_and_without_spills(dtype):
+    """Every WGK config for sm_90a: no spills, registers fit; with cuobjdump, kc HGMMA a step, the bulk copies and TMA
+    loads, and the consumers' named barrier."""
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = space()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda c: _nvcc_sm90a(render.render(sp, c, dtype), sass=True), WGK))
+    for cfg, (rep, sass) in zip(WGK, got):
+        _check_build(cfg, rep)
+        if sass:
+            hg = re.findall(r"HGMMA\.64x(\d+)x16\.F32\S* .*tnspB", sass)
+            assert len(hg) == 2 * cfg["kc"] and set(hg) == {str(cfg["bn"])}, (cfg, hg)
+            assert "UBLKCP" in sass and "UTMALDG.2D" in sass and "BAR.SYNC.DEFER_BLOCKING 0x1" in sass, cfg
+
+
+def _wgk_configs(n, dtype):
+    """WGK adapted to N, each at its own split-K and at 1."""
+    return _adapted(WGK, n, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [64, 72, 128])  # a test an N (xdist spreads them)
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_wgk_correct_on_edge_cases(dtype, n):
+    """wgk 1: the WGK configs adapted to N, at their split-K and 1, on the edge cases (M not a multiple of 64: 130, 37,
+    5 rows; empty strips and chunks; a dense row; a dense matrix) and a uniform 1000 x 4096; poisoned C, fresh random
+    B, float64 reference, each launched twice."""
+    from sparse_autotune.device.gpu import gpu_info
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
+    cases = adversarial()
+    cases["uniform_1000x4096_d0.1"] = random_matrix(1000, 4096, 0.1, "uniform", 3)
+    cfgs = _wgk_configs(n, dtype)
+    assert len(cfgs) >= 6 and all(c["wgk"] == 1 for c in cfgs), cfgs
+    assert _check_matrices(cases, dtype, n, lambda name: cfgs) == 2 * len(cfgs) * len(cases)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("density", [0.1, 0.3])
+def test_wgk_correct_at_4096_n128(density):
+    """The measured case: 4096 x 4096, N = 128, fp16, the 4096^2 candidates of WGK (64 tiles, split-K 2 and 4)."""
+    from sparse_autotune.device.gpu import gpu_info
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
+    cases = {f"uniform_4096_d{density}": random_matrix(4096, 4096, density, "uniform", 5)}
+    cfgs = [c for c in WGK[:4]]
+    assert _check_matrices(cases, "fp16", 128, lambda name: cfgs) == 2 * len(cfgs)
