@@ -51,6 +51,7 @@ struct BlockEmu {
 };
 thread_local BlockEmu* g_block;
 thread_local Dim3 threadIdx, blockIdx;
+thread_local Dim3 blockDim;  // set by emu_launch (the same for every block of a launch)
 static inline void emu_yield() {
     BlockEmu& b = *g_block;
     swapcontext(&b.fibers[b.cur].ctx, &b.main);
@@ -138,6 +139,7 @@ static void emu_fiber_entry() {
 }
 extern "C" void emu_launch(int gx, int gy, int threads, size_t smem_bytes, void** args, int reverse) {
     g_args = args;
+    blockDim = Dim3{threads, 1, 1};
     for (int i = 0; i < gx * gy; ++i) {  // reverse: the last block first (another valid order)
         const int j = reverse ? gx * gy - 1 - i : i, by = j / gx, bx = j % gx;
         BlockEmu b;

@@ -175,7 +175,8 @@ def check_launch_matches_signature(family: str, dtype: str, a, n: int, max_confi
         (f, gx, gy, gz, bx, _by, _bz, smem, _stream, _extra), got = fake.calls[0]
         grid, block = kern.geometry(n)
         assert f == 0xF00D and (gx, gy) == ((*grid, 1)[0], (*grid, 1)[1]) and bx == block[0]
-        assert bx == fam.threads(cfg) and smem == kern.smem_bytes()
+        # csr_gemv's fill: the block's warps chosen at launch, at most the configured ones
+        assert (bx == fam.threads(cfg) or (cfg.get("fill") and bx <= fam.threads(cfg))) and smem == kern.smem_bytes()
         want = [0xB0 if x is b_tag else 0xC0 if x is c_tag else 0xB1A5 if x is bias_tag
                 else int(x) if isinstance(x, np.int32) else x.data.ptr for x in args]
         assert got == want, family

@@ -155,7 +155,38 @@ def threads(config: dict) -> int:
 
 
 def rows_per_block(config: dict) -> int:
+    """The configured rows a block (fill 1: at most; launch_warps gives the launch's)."""
     return config["warps"] * (32 // config["lanes"]) * config["iters"]
+
+
+SM_COUNT_FALLBACK = 132  # where no GPU answers (CPU tests, rendering): an H100 / H200 SXM
+
+
+def sm_count() -> int:
+    """The current GPU's SM count (device.gpu.gpu_info), else SM_COUNT_FALLBACK."""
+    try:
+        from sparse_autotune.device.gpu import gpu_info  # noqa: PLC0415
+        return int(gpu_info().sm_count)
+    except Exception:  # noqa: BLE001  (no CuPy, no GPU)
+        return SM_COUNT_FALLBACK
+
+
+def launch_warps(config: dict, m: int, sms: int | None = None) -> int:
+    """The warps a block runs: `warps`, or with fill 1 the count x in [ceil(warps / 2), warps] whose row blocks put the
+    fewest warp-passes of rows on the busiest SM (x * ceil(blocks(x) / sms); ties: the larger x). With B copied into
+    shared memory one block runs an SM at a time, so 86 blocks of 32 warps (11008 rows, 4 a warp) leave 46 of 132 SMs
+    idle, while 132 blocks of 21 warps give each SM 21 warps' rows instead of 32."""
+    w = int(config["warps"])
+    if not config.get("fill", 0):
+        return w
+    sms = int(sms or sm_count())
+    units = -(-int(m) // ((32 // config["lanes"]) * config["iters"]))  # warp-passes of rows in all
+    best = (None, w)
+    for x in range(w, (w + 1) // 2 - 1, -1):
+        load = x * -(-(-(-units // x)) // sms)
+        if best[0] is None or load < best[0]:
+            best = (load, x)
+    return best[1]
 
 
 def k_slices(config: dict) -> int:
@@ -164,9 +195,12 @@ def k_slices(config: dict) -> int:
 
 
 def geometry(kernel, n: int):
-    """Grid x: row blocks x ks (the slice fastest), grid y: column blocks."""
+    """Grid x: row blocks x ks (the slice fastest), grid y: column blocks; fill 1: the block's warps by launch_warps."""
     c = kernel.config
-    return (-(-kernel.a.shape[0] // rows_per_block(c)) * k_slices(c), max(1, -(-n // c["nb"]))), (threads(c),)
+    m = kernel.a.shape[0]
+    w = launch_warps(c, m)
+    rows = w * (32 // c["lanes"]) * c["iters"]
+    return (-(-m // rows) * k_slices(c), max(1, -(-n // c["nb"]))), (32 * w,)
 
 
 def smem_bytes(kernel) -> int:

@@ -170,7 +170,7 @@ def test_constraints_and_adapt():
     assert sp.check(cfg, one, DEFAULT_LIMITS) is not None  # 8 columns for N = 1
     got = fam.adapt(cfg, "fp16", one, DEFAULT_LIMITS)
     # configs stored before bsrc / acc / pf / minb / bif read as before (split is inactive below nb 16)
-    assert got == {**cfg, "nb": 1, "bsrc": "smem", "acc": "f32", "pf": 0, "minb": 1, "bif": 1}
+    assert got == {**cfg, "nb": 1, "bsrc": "smem", "acc": "f32", "pf": 0, "minb": 1, "bif": 1, "fill": 0}
     assert sp.check(cfg, problem_env(4096, 70000, 8, 10, "fp16"), DEFAULT_LIMITS) is not None  # 16-bit indices
     smem = sp.normalize({**cfg, "bsrc": "smem", "acc": "f32"}, "fp16")  # (normalized: ks 1, not left out)
     assert sp.check(smem, problem_env(4096, 16384, 8, 10, "fp16"), DEFAULT_LIMITS) is not None  # B over 227 KB
@@ -347,6 +347,9 @@ def _emulate(cfg: dict, dtype: str, a, n: int, layout: str, seed: int = 0):
     return _emulate_runs(cfg, dtype, a, n, layout, (seed,))[0][0]
 
 
+EMU_SMS = 3  # the SMs the emulations' fill configs spread their row blocks over (a 200-row matrix: 17 of 32 warps)
+
+
 def _emulate_runs(cfg: dict, dtype: str, a, n: int, layout: str, seeds, reverse: bool = False, bias: bool = False):
     """([(got, ref) per launch: a fresh B from each seed, C poisoned again], the counters after the last launch, or
     None where ks == 1): the rendered kernel launched once per seed on the CPU, with its blocks in grid order or
@@ -373,7 +376,8 @@ def _emulate_runs(cfg: dict, dtype: str, a, n: int, layout: str, seeds, reverse:
     a.data = host_values(a.data, {"fp16": np.float16, "bf16": np.uint16}[dtype])
     chunk_ptr, vals, idx = h.build(a, dtype, ks)
     m, k = a.shape
-    gx, gy = -(-m // h.rows_per_block(cfg)) * ks, max(1, -(-n // cfg["nb"]))
+    w = h.launch_warps(cfg, m, EMU_SMS)  # fill 1: fewer warps than configured (EMU_SMS makes it bite on small M)
+    gx, gy = -(-m // (w * (32 // cfg["lanes"]) * cfg["iters"])) * ks, max(1, -(-n // cfg["nb"]))
     smem = h.slice_width(k, ks) * cfg["nb"] * 2 if cfg["bsrc"] == "smem" else 0
     ws = counters = None
     if ks > 1:
@@ -395,7 +399,7 @@ def _emulate_runs(cfg: dict, dtype: str, a, n: int, layout: str, seeds, reverse:
         args += [ctypes.c_int(m), ctypes.c_int(n), ctypes.c_int(k)]
         if ks > 1:
             args += [ctypes.c_void_p(ws.ctypes.data), ctypes.c_void_p(counters.ctypes.data)]
-        kern(gx, gy, 32 * cfg["warps"], smem, args, reverse=reverse)
+        kern(gx, gy, 32 * w, smem, args, reverse=reverse)
         tofloat = (lambda x: as_float(x.view(np.float16) if dtype == "fp16" else x).astype(np.float64))
         bf = tofloat(b)
         ref = (a.astype(np.float64) @ (bf.T if nk else bf))
@@ -867,7 +871,7 @@ def test_ks_1_renders_and_lays_out_as_before():
             assert " ks=" not in old and "KSL" not in old and "counters" not in old
             if "ks" in c:
                 head, _, body = src.partition("\n")
-                assert head.endswith(" ks=1") and head[:-len(" ks=1")] + "\n" + body == old
+                assert " ks=1" in head and head.replace(" ks=1", "", 1) + "\n" + body == old
             else:
                 assert src == old
             if "ks" in c:
@@ -1009,7 +1013,8 @@ def test_warps_32_in_the_space():
     sp = get_family(FAMILY).space
     env = problem_env(14336, 4096, 16, 2_936_013, "fp16")
     for cfg in W32:
-        assert sp.normalize(cfg, "fp16") == cfg, cfg
+        fill = cfg.get("bsrc", "smem") == "smem" and cfg["warps"] >= 8  # fill (session 26): 0 where it is a parameter
+        assert sp.normalize(cfg, "fp16") == {**cfg, **({"fill": 0} if fill else {})}, cfg
     assert sp.check(W32[0], env, DEFAULT_LIMITS) is None
     assert sp.check({**W32[0], "minb": 2}, env, DEFAULT_LIMITS) is not None  # 2 x 1024 threads: 32 registers
     assert sp.check(W32[0], env, {**DEFAULT_LIMITS, "max_threads": 512}) is not None
@@ -1134,3 +1139,123 @@ def test_warps_32_correct_on_edge_cases_gpu(dtype, layout):
     checked = _check_on_gpu(dtype, layout, cases, (1, 8, 13, 16, 17, 32), configs, launches=2,
                             after=counters_back_at_zero)
     assert checked >= 150
+
+
+# ---- fill (session 26): the block's warps chosen at launch so that the row blocks fill the SMs ----------------------
+
+FILL = [dict(lanes=8, warps=32, nb=16, iters=1, unroll=1, bsrc="smem", acc="h2x4", split=2, pf=1, minb=1, ks=1,
+             fill=1),  # the 14336x4096 N=16 d 0.05 record's twin
+        dict(lanes=8, warps=32, nb=8, iters=1, unroll=2, bsrc="smem", acc="h2x4", pf=1, minb=1, bif=1, ks=1,
+             fill=1),  # the 11008 / 14336 x 4096 N=8 records' twin
+        dict(lanes=16, warps=16, nb=8, iters=2, unroll=2, bsrc="smem", acc="f32", pf=0, minb=1, bif=1, ks=1,
+             fill=1)]
+
+
+def test_fill_in_the_space():
+    """fill is a parameter only where B is copied into shared memory with >= 8 warps, and not with K slices (their
+    workspace is laid out by the configured rows a block); configs stored before it normalize to fill 0."""
+    sp = get_family(FAMILY).space
+    env = problem_env(11008, 4096, 16, 2_254_438, "fp16")
+    for cfg in FILL:
+        assert sp.normalize(cfg, "fp16") == cfg and sp.check(cfg, env, DEFAULT_LIMITS) is None, cfg
+    assert "fill" not in sp.normalize({**FILL[0], "bsrc": "l1"}, "fp16")
+    assert "fill" not in sp.normalize({**FILL[0], "warps": 4}, "fp16")
+    assert sp.normalize({k: v for k, v in FILL[0].items() if k != "fill"}, "fp16")["fill"] == 0
+    assert sp.check({**FILL[0], "ks": 2}, env, DEFAULT_LIMITS) is not None
+    assert sp.check({**FILL[0], "ks": 2, "fill": 0}, env, DEFAULT_LIMITS) is None
+
+
+def test_fill_launch_warps_fill_the_sms():
+    """launch_warps: 11008 rows at 4 a warp, 32 warps: 86 blocks on 132 SMs -> 132 blocks of 21 warps; 14336 -> 128 of
+    28; 8192 rows at 4 a warp (2 passes), 16 warps: 128 blocks already, kept; 4096 of them: 128 blocks of 8 warps. For many M and SM counts: within [warps / 2, warps],
+    never more warp-passes on the busiest SM than without fill, the larger count on a tie; fill 0: warps. The launch
+    (geometry) follows it."""
+    h = host()
+    assert h.launch_warps(FILL[0], 11008, 132) == 21 and h.launch_warps(FILL[0], 14336, 132) == 28
+    assert h.launch_warps({**FILL[0], "fill": 0}, 11008, 132) == 32
+    assert h.launch_warps(FILL[2], 8192, 132) == 16  # 128 blocks already
+    assert h.launch_warps(FILL[2], 4096, 132) == 8  # 64 blocks of 16 warps -> 128 of 8
+    assert h.launch_warps(FILL[0], 11008, 114) == 25  # an H100 PCIe: 2752 warp-passes over 110 blocks of 25
+    rng = np.random.default_rng(26)
+    for _ in range(300):
+        m, sms = int(rng.integers(1, 40000)), int(rng.integers(8, 200))
+        cfg = FILL[int(rng.integers(len(FILL)))]
+        w, rpw = cfg["warps"], (32 // cfg["lanes"]) * cfg["iters"]
+        units = -(-m // rpw)
+
+        def load(x):
+            return x * -(-(-(-units // x)) // sms)
+        x = h.launch_warps(cfg, m, sms)
+        assert -(-w // 2) <= x <= w and load(x) <= load(w), (m, sms, cfg, x)
+        assert all(load(y) > load(x) or y <= x for y in range(-(-w // 2), w + 1)), (m, sms, cfg, x)
+    a = random_matrix(11008, 512, 0.01, "uniform", 3)
+    k = fake_kernel(FAMILY, FILL[0], "fp16", a)
+    x = h.launch_warps(FILL[0], 11008)
+    assert h.geometry(k, 16) == ((-(-11008 // (4 * x)), 1), (32 * x,))
+    assert h.geometry(fake_kernel(FAMILY, {**FILL[0], "fill": 0}, "fp16", a), 16) == ((86, 1), (1024,))
+
+
+def test_fill_renders_the_launch_warps():
+    """fill 1: the rows a pass and every block-strided loop take the launch's warps (blockDim.x / 32), the register
+    bound stays the configured warps; fill 0 renders as a config stored before the parameter but for its header."""
+    sp = get_family(FAMILY).space
+    for cfg in FILL:
+        for dt, lay in (("fp16", "kn"), ("bf16", "nk")):
+            src = render.render(sp, cfg, dt, layout=lay)
+            assert "#define NWARPS ((int)(blockDim.x >> 5))" in src and "fill=1" in src
+            assert "__launch_bounds__(32 * WARPS)" in src and "32 * WARPS)" not in src.replace("(32 * WARPS", "")
+            assert "rows_per_pass = NWARPS * (32 / LANES)" in src
+            off = render.render(sp, {**cfg, "fill": 0}, dt, layout=lay).splitlines()
+            old = render.render(sp, {k: v for k, v in cfg.items() if k != "fill"}, dt, layout=lay).splitlines()
+            assert "#define NWARPS WARPS" in off
+            assert [x for x, y in zip(off, old) if x != y] == [off[0]] and "fill=0" in off[0] and len(off) == len(old)
+
+
+def test_fill_compile_with_nvcc():
+    """FILL (fp16 kn, bf16 nk) within 64 registers without spills, as their fill-0 twins."""
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = get_family(FAMILY).space
+    for lay, dt in (("kn", "fp16"), ("nk", "bf16")):
+        for dt2, cfg, regs, spill, rep in _nvcc_sm90(sp, [(dt, c) for c in FILL[:2]], lay):
+            assert regs <= 64 and spill == 0, (dt2, cfg, rep)
+
+
+def test_fill_correct_in_cpu_emulation():
+    """FILL on the CPU against float64 with 3 SMs, so the launch runs fewer (odd) warps than configured: a 200 x 300
+    matrix with a dense row and empty rows at N = 16 / 8 (fp16 kn), and the adversarial cases in bf16 nk."""
+    h = host()
+    rng = np.random.default_rng(27)
+    d = sps.random(200, 300, density=0.08, format="lil", random_state=27)
+    d[7, :] = 1.0
+    d[130:140, :] = 0.0
+    a = sps.csr_matrix(d)
+    a.data = rng.standard_normal(a.nnz).astype(np.float32)
+    assert h.launch_warps(FILL[0], 200, EMU_SMS) == 17 and h.launch_warps(FILL[2], 200, EMU_SMS) < 16
+    _w32_emulation_ok([(FILL[0], "mixed_200x300", a, 16), (FILL[1], "mixed_200x300", a, 8),
+                       (FILL[2], "mixed_200x300", a, 13)], "fp16", "kn")
+    cases = {k: v for k, v in adversarial().items() if k in ("empty_rows", "residues_37x53", "one_dense_row")}
+    sp = get_family(FAMILY).space
+    runs = [r[:4] for r in _emulation_runs([sp.normalize(c, "bf16") for c in FILL], cases, "bf16", "nk", 2)]
+    assert len(runs) >= 4
+    _w32_emulation_ok(runs, "bf16", "nk")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,layout", [("fp16", "kn"), ("bf16", "nk")])
+def test_fill_correct_on_edge_cases_gpu(dtype, layout):
+    """fill on the GPU through the project's launch path (the launch's warps from the GPU's SM count): FILL and 2
+    sampled fill configs a case on the edge cases, a 1001 x 3001 matrix and an 11008 x 1024 one (fewer warps than
+    configured on any GPU of <= 200 SMs), N = 1, 8, 13, 16; each kernel launched twice (fresh B, poisoned output)."""
+    sp = get_family(FAMILY).space
+    cases = {k: v for k, v in adversarial().items() if k in ("empty_rows", "residues_37x53", "one_dense_row")}
+    cases["uniform_1001x3001"] = random_matrix(1001, 3001, 0.05, "uniform", 9)
+    cases["uniform_11008x1024"] = random_matrix(11008, 1024, 0.05, "uniform", 11)
+    assert host().launch_warps(FILL[0], 11008) < 32
+
+    def configs(name, env):
+        fixed = [c for c in (sp.normalize(cfg, dtype) for cfg in FILL) if sp.check(c, env, DEFAULT_LIMITS) is None]
+        more = sample_feasible(dtype, env, 2, f"fill/{layout}/{name}/{env['N']}/{dtype}", lambda c: c.get("fill") == 1)
+        return fixed + [c for c in more if c not in fixed]
+    checked = _check_on_gpu(dtype, layout, cases, (1, 8, 13, 16), configs, launches=2)
+    assert checked >= 40
