@@ -1184,7 +1184,7 @@ def test_wgk_renders_one_group_a_block_and_the_space_bounds_it():
     assert "cluster_sync" not in s1 and s1.count("bar_consumers();") == 2 and "if (warp >= 4) return;" in s1
     # known-good configs: wgk 0 but session 26's measured winner at 4096 rows, N = 128 (first only at few rows)
     wgk1 = [kg for kg in sp.known_good if kg.get("wgk", 0) == 1]
-    assert len(wgk1) == 1 and wgk1[0]["first_when"] == "M <= 6144 and 64 < N <= 128"
+    assert len(wgk1) == 1 and wgk1[0]["first_when"] == "3072 <= M <= 6144 and 64 < N <= 128"
     assert sp.check(sp.normalize({k: v for k, v in wgk1[0].items() if k != "first_when"}, "fp16"),
                     problem_env(4096, 4096, 128, 5_033_165, "fp16"), DEFAULT_LIMITS) is None
     env = problem_env(4096, 4096, 128, 1_677_722, "fp16")
