@@ -179,7 +179,7 @@ SUBSPACES: dict[str, dict[str, list]] = {
                  # split / pf / minb (issue 16, after the search benchmark's table): at their defaults, the subspace
                  # the table was measured on
                  "split": [1], "pf": [0], "minb": [1], "bif": [1],  # bif: issue 16, later still
-                 "ks": [1], "fill": [0]},  # K slices (session 20) and fill (session 26), after the table too
+                 "ks": [1], "fill": [0], "bcopy": [1]},  # K slices (session 20), fill and bcopy (session 26): after the table
     # tc_wgmma (on by default since session 16, Hopper, N >= 8 since session 19; not in the table measured in session 10): the lane
     # decode, no producer warp, the split-K / stages / minb values its sweeps kept (<= 364 configs a problem); red
     # (session 18) at its default: without a producer warp the cluster reduction's gain was not measured

@@ -170,7 +170,7 @@ def test_constraints_and_adapt():
     assert sp.check(cfg, one, DEFAULT_LIMITS) is not None  # 8 columns for N = 1
     got = fam.adapt(cfg, "fp16", one, DEFAULT_LIMITS)
     # configs stored before bsrc / acc / pf / minb / bif read as before (split is inactive below nb 16)
-    assert got == {**cfg, "nb": 1, "bsrc": "smem", "acc": "f32", "pf": 0, "minb": 1, "bif": 1, "fill": 0}
+    assert got == {**cfg, "nb": 1, "bsrc": "smem", "acc": "f32", "pf": 0, "minb": 1, "bif": 1, "fill": 0, "bcopy": 1}
     assert sp.check(cfg, problem_env(4096, 70000, 8, 10, "fp16"), DEFAULT_LIMITS) is not None  # 16-bit indices
     smem = sp.normalize({**cfg, "bsrc": "smem", "acc": "f32"}, "fp16")  # (normalized: ks 1, not left out)
     assert sp.check(smem, problem_env(4096, 16384, 8, 10, "fp16"), DEFAULT_LIMITS) is not None  # B over 227 KB
@@ -1014,7 +1014,8 @@ def test_warps_32_in_the_space():
     env = problem_env(14336, 4096, 16, 2_936_013, "fp16")
     for cfg in W32:
         fill = cfg.get("bsrc", "smem") == "smem" and cfg["warps"] >= 8  # fill (session 26): 0 where it is a parameter
-        assert sp.normalize(cfg, "fp16") == {**cfg, **({"fill": 0} if fill else {})}, cfg
+        extra = {**({"fill": 0} if fill else {}), **({"bcopy": 1} if cfg.get("bsrc", "smem") == "smem" else {})}
+        assert sp.normalize(cfg, "fp16") == {**cfg, **extra}, cfg
     assert sp.check(W32[0], env, DEFAULT_LIMITS) is None
     assert sp.check({**W32[0], "minb": 2}, env, DEFAULT_LIMITS) is not None  # 2 x 1024 threads: 32 registers
     assert sp.check(W32[0], env, {**DEFAULT_LIMITS, "max_threads": 512}) is not None
@@ -1144,11 +1145,11 @@ def test_warps_32_correct_on_edge_cases_gpu(dtype, layout):
 # ---- fill (session 26): the block's warps chosen at launch so that the row blocks fill the SMs ----------------------
 
 FILL = [dict(lanes=8, warps=32, nb=16, iters=1, unroll=1, bsrc="smem", acc="h2x4", split=2, pf=1, minb=1, ks=1,
-             fill=1),  # the 14336x4096 N=16 d 0.05 record's twin
+             fill=1, bcopy=4),  # the 14336x4096 N=16 d 0.05 record's twin
         dict(lanes=8, warps=32, nb=8, iters=1, unroll=2, bsrc="smem", acc="h2x4", pf=1, minb=1, bif=1, ks=1,
-             fill=1),  # the 11008 / 14336 x 4096 N=8 records' twin
+             fill=1, bcopy=1),  # the 11008 / 14336 x 4096 N=8 records' twin
         dict(lanes=16, warps=16, nb=8, iters=2, unroll=2, bsrc="smem", acc="f32", pf=0, minb=1, bif=1, ks=1,
-             fill=1)]
+             fill=1, bcopy=4)]
 
 
 def test_fill_in_the_space():
@@ -1259,3 +1260,41 @@ def test_fill_correct_on_edge_cases_gpu(dtype, layout):
         return fixed + [c for c in more if c not in fixed]
     checked = _check_on_gpu(dtype, layout, cases, (1, 8, 13, 16), configs, launches=2)
     assert checked >= 40
+
+
+def test_bcopy_in_the_space_and_renders():
+    """bcopy is a parameter where B is copied into shared memory (1: the copy as before, byte for byte but the header;
+    4: copy16, four 16-byte loads a thread before their stores, in the straight kn copies, the K-slice one too)."""
+    sp = get_family(FAMILY).space
+    base = {k: v for k, v in FILL[0].items() if k != "bcopy"}
+    assert sp.normalize(base, "fp16")["bcopy"] == 1 and "bcopy" not in sp.normalize({**base, "bsrc": "l1"}, "fp16")
+    for dt, lay in (("fp16", "kn"), ("bf16", "nk")):
+        one = render.render(sp, {**base, "bcopy": 1}, dt, layout=lay).splitlines()
+        old = render.render(sp, base, dt, layout=lay).splitlines()
+        assert [x for x, y in zip(one, old) if x != y] == [one[0]] and "bcopy=1" in one[0] and len(one) == len(old)
+        four = render.render(sp, {**base, "bcopy": 4}, dt, layout=lay)
+        assert "copy16" not in "\n".join(one)
+        assert ("copy16(reinterpret_cast<uint4*>(Bs), reinterpret_cast<const uint4*>(B), n16, tid, 32 * NWARPS);" in four) \
+            == (lay == "kn")
+        assert "for (int j = 0; j < 4; ++j) t[j] = __ldg(src + i + j * stride);" in four
+    ks2 = render.render(sp, {**base, "fill": 0, "ks": 2, "bcopy": 4}, "fp16")
+    assert "copy16(reinterpret_cast<uint4*>(Bs), reinterpret_cast<const uint4*>(Bk), n16, tid, 32 * NWARPS);" in ks2
+
+
+def test_bcopy_compile_and_correct_in_cpu_emulation():
+    """bcopy 4 (with and without fill, K slices too) compiles within 64 registers without spills and runs correctly on
+    the CPU against float64, with copies of B whose 16-byte words are and are not a multiple of 4 x the block."""
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = get_family(FAMILY).space
+    cfgs = [FILL[0], {**FILL[0], "fill": 0}, {**FILL[1], "bcopy": 4}, {**FILL[0], "fill": 0, "ks": 2}]
+    for dt, cfg, regs, spill, rep in _nvcc_sm90(sp, [("fp16", c) for c in cfgs], "kn"):
+        assert regs <= 64 and spill == 0, (cfg, rep)
+    rng = np.random.default_rng(28)
+    d = sps.random(200, 1000, density=0.05, format="lil", random_state=28)
+    d[3, :] = 1.0
+    a = sps.csr_matrix(d)
+    a.data = rng.standard_normal(a.nnz).astype(np.float32)
+    b = sps.csr_matrix(a[:, :997])  # K = 997: 997 x 16 halves, not a multiple of 8 in 16-byte words
+    _w32_emulation_ok([(cfgs[0], "mixed_200x1000", a, 16), (cfgs[1], "mixed_200x997", b, 16),
+                       (cfgs[2], "mixed_200x1000", a, 8), (cfgs[3], "mixed_200x997", b, 16)], "fp16", "kn")
