@@ -626,21 +626,8 @@ def test_dec_variants_emulated_on_the_cpu_are_correct(dtype, tmp_path):
     import json
     if shutil.which("g++") is None:
         pytest.skip("g++ not found")
-    fam = get_family(FAMILY)
     cases = adversarial()
-    plan = []  # (case, n, config adapted to the case and n)
-    for name, a in cases.items():
-        for n in (1, 3, 8, 16, 32):
-            env = problem_env(a.shape[0], a.shape[1], n, sps.csr_matrix(a).nnz, dtype)
-            for cfg in DEC_EMU_CFGS:
-                ad = fam.adapt(cfg, dtype, env, LIMITS)
-                if ad is not None:
-                    assert ad["dec"] == cfg["dec"]
-                    plan.append((name, n, ad))
-    keys = sorted({json.dumps(c, sort_keys=True) for _, _, c in plan})
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        emus = dict(zip(keys, pool.map(lambda ik: Emulated(json.loads(ik[1]), dtype, _mk(tmp_path / f"d{ik[0]}")),
-                                       enumerate(keys))))
+    plan, keys, emus = _emu_plan(cases, DEC_EMU_CFGS, dtype, tmp_path, "d", ("dec",))
     rng = np.random.default_rng(1)
     for i, (name, n, cfg) in enumerate(plan):
         a = cases[name]
@@ -670,21 +657,8 @@ def test_fit_emulated_on_the_cpu_is_correct(dtype, tmp_path):
     import json
     if shutil.which("g++") is None:
         pytest.skip("g++ not found")
-    fam = get_family(FAMILY)
     cases = adversarial()
-    plan = []
-    for name, a in cases.items():
-        for n in (1, 3, 8, 16, 32):
-            env = problem_env(a.shape[0], a.shape[1], n, sps.csr_matrix(a).nnz, dtype)
-            for cfg in FIT_EMU_CFGS:
-                ad = fam.adapt(cfg, dtype, env, LIMITS)
-                if ad is not None:
-                    assert ad["dec"] == "fit" and ad["vcap"] == cfg["vcap"]
-                    plan.append((name, n, ad))
-    keys = sorted({json.dumps(c, sort_keys=True) for _, _, c in plan})
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        emus = dict(zip(keys, pool.map(lambda ik: Emulated(json.loads(ik[1]), dtype, _mk(tmp_path / f"f{ik[0]}")),
-                                       enumerate(keys))))
+    plan, keys, emus = _emu_plan(cases, FIT_EMU_CFGS, dtype, tmp_path, "f", ("dec", "vcap"))
     rng = np.random.default_rng(2)
     from_global = {}
     for i, (name, n, cfg) in enumerate(plan):
@@ -697,6 +671,28 @@ def test_fit_emulated_on_the_cpu_is_correct(dtype, tmp_path):
     assert from_global["dense_33x129"] > 0 and from_global["density_0.7"] > 0  # the global-memory path ran
     assert from_global["long_k_24x1000"] == 0 and from_global["empty_rows_and_tiles"] == 0  # the slots held these
     assert len(plan) >= 100 and len(keys) <= 16, (len(plan), len(keys))
+
+
+def _emu_plan(cases: dict, cfgs: list[dict], dtype: str, tmp_path: Path, tag: str, kept: tuple[str, ...]):
+    """The emulation tests' plan: each config adapted to each case at N = 1, 3, 8, 16, 32 as the tuner does (the
+    `kept` keys must survive the adaptation), as [(case, n, config)], the distinct configs' JSON keys, and one compiled
+    Emulated kernel a key (built in 4 threads)."""
+    import json
+    fam = get_family(FAMILY)
+    plan = []  # (case, n, config adapted to the case and n)
+    for name, a in cases.items():
+        for n in (1, 3, 8, 16, 32):
+            env = problem_env(a.shape[0], a.shape[1], n, sps.csr_matrix(a).nnz, dtype)
+            for cfg in cfgs:
+                ad = fam.adapt(cfg, dtype, env, LIMITS)
+                if ad is not None:
+                    assert all(ad[k] == cfg[k] for k in kept), (cfg, ad)
+                    plan.append((name, n, ad))
+    keys = sorted({json.dumps(c, sort_keys=True) for _, _, c in plan})
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        emus = dict(zip(keys, pool.map(lambda ik: Emulated(json.loads(ik[1]), dtype, _mk(tmp_path / f"{tag}{ik[0]}")),
+                                       enumerate(keys))))
+    return plan, keys, emus
 
 
 def _mk(p: Path) -> Path:

@@ -752,17 +752,23 @@ def test_blkrec_compiles_for_sm90a_without_spills():
 def test_blkrec_configs_compile_for_sm90a_with_hgmma_and_without_spills(dtype):
     """Every BLKREC config (the GPU tests' list) for sm_90a: no spills, registers fit minb blocks; with cuobjdump, kc
     HGMMA a step and the producer's bulk copies and TMA loads."""
+    _compile_sm90a_with_hgmma(BLKREC, dtype, 4, ("UBLKCP", "UTMALDG.2D", "SYNCS.PHASECHK"))
+
+
+def _compile_sm90a_with_hgmma(cfgs: list[dict], dtype: str, threads: int, markers: tuple[str, ...]) -> None:
+    """Each config compiled for sm_90a (`threads` nvcc at once): no spills, registers fit (_check_build); with
+    cuobjdump, 2 x kc HGMMA.64x{bn}x16 with B transposed a step, and each SASS marker present."""
     if sat_compile.nvcc_path() is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
     sp = space()
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        got = list(pool.map(lambda c: _nvcc_sm90a(render.render(sp, c, dtype), sass=True), BLKREC))
-    for cfg, (rep, sass) in zip(BLKREC, got):
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        got = list(pool.map(lambda c: _nvcc_sm90a(render.render(sp, c, dtype), sass=True), cfgs))
+    for cfg, (rep, sass) in zip(cfgs, got):
         _check_build(cfg, rep)
         if sass:
             hg = re.findall(r"HGMMA\.64x(\d+)x16\.F32\S* .*tnspB", sass)
             assert len(hg) == 2 * cfg["kc"] and set(hg) == {str(cfg["bn"])}, (cfg, hg)
-            assert "UBLKCP" in sass and "UTMALDG.2D" in sass and "SYNCS.PHASECHK" in sass, cfg
+            assert all(m in sass for m in markers), (cfg, markers)
 
 
 def test_nvrtc_builds_wgmma_with_the_familys_arch_beside_cupys():
@@ -1229,17 +1235,7 @@ def test_wgk_compiles_for_sm90a_without_spills():
 def test_wgk_configs_compile_for_sm90a_with_hgmma_and_without_spills(dtype):
     """Every WGK config for sm_90a: no spills, registers fit; with cuobjdump, kc HGMMA a step, the bulk copies and TMA
     loads, and the consumers' named barrier."""
-    if sat_compile.nvcc_path() is None:
-        pytest.skip("nvcc not found (CUDA toolkit not installed)")
-    sp = space()
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        got = list(pool.map(lambda c: _nvcc_sm90a(render.render(sp, c, dtype), sass=True), WGK))
-    for cfg, (rep, sass) in zip(WGK, got):
-        _check_build(cfg, rep)
-        if sass:
-            hg = re.findall(r"HGMMA\.64x(\d+)x16\.F32\S* .*tnspB", sass)
-            assert len(hg) == 2 * cfg["kc"] and set(hg) == {str(cfg["bn"])}, (cfg, hg)
-            assert "UBLKCP" in sass and "UTMALDG.2D" in sass and "BAR.SYNC.DEFER_BLOCKING 0x1" in sass, cfg
+    _compile_sm90a_with_hgmma(WGK, dtype, 2, ("UBLKCP", "UTMALDG.2D", "BAR.SYNC.DEFER_BLOCKING 0x1"))
 
 
 def _wgk_configs(n, dtype):
