@@ -154,9 +154,9 @@ def threads(config: dict) -> int:
     return 32 * config["warps"]
 
 
-def rows_per_block(config: dict) -> int:
-    """The configured rows a block (fill 1: at most; launch_warps gives the launch's)."""
-    return config["warps"] * (32 // config["lanes"]) * config["iters"]
+def rows_per_block(config: dict, warps: int | None = None) -> int:
+    """The rows a block of `warps` warps (default the configured ones; fill 1: launch_warps gives the launch's)."""
+    return (config["warps"] if warps is None else warps) * (32 // config["lanes"]) * config["iters"]
 
 
 SM_COUNT_FALLBACK = 132  # where no GPU answers (CPU tests, rendering): an H100 / H200 SXM
@@ -180,7 +180,7 @@ def launch_warps(config: dict, m: int, sms: int | None = None) -> int:
     if not config.get("fill", 0):
         return w
     sms = int(sms or sm_count())
-    units = -(-int(m) // ((32 // config["lanes"]) * config["iters"]))  # warp-passes of rows in all
+    units = -(-int(m) // rows_per_block(config, 1))  # warp-passes of rows in all
     best = (None, w)
     for x in range(w, (w + 1) // 2 - 1, -1):
         load = x * -(-(-(-units // x)) // sms)
@@ -199,8 +199,7 @@ def geometry(kernel, n: int):
     c = kernel.config
     m = kernel.a.shape[0]
     w = launch_warps(c, m)
-    rows = w * (32 // c["lanes"]) * c["iters"]
-    return (-(-m // rows) * k_slices(c), max(1, -(-n // c["nb"]))), (32 * w,)
+    return (-(-m // rows_per_block(c, w)) * k_slices(c), max(1, -(-n // c["nb"]))), (32 * w,)
 
 
 def smem_bytes(kernel) -> int:

@@ -292,9 +292,14 @@ def _dims(config: dict, m: int, k: int, n: int):
     return S, NC, row_blocks, ntiles, -(-NC // config["splitk"])
 
 
+def block_groups(config: dict) -> int:
+    """Groups of 4 strips (64 rows) a block: one a warpgroup, or one at wgk 1 (the wg warpgroups split its chunks)."""
+    return 1 if config.get("wgk", 0) else config["wg"]
+
+
 def block_strips(config: dict) -> int:
-    """Strips (16 rows) a block: 4 a warpgroup, or 4 at wgk 1 (the wg warpgroups split one 64-row tile's chunks)."""
-    return 4 if config.get("wgk", 0) else 4 * config["wg"]
+    """Strips (16 rows) a block."""
+    return 4 * block_groups(config)
 
 
 def b_stage_bytes(config: dict) -> int:
@@ -308,7 +313,7 @@ def shared_bytes(config: dict) -> int:
     empty) of each stage, 8 bytes each; at tma 1 256 bytes for the tensor map's 128-aligned shared-memory copy; at
     tma 2 also 128 bytes of zeros (an empty record's header) and a 16-byte group header a warpgroup and stage."""
     st, tma = config["stages"], config.get("tma", 0)
-    groups = 1 if config.get("wgk", 0) else config["wg"]  # wgk: one group of 4 strips a stage (the block's rows)
+    groups = block_groups(config)  # a stage holds each group's records
     return (1024 + st * b_stage_bytes(config) + st * 4 * groups * slot_bytes(config["kc"], config["dec"]) + 16
             + 16 * st * config.get("ws", 0) + (0 if tma == 0 else 256 if tma == 1 else 384 + GHDR * st * groups))
 

@@ -377,7 +377,7 @@ def _emulate_runs(cfg: dict, dtype: str, a, n: int, layout: str, seeds, reverse:
     chunk_ptr, vals, idx = h.build(a, dtype, ks)
     m, k = a.shape
     w = h.launch_warps(cfg, m, EMU_SMS)  # fill 1: fewer warps than configured (EMU_SMS makes it bite on small M)
-    gx, gy = -(-m // (w * (32 // cfg["lanes"]) * cfg["iters"])) * ks, max(1, -(-n // cfg["nb"]))
+    gx, gy = -(-m // h.rows_per_block(cfg, w)) * ks, max(1, -(-n // cfg["nb"]))
     smem = h.slice_width(k, ks) * cfg["nb"] * 2 if cfg["bsrc"] == "smem" else 0
     ws = counters = None
     if ks > 1:
