@@ -807,8 +807,8 @@ def test_ks_in_the_space():
     for dt in ("fp16", "bf16"):
         fits = sp.defaults(dt, problem_env(4096, 4096, 16, 10, dt), DEFAULT_LIMITS)
         over = sp.defaults(dt, problem_env(4096, 11008, 16, 10, dt), DEFAULT_LIMITS)
-        assert fits[0].get("ks", 1) == 1 and over[0]["ks"] == 4
-        assert [c.get("ks", 1) for c in over].count(4) == 1
+        assert fits[0].get("ks", 1) == 1 and (over[0]["ks"], over[0]["lanes"], over[0]["warps"]) == (4, 8, 16)
+        assert [c.get("ks", 1) for c in over[1:] if c["lanes"] == 8 and c["warps"] == 16].count(4) == 0
 
 
 def test_ks_geometry_smem_and_workspace():
