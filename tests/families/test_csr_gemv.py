@@ -1298,3 +1298,58 @@ def test_bcopy_compile_and_correct_in_cpu_emulation():
     b = sps.csr_matrix(a[:, :997])  # K = 997: 997 x 16 halves, not a multiple of 8 in 16-byte words
     _w32_emulation_ok([(cfgs[0], "mixed_200x1000", a, 16), (cfgs[1], "mixed_200x997", b, 16),
                        (cfgs[2], "mixed_200x1000", a, 8), (cfgs[3], "mixed_200x997", b, 16)], "fp16", "kn")
+
+
+# ---- session 27 draft: B's column blocks (N != nb) copied in pieces of 8 / 4 / 2 halves where N allows -------------
+
+PIECES = [dict(lanes=16, warps=8, nb=16, iters=1, unroll=2, bsrc="smem", acc="h2x4", split=2, pf=1, minb=1, bif=1, ks=1),
+          dict(lanes=16, warps=8, nb=8, iters=1, unroll=1, bsrc="smem", acc="f32", pf=1, minb=1, ks=1),
+          dict(lanes=8, warps=4, nb=4, iters=2, unroll=1, bsrc="smem", acc="f32", pf=0, minb=1),
+          dict(lanes=16, warps=8, nb=32, iters=1, unroll=1, bsrc="smem", acc="h2x4", split=4, pf=1, minb=1, ks=2)]
+
+
+def test_copy_pieces_render_by_column_block():
+    """The kn column-block copy has a 16-byte path from nb 16, an 8-byte one from nb 4, a 4-byte one from nb 2; the
+    nk layout has none of them (its copy transposes x)."""
+    sp = get_family(FAMILY).space
+    for cfg, paths in zip(PIECES, (("uint4, 8", "uint2, 4", "unsigned int, 2"), ("uint2, 4", "unsigned int, 2"),
+                                   ("uint2, 4", "unsigned int, 2"), ("uint4, 8", "uint2, 4", "unsigned int, 2"))):
+        src = render.render(sp, sp.normalize(cfg, "fp16"), "fp16", layout="kn")
+        got = tuple(t for t in ("uint4, 8", "uint2, 4", "unsigned int, 2") if f"copy_pieces<{t}>(" in src)
+        assert got == paths, (cfg, got)
+        nk = render.render(sp, sp.normalize(cfg, "fp16"), "fp16", layout="nk")
+        assert "copy_pieces" not in nk and "copy_cols" not in nk and "copy_nk(Bs, B, K" in nk
+
+
+def test_copy_pieces_correct_in_cpu_emulation():
+    """Each piece width (N % 8, % 4, % 2 == 0) and the halves (odd N) at nb 4 / 8 / 16 / 32, one and two K slices,
+    column blocks wider and narrower than what is left of N, on the CPU against float64 (fp16, kn, with a dense
+    row and K = 997: rows of B not a multiple of 8 halves from its start)."""
+    rng = np.random.default_rng(27)
+    d = sps.random(150, 997, density=0.05, format="lil", random_state=27)
+    d[5, :] = 1.0
+    a = sps.csr_matrix(d)
+    a.data = rng.standard_normal(a.nnz).astype(np.float32)
+    runs = [(PIECES[0], 24), (PIECES[0], 12), (PIECES[0], 10), (PIECES[0], 13), (PIECES[1], 12), (PIECES[1], 10),
+            (PIECES[2], 6), (PIECES[2], 12), (PIECES[3], 24), (PIECES[3], 20)]
+    sp = get_family(FAMILY).space
+    for cfg, n in runs:
+        assert sp.check(sp.normalize(cfg, "fp16"), problem_env(150, 997, n, a.nnz, "fp16"), DEFAULT_LIMITS) is None
+    _w32_emulation_ok([(sp.normalize(c, "fp16"), "mixed_150x997", a, n) for c, n in runs], "fp16", "kn")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,layout", [("fp16", "kn"), ("bf16", "kn")])
+def test_copy_pieces_correct_on_edge_cases_gpu(dtype, layout):
+    """Each piece width of the column-block copy on the GPU through the project's launch path: PIECES on three edge
+    cases, a 1001 x 3001 matrix (rows of B at 2-byte offsets: N odd) and a 257 x 11008 one (K slices), N = 6, 10, 12,
+    13, 20, 24 where feasible; each kernel launched twice (fresh B, poisoned output)."""
+    sp = get_family(FAMILY).space
+    cases = {k: v for k, v in adversarial().items() if k in ("empty_rows", "residues_37x53", "one_dense_row")}
+    cases["uniform_1001x3001"] = random_matrix(1001, 3001, 0.05, "uniform", 9)
+    cases["uniform_257x11008"] = random_matrix(257, 11008, 0.05, "uniform", 10)
+
+    def configs(name, env):
+        return [c for c in (sp.normalize(cfg, dtype) for cfg in PIECES) if sp.check(c, env, DEFAULT_LIMITS) is None]
+    checked = _check_on_gpu(dtype, layout, cases, (6, 10, 12, 13, 20, 24), configs, launches=2)
+    assert checked >= 60
