@@ -276,14 +276,16 @@ def test_adapt_to_another_n():
 
 def test_the_gate_keeps_the_tuner_to_where_the_family_wins():
     """Enabled by default, searched only at N 8-32 and density >= 0.15 (sessions 24-25: it beat the llm records at
-    N = 8-32, d 0.2-0.5); the kernel's own tests pass gate 0."""
+    N = 8-32, d 0.2-0.5) and at N 1-7 from density 0.4 (session 28: N = 1, d 0.5); the kernel's own tests pass gate 0.
+    At N < 8 the scalar-B one-tile config is tried first."""
     sp = space()
     assert sp.enabled
     m, k = 4096, 4096
     cfg = sp.normalize(sp.known_good[0], "fp16")
     assert cfg["dec"] == "lean" and cfg["nb"] == 2
     for n, d, ok in [(16, 0.2, True), (16, 0.16, True), (9, 0.3, True), (32, 0.5, True), (16, 0.14, False),
-                     (16, 0.1, False), (8, 0.3, True), (7, 0.3, False), (33, 0.3, False), (64, 0.3, False), (1, 0.5, False)]:
+                     (16, 0.1, False), (8, 0.3, True), (7, 0.3, False), (33, 0.3, False), (64, 0.3, False), (1, 0.5, True),
+                     (1, 0.41, True), (4, 0.45, True), (1, 0.39, False), (1, 0.3, False)]:
         env = problem_env(m, k, n, round(d * m * k), "fp16")
         c = {**cfg, "nb": 1, "bload": "vec" if n % 8 == 0 else "scalar"}
         assert (sp.check(c, env, DEFAULT_LIMITS) is None) == ok, (n, d)
@@ -295,6 +297,8 @@ def test_the_gate_keeps_the_tuner_to_where_the_family_wins():
     first32 = sp.defaults("fp16", problem_env(m, k, 32, m * k // 4, "fp16"), DEFAULT_LIMITS)[0]
     assert first32["nb"] == 4 and first32["dec"] == "lean"
     assert sp.defaults("fp16", problem_env(m, k, 16, m * k // 4, "fp16"), DEFAULT_LIMITS)[0] == cfg
+    first1 = sp.defaults("fp16", problem_env(m, k, 1, m * k // 2, "fp16"), DEFAULT_LIMITS)[0]
+    assert (first1["nb"], first1["bload"], first1["dec"], first1["splitk"]) == (1, "scalar", "lean", 16)
 
 
 def test_fit_slots_shared_memory_and_overflow():
