@@ -566,7 +566,8 @@ def cmd_recold(a) -> int:
         cases, given = [parse_case(c) for c in a.case], parse_given(a.config)
     dev = Device()
     if not a.records:
-        todo, left_out = candidate_records(cases, given, {**dev.info.limits(), **({"gate": 0} if a.ungated else {})})
+        limits = {**dev.info.limits(), "gate": 0} if a.ungated else dev.info.limits()
+        todo, left_out = candidate_records(cases, given, limits)
         for why in left_out:
             log(f"left out: {why}")
         todo = retime_cases(todo, conds, skip)
@@ -1568,7 +1569,8 @@ def parser() -> argparse.ArgumentParser:
     rc.add_argument("--workers", type=int, default=8, help="processes: they build and compile in parallel and take "
                     "the GPU's turn to time (default 8)")
     rc.add_argument("--budget", type=float, default=0, help="start no new case after this many seconds (0: none)")
-    rc.add_argument("--ungated", action="store_true", help="time configs outside a family's search gate too (the `gate` constraint, e.g. tc_bitmap at N < 8): where it runs, not where the tuner searches")
+    rc.add_argument("--ungated", action="store_true", help="time configs outside a family's search gate too (the "
+                    "`gate` constraint, e.g. tc_bitmap at N = 1 and density 0.2): where it runs, not where the tuner searches")
     rc.add_argument("--out", help="output stem (default OUTDIR/recold-GPU)")
 
     ra = sub.add_parser("recold-apply", help="no GPU: recold outputs put over a suite's records; report rewritten")
