@@ -35,16 +35,26 @@ def slice_width(k: int, ks: int) -> int:
     return (-(-int(k) // ks) + 7) // 8 * 8
 
 
-def build(a: sp.csr_matrix, dtype: str = "fp16", ks: int = 1):
+DEALS = ("res8", "bank")  # the `deal` parameter's layouts (res8: the one above; bank: build_bank, nb 1)
+
+
+def build(a: sp.csr_matrix, dtype: str = "fp16", ks: int = 1, deal: str = "res8"):
     """(chunk_ptr int32 [M * ks + 1], vals uint16 [8 * chunks], idx uint16 [8 * chunks]); ks == 1: the layout above.
     ks > 1 (K slices): row r's nonzeros in slice s (slice_width) are laid out as a row of their own, at r * ks + s,
     exactly as build() lays out a row of the matrix of the slice's columns (indices k - s * KS: residues mod 8 and the
-    dealing unchanged, the odd-row rotation by r's parity)."""
+    dealing unchanged, the odd-row rotation by r's parity). deal "bank" (ks 1): build_bank's order of each row's
+    nonzeros instead (the same arrays and chunk_ptr)."""
     a = sp.csr_matrix(a, copy=True)  # the caller's matrix stays as it is
     a.sum_duplicates()
     m, k = a.shape
     if k > 65536:
         raise ValueError("csr_gemv keeps 16-bit column indices: K must be <= 65536")
+    if deal not in DEALS:
+        raise ValueError(f"csr_gemv: unknown deal {deal!r} (one of {', '.join(DEALS)})")
+    if deal == "bank":
+        if ks != 1:
+            raise ValueError("csr_gemv: deal 'bank' is the nb 1 layout, which has no K slices")
+        return build_bank(a, dtype)
     if ks != 1:
         return _build_sliced(a, dtype, ks)
     indptr = a.indptr.astype(np.int64)
@@ -99,6 +109,89 @@ def build(a: sp.csr_matrix, dtype: str = "fp16", ks: int = 1):
     has = lens > 0
     last_col[has] = cols[seq[indptr[1:][has] - 1]]
     idx[chunk_ptr[prow] * 8 + slot_of(prow, ps)] = last_col[prow].astype(np.uint16)
+    return chunk_ptr.astype(np.int32), vals, idx
+
+
+def bank_class_of_slot(row, p):
+    """deal "bank": the x word class (column k's (k >> 1) mod 32, its shared-memory bank at nb 1) wanted at position p
+    (element p % 8 of chunk p // 8) of row `row`: (chunk + h(row) + 4 element) mod 32, h = 16 b0 + 8 b1 + 4 b2 of the
+    row's low bits. Lanes that load at once read element e of consecutive chunks of up to 32 / lanes consecutive rows
+    (lanes 4, 8, 16, 32): the rows' h keep their blocks of classes apart, consecutive chunks take consecutive classes,
+    and 4 e walks a row through all 32 classes over its elements."""
+    row = np.asarray(row, dtype=np.int64)
+    p = np.asarray(p, dtype=np.int64)
+    h = 16 * (row & 1) + 8 * ((row >> 1) & 1) + 4 * ((row >> 2) & 1)
+    return ((p >> 3) + h + 4 * (p & 7)) & 31
+
+
+def build_bank(a: sp.csr_matrix, dtype: str = "fp16"):
+    """deal "bank" (nb 1, GEMV): the layout of build() (chunk_ptr, the rows' padding, 16-bit values and indices) with
+    each row's nonzeros placed so that a warp's gather of x (one 16-bit shared load a lane, bank (k >> 1) mod 32)
+    touches each bank once: position p of row r wants a nonzero of class bank_class_of_slot(r, p). The t-th nonzero
+    of a class (column order) takes the row's t-th position that wants that class; the nonzeros left over (a class
+    with more than its share) fill the positions left empty, in order; pads (weight 0) take a column of the row in the
+    wanted class where the row has one, else its last column. `a`: canonical CSR (sum_duplicates), K <= 65536."""
+    m, k = a.shape
+    a.sort_indices()
+    indptr = a.indptr.astype(np.int64)
+    lens = np.diff(indptr)
+    plen = (lens + 7) // 8 * 8
+    chunk_ptr = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(plen // 8, out=chunk_ptr[1:])
+    total = int(chunk_ptr[-1]) * 8
+    if total // 8 >= 2 ** 31:
+        raise ValueError("too many chunks")
+    vals = np.zeros(max(8, total), dtype=np.uint16)
+    idx = np.zeros(max(8, total), dtype=np.uint16)
+    if total == 0:
+        return chunk_ptr.astype(np.int32), vals, idx
+    rows = np.repeat(np.arange(m, dtype=np.int64), lens)
+    cols = a.indices.astype(np.int64)
+    bits = value_bits(a.data, dtype)
+    # positions: row, place p within the row, the class it wants
+    srow = np.repeat(np.arange(m, dtype=np.int64), plen)
+    sp_ = np.arange(total, dtype=np.int64) - np.repeat(chunk_ptr[:-1] * 8, plen)
+    want = bank_class_of_slot(srow, sp_)
+    sgrp = srow * 32 + want
+    # by (row, class, element, chunk): a class's positions past its nonzeros are its last elements', so the positions
+    # left for the leftovers (and the conflicts they bring) gather in the rows' last elements' loads
+    sorder = np.argsort((sgrp << 32) | ((sp_ & 7) << 28) | (sp_ >> 3), kind="stable")
+    scount = np.bincount(sgrp, minlength=m * 32)
+    sstart = np.cumsum(scount) - scount
+    # nonzeros: row, class, rank within (row, class) in column order (CSR order is column order within a row)
+    ngrp = rows * 32 + ((cols >> 1) & 31)
+    norder = np.argsort(ngrp, kind="stable")
+    ncount = np.bincount(ngrp, minlength=m * 32)
+    nstart = np.cumsum(ncount) - ncount
+    nrank = np.empty(len(rows), dtype=np.int64)
+    nrank[norder] = np.arange(len(rows), dtype=np.int64) - nstart[ngrp[norder]]
+    dest = np.full(len(rows), -1, dtype=np.int64)
+    hit = nrank < scount[ngrp]
+    dest[hit] = chunk_ptr[rows[hit]] * 8 + sp_[sorder[sstart[ngrp[hit]] + nrank[hit]]]
+    # positions left empty: those past their class's nonzeros (rank within (row, class) >= the class's count)
+    srank = np.empty(total, dtype=np.int64)
+    srank[sorder] = np.arange(total, dtype=np.int64) - sstart[sgrp[sorder]]
+    empty = np.flatnonzero(srank >= ncount[sgrp])  # in (row, place) order
+    left = np.flatnonzero(~hit)  # in CSR order: row, column
+    # the i-th leftover of a row takes the row's i-th empty position
+    erow = srow[empty]
+    ecount = np.bincount(erow, minlength=m)
+    estart = np.cumsum(ecount) - ecount
+    lrow = rows[left]
+    lcount = np.bincount(lrow, minlength=m)
+    lrank = np.arange(len(left), dtype=np.int64) - (np.cumsum(lcount) - lcount)[lrow]
+    dest[left] = chunk_ptr[lrow] * 8 + sp_[empty[estart[lrow] + lrank]]
+    vals[dest] = bits
+    idx[dest] = cols.astype(np.uint16)
+    # pads: the empty positions no leftover took (the last ones of each row)
+    erank = np.arange(len(empty), dtype=np.int64) - estart[erow]
+    pads = empty[erank >= lcount[erow]]
+    prow, pgrp = srow[pads], sgrp[pads]
+    last_col = np.zeros(m, dtype=np.int64)
+    has = lens > 0
+    last_col[has] = cols[indptr[1:][has] - 1]
+    pcol = np.where(ncount[pgrp] > 0, cols[norder[np.minimum(nstart[pgrp], len(rows) - 1)]], last_col[prow])
+    idx[pads] = pcol.astype(np.uint16)
     return chunk_ptr.astype(np.int32), vals, idx
 
 
@@ -222,7 +315,9 @@ def args(kernel, n: int, b, c, bias=None) -> tuple:
     dtype = kernel.dtype
     m, k = kernel.a.shape
     ks = k_slices(kernel.config)
-    chunk_ptr, vals, idx = kernel.a.cached(("csr_gemv", dtype, ks), lambda host: build(host, dtype, ks))
+    deal = kernel.config.get("deal", "res8")
+    key = ("csr_gemv", dtype, ks) if deal == "res8" else ("csr_gemv", dtype, ks, deal)
+    chunk_ptr, vals, idx = kernel.a.cached(key, lambda host: build(host, dtype, ks, deal))
     extra = ()
     if ks > 1:
         extra = splitk_workspace(kernel, "csr_gemv", workspace_shape(kernel.config, m, n), n)

@@ -1353,3 +1353,88 @@ def test_copy_pieces_correct_on_edge_cases_gpu(dtype, layout):
         return [c for c in (sp.normalize(cfg, dtype) for cfg in PIECES) if sp.check(c, env, DEFAULT_LIMITS) is None]
     checked = _check_on_gpu(dtype, layout, cases, (6, 10, 12, 13, 20, 24), configs, launches=2)
     assert checked >= 60
+
+
+# ---- session 29: deal "bank" (nb 1: each row's nonzeros placed for conflict-free gathers of x) ---------------------
+
+def test_deal_in_the_space_only_at_nb_1():
+    sp = get_family(FAMILY).space
+    assert sp.param("deal").choices("fp16") == ["res8", "bank"] and sp.param("deal").default == "res8"
+    base = {"lanes": 16, "warps": 8, "nb": 1, "iters": 2, "unroll": 2, "bsrc": "smem", "acc": "f32", "pf": 0,
+            "minb": 1, "bif": 1, "fill": 0, "bcopy": 1}
+    assert sp.normalize(base, "fp16")["deal"] == "res8"  # a config stored before the parameter: the old layout
+    assert sp.normalize({**base, "deal": "bank"}, "fp16")["deal"] == "bank"
+    assert "deal" not in sp.normalize({**base, "nb": 8, "ks": 1}, "fp16")  # nb >= 2: no such choice
+    assert sp.normalize({**base, "deal": "csr"}, "fp16") is None
+    src = render.render(sp, {**sp.normalize(base, "fp16"), "deal": "bank"}, "fp16", layout="kn")
+    assert " deal=bank\n" in src.splitlines()[0] + "\n"
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_deal_bank_layout_round_trips_to_a(dtype):
+    """The same chunk_ptr, padding and nonzeros as res8 (each once, pads weight 0 at one of the row's own columns),
+    only their places within each row differ."""
+    h = host()
+    cases = dict(adversarial())
+    cases["uniform_300x1000"] = random_matrix(300, 1000, 0.1, "uniform", 3)
+    for name, a in cases.items():
+        cp0, _, _ = h.build(a, dtype)
+        chunk_ptr, vals, idx = h.build(a, dtype, deal="bank")
+        np.testing.assert_array_equal(chunk_ptr, cp0, err_msg=name)
+        want = h.value_bits(a.toarray().ravel(), dtype).reshape(a.shape)
+        np.testing.assert_array_equal(h.decode(chunk_ptr, vals, idx, a.shape), want, err_msg=name)
+        a = sps.csr_matrix(a)
+        for r in range(a.shape[0]):
+            span = slice(int(chunk_ptr[r]) * 8, int(chunk_ptr[r + 1]) * 8)
+            assert set(idx[span].tolist()) <= set(a.indices[a.indptr[r]:a.indptr[r + 1]].tolist()), name
+    with pytest.raises(ValueError, match="K slices"):
+        h.build(cases["uniform_300x1000"], dtype, ks=2, deal="bank")
+    with pytest.raises(ValueError, match="unknown deal"):
+        h.build(cases["uniform_300x1000"], dtype, deal="csr")
+
+
+def test_deal_bank_gathers_of_x_conflict_less():
+    """The model of bench/csr_gemv_banks.py at nb 1 (a request costs the most distinct 32-bit words in one bank):
+    ~2.9 wavefronts a gather in the res8 order, at most ~2 with deal bank at 4-32 lanes a row (d 0.05-0.3), and a row
+    whose columns fill every bank class evenly is conflict-free."""
+    from scripts import load_script
+    banks = load_script("bench/csr_gemv_banks.py", "csr_gemv_banks")
+    h = host()
+    a = sps.random(128, 4096, density=0.1, format="csr", random_state=2, dtype=np.float32)
+    cp0, _, i0 = h.build(a)
+    cp1, _, i1 = h.build(a, deal="bank")
+    for lanes in (4, 8, 16, 32):
+        r0, w0 = banks.wavefronts(cp0, i0, 128, 1, 1, lanes)
+        r1, w1 = banks.wavefronts(cp1, i1, 128, 1, 1, lanes)
+        assert r0 == r1 and w1 / r1 < 2.0 and w1 < 0.7 * w0, (lanes, w0 / r0, w1 / r1)
+    # 32 rows of 256 nonzeros, 8 in each bank class (columns 2j, j < 256 spread over K): every request conflict-free
+    cols = np.arange(256) * 2
+    rows = sps.csr_matrix((np.ones(32 * 256, np.float32), (np.repeat(np.arange(32), 256), np.tile(cols, 32))),
+                          shape=(32, 1024))
+    cp2, _, i2 = h.build(rows, deal="bank")
+    for lanes in (4, 8, 16, 32):
+        r2, w2 = banks.wavefronts(cp2, i2, 32, 1, 1, lanes)
+        assert w2 == r2, lanes
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,layout", [("fp16", "kn"), ("bf16", "nk")])
+def test_deal_bank_correct_on_edge_cases_gpu(dtype, layout):
+    """deal bank on the GPU through the project's launch path: sampled nb-1 configs and the N = 1 known-good ones with
+    deal bank, on the edge cases and a 1001 x 3001 matrix, N = 1 and 3 (column blocks), launched twice (fresh B,
+    poisoned output): the layout is keyed apart from res8's in the matrix's cache (a res8 twin runs first)."""
+    sp = get_family(FAMILY).space
+    cases = {k: v for k, v in adversarial().items() if k in ("empty_rows", "residues_37x53", "one_dense_row",
+                                                             "density_0.7")}
+    cases["uniform_1001x3001"] = random_matrix(1001, 3001, 0.05, "uniform", 9)
+
+    def configs(name, env):
+        n = env["N"]
+        cfgs = sample_feasible(dtype, env, 3, f"deal/{layout}/{name}/{n}/{dtype}", lambda c: c.get("nb") == 1)
+        cfgs += [c for c in sp.defaults(dtype, env, DEFAULT_LIMITS) if c.get("nb") == 1][:2]
+        out = []
+        for c in cfgs:
+            out += [{**c, "deal": "res8"}, {**c, "deal": "bank"}]
+        return out
+    checked = _check_on_gpu(dtype, layout, cases, (1, 3), configs, launches=2)
+    assert checked >= 60
