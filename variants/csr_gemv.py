@@ -13,6 +13,11 @@ at a time, classes running out at the end), which makes each aligned 8, 4 or 2 c
 and modelled: bench/NOTES.md, session 20 (8.5-8.8 wavefronts a request in the CSR order at nb 8, 4.2-4.8 in this
 one; bench/csr_gemv_banks.py).
 
+At nb 1 (GEMV) a lane gathers x[k] (16 bits, bank (k >> 1) mod 32) instead, and the residue dealing leaves those
+banks random (~2.9 wavefronts a gather); `deal` "bank" (build_bank, session 29) places each row's nonzeros so that
+the lanes loading at once hit distinct banks where the row's columns allow (~1.7-2.1 at d 0.05-0.1; measured 1.02-1.16x
+warm, 1.00-1.05x cold at N = 1: bench/NOTES.md). The layouts are cached apart (args), so a matrix may hold both.
+
 K slices (`ks` > 1, bench/drafts/csr_gemv-latency.md): each row's nonzeros cut at multiples of KS = slice_width(K, ks)
 columns, each (row, slice) laid out as above as a row of its own (chunk_ptr[r * ks + s]; indices k - s * KS), so a
 block keeps only its slice's KS x nb of B in shared memory; a workspace and counters (core.families.splitk_workspace)
