@@ -4,6 +4,7 @@ server where $SPARSE_AUTOTUNE_TEST_PG_URL names one (CI starts one in .ci/run; w
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -735,7 +736,10 @@ def test_bench_suite_synthetic_only_runs_the_matching_cases_and_merges_over_the_
                 "--grace", "5", "--out", str(out), "--only", "N=256", "--only", "dtype=fp16",
                 "--families", "csr_btile,pattern_unrolled"], env, tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("claimed problem") == 2 and "2 cases in the queue" in proc.stderr, proc.stderr[-3000:]
+    # two problems claimed (one may be claimed twice: on a loaded machine a heartbeat can lapse past --grace 5, the
+    # queue hands the problem back and the same worker takes it again to finalise it; CI session 30)
+    claimed = set(re.findall(r"claimed problem (\d+) ", proc.stderr))
+    assert len(claimed) == 2 and "2 cases in the queue" in proc.stderr, proc.stderr[-3000:]
     [js] = list(out.glob("suite-quick-*.json"))
     hit = [case_key(c) for c in suite_cases("quick") if c["N"] == 256 and c["dtype"] == "fp16"]
     assert [case_key(r) for r in json.loads(js.read_text())] == hit
