@@ -4,7 +4,6 @@ server where $SPARSE_AUTOTUNE_TEST_PG_URL names one (CI starts one in .ci/run; w
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -693,7 +692,7 @@ def test_bench_suite_synthetic_retune_reopens_only_the_matching_cases(quick_shar
     env = synthetic_env(tmp_path, 0.0)
     # --trials 7 here, 2 in the first run: the first run is found by its case, not by its spec (nothing else runs)
     base = ["bench", "--suite", "quick", "--trials", "7", "--storage", url, "--workers", "1", "--shard", "1/2",
-            "--heartbeat", "1", "--grace", "5", "--out", str(js.parent), "--retune", "N=256", "--retune", "dtype=fp16",
+            "--heartbeat", "1", "--grace", "120", "--out", str(js.parent), "--retune", "N=256", "--retune", "dtype=fp16",
             "--retune-trials", "3"]
     before = {case_key(r): r for r in json.loads(js.read_text())}
     assert len(before) == 8 and {r["trials"] for r in before.values()} == {2}
@@ -733,13 +732,10 @@ def test_bench_suite_synthetic_only_runs_the_matching_cases_and_merges_over_the_
     url, out = f"sqlite:///{tmp_path / 'only.sqlite'}", tmp_path / "only"
     # 6 trials: more than shard 1 has for these cases (5 after the retune test above, else 2): the new records win
     proc = cli(["bench", "--suite", "quick", "--trials", "6", "--storage", url, "--workers", "1", "--heartbeat", "1",
-                "--grace", "5", "--out", str(out), "--only", "N=256", "--only", "dtype=fp16",
+                "--grace", "120", "--out", str(out), "--only", "N=256", "--only", "dtype=fp16",
                 "--families", "csr_btile,pattern_unrolled"], env, tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # two problems claimed (one may be claimed twice: on a loaded machine a heartbeat can lapse past --grace 5, the
-    # queue hands the problem back and the same worker takes it again to finalise it; CI session 30)
-    claimed = set(re.findall(r"claimed problem (\d+) ", proc.stderr))
-    assert len(claimed) == 2 and "2 cases in the queue" in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.count("claimed problem") == 2 and "2 cases in the queue" in proc.stderr, proc.stderr[-3000:]
     [js] = list(out.glob("suite-quick-*.json"))
     hit = [case_key(c) for c in suite_cases("quick") if c["N"] == 256 and c["dtype"] == "fp16"]
     assert [case_key(r) for r in json.loads(js.read_text())] == hit
