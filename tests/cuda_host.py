@@ -1,6 +1,6 @@
 """Run a rendered CUDA kernel on the CPU (tests only): the source is compiled by g++ as C++20 with a prelude that
 emulates what the csr_gemv template uses - threadIdx / blockIdx, uint2 / uint4, __ldg, __shfl_xor_sync and
-__syncthreads, and for its K slices __ldcg / __stcg, atomicAdd on int, __threadfence, a __shared__ scalar, gridDim and %smid (the threads of a block are fibers of one OS thread, switched only at those barriers), dynamic shared
+__syncthreads, and for its K slices __ldcg / __stcg, atomicAdd on int, __threadfence and a __shared__ scalar (the threads of a block are fibers of one OS thread, switched only at those barriers), dynamic shared
 memory, and the inline PTX of fp16 / bf16 conversion, fma.rn.f16x2 and fma.rn.bf16x2 (replaced by one rounding of the
 exact a * b + c, as the PTX instructions: _Float16 arithmetic, and for bf16 a rounding to 8 significant bits). Blocks run one after another (in grid order, or reversed). This executes the template's own index
 arithmetic, loops, shuffles and writes; timing, caches and the memory model are not emulated (a race between
@@ -51,9 +51,7 @@ struct BlockEmu {
 };
 thread_local BlockEmu* g_block;
 thread_local Dim3 threadIdx, blockIdx;
-thread_local Dim3 blockDim, gridDim;  // set by emu_launch (the same for every block of a launch)
-// %smid: an SM id that varies with the block (csr_gemv sm 1 starts a block on slice smid mod ks)
-static inline unsigned int emu_smid() { return (unsigned int)(blockIdx.x * 5 + blockIdx.y * 3 + 1) % 7u; }
+thread_local Dim3 blockDim;  // set by emu_launch (the same for every block of a launch)
 static inline void emu_yield() {
     BlockEmu& b = *g_block;
     swapcontext(&b.fibers[b.cur].ctx, &b.main);
@@ -114,7 +112,6 @@ _ASM = [
      r"\1 = emu_hfma2(\2, \3, \4);"),
     (r'asm\("fma\.rn\.bf16x2 %0, %1, %2, %3;" : "=r"\((\w+)\) : "r"\((\w+)\), "r"\((\w+)\), "r"\((\w+)\)\);',
      r"\1 = emu_hbfma2(\2, \3, \4);"),
-    (r'asm volatile\("mov\.u32 %0, %%smid;" : "=r"\((\w+)\)\);', r"\1 = emu_smid();"),
 ]
 
 def gxx_path() -> str | None:
@@ -143,7 +140,6 @@ static void emu_fiber_entry() {
 extern "C" void emu_launch(int gx, int gy, int threads, size_t smem_bytes, void** args, int reverse) {
     g_args = args;
     blockDim = Dim3{threads, 1, 1};
-    gridDim = Dim3{gx, gy, 1};
     for (int i = 0; i < gx * gy; ++i) {  // reverse: the last block first (another valid order)
         const int j = reverse ? gx * gy - 1 - i : i, by = j / gx, bx = j % gx;
         BlockEmu b;

@@ -288,49 +288,16 @@ def launch_warps(config: dict, m: int, sms: int | None = None) -> int:
 
 
 def k_slices(config: dict) -> int:
-    """ks: K slices (1 where inactive: nb < 8)."""
+    """ks: K slices (1 where inactive: B through L1, or nb < 8)."""
     return int(config.get("ks", 1))
 
 
-def sm_mode(config: dict) -> bool:
-    """sm 1 with K slices: the persistent, SM-affine schedule (a block claims (row block, slice) units of its SM's
-    slice)."""
-    return k_slices(config) > 1 and bool(config.get("sm", 0))
-
-
-def resident_blocks(kernel, threads_: int, dynamic: int) -> int:
-    """Blocks of `threads_` threads with `dynamic` bytes of dynamic shared memory that one SM holds at once, from the
-    compiled kernel's registers and static shared memory (the occupancy rules of sm_80 / sm_90: 64K registers and
-    2048 threads an SM, registers allocated in 256 a warp, 1 KB of shared memory reserved a block, at most 32 blocks).
-    Where no GPU answers: by threads and shared memory only."""
-    from sparse_autotune.device.gpu import gpu_info  # noqa: PLC0415
-    by_regs, static, smem_sm = 32, 0, 233472
-    try:
-        from cupy.cuda import driver  # noqa: PLC0415
-        from sparse_autotune.device.compile import function_ptr  # noqa: PLC0415
-        ptr = function_ptr(kernel.fn)
-        regs = driver.funcGetAttribute(getattr(driver, "CU_FUNC_ATTRIBUTE_NUM_REGS", 4), ptr)
-        static = driver.funcGetAttribute(driver.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, ptr)
-        smem_sm = int(gpu_info().max_smem_optin) + 1024
-        per_warp = -(-max(1, regs) * 32 // 256) * 256
-        by_regs = (65536 // per_warp) // max(1, threads_ // 32)
-    except Exception:  # noqa: BLE001  (no CuPy, no GPU: rendering and CPU tests)
-        pass
-    used = static + dynamic
-    by_smem = smem_sm // (used + 1024) if used else 32
-    return max(1, min(32, 2048 // threads_, by_regs, by_smem))
-
-
 def geometry(kernel, n: int):
-    """Grid x: row blocks x ks (the slice fastest), grid y: column blocks; fill 1: the block's warps by launch_warps.
-    sm 1: grid x is the blocks all SMs hold at once (resident_blocks), at most the units (row blocks x ks)."""
+    """Grid x: row blocks x ks (the slice fastest), grid y: column blocks; fill 1: the block's warps by launch_warps."""
     c = kernel.config
     m = kernel.a.shape[0]
     w = launch_warps(c, m)
-    units = -(-m // rows_per_block(c, w)) * k_slices(c)
-    if sm_mode(c):
-        units = max(1, min(units, sm_count() * resident_blocks(kernel, 32 * w, smem_bytes(kernel))))
-    return (units, max(1, -(-n // c["nb"]))), (32 * w,)
+    return (-(-m // rows_per_block(c, w)) * k_slices(c), max(1, -(-n // c["nb"]))), (32 * w,)
 
 
 def smem_bytes(kernel) -> int:
@@ -344,10 +311,7 @@ def workspace_shape(config: dict, m: int, n: int) -> tuple[int, int]:
     """K slices' workspace (core.families.splitk_shape): a slice of rows_per_block x nb fp32 partial sums per (row
     block, column block, K slice), one counter per (row block, column block)."""
     tiles = -(-m // rows_per_block(config)) * max(1, -(-n // config["nb"]))
-    nws, ncnt = splitk_shape(k_slices(config), tiles, rows_per_block(config) * config["nb"])
-    if sm_mode(config):  # sm 1: then a claim counter per (column block, slice) and one done counter
-        ncnt += max(1, -(-n // config["nb"])) * k_slices(config) + 1
-    return nws, ncnt
+    return splitk_shape(k_slices(config), tiles, rows_per_block(config) * config["nb"])
 
 
 def args(kernel, n: int, b, c, bias=None) -> tuple:

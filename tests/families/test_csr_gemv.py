@@ -347,7 +347,6 @@ def _emulate(cfg: dict, dtype: str, a, n: int, layout: str, seed: int = 0):
     return _emulate_runs(cfg, dtype, a, n, layout, (seed,))[0][0]
 
 
-EMU_SM_BLOCKS = 3  # sm 1 (persistent grid): the blocks of the emulated launch (they claim all the units)
 EMU_SMS = 3  # the SMs the emulations' fill configs spread their row blocks over (a 200-row matrix: 17 of 32 warps)
 
 
@@ -379,8 +378,6 @@ def _emulate_runs(cfg: dict, dtype: str, a, n: int, layout: str, seeds, reverse:
     m, k = a.shape
     w = h.launch_warps(cfg, m, EMU_SMS)  # fill 1: fewer warps than configured (EMU_SMS makes it bite on small M)
     gx, gy = -(-m // h.rows_per_block(cfg, w)) * ks, max(1, -(-n // cfg["nb"]))
-    if h.sm_mode(cfg):
-        gx = min(gx, EMU_SM_BLOCKS)  # sm 1: a persistent grid (blocks claim the units)
     smem = h.slice_width(k, ks) * cfg["nb"] * 2 if cfg["bsrc"] == "smem" else 0
     ws = counters = None
     if ks > 1:
@@ -786,7 +783,7 @@ def test_ks_in_the_space():
     sp = fam.space
     base = KS[0]
     assert sp.normalize(base, "fp16")["ks"] == 1  # a config stored before ks reads as ks 1
-    assert sp.normalize({**base, "bsrc": "l1"}, "fp16")["ks"] == 1  # active through L1 too (session 31: with sm 1)
+    assert "ks" not in sp.normalize({**base, "bsrc": "l1"}, "fp16")  # inactive through L1
     assert "ks" not in sp.normalize({**base, "nb": 4, "split": 1}, "fp16")  # inactive below nb 8
     assert sp.normalize({**base, "ks": 3}, "fp16") is None
     assert [fam.host.slice_width(k, ks) for k, ks in ((11008, 2), (11008, 4), (14336, 2), (53, 2), (7, 4), (10, 1))] \
@@ -1441,150 +1438,3 @@ def test_deal_bank_correct_on_edge_cases_gpu(dtype, layout):
         return out
     checked = _check_on_gpu(dtype, layout, cases, (1, 3), configs, launches=2)
     assert checked >= 60
-
-
-# ---- session 31: sm (persistent, SM-affine K slices), and K slices through L1 ---------------------------------------
-
-# the llm suite's N = 32 / 16 B-through-L1 winners (4096 x 11008 N=32 d 0.05, 11008 x 4096 N=32 d 0.05) and two of
-# KS's shared-memory ones, with ks and sm 1
-SM = [dict(lanes=16, warps=4, nb=32, iters=1, unroll=1, bsrc="l1", acc="h2x4", split=4, pf=1, minb=8),
-      dict(lanes=8, warps=4, nb=32, iters=1, unroll=1, bsrc="l1", acc="h2x4", split=4, pf=1, minb=8),
-      dict(lanes=16, warps=8, nb=16, iters=2, unroll=2, bsrc="l1", acc="f32", split=2, pf=0, minb=4),
-      dict(lanes=4, warps=2, nb=8, iters=4, unroll=1, bsrc="l1", acc="f32", pf=0, minb=1),
-      KS[0], KS[3]]
-
-
-def test_sm_in_the_space():
-    """K slices are active through L1 too, but only with sm 1 there; 6 and 8 slices only with sm 1; configs stored
-    before sm read as sm 0 (and render as before but for the header); sm is inactive at ks 1."""
-    sp = get_family(FAMILY).space
-    env = problem_env(4096, 11008, 32, 2_250_000, "fp16")
-    l1 = sp.normalize(SM[0], "fp16")
-    assert l1["ks"] == 1 and "sm" not in l1
-    assert sp.check(l1, env, DEFAULT_LIMITS) is None
-    assert sp.check({**l1, "ks": 4, "sm": 0}, env, DEFAULT_LIMITS) is not None  # l1 slices need sm 1
-    assert sp.check({**l1, "ks": 4, "sm": 1}, env, DEFAULT_LIMITS) is None
-    smem = sp.normalize({**KS[0], "ks": 4}, "fp16")
-    assert smem["sm"] == 0  # stored before sm
-    assert sp.check({**smem, "ks": 8, "sm": 0}, problem_env(4096, 11008, 16, 10, "fp16"), DEFAULT_LIMITS) is not None
-    assert sp.check({**smem, "ks": 8, "sm": 1}, problem_env(4096, 11008, 16, 10, "fp16"), DEFAULT_LIMITS) is None
-    src0 = render.render(sp, smem, "fp16")
-    old = render.render(sp, {k: v for k, v in smem.items() if k != "sm"}, "fp16")
-    assert src0.partition("\n")[2] == old.partition("\n")[2] and "%smid" not in src0
-    src1 = render.render(sp, {**smem, "sm": 1}, "fp16")
-    assert "%smid" in src1 and " sm=1" in src1.splitlines()[0]
-    assert {c.get("sm") for c in sp.enumerate("fp16") if c.get("ks", 1) > 1} == {0, 1}
-
-
-def test_sm_geometry_and_workspace():
-    """sm 1: grid x is at most the units (row blocks x ks) and at most what the SMs hold; the counters gain one a
-    (column block, slice) and one done counter."""
-    h = host()
-    sp = get_family(FAMILY).space
-    a = random_matrix(1000, 11008, 0.01, "uniform", 1)
-    cfg = sp.normalize({**SM[0], "ks": 4, "sm": 1}, "fp16")
-    k = fake_kernel(FAMILY, cfg, "fp16", a)
-    (gx, gy), (threads,) = h.geometry(k, 64)
-    rows = h.rows_per_block(cfg)
-    assert threads == 128 and gy == 2 and 1 <= gx <= -(-1000 // rows) * 4
-    assert gx <= h.sm_count() * 16  # 128-thread blocks: at most 16 an SM
-    nws, ncnt = h.workspace_shape(cfg, 1000, 64)
-    tiles = -(-1000 // rows) * 2
-    assert (nws, ncnt) == (tiles * 4 * rows * 32, tiles + 2 * 4 + 1)
-    assert h.workspace_shape({**cfg, "sm": 0}, 1000, 64) == (nws, tiles)
-    assert h.smem_bytes(k) == 0
-    big = fake_kernel(FAMILY, sp.normalize({**KS[0], "ks": 4, "sm": 1}, "fp16"), "fp16", a)
-    assert h.smem_bytes(big) == 2752 * 16 * 2
-
-
-def _sm_configs(dtype):
-    sp = get_family(FAMILY).space
-    out = []
-    for i, cfg in enumerate(SM):
-        for ks in ((2, 6), (4, 8), (2, 4), (6, 2), (4,), (8,))[i]:
-            out.append(sp.normalize({**cfg, "ks": ks, "sm": 1}, dtype))
-    assert all(c is not None for c in out)
-    return out
-
-
-@pytest.mark.parametrize("dtype,layout", [("fp16", "kn"), pytest.param("bf16", "nk", marks=pytest.mark.heavy)])
-def test_sm_correct_in_cpu_emulation(dtype, layout):
-    """sm 1 on the CPU (tests/cuda_host.py) against float64: 3 persistent blocks that start on slices of different
-    SM ids and claim every unit (a slice run dry, the next one's; with B in shared memory copied again), grid order
-    and reversed, two launches in a row on one workspace (the tile, slice and done counters back at 0), N = 8, 13, 16,
-    17, 32 where feasible."""
-    from cuda_host import gxx_path
-    if gxx_path() is None:
-        pytest.skip("g++ not found")
-    from sparse_autotune.core.problem import TOLERANCE
-    cases = ks_cases()
-    runs = _emulation_runs(_sm_configs(dtype), cases, dtype, layout, 3)
-    assert len(runs) >= 12 and {r[4] for r in runs} == {True, False}
-    assert {r[0]["bsrc"] for r in runs} == {"l1", "smem"}
-
-    def one(r):
-        c, name, a, n, rev = r
-        return r, _emulate_runs(c, dtype, a, n, layout, (n, n + 1), reverse=rev, bias=True)
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(one, runs))
-    for (c, name, a, n, rev), (launches, counters) in results:
-        assert not counters.any(), (name, n, c)
-        for got, ref in launches:
-            assert np.isfinite(got).all(), (name, n, c, rev)
-            den = np.linalg.norm(ref)
-            err = np.linalg.norm(got - ref) / den if den else np.abs(got).max()
-            assert err <= TOLERANCE[dtype], (name, n, c, rev, err)
-
-
-def test_sm_sums_the_same_bits_as_the_grid_schedule():
-    """Deterministic and schedule-free: sm 1 gives the bits of sm 0 (the same slices, added in order by the tile's
-    last unit), in grid order and reversed."""
-    from cuda_host import gxx_path
-    if gxx_path() is None:
-        pytest.skip("g++ not found")
-    a = random_matrix(96, 3000, 0.1, "uniform", 4)
-    sp = get_family(FAMILY).space
-    for cfg in (sp.normalize({**KS[3], "ks": 4}, "fp16"), sp.normalize({**SM[0], "ks": 4, "sm": 1}, "fp16")):
-        grid, _ = _emulate_runs({**cfg, "bsrc": "smem", "sm": 0}, "fp16", a, 32 if cfg["nb"] == 32 else 16, "kn", (5,))
-        for rev in (False, True):
-            got, _ = _emulate_runs({**cfg, "sm": 1}, "fp16", a, 32 if cfg["nb"] == 32 else 16, "kn", (5,),
-                                   reverse=rev)
-            np.testing.assert_array_equal(got[0][0], grid[0][0])
-
-
-@pytest.mark.parametrize("layout", ["kn", pytest.param("nk", marks=pytest.mark.heavy)])
-def test_sm_compile_with_nvcc(layout):
-    """The sm 1 configs (fp16 and bf16 in turn) compile for sm_90 within their register cap; the 4-warp and larger
-    ones without spills."""
-    if sat_compile.nvcc_path() is None:
-        pytest.skip("nvcc not found (CUDA toolkit not installed)")
-    sp = get_family(FAMILY).space
-    jobs = [(("fp16", "bf16")[i % 2], c) for i, c in enumerate(_sm_configs("fp16"))]
-    for dt, cfg, regs, spill, rep in _nvcc_sm90(sp, jobs, layout):
-        assert regs <= min(255, 65536 // (32 * cfg["warps"] * cfg["minb"])), (dt, cfg, rep)
-        assert spill == 0 if cfg["warps"] >= 4 else spill <= 8, (dt, cfg, rep)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-@pytest.mark.parametrize("layout", ["kn", "nk"])
-def test_sm_correct_on_edge_cases_gpu(dtype, layout):
-    """sm 1 on the GPU through the project's launch path (the persistent grid the SMs hold, blocks on their SM's slice):
-    the K-slice edge cases, 1001 x 3001 and 257 x 11008, N = 8, 13, 16, 17, 32; each kernel launched three times in a
-    row with fresh B (poisoned output; every counter back at 0 after each launch); nk with a bias."""
-    import cupy as cp
-    sp = get_family(FAMILY).space
-    h = host()
-    cases = {**ks_cases(), "uniform_1001x3001": random_matrix(1001, 3001, 0.05, "uniform", 9),
-             "uniform_257x11008": random_matrix(257, 11008, 0.05, "uniform", 10)}
-
-    def configs(name, env):
-        return [c for c in _sm_configs(dtype) if sp.check(c, env, DEFAULT_LIMITS) is None]
-
-    def counters_back_at_zero(dev, kern, m, n):
-        nws, ncnt = h.workspace_shape(kern.config, m, n)
-        _, counters = dev.cached(("csr_gemv_ws", nws, ncnt, n), None)
-        assert int(cp.count_nonzero(counters)) == 0, (n, kern.config)
-    checked = _check_on_gpu(dtype, layout, cases, (8, 13, 16, 17, 32), configs, launches=3,
-                            after=counters_back_at_zero)
-    assert checked >= 150
