@@ -552,7 +552,8 @@ def test_bif_in_the_space():
         # one bif 2 known-good (N = 16; the session-15 sweep found the others no faster than their bif 1 twins)
         assert sum(c.get("bif") == 2 for c in got) == 1, dt
         n32 = sp.defaults(dt, problem_env(11008, 4096, 32, 2_254_438, dt), DEFAULT_LIMITS)
-        assert sum(c.get("bif") == 1 and c["nb"] == 32 and c["unroll"] == 2 for c in n32) == 2, dt
+        # two from session 15, one from session 31 (a warp a row through L1, first below 8192 rows)
+        assert sum(c.get("bif") == 1 and c["nb"] == 32 and c["unroll"] == 2 for c in n32) == 3, dt
 
 
 def test_bif_and_bf16_half2_render():
