@@ -407,3 +407,33 @@ def test_recold_candidates_are_the_feasible_configs_normalized_per_case():
     assert got == [(1, "fp16", 1), (16, "bf16", 1), (16, "bf16", 16)]
     assert all(r["config"]["bsrc"] == "smem" and r["family"] == "csr_gemv" for r in recs)  # defaults filled
     assert sum("computes only" in w for w in why) == 3 and any("next_pow2" in w or "column block" in w for w in why)
+
+
+def test_llm_ceiling_table_on_synthetic_records(tmp_path, capsys):
+    """bench/llm_ceiling.py: the gather floor's arithmetic, the ceiling as max(bytes floor, gather floor) against
+    cuBLAS cold, N > 32 left out, the per-density row; a file that is not a report: one line, status 2."""
+    from scripts import load_script
+    ceil = load_script("bench/llm_ceiling.py", "llm_ceiling")
+    # 1e6 nonzeros x 64 bytes (N = 32) at 128 B/clock x 100 SMs x 1 GHz = 5 us; at N = 1, 4 bytes a nonzero: 0.3125 us
+    assert abs(ceil.gather_floor_us(1_000_000, 32, 100, 1.0) - 5.0) < 1e-9
+    assert abs(ceil.gather_floor_us(1_000_000, 1, 100, 1.0) - 0.3125) < 1e-9
+    recs = [dict(M=1, K=1, N=32, density=0.1, dtype="fp16", nnz=1_000_000, bytes_floor_us=2.0, tuned_us=9.0,
+                 tuned_cold_us=10.0, dense_cold_us=20.0),   # ceiling 20 / 5 = 4, measured 2
+            dict(M=1, K=1, N=1, density=0.1, dtype="fp16", nnz=1_000_000, bytes_floor_us=2.0, tuned_us=4.0,
+                 dense_cold_us=16.0),                         # ceiling 16 / 2 = 8, measured 4 (warm: no cold time)
+            dict(M=1, K=1, N=64, density=0.1, dtype="fp16", nnz=1, bytes_floor_us=1.0, tuned_us=1.0,
+                 dense_cold_us=1.0)]                          # N > 32: left out
+    rows = ceil.table(recs, 100, 1.0)
+    assert set(rows) == {(0.1, 32), (0.1, 1), (0.1, 0)}
+    assert rows[(0.1, 32)][:2] == pytest.approx((4.0, 2.0)) and rows[(0.1, 1)][:2] == pytest.approx((8.0, 4.0))
+    c, g, k = rows[(0.1, 0)]
+    assert k == 2 and abs(c - (4.0 * 8.0) ** 0.5) < 1e-9 and abs(g - (2.0 * 4.0) ** 0.5) < 1e-9
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(recs))
+    assert ceil.main([str(path), "--sms", "100", "--ghz", "1.0"]) == 0
+    assert "| 0.1 | 32 | 1 | 4.00 | 2.00 | 0.50 |" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    assert ceil.main([str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llm_ceiling: error:") and err.count("\n") == 1

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""The llm suite's N <= 32 speed-ups over cuBLAS (cold) against a throughput ceiling, per density and N (no GPU).
+
+For each record the ceiling time is max(bytes floor, gather floor): the report's `bytes_floor_us` (A's format, B and C
+over the measured copy bandwidth) and the time to gather one B row a nonzero through L1 / shared memory, nnz x
+max(4, 2N) bytes at 128 bytes a clock an SM (CUDA-core SpMM reads B's row for each nonzero; 4 bytes: a 32-bit
+shared-memory word at N = 1). Neither counts latency or launch: the ratio measured / ceiling says how much of a
+target is throughput and how much the chain of dependent round trips of a few-microsecond kernel (bench/NOTES.md,
+session 31). The gather floor is the CUDA-core kernels': the tensor-core families share each B fragment among 16
+rows and can pass it where A is dense enough (d 0.5, N = 32: measured above the ceiling).
+
+    python3 bench/llm_ceiling.py bench/results/suite-llm-h200.json [--sms 132] [--ghz 1.755] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+
+
+def gather_floor_us(nnz: int, n: int, sms: int, ghz: float, bytes_per_clock: int = 128) -> float:
+    """Microseconds to read nnz B rows of max(4, 2N) bytes at bytes_per_clock a clock on each of sms SMs."""
+    return nnz * max(4, 2 * n) / (sms * bytes_per_clock * ghz * 1e9) * 1e6
+
+
+def geomean(xs) -> float:
+    xs = list(xs)
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+def table(records: list[dict], sms: int, ghz: float) -> dict:
+    """{(density, N): (ceiling geomean, measured geomean, cases)} over the records with N <= 32, and the same per
+    density over all N <= 32 under (density, 0)."""
+    ceil, got = defaultdict(list), defaultdict(list)
+    for r in records:
+        if r["N"] > 32:
+            continue
+        tuned = r.get("tuned_cold_us") or r["tuned_us"]
+        dense = r.get("dense_cold_us") or r[f"cublas_{r['dtype']}_us"]
+        floor = max(r["bytes_floor_us"], gather_floor_us(r["nnz"], r["N"], sms, ghz))
+        for key in ((r["density"], r["N"]), (r["density"], 0)):
+            ceil[key].append(dense / floor)
+            got[key].append(dense / tuned)
+    return {k: (geomean(ceil[k]), geomean(got[k]), len(ceil[k])) for k in sorted(ceil)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("report", help="suite-llm-<gpu>.json")
+    ap.add_argument("--sms", type=int, default=132, help="SMs (default 132: H100 / H200 SXM)")
+    ap.add_argument("--ghz", type=float, default=1.755, help="SM clock under load, GHz (default 1.755)")
+    ap.add_argument("--json", help="also write the table as JSON here")
+    a = ap.parse_args(argv)
+    try:
+        with open(a.report) as f:
+            records = json.load(f)
+        rows = table(records, a.sms, a.ghz)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"llm_ceiling: error: {a.report}: {exc}", file=sys.stderr)
+        return 2
+    print("| density | N | cases | ceiling (geomean over cuBLAS, cold) | measured | measured / ceiling |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for (d, n), (c, g, k) in rows.items():
+        print(f"| {d} | {'<= 32' if n == 0 else n} | {k} | {c:.2f} | {g:.2f} | {g / c:.2f} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump([{"density": d, "N": n or "<=32", "cases": k, "ceiling": c, "measured": g}
+                       for (d, n), (c, g, k) in rows.items()], f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
