@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
 import sys
 from collections import defaultdict
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from sparse_autotune.tuning.suite import geomean  # noqa: E402
 
 
 def gather_floor_us(nnz: int, n: int, sms: int, ghz: float, bytes_per_clock: int = 128) -> float:
     """Microseconds to read nnz B rows of max(4, 2N) bytes at bytes_per_clock a clock on each of sms SMs."""
     return nnz * max(4, 2 * n) / (sms * bytes_per_clock * ghz * 1e9) * 1e6
-
-
-def geomean(xs) -> float:
-    xs = list(xs)
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
 
 
 def table(records: list[dict], sms: int, ghz: float) -> dict:

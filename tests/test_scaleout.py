@@ -89,7 +89,8 @@ TUNE = ["tune", "--shape", "256x512", "--density", "0.1", "--n", "128", "--heart
 # the same with a grace period no stall of a live worker reaches, for tests where no worker dies: on a loaded machine
 # (pytest -n auto) a 4-second grace could fail a live worker's trial as stale, which is the heartbeat doing its job
 # but not what those tests check
-TUNE_CALM = [*TUNE[:-2], "--grace", "120"]
+CALM_GRACE = "120"
+TUNE_CALM = [*TUNE[:-2], "--grace", CALM_GRACE]
 
 
 # ---- two workers on one study --------------------------------------------------------------------------------
@@ -692,7 +693,7 @@ def test_bench_suite_synthetic_retune_reopens_only_the_matching_cases(quick_shar
     env = synthetic_env(tmp_path, 0.0)
     # --trials 7 here, 2 in the first run: the first run is found by its case, not by its spec (nothing else runs)
     base = ["bench", "--suite", "quick", "--trials", "7", "--storage", url, "--workers", "1", "--shard", "1/2",
-            "--heartbeat", "1", "--grace", "120", "--out", str(js.parent), "--retune", "N=256", "--retune", "dtype=fp16",
+            "--heartbeat", "1", "--grace", CALM_GRACE, "--out", str(js.parent), "--retune", "N=256", "--retune", "dtype=fp16",
             "--retune-trials", "3"]
     before = {case_key(r): r for r in json.loads(js.read_text())}
     assert len(before) == 8 and {r["trials"] for r in before.values()} == {2}
@@ -732,7 +733,7 @@ def test_bench_suite_synthetic_only_runs_the_matching_cases_and_merges_over_the_
     url, out = f"sqlite:///{tmp_path / 'only.sqlite'}", tmp_path / "only"
     # 6 trials: more than shard 1 has for these cases (5 after the retune test above, else 2): the new records win
     proc = cli(["bench", "--suite", "quick", "--trials", "6", "--storage", url, "--workers", "1", "--heartbeat", "1",
-                "--grace", "120", "--out", str(out), "--only", "N=256", "--only", "dtype=fp16",
+                "--grace", CALM_GRACE, "--out", str(out), "--only", "N=256", "--only", "dtype=fp16",
                 "--families", "csr_btile,pattern_unrolled"], env, tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("claimed problem") == 2 and "2 cases in the queue" in proc.stderr, proc.stderr[-3000:]
