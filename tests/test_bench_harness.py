@@ -417,6 +417,10 @@ def test_llm_ceiling_table_on_synthetic_records(tmp_path, capsys):
     # 1e6 nonzeros x 64 bytes (N = 32) at 128 B/clock x 100 SMs x 1 GHz = 5 us; at N = 1, 4 bytes a nonzero: 0.3125 us
     assert abs(ceil.gather_floor_us(1_000_000, 32, 100, 1.0) - 5.0) < 1e-9
     assert abs(ceil.gather_floor_us(1_000_000, 1, 100, 1.0) - 0.3125) < 1e-9
+    # --lines-above 16: N = 32's 64-byte row costs a 128-byte line (10 us); N = 16 and N = 128 (256 bytes) as before
+    assert abs(ceil.gather_floor_us(1_000_000, 32, 100, 1.0, lines_above=16) - 10.0) < 1e-9
+    assert abs(ceil.gather_floor_us(1_000_000, 16, 100, 1.0, lines_above=16) - 2.5) < 1e-9
+    assert abs(ceil.gather_floor_us(1_000_000, 128, 100, 1.0, lines_above=16) - 20.0) < 1e-9
     recs = [dict(M=1, K=1, N=32, density=0.1, dtype="fp16", nnz=1_000_000, bytes_floor_us=2.0, tuned_us=9.0,
                  tuned_cold_us=10.0, dense_cold_us=20.0),   # ceiling 20 / 5 = 4, measured 2
             dict(M=1, K=1, N=1, density=0.1, dtype="fp16", nnz=1_000_000, bytes_floor_us=2.0, tuned_us=4.0,
@@ -432,6 +436,9 @@ def test_llm_ceiling_table_on_synthetic_records(tmp_path, capsys):
     path.write_text(json.dumps(recs))
     assert ceil.main([str(path), "--sms", "100", "--ghz", "1.0"]) == 0
     assert "| 0.1 | 32 | 1 | 4.00 | 2.00 | 0.50 |" in capsys.readouterr().out
+    assert ceil.table(recs, 100, 1.0, lines_above=16)[(0.1, 32)][:2] == pytest.approx((2.0, 2.0))  # 20 / 10
+    assert ceil.main([str(path), "--sms", "100", "--ghz", "1.0", "--lines-above", "16"]) == 0
+    assert "| 0.1 | 32 | 1 | 2.00 | 2.00 | 1.00 |" in capsys.readouterr().out
     bad = tmp_path / "bad.json"
     bad.write_text("not json")
     assert ceil.main([str(bad)]) == 2
