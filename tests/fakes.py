@@ -15,14 +15,15 @@ from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import random_matrix
 from sparse_autotune.core.render import render
 from sparse_autotune.core.space import problem_env
-from sparse_autotune.device.kernel import Kernel
+from sparse_autotune.device.kernel import BParam, Kernel
 
 
 def read_params(params_addr: int, sizes: list[int]) -> list[int]:
-    """What the driver does with kernelParams: parameter i is `sizes[i]` bytes read from the address in slot i."""
+    """What the driver does with kernelParams: parameter i is `sizes[i]` bytes read from the address in slot i (an int
+    for 4 and 8 bytes, the bytes themselves for a larger by-value parameter, e.g. a 128-byte tensor map)."""
     addrs = (ctypes.c_uint64 * len(sizes)).from_address(params_addr)
     return [ctypes.c_uint64.from_address(addrs[i]).value if sz == 8 else ctypes.c_int32.from_address(addrs[i]).value
-            for i, sz in enumerate(sizes)]
+            if sz == 4 else ctypes.string_at(addrs[i], sz) for i, sz in enumerate(sizes)]
 
 
 class FakeLaunch:
@@ -120,7 +121,7 @@ def signature(src: str) -> list[tuple[str, int]]:
             out.append((name, {".u64": 8, ".u32": 4, ".s32": 4}[typ]))
         return out
     body = re.search(r"spmm_kernel\(([^)]*)\)", src).group(1)
-    return [(p.split()[-1], 8 if "*" in p else 4) for p in body.split(",")]
+    return [(p.split()[-1], 128 if "TensorMap128" in p else 8 if "*" in p else 4) for p in body.split(",")]
 
 
 def fake_kernel(family: str, cfg: dict, dtype: str, a, dev=None, layout: str = "kn") -> Kernel:
@@ -165,6 +166,9 @@ def check_launch_matches_signature(family: str, dtype: str, a, n: int, max_confi
             if x is bias_tag:
                 assert size == 8, (family, nm)
                 continue
+            if size == 128:  # a by-value tensor map (tc_wgmma pmap), made from B's address at each launch
+                assert isinstance(x, BParam), (family, nm, x)
+                continue
             assert isinstance(x, np.int32) if size == 4 else not isinstance(x, np.integer), (family, nm, x)
         assert int(args[names.index("N") if "N" in names else names.index("pN")]) == n
         ln = kern.launcher(n)
@@ -178,7 +182,8 @@ def check_launch_matches_signature(family: str, dtype: str, a, n: int, max_confi
         # csr_gemv's fill: the block's warps chosen at launch, at most the configured ones
         assert (bx == fam.threads(cfg) or (cfg.get("fill") and bx <= fam.threads(cfg))) and smem == kern.smem_bytes()
         want = [0xB0 if x is b_tag else 0xC0 if x is c_tag else 0xB1A5 if x is bias_tag
-                else int(x) if isinstance(x, np.int32) else x.data.ptr for x in args]
+                else int(x) if isinstance(x, np.int32) else bytes(x.buf) if isinstance(x, BParam) else x.data.ptr
+                for x in args]
         assert got == want, family
         checked += 1
     assert kern.launcher(0).is_noop  # N == 0: nothing to launch

@@ -173,6 +173,8 @@ class Kernel:
                 values.append(a)
             elif isinstance(a, (int, np.uint64)) and not isinstance(a, bool):  # a raw pointer (0: a null pointer)
                 values.append(int(a))
+            elif isinstance(a, BParam):  # passed by value, made from B's address at each launch
+                values.append(a)
             else:  # one of A's device arrays: its address, and a reference so it is not freed
                 values.append(int(a.data.ptr))
                 keep.append(a)
@@ -203,6 +205,32 @@ class Kernel:
 
 
 _B_SLOT, _C_SLOT, _BIAS_SLOT = object(), object(), object()  # placeholders in Kernel.args when packing a launcher
+
+
+class BParam:
+    """A by-value kernel parameter of `nbytes` bytes made from B's address: `encode(b_ptr)` returns its bytes (e.g.
+    tc_wgmma's pmap: B's 128-byte TMA descriptor, a __grid_constant__ CUtensorMap). A Launcher re-encodes it only when
+    B's address changes, under its lock and before the launch copies the parameters (a CUDA graph keeps the bytes of
+    its capture). The buffer is 64-byte aligned, as a CUtensorMap is."""
+
+    __slots__ = ("buf", "encode", "last")
+
+    def __init__(self, nbytes: int, encode):
+        if nbytes <= 0 or nbytes % 8:
+            raise ValueError(f"a by-value parameter needs a positive multiple of 8 bytes (got {nbytes})")
+        raw = np.zeros(int(nbytes) + 64, dtype=np.uint8)
+        at = (-raw.ctypes.data) % 64
+        self.buf = raw[at:at + int(nbytes)]
+        self.encode = encode
+        self.last = None
+
+    def update(self, b_ptr: int) -> None:
+        if b_ptr != self.last:
+            data = np.frombuffer(bytes(self.encode(int(b_ptr))), dtype=np.uint8)
+            if data.size != self.buf.size:
+                raise ValueError(f"a by-value parameter of {self.buf.size} bytes was encoded as {data.size}")
+            self.buf[:] = data
+            self.last = b_ptr
 CUDA_ERROR_INVALID_CONTEXT = 201
 
 
@@ -210,18 +238,22 @@ def pack_params(values) -> tuple[np.ndarray, np.ndarray]:
     """cuLaunchKernel's `kernelParams` for `values`: a uint64 array with one 8-byte slot per parameter, and a uint64
     array of the slots' addresses (the `void**` itself). A Python int is a device pointer (all 8 bytes); an np.int32
     is a 4-byte parameter, stored in the slot's first 4 bytes in native (little-endian) order: the driver copies
-    exactly 4 bytes from the slot's address for it. Both arrays must stay alive while they are launched with."""
+    exactly 4 bytes from the slot's address for it. A BParam is passed by value from its own buffer (its slot unused).
+    Both arrays (and the BParams) must stay alive while they are launched with."""
     slots = np.zeros(max(1, len(values)), dtype=np.uint64)
     words = slots.view(np.int32)  # words[2 * i] is the first 4 bytes of slot i
+    base = slots.ctypes.data
+    addrs = np.array([base + 8 * i for i in range(len(values))], dtype=np.uint64)
     for i, v in enumerate(values):
-        if isinstance(v, np.int32):
+        if isinstance(v, BParam):
+            addrs[i] = v.buf.ctypes.data
+        elif isinstance(v, np.int32):
             words[2 * i] = v
         elif isinstance(v, (int, np.uint64)) and not isinstance(v, bool) and 0 <= int(v) < 2 ** 64:
             slots[i] = int(v)
         else:
-            raise TypeError(f"kernel parameter {i}: {v!r} is neither a device pointer (int) nor an np.int32")
-    base = slots.ctypes.data
-    addrs = np.array([base + 8 * i for i in range(len(values))], dtype=np.uint64)
+            raise TypeError(f"kernel parameter {i}: {v!r} is neither a device pointer (int), an np.int32 nor a "
+                            "BParam")
     return slots, addrs
 
 
@@ -231,7 +263,7 @@ class Launcher:
     `stream_ptr`; the driver copies the parameters at the call, so a lock around rewrite + launch makes it thread-safe.
     Capturable into a CUDA graph like any launch on a capturing stream."""
 
-    __slots__ = ("_pre", "_slots", "_addrs", "_params", "_b", "_c", "_keep", "_lock", "_launch", "is_noop")
+    __slots__ = ("_pre", "_slots", "_addrs", "_params", "_b", "_c", "_bp", "_keep", "_lock", "_launch", "is_noop")
 
     def __init__(self, func_ptr: int, grid: tuple, block: tuple, smem: int, values, b_slot: int, c_slot: int,
                  keep=(), launch_fn=None):
@@ -241,7 +273,8 @@ class Launcher:
         self._slots, self._addrs = pack_params(values)
         self._params = int(self._addrs.ctypes.data)
         self._b, self._c = int(b_slot), int(c_slot)
-        self._keep = tuple(keep)
+        self._bp = tuple(v for v in values if isinstance(v, BParam))  # re-encoded from B's address at each launch
+        self._keep = (*keep, *self._bp)
         self._lock = threading.Lock()
         if launch_fn is None:
             from cupy_backends.cuda.api.driver import launchKernel as launch_fn  # noqa: PLC0415
@@ -262,6 +295,8 @@ class Launcher:
             slots = self._slots
             slots[self._b] = b_ptr
             slots[self._c] = c_ptr
+            for p in self._bp:
+                p.update(b_ptr)
             self._fire(stream_ptr)
 
     launch = __call__
@@ -299,6 +334,8 @@ class BiasLauncher(Launcher):
             slots[self._b] = b_ptr
             slots[self._c] = c_ptr
             slots[self._bias] = bias_ptr
+            for p in self._bp:
+                p.update(b_ptr)
             self._fire(stream_ptr)
 
     launch = __call__

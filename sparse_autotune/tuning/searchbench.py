@@ -183,9 +183,10 @@ SUBSPACES: dict[str, dict[str, list]] = {
     # tc_wgmma (on by default since session 16, Hopper, N >= 8 since session 19; not in the table measured in session 10): the lane
     # decode, no producer warp, the split-K / stages / minb values its sweeps kept (<= 364 configs a problem); red
     # (session 18) at its default: without a producer warp the cluster reduction's gain was not measured
-    # blkrec (session 22's draft: a block's records by one bulk copy) and wgk (tcwgmma-fixed draft) at their defaults too
+    # blkrec (session 22's draft: a block's records by one bulk copy), wgk (tcwgmma-fixed draft) and pmap (session 32)
+    # at their defaults too
     "tc_wgmma": {"ws": [0], "dec": ["lane"], "minb": [1, 2], "splitk": [1, 2, 4, 8], "stages": [3, 4], "red": [0],
-                 "blkrec": [0], "wgk": [0]},
+                 "blkrec": [0], "wgk": [0], "pmap": [0]},
     # tc_bitmap (on by default since session 25, after the table): its gate (N 8-32, density >= 0.15) holds for none of
     # PROBLEMS, so it is measured with 0 configs there (as pattern_unrolled outside its nnz range). For a problem it
     # serves (43k feasible at 4096x4096 N=16 d 0.3): the session-24 winner's neighbourhood, 192-288 configs

@@ -1270,3 +1270,156 @@ def test_wgk_correct_at_4096_n128(density):
     cases = {f"uniform_4096_d{density}": random_matrix(4096, 4096, density, "uniform", 5)}
     cfgs = [c for c in WGK[:4]]
     assert _check_matrices(cases, "fp16", 128, lambda name: cfgs) == 2 * len(cfgs)
+
+
+# ---- pmap: B's tensor map passed by value (session 32) --------------------------------------------------------------
+
+# the llm suite's most frequent tc_wgmma winners (bench/results/suite-llm-h200.json) and a tma 1 config, with pmap 1
+PMAP = [dict(bn=64, kc=4, dec="lane", wg=1, stages=6, splitk=4, wait=1, minb=1, ws=1, tma=2, red=0, pmap=1),
+        dict(bn=128, kc=4, dec="lane", wg=2, stages=6, splitk=2, wait=0, minb=1, ws=1, tma=2, red=1, blkrec=0, wgk=1,
+             pmap=1),
+        dict(bn=64, kc=4, dec="lane", wg=1, stages=4, splitk=8, wait=1, minb=2, ws=1, tma=2, red=1, pmap=1),
+        dict(bn=128, kc=4, dec="lane", wg=2, stages=4, splitk=4, wait=1, minb=1, ws=1, tma=2, red=0, blkrec=1, pmap=1),
+        dict(bn=128, kc=4, dec="lane", wg=3, stages=4, splitk=2, wait=1, minb=1, ws=1, tma=2, red=1, blkrec=1, pmap=1),
+        dict(bn=64, kc=2, dec="ballot", wg=3, stages=4, splitk=2, wait=1, minb=1, ws=1, tma=1, red=0, pmap=1)]
+
+
+def test_pmap_renders_a_by_value_map_and_no_patch():
+    """pmap 1: the map is a __grid_constant__ parameter the producer prefetches and hands to its TMA loads; no template,
+    no block slot, no tensormap.replace / fence; pmap 0 (every stored config) renders as before but for the header."""
+    sp = space()
+    for cfg in PMAP:
+        new = render.render(sp, cfg, "fp16")
+        old = render.render(sp, {**cfg, "pmap": 0}, "fp16")
+        assert "struct __align__(64) TensorMap128 { unsigned long long w[16]; };" in new, cfg
+        assert "int cps, int ntiles, const __grid_constant__ TensorMap128 tmap)" in new, cfg
+        assert "const void* gmap = &tmap;" in new and 'prefetch.tensormap [%0];' in new, cfg
+        assert "tensormap.replace" not in new and "tensormap.cp_fenceproxy" not in new and "tmpl" not in new, cfg
+        assert "fence.proxy.tensormap::generic.acquire" not in new and "tmaps" not in new, cfg
+        assert new.count(", gmap, n0 + 64 * q, (c0 + i) * KC, full + 8 * st);") == 1, cfg
+        assert "tensormap.replace.tile.global_address.shared::cta.b1024.b64" in old and "TensorMap128" not in old
+        assert new.splitlines()[0].endswith(" pmap=1") and old.splitlines()[0].endswith(" pmap=0"), cfg
+        stored = render.render(sp, {k: v for k, v in cfg.items() if k != "pmap"}, "fp16")  # a config from before
+        assert "pmap" not in stored and old == stored.replace("\n", " pmap=0\n", 1), cfg  # byte for byte
+    assert sp.normalize({k: v for k, v in PMAP[0].items() if k != "pmap"}, "fp16")["pmap"] == 0
+    env = problem_env(4096, 4096, 128, 1_600_000, "fp16")
+    assert sp.check({**PMAP[0], "tma": 0}, env, DEFAULT_LIMITS) is not None or \
+        "pmap" not in sp.normalize({**PMAP[0], "tma": 0}, "fp16")  # pmap exists only with tma
+
+
+def test_pmap_args_end_with_a_map_made_from_b_and_the_launcher_reencodes_it_when_b_moves(monkeypatch):
+    """pmap 1: the last argument is a 128-byte BParam (no template, no block slots); a launcher encodes it with the
+    launch's B at its first launch and again only when B's address changes, and passes its bytes by value (the
+    parameter's address is the 64-aligned buffer). A fake driver records the encodes; a fake launch the parameters."""
+    import ctypes as ct
+    from fakes import signature
+    from sparse_autotune.device.kernel import BParam, Launcher
+    h = host()
+    fake = _FakeEncode()
+    monkeypatch.setattr(h, "_LIBCUDA", [type("Lib", (), {"cuTensorMapEncodeTiled": fake})()])
+    a = random_matrix(1000, 3000, 0.1, "uniform", 1)
+    cfg = PMAP[0]
+    k = fake_kernel(FAMILY, cfg, "fp16", a)
+    args = h.args(k, 200, "B", "C")
+    sig = signature(k.source)
+    assert len(args) == len(sig) == 14 and sig[-1][0] == "tmap" and isinstance(args[-1], BParam)
+    assert not fake.calls  # nothing encoded before a launch knows B
+    assert h.args(k, 1, "B", "C")[-1].encode(0x1000) == bytes(128)  # N = 1 (a_bytes) never launches
+    seen = []
+
+    def launch(*a):
+        params = a[-2]
+        addr = ct.c_uint64.from_address(params + 8 * 13).value
+        assert addr % 64 == 0
+        seen.append(bytes((ct.c_uint8 * 128).from_address(addr)))
+
+    values = [0x1000 * (i + 1) for i in range(4)] + [0, 0] + [np.int32(1)] * 7 + [args[-1]]
+    ln = Launcher(0, (1,), (32,), 0, values, 4, 5, launch_fn=launch)
+    for b_ptr in (0x7000_0000, 0x7000_0000, 0x7100_0000, 0x7000_0000):
+        ln(b_ptr, 0x9000_0000, 0)
+    assert [c["addr"] for c in fake.calls] == [0x7000_0000, 0x7100_0000, 0x7000_0000]
+    assert all(c["dims"] == [200, 3000] and c["box"] == [64, 64] for c in fake.calls)
+    assert len(seen) == 4 and all(s == bytes(range(128)) for s in seen)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        BParam(12, lambda p: bytes(12))
+    bad = BParam(16, lambda p: bytes(8))
+    with pytest.raises(ValueError, match="encoded as 8"):
+        bad.update(1)
+
+
+def test_pmap_compiles_for_sm90a_without_spills():
+    """The 4096^2 N=128 winner with pmap 1 and 0: sm_90a, no spills, registers that fit, at most 8 more than its pmap 0
+    twin (nvcc 13: 110 against 106; the map's parameter-space address is held through the producer's loop)."""
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    sp = space()
+    cfg = PMAP[1]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        (new, _), (old, _) = pool.map(lambda c: _nvcc_sm90a(render.render(sp, c, "fp16")), (cfg, {**cfg, "pmap": 0}))
+    assert _check_build(cfg, new) <= _check_build({**cfg, "pmap": 0}, old) + 8
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_pmap_configs_compile_for_sm90a_with_hgmma_and_without_spills(dtype):
+    """Every PMAP config for sm_90a: no spills, registers fit; kc HGMMA a step, the TMA loads and the bulk copies."""
+    _compile_sm90a_with_hgmma(PMAP, dtype, 4, ("UTMALDG.2D", "SYNCS.PHASECHK"))
+
+
+PMAP_NS = (16, 64, 128, 192)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", PMAP_NS)
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_pmap_correct_on_edge_cases(dtype, n):
+    """pmap 1: the PMAP configs adapted to N, at their split-K and 1, on the edge cases and a uniform 1000 x 4096; each
+    launched twice on fresh B (a new address: the map re-encoded) against float64."""
+    from sparse_autotune.device.gpu import gpu_info
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
+    cases = adversarial()
+    cases["uniform_1000x4096_d0.1"] = random_matrix(1000, 4096, 0.1, "uniform", 3)
+    cfgs = _adapted(PMAP, n, dtype)
+    assert len(cfgs) >= len(PMAP) and all(c["pmap"] == 1 for c in cfgs)
+    checked = _check_matrices(cases, dtype, n, lambda name: cfgs)
+    assert checked == 2 * len(cfgs) * len(cases)
+
+
+@pytest.mark.gpu
+def test_pmap_follows_b_between_launches():
+    """Two B buffers alive at once, launched B1, B2, B1, B2 through one launcher (and once inside a CUDA graph, which
+    keeps its capture's map): each result is its own B's product, so the map moved with B every time."""
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+    from sparse_autotune.core.problem import DTYPES, host_values, storage
+    from sparse_autotune.device.gpu import gpu_info
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
+    a = random_matrix(1000, 4096, 0.1, "uniform", 5)
+    a.data = host_values(a.data.astype(np.float32), DTYPES["fp16"])
+    kern = build_kernel(DeviceCSR(a, "fp16"), FAMILY, PMAP[1], "fp16")
+    a64 = csp.csr_matrix(a.astype(np.float64))
+    rng = np.random.default_rng(0)
+    bs = [cp.asarray(storage(host_values(rng.standard_normal((4096, 128)).astype(np.float32), DTYPES["fp16"]),
+                             "fp16")) for _ in range(2)]
+    want = [(a64 @ b.astype(cp.float64)).get() for b in bs]
+    c = cp.empty((1000, 128), dtype=bs[0].dtype)
+    for i in (0, 1, 0, 1):
+        c.fill(np.nan)
+        kern(bs[i], c)
+        got = c.astype(cp.float64).get()
+        err = np.abs(got - want[i]).max() / np.abs(want[i]).max()
+        assert err <= 2e-3, (i, err)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        c.fill(np.nan)
+        stream.begin_capture()
+        kern(bs[0], c)
+        graph = stream.end_capture()
+        kern(bs[1], c)  # outside the graph: re-encodes for B2
+        graph.launch(stream)  # the graph's own parameters: B1's map
+        stream.synchronize()
+    err = np.abs(c.astype(cp.float64).get() - want[0]).max() / np.abs(want[0]).max()
+    assert err <= 2e-3, err
