@@ -209,11 +209,14 @@ _B_SLOT, _C_SLOT, _BIAS_SLOT = object(), object(), object()  # placeholders in K
 
 class BParam:
     """A by-value kernel parameter of `nbytes` bytes made from B's address: `encode(b_ptr)` returns its bytes (e.g.
-    tc_wgmma's pmap: B's 128-byte TMA descriptor, a __grid_constant__ CUtensorMap). A Launcher re-encodes it only when
-    B's address changes, under its lock and before the launch copies the parameters (a CUDA graph keeps the bytes of
-    its capture). The buffer is 64-byte aligned, as a CUtensorMap is."""
+    tc_wgmma's pmap: B's 128-byte TMA descriptor, a __grid_constant__ CUtensorMap). A Launcher updates it at each
+    launch, under its lock and before the launch copies the parameters (a CUDA graph keeps the bytes of its capture):
+    nothing to do while B stays where it was, else the bytes of the last KEEP addresses are reused (a caching
+    allocator hands out a few addresses over and over) and only a new address is encoded. The buffer is 64-byte
+    aligned, as a CUtensorMap is."""
 
-    __slots__ = ("buf", "encode", "last")
+    KEEP = 8
+    __slots__ = ("buf", "encode", "last", "_seen")
 
     def __init__(self, nbytes: int, encode):
         if nbytes <= 0 or nbytes % 8:
@@ -223,14 +226,21 @@ class BParam:
         self.buf = raw[at:at + int(nbytes)]
         self.encode = encode
         self.last = None
+        self._seen: dict[int, bytes] = {}
 
     def update(self, b_ptr: int) -> None:
-        if b_ptr != self.last:
-            data = np.frombuffer(bytes(self.encode(int(b_ptr))), dtype=np.uint8)
-            if data.size != self.buf.size:
-                raise ValueError(f"a by-value parameter of {self.buf.size} bytes was encoded as {data.size}")
-            self.buf[:] = data
-            self.last = b_ptr
+        if b_ptr == self.last:
+            return
+        data = self._seen.pop(b_ptr, None)
+        if data is None:
+            data = bytes(self.encode(int(b_ptr)))
+            if len(data) != self.buf.size:
+                raise ValueError(f"a by-value parameter of {self.buf.size} bytes was encoded as {len(data)}")
+            if len(self._seen) >= self.KEEP:
+                self._seen.pop(next(iter(self._seen)))  # the least recently used address
+        self._seen[b_ptr] = data
+        self.buf[:] = np.frombuffer(data, dtype=np.uint8)
+        self.last = b_ptr
 CUDA_ERROR_INVALID_CONTEXT = 201
 
 

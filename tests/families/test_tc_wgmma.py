@@ -1337,9 +1337,15 @@ def test_pmap_args_end_with_a_map_made_from_b_and_the_launcher_reencodes_it_when
     ln = Launcher(0, (1,), (32,), 0, values, 4, 5, launch_fn=launch)
     for b_ptr in (0x7000_0000, 0x7000_0000, 0x7100_0000, 0x7000_0000):
         ln(b_ptr, 0x9000_0000, 0)
-    assert [c["addr"] for c in fake.calls] == [0x7000_0000, 0x7100_0000, 0x7000_0000]
+    assert [c["addr"] for c in fake.calls] == [0x7000_0000, 0x7100_0000]  # B back at a known address: no encode
     assert all(c["dims"] == [200, 3000] and c["box"] == [64, 64] for c in fake.calls)
     assert len(seen) == 4 and all(s == bytes(range(128)) for s in seen)
+    made = []
+    lru = BParam(8, lambda p: (made.append(p), p.to_bytes(8, "little"))[1])
+    for p in [*range(1, BParam.KEEP + 2), 2, 1]:  # KEEP + 1 addresses: the first one falls out, 2 is still kept
+        lru.update(p)
+        assert bytes(lru.buf) == p.to_bytes(8, "little")
+    assert made == [*range(1, BParam.KEEP + 2), 1]
     with pytest.raises(ValueError, match="multiple of 8"):
         BParam(12, lambda p: bytes(12))
     bad = BParam(16, lambda p: bytes(8))
