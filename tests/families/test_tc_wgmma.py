@@ -738,13 +738,19 @@ def _check_build(cfg, rep):
 def test_blkrec_compiles_for_sm90a_without_spills():
     """blkrec 1, the 4096^2 N=128 candidate (wg 2, split-K 3, red 1): sm_90a, no spills, the registers of its blkrec 0
     twin or fewer (one offset window, not wg); ~4 s on 2 CPUs (the other blkrec configs: the heavy tier's test)."""
+    new, old = _twin_registers(BLKREC[0], "blkrec", 0)
+    assert new <= old
+
+
+def _twin_registers(cfg: dict, name: str, value) -> tuple[int, int]:
+    """Registers of cfg and of its twin with `name` = value, both built for sm_90a at once and checked (_check_build:
+    no spills, registers fit); skips without nvcc."""
     if sat_compile.nvcc_path() is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
-    sp = space()
-    cfg = BLKREC[0]
+    sp, twin = space(), {**cfg, name: value}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        (new, _), (old, _) = pool.map(lambda c: _nvcc_sm90a(render.render(sp, c, "fp16")), (cfg, {**cfg, "blkrec": 0}))
-    assert _check_build(cfg, new) <= _check_build({**cfg, "blkrec": 0}, old)
+        (new, _), (old, _) = pool.map(lambda c: _nvcc_sm90a(render.render(sp, c, "fp16")), (cfg, twin))
+    return _check_build(cfg, new), _check_build(twin, old)
 
 
 @pytest.mark.heavy
@@ -1356,13 +1362,8 @@ def test_pmap_args_end_with_a_map_made_from_b_and_the_launcher_reencodes_it_when
 def test_pmap_compiles_for_sm90a_without_spills():
     """The 4096^2 N=128 winner with pmap 1 and 0: sm_90a, no spills, registers that fit, at most 8 more than its pmap 0
     twin (nvcc 13: 110 against 106; the map's parameter-space address is held through the producer's loop)."""
-    if sat_compile.nvcc_path() is None:
-        pytest.skip("nvcc not found (CUDA toolkit not installed)")
-    sp = space()
-    cfg = PMAP[1]
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        (new, _), (old, _) = pool.map(lambda c: _nvcc_sm90a(render.render(sp, c, "fp16")), (cfg, {**cfg, "pmap": 0}))
-    assert _check_build(cfg, new) <= _check_build({**cfg, "pmap": 0}, old) + 8
+    new, old = _twin_registers(PMAP[1], "pmap", 0)
+    assert new <= old + 8
 
 
 @pytest.mark.heavy
