@@ -241,6 +241,8 @@ class BParam:
         self._seen[b_ptr] = data
         self.buf[:] = np.frombuffer(data, dtype=np.uint8)
         self.last = b_ptr
+
+
 CUDA_ERROR_INVALID_CONTEXT = 201
 
 
