@@ -773,3 +773,30 @@ def test_bad_retune_is_one_line(tmp_path, args, needle):
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_beater_never_takes_a_finished_problems_state_for_the_next_one():
+    """The heartbeat's state read for problem 1 ("done"), landing after the worker moved to problem 2, is dropped (CI,
+    session 32: it stopped problem 2's search and a lone worker re-claimed it after the grace); a read for the current
+    problem is kept."""
+    from sparse_autotune.tuning.worker import _Beater
+
+    class Queue:
+        heartbeat = 3600.0  # the thread never beats during the test
+
+        def beat(self, *a):
+            pass
+
+    b = _Beater(Queue(), "w")
+    try:
+        b.set_problem(1)
+        b.set_problem(2)
+        b._observe(1, "done")
+        assert b.problem_state == "running"
+        b._observe(2, "finalizing")
+        assert b.problem_state == "finalizing"
+        b.set_problem(None)
+        b._observe(2, "done")
+        assert b.problem_state is None
+    finally:
+        b.close()

@@ -30,14 +30,25 @@ class _Beater:
         self.queue, self.wid = queue, wid
         self.problem_id: int | None = None
         self.problem_state: str | None = None
+        self._lock = threading.Lock()  # a state read for one problem is never taken for the next one
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="sa-worker-heartbeat", daemon=True)
         self.thread.start()
 
     def set_problem(self, rid: int | None):
-        self.problem_id = rid
-        self.problem_state = "running" if rid is not None else None
+        with self._lock:
+            self.problem_id = rid
+            self.problem_state = "running" if rid is not None else None
         self.queue.beat(self.wid, rid, "working" if rid is not None else "idle")
+
+    def _observe(self, rid: int, state: str | None) -> None:
+        """The problem's state as read by the heartbeat, kept only if the worker is still on that problem: a read of
+        the problem just finished ("done") landing after set_problem(next) would stop the next one's search (CI
+        session 32: "its search is over here; another worker finalises it" with one worker, then a re-claim after
+        the grace)."""
+        with self._lock:
+            if self.problem_id == rid:
+                self.problem_state = state
 
     def _loop(self):
         while not self.stop_event.wait(self.queue.heartbeat):
@@ -45,7 +56,7 @@ class _Beater:
                 rid = self.problem_id
                 self.queue.beat(self.wid, rid)
                 if rid is not None:
-                    self.problem_state = self.queue.state(rid)
+                    self._observe(rid, self.queue.state(rid))
             except Exception:  # noqa: BLE001 - a lost beat is retried at the next interval
                 pass
 
