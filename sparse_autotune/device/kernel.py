@@ -304,14 +304,19 @@ class Launcher:
         if self.is_noop:
             return
         with self._lock:
-            slots = self._slots
-            slots[self._b] = b_ptr
-            slots[self._c] = c_ptr
-            for p in self._bp:
-                p.update(b_ptr)
+            self._bind(b_ptr, c_ptr)
             self._fire(stream_ptr)
 
     launch = __call__
+
+    def _bind(self, b_ptr: int, c_ptr: int) -> None:
+        """B's and C's addresses into their slots, and the by-value parameters made from B (the caller holds the
+        lock)."""
+        slots = self._slots
+        slots[self._b] = b_ptr
+        slots[self._c] = c_ptr
+        for p in self._bp:
+            p.update(b_ptr)
 
     def _fire(self, stream_ptr: int) -> None:
         """cuLaunchKernel with the packed parameters (the caller holds the lock and has written the slots)."""
@@ -342,12 +347,8 @@ class BiasLauncher(Launcher):
         if self.is_noop:
             return
         with self._lock:
-            slots = self._slots
-            slots[self._b] = b_ptr
-            slots[self._c] = c_ptr
-            slots[self._bias] = bias_ptr
-            for p in self._bp:
-                p.update(b_ptr)
+            self._bind(b_ptr, c_ptr)
+            self._slots[self._bias] = bias_ptr
             self._fire(stream_ptr)
 
     launch = __call__
