@@ -23,14 +23,15 @@ A record, one per (tile, slice), 16-byte aligned, in `arec` (uint32) at word 4 *
 is the end:
   [0, 8 (UPT + 1))          u32 sstart[UPT + 1] (the steps of units 0 .. u - 1), then u32 pstart[UPT + 1] (their
                             stored pairs); UPT = rb / 16
-  H0 = align16(8 (UPT + 1)) per step s (32 bytes): u32 ballot[4] (bit l of ballot j: lane l's fragment register j is
-                            stored), then u8 slot[16] (slot of k = 0 .. 15)
-  P0 = H0 + 32 S            u32 pairs: per step, bit-major (register 0's lanes in ascending order, then 1, 2, 3), so
-                            lane l's register j is pair pstart[u] + (pairs of the unit's earlier steps) + popc(ballot_0
-                            .. ballot_{j-1}) + popc(ballot_j & lanemask_lt(l)); zeros to a multiple of 16 bytes
+  H0 = align16(8 (UPT + 1)) per step s (48 bytes): u32 ballot[4] (bit l of ballot j: lane l's fragment register j is
+                            stored), u32 base[4] (the record's pair index of register j's first stored pair), u8
+                            slot[16] (slot of k = 0 .. 15)
+  P0 = H0 + 48 S            u32 pairs: per step, bit-major (register 0's lanes in ascending order, then 1, 2, 3), so
+                            lane l's register j is pair base[j] + popc(ballot_j & lanemask_lt(l)) (no chain from step
+                            to step: the kernel's steps are independent); zeros to a multiple of 16 bytes
 Fragment (mma.m16n8k16 A, row-major): lane l = 4 g + q holds register j = 0 (row g, k 2q, 2q + 1), 1 (row g + 8,
 k 2q, 2q + 1), 2 (row g, k 2q + 8, 2q + 9), 3 (row g + 8, k 2q + 8, 2q + 9); the even k in the low half. A register
-with any nonzero is stored whole. Bytes: 32 a step + 4 a stored pair + the tables (~5 a nonzero at d 0.05, uniform).
+with any nonzero is stored whole. Bytes: 48 a step + 4 a stored pair + the tables (~6 a nonzero at d 0.05, uniform).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from sparse_autotune.core.problem import bf16_float, storage
 
 DTYPES16 = ("fp16", "bf16")
 R = 16  # rows a unit
+HDR = 48  # bytes a k-step's header: 4 ballots, 4 register bases, 16 slots
 
 _NTH_ZERO = nth_zero_table()
 
@@ -141,6 +143,7 @@ def build(a: sp.csr_matrix, rb: int, ks: int, dtype: str = "fp16") -> dict:
     pkey = (st * 4 + reg) * 32 + lane  # bit-major within a step
     upk, pinv = np.unique(pkey, return_inverse=True)
     pairs = len(upk)
+    reg_of_pair = upk // 32  # step * 4 + register
     pv = np.zeros(pairs, dtype=np.uint32)
     bits = storage(a.data, dtype).view(np.uint16).astype(np.uint32) << (16 * hi).astype(np.uint32)
     np.bitwise_or.at(pv, pinv, bits)
@@ -157,7 +160,7 @@ def build(a: sp.csr_matrix, rb: int, ks: int, dtype: str = "fp16") -> dict:
     h0 = table_bytes(upt)
     rsteps = nsteps.reshape(nrec, upt).sum(axis=1)
     rpairs = gpairs.reshape(nrec, upt).sum(axis=1)
-    rbytes = -(-(h0 + 32 * rsteps + 4 * rpairs) // 16) * 16
+    rbytes = -(-(h0 + HDR * rsteps + 4 * rpairs) // 16) * 16
     roff = np.zeros(nrec + 1, dtype=np.int64)
     np.cumsum(rbytes // 16, out=roff[1:])
     if roff[-1] >= 2 ** 31 - 1:
@@ -176,18 +179,24 @@ def build(a: sp.csr_matrix, rb: int, ks: int, dtype: str = "fp16") -> dict:
     rstep0 = np.zeros(nrec + 1, dtype=np.int64)
     np.cumsum(rsteps, out=rstep0[1:])
     local = np.arange(steps, dtype=np.int64) - rstep0[rec_of_step]
-    hword = roff[rec_of_step] * 4 + h0 // 4 + 8 * local  # word of the step's header
+    hword = roff[rec_of_step] * 4 + h0 // 4 + (HDR // 4) * local  # word of the step's header
     bw = hword[:, None] + np.arange(4)[None, :]
     arec[bw.ravel()] = ballot.astype(np.uint32)
     ab = arec.view(np.uint8)
-    sb = (hword * 4 + 16)[:, None] + np.arange(16)[None, :]
+    sb = (hword * 4 + 32)[:, None] + np.arange(16)[None, :]
     ab[sb.ravel()] = kslot.astype(np.uint8)
     # pairs: the record's pairs in (step, register, lane) order after its headers
     rpair0 = np.zeros(nrec + 1, dtype=np.int64)
     np.cumsum(rpairs, out=rpair0[1:])
     prec = rec_of_step[pstep]
     plocal = np.arange(pairs, dtype=np.int64) - rpair0[prec]
-    arec[roff[prec] * 4 + h0 // 4 + 8 * rsteps[prec] + plocal] = pv
+    arec[roff[prec] * 4 + h0 // 4 + (HDR // 4) * rsteps[prec] + plocal] = pv
+    # the register bases: the record's pairs before (step, register), i.e. an exclusive prefix over (step, register)
+    # of the pair counts, minus the record's first pair
+    creg = np.zeros(steps * 4 + 1, dtype=np.int64)
+    np.cumsum(np.bincount(reg_of_pair, minlength=steps * 4), out=creg[1:])
+    base = creg[:-1].reshape(steps, 4) - rpair0[rec_of_step][:, None]
+    arec[(hword + 4)[:, None] + np.arange(4)[None, :]] = base.astype(np.uint32)
     return {"roff": roff.astype(np.int32), "arec": arec, "tiles": tiles, "ns": nsl, "steps": steps, "pairs": pairs,
             "nnz": int(a.nnz), "cap": int(rbytes.max(initial=h0)) + 16, "rb": rb, "ks": ks, "upt": upt, "M": m, "K": k,
             "dtype": dtype, "kslot": kslot.astype(np.uint8)}
@@ -210,28 +219,29 @@ def decode(lay: dict) -> np.ndarray:
         ss = arec[w0:w0 + upt + 1].astype(np.int64)
         ps = arec[w0 + upt + 1:w0 + 2 * (upt + 1)].astype(np.int64)
         nst = int(ss[upt])
-        p0w = w0 + h0 // 4 + 8 * nst  # first pair's word
+        p0w = w0 + h0 // 4 + (HDR // 4) * nst  # first pair's word
         for u in range(upt):
             p = int(ps[u])
             for s in range(int(ss[u]), int(ss[u + 1])):
-                hw = w0 + h0 // 4 + 8 * s
+                hw = w0 + h0 // 4 + (HDR // 4) * s
                 ball = arec[hw:hw + 4].astype(np.int64)
-                slots = ab[4 * hw + 16:4 * hw + 32].astype(np.int64)
-                off = 0
+                base = arec[hw + 4:hw + 8].astype(np.int64)
+                slots = ab[4 * hw + 32:4 * hw + 48].astype(np.int64)
                 for reg in range(4):
                     b = int(ball[reg])
+                    if base[reg] != p:
+                        raise ValueError(f"record {rec} step {s} register {reg}: base {base[reg]}, pairs before {p}")
                     for lane in range(32):
                         if not b >> lane & 1:
                             continue
-                        pi = p + off + bin(b & ((1 << lane) - 1)).count("1")
+                        pi = int(base[reg]) + bin(b & ((1 << lane) - 1)).count("1")
                         g, q = divmod(lane, 4)
                         row = tile * rb + u * R + g + 8 * (reg & 1)
                         for hh in range(2):
                             kk = 2 * q + hh + 8 * (reg >> 1)
                             v = float(to_f(vals16[2 * (p0w + pi) + hh:2 * (p0w + pi) + hh + 1])[0])
                             out[row, j * ks + int(slots[kk])] += v
-                    off += bin(b).count("1")
-                p += off
+                    p += bin(b).count("1")
     if out[:, k:].any():
         raise ValueError("a nonzero weight past column K")
     if out[m:].any():
