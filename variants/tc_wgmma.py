@@ -412,23 +412,16 @@ def args(kernel, n: int, b, c) -> tuple:
     if not cfg.get("tma", 0):
         return out
     ok = n > 0 and n % 8 == 0  # other N never launch (infeasible); a_bytes() asks for N = 1
-    blocks = row_blocks * cfg["splitk"] * ntiles
-    pmap = cfg.get("pmap", 0)
-    if pmap:
-        # pmap: B's tensor map by value, encoded with the launch's B (again only when B's address changes); pmap 2: and a
-        # 128-byte slot a block, where the producer copies it for its TMA loads
+    if cfg.get("pmap", 0):
+        # pmap: B's tensor map by value, encoded with the launch's B (again only when B's address changes)
         from sparse_autotune.device.kernel import BParam  # noqa: PLC0415
         if not ok:
-            bp = BParam(128, lambda b_ptr: bytes(128))
-        else:
-            t = tensor_map_args(n, k, cfg)
-            bp = BParam(128, lambda b_ptr: encode_tensor_map({**t, "address": int(b_ptr)}).tobytes())
-        if pmap == 1:
-            return (*out, bp)
-        slots = kernel.a.cached(("tc_wgmma_tslots", blocks), lambda host: np.zeros(128 * blocks, dtype=np.uint8))
-        return (*out, bp, slots)
+            return (*out, BParam(128, lambda b_ptr: bytes(128)))
+        t = tensor_map_args(n, k, cfg)
+        return (*out, BParam(128, lambda b_ptr: encode_tensor_map({**t, "address": int(b_ptr)}).tobytes()))
     # tma: B's tensor-map template (encoded here, once per N: the launcher is built lazily at the first launch for N)
     # and a 128-byte slot a block, where each block puts its copy with the launch's B address
+    blocks = row_blocks * cfg["splitk"] * ntiles
     tmpl, slots = kernel.a.cached(
         ("tc_wgmma_tmap", n, cfg["bn"], kc, blocks),
         lambda host: (encode_tensor_map(tensor_map_args(n, k, cfg)) if ok else np.zeros(32, dtype=np.uint32),

@@ -1311,31 +1311,6 @@ def test_pmap_renders_a_by_value_map_and_no_patch():
     assert "pmap" not in sp.normalize({**PMAP[0], "tma": 0}, "fp16")  # pmap exists only with tma
 
 
-def test_pmap2_copies_the_by_value_map_into_the_block_slot_and_loads_through_it():
-    """pmap 2: the by-value map of pmap 1, stored by the producer's lanes in shared memory, copied to the block's global
-    slot with the tensor-map proxy release and acquired; the TMA loads get that slot (no template, no patch, no
-    prefetch of the parameter); the arguments end with the BParam and a 128-byte slot a block."""
-    sp = space()
-    h = host()
-    for cfg in PMAP:
-        src = render.render(sp, {**cfg, "pmap": 2}, "fp16")
-        assert "const __grid_constant__ TensorMap128 tmap, unsigned char* __restrict__ tmaps)" in src, cfg
-        assert "unsigned char* __restrict__ gmap = tmaps + (size_t)blockIdx.x * 128;" in src, cfg
-        assert "reinterpret_cast<const unsigned int*>(&tmap)[lane]" in src, cfg
-        assert src.count("tensormap.cp_fenceproxy.global.shared::cta.tensormap::generic.release") == 1, cfg
-        assert src.count("fence.proxy.tensormap::generic.acquire.gpu") == 1, cfg
-        assert "tensormap.replace" not in src and "tmpl" not in src and "prefetch.tensormap" not in src, cfg
-        assert src.splitlines()[0].endswith(" pmap=2"), cfg
-    from fakes import signature
-    from sparse_autotune.device.kernel import BParam
-    cfg = {**PMAP[0], "pmap": 2}
-    k = fake_kernel(FAMILY, cfg, "fp16", random_matrix(1000, 3000, 0.1, "uniform", 1))
-    args = h.args(k, 200, "B", "C")
-    sig = signature(k.source)
-    assert len(args) == len(sig) == 15 and [x[0] for x in sig[-2:]] == ["tmap", "tmaps"], sig
-    assert isinstance(args[-2], BParam) and args[-1].host.nbytes == 128 * int(np.prod(h.geometry(k, 200)[0]))
-
-
 def test_pmap_args_end_with_a_map_made_from_b_and_the_launcher_reencodes_it_when_b_moves(monkeypatch):
     """pmap 1: the last argument is a 128-byte BParam (no template, no block slots); a launcher encodes it with the
     launch's B at its first launch and again only when B's address changes, and passes its bytes by value (the
@@ -1392,35 +1367,32 @@ def test_pmap_compiles_for_sm90a_without_spills():
 @pytest.mark.heavy
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_pmap_configs_compile_for_sm90a_with_hgmma_and_without_spills(dtype):
-    """Every PMAP config, with pmap 1 and 2, for sm_90a: no spills, registers fit; kc HGMMA a step, the TMA loads and
-    the bulk copies."""
-    _compile_sm90a_with_hgmma(PMAP + [{**c, "pmap": 2} for c in PMAP], dtype, 4, ("UTMALDG.2D", "SYNCS.PHASECHK"))
+    """Every PMAP config for sm_90a: no spills, registers fit; kc HGMMA a step, the TMA loads and the bulk copies."""
+    _compile_sm90a_with_hgmma(PMAP, dtype, 4, ("UTMALDG.2D", "SYNCS.PHASECHK"))
 
 
 PMAP_NS = (16, 64, 128, 192)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("pm", [1, 2])
 @pytest.mark.parametrize("n", PMAP_NS)
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_pmap_correct_on_edge_cases(dtype, n, pm):
-    """pmap 1 and 2: the PMAP configs adapted to N, at their split-K and 1, on the edge cases and a uniform 1000 x 4096;
-    each launched twice on fresh B (a new address: the map re-encoded) against float64."""
+def test_pmap_correct_on_edge_cases(dtype, n):
+    """pmap 1: the PMAP configs adapted to N, at their split-K and 1, on the edge cases and a uniform 1000 x 4096; each
+    launched twice on fresh B (a new address: the map re-encoded) against float64."""
     from sparse_autotune.device.gpu import gpu_info
     if gpu_info().cc != "9.0":
         pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
     cases = adversarial()
     cases["uniform_1000x4096_d0.1"] = random_matrix(1000, 4096, 0.1, "uniform", 3)
-    cfgs = _adapted([{**c, "pmap": pm} for c in PMAP], n, dtype)
-    assert len(cfgs) >= len(PMAP) and all(c["pmap"] == pm for c in cfgs)
+    cfgs = _adapted(PMAP, n, dtype)
+    assert len(cfgs) >= len(PMAP) and all(c["pmap"] == 1 for c in cfgs)
     checked = _check_matrices(cases, dtype, n, lambda name: cfgs)
     assert checked == 2 * len(cfgs) * len(cases)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("pm", [1, 2])
-def test_pmap_follows_b_between_launches(pm):
+def test_pmap_follows_b_between_launches():
     """Two B buffers alive at once, launched B1, B2, B1, B2 through one launcher (and once inside a CUDA graph, which
     keeps its capture's map): each result is its own B's product, so the map moved with B every time."""
     import cupy as cp
@@ -1432,7 +1404,7 @@ def test_pmap_follows_b_between_launches(pm):
         pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
     a = random_matrix(1000, 4096, 0.1, "uniform", 5)
     a.data = host_values(a.data.astype(np.float32), DTYPES["fp16"])
-    kern = build_kernel(DeviceCSR(a, "fp16"), FAMILY, {**PMAP[1], "pmap": pm}, "fp16")
+    kern = build_kernel(DeviceCSR(a, "fp16"), FAMILY, PMAP[1], "fp16")
     a64 = csp.csr_matrix(a.astype(np.float64))
     rng = np.random.default_rng(0)
     bs = [cp.asarray(storage(host_values(rng.standard_normal((4096, 128)).astype(np.float32), DTYPES["fp16"]),
