@@ -31,8 +31,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparse_autotune.core.families import (adapt_jointly, clean_csr, ldmatrix_wavefronts, narrower, nth_zero_table,
-                                            stored_then_scalar)
+from sparse_autotune.core.families import (adapt_jointly, clean_csr, deal_slots, dense_within, ldmatrix_wavefronts,
+                                            narrower, stored_then_scalar)
 from sparse_autotune.core.problem import bf16_float, storage
 from sparse_autotune.core.reorder import check_perm, reorder
 
@@ -40,7 +40,6 @@ DTYPES16 = ("fp16", "bf16")
 _FLAG_CELLS = 1 << 27  # pairs x ks up to this: a flag array instead of np.unique for the distinct (pair, slot)
 
 
-_NTH_ZERO = nth_zero_table()
 _clean = clean_csr
 
 
@@ -104,49 +103,14 @@ def build(a: sp.csr_matrix, rn: int, rb: int, upw: int, ks: int, dtype: str = "f
     okey *= ks
     okey += (slot % 8) * sub + slot // 8
     del slot
-    if npairs * ks <= max(_FLAG_CELLS, 8 * len(okey)):
-        ef = np.zeros(npairs * ks, dtype=bool)
-        ef[okey] = True
-        ekeys = np.flatnonzero(ef)
-        pos_e = np.cumsum(ef, dtype=it)
-        del ef
-        pos_e -= 1
-        inv_e = pos_e[okey]
-        del pos_e
-    else:
-        ekeys, inv_e = np.unique(okey, return_inverse=True)
+    step_ptr, kslot, ekn = deal_slots(okey, npairs, ks, it, _FLAG_CELLS)
     del okey
-    e_pair = ekeys // ks
-    r = ekeys - e_pair * ks
-    e_slot = (r % sub) * 8 + r // sub
-    cnt = np.bincount(e_pair, minlength=npairs).astype(np.int64)
-    nsteps = -(-cnt // 16)
-    step_ptr = np.zeros(npairs + 1, dtype=np.int64)
-    np.cumsum(nsteps, out=step_ptr[1:])
     steps = int(step_ptr[-1])
     if steps * rn * 128 >= 2 ** 40:
         raise ValueError("layout too large")
-    pstart = np.zeros(npairs + 1, dtype=np.int64)
-    np.cumsum(cnt, out=pstart[1:])
-    idx = np.arange(len(ekeys), dtype=np.int64) - pstart[e_pair]  # rank within the pair
-    nh = 2 * nsteps[e_pair]  # half steps (8 k's: one 8 x 8 matrix of ldmatrix)
-    half = idx % nh
-    ek = (step_ptr[e_pair] + half // 2) * 16 + (half % 2) * 8 + idx // nh  # 16 * step + k of each entry
-    kslot = np.full(steps * 16, -1, dtype=np.int64)
-    kslot[ek] = e_slot
-    pad = kslot < 0
-    if pad.any():  # padding slots: the residues each half step's real slots leave free (valid rows, weight 0)
-        mask = np.zeros(steps * 2, dtype=np.int64)
-        real = np.flatnonzero(~pad)
-        np.bitwise_or.at(mask, real // 8, 1 << (kslot[real] % 8))
-        pos = np.flatnonzero(pad)
-        h = pos // 8
-        jth = np.arange(len(pos)) - np.searchsorted(pos, h * 8)
-        kslot[pos] = _NTH_ZERO[mask[h], jth]
     # each nonzero's place in avals: ((t * rn + i) * 32 + 4 g + q) * 4 + hh, t = step, k its column of the step
-    itv = np.int64 if steps * rn * 128 >= 2 ** 31 - 1 else it
-    ekn = ek.astype(itv)[inv_e]
-    del inv_e
+    if steps * rn * 128 >= 2 ** 31 - 1:
+        ekn = ekn.astype(np.int64)
     kk = ekn & 15
     at = ((ekn >> 4) * rn + lr // 8) * 128
     at += (lr % 8) * 16
@@ -189,11 +153,7 @@ def decode(lay: dict) -> np.ndarray:
                     col = slice_k[gsl].astype(np.int64) * ks + kslot[st * 16 + kb]
                     row = tile * rb + unit * rr + 8 * i + g
                     np.add.at(out, (row, col), vals[((st * rn + i) * 32 + lane) * 4 + h])
-    if out[:, k:].any():
-        raise ValueError("a nonzero weight past column K")
-    if out[m:].any():
-        raise ValueError("a nonzero weight past the last row")
-    return out[:m, :k]
+    return dense_within(out, m, k)
 
 
 def bank_wavefronts(lay: dict) -> float:

@@ -38,15 +38,13 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparse_autotune.core.families import (adapt_jointly, clean_csr, ldmatrix_wavefronts, narrower, nth_zero_table,
-                                            splitk_shape, splitk_workspace, stored_then_scalar)
+from sparse_autotune.core.families import (adapt_jointly, clean_csr, deal_slots, dense_within, ldmatrix_wavefronts,
+                                            narrower, splitk_shape, splitk_workspace, stored_then_scalar)
 from sparse_autotune.core.problem import bf16_float, storage
 
 DTYPES16 = ("fp16", "bf16")
 R = 16  # rows a unit
 HDR = 48  # bytes a k-step's header: 4 ballots, 4 register bases, 16 slots
-
-_NTH_ZERO = nth_zero_table()
 
 
 def check_geometry(rb: int, ks: int) -> int:
@@ -88,52 +86,16 @@ def build(a: sp.csr_matrix, rb: int, ks: int, dtype: str = "fp16") -> dict:
     sl = cols // ks
     slot = cols - sl * ks
     del cols
-    grp = (tile * nsl + sl) * upt + unit
+    grp = (tile * nsl + sl) * upt + unit  # (tile, slice, unit), in record order
     del tile, unit, sl
-    # the distinct (group, slot) in dealing order: key (group, slot % 8, slot // 8)
+    # the distinct (group, slot) dealt to k-steps: key (group, slot % 8, slot // 8)
     okey = grp * ks + (slot % 8) * sub + slot // 8
-    del slot
-    if ngroups * ks <= max(1 << 27, 8 * len(okey)):
-        ef = np.zeros(ngroups * ks, dtype=bool)
-        ef[okey] = True
-        ekeys = np.flatnonzero(ef)
-        pos = np.cumsum(ef, dtype=np.int64)
-        del ef
-        pos -= 1
-        inv = pos[okey]
-        del pos
-    else:
-        ekeys, inv = np.unique(okey, return_inverse=True)
+    del slot, grp
+    step_ptr, kslot, ekn = deal_slots(okey, ngroups, ks)
     del okey
-    e_grp = ekeys // ks
-    rr = ekeys - e_grp * ks
-    e_slot = (rr % sub) * 8 + rr // sub
-    cnt = np.bincount(e_grp, minlength=ngroups).astype(np.int64)
-    nsteps = -(-cnt // 16)
-    step_ptr = np.zeros(ngroups + 1, dtype=np.int64)
-    np.cumsum(nsteps, out=step_ptr[1:])
+    nsteps = np.diff(step_ptr)
     steps = int(step_ptr[-1])
-    gstart = np.zeros(ngroups + 1, dtype=np.int64)
-    np.cumsum(cnt, out=gstart[1:])
-    idx = np.arange(len(ekeys), dtype=np.int64) - gstart[e_grp]  # rank within the group
-    nh = 2 * nsteps[e_grp]
-    half = idx % nh
-    ek = (step_ptr[e_grp] + half // 2) * 16 + (half % 2) * 8 + idx // nh  # 16 * (global step) + k
-    kslot = np.full(steps * 16, -1, dtype=np.int64)
-    kslot[ek] = e_slot
-    pad = kslot < 0
-    if pad.any():  # padding slots: the residues each half step's real slots leave free (valid rows, weight 0)
-        mask = np.zeros(steps * 2, dtype=np.int64)
-        real = np.flatnonzero(~pad)
-        np.bitwise_or.at(mask, real // 8, 1 << (kslot[real] % 8))
-        pp = np.flatnonzero(pad)
-        h = pp // 8
-        jth = np.arange(len(pp)) - np.searchsorted(pp, h * 8)
-        kslot[pp] = _NTH_ZERO[mask[h], jth]
-    del pad
     # each nonzero: its global step, k, fragment register j and lane
-    ekn = ek[inv]
-    del inv
     st = ekn >> 4
     kk = ekn & 15
     lane = 4 * (r16 & 7) + (kk & 7) // 2
@@ -242,11 +204,7 @@ def decode(lay: dict) -> np.ndarray:
                             v = float(to_f(vals16[2 * (p0w + pi) + hh:2 * (p0w + pi) + hh + 1])[0])
                             out[row, j * ks + int(slots[kk])] += v
                     p += bin(b).count("1")
-    if out[:, k:].any():
-        raise ValueError("a nonzero weight past column K")
-    if out[m:].any():
-        raise ValueError("a nonzero weight past the last row")
-    return out[:m, :k]
+    return dense_within(out, m, k)
 
 
 def bank_wavefronts(lay: dict) -> float:

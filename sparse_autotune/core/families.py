@@ -198,6 +198,78 @@ def nth_zero_table():
     return t
 
 
+def deal_slots(okey, groups: int, ks: int, it=None, flag_cells: int = 1 << 27):
+    """The union k-steps of the gathered tensor-core layouts (tc_gather3, tc_union): `okey` holds per nonzero its
+    group's number x ks + (slot % 8) x (ks / 8) + slot / 8 (slot: its column in the group's K-slice, 0 .. ks - 1).
+    Each group's distinct slots are cut into k-steps of 16 and dealt to the half steps (8 k's: one 8 x 8 matrix of
+    ldmatrix) in (slot % 8, slot) order, the j-th to half step j mod (2 x its steps), so a half step holds distinct
+    residues slot % 8 where it can; padding slots (weight 0) take the residues a half step's real slots leave free.
+    Returns (step_ptr int64[groups + 1]: group g's steps are step_ptr[g] .. step_ptr[g + 1] - 1, kslot int64[steps x
+    16]: the slot of k-step t's k at 16 t + k, ek: per nonzero 16 x (its step) + its k, of dtype `it` (default int64)).
+    A flag array finds the distinct keys where groups x ks is small, np.unique elsewhere."""
+    import numpy as np  # noqa: PLC0415
+    it = np.int64 if it is None else it
+    sub = ks // 8
+    if groups * ks <= max(flag_cells, 8 * len(okey)):
+        ef = np.zeros(groups * ks, dtype=bool)
+        ef[okey] = True
+        ekeys = np.flatnonzero(ef)
+        pos = np.cumsum(ef, dtype=it)
+        del ef
+        pos -= 1
+        inv = pos[okey]
+        del pos
+    else:
+        ekeys, inv = np.unique(okey, return_inverse=True)
+    e_grp = ekeys // ks
+    r = ekeys - e_grp * ks
+    e_slot = (r % sub) * 8 + r // sub
+    cnt = np.bincount(e_grp, minlength=groups).astype(np.int64)
+    nsteps = -(-cnt // 16)
+    step_ptr = np.zeros(groups + 1, dtype=np.int64)
+    np.cumsum(nsteps, out=step_ptr[1:])
+    steps = int(step_ptr[-1])
+    gstart = np.zeros(groups + 1, dtype=np.int64)
+    np.cumsum(cnt, out=gstart[1:])
+    idx = np.arange(len(ekeys), dtype=np.int64) - gstart[e_grp]  # rank within the group
+    nh = 2 * nsteps[e_grp]
+    half = idx % nh
+    ek = (step_ptr[e_grp] + half // 2) * 16 + (half % 2) * 8 + idx // nh  # 16 * step + k of each distinct slot
+    kslot = np.full(steps * 16, -1, dtype=np.int64)
+    kslot[ek] = e_slot
+    pad = kslot < 0
+    if pad.any():
+        mask = np.zeros(steps * 2, dtype=np.int64)
+        real = np.flatnonzero(~pad)
+        np.bitwise_or.at(mask, real // 8, 1 << (kslot[real] % 8))
+        pp = np.flatnonzero(pad)
+        h = pp // 8
+        jth = np.arange(len(pp)) - np.searchsorted(pp, h * 8)
+        kslot[pp] = _nth_zero()[mask[h], jth]
+    if steps * 16 >= 2 ** 31 - 1:
+        it = np.int64
+    return step_ptr, kslot, ek.astype(it)[inv]
+
+
+def dense_within(out, m: int, k: int):
+    """A layout decoder's dense image `out` (rows and columns padded to its tiles) cut to M x K, after checking that
+    no weight sits past column K or past row M (ValueError)."""
+    if out[:, k:].any():
+        raise ValueError("a nonzero weight past column K")
+    if out[m:].any():
+        raise ValueError("a nonzero weight past the last row")
+    return out[:m, :k]
+
+
+_NTH_ZERO_T: list = []
+
+
+def _nth_zero():
+    if not _NTH_ZERO_T:
+        _NTH_ZERO_T.append(nth_zero_table())
+    return _NTH_ZERO_T[0]
+
+
 def ldmatrix_wavefronts(kslot, steps: int) -> float:
     """Shared-memory wavefronts per ldmatrix.x4 over `steps` k-steps of 16 gathered rows at slots `kslot` (4 is
     conflict-free): per half step (one 8 x 8 matrix, two of them per x4 share the rows) the largest number of its 8

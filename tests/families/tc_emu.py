@@ -1,8 +1,9 @@
-"""The g++ emulation core shared by the tensor-core families' CPU tests (tc_gather2, tc_gather3, tc_bitmap): each CUDA
-thread a std::thread, a block's threads and each warp's lanes meeting at std::barriers; shared memory a byte array
-with range checks; ldmatrix.x4.trans, mma.sync.m16n8k16 (fp16 / bf16 in, fp32 out) and cp.async with commit / wait
-groups emulated (g_copy_at_issue 0: a copy lands only when a wait_group must have it, so a missing wait shows). Each
-test file adds what its kernels need beyond this (EMU_PRELUDE = EMU_CORE + its extras)."""
+"""The g++ emulation core shared by the tensor-core families' CPU tests (tc_gather2, tc_gather3, tc_bitmap, tc_union):
+each CUDA thread a std::thread, a block's threads and each warp's lanes meeting at std::barriers; shared memory a byte
+array with range checks; 16-byte shared stores, ldmatrix.x4.trans and .x2.trans, mma.sync.m16n8k16 (fp16 / bf16 in,
+fp32 out) and cp.async with commit / wait groups emulated (g_copy_at_issue 0: a copy lands only when a wait_group must
+have it, so a missing wait shows). Each test file adds what its kernels need beyond this (EMU_PRELUDE = EMU_CORE + its
+extras)."""
 
 EMU_CORE = r'''
 #include <algorithm>
@@ -56,6 +57,20 @@ inline void ldsm_x4_t(unsigned int (&r)[4], unsigned int addr) {
     WarpX& w = g_block->warps[threadIdx.x >> 5];
     warp_addrs(addr);
     for (int i = 0; i < 4; ++i)  // .trans: lane (g, q) gets (row 2q, column g), (2q + 1, g) of matrix i
+        r[i] = lds16(w.addr[8 * i + 2 * q] + 2 * g) | (lds16(w.addr[8 * i + 2 * q + 1] + 2 * g) << 16);
+    w.bar->arrive_and_wait();
+}
+inline void sts128(unsigned int a, unsigned int x, unsigned int y, unsigned int z, unsigned int w) {
+    if (a % 16) die("misaligned st.shared.v4");
+    chk(a, 16);
+    const unsigned int v[4] = {x, y, z, w};
+    std::memcpy(smem + a, v, 16);
+}
+inline void ldsm_x2_t(unsigned int (&r)[2], unsigned int addr) {  // lanes 0-15 give the rows of matrices 0 and 1
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    WarpX& w = g_block->warps[threadIdx.x >> 5];
+    warp_addrs(addr);
+    for (int i = 0; i < 2; ++i)
         r[i] = lds16(w.addr[8 * i + 2 * q] + 2 * g) | (lds16(w.addr[8 * i + 2 * q + 1] + 2 * g) << 16);
     w.bar->arrive_and_wait();
 }

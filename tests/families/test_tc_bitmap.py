@@ -19,6 +19,7 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import check_launch_matches_signature, fake_kernel
+from space_checks import adapted_known_goods
 from tc_emu import EMU_CORE
 from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family
@@ -421,14 +422,6 @@ inline void half_decode(unsigned int& lo, unsigned int& hi, unsigned int w, unsi
     lo = __byte_perm(x[0], x[1], 0x5410);
     hi = __byte_perm(x[2], x[3], 0x5410);
 }
-inline void ldsm_x2_t(unsigned int (&r)[2], unsigned int addr) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-    WarpX& w = g_block->warps[threadIdx.x >> 5];
-    warp_addrs(addr);
-    for (int i = 0; i < 2; ++i)
-        r[i] = lds16(w.addr[8 * i + 2 * q] + 2 * g) | (lds16(w.addr[8 * i + 2 * q + 1] + 2 * g) << 16);
-    w.bar->arrive_and_wait();
-}
 // dec 'fit' (the template's half_decode_g, the same C++): half_decode() with the values read from global memory
 inline void half_decode_g(unsigned int& lo, unsigned int& hi, unsigned int w, unsigned int base,
                           const unsigned short* vt, unsigned int ltm, unsigned int m0, unsigned int m1,
@@ -745,13 +738,7 @@ def test_known_good_configs_on_the_llm_shapes():
     fam = get_family(FAMILY)
 
     def configs(a, n, dtype):
-        env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
-        got = []
-        for kg in fam.space.known_good:
-            ad = fam.adapt(kg, dtype, env, LIMITS)
-            if ad is not None and ad not in got:
-                got += [ad, dict(ad)] if ad["splitk"] > 1 else [ad]
-        return got
+        return adapted_known_goods(fam, a, n, dtype, LIMITS, "splitk")
     cases = {f"{m}x{k}_d{d}": random_matrix(m, k, d, "uniform", 3)
              for m, k, d in [(4096, 4096, 0.5), (4096, 4096, 0.2), (1024, 4096, 0.3)]}
     checked = check_kn(FAMILY, "fp16", cases, lambda a, n: configs(a, n, "fp16"), (8, 16, 32), TOLERANCE["fp16"])

@@ -20,6 +20,7 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import FakeDeviceCSR, check_launch_matches_signature, fake_kernel, signature
+from space_checks import covering, nvcc_sm90, regs_and_spill, unique_feasible
 from tc_emu import EMU_CORE
 from test_tc_gather import clustered  # rows from column templates: reordering has something to find
 from sparse_autotune.core import render
@@ -199,23 +200,14 @@ def test_every_feasible_config_renders():
     """Every feasible config of a few problems renders, for fp16 and bf16 (the MMA, the conversions, the signature)."""
     sp = space()
     count = 0
-    seen = set()
-    for m, k, n, d in PROBLEMS:
-        env = problem_env(m, k, n, round(d * m * k), "fp16")
-        feas = list(sp.feasible("fp16", env, DEFAULT_LIMITS))
-        assert feas, (m, k, n)
-        for cfg in feas:
-            key = tuple(sorted(cfg.items()))
-            if key in seen:
-                continue
-            seen.add(key)
-            for dtype in ("fp16", "bf16"):
-                src = render.render(sp, cfg, dtype)
-                t = "bf16" if dtype == "bf16" else "f16"
-                assert f"mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32" in src and f"cvt.rn.{t}.f32" in src
-                assert ("__ldg(row_perm + grow)" in src) == (cfg["row_order"] != "natural")
-                assert ("cp_async16(dst" in src) == (cfg["bload"] == "vec")
-                count += 1
+    for cfg in unique_feasible(sp, PROBLEMS):
+        for dtype in ("fp16", "bf16"):
+            src = render.render(sp, cfg, dtype)
+            t = "bf16" if dtype == "bf16" else "f16"
+            assert f"mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32" in src and f"cvt.rn.{t}.f32" in src
+            assert ("__ldg(row_perm + grow)" in src) == (cfg["row_order"] != "natural")
+            assert ("cp_async16(dst" in src) == (cfg["bload"] == "vec")
+            count += 1
     assert count > 2000
     # fp32 runs as 3xTF32 only (the 32-bit path: tests/families/test_tc_gather2_tf32.py)
     assert all(c["split"] == "3xtf32" for c in sp.feasible("fp32", problem_env(512, 2048, 512, 100000, "fp32"),
@@ -225,34 +217,23 @@ def test_every_feasible_config_renders():
 def _covering(n=2048, m=3072, k=768, dtype="fp16"):
     """Configs for N covering each value of each parameter and each (rn, accumulators, copies, bload) (the rest
     cycled)."""
-    sp = space()
-    env = problem_env(m, k, n, round(0.05 * m * k), dtype)
-    feas = list(sp.feasible(dtype, env, DEFAULT_LIMITS))
-    seen, out = set(), []
-    for cfg in feas[::11] + feas:
+    feas = list(space().feasible(dtype, problem_env(m, k, n, round(0.05 * m * k), dtype), DEFAULT_LIMITS))
+
+    def key(cfg):
         nt = 32 * cfg["wm"] * cfg["wn"]
-        key = (cfg["rn"], cfg["tile_n"] // cfg["wn"], -(-16 * cfg["ksteps"] * cfg["tile_n"] // 8 // nt), cfg["bload"])
-        if key not in seen:
-            seen.add(key)
-            out.append(cfg)
-    for name in PARAMS:
-        for v in sp.param(name).choices(dtype):
-            if not any(c.get(name) == v for c in out):
-                out += [c for c in feas if c.get(name) == v][:1]  # (none where N rules the value out)
-    return out
+        return cfg["rn"], cfg["tile_n"] // cfg["wn"], -(-16 * cfg["ksteps"] * cfg["tile_n"] // 8 // nt), cfg["bload"]
+    return covering(space(), feas, key, PARAMS, dtype, order=feas[::11] + feas)
 
 
 PARAMS = ("rn", "wm", "wn", "tile_n", "stages", "ksteps", "bload", "minblocks", "apre", "row_order")
 
 
 def _nvcc(cfg, dtype):
-    return sat_compile.nvcc_check(render.render(space(), cfg, dtype), arch="sm_90")
+    return nvcc_sm90(space(), cfg, dtype)
 
 
 def _check_report(cfg, rep):
-    assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
-    regs = int(re.search(r"Used (\d+) registers", rep).group(1))
-    spill = max(int(x) for x in re.findall(r"(\d+) bytes spill stores", rep))
+    regs, spill = regs_and_spill(cfg, rep)
     # vector staging: no spill; the 16-bit staging (odd N only) may park a word or two: at most 16 bytes (also under
     # an explicit minblocks cap: 3 of the 480 distinct (rn, accumulators, row numbers, bload, stages, cap) its
     # constraint admits spill, 4-16 bytes, all with 16-bit staging; CUDA 13.0)
@@ -559,12 +540,6 @@ def test_geometry_args_and_caching():
 EMU_PRELUDE = EMU_CORE + r'''
 struct uint4 { unsigned int x, y, z, w; };
 inline void emu_wait(int n) { cp_wait(n); }
-inline void sts128(unsigned int a, unsigned int x, unsigned int y, unsigned int z, unsigned int w) {
-    if (a % 16) die("misaligned st.shared.v4");
-    chk(a, 16);
-    const unsigned int v[4] = {x, y, z, w};
-    std::memcpy(smem + a, v, 16);
-}
 '''
 
 EMU_MAIN = r'''

@@ -20,6 +20,7 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import FakeDeviceCSR, check_launch_matches_signature, fake_kernel, signature
+from space_checks import covering, nvcc_sm90, regs_and_spill, unique_feasible
 from test_tc_gather import clustered
 from test_tc_gather2 import EMU_PRELUDE, _as_f64, _ref, _rel_err, edge_cases, emu_inputs, emu_kernel, gxx, rounded
 from sparse_autotune.core import render
@@ -200,54 +201,33 @@ PARAMS = ("rn", "rb", "upw", "wn", "tile_n", "ks", "stages", "apf", "minb", "blo
 
 def test_every_feasible_config_renders():
     sp = space()
-    seen = set()
-    for m, k, n, d in PROBLEMS:
-        env = problem_env(m, k, n, round(d * m * k), "fp16")
-        feas = list(sp.feasible("fp16", env, DEFAULT_LIMITS))
-        assert feas, (m, k, n)
-        for cfg in feas:
-            key = tuple(sorted(cfg.items()))
-            if key in seen:
-                continue
-            seen.add(key)
-            for dtype in ("fp16", "bf16"):
-                src = render.render(sp, cfg, dtype)
-                t = "bf16" if dtype == "bf16" else "f16"
-                assert f"mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32" in src and f"cvt.rn.{t}.f32" in src
-                assert ("__ldg(row_perm + grow)" in src) == (cfg["row_order"] != "natural")
-                assert ("cp_async16(dst" in src) == (cfg["bload"] == "vec")
-                assert f"#define NTHREADS {host().threads(cfg)}" in src
-    assert len(seen) > 1000
+    seen = 0
+    for cfg in unique_feasible(sp, PROBLEMS):
+        seen += 1
+        for dtype in ("fp16", "bf16"):
+            src = render.render(sp, cfg, dtype)
+            t = "bf16" if dtype == "bf16" else "f16"
+            assert f"mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32" in src and f"cvt.rn.{t}.f32" in src
+            assert ("__ldg(row_perm + grow)" in src) == (cfg["row_order"] != "natural")
+            assert ("cp_async16(dst" in src) == (cfg["bload"] == "vec")
+            assert f"#define NTHREADS {host().threads(cfg)}" in src
+    assert seen > 1000
 
 
 def _covering(n=2048, m=3072, k=768, dtype="fp16"):
     """Feasible configs for N (in a seeded random order) covering each (rn, accumulators, bload, 256 threads or more)
     and each value of each parameter."""
-    sp = space()
-    env = problem_env(m, k, n, round(0.05 * m * k), dtype)
-    feas = list(sp.feasible(dtype, env, DEFAULT_LIMITS))
-    feas = [feas[i] for i in np.random.default_rng(3).permutation(len(feas))]
-    seen, out = set(), []
-    for cfg in feas:
-        key = (cfg["rn"], cfg["upw"] * cfg["rn"] * cfg["tile_n"] // cfg["wn"], cfg["bload"], host().threads(cfg) >= 256)
-        if key not in seen:
-            seen.add(key)
-            out.append(cfg)
-    for name in PARAMS:
-        for v in sp.param(name).choices(dtype):
-            if not any(c.get(name) == v for c in out):
-                out += [c for c in feas if c.get(name) == v][:1]
-    return out
+    feas = list(space().feasible(dtype, problem_env(m, k, n, round(0.05 * m * k), dtype), DEFAULT_LIMITS))
+    return covering(space(), feas, lambda c: (c["rn"], c["upw"] * c["rn"] * c["tile_n"] // c["wn"], c["bload"],
+                                              host().threads(c) >= 256), PARAMS, dtype)
 
 
 def _nvcc(cfg, dtype):
-    return sat_compile.nvcc_check(render.render(space(), cfg, dtype), arch="sm_90")
+    return nvcc_sm90(space(), cfg, dtype)
 
 
 def _check_report(cfg, rep):
-    assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
-    regs = int(re.search(r"Used (\d+) registers", rep).group(1))
-    spill = max(int(x) for x in re.findall(r"(\d+) bytes spill stores", rep))
+    regs, spill = regs_and_spill(cfg, rep)
     assert regs <= 255 and spill == 0, (cfg, rep)
     smem = re.search(r"(\d+) bytes smem", rep)
     assert smem is None or int(smem.group(1)) == 0, (cfg, rep)  # all shared memory is dynamic

@@ -27,6 +27,7 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import FakeDeviceCSR, check_launch_matches_signature, fake_kernel, signature
+from space_checks import adapted_known_goods, covering, nvcc_sm90, regs_and_spill, unique_feasible
 from tc_emu import EMU_CORE
 from test_tc_bitmap import adversarial
 from test_tc_gather2 import _as_f64, _ref, _rel_err, edge_cases, rounded
@@ -333,27 +334,20 @@ def test_every_feasible_config_renders():
     sp = space()
     h = host()
     seen = set()
-    for m, k, n, d in PROBLEMS:
-        env = problem_env(m, k, n, round(d * m * k), "fp16")
-        feas = list(sp.feasible("fp16", env, DEFAULT_LIMITS))
-        assert feas, (m, k, n)
-        for cfg in feas:
-            key = tuple(sorted(cfg.items()))
-            if key in seen:
-                continue
-            seen.add(key)
-            for dtype in ("fp16", "bf16"):
-                src = render.render(sp, cfg, dtype)
-                t = "bf16" if dtype == "bf16" else "f16"
-                assert f"mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32" in src and f"cvt.rn.{t}.f32" in src
-                assert f"#define NT {h.threads(cfg)}\n" in src and f"#define RS {h.row_bytes(cfg)}\n" in src
-                assert f"#define H0 {h.table_bytes(cfg['rb'] // 16)}\n" in src
-                assert f'"cp.async.wait_group {cfg["stages"] - 2};"' in src
-                assert ("ldsm_x2_t(bf, ra);" in src) == (cfg["tile_n"] == 8)
-                assert ("ldsm_x4_t(bf, ra + 32 * c);" in src) == (cfg["tile_n"] > 8)
-                body = src.split("spmm_kernel(", 1)[1]
-                assert body.count("cp_async16(") == (2 if cfg["bload"] == "vec" else 1)
-                assert ("sts128(" in body) == (cfg["bload"] == "scalar")
+    for cfg in unique_feasible(sp, PROBLEMS):
+        seen.add(tuple(sorted(cfg.items())))
+        for dtype in ("fp16", "bf16"):
+            src = render.render(sp, cfg, dtype)
+            t = "bf16" if dtype == "bf16" else "f16"
+            assert f"mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32" in src and f"cvt.rn.{t}.f32" in src
+            assert f"#define NT {h.threads(cfg)}\n" in src and f"#define RS {h.row_bytes(cfg)}\n" in src
+            assert f"#define H0 {h.table_bytes(cfg['rb'] // 16)}\n" in src
+            assert f'"cp.async.wait_group {cfg["stages"] - 2};"' in src
+            assert ("ldsm_x2_t(bf, ra);" in src) == (cfg["tile_n"] == 8)
+            assert ("ldsm_x4_t(bf, ra + 32 * c);" in src) == (cfg["tile_n"] > 8)
+            body = src.split("spmm_kernel(", 1)[1]
+            assert body.count("cp_async16(") == (2 if cfg["bload"] == "vec" else 1)
+            assert ("sts128(" in body) == (cfg["bload"] == "scalar")
     assert len(seen) > 500
     assert {c[1] for key in seen for c in key if c[0] == "tile_n"} == set(sp.param("tile_n").choices("fp16"))
 
@@ -374,32 +368,16 @@ def test_known_good_configs_cover_the_roofline_shapes_and_odd_n():
 def _covering(n=128, m=4096, k=14336, dtype="fp16"):
     """Feasible configs for N (in a seeded random order) covering each (tile_n, bload, 256 threads or more) and each
     value of each parameter."""
-    sp = space()
-    h = host()
-    env = problem_env(m, k, n, round(0.05 * m * k), dtype)
-    feas = list(sp.feasible(dtype, env, DEFAULT_LIMITS))
-    feas = [feas[i] for i in np.random.default_rng(3).permutation(len(feas))]
-    seen, out = set(), []
-    for cfg in feas:
-        key = (cfg["tile_n"], cfg["bload"], h.threads(cfg) >= 256)
-        if key not in seen:
-            seen.add(key)
-            out.append(cfg)
-    for name in PARAMS:
-        for v in sp.param(name).choices(dtype):
-            if not any(c.get(name) == v for c in out):
-                out += [c for c in feas if c.get(name) == v][:1]
-    return out
+    feas = list(space().feasible(dtype, problem_env(m, k, n, round(0.05 * m * k), dtype), DEFAULT_LIMITS))
+    return covering(space(), feas, lambda c: (c["tile_n"], c["bload"], host().threads(c) >= 256), PARAMS, dtype)
 
 
 def _nvcc(cfg, dtype):
-    return sat_compile.nvcc_check(render.render(space(), cfg, dtype), arch="sm_90")
+    return nvcc_sm90(space(), cfg, dtype)
 
 
 def _check_report(cfg, rep):
-    assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
-    regs = int(re.search(r"Used (\d+) registers", rep).group(1))
-    spill = max(int(x) for x in re.findall(r"(\d+) bytes spill stores", rep))
+    regs, spill = regs_and_spill(cfg, rep)
     assert regs <= min(255, 65536 // host().threads(cfg)) and spill == 0, (cfg, rep)
     # the ring is dynamic; the one static variable is split-K's 4-byte s_last, which ptxas places (and reports) in a
     # 128-byte unit: the dynamic array's __align__(128) starts after it
@@ -575,20 +553,6 @@ inline void lds128(unsigned int a, unsigned int& x, unsigned int& y, unsigned in
     unsigned int v[4];
     std::memcpy(v, smem + a, 16);
     x = v[0]; y = v[1]; z = v[2]; w = v[3];
-}
-inline void sts128(unsigned int a, unsigned int x, unsigned int y, unsigned int z, unsigned int w) {
-    if (a % 16) die("misaligned st.shared.v4");
-    chk(a, 16);
-    const unsigned int v[4] = {x, y, z, w};
-    std::memcpy(smem + a, v, 16);
-}
-inline void ldsm_x2_t(unsigned int (&r)[2], unsigned int addr) {  // lanes 0-15 give the rows of matrices 0 and 1
-    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-    WarpX& w = g_block->warps[threadIdx.x >> 5];
-    warp_addrs(addr);
-    for (int i = 0; i < 2; ++i)
-        r[i] = lds16(w.addr[8 * i + 2 * q] + 2 * g) | (lds16(w.addr[8 * i + 2 * q + 1] + 2 * g) << 16);
-    w.bar->arrive_and_wait();
 }
 '''
 
@@ -977,12 +941,7 @@ def test_known_good_configs_correct_on_the_roofline_shapes():
     fam = get_family(FAMILY)
 
     def configs(a, n, dtype):
-        env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
-        got = []
-        for kg in fam.space.known_good:
-            ad = fam.adapt(kg, dtype, env, DEFAULT_LIMITS)
-            if ad is not None and ad not in got and _fits(a, ad, dtype):
-                got += [ad, dict(ad)] if ad["sk"] > 1 else [ad]
+        got = adapted_known_goods(fam, a, n, dtype, DEFAULT_LIMITS, "sk", keep=lambda ad: _fits(a, ad, dtype))
         assert got, (a.shape, n)
         return got
     big = {"4096x14336": random_matrix(4096, 14336, 0.05, "uniform", 0)}

@@ -1,0 +1,68 @@
+"""Walks of a family's space that several family tests share: the distinct feasible configs of a few problems, a
+covering sample of a feasible list, the known-good configs adapted to a matrix and N (split-K ones twice, so a
+second launch checks that the reduction's counters reset themselves), and ptxas' report of a config for sm_90."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
+
+
+def unique_feasible(space, problems, dtype: str = "fp16"):
+    """Each distinct feasible config of the problems (M, K, N, density) once, in order; every problem has one."""
+    seen = set()
+    for m, k, n, d in problems:
+        feas = list(space.feasible(dtype, problem_env(m, k, n, round(d * m * k), dtype), DEFAULT_LIMITS))
+        assert feas, (m, k, n)
+        for cfg in feas:
+            key = tuple(sorted(cfg.items()))
+            if key not in seen:
+                seen.add(key)
+                yield cfg
+
+
+def covering(space, feas: list, key, params, dtype: str, order=None) -> list:
+    """Configs of `feas` covering each distinct key(cfg) (the first in `order`) and then each value of each of `params`
+    (the first in `feas`; none where the problem rules the value out). Without `order`: both walks in one seeded
+    random permutation of `feas`."""
+    if order is None:
+        feas = order = [feas[i] for i in np.random.default_rng(3).permutation(len(feas))]
+    seen, out = set(), []
+    for cfg in order:
+        kk = key(cfg)
+        if kk not in seen:
+            seen.add(kk)
+            out.append(cfg)
+    for name in params:
+        for v in space.param(name).choices(dtype):
+            if not any(c.get(name) == v for c in out):
+                out += [c for c in feas if c.get(name) == v][:1]
+    return out
+
+
+def adapted_known_goods(family, a, n: int, dtype: str, limits, split_key: str, keep=None) -> list:
+    """The family's known-good configs adapted to A (scipy) and N, each once (and `keep`-ing only those it accepts),
+    split-K ones (config[split_key] > 1) listed twice."""
+    env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
+    got = []
+    for kg in family.space.known_good:
+        ad = family.adapt(kg, dtype, env, limits)
+        if ad is not None and ad not in got and (keep is None or keep(ad)):
+            got += [ad, dict(ad)] if ad[split_key] > 1 else [ad]
+    return got
+
+
+def nvcc_sm90(space, cfg: dict, dtype: str) -> str:
+    """ptxas' resource report (nvcc -arch=sm_90 -Xptxas -v) of the config's rendered kernel."""
+    from sparse_autotune.core import render  # noqa: PLC0415
+    from sparse_autotune.device import compile as sat_compile  # noqa: PLC0415
+    return sat_compile.nvcc_check(render.render(space, cfg, dtype), arch="sm_90")
+
+
+def regs_and_spill(cfg: dict, rep: str) -> tuple[int, int]:
+    """(registers, spill-store bytes) of spmm_kernel in a ptxas report for sm_90."""
+    assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
+    regs = int(re.search(r"Used (\d+) registers", rep).group(1))
+    return regs, max(int(x) for x in re.findall(r"(\d+) bytes spill stores", rep))
