@@ -5,7 +5,8 @@ gathered by ldmatrix.trans, A's weights compressed (ballots + stored pairs) and 
 Why (bench/NOTES.md, session 33): at N <= 32 and d <= 0.1 the CUDA-core gathers (csr_gemv) pay about one L1 /
 shared-memory wavefront a nonzero for B's row; a tensor-core unit of 16 rows gathers 16 union rows of B with one
 ldmatrix.x4.trans a 16 columns (4 wavefronts for ~23 nonzeros at d 0.05, uniform), and A's weights stay compressed
-(~5 bytes a nonzero instead of tc_gather's 17: the union tile stored dense).
+(~6 bytes a nonzero instead of tc_gather's 17: the union tile stored dense). Measured slower than the winners it was
+meant to beat (bench/NOTES.md, session 33): the family stays off by default.
 
 Geometry. Units of 16 consecutive rows; a tile is rb rows (rb / 16 units), a thread block's rows. K is cut into
 slices of ks columns (slice j: columns ks * j ... ks * j + ks - 1), NS = ceil(K / ks). With split-K sk, block (tile,
