@@ -94,7 +94,6 @@ def build(a: sp.csr_matrix, rb: int, ks: int, dtype: str = "fp16") -> dict:
     del slot, grp
     step_ptr, kslot, ekn = deal_slots(okey, ngroups, ks)
     del okey
-    nsteps = np.diff(step_ptr)
     steps = int(step_ptr[-1])
     # each nonzero: its global step, k, fragment register j and lane
     st = ekn >> 4
@@ -114,15 +113,18 @@ def build(a: sp.csr_matrix, rb: int, ks: int, dtype: str = "fp16") -> dict:
     ballot = np.zeros(steps * 4, dtype=np.uint64)
     np.bitwise_or.at(ballot, upk // 32, np.left_shift(np.uint64(1), (upk % 32).astype(np.uint64)))
     pstep = upk // 128
-    ppg = np.bincount(pstep, minlength=steps).astype(np.int64)  # pairs a step
     del upk
-    # per group: pairs; per record: steps, pairs, bytes
-    cpp = np.zeros(steps + 1, dtype=np.int64)
-    np.cumsum(ppg, out=cpp[1:])
-    gpairs = cpp[step_ptr[1:]] - cpp[step_ptr[:-1]]
+    # creg[4 t + j]: the pairs before (step t, register j); the records' and units' steps and pairs follow from it and
+    # from step_ptr (groups are in record order: record r's units are groups r * UPT ... r * UPT + UPT - 1)
+    creg = np.zeros(steps * 4 + 1, dtype=np.int64)
+    np.cumsum(np.bincount(reg_of_pair, minlength=steps * 4), out=creg[1:])
+    del reg_of_pair
+    gidx = np.arange(nrec, dtype=np.int64)[:, None] * upt + np.arange(upt + 1)[None, :]  # a record's group bounds
+    gstep = step_ptr[gidx]  # steps before each unit (and the record's end)
+    gpair = creg[4 * gstep]  # pairs before them
+    rstep0, rpair0 = gstep[:, 0], gpair[:, 0]  # the record's first step and pair
+    rsteps, rpairs = gstep[:, -1] - rstep0, gpair[:, -1] - rpair0
     h0 = table_bytes(upt)
-    rsteps = nsteps.reshape(nrec, upt).sum(axis=1)
-    rpairs = gpairs.reshape(nrec, upt).sum(axis=1)
     rbytes = -(-(h0 + HDR * rsteps + 4 * rpairs) // 16) * 16
     roff = np.zeros(nrec + 1, dtype=np.int64)
     np.cumsum(rbytes // 16, out=roff[1:])
@@ -130,17 +132,11 @@ def build(a: sp.csr_matrix, rb: int, ks: int, dtype: str = "fp16") -> dict:
         raise ValueError("layout too large")
     arec = np.zeros(int(roff[-1]) * 4, dtype=np.uint32)
     # unit tables: sstart / pstart of units within their record (exclusive prefix; entry UPT the totals)
-    ns2 = nsteps.reshape(nrec, upt)
-    np2 = gpairs.reshape(nrec, upt)
-    tab = np.zeros((nrec, 2, upt + 1), dtype=np.int64)
-    np.cumsum(ns2, axis=1, out=tab[:, 0, 1:])
-    np.cumsum(np2, axis=1, out=tab[:, 1, 1:])
+    tab = np.stack([gstep - rstep0[:, None], gpair - rpair0[:, None]], axis=1)  # (record, 2, UPT + 1)
     tw = (roff[:-1] * 4)[:, None] + np.arange(2 * (upt + 1))[None, :]
     arec[tw.ravel()] = tab.reshape(nrec, -1).ravel().astype(np.uint32)
-    # step headers: the record's steps in order (groups are in record order, so a record's steps are consecutive)
-    rec_of_step = np.repeat(np.arange(ngroups, dtype=np.int64) // upt, nsteps)
-    rstep0 = np.zeros(nrec + 1, dtype=np.int64)
-    np.cumsum(rsteps, out=rstep0[1:])
+    # step headers: the record's steps in order
+    rec_of_step = np.repeat(np.arange(nrec, dtype=np.int64), rsteps)
     local = np.arange(steps, dtype=np.int64) - rstep0[rec_of_step]
     hword = roff[rec_of_step] * 4 + h0 // 4 + (HDR // 4) * local  # word of the step's header
     bw = hword[:, None] + np.arange(4)[None, :]
@@ -149,15 +145,10 @@ def build(a: sp.csr_matrix, rb: int, ks: int, dtype: str = "fp16") -> dict:
     sb = (hword * 4 + 32)[:, None] + np.arange(16)[None, :]
     ab[sb.ravel()] = kslot.astype(np.uint8)
     # pairs: the record's pairs in (step, register, lane) order after its headers
-    rpair0 = np.zeros(nrec + 1, dtype=np.int64)
-    np.cumsum(rpairs, out=rpair0[1:])
     prec = rec_of_step[pstep]
     plocal = np.arange(pairs, dtype=np.int64) - rpair0[prec]
     arec[roff[prec] * 4 + h0 // 4 + (HDR // 4) * rsteps[prec] + plocal] = pv
-    # the register bases: the record's pairs before (step, register), i.e. an exclusive prefix over (step, register)
-    # of the pair counts, minus the record's first pair
-    creg = np.zeros(steps * 4 + 1, dtype=np.int64)
-    np.cumsum(np.bincount(reg_of_pair, minlength=steps * 4), out=creg[1:])
+    # the register bases: the record's pairs before (step, register)
     base = creg[:-1].reshape(steps, 4) - rpair0[rec_of_step][:, None]
     arec[(hword + 4)[:, None] + np.arange(4)[None, :]] = base.astype(np.uint32)
     return {"roff": roff.astype(np.int32), "arec": arec, "tiles": tiles, "ns": nsl, "steps": steps, "pairs": pairs,

@@ -196,17 +196,22 @@ def test_launch_matches_the_kernel_signature(dtype):
 PROBLEMS = [(3072, 768, 2048, 0.05), (512, 2048, 512, 0.1), (64, 256, 7, 0.05), (101, 384, 1, 0.08)]
 
 
+def check_gathered_render(src: str, cfg: dict, dtype: str) -> None:
+    """What a rendered gathered-union kernel (tc_gather2, tc_gather3) must hold: the dtype's MMA and conversion, the
+    row permutation's read exactly where rows are reordered, cp.async staging of B exactly for bload vec."""
+    t = "bf16" if dtype == "bf16" else "f16"
+    assert f"mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32" in src and f"cvt.rn.{t}.f32" in src
+    assert ("__ldg(row_perm + grow)" in src) == (cfg["row_order"] != "natural")
+    assert ("cp_async16(dst" in src) == (cfg["bload"] == "vec")
+
+
 def test_every_feasible_config_renders():
     """Every feasible config of a few problems renders, for fp16 and bf16 (the MMA, the conversions, the signature)."""
     sp = space()
     count = 0
     for cfg in unique_feasible(sp, PROBLEMS):
         for dtype in ("fp16", "bf16"):
-            src = render.render(sp, cfg, dtype)
-            t = "bf16" if dtype == "bf16" else "f16"
-            assert f"mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32" in src and f"cvt.rn.{t}.f32" in src
-            assert ("__ldg(row_perm + grow)" in src) == (cfg["row_order"] != "natural")
-            assert ("cp_async16(dst" in src) == (cfg["bload"] == "vec")
+            check_gathered_render(render.render(sp, cfg, dtype), cfg, dtype)
             count += 1
     assert count > 2000
     # fp32 runs as 3xTF32 only (the 32-bit path: tests/families/test_tc_gather2_tf32.py)

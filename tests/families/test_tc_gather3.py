@@ -22,7 +22,8 @@ import scipy.sparse as sps
 from fakes import FakeDeviceCSR, check_launch_matches_signature, fake_kernel, signature
 from space_checks import covering, nvcc_sm90, regs_and_spill, unique_feasible
 from test_tc_gather import clustered
-from test_tc_gather2 import EMU_PRELUDE, _as_f64, _ref, _rel_err, edge_cases, emu_inputs, emu_kernel, gxx, rounded
+from test_tc_gather2 import (EMU_PRELUDE, _as_f64, _ref, _rel_err, check_gathered_render, edge_cases, emu_inputs, emu_kernel,
+                             gxx, rounded)
 from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import DTYPES, TOLERANCE, host_values, random_matrix, storage
@@ -206,10 +207,7 @@ def test_every_feasible_config_renders():
         seen += 1
         for dtype in ("fp16", "bf16"):
             src = render.render(sp, cfg, dtype)
-            t = "bf16" if dtype == "bf16" else "f16"
-            assert f"mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32" in src and f"cvt.rn.{t}.f32" in src
-            assert ("__ldg(row_perm + grow)" in src) == (cfg["row_order"] != "natural")
-            assert ("cp_async16(dst" in src) == (cfg["bload"] == "vec")
+            check_gathered_render(src, cfg, dtype)
             assert f"#define NTHREADS {host().threads(cfg)}" in src
     assert seen > 1000
 
