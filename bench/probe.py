@@ -502,6 +502,7 @@ def _recold_one(rec: dict, deadline: float) -> dict:
         with turn():
             ctx = GpuProblem(p, _RC["info"])
         kern = build_for(ctx.a_dev, rec["family"], rec["config"], p.dtype, p.layout)  # compiled outside the turn
+        row["a_bytes"] = int(kern.a_bytes())  # the format's bytes of A (recold-apply --adopt: the record's byte floor)
         with turn():
             b, ref = ctx.fresh_check()
             row["rel_err"] = check(lambda: ctx.launch(kern, b), ctx.c, ref, p.dtype)

@@ -159,6 +159,20 @@ class Space:
         return "native" if self.supports_layout("nk") else "staged"
 
     # ---- feasibility ----------------------------------------------------------------------------
+    def _stored_defaults(self, config: dict, dtype: str | None) -> dict:
+        """The defaults of the active parameters a config leaves out (one stored before they existed runs with them:
+        normalize), so that a constraint naming such a parameter is checked at the value the kernel gets."""
+        out: dict = {}
+        for p in self.params:
+            if p.name in config or p.default is None:
+                continue
+            try:
+                if self.active(p.name, {**config, **out}, dtype):
+                    out[p.name] = p.default
+            except NameError:  # its `when` names a parameter that is inactive here
+                continue
+        return out
+
     def supports(self, dtype: str) -> bool:
         return self.kernel_dtype(dtype) in self.dtypes
 
@@ -170,7 +184,8 @@ class Space:
         """Return None if feasible, else the reason (the family's dtypes, then the first constraint that fails)."""
         if "dtype" in problem_env and not self.supports(problem_env["dtype"]):
             return f"{self.family} computes only {', '.join(self.dtypes)}"
-        env = {**DEFAULT_LIMITS, **(limits or {}), **problem_env, **config}
+        env = {**DEFAULT_LIMITS, **(limits or {}), **problem_env, **self._stored_defaults(config, problem_env.get("dtype")),
+               **config}
         if "dtype" in problem_env:
             env["dtype"] = self.kernel_dtype(problem_env["dtype"])
         for c in self.constraints:

@@ -1087,11 +1087,14 @@ def test_one_wave_known_good_comes_first_on_the_tallest_layers_only():
 # ---- wgk 1 (bench/drafts/tcwgmma-fixed.md): a block is one 64-row tile, its warpgroups split the tile's chunks -----
 
 # the 4096^2 N=128 candidates (wg 2: 64 tiles x split-K 2 = 128 blocks in clusters of 2), wait 0 / 1, split-K 1 (the
-# warpgroups' local sum alone stores C), kc 2 with the ballot decode, three warpgroups at bn 64, bf16 in the GPU test
+# warpgroups' local sum alone stores C), kc 2 with the ballot decode, three warpgroups at bn 128 (session 34: the
+# shared-memory constraints count one group's slot a stage at wgk 1, as the kernel allocates) and at bn 64, bf16 in the
+# GPU test
 WGK = [dict(bn=128, kc=4, dec="lane", wg=2, stages=6, splitk=2, wait=1, minb=1, ws=1, tma=2, red=1, blkrec=0, wgk=1),
        dict(bn=128, kc=4, dec="lane", wg=2, stages=4, splitk=2, wait=0, minb=1, ws=1, tma=2, red=1, blkrec=0, wgk=1),
        dict(bn=128, kc=4, dec="lane", wg=2, stages=6, splitk=1, wait=1, minb=1, ws=1, tma=2, red=0, blkrec=0, wgk=1),
        dict(bn=128, kc=2, dec="ballot", wg=2, stages=6, splitk=4, wait=1, minb=1, ws=1, tma=2, red=1, blkrec=0, wgk=1),
+       dict(bn=128, kc=4, dec="lane", wg=3, stages=6, splitk=2, wait=0, minb=1, ws=1, tma=2, red=1, blkrec=0, wgk=1),
        dict(bn=64, kc=4, dec="lane", wg=3, stages=6, splitk=3, wait=0, minb=1, ws=1, tma=2, red=1, blkrec=0, wgk=1),
        dict(bn=64, kc=2, dec="ballot", wg=3, stages=6, splitk=1, wait=0, minb=1, ws=1, tma=2, red=0, blkrec=0, wgk=1)]
 
@@ -1207,9 +1210,13 @@ def test_wgk_renders_one_group_a_block_and_the_space_bounds_it():
                 {**base, "wait": 0, "stages": 2}):
         assert sp.check(bad, env, DEFAULT_LIMITS) is not None, bad
     assert "wgk" not in sp.normalize({**old, "wg": 1}, "fp16") and "wgk" not in sp.normalize({**old, "tma": 1}, "fp16")
-    # shared memory: B and ONE group's slot a stage
+    # shared memory: B and ONE group's slot a stage, and the constraints count it so (wg 3 at bn 128 fits at wgk 1 only)
     assert h.shared_bytes(base) == 1024 + 6 * (16384 + 16 + 4 * (128 + 2048)) + 16 + 16 * 6 + 384
     assert h.shared_bytes(base) < h.shared_bytes({**base, "wgk": 0})
+    wg3 = WGK[4]
+    assert wg3["wg"] == 3 and wg3["bn"] == 128 and h.shared_bytes(wg3) == h.shared_bytes({**wg3, "wg": 2})
+    assert h.shared_bytes(wg3) <= DEFAULT_LIMITS["max_dyn_smem_bytes"] < h.shared_bytes({**wg3, "wgk": 0})
+    assert sp.check({**wg3, "wgk": 0, "red": 0}, env, DEFAULT_LIMITS) is not None  # wg 3 slots a stage: too large
 
 
 def test_wgk_geometry_args_and_workspace():
@@ -1274,7 +1281,7 @@ def test_wgk_correct_at_4096_n128(density):
     if gpu_info().cc != "9.0":
         pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
     cases = {f"uniform_4096_d{density}": random_matrix(4096, 4096, density, "uniform", 5)}
-    cfgs = [c for c in WGK[:4]]
+    cfgs = [c for c in WGK[:5]]
     assert _check_matrices(cases, "fp16", 128, lambda name: cfgs) == 2 * len(cfgs)
 
 
