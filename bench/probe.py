@@ -9,7 +9,7 @@
     python3 bench/probe.py baselines [--case C ...] [--out STEM]
     python3 bench/probe.py recold (--records SUITE.json | --case C ... --config FAMILY:JSON|@FILE ...)
                                   [--only F=V,V ...] [--skip RECOLD.json ...] [--workers 8] [--budget S] [--out STEM]
-    python3 bench/probe.py recold-apply --records SUITE.json --rows RECOLD.json [...] [--suite llm] --out DIR
+    python3 bench/probe.py recold-apply --records SUITE.json --rows RECOLD.json [...] [--suite llm] [--adopt] --out DIR
     python3 bench/probe.py overhead [--out DIR]
     python3 bench/probe.py sddmm [--quick] [--budget S] [--dtype fp16,fp32] [--kind attention,weightgrad]
                                  [--configs 24] [--refine 8] [--seed 0] [--list] [--out STEM]
@@ -38,7 +38,8 @@ tuner measures a candidate: built (device.kernel.build_kernel), verified against
              finish); for records measured before a fix to the cold timing, without a new search -> recold-<gpu>.
              With --case and --config (as sweep's) instead: every given config on every case where it is feasible
   recold-apply  (no GPU) those times put over the records whose winner is the config timed; the suite's JSON and
-             report written into --out (bench --merge's writer)
+             report written into --out (bench --merge's writer). --adopt: per case, a faster config timed in the same
+             run as the winner (its twins) becomes the winner
   baselines  our baselines against PyTorch's (dense fp32, tf32, fp16, sparse CSR), both timed by time_launches
   untuned    the runtime (SpMM) on every Linear layer of real checkpoints at an N no record has, per tuning policy
              (off, quick), against min(cuSPARSE, cuBLAS of the same precision); first-call cost; lookups read --db
@@ -623,11 +624,19 @@ def cmd_recold(a) -> int:
 def cmd_recold_apply(a) -> int:
     """No GPU: recold's rows put over a suite's records (suite.apply_retimed), written with the report (bench --merge's
     writer) into --out."""
-    from sparse_autotune.tuning.suite import apply_retimed, write_merged  # noqa: PLC0415
+    from sparse_autotune.tuning.suite import apply_adopted, apply_retimed, write_merged  # noqa: PLC0415
     from sparse_autotune.device.gpu import gpu_slug  # noqa: PLC0415
     records = _read_json_list(a.records, "--records")
-    rows = [r for f in a.rows for r in _read_recold_rows(f, "--rows")]
-    new, applied, refused = apply_retimed(records, rows)
+    runs = [_read_recold_rows(f, "--rows") for f in a.rows]
+    rows = [r for run in runs for r in run]
+    if a.adopt:
+        if not 0 <= a.margin < 1:
+            raise UserError(f"--margin {a.margin}: a fraction in [0, 1)")
+        new, applied, adopted, refused = apply_adopted(records, runs, a.margin)
+        log(f"recold-apply --adopt: {adopted} cases take a faster config of the same run, {applied} keep theirs")
+        applied += adopted
+    else:
+        new, applied, refused = apply_retimed(records, rows)
     for why in refused:
         log(f"not applied: {why}")
     gpus = sorted({r.get("gpu") for r in new})
@@ -1578,6 +1587,11 @@ def parser() -> argparse.ArgumentParser:
     ra.add_argument("--records", required=True, help="the suite's JSON")
     ra.add_argument("--rows", nargs="+", required=True, help="recold outputs (JSON)")
     ra.add_argument("--suite", default="llm", help="the suite (default llm)")
+    ra.add_argument("--adopt", action="store_true", help="per case, the fastest config (cold) of a run that timed the "
+                    "record's winner beside others (twins) becomes the winner where it is faster by --margin; then "
+                    "`db set-cold --add --from RECOLD.json` puts the same run's times into the database")
+    ra.add_argument("--margin", type=float, default=0.01, help="--adopt: how much faster cold, as a fraction of the "
+                    "winner's time in the same run (default 0.01)")
     ra.add_argument("--out", required=True, help="output folder: suite-SUITE-GPU.{json,md,png} (an existing JSON "
                     "there must be --records itself)")
 

@@ -328,7 +328,7 @@ def test_recold_rows_replace_the_cold_times_of_the_same_winner_only():
     from sparse_autotune.tuning.suite import apply_retimed, parse_case_filter, retime_cases, retime_key
     recs = _llm_records(3)
     same = _row(recs[0], tuned_cold_us=123.0, dense_cold_us=456.0, cold_error=None, date="2026-12-02")
-    other = _row(recs[1], config={**recs[1]["config"], "x": 1}, tuned_cold_us=1.0, dense_cold_us=2.0)
+    other = _row(recs[1], config=_twin(recs[1]), tuned_cold_us=1.0, dense_cold_us=2.0)
     skipped = _row(recs[2], skipped="budget")
     nowhere = {**same, "M": 7}
     failed = _row(recs[2], error="CandidateError: verify")
@@ -347,6 +347,62 @@ def test_recold_rows_replace_the_cold_times_of_the_same_winner_only():
     assert [retime_key(r) for r in left] == [retime_key(r) for r in recs[1:]]
     other_config = {**recs[0], "config": {**recs[0]["config"], "x": 1}}  # a case's other candidate is not skipped
     assert retime_cases([other_config], None, skip={retime_key(recs[0])}) == [other_config]
+
+
+def _twin(rec: dict) -> dict:
+    """The record's winner with one parameter at another value of its space (a twin: another kernel, as recold times
+    them beside the winner)."""
+    from sparse_autotune.core.space import get_space
+    sp = get_space(rec["family"])
+    cfg = sp.normalize(rec["config"], rec["dtype"])
+    for p in sp.params:
+        if p.name in cfg:
+            for v in p.choices(sp.kernel_dtype(rec["dtype"])):
+                t = sp.normalize({**cfg, p.name: v}, rec["dtype"])
+                if v != cfg[p.name] and t is not None and t[p.name] == v:
+                    return t
+    raise AssertionError(f"no twin of {cfg}")
+
+
+def test_recold_adopt_takes_a_faster_twin_of_the_same_run_only():
+    """suite.apply_adopted: per case, the run that timed the record's winner beside its twins; a twin faster cold by
+    more than the margin becomes the winner (config, warm / cold / cuBLAS times of its row, error, the format's bytes
+    and byte floor rescaled, the runtime's choice where it was the kernel, `adopted` naming what it replaced); a twin
+    within the margin leaves the winner (its times of that run); a case whose winner no run timed is refused (times of
+    different runs are not compared); the input is not modified."""
+    from sparse_autotune.tuning.suite import apply_adopted
+    recs = _llm_records(4)
+    for r in recs:
+        r["chosen_family"], r["chosen_us"] = r["family"], r["tuned_us"]
+    before = json.dumps(recs)
+    r0, r1, r2 = recs[0], recs[1], recs[2]
+    twin0 = _twin(r0)
+    run1 = [_row(r0, tuned_us=9.0, tuned_cold_us=10.0, dense_cold_us=12.0, rel_err=1e-4, a_bytes=r0["a_bytes"],
+                 date="d1"),
+            _row(r0, config=twin0, tuned_us=8.5, tuned_cold_us=9.5, dense_cold_us=12.2, rel_err=2e-4,
+                 a_bytes=r0["a_bytes"] // 2, date="d1"),
+            _row(r1, tuned_us=5.0, tuned_cold_us=6.0, dense_cold_us=7.0, rel_err=1e-4, date="d1"),
+            _row(r1, config=_twin(r1), tuned_us=5.0, tuned_cold_us=5.97, dense_cold_us=7.0,
+                 rel_err=1e-4, date="d1"),  # 0.5 % faster: within the margin
+            _row(r2, config=_twin(r2), tuned_us=1.0, tuned_cold_us=1.0, dense_cold_us=7.0,
+                 rel_err=1e-4, date="d1")]  # the winner not timed in this run
+    run0 = [_row(r2, tuned_us=3.0, tuned_cold_us=3.0, dense_cold_us=4.0, rel_err=1e-4, date="d0")]  # another run
+    new, retimed, adopted, why = apply_adopted(recs, [run0, run1])
+    assert (retimed, adopted) == (2, 1) and json.dumps(recs) == before
+    a = new[0]
+    assert a["config"] == twin0 and (a["tuned_us"], a["tuned_cold_us"], a["dense_cold_us"]) == (8.5, 9.5, 12.2)
+    assert a["max_rel_err"] == 2e-4 and a["chosen_us"] == 8.5 and a["a_bytes"] == r0["a_bytes"] // 2
+    assert a["adopted"]["replaced"]["config"] == r0["config"] and a["adopted"]["replaced"]["tuned_cold_us_same_run"] == 10
+    bc = (r0["K"] * r0["N"] + r0["M"] * r0["N"]) * 2
+    assert a["bytes_floor_us"] == pytest.approx(r0["bytes_floor_us"] * (r0["a_bytes"] // 2 + bc) / (r0["a_bytes"] + bc))
+    assert new[1]["config"] == r1["config"] and new[1]["tuned_cold_us"] == 6.0 and "adopted" not in new[1]
+    # r2: run1 timed only a twin; run0 timed the winner alone: its own times, nothing adopted across runs
+    assert new[2]["config"] == r2["config"] and new[2]["tuned_cold_us"] == 3.0 and new[3] == recs[3]
+    assert why == []
+    new, retimed, adopted, why = apply_adopted(recs, [run1])
+    assert (retimed, adopted) == (1, 1) and new[2] == recs[2] and any("not compared" in w for w in why)
+    new, _, adopted, _ = apply_adopted(recs, [run1], margin=0.0)
+    assert adopted == 2 and new[1]["config"] != r1["config"]
 
 
 def test_probe_recold_apply_writes_the_suite_and_its_report_and_overwrites_nothing(tmp_path):
@@ -370,6 +426,18 @@ def test_probe_recold_apply_writes_the_suite_and_its_report_and_overwrites_nothi
     proc = _run([sys.executable, str(PROBE), "recold-apply", "--records", str(src), "--rows", str(src), "--out",
                  str(tmp_path / "o2")])
     assert "not a recold output" in _one_line_error(proc, "probe.py")
+    twin = _row(recs[3], config=_twin(recs[3]), tuned_us=1.0, tuned_cold_us=50.0, dense_cold_us=88.0,
+                rel_err=1e-4, date="2026-12-03")
+    rf.write_text(json.dumps({"rows": rows["rows"] + [twin]}))
+    proc = _run([sys.executable, str(PROBE), "recold-apply", "--records", str(src), "--rows", str(rf), "--adopt",
+                 "--out", str(tmp_path / "o3")])
+    assert proc.returncode == 0, proc.stderr
+    assert "1 cases take a faster config of the same run, 0 keep theirs" in proc.stderr
+    got = json.loads((tmp_path / "o3" / "suite-llm-h200.json").read_text())
+    assert got[3]["config"] == twin["config"] and got[3]["tuned_cold_us"] == 50.0 and got[:3] == recs[:3]
+    proc = _run([sys.executable, str(PROBE), "recold-apply", "--records", str(src), "--rows", str(rf), "--adopt",
+                 "--margin", "1.5", "--out", str(tmp_path / "o4")])
+    assert "--margin 1.5" in _one_line_error(proc, "probe.py")
 
 
 SUITE_LLM = str(ROOT / "bench" / "results" / "suite-llm-h200.json")

@@ -254,6 +254,44 @@ def test_set_cold_refuses_a_missing_database(tmp_path):
     assert not (tmp_path / "no.sqlite").exists()
 
 
+def test_set_cold_from_a_recold_output_adds_the_timed_configs_it_lacks(warm_db, tmp_path):
+    """A recold output (one run's warm and cold times of several configs of a case, its GPU in the header): every
+    timed config's cold time set; with --add a config the file lacks becomes a record (origin recold, derived from the
+    key's best) and wins by that run's times; rows not timed are left out; without --add nothing is added."""
+    c = _case()
+    keys = {k: c[k] for k in ("M", "K", "N", "density", "dtype", "pattern")}
+    twin = {**GATHER, "x": 1}
+    rows = [{**keys, "family": "tc_gather", "config": GATHER, "tuned_us": 10.3, "tuned_cold_us": 12.5,
+             "dense_cold_us": 13.1, "rel_err": 1e-4},
+            {**keys, "family": "tc_gather", "config": twin, "tuned_us": 9.9, "tuned_cold_us": 10.4,
+             "dense_cold_us": 13.2, "rel_err": 2e-4},
+            {**keys, "family": "tc_gather", "config": {**GATHER, "x": 3}, "tuned_us": 9.8, "tuned_cold_us": 10.9,
+             "dense_cold_us": 13.3, "rel_err": 2e-4},  # slower cold than the twin: never a best, not added
+            {**keys, "family": "tc_gather", "config": {**GATHER, "x": 2}, "error": "RuntimeError: failed"},
+            {**keys, "family": "tc_bitmap", "config": BITMAP, "skipped": "budget"}]
+    out = tmp_path / "recold.json"
+    out.write_text(json.dumps({"gpu": GPU, "cc": "9.0", "rows": rows}))
+    n0 = len(sql(warm_db, "SELECT id FROM sat_records"))
+    proc = run_cli(["db", "set-cold", "--db", str(warm_db), "--from", str(out)], tmp_path / "none.sqlite")
+    assert proc.returncode == 0, proc.stderr
+    # the winner's and cuBLAS's (once: the median of the rows' 13.1, 13.2 and 13.3); the twins matched nothing
+    assert "set 2 cold times" in proc.stdout and "2 of 4" in proc.stdout and "added" not in proc.stdout
+    assert len(sql(warm_db, "SELECT id FROM sat_records")) == n0
+    assert sql(warm_db, "SELECT cold_us FROM sat_records WHERE family = 'dense'") == [(pytest.approx(13.2),)]
+    assert _bests(warm_db)[0][0] == "tc_bitmap"  # 10.6 warm (no cold time) against tc_gather's 12.5 cold
+    proc = run_cli(["db", "set-cold", "--db", str(warm_db), "--from", str(out), "--add"], tmp_path / "none.sqlite")
+    assert proc.returncode == 0, proc.stderr
+    assert "added 1 record " in proc.stdout and "1 of 4" in proc.stdout and "best changed in 1" in proc.stdout
+    got = sql(warm_db, "SELECT config_json, time_us, cold_us, max_rel_err, trials, origin, is_best, matrix_hash "
+                       "FROM sat_records WHERE family = 'tc_gather' ORDER BY id")
+    assert [(json.loads(g[0]), g[1], g[2], g[3], g[4], g[5], g[6]) for g in got] == [
+        (GATHER, 10.2, 12.5, got[0][3], got[0][4], got[0][5], 0), (twin, 9.9, 10.4, 2e-4, 0, "recold", 1)]
+    assert got[1][7] == got[0][7]  # the key's matrix
+    assert describe_file(warm_db)["problems"] == []
+    proc = run_cli(["db", "set-cold", "--db", str(warm_db), "--from", str(out), "--add"], tmp_path / "none.sqlite")
+    assert "added 0 records" in proc.stdout and len(sql(warm_db, "SELECT id FROM sat_records")) == n0 + 1
+
+
 def test_set_cold_api_counts(tmp_path):
     path = new_db(tmp_path / "a.sqlite", make_record(10.2, GATHER), make_record(10.6, BITMAP))
     db = TuningDB(path)
@@ -470,3 +508,26 @@ def test_tune_rank_cold_stores_the_cold_time_and_reports_the_finalists(tmp_path)
     assert rep["cold"]["tuned_cold_us"] == best["cold_us"] == rep["best"]["cold_us"]
     assert sql(db, "SELECT cold_us FROM sat_records WHERE id = ?", (rep["record_id"],)) == [(best["cold_us"],)]
     assert "finalists timed cold:" in proc.stderr
+
+
+def test_set_cold_matches_a_stored_config_by_the_kernel_it_builds(tmp_path):
+    """db set-cold compares configs as their family normalizes them: a record stored before a parameter existed (no
+    pmap) takes the cold time of a row that names the parameter's default (pmap 0), and is not added again."""
+    from sparse_autotune.commands.db import normalized_config
+    old = {"bn": 64, "kc": 4, "dec": "lane", "wg": 1, "stages": 6, "splitk": 4, "wait": 1, "minb": 1, "ws": 1,
+           "tma": 2, "red": 0}
+    assert normalized_config("tc_wgmma", "fp16", json.dumps(old)) == \
+        normalized_config("tc_wgmma", "fp16", json.dumps({**old, "pmap": 0})) != \
+        normalized_config("tc_wgmma", "fp16", json.dumps({**old, "pmap": 1}))
+    assert normalized_config("dense", "fp16", '{"math": "fp16"}') == '{"math":"fp16"}'
+    key = {**KEY, "dtype": "fp16"}
+    path = new_db(tmp_path / "a.sqlite", make_record(10.2, old, family="tc_wgmma", dtype="fp16"))
+    db = TuningDB(path)
+    try:
+        t = dict(gpu_name=GPU, **key, pattern="uniform", family="tc_wgmma", time_us=9.0, max_rel_err=1e-4)
+        res = db.set_cold([ColdTime(**t, config={**old, "pmap": 0}, cold_us=14.3),
+                           ColdTime(**t, config={**old, "pmap": 1}, cold_us=13.3)], add=True, same=normalized_config)
+        assert (res.set, res.added, res.unmatched, res.new_best) == (1, 1, 0, 1)
+        assert db.best(**key).config == {**old, "pmap": 1} and db.best(**key).origin == "recold"
+    finally:
+        db.dispose()

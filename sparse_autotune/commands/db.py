@@ -78,10 +78,16 @@ def add_db_parser(subparsers, parser_class=argparse.ArgumentParser) -> argparse.
                                      "cold time, set its cold_us: the tuned kernel's tuned_cold_us, and for the "
                                      "record of cuBLAS at the problem's own precision (family dense) dense_cold_us. "
                                      "Then the best of each key touched is flagged again by the database's rule "
-                                     "(the cold time where measured, else the warm time). One transaction.")
+                                     "(the cold time where measured, else the warm time). One transaction. "
+                                     "A recold output (bench/probe.py recold) serves as well as a suite report: "
+                                     "every config it timed, so that configs timed in one run are ranked by "
+                                     "times of that run.")
     sc.add_argument("--db", help=_DB_HELP)
     sc.add_argument("--from", dest="source", required=True, metavar="SUITE.json",
-                    help="a suite report (bench's suite-<suite>-<gpu>.json)")
+                    help="a suite report (bench's suite-<suite>-<gpu>.json) or a recold output (recold-<gpu>.json)")
+    sc.add_argument("--add", action="store_true",
+                    help="a kernel config timed there (with its warm time and verified error) that no record of its "
+                         "key holds is added as a record (origin recold), derived from the key's best")
     return d
 
 
@@ -265,6 +271,18 @@ def cmd_merge(a) -> int:
     return 0
 
 
+def normalized_config(family: str, dtype: str, config_json: str) -> str:
+    """A config as its family's space normalizes it for the dtype (the defaults of the parameters it leaves out:
+    the kernel it builds), in canonical JSON; as stored where no space knows it (a vendor path, an unknown family)."""
+    from ..core.space import get_space  # noqa: PLC0415
+    from ..store.db import canonical_config  # noqa: PLC0415
+    try:
+        norm = get_space(family).normalize(json.loads(config_json), dtype)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        norm = None
+    return canonical_config(json.dumps(norm) if norm is not None else config_json)
+
+
 def cmd_set_cold(a) -> int:
     from ..store.db import TuningDB  # noqa: PLC0415
     from ..tuning.suite import cold_entries  # noqa: PLC0415
@@ -284,11 +302,13 @@ def cmd_set_cold(a) -> int:
         raise UserError(f"{t.label} is not a tuning database with records: nothing to set")
     tdb = TuningDB(target, create=False)  # an older schema is migrated here (the write needs cold_us)
     try:
-        res = tdb.set_cold(times)
+        res = tdb.set_cold(times, add=a.add, same=normalized_config)
         label = tdb.label
     finally:
         tdb.dispose()
-    print(f"{label}: set {res.set} cold time{'s' if res.set != 1 else ''} ({res.unchanged} already so), "
+    print(f"{label}: set {res.set} cold time{'s' if res.set != 1 else ''} ({res.unchanged} already so)"
+          + (f", added {res.added} record{'s' if res.added != 1 else ''} (configs timed but not held)" if a.add else "")
+          + ", "
           f"{res.unmatched} of {len(times)} from {a.source} matched no record; {res.keys} key"
           f"{'s' if res.keys != 1 else ''} touched, best changed in {res.new_best}")
     return 0

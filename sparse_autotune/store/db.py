@@ -363,17 +363,22 @@ class ColdTime:
     cold_us: float
     layout: str = DEFAULT_LAYOUT
     op: str = DEFAULT_OP
+    # the same run's warm time and verified error (a recold row's): what set_cold(add=True) needs to add a record of
+    # a config the database does not hold yet
+    time_us: float | None = None
+    max_rel_err: float | None = None
 
 
 @dataclass(frozen=True)
 class SetColdResult:
     """What set_cold did: records whose cold_us it set (changed), records that had that cold time already, cold times
-    that matched no record, keys touched, keys whose best is another record now."""
+    that matched no record, keys touched, keys whose best is another record now, records added (add=True)."""
     set: int
     unchanged: int
     unmatched: int
     keys: int
     new_best: int
+    added: int = 0
 
 
 def default_db_path() -> Path:
@@ -732,14 +737,26 @@ class TuningDB:
                 r.is_best = r is winner
         return winner
 
-    def set_cold(self, times: Iterable[ColdTime]) -> SetColdResult:
+    def set_cold(self, times: Iterable[ColdTime], add: bool = False, same=None) -> SetColdResult:
         """Give every record of a ColdTime's key (densities within DENSITY_RTOL) with its family and config (compared in
         canonical JSON) that cold time, then re-flag the best of every key touched (rank_us). One transaction: all or
         nothing (a cold time that is not a positive number: UserError, nothing set). The records' uids do not change
-        (record_uid leaves cold_us out)."""
-        n_set = unchanged = unmatched = 0
+        (record_uid leaves cold_us out).
+
+        add: where the fastest (cold) kernel config of a key among `times` is one that no record of the key holds, and
+        it carries its warm time and verified error (time_us, max_rel_err: a recold row's), it becomes a new record
+        (origin "recold", no trials of its own), derived from the key's best (its baselines, matrix and provenance;
+        Record.derived); a key without records gets none. Slower configs could not be the key's best: not added.
+
+        same(family, dtype, config_json) -> str: the form in which two configs are compared (default their canonical
+        JSON; `db set-cold` passes the family's normalized config, so that a record stored before a parameter existed
+        matches a row that names the parameter's default)."""
+        same = same or (lambda family, dtype, config_json: canonical_config(config_json))
+        n_set = unchanged = unmatched = added = 0
         before: dict[tuple, int | None] = {}  # key -> the id of its best before
         touched: dict[tuple, Record] = {}
+        pending: dict[tuple, tuple] = {}  # add: a key's fastest timed config that no record holds
+        fastest: dict[tuple, float] = {}  # a key's fastest kernel cold time of `times`
         try:
             with self._write_session() as s:
                 for c in times:
@@ -747,8 +764,15 @@ class TuningDB:
                         raise UserError(f"cold time {c.cold_us!r} of {c.family} is not a positive number: nothing set")
                     q = self._key_query(c.gpu_name, c.m, c.k, c.n, c.density, c.dtype, c.pattern, c.layout, c.op)
                     cfg = canonical_config(json.dumps(c.config))
+                    want = same(c.family, c.dtype, cfg)
                     rows = [r for r in s.scalars(q.where(Record.family == c.family).order_by(Record.id))
-                            if canonical_config(r.config_json) == cfg]
+                            if same(r.family, r.dtype, r.config_json) == want]
+                    k = (c.gpu_name, c.m, c.k, c.n, c.density, c.dtype, c.pattern, c.layout, c.op)
+                    if c.family != "dense":
+                        fastest[k] = min(fastest.get(k, c.cold_us), c.cold_us)
+                    if not rows and add and c.family != "dense" and is_timed(c.time_us) and c.max_rel_err is not None:
+                        if k not in pending or c.cold_us < pending[k][0].cold_us:
+                            pending[k] = (c, q, cfg)
                     unmatched += not rows
                     for r in rows:
                         key = _key_of(r)
@@ -761,6 +785,18 @@ class TuningDB:
                         else:
                             r.cold_us = c.cold_us
                             n_set += 1
+                for k, (c, q, cfg) in pending.items():  # add: a key's fastest kernel, where no record holds it
+                    if c.cold_us > fastest[k]:
+                        continue
+                    best = s.scalars(q.where(Record.is_best.is_(True))).first()
+                    new = self._derive_timed(s, q, c, cfg)
+                    if new is not None:
+                        added += 1
+                        unmatched -= 1
+                        key = _key_of(new)
+                        if key not in touched:
+                            touched[key] = new
+                            before[key] = best.id if best is not None else None
                 s.flush()
                 new_best = 0
                 for key, r in touched.items():
@@ -768,7 +804,29 @@ class TuningDB:
                     new_best += (w.id if w is not None else None) != before[key]
         except SQLAlchemyError as exc:
             raise UserError(f"cannot write database {self.label!r}: {str(exc).splitlines()[0]}") from None
-        return SetColdResult(n_set, unchanged, unmatched, len(touched), new_best)
+        return SetColdResult(n_set, unchanged, unmatched, len(touched), new_best, added)
+
+    def _derive_timed(self, s: Session, q, c: ColdTime, cfg: str) -> Record | None:
+        """set_cold(add=True)'s new record of c's config (None: c has no warm time or error, or is a vendor path's, or
+        its key has no record to derive it from), stored in s and flushed."""
+        from .. import __version__  # noqa: PLC0415
+        from ..core.vendor import is_vendor  # noqa: PLC0415
+        if is_vendor(c.family) or not is_timed(c.time_us) or c.max_rel_err is None:
+            return None
+        base = s.scalars(q.where(Record.is_best.is_(True))).first() or s.scalars(q.order_by(Record.id)).first()
+        if base is None:
+            return None
+        flops = base.gflops * base.time_us  # GFLOP/s x us: the problem's flops (the same key) in kFLOP
+        rec = base.derived(family=c.family, config_json=cfg, time_us=float(c.time_us), gflops=flops / c.time_us,
+                           max_rel_err=float(c.max_rel_err), trials=0, study_name=None, cold_us=float(c.cold_us),
+                           package_version=__version__,
+                           created_at=_dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None))
+        rec.origin, rec.is_best = "recold", False
+        rec.uid = record_uid(rec)
+        _no_nan(rec)
+        s.add(rec)
+        s.flush()
+        return rec
 
     def merge_from(self, other_path) -> MergeResult:
         """Merge every record of another tuning database (a file, or a URL) into this one, in one transaction. The

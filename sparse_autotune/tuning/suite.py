@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -222,22 +223,29 @@ def merge_records(paths: list[Path], suite: str, first_wins: bool = False, faste
 
 def cold_entries(records, source: str) -> list:
     """The cold times of a suite report's records (suite-<suite>-<gpu>.json: a list of case records, or an object with
-    such a list under "records") as store.db.ColdTime: each record's tuned kernel (family, config) at tuned_cold_us, and
-    cuBLAS of the problem's own precision (family dense, math: device.cold.DENSE_MODE) at dense_cold_us, where
-    measured; for `db set-cold`. A record without its key, family or config, or a cold time that is not a positive
-    number: a one-line UserError naming `source` and the record."""
+    such a list under "records") or of a recold output's rows (bench/probe.py recold: {"gpu": ..., "rows": [...]}; the
+    rows it did not time are left out) as store.db.ColdTime: each record's tuned kernel (family, config) at
+    tuned_cold_us, with its warm time and verified error (set_cold's add), and cuBLAS of the problem's own precision
+    (family dense, math: device.cold.DENSE_MODE) at dense_cold_us, where measured; for `db set-cold`. A record without
+    its key, family or config, or a cold time that is not a positive number: a one-line UserError naming `source` and
+    the record."""
     from ..core.vendor import DENSE  # noqa: PLC0415
     from ..device.cold import DENSE_MODE  # noqa: PLC0415
     from ..store.db import DEFAULT_LAYOUT, SPMM, ColdTime, is_timed  # noqa: PLC0415
-    if isinstance(records, dict):
+    gpu = None
+    if isinstance(records, dict) and isinstance(records.get("rows"), list):  # a recold output: its GPU in the header
+        gpu = records.get("gpu")
+        records = [r for r in records["rows"] if not (isinstance(r, dict) and (r.get("skipped") or r.get("error")))]
+    elif isinstance(records, dict):
         records = records.get("records")
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise UserError(f"{source} is not a suite report (a list of case records, or {{\"records\": [...]}})")
-    out = []
+        raise UserError(f"{source} is not a suite report (a list of case records, or {{\"records\": [...]}}) nor a "
+                        "recold output ({\"gpu\": ..., \"rows\": [...]})")
+    out, dense = [], {}
     for i, r in enumerate(records):
         where = f"{source}: record {i}"
         try:
-            key = dict(gpu_name=str(r["gpu"]), m=int(r["M"]), k=int(r["K"]), n=int(r["N"]), density=float(r["density"]),
+            key = dict(gpu_name=str(r["gpu"] if gpu is None or "gpu" in r else gpu), m=int(r["M"]), k=int(r["K"]), n=int(r["N"]), density=float(r["density"]),
                        dtype=str(r["dtype"]), pattern=str(r["pattern"]), layout=str(r.get("layout") or DEFAULT_LAYOUT),
                        op=SPMM)
             family, config = str(r["family"]), r["config"]
@@ -252,11 +260,16 @@ def cold_entries(records, source: str) -> list:
                 raise UserError(f"{where}: {name} {r[name]!r} is not a positive number")
         if key["dtype"] not in DENSE_MODE:
             raise UserError(f"{where}: unknown dtype {key['dtype']!r}")
+        err = r.get("max_rel_err", r.get("rel_err"))  # a suite record's, a recold row's
         if r.get("tuned_cold_us") is not None:
-            out.append(ColdTime(**key, family=family, config=config, cold_us=float(r["tuned_cold_us"])))
+            out.append(ColdTime(**key, family=family, config=config, cold_us=float(r["tuned_cold_us"]),
+                                time_us=float(r["tuned_us"]) if is_timed(r.get("tuned_us")) else None,
+                                max_rel_err=float(err) if isinstance(err, (int, float)) else None))
         if r.get("dense_cold_us") is not None:
-            out.append(ColdTime(**key, family=DENSE, config={"math": DENSE_MODE[key["dtype"]]},
-                                cold_us=float(r["dense_cold_us"])))
+            dense.setdefault(tuple(key.items()), []).append(float(r["dense_cold_us"]))
+    # cuBLAS once a key: a recold output times it with each config of a case (the median of those times)
+    out += [ColdTime(**dict(k), family=DENSE, config={"math": DENSE_MODE[dict(k)["dtype"]]},
+                     cold_us=statistics.median(v)) for k, v in dense.items()]
     return out
 
 
@@ -293,6 +306,18 @@ def retime_key(r: dict) -> tuple:
     return (*case_key(r), r.get("family"), json.dumps(r.get("config"), sort_keys=True))
 
 
+def same_run_key(r: dict) -> tuple:
+    """retime_key with the config as the family's space normalizes it for the case's dtype (a config stored before a
+    parameter existed names the kernel its default builds: the record's and a row's of one kernel compare equal)."""
+    from ..core.space import get_space  # noqa: PLC0415
+    cfg = r.get("config")
+    try:
+        norm = get_space(r["family"]).normalize(cfg, r["dtype"]) if isinstance(cfg, dict) else None
+    except (KeyError, ValueError):  # a vendor path or a family this version does not have: as stored
+        norm = None
+    return (*case_key(r), r.get("family"), json.dumps(norm if norm is not None else cfg, sort_keys=True))
+
+
 def retime_cases(records: list[dict], conds: dict[str, set] | None = None, skip=()) -> list[dict]:
     """The records to time cold again: those matching conds (parse_case_filter; None: all) that hold a winner (family,
     config), less those whose retime_key is in skip (rows already measured)."""
@@ -317,7 +342,7 @@ def apply_retimed(records: list[dict], rows: list[dict]) -> tuple[list[dict], in
             refused.append(f"{k}: no record of this case")
         elif row.get("skipped") or row.get("error"):
             refused.append(f"{k}: not timed ({row.get('skipped') or row.get('error')})")
-        elif retime_key(out[j]) != retime_key(row):
+        elif same_run_key(out[j]) != same_run_key(row):
             refused.append(f"{k}: the record's winner is {out[j].get('family')} {out[j].get('config')}, the row timed "
                            f"{row.get('family')} {row.get('config')}")
         else:
@@ -325,6 +350,68 @@ def apply_retimed(records: list[dict], rows: list[dict]) -> tuple[list[dict], in
             out[j]["cold_retimed"] = row.get("date") or True
             applied += 1
     return out, applied, refused
+
+
+def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0.01
+                  ) -> tuple[list[dict], int, int, list[str]]:
+    """recold-apply --adopt: the records with, per case, the fastest config (by cold time) of one recold run that
+    timed the record's own winner beside other configs (twins: each run compares its own times only; run to run the
+    cold times of one kernel differ by up to 10-15 %). The run is the last of `runs` that timed the record's winner
+    without an error. Where another config of that run is more than `margin` faster cold than the winner, it becomes
+    the record's winner (family, config, warm and cold times, cuBLAS's cold time of its row, error, the format's bytes
+    and byte floor, the runtime's choice where that was the kernel) and the record is marked `adopted` (date, the config
+    replaced and its cold time); else the winner's own times of that run are put over the record's (apply_retimed).
+    Returns (new records, cases retimed, cases adopted, why the other cases were not); the input is not modified."""
+    out = [dict(r) for r in records]
+    by_key = {case_key(r): j for j, r in enumerate(out)}
+    timed = lambda row: not row.get("skipped") and not row.get("error") and row.get("tuned_cold_us")  # noqa: E731
+    cases: dict[tuple, list[dict]] = {}  # the chosen run's rows of each case
+    for rows in runs:
+        mine: dict[tuple, list[dict]] = {}
+        for row in rows:
+            mine.setdefault(case_key(row), []).append(row)
+        for k, rs in mine.items():
+            j = by_key.get(k)
+            if j is not None and any(same_run_key(x) == same_run_key(out[j]) and timed(x) for x in rs):
+                cases[k] = rs
+    retimed = adopted = 0
+    why = []
+    seen = {case_key(row) for rows in runs for row in rows}
+    for k in sorted(seen, key=str):
+        j = by_key.get(k)
+        if j is None:
+            why.append(f"{k}: no record of this case")
+            continue
+        if k not in cases:
+            why.append(f"{k}: no run timed the record's winner ({out[j].get('family')} {out[j].get('config')}) "
+                       "beside the others: times of different runs are not compared")
+            continue
+        rs = [x for x in cases[k] if timed(x)]
+        own = next(x for x in rs if same_run_key(x) == same_run_key(out[j]))
+        best = min(rs, key=lambda x: x["tuned_cold_us"])
+        r = out[j]
+        if best is own or best["tuned_cold_us"] >= own["tuned_cold_us"] * (1 - margin):
+            r.update({f: own.get(f) for f in RETIMED_FIELDS})
+            r["cold_retimed"] = own.get("date") or True
+            retimed += 1
+            continue
+        was = {"family": r["family"], "config": r["config"], "tuned_us": r.get("tuned_us"),
+               "tuned_cold_us_same_run": own["tuned_cold_us"]}
+        if r.get("chosen_family") == r["family"] and r.get("chosen_us") == r.get("tuned_us"):
+            r["chosen_family"], r["chosen_us"] = best["family"], best["tuned_us"]
+        es = 4 if r["dtype"] in ("fp32", "tf32") else 2
+        bc = (r["K"] * r["N"] + r["M"] * r["N"]) * es
+        if best.get("a_bytes") and r.get("a_bytes") and r.get("bytes_floor_us"):  # the same bandwidth, A's new bytes
+            r["bytes_floor_us"] = r["bytes_floor_us"] * (best["a_bytes"] + bc) / (r["a_bytes"] + bc)
+            r["a_bytes"] = int(best["a_bytes"])
+            r["a_bytes_per_nnz"] = best["a_bytes"] / r["nnz"] if r.get("nnz") else r.get("a_bytes_per_nnz")
+        r.update(family=best["family"], config=best["config"], tuned_us=best["tuned_us"],
+                 max_rel_err=best.get("rel_err", r.get("max_rel_err")),
+                 **{f: best.get(f) for f in RETIMED_FIELDS})
+        r["cold_retimed"] = best.get("date") or True
+        r["adopted"] = {"date": best.get("date"), "replaced": was}
+        adopted += 1
+    return out, retimed, adopted, why
 
 
 CASE_FIELDS = {"m": "M", "k": "K", "n": "N", "density": "density", "dtype": "dtype", "pattern": "pattern"}
