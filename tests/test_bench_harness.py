@@ -390,7 +390,8 @@ def test_recold_adopt_takes_a_faster_twin_of_the_same_run_only():
     new, retimed, adopted, why = apply_adopted(recs, [run0, run1])
     assert (retimed, adopted) == (2, 1) and json.dumps(recs) == before
     a = new[0]
-    assert a["config"] == twin0 and (a["tuned_us"], a["tuned_cold_us"], a["dense_cold_us"]) == (8.5, 9.5, 12.2)
+    assert a["config"] == twin0 and (a["tuned_us"], a["tuned_cold_us"]) == (8.5, 9.5)
+    assert a["dense_cold_us"] == pytest.approx(12.1)  # cuBLAS: the median of the case's rows of the run
     assert a["max_rel_err"] == 2e-4 and a["chosen_us"] == 8.5 and a["a_bytes"] == r0["a_bytes"] // 2
     assert a["adopted"]["replaced"]["config"] == r0["config"] and a["adopted"]["replaced"]["tuned_cold_us_same_run"] == 10
     bc = (r0["K"] * r0["N"] + r0["M"] * r0["N"]) * 2

@@ -358,9 +358,10 @@ def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0
     timed the record's own winner beside other configs (twins: each run compares its own times only; run to run the
     cold times of one kernel differ by up to 10-15 %). The run is the last of `runs` that timed the record's winner
     without an error. Where another config of that run is more than `margin` faster cold than the winner, it becomes
-    the record's winner (family, config, warm and cold times, cuBLAS's cold time of its row, error, the format's bytes
-    and byte floor, the runtime's choice where that was the kernel) and the record is marked `adopted` (date, the config
-    replaced and its cold time); else the winner's own times of that run are put over the record's (apply_retimed).
+    the record's winner (family, config, warm and cold times, error, the format's bytes and byte floor, the runtime's
+    choice where that was the kernel) and the record is marked `adopted` (date, the config replaced and its cold time);
+    else the winner's own times of that run are put over the record's (apply_retimed). cuBLAS's cold time is the median
+    of the case's rows of that run (each row timed it once; `db set-cold` takes the same).
     Returns (new records, cases retimed, cases adopted, why the other cases were not); the input is not modified."""
     out = [dict(r) for r in records]
     by_key = {case_key(r): j for j, r in enumerate(out)}
@@ -390,8 +391,10 @@ def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0
         own = next(x for x in rs if same_run_key(x) == same_run_key(out[j]))
         best = min(rs, key=lambda x: x["tuned_cold_us"])
         r = out[j]
+        dense = [x["dense_cold_us"] for x in rs if x.get("dense_cold_us")]
         if best is own or best["tuned_cold_us"] >= own["tuned_cold_us"] * (1 - margin):
             r.update({f: own.get(f) for f in RETIMED_FIELDS})
+            r["dense_cold_us"] = statistics.median(dense) if dense else r.get("dense_cold_us")
             r["cold_retimed"] = own.get("date") or True
             retimed += 1
             continue
@@ -408,6 +411,7 @@ def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0
         r.update(family=best["family"], config=best["config"], tuned_us=best["tuned_us"],
                  max_rel_err=best.get("rel_err", r.get("max_rel_err")),
                  **{f: best.get(f) for f in RETIMED_FIELDS})
+        r["dense_cold_us"] = statistics.median(dense) if dense else r.get("dense_cold_us")
         r["cold_retimed"] = best.get("date") or True
         r["adopted"] = {"date": best.get("date"), "replaced": was}
         adopted += 1
