@@ -1435,3 +1435,81 @@ def test_pmap_follows_b_between_launches():
         stream.synchronize()
     err = np.abs(c.astype(cp.float64).get() - want[0]).max() / np.abs(want[0]).max()
     assert err <= 2e-3, err
+
+
+# ---- rot: each block's producer starts its split's chunks at (row block mod chunks), wrapping (session 34) ----------
+
+# the llm winners at 4096^2 N = 64 / 128 (wg 1 pmap 1; wgk 1), blkrec 1 with wg 3, and a tall split-K 8 one, with rot 1
+ROT = [dict(bn=64, kc=4, dec="lane", wg=1, stages=6, splitk=4, wait=1, minb=1, ws=1, tma=2, red=0, pmap=1, rot=1),
+       dict(bn=128, kc=4, dec="lane", wg=2, stages=6, splitk=2, wait=0, minb=1, ws=1, tma=2, red=1, blkrec=0, wgk=1,
+            pmap=0, rot=1),
+       dict(bn=128, kc=4, dec="lane", wg=3, stages=4, splitk=2, wait=1, minb=1, ws=1, tma=2, red=1, blkrec=1, wgk=0,
+            pmap=1, rot=1),
+       dict(bn=64, kc=2, dec="ballot", wg=2, stages=4, splitk=8, wait=1, minb=2, ws=1, tma=2, red=0, blkrec=1, wgk=0,
+            pmap=0, rot=1)]
+
+
+def test_rot_renders_the_rotated_walk_and_rot_0_as_before():
+    """rot 0 renders as a config without the key but for the header's " rot=0"; rot 1: the producer's s-th copy is
+    chunk rj(s) (from rb mod nch, wrapping), its record offsets at both ends from two windows, and B's box at that chunk;
+    the consumers are unchanged. The parameter exists at tma 2 only."""
+    sp = space()
+    for cfg in ROT:
+        old = {k: v for k, v in cfg.items() if k != "rot"}
+        zero, bare = render.render(sp, {**old, "rot": 0}, "fp16"), render.render(sp, old, "fp16")
+        head = bare.split("\n", 1)[0]
+        assert zero == bare.replace(head, head + " rot=0", 1) and "rj(" not in zero, cfg
+        src = render.render(sp, cfg, "fp16")
+        assert src.split("\n", 1)[0].endswith(" rot=1")
+        assert "const int rsh = nch > 0 ? rb % nch : 0;" in src
+        assert "auto rj = [&](int s) { return c0 + (s < nch ? (s + rsh) % nch : s); };" in src
+        assert "const int hi = __shfl_sync(0xffffffffu, qw0[g], il);" in src and "qw0[g] = qw1[g];" in src
+        assert "gmap, n0 + 64 * q, rj(i) * KC, full + 8 * st);" in src and "(c0 + i) * KC" not in src
+        # the consumers' part is rot 0's
+        assert src[src.index("if (warp == WARPS) {"):].count("rj(") >= 5
+        assert src[:src.index("if (warp == WARPS) {")] == zero[:zero.index("if (warp == WARPS) {")].replace(
+            zero.split("\n", 1)[0], src.split("\n", 1)[0], 1)
+        assert sp.normalize(cfg, "bf16")["rot"] == 1
+    assert "rot" not in sp.normalize({**ROT[0], "tma": 1}, "fp16") and sp.normalize(ROT[0], "fp16") is not None
+
+
+def test_rot_compiles_for_sm90a_without_spills():
+    """The 4096^2 N=128 winner with rot 1: sm_90a, no spills, registers fit."""
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    rep, _ = _nvcc_sm90a(render.render(space(), ROT[1], "fp16"))
+    assert _check_build(ROT[1], rep) <= 128
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_rot_configs_compile_for_sm90a_with_hgmma_and_without_spills(dtype):
+    _compile_sm90a_with_hgmma(ROT, dtype, 2, ("UTMALDG.2D",))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [64, 72, 128])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_rot_correct_on_edge_cases(dtype, n):
+    """rot 1: the ROT configs adapted to N, at their split-K and 1, on the edge cases (M not a multiple of 64, empty
+    strips and chunks, a dense row, a dense matrix, a long K) and a uniform 1000 x 4096 (chunks split unevenly: the
+    rotation wraps inside each split); poisoned C, fresh random B, float64 reference, each launched twice."""
+    from sparse_autotune.device.gpu import gpu_info
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
+    cases = adversarial()
+    cases["uniform_1000x4096_d0.1"] = random_matrix(1000, 4096, 0.1, "uniform", 3)
+    cfgs = _adapted(ROT, n, dtype)
+    assert len(cfgs) >= 6 and all(c["rot"] == 1 for c in cfgs), cfgs
+    assert _check_matrices(cases, dtype, n, lambda name: cfgs) == 2 * len(cfgs) * len(cases)
+
+
+@pytest.mark.gpu
+def test_rot_correct_at_4096_n128():
+    """The measured case: 4096 x 4096, N = 128, fp16, d 0.3, the ROT configs (64 tiles x split-K 2: 32 chunks a split,
+    each tile starting at its own)."""
+    from sparse_autotune.device.gpu import gpu_info
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_wgmma runs on Hopper (sm_90a) only")
+    cases = {"uniform_4096_d0.3": random_matrix(4096, 4096, 0.3, "uniform", 5)}
+    assert _check_matrices(cases, "fp16", 128, lambda name: ROT) == 2 * len(ROT)
