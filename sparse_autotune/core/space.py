@@ -184,8 +184,8 @@ class Space:
         """Return None if feasible, else the reason (the family's dtypes, then the first constraint that fails)."""
         if "dtype" in problem_env and not self.supports(problem_env["dtype"]):
             return f"{self.family} computes only {', '.join(self.dtypes)}"
-        env = {**DEFAULT_LIMITS, **(limits or {}), **problem_env, **self._stored_defaults(config, problem_env.get("dtype")),
-               **config}
+        env = {**DEFAULT_LIMITS, **(limits or {}), **problem_env,
+               **self._stored_defaults(config, problem_env.get("dtype")), **config}
         if "dtype" in problem_env:
             env["dtype"] = self.kernel_dtype(problem_env["dtype"])
         for c in self.constraints:

@@ -751,6 +751,7 @@ class TuningDB:
         same(family, dtype, config_json) -> str: the form in which two configs are compared (default their canonical
         JSON; `db set-cold` passes the family's normalized config, so that a record stored before a parameter existed
         matches a row that names the parameter's default)."""
+        from ..core.vendor import is_vendor  # noqa: PLC0415
         same = same or (lambda family, dtype, config_json: canonical_config(config_json))
         n_set = unchanged = unmatched = added = 0
         before: dict[tuple, int | None] = {}  # key -> the id of its best before
@@ -768,9 +769,10 @@ class TuningDB:
                     rows = [r for r in s.scalars(q.where(Record.family == c.family).order_by(Record.id))
                             if same(r.family, r.dtype, r.config_json) == want]
                     k = (c.gpu_name, c.m, c.k, c.n, c.density, c.dtype, c.pattern, c.layout, c.op)
-                    if c.family != "dense":
+                    kernel = not is_vendor(c.family)
+                    if kernel:
                         fastest[k] = min(fastest.get(k, c.cold_us), c.cold_us)
-                    if not rows and add and c.family != "dense" and is_timed(c.time_us) and c.max_rel_err is not None:
+                    if not rows and add and kernel and is_timed(c.time_us) and c.max_rel_err is not None:
                         if k not in pending or c.cold_us < pending[k][0].cold_us:
                             pending[k] = (c, q, cfg)
                     unmatched += not rows

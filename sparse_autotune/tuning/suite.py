@@ -245,9 +245,9 @@ def cold_entries(records, source: str) -> list:
     for i, r in enumerate(records):
         where = f"{source}: record {i}"
         try:
-            key = dict(gpu_name=str(r["gpu"] if gpu is None or "gpu" in r else gpu), m=int(r["M"]), k=int(r["K"]), n=int(r["N"]), density=float(r["density"]),
-                       dtype=str(r["dtype"]), pattern=str(r["pattern"]), layout=str(r.get("layout") or DEFAULT_LAYOUT),
-                       op=SPMM)
+            key = dict(gpu_name=str(r["gpu"] if gpu is None or "gpu" in r else gpu), m=int(r["M"]), k=int(r["K"]),
+                       n=int(r["N"]), density=float(r["density"]), dtype=str(r["dtype"]), pattern=str(r["pattern"]),
+                       layout=str(r.get("layout") or DEFAULT_LAYOUT), op=SPMM)
             family, config = str(r["family"]), r["config"]
         except KeyError as e:
             raise UserError(f"{where} has no {e}") from None
