@@ -54,6 +54,13 @@ def adapted_known_goods(family, a, n: int, dtype: str, limits, split_key: str, k
     return got
 
 
+def known_goods_in(space, dtypes=("fp16", "bf16")) -> list:
+    """(config, dtype) for each known-good config normalized for each dtype; every one normalizes."""
+    cfgs = [(space.normalize(kg, dt), dt) for kg in space.known_good for dt in dtypes]
+    assert all(c is not None for c, _ in cfgs)
+    return cfgs
+
+
 def nvcc_sm90(space, cfg: dict, dtype: str) -> str:
     """ptxas' resource report (nvcc -arch=sm_90 -Xptxas -v) of the config's rendered kernel."""
     from sparse_autotune.core import render  # noqa: PLC0415

@@ -20,7 +20,7 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import FakeDeviceCSR, check_launch_matches_signature, fake_kernel, signature
-from space_checks import covering, nvcc_sm90, regs_and_spill, unique_feasible
+from space_checks import covering, known_goods_in, nvcc_sm90, regs_and_spill, unique_feasible
 from tc_emu import EMU_CORE
 from test_tc_gather import clustered  # rows from column templates: reordering has something to find
 from sparse_autotune.core import render
@@ -265,8 +265,7 @@ def test_known_good_configs_compile_without_spills():
     if sat_compile.nvcc_path() is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
     sp = space()
-    cfgs = [(sp.normalize(kg, dt), dt) for kg in sp.known_good for dt in ("fp16", "bf16")]
-    assert all(c is not None for c, _ in cfgs)
+    cfgs = known_goods_in(sp)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         reports = list(pool.map(lambda cd: _nvcc(*cd), cfgs))
     for (cfg, _), rep in zip(cfgs, reports):

@@ -20,7 +20,7 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import FakeDeviceCSR, check_launch_matches_signature, fake_kernel, signature
-from space_checks import covering, nvcc_sm90, regs_and_spill, unique_feasible
+from space_checks import covering, known_goods_in, nvcc_sm90, regs_and_spill, unique_feasible
 from test_tc_gather import clustered
 from test_tc_gather2 import (EMU_PRELUDE, _as_f64, _ref, _rel_err, check_gathered_render, edge_cases, emu_inputs, emu_kernel,
                              gxx, rounded)
@@ -239,8 +239,7 @@ def test_known_good_and_a_covering_sample_compile_without_spills():
     if sat_compile.nvcc_path() is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
     sp = space()
-    cfgs = [(sp.normalize(kg, dt), dt) for kg in sp.known_good for dt in ("fp16", "bf16")]
-    assert all(c is not None for c, _ in cfgs)
+    cfgs = known_goods_in(sp)
     cov = _covering()
     assert 12 <= len(cov) <= 28, len(cov)
     cfgs += [(c, "fp16") for c in cov]

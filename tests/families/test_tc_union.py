@@ -27,7 +27,7 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import FakeDeviceCSR, check_launch_matches_signature, fake_kernel, signature
-from space_checks import adapted_known_goods, covering, nvcc_sm90, regs_and_spill, unique_feasible
+from space_checks import adapted_known_goods, covering, known_goods_in, nvcc_sm90, regs_and_spill, unique_feasible
 from tc_emu import EMU_CORE
 from test_tc_bitmap import adversarial
 from test_tc_gather2 import _as_f64, _ref, _rel_err, edge_cases, rounded
@@ -393,8 +393,7 @@ def test_known_good_and_a_covering_sample_compile_without_spills():
     if sat_compile.nvcc_path() is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
     sp = space()
-    cfgs = [(sp.normalize(kg, dt), dt) for kg in sp.known_good for dt in ("fp16", "bf16")]
-    assert all(c is not None for c, _ in cfgs)
+    cfgs = known_goods_in(sp)
     cov = _covering()
     assert 10 <= len(cov) <= 30, len(cov)
     for name in PARAMS:
