@@ -31,13 +31,12 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparse_autotune.core.families import (adapt_jointly, clean_csr, ldmatrix_wavefronts, narrower, nth_zero_table,
+from sparse_autotune.core.families import (adapt_jointly, clean_csr, deal_slots, ldmatrix_wavefronts, narrower,
                                             stored_then_scalar)
 from sparse_autotune.core.problem import bf16_float, storage
 from sparse_autotune.core.reorder import check_perm, reorder
 
 
-_NTH_ZERO = nth_zero_table()
 _clean = clean_csr
 
 
@@ -78,7 +77,6 @@ def build(a: sp.csr_matrix, rn: int, wm: int, ksteps: int, dtype: str = "fp16") 
     holds the slot of k = q + 4 h at byte 16 t + 4 q + h (one 32-bit load a lane and step)."""
     rn, wm, ksteps = int(rn), int(wm), int(ksteps)
     sub = sub_of(dtype)
-    nsub = 16 // sub  # load groups a k-step
     gk = 16 * ksteps
     if gk > 256:
         raise ValueError("a group must have at most 256 slots (8-bit slot numbers)")
@@ -109,52 +107,22 @@ def build(a: sp.csr_matrix, rn: int, wm: int, ksteps: int, dtype: str = "fp16") 
     # each nonzero's group and slot
     p = upos[inv_u]
     slot = p % gk
-    # sub-unions: distinct (pair, slot), sorted; pair = gstart[tile] * wm + row block * G_tile + group of the tile
+    # sub-unions: distinct (pair, slot); pair = gstart[tile] * wm + row block * G_tile + group of the tile. Each pair's
+    # k-steps (core.families.deal_slots): its 16 / sub part steps (8 k's: one 8 x 8 matrix of ldmatrix; 32-bit dtypes:
+    # quarters of 4 k's, the lanes' 64-bit loads) are dealt its slots in (residue slot % sub, slot) order, the j-th to
+    # part j mod (16 / sub x its steps): a residue's slots land in distinct parts (no two rows of a matrix in the same
+    # bank group) unless it has more of them than there are parts; padding slots take the residues a part lacks
     pair = gstart[tile] * wm + blk * ngroups[tile] + p // gk
-    pkey = pair * gk + slot
-    ekeys, inv_e = np.unique(pkey, return_inverse=True)
-    e_pair = ekeys // gk
-    e_slot = ekeys % gk
     npairs = groups * wm
-    cnt = np.bincount(e_pair, minlength=npairs).astype(np.int64)
-    nsteps = -(-cnt // 16)
-    step_ptr = np.zeros(npairs + 1, dtype=np.int64)
-    np.cumsum(nsteps, out=step_ptr[1:])
+    okey = pair * gk + (slot % sub) * (gk // sub) + slot // sub
+    step_ptr, kslot, ek = deal_slots(okey, npairs, gk, sub=sub)
     steps = int(step_ptr[-1])
     if steps * rn * 128 >= 2 ** 40:
         raise ValueError("layout too large")
-    # places within a pair: its 2 * nsteps half steps (8 k's each: one 8 x 8 matrix of ldmatrix) are dealt the entries
-    # in (residue slot % 8, slot) order, entry j to half step j mod H: a residue's entries land in distinct half steps
-    # (no two rows of a matrix in the same bank group) unless it has more than H of them, and every half step gets
-    # at most 8 entries
-    # (32-bit dtypes: the same with quarters of 4 k's and residues slot % 4: sub_of)
-    o = np.lexsort((e_slot, e_slot % sub, e_pair))  # by pair, residue, slot
-    pstart = np.zeros(npairs + 1, dtype=np.int64)
-    np.cumsum(cnt, out=pstart[1:])
-    idx = np.empty(len(o), dtype=np.int64)
-    idx[o] = np.arange(len(o)) - pstart[e_pair[o]]  # rank of each entry within its pair
-    nh = nsub * nsteps[e_pair]
-    half = idx % nh
-    e_step = step_ptr[e_pair] + half // nsub
-    e_k = (half % nsub) * sub + idx // nh
-    kslot = np.full(steps * 16, -1, dtype=np.int64)
-    kslot[e_step * 16 + e_k] = e_slot
-    # padding slots: in each half step (8 k's: one ldmatrix matrix), the residues its real entries leave free
-    pad = kslot < 0
-    if pad.any():
-        mask = np.zeros(steps * nsub, dtype=np.int64)
-        real = ~pad
-        np.bitwise_or.at(mask, np.flatnonzero(real) // sub, 1 << (kslot[real] % sub))
-        pos = np.flatnonzero(pad)
-        h = pos // sub
-        # j-th padding position of its half step
-        jth = np.arange(len(pos)) - np.searchsorted(pos, h * sub)
-        kslot[pos] = _NTH_ZERO[mask[h], jth]
     # weights
     lr = rows - rb * rr
     i, g = lr // 8, lr % 8
-    t = e_step[inv_e]
-    kk = e_k[inv_e]
+    t, kk = ek // 16, ek % 16
     if dtype in WIDE:
         q, hh = kk % 4, kk // 4
         if dtype == "tf32":

@@ -198,18 +198,20 @@ def nth_zero_table():
     return t
 
 
-def deal_slots(okey, groups: int, ks: int, it=None, flag_cells: int = 1 << 27):
-    """The union k-steps of the gathered tensor-core layouts (tc_gather3, tc_union): `okey` holds per nonzero its
-    group's number x ks + (slot % 8) x (ks / 8) + slot / 8 (slot: its column in the group's K-slice, 0 .. ks - 1).
-    Each group's distinct slots are cut into k-steps of 16 and dealt to the half steps (8 k's: one 8 x 8 matrix of
-    ldmatrix) in (slot % 8, slot) order, the j-th to half step j mod (2 x its steps), so a half step holds distinct
-    residues slot % 8 where it can; padding slots (weight 0) take the residues a half step's real slots leave free.
+def deal_slots(okey, groups: int, ks: int, it=None, flag_cells: int = 1 << 27, sub: int = 8):
+    """The union k-steps of the gathered tensor-core layouts (tc_gather2, tc_gather3, tc_union): `okey` holds per
+    nonzero its group's number x ks + (slot % sub) x (ks / sub) + slot / sub (slot: its column in the group's K-slice,
+    0 .. ks - 1; ks a multiple of sub). Each group's distinct slots are cut into k-steps of 16 and dealt to the part
+    steps of `sub` k's (8: one 8 x 8 matrix of ldmatrix, a half step; 4: a quarter, the 32-bit dtypes' 64-bit loads)
+    in (slot % sub, slot) order, the j-th to part j mod (16 / sub x its steps), so a part holds distinct residues
+    slot % sub where it can; padding slots (weight 0) take the residues a part's real slots leave free.
     Returns (step_ptr int64[groups + 1]: group g's steps are step_ptr[g] .. step_ptr[g + 1] - 1, kslot int64[steps x
     16]: the slot of k-step t's k at 16 t + k, ek: per nonzero 16 x (its step) + its k, of dtype `it` (default int64)).
     A flag array finds the distinct keys where groups x ks is small, np.unique elsewhere."""
     import numpy as np  # noqa: PLC0415
     it = np.int64 if it is None else it
-    sub = ks // 8
+    nsub = 16 // sub  # parts a k-step
+    per = ks // sub  # slots of one residue a group
     if groups * ks <= max(flag_cells, 8 * len(okey)):
         ef = np.zeros(groups * ks, dtype=bool)
         ef[okey] = True
@@ -223,7 +225,7 @@ def deal_slots(okey, groups: int, ks: int, it=None, flag_cells: int = 1 << 27):
         ekeys, inv = np.unique(okey, return_inverse=True)
     e_grp = ekeys // ks
     r = ekeys - e_grp * ks
-    e_slot = (r % sub) * 8 + r // sub
+    e_slot = (r % per) * sub + r // per
     cnt = np.bincount(e_grp, minlength=groups).astype(np.int64)
     nsteps = -(-cnt // 16)
     step_ptr = np.zeros(groups + 1, dtype=np.int64)
@@ -232,19 +234,19 @@ def deal_slots(okey, groups: int, ks: int, it=None, flag_cells: int = 1 << 27):
     gstart = np.zeros(groups + 1, dtype=np.int64)
     np.cumsum(cnt, out=gstart[1:])
     idx = np.arange(len(ekeys), dtype=np.int64) - gstart[e_grp]  # rank within the group
-    nh = 2 * nsteps[e_grp]
-    half = idx % nh
-    ek = (step_ptr[e_grp] + half // 2) * 16 + (half % 2) * 8 + idx // nh  # 16 * step + k of each distinct slot
+    nh = nsub * nsteps[e_grp]
+    part = idx % nh
+    ek = (step_ptr[e_grp] + part // nsub) * 16 + (part % nsub) * sub + idx // nh  # 16 * step + k of each distinct slot
     kslot = np.full(steps * 16, -1, dtype=np.int64)
     kslot[ek] = e_slot
     pad = kslot < 0
     if pad.any():
-        mask = np.zeros(steps * 2, dtype=np.int64)
+        mask = np.zeros(steps * nsub, dtype=np.int64)
         real = np.flatnonzero(~pad)
-        np.bitwise_or.at(mask, real // 8, 1 << (kslot[real] % 8))
+        np.bitwise_or.at(mask, real // sub, 1 << (kslot[real] % sub))
         pp = np.flatnonzero(pad)
-        h = pp // 8
-        jth = np.arange(len(pp)) - np.searchsorted(pp, h * 8)
+        h = pp // sub
+        jth = np.arange(len(pp)) - np.searchsorted(pp, h * sub)
         kslot[pp] = _nth_zero()[mask[h], jth]
     if steps * 16 >= 2 ** 31 - 1:
         it = np.int64
