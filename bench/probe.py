@@ -162,6 +162,13 @@ def write(path: Path, data: dict, lines: list[str], echo: bool = True) -> None:
     print(f"wrote {path}.json and {path}.md", file=sys.stderr, flush=True)
 
 
+def config_text(cfg) -> str:
+    """A config in a table cell: its parameters as k=v, in the config's order (twins of one case told apart)."""
+    if not isinstance(cfg, dict):
+        return "" if cfg is None else str(cfg)
+    return " ".join(f"{k}={v}" for k, v in cfg.items())
+
+
 def fmt(x, nd: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{nd}f}"
 
@@ -581,14 +588,15 @@ def cmd_recold(a) -> int:
     log(f"recold: {len(todo)} of {what}, {a.workers} worker processes")
     rows: list[dict] = []
     lines = [f"# Warm and cold times of given configs ({what})", "", f"{dev.versions_line()}.", "",
-             "| case | family | warm us (before) | cold us (before) | cuBLAS cold us (before) | copies | s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| case | family | config | warm us (before) | cold us (before) | cuBLAS cold us (before) | copies | s |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
 
     def flush(last: bool) -> None:
         order = {retime_key(r): j for j, r in enumerate(todo)}
         rows.sort(key=lambda r: order[retime_key(r)])
         body = [f"| {Case(**_case_fields(r)).label()} | "
-                f"{r['family']} | " + (f"{r.get('skipped') or r.get('error')} | | | | |" if r.get("skipped") or
+                f"{r['family']} | {config_text(r.get('config'))} | "
+                + (f"{r.get('skipped') or r.get('error')} | | | | |" if r.get("skipped") or
                                        r.get("error") else
                 f"{fmt(r.get('tuned_us'))} ({fmt(r.get('tuned_us_before'))}) | {fmt(r.get('tuned_cold_us'))} "
                 f"({fmt(r.get('tuned_cold_us_before'))}) | {fmt(r.get('dense_cold_us'))} "

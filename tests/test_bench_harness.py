@@ -513,3 +513,11 @@ def test_llm_ceiling_table_on_synthetic_records(tmp_path, capsys):
     assert ceil.main([str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("llm_ceiling: error:") and err.count("\n") == 1
+
+
+def test_recold_table_names_each_rows_config():
+    """recold's Markdown table gives each row's config (k=v in its order), so that a case's twins are told apart."""
+    from scripts import load_script
+    probe = load_script("bench/probe.py", "probe_recold")
+    assert probe.config_text({"bn": 128, "wg": 2, "pmap": 1}) == "bn=128 wg=2 pmap=1"
+    assert probe.config_text({"math": "fp16"}) == "math=fp16" and probe.config_text(None) == ""
