@@ -68,6 +68,20 @@ def nvcc_sm90(space, cfg: dict, dtype: str) -> str:
     return sat_compile.nvcc_check(render.render(space, cfg, dtype), arch="sm_90")
 
 
+def compile_reports(space, pairs, threads: int = 2) -> list:
+    """ptxas' report (nvcc_sm90) of each (config, dtype) of `pairs`, `threads` nvcc at once, in order; the test is
+    skipped where nvcc is not installed."""
+    import concurrent.futures  # noqa: PLC0415
+
+    import pytest  # noqa: PLC0415
+
+    from sparse_autotune.device import compile as sat_compile  # noqa: PLC0415
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda cd: nvcc_sm90(space, *cd), pairs))
+
+
 def regs_and_spill(cfg: dict, rep: str) -> tuple[int, int]:
     """(registers, spill-store bytes) of spmm_kernel in a ptxas report for sm_90."""
     assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg

@@ -20,14 +20,13 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import FakeDeviceCSR, check_launch_matches_signature, fake_kernel, signature
-from space_checks import covering, known_goods_in, nvcc_sm90, regs_and_spill, unique_feasible
+from space_checks import compile_reports, covering, known_goods_in, regs_and_spill, unique_feasible
 from tc_emu import EMU_CORE
 from test_tc_gather import clustered  # rows from column templates: reordering has something to find
 from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import DTYPES, TOLERANCE, bf16_float, host_values, random_matrix, storage
 from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
-from sparse_autotune.device import compile as sat_compile
 
 FAMILY = "tc_gather2"
 GEOMS = [(1, 2, 2), (1, 16, 8), (2, 4, 4), (2, 8, 2), (4, 2, 8), (4, 4, 4)]  # (rn, wm, ksteps)
@@ -233,10 +232,6 @@ def _covering(n=2048, m=3072, k=768, dtype="fp16"):
 PARAMS = ("rn", "wm", "wn", "tile_n", "stages", "ksteps", "bload", "minblocks", "apre", "row_order")
 
 
-def _nvcc(cfg, dtype):
-    return nvcc_sm90(space(), cfg, dtype)
-
-
 def _check_report(cfg, rep):
     regs, spill = regs_and_spill(cfg, rep)
     # vector staging: no spill; the 16-bit staging (odd N only) may park a word or two: at most 16 bytes (also under
@@ -250,25 +245,17 @@ def _check_report(cfg, rep):
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_covering_sample_compiles_with_nvcc(dtype):
-    if sat_compile.nvcc_path() is None:
-        pytest.skip("nvcc not found (CUDA toolkit not installed)")
     cfgs = _covering(dtype=dtype)[::3] + space().defaults(dtype, problem_env(3072, 768, 2048, 117965, dtype),
                                                          DEFAULT_LIMITS)
     assert len(cfgs) >= 20
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        reports = list(pool.map(lambda c: _nvcc(c, dtype), cfgs))
-    for cfg, rep in zip(cfgs, reports):
+    for cfg, rep in zip(cfgs, compile_reports(space(), [(c, dtype) for c in cfgs])):
         _check_report(cfg, rep)
 
 
 def test_known_good_configs_compile_without_spills():
-    if sat_compile.nvcc_path() is None:
-        pytest.skip("nvcc not found (CUDA toolkit not installed)")
     sp = space()
     cfgs = known_goods_in(sp)
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        reports = list(pool.map(lambda cd: _nvcc(*cd), cfgs))
-    for (cfg, _), rep in zip(cfgs, reports):
+    for (cfg, _), rep in zip(cfgs, compile_reports(sp, cfgs)):
         _check_report(cfg, rep)
 
 
@@ -472,8 +459,6 @@ def test_probe_sweep_measures_the_given_configs_first_on_each_case(tmp_path, mon
 def test_occupancy_variants_compile_at_their_register_cap_without_spills():
     """The sweep file's tc_gather2 configs of the new loops and two with 16-bit staging: within the register cap of
     __launch_bounds__, no spill, and the blocks an SM it asks for are reached (registers, shared memory, warps)."""
-    if sat_compile.nvcc_path() is None:
-        pytest.skip("nvcc not found (CUDA toolkit not installed)")
     cfgs, keys = [], set()
     for c in _sweep_variants():  # the new loops (the old one: the covering test); row_order changes no register
         key = json.dumps({k: v for k, v in c.items() if k != "row_order"}, sort_keys=True)
@@ -482,8 +467,7 @@ def test_occupancy_variants_compile_at_their_register_cap_without_spills():
             cfgs.append((c, "fp16"))
     cfgs += [(dict(OLD_BEST, wn=2, bload="scalar", apre="buf2", minblocks=2), "bf16"),
              (dict(OLD_BEST, rn=1, wm=2, wn=2, stages=4, ksteps=4, bload="scalar", apre="buf2", minblocks=6), "fp16")]
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        reports = list(pool.map(lambda cd: _nvcc(*cd), cfgs))
+    reports = compile_reports(space(), cfgs)
     for (cfg, _), rep in zip(cfgs, reports):
         regs = _check_report(cfg, rep)
         assert regs <= _cap(cfg) and _blocks_an_sm(cfg, regs) >= _minblocks(cfg), (cfg, regs)

@@ -20,7 +20,7 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import FakeDeviceCSR, check_launch_matches_signature, fake_kernel, signature
-from space_checks import covering, known_goods_in, nvcc_sm90, regs_and_spill, unique_feasible
+from space_checks import compile_reports, covering, known_goods_in, regs_and_spill, unique_feasible
 from test_tc_gather import clustered
 from test_tc_gather2 import (EMU_PRELUDE, _as_f64, _ref, _rel_err, check_gathered_render, edge_cases, emu_inputs, emu_kernel,
                              gxx, rounded)
@@ -28,7 +28,6 @@ from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import DTYPES, TOLERANCE, host_values, random_matrix, storage
 from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
-from sparse_autotune.device import compile as sat_compile
 
 FAMILY = "tc_gather3"
 GEOMS = [(1, 32, 1, 32), (1, 64, 2, 64), (2, 64, 1, 32), (1, 128, 4, 128), (2, 128, 2, 256), (2, 32, 2, 64)]
@@ -220,10 +219,6 @@ def _covering(n=2048, m=3072, k=768, dtype="fp16"):
                                               host().threads(c) >= 256), PARAMS, dtype)
 
 
-def _nvcc(cfg, dtype):
-    return nvcc_sm90(space(), cfg, dtype)
-
-
 def _check_report(cfg, rep):
     regs, spill = regs_and_spill(cfg, rep)
     assert regs <= 255 and spill == 0, (cfg, rep)
@@ -236,16 +231,12 @@ def test_known_good_and_a_covering_sample_compile_without_spills():
     """nvcc -arch=sm_90, ptxas -v: the known-good configs (fp16 and bf16) and a covering sample of the space (fp16;
     every (rn, accumulators, bload, 256 threads or more) and every value) compile without spills, within the registers the
     __launch_bounds__ estimate allows."""
-    if sat_compile.nvcc_path() is None:
-        pytest.skip("nvcc not found (CUDA toolkit not installed)")
     sp = space()
     cfgs = known_goods_in(sp)
     cov = _covering()
     assert 12 <= len(cov) <= 28, len(cov)
     cfgs += [(c, "fp16") for c in cov]
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        reports = list(pool.map(lambda cd: _nvcc(*cd), cfgs))
-    for (cfg, _), rep in zip(cfgs, reports):
+    for (cfg, _), rep in zip(cfgs, compile_reports(sp, cfgs, 4)):
         regs = _check_report(cfg, rep)
         minb = int(re.search(r"__launch_bounds__\(NTHREADS, (\d+)\)", render.render(sp, cfg, "fp16")).group(1))
         assert regs <= 65536 // (minb * host().threads(cfg)), (cfg, regs, minb)

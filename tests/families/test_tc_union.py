@@ -27,7 +27,8 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import FakeDeviceCSR, check_launch_matches_signature, fake_kernel, signature
-from space_checks import adapted_known_goods, covering, known_goods_in, nvcc_sm90, regs_and_spill, unique_feasible
+from space_checks import (adapted_known_goods, compile_reports, covering, known_goods_in, regs_and_spill,
+                          unique_feasible)
 from tc_emu import EMU_CORE
 from test_tc_bitmap import adversarial
 from test_tc_gather2 import _as_f64, _ref, _rel_err, edge_cases, rounded
@@ -35,7 +36,6 @@ from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family, splitk_shape
 from sparse_autotune.core.problem import TOLERANCE, random_matrix, storage
 from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
-from sparse_autotune.device import compile as sat_compile
 
 FAMILY = "tc_union"
 RBS = (16, 32, 64, 128, 256)
@@ -372,10 +372,6 @@ def _covering(n=128, m=4096, k=14336, dtype="fp16"):
     return covering(space(), feas, lambda c: (c["tile_n"], c["bload"], host().threads(c) >= 256), PARAMS, dtype)
 
 
-def _nvcc(cfg, dtype):
-    return nvcc_sm90(space(), cfg, dtype)
-
-
 def _check_report(cfg, rep):
     regs, spill = regs_and_spill(cfg, rep)
     assert regs <= min(255, 65536 // host().threads(cfg)) and spill == 0, (cfg, rep)
@@ -390,8 +386,6 @@ def test_known_good_and_a_covering_sample_compile_without_spills():
     """nvcc -arch=sm_90, ptxas -v: the known-good configs (fp16 and bf16) and a covering sample of the space (fp16;
     every (tile_n, bload, 256 threads or more) and every value of every parameter) compile without spills within
     the registers __launch_bounds__(NT) allows, with no static shared memory but s_last."""
-    if sat_compile.nvcc_path() is None:
-        pytest.skip("nvcc not found (CUDA toolkit not installed)")
     sp = space()
     cfgs = known_goods_in(sp)
     cov = _covering()
@@ -402,9 +396,7 @@ def test_known_good_and_a_covering_sample_compile_without_spills():
     src = render.render(sp, cov[0], "fp16")
     assert re.findall(r"__shared__[^;]*;", src) == ["__shared__ __align__(128) unsigned char smem[];",
                                                     "__shared__ int s_last;"]
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        reports = list(pool.map(lambda cd: _nvcc(*cd), cfgs))
-    for (cfg, _), rep in zip(cfgs, reports):
+    for (cfg, _), rep in zip(cfgs, compile_reports(sp, cfgs)):
         _check_report(cfg, rep)
 
 
@@ -422,15 +414,11 @@ HEAVIEST = [  # what the space keeps at 512 threads: 32 accumulators a lane, the
 def test_the_register_heaviest_feasible_configs_compile_without_spills():
     """The 512-thread configs with 64 accumulators a lane are refused (they spilled); the heaviest ones the constraints
     admit at 512 threads (a cap of 128 registers a thread) compile without spills."""
-    if sat_compile.nvcc_path() is None:
-        pytest.skip("nvcc not found (CUDA toolkit not installed)")
     sp = space()
     env = problem_env(4096, 14336, 128, 2936013, "fp16")
     assert all("accumulators" in (sp.check(c, env, DEFAULT_LIMITS) or "") for c in SPILLED)
     assert all(sp.check(c, env, DEFAULT_LIMITS) is None and host().threads(c) == 512 for c in HEAVIEST)
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        reports = list(pool.map(lambda c: _nvcc(c, "fp16"), HEAVIEST))
-    for cfg, rep in zip(HEAVIEST, reports):
+    for cfg, rep in zip(HEAVIEST, compile_reports(sp, [(c, "fp16") for c in HEAVIEST])):
         _check_report(cfg, rep)
 
 
