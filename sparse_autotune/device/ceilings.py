@@ -64,13 +64,18 @@ def ceilings() -> dict:
     return res
 
 
+def bc_bytes(m: int, k: int, n: int, dtype: str) -> int:
+    """Bytes of B (K x N) and C (M x N), each once: the byte floor's part besides A."""
+    return (k * n + m * n) * (4 if dtype in ("fp32", "tf32") else 2)
+
+
 def bytes_floor(problem, a_bytes: int, ceil: dict, dense_us: float | None) -> dict:
     """The byte floor of a memory-bound layer: bytes of A in the kernel's own format + B + C, each once, over the best
     bandwidth measured in this process: the larger of a device-to-device copy and what dense cuBLAS of the same
     dtype reaches on the dense layer (dense_us, A dense M x K + B + C). {'bytes_floor_us', 'a_bytes',
     'a_bytes_per_nnz', 'bw_GBps'}."""
     es = 4 if problem.dtype in ("fp32", "tf32") else 2
-    bc = (problem.k * problem.n + problem.m * problem.n) * es
+    bc = bc_bytes(problem.m, problem.k, problem.n, problem.dtype)
     bw = ceil["copy_GBps"] * 1e9
     if dense_us:
         bw = max(bw, (problem.m * problem.k * es + bc) / (dense_us * 1e-6))

@@ -363,6 +363,7 @@ def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0
     else the winner's own times of that run are put over the record's (apply_retimed). cuBLAS's cold time is the median
     of the case's rows of that run (each row timed it once; `db set-cold` takes the same).
     Returns (new records, cases retimed, cases adopted, why the other cases were not); the input is not modified."""
+    from ..device.ceilings import bc_bytes  # noqa: PLC0415
     out = [dict(r) for r in records]
     by_key = {case_key(r): j for j, r in enumerate(out)}
     timed = lambda row: not row.get("skipped") and not row.get("error") and row.get("tuned_cold_us")  # noqa: E731
@@ -373,8 +374,10 @@ def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0
             mine.setdefault(case_key(row), []).append(row)
         for k, rs in mine.items():
             j = by_key.get(k)
-            if j is not None and any(same_run_key(x) == same_run_key(out[j]) and timed(x) for x in rs):
-                cases[k] = rs
+            if j is not None:
+                want = same_run_key(out[j])
+                if any(same_run_key(x) == want and timed(x) for x in rs):
+                    cases[k] = rs
     retimed = adopted = 0
     why = []
     seen = {case_key(row) for rows in runs for row in rows}
@@ -387,34 +390,32 @@ def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0
             why.append(f"{k}: no run timed the record's winner ({out[j].get('family')} {out[j].get('config')}) "
                        "beside the others: times of different runs are not compared")
             continue
-        rs = [x for x in cases[k] if timed(x)]
-        own = next(x for x in rs if same_run_key(x) == same_run_key(out[j]))
-        best = min(rs, key=lambda x: x["tuned_cold_us"])
         r = out[j]
-        dense = [x["dense_cold_us"] for x in rs if x.get("dense_cold_us")]
-        if best is own or best["tuned_cold_us"] >= own["tuned_cold_us"] * (1 - margin):
-            r.update({f: own.get(f) for f in RETIMED_FIELDS})
-            r["dense_cold_us"] = statistics.median(dense) if dense else r.get("dense_cold_us")
-            r["cold_retimed"] = own.get("date") or True
+        rs = [x for x in cases[k] if timed(x)]
+        want = same_run_key(r)
+        own = next(x for x in rs if same_run_key(x) == want)
+        best = min(rs, key=lambda x: x["tuned_cold_us"])
+        win = own if best["tuned_cold_us"] >= own["tuned_cold_us"] * (1 - margin) else best
+        if win is own:
             retimed += 1
-            continue
-        was = {"family": r["family"], "config": r["config"], "tuned_us": r.get("tuned_us"),
-               "tuned_cold_us_same_run": own["tuned_cold_us"]}
-        if r.get("chosen_family") == r["family"] and r.get("chosen_us") == r.get("tuned_us"):
-            r["chosen_family"], r["chosen_us"] = best["family"], best["tuned_us"]
-        es = 4 if r["dtype"] in ("fp32", "tf32") else 2
-        bc = (r["K"] * r["N"] + r["M"] * r["N"]) * es
-        if best.get("a_bytes") and r.get("a_bytes") and r.get("bytes_floor_us"):  # the same bandwidth, A's new bytes
-            r["bytes_floor_us"] = r["bytes_floor_us"] * (best["a_bytes"] + bc) / (r["a_bytes"] + bc)
-            r["a_bytes"] = int(best["a_bytes"])
-            r["a_bytes_per_nnz"] = best["a_bytes"] / r["nnz"] if r.get("nnz") else r.get("a_bytes_per_nnz")
-        r.update(family=best["family"], config=best["config"], tuned_us=best["tuned_us"],
-                 max_rel_err=best.get("rel_err", r.get("max_rel_err")),
-                 **{f: best.get(f) for f in RETIMED_FIELDS})
+        else:
+            was = {"family": r["family"], "config": r["config"], "tuned_us": r.get("tuned_us"),
+                   "tuned_cold_us_same_run": own["tuned_cold_us"]}
+            if r.get("chosen_family") == r["family"] and r.get("chosen_us") == r.get("tuned_us"):
+                r["chosen_family"], r["chosen_us"] = win["family"], win["tuned_us"]
+            if win.get("a_bytes") and r.get("a_bytes") and r.get("bytes_floor_us"):  # the same bandwidth, A's bytes
+                bc = bc_bytes(r["M"], r["K"], r["N"], r["dtype"])
+                r["bytes_floor_us"] = r["bytes_floor_us"] * (win["a_bytes"] + bc) / (r["a_bytes"] + bc)
+                r["a_bytes"] = int(win["a_bytes"])
+                r["a_bytes_per_nnz"] = win["a_bytes"] / r["nnz"] if r.get("nnz") else r.get("a_bytes_per_nnz")
+            r.update(family=win["family"], config=win["config"], tuned_us=win["tuned_us"],
+                     max_rel_err=win.get("rel_err", r.get("max_rel_err")),
+                     adopted={"date": win.get("date"), "replaced": was})
+            adopted += 1
+        r.update({f: win.get(f) for f in RETIMED_FIELDS})
+        dense = [x["dense_cold_us"] for x in rs if x.get("dense_cold_us")]
         r["dense_cold_us"] = statistics.median(dense) if dense else r.get("dense_cold_us")
-        r["cold_retimed"] = best.get("date") or True
-        r["adopted"] = {"date": best.get("date"), "replaced": was}
-        adopted += 1
+        r["cold_retimed"] = win.get("date") or True
     return out, retimed, adopted, why
 
 
