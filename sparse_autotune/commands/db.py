@@ -274,13 +274,13 @@ def cmd_merge(a) -> int:
 def normalized_config(family: str, dtype: str, config_json: str) -> str:
     """A config as its family's space normalizes it for the dtype (the defaults of the parameters it leaves out:
     the kernel it builds), in canonical JSON; as stored where no space knows it (a vendor path, an unknown family)."""
-    from ..core.space import get_space  # noqa: PLC0415
+    from ..core.space import built_config  # noqa: PLC0415
     from ..store.db import canonical_config  # noqa: PLC0415
     try:
-        norm = get_space(family).normalize(json.loads(config_json), dtype)
-    except (KeyError, ValueError, TypeError, AttributeError):
-        norm = None
-    return canonical_config(json.dumps(norm) if norm is not None else config_json)
+        config = json.loads(config_json)
+    except (TypeError, ValueError):
+        return canonical_config(config_json)
+    return canonical_config(json.dumps(built_config(family, config, dtype)))
 
 
 def cmd_set_cold(a) -> int:

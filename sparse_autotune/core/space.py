@@ -317,6 +317,19 @@ def parse_space(data: dict, source: str = "<space>") -> Space:
     return space
 
 
+def built_config(family: str, config, dtype: str):
+    """The config as its family's space normalizes it for the dtype: the kernel it builds (a config stored before a
+    parameter existed gets its default); as given where it is not a dict, no space knows the family (a vendor path)
+    or a value is not in the space."""
+    if not isinstance(config, dict):
+        return config
+    try:
+        norm = get_space(family).normalize(config, dtype)
+    except (KeyError, ValueError):
+        norm = None
+    return config if norm is None else norm
+
+
 @lru_cache(maxsize=None)
 def load_spaces(folder: str | None = None) -> tuple[Space, ...]:
     """The spaces of every registered family (core.families), or of the .toml files of one folder."""

@@ -309,13 +309,9 @@ def retime_key(r: dict) -> tuple:
 def same_run_key(r: dict) -> tuple:
     """retime_key with the config as the family's space normalizes it for the case's dtype (a config stored before a
     parameter existed names the kernel its default builds: the record's and a row's of one kernel compare equal)."""
-    from ..core.space import get_space  # noqa: PLC0415
-    cfg = r.get("config")
-    try:
-        norm = get_space(r["family"]).normalize(cfg, r["dtype"]) if isinstance(cfg, dict) else None
-    except (KeyError, ValueError):  # a vendor path or a family this version does not have: as stored
-        norm = None
-    return (*case_key(r), r.get("family"), json.dumps(norm if norm is not None else cfg, sort_keys=True))
+    from ..core.space import built_config  # noqa: PLC0415
+    return (*case_key(r), r.get("family"),
+            json.dumps(built_config(r.get("family"), r.get("config"), r["dtype"]), sort_keys=True))
 
 
 def retime_cases(records: list[dict], conds: dict[str, set] | None = None, skip=()) -> list[dict]:
