@@ -758,6 +758,14 @@ class TuningDB:
         touched: dict[tuple, Record] = {}
         pending: dict[tuple, tuple] = {}  # add: a key's fastest timed config that no record holds
         fastest: dict[tuple, float] = {}  # a key's fastest kernel cold time of `times`
+
+        def touch(s, q, r):  # the first record of a key set or added: the key's best before, to count changes
+            key = _key_of(r)
+            if key not in touched:
+                touched[key] = r
+                best = s.scalars(q.where(Record.is_best.is_(True))).first()
+                before[key] = best.id if best is not None else None
+
         try:
             with self._write_session() as s:
                 for c in times:
@@ -777,11 +785,7 @@ class TuningDB:
                             pending[k] = (c, q, cfg)
                     unmatched += not rows
                     for r in rows:
-                        key = _key_of(r)
-                        if key not in touched:
-                            touched[key] = r
-                            best = s.scalars(q.where(Record.is_best.is_(True))).first()
-                            before[key] = best.id if best is not None else None
+                        touch(s, q, r)
                         if r.cold_us == c.cold_us:
                             unchanged += 1
                         else:
@@ -790,15 +794,11 @@ class TuningDB:
                 for k, (c, q, cfg) in pending.items():  # add: a key's fastest kernel, where no record holds it
                     if c.cold_us > fastest[k]:
                         continue
-                    best = s.scalars(q.where(Record.is_best.is_(True))).first()
-                    new = self._derive_timed(s, q, c, cfg)
+                    new = self._derive_timed(s, q, c, cfg)  # flagged not best: the key's best is still the old one
                     if new is not None:
                         added += 1
                         unmatched -= 1
-                        key = _key_of(new)
-                        if key not in touched:
-                            touched[key] = new
-                            before[key] = best.id if best is not None else None
+                        touch(s, q, new)
                 s.flush()
                 new_best = 0
                 for key, r in touched.items():
