@@ -35,6 +35,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
@@ -263,13 +264,10 @@ def dense_within(out, m: int, k: int):
     return out[:m, :k]
 
 
-_NTH_ZERO_T: list = []
-
-
+@lru_cache(maxsize=None)
 def _nth_zero():
-    if not _NTH_ZERO_T:
-        _NTH_ZERO_T.append(nth_zero_table())
-    return _NTH_ZERO_T[0]
+    """nth_zero_table, built once on first use."""
+    return nth_zero_table()
 
 
 def ldmatrix_wavefronts(kslot, steps: int) -> float:
