@@ -1,0 +1,273 @@
+"""tc_sp24 (Hopper sparse wgmma on the 2:4 part of A, a CUDA-core residual for the rest): the split keeps at most two
+nonzeros a row and group of 4 and never writes invalid metadata; the stream and the residual round-trip to A by the
+kernel's own register rule (variants/tc_sp24.py decode) on random and adversarial patterns; the residual's share
+follows the binomial model; rendering, constraints (sm 90 only, N % 8), shared memory and geometry; the sm_90a build
+(nvcc: HGMMA.SP in the SASS, no spills, no serialization warning); on a GPU, the known-good and a covering sample of
+configs against float64 on edge cases, fp16 and bf16, N = 8, 64, 136, 264 (N = 1, 7, 127 infeasible)."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sps
+
+from fakes import launch_signature_test
+from sparse_autotune.core.families import get_family
+from sparse_autotune.core.problem import half_bits, random_matrix
+from sparse_autotune.core.render import render
+from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
+
+FAMILY = "tc_sp24"
+
+
+def host():
+    return get_family(FAMILY).host
+
+
+def space():
+    return get_family(FAMILY).space
+
+
+def _vals(a, rng):
+    a = sps.csr_matrix(a)
+    a.data = rng.standard_normal(a.nnz).astype(np.float32) + 0.5
+    a.data[np.abs(a.data) < 0.05] = 0.25  # never zero after rounding to 16 bits
+    return a
+
+
+def adversarial():
+    """Empty rows and tiles, a full (dense) tile, M and K not multiples of 64 / 32, one nonzero, all zero, a dense
+    row, lone nonzeros at each position of a group (3 included), groups of 3 and 4 (the residual), 70 %."""
+    rng = np.random.default_rng(5)
+    out = {}
+    a = sps.random(150, 200, density=0.3, format="lil", random_state=1)
+    a[0:70, :] = 0  # a whole empty 64-row block and more
+    a[:, 32:96] = 0  # empty chunks
+    out["empty_rows_and_tiles"] = _vals(a, rng)
+    a = sps.random(64, 96, density=0.05, format="lil", random_state=2)
+    a[16:48, 32:64] = 1.0  # a full tile: every group of 4 has 4 (2 of them to the residual)
+    out["full_tile"] = _vals(a, rng)
+    out["residues_37x53"] = _vals(sps.random(37, 53, density=0.3, format="csr", random_state=3), rng)
+    a = sps.lil_matrix((5, 7))
+    a[4, 6] = 1.0
+    out["one_nonzero"] = _vals(a, rng)
+    out["all_zero"] = sps.csr_matrix((70, 40), dtype=np.float32)
+    a = sps.lil_matrix((66, 130))
+    a[3, :] = 1.0  # one dense row
+    for p in range(4):
+        a[10 + p, 4 * p + p] = 1.0  # lone nonzeros at each position
+        a[20, 8 * p + p] = 1.0
+    out["dense_row_and_lone"] = _vals(a, rng)
+    out["d0.7_100x300"] = _vals(sps.random(100, 300, density=0.7, format="csr", random_state=4), rng)
+    return out
+
+
+def _dense_bits(a, dtype="fp16"):
+    c = sps.coo_matrix(a)
+    out = np.zeros(a.shape, dtype=np.uint16)
+    out[c.row, c.col] = half_bits(c.data, dtype)
+    return out
+
+
+@pytest.mark.parametrize("kc,wg", [(1, 1), (2, 2), (4, 1)])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_stream_and_residual_round_trip_to_a(kc, wg, dtype):
+    h = host()
+    cases = adversarial()
+    cases["uniform_200x300_d0.1"] = _vals(random_matrix(200, 300, 0.1, "uniform", 1), np.random.default_rng(1))
+    for name, a in cases.items():
+        stream, rptr, rcol, rval, info = h.build(a, kc, wg, dtype)
+        assert stream.nbytes == info["NC"] * info["NBLK"] * wg * kc * h.TILE, name
+        assert (h.decode(stream, rptr, rcol, rval, info) == _dense_bits(a, dtype)).all(), (name, kc, wg)
+
+
+def test_split_keeps_two_a_group_and_never_writes_invalid_metadata():
+    h = host()
+    a = _vals(sps.random(300, 400, density=0.6, format="csr", random_state=9), np.random.default_rng(2))
+    nib, vals, resid = h.split(a)
+    assert nib.shape == (300, 100) and vals.shape == (300, 200)
+    p0, p1 = nib & 3, nib >> 2
+    assert (p0 < p1).all()  # never 0b0000, 0b0101, 0b1010, 0b1111; ordered
+    kept = (vals != 0).reshape(300, 100, 2).sum(axis=2)
+    dense = _dense_bits(a) != 0
+    per_group = dense.reshape(300, 100, 4).sum(axis=2)
+    assert (kept == np.minimum(per_group, 2)).all()
+    assert resid.nnz == int(np.maximum(per_group - 2, 0).sum())
+    # the residual holds the third and fourth nonzero of a group in column order
+    r = resid.tocoo()
+    for i, j in zip(r.row[:200], r.col[:200]):
+        g = j // 4
+        assert dense[i, 4 * g:j].sum() >= 2
+
+
+def test_residual_share_follows_the_binomial_model():
+    h = host()
+    for d in (0.1, 0.3, 0.5):
+        a = random_matrix(512, 2048, d, "uniform", 0)
+        _, _, resid = h.split(a)
+        q = 1 - d
+        want = (1 * 4 * d ** 3 * q + 2 * d ** 4) / (4 * d)  # E[max(X - 2, 0)] / E[X], X ~ Bin(4, d)
+        assert abs(resid.nnz / a.nnz - want) < 0.1 * want + 0.002, (d, resid.nnz / a.nnz, want)
+
+
+def test_bytes_per_element_is_nine_eighths_of_the_padded_a():
+    h = host()
+    a = random_matrix(4096, 4096, 0.05, "uniform", 0)
+    stream, rptr, _, _, info = h.build(a, 2, 2)
+    assert stream.nbytes == 4096 * 4096 * 9 // 8
+    assert info["bytes"] == stream.nbytes + rptr.nbytes + 6 * info["residual"]
+
+
+def test_the_builder_leaves_the_callers_matrix_alone():
+    a = random_matrix(100, 200, 0.3, "uniform", 2)
+    before = (a.data.copy(), a.indices.copy(), a.indptr.copy())
+    host().build(a, 2, 1)
+    assert all((x == y).all() for x, y in zip(before, (a.data, a.indices, a.indptr)))
+
+
+def test_configs_render_wgmma_sp_for_both_dtypes():
+    for dtype, mt in (("fp16", "f16"), ("bf16", "bf16")):
+        for bn in (64, 128, 256):
+            src = render(space(), dict(bn=bn, kc=2, wg=2, stages=4, splitk=2), dtype)
+            assert f"wgmma.mma_async.sp.sync.aligned.m64n{bn}k32.f32.{mt}.{mt}" in src
+            assert "cp.async.bulk.tensor.2d" in src and "__grid_constant__ TensorMap128" in src
+            assert f'"+f"(d[{bn // 2 - 1}])' in src and f'"+f"(d[{bn // 2}])' not in src  # bn / 2 accumulators
+            assert "atomicAdd(counters" in src  # split-K 2
+        assert "atomicAdd(counters" not in render(space(), dict(bn=64, kc=1, wg=1, stages=2, splitk=1), dtype)
+
+
+def test_constraints_sm90_n_and_shared_memory():
+    sp = space()
+    kg = sp.known_good[0]
+    env = problem_env(1024, 1024, 512, 50_000, "fp16")
+    assert sp.check(kg, env, DEFAULT_LIMITS) is None
+    assert sp.check(kg, {**env, "sm": 80}, DEFAULT_LIMITS) is not None
+    for n in (1, 7, 127):
+        assert not list(sp.feasible("fp16", problem_env(1024, 1024, n, 50_000, "fp16"), DEFAULT_LIMITS))
+    assert not list(sp.feasible("fp32", env, DEFAULT_LIMITS))
+    h = host()
+    for cfg in sp.feasible("fp16", env, DEFAULT_LIMITS):
+        assert h.shared_bytes(cfg) <= DEFAULT_LIMITS["max_dyn_smem_bytes"]
+
+
+def test_geometry_workspace_and_tensor_map():
+    h = host()
+    cfg = dict(bn=128, kc=2, wg=2, stages=4, splitk=4)
+    kern = type("K", (), {"config": cfg, "a": type("A", (), {"shape": (4096, 4096)})()})()
+    assert h.geometry(kern, 128) == ((32 * 4 * 1,), (288,))
+    assert h.geometry(kern, 300) == ((32 * 4 * 3,), (288,))
+    assert h.workspace_shape(cfg, 32, 1) == (32 * 4 * 256 * 64, 32)
+    t = h.tensor_map_args(256, 4096, cfg, 0x1000)
+    assert t["box"] == (64, 64) and t["dims"] == (256, 4096) and t["strides"] == (512,)
+
+
+test_launch_matches_the_kernel_signature = launch_signature_test(FAMILY)
+
+
+def _nvcc(src: str, sass: bool = False) -> tuple[str, str]:
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("no nvcc")
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "k.cu"
+        p.write_text(src)
+        r = subprocess.run([nvcc, "-arch=sm_90a", "-cubin", "-Xptxas", "-v", "-o", str(Path(d) / "k.cubin"), str(p)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out = ""
+        if sass:
+            cuobj = shutil.which("cuobjdump")
+            if cuobj:
+                out = subprocess.run([cuobj, "-sass", str(Path(d) / "k.cubin")], capture_output=True, text=True).stdout
+        return r.stderr, out
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_known_goods_compile_for_sm90a_without_spills_or_serialized_wgmmas(dtype):
+    for kg in space().known_good:
+        rep, sass = _nvcc(render(space(), kg, dtype), sass=True)
+        assert "C75" not in rep, (kg, rep)  # e.g. C7513: wgmma serialized (a chunk's registers reused too early)
+        assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (kg, rep)
+        if sass:
+            assert "HGMMA.SP" in sass
+
+
+# ---- GPU ----
+
+def _gpu_configs(n, dtype):
+    sp, fam = space(), get_family(FAMILY)
+    env = problem_env(150, 1000, n, 30_000, dtype)
+    out = []
+    cands = list(sp.known_good) + [dict(bn=64, kc=1, wg=1, stages=2, splitk=1), dict(bn=256, kc=4, wg=2, stages=2, splitk=3),
+                                   dict(bn=128, kc=4, wg=1, stages=3, splitk=8), dict(bn=64, kc=2, wg=2, stages=8, splitk=6)]
+    for cfg in cands:
+        cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
+        if cfg is None:
+            continue
+        for splitk in dict.fromkeys((cfg["splitk"], 1)):
+            c = {**cfg, "splitk": splitk}
+            if sp.check(c, env, DEFAULT_LIMITS) is None and c not in out:
+                out.append(c)
+    return out
+
+
+def _check(cases, dtype, n, cfgs):
+    import concurrent.futures
+
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+    from sparse_autotune.core.problem import DTYPES, host_values, storage
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
+    checked = 0
+    for name, a in cases.items():
+        a = sps.csr_matrix(a, copy=True)
+        a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])
+        dev = DeviceCSR(a, dtype)
+        a64 = csp.csr_matrix(a.astype(np.float64))
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype), cfgs))
+        for k in kernels:
+            for rep in range(2):  # split-K's counters must reset themselves
+                bh = np.random.default_rng(checked).standard_normal((a.shape[1], n)).astype(np.float32)
+                b = cp.asarray(storage(host_values(bh, DTYPES[dtype]), dtype))
+                c = cp.empty((a.shape[0], n), dtype=b.dtype)
+                err = check(lambda: k(b, c), c, reference(a64, b), dtype)
+                assert err <= (2e-3 if dtype == "fp16" else 1.6e-2), (name, n, k.config, rep, err)
+                checked += 1
+    return checked
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [8, 64, 136, 264])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_correct_on_edge_cases(dtype, n):
+    """Through the project's launch path (build_kernel with sm_90a, Kernel.__call__): poisoned C, fresh random B,
+    float64 reference; each kernel twice. N = 136 and 264: a last column tile partly past N (boxes past N not asked
+    for); the residual on the full tile, the dense row and d 0.7."""
+    from sparse_autotune.device.gpu import gpu_info
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
+    cases = adversarial()
+    cases["uniform_300x2000_d0.1"] = random_matrix(300, 2000, 0.1, "uniform", 3)
+    cfgs = _gpu_configs(n, dtype)
+    assert len(cfgs) >= 4
+    assert _check(cases, dtype, n, cfgs) == 2 * len(cfgs) * len(cases)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("density", [0.05, 0.3])
+def test_correct_at_4096_n128(density):
+    """A layer of the llm suite at its known-good configs (split-K 4 over 64 chunks)."""
+    from sparse_autotune.device.gpu import gpu_info
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
+    a = random_matrix(4096, 4096, density, "uniform", 0)
+    cfgs = [kg for kg in space().known_good if space().check(kg, problem_env(4096, 4096, 128, a.nnz, "fp16"),
+                                                              DEFAULT_LIMITS) is None]
+    assert _check({"u4096": a}, "fp16", 128, cfgs) == 2 * len(cfgs)

@@ -1,0 +1,235 @@
+"""tc_sp24, host side: an unstructured sparse A split into a 2:4-structured part, run on Hopper's sparse warpgroup MMA
+(wgmma.mma_async.sp m64nNk32: twice the dense MMA rate, bench/results/session35/sp24-probe.md), and a residual of
+the nonzeros 2:4 cannot hold, added on CUDA cores in the epilogue (variants/tc_sp24.cu.j2).
+
+Split: in each row, each group of 4 consecutive columns keeps its first two nonzeros (column order) in the 2:4 part;
+a third and fourth go to the residual. For a uniform pattern the residual is ~1 % of the nonzeros at d 0.1, 3.6 % at
+0.2, 7.6 % at 0.3, 19 % at 0.5 (binomial: E[max(X - 2, 0)] / E[X], X ~ Bin(4, d)).
+
+2:4 part (the stream, uint8): the padded A (Mp = 64 wg NBLK rows, Kp = 32 kc NC columns) in tiles of one warpgroup's
+64 rows x one k32 step, 2304 bytes each:
+  [0, 2048)     the compressed values in the register order of wgmma's A fragment (sparse .m64nNk32 from registers,
+                measured by bench/sp24_probe.py): thread tw = 32 w + 4 g + t (warp w of the warpgroup: rows 16 w ... +
+                15) holds 4 u32 registers j = 0 ... 3, register j = (row 16 w + g + 8 (j & 1), compressed columns
+                2 t + 8 (j >> 1), + 1: the kept pair of group t + 4 (j >> 1) of the k-step, its first value in the low
+                half); thread tw's 16 bytes at 16 tw (one ld.shared.v4 a thread, conflict-free)
+  [2048, 2304)  the metadata: 16 u32 words a warp (64 bytes at 64 w), word 2 g + q (q = 0, 1) = what lane 4 g + q
+                passes at sparsity selector 0: nibble i (bits 4 i ... 4 i + 3) = the positions (p0 | p1 << 2, p0 < p1)
+                of the kept pair of row 16 w + g + 8 (i >> 2), group 4 q + (i & 3). Lanes 4 g + 2, + 3 read the same
+                two words (the instruction ignores them at selector 0).
+A group with one nonzero at position p keeps it at slot 0 with positions (p, 3) (p < 3) or at slot 1 with (0, 3)
+(p = 3); an empty group holds zeros at (0, 1): metadata is never one of the invalid 0b0000, 0b0101, 0b1010, 0b1111.
+Tile order: chunk c (kc k-steps), row block b (wg warpgroups of 64 rows), warpgroup w, k-step kk: tile
+((c NBLK + b) wg + w) kc + kk, so one row block's tiles of a chunk are one contiguous run of wg kc 2304 bytes (the
+producer's one bulk copy a chunk). 2304 bytes a 64 x 32 tile: 1.125 bytes an element of A at any density (dense
+fp16: 2).
+
+Residual: CSR (rptr int32 [M + 1], rcol int32, rval uint16 bit patterns) of the nonzeros past the first two of their
+group.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from sparse_autotune.core.families import adapt_params, csr_parts, splitk_shape, splitk_workspace
+from sparse_autotune.core.problem import half_bits
+
+TILE = 2304  # bytes of one warpgroup's 64 rows x one k32 step
+VALS = 2048  # of which the compressed values; the metadata follows
+EMPTY_NIBBLE = 0x4  # positions (0, 1)
+
+
+def dims(m: int, k: int, kc: int, wg: int) -> tuple[int, int]:
+    """(NBLK row blocks of 64 wg rows, NC chunks of 32 kc columns)."""
+    return max(1, -(-m // (64 * wg))), max(1, -(-k // (32 * kc)))
+
+
+def split(a: sp.csr_matrix, dtype: str = "fp16"):
+    """(nib uint8 [Mp0, Kg], vals uint16 [Mp0, 2 Kg], residual csr) of A: per row and group of 4 columns the kept pair's
+    positions as one metadata nibble and its two 16-bit values (module docstring), the rest as a CSR matrix of the
+    same shape. Mp0 = M, Kg = ceil(K / 4) (the caller pads)."""
+    m, k, rows, cols, data = csr_parts(a)
+    kg = max(1, -(-k // 4))
+    key = rows.astype(np.int64) * kg + cols // 4  # CSR order: by row, then column, so a group's entries are a run
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    start = np.maximum.accumulate(np.where(first, np.arange(len(key)), 0))
+    rank = np.arange(len(key)) - start
+    bits = half_bits(data, dtype).astype(np.uint16)
+    pos = (cols % 4).astype(np.uint8)
+    nib = np.full(m * kg, EMPTY_NIBBLE, dtype=np.uint8)
+    vals = np.zeros(2 * m * kg, dtype=np.uint16)
+    r0, r1 = rank == 0, rank == 1
+    k0, k1 = key[r0], key[r1]
+    cnt = np.bincount(key[rank < 2], minlength=m * kg)
+    p0 = np.zeros(m * kg, dtype=np.uint8)
+    p0[k0] = pos[r0]
+    two = cnt == 2
+    p1 = np.zeros(m * kg, dtype=np.uint8)
+    p1[k1] = pos[r1]
+    nib[two] = p0[two] | (p1[two] << 2)
+    vals[2 * k0] = bits[r0]  # slot 0 (moved to slot 1 below where a lone nonzero sits at position 3)
+    vals[2 * k1 + 1] = bits[r1]
+    one = cnt == 1
+    lo = one & (p0 < 3)
+    nib[lo] = p0[lo] | (3 << 2)
+    hi = np.nonzero(one & (p0 == 3))[0]
+    nib[hi] = 3 << 2  # (0, 3): the value at slot 1
+    vals[2 * hi + 1] = vals[2 * hi]
+    vals[2 * hi] = 0
+    res = rank >= 2
+    resid = sp.csr_matrix((data[res], (rows[res], cols[res])), shape=(m, k), dtype=np.float32)
+    resid.sort_indices()
+    return nib.reshape(m, kg), vals.reshape(m, 2 * kg), resid
+
+
+def build(a: sp.csr_matrix, kc: int, wg: int, dtype: str = "fp16"):
+    """(stream uint8, rptr int32, rcol int32, rval uint16, info) of A for chunks of kc k32 steps and row blocks of wg
+    warpgroups (module docstring)."""
+    kc, wg = int(kc), int(wg)
+    if kc not in (1, 2, 4) or wg not in (1, 2):
+        raise ValueError(f"tc_sp24: kc = {kc} (1, 2 or 4), wg = {wg} (1 or 2)")
+    m, k = a.shape
+    nblk, nc = dims(m, k, kc, wg)
+    mp, kp = 64 * wg * nblk, 32 * kc * nc
+    nib0, vals0, resid = split(a, dtype)
+    nib = np.full((mp, kp // 4), EMPTY_NIBBLE, dtype=np.uint8)
+    nib[:m, :nib0.shape[1]] = nib0
+    vals = np.zeros((mp, kp // 2), dtype=np.uint16)
+    vals[:m, :vals0.shape[1]] = vals0
+    # values: rows (b, w, warp, j & 1, g), columns (c, kk, j >> 1, t, half) -> (c, b, w, kk, warp, g, t, j >> 1, j & 1, half)
+    v = vals.reshape(nblk, wg, 4, 2, 8, nc, kc, 2, 4, 2).transpose(5, 0, 1, 6, 2, 4, 8, 7, 3, 9)
+    v = np.ascontiguousarray(v).reshape(nc, nblk, wg, kc, VALS // 2).view(np.uint8)
+    # metadata: rows (b, w, warp, i >> 2, g), groups (c, kk, q, i & 3) -> (c, b, w, kk, warp, g, q, i >> 2, i & 3)
+    t = nib.reshape(nblk, wg, 4, 2, 8, nc, kc, 2, 4).transpose(5, 0, 1, 6, 2, 4, 7, 3, 8)
+    t = np.ascontiguousarray(t).reshape(nc, nblk, wg, kc, (TILE - VALS), 2)
+    meta = (t[..., 0] | (t[..., 1] << 4)).astype(np.uint8)
+    stream = np.concatenate([v.reshape(nc, nblk, wg, kc, VALS), meta], axis=-1).reshape(-1)
+    if stream.nbytes >= 2 ** 31:
+        raise ValueError("tc_sp24 stream over 2 GB")
+    rptr = resid.indptr.astype(np.int32)
+    rcol = resid.indices.astype(np.int32)
+    rval = half_bits(resid.data, dtype).astype(np.uint16)
+    if len(rcol) == 0:  # never a zero-size device array
+        rcol, rval = np.zeros(1, dtype=np.int32), np.zeros(1, dtype=np.uint16)
+    nnz = int(a.nnz)
+    info = {"kc": kc, "wg": wg, "M": m, "K": k, "NBLK": nblk, "NC": nc, "stream_bytes": int(stream.nbytes),
+            "nnz": nnz, "residual": int(resid.nnz), "residual_share": resid.nnz / nnz if nnz else 0.0,
+            "bytes": int(stream.nbytes + rptr.nbytes + 6 * resid.nnz)}
+    return stream, rptr, rcol, rval, info
+
+
+def decode(stream: np.ndarray, rptr, rcol, rval, info: dict) -> np.ndarray:
+    """Dense M x K uint16 bit patterns of A rebuilt as the kernel reads it: each tile's thread registers and metadata
+    words (module docstring), each nibble's two positions taking the pair's two values, plus the residual; a residual
+    entry landing on a cell the 2:4 part already holds fails. For tests."""
+    kc, wg, m, k, nblk, nc = (info[x] for x in ("kc", "wg", "M", "K", "NBLK", "NC"))
+    tiles = stream.reshape(nc, nblk, wg, kc, TILE)
+    out = np.zeros((64 * wg * nblk, 32 * kc * nc), dtype=np.uint16)
+    for c in range(nc):
+        for b in range(nblk):
+            for w in range(wg):
+                for kk in range(kc):
+                    tl = tiles[c, b, w, kk]
+                    regs = tl[:VALS].view(np.uint32).reshape(128, 4)
+                    words = tl[VALS:].view(np.uint32).reshape(4, 16)
+                    for tw in range(128):
+                        wp, lane = divmod(tw, 32)
+                        g, t = divmod(lane, 4)
+                        for j in range(4):
+                            row = 64 * (b * wg + w) + 16 * wp + g + 8 * (j & 1)
+                            grp = t + 4 * (j >> 1)  # group of the k-step
+                            # the nibble of (row, grp) lives in the word of lane 4 g + grp // 4 at i = 4 (j & 1) + grp % 4
+                            mw = int(words[wp, 2 * g + grp // 4])
+                            nb = (mw >> (4 * (4 * (j & 1) + grp % 4))) & 0xF
+                            p0, p1 = nb & 3, nb >> 2
+                            assert p0 != p1, "invalid metadata"
+                            col = 32 * (c * kc + kk) + 4 * grp
+                            reg = int(regs[tw, j])
+                            for s, p in ((0, p0), (1, p1)):
+                                v = (reg >> (16 * s)) & 0xFFFF
+                                if v:
+                                    out[row, col + p] = v
+    out = out[:m, :k].copy()
+    for r in range(m):
+        for e in range(int(rptr[r]), int(rptr[r + 1])):
+            assert out[r, int(rcol[e])] == 0, "a residual entry on a cell the 2:4 part holds"
+            out[r, int(rcol[e])] = rval[e]
+    return out
+
+
+def threads(config: dict) -> int:
+    """wg consumer warpgroups and the producer warp."""
+    return 128 * config["wg"] + 32
+
+
+def _dims(config: dict, m: int, k: int, n: int):
+    nblk, nc = dims(m, k, config["kc"], config["wg"])
+    ntiles = max(1, -(-n // config["bn"]))
+    return nblk, nc, ntiles, -(-nc // config["splitk"])
+
+
+def stage_bytes(config: dict) -> int:
+    """A pipeline stage: B's 32 kc x bn slice (bn / 64 boxes of 64 columns, 128-byte swizzle) and the row block's wg kc
+    A tiles."""
+    return 64 * config["kc"] * config["bn"] + config["wg"] * config["kc"] * TILE
+
+
+def shared_bytes(config: dict) -> int:
+    """1024 bytes of alignment slack (B's stages start 1024-aligned), the stages, 16 bytes of the split-K flag, two
+    mbarriers (full, empty) a stage."""
+    return 1024 + config["stages"] * stage_bytes(config) + 16 + 16 * config["stages"]
+
+
+def smem_bytes(kernel) -> int:
+    return shared_bytes(kernel.config)
+
+
+def geometry(kernel, n: int):
+    m, k = kernel.a.shape
+    nblk, _, ntiles, _ = _dims(kernel.config, m, k, n)
+    return (nblk * kernel.config["splitk"] * ntiles,), (threads(kernel.config),)
+
+
+def workspace_shape(config: dict, nblk: int, ntiles: int) -> tuple[int, int]:
+    """Split-K's workspace (core.families.splitk_shape): a slice per (row block, column tile, split) of the consumer
+    threads' (128 wg) bn / 2 fp32 accumulators, a counter per (row block, column tile)."""
+    return splitk_shape(config["splitk"], nblk * ntiles, 128 * config["wg"] * config["bn"] // 2)
+
+
+TMAP_UINT16, TMAP_INTERLEAVE_NONE, TMAP_SWIZZLE_128B, TMAP_L2_256B, TMAP_OOB_ZERO = 1, 0, 3, 3, 0
+
+
+def tensor_map_args(n: int, k: int, config: dict, address: int) -> dict:
+    """cuTensorMapEncodeTiled's arguments for B (K x N row-major 16-bit; rows >= K and columns >= N read zeros): a box
+    of 64 columns (the 128-byte swizzle's row) x 32 kc rows (one chunk), the 128-byte swizzle (wgmma's N-major layout
+    with LBO = 32 kc x 128 bytes between boxes, SBO = 1024 between groups of 8 rows)."""
+    return {"dtype": TMAP_UINT16, "rank": 2, "address": int(address), "dims": (int(n), int(k)), "strides": (2 * int(n),),
+            "box": (64, 32 * int(config["kc"])), "elem_strides": (1, 1), "interleave": TMAP_INTERLEAVE_NONE,
+            "swizzle": TMAP_SWIZZLE_128B, "l2": TMAP_L2_256B, "oob": TMAP_OOB_ZERO}
+
+
+def _encode(t: dict) -> bytes:
+    from sparse_autotune.core.families import get_family  # noqa: PLC0415 - tc_wgmma's driver binding
+    return get_family("tc_wgmma").host.encode_tensor_map(t).tobytes()
+
+
+def args(kernel, n: int, b, c) -> tuple:
+    from sparse_autotune.device.kernel import BParam  # noqa: PLC0415
+    cfg, dtype = kernel.config, kernel.dtype
+    m, k = kernel.a.shape
+    nblk, nc, ntiles, cps = _dims(cfg, m, k, n)
+    kc, wg = cfg["kc"], cfg["wg"]
+    stream, rptr, rcol, rval = kernel.a.cached(("tc_sp24", kc, wg, dtype), lambda host: build(host, kc, wg, dtype)[:4])
+    ws, counters = splitk_workspace(kernel, "tc_sp24", workspace_shape(cfg, nblk, ntiles), n)
+    out = (stream, rptr, rcol, rval, ws, counters, b, c, np.int32(m), np.int32(n), np.int32(k), np.int32(nc),
+           np.int32(nblk), np.int32(cps), np.int32(ntiles))
+    if not (n > 0 and n % 8 == 0):  # never launched (infeasible); a_bytes() asks for N = 1
+        return (*out, BParam(128, lambda b_ptr: bytes(128)))
+    return (*out, BParam(128, lambda b_ptr: _encode(tensor_map_args(n, k, cfg, b_ptr))))
+
+
+def adapt(space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:
+    """For another N: a narrower column tile, then less split-K; else as stored."""
+    return adapt_params(space, config, dtype, env, limits, ("bn", "splitk"))
