@@ -41,8 +41,10 @@ EMPTY_NIBBLE = 0x4  # positions (0, 1)
 
 
 def dims(m: int, k: int, kc: int, wg: int) -> tuple[int, int]:
-    """(NBLK row blocks of 64 wg rows, NC chunks of 32 kc columns)."""
-    return max(1, -(-m // (64 * wg))), max(1, -(-k // (32 * kc)))
+    """(NBLK row blocks of 64 wg rows in the stream, NC chunks of 32 kc columns). NBLK is even (a last row block of
+    zeros where the rows need an odd count), so that every block of an mc 2 cluster has its tiles."""
+    rows = max(1, -(-m // (64 * wg)))
+    return rows + rows % 2, max(1, -(-k // (32 * kc)))
 
 
 def split(a: sp.csr_matrix, dtype: str = "fp16"):
@@ -164,10 +166,18 @@ def threads(config: dict) -> int:
     return 128 * config["wg"] + 32
 
 
+def multicast(config: dict) -> int:
+    """mc: the row blocks of a cluster that share B's boxes by TMA multicast (1: no cluster)."""
+    return int(config.get("mc", 1))
+
+
 def _dims(config: dict, m: int, k: int, n: int):
+    """(NBLK of the stream, row blocks launched (a multiple of mc), NC, column tiles, chunks per split)."""
     nblk, nc = dims(m, k, config["kc"], config["wg"])
+    mc = multicast(config)
+    rows = max(1, -(-m // (64 * config["wg"])))
     ntiles = max(1, -(-n // config["bn"]))
-    return nblk, nc, ntiles, -(-nc // config["splitk"])
+    return nblk, -(-rows // mc) * mc, nc, ntiles, -(-nc // config["splitk"])
 
 
 def stage_bytes(config: dict) -> int:
@@ -188,8 +198,8 @@ def smem_bytes(kernel) -> int:
 
 def geometry(kernel, n: int):
     m, k = kernel.a.shape
-    nblk, _, ntiles, _ = _dims(kernel.config, m, k, n)
-    return (nblk * kernel.config["splitk"] * ntiles,), (threads(kernel.config),)
+    _, rows, _, ntiles, _ = _dims(kernel.config, m, k, n)
+    return (rows * kernel.config["splitk"] * ntiles,), (threads(kernel.config),)
 
 
 def workspace_shape(config: dict, nblk: int, ntiles: int) -> tuple[int, int]:
@@ -203,10 +213,12 @@ TMAP_UINT16, TMAP_INTERLEAVE_NONE, TMAP_SWIZZLE_128B, TMAP_L2_256B, TMAP_OOB_ZER
 
 def tensor_map_args(n: int, k: int, config: dict, address: int) -> dict:
     """cuTensorMapEncodeTiled's arguments for B (K x N row-major 16-bit; rows >= K and columns >= N read zeros): a box
-    of 64 columns (the 128-byte swizzle's row) x 32 kc rows (one chunk), the 128-byte swizzle (wgmma's N-major layout
-    with LBO = 32 kc x 128 bytes between boxes, SBO = 1024 between groups of 8 rows)."""
+    of 64 columns (the 128-byte swizzle's row) x 32 kc rows (one chunk; at mc 2 half of it: each block of the cluster
+    multicasts its half), the 128-byte swizzle (wgmma's N-major layout with LBO = 32 kc x 128 bytes between boxes,
+    SBO = 1024 between groups of 8 rows)."""
     return {"dtype": TMAP_UINT16, "rank": 2, "address": int(address), "dims": (int(n), int(k)), "strides": (2 * int(n),),
-            "box": (64, 32 * int(config["kc"])), "elem_strides": (1, 1), "interleave": TMAP_INTERLEAVE_NONE,
+            "box": (64, 32 * int(config["kc"]) // multicast(config)), "elem_strides": (1, 1),
+            "interleave": TMAP_INTERLEAVE_NONE,
             "swizzle": TMAP_SWIZZLE_128B, "l2": TMAP_L2_256B, "oob": TMAP_OOB_ZERO}
 
 
@@ -219,10 +231,10 @@ def args(kernel, n: int, b, c) -> tuple:
     from sparse_autotune.device.kernel import BParam  # noqa: PLC0415
     cfg, dtype = kernel.config, kernel.dtype
     m, k = kernel.a.shape
-    nblk, nc, ntiles, cps = _dims(cfg, m, k, n)
+    nblk, rows, nc, ntiles, cps = _dims(cfg, m, k, n)
     kc, wg = cfg["kc"], cfg["wg"]
     stream, rptr, rcol, rval = kernel.a.cached(("tc_sp24", kc, wg, dtype), lambda host: build(host, kc, wg, dtype)[:4])
-    ws, counters = splitk_workspace(kernel, "tc_sp24", workspace_shape(cfg, nblk, ntiles), n)
+    ws, counters = splitk_workspace(kernel, "tc_sp24", workspace_shape(cfg, rows, ntiles), n)
     out = (stream, rptr, rcol, rval, ws, counters, b, c, np.int32(m), np.int32(n), np.int32(k), np.int32(nc),
            np.int32(nblk), np.int32(cps), np.int32(ntiles))
     if not (n > 0 and n % 8 == 0):  # never launched (infeasible); a_bytes() asks for N = 1

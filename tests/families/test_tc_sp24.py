@@ -130,6 +130,15 @@ def test_the_builder_leaves_the_callers_matrix_alone():
     assert all((x == y).all() for x, y in zip(before, (a.data, a.indices, a.indptr)))
 
 
+def test_mc_renders_a_cluster_with_multicast_and_remote_releases():
+    s1 = render(space(), dict(bn=128, kc=2, wg=2, stages=4, splitk=1), "fp16")
+    s2 = render(space(), dict(bn=128, kc=2, wg=2, stages=4, splitk=1, mc=2), "fp16")
+    assert "multicast" not in s1 and "__cluster_dims__" not in s1 and "cluster_sync" not in s1
+    assert "__cluster_dims__(MC, 1, 1)" in s2 and ".multicast::cluster" in s2
+    assert "mbar_init(empty + 8 * st, WARPS * MC);" in s2 and "mbar_arrive_cluster(empty + 8 * pst, lane)" in s2
+    assert s2.count("cluster_sync();") == 2  # after the barriers' init, and the exit barrier
+
+
 def test_configs_render_wgmma_sp_for_both_dtypes():
     for dtype, mt in (("fp16", "f16"), ("bf16", "bf16")):
         for bn in (64, 128, 256):
@@ -161,6 +170,11 @@ def test_geometry_workspace_and_tensor_map():
     kern = type("K", (), {"config": cfg, "a": type("A", (), {"shape": (4096, 4096)})()})()
     assert h.geometry(kern, 128) == ((32 * 4 * 1,), (288,))
     assert h.geometry(kern, 300) == ((32 * 4 * 3,), (288,))
+    kern.config = {**cfg, "mc": 2, "wg": 1}  # 64 row blocks, a multiple of 2
+    assert h.geometry(kern, 128) == ((64 * 4,), (160,))
+    kern.a.shape = (4096 - 64, 4096)  # 63 row blocks: 64 launched (the stream has 64)
+    assert h.geometry(kern, 128) == ((64 * 4,), (160,)) and h.dims(4096 - 64, 4096, 2, 1) == (64, 64)
+    assert h.tensor_map_args(256, 4096, kern.config, 0)["box"] == (64, 32)
     assert h.workspace_shape(cfg, 32, 1) == (32 * 4 * 256 * 64, 32)
     t = h.tensor_map_args(256, 4096, cfg, 0x1000)
     assert t["box"] == (64, 64) and t["dims"] == (256, 4096) and t["strides"] == (512,)
@@ -203,8 +217,10 @@ def _gpu_configs(n, dtype):
     sp, fam = space(), get_family(FAMILY)
     env = problem_env(150, 1000, n, 30_000, dtype)
     out = []
-    cands = list(sp.known_good) + [dict(bn=64, kc=1, wg=1, stages=2, splitk=1), dict(bn=256, kc=4, wg=2, stages=2, splitk=3),
-                                   dict(bn=128, kc=4, wg=1, stages=3, splitk=8), dict(bn=64, kc=2, wg=2, stages=8, splitk=6)]
+    cands = list(sp.known_good) + [dict(bn=64, kc=1, wg=1, stages=2, splitk=1), dict(bn=256, kc=4, wg=1, stages=2, splitk=3),
+                                   dict(bn=128, kc=4, wg=1, stages=3, splitk=8), dict(bn=64, kc=2, wg=2, stages=8, splitk=6),
+                                   dict(bn=128, kc=2, wg=2, stages=4, splitk=1, mc=2), dict(bn=64, kc=4, wg=1, stages=3, splitk=2, mc=2),
+                                   dict(bn=256, kc=1, wg=1, stages=4, splitk=1, mc=2)]
     for cfg in cands:
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
