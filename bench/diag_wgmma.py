@@ -29,6 +29,9 @@ import probe  # noqa: E402  (bench/probe.py: cases, the device context, output h
 
 DIAGS = {0: "as built", 1: "copies only", 2: "copies + wgmma (no decode)", 3: "no B boxes", 4: "B boxes only",
          9: "timeline"}
+# tc_sp24's cut-outs (variants/tc_sp24.cu.j2 `diag`)
+DIAGS_SP24 = {0: "as built", 1: "copies only", 2: "copies + wgmma (no register loads)", 3: "no B boxes",
+              4: "no A copies", 5: "no copies (loads and wgmmas on stale shared memory)"}
 
 
 PHASES = ("entry", "patched", "first_in", "consumed", "partial", "stored", "produced")
@@ -67,7 +70,10 @@ def timeline(dev, ctx, cfg: dict):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--case", action="append", required=True)
-    ap.add_argument("--config", action="append", required=True, help="a tc_wgmma config as JSON (repeatable)")
+    ap.add_argument("--config", action="append", required=True, help="a config of --family as JSON (repeatable)")
+    ap.add_argument("--family", default="tc_wgmma", choices=("tc_wgmma", "tc_sp24"),
+                    help="tc_sp24: its cut-outs 1-5 (no timeline): 1 copies only, 2 no register loads, 3 no B boxes, "
+                         "4 no A copies, 5 no copies")
     ap.add_argument("--diag", default="0,1,2,3")
     ap.add_argument("--clock-ghz", type=float, default=1.83)
     ap.add_argument("--overhead-us", type=float, default=3.0)
@@ -84,15 +90,16 @@ def main(argv=None) -> int:
 
     dk.render = render
     diags = [int(x) for x in a.diag.split(",")]
-    bad = [d for d in diags if d not in DIAGS]
+    names = DIAGS_SP24 if a.family == "tc_sp24" else DIAGS
+    bad = [d for d in diags if d not in names]
     if bad:
-        ap.error(f"--diag {bad[0]}: not one of {', '.join(map(str, DIAGS))}")
+        ap.error(f"--diag {bad[0]}: not one of {', '.join(map(str, names))}")
     for ctext in a.config:
-        if {3, 4} & set(diags) and json.loads(ctext).get("tma") != 2:
+        if a.family == "tc_wgmma" and {3, 4} & set(diags) and json.loads(ctext).get("tma") != 2:
             ap.error(f"--diag 3 and 4 cut B's boxes or the record copies of tma 2 only: {ctext}")
     dev = probe.Device()
     rows = []
-    lines = [f"# tc_wgmma pipeline cut-outs ({dev.versions_line()})", "",
+    lines = [f"# {a.family} pipeline cut-outs ({dev.versions_line()})", "",
              "| case | config | diag | us | cycles a block-chunk |", "| --- | --- | ---: | ---: | ---: |"]
     for text in a.case:
         case = probe.parse_case(text)
@@ -102,19 +109,19 @@ def main(argv=None) -> int:
             cfg = json.loads(ctext)
             for d in diags:
                 state["diag"] = d
-                row = {"case": case.label(), "config": cfg, "diag": d, "what": DIAGS[d]}
+                row = {"case": case.label(), "config": cfg, "diag": d, "what": names[d]}
                 try:
                     if d == 0:
-                        res = dev.measure(ctx, "tc_wgmma", cfg)
+                        res = dev.measure(ctx, a.family, cfg)
                         t = res["time_us"]
                     elif d == 9:
                         t, tl = timeline(dev, ctx, cfg)
                         row["timeline"] = tl
                     else:
-                        kern = dev.kernel(ctx, "tc_wgmma", cfg)
+                        kern = dev.kernel(ctx, a.family, cfg)
                         t = time_launches([lambda bb=bb: kern(bb, ctx.c) for bb in ctx.b_bufs]).median_us
                     kc = cfg.get("kc", 4)
-                    nch_total = -(-p.k // (16 * kc))
+                    nch_total = -(-p.k // ((32 if a.family == "tc_sp24" else 16) * kc))
                     rows_blk = 64 * cfg.get("wg", 1)
                     blocks = -(-p.m // rows_blk) * cfg.get("splitk", 1) * -(-p.n // cfg.get("bn", 128))
                     per_sm = -(-blocks // (132 * cfg.get("minb", 1)))
@@ -130,10 +137,10 @@ def main(argv=None) -> int:
                     lines.append(f"| {row['case']} | `{c}` | 9 timeline | {t:.2f} | "
                                  + ", ".join(f"{k} {v:.2f}" for k, v in tl["summary"].items()) + " |")
                 elif "error" in row:
-                    lines.append(f"| {row['case']} | `{c}` | {d} {DIAGS[d]} | failed: {row['error'][:80]} | |")
+                    lines.append(f"| {row['case']} | `{c}` | {d} {names[d]} | failed: {row['error'][:80]} | |")
                 else:
-                    lines.append(f"| {row['case']} | `{c}` | {d} {DIAGS[d]} | {t:.2f} | {row['cycles_chunk']:.0f} |")
-    out = probe.stem(a.out, f"diag-wgmma-{probe._slug(dev)}")
+                    lines.append(f"| {row['case']} | `{c}` | {d} {names[d]} | {t:.2f} | {row['cycles_chunk']:.0f} |")
+    out = probe.stem(a.out, f"diag-{a.family.replace('tc_', '')}-{probe._slug(dev)}")
     probe.write(out, {"meta": dev.meta, "rows": rows}, lines)
     return 0
 
