@@ -86,6 +86,7 @@ __device__ __forceinline__ unsigned long long desc_sw128(unsigned int addr, unsi
 #define NN @NN@
 #define NACC (NN / 2)
 #define SPARSE @SPARSE@
+#define SPREAD @SPREAD@
 __device__ __forceinline__ void fence_acc(float (&d)[NACC]) {
 #pragma unroll
     for (int i = 0; i < NACC; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
@@ -95,11 +96,11 @@ extern "C" __global__ void __launch_bounds__(256, 1) tput(float* __restrict__ ou
     extern __shared__ __align__(1024) unsigned char sm[];
     const int tid = threadIdx.x;
     const unsigned int base = ((unsigned int)__cvta_generic_to_shared(sm) + 1023u) & ~1023u;
-    for (int i = tid; i < 32 * NN / 8; i += blockDim.x)
+    for (int i = tid; i < (SPREAD ? 8 : 1) * 32 * NN / 8; i += blockDim.x)
         asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" :: "r"(base + 16 * i), "r"(0x3c003c00u) : "memory");
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     __syncthreads();
-    const unsigned long long desc = desc_sw128(base, 32 * 128, 1024);
+    const unsigned long long desc0 = desc_sw128(base, 32 * 128, 1024);
     unsigned int a[4] = {0x3c003c00u ^ (unsigned)tid, 0x3c003c00u, 0x3c003c00u, 0x3c003c00u};
     const unsigned int meta = 0x44444444u;
     float d[NACC];
@@ -107,10 +108,13 @@ extern "C" __global__ void __launch_bounds__(256, 1) tput(float* __restrict__ ou
     for (int i = 0; i < NACC; ++i) d[i] = 0.0f;
 #pragma unroll 1
     for (int it = 0; it < iters; ++it) {
+        // SPREAD: each wgmma's B at another of 8 slices (64 NN bytes apart: 4 a group, two groups), as a pipeline's are
+        const unsigned long long dit = desc0 + (SPREAD ? (unsigned long long)((it & 1) * 4 * (64 * NN / 16)) : 0ull);
         wg_fence();
         fence_acc(d);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
+            const unsigned long long desc = dit + (SPREAD ? (unsigned long long)(q * (64 * NN / 16)) : 0ull);
 @BODY@
         }
         wg_commit();
@@ -191,11 +195,13 @@ def throughput(cp, reps: int = 5) -> dict:
     res = {}
     props = cp.cuda.runtime.getDeviceProperties(0)
     sms = props["multiProcessorCount"]
-    for nn, sparse in ((256, False), (256, True), (128, False), (128, True)):
-        src = TPUT.replace("@NN@", str(nn)).replace("@SPARSE@", str(int(sparse))).replace("@BODY@", _wgmma_body(nn, sparse))
+    for nn, sparse, spread in ((256, False, 0), (256, True, 0), (128, False, 0), (128, True, 0),
+                               (256, False, 1), (256, True, 1), (128, False, 1), (128, True, 1)):
+        src = (TPUT.replace("@NN@", str(nn)).replace("@SPARSE@", str(int(sparse))).replace("@SPREAD@", str(spread))
+               .replace("@BODY@", _wgmma_body(nn, sparse)))
         mod = cp.RawModule(code=src, options=("-std=c++17", "-arch=sm_90a"))
         f = mod.get_function("tput")
-        smem = 1024 + 32 * nn * 2
+        smem = 1024 + (8 if spread else 1) * 32 * nn * 2
         f.max_dynamic_shared_size_bytes = smem
         blocks, iters = sms * 2, 2000
         out = cp.zeros(blocks * 256, dtype=cp.float32)
@@ -211,19 +217,21 @@ def throughput(cp, reps: int = 5) -> dict:
             ts.append(cp.cuda.get_elapsed_time(e0, e1) * 1e-3)
         t = float(np.median(ts))
         flops = blocks * 2 * iters * 4 * 64 * nn * (32 if sparse else 16) * 2
-        res[f"m64n{nn}k{32 if sparse else 16}{'.sp' if sparse else ''}"] = {"s": t, "tflops_dense_equiv": flops / t / 1e12}
+        res[f"m64n{nn}k{32 if sparse else 16}{'.sp' if sparse else ''}{' spread' if spread else ''}"] = {
+            "s": t, "tflops_dense_equiv": flops / t / 1e12}
     return res
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=".")
+    ap.add_argument("--throughput-only", action="store_true")
     a = ap.parse_args(argv)
     import cupy as cp  # noqa: PLC0415
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rep = {"gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), "layout": [], "throughput": None}
-    for dtype, sel in (("fp16", 0), ("fp16", 1), ("bf16", 0)):
+    for dtype, sel in () if a.throughput_only else (("fp16", 0), ("fp16", 1), ("bf16", 0)):
         try:
             r = layout_probe(cp, dtype, sel)
         except Exception as e:  # noqa: BLE001 - a probe: report and go on
