@@ -293,3 +293,21 @@ def test_correct_at_4096_n128(density):
     cfgs = [kg for kg in space().known_good if space().check(kg, problem_env(4096, 4096, 128, a.nnz, "fp16"),
                                                               DEFAULT_LIMITS) is None]
     assert len(cfgs) >= 3 and _check({"u4096": a}, "fp16", 128, cfgs) == 2 * len(cfgs)
+
+
+def test_a_by_value_map_is_encoded_once_per_timing_buffer():
+    """The tuner's estimate launches once per B buffer (up to n_buffers' cap) after a warm-up pass: BParam keeps as many
+    addresses, so the second pass encodes nothing (with 8 kept, each launch re-encoded the map on the host and the
+    estimate was 5-7x the kernel's time)."""
+    import inspect
+
+    from sparse_autotune.device.kernel import BParam
+    from sparse_autotune.device.timing import n_buffers
+    cap = inspect.signature(n_buffers).parameters["cap"].default
+    assert BParam.KEEP >= cap
+    made = []
+    bp = BParam(128, lambda p: (made.append(p), bytes(128))[1])
+    for _ in range(2):
+        for p in range(1, cap + 1):
+            bp.update(p)
+    assert made == list(range(1, cap + 1))
