@@ -31,7 +31,8 @@ DIAGS = {0: "as built", 1: "copies only", 2: "copies + wgmma (no decode)", 3: "n
          9: "timeline"}
 # tc_sp24's cut-outs (variants/tc_sp24.cu.j2 `diag`)
 DIAGS_SP24 = {0: "as built", 1: "copies only", 2: "copies + wgmma (no register loads)", 3: "no B boxes",
-              4: "no A copies", 5: "no copies (loads and wgmmas on stale shared memory)"}
+              4: "no A copies", 5: "no copies (loads and wgmmas on stale shared memory)",
+              6: "the bare wgmma loop (no copies, no barriers)"}
 
 
 PHASES = ("entry", "patched", "first_in", "consumed", "partial", "stored", "produced")
@@ -72,8 +73,8 @@ def main(argv=None) -> int:
     ap.add_argument("--case", action="append", required=True)
     ap.add_argument("--config", action="append", required=True, help="a config of --family as JSON (repeatable)")
     ap.add_argument("--family", default="tc_wgmma", choices=("tc_wgmma", "tc_sp24"),
-                    help="tc_sp24: its cut-outs 1-5 (no timeline): 1 copies only, 2 no register loads, 3 no B boxes, "
-                         "4 no A copies, 5 no copies")
+                    help="tc_sp24: its cut-outs 1-6 (no timeline): 1 copies only, 2 no register loads, 3 no B boxes, "
+                         "4 no A copies, 5 no copies, 6 no copies and no barriers")
     ap.add_argument("--diag", default="0,1,2,3")
     ap.add_argument("--clock-ghz", type=float, default=1.83)
     ap.add_argument("--overhead-us", type=float, default=3.0)

@@ -311,3 +311,15 @@ def test_a_by_value_map_is_encoded_once_per_timing_buffer():
         for p in range(1, cap + 1):
             bp.update(p)
     assert made == list(range(1, cap + 1))
+
+
+def test_diag_cut_outs_leave_the_kernel_unchanged_at_0():
+    """bench/diag_wgmma.py --family tc_sp24: diag 0 renders the kernel byte for byte; 5 issues no copy, 6 neither
+    copies nor waits (the bare wgmma loop); 1 issues no wgmma."""
+    cfg = dict(bn=128, kc=2, wg=2, stages=6, splitk=1, mc=1)
+    base = render(space(), cfg, "fp16")
+    assert render(space(), cfg, "fp16", {"diag": 0}) == base
+    s1, s5, s6 = (render(space(), cfg, "fp16", {"diag": d}) for d in (1, 5, 6))
+    assert "kk < 0; ++kk) wgmma_sp(" in s1 and "kk < KCK; ++kk) wgmma_sp(" in base
+    assert "bulk_g2s(abase" not in s5 and "q < 0; ++q)" in s5 and "mbar_wait(full + 8 * st, ph);" in s5
+    assert "mbar_wait(full + 8 * st, ph);" not in s6 and "i < 0; ++i) {" in s6 and "if (0 &&" in s6
