@@ -22,9 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-SRC = r"""
-
-#define ACCN(n) n
+HELPERS = r"""
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
@@ -32,6 +30,9 @@ __device__ __forceinline__ unsigned long long desc_sw128(unsigned int addr, unsi
     return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16)
            | ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
 }
+"""
+
+SRC = HELPERS + r"""
 #define MT @MT@
 #define SEL @SEL@
 // layout probe: one warpgroup a block
@@ -75,14 +76,7 @@ extern "C" __global__ void meta_probe(const unsigned int* __restrict__ afrag, co
 
 """
 
-TPUT = r"""
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
-__device__ __forceinline__ unsigned long long desc_sw128(unsigned int addr, unsigned int lbo, unsigned int sbo) {
-    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16)
-           | ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
-}
+TPUT = HELPERS + r"""
 #define NN @NN@
 #define NACC (NN / 2)
 #define SPARSE @SPARSE@

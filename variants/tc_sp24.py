@@ -208,23 +208,21 @@ def workspace_shape(config: dict, nblk: int, ntiles: int) -> tuple[int, int]:
     return splitk_shape(config["splitk"], nblk * ntiles, 128 * config["wg"] * config["bn"] // 2)
 
 
-TMAP_UINT16, TMAP_INTERLEAVE_NONE, TMAP_SWIZZLE_128B, TMAP_L2_256B, TMAP_OOB_ZERO = 1, 0, 3, 3, 0
+def _wgmma_host():
+    from sparse_autotune.core.families import get_family  # noqa: PLC0415 - tc_wgmma's tensor-map helpers
+    return get_family("tc_wgmma").host
 
 
 def tensor_map_args(n: int, k: int, config: dict, address: int) -> dict:
-    """cuTensorMapEncodeTiled's arguments for B (K x N row-major 16-bit; rows >= K and columns >= N read zeros): a box
-    of 64 columns (the 128-byte swizzle's row) x 32 kc rows (one chunk; at mc 2 half of it: each block of the cluster
-    multicasts its half), the 128-byte swizzle (wgmma's N-major layout with LBO = 32 kc x 128 bytes between boxes,
-    SBO = 1024 between groups of 8 rows)."""
-    return {"dtype": TMAP_UINT16, "rank": 2, "address": int(address), "dims": (int(n), int(k)), "strides": (2 * int(n),),
-            "box": (64, 32 * int(config["kc"]) // multicast(config)), "elem_strides": (1, 1),
-            "interleave": TMAP_INTERLEAVE_NONE,
-            "swizzle": TMAP_SWIZZLE_128B, "l2": TMAP_L2_256B, "oob": TMAP_OOB_ZERO}
+    """cuTensorMapEncodeTiled's arguments for B: tc_wgmma's (K x N row-major 16-bit, rows >= K and columns >= N read
+    zeros, boxes of 64 columns, the 128-byte swizzle: LBO = the box's rows x 128 bytes, SBO = 1024) with a box of one
+    chunk's 32 kc rows (at mc 2 half of it: each block of the cluster multicasts its half) at B's address."""
+    rows = 32 * int(config["kc"]) // multicast(config)
+    return {**_wgmma_host().tensor_map_args(n, k, {"kc": rows // 16}), "address": int(address)}
 
 
 def _encode(t: dict) -> bytes:
-    from sparse_autotune.core.families import get_family  # noqa: PLC0415 - tc_wgmma's driver binding
-    return get_family("tc_wgmma").host.encode_tensor_map(t).tobytes()
+    return _wgmma_host().encode_tensor_map(t).tobytes()
 
 
 def args(kernel, n: int, b, c) -> tuple:
