@@ -38,6 +38,11 @@ TOLERANCE["tf32"] = 2e-3
 STORAGE_DTYPE = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}  # how each dtype's values are stored
 
 
+def element_bytes(dtype: str) -> int:
+    """Bytes of one stored value of `dtype`: 4 for fp32 and tf32 (fp32 storage), 2 for fp16 and bf16."""
+    return np.dtype(DTYPES[dtype]).itemsize
+
+
 def storage_dtype(dtype: str) -> str:
     """The dtype whose storage `dtype` uses (tf32: fp32; the others: themselves)."""
     return STORAGE_DTYPE.get(dtype, dtype)
@@ -97,7 +102,7 @@ def device_bytes(m: int, k: int, n: int, nnz: int, dtype: str) -> int:
     """GPU memory a tuning run of the problem needs, about: A in the kernels' CSR (values, 32-bit column indices, row
     pointers) and its float64 and float32 copies (the reference and cuSPARSE), the dense A of the cuBLAS baselines (fp32
     and fp16), B with its copies for the baselines, C with its copies, and the float64 reference of C."""
-    es = np.dtype(DTYPES.get(dtype, np.float32)).itemsize
+    es = element_bytes(dtype) if dtype in DTYPES else 4
     return (nnz * (es + 4 + 12 + 8) + 3 * (m + 1) * 4 + m * k * 6 + k * n * (es + 6) + m * n * (es + 6 + 16))
 
 
@@ -457,6 +462,6 @@ class Problem:
 
     def min_bytes(self, index_bytes: int = 4) -> int:
         """Bytes that must move: A's values, column indices and row pointers, B and C, each once (nk: and the bias)."""
-        es = np.dtype(DTYPES[self.dtype]).itemsize
+        es = element_bytes(self.dtype)
         bias = self.m * es if self.layout == "nk" else 0
         return self.nnz * (es + index_bytes) + (self.m + 1) * 4 + self.k * self.n * es + self.m * self.n * es + bias

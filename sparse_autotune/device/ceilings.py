@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from ..core.problem import element_bytes
 from ..device.gpu import cupy, gpu_info
 from ..device.timing import time_launches
 
@@ -66,7 +67,7 @@ def ceilings() -> dict:
 
 def bc_bytes(m: int, k: int, n: int, dtype: str) -> int:
     """Bytes of B (K x N) and C (M x N), each once: the byte floor's part besides A."""
-    return (k * n + m * n) * (4 if dtype in ("fp32", "tf32") else 2)
+    return (k * n + m * n) * element_bytes(dtype)
 
 
 def bytes_floor(problem, a_bytes: int, ceil: dict, dense_us: float | None) -> dict:

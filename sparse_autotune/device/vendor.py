@@ -18,7 +18,7 @@ import threading
 
 import numpy as np
 
-from ..core.problem import storage
+from ..core.problem import element_bytes, storage
 from ..core.vendor import CUSPARSE, CUSPARSE_ALGS, CUSPARSE_AUTO, DENSE
 
 
@@ -171,7 +171,7 @@ class CuSparseLauncher:
         self.beta = np.array(0.0, np.float32)
         scratch = []
         if b_ptr is None or c_ptr is None:
-            es = 4 if dtype in ("fp32", "tf32") else 2
+            es = element_bytes(dtype)
             scratch = [cp.zeros(max(1, k * n * es), dtype=cp.uint8), cp.zeros(max(1, m * n * es), dtype=cp.uint8)]
             b_ptr, c_ptr = scratch[0].data.ptr, scratch[1].data.ptr
         i32 = cs.CUSPARSE_INDEX_32I

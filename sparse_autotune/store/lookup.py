@@ -43,7 +43,7 @@ from sqlalchemy import Float, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import UserError
-from ..core.problem import check_density, check_dims, check_dtype, check_layout, n_bucket
+from ..core.problem import check_density, check_dims, check_dtype, check_layout, element_bytes, n_bucket
 from ..core.space import NK_PATH, split_path
 from ..resources import resource_dir
 from ..store import guard
@@ -488,7 +488,7 @@ def _nk_cost(family: str) -> float:
 
 def staged_extra_us(m: int, k: int, n: int, dtype: str) -> float:
     """The estimated cost the staged nk path adds to a kn kernel: two kernels, x read and written, y read and written."""
-    es = 4 if dtype in ("fp32", "tf32") else 2
+    es = element_bytes(dtype)
     return 2 * STAGED_LAUNCH_US + 2 * es * n * (m + k) / STAGED_BYTES_PER_US
 
 
