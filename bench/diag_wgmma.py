@@ -32,18 +32,20 @@ DIAGS = {0: "as built", 1: "copies only", 2: "copies + wgmma (no decode)", 3: "n
 # tc_sp24's cut-outs (variants/tc_sp24.cu.j2 `diag`)
 DIAGS_SP24 = {0: "as built", 1: "copies only", 2: "copies + wgmma (no register loads)", 3: "no B boxes",
               4: "no A copies", 5: "no copies (loads and wgmmas on stale shared memory)",
-              6: "the bare wgmma loop (no copies, no barriers)"}
+              6: "the bare wgmma loop (no copies, no barriers)", 9: "timeline"}
 
 
 PHASES = ("entry", "patched", "first_in", "consumed", "partial", "stored", "produced")
 
 
-def timeline(dev, ctx, cfg: dict):
-    """Verified time (us) and the blocks' phase stamps of one more launch (us from the kernel's first entry)."""
+def timeline(dev, ctx, cfg: dict, family: str = "tc_wgmma"):
+    """Verified time (us) and the blocks' phase stamps of one more launch (us from the kernel's first entry). tc_sp24's
+    stamps (variants/tc_sp24.cu.j2 diag 9) fill the same slots: `patch` is then the producer's start (barriers'
+    init), `epilogue` split-K's store and reduction, `reduce` the residual and C's stores."""
     import numpy as np  # noqa: PLC0415
     from sparse_autotune.device.gpu import cupy  # noqa: PLC0415
     cp = cupy()
-    kern = dev.kernel(ctx, "tc_wgmma", cfg)
+    kern = dev.kernel(ctx, family, cfg)
     grid, _ = kern.geometry(ctx.problem.n)
     blocks = int(np.prod(grid))
     tsb = cp.zeros(16 * blocks, dtype=cp.uint64)
@@ -73,8 +75,8 @@ def main(argv=None) -> int:
     ap.add_argument("--case", action="append", required=True)
     ap.add_argument("--config", action="append", required=True, help="a config of --family as JSON (repeatable)")
     ap.add_argument("--family", default="tc_wgmma", choices=("tc_wgmma", "tc_sp24"),
-                    help="tc_sp24: its cut-outs 1-6 (no timeline): 1 copies only, 2 no register loads, 3 no B boxes, "
-                         "4 no A copies, 5 no copies, 6 no copies and no barriers")
+                    help="tc_sp24: its cut-outs 1-6 and 9: 1 copies only, 2 no register loads, 3 no B boxes, "
+                         "4 no A copies, 5 no copies, 6 no copies and no barriers, 9 the timeline")
     ap.add_argument("--diag", default="0,1,2,3")
     ap.add_argument("--clock-ghz", type=float, default=1.83)
     ap.add_argument("--overhead-us", type=float, default=3.0)
@@ -116,7 +118,7 @@ def main(argv=None) -> int:
                         res = dev.measure(ctx, a.family, cfg)
                         t = res["time_us"]
                     elif d == 9:
-                        t, tl = timeline(dev, ctx, cfg)
+                        t, tl = timeline(dev, ctx, cfg, a.family)
                         row["timeline"] = tl
                     else:
                         kern = dev.kernel(ctx, a.family, cfg)

@@ -323,3 +323,11 @@ def test_diag_cut_outs_leave_the_kernel_unchanged_at_0():
     assert "kk < 0; ++kk) wgmma_sp(" in s1 and "kk < KCK; ++kk) wgmma_sp(" in base
     assert "bulk_g2s(abase" not in s5 and "q < 0; ++q)" in s5 and "mbar_wait(full + 8 * st, ph);" in s5
     assert "mbar_wait(full + 8 * st, ph);" not in s6 and "i < 0; ++i) {" in s6 and "if (0 &&" in s6
+
+
+def test_diag_9_stamps_every_phase_into_one_more_argument():
+    cfg = dict(bn=128, kc=2, wg=2, stages=6, splitk=2, mc=1)
+    s9 = render(space(), cfg, "fp16", {"diag": 9})
+    assert "const __grid_constant__ TensorMap128 tmap, unsigned long long* __restrict__ tsb)" in s9
+    assert all(f"stamp(tsb, {k});" in s9 for k in range(7))
+    assert "tsb" not in render(space(), cfg, "fp16")
