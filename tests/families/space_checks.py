@@ -1,11 +1,14 @@
 """Walks of a family's space that several family tests share: the distinct feasible configs of a few problems, a
 covering sample of a feasible list, the known-good configs adapted to a matrix and N (split-K ones twice, so a
-second launch checks that the reduction's counters reset themselves), and ptxas' report of a config for sm_90."""
+second launch checks that the reduction's counters reset themselves), ptxas' report of a config for sm_90, and the
+GPU check of a family's configs on a set of matrices (check_matrices_on_gpu)."""
 from __future__ import annotations
 
+import concurrent.futures
 import re
 
 import numpy as np
+import scipy.sparse as sps
 
 from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
 
@@ -87,3 +90,31 @@ def regs_and_spill(cfg: dict, rep: str) -> tuple[int, int]:
     assert "entry function 'spmm_kernel' for 'sm_90'" in rep, cfg
     regs = int(re.search(r"Used (\d+) registers", rep).group(1))
     return regs, max(int(x) for x in re.findall(r"(\d+) bytes spill stores", rep))
+
+
+def check_matrices_on_gpu(family: str, cases: dict, dtype: str, n: int, configs_for, checked: int = 0) -> int:
+    """Each matrix of `cases` as the kernel sees it (values rounded to the dtype), its configs_for(name) kernels built
+    through the project's launch path (build_kernel, 8 at a time) and each launched twice (split-K's counters must
+    reset themselves) on fresh random B (seeded by the launch's count), C poisoned, against the float64 reference at
+    the dtype's tolerance (2e-3 fp16, 1.6e-2 bf16); returns `checked` plus the launches checked."""
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+    from sparse_autotune.core.problem import DTYPES, host_values, storage
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
+    for name, a in cases.items():
+        a = sps.csr_matrix(a, copy=True)
+        a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])  # what the kernel sees
+        dev = DeviceCSR(a, dtype)
+        a64 = csp.csr_matrix(a.astype(np.float64))
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            kernels = list(pool.map(lambda c: build_kernel(dev, family, c, dtype), configs_for(name)))
+        for k in kernels:
+            for rep in range(2):
+                bh = np.random.default_rng(checked).standard_normal((a.shape[1], n)).astype(np.float32)
+                b = cp.asarray(storage(host_values(bh, DTYPES[dtype]), dtype))
+                c = cp.empty((a.shape[0], n), dtype=b.dtype)
+                err = check(lambda: k(b, c), c, reference(a64, b), dtype)
+                assert err <= (2e-3 if dtype == "fp16" else 1.6e-2), (name, n, k.config, rep, err)
+                checked += 1
+    return checked

@@ -17,6 +17,7 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import launch_signature_test
+from space_checks import check_matrices_on_gpu
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import half_bits, random_matrix
 from sparse_autotune.core.render import render
@@ -239,30 +240,7 @@ def _gpu_configs(n, dtype):
 
 
 def _check(cases, dtype, n, cfgs):
-    import concurrent.futures
-
-    import cupy as cp
-    import cupyx.scipy.sparse as csp
-    from sparse_autotune.core.problem import DTYPES, host_values, storage
-    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
-    from sparse_autotune.device.verify import check, reference
-    checked = 0
-    for name, a in cases.items():
-        a = sps.csr_matrix(a, copy=True)
-        a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])
-        dev = DeviceCSR(a, dtype)
-        a64 = csp.csr_matrix(a.astype(np.float64))
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            kernels = list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype), cfgs))
-        for k in kernels:
-            for rep in range(2):  # split-K's counters must reset themselves
-                bh = np.random.default_rng(checked).standard_normal((a.shape[1], n)).astype(np.float32)
-                b = cp.asarray(storage(host_values(bh, DTYPES[dtype]), dtype))
-                c = cp.empty((a.shape[0], n), dtype=b.dtype)
-                err = check(lambda: k(b, c), c, reference(a64, b), dtype)
-                assert err <= (2e-3 if dtype == "fp16" else 1.6e-2), (name, n, k.config, rep, err)
-                checked += 1
-    return checked
+    return check_matrices_on_gpu(FAMILY, cases, dtype, n, lambda name: cfgs)
 
 
 @pytest.mark.gpu

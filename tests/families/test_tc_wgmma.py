@@ -20,6 +20,7 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import check_launch_matches_signature, fake_kernel
+from space_checks import check_matrices_on_gpu
 from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import half_bits, random_matrix
@@ -891,43 +892,9 @@ def test_geometry_and_workspace_follow_the_config():
 
 # ---- on the GPU -------------------------------------------------------------------------------------------
 
-def _build_kernels(dev, cfgs, dtype):
-    """The configs' kernels for one device matrix, compiled 8 at a time (the project's launch path: build_kernel)."""
-    from sparse_autotune.device.kernel import build_kernel
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        return list(pool.map(lambda c: build_kernel(dev, FAMILY, c, dtype), cfgs))
-
-
-def _check_on_gpu(kernels, a, a64, n, dtype, name, checked):
-    """Each kernel launched twice (split-K's counters must reset themselves) on fresh random B, C poisoned, against the
-    float64 reference at the dtype's tolerance; returns `checked` plus the launches checked."""
-    import cupy as cp
-    from sparse_autotune.core.problem import DTYPES, host_values, storage
-    from sparse_autotune.device.verify import check, reference
-    for k in kernels:
-        for rep in range(2):
-            bh = np.random.default_rng(checked).standard_normal((a.shape[1], n)).astype(np.float32)
-            b = cp.asarray(storage(host_values(bh, DTYPES[dtype]), dtype))
-            c = cp.empty((a.shape[0], n), dtype=b.dtype)
-            err = check(lambda: k(b, c), c, reference(a64, b), dtype)
-            assert err <= (2e-3 if dtype == "fp16" else 1.6e-2), (name, n, k.config, rep, err)
-            checked += 1
-    return checked
-
-
 def _check_matrices(cases, dtype, n, configs_for, checked=0):
-    """Each matrix of `cases` as the kernel sees it (values rounded to the dtype), its configs_for(name) kernels
-    checked by _check_on_gpu; returns `checked` plus the launches checked."""
-    import cupyx.scipy.sparse as csp
-    from sparse_autotune.core.problem import DTYPES, host_values
-    from sparse_autotune.device.kernel import DeviceCSR
-    for name, a in cases.items():
-        a = sps.csr_matrix(a, copy=True)
-        a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])  # what the kernel sees
-        dev = DeviceCSR(a, dtype)
-        a64 = csp.csr_matrix(a.astype(np.float64))
-        checked = _check_on_gpu(_build_kernels(dev, configs_for(name), dtype), a, a64, n, dtype, name, checked)
-    return checked
+    """space_checks.check_matrices_on_gpu for this family."""
+    return check_matrices_on_gpu(FAMILY, cases, dtype, n, configs_for, checked)
 
 
 def _adapted(cfgs, n, dtype):
