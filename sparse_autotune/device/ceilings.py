@@ -75,7 +75,7 @@ def bytes_floor(problem, a_bytes: int, ceil: dict, dense_us: float | None) -> di
     bandwidth measured in this process: the larger of a device-to-device copy and what dense cuBLAS of the same
     dtype reaches on the dense layer (dense_us, A dense M x K + B + C). {'bytes_floor_us', 'a_bytes',
     'a_bytes_per_nnz', 'bw_GBps'}."""
-    es = 4 if problem.dtype in ("fp32", "tf32") else 2
+    es = element_bytes(problem.dtype)
     bc = bc_bytes(problem.m, problem.k, problem.n, problem.dtype)
     bw = ceil["copy_GBps"] * 1e9
     if dense_us:
