@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..device.compile import compile_kernel, compile_ptx, function_ptr, reserve_smem
+from ..device.timing import MAX_B_BUFFERS
 from ..errors import CandidateError
 from ..core.problem import storage
 from ..core.render import render
@@ -215,11 +216,11 @@ class BParam:
     allocator hands out a few addresses over and over) and only a new address is encoded. The buffer is 64-byte
     aligned, as a CUtensorMap is."""
 
-    # as many addresses as device.timing.n_buffers' cap: the tuner's rough estimate launches once per B buffer (up to
-    # 64 of them, rotated past L2) right after a warm-up pass over them, so with fewer kept every estimate launch
+    # as many addresses as a timing rotates B buffers (device.timing.MAX_B_BUFFERS): the tuner's rough estimate
+    # launches once per buffer right after a warm-up pass over them, so with fewer kept every estimate launch
     # re-encoded its map on the host (~60 us of cuTensorMapEncodeTiled) and a by-value family's candidate was given up
     # at 5-7x its time (session 35: tc_sp24 in the dl suite, 67 us estimated for a 9 us kernel)
-    KEEP = 64
+    KEEP = MAX_B_BUFFERS
     __slots__ = ("buf", "encode", "last", "_seen")
 
     def __init__(self, nbytes: int, encode):

@@ -31,7 +31,10 @@ class Timing:
     note: str = ""  # why graph capture was not used, if it was not
 
 
-def n_buffers(bytes_per_input: int, l2_bytes: int, cap: int = 64) -> int:
+MAX_B_BUFFERS = 64  # the most B buffers a timing rotates (device.kernel.BParam keeps as many encoded addresses)
+
+
+def n_buffers(bytes_per_input: int, l2_bytes: int, cap: int = MAX_B_BUFFERS) -> int:
     """How many B buffers make the rotation larger than twice the L2 cache."""
     return int(min(cap, max(2, -(-2 * l2_bytes // max(1, bytes_per_input)))))
 
