@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sps
@@ -83,6 +87,28 @@ def compile_reports(space, pairs, threads: int = 2) -> list:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         return list(pool.map(lambda cd: nvcc_sm90(space, *cd), pairs))
+
+
+def nvcc_sm90a(src: str, sass: bool = False) -> tuple[str, str]:
+    """(ptxas report, SASS or '') of `src` built with -gencode=arch=compute_90a,code=sm_90a (wgmma's target); the
+    test is skipped where nvcc is not installed, and SASS is '' where cuobjdump is not."""
+    import pytest  # noqa: PLC0415
+
+    from sparse_autotune.device import compile as sat_compile  # noqa: PLC0415
+    nvcc = sat_compile.nvcc_path()
+    if nvcc is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    with tempfile.TemporaryDirectory() as tmp:
+        cu, cubin = Path(tmp) / "k.cu", Path(tmp) / "k.cubin"
+        cu.write_text(src)
+        proc = subprocess.run([nvcc, "-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-std=c++17", "-Xptxas", "-v",
+                               "-o", str(cubin), str(cu)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        out = ""
+        dump = shutil.which("cuobjdump")
+        if sass and dump:
+            out = subprocess.run([dump, "-sass", str(cubin)], capture_output=True, text=True, timeout=120).stdout
+        return proc.stderr, out
 
 
 def regs_and_spill(cfg: dict, rep: str) -> tuple[int, int]:

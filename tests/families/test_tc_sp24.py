@@ -7,17 +7,13 @@ configs against float64 on edge cases, fp16 and bf16, N = 8, 64, 136, 264 (N = 1
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sps
 
 from fakes import launch_signature_test
-from space_checks import check_matrices_on_gpu
+from space_checks import check_matrices_on_gpu, nvcc_sm90a
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import half_bits, random_matrix
 from sparse_autotune.core.render import render
@@ -190,28 +186,10 @@ def test_geometry_workspace_and_tensor_map():
 test_launch_matches_the_kernel_signature = launch_signature_test(FAMILY)
 
 
-def _nvcc(src: str, sass: bool = False) -> tuple[str, str]:
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        pytest.skip("no nvcc")
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "k.cu"
-        p.write_text(src)
-        r = subprocess.run([nvcc, "-arch=sm_90a", "-cubin", "-Xptxas", "-v", "-o", str(Path(d) / "k.cubin"), str(p)],
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
-        out = ""
-        if sass:
-            cuobj = shutil.which("cuobjdump")
-            if cuobj:
-                out = subprocess.run([cuobj, "-sass", str(Path(d) / "k.cubin")], capture_output=True, text=True).stdout
-        return r.stderr, out
-
-
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_known_goods_compile_for_sm90a_without_spills_or_serialized_wgmmas(dtype):
     for kg in space().known_good:
-        rep, sass = _nvcc(render(space(), kg, dtype), sass=True)
+        rep, sass = nvcc_sm90a(render(space(), kg, dtype), sass=True)
         assert "C75" not in rep, (kg, rep)  # e.g. C7513: wgmma serialized (a chunk's registers reused too early)
         assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (kg, rep)
         if sass:

@@ -10,9 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,7 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import check_launch_matches_signature, fake_kernel
-from space_checks import check_matrices_on_gpu
+from space_checks import check_matrices_on_gpu, nvcc_sm90a as _nvcc_sm90a
 from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import half_bits, random_matrix
@@ -622,22 +619,6 @@ def test_wait0_path_renders_its_pipeline():
         assert f"for (int i = 0; i < {d}; ++i) load(i);" in src and f"cp_wait<{d - 1}>();" in src
         assert "load(i + %d);" % d in src and "load(i + 1 + %d);" % d in src
         assert all(f"unsigned int vp{kk} = " in src for kk in range(4)) and "vp4" not in src
-
-
-def _nvcc_sm90a(src: str, sass: bool = False) -> tuple[str, str]:
-    """(ptxas report, SASS or '') of `src` built with -gencode=arch=compute_90a,code=sm_90a."""
-    nvcc = sat_compile.nvcc_path()
-    with tempfile.TemporaryDirectory() as tmp:
-        cu, cubin = Path(tmp) / "k.cu", Path(tmp) / "k.cubin"
-        cu.write_text(src)
-        proc = subprocess.run([nvcc, "-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-std=c++17", "-Xptxas", "-v",
-                               "-o", str(cubin), str(cu)], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        out = ""
-        dump = shutil.which("cuobjdump")
-        if sass and dump:
-            out = subprocess.run([dump, "-sass", str(cubin)], capture_output=True, text=True, timeout=120).stdout
-        return proc.stderr, out
 
 
 KNOWN = [dict(kg) for kg in get_family(FAMILY).space.known_good]
