@@ -32,7 +32,8 @@ DIAGS = {0: "as built", 1: "copies only", 2: "copies + wgmma (no decode)", 3: "n
 # tc_sp24's cut-outs (variants/tc_sp24.cu.j2 `diag`)
 DIAGS_SP24 = {0: "as built", 1: "copies only", 2: "copies + wgmma (no register loads)", 3: "no B boxes",
               4: "no A copies", 5: "no copies (loads and wgmmas on stale shared memory)",
-              6: "the bare wgmma loop (no copies, no barriers)", 9: "timeline"}
+              6: "the bare wgmma loop (no copies, no barriers)", 7: "bare loop, no register loads",
+              8: "bare loop, no register loads, no per-chunk wait (the probe's loop)", 9: "timeline"}
 
 
 PHASES = ("entry", "patched", "first_in", "consumed", "partial", "stored", "produced")
@@ -75,8 +76,9 @@ def main(argv=None) -> int:
     ap.add_argument("--case", action="append", required=True)
     ap.add_argument("--config", action="append", required=True, help="a config of --family as JSON (repeatable)")
     ap.add_argument("--family", default="tc_wgmma", choices=("tc_wgmma", "tc_sp24"),
-                    help="tc_sp24: its cut-outs 1-6 and 9: 1 copies only, 2 no register loads, 3 no B boxes, "
-                         "4 no A copies, 5 no copies, 6 no copies and no barriers, 9 the timeline")
+                    help="tc_sp24: its cut-outs 1-8 and 9: 1 copies only, 2 no register loads, 3 no B boxes, "
+                         "4 no A copies, 5 no copies, 6 no copies and no barriers, 7 as 6 without register "
+                         "loads, 8 as 7 without the per-chunk wait, 9 the timeline")
     ap.add_argument("--diag", default="0,1,2,3")
     ap.add_argument("--clock-ghz", type=float, default=1.83)
     ap.add_argument("--overhead-us", type=float, default=3.0)
