@@ -181,9 +181,10 @@ def _dims(config: dict, m: int, k: int, n: int):
 
 
 def stage_bytes(config: dict) -> int:
-    """A pipeline stage: B's 32 kc x bn slice (bn / 64 boxes of 64 columns, 128-byte swizzle) and the row block's wg kc
-    A tiles."""
-    return 64 * config["kc"] * config["bn"] + config["wg"] * config["kc"] * TILE
+    """A pipeline stage: B's 32 kc x bn slice (bn / 64 boxes of 64 columns, 128-byte swizzle) and, unless ar (A's
+    registers straight from global memory), the row block's wg kc A tiles."""
+    a_tiles = 0 if config.get("ar", 0) else config["wg"] * config["kc"] * TILE
+    return 64 * config["kc"] * config["bn"] + a_tiles
 
 
 def shared_bytes(config: dict) -> int:

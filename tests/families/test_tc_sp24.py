@@ -196,6 +196,33 @@ def test_known_goods_compile_for_sm90a_without_spills_or_serialized_wgmmas(dtype
             assert "HGMMA.SP" in sass
 
 
+AR_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ar=4), dict(bn=64, kc=4, wg=2, stages=6, splitk=2, ar=3),
+              dict(bn=128, kc=1, wg=2, stages=8, splitk=1, ar=6), dict(bn=256, kc=2, wg=1, stages=5, splitk=1, ar=4),
+              dict(bn=128, kc=2, wg=2, stages=6, splitk=1, mc=2, ar=4)]
+
+
+def test_ar_loads_a_from_global_memory_into_a_ring_and_stages_b_only():
+    """ar > 0: no bulk copy of A tiles and no shared loads of A; the consumers' ld.global ring of ar register sets
+    (each released set refilled with the chunk ar - 1 ahead); a stage holds B's slice only."""
+    h = host()
+    base = dict(bn=128, kc=2, wg=2, stages=6, splitk=1)
+    s0, s4 = render(space(), {**base, "ar": 0}, "fp16"), render(space(), {**base, "ar": 4}, "fp16")
+    assert "bulk_g2s(abase" in s0 and "lds128(" in s0 and "ldg128(" not in s0
+    assert "bulk_g2s(abase" not in s4 and "lds128(af" not in s4 and "ldg128(af[3][kk]" in s4
+    assert "const int nx = i + 3 + AR - 1;" in s4 and "#define AST 0" in s4
+    assert h.stage_bytes({**base, "ar": 4}) == 64 * 2 * 128 and h.stage_bytes({**base, "ar": 0}) == 64 * 2 * 128 + 2 * 2 * 2304
+    assert render(space(), base, "fp16") == s0  # configs stored before ar existed: ar 0
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_ar_configs_compile_without_spills_or_serialized_wgmmas(dtype):
+    for cfg in AR_CONFIGS:
+        assert space().check(cfg, problem_env(1024, 4096, 512, 400_000, dtype), DEFAULT_LIMITS) is None, cfg
+        rep, _ = nvcc_sm90a(render(space(), cfg, dtype))
+        assert "C75" not in rep, (cfg, rep)
+        assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
+
+
 # ---- GPU ----
 
 def _gpu_configs(n, dtype):
@@ -205,7 +232,9 @@ def _gpu_configs(n, dtype):
     cands = list(sp.known_good) + [dict(bn=64, kc=1, wg=1, stages=2, splitk=1), dict(bn=256, kc=4, wg=1, stages=2, splitk=3),
                                    dict(bn=128, kc=4, wg=1, stages=3, splitk=8), dict(bn=64, kc=2, wg=2, stages=8, splitk=6),
                                    dict(bn=128, kc=2, wg=2, stages=4, splitk=1, mc=2), dict(bn=64, kc=4, wg=1, stages=3, splitk=2, mc=2),
-                                   dict(bn=256, kc=1, wg=1, stages=4, splitk=1, mc=2)]
+                                   dict(bn=256, kc=1, wg=1, stages=4, splitk=1, mc=2),
+                                   dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ar=4), dict(bn=64, kc=1, wg=1, stages=4, splitk=3, ar=6),
+                                   dict(bn=256, kc=2, wg=1, stages=3, splitk=1, ar=3), dict(bn=128, kc=2, wg=2, stages=4, splitk=2, mc=2, ar=4)]
     for cfg in cands:
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
