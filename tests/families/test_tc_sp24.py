@@ -196,8 +196,8 @@ def test_known_goods_compile_for_sm90a_without_spills_or_serialized_wgmmas(dtype
             assert "HGMMA.SP" in sass
 
 
-AR_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ar=4), dict(bn=64, kc=4, wg=2, stages=6, splitk=2, ar=3),
-              dict(bn=128, kc=1, wg=2, stages=8, splitk=1, ar=6), dict(bn=256, kc=2, wg=1, stages=5, splitk=1, ar=4),
+AR_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ar=4), dict(bn=64, kc=4, wg=2, stages=6, splitk=2, ar=4),
+              dict(bn=128, kc=1, wg=2, stages=8, splitk=1, ar=4), dict(bn=256, kc=2, wg=1, stages=5, splitk=1, ar=4),
               dict(bn=128, kc=2, wg=2, stages=6, splitk=1, mc=2, ar=4)]
 
 
@@ -212,6 +212,19 @@ def test_ar_loads_a_from_global_memory_into_a_ring_and_stages_b_only():
     assert "const int nx = i + 3 + AR - 1;" in s4 and "#define AST 0" in s4
     assert h.stage_bytes({**base, "ar": 4}) == 64 * 2 * 128 and h.stage_bytes({**base, "ar": 0}) == 64 * 2 * 128 + 2 * 2 * 2304
     assert render(space(), base, "fp16") == s0  # configs stored before ar existed: ar 0
+
+
+def test_c_goes_through_shared_memory_where_the_stages_hold_the_tile():
+    """C staged by each warp (16 rows at a padded pitch) and stored 16 bytes a lane where stages x stage bytes hold
+    4 wg warps x 16 x (2 bn + 16) bytes; else (and for a C not 16-byte aligned) the direct 32-bit stores."""
+    h = host()
+    for cfg in [dict(bn=128, kc=2, wg=2, stages=6, splitk=1), dict(bn=128, kc=1, wg=2, stages=2, splitk=2),
+                dict(bn=256, kc=1, wg=1, stages=2, splitk=1), dict(bn=64, kc=1, wg=1, stages=2, splitk=1, ar=4)]:
+        src = render(space(), cfg, "fp16")
+        fits = cfg["stages"] * h.stage_bytes(cfg) >= 4 * cfg["wg"] * 16 * (2 * cfg["bn"] + 16)
+        assert ("stg128(C +" in src) == fits, cfg
+        assert "*reinterpret_cast<unsigned int*>(C + (size_t)row0 * N + col)" in src  # the fallback is always there
+    assert "stg128(C +" not in render(space(), dict(bn=128, kc=1, wg=2, stages=2, splitk=2), "fp16")
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
@@ -233,8 +246,9 @@ def _gpu_configs(n, dtype):
                                    dict(bn=128, kc=4, wg=1, stages=3, splitk=8), dict(bn=64, kc=2, wg=2, stages=8, splitk=6),
                                    dict(bn=128, kc=2, wg=2, stages=4, splitk=1, mc=2), dict(bn=64, kc=4, wg=1, stages=3, splitk=2, mc=2),
                                    dict(bn=256, kc=1, wg=1, stages=4, splitk=1, mc=2),
-                                   dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ar=4), dict(bn=64, kc=1, wg=1, stages=4, splitk=3, ar=6),
-                                   dict(bn=256, kc=2, wg=1, stages=3, splitk=1, ar=3), dict(bn=128, kc=2, wg=2, stages=4, splitk=2, mc=2, ar=4)]
+                                   dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ar=4), dict(bn=64, kc=1, wg=1, stages=4, splitk=3, ar=4),
+                                   dict(bn=256, kc=2, wg=1, stages=3, splitk=1, ar=4), dict(bn=128, kc=2, wg=2, stages=4, splitk=2, mc=2, ar=4),
+                                   dict(bn=128, kc=1, wg=2, stages=2, splitk=2)]  # the last: C stored directly (too few stages)
     for cfg in cands:
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
