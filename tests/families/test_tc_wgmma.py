@@ -603,6 +603,42 @@ def test_red_renders_a_cluster_reduction_and_the_space_bounds_it():
     assert sp.check(small, env, DEFAULT_LIMITS) is not None
 
 
+def test_c_is_staged_through_shared_memory_where_the_b_stages_hold_it():
+    """The last store of C (not red 1's cluster reduction) goes through shared memory (the storing warps' 16 rows at
+    2 bn + 16 bytes a row, over B's stages, after a consumer barrier) where stages x KC x bn x 2 bytes hold it; the
+    direct 32-bit stores stay for a C not 16-byte aligned and for configs whose stages are too small."""
+    sp = space()
+    base = dict(bn=128, kc=4, dec="lane", wg=2, stages=4, splitk=1, wait=1, minb=1, ws=1, tma=2, red=0, blkrec=0, wgk=0)
+    src = render.render(sp, base, "fp16")
+    assert "st.global.v4.u32" in src and 'asm volatile("bar.sync 1, 256;"' in src
+    assert "*reinterpret_cast<unsigned int*>(C + (size_t)row * N + col)" in src
+    small = {**base, "bn": 64, "kc": 1, "stages": 2, "wg": 1}  # 2 x 16 x 64 x 2 bytes < 4 warps x 16 x 144
+    assert "st.global.v4.u32" not in render.render(sp, small, "fp16")
+    red = {**base, "splitk": 2, "red": 1}
+    assert "st.global.v4.u32" not in render.render(sp, red, "fp16")  # red 1 stores from its cluster reduction
+    wgk = {**base, "wgk": 1}
+    s = render.render(sp, wgk, "fp16")
+    assert 'asm volatile("bar.sync 2, 128;"' in s and "bbase + (warp & 3) * (16 * 272)" in s
+
+
+def test_hopper_helpers_are_shared_not_copied():
+    """tc_wgmma and tc_sp24 take their mbarrier, bulk-copy, TMA, wgmma-fence and cluster helpers and the staged C store
+    from variants/_hopper.cu.j2 and _hopper_c.j2: each helper is defined once in a rendered kernel and in neither
+    family's template."""
+    from sparse_autotune.core.families import template_folders
+    folder = next(f for f in template_folders() if (f / "tc_wgmma.cu.j2").exists())
+    names = ("mbar_init", "mbar_wait", "bulk_g2s", "tma_g2s", "wgmma_fence", "fence_acc", "pack2f", "stamp")
+    for fam in ("tc_wgmma", "tc_sp24"):
+        text = (folder / f"{fam}.cu.j2").read_text()
+        assert all(f"__forceinline__ void {n}(" not in text and f"unsigned int {n}(" not in text for n in names), fam
+        assert '{%- include "_hopper.cu.j2" %}' in text
+    src = render.render(space(), dict(bn=128, kc=4, dec="lane", wg=2, stages=4, splitk=1, wait=1, minb=1, ws=1, tma=2,
+                                      red=0, blkrec=0, wgk=0, pmap=1), "fp16", {"diag": 9})
+    for n in ("mbar_init", "bulk_g2s", "tma_g2s", "wgmma_fence", "fence_acc", "stamp"):
+        assert len(re.findall(rf"__forceinline__ void {n}\(", src)) == 1, n
+    assert src.count("struct __align__(64) TensorMap128") == 1
+
+
 def test_wait0_path_renders_its_pipeline():
     """wait 0 (second step): one chunk of A registers, wgmma.wait_group 0 after every chunk, prefetch distance stages -
     1 (the prologue loads stages - 1 chunks), __launch_bounds__(threads, minb); wait 1 (the defaults) keeps today's
