@@ -102,6 +102,8 @@ def main(argv=None) -> int:
     for ctext in a.config:
         if a.family == "tc_wgmma" and {3, 4} & set(diags) and json.loads(ctext).get("tma") != 2:
             ap.error(f"--diag 3 and 4 cut B's boxes or the record copies of tma 2 only: {ctext}")
+        if a.family == "tc_sp24" and set(diags) - {0, 9} and json.loads(ctext).get("ar", 0):
+            ap.error(f"--diag 1-8 cut the shared-memory path of A (ar 0) only: {ctext}")
     dev = probe.Device()
     rows = []
     lines = [f"# {a.family} pipeline cut-outs ({dev.versions_line()})", "",
