@@ -57,18 +57,41 @@ def timeline(dev, ctx, cfg: dict, family: str = "tc_wgmma"):
     kern(ctx.b_bufs[0], ctx.c)
     cp.cuda.runtime.deviceSynchronize()
     x = cp.asnumpy(tsb).reshape(blocks, 16).astype(np.int64)
+    summary, blocks_rows = phases(x)
+    return t, {"summary": summary, "blocks": blocks_rows}
+
+
+def phases(x):
+    """(summary, per-block rows) of the stamps x [blocks, 16] (int64: %globaltimer ns at slots 0-6, the SM at 7, clock64
+    at 8-14; 0 where a phase was not stamped). The summary's phases are block medians in us from %globaltimer, whose
+    ticks are 256 ns on the H200 (session 36: every phase came out as a multiple of 0.256 us), and again from clock64
+    (`*_ck`, the same phases in us at `ghz`, the SM clock measured as each block's clock64 span over its globaltimer
+    span where that span is at least 2 us): cycle-exact, for the short phases (fill, reduce)."""
+    import numpy as np  # noqa: PLC0415
     gt = x[:, :7].astype(np.float64)
+    stamped = x[:, :7] > 0
     t0 = gt[:, 0].min()
-    rel = np.where(x[:, :7] > 0, (gt - t0) / 1e3, np.nan)  # us from the first block's entry
+    rel = np.where(stamped, (gt - t0) / 1e3, np.nan)  # us from the first block's entry
     ent, pat, fin, con, par, sto, pro = (rel[:, i] for i in range(7))
     end = np.where(np.isnan(sto), par, sto)
     med = lambda v: float(np.nanmedian(v)) if np.any(~np.isnan(v)) else float("nan")  # noqa: E731
     summary = {"span": float(np.nanmax(end)), "last_entry": float(np.nanmax(ent)), "patch": med(pat - ent),
                "fill": med(fin - ent), "loop": med(con - fin), "produce": med(pro - ent), "epilogue": med(par - con),
                "reduce": med(sto - par)}
+    ck = np.where(x[:, 8:15] > 0, x[:, 8:15].astype(np.float64), np.nan)
+    last = np.where(np.isnan(ck[:, 5]), ck[:, 4], ck[:, 5])
+    last_gt = np.where(np.isnan(rel[:, 5]), rel[:, 4], rel[:, 5])
+    span_us = last_gt - ent
+    rate = np.where(span_us >= 2.0, (last - ck[:, 0]) / np.where(span_us > 0, span_us, np.nan) / 1e3, np.nan)
+    ghz = med(rate)
+    if ghz == ghz and ghz > 0:  # not NaN: at least one block spanned 2 us
+        e, p, f, c, r, s5, o = (ck[:, i] for i in range(7))
+        cyc = lambda v: med(v) / (ghz * 1e3)  # noqa: E731  cycles -> us
+        summary.update(ghz=ghz, patch_ck=cyc(p - e), fill_ck=cyc(f - e), loop_ck=cyc(c - f), produce_ck=cyc(o - e),
+                       epilogue_ck=cyc(r - c), reduce_ck=cyc(s5 - r))
     blocks_rows = [{"sm": int(x[b, 7]), **{PHASES[i]: (None if np.isnan(rel[b, i]) else round(float(rel[b, i]), 3))
-                                            for i in range(7)}} for b in range(blocks)]
-    return t, {"summary": summary, "blocks": blocks_rows}
+                                            for i in range(7)}} for b in range(len(x))]
+    return summary, blocks_rows
 
 
 def main(argv=None) -> int:

@@ -334,3 +334,27 @@ def test_diag_9_stamps_every_phase_into_one_more_argument():
     assert "const __grid_constant__ TensorMap128 tmap, unsigned long long* __restrict__ tsb)" in s9
     assert all(f"stamp(tsb, {k});" in s9 for k in range(7))
     assert "tsb" not in render(space(), cfg, "fp16")
+
+
+def test_diag_timeline_phases_from_synthetic_stamps_resolve_below_the_timer_tick():
+    """bench/diag_wgmma.py phases(), on synthetic stamps (no GPU): %globaltimer quantized to 256 ns ticks gives the
+    phases in whole ticks; clock64 (here 1.8 GHz) gives them to the cycle, and the clock rate is recovered from the
+    blocks' long spans."""
+    from scripts import load_script
+    tool = load_script("bench/diag_wgmma.py", "diag_wgmma")
+    true = {"entry": 0.0, "patched": 0.40, "first_in": 1.30, "consumed": 13.30, "partial": 13.35, "stored": 13.95,
+            "produced": 12.9}  # us from each block's entry
+    x = np.zeros((96, 16), dtype=np.int64)
+    for b in range(96):
+        base_ns = 1_000_000 + 37 * b
+        for i, name in enumerate(tool.PHASES):
+            ns = base_ns + true[name] * 1e3
+            x[b, i] = int(ns // 256) * 256  # the H200's globaltimer ticks
+            x[b, 8 + i] = int(5_000_000 + 13 * b + true[name] * 1e3 * 1.8)
+        x[b, 7] = b
+    summary, rows = tool.phases(x)
+    assert abs(summary["ghz"] - 1.8) < 0.05
+    assert abs(summary["fill_ck"] - 1.30) < 0.03 and abs(summary["reduce_ck"] - 0.60) < 0.015  # the rate: ~1 % off
+    assert abs(summary["epilogue_ck"] - 0.05) < 0.005 and abs(summary["loop_ck"] - 12.0) < 0.25
+    assert all(abs(v / 0.256 - round(v / 0.256)) < 1e-6 for v in (summary["fill"], summary["reduce"]))
+    assert len(rows) == 96 and rows[5]["sm"] == 5
