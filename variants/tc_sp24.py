@@ -162,8 +162,8 @@ def decode(stream: np.ndarray, rptr, rcol, rval, info: dict) -> np.ndarray:
 
 
 def threads(config: dict) -> int:
-    """wg consumer warpgroups and the producer warp."""
-    return 128 * config["wg"] + 32
+    """wg consumer warpgroups and the producer warp (pw 1: a producer warpgroup, for setmaxnreg)."""
+    return 128 * config["wg"] + (128 if config.get("pw", 0) else 32)
 
 
 def multicast(config: dict) -> int:
