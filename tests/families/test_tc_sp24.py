@@ -254,7 +254,9 @@ def _gpu_configs(n, dtype):
                                    dict(bn=256, kc=2, wg=1, stages=3, splitk=1, ar=4), dict(bn=128, kc=2, wg=2, stages=4, splitk=2, mc=2, ar=4),
                                    dict(bn=128, kc=1, wg=2, stages=2, splitk=2),  # C stored directly (too few stages)
                                    dict(bn=256, kc=2, wg=2, stages=4, splitk=1, pw=1), dict(bn=256, kc=1, wg=2, stages=6, splitk=2, pw=1),
-                                   dict(bn=256, kc=2, wg=2, stages=4, splitk=1, mc=2, pw=1)]
+                                   dict(bn=256, kc=2, wg=2, stages=4, splitk=1, mc=2, pw=1),
+                                   dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1), dict(bn=64, kc=1, wg=1, stages=4, splitk=3, pt=1),
+                                   dict(bn=256, kc=2, wg=2, stages=3, splitk=2, pw=1, pt=1)]
     for cfg in cands:
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
@@ -383,3 +385,33 @@ def test_pw_gives_the_consumers_setmaxnreg_registers_and_bn256_wg2_compiles_unse
         assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
     assert space().check(dict(bn=256, kc=2, wg=2, stages=4, splitk=1, pw=0),
                          problem_env(1024, 4096, 512, 400_000, dtype), DEFAULT_LIMITS) is not None
+
+
+PT_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1), dict(bn=64, kc=1, wg=2, stages=8, splitk=1, pt=1),
+              dict(bn=64, kc=4, wg=1, stages=6, splitk=2, pt=1), dict(bn=256, kc=2, wg=2, stages=3, splitk=1, pw=1, pt=1)]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_pt_is_a_persistent_grid_whose_ring_runs_across_tiles(dtype):
+    """pt 1: grid = min(tiles, SMs) blocks looping over the tiles; the producer returns after its last tile, the
+    consumers release each tile's last stage, split-K's barriers are the consumers' named barrier, C is staged in its
+    own shared memory (after the mbarriers); builds without spills or serialized wgmmas."""
+    h = host()
+    kern = type("K", (), {})()
+    kern.a = type("A", (), {"shape": (3072, 768)})()
+    kern.config = dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1)
+    assert h.geometry(kern, 2048) == ((min(24 * 16, h.sm_count()),), (288,))
+    kern.config = dict(kern.config, pt=0)
+    assert h.geometry(kern, 2048) == ((24 * 16,), (288,))
+    base = dict(bn=128, kc=2, wg=2, stages=6, splitk=1)
+    assert h.shared_bytes({**base, "pt": 1}) == h.shared_bytes(base) + 16 + 8 * 16 * (2 * 128 + 16)
+    for cfg in PT_CONFIGS:
+        assert space().check(cfg, problem_env(3072, 768, 2048, 120_000, dtype), DEFAULT_LIMITS) is None, cfg
+        src = render(space(), cfg, dtype)
+        assert "for (int tl = blockIdx.x; tl < ntot; tl += gridDim.x)" in src and "int bid = blockIdx.x;" not in src
+        assert "if (nch > 0) {  // the tile's last stage back to the producer" in src
+        assert ("bar.sync 1, %0;" in src) == (cfg["splitk"] > 1) and "__syncthreads();\n    volatile" not in src
+        rep, _ = nvcc_sm90a(src)
+        assert "C75" not in rep, (cfg, rep)
+        assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
+    assert space().check(dict(base, pt=1, mc=2), problem_env(3072, 768, 2048, 120_000, dtype), DEFAULT_LIMITS)
