@@ -162,8 +162,8 @@ def decode(stream: np.ndarray, rptr, rcol, rval, info: dict) -> np.ndarray:
 
 
 def threads(config: dict) -> int:
-    """wg consumer warpgroups and the producer warp."""
-    return 128 * config["wg"] + 32
+    """wg consumer warpgroups and the producer warp (pw 1: a producer warpgroup, for setmaxnreg)."""
+    return 128 * config["wg"] + (128 if config.get("pw", 0) else 32)
 
 
 def multicast(config: dict) -> int:
@@ -189,18 +189,32 @@ def stage_bytes(config: dict) -> int:
 
 def shared_bytes(config: dict) -> int:
     """1024 bytes of alignment slack (B's stages start 1024-aligned), the stages, 16 bytes of the split-K flag, two
-    mbarriers (full, empty) a stage."""
-    return 1024 + config["stages"] * stage_bytes(config) + 16 + 16 * config["stages"]
+    mbarriers (full, empty) a stage; pt: 16 bytes of alignment and C's staging (4 wg warps x 16 rows x 2 bn + 16)."""
+    staging = 16 + 4 * config["wg"] * 16 * (2 * config["bn"] + 16) if config.get("pt", 0) else 0
+    return 1024 + config["stages"] * stage_bytes(config) + 16 + 16 * config["stages"] + staging
 
 
 def smem_bytes(kernel) -> int:
     return shared_bytes(kernel.config)
 
 
+def sm_count() -> int:
+    """The GPU's SMs (132 where none is visible: CPU tests)."""
+    try:
+        from sparse_autotune.device.gpu import gpu_info  # noqa: PLC0415
+        return int(gpu_info().sm_count)
+    except Exception:  # noqa: BLE001 - no GPU, no CuPy
+        return 132
+
+
 def geometry(kernel, n: int):
+    """One block a tile (row block, split, column tile), or at pt 1 a persistent grid of one block an SM (at most one
+    a tile) that loops over the tiles."""
     m, k = kernel.a.shape
     _, rows, _, ntiles, _ = _dims(kernel.config, m, k, n)
-    return (rows * kernel.config["splitk"] * ntiles,), (threads(kernel.config),)
+    tiles = rows * kernel.config["splitk"] * ntiles
+    pt = int(kernel.config.get("pt", 0))
+    return ((min(tiles, pt * sm_count()) if pt else tiles),), (threads(kernel.config),)
 
 
 def workspace_shape(config: dict, nblk: int, ntiles: int) -> tuple[int, int]:

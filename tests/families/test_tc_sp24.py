@@ -252,7 +252,11 @@ def _gpu_configs(n, dtype):
                                    dict(bn=256, kc=1, wg=1, stages=4, splitk=1, mc=2),
                                    dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ar=4), dict(bn=64, kc=1, wg=1, stages=4, splitk=3, ar=4),
                                    dict(bn=256, kc=2, wg=1, stages=3, splitk=1, ar=4), dict(bn=128, kc=2, wg=2, stages=4, splitk=2, mc=2, ar=4),
-                                   dict(bn=128, kc=1, wg=2, stages=2, splitk=2)]  # the last: C stored directly (too few stages)
+                                   dict(bn=128, kc=1, wg=2, stages=2, splitk=2),  # C stored directly (too few stages)
+                                   dict(bn=256, kc=2, wg=2, stages=4, splitk=1, pw=1), dict(bn=256, kc=1, wg=2, stages=6, splitk=2, pw=1),
+                                   dict(bn=256, kc=2, wg=2, stages=4, splitk=1, mc=2, pw=1),
+                                   dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1), dict(bn=64, kc=1, wg=1, stages=4, splitk=3, pt=1),
+                                   dict(bn=256, kc=2, wg=2, stages=3, splitk=2, pw=1, pt=1)]
     for cfg in cands:
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
@@ -358,3 +362,56 @@ def test_diag_timeline_phases_from_synthetic_stamps_resolve_below_the_timer_tick
     assert abs(summary["epilogue_ck"] - 0.05) < 0.005 and abs(summary["loop_ck"] - 12.0) < 0.25
     assert all(abs(v / 0.256 - round(v / 0.256)) < 1e-6 for v in (summary["fill"], summary["reduce"]))
     assert len(rows) == 96 and rows[5]["sm"] == 5
+
+
+PW_CONFIGS = [dict(bn=256, kc=2, wg=2, stages=4, splitk=1, pw=1), dict(bn=256, kc=1, wg=2, stages=6, splitk=2, pw=1),
+              dict(bn=256, kc=2, wg=2, stages=4, splitk=1, mc=2, pw=1), dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pw=1)]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_pw_gives_the_consumers_setmaxnreg_registers_and_bn256_wg2_compiles_unserialized(dtype):
+    """pw 1: a producer warpgroup (setmaxnreg.dec 40, returns before the consumers' code: a join would hold both sides
+    to 40 registers), consumers setmaxnreg.inc 232, split-K's block barriers among the consumers only; bn 256 at wg 2
+    (serialized at pw 0: C7512) builds without spills or serialization."""
+    h = host()
+    assert h.threads(dict(wg=2, pw=1)) == 384 and h.threads(dict(wg=2)) == 288
+    for cfg in PW_CONFIGS:
+        assert space().check(cfg, problem_env(1024, 4096, 512, 400_000, dtype), DEFAULT_LIMITS) is None, cfg
+        src = render(space(), cfg, dtype)
+        assert "setmaxnreg.dec.sync.aligned.u32 40;" in src and "setmaxnreg.inc.sync.aligned.u32 232;" in src
+        assert ("__syncthreads();\n    volatile int* s_last" in src) is False
+        rep, _ = nvcc_sm90a(src)
+        assert "C75" not in rep, (cfg, rep)
+        assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
+    assert space().check(dict(bn=256, kc=2, wg=2, stages=4, splitk=1, pw=0),
+                         problem_env(1024, 4096, 512, 400_000, dtype), DEFAULT_LIMITS) is not None
+
+
+PT_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1), dict(bn=64, kc=1, wg=2, stages=8, splitk=1, pt=1),
+              dict(bn=64, kc=4, wg=1, stages=6, splitk=2, pt=1), dict(bn=256, kc=2, wg=2, stages=3, splitk=1, pw=1, pt=1)]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_pt_is_a_persistent_grid_whose_ring_runs_across_tiles(dtype):
+    """pt 1: grid = min(tiles, SMs) blocks looping over the tiles; the producer returns after its last tile, the
+    consumers release each tile's last stage, split-K's barriers are the consumers' named barrier, C is staged in its
+    own shared memory (after the mbarriers); builds without spills or serialized wgmmas."""
+    h = host()
+    kern = type("K", (), {})()
+    kern.a = type("A", (), {"shape": (3072, 768)})()
+    kern.config = dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1)
+    assert h.geometry(kern, 2048) == ((min(24 * 16, h.sm_count()),), (288,))
+    kern.config = dict(kern.config, pt=0)
+    assert h.geometry(kern, 2048) == ((24 * 16,), (288,))
+    base = dict(bn=128, kc=2, wg=2, stages=6, splitk=1)
+    assert h.shared_bytes({**base, "pt": 1}) == h.shared_bytes(base) + 16 + 8 * 16 * (2 * 128 + 16)
+    for cfg in PT_CONFIGS:
+        assert space().check(cfg, problem_env(3072, 768, 2048, 120_000, dtype), DEFAULT_LIMITS) is None, cfg
+        src = render(space(), cfg, dtype)
+        assert "for (int tl = blockIdx.x; tl < ntot; tl += gridDim.x)" in src and "int bid = blockIdx.x;" not in src
+        assert "if (nch > 0) {  // the tile's last stage back to the producer" in src
+        assert ("bar.sync 1, %0;" in src) == (cfg["splitk"] > 1) and "__syncthreads();\n    volatile" not in src
+        rep, _ = nvcc_sm90a(src)
+        assert "C75" not in rep, (cfg, rep)
+        assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
+    assert space().check(dict(base, pt=1, mc=2), problem_env(3072, 768, 2048, 120_000, dtype), DEFAULT_LIMITS)
