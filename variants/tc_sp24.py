@@ -47,17 +47,63 @@ def dims(m: int, k: int, kc: int, wg: int) -> tuple[int, int]:
     return rows + rows % 2, max(1, -(-k // (32 * kc)))
 
 
+def _group_rank(rows: np.ndarray, cols: np.ndarray, kg: int) -> tuple[np.ndarray, np.ndarray]:
+    """(key, rank) of CSR-ordered entries: key = row x kg + column group of 4, rank = the entry's place in its group's
+    run (0, 1: the 2:4 part; 2, 3: what 2:4 cannot hold)."""
+    key = rows.astype(np.int64) * kg + cols // 4  # CSR order: by row, then column, so a group's entries are a run
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    start = np.maximum.accumulate(np.where(first, np.arange(len(key)), 0))
+    return key, np.arange(len(key)) - start
+
+
+def slots(a: sp.csr_matrix, l2: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """(A over slots, orow int32 [Ms]) for l2 > 0: the rows with the most nonzeros past the first two of their groups
+    (the residual they would have; at least one), at most l2 % of M of them (ties: the lower row), are `heavy` and
+    take two slots each, its first two nonzeros of each group in one and the
+    rest (at most two a group) in the other, a second 2:4 layer: nothing of it is left to the residual. The two slots
+    of a heavy row are rows g and g + 8 of one warp's 16 (the same thread holds both accumulators and adds them before
+    C's store); the other rows go in pairs to the remaining (g, g + 8), in their order, light pairs first. orow[slot]
+    is C's row of a slot, -1 for padding, -2 for a heavy row's second layer (added to slot - 8). Ms is a multiple of
+    16. Powerlaw rows (a few dense ones) leave the residual to a few thread pairs that walk K / 2 entries each on CUDA
+    cores after the loop (bench/drafts/tc_sp24-next.md section 6)."""
+    m, k, rows, cols, data = csr_parts(a)
+    kg = max(1, -(-k // 4))
+    _, rank = _group_rank(rows, cols, kg)
+    res = np.bincount(rows[rank >= 2], minlength=m)
+    order = np.argsort(-res, kind="stable")[:int(np.ceil(min(100, int(l2)) * m / 100))]
+    heavy = np.zeros(m, dtype=bool)
+    heavy[order[res[order] > 0]] = True
+    light = np.nonzero(~heavy)[0]
+    if len(light) % 2:
+        light = np.append(light, -1)
+    hv = np.nonzero(heavy)[0]
+    first = np.concatenate([light[0::2], hv]).astype(np.int64)
+    second = np.concatenate([light[1::2], np.full(len(hv), -2)]).astype(np.int64)
+    npair = len(first)
+    ms = 16 * max(1, -(-npair // 8))
+    p = np.arange(npair)
+    sa = 16 * (p // 8) + p % 8  # slot of the pair's first row: row g of its warp's 16
+    orow = np.full(ms, -1, dtype=np.int32)
+    orow[sa] = first
+    orow[sa + 8] = second
+    slot1 = np.empty(m, dtype=np.int64)  # each row's slot, and its second layer's for heavy rows
+    slot1[first[first >= 0]] = sa[first >= 0]
+    lone = second >= 0
+    slot1[second[lone]] = sa[lone] + 8
+    srow = slot1[rows]
+    hi = heavy[rows] & (rank >= 2)
+    srow[hi] += 8
+    return sp.csr_matrix((data, (srow, cols)), shape=(ms, k)), orow
+
+
 def split(a: sp.csr_matrix, dtype: str = "fp16"):
     """(nib uint8 [Mp0, Kg], vals uint16 [Mp0, 2 Kg], residual csr) of A: per row and group of 4 columns the kept pair's
     positions as one metadata nibble and its two 16-bit values (module docstring), the rest as a CSR matrix of the
     same shape. Mp0 = M, Kg = ceil(K / 4) (the caller pads)."""
     m, k, rows, cols, data = csr_parts(a)
     kg = max(1, -(-k // 4))
-    key = rows.astype(np.int64) * kg + cols // 4  # CSR order: by row, then column, so a group's entries are a run
-    first = np.ones(len(key), dtype=bool)
-    first[1:] = key[1:] != key[:-1]
-    start = np.maximum.accumulate(np.where(first, np.arange(len(key)), 0))
-    rank = np.arange(len(key)) - start
+    key, rank = _group_rank(rows, cols, kg)
     bits = half_bits(data, dtype).astype(np.uint16)
     pos = (cols % 4).astype(np.uint8)
     nib = np.full(m * kg, EMPTY_NIBBLE, dtype=np.uint8)
@@ -171,6 +217,21 @@ def multicast(config: dict) -> int:
     return int(config.get("mc", 1))
 
 
+def layout(kernel):
+    """(stream, rptr, rcol, rval, orow, Ms) of the kernel's A on the device, built once a (kc, wg, dtype, l2): at l2 0
+    the rows as they are (orow None, Ms = M), else over slots (`slots`)."""
+    cfg, dtype = kernel.config, kernel.dtype
+    kc, wg, l2 = cfg["kc"], cfg["wg"], int(cfg.get("l2", 0))
+    if not l2:
+        got = kernel.a.cached(("tc_sp24", kc, wg, dtype), lambda host: build(host, kc, wg, dtype)[:4])
+        return (*got, None, kernel.a.shape[0])
+
+    def make(host):
+        a2, orow = slots(host, l2)
+        return (*build(a2, kc, wg, dtype)[:4], orow, int(a2.shape[0]))
+    return kernel.a.cached(("tc_sp24", kc, wg, dtype, l2), make)
+
+
 def _dims(config: dict, m: int, k: int, n: int):
     """(NBLK of the stream, row blocks launched (a multiple of mc), NC, column tiles, chunks per split)."""
     nblk, nc = dims(m, k, config["kc"], config["wg"])
@@ -211,6 +272,8 @@ def geometry(kernel, n: int):
     """One block a tile (row block, split, column tile), or at pt 1 a persistent grid of one block an SM (at most one
     a tile) that loops over the tiles."""
     m, k = kernel.a.shape
+    if kernel.config.get("l2", 0):
+        m = layout(kernel)[5]  # the slots are the kernel's rows
     _, rows, _, ntiles, _ = _dims(kernel.config, m, k, n)
     tiles = rows * kernel.config["splitk"] * ntiles
     pt = int(kernel.config.get("pt", 0))
@@ -242,14 +305,13 @@ def _encode(t: dict) -> bytes:
 
 def args(kernel, n: int, b, c) -> tuple:
     from sparse_autotune.device.kernel import BParam  # noqa: PLC0415
-    cfg, dtype = kernel.config, kernel.dtype
-    m, k = kernel.a.shape
+    cfg = kernel.config
+    stream, rptr, rcol, rval, orow, m = layout(kernel)  # l2 > 0: M is the slot count, orow each slot's row of C
+    k = kernel.a.shape[1]
     nblk, rows, nc, ntiles, cps = _dims(cfg, m, k, n)
-    kc, wg = cfg["kc"], cfg["wg"]
-    stream, rptr, rcol, rval = kernel.a.cached(("tc_sp24", kc, wg, dtype), lambda host: build(host, kc, wg, dtype)[:4])
     ws, counters = splitk_workspace(kernel, "tc_sp24", workspace_shape(cfg, rows, ntiles), n)
-    out = (stream, rptr, rcol, rval, ws, counters, b, c, np.int32(m), np.int32(n), np.int32(k), np.int32(nc),
-           np.int32(nblk), np.int32(cps), np.int32(ntiles))
+    out = (stream, rptr, rcol, rval, *(() if orow is None else (orow,)), ws, counters, b, c, np.int32(m), np.int32(n),
+           np.int32(k), np.int32(nc), np.int32(nblk), np.int32(cps), np.int32(ntiles))
     if not (n > 0 and n % 8 == 0):  # never launched (infeasible); a_bytes() asks for N = 1
         return (*out, BParam(128, lambda b_ptr: bytes(128)))
     return (*out, BParam(128, lambda b_ptr: _encode(tensor_map_args(n, k, cfg, b_ptr))))

@@ -256,7 +256,10 @@ def _gpu_configs(n, dtype):
                                    dict(bn=256, kc=2, wg=2, stages=4, splitk=1, pw=1), dict(bn=256, kc=1, wg=2, stages=6, splitk=2, pw=1),
                                    dict(bn=256, kc=2, wg=2, stages=4, splitk=1, mc=2, pw=1),
                                    dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1), dict(bn=64, kc=1, wg=1, stages=4, splitk=3, pt=1),
-                                   dict(bn=256, kc=2, wg=2, stages=3, splitk=2, pw=1, pt=1)]
+                                   dict(bn=256, kc=2, wg=2, stages=3, splitk=2, pw=1, pt=1),
+                                   dict(bn=128, kc=2, wg=2, stages=6, splitk=1, l2=100), dict(bn=64, kc=1, wg=1, stages=4, splitk=3, l2=25),
+                                   dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1, l2=100),
+                                   dict(bn=128, kc=1, wg=2, stages=2, splitk=2, l2=100)]  # l2, C stored directly
     for cfg in cands:
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
@@ -284,6 +287,7 @@ def test_correct_on_edge_cases(dtype, n):
         pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
     cases = adversarial()
     cases["uniform_300x2000_d0.1"] = random_matrix(300, 2000, 0.1, "uniform", 3)
+    cases["powerlaw_300x2000_d0.05"] = random_matrix(300, 2000, 0.05, "powerlaw", 3)  # l2's heavy rows
     cfgs = _gpu_configs(n, dtype)
     assert len(cfgs) >= 4
     assert _check(cases, dtype, n, cfgs) == 2 * len(cfgs) * len(cases)
@@ -415,3 +419,72 @@ def test_pt_is_a_persistent_grid_whose_ring_runs_across_tiles(dtype):
         assert "C75" not in rep, (cfg, rep)
         assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
     assert space().check(dict(base, pt=1, mc=2), problem_env(3072, 768, 2048, 120_000, dtype), DEFAULT_LIMITS)
+
+
+def _rebuild(a2, orow, m):
+    """A from its slots (variants/tc_sp24.py slots): each slot's row added to C's row orow (-2: the slot 8 above's)."""
+    d2, out = a2.toarray(), np.zeros((m, a2.shape[1]), dtype=np.float64)
+    for s_, o in enumerate(orow):
+        if o >= 0:
+            out[o] += d2[s_]
+        elif o == -2:
+            assert s_ % 16 >= 8 and orow[s_ - 8] >= 0  # a second layer sits at g + 8 of its first layer's g
+            out[orow[s_ - 8]] += d2[s_]
+    return out
+
+
+@pytest.mark.parametrize("l2", [6, 25, 100])
+def test_l2_slots_cover_a_once_and_leave_heavy_rows_no_residual(l2):
+    """Every row of A lands in one slot (two for a heavy row: g and g + 8 of one warp's 16, its first two nonzeros a
+    group, then the rest), each C row once; a heavy row's slots leave nothing to the residual; the light rows keep
+    theirs; at most l2 % of the rows heavy, none lighter than a light one, none without residual; Ms a multiple of 16;
+    on random, powerlaw and the adversarial patterns."""
+    h = host()
+    cases = adversarial()
+    cases["powerlaw_768x3072_d0.02"] = random_matrix(768, 3072, 0.02, "powerlaw", 0)
+    cases["uniform_200x300_d0.3"] = random_matrix(200, 300, 0.3, "uniform", 1)
+    for name, a in cases.items():
+        a = sps.csr_matrix(a)
+        m = a.shape[0]
+        a2, orow = h.slots(a, l2)
+        assert a2.shape[0] % 16 == 0 and len(orow) == a2.shape[0], name
+        assert np.array_equal(_rebuild(a2, orow, m), a.toarray()), name
+        rows = orow[orow >= 0]
+        assert sorted(rows.tolist()) == list(range(m)), name  # each C row exactly once
+        _, _, r0 = h.split(a)
+        _, _, r2 = h.split(a2)
+        res0 = np.diff(r0.indptr)
+        heavy = np.zeros(m, dtype=bool)
+        heavy[orow[np.nonzero(orow == -2)[0] - 8]] = True
+        assert heavy.sum() <= np.ceil(l2 * m / 100) and (res0[heavy] > 0).all(), name
+        if heavy.any() and (~heavy).any():
+            assert res0[heavy].min() >= res0[~heavy].max(), name  # the heaviest rows first
+        if l2 == 100:
+            assert (heavy == (res0 > 0)).all(), name
+        res2 = np.diff(r2.indptr)
+        for s_, o in enumerate(orow):
+            if o >= 0:
+                assert res2[s_] == (0 if heavy[o] else res0[o]), (name, s_, o)
+        assert ((orow == -2).sum()) == heavy.sum(), name
+    # the powerlaw layer: its residual (K / 2 on its densest rows at l2 0) gone to a few per cent more rows
+    a = random_matrix(768, 3072, 0.02, "powerlaw", 0)
+    a2, _ = h.slots(a, 12)
+    assert a2.shape[0] <= 1.12 * 768 and h.split(a2)[2].nnz < 0.02 * h.split(a)[2].nnz
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_l2_renders_the_row_map_fold_and_compiles(dtype):
+    """l2 > 0: one more argument (orow) after rval, each thread's two rows folded where the second is a second layer,
+    C's staged and direct stores through the row map; l2 0 renders none of it; builds without spills."""
+    base = dict(bn=128, kc=2, wg=2, stages=6, splitk=1)
+    s0 = render(space(), base, dtype)
+    assert "orow" not in s0 and "o1 == -2" not in s0
+    for cfg in [dict(base, l2=12), dict(base, l2=25, pt=1), dict(bn=128, kc=1, wg=2, stages=2, splitk=2, l2=100)]:
+        src = render(space(), cfg, dtype)
+        assert "const int* __restrict__ orow," in src and "if (o1 == -2) {" in src
+        assert "C + (size_t)o0 * N + col" in src  # the direct stores through the map
+        if cfg["stages"] > 2:
+            assert "__shfl_sync(0xffffffffu, o0, 4 * (rr & 7))" in src and "C + (size_t)(dst) * N + col" in src
+        rep, _ = nvcc_sm90a(src)
+        assert "C75" not in rep, (cfg, rep)
+        assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
