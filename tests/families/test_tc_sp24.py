@@ -392,13 +392,13 @@ def test_pw_gives_the_consumers_setmaxnreg_registers_and_bn256_wg2_compiles_unse
 
 
 PT_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1), dict(bn=64, kc=1, wg=2, stages=8, splitk=1, pt=1),
-              dict(bn=64, kc=4, wg=1, stages=6, splitk=2, pt=1), dict(bn=256, kc=2, wg=2, stages=3, splitk=1, pw=1, pt=1)]
+              dict(bn=64, kc=4, wg=1, stages=6, splitk=1, pt=1), dict(bn=256, kc=2, wg=2, stages=3, splitk=1, pw=1, pt=1)]
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_pt_is_a_persistent_grid_whose_ring_runs_across_tiles(dtype):
     """pt 1: grid = min(tiles, SMs) blocks looping over the tiles; the producer returns after its last tile, the
-    consumers release each tile's last stage, split-K's barriers are the consumers' named barrier, C is staged in its
+    consumers release each tile's last stage, no split-K (measured slower, session 37), C is staged in its
     own shared memory (after the mbarriers); builds without spills or serialized wgmmas."""
     h = host()
     kern = type("K", (), {})()
@@ -414,11 +414,13 @@ def test_pt_is_a_persistent_grid_whose_ring_runs_across_tiles(dtype):
         src = render(space(), cfg, dtype)
         assert "for (int tl = blockIdx.x; tl < ntot; tl += gridDim.x)" in src and "int bid = blockIdx.x;" not in src
         assert "if (nch > 0) {  // the tile's last stage back to the producer" in src
-        assert ("bar.sync 1, %0;" in src) == (cfg["splitk"] > 1) and "__syncthreads();\n    volatile" not in src
+        assert "bar.sync 1, %0;" not in src and "atomicAdd(counters" not in src  # no split-K at pt 1
         rep, _ = nvcc_sm90a(src)
         assert "C75" not in rep, (cfg, rep)
         assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
     assert space().check(dict(base, pt=1, mc=2), problem_env(3072, 768, 2048, 120_000, dtype), DEFAULT_LIMITS)
+    # measured 1.1-4.6x slower with split-K (session 37): the space keeps pt to one split
+    assert space().check(dict(base, pt=1, splitk=2), problem_env(3072, 768, 2048, 120_000, dtype), DEFAULT_LIMITS)
 
 
 def _rebuild(a2, orow, m):
