@@ -688,12 +688,13 @@ def _read_json_list(path, opt: str) -> list[dict]:
 def _record_config(case: Case, db_path: str, gpu_name: str) -> tuple[str, dict, float]:
     from sparse_autotune.store.db import TuningDB  # noqa: PLC0415
     db = TuningDB(db_path, create=False, readonly=True)
-    try:
-        rec = db.best(case.M, case.K, case.N, case.density, case.dtype, gpu=gpu_name, pattern=case.pattern)
+    try:  # the fastest kernel's record: where a vendor path (cuBLAS, cuSPARSE) is the key's best there is no kernel of
+        # ours to profile in it (session 37: `profile --db` died on family 'dense')
+        rec = db.best_sparse(case.M, case.K, case.N, case.density, case.dtype, gpu=gpu_name, pattern=case.pattern)
     finally:
         db.dispose()
     if rec is None:
-        raise UserError(f"no record for {case.label()} on {gpu_name} in {db_path}")
+        raise UserError(f"no kernel record for {case.label()} on {gpu_name} in {db_path}")
     return rec.family, json.loads(rec.config_json), rec.time_us
 
 

@@ -521,3 +521,25 @@ def test_recold_table_names_each_rows_config():
     probe = load_script("bench/probe.py", "probe_recold")
     assert probe.config_text({"bn": 128, "wg": 2, "pmap": 1}) == "bn=128 wg=2 pmap=1"
     assert probe.config_text({"math": "fp16"}) == "math=fp16" and probe.config_text(None) == ""
+
+
+def test_probe_profile_takes_the_fastest_kernel_record_where_a_vendor_path_is_the_best(tmp_path, monkeypatch):
+    """`probe profile --db`: a key whose best record is a vendor path (family dense: cuBLAS won) profiles the fastest
+    record of a kernel family (there is no kernel of ours in the vendor record; session 37 died on it with a
+    traceback); a key with vendor records only is a one-line error."""
+    import importlib.util
+    import sys as _sys
+    from records import GPU, make_record, new_db
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("probe_under_test", PROBE)
+    probe = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(_sys.modules, "probe_under_test", probe)  # its dataclasses look their module up
+    spec.loader.exec_module(probe)
+    db = new_db(tmp_path / "t.sqlite", make_record(5.0, {"math": "fp16"}, family="dense"),
+                make_record(9.0, {"rows_per_block": 8, "vec": 4}), make_record(7.0, {"rows_per_block": 4, "vec": 2}))
+    case = probe.parse_case("512x2048:256:0.1:fp32")
+    family, cfg, t = probe._record_config(case, str(db), GPU)
+    assert (family, cfg, t) == ("csr_rowsplit", {"rows_per_block": 4, "vec": 2}, 7.0)
+    only = new_db(tmp_path / "v.sqlite", make_record(5.0, {"math": "fp16"}, family="dense"))
+    with pytest.raises(probe.UserError, match="no kernel record"):
+        probe._record_config(case, str(only), GPU)
