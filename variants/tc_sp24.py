@@ -60,8 +60,8 @@ def _group_rank(rows: np.ndarray, cols: np.ndarray, kg: int) -> tuple[np.ndarray
 def slots(a: sp.csr_matrix, l2: int) -> tuple[sp.csr_matrix, np.ndarray]:
     """(A over slots, orow int32 [Ms]) for l2 > 0: the rows with the most nonzeros past the first two of their groups
     (the residual they would have; at least one), at most l2 % of M of them (ties: the lower row), are `heavy` and
-    take two slots each, its first two nonzeros of each group in one and the
-    rest (at most two a group) in the other, a second 2:4 layer: nothing of it is left to the residual. The two slots
+    take two slots each: the first two nonzeros of each group in one, the rest (at most two a group) in the other, a
+    second 2:4 layer, so nothing of the row is left to the residual. The two slots
     of a heavy row are rows g and g + 8 of one warp's 16 (the same thread holds both accumulators and adds them before
     C's store); the other rows go in pairs to the remaining (g, g + 8), in their order, light pairs first. orow[slot]
     is C's row of a slot, -1 for padding, -2 for a heavy row's second layer (added to slot - 8). Ms is a multiple of
