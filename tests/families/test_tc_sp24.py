@@ -259,7 +259,12 @@ def _gpu_configs(n, dtype):
                                    dict(bn=256, kc=2, wg=2, stages=3, splitk=2, pw=1, pt=1),
                                    dict(bn=128, kc=2, wg=2, stages=6, splitk=1, l2=100), dict(bn=64, kc=1, wg=1, stages=4, splitk=3, l2=25),
                                    dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1, l2=100),
-                                   dict(bn=128, kc=1, wg=2, stages=2, splitk=2, l2=100)]  # l2, C stored directly
+                                   dict(bn=128, kc=1, wg=2, stages=2, splitk=2, l2=100),  # l2, C stored directly
+                                   # rs: the residual before the loop (split 0 only), batches of 2 (bn 64) or 1 entry a row
+                                   dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rs=1), dict(bn=64, kc=2, wg=2, stages=6, splitk=3, rs=1),
+                                   dict(bn=128, kc=2, wg=2, stages=6, splitk=1, l2=12, rs=1), dict(bn=256, kc=1, wg=1, stages=6, splitk=2, rs=1),
+                                   dict(bn=64, kc=4, wg=1, stages=6, splitk=1, pt=1, rs=1), dict(bn=128, kc=2, wg=2, stages=4, splitk=2, mc=2, rs=1),
+                                   dict(bn=128, kc=2, wg=2, stages=6, splitk=2, ar=4, rs=1), dict(bn=128, kc=1, wg=2, stages=2, splitk=2, rs=1)]
     for cfg in cands:
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
@@ -490,3 +495,35 @@ def test_l2_renders_the_row_map_fold_and_compiles(dtype):
         rep, _ = nvcc_sm90a(src)
         assert "C75" not in rep, (cfg, rep)
         assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
+
+
+RS_CONFIGS = [dict(bn=64, kc=4, wg=1, stages=6, splitk=1), dict(bn=64, kc=4, wg=2, stages=6, splitk=2),
+              dict(bn=128, kc=2, wg=2, stages=6, splitk=1, l2=12), dict(bn=256, kc=1, wg=1, stages=6, splitk=1),
+              dict(bn=64, kc=4, wg=1, stages=6, splitk=1, pt=1), dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ar=4),
+              dict(bn=128, kc=2, wg=2, stages=4, splitk=1, mc=2)]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_rs_adds_the_residual_before_the_loop_and_compiles_unserialized(dtype):
+    """rs 1: the residual is summed in registers of its own before the first wgmma (split 0's consumers only) and moved
+    into the accumulators by asm (FMAs into them in a loop make ptxas serialize the wgmmas, C7515); the loop after the
+    wgmmas is gone; rs 0 renders as before. Builds without spills or serialization."""
+    s0 = render(space(), RS_CONFIGS[0], dtype)
+    assert "racc" not in s0 and "for (int e = h ? rlo1 : rlo0; e < e1; ++e)" in s0
+    for cfg in RS_CONFIGS:
+        src = render(space(), dict(cfg, rs=1), dtype)
+        assert "float racc[NACC];" in src and '"mov.f32 %0, %1;" : "=f"(acc[e]) : "f"(racc[e])' in src
+        assert "for (int e = h ? rlo1 : rlo0; e < e1; ++e)" not in src  # no residual after the loop
+        assert src.index("racc[e]));") < src.index("wgmma_sp(acc,")
+        if not cfg.get("pt"):
+            assert "if (ks != 0 || warp >= WARPS) rhi0 = rlo0, rhi1 = rlo1;" in src
+        rep, _ = nvcc_sm90a(src)
+        assert "C75" not in rep, (cfg, rep)
+        assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
+
+
+def test_rs_with_pw_is_refused_by_the_space():
+    env = problem_env(1024, 4096, 512, 400_000, "fp16")
+    base = dict(bn=256, kc=2, wg=2, stages=4, splitk=1, mc=1, ar=0, pw=1, pt=0, l2=0)
+    assert space().check(dict(base, rs=0), env, DEFAULT_LIMITS) is None
+    assert "rs == 0 or pw == 0" in space().check(dict(base, rs=1), env, DEFAULT_LIMITS)
