@@ -33,7 +33,8 @@ DIAGS = {0: "as built", 1: "copies only", 2: "copies + wgmma (no decode)", 3: "n
 DIAGS_SP24 = {0: "as built", 1: "copies only", 2: "copies + wgmma (no register loads)", 3: "no B boxes",
               4: "no A copies", 5: "no copies (loads and wgmmas on stale shared memory)",
               6: "the bare wgmma loop (no copies, no barriers)", 7: "bare loop, no register loads",
-              8: "bare loop, no register loads, no per-chunk wait (the probe's loop)", 9: "timeline"}
+              8: "bare loop, no register loads, no per-chunk wait (the probe's loop)", 9: "timeline",
+              10: "no residual"}
 
 
 PHASES = ("entry", "patched", "first_in", "consumed", "partial", "stored", "produced")
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--family", default="tc_wgmma", choices=("tc_wgmma", "tc_sp24"),
                     help="tc_sp24: its cut-outs 1-8 and 9: 1 copies only, 2 no register loads, 3 no B boxes, "
                          "4 no A copies, 5 no copies, 6 no copies and no barriers, 7 as 6 without register "
-                         "loads, 8 as 7 without the per-chunk wait, 9 the timeline")
+                         "loads, 8 as 7 without the per-chunk wait, 9 the timeline, 10 no residual")
     ap.add_argument("--diag", default="0,1,2,3")
     ap.add_argument("--clock-ghz", type=float, default=1.83)
     ap.add_argument("--overhead-us", type=float, default=3.0)
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
     for ctext in a.config:
         if a.family == "tc_wgmma" and {3, 4} & set(diags) and json.loads(ctext).get("tma") != 2:
             ap.error(f"--diag 3 and 4 cut B's boxes or the record copies of tma 2 only: {ctext}")
-        if a.family == "tc_sp24" and set(diags) - {0, 9} and json.loads(ctext).get("ar", 0):
+        if a.family == "tc_sp24" and set(diags) - {0, 9, 10} and json.loads(ctext).get("ar", 0):
             ap.error(f"--diag 1-8 cut the shared-memory path of A (ar 0) only: {ctext}")
     dev = probe.Device()
     rows = []

@@ -260,8 +260,8 @@ def _gpu_configs(n, dtype):
                                    dict(bn=128, kc=2, wg=2, stages=6, splitk=1, l2=100), dict(bn=64, kc=1, wg=1, stages=4, splitk=3, l2=25),
                                    dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1, l2=100),
                                    dict(bn=128, kc=1, wg=2, stages=2, splitk=2, l2=100),  # l2, C stored directly
-                                   # rs: the residual before the loop (split 0 only), batches of 2 (bn 64) or 1 entry a row
-                                   dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rs=1), dict(bn=64, kc=2, wg=2, stages=6, splitk=3, rs=1),
+                                   # rs: the residual before the loop (split 0 only), batches of rs entries a row
+                                   dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rs=4), dict(bn=64, kc=2, wg=2, stages=6, splitk=3, rs=2),
                                    dict(bn=128, kc=2, wg=2, stages=6, splitk=1, l2=12, rs=1), dict(bn=256, kc=1, wg=1, stages=6, splitk=2, rs=1),
                                    dict(bn=64, kc=4, wg=1, stages=6, splitk=1, pt=1, rs=1), dict(bn=128, kc=2, wg=2, stages=4, splitk=2, mc=2, rs=1),
                                    dict(bn=128, kc=2, wg=2, stages=6, splitk=2, ar=4, rs=1), dict(bn=128, kc=1, wg=2, stages=2, splitk=2, rs=1)]
@@ -505,13 +505,16 @@ RS_CONFIGS = [dict(bn=64, kc=4, wg=1, stages=6, splitk=1), dict(bn=64, kc=4, wg=
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_rs_adds_the_residual_before_the_loop_and_compiles_unserialized(dtype):
-    """rs 1: the residual is summed in registers of its own before the first wgmma (split 0's consumers only) and moved
+    """rs > 0: the residual is summed in registers of its own before the first wgmma (split 0's consumers only) and moved
     into the accumulators by asm (FMAs into them in a loop make ptxas serialize the wgmmas, C7515); the loop after the
     wgmmas is gone; rs 0 renders as before. Builds without spills or serialization."""
     s0 = render(space(), RS_CONFIGS[0], dtype)
     assert "racc" not in s0 and "for (int e = h ? rlo1 : rlo0; e < e1; ++e)" in s0
-    for cfg in RS_CONFIGS:
-        src = render(space(), dict(cfg, rs=1), dtype)
+    env = problem_env(4096, 4096, 512, 1_600_000, dtype)
+    full = dict(stages=6, splitk=1, mc=1, ar=0, pw=0, pt=0, l2=0)
+    for cfg in RS_CONFIGS:  # the largest batch the space admits (the most registers)
+        rs = max(r for r in (1, 2, 4) if space().check({**full, **cfg, "rs": r}, env, DEFAULT_LIMITS) is None)
+        src = render(space(), dict(cfg, rs=rs), dtype)
         assert "float racc[NACC];" in src and '"mov.f32 %0, %1;" : "=f"(acc[e]) : "f"(racc[e])' in src
         assert "for (int e = h ? rlo1 : rlo0; e < e1; ++e)" not in src  # no residual after the loop
         assert src.index("racc[e]));") < src.index("wgmma_sp(acc,")
@@ -524,6 +527,6 @@ def test_rs_adds_the_residual_before_the_loop_and_compiles_unserialized(dtype):
 
 def test_rs_with_pw_is_refused_by_the_space():
     env = problem_env(1024, 4096, 512, 400_000, "fp16")
-    base = dict(bn=256, kc=2, wg=2, stages=4, splitk=1, mc=1, ar=0, pw=1, pt=0, l2=0)
+    base = dict(bn=64, kc=2, wg=2, stages=4, splitk=1, mc=1, ar=0, pw=1, pt=0, l2=0)
     assert space().check(dict(base, rs=0), env, DEFAULT_LIMITS) is None
     assert "rs == 0 or pw == 0" in space().check(dict(base, rs=1), env, DEFAULT_LIMITS)
