@@ -250,9 +250,13 @@ def stage_bytes(config: dict) -> int:
 
 def shared_bytes(config: dict) -> int:
     """1024 bytes of alignment slack (B's stages start 1024-aligned), the stages, 16 bytes of the split-K flag, two
-    mbarriers (full, empty) a stage; pt: 16 bytes of alignment and C's staging (4 wg warps x 16 rows x 2 bn + 16)."""
+    mbarriers (full, empty) a stage; pt: 16 bytes of alignment and C's staging (4 wg warps x 16 rows x 2 bn + 16); rs:
+    16 bytes of alignment and the residual's staging (a consumer warp: 16 rows x rs entries of 2 bn + 16 bytes of B and
+    4 of value)."""
     staging = 16 + 4 * config["wg"] * 16 * (2 * config["bn"] + 16) if config.get("pt", 0) else 0
-    return 1024 + config["stages"] * stage_bytes(config) + 16 + 16 * config["stages"] + staging
+    rs = int(config.get("rs", 0))
+    rstage = 16 + 4 * config["wg"] * (16 * rs * (2 * config["bn"] + 16) + 64 * rs) if rs else 0
+    return 1024 + config["stages"] * stage_bytes(config) + 16 + 16 * config["stages"] + staging + rstage
 
 
 def smem_bytes(kernel) -> int:

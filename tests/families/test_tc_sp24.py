@@ -261,10 +261,10 @@ def _gpu_configs(n, dtype):
                                    dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1, l2=100),
                                    dict(bn=128, kc=1, wg=2, stages=2, splitk=2, l2=100),  # l2, C stored directly
                                    # rs: the residual before the loop (split 0 only), batches of rs entries a row
-                                   dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rs=4), dict(bn=64, kc=2, wg=2, stages=6, splitk=3, rs=2),
-                                   dict(bn=128, kc=2, wg=2, stages=6, splitk=1, l2=12, rs=1), dict(bn=256, kc=1, wg=1, stages=6, splitk=2, rs=1),
-                                   dict(bn=64, kc=4, wg=1, stages=6, splitk=1, pt=1, rs=1), dict(bn=128, kc=2, wg=2, stages=4, splitk=2, mc=2, rs=1),
-                                   dict(bn=128, kc=2, wg=2, stages=6, splitk=2, ar=4, rs=1), dict(bn=128, kc=1, wg=2, stages=2, splitk=2, rs=1)]
+                                   dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rs=8), dict(bn=64, kc=2, wg=2, stages=4, splitk=3, rs=4),
+                                   dict(bn=128, kc=2, wg=2, stages=2, splitk=1, l2=12, rs=4), dict(bn=256, kc=1, wg=1, stages=4, splitk=2, rs=4),
+                                   dict(bn=64, kc=1, wg=1, stages=4, splitk=1, rs=8), dict(bn=64, kc=2, wg=2, stages=4, splitk=2, mc=2, rs=4),
+                                   dict(bn=128, kc=2, wg=2, stages=4, splitk=2, ar=4, rs=4), dict(bn=128, kc=1, wg=2, stages=2, splitk=2, rs=4)]
     for cfg in cands:
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
@@ -497,36 +497,39 @@ def test_l2_renders_the_row_map_fold_and_compiles(dtype):
         assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
 
 
-RS_CONFIGS = [dict(bn=64, kc=4, wg=1, stages=6, splitk=1), dict(bn=64, kc=4, wg=2, stages=6, splitk=2),
-              dict(bn=128, kc=2, wg=2, stages=6, splitk=1, l2=12), dict(bn=256, kc=1, wg=1, stages=6, splitk=1),
-              dict(bn=64, kc=4, wg=1, stages=6, splitk=1, pt=1), dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ar=4),
-              dict(bn=128, kc=2, wg=2, stages=4, splitk=1, mc=2)]
+RS_CONFIGS = [dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rs=8), dict(bn=64, kc=4, wg=2, stages=4, splitk=2, rs=4),
+              dict(bn=128, kc=2, wg=2, stages=2, splitk=1, l2=12, rs=4), dict(bn=256, kc=1, wg=1, stages=4, splitk=1, rs=4),
+              dict(bn=128, kc=2, wg=2, stages=4, splitk=1, ar=4, rs=4), dict(bn=64, kc=2, wg=2, stages=4, splitk=1, mc=2, rs=4),
+              dict(bn=64, kc=2, wg=2, stages=4, splitk=1, pw=1, rs=4)]
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_rs_adds_the_residual_before_the_loop_and_compiles_unserialized(dtype):
-    """rs > 0: the residual is summed in registers of its own before the first wgmma (split 0's consumers only) and moved
-    into the accumulators by asm (FMAs into them in a loop make ptxas serialize the wgmmas, C7515); the loop after the
-    wgmmas is gone; rs 0 renders as before. Builds without spills or serialization."""
-    s0 = render(space(), RS_CONFIGS[0], dtype)
-    assert "racc" not in s0 and "for (int e = h ? rlo1 : rlo0; e < e1; ++e)" in s0
+def test_rs_stages_the_residual_under_the_loop_and_compiles_unserialized(dtype):
+    """rs > 0: before the loop each consumer warp fetches its rows' first rs residual entries (cp.async of their B rows
+    into its staging area, split 0's blocks only); after the loop they are added from shared memory, the rest from global
+    memory; the loop after the wgmmas that rs 0 runs is gone. The space admits each config (its shared memory counted);
+    builds without spills or serialization."""
     env = problem_env(4096, 4096, 512, 1_600_000, dtype)
-    full = dict(stages=6, splitk=1, mc=1, ar=0, pw=0, pt=0, l2=0)
-    for cfg in RS_CONFIGS:  # the largest batch the space admits (the most registers)
-        rs = max(r for r in (1, 2, 4) if space().check({**full, **cfg, "rs": r}, env, DEFAULT_LIMITS) is None)
-        src = render(space(), dict(cfg, rs=rs), dtype)
-        assert "float racc[NACC];" in src and '"mov.f32 %0, %1;" : "=f"(acc[e]) : "f"(racc[e])' in src
-        assert "for (int e = h ? rlo1 : rlo0; e < e1; ++e)" not in src  # no residual after the loop
-        assert src.index("racc[e]));") < src.index("wgmma_sp(acc,")
-        if not cfg.get("pt"):
-            assert "if (ks != 0 || warp >= WARPS) rhi0 = rlo0, rhi1 = rlo1;" in src
+    full = dict(mc=1, ar=0, pw=0, pt=0, l2=0)
+    s0 = render(space(), RS_CONFIGS[0] | {"rs": 0}, dtype)
+    assert "cp_async16(" not in s0 and "for (int e = h ? rlo1 : rlo0; e < e1; ++e)" in s0
+    for cfg in RS_CONFIGS:
+        assert space().check({**full, **cfg}, env, DEFAULT_LIMITS) is None, cfg
+        src = render(space(), cfg, dtype)
+        assert src.count("cp_async16(rw + (16 * u + r) *") == 1 and "cp.async.wait_all;" in src
+        assert "for (int e = h ? rlo1 : rlo0; e < e1; ++e)" not in src  # no rs-0 residual after the loop
+        assert src.index("cp_async16(rw +") < src.index("wgmma_sp(acc,") < src.index("cp.async.wait_all;")
+        assert f"for (int e = lo + {cfg['rs']}; e < hi; ++e)" in src  # the entries past rs
         rep, _ = nvcc_sm90a(src)
         assert "C75" not in rep, (cfg, rep)
         assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
 
 
-def test_rs_with_pw_is_refused_by_the_space():
-    env = problem_env(1024, 4096, 512, 400_000, "fp16")
-    base = dict(bn=64, kc=2, wg=2, stages=4, splitk=1, mc=1, ar=0, pw=1, pt=0, l2=0)
-    assert space().check(dict(base, rs=0), env, DEFAULT_LIMITS) is None
-    assert "rs == 0 or pw == 0" in space().check(dict(base, rs=1), env, DEFAULT_LIMITS)
+def test_rs_shared_memory_is_counted_and_pt_is_refused():
+    h, env = host(), problem_env(4096, 4096, 128, 1_600_000, "fp16")
+    base = dict(bn=64, kc=4, wg=1, stages=6, splitk=1, mc=1, ar=0, pw=0, pt=0, l2=0)
+    # a consumer warp: 16 rows x 8 entries x (2 x 64 + 16) bytes of B + 64 x 8 of values, + 16 of alignment
+    assert h.shared_bytes(dict(base, rs=8)) - h.shared_bytes(dict(base, rs=0)) == 16 + 4 * (16 * 8 * 144 + 64 * 8)
+    assert space().check(dict(base, rs=8), env, DEFAULT_LIMITS) is None
+    assert "max_dyn_smem_bytes" in space().check(dict(base, bn=128, stages=8, rs=8), env, DEFAULT_LIMITS)
+    assert "pt == 0" in space().check(dict(base, pt=1, rs=4), env, DEFAULT_LIMITS)
