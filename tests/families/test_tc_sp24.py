@@ -263,7 +263,7 @@ def _gpu_configs(n, dtype):
                                    # rs: the residual before the loop (split 0 only), batches of rs entries a row
                                    dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rs=8), dict(bn=64, kc=2, wg=2, stages=4, splitk=3, rs=4),
                                    dict(bn=128, kc=2, wg=2, stages=2, splitk=1, l2=12, rs=4), dict(bn=256, kc=1, wg=1, stages=4, splitk=2, rs=4),
-                                   dict(bn=64, kc=1, wg=1, stages=4, splitk=1, rs=8), dict(bn=64, kc=2, wg=2, stages=4, splitk=2, mc=2, rs=4),
+                                   dict(bn=64, kc=1, wg=1, stages=3, splitk=1, rs=16), dict(bn=64, kc=2, wg=2, stages=4, splitk=2, mc=2, rs=4),
                                    dict(bn=128, kc=2, wg=2, stages=4, splitk=2, ar=4, rs=4), dict(bn=128, kc=1, wg=2, stages=2, splitk=2, rs=4)]
     for cfg in cands:
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
@@ -497,7 +497,7 @@ def test_l2_renders_the_row_map_fold_and_compiles(dtype):
         assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
 
 
-RS_CONFIGS = [dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rs=8), dict(bn=64, kc=4, wg=2, stages=4, splitk=2, rs=4),
+RS_CONFIGS = [dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rs=8), dict(bn=64, kc=4, wg=1, stages=3, splitk=1, rs=16), dict(bn=64, kc=4, wg=2, stages=4, splitk=2, rs=4),
               dict(bn=128, kc=2, wg=2, stages=2, splitk=1, l2=12, rs=4), dict(bn=256, kc=1, wg=1, stages=4, splitk=1, rs=4),
               dict(bn=128, kc=2, wg=2, stages=4, splitk=1, ar=4, rs=4), dict(bn=64, kc=2, wg=2, stages=4, splitk=1, mc=2, rs=4),
               dict(bn=64, kc=2, wg=2, stages=4, splitk=1, pw=1, rs=4)]
@@ -519,7 +519,7 @@ def test_rs_stages_the_residual_under_the_loop_and_compiles_unserialized(dtype):
         assert src.count("cp_async16(rw + (16 * u + r) *") == 1 and "cp.async.wait_all;" in src
         assert "for (int e = h ? rlo1 : rlo0; e < e1; ++e)" not in src  # no rs-0 residual after the loop
         assert src.index("cp_async16(rw +") < src.index("wgmma_sp(acc,") < src.index("cp.async.wait_all;")
-        assert f"for (int e = lo + {cfg['rs']}; e < hi; ++e)" in src  # the entries past rs
+        assert f"for (int e = lo + {cfg['rs']}; e < hi; e += {256 // cfg['bn']})" in src  # the entries past rs
         rep, _ = nvcc_sm90a(src)
         assert "C75" not in rep, (cfg, rep)
         assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
