@@ -260,7 +260,7 @@ def _gpu_configs(n, dtype):
                                    dict(bn=128, kc=2, wg=2, stages=6, splitk=1, l2=100), dict(bn=64, kc=1, wg=1, stages=4, splitk=3, l2=25),
                                    dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1, l2=100),
                                    dict(bn=128, kc=1, wg=2, stages=2, splitk=2, l2=100),  # l2, C stored directly
-                                   # rs: the residual before the loop (split 0 only), batches of rs entries a row
+                                   # rs: the rows' first rs residual entries staged by cp.async under the loop (split 0 only), added after it
                                    dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rs=8), dict(bn=64, kc=2, wg=2, stages=4, splitk=3, rs=4),
                                    dict(bn=128, kc=2, wg=2, stages=2, splitk=1, l2=12, rs=4), dict(bn=256, kc=1, wg=1, stages=4, splitk=2, rs=4),
                                    dict(bn=64, kc=1, wg=1, stages=3, splitk=1, rs=16), dict(bn=64, kc=2, wg=2, stages=4, splitk=2, mc=2, rs=4),
