@@ -161,6 +161,8 @@ def build(a: sp.csr_matrix, kc: int, wg: int, dtype: str = "fp16"):
     rval = half_bits(resid.data, dtype).astype(np.uint16)
     if len(rcol) == 0:  # never a zero-size device array
         rcol, rval = np.zeros(1, dtype=np.int32), np.zeros(1, dtype=np.uint16)
+    if len(rval) % 2:  # rq reads rval as 32-bit words (the word of an entry, its half by the entry's parity)
+        rval = np.append(rval, np.uint16(0))
     nnz = int(a.nnz)
     info = {"kc": kc, "wg": wg, "M": m, "K": k, "NBLK": nblk, "NC": nc, "stream_bytes": int(stream.nbytes),
             "nnz": nnz, "residual": int(resid.nnz), "residual_share": resid.nnz / nnz if nnz else 0.0,
@@ -252,11 +254,14 @@ def shared_bytes(config: dict) -> int:
     """1024 bytes of alignment slack (B's stages start 1024-aligned), the stages, 16 bytes of the split-K flag, two
     mbarriers (full, empty) a stage; pt: 16 bytes of alignment and C's staging (4 wg warps x 16 rows x 2 bn + 16); rs:
     16 bytes of alignment and the residual's staging (a consumer warp: 16 rows x rs entries of 2 bn + 16 bytes of B and
-    4 of value)."""
+    4 of value); rq: 16 bytes of alignment and the residual's ring (a consumer warp: rq slots of a round's 32 entries of
+    2 bn bytes of B and 2 rq index slots of 32 columns and 32 value words)."""
     staging = 16 + 4 * config["wg"] * 16 * (2 * config["bn"] + 16) if config.get("pt", 0) else 0
     rs = int(config.get("rs", 0))
     rstage = 16 + 4 * config["wg"] * (16 * rs * (2 * config["bn"] + 16) + 64 * rs) if rs else 0
-    return 1024 + config["stages"] * stage_bytes(config) + 16 + 16 * config["stages"] + staging + rstage
+    rq = int(config.get("rq", 0))
+    ring = 16 + 4 * config["wg"] * rq * (64 * config["bn"] + 512) if rq else 0
+    return 1024 + config["stages"] * stage_bytes(config) + 16 + 16 * config["stages"] + staging + rstage + ring
 
 
 def smem_bytes(kernel) -> int:

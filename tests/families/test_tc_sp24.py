@@ -264,7 +264,12 @@ def _gpu_configs(n, dtype):
                                    dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rs=8), dict(bn=64, kc=2, wg=2, stages=4, splitk=3, rs=4),
                                    dict(bn=128, kc=2, wg=2, stages=2, splitk=1, l2=12, rs=4), dict(bn=256, kc=1, wg=1, stages=4, splitk=2, rs=4),
                                    dict(bn=64, kc=1, wg=1, stages=3, splitk=1, rs=16), dict(bn=64, kc=2, wg=2, stages=4, splitk=2, mc=2, rs=4),
-                                   dict(bn=128, kc=2, wg=2, stages=4, splitk=2, ar=4, rs=4), dict(bn=128, kc=1, wg=2, stages=2, splitk=2, rs=4)]
+                                   dict(bn=128, kc=2, wg=2, stages=4, splitk=2, ar=4, rs=4), dict(bn=128, kc=1, wg=2, stages=2, splitk=2, rs=4),
+                                   # rq: the residual streamed through the loop (a ring of rq rounds a warp)
+                                   dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rq=4), dict(bn=64, kc=1, wg=1, stages=4, splitk=3, rq=2),
+                                   dict(bn=64, kc=2, wg=2, stages=4, splitk=1, l2=12, rq=2), dict(bn=128, kc=2, wg=1, stages=4, splitk=2, rq=2),
+                                   dict(bn=64, kc=2, wg=1, stages=4, splitk=2, mc=2, rq=4), dict(bn=64, kc=2, wg=1, stages=6, splitk=1, ar=4, rq=4),
+                                   dict(bn=64, kc=1, wg=2, stages=2, splitk=2, rq=2)]
     for cfg in cands:
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
@@ -533,3 +538,38 @@ def test_rs_shared_memory_is_counted_and_pt_is_refused():
     assert space().check(dict(base, rs=8), env, DEFAULT_LIMITS) is None
     assert "max_dyn_smem_bytes" in space().check(dict(base, bn=128, stages=8, rs=8), env, DEFAULT_LIMITS)
     assert "pt == 0" in space().check(dict(base, pt=1, rs=4), env, DEFAULT_LIMITS)
+
+
+RQ_CONFIGS = [dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rq=4), dict(bn=64, kc=4, wg=2, stages=4, splitk=2, rq=2),
+              dict(bn=128, kc=2, wg=1, stages=4, splitk=1, rq=2), dict(bn=64, kc=2, wg=1, stages=6, splitk=1, ar=4, rq=4),
+              dict(bn=64, kc=4, wg=1, stages=4, splitk=1, mc=2, rq=4), dict(bn=64, kc=4, wg=1, stages=6, splitk=1, l2=12, rq=4)]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_rq_streams_the_residual_through_the_loop_and_compiles_unserialized(dtype):
+    """rq > 0: a ring of rq rounds a consumer warp, filled before the loop, one round taken into racc after each chunk's
+    wgmmas and refilled, the rest drained after the loop and racc added to acc; no residual walk after the loop. The
+    space admits each config; builds without spills or serialization (racc is not a wgmma accumulator)."""
+    env = problem_env(4096, 4096, 512, 1_600_000, dtype)
+    full = dict(mc=1, ar=0, pw=0, pt=0, l2=0, rs=0)
+    for cfg in RQ_CONFIGS:
+        assert space().check({**full, **cfg}, env, DEFAULT_LIMITS) is None, cfg
+        src = render(space(), cfg, dtype)
+        assert f"cp.async.wait_group {cfg['rq'] - 1};" in src and "acc[e] += racc[e];" in src
+        assert "for (int e = h ? rlo1 : rlo0; e < e1; ++e)" not in src  # no rs-0 residual after the loop
+        fill, take, drain = src.index("round j's B rows into B slot j"), src.index("mma_rq(&racc[4 * j], a0, a3, b0, b1)"), src.index("acc[e] += racc[e];")
+        assert fill < src.index("wgmma_sp(acc,") < take < drain
+        rep, _ = nvcc_sm90a(src)
+        assert "C75" not in rep, (cfg, rep)
+        assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
+
+
+def test_rq_shared_memory_is_counted_and_excludes_rs_and_pt():
+    h, env = host(), problem_env(4096, 4096, 128, 1_600_000, "fp16")
+    base = dict(bn=64, kc=4, wg=1, stages=6, splitk=1, mc=1, ar=0, pw=0, pt=0, l2=0, rs=0)
+    # a consumer warp: rq slots of 32 entries x 2 x 64 bytes of B and 2 rq index slots of 32 columns and value words
+    # (256 bytes), + 16 of alignment
+    assert h.shared_bytes(dict(base, rq=4)) - h.shared_bytes(dict(base, rq=0)) == 16 + 4 * 4 * (32 * 128 + 512)
+    assert space().check(dict(base, rq=4), env, DEFAULT_LIMITS) is None
+    assert "rq == 0 or" in space().check(dict(base, rq=2, rs=4), env, DEFAULT_LIMITS)
+    assert "rq == 0 or" in space().check(dict(base, rq=2, pt=1), env, DEFAULT_LIMITS)
