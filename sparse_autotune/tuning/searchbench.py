@@ -192,8 +192,9 @@ SUBSPACES: dict[str, dict[str, list]] = {
     # serves (43k feasible at 4096x4096 N=16 d 0.3): the session-24 winner's neighbourhood, 192-288 configs
     "tc_bitmap": {"dec": ["lean"], "mr": [1], "minb": [4], "red": ["atomic"], "bload": ["vec"], "splitk": [4, 8, 12, 16]},
     # tc_sp24 (session 35, after the table; Hopper): mc at its default (mc 2 measured 1-8 % slower) and the stages its
-    # sweeps kept (<= 324 configs a problem); ar (session 36), pw, pt and l2 (session 37) at their defaults
-    "tc_sp24": {"mc": [1], "stages": [4, 6, 8], "ar": [0], "pw": [0], "pt": [0], "l2": [0]},
+    # sweeps kept (<= 324 configs a problem); ar (session 36), pw, pt and l2 (session 37), rs (38) and rq (39) at their
+    # defaults
+    "tc_sp24": {"mc": [1], "stages": [4, 6, 8], "ar": [0], "pw": [0], "pt": [0], "l2": [0], "rs": [0], "rq": [0]},
 }
 
 
