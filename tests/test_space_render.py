@@ -371,6 +371,24 @@ def test_parse_space_accepts_good_data():
     assert sp.defaults("fp32", {}) == [{"a": 1}]
 
 
+def test_a_constraint_of_the_problem_alone_refuses_the_whole_space_without_walking_it():
+    """Space.refusal: the first failing constraint that names no parameter (every config fails it); feasible then
+    yields nothing, and agrees with check wherever the problem passes."""
+    data = _good_space_data()
+    data["constraints"] = [{"expr": "N % 8 == 0 and max_threads >= 256", "why": "whole rows"},
+                           {"expr": "a * N <= 64", "why": "tile"}]
+    sp = space.parse_space(data)
+    assert sp.refusal({"N": 12}) == "whole rows (N % 8 == 0 and max_threads >= 256)"
+    assert sp.refusal({"N": 16}, {"max_threads": 128}) is not None  # the limits count as the problem's
+    assert list(sp.feasible("fp32", {"N": 12})) == []
+    assert sp.refusal({"N": 64}) is None  # "tile" names a: not the problem's alone
+    assert list(sp.feasible("fp32", {"N": 64})) == [{"a": 1}]
+    assert list(sp.feasible("fp32", {"N": 16})) == [c for c in sp.enumerate("fp32") if sp.check(c, {"N": 16}) is None]
+    tc = get_family("tc_sp24").space  # a real space: N = 13 is refused by its TMA rows, before 500 k configs
+    assert "N % 8 == 0" in tc.refusal(space.problem_env(1024, 1024, 13, 50_000, "fp16"))
+    assert tc.refusal(space.problem_env(1024, 1024, 16, 50_000, "fp16")) is None
+
+
 def test_known_good_first_when_puts_a_config_first_where_it_holds():
     """A known-good config with first_when (an expression of the problem, limits and config) is tried first where it
     holds, in file order elsewhere; one that does not parse is a malformed space."""

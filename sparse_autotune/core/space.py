@@ -1,6 +1,7 @@
 """Declarative variant spaces (search_spaces/*.toml): parameters, conditions, constraints, known-good configs."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -56,6 +57,12 @@ def _code(expr: str):
 
 
 _GLOBALS = {"__builtins__": {}, **_SAFE_FUNCS}  # what an expression sees beside its env (its names win over these)
+
+
+@lru_cache(maxsize=None)
+def _names(expr: str) -> frozenset:
+    """The names an expression reads."""
+    return frozenset(n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name))
 
 
 def _eval(expr: str, env: dict) -> Any:
@@ -197,6 +204,26 @@ class Space:
                 return f"{c.why} ({c.expr})"
         return None
 
+    def refusal(self, problem_env: dict, limits: dict | None = None) -> str | None:
+        """The reason of the first constraint that names no parameter and fails for this problem (then no config of the
+        space can run it: `feasible` yields none without walking the space), else None."""
+        if "dtype" in problem_env and not self.supports(problem_env["dtype"]):
+            return f"{self.family} computes only {', '.join(self.dtypes)}"
+        env = {**DEFAULT_LIMITS, **(limits or {}), **problem_env}
+        if "dtype" in problem_env:
+            env["dtype"] = self.kernel_dtype(problem_env["dtype"])
+        params = {p.name for p in self.params}
+        for c in self.constraints:
+            if _names(c.expr) & params:
+                continue
+            try:
+                ok = bool(_eval(c.expr, env))
+            except NameError:  # as check: a name the problem does not give
+                continue
+            if not ok:
+                return f"{c.why} ({c.expr})"
+        return None
+
     def enumerate(self, dtype: str) -> Iterator[dict]:
         """Every config of the space for a dtype (active parameters only), feasible or not; none for a dtype the
         family does not compute."""
@@ -219,6 +246,8 @@ class Space:
         yield from rec(0, {})
 
     def feasible(self, dtype: str, problem_env: dict, limits: dict | None = None) -> Iterator[dict]:
+        if self.refusal(problem_env, limits) is not None:
+            return
         for cfg in self.enumerate(dtype):
             if self.check(cfg, problem_env, limits) is None:
                 yield cfg
