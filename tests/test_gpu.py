@@ -28,15 +28,16 @@ _ENUMERATED: dict = {}
 def covering_sample(space, dtype, env, limits, seed=0):
     """Feasible configs such that every value of every parameter appears (where any feasible config has it), then up to
     8 more feasible ones. The space's configs are walked in a random order and a config's feasibility is checked only
-    where it would add something (a value not yet covered, or one of the 8): the walk stops once every value is covered
-    and the 8 are found (a full feasibility pass over the larger spaces took seconds a case, minutes a test)."""
+    where it would add something (a value not yet covered, or one of the 8): the walk stops once every value that a
+    single-parameter constraint does not rule out (Space.impossible_values) is covered and the 8 are found (a full
+    feasibility pass over the larger spaces took seconds a case, minutes a test)."""
     if space.refusal(env, limits) is not None:  # a constraint of the problem alone fails: nothing is feasible
         return []
     key = (space.family, dtype, id(space))
     if key not in _ENUMERATED:
         _ENUMERATED[key] = list(space.enumerate(dtype))
     configs = _ENUMERATED[key]
-    need = {(p.name, v) for p in space.params for v in p.choices(dtype)}
+    need = {(p.name, v) for p in space.params for v in p.choices(dtype)} - space.impossible_values(dtype, env, limits)
     chosen, extra = [], []
     for i in np.random.default_rng(seed).permutation(len(configs)):
         cfg = configs[i]

@@ -389,6 +389,22 @@ def test_a_constraint_of_the_problem_alone_refuses_the_whole_space_without_walki
     assert tc.refusal(space.problem_env(1024, 1024, 16, 50_000, "fp16")) is None
 
 
+def test_impossible_values_are_those_a_single_parameter_constraint_rules_out_for_the_problem():
+    """Space.impossible_values: a value is listed where a constraint naming only that parameter (besides the problem
+    and the limits) fails at it; no feasible config has a listed value, and constraints naming two parameters list
+    nothing."""
+    data = _good_space_data()
+    data["params"]["a"]["values"] = [1, 2, 4, 8]
+    data["constraints"] = [{"expr": "a <= N", "why": "tile"}, {"expr": "a * 2 != 4 or b == 'y'", "why": "pair"}]
+    sp = space.parse_space(data)
+    assert sp.impossible_values("fp32", {"N": 3}) == {("a", 4), ("a", 8)}
+    assert sp.impossible_values("fp32", {"N": 16}) == set()
+    feas = list(sp.feasible("fp32", {"N": 3}))
+    assert feas and not any(("a", v) in c.items() for c in feas for v in (4, 8))
+    tc = get_family("tc_sp24").space  # N = 64: no column tile wider than 64
+    assert {("bn", 128), ("bn", 256)} <= tc.impossible_values("fp16", space.problem_env(1024, 1024, 64, 50_000, "fp16"))
+
+
 def test_known_good_first_when_puts_a_config_first_where_it_holds():
     """A known-good config with first_when (an expression of the problem, limits and config) is tried first where it
     holds, in file order elsewhere; one that does not parse is a malformed space."""

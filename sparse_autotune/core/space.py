@@ -224,6 +224,28 @@ class Space:
                 return f"{c.why} ({c.expr})"
         return None
 
+    def impossible_values(self, dtype: str, problem_env: dict, limits: dict | None = None) -> set[tuple[str, Any]]:
+        """(parameter, value) pairs that no feasible config of this problem has: a constraint naming that parameter
+        alone (besides the problem's names and the limits) fails at that value, so every config holding it fails."""
+        env = {**DEFAULT_LIMITS, **(limits or {}), **problem_env}
+        if "dtype" in problem_env:
+            env["dtype"] = self.kernel_dtype(problem_env["dtype"])
+        by_name = {p.name: p for p in self.params}
+        out: set[tuple[str, Any]] = set()
+        for c in self.constraints:
+            named = _names(c.expr) & by_name.keys()
+            if len(named) != 1:
+                continue
+            (name,) = named
+            for v in by_name[name].choices(dtype):
+                try:
+                    ok = bool(_eval(c.expr, {**env, name: v}))
+                except NameError:
+                    continue
+                if not ok:
+                    out.add((name, v))
+        return out
+
     def enumerate(self, dtype: str) -> Iterator[dict]:
         """Every config of the space for a dtype (active parameters only), feasible or not; none for a dtype the
         family does not compute."""
