@@ -204,14 +204,19 @@ class Space:
                 return f"{c.why} ({c.expr})"
         return None
 
+    def _problem_names(self, problem_env: dict, limits: dict | None) -> dict:
+        """What a constraint sees of the problem: the limits, the problem's names, dtype as the kernel computes it."""
+        env = {**DEFAULT_LIMITS, **(limits or {}), **problem_env}
+        if "dtype" in problem_env:
+            env["dtype"] = self.kernel_dtype(problem_env["dtype"])
+        return env
+
     def refusal(self, problem_env: dict, limits: dict | None = None) -> str | None:
         """The reason of the first constraint that names no parameter and fails for this problem (then no config of the
         space can run it: `feasible` yields none without walking the space), else None."""
         if "dtype" in problem_env and not self.supports(problem_env["dtype"]):
             return f"{self.family} computes only {', '.join(self.dtypes)}"
-        env = {**DEFAULT_LIMITS, **(limits or {}), **problem_env}
-        if "dtype" in problem_env:
-            env["dtype"] = self.kernel_dtype(problem_env["dtype"])
+        env = self._problem_names(problem_env, limits)
         params = {p.name for p in self.params}
         for c in self.constraints:
             if _names(c.expr) & params:
@@ -227,9 +232,7 @@ class Space:
     def impossible_values(self, dtype: str, problem_env: dict, limits: dict | None = None) -> set[tuple[str, Any]]:
         """(parameter, value) pairs that no feasible config of this problem has: a constraint naming that parameter
         alone (besides the problem's names and the limits) fails at that value, so every config holding it fails."""
-        env = {**DEFAULT_LIMITS, **(limits or {}), **problem_env}
-        if "dtype" in problem_env:
-            env["dtype"] = self.kernel_dtype(problem_env["dtype"])
+        env = self._problem_names(problem_env, limits)
         by_name = {p.name: p for p in self.params}
         out: set[tuple[str, Any]] = set()
         for c in self.constraints:
