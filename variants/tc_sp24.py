@@ -264,8 +264,17 @@ def shared_bytes(config: dict) -> int:
     return 1024 + config["stages"] * stage_bytes(config) + 16 + 16 * config["stages"] + staging + rstage + ring
 
 
+NK_RESIDUAL = 32  # nk: the residual entries of a row taken from the stages (the template's NKR)
+
+
+def nk_list_bytes(config: dict) -> int:
+    """nk natively: 16 bytes of alignment and each consumer warp's list of its 16 rows' first NK_RESIDUAL residual
+    entries (a column and a value word each)."""
+    return 16 + 4 * config["wg"] * 16 * NK_RESIDUAL * 8
+
+
 def smem_bytes(kernel) -> int:
-    return shared_bytes(kernel.config)
+    return shared_bytes(kernel.config) + (nk_list_bytes(kernel.config) if getattr(kernel, "layout", "kn") == "nk" else 0)
 
 
 def sm_count() -> int:
@@ -308,19 +317,45 @@ def tensor_map_args(n: int, k: int, config: dict, address: int) -> dict:
     return {**_wgmma_host().tensor_map_args(n, k, {"kc": rows // 16}), "address": int(address)}
 
 
+TMAP_SWIZZLE_64B = 2  # CU_TENSOR_MAP_SWIZZLE_64B
+
+
+def tensor_map_args_nk(n: int, k: int, config: dict, address: int) -> dict:
+    """nk (nn.Linear's x, N x K row-major 16-bit, as the wgmma's K-major B): 2D, dims {K, N} (innermost first), the
+    row stride 2K bytes (K % 8 == 0: a multiple of 16), a box of min(64, 32 kc) columns x bn rows of x (columns >= K
+    and rows >= N read zeros), swizzled at the box row's width (128 bytes; kc 1: 64), at x's address."""
+    n, k = int(n), int(k)
+    if n <= 0 or k <= 0 or k % 8:
+        raise ValueError(f"tc_sp24 nk: x's tensor map needs K % 8 == 0 and N > 0 (N = {n}, K = {k})")
+    wg = _wgmma_host()
+    cols = min(64, 32 * int(config["kc"]))
+    return {"dtype": wg.TMAP_UINT16, "rank": 2, "address": int(address), "dims": (k, n), "strides": (2 * k,),
+            "box": (cols, int(config["bn"])), "elem_strides": (1, 1), "interleave": wg.TMAP_INTERLEAVE_NONE,
+            "swizzle": wg.TMAP_SWIZZLE_128B if cols == 64 else TMAP_SWIZZLE_64B, "l2": wg.TMAP_L2_256B,
+            "oob": wg.TMAP_OOB_ZERO}
+
+
 def _encode(t: dict) -> bytes:
     return _wgmma_host().encode_tensor_map(t).tobytes()
 
 
-def args(kernel, n: int, b, c) -> tuple:
+def args(kernel, n: int, b, c, bias=None) -> tuple:
+    """kn: (..., B, C, M, N, K, ...); nk (kernel.layout, b is x N x K, c is y N x M): the bias right after C (None or 0:
+    a null pointer, no bias) and x's tensor map (tensor_map_args_nk)."""
     from sparse_autotune.device.kernel import BParam  # noqa: PLC0415
     cfg = kernel.config
+    nk = getattr(kernel, "layout", "kn") == "nk"
     stream, rptr, rcol, rval, orow, m = layout(kernel)  # l2 > 0: M is the slot count, orow each slot's row of C
     k = kernel.a.shape[1]
     nblk, rows, nc, ntiles, cps = _dims(cfg, m, k, n)
     ws, counters = splitk_workspace(kernel, "tc_sp24", workspace_shape(cfg, rows, ntiles), n)
-    out = (stream, rptr, rcol, rval, *(() if orow is None else (orow,)), ws, counters, b, c, np.int32(m), np.int32(n),
+    bc = (b, c, np.uint64(0) if bias is None else bias) if nk else (b, c)
+    out = (stream, rptr, rcol, rval, *(() if orow is None else (orow,)), ws, counters, *bc, np.int32(m), np.int32(n),
            np.int32(k), np.int32(nc), np.int32(nblk), np.int32(cps), np.int32(ntiles))
+    if nk:
+        if not (n > 0 and k % 8 == 0):  # never launched (infeasible); a_bytes() asks for N = 1
+            return (*out, BParam(128, lambda b_ptr: bytes(128)))
+        return (*out, BParam(128, lambda b_ptr: _encode(tensor_map_args_nk(n, k, cfg, b_ptr))))
     if not (n > 0 and n % 8 == 0):  # never launched (infeasible); a_bytes() asks for N = 1
         return (*out, BParam(128, lambda b_ptr: bytes(128)))
     return (*out, BParam(128, lambda b_ptr: _encode(tensor_map_args(n, k, cfg, b_ptr))))

@@ -573,3 +573,123 @@ def test_rq_shared_memory_is_counted_and_excludes_rs_and_pt():
     assert space().check(dict(base, rq=4), env, DEFAULT_LIMITS) is None
     assert "rq == 0 or" in space().check(dict(base, rq=2, rs=4), env, DEFAULT_LIMITS)
     assert "rq == 0 or" in space().check(dict(base, rq=2, pt=1), env, DEFAULT_LIMITS)
+
+
+# ---- nk natively (nn.Linear: y = x @ A^T + bias) ----
+
+# the GPU test's and the compile test's nk configs: 64-byte swizzle (kc 1), one and two boxes a stage (kc 2, 4), two
+# warpgroups (the consumers' barrier before y's staging), split-K, ar, pw, y stored directly (too few stages)
+NK_CONFIGS = [dict(bn=64, kc=1, wg=1, stages=4, splitk=1), dict(bn=64, kc=2, wg=2, stages=4, splitk=1),
+              dict(bn=64, kc=4, wg=1, stages=6, splitk=1), dict(bn=128, kc=4, wg=1, stages=3, splitk=2),
+              dict(bn=64, kc=2, wg=2, stages=8, splitk=3, ar=4), dict(bn=64, kc=1, wg=2, stages=2, splitk=2),
+              dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1), dict(bn=64, kc=2, wg=1, stages=4, splitk=1)]
+
+
+def _nk_env(m=384, k=384, n=7, nnz=7000, dtype="fp16"):
+    return problem_env(m, k, n, nnz, dtype, "nk")
+
+
+def test_nk_is_native_for_any_n_and_refuses_what_its_template_lacks():
+    """tc_sp24 declares nk (default path native): any N (x's rows past N read as zeros), K % 8 == 0 (x's tensor map),
+    bn <= 128, and none of mc 2, pt, l2, rs, rq; the staged path keeps kn's N % 8."""
+    from sparse_autotune.core.space import NK_PATH
+    sp = space()
+    assert sp.supports_layout("nk") and sp.default_path() == "native"
+    nk = sp.for_layout("nk")
+    base = {**sp.normalize(NK_CONFIGS[0], "fp16"), NK_PATH: "native"}
+    for n in (1, 7, 127, 1024):
+        assert nk.check(base, _nk_env(n=n), DEFAULT_LIMITS) is None, n
+    assert nk.check({**base, NK_PATH: "staged"}, _nk_env(n=7), DEFAULT_LIMITS) is not None
+    assert nk.check({**base, NK_PATH: "staged"}, _nk_env(n=64), DEFAULT_LIMITS) is None
+    assert nk.check(base, _nk_env(k=388), DEFAULT_LIMITS) is not None
+    for bad in (dict(mc=2), dict(pt=1), dict(l2=12), dict(rs=8), dict(rq=2), dict(bn=256)):
+        assert nk.check({**base, **bad}, _nk_env(n=512), DEFAULT_LIMITS) is not None, bad
+        assert nk.check({**base, **bad, NK_PATH: "staged"}, _nk_env(n=512), DEFAULT_LIMITS) is None, bad
+    for c in nk.feasible("fp16", _nk_env(n=1024), DEFAULT_LIMITS):
+        if c[NK_PATH] == "native":
+            assert c["bn"] <= 128 and c["mc"] == 1 and not (c["pt"] or c["l2"] or c["rs"] or c["rq"]), c
+
+
+def test_nk_renders_k_major_b_transposed_y_with_the_bias():
+    """nk: the bias pointer right after C, the wgmma's B without the transpose bit (K-major x), x's boxes at (column
+    k, row n0), y staged transposed (16-byte stores of 8 rows of A a column) where the stages hold 4 wg x bn x 48
+    bytes, else (and for M % 8 != 0) 16-bit stores; kn has none of it."""
+    h = host()
+    for cfg in NK_CONFIGS:
+        src = render(space(), cfg, "fp16", layout="nk")
+        kn = render(space(), cfg, "fp16")
+        assert "unsigned short* __restrict__ C, const unsigned short* __restrict__ bias, int M" in src
+        assert "bias" not in kn and "layout=nk" in src.split("\n", 1)[0]
+        assert re.search(r"%\d+, %\d+, 0, 1, 1, 1, 0;", src) and re.search(r"%\d+, %\d+, 0, 1, 1, 1, 1;", kn)
+        assert "(c0 + i) * KC + 64 * q, n0, full + 8 * st" in src
+        assert ("2ull << 62" in src) == (cfg["kc"] == 1) and ("1ull << 62" in src) == (cfg["kc"] > 1)
+        fits = cfg["stages"] * h.stage_bytes(cfg) >= 4 * cfg["wg"] * cfg["bn"] * 48
+        assert ("st.global.v4.u32" in src) == fits, cfg
+        assert "C[(size_t)col * M + row0] =" in src  # the direct stores are always there
+        # every consumer past its loop before y's staging (a lagging warp's nk_take may still read the stages)
+        assert ("bar.sync 1" in src) == (cfg["splitk"] == 1 and fits), cfg
+    assert "#error" not in render(space(), NK_CONFIGS[0], "fp16", layout="nk")
+    for bad in (dict(rs=8), dict(rq=2), dict(mc=2), dict(pt=1), dict(l2=12)):  # the template refuses what it has no code for
+        assert "#error" in render(space(), dict(NK_CONFIGS[0], **bad), "fp16", layout="nk"), bad
+
+
+def test_nk_tensor_map_is_over_x_k_major():
+    h = host()
+    t = h.tensor_map_args_nk(1000, 384, dict(kc=2, bn=128), 1 << 20)
+    assert t["dims"] == (384, 1000) and t["strides"] == (768,) and t["box"] == (64, 128)
+    assert t["swizzle"] == get_family("tc_wgmma").host.TMAP_SWIZZLE_128B and t["address"] == 1 << 20
+    t = h.tensor_map_args_nk(7, 40, dict(kc=1, bn=64), 1 << 20)
+    assert t["box"] == (32, 64) and t["swizzle"] == h.TMAP_SWIZZLE_64B
+    with pytest.raises(ValueError):
+        h.tensor_map_args_nk(7, 44, dict(kc=1, bn=64), 1 << 20)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_nk_configs_compile_without_spills_or_serialized_wgmmas(dtype):
+    from sparse_autotune.core.space import NK_PATH
+    nk = space().for_layout("nk")
+    for cfg in NK_CONFIGS:
+        assert nk.check({**space().normalize(cfg, dtype), NK_PATH: "native"}, _nk_env(n=1024, dtype=dtype),
+                        DEFAULT_LIMITS) is None, cfg
+        rep, _ = nvcc_sm90a(render(space(), cfg, dtype, layout="nk"))
+        assert "C75" not in rep, (cfg, rep)
+        assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
+
+
+def _nk_cases():
+    """adversarial()'s cases with K % 8 == 0 (x's tensor map), MiniLM's 384 x 384 at 5 %, 300 x 2000 at 20 %
+    (residual entries; M % 8 != 0: y's direct stores), and rows of 20 and 40 residual entries (the stage-taken list of
+    32 and the rest after the loop)."""
+    cases = {k: v for k, v in adversarial().items() if v.shape[1] % 8 == 0}
+    rng = np.random.default_rng(9)
+    cases["uniform_384x384_d0.05"] = _vals(random_matrix(384, 384, 0.05, "uniform", 4), rng)
+    cases["uniform_300x2000_d0.2"] = _vals(random_matrix(300, 2000, 0.2, "uniform", 5), rng)
+    a = sps.lil_matrix(random_matrix(384, 384, 0.05, "uniform", 6))
+    a[5, 0:40] = 1.0  # 10 full groups of 4: 20 residual entries (MiniLM's heavy rows: 8-24)
+    a[77, 100:180] = 1.0  # 40 residual entries: past the list's 32, the rest after the loop
+    a[200, ::2] = 1.0  # two of each group: no residual
+    cases["heavy_rows_384x384"] = _vals(a, rng)
+    return cases
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["empty_rows_and_tiles", "full_tile", "all_zero", "uniform_384x384_d0.05",
+                                  "uniform_300x2000_d0.2", "heavy_rows_384x384"])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_nk_correct_on_edge_cases(dtype, case):
+    """The native nk kernels through the project's launch path against float64 (poisoned y, fresh x, a bias and none)
+    at N = 1, 7, 64, 257 (x's rows past N zero-filled, partial column tiles)."""
+    from nk_check import check_nk_natively, native_nk_configs
+
+    from sparse_autotune.device.gpu import gpu_info
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
+    sp = space()
+
+    def pick(feas, name, n):
+        feas = [sp.normalize(c, dtype) for c in feas]
+        return [c for c in (sp.normalize(c, dtype) for c in NK_CONFIGS) if c in feas]
+    cases = {case: _nk_cases()[case]}
+    want = sum(len(pick(native_nk_configs(FAMILY, dtype, *a.shape, n, a.nnz), name, n))
+               for name, a in cases.items() for n in (1, 7, 64, 257))
+    assert want >= 20 and check_nk_natively(FAMILY, dtype, cases, pick) == want
