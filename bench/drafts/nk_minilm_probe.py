@@ -1,0 +1,77 @@
+"""tc_sp24 natively in nk on MiniLM's real pruned layers (session 40's Next 1): per layer (384x384 query, 1536x384
+intermediate, 384x1536 output, layer 0, d 0.05) and N = 128 / 1024 / 4096, cuBLAS FP16 with and without the bias kernel,
+and tc_sp24 nk native at a few configs in three forms: as built, `listwait` (the residual list's cp.async waited for
+in the first chunk's take instead of before the loop: bench/drafts/tc_sp24-nk-listwait.patch applied in memory) and
+`diag10` (no residual at all: results wrong, timing only). Each form is verified once (diag10 excepted) against
+float32. Run on the device: python3 bench/drafts/nk_minilm_probe.py OUT.json (examples/minilm/data carried)."""
+import json
+import sys
+
+import numpy as np
+import scipy.sparse as sp
+
+import sparse_autotune.device.kernel as K
+from sparse_autotune.core.families import get_family
+from sparse_autotune.core.problem import storage
+from sparse_autotune.core.render import _env
+from sparse_autotune.device.gpu import cupy
+from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+from sparse_autotune.device.timing import time_launches
+from sparse_autotune.device.vendor import DenseLauncher, dense_copy
+
+cp = cupy()
+sp24 = get_family("tc_sp24").space
+TPL = open("variants/tc_sp24.cu.j2").read()
+WAIT_BEFORE = '            asm volatile("cp.async.commit_group;\\n\\tcp.async.wait_all;" ::: "memory");\n            __syncwarp();\n'
+WAIT_FIRST = ("                if ({{ I }} == 0) {\n                    asm volatile(\"cp.async.wait_all;\" ::: \"memory\");\n"
+              "                    __syncwarp();\n                }\n")
+assert TPL.count(WAIT_BEFORE) == 1
+TAKE = "                const int kb = (c0 + {{ I }}) * KC;\n"
+LISTWAIT = TPL.replace(WAIT_BEFORE, '            asm volatile("cp.async.commit_group;" ::: "memory");\n').replace(TAKE, WAIT_FIRST + TAKE)
+FORM = {"v": "built"}
+
+
+def patched(space, config, dtype, context=None, layout="kn"):
+    src = LISTWAIT if FORM["v"] == "listwait" else TPL
+    return _env().from_string(src).render(dtype=dtype, layout=layout, diag=10 if FORM["v"] == "diag10" else 0, **config)
+
+
+K.render = patched
+CFGS = [sp24.normalize(c, "fp16") for c in (dict(bn=64, kc=4, wg=1, stages=4, splitk=1), dict(bn=64, kc=2, wg=1, stages=4, splitk=1),
+                                           dict(bn=64, kc=4, wg=2, stages=4, splitk=1), dict(bn=128, kc=4, wg=1, stages=4, splitk=1))]
+data = np.load("examples/minilm/data/minilm-d0.05.npz")
+st = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
+rng = np.random.default_rng(0)
+out = []
+for name, k in (("encoder.layer.0.attention.self.query", 384), ("encoder.layer.0.intermediate.dense", 384),
+                ("encoder.layer.0.output.dense", 1536)):
+    ip, ind = data[name + ".weight::indptr"], data[name + ".weight::indices"]
+    a = sp.csr_matrix((data[name + ".weight::data"].astype(np.float32), ind, ip), shape=(len(ip) - 1, k))
+    m = a.shape[0]
+    ad = DeviceCSR(a, "fp16")
+    w = dense_copy(a, "fp16")
+    bias = cp.asarray(storage(np.asarray(data[name + ".bias::dense"], dtype=np.float32), "fp16"))
+    for n in (128, 1024, 4096):
+        xs = [cp.asarray(storage(rng.standard_normal((n, k)).astype(np.float32), "fp16")) for _ in range(8)]
+        y = cp.empty((n, m), dtype=cp.float16)
+        ref = xs[0].astype(cp.float32) @ w.astype(cp.float32).T + bias.astype(cp.float32)
+        dl = DenseLauncher(w, n, "fp16", "nk")
+        r = {"layer": name, "m": m, "k": k, "n": n,
+             "cublas_bias": time_launches([lambda x=x: dl(x.data.ptr, y.data.ptr, st(), bias.data.ptr) for x in xs]).median_us,
+             "cublas": time_launches([lambda x=x: dl(x.data.ptr, y.data.ptr, st(), 0) for x in xs]).median_us, "forms": {}}
+        for form in ("built", "listwait", "diag10"):
+            FORM["v"] = form
+            for cfg in CFGS:
+                ln = build_kernel(ad, "tc_sp24", cfg, "fp16", layout="nk").launcher(n)
+                y.fill(7)
+                ln(xs[0].data.ptr, y.data.ptr, st(), bias.data.ptr)
+                cp.cuda.Device().synchronize()
+                err = float(cp.max(cp.abs(y.astype(cp.float32) - ref)) / (cp.max(cp.abs(ref)) + 1e-9))
+                t = time_launches([lambda x=x: ln(x.data.ptr, y.data.ptr, st(), bias.data.ptr) for x in xs]).median_us
+                r["forms"].setdefault(form, []).append({"cfg": {q: cfg[q] for q in ("bn", "kc", "wg", "stages", "splitk")},
+                                                       "us": t, "err": err})
+        out.append(r)
+        best = {f: min(v, key=lambda e: e["us"]) for f, v in r["forms"].items()}
+        print(f"| {m}x{k} | {n} | {r['cublas_bias']:.2f} | {r['cublas']:.2f} | "
+              + " | ".join(f"{f} {b['us']:.2f} (err {b['err']:.1e})" for f, b in best.items()) + " |", flush=True)
+json.dump(out, open(sys.argv[1], "w"), indent=1)
