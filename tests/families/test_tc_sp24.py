@@ -693,3 +693,16 @@ def test_nk_correct_on_edge_cases(dtype, case):
     want = sum(len(pick(native_nk_configs(FAMILY, dtype, *a.shape, n, a.nnz), name, n))
                for name, a in cases.items() for n in (1, 7, 64, 257))
     assert want >= 20 and check_nk_natively(FAMILY, dtype, cases, pick) == want
+
+
+def test_nk_known_goods_come_first_for_nk_problems_and_run_natively():
+    """The known-good configs made for nk (first_when layout == 'nk') lead an nk problem's queue, all native; a kn
+    problem keeps its own first (session 40: MiniLM's 25-trial search timed tc_sp24 natively once a problem)."""
+    from sparse_autotune.core.space import NK_PATH
+    sp = space()
+    nk = sp.for_layout("nk")
+    got = nk.defaults("fp16", _nk_env(384, 1536, 128, 29491), DEFAULT_LIMITS)
+    assert len(got) >= 3 and all(c[NK_PATH] == "native" and c["l2"] == 0 for c in got[:3])
+    assert {c["splitk"] for c in got[:3]} == {1, 4} and {c["wg"] for c in got[:3]} == {1, 2}
+    kn = sp.defaults("fp16", problem_env(768, 3072, 2048, 50_000, "fp16"), DEFAULT_LIMITS)
+    assert kn[0]["l2"] == 12 and kn[-1]["splitk"] == 4  # the nk ones last for kn
