@@ -706,3 +706,25 @@ def test_nk_known_goods_come_first_for_nk_problems_and_run_natively():
     assert {c["splitk"] for c in got[:3]} == {1, 4} and {c["wg"] for c in got[:3]} == {1, 2}
     kn = sp.defaults("fp16", problem_env(768, 3072, 2048, 50_000, "fp16"), DEFAULT_LIMITS)
     assert kn[0]["l2"] == 12 and kn[-1]["splitk"] == 4  # the nk ones last for kn
+
+
+def test_nk_residual_list_is_counted_in_shared_memory_as_the_template_lays_it_out():
+    """The nk template's per-warp list (16 rows x NKR columns, then as many value words) matches the host's
+    nk_list_bytes and the space's shared-memory constraint; kn kernels do not pay for it."""
+    from types import SimpleNamespace
+
+    from sparse_autotune.core.space import NK_PATH
+    h, sp = host(), space()
+    cfg = sp.normalize(dict(bn=64, kc=4, wg=2, stages=4, splitk=1), "fp16")
+    src = render(sp, cfg, "fp16", layout="nk")
+    r = h.NK_RESIDUAL
+    assert f"warp * {16 * r * 8};" in src and f"nrw + {64 * r} + 4 * (g * {r} + u)" in src
+    assert h.nk_list_bytes(cfg) == 16 + 4 * 2 * 16 * r * 8
+    assert h.smem_bytes(SimpleNamespace(config=cfg, layout="nk")) == h.shared_bytes(cfg) + h.nk_list_bytes(cfg)
+    assert h.smem_bytes(SimpleNamespace(config=cfg, layout="kn")) == h.shared_bytes(cfg)
+    nk = sp.for_layout("nk")
+    limit = h.shared_bytes(cfg) + h.nk_list_bytes(cfg)
+    env = _nk_env(n=1024)
+    assert nk.check({**cfg, NK_PATH: "native"}, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": limit}) is None
+    assert nk.check({**cfg, NK_PATH: "native"}, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": limit - 1}) is not None
+    assert nk.check({**cfg, NK_PATH: "staged"}, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": h.shared_bytes(cfg)}) is None
