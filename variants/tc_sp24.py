@@ -317,22 +317,17 @@ def tensor_map_args(n: int, k: int, config: dict, address: int) -> dict:
     return {**_wgmma_host().tensor_map_args(n, k, {"kc": rows // 16}), "address": int(address)}
 
 
-TMAP_SWIZZLE_64B = 2  # CU_TENSOR_MAP_SWIZZLE_64B
-
-
 def tensor_map_args_nk(n: int, k: int, config: dict, address: int) -> dict:
-    """nk (nn.Linear's x, N x K row-major 16-bit, as the wgmma's K-major B): 2D, dims {K, N} (innermost first), the
-    row stride 2K bytes (K % 8 == 0: a multiple of 16), a box of min(64, 32 kc) columns x bn rows of x (columns >= K
-    and rows >= N read zeros), swizzled at the box row's width (128 bytes; kc 1: 64), at x's address."""
+    """nk (nn.Linear's x, N x K row-major 16-bit, as the wgmma's K-major B): dims {K, N} (innermost first), the row
+    stride 2K bytes (K % 8 == 0: a multiple of 16), a box of min(64, 32 kc) columns x bn rows of x (columns >= K and
+    rows >= N read zeros), swizzled at the box row's width (128 bytes; kc 1: 64), at x's address."""
     n, k = int(n), int(k)
     if n <= 0 or k <= 0 or k % 8:
         raise ValueError(f"tc_sp24 nk: x's tensor map needs K % 8 == 0 and N > 0 (N = {n}, K = {k})")
     wg = _wgmma_host()
     cols = min(64, 32 * int(config["kc"]))
-    return {"dtype": wg.TMAP_UINT16, "rank": 2, "address": int(address), "dims": (k, n), "strides": (2 * k,),
-            "box": (cols, int(config["bn"])), "elem_strides": (1, 1), "interleave": wg.TMAP_INTERLEAVE_NONE,
-            "swizzle": wg.TMAP_SWIZZLE_128B if cols == 64 else TMAP_SWIZZLE_64B, "l2": wg.TMAP_L2_256B,
-            "oob": wg.TMAP_OOB_ZERO}
+    return wg.tiled_map_16bit(k, n, (cols, int(config["bn"])),
+                              wg.TMAP_SWIZZLE_128B if cols == 64 else wg.TMAP_SWIZZLE_64B, address)
 
 
 def _encode(t: dict) -> bytes:
