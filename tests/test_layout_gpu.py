@@ -63,7 +63,7 @@ def test_the_staging_kernels_transpose_exactly_and_add_the_bias(dtype):
     cp = _cp()
     from sparse_autotune.device.staged import bias_add_launcher, transpose_launcher
     stream = cp.cuda.get_current_stream().ptr
-    for rows, cols in ((37, 70), (1, 1), (64, 32), (33, 1000)):
+    for rows, cols in ((37, 70), (1, 1), (64, 32), (33, 1000), (384, 96)):  # (64, 32), (384, 96): 16-byte vectors
         src = _rand((rows, cols), dtype, rows)
         out = cp.full((cols, rows), 0x7FC0 if dtype != "fp32" else np.nan, dtype=src.dtype)
         transpose_launcher(dtype, rows, cols)(src.data.ptr, out.data.ptr, stream)

@@ -57,7 +57,7 @@ def _group_rank(rows: np.ndarray, cols: np.ndarray, kg: int) -> tuple[np.ndarray
     return key, np.arange(len(key)) - start
 
 
-def slots(a: sp.csr_matrix, l2: int) -> tuple[sp.csr_matrix, np.ndarray]:
+def slots(a: sp.csr_matrix, l2: int, windowed: bool = False) -> tuple[sp.csr_matrix, np.ndarray]:
     """(A over slots, orow int32 [Ms]) for l2 > 0: the rows with the most nonzeros past the first two of their groups
     (the residual they would have; at least one), at most l2 % of M of them (ties: the lower row), are `heavy` and
     take two slots each: the first two nonzeros of each group in one, the rest (at most two a group) in the other, a
@@ -66,7 +66,11 @@ def slots(a: sp.csr_matrix, l2: int) -> tuple[sp.csr_matrix, np.ndarray]:
     C's store); the other rows go in pairs to the remaining (g, g + 8), in their order, light pairs first. orow[slot]
     is C's row of a slot, -1 for padding, -2 for a heavy row's second layer (added to slot - 8). Ms is a multiple of
     16. Powerlaw rows (a few dense ones) leave the residual to a few thread pairs that walk K / 2 entries each on CUDA
-    cores after the loop (bench/drafts/tc_sp24-next.md section 6)."""
+    cores after the loop (bench/drafts/tc_sp24-next.md section 6).
+    windowed (the nk layout's): the rows in their order instead, a warp's 16 slots taking the next rows while they fit (a
+    heavy row two slots, g and g + 8 with g the warp's next free heavy position, the light rows the slots left in
+    order), so that each warp's rows are one run of consecutive rows of y, stored through shared memory by the window
+    (the template's store_y_window); at most one slot a warp is left empty by a heavy row that did not fit."""
     m, k, rows, cols, data = csr_parts(a)
     kg = max(1, -(-k // 4))
     _, rank = _group_rank(rows, cols, kg)
@@ -74,6 +78,12 @@ def slots(a: sp.csr_matrix, l2: int) -> tuple[sp.csr_matrix, np.ndarray]:
     order = np.argsort(-res, kind="stable")[:int(np.ceil(min(100, int(l2)) * m / 100))]
     heavy = np.zeros(m, dtype=bool)
     heavy[order[res[order] > 0]] = True
+    if windowed:
+        orow, slot1 = _window_slots(heavy)
+        ms = len(orow)
+        srow = slot1[rows]
+        srow[heavy[rows] & (rank >= 2)] += 8
+        return sp.csr_matrix((data, (srow, cols)), shape=(ms, k)), orow
     light = np.nonzero(~heavy)[0]
     if len(light) % 2:
         light = np.append(light, -1)
@@ -95,6 +105,33 @@ def slots(a: sp.csr_matrix, l2: int) -> tuple[sp.csr_matrix, np.ndarray]:
     hi = heavy[rows] & (rank >= 2)
     srow[hi] += 8
     return sp.csr_matrix((data, (srow, cols)), shape=(ms, k)), orow
+
+
+def _window_slots(heavy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(orow [Ms], each row's first slot [M]) of `slots(windowed=True)`: warps of 16 slots filled with the rows in
+    order, a heavy row at the warp's next heavy position g (its second layer at g + 8, orow -2), the light rows in the
+    slots left, in order."""
+    m = len(heavy)
+    orow, slot1 = [], np.empty(m, dtype=np.int64)
+    r = 0
+    while r < m:
+        hv, lt = [], []
+        while r < m and 2 * len(hv) + len(lt) + (2 if heavy[r] else 1) <= 16:
+            (hv if heavy[r] else lt).append(r)
+            r += 1
+        base = len(orow)
+        w = [-1] * 16
+        for i, row in enumerate(hv):
+            w[i], w[i + 8] = row, -2
+            slot1[row] = base + i
+        free = [p for p in range(16) if w[p] == -1]  # the heavy rows' slots hold a row or -2
+        for p, row in zip(free, lt):
+            w[p] = row
+            slot1[row] = base + p
+        orow.extend(w)
+    if not orow:
+        orow = [-1] * 16
+    return np.asarray(orow, dtype=np.int32), slot1
 
 
 def split(a: sp.csr_matrix, dtype: str = "fp16"):
@@ -221,17 +258,19 @@ def multicast(config: dict) -> int:
 
 def layout(kernel):
     """(stream, rptr, rcol, rval, orow, Ms) of the kernel's A on the device, built once a (kc, wg, dtype, l2): at l2 0
-    the rows as they are (orow None, Ms = M), else over slots (`slots`)."""
+    the rows as they are (orow None, Ms = M), else over slots (`slots`; windowed for an nk kernel)."""
     cfg, dtype = kernel.config, kernel.dtype
     kc, wg, l2 = cfg["kc"], cfg["wg"], int(cfg.get("l2", 0))
     if not l2:
         got = kernel.a.cached(("tc_sp24", kc, wg, dtype), lambda host: build(host, kc, wg, dtype)[:4])
         return (*got, None, kernel.a.shape[0])
 
+    win = getattr(kernel, "layout", "kn") == "nk"  # y's rows a window a warp (the nk template's store_y_window)
+
     def make(host):
-        a2, orow = slots(host, l2)
+        a2, orow = slots(host, l2, windowed=win)
         return (*build(a2, kc, wg, dtype)[:4], orow, int(a2.shape[0]))
-    return kernel.a.cached(("tc_sp24", kc, wg, dtype, l2), make)
+    return kernel.a.cached(("tc_sp24", kc, wg, dtype, l2, *(("win",) if win else ())), make)
 
 
 def _dims(config: dict, m: int, k: int, n: int):
@@ -348,6 +387,7 @@ def args(kernel, n: int, b, c, bias=None) -> tuple:
     out = (stream, rptr, rcol, rval, *(() if orow is None else (orow,)), ws, counters, *bc, np.int32(m), np.int32(n),
            np.int32(k), np.int32(nc), np.int32(nblk), np.int32(cps), np.int32(ntiles))
     if nk:
+        out = (*out, np.int32(kernel.a.shape[0]))  # MY: y's row length (l2: M above is the slot count)
         if not (n > 0 and k % 8 == 0):  # never launched (infeasible); a_bytes() asks for N = 1
             return (*out, BParam(128, lambda b_ptr: bytes(128)))
         return (*out, BParam(128, lambda b_ptr: _encode(tensor_map_args_nk(n, k, cfg, b_ptr))))

@@ -445,12 +445,14 @@ def _rebuild(a2, orow, m):
     return out
 
 
+@pytest.mark.parametrize("windowed", [False, True])
 @pytest.mark.parametrize("l2", [6, 25, 100])
-def test_l2_slots_cover_a_once_and_leave_heavy_rows_no_residual(l2):
+def test_l2_slots_cover_a_once_and_leave_heavy_rows_no_residual(l2, windowed):
     """Every row of A lands in one slot (two for a heavy row: g and g + 8 of one warp's 16, its first two nonzeros a
     group, then the rest), each C row once; a heavy row's slots leave nothing to the residual; the light rows keep
     theirs; at most l2 % of the rows heavy, none lighter than a light one, none without residual; Ms a multiple of 16;
-    on random, powerlaw and the adversarial patterns."""
+    on random, powerlaw and the adversarial patterns. windowed (nk): each warp's rows one run of consecutive rows, the
+    runs in order, at most one slot a warp (but the last) left empty."""
     h = host()
     cases = adversarial()
     cases["powerlaw_768x3072_d0.02"] = random_matrix(768, 3072, 0.02, "powerlaw", 0)
@@ -458,8 +460,13 @@ def test_l2_slots_cover_a_once_and_leave_heavy_rows_no_residual(l2):
     for name, a in cases.items():
         a = sps.csr_matrix(a)
         m = a.shape[0]
-        a2, orow = h.slots(a, l2)
+        a2, orow = h.slots(a, l2, windowed=windowed)
         assert a2.shape[0] % 16 == 0 and len(orow) == a2.shape[0], name
+        if windowed:
+            runs = [w[w >= 0] for w in orow.reshape(-1, 16)]
+            assert all(len(r) and np.array_equal(np.sort(r), np.arange(r.min(), r.min() + len(r))) for r in runs if m), name
+            assert np.array_equal(np.concatenate([np.sort(r) for r in runs]), np.arange(m)), name
+            assert all((w == -1).sum() <= 1 for w in orow.reshape(-1, 16)[:-1]), name
         assert np.array_equal(_rebuild(a2, orow, m), a.toarray()), name
         rows = orow[orow >= 0]
         assert sorted(rows.tolist()) == list(range(m)), name  # each C row exactly once
@@ -582,7 +589,10 @@ def test_rq_shared_memory_is_counted_and_excludes_rs_and_pt():
 NK_CONFIGS = [dict(bn=64, kc=1, wg=1, stages=4, splitk=1), dict(bn=64, kc=2, wg=2, stages=4, splitk=1),
               dict(bn=64, kc=4, wg=1, stages=6, splitk=1), dict(bn=128, kc=4, wg=1, stages=3, splitk=2),
               dict(bn=64, kc=2, wg=2, stages=8, splitk=3, ar=4), dict(bn=64, kc=1, wg=2, stages=2, splitk=2),
-              dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1), dict(bn=64, kc=2, wg=1, stages=4, splitk=1)]
+              dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1), dict(bn=64, kc=2, wg=1, stages=4, splitk=1),
+              # l2: heavy rows doubled (no residual), y's rows through the row map
+              dict(bn=64, kc=4, wg=1, stages=4, splitk=1, l2=12), dict(bn=64, kc=2, wg=2, stages=4, splitk=3, l2=100),
+              dict(bn=64, kc=1, wg=2, stages=2, splitk=2, l2=25)]
 
 
 def _nk_env(m=384, k=384, n=7, nnz=7000, dtype="fp16"):
@@ -602,12 +612,12 @@ def test_nk_is_native_for_any_n_and_refuses_what_its_template_lacks():
     assert nk.check({**base, NK_PATH: "staged"}, _nk_env(n=7), DEFAULT_LIMITS) is not None
     assert nk.check({**base, NK_PATH: "staged"}, _nk_env(n=64), DEFAULT_LIMITS) is None
     assert nk.check(base, _nk_env(k=388), DEFAULT_LIMITS) is not None
-    for bad in (dict(mc=2), dict(pt=1), dict(l2=12), dict(rs=8), dict(rq=2), dict(bn=256)):
+    for bad in (dict(mc=2), dict(pt=1), dict(rs=8), dict(rq=2), dict(bn=256)):
         assert nk.check({**base, **bad}, _nk_env(n=512), DEFAULT_LIMITS) is not None, bad
         assert nk.check({**base, **bad, NK_PATH: "staged"}, _nk_env(n=512), DEFAULT_LIMITS) is None, bad
     for c in nk.feasible("fp16", _nk_env(n=1024), DEFAULT_LIMITS):
         if c[NK_PATH] == "native":
-            assert c["bn"] <= 128 and c["mc"] == 1 and not (c["pt"] or c["l2"] or c["rs"] or c["rq"]), c
+            assert c["bn"] <= 128 and c["mc"] == 1 and not (c["pt"] or c["rs"] or c["rq"]), c
 
 
 def test_nk_renders_k_major_b_transposed_y_with_the_bias():
@@ -624,12 +634,12 @@ def test_nk_renders_k_major_b_transposed_y_with_the_bias():
         assert "(c0 + i) * KC + 64 * q, n0, full + 8 * st" in src
         assert ("2ull << 62" in src) == (cfg["kc"] == 1) and ("1ull << 62" in src) == (cfg["kc"] > 1)
         fits = cfg["stages"] * h.stage_bytes(cfg) >= 4 * cfg["wg"] * cfg["bn"] * 48
-        assert ("st.global.v4.u32" in src) == fits, cfg
-        assert "C[(size_t)col * M + row0] =" in src  # the direct stores are always there
+        assert ("st.global.v4.u32" in src) == bool(fits and not cfg.get("l2", 0)), cfg  # l2: 16-bit, by the row map
+        assert ("C[(size_t)col * MY + o0] =" if cfg.get("l2", 0) else "C[(size_t)col * MY + row0] =") in src  # always there
         # every consumer past its loop before y's staging (a lagging warp's nk_take may still read the stages)
-        assert ("bar.sync 1" in src) == (cfg["splitk"] == 1 and fits), cfg
+        assert ("bar.sync 1" in src) == (cfg["splitk"] == 1 and fits and not cfg.get("l2", 0)), cfg
     assert "#error" not in render(space(), NK_CONFIGS[0], "fp16", layout="nk")
-    for bad in (dict(rs=8), dict(rq=2), dict(mc=2), dict(pt=1), dict(l2=12)):  # the template refuses what it has no code for
+    for bad in (dict(rs=8), dict(rq=2), dict(mc=2), dict(pt=1)):  # the template refuses what it has no code for
         assert "#error" in render(space(), dict(NK_CONFIGS[0], **bad), "fp16", layout="nk"), bad
 
 
@@ -697,13 +707,17 @@ def test_nk_correct_on_edge_cases(dtype, case):
 
 def test_nk_known_goods_come_first_for_nk_problems_and_run_natively():
     """The known-good configs made for nk (first_when layout == 'nk') lead an nk problem's queue, all native; a kn
-    problem keeps its own first (session 40: MiniLM's 25-trial search timed tc_sp24 natively once a problem)."""
+    problem keeps its own first (session 40: MiniLM's 25-trial search timed tc_sp24 natively once a problem); the l2
+    ones (session 41: MiniLM's real rows) before the l2 0 ones; K >= 1024 ones only where K is."""
     from sparse_autotune.core.space import NK_PATH
     sp = space()
     nk = sp.for_layout("nk")
     got = nk.defaults("fp16", _nk_env(384, 1536, 128, 29491), DEFAULT_LIMITS)
-    assert len(got) >= 3 and all(c[NK_PATH] == "native" and c["l2"] == 0 for c in got[:3])
-    assert {c["splitk"] for c in got[:3]} == {1, 4} and {c["wg"] for c in got[:3]} == {1, 2}
+    assert len(got) >= 6 and all(c[NK_PATH] == "native" for c in got[:6])
+    assert [c["l2"] for c in got[:6]] == [12, 25, 25, 0, 0, 0]
+    assert {c["splitk"] for c in got[3:6]} == {1, 4} and {c["wg"] for c in got[:6]} == {1, 2}
+    short = nk.defaults("fp16", _nk_env(384, 384, 128, 7373), DEFAULT_LIMITS)
+    assert [c["l2"] for c in short[:4]] == [12, 25, 0, 0] and all(c["splitk"] == 1 for c in short[:4])
     kn = sp.defaults("fp16", problem_env(768, 3072, 2048, 50_000, "fp16"), DEFAULT_LIMITS)
     assert kn[0]["l2"] == 12 and kn[-1]["splitk"] == 4  # the nk ones last for kn
 
