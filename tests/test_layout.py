@@ -650,3 +650,32 @@ def test_sparse_linear_state_drops_the_fast_calls():
     old = SparseLinear.__new__(SparseLinear)
     old.__setstate__({k: v for k, v in state.items() if k != "_fast"})
     assert old._fast == {}
+
+
+def test_the_cublaslt_constants_match_the_installed_header():
+    """device.vendor's LtBiasGemm passes cublasLt.h's enum values and struct size by number (ctypes): they must be the
+    header's (the one the nvidia-cublas wheel installs; skipped where there is none)."""
+    import re
+    import sys
+
+    from sparse_autotune.device import vendor as v
+    found = [p for d in sys.path for p in Path(d).glob("nvidia/cu1*/include/cublasLt.h")] if sys.path else []
+    found += list(Path("/usr/local").glob("cuda*/include/cublasLt.h"))
+    if not found:
+        pytest.skip("no cublasLt.h on this machine")
+    text = found[0].read_text()
+
+    def enum(name):
+        return int(re.search(rf"\b{name}\s*=\s*(\d+)", text).group(1))
+    assert enum("CUBLASLT_MATMUL_DESC_TRANSA") == v.LT_TRANSA and enum("CUBLASLT_MATMUL_DESC_TRANSB") == v.LT_TRANSB
+    assert enum("CUBLASLT_MATMUL_DESC_EPILOGUE") == v.LT_EPILOGUE
+    assert enum("CUBLASLT_MATMUL_DESC_BIAS_POINTER") == v.LT_BIAS_POINTER
+    assert enum("CUBLASLT_EPILOGUE_BIAS") == v.LT_EPILOGUE_BIAS
+    assert enum("CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES") == v.LT_PREF_MAX_WORKSPACE_BYTES
+    # the heuristic result: the algo (8 x uint64), workspaceSize (size_t), state, wavesCount, int reserved[4]
+    end = text.index("} cublasLtMatmulHeuristicResult_t;")
+    body = text[text.rindex("typedef struct {", 0, end):end]
+    fields = re.findall(r"^\s*([A-Za-z_]\w*)\s+([A-Za-z_]\w*(?:\[\d+\])?);", body, re.M)
+    assert [f[0] for f in fields] == ["cublasLtMatmulAlgo_t", "size_t", "cublasStatus_t", "float", "int"], fields
+    assert fields[-1][1] == "reserved[4]" and "uint64_t data[8];\n} cublasLtMatmulAlgo_t;" in text
+    assert v.LT_HEURISTIC_RESULT_BYTES == 64 + 8 + 4 + 4 + 16

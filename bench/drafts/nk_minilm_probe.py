@@ -1,9 +1,11 @@
-"""tc_sp24 natively in nk on MiniLM's real pruned layers (session 40's Next 1): per layer (384x384 query, 1536x384
-intermediate, 384x1536 output, layer 0, d 0.05) and N = 128 / 1024 / 4096, cuBLAS FP16 with and without the bias kernel,
-and tc_sp24 nk native at a few configs in three forms: as built, `listwait` (the residual list's cp.async waited for
-in the first chunk's take instead of before the loop: bench/drafts/tc_sp24-nk-listwait.patch applied in memory) and
-`diag10` (no residual at all: results wrong, timing only). Each form is verified once (diag10 excepted) against
-float32. Run on the device: python3 bench/drafts/nk_minilm_probe.py OUT.json (examples/minilm/data carried)."""
+"""tc_sp24 natively in nk on MiniLM's real pruned layers: per layer (384x384 query, 1536x384 intermediate, 384x1536
+output, layer 0, d 0.05) and N = 128 / 1024 / 4096, the dense nk baseline (cuBLAS alone, with the bias fused by
+cuBLASLt, with the bias kernel; the bias kernel alone) and tc_sp24 nk native at a few configs (l2 0 and l2) in the
+forms named by the second argument (default built,listwait,diag10): `built` the template as it is, `listwait` the
+residual list's wait in the first chunk's take (session 40's draft; falsified in session 41, the form is skipped where
+the template no longer matches), `l2direct` l2's window store off (session 41's comparison), `diag10` no residual at all
+(results wrong, timing only). Each is verified once against float32. Run on the device (examples/minilm/data carried):
+    python3 bench/drafts/nk_minilm_probe.py OUT.json built"""
 import json
 import sys
 
@@ -73,9 +75,19 @@ for name, k in (("encoder.layer.0.attention.self.query", 384), ("encoder.layer.0
         r = {"layer": name, "m": m, "k": k, "n": n,
              "cublas_bias": time_launches([lambda x=x: dl(x.data.ptr, y.data.ptr, st(), bias.data.ptr) for x in xs]).median_us,
              "cublas": time_launches([lambda x=x: dl(x.data.ptr, y.data.ptr, st(), 0) for x in xs]).median_us, "forms": {}}
+        dl2 = DenseLauncher(w, n, "fp16", "nk", fused_bias=False)  # session 41: cuBLASLt's bias epilogue vs 2 kernels
+        r["cublas_fused"] = dl.lt is not None
+        r["cublas_bias_2k"] = time_launches([lambda x=x: dl2(x.data.ptr, y.data.ptr, st(), bias.data.ptr) for x in xs]).median_us
+        y.fill(7)
+        dl(xs[0].data.ptr, y.data.ptr, st(), bias.data.ptr)
+        cp.cuda.Device().synchronize()
+        r["cublas_bias_err"] = float(cp.max(cp.abs(y.astype(cp.float32) - ref)) / (cp.max(cp.abs(ref)) + 1e-9))
         ba = bias_add_launcher("fp16", n, m)
         r["bias_add"] = time_launches([lambda: ba(y.data.ptr, y.data.ptr, st(), bias.data.ptr)]).median_us
         for form in FORMS:
+            if {"listwait": LISTWAIT, "l2direct": L2DIRECT}.get(form, TPL) is None:
+                print(f"  skip form {form}: the template no longer has what it patches", flush=True)
+                continue
             FORM["v"] = form
             for cfg in CFGS:
                 try:
@@ -93,6 +105,7 @@ for name, k in (("encoder.layer.0.attention.self.query", 384), ("encoder.layer.0
         out.append(r)
         best = {f"{f}{' l2' if l2 else ''}": min((e for e in v if bool(e["cfg"]["l2"]) == l2), key=lambda e: e["us"])
                 for f, v in r["forms"].items() for l2 in (False, True)}
-        print(f"| {m}x{k} | {n} | {r['cublas_bias']:.2f} | {r['cublas']:.2f} | bias {r['bias_add']:.2f} | "
+        print(f"| {m}x{k} | {n} | {r['cublas_bias']:.2f} (fused {r['cublas_fused']}, err {r['cublas_bias_err']:.1e}) | "
+              f"{r['cublas_bias_2k']:.2f} | {r['cublas']:.2f} | bias {r['bias_add']:.2f} | "
               + " | ".join(f"{f} {b['us']:.2f} (err {b['err']:.1e})" for f, b in best.items()) + " |", flush=True)
 json.dump(out, open(sys.argv[1], "w"), indent=1)

@@ -6,8 +6,10 @@ A launcher is bound to one matrix and one N, with its descriptors, work buffer a
 dispatch and its quick tuning all launch them the same way. Made with layout="nk" (core.problem: y = x @ A^T + bias,
 x N x K and y N x M row-major) they read x and write y as they are, with no copy: cuSPARSE through column-major
 descriptors (x is K x N column-major, y M x N column-major), cuBLAS as the transposed GEMM nn.Linear runs; then
-`launcher(x_ptr, y_ptr, stream_ptr, bias_ptr)` adds the bias in one more kernel (device.staged.bias_add_launcher: a
-part of the call, and of its timing) where bias_ptr is not 0. The calls go through ctypes on the library CuPy loaded
+`launcher(x_ptr, y_ptr, stream_ptr, bias_ptr)` adds the bias where bias_ptr is not 0: cuBLAS in one cublasLtMatmul
+with the bias epilogue (LtBiasGemm, as torch's F.linear; a bias not 16-byte aligned, or shapes cuBLASLt refuses: the
+GEMM and then one more kernel), cuSPARSE in one more kernel (device.staged.bias_add_launcher); a part of the call, and
+of its timing. The calls go through ctypes on the library CuPy loaded
 (CuPy's own bindings refuse every call while a stream is being captured): a cuBLAS launch is capturable in a CUDA
 graph (the handle gets a fixed workspace); a cuSPARSE launch is where its algorithm allocates nothing and does not
 synchronise (the tuner's timing of it says "graph" when its capture worked, "events" when it fell back).
@@ -79,12 +81,104 @@ def _cublas_workspace(handle: int, nbytes: int = 32 << 20):
 
 MODE_DTYPE = {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}  # a dense math's storage (its bias add)
 
+# cublasLt.h (CUDA 12 / 13): matmul descriptor attributes, the bias epilogue, the preference's workspace limit
+LT_TRANSA, LT_TRANSB, LT_EPILOGUE, LT_BIAS_POINTER = 3, 4, 7, 8
+LT_EPILOGUE_BIAS = 4
+LT_PREF_MAX_WORKSPACE_BYTES = 1
+LT_HEURISTIC_RESULT_BYTES = 96  # cublasLtMatmulHeuristicResult_t: algo (64), workspaceSize, state, wavesCount, int[4]
+LT_WORKSPACE_BYTES = 32 << 20
+_LT: dict = {}
+
+
+def _lt_handle():
+    """(cublasLt handle, its workspace) of the process, made at the first use."""
+    if "h" not in _LT:
+        import ctypes as ct  # noqa: PLC0415
+        h = ct.c_void_p()
+        _check(_lib("cublasLt").cublasLtCreate(ct.byref(h)), "cublasLtCreate")
+        _LT["ws"] = _cp().empty(LT_WORKSPACE_BYTES, dtype=np.uint8)
+        _LT["h"] = h
+    return _LT["h"], _LT["ws"]
+
+
+class LtBiasGemm:
+    """y (N x M) = x (N x K) @ A^T + bias in one cublasLtMatmul with the bias epilogue (CUBLASLT_EPILOGUE_BIAS: the
+    bias, of y's type, added to each column of the column-major M x N result), as torch's F.linear runs nn.Linear: the
+    dense nk path without a separate bias kernel (session 41: that kernel cost 1.6 / 5.4 us of cuBLAS's 3.3 / 10.5 at
+    384x384 N = 1024 / 1536x384 N = 4096). The algorithm is cuBLASLt's first heuristic pick for the shapes, chosen with
+    a 16-byte aligned bias (DenseLauncher takes the two-kernel path for a bias that is not). Raises RuntimeError where
+    cuBLASLt refuses (the caller falls back)."""
+
+    def __init__(self, a, n: int, dt: int, compute: int, alpha, beta):
+        import ctypes as ct  # noqa: PLC0415
+        lib = self._lib = _lib("cublasLt")
+        self._ct = ct
+        self.a, self.alpha, self.beta = a, alpha, beta
+        m, k = (int(x) for x in a.shape)
+        self.h, self.ws = _lt_handle()
+        vp, ci = ct.c_void_p, ct.c_int
+        self.desc = vp()
+        self.layouts = [vp(), vp(), vp()]  # A (K x M, col-major: the row-major M x K weight), x (K x N), y (M x N)
+        _check(lib.cublasLtMatmulDescCreate(ct.byref(self.desc), ci(compute), ci(0)), "cublasLtMatmulDescCreate")
+        self._set(LT_TRANSA, ct.c_int32(1))  # CUBLAS_OP_T: op(A) = M x K
+        self._set(LT_TRANSB, ct.c_int32(0))
+        self._set(LT_EPILOGUE, ct.c_uint32(LT_EPILOGUE_BIAS))
+        self._set(LT_BIAS_POINTER, vp(int(self.ws.data.ptr)))  # an aligned bias for the heuristic's choice
+        for lay, (rows, cols, ld) in zip(self.layouts, ((k, m, k), (k, n, k), (m, n, m))):
+            _check(lib.cublasLtMatrixLayoutCreate(ct.byref(lay), ci(dt), ct.c_uint64(rows), ct.c_uint64(cols),
+                                                  ct.c_int64(ld)), "cublasLtMatrixLayoutCreate")
+        pref = vp()
+        _check(lib.cublasLtMatmulPreferenceCreate(ct.byref(pref)), "cublasLtMatmulPreferenceCreate")
+        try:
+            wsb = ct.c_uint64(LT_WORKSPACE_BYTES)
+            _check(lib.cublasLtMatmulPreferenceSetAttribute(pref, ci(LT_PREF_MAX_WORKSPACE_BYTES), ct.byref(wsb),
+                                                            ct.c_size_t(8)), "cublasLtMatmulPreferenceSetAttribute")
+            self.result = (ct.c_ubyte * LT_HEURISTIC_RESULT_BYTES)()
+            got = ci(0)
+            la, lb, lc = self.layouts
+            _check(lib.cublasLtMatmulAlgoGetHeuristic(self.h, self.desc, la, lb, lc, lc, pref, ci(1), self.result,
+                                                      ct.byref(got)), "cublasLtMatmulAlgoGetHeuristic")
+        finally:
+            lib.cublasLtMatmulPreferenceDestroy(pref)
+        if got.value < 1:
+            raise RuntimeError("cublasLtMatmulAlgoGetHeuristic found no algorithm with the bias epilogue")
+        self.ws_bytes = ct.c_size_t(int.from_bytes(bytes(self.result[64:72]), "little"))
+        if self.ws_bytes.value > LT_WORKSPACE_BYTES:
+            raise RuntimeError(f"cuBLASLt's algorithm asks for {self.ws_bytes.value} bytes of workspace")
+
+    def _set(self, attr: int, value) -> None:
+        ct = self._ct
+        _check(self._lib.cublasLtMatmulDescSetAttribute(self.desc, ct.c_int(attr), ct.byref(value),
+                                                        ct.c_size_t(ct.sizeof(value))), "cublasLtMatmulDescSetAttribute")
+
+    def __call__(self, x_ptr: int, y_ptr: int, stream_ptr: int, bias_ptr: int) -> None:
+        """One launch on the stream (the caller holds its lock: the bias pointer is the descriptor's)."""
+        vp = self._ct.c_void_p
+        self._set(LT_BIAS_POINTER, vp(bias_ptr))
+        la, lb, lc = self.layouts
+        _check(self._lib.cublasLtMatmul(self.h, self.desc, vp(self.alpha.ctypes.data), vp(self.a.data.ptr), la,
+                                        vp(x_ptr), lb, vp(self.beta.ctypes.data), vp(y_ptr), lc, vp(y_ptr), lc,
+                                        self.result, vp(int(self.ws.data.ptr)), self.ws_bytes, vp(stream_ptr)),
+               "cublasLtMatmul")
+
+    def __del__(self):
+        try:
+            for lay in self.layouts:
+                if lay:
+                    self._lib.cublasLtMatrixLayoutDestroy(lay)
+            if self.desc:
+                self._lib.cublasLtMatmulDescDestroy(self.desc)
+        except Exception:  # noqa: BLE001 - at interpreter exit the library may be gone
+            pass
+
 
 class DenseLauncher:
     """C = A_dense @ B for one N with cublasGemmEx, row-major, as C^T = B^T A^T in cuBLAS's column-major terms.
     `a` is the dense A on the device (M x K, C-contiguous, the mode's data type); it is kept alive.
     layout "nk": y (N x M) = x (N x K) @ A^T, as y^T = A x^T in column-major terms (A transposed in the call:
-    nn.Linear's own GEMM), then + bias where the call gives one."""
+    nn.Linear's own GEMM), then + bias where the call gives one: fused by cuBLASLt's bias epilogue (`lt`, an
+    LtBiasGemm; None where cuBLASLt refused the shapes) for a 16-byte aligned bias, else one more kernel after the GEMM.
+    fused_bias=False: always the two kernels (a probe's comparison)."""
 
     MODES = {  # mode -> (data type, compute type name)
         "fp32": (0, "CUBLAS_COMPUTE_32F"),
@@ -94,7 +188,7 @@ class DenseLauncher:
     }
     is_noop = False
 
-    def __init__(self, a, n: int, mode: str, layout: str = "kn"):
+    def __init__(self, a, n: int, mode: str, layout: str = "kn", fused_bias: bool = True):
         import ctypes as ct  # noqa: PLC0415
         from cupy_backends.cuda.libs import cublas as cb  # noqa: PLC0415
         self.a = a
@@ -118,6 +212,12 @@ class DenseLauncher:
                           vp(self.alpha.ctypes.data), vp(a.data.ptr), self._dt, ci(k))
             self._ldb, self._ldc = ci(k), ci(m)
             self._bias = bias_add_launcher(MODE_DTYPE[mode], n, m)
+            self.lt = None  # the bias fused by cuBLASLt's epilogue (LtBiasGemm), where it serves these shapes
+            if fused_bias and n > 0 and m > 0 and k > 0:
+                try:
+                    self.lt = LtBiasGemm(a, n, dt, int(getattr(cb, comp)), self.alpha, self.beta)
+                except (RuntimeError, OSError, AttributeError):
+                    self.lt = None  # the two kernels: cuBLAS, then the bias add
         else:
             # cublasGemmEx(handle, opN, opN, n, m, k, alpha, B, dt, n, A, dt, k, beta, C, dt, n, compute, algo)
             self._head = (self._h, ci(cb.CUBLAS_OP_N), ci(cb.CUBLAS_OP_N), ci(n), ci(m), ci(k),
@@ -136,6 +236,9 @@ class DenseLauncher:
             if self._bias is None:
                 _check(lib.cublasGemmEx(*self._head, vp(b_ptr), self._dt, self._ld, *self._a, vp(c_ptr), self._dt,
                                         self._ld, *self._tail), "cublasGemmEx")
+                return
+            if bias_ptr and self.lt is not None and bias_ptr % 16 == 0:
+                self.lt(b_ptr, c_ptr, stream_ptr, bias_ptr)
                 return
             _check(lib.cublasGemmEx(*self._head, vp(b_ptr), self._dt, self._ldb, vp(self.beta.ctypes.data),
                                     vp(c_ptr), self._dt, self._ldc, *self._tail), "cublasGemmEx")

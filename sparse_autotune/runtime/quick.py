@@ -21,7 +21,9 @@ op.linear (the nk layout, y = x @ A^T + bias: runtime.spmm) is quick-tuned the s
 (`op.quick_nk[n]`), unless an exact nk record exists: its candidates are lookup's for nk (nk records, then kn records
 run natively or staged) and the vendor paths' nk forms, verified with a random nonzero bias; its records are nk.
 Where the caller runs a cuBLAS plan as torch's F.linear with the bias fused (SparseLinear sets
-`op.dense_bias_fused`), the cuBLAS candidate is timed without the operator's separate bias kernel: as it will run.
+`op.dense_bias_fused`), the cuBLAS candidate is timed without the bias (the operator's own cuBLAS nk launch fuses it
+in cuBLASLt's epilogue too, device.vendor.LtBiasGemm, +0.03-0.5 us on MiniLM's layers; a bias not 16-byte aligned
+takes a separate kernel there).
 
 "off" keeps the lookup's plan as it is (no first-call cost, nothing written). It is the default (DEFAULT_TUNE), for
 three reasons: a first call that compiles and times several kernels takes from a fraction of a second (kernels in
