@@ -191,7 +191,7 @@ def test_the_staging_kernels_compile_with_nvcc(dtype):
     if sat_compile.nvcc_path() is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
     report = sat_compile.nvcc_check(source(dtype), arch="sm_90")
-    assert "sat_transpose" in report and "sat_add_bias" in report
+    assert "sat_transpose" in report and "sat_add_bias" in report and "sat_add_bias_wide" in report
 
 
 def test_the_search_of_an_nk_problem_explores_both_paths(toy_nk, tmp_path):

@@ -69,7 +69,7 @@ extern "C" __global__ void __launch_bounds__({tile} * {rows}) sat_transpose(cons
 
 // out (rows x cols) = in + bias broadcast over the rows (bias[c] on column c); in may be out (in place). 16 bytes a
 // thread (V elements) where cols % V == 0 and the three pointers are 16-byte aligned, else one element a thread; a
-// grid-stride loop with 32-bit indices (the launcher: rows x cols < 2^31). Session 41: the one-element form with a
+// grid-stride loop with 32-bit indices (the launcher: rows x cols < 2^31; sat_add_bias_wide past it). Session 41: the one-element form with a
 // 64-bit modulo took 17.5 us at 4096 x 1536 fp16 (25 MB moved), 2.4 us at 1024 x 384
 extern "C" __global__ void __launch_bounds__({add}) sat_add_bias(const T* in, T* out, const T* __restrict__ bias,
         int rows, int cols) {{
@@ -93,6 +93,14 @@ extern "C" __global__ void __launch_bounds__({add}) sat_add_bias(const T* in, T*
     const unsigned int total = (unsigned int)rows * cols;
     for (unsigned int i = i0; i < total; i += stride)
         out[i] = from_f(to_f(in[i]) + to_f(bias[i % (unsigned int)cols]));
+}}
+
+// the same for 2^31 elements and more: one element a thread, 64-bit indices (the add before session 41)
+extern "C" __global__ void __launch_bounds__({add}) sat_add_bias_wide(const T* in, T* out, const T* __restrict__ bias,
+        int rows, int cols) {{
+    const long total = (long)rows * cols;
+    for (long i = (long)blockIdx.x * {add} + threadIdx.x; i < total; i += (long)gridDim.x * {add})
+        out[i] = from_f(to_f(in[i]) + to_f(bias[i % cols]));
 }}
 """
 
@@ -125,8 +133,9 @@ def bias_add_launcher(dtype: str, rows: int, cols: int) -> BiasLauncher:
     be out_ptr. The vendor paths' nk bias (device.vendor)."""
     if rows == 0 or cols == 0:
         return BiasLauncher.noop()
-    if rows * cols >= 2 ** 31:
-        raise ValueError(f"bias add: {rows} x {cols} elements need 64-bit indices (at most 2^31 - 1)")
+    if rows * cols >= 2 ** 31:  # past 32-bit indices
+        grid = min(ADD_MAX_BLOCKS, -(-(rows * cols) // ADD_THREADS))
+        return _launcher("sat_add_bias_wide", dtype, grid, (ADD_THREADS,), [np.int32(rows), np.int32(cols)])
     v = 16 // int(np.dtype(DTYPES[dtype]).itemsize)
     work = rows * cols // v if cols % v == 0 else rows * cols  # 16-byte vectors where the rows allow them
     grid = min(ADD_MAX_BLOCKS, -(-work // ADD_THREADS))
