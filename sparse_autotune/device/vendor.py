@@ -91,14 +91,14 @@ _LT: dict = {}
 
 
 def _lt_handle():
-    """(cublasLt handle, its workspace) of the process, made at the first use."""
-    if "h" not in _LT:
+    """(cublasLt handle, its workspace on the current device), made at the first use on each device."""
+    dev = _cp().cuda.Device().id
+    if dev not in _LT:
         import ctypes as ct  # noqa: PLC0415
         h = ct.c_void_p()
         _check(_lib("cublasLt").cublasLtCreate(ct.byref(h)), "cublasLtCreate")
-        _LT["ws"] = _cp().empty(LT_WORKSPACE_BYTES, dtype=np.uint8)
-        _LT["h"] = h
-    return _LT["h"], _LT["ws"]
+        _LT[dev] = (h, _cp().empty(LT_WORKSPACE_BYTES, dtype=np.uint8))
+    return _LT[dev]
 
 
 class LtBiasGemm:
