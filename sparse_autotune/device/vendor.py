@@ -106,8 +106,9 @@ class LtBiasGemm:
     bias, of y's type, added to each column of the column-major M x N result), as torch's F.linear runs nn.Linear: the
     dense nk path without a separate bias kernel (session 41: that kernel cost 1.6 / 5.4 us of cuBLAS's 3.3 / 10.5 at
     384x384 N = 1024 / 1536x384 N = 4096). The algorithm is cuBLASLt's first heuristic pick for the shapes, chosen with
-    a 16-byte aligned bias (DenseLauncher takes the two-kernel path for a bias that is not). Raises RuntimeError where
-    cuBLASLt refuses (the caller falls back)."""
+    a 16-byte aligned bias (DenseLauncher takes the two-kernel path for a bias that is not). Its workspace is the
+    device's one (`_lt_handle`), shared as CuPy's cuBLAS handle's is: two streams running cuBLASLt launches at once would
+    share it. Raises RuntimeError where cuBLASLt refuses (the caller falls back)."""
 
     def __init__(self, a, n: int, dt: int, compute: int, alpha, beta):
         import ctypes as ct  # noqa: PLC0415
