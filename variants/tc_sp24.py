@@ -79,12 +79,16 @@ def slots(a: sp.csr_matrix, l2: int, windowed: bool = False) -> tuple[sp.csr_mat
     order = np.argsort(-res, kind="stable")[:int(np.ceil(min(100, int(l2)) * m / 100))]
     heavy = np.zeros(m, dtype=bool)
     heavy[order[res[order] > 0]] = True
-    if windowed:
-        orow, slot1 = _window_slots(heavy)
-        ms = len(orow)
-        srow = slot1[rows]
-        srow[heavy[rows] & (rank >= 2)] += 8
-        return sp.csr_matrix((data, (srow, cols)), shape=(ms, k)), orow
+    orow, slot1 = (_window_slots if windowed else _paired_slots)(heavy)
+    srow = slot1[rows]  # each entry's slot: its row's, + 8 (the second layer) past a heavy row's first two a group
+    srow[heavy[rows] & (rank >= 2)] += 8
+    return sp.csr_matrix((data, (srow, cols)), shape=(len(orow), k)), orow
+
+
+def _paired_slots(heavy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(orow [Ms], each row's first slot [M]) of `slots`: the light rows in pairs (g, g + 8) in their order, then each
+    heavy row at g with its second layer at g + 8 (orow -2); Ms a multiple of 16."""
+    m = len(heavy)
     light = np.nonzero(~heavy)[0]
     if len(light) % 2:
         light = np.append(light, -1)
@@ -98,14 +102,11 @@ def slots(a: sp.csr_matrix, l2: int, windowed: bool = False) -> tuple[sp.csr_mat
     orow = np.full(ms, -1, dtype=np.int32)
     orow[sa] = first
     orow[sa + 8] = second
-    slot1 = np.empty(m, dtype=np.int64)  # each row's slot, and its second layer's for heavy rows
+    slot1 = np.empty(m, dtype=np.int64)  # each row's slot (a heavy row's first layer)
     slot1[first[first >= 0]] = sa[first >= 0]
     lone = second >= 0
     slot1[second[lone]] = sa[lone] + 8
-    srow = slot1[rows]
-    hi = heavy[rows] & (rank >= 2)
-    srow[hi] += 8
-    return sp.csr_matrix((data, (srow, cols)), shape=(ms, k)), orow
+    return orow, slot1
 
 
 def _window_slots(heavy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -389,12 +390,10 @@ def args(kernel, n: int, b, c, bias=None) -> tuple:
            np.int32(k), np.int32(nc), np.int32(nblk), np.int32(cps), np.int32(ntiles))
     if nk:
         out = (*out, np.int32(kernel.a.shape[0]))  # MY: y's row length (l2: M above is the slot count)
-        if not (n > 0 and k % 8 == 0):  # never launched (infeasible); a_bytes() asks for N = 1
-            return (*out, BParam(128, lambda b_ptr: bytes(128)))
-        return (*out, BParam(128, lambda b_ptr: _encode(tensor_map_args_nk(n, k, cfg, b_ptr))))
-    if not (n > 0 and n % 8 == 0):  # never launched (infeasible); a_bytes() asks for N = 1
+    tmap, ok = (tensor_map_args_nk, k % 8 == 0) if nk else (tensor_map_args, n % 8 == 0)
+    if not (n > 0 and ok):  # never launched (infeasible); a_bytes() asks for N = 1
         return (*out, BParam(128, lambda b_ptr: bytes(128)))
-    return (*out, BParam(128, lambda b_ptr: _encode(tensor_map_args(n, k, cfg, b_ptr))))
+    return (*out, BParam(128, lambda b_ptr: _encode(tmap(n, k, cfg, b_ptr))))
 
 
 def adapt(space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:

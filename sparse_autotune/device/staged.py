@@ -133,13 +133,12 @@ def bias_add_launcher(dtype: str, rows: int, cols: int) -> BiasLauncher:
     be out_ptr. The vendor paths' nk bias (device.vendor)."""
     if rows == 0 or cols == 0:
         return BiasLauncher.noop()
-    if rows * cols >= 2 ** 31:  # past 32-bit indices
-        grid = min(ADD_MAX_BLOCKS, -(-(rows * cols) // ADD_THREADS))
-        return _launcher("sat_add_bias_wide", dtype, grid, (ADD_THREADS,), [np.int32(rows), np.int32(cols)])
+    wide = rows * cols >= 2 ** 31  # past 32-bit indices: the one-element kernel with 64-bit ones
     v = 16 // int(np.dtype(DTYPES[dtype]).itemsize)
-    work = rows * cols // v if cols % v == 0 else rows * cols  # 16-byte vectors where the rows allow them
+    work = rows * cols // v if cols % v == 0 and not wide else rows * cols  # 16-byte vectors where the rows allow them
     grid = min(ADD_MAX_BLOCKS, -(-work // ADD_THREADS))
-    return _launcher("sat_add_bias", dtype, grid, (ADD_THREADS,), [np.int32(rows), np.int32(cols)])
+    return _launcher("sat_add_bias_wide" if wide else "sat_add_bias", dtype, grid, (ADD_THREADS,),
+                     [np.int32(rows), np.int32(cols)])
 
 
 class StagedLauncher:
