@@ -190,6 +190,7 @@ def test_timing_graph_replay_and_baselines():
     # a candidate far slower than the best so far keeps its rough time (no graph capture, no replays)
     rough = time_launches([lambda bb=bb: k(bb, ctx.c) for bb in ctx.b_bufs], give_up_above_us=t.median_us / 100)
     assert rough.method == "estimate" and rough.median_us > t.median_us / 100 and rough.replays == 1
+    assert "replayed" in rough.note  # rechecked from a CUDA graph before it was given up (host stalls excluded)
     full = time_launches([lambda bb=bb: k(bb, ctx.c) for bb in ctx.b_bufs], give_up_above_us=1e6)
     assert full.method == "graph"
     base = time_baselines(ctx)

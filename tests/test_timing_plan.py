@@ -101,3 +101,81 @@ def test_time_launches_waits_for_the_callers_work_before_its_first_launch(monkey
     assert t.median_us > 0
     assert calls[0] == "sync" and calls[1] == ("stream", True) and calls[2] == "launch"
     assert "capture" in calls and "replay" in calls
+
+
+def _fake_cupy(eager_us: float, replay_us: float, capturable: bool = True):
+    """A stand-in for CuPy (no GPU) whose events time what ran between them: each eager launch eager_us (its host
+    time included), each launch inside a graph replay replay_us."""
+    from types import SimpleNamespace
+    log = []
+    state = {"capturing": 0}
+
+    class Stream:
+        def __init__(self, non_blocking=False):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def begin_capture(self):
+            if not capturable:
+                raise RuntimeError("operation not permitted when stream is capturing")
+            state["capturing"] = 1
+            state["n"] = 0
+
+        def end_capture(self):
+            state["capturing"] = 0
+            n = state["n"]
+            return SimpleNamespace(launch=lambda stream: log.append(("replay", n)))
+
+        def synchronize(self):
+            pass
+
+    class Event:
+        def record(self, stream=None):
+            self.at = len(log)
+
+        def synchronize(self):
+            pass
+
+    def elapsed_ms(a, b):
+        us = sum(eager_us if e == "launch" else replay_us * e[1] for e in log[a.at:b.at])
+        return us / 1000.0
+
+    def launch():
+        if state["capturing"]:
+            state["n"] += 1
+        else:
+            log.append("launch")
+
+    fake = SimpleNamespace(cuda=SimpleNamespace(Stream=Stream, Event=Event, get_elapsed_time=elapsed_ms,
+                                                runtime=SimpleNamespace(deviceSynchronize=lambda: None)))
+    return fake, launch
+
+
+def test_time_launches_rechecks_a_host_inflated_estimate_by_replay_synthetic(monkeypatch):
+    """Synthetic timer (no GPU): the eager estimate of a 4 us kernel reads 113 us (host stalls between launches, as
+    session 41's tuner saw), above the give-up threshold of 50 us. The graph-replayed recheck reads 4 us, so the
+    candidate is timed in full (graph), not given up; a truly slow kernel (200 us both ways) is still given up, with
+    both estimates in the note; a kernel that cannot be captured keeps the eager estimate."""
+    import sparse_autotune.device.gpu as gpu
+    from sparse_autotune.device.timing import time_launches
+
+    fake, launch = _fake_cupy(eager_us=113.0, replay_us=4.0)
+    monkeypatch.setattr(gpu, "cupy", lambda: fake)
+    t = time_launches([launch] * 8, give_up_above_us=50.0)
+    assert t.method == "graph" and abs(t.median_us - 4.0) < 1e-6
+
+    fake, launch = _fake_cupy(eager_us=200.0, replay_us=190.0)
+    monkeypatch.setattr(gpu, "cupy", lambda: fake)
+    t = time_launches([launch] * 8, give_up_above_us=50.0)
+    assert t.method == "estimate" and abs(t.median_us - 190.0) < 1e-6
+    assert "200.0 us eager, 190.0 us replayed > 50.0 us" in t.note
+
+    fake, launch = _fake_cupy(eager_us=113.0, replay_us=4.0, capturable=False)
+    monkeypatch.setattr(gpu, "cupy", lambda: fake)
+    t = time_launches([launch] * 8, give_up_above_us=50.0)
+    assert t.method == "estimate" and abs(t.median_us - 113.0) < 1e-6 and "replayed" not in t.note
