@@ -57,7 +57,7 @@ def _group_rank(rows: np.ndarray, cols: np.ndarray, kg: int) -> tuple[np.ndarray
     return key, np.arange(len(key)) - start
 
 
-def slots(a: sp.csr_matrix, l2: int, windowed: bool = False) -> tuple[sp.csr_matrix, np.ndarray]:
+def slots(a: sp.csr_matrix, l2: int, windowed: bool = False, block: int = 0) -> tuple[sp.csr_matrix, np.ndarray]:
     """(A over slots, orow int32 [Ms]) for l2 > 0: the rows with the most nonzeros past the first two of their groups
     (the residual they would have; at least one), at most l2 % of M of them (ties: the lower row), are `heavy` and
     take two slots each: the first two nonzeros of each group in one, the rest (at most two a group) in the other, a
@@ -71,7 +71,9 @@ def slots(a: sp.csr_matrix, l2: int, windowed: bool = False) -> tuple[sp.csr_mat
     heavy row two slots, g and g + 8 with g the warp's next free heavy position, the light rows the slots left in
     order), so that each warp's rows are one run of consecutive rows of y (its 16-bit stores of y fall on fewer sectors:
     1536x384 N = 1024 7.6 against 8.6 us, session 41); at most one slot a warp is left empty by a heavy row that did
-    not fit."""
+    not fit. block (windowed, the kernel's row block of 64 wg slots): each block's rows one run [R0, R1) with R0 and R1
+    multiples of 8 (but R1 = M), the rows past the last multiple of 8 that fit left to the next block, so that y's
+    rows of a block are whole 16-byte units (nk's staged store at l2, session 42); Ms a multiple of block."""
     m, k, rows, cols, data = csr_parts(a)
     kg = max(1, -(-k // 4))
     _, rank = _group_rank(rows, cols, kg)
@@ -79,7 +81,7 @@ def slots(a: sp.csr_matrix, l2: int, windowed: bool = False) -> tuple[sp.csr_mat
     order = np.argsort(-res, kind="stable")[:int(np.ceil(min(100, int(l2)) * m / 100))]
     heavy = np.zeros(m, dtype=bool)
     heavy[order[res[order] > 0]] = True
-    orow, slot1 = (_window_slots if windowed else _paired_slots)(heavy)
+    orow, slot1 = _window_slots(heavy, block) if windowed else _paired_slots(heavy)
     srow = slot1[rows]  # each entry's slot: its row's, + 8 (the second layer) past a heavy row's first two a group
     srow[heavy[rows] & (rank >= 2)] += 8
     return sp.csr_matrix((data, (srow, cols)), shape=(len(orow), k)), orow
@@ -109,31 +111,59 @@ def _paired_slots(heavy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return orow, slot1
 
 
-def _window_slots(heavy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _fill_warp(heavy: np.ndarray, r: int, end: int) -> tuple[list, int]:
+    """One warp's 16 slots filled with rows r, r + 1, ... (below end) while they fit: a heavy row at the warp's next
+    heavy position g (its second layer at g + 8, -2), the light rows in the slots left, in order. (slots, next row)."""
+    hv, lt = [], []
+    while r < end and 2 * len(hv) + len(lt) + (2 if heavy[r] else 1) <= 16:
+        (hv if heavy[r] else lt).append(r)
+        r += 1
+    w = [-1] * 16
+    for i, row in enumerate(hv):
+        w[i], w[i + 8] = row, -2
+    free = [p for p in range(16) if w[p] == -1]  # the heavy rows' slots hold a row or -2
+    for p, row in zip(free, lt):
+        w[p] = row
+    return w, r
+
+
+def _window_slots(heavy: np.ndarray, block: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(orow [Ms], each row's first slot [M]) of `slots(windowed=True)`: warps of 16 slots filled with the rows in
-    order, a heavy row at the warp's next heavy position g (its second layer at g + 8, orow -2), the light rows in the
-    slots left, in order."""
+    order (_fill_warp); with block (a multiple of 16), blocks of block / 16 warps whose rows end at a multiple of 8."""
     m = len(heavy)
-    orow, slot1 = [], np.empty(m, dtype=np.int64)
+    orow: list = []
     r = 0
     while r < m:
-        hv, lt = [], []
-        while r < m and 2 * len(hv) + len(lt) + (2 if heavy[r] else 1) <= 16:
-            (hv if heavy[r] else lt).append(r)
-            r += 1
-        base = len(orow)
-        w = [-1] * 16
-        for i, row in enumerate(hv):
-            w[i], w[i + 8] = row, -2
-            slot1[row] = base + i
-        free = [p for p in range(16) if w[p] == -1]  # the heavy rows' slots hold a row or -2
-        for p, row in zip(free, lt):
-            w[p] = row
-            slot1[row] = base + p
-        orow.extend(w)
+        if not block:
+            w, r = _fill_warp(heavy, r, m)
+            orow.extend(w)
+            continue
+        end = r
+        for _ in range(block // 16):  # as many rows as the block's warps hold
+            _, end = _fill_warp(heavy, end, m)
+        if end < m:
+            end -= end % 8  # > r: a block of 16 slots or more holds 8 rows or more
+        ws = []
+        while r < end:
+            w, r = _fill_warp(heavy, r, end)
+            ws.extend(w)
+        orow.extend(ws + [-1] * (block - len(ws)))
     if not orow:
-        orow = [-1] * 16
-    return np.asarray(orow, dtype=np.int32), slot1
+        orow = [-1] * max(16, block)
+    orow = np.asarray(orow, dtype=np.int32)
+    slot1 = np.empty(m, dtype=np.int64)
+    first = np.nonzero(orow >= 0)[0]
+    slot1[orow[first]] = first
+    return orow, slot1
+
+
+def window_bounds(orow: np.ndarray, block: int, m: int) -> np.ndarray:
+    """Each row block's first row of y, then M (int32 [Ms / block + 1]): the windows of `slots(windowed=True, block)`,
+    [bounds[b], bounds[b + 1]) for block b (nk's staged store at l2)."""
+    w = orow.reshape(-1, block)
+    first = np.where(w >= 0, w, np.iinfo(np.int32).max).min(axis=1)
+    first = np.minimum(first, m)  # an empty block (M = 0): its window empty
+    return np.append(first, m).astype(np.int32)
 
 
 def split(a: sp.csr_matrix, dtype: str = "fp16"):
@@ -260,19 +290,25 @@ def multicast(config: dict) -> int:
 
 def layout(kernel):
     """(stream, rptr, rcol, rval, orow, Ms) of the kernel's A on the device, built once a (kc, wg, dtype, l2): at l2 0
-    the rows as they are (orow None, Ms = M), else over slots (`slots`; windowed for an nk kernel)."""
+    the rows as they are (orow None, Ms = M), else over slots (`slots`; for an nk kernel windowed by row blocks of 64 wg
+    slots, orow then followed by the blocks' window_bounds)."""
     cfg, dtype = kernel.config, kernel.dtype
     kc, wg, l2 = cfg["kc"], cfg["wg"], int(cfg.get("l2", 0))
     if not l2:
         got = kernel.a.cached(("tc_sp24", kc, wg, dtype), lambda host: build(host, kc, wg, dtype)[:4])
         return (*got, None, kernel.a.shape[0])
 
-    win = getattr(kernel, "layout", "kn") == "nk"  # each warp's rows consecutive rows of y (slots' windowed)
+    win = getattr(kernel, "layout", "kn") == "nk"  # each block's rows one run of y's rows (slots' windowed, block)
 
     def make(host):
-        a2, orow = slots(host, l2, windowed=win)
-        return (*build(a2, kc, wg, dtype)[:4], orow, int(a2.shape[0]))
-    return kernel.a.cached(("tc_sp24", kc, wg, dtype, l2, *(("win",) if win else ())), make)
+        if not win:
+            a2, orow = slots(host, l2)
+            return (*build(a2, kc, wg, dtype)[:4], orow, int(a2.shape[0]))
+        a2, orow = slots(host, l2, windowed=True, block=64 * wg)
+        # nk: the row blocks' windows of y after the row map (the kernel reads orow[Ms + rb], orow[Ms + rb + 1])
+        ext = np.concatenate([orow, window_bounds(orow, 64 * wg, host.shape[0])])
+        return (*build(a2, kc, wg, dtype)[:4], ext, int(a2.shape[0]))
+    return kernel.a.cached(("tc_sp24", kc, wg, dtype, l2, *(("win8",) if win else ())), make)
 
 
 def _dims(config: dict, m: int, k: int, n: int):

@@ -55,6 +55,8 @@ CFGS = [sp24.normalize(c, "fp16") for c in (dict(bn=64, kc=4, wg=1, stages=4, sp
                                            dict(bn=64, kc=4, wg=2, stages=6, splitk=1, l2=12),
                                            dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=12, pw=1), dict(bn=128, kc=1, wg=2, stages=6, splitk=1, l2=12),
                                            dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1))]
+# session 42: the persistent loop (pt 1) in nk, twins of every config above
+CFGS += [sp24.normalize(dict(c, pt=1), "fp16") for c in list(CFGS)]
 data = np.load("examples/minilm/data/minilm-d0.05.npz")
 st = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
 rng = np.random.default_rng(0)
@@ -100,11 +102,12 @@ for name, k in (("encoder.layer.0.attention.self.query", 384), ("encoder.layer.0
                 cp.cuda.Device().synchronize()
                 err = float(cp.max(cp.abs(y.astype(cp.float32) - ref)) / (cp.max(cp.abs(ref)) + 1e-9))
                 t = time_launches([lambda x=x: ln(x.data.ptr, y.data.ptr, st(), bias.data.ptr) for x in xs]).median_us
-                r["forms"].setdefault(form, []).append({"cfg": {q: cfg[q] for q in ("bn", "kc", "wg", "stages", "splitk", "l2", "pw")},
+                r["forms"].setdefault(form, []).append({"cfg": {q: cfg[q] for q in ("bn", "kc", "wg", "stages", "splitk", "l2", "pw", "pt")},
                                                        "us": t, "err": err})
         out.append(r)
-        best = {f"{f}{' l2' if l2 else ''}": min((e for e in v if bool(e["cfg"]["l2"]) == l2), key=lambda e: e["us"])
-                for f, v in r["forms"].items() for l2 in (False, True)}
+        best = {f"{f}{' l2' if l2 else ''}{' pt' if pt else ''}": min(es, key=lambda e: e["us"])
+                for f, v in r["forms"].items() for l2 in (False, True) for pt in (0, 1)
+                if (es := [e for e in v if bool(e["cfg"]["l2"]) == l2 and e["cfg"]["pt"] == pt])}
         print(f"| {m}x{k} | {n} | {r['cublas_bias']:.2f} (fused {r['cublas_fused']}, err {r['cublas_bias_err']:.1e}) | "
               f"{r['cublas_bias_2k']:.2f} | {r['cublas']:.2f} | bias {r['bias_add']:.2f} | "
               + " | ".join(f"{f} {b['us']:.2f} (err {b['err']:.1e})" for f, b in best.items()) + " |", flush=True)

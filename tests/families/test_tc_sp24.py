@@ -467,6 +467,22 @@ def test_l2_slots_cover_a_once_and_leave_heavy_rows_no_residual(l2, windowed):
             assert all(len(r) and np.array_equal(np.sort(r), np.arange(r.min(), r.min() + len(r))) for r in runs if m), name
             assert np.array_equal(np.concatenate([np.sort(r) for r in runs]), np.arange(m)), name
             assert all((w == -1).sum() <= 1 for w in orow.reshape(-1, 16)[:-1]), name
+            for block in (64, 128):  # nk: row blocks of 64 wg slots, each block's rows whole 8-row units of y
+                a3, o3 = h.slots(a, l2, windowed=True, block=block)
+                assert len(o3) % block == 0 and np.array_equal(_rebuild(a3, o3, m), a.toarray()), (name, block)
+                bounds = h.window_bounds(o3, block, m)
+                assert len(bounds) == len(o3) // block + 1 and bounds[-1] == m and (np.diff(bounds) >= 0).all()
+                for b, w in enumerate(o3.reshape(-1, block)):
+                    r = np.sort(w[w >= 0])
+                    assert np.array_equal(r, np.arange(bounds[b], bounds[b + 1])), (name, block, b)
+                    assert bounds[b] % 8 == 0 and (bounds[b + 1] % 8 == 0 or bounds[b + 1] == m), (name, block, b)
+                    assert len(r) or m == 0, (name, block, b)
+                    # the warps of a block as windowed's, but for the rows past the block's last multiple of 8
+                    for x in (x[x >= 0] for x in w.reshape(-1, 16)):  # each warp's rows one run (padding warps none)
+                        assert len(x) == 0 or np.array_equal(np.sort(x), np.arange(x.min(), x.max() + 1)), (name, block, b)
+                # at most 7 rows' slots a block given up to the alignment, beyond windowed's own
+                assert len(o3) <= len(orow) + block * (1 + (len(orow) // block)) and \
+                    (o3 >= 0).sum() == m, (name, block)
         assert np.array_equal(_rebuild(a2, orow, m), a.toarray()), name
         rows = orow[orow >= 0]
         assert sorted(rows.tolist()) == list(range(m)), name  # each C row exactly once
@@ -592,7 +608,9 @@ NK_CONFIGS = [dict(bn=64, kc=1, wg=1, stages=4, splitk=1), dict(bn=64, kc=2, wg=
               dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1), dict(bn=64, kc=2, wg=1, stages=4, splitk=1),
               # l2: heavy rows doubled (no residual), y's rows through the row map
               dict(bn=64, kc=4, wg=1, stages=4, splitk=1, l2=12), dict(bn=64, kc=2, wg=2, stages=4, splitk=3, l2=100),
-              dict(bn=64, kc=1, wg=2, stages=2, splitk=2, l2=25)]
+              dict(bn=64, kc=1, wg=2, stages=2, splitk=2, l2=25),
+              # l2, y by the row block's window (session 42) at pw 1; and too few stages for it (the direct stores)
+              dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1), dict(bn=128, kc=1, wg=2, stages=2, splitk=1, l2=12, pw=1)]
 
 
 def _nk_env(m=384, k=384, n=7, nnz=7000, dtype="fp16"):
@@ -633,11 +651,17 @@ def test_nk_renders_k_major_b_transposed_y_with_the_bias():
         assert re.search(r"%\d+, %\d+, 0, 1, 1, 1, 0;", src) and re.search(r"%\d+, %\d+, 0, 1, 1, 1, 1;", kn)
         assert "(c0 + i) * KC + 64 * q, n0, full + 8 * st" in src
         assert ("2ull << 62" in src) == (cfg["kc"] == 1) and ("1ull << 62" in src) == (cfg["kc"] > 1)
-        fits = cfg["stages"] * h.stage_bytes(cfg) >= 4 * cfg["wg"] * cfg["bn"] * 48
-        assert ("st.global.v4.u32" in src) == bool(fits and not cfg.get("l2", 0)), cfg  # l2: 16-bit, by the row map
-        assert ("C[(size_t)col * MY + o0] =" if cfg.get("l2", 0) else "C[(size_t)col * MY + row0] =") in src  # always there
-        # every consumer past its loop before y's staging (a lagging warp's nk_take may still read the stages)
-        assert ("bar.sync 1" in src) == (cfg["splitk"] == 1 and fits and not cfg.get("l2", 0)), cfg
+        l2 = cfg.get("l2", 0)
+        # staged: l2 0 by each warp's 16 rows (4 wg x bn x 48 bytes); l2 by the row block's window (bn x (128 wg + 16))
+        fits = cfg["stages"] * h.stage_bytes(cfg) >= (cfg["bn"] * (128 * cfg["wg"] + 16) if l2 else
+                                                       4 * cfg["wg"] * cfg["bn"] * 48)
+        assert ("st.global.v4.u32" in src) == fits, cfg
+        assert ("yw1 - yw0" in src) == bool(fits and l2), cfg  # the window store, its bounds after orow's slots
+        assert ("orow + M + rb + 1" in src) == bool(fits and l2), cfg
+        assert ("C[(size_t)col * MY + o0] =" if l2 else "C[(size_t)col * MY + row0] =") in src  # always there
+        # every consumer past its loop before y's staging (a lagging warp's nk_take may still read the stages); the
+        # window store's writes and stores are the block's: a barrier between them at any split-K
+        assert src.count("bar.sync 1") == (0 if not fits else (cfg["splitk"] == 1) + bool(l2)), cfg
     assert "#error" not in render(space(), NK_CONFIGS[0], "fp16", layout="nk")
     for bad in (dict(rs=8), dict(rq=2), dict(mc=2), dict(pt=1)):  # the template refuses what it has no code for
         assert "#error" in render(space(), dict(NK_CONFIGS[0], **bad), "fp16", layout="nk"), bad
