@@ -350,8 +350,18 @@ def nk_list_bytes(config: dict) -> int:
     return 16 + 4 * config["wg"] * 16 * NK_RESIDUAL * 8
 
 
+def nk_window_extra(config: dict) -> int:
+    """nk at l2 with pt: what y's window staging (bn columns of 128 wg + 16 bytes, past the lists) needs beyond pt's C
+    staging in shared_bytes."""
+    if not (config.get("pt", 0) and config.get("l2", 0)):
+        return 0
+    return max(0, config["bn"] * (128 * config["wg"] + 16) - 4 * config["wg"] * 16 * (2 * config["bn"] + 16))
+
+
 def smem_bytes(kernel) -> int:
-    return shared_bytes(kernel.config) + (nk_list_bytes(kernel.config) if getattr(kernel, "layout", "kn") == "nk" else 0)
+    if getattr(kernel, "layout", "kn") != "nk":
+        return shared_bytes(kernel.config)
+    return shared_bytes(kernel.config) + nk_list_bytes(kernel.config) + nk_window_extra(kernel.config)
 
 
 def sm_count() -> int:

@@ -610,7 +610,10 @@ NK_CONFIGS = [dict(bn=64, kc=1, wg=1, stages=4, splitk=1), dict(bn=64, kc=2, wg=
               dict(bn=64, kc=4, wg=1, stages=4, splitk=1, l2=12), dict(bn=64, kc=2, wg=2, stages=4, splitk=3, l2=100),
               dict(bn=64, kc=1, wg=2, stages=2, splitk=2, l2=25),
               # l2, y by the row block's window (session 42) at pw 1; and too few stages for it (the direct stores)
-              dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1), dict(bn=128, kc=1, wg=2, stages=2, splitk=1, l2=12, pw=1)]
+              dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1), dict(bn=128, kc=1, wg=2, stages=2, splitk=1, l2=12, pw=1),
+              # pt: the persistent loop (each tile's residual list refilled; l2: y by the window, its own staging area)
+              dict(bn=64, kc=4, wg=1, stages=4, splitk=1, l2=12, pt=1), dict(bn=64, kc=2, wg=2, stages=4, splitk=1, pt=1),
+              dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1, pt=1)]
 
 
 def _nk_env(m=384, k=384, n=7, nnz=7000, dtype="fp16"):
@@ -630,12 +633,12 @@ def test_nk_is_native_for_any_n_and_refuses_what_its_template_lacks():
     assert nk.check({**base, NK_PATH: "staged"}, _nk_env(n=7), DEFAULT_LIMITS) is not None
     assert nk.check({**base, NK_PATH: "staged"}, _nk_env(n=64), DEFAULT_LIMITS) is None
     assert nk.check(base, _nk_env(k=388), DEFAULT_LIMITS) is not None
-    for bad in (dict(mc=2), dict(pt=1), dict(rs=8), dict(rq=2), dict(bn=256)):
+    for bad in (dict(mc=2), dict(rs=8), dict(rq=2), dict(bn=256)):
         assert nk.check({**base, **bad}, _nk_env(n=512), DEFAULT_LIMITS) is not None, bad
         assert nk.check({**base, **bad, NK_PATH: "staged"}, _nk_env(n=512), DEFAULT_LIMITS) is None, bad
     for c in nk.feasible("fp16", _nk_env(n=1024), DEFAULT_LIMITS):
         if c[NK_PATH] == "native":
-            assert c["bn"] <= 128 and c["mc"] == 1 and not (c["pt"] or c["rs"] or c["rq"]), c
+            assert c["bn"] <= 128 and c["mc"] == 1 and not (c["rs"] or c["rq"]), c
 
 
 def test_nk_renders_k_major_b_transposed_y_with_the_bias():
@@ -651,19 +654,21 @@ def test_nk_renders_k_major_b_transposed_y_with_the_bias():
         assert re.search(r"%\d+, %\d+, 0, 1, 1, 1, 0;", src) and re.search(r"%\d+, %\d+, 0, 1, 1, 1, 1;", kn)
         assert "(c0 + i) * KC + 64 * q, n0, full + 8 * st" in src
         assert ("2ull << 62" in src) == (cfg["kc"] == 1) and ("1ull << 62" in src) == (cfg["kc"] > 1)
-        l2 = cfg.get("l2", 0)
-        # staged: l2 0 by each warp's 16 rows (4 wg x bn x 48 bytes); l2 by the row block's window (bn x (128 wg + 16))
-        fits = cfg["stages"] * h.stage_bytes(cfg) >= (cfg["bn"] * (128 * cfg["wg"] + 16) if l2 else
-                                                       4 * cfg["wg"] * cfg["bn"] * 48)
-        assert ("st.global.v4.u32" in src) == fits, cfg
+        l2, pt = cfg.get("l2", 0), cfg.get("pt", 0)
+        # staged: l2 0 by each warp's 16 rows (4 wg x bn x 48 bytes of the stages; not at pt, whose stages hold the next
+        # tile's chunks); l2 by the row block's window (bn x (128 wg + 16): the stages', or pt's own area)
+        fits = pt or cfg["stages"] * h.stage_bytes(cfg) >= cfg["bn"] * (128 * cfg["wg"] + 16) if l2 else \
+            not pt and cfg["stages"] * h.stage_bytes(cfg) >= 4 * cfg["wg"] * cfg["bn"] * 48
+        assert ("st.global.v4.u32" in src) == bool(fits), cfg
         assert ("yw1 - yw0" in src) == bool(fits and l2), cfg  # the window store, its bounds after orow's slots
         assert ("orow + M + rb + 1" in src) == bool(fits and l2), cfg
         assert ("C[(size_t)col * MY + o0] =" if l2 else "C[(size_t)col * MY + row0] =") in src  # always there
-        # every consumer past its loop before y's staging (a lagging warp's nk_take may still read the stages); the
-        # window store's writes and stores are the block's: a barrier between them at any split-K
+        # every consumer past its loop before y's staging (a lagging warp's nk_take may still read the stages; pt: the
+        # previous tile's stores read the staging area); the window store's writes and stores are the block's: a
+        # barrier between them at any split-K
         assert src.count("bar.sync 1") == (0 if not fits else (cfg["splitk"] == 1) + bool(l2)), cfg
     assert "#error" not in render(space(), NK_CONFIGS[0], "fp16", layout="nk")
-    for bad in (dict(rs=8), dict(rq=2), dict(mc=2), dict(pt=1)):  # the template refuses what it has no code for
+    for bad in (dict(rs=8), dict(rq=2), dict(mc=2)):  # the template refuses what it has no code for
         assert "#error" in render(space(), dict(NK_CONFIGS[0], **bad), "fp16", layout="nk"), bad
 
 
