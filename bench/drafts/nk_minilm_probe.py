@@ -1,18 +1,17 @@
 """tc_sp24 natively in nk on MiniLM's real pruned layers: per layer (384x384 query, 1536x384 intermediate, 384x1536
 output, layer 0, d 0.05) and N = 128 / 1024 / 4096, the dense nk baseline (cuBLAS alone, with the bias fused by
-cuBLASLt, with the bias kernel; the bias kernel alone) and tc_sp24 nk native at a few configs (l2 0 and l2) in the
-forms named by the second argument (default built,listwait,diag10): `built` the template as it is, `listwait` the
-residual list's wait in the first chunk's take (session 40's draft; falsified in session 41, the form is skipped where
-the template no longer matches), `l2direct` l2's window store off (session 41's comparison), `diag10` no residual at all
-(results wrong, timing only). Each is verified once against float32. Run on the device (examples/minilm/data carried):
+cuBLASLt, with the bias kernel; the bias kernel alone) and tc_sp24 nk native at a few configs (l2 0 and l2, each with
+its pt twin) in the forms named by the second argument (default built,diag10): `built` the template as it is, `diag10`
+no residual at all (results wrong, timing only). (Session 41's forms `listwait` and `l2direct`, both measured and
+dropped, are in git history.) Each is verified once against float32. Run on the device (examples/minilm/data carried):
     python3 bench/drafts/nk_minilm_probe.py OUT.json built"""
 import json
 import sys
 
 import numpy as np
-import scipy.sparse as sp
 
 import sparse_autotune.device.kernel as K
+from sparse_autotune.core.checkpoint import load_bundle
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import storage
 from sparse_autotune.core.render import _env
@@ -26,22 +25,12 @@ from sparse_autotune.device.vendor import DenseLauncher, dense_copy
 cp = cupy()
 sp24 = get_family("tc_sp24").space
 TPL = open("variants/tc_sp24.cu.j2").read()
-WAIT_BEFORE = '            asm volatile("cp.async.commit_group;\\n\\tcp.async.wait_all;" ::: "memory");\n            __syncwarp();\n'
-WAIT_FIRST = ("                if ({{ I }} == 0) {\n                    asm volatile(\"cp.async.wait_all;\" ::: \"memory\");\n"
-              "                    __syncwarp();\n                }\n")
-TAKE = "                const int kb = (c0 + {{ I }}) * KC;\n"
-LISTWAIT = None if TPL.count(WAIT_BEFORE) != 1 else TPL.replace(WAIT_BEFORE, '            asm volatile("cp.async.commit_group;" ::: "memory");\n').replace(TAKE, WAIT_FIRST + TAKE)
 FORM = {"v": "built"}
-FORMS = sys.argv[2].split(",") if len(sys.argv) > 2 else ["built", "listwait", "diag10"]  # session 41: built,diag10
-
-
-WINDOW = "        if (nrow > 0 && hi - lo + 1 == nrow) {"
-L2DIRECT = TPL.replace(WINDOW, "        if (false) {") if TPL.count(WINDOW) == 1 else None  # l2's window store off
+FORMS = sys.argv[2].split(",") if len(sys.argv) > 2 else ["built", "diag10"]
 
 
 def patched(space, config, dtype, context=None, layout="kn"):
-    src = {"listwait": LISTWAIT, "l2direct": L2DIRECT}.get(FORM["v"], TPL)
-    return _env().from_string(src).render(dtype=dtype, layout=layout, diag=10 if FORM["v"] == "diag10" else 0, **config)
+    return _env().from_string(TPL).render(dtype=dtype, layout=layout, diag=10 if FORM["v"] == "diag10" else 0, **config)
 
 
 K.render = patched
@@ -57,18 +46,16 @@ CFGS = [sp24.normalize(c, "fp16") for c in (dict(bn=64, kc=4, wg=1, stages=4, sp
                                            dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1))]
 # session 42: the persistent loop (pt 1) in nk, twins of every config above
 CFGS += [sp24.normalize(dict(c, pt=1), "fp16") for c in list(CFGS)]
-data = np.load("examples/minilm/data/minilm-d0.05.npz")
+layers, extras, _ = load_bundle("examples/minilm/data/minilm-d0.05.npz")
 st = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
 rng = np.random.default_rng(0)
 out = []
-for name, k in (("encoder.layer.0.attention.self.query", 384), ("encoder.layer.0.intermediate.dense", 384),
-                ("encoder.layer.0.output.dense", 1536)):
-    ip, ind = data[name + ".weight::indptr"], data[name + ".weight::indices"]
-    a = sp.csr_matrix((data[name + ".weight::data"].astype(np.float32), ind, ip), shape=(len(ip) - 1, k))
-    m = a.shape[0]
+for name in ("encoder.layer.0.attention.self.query", "encoder.layer.0.intermediate.dense", "encoder.layer.0.output.dense"):
+    a = layers[name + ".weight"].astype(np.float32)
+    m, k = a.shape
     ad = DeviceCSR(a, "fp16")
     w = dense_copy(a, "fp16")
-    bias = cp.asarray(storage(np.asarray(data[name + ".bias::dense"], dtype=np.float32), "fp16"))
+    bias = cp.asarray(storage(np.asarray(extras[name + ".bias"], dtype=np.float32), "fp16"))
     for n in (128, 1024, 4096):
         xs = [cp.asarray(storage(rng.standard_normal((n, k)).astype(np.float32), "fp16")) for _ in range(8)]
         y = cp.empty((n, m), dtype=cp.float16)
@@ -87,9 +74,6 @@ for name, k in (("encoder.layer.0.attention.self.query", 384), ("encoder.layer.0
         ba = bias_add_launcher("fp16", n, m)
         r["bias_add"] = time_launches([lambda: ba(y.data.ptr, y.data.ptr, st(), bias.data.ptr)]).median_us
         for form in FORMS:
-            if {"listwait": LISTWAIT, "l2direct": L2DIRECT}.get(form, TPL) is None:
-                print(f"  skip form {form}: the template no longer has what it patches", flush=True)
-                continue
             FORM["v"] = form
             for cfg in CFGS:
                 try:

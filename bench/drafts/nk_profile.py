@@ -5,8 +5,8 @@ import json
 import sys
 
 import numpy as np
-import scipy.sparse as sp
 
+from sparse_autotune.core.checkpoint import load_bundle
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import storage
 from sparse_autotune.device.gpu import cupy
@@ -17,9 +17,7 @@ layout = sys.argv[1]
 cfg = get_family("tc_sp24").space.normalize(json.loads(sys.argv[2]) if len(sys.argv) > 2 else
                                             dict(bn=64, kc=4, wg=2, stages=4, splitk=1, l2=12), "fp16")
 name = "encoder.layer.0.intermediate.dense"
-data = np.load("examples/minilm/data/minilm-d0.05.npz")
-ip, ind = data[name + ".weight::indptr"], data[name + ".weight::indices"]
-a = sp.csr_matrix((data[name + ".weight::data"].astype(np.float32), ind, ip), shape=(len(ip) - 1, 384))
+a = load_bundle("examples/minilm/data/minilm-d0.05.npz")[0][name + ".weight"].astype(np.float32)
 m, k, n = a.shape[0], a.shape[1], 4096
 rng = np.random.default_rng(0)
 ad = DeviceCSR(a, "fp16")

@@ -7,11 +7,11 @@ import json
 import sys
 
 import numpy as np
-import scipy.sparse as sp
 
 sys.path.insert(0, "bench")
 import sparse_autotune.device.kernel as K  # noqa: E402
 from diag_wgmma import phases  # noqa: E402
+from sparse_autotune.core.checkpoint import load_bundle  # noqa: E402
 from sparse_autotune.core.families import get_family  # noqa: E402
 from sparse_autotune.core.problem import storage  # noqa: E402
 from sparse_autotune.core.render import _env  # noqa: E402
@@ -43,7 +43,7 @@ CFGS = [dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1), dict(bn=64, k
         dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=12, pw=1), dict(bn=64, kc=2, wg=2, stages=4, splitk=1, l2=12),
         dict(bn=128, kc=4, wg=1, stages=4, splitk=1, l2=12), dict(bn=128, kc=2, wg=1, stages=6, splitk=1, l2=12)]
 CFGS = [sp24.normalize(c, "fp16") for c in CFGS]
-data = np.load("examples/minilm/data/minilm-d0.05.npz")
+layers, extras, _ = load_bundle("examples/minilm/data/minilm-d0.05.npz")
 st = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
 rng = np.random.default_rng(0)
 out = []
@@ -64,13 +64,11 @@ def concurrency(x):
     return {int(v): int(c) for v, c in zip(vals, counts)}
 
 
-for name, k in (("encoder.layer.0.attention.self.query", 384), ("encoder.layer.0.intermediate.dense", 384),
-                ("encoder.layer.0.output.dense", 1536)):
-    ip, ind = data[name + ".weight::indptr"], data[name + ".weight::indices"]
-    a = sp.csr_matrix((data[name + ".weight::data"].astype(np.float32), ind, ip), shape=(len(ip) - 1, k))
-    m = a.shape[0]
+for name in ("encoder.layer.0.attention.self.query", "encoder.layer.0.intermediate.dense", "encoder.layer.0.output.dense"):
+    a = layers[name + ".weight"].astype(np.float32)
+    m, k = a.shape
     ad = DeviceCSR(a, "fp16")
-    bias = cp.asarray(storage(np.asarray(data[name + ".bias::dense"], dtype=np.float32), "fp16"))
+    bias = cp.asarray(storage(np.asarray(extras[name + ".bias"], dtype=np.float32), "fp16"))
     for n in (1024, 4096):
         xs = [cp.asarray(storage(rng.standard_normal((n, k)).astype(np.float32), "fp16")) for _ in range(8)]
         y = cp.empty((n, m), dtype=cp.float16)

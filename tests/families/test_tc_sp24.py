@@ -622,7 +622,8 @@ def _nk_env(m=384, k=384, n=7, nnz=7000, dtype="fp16"):
 
 def test_nk_is_native_for_any_n_and_refuses_what_its_template_lacks():
     """tc_sp24 declares nk (default path native): any N (x's rows past N read as zeros), K % 8 == 0 (x's tensor map),
-    bn <= 128, and none of mc 2, pt, l2, rs, rq; the staged path keeps kn's N % 8."""
+    bn <= 128, and none of mc 2, rs, rq (pt and l2 natively since sessions 42 and 41); the staged path keeps kn's
+    N % 8."""
     from sparse_autotune.core.space import NK_PATH
     sp = space()
     assert sp.supports_layout("nk") and sp.default_path() == "native"
@@ -644,7 +645,8 @@ def test_nk_is_native_for_any_n_and_refuses_what_its_template_lacks():
 def test_nk_renders_k_major_b_transposed_y_with_the_bias():
     """nk: the bias pointer right after C, the wgmma's B without the transpose bit (K-major x), x's boxes at (column
     k, row n0), y staged transposed (16-byte stores of 8 rows of A a column) where the stages hold 4 wg x bn x 48
-    bytes, else (and for M % 8 != 0) 16-bit stores; kn has none of it."""
+    bytes (l2: by the row block's window, bn x (128 wg + 16) bytes, or pt's own area), else (and for M % 8 != 0)
+    16-bit stores; kn has none of it."""
     h = host()
     for cfg in NK_CONFIGS:
         src = render(space(), cfg, "fp16", layout="nk")
