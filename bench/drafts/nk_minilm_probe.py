@@ -2,9 +2,14 @@
 output, layer 0, d 0.05) and N = 128 / 1024 / 4096, the dense nk baseline (cuBLAS alone, with the bias fused by
 cuBLASLt, with the bias kernel; the bias kernel alone) and tc_sp24 nk native at a few configs (l2 0 and l2, each with
 its pt twin) in the forms named by the second argument (default built,diag10): `built` the template as it is, `diag10`
-no residual at all (results wrong, timing only). (Session 41's forms `listwait` and `l2direct`, both measured and
-dropped, are in git history.) Each is verified once against float32. Run on the device (examples/minilm/data carried):
-    python3 bench/drafts/nk_minilm_probe.py OUT.json built"""
+no residual at all (results wrong, timing only), `yb` the l2 configs with y's window by bulk copies (session 43, with
+bench/drafts/tc_sp24-nk-yb.patch applied: measured slower, not landed), `file:PATH` the template at PATH (e.g. git
+HEAD's, for a same-run comparison). A third argument `l2` times the l2 configs only, `l2pt` their pt ones, `sk` the
+split-K, wg 1 and bn 64 twins of the bn 128 wg 2 pw 1 l2 configs. (Session 41's forms `listwait` and `l2direct`, both
+measured and dropped, are in git history.) Each is verified once against float32. Run on the device
+(examples/minilm/data carried), e.g.
+    git show HEAD:variants/tc_sp24.cu.j2 > .scratch/head_tc_sp24.cu.j2
+    python3 bench/drafts/nk_minilm_probe.py OUT.json built,file:.scratch/head_tc_sp24.cu.j2 l2pt"""
 import json
 import sys
 
@@ -15,6 +20,7 @@ from sparse_autotune.core.checkpoint import load_bundle
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import storage
 from sparse_autotune.core.render import _env
+from sparse_autotune.core.space import DEFAULT_LIMITS, NK_PATH, problem_env
 from sparse_autotune.device.gpu import cupy
 from sparse_autotune.device.kernel import DeviceCSR, build_kernel
 from sparse_autotune.errors import CandidateError
@@ -30,7 +36,8 @@ FORMS = sys.argv[2].split(",") if len(sys.argv) > 2 else ["built", "diag10"]
 
 
 def patched(space, config, dtype, context=None, layout="kn"):
-    return _env().from_string(TPL).render(dtype=dtype, layout=layout, diag=10 if FORM["v"] == "diag10" else 0, **config)
+    tpl = open(FORM["v"][5:]).read() if FORM["v"].startswith("file:") else TPL  # file:PATH: another template, e.g. HEAD's
+    return _env().from_string(tpl).render(dtype=dtype, layout=layout, diag=10 if FORM["v"] == "diag10" else 0, **config)
 
 
 K.render = patched
@@ -46,6 +53,12 @@ CFGS = [sp24.normalize(c, "fp16") for c in (dict(bn=64, kc=4, wg=1, stages=4, sp
                                            dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1))]
 # session 42: the persistent loop (pt 1) in nk, twins of every config above
 CFGS += [sp24.normalize(dict(c, pt=1), "fp16") for c in list(CFGS)]
+if len(sys.argv) > 3 and sys.argv[3] in ("l2", "l2pt"):
+    CFGS = [c for c in CFGS if c["l2"] and (c["pt"] or sys.argv[3] == "l2")]
+if len(sys.argv) > 3 and sys.argv[3] == "sk":  # session 43: more blocks than 96 tiles (one wave of 132 SMs) at pw 1
+    CFGS = [sp24.normalize({**dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=l2, pw=1), **x}, "fp16")
+            for l2 in (12, 25) for x in (dict(), dict(splitk=2), dict(splitk=3), dict(wg=1), dict(wg=1, splitk=2),
+                                         dict(bn=64), dict(bn=64, kc=4), dict(stages=6), dict(kc=4, stages=3))]
 layers, extras, _ = load_bundle("examples/minilm/data/minilm-d0.05.npz")
 st = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
 rng = np.random.default_rng(0)
@@ -76,6 +89,10 @@ for name in ("encoder.layer.0.attention.self.query", "encoder.layer.0.intermedia
         for form in FORMS:
             FORM["v"] = form
             for cfg in CFGS:
+                if form == "yb":  # y's window by bulk copies: the l2 configs whose window is staged
+                    cfg = dict(cfg, yb=1)
+                    if not cfg["l2"] or sp24.for_layout("nk").check({**cfg, NK_PATH: "native"}, problem_env(m, k, n, ad.nnz, "fp16", "nk"), DEFAULT_LIMITS):
+                        continue
                 try:
                     ln = build_kernel(ad, "tc_sp24", cfg, "fp16", layout="nk").launcher(n)
                 except CandidateError as e:  # e.g. more shared memory than a block may have
@@ -86,7 +103,7 @@ for name in ("encoder.layer.0.attention.self.query", "encoder.layer.0.intermedia
                 cp.cuda.Device().synchronize()
                 err = float(cp.max(cp.abs(y.astype(cp.float32) - ref)) / (cp.max(cp.abs(ref)) + 1e-9))
                 t = time_launches([lambda x=x: ln(x.data.ptr, y.data.ptr, st(), bias.data.ptr) for x in xs]).median_us
-                r["forms"].setdefault(form, []).append({"cfg": {q: cfg[q] for q in ("bn", "kc", "wg", "stages", "splitk", "l2", "pw", "pt")},
+                r["forms"].setdefault(form, []).append({"cfg": {q: cfg.get(q, 0) for q in ("bn", "kc", "wg", "stages", "splitk", "l2", "pw", "pt", "yb")},
                                                        "us": t, "err": err})
         out.append(r)
         best = {f"{f}{' l2' if l2 else ''}{' pt' if pt else ''}": min(es, key=lambda e: e["us"])

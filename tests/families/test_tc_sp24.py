@@ -669,6 +669,11 @@ def test_nk_renders_k_major_b_transposed_y_with_the_bias():
         # previous tile's stores read the staging area); the window store's writes and stores are the block's: a
         # barrier between them at any split-K
         assert src.count("bar.sync 1") == (0 if not fits else (cfg["splitk"] == 1) + bool(l2)), cfg
+        # pt (session 43): each block one run of tiles, its row block's rows, bias and residual lists loaded only when
+        # the row block changes; kn's pt keeps the grid-strided order
+        assert ("tl = tbeg; tl < tend; tl += 1" in src) == ("if (rb != prb)" in src) == bool(pt), cfg
+        if pt:
+            assert "tl = blockIdx.x; tl < ntot; tl += gridDim.x" in kn and "tbeg" not in kn, cfg
     assert "#error" not in render(space(), NK_CONFIGS[0], "fp16", layout="nk")
     for bad in (dict(rs=8), dict(rq=2), dict(mc=2)):  # the template refuses what it has no code for
         assert "#error" in render(space(), dict(NK_CONFIGS[0], **bad), "fp16", layout="nk"), bad
