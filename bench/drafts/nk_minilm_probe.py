@@ -5,7 +5,8 @@ its pt twin) in the forms named by the second argument (default built,diag10): `
 no residual at all (results wrong, timing only), `yb` the l2 configs with y's window by bulk copies (session 43, with
 bench/drafts/tc_sp24-nk-yb.patch applied: measured slower, not landed), `file:PATH` the template at PATH (e.g. git
 HEAD's, for a same-run comparison). A third argument `l2` times the l2 configs only, `l2pt` their pt ones, `sk` the
-split-K, wg 1 and bn 64 twins of the bn 128 wg 2 pw 1 l2 configs. (Session 41's forms `listwait` and `l2direct`, both
+split-K, wg 1 and bn 64 twins of the bn 128 wg 2 pw 1 l2 configs, `bn96` those configs at bn 128 and 96 (session 43,
+with bench/drafts/tc_sp24-nk-bn96.patch applied: slower at N = 4096, not landed). (Session 41's forms `listwait` and `l2direct`, both
 measured and dropped, are in git history.) Each is verified once against float32. Run on the device
 (examples/minilm/data carried), e.g.
     git show HEAD:variants/tc_sp24.cu.j2 > .scratch/head_tc_sp24.cu.j2
@@ -55,6 +56,9 @@ CFGS = [sp24.normalize(c, "fp16") for c in (dict(bn=64, kc=4, wg=1, stages=4, sp
 CFGS += [sp24.normalize(dict(c, pt=1), "fp16") for c in list(CFGS)]
 if len(sys.argv) > 3 and sys.argv[3] in ("l2", "l2pt"):
     CFGS = [c for c in CFGS if c["l2"] and (c["pt"] or sys.argv[3] == "l2")]
+if len(sys.argv) > 3 and sys.argv[3] == "bn96":  # session 43: bn 96 twins of the MiniLM records' configs (43 column tiles at 4096)
+    CFGS = [sp24.normalize({**dict(bn=bn, kc=2, wg=2, stages=4, splitk=1, l2=l2, pw=1), **x}, "fp16")
+            for bn in (128, 96) for l2 in (12, 25) for x in (dict(), dict(stages=6), dict(kc=4, stages=3), dict(pt=1))]
 if len(sys.argv) > 3 and sys.argv[3] == "sk":  # session 43: more blocks than 96 tiles (one wave of 132 SMs) at pw 1
     CFGS = [sp24.normalize({**dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=l2, pw=1), **x}, "fp16")
             for l2 in (12, 25) for x in (dict(), dict(splitk=2), dict(splitk=3), dict(wg=1), dict(wg=1, splitk=2),
