@@ -61,9 +61,9 @@ def plan_replays(est_us: float, nbuf: int, target_us: float = 300.0, max_launche
     return r, reps
 
 
-def _graph_estimate(cp, stream, launches, n: int, start, end) -> float | None:
-    """The time of one launch (us) from n launches captured in a CUDA graph, replayed once after one untimed replay;
-    None where the launches cannot be captured."""
+def _capture(stream, launches, n: int):
+    """(a CUDA graph of n launches, round-robin over `launches`, None), or (None, the first line of why they cannot be
+    captured) with the stream synchronized."""
     try:
         stream.begin_capture()
         try:
@@ -71,8 +71,17 @@ def _graph_estimate(cp, stream, launches, n: int, start, end) -> float | None:
                 launches[i % len(launches)]()
         finally:
             graph = stream.end_capture()
-    except Exception:  # noqa: BLE001 - not capturable: the eager estimate stands
+    except Exception as exc:  # noqa: BLE001 - not capturable: the caller times eager launches
         stream.synchronize()
+        return None, (str(exc).splitlines() or [type(exc).__name__])[0]
+    return graph, None
+
+
+def _graph_estimate(cp, stream, launches, n: int, start, end) -> float | None:
+    """The time of one launch (us) from n launches captured in a CUDA graph, replayed once after one untimed replay;
+    None where the launches cannot be captured."""
+    graph, _ = _capture(stream, launches, n)
+    if graph is None:  # the eager estimate stands
         return None
     graph.launch(stream)
     start.record(stream)
@@ -132,17 +141,8 @@ def time_launches(launches, repeats: int = 20, target_us: float = 300.0, max_lau
                               f"{note} > {give_up_above_us:.1f} us: not timed in full")
         r, repeats = plan_replays(est_us, nbuf, target_us, max_launches, repeats)
 
-        graph, method, note = None, "graph", ""
-        try:
-            stream.begin_capture()
-            try:
-                for i in range(r):
-                    launches[i % nbuf]()
-            finally:
-                graph = stream.end_capture()
-        except Exception as exc:  # noqa: BLE001 - not capturable: fall back to eager launches
-            graph, method, note = None, "events", (str(exc).splitlines() or [type(exc).__name__])[0]
-            stream.synchronize()
+        graph, why = _capture(stream, launches, r)
+        method, note = ("graph", "") if graph is not None else ("events", why)  # not capturable: eager launches
 
         def replay():
             if graph is not None:
