@@ -5,13 +5,14 @@ its pt twin) in the forms named by the second argument (default built,diag10): `
 no residual at all (results wrong, timing only), `yb` the l2 configs with y's window by bulk copies (session 43, with
 bench/drafts/tc_sp24-nk-yb.patch applied: measured slower, not landed), `file:PATH` the template at PATH (e.g. git
 HEAD's, for a same-run comparison). A third argument `l2` times the l2 configs only, `l2pt` their pt ones, `sk` the
-split-K, wg 1 and bn 64 twins of the bn 128 wg 2 pw 1 l2 configs, `bn96` those configs at bn 128 and 96 (session 43,
+split-K, wg 1 and bn 64 twins of the bn 128 wg 2 pw 1 l2 configs, `pp` ping-pong twins (pp 0 / 1, session 44, with bench/drafts/tc_sp24-nk-pingpong.patch), `bn96` those configs at bn 128 and 96 (session 43,
 with bench/drafts/tc_sp24-nk-bn96.patch applied: slower at N = 4096, not landed). (Session 41's forms `listwait` and `l2direct`, both
 measured and dropped, are in git history.) Each is verified once against float32. Run on the device
 (examples/minilm/data carried), e.g.
     git show HEAD:variants/tc_sp24.cu.j2 > .scratch/head_tc_sp24.cu.j2
     python3 bench/drafts/nk_minilm_probe.py OUT.json built,file:.scratch/head_tc_sp24.cu.j2 l2pt"""
 import json
+import os
 import sys
 
 import numpy as np
@@ -63,17 +64,34 @@ if len(sys.argv) > 3 and sys.argv[3] == "sk":  # session 43: more blocks than 96
     CFGS = [sp24.normalize({**dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=l2, pw=1), **x}, "fp16")
             for l2 in (12, 25) for x in (dict(), dict(splitk=2), dict(splitk=3), dict(wg=1), dict(wg=1, splitk=2),
                                          dict(bn=64), dict(bn=64, kc=4), dict(stages=6), dict(kc=4, stages=3))]
+if len(sys.argv) > 3 and sys.argv[3] == "pp":  # session 44: consumer ping-pong (bench/drafts/tc_sp24-nk-pingpong.patch) twins
+    CFGS = [sp24.normalize({**dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1, pt=1), **x, "pp": pp}, "fp16")
+            for x in (dict(), dict(stages=6), dict(kc=4, stages=3), dict(bn=64), dict(l2=0))[:int(os.environ.get("PROBE_PP", "5"))]
+            for pp in (0, 1)]
+if os.environ.get("PROBE_PRECOMPILE", "1") == "1":  # session 44: NVRTC in 15 threads first (a cold cache took ~10 s a config)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sparse_autotune.device.compile import compile_kernel
+
+    for form in FORMS:
+        FORM["v"] = form
+        with ThreadPoolExecutor(max_workers=15) as pool:
+            list(pool.map(lambda c: compile_kernel(patched(sp24, c, "fp16", None, "nk"), options=(f"-arch={sp24.arch}",)),
+                          [c for c in CFGS if "yb" != form]))
+    print(f"precompiled {len(CFGS)} configs x {len(FORMS)} forms", flush=True)
+LAYERS = os.environ.get("PROBE_LAYERS", "query,intermediate,output.dense").split(",")  # session 44: e.g. intermediate
+NS = [int(v) for v in os.environ.get("PROBE_N", "128,1024,4096").split(",")]
 layers, extras, _ = load_bundle("examples/minilm/data/minilm-d0.05.npz")
 st = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
 rng = np.random.default_rng(0)
 out = []
-for name in ("encoder.layer.0.attention.self.query", "encoder.layer.0.intermediate.dense", "encoder.layer.0.output.dense"):
+for name in [f"encoder.layer.0.{v}" for v in ("attention.self.query", "intermediate.dense", "output.dense") if any(x in v for x in LAYERS)]:
     a = layers[name + ".weight"].astype(np.float32)
     m, k = a.shape
     ad = DeviceCSR(a, "fp16")
     w = dense_copy(a, "fp16")
     bias = cp.asarray(storage(np.asarray(extras[name + ".bias"], dtype=np.float32), "fp16"))
-    for n in (128, 1024, 4096):
+    for n in NS:
         xs = [cp.asarray(storage(rng.standard_normal((n, k)).astype(np.float32), "fp16")) for _ in range(8)]
         y = cp.empty((n, m), dtype=cp.float16)
         ref = xs[0].astype(cp.float32) @ w.astype(cp.float32).T + bias.astype(cp.float32)
@@ -107,12 +125,15 @@ for name in ("encoder.layer.0.attention.self.query", "encoder.layer.0.intermedia
                 cp.cuda.Device().synchronize()
                 err = float(cp.max(cp.abs(y.astype(cp.float32) - ref)) / (cp.max(cp.abs(ref)) + 1e-9))
                 t = time_launches([lambda x=x: ln(x.data.ptr, y.data.ptr, st(), bias.data.ptr) for x in xs]).median_us
-                r["forms"].setdefault(form, []).append({"cfg": {q: cfg.get(q, 0) for q in ("bn", "kc", "wg", "stages", "splitk", "l2", "pw", "pt", "yb")},
+                if os.environ.get("PROBE_VERBOSE"):
+                    print(f"  {m}x{k} N={n} {form} {dict((q, cfg.get(q, 0)) for q in ('bn', 'kc', 'stages', 'l2', 'pp'))}: {t:.2f} us err {err:.1e}", flush=True)
+                r["forms"].setdefault(form, []).append({"cfg": {q: cfg.get(q, 0) for q in ("bn", "kc", "wg", "stages", "splitk", "l2", "pw", "pt", "yb", "pp")},
                                                        "us": t, "err": err})
         out.append(r)
-        best = {f"{f}{' l2' if l2 else ''}{' pt' if pt else ''}": min(es, key=lambda e: e["us"])
-                for f, v in r["forms"].items() for l2 in (False, True) for pt in (0, 1)
-                if (es := [e for e in v if bool(e["cfg"]["l2"]) == l2 and e["cfg"]["pt"] == pt])}
+        json.dump(out, open(sys.argv[1], "w"), indent=1)  # after each case (a call's limit may cut the run)
+        best = {f"{f}{' l2' if l2 else ''}{' pt' if pt else ''}{' pp' if pp else ''}": min(es, key=lambda e: e["us"])
+                for f, v in r["forms"].items() for l2 in (False, True) for pt in (0, 1) for pp in (0, 1)
+                if (es := [e for e in v if bool(e["cfg"]["l2"]) == l2 and e["cfg"]["pt"] == pt and e["cfg"]["pp"] == pp])}
         print(f"| {m}x{k} | {n} | {r['cublas_bias']:.2f} (fused {r['cublas_fused']}, err {r['cublas_bias_err']:.1e}) | "
               f"{r['cublas_bias_2k']:.2f} | {r['cublas']:.2f} | bias {r['bias_add']:.2f} | "
               + " | ".join(f"{f} {b['us']:.2f} (err {b['err']:.1e})" for f, b in best.items()) + " |", flush=True)

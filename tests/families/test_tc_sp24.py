@@ -741,6 +741,31 @@ def test_nk_correct_on_edge_cases(dtype, case):
     assert want >= 20 and check_nk_natively(FAMILY, dtype, cases, pick) == want
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("sms", [3, 7])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_nk_persistent_loop_correct_with_many_tiles_a_block(dtype, sms, monkeypatch):
+    """The persistent loop (pt) with few blocks (the host's SM count made 3 or 7): each block runs a run of up to 30
+    tiles across row blocks (the edge cases above give a block one tile): the ring's phases over many tiles, the row
+    block's rows, bias, window and residual lists kept or reloaded along a run, a block with no tile (session 44: the
+    ping-pong draft's ring bug showed only here)."""
+    from nk_check import check_nk_natively
+
+    from sparse_autotune.device.gpu import gpu_info
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
+    monkeypatch.setattr(host(), "sm_count", lambda: sms)
+    sp = space()
+    pts = [sp.normalize(c, dtype) for c in NK_CONFIGS if c.get("pt", 0)]
+    assert len(pts) >= 3
+
+    def pick(feas, name, n):
+        feas = [sp.normalize(c, dtype) for c in feas]
+        return [c for c in pts if c in feas]
+    cases = {k: v for k, v in _nk_cases().items() if k in ("uniform_384x384_d0.05", "heavy_rows_384x384", "uniform_300x2000_d0.2")}
+    assert check_nk_natively(FAMILY, dtype, cases, pick, ns=(64, 257)) >= 12
+
+
 def test_nk_known_goods_come_first_for_nk_problems_and_run_natively():
     """The known-good configs made for nk (first_when layout == 'nk') lead an nk problem's queue, all native; a kn
     problem keeps its own first (session 40: MiniLM's 25-trial search timed tc_sp24 natively once a problem); the l2
