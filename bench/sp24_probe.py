@@ -81,6 +81,8 @@ TPUT = HELPERS + r"""
 #define NACC (NN / 2)
 #define SPARSE @SPARSE@
 #define SPREAD @SPREAD@
+#define NSL @NSL@
+#define WGOFF @WGOFF@
 __device__ __forceinline__ void fence_acc(float (&d)[NACC]) {
 #pragma unroll
     for (int i = 0; i < NACC; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
@@ -90,7 +92,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) tput(float* __restrict__ ou
     extern __shared__ __align__(1024) unsigned char sm[];
     const int tid = threadIdx.x;
     const unsigned int base = ((unsigned int)__cvta_generic_to_shared(sm) + 1023u) & ~1023u;
-    for (int i = tid; i < (SPREAD ? 8 : 1) * 32 * NN / 8; i += blockDim.x)
+    for (int i = tid; i < NSL * 32 * NN / 8; i += blockDim.x)
         asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" :: "r"(base + 16 * i), "r"(0x3c003c00u) : "memory");
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     __syncthreads();
@@ -103,7 +105,9 @@ extern "C" __global__ void __launch_bounds__(256, 1) tput(float* __restrict__ ou
 #pragma unroll 1
     for (int it = 0; it < iters; ++it) {
         // SPREAD: each wgmma's B at another of 8 slices (64 NN bytes apart: 4 a group, two groups), as a pipeline's are
-        const unsigned long long dit = desc0 + (SPREAD ? (unsigned long long)((it & 1) * 4 * (64 * NN / 16)) : 0ull);
+        // WGOFF: warpgroup w reads its own 8 slices (8 w ...), not the same ones as the block's other warpgroup
+        const unsigned long long dit = desc0 + (SPREAD ? (unsigned long long)((it & 1) * 4 * (64 * NN / 16)) : 0ull)
+                                       + (WGOFF ? (unsigned long long)((tid >> 7) * 8 * (64 * NN / 16)) : 0ull);
         wg_fence();
         fence_acc(d);
 #pragma unroll
@@ -192,6 +196,7 @@ def throughput(cp, reps: int = 5) -> dict:
     for nn, sparse, spread in ((256, False, 0), (256, True, 0), (128, False, 0), (128, True, 0),
                                (256, False, 1), (256, True, 1), (128, False, 1), (128, True, 1)):
         src = (TPUT.replace("@NN@", str(nn)).replace("@SPARSE@", str(int(sparse))).replace("@SPREAD@", str(spread))
+               .replace("@NSL@", str(8 if spread else 1)).replace("@WGOFF@", "0")
                .replace("@BODY@", _wgmma_body(nn, sparse)))
         mod = cp.RawModule(code=src, options=("-std=c++17", "-arch=sm_90a"))
         f = mod.get_function("tput")
@@ -216,15 +221,60 @@ def throughput(cp, reps: int = 5) -> dict:
     return res
 
 
+def occupancy(cp, reps: int = 5) -> dict:
+    """Session 44: the sparse rate by warpgroups an SM (B spread over 8 slices a warpgroup, as a pipeline's stages):
+    1 warpgroup an SM (one block of 128), 2 (one block of 256, both on the same slices or each on its own, or two
+    blocks of 128), 4 (two blocks of 256). Says whether one warpgroup alone has the SM's sparse rate (the ping-pong
+    draft's loops, one warpgroup at a time, ran ~1.5x slower than two at once) and whether two warpgroups on the same B
+    cost what two on different B cost."""
+    res = {}
+    sms = cp.cuda.runtime.getDeviceProperties(0)["multiProcessorCount"]
+    for nn in (128, 256):
+        for name, threads, per_sm, wgoff in (("1 wg/SM", 128, 1, 0), ("2 wg/SM same B", 256, 1, 0),
+                                             ("2 wg/SM own B", 256, 1, 1), ("2 wg/SM as 2 blocks", 128, 2, 0),
+                                             ("4 wg/SM as 2 blocks same B", 256, 2, 0)):
+            nsl = 16 if wgoff else 8
+            src = (TPUT.replace("@NN@", str(nn)).replace("@SPARSE@", "1").replace("@SPREAD@", "1")
+                   .replace("@NSL@", str(nsl)).replace("@WGOFF@", str(wgoff)).replace("@BODY@", _wgmma_body(nn, True)))
+            mod = cp.RawModule(code=src, options=("-std=c++17", "-arch=sm_90a"))
+            f = mod.get_function("tput")
+            smem = 1024 + nsl * 32 * nn * 2
+            if per_sm == 2 and 2 * smem > 227 * 1024:
+                continue
+            f.max_dynamic_shared_size_bytes = smem
+            blocks, iters = sms * per_sm, 2000
+            out = cp.zeros(blocks * threads, dtype=cp.float32)
+            f((blocks,), (threads,), (out, np.int32(iters)), shared_mem=smem)
+            cp.cuda.runtime.deviceSynchronize()
+            ts = []
+            for _ in range(reps):
+                e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+                e0.record()
+                f((blocks,), (threads,), (out, np.int32(iters)), shared_mem=smem)
+                e1.record()
+                e1.synchronize()
+                ts.append(cp.cuda.get_elapsed_time(e0, e1) * 1e-3)
+            t = float(np.median(ts))
+            flops = blocks * (threads // 128) * iters * 4 * 64 * nn * 32 * 2
+            res[f"m64n{nn}k32.sp {name}"] = {"s": t, "tflops_dense_equiv": flops / t / 1e12}
+            print(f"m64n{nn}k32.sp {name}: {flops / t / 1e12:.0f} TFLOP/s dense-equivalent", flush=True)
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=".")
     ap.add_argument("--throughput-only", action="store_true")
+    ap.add_argument("--occupancy-only", action="store_true", help="only the rate by warpgroups an SM (session 44)")
     a = ap.parse_args(argv)
     import cupy as cp  # noqa: PLC0415
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rep = {"gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), "layout": [], "throughput": None}
+    if a.occupancy_only:
+        rep["occupancy"] = occupancy(cp)
+        (out / "sp24-occupancy.json").write_text(json.dumps(rep, indent=1))
+        return 0
     for dtype, sel in () if a.throughput_only else (("fp16", 0), ("fp16", 1), ("bf16", 0)):
         try:
             r = layout_probe(cp, dtype, sel)
