@@ -5,7 +5,7 @@ its pt twin) in the forms named by the second argument (default built,diag10): `
 no residual at all (results wrong, timing only), `yb` the l2 configs with y's window by bulk copies (session 43, with
 bench/drafts/tc_sp24-nk-yb.patch applied: measured slower, not landed), `file:PATH` the template at PATH (e.g. git
 HEAD's, for a same-run comparison). A third argument `l2` times the l2 configs only, `l2pt` their pt ones, `sk` the
-split-K, wg 1 and bn 64 twins of the bn 128 wg 2 pw 1 l2 configs, `pp` ping-pong twins (pp 0 / 1, session 44, with bench/drafts/tc_sp24-nk-pingpong.patch), `bn96` those configs at bn 128 and 96 (session 43,
+split-K, wg 1 and bn 64 twins of the bn 128 wg 2 pw 1 l2 configs, `win` MiniLM's known-goods and their pt twins (session 44: y's window store), `pp` ping-pong twins (pp 0 / 1, session 44, with bench/drafts/tc_sp24-nk-pingpong.patch), `bn96` those configs at bn 128 and 96 (session 43,
 with bench/drafts/tc_sp24-nk-bn96.patch applied: slower at N = 4096, not landed). (Session 41's forms `listwait` and `l2direct`, both
 measured and dropped, are in git history.) Each is verified once against float32. Run on the device
 (examples/minilm/data carried), e.g.
@@ -81,6 +81,9 @@ if os.environ.get("PROBE_PRECOMPILE", "1") == "1":  # session 44: NVRTC in 15 th
     print(f"precompiled {len(CFGS)} configs x {len(FORMS)} forms", flush=True)
 LAYERS = os.environ.get("PROBE_LAYERS", "query,intermediate,output.dense").split(",")  # session 44: e.g. intermediate
 NS = [int(v) for v in os.environ.get("PROBE_N", "128,1024,4096").split(",")]
+if len(sys.argv) > 3 and sys.argv[3] == "win":  # session 44: y's window store without divisions, MiniLM's known-goods and their pt twins
+    CFGS = [sp24.normalize({**dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1), **x, "pt": pt}, "fp16")
+            for x in (dict(), dict(l2=12), dict(stages=6), dict(kc=4, stages=3)) for pt in (0, 1)]
 layers, extras, _ = load_bundle("examples/minilm/data/minilm-d0.05.npz")
 st = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
 rng = np.random.default_rng(0)
