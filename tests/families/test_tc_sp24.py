@@ -664,6 +664,11 @@ def test_nk_renders_k_major_b_transposed_y_with_the_bias():
         assert ("st.global.v4.u32" in src) == bool(fits), cfg
         assert ("yw1 - yw0" in src) == bool(fits and l2), cfg  # the window store, its bounds after orow's slots
         assert ("orow + M + rb + 1" in src) == bool(fits and l2), cfg
+        if fits and l2:  # session 44: a thread's unit and columns by shifts (no division), its loads before its stores
+            shift = 3 if cfg["wg"] == 1 else 4
+            assert f"u = tid & {8 * cfg['wg'] - 1}, cl = tid >> {shift};" in src and " / nu" not in src, cfg
+            body = src[src.index("cl = tid >>"):]
+            assert body.index("ld.shared.v4.u32") < body.index("st.global.v4.u32"), cfg
         assert ("C[(size_t)col * MY + o0] =" if l2 else "C[(size_t)col * MY + row0] =") in src  # always there
         # every consumer past its loop before y's staging (a lagging warp's nk_take may still read the stages; pt: the
         # previous tile's stores read the staging area); the window store's writes and stores are the block's: a
