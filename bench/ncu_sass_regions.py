@@ -19,11 +19,17 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=float, default=1.0, help="list instructions above this percent of the samples")
     ap.add_argument("--markers", default=MARKERS, help="regex of the SASS that ends a region")
     a = ap.parse_args(argv)
-    rows = list(csv.reader(open(a.csv)))
-    head = next(i for i, r in enumerate(rows) if "Source" in r)
+    try:
+        with open(a.csv, newline="") as fh:
+            rows = list(csv.reader(fh))
+        head = next(i for i, r in enumerate(rows) if "Source" in r and "Warp Stall Sampling (All Samples)" in r)
+    except (OSError, UnicodeDecodeError, csv.Error, StopIteration) as exc:
+        why = "no header with Source and Warp Stall Sampling columns" if isinstance(exc, StopIteration) else exc
+        print(f"ncu_sass_regions: error: {a.csv}: not Nsight Compute's source page as CSV ({why})", file=sys.stderr)
+        return 2
     hdr, data = rows[head], rows[head + 1:]
     src, smp = hdr.index("Source"), hdr.index("Warp Stall Sampling (All Samples)")
-    ex = hdr.index("Instructions Executed")
+    ex = hdr.index("Instructions Executed") if "Instructions Executed" in hdr else None
     stalls = [j for j, h in enumerate(hdr) if h.startswith("stall_") and "Not Issued" not in h]
     num = lambda v: float(v or 0)  # noqa: E731
     total = sum(num(r[smp]) for r in data) or 1.0
@@ -33,13 +39,14 @@ def main(argv=None) -> int:
     for i, r in enumerate(data):
         cum += num(r[smp])
         if re.search(a.markers, r[src]) and (cum - last) / total >= 0.002:
-            print(f"| {i} | {100 * cum / total:.1f} % | {100 * (cum - last) / total:.1f} % | {r[ex]} | `{r[src].strip()[:70]}` |")
+            print(f"| {i} | {100 * cum / total:.1f} % | {100 * (cum - last) / total:.1f} % | {r[ex] if ex is not None else '-'} | "
+                  f"`{r[src].strip()[:70]}` |")
             last = cum
     print(f"\n| # | samples | executed | instruction | top stalls |\n| ---: | ---: | ---: | --- | --- |")
     for i, r in enumerate(data):
         if 100 * num(r[smp]) / total >= a.top:
             top = sorted(((num(r[j]), hdr[j][6:]) for j in stalls), reverse=True)[:2]
-            print(f"| {i} | {100 * num(r[smp]) / total:.1f} % | {r[ex]} | `{r[src].strip()[:60]}` | "
+            print(f"| {i} | {100 * num(r[smp]) / total:.1f} % | {r[ex] if ex is not None else '-'} | `{r[src].strip()[:60]}` | "
                   + ", ".join(f"{n} {v:.0f}" for v, n in top) + " |")
     return 0
 

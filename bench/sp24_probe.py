@@ -189,6 +189,22 @@ def layout_probe(cp, dtype: str, sel: int) -> dict:
             "baseline_nonzero": int((base != 0).sum())}
 
 
+def _time_tput(cp, f, blocks: int, threads: int, iters: int, smem: int, reps: int) -> float:
+    """Median seconds of `reps` launches of the throughput kernel (after one warm-up launch), by CUDA events."""
+    out = cp.zeros(blocks * threads, dtype=cp.float32)
+    f((blocks,), (threads,), (out, np.int32(iters)), shared_mem=smem)
+    cp.cuda.runtime.deviceSynchronize()
+    ts = []
+    for _ in range(reps):
+        e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+        e0.record()
+        f((blocks,), (threads,), (out, np.int32(iters)), shared_mem=smem)
+        e1.record()
+        e1.synchronize()
+        ts.append(cp.cuda.get_elapsed_time(e0, e1) * 1e-3)
+    return float(np.median(ts))
+
+
 def throughput(cp, reps: int = 5) -> dict:
     res = {}
     props = cp.cuda.runtime.getDeviceProperties(0)
@@ -203,18 +219,7 @@ def throughput(cp, reps: int = 5) -> dict:
         smem = 1024 + (8 if spread else 1) * 32 * nn * 2
         f.max_dynamic_shared_size_bytes = smem
         blocks, iters = sms * 2, 2000
-        out = cp.zeros(blocks * 256, dtype=cp.float32)
-        f((blocks,), (256,), (out, np.int32(iters)), shared_mem=smem)
-        cp.cuda.runtime.deviceSynchronize()
-        ts = []
-        for _ in range(reps):
-            e0, e1 = cp.cuda.Event(), cp.cuda.Event()
-            e0.record()
-            f((blocks,), (256,), (out, np.int32(iters)), shared_mem=smem)
-            e1.record()
-            e1.synchronize()
-            ts.append(cp.cuda.get_elapsed_time(e0, e1) * 1e-3)
-        t = float(np.median(ts))
+        t = _time_tput(cp, f, blocks, 256, iters, smem, reps)
         flops = blocks * 2 * iters * 4 * 64 * nn * (32 if sparse else 16) * 2
         res[f"m64n{nn}k{32 if sparse else 16}{'.sp' if sparse else ''}{' spread' if spread else ''}"] = {
             "s": t, "tflops_dense_equiv": flops / t / 1e12}
@@ -243,18 +248,7 @@ def occupancy(cp, reps: int = 5) -> dict:
                 continue
             f.max_dynamic_shared_size_bytes = smem
             blocks, iters = sms * per_sm, 2000
-            out = cp.zeros(blocks * threads, dtype=cp.float32)
-            f((blocks,), (threads,), (out, np.int32(iters)), shared_mem=smem)
-            cp.cuda.runtime.deviceSynchronize()
-            ts = []
-            for _ in range(reps):
-                e0, e1 = cp.cuda.Event(), cp.cuda.Event()
-                e0.record()
-                f((blocks,), (threads,), (out, np.int32(iters)), shared_mem=smem)
-                e1.record()
-                e1.synchronize()
-                ts.append(cp.cuda.get_elapsed_time(e0, e1) * 1e-3)
-            t = float(np.median(ts))
+            t = _time_tput(cp, f, blocks, threads, iters, smem, reps)
             flops = blocks * (threads // 128) * iters * 4 * 64 * nn * 32 * 2
             res[f"m64n{nn}k32.sp {name}"] = {"s": t, "tflops_dense_equiv": flops / t / 1e12}
             print(f"m64n{nn}k32.sp {name}: {flops / t / 1e12:.0f} TFLOP/s dense-equivalent", flush=True)

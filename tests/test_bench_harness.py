@@ -2,6 +2,7 @@
 (the tests' synthetic tuner standing in for the GPU), its hard stop, and the probe tool's errors and CPU part."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -543,3 +544,35 @@ def test_probe_profile_takes_the_fastest_kernel_record_where_a_vendor_path_is_th
     only = new_db(tmp_path / "v.sqlite", make_record(5.0, {"math": "fp16"}, family="dense"))
     with pytest.raises(probe.UserError, match="no kernel record"):
         probe._record_config(case, str(only), GPU)
+
+
+def test_ncu_sass_regions_sums_the_samples_between_markers(tmp_path):
+    """bench/ncu_sass_regions.py (session 44) on a small source page in ncu's CSV layout: the share of the samples up
+    to each marker instruction and since the previous one, the instructions above --top with their largest stall; a
+    file that is not such a page: one line, exit 2."""
+    page = tmp_path / "sass.csv"
+    hdr = ["Address", "Source", "Warp Stall Sampling (All Samples)", "Instructions Executed", "stall_wait", "stall_long_sb",
+           "stall_wait (Not Issued)"]
+    body = [["0", "LDC R1, c[0x0][0x28]", "10", "4", "10", "0", "9"],
+            ["1", "LDG.E R2, desc[UR4][R4.64]", "0", "4", "0", "0", "0"],
+            ["2", "ISETP.GE.AND P0, PT, R2, RZ, PT", "30", "4", "0", "30", "0"],
+            ["3", "HGMMA.SP.64x128x32.F32 R24, R96, gdesc[UR12], R24, R90, 0x0", "20", "8", "20", "0", "0"],
+            ["4", "STG.E.128 desc[UR12][R28.64], R24", "40", "16", "5", "35", "0"],
+            ["5", "EXIT", "0", "4", "0", "0", "0"]]
+    with open(page, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["Kernel Name", "spmm_kernel"])
+        w.writerow(hdr)
+        w.writerows(body)
+    proc = _run([sys.executable, str(ROOT / "bench" / "ncu_sass_regions.py"), str(page), "--top", "25"])
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "6 instructions, 100 samples" in out
+    assert "| 3 | 60.0 % | 60.0 % | 8 | `HGMMA.SP" in out  # LDC + the loads' wait before the first marker
+    assert "| 4 | 100.0 % | 40.0 % | 16 | `STG.E.128" in out
+    assert "| 2 | 30.0 % | 4 | `ISETP" in out and "long_sb 30" in out  # above --top 25: the wait and its reason
+    assert "| 0 | 10.0 %" not in out.split("| # | samples")[1]  # below --top
+    bad = tmp_path / "other.csv"
+    bad.write_text("a,b\n1,2\n")
+    proc = _run([sys.executable, str(ROOT / "bench" / "ncu_sass_regions.py"), str(bad)])
+    assert "not Nsight Compute's source page" in _one_line_error(proc, "ncu_sass_regions")
