@@ -11,7 +11,9 @@ Two measurements, one process (run on the device: `python3 bench/sp24_probe.py -
 2. throughput: wgmma.sp m64n256k32 against the dense m64n256k16 (and m64n128), back-to-back from registers and
    shared memory on every SM, in dense-equivalent TFLOP/s (a k32 sparse MMA counted as 64 x 256 x 32 x 2).
 
-Writes `sp24-probe.json` (the maps and the rates) under --out and prints a summary.
+Writes `sp24-probe.json` (the maps and the rates) under --out and prints a summary. `--occupancy-only` (session 44)
+instead times m64n128k32.sp / m64n256k32.sp with 1, 2 (on the same or on their own B slices) and 4 warpgroups an SM
+and writes `sp24-occupancy.json`.
 """
 from __future__ import annotations
 
