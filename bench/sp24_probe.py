@@ -191,6 +191,14 @@ def layout_probe(cp, dtype: str, sel: int) -> dict:
             "baseline_nonzero": int((base != 0).sum())}
 
 
+def _tput_kernel(cp, nn: int, sparse: bool, spread: int, nsl: int, wgoff: int):
+    """The throughput kernel for m64n{nn} (k32.sp or dense k16), B over `nsl` slices (spread 1: each wgmma another),
+    wgoff 1: each warpgroup on its own 8 slices."""
+    src = (TPUT.replace("@NN@", str(nn)).replace("@SPARSE@", str(int(sparse))).replace("@SPREAD@", str(spread))
+           .replace("@NSL@", str(nsl)).replace("@WGOFF@", str(wgoff)).replace("@BODY@", _wgmma_body(nn, sparse)))
+    return cp.RawModule(code=src, options=("-std=c++17", "-arch=sm_90a")).get_function("tput")
+
+
 def _time_tput(cp, f, blocks: int, threads: int, iters: int, smem: int, reps: int) -> float:
     """Median seconds of `reps` launches of the throughput kernel (after one warm-up launch), by CUDA events."""
     out = cp.zeros(blocks * threads, dtype=cp.float32)
@@ -213,11 +221,7 @@ def throughput(cp, reps: int = 5) -> dict:
     sms = props["multiProcessorCount"]
     for nn, sparse, spread in ((256, False, 0), (256, True, 0), (128, False, 0), (128, True, 0),
                                (256, False, 1), (256, True, 1), (128, False, 1), (128, True, 1)):
-        src = (TPUT.replace("@NN@", str(nn)).replace("@SPARSE@", str(int(sparse))).replace("@SPREAD@", str(spread))
-               .replace("@NSL@", str(8 if spread else 1)).replace("@WGOFF@", "0")
-               .replace("@BODY@", _wgmma_body(nn, sparse)))
-        mod = cp.RawModule(code=src, options=("-std=c++17", "-arch=sm_90a"))
-        f = mod.get_function("tput")
+        f = _tput_kernel(cp, nn, sparse, spread, 8 if spread else 1, 0)
         smem = 1024 + (8 if spread else 1) * 32 * nn * 2
         f.max_dynamic_shared_size_bytes = smem
         blocks, iters = sms * 2, 2000
@@ -241,10 +245,7 @@ def occupancy(cp, reps: int = 5) -> dict:
                                              ("2 wg/SM own B", 256, 1, 1), ("2 wg/SM as 2 blocks", 128, 2, 0),
                                              ("4 wg/SM as 2 blocks same B", 256, 2, 0)):
             nsl = 16 if wgoff else 8
-            src = (TPUT.replace("@NN@", str(nn)).replace("@SPARSE@", "1").replace("@SPREAD@", "1")
-                   .replace("@NSL@", str(nsl)).replace("@WGOFF@", str(wgoff)).replace("@BODY@", _wgmma_body(nn, True)))
-            mod = cp.RawModule(code=src, options=("-std=c++17", "-arch=sm_90a"))
-            f = mod.get_function("tput")
+            f = _tput_kernel(cp, nn, True, 1, nsl, wgoff)
             smem = 1024 + nsl * 32 * nn * 2
             if per_sm * smem > 227 * 1024:  # n256 on its own B: 16 slices of 16 KB do not fit
                 continue

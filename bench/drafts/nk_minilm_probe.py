@@ -68,6 +68,9 @@ if len(sys.argv) > 3 and sys.argv[3] == "pp":  # session 44: consumer ping-pong 
     CFGS = [sp24.normalize({**dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1, pt=1), **x, "pp": pp}, "fp16")
             for x in (dict(), dict(stages=6), dict(kc=4, stages=3), dict(bn=64), dict(l2=0))[:int(os.environ.get("PROBE_PP", "5"))]
             for pp in (0, 1)]
+if len(sys.argv) > 3 and sys.argv[3] == "win":  # session 44: y's window store without divisions, MiniLM's known-goods and their pt twins
+    CFGS = [sp24.normalize({**dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1), **x, "pt": pt}, "fp16")
+            for x in (dict(), dict(l2=12), dict(stages=6), dict(kc=4, stages=3)) for pt in (0, 1)]
 if os.environ.get("PROBE_PRECOMPILE", "1") == "1":  # session 44: NVRTC in 15 threads first (a cold cache took ~10 s a config)
     from concurrent.futures import ThreadPoolExecutor
 
@@ -81,9 +84,6 @@ if os.environ.get("PROBE_PRECOMPILE", "1") == "1":  # session 44: NVRTC in 15 th
     print(f"precompiled {len(CFGS)} configs x {len(FORMS)} forms", flush=True)
 LAYERS = os.environ.get("PROBE_LAYERS", "query,intermediate,output.dense").split(",")  # session 44: e.g. intermediate
 NS = [int(v) for v in os.environ.get("PROBE_N", "128,1024,4096").split(",")]
-if len(sys.argv) > 3 and sys.argv[3] == "win":  # session 44: y's window store without divisions, MiniLM's known-goods and their pt twins
-    CFGS = [sp24.normalize({**dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1), **x, "pt": pt}, "fp16")
-            for x in (dict(), dict(l2=12), dict(stages=6), dict(kc=4, stages=3)) for pt in (0, 1)]
 layers, extras, _ = load_bundle("examples/minilm/data/minilm-d0.05.npz")
 st = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
 rng = np.random.default_rng(0)
