@@ -1,0 +1,94 @@
+"""tc_sp24 in kn (C = A @ B) on the dl suite's fp16 N >= 512 cases that tc_sp24 holds (bench/results/suite-dl-h200.json),
+at each record's config and its l2 0 / rs 0 twin, in the template forms named by the second argument (`built`: the
+template as it is; `file:PATH`: the template at PATH, e.g. git HEAD's, for a same-run comparison), against cuBLAS FP16 in
+the same run (session 45: the residual's two rows in step). Each config verified once against float32; JSON written after
+each case. Env: PROBE_DENS (default 0.1,0.05), PROBE_MAX (cases at most, the slowest against cuBLAS first), PROBE_TWIN
+(l2: the l2 0 / rs 0 twin, the default; pt: the persistent-grid twin, pt 1, where the space admits it).
+    git show HEAD:variants/tc_sp24.cu.j2 > .scratch/head.j2
+    python3 bench/drafts/kn_probe.py OUT.json built,file:.scratch/head.j2"""
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import sparse_autotune.device.kernel as K
+from sparse_autotune.core.families import get_family
+from sparse_autotune.core.problem import random_matrix, storage
+from sparse_autotune.core.render import _env
+from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
+from sparse_autotune.device.compile import compile_kernel
+from sparse_autotune.device.gpu import cupy
+from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+from sparse_autotune.device.timing import time_launches
+from sparse_autotune.device.vendor import DenseLauncher, dense_copy
+from sparse_autotune.errors import CandidateError
+
+cp = cupy()
+sp24 = get_family("tc_sp24").space
+TPL = open("variants/tc_sp24.cu.j2").read()
+FORM = {"v": "built"}
+FORMS = sys.argv[2].split(",") if len(sys.argv) > 2 else ["built"]
+
+
+def patched(space, config, dtype, context=None, layout="kn"):
+    tpl = open(FORM["v"][5:]).read() if FORM["v"].startswith("file:") else TPL
+    return _env().from_string(tpl).render(dtype=dtype, layout=layout, diag=0, **config)
+
+
+K.render = patched
+dens = [float(v) for v in os.environ.get("PROBE_DENS", "0.1,0.05").split(",")]
+recs = [r for r in json.load(open("bench/results/suite-dl-h200.json"))
+        if r["dtype"] == "fp16" and r["N"] >= 512 and r["density"] in dens and r["family"] == "tc_sp24"]
+recs.sort(key=lambda r: r["cublas_fp16_us"] / r["tuned_us"])
+recs = recs[:int(os.environ.get("PROBE_MAX", "999"))]
+cfgs_of = {}
+for r in recs:
+    c = sp24.normalize(r["config"], "fp16")
+    if os.environ.get("PROBE_TWIN", "l2") == "pt":
+        twin = sp24.normalize(dict(c, pt=1, rs=0, rq=0, splitk=1, mc=1, ar=0), "fp16")
+    else:
+        twin = sp24.normalize(dict(c, l2=0, rs=0, rq=0), "fp16")
+    ok = sp24.check(twin, problem_env(r["M"], r["K"], r["N"], r["nnz"], "fp16"), DEFAULT_LIMITS) is None
+    cfgs_of[id(r)] = [c] + ([twin] if twin != c and ok else [])
+allc = {json.dumps(c, sort_keys=True) for v in cfgs_of.values() for c in v}
+for form in FORMS:
+    FORM["v"] = form
+    with ThreadPoolExecutor(max_workers=15) as pool:
+        list(pool.map(lambda c: compile_kernel(patched(sp24, json.loads(c), "fp16"), options=(f"-arch={sp24.arch}",)), allc))
+print(f"{len(recs)} cases, {len(allc)} configs x {len(FORMS)} forms precompiled", flush=True)
+st = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
+out = []
+for r in recs:
+    m, k, n, d, pat = r["M"], r["K"], r["N"], r["density"], r["pattern"]
+    a = random_matrix(m, k, d, pat, seed=0)
+    a.data = np.random.default_rng(1).standard_normal(a.nnz).astype(np.float32)
+    ad = DeviceCSR(a, "fp16")
+    w = dense_copy(a, "fp16")
+    rng = np.random.default_rng(2)
+    bs = [cp.asarray(storage(rng.standard_normal((k, n)).astype(np.float32), "fp16")) for _ in range(4)]
+    c = cp.empty((m, n), dtype=cp.float16)
+    ref = w.astype(cp.float32) @ bs[0].astype(cp.float32)
+    dl = DenseLauncher(w, n, "fp16", "kn")
+    o = {"M": m, "K": k, "N": n, "density": d, "pattern": pat, "record_us": r["tuned_us"],
+         "cublas": time_launches([lambda b=b: dl(b.data.ptr, c.data.ptr, st()) for b in bs]).median_us, "runs": []}
+    for form in FORMS:
+        FORM["v"] = form
+        for cfg in cfgs_of[id(r)]:
+            try:
+                ln = build_kernel(ad, "tc_sp24", cfg, "fp16").launcher(n)
+            except CandidateError as e:
+                print(f"  skip {cfg}: {str(e)[:120]}", flush=True)
+                continue
+            c.fill(7)
+            ln(bs[0].data.ptr, c.data.ptr, st())
+            cp.cuda.Device().synchronize()
+            err = float(cp.max(cp.abs(c.astype(cp.float32) - ref)) / (cp.max(cp.abs(ref)) + 1e-9))
+            t = time_launches([lambda b=b: ln(b.data.ptr, c.data.ptr, st()) for b in bs]).median_us
+            o["runs"].append({"form": form, "cfg": cfg, "us": t, "err": err})
+    out.append(o)
+    json.dump(out, open(sys.argv[1], "w"), indent=1)
+    cells = " | ".join(f"{x['form'][:9]} l2 {x['cfg'].get('l2', 0)} rs {x['cfg'].get('rs', 0)} pt {x['cfg'].get('pt', 0)}: {x['us']:.2f} ({x['err']:.0e})"
+                       for x in o["runs"])
+    print(f"| {m}x{k} N={n} d {d} {pat[:4]} | cuBLAS {o['cublas']:.2f} | record {r['tuned_us']:.2f} | {cells} |", flush=True)
