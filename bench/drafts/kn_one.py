@@ -7,13 +7,13 @@ Arguments: M K N density pattern family CONFIG_JSON [dtype, default fp16]."""
 import json
 import sys
 
+import numpy as np
+
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import random_matrix, storage
 from sparse_autotune.device.gpu import cupy
 from sparse_autotune.device.kernel import DeviceCSR, build_kernel
 from sparse_autotune.device.vendor import dense_copy
-
-import numpy as np
 
 cp = cupy()
 m, k, n = (int(v) for v in sys.argv[1:4])

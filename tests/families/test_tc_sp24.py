@@ -670,6 +670,9 @@ def test_nk_renders_k_major_b_transposed_y_with_the_bias():
             body = src[src.index("cl = tid >>"):]
             assert body.index("ld.shared.v4.u32") < body.index("st.global.v4.u32"), cfg
         assert ("C[(size_t)col * MY + o0] =" if l2 else "C[(size_t)col * MY + row0] =") in src  # always there
+        # session 45: the bias loaded 16-bit (before the loop) and converted only where it is added, after the loop
+        assert ("bu0 = __ldg(bias + o0)" if l2 else "bu0 = __ldg(bias + row0)") in src and "bv0 = lo2f(__ldg" not in src, cfg
+        assert src.index("bu0 = __ldg(bias") < src.index("wgmma_sp(acc,") < src.index("const float bv0 = lo2f(bu0)"), cfg
         # every consumer past its loop before y's staging (a lagging warp's nk_take may still read the stages; pt: the
         # previous tile's stores read the staging area); the window store's writes and stores are the block's: a
         # barrier between them at any split-K
