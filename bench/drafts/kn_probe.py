@@ -3,7 +3,8 @@ at each record's config and its l2 0 / rs 0 twin, in the template forms named by
 template as it is; `file:PATH`: the template at PATH, e.g. git HEAD's, for a same-run comparison), against cuBLAS FP16 in
 the same run (session 45: the residual's two rows in step). Each config verified once against float32; JSON written after
 each case. Env: PROBE_DENS (default 0.1,0.05), PROBE_MAX (cases at most, the slowest against cuBLAS first), PROBE_TWIN
-(l2: the l2 0 / rs 0 twin, the default; pt: the persistent-grid twin, pt 1, where the space admits it).
+(l2: the l2 0 / rs 0 twin, the default; pt: the persistent-grid twin, pt 1; each where the space admits it; session
+45's rl twins are gone with the parameter, measured slower).
     git show HEAD:variants/tc_sp24.cu.j2 > .scratch/head.j2
     python3 bench/drafts/kn_probe.py OUT.json built,file:.scratch/head.j2"""
 import json
@@ -46,12 +47,14 @@ recs = recs[:int(os.environ.get("PROBE_MAX", "999"))]
 cfgs_of = {}
 for r in recs:
     c = sp24.normalize(r["config"], "fp16")
-    if os.environ.get("PROBE_TWIN", "l2") == "pt":
-        twin = sp24.normalize(dict(c, pt=1, rs=0, rq=0, splitk=1, mc=1, ar=0), "fp16")
+    mode = os.environ.get("PROBE_TWIN", "l2")
+    if mode == "pt":
+        twins = [dict(c, pt=1, rs=0, rq=0, splitk=1, mc=1, ar=0)]
     else:
-        twin = sp24.normalize(dict(c, l2=0, rs=0, rq=0), "fp16")
-    ok = sp24.check(twin, problem_env(r["M"], r["K"], r["N"], r["nnz"], "fp16"), DEFAULT_LIMITS) is None
-    cfgs_of[id(r)] = [c] + ([twin] if twin != c and ok else [])
+        twins = [dict(c, l2=0, rs=0, rq=0)]
+    env = problem_env(r["M"], r["K"], r["N"], r["nnz"], "fp16")
+    twins = [t for t in (sp24.normalize(t, "fp16") for t in twins) if sp24.check(t, env, DEFAULT_LIMITS) is None]
+    cfgs_of[id(r)] = [c] + [t for i, t in enumerate(twins) if t != c and t not in twins[:i]]
 allc = {json.dumps(c, sort_keys=True) for v in cfgs_of.values() for c in v}
 for form in FORMS:
     FORM["v"] = form
