@@ -1,7 +1,7 @@
 """tc_sp24 in kn (C = A @ B) on the dl suite's fp16 N >= 512 cases that tc_sp24 holds (bench/results/suite-dl-h200.json),
 at each record's config and its l2 0 / rs 0 twin, in the template forms named by the second argument (`built`: the
 template as it is; `file:PATH`: the template at PATH, e.g. git HEAD's, for a same-run comparison), against cuBLAS FP16 in
-the same run (session 45: the residual's two rows in step). Each config verified once against float32; JSON written after
+the same run (session 45: the kn residual forms, the pt twins). Each config verified once against float32; JSON written after
 each case. Env: PROBE_DENS (default 0.1,0.05), PROBE_MAX (cases at most, the slowest against cuBLAS first), PROBE_TWIN
 (l2: the l2 0 / rs 0 twin, the default; pt: the persistent-grid twin, pt 1; each where the space admits it; session
 45's rl twins are gone with the parameter, measured slower).
