@@ -1,6 +1,8 @@
 """tc_sp24 in kn (C = A @ B) on the dl suite's fp16 N >= 512 cases that tc_sp24 holds (bench/results/suite-dl-h200.json),
 at each record's config and its l2 0 / rs 0 twin, in the template forms named by the second argument (`built`: the
-template as it is; `file:PATH`: the template at PATH, e.g. git HEAD's, for a same-run comparison), against cuBLAS FP16 in
+template as it is; `file:PATH`: the template at PATH, e.g. git HEAD's, for a same-run comparison; `diag10`: the template
+with no residual at all, results wrong, timing only: the cut-out that bounds what any residual change can gain; its error
+is reported, not checked), against cuBLAS FP16 in
 the same run (session 45: the kn residual forms, the pt twins). Each config verified once against float32; JSON written after
 each case. Env: PROBE_DENS (default 0.1,0.05), PROBE_MAX (cases at most, the slowest against cuBLAS first), PROBE_TWIN
 (l2: the l2 0 / rs 0 twin, the default; pt: the persistent-grid twin, pt 1; each where the space admits it; session
@@ -35,7 +37,7 @@ FORMS = sys.argv[2].split(",") if len(sys.argv) > 2 else ["built"]
 
 def patched(space, config, dtype, context=None, layout="kn"):
     tpl = open(FORM["v"][5:]).read() if FORM["v"].startswith("file:") else TPL
-    return _env().from_string(tpl).render(dtype=dtype, layout=layout, diag=0, **config)
+    return _env().from_string(tpl).render(dtype=dtype, layout=layout, diag=10 if FORM["v"] == "diag10" else 0, **config)
 
 
 K.render = patched
