@@ -5,7 +5,9 @@ with no residual at all, results wrong, timing only: the cut-out that bounds wha
 is reported, not checked), against cuBLAS FP16 in
 the same run (session 45: the kn residual forms, the pt twins). Each config verified once against float32; JSON written after
 each case. Env: PROBE_DENS (default 0.1,0.05), PROBE_MAX (cases at most, the slowest against cuBLAS first), PROBE_TWIN
-(l2: the l2 0 / rs 0 twin, the default; pt: the persistent-grid twin, pt 1; each where the space admits it; session
+(l2: the l2 0 / rs 0 twin, the default; pt: the persistent-grid twin, pt 1; perm: the perm 1 twins, with and without l2; sib: the tc_sp24 winners of the same
+layer at the suite's other densities and patterns (session 46); each where the space admits it; diag10 times the
+record's config only; session
 45's rl twins are gone with the parameter, measured slower).
     git show HEAD:variants/tc_sp24.cu.j2 > .scratch/head.j2
     python3 bench/drafts/kn_probe.py OUT.json built,file:.scratch/head.j2"""
@@ -44,6 +46,8 @@ K.render = patched
 dens = [float(v) for v in os.environ.get("PROBE_DENS", "0.1,0.05").split(",")]
 recs = [r for r in json.load(open("bench/results/suite-dl-h200.json"))
         if r["dtype"] == "fp16" and r["N"] >= 512 and r["density"] in dens and r["family"] == "tc_sp24"]
+sibs = [r for r in json.load(open("bench/results/suite-dl-h200.json"))
+        if r["dtype"] == "fp16" and r["N"] >= 512 and r["family"] == "tc_sp24"]
 recs.sort(key=lambda r: r["cublas_fp16_us"] / r["tuned_us"])
 recs = recs[:int(os.environ.get("PROBE_MAX", "999"))]
 cfgs_of = {}
@@ -52,6 +56,10 @@ for r in recs:
     mode = os.environ.get("PROBE_TWIN", "l2")
     if mode == "pt":
         twins = [dict(c, pt=1, rs=0, rq=0, splitk=1, mc=1, ar=0)]
+    elif mode == "perm":  # session 46: each row block's own column order (the residual nearly gone), and without l2
+        twins = [dict(c, perm=1, mc=1, pw=0), dict(c, perm=1, l2=0, rs=0, rq=0, mc=1, pw=0)]
+    elif mode == "sib":  # the tc_sp24 winners of the same layer (M, K, N) at the other densities and patterns
+        twins = [dict(s["config"]) for s in sibs if (s["M"], s["K"], s["N"]) == (r["M"], r["K"], r["N"]) and s is not r]
     else:
         twins = [dict(c, l2=0, rs=0, rq=0)]
     env = problem_env(r["M"], r["K"], r["N"], r["nnz"], "fp16")
@@ -61,7 +69,8 @@ allc = {json.dumps(c, sort_keys=True) for v in cfgs_of.values() for c in v}
 for form in FORMS:
     FORM["v"] = form
     with ThreadPoolExecutor(max_workers=15) as pool:
-        list(pool.map(lambda c: compile_kernel(patched(sp24, json.loads(c), "fp16"), options=(f"-arch={sp24.arch}",)), allc))
+        todo = allc if form != "diag10" else {json.dumps(v[0], sort_keys=True) for v in cfgs_of.values()}
+        list(pool.map(lambda c: compile_kernel(patched(sp24, json.loads(c), "fp16"), options=(f"-arch={sp24.arch}",)), todo))
 print(f"{len(recs)} cases, {len(allc)} configs x {len(FORMS)} forms precompiled", flush=True)
 st = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
 out = []
@@ -80,7 +89,7 @@ for r in recs:
          "cublas": time_launches([lambda b=b: dl(b.data.ptr, c.data.ptr, st()) for b in bs]).median_us, "runs": []}
     for form in FORMS:
         FORM["v"] = form
-        for cfg in cfgs_of[id(r)]:
+        for cfg in cfgs_of[id(r)][:1] if form == "diag10" else cfgs_of[id(r)]:  # the cut-out: the record's config
             try:
                 ln = build_kernel(ad, "tc_sp24", cfg, "fp16").launcher(n)
             except CandidateError as e:
