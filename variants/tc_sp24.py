@@ -412,8 +412,9 @@ def decode(stream: np.ndarray, rptr, rcol, rval, info: dict, pm: np.ndarray | No
 
 
 def threads(config: dict) -> int:
-    """wg consumer warpgroups and the producer warp (pw 1: a producer warpgroup, for setmaxnreg)."""
-    return 128 * config["wg"] + (128 if config.get("pw", 0) else 32)
+    """wg consumer warpgroups and the producer warp (pw 1: a producer warpgroup, for setmaxnreg; perm 1: a producer
+    warpgroup whose lanes gather B's rows)."""
+    return 128 * config["wg"] + (128 if config.get("pw", 0) or config.get("perm", 0) else 32)
 
 
 def multicast(config: dict) -> int:

@@ -207,7 +207,7 @@ def test_perm_gathers_b_by_the_warp_and_fences_before_the_wgmmas():
     plain, perm = render(sp, base, "fp16"), render(sp, dict(base, perm=1), "fp16")
     assert "cp.async.mbarrier.arrive.noinc" not in plain and "const unsigned short* __restrict__ pm" not in plain
     assert "cp.async.mbarrier.arrive.noinc" in perm and "const unsigned short* __restrict__ pm" in perm
-    assert "mbar_init(full + 8 * st, 33)" in perm and "mbar_init(full + 8 * st, 1)" in plain
+    assert "mbar_init(full + 8 * st, 129)" in perm and "#define THREADS 384" in perm and "mbar_init(full + 8 * st, 1)" in plain
     assert perm.count("fence_proxy_async();  // perm") == 2 and "fence_proxy_async();  // perm" not in plain
     assert "prefetch.tensormap" in plain and "prefetch.tensormap" not in perm  # no TMA boxes of B
     env = problem_env(1024, 1024, 512, 50_000, "fp16")
