@@ -205,10 +205,10 @@ def test_perm_gathers_b_by_the_warp_and_fences_before_the_wgmmas():
     sp = space()
     base = sp.normalize(dict(bn=128, kc=2, wg=2, stages=6, splitk=1), "fp16")
     plain, perm = render(sp, base, "fp16"), render(sp, dict(base, perm=1), "fp16")
-    assert "cp.async.mbarrier.arrive.noinc" not in plain and "const unsigned short* __restrict__ pm" not in plain
-    assert "cp.async.mbarrier.arrive.noinc" in perm and "const unsigned short* __restrict__ pm" in perm
+    assert "cp.async.wait_group" not in plain and "const unsigned short* __restrict__ pm" not in plain
+    assert "cp_async_wait<PLAG>();" in perm and "#define PLAG 5" in perm and "const unsigned short* __restrict__ pm" in perm
     assert "mbar_init(full + 8 * st, 129)" in perm and "#define THREADS 384" in perm and "mbar_init(full + 8 * st, 1)" in plain
-    assert perm.count("fence_proxy_async();  // perm") == 2 and "fence_proxy_async();  // perm" not in plain
+    assert "cp_async_wait<0>();" in perm  # the last PLAG chunks published after the loop
     assert "prefetch.tensormap" in plain and "prefetch.tensormap" not in perm  # no TMA boxes of B
     env = problem_env(1024, 1024, 512, 50_000, "fp16")
     assert sp.check(dict(base, perm=1), env, DEFAULT_LIMITS) is None
