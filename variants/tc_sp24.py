@@ -166,127 +166,6 @@ def window_bounds(orow: np.ndarray, block: int, m: int) -> np.ndarray:
     return np.append(first, m).astype(np.int32)
 
 
-PM_NONE = 0xFFFF  # perm: a position no column takes (the kernel copies zeros)
-PERM_OPEN = 1024  # perm: the groups of 4 the greedy chooses among at a time (all of them up to K = 4096)
-
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    """Set bits of each uint64 (int64)."""
-    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
-        return np.bitwise_count(x).astype(np.int64)
-    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
-    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
-    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return ((x * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64)
-
-
-def column_perms(a: sp.csr_matrix, rows: int, open_groups: int = PERM_OPEN) -> np.ndarray:
-    """perm int32 [NB, 4 ceil(K / 4)] (NB = ceil(M / rows)): for each row block of `rows` rows, the column of A at each
-    position of the block's own order of K (-1: a position no column takes), chosen so that the block's rows have at
-    most two nonzeros in each group of 4 consecutive positions wherever possible (what 2:4 holds; the rest is the
-    residual). Greedy, the columns with the most nonzeros in the block first: each goes to the open group (at most
-    `open_groups` at a time, a full one replaced by a new one) where it makes the fewest rows with three nonzeros
-    (then the fewest with two), each row of the block one bit of a mask. Uniform 4096 x 4096, 64-row blocks: the
-    residual 0.95 / 3.6 / 7.6 % of the nonzeros in column order at d 0.1 / 0.2 / 0.3, 0 / ~0 / 0.006 % permuted
-    (session 46). Deterministic (no randomness)."""
-    a = sp.csr_matrix(a)
-    m, k = a.shape
-    rows = int(rows)
-    nb, w, kg = max(1, -(-m // rows)), -(-rows // 64), max(1, -(-k // 4))
-    r = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
-    c = a.indices.astype(np.int64)
-    within = r % rows
-    flat = ((r // rows) * k + c) * w + within // 64
-    bit = (within % 64).astype(np.uint64)
-    masks = np.zeros(nb * k * w, dtype=np.uint64)
-    np.bitwise_or.at(masks, flat, np.uint64(1) << bit)
-    masks = masks.reshape(nb, k, w)
-    order = np.argsort(-_popcount(masks).sum(axis=2), axis=1, kind="stable")
-    s = max(1, min(int(open_groups), kg))
-    m1 = np.zeros((nb, s, w), dtype=np.uint64)  # rows with >= 1 nonzero in the open group
-    m2 = np.zeros((nb, s, w), dtype=np.uint64)  # rows with >= 2
-    fill = np.zeros((nb, s), dtype=np.int64)
-    gid = np.tile(np.arange(s, dtype=np.int64), (nb, 1))
-    nxt = np.full(nb, s, dtype=np.int64)
-    pos = np.empty((nb, k), dtype=np.int64)
-    bi = np.arange(nb)
-    big = np.int64(1) << 20
-    for step in range(k):
-        col = order[:, step]
-        cm = masks[bi, col]
-        cost = _popcount(m2 & cm[:, None, :]).sum(axis=2) * big + _popcount(m1 & cm[:, None, :]).sum(axis=2)
-        cost[fill >= 4] = np.int64(1) << 50
-        g = np.argmin(cost, axis=1)
-        pos[bi, col] = gid[bi, g] * 4 + fill[bi, g]
-        m2[bi, g] |= m1[bi, g] & cm
-        m1[bi, g] |= cm
-        fill[bi, g] += 1
-        full = bi[(fill[bi, g] == 4) & (nxt < kg)]
-        if len(full):
-            gf = g[full]
-            gid[full, gf] = nxt[full]
-            nxt[full] += 1
-            fill[full, gf] = 0
-            m1[full, gf] = 0
-            m2[full, gf] = 0
-    perm = np.full((nb, 4 * kg), -1, dtype=np.int32)
-    perm[np.repeat(bi, k), pos.reshape(-1)] = np.tile(np.arange(k, dtype=np.int32), nb)
-    return perm
-
-
-def permute_columns(a: sp.csr_matrix, perm: np.ndarray, rows: int) -> sp.csr_matrix:
-    """A with each row's columns moved to their positions in its row block's order (perm of column_perms): M x
-    perm.shape[1]."""
-    a = sp.csr_matrix(a)
-    m = a.shape[0]
-    nb, kp = perm.shape
-    inv = np.full((nb, a.shape[1]), -1, dtype=np.int64)
-    b, p = np.nonzero(perm >= 0)
-    inv[b, perm[b, p]] = p
-    r = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
-    out = sp.csr_matrix((a.data.copy(), inv[r // int(rows), a.indices], a.indptr.copy()), shape=(m, kp))
-    out.sort_indices()
-    return out
-
-
-_PERMS: dict = {}  # (id(host), wg, l2) -> (host, perm): the greedy once a matrix for every kc
-
-
-def _perm_of(host, a2: sp.csr_matrix, wg: int, l2: int) -> np.ndarray:
-    key = (id(host), wg, l2)
-    got = _PERMS.get(key)
-    if got is None or got[0] is not host:
-        if len(_PERMS) >= 8:
-            _PERMS.pop(next(iter(_PERMS)))
-        got = _PERMS[key] = (host, column_perms(a2, 64 * wg))
-    return got[1]
-
-
-def build_permuted(a: sp.csr_matrix, kc: int, wg: int, dtype: str = "fp16", perm: np.ndarray | None = None):
-    """build() of A with each row block's columns in its own order (perm: column_perms(a, 64 wg) unless given):
-    (stream, rptr, rcol, rval, pm, info). The stream holds the 2:4 part at the permuted positions; the residual keeps
-    A's columns (B's rows, read directly); pm uint16 [NBLK x 32 kc NC] is the column of each position of each row block
-    of the stream (PM_NONE: zeros), the kernel's producer gathers B's rows by it (K < PM_NONE)."""
-    m, k = a.shape
-    perm = column_perms(a, 64 * wg) if perm is None else perm
-    ap = permute_columns(a, perm, 64 * wg)
-    stream, rptr, rcol, rval, info = build(ap, kc, wg, dtype)
-    nres = int(rptr[-1])
-    if nres:
-        er = np.repeat(np.arange(m, dtype=np.int64), np.diff(rptr))
-        cols = perm[er // (64 * wg), rcol[:nres]].astype(np.int32)
-        order = np.lexsort((cols, er))
-        rcol = np.concatenate([cols[order], rcol[nres:]]).astype(np.int32)
-        rval = np.concatenate([rval[:nres][order], rval[nres:]]).astype(np.uint16)
-    nblk, nc = info["NBLK"], info["NC"]
-    if k >= PM_NONE:
-        raise ValueError(f"tc_sp24 perm: K = {k} (below {PM_NONE}: 16-bit positions)")
-    pm = np.full((nblk, 32 * kc * nc), PM_NONE, dtype=np.uint16)
-    pm[:perm.shape[0], :perm.shape[1]] = np.where(perm >= 0, perm, PM_NONE)
-    info = dict(info, K=k, perm=True)
-    return stream, rptr, rcol, rval, pm.reshape(-1), info
-
-
 def split(a: sp.csr_matrix, dtype: str = "fp16"):
     """(nib uint8 [Mp0, Kg], vals uint16 [Mp0, 2 Kg], residual csr) of A: per row and group of 4 columns the kept pair's
     positions as one metadata nibble and its two 16-bit values (module docstring), the rest as a CSR matrix of the
@@ -360,11 +239,10 @@ def build(a: sp.csr_matrix, kc: int, wg: int, dtype: str = "fp16"):
     return stream, rptr, rcol, rval, info
 
 
-def decode(stream: np.ndarray, rptr, rcol, rval, info: dict, pm: np.ndarray | None = None) -> np.ndarray:
+def decode(stream: np.ndarray, rptr, rcol, rval, info: dict) -> np.ndarray:
     """Dense M x K uint16 bit patterns of A rebuilt as the kernel reads it: each tile's thread registers and metadata
-    words (module docstring), each nibble's two positions taking the pair's two values (pm, build_permuted's: each
-    row block's positions back to their columns; a value at a position no column takes fails), plus the residual; a
-    residual entry landing on a cell the 2:4 part already holds fails. For tests."""
+    words (module docstring), each nibble's two positions taking the pair's two values, plus the residual; a residual
+    entry landing on a cell the 2:4 part already holds fails. For tests."""
     kc, wg, m, k, nblk, nc = (info[x] for x in ("kc", "wg", "M", "K", "NBLK", "NC"))
     tiles = stream.reshape(nc, nblk, wg, kc, TILE)
     out = np.zeros((64 * wg * nblk, 32 * kc * nc), dtype=np.uint16)
@@ -392,17 +270,6 @@ def decode(stream: np.ndarray, rptr, rcol, rval, info: dict, pm: np.ndarray | No
                                 v = (reg >> (16 * s)) & 0xFFFF
                                 if v:
                                     out[row, col + p] = v
-    if pm is not None:
-        pm = np.asarray(pm).astype(np.int64).reshape(nblk, -1)
-        pm[pm == PM_NONE] = -1
-        rows = np.arange(out.shape[0])
-        orig = np.zeros((out.shape[0], k), dtype=np.uint16)
-        for b in range(nblk):
-            rb = rows[64 * wg * b:64 * wg * (b + 1)]
-            used = pm[b] >= 0
-            assert not out[np.ix_(rb, np.nonzero(~used)[0])].any(), "a value at a position no column takes"
-            orig[np.ix_(rb, pm[b][used])] = out[np.ix_(rb, np.nonzero(used)[0])]
-        out = orig
     out = out[:m, :k].copy()
     for r in range(m):
         for e in range(int(rptr[r]), int(rptr[r + 1])):
@@ -412,9 +279,8 @@ def decode(stream: np.ndarray, rptr, rcol, rval, info: dict, pm: np.ndarray | No
 
 
 def threads(config: dict) -> int:
-    """wg consumer warpgroups and the producer warp (pw 1: a producer warpgroup, for setmaxnreg; perm 1: a producer
-    warpgroup whose lanes gather B's rows)."""
-    return 128 * config["wg"] + (128 if config.get("pw", 0) or config.get("perm", 0) else 32)
+    """wg consumer warpgroups and the producer warp (pw 1: a producer warpgroup, for setmaxnreg)."""
+    return 128 * config["wg"] + (128 if config.get("pw", 0) else 32)
 
 
 def multicast(config: dict) -> int:
@@ -423,23 +289,11 @@ def multicast(config: dict) -> int:
 
 
 def layout(kernel):
-    """(stream, rptr, rcol, rval, orow, Ms, pm) of the kernel's A on the device, built once a (kc, wg, dtype, l2,
-    perm): at l2 0 the rows as they are (orow None, Ms = M), else over slots (`slots`; for an nk kernel windowed by row
-    blocks of 64 wg slots, orow then followed by the blocks' window_bounds); pm None, or at perm 1 each row block's
-    order of K (build_permuted, after the slots)."""
+    """(stream, rptr, rcol, rval, orow, Ms) of the kernel's A on the device, built once a (kc, wg, dtype, l2): at l2 0
+    the rows as they are (orow None, Ms = M), else over slots (`slots`; for an nk kernel windowed by row blocks of 64 wg
+    slots, orow then followed by the blocks' window_bounds)."""
     cfg, dtype = kernel.config, kernel.dtype
     kc, wg, l2 = cfg["kc"], cfg["wg"], int(cfg.get("l2", 0))
-    if int(cfg.get("perm", 0)):
-        def make_perm(host):
-            a2, orow = slots(host, l2) if l2 else (host, None)
-            stream, rptr, rcol, rval, pm, _ = build_permuted(a2, kc, wg, dtype, _perm_of(host, a2, wg, l2))
-            return stream, rptr, rcol, rval, (np.zeros(1, np.int32) if orow is None else orow), int(a2.shape[0]), pm
-        got = kernel.a.cached(("tc_sp24", kc, wg, dtype, l2, "perm"), make_perm)
-        return (*got[:4], got[4] if l2 else None, got[5], got[6])
-    return (*_layout(kernel, kc, wg, l2, dtype), None)
-
-
-def _layout(kernel, kc, wg, l2, dtype):
     if not l2:
         got = kernel.a.cached(("tc_sp24", kc, wg, dtype), lambda host: build(host, kc, wg, dtype)[:4])
         return (*got, None, kernel.a.shape[0])
@@ -573,12 +427,12 @@ def args(kernel, n: int, b, c, bias=None) -> tuple:
     from sparse_autotune.device.kernel import BParam  # noqa: PLC0415
     cfg = kernel.config
     nk = getattr(kernel, "layout", "kn") == "nk"
-    stream, rptr, rcol, rval, orow, m, pm = layout(kernel)  # l2 > 0: M is the slot count, orow each slot's row of C
+    stream, rptr, rcol, rval, orow, m = layout(kernel)  # l2 > 0: M is the slot count, orow each slot's row of C
     k = kernel.a.shape[1]
     nblk, rows, nc, ntiles, cps = _dims(cfg, m, k, n)
     ws, counters = splitk_workspace(kernel, "tc_sp24", workspace_shape(cfg, rows, ntiles), n)
     bc = (b, c, np.uint64(0) if bias is None else bias) if nk else (b, c)
-    out = (stream, rptr, rcol, rval, *(() if orow is None else (orow,)), *(() if pm is None else (pm,)), ws, counters, *bc, np.int32(m), np.int32(n),
+    out = (stream, rptr, rcol, rval, *(() if orow is None else (orow,)), ws, counters, *bc, np.int32(m), np.int32(n),
            np.int32(k), np.int32(nc), np.int32(nblk), np.int32(cps), np.int32(ntiles))
     if nk:
         out = (*out, np.int32(kernel.a.shape[0]))  # MY: y's row length (l2: M above is the slot count)

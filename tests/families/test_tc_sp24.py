@@ -147,91 +147,10 @@ def test_configs_render_wgmma_sp_for_both_dtypes():
         assert "atomicAdd(counters" not in render(space(), dict(bn=64, kc=1, wg=1, stages=2, splitk=1), dtype)
 
 
-def test_the_space_stops_at_density_0_2_and_at_0_3_with_perm():
+def test_the_space_stops_at_density_0_2():
     sp = space()
     assert list(sp.feasible("fp16", problem_env(4096, 4096, 128, int(0.2 * 4096 * 4096), "fp16"), DEFAULT_LIMITS))
-    at3 = list(sp.feasible("fp16", problem_env(4096, 4096, 128, int(0.3 * 4096 * 4096), "fp16"), DEFAULT_LIMITS))
-    assert at3 and all(c["perm"] == 1 for c in at3)
-    assert not list(sp.feasible("fp16", problem_env(4096, 4096, 128, int(0.4 * 4096 * 4096), "fp16"), DEFAULT_LIMITS))
-
-
-# ---- perm: each row block's own column order ----
-
-def _residual(a, rows, perm=None):
-    """Nonzeros past the first two of their row and group of 4 positions (perm: each row block's order)."""
-    h = host()
-    a = sps.csr_matrix(a)
-    if perm is not None:
-        a = h.permute_columns(a, perm, rows)
-    r = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))
-    return int(np.maximum(np.bincount(r.astype(np.int64) * (a.shape[1] // 4 + 1) + a.indices // 4) - 2, 0).sum())
-
-
-@pytest.mark.parametrize("rows", [64, 128])
-def test_column_perms_are_permutations_deterministic_and_shrink_the_residual(rows):
-    h = host()
-    cases = {**adversarial(), **{f"u{d}": random_matrix(300, 1000, d, "uniform", 7) for d in (0.1, 0.2, 0.3)},
-             "pow0.1": random_matrix(300, 1000, 0.1, "powerlaw", 7)}
-    for name, a in cases.items():
-        perm = h.column_perms(a, rows)
-        k = a.shape[1]
-        assert perm.shape == (-(-a.shape[0] // rows), 4 * max(1, -(-k // 4))), name
-        for b in range(perm.shape[0]):  # every column exactly once a block, the rest -1
-            got = np.sort(perm[b][perm[b] >= 0])
-            assert (got == np.arange(k)).all() and (perm[b] >= -1).all(), (name, b)
-        assert (h.column_perms(a, rows) == perm).all(), name  # deterministic
-        assert _residual(a, rows, perm) <= _residual(a, rows), name
-    for d, most in ((0.1, 0.0), (0.2, 0.02), (0.3, 0.05 if rows == 64 else 0.25)):  # column order leaves 1-8 %
-        a = cases[f"u{d}"]
-        nat, got = _residual(a, rows), _residual(a, rows, h.column_perms(a, rows))
-        assert nat > 0.005 * a.nnz and got <= most * nat, (d, rows, nat, got)
-
-
-@pytest.mark.parametrize("kc,wg", [(1, 1), (2, 2), (4, 1)])
-def test_permuted_stream_round_trips_to_a_and_leaves_the_matrix_alone(kc, wg):
-    h = host()
-    cases = {**adversarial(), "u0.2": random_matrix(150, 300, 0.2, "uniform", 3),
-             "pow0.05": random_matrix(150, 300, 0.05, "powerlaw", 3)}
-    for name, a in cases.items():
-        before = a.copy()
-        stream, rptr, rcol, rval, pm, info = h.build_permuted(a, kc, wg, "fp16")
-        assert pm.dtype == np.uint16 and pm.size == info["NBLK"] * 32 * kc * info["NC"], name
-        assert (h.decode(stream, rptr, rcol, rval, info, pm) == _dense_bits(a)).all(), (name, kc, wg)
-        assert (rcol[:rptr[-1]] < a.shape[1]).all(), name  # the residual keeps A's columns (B's rows)
-        assert (a != before).nnz == 0 and (a.indices == before.indices).all(), name
-
-
-def test_perm_gathers_b_by_the_warp_and_fences_before_the_wgmmas():
-    sp = space()
-    base = sp.normalize(dict(bn=128, kc=2, wg=2, stages=6, splitk=1), "fp16")
-    plain, perm = render(sp, base, "fp16"), render(sp, dict(base, perm=1), "fp16")
-    assert "cp.async.wait_group" not in plain and "const unsigned short* __restrict__ pm" not in plain
-    assert "cp_async_wait<PLAG>();" in perm and "#define PLAG 5" in perm and "const unsigned short* __restrict__ pm" in perm
-    assert "mbar_init(full + 8 * st, 129)" in perm and "#define THREADS 384" in perm and "mbar_init(full + 8 * st, 1)" in plain
-    assert "cp_async_wait<0>();" in perm  # the last PLAG chunks published after the loop
-    assert "prefetch.tensormap" in plain and "prefetch.tensormap" not in perm  # no TMA boxes of B
-    env = problem_env(1024, 1024, 512, 50_000, "fp16")
-    assert sp.check(dict(base, perm=1), env, DEFAULT_LIMITS) is None
-    for bad in (dict(mc=2), dict(pw=1, bn=256)):
-        assert sp.check(sp.normalize(dict(base, perm=1, **bad), "fp16"), env, DEFAULT_LIMITS) is not None, bad
-    nk = sp.for_layout("nk")
-    assert not [c for c in nk.feasible("fp16", {**env, "layout": "nk"}, DEFAULT_LIMITS) if c.get("perm")]
-
-
-PERM_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=6, splitk=1, perm=1), dict(bn=64, kc=4, wg=1, stages=6, splitk=2, perm=1),
-                dict(bn=64, kc=1, wg=2, stages=8, splitk=1, perm=1), dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1, perm=1),
-                dict(bn=128, kc=2, wg=2, stages=4, splitk=2, ar=4, perm=1), dict(bn=64, kc=4, wg=1, stages=6, splitk=1, l2=12, perm=1),
-                dict(bn=256, kc=1, wg=1, stages=4, splitk=1, perm=1)]
-
-
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_perm_configs_compile_without_spills_or_serialized_wgmmas(dtype):
-    sp = space()
-    for cfg in PERM_CONFIGS:
-        rep, sass = nvcc_sm90a(render(sp, sp.normalize(cfg, dtype), dtype), sass=True)
-        assert not sass or ("HGMMA" in sass and "LDGSTS" in sass), cfg
-        assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
-        assert "C751" not in rep, (cfg, rep)
+    assert not list(sp.feasible("fp16", problem_env(4096, 4096, 128, int(0.3 * 4096 * 4096), "fp16"), DEFAULT_LIMITS))
 
 
 def test_constraints_sm90_n_and_shared_memory():
@@ -350,12 +269,7 @@ def _gpu_configs(n, dtype):
                                    dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rq=4), dict(bn=64, kc=1, wg=1, stages=4, splitk=3, rq=2),
                                    dict(bn=64, kc=2, wg=2, stages=4, splitk=1, l2=12, rq=2), dict(bn=128, kc=2, wg=1, stages=4, splitk=2, rq=2),
                                    dict(bn=64, kc=2, wg=1, stages=4, splitk=2, mc=2, rq=4), dict(bn=64, kc=2, wg=1, stages=6, splitk=1, ar=4, rq=4),
-                                   dict(bn=64, kc=1, wg=2, stages=2, splitk=2, rq=2),
-                                   # perm: each row block's own column order, B gathered by the producer warp's lanes
-                                   *PERM_CONFIGS, dict(bn=128, kc=1, wg=2, stages=2, splitk=2, perm=1),
-                                   dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rs=8, perm=1),
-                                   dict(bn=64, kc=2, wg=1, stages=4, splitk=2, rq=2, perm=1),
-                                   dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1, l2=100, perm=1)]
+                                   dict(bn=64, kc=1, wg=2, stages=2, splitk=2, rq=2)]
     for cfg in cands:
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
@@ -387,21 +301,6 @@ def test_correct_on_edge_cases(dtype, n):
     cfgs = _gpu_configs(n, dtype)
     assert len(cfgs) >= 4
     assert _check(cases, dtype, n, cfgs) == 2 * len(cfgs) * len(cases)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("density", [0.1, 0.3])
-def test_perm_correct_at_4096_n128(density):
-    """A layer of the llm suite with each row block's own column order (perm 1; d 0.3 only with it), its residual
-    measured nearly empty."""
-    from sparse_autotune.device.gpu import gpu_info
-    if gpu_info().cc != "9.0":
-        pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
-    a = random_matrix(4096, 4096, density, "uniform", 0)
-    env = problem_env(4096, 4096, 128, a.nnz, "fp16")
-    cfgs = [c for c in (space().normalize(c, "fp16") for c in PERM_CONFIGS[:3] + [dict(bn=64, kc=4, wg=1, stages=6, splitk=4, perm=1)])
-            if space().check(c, env, DEFAULT_LIMITS) is None]
-    assert len(cfgs) >= 3 and _check({"u4096": a}, "fp16", 128, cfgs) == 2 * len(cfgs)
 
 
 @pytest.mark.gpu
