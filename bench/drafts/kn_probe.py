@@ -5,10 +5,10 @@ with no residual at all, results wrong, timing only: the cut-out that bounds wha
 is reported, not checked), against cuBLAS FP16 in
 the same run (session 45: the kn residual forms, the pt twins). Each config verified once against float32; JSON written after
 each case. Env: PROBE_DENS (default 0.1,0.05), PROBE_MAX (cases at most, the slowest against cuBLAS first), PROBE_TWIN
-(l2: the l2 0 / rs 0 twin, the default; pt: the persistent-grid twin, pt 1; perm: the perm 1 twins, with and without l2 (needs bench/drafts/tc_sp24-perm.patch applied); sib: the tc_sp24 winners of the same
-layer at the suite's other densities and patterns (session 46); each where the space admits it; diag10 times the
-record's config only; session
-45's rl twins are gone with the parameter, measured slower).
+(l2: the l2 0 / rs 0 twin, the default; pt: the persistent-grid twin, pt 1; perm: the perm 1 twins, with and
+without l2 (needs bench/drafts/tc_sp24-perm.patch applied); sib: the tc_sp24 winners of the same layer at the suite's
+other densities and patterns (session 46); each where the space admits it; diag10 times the record's config only;
+session 45's rl twins are gone with the parameter, measured slower).
     git show HEAD:variants/tc_sp24.cu.j2 > .scratch/head.j2
     python3 bench/drafts/kn_probe.py OUT.json built,file:.scratch/head.j2"""
 import json
