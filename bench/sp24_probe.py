@@ -221,8 +221,9 @@ def throughput(cp, reps: int = 5) -> dict:
     sms = props["multiProcessorCount"]
     for nn, sparse, spread in ((256, False, 0), (256, True, 0), (128, False, 0), (128, True, 0),
                                (256, False, 1), (256, True, 1), (128, False, 1), (128, True, 1)):
-        f = _tput_kernel(cp, nn, sparse, spread, 8 if spread else 1, 0)
-        smem = 1024 + (8 if spread else 1) * 32 * nn * 2
+        nsl = 8 if spread else 1
+        f = _tput_kernel(cp, nn, sparse, spread, nsl, 0)
+        smem = 1024 + nsl * 32 * nn * 2
         f.max_dynamic_shared_size_bytes = smem
         blocks, iters = sms * 2, 2000
         t = _time_tput(cp, f, blocks, 256, iters, smem, reps)
