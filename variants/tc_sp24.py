@@ -166,6 +166,225 @@ def window_bounds(orow: np.ndarray, block: int, m: int) -> np.ndarray:
     return np.append(first, m).astype(np.int32)
 
 
+PM_NONE = 0xFFFF  # perm: a position no column takes (the kernel copies zeros)
+PERM_OPEN = 1024  # perm: the groups of 4 the greedy chooses among at a time (all of them up to K = 4096)
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (int64)."""
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+        return np.bitwise_count(x).astype(np.int64)
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return ((x * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64)
+
+
+def column_perms(a: sp.csr_matrix, rows: int, open_groups: int = PERM_OPEN) -> np.ndarray:
+    """perm int32 [NB, 4 ceil(K / 4)] (NB = ceil(M / rows)): for each row block of `rows` rows, the column of A at each
+    position of the block's own order of K (-1: a position no column takes), chosen so that the block's rows have at
+    most two nonzeros in each group of 4 consecutive positions wherever possible (what 2:4 holds; the rest is the
+    residual). Greedy, the columns with the most nonzeros in the block first: each goes to the open group (at most
+    `open_groups` at a time, a full one replaced by a new one) where it makes the fewest rows with three nonzeros
+    (then the fewest with two), each row of the block one bit of a mask. Uniform 4096 x 4096, 64-row blocks: the
+    residual 0.95 / 3.6 / 7.6 % of the nonzeros in column order at d 0.1 / 0.2 / 0.3, 0 / ~0 / 0.006 % permuted
+    (session 46). Deterministic (no randomness)."""
+    a = sp.csr_matrix(a)
+    m, k = a.shape
+    rows = int(rows)
+    nb, w, kg = max(1, -(-m // rows)), -(-rows // 64), max(1, -(-k // 4))
+    r = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
+    c = a.indices.astype(np.int64)
+    within = r % rows
+    flat = ((r // rows) * k + c) * w + within // 64
+    bit = (within % 64).astype(np.uint64)
+    masks = np.zeros(nb * k * w, dtype=np.uint64)
+    np.bitwise_or.at(masks, flat, np.uint64(1) << bit)
+    masks = masks.reshape(nb, k, w)
+    order = np.argsort(-_popcount(masks).sum(axis=2), axis=1, kind="stable")
+    s = max(1, min(int(open_groups), kg))
+    m1 = np.zeros((nb, s, w), dtype=np.uint64)  # rows with >= 1 nonzero in the open group
+    m2 = np.zeros((nb, s, w), dtype=np.uint64)  # rows with >= 2
+    fill = np.zeros((nb, s), dtype=np.int64)
+    gid = np.tile(np.arange(s, dtype=np.int64), (nb, 1))
+    nxt = np.full(nb, s, dtype=np.int64)
+    pos = np.empty((nb, k), dtype=np.int64)
+    bi = np.arange(nb)
+    big = np.int64(1) << 20
+    for step in range(k):
+        col = order[:, step]
+        cm = masks[bi, col]
+        cost = _popcount(m2 & cm[:, None, :]).sum(axis=2) * big + _popcount(m1 & cm[:, None, :]).sum(axis=2)
+        cost[fill >= 4] = np.int64(1) << 50
+        g = np.argmin(cost, axis=1)
+        pos[bi, col] = gid[bi, g] * 4 + fill[bi, g]
+        m2[bi, g] |= m1[bi, g] & cm
+        m1[bi, g] |= cm
+        fill[bi, g] += 1
+        full = bi[(fill[bi, g] == 4) & (nxt < kg)]
+        if len(full):
+            gf = g[full]
+            gid[full, gf] = nxt[full]
+            nxt[full] += 1
+            fill[full, gf] = 0
+            m1[full, gf] = 0
+            m2[full, gf] = 0
+    perm = np.full((nb, 4 * kg), -1, dtype=np.int32)
+    perm[np.repeat(bi, k), pos.reshape(-1)] = np.tile(np.arange(k, dtype=np.int32), nb)
+    return perm
+
+
+def permute_columns(a: sp.csr_matrix, perm: np.ndarray, rows: int) -> sp.csr_matrix:
+    """A with each row's columns moved to their positions in its row block's order (perm of column_perms): M x
+    perm.shape[1]."""
+    a = sp.csr_matrix(a)
+    m = a.shape[0]
+    nb, kp = perm.shape
+    inv = np.full((nb, a.shape[1]), -1, dtype=np.int64)
+    b, p = np.nonzero(perm >= 0)
+    inv[b, perm[b, p]] = p
+    r = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
+    out = sp.csr_matrix((a.data.copy(), inv[r // int(rows), a.indices], a.indptr.copy()), shape=(m, kp))
+    out.sort_indices()
+    return out
+
+
+_PERMS: dict = {}  # (id(host), wg, l2) -> (host, perm): the greedy once a matrix for every kc
+
+
+def _perm_of(host, a2: sp.csr_matrix, wg: int, l2: int) -> np.ndarray:
+    key = (id(host), wg, l2)
+    got = _PERMS.get(key)
+    if got is None or got[0] is not host:
+        if len(_PERMS) >= 8:
+            _PERMS.pop(next(iter(_PERMS)))
+        got = _PERMS[key] = (host, column_perms(a2, 64 * wg))
+    return got[1]
+
+
+def build_permuted(a: sp.csr_matrix, kc: int, wg: int, dtype: str = "fp16", perm: np.ndarray | None = None):
+    """build() of A with each row block's columns in its own order (perm: column_perms(a, 64 wg) unless given):
+    (stream, rptr, rcol, rval, pm, info). The stream holds the 2:4 part at the permuted positions; the residual keeps
+    A's columns (B's rows, read directly); pm uint16 [NBLK x 32 kc NC] is the column of each position of each row block
+    of the stream (PM_NONE: zeros), the kernel's producer gathers B's rows by it, a one-row TMA box each (K < PM_NONE)."""
+    m, k = a.shape
+    perm = column_perms(a, 64 * wg) if perm is None else perm
+    ap = permute_columns(a, perm, 64 * wg)
+    stream, rptr, rcol, rval, info = build(ap, kc, wg, dtype)
+    nres = int(rptr[-1])
+    if nres:
+        er = np.repeat(np.arange(m, dtype=np.int64), np.diff(rptr))
+        cols = perm[er // (64 * wg), rcol[:nres]].astype(np.int32)
+        order = np.lexsort((cols, er))
+        rcol = np.concatenate([cols[order], rcol[nres:]]).astype(np.int32)
+        rval = np.concatenate([rval[:nres][order], rval[nres:]]).astype(np.uint16)
+    nblk, nc = info["NBLK"], info["NC"]
+    if k >= PM_NONE:
+        raise ValueError(f"tc_sp24 perm: K = {k} (below {PM_NONE}: 16-bit positions)")
+    pm = np.full((nblk, 32 * kc * nc), PM_NONE, dtype=np.uint16)
+    pm[:perm.shape[0], :perm.shape[1]] = np.where(perm >= 0, perm, PM_NONE)
+    info = dict(info, K=k, perm=True)
+    return stream, rptr, rcol, rval, pm.reshape(-1), info
+
+
+def overflow_positions(a: sp.csr_matrix, rows: int, npos: int) -> tuple[np.ndarray, np.ndarray]:
+    """ov: (take bool, pos int64), one of each per entry of A in CSR order (csr_parts), placing the residual (the
+    entries past the first two of their row and group of 4 columns) into `npos` extra positions of each row block of
+    `rows` rows, so that 2:4 holds them: each position is one column of A (B's row, gathered by the block's producer),
+    and no row of the block gets three entries in a group of 4 positions. Greedy, per block the columns with the most
+    residual entries first, each into the open group (npos / 4 of them) where it adds the fewest rows with two; a row
+    that already has two there keeps that entry in the residual (take False), as does a column once the groups are
+    full. take[e]: entry e moves to position pos[e] (pos -1 elsewhere). Deterministic."""
+    m, k, r, c, _ = csr_parts(a)
+    rows, npos = int(rows), int(npos)
+    take = np.zeros(len(r), dtype=bool)
+    pos = np.full(len(r), -1, dtype=np.int64)
+    ngr = npos // 4
+    if len(r) == 0 or ngr == 0:
+        return take, pos
+    _, rank = _group_rank(r, c, max(1, -(-k // 4)))
+    res = np.nonzero(rank >= 2)[0]
+    if len(res) == 0:
+        return take, pos
+    rr, cc = r[res], c[res]
+    w = -(-rows // 64)
+    blk, within = rr // rows, rr % rows
+    key = blk * k + cc
+    uk, inv = np.unique(key, return_inverse=True)  # the (block, column) pairs with residual entries
+    masks = np.zeros((len(uk), w), dtype=np.uint64)
+    np.bitwise_or.at(masks, (inv, within // 64), np.uint64(1) << (within % 64).astype(np.uint64))
+    ub = uk // k
+    cnt = _popcount(masks).sum(axis=1)
+    order = np.lexsort((uk % k, -cnt, ub))  # by block, then the most entries first, then the column
+    ub_o = ub[order]
+    start = np.searchsorted(ub_o, ub_o, side="left")
+    step = np.arange(len(order)) - start  # the pair's rank within its block
+    blocks, bix = np.unique(ub_o, return_inverse=True)
+    nb, ns = len(blocks), int(step.max()) + 1
+    slot = np.full((nb, ns), -1, dtype=np.int64)  # the pair at each step of each block
+    slot[bix, step] = order
+    m1 = np.zeros((nb, ngr, w), dtype=np.uint64)  # rows with >= 1 entry in the group
+    m2 = np.zeros((nb, ngr, w), dtype=np.uint64)  # rows with 2
+    fill = np.zeros((nb, ngr), dtype=np.int64)
+    upos = np.full(len(uk), -1, dtype=np.int64)
+    ukeep = np.zeros((len(uk), w), dtype=np.uint64)
+    bi = np.arange(nb)
+    big = np.int64(1) << 20
+    for s in range(ns):
+        u = slot[:, s]
+        live = (u >= 0) & (fill < 4).any(axis=1)
+        if not live.any():
+            continue
+        cm = np.where(live[:, None], masks[np.maximum(u, 0)], np.uint64(0))
+        three = _popcount(m2 & cm[:, None, :]).sum(axis=2)
+        cost = three * big + _popcount(m1 & cm[:, None, :]).sum(axis=2)
+        cost[fill >= 4] = np.int64(1) << 50
+        g = np.argmin(cost, axis=1)
+        keep = cm & ~m2[bi, g]
+        live &= _popcount(keep).sum(axis=1) > 0
+        lb, lg = bi[live], g[live]
+        upos[u[live]] = lg * 4 + fill[lb, lg]
+        ukeep[u[live]] = keep[live]
+        m2[lb, lg] |= m1[lb, lg] & keep[live]
+        m1[lb, lg] |= keep[live]
+        fill[lb, lg] += 1
+    ep = upos[inv]
+    bitset = (ukeep[inv, within // 64] >> (within % 64).astype(np.uint64)) & np.uint64(1)
+    ok = (ep >= 0) & (bitset == 1)
+    take[res[ok]] = True
+    pos[res[ok]] = ep[ok]
+    return take, pos
+
+
+def build_overflow(a: sp.csr_matrix, kc: int, wg: int, ov: int, dtype: str = "fp16"):
+    """build() of A with ov overflow chunks (the template's ov): (stream, rptr, rcol, rval, pm, info). The residual's
+    entries that overflow_positions places go to ov chunks of 32 kc positions past K's own NC0 = ceil(K / 32 kc)
+    chunks (the stream's NC = NC0 + ov); pm uint16 [NBLK x 32 kc ov] is the column of A (B's row) at each of a row
+    block's overflow positions (PM_NONE: zeros); what they cannot take stays in the residual (A's columns)."""
+    m, k = a.shape
+    kc, wg, ov = int(kc), int(wg), int(ov)
+    if ov < 1:
+        raise ValueError(f"tc_sp24 ov: {ov} chunks (at least 1)")
+    if k >= PM_NONE:
+        raise ValueError(f"tc_sp24 ov: K = {k} (below {PM_NONE}: 16-bit positions)")
+    kc32 = 32 * kc
+    k0 = kc32 * max(1, -(-k // kc32))
+    npos = kc32 * ov
+    _, _, r, c, data = csr_parts(a)
+    take, pos = overflow_positions(a, 64 * wg, npos)
+    cols = np.where(take, k0 + pos, c)
+    a2 = sp.csr_matrix((data, (r, cols)), shape=(m, k0 + npos))
+    a2.sort_indices()
+    stream, rptr, rcol, rval, info = build(a2, kc, wg, dtype)
+    if int(rptr[-1]) and int(rcol[:int(rptr[-1])].max()) >= k:
+        raise AssertionError("tc_sp24 ov: an overflow position in the residual")
+    nblk = info["NBLK"]
+    pm = np.full((nblk, npos), PM_NONE, dtype=np.uint16)
+    pm[r[take] // (64 * wg), pos[take]] = c[take]
+    info = dict(info, K=k, ov=ov, overflow=int(take.sum()))
+    return stream, rptr, rcol, rval, pm.reshape(-1), info
+
+
 def split(a: sp.csr_matrix, dtype: str = "fp16"):
     """(nib uint8 [Mp0, Kg], vals uint16 [Mp0, 2 Kg], residual csr) of A: per row and group of 4 columns the kept pair's
     positions as one metadata nibble and its two 16-bit values (module docstring), the rest as a CSR matrix of the
@@ -239,10 +458,11 @@ def build(a: sp.csr_matrix, kc: int, wg: int, dtype: str = "fp16"):
     return stream, rptr, rcol, rval, info
 
 
-def decode(stream: np.ndarray, rptr, rcol, rval, info: dict) -> np.ndarray:
+def decode(stream: np.ndarray, rptr, rcol, rval, info: dict, pm: np.ndarray | None = None) -> np.ndarray:
     """Dense M x K uint16 bit patterns of A rebuilt as the kernel reads it: each tile's thread registers and metadata
-    words (module docstring), each nibble's two positions taking the pair's two values, plus the residual; a residual
-    entry landing on a cell the 2:4 part already holds fails. For tests."""
+    words (module docstring), each nibble's two positions taking the pair's two values (pm, build_permuted's: each
+    row block's positions back to their columns; a value at a position no column takes fails), plus the residual; a
+    residual entry landing on a cell the 2:4 part already holds fails. For tests."""
     kc, wg, m, k, nblk, nc = (info[x] for x in ("kc", "wg", "M", "K", "NBLK", "NC"))
     tiles = stream.reshape(nc, nblk, wg, kc, TILE)
     out = np.zeros((64 * wg * nblk, 32 * kc * nc), dtype=np.uint16)
@@ -270,6 +490,22 @@ def decode(stream: np.ndarray, rptr, rcol, rval, info: dict) -> np.ndarray:
                                 v = (reg >> (16 * s)) & 0xFFFF
                                 if v:
                                     out[row, col + p] = v
+    if pm is not None:  # perm: pm covers every position; ov: the last ones (those before are A's columns)
+        pm = np.asarray(pm).astype(np.int64).reshape(nblk, -1)
+        pm[pm == PM_NONE] = -1
+        off = out.shape[1] - pm.shape[1]
+        orig = np.zeros((out.shape[0], max(k, off)), dtype=np.uint16)
+        orig[:, :off] = out[:, :off]
+        for b in range(nblk):
+            r0 = 64 * wg * b
+            used = pm[b] >= 0
+            assert not out[r0:r0 + 64 * wg, off + np.nonzero(~used)[0]].any(), "a value at a position no column takes"
+            rr, jj = np.nonzero(out[r0:r0 + 64 * wg, off:])
+            assert used[jj].all()
+            cc = pm[b][jj]
+            assert not orig[r0 + rr, cc].any(), "two values for one entry"
+            orig[r0 + rr, cc] = out[r0 + rr, off + jj]
+        out = orig
     out = out[:m, :k].copy()
     for r in range(m):
         for e in range(int(rptr[r]), int(rptr[r + 1])):
@@ -279,8 +515,10 @@ def decode(stream: np.ndarray, rptr, rcol, rval, info: dict) -> np.ndarray:
 
 
 def threads(config: dict) -> int:
-    """wg consumer warpgroups and the producer warp (pw 1: a producer warpgroup, for setmaxnreg)."""
-    return 128 * config["wg"] + (128 if config.get("pw", 0) else 32)
+    """wg consumer warpgroups and the producer warp (pw 1: a producer warpgroup, for setmaxnreg; perm 1 and ov: a
+    producer warpgroup whose lanes gather B's rows)."""
+    gather = config.get("perm", 0) or config.get("ov", 0)
+    return 128 * config["wg"] + (128 if config.get("pw", 0) or gather else 32)
 
 
 def multicast(config: dict) -> int:
@@ -289,11 +527,32 @@ def multicast(config: dict) -> int:
 
 
 def layout(kernel):
-    """(stream, rptr, rcol, rval, orow, Ms) of the kernel's A on the device, built once a (kc, wg, dtype, l2): at l2 0
-    the rows as they are (orow None, Ms = M), else over slots (`slots`; for an nk kernel windowed by row blocks of 64 wg
-    slots, orow then followed by the blocks' window_bounds)."""
+    """(stream, rptr, rcol, rval, orow, Ms, pm) of the kernel's A on the device, built once a (kc, wg, dtype, l2,
+    perm): at l2 0 the rows as they are (orow None, Ms = M), else over slots (`slots`; for an nk kernel windowed by row
+    blocks of 64 wg slots, orow then followed by the blocks' window_bounds); pm None, or at perm 1 each row block's
+    order of K (build_permuted, after the slots), at ov each row block's overflow positions (build_overflow, after the
+    slots)."""
     cfg, dtype = kernel.config, kernel.dtype
     kc, wg, l2 = cfg["kc"], cfg["wg"], int(cfg.get("l2", 0))
+    ov = int(cfg.get("ov", 0))
+    if ov:
+        def make_ov(host):
+            a2, orow = slots(host, l2) if l2 else (host, None)
+            stream, rptr, rcol, rval, pm, _ = build_overflow(a2, kc, wg, ov, dtype)
+            return stream, rptr, rcol, rval, (np.zeros(1, np.int32) if orow is None else orow), int(a2.shape[0]), pm
+        got = kernel.a.cached(("tc_sp24", kc, wg, dtype, l2, "ov", ov), make_ov)
+        return (*got[:4], got[4] if l2 else None, got[5], got[6])
+    if int(cfg.get("perm", 0)):
+        def make_perm(host):
+            a2, orow = slots(host, l2) if l2 else (host, None)
+            stream, rptr, rcol, rval, pm, _ = build_permuted(a2, kc, wg, dtype, _perm_of(host, a2, wg, l2))
+            return stream, rptr, rcol, rval, (np.zeros(1, np.int32) if orow is None else orow), int(a2.shape[0]), pm
+        got = kernel.a.cached(("tc_sp24", kc, wg, dtype, l2, "perm"), make_perm)
+        return (*got[:4], got[4] if l2 else None, got[5], got[6])
+    return (*_layout(kernel, kc, wg, l2, dtype), None)
+
+
+def _layout(kernel, kc, wg, l2, dtype):
     if not l2:
         got = kernel.a.cached(("tc_sp24", kc, wg, dtype), lambda host: build(host, kc, wg, dtype)[:4])
         return (*got, None, kernel.a.shape[0])
@@ -312,8 +571,10 @@ def layout(kernel):
 
 
 def _dims(config: dict, m: int, k: int, n: int):
-    """(NBLK of the stream, row blocks launched (a multiple of mc), NC, column tiles, chunks per split)."""
+    """(NBLK of the stream, row blocks launched (a multiple of mc), NC (ov: K's own chunks and the overflow's),
+    column tiles, chunks per split)."""
     nblk, nc = dims(m, k, config["kc"], config["wg"])
+    nc += int(config.get("ov", 0))
     mc = multicast(config)
     rows = max(1, -(-m // (64 * config["wg"])))
     ntiles = max(1, -(-n // config["bn"]))
@@ -400,8 +661,17 @@ def tensor_map_args(n: int, k: int, config: dict, address: int) -> dict:
     """cuTensorMapEncodeTiled's arguments for B: tc_wgmma's (K x N row-major 16-bit, rows >= K and columns >= N read
     zeros, boxes of 64 columns, the 128-byte swizzle: LBO = the box's rows x 128 bytes, SBO = 1024) with a box of one
     chunk's 32 kc rows (at mc 2 half of it: each block of the cluster multicasts its half) at B's address."""
+    if int(config.get("perm", 0)):  # perm: boxes of one row (the producer gathers B's rows by the row block's order)
+        return tensor_map_args_rows(n, k, address)
     rows = 32 * int(config["kc"]) // multicast(config)
     return {**_wgmma_host().tensor_map_args(n, k, {"kc": rows // 16}), "address": int(address)}
+
+
+def tensor_map_args_rows(n: int, k: int, address: int) -> dict:
+    """perm's and ov's row-box map of B: boxes of 64 columns x 1 row, the 128-byte swizzle (a box lands as that row of
+    a whole box would: TMA's swizzle follows the destination address, CUDA C++ Programming Guide, TMA swizzle)."""
+    wg = _wgmma_host()
+    return wg.tiled_map_16bit(n, k, (64, 1), wg.TMAP_SWIZZLE_128B, address)
 
 
 def tensor_map_args_nk(n: int, k: int, config: dict, address: int) -> dict:
@@ -427,19 +697,23 @@ def args(kernel, n: int, b, c, bias=None) -> tuple:
     from sparse_autotune.device.kernel import BParam  # noqa: PLC0415
     cfg = kernel.config
     nk = getattr(kernel, "layout", "kn") == "nk"
-    stream, rptr, rcol, rval, orow, m = layout(kernel)  # l2 > 0: M is the slot count, orow each slot's row of C
+    stream, rptr, rcol, rval, orow, m, pm = layout(kernel)  # l2 > 0: M is the slot count, orow each slot's row of C
     k = kernel.a.shape[1]
     nblk, rows, nc, ntiles, cps = _dims(cfg, m, k, n)
     ws, counters = splitk_workspace(kernel, "tc_sp24", workspace_shape(cfg, rows, ntiles), n)
     bc = (b, c, np.uint64(0) if bias is None else bias) if nk else (b, c)
-    out = (stream, rptr, rcol, rval, *(() if orow is None else (orow,)), ws, counters, *bc, np.int32(m), np.int32(n),
+    out = (stream, rptr, rcol, rval, *(() if orow is None else (orow,)), *(() if pm is None else (pm,)), ws, counters, *bc, np.int32(m), np.int32(n),
            np.int32(k), np.int32(nc), np.int32(nblk), np.int32(cps), np.int32(ntiles))
     if nk:
         out = (*out, np.int32(kernel.a.shape[0]))  # MY: y's row length (l2: M above is the slot count)
     tmap, ok = (tensor_map_args_nk, k % 8 == 0) if nk else (tensor_map_args, n % 8 == 0)
+    ov = int(cfg.get("ov", 0))
     if not (n > 0 and ok):  # never launched (infeasible); a_bytes() asks for N = 1
-        return (*out, BParam(128, lambda b_ptr: bytes(128)))
-    return (*out, BParam(128, lambda b_ptr: _encode(tmap(n, k, cfg, b_ptr))))
+        return (*out, *(BParam(128, lambda b_ptr: bytes(128)) for _ in range(2 if ov else 1)))
+    out = (*out, BParam(128, lambda b_ptr: _encode(tmap(n, k, cfg, b_ptr))))
+    if ov:  # ov: the row-box map of the overflow chunks' gather (tmap1)
+        out = (*out, BParam(128, lambda b_ptr: _encode(tensor_map_args_rows(n, k, b_ptr))))
+    return out
 
 
 def adapt(space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:
