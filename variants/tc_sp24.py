@@ -234,6 +234,69 @@ def column_perms(a: sp.csr_matrix, rows: int, open_groups: int = PERM_OPEN) -> n
     return perm
 
 
+def pair_perms(a: sp.csr_matrix, rows: int, open_groups: int = PERM_OPEN) -> np.ndarray:
+    """column_perms' order (same format) that moves A's columns in pairs (2j, 2j + 1), a pair at positions (2i, 2i + 1),
+    so that the kernel gathers B's rows by two-row TMA boxes (perm 2: half the boxes of perm 1). A group of 4 positions
+    is two pairs; the greedy takes the pairs with the most nonzeros in the block first, each into the open group where it
+    makes the fewest rows with three nonzeros, then with two. Uniform 256 x 2048, 64-row blocks: the residual ~0 / 0.03 /
+    ~2 % of the nonzeros at d 0.1 / 0.2 / 0.3 (bench/drafts/perm_pairs_eval.py; column order 0.94 / 3.5 / 7.6 %)."""
+    a = sp.csr_matrix(a)
+    m, k = a.shape
+    rows = int(rows)
+    nb, w = max(1, -(-m // rows)), -(-rows // 64)
+    kpairs = max(1, -(-k // 2))
+    gmax = max(1, -(-kpairs // 2))  # groups of two pairs
+    r = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
+    c = a.indices.astype(np.int64)
+    within = r % rows
+    bit = np.uint64(1) << (within % 64).astype(np.uint64)
+    flat = ((r // rows) * kpairs + c // 2) * w + within // 64
+    lo = np.zeros(nb * kpairs * w, dtype=np.uint64)  # rows with column 2j
+    hi = np.zeros(nb * kpairs * w, dtype=np.uint64)  # rows with column 2j + 1
+    np.bitwise_or.at(lo, flat[c % 2 == 0], bit[c % 2 == 0])
+    np.bitwise_or.at(hi, flat[c % 2 == 1], bit[c % 2 == 1])
+    p1 = (lo | hi).reshape(nb, kpairs, w)  # rows with >= 1 nonzero in the pair
+    p2 = (lo & hi).reshape(nb, kpairs, w)  # rows with both
+    order = np.argsort(-(_popcount(p1).sum(axis=2) + _popcount(p2).sum(axis=2)), axis=1, kind="stable")
+    s = max(1, min(int(open_groups), gmax))
+    m1 = np.zeros((nb, s, w), dtype=np.uint64)
+    m2 = np.zeros((nb, s, w), dtype=np.uint64)
+    fill = np.zeros((nb, s), dtype=np.int64)
+    gid = np.tile(np.arange(s, dtype=np.int64), (nb, 1))
+    nxt = np.full(nb, s, dtype=np.int64)
+    pos = np.empty((nb, kpairs), dtype=np.int64)
+    bi = np.arange(nb)
+    big = np.int64(1) << 20
+    for step in range(kpairs):
+        pj = order[:, step]
+        a1, a2 = p1[bi, pj], p2[bi, pj]
+        three = (m2 & a1[:, None, :]) | (m1 & a2[:, None, :])
+        two = (m1 & a1[:, None, :]) | a2[:, None, :]
+        cost = _popcount(three).sum(axis=2) * big + _popcount(two).sum(axis=2)
+        cost[fill >= 2] = np.int64(1) << 50
+        g = np.argmin(cost, axis=1)
+        pos[bi, pj] = gid[bi, g] * 2 + fill[bi, g]  # the pair's slot: positions 2 slot, 2 slot + 1
+        m2[bi, g] |= (m1[bi, g] & a1) | a2
+        m1[bi, g] |= a1
+        fill[bi, g] += 1
+        full = bi[(fill[bi, g] == 2) & (nxt < gmax)]
+        if len(full):
+            gf = g[full]
+            gid[full, gf] = nxt[full]
+            nxt[full] += 1
+            fill[full, gf] = 0
+            m1[full, gf] = 0
+            m2[full, gf] = 0
+    perm = np.full((nb, 4 * gmax), -1, dtype=np.int32)
+    cols = np.arange(2 * kpairs, dtype=np.int64).reshape(kpairs, 2)
+    slots = np.repeat(bi, kpairs), pos.reshape(-1)
+    for half in range(2):
+        col = np.tile(cols[:, half], nb)
+        keep = col < k
+        perm[slots[0][keep], 2 * slots[1][keep] + half] = col[keep]
+    return perm
+
+
 def permute_columns(a: sp.csr_matrix, perm: np.ndarray, rows: int) -> sp.csr_matrix:
     """A with each row's columns moved to their positions in its row block's order (perm of column_perms): M x
     perm.shape[1]."""
@@ -252,13 +315,13 @@ def permute_columns(a: sp.csr_matrix, perm: np.ndarray, rows: int) -> sp.csr_mat
 _PERMS: dict = {}  # (id(host), wg, l2) -> (host, perm): the greedy once a matrix for every kc
 
 
-def _perm_of(host, a2: sp.csr_matrix, wg: int, l2: int) -> np.ndarray:
-    key = (id(host), wg, l2)
+def _perm_of(host, a2: sp.csr_matrix, wg: int, l2: int, unit: int = 1) -> np.ndarray:
+    key = (id(host), wg, l2, unit)
     got = _PERMS.get(key)
     if got is None or got[0] is not host:
         if len(_PERMS) >= 8:
             _PERMS.pop(next(iter(_PERMS)))
-        got = _PERMS[key] = (host, column_perms(a2, 64 * wg))
+        got = _PERMS[key] = (host, (pair_perms if unit == 2 else column_perms)(a2, 64 * wg))
     return got[1]
 
 
@@ -266,7 +329,8 @@ def build_permuted(a: sp.csr_matrix, kc: int, wg: int, dtype: str = "fp16", perm
     """build() of A with each row block's columns in its own order (perm: column_perms(a, 64 wg) unless given):
     (stream, rptr, rcol, rval, pm, info). The stream holds the 2:4 part at the permuted positions; the residual keeps
     A's columns (B's rows, read directly); pm uint16 [NBLK x 32 kc NC] is the column of each position of each row block
-    of the stream (PM_NONE: zeros), the kernel's producer gathers B's rows by it, a one-row TMA box each (K < PM_NONE)."""
+    of the stream (PM_NONE: zeros), the kernel's producer gathers B's rows by it, a one-row TMA box each (K < PM_NONE;
+    a pair_perms order: a two-row box a pair)."""
     m, k = a.shape
     perm = column_perms(a, 64 * wg) if perm is None else perm
     ap = permute_columns(a, perm, 64 * wg)
@@ -542,12 +606,13 @@ def layout(kernel):
             return stream, rptr, rcol, rval, (np.zeros(1, np.int32) if orow is None else orow), int(a2.shape[0]), pm
         got = kernel.a.cached(("tc_sp24", kc, wg, dtype, l2, "ov", ov), make_ov)
         return (*got[:4], got[4] if l2 else None, got[5], got[6])
-    if int(cfg.get("perm", 0)):
+    unit = int(cfg.get("perm", 0))
+    if unit:
         def make_perm(host):
             a2, orow = slots(host, l2) if l2 else (host, None)
-            stream, rptr, rcol, rval, pm, _ = build_permuted(a2, kc, wg, dtype, _perm_of(host, a2, wg, l2))
+            stream, rptr, rcol, rval, pm, _ = build_permuted(a2, kc, wg, dtype, _perm_of(host, a2, wg, l2, unit))
             return stream, rptr, rcol, rval, (np.zeros(1, np.int32) if orow is None else orow), int(a2.shape[0]), pm
-        got = kernel.a.cached(("tc_sp24", kc, wg, dtype, l2, "perm"), make_perm)
+        got = kernel.a.cached(("tc_sp24", kc, wg, dtype, l2, "perm", unit), make_perm)
         return (*got[:4], got[4] if l2 else None, got[5], got[6])
     return (*_layout(kernel, kc, wg, l2, dtype), None)
 
@@ -661,17 +726,18 @@ def tensor_map_args(n: int, k: int, config: dict, address: int) -> dict:
     """cuTensorMapEncodeTiled's arguments for B: tc_wgmma's (K x N row-major 16-bit, rows >= K and columns >= N read
     zeros, boxes of 64 columns, the 128-byte swizzle: LBO = the box's rows x 128 bytes, SBO = 1024) with a box of one
     chunk's 32 kc rows (at mc 2 half of it: each block of the cluster multicasts its half) at B's address."""
-    if int(config.get("perm", 0)):  # perm: boxes of one row (the producer gathers B's rows by the row block's order)
-        return tensor_map_args_rows(n, k, address)
+    if int(config.get("perm", 0)):  # perm: boxes of one row (2: two), the producer gathers B's rows by the block's order
+        return tensor_map_args_rows(n, k, address, int(config["perm"]))
     rows = 32 * int(config["kc"]) // multicast(config)
     return {**_wgmma_host().tensor_map_args(n, k, {"kc": rows // 16}), "address": int(address)}
 
 
-def tensor_map_args_rows(n: int, k: int, address: int) -> dict:
-    """perm's and ov's row-box map of B: boxes of 64 columns x 1 row, the 128-byte swizzle (a box lands as that row of
-    a whole box would: TMA's swizzle follows the destination address, CUDA C++ Programming Guide, TMA swizzle)."""
+def tensor_map_args_rows(n: int, k: int, address: int, rows: int = 1) -> dict:
+    """perm's and ov's row-box map of B: boxes of 64 columns x `rows` rows (perm 2: two), the 128-byte swizzle (a box
+    lands as those rows of a whole box would: TMA's swizzle follows the destination address, CUDA C++ Programming
+    Guide, TMA swizzle: an offset of (address / 128) % 8 in the pattern)."""
     wg = _wgmma_host()
-    return wg.tiled_map_16bit(n, k, (64, 1), wg.TMAP_SWIZZLE_128B, address)
+    return wg.tiled_map_16bit(n, k, (64, int(rows)), wg.TMAP_SWIZZLE_128B, address)
 
 
 def tensor_map_args_nk(n: int, k: int, config: dict, address: int) -> dict:

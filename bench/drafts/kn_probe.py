@@ -6,11 +6,12 @@ is reported, not checked), against cuBLAS FP16 in
 the same run (session 45: the kn residual forms, the pt twins). Each config verified once against float32; JSON written after
 each case. Env: PROBE_DENS (default 0.1,0.05), PROBE_MAX (cases at most, the slowest against cuBLAS first), PROBE_TWIN
 (l2: the l2 0 / rs 0 twin, the default; pt: the persistent-grid twin, pt 1; perm: the perm 1 twins, with and
-without l2 (needs bench/drafts/tc_sp24-perm.patch applied); sib: the tc_sp24 winners of the same layer at the suite's
+without l2; ov: the ov 1 / 2 / 4 twins, with the record's l2 and at l2 0 (session 47); sib: the tc_sp24 winners of the same layer at the suite's
 other densities and patterns (session 46); each where the space admits it; diag10 times the record's config only;
 session 45's rl twins are gone with the parameter, measured slower).
     git show HEAD:variants/tc_sp24.cu.j2 > .scratch/head.j2
     python3 bench/drafts/kn_probe.py OUT.json built,file:.scratch/head.j2"""
+import dataclasses
 import json
 import os
 import sys
@@ -32,6 +33,9 @@ from sparse_autotune.errors import CandidateError
 
 cp = cupy()
 sp24 = get_family("tc_sp24").space
+WIDE = {"perm": [0, 1, 2], "ov": [0, 1, 2, 4]}  # held at 0 in the shipped space until their gather has run on a GPU
+sp24 = dataclasses.replace(sp24, params=[dataclasses.replace(p, values=WIDE[p.name]) if p.name in WIDE else p
+                                         for p in sp24.params])
 TPL = open("variants/tc_sp24.cu.j2").read()
 FORM = {"v": "built"}
 FORMS = sys.argv[2].split(",") if len(sys.argv) > 2 else ["built"]
@@ -57,7 +61,10 @@ for r in recs:
     if mode == "pt":
         twins = [dict(c, pt=1, rs=0, rq=0, splitk=1, mc=1, ar=0)]
     elif mode == "perm":  # session 46: each row block's own column order (the residual nearly gone), and without l2
-        twins = [dict(c, perm=1, mc=1, pw=0), dict(c, perm=1, l2=0, rs=0, rq=0, mc=1, pw=0)]
+        twins = [dict(c, perm=u, mc=1, pw=0) for u in (1, 2)] + [dict(c, perm=u, l2=0, rs=0, rq=0, mc=1, pw=0) for u in (1, 2)]
+    elif mode == "ov":  # session 47: the residual into ov overflow chunks (B rows gathered by one-row TMA boxes), with
+        # the record's l2 and without it (ov instead of l2's doubled rows)
+        twins = [dict(c, ov=x, mc=1) for x in (1, 2, 4)] + [dict(c, ov=x, l2=0, rs=0, rq=0, mc=1) for x in (1, 2, 4)]
     elif mode == "sib":  # the tc_sp24 winners of the same layer (M, K, N) at the other densities and patterns
         twins = [dict(s["config"]) for s in sibs if (s["M"], s["K"], s["N"]) == (r["M"], r["K"], r["N"]) and s is not r]
     else:
@@ -103,6 +110,6 @@ for r in recs:
             o["runs"].append({"form": form, "cfg": cfg, "us": t, "err": err})
     out.append(o)
     json.dump(out, open(sys.argv[1], "w"), indent=1)
-    cells = " | ".join(f"{x['form'][:9]} l2 {x['cfg'].get('l2', 0)} rs {x['cfg'].get('rs', 0)} pt {x['cfg'].get('pt', 0)}: {x['us']:.2f} ({x['err']:.0e})"
+    cells = " | ".join(f"{x['form'][:9]} l2 {x['cfg'].get('l2', 0)} rs {x['cfg'].get('rs', 0)} pt {x['cfg'].get('pt', 0)} ov {x['cfg'].get('ov', 0)} perm {x['cfg'].get('perm', 0)}: {x['us']:.2f} ({x['err']:.0e})"
                        for x in o["runs"])
     print(f"| {m}x{k} N={n} d {d} {pat[:4]} | cuBLAS {o['cublas']:.2f} | record {r['tuned_us']:.2f} | {cells} |", flush=True)

@@ -32,7 +32,7 @@ def space():
     return get_family(FAMILY).space
 
 
-GATHER_VALUES = {"perm": [0, 1], "ov": [0, 1, 2, 4]}
+GATHER_VALUES = {"perm": [0, 1, 2], "ov": [0, 1, 2, 4]}
 
 
 def gather_space():
@@ -203,6 +203,27 @@ def test_column_perms_are_permutations_deterministic_and_shrink_the_residual(row
         assert nat > 0.005 * a.nnz and got <= most * nat, (d, rows, nat, got)
 
 
+@pytest.mark.parametrize("rows", [64, 128])
+def test_pair_perms_move_columns_in_pairs_and_shrink_the_residual(rows):
+    h = host()
+    cases = {**adversarial(), **{f"u{d}": random_matrix(256, 1001, d, "uniform", 7) for d in (0.1, 0.2)}}
+    for name, a in cases.items():
+        perm = h.pair_perms(a, rows)
+        k = a.shape[1]
+        assert perm.shape[0] == -(-a.shape[0] // rows) and perm.shape[1] % 4 == 0 and perm.shape[1] >= k, name
+        for b in range(perm.shape[0]):
+            got = np.sort(perm[b][perm[b] >= 0])
+            assert (got == np.arange(k)).all(), (name, b)  # every column once a block
+            lo, hi = perm[b][0::2], perm[b][1::2]  # positions (2i, 2i + 1): a pair (2j, 2j + 1), or none
+            assert ((lo % 2 == 0) | (lo < 0)).all() and ((hi == lo + 1) | ((hi < 0) & ((lo < 0) | (lo == k - 1)))).all(), (name, b)
+        assert (h.pair_perms(a, rows) == perm).all(), name
+        assert _residual(a, rows, perm) <= _residual(a, rows), name
+    for d, most in ((0.1, 0.01), (0.2, 0.05 if rows == 64 else 0.15)):  # 128-row blocks: harder to fit
+        a = cases[f"u{d}"]
+        nat, got = _residual(a, rows), _residual(a, rows, h.pair_perms(a, rows))
+        assert nat > 0.005 * a.nnz and got <= most * nat, (d, rows, nat, got)
+
+
 @pytest.mark.parametrize("kc,wg", [(1, 1), (2, 2), (4, 1)])
 def test_permuted_stream_round_trips_to_a_and_leaves_the_matrix_alone(kc, wg):
     h = host()
@@ -213,6 +234,8 @@ def test_permuted_stream_round_trips_to_a_and_leaves_the_matrix_alone(kc, wg):
         stream, rptr, rcol, rval, pm, info = h.build_permuted(a, kc, wg, "fp16")
         assert pm.dtype == np.uint16 and pm.size == info["NBLK"] * 32 * kc * info["NC"], name
         assert (h.decode(stream, rptr, rcol, rval, info, pm) == _dense_bits(a)).all(), (name, kc, wg)
+        got = h.build_permuted(a, kc, wg, "fp16", h.pair_perms(a, 64 * wg))  # perm 2: the pairs' order
+        assert (h.decode(*got[:4], got[5], got[4]) == _dense_bits(a)).all(), (name, kc, wg, "pairs")
         assert (rcol[:rptr[-1]] < a.shape[1]).all(), name  # the residual keeps A's columns (B's rows)
         assert (a != before).nnz == 0 and (a.indices == before.indices).all(), name
 
@@ -223,11 +246,15 @@ def test_perm_gathers_b_by_row_boxes_of_a_producer_warpgroup():
     plain, perm = render(sp, base, "fp16"), render(sp, dict(base, perm=1), "fp16")
     assert "const unsigned short* __restrict__ pm" not in plain and "const unsigned short* __restrict__ pm" in perm
     assert "#define THREADS 384" in perm and "#define THREADS 288" in plain  # perm: a producer warpgroup
-    assert "(pt4 % KC) * 128, gmap, n0 + 64 * (p / KC), kb, full + 8 * st)" in perm  # a one-row box a thread
+    assert "1 * (pt4 % 64) * 128, gmap, n0 + 64 * (p / 64), kb, full + 8 * st)" in perm  # a one-row box a thread
     assert "bar.sync 3, 128" in perm and "bar.sync 3" not in plain
+    pairs = render(sp, dict(base, perm=2), "fp16")  # two-row boxes: 32 pairs a column block of a 64-row chunk
+    assert "2 * (pt4 % 32) * 128, gmap, n0 + 64 * (p / 32), kb, full + 8 * st)" in pairs
+    assert "#error" in render(sp, dict(base, perm=3), "fp16")
     h = host()
     t = h.tensor_map_args(512, 1024, dict(base, perm=1), 0)
     assert t["box"] == (64, 1) and t["swizzle"] == h.tensor_map_args(512, 1024, base, 0)["swizzle"]
+    assert h.tensor_map_args(512, 1024, dict(base, perm=2), 0)["box"] == (64, 2)
     env = problem_env(1024, 1024, 512, 50_000, "fp16")
     assert sp.check(dict(base, perm=1), env, DEFAULT_LIMITS) is None
     for bad in (dict(mc=2), dict(pw=1, bn=256)):
@@ -241,7 +268,8 @@ def test_perm_gathers_b_by_row_boxes_of_a_producer_warpgroup():
 PERM_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=6, splitk=1, perm=1), dict(bn=64, kc=4, wg=1, stages=6, splitk=2, perm=1),
                 dict(bn=64, kc=1, wg=2, stages=8, splitk=1, perm=1), dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1, perm=1),
                 dict(bn=128, kc=2, wg=2, stages=4, splitk=2, ar=4, perm=1), dict(bn=64, kc=4, wg=1, stages=6, splitk=1, l2=12, perm=1),
-                dict(bn=256, kc=1, wg=1, stages=4, splitk=1, perm=1)]
+                dict(bn=256, kc=1, wg=1, stages=4, splitk=1, perm=1), dict(bn=128, kc=2, wg=2, stages=6, splitk=1, perm=2),
+                dict(bn=64, kc=4, wg=1, stages=6, splitk=4, perm=2), dict(bn=64, kc=1, wg=2, stages=8, splitk=1, pt=1, perm=2)]
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
