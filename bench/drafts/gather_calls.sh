@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The first device calls for tc_sp24's row-box gathers (ov, perm 1, perm 2; NOTES session 47), run on the device from the
+# repository root with $OUT set and the wheels installed (../shared/device/README.md):
+#   bash bench/drafts/gather_calls.sh a    # ~5 min: the ov GPU test alone first (a new barrier protocol: short
+#                                          # timeout), then every gather GPU test, then the dl probe of the ov twins
+#   bash bench/drafts/gather_calls.sh b    # ~5 min: the perm twins on the dl cases, the llm recold at d 0.2 / 0.3
+# Both widen the space's perm / ov values on the device's copy only (the shipped space holds them at 0 until they pass).
+set -u
+python3 - <<'PY'
+import re
+p = "search_spaces/tc_sp24.toml"
+s = open(p).read()
+for name, vals in (("perm", "[0, 1, 2]"), ("ov", "[0, 1, 2, 4]")):
+    s = re.sub(r"(\[params\.%s\]\n(?:#[^\n]*\n)*)values = \[0\]" % name, r"\g<1>values = %s" % vals, s)
+open(p, "w").write(s)
+PY
+grep -A0 -n "^values = \[0, 1, 2" search_spaces/tc_sp24.toml
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+case "${1:-a}" in
+a)
+    timeout 180 python3 -m pytest -q -x tests/families/test_tc_sp24.py -m gpu -k ov_correct_on_dl_layers 2>&1 | tail -15
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "STOP: the ov GPU test failed or hung"; exit 1; }
+    timeout 300 python3 -m pytest -q tests/families/test_tc_sp24.py -m gpu -n 8 -k "gather_correct or perm_correct" 2>&1 | tail -15 | tee "$OUT/pytest-gather.log"
+    PROBE_TWIN=ov PROBE_DENS=0.1 timeout 300 python3 bench/drafts/kn_probe.py "$OUT/kn-ov.json" built,diag10 2>&1 | tail -40
+    ;;
+b)
+    PROBE_TWIN=perm PROBE_DENS=0.1 PROBE_MAX=12 timeout 240 python3 bench/drafts/kn_probe.py "$OUT/kn-perm.json" built 2>&1 | tail -20
+    timeout 240 python3 bench/probe.py recold --case 4096x4096:128:0.2:fp16 --case 4096x4096:128:0.3:fp16 \
+        --config @bench/drafts/llm-perm-configs.txt --budget 200 --out "$OUT/recold-llm-perm" 2>&1 | tail -30
+    ;;
+esac
