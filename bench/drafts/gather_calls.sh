@@ -4,6 +4,9 @@
 #   bash bench/drafts/gather_calls.sh a    # ~5 min: the ov GPU test alone first (a new barrier protocol: short
 #                                          # timeout), then every gather GPU test, then the dl probe of the ov twins
 #   bash bench/drafts/gather_calls.sh b    # ~5 min: the perm twins on the dl cases, the llm recold at d 0.2 / 0.3
+#   bash bench/drafts/gather_calls.sh c [TWINS.json]  # ~2 min: recold of the dl records' winning twins (default: session
+#                                          # 46's siblings, bench/drafts/recold-dl-sib.json; twins_recold_args.py makes
+#                                          # one from kn-ov.json / kn-perm.json too), for recold-apply --adopt (no GPU)
 # Both widen the space's perm / ov values on the device's copy only (the shipped space holds them at 0 until they pass).
 set -u
 python3 - <<'PY'
@@ -27,5 +30,9 @@ b)
     PROBE_TWIN=perm PROBE_DENS=0.1 PROBE_MAX=12 timeout 240 python3 bench/drafts/kn_probe.py "$OUT/kn-perm.json" built 2>&1 | tail -20
     timeout 240 python3 bench/probe.py recold --case 4096x4096:128:0.2:fp16 --case 4096x4096:128:0.3:fp16 \
         --config @bench/drafts/llm-perm-configs.txt --budget 200 --out "$OUT/recold-llm-perm" 2>&1 | tail -30
+    ;;
+c)
+    timeout 420 python3 bench/probe.py recold --records "${2:-bench/drafts/recold-dl-sib.json}" --budget 380 \
+        --out "$OUT/recold-dl-twins" 2>&1 | tail -60
     ;;
 esac
