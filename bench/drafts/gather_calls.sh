@@ -4,10 +4,10 @@
 #   bash bench/drafts/gather_calls.sh a    # ~5 min: the ov GPU test alone first (a new barrier protocol: short
 #                                          # timeout), then every gather GPU test, then the dl probe of the ov twins
 #   bash bench/drafts/gather_calls.sh b    # ~5 min: the perm twins on the dl cases, the llm recold at d 0.2 / 0.3
-#   bash bench/drafts/gather_calls.sh c [TWINS.json]  # ~2 min: recold of the dl records' winning twins (default: session
-#                                          # 46's siblings, bench/drafts/recold-dl-sib.json; twins_recold_args.py makes
+#   bash bench/drafts/gather_calls.sh c [TWINS.json]  # ~2 min: recold of the dl records' winning twins (default: sessions
+#                                          # 45-46's pt twins and siblings, bench/drafts/recold-dl-twins.json; twins_recold_args.py makes
 #                                          # one from kn-ov.json / kn-perm.json too), for recold-apply --adopt (no GPU)
-# Both widen the space's perm / ov values on the device's copy only (the shipped space holds them at 0 until they pass).
+# Each widens the space's perm / ov values on the device's copy only (the shipped space holds them at 0 until they pass).
 set -u
 python3 - <<'PY'
 import re
@@ -32,7 +32,7 @@ b)
         --config @bench/drafts/llm-perm-configs.txt --budget 200 --out "$OUT/recold-llm-perm" 2>&1 | tail -30
     ;;
 c)
-    timeout 420 python3 bench/probe.py recold --records "${2:-bench/drafts/recold-dl-sib.json}" --budget 380 \
+    timeout 420 python3 bench/probe.py recold --records "${2:-bench/drafts/recold-dl-twins.json}" --budget 380 \
         --out "$OUT/recold-dl-twins" 2>&1 | tail -60
     ;;
 esac

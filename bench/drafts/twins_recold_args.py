@@ -11,12 +11,19 @@ import argparse
 import json
 import sys
 
+sys.path.insert(0, ".")
+from sparse_autotune.core.space import built_config  # noqa: E402
+
 ap = argparse.ArgumentParser()
 ap.add_argument("probe", nargs="+")
 ap.add_argument("--out", required=True)
 ap.add_argument("--margin", type=float, default=0.03)
 ap.add_argument("--top", type=int, default=2)
+ap.add_argument("--suite", default="bench/results/suite-dl-h200.json", help="the suite whose current winners are timed "
+                "beside the twins (a probe's record may have been replaced since)")
 a = ap.parse_args()
+current = {(r["M"], r["K"], r["N"], r["density"], r["pattern"]): r["config"] for r in json.load(open(a.suite))
+           if r["dtype"] == "fp16" and r.get("family") == "tc_sp24"}
 recs: dict[tuple, list] = {}
 for path in a.probe:
     for o in json.load(open(path)):
@@ -28,9 +35,11 @@ for path in a.probe:
         if not wins:
             continue
         case = (o["M"], o["K"], o["N"], o["density"], o["pattern"])
-        have = recs.setdefault(case, [])
-        for cfg in [rec["cfg"]] + [t["cfg"] for t in wins]:
-            if cfg not in have:
+        if case not in current:
+            continue
+        have = recs.setdefault(case, [current[case]])
+        for cfg in [rec["cfg"]] + [t["cfg"] for t in wins]:  # each kernel once (a stored config and its normalized form)
+            if all(built_config("tc_sp24", cfg, "fp16") != built_config("tc_sp24", h, "fp16") for h in have):
                 have.append(cfg)
         print(f"{path}: {o['M']}x{o['K']} N={o['N']} d {o['density']} {o['pattern']}: {rec['us']:.2f} -> "
               + ", ".join(f"{t['us']:.2f}" for t in wins) + " us", file=sys.stderr)
