@@ -312,7 +312,7 @@ def permute_columns(a: sp.csr_matrix, perm: np.ndarray, rows: int) -> sp.csr_mat
     return out
 
 
-_PERMS: dict = {}  # (id(host), wg, l2) -> (host, perm): the greedy once a matrix for every kc
+_PERMS: dict = {}  # (id(host), wg, l2, unit) -> (host, perm): the greedy once a matrix for every kc (unit 2: pairs)
 
 
 def _perm_of(host, a2: sp.csr_matrix, wg: int, l2: int, unit: int = 1) -> np.ndarray:
@@ -593,9 +593,9 @@ def multicast(config: dict) -> int:
 def layout(kernel):
     """(stream, rptr, rcol, rval, orow, Ms, pm) of the kernel's A on the device, built once a (kc, wg, dtype, l2,
     perm): at l2 0 the rows as they are (orow None, Ms = M), else over slots (`slots`; for an nk kernel windowed by row
-    blocks of 64 wg slots, orow then followed by the blocks' window_bounds); pm None, or at perm 1 each row block's
-    order of K (build_permuted, after the slots), at ov each row block's overflow positions (build_overflow, after the
-    slots)."""
+    blocks of 64 wg slots, orow then followed by the blocks' window_bounds); pm None, or at perm 1 / 2 each row block's
+    order of K (build_permuted over column_perms / pair_perms, after the slots), at ov each row block's overflow
+    positions (build_overflow, after the slots)."""
     cfg, dtype = kernel.config, kernel.dtype
     kc, wg, l2 = cfg["kc"], cfg["wg"], int(cfg.get("l2", 0))
     ov = int(cfg.get("ov", 0))
