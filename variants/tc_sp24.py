@@ -189,49 +189,7 @@ def column_perms(a: sp.csr_matrix, rows: int, open_groups: int = PERM_OPEN) -> n
     (then the fewest with two), each row of the block one bit of a mask. Uniform 4096 x 4096, 64-row blocks: the
     residual 0.95 / 3.6 / 7.6 % of the nonzeros in column order at d 0.1 / 0.2 / 0.3, 0 / ~0 / 0.006 % permuted
     (session 46). Deterministic (no randomness)."""
-    a = sp.csr_matrix(a)
-    m, k = a.shape
-    rows = int(rows)
-    nb, w, kg = max(1, -(-m // rows)), -(-rows // 64), max(1, -(-k // 4))
-    r = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
-    c = a.indices.astype(np.int64)
-    within = r % rows
-    flat = ((r // rows) * k + c) * w + within // 64
-    bit = (within % 64).astype(np.uint64)
-    masks = np.zeros(nb * k * w, dtype=np.uint64)
-    np.bitwise_or.at(masks, flat, np.uint64(1) << bit)
-    masks = masks.reshape(nb, k, w)
-    order = np.argsort(-_popcount(masks).sum(axis=2), axis=1, kind="stable")
-    s = max(1, min(int(open_groups), kg))
-    m1 = np.zeros((nb, s, w), dtype=np.uint64)  # rows with >= 1 nonzero in the open group
-    m2 = np.zeros((nb, s, w), dtype=np.uint64)  # rows with >= 2
-    fill = np.zeros((nb, s), dtype=np.int64)
-    gid = np.tile(np.arange(s, dtype=np.int64), (nb, 1))
-    nxt = np.full(nb, s, dtype=np.int64)
-    pos = np.empty((nb, k), dtype=np.int64)
-    bi = np.arange(nb)
-    big = np.int64(1) << 20
-    for step in range(k):
-        col = order[:, step]
-        cm = masks[bi, col]
-        cost = _popcount(m2 & cm[:, None, :]).sum(axis=2) * big + _popcount(m1 & cm[:, None, :]).sum(axis=2)
-        cost[fill >= 4] = np.int64(1) << 50
-        g = np.argmin(cost, axis=1)
-        pos[bi, col] = gid[bi, g] * 4 + fill[bi, g]
-        m2[bi, g] |= m1[bi, g] & cm
-        m1[bi, g] |= cm
-        fill[bi, g] += 1
-        full = bi[(fill[bi, g] == 4) & (nxt < kg)]
-        if len(full):
-            gf = g[full]
-            gid[full, gf] = nxt[full]
-            nxt[full] += 1
-            fill[full, gf] = 0
-            m1[full, gf] = 0
-            m2[full, gf] = 0
-    perm = np.full((nb, 4 * kg), -1, dtype=np.int32)
-    perm[np.repeat(bi, k), pos.reshape(-1)] = np.tile(np.arange(k, dtype=np.int32), nb)
-    return perm
+    return _unit_perms(a, rows, 1, open_groups)
 
 
 def pair_perms(a: sp.csr_matrix, rows: int, open_groups: int = PERM_OPEN) -> np.ndarray:
@@ -240,46 +198,60 @@ def pair_perms(a: sp.csr_matrix, rows: int, open_groups: int = PERM_OPEN) -> np.
     is two pairs; the greedy takes the pairs with the most nonzeros in the block first, each into the open group where it
     makes the fewest rows with three nonzeros, then with two. Uniform 256 x 2048, 64-row blocks: the residual ~0 / 0.03 /
     ~2 % of the nonzeros at d 0.1 / 0.2 / 0.3 (bench/drafts/perm_pairs_eval.py; column order 0.94 / 3.5 / 7.6 %)."""
+    return _unit_perms(a, rows, 2, open_groups)
+
+
+def _unit_perms(a: sp.csr_matrix, rows: int, unit: int, open_groups: int) -> np.ndarray:
+    """column_perms (unit 1) and pair_perms (unit 2): A's columns moved in units of `unit` consecutive columns (u j ...
+    u j + u - 1 to positions u i ...), a group of 4 positions holding 4 / unit units. Per row block, each unit's rows
+    with >= 1 nonzero in it (p1) and with 2 (p2, pairs only: a row's pair holds at most 2); the units by count, each into
+    the open group where it makes the fewest rows with three nonzeros (then with two): a row with two in the group gets
+    a third from any nonzero of the unit, a row with one from a unit's two."""
     a = sp.csr_matrix(a)
     m, k = a.shape
-    rows = int(rows)
+    rows, unit = int(rows), int(unit)
     nb, w = max(1, -(-m // rows)), -(-rows // 64)
-    kpairs = max(1, -(-k // 2))
-    gmax = max(1, -(-kpairs // 2))  # groups of two pairs
+    nu = max(1, -(-k // unit))  # units
+    per = 4 // unit  # units a group
+    ng = max(1, -(-nu // per))  # groups
     r = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
     c = a.indices.astype(np.int64)
     within = r % rows
     bit = np.uint64(1) << (within % 64).astype(np.uint64)
-    flat = ((r // rows) * kpairs + c // 2) * w + within // 64
-    lo = np.zeros(nb * kpairs * w, dtype=np.uint64)  # rows with column 2j
-    hi = np.zeros(nb * kpairs * w, dtype=np.uint64)  # rows with column 2j + 1
-    np.bitwise_or.at(lo, flat[c % 2 == 0], bit[c % 2 == 0])
-    np.bitwise_or.at(hi, flat[c % 2 == 1], bit[c % 2 == 1])
-    p1 = (lo | hi).reshape(nb, kpairs, w)  # rows with >= 1 nonzero in the pair
-    p2 = (lo & hi).reshape(nb, kpairs, w)  # rows with both
-    order = np.argsort(-(_popcount(p1).sum(axis=2) + _popcount(p2).sum(axis=2)), axis=1, kind="stable")
-    s = max(1, min(int(open_groups), gmax))
-    m1 = np.zeros((nb, s, w), dtype=np.uint64)
-    m2 = np.zeros((nb, s, w), dtype=np.uint64)
+    flat = ((r // rows) * nu + c // unit) * w + within // 64
+    parts = []
+    for h in range(unit):  # rows with column u j + h
+        part = np.zeros(nb * nu * w, dtype=np.uint64)
+        np.bitwise_or.at(part, flat[c % unit == h], bit[c % unit == h])
+        parts.append(part.reshape(nb, nu, w))
+    p1 = parts[0] if unit == 1 else parts[0] | parts[1]
+    p2 = None if unit == 1 else parts[0] & parts[1]
+    weight = _popcount(p1).sum(axis=2) + (0 if p2 is None else _popcount(p2).sum(axis=2))
+    order = np.argsort(-weight, axis=1, kind="stable")
+    s = max(1, min(int(open_groups), ng))
+    m1 = np.zeros((nb, s, w), dtype=np.uint64)  # rows with >= 1 nonzero in the open group
+    m2 = np.zeros((nb, s, w), dtype=np.uint64)  # rows with >= 2
     fill = np.zeros((nb, s), dtype=np.int64)
     gid = np.tile(np.arange(s, dtype=np.int64), (nb, 1))
     nxt = np.full(nb, s, dtype=np.int64)
-    pos = np.empty((nb, kpairs), dtype=np.int64)
+    slot = np.empty((nb, nu), dtype=np.int64)  # each unit's slot: positions unit x slot ...
     bi = np.arange(nb)
     big = np.int64(1) << 20
-    for step in range(kpairs):
-        pj = order[:, step]
-        a1, a2 = p1[bi, pj], p2[bi, pj]
-        three = (m2 & a1[:, None, :]) | (m1 & a2[:, None, :])
-        two = (m1 & a1[:, None, :]) | a2[:, None, :]
+    for step in range(nu):
+        u = order[:, step]
+        a1 = p1[bi, u]
+        three, two = m2 & a1[:, None, :], m1 & a1[:, None, :]
+        if p2 is not None:
+            a2 = p2[bi, u]
+            three, two = three | (m1 & a2[:, None, :]), two | a2[:, None, :]
         cost = _popcount(three).sum(axis=2) * big + _popcount(two).sum(axis=2)
-        cost[fill >= 2] = np.int64(1) << 50
+        cost[fill >= per] = np.int64(1) << 50
         g = np.argmin(cost, axis=1)
-        pos[bi, pj] = gid[bi, g] * 2 + fill[bi, g]  # the pair's slot: positions 2 slot, 2 slot + 1
-        m2[bi, g] |= (m1[bi, g] & a1) | a2
+        slot[bi, u] = gid[bi, g] * per + fill[bi, g]
+        m2[bi, g] |= m1[bi, g] & a1 if p2 is None else (m1[bi, g] & a1) | a2
         m1[bi, g] |= a1
         fill[bi, g] += 1
-        full = bi[(fill[bi, g] == 2) & (nxt < gmax)]
+        full = bi[(fill[bi, g] == per) & (nxt < ng)]
         if len(full):
             gf = g[full]
             gid[full, gf] = nxt[full]
@@ -287,13 +259,12 @@ def pair_perms(a: sp.csr_matrix, rows: int, open_groups: int = PERM_OPEN) -> np.
             fill[full, gf] = 0
             m1[full, gf] = 0
             m2[full, gf] = 0
-    perm = np.full((nb, 4 * gmax), -1, dtype=np.int32)
-    cols = np.arange(2 * kpairs, dtype=np.int64).reshape(kpairs, 2)
-    slots = np.repeat(bi, kpairs), pos.reshape(-1)
-    for half in range(2):
-        col = np.tile(cols[:, half], nb)
+    perm = np.full((nb, 4 * ng), -1, dtype=np.int32)
+    blocks, slots = np.repeat(bi, nu), slot.reshape(-1)
+    for h in range(unit):
+        col = np.tile(np.arange(nu, dtype=np.int64) * unit + h, nb)
         keep = col < k
-        perm[slots[0][keep], 2 * slots[1][keep] + half] = col[keep]
+        perm[blocks[keep], unit * slots[keep] + h] = col[keep]
     return perm
 
 

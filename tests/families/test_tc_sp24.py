@@ -272,16 +272,6 @@ PERM_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=6, splitk=1, perm=1), dict(bn=64
                 dict(bn=64, kc=4, wg=1, stages=6, splitk=4, perm=2), dict(bn=64, kc=1, wg=2, stages=8, splitk=1, pt=1, perm=2)]
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_perm_configs_compile_without_spills_or_serialized_wgmmas(dtype):
-    sp = gather_space()
-    for cfg in PERM_CONFIGS:
-        rep, sass = nvcc_sm90a(render(sp, sp.normalize(cfg, dtype), dtype), sass=True)
-        assert not sass or ("HGMMA" in sass and "UTMALDG" in sass), cfg
-        assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
-        assert "C751" not in rep, (cfg, rep)
-
-
 # ---- ov: overflow chunks that take the residual into the wgmma.sp loop ----
 
 def _ranks(a):
@@ -384,10 +374,11 @@ OV_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ov=2), dict(bn=64, kc
               dict(bn=64, kc=4, wg=1, stages=6, splitk=2, ar=4, ov=1), dict(bn=256, kc=1, wg=1, stages=4, splitk=1, ov=2)]
 
 
+@pytest.mark.parametrize("kind", ["perm", "ov"])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_ov_configs_compile_without_spills_or_serialized_wgmmas(dtype):
+def test_gather_configs_compile_without_spills_or_serialized_wgmmas(dtype, kind):
     sp = gather_space()
-    for cfg in OV_CONFIGS:
+    for cfg in PERM_CONFIGS if kind == "perm" else OV_CONFIGS:
         rep, sass = nvcc_sm90a(render(sp, sp.normalize(cfg, dtype), dtype), sass=True)
         assert not sass or ("HGMMA" in sass and "UTMALDG" in sass), cfg
         assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
