@@ -746,9 +746,10 @@ def args(kernel, n: int, b, c, bias=None) -> tuple:
     tmap, ok = (tensor_map_args_nk, k % 8 == 0) if nk else (tensor_map_args, n % 8 == 0)
     ov = int(cfg.get("ov", 0))
     if not (n > 0 and ok):  # never launched (infeasible); a_bytes() asks for N = 1
-        return (*out, *(BParam(128, lambda b_ptr: bytes(128)) for _ in range(2 if ov else 1)))
+        maps = 2 if ov and not int(cfg.get("ovc", 0)) else 1
+        return (*out, *(BParam(128, lambda b_ptr: bytes(128)) for _ in range(maps)))
     out = (*out, BParam(128, lambda b_ptr: _encode(tmap(n, k, cfg, b_ptr))))
-    if ov:  # ov: the row-box map of the overflow chunks' gather (tmap1)
+    if ov and not int(cfg.get("ovc", 0)):  # ov: the row-box map of the overflow chunks' gather (tmap1; ovc: cp.async)
         out = (*out, BParam(128, lambda b_ptr: _encode(tensor_map_args_rows(n, k, b_ptr))))
     return out
 

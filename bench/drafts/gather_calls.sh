@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # The first device calls for tc_sp24's row-box gathers (ov, perm 1, perm 2; NOTES session 47), run on the device from the
 # repository root with $OUT set and the wheels installed (../shared/device/README.md):
-#   bash bench/drafts/gather_calls.sh a    # ~5 min: the ov GPU test alone first (a new barrier protocol: short
-#                                          # timeout), then every gather GPU test, then the dl probe of the ov twins
+#   bash bench/drafts/gather_calls.sh a    # ~4-5 min: the ov GPU test alone first (a new barrier protocol: a short
+#                                          # timeout, stop on failure), then every gather GPU test (perm 1 / 2, ov, ovc)
+#   bash bench/drafts/gather_calls.sh o    # ~5 min: the dl probe of the ov / ovc twins at d 0.1 with the cut-out
 #   bash bench/drafts/gather_calls.sh b    # ~5 min: the perm twins on the dl cases, the llm recold at d 0.2 / 0.3
-#   bash bench/drafts/gather_calls.sh c [TWINS.json]  # ~2 min: recold of the dl records' winning twins (default: sessions
-#                                          # 45-46's pt twins and siblings, bench/drafts/recold-dl-twins.json; twins_recold_args.py makes
-#                                          # one from kn-ov.json / kn-perm.json too), for recold-apply --adopt (no GPU)
+#   bash bench/drafts/gather_calls.sh c [TWINS.json]  # ~2 min: recold of the dl records' winning twins (default:
+#                                          # sessions 45-46's pt twins and siblings, bench/drafts/recold-dl-twins.json;
+#                                          # twins_recold_args.py makes one from kn-ov.json / kn-perm.json too), for
+#                                          # recold-apply --suite dl --adopt (no GPU)
 # Each widens the space's perm / ov values on the device's copy only (the shipped space holds them at 0 until they pass).
 set -u
 python3 - <<'PY'
 import re
 p = "search_spaces/tc_sp24.toml"
 s = open(p).read()
-for name, vals in (("perm", "[0, 1, 2]"), ("ov", "[0, 1, 2, 4]")):
+for name, vals in (("perm", "[0, 1, 2]"), ("ov", "[0, 1, 2, 4]"), ("ovc", "[0, 1]")):
     s = re.sub(r"(\[params\.%s\]\n(?:#[^\n]*\n)*)values = \[0\]" % name, r"\g<1>values = %s" % vals, s)
 open(p, "w").write(s)
 PY
@@ -21,10 +23,16 @@ grep -A0 -n "^values = \[0, 1, 2" search_spaces/tc_sp24.toml
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 case "${1:-a}" in
 a)
-    timeout 180 python3 -m pytest -q -x tests/families/test_tc_sp24.py -m gpu -k ov_correct_on_dl_layers 2>&1 | tail -15
-    [ "${PIPESTATUS[0]}" = 0 ] || { echo "STOP: the ov GPU test failed or hung"; exit 1; }
-    timeout 300 python3 -m pytest -q tests/families/test_tc_sp24.py -m gpu -n 8 -k "gather_correct or perm_correct" 2>&1 | tail -15 | tee "$OUT/pytest-gather.log"
-    PROBE_TWIN=ov PROBE_DENS=0.1 timeout 300 python3 bench/drafts/kn_probe.py "$OUT/kn-ov.json" built,diag10 2>&1 | tail -40
+    bad=0
+    for v in 0 1; do  # ovc 0 (row boxes), then ovc 1 (cp.async): a hang names its protocol
+        timeout 150 python3 -m pytest -q -x tests/families/test_tc_sp24.py -m gpu -k "ov_correct_on_dl_layers and $v" 2>&1 | tail -15
+        [ "${PIPESTATUS[0]}" = 0 ] || { echo "FAILED or hung: the ov GPU test at ovc $v"; bad=1; }
+    done
+    [ "$bad" = 0 ] || exit 1
+    timeout 360 python3 -m pytest -q tests/families/test_tc_sp24.py -m gpu -n 8 -k "gather_correct or perm_correct" 2>&1 | tail -15 | tee "$OUT/pytest-gather.log"
+    ;;
+o)
+    PROBE_TWIN=ov PROBE_DENS=0.1 PROBE_MAX=16 timeout 330 python3 bench/drafts/kn_probe.py "$OUT/kn-ov.json" built,diag10 2>&1 | tail -40
     ;;
 b)
     PROBE_TWIN=perm PROBE_DENS=0.1 PROBE_MAX=12 timeout 240 python3 bench/drafts/kn_probe.py "$OUT/kn-perm.json" built 2>&1 | tail -20

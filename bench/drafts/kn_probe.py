@@ -6,7 +6,7 @@ is reported, not checked), against cuBLAS FP16 in
 the same run (session 45: the kn residual forms, the pt twins). Each config verified once against float32; JSON written after
 each case. Env: PROBE_DENS (default 0.1,0.05), PROBE_MAX (cases at most, the slowest against cuBLAS first), PROBE_TWIN
 (l2: the l2 0 / rs 0 twin, the default; pt: the persistent-grid twin, pt 1; perm: the perm 1 twins, with and
-without l2; ov: the ov 1 / 2 / 4 twins, with the record's l2 and at l2 0 (session 47); sib: the tc_sp24 winners of the same layer at the suite's
+without l2; ov: the ov 1 / 2 / 4 twins, with the record's l2 and at l2 0, and at ov 1 / 2 their cp.async twins (ovc 1; session 47); sib: the tc_sp24 winners of the same layer at the suite's
 other densities and patterns (session 46); each where the space admits it; diag10 times the record's config only;
 session 45's rl twins are gone with the parameter, measured slower).
     git show HEAD:variants/tc_sp24.cu.j2 > .scratch/head.j2
@@ -33,7 +33,7 @@ from sparse_autotune.errors import CandidateError
 
 cp = cupy()
 sp24 = get_family("tc_sp24").space
-WIDE = {"perm": [0, 1, 2], "ov": [0, 1, 2, 4]}  # held at 0 in the shipped space until their gather has run on a GPU
+WIDE = {"perm": [0, 1, 2], "ov": [0, 1, 2, 4], "ovc": [0, 1]}  # held at 0 in the shipped space until their gather has run on a GPU
 sp24 = dataclasses.replace(sp24, params=[dataclasses.replace(p, values=WIDE[p.name]) if p.name in WIDE else p
                                          for p in sp24.params])
 TPL = open("variants/tc_sp24.cu.j2").read()
@@ -65,6 +65,7 @@ for r in recs:
     elif mode == "ov":  # session 47: the residual into ov overflow chunks (B rows gathered by one-row TMA boxes), with
         # the record's l2 and without it (ov instead of l2's doubled rows)
         twins = [dict(c, ov=x, mc=1) for x in (1, 2, 4)] + [dict(c, ov=x, l2=0, rs=0, rq=0, mc=1) for x in (1, 2, 4)]
+        twins += [dict(t, ovc=1) for t in twins if t["ov"] < 4]  # the same by cp.async (ovc 1)
     elif mode == "sib":  # the tc_sp24 winners of the same layer (M, K, N) at the other densities and patterns
         twins = [dict(s["config"]) for s in sibs if (s["M"], s["K"], s["N"]) == (r["M"], r["K"], r["N"]) and s is not r]
     else:

@@ -32,7 +32,7 @@ def space():
     return get_family(FAMILY).space
 
 
-GATHER_VALUES = {"perm": [0, 1, 2], "ov": [0, 1, 2, 4]}
+GATHER_VALUES = {"perm": [0, 1, 2], "ov": [0, 1, 2, 4], "ovc": [0, 1]}
 
 
 def gather_space():
@@ -345,20 +345,27 @@ def test_ov_renders_a_gathering_producer_warpgroup_and_a_second_tensor_map():
     assert nk.check(nk.normalize(dict(base, bn=64, ov=0), "fp16"), nk_env, DEFAULT_LIMITS) is None
     assert nk.check(nk.normalize(dict(base, bn=64, ov=2), "fp16"), nk_env, DEFAULT_LIMITS) is not None
     assert "#error" in render(sp, dict(base, ov=3), "fp16")
+    cp = render(sp, dict(base, ov=2, ovc=1), "fp16")  # ovc: cp.async pieces, no second map, the consumers' fence
+    assert "tmap1" not in cp and "cp.async.mbarrier.arrive.shared::cta.b64" in cp and "cp_async16z(" in cp
+    assert "if (c0 + i >= NC - 2) fence_proxy_async();" in cp and "fence_proxy_async();  // ovc" not in ov
+    assert cp.index("cp_async_arrive(full + 8 * st);") < cp.index("mbar_arrive_tx(full + 8 * st, gth ? (unsigned int)AST : bytes)")
+    assert sp.check(sp.normalize(dict(base, ovc=1), "fp16"), env, DEFAULT_LIMITS) is not None  # ovc without ov
 
 
 def test_ov_launch_passes_the_position_table_and_both_maps():
     a = random_matrix(300, 700, 0.1, "uniform", 2)
     h = host()
     for cfg in (dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ov=2), dict(bn=64, kc=4, wg=1, stages=6, splitk=2, l2=12, ov=1),
-                dict(bn=64, kc=1, wg=2, stages=8, splitk=3, pt=1, ov=4)):
+                dict(bn=64, kc=1, wg=2, stages=8, splitk=3, pt=1, ov=4), dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ov=2, ovc=1)):
         cfg = gather_space().normalize(cfg, "fp16")
         kern = fake_kernel(FAMILY, cfg, "fp16", a)
         sig = signature(kern.source)
         args = kern.args(256, object(), object())
         assert len(args) == len(sig), cfg
         names = [nm for nm, _ in sig]
-        assert names[-2:] == ["tmap", "tmap1"] and all(isinstance(x, BParam) for x in args[-2:]), cfg
+        maps = ["tmap"] if cfg.get("ovc") else ["tmap", "tmap1"]
+        assert names[-len(maps):] == maps and all(isinstance(x, BParam) for x in args[-len(maps):]), cfg
+        assert "tmap1" not in names[:-1], cfg
         pm = args[names.index("pm")].host  # the row blocks' overflow positions (the fake device keeps the host array)
         assert pm.dtype == np.uint16 and pm.size % (32 * cfg["kc"] * cfg["ov"]) == 0, cfg
         nc = int(args[names.index("NC")])
@@ -371,7 +378,11 @@ def test_ov_launch_passes_the_position_table_and_both_maps():
 OV_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ov=2), dict(bn=64, kc=4, wg=1, stages=6, splitk=1, ov=1),
               dict(bn=64, kc=1, wg=2, stages=8, splitk=1, ov=4), dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1, l2=25, ov=2),
               dict(bn=64, kc=4, wg=2, stages=6, splitk=1, pt=1, pw=1, l2=100, ov=1),
-              dict(bn=64, kc=4, wg=1, stages=6, splitk=2, ar=4, ov=1), dict(bn=256, kc=1, wg=1, stages=4, splitk=1, ov=2)]
+              dict(bn=64, kc=4, wg=1, stages=6, splitk=2, ar=4, ov=1), dict(bn=256, kc=1, wg=1, stages=4, splitk=1, ov=2),
+              # ovc: the same gathers by cp.async
+              dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ov=2, ovc=1), dict(bn=64, kc=4, wg=1, stages=6, splitk=1, ov=1, ovc=1),
+              dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1, l2=25, ov=2, ovc=1),
+              dict(bn=64, kc=1, wg=2, stages=8, splitk=2, pt=1, ov=4, ovc=1), dict(bn=64, kc=4, wg=1, stages=6, splitk=2, ar=4, ov=1, ovc=1)]
 
 
 @pytest.mark.parametrize("kind", ["perm", "ov"])
@@ -573,9 +584,11 @@ def test_gather_correct_on_edge_cases(dtype, n):
 
 
 @pytest.mark.gpu
-def test_ov_correct_on_dl_layers_where_it_takes_the_residual():
+@pytest.mark.parametrize("ovc", [0, 1])
+def test_ov_correct_on_dl_layers_where_it_takes_the_residual(ovc):
     """The dl suite's uniform d 0.1 layers whose residual the overflow chunks take (512x2048 at kc 4, 768x3072 at
-    l2 12 with two chunks), N = 1024 / 512."""
+    l2 12 with two chunks), N = 1024 / 512; the row boxes (ovc 0) and the cp.async pieces (ovc 1) apart, so that a hang
+    names its protocol."""
     from sparse_autotune.device.gpu import gpu_info
     if gpu_info().cc != "9.0":
         pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
@@ -586,7 +599,7 @@ def test_ov_correct_on_dl_layers_where_it_takes_the_residual():
                             (768, 3072, 512): [dict(bn=64, kc=4, wg=1, stages=6, splitk=1, l2=12, ov=2),
                                                dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1, pt=1, l2=25, ov=2)]}.items():
         a = random_matrix(m, k, 0.1, "uniform", 0)
-        cs = [sp.normalize(c, "fp16") for c in cfgs]
+        cs = [sp.normalize(dict(c, ovc=ovc), "fp16") for c in cfgs]
         assert all(sp.check(c, problem_env(m, k, n, a.nnz, "fp16"), DEFAULT_LIMITS) is None for c in cs)
         checked += _check({f"u{m}x{k}": a}, "fp16", n, cs)
     assert checked == 8
