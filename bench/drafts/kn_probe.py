@@ -33,7 +33,7 @@ from sparse_autotune.errors import CandidateError
 
 cp = cupy()
 sp24 = get_family("tc_sp24").space
-WIDE = {"perm": [0, 1, 2], "ov": [0, 1, 2, 4], "ovc": [0, 1]}  # held at 0 in the shipped space until their gather has run on a GPU
+WIDE = {"perm": [0, 1, 2], "ov": [0, 1, 2, 4, 8], "ovc": [0, 1]}  # held at 0 in the shipped space until their gather has run on a GPU
 sp24 = dataclasses.replace(sp24, params=[dataclasses.replace(p, values=WIDE[p.name]) if p.name in WIDE else p
                                          for p in sp24.params])
 TPL = open("variants/tc_sp24.cu.j2").read()

@@ -32,7 +32,7 @@ def space():
     return get_family(FAMILY).space
 
 
-GATHER_VALUES = {"perm": [0, 1, 2], "ov": [0, 1, 2, 4], "ovc": [0, 1]}
+GATHER_VALUES = {"perm": [0, 1, 2], "ov": [0, 1, 2, 4, 8], "ovc": [0, 1]}
 
 
 def gather_space():
@@ -333,7 +333,7 @@ def test_ov_renders_a_gathering_producer_warpgroup_and_a_second_tensor_map():
     assert "tmap1" not in plain and "const __grid_constant__ TensorMap128 tmap1" in ov
     assert "const unsigned short* __restrict__ pm" in ov and "#define THREADS 384" in ov and "#define THREADS 288" in plain
     assert "const int ncg = NC - 2;" in ov and "gmap1, n0 + 64 * (p / KC), kb, full + 8 * st)" in ov
-    assert "unsigned int ov1 =" in ov and "unsigned int ov2 =" not in ov
+    assert "unsigned int ov0 =" in ov and "pmb += KC;" in ov and "unsigned int ov1" not in ov  # one row register at any ov
     assert "bar.sync 3, 128" in ov and "bar.sync 3" not in plain
     env = problem_env(1024, 1024, 512, 100_000, "fp16")
     for ov_ in (1, 2, 4):
@@ -350,6 +350,8 @@ def test_ov_renders_a_gathering_producer_warpgroup_and_a_second_tensor_map():
     assert "if (c0 + i >= NC - 2) fence_proxy_async();" in cp and "fence_proxy_async();  // ovc" not in ov
     assert cp.index("cp_async_arrive(full + 8 * st);") < cp.index("mbar_arrive_tx(full + 8 * st, gth ? (unsigned int)AST : bytes)")
     assert sp.check(sp.normalize(dict(base, ovc=1), "fp16"), env, DEFAULT_LIMITS) is not None  # ovc without ov
+    big = sp.normalize(dict(base, bn=256, kc=1, wg=1, pw=1, pt=1, ov=1), "fp16")  # ptxas spills the row boxes' form there
+    assert sp.check(big, env, DEFAULT_LIMITS) is not None and sp.check(dict(big, ovc=1), env, DEFAULT_LIMITS) is None
 
 
 def test_ov_launch_passes_the_position_table_and_both_maps():
@@ -379,6 +381,7 @@ OV_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ov=2), dict(bn=64, kc
               dict(bn=64, kc=1, wg=2, stages=8, splitk=1, ov=4), dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1, l2=25, ov=2),
               dict(bn=64, kc=4, wg=2, stages=6, splitk=1, pt=1, pw=1, l2=100, ov=1),
               dict(bn=64, kc=4, wg=1, stages=6, splitk=2, ar=4, ov=1), dict(bn=256, kc=1, wg=1, stages=4, splitk=1, ov=2),
+              dict(bn=64, kc=4, wg=1, stages=6, splitk=1, pw=1, ov=8), dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1, pt=1, ov=8),
               # ovc: the same gathers by cp.async
               dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ov=2, ovc=1), dict(bn=64, kc=4, wg=1, stages=6, splitk=1, ov=1, ovc=1),
               dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1, l2=25, ov=2, ovc=1),
