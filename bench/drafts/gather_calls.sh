@@ -5,6 +5,8 @@
 #                                          # timeout, stop on failure), then every gather GPU test (perm 1 / 2, ov, ovc)
 #   bash bench/drafts/gather_calls.sh o    # ~5 min: the dl probe of the ov / ovc twins at d 0.1 with the cut-out
 #   bash bench/drafts/gather_calls.sh b    # ~5 min: the perm twins on the dl cases, the llm recold at d 0.2 / 0.3
+#   bash bench/drafts/gather_calls.sh l    # ~3 min: the llm N = 64 / 128 d 0.05 / 0.1 cases beside tc_sp24 ov twins
+#                                          # (bench/drafts/recold-llm-ov.json), for recold-apply --suite llm --adopt
 #   bash bench/drafts/gather_calls.sh c [TWINS.json]  # ~2 min: recold of the dl records' winning twins (default:
 #                                          # sessions 45-46's pt twins and siblings, bench/drafts/recold-dl-twins.json;
 #                                          # twins_recold_args.py makes one from kn-ov.json / kn-perm.json too), for
@@ -38,6 +40,10 @@ b)
     PROBE_TWIN=perm PROBE_DENS=0.1 PROBE_MAX=12 timeout 240 python3 bench/drafts/kn_probe.py "$OUT/kn-perm.json" built 2>&1 | tail -20
     timeout 240 python3 bench/probe.py recold --case 4096x4096:128:0.2:fp16 --case 4096x4096:128:0.3:fp16 \
         --config @bench/drafts/llm-perm-configs.txt --budget 200 --out "$OUT/recold-llm-perm" 2>&1 | tail -30
+    ;;
+l)
+    timeout 420 python3 bench/probe.py recold --records bench/drafts/recold-llm-ov.json --budget 380 \
+        --out "$OUT/recold-llm-ov" 2>&1 | tail -60
     ;;
 c)
     timeout 420 python3 bench/probe.py recold --records "${2:-bench/drafts/recold-dl-twins.json}" --budget 380 \
