@@ -4,7 +4,9 @@
 #   bash bench/drafts/gather_calls.sh a    # ~4-5 min: the ov GPU test alone first (a new barrier protocol: a short
 #                                          # timeout, stop on failure), then every gather GPU test (perm 1 / 2, ov, ovc)
 #   bash bench/drafts/gather_calls.sh o    # ~5 min: the dl probe of the ov / ovc twins at d 0.1 with the cut-out
-#   bash bench/drafts/gather_calls.sh b    # ~5 min: the perm twins on the dl cases, the llm recold at d 0.2 / 0.3
+#   bash bench/drafts/gather_calls.sh b    # ~5 min: the perm 1 / 2 twins on the dl cases at d 0.1 and d 0.02 (there:
+#                                          # each 64-row block runs only its nonempty columns' chunks, compact_perm)
+#   bash bench/drafts/gather_calls.sh p    # ~4 min: the llm recold of 4096^2 N = 128 d 0.2 / 0.3 with perm 1 / 2
 #   bash bench/drafts/gather_calls.sh l    # ~3 min: the llm N = 64 / 128 d 0.05 / 0.1 cases beside tc_sp24 ov twins
 #                                          # (bench/drafts/recold-llm-ov.json), for recold-apply --suite llm --adopt
 #   bash bench/drafts/gather_calls.sh c [TWINS.json]  # ~2 min: recold of the dl records' winning twins (default:
@@ -37,9 +39,12 @@ o)
     PROBE_TWIN=ov PROBE_DENS=0.1 PROBE_MAX=16 timeout 330 python3 bench/drafts/kn_probe.py "$OUT/kn-ov.json" built,diag10 2>&1 | tail -40
     ;;
 b)
-    PROBE_TWIN=perm PROBE_DENS=0.1 PROBE_MAX=12 timeout 240 python3 bench/drafts/kn_probe.py "$OUT/kn-perm.json" built 2>&1 | tail -20
-    timeout 240 python3 bench/probe.py recold --case 4096x4096:128:0.2:fp16 --case 4096x4096:128:0.3:fp16 \
-        --config @bench/drafts/llm-perm-configs.txt --budget 200 --out "$OUT/recold-llm-perm" 2>&1 | tail -30
+    PROBE_TWIN=perm PROBE_DENS=0.1 PROBE_MAX=10 timeout 270 python3 bench/drafts/kn_probe.py "$OUT/kn-perm.json" built 2>&1 | tail -12
+    PROBE_TWIN=perm PROBE_DENS=0.02 PROBE_MAX=10 timeout 270 python3 bench/drafts/kn_probe.py "$OUT/kn-perm-d002.json" built 2>&1 | tail -12
+    ;;
+p)
+    timeout 300 python3 bench/probe.py recold --case 4096x4096:128:0.2:fp16 --case 4096x4096:128:0.3:fp16 \
+        --config @bench/drafts/llm-perm-configs.txt --budget 260 --out "$OUT/recold-llm-perm" 2>&1 | tail -30
     ;;
 l)
     timeout 420 python3 bench/probe.py recold --records bench/drafts/recold-llm-ov.json --budget 380 \

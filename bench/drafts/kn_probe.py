@@ -62,6 +62,7 @@ for r in recs:
         twins = [dict(c, pt=1, rs=0, rq=0, splitk=1, mc=1, ar=0)]
     elif mode == "perm":  # session 46: each row block's own column order (the residual nearly gone), and without l2
         twins = [dict(c, perm=u, mc=1, pw=0) for u in (1, 2)] + [dict(c, perm=u, l2=0, rs=0, rq=0, mc=1, pw=0) for u in (1, 2)]
+        twins += [dict(c, perm=1, wg=1, l2=0, rs=0, rq=0, mc=1, pw=0)]  # 64-row blocks: the most empty columns to skip
     elif mode == "ov":  # session 47: the residual into ov overflow chunks (B rows gathered by one-row TMA boxes), with
         # the record's l2 and without it (ov instead of l2's doubled rows)
         twins = [dict(c, ov=x, mc=1) for x in (1, 2, 4)] + [dict(c, ov=x, l2=0, rs=0, rq=0, mc=1) for x in (1, 2, 4)]

@@ -224,18 +224,43 @@ def test_pair_perms_move_columns_in_pairs_and_shrink_the_residual(rows):
         assert nat > 0.005 * a.nnz and got <= most * nat, (d, rows, nat, got)
 
 
+def test_compact_perm_runs_each_block_on_the_columns_it_has():
+    h = host()
+    a = random_matrix(256, 2048, 0.02, "uniform", 1)  # ~27 % of a 64-row block's columns empty
+    perm = h.column_perms(a, 64)
+    cut, pnc = h.compact_perm(a, perm, 64, 2)
+    assert cut.shape[1] == 64 * pnc.max() and cut.shape[1] < 0.85 * perm.shape[1] and (pnc < 2048 // 64).all()
+    for b in range(4):
+        blk = a[64 * b:64 * (b + 1)]
+        have = set(np.unique(blk.indices))
+        assert have <= set(cut[b][:64 * pnc[b]]), b  # every column with nonzeros within the block's own chunks
+        groups = cut[b].reshape(-1, 4)
+        kept = {tuple(g) for g in groups.tolist() if any(c in have for c in g)}
+        assert kept <= {tuple(g) for g in perm[b].reshape(-1, 4).tolist()}, b  # whole groups moved (2:4 unchanged)
+    pairs = h.pair_perms(a, 64)
+    cutp, _ = h.compact_perm(a, pairs, 64, 2)
+    lo, hi = cutp[:, 0::2], cutp[:, 1::2]
+    assert ((hi == lo + 1) | (hi < 0)).all()  # perm 2's pairs stay whole
+    dense = random_matrix(64, 512, 0.7, "uniform", 1)
+    assert (h.compact_perm(dense, h.column_perms(dense, 64), 64, 4)[1] == 4).all()  # nothing to cut
+
+
 @pytest.mark.parametrize("kc,wg", [(1, 1), (2, 2), (4, 1)])
 def test_permuted_stream_round_trips_to_a_and_leaves_the_matrix_alone(kc, wg):
     h = host()
     cases = {**adversarial(), "u0.2": random_matrix(150, 300, 0.2, "uniform", 3),
-             "pow0.05": random_matrix(150, 300, 0.05, "powerlaw", 3)}
+             "pow0.05": random_matrix(150, 300, 0.05, "powerlaw", 3), "u0.02": random_matrix(200, 2000, 0.02, "uniform", 3)}
     for name, a in cases.items():
         before = a.copy()
-        stream, rptr, rcol, rval, pm, info = h.build_permuted(a, kc, wg, "fp16")
+        stream, rptr, rcol, rval, pm, pnc, info = h.build_permuted(a, kc, wg, "fp16")
         assert pm.dtype == np.uint16 and pm.size == info["NBLK"] * 32 * kc * info["NC"], name
+        assert pnc.dtype == np.int32 and len(pnc) == info["NBLK"] and 1 <= pnc.min() and pnc.max() == info["NC"], name
         assert (h.decode(stream, rptr, rcol, rval, info, pm) == _dense_bits(a)).all(), (name, kc, wg)
+        tiles = stream.reshape(info["NC"], info["NBLK"], -1)  # a block's chunks past its own hold no value
+        for b in range(info["NBLK"]):
+            assert not tiles[pnc[b]:, b, :].reshape(-1, 2304)[:, :2048].any(), (name, b)
         got = h.build_permuted(a, kc, wg, "fp16", h.pair_perms(a, 64 * wg))  # perm 2: the pairs' order
-        assert (h.decode(*got[:4], got[5], got[4]) == _dense_bits(a)).all(), (name, kc, wg, "pairs")
+        assert (h.decode(*got[:4], got[6], got[4]) == _dense_bits(a)).all(), (name, kc, wg, "pairs")
         assert (rcol[:rptr[-1]] < a.shape[1]).all(), name  # the residual keeps A's columns (B's rows)
         assert (a != before).nnz == 0 and (a.indices == before.indices).all(), name
 
@@ -375,6 +400,24 @@ def test_ov_launch_passes_the_position_table_and_both_maps():
         assert int(args[names.index("cps")]) == -(-nc // cfg["splitk"]), cfg
         assert h.tensor_map_args_rows(256, 700, 0)["box"] == (64, 1)
         assert h.threads(cfg) == 128 * cfg["wg"] + 128
+
+
+def test_perm_launch_passes_the_order_and_each_blocks_chunks():
+    a = random_matrix(300, 2000, 0.02, "uniform", 2)
+    for cfg in (dict(bn=64, kc=2, wg=1, stages=6, splitk=1, perm=1), dict(bn=128, kc=2, wg=2, stages=4, splitk=3, perm=2),
+                dict(bn=64, kc=1, wg=1, stages=6, splitk=1, pt=1, perm=1)):
+        cfg = gather_space().normalize(cfg, "fp16")
+        kern = fake_kernel(FAMILY, cfg, "fp16", a)
+        sig = signature(kern.source)
+        args = kern.args(256, object(), object())
+        assert len(args) == len(sig), cfg
+        names = [nm for nm, _ in sig]
+        assert names[-1] == "tmap" and "tmap1" not in names, cfg
+        pm, pnc = args[names.index("pm")].host, args[names.index("pnc")].host
+        nc, nblk = int(args[names.index("NC")]), int(args[names.index("NBLK")])
+        assert pm.size == nblk * nc * 32 * cfg["kc"] and pnc.max() == nc and len(pnc) == nblk, cfg
+        assert nc < -(-2000 // (32 * cfg["kc"])) or cfg["wg"] == 2, cfg  # 64-row blocks at d 0.02: fewer chunks
+        assert int(args[names.index("cps")]) == -(-nc // cfg["splitk"]), cfg
 
 
 OV_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ov=2), dict(bn=64, kc=4, wg=1, stages=6, splitk=1, ov=1),
