@@ -379,17 +379,23 @@ def test_ov_renders_a_gathering_producer_warpgroup_and_a_second_tensor_map():
     assert sp.check(big, env, DEFAULT_LIMITS) is not None and sp.check(dict(big, ovc=1), env, DEFAULT_LIMITS) is None
 
 
+def _gather_launch(a, cfg):
+    """(config, launch arguments at N = 256, the kernel's parameter names) of a perm / ov config, the arguments one a
+    parameter."""
+    cfg = gather_space().normalize(cfg, "fp16")
+    kern = fake_kernel(FAMILY, cfg, "fp16", a)
+    sig = signature(kern.source)
+    args = kern.args(256, object(), object())
+    assert len(args) == len(sig), cfg
+    return cfg, args, [nm for nm, _ in sig]
+
+
 def test_ov_launch_passes_the_position_table_and_both_maps():
     a = random_matrix(300, 700, 0.1, "uniform", 2)
     h = host()
     for cfg in (dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ov=2), dict(bn=64, kc=4, wg=1, stages=6, splitk=2, l2=12, ov=1),
                 dict(bn=64, kc=1, wg=2, stages=8, splitk=3, pt=1, ov=4), dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ov=2, ovc=1)):
-        cfg = gather_space().normalize(cfg, "fp16")
-        kern = fake_kernel(FAMILY, cfg, "fp16", a)
-        sig = signature(kern.source)
-        args = kern.args(256, object(), object())
-        assert len(args) == len(sig), cfg
-        names = [nm for nm, _ in sig]
+        cfg, args, names = _gather_launch(a, cfg)
         maps = ["tmap"] if cfg.get("ovc") else ["tmap", "tmap1"]
         assert names[-len(maps):] == maps and all(isinstance(x, BParam) for x in args[-len(maps):]), cfg
         assert "tmap1" not in names[:-1], cfg
@@ -406,12 +412,7 @@ def test_perm_launch_passes_the_order_and_each_blocks_chunks():
     a = random_matrix(300, 2000, 0.02, "uniform", 2)
     for cfg in (dict(bn=64, kc=2, wg=1, stages=6, splitk=1, perm=1), dict(bn=128, kc=2, wg=2, stages=4, splitk=3, perm=2),
                 dict(bn=64, kc=1, wg=1, stages=6, splitk=1, pt=1, perm=1)):
-        cfg = gather_space().normalize(cfg, "fp16")
-        kern = fake_kernel(FAMILY, cfg, "fp16", a)
-        sig = signature(kern.source)
-        args = kern.args(256, object(), object())
-        assert len(args) == len(sig), cfg
-        names = [nm for nm, _ in sig]
+        cfg, args, names = _gather_launch(a, cfg)
         assert names[-1] == "tmap" and "tmap1" not in names, cfg
         pm, pnc = args[names.index("pm")].host, args[names.index("pnc")].host
         nc, nblk = int(args[names.index("NC")]), int(args[names.index("NBLK")])
