@@ -167,7 +167,16 @@ def window_bounds(orow: np.ndarray, block: int, m: int) -> np.ndarray:
 
 
 PM_NONE = 0xFFFF  # perm: a position no column takes (the kernel copies zeros)
-PERM_OPEN = 1024  # perm: the groups of 4 the greedy chooses among at a time (all of them up to K = 4096)
+PERM_OPEN = 1024  # perm: the groups of 4 the greedy chooses among at a time at d > 0.22 (all of them up to K = 4096)
+
+
+def perm_open_groups(a: sp.csr_matrix) -> int:
+    """The open groups of the perm greedies by A's density: 64 at d <= 0.12, 256 at <= 0.22, else PERM_OPEN. Uniform
+    4096^2, 64-row blocks (session 47): d 0.1 leaves no residual at 64 (0.27 s against 1.23 at 1024), d 0.2 0.0005 % at
+    256 (0.55 s against 1.36; 64: 0.07 %), d 0.3 needs 1024 (0.006 %; 256: 1.2 %). A layer's layout is built once, but a
+    model's hundreds of layers add up (4096 x 14336 d 0.2: ~5 s at 1024)."""
+    d = a.nnz / max(1, a.shape[0] * a.shape[1])
+    return 64 if d <= 0.12 else 256 if d <= 0.22 else PERM_OPEN
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -180,19 +189,19 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return ((x * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64)
 
 
-def column_perms(a: sp.csr_matrix, rows: int, open_groups: int = PERM_OPEN) -> np.ndarray:
+def column_perms(a: sp.csr_matrix, rows: int, open_groups: int | None = None) -> np.ndarray:
     """perm int32 [NB, 4 ceil(K / 4)] (NB = ceil(M / rows)): for each row block of `rows` rows, the column of A at each
     position of the block's own order of K (-1: a position no column takes), chosen so that the block's rows have at
     most two nonzeros in each group of 4 consecutive positions wherever possible (what 2:4 holds; the rest is the
     residual). Greedy, the columns with the most nonzeros in the block first: each goes to the open group (at most
-    `open_groups` at a time, a full one replaced by a new one) where it makes the fewest rows with three nonzeros
-    (then the fewest with two), each row of the block one bit of a mask. Uniform 4096 x 4096, 64-row blocks: the
+    `open_groups` at a time, by default perm_open_groups's for A's density; a full one replaced by a new one) where it
+    makes the fewest rows with three nonzeros (then the fewest with two), each row of the block one bit of a mask. Uniform 4096 x 4096, 64-row blocks: the
     residual 0.95 / 3.6 / 7.6 % of the nonzeros in column order at d 0.1 / 0.2 / 0.3, 0 / ~0 / 0.006 % permuted
     (session 46). Deterministic (no randomness)."""
     return _unit_perms(a, rows, 1, open_groups)
 
 
-def pair_perms(a: sp.csr_matrix, rows: int, open_groups: int = PERM_OPEN) -> np.ndarray:
+def pair_perms(a: sp.csr_matrix, rows: int, open_groups: int | None = None) -> np.ndarray:
     """column_perms' order (same format) that moves A's columns in pairs (2j, 2j + 1), a pair at positions (2i, 2i + 1),
     so that the kernel gathers B's rows by two-row TMA boxes (perm 2: half the boxes of perm 1). A group of 4 positions
     is two pairs; the greedy takes the pairs with the most nonzeros in the block first, each into the open group where it
@@ -201,7 +210,7 @@ def pair_perms(a: sp.csr_matrix, rows: int, open_groups: int = PERM_OPEN) -> np.
     return _unit_perms(a, rows, 2, open_groups)
 
 
-def _unit_perms(a: sp.csr_matrix, rows: int, unit: int, open_groups: int) -> np.ndarray:
+def _unit_perms(a: sp.csr_matrix, rows: int, unit: int, open_groups: int | None) -> np.ndarray:
     """column_perms (unit 1) and pair_perms (unit 2): A's columns moved in units of `unit` consecutive columns (u j ...
     u j + u - 1 to positions u i ...), a group of 4 positions holding 4 / unit units. Per row block, each unit's rows
     with >= 1 nonzero in it (p1) and with 2 (p2, pairs only: a row's pair holds at most 2); the units by count, each into
@@ -210,6 +219,7 @@ def _unit_perms(a: sp.csr_matrix, rows: int, unit: int, open_groups: int) -> np.
     a = sp.csr_matrix(a)
     m, k = a.shape
     rows, unit = int(rows), int(unit)
+    open_groups = perm_open_groups(a) if open_groups is None else open_groups
     nb, w = max(1, -(-m // rows)), -(-rows // 64)
     nu = max(1, -(-k // unit))  # units
     per = 4 // unit  # units a group
