@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The first device calls for tc_sp24's row-box gathers (ov, perm 1, perm 2; NOTES session 47), run on the device from the
-# repository root with $OUT set and the wheels installed (../shared/device/README.md):
+# repository root with $OUT set and the wheels installed (../shared/device/README.md), carry [".whl"]:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1;
+#   export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1; bash bench/drafts/gather_calls.sh a; cd $OUT && tar czf r.tgz *
 #   bash bench/drafts/gather_calls.sh a    # ~4-5 min: the ov GPU test alone first (a new barrier protocol: a short
 #                                          # timeout, stop on failure), then every gather GPU test (perm 1 / 2, ov, ovc)
 #   bash bench/drafts/gather_calls.sh o    # ~5 min: the dl probe of the ov / ovc twins at d 0.1 with the cut-out
