@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparse_autotune.core.families import adapt_params, csr_parts, splitk_shape, splitk_workspace
+from sparse_autotune.core.families import adapt_params, clean_csr, csr_parts, splitk_shape, splitk_workspace
 from sparse_autotune.core.problem import half_bits
 
 TILE = 2304  # bytes of one warpgroup's 64 rows x one k32 step
@@ -167,6 +167,16 @@ def window_bounds(orow: np.ndarray, block: int, m: int) -> np.ndarray:
 
 
 PM_NONE = 0xFFFF  # perm: a position no column takes (the kernel copies zeros)
+# the values perm, ov and ovc take once their gathers have run on a GPU (the shipped space holds each at 0 until then;
+# the tests, bench/drafts/kn_probe.py and bench/drafts/gather_calls.sh widen it to these: gather_space)
+GATHER_VALUES = {"perm": [0, 1, 2], "ov": [0, 1, 2, 4, 8], "ovc": [0, 1]}
+
+
+def gather_space(space):
+    """tc_sp24's space with perm, ov and ovc at GATHER_VALUES."""
+    import dataclasses  # noqa: PLC0415
+    return dataclasses.replace(space, params=[dataclasses.replace(p, values=GATHER_VALUES[p.name])
+                                              if p.name in GATHER_VALUES else p for p in space.params])
 PERM_OPEN = 1024  # perm: the groups of 4 the greedy chooses among at a time at d > 0.22 (all of them up to K = 4096)
 
 
@@ -216,16 +226,13 @@ def _unit_perms(a: sp.csr_matrix, rows: int, unit: int, open_groups: int | None)
     with >= 1 nonzero in it (p1) and with 2 (p2, pairs only: a row's pair holds at most 2); the units by count, each into
     the open group where it makes the fewest rows with three nonzeros (then with two): a row with two in the group gets
     a third from any nonzero of the unit, a row with one from a unit's two."""
-    a = sp.csr_matrix(a)
-    m, k = a.shape
+    m, k, r, c, _ = csr_parts(a)
     rows, unit = int(rows), int(unit)
     open_groups = perm_open_groups(a) if open_groups is None else open_groups
     nb, w = max(1, -(-m // rows)), -(-rows // 64)
     nu = max(1, -(-k // unit))  # units
     per = 4 // unit  # units a group
     ng = max(1, -(-nu // per))  # groups
-    r = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
-    c = a.indices.astype(np.int64)
     within = r % rows
     bit = np.uint64(1) << (within % 64).astype(np.uint64)
     flat = ((r // rows) * nu + c // unit) * w + within // 64
@@ -312,13 +319,11 @@ def compact_perm(a: sp.csr_matrix, perm: np.ndarray, rows: int, kc: int) -> tupl
     whole chunks of 32 kc positions), and pnc int32 [NB]: each block's own chunks (at least 1). A column with no
     nonzero in a block needs no position there: uniform d 0.02 leaves ~27 % of a 64-row block's columns empty (7.5 % of
     a 128-row block's), d 0.05 ~4 %; the kernel runs each block's own chunks (session 47)."""
-    a = sp.csr_matrix(a)
-    m, k = a.shape
+    m, k, r, c, _ = csr_parts(a)
     nb, kp = perm.shape
     kc32 = 32 * int(kc)
     used = np.zeros((nb, k + 1), dtype=bool)  # column k: perm's -1 (no column)
-    r = np.repeat(np.arange(m, dtype=np.int64), np.diff(a.indptr))
-    used[r // int(rows), a.indices] = True
+    used[r // int(rows), c] = True
     full = used[np.arange(nb)[:, None], np.where(perm >= 0, perm, k)].reshape(nb, kp // 4, 4).any(axis=2)
     order = np.argsort(~full, axis=1, kind="stable")  # per block, its groups with nonzeros first, in their order
     groups = perm.reshape(nb, kp // 4, 4)[np.arange(nb)[:, None], order].reshape(nb, kp)
@@ -336,6 +341,7 @@ def build_permuted(a: sp.csr_matrix, kc: int, wg: int, dtype: str = "fp16", perm
     keeps A's columns (B's rows, read directly); pm uint16 [NBLK x 32 kc NC] is the column of each position of each row
     block of the stream (PM_NONE: zeros), the kernel's producer gathers B's rows by it, a one-row TMA box each (K <
     PM_NONE; a pair_perms order: a two-row box a pair); pnc int32 [NBLK] each block's own chunks, the ones it runs."""
+    a = clean_csr(a)  # explicit zeros dropped, as the greedies and compact_perm see A (a copy: the caller's stays)
     m, k = a.shape
     if k >= PM_NONE:
         raise ValueError(f"tc_sp24 perm: K = {k} (below {PM_NONE}: 16-bit positions)")
@@ -602,28 +608,22 @@ def layout(kernel):
     """(stream, rptr, rcol, rval, orow, Ms, gather) of the kernel's A on the device, built once a (kc, wg, dtype, l2,
     perm / ov): at l2 0 the rows as they are (orow None, Ms = M), else over slots (`slots`; for an nk kernel windowed by
     row blocks of 64 wg slots, orow then followed by the blocks' window_bounds); gather None, or (its device arrays,
-    the stream's chunk count or None): at perm 1 / 2 ((pm, pnc), NC), each row block's order of K and its own chunk
-    count (build_permuted over column_perms / pair_perms, after the slots); at ov ((pm,), None), each row block's
-    overflow positions (build_overflow, after the slots)."""
+    the stream's chunk count NC): at perm 1 / 2 (pm, pnc), each row block's order of K and its own chunk count
+    (build_permuted over column_perms / pair_perms, after the slots); at ov (pm,), each row block's overflow positions
+    (build_overflow, after the slots; NC: K's own chunks and ov)."""
     cfg, dtype = kernel.config, kernel.dtype
     kc, wg, l2 = cfg["kc"], cfg["wg"], int(cfg.get("l2", 0))
-    ov = int(cfg.get("ov", 0))
-    if ov:
-        def make_ov(host):
+    ov, unit = int(cfg.get("ov", 0)), int(cfg.get("perm", 0))
+    if ov or unit:
+        def make(host):
             a2, orow = slots(host, l2) if l2 else (host, None)
-            stream, rptr, rcol, rval, pm, _ = build_overflow(a2, kc, wg, ov, dtype)
-            return stream, rptr, rcol, rval, (np.zeros(1, np.int32) if orow is None else orow), int(a2.shape[0]), pm
-        got = kernel.a.cached(("tc_sp24", kc, wg, dtype, l2, "ov", ov), make_ov)
-        return (*got[:4], got[4] if l2 else None, got[5], ((got[6],), None))
-    unit = int(cfg.get("perm", 0))
-    if unit:
-        def make_perm(host):
-            a2, orow = slots(host, l2) if l2 else (host, None)
-            stream, rptr, rcol, rval, pm, pnc, info = build_permuted(a2, kc, wg, dtype, _perm_of(host, a2, wg, l2, unit))
-            return (stream, rptr, rcol, rval, (np.zeros(1, np.int32) if orow is None else orow), int(a2.shape[0]), pm, pnc,
-                    int(info["NC"]))
-        got = kernel.a.cached(("tc_sp24", kc, wg, dtype, l2, "perm", unit), make_perm)
-        return (*got[:4], got[4] if l2 else None, got[5], ((got[6], got[7]), got[8]))
+            *parts, info = (build_overflow(a2, kc, wg, ov, dtype) if ov else
+                            build_permuted(a2, kc, wg, dtype, _perm_of(host, a2, wg, l2, unit)))
+            # flat (the device cache uploads each array of the tuple): the stream's four, orow, Ms, NC, then pm (pnc)
+            return (*parts[:4], np.zeros(1, np.int32) if orow is None else orow, int(a2.shape[0]), int(info["NC"]),
+                    *parts[4:])
+        got = kernel.a.cached(("tc_sp24", kc, wg, dtype, l2, *(("ov", ov) if ov else ("perm", unit))), make)
+        return (*got[:4], got[4] if l2 else None, got[5], (tuple(got[7:]), got[6]))
     return (*_layout(kernel, kc, wg, l2, dtype), None)
 
 
@@ -646,10 +646,8 @@ def _layout(kernel, kc, wg, l2, dtype):
 
 
 def _dims(config: dict, m: int, k: int, n: int):
-    """(NBLK of the stream, row blocks launched (a multiple of mc), NC (ov: K's own chunks and the overflow's),
-    column tiles, chunks per split)."""
+    """(NBLK of the stream, row blocks launched (a multiple of mc), NC, column tiles, chunks per split)."""
     nblk, nc = dims(m, k, config["kc"], config["wg"])
-    nc += int(config.get("ov", 0))
     mc = multicast(config)
     rows = max(1, -(-m // (64 * config["wg"])))
     ntiles = max(1, -(-n // config["bn"]))
@@ -776,7 +774,7 @@ def args(kernel, n: int, b, c, bias=None) -> tuple:
     stream, rptr, rcol, rval, orow, m, gather = layout(kernel)  # l2 > 0: M is the slot count, orow each slot's row of C
     k = kernel.a.shape[1]
     nblk, rows, nc, ntiles, cps = _dims(cfg, m, k, n)
-    if gather is not None and gather[1] is not None:  # perm: the stream's chunks (the most of any row block's, pnc)
+    if gather is not None:  # perm / ov: the stream's chunks (perm: the most of any row block's; ov: K's and ov)
         nc = gather[1]
         cps = -(-nc // cfg["splitk"])
     ws, counters = splitk_workspace(kernel, "tc_sp24", workspace_shape(cfg, rows, ntiles), n)
@@ -786,12 +784,11 @@ def args(kernel, n: int, b, c, bias=None) -> tuple:
     if nk:
         out = (*out, np.int32(kernel.a.shape[0]))  # MY: y's row length (l2: M above is the slot count)
     tmap, ok = (tensor_map_args_nk, k % 8 == 0) if nk else (tensor_map_args, n % 8 == 0)
-    ov = int(cfg.get("ov", 0))
+    rowmap = int(cfg.get("ov", 0)) and not int(cfg.get("ovc", 0))  # ov: the overflow chunks' row-box map (tmap1)
     if not (n > 0 and ok):  # never launched (infeasible); a_bytes() asks for N = 1
-        maps = 2 if ov and not int(cfg.get("ovc", 0)) else 1
-        return (*out, *(BParam(128, lambda b_ptr: bytes(128)) for _ in range(maps)))
+        return (*out, *(BParam(128, lambda b_ptr: bytes(128)) for _ in range(2 if rowmap else 1)))
     out = (*out, BParam(128, lambda b_ptr: _encode(tmap(n, k, cfg, b_ptr))))
-    if ov and not int(cfg.get("ovc", 0)):  # ov: the row-box map of the overflow chunks' gather (tmap1; ovc: cp.async)
+    if rowmap:
         out = (*out, BParam(128, lambda b_ptr: _encode(tensor_map_args_rows(n, k, b_ptr))))
     return out
 

@@ -19,9 +19,10 @@
 set -u
 python3 - <<'PY'
 import re
+from variants.tc_sp24 import GATHER_VALUES
 p = "search_spaces/tc_sp24.toml"
 s = open(p).read()
-for name, vals in (("perm", "[0, 1, 2]"), ("ov", "[0, 1, 2, 4, 8]"), ("ovc", "[0, 1]")):
+for name, vals in GATHER_VALUES.items():
     s = re.sub(r"(\[params\.%s\]\n(?:#[^\n]*\n)*)values = \[0\]" % name, r"\g<1>values = %s" % vals, s)
 open(p, "w").write(s)
 PY

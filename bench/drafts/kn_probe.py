@@ -11,7 +11,6 @@ other densities and patterns (session 46); each where the space admits it; diag1
 session 45's rl twins are gone with the parameter, measured slower).
     git show HEAD:variants/tc_sp24.cu.j2 > .scratch/head.j2
     python3 bench/drafts/kn_probe.py OUT.json built,file:.scratch/head.j2"""
-import dataclasses
 import json
 import os
 import sys
@@ -33,9 +32,7 @@ from sparse_autotune.errors import CandidateError
 
 cp = cupy()
 sp24 = get_family("tc_sp24").space
-WIDE = {"perm": [0, 1, 2], "ov": [0, 1, 2, 4, 8], "ovc": [0, 1]}  # held at 0 in the shipped space until their gather has run on a GPU
-sp24 = dataclasses.replace(sp24, params=[dataclasses.replace(p, values=WIDE[p.name]) if p.name in WIDE else p
-                                         for p in sp24.params])
+sp24 = get_family("tc_sp24").host.gather_space(sp24)  # perm / ov / ovc: held at 0 in the shipped space until they run
 TPL = open("variants/tc_sp24.cu.j2").read()
 FORM = {"v": "built"}
 FORMS = sys.argv[2].split(",") if len(sys.argv) > 2 else ["built"]
