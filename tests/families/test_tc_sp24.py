@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sps
 
+from barrier_model import producer_ops, simulate
 from fakes import fake_kernel, launch_signature_test, signature
 from space_checks import check_matrices_on_gpu, nvcc_sm90a
 from sparse_autotune.core.families import csr_parts, get_family
@@ -596,6 +597,57 @@ GATHER_GPU_CONFIGS = [*PERM_CONFIGS, dict(bn=128, kc=1, wg=2, stages=2, splitk=2
                       dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1, l2=100, perm=1),
                       *OV_CONFIGS, dict(bn=64, kc=1, wg=1, stages=2, splitk=3, ov=2), dict(bn=128, kc=1, wg=2, stages=2, splitk=4, ov=4),
                       dict(bn=64, kc=2, wg=1, stages=4, splitk=2, pt=1, ov=1), dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rs=8, ov=1)]
+
+
+# the ring's tile runs for the protocol model: (chunks, gathered chunks at the end) a tile, the ring running on across
+# tiles (pt) and across a tile without gathered chunks (split-K's other splits)
+_MODEL_TILES = ([(7, 2)], [(5, 1), (6, 2), (3, 3)], [(12, 1)] * 3, [(4, 0), (9, 4), (2, 1)], [(1, 1)] * 5)
+
+
+def test_barrier_model_finds_every_gathering_form_safe():
+    """Each gathering config of the tests (perm 1 / 2, ov 1-8 by row boxes or cp.async, with pt, pw, ar, l2, rs, rq,
+    split-K), its producer step as rendered, run by tests/families/barrier_model.py (CPU model of the mbarrier rules)
+    for 3 producer threads and a consumer over rings of 2-4 stages and the tiles above, 12 random schedules each: no
+    stage written before its previous chunk is released, no bytes on a phase not theirs, no chunk read incomplete, no
+    deadlock. And the steps are what the kernel needs: a thread's gathered copies only after barrier 3."""
+    sp = gather_space()
+    forms = set()
+    for cfg in GATHER_GPU_CONFIGS:
+        c = sp.normalize(cfg, "fp16")
+        ops, gth = producer_ops(render(sp, c, "fp16"))
+        kinds = [op for op, _, _ in ops]
+        copies = [i for i, op in enumerate(kinds) if op in ("row_box", "cp_copy")]
+        assert copies and "bar" in kinds[:copies[0]], (cfg, ops)
+        assert ("a_copy" in kinds) == (c.get("ar", 0) == 0), (cfg, ops)
+        forms.add((tuple(ops), gth))
+    assert len(forms) >= 3  # perm, ov by row boxes, ov by cp.async (ar's forms without A's copy)
+    for ops, gth in sorted(forms):
+        for stages in (2, 3, 4):
+            for tiles in _MODEL_TILES:
+                run = [(n, n) for n, _ in tiles] if gth == "true" else tiles
+                for seed in range(12):
+                    assert simulate(list(ops), stages, run, seed=seed) == [], (ops, stages, run, seed)
+
+
+def test_barrier_model_catches_an_early_write_a_late_arrival_and_a_deadlock():
+    """The model can fail: session 47's ovc step (the cp.async pieces issued right after each thread's own wait, whose
+    parity passes a whole ring turn early for threads that skipped K's chunks) writes a stage still in use; the row
+    boxes without the barrier after lead's wait the same; cp.async arrivals raised after lead's (no barrier between)
+    let a phase complete without them; a barrier lead never reaches deadlocks."""
+    lead_a = [("arrive_tx", "(lead)", "a_if_gth"), ("a_copy", "(lead)", ""), ("b_box", "(lead) and (not gth)", "")]
+    ovc_47 = [("wait_empty", "(lead or gth)", ""), ("cp_copy", "(gth)", ""), ("cp_arrive", "(gth)", ""),
+              ("bar", "(gth)", ""), *lead_a]
+    found = [simulate(ovc_47, 2, [(7, 1)], seed=s) for s in range(10)]
+    assert all(any("was not released" in p for p in f) for f in found), found
+    rows_no_bar = [("wait_empty", "(lead or gth)", ""), ("arrive_tx", "(lead)", "all"), ("a_copy", "(lead)", ""),
+                   ("b_box", "(lead) and (not gth)", ""), ("row_box", "(gth)", "")]
+    assert any(any("was not released" in p for p in simulate(rows_no_bar, 2, [(9, 2)], seed=s)) for s in range(20))
+    late = [("wait_empty", "(lead or gth)", ""), ("bar", "(gth)", ""), *lead_a, ("cp_copy", "(gth)", ""),
+            ("cp_arrive", "(gth)", "")]
+    assert any(any("read chunk" in p or "fell on" in p for p in simulate(late, 3, [(6, 6)], seed=s)) for s in range(40))
+    stuck = [("wait_empty", "(lead or gth)", ""), ("bar", "(gth) and (not lead)", ""), ("arrive_tx", "(lead)", "all"),
+             ("a_copy", "(lead)", ""), ("row_box", "(gth)", "")]
+    assert simulate(stuck, 2, [(3, 1)])[0].startswith("deadlock")
 
 
 def _gather_configs(n, dtype, m=150, k=1000, nnz=30_000):
