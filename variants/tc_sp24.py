@@ -191,12 +191,7 @@ def perm_open_groups(a: sp.csr_matrix) -> int:
 
 def _popcount(x: np.ndarray) -> np.ndarray:
     """Set bits of each uint64 (int64)."""
-    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
-        return np.bitwise_count(x).astype(np.int64)
-    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
-    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
-    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return ((x * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64)
+    return np.bitwise_count(x).astype(np.int64)
 
 
 def column_perms(a: sp.csr_matrix, rows: int, open_groups: int | None = None) -> np.ndarray:
