@@ -28,7 +28,7 @@ for m, k, n, d, pat in CASES:
     if n == 128 and k == 4096 and m >= 4096:  # 128-row blocks (wg 2): B read half as often through L2 (64 MB at
         # 4096^2 with 64-row blocks, session 34: B's boxes alone 10.4 us); ov 4 takes all of d 0.1's residual there
         sk2 = next(s for s in (1, 2, 3, 4, 6, 8) if (m // 128) * s >= 120 or s == 8)
-        for ov, ovc, rs in ((4, 0, 0), (4, 1, 0), (0, 0, 0)):  # and the same geometry without ov
+        for ov, ovc in ((4, 0), (4, 1), (0, 0)):  # and the same geometry without ov
             out.append({**case, "family": "tc_sp24", "config": dict(bn=128, kc=2, wg=2, stages=6, splitk=sk2, mc=1, ar=0, pw=0,
-                                                                     pt=0, l2=0, rs=rs, rq=0, perm=0, ov=ov, ovc=ovc)})
+                                                                     pt=0, l2=0, rs=0, rq=0, perm=0, ov=ov, ovc=ovc)})
 json.dump(out, sys.stdout, indent=1)

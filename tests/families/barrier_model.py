@@ -2,9 +2,10 @@
 GPU: a barrier protocol that is wrong hangs a tune or corrupts C, and a GPU call that finds it costs minutes.
 
 `producer_ops` reads the producer's step for one chunk out of a rendered kernel (the chunk loop of the producer
-warp(s), from `for (int i = 0; i < nch; ++i) {` to the ring's `if (++st == STAGES)`), as a list of (op, guard): the
-waits on `empty`, the named barrier 3, lead's expect_tx, A's bulk copy, B's boxes (lead's whole boxes or a thread's
-row boxes), the cp.async pieces and their mbarrier arrival, each with the C condition it runs under (`lead`, `gth`).
+warp(s), from `for (int i = 0; i < nch; ++i) {` to the ring's `if (++st == STAGES)`), as a list of (op, guard, arg):
+the waits on `empty`, the named barrier 3, lead's expect_tx (arg: what it expects), A's bulk copy, B's boxes (lead's
+whole boxes or a thread's row boxes), the cp.async pieces and their mbarrier arrival, each with the C condition it
+runs under (`lead`, `gth`) as a Python expression.
 
 `simulate` runs those steps for several producer threads (thread 0 is lead) and one consumer over a ring of stages,
 under a random schedule, with the mbarrier rules of the PTX ISA:
