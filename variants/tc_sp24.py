@@ -177,6 +177,8 @@ def gather_space(space):
     import dataclasses  # noqa: PLC0415
     return dataclasses.replace(space, params=[dataclasses.replace(p, values=GATHER_VALUES[p.name])
                                               if p.name in GATHER_VALUES else p for p in space.params])
+
+
 PERM_OPEN = 1024  # perm: the groups of 4 the greedy chooses among at a time at d > 0.22 (all of them up to K = 4096)
 
 
@@ -200,9 +202,9 @@ def column_perms(a: sp.csr_matrix, rows: int, open_groups: int | None = None) ->
     most two nonzeros in each group of 4 consecutive positions wherever possible (what 2:4 holds; the rest is the
     residual). Greedy, the columns with the most nonzeros in the block first: each goes to the open group (at most
     `open_groups` at a time, by default perm_open_groups's for A's density; a full one replaced by a new one) where it
-    makes the fewest rows with three nonzeros (then the fewest with two), each row of the block one bit of a mask. Uniform 4096 x 4096, 64-row blocks: the
-    residual 0.95 / 3.6 / 7.6 % of the nonzeros in column order at d 0.1 / 0.2 / 0.3, 0 / ~0 / 0.006 % permuted
-    (session 46). Deterministic (no randomness)."""
+    makes the fewest rows with three nonzeros (then the fewest with two), each row of the block one bit of a mask.
+    Uniform 4096 x 4096, 64-row blocks: the residual 0.95 / 3.6 / 7.6 % of the nonzeros in column order at d 0.1 / 0.2
+    / 0.3, 0 / ~0 / 0.006 % permuted (session 46). Deterministic (no randomness)."""
     return _unit_perms(a, rows, 1, open_groups)
 
 
@@ -588,7 +590,7 @@ def decode(stream: np.ndarray, rptr, rcol, rval, info: dict, pm: np.ndarray | No
 
 
 def threads(config: dict) -> int:
-    """wg consumer warpgroups and the producer warp (pw 1: a producer warpgroup, for setmaxnreg; perm 1 and ov: a
+    """wg consumer warpgroups and the producer warp (pw 1: a producer warpgroup, for setmaxnreg; perm and ov: a
     producer warpgroup whose lanes gather B's rows)."""
     gather = config.get("perm", 0) or config.get("ov", 0)
     return 128 * config["wg"] + (128 if config.get("pw", 0) or gather else 32)
@@ -774,8 +776,8 @@ def args(kernel, n: int, b, c, bias=None) -> tuple:
         cps = -(-nc // cfg["splitk"])
     ws, counters = splitk_workspace(kernel, "tc_sp24", workspace_shape(cfg, rows, ntiles), n)
     bc = (b, c, np.uint64(0) if bias is None else bias) if nk else (b, c)
-    out = (stream, rptr, rcol, rval, *(() if orow is None else (orow,)), *(gather[0] if gather else ()), ws, counters, *bc, np.int32(m), np.int32(n),
-           np.int32(k), np.int32(nc), np.int32(nblk), np.int32(cps), np.int32(ntiles))
+    out = (stream, rptr, rcol, rval, *(() if orow is None else (orow,)), *(gather[0] if gather else ()), ws, counters,
+           *bc, np.int32(m), np.int32(n), np.int32(k), np.int32(nc), np.int32(nblk), np.int32(cps), np.int32(ntiles))
     if nk:
         out = (*out, np.int32(kernel.a.shape[0]))  # MY: y's row length (l2: M above is the slot count)
     tmap, ok = (tensor_map_args_nk, k % 8 == 0) if nk else (tensor_map_args, n % 8 == 0)

@@ -125,7 +125,8 @@ def simulate(ops, stages: int, tiles, nprod: int = 3, seed: int = 0, max_steps: 
     released: set[int] = set()
     content: list[tuple[int, set]] = [(-1, set())] * S
     problems: list[str] = []
-    events: list[tuple] = []  # copies and cp.async arrivals in flight, in issue order: (kind, thread, stage, chunk, piece, bytes)
+    events: list[tuple] = []  # copies and cp.async arrivals in flight, in issue order:
+    #                           (kind, thread, stage, chunk, piece, bytes)
     bar = {"n": 0, "gen": 0}
     has_a = any(op == "a_copy" for op, _, _ in ops)  # ar > 0: the consumers load A themselves (AST = 0)
 
