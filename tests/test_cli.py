@@ -274,13 +274,21 @@ def test_lookup_missing_db_is_a_miss_and_creates_nothing(tmp_path):
                    tmp_path / "env.sqlite")
     assert proc.returncode == 0, proc.stderr
     assert "no stored config" in proc.stdout
+    note = proc.stderr.strip().splitlines()
+    assert len(note) == 1 and "note:" in note[0] and str(db) in note[0] and "does not exist" in note[0]
     assert not db.exists() and not db.parent.exists()
     # without --exact a miss falls back through the chain to the built-in default, and says so
     proc = run_cli(["lookup", "--shape", "512x2048", "--density", "0.1", "--gpu", GPU, "--db", str(db)],
                    tmp_path / "env.sqlite")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("default:") and "built-in default" in proc.stdout
+    assert "does not exist" in proc.stderr
     assert not db.exists() and not db.parent.exists()
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()  # an existing database (an empty file is one): no note
+    proc = run_cli(["lookup", "--shape", "512x2048", "--density", "0.1", "--gpu", GPU, "--db", str(empty)],
+                   tmp_path / "env.sqlite")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
 def test_lookup_nearest_says_how_and_how_far(files, tmp_path):

@@ -203,7 +203,8 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--layout", type=_LAYOUT_ANY, default=None, help=LAYOUT_HELP + "; nk is served by nk records first, "
                     "then by kn records (natively where the family declares nk, else staged; spmm only)")
     lk.add_argument("--gpu", default=None, help="GPU name (default: this machine's GPU, or any)")
-    lk.add_argument("--db", help="tuning database searched first (then the databases shipped with the package)")
+    lk.add_argument("--db", help="tuning database searched first (then the databases shipped with the package); "
+                    "one that does not exist is searched as empty, with a note on stderr")
     lk.add_argument("--exact", action="store_true", help="exact key only: no nearest / same-arch / default")
     lk.add_argument("--allow-tf32", action="store_true", help="fp32: a record of cuBLAS TF32 may serve the problem")
     lk.add_argument("--json", action="store_true")
@@ -671,6 +672,7 @@ def cmd_status(a) -> int:
 
 def cmd_lookup(a) -> int:
     from ..runtime.lookup import lookup  # noqa: PLC0415
+    _note_missing_db(a.db)
     if a.op == "conv3x3":
         from .conv import cmd_lookup_conv  # noqa: PLC0415
         return cmd_lookup_conv(a)
@@ -705,6 +707,15 @@ def cmd_lookup(a) -> int:
         print(f"{res.source}{dist}: {res.family} {json.dumps(res.config, sort_keys=True)}\n  from {where}{adapted}{runs}"
               f"{note}{_layout_line(res)}")
     return 0
+
+
+def _note_missing_db(db: str | None) -> None:
+    """lookup --db naming no existing file: a miss there, not an error (the library's lookup treats a database not
+    yet tuned into the same way), but said on stderr in one line, so that a mistyped path does not pass unnoticed."""
+    from ..store import guard  # noqa: PLC0415
+    if db and guard.survey(db).state == "missing":
+        print(f"sparse-autotune: note: database {db!r} does not exist (nothing read from it, nothing created); "
+              "searched the databases shipped with the package", file=sys.stderr)
 
 
 def _lookup_sddmm(a) -> int:
