@@ -36,7 +36,7 @@ a)
         [ "${PIPESTATUS[0]}" = 0 ] || { echo "FAILED or hung: the ov GPU test at ovc $v"; bad=1; }
     done
     [ "$bad" = 0 ] || exit 1
-    timeout 360 python3 -m pytest -q tests/families/test_tc_sp24.py -m gpu -n 8 -k "gather_correct or perm_correct" 2>&1 | tail -15 | tee "$OUT/pytest-gather.log"
+    timeout 270 python3 -m pytest -q tests/families/test_tc_sp24.py -m gpu -n 8 -k "gather_correct or perm_correct" 2>&1 | tail -15 | tee "$OUT/pytest-gather.log"
     ;;
 o)
     PROBE_TWIN=ov PROBE_DENS=0.1 PROBE_MAX=16 timeout 330 python3 bench/drafts/kn_probe.py "$OUT/kn-ov.json" built,diag10 2>&1 | tail -40
