@@ -196,6 +196,15 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x).astype(np.int64)
 
 
+def _cheapest_group(three: np.ndarray, two: np.ndarray, fill: np.ndarray, cap: int) -> np.ndarray:
+    """The perm and ov greedies' choice, per row block: the open group where the unit placed makes the fewest rows with
+    three nonzeros, then the fewest with two (three, two: masks of those rows [blocks, groups, words]); a group holding
+    `cap` units (fill) is full."""
+    cost = _popcount(three).sum(axis=2) * (np.int64(1) << 20) + _popcount(two).sum(axis=2)
+    cost[fill >= cap] = np.int64(1) << 50
+    return np.argmin(cost, axis=1)
+
+
 def column_perms(a: sp.csr_matrix, rows: int, open_groups: int | None = None) -> np.ndarray:
     """perm int32 [NB, 4 ceil(K / 4)] (NB = ceil(M / rows)): for each row block of `rows` rows, the column of A at each
     position of the block's own order of K (-1: a position no column takes), chosen so that the block's rows have at
@@ -250,7 +259,6 @@ def _unit_perms(a: sp.csr_matrix, rows: int, unit: int, open_groups: int | None)
     nxt = np.full(nb, s, dtype=np.int64)
     slot = np.empty((nb, nu), dtype=np.int64)  # each unit's slot: positions unit x slot ...
     bi = np.arange(nb)
-    big = np.int64(1) << 20
     for step in range(nu):
         u = order[:, step]
         a1 = p1[bi, u]
@@ -258,9 +266,7 @@ def _unit_perms(a: sp.csr_matrix, rows: int, unit: int, open_groups: int | None)
         if p2 is not None:
             a2 = p2[bi, u]
             three, two = three | (m1 & a2[:, None, :]), two | a2[:, None, :]
-        cost = _popcount(three).sum(axis=2) * big + _popcount(two).sum(axis=2)
-        cost[fill >= per] = np.int64(1) << 50
-        g = np.argmin(cost, axis=1)
+        g = _cheapest_group(three, two, fill, per)
         slot[bi, u] = gid[bi, g] * per + fill[bi, g]
         m2[bi, g] |= m1[bi, g] & a1 if p2 is None else (m1[bi, g] & a1) | a2
         m1[bi, g] |= a1
@@ -404,17 +410,13 @@ def overflow_positions(a: sp.csr_matrix, rows: int, npos: int) -> tuple[np.ndarr
     upos = np.full(len(uk), -1, dtype=np.int64)
     ukeep = np.zeros((len(uk), w), dtype=np.uint64)
     bi = np.arange(nb)
-    big = np.int64(1) << 20
     for s in range(ns):
         u = slot[:, s]
         live = (u >= 0) & (fill < 4).any(axis=1)
         if not live.any():
             continue
         cm = np.where(live[:, None], masks[np.maximum(u, 0)], np.uint64(0))
-        three = _popcount(m2 & cm[:, None, :]).sum(axis=2)
-        cost = three * big + _popcount(m1 & cm[:, None, :]).sum(axis=2)
-        cost[fill >= 4] = np.int64(1) << 50
-        g = np.argmin(cost, axis=1)
+        g = _cheapest_group(m2 & cm[:, None, :], m1 & cm[:, None, :], fill, 4)
         keep = cm & ~m2[bi, g]
         live &= _popcount(keep).sum(axis=1) > 0
         lb, lg = bi[live], g[live]
