@@ -52,7 +52,7 @@ def producer_ops(src: str) -> tuple[list[tuple[str, str, str]], str]:
     lines = src[start:end].splitlines()[1:]
     ops: list[tuple[str, str, str]] = []
     gth = None
-    stack: list[str] = []  # the open blocks' guards ("True", a guard, or "never": a loop of 0 iterations)
+    stack: list[str] = []  # the open blocks' guards ("True" or a guard)
     pending: list[str] = []  # guards of the next statement (an `if (...)` / `for (...)` header without braces)
     for raw in lines:
         s = raw.strip()
@@ -71,8 +71,7 @@ def producer_ops(src: str) -> tuple[list[tuple[str, str, str]], str]:
             continue
         m = re.match(r"for \((.*)\)\s*(\{)?\s*(//.*)?$", s)
         if m:
-            g = "never" if re.search(r"< 0;", m.group(1)) else "True"
-            (stack if m.group(2) else pending).append(g)
+            (stack if m.group(2) else pending).append("True")
             continue
         if s == "{":
             stack.append("True")
@@ -85,7 +84,7 @@ def producer_ops(src: str) -> tuple[list[tuple[str, str, str]], str]:
         op = next((o for key, o in _OPS if key in s), None)
         if op is None and "tma_g2s(" in s:
             op = "b_box" if "(c0 + i) * KC" in s else "row_box"
-        if op is not None and "never" not in guard_list:
+        if op is not None:
             arg = ""
             if op == "arrive_tx":
                 arg = _TX[re.search(r"mbar_arrive_tx\(full \+ 8 \* st, (.*)\);", s).group(1)]
