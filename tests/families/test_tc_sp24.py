@@ -156,7 +156,7 @@ def test_configs_render_wgmma_sp_for_both_dtypes():
 
 
 def test_the_space_stops_at_density_0_2_and_at_0_3_with_perm():
-    assert space().param("perm").values == [0] and space().param("ov").values == [0]  # until the gather has run on a GPU
+    assert space().param("perm").values == [0] and space().param("ov").values == [0, 1]  # session 50: ov 1 (at l2 0) only
     assert list(space().feasible("fp16", problem_env(4096, 4096, 128, int(0.2 * 4096 * 4096), "fp16"), DEFAULT_LIMITS))
     assert not list(space().feasible("fp16", problem_env(4096, 4096, 128, int(0.3 * 4096 * 4096), "fp16"), DEFAULT_LIMITS))
     sp = gather_space()
@@ -164,6 +164,25 @@ def test_the_space_stops_at_density_0_2_and_at_0_3_with_perm():
     for d, perm, ok in ((0.2, 0, True), (0.3, 0, False), (0.3, 1, True), (0.4, 1, False)):
         env = problem_env(4096, 4096, 128, int(d * 4096 * 4096), "fp16")
         assert (sp.check(dict(cfg, perm=perm), env, DEFAULT_LIMITS) is None) == ok, (d, perm)
+
+
+
+def test_the_shipped_space_tunes_ov_1_only_at_l2_0_and_d_up_to_0_12():
+    """Session 50 measured ov faster only as one chunk at l2 0 near d 0.1: the shipped space offers ov 1 there only
+    (its `when` and a constraint), while gather_space (tests, probes) keeps every built value at every l2."""
+    sp, env = space(), problem_env(512, 2048, 1024, int(0.1 * 512 * 2048), "fp16")
+    base = dict(bn=64, kc=4, wg=1, stages=6, splitk=1)
+    assert sp.normalize(dict(base, l2=0, ov=1), "fp16")["ov"] == 1
+    assert "ov" not in sp.normalize(dict(base, l2=12), "fp16")  # inactive: not searched at l2 > 0
+    assert sp.normalize(dict(base, l2=0, ov=2), "fp16") is None
+    assert sp.check(sp.normalize(dict(base, l2=0, ov=1), "fp16"), env, DEFAULT_LIMITS) is None
+    dense = problem_env(512, 2048, 1024, int(0.15 * 512 * 2048), "fp16")
+    assert sp.check(sp.normalize(dict(base, l2=0, ov=1), "fp16"), dense, DEFAULT_LIMITS) is not None
+    assert sp.check(sp.normalize(dict(base, l2=0, ov=0), "fp16"), dense, DEFAULT_LIMITS) is None
+    assert gather_space().normalize(dict(base, l2=12, ov=2), "fp16")["ov"] == 2
+    feasible = list(sp.feasible("fp16", env, DEFAULT_LIMITS))
+    assert {c.get("ov", 0) for c in feasible} == {0, 1}
+    assert all(c["l2"] == 0 and c["mc"] == 1 for c in feasible if c.get("ov"))
 
 
 # ---- perm: each row block's own column order ----
