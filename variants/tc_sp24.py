@@ -593,10 +593,9 @@ def decode(stream: np.ndarray, rptr, rcol, rval, info: dict, pm: np.ndarray | No
 
 
 def threads(config: dict) -> int:
-    """wg consumer warpgroups and the producer warp (pw 1: a producer warpgroup, for setmaxnreg; perm and ov: a
-    producer warpgroup whose lanes gather B's rows)."""
-    gather = config.get("perm", 0) or config.get("ov", 0)
-    return 128 * config["wg"] + (128 if config.get("pw", 0) or gather else 32)
+    """wg consumer warpgroups and the producer warp (pw 1: a producer warpgroup, for setmaxnreg; perm: a producer
+    warpgroup whose lanes gather B's rows; ov: the producer warp's lanes gather them, a warpgroup's at pw)."""
+    return 128 * config["wg"] + (128 if config.get("pw", 0) or config.get("perm", 0) else 32)
 
 
 def multicast(config: dict) -> int:

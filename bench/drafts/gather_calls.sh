@@ -22,8 +22,9 @@ import re
 from variants.tc_sp24 import GATHER_VALUES
 p = "search_spaces/tc_sp24.toml"
 s = open(p).read()
-for name, vals in GATHER_VALUES.items():
-    s = re.sub(r"(\[params\.%s\]\n(?:#[^\n]*\n)*)values = \[0\]" % name, r"\g<1>values = %s" % vals, s)
+for name, vals in GATHER_VALUES.items():  # the values, and no `when` (as gather_space)
+    s = re.sub(r"(\[params\.%s\]\n(?:#[^\n]*\n)*)values = \[[0-9, ]*\]\ndefault = 0\n(?:when = [^\n]*\n)?" % name,
+               r"\g<1>values = %s\ndefault = 0\n" % vals, s)
 open(p, "w").write(s)
 PY
 grep -A0 -n "^values = \[0, 1, 2" search_spaces/tc_sp24.toml
@@ -52,6 +53,15 @@ p)
 l)
     timeout 420 python3 bench/probe.py recold --records bench/drafts/recold-llm-ov.json --budget 380 \
         --out "$OUT/recold-llm-ov" 2>&1 | tail -60
+    ;;
+w)  # session 50: ov gathered by the producer warp (not a warpgroup) with its launch bound; GPU tests, the dl probe, the
+    # probe's winning twins recold beside the records, the llm ov records again
+    timeout 150 python3 -m pytest -q tests/families/test_tc_sp24.py -m gpu -n 8 -k "gather_correct or perm_correct or ov_correct" 2>&1 | tail -8 | tee "$OUT/pytest-gather-warp.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || exit 1
+    PROBE_TWIN=ov PROBE_DENS=0.1 PROBE_MAX=16 timeout 200 python3 bench/drafts/kn_probe.py "$OUT/kn-ov-warp.json" built,diag10 2>&1 | tail -20
+    python3 bench/drafts/twins_recold_args.py "$OUT/kn-ov-warp.json" --out "$OUT/twins-ov-warp.json" --margin 0.02
+    timeout 120 python3 bench/probe.py recold --records "$OUT/twins-ov-warp.json" --budget 100 --out "$OUT/recold-dl-ov-warp" 2>&1 | tail -25
+    timeout 110 python3 bench/probe.py recold --records bench/drafts/recold-llm-ov.json --budget 95 --out "$OUT/recold-llm-ov-warp" 2>&1 | tail -40
     ;;
 c)
     timeout 420 python3 bench/probe.py recold --records "${2:-bench/drafts/recold-dl-twins.json}" --budget 380 \

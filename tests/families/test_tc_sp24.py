@@ -369,15 +369,28 @@ def test_overflow_stream_round_trips_to_a_and_keeps_the_rest_in_the_residual(kc,
     assert info["overflow"] > 0 and info["residual"] == 0  # one chunk of 64 positions takes a uniform d 0.1 residual
 
 
-def test_ov_renders_a_gathering_producer_warpgroup_and_a_second_tensor_map():
+def test_ov_renders_a_gathering_producer_warp_and_a_second_tensor_map():
     sp = gather_space()
     base = sp.normalize(dict(bn=128, kc=2, wg=2, stages=6, splitk=1), "fp16")
     plain, ov = render(sp, base, "fp16"), render(sp, dict(base, ov=2), "fp16")
     assert "tmap1" not in plain and "const __grid_constant__ TensorMap128 tmap1" in ov
-    assert "const unsigned short* __restrict__ pm" in ov and "#define THREADS 384" in ov and "#define THREADS 288" in plain
-    assert "const int ncg = NC - 2;" in ov and "gmap1, n0 + 64 * (p / KC), kb, full + 8 * st)" in ov
-    assert "unsigned int ov0 =" in ov and "pmb += KC;" in ov and "unsigned int ov1" not in ov  # one row register at any ov
-    assert "bar.sync 3, 128" in ov and "bar.sync 3" not in plain
+    # the producer warp gathers (session 50: a warpgroup's 96 more threads cost blocks an SM), a warpgroup at pw
+    assert "const unsigned short* __restrict__ pm" in ov and "#define THREADS 288" in ov and "#define THREADS 288" in plain
+    assert "const int ncg = NC - 2;" in ov and "bar.sync 3, 32" in ov and "bar.sync 3" not in plain
+    # kc 2: a lane's rows pt4 and pt4 + 32 of the chunk's 64, each a register loaded as the previous chunk's boxes go out
+    assert "unsigned int ov0 =" in ov and "unsigned int ov1 =" in ov and "unsigned int ov2" not in ov and "pmb += KC;" in ov
+    assert "(pt4 + 32) * 128, gmap1, n0 + 64 * q, kb1, full + 8 * st)" in ov
+    k1 = render(sp, dict(base, kc=1, ov=2), "fp16")  # kc 1: one row a lane, every box
+    assert "gmap1, n0 + 64 * (p / KC), kb, full + 8 * st)" in k1 and "p += 32)" in k1 and "unsigned int ov1" not in k1
+    pw = render(sp, dict(base, pw=1, ov=2), "fp16")
+    assert "#define THREADS 384" in pw and "bar.sync 3, 128" in pw and "unsigned int ov1" not in pw
+    assert "__launch_bounds__(THREADS, 1)" in plain and "__launch_bounds__(THREADS, 1)" in pw
+    # bn 64 (ar, rs, rq, pt 0): the blocks an SM its ov 0 twin holds asked for (3072x768 N = 2048's record: 3; ptxas
+    # gave the producer warp's form 77 registers, 2 blocks), by its shared memory (host's shared_bytes) and threads
+    small = sp.normalize(dict(bn=64, kc=1, wg=2, stages=8, splitk=1, l2=0, ov=1), "fp16")
+    src = render(sp, small, "fp16")
+    assert "__launch_bounds__(THREADS, 3)" in src and "__launch_bounds__(THREADS, 1)" in render(sp, dict(small, ov=0), "fp16")
+    assert re.search(r"// ov: 3 blocks an SM \((\d+) bytes", src).group(1) == str(host().shared_bytes(small))
     env = problem_env(1024, 1024, 512, 100_000, "fp16")
     for ov_ in (1, 2, 4):
         assert sp.check(sp.normalize(dict(base, ov=ov_), "fp16"), env, DEFAULT_LIMITS) is None, ov_
@@ -423,7 +436,7 @@ def test_ov_launch_passes_the_position_table_and_both_maps():
         assert nc == -(-700 // (32 * cfg["kc"])) + cfg["ov"], cfg
         assert int(args[names.index("cps")]) == -(-nc // cfg["splitk"]), cfg
         assert h.tensor_map_args_rows(256, 700, 0)["box"] == (64, 1)
-        assert h.threads(cfg) == 128 * cfg["wg"] + 128
+        assert h.threads(cfg) == 128 * cfg["wg"] + (128 if cfg.get("pw") else 32)  # ov: the producer warp gathers
 
 
 def test_perm_launch_passes_the_order_and_each_blocks_chunks():
