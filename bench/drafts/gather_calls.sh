@@ -54,14 +54,19 @@ l)
     timeout 420 python3 bench/probe.py recold --records bench/drafts/recold-llm-ov.json --budget 380 \
         --out "$OUT/recold-llm-ov" 2>&1 | tail -60
     ;;
-w)  # session 50: ov gathered by the producer warp (not a warpgroup) with its launch bound; GPU tests, the dl probe, the
-    # probe's winning twins recold beside the records, the llm ov records again
-    timeout 150 python3 -m pytest -q tests/families/test_tc_sp24.py -m gpu -n 8 -k "gather_correct or perm_correct or ov_correct" 2>&1 | tail -8 | tee "$OUT/pytest-gather-warp.log"
+w)  # session 50: ov gathered by the producer warp (not a warpgroup) with its launch bound: GPU tests, the dl probe at
+    # d 0.1, its winning twins recold beside the records, the whole family's GPU tests, a tune end to end, the llm ov
+    # records again, the dl probe at d 0.05 (in order of need: the call may end at its limit)
+    timeout 100 python3 -m pytest -q tests/families/test_tc_sp24.py -m gpu -n 8 -k "gather_correct or perm_correct or ov_correct" 2>&1 | tail -8 | tee "$OUT/pytest-gather-warp.log"
     [ "${PIPESTATUS[0]}" = 0 ] || exit 1
-    PROBE_TWIN=ov PROBE_DENS=0.1 PROBE_MAX=16 timeout 200 python3 bench/drafts/kn_probe.py "$OUT/kn-ov-warp.json" built,diag10 2>&1 | tail -20
+    PROBE_TWIN=ov PROBE_DENS=0.1 PROBE_MAX=16 timeout 120 python3 bench/drafts/kn_probe.py "$OUT/kn-ov-warp.json" built,diag10 2>&1 | tail -20
     python3 bench/drafts/twins_recold_args.py "$OUT/kn-ov-warp.json" --out "$OUT/twins-ov-warp.json" --margin 0.02
-    timeout 120 python3 bench/probe.py recold --records "$OUT/twins-ov-warp.json" --budget 100 --out "$OUT/recold-dl-ov-warp" 2>&1 | tail -25
-    timeout 110 python3 bench/probe.py recold --records bench/drafts/recold-llm-ov.json --budget 95 --out "$OUT/recold-llm-ov-warp" 2>&1 | tail -40
+    timeout 100 python3 bench/probe.py recold --records "$OUT/twins-ov-warp.json" --budget 85 --out "$OUT/recold-dl-ov-warp" 2>&1 | tail -25
+    timeout 150 python3 -m pytest -q tests/families/test_tc_sp24.py -m gpu -n 8 2>&1 | tail -8 | tee "$OUT/pytest-tc_sp24.log"
+    timeout 100 python3 -m sparse_autotune.cli tune --shape 512x2048 --density 0.1 --n 1024 --dtype fp16 --families tc_sp24 \
+        --trials 40 --db "$OUT/tune.sqlite" --no-progress 2>&1 | tail -25 | tee "$OUT/tune.log"
+    timeout 80 python3 bench/probe.py recold --records bench/drafts/recold-llm-ov.json --budget 70 --out "$OUT/recold-llm-ov-warp" 2>&1 | tail -40
+    PROBE_TWIN=ov PROBE_DENS=0.05 PROBE_MAX=12 timeout 90 python3 bench/drafts/kn_probe.py "$OUT/kn-ov-warp-d005.json" built 2>&1 | tail -14
     ;;
 c)
     timeout 420 python3 bench/probe.py recold --records "${2:-bench/drafts/recold-dl-twins.json}" --budget 380 \
