@@ -167,14 +167,14 @@ def window_bounds(orow: np.ndarray, block: int, m: int) -> np.ndarray:
 
 
 PM_NONE = 0xFFFF  # perm: a position no column takes (the kernel copies zeros)
-# the values perm, ov and ovc are built and tested at (the shipped space: perm and ovc 0, ov 0 / 1 at l2 0, by session
-# 50's measurements); the tests, bench/drafts/kn_probe.py and bench/drafts/gather_calls.sh widen it to these: gather_space
+# the values perm, ov and ovc are built and tested at (the shipped space holds each at 0: session 50 measured them
+# slower than the records); the tests, bench/drafts/kn_probe.py and bench/drafts/gather_calls.sh widen it: gather_space
 GATHER_VALUES = {"perm": [0, 1, 2], "ov": [0, 1, 2, 4, 8], "ovc": [0, 1]}
 
 
 def gather_space(space):
-    """tc_sp24's space with perm, ov and ovc at GATHER_VALUES, active wherever their constraints allow (the shipped
-    space's `when` keeps ov to l2 0, where it measured faster)."""
+    """tc_sp24's space with perm, ov and ovc at GATHER_VALUES, active wherever their constraints allow (a `when` the
+    shipped space may give them is lifted)."""
     import dataclasses  # noqa: PLC0415
     return dataclasses.replace(space, params=[dataclasses.replace(p, values=GATHER_VALUES[p.name], when=None)
                                               if p.name in GATHER_VALUES else p for p in space.params])
