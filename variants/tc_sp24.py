@@ -594,8 +594,8 @@ def decode(stream: np.ndarray, rptr, rcol, rval, info: dict, pm: np.ndarray | No
 
 def threads(config: dict) -> int:
     """wg consumer warpgroups and the producer warp (pw 1: a producer warpgroup, for setmaxnreg; perm: a producer
-    warpgroup whose lanes gather B's rows; ov: the producer warp's lanes gather them, a warpgroup's at pw and kc 4)."""
-    gather_wg = config.get("perm", 0) or (config.get("ov", 0) and config["kc"] == 4)
+    warpgroup whose lanes gather B's rows; ov: the producer warp's lanes gather them at kc 1, a warpgroup's else)."""
+    gather_wg = config.get("perm", 0) or (config.get("ov", 0) and config["kc"] > 1)
     return 128 * config["wg"] + (128 if config.get("pw", 0) or gather_wg else 32)
 
 

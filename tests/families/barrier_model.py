@@ -128,9 +128,6 @@ def simulate(ops, stages: int, tiles, nprod: int = 3, seed: int = 0, max_steps: 
     #                           (kind, thread, stage, chunk, piece, bytes)
     bar = {"n": 0, "gen": 0}
     has_a = any(op == "a_copy" for op, _, _ in ops)  # ar > 0: the consumers load A themselves (AST = 0)
-    # a thread's share of a gathered chunk's B, in units of one row box: the row boxes its step issues (ov's producer
-    # warp at kc > 1 issues kc rows a lane); lead's whole boxes and expect_tx count nprod shares
-    rb = max(1, sum(op == "row_box" for op, _, _ in ops))
 
     def need(j_, gth):
         return ({"A"} if has_a else set()) | ({f"B{t}" for t in range(nprod)} if gth else {"B"})
@@ -161,7 +158,7 @@ def simulate(ops, stages: int, tiles, nprod: int = 3, seed: int = 0, max_steps: 
                     f = full[st]
                     if f.done != u:
                         problems.append(f"lead expected chunk {j_}'s bytes on stage {st}'s phase {f.done}, not {u}")
-                    f.tx += int(has_a) + (0 if (arg == "a_if_gth" and g) else nprod * rb)
+                    f.tx += int(has_a) + (0 if (arg == "a_if_gth" and g) else nprod)
                     f.pend -= 1
                     f.settle()
                     yield ("step",)
@@ -169,7 +166,7 @@ def simulate(ops, stages: int, tiles, nprod: int = 3, seed: int = 0, max_steps: 
                     issue(t, j_, "A", 1)
                     yield ("step",)
                 elif op == "b_box":
-                    issue(t, j_, "B", nprod * rb)
+                    issue(t, j_, "B", nprod)
                     yield ("step",)
                 elif op == "row_box":
                     issue(t, j_, f"B{t}", 1)
