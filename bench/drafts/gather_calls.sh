@@ -63,7 +63,7 @@ w)  # session 50: ov gathered by the producer warp (not a warpgroup) with its la
     python3 bench/drafts/twins_recold_args.py "$OUT/kn-ov-warp.json" --out "$OUT/twins-ov-warp.json" --margin 0.02
     timeout 100 python3 bench/probe.py recold --records "$OUT/twins-ov-warp.json" --budget 85 --out "$OUT/recold-dl-ov-warp" 2>&1 | tail -25
     timeout 150 python3 -m pytest -q tests/families/test_tc_sp24.py -m gpu -n 8 2>&1 | tail -8 | tee "$OUT/pytest-tc_sp24.log"
-    timeout 100 python3 -m sparse_autotune.cli tune --shape 512x2048 --density 0.1 --n 1024 --dtype fp16 --families tc_sp24 \
+    timeout 100 python3 -m sparse_autotune tune --shape 512x2048 --density 0.1 --n 1024 --dtype fp16 --families tc_sp24 \
         --trials 40 --db "$OUT/tune.sqlite" --no-progress 2>&1 | tail -25 | tee "$OUT/tune.log"
     timeout 80 python3 bench/probe.py recold --records bench/drafts/recold-llm-ov.json --budget 70 --out "$OUT/recold-llm-ov-warp" 2>&1 | tail -40
     PROBE_TWIN=ov PROBE_DENS=0.05 PROBE_MAX=12 timeout 90 python3 bench/drafts/kn_probe.py "$OUT/kn-ov-warp-d005.json" built 2>&1 | tail -14
