@@ -1,7 +1,8 @@
-# a pre-pass "side tile" for the residual: per row block (64 wg rows), the distinct columns its residual touches (C);
-# a pre-pass copies those B rows into a contiguous buffer (read + write C x N x 2 bytes a block) so that the main
-# kernel loads them by whole boxes. Cost: a launch + the bytes at ~3 TB/s; gain: at most the residual's cut-out
-# (record - diag10, session 50's kn-ov.json). Uniform d 0.1 cases of the probe.
+"""CPU estimate of a pre-pass "side tile" for tc_sp24's residual (NOTES session 50): per row block (64 wg rows), the
+distinct columns its residual touches (C); a pre-pass kernel would copy those B rows into a contiguous buffer (read +
+write C x N x 2 bytes a block) so that the main kernel loads them by whole boxes. Cost: a launch (~1.5 us in graph
+replay) + the bytes at ~3 TB/s; gain: at most the residual's cut-out (record - diag10 in session 50's kn-ov.json), on
+the probe's uniform d 0.1 cases. Usage (repository root): python3 bench/drafts/sidetile_est.py"""
 import json, sys
 import numpy as np
 sys.path.insert(0, ".")
