@@ -173,10 +173,9 @@ GATHER_VALUES = {"perm": [0, 1, 2], "ov": [0, 1, 2, 4, 8], "ovc": [0, 1]}
 
 
 def gather_space(space):
-    """tc_sp24's space with perm, ov and ovc at GATHER_VALUES, active wherever their constraints allow (a `when` the
-    shipped space may give them is lifted)."""
+    """tc_sp24's space with perm, ov and ovc at GATHER_VALUES."""
     import dataclasses  # noqa: PLC0415
-    return dataclasses.replace(space, params=[dataclasses.replace(p, values=GATHER_VALUES[p.name], when=None)
+    return dataclasses.replace(space, params=[dataclasses.replace(p, values=GATHER_VALUES[p.name])
                                               if p.name in GATHER_VALUES else p for p in space.params])
 
 

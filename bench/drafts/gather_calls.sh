@@ -22,9 +22,8 @@ import re
 from variants.tc_sp24 import GATHER_VALUES
 p = "search_spaces/tc_sp24.toml"
 s = open(p).read()
-for name, vals in GATHER_VALUES.items():  # the values, and no `when` (as gather_space)
-    s = re.sub(r"(\[params\.%s\]\n(?:#[^\n]*\n)*)values = \[[0-9, ]*\]\ndefault = 0\n(?:when = [^\n]*\n)?" % name,
-               r"\g<1>values = %s\ndefault = 0\n" % vals, s)
+for name, vals in GATHER_VALUES.items():
+    s = re.sub(r"(\[params\.%s\]\n(?:#[^\n]*\n)*)values = \[0\]" % name, r"\g<1>values = %s" % vals, s)
 open(p, "w").write(s)
 PY
 grep -A0 -n "^values = \[0, 1, 2" search_spaces/tc_sp24.toml
