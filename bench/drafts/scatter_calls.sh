@@ -33,3 +33,15 @@ PY
     timeout 520 python3 bench/probe.py recold --records "$OUT/probe2-in.json" --ungated --budget 470 --out "$OUT/recold-scatter2" 2>&1 | tail -120
     ;;
 esac
+# 3: the edge-case failure in full, two ncu profiles, the occupancy sweep (session 51, call 3)
+if [ "${1:-}" = 3 ]; then
+    timeout 90 python3 -m pytest -q -x tests/families/test_tc_scatter.py -m gpu -k "edge and fp16" --tb=long > "$OUT/edge-fp16.log" 2>&1
+    tail -c 3000 "$OUT/edge-fp16.log"
+    timeout 60 python3 bench/probe.py profile --case 14336x4096:16:0.1:fp16 --family tc_scatter \
+        --config '{"kc":4,"mr":1,"nb":2,"warps":8,"pf":2,"splitk":16,"minb":1,"bload":"vec","red":"atomic"}' --ncu "$OUT/ncu-scatter-14336-n16.txt" 2>&1 | tail -3
+    timeout 60 python3 bench/probe.py profile --case 4096x4096:16:0.1:fp16 --family tc_scatter \
+        --config '{"kc":4,"mr":2,"nb":2,"warps":8,"pf":3,"splitk":8,"minb":1,"bload":"vec","red":"atomic"}' --ncu "$OUT/ncu-scatter-4096-n16.txt" 2>&1 | tail -3
+    grep -E "Duration|Achieved Occupancy|Registers Per|Theoretical Occupancy|Issue Slots Busy|Mem Busy|Max Bandwidth|L1/TEX Hit|Shared|stall|Warp Cycles Per Issued|Block Limit|Waves Per SM|DRAM Throughput|Compute \(SM\)" "$OUT"/ncu-scatter-*.txt | head -80
+    python3 bench/drafts/scatter_records.py "$OUT/probe3-in.json" 16,32 0.1 4096x4096,14336x4096 fp16 uniform occ
+    timeout 300 python3 bench/probe.py recold --records "$OUT/probe3-in.json" --ungated --budget 260 --out "$OUT/recold-scatter3" 2>&1 | tail -3
+fi
