@@ -157,11 +157,11 @@ def buf_bytes(config: dict) -> int:
 
 
 def _dims(config: dict, m: int, k: int, n: int):
-    """(S, NCH, row blocks, column tiles, chunks per split) of a launch for N columns."""
+    """(S, NCH, row blocks, column tiles, chunks per split, groups of rpb row blocks) of a launch for N columns."""
     S, _, NCH = dims(m, k, config["kc"])
     row_blocks = -(-S // (config["mr"] * config["warps"]))
     ntiles = max(1, -(-n // (8 * config["nb"])))
-    return S, NCH, row_blocks, ntiles, -(-NCH // config["splitk"])
+    return S, NCH, row_blocks, ntiles, -(-NCH // config["splitk"]), -(-row_blocks // config.get("rpb", 1))
 
 
 def cps(config: dict, k: int) -> int:
@@ -169,16 +169,10 @@ def cps(config: dict, k: int) -> int:
     return -(-dims(1, k, config["kc"])[2] // config["splitk"])
 
 
-def ptr_ints(config: dict, k: int) -> int:
-    """Pointer entries a strip keeps in shared memory: its split's chunks + 1, rounded up to 4."""
-    return -(-(cps(config, k) + 1) // 4) * 4
-
-
 def shared_bytes(config: dict, k: int) -> int:
-    """Dynamic shared memory of a block: 16 bytes (the split-K last-block flag); per warp mr strips of pointer entries
-    and of scatter buffers; the block's slice of B (16 rows a k-step of the split, nb 16-byte units a row)."""
-    warp = config["mr"] * (4 * ptr_ints(config, k) + buf_bytes(config))
-    return 16 + config["warps"] * warp + 16 * cps(config, k) * config["kc"] * 16 * config["nb"]
+    """Dynamic shared memory of a block: 16 bytes (the split-K last-block flag); per warp mr scatter buffers; the
+    block's slice of B (16 rows a k-step of the split, nb 16-byte units a row)."""
+    return 16 + config["warps"] * config["mr"] * buf_bytes(config) + 16 * cps(config, k) * config["kc"] * 16 * config["nb"]
 
 
 def smem_bytes(kernel) -> int:
@@ -187,13 +181,14 @@ def smem_bytes(kernel) -> int:
 
 def geometry(kernel, n: int):
     m, k = kernel.a.shape
-    _, _, row_blocks, ntiles, _ = _dims(kernel.config, m, k, n)
-    return (row_blocks * kernel.config["splitk"] * ntiles,), (threads(kernel.config),)
+    _, _, _, ntiles, _, groups = _dims(kernel.config, m, k, n)
+    return (groups * kernel.config["splitk"] * ntiles,), (threads(kernel.config),)
 
 
 def workspace_shape(config: dict, row_blocks: int, ntiles: int) -> tuple[int, int]:
     """Split-K's workspace, as tc_bitmap's: a slice per (row block, column tile, split) of warps x 32 lanes x mr x nb
-    float4s and a counter per (row block, column tile); red "atomic": one slice per (row block, column tile)."""
+    float4s and a counter per (row block, column tile) (the kernel uses one a group of rpb row blocks); red "atomic": one
+    slice per (row block, column tile)."""
     words = config["warps"] * 32 * config["mr"] * config["nb"] * 4
     if config["splitk"] > 1 and config.get("red") == "atomic":
         return row_blocks * ntiles * words, row_blocks * ntiles
@@ -203,7 +198,7 @@ def workspace_shape(config: dict, row_blocks: int, ntiles: int) -> tuple[int, in
 def args(kernel, n: int, b, c) -> tuple:
     cfg, dtype = kernel.config, kernel.dtype
     m, k = kernel.a.shape
-    S, NCH, row_blocks, ntiles, sps = _dims(cfg, m, k, n)
+    S, NCH, row_blocks, ntiles, sps, _ = _dims(cfg, m, k, n)
     kc = cfg["kc"]
     ent, cptr = kernel.a.cached(("tc_scatter", dtype, kc), lambda host: build(host, dtype, kc)[:2])
     ws_key = "tc_scatter_atomic" if cfg["splitk"] > 1 and cfg.get("red") == "atomic" else "tc_scatter"

@@ -25,12 +25,12 @@ def cands(n, d):
     base = dict(kc=kc, mr=2, nb=nb, warps=4, pf=2, splitk=8, minb=1, bload="vec", red="atomic")
     got = [base, {**base, "mr": 1, "warps": 8}, {**base, "splitk": 4}, {**base, "splitk": 16},
            {**base, "kc": max(1, kc // 2)}, {**base, "pf": 1}, {**base, "mr": 4, "warps": 2}, {**base, "warps": 8, "pf": 3}]
-    if which == "occ":  # occupancy and split-K around the first probe's best (warps 8, pf 3)
-        b8 = {**base, "warps": 8, "pf": 3}
-        got = [b8, {**b8, "splitk": 16}, {**b8, "splitk": 32}, {**b8, "mr": 1}, {**b8, "mr": 1, "splitk": 16},
-               {**b8, "mr": 1, "splitk": 32}, {**b8, "minb": 2}, {**b8, "mr": 1, "minb": 4, "splitk": 16},
-               {**b8, "warps": 4, "minb": 4}, {**b8, "warps": 2, "mr": 1, "splitk": 16}, {**b8, "pf": 2, "mr": 1, "minb": 2},
-               {**b8, "kc": 8, "mr": 1, "splitk": 16}]
+    if which == "occ":  # occupancy, split-K and row blocks a block around the first probe's best (warps 8, pf 3)
+        b8 = {**base, "warps": 8, "pf": 3, "rpb": 1}
+        got = [b8, {**b8, "splitk": 16}, {**b8, "mr": 1, "splitk": 16}, {**b8, "mr": 1, "splitk": 16, "rpb": 2},
+               {**b8, "mr": 1, "splitk": 16, "rpb": 4}, {**b8, "mr": 1, "rpb": 4}, {**b8, "rpb": 2}, {**b8, "rpb": 4},
+               {**b8, "mr": 1, "splitk": 32, "rpb": 4}, {**b8, "warps": 4, "splitk": 16, "rpb": 2},
+               {**b8, "pf": 2, "mr": 1, "splitk": 16, "rpb": 2, "minb": 2}, {**b8, "kc": 8, "mr": 1, "splitk": 16, "rpb": 2}]
     if which == "wide":
         got += [{**base, "splitk": 2}, {**base, "splitk": 32}, {**base, "mr": 1, "warps": 4}, {**base, "mr": 1, "warps": 8, "splitk": 16},
                 {**base, "warps": 2}, {**base, "kc": min(8, kc * 2)}, {**base, "red": "last"}, {**base, "mr": 4, "warps": 4, "splitk": 16}]

@@ -164,8 +164,8 @@ def test_shared_memory_and_constraints():
     h = host()
     sp = space()
     cfg = dict(kc=4, mr=2, nb=2, warps=4, pf=2, splitk=8, minb=1, bload="vec", red="atomic")
-    # 4096 columns: 256 k-steps, 64 chunks, 8 a split: 9 pointer entries -> 12; buffer 2064 bytes a strip; B 512 rows
-    want = 16 + 4 * 2 * (4 * 12 + 2064) + 512 * 32
+    # 4096 columns: 256 k-steps, 64 chunks, 8 a split: B 512 rows of 32 bytes; a buffer 2064 bytes a strip
+    want = 16 + 4 * 2 * 2064 + 512 * 32
     assert h.shared_bytes(cfg, 4096) == want
     assert h.smem_bytes(fake_kernel(FAMILY, cfg, "fp16", random_matrix(64, 4096, 0.01, "uniform", 0))) == want
     env = problem_env(4096, 4096, 16, 1_600_000, "fp16")
@@ -188,7 +188,7 @@ def test_shared_memory_and_constraints():
 
 def test_adapt_to_another_n():
     fam = get_family(FAMILY)
-    cfg = dict(kc=4, mr=2, nb=4, warps=4, pf=2, splitk=8, minb=1, bload="vec", red="atomic")
+    cfg = dict(kc=4, mr=2, nb=4, warps=4, pf=2, rpb=1, splitk=8, minb=1, bload="vec", red="atomic")
     one = problem_env(4096, 4096, 1, 1_600_000, "fp16")
     assert fam.adapt(cfg, "fp16", one, LIMITS) == {**cfg, "nb": 1, "bload": "scalar"}
     sixteen = problem_env(4096, 4096, 16, 1_600_000, "fp16")
@@ -220,12 +220,13 @@ def test_the_gate_keeps_the_tuner_to_n_8_to_32_at_low_density():
 def test_geometry_args_and_workspace():
     h = host()
     a = random_matrix(1000, 3000, 0.1, "uniform", 1)
-    cfg = dict(kc=4, mr=2, nb=2, warps=4, pf=2, splitk=4, minb=1, bload="vec", red="last")
+    cfg = dict(kc=4, mr=2, nb=2, warps=4, pf=2, rpb=1, splitk=4, minb=1, bload="vec", red="last")
     k = fake_kernel(FAMILY, cfg, "fp16", a)
     S = -(-1000 // 16)
     rb = -(-S // 8)
     grid, block = h.geometry(k, 40)  # 40 columns: 3 column tiles of 16
     assert block == (128,) and grid == (rb * 4 * 3,)
+    assert h.geometry(fake_kernel(FAMILY, {**cfg, "rpb": 4}, "fp16", a), 40)[0] == (-(-rb // 4) * 4 * 3,)
     args = h.args(k, 40, "B", "C")
     ws, cnt = args[2], args[3]
     assert ws.host.shape == (rb * 3 * 4 * 4 * 32 * 2 * 2 * 4,) and cnt.host.shape == (rb * 3,) and not cnt.host.any()
@@ -245,6 +246,8 @@ KNOWN = [  # the known-good configs and the register extremes (mr x nb = 8, pf 3
     dict(kc=8, mr=2, nb=4, warps=2, pf=3, splitk=4, minb=1, bload="scalar", red="release"),
     dict(kc=4, mr=1, nb=2, warps=8, pf=2, splitk=16, minb=4, bload="vec", red="atomic"),
     dict(kc=1, mr=1, nb=4, warps=8, pf=3, splitk=32, minb=2, bload="vec", red="atomic"),
+    dict(kc=4, mr=1, nb=2, warps=8, pf=2, rpb=4, splitk=16, minb=1, bload="vec", red="atomic"),
+    dict(kc=4, mr=2, nb=4, warps=4, pf=3, rpb=8, splitk=4, minb=1, bload="vec", red="release"),
 ]
 
 
@@ -398,7 +401,7 @@ class Emulated:
         ent.tofile(d / "ent")
         cptr.tofile(d / "cptr")
         np.ascontiguousarray(b16).tofile(d / "B")
-        S, NCH, rb, ntiles, sps = h._dims(c, m, k, n)
+        S, NCH, rb, ntiles, sps, _ = h._dims(c, m, k, n)
         nws, ncnt = h.workspace_shape(c, rb, ntiles)
         grid = h.geometry(fake_kernel(FAMILY, c, self.dtype, a), n)[0][0]
         subprocess.run([str(self.folder / "k"), str(d), str(m), str(n), str(k), str(S), str(NCH), str(sps),
@@ -425,12 +428,14 @@ def _rel_err(got, want):
     return np.linalg.norm(got - want) / den if den else np.linalg.norm(got)
 
 
-EMU_CFGS = [  # every kc, mr, nb, pf, bload, split-K on and off (every red), 2 to 8 warps
-    dict(kc=4, mr=2, nb=2, warps=4, pf=2, splitk=3, minb=1, bload="vec", red="atomic"),  # empty trailing splits
-    dict(kc=1, mr=1, nb=1, warps=2, pf=1, splitk=1, minb=1, bload="scalar"),
-    dict(kc=2, mr=4, nb=4, warps=2, pf=3, splitk=2, minb=1, bload="scalar", red="last"),
-    dict(kc=8, mr=1, nb=1, warps=8, pf=2, splitk=2, minb=2, bload="vec", red="release"),
-    dict(kc=4, mr=2, nb=4, warps=4, pf=3, splitk=1, minb=1, bload="scalar"),
+EMU_CFGS = [  # every kc, mr, nb, pf, rpb, bload, split-K on and off (every red), 2 to 8 warps
+    dict(kc=4, mr=2, nb=2, warps=4, pf=2, rpb=1, splitk=3, minb=1, bload="vec", red="atomic"),  # empty trailing splits
+    dict(kc=1, mr=1, nb=1, warps=2, pf=1, rpb=2, splitk=1, minb=1, bload="scalar"),
+    dict(kc=2, mr=4, nb=4, warps=2, pf=3, rpb=4, splitk=2, minb=1, bload="scalar", red="last"),
+    dict(kc=8, mr=1, nb=1, warps=8, pf=2, rpb=1, splitk=2, minb=2, bload="vec", red="release"),
+    dict(kc=4, mr=2, nb=4, warps=4, pf=3, rpb=8, splitk=1, minb=1, bload="scalar"),
+    dict(kc=2, mr=1, nb=2, warps=2, pf=3, rpb=2, splitk=3, minb=1, bload="scalar", red="atomic"),  # steps across row blocks
+    dict(kc=4, mr=1, nb=1, warps=2, pf=2, rpb=4, splitk=4, minb=1, bload="scalar", red="release"),
 ]
 
 
@@ -446,7 +451,8 @@ def test_kernel_source_emulated_on_the_cpu_is_correct(dtype, tmp_path):
     flight and their scatter, further rounds of a dense chunk, the fragment reads, split-K and its counters, the
     epilogue) with cp.async / ldmatrix / mma.sync emulated: every adversarial case at N = 1, 3, 8 and 24 with each
     config adapted to it as the tuner does, cp.async landing at issue or at the last moment wait_group allows; C within
-    the dtype's tolerance of float64, every element written (C starts as NaN)."""
+    the dtype's tolerance of float64, every element written (C starts as NaN); several row blocks a block (rpb), with
+    the entries' loads running ahead across them."""
     if shutil.which("g++") is None:
         pytest.skip("g++ not found")
     fam = get_family(FAMILY)
