@@ -44,4 +44,7 @@ if [ "${1:-}" = 3 ]; then
     grep -E "Duration|Achieved Occupancy|Registers Per|Theoretical Occupancy|Issue Slots Busy|Mem Busy|Max Bandwidth|L1/TEX Hit|Shared|stall|Warp Cycles Per Issued|Block Limit|Waves Per SM|DRAM Throughput|Compute \(SM\)" "$OUT"/ncu-scatter-*.txt | head -80
     python3 bench/drafts/scatter_records.py "$OUT/probe3-in.json" 16,32 0.1 4096x4096,14336x4096 fp16 uniform occ
     timeout 300 python3 bench/probe.py recold --records "$OUT/probe3-in.json" --ungated --budget 260 --out "$OUT/recold-scatter3" 2>&1 | tail -3
+    python3 bench/drafts/scatter_summary.py "$OUT/recold-scatter3.json"
+    timeout 100 python3 -m sparse_autotune tune --shape 512x2048 --density 0.1 --n 1024 --dtype fp16 --families tc_sp24 \
+        --trials 20 --db "$OUT/tune.sqlite" --no-progress > "$OUT/tune-tc_sp24.log" 2>&1; tail -5 "$OUT/tune-tc_sp24.log"
 fi
