@@ -24,8 +24,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparse_autotune.core.families import (adapt_jointly, adapt_params, narrower, splitk_shape, splitk_workspace,
-                                            stored_then_scalar)
+from sparse_autotune.core.families import adapt_nb_bload_splitk, splitk_shape, splitk_workspace
 from sparse_autotune.core.families import csr_parts as _csr_parts
 from sparse_autotune.core.problem import half_bits as _value_bits
 
@@ -209,12 +208,4 @@ def args(kernel, n: int, b, c) -> tuple:
             np.int32(kcps), np.int32(ntiles))
 
 
-def adapt(space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:
-    """For another N: scalar staging of B where 16-byte copies do not divide N, and/or a narrower column tile (the
-    widest that fits), and/or more split-K where B's slice outgrows shared memory; the rest of the config as stored."""
-    got = adapt_params(space, config, dtype, env, limits, ("bload", "nb"))
-    if got is not None:
-        return got
-    return adapt_jointly(space, config, dtype, env, limits, lambda cfg: {
-        "nb": narrower(space, cfg, dtype, "nb"), "bload": stored_then_scalar(cfg),
-        "splitk": sorted(v for v in space.param("splitk").choices(dtype) if v >= cfg["splitk"])})
+adapt = adapt_nb_bload_splitk  # (core.families: another N's scalar B, narrower nb, more split-K)

@@ -149,6 +149,18 @@ def stored_then_scalar(cfg: dict) -> list:
     return list(dict.fromkeys((cfg["bload"], "scalar")))
 
 
+def adapt_nb_bload_splitk(space: Space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:
+    """The split-K tile families' adaptation to another N (tc_tiled2, tc_tiled3, tc_bitmap, tc_scatter): scalar staging
+    of B where 16-byte copies do not divide N, and/or a narrower column tile (nb), and/or more split-K where B's slice
+    outgrows shared memory; the rest of the config as stored."""
+    got = adapt_params(space, config, dtype, env, limits, ("bload", "nb"))
+    if got is not None:
+        return got
+    return adapt_jointly(space, config, dtype, env, limits, lambda cfg: {
+        "nb": narrower(space, cfg, dtype, "nb"), "bload": stored_then_scalar(cfg),
+        "splitk": sorted(v for v in space.param("splitk").choices(dtype) if v >= cfg["splitk"])})
+
+
 def splitk_shape(splits: int, tiles: int, words_per_slice: int) -> tuple[int, int]:
     """(fp32 words of partial sums, counters) of the deterministic split-K reduction the split-K families share: a slice
     of `words_per_slice` per (output tile, split) and one counter per output tile; (4, 1) where splits == 1 (no

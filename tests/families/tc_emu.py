@@ -124,3 +124,54 @@ inline void cp_wait(int n) {
     }
 }
 '''
+
+
+# the split-K families' extras (tc_bitmap, tc_scatter): fp32 workspace sums and the last-block counter (blocks run one
+# after another), warp barriers, 16-bit packing and the plain shared loads / stores their kernels call
+EMU_SPLITK = r"""
+using std::min; using std::max;
+#define __restrict__
+struct float4 { float x, y, z, w; };
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline void __stcg(float4* p, float4 v) { *p = v; }
+inline float4 __ldcg(const float4* p) { return *p; }
+inline void __threadfence() {}
+inline void red_add_v4(float4* p, float4 v) { p->x += v.x; p->y += v.y; p->z += v.z; p->w += v.w; }  // blocks in turn
+inline int atomicAdd(int* p, int v) { int o = *p; *p += v; return o; }  // blocks run one after another
+inline void __syncwarp() { g_block->warps[threadIdx.x >> 5].bar->arrive_and_wait(); }
+inline unsigned int pack2f(float lo, float hi) { return (unsigned int)f2h(lo) | ((unsigned int)f2h(hi) << 16); }
+inline unsigned int keep(unsigned int x) { return x; }
+inline unsigned int lds32(unsigned int a) { if (a % 4) die("misaligned lds32"); chk(a, 4); unsigned int v; std::memcpy(&v, smem + a, 4); return v; }
+inline void sts16(unsigned int a, unsigned int v) { if (a % 2) die("misaligned sts16"); chk(a, 2); unsigned short h = v; std::memcpy(smem + a, &h, 2); }
+inline void cp_async4(unsigned int dst, const void* src) {
+    if (dst % 4 || (uintptr_t)src % 4) die("bad cp.async 4");
+    Copy c{dst, src, 4, 4};
+    if (g_copy_at_issue) do_copy(c); else g_groups.back().push_back(c);
+}
+"""
+
+
+def as_f64(c16, dtype):
+    """16-bit patterns (uint16; fp16 or bf16) as float64."""
+    import numpy as np  # noqa: PLC0415
+    from sparse_autotune.core.problem import bf16_float  # noqa: PLC0415
+    return (bf16_float(c16) if dtype == "bf16" else c16.view(np.float16)).astype(np.float64)
+
+
+def ref16(a, b16, dtype):
+    """float64 A @ B of A's values rounded to the dtype (as the kernels' formats store them) and B's 16-bit patterns."""
+    import scipy.sparse as sps  # noqa: PLC0415
+    from sparse_autotune.core.problem import half_bits  # noqa: PLC0415
+    a = sps.csr_matrix(a)
+    a16 = a.copy()
+    a16.data = as_f64(half_bits(a.data, dtype), dtype)
+    return a16 @ as_f64(b16, dtype)
+
+
+def rel_err(got, want):
+    """Relative Frobenius error (inf where got is not finite; the plain norm where want is zero)."""
+    import numpy as np  # noqa: PLC0415
+    if not np.isfinite(got).all():
+        return np.inf
+    den = np.linalg.norm(want)
+    return np.linalg.norm(got - want) / den if den else np.linalg.norm(got)

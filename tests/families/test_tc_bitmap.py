@@ -20,10 +20,10 @@ import scipy.sparse as sps
 
 from fakes import check_launch_matches_signature, fake_kernel
 from space_checks import adapted_known_goods
-from tc_emu import EMU_CORE
+from tc_emu import EMU_CORE, EMU_SPLITK, as_f64, ref16, rel_err
 from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family
-from sparse_autotune.core.problem import TOLERANCE, bf16_float, random_matrix, storage
+from sparse_autotune.core.problem import TOLERANCE, random_matrix, storage
 from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
 from sparse_autotune.device import compile as sat_compile
 
@@ -385,18 +385,9 @@ def test_geometry_args_and_workspace():
 
 # ---- the kernel on the CPU --------------------------------------------------------------------------------
 
-EMU_PRELUDE = EMU_CORE + r'''
+EMU_PRELUDE = EMU_CORE + EMU_SPLITK + r'''
 #include <atomic>
-using std::min; using std::max;
 std::atomic<long> g_from_global{0};  // dec 'fit': values the kernel read from global memory (stages past the slot)
-#define __restrict__
-struct float4 { float x, y, z, w; };
-inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
-inline void __stcg(float4* p, float4 v) { *p = v; }
-inline float4 __ldcg(const float4* p) { return *p; }
-inline void __threadfence() {}
-inline void red_add_v4(float4* p, float4 v) { p->x += v.x; p->y += v.y; p->z += v.z; p->w += v.w; }  // blocks in turn
-inline int atomicAdd(int* p, int v) { int o = *p; *p += v; return o; }  // blocks run one after another
 inline int __popc(unsigned int x) { return __builtin_popcount(x); }
 inline unsigned int __byte_perm(unsigned int a, unsigned int b, unsigned int s) {
     const unsigned long long v = ((unsigned long long)b << 32) | a;
@@ -404,12 +395,7 @@ inline unsigned int __byte_perm(unsigned int a, unsigned int b, unsigned int s) 
     for (int i = 0; i < 4; ++i) r |= (unsigned int)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
     return r;
 }
-inline void __syncwarp() { g_block->warps[threadIdx.x >> 5].bar->arrive_and_wait(); }
-inline unsigned int pack2f(float lo, float hi) { return (unsigned int)f2h(lo) | ((unsigned int)f2h(hi) << 16); }
-inline unsigned int keep(unsigned int x) { return x; }
-inline unsigned int lds32(unsigned int a) { if (a % 4) die("misaligned lds32"); chk(a, 4); unsigned int v; std::memcpy(&v, smem + a, 4); return v; }
 inline uint2 lds64(unsigned int a) { if (a % 8) die("misaligned lds64"); chk(a, 8); uint2 v; std::memcpy(&v, smem + a, 8); return v; }
-inline void sts16(unsigned int a, unsigned int v) { if (a % 2) die("misaligned sts16"); chk(a, 2); unsigned short h = v; std::memcpy(smem + a, &h, 2); }
 // the template's half_decode() restated: p = base + popc(w & ltm); element e = the value at p where bit m_e is set (then
 // p + 1), else 0; elements 0, 1 -> lo, 2, 3 -> hi
 inline void half_decode(unsigned int& lo, unsigned int& hi, unsigned int w, unsigned int base, unsigned int vt,
@@ -442,11 +428,6 @@ inline void cp_async16_zif(unsigned int dst, const void* src, int n, int above, 
 }
 // dec 'lean' (the template's cp_async16_if): a copy where n > above
 inline void cp_async16_if(unsigned int dst, const void* src, int n, int above) { if (n > above) cp_async16(dst, src, 16); }
-inline void cp_async4(unsigned int dst, const void* src) {
-    if (dst % 4 || (uintptr_t)src % 4) die("bad cp.async 4");
-    Copy c{dst, src, 4, 4};
-    if (g_copy_at_issue) do_copy(c); else g_groups.back().push_back(c);
-}
 '''
 
 EMU_MAIN = r'''
@@ -547,24 +528,6 @@ class Emulated:
         return np.fromfile(d / "C", dtype=np.uint16).reshape(m, n)
 
 
-def _as_f64(c16, dtype):
-    return (bf16_float(c16) if dtype == "bf16" else c16.view(np.float16)).astype(np.float64)
-
-
-def _ref(a, b16, dtype):
-    a = sps.csr_matrix(a)
-    a16 = a.copy()
-    a16.data = _as_f64(host().value_bits(a.data, dtype), dtype)
-    return a16 @ _as_f64(b16, dtype)
-
-
-def _rel_err(got, want):
-    if not np.isfinite(got).all():
-        return np.inf
-    den = np.linalg.norm(want)
-    return np.linalg.norm(got - want) / den if den else np.linalg.norm(got)
-
-
 EMU_CFGS = [  # every mr, ks, nb, stages, bload, split-K on and off (every red), 2 to 8 warps
     dict(mr=2, ks=2, nb=2, warps=4, stages=4, splitk=3, minb=1, bload="vec", red="atomic"),  # empty trailing splits
     dict(mr=1, ks=4, nb=1, warps=2, stages=2, splitk=1, minb=1, bload="scalar"),
@@ -593,13 +556,13 @@ def test_kernel_source_emulated_on_the_cpu_is_correct(dtype, tmp_path):
         for n in (1, 3, 8, 24):
             env = problem_env(a.shape[0], a.shape[1], n, sps.csr_matrix(a).nnz, dtype)
             b16 = storage(rng.standard_normal((a.shape[1], n)).astype(np.float32), dtype).view(np.uint16)
-            want = _ref(a, b16, dtype)
+            want = ref16(a, b16, dtype)
             for i, emu in enumerate(emus):
                 cfg = sp.normalize(emu.cfg, dtype)
                 if sp.check(cfg, env, LIMITS) is not None:
                     continue
                 mode = (i + n) % 2
-                err = _rel_err(_as_f64(emu.run(a, n, b16, mode), dtype), want)
+                err = rel_err(as_f64(emu.run(a, n, b16, mode), dtype), want)
                 assert err <= TOLERANCE[dtype], (name, n, emu.cfg, mode, err)
                 ran += 1
     assert ran >= 50
@@ -629,7 +592,7 @@ def test_dec_variants_emulated_on_the_cpu_are_correct(dtype, tmp_path):
     for i, (name, n, cfg) in enumerate(plan):
         a = cases[name]
         b16 = storage(rng.standard_normal((a.shape[1], n)).astype(np.float32), dtype).view(np.uint16)
-        err = _rel_err(_as_f64(emus[json.dumps(cfg, sort_keys=True)].run(a, n, b16, i % 2), dtype), _ref(a, b16, dtype))
+        err = rel_err(as_f64(emus[json.dumps(cfg, sort_keys=True)].run(a, n, b16, i % 2), dtype), ref16(a, b16, dtype))
         assert err <= TOLERANCE[dtype], (name, n, cfg, i % 2, err)
     assert len(plan) >= 100 and len(keys) <= 16, (len(plan), len(keys))
 
@@ -662,7 +625,7 @@ def test_fit_emulated_on_the_cpu_is_correct(dtype, tmp_path):
         a = cases[name]
         b16 = storage(rng.standard_normal((a.shape[1], n)).astype(np.float32), dtype).view(np.uint16)
         emu = emus[json.dumps(cfg, sort_keys=True)]
-        err = _rel_err(_as_f64(emu.run(a, n, b16, i % 2), dtype), _ref(a, b16, dtype))
+        err = rel_err(as_f64(emu.run(a, n, b16, i % 2), dtype), ref16(a, b16, dtype))
         assert err <= TOLERANCE[dtype], (name, n, cfg, i % 2, err)
         from_global[name] = from_global.get(name, 0) + emu.from_global
     assert from_global["dense_33x129"] > 0 and from_global["density_0.7"] > 0  # the global-memory path ran

@@ -21,10 +21,10 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import check_launch_matches_signature, fake_kernel
-from tc_emu import EMU_CORE
+from tc_emu import EMU_CORE, EMU_SPLITK, as_f64, ref16, rel_err
 from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family
-from sparse_autotune.core.problem import TOLERANCE, bf16_float, random_matrix, storage
+from sparse_autotune.core.problem import TOLERANCE, random_matrix, storage
 from sparse_autotune.core.space import DEFAULT_LIMITS, problem_env
 from sparse_autotune.device import compile as sat_compile
 
@@ -290,34 +290,15 @@ def test_a_sample_renders_for_both_dtypes():
 
 # ---- the kernel on the CPU --------------------------------------------------------------------------------
 
-EMU_PRELUDE = EMU_CORE + r'''
-using std::min; using std::max;
-#define __restrict__
-struct float4 { float x, y, z, w; };
+EMU_PRELUDE = EMU_CORE + EMU_SPLITK + r'''
 struct alignas(16) uint4 { unsigned int x, y, z, w; };
 inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) { return uint4{x, y, z, w}; }
-inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
-inline void __stcg(float4* p, float4 v) { *p = v; }
-inline float4 __ldcg(const float4* p) { return *p; }
-inline void __threadfence() {}
-inline void red_add_v4(float4* p, float4 v) { p->x += v.x; p->y += v.y; p->z += v.z; p->w += v.w; }  // blocks in turn
-inline int atomicAdd(int* p, int v) { int o = *p; *p += v; return o; }  // blocks run one after another
-inline void __syncwarp() { g_block->warps[threadIdx.x >> 5].bar->arrive_and_wait(); }
-inline unsigned int pack2f(float lo, float hi) { return (unsigned int)f2h(lo) | ((unsigned int)f2h(hi) << 16); }
-inline unsigned int keep(unsigned int x) { return x; }
-inline unsigned int lds32(unsigned int a) { if (a % 4) die("misaligned lds32"); chk(a, 4); unsigned int v; std::memcpy(&v, smem + a, 4); return v; }
-inline void sts16(unsigned int a, unsigned int v) { if (a % 2) die("misaligned sts16"); chk(a, 2); unsigned short h = v; std::memcpy(smem + a, &h, 2); }
 inline void scatter1(unsigned int buf, unsigned int e) { sts16(buf + (e >> 16), e); }
 inline void lds128z(unsigned int (&r)[4], unsigned int a) {
     if (a % 16) die("misaligned ld.shared.v4");
     chk(a, 16);
     std::memcpy(r, smem + a, 16);
     std::memset(smem + a, 0, 16);
-}
-inline void cp_async4(unsigned int dst, const void* src) {
-    if (dst % 4 || (uintptr_t)src % 4) die("bad cp.async 4");
-    Copy c{dst, src, 4, 4};
-    if (g_copy_at_issue) do_copy(c); else g_groups.back().push_back(c);
 }
 '''
 
@@ -410,24 +391,6 @@ class Emulated:
         return np.fromfile(d / "C", dtype=np.uint16).reshape(m, n)
 
 
-def _as_f64(c16, dtype):
-    return (bf16_float(c16) if dtype == "bf16" else c16.view(np.float16)).astype(np.float64)
-
-
-def _ref(a, b16, dtype):
-    a = sps.csr_matrix(a)
-    a16 = a.copy()
-    a16.data = _as_f64(host().value_bits(a.data, dtype), dtype)
-    return a16 @ _as_f64(b16, dtype)
-
-
-def _rel_err(got, want):
-    if not np.isfinite(got).all():
-        return np.inf
-    den = np.linalg.norm(want)
-    return np.linalg.norm(got - want) / den if den else np.linalg.norm(got)
-
-
 EMU_CFGS = [  # every kc, mr, nb, pf, rpb, bload, split-K on and off (every red), 2 to 8 warps
     dict(kc=4, mr=2, nb=2, warps=4, pf=2, rpb=1, splitk=3, minb=1, bload="vec", red="atomic"),  # empty trailing splits
     dict(kc=1, mr=1, nb=1, warps=2, pf=1, rpb=2, splitk=1, minb=1, bload="scalar"),
@@ -473,8 +436,8 @@ def test_kernel_source_emulated_on_the_cpu_is_correct(dtype, tmp_path):
     for i, (name, n, cfg) in enumerate(plan):
         a = cases[name]
         b16 = storage(rng.standard_normal((a.shape[1], n)).astype(np.float32), dtype).view(np.uint16)
-        err = _rel_err(_as_f64(emus[json.dumps(cfg, sort_keys=True)].run(a, n, b16, i % 2), dtype),
-                       _ref(a, b16, dtype))
+        err = rel_err(as_f64(emus[json.dumps(cfg, sort_keys=True)].run(a, n, b16, i % 2), dtype),
+                       ref16(a, b16, dtype))
         assert err <= TOLERANCE[dtype], (name, n, cfg, i % 2, err)
     assert len(plan) >= 140, len(plan)
 
