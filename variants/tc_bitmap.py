@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparse_autotune.core.families import adapt_nb_bload_splitk, splitk_shape, splitk_workspace
+from sparse_autotune.core.families import adapt_nb_bload_splitk, warp_slices_shape, warp_slices_workspace
 from sparse_autotune.core.families import csr_parts as _csr_parts
 from sparse_autotune.core.problem import half_bits as value_bits
 
@@ -190,14 +190,7 @@ def geometry(kernel, n: int):
     return (row_blocks * kernel.config["splitk"] * ntiles,), (threads(kernel.config),)
 
 
-def workspace_shape(config: dict, row_blocks: int, ntiles: int) -> tuple[int, int]:
-    """Split-K's workspace (core.families.splitk_shape): a slice per (row block, column tile, split) of warps x 32 lanes
-    x mr x nb float4s, one counter per (row block, column tile). red "atomic" (second step): one slice per (row block,
-    column tile), which every split adds into and the last block zeroes again."""
-    words = config["warps"] * 32 * config["mr"] * config["nb"] * 4
-    if config["splitk"] > 1 and config.get("red") == "atomic":
-        return row_blocks * ntiles * words, row_blocks * ntiles
-    return splitk_shape(config["splitk"], row_blocks * ntiles, words)
+workspace_shape = warp_slices_shape  # (core.families: the slices of the shared split-K reduction)
 
 
 def args(kernel, n: int, b, c) -> tuple:
@@ -205,9 +198,7 @@ def args(kernel, n: int, b, c) -> tuple:
     m, k = kernel.a.shape
     S, KTP, row_blocks, ntiles, sps = _dims(cfg, m, k, n)
     meta, vals, vptr = kernel.a.cached(("tc_bitmap", dtype), lambda host: build(host, dtype)[:3])
-    # red "atomic" sums into a workspace that must start zeroed: never shared with the slices of red "last" / "release"
-    ws_key = "tc_bitmap_atomic" if cfg["splitk"] > 1 and cfg.get("red") == "atomic" else "tc_bitmap"
-    ws, counters = splitk_workspace(kernel, ws_key, workspace_shape(cfg, row_blocks, ntiles), n)
+    ws, counters = warp_slices_workspace(kernel, "tc_bitmap", row_blocks, ntiles, n)
     return (meta, vals, vptr, ws, counters, b, c, np.int32(m), np.int32(n), np.int32(k), np.int32(S), np.int32(KTP),
             np.int32(sps), np.int32(ntiles))
 

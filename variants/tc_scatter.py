@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparse_autotune.core.families import adapt_nb_bload_splitk, splitk_shape, splitk_workspace
+from sparse_autotune.core.families import adapt_nb_bload_splitk, warp_slices_shape, warp_slices_workspace
 from sparse_autotune.core.families import csr_parts as _csr_parts
 from sparse_autotune.core.problem import half_bits as value_bits
 
@@ -184,14 +184,7 @@ def geometry(kernel, n: int):
     return (groups * kernel.config["splitk"] * ntiles,), (threads(kernel.config),)
 
 
-def workspace_shape(config: dict, row_blocks: int, ntiles: int) -> tuple[int, int]:
-    """Split-K's workspace, as tc_bitmap's: a slice per (row block, column tile, split) of warps x 32 lanes x mr x nb
-    float4s and a counter per (row block, column tile) (the kernel uses one a group of rpb row blocks); red "atomic": one
-    slice per (row block, column tile)."""
-    words = config["warps"] * 32 * config["mr"] * config["nb"] * 4
-    if config["splitk"] > 1 and config.get("red") == "atomic":
-        return row_blocks * ntiles * words, row_blocks * ntiles
-    return splitk_shape(config["splitk"], row_blocks * ntiles, words)
+workspace_shape = warp_slices_shape  # (core.families: the slices of the shared split-K reduction)
 
 
 def args(kernel, n: int, b, c) -> tuple:
@@ -200,8 +193,7 @@ def args(kernel, n: int, b, c) -> tuple:
     S, NCH, row_blocks, ntiles, sps, _ = _dims(cfg, m, k, n)
     kc = cfg["kc"]
     ent, cptr = kernel.a.cached(("tc_scatter", dtype, kc), lambda host: build(host, dtype, kc)[:2])
-    ws_key = "tc_scatter_atomic" if cfg["splitk"] > 1 and cfg.get("red") == "atomic" else "tc_scatter"
-    ws, counters = splitk_workspace(kernel, ws_key, workspace_shape(cfg, row_blocks, ntiles), n)
+    ws, counters = warp_slices_workspace(kernel, "tc_scatter", row_blocks, ntiles, n)
     return (ent, cptr, ws, counters, b, c, np.int32(m), np.int32(n), np.int32(k), np.int32(S), np.int32(NCH),
             np.int32(sps), np.int32(ntiles))
 

@@ -181,6 +181,26 @@ def splitk_workspace(kernel, family: str, shape: tuple[int, int], n: int):
                            lambda host: (np.zeros(nws, dtype=np.float32), np.zeros(ncnt, dtype=np.int32)))
 
 
+def warp_slices_shape(config: dict, row_blocks: int, ntiles: int) -> tuple[int, int]:
+    """The split-K workspace of tc_bitmap and tc_scatter (their kernels share the reduction, `red`): a slice per (row
+    block, column tile, split) of warps x 32 lanes x mr x nb float4s and a counter per (row block, column tile)
+    (splitk_shape); red "atomic": one slice per (row block, column tile), which every split adds into and the last block
+    zeroes again."""
+    words = config["warps"] * 32 * config["mr"] * config["nb"] * 4
+    if config["splitk"] > 1 and config.get("red") == "atomic":
+        return row_blocks * ntiles * words, row_blocks * ntiles
+    return splitk_shape(config["splitk"], row_blocks * ntiles, words)
+
+
+def warp_slices_workspace(kernel, family: str, row_blocks: int, ntiles: int, n: int):
+    """warp_slices_shape's (fp32 sums, counters) on the device (splitk_workspace); red "atomic"'s, which must start
+    zeroed, never shared with the slices of "last" / "release"."""
+    cfg = kernel.config
+    atomic = cfg["splitk"] > 1 and cfg.get("red") == "atomic"
+    return splitk_workspace(kernel, f"{family}_atomic" if atomic else family,
+                            warp_slices_shape(cfg, row_blocks, ntiles), n)
+
+
 def clean_csr(a):
     """A copy of `a` as a scipy CSR matrix with sorted indices, duplicates summed and explicit zeros dropped (the
     caller's matrix is left as it is)."""
