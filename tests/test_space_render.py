@@ -15,6 +15,7 @@ from sparse_autotune.core import render
 from sparse_autotune.core import space
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import random_matrix
+from sparse_autotune.resources import resource_dir
 
 DTYPES = ("fp32", "fp16")
 # the reference problem of the brief: A 512 x 2048 at 10 % density, N = 256
@@ -296,13 +297,26 @@ def test_known_good_defaults_are_feasible_and_normalized(dtype):
             assert not defaults and next(iter(sp.feasible(dtype, env_of(sp, dtype))), None) is None
             continue
         assert defaults, f"{sp.family}: no known-good config usable for {dtype}"
-        every = {tuple(c.items()) for c in sp.enumerate(dtype)}  # listed once (csr_gemv has ~15 defaults)
         for cfg in defaults:
             assert sp.check(cfg, env_of(sp, dtype)) is None
             assert sp.normalize(cfg, dtype) == cfg
             active = [p.name for p in sp.params if sp.active(p.name, cfg)]
             assert list(cfg) == active  # declaration order, active parameters only
-            assert tuple(cfg.items()) in every
+            assert list(_walk_to(sp, dtype, cfg)) == [cfg]  # a config the enumeration yields, exactly once
+
+
+def _walk_to(sp, dtype, cfg):
+    """The configs of sp.enumerate(dtype) equal to cfg, by enumerate's own walk kept to cfg's branch (each parameter
+    set as cfg sets it, or left out where cfg leaves it out): the enumeration's members without listing 500k of them."""
+    env: dict = {}
+
+    def on_branch(i):
+        name = sp.params[i].name
+        return env.get(name, _ABSENT) == cfg.get(name, _ABSENT)
+    return sp._walk(sp.kernel_dtype(dtype), on_branch, env)
+
+
+_ABSENT = object()
 
 
 def _family_params():
@@ -387,6 +401,47 @@ def test_a_constraint_of_the_problem_alone_refuses_the_whole_space_without_walki
     tc = get_family("tc_sp24").space  # a real space: N = 13 is refused by its TMA rows, before 500 k configs
     assert "N % 8 == 0" in tc.refusal(space.problem_env(1024, 1024, 13, 50_000, "fp16"))
     assert tc.refusal(space.problem_env(1024, 1024, 16, 50_000, "fp16")) is None
+
+
+def test_feasible_prunes_as_check_decides_one_config_at_a_time():
+    """Space.feasible walks the space testing each constraint once its parameters are decided and dropping the subtree
+    where one fails: it yields what check passes, in enumerate's order. A toy space covers the corners (a constraint on
+    a parameter left inactive passes, a `when` on an earlier parameter, a parameter named like a problem name takes
+    check's way); real spaces of every kind (tile families, conv, SDDMM, transposed SpMM; the smaller ones, as check is
+    slow) at kn and nk, fp16 / bf16 / tf32 / fp32, with and without the gate, and problems they refuse in part."""
+    data = _good_space_data()
+    data["params"]["a"]["values"] = [2, 8, 1, 4]  # (c set under 2 and 8, then inactive under 1: no value left over)
+    data["params"]["c"] = {"values": [0, 1, 2], "when": "a >= 2"}
+    data["constraints"] = [{"expr": "b == 'y' or a != 2", "why": "pair"}, {"expr": "c * a <= N", "why": "tile"},
+                           {"expr": "a <= max_threads // 256", "why": "threads"}]
+    sp = space.parse_space(data)
+    for n in (0, 3, 8, 100):
+        for lim in (None, {"max_threads": 512}):
+            want = [c for c in sp.enumerate("fp32") if sp.check(c, {"N": n}, lim) is None]
+            got = list(sp.feasible("fp32", {"N": n}, lim))
+            assert got == want == list(sp._feasible_by_check("fp32", {"N": n}, lim))
+    assert {"a": 1} in list(sp.feasible("fp32", {"N": 0}))  # b and c inactive: "pair" and "tile" pass, as in check
+    data["params"]["N"] = {"values": [1, 2]}  # a parameter shadowing the problem's N: check's way, same answer
+    shadow = space.parse_space(data)
+    assert list(shadow.feasible("fp32", {"N": 5})) == list(shadow._feasible_by_check("fp32", {"N": 5}))
+    real = [get_family(f).space for f in ("tc_union", "tc_gather", "bitmap_rows", "csr_splitk", "tc_tiled")]
+    real += [s for sub in ("conv", "sddmm", "spmm_t")
+             for s in space.load_spaces(str(resource_dir("search_spaces") / sub))
+             if s.family != "conv_tile"]  # (605k configs: minutes through check)
+    for sp in real:
+        for dtype, layout in (("fp16", "kn"), ("bf16", "nk"), ("tf32", "kn"), ("fp32", "nk")):
+            lay = sp.for_layout(layout)
+            for m, k, n, nnz in ((64, 256, 20, 800), (1024, 4096, 128, 400_000), (100, 70_000, 1, 1000)):
+                env = space.problem_env(m, k, n, nnz, dtype, layout)
+                for lim in (None, {"gate": 0}):
+                    assert list(lay.feasible(dtype, env, lim)) == list(lay._feasible_by_check(dtype, env, lim)), (
+                        sp.family, dtype, layout, m, k, n, lim)
+    from sparse_autotune.ops import conv  # noqa: PLC0415 - the conv spaces on conv problems (their own names)
+    for sp in (s for s in conv.load_conv_spaces() if s.family != "conv_tile"):
+        for g in (conv.Geometry(64, 64, 56, 56), conv.Geometry(256, 256, 14, 14, 8, 2, "nhwc")):
+            for dtype in ("fp32", "fp16"):
+                env = conv.conv_env(g, g.cout * g.cin * 9 // 10, dtype)
+                assert list(sp.feasible(dtype, env)) == list(sp._feasible_by_check(dtype, env)), (sp.family, g, dtype)
 
 
 def test_impossible_values_are_those_a_single_parameter_constraint_rules_out_for_the_problem():

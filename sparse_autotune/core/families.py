@@ -187,17 +187,21 @@ def warp_slices_shape(config: dict, row_blocks: int, ntiles: int) -> tuple[int, 
     (splitk_shape); red "atomic": one slice per (row block, column tile), which every split adds into and the last block
     zeroes again."""
     words = config["warps"] * 32 * config["mr"] * config["nb"] * 4
-    if config["splitk"] > 1 and config.get("red") == "atomic":
+    if _red_atomic(config):
         return row_blocks * ntiles * words, row_blocks * ntiles
     return splitk_shape(config["splitk"], row_blocks * ntiles, words)
+
+
+def _red_atomic(config: dict) -> bool:
+    """The split-K sums go through red "atomic" (one slice every split adds into), not the per-split slices."""
+    return config["splitk"] > 1 and config.get("red") == "atomic"
 
 
 def warp_slices_workspace(kernel, family: str, row_blocks: int, ntiles: int, n: int):
     """warp_slices_shape's (fp32 sums, counters) on the device (splitk_workspace); red "atomic"'s, which must start
     zeroed, never shared with the slices of "last" / "release"."""
     cfg = kernel.config
-    atomic = cfg["splitk"] > 1 and cfg.get("red") == "atomic"
-    return splitk_workspace(kernel, f"{family}_atomic" if atomic else family,
+    return splitk_workspace(kernel, f"{family}_atomic" if _red_atomic(cfg) else family,
                             warp_slices_shape(cfg, row_blocks, ntiles), n)
 
 

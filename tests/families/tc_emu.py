@@ -1,9 +1,9 @@
-"""The g++ emulation core shared by the tensor-core families' CPU tests (tc_gather2, tc_gather3, tc_bitmap, tc_union):
-each CUDA thread a std::thread, a block's threads and each warp's lanes meeting at std::barriers; shared memory a byte
-array with range checks; 16-byte shared stores, ldmatrix.x4.trans and .x2.trans, mma.sync.m16n8k16 (fp16 / bf16 in,
-fp32 out) and cp.async with commit / wait groups emulated (g_copy_at_issue 0: a copy lands only when a wait_group must
-have it, so a missing wait shows). Each test file adds what its kernels need beyond this (EMU_PRELUDE = EMU_CORE + its
-extras)."""
+"""The g++ emulation core shared by the tensor-core families' CPU tests (tc_gather2, tc_gather3, tc_bitmap, tc_scatter,
+tc_union): each CUDA thread a std::thread, a block's threads and each warp's lanes meeting at std::barriers; shared
+memory a byte array with range checks; 16-byte shared stores, ldmatrix.x4.trans and .x2.trans, mma.sync.m16n8k16
+(fp16 / bf16 in, fp32 out) and cp.async with commit / wait groups emulated (g_copy_at_issue 0: a copy lands only when a
+wait_group must have it, so a missing wait shows). Each test file adds what its kernels need beyond this (EMU_PRELUDE =
+EMU_CORE + its extras)."""
 
 EMU_CORE = r'''
 #include <algorithm>
@@ -149,6 +149,128 @@ inline void cp_async4(unsigned int dst, const void* src) {
     if (g_copy_at_issue) do_copy(c); else g_groups.back().push_back(c);
 }
 """
+
+
+# a runner's pieces (after the kernel, before its main): rd reads an array file (pad: elements of slack past it, for
+# kernels whose loads may run past the array's end; 0: exactly the array, so that a read past it is a bug that
+# AddressSanitizer or the range checks catch), run_blocks runs the grid's blocks one after another (each block's
+# threads std::threads on shared memory holding garbage, as a block's starts), write_arr writes C
+EMU_RUN = r"""
+template <class T> std::vector<T> rd(const std::string& path, size_t pad = 0) {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) die("missing input");
+    std::fseek(f, 0, SEEK_END); long n = std::ftell(f); std::fseek(f, 0, SEEK_SET);
+    std::vector<T> v(n / sizeof(T) + pad);
+    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) die("short read");
+    std::fclose(f);
+    return v;
+}
+template <class F> void run_blocks(int grid, int nthreads, size_t smem_bytes, F call) {
+    for (int bid = 0; bid < grid; ++bid) {
+        std::vector<unsigned char> sm(smem_bytes + 16, 0xAB);  // garbage, as shared memory starts
+        BlockX blk; std::barrier<> bar(nthreads); blk.bar = &bar; blk.smem_bytes = smem_bytes;
+        std::vector<std::barrier<>*> wb;
+        for (int w = 0; w < nthreads / 32; ++w) { wb.push_back(new std::barrier<>(32)); blk.warps[w].bar = wb.back(); }
+        std::vector<std::thread> th;
+        for (int t = 0; t < nthreads; ++t) th.emplace_back([&, t] {
+            threadIdx.x = t; blockIdx.x = bid; smem = sm.data(); g_block = &blk;
+            g_groups.clear(); g_groups.emplace_back();
+            call();
+        });
+        for (auto& x : th) x.join();
+        for (auto* p : wb) delete p;
+    }
+}
+template <class T> void write_arr(const std::string& path, const std::vector<T>& v, size_t n) {
+    FILE* f = std::fopen(path.c_str(), "wb");
+    std::fwrite(v.data(), sizeof(T), n, f);
+    std::fclose(f);
+}
+"""
+
+# the split-K families' runner (tc_bitmap, tc_scatter): argv = folder M N K S ARG6 sps ntiles grid smem_bytes
+# copy_at_issue bf16 workspace_floats counters; the blocks in turn, then the counters must be back at 0 (and with red
+# atomic, WS_CLEAN, the workspace at 0); C (poisoned with NaN before) written to folder/C. splitk_main fills in the
+# family's arrays, kernel call and extra output
+_SPLITK_MAIN = EMU_RUN + r"""
+int main(int argc, char** argv) {
+    if (argc != 15) die("usage: folder M N K S ARG6 sps ntiles grid smem copy_at_issue bf16 nws ncnt");
+    const std::string d = argv[1];
+    const int M = std::atoi(argv[2]), N = std::atoi(argv[3]), K = std::atoi(argv[4]), S = std::atoi(argv[5]);
+    const int ARG6 = std::atoi(argv[6]), sps = std::atoi(argv[7]), ntiles = std::atoi(argv[8]), grid = std::atoi(argv[9]);
+    const size_t smem_bytes = std::atoi(argv[10]);
+    g_copy_at_issue = std::atoi(argv[11]); g_bf16 = std::atoi(argv[12]);
+    const long nws = std::atol(argv[13]), ncnt = std::atol(argv[14]);
+@ARRAYS@
+    auto B = rd<unsigned short>(d + "/B");
+    std::vector<float> ws(nws, 0.0f);
+    std::vector<int> cnt(ncnt, 0);
+    std::vector<unsigned short> C((size_t)M * N + 1, 0x7e00);  // poisoned: NaN
+    run_blocks(grid, NTHREADS, smem_bytes, [&] { spmm_kernel(@CALL@); });
+    for (int c : cnt) if (c) die("a split-K counter was not reset");
+#ifdef WS_CLEAN
+    for (float x : ws) if (x != 0.0f) die("red atomic: the workspace was not zeroed for the next launch");
+#endif
+    write_arr(d + "/C", C, (size_t)M * N);
+@TAIL@
+    return 0;
+}
+"""
+
+
+def splitk_main(arrays: str, call: str, tail: str = "") -> str:
+    """The split-K runner's main() for a family: `arrays` the C++ lines reading its A arrays from the folder (rd<T>(d +
+    "/name"); B, the workspace ws, the counters cnt and C are the runner's), `call` spmm_kernel's arguments (the sixth
+    argv value is ARG6), `tail` lines run after C is written (e.g. a count the emulation kept)."""
+    return _SPLITK_MAIN.replace("@ARRAYS@", arrays).replace("@CALL@", call).replace("@TAIL@", tail)
+
+
+def gxx(folder, source: str):
+    """source compiled by g++ (C++20, threads) into folder/k: the executable's Path."""
+    import subprocess  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+    folder = Path(folder)
+    (folder / "k.cpp").write_text(source)
+    exe = folder / "k"
+    proc = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-w", "-o", str(exe), str(folder / "k.cpp")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return exe
+
+
+def write_inputs(folder, arrays: dict):
+    """A fresh folder under folder holding each array (name -> numpy array) as a raw file: a run's inputs."""
+    import tempfile  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+    d = Path(tempfile.mkdtemp(dir=folder))
+    for name, x in arrays.items():
+        x.tofile(d / name)
+    return d
+
+
+def splitk_source(src: str, cfg: dict, prelude: str, main: str) -> str:
+    """A split-K family's rendered kernel (tc_bitmap, tc_scatter) as C++ for g++: its #defines and everything after
+    `// ---- kernel ----` (the device helpers before it are the prelude's), a plain function with no asm, NTHREADS the
+    block's threads, WS_CLEAN where red atomic must leave its workspace zeroed; then the runner's main."""
+    import re  # noqa: PLC0415
+    head, body = src.split("// ---- kernel ----", 1)
+    defines = "\n".join(ln for ln in head.splitlines() if ln.startswith("#define"))
+    body = re.sub(r'extern "C" __global__ void __launch_bounds__\([^)]*\)', "void", body)
+    body = body.replace("extern __shared__ __align__(16) unsigned char smem[];", "")
+    assert "asm" not in body and "__shared__" not in body
+    clean = "#define WS_CLEAN 1\n" if cfg.get("red") == "atomic" and cfg["splitk"] > 1 else ""
+    return prelude + defines + f"\n#define NTHREADS {32 * cfg['warps']}\n" + clean + body + main
+
+
+def run_splitk(exe, d, dims: tuple, grid: int, smem_bytes: int, copy_at_issue: int, dtype: str, ws_shape: tuple):
+    """splitk_main's executable on the inputs in folder d: dims = (M, N, K, S, ARG6, sps, ntiles), ws_shape = (fp32
+    words, counters); C as uint16 bits, M x N."""
+    import subprocess  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    m, n = dims[0], dims[1]
+    subprocess.run([str(exe), str(d), *map(str, dims), str(grid), str(smem_bytes), str(copy_at_issue),
+                    "1" if dtype == "bf16" else "0", *map(str, ws_shape)], check=True, timeout=600)
+    return np.fromfile(d / "C", dtype=np.uint16).reshape(m, n)
 
 
 def as_f64(c16, dtype):

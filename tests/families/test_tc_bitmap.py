@@ -10,8 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,8 @@ import scipy.sparse as sps
 
 from fakes import check_launch_matches_signature, fake_kernel
 from space_checks import adapted_known_goods
-from tc_emu import EMU_CORE, EMU_SPLITK, as_f64, ref16, rel_err
+from tc_emu import EMU_CORE, EMU_SPLITK, as_f64, gxx, ref16, rel_err, run_splitk, splitk_main, splitk_source, \
+    write_inputs
 from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import TOLERANCE, random_matrix, storage
@@ -387,6 +386,7 @@ def test_geometry_args_and_workspace():
 
 EMU_PRELUDE = EMU_CORE + EMU_SPLITK + r'''
 #include <atomic>
+struct alignas(16) uint4_t { unsigned int x, y, z, w; };
 std::atomic<long> g_from_global{0};  // dec 'fit': values the kernel read from global memory (stages past the slot)
 inline int __popc(unsigned int x) { return __builtin_popcount(x); }
 inline unsigned int __byte_perm(unsigned int a, unsigned int b, unsigned int s) {
@@ -430,71 +430,18 @@ inline void cp_async16_zif(unsigned int dst, const void* src, int n, int above, 
 inline void cp_async16_if(unsigned int dst, const void* src, int n, int above) { if (n > above) cp_async16(dst, src, 16); }
 '''
 
-EMU_MAIN = r'''
-template <class T> std::vector<T> rd(const std::string& path, size_t pad) {
-    FILE* f = std::fopen(path.c_str(), "rb");
-    std::fseek(f, 0, SEEK_END); long n = std::ftell(f); std::fseek(f, 0, SEEK_SET);
-    std::vector<T> v(n / sizeof(T) + pad);
-    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) die("short read");
-    std::fclose(f);
-    return v;
-}
-int main(int argc, char** argv) {
-    const std::string d = argv[1];
-    const int M = std::atoi(argv[2]), N = std::atoi(argv[3]), K = std::atoi(argv[4]), S = std::atoi(argv[5]);
-    const int KTP = std::atoi(argv[6]), sps = std::atoi(argv[7]), ntiles = std::atoi(argv[8]), grid = std::atoi(argv[9]);
-    const size_t smem_bytes = std::atoi(argv[10]);
-    g_copy_at_issue = std::atoi(argv[11]); g_bf16 = std::atoi(argv[12]);
-    const long nws = std::atol(argv[13]), ncnt = std::atol(argv[14]);
-    auto meta = rd<uint4_t>(d + "/meta", 0);
-    auto vals = rd<uint4_t>(d + "/vals", 0);  // (16-byte aligned, exactly the array: reads past it are bugs)
-    auto vptr = rd<int>(d + "/vptr", 0);
-    auto B = rd<unsigned short>(d + "/B", 0);
-    std::vector<float> ws(nws, 0.0f);
-    std::vector<int> cnt(ncnt, 0);
-    std::vector<unsigned short> C((size_t)M * N + 1, 0x7e00);  // poisoned: NaN
-    for (int bid = 0; bid < grid; ++bid) {
-        std::vector<unsigned char> sm(smem_bytes + 16, 0xAB);  // garbage, as shared memory starts
-        BlockX blk; std::barrier<> bar(NTHREADS); blk.bar = &bar; blk.smem_bytes = smem_bytes;
-        std::vector<std::barrier<>*> wb;
-        for (int w = 0; w < NTHREADS / 32; ++w) { wb.push_back(new std::barrier<>(32)); blk.warps[w].bar = wb.back(); }
-        std::vector<std::thread> th;
-        for (int t = 0; t < NTHREADS; ++t) th.emplace_back([&, t] {
-            threadIdx.x = t; blockIdx.x = bid; smem = sm.data(); g_block = &blk;
-            g_groups.clear(); g_groups.emplace_back();
-            spmm_kernel((const unsigned int*)meta.data(), (const unsigned char*)vals.data(), vptr.data(), ws.data(),
-                        cnt.data(), B.data(), C.data(), M, N, K, S, KTP, sps, ntiles);
-        });
-        for (auto& x : th) x.join();
-        for (auto* p : wb) delete p;
-    }
-    for (int c : cnt) if (c) die("a split-K counter was not reset");
-#ifdef WS_CLEAN
-    for (float x : ws) if (x != 0.0f) die("red atomic: the workspace was not zeroed for the next launch");
-#endif
-    FILE* f = std::fopen((d + "/C").c_str(), "wb");
-    std::fwrite(C.data(), 2, (size_t)M * N, f);
-    std::fclose(f);
-    f = std::fopen((d + "/from_global").c_str(), "w");
-    std::fprintf(f, "%ld\n", (long)g_from_global);
-    std::fclose(f);
-    return 0;
-}
-'''
+EMU_MAIN = splitk_main(  # vals in 16-byte units (aligned as the kernel's loads need)
+    arrays='    auto meta = rd<uint4_t>(d + "/meta"), vals = rd<uint4_t>(d + "/vals");\n'
+           '    auto vptr = rd<int>(d + "/vptr");',
+    call="(const unsigned int*)meta.data(), (const unsigned char*)vals.data(), vptr.data(), ws.data(), cnt.data(), "
+         "B.data(), C.data(), M, N, K, S, ARG6, sps, ntiles",
+    tail='    FILE* f = std::fopen((d + "/from_global").c_str(), "w");\n'
+         '    std::fprintf(f, "%ld\\n", (long)g_from_global);\n'
+         '    std::fclose(f);')
 
 
 def emu_source(cfg: dict, dtype: str) -> str:
-    """The rendered kernel for g++: its #defines and everything after `// ---- kernel ----` (the device helpers before
-    it are replaced by EMU_PRELUDE's), the kernel a plain function, no asm left."""
-    src = render.render(space(), cfg, dtype)
-    head, body = src.split("// ---- kernel ----", 1)
-    defines = "\n".join(ln for ln in head.splitlines() if ln.startswith("#define"))
-    body = re.sub(r'extern "C" __global__ void __launch_bounds__\([^)]*\)', "void", body)
-    body = body.replace("extern __shared__ __align__(16) unsigned char smem[];", "")
-    assert "asm" not in body and "__shared__" not in body
-    pre = EMU_PRELUDE + "struct alignas(16) uint4_t { unsigned int x, y, z, w; };\n"
-    clean = "#define WS_CLEAN 1\n" if cfg.get("red") == "atomic" and cfg["splitk"] > 1 else ""
-    return pre + defines + f"\n#define NTHREADS {32 * cfg['warps']}\n" + clean + body + EMU_MAIN
+    return splitk_source(render.render(space(), cfg, dtype), cfg, EMU_PRELUDE, EMU_MAIN)
 
 
 class Emulated:
@@ -502,30 +449,21 @@ class Emulated:
 
     def __init__(self, cfg: dict, dtype: str, folder: Path):
         self.cfg, self.dtype, self.folder = cfg, dtype, folder
-        (folder / "k.cpp").write_text(emu_source(cfg, dtype))
-        proc = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-w", "-o", str(folder / "k"),
-                               str(folder / "k.cpp")], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        self.exe = gxx(folder, emu_source(cfg, dtype))
 
     def run(self, a, n: int, b16, copy_at_issue: int = 1):
         h, c = host(), self.cfg
         m, k = a.shape
         meta, vals, vptr, info = h.build(a, self.dtype)
-        d = Path(tempfile.mkdtemp(dir=self.folder))
-        meta.tofile(d / "meta")
         v = np.zeros(-(-len(vals) // 8) * 8, dtype=np.uint16)  # whole 16-byte units (the device allocation's size)
         v[:len(vals)] = vals
-        v.tofile(d / "vals")
-        vptr.tofile(d / "vptr")
-        np.ascontiguousarray(b16).tofile(d / "B")
+        d = write_inputs(self.folder, {"meta": meta, "vals": v, "vptr": vptr, "B": np.ascontiguousarray(b16)})
         S, KTP, rb, ntiles, sps = h._dims(c, m, k, n)
-        nws, ncnt = h.workspace_shape(c, rb, ntiles)
         grid = h.geometry(fake_kernel(FAMILY, c, self.dtype, a), n)[0][0]
-        subprocess.run([str(self.folder / "k"), str(d), str(m), str(n), str(k), str(S), str(KTP), str(sps),
-                        str(ntiles), str(grid), str(h.shared_bytes(c, k)), str(copy_at_issue),
-                        "1" if self.dtype == "bf16" else "0", str(nws), str(ncnt)], check=True, timeout=600)
+        got = run_splitk(self.exe, d, (m, n, k, S, KTP, sps, ntiles), grid, h.shared_bytes(c, k), copy_at_issue,
+                         self.dtype, h.workspace_shape(c, rb, ntiles))
         self.from_global = int((d / "from_global").read_text())  # dec 'fit': values read from global memory
-        return np.fromfile(d / "C", dtype=np.uint16).reshape(m, n)
+        return got
 
 
 EMU_CFGS = [  # every mr, ks, nb, stages, bload, split-K on and off (every red), 2 to 8 warps

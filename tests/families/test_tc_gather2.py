@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,8 @@ import scipy.sparse as sps
 
 from fakes import FakeDeviceCSR, check_launch_matches_signature, fake_kernel, signature
 from space_checks import compile_reports, covering, known_goods_in, regs_and_spill, unique_feasible
-from tc_emu import EMU_CORE
+from tc_emu import EMU_CORE, EMU_RUN, gxx, write_inputs
+from tc_emu import as_f64 as _as_f64, rel_err as _rel_err  # (the names gather3, tc_union and the tf32 file import)
 from test_tc_gather import clustered  # rows from column templates: reordering has something to find
 from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family
@@ -530,42 +530,21 @@ struct uint4 { unsigned int x, y, z, w; };
 inline void emu_wait(int n) { cp_wait(n); }
 '''
 
-EMU_MAIN = r'''
-template <class T> std::vector<T> rd(const std::string& path) {
-    FILE* f = std::fopen(path.c_str(), "rb");
-    std::fseek(f, 0, SEEK_END); long n = std::ftell(f); std::fseek(f, 0, SEEK_SET);
-    std::vector<T> v(n / sizeof(T) + 16);
-    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) die("short read");
-    std::fclose(f);
-    return v;
-}
+EMU_MAIN = EMU_RUN + r'''
 int main(int argc, char** argv) {
     const std::string d = argv[1];
     const int M = std::atoi(argv[2]), N = std::atoi(argv[3]), tiles = std::atoi(argv[4]), ctiles = std::atoi(argv[5]);
     const size_t smem_bytes = std::atoi(argv[6]);
     g_copy_at_issue = std::atoi(argv[7]); g_bf16 = std::atoi(argv[8]);
-    auto tg = rd<int>(d + "/tile_gptr"); auto gc = rd<int>(d + "/gcols"); auto spp = rd<int>(d + "/step_ptr");
-    auto ks = rd<unsigned char>(d + "/kslot"); auto av = rd<uint2>(d + "/avals"); auto perm = rd<int>(d + "/perm");
-    auto B = rd<unsigned short>(d + "/B");
+    auto tg = rd<int>(d + "/tile_gptr", 16); auto gc = rd<int>(d + "/gcols", 16); auto spp = rd<int>(d + "/step_ptr", 16);
+    auto ks = rd<unsigned char>(d + "/kslot", 16); auto av = rd<uint2>(d + "/avals", 16);
+    auto perm = rd<int>(d + "/perm", 16);
+    auto B = rd<unsigned short>(d + "/B", 16);
     std::vector<unsigned short> C((size_t)M * N + 1, 0x7e00);  // poisoned: NaN
-    for (int bid = 0; bid < tiles * ctiles; ++bid) {
-        std::vector<unsigned char> sm(smem_bytes + 16, 0xAB);  // garbage, as shared memory starts
-        BlockX blk; std::barrier<> bar(NTHREADS); blk.bar = &bar; blk.smem_bytes = smem_bytes;
-        std::vector<std::barrier<>*> wb;
-        for (int w = 0; w < NTHREADS / 32; ++w) { wb.push_back(new std::barrier<>(32)); blk.warps[w].bar = wb.back(); }
-        std::vector<std::thread> th;
-        for (int t = 0; t < NTHREADS; ++t) th.emplace_back([&, t] {
-            threadIdx.x = t; blockIdx.x = bid; smem = sm.data(); g_block = &blk;
-            g_groups.clear(); g_groups.emplace_back();
-            spmm_kernel(tg.data(), gc.data(), spp.data(), ks.data(), av.data(), PERM_ARG B.data(), C.data(), M, N,
-                        tiles);
-        });
-        for (auto& x : th) x.join();
-        for (auto* p : wb) delete p;
-    }
-    FILE* f = std::fopen((d + "/C").c_str(), "wb");
-    std::fwrite(C.data(), 2, (size_t)M * N, f);
-    std::fclose(f);
+    run_blocks(tiles * ctiles, NTHREADS, smem_bytes, [&] {
+        spmm_kernel(tg.data(), gc.data(), spp.data(), ks.data(), av.data(), PERM_ARG B.data(), C.data(), M, N, tiles);
+    });
+    write_arr(d + "/C", C, (size_t)M * N);
     return 0;
 }
 '''
@@ -592,24 +571,9 @@ def emu_kernel(src: str) -> str:
     return defines + "\n" + body
 
 
-def gxx(folder: Path, source: str) -> Path:
-    """source compiled by g++ (C++20, threads) into folder/k: the executable."""
-    (folder / "k.cpp").write_text(source)
-    exe = folder / "k"
-    proc = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-w", "-o", str(exe), str(folder / "k.cpp")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return exe
-
-
 def emu_inputs(folder: Path, arrays: dict, perm, b) -> Path:
     """A fresh folder under folder with each layout array, the row permutation (int32) and B as raw files."""
-    d = Path(tempfile.mkdtemp(dir=folder))
-    for name, x in arrays.items():
-        x.tofile(d / name)
-    perm.astype(np.int32).tofile(d / "perm")
-    b.tofile(d / "B")
-    return d
+    return write_inputs(folder, {**arrays, "perm": perm.astype(np.int32), "B": b})
 
 
 class Emulated:
@@ -656,17 +620,6 @@ def _emu_configs(dtype):
 def _ref(a, b16, dtype):
     b = (bf16_float(b16) if dtype == "bf16" else b16.view(np.float16)).astype(np.float64)
     return rounded(a, dtype) @ b
-
-
-def _as_f64(c16, dtype):
-    return (bf16_float(c16) if dtype == "bf16" else c16.view(np.float16)).astype(np.float64)
-
-
-def _rel_err(got, want):
-    if not np.isfinite(got).all():
-        return np.inf
-    den = np.linalg.norm(want)
-    return np.linalg.norm(got - want) / den if den else np.linalg.norm(got)
 
 
 TOL = TOLERANCE

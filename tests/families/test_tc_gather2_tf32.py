@@ -268,11 +268,10 @@ inline void mma1688(float (&d)[4], const unsigned int (&a)[4], unsigned int b0, 
 
 def emu_source32(cfg: dict, dtype: str) -> str:
     main = EMU_MAIN.replace("PERM_ARG", "perm.data()," if cfg["row_order"] != "natural" else "")
-    for old, new in (('rd<uint2>(d + "/avals")', 'rd<uint4>(d + "/avals")'),
-                     ('rd<unsigned short>(d + "/B")', 'rd<float>(d + "/B")'),
+    for old, new in (('rd<uint2>(d + "/avals", 16)', 'rd<uint4>(d + "/avals", 16)'),
+                     ('rd<unsigned short>(d + "/B", 16)', 'rd<float>(d + "/B", 16)'),
                      ("std::vector<unsigned short> C((size_t)M * N + 1, 0x7e00);",
-                      "std::vector<float> C((size_t)M * N + 1, __uint_as_float(0x7fc00000u));"),
-                     ("std::fwrite(C.data(), 2, (size_t)M * N, f);", "std::fwrite(C.data(), 4, (size_t)M * N, f);")):
+                      "std::vector<float> C((size_t)M * N + 1, __uint_as_float(0x7fc00000u));")):
         assert main.count(old) == 1, old
         main = main.replace(old, new)
     return EMU_PRELUDE + EMU_W32 + emu_kernel(render.render(space(), cfg, dtype)) + main

@@ -21,6 +21,7 @@ import scipy.sparse as sps
 
 from fakes import FakeDeviceCSR, check_launch_matches_signature, fake_kernel, signature
 from space_checks import compile_reports, covering, known_goods_in, regs_and_spill, unique_feasible
+from tc_emu import EMU_RUN
 from test_tc_gather import clustered
 from test_tc_gather2 import (EMU_PRELUDE, _as_f64, _ref, _rel_err, check_gathered_render, edge_cases, emu_inputs, emu_kernel,
                              gxx, rounded)
@@ -321,43 +322,23 @@ def test_geometry_args_and_caching():
 
 # ---- the kernel on the CPU: the rendered source compiled with g++, CUDA threads as std::threads ------------
 
-EMU_MAIN = r'''
-template <class T> std::vector<T> rd(const std::string& path) {
-    FILE* f = std::fopen(path.c_str(), "rb");
-    std::fseek(f, 0, SEEK_END); long n = std::ftell(f); std::fseek(f, 0, SEEK_SET);
-    std::vector<T> v(n / sizeof(T) + 16);
-    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) die("short read");
-    std::fclose(f);
-    return v;
-}
+EMU_MAIN = EMU_RUN + r'''
 int main(int argc, char** argv) {
     const std::string d = argv[1];
     const int M = std::atoi(argv[2]), N = std::atoi(argv[3]), K = std::atoi(argv[4]), tiles = std::atoi(argv[5]);
     const int ctiles = std::atoi(argv[6]);
     const size_t smem_bytes = std::atoi(argv[7]);
     g_copy_at_issue = std::atoi(argv[8]); g_bf16 = std::atoi(argv[9]);
-    auto ts = rd<int>(d + "/tile_sptr"); auto sk = rd<int>(d + "/slice_k"); auto spp = rd<int>(d + "/step_ptr");
-    auto ks = rd<unsigned char>(d + "/kslot"); auto av = rd<uint2>(d + "/avals"); auto perm = rd<int>(d + "/perm");
-    auto B = rd<unsigned short>(d + "/B");
+    auto ts = rd<int>(d + "/tile_sptr", 16); auto sk = rd<int>(d + "/slice_k", 16); auto spp = rd<int>(d + "/step_ptr", 16);
+    auto ks = rd<unsigned char>(d + "/kslot", 16); auto av = rd<uint2>(d + "/avals", 16);
+    auto perm = rd<int>(d + "/perm", 16);
+    auto B = rd<unsigned short>(d + "/B", 16);
     std::vector<unsigned short> C((size_t)M * N + 1, 0x7e00);  // poisoned: NaN
-    for (int bid = 0; bid < tiles * ctiles; ++bid) {
-        std::vector<unsigned char> sm(smem_bytes + 16, 0xAB);  // garbage, as shared memory starts
-        BlockX blk; std::barrier<> bar(NTHREADS); blk.bar = &bar; blk.smem_bytes = smem_bytes;
-        std::vector<std::barrier<>*> wb;
-        for (int w = 0; w < NTHREADS / 32; ++w) { wb.push_back(new std::barrier<>(32)); blk.warps[w].bar = wb.back(); }
-        std::vector<std::thread> th;
-        for (int t = 0; t < NTHREADS; ++t) th.emplace_back([&, t] {
-            threadIdx.x = t; blockIdx.x = bid; smem = sm.data(); g_block = &blk;
-            g_groups.clear(); g_groups.emplace_back();
-            spmm_kernel(ts.data(), sk.data(), spp.data(), ks.data(), av.data(), PERM_ARG B.data(), C.data(), M, N, K,
-                        tiles);
-        });
-        for (auto& x : th) x.join();
-        for (auto* p : wb) delete p;
-    }
-    FILE* f = std::fopen((d + "/C").c_str(), "wb");
-    std::fwrite(C.data(), 2, (size_t)M * N, f);
-    std::fclose(f);
+    run_blocks(tiles * ctiles, NTHREADS, smem_bytes, [&] {
+        spmm_kernel(ts.data(), sk.data(), spp.data(), ks.data(), av.data(), PERM_ARG B.data(), C.data(), M, N, K,
+                    tiles);
+    });
+    write_arr(d + "/C", C, (size_t)M * N);
     return 0;
 }
 '''

@@ -12,8 +12,6 @@ import concurrent.futures
 import json
 import re
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,8 @@ import pytest
 import scipy.sparse as sps
 
 from fakes import check_launch_matches_signature, fake_kernel
-from tc_emu import EMU_CORE, EMU_SPLITK, as_f64, ref16, rel_err
+from tc_emu import EMU_CORE, EMU_SPLITK, as_f64, gxx, ref16, rel_err, run_splitk, splitk_main, splitk_source, \
+    write_inputs
 from sparse_autotune.core import render
 from sparse_autotune.core.families import get_family
 from sparse_autotune.core.problem import TOLERANCE, random_matrix, storage
@@ -302,66 +301,13 @@ inline void lds128z(unsigned int (&r)[4], unsigned int a) {
 }
 '''
 
-EMU_MAIN = r'''
-template <class T> std::vector<T> rd(const std::string& path) {
-    FILE* f = std::fopen(path.c_str(), "rb");
-    std::fseek(f, 0, SEEK_END); long n = std::ftell(f); std::fseek(f, 0, SEEK_SET);
-    std::vector<T> v(n / sizeof(T));
-    if (n && std::fread(v.data(), 1, n, f) != (size_t)n) die("short read");
-    std::fclose(f);
-    return v;
-}
-int main(int argc, char** argv) {
-    const std::string d = argv[1];
-    const int M = std::atoi(argv[2]), N = std::atoi(argv[3]), K = std::atoi(argv[4]), S = std::atoi(argv[5]);
-    const int NCH = std::atoi(argv[6]), sps = std::atoi(argv[7]), ntiles = std::atoi(argv[8]), grid = std::atoi(argv[9]);
-    const size_t smem_bytes = std::atoi(argv[10]);
-    g_copy_at_issue = std::atoi(argv[11]); g_bf16 = std::atoi(argv[12]);
-    const long nws = std::atol(argv[13]), ncnt = std::atol(argv[14]);
-    auto ent = rd<uint4>(d + "/ent");  // exactly the array (16-byte units): reads past it are bugs
-    auto cptr = rd<int>(d + "/cptr");
-    auto B = rd<unsigned short>(d + "/B");
-    std::vector<float> ws(nws, 0.0f);
-    std::vector<int> cnt(ncnt, 0);
-    std::vector<unsigned short> C((size_t)M * N + 1, 0x7e00);  // poisoned: NaN
-    for (int bid = 0; bid < grid; ++bid) {
-        std::vector<unsigned char> sm(smem_bytes + 16, 0xAB);  // garbage, as shared memory starts
-        BlockX blk; std::barrier<> bar(NTHREADS); blk.bar = &bar; blk.smem_bytes = smem_bytes;
-        std::vector<std::barrier<>*> wb;
-        for (int w = 0; w < NTHREADS / 32; ++w) { wb.push_back(new std::barrier<>(32)); blk.warps[w].bar = wb.back(); }
-        std::vector<std::thread> th;
-        for (int t = 0; t < NTHREADS; ++t) th.emplace_back([&, t] {
-            threadIdx.x = t; blockIdx.x = bid; smem = sm.data(); g_block = &blk;
-            g_groups.clear(); g_groups.emplace_back();
-            spmm_kernel(ent.data(), cptr.data(), ws.data(), cnt.data(), B.data(), C.data(), M, N, K, S, NCH, sps,
-                        ntiles);
-        });
-        for (auto& x : th) x.join();
-        for (auto* p : wb) delete p;
-    }
-    for (int c : cnt) if (c) die("a split-K counter was not reset");
-#ifdef WS_CLEAN
-    for (float x : ws) if (x != 0.0f) die("red atomic: the workspace was not zeroed for the next launch");
-#endif
-    FILE* f = std::fopen((d + "/C").c_str(), "wb");
-    std::fwrite(C.data(), 2, (size_t)M * N, f);
-    std::fclose(f);
-    return 0;
-}
-'''
+EMU_MAIN = splitk_main(  # ent in 16-byte units
+    arrays='    auto ent = rd<uint4>(d + "/ent"); auto cptr = rd<int>(d + "/cptr");',
+    call="ent.data(), cptr.data(), ws.data(), cnt.data(), B.data(), C.data(), M, N, K, S, ARG6, sps, ntiles")
 
 
 def emu_source(cfg: dict, dtype: str) -> str:
-    """The rendered kernel for g++: its #defines and everything after `// ---- kernel ----` (the device helpers before
-    it are replaced by EMU_PRELUDE's), the kernel a plain function, no asm left."""
-    src = render.render(space(), cfg, dtype)
-    head, body = src.split("// ---- kernel ----", 1)
-    defines = "\n".join(ln for ln in head.splitlines() if ln.startswith("#define"))
-    body = re.sub(r'extern "C" __global__ void __launch_bounds__\([^)]*\)', "void", body)
-    body = body.replace("extern __shared__ __align__(16) unsigned char smem[];", "")
-    assert "asm" not in body and "__shared__" not in body
-    clean = "#define WS_CLEAN 1\n" if cfg.get("red") == "atomic" and cfg["splitk"] > 1 else ""
-    return EMU_PRELUDE + defines + f"\n#define NTHREADS {32 * cfg['warps']}\n" + clean + body + EMU_MAIN
+    return splitk_source(render.render(space(), cfg, dtype), cfg, EMU_PRELUDE, EMU_MAIN)
 
 
 class Emulated:
@@ -369,26 +315,17 @@ class Emulated:
 
     def __init__(self, cfg: dict, dtype: str, folder: Path):
         self.cfg, self.dtype, self.folder = cfg, dtype, folder
-        (folder / "k.cpp").write_text(emu_source(cfg, dtype))
-        proc = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-w", "-o", str(folder / "k"),
-                               str(folder / "k.cpp")], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        self.exe = gxx(folder, emu_source(cfg, dtype))
 
     def run(self, a, n: int, b16, copy_at_issue: int = 1):
         h, c = host(), self.cfg
         m, k = a.shape
         ent, cptr, info = h.build(a, self.dtype, c["kc"])
-        d = Path(tempfile.mkdtemp(dir=self.folder))
-        ent.tofile(d / "ent")
-        cptr.tofile(d / "cptr")
-        np.ascontiguousarray(b16).tofile(d / "B")
+        d = write_inputs(self.folder, {"ent": ent, "cptr": cptr, "B": np.ascontiguousarray(b16)})
         S, NCH, rb, ntiles, sps, _ = h._dims(c, m, k, n)
-        nws, ncnt = h.workspace_shape(c, rb, ntiles)
         grid = h.geometry(fake_kernel(FAMILY, c, self.dtype, a), n)[0][0]
-        subprocess.run([str(self.folder / "k"), str(d), str(m), str(n), str(k), str(S), str(NCH), str(sps),
-                        str(ntiles), str(grid), str(h.shared_bytes(c, k)), str(copy_at_issue),
-                        "1" if self.dtype == "bf16" else "0", str(nws), str(ncnt)], check=True, timeout=600)
-        return np.fromfile(d / "C", dtype=np.uint16).reshape(m, n)
+        return run_splitk(self.exe, d, (m, n, k, S, NCH, sps, ntiles), grid, h.shared_bytes(c, k), copy_at_issue,
+                          self.dtype, h.workspace_shape(c, rb, ntiles))
 
 
 EMU_CFGS = [  # every kc, mr, nb, pf, rpb, bload, split-K on and off (every red), 2 to 8 warps

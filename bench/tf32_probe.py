@@ -1,0 +1,300 @@
+"""Probe of the TF32 tensor-core rates a sparse tf32 family would run on (issue 18's tf32 goal), before one is built.
+
+Issue 18 asks for tf32 at 1.2x of cuBLAS TF32 at d 0.05 on the dl suite (0.92x today, every winner a CUDA-core
+family). NOTES (session 39) estimated that a tensor-core tf32 path needs at most ~2x the fp16 winner's time (k <= 2);
+the fp16 winner is tc_sp24 (2:4 wgmma.sp, B by TMA). TF32 changes three things: the sparse MMA is 1:2 (a pair, not a
+group of four), the dense rate is half of fp16's, and wgmma takes tf32 B K-major only (the dl suite's kn B is N-major:
+a kn kernel needs mma.sync / mma.sp with B fragments loaded as 32-bit words, or a transpose). This probe measures, in
+one process on every SM, back to back (dense-equivalent TFLOP/s: a sparse MMA counted as the dense one of its logical
+K):
+
+- `wgmma m64n256k8 tf32` (A from registers, B K-major in shared memory) and `wgmma.sp m64n256k16 tf32` (1:2): the nk
+  route (SparseLinear's x is K-major as it stands);
+- `mma m16n8k8 tf32` and `mma.sp m16n8k16 tf32` (registers only): the kn route's MMA rate;
+- `kn loop`: the kn route's inner loop, a warp's 64 x 64 tile a k16 step: 32 mma.sp m16n8k16 tf32 with B's fragments
+  read from a row-major K x N shared-memory tile (4 ld.shared.b32 a fragment, 8 fragments a step, conflict-free);
+- the fp16 references on the same harness: `mma m16n8k16 f16`, `mma.sp m16n8k32 f16`, `wgmma m64n256k16 f16` and
+  `wgmma.sp m64n256k32 f16` (bench/sp24_probe.py measured 965 / 1929 on the H200 for the last two).
+
+Run on the device: `python3 bench/tf32_probe.py --out DIR` (writes DIR/tf32-probe.json, prints a table; ~20 s).
+`--compile-only` (no GPU; nvcc on PATH) compiles every kernel for sm_90a and checks ptxas's spills: the CPU tests do.
+How to read it (the prediction and the falsifier: NOTES session 52): cuBLAS TF32 achieves 177-268 TFLOP/s on the dl
+suite's largest layers; a kn tf32 family running at about half its loop's rate (as tc_sp24 does in fp16) needs the kn
+loop at >= ~650 dense-equivalent TFLOP/s for 1.2x there; under ~400 no kn tf32 family on mma.sp is worth building.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the 2:4 probe's wgmma helpers and timer
+from sp24_probe import HELPERS, _time_tput  # noqa: E402
+
+HEAD = HELPERS + r"""
+template <int N> __device__ __forceinline__ void keep(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
+}
+"""
+
+# ---- mma.sync / mma.sp: a warp runs CH independent chains (accumulator sets) of the instruction, registers only ----
+MMA = HEAD + r"""
+#define CH 8
+extern "C" __global__ void __launch_bounds__(256) tput(float* __restrict__ out, int iters)
+{
+    const int tid = threadIdx.x;
+    unsigned int a[4] = {@AINIT@ ^ (unsigned)tid, @AINIT@, @AINIT@, @AINIT@};
+    unsigned int b[4] = {@BINIT@, @BINIT@, @BINIT@, @BINIT@ ^ (unsigned)tid};
+    const unsigned int meta = @META@;
+    float d[CH][4];
+#pragma unroll
+    for (int c = 0; c < CH; ++c)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) d[c][i] = 0.0f;
+#pragma unroll 1
+    for (int it = 0; it < iters; ++it) {
+#pragma unroll
+        for (int c = 0; c < CH; ++c) {
+@BODY@
+        }
+    }
+    float s = 0.0f;
+#pragma unroll
+    for (int c = 0; c < CH; ++c) s += d[c][0] + d[c][1] + d[c][2] + d[c][3];
+    if (s == 12345.0f) out[blockIdx.x * blockDim.x + tid] = s;
+}
+"""
+
+MMA_OPS = {
+    # name: (asm, A regs, B regs, sparse, dense-equivalent flops an instruction)
+    "mma m16n8k8 tf32": ("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32", 4, 2, False, 16 * 8 * 8 * 2),
+    "mma.sp m16n8k16 tf32": ("mma.sp.sync.aligned.m16n8k16.row.col.f32.tf32.tf32.f32", 4, 4, True, 16 * 8 * 16 * 2),
+    "mma m16n8k16 f16": ("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32", 4, 2, False, 16 * 8 * 16 * 2),
+    "mma.sp m16n8k32 f16": ("mma.sp.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32", 4, 4, True, 16 * 8 * 32 * 2),
+}
+
+
+def _mma_body(asm: str, na: int, nb: int, sparse: bool) -> str:
+    a = ", ".join(f"%{4 + i}" for i in range(na))
+    b = ", ".join(f"%{4 + na + i}" for i in range(nb))
+    ins = [f'"r"(a[{i}])' for i in range(na)] + [f'"r"(b[{i}])' for i in range(nb)]
+    tail = ""
+    if sparse:
+        tail = f", %{4 + na + nb}, 0x0"
+        ins.append('"r"(meta)')
+    op = f"{asm} {{%0, %1, %2, %3}}, {{{a}}}, {{{b}}}, {{%0, %1, %2, %3}}{tail};"
+    outs = ", ".join(f'"+f"(d[c][{i}])' for i in range(4))
+    return f'            asm volatile("{op}" : {outs} : {", ".join(ins)});'
+
+
+def mma_source(name: str) -> str:
+    asm, na, nb, sparse, _ = MMA_OPS[name]
+    tf32 = "tf32" in name
+    one = "0x3f800000u" if tf32 else "0x3c003c00u"
+    meta = "0x44444444u"  # each nibble 0b0100 (f16 2:4: elements 0 and 1 of a group; tf32 1:2: the pair's first)
+    return (MMA.replace("@AINIT@", one).replace("@BINIT@", one).replace("@META@", meta)
+            .replace("@BODY@", _mma_body(asm, na, nb, sparse)))
+
+
+# ---- wgmma: two warpgroups a block, each 4 wgmmas a group, one group in flight (as sp24_probe's harness) ----
+WGMMA = HEAD + r"""
+#define NACC 128
+extern "C" __global__ void __launch_bounds__(256, 1) tput(float* __restrict__ out, int iters)
+{
+    extern __shared__ __align__(1024) unsigned char sm[];
+    const int tid = threadIdx.x;
+    const unsigned int base = ((unsigned int)__cvta_generic_to_shared(sm) + 1023u) & ~1023u;
+    for (int i = tid; i < @SMEM16@; i += blockDim.x)
+        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" :: "r"(base + 16 * i), "r"(@ONE@) : "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    __syncthreads();
+    const unsigned long long desc = desc_sw128(base, 16, 1024);
+    unsigned int a[4] = {@ONE@ ^ (unsigned)tid, @ONE@, @ONE@, @ONE@};
+    const unsigned int meta = 0x44444444u;
+    float d[NACC];
+#pragma unroll
+    for (int i = 0; i < NACC; ++i) d[i] = 0.0f;
+#pragma unroll 1
+    for (int it = 0; it < iters; ++it) {
+        wg_fence();
+        keep(d);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+@BODY@
+        }
+        wg_commit();
+        keep(d);
+        wg_wait<1>();
+    }
+    wg_wait<0>();
+    keep(d);
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NACC; ++i) s += d[i];
+    if (s == 12345.0f) out[blockIdx.x * blockDim.x + tid] = s;
+}
+"""
+
+WGMMA_OPS = {
+    # name: (shape and types, sparse, B's transpose immediates (f16 only), flops an instruction, shared bytes)
+    "wgmma m64n256k8 tf32": ("m64n256k8.f32.tf32.tf32", False, "", 64 * 256 * 8 * 2, 256 * 128),
+    "wgmma.sp m64n256k16 tf32": ("m64n256k16.f32.tf32.tf32", True, "", 64 * 256 * 16 * 2, 256 * 128),
+    "wgmma m64n256k16 f16": ("m64n256k16.f32.f16.f16", False, ", 1, 1", 64 * 256 * 16 * 2, 256 * 128),
+    "wgmma.sp m64n256k32 f16": ("m64n256k32.f32.f16.f16", True, ", 1, 1", 64 * 256 * 32 * 2, 256 * 128),
+}
+
+
+def _wgmma_body(shape: str, sparse: bool, trans: str) -> str:
+    regs = ", ".join(f"%{i}" for i in range(128))
+    outs = ", ".join(f'"+f"(d[{i}])' for i in range(128))
+    ins = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc)'
+    sp = ".sp" if sparse else ""
+    meta = ""
+    if sparse:
+        ins += ', "r"(meta)'
+        meta = " %133, 0,"
+    # scale-d 1 (accumulate), scale-a / scale-b 1; f16 adds B's transpose immediate (K-major here: 0 would do as well)
+    op = (f"wgmma.mma_async{sp}.sync.aligned.{shape} {{{regs}}}, {{%128, %129, %130, %131}}, %132,{meta} 1, 1, 1"
+          f"{trans[:3] if trans else ''};")
+    return f'            asm volatile("{op}" : {outs} : {ins});'
+
+
+def wgmma_source(name: str) -> str:
+    shape, sparse, trans, _, smem = WGMMA_OPS[name]
+    one = "0x3f800000u" if "tf32" in name else "0x3c003c00u"
+    return (WGMMA.replace("@SMEM16@", str(smem // 16)).replace("@ONE@", one)
+            .replace("@BODY@", _wgmma_body(shape, sparse, trans)))
+
+
+# ---- the kn route's loop: B fragments from a row-major K x N tile by 32-bit shared loads ----------------------
+KN = HEAD + r"""
+#define LDB 72  // floats a row of the K x 64 tile: 72 = 8 mod 32, so a fragment's 32 loads hit 32 banks
+extern "C" __global__ void __launch_bounds__(256) tput(float* __restrict__ out, int iters)
+{
+    __shared__ __align__(16) float bs[2][16 * LDB];
+    const int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    for (int i = tid; i < 2 * 16 * LDB; i += blockDim.x) (&bs[0][0])[i] = 1.0f + 1e-3f * (i & 7);
+    __syncthreads();
+    unsigned int a[4][4];
+#pragma unroll
+    for (int m = 0; m < 4; ++m)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) a[m][i] = 0x3f800000u ^ (unsigned)(tid + m + i);
+    const unsigned int meta = 0x44444444u;
+    float d[4][8][4];
+#pragma unroll
+    for (int m = 0; m < 4; ++m)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) d[m][j][i] = 0.0f;
+    const unsigned int b0 = (unsigned int)__cvta_generic_to_shared(&bs[0][0]) + 4u * (t * LDB + g);
+#pragma unroll 1
+    for (int it = 0; it < iters; ++it) {
+        const unsigned int bb = b0 + (unsigned)(it & 1) * 16u * LDB * 4u;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            unsigned int b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)  // B[k = t + 4 i][n = 8 j + g]
+                asm volatile("ld.shared.b32 %0, [%1];" : "=r"(b[i]) : "r"(bb + 4u * (4 * i * LDB + 8 * j)));
+#pragma unroll
+            for (int m = 0; m < 4; ++m)
+                asm volatile("mma.sp.sync.aligned.m16n8k16.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+                             "{%4, %5, %6, %7}, {%8, %9, %10, %11}, {%0, %1, %2, %3}, %12, 0x0;"
+                             : "+f"(d[m][j][0]), "+f"(d[m][j][1]), "+f"(d[m][j][2]), "+f"(d[m][j][3])
+                             : "r"(a[m][0]), "r"(a[m][1]), "r"(a[m][2]), "r"(a[m][3]),
+                               "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(meta));
+        }
+    }
+    float s = 0.0f;
+#pragma unroll
+    for (int m = 0; m < 4; ++m)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) s += d[m][j][0] + d[m][j][1] + d[m][j][2] + d[m][j][3];
+    if (s == 12345.0f) out[blockIdx.x * blockDim.x + tid] = s;
+}
+"""
+KN_FLOPS = 32 * 16 * 8 * 16 * 2  # a warp's step: 32 mma.sp m16n8k16 (dense-equivalent)
+
+
+def sources() -> dict[str, str]:
+    """Every probe kernel's CUDA source by name (each defines `tput(float* out, int iters)`)."""
+    out = {n: mma_source(n) for n in MMA_OPS}
+    out.update({n: wgmma_source(n) for n in WGMMA_OPS})
+    out["kn loop mma.sp m16n8k16 tf32"] = KN
+    return out
+
+
+def compile_check() -> dict[str, dict]:
+    """nvcc -arch=sm_90a -cubin of each kernel (no GPU needed; device.compile.nvcc_check): {name: {"ok", "spill_bytes",
+    "registers", "log"}}."""
+    from sparse_autotune.device.compile import nvcc_check  # noqa: PLC0415
+    from sparse_autotune.errors import CandidateError  # noqa: PLC0415
+    res = {}
+    for name, src in sources().items():
+        try:
+            log, ok = nvcc_check(src, "sm_90a"), True
+        except CandidateError as e:
+            log, ok = f"{e}\n{e.log}", False
+        spill = sum(int(x) for pair in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+                    for x in pair)
+        regs = [int(x) for x in re.findall(r"Used (\d+) registers", log)]
+        res[name] = {"ok": ok, "spill_bytes": spill, "registers": max(regs, default=0), "log": log[-2000:]}
+    return res
+
+
+def throughput(cp, reps: int = 5) -> dict:
+    sms = cp.cuda.runtime.getDeviceProperties(0)["multiProcessorCount"]
+    res = {}
+    srcs = sources()
+    for name, src in srcs.items():
+        try:
+            f = cp.RawModule(code=src, options=("-std=c++17", "-arch=sm_90a")).get_function("tput")
+            if name in WGMMA_OPS:
+                smem = 1024 + WGMMA_OPS[name][4]
+                f.max_dynamic_shared_size_bytes = smem
+                blocks, threads, iters = sms, 256, 2000
+                flops = blocks * 2 * iters * 4 * WGMMA_OPS[name][3]
+            elif name in MMA_OPS:
+                smem, blocks, threads, iters = 0, sms * 4, 256, 4000
+                flops = blocks * (threads // 32) * iters * 8 * MMA_OPS[name][4]
+            else:  # the kn loop
+                smem, blocks, threads, iters = 0, sms * 2, 256, 2000
+                flops = blocks * (threads // 32) * iters * KN_FLOPS
+            t = _time_tput(cp, f, blocks, threads, iters, smem, reps)
+            res[name] = {"s": t, "tflops_dense_equiv": flops / t / 1e12}
+            print(f"{name:34s} {flops / t / 1e12:7.0f} TFLOP/s dense-equivalent ({t * 1e3:.3f} ms)", flush=True)
+        except Exception as e:  # noqa: BLE001 - a probe: report and go on
+            res[name] = {"error": repr(e)}
+            print(f"{name}: {e!r}", flush=True)
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=".")
+    ap.add_argument("--compile-only", action="store_true", help="nvcc for sm_90a only (no GPU): ptxas's report")
+    a = ap.parse_args(argv)
+    if a.compile_only:
+        res = compile_check()
+        for name, r in res.items():
+            print(f"{name:34s} {'ok' if r['ok'] else 'FAILED'} registers {r['registers']} spill {r['spill_bytes']}")
+            if not r["ok"]:
+                print(r["log"])
+        return 0 if all(r["ok"] for r in res.values()) else 1
+    import cupy as cp  # noqa: PLC0415
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    rep = {"gpu": props["name"].decode(), "driver": cp.cuda.runtime.driverGetVersion(),
+           "cuda": cp.cuda.runtime.runtimeGetVersion(), "cupy": cp.__version__, "throughput": throughput(cp)}
+    (out / "tf32-probe.json").write_text(json.dumps(rep, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
