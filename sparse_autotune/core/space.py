@@ -56,6 +56,7 @@ def _code(expr: str):
     return compile(expr, "<space>", "eval")
 
 
+_ABSENT = object()  # Space.size: a parameter left out of the config so far (inactive)
 _GLOBALS = {"__builtins__": {}, **_SAFE_FUNCS}  # what an expression sees beside its env (its names win over these)
 
 
@@ -369,7 +370,37 @@ class Space:
         return out
 
     def size(self, dtype: str) -> int:
-        return sum(1 for _ in self.enumerate(dtype))
+        """len(list(self.enumerate(dtype))), counted without listing: below params[i] the count depends only on the
+        values (or absence) of the parameters that the `when`s of params[i:] read, so each such state is counted once
+        (`sparse-autotune spaces` walked 2.6 million configs one by one: 21 s)."""
+        if not self.supports(dtype):
+            return 0
+        kd = self.kernel_dtype(dtype)
+        names = {p.name for p in self.params}
+        reads: list[frozenset] = [frozenset()] * (len(self.params) + 1)
+        for i in range(len(self.params) - 1, -1, -1):
+            w = self.params[i].when
+            reads[i] = reads[i + 1] | (_names(w) & names if w else frozenset())
+        memo: dict = {}
+
+        def count(i: int, partial: dict) -> int:
+            if i == len(self.params):
+                return 1
+            key = (i, tuple(repr(partial.get(n, _ABSENT)) for n in sorted(reads[i])))
+            if key in memo:
+                return memo[key]
+            p = self.params[i]
+            if p.when is not None and not _eval(p.when, self._when_env(partial, kd)):
+                total = count(i + 1, partial)
+            else:
+                total = 0
+                for v in p.choices(kd):
+                    partial[p.name] = v
+                    total += count(i + 1, partial)
+                    del partial[p.name]
+            memo[key] = total
+            return total
+        return count(0, {})
 
 
 def problem_env(m: int, k: int, n: int, nnz: int, dtype: str, layout: str = "kn") -> dict:
