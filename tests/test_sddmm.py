@@ -136,11 +136,12 @@ def test_render_rejects_a_missing_parameter():
 
 def _nvcc_jobs():
     """(family, dtype, K, config): covering samples of each space at K = 128 and 256 (between them every value of
-    every parameter is feasible) and two seeded feasible configs at K = 33 and K = 1000 (tails), each dtype."""
+    every parameter is feasible) and two seeded feasible configs at K = 33 (a tail), each dtype (K = 1000's two more
+    left for CI's time: K is the kernel's argument, not a template value)."""
     jobs, seen = [], set()
     for s in cc_spaces():
         for dtype in DTYPES:
-            for k in (128, 256, 33, 1000):
+            for k in (128, 256, 33):
                 if k == 128:
                     cfgs = covering_sample(s, dtype, env(k, dtype))
                 elif k == 256:  # the values K = 128 leaves out (kc 256; kpl 1 in fp32 is only feasible up to K = 128)
@@ -173,7 +174,7 @@ def nvcc_reports():
 def test_covering_sample_compiles_with_nvcc(nvcc_reports):
     assert {j[0] for j, _ in nvcc_reports} == set(FAMILIES)
     assert {j[1] for j, _ in nvcc_reports} == set(DTYPES)
-    assert len(nvcc_reports) >= 40 and {j[2] for j, _ in nvcc_reports} == {33, 128, 256, 1000}
+    assert len(nvcc_reports) >= 30 and {j[2] for j, _ in nvcc_reports} == {33, 128, 256}
     for s in cc_spaces():  # every value of every parameter compiled at least once
         for p in s.params:
             got = {j[3].get(p.name) for j, _ in nvcc_reports if j[0] == s.family}

@@ -260,26 +260,53 @@ class Space:
     def _walk(self, kd: str, holds=None, env: dict | None = None) -> Iterator[dict]:
         """The configs in declaration order, parameter by parameter (a parameter whose `when` fails is left out), for
         the kernel dtype kd. holds(i): whether to go on below params[i] once it is decided (feasible's pruning); env:
-        a dict that gets each parameter's value while it is set (what holds evaluates in)."""
-        def rec(i: int, partial: dict):
-            if i == len(self.params):
-                yield dict(partial)
+        a dict that gets each parameter's value while it is set (what holds evaluates in). A loop over a stack of
+        levels, not nested generators: a config yielded through ~17 `yield from`s cost ~20 us (2.6 million configs
+        in the enabled spaces)."""
+        params, n = self.params, len(self.params)
+        partial: dict = {}
+        wenv = {"dtype": self.kernel_dtype(kd)}  # what a `when` reads: the config so far and the dtype
+        vals: list = [None] * n  # a level's values, or None where its parameter is inactive
+        pos = [0] * n  # the next value's index at each level (1 once an inactive level was passed through)
+        i, entering = 0, True
+        while True:
+            if entering:
+                if i == n:
+                    yield dict(partial)
+                    i -= 1
+                    if i < 0:
+                        return
+                else:
+                    p = params[i]
+                    vals[i] = None if p.when is not None and not _eval(p.when, wenv) else p.choices(kd)
+                    pos[i] = 0
+            p = params[i]
+            vs = vals[i]
+            if vs is None:  # inactive: one pass below, then up
+                if pos[i] == 0:
+                    pos[i] = 1
+                    if holds is None or holds(i):
+                        i, entering = i + 1, True
+                        continue
+            else:
+                if pos[i] > 0:  # the value tried last
+                    del partial[p.name], wenv[p.name]
+                    if env is not None:  # inactive on another branch: absent again, as check sees it
+                        del env[p.name]
+                if pos[i] < len(vs):
+                    v = vs[pos[i]]
+                    pos[i] += 1
+                    partial[p.name] = wenv[p.name] = v
+                    if env is not None:
+                        env[p.name] = v
+                    if holds is None or holds(i):
+                        i, entering = i + 1, True
+                    else:
+                        entering = False
+                    continue
+            i, entering = i - 1, False
+            if i < 0:
                 return
-            p = self.params[i]
-            if p.when is not None and not _eval(p.when, self._when_env(partial, kd)):
-                if holds is None or holds(i):
-                    yield from rec(i + 1, partial)
-                return
-            for v in p.choices(kd):
-                partial[p.name] = v
-                if env is not None:
-                    env[p.name] = v
-                if holds is None or holds(i):
-                    yield from rec(i + 1, partial)
-                del partial[p.name]
-                if env is not None:  # inactive on another branch: absent again, as check sees it
-                    del env[p.name]
-        yield from rec(0, {})
 
     def feasible(self, dtype: str, problem_env: dict, limits: dict | None = None) -> Iterator[dict]:
         """The configs of `enumerate` that `check` passes, in the same order. The walk tests each constraint once, as

@@ -319,7 +319,7 @@ def _nvcc_sm90(sp, jobs, layout: str) -> list[tuple]:
     return out
 
 
-@pytest.mark.parametrize("layout", ["kn", "nk"])
+@pytest.mark.parametrize("layout", ["kn", pytest.param("nk", marks=pytest.mark.heavy)])  # CI's time: nk heavy
 def test_split_pf_minb_compile_with_nvcc(layout):
     """The new known-good configs and NEW (each in fp16 or bf16, in turn): nvcc compiles them; the register cap holds;
     in kn through L1 with unroll 1 nothing spills (nk through L1 reads x element by element: a few bytes of spill are
@@ -616,7 +616,7 @@ def test_bif_sass_requests_both_chunks_before_the_fmas(dtype):
     assert before == {1: 16, 2: 24}, before
 
 
-@pytest.mark.parametrize("layout", ["kn", "nk"])
+@pytest.mark.parametrize("layout", ["kn", pytest.param("nk", marks=pytest.mark.heavy)])  # CI's time: nk heavy
 def test_bif_compile_with_nvcc(layout):
     """BIF and the bif known-good configs, each in fp16 and bf16: nvcc compiles them within their register cap; kn
     through L1 spills nothing."""
