@@ -21,6 +21,10 @@ a)  # 1 and test_gpu in one call (~9.5 min): the probe first, the family tests, 
         tests/families/test_tc_tiled2.py tests/families/test_tc_tiled3.py 2>&1 | tail -20 | tee "$OUT/pytest-s52-families.log"
     timeout 270 python3 -m pytest -q -n 8 -m gpu tests/test_gpu.py 2>&1 | tail -20 | tee "$OUT/pytest-test_gpu.log"
     ;;
+b)  # the short form of a (~6 min: device budget spent on refused starts): the probe and the tuner's GPU tests
+    timeout 60 python3 bench/tf32_probe.py --out "$OUT" 2>&1 | tee "$OUT/tf32-probe.log"
+    timeout 280 python3 -m pytest -q -n 8 -m gpu tests/test_gpu.py 2>&1 | tail -20 | tee "$OUT/pytest-test_gpu.log"
+    ;;
 2)
     timeout 560 python3 -m pytest -q -n 8 -m gpu tests/families/test_tc_sp24.py 2>&1 | tail -25 | tee "$OUT/pytest-tc_sp24.log"
     ;;
