@@ -552,7 +552,7 @@ def test_configs_render_wgmma_for_both_dtypes():
     values: dict = {}
     for cfg in sp.enumerate("fp16"):
         total += 1
-        if cfg.get("blkrec"):  # blkrec 1: every eighth
+        if cfg.get("blkrec"):  # blkrec 1: every 73rd
             blks += 1
             if blks % 73:
                 continue
