@@ -119,7 +119,8 @@ def test_every_config_renders(dtype, enabled):
     """Configs of every space (feasible or not) render, carry the kernel entry point, and state their own parameters
     in the header; no two configs give the same source. Every config of a space up to RENDER_ALL configs, else an
     evenly spread sample of RENDER_ALL of them that still takes every value of every parameter (rendering all ~65k fp16
-    configs took ~40 s of CI's 15 minutes; 3000 a space ~100 s on a slow day); the count of the enumeration is checked whole."""
+    configs took ~40 s of CI's 15 minutes; 3000 a space ~100 s on a slow day); the count of the enumeration is checked
+    whole."""
     for sp in tier(enabled):
         cfgs = list(sp.enumerate(dtype))
         n_cfg = len(cfgs)
@@ -443,7 +444,7 @@ def test_feasible_prunes_as_check_decides_one_config_at_a_time():
             lay = sp.for_layout(layout)
             for j, (m, k, n, nnz) in enumerate(((64, 256, 20, 800), (1024, 4096, 128, 400_000),
                                                 (100, 70_000, 1, 1000), (64, 256, 20, 800))):
-                lim = (None, {"gate": 0})[j % 2]  # (each problem under one of the two: CI's time)
+                lim = (None, {"gate": 0})[j % 2]  # (the first problem under both, the others under one: CI's time)
                 env = space.problem_env(m, k, n, nnz, dtype, layout)
                 assert list(lay.feasible(dtype, env, lim)) == list(lay._feasible_by_check(dtype, env, lim)), (
                     sp.family, dtype, layout, m, k, n, lim)
