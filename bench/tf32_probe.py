@@ -16,6 +16,11 @@ K):
 - the fp16 references on the same harness: `mma m16n8k16 f16`, `mma.sp m16n8k32 f16`, `wgmma m64n256k16 f16` and
   `wgmma.sp m64n256k32 f16` (bench/sp24_probe.py measured 965 / 1929 on the H200 for the last two).
 
+Before the rates, `layout`: which fragment layout mma.sp m16n8k16 tf32 has (the kn family's packing rests on it): A's
+registers, B's and the metadata's nibbles under two hypotheses each (A1 / B1 / M1: the dense m16n8k8 tf32 fragments
+and f16 m16n8k32's metadata, a tf32 pair as a group of four 16-bit halves, 0b0100 / 0b1110), both selectors, on random
+1:2 matrices of small integers (exact): the maps that give A @ B exactly, and a dense m16n8k8 control.
+
 Run on the device: `python3 bench/tf32_probe.py --out DIR` (writes DIR/tf32-probe.json, prints a table; ~20 s).
 `--compile-only` (no GPU; nvcc on PATH) compiles every kernel for sm_90a and checks ptxas's spills: the CPU tests do.
 How to read it (the prediction and the falsifier: NOTES session 52): cuBLAS TF32 achieves 177-268 TFLOP/s on the dl
@@ -29,6 +34,8 @@ import json
 import re
 import sys
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the 2:4 probe's wgmma helpers and timer
 from sp24_probe import HELPERS, _time_tput  # noqa: E402
@@ -221,6 +228,214 @@ extern "C" __global__ void __launch_bounds__(256) tput(float* __restrict__ out, 
 KN_FLOPS = 32 * 16 * 8 * 16 * 2  # a warp's step: 32 mma.sp m16n8k16 (dense-equivalent)
 
 
+# ---- layout: where mma.sp m16n8k16 tf32 takes A's registers, B's and the metadata's nibbles ---------------------
+# The kn family's packing rests on it (bench/sp24_probe.py did the same for wgmma.sp f16 before tc_sp24). Each block
+# is one warp running one MMA on registers the host packed (regs: 9 words a lane: a0..a3, b0..b3, metadata; the
+# dense control: a0..a3, b0, b1); D's four floats a lane come back and the host reads them by the C layout
+# (c0 (g, 2t), c1 (g, 2t + 1), c2 (g + 8, 2t), c3 (g + 8, 2t + 1)), which the dense control checks.
+LAYOUT = r"""
+extern "C" __global__ void layout_sp(const unsigned int* __restrict__ regs, float* __restrict__ out, int sel)
+{
+    const int lane = threadIdx.x & 31;
+    const unsigned int* r = regs + (blockIdx.x * 32 + lane) * 9;
+    float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+    if (sel == 0)
+        asm volatile("mma.sp.sync.aligned.m16n8k16.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                     "{%8, %9, %10, %11}, {%0, %1, %2, %3}, %12, 0x0;"
+                     : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
+                     : "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3]), "r"(r[4]), "r"(r[5]), "r"(r[6]), "r"(r[7]), "r"(r[8]));
+    else
+        asm volatile("mma.sp.sync.aligned.m16n8k16.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                     "{%8, %9, %10, %11}, {%0, %1, %2, %3}, %12, 0x1;"
+                     : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
+                     : "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3]), "r"(r[4]), "r"(r[5]), "r"(r[6]), "r"(r[7]), "r"(r[8]));
+    float* o = out + (blockIdx.x * 32 + lane) * 4;
+    o[0] = d0; o[1] = d1; o[2] = d2; o[3] = d3;
+}
+extern "C" __global__ void layout_dense(const unsigned int* __restrict__ regs, float* __restrict__ out)
+{
+    const int lane = threadIdx.x & 31;
+    const unsigned int* r = regs + (blockIdx.x * 32 + lane) * 9;
+    float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
+                 : "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3]), "r"(r[4]), "r"(r[5]));
+    float* o = out + (blockIdx.x * 32 + lane) * 4;
+    o[0] = d0; o[1] = d1; o[2] = d2; o[3] = d3;
+}
+"""
+
+# hypotheses (lane = 4 g + t): A's register j -> (row, compressed column c: the pair of columns 2c, 2c + 1), B's
+# register i -> (k, n), the metadata word of lane 4 g + q -> nibble i's (row, pair); a nibble is 0b0100 (the pair's
+# first element) or 0b1110 (its second): the 16-bit halves' indices of a 32-bit element, as f16's 2:4 writes them
+A_MAPS = {"A1": lambda g, t, j: (g + 8 * (j & 1), t + 4 * (j >> 1)),  # = the dense m16n8k8 tf32 A fragment
+          "A2": lambda g, t, j: (g + 8 * (j & 1), 2 * t + (j >> 1))}
+B_MAPS = {"B1": lambda g, t, i: (t + 4 * i, g),  # the dense m16n8k8 tf32 B fragment, extended to k16
+          "B2": lambda g, t, i: (4 * t + i, g)}
+M_MAPS = {"M1": lambda g, q, i: (g + 8 * (i >> 2), 4 * q + (i & 3)),  # f16 m16n8k32's (tc_sp24's wgmma.sp) analog
+          "M2": lambda g, q, i: (g + 8 * q, i)}
+NIB = (0x4, 0xE)
+
+
+def c_unpack(d: np.ndarray) -> np.ndarray:
+    """D (16 x 8) from the lanes' four floats (d [32, 4]) by the C fragment layout."""
+    out = np.zeros((16, 8), dtype=np.float64)
+    for lane in range(32):
+        g, t = lane >> 2, lane & 3
+        for i in range(4):
+            out[g + 8 * (i >> 1), 2 * t + (i & 1)] = d[lane, i]
+    return out
+
+
+def pack_sp(afull: np.ndarray, b: np.ndarray, amap, bmap, mmap, sel: int = 0) -> np.ndarray:
+    """The 9 words a lane ([32, 9] uint32) of one mma.sp m16n8k16 tf32 of a 1:2-structured afull (16 x 16: one nonzero
+    or none a pair; an empty pair keeps position 0) and b (16 x 8) under the maps; the metadata in lanes 4 g + 2 sel
+    + q (q = 0, 1) and, the same words, in the group's other two lanes."""
+    pos = (afull[:, 1::2] != 0).astype(np.int64)  # [16, 8]: the kept element of each pair
+    comp = np.where(pos == 1, afull[:, 1::2], afull[:, 0::2]).astype(np.float32)
+    regs = np.zeros((32, 9), dtype=np.uint32)
+    for lane in range(32):
+        g, t = lane >> 2, lane & 3
+        for j in range(4):
+            r, c = amap(g, t, j)
+            regs[lane, j] = comp[r, c].view(np.uint32)
+        for i in range(4):
+            k, n = bmap(g, t, i)
+            regs[lane, 4 + i] = np.float32(b[k, n]).view(np.uint32)
+    for g in range(8):
+        for q in range(2):
+            w = 0
+            for i in range(8):
+                r, p = mmap(g, q, i)
+                w |= NIB[pos[r, p]] << (4 * i)
+            regs[4 * g + 2 * sel + q, 8] = w
+            regs[4 * g + 2 * (1 - sel) + q, 8] = w
+    return regs
+
+
+def unpack_sp(regs: np.ndarray, amap, mmap, sel: int = 0) -> np.ndarray:
+    """The 16 x 16 A that pack_sp's registers say under the maps (its inverse, for the CPU test)."""
+    comp = np.zeros((16, 8), dtype=np.float32)
+    pos = np.zeros((16, 8), dtype=np.int64)
+    for lane in range(32):
+        g, t = lane >> 2, lane & 3
+        for j in range(4):
+            r, c = amap(g, t, j)
+            comp[r, c] = regs[lane, j:j + 1].view(np.float32)[0]
+    for g in range(8):
+        for q in range(2):
+            w = int(regs[4 * g + 2 * sel + q, 8])
+            for i in range(8):
+                r, p = mmap(g, q, i)
+                pos[r, p] = NIB.index((w >> (4 * i)) & 0xF)
+    a = np.zeros((16, 16), dtype=np.float32)
+    rows = np.arange(16)[:, None]
+    a[rows, 2 * np.arange(8)[None, :] + pos] = comp
+    return a
+
+
+def random_sp(rng) -> tuple[np.ndarray, np.ndarray]:
+    """(afull 16 x 16, b 16 x 8): small integers (exact in TF32 and in the fp32 sums), one nonzero in most pairs of A
+    (a few pairs empty), either position."""
+    afull = np.zeros((16, 16), dtype=np.float32)
+    vals = rng.integers(1, 8, size=(16, 8)) * rng.choice([-1, 1], size=(16, 8))
+    vals[rng.random((16, 8)) < 0.1] = 0
+    pos = rng.integers(0, 2, size=(16, 8))
+    afull[np.arange(16)[:, None], 2 * np.arange(8)[None, :] + pos] = vals
+    return afull, rng.integers(-4, 5, size=(16, 8)).astype(np.float32)
+
+
+def discover_regs() -> np.ndarray:
+    """The blocks of layout_discover ([2 (1 + 32 x 8), 32, 9] uint32): A's register j of lane l holds 4 l + j + 1 (exact
+    in TF32), B by B1 as the 16 x 8 identity of k = n (first half) or of k = n + 8 (second half), every metadata nibble
+    0b0100 (the baseline block, first) or one nibble of one lane 0b1110 (block 1 + 8 l + i)."""
+    regs = np.zeros((2, 1 + 32 * 8, 32, 9), dtype=np.uint32)
+    ids = (np.arange(128, dtype=np.float32) + 1).reshape(32, 4)
+    for half in range(2):
+        b = np.zeros((16, 8), dtype=np.float32)
+        b[np.arange(8) + 8 * half, np.arange(8)] = 1.0
+        for lane in range(32):
+            g, t = lane >> 2, lane & 3
+            regs[half, :, lane, :4] = ids[lane].view(np.uint32)
+            for i in range(4):
+                k, n = B_MAPS["B1"](g, t, i)
+                regs[half, :, lane, 4 + i] = np.float32(b[k, n]).view(np.uint32)
+        regs[half, :, :, 8] = 0x44444444
+        for lane in range(32):
+            for i in range(8):
+                regs[half, 1 + 8 * lane + i, lane, 8] = (0x44444444 & ~(0xF << (4 * i))) | (0xE << (4 * i))
+    return regs.reshape(-1, 32, 9)
+
+
+def read_discovery(d: np.ndarray) -> dict:
+    """layout_discover's maps from the blocks' D ([2 (1 + 256), 32, 4]): where each A register landed in the baseline
+    ({"lane.j": [row, column]}) and which (row, pair) each flipped nibble moved ({"lane.i": [[row, pair], ...]})."""
+    d = d.reshape(2, 1 + 256, 32, 4)
+    full = np.stack([np.concatenate([c_unpack(d[0, blk]), c_unpack(d[1, blk])], axis=1) for blk in range(257)])
+    base = full[0]
+    a_at = {}
+    for r, c in np.argwhere(base != 0):
+        v = int(round(float(base[r, c]))) - 1
+        a_at[f"{v // 4}.{v % 4}"] = [int(r), int(c)]
+    nib = {}
+    for lane in range(32):
+        for i in range(8):
+            cells = sorted({(int(r), int(c) // 2) for r, c in np.argwhere(full[1 + 8 * lane + i] != base)})
+            if cells:
+                nib[f"{lane}.{i}"] = [list(x) for x in cells]
+    return {"a_at": a_at, "nibbles": nib, "baseline_nonzero": int((base != 0).sum())}
+
+
+def layout_discover(cp, sel: int) -> dict:
+    """Without a metadata hypothesis (B by B1): the baseline block says where each A register goes, each flipped
+    nibble which pair it moves (as bench/sp24_probe.py's layout probe for wgmma.sp f16)."""
+    mod = cp.RawModule(code=LAYOUT, options=("-std=c++17", "-arch=sm_90a"))
+    k = mod.get_function("layout_sp")
+    regs = discover_regs()
+    out = cp.zeros((regs.shape[0], 32, 4), dtype=cp.float32)
+    k((regs.shape[0],), (32,), (cp.asarray(regs), out, np.int32(sel)))
+    return {"sel": sel, **read_discovery(cp.asnumpy(out))}
+
+
+def layout_check(cp, trials: int = 4) -> dict:
+    """Every A / B / metadata hypothesis (and both sparsity selectors) on random 1:2 matrices: which reproduce
+    A @ B exactly; and the dense m16n8k8 control (the harness and the C layout)."""
+    mod = cp.RawModule(code=LAYOUT, options=("-std=c++17", "-arch=sm_90a"))
+    sp_k, dense_k = mod.get_function("layout_sp"), mod.get_function("layout_dense")
+    rng = np.random.default_rng(18)
+    res: dict = {"sparse": {}, "dense_control": None}
+    # dense control: a (16 x 8) by the A1 map's columns directly, b (8 x 8) by b0 (t, g), b1 (t + 4, g)
+    a8 = rng.integers(-4, 5, size=(16, 8)).astype(np.float32)
+    b8 = rng.integers(-4, 5, size=(8, 8)).astype(np.float32)
+    regs = np.zeros((32, 9), dtype=np.uint32)
+    for lane in range(32):
+        g, t = lane >> 2, lane & 3
+        for j in range(4):
+            r, c = A_MAPS["A1"](g, t, j)
+            regs[lane, j] = a8[r, c].view(np.uint32)
+        regs[lane, 4] = b8[t, g].view(np.uint32)
+        regs[lane, 5] = b8[t + 4, g].view(np.uint32)
+    out = cp.zeros((32, 4), dtype=cp.float32)
+    dense_k((1,), (32,), (cp.asarray(regs), out))
+    err = float(np.abs(c_unpack(cp.asnumpy(out)) - a8.astype(np.float64) @ b8).max())
+    res["dense_control"] = {"max_abs_err": err, "ok": err == 0.0}
+    cases = [random_sp(rng) for _ in range(trials)]
+    for an, am in A_MAPS.items():
+        for bn, bm in B_MAPS.items():
+            for mn, mm in M_MAPS.items():
+                for sel in (0, 1):
+                    regs = np.stack([pack_sp(a, b, am, bm, mm, sel) for a, b in cases])
+                    out = cp.zeros((trials, 32, 4), dtype=cp.float32)
+                    sp_k((trials,), (32,), (cp.asarray(regs), out, np.int32(sel)))
+                    d = cp.asnumpy(out)
+                    errs = [float(np.abs(c_unpack(d[i]) - a.astype(np.float64) @ b).max())
+                            for i, (a, b) in enumerate(cases)]
+                    res["sparse"][f"{an} {bn} {mn} sel {sel}"] = {"max_abs_err": max(errs), "ok": max(errs) == 0.0}
+    res["discover"] = [layout_discover(cp, sel) for sel in (0, 1)]
+    return res
+
+
 def sources() -> dict[str, str]:
     """Every probe kernel's CUDA source by name (each defines `tput(float* out, int iters)`)."""
     out = {n: mma_source(n) for n in MMA_OPS}
@@ -235,7 +450,7 @@ def compile_check() -> dict[str, dict]:
     from sparse_autotune.device.compile import nvcc_check  # noqa: PLC0415
     from sparse_autotune.errors import CandidateError  # noqa: PLC0415
     res = {}
-    for name, src in sources().items():
+    for name, src in {**sources(), "layout": LAYOUT}.items():
         try:
             log, ok = nvcc_check(src, "sm_90a"), True
         except CandidateError as e:
@@ -291,7 +506,16 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     props = cp.cuda.runtime.getDeviceProperties(0)
     rep = {"gpu": props["name"].decode(), "driver": cp.cuda.runtime.driverGetVersion(),
-           "cuda": cp.cuda.runtime.runtimeGetVersion(), "cupy": cp.__version__, "throughput": throughput(cp)}
+           "cuda": cp.cuda.runtime.runtimeGetVersion(), "cupy": cp.__version__}
+    try:
+        rep["layout"] = layout_check(cp)
+        lay = rep["layout"]
+        print(f"layout: dense m16n8k8 control {'ok' if lay['dense_control']['ok'] else 'WRONG'}; mma.sp m16n8k16 tf32 "
+              f"maps that reproduce A @ B: {[k for k, v in lay['sparse'].items() if v['ok']] or 'none'}", flush=True)
+    except Exception as e:  # noqa: BLE001 - a probe: report and go on to the rates
+        rep["layout"] = {"error": repr(e)}
+        print(f"layout: {e!r}", flush=True)
+    rep["throughput"] = throughput(cp)
     (out / "tf32-probe.json").write_text(json.dumps(rep, indent=1))
     return 0
 

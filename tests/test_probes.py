@@ -20,12 +20,12 @@ def _load(name: str):
 
 def test_tf32_probe_kernels_assemble_for_sm90a_without_spills():
     """bench/tf32_probe.py (issue 18's tf32 rates): every kernel (mma / mma.sp / wgmma / wgmma.sp in tf32 and f16, the
-    kn loop) assembles for sm_90a with no spill (a spill would time local memory, not the MMA)."""
+    kn loop, the layout check's two kernels) assembles for sm_90a with no spill (a spill would time local memory, not the MMA)."""
     if sat_compile.nvcc_path() is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
     probe = _load("tf32_probe")
     res = probe.compile_check()
-    assert set(res) == set(probe.sources()) and len(res) == 9
+    assert set(res) == set(probe.sources()) | {"layout"} and len(res) == 10
     for name, r in res.items():
         assert r["ok"], (name, r["log"])
         assert r["spill_bytes"] == 0 and r["registers"] > 0, (name, r)
@@ -46,3 +46,58 @@ def test_tf32_probe_sources_name_each_instruction_once_per_kernel():
         others = [i for n, i in want.items() if i != instr]
         assert not any(o in src[name] for o in others), name
     assert "ld.shared.b32" in src["kn loop mma.sp m16n8k16 tf32"]
+
+
+def test_tf32_probe_layout_packing_is_lossless_under_every_hypothesis():
+    """The layout check's host packing (bench/tf32_probe.py pack_sp): under every A / metadata map and both selectors the
+    registers say the 1:2 matrix they were packed from (unpack_sp), every A value lands in one register, every B value
+    of the 16 x 8 in one register a lane, and a metadata nibble is only ever 0b0100 or 0b1110; c_unpack places each of
+    D's 128 floats once."""
+    import numpy as np
+    probe = _load("tf32_probe")
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        a, b = probe.random_sp(rng)
+        assert ((a[:, 0::2] != 0) & (a[:, 1::2] != 0)).sum() == 0 and (a != 0).sum() > 100
+        for am in probe.A_MAPS.values():
+            for bn, bm in probe.B_MAPS.items():
+                for mm in probe.M_MAPS.values():
+                    for sel in (0, 1):
+                        regs = probe.pack_sp(a, b, am, bm, mm, sel)
+                        assert np.array_equal(probe.unpack_sp(regs, am, mm, sel), a)
+                        nibs = {(int(w) >> (4 * i)) & 0xF for w in regs[:, 8] for i in range(8)}
+                        assert nibs <= {0x4, 0xE}
+                        got = sorted(regs[:, 4:8].view(np.float32).ravel().tolist())
+                        assert got == sorted(b.ravel().tolist()), bn
+    d = np.arange(128, dtype=np.float32).reshape(32, 4)
+    assert sorted(probe.c_unpack(d).ravel().tolist()) == list(range(128))
+
+
+def test_tf32_probe_discovery_reads_back_the_maps_of_an_emulated_mma_sp():
+    """The layout check's discovery (read_discovery) on D from a CPU emulation of mma.sp m16n8k16 tf32 under the A1 / B1
+    / M1 maps (selector 0: the metadata of lanes 4 g and 4 g + 1) recovers those maps: each A register's (row, even
+    column) and each nibble's one (row, pair); a flip in a lane the selector does not read moves nothing."""
+    import numpy as np
+    probe = _load("tf32_probe")
+    am, bm, mm = probe.A_MAPS["A1"], probe.B_MAPS["B1"], probe.M_MAPS["M1"]
+    regs = probe.discover_regs()
+    d = np.zeros((regs.shape[0], 32, 4), dtype=np.float32)
+    for blk in range(regs.shape[0]):
+        a = probe.unpack_sp(regs[blk], am, mm, sel=0)
+        b = np.zeros((16, 8), dtype=np.float32)
+        for lane in range(32):
+            for i in range(4):
+                k, n = bm(lane >> 2, lane & 3, i)
+                b[k, n] = regs[blk, lane, 4 + i:5 + i].view(np.float32)[0]
+        c = a @ b
+        for lane in range(32):
+            g, t = lane >> 2, lane & 3
+            d[blk, lane] = [c[g, 2 * t], c[g, 2 * t + 1], c[g + 8, 2 * t], c[g + 8, 2 * t + 1]]
+    got = probe.read_discovery(d)
+    assert got["baseline_nonzero"] == 128
+    for lane in range(32):
+        for j in range(4):
+            r, c = am(lane >> 2, lane & 3, j)
+            assert got["a_at"][f"{lane}.{j}"] == [r, 2 * c]
+    want = {f"{4 * g + q}.{i}": [list(mm(g, q, i))] for g in range(8) for q in range(2) for i in range(8)}
+    assert got["nibbles"] == want
