@@ -577,3 +577,25 @@ def test_a_study_goes_on_after_a_categorical_parameter_gains_a_value():
     assert seen[0] == {"acc": "h2x4", "unroll": 4}  # the enqueued config comes back as itself
     assert new.optuna_name("acc", "bf16") != old.optuna_name("acc", "bf16")
     assert new.optuna_name("acc", "fp16") == old.optuna_name("acc", "fp16")  # unchanged choices: the same name
+
+
+def test_nvcc_check_builds_through_nvrtc_and_through_nvcc(tmp_path, monkeypatch):
+    """sat_compile.nvcc_check: NVRTC in process where its library loads (the test extra's nvidia-cuda-nvrtc), else
+    nvcc; both give ptxas' report of the entry function, write the cubin asked for, and turn a source error into a
+    CandidateError of the compile stage."""
+    from sparse_autotune.errors import CandidateError
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    good = 'extern "C" __global__ void k(float* x) { x[threadIdx.x] = 2.0f * x[threadIdx.x + 1]; }'
+    bad = 'extern "C" __global__ void k(float* x) { x[threadIdx.x] = y; }'
+    ways = (["nvrtc"] if sat_compile._nvrtc() is not None else []) + ["nvcc"]
+    for way in ways:
+        if way == "nvcc":
+            monkeypatch.setattr(sat_compile, "_NVRTC", False)  # as where the library does not load
+        cubin = tmp_path / f"{way}.cubin"
+        rep = sat_compile.nvcc_check(good, "sm_90a", cubin=cubin)
+        assert "entry function 'k' for 'sm_90a'" in rep and "Used" in rep, (way, rep)
+        assert cubin.read_bytes()[:4] == b"\x7fELF", way
+        with pytest.raises(CandidateError) as exc:
+            sat_compile.nvcc_check(bad, "sm_90")
+        assert exc.value.stage == "compile" and '"y"' in exc.value.log, way

@@ -90,8 +90,8 @@ def compile_reports(space, pairs, threads: int = 2) -> list:
 
 
 def nvcc_sm90a(src: str, sass: bool = False) -> tuple[str, str]:
-    """(ptxas report, SASS or '') of `src` built with -gencode=arch=compute_90a,code=sm_90a (wgmma's target); the
-    test is skipped where nvcc is not installed, and SASS is '' where cuobjdump is not."""
+    """(ptxas report, SASS or '') of `src` built for sm_90a (wgmma's target) by sat_compile.nvcc_check (NVRTC where its
+    library loads, else nvcc); the test is skipped where nvcc is not installed, and SASS is '' where cuobjdump is not."""
     import pytest  # noqa: PLC0415
 
     from sparse_autotune.device import compile as sat_compile  # noqa: PLC0415
@@ -99,16 +99,16 @@ def nvcc_sm90a(src: str, sass: bool = False) -> tuple[str, str]:
     if nvcc is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
     with tempfile.TemporaryDirectory() as tmp:
-        cu, cubin = Path(tmp) / "k.cu", Path(tmp) / "k.cubin"
-        cu.write_text(src)
-        proc = subprocess.run([nvcc, "-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-std=c++17", "-Xptxas", "-v",
-                               "-o", str(cubin), str(cu)], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
+        cubin = Path(tmp) / "k.cubin"
+        try:
+            rep = sat_compile.nvcc_check(src, "sm_90a", timeout=300, cubin=cubin)
+        except sat_compile.CandidateError as exc:
+            raise AssertionError(exc.log) from None
         out = ""
         dump = shutil.which("cuobjdump")
         if sass and dump:
             out = subprocess.run([dump, "-sass", str(cubin)], capture_output=True, text=True, timeout=120).stdout
-        return proc.stderr, out
+        return rep, out
 
 
 def regs_and_spill(cfg: dict, rep: str) -> tuple[int, int]:

@@ -586,13 +586,10 @@ def _sass(src: str) -> tuple[str, str]:
     import tempfile
     from pathlib import Path
     with tempfile.TemporaryDirectory() as tmp:
-        cu, cubin = Path(tmp) / "k.cu", Path(tmp) / "k.cubin"
-        cu.write_text(src)
-        p = subprocess.run([sat_compile.nvcc_path(), "-arch=sm_90", "-cubin", "-std=c++17", "-Xptxas", "-v", "-o",
-                            str(cubin), str(cu)], capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0, p.stderr
+        cubin = Path(tmp) / "k.cubin"
+        rep = sat_compile.nvcc_check(src, "sm_90", cubin=cubin)
         sass = subprocess.run([_disassembler(), "-c", str(cubin)], capture_output=True, text=True, timeout=60).stdout
-    return p.stderr, sass
+    return rep, sass
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
