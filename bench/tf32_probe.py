@@ -436,6 +436,153 @@ def layout_check(cp, trials: int = 4) -> dict:
     return res
 
 
+# ---- layout of wgmma.sp m64n64k16 tf32 (the nk route: A from registers, B K-major in shared memory) -------------
+# One warpgroup a block on registers the host packed (regs: 5 words a thread: a0..a3, the metadata); B (16 x 64, k x n)
+# is written K-major without swizzle: the 8 x 16-byte core matrix (rows n0 .. n0 + 7, k0 .. k0 + 3) at byte
+# (n0 / 8) 512 + (k0 / 4) 128; `mode` says which descriptor field is which stride (0: LBO 128 (along K), SBO 512
+# (along N); 1: the two swapped), the dense m64n64k8 control says which is right. D comes back as a 64 x 64 block.
+WG_LAYOUT = HELPERS + r"""
+__device__ __forceinline__ unsigned long long desc_plain(unsigned int addr, unsigned int lbo, unsigned int sbo) {
+    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16)
+           | ((unsigned long long)(sbo >> 4) << 32);
+}
+#define D32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, " \
+            "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define OUT32 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+extern "C" __global__ void wg_layout(const unsigned int* __restrict__ regs, const float* __restrict__ bmat,
+                                     float* __restrict__ out, int mode, int sparse, int sel)
+{
+    __shared__ __align__(1024) float bs[16 * 64];
+    const int tid = threadIdx.x;
+    for (int i = tid; i < 16 * 64; i += 128) {
+        const int k = i >> 6, n = i & 63;  // bmat[k][n] -> core (n / 8, k / 4), row n % 8, word k % 4
+        bs[((n >> 3) * 512 + (k >> 2) * 128 + (n & 7) * 16 + (k & 3) * 4) >> 2] = bmat[i];
+    }
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    __syncthreads();
+    const unsigned int* r = regs + ((size_t)blockIdx.x * 128 + tid) * 5;
+    const unsigned int a0 = r[0], a1 = r[1], a2 = r[2], a3 = r[3], m = r[4];
+    const unsigned int sa = (unsigned int)__cvta_generic_to_shared(bs);
+    const unsigned long long desc = mode == 0 ? desc_plain(sa, 128, 512) : desc_plain(sa, 512, 128);
+    float d[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) d[i] = 0.0f;
+    wg_fence();
+    if (!sparse)
+        asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %37, 0;\n\t"
+                     "wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 " D32 ", {%32, %33, %34, %35}, %36, p, 1, 1;\n\t}"
+                     : OUT32 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(0));
+    else if (sel == 0)
+        asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %38, 0;\n\t"
+                     "wgmma.mma_async.sp.sync.aligned.m64n64k16.f32.tf32.tf32 " D32 ", {%32, %33, %34, %35}, %36, %37, 0, "
+                     "p, 1, 1;\n\t}"
+                     : OUT32 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(m), "r"(0));
+    else
+        asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %38, 0;\n\t"
+                     "wgmma.mma_async.sp.sync.aligned.m64n64k16.f32.tf32.tf32 " D32 ", {%32, %33, %34, %35}, %36, %37, 1, "
+                     "p, 1, 1;\n\t}"
+                     : OUT32 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(m), "r"(0));
+    wg_commit();
+    wg_wait<0>();
+    const int w = tid >> 5, l = tid & 31;
+    float* o = out + (size_t)blockIdx.x * 64 * 64;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+        const int row = 16 * w + (l >> 2) + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (l & 3) + (i & 1);
+        o[row * 64 + col] = d[i];
+    }
+}
+"""
+
+
+def wg_pack(afull: np.ndarray, amap, mmap, sel: int = 0) -> np.ndarray:
+    """The 5 words a thread ([128, 5] uint32) of wgmma.sp m64n64k16 tf32 for a 1:2 afull (64 x 16): warp w's lanes
+    packed as pack_sp's for rows 16 w ... 16 w + 15 (the metadata in the selector's two lanes of each four and the
+    same words in the other two)."""
+    out = np.zeros((128, 5), dtype=np.uint32)
+    b0 = np.zeros((16, 8), dtype=np.float32)
+    for w in range(4):
+        regs = pack_sp(afull[16 * w:16 * w + 16], b0, amap, B_MAPS["B1"], mmap, sel)
+        out[32 * w:32 * w + 32, :4] = regs[:, :4]
+        out[32 * w:32 * w + 32, 4] = regs[:, 8]
+    return out
+
+
+def wg_pack_dense(a: np.ndarray) -> np.ndarray:
+    """[128, 5] words of the dense m64n64k8 tf32 control: a (64 x 8) by the A1 map a warp (k = the A1 column)."""
+    out = np.zeros((128, 5), dtype=np.uint32)
+    for tw in range(128):
+        w, lane = tw >> 5, tw & 31
+        for j in range(4):
+            r, c = A_MAPS["A1"](lane >> 2, lane & 3, j)
+            out[tw, j] = np.float32(a[16 * w + r, c]).view(np.uint32)
+    return out
+
+
+def wg_layout_check(cp, trials: int = 3) -> dict:
+    """wgmma m64n64k8 tf32 (dense control) and wgmma.sp m64n64k16 tf32 on random small-integer matrices under each
+    descriptor reading (mode), A / metadata map and selector: which give A @ B exactly; and the discovery of A's
+    registers and each metadata nibble (B the identity of k = n, n < 16) at the mode the control found."""
+    mod = cp.RawModule(code=WG_LAYOUT, options=("-std=c++17", "-arch=sm_90a"))
+    k = mod.get_function("wg_layout")
+    rng = np.random.default_rng(54)
+
+    def run(regs: np.ndarray, b: np.ndarray, mode: int, sparse: int, sel: int) -> np.ndarray:
+        out = cp.zeros((regs.shape[0], 64, 64), dtype=cp.float32)
+        k((regs.shape[0],), (128,), (cp.asarray(regs.reshape(-1)), cp.asarray(b.astype(np.float32).reshape(-1)), out,
+                                     np.int32(mode), np.int32(sparse), np.int32(sel)))
+        return cp.asnumpy(out).astype(np.float64)
+
+    res: dict = {"dense_control": {}, "sparse": {}}
+    b = rng.integers(-4, 5, size=(16, 64)).astype(np.float32)
+    a8 = [rng.integers(-4, 5, size=(64, 8)).astype(np.float32) for _ in range(trials)]
+    for mode in (0, 1):
+        d = run(np.stack([wg_pack_dense(a) for a in a8]), b, mode, 0, 0)
+        err = max(float(np.abs(d[i] - a8[i].astype(np.float64) @ b[:8]).max()) for i in range(trials))
+        res["dense_control"][f"mode {mode}"] = {"max_abs_err": err, "ok": err == 0.0}
+    good = [m for m in (0, 1) if res["dense_control"][f"mode {m}"]["ok"]]
+    mode = good[0] if good else 0
+    res["mode"] = mode
+    cases = []
+    for _ in range(trials):
+        parts = [random_sp(rng)[0] for _ in range(4)]
+        cases.append(np.concatenate(parts, axis=0))
+    for an, am in A_MAPS.items():
+        for mn, mm in M_MAPS.items():
+            for sel in (0, 1):
+                d = run(np.stack([wg_pack(a, am, mm, sel) for a in cases]), b, mode, 1, sel)
+                err = max(float(np.abs(d[i] - cases[i].astype(np.float64) @ b).max()) for i in range(trials))
+                res["sparse"][f"{an} {mn} sel {sel}"] = {"max_abs_err": err, "ok": err == 0.0}
+    # discovery: A's register j of thread tw holds 4 tw + j + 1; B[k][n] = (k == n); baseline nibbles all 0b0100
+    ident = np.zeros((16, 64), dtype=np.float32)
+    ident[np.arange(16), np.arange(16)] = 1.0
+    regs = np.zeros((1 + 128 * 8, 128, 5), dtype=np.uint32)
+    regs[:, :, :4] = (np.arange(512, dtype=np.float32) + 1).reshape(128, 4).view(np.uint32)
+    regs[:, :, 4] = 0x44444444
+    for tw in range(128):
+        for i in range(8):
+            regs[1 + 8 * tw + i, tw, 4] = (0x44444444 & ~(0xF << (4 * i))) | (0xE << (4 * i))
+    res["discover"] = []
+    for sel in (0, 1):
+        full = run(regs, ident, mode, 1, sel)[:, :, :16]
+        base = full[0]
+        a_at = {}
+        for r, c in np.argwhere(base != 0):
+            v = int(round(float(base[r, c]))) - 1
+            a_at[f"{v // 4}.{v % 4}"] = [int(r), int(c)]
+        nib = {}
+        for tw in range(128):
+            for i in range(8):
+                cells = sorted({(int(r), int(c) // 2) for r, c in np.argwhere(full[1 + 8 * tw + i] != base)})
+                if cells:
+                    nib[f"{tw}.{i}"] = [list(x) for x in cells]
+        res["discover"].append({"sel": sel, "a_at": a_at, "nibbles": nib, "baseline_nonzero": int((base != 0).sum())})
+    return res
+
+
 def sources() -> dict[str, str]:
     """Every probe kernel's CUDA source by name (each defines `tput(float* out, int iters)`)."""
     out = {n: mma_source(n) for n in MMA_OPS}
@@ -450,7 +597,7 @@ def compile_check() -> dict[str, dict]:
     from sparse_autotune.device.compile import nvcc_check  # noqa: PLC0415
     from sparse_autotune.errors import CandidateError  # noqa: PLC0415
     res = {}
-    for name, src in {**sources(), "layout": LAYOUT}.items():
+    for name, src in {**sources(), "layout": LAYOUT, "wgmma layout": WG_LAYOUT}.items():
         try:
             log, ok = nvcc_check(src, "sm_90a"), True
         except CandidateError as e:
@@ -515,6 +662,14 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001 - a probe: report and go on to the rates
         rep["layout"] = {"error": repr(e)}
         print(f"layout: {e!r}", flush=True)
+    try:
+        rep["wgmma_layout"] = wg_layout_check(cp)
+        lay = rep["wgmma_layout"]
+        print(f"wgmma layout: dense m64n64k8 control {lay['dense_control']}; wgmma.sp m64n64k16 tf32 maps that "
+              f"reproduce A @ B: {[k for k, v in lay['sparse'].items() if v['ok']] or 'none'}", flush=True)
+    except Exception as e:  # noqa: BLE001
+        rep["wgmma_layout"] = {"error": repr(e)}
+        print(f"wgmma layout: {e!r}", flush=True)
     rep["throughput"] = throughput(cp)
     (out / "tf32-probe.json").write_text(json.dumps(rep, indent=1))
     return 0

@@ -20,12 +20,12 @@ def _load(name: str):
 
 def test_tf32_probe_kernels_assemble_for_sm90a_without_spills():
     """bench/tf32_probe.py (issue 18's tf32 rates): every kernel (mma / mma.sp / wgmma / wgmma.sp in tf32 and f16, the
-    kn loop, the layout check's two kernels) assembles for sm_90a with no spill (a spill would time local memory, not the MMA)."""
+    kn loop, the layout checks' kernels) assembles for sm_90a with no spill (a spill would time local memory, not the MMA)."""
     if sat_compile.nvcc_path() is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
     probe = _load("tf32_probe")
     res = probe.compile_check()
-    assert set(res) == set(probe.sources()) | {"layout"} and len(res) == 10
+    assert set(res) == set(probe.sources()) | {"layout", "wgmma layout"} and len(res) == 11
     for name, r in res.items():
         assert r["ok"], (name, r["log"])
         assert r["spill_bytes"] == 0 and r["registers"] > 0, (name, r)
@@ -101,3 +101,25 @@ def test_tf32_probe_discovery_reads_back_the_maps_of_an_emulated_mma_sp():
             assert got["a_at"][f"{lane}.{j}"] == [r, 2 * c]
     want = {f"{4 * g + q}.{i}": [list(mm(g, q, i))] for g in range(8) for q in range(2) for i in range(8)}
     assert got["nibbles"] == want
+
+
+def test_tf32_probe_wgmma_packing_is_four_warps_of_the_mma_sp_packing():
+    """wg_pack (the wgmma.sp m64n64k16 tf32 check): warp w's 32 threads carry rows 16 w ... 16 w + 15 of the 64 x 16
+    matrix exactly as pack_sp's lanes would (unpack_sp gives them back), for each map and selector; the dense
+    control's packing puts every value of its 64 x 8 in one register."""
+    import numpy as np
+    probe = _load("tf32_probe")
+    rng = np.random.default_rng(7)
+    a = np.concatenate([probe.random_sp(rng)[0] for _ in range(4)], axis=0)
+    for am in probe.A_MAPS.values():
+        for mm in probe.M_MAPS.values():
+            for sel in (0, 1):
+                words = probe.wg_pack(a, am, mm, sel)
+                for w in range(4):
+                    regs = np.zeros((32, 9), dtype=np.uint32)
+                    regs[:, :4] = words[32 * w:32 * w + 32, :4]
+                    regs[:, 8] = words[32 * w:32 * w + 32, 4]
+                    assert np.array_equal(probe.unpack_sp(regs, am, mm, sel), a[16 * w:16 * w + 16])
+    d8 = (rng.integers(-4, 5, size=(64, 8)) + np.arange(64 * 8).reshape(64, 8) * 16).astype(np.float32)
+    got = sorted(probe.wg_pack_dense(d8)[:, :4].view(np.float32).ravel().tolist())
+    assert got == sorted(d8.ravel().tolist())
