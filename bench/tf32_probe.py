@@ -373,17 +373,23 @@ def read_discovery(d: np.ndarray) -> dict:
     ({"lane.j": [row, column]}) and which (row, pair) each flipped nibble moved ({"lane.i": [[row, pair], ...]})."""
     d = d.reshape(2, 1 + 256, 32, 4)
     full = np.stack([np.concatenate([c_unpack(d[0, blk]), c_unpack(d[1, blk])], axis=1) for blk in range(257)])
+    return discovery_maps(full)
+
+
+def discovery_maps(full: np.ndarray) -> dict:
+    """The maps of a discovery from its decompressed A's ([1 + 8 T, rows, 16]: the baseline, then thread x's nibble i
+    flipped at 1 + 8 x + i; A's register j of thread x holds 4 x + j + 1)."""
     base = full[0]
     a_at = {}
     for r, c in np.argwhere(base != 0):
         v = int(round(float(base[r, c]))) - 1
         a_at[f"{v // 4}.{v % 4}"] = [int(r), int(c)]
     nib = {}
-    for lane in range(32):
+    for x in range((len(full) - 1) // 8):
         for i in range(8):
-            cells = sorted({(int(r), int(c) // 2) for r, c in np.argwhere(full[1 + 8 * lane + i] != base)})
+            cells = sorted({(int(r), int(c) // 2) for r, c in np.argwhere(full[1 + 8 * x + i] != base)})
             if cells:
-                nib[f"{lane}.{i}"] = [list(x) for x in cells]
+                nib[f"{x}.{i}"] = [list(cell) for cell in cells]
     return {"a_at": a_at, "nibbles": nib, "baseline_nonzero": int((base != 0).sum())}
 
 
@@ -567,19 +573,7 @@ def wg_layout_check(cp, trials: int = 3) -> dict:
             regs[1 + 8 * tw + i, tw, 4] = (0x44444444 & ~(0xF << (4 * i))) | (0xE << (4 * i))
     res["discover"] = []
     for sel in (0, 1):
-        full = run(regs, ident, mode, 1, sel)[:, :, :16]
-        base = full[0]
-        a_at = {}
-        for r, c in np.argwhere(base != 0):
-            v = int(round(float(base[r, c]))) - 1
-            a_at[f"{v // 4}.{v % 4}"] = [int(r), int(c)]
-        nib = {}
-        for tw in range(128):
-            for i in range(8):
-                cells = sorted({(int(r), int(c) // 2) for r, c in np.argwhere(full[1 + 8 * tw + i] != base)})
-                if cells:
-                    nib[f"{tw}.{i}"] = [list(x) for x in cells]
-        res["discover"].append({"sel": sel, "a_at": a_at, "nibbles": nib, "baseline_nonzero": int((base != 0).sum())})
+        res["discover"].append({"sel": sel, **discovery_maps(run(regs, ident, mode, 1, sel)[:, :, :16])})
     return res
 
 

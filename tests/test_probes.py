@@ -123,3 +123,38 @@ def test_tf32_probe_wgmma_packing_is_four_warps_of_the_mma_sp_packing():
     d8 = (rng.integers(-4, 5, size=(64, 8)) + np.arange(64 * 8).reshape(64, 8) * 16).astype(np.float32)
     got = sorted(probe.wg_pack_dense(d8)[:, :4].view(np.float32).ravel().tolist())
     assert got == sorted(d8.ravel().tolist())
+
+
+def test_tf32_probe_h100_discoveries_are_the_a1_m1_maps_the_packers_use():
+    """The committed H100 run (bench/results/session54/tf32-probe-2-h100.json): the mma.sp and the wgmma.sp discoveries
+    at both selectors are what discovery_maps reads from a CPU emulation of the A1 / M1 maps (pack_sp / unpack_sp's,
+    the ones a tf32 family would pack by), and only A1 / B1 / M1 reproduced A @ B."""
+    import json
+
+    import numpy as np
+    probe = _load("tf32_probe")
+    rep = json.loads((ROOT / "bench" / "results" / "session54" / "tf32-probe-2-h100.json").read_text())
+    am, mm = probe.A_MAPS["A1"], probe.M_MAPS["M1"]
+    assert [k for k, v in rep["layout"]["sparse"].items() if v["ok"]] == ["A1 B1 M1 sel 0", "A1 B1 M1 sel 1"]
+    assert [k for k, v in rep["wgmma_layout"]["sparse"].items() if v["ok"]] == ["A1 M1 sel 0", "A1 M1 sel 1"]
+    for sel in (0, 1):
+        words = np.full((1 + 128 * 8, 128, 5), 0x44444444, dtype=np.uint32)
+        words[:, :, :4] = (np.arange(512, dtype=np.float32) + 1).reshape(128, 4).view(np.uint32)
+        for tw in range(128):
+            for i in range(8):
+                words[1 + 8 * tw + i, tw, 4] = (0x44444444 & ~(0xF << (4 * i))) | (0xE << (4 * i))
+        full = []
+        for blk in words:
+            parts = []
+            for w in range(4):
+                regs = np.zeros((32, 9), dtype=np.uint32)
+                regs[:, :4], regs[:, 8] = blk[32 * w:32 * w + 32, :4], blk[32 * w:32 * w + 32, 4]
+                parts.append(probe.unpack_sp(regs, am, mm, sel))
+            full.append(np.concatenate(parts))
+        want = probe.discovery_maps(np.stack(full))
+        got = rep["wgmma_layout"]["discover"][sel]
+        assert got["sel"] == sel and got["a_at"] == want["a_at"] and got["nibbles"] == want["nibbles"]
+        # the warp-level one: warp 0's rows, lanes as threads 0..31
+        mma = rep["layout"]["discover"][sel]
+        assert mma["a_at"] == {k: v for k, v in want["a_at"].items() if int(k.split(".")[0]) < 32}
+        assert mma["nibbles"] == {k: v for k, v in want["nibbles"].items() if int(k.split(".")[0]) < 32}
