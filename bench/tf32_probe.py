@@ -19,10 +19,14 @@ K):
 Before the rates, `layout`: which fragment layout mma.sp m16n8k16 tf32 has (the kn family's packing rests on it): A's
 registers, B's and the metadata's nibbles under two hypotheses each (A1 / B1 / M1: the dense m16n8k8 tf32 fragments
 and f16 m16n8k32's metadata, a tf32 pair as a group of four 16-bit halves, 0b0100 / 0b1110), both selectors, on random
-1:2 matrices of small integers (exact): the maps that give A @ B exactly, and a dense m16n8k8 control.
+1:2 matrices of small integers (exact): the maps that give A @ B exactly, and a dense m16n8k8 control; then the same
+for wgmma.sp m64n64k16 tf32 (A from registers, B K-major without swizzle: the nk route's packing), with a dense
+m64n64k8 control that says how the descriptor's two strides read. Each also runs a discovery (no metadata hypothesis):
+where each A register lands and which (row, pair) each flipped nibble moves. Session 54's H100 run:
+bench/results/session54/tf32-probe-h100.md.
 
 Run on the device: `python3 bench/tf32_probe.py --out DIR` (writes DIR/tf32-probe.json, prints a table; ~20 s).
-`--compile-only` (no GPU; nvcc on PATH) compiles every kernel for sm_90a and checks ptxas's spills: the CPU tests do.
+`--compile-only` (no GPU; NVRTC or nvcc) compiles every kernel for sm_90a and checks ptxas's spills: the CPU tests do.
 How to read it (the prediction and the falsifier: NOTES session 52): cuBLAS TF32 achieves 177-268 TFLOP/s on the dl
 suite's largest layers; a kn tf32 family running at about half its loop's rate (as tc_sp24 does in fp16) needs the kn
 loop at >= ~650 dense-equivalent TFLOP/s for 1.2x there; under ~400 no kn tf32 family on mma.sp is worth building.
