@@ -28,6 +28,14 @@ HELPERS = r"""
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
+// a warpgroup's m64n64 f32 accumulators (32 a thread: row 16 w + g + 8 ((i >> 1) & 1), column 8 (i >> 2) + 2 t + (i & 1))
+// into a 64 x 64 row-major block
+__device__ __forceinline__ void store_d64(float* __restrict__ o, const float (&d)[32], int tid) {
+    const int w = tid >> 5, l = tid & 31;
+#pragma unroll
+    for (int i = 0; i < 32; ++i)
+        o[(16 * w + (l >> 2) + 8 * ((i >> 1) & 1)) * 64 + 8 * (i >> 2) + 2 * (l & 3) + (i & 1)] = d[i];
+}
 __device__ __forceinline__ unsigned long long desc_sw128(unsigned int addr, unsigned int lbo, unsigned int sbo) {
     return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16)
            | ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
@@ -67,13 +75,7 @@ extern "C" __global__ void meta_probe(const unsigned int* __restrict__ afrag, co
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(m), "r"(0));
     wg_commit();
     wg_wait<0>();
-    const int w = tid >> 5, l = tid & 31;
-    float* o = out + (size_t)blockIdx.x * 64 * 64;
-#pragma unroll
-    for (int i = 0; i < 32; ++i) {
-        const int row = 16 * w + (l >> 2) + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (l & 3) + (i & 1);
-        o[row * 64 + col] = d[i];
-    }
+    store_d64(out + (size_t)blockIdx.x * 64 * 64, d, tid);
 }
 
 """

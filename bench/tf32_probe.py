@@ -497,13 +497,7 @@ extern "C" __global__ void wg_layout(const unsigned int* __restrict__ regs, cons
                      : OUT32 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(m), "r"(0));
     wg_commit();
     wg_wait<0>();
-    const int w = tid >> 5, l = tid & 31;
-    float* o = out + (size_t)blockIdx.x * 64 * 64;
-#pragma unroll
-    for (int i = 0; i < 32; ++i) {
-        const int row = 16 * w + (l >> 2) + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (l & 3) + (i & 1);
-        o[row * 64 + col] = d[i];
-    }
+    store_d64(out + (size_t)blockIdx.x * 64 * 64, d, tid);
 }
 """
 
