@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import socket
-import sqlite3
 import time
 import warnings
 
@@ -342,16 +341,5 @@ def _sqlite_autocommit(dbapi_con, _record):
     cur = dbapi_con.cursor()
     try:
         cur.execute("PRAGMA busy_timeout=60000")
-        # WAL with synchronous NORMAL: a commit appends to the -wal file without an fsync (a trial is a few dozen small
-        # commits: its parameters, attributes, heartbeats, its tell); a process killed in any way loses nothing
-        # committed, only a power cut may lose the last commits. 24 synthetic trials of one worker: 18-19 s -> 13-14 s
-        # (the rollback journal's fsyncs). WAL is for one host, as an SQLite storage is (README, scale-out)
-        try:
-            mode = cur.execute("PRAGMA journal_mode").fetchone()
-            if mode and str(mode[0]).lower() != "wal":
-                cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.OperationalError:
-            pass  # a read-only file keeps its journal mode
     finally:
         cur.close()
