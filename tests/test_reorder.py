@@ -144,9 +144,10 @@ def test_large_matrix_takes_a_few_seconds():
     """An LLM-size layer, 14336 x 4096 at 10 % (5.9M nonzeros): greedy (candidates from LSH bands and the length
     order, one sweep of swaps with sampled partners) in a few seconds on one core."""
     a = random_matrix(14336, 4096, 0.1, "uniform", 0)
-    t = time.perf_counter()
+    t = time.thread_time()  # this thread's CPU time: other test processes sharing the cores do not count (wall time
+    # took 23-27 s of the 20 s bound in two CI runs of session 54 on a loaded 2-core machine)
     perm = R.reorder(a, "greedy", 8)
-    took = time.perf_counter() - t
+    took = time.thread_time() - t
     assert np.array_equal(np.sort(perm), np.arange(14336))
     assert R.union_size(a, perm) <= R.union_size(a)
     assert took < 20.0, took  # ~4.5 s here
