@@ -33,7 +33,7 @@ import scipy.sparse as sp
 
 from sparse_autotune.core.families import (adapt_jointly, clean_csr, deal_slots, ldmatrix_wavefronts, narrower,
                                             stored_then_scalar)
-from sparse_autotune.core.problem import bf16_float, storage
+from sparse_autotune.core.problem import bf16_float, storage, tf32_round
 from sparse_autotune.core.reorder import check_perm, reorder
 
 
@@ -48,13 +48,6 @@ def sub_of(dtype: str) -> int:
     (16-bit: one 8 x 8 matrix of ldmatrix, residues slot % 8) or 4 (32-bit: the lanes' 64-bit loads of one quarter
     k = 4h .. 4h + 3, residues slot % 4; staged rows 32 mod 128 bytes apart)."""
     return 4 if dtype in WIDE else 8
-
-
-def tf32_round(x) -> np.ndarray:
-    """float32 values rounded to TF32 as cvt.rna.tf32.f32 does (10 mantissa bits, to nearest, ties away from zero),
-    as float32 with the 13 low bits zero."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    return ((u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
 
 
 def tf32_split(x) -> tuple[np.ndarray, np.ndarray]:

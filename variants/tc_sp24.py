@@ -26,6 +26,15 @@ fp16: 2).
 
 Residual: CSR (rptr int32 [M + 1], rcol int32, rval uint16 bit patterns) of the nonzeros past the first two of their
 group.
+
+tf32 (the nk layout natively; fp32 storage, TF32 tensor-core math): wgmma.mma_async.sp m64nNk16 .tf32 is 1:2 on pairs of
+columns, and its fragments are the f16 k32 ones with a pair of 32-bit elements for a group of four 16-bit ones
+(bench/results/session54/tf32-probe-h100.md): register j of thread 4 g + t holds the kept value of pair t + 4 (j >> 1)
+of the k16 step, the metadata nibble of a pair is 0b0100 (its first element) or 0b1110 (its second), the positions of
+the two 16-bit halves. So the stream is built in A's 16-bit view (each float as its low and high halves: 2 K columns),
+with split_tf32's nibbles and values, by the f16 packing: the same tiles, chunks of kc k16 steps (16 kc columns). Per
+row and pair the first nonzero is kept (rounded to TF32, as cvt.rna does); a second goes to the residual (rval: fp32
+bits, uint32), which is d / 2 of the nonzeros for a uniform pattern (2.5 % at d 0.05, 5 % at 0.1).
 """
 from __future__ import annotations
 
@@ -33,7 +42,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sparse_autotune.core.families import adapt_params, clean_csr, csr_parts, splitk_shape, splitk_workspace
-from sparse_autotune.core.problem import half_bits
+from sparse_autotune.core.problem import half_bits, tf32_round
 
 TILE = 2304  # bytes of one warpgroup's 64 rows x one k32 step
 VALS = 2048  # of which the compressed values; the metadata follows
@@ -462,6 +471,31 @@ def build_overflow(a: sp.csr_matrix, kc: int, wg: int, ov: int, dtype: str = "fp
     return stream, rptr, rcol, rval, pm.reshape(-1), info
 
 
+def kunits(k: int, dtype: str) -> int:
+    """A's columns in the stream's 16-bit units: K (fp16, bf16), 2 K (tf32: a float as two halves)."""
+    return 2 * int(k) if dtype == "tf32" else int(k)
+
+
+def split_tf32(a: sp.csr_matrix):
+    """split() for tf32 in A's 16-bit view: (nib uint8 [M, Kp], vals uint16 [M, 2 Kp], residual csr of fp32 values),
+    Kp = ceil(K / 2) pairs of columns; per row and pair its first nonzero (column order) rounded to TF32 at its position's
+    nibble (0b0100 / 0b1110), its low half then its high half in vals; a pair's second nonzero to the residual."""
+    m, k, rows, cols, data = csr_parts(a)
+    kp = max(1, -(-k // 2))
+    key = rows.astype(np.int64) * kp + cols // 2
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = key[1:] != key[:-1]  # CSR order: a pair's entries are a run, its first nonzero first
+    nib = np.full(m * kp, EMPTY_NIBBLE, dtype=np.uint8)
+    nib[key[first]] = np.where(cols[first] % 2 == 1, 0xE, EMPTY_NIBBLE).astype(np.uint8)
+    vals = np.zeros(m * kp, dtype=np.uint32)
+    vals[key[first]] = tf32_round(np.asarray(data[first], dtype=np.float32)).view(np.uint32)
+    res = ~first
+    resid = sp.csr_matrix((np.asarray(data[res], dtype=np.float32), (rows[res], cols[res])), shape=(m, k),
+                          dtype=np.float32)
+    resid.sort_indices()
+    return nib.reshape(m, kp), vals.view(np.uint16).reshape(m, 2 * kp), resid
+
+
 def split(a: sp.csr_matrix, dtype: str = "fp16"):
     """(nib uint8 [Mp0, Kg], vals uint16 [Mp0, 2 Kg], residual csr) of A: per row and group of 4 columns the kept pair's
     positions as one metadata nibble and its two 16-bit values (module docstring), the rest as a CSR matrix of the
@@ -504,9 +538,10 @@ def build(a: sp.csr_matrix, kc: int, wg: int, dtype: str = "fp16"):
     if kc not in (1, 2, 4) or wg not in (1, 2):
         raise ValueError(f"tc_sp24: kc = {kc} (1, 2 or 4), wg = {wg} (1 or 2)")
     m, k = a.shape
-    nblk, nc = dims(m, k, kc, wg)
+    tf = dtype == "tf32"  # the stream over A's 16-bit view (module docstring)
+    nblk, nc = dims(m, kunits(k, dtype), kc, wg)
     mp, kp = 64 * wg * nblk, 32 * kc * nc
-    nib0, vals0, resid = split(a, dtype)
+    nib0, vals0, resid = split_tf32(a) if tf else split(a, dtype)
     nib = np.full((mp, kp // 4), EMPTY_NIBBLE, dtype=np.uint8)
     nib[:m, :nib0.shape[1]] = nib0
     vals = np.zeros((mp, kp // 2), dtype=np.uint16)
@@ -523,15 +558,17 @@ def build(a: sp.csr_matrix, kc: int, wg: int, dtype: str = "fp16"):
         raise ValueError("tc_sp24 stream over 2 GB")
     rptr = resid.indptr.astype(np.int32)
     rcol = resid.indices.astype(np.int32)
-    rval = half_bits(resid.data, dtype).astype(np.uint16)
+    vt = np.uint32 if tf else np.uint16
+    rval = (np.asarray(resid.data, dtype=np.float32).view(np.uint32) if tf else
+            half_bits(resid.data, dtype).astype(np.uint16))
     if len(rcol) == 0:  # never a zero-size device array
-        rcol, rval = np.zeros(1, dtype=np.int32), np.zeros(1, dtype=np.uint16)
-    if len(rval) % 2:  # rq reads rval as 32-bit words (the word of an entry, its half by the entry's parity)
+        rcol, rval = np.zeros(1, dtype=np.int32), np.zeros(1, dtype=vt)
+    if len(rval) % 2 and not tf:  # rq reads rval as 32-bit words (the word of an entry, its half by the entry's parity)
         rval = np.append(rval, np.uint16(0))
     nnz = int(a.nnz)
     info = {"kc": kc, "wg": wg, "M": m, "K": k, "NBLK": nblk, "NC": nc, "stream_bytes": int(stream.nbytes),
             "nnz": nnz, "residual": int(resid.nnz), "residual_share": resid.nnz / nnz if nnz else 0.0,
-            "bytes": int(stream.nbytes + rptr.nbytes + 6 * resid.nnz)}
+            "bytes": int(stream.nbytes + rptr.nbytes + (8 if tf else 6) * resid.nnz), "dtype": dtype}
     return stream, rptr, rcol, rval, info
 
 
@@ -541,6 +578,9 @@ def decode(stream: np.ndarray, rptr, rcol, rval, info: dict, pm: np.ndarray | No
     row block's positions back to their columns; a value at a position no column takes fails), plus the residual; a
     residual entry landing on a cell the 2:4 part already holds fails. For tests."""
     kc, wg, m, k, nblk, nc = (info[x] for x in ("kc", "wg", "M", "K", "NBLK", "NC"))
+    tf = info.get("dtype") == "tf32"  # the 16-bit view (2 K halves), the fp32 bits returned (uint32)
+    if tf and pm is not None:
+        raise ValueError("tc_sp24 decode: tf32 has no perm / ov")
     tiles = stream.reshape(nc, nblk, wg, kc, TILE)
     out = np.zeros((64 * wg * nblk, 32 * kc * nc), dtype=np.uint16)
     for c in range(nc):
@@ -583,7 +623,7 @@ def decode(stream: np.ndarray, rptr, rcol, rval, info: dict, pm: np.ndarray | No
             assert not orig[r0 + rr, cc].any(), "two values for one entry"
             orig[r0 + rr, cc] = out[r0 + rr, off + jj]
         out = orig
-    out = out[:m, :k].copy()
+    out = np.ascontiguousarray(out[:m, :2 * k]).view(np.uint32) if tf else out[:m, :k].copy()
     for r in range(m):
         for e in range(int(rptr[r]), int(rptr[r + 1])):
             assert out[r, int(rcol[e])] == 0, "a residual entry on a cell the 2:4 part holds"
@@ -712,7 +752,7 @@ def geometry(kernel, n: int):
     m, k = kernel.a.shape
     if kernel.config.get("l2", 0):
         m = layout(kernel)[5]  # the slots are the kernel's rows
-    _, rows, _, ntiles, _ = _dims(kernel.config, m, k, n)
+    _, rows, _, ntiles, _ = _dims(kernel.config, m, kunits(k, kernel.dtype), n)
     tiles = rows * kernel.config["splitk"] * ntiles
     pt = int(kernel.config.get("pt", 0))
     return ((min(tiles, pt * sm_count()) if pt else tiles),), (threads(kernel.config),)
@@ -747,17 +787,23 @@ def tensor_map_args_rows(n: int, k: int, address: int, rows: int = 1) -> dict:
     return wg.tiled_map_16bit(n, k, (64, int(rows)), wg.TMAP_SWIZZLE_128B, address)
 
 
-def tensor_map_args_nk(n: int, k: int, config: dict, address: int) -> dict:
-    """nk (nn.Linear's x, N x K row-major 16-bit, as the wgmma's K-major B): dims {K, N} (innermost first), the row
-    stride 2K bytes (K % 8 == 0: a multiple of 16), a box of min(64, 32 kc) columns x bn rows of x (columns >= K and
-    rows >= N read zeros), swizzled at the box row's width (128 bytes; kc 1: 64), at x's address."""
+def tensor_map_args_nk(n: int, k: int, config: dict, address: int, dtype: str = "fp16") -> dict:
+    """nk (nn.Linear's x, N x K row-major, as the wgmma's K-major B): dims {K, N} (innermost first), a box of one swizzle
+    row's columns (128 bytes: 64 16-bit or, tf32, 32 fp32 columns; at kc 1 a chunk's 64 bytes) x bn rows of x (columns
+    >= K and rows >= N read zeros), swizzled at the box row's width (128 bytes; kc 1: 64), at x's address. 16-bit
+    elements (K % 8 == 0: rows of a multiple of 16 bytes) or, tf32, 32-bit ones (K % 4 == 0)."""
     n, k = int(n), int(k)
-    if n <= 0 or k <= 0 or k % 8:
-        raise ValueError(f"tc_sp24 nk: x's tensor map needs K % 8 == 0 and N > 0 (N = {n}, K = {k})")
+    tf = dtype == "tf32"
+    if n <= 0 or k <= 0 or k % (4 if tf else 8):
+        raise ValueError(f"tc_sp24 nk: x's tensor map needs K % {4 if tf else 8} == 0 and N > 0 (N = {n}, K = {k})")
     wg = _wgmma_host()
-    cols = min(64, 32 * int(config["kc"]))
-    return wg.tiled_map_16bit(k, n, (cols, int(config["bn"])),
-                              wg.TMAP_SWIZZLE_128B if cols == 64 else wg.TMAP_SWIZZLE_64B, address)
+    row = min(128, 64 * int(config["kc"]))  # bytes of a box row
+    t = wg.tiled_map_16bit(k, n, (row // (4 if tf else 2), int(config["bn"])),
+                           wg.TMAP_SWIZZLE_128B if row == 128 else wg.TMAP_SWIZZLE_64B, address)
+    return {**t, "dtype": TMAP_UINT32, "strides": (4 * k,)} if tf else t
+
+
+TMAP_UINT32 = 2  # cuda.h's CU_TENSOR_MAP_DATA_TYPE_UINT32 (tf32's x: the bits copied as they are)
 
 
 def _encode(t: dict) -> bytes:
@@ -772,7 +818,7 @@ def args(kernel, n: int, b, c, bias=None) -> tuple:
     nk = getattr(kernel, "layout", "kn") == "nk"
     stream, rptr, rcol, rval, orow, m, gather = layout(kernel)  # l2 > 0: M is the slot count, orow each slot's row of C
     k = kernel.a.shape[1]
-    nblk, rows, nc, ntiles, cps = _dims(cfg, m, k, n)
+    nblk, rows, nc, ntiles, cps = _dims(cfg, m, kunits(k, kernel.dtype), n)
     if gather is not None:  # perm / ov: the stream's chunks (perm: the most of any row block's; ov: K's and ov)
         nc = gather[1]
         cps = -(-nc // cfg["splitk"])
@@ -782,7 +828,9 @@ def args(kernel, n: int, b, c, bias=None) -> tuple:
            *bc, np.int32(m), np.int32(n), np.int32(k), np.int32(nc), np.int32(nblk), np.int32(cps), np.int32(ntiles))
     if nk:
         out = (*out, np.int32(kernel.a.shape[0]))  # MY: y's row length (l2: M above is the slot count)
-    tmap, ok = (tensor_map_args_nk, k % 8 == 0) if nk else (tensor_map_args, n % 8 == 0)
+    tf = kernel.dtype == "tf32"
+    tmap, ok = ((lambda n_, k_, c_, p_: tensor_map_args_nk(n_, k_, c_, p_, kernel.dtype)), k % (4 if tf else 8) == 0) \
+        if nk else (tensor_map_args, n % 8 == 0)
     rowmap = int(cfg.get("ov", 0)) and not int(cfg.get("ovc", 0))  # ov: the overflow chunks' row-box map (tmap1)
     if not (n > 0 and ok):  # never launched (infeasible); a_bytes() asks for N = 1
         return (*out, *(BParam(128, lambda b_ptr: bytes(128)) for _ in range(2 if rowmap else 1)))

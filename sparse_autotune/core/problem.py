@@ -282,6 +282,13 @@ def bf16_bits(x):
     return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
 
 
+def tf32_round(x) -> np.ndarray:
+    """float32 values rounded to TF32 as cvt.rna.tf32.f32 does (10 mantissa bits, to nearest, ties away from zero),
+    as float32 with the 13 low bits zero (the tf32 families' A: tc_gather2, tc_sp24)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
 def half_bits(vals, dtype: str) -> np.ndarray:
     """Host values as the 16-bit patterns the fp16 / bf16 kernels' formats pack (uint16; bf16 rounded to nearest
     even, finite values)."""

@@ -1246,3 +1246,165 @@ def test_nk_residual_list_is_counted_in_shared_memory_as_the_template_lays_it_ou
     assert nk.check({**cfg, NK_PATH: "native"}, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": limit}) is None
     assert nk.check({**cfg, NK_PATH: "native"}, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": limit - 1}) is not None
     assert nk.check({**cfg, NK_PATH: "staged"}, env, {**DEFAULT_LIMITS, "max_dyn_smem_bytes": h.shared_bytes(cfg)}) is None
+
+
+# ---- tf32 (nk natively): 1:2 on column pairs, wgmma.mma_async.sp m64n{bn}k16 .tf32 ----
+
+def _tf32_expected(a):
+    """A as the tf32 kernel computes it: per row and pair of columns the first nonzero rounded to TF32 (the 1:2 part),
+    a second one exact (the residual)."""
+    from sparse_autotune.core.problem import tf32_round
+    m, k, rows, cols, data = csr_parts(a)
+    out = np.zeros((m, k), dtype=np.float32)
+    key = rows.astype(np.int64) * (k + 1) + cols // 2
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    out[rows, cols] = np.where(first, tf32_round(data.astype(np.float32)), data.astype(np.float32))
+    return out
+
+
+@pytest.mark.parametrize("kc,wg", [(1, 1), (2, 2), (4, 1)])
+def test_tf32_stream_and_residual_round_trip_to_a(kc, wg):
+    """The tf32 stream (A's 16-bit view, a pair of columns for a group of four halves) decodes by the f16 register rule
+    to A with each pair's first nonzero at TF32, its second in the residual (fp32 bits), on the adversarial patterns;
+    the residual is the pairs' second nonzeros only, and the nibbles are 0b0100 / 0b1110."""
+    h = host()
+    for name, a in adversarial().items():
+        stream, rptr, rcol, rval, info = h.build(a, kc, wg, "tf32")
+        assert rval.dtype == np.uint32 and info["dtype"] == "tf32", name
+        assert info["NC"] == max(1, -(-a.shape[1] // (16 * kc))), name  # chunks of 16 kc columns
+        got = h.decode(stream, rptr, rcol, rval, info).view(np.float32)
+        assert (got == _tf32_expected(a)).all(), (name, kc, wg)
+        nib, _, resid = h.split_tf32(sps.csr_matrix(a))
+        assert set(np.unique(nib)) <= {0x4, 0xE}, name
+        rr = sps.coo_matrix(resid)
+        dense = sps.csr_matrix(a).toarray()
+        assert ((rr.col % 2 == 1) & (dense[rr.row, rr.col - 1] != 0)).all(), name  # the second of a full pair
+
+
+def test_tf32_tile_is_the_probes_wgmma_sp_layout():
+    """One 64 x 16 tile of the tf32 stream holds, thread by thread, the registers and metadata word that the probe's
+    wgmma.sp m64n64k16 tf32 packer (bench/tf32_probe.py wg_pack with the A1 / M1 maps its H100 run found exact) gives
+    the same 1:2 matrix, on the lanes that pass the metadata at selector 0 (4 g and 4 g + 1)."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "tf32_probe.py"
+    spec = importlib.util.spec_from_file_location("tf32_probe_for_test", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    rng = np.random.default_rng(3)
+    afull = np.zeros((64, 16), dtype=np.float32)
+    pick = rng.integers(0, 2, size=(64, 8))
+    vals = rng.integers(1, 9, size=(64, 8)).astype(np.float32)  # exact in TF32
+    keep = rng.random((64, 8)) < 0.8
+    rows = np.arange(64)
+    for p in range(8):
+        afull[rows, 2 * p + pick[:, p]] = np.where(keep[:, p], vals[:, p], 0.0)
+    want = probe.wg_pack(afull, probe.A_MAPS["A1"], probe.M_MAPS["M1"], 0)
+    stream, *_ = host().build(sps.csr_matrix(afull), 1, 1, "tf32")
+    regs = stream[:host().VALS].view(np.uint32).reshape(128, 4)
+    assert (regs == want[:, :4]).all()  # empty pairs included: zeros where the probe packs zeros
+    # the metadata where every pair holds a value (an empty pair's nibble is free: the stream writes 0b0100)
+    afull2 = np.zeros((64, 16), dtype=np.float32)
+    for p in range(8):
+        afull2[rows, 2 * p + pick[:, p]] = vals[:, p]
+    want2 = probe.wg_pack(afull2, probe.A_MAPS["A1"], probe.M_MAPS["M1"], 0)
+    stream2, *_ = host().build(sps.csr_matrix(afull2), 1, 1, "tf32")
+    words = stream2[host().VALS:host().TILE].view(np.uint32).reshape(4, 16)
+    lanes = [tw for tw in range(128) if (tw & 3) < 2]  # lanes 4 g and 4 g + 1 pass the metadata at selector 0
+    assert [int(words[tw >> 5, 2 * ((tw & 31) >> 2) + (tw & 3)]) for tw in lanes] == [int(want2[tw, 4]) for tw in lanes]
+    assert len({int(want2[tw, 4]) for tw in lanes}) > 8  # the maps are not trivially equal
+
+
+def test_tf32_runs_only_natively_in_nk_with_what_its_template_has():
+    """tf32: the nk layout's native path only (wgmma's tf32 B is K-major: x's rows), ar 0, mc 1, no perm / ov; K % 4
+    (fp32 rows of 16 bytes); kn problems and the staged path refuse it (another family serves them)."""
+    from sparse_autotune.core.space import NK_PATH
+    sp = space()
+    assert sp.supports("tf32") and sp.kernel_dtype("tf32") == "tf32"
+    nk = sp.for_layout("nk")
+    base = {**sp.normalize(NK_CONFIGS[0], "tf32"), NK_PATH: "native"}
+    env = _nk_env(n=1024, dtype="tf32")
+    assert nk.check(base, env, DEFAULT_LIMITS) is None
+    assert nk.check(base, _nk_env(k=388, dtype="tf32"), DEFAULT_LIMITS) is None  # K % 4 == 0 is enough
+    assert nk.check(base, _nk_env(k=386, dtype="tf32"), DEFAULT_LIMITS) is not None
+    assert nk.check({**base, NK_PATH: "staged"}, env, DEFAULT_LIMITS) is not None
+    for bad in (dict(ar=4), dict(mc=2)):
+        assert nk.check({**base, **bad}, env, DEFAULT_LIMITS) is not None, bad
+    assert not list(sp.feasible("tf32", problem_env(768, 768, 1024, 30_000, "tf32"), DEFAULT_LIMITS))  # kn: none
+    feas = list(nk.feasible("tf32", env, DEFAULT_LIMITS))
+    assert feas and all(c[NK_PATH] == "native" and c["ar"] == 0 and c["mc"] == 1 for c in feas)
+
+
+def test_tf32_renders_k16_tf32_wgmma_fp32_x_and_y_and_refuses_kn():
+    """tf32's kernel: wgmma.sp m64n{bn}k16 .tf32 without the transpose operand (tf32 takes none), fp32 x / y / bias
+    and 32-bit residual values, x's boxes of 32 columns, y by 32-bit stores (no 16-bit staging); kn renders #error."""
+    sp = space()
+    for cfg in [c for c in NK_CONFIGS if not c.get("ar")]:
+        src = render(sp, sp.normalize(cfg, "tf32"), "tf32", layout="nk")
+        assert "#error" not in src, cfg
+        assert f"m64n{cfg['bn']}k16.f32.tf32.tf32" in src and re.search(r"%\d+, %\d+, 0, 1, 1, 1;", src), cfg
+        assert "const float* __restrict__ B, float* __restrict__ C, const float* __restrict__ bias" in src, cfg
+        assert "const unsigned int* __restrict__ rval" in src and "(c0 + i) * KC + 32 * q, n0" in src, cfg
+        assert "st.shared.u16" not in src and "pack2f(acc" not in src.split("spmm_kernel(")[1], cfg
+        assert f"#define KC {16 * cfg['kc']}" in src, cfg
+    assert "#error" in render(sp, sp.normalize(NK_CONFIGS[0], "tf32"), "tf32")
+
+
+def test_tf32_tensor_map_is_32_bit_over_x():
+    h = host()
+    t = h.tensor_map_args_nk(1000, 388, dict(kc=2, bn=128), 1 << 20, "tf32")
+    assert t["dtype"] == h.TMAP_UINT32 and t["dims"] == (388, 1000) and t["strides"] == (4 * 388,)
+    assert t["box"] == (32, 128) and t["swizzle"] == get_family("tc_wgmma").host.TMAP_SWIZZLE_128B
+    t = h.tensor_map_args_nk(7, 40, dict(kc=1, bn=64), 1 << 20, "tf32")
+    assert t["box"] == (16, 64) and t["swizzle"] == get_family("tc_wgmma").host.TMAP_SWIZZLE_64B
+    with pytest.raises(ValueError):
+        h.tensor_map_args_nk(7, 42, dict(kc=1, bn=64), 1 << 20, "tf32")
+
+
+def test_tf32_configs_compile_without_spills_or_serialized_wgmmas():
+    sp = space()
+    for cfg in [c for c in NK_CONFIGS if not c.get("ar")][::3]:
+        rep, _ = nvcc_sm90a(render(sp, sp.normalize(cfg, "tf32"), "tf32", layout="nk"))
+        assert "C75" not in rep, (cfg, rep)
+        assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["empty_rows_and_tiles", "full_tile", "all_zero", "uniform_384x384_d0.05",
+                                  "uniform_300x2000_d0.2", "heavy_rows_384x384"])
+def test_tf32_nk_correct_on_edge_cases(case):
+    """The native tf32 nk kernels through the project's launch path against float64 at the tf32 tolerance (poisoned
+    y, fresh x, a bias and none) at N = 1, 7, 64, 257."""
+    from nk_check import check_nk_natively, native_nk_configs
+
+    from sparse_autotune.device.gpu import gpu_info
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
+    sp = space()
+
+    def pick(feas, name, n):
+        feas = [sp.normalize(c, "tf32") for c in feas]
+        return [c for c in (sp.normalize(c, "tf32") for c in NK_CONFIGS if not c.get("ar")) if c in feas]
+    cases = {case: _nk_cases()[case]}
+    want = sum(len(pick(native_nk_configs(FAMILY, "tf32", *a.shape, n, a.nnz), name, n))
+               for name, a in cases.items() for n in (1, 7, 64, 257))
+    assert want >= 20 and check_nk_natively(FAMILY, "tf32", cases, pick) == want
+
+
+@pytest.mark.gpu
+def test_tf32_nk_persistent_loop_correct_with_many_tiles_a_block(monkeypatch):
+    from nk_check import check_nk_natively
+
+    from sparse_autotune.device.gpu import gpu_info
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
+    monkeypatch.setattr(host(), "sm_count", lambda: 5)
+    sp = space()
+    pts = [sp.normalize(c, "tf32") for c in NK_CONFIGS if c.get("pt", 0)]
+
+    def pick(feas, name, n):
+        feas = [sp.normalize(c, "tf32") for c in feas]
+        return [c for c in pts if c in feas]
+    cases = {k: v for k, v in _nk_cases().items() if k in ("uniform_384x384_d0.05", "heavy_rows_384x384")}
+    assert check_nk_natively(FAMILY, "tf32", cases, pick, ns=(64, 257)) >= 8
