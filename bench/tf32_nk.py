@@ -42,6 +42,12 @@ CONFIGS = [dict(bn=64, kc=4, wg=1, stages=4, splitk=1), dict(bn=64, kc=4, wg=2, 
            dict(bn=128, kc=2, wg=2, stages=4, splitk=2, pw=1), dict(bn=64, kc=2, wg=2, stages=8, splitk=1)]
 
 
+# --configs wide (session 55): deeper rings and other chunk sizes around the large layers' winners, for the latency question
+WIDE = [dict(bn=bn, kc=kc, wg=wg, stages=st, splitk=1, pw=pw, pt=pt, l2=0)
+        for bn, wg, pw in ((128, 2, 1), (64, 2, 0), (128, 1, 0)) for kc, st in ((1, 6), (1, 8), (2, 6), (2, 8), (4, 3), (4, 4))
+        for pt in (0, 1)]
+
+
 def dl_nk_shapes() -> list[tuple[int, int, int]]:
     from sparse_autotune.tuning.suite import suite_cases  # noqa: PLC0415
     seen = []
@@ -59,6 +65,9 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--budget", type=float, default=540.0, help="seconds; cases past it are left for a rerun (--skip)")
     ap.add_argument("--skip", default=None, help="a previous run's JSON: its cases are not run again (kept in the output)")
+    ap.add_argument("--configs", default="base", help="base (CONFIGS) or wide (WIDE: deeper rings, other kc)")
+    ap.add_argument("--shapes", default=None, help="only these MxKxN, comma-separated (e.g. 3072x768x2048)")
+    ap.add_argument("--fp16", action="store_true", help="also tc_sp24 in fp16 at the same configs (its best: fp16_us)")
     a = ap.parse_args()
 
     from sparse_autotune.core.families import get_family  # noqa: PLC0415
@@ -80,7 +89,7 @@ def main() -> int:
     limits = info.limits()
     sp24 = get_family("tc_sp24").space
     nk = sp24.for_layout("nk")
-    cfgs = [sp24.normalize(c, "tf32") for c in CONFIGS]
+    cfgs = [sp24.normalize(c, "tf32") for c in (WIDE if a.configs == "wide" else CONFIGS)]
     with ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 4) - 1)) as pool:  # NVRTC for every config first
         list(pool.map(lambda c: compile_kernel(render(sp24, c, "tf32", layout="nk"), options=(f"-arch={sp24.arch}",)), cfgs))
     print(f"compiled {len(cfgs)} configs in {time.time() - t_start:.0f} s", flush=True)
@@ -91,6 +100,9 @@ def main() -> int:
         cases += [("minilm", m, k, n, d) for (m, k) in MINILM for n in MINILM_NS for d in dens]
     if "dl" in a.cases:
         cases += [("dl", m, k, n, d) for (m, k, n) in dl_nk_shapes() for d in dens]
+    if a.shapes:
+        keep = {tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")}
+        cases = [c for c in cases if c[1:4] in keep]
     stem = Path(a.out) if a.out else Path(os.environ.get("OUT") or ROOT / "bench/results/probe") / "tf32-nk"
     stem.parent.mkdir(parents=True, exist_ok=True)
     rows = json.loads(Path(a.skip).read_text())["cases"] if a.skip else []
@@ -146,6 +158,21 @@ def main() -> int:
                 r["configs"].append({"cfg": short, "error": str(exc)[:200]})
                 continue
             r["configs"].append({"cfg": short, "us": t, "err": e})
+        if a.fp16:  # the fp16 twin of the family on the same layer (x, y and bias in fp16), for the tf32 / fp16 time ratio
+            ad16 = DeviceCSR(host, "fp16")
+            env16 = problem_env(m, k, n, int(host.nnz), "fp16", "nk")
+            best16 = None
+            for cfg in cfgs:
+                c16 = sp24.normalize({q: cfg[q] for q in ("bn", "kc", "wg", "stages", "splitk", "l2", "pw", "pt")}, "fp16")
+                if nk.check({**c16, NK_PATH: "native"}, env16, limits or DEFAULT_LIMITS) is not None:
+                    continue
+                try:
+                    ln = build_kernel(ad16, "tc_sp24", c16, "fp16", layout="nk").launcher(n)
+                    t = time_launches([lambda x=x: ln(x.data.ptr, y16.data.ptr, stream(), b16.data.ptr) for x in xs16]).median_us
+                except CandidateError:
+                    continue
+                best16 = t if best16 is None else min(best16, t)
+            r["fp16_us"] = best16
         ok = [c for c in r["configs"] if "us" in c]
         best = min(ok, key=lambda c: c["us"]) if ok else None
         r["best_us"] = best["us"] if best else None

@@ -752,7 +752,7 @@ def geometry(kernel, n: int):
     m, k = kernel.a.shape
     if kernel.config.get("l2", 0):
         m = layout(kernel)[5]  # the slots are the kernel's rows
-    _, rows, _, ntiles, _ = _dims(kernel.config, m, kunits(k, kernel.dtype), n)
+    _, rows, _, ntiles, _ = _dims(kernel.config, m, kunits(k, getattr(kernel, "dtype", "fp16")), n)
     tiles = rows * kernel.config["splitk"] * ntiles
     pt = int(kernel.config.get("pt", 0))
     return ((min(tiles, pt * sm_count()) if pt else tiles),), (threads(kernel.config),)

@@ -1408,3 +1408,15 @@ def test_tf32_nk_persistent_loop_correct_with_many_tiles_a_block(monkeypatch):
         return [c for c in pts if c in feas]
     cases = {k: v for k, v in _nk_cases().items() if k in ("uniform_384x384_d0.05", "heavy_rows_384x384")}
     assert check_nk_natively(FAMILY, "tf32", cases, pick, ns=(64, 257)) >= 8
+
+
+def test_tf32_known_goods_lead_a_tf32_nk_problem():
+    """The tf32 known-goods (session 55's winners: kc 4 chunks) come first for tf32 nk problems and run there; fp16's
+    nk problems keep their own first."""
+    from sparse_autotune.core.space import NK_PATH
+    nk = space().for_layout("nk")
+    got = nk.defaults("tf32", _nk_env(3072, 768, 2048, 117_965, "tf32"), DEFAULT_LIMITS)
+    assert got and all(c[NK_PATH] == "native" for c in got)
+    assert (got[0]["kc"], got[0]["stages"], got[0]["pw"]) == (4, 3, 1) and (got[1]["bn"], got[1]["wg"]) == (64, 2)
+    fp16 = nk.defaults("fp16", _nk_env(3072, 768, 2048, 117_965), DEFAULT_LIMITS)
+    assert fp16[0]["l2"] == 12 and fp16.index(got[0]) > 6
