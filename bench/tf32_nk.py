@@ -211,14 +211,17 @@ def write(stem: Path, meta: dict, rows: list) -> None:
              "| set, density | cases | geomean over cuBLAS TF32 | worst |", "| --- | ---: | ---: | ---: |"]
     for key, s in summary.items():
         lines.append(f"| {key} | {s['cases']} | {s['geomean_over_cublas_tf32'] or 0:.3f} | {s['min'] or 0:.3f} |")
-    lines += ["", "| set | M x K | N | d | cuBLAS TF32 us | cuBLAS FP16 us | tc_sp24 tf32 us | ratio | err | best config |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    twin = any(r.get("fp16_us") for r in rows)  # --fp16: the family's fp16 best on the same layer
+    lines += ["", "| set | M x K | N | d | cuBLAS TF32 us | cuBLAS FP16 us | tc_sp24 tf32 us | ratio | err | best config |"
+              + (" tc_sp24 fp16 us | tf32 / fp16 |" if twin else ""),
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |" + (" ---: | ---: |" if twin else "")]
     for r in rows:
         best = next((c for c in r["configs"] if c.get("cfg") == r["best_cfg"] and "us" in c), None)
         cfg = " ".join(f"{k} {v}" for k, v in (r["best_cfg"] or {}).items())
         lines.append(f"| {r['set']} | {r['M']}x{r['K']} | {r['N']} | {r['density']:g} | {r['cublas_tf32_us']:.2f} | "
                      f"{r['cublas_fp16_us']:.2f} | {r['best_us'] or 0:.2f} | {r['ratio'] or 0:.3f} | "
-                     f"{best['err'] if best else 0:.1e} | {cfg} |")
+                     f"{best['err'] if best else 0:.1e} | {cfg} |"
+                     + (f" {r['fp16_us'] or 0:.2f} | {(r['best_us'] or 0) / (r['fp16_us'] or 1):.2f} |" if twin else ""))
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
