@@ -48,17 +48,6 @@ WIDE = [dict(bn=bn, kc=kc, wg=wg, stages=st, splitk=1, pw=pw, pt=pt, l2=0)
         for pt in (0, 1)]
 
 
-# --configs nkr (session 55): twins at nkr 32 / 0 (0: no stage-taken residual list, no racc), and what nkr 0 opens:
-# kc 4 with 4 stages, bn 256 at wg 1
-NKR = [dict(c, nkr=nkr) for c in (dict(bn=128, kc=4, wg=2, stages=3, splitk=1, pw=1), dict(bn=64, kc=4, wg=2, stages=4, splitk=1),
-                                  dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1), dict(bn=64, kc=4, wg=1, stages=4, splitk=1, l2=12),
-                                  dict(bn=128, kc=4, wg=2, stages=3, splitk=1, pw=1, l2=25), dict(bn=64, kc=4, wg=1, stages=4, splitk=4),
-                                  dict(bn=64, kc=4, wg=2, stages=4, splitk=1, pt=1))
-       for nkr in (32, 0)] + [dict(bn=128, kc=4, wg=2, stages=4, splitk=1, pw=1, nkr=0),
-                              dict(bn=128, kc=4, wg=2, stages=4, splitk=1, pw=1, nkr=0, pt=1),
-                              dict(bn=256, kc=2, wg=1, stages=4, splitk=1, nkr=0), dict(bn=256, kc=4, wg=1, stages=3, splitk=1, nkr=0)]
-
-
 def dl_nk_shapes() -> list[tuple[int, int, int]]:
     from sparse_autotune.tuning.suite import suite_cases  # noqa: PLC0415
     seen = []
@@ -76,8 +65,8 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--budget", type=float, default=540.0, help="seconds; cases past it are left for a rerun (--skip)")
     ap.add_argument("--skip", default=None, help="a previous run's JSON: its cases are not run again (kept in the output)")
-    ap.add_argument("--configs", default="base", help="base (CONFIGS), wide (WIDE: deeper rings, other kc) or nkr (NKR: "
-                    "nkr 32 / 0 twins)")
+    ap.add_argument("--configs", default="base", help="base (CONFIGS) or wide (WIDE: deeper rings, other kc); session 55's "
+                    "nkr twins (results/session55/tf32-nk-nkr) ran at commit 117a253")
     ap.add_argument("--shapes", default=None, help="only these MxKxN, comma-separated (e.g. 3072x768x2048)")
     ap.add_argument("--fp16", action="store_true", help="also tc_sp24 in fp16 at the same configs (its best: fp16_us)")
     a = ap.parse_args()
@@ -101,7 +90,7 @@ def main() -> int:
     limits = info.limits()
     sp24 = get_family("tc_sp24").space
     nk = sp24.for_layout("nk")
-    cfgs = [sp24.normalize(c, "tf32") for c in {"wide": WIDE, "nkr": NKR}.get(a.configs, CONFIGS)]
+    cfgs = [sp24.normalize(c, "tf32") for c in {"wide": WIDE}.get(a.configs, CONFIGS)]
     with ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 4) - 1)) as pool:  # NVRTC for every config first
         list(pool.map(lambda c: compile_kernel(render(sp24, c, "tf32", layout="nk"), options=(f"-arch={sp24.arch}",)), cfgs))
     print(f"compiled {len(cfgs)} configs in {time.time() - t_start:.0f} s", flush=True)
@@ -157,7 +146,7 @@ def main() -> int:
         for cfg in cfgs:
             if nk.check({**cfg, NK_PATH: "native"}, env, limits or DEFAULT_LIMITS) is not None:
                 continue
-            short = {q: cfg[q] for q in ("bn", "kc", "wg", "stages", "splitk", "l2", "pw", "pt", "nkr")}
+            short = {q: cfg[q] for q in ("bn", "kc", "wg", "stages", "splitk", "l2", "pw", "pt")}
             try:
                 ln = build_kernel(ad, "tc_sp24", cfg, "tf32", layout="nk").launcher(n)
                 e = err_of(lambda x: ln(x.data.ptr, y.data.ptr, stream(), bias.data.ptr))

@@ -719,9 +719,8 @@ NK_RESIDUAL = 32  # nk: the residual entries of a row taken from the stages (the
 
 def nk_list_bytes(config: dict) -> int:
     """nk natively: 16 bytes of alignment and each consumer warp's list of its 16 rows' first NK_RESIDUAL residual
-    entries (a column and a value word each); tf32's nkr (NK_RESIDUAL where absent) may make it 0: no list."""
-    nkr = int(config.get("nkr", NK_RESIDUAL))
-    return 16 + 4 * config["wg"] * 16 * nkr * 8 if nkr else 0
+    entries (a column and a value word each)."""
+    return 16 + 4 * config["wg"] * 16 * NK_RESIDUAL * 8
 
 
 def nk_window_extra(config: dict) -> int:

@@ -1250,13 +1250,6 @@ def test_nk_residual_list_is_counted_in_shared_memory_as_the_template_lays_it_ou
 
 # ---- tf32 (nk natively): 1:2 on column pairs, wgmma.mma_async.sp m64n{bn}k16 .tf32 ----
 
-# tf32's test configs: the nk ones its template has (no ar), and nkr 0 (no stage-taken residual: all after the loop;
-# bn 256 at wg 1), with split-K, l2 and pt among them
-TF32_CONFIGS = [c for c in NK_CONFIGS if not c.get("ar")] + [
-    dict(bn=128, kc=4, wg=2, stages=4, splitk=1, pw=1, nkr=0), dict(bn=256, kc=2, wg=1, stages=4, splitk=1, nkr=0),
-    dict(bn=64, kc=4, wg=2, stages=4, splitk=3, nkr=0, l2=12), dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1, nkr=0,
-                                                                    pt=1, l2=25)]
-
 def _tf32_expected(a):
     """A as the tf32 kernel computes it: per row and pair of columns the first nonzero rounded to TF32 (the 1:2 part),
     a second one exact (the residual)."""
@@ -1347,7 +1340,7 @@ def test_tf32_renders_k16_tf32_wgmma_fp32_x_and_y_and_refuses_kn():
     """tf32's kernel: wgmma.sp m64n{bn}k16 .tf32 without the transpose operand (tf32 takes none), fp32 x / y / bias
     and 32-bit residual values, x's boxes of 32 columns, y by 32-bit stores (no 16-bit staging); kn renders #error."""
     sp = space()
-    for cfg in TF32_CONFIGS:
+    for cfg in [c for c in NK_CONFIGS if not c.get("ar")]:
         src = render(sp, sp.normalize(cfg, "tf32"), "tf32", layout="nk")
         assert "#error" not in src, cfg
         assert f"m64n{cfg['bn']}k16.f32.tf32.tf32" in src and re.search(r"%\d+, %\d+, 0, 1, 1, 1;", src), cfg
@@ -1371,7 +1364,7 @@ def test_tf32_tensor_map_is_32_bit_over_x():
 
 def test_tf32_configs_compile_without_spills_or_serialized_wgmmas():
     sp = space()
-    for cfg in TF32_CONFIGS[::3] + TF32_CONFIGS[-4:]:
+    for cfg in [c for c in NK_CONFIGS if not c.get("ar")][::3]:
         rep, _ = nvcc_sm90a(render(sp, sp.normalize(cfg, "tf32"), "tf32", layout="nk"))
         assert "C75" not in rep, (cfg, rep)
         assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
@@ -1392,7 +1385,7 @@ def test_tf32_nk_correct_on_edge_cases(case):
 
     def pick(feas, name, n):
         feas = [sp.normalize(c, "tf32") for c in feas]
-        return [c for c in (sp.normalize(c, "tf32") for c in TF32_CONFIGS) if c in feas]
+        return [c for c in (sp.normalize(c, "tf32") for c in NK_CONFIGS if not c.get("ar")) if c in feas]
     cases = {case: _nk_cases()[case]}
     want = sum(len(pick(native_nk_configs(FAMILY, "tf32", *a.shape, n, a.nnz), name, n))
                for name, a in cases.items() for n in (1, 7, 64, 257))
@@ -1408,7 +1401,7 @@ def test_tf32_nk_persistent_loop_correct_with_many_tiles_a_block(monkeypatch):
         pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
     monkeypatch.setattr(host(), "sm_count", lambda: 5)
     sp = space()
-    pts = [sp.normalize(c, "tf32") for c in TF32_CONFIGS if c.get("pt", 0)]
+    pts = [sp.normalize(c, "tf32") for c in NK_CONFIGS if c.get("pt", 0)]
 
     def pick(feas, name, n):
         feas = [sp.normalize(c, "tf32") for c in feas]
@@ -1426,30 +1419,4 @@ def test_tf32_known_goods_lead_a_tf32_nk_problem():
     assert got and all(c[NK_PATH] == "native" for c in got)
     assert (got[0]["kc"], got[0]["stages"], got[0]["pw"]) == (4, 3, 1) and (got[1]["bn"], got[1]["wg"]) == (64, 2)
     fp16 = nk.defaults("fp16", _nk_env(3072, 768, 2048, 117_965), DEFAULT_LIMITS)
-    first = {k: v for k, v in got[0].items() if k != "nkr"}  # fp16's configs have no nkr
-    assert fp16[0]["l2"] == 12 and fp16.index(first) > 6
-
-
-def test_tf32_nkr_0_drops_the_list_and_racc_and_frees_their_shared_memory():
-    """nkr 0 (tf32 only): no residual list, no nk_take and no racc in the kernel (the residual after the loop from its
-    first entry), its list's bytes out of the shared-memory count, bn 256 at wg 1; fp16 has no nkr (32 implied)."""
-    from types import SimpleNamespace
-
-    from sparse_autotune.core.space import NK_PATH
-    h, sp = host(), space()
-    nk = sp.for_layout("nk")
-    c32 = sp.normalize(dict(bn=128, kc=4, wg=2, stages=3, splitk=1, pw=1), "tf32")
-    c0 = {**c32, "nkr": 0}
-    assert c32["nkr"] == 32 and "nkr" not in sp.normalize(dict(bn=128, kc=4, wg=2, stages=3, splitk=1, pw=1), "fp16")
-    s32, s0 = render(sp, c32, "tf32", layout="nk"), render(sp, c0, "tf32", layout="nk")
-    assert "racc" in s32 and "cp_async4(nrw" in s32 and "(h ? rlo1 : rlo0) + 32" in s32
-    assert "racc" not in s0 and "cp_async4(nrw" not in s0 and "(h ? rlo1 : rlo0) + 0" in s0
-    assert h.nk_list_bytes(c0) == 0 and h.nk_list_bytes(c32) == 16 + 4 * 2 * 16 * 32 * 8
-    assert h.smem_bytes(SimpleNamespace(config=c0, layout="nk")) == h.shared_bytes(c0)
-    env = _nk_env(3072, 768, 2048, 117_965, "tf32")
-    four = {**c0, "stages": 4, NK_PATH: "native"}  # kc 4 with 4 stages fits only without the list
-    assert nk.check(four, env, DEFAULT_LIMITS) is None and nk.check({**four, "nkr": 32}, env, DEFAULT_LIMITS) is not None
-    wide = {**sp.normalize(dict(bn=256, kc=2, wg=1, stages=4, splitk=1), "tf32"), NK_PATH: "native"}
-    assert nk.check({**wide, "nkr": 0}, env, DEFAULT_LIMITS) is None and nk.check(wide, env, DEFAULT_LIMITS) is not None
-    assert nk.check({**wide, "nkr": 0, "wg": 2, "pw": 1}, env, DEFAULT_LIMITS) is not None  # ptxas spills there
-    assert "#error" in render(sp, {**c32, "nkr": 16}, "tf32", layout="nk")
+    assert fp16[0]["l2"] == 12 and fp16.index(got[0]) > 6
