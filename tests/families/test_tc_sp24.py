@@ -577,11 +577,7 @@ def _gpu_configs(n, dtype):
                                    dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rq=4), dict(bn=64, kc=1, wg=1, stages=4, splitk=3, rq=2),
                                    dict(bn=64, kc=2, wg=2, stages=4, splitk=1, l2=12, rq=2), dict(bn=128, kc=2, wg=1, stages=4, splitk=2, rq=2),
                                    dict(bn=64, kc=2, wg=1, stages=4, splitk=2, mc=2, rq=4), dict(bn=64, kc=2, wg=1, stages=6, splitk=1, ar=4, rq=4),
-                                   dict(bn=64, kc=1, wg=2, stages=2, splitk=2, rq=2),
-                                   # wd 2: two chunks' wgmmas behind the one issued (three register sets, stages released two late)
-                                   dict(bn=64, kc=1, wg=2, stages=8, splitk=1, l2=12, wd=2), dict(bn=128, kc=2, wg=2, stages=3, splitk=3, wd=2),
-                                   dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1, wd=2), dict(bn=64, kc=2, wg=1, stages=4, splitk=2, mc=2, wd=2),
-                                   dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1, l2=100, wd=2), dict(bn=64, kc=4, wg=1, stages=3, splitk=1, rs=8, wd=2)]
+                                   dict(bn=64, kc=1, wg=2, stages=2, splitk=2, rq=2)]
     for cfg in cands:
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
@@ -1052,10 +1048,7 @@ NK_CONFIGS = [dict(bn=64, kc=1, wg=1, stages=4, splitk=1), dict(bn=64, kc=2, wg=
               dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1), dict(bn=128, kc=1, wg=2, stages=2, splitk=1, l2=12, pw=1),
               # pt: the persistent loop (each tile's residual list refilled; l2: y by the window, its own staging area)
               dict(bn=64, kc=4, wg=1, stages=4, splitk=1, l2=12, pt=1), dict(bn=64, kc=2, wg=2, stages=4, splitk=1, pt=1),
-              dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1, pt=1),
-              # wd 2 (three register sets): with split-K, l2, pw, and the persistent loop (two stages back at a tile's end)
-              dict(bn=64, kc=4, wg=2, stages=4, splitk=2, wd=2), dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1, wd=2),
-              dict(bn=64, kc=4, wg=1, stages=3, splitk=1, l2=12, pt=1, wd=2)]
+              dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1, pt=1)]
 
 
 def _nk_env(m=384, k=384, n=7, nnz=7000, dtype="fp16"):
@@ -1427,37 +1420,3 @@ def test_tf32_known_goods_lead_a_tf32_nk_problem():
     assert (got[0]["kc"], got[0]["stages"], got[0]["pw"]) == (4, 3, 1) and (got[1]["bn"], got[1]["wg"]) == (64, 2)
     fp16 = nk.defaults("fp16", _nk_env(3072, 768, 2048, 117_965), DEFAULT_LIMITS)
     assert fp16[0]["l2"] == 12 and fp16.index(got[0]) > 6
-
-
-def test_wd_2_rotates_three_register_sets_and_releases_each_stage_two_chunks_later():
-    """wd 2: wait_group 2, three A register sets in the loop (its keep names the set of the chunk the wait completed),
-    the stage of chunk i - 2 released at chunk i (a tile's last two at its end under pt); wd 1 renders as before (only the
-    header's field); wd 2 refuses ar, rq and fewer than 3 stages."""
-    sp = space()
-    base = sp.normalize(dict(bn=128, kc=2, wg=2, stages=4, splitk=1), "fp16")
-    one, two = render(sp, base, "fp16"), render(sp, {**base, "wd": 2}, "fp16")
-    assert base["wd"] == 1 and "wgmma_wait<1>();" in one and "wgmma_wait<2>();" not in one and "af2" not in one
-    assert "wgmma_wait<2>();" in two and "unsigned int af2[KCK][4], mf2[KCK];" in two and "i += 3" in two
-    assert two.count("mbar_arrive(empty + 8 * ppst)") == 3 and "ppst = pst;" in two  # one release a step, three steps
-    body = two[two.index("for (int i = 0; i < nch; i += 3)"):]
-    # the step of set 0 keeps set 1 (chunk i - 2 lies in set (i - 2) mod 3), set 1 keeps 2, set 2 keeps 0
-    keeps = re.findall(r"keep \^= (mf\d)\[kk\]", body)[:3]
-    assert keeps == ["mf1", "mf2", "mf0"], keeps
-    pt = render(sp, {**base, "wd": 2, "pt": 1}, "fp16")
-    assert "if (lane == 0 && nch > 1) mbar_arrive(empty + 8 * ppst);" in pt
-    for bad in (dict(ar=4), dict(rq=2), dict(stages=2)):
-        assert "#error" in render(sp, {**base, "wd": 2, **bad}, "fp16"), bad
-        assert sp.check({**base, "wd": 2, **bad}, problem_env(768, 768, 1024, 30_000, "fp16"), DEFAULT_LIMITS) is not None
-
-
-def test_wd_2_configs_compile_without_spills_or_serialized_wgmmas():
-    """The wd 2 configs of the GPU tests (kn fp16, nk fp16 and tf32) build without spills or serialized wgmmas: the
-    register constraint does not count wd 2's third set (tc_sp24.toml)."""
-    sp = space()
-    kn = [c for c in _gpu_configs(64, "fp16") if c.get("wd") == 2]
-    assert len(kn) >= 4
-    todo = [(c, "fp16", "kn") for c in kn] + [(c, dt, "nk") for c in NK_CONFIGS if c.get("wd") == 2 for dt in ("fp16", "tf32")]
-    for cfg, dt, lay in todo:
-        rep, _ = nvcc_sm90a(render(sp, sp.normalize(cfg, dt), dt, layout=lay))
-        assert "C75" not in rep, (cfg, dt, lay, rep)
-        assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, dt, lay, rep)
