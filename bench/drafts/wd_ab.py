@@ -1,4 +1,5 @@
-"""tc_sp24 wd 1 against wd 2 (session 55; the template and space with wd are commit f1dc8fa's, taken back after): each config and its wd twin built, verified against float64 and timed A, B, A
+"""tc_sp24 wd 1 against wd 2 (session 55; the template and space with wd are commit f1dc8fa's, taken back after): each
+config and its wd twin built, verified against float64 and timed A, B, A
 (CUDA-graph replay over 8 fresh B / x buffers, median of 20) on random uniform layers in kn fp16, nk fp16 and nk tf32.
     python3 bench/drafts/wd_ab.py OUT.json"""
 import json
