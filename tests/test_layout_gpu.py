@@ -100,7 +100,7 @@ def test_the_staged_path_serves_a_family_without_nk(dtype):
         kern = build_for(dev, "csr_rowsplit", {**cfg, NK_PATH: "staged"}, dtype, "nk")
         assert isinstance(kern, StagedKernel) and kern.kern.layout == "kn"
         x, bias = _rand((n, k), dtype, n), _rand(m, dtype, n + 1)
-        y = cp.full((n, m), 0x7FC0 if dtype != "fp32" else np.nan, dtype=x.dtype)
+        y = cp.full((n, m), 0x7FC0 if dtype not in ("fp32", "tf32") else np.nan, dtype=x.dtype)
         kern(x, y, bias)
         assert _rel_nk(y, a, x, bias) < TOLERANCE[dtype], n
         kern(x, y)  # no bias
@@ -159,7 +159,7 @@ def test_a_native_nk_kernel_of_the_toy_family(toy_nk):
 NK_FAMILIES = [s.family for s in load_spaces() if s.supports_layout("nk")]
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "tf32"])
 @pytest.mark.parametrize("family", NK_FAMILIES or ["(none declares nk)"])
 def test_every_family_declaring_nk_computes_it_natively(family, dtype):
     """The built-in families whose space declares `layouts = ["kn", "nk"]`, their known-good configs (else the first
@@ -184,7 +184,7 @@ def test_every_family_declaring_nk_computes_it_natively(family, dtype):
         x, bias = _rand((n, k), dtype, n), _rand(m, dtype, 5)
         for cfg in cfgs:
             kern = build_for(dev, family, cfg, dtype, "nk")
-            y = cp.full((n, m), 0x7FC0 if dtype != "fp32" else np.nan, dtype=x.dtype)
+            y = cp.full((n, m), 0x7FC0 if dtype not in ("fp32", "tf32") else np.nan, dtype=x.dtype)
             kern(x, y, bias)
             assert _rel_nk(y, a, x, bias) < TOLERANCE[dtype], (n, cfg)
             kern(x, y)
@@ -211,7 +211,7 @@ def test_cusparse_and_cublas_read_x_and_write_y_with_the_bias(dtype):
         except Exception as exc:  # noqa: BLE001 - an algorithm that refuses column-major operands says so here
             assert family == "cusparse" and cfg["alg"] != "CUSPARSE_SPMM_ALG_DEFAULT", (cfg, exc)
             continue
-        y = cp.full((n, m), 0x7FC0 if dtype != "fp32" else np.nan, dtype=x.dtype)
+        y = cp.full((n, m), 0x7FC0 if dtype not in ("fp32", "tf32") else np.nan, dtype=x.dtype)
         ln(x.data.ptr, y.data.ptr, stream, bias.data.ptr)
         cp.cuda.get_current_stream().synchronize()
         assert _rel_nk(y, a, x, bias) < (2e-2 if dtype != "fp32" else 1e-5), cfg
@@ -564,3 +564,51 @@ def test_tune_an_nk_problem_end_to_end(toy_nk, tmp_path):
     assert got["source"] == "exact" and got["record_layout"] == "nk" and got["layout"] == "nk"
     kn = lookup(512, 1024, 24, 0.05, "fp32", db=db)
     assert kn.source == "default" and kn.record_id is None  # the database holds nk records only: none serves kn
+
+
+def test_tf32_linear_runs_a_tc_sp24_record_natively_eager_and_in_a_cuda_graph(tmp_path):
+    """tf32 (fp32 tensors, TF32 math) in the nn.Linear layout on Hopper: a tc_sp24 record (session 55's family form) is
+    the plan, native (one kernel, the bias fused), within TF32's tolerance of the float64 y, through op.linear with CuPy
+    and SparseLinear with torch, eager and replayed in a CUDA graph."""
+    from sparse_autotune.device.gpu import gpu_info
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
+    torch = pytest.importorskip("torch")
+    import sparse_autotune as sa
+    from sparse_autotune.core.families import get_family
+    from sparse_autotune.runtime.nn import SparseLinear
+    m, k, n = 384, 768, 64
+    a = random_matrix(m, k, 0.05, "uniform", 21, np.float32)
+    cfg = get_family("tc_sp24").space.normalize(dict(bn=64, kc=4, wg=2, stages=4, splitk=1), "tf32")
+    db = tmp_path / "tf32.sqlite"
+    _store(db, m, k, n, a.nnz / (m * k), "tf32", "tc_sp24", {**cfg, "nk_path": "native"}, "nk")
+    sa.lookup.cache_clear()
+    op = sa.SpMM(a, dtype="tf32", db=db)
+    x, bias = _rand((n, k), "fp32", 3), _rand(m, "fp32", 4)
+    y = op.linear(x, bias)
+    plan = op.plan(n, "nk")
+    assert (plan.family, plan.path) == ("tc_sp24", "native") and y.dtype == np.float32
+    assert _rel_nk(y, a, x, bias) < TOLERANCE["tf32"]
+    bias_h = torch.from_numpy(_cp().asnumpy(bias))
+    layer = SparseLinear(torch.from_numpy(a.toarray()).cuda(), bias_h.cuda(), dtype="tf32", db=db)
+    xt = torch.randn(n, k, device="cuda")
+    w64, b64 = torch.from_numpy(a.toarray()).double().cuda(), bias_h.double().cuda()
+    with torch.no_grad():
+        yt = layer(xt)
+        assert layer.op.plan(n, "nk").family == "tc_sp24"
+        ref = torch.nn.functional.linear(xt.double(), w64, b64)
+        assert yt.dtype == torch.float32 and ((yt.double() - ref).norm() / ref.norm()).item() < TOLERANCE["tf32"]
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            layer(xt)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            yg = layer(xt)
+        xt.copy_(torch.randn(n, k, device="cuda"))
+        yg.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        ref = torch.nn.functional.linear(xt.double(), w64, b64)
+        assert ((yg.double() - ref).norm() / ref.norm()).item() < TOLERANCE["tf32"]
