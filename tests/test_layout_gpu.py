@@ -346,14 +346,7 @@ def test_sparse_linear_eager_and_in_a_cuda_graph_equals_nn_linear(dtype, tmp_pat
     x = torch.randn(4, 8, 384, device="cuda").to(tdt)
     with torch.no_grad():
         layer(x)  # the eager call plans and compiles N = 32
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            layer(x)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            y = layer(x)
+        g, y = _captured(torch, layer, x)
         gen = torch.Generator(device="cuda").manual_seed(1)
         for _ in range(2):
             x.copy_(torch.randn(4, 8, 384, device="cuda", generator=gen).to(tdt))
@@ -369,6 +362,19 @@ def test_sparse_linear_eager_and_in_a_cuda_graph_equals_nn_linear(dtype, tmp_pat
         y0 = nobias(x)
     ref0 = torch.nn.functional.linear(x.double(), w64)
     assert ((y0.double() - ref0).norm() / ref0.norm()).item() < tol
+
+
+def _captured(torch, layer, x):
+    """(graph, its output) of layer(x) captured in a CUDA graph, after a warm-up call on a side stream."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        layer(x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = layer(x)
+    return g, y
 
 
 def _gpu_kernels(torch, fn) -> list[str]:
@@ -598,14 +604,7 @@ def test_tf32_linear_runs_a_tc_sp24_record_natively_eager_and_in_a_cuda_graph(tm
         assert layer.op.plan(n, "nk").family == "tc_sp24"
         ref = torch.nn.functional.linear(xt.double(), w64, b64)
         assert yt.dtype == torch.float32 and ((yt.double() - ref).norm() / ref.norm()).item() < TOLERANCE["tf32"]
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            layer(xt)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            yg = layer(xt)
+        g, yg = _captured(torch, layer, xt)
         xt.copy_(torch.randn(n, k, device="cuda"))
         yg.fill_(float("nan"))
         g.replay()
