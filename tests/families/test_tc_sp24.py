@@ -1420,3 +1420,14 @@ def test_tf32_known_goods_lead_a_tf32_nk_problem():
     assert (got[0]["kc"], got[0]["stages"], got[0]["pw"]) == (4, 3, 1) and (got[1]["bn"], got[1]["wg"]) == (64, 2)
     fp16 = nk.defaults("fp16", _nk_env(3072, 768, 2048, 117_965), DEFAULT_LIMITS)
     assert fp16[0]["l2"] == 12 and fp16.index(got[0]) > 6
+
+
+def test_the_persistent_known_good_leads_kn_problems_of_two_waves_of_tiles():
+    """Session 55 (H100): pt 1 with 6 stages at bn 128 wg 2 l2 12 ran 3072x768 N = 2048 in 19.8 us against 21.6 for the
+    best one-tile form; it is tried first where 128 x 128 tiles fill two waves of 132 SMs (>= 264 tiles), not on
+    768x3072 N = 2048 (96 tiles: one wave, where it lost)."""
+    sp = space()
+    big = sp.defaults("fp16", problem_env(3072, 768, 2048, 117_965, "fp16"), DEFAULT_LIMITS)
+    assert (big[0]["pt"], big[0]["stages"], big[0]["pw"], big[0]["l2"], big[0]["bn"]) == (1, 6, 0, 12, 128)
+    one_wave = sp.defaults("fp16", problem_env(768, 3072, 2048, 117_965, "fp16"), DEFAULT_LIMITS)
+    assert one_wave[0]["pt"] == 0 and any(c["pt"] == 1 and c["stages"] == 6 for c in one_wave)
