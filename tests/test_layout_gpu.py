@@ -3,8 +3,8 @@ run on the device: `python3 -m pytest -q -m gpu tests/test_layout_gpu.py`. The s
 bias epilogue), the staged path for a family without nk, native nk kernels (the toy family of tests/layout_toy.py, and
 every registered family that declares nk), cuSPARSE and cuBLAS in nk with the bias, op.linear with CuPy and PyTorch,
 SparseLinear eager and in a CUDA graph against nn.Linear on the masked weight (fp32, fp16, bf16), the kernels a call
-runs (one for a native plan, three staged), quick tuning of op.linear, and a tune of an nk problem end to end. The
-CPU side is in tests/test_layout.py."""
+runs (one for a native plan, three staged), quick tuning of op.linear, a tune of an nk problem end to end, and tf32
+on Hopper through a tc_sp24 record (op.linear, SparseLinear, a CUDA graph). The CPU side is in tests/test_layout.py."""
 from __future__ import annotations
 
 import datetime as dt

@@ -3,7 +3,9 @@ nonzeros a row and group of 4 and never writes invalid metadata; the stream and 
 kernel's own register rule (variants/tc_sp24.py decode) on random and adversarial patterns; the residual's share
 follows the binomial model; rendering, constraints (sm 90 only, N % 8), shared memory and geometry; the sm_90a build
 (nvcc: HGMMA.SP in the SASS, no spills, no serialization warning); on a GPU, the known-good and a covering sample of
-configs against float64 on edge cases, fp16 and bf16, N = 8, 64, 136, 264 (N = 1, 7, 127 infeasible)."""
+configs against float64 on edge cases, fp16 and bf16, N = 8, 64, 136, 264 (N = 1, 7, 127 infeasible). tf32 (the nk
+layout natively, 1:2 on column pairs): its stream against the probe's layout, its space, renders, builds and, on a GPU,
+its kernels on the nk edge cases."""
 from __future__ import annotations
 
 import re
