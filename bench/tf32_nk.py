@@ -58,7 +58,45 @@ def dl_nk_shapes() -> list[tuple[int, int, int]]:
     return seen
 
 
-def main() -> int:
+def parse_cases(a) -> tuple[list[float], set[str], set | None]:
+    """(densities, case sets, shapes to keep or None) of the arguments; UserError on bad input."""
+    from sparse_autotune.core.problem import check_density  # noqa: PLC0415
+    from sparse_autotune.errors import UserError  # noqa: PLC0415
+    sets = {x for x in a.cases.split(",") if x}
+    if not sets or not sets <= {"minilm", "dl"}:
+        raise UserError(f"--cases {a.cases!r}: choose minilm, dl or both (comma-separated)")
+    try:
+        dens = [check_density(float(x)) for x in a.densities.split(",")]
+    except ValueError:
+        raise UserError(f"--densities {a.densities!r}: numbers in (0, 1], comma-separated") from None
+    if a.configs not in ("base", "wide"):
+        raise UserError(f"--configs {a.configs!r}: choose base or wide")
+    keep = None
+    if a.shapes:
+        try:
+            keep = {tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")}
+        except ValueError:
+            keep = set()
+        if not keep or any(len(t) != 3 for t in keep):
+            raise UserError(f"--shapes {a.shapes!r}: MxKxN, comma-separated, e.g. 3072x768x2048")
+    return dens, sets, keep
+
+
+def read_skip(path: str) -> list:
+    """The cases of an earlier run's JSON (--skip); UserError where it is not one."""
+    from sparse_autotune.errors import UserError  # noqa: PLC0415
+    try:
+        rows = json.loads(Path(path).read_text())["cases"]
+        ok = isinstance(rows, list) and all(isinstance(r, dict) and {"set", "M", "K", "N", "density"} <= set(r)
+                                            for r in rows)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--skip {path}: not a tf32_nk.py output ({type(exc).__name__})") from None
+    if not ok:
+        raise UserError(f"--skip {path}: not a tf32_nk.py output (cases without set, M, K, N, density)")
+    return rows
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default="minilm,dl")
     ap.add_argument("--densities", default="0.05,0.1")
@@ -69,7 +107,9 @@ def main() -> int:
                     "nkr twins (results/session55/tf32-nk-nkr) ran at commit 117a253")
     ap.add_argument("--shapes", default=None, help="only these MxKxN, comma-separated (e.g. 3072x768x2048)")
     ap.add_argument("--fp16", action="store_true", help="also tc_sp24 in fp16 at the same configs (its best: fp16_us)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
+    dens, sets, keep = parse_cases(a)  # bad input: one line, exit 2, before any GPU work
+    rows = read_skip(a.skip) if a.skip else []
 
     from sparse_autotune.core.families import get_family  # noqa: PLC0415
     from sparse_autotune.core.problem import TOLERANCE, random_matrix, storage  # noqa: PLC0415
@@ -95,18 +135,15 @@ def main() -> int:
         list(pool.map(lambda c: compile_kernel(render(sp24, c, "tf32", layout="nk"), options=(f"-arch={sp24.arch}",)), cfgs))
     print(f"compiled {len(cfgs)} configs in {time.time() - t_start:.0f} s", flush=True)
 
-    dens = [float(x) for x in a.densities.split(",")]
     cases = []
-    if "minilm" in a.cases:
+    if "minilm" in sets:
         cases += [("minilm", m, k, n, d) for (m, k) in MINILM for n in MINILM_NS for d in dens]
-    if "dl" in a.cases:
+    if "dl" in sets:
         cases += [("dl", m, k, n, d) for (m, k, n) in dl_nk_shapes() for d in dens]
-    if a.shapes:
-        keep = {tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")}
+    if keep is not None:
         cases = [c for c in cases if c[1:4] in keep]
     stem = Path(a.out) if a.out else Path(os.environ.get("OUT") or ROOT / "bench/results/probe") / "tf32-nk"
     stem.parent.mkdir(parents=True, exist_ok=True)
-    rows = json.loads(Path(a.skip).read_text())["cases"] if a.skip else []
     done = {(r["set"], r["M"], r["K"], r["N"], r["density"]) for r in rows}
     stream = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
     for (kind, m, k, n, d) in cases:
@@ -227,4 +264,5 @@ def write(stem: Path, meta: dict, rows: list) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sparse_autotune.errors import exit_status  # noqa: E402
+    sys.exit(exit_status("tf32_nk.py", main))

@@ -1,4 +1,5 @@
-"""The device probes under bench/ that are not a family (run on the GPU by hand): their kernels at least assemble."""
+"""The device probes under bench/ that are not a family (run on the GPU by hand): their kernels at least assemble, and
+bench/tf32_nk.py refuses bad arguments before it needs a GPU."""
 from __future__ import annotations
 
 import importlib.util
@@ -158,3 +159,21 @@ def test_tf32_probe_h100_discoveries_are_the_a1_m1_maps_the_packers_use():
         mma = rep["layout"]["discover"][sel]
         assert mma["a_at"] == {k: v for k, v in want["a_at"].items() if int(k.split(".")[0]) < 32}
         assert mma["nibbles"] == {k: v for k, v in want["nibbles"].items() if int(k.split(".")[0]) < 32}
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--cases", "foo"], "--cases 'foo'"), (["--densities", "0,0.1"], "outside (0, 1]"),
+    (["--densities", "x"], "--densities 'x'"), (["--shapes", "3072x768"], "--shapes '3072x768'"),
+    (["--configs", "nkr"], "--configs 'nkr'"), (["--skip", "/nonexistent/tf32.json"], "not a tf32_nk.py output")])
+def test_tf32_nk_bench_refuses_bad_input_in_one_line_before_the_gpu(args, says, capsys, tmp_path):
+    """bench/tf32_nk.py: bad arguments are one line on stderr and exit status 2, checked before any GPU work (this
+    machine has none: reaching it would fail differently)."""
+    from sparse_autotune.errors import exit_status
+    bench = _load("tf32_nk")
+    assert exit_status("tf32_nk.py", lambda: bench.main(args)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("tf32_nk.py: error:") and says in err, err
+    bad = tmp_path / "skip.json"
+    bad.write_text('{"cases": [{"M": 1}]}')
+    assert exit_status("tf32_nk.py", lambda: bench.main(["--skip", str(bad)])) == 2
+    assert "cases without set" in capsys.readouterr().err
