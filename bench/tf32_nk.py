@@ -227,12 +227,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def geomean(xs):
-    xs = [x for x in xs if x]
-    return float(np.exp(np.mean(np.log(xs)))) if xs else None
-
-
 def write(stem: Path, meta: dict, rows: list) -> None:
+    from sparse_autotune.tuning.suite import geomean  # noqa: PLC0415
     summary = {}
     for kind in ("minilm", "dl"):
         for d in sorted({r["density"] for r in rows}):

@@ -38,6 +38,8 @@ bits, uint32), which is d / 2 of the nonzeros for a uniform pattern (2.5 % at d 
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -56,10 +58,11 @@ def dims(m: int, k: int, kc: int, wg: int) -> tuple[int, int]:
     return rows + rows % 2, max(1, -(-k // (32 * kc)))
 
 
-def _group_rank(rows: np.ndarray, cols: np.ndarray, kg: int) -> tuple[np.ndarray, np.ndarray]:
-    """(key, rank) of CSR-ordered entries: key = row x kg + column group of 4, rank = the entry's place in its group's
-    run (0, 1: the 2:4 part; 2, 3: what 2:4 cannot hold)."""
-    key = rows.astype(np.int64) * kg + cols // 4  # CSR order: by row, then column, so a group's entries are a run
+def _group_rank(rows: np.ndarray, cols: np.ndarray, kg: int, size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(key, rank) of CSR-ordered entries: key = row x kg + column group of `size` (4; tf32's pairs: 2), rank = the
+    entry's place in its group's run (groups of 4: 0, 1 the 2:4 part, 2, 3 what 2:4 cannot hold; pairs: 0 the 1:2
+    part, 1 the residual)."""
+    key = rows.astype(np.int64) * kg + cols // size  # CSR order: by row, then column, so a group's entries are a run
     first = np.ones(len(key), dtype=bool)
     first[1:] = key[1:] != key[:-1]
     start = np.maximum.accumulate(np.where(first, np.arange(len(key)), 0))
@@ -482,9 +485,8 @@ def split_tf32(a: sp.csr_matrix):
     nibble (0b0100 / 0b1110), its low half then its high half in vals; a pair's second nonzero to the residual."""
     m, k, rows, cols, data = csr_parts(a)
     kp = max(1, -(-k // 2))
-    key = rows.astype(np.int64) * kp + cols // 2
-    first = np.ones(len(key), dtype=bool)
-    first[1:] = key[1:] != key[:-1]  # CSR order: a pair's entries are a run, its first nonzero first
+    key, rank = _group_rank(rows, cols, kp, 2)
+    first = rank == 0
     nib = np.full(m * kp, EMPTY_NIBBLE, dtype=np.uint8)
     nib[key[first]] = np.where(cols[first] % 2 == 1, 0xE, EMPTY_NIBBLE).astype(np.uint8)
     vals = np.zeros(m * kp, dtype=np.uint32)
@@ -784,7 +786,12 @@ def tensor_map_args_rows(n: int, k: int, address: int, rows: int = 1) -> dict:
     lands as those rows of a whole box would: TMA's swizzle follows the destination address, CUDA C++ Programming
     Guide, TMA swizzle: an offset of (address / 128) % 8 in the pattern)."""
     wg = _wgmma_host()
-    return wg.tiled_map_16bit(n, k, (64, int(rows)), wg.TMAP_SWIZZLE_128B, address)
+    return wg.tiled_map(n, k, (64, int(rows)), wg.TMAP_SWIZZLE_128B, address)
+
+
+def nk_k_align(dtype: str) -> int:
+    """x's K must be a multiple of this for its tensor map (rows of a multiple of 16 bytes): 8 16-bit or 4 fp32 elements."""
+    return 4 if dtype == "tf32" else 8
 
 
 def tensor_map_args_nk(n: int, k: int, config: dict, address: int, dtype: str = "fp16") -> dict:
@@ -792,18 +799,14 @@ def tensor_map_args_nk(n: int, k: int, config: dict, address: int, dtype: str = 
     row's columns (128 bytes: 64 16-bit or, tf32, 32 fp32 columns; at kc 1 a chunk's 64 bytes) x bn rows of x (columns
     >= K and rows >= N read zeros), swizzled at the box row's width (128 bytes; kc 1: 64), at x's address. 16-bit
     elements (K % 8 == 0: rows of a multiple of 16 bytes) or, tf32, 32-bit ones (K % 4 == 0)."""
-    n, k = int(n), int(k)
-    tf = dtype == "tf32"
-    if n <= 0 or k <= 0 or k % (4 if tf else 8):
-        raise ValueError(f"tc_sp24 nk: x's tensor map needs K % {4 if tf else 8} == 0 and N > 0 (N = {n}, K = {k})")
+    n, k, align = int(n), int(k), nk_k_align(dtype)
+    if n <= 0 or k <= 0 or k % align:
+        raise ValueError(f"tc_sp24 nk: x's tensor map needs K % {align} == 0 and N > 0 (N = {n}, K = {k})")
     wg = _wgmma_host()
+    elem = 4 if dtype == "tf32" else 2
     row = min(128, 64 * int(config["kc"]))  # bytes of a box row
-    t = wg.tiled_map_16bit(k, n, (row // (4 if tf else 2), int(config["bn"])),
-                           wg.TMAP_SWIZZLE_128B if row == 128 else wg.TMAP_SWIZZLE_64B, address)
-    return {**t, "dtype": TMAP_UINT32, "strides": (4 * k,)} if tf else t
-
-
-TMAP_UINT32 = 2  # cuda.h's CU_TENSOR_MAP_DATA_TYPE_UINT32 (tf32's x: the bits copied as they are)
+    return wg.tiled_map(k, n, (row // elem, int(config["bn"])),
+                        wg.TMAP_SWIZZLE_128B if row == 128 else wg.TMAP_SWIZZLE_64B, address, elem)
 
 
 def _encode(t: dict) -> bytes:
@@ -828,9 +831,8 @@ def args(kernel, n: int, b, c, bias=None) -> tuple:
            *bc, np.int32(m), np.int32(n), np.int32(k), np.int32(nc), np.int32(nblk), np.int32(cps), np.int32(ntiles))
     if nk:
         out = (*out, np.int32(kernel.a.shape[0]))  # MY: y's row length (l2: M above is the slot count)
-    tf = kernel.dtype == "tf32"
-    tmap, ok = ((lambda n_, k_, c_, p_: tensor_map_args_nk(n_, k_, c_, p_, kernel.dtype)), k % (4 if tf else 8) == 0) \
-        if nk else (tensor_map_args, n % 8 == 0)
+    tmap, ok = (functools.partial(tensor_map_args_nk, dtype=kernel.dtype), k % nk_k_align(kernel.dtype) == 0) if nk \
+        else (tensor_map_args, n % 8 == 0)
     rowmap = int(cfg.get("ov", 0)) and not int(cfg.get("ovc", 0))  # ov: the overflow chunks' row-box map (tmap1)
     if not (n > 0 and ok):  # never launched (infeasible); a_bytes() asks for N = 1
         return (*out, *(BParam(128, lambda b_ptr: bytes(128)) for _ in range(2 if rowmap else 1)))

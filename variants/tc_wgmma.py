@@ -339,18 +339,20 @@ def workspace_shape(config: dict, row_blocks: int, ntiles: int) -> tuple[int, in
 # ---- tma = 1 (fourth step): B by TMA through a tensor map -----------------------------------------------------
 # cuda.h's enum values (CUtensorMapDataType, ...Interleave, ...Swizzle, ...L2promotion, ...FloatOOBfill)
 TMAP_UINT16, TMAP_INTERLEAVE_NONE, TMAP_SWIZZLE_128B, TMAP_L2_256B, TMAP_OOB_ZERO = 1, 0, 3, 3, 0
+TMAP_UINT32 = 2  # tc_sp24's tf32 x: fp32 bits copied as they are
 TMAP_SWIZZLE_64B = 2
 TMAP_PLACEHOLDER = 1 << 16  # the template's global address (16-byte aligned); each block writes B's in on the device
 
 
-def tiled_map_16bit(inner: int, outer: int, box: tuple, swizzle: int = TMAP_SWIZZLE_128B,
-                    address: int = TMAP_PLACEHOLDER) -> dict:
-    """cuTensorMapEncodeTiled's arguments for a row-major 2D array of 16-bit words (outer rows of inner elements), boxes
-    of `box` (inner, outer) elements with `swizzle`, 256-byte L2 promotion, out-of-bounds reads as zeros (the Hopper
-    families' maps: tc_wgmma's and tc_sp24's B, tc_sp24's x in nk)."""
-    return {"dtype": TMAP_UINT16, "rank": 2, "address": int(address), "dims": (int(inner), int(outer)),
-            "strides": (2 * int(inner),), "box": tuple(int(b) for b in box), "elem_strides": (1, 1),
-            "interleave": TMAP_INTERLEAVE_NONE, "swizzle": swizzle, "l2": TMAP_L2_256B, "oob": TMAP_OOB_ZERO}
+def tiled_map(inner: int, outer: int, box: tuple, swizzle: int = TMAP_SWIZZLE_128B,
+              address: int = TMAP_PLACEHOLDER, elem: int = 2) -> dict:
+    """cuTensorMapEncodeTiled's arguments for a row-major 2D array of 16-bit words (elem 4: 32-bit; outer rows of inner
+    elements), boxes of `box` (inner, outer) elements with `swizzle`, 256-byte L2 promotion, out-of-bounds reads as
+    zeros (the Hopper families' maps: tc_wgmma's and tc_sp24's B, tc_sp24's x in nk, 32-bit in tf32)."""
+    return {"dtype": {2: TMAP_UINT16, 4: TMAP_UINT32}[elem], "rank": 2, "address": int(address),
+            "dims": (int(inner), int(outer)), "strides": (elem * int(inner),), "box": tuple(int(b) for b in box),
+            "elem_strides": (1, 1), "interleave": TMAP_INTERLEAVE_NONE, "swizzle": swizzle, "l2": TMAP_L2_256B,
+            "oob": TMAP_OOB_ZERO}
 
 
 def tensor_map_args(n: int, k: int, config: dict) -> dict:
@@ -361,7 +363,7 @@ def tensor_map_args(n: int, k: int, config: dict) -> dict:
     n, k = int(n), int(k)
     if n <= 0 or n % 8 or k <= 0:
         raise ValueError(f"tc_wgmma tma: B's tensor map needs N % 8 == 0 and K > 0 (N = {n}, K = {k})")
-    return tiled_map_16bit(n, k, (64, 16 * int(config["kc"])))
+    return tiled_map(n, k, (64, 16 * int(config["kc"])))
 
 
 _LIBCUDA: list = []

@@ -3,7 +3,6 @@ config and its wd twin built, verified against float64 and timed A, B, A
 (CUDA-graph replay over 8 fresh B / x buffers, median of 20) on random uniform layers in kn fp16, nk fp16 and nk tf32.
     python3 bench/drafts/wd_ab.py OUT.json"""
 import json
-import math
 import sys
 
 import numpy as np
@@ -15,6 +14,7 @@ from sparse_autotune.device.gpu import cupy, gpu_info
 from sparse_autotune.device.kernel import DeviceCSR, build_kernel
 from sparse_autotune.device.timing import time_launches
 from sparse_autotune.errors import CandidateError
+from sparse_autotune.tuning.suite import geomean
 
 cp = cupy()
 sp = get_family("tc_sp24").space
@@ -82,6 +82,5 @@ for lay, dt in (("kn", "fp16"), ("nk", "fp16"), ("nk", "tf32")):
     best = [min(p["wd2_us"] for p in o["pairs"]) / min(p["wd1_us"] for p in o["pairs"]) for o in out
             if (o["layout"], o["dtype"]) == (lay, dt) and o["pairs"]]
     if rs:
-        g = lambda x: math.exp(sum(map(math.log, x)) / len(x))  # noqa: E731
-        print(f"{lay} {dt}: {len(rs)} pairs, geomean wd2/wd1 {g(rs):.3f} (min {min(rs):.3f}, max {max(rs):.3f}); "
-              f"best wd2 / best wd1 per case geomean {g(best):.3f}", flush=True)
+        print(f"{lay} {dt}: {len(rs)} pairs, geomean wd2/wd1 {geomean(rs):.3f} (min {min(rs):.3f}, max {max(rs):.3f}); "
+              f"best wd2 / best wd1 per case geomean {geomean(best):.3f}", flush=True)
