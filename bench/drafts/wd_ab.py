@@ -27,6 +27,8 @@ CFGS = [dict(bn=128, kc=4, wg=2, stages=3, splitk=1, pw=1), dict(bn=128, kc=2, w
         dict(bn=128, kc=2, wg=2, stages=6, splitk=1, l2=12), dict(bn=64, kc=4, wg=1, stages=4, splitk=1, l2=12),
         dict(bn=64, kc=4, wg=2, stages=6, splitk=2), dict(bn=128, kc=4, wg=2, stages=3, splitk=1, pw=1, l2=25)]
 st = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
+v = gpu_info().versions()
+meta = {k: v[k] for k in ("gpu", "driver", "cuda", "cupy")}
 out = []
 for lay, dt, m, k, n, d in CASES:
     rng = np.random.default_rng(0)
@@ -76,7 +78,7 @@ for lay, dt, m, k, n, d in CASES:
         print(f"{lay} {dt} {m}x{k} N={n}: {base} wd1 {r['wd1_us']:.2f} ({r['wd1_again_us']:.2f}) wd2 {t2:.2f} -> "
               f"{t2 / r['wd1_us']:.3f}  err {pair[0][1]:.1e} / {pair[1][1]:.1e}", flush=True)
     out.append({"layout": lay, "dtype": dt, "M": m, "K": k, "N": n, "density": d, "pairs": rows})
-    json.dump(out, open(sys.argv[1], "w"), indent=1)
+    json.dump({**meta, "cases": out}, open(sys.argv[1], "w"), indent=1)
 for lay, dt in (("kn", "fp16"), ("nk", "fp16"), ("nk", "tf32")):
     rs = [p["wd2_us"] / p["wd1_us"] for o in out if (o["layout"], o["dtype"]) == (lay, dt) for p in o["pairs"]]
     best = [min(p["wd2_us"] for p in o["pairs"]) / min(p["wd1_us"] for p in o["pairs"]) for o in out
