@@ -513,10 +513,9 @@ EP_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1, ep=1), dict(bn=
 
 @pytest.mark.parametrize("layout", ["kn", "nk"])
 def test_ep_issues_the_first_chunks_before_the_block_barrier_and_compiles_without_spills(layout):
-    """ep 1: the producer warp's lane 0 (not thread 0) prefetches the map and initialises the barriers; the warp
-    arrives on the block barrier without waiting (bar.arrive; the others bar.sync) and lane 0 issues the first
-    min(nch, STAGES) chunks' copies; its loop then starts at that chunk, at the stage and phase it left (so each stage
-    is still filled once a round); ep 0 renders as before. pt / mc 2 are refused with it."""
+    """ep 1: the producer thread (not thread 0) initialises the barriers, prefetches the map and issues the first
+    min(nch, STAGES) chunks' copies before __syncthreads; its loop then starts at that chunk, at the stage and phase it
+    left (so each stage is still filled once a round); ep 0 renders as before. pt / mc 2 are refused with it."""
     sp = space() if layout == "kn" else space().for_layout("nk")
     compiled = 0
     for cfg in EP_CONFIGS:
@@ -526,11 +525,8 @@ def test_ep_issues_the_first_chunks_before_the_block_barrier_and_compiles_withou
         if sp.check(c, problem_env(300, 2048, 256, 30_000, "fp16"), DEFAULT_LIMITS) is not None:
             continue
         src = render(sp, c, "fp16", layout=layout)
-        head, tail = src.split("        asm volatile(\"bar.sync 0, ", 1)
-        pre, early = head.split("asm volatile(\"bar.arrive 0, ", 1)
-        assert "if (warp == WARPS) {" in pre and "prefetch.tensormap" in pre and "mbar_init(full" in pre
-        assert "mbar_arrive_tx(full" not in pre and "__syncthreads();" not in src.split("const int i0")[0]
-        head = early
+        head, tail = src.split("__syncthreads();", 1)
+        assert "if (tid == WARPS * 32) {" in head and "prefetch.tensormap" in head
         assert "i < min(nch, STAGES); ++i" in head and "mbar_arrive_tx(full + 8 * i, bytes);" in head
         assert "tma_g2s(bbase + i * BST" in head
         assert ("bulk_g2s(abase + i * AST" in head) == (c.get("ar", 0) == 0)
