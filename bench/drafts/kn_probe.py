@@ -5,8 +5,7 @@ with no residual at all, results wrong, timing only: the cut-out that bounds wha
 is reported, not checked), against cuBLAS FP16 in
 the same run (session 45: the kn residual forms, the pt twins). Each config verified once against float32; JSON written after
 each case. Env: PROBE_DENS (default 0.1,0.05), PROBE_MAX (cases at most, the slowest against cuBLAS first), PROBE_TWIN
-(l2: the l2 0 / rs 0 twin, the default; pt: the persistent-grid twin, pt 1; ep: the ep 1 twin (pt records: the pt 0
-ep 1 and pt 0 ones); perm: the perm 1 twins, with and
+(l2: the l2 0 / rs 0 twin, the default; pt: the persistent-grid twin, pt 1; perm: the perm 1 twins, with and
 without l2; ov: the ov 1 / 2 / 4 twins, with the record's l2 and at l2 0, and at ov 1 / 2 their cp.async twins (ovc 1; session 47); sib: the tc_sp24 winners of the same layer at the suite's
 other densities and patterns (session 46); each where the space admits it; diag10 times the record's config only;
 session 45's rl twins are gone with the parameter, measured slower).
@@ -67,8 +66,6 @@ for r in recs:
         twins += [dict(t, ovc=1) for t in twins if t["ov"] < 4]  # the same by cp.async (ovc 1)
     elif mode == "sib":  # the tc_sp24 winners of the same layer (M, K, N) at the other densities and patterns
         twins = [dict(s["config"]) for s in sibs if (s["M"], s["K"], s["N"]) == (r["M"], r["K"], r["N"]) and s is not r]
-    elif mode == "ep":  # session 56: the first chunks' copies before the block barrier (pt records: their one-tile twin)
-        twins = [dict(c, ep=1)] if not c.get("pt") else [dict(c, pt=0, ep=1), dict(c, pt=0)]
     else:
         twins = [dict(c, l2=0, rs=0, rq=0)]
     env = problem_env(r["M"], r["K"], r["N"], r["nnz"], "fp16")
@@ -112,6 +109,6 @@ for r in recs:
             o["runs"].append({"form": form, "cfg": cfg, "us": t, "err": err})
     out.append(o)
     json.dump(out, open(sys.argv[1], "w"), indent=1)
-    cells = " | ".join(f"{x['form'][:9]} l2 {x['cfg'].get('l2', 0)} rs {x['cfg'].get('rs', 0)} pt {x['cfg'].get('pt', 0)} ov {x['cfg'].get('ov', 0)} perm {x['cfg'].get('perm', 0)} ep {x['cfg'].get('ep', 0)}: {x['us']:.2f} ({x['err']:.0e})"
+    cells = " | ".join(f"{x['form'][:9]} l2 {x['cfg'].get('l2', 0)} rs {x['cfg'].get('rs', 0)} pt {x['cfg'].get('pt', 0)} ov {x['cfg'].get('ov', 0)} perm {x['cfg'].get('perm', 0)}: {x['us']:.2f} ({x['err']:.0e})"
                        for x in o["runs"])
     print(f"| {m}x{k} N={n} d {d} {pat[:4]} | cuBLAS {o['cublas']:.2f} | record {r['tuned_us']:.2f} | {cells} |", flush=True)

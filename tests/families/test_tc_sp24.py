@@ -506,45 +506,6 @@ def test_known_goods_compile_for_sm90a_without_spills_or_serialized_wgmmas(dtype
             assert "HGMMA.SP" in sass
 
 
-EP_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1, ep=1), dict(bn=64, kc=1, wg=2, stages=8, splitk=1, l2=12, ep=1),
-              dict(bn=128, kc=1, wg=1, stages=6, splitk=1, ar=4, ep=1), dict(bn=64, kc=4, wg=1, stages=6, splitk=2, l2=12, ep=1),
-              dict(bn=256, kc=1, wg=1, stages=4, splitk=1, rs=4, ep=1), dict(bn=64, kc=1, wg=1, stages=2, splitk=3, rq=2, ep=1)]
-
-
-@pytest.mark.parametrize("layout", ["kn", "nk"])
-def test_ep_issues_the_first_chunks_before_the_block_barrier_and_compiles_without_spills(layout):
-    """ep 1: the producer thread (not thread 0) initialises the barriers, prefetches the map and issues the first
-    min(nch, STAGES) chunks' copies before __syncthreads; its loop then starts at that chunk, at the stage and phase it
-    left (so each stage is still filled once a round); ep 0 renders as before. pt / mc 2 are refused with it."""
-    sp = space() if layout == "kn" else space().for_layout("nk")
-    compiled = 0
-    for cfg in EP_CONFIGS:
-        if layout == "nk" and (cfg.get("rs") or cfg.get("rq")):
-            continue  # kn's residual forms
-        c = sp.normalize(cfg, "fp16")
-        if sp.check(c, problem_env(300, 2048, 256, 30_000, "fp16"), DEFAULT_LIMITS) is not None:
-            continue
-        src = render(sp, c, "fp16", layout=layout)
-        head, tail = src.split("__syncthreads();", 1)
-        assert "if (tid == WARPS * 32) {" in head and "prefetch.tensormap" in head
-        assert "i < min(nch, STAGES); ++i" in head and "mbar_arrive_tx(full + 8 * i, bytes);" in head
-        assert "tma_g2s(bbase + i * BST" in head
-        assert ("bulk_g2s(abase + i * AST" in head) == (c.get("ar", 0) == 0)
-        assert "const int i0 = min(nch, STAGES);" in tail and "for (int i = i0; i < nch; ++i)" in tail
-        assert "int st = i0 == STAGES ? 0 : i0;" in tail and "unsigned int ph = i0 == STAGES ? 1u : 0u;" in tail
-        off = render(sp, {**c, "ep": 0}, "fp16", layout=layout)
-        assert "if (tid == 0) {" in off.split("__syncthreads();", 1)[0] and "const int i0" not in off
-        if compiled < 2:  # (CI's time: two builds a layout; the GPU tests build them all)
-            compiled += 1
-            rep, _ = nvcc_sm90a(src)
-            assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep) and "C75" not in rep, (cfg, rep)
-    assert compiled == 2
-    env = problem_env(3072, 768, 2048, 120_000, "fp16")
-    for bad in (dict(pt=1), dict(mc=2)):
-        c = sp.normalize({**EP_CONFIGS[0], **bad}, "fp16")
-        assert c is None or "ep" in str(sp.check(c, env, DEFAULT_LIMITS))
-
-
 AR_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ar=4), dict(bn=64, kc=4, wg=2, stages=6, splitk=2, ar=4),
               dict(bn=128, kc=1, wg=2, stages=8, splitk=1, ar=4), dict(bn=256, kc=2, wg=1, stages=5, splitk=1, ar=4),
               dict(bn=128, kc=2, wg=2, stages=6, splitk=1, mc=2, ar=4)]
@@ -618,9 +579,7 @@ def _gpu_configs(n, dtype):
                                    dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rq=4), dict(bn=64, kc=1, wg=1, stages=4, splitk=3, rq=2),
                                    dict(bn=64, kc=2, wg=2, stages=4, splitk=1, l2=12, rq=2), dict(bn=128, kc=2, wg=1, stages=4, splitk=2, rq=2),
                                    dict(bn=64, kc=2, wg=1, stages=4, splitk=2, mc=2, rq=4), dict(bn=64, kc=2, wg=1, stages=6, splitk=1, ar=4, rq=4),
-                                   dict(bn=64, kc=1, wg=2, stages=2, splitk=2, rq=2),
-                                   # ep: the first chunks' copies before the block barrier
-                                   *EP_CONFIGS, dict(bn=128, kc=1, wg=2, stages=2, splitk=2, ep=1)]
+                                   dict(bn=64, kc=1, wg=2, stages=2, splitk=2, rq=2)]
     for cfg in cands:
         cfg = fam.adapt(cfg, dtype, env, DEFAULT_LIMITS)
         if cfg is None:
@@ -1092,9 +1051,6 @@ NK_CONFIGS = [dict(bn=64, kc=1, wg=1, stages=4, splitk=1), dict(bn=64, kc=2, wg=
               # pt: the persistent loop (each tile's residual list refilled; l2: y by the window, its own staging area)
               dict(bn=64, kc=4, wg=1, stages=4, splitk=1, l2=12, pt=1), dict(bn=64, kc=2, wg=2, stages=4, splitk=1, pt=1),
               dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1, pt=1)]
-# ep (the first chunks' copies before the block barrier), for the nk / tf32 GPU edge cases
-NK_EP_CONFIGS = [dict(bn=64, kc=2, wg=2, stages=4, splitk=1, ep=1), dict(bn=128, kc=4, wg=1, stages=3, splitk=2, ep=1),
-                 dict(bn=128, kc=2, wg=2, stages=4, splitk=1, l2=25, pw=1, ep=1), dict(bn=64, kc=1, wg=2, stages=2, splitk=2, ep=1)]
 
 
 def _nk_env(m=384, k=384, n=7, nnz=7000, dtype="fp16"):
@@ -1223,7 +1179,7 @@ def test_nk_correct_on_edge_cases(dtype, case):
 
     def pick(feas, name, n):
         feas = [sp.normalize(c, dtype) for c in feas]
-        return [c for c in (sp.normalize(c, dtype) for c in NK_CONFIGS + NK_EP_CONFIGS) if c in feas]
+        return [c for c in (sp.normalize(c, dtype) for c in NK_CONFIGS) if c in feas]
     cases = {case: _nk_cases()[case]}
     want = sum(len(pick(native_nk_configs(FAMILY, dtype, *a.shape, n, a.nnz), name, n))
                for name, a in cases.items() for n in (1, 7, 64, 257))
@@ -1439,7 +1395,7 @@ def test_tf32_nk_correct_on_edge_cases(case):
 
     def pick(feas, name, n):
         feas = [sp.normalize(c, "tf32") for c in feas]
-        return [c for c in (sp.normalize(c, "tf32") for c in NK_CONFIGS + NK_EP_CONFIGS if not c.get("ar")) if c in feas]
+        return [c for c in (sp.normalize(c, "tf32") for c in NK_CONFIGS if not c.get("ar")) if c in feas]
     cases = {case: _tf32_cases()[case]}
     want = sum(len(pick(native_nk_configs(FAMILY, "tf32", *a.shape, n, a.nnz), name, n))
                for name, a in cases.items() for n in (1, 7, 64, 257))
