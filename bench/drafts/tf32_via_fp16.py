@@ -15,7 +15,7 @@ so that the scales are exercised.
 
     python3 bench/drafts/tf32_via_fp16.py OUT.json [--dens 0.05] [--max CASES]
 
-Per case: the conversion, the fp16 kernel (the suite's fp16 record config for the case), the upcast, the three as
+Per case: the conversion (v1: a block a column group; v3, the pipeline's: a cluster of 8 blocks a column group), the fp16 kernel (the suite's fp16 record config for the case), the upcast, the three as
 one pipeline (graph replay), the fused estimate (pipeline - upcast + C's extra fp16 bytes at the measured upcast
 rate), cuBLAS TF32 and FP16, and the tf32 record's own config rebuilt here; errors against float64.
 """
@@ -96,47 +96,65 @@ extern "C" __global__ void conv(const float* __restrict__ B, unsigned short* __r
 }
 """
 
-# the conversion in two coalesced kernels (after the one above measured 0.3-1.3 TB/s: 32-byte pieces a row): the
-# columns' largest magnitudes by atomicMax on their bits (a warp reads 512 contiguous bytes of a row; KB rows a block,
-# all loads of a thread in flight), then the cast of 8 columns a thread (32 bytes read, 16 written) by those maxima;
-# the mx array is zeroed before (a memset).
+# v3, one launch (v2's two kernels and a memset cost ~3 launches' fixed time, and its atomicMax on a column's word from
+# every row block serialised: 1.2 TB/s at best): a cluster of 8 blocks takes 32 columns, each block K / 8 of the rows.
+# A block reads its rows once (128 bytes a row, kept in shared memory), takes their column maxima, and the cluster
+# exchanges them through distributed shared memory; then each block casts its rows from shared memory: B read once
+# from HBM, B16 written once (6 bytes an element).
 CONV2 = r"""
 #include <cuda_fp16.h>
-#define KB 16
-extern "C" __global__ void colmax(const float* __restrict__ B, unsigned int* __restrict__ mx, int K, int N) {
-    const int c = 4 * (blockIdx.x * blockDim.x + threadIdx.x), k0 = blockIdx.y * KB;
-    if (c >= N) return;
-    float4 v[KB];
-#pragma unroll
-    for (int i = 0; i < KB; ++i)
-        v[i] = k0 + i < K ? __ldg(reinterpret_cast<const float4*>(B + (size_t)(k0 + i) * N + c)) : make_float4(0.f, 0.f, 0.f, 0.f);
-    float m0 = 0.f, m1 = 0.f, m2 = 0.f, m3 = 0.f;
-#pragma unroll
-    for (int i = 0; i < KB; ++i) {
-        m0 = fmaxf(m0, fabsf(v[i].x)); m1 = fmaxf(m1, fabsf(v[i].y));
-        m2 = fmaxf(m2, fabsf(v[i].z)); m3 = fmaxf(m3, fabsf(v[i].w));
-    }
-    atomicMax(mx + c, __float_as_uint(m0)); atomicMax(mx + c + 1, __float_as_uint(m1));
-    atomicMax(mx + c + 2, __float_as_uint(m2)); atomicMax(mx + c + 3, __float_as_uint(m3));
+// the cluster's barrier and a peer block's shared word, in PTX (no cooperative_groups header under NVRTC)
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
-extern "C" __global__ void cast(const float* __restrict__ B, const unsigned int* __restrict__ mx,
-                                unsigned short* __restrict__ B16, float* __restrict__ inv, int K, int N, int T) {
-    const size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x, total = (size_t)K * N / 8;
-    if (g >= total) return;
-    const int c = (int)((g * 8) % N);
-    const float4* p = reinterpret_cast<const float4*>(B + g * 8);
-    const float4 u = __ldg(p), v = __ldg(p + 1);
-    const float x[8] = {u.x, u.y, u.z, u.w, v.x, v.y, v.z, v.w};
-    unsigned int w4[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const float m0 = __uint_as_float(__ldg(mx + c + 2 * j)), m1 = __uint_as_float(__ldg(mx + c + 2 * j + 1));
-        const int e0 = m0 > 0.f ? ilogbf(m0) : 0, e1 = m1 > 0.f ? ilogbf(m1) : 0;
-        w4[j] = (unsigned int)__half_as_ushort(__float2half_rn(ldexpf(x[2 * j], T - e0)))
-              | ((unsigned int)__half_as_ushort(__float2half_rn(ldexpf(x[2 * j + 1], T - e1))) << 16);
-        if (g * 8 < (size_t)N) { inv[c + 2 * j] = ldexpf(1.0f, e0 - T); inv[c + 2 * j + 1] = ldexpf(1.0f, e1 - T); }
+__device__ __forceinline__ float ld_peer(const float* p, unsigned int rank) {
+    unsigned int a = (unsigned int)__cvta_generic_to_shared(p), r;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r) : "memory");
+    return v;
+}
+extern "C" __global__ void __cluster_dims__(1, 8, 1) conv3(const float* __restrict__ B, unsigned short* __restrict__ B16,
+                                                           float* __restrict__ inv, int K, int N, int T) {
+    extern __shared__ float4 tile[];  // the block's rows x 8 float4 (32 columns)
+    __shared__ float pm[4][32];       // each warp's column maxima
+    __shared__ float cm[32];          // the block's column maxima (read by the cluster's blocks)
+    __shared__ float sc[32];
+    const int t = threadIdx.x, q = t & 7, lane = t & 31, warp = t >> 5;
+    const int c0 = blockIdx.x * 32, rpb = (K + 7) / 8, k0 = blockIdx.y * rpb;
+    const int k1 = c0 + 4 * q < N ? min(K, k0 + rpb) : k0;  // N % 4 == 0: a quad is in or out whole
+    float m0 = 0.f, m1 = 0.f, m2 = 0.f, m3 = 0.f;
+#pragma unroll 4
+    for (int k = k0 + (t >> 3); k < k1; k += 16) {
+        const float4 v = __ldg(reinterpret_cast<const float4*>(B + (size_t)k * N + c0 + 4 * q));
+        tile[(k - k0) * 8 + q] = v;
+        m0 = fmaxf(m0, fabsf(v.x)); m1 = fmaxf(m1, fabsf(v.y)); m2 = fmaxf(m2, fabsf(v.z)); m3 = fmaxf(m3, fabsf(v.w));
     }
-    *reinterpret_cast<uint4*>(B16 + g * 8) = make_uint4(w4[0], w4[1], w4[2], w4[3]);
+    for (int o = 8; o < 32; o <<= 1) {  // lanes with the same q (lane & 7) hold the same columns
+        m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, o)); m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, o));
+        m2 = fmaxf(m2, __shfl_xor_sync(0xffffffffu, m2, o)); m3 = fmaxf(m3, __shfl_xor_sync(0xffffffffu, m3, o));
+    }
+    if (lane < 8) { pm[warp][4 * q] = m0; pm[warp][4 * q + 1] = m1; pm[warp][4 * q + 2] = m2; pm[warp][4 * q + 3] = m3; }
+    __syncthreads();
+    if (t < 32) cm[t] = fmaxf(fmaxf(pm[0][t], pm[1][t]), fmaxf(pm[2][t], pm[3][t]));
+    cluster_sync();
+    if (t < 32) {
+        float mx = 0.f;
+        for (int r = 0; r < 8; ++r) mx = fmaxf(mx, ld_peer(&cm[t], r));
+        const int e = mx > 0.f ? ilogbf(mx) : 0;
+        sc[t] = ldexpf(1.0f, T - e);
+        if (blockIdx.y == 0 && c0 + t < N) inv[c0 + t] = ldexpf(1.0f, e - T);
+    }
+    cluster_sync();  // the peers' reads of cm done before any block exits; sc written
+    const float s0 = sc[4 * q], s1 = sc[4 * q + 1], s2 = sc[4 * q + 2], s3 = sc[4 * q + 3];
+    for (int k = k0 + (t >> 3); k < k1; k += 16) {
+        const float4 v = tile[(k - k0) * 8 + q];
+        const unsigned int lo = (unsigned int)__half_as_ushort(__float2half_rn(v.x * s0))
+                              | ((unsigned int)__half_as_ushort(__float2half_rn(v.y * s1)) << 16);
+        const unsigned int hi = (unsigned int)__half_as_ushort(__float2half_rn(v.z * s2))
+                              | ((unsigned int)__half_as_ushort(__float2half_rn(v.w * s3)) << 16);
+        *reinterpret_cast<uint2*>(B16 + (size_t)k * N + c0 + 4 * q) = make_uint2(lo, hi);
+    }
 }
 """
 
@@ -154,8 +172,7 @@ def main() -> int:
     tf32 = [r for r in suite if r["dtype"] == "tf32" and r["N"] >= 512 and r["density"] in dens
             and (r["M"], r["K"], r["N"], r["density"], r["pattern"]) in fp16][:args.max]
     conv = cp.RawKernel(CONV, "conv")
-    mod2 = cp.RawModule(code=CONV2)
-    colmax, cast = mod2.get_function("colmax"), mod2.get_function("cast")
+    conv3 = cp.RawModule(code=CONV2).get_function("conv3")
     up = cp.ElementwiseKernel("raw float16 c, raw float32 rs, raw float32 cs, int32 n", "float32 y",
                               "y = (float)c[i] * rs[i / n] * cs[i % n]", "tf32_upcast")
     info = gpu_info()
@@ -198,12 +215,11 @@ def main() -> int:
         def cv(b):
             conv(grid, (256,), (b, b16, inv, np.int32(k), np.int32(n), np.int32(T)))
 
-        mx = cp.empty(n, dtype=cp.uint32)
+        smem3 = ((k + 7) // 8) * 128
+        conv3.max_dynamic_shared_size_bytes = max(smem3, 1)
 
         def cv2(b):
-            mx.fill(0)
-            colmax(((n // 4 + 127) // 128, (k + 15) // 16), (128,), (b, mx, np.int32(k), np.int32(n)))
-            cast(((k * n // 8 + 255) // 256,), (256,), (b, mx, b16, inv, np.int32(k), np.int32(n), np.int32(T)))
+            conv3(((n + 31) // 32, 8), (128,), (b, b16, inv, np.int32(k), np.int32(n), np.int32(T)), shared_mem=smem3)
 
         def ups():
             up(c16, rs, inv, np.int32(n), c32)
