@@ -172,7 +172,7 @@ def main() -> int:
     tf32 = [r for r in suite if r["dtype"] == "tf32" and r["N"] >= 512 and r["density"] in dens
             and (r["M"], r["K"], r["N"], r["density"], r["pattern"]) in fp16][:args.max]
     conv = cp.RawKernel(CONV, "conv")
-    conv3 = cp.RawModule(code=CONV2).get_function("conv3")
+    conv3 = cp.RawKernel(CONV2, "conv3")
     up = cp.ElementwiseKernel("raw float16 c, raw float32 rs, raw float32 cs, int32 n", "float32 y",
                               "y = (float)c[i] * rs[i / n] * cs[i % n]", "tf32_upcast")
     info = gpu_info()
