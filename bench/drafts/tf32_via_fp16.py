@@ -124,11 +124,19 @@ extern "C" __global__ void __cluster_dims__(1, 8, 1) conv3(const float* __restri
     const int c0 = blockIdx.x * 32, rpb = (K + 7) / 8, k0 = blockIdx.y * rpb;
     const int k1 = c0 + 4 * q < N ? min(K, k0 + rpb) : k0;  // N % 4 == 0: a quad is in or out whole
     float m0 = 0.f, m1 = 0.f, m2 = 0.f, m3 = 0.f;
-#pragma unroll 4
-    for (int k = k0 + (t >> 3); k < k1; k += 16) {
-        const float4 v = __ldg(reinterpret_cast<const float4*>(B + (size_t)k * N + c0 + 4 * q));
-        tile[(k - k0) * 8 + q] = v;
-        m0 = fmaxf(m0, fabsf(v.x)); m1 = fmaxf(m1, fabsf(v.y)); m2 = fmaxf(m2, fabsf(v.z)); m3 = fmaxf(m3, fabsf(v.w));
+    // the thread's rows in batches of 8 loads issued together (v3's first run, a row at a time: 1.3 TB/s on 25 MB)
+    for (int kb = k0 + (t >> 3); kb < k1; kb += 128) {
+        float4 v[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            v[i] = kb + 16 * i < k1 ? __ldg(reinterpret_cast<const float4*>(B + (size_t)(kb + 16 * i) * N + c0 + 4 * q))
+                                    : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            if (kb + 16 * i < k1) tile[(kb + 16 * i - k0) * 8 + q] = v[i];
+            m0 = fmaxf(m0, fabsf(v[i].x)); m1 = fmaxf(m1, fabsf(v[i].y));
+            m2 = fmaxf(m2, fabsf(v[i].z)); m3 = fmaxf(m3, fabsf(v[i].w));
+        }
     }
     for (int o = 8; o < 32; o <<= 1) {  // lanes with the same q (lane & 7) hold the same columns
         m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, o)); m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, o));
