@@ -17,7 +17,8 @@ so that the scales are exercised.
 
 Per case: the conversion (v1: a block a column group; v3, the pipeline's: a cluster of 8 blocks a column group), the fp16 kernel (the suite's fp16 record config for the case), the upcast, the three as
 one pipeline (graph replay), the fused estimate (pipeline - upcast + C's extra fp16 bytes at the measured upcast
-rate), cuBLAS TF32 and FP16, and the tf32 record's own config rebuilt here; errors against float64.
+rate), the fp16 kernel storing fp32 C (the template's o32) and conversion + it (fused meas), cuBLAS TF32 and FP16, and
+the tf32 record's own config rebuilt here; errors against float64.
 """
 from __future__ import annotations
 
@@ -41,6 +42,15 @@ from sparse_autotune.errors import CandidateError  # noqa: E402
 
 cp = cupy()
 import cupyx.scipy.sparse as csp  # noqa: E402
+import sparse_autotune.device.kernel as K_  # noqa: E402
+from sparse_autotune.core.render import _env  # noqa: E402
+
+_RENDER = K_.render
+_TPL = open(Path(__file__).resolve().parents[2] / "variants" / "tc_sp24.cu.j2").read()
+
+
+def _render_o32(space, config, dtype, context=None, layout="kn"):
+    return _env().from_string(_TPL).render(dtype=dtype, layout=layout, diag=0, o32=1, **config)
 
 T = 6  # B's columns scaled to a largest magnitude in [2^T, 2^(T+1))
 
@@ -213,8 +223,14 @@ def main() -> int:
              "tf32_record": {"family": r["family"], "config": r["config"], "h200_us": r["tuned_us"],
                              "h200_cublas_tf32_us": r["cublas_tf32_us"]}}
         try:
-            kern = build_kernel(DeviceCSR(a16, "fp16"), "tc_sp24", o["fp16_config"], "fp16")
+            ad16 = DeviceCSR(a16, "fp16")
+            kern = build_kernel(ad16, "tc_sp24", o["fp16_config"], "fp16")
             ln = kern.launcher(n)
+            K_.render = _render_o32  # the same kernel storing fp32 C (the template's o32: the store's cost, timing only)
+            try:
+                ln32 = build_kernel(ad16, "tc_sp24", o["fp16_config"], "fp16").launcher(n)
+            finally:
+                K_.render = _RENDER
         except CandidateError as exc:
             print(f"skip {m}x{k} N={n}: {str(exc)[:100]}", flush=True)
             continue
@@ -257,6 +273,13 @@ def main() -> int:
         o["conv_us"] = time_launches([lambda b=b: cv2(b) for b in bs]).median_us
         o["spmm16_us"] = time_launches([lambda: ln(b16.data.ptr, c16.data.ptr, st())] * 4).median_us
         o["upcast_us"] = time_launches([ups] * 4).median_us
+        c32o = cp.empty((m, n), dtype=cp.float32)
+        ln(b16.data.ptr, c16.data.ptr, st())  # both on the B16 in hand
+        ln32(b16.data.ptr, c32o.data.ptr, st())
+        cp.cuda.Device().synchronize()
+        o["o32_vs_fp16_c"] = rel_error(c32o, c16.astype(cp.float64))  # the same sums, fp16 C rounded: ~3e-4
+        o["spmm32_us"] = time_launches([lambda: ln32(b16.data.ptr, c32o.data.ptr, st())] * 4).median_us
+        o["fused_meas_us"] = o["conv_us"] + o["spmm32_us"]  # (the scales' multiply in the epilogue left out)
         o["pipeline_us"] = time_launches([lambda b=b: pipe(b) for b in bs]).median_us
         # the fused estimate: the upcast gone, C's second half written by the kernel at the upcast's byte rate (the
         # upcast moves 6 bytes an element of C; the fused kernel writes 2 more than the fp16 one)
@@ -288,7 +311,8 @@ def main() -> int:
         print(f"| {m}x{k} N={n} d {d} {pat[:4]} | conv {o['conv_us']:.2f} (v1 {o['conv_v1_us']:.2f}, same "
               f"{o['conv_v1_v2_same']}) | spmm16 {o['spmm16_us']:.2f} | up "
               f"{o['upcast_us']:.2f} | pipe {o['pipeline_us']:.2f} (err {o['pipeline_err']:.1e}, fused math "
-              f"{o['fused_math_err']:.1e}) | fused est {o['fused_est_us']:.2f} | tf32 rec "
+              f"{o['fused_math_err']:.1e}) | fused est {o['fused_est_us']:.2f} | spmm32 {o['spmm32_us']:.2f} (vs C16 "
+              f"{o['o32_vs_fp16_c']:.1e}) fused meas {o['fused_meas_us']:.2f} | tf32 rec "
               f"{o['tf32_record_us'] or float('nan'):.2f} | cuBLAS TF32 {o['cublas_tf32_us']:.2f} (err "
               f"{o['cublas_tf32_err']:.1e}) FP16 {o['cublas_fp16_us']:.2f} | TF32/pipe "
               f"{o['cublas_tf32_us'] / o['pipeline_us']:.3f} TF32/best {o['cublas_tf32_us'] / best:.3f} |", flush=True)
@@ -303,6 +327,9 @@ def main() -> int:
                                           for c in cs]),
         "best_of_record_and_fused_est": g([c["cublas_tf32_us"] / min(x for x in (c["tf32_record_us"], c["fused_est_us"]) if x)
                                            for c in cs]),
+        "fused_meas_over_cublas_tf32": g([c["cublas_tf32_us"] / c["fused_meas_us"] for c in cs]),
+        "best_of_record_and_fused_meas": g([c["cublas_tf32_us"] / min(x for x in (c["tf32_record_us"], c["fused_meas_us"]) if x)
+                                            for c in cs]),
         "max_pipeline_err": max((c["pipeline_err"] for c in cs), default=None),
         "max_fused_math_err": max((c["fused_math_err"] for c in cs), default=None)}
     json.dump(out, open(args.out, "w"), indent=1)
