@@ -9,6 +9,7 @@ its kernels on the nk edge cases."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -504,6 +505,28 @@ def test_known_goods_compile_for_sm90a_without_spills_or_serialized_wgmmas(dtype
         assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (kg, rep)
         if sass:
             assert "HGMMA.SP" in sass
+
+
+def test_o32_diagnostic_stores_fp32_c_and_leaves_every_config_as_it_was():
+    """o32 (bench/drafts/tf32_via_fp16.py only, never a config): C stored as fp32 by one 8-byte store of a thread's
+    column pair, in the one-tile and the persistent epilogue, no staged 16-bit store; kn and split-K 1 only; a config
+    renders without it exactly as with o32 0, and the o32 kernels build without spills."""
+    from sparse_autotune.core.render import _env
+    tpl = _env().from_string((Path(__file__).resolve().parents[2] / "variants" / "tc_sp24.cu.j2").read_text())
+    for cfg in (dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1, l2=25),
+                dict(bn=64, kc=4, wg=2, stages=6, splitk=1, pw=1, pt=1, l2=100)):
+        c = space().normalize(cfg, "fp16")
+        plain = render(space(), c, "fp16")
+        assert tpl.render(dtype="fp16", layout="kn", diag=0, o32=0, **c) == tpl.render(dtype="fp16", layout="kn", diag=0, **c)
+        src = tpl.render(dtype="fp16", layout="kn", diag=0, o32=1, **c)
+        assert "make_float2(acc[4 * jb], acc[4 * jb + 1])" in src and "make_float2" not in plain
+        assert "st.global.v4.u32" in plain and "st.global.v4.u32" not in src  # the staged 16-bit store
+        assert "pack2f(acc[4 * jb], acc[4 * jb + 1])" not in src.split("spmm_kernel(")[1]
+        rep, _ = nvcc_sm90a(src)
+        assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (cfg, rep)
+    bad = space().normalize(dict(bn=128, kc=2, wg=2, stages=4, splitk=2), "fp16")
+    assert "#error" in tpl.render(dtype="fp16", layout="kn", diag=0, o32=1, **bad)
+    assert "#error" in tpl.render(dtype="fp16", layout="nk", diag=0, o32=1, **space().normalize(NK_CONFIGS[0], "fp16"))
 
 
 AR_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=6, splitk=1, ar=4), dict(bn=64, kc=4, wg=2, stages=6, splitk=2, ar=4),
