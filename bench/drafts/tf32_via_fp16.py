@@ -182,6 +182,9 @@ def main() -> int:
     ap.add_argument("out")
     ap.add_argument("--dens", default="0.05")
     ap.add_argument("--max", type=int, default=999)
+    ap.add_argument("--integrated", action="store_true",
+                    help="also the landed path (bench/drafts/tc_sp24-ts.patch applied): tc_sp24 built for tf32 in kn at the "
+                         "case's fp16 config, its launcher (conversion + kernel) verified and timed")
     args = ap.parse_args()
     dens = [float(v) for v in args.dens.split(",")]
     suite = json.load(open("bench/results/suite-dl-h200.json"))
@@ -280,6 +283,17 @@ def main() -> int:
         o["o32_vs_fp16_c"] = rel_error(c32o, c16.astype(cp.float64))  # the same sums, fp16 C rounded: ~3e-4
         o["spmm32_us"] = time_launches([lambda: ln32(b16.data.ptr, c32o.data.ptr, st())] * 4).median_us
         o["fused_meas_us"] = o["conv_us"] + o["spmm32_us"]  # (the scales' multiply in the epilogue left out)
+        if args.integrated:  # the patch's path end to end: A's scaled build, the conversion, the kernel's fp32 C
+            try:
+                ki = build_kernel(DeviceCSR(a, "tf32"), "tc_sp24", o["fp16_config"], "tf32").launcher(n)
+                c32.fill(cp.nan)
+                ki(bs[0].data.ptr, c32.data.ptr, st())
+                cp.cuda.Device().synchronize()
+                o["integrated_err"] = rel_error(c32, ref)
+                o["integrated_us"] = time_launches([lambda b=b: ki(b.data.ptr, c32.data.ptr, st()) for b in bs]).median_us
+            except CandidateError as exc:
+                o["integrated_us"] = None
+                o["integrated_skip"] = str(exc)[:200]
         o["pipeline_us"] = time_launches([lambda b=b: pipe(b) for b in bs]).median_us
         # the fused estimate: the upcast gone, C's second half written by the kernel at the upcast's byte rate (the
         # upcast moves 6 bytes an element of C; the fused kernel writes 2 more than the fp16 one)
@@ -312,7 +326,8 @@ def main() -> int:
               f"{o['conv_v1_v2_same']}) | spmm16 {o['spmm16_us']:.2f} | up "
               f"{o['upcast_us']:.2f} | pipe {o['pipeline_us']:.2f} (err {o['pipeline_err']:.1e}, fused math "
               f"{o['fused_math_err']:.1e}) | fused est {o['fused_est_us']:.2f} | spmm32 {o['spmm32_us']:.2f} (vs C16 "
-              f"{o['o32_vs_fp16_c']:.1e}) fused meas {o['fused_meas_us']:.2f} | tf32 rec "
+              f"{o['o32_vs_fp16_c']:.1e}) fused meas {o['fused_meas_us']:.2f} | integrated "
+              f"{o.get('integrated_us') or float('nan'):.2f} | tf32 rec "
               f"{o['tf32_record_us'] or float('nan'):.2f} | cuBLAS TF32 {o['cublas_tf32_us']:.2f} (err "
               f"{o['cublas_tf32_err']:.1e}) FP16 {o['cublas_fp16_us']:.2f} | TF32/pipe "
               f"{o['cublas_tf32_us'] / o['pipeline_us']:.3f} TF32/best {o['cublas_tf32_us'] / best:.3f} |", flush=True)
@@ -330,6 +345,10 @@ def main() -> int:
         "fused_meas_over_cublas_tf32": g([c["cublas_tf32_us"] / c["fused_meas_us"] for c in cs]),
         "best_of_record_and_fused_meas": g([c["cublas_tf32_us"] / min(x for x in (c["tf32_record_us"], c["fused_meas_us"]) if x)
                                             for c in cs]),
+        "integrated_over_cublas_tf32": g([c["cublas_tf32_us"] / c["integrated_us"] for c in cs if c.get("integrated_us")]),
+        "best_of_record_and_integrated": g([c["cublas_tf32_us"] / min(x for x in (c["tf32_record_us"], c.get("integrated_us")) if x)
+                                            for c in cs]),
+        "max_integrated_err": max((c["integrated_err"] for c in cs if "integrated_err" in c), default=None),
         "max_pipeline_err": max((c["pipeline_err"] for c in cs), default=None),
         "max_fused_math_err": max((c["fused_math_err"] for c in cs), default=None)}
     json.dump(out, open(args.out, "w"), indent=1)
