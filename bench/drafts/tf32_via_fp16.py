@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from sparse_autotune.device.timing import time_launches  # noqa: E402
 from sparse_autotune.device.vendor import DenseLauncher  # noqa: E402
 from sparse_autotune.device.verify import rel_error  # noqa: E402
 from sparse_autotune.errors import CandidateError  # noqa: E402
+from sparse_autotune.tuning.suite import geomean  # noqa: E402
 
 cp = cupy()
 import cupyx.scipy.sparse as csp  # noqa: E402
@@ -51,6 +51,14 @@ _TPL = open(Path(__file__).resolve().parents[2] / "variants" / "tc_sp24.cu.j2").
 
 def _render_o32(space, config, dtype, context=None, layout="kn"):
     return _env().from_string(_TPL).render(dtype=dtype, layout=layout, diag=0, o32=1, **config)
+
+
+def _err(run, out, ref) -> float:
+    """run() into `out` poisoned with NaN, then its relative error against the float64 reference."""
+    out.fill(cp.nan)
+    run()
+    cp.cuda.Device().synchronize()
+    return rel_error(out, ref)
 
 T = 6  # B's columns scaled to a largest magnitude in [2^T, 2^(T+1))
 
@@ -261,10 +269,7 @@ def main() -> int:
         cv2(bs[0])
         cp.cuda.Device().synchronize()
         o["conv_v1_v2_same"] = bool((b16_v1.view(cp.uint16) == b16.view(cp.uint16)).all() and (inv_v1 == inv).all())
-        c32.fill(cp.nan)
-        pipe(bs[0])
-        cp.cuda.Device().synchronize()
-        o["pipeline_err"] = rel_error(c32, ref)
+        o["pipeline_err"] = _err(lambda: pipe(bs[0]), c32, ref)
         # the fused kernel's math (fp32 C, T = 14) in float64 from the same rounded operands: its error without the
         # probe's fp16 C
         e14 = cp.floor(cp.log2(cp.max(cp.abs(bs[0]), axis=0)))
@@ -286,10 +291,7 @@ def main() -> int:
         if args.integrated:  # the patch's path end to end: A's scaled build, the conversion, the kernel's fp32 C
             try:
                 ki = build_kernel(DeviceCSR(a, "tf32"), "tc_sp24", o["fp16_config"], "tf32").launcher(n)
-                c32.fill(cp.nan)
-                ki(bs[0].data.ptr, c32.data.ptr, st())
-                cp.cuda.Device().synchronize()
-                o["integrated_err"] = rel_error(c32, ref)
+                o["integrated_err"] = _err(lambda: ki(bs[0].data.ptr, c32.data.ptr, st()), c32, ref)
                 o["integrated_us"] = time_launches([lambda b=b: ki(b.data.ptr, c32.data.ptr, st()) for b in bs]).median_us
             except CandidateError as exc:
                 o["integrated_us"] = None
@@ -306,15 +308,10 @@ def main() -> int:
             dl = DenseLauncher(wd, n, mode, "kn")
             o[f"cublas_{mode}_us"] = time_launches([lambda b=b: dl(b.data.ptr, cx.data.ptr, st()) for b in bx]).median_us
             if mode == "tf32":
-                dl(bs[0].data.ptr, c32.data.ptr, st())
-                cp.cuda.Device().synchronize()
-                o["cublas_tf32_err"] = rel_error(c32, ref)
+                o["cublas_tf32_err"] = _err(lambda: dl(bs[0].data.ptr, c32.data.ptr, st()), c32, ref)
         try:  # the suite's tf32 record config (CUDA cores), rebuilt here on the unscaled A
             kt = build_kernel(DeviceCSR(a, "tf32"), r["family"], r["config"], "tf32").launcher(n)
-            c32.fill(cp.nan)
-            kt(bs[0].data.ptr, c32.data.ptr, st())
-            cp.cuda.Device().synchronize()
-            o["tf32_record_err"] = rel_error(c32, ref)
+            o["tf32_record_err"] = _err(lambda: kt(bs[0].data.ptr, c32.data.ptr, st()), c32, ref)
             o["tf32_record_us"] = time_launches([lambda b=b: kt(b.data.ptr, c32.data.ptr, st()) for b in bs]).median_us
         except CandidateError as exc:
             o["tf32_record_us"] = None
@@ -331,22 +328,21 @@ def main() -> int:
               f"{o['tf32_record_us'] or float('nan'):.2f} | cuBLAS TF32 {o['cublas_tf32_us']:.2f} (err "
               f"{o['cublas_tf32_err']:.1e}) FP16 {o['cublas_fp16_us']:.2f} | TF32/pipe "
               f"{o['cublas_tf32_us'] / o['pipeline_us']:.3f} TF32/best {o['cublas_tf32_us'] / best:.3f} |", flush=True)
-    g = lambda v: math.exp(sum(map(math.log, v)) / len(v)) if v else float("nan")  # noqa: E731
     cs = out["cases"]
     out["summary"] = {
         "cases": len(cs),
-        "pipeline_over_cublas_tf32": g([c["cublas_tf32_us"] / c["pipeline_us"] for c in cs]),
-        "fused_est_over_cublas_tf32": g([c["cublas_tf32_us"] / c["fused_est_us"] for c in cs]),
-        "tf32_record_over_cublas_tf32": g([c["cublas_tf32_us"] / c["tf32_record_us"] for c in cs if c["tf32_record_us"]]),
-        "best_of_record_and_pipeline": g([c["cublas_tf32_us"] / min(x for x in (c["tf32_record_us"], c["pipeline_us"]) if x)
+        "pipeline_over_cublas_tf32": geomean([c["cublas_tf32_us"] / c["pipeline_us"] for c in cs]),
+        "fused_est_over_cublas_tf32": geomean([c["cublas_tf32_us"] / c["fused_est_us"] for c in cs]),
+        "tf32_record_over_cublas_tf32": geomean([c["cublas_tf32_us"] / c["tf32_record_us"] for c in cs if c["tf32_record_us"]]),
+        "best_of_record_and_pipeline": geomean([c["cublas_tf32_us"] / min(x for x in (c["tf32_record_us"], c["pipeline_us"]) if x)
                                           for c in cs]),
-        "best_of_record_and_fused_est": g([c["cublas_tf32_us"] / min(x for x in (c["tf32_record_us"], c["fused_est_us"]) if x)
+        "best_of_record_and_fused_est": geomean([c["cublas_tf32_us"] / min(x for x in (c["tf32_record_us"], c["fused_est_us"]) if x)
                                            for c in cs]),
-        "fused_meas_over_cublas_tf32": g([c["cublas_tf32_us"] / c["fused_meas_us"] for c in cs]),
-        "best_of_record_and_fused_meas": g([c["cublas_tf32_us"] / min(x for x in (c["tf32_record_us"], c["fused_meas_us"]) if x)
+        "fused_meas_over_cublas_tf32": geomean([c["cublas_tf32_us"] / c["fused_meas_us"] for c in cs]),
+        "best_of_record_and_fused_meas": geomean([c["cublas_tf32_us"] / min(x for x in (c["tf32_record_us"], c["fused_meas_us"]) if x)
                                             for c in cs]),
-        "integrated_over_cublas_tf32": g([c["cublas_tf32_us"] / c["integrated_us"] for c in cs if c.get("integrated_us")]),
-        "best_of_record_and_integrated": g([c["cublas_tf32_us"] / min(x for x in (c["tf32_record_us"], c.get("integrated_us")) if x)
+        "integrated_over_cublas_tf32": geomean([c["cublas_tf32_us"] / c["integrated_us"] for c in cs if c.get("integrated_us")]),
+        "best_of_record_and_integrated": geomean([c["cublas_tf32_us"] / min(x for x in (c["tf32_record_us"], c.get("integrated_us")) if x)
                                             for c in cs]),
         "max_integrated_err": max((c["integrated_err"] for c in cs if "integrated_err" in c), default=None),
         "max_pipeline_err": max((c["pipeline_err"] for c in cs), default=None),
