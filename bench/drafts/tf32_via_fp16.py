@@ -193,8 +193,13 @@ def main() -> int:
     ap.add_argument("--integrated", action="store_true",
                     help="also the landed path (bench/drafts/tc_sp24-ts.patch applied): tc_sp24 built for tf32 in kn at the "
                          "case's fp16 config, its launcher (conversion + kernel) verified and timed")
+    ap.add_argument("--form", choices=("v4", "v5"), default=None,
+                    help="with --integrated: the conversion's form (default: ts_convert_plan's choice by K)")
     args = ap.parse_args()
     dens = [float(v) for v in args.dens.split(",")]
+    if args.form:
+        from sparse_autotune.core.families import get_family  # noqa: PLC0415
+        get_family("tc_sp24").host.TS_CONVERT_FORM = args.form
     suite = json.load(open("bench/results/suite-dl-h200.json"))
     fp16 = {(r["M"], r["K"], r["N"], r["density"], r["pattern"]): r for r in suite
             if r["dtype"] == "fp16" and r["family"] == "tc_sp24"}
@@ -205,7 +210,8 @@ def main() -> int:
     up = cp.ElementwiseKernel("raw float16 c, raw float32 rs, raw float32 cs, int32 n", "float32 y",
                               "y = (float)c[i] * rs[i / n] * cs[i % n]", "tf32_upcast")
     info = gpu_info()
-    out = {"gpu": info.name, "driver": info.driver, "cuda": info.cuda_runtime, "cupy": info.cupy, "T": T, "cases": []}
+    out = {"gpu": info.name, "driver": info.driver, "cuda": info.cuda_runtime, "cupy": info.cupy, "T": T, "form": args.form,
+           "cases": []}
     st = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
     for r in tf32:
         m, k, n, d, pat = r["M"], r["K"], r["N"], r["density"], r["pattern"]
