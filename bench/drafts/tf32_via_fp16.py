@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from sparse_autotune.core.families import get_family  # noqa: E402
 from sparse_autotune.core.problem import random_matrix, storage  # noqa: E402
 from sparse_autotune.device.gpu import cupy, gpu_info  # noqa: E402
 from sparse_autotune.device.kernel import DeviceCSR, build_kernel  # noqa: E402
@@ -195,10 +196,12 @@ def main() -> int:
                          "case's fp16 config, its launcher (conversion + kernel) verified and timed")
     ap.add_argument("--form", choices=("v4", "v5"), default=None,
                     help="with --integrated: the conversion's form (default: ts_convert_plan's choice by K)")
+    ap.add_argument("--pdl", action="store_true",
+                    help="with --integrated: also the landed path with the kernel launched with programmatic stream "
+                         "serialization (TS_PDL: its set-up under the conversion), timed beside the plain launch")
     args = ap.parse_args()
     dens = [float(v) for v in args.dens.split(",")]
     if args.form:
-        from sparse_autotune.core.families import get_family  # noqa: PLC0415
         get_family("tc_sp24").host.TS_CONVERT_FORM = args.form
     suite = json.load(open("bench/results/suite-dl-h200.json"))
     fp16 = {(r["M"], r["K"], r["N"], r["density"], r["pattern"]): r for r in suite
@@ -210,7 +213,7 @@ def main() -> int:
     up = cp.ElementwiseKernel("raw float16 c, raw float32 rs, raw float32 cs, int32 n", "float32 y",
                               "y = (float)c[i] * rs[i / n] * cs[i % n]", "tf32_upcast")
     info = gpu_info()
-    out = {"gpu": info.name, "driver": info.driver, "cuda": info.cuda_runtime, "cupy": info.cupy, "T": T, "form": args.form,
+    out = {"gpu": info.name, "driver": info.driver, "cuda": info.cuda_runtime, "cupy": info.cupy, "T": T, "form": args.form, "pdl": args.pdl,
            "cases": []}
     st = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
     for r in tf32:
@@ -299,6 +302,16 @@ def main() -> int:
                 ki = build_kernel(DeviceCSR(a, "tf32"), "tc_sp24", o["fp16_config"], "tf32").launcher(n)
                 o["integrated_err"] = _err(lambda: ki(bs[0].data.ptr, c32.data.ptr, st()), c32, ref)
                 o["integrated_us"] = time_launches([lambda b=b: ki(b.data.ptr, c32.data.ptr, st()) for b in bs]).median_us
+                if args.pdl:
+                    host = get_family("tc_sp24").host
+                    host.TS_PDL = True
+                    try:
+                        kp = build_kernel(DeviceCSR(a, "tf32"), "tc_sp24", o["fp16_config"], "tf32").launcher(n)
+                    finally:
+                        host.TS_PDL = False
+                    o["integrated_pdl_err"] = _err(lambda: kp(bs[0].data.ptr, c32.data.ptr, st()), c32, ref)
+                    o["integrated_pdl_us"] = time_launches([lambda b=b: kp(b.data.ptr, c32.data.ptr, st())
+                                                            for b in bs]).median_us
             except CandidateError as exc:
                 o["integrated_us"] = None
                 o["integrated_skip"] = str(exc)[:200]
@@ -351,6 +364,11 @@ def main() -> int:
         "best_of_record_and_integrated": geomean([c["cublas_tf32_us"] / min(x for x in (c["tf32_record_us"], c.get("integrated_us")) if x)
                                             for c in cs]),
         "max_integrated_err": max((c["integrated_err"] for c in cs if "integrated_err" in c), default=None),
+        "integrated_pdl_over_cublas_tf32": geomean([c["cublas_tf32_us"] / c["integrated_pdl_us"] for c in cs
+                                                    if c.get("integrated_pdl_us")]) if args.pdl else None,
+        "best_of_record_and_integrated_pdl": geomean([c["cublas_tf32_us"] / min(x for x in (c["tf32_record_us"],
+                                                      c.get("integrated_pdl_us")) if x) for c in cs]) if args.pdl else None,
+        "max_integrated_pdl_err": max((c["integrated_pdl_err"] for c in cs if "integrated_pdl_err" in c), default=None),
         "max_pipeline_err": max((c["pipeline_err"] for c in cs), default=None),
         "max_fused_math_err": max((c["fused_math_err"] for c in cs), default=None)}
     json.dump(out, open(args.out, "w"), indent=1)
