@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The ts draft's device call (bench/drafts/tc_sp24-ts.md), one command on the device machine from the project's root:
+#   carry [".whl"]; command: bash bench/drafts/ts_device_call.sh
+# Applies the patch to the device's copy of the tree (not here), then: the GPU tests that cover it, the conversion
+# probe (v4 / v5), an end-to-end tune of a tf32 kn layer, and tf32_via_fp16.py --integrated --pdl; every log and JSON
+# under $OUT. A step that fails does not stop the next ones; the exit status is the number of failed steps.
+set -u
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1 \
+    || { echo "installing the carried wheels (.whl/) failed: carry [\".whl\"]"; exit 2; }
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+fail=0
+step() {  # NAME LIMIT_S COMMAND...: run, log to $OUT/NAME.log, the log's tail printed
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name ($(date -u +%T))"
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    tail -n 25 "$OUT/$name.log"
+    [ $rc -eq 0 ] || { echo "== $name: exit $rc"; fail=$((fail + 1)); }
+}
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+if git apply --check bench/drafts/tc_sp24-ts.patch 2>/dev/null; then
+    git apply bench/drafts/tc_sp24-ts.patch
+elif ! git apply --check -R bench/drafts/tc_sp24-ts.patch 2>/dev/null; then
+    echo "bench/drafts/tc_sp24-ts.patch applies neither way to this tree"; exit 2
+fi  # else: applied already
+step pytest-gpu-ts 180 python3 -m pytest -m gpu -n 8 -q tests/families/test_tc_sp24.py \
+    -k "ts_ or test_correct_on_edge_cases or tf32"
+step ts-convert 90 python3 bench/drafts/ts_convert_probe.py "$OUT/ts-convert.json"
+step ts-tune 100 python3 -m sparse_autotune tune --shape 3072x768 --n 2048 --density 0.05 --dtype tf32 --trials 30 \
+    --db "$OUT/ts.sqlite"
+step tf32-via-fp16 180 python3 bench/drafts/tf32_via_fp16.py "$OUT/ts-integrated.json" --integrated --pdl
+echo "== done ($fail failed)"
+exit $fail
