@@ -213,8 +213,8 @@ def main() -> int:
     up = cp.ElementwiseKernel("raw float16 c, raw float32 rs, raw float32 cs, int32 n", "float32 y",
                               "y = (float)c[i] * rs[i / n] * cs[i % n]", "tf32_upcast")
     info = gpu_info()
-    out = {"gpu": info.name, "driver": info.driver, "cuda": info.cuda_runtime, "cupy": info.cupy, "T": T, "form": args.form, "pdl": args.pdl,
-           "cases": []}
+    out = {"gpu": info.name, "driver": info.driver, "cuda": info.cuda_runtime, "cupy": info.cupy, "T": T,
+           "form": args.form, "pdl": args.pdl, "cases": []}
     st = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
     for r in tf32:
         m, k, n, d, pat = r["M"], r["K"], r["N"], r["density"], r["pattern"]
