@@ -28,7 +28,7 @@ elif ! git apply --check -R bench/drafts/tc_sp24-ts.patch 2>/dev/null; then
     echo "bench/drafts/tc_sp24-ts.patch applies neither way to this tree"; exit 2
 fi  # else: applied already
 step pytest-gpu-ts 180 python3 -m pytest -m gpu -n 8 -q tests/families/test_tc_sp24.py \
-    -k "ts_ or test_correct_on_edge_cases or tf32"
+    -k "ts_ or tsn or test_correct_on_edge_cases or tf32"
 step ts-convert 90 python3 bench/drafts/ts_convert_probe.py "$OUT/ts-convert.json"
 step ts-tune 100 python3 -m sparse_autotune tune --shape 3072x768 --n 2048 --density 0.05 --dtype tf32 --trials 30 \
     --db "$OUT/ts.sqlite"
