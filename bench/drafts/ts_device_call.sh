@@ -2,7 +2,8 @@
 # The ts draft's device call (bench/drafts/tc_sp24-ts.md), one command on the device machine from the project's root:
 #   carry [".whl"]; command: bash bench/drafts/ts_device_call.sh
 # Applies the patch to the device's copy of the tree (not here), then: the GPU tests that cover it, the conversion
-# probe (v4 / v5), an end-to-end tune of a tf32 kn layer, and tf32_via_fp16.py --integrated --pdl; every log and JSON
+# probe (v4 / v5), end-to-end tunes of a tf32 layer in kn and in nk (tsn 0 / 1 searched), and
+# tf32_via_fp16.py --integrated --pdl; every log and JSON
 # under $OUT. A step that fails does not stop the next ones; the exit status is the number of failed steps.
 set -u
 cd "$(dirname "$0")/../.."
@@ -27,11 +28,13 @@ if git apply --check bench/drafts/tc_sp24-ts.patch 2>/dev/null; then
 elif ! git apply --check -R bench/drafts/tc_sp24-ts.patch 2>/dev/null; then
     echo "bench/drafts/tc_sp24-ts.patch applies neither way to this tree"; exit 2
 fi  # else: applied already
-step pytest-gpu-ts 180 python3 -m pytest -m gpu -n 8 -q tests/families/test_tc_sp24.py \
+step pytest-gpu-ts 170 python3 -m pytest -m gpu -n 8 -q tests/families/test_tc_sp24.py \
     -k "ts_ or tsn or test_correct_on_edge_cases or tf32"
-step ts-convert 90 python3 bench/drafts/ts_convert_probe.py "$OUT/ts-convert.json"
-step ts-tune 100 python3 -m sparse_autotune tune --shape 3072x768 --n 2048 --density 0.05 --dtype tf32 --trials 30 \
+step ts-convert 80 python3 bench/drafts/ts_convert_probe.py "$OUT/ts-convert.json"
+step ts-tune 90 python3 -m sparse_autotune tune --shape 3072x768 --n 2048 --density 0.05 --dtype tf32 --trials 30 \
     --db "$OUT/ts.sqlite"
-step tf32-via-fp16 180 python3 bench/drafts/tf32_via_fp16.py "$OUT/ts-integrated.json" --integrated --pdl
+step ts-tune-nk 90 python3 -m sparse_autotune tune --shape 3072x768 --n 2048 --density 0.05 --dtype tf32 --layout nk \
+    --trials 30 --db "$OUT/ts-nk.sqlite"
+step tf32-via-fp16 160 python3 bench/drafts/tf32_via_fp16.py "$OUT/ts-integrated.json" --integrated --pdl
 echo "== done ($fail failed)"
 exit $fail
