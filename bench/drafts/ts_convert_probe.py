@@ -26,9 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sparse_autotune.core.families import get_family  # noqa: E402
-from sparse_autotune.device.compile import compile_kernel, function_ptr, reserve_smem  # noqa: E402
 from sparse_autotune.device.gpu import cupy, gpu_info  # noqa: E402
-from sparse_autotune.device.kernel import Launcher  # noqa: E402
 from sparse_autotune.device.timing import time_launches  # noqa: E402
 from sparse_autotune.tuning.suite import geomean  # noqa: E402
 
@@ -60,18 +58,12 @@ def main() -> int:
             if form == "v5" and k > 8 * h.TS_REG_ROWS:
                 continue
             pl = h.ts_convert_plan(k, n, form)
-            fn = compile_kernel(pl["src"], "sat_ts_convert", options=("-arch=sm_90a",))
-            reserve_smem(fn, pl["smem"])
-            ln = Launcher(function_ptr(fn), pl["grid"], pl["block"], pl["smem"],
-                          [0, 0, int(cinv.data.ptr), np.int32(k), np.int32(n)], 0, 1, keep=(fn, cinv))
+            ln = h.ts_convert_launcher(pl, cinv, k, n)
             b16.fill(0x7C01)
             ln(bs[0].data.ptr, b16.data.ptr, st())
             cp.cuda.Device().synchronize()
-            got16 = cp.asnumpy(b16)
-            nan = lambda x: ((x & 0x7C00) == 0x7C00) & ((x & 0x03FF) != 0)  # noqa: E731
-            o[f"{form}_exact"] = bool(np.array_equal(nan(got16), nan(want16))
-                                      and np.array_equal(got16[~nan(got16)], want16[~nan(want16)])
-                                      and np.array_equal(cp.asnumpy(cinv), wantinv))
+            o[f"{form}_exact"] = h.same_f16_bits(cp.asnumpy(b16), want16) and bool(np.array_equal(cp.asnumpy(cinv),
+                                                                                                   wantinv))
             o[f"{form}_plan"] = {x: pl[x] for x in ("grid", "block", "smem", "p", "cs")}
             o[f"{form}_us"] = time_launches([lambda b=b: ln(b.data.ptr, b16.data.ptr, st()) for b in bs]).median_us
         h16 = cp.empty((k, n), dtype=cp.float16)
