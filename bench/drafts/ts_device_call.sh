@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ts draft's device call (bench/drafts/tc_sp24-ts.md), one command on the device machine from the project's root:
 #   carry [".whl"]; command: bash bench/drafts/ts_device_call.sh
-# Applies the patch to the device's copy of the tree (not here), then: the GPU tests that cover it, the conversion
+# Applies the patch to the device's copy of the tree (not here), then: the GPU tests that cover it,
 # tf32_via_fp16.py --integrated --pdl, the conversion probe (v4 / v5), end-to-end tunes of a tf32 layer in kn and in nk
 # (tsn 0 / 1 searched), most telling first (a call cut short keeps them); every log and JSON
 # under $OUT. A step that fails does not stop the next ones; the exit status is the number of failed steps.
