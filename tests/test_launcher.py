@@ -200,3 +200,48 @@ def test_cupy_path_launches_on_cupy_stream():
     for bad_out in (Arr((6, 5)), Arr((6, 4), np.float16), Arr((6, 4), contiguous=False)):
         with pytest.raises(UserError, match="out must be"):
             op(b, out=bad_out)
+
+
+def test_reserve_smem_never_lowers_a_functions_reservation_fake_driver(monkeypatch):
+    """The opt-in to more than 48 KiB of dynamic shared memory is the CUfunction's, and one source is one function
+    (compile_kernel's cache): tc_sp24's v4 conversion reserves by K with one source, so a launcher built for a smaller K
+    must not lower what one for a larger K reserved (its next launch would fail). A fake driver (host logic only)."""
+    import sys
+    import types
+
+    from sparse_autotune.device import compile as sat_compile
+    from sparse_autotune.errors import CandidateError
+
+    attrs = {"static": 1024, "max": 0}
+    calls = []
+
+    def get(attr, ptr):
+        return attrs["static"] if attr == 1 else attrs["max"]
+
+    def set_(ptr, attr, value):
+        calls.append(value)
+        if value > 227 * 1024:
+            raise RuntimeError("CUDA_ERROR_INVALID_VALUE")
+        attrs["max"] = value
+
+    driver = types.SimpleNamespace(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES=1, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES=8,
+                                   funcGetAttribute=get, funcSetAttribute=set_)
+    cuda = types.ModuleType("cupy.cuda")
+    cuda.driver = driver
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = cuda
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", cuda)
+    monkeypatch.setattr(sat_compile, "function_ptr", lambda fn: 0x1234)
+
+    sat_compile.reserve_smem(object(), 40 * 1024)  # with the static 1 KiB under 48 KiB: no opt-in
+    assert calls == [] and attrs["max"] == 0
+    sat_compile.reserve_smem(object(), 131072)
+    assert attrs["max"] == 131072
+    sat_compile.reserve_smem(object(), 80000)  # a smaller K's launcher of the same function
+    assert attrs["max"] == 131072 and calls == [131072]
+    sat_compile.reserve_smem(object(), 160 * 1024)  # a larger one raises it
+    assert attrs["max"] == 160 * 1024 and calls == [131072, 160 * 1024]
+    with pytest.raises(CandidateError, match="cannot reserve"):
+        sat_compile.reserve_smem(object(), 300 * 1024)
+    assert attrs["max"] == 160 * 1024

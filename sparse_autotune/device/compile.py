@@ -20,6 +20,7 @@ KERNEL_NAME = "spmm_kernel"
 NVRTC_OPTIONS = ("-std=c++17",)
 _cache: dict[str, object] = {}
 _lock = threading.Lock()
+_smem_lock = threading.Lock()  # reserve_smem's (not held across a compile)
 
 
 def compile_kernel(source: str, name: str = KERNEL_NAME, options: tuple = ()):
@@ -68,8 +69,9 @@ def function_ptr(fn) -> int:
 def reserve_smem(fn, dynamic: int) -> None:
     """Let `fn` (a RawKernel or a PTX module's function) launch with `dynamic` bytes of dynamic shared memory. A block
     may use 48 KiB of shared memory, static and dynamic together, unless its function opts in to more: so it opts in
-    (to `dynamic`) where its static shared memory plus `dynamic` is over 48 KiB. CandidateError when the device refuses.
-    """
+    (to `dynamic`) where its static shared memory plus `dynamic` is over 48 KiB. The opt-in is the function's (one
+    CUfunction per source: compile_kernel's cache), so it only ever grows: a launcher that needs less never lowers what
+    another launcher of the same function reserved. CandidateError when the device refuses."""
     if dynamic <= 0:
         return
     from cupy.cuda import driver  # noqa: PLC0415
@@ -77,11 +79,14 @@ def reserve_smem(fn, dynamic: int) -> None:
     static = driver.funcGetAttribute(driver.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, ptr)
     if static + dynamic <= 48 * 1024:
         return
-    try:
-        driver.funcSetAttribute(ptr, driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(dynamic))
-    except Exception as exc:  # noqa: BLE001
-        raise CandidateError("launch", f"cannot reserve {dynamic} bytes of dynamic shared memory (and {static} static): "
-                             f"{exc}") from None
+    with _smem_lock:  # read and raise as one step: two threads' reservations never leave the smaller one
+        if driver.funcGetAttribute(driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, ptr) >= dynamic:
+            return
+        try:
+            driver.funcSetAttribute(ptr, driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(dynamic))
+        except Exception as exc:  # noqa: BLE001
+            raise CandidateError("launch", f"cannot reserve {dynamic} bytes of dynamic shared memory (and {static} "
+                                 f"static): {exc}") from None
 
 
 def compile_ptx(source: str, name: str = KERNEL_NAME):
