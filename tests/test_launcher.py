@@ -224,7 +224,8 @@ def test_reserve_smem_never_lowers_a_functions_reservation_fake_driver(monkeypat
             raise RuntimeError("CUDA_ERROR_INVALID_VALUE")
         attrs["max"] = value
 
-    driver = types.SimpleNamespace(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES=1, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES=8,
+    driver = types.SimpleNamespace(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES=1,
+                                   CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES=8,
                                    funcGetAttribute=get, funcSetAttribute=set_)
     cuda = types.ModuleType("cupy.cuda")
     cuda.driver = driver
