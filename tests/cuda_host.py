@@ -41,6 +41,7 @@ static inline int atomicAdd(int* p, int v) { const int old = *p; *p += v; return
 static inline void __threadfence() {}
 #define __shared__ static thread_local
 static inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
 struct Dim3 { int x, y, z; };
 // the threads of a block are fibers (ucontext) of one OS thread, switched only at barriers (cooperative)
 struct Fiber { ucontext_t ctx; std::vector<char> stack; bool done = false; };

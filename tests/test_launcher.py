@@ -77,6 +77,52 @@ def test_launcher_binds_a_context_on_a_fresh_thread_then_retries(monkeypatch):
     assert bound == [True] and other.calls == []
 
 
+def test_programmatic_launch_passes_cuda_h_launch_config_with_the_pdl_attribute(monkeypatch):
+    """Launcher.programmatic(): cuLaunchKernelEx (a fake libcuda here) gets cuda.h's CUlaunchConfig (grid, block,
+    shared memory, stream; 56 bytes) with one CUlaunchAttribute (72 bytes, its value at byte 8): programmatic stream
+    serialization (id 6) allowed (1), and kernelParams holding B's and C's slots; a failing CUresult raises
+    DriverError with its status, which Launcher's context retry reads. The structures are a launcher's, built once (a
+    call writes the stream): two launchers do not share them."""
+    import ctypes as ct
+    got, structs = [], []
+
+    class FakeCuda:
+        status = 0
+
+        def cuLaunchKernelEx(self, cfgp, func, params, extra):  # noqa: N802
+            cfg = cfgp._obj
+            a = cfg.attrs.contents
+            structs.append(cfg)
+            got.append(dict(grid=(cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ), block=(cfg.blockDimX, cfg.blockDimY,
+                            cfg.blockDimZ), smem=cfg.sharedMemBytes, stream=cfg.hStream, nattr=cfg.numAttrs, id=a.id,
+                            value=a.value[0], func=func.value, extra=extra.value,
+                            params=_read_params(params.value, [8, 8, 4])))
+            return self.status
+
+    t = kernels._pdl_types()
+    assert ct.sizeof(t["Config"]) == 56 and t["Config"].hStream.offset == 32 and t["Config"].numAttrs.offset == 48
+    assert ct.sizeof(t["Attr"]) == 72 and t["Attr"].value.offset == 8
+    fake = FakeCuda()
+    monkeypatch.setattr(kernels, "libcuda", lambda: fake)
+    ln = Launcher(0xF00, (5, 8), (256,), 4096, [0, 0, np.int32(9)], 0, 1).programmatic()
+    ln(0x100, 0x200, 0x300)
+    assert got == [dict(grid=(5, 8, 1), block=(256, 1, 1), smem=4096, stream=0x300, nattr=1, id=6, value=1, func=0xF00,
+                        extra=None, params=[0x100, 0x200, 9])]
+    fake.status = 700
+    with pytest.raises(kernels.DriverError, match="700") as err:
+        ln(0x100, 0x200, 0)
+    assert err.value.status == 700 and got[-1]["stream"] is None
+    assert structs[0] is structs[1]  # the launcher's config built once, only its stream written at each call
+    fake.status = 0
+    ln2 = Launcher(0xF01, (7,), (128,), 0, [0, 0, np.int32(3)], 0, 1).programmatic()  # another launcher: its own
+    ln2(0x110, 0x210, 0x301)
+    ln(0x120, 0x220, 0x302)
+    assert got[-2]["grid"] == (7, 1, 1) and got[-2]["func"] == 0xF01 and got[-2]["params"] == [0x110, 0x210, 3]
+    assert got[-1] == dict(grid=(5, 8, 1), block=(256, 1, 1), smem=4096, stream=0x302, nattr=1, id=6, value=1,
+                           func=0xF00, extra=None, params=[0x120, 0x220, 9])
+    assert structs[-1] is structs[0] and structs[-2] is not structs[0]
+
+
 # ---- Kernel.args / Kernel.launcher against the rendered kernel's own signature -------------------------------
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])

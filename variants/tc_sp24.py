@@ -479,6 +479,47 @@ def kunits(k: int, dtype: str) -> int:
     return 2 * int(k) if dtype == "tf32" else int(k)
 
 
+TS_T = 14  # ts: B's columns scaled to a largest magnitude in [2^T, 2^(T+1)) (fp16's largest finite value: 65504)
+
+
+def ts(kernel) -> bool:
+    """The template's ts: tf32 in kn (session 56), or in nk with tsn 1 (session 57): fp16 math on A's rows and B's
+    columns (nk: x's rows, the tokens) scaled by powers of two."""
+    if getattr(kernel, "dtype", "") != "tf32":
+        return False
+    return getattr(kernel, "layout", "kn") != "nk" or bool(int((getattr(kernel, "config", None) or {}).get("tsn", 0)))
+
+
+def math_dtype(kernel) -> str:
+    """The dtype of the kernel's stream and B: fp16 for tf32 in kn (ts), else the kernel's."""
+    return "fp16" if ts(kernel) else getattr(kernel, "dtype", "fp16")
+
+
+def _row_exponents(a: sp.csr_matrix) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """(A cleaned, in float32; each row's e, its largest magnitude in [2^e, 2^(e + 1)), 0 for a row without a nonzero
+    or finite value; rinv = 2^e, float32): the powers of two of scale_rows and row_scales."""
+    a = clean_csr(a).astype(np.float32)
+    m = a.shape[0]
+    nz = np.diff(a.indptr) > 0
+    mx = np.zeros(m, dtype=np.float32)
+    if a.nnz:
+        mx[nz] = np.maximum.reduceat(np.abs(a.data), a.indptr[:-1][nz])
+    e = np.zeros(m, dtype=np.int32)
+    pos = np.isfinite(mx) & (mx > 0)
+    e[pos] = np.frexp(mx[pos])[1] - 1
+    return a, e, np.ldexp(np.ones(m, dtype=np.float32), e).astype(np.float32)
+
+
+def scale_rows(a: sp.csr_matrix) -> tuple[sp.csr_matrix, np.ndarray]:
+    """(A with each row times a power of two, its largest magnitude in [1, 2) (float32), and each row's inverse scale
+    rinv (float32; 1 for a row without a nonzero value)): exact, so that fp16 holds each row as TF32 would hold its
+    values to 10 bits, a row's values under 2^-24 of its largest flushing to zero (TF32 keeps fp32's exponent)."""
+    a, e, rinv = _row_exponents(a)
+    out = a.copy()
+    out.data = np.ldexp(a.data, np.repeat(-e, np.diff(a.indptr))).astype(np.float32)
+    return out, rinv
+
+
 def split_tf32(a: sp.csr_matrix):
     """split() for tf32 in A's 16-bit view: (nib uint8 [M, Kp], vals uint16 [M, 2 Kp], residual csr of fp32 values),
     Kp = ceil(K / 2) pairs of columns; per row and pair its first nonzero (column order) rounded to TF32 at its position's
@@ -669,21 +710,46 @@ def layout(kernel):
 
 
 def _layout(kernel, kc, wg, l2, dtype):
+    tsm = ts(kernel)  # tf32 in kn: the stream of A's rows scaled into fp16 (scale_rows), built as fp16's
+    src = (lambda host: scale_rows(host)[0]) if tsm else (lambda host: host)
+    bdt, kdt = ("fp16", "tf32s") if tsm else (dtype, dtype)
     if not l2:
-        got = kernel.a.cached(("tc_sp24", kc, wg, dtype), lambda host: build(host, kc, wg, dtype)[:4])
+        got = kernel.a.cached(("tc_sp24", kc, wg, kdt), lambda host: build(src(host), kc, wg, bdt)[:4])
         return (*got, None, kernel.a.shape[0])
 
     win = getattr(kernel, "layout", "kn") == "nk"  # each block's rows one run of y's rows (slots' windowed, block)
 
     def make(host):
+        host = src(host)
         if not win:
             a2, orow = slots(host, l2)
-            return (*build(a2, kc, wg, dtype)[:4], orow, int(a2.shape[0]))
+            return (*build(a2, kc, wg, bdt)[:4], orow, int(a2.shape[0]))
         a2, orow = slots(host, l2, windowed=True, block=64 * wg)
         # nk: the row blocks' windows of y after the row map (the kernel reads orow[Ms + rb], orow[Ms + rb + 1])
         ext = np.concatenate([orow, window_bounds(orow, 64 * wg, host.shape[0])])
-        return (*build(a2, kc, wg, dtype)[:4], ext, int(a2.shape[0]))
-    return kernel.a.cached(("tc_sp24", kc, wg, dtype, l2, *(("win8",) if win else ())), make)
+        return (*build(a2, kc, wg, bdt)[:4], ext, int(a2.shape[0]))
+    return kernel.a.cached(("tc_sp24", kc, wg, kdt, l2, *(("win8",) if win else ())), make)
+
+
+def row_scales(kernel):
+    """ts: each row's inverse scale (scale_rows), indexed by C's row, on the device with A."""
+    return kernel.a.cached(("tc_sp24", "rinv"), lambda host: _row_exponents(host)[2])
+
+
+def ts_capacity(n: int) -> int:
+    """The columns of the ts workspace that serves N: the next power of two (64 at least), so that the launchers of
+    all N in (cap / 2, cap] share one and a run of growing N (a runtime's prefill lengths) allocates at most twice the
+    largest workspace in all."""
+    return max(64, 1 << max(0, int(n) - 1).bit_length())
+
+
+def ts_workspace(kernel, n: int):
+    """ts: B's fp16 copy (K x N row-major at the buffer's start, the kernel's B) and its columns' inverse scales (N,
+    fp32 at the start), the conversion kernel's output, cached on the device with A per capacity (ts_capacity). Like a
+    split-K workspace it serves one launch at a time: launchers of one A on two streams at once would share it."""
+    k, cap = kernel.a.shape[1], ts_capacity(n)
+    return kernel.a.cached(("tc_sp24_ts", k, cap), lambda host: (np.zeros(max(1, k * cap), dtype=np.uint16),
+                                                                  np.ones(cap, dtype=np.float32)))
 
 
 def _dims(config: dict, m: int, k: int, n: int):
@@ -754,7 +820,7 @@ def geometry(kernel, n: int):
     m, k = kernel.a.shape
     if kernel.config.get("l2", 0):
         m = layout(kernel)[5]  # the slots are the kernel's rows
-    _, rows, _, ntiles, _ = _dims(kernel.config, m, kunits(k, getattr(kernel, "dtype", "fp16")), n)
+    _, rows, _, ntiles, _ = _dims(kernel.config, m, kunits(k, math_dtype(kernel)), n)
     tiles = rows * kernel.config["splitk"] * ntiles
     pt = int(kernel.config.get("pt", 0))
     return ((min(tiles, pt * sm_count()) if pt else tiles),), (threads(kernel.config),)
@@ -821,17 +887,20 @@ def args(kernel, n: int, b, c, bias=None) -> tuple:
     nk = getattr(kernel, "layout", "kn") == "nk"
     stream, rptr, rcol, rval, orow, m, gather = layout(kernel)  # l2 > 0: M is the slot count, orow each slot's row of C
     k = kernel.a.shape[1]
-    nblk, rows, nc, ntiles, cps = _dims(cfg, m, kunits(k, kernel.dtype), n)
+    nblk, rows, nc, ntiles, cps = _dims(cfg, m, kunits(k, math_dtype(kernel)), n)
     if gather is not None:  # perm / ov: the stream's chunks (perm: the most of any row block's; ov: K's and ov)
         nc = gather[1]
         cps = -(-nc // cfg["splitk"])
     ws, counters = splitk_workspace(kernel, "tc_sp24", workspace_shape(cfg, rows, ntiles), n)
     bc = (b, c, np.uint64(0) if bias is None else bias) if nk else (b, c)
+    if ts(kernel):  # b is B's (nk: x's) fp16 copy (wrap_launcher); C (y) fp32, times the inverse scales
+        bc = (*bc, row_scales(kernel), ts_workspace(kernel, n)[1])
     out = (stream, rptr, rcol, rval, *(() if orow is None else (orow,)), *(gather[0] if gather else ()), ws, counters,
            *bc, np.int32(m), np.int32(n), np.int32(k), np.int32(nc), np.int32(nblk), np.int32(cps), np.int32(ntiles))
     if nk:
         out = (*out, np.int32(kernel.a.shape[0]))  # MY: y's row length (l2: M above is the slot count)
-    tmap, ok = (functools.partial(tensor_map_args_nk, dtype=kernel.dtype), k % nk_k_align(kernel.dtype) == 0) if nk \
+    mdt = math_dtype(kernel)  # ts in nk: the map over x's fp16 copy
+    tmap, ok = (functools.partial(tensor_map_args_nk, dtype=mdt), k % nk_k_align(mdt) == 0) if nk \
         else (tensor_map_args, n % 8 == 0)
     rowmap = int(cfg.get("ov", 0)) and not int(cfg.get("ovc", 0))  # ov: the overflow chunks' row-box map (tmap1)
     if not (n > 0 and ok):  # never launched (infeasible); a_bytes() asks for N = 1
@@ -845,3 +914,362 @@ def args(kernel, n: int, b, c, bias=None) -> tuple:
 def adapt(space, config: dict, dtype: str, env: dict, limits: dict | None) -> dict | None:
     """For another N: a narrower column tile, then less split-K; else as stored."""
     return adapt_params(space, config, dtype, env, limits, ("bn", "splitk"))
+
+
+# ts: B (K x N fp32) -> B16 (fp16, the kernel's B) with each column scaled by 2^(T - e), e = its largest magnitude's
+# exponent, and cinv[n] = 2^(e - T), in one launch of one of two forms (ts_convert_plan). The pieces both use: the
+# fp16 rounding, a thread's running maxima of its 4 columns, a warp's column maxima (the lanes of one quad of columns:
+# lane & 7) into its row of pm, a column's exponent (clamped at T - 126: a column of values under 2^-112 keeps a finite
+# scale; infinite or NaN-only columns 0), a scaled pair packed into 32 bits; and, with clusters (CS > 1), the cluster's
+# barrier and a peer block's shared word in PTX (no cooperative_groups header under NVRTC)
+TS_DEV = r"""
+#define TS_T {T}
+__device__ __forceinline__ unsigned short f2h(float x) {{
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    return h;
+}}
+// Every kernel is built with -ftz=true (CuPy's NVRTC adds it), which would read B's fp32 subnormals as zero in fabsf,
+// fmaxf, comparisons and products. The maxima go by the bits instead (for non-negative, NaN-free floats the order of the
+// bits is the order of the values, subnormals and infinity included), and scl() scales a subnormal exactly: the result
+// is ts_convert_reference's bit for bit, whatever a column holds.
+__device__ __forceinline__ float absbits(float x) {{  // |x|, a NaN as 0 (skipped by the maxima, as fmaxf does)
+    const unsigned int u = __float_as_uint(x) & 0x7fffffffu;
+    return __uint_as_float(u > 0x7f800000u ? 0u : u);
+}}
+__device__ __forceinline__ float maxbits(float a, float b) {{  // the larger of two absbits values
+    return __uint_as_float(max(__float_as_uint(a), __float_as_uint(b)));
+}}
+__device__ __forceinline__ void amax4(float4& m, const float4 v) {{
+    m.x = maxbits(m.x, absbits(v.x)); m.y = maxbits(m.y, absbits(v.y));
+    m.z = maxbits(m.z, absbits(v.z)); m.w = maxbits(m.w, absbits(v.w));
+}}
+__device__ __forceinline__ void warp_col_max(float4 m, float* pm_warp, int lane, int q) {{
+    for (int o = 8; o < 32; o <<= 1) {{
+        m.x = maxbits(m.x, __shfl_xor_sync(0xffffffffu, m.x, o)); m.y = maxbits(m.y, __shfl_xor_sync(0xffffffffu, m.y, o));
+        m.z = maxbits(m.z, __shfl_xor_sync(0xffffffffu, m.z, o)); m.w = maxbits(m.w, __shfl_xor_sync(0xffffffffu, m.w, o));
+    }}
+    if (lane < 8) {{ pm_warp[4 * q] = m.x; pm_warp[4 * q + 1] = m.y; pm_warp[4 * q + 2] = m.z; pm_warp[4 * q + 3] = m.w; }}
+}}
+__device__ __forceinline__ int col_exp(float mx) {{  // by the bits: a subnormal's exponent is under TS_T - 126 anyway
+    const unsigned int u = __float_as_uint(mx);
+    return u != 0u && u < 0x7f800000u ? max((int)(u >> 23) - 127, TS_T - 126) : 0;
+}}
+__device__ __forceinline__ float scl(float x, float s) {{  // x times s = 2^sh (a normal power of two), no flush of a subnormal x
+    const unsigned int u = __float_as_uint(x);
+    const int sh = (int)(__float_as_uint(s) >> 23) - 127;
+    if ((u & 0x7f800000u) != 0u || sh < 23) return x * s;  // normal, inf or NaN x; or |x s| < 2^-104: fp16's zero either way
+    const float r = (float)(u & 0x7fffffu) * __uint_as_float((unsigned int)(sh - 22) << 23);  // mantissa x 2^(sh - 149)
+    return (u >> 31) ? -r : r;
+}}
+__device__ __forceinline__ uint2 scaled4(const float4 v, const float4 s) {{
+    return make_uint2((unsigned int)f2h(scl(v.x, s.x)) | ((unsigned int)f2h(scl(v.y, s.y)) << 16),
+                      (unsigned int)f2h(scl(v.z, s.z)) | ((unsigned int)f2h(scl(v.w, s.w)) << 16));
+}}
+"""
+TS_CLUSTER = r"""
+#if CS > 1
+__device__ __forceinline__ void cluster_sync() {{
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}}
+__device__ __forceinline__ float ld_peer(const float* p, unsigned int rank) {{
+    unsigned int a = (unsigned int)__cvta_generic_to_shared(p), r;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r) : "memory");
+    return v;
+}}
+#define CLUSTER __cluster_dims__(1, CS, 1)
+#else
+#define CLUSTER
+#endif
+"""
+# v4 (session 56's probe form): a cluster of 8 blocks of 128 threads takes 32 columns, each block K / 8 of the rows,
+# 8 float4 loads a thread a round, its rows kept in shared memory (KEEP 1; 128 bytes a row) or read again (KEEP 0, K
+# past what shared memory holds); the blocks' column maxima meet through distributed shared memory. Probe: 2-8 us on
+# the dl layers, 1.4-1.5 TB/s on 25 MB of B.
+TS_V4_KERNEL = r"""
+extern "C" __global__ void CLUSTER __launch_bounds__(128)
+sat_ts_convert(const float* __restrict__ B, unsigned short* __restrict__ B16, float* __restrict__ cinv, int K, int N) {{
+    extern __shared__ float4 tile[];  // KEEP: the block's rows x 8 float4 (32 columns)
+    __shared__ float pm[4][32];
+    __shared__ float cm[32];
+    __shared__ float4 sc[8];
+    asm volatile("griddepcontrol.launch_dependents;");  // the kernel after it may start (TS_PDL): it waits for all of this
+    const int t = threadIdx.x, q = t & 7, lane = t & 31, warp = t >> 5;
+    const int c0 = blockIdx.x * 32, rpb = (K + 7) / 8, k0 = blockIdx.y * rpb;
+    const int k1 = c0 + 4 * q < N ? min(K, k0 + rpb) : k0;  // N % 4 == 0: a quad of columns is in or out whole
+    float4 m = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int kb = k0 + (t >> 3); kb < k1; kb += 128) {{
+        float4 v[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            v[i] = kb + 16 * i < k1 ? __ldg(reinterpret_cast<const float4*>(B + (size_t)(kb + 16 * i) * N + c0 + 4 * q))
+                                    : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {{
+#if KEEP
+            if (kb + 16 * i < k1) tile[(kb + 16 * i - k0) * 8 + q] = v[i];
+#endif
+            amax4(m, v[i]);
+        }}
+    }}
+    warp_col_max(m, pm[warp], lane, q);
+    __syncthreads();
+    if (t < 32) cm[t] = maxbits(maxbits(pm[0][t], pm[1][t]), maxbits(pm[2][t], pm[3][t]));
+    cluster_sync();
+    if (t < 32) {{
+        float mx = 0.f;
+        for (int r = 0; r < 8; ++r) mx = maxbits(mx, ld_peer(&cm[t], r));
+        const int e = col_exp(mx);
+        reinterpret_cast<float*>(sc)[t] = ldexpf(1.0f, TS_T - e);
+        if (blockIdx.y == 0 && c0 + t < N) cinv[c0 + t] = ldexpf(1.0f, e - TS_T);
+    }}
+    cluster_sync();  // the peers' reads of cm done before a block exits; sc written
+    const float4 s = sc[q];
+    for (int k = k0 + (t >> 3); k < k1; k += 16) {{
+#if KEEP
+        const float4 v = tile[(k - k0) * 8 + q];
+#else
+        const float4 v = __ldg(reinterpret_cast<const float4*>(B + (size_t)k * N + c0 + 4 * q));
+#endif
+        *reinterpret_cast<uint2*>(B16 + (size_t)k * N + c0 + 4 * q) = scaled4(v, s);
+    }}
+}}
+"""
+TS_CONVERT = "#define KEEP {keep}\n#define CS 8\n" + TS_DEV + TS_CLUSTER + TS_V4_KERNEL
+TS_KEEP_BYTES = 160 * 1024  # v4: the block's rows in shared memory up to this (K <= 10240), else read again
+
+# v5 (session 57, drafted without a GPU): the block's rows held in registers, every load of a thread issued at once
+# (P float4 a thread, 256 threads: 32 rows x 32 columns a load round), no shared-memory tile and, where K allows, no
+# cluster (CS 1: one block takes all of K for its 32 columns). v4's 1.4-1.5 TB/s on 25 MB of B came with 8 loads a
+# thread in flight, rows copied through shared memory, clusters of 8 blocks of 128 threads however small K is (K = 256:
+# 32 rows a block, 6272 blocks for N = 25088, 27.7 us) and read and write phases that do not overlap within a block.
+TS_REG_HEAD = "#define P {p}\n#define CS {cs}\n"
+TS_REG_KERNEL = r"""
+extern "C" __global__ void CLUSTER __launch_bounds__(256)
+sat_ts_convert(const float* __restrict__ B, unsigned short* __restrict__ B16, float* __restrict__ cinv, int K, int N) {{
+    __shared__ float pm[8][32];  // each warp's column maxima
+    __shared__ float cm[32];     // the block's (read by the cluster's blocks)
+    __shared__ float4 sc[8];     // the columns' scales
+    asm volatile("griddepcontrol.launch_dependents;");  // the kernel after it may start (TS_PDL): it waits for all of this
+    const int t = threadIdx.x, q = t & 7, lane = t & 31, warp = t >> 5;
+    const int c0 = blockIdx.x * 32, rpb = (K + CS - 1) / CS, k0 = blockIdx.y * rpb;
+    const int k1 = c0 + 4 * q < N ? min(K, k0 + rpb) : k0;  // N % 4 == 0: a quad of columns is in or out whole
+    const int r0 = k0 + (t >> 3);                           // the thread's rows: r0 + 32 i, i < P (32 P >= rpb)
+    const float* src = B + (size_t)r0 * N + c0 + 4 * q;
+    float4 v[P];
+#pragma unroll
+    for (int i = 0; i < P; ++i)
+        v[i] = r0 + 32 * i < k1 ? __ldg(reinterpret_cast<const float4*>(src + (size_t)(32 * i) * N))
+                                : make_float4(0.f, 0.f, 0.f, 0.f);
+    float4 m = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int i = 0; i < P; ++i) amax4(m, v[i]);
+    warp_col_max(m, pm[warp], lane, q);
+    __syncthreads();
+    float mx = 0.f;
+    if (t < 32) {{
+#pragma unroll
+        for (int w = 0; w < 8; ++w) mx = maxbits(mx, pm[w][t]);
+        cm[t] = mx;
+    }}
+#if CS > 1
+    cluster_sync();
+    if (t < 32) {{
+        mx = 0.f;
+        for (int r = 0; r < CS; ++r) mx = maxbits(mx, ld_peer(&cm[t], r));
+    }}
+#endif
+    if (t < 32) {{
+        const int e = col_exp(mx);
+        reinterpret_cast<float*>(sc)[t] = ldexpf(1.0f, TS_T - e);
+        if (blockIdx.y == 0 && c0 + t < N) cinv[c0 + t] = ldexpf(1.0f, e - TS_T);
+    }}
+#if CS > 1
+    cluster_sync();  // the peers' reads of cm done before a block exits; sc written
+#else
+    __syncthreads();
+#endif
+    const float4 s = sc[q];
+    unsigned short* dst = B16 + (size_t)r0 * N + c0 + 4 * q;
+#pragma unroll
+    for (int i = 0; i < P; ++i)
+        if (r0 + 32 * i < k1) *reinterpret_cast<uint2*>(dst + (size_t)(32 * i) * N) = scaled4(v[i], s);
+}}
+"""
+TS_CONVERT_REG = TS_REG_HEAD + TS_DEV + TS_CLUSTER + TS_REG_KERNEL
+# rows (ts in nk, tsn 1): x (N x K fp32, row-major: a token a row) -> x16 (fp16) with each row scaled by 2^(T - e)
+# and cinv[row] = 2^(e - T) (the "columns" of B = x^T). TPR threads a row (256 / TPR rows a block), each holding its P
+# float4 of the row in registers (P <= 16: K <= 64 TPR), the row's maximum by shuffles (and the block's shared memory
+# past one warp a row); READ2 (K > 16384): the row read twice, the second time mostly from L2. No cluster.
+TS_ROWS_HEAD = "#define TPR {tpr}\n#define P {p}\n#define READ2 {read2}\n#define CS 1\n"
+TS_ROWS_KERNEL = r"""
+extern "C" __global__ void __launch_bounds__(256)
+sat_ts_convert(const float* __restrict__ X, unsigned short* __restrict__ X16, float* __restrict__ cinv, int K, int N) {{
+    __shared__ float pm[8];  // each warp's maximum (TPR > 32: a row's warps meet here)
+    asm volatile("griddepcontrol.launch_dependents;");  // the kernel after it may start (TS_PDL): it waits for all of this
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5, rl = t % TPR, rr = t / TPR;
+    const int row = blockIdx.x * (256 / TPR) + rr, k4 = K >> 2;  // K % 8 == 0 (tsn's constraint)
+    const bool live = row < N;
+    const float4* src = reinterpret_cast<const float4*>(X + (size_t)(live ? row : 0) * K);
+    float4 m = make_float4(0.f, 0.f, 0.f, 0.f);
+#if READ2
+    for (int i = rl; i < k4; i += TPR)
+        if (live) amax4(m, __ldg(src + i));
+#else
+    float4 v[P];
+#pragma unroll
+    for (int i = 0; i < P; ++i)
+        v[i] = live && rl + TPR * i < k4 ? __ldg(src + rl + TPR * i) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int i = 0; i < P; ++i) amax4(m, v[i]);
+#endif
+    float mx = maxbits(maxbits(m.x, m.y), maxbits(m.z, m.w));
+    for (int o = 16; o > 0; o >>= 1) mx = maxbits(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+#if TPR > 32
+    if (lane == 0) pm[warp] = mx;
+    __syncthreads();
+    mx = 0.f;
+#pragma unroll
+    for (int w = 0; w < TPR / 32; ++w) mx = maxbits(mx, pm[rr * (TPR / 32) + w]);
+#endif
+    const int e = col_exp(mx);
+    const float sv = ldexpf(1.0f, TS_T - e);
+    const float4 s = make_float4(sv, sv, sv, sv);
+    if (live && rl == 0) cinv[row] = ldexpf(1.0f, e - TS_T);
+    uint2* dst = reinterpret_cast<uint2*>(X16 + (size_t)(live ? row : 0) * K);
+#if READ2
+    for (int i = rl; i < k4; i += TPR)
+        if (live) dst[i] = scaled4(__ldg(src + i), s);
+#else
+#pragma unroll
+    for (int i = 0; i < P; ++i)
+        if (live && rl + TPR * i < k4) dst[rl + TPR * i] = scaled4(v[i], s);
+#endif
+}}
+"""
+TS_CONVERT_ROWS = TS_ROWS_HEAD + TS_DEV + TS_ROWS_KERNEL
+
+
+def ts_convert_rows_plan(k: int, n: int) -> dict:
+    """The conversion of x (N x K) for ts in nk: {form "rows", src, smem, grid, block, p, tpr, read2}: TPR the fewest
+    threads a row (32 ... 256) that hold the row in P <= 16 float4 each, else 256 reading it twice (K > 16384)."""
+    k4 = -(-int(k) // 4)
+    tpr = next((x for x in (32, 64, 128, 256) if k4 <= 16 * x), 256)
+    read2 = int(k4 > 16 * tpr)
+    p = 1 if read2 else max(1, -(-k4 // tpr))
+    return dict(form="rows", src=TS_CONVERT_ROWS.format(tpr=tpr, p=p, read2=read2, T=TS_T), smem=0,
+                grid=(max(1, -(-int(n) // (256 // tpr))),), block=(256,), p=p, tpr=tpr, read2=read2)
+
+
+def ts_convert_rows_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ts_convert_reference for x (N x K): each row scaled (x16 as uint16 bits, N x K; cinv per row)."""
+    b16, cinv = ts_convert_reference(np.asarray(x, dtype=np.float32).T)
+    return np.ascontiguousarray(b16.T), cinv
+
+
+TS_REG_ROWS = 512   # v5: a block's rows at most (P = 16 float4 a thread); past 8 such blocks a column strip (K > 4096), v4
+TS_BLOCKS = 264     # v5: the cluster size grows (up to 8) until the launch has this many blocks (two an SM on an H100)
+TS_MIN_ROWS = 64    # v5: ... while a block keeps this many rows
+TS_PDL = True  # the kernel after the conversion launched with programmatic stream serialization (its set-up under it):
+# session 59 (H100, 33 dl layers, the fp16 record configs): 0.68 us less in median (up to 1.36), none slower past 0.02
+TS_CONVERT_FORM = None  # ts_convert_plan's form for every launcher (None: by K; "v4" / "v5": forced, e.g. by a probe)
+
+
+def ts_convert_plan(k: int, n: int, form: str | None = None) -> dict:
+    """The conversion kernel for B of K x N: {form, src, smem, grid, block, p, cs}. form v5 (registers) where K <=
+    8 x TS_REG_ROWS, else v4 (shared memory, or rows read again past TS_KEEP_BYTES); `form` forces one."""
+    k, n = int(k), int(n)
+    strips = -(-n // 32)
+    if form is None:
+        form = "v5" if k <= 8 * TS_REG_ROWS else "v4"
+    if form == "v4":
+        smem = -(-k // 8) * 128
+        keep = smem <= TS_KEEP_BYTES
+        return dict(form="v4", src=TS_CONVERT.format(keep=int(keep), T=TS_T), smem=(smem if keep else 0),
+                    grid=(strips, 8), block=(128,), p=0, cs=8)
+    if form != "v5":
+        raise ValueError(f"ts conversion: unknown form {form!r} (v4, v5)")
+    if k > 8 * TS_REG_ROWS:
+        raise ValueError(f"ts conversion v5: K = {k} is past {8 * TS_REG_ROWS} rows (8 blocks of {TS_REG_ROWS})")
+    cs = 1
+    while cs < 8 and (-(-k // cs) > TS_REG_ROWS or (strips * cs < TS_BLOCKS and -(-k // (2 * cs)) >= TS_MIN_ROWS)):
+        cs *= 2
+    p = max(1, -(-(-(-k // cs)) // 32))
+    return dict(form="v5", src=TS_CONVERT_REG.format(p=p, cs=cs, T=TS_T), smem=0, grid=(strips, cs), block=(256,),
+                p=p, cs=cs)
+
+
+def ts_convert_reference(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the conversion computes, in NumPy: (B16 as uint16 bits, cinv) for B (K x N float32)."""
+    b = np.asarray(b, dtype=np.float32)
+    mx = np.fmax.reduce(np.abs(b), axis=0, initial=0.0).astype(np.float32)  # NaN skipped, as fmaxf does
+    e = np.zeros(b.shape[1], dtype=np.int32)
+    ok = (mx > 0) & np.isfinite(mx)
+    e[ok] = np.maximum(np.frexp(mx[ok])[1] - 1, TS_T - 126)
+    sc = np.ldexp(np.ones_like(mx), TS_T - e).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        b16 = (b * sc[None, :]).astype(np.float16).view(np.uint16)
+    return b16, np.ldexp(np.ones_like(mx), e - TS_T).astype(np.float32)
+
+
+def ts_convert_launcher(plan: dict, cinv, k: int, n: int):
+    """The conversion of a plan (ts_convert_plan / ts_convert_rows_plan) compiled and bound: `ln(b_ptr, b16_ptr,
+    stream_ptr)` (B's and the fp16 copy's slots written at each call), the scales into the device array `cinv`."""
+    from sparse_autotune.device.compile import compile_kernel, function_ptr, reserve_smem  # noqa: PLC0415
+    from sparse_autotune.device.kernel import Launcher  # noqa: PLC0415
+    fn = compile_kernel(plan["src"], "sat_ts_convert", options=("-arch=sm_90a",))
+    reserve_smem(fn, plan["smem"])
+    return Launcher(function_ptr(fn), plan["grid"], plan["block"], plan["smem"],
+                    [0, 0, int(cinv.data.ptr), np.int32(k), np.int32(n)], 0, 1, keep=(fn, cinv))
+
+
+def same_f16_bits(got: np.ndarray, want: np.ndarray) -> bool:
+    """Two arrays of fp16 bits (uint16) equal bit for bit, NaN against NaN whatever its payload (the GPU's cvt writes
+    0x7fff, NumPy 0x7e00): how the conversions are checked against ts_convert_reference."""
+    nan = lambda x: ((x & 0x7C00) == 0x7C00) & ((x & 0x03FF) != 0)  # noqa: E731
+    return bool(np.array_equal(nan(got), nan(want)) and np.array_equal(got[~nan(got)], want[~nan(want)]))
+
+
+class ScaledLauncher:
+    """ts's launch for one N: `ln(b_ptr, c_ptr, stream_ptr)` converts B (fp32) into the fp16 workspace and the columns'
+    inverse scales, then runs the kernel's launcher on the workspace; nk (tsn): `ln(x_ptr, y_ptr, stream_ptr,
+    bias_ptr)`, x's rows scaled, the bias passed on. Both on `stream_ptr`, in order; the workspace is one call's at a
+    time on the host (a lock)."""
+
+    is_noop = False
+
+    def __init__(self, convert, inner, b16, keep):
+        import threading  # noqa: PLC0415
+        self.convert, self.inner, self.b16 = convert, inner, int(b16)
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def __call__(self, b_ptr: int, c_ptr: int, stream_ptr: int, bias_ptr: int | None = None) -> None:
+        if int(b_ptr) & 15 or (bias_ptr is None and int(c_ptr) & 7):  # the conversion's float4 loads, kn's float2 stores
+            from sparse_autotune.errors import UserError  # noqa: PLC0415
+            what = "B" if bias_ptr is None else "x"
+            raise UserError(f"tf32 through the fp16 tensor cores needs {what} 16-byte aligned"
+                            f"{' and C 8-byte aligned' if bias_ptr is None else ''} (CuPy's and PyTorch's own "
+                            f"allocations are; a view at an offset may not be): {what} at {int(b_ptr):#x}"
+                            f"{f', C at {int(c_ptr):#x}' if bias_ptr is None else ''}")
+        with self._lock:
+            self.convert(b_ptr, self.b16, stream_ptr)
+            if bias_ptr is None:
+                self.inner(self.b16, c_ptr, stream_ptr)
+            else:  # nk (tsn): x's copy, y, and the bias (0: none)
+                self.inner(self.b16, c_ptr, stream_ptr, bias_ptr)
+
+    launch = __call__
+
+
+def wrap_launcher(kernel, n: int, launcher):
+    """ts: the conversion kernel before the kernel (ScaledLauncher); otherwise the kernel's launcher as it is."""
+    if not ts(kernel) or launcher.is_noop:
+        return launcher
+    k = kernel.a.shape[1]
+    b16, cinv = ts_workspace(kernel, n)
+    plan = ts_convert_rows_plan(k, n) if getattr(kernel, "layout", "kn") == "nk" else ts_convert_plan(k, n, TS_CONVERT_FORM)
+    convert = ts_convert_launcher(plan, cinv, k, n)
+    return ScaledLauncher(convert, launcher.programmatic() if TS_PDL else launcher, b16.data.ptr, (b16, cinv))

@@ -366,24 +366,11 @@ def tensor_map_args(n: int, k: int, config: dict) -> dict:
     return tiled_map(n, k, (64, 16 * int(config["kc"])))
 
 
-_LIBCUDA: list = []
-
-
-def _libcuda():
-    """The CUDA driver library through ctypes (None where there is none: then no kernel can run either)."""
-    if not _LIBCUDA:
-        import ctypes  # noqa: PLC0415
-        try:
-            _LIBCUDA.append(ctypes.CDLL("libcuda.so.1"))
-        except OSError:
-            _LIBCUDA.append(None)
-    return _LIBCUDA[0]
-
-
 def encode_tensor_map(t: dict) -> np.ndarray:
     """The 128-byte CUtensorMap of tensor_map_args `t` (uint32 [32]) by the driver's cuTensorMapEncodeTiled (CuPy 14
     binds none); zeros where there is no driver (a machine that cannot launch the kernel either)."""
-    lib = _libcuda()
+    from sparse_autotune.device.gpu import libcuda  # noqa: PLC0415
+    lib = libcuda()
     if lib is None:
         return np.zeros(32, dtype=np.uint32)
     import ctypes as ct  # noqa: PLC0415

@@ -298,17 +298,22 @@ def main() -> int:
         o["spmm32_us"] = time_launches([lambda: ln32(b16.data.ptr, c32o.data.ptr, st())] * 4).median_us
         o["fused_meas_us"] = o["conv_us"] + o["spmm32_us"]  # (the scales' multiply in the epilogue left out)
         if args.integrated:  # the patch's path end to end: A's scaled build, the conversion, the kernel's fp32 C
+            host = get_family("tc_sp24").host
+            pdl0 = host.TS_PDL
             try:
-                ki = build_kernel(DeviceCSR(a, "tf32"), "tc_sp24", o["fp16_config"], "tf32").launcher(n)
+                host.TS_PDL = False  # the plain launch (the family's default is programmatic since session 59)
+                try:
+                    ki = build_kernel(DeviceCSR(a, "tf32"), "tc_sp24", o["fp16_config"], "tf32").launcher(n)
+                finally:
+                    host.TS_PDL = pdl0
                 o["integrated_err"] = _err(lambda: ki(bs[0].data.ptr, c32.data.ptr, st()), c32, ref)
                 o["integrated_us"] = time_launches([lambda b=b: ki(b.data.ptr, c32.data.ptr, st()) for b in bs]).median_us
                 if args.pdl:
-                    host = get_family("tc_sp24").host
                     host.TS_PDL = True
                     try:
                         kp = build_kernel(DeviceCSR(a, "tf32"), "tc_sp24", o["fp16_config"], "tf32").launcher(n)
                     finally:
-                        host.TS_PDL = False
+                        host.TS_PDL = pdl0
                     o["integrated_pdl_err"] = _err(lambda: kp(bs[0].data.ptr, c32.data.ptr, st()), c32, ref)
                     o["integrated_pdl_us"] = time_launches([lambda b=b: kp(b.data.ptr, c32.data.ptr, st())
                                                             for b in bs]).median_us

@@ -96,6 +96,12 @@ class Family:
         f = getattr(self.host, "context", None)
         return f(host_csr, config) if f else None
 
+    def wrap_launcher(self, kernel, n: int, launcher):
+        """The launcher a call runs: the kernel's own, or the family's wrapper of it (host `wrap_launcher`: e.g.
+        tc_sp24's tf32 in kn, a conversion kernel of B launched before it)."""
+        f = getattr(self.host, "wrap_launcher", None)
+        return f(kernel, n, launcher) if f else launcher
+
 
 def adapt_params(space: Space, config: dict, dtype: str, env: dict, limits: dict | None, names) -> dict | None:
     """The config (normalized) if it can run this problem; else, for each parameter in `names` in turn, the config with

@@ -55,6 +55,19 @@ def _ver(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
+@lru_cache(maxsize=None)
+def libcuda():
+    """The CUDA driver library through ctypes, loaded once, for what CuPy does not bind (cuTensorMapEncodeTiled,
+    cuLaunchKernelEx); None where there is none (then no kernel can run either)."""
+    import ctypes  # noqa: PLC0415
+    for cand in ("libcuda.so.1", "libcuda.so", "/usr/lib/wsl/lib/libcuda.so"):
+        try:
+            return ctypes.CDLL(cand)
+        except OSError:
+            continue
+    return None
+
+
 def _driver_present() -> bool:
     """An NVIDIA driver is installed: its user-space library (libcuda) can be found or its device nodes exist."""
     import ctypes.util  # noqa: PLC0415

@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..device.compile import compile_kernel, compile_ptx, function_ptr, reserve_smem
+from ..device.gpu import libcuda
 from ..device.timing import MAX_B_BUFFERS
 from ..errors import CandidateError
 from ..core.problem import storage
@@ -156,7 +157,8 @@ class Kernel:
         """The launch for N columns with its arguments packed (built at the first call for N, then cached)."""
         ln = self._launchers.get(n)
         if ln is None:
-            ln = self._launchers[n] = self._make_launcher(int(n))
+            # the family's wrapper where it has one (tc_sp24's tf32: a conversion launched before the kernel)
+            ln = self._launchers[n] = self.family.wrap_launcher(self, int(n), self._make_launcher(int(n)))
         return ln
 
     def _make_launcher(self, n: int) -> Launcher:
@@ -274,6 +276,72 @@ def pack_params(values) -> tuple[np.ndarray, np.ndarray]:
     return slots, addrs
 
 
+CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # cuda.h's CUlaunchAttributeID
+_PDL: dict = {}
+
+
+def _pdl_types():
+    """ctypes of cuda.h's CUlaunchAttribute (id, 4 bytes of padding, a 64-byte value union) and CUlaunchConfig."""
+    if not _PDL:
+        import ctypes as ct  # noqa: PLC0415
+
+        class Attr(ct.Structure):
+            _fields_ = [("id", ct.c_int), ("pad", ct.c_char * 4), ("value", ct.c_int * 16)]
+
+        class Config(ct.Structure):
+            _fields_ = [("gridDimX", ct.c_uint), ("gridDimY", ct.c_uint), ("gridDimZ", ct.c_uint),
+                        ("blockDimX", ct.c_uint), ("blockDimY", ct.c_uint), ("blockDimZ", ct.c_uint),
+                        ("sharedMemBytes", ct.c_uint), ("hStream", ct.c_void_p), ("attrs", ct.POINTER(Attr)),
+                        ("numAttrs", ct.c_uint)]
+        _PDL.update(Attr=Attr, Config=Config, ct=ct)
+    return _PDL
+
+
+class DriverError(RuntimeError):
+    """A CUresult other than CUDA_SUCCESS from a launch made through ctypes (`status`, as CuPy's errors carry it)."""
+
+    def __init__(self, status: int, what: str):
+        super().__init__(f"{what} returned CUresult {status}")
+        self.status = int(status)
+
+
+class ProgrammaticLaunch:
+    """cuLaunchKernelEx with programmatic stream serialization: the kernel may start while the launch before it on
+    `stream` still runs (from when every block of that launch has executed griddepcontrol.launch_dependents, or
+    exited); it must execute griddepcontrol.wait before it reads what that launch writes. Called with the same
+    arguments as CuPy's driver.launchKernel (a Launcher's `launch_fn`). Its CUlaunchConfig and attribute are built once
+    and again only when the function, grid, block, shared memory or parameters change (a Launcher's never do): a call
+    writes the stream and launches, where building the ctypes structures took ~10x the host time of the launch itself.
+    One caller at a time (a Launcher calls under its lock); `lib` replaces libcuda (tests)."""
+
+    __slots__ = ("_key", "_cfg", "_ref", "_attr", "_args", "_lib")
+
+    def __init__(self, lib=None):
+        self._key = None
+        self._lib = lib
+
+    def __call__(self, func, gx, gy, gz, bx, by, bz, smem, stream, params, extra=0):
+        key = (func, gx, gy, gz, bx, by, bz, smem, params, extra)
+        if key != self._key:
+            t = _pdl_types()
+            ct = t["ct"]
+            self._attr = t["Attr"]()
+            self._attr.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+            self._attr.value[0] = 1  # programmaticStreamSerializationAllowed
+            self._cfg = t["Config"](int(gx), int(gy), int(gz), int(bx), int(by), int(bz), int(smem), None,
+                                    ct.pointer(self._attr), 1)
+            self._ref = ct.byref(self._cfg)
+            self._args = (ct.c_void_p(int(func)), ct.c_void_p(int(params)), ct.c_void_p(int(extra) or None))
+            self._key = key
+        self._cfg.hStream = int(stream) or None
+        lib = self._lib or libcuda()
+        if lib is None:
+            raise RuntimeError("cannot load libcuda through ctypes (programmatic dependent launch)")
+        status = lib.cuLaunchKernelEx(self._ref, *self._args)
+        if status:
+            raise DriverError(status, "cuLaunchKernelEx (programmatic)")
+
+
 class Launcher:
     """One kernel bound to one N: grid, block, shared memory and its packed arguments. `launcher(b_ptr, c_ptr,
     stream_ptr)` (also `.launch`) writes B's and C's addresses into their slots and calls cuLaunchKernel on
@@ -297,6 +365,12 @@ class Launcher:
             from cupy_backends.cuda.api.driver import launchKernel as launch_fn  # noqa: PLC0415
         self._launch = launch_fn
         self.is_noop = False
+
+    def programmatic(self) -> Launcher:
+        """This launcher, from now on launching with programmatic stream serialization (ProgrammaticLaunch): its
+        kernel may start while the previous launch on the stream runs, and waits for it by griddepcontrol.wait."""
+        self._launch = ProgrammaticLaunch()
+        return self
 
     @classmethod
     def noop(cls) -> Launcher:

@@ -353,7 +353,7 @@ def test_tensor_map_encode_passes_the_arguments(monkeypatch):
     64-byte-aligned 128-byte map returned as 32 words; a failed encode is a one-line error; no driver: zeros."""
     h = host()
     fake = _FakeEncode()
-    monkeypatch.setattr(h, "_LIBCUDA", [type("Lib", (), {"cuTensorMapEncodeTiled": fake})()])
+    monkeypatch.setattr("sparse_autotune.device.gpu.libcuda", lambda: type("Lib", (), {"cuTensorMapEncodeTiled": fake})())
     t = h.tensor_map_args(192, 3000, {"kc": 4})
     got = h.encode_tensor_map(t)
     assert got.dtype == np.uint32 and got.shape == (32,) and got.view(np.uint8).tolist() == list(range(128))
@@ -364,7 +364,7 @@ def test_tensor_map_encode_passes_the_arguments(monkeypatch):
     fake.rc = 1
     with pytest.raises(RuntimeError, match="cuTensorMapEncodeTiled failed"):
         h.encode_tensor_map(t)
-    monkeypatch.setattr(h, "_LIBCUDA", [None])
+    monkeypatch.setattr("sparse_autotune.device.gpu.libcuda", lambda: None)
     assert not h.encode_tensor_map(t).any()
 
 
@@ -495,7 +495,7 @@ def test_tma_args_shared_memory_and_constraints(monkeypatch):
     from fakes import signature
     h = host()
     fake = _FakeEncode()
-    monkeypatch.setattr(h, "_LIBCUDA", [type("Lib", (), {"cuTensorMapEncodeTiled": fake})()])
+    monkeypatch.setattr("sparse_autotune.device.gpu.libcuda", lambda: type("Lib", (), {"cuTensorMapEncodeTiled": fake})())
     a = random_matrix(1000, 3000, 0.1, "uniform", 1)
     cfg = dict(bn=64, kc=4, dec="lane", wg=2, stages=4, splitk=4, wait=1, minb=1, ws=1, tma=1)
     k = fake_kernel(FAMILY, cfg, "fp16", a)
@@ -1312,7 +1312,7 @@ def test_pmap_args_end_with_a_map_made_from_b_and_the_launcher_reencodes_it_when
     from sparse_autotune.device.kernel import BParam, Launcher
     h = host()
     fake = _FakeEncode()
-    monkeypatch.setattr(h, "_LIBCUDA", [type("Lib", (), {"cuTensorMapEncodeTiled": fake})()])
+    monkeypatch.setattr("sparse_autotune.device.gpu.libcuda", lambda: type("Lib", (), {"cuTensorMapEncodeTiled": fake})())
     a = random_matrix(1000, 3000, 0.1, "uniform", 1)
     cfg = PMAP[0]
     k = fake_kernel(FAMILY, cfg, "fp16", a)
