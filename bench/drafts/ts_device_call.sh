@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ts draft's device call (bench/drafts/tc_sp24-ts.md), one command on the device machine from the project's root:
 #   carry [".whl"]; command: bash bench/drafts/ts_device_call.sh
-# Applies the patch to the device's copy of the tree (not here), then: the GPU tests that cover it,
+# (The patch it applied first landed in session 59.) The GPU tests that cover ts,
 # tf32_via_fp16.py --integrated --pdl, the conversion probe (v4 / v5), end-to-end tunes of a tf32 layer in kn and in nk
 # (tsn 0 / 1 searched), most telling first (a call cut short keeps them); every log and JSON
 # under $OUT. A step that fails does not stop the next ones; the exit status is the number of failed steps.
@@ -23,11 +23,6 @@ step() {  # NAME LIMIT_S COMMAND...: run, log to $OUT/NAME.log, the log's tail p
     [ $rc -eq 0 ] || { echo "== $name: exit $rc"; fail=$((fail + 1)); }
 }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-if git apply --check bench/drafts/tc_sp24-ts.patch 2>/dev/null; then
-    git apply bench/drafts/tc_sp24-ts.patch
-elif ! git apply --check -R bench/drafts/tc_sp24-ts.patch 2>/dev/null; then
-    echo "bench/drafts/tc_sp24-ts.patch applies neither way to this tree"; exit 2
-fi  # else: applied already
 step pytest-gpu-ts 170 python3 -m pytest -m gpu -n 8 -q tests/families/test_tc_sp24.py \
     -k "ts_ or tsn or test_correct_on_edge_cases or tf32"
 step tf32-via-fp16 150 python3 bench/drafts/tf32_via_fp16.py "$OUT/ts-integrated.json" --integrated --pdl
