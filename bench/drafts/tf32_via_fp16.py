@@ -192,7 +192,7 @@ def main() -> int:
     ap.add_argument("--dens", default="0.05")
     ap.add_argument("--max", type=int, default=999)
     ap.add_argument("--integrated", action="store_true",
-                    help="also the landed path (bench/drafts/tc_sp24-ts.patch applied): tc_sp24 built for tf32 in kn at the "
+                    help="also the landed path (ts, session 59): tc_sp24 built for tf32 in kn at the "
                          "case's fp16 config, its launcher (conversion + kernel) verified and timed")
     ap.add_argument("--form", choices=("v4", "v5"), default=None,
                     help="with --integrated: the conversion's form (default: ts_convert_plan's choice by K)")
