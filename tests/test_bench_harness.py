@@ -135,6 +135,7 @@ def _suite_records(out: Path) -> list[dict]:
 
 
 @needs_bash
+@pytest.mark.heavy  # ~35 s each (real suites stopped and resumed): CI's time
 def test_device_runner_suite_stops_at_its_budget_and_resumes_from_its_state(tmp_path):
     (tmp_path / "state").mkdir()
     # a trial of 2 s a case: 16 cases take two workers over 16 s, the budget stops claiming after 8
@@ -167,6 +168,7 @@ def test_device_runner_suite_stops_at_its_budget_and_resumes_from_its_state(tmp_
 
 
 @needs_bash
+@pytest.mark.heavy  # ~35 s each (real suites stopped and resumed): CI's time
 def test_device_runner_stops_a_suite_hard_and_still_packs_its_state(tmp_path):
     # 2 trials of 30 s a case and a budget past the call's end: the hard stop (the call's end minus 15 s) ends bench
     # and its workers, whatever they are doing. The call gives bench ~20 s before that stop, so that even on a busy
