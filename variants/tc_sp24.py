@@ -1177,9 +1177,10 @@ TS_PDL = True  # the kernel after the conversion launched with programmatic stre
 TS_CONVERT_FORM = None  # ts_convert_plan's form for every launcher (None: by K; "v4" / "v5": forced, e.g. by a probe)
 
 
-def ts_convert_plan(k: int, n: int, form: str | None = None) -> dict:
+def ts_convert_plan(k: int, n: int, form: str | None = None, cs: int | None = None) -> dict:
     """The conversion kernel for B of K x N: {form, src, smem, grid, block, p, cs}. form v5 (registers) where K <=
-    8 x TS_REG_ROWS, else v4 (shared memory, or rows read again past TS_KEEP_BYTES); `form` forces one."""
+    8 x TS_REG_ROWS, else v4 (shared memory, or rows read again past TS_KEEP_BYTES); `form` forces one, and `cs` v5's
+    cluster size (1, 2, 4 or 8 blocks along K; a probe's sweep: bench/drafts/ts_convert_probe.py --cs-sweep)."""
     k, n = int(k), int(n)
     strips = -(-n // 32)
     if form is None:
@@ -1193,9 +1194,13 @@ def ts_convert_plan(k: int, n: int, form: str | None = None) -> dict:
         raise ValueError(f"ts conversion: unknown form {form!r} (v4, v5)")
     if k > 8 * TS_REG_ROWS:
         raise ValueError(f"ts conversion v5: K = {k} is past {8 * TS_REG_ROWS} rows (8 blocks of {TS_REG_ROWS})")
-    cs = 1
-    while cs < 8 and (-(-k // cs) > TS_REG_ROWS or (strips * cs < TS_BLOCKS and -(-k // (2 * cs)) >= TS_MIN_ROWS)):
-        cs *= 2
+    if cs is not None:
+        if cs not in (1, 2, 4, 8) or -(-k // cs) > TS_REG_ROWS:
+            raise ValueError(f"ts conversion v5: cs {cs} for K = {k} (1, 2, 4 or 8 with K / cs <= {TS_REG_ROWS})")
+    else:
+        cs = 1
+        while cs < 8 and (-(-k // cs) > TS_REG_ROWS or (strips * cs < TS_BLOCKS and -(-k // (2 * cs)) >= TS_MIN_ROWS)):
+            cs *= 2
     p = max(1, -(-(-(-k // cs)) // 32))
     return dict(form="v5", src=TS_CONVERT_REG.format(p=p, cs=cs, T=TS_T), smem=0, grid=(strips, cs), block=(256,),
                 p=p, cs=cs)

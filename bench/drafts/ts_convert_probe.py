@@ -38,7 +38,12 @@ LONG = [(4096, 512), (11008, 512), (14336, 256)]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out")
+    ap.add_argument("--cs-sweep", action="store_true",
+                    help="v5 at every cluster size (1, 2, 4, 8 blocks along K) on the shapes of the dl suite's tf32 d 0.05 "
+                         "N >= 512 layers (session 60): which the plan should pick")
     args = ap.parse_args()
+    if args.cs_sweep:
+        return cs_sweep(args.out)
     cp = cupy()
     h = get_family("tc_sp24").host
     suite = json.load(open(Path(__file__).resolve().parents[2] / "bench/results/suite-dl-h200.json"))
@@ -87,6 +92,46 @@ def main() -> int:
         "v5_tbs_25mb": [round(c["v5_tbs"], 2) for c in cs if c["mb"] > 20]}
     json.dump(out, open(args.out, "w"), indent=1)
     print(json.dumps(out["summary"], indent=1))
+    return 0
+
+
+def cs_sweep(path: str) -> int:
+    """v5 at each feasible cluster size per (K, N), each verified bit for bit, timed as main() times; the plan's own
+    choice marked."""
+    cp = cupy()
+    h = get_family("tc_sp24").host
+    suite = json.load(open(Path(__file__).resolve().parents[2] / "bench/results/suite-dl-h200.json"))
+    shapes = sorted({(r["K"], r["N"]) for r in suite if r["dtype"] == "tf32" and r["N"] >= 512})
+    info = gpu_info()
+    out = {"gpu": info.name, "driver": info.driver, "cuda": info.cuda_runtime, "cupy": info.cupy, "cases": []}
+    st = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
+    rng = np.random.default_rng(7)
+    for k, n in shapes:
+        bs = [cp.asarray((rng.standard_normal((k, n)) * np.exp2(rng.integers(-30, 31, n))[None, :]).astype(np.float32))
+              for _ in range(4)]
+        b16 = cp.empty((k, n), dtype=cp.uint16)
+        cinv = cp.empty(n, dtype=cp.float32)
+        want16, wantinv = h.ts_convert_reference(cp.asnumpy(bs[0]))
+        chosen = h.ts_convert_plan(k, n, "v5")["cs"]
+        o = {"K": k, "N": n, "mb": 4 * k * n / 1e6, "chosen_cs": chosen, "us": {}, "exact": {}}
+        for c in (1, 2, 4, 8):
+            try:
+                pl = h.ts_convert_plan(k, n, "v5", cs=c)
+            except ValueError:
+                continue
+            ln = h.ts_convert_launcher(pl, cinv, k, n)
+            b16.fill(0x7C01)
+            ln(bs[0].data.ptr, b16.data.ptr, st())
+            cp.cuda.Device().synchronize()
+            o["exact"][c] = h.same_f16_bits(cp.asnumpy(b16), want16) and bool(np.array_equal(cp.asnumpy(cinv), wantinv))
+            o["us"][c] = time_launches([lambda b=b: ln(b.data.ptr, b16.data.ptr, st()) for b in bs]).median_us
+        best = min(o["us"], key=o["us"].get)
+        o["best_cs"] = best
+        out["cases"].append(o)
+        json.dump(out, open(path, "w"), indent=1)
+        print(f"| {k}x{n} ({o['mb']:.1f} MB) | " + " | ".join(
+            f"cs {c}: {u:.2f} us{' (plan)' if c == chosen else ''}{'' if o['exact'][c] else ' NOT EXACT'}"
+            for c, u in o["us"].items()) + f" | best cs {best} |", flush=True)
     return 0
 
 
