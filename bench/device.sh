@@ -156,6 +156,8 @@ else:
 SLUG=$(echo "$GPU_INFO" | head -1)
 VERSIONS=$(echo "$GPU_INFO" | sed -n 2p)
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "no git")
+# the device's copy carries the working tree, but its .git may be the session's first: say so when the tree differs
+[ "$COMMIT" = "no git" ] || git diff --quiet HEAD -- 2>/dev/null || COMMIT="$COMMIT + working-tree changes"
 echo "$VERSIONS; $(nproc) CPUs; checkout $COMMIT" | tee -a "$OUT/gpu.txt"
 
 # ---- the steps ----

@@ -1172,6 +1172,12 @@ def ts_convert_rows_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 TS_REG_ROWS = 512   # v5: a block's rows at most (P = 16 float4 a thread); past 8 such blocks a column strip (K > 4096), v4
 TS_BLOCKS = 264     # v5: the cluster size grows (up to 8) until the launch has this many blocks (two an SM on an H100)
 TS_MIN_ROWS = 64    # v5: ... while a block keeps this many rows
+# ... but one block a strip (cs 1, no cluster barrier) where K <= 256, or K <= 512 with a strip an SM or more: the
+# fastest there in session 60's sweep on an H100 (ts_convert_probe.py --cs-sweep: K 128 N 6272 2.60 us at cs 1 against
+# 3.59 at the 264-block rule's cs 2; K 256 N 1568 / 3136 3.25 / 3.39 against 3.43 / 3.74 at cs 4; K 512 N 6272 9.05
+# against 9.53); K 512 N 784 (25 strips) and every K >= 768 were fastest at the rule's cs
+TS_SOLO_ROWS = 256
+TS_SOLO_STRIPS = 132
 TS_PDL = True  # the kernel after the conversion launched with programmatic stream serialization (its set-up under it):
 # session 59 (H100, 33 dl layers, the fp16 record configs): 0.68 us less in median (up to 1.36), none slower past 0.02
 TS_CONVERT_FORM = None  # ts_convert_plan's form for every launcher (None: by K; "v4" / "v5": forced, e.g. by a probe)
@@ -1197,6 +1203,8 @@ def ts_convert_plan(k: int, n: int, form: str | None = None, cs: int | None = No
     if cs is not None:
         if cs not in (1, 2, 4, 8) or -(-k // cs) > TS_REG_ROWS:
             raise ValueError(f"ts conversion v5: cs {cs} for K = {k} (1, 2, 4 or 8 with K / cs <= {TS_REG_ROWS})")
+    elif k <= TS_SOLO_ROWS or (k <= TS_REG_ROWS and strips >= TS_SOLO_STRIPS):
+        cs = 1
     else:
         cs = 1
         while cs < 8 and (-(-k // cs) > TS_REG_ROWS or (strips * cs < TS_BLOCKS and -(-k // (2 * cs)) >= TS_MIN_ROWS)):

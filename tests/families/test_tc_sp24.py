@@ -1557,6 +1557,12 @@ def test_ts_convert_plan_covers_every_row_and_both_forms_compile():
             rep = sat_compile.nvcc_check(pl["src"], "sm_90a")
             assert "sat_ts_convert" in rep and re.search(r"0 bytes spill stores", rep), (key, rep)
     assert h.ts_convert_plan(64, 3136)["cs"] == 1 and h.ts_convert_plan(3072, 2048)["cs"] == 8
+    # session 60's sweep: one block a strip at K <= 256, and at K <= 512 with a strip an SM; else the 264-block rule
+    assert [h.ts_convert_plan(k, n)["cs"] for k, n in ((128, 6272), (256, 1568), (512, 6272), (512, 784), (768, 2048))] \
+        == [1, 1, 1, 8, 8]
+    assert h.ts_convert_plan(768, 2048, "v5", cs=4)["grid"] == (64, 4)
+    with pytest.raises(ValueError, match="cs 1 for K = 768"):
+        h.ts_convert_plan(768, 2048, "v5", cs=1)
     assert h.ts_convert_plan(768, 512, "v4")["form"] == "v4"
     with pytest.raises(ValueError, match="unknown form"):
         h.ts_convert_plan(768, 512, "v9")
@@ -1675,7 +1681,7 @@ def test_ts_convert_in_cpu_emulation_matches_the_reference(form, k, n, keep, ftz
         assert host().same_f16_bits(b16, want16), (form, k, n, pl["p"], pl["cs"], np.argwhere(b16 != want16)[:5])
         assert np.array_equal(cinv, wantinv), (form, k, n, cinv, wantinv)
     if form == "v5":
-        assert pl["cs"] == {40: 1, 256: 4, 301: 4, 1001: 8}[k]
+        assert pl["cs"] == {40: 1, 256: 1, 301: 4, 1001: 8}[k]
 
 
 TSN_CONFIGS = [dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1, l2=25), dict(bn=64, kc=2, wg=1, stages=4, splitk=1, pt=1, l2=100),
