@@ -1203,11 +1203,11 @@ def ts_convert_plan(k: int, n: int, form: str | None = None, cs: int | None = No
     if cs is not None:
         if cs not in (1, 2, 4, 8) or -(-k // cs) > TS_REG_ROWS:
             raise ValueError(f"ts conversion v5: cs {cs} for K = {k} (1, 2, 4 or 8 with K / cs <= {TS_REG_ROWS})")
-    elif k <= TS_SOLO_ROWS or (k <= TS_REG_ROWS and strips >= TS_SOLO_STRIPS):
-        cs = 1
     else:
         cs = 1
-        while cs < 8 and (-(-k // cs) > TS_REG_ROWS or (strips * cs < TS_BLOCKS and -(-k // (2 * cs)) >= TS_MIN_ROWS)):
+        solo = k <= TS_SOLO_ROWS or (k <= TS_REG_ROWS and strips >= TS_SOLO_STRIPS)
+        while not solo and cs < 8 and (-(-k // cs) > TS_REG_ROWS
+                                       or (strips * cs < TS_BLOCKS and -(-k // (2 * cs)) >= TS_MIN_ROWS)):
             cs *= 2
     p = max(1, -(-(-(-k // cs)) // 32))
     return dict(form="v5", src=TS_CONVERT_REG.format(p=p, cs=cs, T=TS_T), smem=0, grid=(strips, cs), block=(256,),
