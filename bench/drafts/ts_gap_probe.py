@@ -8,7 +8,9 @@ Per case and config (the fp16 record's, it with pt 0 / l2 0 / pw 0, the config t
 ts launcher end to end (its default launch), its conversion alone, its kernel alone on the workspace the conversion
 filled, and the fp16 kernel of the same config storing fp32 C (o32) on that workspace; each verified first (the ts
 launcher against float64 at the tf32 tolerance), then timed by graph replay over 4 fresh B buffers; registers and
-spills of both kernels from the CUfunction.
+spills of both kernels from the CUfunction. Since session 60 also `nosc`: ts's kernel with C stored without its scales
+(the template's diag 11, timing only), which splits what is left of ts's kernel over o32's (NOTES session 60, Next 2)
+into the scales' loads and products and the rest.
 """
 from __future__ import annotations
 
@@ -34,6 +36,11 @@ import cupyx.scipy.sparse as csp  # noqa: E402
 
 CASES = ["3072x768:2048:0.05:uniform", "768x768:2048:0.05:uniform"]
 TUNED = {"3072x768:2048:0.05:uniform": dict(ar=0, bn=64, kc=1, l2=12, mc=1, pt=0, pw=0, splitk=1, stages=8, wg=2)}
+
+
+def _render_nosc(space, config, dtype, context=None, layout="kn"):
+    """ts's kernel with the template's diag 11 (C stored without the scales)."""
+    return P._env().from_string(P._TPL).render(dtype=dtype, layout=layout, diag=11, **config)
 
 
 def fp16_record(m, k, n, d, pat):
@@ -95,11 +102,21 @@ def main() -> int:
             row["inner_us"] = time_launches([lambda: inner(b16, c32.data.ptr, st())] * 4).median_us
             c_o = cp.empty((m, n), dtype=cp.float32)
             row["o32_us"] = time_launches([lambda: ln32(b16, c_o.data.ptr, st())] * 4).median_us
+            # nosc (session 60): ts's kernel with C stored unscaled (the template's diag 11: no scale loads or products;
+            # wrong C, timing only) on the same workspace and A
+            P.K_.render = _render_nosc
+            try:
+                knos = build_kernel(DeviceCSR(a, "tf32"), "tc_sp24", cfg, "tf32")
+            finally:
+                P.K_.render = P._RENDER
+            lnos = knos.launcher(n)
+            c_n = cp.empty((m, n), dtype=cp.float32)
+            row["nosc_us"] = time_launches([lambda: lnos.inner(b16, c_n.data.ptr, st())] * 4).median_us
             row["ts_fn"], row["o32_fn"] = attrs(kern.fn), attrs(k32.fn)
             out["rows"].append(row)
             json.dump(out, open(args.out, "w"), indent=1)
             print(f"| {case} | {name} | ts {row['ts_us']:.2f} | conv {row['conv_us']:.2f} | inner {row['inner_us']:.2f} "
-                  f"| o32 {row['o32_us']:.2f} | err {row['err']:.1e} | {row['ts_fn']} / {row['o32_fn']} | {cfg}", flush=True)
+                  f"| o32 {row['o32_us']:.2f} | nosc {row['nosc_us']:.2f} | err {row['err']:.1e} | {row['ts_fn']} / {row['o32_fn']} | {cfg}", flush=True)
     json.dump(out, open(args.out, "w"), indent=1)
     return 0
 
