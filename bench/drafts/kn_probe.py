@@ -8,7 +8,10 @@ each case. Env: PROBE_DENS (default 0.1,0.05), PROBE_MAX (cases at most, the slo
 (l2: the l2 0 / rs 0 twin, the default; pt: the persistent-grid twin, pt 1; perm: the perm 1 twins, with and
 without l2; ov: the ov 1 / 2 / 4 twins, with the record's l2 and at l2 0, and at ov 1 / 2 their cp.async twins (ovc 1; session 47); sib: the tc_sp24 winners of the same layer at the suite's
 other densities and patterns (session 46); each where the space admits it; diag10 times the record's config only;
-session 45's rl twins are gone with the parameter, measured slower).
+session 45's rl twins are gone with the parameter, measured slower; none: the record's config alone). Forms rw1 / rw2
+(session 60): the template with the residual walked by both of a thread's rows at once, 1 / 2 entries of each a batch
+(variants/tc_sp24.cu.j2 rw; C bit-identical to built's: tests/families/test_tc_sp24.py checks it on the GPU).
+    PROBE_TWIN=none python3 bench/drafts/kn_probe.py OUT.json built,rw1,rw2,diag10
     git show HEAD:variants/tc_sp24.cu.j2 > .scratch/head.j2
     python3 bench/drafts/kn_probe.py OUT.json built,file:.scratch/head.j2"""
 import json
@@ -40,7 +43,9 @@ FORMS = sys.argv[2].split(",") if len(sys.argv) > 2 else ["built"]
 
 def patched(space, config, dtype, context=None, layout="kn"):
     tpl = open(FORM["v"][5:]).read() if FORM["v"].startswith("file:") else TPL
-    return _env().from_string(tpl).render(dtype=dtype, layout=layout, diag=10 if FORM["v"] == "diag10" else 0, **config)
+    rw = int(FORM["v"][2:]) if FORM["v"] in ("rw1", "rw2") else 0  # session 60: the residual walked by both rows at once
+    return _env().from_string(tpl).render(dtype=dtype, layout=layout, diag=10 if FORM["v"] == "diag10" else 0, rw=rw,
+                                          **config)
 
 
 K.render = patched
@@ -66,6 +71,8 @@ for r in recs:
         twins += [dict(t, ovc=1) for t in twins if t["ov"] < 4]  # the same by cp.async (ovc 1)
     elif mode == "sib":  # the tc_sp24 winners of the same layer (M, K, N) at the other densities and patterns
         twins = [dict(s["config"]) for s in sibs if (s["M"], s["K"], s["N"]) == (r["M"], r["K"], r["N"]) and s is not r]
+    elif mode == "none":  # the record's config alone (its forms compared: e.g. built,rw1,rw2,diag10)
+        twins = []
     else:
         twins = [dict(c, l2=0, rs=0, rq=0)]
     env = problem_env(r["M"], r["K"], r["N"], r["nnz"], "fp16")

@@ -640,6 +640,105 @@ def test_correct_on_edge_cases(dtype, n):
     assert _check(cases, dtype, n, cfgs) == 2 * len(cfgs) * len(cases)
 
 
+# rw (session 60, a render knob not yet in the space): the residual after the loop walked by both of a thread's rows at
+# once, rw entries of each a batch; configs of the dl records' shapes (pw / pt / l2 / ar / split-K / mc)
+RW_CONFIGS = [dict(bn=64, kc=4, wg=2, stages=6, splitk=1, pw=1, pt=1, l2=100), dict(bn=128, kc=2, wg=2, stages=4, splitk=1, pw=1, l2=25),
+              dict(bn=64, kc=1, wg=2, stages=8, splitk=1, l2=12), dict(bn=128, kc=1, wg=1, stages=6, splitk=1, ar=4),
+              dict(bn=64, kc=2, wg=2, stages=4, splitk=3), dict(bn=128, kc=2, wg=2, stages=4, splitk=1, mc=2),
+              dict(bn=64, kc=1, wg=1, stages=4, splitk=3, pt=1)]
+
+
+def _tpl():
+    from sparse_autotune.core.render import _env
+    return _env().from_string((Path(__file__).resolve().parents[2] / "variants" / "tc_sp24.cu.j2").read_text())
+
+
+def test_rw_renders_the_batched_walk_in_kn_only_and_rw_0_as_before():
+    """rw 0 (or absent) renders byte for byte what the template rendered before the knob; rw 1 / 2 replace the
+    entry-at-a-time walk by the batched one (both rows' columns, then their B words, the next batch's columns under
+    them) in kn at rs 0, rq 0, bn <= 128; nk, rs, rq and bn 256 keep the walk (only the header names rw)."""
+    tpl = _tpl()
+    for cfg in RW_CONFIGS[:3]:
+        c = space().normalize(cfg, "fp16")
+        plain = tpl.render(dtype="fp16", layout="kn", diag=0, **c)
+        assert tpl.render(dtype="fp16", layout="kn", diag=0, rw=0, **c) == plain
+        assert plain == render(space(), c, "fp16")
+        for rw in (1, 2):
+            src = tpl.render(dtype="fp16", layout="kn", diag=0, rw=rw, **c)
+            assert f" rw={rw}" in src.split("\n", 1)[0] and f"int kr[2][{rw}];" in src and "const int nb = max(hi0 - rlo0, hi1 - rlo1);" in src
+            assert "const float v = lo2f(__ldg(rval + e));" in plain and "const float v = lo2f(__ldg(rval + e));" not in src
+            assert "#error" not in src
+    for cfg, layout in ((dict(RW_CONFIGS[2], rs=8), "kn"), (dict(RW_CONFIGS[4], rq=2), "kn"),
+                        (dict(bn=256, kc=2, wg=2, stages=4, splitk=1, pw=1), "kn"), (dict(bn=64, kc=1, wg=2, stages=8, splitk=1), "nk")):
+        c = space().normalize(cfg, "fp16")
+        a, b = (tpl.render(dtype="fp16", layout=layout, diag=0, rw=rw, **c) for rw in (0, 1))
+        assert a.split("\n", 1)[1] == b.split("\n", 1)[1] and "int kr[2][" not in b, (cfg, layout)
+
+
+@pytest.mark.heavy
+def test_rw_builds_without_spills():
+    """The rw 1 / 2 walks of the dl records' configs build for sm_90a without spills (session 60: 96-188 registers
+    where rw 0 takes 68-168; none spills)."""
+    tpl = _tpl()
+    for dtype in ("fp16", "tf32"):
+        for cfg in RW_CONFIGS[:4]:
+            for rw in (1, 2):
+                rep, _ = nvcc_sm90a(tpl.render(dtype=dtype, layout="kn", diag=0, rw=rw, **space().normalize(cfg, dtype)))
+                assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (dtype, cfg, rw, rep)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "tf32"])
+def test_rw_walk_gives_c_bit_for_bit_as_rw_0(dtype, monkeypatch):
+    """Through the launch path (build_kernel with the template rendered at rw 0, 1 and 2): each accumulator takes the
+    same residual entries in the same order, so C is the same bit for bit; and within the tolerance of the float64
+    reference. Matrices with residuals: the adversarial ones (a dense row, groups of 3 and 4, 70 %), uniform d 0.1 and
+    0.2, powerlaw d 0.05 (l2's heavy rows); N = 8 and 136 (a last tile partly past N)."""
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+
+    import sparse_autotune.device.kernel as K_
+    from sparse_autotune.core.problem import DTYPES, TOLERANCE, host_values, storage
+    from sparse_autotune.device.gpu import gpu_info
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
+    tpl, form = _tpl(), {"rw": 0}
+    monkeypatch.setattr(K_, "render", lambda sp, config, dt, context=None, layout="kn": tpl.render(
+        dtype=dt, layout=layout, diag=0, rw=form["rw"], **config))
+    cases = adversarial()
+    cases["uniform_300x2000_d0.1"] = random_matrix(300, 2000, 0.1, "uniform", 3)
+    cases["uniform_200x1000_d0.2"] = random_matrix(200, 1000, 0.2, "uniform", 4)
+    cases["powerlaw_300x2000_d0.05"] = random_matrix(300, 2000, 0.05, "powerlaw", 3)
+    tol = TOLERANCE["tf32"] if dtype == "tf32" else (2e-3 if dtype == "fp16" else 1.6e-2)
+    runs = 0
+    for name, a in cases.items():
+        a = sps.csr_matrix(a, copy=True)
+        a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])
+        dev, a64 = DeviceCSR(a, dtype), csp.csr_matrix(a.astype(np.float64))
+        for n in (8, 136):
+            env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
+            bh = np.random.default_rng(runs).standard_normal((a.shape[1], n)).astype(np.float32)
+            b = cp.asarray(storage(host_values(bh, DTYPES[dtype]), dtype))
+            ref = reference(a64, b)
+            for cfg in RW_CONFIGS:
+                cfg = get_family(FAMILY).adapt(space().normalize(cfg, dtype), dtype, env, DEFAULT_LIMITS)
+                if cfg is None or space().check(cfg, env, DEFAULT_LIMITS) is not None:
+                    continue
+                outs = []
+                for rw in (0, 1, 2):
+                    form["rw"] = rw
+                    k = build_kernel(dev, FAMILY, cfg, dtype)
+                    c = cp.empty((a.shape[0], n), dtype=b.dtype)
+                    err = check(lambda: k(b, c), c, ref, dtype)
+                    assert err <= tol, (name, n, cfg, rw, err)
+                    outs.append(cp.asnumpy(c).view(np.uint32 if c.dtype == cp.float32 else np.uint16))
+                assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2]), (name, n, cfg)
+                runs += 1
+    assert runs >= 30, runs
+
+
 GATHER_GPU_CONFIGS = [*PERM_CONFIGS, dict(bn=128, kc=1, wg=2, stages=2, splitk=2, perm=1),
                       dict(bn=64, kc=4, wg=1, stages=6, splitk=1, rs=8, perm=1), dict(bn=64, kc=2, wg=1, stages=4, splitk=2, rq=2, perm=1),
                       dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1, l2=100, perm=1),
