@@ -11,19 +11,8 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
 W=/tmp/rw-call
 mkdir -p "$OUT" "$W"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1 \
-    || { echo "installing the carried wheels (.whl/) failed: carry [\".whl\"]"; exit 2; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-fail=0
-step() {  # NAME LIMIT_S COMMAND...: run, log to $W/NAME.log, the log's tail printed
-    local name=$1 limit=$2
-    shift 2
-    echo "== $name ($(date -u +%T))"
-    timeout "$limit" "$@" >"$W/$name.log" 2>&1
-    local rc=$?
-    tail -n 30 "$W/$name.log"
-    [ $rc -eq 0 ] || { echo "== $name: exit $rc"; fail=$((fail + 1)); }
-}
+LOGS=$W TAIL=30
+. bench/drafts/call_steps.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$W/gpu.txt"
 step pytest-gpu-rw 240 python3 -m pytest -m gpu -n 3 -q tests/families/test_tc_sp24.py -k "rw_walk"
 step kn-rw 300 env PROBE_TWIN=none PROBE_DENS=0.1,0.05 PROBE_MAX=${PROBE_MAX:-30} \

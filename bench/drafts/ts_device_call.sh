@@ -9,19 +9,8 @@ set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1 \
-    || { echo "installing the carried wheels (.whl/) failed: carry [\".whl\"]"; exit 2; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-fail=0
-step() {  # NAME LIMIT_S COMMAND...: run, log to $OUT/NAME.log, the log's tail printed
-    local name=$1 limit=$2
-    shift 2
-    echo "== $name ($(date -u +%T))"
-    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-    local rc=$?
-    tail -n 25 "$OUT/$name.log"
-    [ $rc -eq 0 ] || { echo "== $name: exit $rc"; fail=$((fail + 1)); }
-}
+LOGS=$OUT
+. bench/drafts/call_steps.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 step pytest-gpu-ts 170 python3 -m pytest -m gpu -n 8 -q tests/families/test_tc_sp24.py \
     -k "ts_ or tsn or test_correct_on_edge_cases or tf32"
