@@ -10,7 +10,8 @@ filled, and the fp16 kernel of the same config storing fp32 C (o32) on that work
 launcher against float64 at the tf32 tolerance), then timed by graph replay over 4 fresh B buffers; registers and
 spills of both kernels from the CUfunction. Since session 60 also `nosc`: ts's kernel with C stored without its scales
 (the template's diag 11, timing only), which splits what is left of ts's kernel over o32's (NOTES session 60, Next 2)
-into the scales' loads and products and the rest.
+into the scales' loads and products and the rest, and `tsh`: ts's kernel with its scales loaded at the tile's start
+(the template's tsh 1, bn <= 128), verified first.
 """
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ TUNED = {"3072x768:2048:0.05:uniform": dict(ar=0, bn=64, kc=1, l2=12, mc=1, pt=0
 def _render_nosc(space, config, dtype, context=None, layout="kn"):
     """ts's kernel with the template's diag 11 (C stored without the scales)."""
     return P._env().from_string(P._TPL).render(dtype=dtype, layout=layout, diag=11, **config)
+
+
+def _render_tsh(space, config, dtype, context=None, layout="kn"):
+    """ts's kernel with the template's tsh 1 (its scales loaded at the tile's start)."""
+    return P._env().from_string(P._TPL).render(dtype=dtype, layout=layout, diag=0, tsh=1, **config)
 
 
 def fp16_record(m, k, n, d, pat):
@@ -112,11 +118,22 @@ def main() -> int:
             lnos = knos.launcher(n)
             c_n = cp.empty((m, n), dtype=cp.float32)
             row["nosc_us"] = time_launches([lambda: lnos.inner(b16, c_n.data.ptr, st())] * 4).median_us
+            # tsh (session 60): the scales loaded at the tile's start (a render knob; bn <= 128), verified, then timed alone
+            row["tsh_us"] = None
+            if cfg["bn"] <= 128:
+                P.K_.render = _render_tsh
+                try:
+                    ktsh = build_kernel(DeviceCSR(a, "tf32"), "tc_sp24", cfg, "tf32")
+                finally:
+                    P.K_.render = P._RENDER
+                lt = ktsh.launcher(n)
+                row["tsh_err"] = P._err(lambda: lt(bs[0].data.ptr, c_n.data.ptr, st()), c_n, ref)
+                row["tsh_us"] = time_launches([lambda: lt.inner(lt.b16, c_n.data.ptr, st())] * 4).median_us
             row["ts_fn"], row["o32_fn"] = attrs(kern.fn), attrs(k32.fn)
             out["rows"].append(row)
             json.dump(out, open(args.out, "w"), indent=1)
             print(f"| {case} | {name} | ts {row['ts_us']:.2f} | conv {row['conv_us']:.2f} | inner {row['inner_us']:.2f} "
-                  f"| o32 {row['o32_us']:.2f} | nosc {row['nosc_us']:.2f} | err {row['err']:.1e} | {row['ts_fn']} / {row['o32_fn']} | {cfg}", flush=True)
+                  f"| o32 {row['o32_us']:.2f} | nosc {row['nosc_us']:.2f} | tsh {row['tsh_us'] or float('nan'):.2f} | err {row['err']:.1e} | {row['ts_fn']} / {row['o32_fn']} | {cfg}", flush=True)
     json.dump(out, open(args.out, "w"), indent=1)
     return 0
 

@@ -675,6 +675,28 @@ def test_rw_renders_the_batched_walk_in_kn_only_and_rw_0_as_before():
         assert a.split("\n", 1)[1] == b.split("\n", 1)[1] and "int kr[2][" not in b, (cfg, layout)
 
 
+def test_tsh_hoists_ts_scales_to_the_tile_start_and_tsh_0_renders_as_before():
+    """tsh 1 (ts in kn, bn <= 128): the scales' loads move from before C's stores to the tile's start (after the rows'
+    bounds, before the chunk loop), once; tsh 0 renders as without the knob; fp16, nk and bn 256 ignore it."""
+    tpl = _tpl()
+    for cfg in (dict(bn=64, kc=4, wg=2, stages=6, splitk=1, pw=1, pt=1, l2=100), dict(bn=128, kc=2, wg=2, stages=6, splitk=1)):
+        c = space().normalize(cfg, "tf32")
+        plain = tpl.render(dtype="tf32", layout="kn", diag=0, **c)
+        assert tpl.render(dtype="tf32", layout="kn", diag=0, tsh=0, **c) == plain
+        src = tpl.render(dtype="tf32", layout="kn", diag=0, tsh=1, **c)
+        load = "csv[jb] = col < N ? __ldg(reinterpret_cast<const float2*>(cinv + col))"
+        assert plain.count(load) == src.count(load) == 1 and "#error" not in src
+        loop = src.index("for (int i = 0; i < nch; i += 2)")
+        assert src.index(load) < loop < src.index("const float2 cs = csv[jb];"), cfg
+        assert plain.index("for (int i = 0; i < nch; i += 2)") < plain.index(load), cfg
+    for dtype, layout, cfg in (("fp16", "kn", dict(bn=128, kc=2, wg=2, stages=6, splitk=1)),
+                               ("tf32", "kn", dict(bn=256, kc=2, wg=2, stages=4, splitk=1, pw=1)),
+                               ("tf32", "nk", dict(bn=64, kc=1, wg=2, stages=8, splitk=1, tsn=1))):
+        c = space().normalize(cfg, dtype)
+        a, b = (tpl.render(dtype=dtype, layout=layout, diag=0, tsh=x, **c) for x in (0, 1))
+        assert a.split("\n", 1)[1] == b.split("\n", 1)[1], (dtype, layout, cfg)
+
+
 @pytest.mark.heavy
 def test_rw_builds_without_spills():
     """The rw 1 / 2 walks of the dl records' configs build for sm_90a without spills (session 60: 96-188 registers
@@ -737,6 +759,53 @@ def test_rw_walk_gives_c_bit_for_bit_as_rw_0(dtype, monkeypatch):
                 assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2]), (name, n, cfg)
                 runs += 1
     assert runs >= 30, runs
+
+
+@pytest.mark.gpu
+def test_tsh_gives_c_bit_for_bit_as_tsh_0(monkeypatch):
+    """ts (tf32 in kn) with its scales loaded at the tile's start (tsh 1) against tsh 0 through the launch path: the same
+    products, so C is the same bit for bit, and within TF32's tolerance of the float64 reference; with the conversion
+    launched by PDL (TS_PDL), so the hoisted loads of cinv must come after griddepcontrol.wait."""
+    import cupy as cp
+    import cupyx.scipy.sparse as csp
+
+    import sparse_autotune.device.kernel as K_
+    from sparse_autotune.core.problem import DTYPES, TOLERANCE, host_values, storage
+    from sparse_autotune.device.gpu import gpu_info
+    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
+    from sparse_autotune.device.verify import check, reference
+    if gpu_info().cc != "9.0":
+        pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
+    tpl, form = _tpl(), {"tsh": 0}
+    monkeypatch.setattr(K_, "render", lambda sp, config, dt, context=None, layout="kn": tpl.render(
+        dtype=dt, layout=layout, diag=0, tsh=form["tsh"], **config))
+    cfgs = [dict(bn=64, kc=4, wg=2, stages=6, splitk=1, pw=1, pt=1, l2=100), dict(bn=128, kc=2, wg=2, stages=6, splitk=1, l2=12),
+            dict(bn=64, kc=1, wg=2, stages=8, splitk=1), dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1)]
+    cases = {"uniform_300x2000_d0.05": random_matrix(300, 2000, 0.05, "uniform", 3),
+             "powerlaw_700x512_d0.05": random_matrix(700, 512, 0.05, "powerlaw", 4)}
+    runs = 0
+    for name, a in cases.items():
+        a = sps.csr_matrix(a, copy=True)
+        a.data = host_values(a.data.astype(np.float32), DTYPES["tf32"])
+        dev, a64 = DeviceCSR(a, "tf32"), csp.csr_matrix(a.astype(np.float64))
+        for n in (8, 264, 1024):
+            env = problem_env(a.shape[0], a.shape[1], n, a.nnz, "tf32")
+            b = cp.asarray(storage(np.random.default_rng(n).standard_normal((a.shape[1], n)).astype(np.float32), "tf32"))
+            ref = reference(a64, b)
+            for cfg in cfgs:
+                cfg = get_family(FAMILY).adapt(space().normalize(cfg, "tf32"), "tf32", env, DEFAULT_LIMITS)
+                if cfg is None or space().check(cfg, env, DEFAULT_LIMITS) is not None:
+                    continue
+                outs = []
+                for tsh in (0, 1):
+                    form["tsh"] = tsh
+                    k = build_kernel(dev, FAMILY, cfg, "tf32")
+                    c = cp.empty((a.shape[0], n), dtype=cp.float32)
+                    assert check(lambda: k(b, c), c, ref, "tf32") <= TOLERANCE["tf32"], (name, n, cfg, tsh)
+                    outs.append(cp.asnumpy(c).view(np.uint32))
+                assert np.array_equal(outs[0], outs[1]), (name, n, cfg)
+                runs += 1
+    assert runs >= 12, runs
 
 
 GATHER_GPU_CONFIGS = [*PERM_CONFIGS, dict(bn=128, kc=1, wg=2, stages=2, splitk=2, perm=1),
