@@ -1200,16 +1200,16 @@ def ts_convert_plan(k: int, n: int, form: str | None = None, cs: int | None = No
         raise ValueError(f"ts conversion: unknown form {form!r} (v4, v5)")
     if k > 8 * TS_REG_ROWS:
         raise ValueError(f"ts conversion v5: K = {k} is past {8 * TS_REG_ROWS} rows (8 blocks of {TS_REG_ROWS})")
+    rows = lambda c: -(-k // c)  # noqa: E731  (a block's rows at cluster size c)
     if cs is not None:
-        if cs not in (1, 2, 4, 8) or -(-k // cs) > TS_REG_ROWS:
+        if cs not in (1, 2, 4, 8) or rows(cs) > TS_REG_ROWS:
             raise ValueError(f"ts conversion v5: cs {cs} for K = {k} (1, 2, 4 or 8 with K / cs <= {TS_REG_ROWS})")
     else:
         cs = 1
         solo = k <= TS_SOLO_ROWS or (k <= TS_REG_ROWS and strips >= TS_SOLO_STRIPS)
-        while not solo and cs < 8 and (-(-k // cs) > TS_REG_ROWS
-                                       or (strips * cs < TS_BLOCKS and -(-k // (2 * cs)) >= TS_MIN_ROWS)):
+        while not solo and cs < 8 and (rows(cs) > TS_REG_ROWS or (strips * cs < TS_BLOCKS and rows(2 * cs) >= TS_MIN_ROWS)):
             cs *= 2
-    p = max(1, -(-(-(-k // cs)) // 32))
+    p = max(1, -(-rows(cs) // 32))
     return dict(form="v5", src=TS_CONVERT_REG.format(p=p, cs=cs, T=TS_T), smem=0, grid=(strips, cs), block=(256,),
                 p=p, cs=cs)
 
