@@ -709,13 +709,11 @@ def test_rw_builds_without_spills():
                 assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (dtype, cfg, rw, rep)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["fp16", "bf16", "tf32"])
-def test_rw_walk_gives_c_bit_for_bit_as_rw_0(dtype, monkeypatch):
-    """Through the launch path (build_kernel with the template rendered at rw 0, 1 and 2): each accumulator takes the
-    same residual entries in the same order, so C is the same bit for bit; and within the tolerance of the float64
-    reference. Matrices with residuals: the adversarial ones (a dense row, groups of 3 and 4, 70 %), uniform d 0.1 and
-    0.2, powerlaw d 0.05 (l2's heavy rows); N = 8 and 136 (a last tile partly past N)."""
+def _knob_twins_on_gpu(monkeypatch, knob: str, values, dtype: str, cases: dict, ns, cfgs) -> int:
+    """Each config of `cfgs` (adapted to each N of `ns`) built through the launch path with the template rendered at
+    each of the render knob's `values`, on each matrix of `cases` (values rounded to the dtype) and one fresh random B:
+    every form within the dtype's tolerance of the float64 reference (TF32's 2e-3 for tf32), and C the same bit for bit
+    in all forms. Returns the (matrix, N, config) runs checked."""
     import cupy as cp
     import cupyx.scipy.sparse as csp
 
@@ -726,38 +724,49 @@ def test_rw_walk_gives_c_bit_for_bit_as_rw_0(dtype, monkeypatch):
     from sparse_autotune.device.verify import check, reference
     if gpu_info().cc != "9.0":
         pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
-    tpl, form = _tpl(), {"rw": 0}
+    tpl, form = _tpl(), {knob: values[0]}
     monkeypatch.setattr(K_, "render", lambda sp, config, dt, context=None, layout="kn": tpl.render(
-        dtype=dt, layout=layout, diag=0, rw=form["rw"], **config))
-    cases = adversarial()
-    cases["uniform_300x2000_d0.1"] = random_matrix(300, 2000, 0.1, "uniform", 3)
-    cases["uniform_200x1000_d0.2"] = random_matrix(200, 1000, 0.2, "uniform", 4)
-    cases["powerlaw_300x2000_d0.05"] = random_matrix(300, 2000, 0.05, "powerlaw", 3)
+        dtype=dt, layout=layout, diag=0, **form, **config))
     tol = TOLERANCE["tf32"] if dtype == "tf32" else (2e-3 if dtype == "fp16" else 1.6e-2)
     runs = 0
     for name, a in cases.items():
         a = sps.csr_matrix(a, copy=True)
         a.data = host_values(a.data.astype(np.float32), DTYPES[dtype])
         dev, a64 = DeviceCSR(a, dtype), csp.csr_matrix(a.astype(np.float64))
-        for n in (8, 136):
+        for n in ns:
             env = problem_env(a.shape[0], a.shape[1], n, a.nnz, dtype)
             bh = np.random.default_rng(runs).standard_normal((a.shape[1], n)).astype(np.float32)
             b = cp.asarray(storage(host_values(bh, DTYPES[dtype]), dtype))
             ref = reference(a64, b)
-            for cfg in RW_CONFIGS:
+            for cfg in cfgs:
                 cfg = get_family(FAMILY).adapt(space().normalize(cfg, dtype), dtype, env, DEFAULT_LIMITS)
                 if cfg is None or space().check(cfg, env, DEFAULT_LIMITS) is not None:
                     continue
                 outs = []
-                for rw in (0, 1, 2):
-                    form["rw"] = rw
+                for v in values:
+                    form[knob] = v
                     k = build_kernel(dev, FAMILY, cfg, dtype)
                     c = cp.empty((a.shape[0], n), dtype=b.dtype)
                     err = check(lambda: k(b, c), c, ref, dtype)
-                    assert err <= tol, (name, n, cfg, rw, err)
+                    assert err <= tol, (name, n, cfg, knob, v, err)
                     outs.append(cp.asnumpy(c).view(np.uint32 if c.dtype == cp.float32 else np.uint16))
-                assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2]), (name, n, cfg)
+                assert all(np.array_equal(outs[0], o) for o in outs[1:]), (name, n, cfg, knob)
                 runs += 1
+    return runs
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "tf32"])
+def test_rw_walk_gives_c_bit_for_bit_as_rw_0(dtype, monkeypatch):
+    """Through the launch path (build_kernel with the template rendered at rw 0, 1 and 2): each accumulator takes the
+    same residual entries in the same order, so C is the same bit for bit; and within the tolerance of the float64
+    reference. Matrices with residuals: the adversarial ones (a dense row, groups of 3 and 4, 70 %), uniform d 0.1 and
+    0.2, powerlaw d 0.05 (l2's heavy rows); N = 8 and 136 (a last tile partly past N)."""
+    cases = adversarial()
+    cases["uniform_300x2000_d0.1"] = random_matrix(300, 2000, 0.1, "uniform", 3)
+    cases["uniform_200x1000_d0.2"] = random_matrix(200, 1000, 0.2, "uniform", 4)
+    cases["powerlaw_300x2000_d0.05"] = random_matrix(300, 2000, 0.05, "powerlaw", 3)
+    runs = _knob_twins_on_gpu(monkeypatch, "rw", (0, 1, 2), dtype, cases, (8, 136), RW_CONFIGS)
     assert runs >= 30, runs
 
 
@@ -766,45 +775,11 @@ def test_tsh_gives_c_bit_for_bit_as_tsh_0(monkeypatch):
     """ts (tf32 in kn) with its scales loaded at the tile's start (tsh 1) against tsh 0 through the launch path: the same
     products, so C is the same bit for bit, and within TF32's tolerance of the float64 reference; with the conversion
     launched by PDL (TS_PDL), so the hoisted loads of cinv must come after griddepcontrol.wait."""
-    import cupy as cp
-    import cupyx.scipy.sparse as csp
-
-    import sparse_autotune.device.kernel as K_
-    from sparse_autotune.core.problem import DTYPES, TOLERANCE, host_values, storage
-    from sparse_autotune.device.gpu import gpu_info
-    from sparse_autotune.device.kernel import DeviceCSR, build_kernel
-    from sparse_autotune.device.verify import check, reference
-    if gpu_info().cc != "9.0":
-        pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
-    tpl, form = _tpl(), {"tsh": 0}
-    monkeypatch.setattr(K_, "render", lambda sp, config, dt, context=None, layout="kn": tpl.render(
-        dtype=dt, layout=layout, diag=0, tsh=form["tsh"], **config))
     cfgs = [dict(bn=64, kc=4, wg=2, stages=6, splitk=1, pw=1, pt=1, l2=100), dict(bn=128, kc=2, wg=2, stages=6, splitk=1, l2=12),
             dict(bn=64, kc=1, wg=2, stages=8, splitk=1), dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1)]
     cases = {"uniform_300x2000_d0.05": random_matrix(300, 2000, 0.05, "uniform", 3),
              "powerlaw_700x512_d0.05": random_matrix(700, 512, 0.05, "powerlaw", 4)}
-    runs = 0
-    for name, a in cases.items():
-        a = sps.csr_matrix(a, copy=True)
-        a.data = host_values(a.data.astype(np.float32), DTYPES["tf32"])
-        dev, a64 = DeviceCSR(a, "tf32"), csp.csr_matrix(a.astype(np.float64))
-        for n in (8, 264, 1024):
-            env = problem_env(a.shape[0], a.shape[1], n, a.nnz, "tf32")
-            b = cp.asarray(storage(np.random.default_rng(n).standard_normal((a.shape[1], n)).astype(np.float32), "tf32"))
-            ref = reference(a64, b)
-            for cfg in cfgs:
-                cfg = get_family(FAMILY).adapt(space().normalize(cfg, "tf32"), "tf32", env, DEFAULT_LIMITS)
-                if cfg is None or space().check(cfg, env, DEFAULT_LIMITS) is not None:
-                    continue
-                outs = []
-                for tsh in (0, 1):
-                    form["tsh"] = tsh
-                    k = build_kernel(dev, FAMILY, cfg, "tf32")
-                    c = cp.empty((a.shape[0], n), dtype=cp.float32)
-                    assert check(lambda: k(b, c), c, ref, "tf32") <= TOLERANCE["tf32"], (name, n, cfg, tsh)
-                    outs.append(cp.asnumpy(c).view(np.uint32))
-                assert np.array_equal(outs[0], outs[1]), (name, n, cfg)
-                runs += 1
+    runs = _knob_twins_on_gpu(monkeypatch, "tsh", (0, 1), "tf32", cases, (8, 264, 1024), cfgs)
     assert runs >= 12, runs
 
 
