@@ -50,8 +50,14 @@ _RENDER = K_.render
 _TPL = open(Path(__file__).resolve().parents[2] / "variants" / "tc_sp24.cu.j2").read()
 
 
-def _render_o32(space, config, dtype, context=None, layout="kn"):
-    return _env().from_string(_TPL).render(dtype=dtype, layout=layout, diag=0, o32=1, **config)
+def _render_with(**knobs):
+    """A render of the tc_sp24 template with extra knobs (o32 1; ts_gap_probe's diag 11, tsh 1), for build_kernel."""
+    def render(space, config, dtype, context=None, layout="kn"):
+        return _env().from_string(_TPL).render(dtype=dtype, layout=layout, **{"diag": 0, **knobs}, **config)
+    return render
+
+
+_render_o32 = _render_with(o32=1)
 
 
 def _err(run, out, ref) -> float:

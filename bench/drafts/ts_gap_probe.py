@@ -39,13 +39,6 @@ CASES = ["3072x768:2048:0.05:uniform", "768x768:2048:0.05:uniform"]
 TUNED = {"3072x768:2048:0.05:uniform": dict(ar=0, bn=64, kc=1, l2=12, mc=1, pt=0, pw=0, splitk=1, stages=8, wg=2)}
 
 
-def _render_with(**knobs):
-    """A render of the tc_sp24 template with extra knobs (diag 11: nosc; tsh 1), for build_kernel."""
-    def render(space, config, dtype, context=None, layout="kn"):
-        return P._env().from_string(P._TPL).render(dtype=dtype, layout=layout, **{"diag": 0, **knobs}, **config)
-    return render
-
-
 def _built(render, a, cfg, dtype):
     """build_kernel of tc_sp24 for A (host CSR) with the template rendered by `render`."""
     P.K_.render = render
@@ -112,13 +105,13 @@ def main() -> int:
             row["o32_us"] = time_launches([lambda: ln32(b16, c_o.data.ptr, st())] * 4).median_us
             # nosc (session 60): ts's kernel with C stored unscaled (the template's diag 11: no scale loads or products;
             # wrong C, timing only) on the same workspace and A
-            lnos = _built(_render_with(diag=11), a, cfg, "tf32").launcher(n)
+            lnos = _built(P._render_with(diag=11), a, cfg, "tf32").launcher(n)
             c_n = cp.empty((m, n), dtype=cp.float32)
             row["nosc_us"] = time_launches([lambda: lnos.inner(b16, c_n.data.ptr, st())] * 4).median_us
             # tsh (session 60): the scales loaded at the tile's start (a render knob; bn <= 128), verified, then timed alone
             row["tsh_us"] = None
             if cfg["bn"] <= 128:
-                lt = _built(_render_with(tsh=1), a, cfg, "tf32").launcher(n)
+                lt = _built(P._render_with(tsh=1), a, cfg, "tf32").launcher(n)
                 row["tsh_err"] = P._err(lambda: lt(bs[0].data.ptr, c_n.data.ptr, st()), c_n, ref)
                 row["tsh_us"] = time_launches([lambda: lt.inner(lt.b16, c_n.data.ptr, st())] * 4).median_us
             row["ts_fn"], row["o32_fn"] = attrs(kern.fn), attrs(k32.fn)
