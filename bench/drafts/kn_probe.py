@@ -43,9 +43,11 @@ FORMS = sys.argv[2].split(",") if len(sys.argv) > 2 else ["built"]
 
 def patched(space, config, dtype, context=None, layout="kn"):
     tpl = open(FORM["v"][5:]).read() if FORM["v"].startswith("file:") else TPL
-    rw = int(FORM["v"][2:]) if FORM["v"] in ("rw1", "rw2") else 0  # session 60: the residual walked by both rows at once
-    return _env().from_string(tpl).render(dtype=dtype, layout=layout, diag=10 if FORM["v"] == "diag10" else 0, rw=rw,
-                                          **config)
+    # session 60: rw1 / rw2 the residual walked by both rows at once (in the space since session 61: the record's own rw
+    # in the other forms)
+    rw = {"rw": int(FORM["v"][2:])} if FORM["v"] in ("rw1", "rw2") else {}
+    return _env().from_string(tpl).render(dtype=dtype, layout=layout, diag=10 if FORM["v"] == "diag10" else 0,
+                                          **{**config, **rw})
 
 
 K.render = patched

@@ -51,9 +51,9 @@ _TPL = open(Path(__file__).resolve().parents[2] / "variants" / "tc_sp24.cu.j2").
 
 
 def _render_with(**knobs):
-    """A render of the tc_sp24 template with extra knobs (o32 1; ts_gap_probe's diag 11, tsh 1), for build_kernel."""
+    """A render of the tc_sp24 template with extra knobs (o32 1; ts_gap_probe's diag 11), for build_kernel."""
     def render(space, config, dtype, context=None, layout="kn"):
-        return _env().from_string(_TPL).render(dtype=dtype, layout=layout, **{"diag": 0, **knobs}, **config)
+        return _env().from_string(_TPL).render(dtype=dtype, layout=layout, **{"diag": 0, **config, **knobs})
     return render
 
 

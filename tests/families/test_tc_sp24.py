@@ -654,47 +654,28 @@ def _tpl():
 
 
 def test_rw_renders_the_batched_walk_in_kn_only_and_rw_0_as_before():
-    """rw 0 (or absent) renders byte for byte what the template rendered before the knob; rw 1 / 2 replace the
+    """rw 0 renders byte for byte what the template renders without rw, but for the header; rw 1 / 2 replace the
     entry-at-a-time walk by the batched one (both rows' columns, then their B words, the next batch's columns under
     them) in kn at rs 0, rq 0, bn <= 128; nk, rs, rq and bn 256 keep the walk (only the header names rw)."""
     tpl = _tpl()
     for cfg in RW_CONFIGS[:3]:
         c = space().normalize(cfg, "fp16")
+        assert c["rw"] == 0  # the space's default
         plain = tpl.render(dtype="fp16", layout="kn", diag=0, **c)
-        assert tpl.render(dtype="fp16", layout="kn", diag=0, rw=0, **c) == plain
+        bare = tpl.render(dtype="fp16", layout="kn", diag=0, **{k: v for k, v in c.items() if k != "rw"})
+        assert bare.split("\n", 1)[1] == plain.split("\n", 1)[1] and " rw=0" in plain.split("\n", 1)[0]  # the header names rw
         assert plain == render(space(), c, "fp16")
         for rw in (1, 2):
-            src = tpl.render(dtype="fp16", layout="kn", diag=0, rw=rw, **c)
+            src = tpl.render(dtype="fp16", layout="kn", diag=0, **dict(c, rw=rw))
+            assert src == render(space(), dict(c, rw=rw), "fp16")
             assert f" rw={rw}" in src.split("\n", 1)[0] and f"int kr[2][{rw}];" in src and "const int nb = max(hi0 - rlo0, hi1 - rlo1);" in src
             assert "const float v = lo2f(__ldg(rval + e));" in plain and "const float v = lo2f(__ldg(rval + e));" not in src
             assert "#error" not in src
     for cfg, layout in ((dict(RW_CONFIGS[2], rs=8), "kn"), (dict(RW_CONFIGS[4], rq=2), "kn"),
                         (dict(bn=256, kc=2, wg=2, stages=4, splitk=1, pw=1), "kn"), (dict(bn=64, kc=1, wg=2, stages=8, splitk=1), "nk")):
         c = space().normalize(cfg, "fp16")
-        a, b = (tpl.render(dtype="fp16", layout=layout, diag=0, rw=rw, **c) for rw in (0, 1))
+        a, b = (tpl.render(dtype="fp16", layout=layout, diag=0, **dict(c, rw=rw)) for rw in (0, 1))
         assert a.split("\n", 1)[1] == b.split("\n", 1)[1] and "int kr[2][" not in b, (cfg, layout)
-
-
-def test_tsh_hoists_ts_scales_to_the_tile_start_and_tsh_0_renders_as_before():
-    """tsh 1 (ts in kn, bn <= 128): the scales' loads move from before C's stores to the tile's start (after the rows'
-    bounds, before the chunk loop), once; tsh 0 renders as without the knob; fp16, nk and bn 256 ignore it."""
-    tpl = _tpl()
-    for cfg in (dict(bn=64, kc=4, wg=2, stages=6, splitk=1, pw=1, pt=1, l2=100), dict(bn=128, kc=2, wg=2, stages=6, splitk=1)):
-        c = space().normalize(cfg, "tf32")
-        plain = tpl.render(dtype="tf32", layout="kn", diag=0, **c)
-        assert tpl.render(dtype="tf32", layout="kn", diag=0, tsh=0, **c) == plain
-        src = tpl.render(dtype="tf32", layout="kn", diag=0, tsh=1, **c)
-        load = "csv[jb] = col < N ? __ldg(reinterpret_cast<const float2*>(cinv + col))"
-        assert plain.count(load) == src.count(load) == 1 and "#error" not in src
-        loop = src.index("for (int i = 0; i < nch; i += 2)")
-        assert src.index(load) < loop < src.index("const float2 cs = csv[jb];"), cfg
-        assert plain.index("for (int i = 0; i < nch; i += 2)") < plain.index(load), cfg
-    for dtype, layout, cfg in (("fp16", "kn", dict(bn=128, kc=2, wg=2, stages=6, splitk=1)),
-                               ("tf32", "kn", dict(bn=256, kc=2, wg=2, stages=4, splitk=1, pw=1)),
-                               ("tf32", "nk", dict(bn=64, kc=1, wg=2, stages=8, splitk=1, tsn=1))):
-        c = space().normalize(cfg, dtype)
-        a, b = (tpl.render(dtype=dtype, layout=layout, diag=0, tsh=x, **c) for x in (0, 1))
-        assert a.split("\n", 1)[1] == b.split("\n", 1)[1], (dtype, layout, cfg)
 
 
 @pytest.mark.heavy
@@ -705,7 +686,7 @@ def test_rw_builds_without_spills():
     for dtype in ("fp16", "tf32"):
         for cfg in RW_CONFIGS[:4]:
             for rw in (1, 2):
-                rep, _ = nvcc_sm90a(tpl.render(dtype=dtype, layout="kn", diag=0, rw=rw, **space().normalize(cfg, dtype)))
+                rep, _ = nvcc_sm90a(tpl.render(dtype=dtype, layout="kn", diag=0, **dict(space().normalize(cfg, dtype), rw=rw)))
                 assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (dtype, cfg, rw, rep)
 
 
@@ -726,7 +707,7 @@ def _knob_twins_on_gpu(monkeypatch, knob: str, values, dtype: str, cases: dict, 
         pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
     tpl, form = _tpl(), {knob: values[0]}
     monkeypatch.setattr(K_, "render", lambda sp, config, dt, context=None, layout="kn": tpl.render(
-        dtype=dt, layout=layout, diag=0, **form, **config))
+        dtype=dt, layout=layout, diag=0, **{**config, **form}))
     tol = TOLERANCE["tf32"] if dtype == "tf32" else (2e-3 if dtype == "fp16" else 1.6e-2)
     runs = 0
     for name, a in cases.items():
@@ -768,19 +749,6 @@ def test_rw_walk_gives_c_bit_for_bit_as_rw_0(dtype, monkeypatch):
     cases["powerlaw_300x2000_d0.05"] = random_matrix(300, 2000, 0.05, "powerlaw", 3)
     runs = _knob_twins_on_gpu(monkeypatch, "rw", (0, 1, 2), dtype, cases, (8, 136), RW_CONFIGS)
     assert runs >= 30, runs
-
-
-@pytest.mark.gpu
-def test_tsh_gives_c_bit_for_bit_as_tsh_0(monkeypatch):
-    """ts (tf32 in kn) with its scales loaded at the tile's start (tsh 1) against tsh 0 through the launch path: the same
-    products, so C is the same bit for bit, and within TF32's tolerance of the float64 reference; with the conversion
-    launched by PDL (TS_PDL), so the hoisted loads of cinv must come after griddepcontrol.wait."""
-    cfgs = [dict(bn=64, kc=4, wg=2, stages=6, splitk=1, pw=1, pt=1, l2=100), dict(bn=128, kc=2, wg=2, stages=6, splitk=1, l2=12),
-            dict(bn=64, kc=1, wg=2, stages=8, splitk=1), dict(bn=128, kc=2, wg=2, stages=6, splitk=1, pt=1)]
-    cases = {"uniform_300x2000_d0.05": random_matrix(300, 2000, 0.05, "uniform", 3),
-             "powerlaw_700x512_d0.05": random_matrix(700, 512, 0.05, "powerlaw", 4)}
-    runs = _knob_twins_on_gpu(monkeypatch, "tsh", (0, 1), "tf32", cases, (8, 264, 1024), cfgs)
-    assert runs >= 12, runs
 
 
 GATHER_GPU_CONFIGS = [*PERM_CONFIGS, dict(bn=128, kc=1, wg=2, stages=2, splitk=2, perm=1),
