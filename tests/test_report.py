@@ -193,3 +193,23 @@ def test_suite_summary_targets_met_missed_and_by_how_much(tmp_path):
     md = (tmp_path / "suite-x.md").read_text()
     assert "Targets (3 of 10 cases)" in md and "| fp32 speed-up over cuBLAS FP32 at d = 0.05 | >= 6 | 4.00 | no | 1.50 | 0 of 1 |" in md
     assert "| 64 | 256 | 128 | 2 |" in md  # the by-shape table
+
+
+def test_suite_targets_include_issue_18s_fp16_goals_at_n_512():
+    """Issue 18's fp16 rows: the geomean over cuBLAS FP16 of the fp16 cases at N >= 512 of each density (0.02 / 0.05 /
+    0.1 against 1.5 / 1.2 / 0.9); cases at N < 512, of other dtypes or densities do not count."""
+    from sparse_autotune.tuning.suite import summary
+    def rec(n, d, dtype, tuned, f16):
+        return dict(_suite_rec(64, d, dtype, tuned, 50.0, 50.0, 20.0, f16, 2.0), N=n)
+    recs = [rec(512, 0.05, "fp16", 10.0, 16.0), rec(2048, 0.05, "fp16", 10.0, 9.0),   # 1.6x, 0.9x
+            rec(256, 0.05, "fp16", 10.0, 100.0), rec(1024, 0.05, "bf16", 10.0, 100.0),  # not about: N < 512, bf16
+            rec(1024, 0.1, "fp16", 10.0, 9.5), rec(1024, 0.2, "fp16", 10.0, 1.0)]      # 0.95x at 0.1; 0.2: no goal
+    t = {x["target"]: x for x in summary(recs)["targets"]}
+    at05 = t["fp16 speed-up over cuBLAS FP16 at d = 0.05, N >= 512"]
+    assert abs(at05["value"] - (1.6 * 0.9) ** 0.5) < 1e-9 and at05["goal"] == ">= 1.2" and at05["met"] is True
+    assert (at05["cases_at_goal"], at05["cases"]) == (1, 2)
+    at01 = t["fp16 speed-up over cuBLAS FP16 at d = 0.1, N >= 512"]
+    assert abs(at01["value"] - 0.95) < 1e-9 and at01["met"] is True and at01["goal"] == ">= 0.9"
+    at002 = t["fp16 speed-up over cuBLAS FP16 at d = 0.02, N >= 512"]
+    assert at002["value"] is None and at002["met"] is None and at002["cases"] == 0
+    assert not any("d = 0.2" in name for name in t)

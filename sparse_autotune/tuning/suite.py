@@ -586,6 +586,9 @@ def summary(records: list[dict], suite: str = "dl") -> dict:
     at05 = [r for r in records if abs(r["density"] - 0.05) < 1e-9]
     out["vs_best_dense@0.05"] = geomean(_ratio(r, "dense") for r in at05)
     out["tf32_vs_cublas_tf32@0.05_n512"] = geomean(_ratio(r, "cublas_tf32_us") for r in records if _tf32_n512(r))
+    for d in FP16_N512_DENSITIES:  # issue 18's fp16 targets (the compute-bound layers)
+        out[f"fp16_vs_cublas_fp16@{d:g}_n512"] = geomean(_ratio(r, "cublas_fp16_us") for r in records
+                                                          if _n512(d, "fp16")(r))
     out["targets"] = targets(out, records) if suite != "llm" else llm_targets(records)
     return out
 
@@ -596,9 +599,15 @@ def _ratio(r: dict, key: str):
     return v / r["tuned_us"] if v else None
 
 
-def _tf32_n512(r: dict) -> bool:
-    """A tf32 case of issue 18's target: d = 0.05, N >= 512."""
-    return r["dtype"] == "tf32" and abs(r["density"] - 0.05) < 1e-9 and r["N"] >= 512
+def _n512(d: float, dtype: str):
+    """A selector of issue 18's cases (the compute-bound layers): density d, N >= 512, one dtype."""
+    return lambda r: r["dtype"] == dtype and abs(r["density"] - d) < 1e-9 and r["N"] >= 512
+
+
+_tf32_n512 = _n512(0.05, "tf32")  # the tf32 target's cases
+# issue 18's fp16 goals over cuBLAS FP16 at N >= 512, by density
+FP16_N512_GOALS = {0.02: 1.5, 0.05: 1.2, 0.1: 0.9}
+FP16_N512_DENSITIES = tuple(FP16_N512_GOALS)
 
 
 def _at(d: float, dtype: str | None = None):
@@ -606,7 +615,8 @@ def _at(d: float, dtype: str | None = None):
     return lambda r: abs(r["density"] - d) < 1e-9 and (dtype is None or r["dtype"] == dtype)
 
 
-# The targets of the kernels issue, over the whole dl suite on the H100: (name, summary value, ">=" or "<=", goal,
+# The targets of the kernels issue, over the whole dl suite on the H100, and issue 18's at N >= 512 (tf32; fp16 by
+# density): (name, summary value, ">=" or "<=", goal,
 # the cases it is about, one case's own value): the last two count the cases that are at the goal on their own
 TARGETS = (
     ("geomean speed-up over cuSPARSE", "geomean_vs_cusparse", ">=", 4.0,
@@ -618,7 +628,9 @@ TARGETS = (
     ("speed-up over the best dense path of the same dtype at d = 0.05", "vs_best_dense@0.05", ">=", 1.5,
      _at(0.05), lambda r: _ratio(r, "dense")),
     ("tf32 speed-up over cuBLAS TF32 at d = 0.05, N >= 512", "tf32_vs_cublas_tf32@0.05_n512", ">=", 1.2,
-     lambda r: _tf32_n512(r), lambda r: _ratio(r, "cublas_tf32_us")),
+     _tf32_n512, lambda r: _ratio(r, "cublas_tf32_us")),
+    *((f"fp16 speed-up over cuBLAS FP16 at d = {d:g}, N >= 512", f"fp16_vs_cublas_fp16@{d:g}_n512", ">=", goal,
+       _n512(d, "fp16"), lambda r: _ratio(r, "cublas_fp16_us")) for d, goal in FP16_N512_GOALS.items()),
     ("median tuned / floor where tuned >= 50 us", "median_tuned_over_floor_ge50us", "<=", 2.0,
      lambda r: r["tuned_us"] >= 50, lambda r: r["tuned_us"] / r["floor_us"] if r.get("floor_us") else None),
 )
