@@ -1363,7 +1363,8 @@ def test_nk_known_goods_come_first_for_nk_problems_and_run_natively():
     short = nk.defaults("fp16", _nk_env(384, 384, 128, 7373), DEFAULT_LIMITS)
     assert [c["l2"] for c in short[:4]] == [12, 25, 0, 0] and all(c["splitk"] == 1 for c in short[:4])
     kn = sp.defaults("fp16", problem_env(768, 3072, 2048, 50_000, "fp16"), DEFAULT_LIMITS)
-    assert kn[0]["l2"] == 12 and kn[-1]["splitk"] == 4  # the nk ones last for kn
+    # kn's own first (at N >= 512 the dl suite's winner, then session 35's l2 12), the nk ones last for kn
+    assert [c["l2"] for c in kn[:2]] == [100, 12] and kn[-1]["splitk"] == 4
 
 
 def test_nk_residual_list_is_counted_in_shared_memory_as_the_template_lays_it_out():
@@ -2093,4 +2094,21 @@ def test_the_persistent_known_good_leads_kn_problems_of_two_waves_of_tiles():
     big = sp.defaults("fp16", problem_env(3072, 768, 2048, 117_965, "fp16"), DEFAULT_LIMITS)
     assert (big[0]["pt"], big[0]["stages"], big[0]["pw"], big[0]["l2"], big[0]["bn"]) == (1, 6, 0, 12, 128)
     one_wave = sp.defaults("fp16", problem_env(768, 3072, 2048, 117_965, "fp16"), DEFAULT_LIMITS)
-    assert one_wave[0]["pt"] == 0 and any(c["pt"] == 1 and c["stages"] == 6 for c in one_wave)
+    pt55 = [i for i, c in enumerate(one_wave) if (c["pt"], c["bn"], c["l2"]) == (1, 128, 12)]
+    assert pt55 and pt55[0] > 1  # behind the N >= 512 dl winner and session 35's first
+
+
+def test_the_dl_winner_known_good_leads_kn_problems_at_n_512_only():
+    """Session 61: the H200 dl suite's most frequent tc_sp24 winner (bn 64 kc 4 wg 2 stages 6 pt 1 pw 1 l2 100, 20 of 108
+    fp16 records) is tried first for kn problems at N >= 512 (second where session 55's persistent config leads: two
+    waves of 128 x 128 tiles) and last elsewhere, so that the queues of small-N and nk problems keep their order."""
+    sp = space()
+    win = (64, 4, 2, 6, 1, 1, 100)
+    key = lambda c: (c["bn"], c["kc"], c["wg"], c["stages"], c["pt"], c["pw"], c["l2"])
+    for m, k, n, at in ((512, 2048, 1024, 0), (768, 3072, 2048, 0), (64, 256, 3136, 0), (3072, 768, 2048, 1)):
+        got = [key(c) for c in sp.defaults("fp16", problem_env(m, k, n, m * k // 20, "fp16"), DEFAULT_LIMITS)]
+        assert got.index(win) == at, (m, k, n, got[:3])
+    small = [key(c) for c in sp.defaults("fp16", problem_env(4096, 4096, 128, 838_861, "fp16"), DEFAULT_LIMITS)]
+    assert small[-1] == win and small.count(win) == 1
+    nk = [key(c) for c in sp.for_layout("nk").defaults("fp16", _nk_env(384, 1536, 1024, 29491), DEFAULT_LIMITS)]
+    assert win not in nk[:6]
