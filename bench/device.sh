@@ -4,7 +4,7 @@
 # steps joined by `+`; logs and results land under $OUT (default /tmp/out).
 #
 #   bench/device.sh tests [PYTEST ARGS]     the GPU tests (default `-m gpu`) -> $OUT/pytest-gpu-<gpu>[-k].log
-#                                           (-q unless ARGS has -v; e.g. `tests -m gpu -n 8 -v`: xdist, each test named)
+#                                           (-q unless ARGS has -v or xdist's -n: `tests -m gpu -n 8` names each test)
 #   bench/device.sh suite dl|quick|llm [--budget S] [--workers W] [--trials T] [--fresh] [--shard I/N] [--retry-failed]
 #                     [--retune F=V,V ...] [--retune-trials T] [--only F=V,V ...] [--families A,B]
 #                                           run or resume a benchmark suite (`sparse-autotune bench`) from its state
@@ -166,10 +166,12 @@ step_tests() {
     while [ -e "$log" ]; do k=$((k + 1)); log="$OUT/pytest-gpu-$SLUG-$k.log"; done  # a second tests step: its own log
     [ ${#args[@]} -gt 0 ] || args=(-m gpu)
     [ "$lim" -gt 30 ] || { el "tests: no time left"; return 1; }
-    # -q unless the caller asks for -v: with xdist (-n W) a verbose log names each test as it ends, so a run cut by
-    # the call's limit still says which tests passed
-    local q=(-q) a
-    for a in "${args[@]}"; do case "$a" in -v*) q=();; esac; done
+    # -q unless the caller asks for -v, or spreads the tests over xdist's workers (-n W): a verbose log names each test
+    # as it ends, so a run cut by the call's limit still says which tests passed and which failed (session 61: a quiet
+    # -n 12 run cut at 568 s showed one F and no name); -q given with -n keeps it quiet
+    local q=(-q) a xd=0 quiet=0
+    for a in "${args[@]}"; do case "$a" in -v*) q=();; -n|-n[0-9]*|--numprocesses*) xd=1;; -q) quiet=1;; esac; done
+    [ $xd = 1 ] && [ $quiet = 0 ] && [ ${#q[@]} -gt 0 ] && q=(-v)
     {
         echo "$VERSIONS; $(date -u +%F); checkout $COMMIT"
         echo "python3 -m pytest ${q[*]} -p no:cacheprovider --durations=8 ${args[*]}"

@@ -108,18 +108,22 @@ def test_two_gpu_runner_runs_each_side_into_its_own_out(tmp_path):
 @needs_bash
 def test_device_runner_tests_step_names_each_test_when_asked_with_v(tmp_path):
     """`tests ... -v` drops the step's -q, so its log names every test as it ends (a run cut by the call's limit,
-    e.g. under xdist, still says what passed); without -v the log stays quiet."""
+    e.g. under xdist, still says what passed); so does xdist's -n unless -q is given; otherwise the log stays quiet."""
     (tmp_path / "test_probe_names.py").write_text("def test_alpha():\n    assert 1\n\ndef test_beta():\n    assert 2\n")
     out = tmp_path / "out"
     env = synthetic_env(sleep=0.0, WHEELS=str(tmp_path / "no-wheels"), OUT=str(out))
-    for extra in ([], ["-v"]):
+    for extra in ([], ["-v"], ["-n", "1"], ["-n", "1", "-q"]):
         proc = _run(["bash", str(DEVICE), "tests", str(tmp_path / "test_probe_names.py"), *extra],
                     env=env, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-    quiet, loud = [(out / f"pytest-gpu-{slug}.log").read_text()
-                   for slug in ("synthetic-gpu-test-only", "synthetic-gpu-test-only-2")]
+    quiet, loud, xdist, xdist_q = [(out / f"pytest-gpu-{slug}.log").read_text()
+                                   for slug in ("synthetic-gpu-test-only", "synthetic-gpu-test-only-2",
+                                                "synthetic-gpu-test-only-3", "synthetic-gpu-test-only-4")]
     assert "pytest -q " in quiet and "test_alpha" not in quiet and "2 passed" in quiet
     assert "pytest -q " not in loud and "test_alpha PASSED" in loud and "test_beta PASSED" in loud
+    # xdist's workers (-n): verbose unless -q is asked for, so a cut run names what failed
+    assert "pytest -q " not in xdist and "PASSED" in xdist and "test_beta" in xdist
+    assert "pytest -q " in xdist_q and "PASSED" not in xdist_q
 
 
 def _suite_env(tmp_path: Path, out: str, sleep: float, **extra) -> dict:
