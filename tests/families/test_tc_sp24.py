@@ -690,24 +690,20 @@ def test_rw_builds_without_spills():
                 assert re.search(r"0 bytes spill stores, 0 bytes spill loads", rep), (dtype, cfg, rw, rep)
 
 
-def _knob_twins_on_gpu(monkeypatch, knob: str, values, dtype: str, cases: dict, ns, cfgs) -> int:
-    """Each config of `cfgs` (adapted to each N of `ns`) built through the launch path with the template rendered at
-    each of the render knob's `values`, on each matrix of `cases` (values rounded to the dtype) and one fresh random B:
+def _knob_twins_on_gpu(knob: str, values, dtype: str, cases: dict, ns, cfgs) -> int:
+    """Each config of `cfgs` (adapted to each N of `ns`) built through the launch path at each of the space parameter's
+    `values` (every twin feasible), on each matrix of `cases` (values rounded to the dtype) and one fresh random B:
     every form within the dtype's tolerance of the float64 reference (TF32's 2e-3 for tf32), and C the same bit for bit
     in all forms. Returns the (matrix, N, config) runs checked."""
     import cupy as cp
     import cupyx.scipy.sparse as csp
 
-    import sparse_autotune.device.kernel as K_
     from sparse_autotune.core.problem import DTYPES, TOLERANCE, host_values, storage
     from sparse_autotune.device.gpu import gpu_info
     from sparse_autotune.device.kernel import DeviceCSR, build_kernel
     from sparse_autotune.device.verify import check, reference
     if gpu_info().cc != "9.0":
         pytest.skip("tc_sp24 runs on Hopper (sm_90a) only")
-    tpl, form = _tpl(), {knob: values[0]}
-    monkeypatch.setattr(K_, "render", lambda sp, config, dt, context=None, layout="kn": tpl.render(
-        dtype=dt, layout=layout, diag=0, **{**config, **form}))
     tol = TOLERANCE["tf32"] if dtype == "tf32" else (2e-3 if dtype == "fp16" else 1.6e-2)
     runs = 0
     for name, a in cases.items():
@@ -725,8 +721,9 @@ def _knob_twins_on_gpu(monkeypatch, knob: str, values, dtype: str, cases: dict, 
                     continue
                 outs = []
                 for v in values:
-                    form[knob] = v
-                    k = build_kernel(dev, FAMILY, cfg, dtype)
+                    twin = dict(cfg, **{knob: v})
+                    assert space().check(twin, env, DEFAULT_LIMITS) is None, (cfg, knob, v)
+                    k = build_kernel(dev, FAMILY, twin, dtype)
                     c = cp.empty((a.shape[0], n), dtype=b.dtype)
                     err = check(lambda: k(b, c), c, ref, dtype)
                     assert err <= tol, (name, n, cfg, knob, v, err)
@@ -738,8 +735,8 @@ def _knob_twins_on_gpu(monkeypatch, knob: str, values, dtype: str, cases: dict, 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "tf32"])
-def test_rw_walk_gives_c_bit_for_bit_as_rw_0(dtype, monkeypatch):
-    """Through the launch path (build_kernel with the template rendered at rw 0, 1 and 2): each accumulator takes the
+def test_rw_walk_gives_c_bit_for_bit_as_rw_0(dtype):
+    """Through the launch path (build_kernel of each config at rw 0, 1 and 2): each accumulator takes the
     same residual entries in the same order, so C is the same bit for bit; and within the tolerance of the float64
     reference. Matrices with residuals: the adversarial ones (a dense row, groups of 3 and 4, 70 %), uniform d 0.1 and
     0.2, powerlaw d 0.05 (l2's heavy rows); N = 8 and 136 (a last tile partly past N)."""
@@ -747,7 +744,7 @@ def test_rw_walk_gives_c_bit_for_bit_as_rw_0(dtype, monkeypatch):
     cases["uniform_300x2000_d0.1"] = random_matrix(300, 2000, 0.1, "uniform", 3)
     cases["uniform_200x1000_d0.2"] = random_matrix(200, 1000, 0.2, "uniform", 4)
     cases["powerlaw_300x2000_d0.05"] = random_matrix(300, 2000, 0.05, "powerlaw", 3)
-    runs = _knob_twins_on_gpu(monkeypatch, "rw", (0, 1, 2), dtype, cases, (8, 136), RW_CONFIGS)
+    runs = _knob_twins_on_gpu("rw", (0, 1, 2), dtype, cases, (8, 136), RW_CONFIGS)
     assert runs >= 30, runs
 
 
