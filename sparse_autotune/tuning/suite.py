@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -585,10 +586,8 @@ def summary(records: list[dict], suite: str = "dl") -> dict:
     out["median_tuned_over_floor_ge50us"] = big[len(big) // 2] if big else None
     at05 = [r for r in records if abs(r["density"] - 0.05) < 1e-9]
     out["vs_best_dense@0.05"] = geomean(_ratio(r, "dense") for r in at05)
-    out["tf32_vs_cublas_tf32@0.05_n512"] = geomean(_ratio(r, "cublas_tf32_us") for r in records if _tf32_n512(r))
-    for d in FP16_N512_DENSITIES:  # issue 18's fp16 targets (the compute-bound layers)
-        out[f"fp16_vs_cublas_fp16@{d:g}_n512"] = geomean(_ratio(r, "cublas_fp16_us") for r in records
-                                                          if _n512(d, "fp16")(r))
+    for dt, d in N512_GOALS:  # issue 18's targets (the compute-bound layers)
+        out[_n512_key(dt, d)] = geomean(_ratio(r, f"cublas_{dt}_us") for r in records if _n512(d, dt)(r))
     out["targets"] = targets(out, records) if suite != "llm" else llm_targets(records)
     return out
 
@@ -604,10 +603,13 @@ def _n512(d: float, dtype: str):
     return lambda r: r["dtype"] == dtype and abs(r["density"] - d) < 1e-9 and r["N"] >= 512
 
 
-_tf32_n512 = _n512(0.05, "tf32")  # the tf32 target's cases
-# issue 18's fp16 goals over cuBLAS FP16 at N >= 512, by density
-FP16_N512_GOALS = {0.02: 1.5, 0.05: 1.2, 0.1: 0.9}
-FP16_N512_DENSITIES = tuple(FP16_N512_GOALS)
+def _n512_key(dtype: str, d: float) -> str:
+    """The summary's key of issue 18's target for (dtype, d): the geomean over cuBLAS of the same precision."""
+    return f"{dtype}_vs_cublas_{dtype}@{d:g}_n512"
+
+
+# issue 18's goals at N >= 512 over cuBLAS of the same precision, by (dtype, density)
+N512_GOALS = {("tf32", 0.05): 1.2, ("fp16", 0.02): 1.5, ("fp16", 0.05): 1.2, ("fp16", 0.1): 0.9}
 
 
 def _at(d: float, dtype: str | None = None):
@@ -627,10 +629,8 @@ TARGETS = (
      _at(0.05, "fp32"), lambda r: _ratio(r, "cublas_fp32_us")),
     ("speed-up over the best dense path of the same dtype at d = 0.05", "vs_best_dense@0.05", ">=", 1.5,
      _at(0.05), lambda r: _ratio(r, "dense")),
-    ("tf32 speed-up over cuBLAS TF32 at d = 0.05, N >= 512", "tf32_vs_cublas_tf32@0.05_n512", ">=", 1.2,
-     _tf32_n512, lambda r: _ratio(r, "cublas_tf32_us")),
-    *((f"fp16 speed-up over cuBLAS FP16 at d = {d:g}, N >= 512", f"fp16_vs_cublas_fp16@{d:g}_n512", ">=", goal,
-       _n512(d, "fp16"), lambda r: _ratio(r, "cublas_fp16_us")) for d, goal in FP16_N512_GOALS.items()),
+    *((f"{dt} speed-up over cuBLAS {dt.upper()} at d = {d:g}, N >= 512", _n512_key(dt, d), ">=", goal, _n512(d, dt),
+       functools.partial(_ratio, key=f"cublas_{dt}_us")) for (dt, d), goal in N512_GOALS.items()),
     ("median tuned / floor where tuned >= 50 us", "median_tuned_over_floor_ge50us", "<=", 2.0,
      lambda r: r["tuned_us"] >= 50, lambda r: r["tuned_us"] / r["floor_us"] if r.get("floor_us") else None),
 )
