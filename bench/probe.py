@@ -480,17 +480,20 @@ def _case_fields(r: dict) -> dict:
     return {f.name: r[f.name] for f in fields(Case)}
 
 
-def _recold_init() -> None:
+def _recold_init(baselines: bool = False) -> None:
     from sparse_autotune.device.gpu import gpu_info  # noqa: PLC0415
     from sparse_autotune.device.turn import current_gpu_key, turn_for  # noqa: PLC0415
     _RC["info"] = gpu_info()
+    _RC["baselines"] = baselines
     _RC["turn"] = turn_for(current_gpu_key())  # timing runs alone: the other workers build and compile meanwhile
 
 
 def _recold_one(rec: dict, deadline: float) -> dict:
     """One record's winner built, verified (fresh B, float64 reference) and timed warm, then it and cuBLAS cold
     (device.cold.cold_times, as the tuner's finish does); the case's context is built as the suite's (seed 0)."""
+    from sparse_autotune.device.baselines import time_baselines  # noqa: PLC0415
     from sparse_autotune.device.cold import cold_times  # noqa: PLC0415
+    from sparse_autotune.tuning.suite import WARM_BASELINES  # noqa: PLC0415
     from sparse_autotune.device.context import GpuProblem  # noqa: PLC0415
     from sparse_autotune.device.gpu import cupy  # noqa: PLC0415
     from sparse_autotune.device.staged import build_for  # noqa: PLC0415
@@ -518,6 +521,10 @@ def _recold_one(rec: dict, deadline: float) -> dict:
             cold = cold_times(kern, ctx)
         row.update({k: cold.get(k) for k in ("tuned_cold_us", "dense_cold_us", "cold_copies", "dense_cold_copies")})
         row["cold_error"] = cold.get("cold_error")
+        if _RC.get("baselines"):  # the vendor paths warm in the same process as the winner (the suite's timing)
+            with turn():
+                base = time_baselines(ctx)
+            row.update({k: base.get(k) for k in WARM_BASELINES})  # None where a path failed (its error logged)
     except Exception as exc:  # noqa: BLE001 - a case that fails is reported, the others go on
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     finally:
@@ -605,7 +612,7 @@ def cmd_recold(a) -> int:
         write(out, {**dev.meta, "records": what, "rows": rows}, lines + body, echo=last)
 
     ctx = multiprocessing.get_context("spawn")  # CUDA in each worker: no fork of an initialised parent
-    with ProcessPoolExecutor(a.workers, mp_context=ctx, initializer=_recold_init) as pool:
+    with ProcessPoolExecutor(a.workers, mp_context=ctx, initializer=_recold_init, initargs=(a.baselines,)) as pool:
         futs = {pool.submit(_recold_one, r, deadline): r for r in todo}
         for i, f in enumerate(as_completed(futs), 1):
             r = futs[f]
@@ -637,6 +644,8 @@ def cmd_recold_apply(a) -> int:
     records = _read_json_list(a.records, "--records")
     runs = [_read_recold_rows(f, "--rows") for f in a.rows]
     rows = [r for run in runs for r in run]
+    if a.adopt and a.warm:
+        raise UserError("--warm and --adopt: choose one (--adopt compares cold times of twins)")
     if a.adopt:
         if not 0 <= a.margin < 1:
             raise UserError(f"--margin {a.margin}: a fraction in [0, 1)")
@@ -644,7 +653,7 @@ def cmd_recold_apply(a) -> int:
         log(f"recold-apply --adopt: {adopted} cases take a faster config of the same run, {applied} keep theirs")
         applied += adopted
     else:
-        new, applied, refused = apply_retimed(records, rows)
+        new, applied, refused = apply_retimed(records, rows, warm=a.warm)
     for why in refused:
         log(f"not applied: {why}")
     gpus = sorted({r.get("gpu") for r in new})
@@ -1590,6 +1599,9 @@ def parser() -> argparse.ArgumentParser:
     rc.add_argument("--budget", type=float, default=0, help="start no new case after this many seconds (0: none)")
     rc.add_argument("--ungated", action="store_true", help="time configs outside a family's search gate too (the "
                     "`gate` constraint, e.g. tc_bitmap at N = 1 and density 0.2): where it runs, not where the tuner searches")
+    rc.add_argument("--baselines", action="store_true", help="also time cuSPARSE and cuBLAS (FP32, TF32, FP16, BF16) "
+                    "warm in the same process as each winner, as the suite does (recold-apply --warm puts them over the "
+                    "records with the winner's warm time: every ratio of one run)")
     rc.add_argument("--out", help="output stem (default OUTDIR/recold-GPU)")
 
     ra = sub.add_parser("recold-apply", help="no GPU: recold outputs put over a suite's records; report rewritten")
@@ -1601,6 +1613,8 @@ def parser() -> argparse.ArgumentParser:
                     "`db set-cold --add --from RECOLD.json` puts the same run's times into the database")
     ra.add_argument("--margin", type=float, default=0.01, help="--adopt: how much faster cold, as a fraction of the "
                     "winner's time in the same run (default 0.01)")
+    ra.add_argument("--warm", action="store_true", help="the winner's warm time and the vendor paths' (rows of recold "
+                    "--baselines) over the record's too: every ratio of the record from one run (not with --adopt)")
     ra.add_argument("--out", required=True, help="output folder: suite-SUITE-GPU.{json,md,png} (an existing JSON "
                     "there must be --records itself)")
 

@@ -356,6 +356,27 @@ def test_recold_rows_replace_the_cold_times_of_the_same_winner_only():
     assert retime_cases([other_config], None, skip={retime_key(recs[0])}) == [other_config]
 
 
+def test_recold_warm_rows_put_one_runs_warm_times_and_baselines_over_the_record():
+    """apply_retimed(warm=True) (`recold --baselines` then `recold-apply --warm`): the winner's warm time and every
+    vendor path's (WARM_BASELINES) go over the record with its cold times, so each ratio of the record is of one run;
+    the runtime's choice follows where it was the winner; a row timed without --baselines is refused, and without
+    warm the same row changes only the cold times."""
+    from sparse_autotune.tuning.suite import WARM_BASELINES, apply_retimed
+    recs = _llm_records(3)
+    recs[0]["chosen_family"], recs[0]["chosen_us"] = recs[0]["family"], recs[0]["tuned_us"]
+    base = {f: 10.0 + i for i, f in enumerate(WARM_BASELINES)}
+    warm = _row(recs[0], tuned_us=4.5, tuned_cold_us=5.5, dense_cold_us=9.5, cold_error=None, date="2026-12-06", **base)
+    bare = _row(recs[1], tuned_us=3.0, tuned_cold_us=4.0, dense_cold_us=8.0, cold_error=None)
+    new, applied, refused = apply_retimed(recs, [warm, bare], warm=True)
+    assert applied == 1 and len(refused) == 1 and "recold --baselines" in refused[0]
+    assert new[0]["tuned_us"] == 4.5 and new[0]["chosen_us"] == 4.5 and new[0]["warm_retimed"] == "2026-12-06"
+    assert all(new[0][f] == base[f] for f in WARM_BASELINES) and new[0]["tuned_cold_us"] == 5.5
+    assert new[1] == recs[1] and new[2] == recs[2]
+    cold_only, applied, _ = apply_retimed(recs, [warm])
+    assert applied == 1 and cold_only[0]["tuned_us"] == recs[0]["tuned_us"] and "warm_retimed" not in cold_only[0]
+    assert cold_only[0]["cublas_fp16_us"] == recs[0]["cublas_fp16_us"] and cold_only[0]["tuned_cold_us"] == 5.5
+
+
 def _twin(rec: dict) -> dict:
     """The record's winner with one parameter at another value of its space (a twin: another kernel, as recold times
     them beside the winner)."""
@@ -446,6 +467,9 @@ def test_probe_recold_apply_writes_the_suite_and_its_report_and_overwrites_nothi
     proc = _run([sys.executable, str(PROBE), "recold-apply", "--records", str(src), "--rows", str(rf), "--adopt",
                  "--margin", "1.5", "--out", str(tmp_path / "o4")])
     assert "--margin 1.5" in _one_line_error(proc, "probe.py")
+    proc = _run([sys.executable, str(PROBE), "recold-apply", "--records", str(src), "--rows", str(rf), "--adopt",
+                 "--warm", "--out", str(tmp_path / "o5")])
+    assert "--warm and --adopt" in _one_line_error(proc, "probe.py") and not (tmp_path / "o5").exists()
 
 
 SUITE_LLM = str(ROOT / "bench" / "results" / "suite-llm-h200.json")

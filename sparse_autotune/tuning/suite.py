@@ -300,6 +300,8 @@ def write_merged(paths: list[Path], suite: str, out_dir: Path, first_wins: bool 
 # it with too-warm cold times. Their winners are known (family, config), so the honest numbers need no new search: the
 # winner is built, verified and timed cold again, cuBLAS too, and those times replace the record's.
 RETIMED_FIELDS = ("tuned_cold_us", "dense_cold_us", "cold_error")
+# the vendor paths' warm times that `probe recold --baselines` measures in the winner's process (device.baselines)
+WARM_BASELINES = ("cusparse_us", "cublas_fp32_us", "cublas_tf32_us", "cublas_fp16_us", "cublas_bf16_us")
 
 
 def retime_key(r: dict) -> tuple:
@@ -323,12 +325,14 @@ def retime_cases(records: list[dict], conds: dict[str, set] | None = None, skip=
             and isinstance(r.get("config"), dict) and retime_key(r) not in skip]
 
 
-def apply_retimed(records: list[dict], rows: list[dict]) -> tuple[list[dict], int, list[str]]:
+def apply_retimed(records: list[dict], rows: list[dict], warm: bool = False) -> tuple[list[dict], int, list[str]]:
     """The records with the cold times of `rows` (recold's output: a case key, the family and config timed, and
     RETIMED_FIELDS) put over theirs, each updated one marked with `cold_retimed` (the row's date). A row is refused
     (and said why) when no record has its case, or the record's winner is not the config it timed (the record changed
-    since, e.g. by a merge), or it timed nothing (skipped: a budget's cut; or failed: its error). Returns (new records, rows applied, why
-    the others were not); the input is not modified."""
+    since, e.g. by a merge), or it timed nothing (skipped: a budget's cut; or failed: its error). warm: the winner's
+    warm time and the vendor paths' (WARM_BASELINES, `recold --baselines`) too, so that every ratio of the record is
+    of one run (marked `warm_retimed`; the runtime's choice follows where it was the winner); a row without them is
+    refused. Returns (new records, rows applied, why the others were not); the input is not modified."""
     by_key = {case_key(r): j for j, r in enumerate(records)}
     out = [dict(r) for r in records]
     applied, refused = 0, []
@@ -342,9 +346,17 @@ def apply_retimed(records: list[dict], rows: list[dict]) -> tuple[list[dict], in
         elif same_run_key(out[j]) != same_run_key(row):
             refused.append(f"{k}: the record's winner is {out[j].get('family')} {out[j].get('config')}, the row timed "
                            f"{row.get('family')} {row.get('config')}")
+        elif warm and not (row.get("tuned_us") and all(f in row for f in WARM_BASELINES)):
+            refused.append(f"{k}: no warm baselines in the row (time it with recold --baselines)")
         else:
-            out[j].update({f: row.get(f) for f in RETIMED_FIELDS})
-            out[j]["cold_retimed"] = row.get("date") or True
+            r = out[j]
+            r.update({f: row.get(f) for f in RETIMED_FIELDS})
+            r["cold_retimed"] = row.get("date") or True
+            if warm:
+                if r.get("chosen_family") == r["family"] and r.get("chosen_us") == r.get("tuned_us"):
+                    r["chosen_us"] = row["tuned_us"]  # (a vendor path the runtime chose keeps its suite time)
+                r.update({f: row.get(f) for f in ("tuned_us", *WARM_BASELINES)})
+                r["warm_retimed"] = row.get("date") or True
             applied += 1
     return out, applied, refused
 
