@@ -490,15 +490,16 @@ def _recold_init(baselines: bool = False) -> None:
 
 def _recold_one(rec: dict, deadline: float) -> dict:
     """One record's winner built, verified (fresh B, float64 reference) and timed warm, then it and cuBLAS cold
-    (device.cold.cold_times, as the tuner's finish does); the case's context is built as the suite's (seed 0)."""
+    (device.cold.cold_times, as the tuner's finish does), and (--baselines) the vendor paths warm
+    (device.baselines.time_baselines, as the tuner's finish does); the case's context is built as the suite's (seed 0)."""
     from sparse_autotune.device.baselines import time_baselines  # noqa: PLC0415
     from sparse_autotune.device.cold import cold_times  # noqa: PLC0415
-    from sparse_autotune.tuning.suite import WARM_BASELINES  # noqa: PLC0415
     from sparse_autotune.device.context import GpuProblem  # noqa: PLC0415
     from sparse_autotune.device.gpu import cupy  # noqa: PLC0415
     from sparse_autotune.device.staged import build_for  # noqa: PLC0415
     from sparse_autotune.device.timing import time_launches  # noqa: PLC0415
     from sparse_autotune.device.verify import check  # noqa: PLC0415
+    from sparse_autotune.tuning.suite import WARM_BASELINES  # noqa: PLC0415
     keys = _case_fields(rec)
     row = {**keys, "family": rec["family"], "config": rec["config"], "tuned_us_before": rec.get("tuned_us"),
            "tuned_cold_us_before": rec.get("tuned_cold_us"), "dense_cold_us_before": rec.get("dense_cold_us"),
