@@ -325,6 +325,12 @@ def retime_cases(records: list[dict], conds: dict[str, set] | None = None, skip=
             and isinstance(r.get("config"), dict) and retime_key(r) not in skip]
 
 
+def _runtime_chose_kernel(r: dict) -> bool:
+    """Whether a record's runtime choice is its tuned kernel (not a vendor path that beat it): the choice then follows
+    the kernel's new config or time."""
+    return r.get("chosen_family") == r["family"] and r.get("chosen_us") == r.get("tuned_us")
+
+
 def apply_retimed(records: list[dict], rows: list[dict], warm: bool = False) -> tuple[list[dict], int, list[str]]:
     """The records with the cold times of `rows` (recold's output: a case key, the family and config timed, and
     RETIMED_FIELDS) put over theirs, each updated one marked with `cold_retimed` (the row's date). A row is refused
@@ -353,7 +359,7 @@ def apply_retimed(records: list[dict], rows: list[dict], warm: bool = False) -> 
             r.update({f: row.get(f) for f in RETIMED_FIELDS})
             r["cold_retimed"] = row.get("date") or True
             if warm:
-                if r.get("chosen_family") == r["family"] and r.get("chosen_us") == r.get("tuned_us"):
+                if _runtime_chose_kernel(r):
                     r["chosen_us"] = row["tuned_us"]  # (a vendor path the runtime chose keeps its suite time)
                 r.update({f: row.get(f) for f in ("tuned_us", *WARM_BASELINES)})
                 r["warm_retimed"] = row.get("date") or True
@@ -410,7 +416,7 @@ def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0
         else:
             was = {"family": r["family"], "config": r["config"], "tuned_us": r.get("tuned_us"),
                    "tuned_cold_us_same_run": own["tuned_cold_us"]}
-            if r.get("chosen_family") == r["family"] and r.get("chosen_us") == r.get("tuned_us"):
+            if _runtime_chose_kernel(r):
                 r["chosen_family"], r["chosen_us"] = win["family"], win["tuned_us"]
             if win.get("a_bytes") and r.get("a_bytes") and r.get("bytes_floor_us"):  # the same bandwidth, A's bytes
                 bc = bc_bytes(r["M"], r["K"], r["N"], r["dtype"])
