@@ -605,7 +605,8 @@ def summary(records: list[dict], suite: str = "dl") -> dict:
     at05 = [r for r in records if abs(r["density"] - 0.05) < 1e-9]
     out["vs_best_dense@0.05"] = geomean(_ratio(r, "dense") for r in at05)
     for dt, d in N512_GOALS:  # issue 18's targets (the compute-bound layers)
-        out[_n512_key(dt, d)] = geomean(_ratio(r, f"cublas_{dt}_us") for r in records if _n512(d, dt)(r))
+        sel = _n512(d, dt)
+        out[_n512_key(dt, d)] = geomean(_ratio(r, f"cublas_{dt}_us") for r in records if sel(r))
     out["targets"] = targets(out, records) if suite != "llm" else llm_targets(records)
     return out
 
