@@ -645,13 +645,16 @@ def cmd_recold_apply(a) -> int:
     records = _read_json_list(a.records, "--records")
     runs = [_read_recold_rows(f, "--rows") for f in a.rows]
     rows = [r for run in runs for r in run]
+    if a.adopt_by != "cold" and not a.adopt:
+        raise UserError("--adopt-by goes with --adopt")
     if a.adopt and a.warm:
         raise UserError("--warm and --adopt: choose one (--adopt compares cold times of twins)")
     if a.adopt:
         if not 0 <= a.margin < 1:
             raise UserError(f"--margin {a.margin}: a fraction in [0, 1)")
-        new, applied, adopted, refused = apply_adopted(records, runs, a.margin)
-        log(f"recold-apply --adopt: {adopted} cases take a faster config of the same run, {applied} keep theirs")
+        new, applied, adopted, refused = apply_adopted(records, runs, a.margin, by=a.adopt_by)
+        log(f"recold-apply --adopt (by {a.adopt_by} time): {adopted} cases take a faster config of the same run, "
+            f"{applied} keep theirs")
         applied += adopted
     else:
         new, applied, refused = apply_retimed(records, rows, warm=a.warm)
@@ -1609,11 +1612,16 @@ def parser() -> argparse.ArgumentParser:
     ra.add_argument("--records", required=True, help="the suite's JSON")
     ra.add_argument("--rows", nargs="+", required=True, help="recold outputs (JSON)")
     ra.add_argument("--suite", default="llm", help="the suite (default llm)")
-    ra.add_argument("--adopt", action="store_true", help="per case, the fastest config (cold) of a run that timed the "
-                    "record's winner beside others (twins) becomes the winner where it is faster by --margin; then "
+    ra.add_argument("--adopt", action="store_true", help="per case, the fastest config (cold, or --adopt-by warm) of a "
+                    "run that timed the record's winner beside others (twins) becomes the winner where it is faster "
+                    "by --margin; then "
                     "`db set-cold --add --from RECOLD.json` puts the same run's times into the database")
-    ra.add_argument("--margin", type=float, default=0.01, help="--adopt: how much faster cold, as a fraction of the "
+    ra.add_argument("--margin", type=float, default=0.01, help="--adopt: how much faster, as a fraction of the "
                     "winner's time in the same run (default 0.01)")
+    ra.add_argument("--adopt-by", choices=("cold", "warm"), default="cold", help="--adopt: the time twins are compared "
+                    "by: cold (A from HBM, default) or warm (the time issue 18's fp16 / tf32 targets compare; then "
+                    "re-time the adopted winners in a run of their own, recold --baselines and --warm, so that no "
+                    "best-of-several pick stays in the numbers)")
     ra.add_argument("--warm", action="store_true", help="the winner's warm time and the vendor paths' (rows of recold "
                     "--baselines) over the record's too: every ratio of the record from one run (not with --adopt)")
     ra.add_argument("--out", required=True, help="output folder: suite-SUITE-GPU.{json,md,png} (an existing JSON "

@@ -434,6 +434,28 @@ def test_recold_adopt_takes_a_faster_twin_of_the_same_run_only():
     assert adopted == 2 and new[1]["config"] != r1["config"]
 
 
+def test_recold_adopt_by_warm_compares_warm_times_and_names_it():
+    """apply_adopted(by="warm"): the twin faster warm by more than the margin wins even where it is slower cold (and
+    a twin faster cold only does not); the replaced winner keeps its warm time of the run and `by`; a bad `by` is
+    refused."""
+    from sparse_autotune.tuning.suite import apply_adopted
+    recs = _llm_records(2)
+    r0, r1 = recs
+    t0, t1 = _twin(r0), _twin(r1)
+    run = [_row(r0, tuned_us=10.0, tuned_cold_us=10.0, dense_cold_us=12.0, rel_err=1e-4, date="d"),
+           _row(r0, config=t0, tuned_us=9.0, tuned_cold_us=11.0, dense_cold_us=12.0, rel_err=1e-4, date="d"),
+           _row(r1, tuned_us=5.0, tuned_cold_us=6.0, dense_cold_us=7.0, rel_err=1e-4, date="d"),
+           _row(r1, config=t1, tuned_us=5.2, tuned_cold_us=4.0, dense_cold_us=7.0, rel_err=1e-4, date="d")]
+    new, retimed, adopted, _ = apply_adopted(recs, [run], margin=0.02, by="warm")
+    assert (retimed, adopted) == (1, 1)
+    assert new[0]["config"] == t0 and new[0]["tuned_us"] == 9.0
+    assert new[0]["adopted"]["replaced"]["tuned_us_same_run"] == 10.0 and new[0]["adopted"]["replaced"]["by"] == "warm"
+    assert new[1]["config"] == r1["config"] and new[1]["tuned_cold_us"] == 6.0 and "adopted" not in new[1]
+    cold, _, _, _ = apply_adopted(recs, [run], margin=0.02)  # by cold: the other way round
+    assert cold[0]["config"] == r0["config"] and cold[1]["config"] == t1
+    with pytest.raises(ValueError):
+        apply_adopted(recs, [run], by="hot")
+
 def test_probe_recold_apply_writes_the_suite_and_its_report_and_overwrites_nothing(tmp_path):
     """`probe recold-apply`: a recold output over a suite's JSON -> DIR/suite-llm-<gpu>.{json,md}; the given JSON is
     left as it was, and an existing suite file in DIR that is not --records is refused (one line, exit 2)."""

@@ -367,9 +367,10 @@ def apply_retimed(records: list[dict], rows: list[dict], warm: bool = False) -> 
     return out, applied, refused
 
 
-def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0.01
+def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0.01, by: str = "cold"
                   ) -> tuple[list[dict], int, int, list[str]]:
-    """recold-apply --adopt: the records with, per case, the fastest config (by cold time) of one recold run that
+    """recold-apply --adopt: the records with, per case, the fastest config (by cold time, or warm with by="warm": the
+    time the fp16 / tf32 targets of issue 18 compare) of one recold run that
     timed the record's own winner beside other configs (twins: each run compares its own times only; run to run the
     cold times of one kernel differ by up to 10-15 %). The run is the last of `runs` that timed the record's winner
     without an error. Where another config of that run is more than `margin` faster cold than the winner, it becomes
@@ -379,9 +380,12 @@ def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0
     of the case's rows of that run (each row timed it once; `db set-cold` takes the same).
     Returns (new records, cases retimed, cases adopted, why the other cases were not); the input is not modified."""
     from ..device.ceilings import bc_bytes  # noqa: PLC0415
+    if by not in ("cold", "warm"):
+        raise ValueError(f"apply_adopted: by={by!r}, not 'cold' or 'warm'")
+    field = "tuned_cold_us" if by == "cold" else "tuned_us"
     out = [dict(r) for r in records]
     by_key = {case_key(r): j for j, r in enumerate(out)}
-    timed = lambda row: not row.get("skipped") and not row.get("error") and row.get("tuned_cold_us")  # noqa: E731
+    timed = lambda row: not row.get("skipped") and not row.get("error") and row.get(field)  # noqa: E731
     cases: dict[tuple, list[dict]] = {}  # the chosen run's rows of each case
     for rows in runs:
         mine: dict[tuple, list[dict]] = {}
@@ -409,13 +413,14 @@ def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0
         rs = [x for x in cases[k] if timed(x)]
         want = same_run_key(r)
         own = next(x for x in rs if same_run_key(x) == want)
-        best = min(rs, key=lambda x: x["tuned_cold_us"])
-        win = own if best["tuned_cold_us"] >= own["tuned_cold_us"] * (1 - margin) else best
+        best = min(rs, key=lambda x: x[field])
+        win = own if best[field] >= own[field] * (1 - margin) else best
         if win is own:
             retimed += 1
         else:
             was = {"family": r["family"], "config": r["config"], "tuned_us": r.get("tuned_us"),
-                   "tuned_cold_us_same_run": own["tuned_cold_us"]}
+                   "tuned_cold_us_same_run": own.get("tuned_cold_us"), "tuned_us_same_run": own.get("tuned_us"),
+                   "by": by}
             if _runtime_chose_kernel(r):
                 r["chosen_family"], r["chosen_us"] = win["family"], win["tuned_us"]
             if win.get("a_bytes") and r.get("a_bytes") and r.get("bytes_floor_us"):  # the same bandwidth, A's bytes
