@@ -1,9 +1,13 @@
-"""Sibling twins of the dl suite's fp16 N >= 512 records (session 63): for each case (M x K, N, density <= 0.1), its
-record's winner beside every other config that won a case of the same layer (M, K, N) in the H100 or the H200 dl file,
-at any density, pattern or 16-bit dtype, where that config is feasible for the case (the space's constraints, the
-H100's limits). A JSON list of case + family + config for `probe recold --records` (recold-apply --adopt then keeps
-a twin only where the same run timed it faster than the record's own winner).
-    python3 bench/drafts/sibling_twins.py --out .scratch/sibling-twins.json [--densities 0.02,0.05,0.1]"""
+"""Sibling twins of a suite's records (session 63): for each selected case, its record's winner beside every other
+config that won a case of the same layer in the given suite files (same M, K and N; with --any-n, same M and K at any
+of the selected N), at any density, pattern or 16-bit dtype, where that config is feasible for the case (the space's
+constraints, Hopper's limits: H100 and H200 alike). A JSON list of case + family + config for `probe recold --records`;
+`probe recold-apply --adopt [--adopt-by warm]` then keeps a twin only where the same run timed it faster than the
+record's own winner, and a second run (`recold --baselines`, `recold-apply --warm`) re-times what was adopted.
+    python3 bench/drafts/sibling_twins.py --out .scratch/sibling-twins.json [--densities 0.05,0.1]
+    python3 bench/drafts/sibling_twins.py --suite bench/results/suite-llm-h200.json \\
+        --also bench/results/session63/llm-n128/suite-llm-h100-80gb-hbm3.json --dtypes fp16,bf16 --ns 64,128 \\
+        --densities 0.05,0.1,0.2,0.3 --any-n --out FILE"""
 import argparse
 import json
 import sys
@@ -11,32 +15,52 @@ import sys
 sys.path.insert(0, ".")
 from sparse_autotune.core.space import get_space, problem_env  # noqa: E402
 
-H100 = {"max_smem_bytes": 49152, "max_dyn_smem_bytes": 232448, "max_threads": 1024, "sm": 90}
+HOPPER = {"max_smem_bytes": 49152, "max_dyn_smem_bytes": 232448, "max_threads": 1024, "sm": 90}
 ap = argparse.ArgumentParser()
-ap.add_argument("--suite", default="bench/results/suite-dl-h100-80gb-hbm3.json")
-ap.add_argument("--also", nargs="*", default=["bench/results/suite-dl-h200.json"])
+ap.add_argument("--suite", default="bench/results/suite-dl-h100-80gb-hbm3.json", help="the records whose winners "
+                "are timed beside their siblings")
+ap.add_argument("--also", nargs="*", default=["bench/results/suite-dl-h200.json"], help="other suite files whose "
+                "winners are siblings too")
 ap.add_argument("--densities", default="0.02,0.05,0.1")
+ap.add_argument("--dtypes", default="fp16", help="the cases' dtypes (comma-separated)")
+ap.add_argument("--ns", default="", help="the cases' N (comma-separated; default every N >= 512)")
+ap.add_argument("--any-n", action="store_true", help="a sibling is a winner of the same M and K at any selected N")
+ap.add_argument("--below", type=float, default=0.0, help="only the cases whose record runs below this speed-up over "
+                "cuBLAS of its dtype, cold where measured (issue 16's targets), else warm (0: every case)")
 ap.add_argument("--out", required=True)
 a = ap.parse_args()
 dens = {float(x) for x in a.densities.split(",")}
+dtypes = set(a.dtypes.split(","))
+ns = {int(x) for x in a.ns.split(",")} if a.ns else None
+want = lambda r: (r["dtype"] in dtypes and r["density"] in dens  # noqa: E731
+                  and (r["N"] in ns if ns else r["N"] >= 512))
+layer = lambda r: (r["M"], r["K"]) if a.any_n else (r["M"], r["K"], r["N"])  # noqa: E731
 recs = json.load(open(a.suite))
 pool: dict[tuple, list] = {}
 for path in [a.suite, *a.also]:
     for r in json.load(open(path)):
-        if r.get("dtype") in ("fp16", "bf16") and r.get("family") and r.get("config"):
-            pool.setdefault((r["M"], r["K"], r["N"]), []).append((r["family"], r["config"]))
-out, left = [], 0
+        if r.get("dtype") in ("fp16", "bf16") and r.get("family") and r.get("config") and (
+                not a.any_n or ns is None or r["N"] in ns):
+            pool.setdefault(layer(r), []).append((r["family"], r["config"]))
+out, left, n = [], 0, 0
 for r in recs:
-    if r["dtype"] != "fp16" or r["N"] < 512 or r["density"] not in dens:
+    if not want(r) or not r.get("family") or not r.get("config"):
         continue
+    if a.below:
+        dense = r.get("cublas_bf16_us") if r["dtype"] == "bf16" else r.get("cublas_fp16_us")
+        ratio = (r["dense_cold_us"] / r["tuned_cold_us"] if r.get("tuned_cold_us") and r.get("dense_cold_us")
+                 else dense / r["tuned_us"])
+        if ratio >= a.below:
+            continue
+    n += 1
     case = {k: r[k] for k in ("M", "K", "N", "density", "dtype", "pattern", "nnz")}
-    env = problem_env(r["M"], r["K"], r["N"], r["nnz"], "fp16")
+    env = problem_env(r["M"], r["K"], r["N"], r["nnz"], r["dtype"])
     out.append({**case, "family": r["family"], "config": r["config"]})
     seen = {(r["family"], json.dumps(r["config"], sort_keys=True))}
-    for fam, cfg in pool.get((r["M"], r["K"], r["N"]), []):
+    for fam, cfg in pool.get(layer(r), []):
         space = get_space(fam)
-        norm = space.normalize(cfg, "fp16") if space.supports("fp16") else None
-        if norm is None or space.check(norm, env, H100) is not None:
+        norm = space.normalize(cfg, r["dtype"]) if space.supports(r["dtype"]) else None
+        if norm is None or space.check(norm, env, HOPPER) is not None:
             left += 1
             continue
         key = (fam, json.dumps(norm, sort_keys=True))
@@ -44,5 +68,4 @@ for r in recs:
             seen.add(key)
             out.append({**case, "family": fam, "config": norm})
 json.dump(out, open(a.out, "w"), indent=1)
-n = sum(1 for r in recs if r["dtype"] == "fp16" and r["N"] >= 512 and r["density"] in dens)
 print(f"{len(out)} rows for {n} cases ({len(out) - n} twins; {left} sibling configs infeasible or outside the space)")
