@@ -648,7 +648,7 @@ def cmd_recold_apply(a) -> int:
     if a.adopt_by != "cold" and not a.adopt:
         raise UserError("--adopt-by goes with --adopt")
     if a.adopt and a.warm:
-        raise UserError("--warm and --adopt: choose one (--adopt compares cold times of twins)")
+        raise UserError("--warm and --adopt: choose one (--adopt compares the times of twins timed in one run)")
     if a.adopt:
         if not 0 <= a.margin < 1:
             raise UserError(f"--margin {a.margin}: a fraction in [0, 1)")
@@ -1614,8 +1614,8 @@ def parser() -> argparse.ArgumentParser:
     ra.add_argument("--suite", default="llm", help="the suite (default llm)")
     ra.add_argument("--adopt", action="store_true", help="per case, the fastest config (cold, or --adopt-by warm) of a "
                     "run that timed the record's winner beside others (twins) becomes the winner where it is faster "
-                    "by --margin; then "
-                    "`db set-cold --add --from RECOLD.json` puts the same run's times into the database")
+                    "by --margin; then `db set-cold --add --from RECOLD.json` puts the same run's times into the "
+                    "database")
     ra.add_argument("--margin", type=float, default=0.01, help="--adopt: how much faster, as a fraction of the "
                     "winner's time in the same run (default 0.01)")
     ra.add_argument("--adopt-by", choices=("cold", "warm"), default="cold", help="--adopt: the time twins are compared "

@@ -456,6 +456,7 @@ def test_recold_adopt_by_warm_compares_warm_times_and_names_it():
     with pytest.raises(ValueError):
         apply_adopted(recs, [run], by="hot")
 
+
 def test_probe_recold_apply_writes_the_suite_and_its_report_and_overwrites_nothing(tmp_path):
     """`probe recold-apply`: a recold output over a suite's JSON -> DIR/suite-llm-<gpu>.{json,md}; the given JSON is
     left as it was, and an existing suite file in DIR that is not --records is refused (one line, exit 2)."""
@@ -492,6 +493,14 @@ def test_probe_recold_apply_writes_the_suite_and_its_report_and_overwrites_nothi
     proc = _run([sys.executable, str(PROBE), "recold-apply", "--records", str(src), "--rows", str(rf), "--adopt",
                  "--warm", "--out", str(tmp_path / "o5")])
     assert "--warm and --adopt" in _one_line_error(proc, "probe.py") and not (tmp_path / "o5").exists()
+    proc = _run([sys.executable, str(PROBE), "recold-apply", "--records", str(src), "--rows", str(rf), "--adopt-by",
+                 "warm", "--out", str(tmp_path / "o6")])
+    assert "--adopt-by goes with --adopt" in _one_line_error(proc, "probe.py") and not (tmp_path / "o6").exists()
+    rf.write_text(json.dumps({"rows": [{**rows["rows"][0], "tuned_us": 5.0}, twin]}))  # both timed warm (twin: 1.0)
+    proc = _run([sys.executable, str(PROBE), "recold-apply", "--records", str(src), "--rows", str(rf), "--adopt",
+                 "--adopt-by", "warm", "--out", str(tmp_path / "o7")])
+    assert proc.returncode == 0 and "(by warm time): 1 cases take a faster config" in proc.stderr, proc.stderr
+    assert json.loads((tmp_path / "o7" / "suite-llm-h200.json").read_text())[3]["adopted"]["replaced"]["by"] == "warm"
 
 
 SUITE_LLM = str(ROOT / "bench" / "results" / "suite-llm-h200.json")

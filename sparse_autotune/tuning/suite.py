@@ -369,13 +369,13 @@ def apply_retimed(records: list[dict], rows: list[dict], warm: bool = False) -> 
 
 def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0.01, by: str = "cold"
                   ) -> tuple[list[dict], int, int, list[str]]:
-    """recold-apply --adopt: the records with, per case, the fastest config (by cold time, or warm with by="warm": the
-    time the fp16 / tf32 targets of issue 18 compare) of one recold run that
-    timed the record's own winner beside other configs (twins: each run compares its own times only; run to run the
-    cold times of one kernel differ by up to 10-15 %). The run is the last of `runs` that timed the record's winner
-    without an error. Where another config of that run is more than `margin` faster cold than the winner, it becomes
-    the record's winner (family, config, warm and cold times, error, the format's bytes and byte floor, the runtime's
-    choice where that was the kernel) and the record is marked `adopted` (date, the config replaced and its cold time);
+    """recold-apply --adopt: the records with, per case, the fastest config (by cold time, or by warm time with
+    by="warm": the time issue 18's fp16 / tf32 targets compare) of one recold run that timed the record's own winner
+    beside other configs (twins: each run compares its own times only; run to run the cold times of one kernel differ
+    by up to 10-15 %). The run is the last of `runs` that timed the record's winner without an error. Where another
+    config of that run is more than `margin` faster than the winner (by that time), it becomes the record's winner
+    (family, config, warm and cold times, error, the format's bytes and byte floor, the runtime's choice where that was
+    the kernel) and the record is marked `adopted` (date, the config replaced, its warm and cold times of the run, `by`);
     else the winner's own times of that run are put over the record's (apply_retimed). cuBLAS's cold time is the median
     of the case's rows of that run (each row timed it once; `db set-cold` takes the same).
     Returns (new records, cases retimed, cases adopted, why the other cases were not); the input is not modified."""
