@@ -11,7 +11,7 @@ case "$name" in
     *H200*) ;;
     *) echo "not an H200 ($name): nothing run"; exit 0;;
 esac
-exec bench/device.sh probe recold --records bench/results/session63/sibling-twins-h200.json --workers 12 --budget 120 \
-    --out "${OUT:-/tmp/out}/recold-dl-twins-h200" \
-    + probe recold --records bench/results/session63/sibling-twins-llm-h200.json --workers 12 --budget 120 \
-    --out "${OUT:-/tmp/out}/recold-llm-twins-h200"
+exec bench/device.sh probe recold --records bench/results/session63/sibling-twins-llm-h200.json --workers 12 \
+    --budget "${LLM_BUDGET:-120}" --out "${OUT:-/tmp/out}/recold-llm-twins-h200" \
+    + probe recold --records bench/results/session63/sibling-twins-h200.json --workers 12 --budget "${DL_BUDGET:-120}" \
+    --out "${OUT:-/tmp/out}/recold-dl-twins-h200"
