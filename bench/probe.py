@@ -645,14 +645,14 @@ def cmd_recold_apply(a) -> int:
     records = _read_json_list(a.records, "--records")
     runs = [_read_recold_rows(f, "--rows") for f in a.rows]
     rows = [r for run in runs for r in run]
-    if a.adopt_by != "cold" and not a.adopt:
-        raise UserError("--adopt-by goes with --adopt")
+    if (a.adopt_by != "cold" or a.agree) and not a.adopt:
+        raise UserError("--adopt-by and --agree go with --adopt")
     if a.adopt and a.warm:
         raise UserError("--warm and --adopt: choose one (--adopt compares the times of twins timed in one run)")
     if a.adopt:
         if not 0 <= a.margin < 1:
             raise UserError(f"--margin {a.margin}: a fraction in [0, 1)")
-        new, applied, adopted, refused = apply_adopted(records, runs, a.margin, by=a.adopt_by)
+        new, applied, adopted, refused = apply_adopted(records, runs, a.margin, by=a.adopt_by, agree=a.agree)
         log(f"recold-apply --adopt (by {a.adopt_by} time): {adopted} cases take a faster config of the same run, "
             f"{applied} keep theirs")
         applied += adopted
@@ -1622,6 +1622,9 @@ def parser() -> argparse.ArgumentParser:
                     "by: cold (A from HBM, default) or warm (the time issue 18's fp16 / tf32 targets compare; then "
                     "re-time the adopted winners in a run of their own, recold --baselines and --warm, so that no "
                     "best-of-several pick stays in the numbers)")
+    ra.add_argument("--agree", action="store_true", help="--adopt: a twin only where at least two of the --rows runs "
+                    "timed it beside the winner and it was faster by --margin in each (one run's margin is often its "
+                    "own luck; session 63)")
     ra.add_argument("--warm", action="store_true", help="the winner's warm time and the vendor paths' (rows of recold "
                     "--baselines) over the record's too: every ratio of the record from one run (not with --adopt)")
     ra.add_argument("--out", required=True, help="output folder: suite-SUITE-GPU.{json,md,png} (an existing JSON "

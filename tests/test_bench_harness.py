@@ -457,6 +457,33 @@ def test_recold_adopt_by_warm_compares_warm_times_and_names_it():
         apply_adopted(recs, [run], by="hot")
 
 
+def test_recold_adopt_agree_needs_the_twin_faster_in_every_run_that_timed_both():
+    """apply_adopted(agree=True): a twin faster by the margin in both runs that timed it beside the winner is adopted
+    (with the last run's times); one faster in the last run only, or timed beside the winner in one run only, is not
+    (the reason is given); without agree the last run decides alone."""
+    from sparse_autotune.tuning.suite import apply_adopted
+    recs = _llm_records(3)
+    r0, r1, r2 = recs
+    t0, t1, t2 = _twin(r0), _twin(r1), _twin(r2)
+
+    def pair(rec, twin, own_us, twin_us, date):
+        return [_row(rec, tuned_us=own_us, tuned_cold_us=own_us, dense_cold_us=9.0, rel_err=1e-4, date=date),
+                _row(rec, config=twin, tuned_us=twin_us, tuned_cold_us=twin_us, dense_cold_us=9.0, rel_err=1e-4,
+                     date=date)]
+    run1 = pair(r0, t0, 10.0, 9.0, "d1") + pair(r1, t1, 10.0, 10.1, "d1") + pair(r2, t2, 10.0, 9.0, "d1")
+    run2 = pair(r0, t0, 10.0, 9.5, "d2") + pair(r1, t1, 10.0, 9.0, "d2") + [
+        _row(r2, tuned_us=10.0, tuned_cold_us=10.0, dense_cold_us=9.0, rel_err=1e-4, date="d2")]  # r2's twin not here
+    new, retimed, adopted, why = apply_adopted(recs, [run1, run2], margin=0.02, by="warm", agree=True)
+    assert (retimed, adopted) == (2, 1)
+    assert new[0]["config"] == t0 and new[0]["tuned_us"] == 9.5 and new[0]["adopted"]["date"] == "d2"
+    assert new[1]["config"] == r1["config"] and new[2]["config"] == r2["config"]
+    assert sum("not by 2% in every run" in w for w in why) == 1  # r1 (r2's last run timed no twin: nothing to adopt)
+    loose, _, adopted, _ = apply_adopted(recs, [run1, run2], margin=0.02, by="warm")
+    assert adopted == 2 and loose[1]["config"] == t1 and loose[2]["config"] == r2["config"]
+    only1, _, adopted, why = apply_adopted(recs, [run1], margin=0.02, by="warm", agree=True)
+    assert adopted == 0 and sum("in every run (at least two)" in w for w in why) == 2  # r0, r2: one run each
+
+
 def test_probe_recold_apply_writes_the_suite_and_its_report_and_overwrites_nothing(tmp_path):
     """`probe recold-apply`: a recold output over a suite's JSON -> DIR/suite-llm-<gpu>.{json,md}; the given JSON is
     left as it was, and an existing suite file in DIR that is not --records is refused (one line, exit 2)."""
@@ -495,7 +522,10 @@ def test_probe_recold_apply_writes_the_suite_and_its_report_and_overwrites_nothi
     assert "--warm and --adopt" in _one_line_error(proc, "probe.py") and not (tmp_path / "o5").exists()
     proc = _run([sys.executable, str(PROBE), "recold-apply", "--records", str(src), "--rows", str(rf), "--adopt-by",
                  "warm", "--out", str(tmp_path / "o6")])
-    assert "--adopt-by goes with --adopt" in _one_line_error(proc, "probe.py") and not (tmp_path / "o6").exists()
+    assert "--adopt-by and --agree go with --adopt" in _one_line_error(proc, "probe.py") and not (tmp_path / "o6").exists()
+    proc = _run([sys.executable, str(PROBE), "recold-apply", "--records", str(src), "--rows", str(rf), "--agree",
+                 "--out", str(tmp_path / "o6")])
+    assert "go with --adopt" in _one_line_error(proc, "probe.py") and not (tmp_path / "o6").exists()
     rf.write_text(json.dumps({"rows": [{**rows["rows"][0], "tuned_us": 5.0}, twin]}))  # both timed warm (twin: 1.0)
     proc = _run([sys.executable, str(PROBE), "recold-apply", "--records", str(src), "--rows", str(rf), "--adopt",
                  "--adopt-by", "warm", "--out", str(tmp_path / "o7")])

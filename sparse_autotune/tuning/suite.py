@@ -367,8 +367,8 @@ def apply_retimed(records: list[dict], rows: list[dict], warm: bool = False) -> 
     return out, applied, refused
 
 
-def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0.01, by: str = "cold"
-                  ) -> tuple[list[dict], int, int, list[str]]:
+def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0.01, by: str = "cold",
+                  agree: bool = False) -> tuple[list[dict], int, int, list[str]]:
     """recold-apply --adopt: the records with, per case, the fastest config (by cold time, or by warm time with
     by="warm": the time issue 18's fp16 / tf32 targets compare) of one recold run that timed the record's own winner
     beside other configs (twins: each run compares its own times only; run to run the cold times of one kernel differ
@@ -378,6 +378,9 @@ def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0
     the kernel) and the record is marked `adopted` (date, the config replaced, its warm and cold times of the run, `by`);
     else the winner's own times of that run are put over the record's (apply_retimed). cuBLAS's cold time is the median
     of the case's rows of that run (each row timed it once; `db set-cold` takes the same).
+    agree: a twin is adopted only where at least two runs timed it beside the winner and it was faster by the margin
+    in each of them (a single run's margin is often its own luck: session 63 measured whole cases moving by up to
+    ~10 % from one run to the next); its times are still the last such run's.
     Returns (new records, cases retimed, cases adopted, why the other cases were not); the input is not modified."""
     from ..device.ceilings import bc_bytes  # noqa: PLC0415
     if by not in ("cold", "warm"):
@@ -387,6 +390,7 @@ def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0
     by_key = {case_key(r): j for j, r in enumerate(out)}
     timed = lambda row: not row.get("skipped") and not row.get("error") and row.get(field)  # noqa: E731
     cases: dict[tuple, list[dict]] = {}  # the chosen run's rows of each case
+    every: dict[tuple, list[list[dict]]] = {}  # each run's rows of the case, where that run timed the winner
     for rows in runs:
         mine: dict[tuple, list[dict]] = {}
         for row in rows:
@@ -397,6 +401,7 @@ def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0
                 want = same_run_key(out[j])
                 if any(same_run_key(x) == want and timed(x) for x in rs):
                     cases[k] = rs
+                    every.setdefault(k, []).append(rs)
     retimed = adopted = 0
     why = []
     seen = {case_key(row) for rows in runs for row in rows}
@@ -415,6 +420,10 @@ def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0
         own = next(x for x in rs if same_run_key(x) == want)
         best = min(rs, key=lambda x: x[field])
         win = own if best[field] >= own[field] * (1 - margin) else best
+        if win is not own and agree and not _agrees(every[k], same_run_key(win), want, field, margin, timed):
+            why.append(f"{k}: {win['family']} {win['config']} was faster than the winner in the last run but not by "
+                       f"{margin:.0%} in every run (at least two) that timed both: kept")
+            win = own
         if win is own:
             retimed += 1
         else:
@@ -437,6 +446,21 @@ def apply_adopted(records: list[dict], runs: list[list[dict]], margin: float = 0
         r["dense_cold_us"] = statistics.median(dense) if dense else r.get("dense_cold_us")
         r["cold_retimed"] = win.get("date") or True
     return out, retimed, adopted, why
+
+
+def _agrees(run_rows: list[list[dict]], twin: tuple, own: tuple, field: str, margin: float, timed) -> bool:
+    """apply_adopted(agree=True): the twin beat the winner by `margin` in every run that timed both, and two or more
+    runs did."""
+    both = 0
+    for rs in run_rows:
+        t = next((x for x in rs if same_run_key(x) == twin and timed(x)), None)
+        o = next((x for x in rs if same_run_key(x) == own and timed(x)), None)
+        if t is None or o is None:
+            continue
+        both += 1
+        if t[field] >= o[field] * (1 - margin):
+            return False
+    return both >= 2
 
 
 CASE_FIELDS = {"m": "M", "k": "K", "n": "N", "density": "density", "dtype": "dtype", "pattern": "pattern"}
