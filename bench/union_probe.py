@@ -157,6 +157,25 @@ def conflicts(order: np.ndarray) -> float:
     return float(np.mean(waves))
 
 
+def compile_check() -> dict[int, dict]:
+    """nvcc -arch=sm_90a -cubin of each n's kernel (no GPU needed; device.compile.nvcc_check): {n: {"ok",
+    "spill_bytes", "registers", "log"}}."""
+    import re  # noqa: PLC0415
+    from sparse_autotune.device.compile import nvcc_check  # noqa: PLC0415
+    from sparse_autotune.errors import CandidateError  # noqa: PLC0415
+    res = {}
+    for nn in (16, 32, 64, 128):
+        try:
+            log, ok = nvcc_check(source(nn), "sm_90a"), True
+        except CandidateError as e:
+            log, ok = f"{e}\n{e.log}", False
+        spill = sum(int(x) for pair in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+                    for x in pair)
+        regs = [int(x) for x in re.findall(r"Used (\d+) registers", log)]
+        res[nn] = {"ok": ok, "spill_bytes": spill, "registers": max(regs, default=0), "log": log[-2000:]}
+    return res
+
+
 def run(out: Path, reps: int = 5) -> dict:
     import cupy as cp  # noqa: PLC0415
     props = cp.cuda.runtime.getDeviceProperties(0)

@@ -32,6 +32,24 @@ def test_tf32_probe_kernels_assemble_for_sm90a_without_spills():
         assert r["spill_bytes"] == 0 and r["registers"] > 0, (name, r)
 
 
+def test_union_probe_kernels_assemble_without_spills_and_its_orders_walk_one_subset():
+    """bench/union_probe.py (the union route's MMA rate, session 63): each n's kernel assembles for sm_90a with no spill
+    and one register-A wgmma a k16 step; `random` and `banked` walk the same stage rows (banked a reordering with fewer
+    ldmatrix wavefronts a phase under the 128-byte swizzle), `contig` is conflict-free."""
+    probe = _load("union_probe")
+    orders = probe.index_orders()
+    assert sorted(orders["banked"]) == sorted(orders["random"]) and sorted(orders["contig"]) == list(range(probe.KS))
+    assert probe.conflicts(orders["contig"]) == 1.0
+    assert probe.conflicts(orders["banked"]) < probe.conflicts(orders["random"])
+    for nn in (16, 32, 64, 128):
+        assert probe.source(nn).count(f"wgmma.mma_async.sync.aligned.m64n{nn}k16") == 1
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    for nn, r in probe.compile_check().items():
+        assert r["ok"], (nn, r["log"])
+        assert r["spill_bytes"] == 0 and r["registers"] > 0, (nn, r)
+
+
 def test_tf32_probe_sources_name_each_instruction_once_per_kernel():
     """Each probe kernel is the instruction its name says (the table reads the rates by these names)."""
     probe = _load("tf32_probe")
