@@ -10,8 +10,8 @@ union (from shared memory). What the roofline (NOTES) does not know and this mea
 ldmatrix (bank conflicts where two of the 8 rows of a phase share k & 7 under the swizzle) and the register A path keep
 the port-bound rate of 40 / 67 / 100 % of the dense MMA peak at n = 16 / 32 / 64.
 
-Throughput only (values are not checked; the layout of register A is mma.sync's m16k16 a warp, PTX ISA "wgmma register
-fragments"). Per (n, index order): two warpgroups a block (each its own 64 columns of N, the same B operand), `blocks`
+The rates' kernels do not check values; a layout check first runs one k16 step of each index order with wgmma's B all
+ones and compares D with numpy (the gather, ldmatrix.trans and the register-A fragment: mma.sync's m16k16 a warp). Per (n, index order): two warpgroups a block (each its own 64 columns of N, the same B operand), `blocks`
 blocks an SM, 2000 iterations of 4 k16 steps (ldmatrix + wgmma each), double-buffered A registers, wgmma.wait_group 1 an
 iteration. Index orders over a 256-row stage: `contig` (k = 0, 1, 2, ...: a dense loop's ldmatrix), `random` (a random
 subset of the stage's rows, as a union is), `banked` (the same subset in an order whose 8 rows of each ldmatrix phase
@@ -110,6 +110,74 @@ extern "C" __global__ void __launch_bounds__(256) uprobe(const int* __restrict__
 """
 
 
+LAYOUT = r"""
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ unsigned long long desc_plain(unsigned int addr, unsigned int lbo, unsigned int sbo) {
+    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16)
+           | ((unsigned long long)(sbo >> 4) << 32);
+}
+// one warpgroup, one k16 step: A operand gathered by ldmatrix.x4.trans from a KS x 64 stage (128-byte swizzle) at the
+// rows kidx[0..15]; wgmma's B all ones (so D[m][n] = sum over the step's rows of stage[k][m] whatever B's layout);
+// D (64 x 16) out row-major
+extern "C" __global__ void ulayout(const unsigned short* __restrict__ bstage, const int* __restrict__ kidx,
+                                   float* __restrict__ out)
+{
+    __shared__ __align__(1024) unsigned short st[@KS@ * 64];
+    __shared__ __align__(128) unsigned short ones[16 * 16];
+    const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+    for (int i = tid; i < @KS@ * 64; i += 128) {  // stage[k][m] at k * 128 + ((m >> 3) ^ (k & 7)) * 16 + (m & 7) * 2 bytes
+        const int k = i >> 6, m = i & 63;
+        st[(k * 128 + (((m >> 3) ^ (k & 7)) << 4) + (m & 7) * 2) >> 1] = bstage[i];
+    }
+    for (int i = tid; i < 256; i += 128) ones[i] = 0x3c00;
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    __syncthreads();
+    const unsigned int stage = (unsigned int)__cvta_generic_to_shared(st);
+    const int k = kidx[(lane & 7) + 8 * (lane >> 4)];
+    const unsigned int chunk = 2u * w + ((lane >> 3) & 1);
+    unsigned int a[4];
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+                 : "r"(stage + 128u * k + ((chunk ^ (unsigned int)(k & 7)) << 4)));
+    const unsigned long long bdesc = desc_plain((unsigned int)__cvta_generic_to_shared(ones), 128, 256);
+    float d[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) d[i] = 0.0f;
+    wg_fence();
+    asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, "
+                 "{%8, %9, %10, %11}, %12, 1, 1, 1, 0;"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(bdesc));
+    wg_commit();
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+        out[(16 * w + g + 8 * ((i >> 1) & 1)) * 16 + 8 * (i >> 2) + 2 * t + (i & 1)] = d[i];
+}
+""".replace("@KS@", str(KS))
+
+
+def layout_check(cp) -> dict[str, float]:
+    """For each index order's first k16 step: the largest |D - expected| of the gathered register-A wgmma against
+    numpy (D[m][n] = sum over the step's 16 rows k of stage[k][m], for every n); 0 where the gather and the fragment
+    layout are right (the values are small integers, exact in fp16 and their sums in fp32)."""
+    mod = cp.RawModule(code=LAYOUT, options=("-std=c++17", "-arch=sm_90a"))
+    f = mod.get_function("ulayout")
+    kk, mm = np.meshgrid(np.arange(KS), np.arange(64), indexing="ij")
+    stage = ((3 * kk + 5 * mm) % 17 - 8).astype(np.float32)
+    bits = cp.asarray(stage.astype(np.float16).view(np.uint16).reshape(-1))
+    res = {}
+    for name, order in index_orders().items():
+        step = order[:16].astype(np.int32)
+        out = cp.zeros(64 * 16, dtype=cp.float32)
+        f((1,), (128,), (bits, cp.asarray(step), out))
+        want = np.repeat(stage[step].sum(axis=0)[:, None], 16, axis=1)
+        res[name] = float(np.abs(cp.asnumpy(out).reshape(64, 16) - want).max())
+    return res
+
+
 def _body(nn: int) -> str:
     nacc = nn // 2
     regs = ", ".join(f"%{i}" for i in range(nacc))
@@ -158,15 +226,15 @@ def conflicts(order: np.ndarray) -> float:
 
 
 def compile_check() -> dict[int, dict]:
-    """nvcc -arch=sm_90a -cubin of each n's kernel (no GPU needed; device.compile.nvcc_check): {n: {"ok",
-    "spill_bytes", "registers", "log"}}."""
+    """nvcc -arch=sm_90a -cubin of each n's kernel and of the layout check's (n 0) (no GPU needed;
+    device.compile.nvcc_check): {n: {"ok", "spill_bytes", "registers", "log"}}."""
     import re  # noqa: PLC0415
     from sparse_autotune.device.compile import nvcc_check  # noqa: PLC0415
     from sparse_autotune.errors import CandidateError  # noqa: PLC0415
     res = {}
-    for nn in (16, 32, 64, 128):
+    for nn in (16, 32, 64, 128, 0):  # 0: the layout check's kernel
         try:
-            log, ok = nvcc_check(source(nn), "sm_90a"), True
+            log, ok = nvcc_check(source(nn) if nn else LAYOUT, "sm_90a"), True
         except CandidateError as e:
             log, ok = f"{e}\n{e.log}", False
         spill = sum(int(x) for pair in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
@@ -183,6 +251,12 @@ def run(out: Path, reps: int = 5) -> dict:
     orders = index_orders()
     rep = {"gpu": props["name"].decode(), "ks": KS, "orders": {k: {"conflict_waves": conflicts(v)}
                                                                 for k, v in orders.items()}, "rates": {}}
+    try:
+        rep["layout_max_err"] = layout_check(cp)
+        print(f"layout check (max |D - numpy|, 0 = right): {rep['layout_max_err']}", flush=True)
+    except Exception as e:  # noqa: BLE001 - a probe: report and go on to the rates
+        rep["layout_max_err"] = {"error": repr(e)}
+        print("layout check:", repr(e), flush=True)
     for nn in (16, 32, 64, 128):
         mod = cp.RawModule(code=source(nn), options=("-std=c++17", "-arch=sm_90a"))
         f = mod.get_function("uprobe")

@@ -33,8 +33,8 @@ def test_tf32_probe_kernels_assemble_for_sm90a_without_spills():
 
 
 def test_union_probe_kernels_assemble_without_spills_and_its_orders_walk_one_subset():
-    """bench/union_probe.py (the union route's MMA rate, session 63): each n's kernel assembles for sm_90a with no spill
-    and one register-A wgmma a k16 step; `random` and `banked` walk the same stage rows (banked a reordering with fewer
+    """bench/union_probe.py (the union route's MMA rate, session 63): each n's kernel and the layout check's assemble
+    for sm_90a with no spill, one register-A wgmma a k16 step; `random` and `banked` walk the same stage rows (banked a reordering with fewer
     ldmatrix wavefronts a phase under the 128-byte swizzle), `contig` is conflict-free."""
     probe = _load("union_probe")
     orders = probe.index_orders()
@@ -45,7 +45,9 @@ def test_union_probe_kernels_assemble_without_spills_and_its_orders_walk_one_sub
         assert probe.source(nn).count(f"wgmma.mma_async.sync.aligned.m64n{nn}k16") == 1
     if sat_compile.nvcc_path() is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
-    for nn, r in probe.compile_check().items():
+    res = probe.compile_check()
+    assert set(res) == {16, 32, 64, 128, 0}
+    for nn, r in res.items():
         assert r["ok"], (nn, r["log"])
         assert r["spill_bytes"] == 0 and r["registers"] > 0, (nn, r)
 
