@@ -583,22 +583,23 @@ def sources() -> dict[str, str]:
     return out
 
 
-def compile_check() -> dict[str, dict]:
-    """nvcc -arch=sm_90a -cubin of each kernel (no GPU needed; device.compile.nvcc_check): {name: {"ok", "spill_bytes",
-    "registers", "log"}}."""
+def nvcc_report(src: str, arch: str = "sm_90a") -> dict:
+    """nvcc -arch=ARCH -cubin of one kernel source (no GPU needed; device.compile.nvcc_check): {"ok", "spill_bytes",
+    "registers", "log"} (bench/union_probe.py uses it too)."""
     from sparse_autotune.device.compile import nvcc_check  # noqa: PLC0415
     from sparse_autotune.errors import CandidateError  # noqa: PLC0415
-    res = {}
-    for name, src in {**sources(), "layout": LAYOUT, "wgmma layout": WG_LAYOUT}.items():
-        try:
-            log, ok = nvcc_check(src, "sm_90a"), True
-        except CandidateError as e:
-            log, ok = f"{e}\n{e.log}", False
-        spill = sum(int(x) for pair in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-                    for x in pair)
-        regs = [int(x) for x in re.findall(r"Used (\d+) registers", log)]
-        res[name] = {"ok": ok, "spill_bytes": spill, "registers": max(regs, default=0), "log": log[-2000:]}
-    return res
+    try:
+        log, ok = nvcc_check(src, arch), True
+    except CandidateError as e:
+        log, ok = f"{e}\n{e.log}", False
+    spill = sum(int(x) for pair in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log) for x in pair)
+    regs = [int(x) for x in re.findall(r"Used (\d+) registers", log)]
+    return {"ok": ok, "spill_bytes": spill, "registers": max(regs, default=0), "log": log[-2000:]}
+
+
+def compile_check() -> dict[str, dict]:
+    """nvcc_report of each kernel: {name: {"ok", "spill_bytes", "registers", "log"}}."""
+    return {name: nvcc_report(src) for name, src in {**sources(), "layout": LAYOUT, "wgmma layout": WG_LAYOUT}.items()}
 
 
 def throughput(cp, reps: int = 5) -> dict:

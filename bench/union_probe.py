@@ -12,8 +12,8 @@ the port-bound rate of 40 / 67 / 100 % of the dense MMA peak at n = 16 / 32 / 64
 
 The rates' kernels do not check values; a layout check first runs one k16 step of each index order with wgmma's B all
 ones and compares D with numpy (the gather, ldmatrix.trans and the register-A fragment: mma.sync's m16k16 a warp). Per (n, index order): two warpgroups a block (each its own 64 columns of N, the same B operand), `blocks`
-blocks an SM, 2000 iterations of 4 k16 steps (ldmatrix + wgmma each), double-buffered A registers, wgmma.wait_group 1 an
-iteration. Index orders over a 256-row stage: `contig` (k = 0, 1, 2, ...: a dense loop's ldmatrix), `random` (a random
+blocks an SM, 2000 iterations of 4 k16 steps (ldmatrix + wgmma each), double-buffered A registers, wgmma.wait_group 1 before
+each refill. Index orders over a 256-row stage: `contig` (k = 0, 1, 2, ...: a dense loop's ldmatrix), `random` (a random
 subset of the stage's rows, as a union is), `banked` (the same subset in an order whose 8 rows of each ldmatrix phase
 differ in k & 7 where the counts allow: the host may order a union freely, A's values follow). Reports
 TFLOP/s of the MACs done and the fraction of the dense peak measured by the same kernel at n = 128 contig.
@@ -32,21 +32,38 @@ import numpy as np
 
 KS = 256  # rows (k) of the B stage in shared memory: 256 x 64 columns x 2 bytes = 32 KB, 128-byte swizzle
 
-SRC = r"""
-#define NN @NN@
-#define NACC (NN / 2)
-#define KS @KS@
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
-__device__ __forceinline__ void fence_acc(float (&d)[NACC]) {
-#pragma unroll
-    for (int i = 0; i < NACC; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
-}
+
+def _sp24_helpers() -> str:
+    """bench/sp24_probe.py's CUDA helpers (wg_fence, wg_commit, wg_wait, ...), shared rather than copied."""
+    import importlib.util  # noqa: PLC0415
+    spec = importlib.util.spec_from_file_location("sp24_probe", Path(__file__).resolve().parent / "sp24_probe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.HELPERS
+
+
+HELPERS = _sp24_helpers() + r"""
 // wgmma's B (the group's values, K-major, no swizzle: core matrices of 8 x 8 halves, 128 bytes each)
 __device__ __forceinline__ unsigned long long desc_plain(unsigned int addr, unsigned int lbo, unsigned int sbo) {
     return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16)
            | ((unsigned long long)(sbo >> 4) << 32);
+}
+// the accumulators kept alive (summed, stored under a condition that never holds) so the MMAs are not optimized away
+template <int N> __device__ __forceinline__ void keep(const float (&d)[N], float* __restrict__ out, int i) {
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < N; ++j) s += d[j];
+    if (s == 12345.0f) out[i] = s;
+}
+"""
+
+SRC = HELPERS + r"""
+#define NN @NN@
+#define NACC (NN / 2)
+#define KS @KS@
+__device__ __forceinline__ void fence_acc(float (&d)[NACC]) {
+#pragma unroll
+    for (int i = 0; i < NACC; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
 }
 __device__ __forceinline__ void ldsm_x4_t(unsigned int (&a)[4], unsigned int addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
@@ -82,6 +99,9 @@ extern "C" __global__ void __launch_bounds__(256) uprobe(const int* __restrict__
     for (int it = 0; it < iters; it += 2) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
+            // a[h] was last read by the group committed two groups ago: at most one group (the other set's) in flight
+            fence_acc(d);
+            wg_wait<1>();
             const int step0 = ((it + h) * 4) & (KS / 16 - 1);
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
@@ -96,27 +116,16 @@ extern "C" __global__ void __launch_bounds__(256) uprobe(const int* __restrict__
 @BODY@
             }
             wg_commit();
-            fence_acc(d);
-            wg_wait<1>();
         }
     }
     wg_wait<0>();
     fence_acc(d);
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NACC; ++i) s += d[i];
-    if (s == 12345.0f) out[blockIdx.x * blockDim.x + tid] = s;
+    keep(d, out, blockIdx.x * blockDim.x + tid);
 }
 """
 
 
-LAYOUT = r"""
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ unsigned long long desc_plain(unsigned int addr, unsigned int lbo, unsigned int sbo) {
-    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16)
-           | ((unsigned long long)(sbo >> 4) << 32);
-}
+LAYOUT = HELPERS + r"""
 // one warpgroup, one k16 step: A operand gathered by ldmatrix.x4.trans from a KS x 64 stage (128-byte swizzle) at the
 // rows kidx[0..15]; wgmma's B all ones (so D[m][n] = sum over the step's rows of stage[k][m] whatever B's layout);
 // D (64 x 16) out row-major
@@ -150,7 +159,7 @@ extern "C" __global__ void ulayout(const unsigned short* __restrict__ bstage, co
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(bdesc));
     wg_commit();
-    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+    wg_wait<0>();
     const int g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int i = 0; i < 8; ++i)
@@ -226,22 +235,13 @@ def conflicts(order: np.ndarray) -> float:
 
 
 def compile_check() -> dict[int, dict]:
-    """nvcc -arch=sm_90a -cubin of each n's kernel and of the layout check's (n 0) (no GPU needed;
-    device.compile.nvcc_check): {n: {"ok", "spill_bytes", "registers", "log"}}."""
-    import re  # noqa: PLC0415
-    from sparse_autotune.device.compile import nvcc_check  # noqa: PLC0415
-    from sparse_autotune.errors import CandidateError  # noqa: PLC0415
-    res = {}
-    for nn in (16, 32, 64, 128, 0):  # 0: the layout check's kernel
-        try:
-            log, ok = nvcc_check(source(nn) if nn else LAYOUT, "sm_90a"), True
-        except CandidateError as e:
-            log, ok = f"{e}\n{e.log}", False
-        spill = sum(int(x) for pair in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-                    for x in pair)
-        regs = [int(x) for x in re.findall(r"Used (\d+) registers", log)]
-        res[nn] = {"ok": ok, "spill_bytes": spill, "registers": max(regs, default=0), "log": log[-2000:]}
-    return res
+    """bench/tf32_probe.py's nvcc_report (nvcc -arch=sm_90a -cubin, no GPU needed) of each n's kernel and of the layout
+    check's (n 0): {n: {"ok", "spill_bytes", "registers", "log"}}."""
+    import importlib.util  # noqa: PLC0415
+    spec = importlib.util.spec_from_file_location("tf32_probe", Path(__file__).resolve().parent / "tf32_probe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return {nn: mod.nvcc_report(source(nn) if nn else LAYOUT) for nn in (16, 32, 64, 128, 0)}
 
 
 def run(out: Path, reps: int = 5) -> dict:
