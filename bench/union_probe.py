@@ -10,16 +10,17 @@ union (from shared memory). What the roofline (NOTES) does not know and this mea
 ldmatrix (bank conflicts where two of the 8 rows of a phase share k & 7 under the swizzle) and the register A path keep
 the port-bound rate of 40 / 67 / 100 % of the dense MMA peak at n = 16 / 32 / 64.
 
-The rates' kernels do not check values; a layout check first runs one k16 step of each index order with wgmma's B all
-ones and compares D with numpy (the gather, ldmatrix.trans and the register-A fragment: mma.sync's m16k16 a warp). Per (n, index order): two warpgroups a block (each its own 64 columns of N, the same B operand), `blocks`
-blocks an SM, 2000 iterations of 4 k16 steps (ldmatrix + wgmma each), double-buffered A registers, wgmma.wait_group 1 before
-each refill. Index orders over a 256-row stage: `contig` (k = 0, 1, 2, ...: a dense loop's ldmatrix), `random` (a random
-subset of the stage's rows, as a union is), `banked` (the same subset in an order whose 8 rows of each ldmatrix phase
-differ in k & 7 where the counts allow: the host may order a union freely, A's values follow). Reports
-TFLOP/s of the MACs done and the fraction of the dense peak measured by the same kernel at n = 128 contig.
+The rates' kernels do not check values; a layout check first runs one k16 step of each index order with wgmma's B
+all ones and compares D with numpy (the gather, ldmatrix.trans and the register-A fragment: mma.sync's m16k16 a warp).
+Per (n, index order): two warpgroups a block (each its own 64 columns of N, the same B operand), one or two blocks an
+SM as shared memory allows, 2000 iterations of 4 k16 steps (ldmatrix + wgmma each), double-buffered A registers,
+wgmma.wait_group 1 before each refill. Index orders over a 256-row stage: `contig` (k = 0, 1, 2, ...: a dense loop's
+ldmatrix), `random` (a random subset of the stage's rows, as a union is), `banked` (the same subset in an order whose
+8 rows of each ldmatrix phase differ in k & 7 where the counts allow: the host may order a union freely, A's values
+follow). Reports TFLOP/s of the MACs done and the fraction of the rate the same kernel reaches at n = 128 contig.
 
     python3 bench/union_probe.py --out DIR          (device; `bench/device.sh probe` does not wrap it: run it directly)
-    python3 bench/union_probe.py --emit FILE.cu     (no GPU: the kernel source of one variant, for nvcc -arch=sm_90a)
+    python3 bench/union_probe.py --emit FILE.cu [--n 16]   (no GPU: one n's kernel source, for nvcc -arch=sm_90a)
 """
 from __future__ import annotations
 
@@ -207,7 +208,8 @@ def smem_bytes(nn: int) -> int:
 
 def index_orders(seed: int = 0, frac: float = 0.5) -> dict[str, np.ndarray]:
     """KS stage rows in the walk's order: contig, random (a sorted random subset of frac x KS rows, repeated to fill
-    KS entries), banked (the same subset in an order whose phases of 8 rows have distinct k & 7 where the counts allow)."""
+    KS entries), banked (the same subset in an order whose phases of 8 rows have distinct k & 7 where the counts
+    allow)."""
     rng = np.random.default_rng(seed)
     sub = np.sort(rng.choice(KS, int(KS * frac), replace=False))
     walk = np.resize(sub, KS)
@@ -292,7 +294,7 @@ def run(out: Path, reps: int = 5) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=".")
-    ap.add_argument("--emit", help="write the n = 16 kernel's source to this file and stop (no GPU)")
+    ap.add_argument("--emit", help="write one n's kernel source (--n) to this file and stop (no GPU)")
     ap.add_argument("--n", type=int, default=16, help="--emit: the wgmma's n (16, 32, 64, 128)")
     a = ap.parse_args(argv)
     if a.emit:
