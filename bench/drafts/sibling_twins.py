@@ -1,9 +1,10 @@
 """Sibling twins of a suite's records (session 63): for each selected case, its record's winner beside every other
 config that won a case of the same layer in the given suite files (same M, K and N; with --any-n, same M and K at any
-of the selected N), at any density, pattern or 16-bit dtype, where that config is feasible for the case (the space's
-constraints, Hopper's limits: H100 and H200 alike). A JSON list of case + family + config for `probe recold --records`;
-`probe recold-apply --adopt [--adopt-by warm]` then keeps a twin only where the same run timed it faster than the
-record's own winner, and a second run (`recold --baselines`, `recold-apply --warm`) re-times what was adopted.
+of the selected N), at any density, pattern or 16-bit dtype, where that config is feasible for the case
+(bench/probe.py's candidate_records, as `recold --case --config` chooses, under space.DEFAULT_LIMITS: H100 and H200
+alike). A JSON list of case + family + config for `probe recold --records`, timed in two runs; `probe recold-apply
+--adopt --agree [--adopt-by warm]` then keeps a twin only where both runs timed it faster than the record's own
+winner, and a further run (`recold --baselines`, `recold-apply --warm`) re-times what was adopted.
     python3 bench/drafts/sibling_twins.py --out .scratch/sibling-twins.json [--densities 0.05,0.1]
     python3 bench/drafts/sibling_twins.py --suite bench/results/suite-llm-h200.json \\
         --also bench/results/session63/llm-n128/suite-llm-h100-80gb-hbm3.json --dtypes fp16,bf16 --ns 64,128 \\
@@ -12,10 +13,10 @@ import argparse
 import json
 import sys
 
-sys.path.insert(0, ".")
-from sparse_autotune.core.space import get_space, problem_env  # noqa: E402
-
-HOPPER = {"max_smem_bytes": 49152, "max_dyn_smem_bytes": 232448, "max_threads": 1024, "sm": 90}
+sys.path[:0] = [".", "bench"]
+from probe import Case, candidate_records  # noqa: E402  (bench/probe.py: what recold --case --config leaves out)
+from sparse_autotune.core.space import DEFAULT_LIMITS  # noqa: E402  (an H100's / H200's limits, gate 1 as the tuner)
+from sparse_autotune.tuning.suite import retime_key  # noqa: E402
 ap = argparse.ArgumentParser()
 ap.add_argument("--suite", default="bench/results/suite-dl-h100-80gb-hbm3.json", help="the records whose winners "
                 "are timed beside their siblings")
@@ -53,19 +54,11 @@ for r in recs:
         if ratio >= a.below:
             continue
     n += 1
-    case = {k: r[k] for k in ("M", "K", "N", "density", "dtype", "pattern", "nnz")}
-    env = problem_env(r["M"], r["K"], r["N"], r["nnz"], r["dtype"])
-    out.append({**case, "family": r["family"], "config": r["config"]})
-    seen = {(r["family"], json.dumps(r["config"], sort_keys=True))}
-    for fam, cfg in pool.get(layer(r), []):
-        space = get_space(fam)
-        norm = space.normalize(cfg, r["dtype"]) if space.supports(r["dtype"]) else None
-        if norm is None or space.check(norm, env, HOPPER) is not None:
-            left += 1
-            continue
-        key = (fam, json.dumps(norm, sort_keys=True))
-        if key not in seen:
-            seen.add(key)
-            out.append({**case, "family": fam, "config": norm})
+    case = Case(r["M"], r["K"], r["N"], r["density"], r["dtype"], r["pattern"])
+    own = {**{k: r[k] for k in ("M", "K", "N", "density", "dtype", "pattern", "nnz")}, "family": r["family"],
+           "config": r["config"]}
+    twins, why = candidate_records([case], pool.get(layer(r), []), DEFAULT_LIMITS)
+    left += len(why)
+    out += [own] + [t for t in twins if retime_key(t) != retime_key(own)]
 json.dump(out, open(a.out, "w"), indent=1)
 print(f"{len(out)} rows for {n} cases ({len(out) - n} twins; {left} sibling configs infeasible or outside the space)")
