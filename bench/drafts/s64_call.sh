@@ -7,10 +7,7 @@
 # 3. the GPU tests that read the shipped databases (not re-run after session 63's last database change).
 set -u
 cd "$(dirname "$0")/../.."
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 2
-O=${OUT:-/tmp/out}
-mkdir -p "$O"
-nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$O/gpu.txt"
+. bench/drafts/device_prelude.sh
 PYTHONUNBUFFERED=1 timeout 120 python3 bench/union_probe.py --out "$O" 2>&1 | tee "$O/union-probe.log"
 ONLY=(--only dtype=fp16 --only density=0.02,0.05,0.1 --only N=512,784,1024,1568,2048,3136,6272,25088)
 TESTS=(tests -m gpu -n 8 tests/test_gpu.py tests/test_vendor_gpu.py tests/test_cold_rank.py)

@@ -4,10 +4,7 @@
 # of 4096x4096 and 1024x4096 at d 0.05-0.3 (as session 63's N = 128 ones: issue 16's N = 64-128 target on the H100).
 set -u
 cd "$(dirname "$0")/../.."
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 2
-O=${OUT:-/tmp/out}
-mkdir -p "$O"
-nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$O/gpu.txt"
+. bench/drafts/device_prelude.sh
 export CALL_S=${CALL_S:-250}
 if grep -q H200 "$O/gpu.txt"; then
     exec bench/device.sh probe recold --records bench/results/session63/sibling-twins-llm-h200.json --workers 12 --budget 80 \
