@@ -52,6 +52,27 @@ def test_union_probe_kernels_assemble_without_spills_and_its_orders_walk_one_sub
         assert r["spill_bytes"] == 0 and r["registers"] > 0, (nn, r)
 
 
+def test_sp24_wg_probe_kernels_assemble_without_spills_and_its_stages_fit_one_block_an_sm():
+    """bench/sp24_wg_probe.py (tc_sp24's loop with its copies at two or four consumer warpgroups, session 64): every
+    config's stages fit an SM's shared memory, its B stages start 1024-aligned (the 128-byte swizzle), the bulk copies'
+    sizes are multiples of 16, the port model ranks four warpgroups above two and acopy 0 above 1, and each kernel
+    assembles for sm_90a with no spill (a spill would time local memory, not the port) and one wgmma.sp a k-step."""
+    probe = _load("sp24_wg_probe")
+    for wg, bn, kc, st, acopy in probe.CONFIGS:
+        b, a = probe._bytes(wg, bn, kc, acopy)
+        assert probe.smem_bytes(wg, bn, kc, st, acopy) <= 227 * 1024 and b % 1024 == 0 and a % 16 == 0
+        assert probe.source(wg, bn, kc, st, acopy).count(f"wgmma.mma_async.sp.sync.aligned.m64n{bn}k32") == 1
+    assert probe.port_model(4, 128, 1) < probe.port_model(2, 128, 1) < probe.port_model(1, 128, 1)
+    assert probe.port_model(2, 128, 0) < probe.port_model(2, 128, 1)
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    res = probe.compile_check()
+    assert set(res) == {probe.name(c) for c in probe.CONFIGS}
+    for name, r in res.items():
+        assert r["ok"], (name, r["log"])
+        assert r["spill_bytes"] == 0 and r["registers"] > 0, (name, r)
+
+
 def test_tf32_probe_sources_name_each_instruction_once_per_kernel():
     """Each probe kernel is the instruction its name says (the table reads the rates by these names)."""
     probe = _load("tf32_probe")
