@@ -201,20 +201,26 @@ def _tput_kernel(cp, nn: int, sparse: bool, spread: int, nsl: int, wgoff: int):
     return cp.RawModule(code=src, options=("-std=c++17", "-arch=sm_90a")).get_function("tput")
 
 
-def _time_tput(cp, f, blocks: int, threads: int, iters: int, smem: int, reps: int) -> float:
-    """Median seconds of `reps` launches of the throughput kernel (after one warm-up launch), by CUDA events."""
-    out = cp.zeros(blocks * threads, dtype=cp.float32)
-    f((blocks,), (threads,), (out, np.int32(iters)), shared_mem=smem)
+def time_launch(cp, f, blocks: int, threads: int, args: tuple, smem: int, reps: int) -> float:
+    """Median seconds of `reps` launches of kernel f (after one warm-up launch), by CUDA events (bench/union_probe.py
+    and bench/sp24_wg_probe.py time theirs with it too)."""
+    f((blocks,), (threads,), args, shared_mem=smem)
     cp.cuda.runtime.deviceSynchronize()
     ts = []
     for _ in range(reps):
         e0, e1 = cp.cuda.Event(), cp.cuda.Event()
         e0.record()
-        f((blocks,), (threads,), (out, np.int32(iters)), shared_mem=smem)
+        f((blocks,), (threads,), args, shared_mem=smem)
         e1.record()
         e1.synchronize()
         ts.append(cp.cuda.get_elapsed_time(e0, e1) * 1e-3)
     return float(np.median(ts))
+
+
+def _time_tput(cp, f, blocks: int, threads: int, iters: int, smem: int, reps: int) -> float:
+    """Median seconds of `reps` launches of the throughput kernel (after one warm-up launch), by CUDA events."""
+    out = cp.zeros(blocks * threads, dtype=cp.float32)
+    return time_launch(cp, f, blocks, threads, (out, np.int32(iters)), smem, reps)
 
 
 def throughput(cp, reps: int = 5) -> dict:

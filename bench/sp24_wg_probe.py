@@ -188,13 +188,19 @@ def name(cfg) -> str:
     return f"wg{wg} bn{bn} kc{kc} st{st}{'' if acopy else ' noA'}"
 
 
+def _bench_module(mod: str):
+    """Another probe of bench/ (by path: bench/ is not a package): sp24_probe's launch timer, tf32_probe's nvcc_report."""
+    import importlib.util  # noqa: PLC0415
+    spec = importlib.util.spec_from_file_location(mod, Path(__file__).resolve().parent / f"{mod}.py")
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    return m
+
+
 def compile_check() -> dict[str, dict]:
     """nvcc -arch=sm_90a -cubin of each config (bench/tf32_probe.py's nvcc_report; no GPU needed)."""
-    import importlib.util  # noqa: PLC0415
-    spec = importlib.util.spec_from_file_location("tf32_probe", Path(__file__).resolve().parent / "tf32_probe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return {name(c): mod.nvcc_report(source(*c)) for c in CONFIGS}
+    report = _bench_module("tf32_probe").nvcc_report
+    return {name(c): report(source(*c)) for c in CONFIGS}
 
 
 def run(out: Path, chunks: int = 4000, reps: int = 5) -> dict:
@@ -218,18 +224,8 @@ def run(out: Path, chunks: int = 4000, reps: int = 5) -> dict:
             bsrc = cp.asarray(rng.integers(0x3000, 0x3c00, size=NSRC * bb // 2, dtype=np.uint16))
             asrc = cp.asarray(rng.integers(0x3000, 0x3c00, size=max(1, NSRC * ab // 2), dtype=np.uint16))
             o = cp.zeros(sms * (wg * 128 + 32), dtype=cp.float32)
-            threads = wg * 128 + 32
-            f((sms,), (threads,), (bsrc, asrc, o, np.int32(chunks)), shared_mem=smem)
-            cp.cuda.runtime.deviceSynchronize()
-            ts = []
-            for _ in range(reps):
-                e0, e1 = cp.cuda.Event(), cp.cuda.Event()
-                e0.record()
-                f((sms,), (threads,), (bsrc, asrc, o, np.int32(chunks)), shared_mem=smem)
-                e1.record()
-                e1.synchronize()
-                ts.append(cp.cuda.get_elapsed_time(e0, e1) * 1e-3)
-            t = float(np.median(ts))
+            t = _bench_module("sp24_probe").time_launch(cp, f, sms, wg * 128 + 32, (bsrc, asrc, o, np.int32(chunks)),
+                                                        smem, reps)
             flops = sms * wg * chunks * kc * 64 * bn * 32 * 2
             rep["rates"][key] = {"s": t, "tflops_dense_equiv": flops / t / 1e12, "model_of_dense_peak": pred}
             print(f"{key}: {flops / t / 1e12:.0f} TFLOP/s dense-equivalent (port model: {pred:.2f}x the dense peak)",

@@ -43,8 +43,10 @@ def _bench_module(name: str):
     return mod
 
 
-# bench/sp24_probe.py's CUDA helpers (wg_fence, wg_commit, wg_wait, ...), then this probe's own
-HELPERS = _bench_module("sp24_probe").HELPERS + r"""
+# bench/sp24_probe.py's CUDA helpers (wg_fence, wg_commit, wg_wait, ...), then this probe's own; its launch timer
+_SP24 = _bench_module("sp24_probe")
+time_launch = _SP24.time_launch
+HELPERS = _SP24.HELPERS + r"""
 // wgmma's B (the group's values, K-major, no swizzle: core matrices of 8 x 8 halves, 128 bytes each)
 __device__ __forceinline__ unsigned long long desc_plain(unsigned int addr, unsigned int lbo, unsigned int sbo) {
     return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16)
@@ -267,17 +269,7 @@ def run(out: Path, reps: int = 5) -> dict:
         for name, order in orders.items():
             kidx = cp.asarray(order.astype(np.int32))
             o = cp.zeros(blocks * 256, dtype=cp.float32)
-            f((blocks,), (256,), (kidx, o, np.int32(iters)), shared_mem=smem)
-            cp.cuda.runtime.deviceSynchronize()
-            ts = []
-            for _ in range(reps):
-                e0, e1 = cp.cuda.Event(), cp.cuda.Event()
-                e0.record()
-                f((blocks,), (256,), (kidx, o, np.int32(iters)), shared_mem=smem)
-                e1.record()
-                e1.synchronize()
-                ts.append(cp.cuda.get_elapsed_time(e0, e1) * 1e-3)
-            t = float(np.median(ts))
+            t = time_launch(cp, f, blocks, 256, (kidx, o, np.int32(iters)), smem, reps)
             flops = blocks * 2 * iters * 4 * 64 * nn * 16 * 2
             rep["rates"][f"n{nn} {name}"] = {"s": t, "tflops": flops / t / 1e12, "blocks_per_sm": per_sm}
             print(f"m64n{nn}k16 RS, ldmatrix {name}: {flops / t / 1e12:.0f} TFLOP/s", flush=True)
