@@ -28,6 +28,11 @@ HELPERS = r"""
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
+// the accumulators pinned in place around wgmma's asynchronous use (no moves of them between fence and wait)
+template <int N> __device__ __forceinline__ void fence_acc(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
+}
 // a warpgroup's m64n64 f32 accumulators (32 a thread: row 16 w + g + 8 ((i >> 1) & 1), column 8 (i >> 2) + 2 t + (i & 1))
 // into a 64 x 64 row-major block
 __device__ __forceinline__ void store_d64(float* __restrict__ o, const float (&d)[32], int tid) {
@@ -87,10 +92,6 @@ TPUT = HELPERS + r"""
 #define SPREAD @SPREAD@
 #define NSL @NSL@
 #define WGOFF @WGOFF@
-__device__ __forceinline__ void fence_acc(float (&d)[NACC]) {
-#pragma unroll
-    for (int i = 0; i < NACC; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
-}
 extern "C" __global__ void __launch_bounds__(256, 1) tput(float* __restrict__ out, int iters)
 {
     extern __shared__ __align__(1024) unsigned char sm[];

@@ -55,7 +55,18 @@ def port_model(wg: int, bn: int, acopy: int) -> float:
     return (bn + 64 * bn / (64 * wg) + (72 if acopy else 0)) / bn
 
 
-SRC = r"""
+def _bench_module(mod: str):
+    """Another probe of bench/ (by path: bench/ is not a package): sp24_probe's launch timer, tf32_probe's nvcc_report."""
+    import importlib.util  # noqa: PLC0415
+    spec = importlib.util.spec_from_file_location(mod, Path(__file__).resolve().parent / f"{mod}.py")
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    return m
+
+
+# bench/sp24_probe.py's CUDA helpers (desc_sw128, wg_fence / wg_commit / wg_wait, fence_acc) and launch timer
+_SP24 = _bench_module("sp24_probe")
+SRC = _SP24.HELPERS + r"""
 #define WG @WG@
 #define BN @BN@
 #define KC @KC@
@@ -66,14 +77,6 @@ SRC = r"""
 #define ABYTES (ACOPY ? WG * KC * 2304 : 0)
 #define SBYTES (BBYTES + ABYTES)
 #define NSRC @NSRC@
-__device__ __forceinline__ unsigned long long desc_sw128(unsigned int addr, unsigned int lbo, unsigned int sbo) {
-    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16)
-           | ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
-}
-__device__ __forceinline__ void fence_acc(float (&d)[NACC]) {
-#pragma unroll
-    for (int i = 0; i < NACC; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
-}
 __device__ __forceinline__ void mbar_wait(unsigned int bar, unsigned int parity) {
     asm volatile("{\n\t.reg .pred p;\n\tW: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n\t@!p bra W;\n\t}"
                  :: "r"(bar), "r"(parity) : "memory");
@@ -140,22 +143,22 @@ wgprobe(const unsigned char* __restrict__ bsrc, const unsigned char* __restrict_
                 asm volatile("ld.shared.u32 %0, [%1];" : "=r"(meta[h][kk]) : "r"(at + kk * 2304 + 2048 + 4 * (tw & 63)) : "memory");
             }
 #endif
-            asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+            wg_fence();
             fence_acc(d);
 #pragma unroll
             for (int kk = 0; kk < KC; ++kk) {
                 const unsigned long long desc = desc_sw128(base + s * BBYTES + kk * 64 * BN, 32 * 128, 1024);
 @BODY@
             }
-            asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+            wg_commit();
             fence_acc(d);
-            asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+            wg_wait<1>();
             // the previous chunk's wgmmas are done: its stage is free (one arrival a consumer warp)
             if (cc > 0 && (tid & 31) == 0)
                 asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(empty + 8 * ((cc - 1) % ST)) : "memory");
         }
     }
-    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+    wg_wait<0>();
     fence_acc(d);
     float sum = 0.0f;
 #pragma unroll
@@ -188,15 +191,6 @@ def name(cfg) -> str:
     return f"wg{wg} bn{bn} kc{kc} st{st}{'' if acopy else ' noA'}"
 
 
-def _bench_module(mod: str):
-    """Another probe of bench/ (by path: bench/ is not a package): sp24_probe's launch timer, tf32_probe's nvcc_report."""
-    import importlib.util  # noqa: PLC0415
-    spec = importlib.util.spec_from_file_location(mod, Path(__file__).resolve().parent / f"{mod}.py")
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
-    return m
-
-
 def compile_check() -> dict[str, dict]:
     """nvcc -arch=sm_90a -cubin of each config (bench/tf32_probe.py's nvcc_report; no GPU needed)."""
     report = _bench_module("tf32_probe").nvcc_report
@@ -224,8 +218,7 @@ def run(out: Path, chunks: int = 4000, reps: int = 5) -> dict:
             bsrc = cp.asarray(rng.integers(0x3000, 0x3c00, size=NSRC * bb // 2, dtype=np.uint16))
             asrc = cp.asarray(rng.integers(0x3000, 0x3c00, size=max(1, NSRC * ab // 2), dtype=np.uint16))
             o = cp.zeros(sms * (wg * 128 + 32), dtype=cp.float32)
-            t = _bench_module("sp24_probe").time_launch(cp, f, sms, wg * 128 + 32, (bsrc, asrc, o, np.int32(chunks)),
-                                                        smem, reps)
+            t = _SP24.time_launch(cp, f, sms, wg * 128 + 32, (bsrc, asrc, o, np.int32(chunks)), smem, reps)
             flops = sms * wg * chunks * kc * 64 * bn * 32 * 2
             rep["rates"][key] = {"s": t, "tflops_dense_equiv": flops / t / 1e12, "model_of_dense_peak": pred}
             print(f"{key}: {flops / t / 1e12:.0f} TFLOP/s dense-equivalent (port model: {pred:.2f}x the dense peak)",

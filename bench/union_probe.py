@@ -65,10 +65,6 @@ SRC = HELPERS + r"""
 #define NN @NN@
 #define NACC (NN / 2)
 #define KS @KS@
-__device__ __forceinline__ void fence_acc(float (&d)[NACC]) {
-#pragma unroll
-    for (int i = 0; i < NACC; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
-}
 __device__ __forceinline__ void ldsm_x4_t(unsigned int (&a)[4], unsigned int addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(addr));
