@@ -17,7 +17,7 @@ Reports dense-equivalent TFLOP/s (a k32 sparse MMA counted as 64 x bn x 32 x 2) 
 The values are not checked (the rates' kernels compute on arbitrary data); sp24_probe's layout probe and the tc_sp24
 tests cover the layouts.
 
-    python3 bench/sp24_wg_probe.py --out DIR      (device; ~30 s)
+    python3 bench/sp24_wg_probe.py --out DIR [--configs wg,bn,kc,st,acopy ...]   (device; ~30 s; default CONFIGS)
     python3 bench/sp24_wg_probe.py --emit FILE.cu [--config wg,bn,kc,st,acopy]   (no GPU: one config's source)
 """
 from __future__ import annotations
@@ -31,8 +31,9 @@ import numpy as np
 
 NSRC = 8  # chunks in each global source (L2-resident)
 # (wg, bn, kc, st, acopy): today's records' geometry (bn 128 kc 2 wg 2 st 6), then two and four warpgroups at kc 1 (at kc
-# 2 four warpgroups spill: 544 threads leave ~96 registers a thread for 64 accumulators and two A register sets), bn
-# 256 at two (session 37's pw geometry, without the producer warpgroup), one warpgroup, and the kc 1 pair without A's
+# 2 four warpgroups spill: 17 warps put 5 on one SM sub-partition, whose 16384 registers leave 96 a thread for 64
+# accumulators and two A register sets; session 65's pwg 1, a producer warpgroup that gives its registers to the consumers
+# with setmaxnreg, runs them without a spill: `--configs 4,128,2,6,1,1`), bn 256 at two (session 37's pw geometry, without the producer warpgroup), one warpgroup, and the kc 1 pair without A's
 # bytes (acopy 0: the bound if A cost the port nothing; `ar` 4's loads still pass L1)
 CONFIGS = [(2, 128, 2, 6, 1), (2, 128, 1, 8, 1), (4, 128, 1, 8, 1), (2, 256, 1, 6, 1), (1, 128, 2, 6, 1),
            (2, 128, 1, 8, 0), (4, 128, 1, 8, 0)]
@@ -77,11 +78,13 @@ SRC = _SP24.HELPERS + r"""
 #define ABYTES (ACOPY ? WG * KC * 2304 : 0)
 #define SBYTES (BBYTES + ABYTES)
 #define NSRC @NSRC@
+#define PWG @PWG@
+#define NTHREADS (WG * 128 + (PWG ? 128 : 32))
 __device__ __forceinline__ void mbar_wait(unsigned int bar, unsigned int parity) {
     asm volatile("{\n\t.reg .pred p;\n\tW: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n\t@!p bra W;\n\t}"
                  :: "r"(bar), "r"(parity) : "memory");
 }
-extern "C" __global__ void __launch_bounds__(WG * 128 + 32, 1)
+extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
 wgprobe(const unsigned char* __restrict__ bsrc, const unsigned char* __restrict__ asrc, float* __restrict__ out, int chunks)
 {
     extern __shared__ __align__(1024) unsigned char sm[];
@@ -97,7 +100,13 @@ wgprobe(const unsigned char* __restrict__ bsrc, const unsigned char* __restrict_
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
-    if (warp == 4 * WG) {  // the producer warp: lane 0 puts chunk c in stage c % ST once the stage is free
+    if (warp >= 4 * WG) {  // the producer warp: lane 0 puts chunk c in stage c % ST once the stage is free
+#if PWG
+        // a whole producer warpgroup (pwg 1) gives its registers to the consumers: an SM sub-partition holds one
+        // producer warp at 24 and WG consumer warps at CREG (4 WG: 24 + 4 x 120 <= 512 a lane's share)
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;" ::: "memory");
+        if (warp != 4 * WG) return;
+#endif
         if ((tid & 31) == 0) {
             for (int c = 0; c < chunks; ++c) {
                 const int s = c % ST;
@@ -115,6 +124,9 @@ wgprobe(const unsigned char* __restrict__ bsrc, const unsigned char* __restrict_
         }
         return;
     }
+#if PWG
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 @CREG@;" ::: "memory");
+#endif
     const int wgi = warp >> 2, tw = tid & 127;
     unsigned int a[2][KC][4], meta[2][KC];
 #pragma unroll
@@ -178,8 +190,20 @@ def _body(bn: int) -> str:
     return f'                asm volatile("{op}" : {outs} : {ins});'
 
 
-def source(wg: int, bn: int, kc: int, st: int, acopy: int) -> str:
-    rep = {"@WG@": wg, "@BN@": bn, "@KC@": kc, "@ST@": st, "@ACOPY@": acopy, "@NSRC@": NSRC}
+def threads(wg: int, pwg: int = 0) -> int:
+    """A block's threads: wg consumer warpgroups and a producer warp (pwg 0) or warpgroup (pwg 1)."""
+    return wg * 128 + (128 if pwg else 32)
+
+
+def creg(wg: int) -> int:
+    """pwg 1's consumer registers after setmaxnreg.inc: each of the 4 SM sub-partitions' 16384 registers hold one
+    producer warp at 24 a thread and wg consumer warps (a multiple of 8, at most 240)."""
+    return min(240, (512 - 24) // wg // 8 * 8)
+
+
+def source(wg: int, bn: int, kc: int, st: int, acopy: int, pwg: int = 0) -> str:
+    rep = {"@WG@": wg, "@BN@": bn, "@KC@": kc, "@ST@": st, "@ACOPY@": acopy, "@NSRC@": NSRC, "@PWG@": pwg,
+           "@CREG@": creg(wg)}
     s = SRC
     for k, v in rep.items():
         s = s.replace(k, str(v))
@@ -187,8 +211,8 @@ def source(wg: int, bn: int, kc: int, st: int, acopy: int) -> str:
 
 
 def name(cfg) -> str:
-    wg, bn, kc, st, acopy = cfg
-    return f"wg{wg} bn{bn} kc{kc} st{st}{'' if acopy else ' noA'}"
+    wg, bn, kc, st, acopy, *pwg = cfg
+    return f"wg{wg} bn{bn} kc{kc} st{st}{'' if acopy else ' noA'}{' pwg' if pwg and pwg[0] else ''}"
 
 
 def compile_check() -> dict[str, dict]:
@@ -197,16 +221,17 @@ def compile_check() -> dict[str, dict]:
     return {name(c): report(source(*c)) for c in CONFIGS}
 
 
-def run(out: Path, chunks: int = 4000, reps: int = 5) -> dict:
+def run(out: Path, chunks: int = 4000, reps: int = 5, configs=None, tag: str = "") -> dict:
     import cupy as cp  # noqa: PLC0415
     props = cp.cuda.runtime.getDeviceProperties(0)
     sms = props["multiProcessorCount"]
     rep = {"gpu": props["name"].decode(), "chunks": chunks, "rates": {}}
     rng = np.random.default_rng(0)
-    for cfg in CONFIGS:
-        wg, bn, kc, st, acopy = cfg
+    for cfg in configs or CONFIGS:
+        wg, bn, kc, st, acopy, *rest = cfg
+        pwg = rest[0] if rest else 0
         key = name(cfg)
-        smem = smem_bytes(*cfg)
+        smem = smem_bytes(wg, bn, kc, st, acopy)
         pred = min(2.0, 2.0 / port_model(wg, bn, acopy))
         if smem > 227 * 1024:
             rep["rates"][key] = {"skipped": f"{smem} bytes of shared memory"}
@@ -217,8 +242,9 @@ def run(out: Path, chunks: int = 4000, reps: int = 5) -> dict:
             bb, ab = _bytes(wg, bn, kc, acopy)
             bsrc = cp.asarray(rng.integers(0x3000, 0x3c00, size=NSRC * bb // 2, dtype=np.uint16))
             asrc = cp.asarray(rng.integers(0x3000, 0x3c00, size=max(1, NSRC * ab // 2), dtype=np.uint16))
-            o = cp.zeros(sms * (wg * 128 + 32), dtype=cp.float32)
-            t = _SP24.time_launch(cp, f, sms, wg * 128 + 32, (bsrc, asrc, o, np.int32(chunks)), smem, reps)
+            nt = threads(wg, pwg)
+            o = cp.zeros(sms * nt, dtype=cp.float32)
+            t = _SP24.time_launch(cp, f, sms, nt, (bsrc, asrc, o, np.int32(chunks)), smem, reps)
             flops = sms * wg * chunks * kc * 64 * bn * 32 * 2
             rep["rates"][key] = {"s": t, "tflops_dense_equiv": flops / t / 1e12, "model_of_dense_peak": pred}
             print(f"{key}: {flops / t / 1e12:.0f} TFLOP/s dense-equivalent (port model: {pred:.2f}x the dense peak)",
@@ -227,7 +253,8 @@ def run(out: Path, chunks: int = 4000, reps: int = 5) -> dict:
             rep["rates"][key] = {"error": repr(e)}
             print(f"{key}: {e!r}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"sp24-wg-probe-{rep['gpu'].lower().replace(' ', '-')}.json").write_text(json.dumps(rep, indent=1))
+    gpu = rep["gpu"].lower().replace(" ", "-")
+    (out / f"sp24-wg-probe-{gpu}{'-' + tag if tag else ''}.json").write_text(json.dumps(rep, indent=1))
     return rep
 
 
@@ -235,12 +262,24 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=".")
     ap.add_argument("--emit", help="write one config's kernel source (--config) to this file and stop (no GPU)")
-    ap.add_argument("--config", default="4,128,1,8,1", help="--emit: wg,bn,kc,st,acopy")
+    ap.add_argument("--config", default="4,128,1,8,1", help="--emit: wg,bn,kc,st,acopy[,pwg]")
+    ap.add_argument("--configs", nargs="+", metavar="WG,BN,KC,ST,ACOPY[,PWG]",
+                    help="run these configs instead of CONFIGS (e.g. 4,128,2,6,1: four warpgroups at kc 2, which spill; "
+                         "4,128,2,6,1,1: the same with a producer warpgroup and setmaxnreg)")
+    ap.add_argument("--tag", default="", help="appended to the JSON file's name (runs of other configs)")
     a = ap.parse_args(argv)
     if a.emit:
-        Path(a.emit).write_text(source(*(int(x) for x in a.config.split(","))))
+        Path(a.emit).write_text(source(*(int(x) for x in a.config.split(","))))  # five or six integers
         return 0
-    run(Path(a.out))
+    configs = None
+    if a.configs:
+        try:
+            configs = [tuple(int(x) for x in c.split(",")) for c in a.configs]
+        except ValueError:
+            ap.error(f"--configs: each one is five or six integers wg,bn,kc,st,acopy[,pwg] (got {a.configs})")
+        if any(len(c) not in (5, 6) for c in configs):
+            ap.error(f"--configs: each one is five or six integers wg,bn,kc,st,acopy[,pwg] (got {a.configs})")
+    run(Path(a.out), configs=configs, tag=a.tag)
     return 0
 
 

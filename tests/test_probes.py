@@ -73,6 +73,26 @@ def test_sp24_wg_probe_kernels_assemble_without_spills_and_its_stages_fit_one_bl
         assert r["spill_bytes"] == 0 and r["registers"] > 0, (name, r)
 
 
+def test_sp24_wg_probe_producer_warpgroup_gives_four_warpgroups_at_kc2_their_registers_without_a_spill():
+    """pwg 1 (session 65): a producer warpgroup that lowers its registers to 24 with setmaxnreg, the consumers raising
+    theirs to what an SM sub-partition has left (four warpgroups: 120; two: 240). Four warpgroups at kc 2 spill without
+    it (five warps on one sub-partition leave 96 registers) and assemble without a spill with it."""
+    probe = _load("sp24_wg_probe")
+    assert probe.threads(4, 1) == 640 and probe.threads(4, 0) == 544
+    assert probe.creg(4) == 120 and probe.creg(2) == 240
+    assert 24 * 32 + 4 * probe.creg(4) * 32 <= 16384  # one sub-partition: a producer warp and four consumer warps
+    src = probe.source(4, 128, 2, 6, 1, 1)
+    assert "setmaxnreg.inc.sync.aligned.u32 120;" in src and "setmaxnreg.dec.sync.aligned.u32 24;" in src
+    assert "#define PWG 0" in probe.source(4, 128, 2, 6, 1) and "#define PWG 1" in src
+    assert probe.name((4, 128, 2, 6, 1, 1)) == "wg4 bn128 kc2 st6 pwg" and probe.name((4, 128, 2, 6, 1)) == "wg4 bn128 kc2 st6"
+    if sat_compile.nvcc_path() is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    report = _load("tf32_probe").nvcc_report
+    spilled, fits = report(probe.source(4, 128, 2, 6, 1)), report(src)
+    assert spilled["ok"] and fits["ok"], (spilled["log"], fits["log"])
+    assert spilled["spill_bytes"] > 0 and fits["spill_bytes"] == 0, (spilled, fits)
+
+
 def test_tf32_probe_sources_name_each_instruction_once_per_kernel():
     """Each probe kernel is the instruction its name says (the table reads the rates by these names)."""
     probe = _load("tf32_probe")
