@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Session 65's second device call (any Hopper GPU; carry [".whl"]), one command from the project's root:
+# 1. bench/sp24_wg_probe.py at kc 2 with four warpgroups (pwg 1: a producer warpgroup and setmaxnreg) beside today's
+#    loop in the same run (NOTES session 65, "pwg");
+# 2. the GPU tests that read the shipped databases, on the H100 file with the llm N = 64 cases merged in.
+# Everything under $OUT ends in at most 8 files (the device tool brings back no more).
+set -u
+cd "$(dirname "$0")/../.."
+. bench/drafts/device_prelude.sh
+PYTHONUNBUFFERED=1 timeout 200 python3 bench/sp24_wg_probe.py --out "$O" --tag pwg --configs 2,128,2,6,1 \
+    2,128,2,6,1,1 4,128,2,6,1,1 4,128,2,4,1,1 4,128,2,6,1 4,128,1,8,1,1 2,256,2,4,1,1 4,128,2,6,0,1 \
+    2,128,2,6,1 2>&1 | tee "$O/sp24-wg-probe-pwg.log"
+CALL_S=$(( 590 - SECONDS )) bench/device.sh tests -m gpu -n 8 tests/test_gpu.py tests/test_vendor_gpu.py \
+    tests/test_cold_rank.py > "$O/tests.log" 2>&1
+tail -5 "$O/tests.log"
+cd "$O" || exit 1
+dirs=$(find . -mindepth 1 -maxdepth 1 -type d)
+if [ -n "$dirs" ]; then tar czf rest.tgz $dirs && rm -rf $dirs; fi
+ls -la "$O"
