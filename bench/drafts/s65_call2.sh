@@ -2,7 +2,9 @@
 # Session 65's second device call (any Hopper GPU; carry [".whl"]), one command from the project's root:
 # 1. bench/sp24_wg_probe.py at kc 2 with four warpgroups (pwg 1: a producer warpgroup and setmaxnreg) beside today's
 #    loop in the same run (NOTES session 65, "pwg");
-# 2. the GPU tests that read the shipped databases, on the H100 file with the llm N = 64 cases merged in.
+# 2. on an H100: the GPU tests that read the shipped databases, on the H100 file with the llm N = 64 cases merged in;
+#    on an H200: session 63's sibling twins of the H200 llm file's N = 64-128 cases below 1.0x, in two runs
+#    (bench/drafts/s63_h200.sh's first two steps; the dl twins are left for a later call).
 # Everything under $OUT ends in at most 8 files (the device tool brings back no more).
 set -u
 cd "$(dirname "$0")/../.."
@@ -10,9 +12,18 @@ cd "$(dirname "$0")/../.."
 PYTHONUNBUFFERED=1 timeout 200 python3 bench/sp24_wg_probe.py --out "$O" --tag pwg --configs 2,128,2,6,1 \
     2,128,2,6,1,1 4,128,2,6,1,1 4,128,2,4,1,1 4,128,2,6,1 4,128,1,8,1,1 2,256,2,4,1,1 4,128,2,6,0,1 \
     2,128,2,6,1 2>&1 | tee "$O/sp24-wg-probe-pwg.log"
-CALL_S=$(( 590 - SECONDS )) bench/device.sh tests -m gpu -n 8 tests/test_gpu.py tests/test_vendor_gpu.py \
-    tests/test_cold_rank.py > "$O/tests.log" 2>&1
-tail -5 "$O/tests.log"
+if grep -q H200 "$O/gpu.txt"; then
+    LLM=bench/results/session63/sibling-twins-llm-h200.json
+    B=$(( (560 - SECONDS) / 2 - 40 ))
+    CALL_S=$(( 590 - SECONDS )) bench/device.sh probe recold --records $LLM --workers 12 --budget $B \
+        --out "$O/recold-llm-twins-h200-a" + probe recold --records $LLM --workers 12 --budget $B \
+        --out "$O/recold-llm-twins-h200-b" > "$O/twins.log" 2>&1
+    tail -8 "$O/twins.log"
+else
+    CALL_S=$(( 590 - SECONDS )) bench/device.sh tests -m gpu -n 8 tests/test_gpu.py tests/test_vendor_gpu.py \
+        tests/test_cold_rank.py > "$O/tests.log" 2>&1
+    tail -5 "$O/tests.log"
+fi
 cd "$O" || exit 1
 dirs=$(find . -mindepth 1 -maxdepth 1 -type d)
 if [ -n "$dirs" ]; then tar czf rest.tgz $dirs && rm -rf $dirs; fi
