@@ -25,6 +25,7 @@ else
     tail -5 "$O/tests.log"
 fi
 cd "$O" || exit 1
-dirs=$(find . -mindepth 1 -maxdepth 1 -type d)
-if [ -n "$dirs" ]; then tar czf rest.tgz $dirs && rm -rf $dirs; fi
+# all but the two logs printed above in one tarball (the device tool brings back at most 8 files)
+rest=$(find . -mindepth 1 -maxdepth 1 ! -name gpu.txt ! -name sp24-wg-probe-pwg.log)
+if [ -n "$rest" ]; then tar czf ../s65-call2.tgz $rest && rm -rf $rest && mv ../s65-call2.tgz .; fi
 ls -la "$O"
