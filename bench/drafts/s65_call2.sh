@@ -5,7 +5,7 @@
 # 2. on an H100: the GPU tests that read the shipped databases, on the H100 file with the llm N = 64 cases merged in;
 #    on an H200: session 63's sibling twins of the H200 llm file's N = 64-128 cases below 1.0x, in two runs
 #    (bench/drafts/s63_h200.sh's first two steps; the dl twins are left for a later call).
-# Everything under $OUT ends in at most 8 files (the device tool brings back no more).
+# LIMIT (default 590): the seconds the call may run. Everything under $OUT ends in at most 8 files (the device tool brings back no more).
 set -u
 cd "$(dirname "$0")/../.."
 . bench/drafts/device_prelude.sh
@@ -14,13 +14,13 @@ PYTHONUNBUFFERED=1 timeout 200 python3 bench/sp24_wg_probe.py --out "$O" --tag p
     2,128,2,6,1 2>&1 | tee "$O/sp24-wg-probe-pwg.log"
 if grep -q H200 "$O/gpu.txt"; then
     LLM=bench/results/session63/sibling-twins-llm-h200.json
-    B=$(( (560 - SECONDS) / 2 - 40 ))
-    CALL_S=$(( 590 - SECONDS )) bench/device.sh probe recold --records $LLM --workers 12 --budget $B \
+    B=$(( (${LIMIT:-590} - 30 - SECONDS) / 2 - 40 ))
+    CALL_S=$(( ${LIMIT:-590} - SECONDS )) bench/device.sh probe recold --records $LLM --workers 12 --budget $B \
         --out "$O/recold-llm-twins-h200-a" + probe recold --records $LLM --workers 12 --budget $B \
         --out "$O/recold-llm-twins-h200-b" > "$O/twins.log" 2>&1
     tail -8 "$O/twins.log"
 else
-    CALL_S=$(( 590 - SECONDS )) bench/device.sh tests -m gpu -n 8 tests/test_gpu.py tests/test_vendor_gpu.py \
+    CALL_S=$(( ${LIMIT:-590} - SECONDS )) bench/device.sh tests -m gpu -n 8 tests/test_gpu.py tests/test_vendor_gpu.py \
         tests/test_cold_rank.py > "$O/tests.log" 2>&1
     tail -5 "$O/tests.log"
 fi
