@@ -12,9 +12,11 @@ cd "$(dirname "$0")/../.."
 PYTHONUNBUFFERED=1 timeout 200 python3 bench/sp24_wg_probe.py --out "$O" --tag pwg --configs 2,128,2,6,1 \
     2,128,2,6,1,1 4,128,2,6,1,1 4,128,2,4,1,1 4,128,2,6,1 4,128,1,8,1,1 2,256,2,4,1,1 4,128,2,6,0,1 \
     2,128,2,6,1 2>&1 | tee "$O/sp24-wg-probe-pwg.log"
-if grep -q H200 "$O/gpu.txt"; then
+B=$(( (${LIMIT:-590} - 30 - SECONDS) / 2 - 40 ))
+if grep -q H200 "$O/gpu.txt" && [ "$B" -lt 60 ]; then
+    echo "an H200, but ${B} s a twins run is too short: no twins"
+elif grep -q H200 "$O/gpu.txt"; then
     LLM=bench/results/session63/sibling-twins-llm-h200.json
-    B=$(( (${LIMIT:-590} - 30 - SECONDS) / 2 - 40 ))
     CALL_S=$(( ${LIMIT:-590} - SECONDS )) bench/device.sh probe recold --records $LLM --workers 12 --budget $B \
         --out "$O/recold-llm-twins-h200-a" + probe recold --records $LLM --workers 12 --budget $B \
         --out "$O/recold-llm-twins-h200-b" > "$O/twins.log" 2>&1
