@@ -32,9 +32,10 @@ import numpy as np
 NSRC = 8  # chunks in each global source (L2-resident)
 # (wg, bn, kc, st, acopy): today's records' geometry (bn 128 kc 2 wg 2 st 6), then two and four warpgroups at kc 1 (at kc
 # 2 four warpgroups spill: 17 warps put 5 on one SM sub-partition, whose 16384 registers leave 96 a thread for 64
-# accumulators and two A register sets; session 65's pwg 1, a producer warpgroup that gives its registers to the consumers
-# with setmaxnreg, runs them without a spill: `--configs 4,128,2,6,1,1`), bn 256 at two (session 37's pw geometry, without the producer warpgroup), one warpgroup, and the kc 1 pair without A's
-# bytes (acopy 0: the bound if A cost the port nothing; `ar` 4's loads still pass L1)
+# accumulators and two A register sets; session 65's pwg 1, a producer warpgroup that gives its registers to the
+# consumers with setmaxnreg, runs them without a spill: `--configs 4,128,2,6,1,1`), bn 256 at two (session 37's pw
+# geometry, without the producer warpgroup), one warpgroup, and the kc 1 pair without A's bytes (acopy 0: the bound if
+# A cost the port nothing; `ar` 4's loads still pass L1)
 CONFIGS = [(2, 128, 2, 6, 1), (2, 128, 1, 8, 1), (4, 128, 1, 8, 1), (2, 256, 1, 6, 1), (1, 128, 2, 6, 1),
            (2, 128, 1, 8, 0), (4, 128, 1, 8, 0)]
 
@@ -273,11 +274,8 @@ def main(argv=None) -> int:
         return 0
     configs = None
     if a.configs:
-        try:
-            configs = [tuple(int(x) for x in c.split(",")) for c in a.configs]
-        except ValueError:
-            ap.error(f"--configs: each one is five or six integers wg,bn,kc,st,acopy[,pwg] (got {a.configs})")
-        if any(len(c) not in (5, 6) for c in configs):
+        configs = [tuple(int(x) for x in c.split(",") if x.strip().isdigit()) for c in a.configs]
+        if any(len(t) != len(c.split(",")) or len(t) not in (5, 6) for t, c in zip(configs, a.configs)):
             ap.error(f"--configs: each one is five or six integers wg,bn,kc,st,acopy[,pwg] (got {a.configs})")
     run(Path(a.out), configs=configs, tag=a.tag)
     return 0
