@@ -57,17 +57,10 @@ def port_model(wg: int, bn: int, acopy: int) -> float:
     return (bn + 64 * bn / (64 * wg) + (72 if acopy else 0)) / bn
 
 
-def _bench_module(mod: str):
-    """Another probe of bench/ (by path: bench/ is not a package): sp24_probe's launch timer, tf32_probe's nvcc_report."""
-    import importlib.util  # noqa: PLC0415
-    spec = importlib.util.spec_from_file_location(mod, Path(__file__).resolve().parent / f"{mod}.py")
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
-    return m
-
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the sibling probes (as bench/tf32_probe.py)
 # bench/sp24_probe.py's CUDA helpers (desc_sw128, wg_fence / wg_commit / wg_wait, fence_acc) and launch timer
-_SP24 = _bench_module("sp24_probe")
+import sp24_probe as _SP24  # noqa: E402
+
 SRC = _SP24.HELPERS + r"""
 #define WG @WG@
 #define BN @BN@
@@ -218,8 +211,8 @@ def name(cfg) -> str:
 
 def compile_check() -> dict[str, dict]:
     """nvcc -arch=sm_90a -cubin of each config (bench/tf32_probe.py's nvcc_report; no GPU needed)."""
-    report = _bench_module("tf32_probe").nvcc_report
-    return {name(c): report(source(*c)) for c in CONFIGS}
+    from tf32_probe import nvcc_report  # noqa: PLC0415
+    return {name(c): nvcc_report(source(*c)) for c in CONFIGS}
 
 
 def run(out: Path, chunks: int = 4000, reps: int = 5, configs=None, tag: str = "") -> dict:

@@ -34,19 +34,11 @@ import numpy as np
 KS = 256  # rows (k) of the B stage in shared memory: 256 x 64 columns x 2 bytes = 32 KB, 128-byte swizzle
 
 
-def _bench_module(name: str):
-    """Another probe of bench/ (by path: bench/ is not a package), for what it has that this one would copy."""
-    import importlib.util  # noqa: PLC0415
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the sibling probes (as bench/tf32_probe.py)
 # bench/sp24_probe.py's CUDA helpers (wg_fence, wg_commit, wg_wait, ...), then this probe's own; its launch timer
-_SP24 = _bench_module("sp24_probe")
-time_launch = _SP24.time_launch
-HELPERS = _SP24.HELPERS + r"""
+from sp24_probe import HELPERS as SP24_HELPERS, time_launch  # noqa: E402
+
+HELPERS = SP24_HELPERS + r"""
 // wgmma's B (the group's values, K-major, no swizzle: core matrices of 8 x 8 halves, 128 bytes each)
 __device__ __forceinline__ unsigned long long desc_plain(unsigned int addr, unsigned int lbo, unsigned int sbo) {
     return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16)
@@ -238,8 +230,8 @@ def conflicts(order: np.ndarray) -> float:
 def compile_check() -> dict[int, dict]:
     """bench/tf32_probe.py's nvcc_report (nvcc -arch=sm_90a -cubin, no GPU needed) of each n's kernel and of the layout
     check's (n 0): {n: {"ok", "spill_bytes", "registers", "log"}}."""
-    report = _bench_module("tf32_probe").nvcc_report
-    return {nn: report(source(nn) if nn else LAYOUT) for nn in (16, 32, 64, 128, 0)}
+    from tf32_probe import nvcc_report  # noqa: PLC0415
+    return {nn: nvcc_report(source(nn) if nn else LAYOUT) for nn in (16, 32, 64, 128, 0)}
 
 
 def run(out: Path, reps: int = 5) -> dict:
