@@ -134,19 +134,22 @@ extern "C" __global__ void __launch_bounds__(256, 1) tput(float* __restrict__ ou
 """
 
 
-def _wgmma_body(nn: int, sparse: bool) -> str:
+def wgmma_body(nn: int, sparse: bool, a: str = "a", desc: str = "desc", meta: str = "meta", tnsp_b: int = 1,
+               indent: int = 12) -> str:
+    """One wgmma m64n{nn} f16 (k32 .sp with metadata `meta`, else k16) with A from the registers `a`[0..3] and B by the
+    descriptor `desc`, f32 accumulators d[0 .. nn / 2), as an asm statement (bench/union_probe.py and
+    bench/sp24_wg_probe.py build theirs with it too)."""
     nacc = nn // 2
     regs = ", ".join(f"%{i}" for i in range(nacc))
     outs = ", ".join(f'"+f"(d[{i}])' for i in range(nacc))
+    ins = ", ".join([f'"r"({a}[{j}])' for j in range(4)] + [f'"l"({desc})'] + ([f'"r"({meta})'] if sparse else []))
     if sparse:
-        ins = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(meta)'
         op = (f"wgmma.mma_async.sp.sync.aligned.m64n{nn}k32.f32.f16.f16 {{{regs}}}, "
-              f"{{%{nacc}, %{nacc + 1}, %{nacc + 2}, %{nacc + 3}}}, %{nacc + 4}, %{nacc + 5}, 0, 1, 1, 1, 1;")
+              f"{{%{nacc}, %{nacc + 1}, %{nacc + 2}, %{nacc + 3}}}, %{nacc + 4}, %{nacc + 5}, 0, 1, 1, 1, {tnsp_b};")
     else:
-        ins = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc)'
         op = (f"wgmma.mma_async.sync.aligned.m64n{nn}k16.f32.f16.f16 {{{regs}}}, "
-              f"{{%{nacc}, %{nacc + 1}, %{nacc + 2}, %{nacc + 3}}}, %{nacc + 4}, 1, 1, 1, 1;")
-    return f'            asm volatile("{op}" : {outs} : {ins});'
+              f"{{%{nacc}, %{nacc + 1}, %{nacc + 2}, %{nacc + 3}}}, %{nacc + 4}, 1, 1, 1, {tnsp_b};")
+    return " " * indent + f'asm volatile("{op}" : {outs} : {ins});'
 
 
 def _bits(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -198,7 +201,7 @@ def _tput_kernel(cp, nn: int, sparse: bool, spread: int, nsl: int, wgoff: int):
     """The throughput kernel for m64n{nn} (k32.sp or dense k16), B over `nsl` slices (spread 1: each wgmma another),
     wgoff 1: each warpgroup on its own 8 slices."""
     src = (TPUT.replace("@NN@", str(nn)).replace("@SPARSE@", str(int(sparse))).replace("@SPREAD@", str(spread))
-           .replace("@NSL@", str(nsl)).replace("@WGOFF@", str(wgoff)).replace("@BODY@", _wgmma_body(nn, sparse)))
+           .replace("@NSL@", str(nsl)).replace("@WGOFF@", str(wgoff)).replace("@BODY@", wgmma_body(nn, sparse)))
     return cp.RawModule(code=src, options=("-std=c++17", "-arch=sm_90a")).get_function("tput")
 
 

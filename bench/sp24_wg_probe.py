@@ -174,16 +174,6 @@ wgprobe(const unsigned char* __restrict__ bsrc, const unsigned char* __restrict_
 """
 
 
-def _body(bn: int) -> str:
-    nacc = bn // 2
-    regs = ", ".join(f"%{i}" for i in range(nacc))
-    outs = ", ".join(f'"+f"(d[{i}])' for i in range(nacc))
-    ins = '"r"(a[h][kk][0]), "r"(a[h][kk][1]), "r"(a[h][kk][2]), "r"(a[h][kk][3]), "l"(desc), "r"(meta[h][kk])'
-    op = (f"wgmma.mma_async.sp.sync.aligned.m64n{bn}k32.f32.f16.f16 {{{regs}}}, "
-          f"{{%{nacc}, %{nacc + 1}, %{nacc + 2}, %{nacc + 3}}}, %{nacc + 4}, %{nacc + 5}, 0, 1, 1, 1, 1;")
-    return f'                asm volatile("{op}" : {outs} : {ins});'
-
-
 def threads(wg: int, pwg: int = 0) -> int:
     """A block's threads: wg consumer warpgroups and a producer warp (pwg 0) or warpgroup (pwg 1)."""
     return wg * 128 + (128 if pwg else 32)
@@ -201,7 +191,7 @@ def source(wg: int, bn: int, kc: int, st: int, acopy: int, pwg: int = 0) -> str:
     s = SRC
     for k, v in rep.items():
         s = s.replace(k, str(v))
-    return s.replace("@BODY@", _body(bn))
+    return s.replace("@BODY@", _SP24.wgmma_body(bn, True, a="a[h][kk]", meta="meta[h][kk]", indent=16))
 
 
 def name(cfg) -> str:

@@ -36,7 +36,7 @@ KS = 256  # rows (k) of the B stage in shared memory: 256 x 64 columns x 2 bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the sibling probes (as bench/tf32_probe.py)
 # bench/sp24_probe.py's CUDA helpers (wg_fence, wg_commit, wg_wait, ...), then this probe's own; its launch timer
-from sp24_probe import HELPERS as SP24_HELPERS, time_launch  # noqa: E402
+from sp24_probe import HELPERS as SP24_HELPERS, time_launch, wgmma_body  # noqa: E402
 
 HELPERS = SP24_HELPERS + r"""
 // wgmma's B (the group's values, K-major, no swizzle: core matrices of 8 x 8 halves, 128 bytes each)
@@ -179,18 +179,9 @@ def layout_check(cp) -> dict[str, float]:
     return res
 
 
-def _body(nn: int) -> str:
-    nacc = nn // 2
-    regs = ", ".join(f"%{i}" for i in range(nacc))
-    outs = ", ".join(f'"+f"(d[{i}])' for i in range(nacc))
-    ins = '"r"(a[h][q][0]), "r"(a[h][q][1]), "r"(a[h][q][2]), "r"(a[h][q][3]), "l"(bdesc)'
-    op = (f"wgmma.mma_async.sync.aligned.m64n{nn}k16.f32.f16.f16 {{{regs}}}, "
-          f"{{%{nacc}, %{nacc + 1}, %{nacc + 2}, %{nacc + 3}}}, %{nacc + 4}, 1, 1, 1, 0;")
-    return f'                asm volatile("{op}" : {outs} : {ins});'
-
-
 def source(nn: int) -> str:
-    return SRC.replace("@NN@", str(nn)).replace("@KS@", str(KS)).replace("@BODY@", _body(nn))
+    body = wgmma_body(nn, False, a="a[h][q]", desc="bdesc", tnsp_b=0, indent=16)
+    return SRC.replace("@NN@", str(nn)).replace("@KS@", str(KS)).replace("@BODY@", body)
 
 
 def smem_bytes(nn: int) -> int:
