@@ -3,7 +3,8 @@
 # On an H200 (issue 16's H200 llm file, NOTES session 66): session 63's sibling twins of the llm file's N = 64-128 cases
 # below 1.0x cold (results/session63/sibling-twins-llm-h200.json), timed in two runs; then, here on the device's CPU,
 # `recold-apply --adopt --agree` (by cold time, the llm targets' time) and the adopted records re-timed in a run of
-# their own (the numbers to report: no best-of-several pick in them).
+# their own (the numbers to report: no best-of-several pick in them); then, while time is left, Nsight Compute of the
+# slowest N <= 32 case of each missed density target.
 # On anything else: bench/drafts/s65_call2.sh (the pwg probe, then on an H100 the GPU tests on the shipped databases).
 # LIMIT (default 580): the seconds the call may run. Everything under $OUT ends in at most 8 files.
 set -u
@@ -36,6 +37,12 @@ if [ "$R" -gt 60 ] && [ -s "$O/adopted-records.json" ]; then
         --out "$O/retime" > "$O/retime.log" 2>&1
     tail -4 "$O/retime.log"
 fi
+# the slowest N <= 32 case of each missed density target (H200 llm file), under Nsight Compute, while time is left
+for c in 11008x4096:32:0.5:bf16:rowuniform 11008x4096:32:0.1:bf16:rowuniform 11008x4096:32:0.05:bf16:uniform; do
+    R=$(( $L - 25 - SECONDS ))
+    [ "$R" -gt 70 ] || break
+    CALL_S=$R bench/device.sh probe profile --case $c --db db/h200.sqlite --ncu >> "$O/ncu.log" 2>&1
+done
 cd "$O" || exit 1
 rest=$(find . -mindepth 1 -maxdepth 1 ! -name gpu.txt ! -name twins.log)
 if [ -n "$rest" ]; then tar czf ../s66.tgz $rest && rm -rf $rest && mv ../s66.tgz .; fi
