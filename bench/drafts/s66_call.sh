@@ -17,7 +17,7 @@ esac
 . bench/drafts/device_prelude.sh
 L=${LIMIT:-580}
 LLM=bench/results/session63/sibling-twins-llm-h200.json
-B=${TWINS_BUDGET:-130}
+B=${TWINS_BUDGET:-$(( (L - 200) / 2 - 50 ))}
 CALL_S=$(( $L - 200 - SECONDS )) bench/device.sh probe recold --records $LLM --workers 12 --budget $B \
     --out "$O/twins-a" + probe recold --records $LLM --workers 12 --budget $B --out "$O/twins-b" > "$O/twins.log" 2>&1
 tail -6 "$O/twins.log"
