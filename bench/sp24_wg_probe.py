@@ -97,7 +97,7 @@ wgprobe(const unsigned char* __restrict__ bsrc, const unsigned char* __restrict_
     if (warp >= 4 * WG) {  // the producer warp: lane 0 puts chunk c in stage c % ST once the stage is free
 #if PWG
         // a whole producer warpgroup (pwg 1) gives its registers to the consumers: an SM sub-partition holds one
-        // producer warp at 24 and WG consumer warps at CREG (4 WG: 24 + 4 x 120 <= 512 a lane's share)
+        // producer warp at 24 and WG consumer warps at CREG (creg(): no more than the producer's dec gives back)
         asm volatile("setmaxnreg.dec.sync.aligned.u32 24;" ::: "memory");
         if (warp != 4 * WG) return;
 #endif
@@ -180,9 +180,13 @@ def threads(wg: int, pwg: int = 0) -> int:
 
 
 def creg(wg: int) -> int:
-    """pwg 1's consumer registers after setmaxnreg.inc: each of the 4 SM sub-partitions' 16384 registers hold one
-    producer warp at 24 a thread and wg consumer warps (a multiple of 8, at most 240)."""
-    return min(240, (512 - 24) // wg // 8 * 8)
+    """pwg 1's consumer registers after setmaxnreg.inc. The block starts at R registers a thread, the launch bound's
+    share (65536 / threads, a multiple of 8: ptxas uses all of it here), and the consumers' inc is served only from
+    what the producer warpgroup's dec to 24 gives back: 128 (R - 24) registers among 128 wg consumer threads, so at
+    most R + (R - 24) / wg (a multiple of 8, at most 240). Asking more waits forever: session 66's wg 4 at 120 (R 96:
+    9216 given back, 12288 asked) hung on an H100, where wg 2 at 240 (R 168: 18432 both) ran."""
+    r = 65536 // threads(wg, 1) // 8 * 8
+    return min(240, (r + (r - 24) // wg) // 8 * 8)
 
 
 def source(wg: int, bn: int, kc: int, st: int, acopy: int, pwg: int = 0) -> str:
