@@ -17,8 +17,8 @@ Reports dense-equivalent TFLOP/s (a k32 sparse MMA counted as 64 x bn x 32 x 2) 
 The values are not checked (the rates' kernels compute on arbitrary data); sp24_probe's layout probe and the tc_sp24
 tests cover the layouts.
 
-    python3 bench/sp24_wg_probe.py --out DIR [--configs wg,bn,kc,st,acopy ...]   (device; ~30 s; default CONFIGS)
-    python3 bench/sp24_wg_probe.py --emit FILE.cu [--config wg,bn,kc,st,acopy]   (no GPU: one config's source)
+    python3 bench/sp24_wg_probe.py --out DIR [--configs wg,bn,kc,st,acopy[,pwg] ...] [--tag T]   (device; ~30 s; default CONFIGS)
+    python3 bench/sp24_wg_probe.py --emit FILE.cu [--config wg,bn,kc,st,acopy[,pwg]]   (no GPU: one config's source)
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ SRC = _SP24.HELPERS + r"""
 #define SBYTES (BBYTES + ABYTES)
 #define NSRC @NSRC@
 #define PWG @PWG@
-#define NTHREADS (WG * 128 + (PWG ? 128 : 32))
+#define NTHREADS @NTHREADS@
 __device__ __forceinline__ void mbar_wait(unsigned int bar, unsigned int parity) {
     asm volatile("{\n\t.reg .pred p;\n\tW: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n\t@!p bra W;\n\t}"
                  :: "r"(bar), "r"(parity) : "memory");
@@ -191,7 +191,8 @@ def creg(wg: int) -> int:
 
 def source(wg: int, bn: int, kc: int, st: int, acopy: int, pwg: int = 0) -> str:
     rep = {"@WG@": wg, "@BN@": bn, "@KC@": kc, "@ST@": st, "@ACOPY@": acopy, "@NSRC@": NSRC, "@PWG@": pwg,
-           "@CREG@": creg(wg)}
+           "@CREG@": creg(wg),
+           "@NTHREADS@": threads(wg, pwg)}  # the launch bound creg() counts from
     s = SRC
     for k, v in rep.items():
         s = s.replace(k, str(v))
