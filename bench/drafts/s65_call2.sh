@@ -28,8 +28,4 @@ else
         tests/test_cold_rank.py > "$O/tests.log" 2>&1
     tail -5 "$O/tests.log"
 fi
-cd "$O" || exit 1
-# all but the two logs printed above in one tarball (the device tool brings back at most 8 files)
-rest=$(find . -mindepth 1 -maxdepth 1 ! -name gpu.txt ! -name sp24-wg-probe-pwg.log)
-if [ -n "$rest" ]; then tar czf ../s65-call2.tgz $rest && rm -rf $rest && mv ../s65-call2.tgz .; fi
-ls -la "$O"
+pack_out s65-call2 sp24-wg-probe-pwg.log

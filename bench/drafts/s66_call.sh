@@ -43,7 +43,4 @@ for c in 11008x4096:32:0.5:bf16:rowuniform 11008x4096:32:0.1:bf16:rowuniform 110
     [ "$R" -gt 70 ] || break
     CALL_S=$R bench/device.sh probe profile --case $c --db db/h200.sqlite --ncu >> "$O/ncu.log" 2>&1
 done
-cd "$O" || exit 1
-rest=$(find . -mindepth 1 -maxdepth 1 ! -name gpu.txt ! -name twins.log)
-if [ -n "$rest" ]; then tar czf ../s66.tgz $rest && rm -rf $rest && mv ../s66.tgz .; fi
-ls -la "$O"
+pack_out s66 twins.log
